@@ -1,0 +1,47 @@
+"""The error hierarchy. Every error riverstream raises on purpose derives from `RiverstreamError`."""
+
+from __future__ import annotations
+
+
+class RiverstreamError(Exception):
+    """Root of every error raised on purpose by riverstream."""
+
+
+class ConfigError(RiverstreamError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class SchemaError(RiverstreamError):
+    """An event or request does not match its schema; `reason` says why, `field` where.
+
+    >>> err = SchemaError("not_finite", "features.x", "number is not finite")
+    >>> str(err)
+    'not_finite at features.x: number is not finite'
+    """
+
+    def __init__(self, reason: str, field: str | None, detail: str) -> None:
+        self.reason = reason
+        self.field = field
+        self.detail = detail
+        where = f" at {field}" if field else ""
+        super().__init__(f"{reason}{where}: {detail}")
+
+
+class ServiceError(RiverstreamError):
+    """A local service (Kafka, Redis, Prometheus) could not be installed, started or reached."""
+
+
+class KafkaAdapterError(RiverstreamError):
+    """The Kafka client failed; wraps the client's own exception."""
+
+
+class SnapshotError(RiverstreamError):
+    """A snapshot could not be written or read."""
+
+
+class SnapshotIntegrityError(SnapshotError):
+    """A snapshot's signature or checksum does not match: it is never unpickled."""
+
+
+class ModelSpecError(RiverstreamError):
+    """A model or metric specification cannot be resolved."""

@@ -1,0 +1,157 @@
+"""Feature and label events: the wire format, its limits and a fast validating decoder.
+
+Events are JSON objects (UTF-8). A feature event carries the inputs of one prediction, a label
+event the outcome observed later for the same ``id``. The Kafka message key is the id, so that a
+label lands in the same partition as its features.
+
+>>> codec = EventCodec(Limits())
+>>> event = codec.decode_feature(b'{"id": "a1", "time": 3, "features": {"x": 1.5, "c": "red"}}')
+>>> event.id, event.time, event.features
+('a1', 3.0, {'x': 1.5, 'c': 'red'})
+>>> codec.decode_label(b'{"id": "a1", "time": 5, "label": true}').label
+True
+>>> codec.decode_feature(b'{"id": "a1", "time": 3, "features": {"x": 1e999}}')
+Traceback (most recent call last):
+...
+schemas.errors.SchemaError: not_finite at features: Number out of range
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from schemas.errors import SchemaError
+
+FeatureValue = int | float | str | bool | None
+Label = bool | int | float | str
+
+
+class FeatureEvent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The inputs of one prediction, at event time ``time``."""
+
+    id: str
+    time: float
+    features: dict[str, FeatureValue]
+
+
+class LabelEvent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The outcome for the feature event with the same ``id``, known at event time ``time``."""
+
+    id: str
+    time: float
+    label: Label
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Explicit bounds on what an event may contain."""
+
+    max_event_bytes: int = 1_048_576
+    max_features: int = 10_000
+    max_id_length: int = 256
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Limits:
+        return cls(settings.max_event_bytes, settings.max_features, settings.max_id_length)
+
+
+_PATH = re.compile(r"at `\$(?P<path>[^`]*)`")
+
+
+def _field_of(message: str) -> str | None:
+    """Turn msgspec's ``$.features[...]`` path into ``features``."""
+    match = _PATH.search(message)
+    if not match:
+        return None
+    path = match.group("path").lstrip(".").replace("[...]", "")
+    return path or None
+
+
+class EventCodec:
+    """Decodes and encodes events, enforcing `Limits`; every rejection is a `SchemaError`."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._features = msgspec.json.Decoder(FeatureEvent)
+        self._labels = msgspec.json.Decoder(LabelEvent)
+        self._encoder = msgspec.json.Encoder()
+
+    def decode_feature(self, raw: bytes) -> FeatureEvent:
+        event: FeatureEvent = self._decode(self._features, raw)
+        self._check_common(event.id, event.time)
+        features = event.features
+        if len(features) > self.limits.max_features:
+            raise SchemaError(
+                "too_many_features",
+                "features",
+                f"{len(features)} features, the limit is {self.limits.max_features}",
+            )
+        for name, value in features.items():
+            if value.__class__ is float and not math.isfinite(value):  # pragma: no cover
+                raise SchemaError("not_finite", f"features.{name}", "number is not finite")
+        return event
+
+    def decode_label(self, raw: bytes) -> LabelEvent:
+        event: LabelEvent = self._decode(self._labels, raw)
+        self._check_common(event.id, event.time)
+        label = event.label
+        if label.__class__ is float and not math.isfinite(label):  # pragma: no cover
+            raise SchemaError("not_finite", "label", "number is not finite")
+        return event
+
+    def encode(self, event: FeatureEvent | LabelEvent) -> bytes:
+        return self._encoder.encode(event)
+
+    def _decode(self, decoder: msgspec.json.Decoder, raw: bytes) -> Any:
+        if len(raw) > self.limits.max_event_bytes:
+            raise SchemaError(
+                "too_large", None, f"{len(raw)} bytes, the limit is {self.limits.max_event_bytes}"
+            )
+        try:
+            return decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            message = str(exc)
+            field = _field_of(message)
+            reason = "not_finite" if "Number out of range" in message else "schema"
+            raise SchemaError(reason, field, _PATH.sub("", message).strip(" -")) from None
+        except msgspec.DecodeError as exc:
+            raise SchemaError("bad_json", None, str(exc)) from None
+
+    def _check_common(self, event_id: str, time: float) -> None:
+        if not event_id:
+            raise SchemaError("empty_id", "id", "id must not be empty")
+        if len(event_id) > self.limits.max_id_length:
+            raise SchemaError(
+                "id_too_long", "id", f"{len(event_id)} characters, limit {self.limits.max_id_length}"
+            )
+        if not math.isfinite(time):  # pragma: no cover - msgspec rejects these already
+            raise SchemaError("not_finite", "time", "number is not finite")
+
+
+def feature_json_schema() -> dict[str, Any]:
+    """JSON Schema (2020-12) of a feature event, for producers in other languages."""
+    return _with_limits(msgspec.json.schema(FeatureEvent), "FeatureEvent")
+
+
+def label_json_schema() -> dict[str, Any]:
+    """JSON Schema (2020-12) of a label event, for producers in other languages."""
+    return _with_limits(msgspec.json.schema(LabelEvent), "LabelEvent")
+
+
+def _with_limits(schema: dict[str, Any], name: str) -> dict[str, Any]:
+    limits = Limits()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    props = schema["$defs"][name]["properties"]
+    props["id"].update(minLength=1, maxLength=limits.max_id_length)
+    if "features" in props:
+        props["features"]["maxProperties"] = limits.max_features
+    schema["$comment"] = (
+        f"Numbers must be finite; an encoded event may not exceed {limits.max_event_bytes} bytes. "
+        "The Kafka message key is the event id."
+    )
+    return schema

@@ -1,0 +1,102 @@
+"""The one configuration object of riverstream.
+
+Every setting comes from an environment variable prefixed with ``RIVERSTREAM_`` (or a ``.env``
+file), is validated when `Settings` is built and cannot be changed afterwards. Modules never
+read the environment themselves: the CLI builds one `Settings` and passes it down.
+
+>>> s = Settings(topic_features="f", partitions=3)
+>>> s.topic_features, s.partitions
+('f', 3)
+>>> s.partitions = 4  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+pydantic_core._pydantic_core.ValidationError: 1 validation error for Settings
+...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.errors import ConfigError
+
+ENV_PREFIX = "RIVERSTREAM_"
+
+
+class Settings(BaseSettings):
+    """All settings; the environment variable of field ``x`` is ``RIVERSTREAM_X``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+    # -- where the services are (empty: discovered from the local services' state) --
+    kafka_bootstrap_servers: str | None = Field(
+        None, description="Kafka bootstrap servers, host:port[,host:port]."
+    )
+    redis_url: str | None = Field(None, description="Redis URL, e.g. redis://127.0.0.1:6379/0.")
+    prometheus_url: str | None = Field(None, description="Prometheus base URL.")
+
+    # -- local services --
+    state_dir: Path = Field(Path(".state"), description="Pids, addresses and data of local services.")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "riverstream", description="Downloaded Kafka jars."
+    )
+    kafka_version: str = Field("4.3.1", description="Apache Kafka release run by `services up`.")
+    service_start_timeout: float = Field(90.0, gt=0, description="Seconds to wait for readiness.")
+
+    # -- topics --
+    topic_features: str = Field("riverstream.features", description="Feature events topic.")
+    topic_labels: str = Field("riverstream.labels", description="Label events topic.")
+    topic_dlq: str = Field("riverstream.dlq", description="Dead-letter topic.")
+    partitions: int = Field(
+        3, ge=1, le=1024, description="Partitions of the feature and label topics (kept equal)."
+    )
+
+    # -- event limits --
+    max_event_bytes: int = Field(1_048_576, gt=0, description="Largest accepted event, bytes.")
+    max_features: int = Field(10_000, gt=0, description="Most features in one event.")
+    max_id_length: int = Field(256, gt=0, description="Longest accepted event id.")
+
+    # -- learner --
+    redis_prefix: str = Field("riverstream", description="Prefix of every Redis key.")
+    snapshot_key: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key signing snapshots (required to learn and serve)."
+    )
+    snapshot_every_labels: int = Field(10_000, gt=0, description="Snapshot after N labels...")
+    snapshot_every_seconds: float = Field(30.0, gt=0, description="...or after T seconds.")
+    snapshot_chunk_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, le=512 * 1024 * 1024, description="Redis value size per chunk."
+    )
+    snapshot_retention: int = Field(50, ge=1, description="Versions kept per model.")
+    join_ttl: float = Field(
+        1e12, gt=0, description="Event-time units a feature waits for its label (and vice versa)."
+    )
+    join_max_pending: int = Field(1_000_000, gt=0, description="Most events held by the join.")
+    watermark_idle_grace: float = Field(
+        2.0, ge=0, description="Seconds all inputs must be idle before held events are released."
+    )
+    learner_metrics_port: int = Field(9108, ge=0, le=65535, description="Learner /metrics port.")
+    consumer_batch: int = Field(10_000, gt=0, description="Most messages fetched per poll.")
+
+    # -- serving --
+    serve_host: str = Field("127.0.0.1", description="API bind address.")
+    serve_port: int = Field(8000, ge=0, le=65535, description="API port.")
+    serve_workers: int = Field(1, ge=1, description="API worker processes.")
+    serve_models: str = Field("", description="Comma-separated models to serve (empty: all).")
+    serve_poll_seconds: float = Field(1.0, gt=0, description="Version polling fallback interval.")
+
+    def require_snapshot_key(self) -> bytes:
+        """The HMAC key as bytes, or a `ConfigError` naming the variable to set."""
+        if self.snapshot_key is not None and self.snapshot_key.get_secret_value():
+            return self.snapshot_key.get_secret_value().encode()
+        key_file = self.state_dir / "snapshot.key"
+        if key_file.exists():
+            return key_file.read_bytes().strip()
+        raise ConfigError(
+            f"{ENV_PREFIX}SNAPSHOT_KEY is not set (and no local key at {key_file}); "
+            "set it to a long random secret shared by learners and servers"
+        )
