@@ -61,14 +61,16 @@ class Limits:
 
 
 _PATH = re.compile(r"at `\$(?P<path>[^`]*)`")
+_NAMED = re.compile(r"field `(?P<name>[^`]*)`")
 
 
 def _field_of(message: str) -> str | None:
     """Turn msgspec's ``$.features[...]`` path into ``features``."""
     match = _PATH.search(message)
-    if not match:
-        return None
-    path = match.group("path").lstrip(".").replace("[...]", "")
+    path = match.group("path").lstrip(".").replace("[...]", "") if match else ""
+    named = _NAMED.search(message)
+    if named:
+        path = f"{path}.{named.group('name')}" if path else named.group("name")
     return path or None
 
 
@@ -127,7 +129,9 @@ class EventCodec:
             raise SchemaError("empty_id", "id", "id must not be empty")
         if len(event_id) > self.limits.max_id_length:
             raise SchemaError(
-                "id_too_long", "id", f"{len(event_id)} characters, limit {self.limits.max_id_length}"
+                "id_too_long",
+                "id",
+                f"{len(event_id)} characters, limit {self.limits.max_id_length}",
             )
         if not math.isfinite(time):  # pragma: no cover - msgspec rejects these already
             raise SchemaError("not_finite", "time", "number is not finite")

@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     prometheus_url: str | None = Field(None, description="Prometheus base URL.")
 
     # -- local services --
-    state_dir: Path = Field(Path(".state"), description="Pids, addresses and data of local services.")
+    state_dir: Path = Field(
+        Path(".state"), description="Pids, addresses and data of local services."
+    )
     cache_dir: Path = Field(
         Path.home() / ".cache" / "riverstream", description="Downloaded Kafka jars."
     )

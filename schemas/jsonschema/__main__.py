@@ -1,0 +1,3 @@
+from schemas.jsonschema import write
+
+write()

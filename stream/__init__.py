@@ -1,0 +1,1 @@
+"""The streaming room: Kafka adapters, local services, the processor loop and snapshots."""

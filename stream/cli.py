@@ -1,0 +1,199 @@
+"""The `riverstream` command: the one place that wires settings and adapters together."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from schemas.errors import RiverstreamError
+from schemas.settings import Settings
+from stream import services as svc
+
+app = typer.Typer(
+    help="riverstream: streaming online learning with River, Kafka, Redis and FastAPI.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+services_app = typer.Typer(help="Local Kafka, Redis and Prometheus (no Docker needed).")
+topics_app = typer.Typer(help="Kafka topics.")
+publish_app = typer.Typer(help="Publish events from a file (JSON Lines or CSV).")
+app.add_typer(services_app, name="services")
+app.add_typer(topics_app, name="topics")
+app.add_typer(publish_app, name="publish")
+
+console = Console(stderr=True)
+out = Console()
+
+
+def load_settings() -> Settings:
+    """The settings from the environment, with local services' addresses filled in."""
+    return svc.resolve(Settings())
+
+
+def need(value: str | None, what: str, variable: str) -> str:
+    if not value:
+        raise RiverstreamError(
+            f"no {what} address: set RIVERSTREAM_{variable} or run `riverstream services up`"
+        )
+    return value
+
+
+# -- services ------------------------------------------------------------------------------
+ServiceNames = Annotated[
+    list[str] | None, typer.Argument(help="kafka, redis, prometheus (default: all)")
+]
+
+
+@services_app.command("up")
+def services_up(names: ServiceNames = None) -> None:
+    """Start the local services (idempotent) and wait until they answer."""
+    manager = svc.ServiceManager(Settings(), log=lambda m: console.print(f"[dim]{m}[/]"))
+    manager.up(tuple(names or svc.SERVICES))
+    _print_status(manager, as_json=False)
+
+
+@services_app.command("down")
+def services_down(
+    names: ServiceNames = None,
+    purge: Annotated[bool, typer.Option(help="Also delete the local data.")] = False,
+) -> None:
+    """Stop the local services by pid (idempotent)."""
+    manager = svc.ServiceManager(Settings())
+    stopped = manager.down(tuple(names or svc.SERVICES), purge=purge)
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@services_app.command("status")
+def services_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """What runs where."""
+    _print_status(svc.ServiceManager(Settings()), as_json=as_json)
+
+
+def _print_status(manager: svc.ServiceManager, *, as_json: bool) -> None:
+    rows = list(svc.iter_status(manager))
+    if as_json:
+        ep = manager.endpoints()
+        payload = {
+            "kafka_bootstrap_servers": ep.kafka_bootstrap_servers,
+            "redis_url": ep.redis_url,
+            "prometheus_url": ep.prometheus_url,
+            "services": {n: (r.__dict__ if r else None) for n, r in rows},
+        }
+        out.print_json(json.dumps(payload))
+        return
+    table = Table(title="riverstream local services")
+    for column in ("service", "state", "pid", "address", "url", "log"):
+        table.add_column(column, overflow="fold")
+    for name, rec in rows:
+        if rec is None:
+            table.add_row(name, "[red]stopped[/]", "", "", "", "")
+        else:
+            table.add_row(name, "[green]running[/]", str(rec.pid), rec.address, rec.url, rec.log)
+    out.print(table)
+
+
+# -- topics --------------------------------------------------------------------------------
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the feature, label and dead-letter topics if they are missing."""
+    from stream.kafka import create_topics
+
+    s = load_settings()
+    bootstrap = need(s.kafka_bootstrap_servers, "Kafka", "KAFKA_BOOTSTRAP_SERVERS")
+    created = create_topics(
+        bootstrap, {s.topic_features: s.partitions, s.topic_labels: s.partitions, s.topic_dlq: 1}
+    )
+    console.print(f"created: {', '.join(created) or 'none (all exist)'}")
+
+
+# -- publishing ----------------------------------------------------------------------------
+def _progress(total: int | None) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    )
+
+
+def _publish_file(path: Path, kind: str) -> None:
+    from stream.publish import Publisher, read_rows
+
+    if not path.exists():
+        raise RiverstreamError(f"{path}: no such file")
+    publisher = Publisher(load_settings())
+    try:
+        with _progress(None) as progress:
+            task = progress.add_task(f"publishing {kind}", total=None)
+            report = publisher.publish_rows(
+                read_rows(path, kind),  # type: ignore[arg-type]
+                kind,  # type: ignore[arg-type]
+                progress=lambda n: progress.advance(task, n),
+            )
+    finally:
+        publisher.close()
+    for rejection in report.rejected:
+        console.print(f"[yellow]line {rejection.line}: rejected: {rejection.reason}[/]")
+    out.print_json(json.dumps(report.to_dict()))
+    if report.failed or report.rejected:
+        raise typer.Exit(1)
+
+
+@publish_app.command("features")
+def publish_features(path: Path) -> None:
+    """Publish feature events from FILE (.jsonl, or .csv with id and time columns)."""
+    _publish_file(path, "features")
+
+
+@publish_app.command("labels")
+def publish_labels(path: Path) -> None:
+    """Publish label events from FILE (.jsonl, or .csv with id, time and label columns)."""
+    _publish_file(path, "labels")
+
+
+@app.command()
+def replay(
+    dataset: Annotated[str, typer.Argument(help="River dataset (Phishing, synth.Agrawal, ...).")],
+    label_delay: Annotated[str, typer.Option(help="N, or random:A-B per event.")] = "0",
+    limit: Annotated[int | None, typer.Option(help="At most N samples.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of generators and delays.")] = None,
+    rate: Annotated[float | None, typer.Option(help="Events per second (default: fast).")] = None,
+) -> None:
+    """Turn a River dataset into feature and label events, published in event-time order."""
+    from learners.datasets import dataset_events
+
+    from stream.publish import Publisher
+
+    events = list(dataset_events(dataset, label_delay=label_delay, limit=limit, seed=seed))
+    publisher = Publisher(load_settings())
+    try:
+        with _progress(len(events)) as progress:
+            task = progress.add_task(f"replaying {dataset}", total=len(events))
+            report = publisher.publish_events(
+                events, rate=rate, progress=lambda n: progress.advance(task, n)
+            )
+    finally:
+        publisher.close()
+    out.print_json(json.dumps(report.to_dict()))
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except RiverstreamError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)

@@ -1,0 +1,274 @@
+"""The one small adapter over the Kafka clients.
+
+kafka-python is the chosen client for administration and producing. The learner's consume path
+uses confluent-kafka (librdkafka), the sanctioned alternative, because `bench/consume_path.py`
+shows kafka-python's consumer capping the learner (≈ 39k msg/s against ≈ 500k msg/s on this
+machine, while the bare River loop for ``logreg`` runs ≈ 70k events/s). Both consumers implement
+`RecordSource`, so the processor does not know which one it has. Every client exception is wrapped
+in `KafkaAdapterError` where it enters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from schemas.errors import KafkaAdapterError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+
+
+class RecordSource(Protocol):
+    """What the processor needs from a consumer."""
+
+    def assign(self, positions: dict[tuple[str, int], int]) -> None: ...
+    def poll(self, max_records: int, timeout: float) -> list[Record]: ...
+    def end_offsets(self) -> dict[tuple[str, int], int]: ...
+    def close(self) -> None: ...
+
+
+def broker_ready(bootstrap: str, timeout: float = 2.0) -> bool:
+    """True when the broker answers a metadata request."""
+    from confluent_kafka.admin import AdminClient
+
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout)
+    return bool(metadata.brokers)
+
+
+def create_topics(bootstrap: str, topics: dict[str, int]) -> list[str]:
+    """Create missing topics (name → partitions); returns those created. Idempotent."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="rs-admin")
+    except KafkaError as exc:
+        raise KafkaAdapterError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(n, p, 1) for n, p in topics.items() if n not in existing]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(new)
+        return [t.name for t in new]
+    except KafkaError as exc:
+        raise KafkaAdapterError(f"creating topics failed: {exc}") from exc
+    finally:
+        admin.close()
+
+
+def partitions_for(bootstrap: str, topic: str) -> list[int]:
+    from confluent_kafka.admin import AdminClient
+
+    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+    info = meta.topics.get(topic)
+    if info is None or info.error is not None:
+        raise KafkaAdapterError(f"topic {topic} not found: {info.error if info else 'missing'}")
+    return sorted(info.partitions)
+
+
+class EventProducer:
+    """kafka-python producer with batching, compression and delivery accounting."""
+
+    def __init__(self, bootstrap: str, *, compression: str | None = "gzip", linger_ms: int = 20):
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        try:
+            self._producer = KafkaProducer(
+                bootstrap_servers=bootstrap,
+                acks="all",
+                linger_ms=linger_ms,
+                batch_size=512 * 1024,
+                compression_type=compression,
+                max_in_flight_requests_per_connection=1,
+                retries=5,
+            )
+        except KafkaError as exc:
+            raise KafkaAdapterError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+        self.sent = 0
+        self.failed = 0
+        self.errors: list[str] = []
+
+    def _ok(self, _meta: Any) -> None:
+        self.sent += 1
+
+    def _fail(self, exc: BaseException) -> None:
+        self.failed += 1
+        if len(self.errors) < 20:
+            self.errors.append(str(exc))
+
+    def send(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> None:
+        from kafka.errors import KafkaError
+
+        try:
+            future = self._producer.send(topic, key=key, value=value, partition=partition)
+        except KafkaError as exc:
+            raise KafkaAdapterError(f"send to {topic} failed: {exc}") from exc
+        future.add_callback(self._ok).add_errback(self._fail)
+
+    def flush(self, timeout: float | None = 60.0) -> None:
+        from kafka.errors import KafkaError
+
+        try:
+            self._producer.flush(timeout=timeout)
+        except KafkaError as exc:
+            raise KafkaAdapterError(f"flush failed: {exc}") from exc
+
+    def close(self) -> None:
+        self._producer.close(timeout=10)
+
+
+class ConfluentSource:
+    """librdkafka consumer with manual assignment: offsets come from our snapshots."""
+
+    def __init__(self, bootstrap: str, group_id: str) -> None:
+        from confluent_kafka import Consumer
+
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 50,
+                "queued.min.messages": 200_000,
+            }
+        )
+        self._assigned: list[tuple[str, int]] = []
+
+    def assign(self, positions: dict[tuple[str, int], int]) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        parts = [
+            TopicPartition(t, p, off if off >= 0 else OFFSET_BEGINNING)
+            for (t, p), off in positions.items()
+        ]
+        self._consumer.assign(parts)
+        self._assigned = list(positions)
+
+    def poll(self, max_records: int, timeout: float) -> list[Record]:
+        messages = self._consumer.consume(max_records, timeout)
+        out = []
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.code() == -191:  # _PARTITION_EOF
+                    continue
+                raise KafkaAdapterError(f"consume failed: {err}")
+            out.append(
+                Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1])
+            )
+        return out
+
+    def end_offsets(self) -> dict[tuple[str, int], int]:
+        from confluent_kafka import TopicPartition
+
+        ends = {}
+        for topic, partition in self._assigned:
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=5, cached=False
+            )
+            ends[(topic, partition)] = high
+        return ends
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class KafkaPythonSource:
+    """The same source over kafka-python, kept for the consume-path benchmark."""
+
+    def __init__(self, bootstrap: str, group_id: str) -> None:
+        from kafka import KafkaConsumer
+
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=10_000,
+            fetch_max_bytes=50 * 1024 * 1024,
+            max_partition_fetch_bytes=10 * 1024 * 1024,
+        )
+
+    def assign(self, positions: dict[tuple[str, int], int]) -> None:
+        from kafka import TopicPartition
+
+        tps = {TopicPartition(t, p): off for (t, p), off in positions.items()}
+        self._consumer.assign(list(tps))
+        for tp, off in tps.items():
+            if off >= 0:
+                self._consumer.seek(tp, off)
+            else:
+                self._consumer.seek_to_beginning(tp)
+
+    def poll(self, max_records: int, timeout: float) -> list[Record]:
+        batches = self._consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+        return [
+            Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+            for messages in batches.values()
+            for m in messages
+        ]
+
+    def end_offsets(self) -> dict[tuple[str, int], int]:
+        ends = self._consumer.end_offsets(list(self._consumer.assignment()))
+        return {(tp.topic, tp.partition): off for tp, off in ends.items()}
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def open_source(bootstrap: str, group_id: str, client: str = "confluent") -> RecordSource:
+    if client == "confluent":
+        return ConfluentSource(bootstrap, group_id)
+    if client == "kafka-python":
+        return KafkaPythonSource(bootstrap, group_id)
+    raise KafkaAdapterError(f"unknown Kafka client {client!r}")
+
+
+def read_all(bootstrap: str, topics: Sequence[str], timeout: float = 10.0) -> list[Record]:
+    """Every record currently in ``topics`` (for tests and tools), in partition order."""
+    import time
+
+    source = ConfluentSource(bootstrap, "rs-read-all")
+    positions = {(t, p): 0 for t in topics for p in partitions_for(bootstrap, t)}
+    source.assign(positions)
+    ends = source.end_offsets()
+    out: list[Record] = []
+    seen = dict.fromkeys(positions, 0)
+    deadline = time.monotonic() + timeout
+    try:
+        while any(seen[tp] < ends[tp] for tp in positions) and time.monotonic() < deadline:
+            for record in source.poll(10_000, 0.2):
+                out.append(record)
+                seen[(record.topic, record.partition)] = record.offset + 1
+    finally:
+        source.close()
+    return out
+
+
+def group_by_partition(records: Iterable[Record]) -> dict[tuple[str, int], list[Record]]:
+    grouped: dict[tuple[str, int], list[Record]] = {}
+    for r in records:
+        grouped.setdefault((r.topic, r.partition), []).append(r)
+    return grouped

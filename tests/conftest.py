@@ -1,0 +1,66 @@
+"""Shared fixtures: the real Kafka, Redis and Prometheus, started once per test run.
+
+The servers are started by the same code as `riverstream services up`, in a private state
+directory, and stopped by pid at the end of the run. Each test gets its own topic names, Redis
+key prefix and consumer group through the `settings` fixture, so tests never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from schemas.settings import Settings
+from stream.services import SERVICES, Endpoints, ServiceManager
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
+    """Real local services for the whole run (never mocked, never silently skipped)."""
+    state = tmp_path_factory.mktemp("services-state")
+    base = Settings(state_dir=state)
+    manager = ServiceManager(base)
+    manager.up(SERVICES)
+    try:
+        yield manager.endpoints()
+    finally:
+        manager.down(SERVICES, purge=True)
+
+
+@pytest.fixture(scope="session")
+def services_state(services: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.getbasetemp()
+
+
+@pytest.fixture
+def settings(services: Endpoints, tmp_path: Path) -> Settings:
+    """Settings pointing at the real services, with names unique to this test."""
+    tag = uuid.uuid4().hex[:10]
+    return Settings(
+        kafka_bootstrap_servers=services.kafka_bootstrap_servers,
+        redis_url=services.redis_url,
+        prometheus_url=services.prometheus_url,
+        state_dir=tmp_path / "state",
+        topic_features=f"t{tag}.features",
+        topic_labels=f"t{tag}.labels",
+        topic_dlq=f"t{tag}.dlq",
+        redis_prefix=f"test:{tag}",
+        snapshot_key="test-key-" + tag,
+        partitions=3,
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a subprocess (CLI, learner, API) the same settings."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"RIVERSTREAM_{name.upper()}"] = str(value)
+    return env
