@@ -172,7 +172,6 @@ def replay(
 ) -> None:
     """Turn a River dataset into feature and label events, published in event-time order."""
     from learners.datasets import dataset_events
-
     from stream.publish import Publisher
 
     events = list(dataset_events(dataset, label_delay=label_delay, limit=limit, seed=seed))
@@ -190,8 +189,53 @@ def replay(
         raise typer.Exit(1)
 
 
+@app.command()
+def learn(
+    model: Annotated[
+        list[str],
+        typer.Option(
+            help="NAME=SPEC: a preset (logreg, linreg, hoeffding, "
+            "hoeffding-reg, arf, halfspace) or package.module:function. Repeatable."
+        ),
+    ],
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(help="River metric class name, for all models or as MODEL:Metric."),
+    ] = None,
+    exit_when_idle: Annotated[
+        float | None, typer.Option(help="Stop after the topics were idle this many seconds.")
+    ] = None,
+    no_fork: Annotated[bool, typer.Option(help="Snapshot in-process instead of forking.")] = False,
+) -> None:
+    """Learn from the feature and label topics until stopped (SIGTERM: snapshot, then exit)."""
+    import signal
+
+    from stream.runtime import build_learner, model_specs
+
+    settings = load_settings()
+    specs = model_specs(model, metric or [])
+    learner = build_learner(
+        settings, specs, observer=_learner_observer(settings), use_fork=not no_fork
+    )
+    signal.signal(signal.SIGTERM, lambda *_: learner.stop())
+    signal.signal(signal.SIGINT, lambda *_: learner.stop())
+    if learner.stats.restored_from is not None:
+        console.print(f"[dim]resumed from snapshot v{learner.stats.restored_from}[/]")
+    for summary in learner.run(exit_when_idle=exit_when_idle):
+        out.print(json.dumps(summary), soft_wrap=True, highlight=False)
+
+
+def _learner_observer(settings: Settings) -> object | None:
+    try:
+        from stream.observer import PrometheusObserver
+    except ImportError:
+        return None
+    return PrometheusObserver.start(settings)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # kafka-python is chatty on connect
     try:
         app()
     except RiverstreamError as exc:

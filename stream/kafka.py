@@ -31,6 +31,7 @@ class Record:
     key: bytes | None
     value: bytes
     timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class RecordSource(Protocol):
@@ -115,12 +116,19 @@ class EventProducer:
             self.errors.append(str(exc))
 
     def send(
-        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         from kafka.errors import KafkaError
 
         try:
-            future = self._producer.send(topic, key=key, value=value, partition=partition)
+            future = self._producer.send(
+                topic, key=key, value=value, partition=partition, headers=headers
+            )
         except KafkaError as exc:
             raise KafkaAdapterError(f"send to {topic} failed: {exc}") from exc
         future.add_callback(self._ok).add_errback(self._fail)
@@ -175,8 +183,17 @@ class ConfluentSource:
                 if err.code() == -191:  # _PARTITION_EOF
                     continue
                 raise KafkaAdapterError(f"consume failed: {err}")
+            headers = tuple(m.headers() or ())
             out.append(
-                Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1])
+                Record(
+                    m.topic(),
+                    m.partition(),
+                    m.offset(),
+                    m.key(),
+                    m.value(),
+                    m.timestamp()[1],
+                    headers,
+                )
             )
         return out
 

@@ -1,0 +1,177 @@
+"""The learning core: models predicting, scoring and learning from joined events.
+
+`LearningCore` is deterministic and pure (no I/O, no clock). The stream adapter pushes the
+events it reads, tells the core how far event time is known to be complete (`advance`) and
+snapshots the whole core, pickled, together with the input offsets it covers.
+
+What happens, per model, when the join (`learners.join.EventTimeJoin`) releases an event:
+
+* a **feature** is processed: each model predicts, with ``predict_proba_one`` if one of its
+  metrics needs probabilities (``not metric.requires_labels``) on a classifier and
+  ``predict_one`` if one needs labels, only the kinds needed; an anomaly detector scores with
+  ``score_one``. The predictions are stored with the features until the label comes. An
+  unsupervised model (anomaly detector) learns from the features right away.
+* a **label** is joined: each metric is updated with the stored prediction (skipped when it
+  is ``None`` or ``{}``, as River does), then a supervised model learns ``learn_one(x, y)``
+  with the stored features.
+
+For supervised models this reproduces ``river.evaluate.progressive_val_score`` with the same
+per-event delays exactly, whatever the order events are pushed in between two `advance`
+calls, as long as no event is late. Unsupervised models learn at feature time, not at label
+time as in River: identical to River when labels are not delayed.
+
+Examples
+--------
+>>> from learners.specs import ModelSpec
+>>> from schemas.events import FeatureEvent, LabelEvent
+>>> core = LearningCore([ModelSpec("m", "logreg", ("Accuracy", "LogLoss"))])
+>>> for i in range(4):
+...     core.push_feature(FeatureEvent(str(i), float(i), {"x": float(i % 2)}), (0, 0), i)
+...     core.push_label(LabelEvent(str(i), float(i), i % 2 == 1), (1, 0), i)
+>>> core.advance(2.0)  # features 0, 1 and labels 0, 1: everything with time < 2
+4
+>>> core.counters.labels_joined, core.models["m"].samples_learned
+(2, 2)
+>>> core.flush()
+4
+>>> {name: round(value, 4) for name, value in core.metric_values("m").items()}
+{'Accuracy': 0.75, 'LogLoss': 0.6923}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from river import base, metrics
+
+from learners.join import EventTimeJoin, JoinCounters, Pending, Source
+from learners.specs import ModelKind, ModelSpec, model_kind
+from schemas.errors import ModelSpecError
+from schemas.events import FeatureEvent, LabelEvent, Label
+
+Prediction = tuple[Any, Any]
+"""What a model said about one feature event: (label or score, probabilities)."""
+
+
+@dataclass(eq=False)
+class ModelState:
+    """One named model, its metrics and how it predicts for them."""
+
+    spec: ModelSpec
+    model: base.Estimator
+    metrics: list[metrics.base.Metric]
+    kind: ModelKind
+    samples_learned: int = 0
+    _uses_proba: list[bool] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> ModelState:
+        """A fresh model with fresh metrics."""
+        model = spec.build()
+        state = cls(spec, model, spec.build_metrics(model), model_kind(model))
+        state._uses_proba = [
+            state.kind == "classifier" and not metric.requires_labels for metric in state.metrics
+        ]
+        return state
+
+    @property
+    def supervised(self) -> bool:
+        """Whether the model learns from labels (else from features alone, at feature time)."""
+        return bool(self.model._supervised)
+
+    def predict(self, x: dict[str, Any]) -> Prediction:
+        """Predict what the metrics need for ``x``; unsupervised models then learn ``x``."""
+        model = self.model
+        if self.kind == "anomaly":
+            score = model.score_one(dict(x))
+            if isinstance(model, base.AnomalyFilter):
+                score = model.classify(score)
+            if not model._supervised:
+                model.learn_one(x)
+                self.samples_learned += 1
+            return score, score
+        uses = self._uses_proba
+        y_pred = model.predict_one(dict(x)) if not all(uses) else None
+        y_proba = model.predict_proba_one(dict(x)) if any(uses) else None
+        return y_pred, y_proba
+
+    def learn(self, x: dict[str, Any], y: Label, prediction: Prediction) -> None:
+        """Score the stored ``prediction`` against ``y``, then learn ``(x, y)`` if supervised."""
+        for metric, use_proba in zip(self.metrics, self._uses_proba, strict=True):
+            y_pred = prediction[1] if use_proba else prediction[0]
+            if y_pred is not None and y_pred != {}:
+                metric.update(y_true=y, y_pred=y_pred)
+        if self.model._supervised:
+            self.model.learn_one(x, y)
+            self.samples_learned += 1
+
+    def metric_values(self) -> dict[str, float]:
+        """Current value of every metric, by class name."""
+        return {type(metric).__name__: metric.get() for metric in self.metrics}
+
+
+class LearningCore:
+    """Models learning exactly once from feature and label events, in event-time order.
+
+    Parameters
+    ----------
+    specs
+        The models to run (unique names). Each gets its own estimator and metrics.
+    join_ttl
+        Event-time units a feature waits for its label (and an early label for its feature).
+    max_pending
+        Bound on pending features, on early labels and on buffered events.
+    """
+
+    def __init__(
+        self, specs: Sequence[ModelSpec], *, join_ttl: float = 1e12, max_pending: int = 1_000_000
+    ) -> None:
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise ModelSpecError(f"model names must be unique, got {names}")
+        self.models: dict[str, ModelState] = {spec.name: ModelState.from_spec(spec) for spec in specs}
+        self._join = EventTimeJoin(ttl=join_ttl, max_pending=max_pending)
+
+    @property
+    def counters(self) -> JoinCounters:
+        """Join counters: processed, joined, expired, orphan and late events, pending sizes."""
+        return self._join.counters
+
+    def push_feature(self, event: FeatureEvent, source: Source, offset: int) -> None:
+        """Buffer a feature event; ``source`` is (0, partition). Nothing is processed yet."""
+        self._join.push_feature(event, source, offset)
+
+    def push_label(self, event: LabelEvent, source: Source, offset: int) -> None:
+        """Buffer a label event; ``source`` is (1, partition). Nothing is processed yet."""
+        self._join.push_label(event, source, offset)
+
+    def advance(self, watermark: float) -> int:
+        """Process every buffered event that is safe now that all events with time < ``watermark``
+        have arrived; return how many events (features and labels) were processed."""
+        before = self._join.events_processed
+        states = list(self.models.values())
+        for pending, label in self._join.steps(watermark):
+            if label is None:
+                pending.predictions = [state.predict(pending.x) for state in states]
+            else:
+                _learn(states, pending, label)
+        return self._join.events_processed - before
+
+    def flush(self) -> int:
+        """Process everything buffered (end of input, or every input idle)."""
+        return self.advance(math.inf)
+
+    def metric_values(self, name: str) -> dict[str, float]:
+        """Current metrics of model ``name``, by metric class name."""
+        state = self.models.get(name)
+        if state is None:
+            raise ModelSpecError(f"unknown model {name!r}; models are {sorted(self.models)}")
+        return state.metric_values()
+
+
+def _learn(states: list[ModelState], pending: Pending, label: LabelEvent) -> None:
+    for state, prediction in zip(states, pending.predictions, strict=True):
+        state.learn(pending.x, label.label, prediction)

@@ -1,0 +1,196 @@
+"""The checkpoint protocol: how the learner's state reaches Redis, and how it comes back.
+
+Taking a snapshot, in order (each step only after the previous one succeeded):
+
+1. **Learn.** Snapshots are taken between batches, never inside one: every record consumed so
+   far has been pushed into the `LearningCore` (processed, or buffered inside it).
+2. **Cover.** The input offsets recorded are the next offsets to read on every partition; they
+   cover exactly the records inside the core. A version number is taken from Redis.
+3. **Fork.** The learner forks. The child holds a copy-on-write image of the core, so the
+   learner goes on at once; its stall is the `fork()` call (milliseconds even for a large
+   model), not the pickling (seconds for a large forest).
+4. **Serialize and sign** (in the child). Each model state becomes its own signed blob (what
+   serving loads); the core without its models plus the offsets is the checkpoint blob.
+5. **Write atomically** (in the child). `SnapshotStore.write`: chunks first, then one
+   MULTI/EXEC makes every model's version, its metadata and the checkpoint visible together,
+   then PUBLISH announces it. A crash before EXEC leaves nothing visible.
+6. **Reap.** The learner collects the child's exit status; at most one child runs at a time.
+
+Restoring reverses it: load the latest checkpoint, load each model's blob of that same version
+(all verified before unpickling), put the models back into the core, and seek every partition
+to the checkpoint's offsets. Whatever moment the learner was killed at, it then continues from
+a state that has seen every record before those offsets once and none after: exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from learners.core import LearningCore
+from learners.serialization import dump_signed, load_signed
+from learners.specs import ModelSpec
+from learners.watermark import Watermark
+from schemas.errors import SnapshotError
+from stream.snapshots import SnapshotMeta, SnapshotStore
+
+log = logging.getLogger(__name__)
+
+Offsets = dict[str, int]
+"""``"topic:partition"`` → next offset to read."""
+
+
+@dataclass
+class SnapshotResult:
+    version: int
+    ok: bool
+    seconds: float
+    stall_seconds: float
+
+
+def offsets_key(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+def write_snapshot(
+    store: SnapshotStore,
+    key: bytes,
+    version: int,
+    core: LearningCore,
+    offsets: Offsets,
+    watermark: Watermark | None = None,
+) -> dict[str, SnapshotMeta]:
+    """Steps 4 and 5: serialize ``core`` and write it as ``version``. Mutates nothing visible
+    to the caller except that ``core.models`` is restored before returning."""
+    models = core.models
+    blobs: dict[str, tuple[bytes, SnapshotMeta]] = {}
+    for name, state in models.items():
+        blob = dump_signed(state, key)
+        meta = SnapshotMeta.describe(
+            name,
+            blob,
+            kind=state.kind,
+            spec=state.spec.spec,
+            samples_learned=state.samples_learned,
+            metrics=state.metric_values(),
+            offsets=offsets,
+        )
+        blobs[name] = (blob, meta)
+    core.models = {}
+    try:
+        payload = {
+            "core": core,
+            "offsets": offsets,
+            "models": list(models),
+            "watermark": watermark,
+        }
+        checkpoint = dump_signed(payload, key)
+    finally:
+        core.models = models
+    store.write(version, blobs, checkpoint, offsets)
+    return {name: meta for name, (_, meta) in blobs.items()}
+
+
+class Snapshotter:
+    """Takes snapshots off the learning path (fork), one at a time."""
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        store_factory: Callable[[], SnapshotStore],
+        key: bytes,
+        *,
+        use_fork: bool = True,
+    ) -> None:
+        self.store = store
+        self._store_factory = store_factory
+        self._key = key
+        self.use_fork = use_fork and hasattr(os, "fork")
+        self._child: tuple[int, int, float, float] | None = None  # pid, version, start, stall
+        self.last_version: int | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._child is not None
+
+    def take(
+        self, core: LearningCore, offsets: Offsets, watermark: Watermark | None = None
+    ) -> SnapshotResult | None:
+        """Start a snapshot (steps 2-3); returns a result at once when not forking."""
+        version = self.store.next_version()
+        start = time.perf_counter()
+        if not self.use_fork:
+            write_snapshot(self.store, self._key, version, core, dict(offsets), watermark)
+            self.last_version = version
+            elapsed = time.perf_counter() - start
+            return SnapshotResult(version, True, elapsed, elapsed)
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            status = 1
+            try:
+                store = self._store_factory()
+                write_snapshot(store, self._key, version, core, dict(offsets), watermark)
+                status = 0
+            except BaseException:
+                log.exception("snapshot v%d failed", version)
+            finally:
+                os._exit(status)
+        stall = time.perf_counter() - start
+        self._child = (pid, version, start, stall)
+        return None
+
+    def poll(self, block: bool = False) -> SnapshotResult | None:
+        """Step 6: reap the running child, if it has finished (or wait for it)."""
+        if self._child is None:
+            return None
+        pid, version, start, stall = self._child
+        waited, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+        if waited == 0:
+            return None
+        self._child = None
+        ok = os.waitstatus_to_exitcode(status) == 0
+        if ok:
+            self.last_version = version
+        else:
+            log.error("snapshot v%d failed (child exit status %s)", version, status)
+        return SnapshotResult(version, ok, time.perf_counter() - start, stall)
+
+
+@dataclass
+class Restored:
+    version: int
+    core: LearningCore
+    offsets: Offsets
+    watermark: Watermark | None
+
+
+def restore(store: SnapshotStore, key: bytes, specs: list[ModelSpec]) -> Restored | None:
+    """Load the latest checkpoint and its models (verified before unpickling), or None."""
+    latest = store.latest_checkpoint()
+    if latest is None:
+        return None
+    version, blob, _offsets = latest
+    payload: Mapping[str, Any] = load_signed(blob, key)
+    core: LearningCore = payload["core"]
+    names: list[str] = payload["models"]
+    wanted = {spec.name: spec for spec in specs}
+    if set(names) != set(wanted):
+        raise SnapshotError(
+            f"checkpoint v{version} holds models {sorted(names)} but the learner was started with "
+            f"{sorted(wanted)}; use a new RIVERSTREAM_REDIS_PREFIX for a different set of models"
+        )
+    models = {}
+    for name in names:
+        state, _meta = store.load_model(name, version)
+        if state.spec.spec != wanted[name].spec:
+            raise SnapshotError(
+                f"model {name} was snapshotted with spec {state.spec.spec!r}, "
+                f"not {wanted[name].spec!r}"
+            )
+        models[name] = state
+    core.models = models
+    return Restored(version, core, dict(payload["offsets"]), payload.get("watermark"))

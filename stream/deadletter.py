@@ -1,0 +1,34 @@
+"""Dead letters: a malformed record goes to the dead-letter topic with its reason.
+
+The message value is the original bytes, untouched; the key is the original key; headers say
+where it came from (``rs.topic``, ``rs.partition``, ``rs.offset``) and why it was refused
+(``rs.reason``, ``rs.error``). The stream goes on.
+"""
+
+from __future__ import annotations
+
+from schemas.errors import SchemaError
+from stream.kafka import EventProducer, Record
+
+
+class DeadLetters:
+    def __init__(self, producer: EventProducer, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.pending = 0
+
+    def send(self, record: Record, error: SchemaError) -> None:
+        headers = [
+            ("rs.topic", record.topic.encode()),
+            ("rs.partition", str(record.partition).encode()),
+            ("rs.offset", str(record.offset).encode()),
+            ("rs.reason", error.reason.encode()),
+            ("rs.error", str(error).encode()),
+        ]
+        self.producer.send(self.topic, record.key, record.value, headers=headers)
+        self.pending += 1
+
+    def flush(self) -> None:
+        if self.pending:
+            self.producer.flush()
+            self.pending = 0

@@ -1,0 +1,237 @@
+"""The learner process: Kafka records in, the pure `LearningCore` in the middle, snapshots out.
+
+One loop, one thread: poll a batch → decode (bad records go to the dead-letter topic) → push into
+the core → advance the watermark → maybe snapshot (see `stream.checkpoint` for the protocol).
+Offsets are never committed to Kafka: the snapshot is the single source of truth for what has
+been learned, which is what makes a restart exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from learners.core import LearningCore
+from learners.specs import ModelSpec
+from learners.watermark import Watermark
+from schemas.errors import SchemaError
+from schemas.events import EventCodec, Limits
+from schemas.settings import Settings
+from stream.checkpoint import Offsets, Snapshotter, offsets_key, restore
+from stream.deadletter import DeadLetters
+from stream.kafka import Record, RecordSource
+from stream.snapshots import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class LearnerStats:
+    """What the loop has done so far (also the source of its Prometheus metrics)."""
+
+    consumed: dict[str, int] = field(default_factory=dict)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    snapshots: int = 0
+    last_snapshot_version: int | None = None
+    max_stall_seconds: float = 0.0
+    restored_from: int | None = None
+
+
+class Learner:
+    """Consumes the feature and label topics and keeps the models learning exactly once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        specs: list[ModelSpec],
+        *,
+        source: RecordSource,
+        partitions: list[int],
+        store: SnapshotStore,
+        store_factory: Callable[[], SnapshotStore],
+        dead_letters: DeadLetters,
+        observer: Any = None,
+        clock: Clock = time.monotonic,
+        use_fork: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.specs = specs
+        self.source = source
+        self.codec = EventCodec(Limits.from_settings(settings))
+        self.dead_letters = dead_letters
+        self.observer = observer
+        self.clock = clock
+        key = settings.require_snapshot_key()
+        self.snapshotter = Snapshotter(store, store_factory, key, use_fork=use_fork)
+        self.stats = LearnerStats()
+        self._topics = (settings.topic_features, settings.topic_labels)
+        self._sources = [(t, p) for t in range(2) for p in partitions]
+
+        restored = restore(store, key, specs)
+        if restored is None:
+            self.core = LearningCore(
+                specs, join_ttl=settings.join_ttl, max_pending=settings.join_max_pending
+            )
+            self.offsets: Offsets = {}
+            self.watermark = Watermark(self._sources)
+        else:
+            self.core = restored.core
+            self.offsets = restored.offsets
+            self.stats.restored_from = restored.version
+            self.watermark = restored.watermark or Watermark(self._sources)
+        positions = {
+            (self._topics[t], p): self.offsets.get(offsets_key(self._topics[t], p), -1)
+            for t, p in self._sources
+        }
+        self.source.assign(positions)
+        self._ends: dict[tuple[str, int], int] = {}
+        self._caught_up_since: dict[tuple[int, int], float] = {}
+        self._last_ends_check = -1e9
+        self._labels_at_snapshot = self.core.counters.labels_joined
+        self._last_snapshot_at = clock()
+        self._last_record_at = clock()
+        self._stop = threading.Event()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, *, exit_when_idle: float | None = None) -> list[dict[str, Any]]:
+        """Run until `stop` (or idle for ``exit_when_idle`` s); final snapshot; summaries."""
+        while not self._stop.is_set():
+            records = self.source.poll(self.settings.consumer_batch, 0.1)
+            now = self.clock()
+            if records:
+                self._last_record_at = now
+                self._ingest(records)
+            self._update_idle(now, bool(records))
+            self._process()
+            self._maybe_snapshot(now)
+            if self.observer is not None:
+                self.observer.after_batch(self, records)
+            if (
+                exit_when_idle is not None
+                and not records
+                and self._all_caught_up()
+                and now - self._last_record_at >= exit_when_idle
+            ):
+                break
+        self.core.flush()
+        self.finish_snapshots()
+        return self.summaries()
+
+    def _ingest(self, records: list[Record]) -> None:
+        features_topic = self._topics[0]
+        consumed = self.stats.consumed
+        for r in records:
+            is_feature = r.topic == features_topic
+            source = (0 if is_feature else 1, r.partition)
+            try:
+                if is_feature:
+                    event = self.codec.decode_feature(r.value)
+                    self.core.push_feature(event, source, r.offset)
+                else:
+                    label = self.codec.decode_label(r.value)
+                    self.core.push_label(label, source, r.offset)
+                    event = label  # type: ignore[assignment]
+                self.watermark.observe(source, event.time)
+            except SchemaError as exc:
+                self.dead_letters.send(r, exc)
+                self.stats.dead_letters[exc.reason] = self.stats.dead_letters.get(exc.reason, 0) + 1
+            self.offsets[offsets_key(r.topic, r.partition)] = r.offset + 1
+            consumed[r.topic] = consumed.get(r.topic, 0) + 1
+        self.dead_letters.flush()
+
+    def _update_idle(self, now: float, got_records: bool) -> None:
+        """A source is idle when it is caught up with its log end for the idle grace."""
+        if got_records and now - self._last_ends_check < 0.5:
+            return
+        if now - self._last_ends_check >= 0.2:
+            self._ends = self.source.end_offsets()
+            self._last_ends_check = now
+        for t, p in self._sources:
+            topic = self._topics[t]
+            position = self.offsets.get(offsets_key(topic, p), 0)
+            caught_up = position >= self._ends.get((topic, p), 0)
+            if not caught_up:
+                self._caught_up_since.pop((t, p), None)
+                self.watermark.mark_idle((t, p), False)
+                continue
+            since = self._caught_up_since.setdefault((t, p), now)
+            if now - since >= self.settings.watermark_idle_grace:
+                self.watermark.mark_idle((t, p), True)
+
+    def _all_caught_up(self) -> bool:
+        return len(self._caught_up_since) == len(self._sources)
+
+    def _process(self) -> None:
+        value = self.watermark.value()
+        if value is not None:
+            self.core.advance(value)
+        elif self._all_idle():
+            self.core.flush()
+
+    def _all_idle(self) -> bool:
+        grace = self.settings.watermark_idle_grace
+        now = self.clock()
+        return self._all_caught_up() and all(
+            now - since >= grace for since in self._caught_up_since.values()
+        )
+
+    # -- snapshots ---------------------------------------------------------------------------
+    def _maybe_snapshot(self, now: float) -> None:
+        result = self.snapshotter.poll()
+        if result is not None:
+            self._record(result)
+        if self.snapshotter.busy:
+            return
+        labels = self.core.counters.labels_joined - self._labels_at_snapshot
+        due = labels >= self.settings.snapshot_every_labels or (
+            labels > 0 and now - self._last_snapshot_at >= self.settings.snapshot_every_seconds
+        )
+        if due:
+            self.snapshot_now()
+
+    def snapshot_now(self) -> None:
+        self._labels_at_snapshot = self.core.counters.labels_joined
+        self._last_snapshot_at = self.clock()
+        result = self.snapshotter.take(self.core, self.offsets, self.watermark)
+        if result is not None:
+            self._record(result)
+
+    def finish_snapshots(self) -> None:
+        """Wait for a running snapshot, then write a final one in-process (no fork)."""
+        result = self.snapshotter.poll(block=True)
+        if result is not None:
+            self._record(result)
+        use_fork = self.snapshotter.use_fork
+        self.snapshotter.use_fork = False
+        try:
+            self.snapshot_now()
+        finally:
+            self.snapshotter.use_fork = use_fork
+
+    def _record(self, result: Any) -> None:
+        self.stats.snapshots += int(result.ok)
+        if result.ok:
+            self.stats.last_snapshot_version = result.version
+        self.stats.max_stall_seconds = max(self.stats.max_stall_seconds, result.stall_seconds)
+        if self.observer is not None:
+            self.observer.snapshot(self, result)
+
+    def summaries(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "model": name,
+                "version": self.stats.last_snapshot_version,
+                "samples_learned": state.samples_learned,
+                "metrics": state.metric_values(),
+            }
+            for name, state in self.core.models.items()
+        ]

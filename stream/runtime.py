@@ -1,0 +1,87 @@
+"""Wiring of the learner's adapters from settings (used by the CLI, the demo and the tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis
+
+from learners.specs import ModelSpec, parse_model_option
+from schemas.errors import ConfigError, RiverstreamError
+from schemas.settings import Settings
+from stream.deadletter import DeadLetters
+from stream.kafka import EventProducer, create_topics, open_source, partitions_for
+from stream.processor import Learner
+from stream.snapshots import SnapshotStore
+
+
+def model_specs(models: Sequence[str], metrics: Sequence[str]) -> list[ModelSpec]:
+    """``--model NAME=SPEC`` options and ``--metric [MODEL:]Metric`` options → specs.
+
+    >>> [s.metric_names for s in model_specs(["a=logreg", "b=hoeffding"], ["Accuracy", "b:ROCAUC"])]
+    [('Accuracy',), ('Accuracy', 'ROCAUC')]
+    """
+    if not models:
+        raise ConfigError("give at least one --model NAME=SPEC (e.g. --model logreg=logreg)")
+    names = [m.partition("=")[0].strip() for m in models]
+    shared = [m for m in metrics if ":" not in m]
+    per_model: dict[str, list[str]] = {}
+    for m in metrics:
+        if ":" in m:
+            model, _, metric = m.partition(":")
+            if model not in names:
+                raise ConfigError(f"--metric {m}: no model named {model!r}")
+            per_model.setdefault(model, []).append(metric)
+    return [
+        parse_model_option(option, [*shared, *per_model.get(name, [])])
+        for option, name in zip(models, names, strict=True)
+    ]
+
+
+def snapshot_store(settings: Settings) -> SnapshotStore:
+    if not settings.redis_url:
+        raise ConfigError(
+            "no Redis address: set RIVERSTREAM_REDIS_URL or run `riverstream services up`"
+        )
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+    return SnapshotStore(
+        client,
+        settings.redis_prefix,
+        settings.require_snapshot_key(),
+        chunk_bytes=settings.snapshot_chunk_bytes,
+    )
+
+
+def build_learner(
+    settings: Settings, specs: list[ModelSpec], *, observer: object = None, use_fork: bool = True
+) -> Learner:
+    bootstrap = settings.kafka_bootstrap_servers
+    if not bootstrap:
+        raise ConfigError(
+            "no Kafka address: set RIVERSTREAM_KAFKA_BOOTSTRAP_SERVERS or run `riverstream services up`"
+        )
+    create_topics(
+        bootstrap,
+        {
+            settings.topic_features: settings.partitions,
+            settings.topic_labels: settings.partitions,
+            settings.topic_dlq: 1,
+        },
+    )
+    partitions = partitions_for(bootstrap, settings.topic_features)
+    if partitions_for(bootstrap, settings.topic_labels) != partitions:
+        raise RiverstreamError(
+            f"{settings.topic_features} and {settings.topic_labels} must have the same partitions "
+            "so that a label lands beside its features"
+        )
+    return Learner(
+        settings,
+        specs,
+        source=open_source(bootstrap, f"{settings.redis_prefix}-learner"),
+        partitions=partitions,
+        store=snapshot_store(settings),
+        store_factory=lambda: snapshot_store(settings),
+        dead_letters=DeadLetters(EventProducer(bootstrap, linger_ms=5), settings.topic_dlq),
+        observer=observer,
+        use_fork=use_fork,
+    )

@@ -1,0 +1,420 @@
+"""The Redis snapshot store: versioned, chunked, signed model blobs and learner checkpoints.
+
+An adapter: every ``redis`` error is wrapped into `SnapshotError` where it enters (a connection
+problem into its subclass `RedisUnavailableError`); a blob whose checksum or HMAC does not match
+raises `SnapshotIntegrityError` and is never unpickled.
+
+Key layout under a prefix ``P`` (see `SnapshotKeys`)::
+
+    P:version:seq                          INCR counter handing out versions (shared by models)
+    P:models                               set of model names
+    P:model:NAME:versions                  sorted set, member = score = version
+    P:model:NAME:latest                    newest version written (only moves forward)
+    P:model:NAME:promoted                  version to serve, owned by the registry (optional)
+    P:model:NAME:v:VERSION:meta            `SnapshotMeta` as JSON
+    P:model:NAME:v:VERSION:chunk:I         I-th slice of the signed blob (I = 0 .. chunks-1)
+    P:checkpoint:latest                    newest checkpoint version (only moves forward)
+    P:checkpoint:VERSION:meta              `CheckpointMeta` as JSON
+    P:checkpoint:VERSION:chunk:I           I-th slice of the signed learner checkpoint
+    P:snapshots                            pub/sub channel: {"model": NAME, "version": V}
+
+A version is visible once its ``meta`` exists; chunks without a meta are never read. Readers
+ask `serving_version` (``promoted`` if the registry set one, else ``latest``), so the registry
+only has to set ``promoted`` and publish on the channel to move every API process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from learners.serialization import load_signed, sha256_hex, verify_signed
+from schemas.errors import SnapshotError, SnapshotIntegrityError
+
+DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
+REDIS_VALUE_LIMIT = 512 * 1024 * 1024
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+# Sets KEYS[1] to ARGV[1] unless it already holds a version >= ARGV[1]; queued inside MULTI.
+_SET_MAX = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) return 1 end
+return 0
+"""
+
+
+class RedisUnavailableError(SnapshotError):
+    """Redis could not be reached (connection refused, timeout): the snapshot may be fine."""
+
+
+def river_version() -> str:
+    try:
+        import river
+
+        return str(river.__version__)
+    except Exception:  # pragma: no cover - river is a dependency
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class SnapshotMeta:
+    """Everything known about one version of one model, stored beside its blob."""
+
+    model: str
+    version: int
+    created_at: float
+    samples_learned: int
+    metrics: dict[str, float]
+    offsets: dict[str, int]
+    river_version: str
+    python_version: str
+    size: int
+    sha256: str
+    chunks: int
+    kind: str
+    spec: str
+
+    @classmethod
+    def describe(
+        cls,
+        model: str,
+        blob: bytes,
+        *,
+        kind: str,
+        spec: str,
+        samples_learned: int,
+        metrics: Mapping[str, float],
+        offsets: Mapping[str, int],
+        created_at: float | None = None,
+    ) -> SnapshotMeta:
+        """Metadata for ``blob``; `SnapshotStore.write` fills in version and chunks."""
+        return cls(
+            model=model,
+            version=0,
+            created_at=time.time() if created_at is None else created_at,
+            samples_learned=samples_learned,
+            metrics=dict(metrics),
+            offsets=dict(offsets),
+            river_version=river_version(),
+            python_version=sys.version.split()[0],
+            size=len(blob),
+            sha256=sha256_hex(blob),
+            chunks=0,
+            kind=kind,
+            spec=spec,
+        )
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> SnapshotMeta:
+        try:
+            data = json.loads(raw)
+            return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SnapshotError(f"unreadable snapshot metadata: {exc!r}") from None
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """The learner checkpoint of one version: its blob and the input offsets it covers."""
+
+    version: int
+    created_at: float
+    size: int
+    sha256: str
+    chunks: int
+    offsets: dict[str, int]
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> CheckpointMeta:
+        try:
+            data = json.loads(raw)
+            return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SnapshotError(f"unreadable checkpoint metadata: {exc!r}") from None
+
+
+@dataclass(frozen=True)
+class SnapshotKeys:
+    """Every Redis key of the store, as a pure function of the prefix.
+
+    >>> k = SnapshotKeys("rs")
+    >>> k.chunk("lr", 7, 0), k.latest("lr"), k.checkpoint_meta(7), k.channel
+    ('rs:model:lr:v:7:chunk:0', 'rs:model:lr:latest', 'rs:checkpoint:7:meta', 'rs:snapshots')
+    """
+
+    prefix: str
+
+    @property
+    def seq(self) -> str:
+        return f"{self.prefix}:version:seq"
+
+    @property
+    def models(self) -> str:
+        return f"{self.prefix}:models"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.prefix}:snapshots"
+
+    def versions(self, model: str) -> str:
+        return f"{self.prefix}:model:{model}:versions"
+
+    def latest(self, model: str) -> str:
+        return f"{self.prefix}:model:{model}:latest"
+
+    def promoted(self, model: str) -> str:
+        return f"{self.prefix}:model:{model}:promoted"
+
+    def meta(self, model: str, version: int) -> str:
+        return f"{self.prefix}:model:{model}:v:{version}:meta"
+
+    def chunk(self, model: str, version: int, i: int) -> str:
+        return f"{self.prefix}:model:{model}:v:{version}:chunk:{i}"
+
+    @property
+    def checkpoint_latest(self) -> str:
+        return f"{self.prefix}:checkpoint:latest"
+
+    def checkpoint_meta(self, version: int) -> str:
+        return f"{self.prefix}:checkpoint:{version}:meta"
+
+    def checkpoint_chunk(self, version: int, i: int) -> str:
+        return f"{self.prefix}:checkpoint:{version}:chunk:{i}"
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One message of the snapshot channel: ``model`` has a new ``version`` to consider."""
+
+    model: str
+    version: int
+
+
+@contextlib.contextmanager
+def _wrapped(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise RedisUnavailableError(f"{what}: redis unreachable: {exc}") from exc
+    except redis.RedisError as exc:
+        raise SnapshotError(f"{what}: {exc}") from exc
+
+
+class SnapshotStore:
+    """Versioned snapshots in Redis; ``client`` must return bytes (``decode_responses=False``)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        key: bytes,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        if not 0 < chunk_bytes <= REDIS_VALUE_LIMIT:
+            raise SnapshotError(f"chunk_bytes must be in 1..{REDIS_VALUE_LIMIT}, not {chunk_bytes}")
+        if client.get_encoder().decode_responses:
+            raise SnapshotError("the redis client must be created with decode_responses=False")
+        self.client = client
+        self.keys = SnapshotKeys(prefix)
+        self._key = key
+        self.chunk_bytes = chunk_bytes
+        self._set_max = client.register_script(_SET_MAX)
+
+    # -- writing ---------------------------------------------------------------------------
+    def next_version(self) -> int:
+        with _wrapped("next_version"):
+            return int(self.client.incr(self.keys.seq))
+
+    def write(
+        self,
+        version: int,
+        models: Mapping[str, tuple[bytes, SnapshotMeta]],
+        checkpoint: bytes,
+        offsets: Mapping[str, int],
+    ) -> None:
+        """Write ``version`` of every model in ``models`` plus the learner checkpoint, atomically.
+
+        The blobs are already signed by the caller (`learners.serialization.dump_signed`). Each
+        meta's ``version``, ``size``, ``sha256`` and ``chunks`` are set here from the blob.
+
+        The snapshot protocol:
+
+        1. Write every chunk (each model blob and the checkpoint blob) under keys specific to
+           ``version``. Nothing refers to them yet: a crash here leaves unreferenced chunks
+           that no reader ever looks at.
+        2. In one MULTI/EXEC transaction: each model's meta, its entry in the versions sorted
+           set and the models set, its ``latest`` pointer (moved only forward), the checkpoint
+           meta and ``checkpoint:latest`` (only forward). After EXEC the whole version is
+           visible at once; before it, none of it is.
+        3. PUBLISH ``{"model", "version"}`` per model on the channel. A lost message is caught
+           up by the readers' polling of the pointers.
+        """
+        if version <= 0:
+            raise SnapshotError(f"version must be positive, not {version}")
+        metas: dict[str, SnapshotMeta] = {}
+        with _wrapped(f"write version {version}"):
+            # 1. chunks
+            pipe = self.client.pipeline(transaction=False)
+            for name, (blob, meta) in models.items():
+                if not _NAME.match(name):
+                    raise SnapshotError(f"invalid model name {name!r}: use [A-Za-z0-9_.-]")
+                chunks = self._queue_chunks(
+                    pipe, blob, lambda i, n=name: self.keys.chunk(n, version, i)
+                )
+                metas[name] = dataclasses.replace(
+                    meta, model=name, version=version, size=len(blob),
+                    sha256=sha256_hex(blob), chunks=chunks,
+                )  # fmt: skip
+            cp_chunks = self._queue_chunks(
+                pipe, checkpoint, lambda i: self.keys.checkpoint_chunk(version, i)
+            )
+            pipe.execute()
+            # 2. one transaction makes everything visible
+            cp_meta = CheckpointMeta(
+                version=version, created_at=time.time(), size=len(checkpoint),
+                sha256=sha256_hex(checkpoint), chunks=cp_chunks, offsets=dict(offsets),
+            )  # fmt: skip
+            tx = self.client.pipeline(transaction=True)
+            for name, meta in metas.items():
+                tx.set(self.keys.meta(name, version), meta.to_json())
+                tx.zadd(self.keys.versions(name), {str(version): version})
+                tx.sadd(self.keys.models, name)
+                self._set_max(keys=[self.keys.latest(name)], args=[version], client=tx)
+            tx.set(self.keys.checkpoint_meta(version), cp_meta.to_json())
+            self._set_max(keys=[self.keys.checkpoint_latest], args=[version], client=tx)
+            tx.execute()
+            # 3. notify
+            pipe = self.client.pipeline(transaction=False)
+            for name in metas:
+                pipe.publish(self.keys.channel, json.dumps({"model": name, "version": version}))
+            pipe.execute()
+
+    def _queue_chunks(self, pipe: Any, blob: bytes, key_of: Any) -> int:
+        view = memoryview(blob)
+        n = max(1, -(-len(blob) // self.chunk_bytes))
+        for i in range(n):
+            pipe.set(key_of(i), view[i * self.chunk_bytes : (i + 1) * self.chunk_bytes])
+        return n
+
+    # -- reading ---------------------------------------------------------------------------
+    def models(self) -> list[str]:
+        with _wrapped("models"):
+            return sorted(m.decode() for m in self.client.smembers(self.keys.models))
+
+    def versions(self, model: str) -> list[int]:
+        with _wrapped(f"versions of {model}"):
+            return [int(v) for v in self.client.zrange(self.keys.versions(model), 0, -1)]
+
+    def latest_version(self, model: str) -> int | None:
+        with _wrapped(f"latest version of {model}"):
+            raw = self.client.get(self.keys.latest(model))
+        return None if raw is None else int(raw)
+
+    def serving_version(self, model: str) -> int | None:
+        """The version API processes serve: ``promoted`` when the registry set it, else latest."""
+        with _wrapped(f"serving version of {model}"):
+            promoted, latest = self.client.mget(self.keys.promoted(model), self.keys.latest(model))
+        raw = promoted if promoted is not None else latest
+        return None if raw is None else int(raw)
+
+    def meta(self, model: str, version: int) -> SnapshotMeta:
+        with _wrapped(f"meta of {model} v{version}"):
+            raw = self.client.get(self.keys.meta(model, version))
+        if raw is None:
+            raise SnapshotError(f"no snapshot {model} v{version}")
+        return SnapshotMeta.from_json(raw)
+
+    def read_model_blob(self, model: str, version: int) -> bytes:
+        """The verified signed blob of ``model`` v``version`` (`SnapshotIntegrityError` if not)."""
+        blob, _ = self._read_model(model, version)
+        verify_signed(blob, self._key)
+        return blob
+
+    def load_model(self, model: str, version: int) -> tuple[Any, SnapshotMeta]:
+        """Fetch, check (sha256, then HMAC) and only then unpickle ``model`` v``version``."""
+        blob, meta = self._read_model(model, version)
+        return load_signed(blob, self._key), meta
+
+    def _read_model(self, model: str, version: int) -> tuple[bytes, SnapshotMeta]:
+        meta = self.meta(model, version)
+        keys = [self.keys.chunk(model, version, i) for i in range(meta.chunks)]
+        blob = self._join(keys, f"{model} v{version}", meta.size, meta.sha256)
+        return blob, meta
+
+    def _join(self, keys: list[str], what: str, size: int, sha256: str) -> bytes:
+        with _wrapped(f"chunks of {what}"):
+            parts = self.client.mget(keys) if keys else []
+        if any(p is None for p in parts):
+            raise SnapshotError(f"snapshot {what} has missing chunks (pruned while reading?)")
+        blob = b"".join(parts)
+        if len(blob) != size or sha256_hex(blob) != sha256:
+            raise SnapshotIntegrityError(f"snapshot {what}: checksum mismatch, refusing it")
+        return blob
+
+    def latest_checkpoint(self) -> tuple[int, bytes, dict[str, int]] | None:
+        """``(version, verified signed blob, offsets)`` of the newest checkpoint, or None."""
+        with _wrapped("latest checkpoint"):
+            raw = self.client.get(self.keys.checkpoint_latest)
+        return None if raw is None else self.checkpoint(int(raw))
+
+    def checkpoint(self, version: int) -> tuple[int, bytes, dict[str, int]]:
+        with _wrapped(f"checkpoint v{version}"):
+            raw = self.client.get(self.keys.checkpoint_meta(version))
+        if raw is None:
+            raise SnapshotError(f"no checkpoint v{version}")
+        meta = CheckpointMeta.from_json(raw)
+        keys = [self.keys.checkpoint_chunk(version, i) for i in range(meta.chunks)]
+        blob = self._join(keys, f"checkpoint v{version}", meta.size, meta.sha256)
+        verify_signed(blob, self._key)
+        return version, blob, dict(meta.offsets)
+
+    # -- notifications ---------------------------------------------------------------------
+    def subscribe(self) -> Subscription:
+        """A subscription to the snapshot channel (close it, or use it as a context manager)."""
+        return Subscription(self.client, self.keys.channel)
+
+
+class Subscription:
+    """The snapshot channel, as `Notification` objects; errors wrapped like the store's."""
+
+    def __init__(self, client: redis.Redis, channel: str) -> None:
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        with _wrapped("subscribe"):
+            self._pubsub.subscribe(channel)
+
+    def get(self, timeout: float) -> Notification | None:
+        """The next notification, or None after ``timeout`` seconds (or a malformed message)."""
+        with _wrapped("snapshot notifications"):
+            message = self._pubsub.get_message(timeout=timeout)
+        if message is None or message.get("type") != "message":
+            return None
+        try:
+            data = json.loads(message["data"])
+            return Notification(str(data["model"]), int(data["version"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def close(self) -> None:
+        with contextlib.suppress(redis.RedisError, OSError):
+            self._pubsub.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,271 @@
+"""Prometheus metrics of the learner, and a small drift monitor on its error stream.
+
+`LearnerMetrics` builds every learner metric on the registry it is given (tests pass a private
+`CollectorRegistry`), and offers one method per thing the processor knows, meant to be called
+once per batch, not once per event. Names follow Prometheus conventions: a ``riverstream_``
+prefix, units in the name (``_seconds``, ``_bytes``), ``_total`` on counters, and labels whose
+values come from bounded sets (topic, partition, model, metric, reason, outcome) — never an
+event id, a key or a free-form message.
+
+The catalogue (type, labels):
+
+====================================================  =========  =========================
+riverstream_events_consumed_total                     counter    topic
+riverstream_dead_letters_total                        counter    reason
+riverstream_join_events_total                         counter    outcome (see JOIN_OUTCOMES)
+riverstream_predict_seconds                           histogram  model
+riverstream_learn_seconds                             histogram  model
+riverstream_consumer_lag                              gauge      topic, partition
+riverstream_watermark_delay                           gauge      (event-time units)
+riverstream_progressive_metric                        gauge      model, metric
+riverstream_samples_learned_total                     counter    model
+riverstream_snapshot_version                          gauge      model
+riverstream_snapshot_size_bytes                       gauge      model
+riverstream_snapshot_timestamp_seconds                gauge      model
+riverstream_snapshot_duration_seconds                 histogram
+riverstream_learner_stall_seconds                     histogram
+riverstream_drift_detections_total                    counter    model
+riverstream_learner_up                                gauge
+riverstream_learner_last_event_timestamp_seconds      gauge
+====================================================  =========  =========================
+
+`DriftMonitor` is pure (River detectors, no I/O): the processor feeds it (y_true, y_pred) and
+calls `LearnerMetrics.drift_detected` when it returns True. Its state is not part of a snapshot:
+after a restart the detectors start afresh, which only delays a detection.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import start_http_server as _start_http_server
+from river import drift
+
+from schemas.errors import ConfigError
+
+JOIN_OUTCOMES = frozenset({"joined", "expired", "orphan", "late"})
+"""joined: label met its features; expired: features evicted before their label came;
+orphan: label with no features; late: label after the features were already learned/evicted."""
+
+# predict_one / learn_one cost 1 µs .. 1 ms for most River models, up to ~1 s for large forests.
+MODEL_CALL_BUCKETS = (
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4,
+    1e-3, 2.5e-3, 1e-2, 0.1, 1.0,
+)  # fmt: skip
+# Snapshots span five orders of magnitude: 0.03 ms (linear model) to seconds (forests).
+SNAPSHOT_BUCKETS = (1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+Task = Literal["classification", "regression"]
+
+
+class LearnerMetrics:
+    """Every learner metric, registered on ``registry``.
+
+    >>> from prometheus_client import CollectorRegistry, generate_latest
+    >>> m = LearnerMetrics(CollectorRegistry())
+    >>> m.events_consumed("riverstream.features", 32)
+    >>> b"riverstream_events_consumed_total{topic=\\"riverstream.features\\"} 32.0" in (
+    ...     generate_latest(m.registry))
+    True
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.events_consumed_total = Counter(
+            "riverstream_events_consumed", "Events read from Kafka.", ["topic"], registry=r
+        )
+        self.dead_letters_total = Counter(
+            "riverstream_dead_letters", "Events sent to the dead-letter topic.", ["reason"],
+            registry=r,
+        )  # fmt: skip
+        self.join_events_total = Counter(
+            "riverstream_join_events", "Outcomes of joining labels to features.", ["outcome"],
+            registry=r,
+        )  # fmt: skip
+        self.predict_seconds = Histogram(
+            "riverstream_predict_seconds", "Duration of one predict_one call.", ["model"],
+            buckets=MODEL_CALL_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.learn_seconds = Histogram(
+            "riverstream_learn_seconds", "Duration of one learn_one call.", ["model"],
+            buckets=MODEL_CALL_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.consumer_lag = Gauge(
+            "riverstream_consumer_lag", "Messages behind the end of the partition.",
+            ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.watermark_delay = Gauge(
+            "riverstream_watermark_delay",
+            "Newest event time seen minus the event-time watermark (event-time units).",
+            registry=r,
+        )
+        self.progressive_metric = Gauge(
+            "riverstream_progressive_metric", "Progressive validation metric.",
+            ["model", "metric"], registry=r,
+        )  # fmt: skip
+        self.samples_learned_total = Counter(
+            "riverstream_samples_learned", "Samples learned by this process.", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.snapshot_version = Gauge(
+            "riverstream_snapshot_version", "Version of the last snapshot written.", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.snapshot_size_bytes = Gauge(
+            "riverstream_snapshot_size_bytes", "Size of the last snapshot written.", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.snapshot_timestamp_seconds = Gauge(
+            "riverstream_snapshot_timestamp_seconds",
+            "Unix time the last snapshot was written; age = time() - this.", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.snapshot_duration_seconds = Histogram(
+            "riverstream_snapshot_duration_seconds", "Time to write one snapshot.",
+            buckets=SNAPSHOT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.learner_stall_seconds = Histogram(
+            "riverstream_learner_stall_seconds",
+            "Time the learning loop was blocked while a snapshot was taken.",
+            buckets=SNAPSHOT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.drift_detections_total = Counter(
+            "riverstream_drift_detections", "Drifts detected on the error stream.", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.learner_up = Gauge("riverstream_learner_up", "1 while the learner runs.", registry=r)
+        self.last_event_timestamp_seconds = Gauge(
+            "riverstream_learner_last_event_timestamp_seconds",
+            "Unix time the learner last processed an event.", registry=r,
+        )  # fmt: skip
+        for outcome in sorted(JOIN_OUTCOMES):  # bounded and known: export zeros from the start
+            self.join_events_total.labels(outcome=outcome)
+
+    # -- lifecycle --
+    def mark_up(self) -> None:
+        self.learner_up.set(1)
+
+    def mark_down(self) -> None:
+        self.learner_up.set(0)
+
+    # -- per batch --
+    def events_consumed(self, topic: str, n: int = 1, now: float | None = None) -> None:
+        """Count ``n`` events read from ``topic`` and stamp the last-event time."""
+        self.events_consumed_total.labels(topic=topic).inc(n)
+        self.last_event_timestamp_seconds.set(time.time() if now is None else now)
+
+    def dead_letter(self, reason: str, n: int = 1) -> None:
+        """Count dead letters; ``reason`` is a `SchemaError.reason`-like code, not a message."""
+        self.dead_letters_total.labels(reason=reason).inc(n)
+
+    def join_outcomes(self, counts: Mapping[str, int]) -> None:
+        """Add a batch's join outcomes, e.g. ``{"joined": 30, "orphan": 2}``."""
+        for outcome, n in counts.items():
+            if outcome not in JOIN_OUTCOMES:
+                raise ValueError(f"unknown join outcome {outcome!r}; expected {JOIN_OUTCOMES}")
+            if n:
+                self.join_events_total.labels(outcome=outcome).inc(n)
+
+    def observe_predict(self, model: str, seconds: Iterable[float]) -> None:
+        """Record predict_one durations (a batch, or a 1-in-N sample of it)."""
+        child = self.predict_seconds.labels(model=model)
+        for s in seconds:
+            child.observe(s)
+
+    def observe_learn(self, model: str, seconds: Iterable[float]) -> None:
+        """Record learn_one durations (a batch, or a 1-in-N sample of it)."""
+        child = self.learn_seconds.labels(model=model)
+        for s in seconds:
+            child.observe(s)
+
+    def samples_learned(self, model: str, n: int) -> None:
+        self.samples_learned_total.labels(model=model).inc(n)
+
+    def set_progressive_metrics(self, model: str, values: Mapping[str, float]) -> None:
+        """Publish the current progressive metrics of ``model``, e.g. ``{"Accuracy": 0.91}``."""
+        for metric, value in values.items():
+            self.progressive_metric.labels(model=model, metric=metric).set(value)
+
+    def set_consumer_lag(self, topic: str, lags: Mapping[int, int]) -> None:
+        """Publish the lag of each partition of ``topic`` (end offset - position)."""
+        for partition, lag in lags.items():
+            self.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+
+    def set_watermark_delay(self, delay: float) -> None:
+        self.watermark_delay.set(delay)
+
+    # -- snapshots and drift --
+    def snapshot_written(
+        self,
+        model: str,
+        version: int,
+        size_bytes: int,
+        duration_seconds: float,
+        stall_seconds: float,
+        timestamp: float | None = None,
+    ) -> None:
+        """Record a snapshot of ``model`` written, and how long learning was blocked by it."""
+        self.snapshot_version.labels(model=model).set(version)
+        self.snapshot_size_bytes.labels(model=model).set(size_bytes)
+        self.snapshot_timestamp_seconds.labels(model=model).set(
+            time.time() if timestamp is None else timestamp
+        )
+        self.snapshot_duration_seconds.observe(duration_seconds)
+        self.learner_stall_seconds.observe(stall_seconds)
+
+    def drift_detected(self, model: str) -> None:
+        self.drift_detections_total.labels(model=model).inc()
+
+
+def start_http_server(port: int, registry: CollectorRegistry, addr: str = "0.0.0.0"):
+    """Serve ``/metrics`` of ``registry`` on ``addr:port`` from a daemon thread.
+
+    Returns ``(server, thread)``; call ``server.shutdown()`` to stop it.
+    """
+    return _start_http_server(port, addr=addr, registry=registry)
+
+
+class DriftMonitor:
+    """Concept-drift detection on each model's error stream.
+
+    Classifiers feed ADWIN with the 0/1 error (a missing prediction counts as an error);
+    regressors feed Page-Hinkley with the absolute error (a missing prediction is skipped).
+
+    >>> monitor = DriftMonitor({"lr": "classification"})
+    >>> detected = [monitor.update("lr", True, True) for _ in range(1000)]
+    >>> detected += [monitor.update("lr", True, False) for _ in range(1000)]
+    >>> any(detected[:1000]), any(detected[1000:])
+    (False, True)
+    """
+
+    def __init__(self, tasks: Mapping[str, Task]) -> None:
+        self._detectors: dict[str, tuple[Task, drift.base.DriftDetector]] = {}
+        for model, task in tasks.items():
+            if task == "classification":
+                self._detectors[model] = (task, drift.ADWIN())
+            elif task == "regression":
+                self._detectors[model] = (task, drift.PageHinkley())
+            else:
+                raise ConfigError(f"model {model!r}: task must be classification or regression")
+
+    def update(self, model_name: str, y_true: object, y_pred: object) -> bool:
+        """Feed one (label, prediction) pair; True when a drift was just detected."""
+        try:
+            task, detector = self._detectors[model_name]
+        except KeyError:
+            raise ConfigError(f"model {model_name!r} is not monitored for drift") from None
+        if task == "classification":
+            error = 0.0 if y_pred is not None and y_pred == y_true else 1.0
+        else:
+            if y_pred is None:
+                return False
+            error = abs(float(y_true) - float(y_pred))  # type: ignore[arg-type]
+            if not math.isfinite(error):
+                return False
+        detector.update(error)
+        return detector.drift_detected
