@@ -41,16 +41,21 @@ Examples
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from river import base, metrics
 
+import learners.river_compat  # noqa: F401  (registers iterative pickling of deep River trees)
 from learners.join import EventTimeJoin, JoinCounters, Pending, Source
 from learners.specs import ModelKind, ModelSpec, model_kind
 from schemas.errors import ModelSpecError
-from schemas.events import FeatureEvent, LabelEvent, Label
+from schemas.events import FeatureEvent, Label, LabelEvent
+
+OUTCOMES_KEPT = 4096
+"""Joined (label, prediction) pairs kept for monitors between two drains."""
 
 Prediction = tuple[Any, Any]
 """What a model said about one feature event: (label or score, probabilities)."""
@@ -66,12 +71,14 @@ class ModelState:
     kind: ModelKind
     samples_learned: int = 0
     _uses_proba: list[bool] = field(default_factory=list, repr=False)
+    _supervised: bool = field(default=True, repr=False)
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> ModelState:
         """A fresh model with fresh metrics."""
         model = spec.build()
         state = cls(spec, model, spec.build_metrics(model), model_kind(model))
+        state._supervised = bool(model._supervised)  # a pipeline computes it on every access
         state._uses_proba = [
             state.kind == "classifier" and not metric.requires_labels for metric in state.metrics
         ]
@@ -80,16 +87,21 @@ class ModelState:
     @property
     def supervised(self) -> bool:
         """Whether the model learns from labels (else from features alone, at feature time)."""
-        return bool(self.model._supervised)
+        return self._supervised
 
     def predict(self, x: dict[str, Any]) -> Prediction:
         """Predict what the metrics need for ``x``; unsupervised models then learn ``x``."""
         model = self.model
         if self.kind == "anomaly":
+            if not self.metrics:  # nothing will be scored: only learn
+                if not self._supervised:
+                    model.learn_one(x)
+                    self.samples_learned += 1
+                return None, None
             score = model.score_one(dict(x))
             if isinstance(model, base.AnomalyFilter):
                 score = model.classify(score)
-            if not model._supervised:
+            if not self._supervised:
                 model.learn_one(x)
                 self.samples_learned += 1
             return score, score
@@ -104,7 +116,7 @@ class ModelState:
             y_pred = prediction[1] if use_proba else prediction[0]
             if y_pred is not None and y_pred != {}:
                 metric.update(y_true=y, y_pred=y_pred)
-        if self.model._supervised:
+        if self._supervised:
             self.model.learn_one(x, y)
             self.samples_learned += 1
 
@@ -132,8 +144,12 @@ class LearningCore:
         names = [spec.name for spec in specs]
         if len(set(names)) != len(names):
             raise ModelSpecError(f"model names must be unique, got {names}")
-        self.models: dict[str, ModelState] = {spec.name: ModelState.from_spec(spec) for spec in specs}
+        self.models: dict[str, ModelState] = {
+            spec.name: ModelState.from_spec(spec) for spec in specs
+        }
         self._join = EventTimeJoin(ttl=join_ttl, max_pending=max_pending)
+        self._outcomes: deque[tuple[str, Label, Any]] = deque(maxlen=OUTCOMES_KEPT)
+        self._last_x: dict[str, Any] | None = None
 
     @property
     def counters(self) -> JoinCounters:
@@ -149,20 +165,39 @@ class LearningCore:
         self._join.push_label(event, source, offset)
 
     def advance(self, watermark: float) -> int:
-        """Process every buffered event that is safe now that all events with time < ``watermark``
-        have arrived; return how many events (features and labels) were processed."""
+        """Process what is safe now that all events with time < ``watermark`` have arrived.
+
+        Returns how many events (features and labels) were processed. If a model raises, the
+        error propagates and the core is left half-way through an event: discard it and
+        restore the last snapshot.
+        """
         before = self._join.events_processed
         states = list(self.models.values())
+        outcomes = self._outcomes
         for pending, label in self._join.steps(watermark):
             if label is None:
                 pending.predictions = [state.predict(pending.x) for state in states]
+                self._last_x = pending.x
             else:
                 _learn(states, pending, label)
+                for state, prediction in zip(states, pending.predictions, strict=True):
+                    outcomes.append((state.spec.name, label.label, prediction[0]))
         return self._join.events_processed - before
 
     def flush(self) -> int:
         """Process everything buffered (end of input, or every input idle)."""
         return self.advance(math.inf)
+
+    def drain_outcomes(self) -> list[tuple[str, Label, Any]]:
+        """``(model, label, prediction)`` of the latest joins (at most `OUTCOMES_KEPT`), for
+        monitors such as drift detectors; draining empties the buffer."""
+        drained = list(self._outcomes)
+        self._outcomes.clear()
+        return drained
+
+    def last_features(self) -> dict[str, Any] | None:
+        """The features of the latest processed feature event (for latency sampling)."""
+        return self._last_x
 
     def metric_values(self, name: str) -> dict[str, float]:
         """Current metrics of model ``name``, by metric class name."""

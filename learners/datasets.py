@@ -73,9 +73,7 @@ def parse_label_delay(text: str | int) -> LabelDelay:
     if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
         return text
     raw = str(text).strip()
-    error = DatasetError(
-        f"invalid label delay {text!r}: expected N or random:A-B with 0 ≤ A ≤ B"
-    )
+    error = DatasetError(f"invalid label delay {text!r}: expected N or random:A-B with 0 ≤ A ≤ B")
     if raw.isdigit():
         return int(raw)
     kind, _, bounds = raw.partition(":")

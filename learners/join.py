@@ -114,6 +114,7 @@ class EventTimeJoin:
         self._seq = 0
         self._passed = -_INF  # highest watermark already passed
         self._clock = -_INF  # time of the latest event processed
+        self._nothing_older_than = -_INF  # no expiry check needed while cutoff is below it
 
     def push_feature(self, event: FeatureEvent, source: Source, offset: int) -> None:
         """Buffer a feature event read at ``offset`` of ``source``."""
@@ -140,10 +141,9 @@ class EventTimeJoin:
         while True:
             f_time = features[0][0] if features else _INF
             l_time = labels[0][0] if labels else _INF
-            bound = watermark
-            if len(features) + len(labels) > limit:
-                bound = _INF
-                counters.forced_events += 1
+            forced = len(features) + len(labels) > limit  # the watermark stalls: take the oldest
+            bound = _INF if forced else watermark
+            before = self.events_processed
             if l_time <= f_time:
                 if not l_time < bound:
                     break
@@ -151,7 +151,12 @@ class EventTimeJoin:
             else:
                 if not f_time < bound:
                     break
-                yield from self._process_feature()
+                pending, early_label = self._process_feature()
+                yield pending, None
+                if early_label is not None:
+                    yield pending, early_label
+            if forced:
+                counters.forced_events += self.events_processed - before
         if watermark == _INF:
             self._passed = max(self._passed, self._clock)
         else:
@@ -160,7 +165,8 @@ class EventTimeJoin:
         counters.pending_labels = len(self._orphans)
         counters.buffered_events = len(features) + len(labels)
 
-    def _process_feature(self) -> Iterator[tuple[Pending, LabelEvent | None]]:
+    def _process_feature(self) -> tuple[Pending, LabelEvent | None]:
+        """Make the next feature pending; return it with its early label, if one waited."""
         time, _, _, _, event = heapq.heappop(self._features)
         self._expire(time)
         pending = Pending(self._seq, event.id, time, event.features)
@@ -173,14 +179,15 @@ class EventTimeJoin:
         if len(self._pending) > self.max_pending:
             self._pending.popitem(last=False)
             self.counters.expired_without_label += 1
-        yield pending, None
         if self._orphans:
             label = self._orphans.pop(event.id, None)
             if label is not None and self._pending.pop(event.id, None) is not None:
                 self.counters.labels_joined += 1
-                yield pending, label
+                return pending, label
+        return pending, None
 
-    def _consume_labels(self, time: float) -> Iterator[tuple[Pending, LabelEvent | None]]:
+    def _consume_labels(self, time: float) -> list[tuple[Pending, LabelEvent]]:
+        """Take every label of event time ``time``; return those joined, in feature order."""
         self._expire(time)
         labels, pending_by_id = self._labels, self._pending
         joined: list[tuple[int, Pending, LabelEvent]] = []
@@ -195,8 +202,7 @@ class EventTimeJoin:
         if len(joined) > 1:
             joined.sort(key=_first)
         self.counters.labels_joined += len(joined)
-        for _, pending, event in joined:
-            yield pending, event
+        return [(pending, event) for _, pending, event in joined]
 
     def _add_orphan(self, event: LabelEvent) -> None:
         if self._orphans.pop(event.id, None) is not None:
@@ -211,6 +217,8 @@ class EventTimeJoin:
         if now > self._clock:
             self._clock = now
         cutoff = now - self.ttl
+        if cutoff < self._nothing_older_than:
+            return
         pending = self._pending
         while pending and next(iter(pending.values())).time < cutoff:
             pending.popitem(last=False)
@@ -219,6 +227,11 @@ class EventTimeJoin:
         while orphans and next(iter(orphans.values())).time < cutoff:
             orphans.popitem(last=False)
             self.counters.orphan_labels += 1
+        # Entries are added in (roughly) time order, so the fronts bound the next expiry.
+        self._nothing_older_than = min(
+            next(iter(pending.values())).time if pending else now,
+            next(iter(orphans.values())).time if orphans else now,
+        )
 
 
 def _first(item: tuple[int, Pending, LabelEvent]) -> int:

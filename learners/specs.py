@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from river import anomaly, base, forest, linear_model, metrics, preprocessing, tree
 
+import learners.river_compat  # noqa: F401  (registers iterative pickling of deep River trees)
 from schemas.errors import ModelSpecError
 
 ModelKind = Literal["classifier", "regressor", "anomaly"]
@@ -108,7 +109,9 @@ def build_estimator(spec: str) -> base.Estimator:
         raise ModelSpecError(f"model spec {spec!r}: cannot import {module_name!r}: {exc}") from exc
     factory = getattr(module, function_name, None)
     if not callable(factory):
-        raise ModelSpecError(f"model spec {spec!r}: {module_name} has no callable {function_name!r}")
+        raise ModelSpecError(
+            f"model spec {spec!r}: {module_name} has no callable {function_name!r}"
+        )
     estimator = factory()
     if not isinstance(estimator, base.Estimator):
         raise ModelSpecError(
@@ -134,9 +137,14 @@ def build_metric(name: str) -> metrics.base.Metric:
     ):
         raise ModelSpecError(f"unknown metric {name!r}: not a class of river.metrics")
     try:
-        return cls()
+        metric = cls()
     except TypeError as exc:
         raise ModelSpecError(f"metric {name!r} cannot be built without parameters") from exc
+    try:
+        metric.get()
+    except NotImplementedError:
+        raise ModelSpecError(f"metric {name!r} has no single value to report") from None
+    return metric
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +220,9 @@ def parse_model_option(option: str, metric_names: Sequence[str] = ()) -> ModelSp
         name = spec = name
     name, spec = name.strip(), spec.strip()
     if not name or not spec:
-        raise ModelSpecError(f"model option {option!r} has an empty name or spec; expected NAME=SPEC")
+        raise ModelSpecError(
+            f"model option {option!r} has an empty name or spec; expected NAME=SPEC"
+        )
     if not sep and not _NAME.match(name):
         name = spec.rpartition(":")[2]
     parsed = ModelSpec(name, spec, tuple(metric_names))

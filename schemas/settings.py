@@ -81,7 +81,10 @@ class Settings(BaseSettings):
     watermark_idle_grace: float = Field(
         2.0, ge=0, description="Seconds all inputs must be idle before held events are released."
     )
-    learner_metrics_port: int = Field(9108, ge=0, le=65535, description="Learner /metrics port.")
+    learner_metrics_port: int = Field(
+        9108, ge=0, le=65535, description="Learner /metrics port (0: no exporter)."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Bind address of the learner's /metrics.")
     consumer_batch: int = Field(10_000, gt=0, description="Most messages fetched per poll.")
 
     # -- serving --

@@ -24,6 +24,7 @@ a state that has seen every record before those offsets once and none after: exa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -132,6 +133,7 @@ class Snapshotter:
         if pid == 0:  # the child: never returns
             status = 1
             try:
+                _die_with_parent()
                 store = self._store_factory()
                 write_snapshot(store, self._key, version, core, dict(offsets), watermark)
                 status = 0
@@ -158,6 +160,16 @@ class Snapshotter:
         else:
             log.error("snapshot v%d failed (child exit status %s)", version, status)
         return SnapshotResult(version, ok, time.perf_counter() - start, stall)
+
+
+def _die_with_parent() -> None:
+    """Linux: the snapshot child is killed with the learner, so a kill -9 of the learner never
+    leaves a writer behind (whatever it wrote before EXEC stays invisible)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @dataclass

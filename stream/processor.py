@@ -97,6 +97,7 @@ class Learner:
         self._last_snapshot_at = clock()
         self._last_record_at = clock()
         self._stop = threading.Event()
+        self._amortized: list[tuple[float, int]] = []
 
     # -- the loop ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -124,6 +125,9 @@ class Learner:
                 break
         self.core.flush()
         self.finish_snapshots()
+        if self.observer is not None:
+            self.observer.after_batch(self, [])
+            self.observer.close()
         return self.summaries()
 
     def _ingest(self, records: list[Record]) -> None:
@@ -172,10 +176,52 @@ class Learner:
 
     def _process(self) -> None:
         value = self.watermark.value()
+        labels_before = self.core.counters.labels_joined
+        start = time.perf_counter()
         if value is not None:
-            self.core.advance(value)
+            processed = self.core.advance(value)
         elif self._all_idle():
-            self.core.flush()
+            processed = self.core.flush()
+        else:
+            return
+        if processed and self.observer is not None:
+            labels = self.core.counters.labels_joined - labels_before
+            per_event = (time.perf_counter() - start) / processed
+            self._amortized.append((per_event, labels))
+
+    # -- what the observer reads ---------------------------------------------------------
+    def timings(self) -> dict[str, dict[str, list[float]]]:
+        """Per model: sampled ``predict_one`` latency on the latest features, and the learning
+        loop's time per processed event amortized over each batch (join + predict + learn)."""
+        amortized = [seconds for seconds, labels in self._amortized if labels]
+        self._amortized.clear()
+        x = self.core.last_features()
+        out: dict[str, dict[str, list[float]]] = {}
+        for name, state in self.core.models.items():
+            predict: list[float] = []
+            if x is not None:
+                start = time.perf_counter()
+                state.model.predict_one(x) if state.kind != "anomaly" else state.model.score_one(x)
+                predict.append(time.perf_counter() - start)
+            out[name] = {"predict": predict, "learn": amortized}
+        return out
+
+    def lags(self) -> dict[str, dict[int, int]]:
+        """Messages behind the log end, per topic and partition (as of the last end check)."""
+        lags: dict[str, dict[int, int]] = {}
+        for (topic, partition), end in self._ends.items():
+            position = self.offsets.get(offsets_key(topic, partition), 0)
+            lags.setdefault(topic, {})[partition] = max(0, end - position)
+        return lags
+
+    def watermark_delay(self) -> float | None:
+        """Newest event time seen minus the watermark, in event-time units."""
+        value = self.watermark.value()
+        seen = [self.watermark.max_seen(s) for s in self._sources]
+        newest = max((t for t in seen if t is not None), default=None)
+        if value is None or newest is None:
+            return None
+        return max(0.0, newest - value)
 
     def _all_idle(self) -> bool:
         grace = self.settings.watermark_idle_grace

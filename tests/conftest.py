@@ -51,6 +51,7 @@ def settings(services: Endpoints, tmp_path: Path) -> Settings:
         redis_prefix=f"test:{tag}",
         snapshot_key="test-key-" + tag,
         partitions=3,
+        learner_metrics_port=0,
     )
 
 

@@ -1,0 +1,32 @@
+# riverstream: the learner and the API from one image.
+#   docker build -t riverstream .
+#   docker run --rm riverstream --help
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Dependencies first (cached while only the code changes), then the package itself.
+COPY pyproject.toml README.md ./
+COPY schemas ./schemas
+COPY stream ./stream
+COPY learners ./learners
+COPY serving ./serving
+RUN pip install .
+
+# Non-root; the state directory (pids, local key) is the only writable place it needs.
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin riverstream \
+    && mkdir -p /var/lib/riverstream \
+    && chown riverstream:riverstream /var/lib/riverstream
+USER riverstream
+ENV RIVERSTREAM_STATE_DIR=/var/lib/riverstream
+
+# The learner's /metrics and the API.
+EXPOSE 9108 8000
+
+ENTRYPOINT ["riverstream"]
+CMD ["--help"]

@@ -1,0 +1,76 @@
+"""LearningCore throughput against the bare River loop, in the same run.
+
+Both learn ``logreg`` (StandardScaler | LogisticRegression) on the same ``synth.Agrawal``
+samples. The bare loop is ``predict_one`` + ``learn_one`` per sample, labels at once. The core
+gets the feature and label events of `learners.datasets.dataset_events` with a label delay of
+100 (generated beforehand, not timed), pushed from one partition per topic and advanced every
+``--batch`` events, so it pays for buffering, ordering, the join and the Accuracy metric.
+Rates are samples per second (one sample = one feature event + one label event).
+
+Usage: ``python bench/core_overhead.py [--samples 20000] [--delay 100] [--batch 500]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from learners.core import LearningCore
+from learners.datasets import dataset_events, load_dataset
+from learners.specs import ModelSpec
+from schemas.events import FeatureEvent
+
+
+def bare_river(samples: list, spec: ModelSpec) -> float:
+    model = spec.build()
+    start = time.perf_counter()
+    for x, y in samples:
+        model.predict_one(x)
+        model.learn_one(x, y)
+    return time.perf_counter() - start
+
+
+def learning_core(events: list, spec: ModelSpec, batch: int) -> tuple[float, LearningCore]:
+    core = LearningCore([spec])
+    offsets = [0, 0]
+    start = time.perf_counter()
+    for n, event in enumerate(events, start=1):
+        if event.__class__ is FeatureEvent:
+            core.push_feature(event, (0, 0), offsets[0])
+            offsets[0] += 1
+        else:
+            core.push_label(event, (1, 0), offsets[1])
+            offsets[1] += 1
+        if n % batch == 0:
+            core.advance(event.time)
+    core.flush()
+    return time.perf_counter() - start, core
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=20_000)
+    parser.add_argument("--delay", default="100")
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--repeat", type=int, default=3, help="best of N runs")
+    args = parser.parse_args()
+
+    spec = ModelSpec("logreg", "logreg")
+    samples = list(load_dataset("synth.Agrawal", limit=args.samples, seed=42))
+    events = list(
+        dataset_events("synth.Agrawal", label_delay=args.delay, limit=args.samples, seed=42)
+    )
+    bare = min(bare_river(samples, spec) for _ in range(args.repeat))
+    runs = [learning_core(events, spec, args.batch) for _ in range(args.repeat)]
+    core_time, core = min(runs, key=lambda run: run[0])
+    assert core.counters.labels_joined == args.samples
+
+    bare_rate, core_rate = args.samples / bare, args.samples / core_time
+    print(f"samples={args.samples} delay={args.delay} batch={args.batch} model=logreg")
+    print(f"bare River loop : {bare_rate:10,.0f} samples/s  ({1e6 / bare_rate:6.1f} µs/sample)")
+    print(f"LearningCore    : {core_rate:10,.0f} samples/s  ({1e6 / core_rate:6.1f} µs/sample)")
+    print(f"ratio core/bare : {core_rate / bare_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

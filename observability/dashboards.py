@@ -1,0 +1,310 @@
+"""Grafana dashboards of riverstream, as code, built with the official ``grafana-foundation-sdk``.
+
+Each dashboard is a list of `P` (panel specs: a title, queries, a unit, a width); `build`
+lays them out left to right in 24 columns, numbers them in order (stable ids) and turns them
+into SDK builders, every panel and query on the ``${datasource}`` template variable. Output is
+deterministic (sorted keys, two-space indent), so the committed JSON can be checked::
+
+    python -m observability.dashboards          # write observability/grafana/...
+    python -m observability.dashboards --check  # exit 1 if the committed files differ
+
+Grafana loads ``grafana/dashboards/*.json`` through the provider in
+``grafana/provisioning/dashboards/riverstream.yml`` (mount that folder on
+``/var/lib/grafana/dashboards``) and the Prometheus datasource from
+``grafana/provisioning/datasources/prometheus.yml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import DataSourceRef, GridPos
+
+ROOT = Path(__file__).parent / "grafana"
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+RATE = "$__rate_interval"
+M = 'model=~"$model"'
+
+
+@dataclass(frozen=True)
+class P:
+    """One panel: ``queries`` are (PromQL, legend) pairs; ``kind`` is timeseries or stat."""
+
+    title: str
+    queries: tuple[tuple[str, str], ...]
+    unit: str = "short"
+    w: int = 12
+    h: int = 8
+    kind: str = "timeseries"
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Row:
+    title: str
+
+
+def _rate(metric: str, by: str = "", sel: str = "") -> str:
+    agg = f"sum by ({by}) " if by else "sum"
+    return f"{agg}(rate({metric}{{{sel}}}[{RATE}]))" if sel else f"{agg}(rate({metric}[{RATE}]))"
+
+
+def _quantile(q: float, metric: str, by: str, sel: str = "") -> str:
+    labels = f"{by}, le" if by else "le"
+    inner = f"{metric}_bucket{{{sel}}}" if sel else f"{metric}_bucket"
+    return f"histogram_quantile({q}, sum by ({labels}) (rate({inner}[{RATE}])))"
+
+
+def _or_zero(expr: str) -> str:
+    """Counters whose labelled series appear only on first increment: show 0, not 'No data'."""
+    return f"({expr}) or on() vector(0)"
+
+
+_5XX = _rate("riverstream_http_requests_total", sel='status=~"5.."')
+_5XX_RATIO = (
+    f"({_5XX} or on() vector(0)) / clamp_min({_rate('riverstream_http_requests_total')}, 1e-9)"
+)
+
+OVERVIEW = [
+    Row("Health"),
+    P("Learner up", (('sum(up{job="riverstream-learner"})', "targets up"),), w=4, h=4, kind="stat"),
+    P("API processes up", (('sum(up{job="riverstream-api"})', "targets up"),), w=4, h=4,
+      kind="stat"),
+    P("Events consumed /s", ((_rate("riverstream_events_consumed_total"), "events/s"),), "ops",
+      w=4, h=4, kind="stat"),
+    P("HTTP requests /s", ((_rate("riverstream_http_requests_total"), "req/s"),), "reqps", w=4,
+      h=4, kind="stat"),
+    P("Consumer lag", (("sum(riverstream_consumer_lag)", "messages"),), w=4, h=4, kind="stat"),
+    P("Oldest served snapshot age",
+      (("time() - min(riverstream_model_snapshot_timestamp_seconds)", "age"),), "s", w=4, h=4,
+      kind="stat"),
+    Row("Learning and serving"),
+    P("Progressive metric", (("riverstream_progressive_metric", "{{model}} {{metric}}"),),
+      description="Label-delay-aware progressive validation, as river.evaluate computes it."),
+    P("Throughput", ((_rate("riverstream_events_consumed_total", "topic"), "consumed {{topic}}"),
+                     (_rate("riverstream_samples_learned_total", "model"), "learned {{model}}")),
+      "ops"),
+    P("HTTP 5xx ratio", ((_5XX_RATIO, "5xx / all"),), "percentunit"),
+    P("Dead letters /s", ((_or_zero(_rate("riverstream_dead_letters_total", "reason")),
+                           "{{reason}}"),), "ops"),
+]  # fmt: skip
+
+LEARNING = [
+    Row("Quality"),
+    P("Progressive metric", ((f'riverstream_progressive_metric{{{M}, metric=~"$metric"}}',
+                              "{{model}} {{metric}}"),), w=24, h=10),
+    P("Samples learned /s", ((_rate("riverstream_samples_learned_total", "model", M),
+                              "{{model}}"),), "ops"),
+    P("Drift detections (1h)", ((_or_zero(
+        f"sum by (model) (increase(riverstream_drift_detections_total{{{M}}}[1h]))"),
+        "{{model}}"),), description="ADWIN on 0/1 errors (classifiers), Page-Hinkley on |error|."),
+    Row("Model cost and joins"),
+    P("Predict latency", ((_quantile(0.5, "riverstream_predict_seconds", "model", M),
+                           "p50 {{model}}"),
+                          (_quantile(0.99, "riverstream_predict_seconds", "model", M),
+                           "p99 {{model}}")), "s"),
+    P("Learn latency", ((_quantile(0.5, "riverstream_learn_seconds", "model", M),
+                         "p50 {{model}}"),
+                        (_quantile(0.99, "riverstream_learn_seconds", "model", M),
+                         "p99 {{model}}")), "s"),
+    P("Join outcomes /s", ((_rate("riverstream_join_events_total", "outcome"), "{{outcome}}"),),
+      "ops"),
+    P("Watermark delay", (("riverstream_watermark_delay", "delay"),),
+      description="Newest event time minus watermark, in event-time units."),
+]  # fmt: skip
+
+SERVING = [
+    Row("Traffic"),
+    P("Requests /s", ((_rate("riverstream_http_requests_total", "route, status"),
+                       "{{route}} {{status}}"),), "reqps"),
+    P("Latency", tuple(
+        (_quantile(q, "riverstream_http_request_duration_seconds", "route"),
+         f"p{round(q * 100)} {{{{route}}}}") for q in (0.5, 0.95, 0.99)), "s"),
+    P("5xx ratio", ((_5XX_RATIO, "5xx / all"),), "percentunit"),
+    Row("Models"),
+    P("Version served (min over workers)", (("min by (model) (riverstream_model_version)",
+                                             "{{model}}"),), w=8),
+    P("Versions behind the learner", ((
+        "max by (model) (riverstream_snapshot_version)"
+        " - on (model) min by (model) (riverstream_model_version)", "{{model}}"),), w=8),
+    P("Served snapshot age", (("time() - min by (model) "
+                               "(riverstream_model_snapshot_timestamp_seconds)", "{{model}}"),),
+      "s", w=8),
+    P("Swaps and refused snapshots (5m)", (
+        ("sum by (model) (increase(riverstream_model_swaps_total[5m]))", "swaps {{model}}"),
+        (_or_zero("sum by (model, reason) (increase(riverstream_snapshots_refused_total[5m]))"),
+         "refused {{model}} {{reason}}")), w=12),
+    P("Snapshot load time", (
+        (_quantile(0.5, "riverstream_snapshot_load_seconds", "model"), "p50 {{model}}"),
+        (_quantile(0.99, "riverstream_snapshot_load_seconds", "model"), "p99 {{model}}")), "s"),
+]  # fmt: skip
+
+KAFKA_SNAPSHOTS = [
+    Row("Kafka"),
+    P("Consumer lag per partition", (("riverstream_consumer_lag", "{{topic}}/{{partition}}"),)),
+    P("Events consumed /s", ((_rate("riverstream_events_consumed_total", "topic"), "{{topic}}"),),
+      "ops"),
+    P("Dead letters /s by reason", ((_or_zero(_rate("riverstream_dead_letters_total", "reason")),
+                                     "{{reason}}"),), "ops"),
+    P("Watermark delay", (("riverstream_watermark_delay", "delay"),)),
+    Row("Snapshots"),
+    P("Snapshot version (learner)", (("riverstream_snapshot_version", "{{model}}"),), w=8),
+    P("Snapshot size", (("riverstream_snapshot_size_bytes", "{{model}}"),), "bytes", w=8),
+    P("Snapshot age (learner)", (("time() - riverstream_snapshot_timestamp_seconds",
+                                  "{{model}}"),), "s", w=8),
+    P("Snapshot duration", (
+        (_quantile(0.5, "riverstream_snapshot_duration_seconds", ""), "p50"),
+        (_quantile(0.99, "riverstream_snapshot_duration_seconds", ""), "p99")), "s"),
+    P("Learner stall during snapshots", (
+        (_quantile(0.99, "riverstream_learner_stall_seconds", ""), "p99"),
+        ("rate(riverstream_learner_stall_seconds_sum[$__rate_interval])", "stalled s/s")), "s"),
+]  # fmt: skip
+
+# uid -> (title, panel specs, whether it has the $model and $metric variables)
+DASHBOARDS = {
+    "riverstream-overview": ("riverstream / Overview", OVERVIEW, False),
+    "riverstream-learning": ("riverstream / Learning quality", LEARNING, True),
+    "riverstream-serving": ("riverstream / Serving", SERVING, False),
+    "riverstream-kafka-snapshots": ("riverstream / Kafka and snapshots", KAFKA_SNAPSHOTS, False),
+}
+
+
+def _variables(per_model: bool) -> list:
+    out = [dashboard.DatasourceVariable("datasource").label("Datasource").type("prometheus")]
+    if per_model:
+        for name, query in (
+            ("model", "label_values(riverstream_progressive_metric, model)"),
+            ("metric", "label_values(riverstream_progressive_metric, metric)"),
+        ):
+            out.append(
+                dashboard.QueryVariable(name).label(name.capitalize()).datasource(DATASOURCE)
+                .query(query).refresh(2).multi(True).include_all(True).all_value(".*").sort(1)
+            )  # fmt: skip
+    return out
+
+
+def _panel(spec: P, panel_id: int, pos: GridPos):
+    builder = stat.Panel() if spec.kind == "stat" else timeseries.Panel()
+    builder = builder.id(panel_id).title(spec.title).datasource(DATASOURCE).unit(spec.unit)
+    if spec.description:
+        builder = builder.description(spec.description)
+    for ref, (expr, legend) in zip("ABCDEFGH", spec.queries, strict=False):
+        query = prometheus.Dataquery().ref_id(ref).datasource(DATASOURCE).expr(expr)
+        builder = builder.with_target(query.legend_format(legend))
+    return builder.grid_pos(pos)
+
+
+def build(uid: str) -> dict:
+    """The dashboard ``uid`` as a JSON-ready dict, laid out and numbered deterministically."""
+    title, specs, per_model = DASHBOARDS[uid]
+    board = dashboard.Dashboard(title).uid(uid).tags(["riverstream"]).editable()
+    board = board.refresh("10s").time("now-1h", "now").timezone("browser")
+    for variable in _variables(per_model):
+        board = board.with_variable(variable)
+    x = y = row_h = 0
+    for panel_id, spec in enumerate(specs, start=1):
+        if isinstance(spec, Row):
+            y, x, row_h = y + row_h, 0, 0
+            row = dashboard.Row(spec.title).id(panel_id).datasource(DATASOURCE)
+            row = row.grid_pos(GridPos(h=1, w=24, x=0, y=y))
+            board = board.with_row(row)
+            y += 1
+            continue
+        if x + spec.w > 24:
+            y, x, row_h = y + row_h, 0, 0
+        board = board.with_panel(_panel(spec, panel_id, GridPos(h=spec.h, w=spec.w, x=x, y=y)))
+        x, row_h = x + spec.w, max(row_h, spec.h)
+    return json.loads(json.dumps(board.build(), cls=JSONEncoder))
+
+
+def render(uid: str) -> str:
+    return json.dumps(build(uid), indent=2, sort_keys=True) + "\n"
+
+
+def panel_queries() -> Iterator[tuple[str, str, str]]:
+    """Every (dashboard uid, panel title, PromQL) pair, as written in the dashboards."""
+    for uid, (_, specs, _) in DASHBOARDS.items():
+        for spec in specs:
+            if isinstance(spec, P):
+                for expr, _legend in spec.queries:
+                    yield uid, spec.title, expr
+
+
+def substitute(expr: str, rate_interval: str = "1m") -> str:
+    """Replace Grafana's variables so Prometheus can evaluate ``expr`` directly."""
+    return (
+        expr.replace("$__rate_interval", rate_interval)
+        .replace('"$model"', '".*"')
+        .replace('"$metric"', '".*"')
+    )
+
+
+DATASOURCE_YML = """\
+# Grafana datasource provisioning (generated by observability/dashboards.py).
+apiVersion: 1
+datasources:
+  - name: Prometheus
+    uid: prometheus
+    type: prometheus
+    access: proxy
+    url: http://prometheus:9090
+    isDefault: true
+    editable: false
+    jsonData:
+      timeInterval: 1s
+"""
+
+PROVIDER_YML = """\
+# Grafana dashboard provider (generated by observability/dashboards.py).
+# Mount observability/grafana/dashboards on /var/lib/grafana/dashboards.
+apiVersion: 1
+providers:
+  - name: riverstream
+    folder: riverstream
+    type: file
+    disableDeletion: true
+    allowUiUpdates: false
+    updateIntervalSeconds: 30
+    options:
+      path: /var/lib/grafana/dashboards
+      foldersFromFilesStructure: false
+"""
+
+
+def outputs() -> dict[Path, str]:
+    """Every generated file and its content."""
+    files = {ROOT / "dashboards" / f"{uid}.json": render(uid) for uid in DASHBOARDS}
+    files[ROOT / "provisioning" / "datasources" / "prometheus.yml"] = DATASOURCE_YML
+    files[ROOT / "provisioning" / "dashboards" / "riverstream.yml"] = PROVIDER_YML
+    return files
+
+
+def stale_outputs() -> list[Path]:
+    """Generated files whose committed content differs (or is missing)."""
+    return [p for p, text in outputs().items() if not p.exists() or p.read_text() != text]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if committed files differ")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_outputs()
+        for path in stale:
+            print(f"out of date: {path}", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in outputs().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

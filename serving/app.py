@@ -1,0 +1,221 @@
+"""The API: an app factory whose routes only read the models the follower has loaded.
+
+``create_app(settings)`` builds the snapshot store (lazily: no connection is opened until the
+app starts), a `SnapshotFollower` started and stopped by the app's lifespan, and the routes:
+
+- ``POST /v1/models/{name}/predict``: ``{"features": {...}}`` → ``{"model", "version",
+  "prediction", "probabilities"}``; ``{"instances": [...]}`` → ``{"model", "version",
+  "predictions": [{"prediction", "probabilities"}, ...]}``. Probabilities are given for
+  classifiers (JSON object keys, so ``true``/``false`` for boolean labels); for anomaly models
+  the prediction is the anomaly score.
+- ``GET /v1/models``, ``GET /v1/models/{name}``: version served, age, samples, metrics, size.
+- ``GET /healthz`` (the process answers), ``GET /readyz`` (503 until every expected model is
+  loaded; reports Redis reachability and staleness), ``GET /metrics`` (Prometheus).
+
+Bad input never gets a 5xx: 404 for an unknown model, 413 for an oversized body, 422 with
+``{"detail": [{"loc", "msg", "type"}]}`` for anything else, including features that the model
+itself cannot use (a string where it needs a number).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+import redis
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from schemas.errors import ConfigError
+from schemas.settings import Settings
+from serving import openapi
+from serving.follower import SnapshotFollower
+from serving.inputs import InputError, InputLimits, parse_predict_body
+from serving.models import MODEL_INPUT_ERRORS
+from serving.telemetry import ServingMetrics, get_metrics, metrics_response_bytes
+from stream.snapshots import SnapshotStore
+
+PREDICT_ROUTE = "/v1/models/{name}/predict"
+DEFAULT_MAX_INSTANCES = 1_000
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def _fallback(obj: Any) -> Any:
+    item = getattr(obj, "item", None)  # numpy scalars not covered by OPT_SERIALIZE_NUMPY
+    return item() if callable(item) else str(obj)
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, default=_fallback, option=_JSON_OPTIONS)
+
+
+def default_store(settings: Settings) -> SnapshotStore:
+    """The Redis snapshot store described by ``settings`` (no connection opened yet)."""
+    if not settings.redis_url:
+        raise ConfigError("RIVERSTREAM_REDIS_URL is not set: the API needs the snapshot Redis")
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0,
+        health_check_interval=30,
+    )  # fmt: skip
+    return SnapshotStore(
+        client, settings.redis_prefix, settings.require_snapshot_key(),
+        settings.snapshot_chunk_bytes,
+    )  # fmt: skip
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store_factory: Callable[[Settings], SnapshotStore] = default_store,
+    metrics: ServingMetrics | None = None,
+    max_instances: int = DEFAULT_MAX_INSTANCES,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    metrics = get_metrics() if metrics is None else metrics
+    store = store_factory(settings)
+    models = tuple(m.strip() for m in settings.serve_models.split(",") if m.strip())
+    follower = SnapshotFollower(
+        store, metrics, models=models, poll_seconds=settings.serve_poll_seconds
+    )
+    limits = InputLimits(max_features=settings.max_features, max_instances=max_instances)
+    observe = _RequestObserver(metrics).observe
+    registry = None if metrics is get_metrics() else metrics.registry
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        follower.start()
+        try:
+            yield
+        finally:
+            follower.stop()
+
+    app = FastAPI(
+        title="riverstream",
+        summary="Predictions from River models that keep learning.",
+        version="1",
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
+    app.state.follower = follower
+    app.state.store = store
+
+    @app.post(
+        PREDICT_ROUTE, summary="Predict with the served version of a model",
+        openapi_extra=openapi.PREDICT_BODY, responses=openapi.PREDICT_RESPONSES,
+        response_model=None,
+    )  # fmt: skip
+    async def predict(request: Request) -> Response:
+        # Only `request` as parameter: FastAPI then skips parameter validation (tens of µs);
+        # the path parameter is documented in openapi.PREDICT_BODY.
+        started = time.perf_counter()
+        name = request.path_params["name"]
+        served = follower.get(name)
+        if served is None:
+            known = follower.is_known(name)
+            status, label = (503, name) if known else (404, "none")
+            what = "is not loaded yet" if known else "is unknown"
+            observe(PREDICT_ROUTE, label, status, time.perf_counter() - started)
+            return JSONResponse({"detail": f"model {name!r} {what}"}, status)
+        try:
+            raw = await _read_body(request, max_body_bytes)
+            if raw is None:
+                observe(PREDICT_ROUTE, name, 413, time.perf_counter() - started)
+                return JSONResponse({"detail": f"body larger than {max_body_bytes} bytes"}, 413)
+            parsed = parse_predict_body(raw, limits)
+            if isinstance(parsed, dict):
+                prediction, proba = served.predict(parsed)
+                content: dict[str, Any] = {
+                    "model": name, "version": served.version,
+                    "prediction": prediction, "probabilities": proba,
+                }  # fmt: skip
+            else:
+                predictions = []
+                for x in parsed:
+                    prediction, proba = served.predict(x)
+                    predictions.append({"prediction": prediction, "probabilities": proba})
+                content = {"model": name, "version": served.version, "predictions": predictions}
+            response = JSONResponse(content)
+        except InputError as exc:
+            response = JSONResponse({"detail": exc.detail}, 422)
+        except MODEL_INPUT_ERRORS as exc:
+            detail = [{"loc": ["body"], "msg": f"the model cannot use these features: "
+                       f"{type(exc).__name__}: {exc}", "type": "model_input"}]  # fmt: skip
+            response = JSONResponse({"detail": detail}, 422)
+        observe(PREDICT_ROUTE, name, response.status_code, time.perf_counter() - started)
+        return response
+
+    @app.get("/v1/models", summary="Every served model", response_model=openapi.ModelList)
+    async def list_models() -> Response:
+        now = time.time()
+        served = follower.served
+        return JSONResponse({"models": [served[n].info(now) for n in sorted(served)]})
+
+    @app.get(
+        "/v1/models/{name}", summary="The served version of a model",
+        response_model=openapi.ModelInfo, responses={404: {"model": openapi.Message}},
+    )  # fmt: skip
+    async def model_info(name: str) -> Response:
+        served = follower.get(name)
+        if served is None:
+            return JSONResponse({"detail": f"model {name!r} is not served"}, 404)
+        return JSONResponse(served.info())
+
+    @app.get("/healthz", summary="The process is alive")
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", summary="Every expected model is loaded and verified")
+    async def readyz() -> Response:
+        status = follower.status()
+        return JSONResponse(status, 200 if status["ready"] else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        body, content_type = metrics_response_bytes(registry)
+        return Response(body, media_type=content_type)
+
+    return app
+
+
+class _RequestObserver:
+    """`ServingMetrics.observe_request` with the labelled children cached (one dict lookup per
+    request instead of two ``labels()`` calls). Label values stay bounded: routes are
+    templates, models are served or "none", statuses a handful."""
+
+    def __init__(self, metrics: ServingMetrics) -> None:
+        self._metrics = metrics
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, route: str, model: str, status: int, seconds: float) -> None:
+        key = (route, model, status)
+        children = self._children.get(key)
+        if children is None:
+            m = self._metrics
+            children = (
+                m.http_requests_total.labels(route=route, model=model, status=str(status)),
+                m.http_request_duration_seconds.labels(route=route, model=model),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None when it exceeds ``limit`` bytes (read no further than that)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit():
+        return None if int(length) > limit else await request.body()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,202 @@
+"""Following snapshot versions in the background of an API process.
+
+`SnapshotFollower` runs one daemon thread per process. At start it loads the serving version
+(`SnapshotStore.serving_version`: promoted, else latest) of every model, then waits on the
+snapshot channel; each notification makes it re-read that model's pointer, and every
+``poll_seconds`` it re-reads all pointers anyway, so a lost message costs one poll interval.
+
+Loading (fetch, checksum, HMAC, unpickle) happens on this thread, never on a request. The swap
+is one reference assignment of a new dict, so a request sees either the old or the new
+`ServedModel`, never a half-loaded one. A snapshot that fails verification or loading is
+refused: logged, counted, remembered (versions are immutable, so it is not retried) and the
+previous version keeps serving. If Redis is unreachable the last good models keep serving and
+`status` says so; the thread reconnects with the poll interval as back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from schemas.errors import SnapshotError, SnapshotIntegrityError
+from serving.models import ServedModel
+from stream.snapshots import RedisUnavailableError, SnapshotStore, Subscription
+
+log = logging.getLogger(__name__)
+_MAX_WAIT = 0.25
+
+
+class FollowerMetrics(Protocol):
+    def snapshot_swapped(
+        self, model: str, version: int, snapshot_timestamp: float, load_seconds: float
+    ) -> None: ...
+
+    def snapshot_refused(self, model: str, reason: str) -> None: ...
+
+
+class SnapshotFollower:
+    def __init__(
+        self,
+        store: SnapshotStore,
+        metrics: FollowerMetrics,
+        *,
+        models: Sequence[str] = (),
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.configured = tuple(models)
+        self.poll_seconds = poll_seconds
+        self._served: Mapping[str, ServedModel] = {}
+        self._known: tuple[str, ...] = self.configured
+        self._refused: dict[tuple[str, int], str] = {}
+        self._redis_error: str | None = "not connected yet"
+        self._last_sync: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sub: Subscription | None = None
+
+    # -- what requests read ----------------------------------------------------------------
+    def get(self, name: str) -> ServedModel | None:
+        return self._served.get(name)
+
+    @property
+    def served(self) -> Mapping[str, ServedModel]:
+        return self._served
+
+    def is_known(self, name: str) -> bool:
+        return name in self._served or name in self._known
+
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        """Readiness: every expected model loaded; Redis reachability and staleness."""
+        now = time.time() if now is None else now
+        served = self._served
+        expected = self.configured or tuple(sorted(set(self._known) | set(served)))
+        missing = [m for m in expected if m not in served]
+        sync_age = None if self._last_sync is None else round(now - self._last_sync, 3)
+        stale = (
+            self._redis_error is not None or sync_age is None or sync_age > 3 * self.poll_seconds
+        )
+        return {
+            "ready": bool(expected) and not missing,
+            "stale": stale,
+            "missing": missing,
+            "redis": {
+                "reachable": self._redis_error is None,
+                "error": self._redis_error,
+                "last_sync_age_seconds": sync_age,
+            },
+            "models": {
+                name: {
+                    "version": m.version,
+                    "age_seconds": m.info(now)["age_seconds"],
+                    "loaded_at": m.loaded_at,
+                }
+                for name, m in served.items()
+            },
+            "refused": [
+                {"model": m, "version": v, "reason": r} for (m, v), r in self._refused.items()
+            ],
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="snapshot-follower", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._close_subscription()
+
+    def _run(self) -> None:
+        next_poll = 0.0
+        while not self._stop.is_set():
+            try:
+                if self._sub is None:
+                    self._sub = self.store.subscribe()
+                    next_poll = 0.0  # subscribed first, then synced: nothing falls in between
+                now = time.monotonic()
+                if now >= next_poll:
+                    self.sync()
+                    next_poll = now + self.poll_seconds
+                wait = max(0.0, min(next_poll - now, _MAX_WAIT))  # short waits: stop() is prompt
+                note = self._sub.get(timeout=wait)
+                if note is not None:
+                    self.refresh(note.model)
+            except SnapshotError as exc:  # Redis unreachable or erroring: keep serving
+                self._lost(exc)
+                self._stop.wait(self.poll_seconds)
+            except Exception:  # pragma: no cover - a bug must not kill the follower
+                log.exception("snapshot follower failed; retrying")
+                self._close_subscription()
+                self._stop.wait(self.poll_seconds)
+
+    def _lost(self, exc: Exception) -> None:
+        if self._redis_error is None:
+            log.warning("redis unreachable, serving the last good models: %s", exc)
+        self._redis_error = str(exc)
+        self._close_subscription()
+
+    def _close_subscription(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+
+    # -- syncing ---------------------------------------------------------------------------
+    def sync(self) -> None:
+        """Check every model's pointer once (raises `SnapshotError` if Redis fails)."""
+        if not self.configured:
+            self._known = tuple(self.store.models())
+        for name in self._known:
+            self.refresh(name)
+        self._last_sync = time.time()
+        if self._redis_error is not None:
+            log.info("redis reachable again")
+        self._redis_error = None
+
+    def refresh(self, name: str) -> None:
+        """Load ``name``'s serving version if it is not the one served (nor refused)."""
+        if self.configured and name not in self.configured:
+            return
+        if name not in self._known:
+            self._known = (*self._known, name)
+        version = self.store.serving_version(name)
+        current = self._served.get(name)
+        if version is None or (current is not None and current.version == version):
+            return
+        if (name, version) in self._refused:
+            return
+        self._load(name, version)
+
+    def _load(self, name: str, version: int) -> None:
+        started = time.perf_counter()
+        try:
+            obj, meta = self.store.load_model(name, version)
+            served = ServedModel.build(name, obj, version=version, kind=meta.kind, meta=meta)
+        except RedisUnavailableError:
+            raise
+        except SnapshotIntegrityError as exc:
+            self._refuse(name, version, "bad_signature", exc)
+            return
+        except SnapshotError as exc:
+            self._refuse(name, version, "unreadable", exc)
+            return
+        except Exception as exc:  # unpickling or an unservable object
+            self._refuse(name, version, "load_failed", exc)
+            return
+        seconds = time.perf_counter() - started
+        self._served = {**self._served, name: served}  # the swap
+        self.metrics.snapshot_swapped(name, version, meta.created_at, seconds)
+        log.info("serving %s v%d (loaded in %.1f ms)", name, version, seconds * 1000)
+
+    def _refuse(self, name: str, version: int, reason: str, exc: Exception) -> None:
+        self._refused[(name, version)] = reason
+        self.metrics.snapshot_refused(name, reason)
+        log.error("refused snapshot %s v%d (%s): %s", name, version, reason, exc)

@@ -1,0 +1,130 @@
+"""Parsing and validating prediction request bodies: pure functions, no HTTP.
+
+Bodies are parsed with orjson and checked by hand (faster than a typed pydantic body by tens of
+µs per request). Every problem becomes an `InputError` whose ``detail`` has FastAPI's shape, a
+list of ``{"loc", "msg", "type"}`` naming the field and the problem.
+
+>>> limits = InputLimits(max_features=2, max_instances=2)
+>>> parse_predict_body(b'{"features": {"x": 1.5, "c": "red"}}', limits)
+{'x': 1.5, 'c': 'red'}
+>>> parse_predict_body(b'{"instances": [{"x": 1}, {"x": 2}]}', limits)
+[{'x': 1}, {'x': 2}]
+>>> try:
+...     parse_predict_body(b'{"features": {"x": [1]}}', limits)
+... except InputError as err:
+...     err.detail
+[{'loc': ['body', 'features', 'x'], 'msg': 'a feature value must be a number, a string, a boolean or null, not array', 'type': 'feature_type'}]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+FeatureDict = dict[str, Any]
+_SCALARS = (int, float, str, bool, type(None))
+_MAX_ERRORS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class InputLimits:
+    max_features: int = 10_000
+    max_instances: int = 1_000
+
+
+class InputError(Exception):
+    """The body is not a valid prediction request; ``detail`` lists every problem found."""
+
+    def __init__(self, detail: list[dict[str, Any]]) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+
+def _problem(loc: list[Any], msg: str, kind: str) -> dict[str, Any]:
+    return {"loc": ["body", *loc], "msg": msg, "type": kind}
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__
+
+
+def parse_predict_body(raw: bytes, limits: InputLimits) -> FeatureDict | list[FeatureDict]:
+    """The features of a single request (a dict) or of a batch (a list of dicts)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        kind = "finite_number" if "infinity" in str(exc) else "json_invalid"
+        raise InputError([_problem([], f"invalid JSON: {exc}", kind)]) from None
+    if not isinstance(body, dict):
+        raise InputError([_problem([], f"expected an object, got {_json_type(body)}", "dict_type")])
+    extra = [k for k in body if k not in ("features", "instances")]
+    if extra:
+        raise InputError(
+            [_problem([k], "unknown field: use 'features' or 'instances'", "extra_forbidden")
+             for k in extra[:_MAX_ERRORS]]
+        )  # fmt: skip
+    if "features" in body and "instances" in body:
+        raise InputError(
+            [_problem([], "give either 'features' or 'instances', not both", "value_error")]
+        )
+    if "features" in body:
+        problems: list[dict[str, Any]] = []
+        features = _check_features(body["features"], ["features"], limits, problems)
+        if problems:
+            raise InputError(problems)
+        return features
+    if "instances" not in body:
+        raise InputError(
+            [_problem(["features"], "field required ('features' or 'instances')", "missing")]
+        )
+    instances = body["instances"]
+    if not isinstance(instances, list):
+        msg = f"expected an array of feature objects, got {_json_type(instances)}"
+        raise InputError([_problem(["instances"], msg, "list_type")])
+    if len(instances) > limits.max_instances:
+        msg = f"{len(instances)} instances, the limit is {limits.max_instances}"
+        raise InputError([_problem(["instances"], msg, "too_long")])
+    problems = []
+    for i, features in enumerate(instances):
+        _check_features(features, ["instances", i], limits, problems)
+        if len(problems) >= _MAX_ERRORS:
+            break
+    if problems:
+        raise InputError(problems[:_MAX_ERRORS])
+    return instances
+
+
+def _check_features(
+    features: Any, loc: list[Any], limits: InputLimits, problems: list[dict[str, Any]]
+) -> FeatureDict:
+    if not isinstance(features, dict):
+        msg = f"expected an object of feature values, got {_json_type(features)}"
+        problems.append(_problem(loc, msg, "dict_type"))
+        return {}
+    if len(features) > limits.max_features:
+        msg = f"{len(features)} features, the limit is {limits.max_features}"
+        problems.append(_problem(loc, msg, "too_long"))
+        return features
+    for name, value in features.items():
+        if value.__class__ is float:
+            if not math.isfinite(value):  # pragma: no cover - orjson refuses them already
+                problems.append(_problem([*loc, name], "number is not finite", "finite_number"))
+        elif not isinstance(value, _SCALARS):
+            problems.append(
+                _problem(
+                    [*loc, name],
+                    "a feature value must be a number, a string, a boolean or null, "
+                    f"not {_json_type(value)}",
+                    "feature_type",
+                )
+            )
+        if len(problems) >= _MAX_ERRORS:
+            break
+    return features

@@ -1,0 +1,124 @@
+"""A model as served: one immutable object per loaded snapshot version.
+
+Swapping versions replaces the whole `ServedModel`, so a request that took a reference to one
+uses the same estimator, version and metadata from start to end.
+
+>>> from river import linear_model
+>>> served = ServedModel.build("lr", linear_model.LogisticRegression(), version=1, kind="classifier")
+>>> served.predict({"x": 1.0})
+(False, {False: 0.5, True: 0.5})
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from river import anomaly, base, compose
+
+from stream.snapshots import SnapshotMeta
+
+KINDS = ("classifier", "regressor", "anomaly")
+
+# What a model may raise when the features do not suit it (a string where it needs a number,
+# an overflow...): the client's input is at fault, so this is a 422, not a 500.
+MODEL_INPUT_ERRORS = (TypeError, ValueError, KeyError, ArithmeticError)
+
+
+def estimator_of(obj: Any) -> Any:
+    """The River estimator inside a snapshot: the object itself, or a learner state's ``.model``."""
+    if hasattr(obj, "model") and hasattr(obj, "kind") and not hasattr(obj, "predict_one"):
+        return obj.model
+    return obj
+
+
+def _final_step(estimator: Any) -> Any:
+    while isinstance(estimator, compose.Pipeline):
+        estimator = list(estimator.steps.values())[-1]
+    return estimator
+
+
+def predicts_argmax(estimator: Any) -> bool:
+    """Whether ``predict_one`` is River's default, the argmax of ``predict_proba_one``: then
+    one ``predict_proba_one`` call gives both (half the cost), with identical results."""
+    if not isinstance(estimator, compose.Pipeline) and not isinstance(estimator, base.Classifier):
+        return False
+    if isinstance(estimator, compose.Pipeline) and type(estimator).predict_one is not (
+        compose.Pipeline.predict_one
+    ):
+        return False
+    return type(_final_step(estimator)).predict_one is base.Classifier.predict_one
+
+
+def kind_of(estimator: Any, declared: str | None = None) -> str:
+    if declared in KINDS:
+        return declared
+    final = _final_step(estimator)
+    if isinstance(final, anomaly.base.AnomalyDetector):
+        return "anomaly"
+    if isinstance(final, base.Classifier):
+        return "classifier"
+    if isinstance(final, base.Regressor):
+        return "regressor"
+    raise ValueError(
+        f"cannot serve {type(estimator).__name__}: not a classifier, regressor or anomaly detector"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    name: str
+    version: int
+    kind: str
+    estimator: Any
+    meta: SnapshotMeta | None = None
+    loaded_at: float = field(default_factory=time.time)
+    argmax: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        obj: Any,
+        *,
+        version: int,
+        kind: str | None = None,
+        meta: SnapshotMeta | None = None,
+    ) -> ServedModel:
+        estimator = estimator_of(obj)
+        kind = kind_of(estimator, kind)
+        argmax = kind == "classifier" and predicts_argmax(estimator)
+        return cls(name, version, kind, estimator, meta, argmax=argmax)
+
+    def predict(self, x: dict[str, Any]) -> tuple[Any, dict[Any, float] | None]:
+        """``(prediction, probabilities)``: the estimator's own ``predict_one`` /
+        ``predict_proba_one`` for classifiers, ``predict_one`` for regressors and ``score_one``
+        (as the prediction) for anomaly detectors."""
+        est = self.estimator
+        if self.argmax:
+            proba = est.predict_proba_one(x)
+            return (max(proba, key=proba.get) if proba else None), proba
+        if self.kind == "classifier":
+            return est.predict_one(x), est.predict_proba_one(x)
+        if self.kind == "regressor":
+            return est.predict_one(x), None
+        return est.score_one(x), None
+
+    def info(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        meta = self.meta
+        return {
+            "model": self.name,
+            "version": self.version,
+            "kind": self.kind,
+            "spec": meta.spec if meta else None,
+            "created_at": meta.created_at if meta else None,
+            "age_seconds": round(now - meta.created_at, 3) if meta else None,
+            "loaded_at": self.loaded_at,
+            "samples_learned": meta.samples_learned if meta else None,
+            "metrics": meta.metrics if meta else {},
+            "size": meta.size if meta else None,
+            "sha256": meta.sha256 if meta else None,
+            "river_version": meta.river_version if meta else None,
+        }

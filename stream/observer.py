@@ -1,0 +1,118 @@
+"""The learner's Prometheus exporter: turns the loop's state into metrics, once per batch."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from schemas.settings import Settings
+from stream.kafka import Record
+from stream.telemetry import DriftMonitor, LearnerMetrics, start_http_server
+
+_REFRESH_SECONDS = 0.5
+
+
+class PrometheusObserver:
+    """Called by `stream.processor.Learner` after each batch and each snapshot."""
+
+    def __init__(self, metrics: LearnerMetrics, server: Any = None) -> None:
+        self.metrics = metrics
+        self.server = server
+        self._joined = dict.fromkeys(("joined", "expired", "orphan", "late"), 0)
+        self._learned: dict[str, int] = {}
+        self._dead: dict[str, int] = {}
+        self._last_refresh = 0.0
+        self._drift: DriftMonitor | None = None
+        self._drift_tasks: dict[str, str] = {}
+        metrics.mark_up()
+
+    @classmethod
+    def start(cls, settings: Settings) -> PrometheusObserver:
+        metrics = LearnerMetrics(CollectorRegistry())
+        server = None
+        if settings.learner_metrics_port:
+            server = start_http_server(
+                settings.learner_metrics_port, metrics.registry, addr=settings.metrics_host
+            )
+        return cls(metrics, server)
+
+    def close(self) -> None:
+        self.metrics.mark_down()
+        if self.server is not None:
+            self.server[0].shutdown()
+
+    def after_batch(self, learner: Any, records: list[Record]) -> None:
+        m = self.metrics
+        if records:
+            by_topic: dict[str, int] = {}
+            for r in records:
+                by_topic[r.topic] = by_topic.get(r.topic, 0) + 1
+            for topic, n in by_topic.items():
+                m.events_consumed(topic, n)
+        now = time.monotonic()
+        if now - self._last_refresh < _REFRESH_SECONDS and records:
+            return
+        self._last_refresh = now
+        self._refresh(learner)
+
+    def _refresh(self, learner: Any) -> None:
+        m = self.metrics
+        core = learner.core
+        c = core.counters
+        current = {
+            "joined": c.labels_joined,
+            "expired": c.expired_without_label,
+            "orphan": c.orphan_labels,
+            "late": c.late_events,
+        }
+        m.join_outcomes({k: v - self._joined[k] for k, v in current.items() if v > self._joined[k]})
+        self._joined = current
+        for reason, n in learner.stats.dead_letters.items():
+            if n > self._dead.get(reason, 0):
+                m.dead_letter(reason, n - self._dead.get(reason, 0))
+                self._dead[reason] = n
+        for name, state in core.models.items():
+            m.set_progressive_metrics(name, state.metric_values())
+            done = state.samples_learned - self._learned.get(name, state.samples_learned)
+            if name not in self._learned:
+                done = state.samples_learned
+            if done > 0:
+                m.samples_learned(name, done)
+            self._learned[name] = state.samples_learned
+        for name, seconds in learner.timings().items():
+            m.observe_predict(name, seconds["predict"])
+            m.observe_learn(name, seconds["learn"])
+        lags = learner.lags()
+        for topic, per_partition in lags.items():
+            m.set_consumer_lag(topic, per_partition)
+        delay = learner.watermark_delay()
+        if delay is not None:
+            m.set_watermark_delay(delay)
+        self._update_drift(learner)
+
+    def _update_drift(self, learner: Any) -> None:
+        outcomes = learner.core.drain_outcomes()
+        if not outcomes:
+            return
+        if self._drift is None:
+            self._drift_tasks = {
+                name: "classification" if state.kind == "classifier" else "regression"
+                for name, state in learner.core.models.items()
+                if state.kind in ("classifier", "regressor")
+            }
+            self._drift = DriftMonitor(self._drift_tasks)  # type: ignore[arg-type]
+        for name, y_true, y_pred in outcomes:
+            if name in self._drift_tasks and self._drift.update(name, y_true, y_pred):
+                self.metrics.drift_detected(name)
+
+    def snapshot(self, learner: Any, result: Any) -> None:
+        if not result.ok:
+            return
+        store = learner.snapshotter.store
+        for name in learner.core.models:
+            meta = store.meta(name, result.version)
+            self.metrics.snapshot_written(
+                name, result.version, meta.size, result.seconds, result.stall_seconds
+            )

@@ -1,0 +1,57 @@
+"""Alert rules are up to date, valid for promtool, and unit-tested firing and silent."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+from observability import alerts
+
+PROM_DIR = alerts.PATH.parent
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is required (Debian package prometheus)"
+    return subprocess.run(
+        [promtool, *args], cwd=PROM_DIR, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_committed_rules_match_the_generator():
+    assert alerts.main(["--check"]) == 0, "run: python -m observability.alerts"
+
+
+def test_promtool_check_rules():
+    result = _promtool("check", "rules", "alerts.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(alerts.ALERTS)} rules found" in result.stdout
+
+
+def test_promtool_check_config():
+    result = _promtool("check", "config", "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_test_rules():
+    result = _promtool("test", "rules", "alerts_test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_tested_firing_and_silent():
+    text = (PROM_DIR / "alerts_test.yml").read_text()
+    blocks = re.split(r"\n\s+- eval_time:", text)[1:]
+    firing, silent = set(), set()
+    for block in blocks:
+        name = re.search(r"alertname: (\w+)", block).group(1)
+        (silent if "exp_alerts: []" in block else firing).add(name)
+    names = {a.name for a in alerts.ALERTS}
+    assert names == firing, names ^ firing
+    assert names == silent, names ^ silent
+
+
+def test_names_are_unique_and_prefixed():
+    names = [a.name for a in alerts.ALERTS]
+    assert len(names) == len(set(names))
+    assert all(n.startswith("Riverstream") for n in names)

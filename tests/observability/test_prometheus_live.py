@@ -1,0 +1,172 @@
+"""Against the real Prometheus: every panel query and alert signal returns finite values.
+
+A learner exporter (in this process) and an API exporter (a child process in multiprocess
+mode) keep updating every metric while Prometheus scrapes them each second. This proves the
+PromQL against real exposition; the replay with the real learner and API is the lead's
+integration test, which can reuse `dashboards.panel_queries` and `alerts.ALERTS[*].signals`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from observability import alerts, dashboards
+from observability.report import render_report, samples_from_prometheus
+from stream.telemetry import LearnerMetrics, start_http_server
+
+from .conftest import touch_learner
+
+REPO = Path(__file__).resolve().parents[2]
+
+API_EXPORTER = """
+import http.server, sys, time, threading
+from serving.telemetry import get_metrics, metrics_response_bytes
+m = get_metrics()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body, ctype = metrics_response_bytes()
+        self.send_response(200); self.send_header("Content-Type", ctype); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+while True:
+    now = time.time()
+    m.observe_request("/models/{name}/predict", "lr", 200, 0.002)
+    m.observe_request("/models/{name}/predict", "lr", 500, 0.004)
+    m.snapshot_swapped("lr", version=7, snapshot_timestamp=now - 1, load_seconds=0.001)
+    m.snapshot_refused("lr", "bad_signature")
+    time.sleep(0.1)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.load(r)
+
+
+def _query(base: str, expr: str) -> list:
+    body = _get(f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    assert body["status"] == "success", (expr, body)
+    return body["data"]["result"]
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory):
+    binary = shutil.which("prometheus")
+    assert binary, "the prometheus binary is required (Debian package prometheus)"
+    tmp = tmp_path_factory.mktemp("prom")
+    learner = LearnerMetrics(CollectorRegistry())
+    server, _thread = start_http_server(0, learner.registry, addr="127.0.0.1")
+    stop = threading.Event()
+
+    def feed():
+        while not stop.is_set():
+            touch_learner(learner, time.time())
+            stop.wait(0.1)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    api_port, prom_port = _free_port(), _free_port()
+    (tmp / "mp").mkdir()
+    api = subprocess.Popen(
+        [sys.executable, "-c", API_EXPORTER, str(api_port)],
+        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp / "mp"), "PYTHONPATH": str(REPO), "PATH": ""},
+        cwd=REPO,
+    )
+    config = (REPO / "observability" / "prometheus" / "prometheus.yml").read_text()
+    config = config.replace("127.0.0.1:9108", f"127.0.0.1:{server.server_port}")
+    config = config.replace("127.0.0.1:8000", f"127.0.0.1:{api_port}")
+    (tmp / "prometheus.yml").write_text(config)
+    shutil.copy(alerts.PATH, tmp / "alerts.yml")
+    prom = subprocess.Popen(
+        [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
+         f"--web.listen-address=127.0.0.1:{prom_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{prom_port}"
+    try:
+        deadline = time.time() + 30
+        while True:  # ready, both targets scraped, and enough samples for rate()
+            try:
+                ups = _query(base, "count_over_time(up[1m]) >= 3")
+                if len(ups) == 2 and len(_query(base, "up == 1")) == 2:
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline, "Prometheus did not scrape both targets"
+            time.sleep(0.5)
+        yield base
+    finally:
+        stop.set()
+        for p in (prom, api):
+            p.terminate()
+            p.wait(timeout=10)
+        server.shutdown()
+        server.server_close()
+
+
+def _assert_finite(base: str, expr: str) -> None:
+    result = _query(base, expr)
+    assert result, f"empty result: {expr}"
+    for series in result:
+        value = float(series["value"][1])
+        assert math.isfinite(value), f"{expr} -> {series}"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "uid,title,expr", list(dashboards.panel_queries()), ids=lambda x: str(x)[:40]
+)
+def test_every_panel_query_returns_finite_values(prometheus, uid, title, expr):
+    _assert_finite(prometheus, dashboards.substitute(expr, "30s"))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("alert", alerts.ALERTS, ids=lambda a: a.name)
+def test_every_alert_evaluates_and_its_signals_are_finite(prometheus, alert):
+    _query(prometheus, alert.expr)  # valid and evaluable (silent is fine here)
+    for signal in alert.signals:
+        _assert_finite(prometheus, signal)
+
+
+@pytest.mark.integration
+def test_no_alert_fires_on_a_healthy_system(prometheus):
+    rules = _get(f"{prometheus}/api/v1/rules")["data"]["groups"][0]["rules"]
+    assert {r["name"] for r in rules} == {a.name for a in alerts.ALERTS}
+    assert all(r["health"] != "err" for r in rules), rules
+    # drift and dead letters are fed on purpose; everything else must be quiet
+    firing = {r["name"] for r in rules if r["state"] != "inactive"}
+    assert firing <= {"RiverstreamDriftDetected", "RiverstreamDeadLetterRate",
+                      "RiverstreamServingErrors"}, firing  # fmt: skip
+
+
+@pytest.mark.integration
+def test_report_from_prometheus(prometheus, tmp_path):
+    now = time.time()
+    samples = samples_from_prometheus(prometheus, now - 30, now, step=1, model="lr",
+                                      rate_window="30s")  # fmt: skip
+    assert samples and any(s["metrics"].get("Accuracy") == 0.9 for s in samples)
+    assert any(s["lag"] == 3 for s in samples)
+    assert any(s["latency"].get("predict p99") for s in samples)
+    out = render_report(samples, tmp_path / "live.png", "lr")
+    assert out.read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,250 @@
+"""The API in-process (httpx.Client runs the lifespan, so the follower thread is real) against
+a real Redis."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+from river import linear_model
+
+from serving.app import create_app
+from serving.telemetry import ServingMetrics
+from stream.snapshots import SnapshotStore
+
+pytestmark = pytest.mark.integration
+
+
+def as_json(value: Any) -> Any:
+    return orjson.loads(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+
+
+@pytest.fixture
+def metrics() -> ServingMetrics:
+    return ServingMetrics(CollectorRegistry())
+
+
+@pytest.fixture
+def client_for(kit):
+    def make(settings, metrics: ServingMetrics, **kwargs: Any):
+        return kit.serve_in_thread(create_app(settings, metrics=metrics, **kwargs))
+
+    return make
+
+
+def served_version(client: httpx.Client, name: str) -> int | None:
+    response = client.get(f"/v1/models/{name}")
+    return response.json()["version"] if response.status_code == 200 else None
+
+
+def test_predictions_equal_the_snapshot_models(
+    client_for, kit, store: SnapshotStore, redis_url: str, prefix: str, metrics: ServingMetrics
+) -> None:
+    models = kit.trained_models()
+    versions = {}
+    for name, (model, kind, _) in models.items():
+        obj = kit.state(model, kind) if name == "clf" else model  # both shapes are served
+        versions[name] = kit.publish(store, name, obj, kind)
+    with client_for(kit.make_settings(redis_url, prefix), metrics) as client:
+        kit.wait_until(lambda: client.get("/readyz").status_code == 200)
+        for name, (_, kind, inputs) in models.items():
+            loaded, _meta = store.load_model(name, versions[name])
+            model = loaded.model if name == "clf" else loaded
+            expected = []
+            for x in inputs:
+                if kind == "classifier":
+                    expected.append({"prediction": model.predict_one(x),
+                                     "probabilities": as_json(model.predict_proba_one(x))})  # fmt: skip
+                elif kind == "regressor":
+                    expected.append({"prediction": model.predict_one(x), "probabilities": None})
+                else:
+                    expected.append({"prediction": model.score_one(x), "probabilities": None})
+            for x, want in zip(inputs, expected, strict=True):
+                body = client.post(f"/v1/models/{name}/predict", json={"features": x}).json()
+                assert body == {"model": name, "version": versions[name], **want}
+            batch = client.post(f"/v1/models/{name}/predict", json={"instances": inputs})
+            assert batch.status_code == 200
+            assert batch.json() == {
+                "model": name,
+                "version": versions[name],
+                "predictions": expected,
+            }
+            assert kind != "classifier" or len({e["prediction"] for e in expected}) == 2
+
+
+def test_model_listing_and_metadata(
+    client_for, kit, store: SnapshotStore, redis_url: str, prefix: str, metrics: ServingMetrics
+) -> None:
+    v1 = kit.publish(store, "a", linear_model.LogisticRegression(), "classifier")
+    v2 = kit.publish(store, "b", linear_model.LinearRegression(), "regressor")
+    with client_for(kit.make_settings(redis_url, prefix), metrics) as client:
+        kit.wait_until(lambda: client.get("/readyz").status_code == 200)
+        listing = client.get("/v1/models").json()["models"]
+        assert [(m["model"], m["version"]) for m in listing] == [("a", v1), ("b", v2)]
+        info = client.get("/v1/models/a").json()
+        meta = store.meta("a", v1)
+        assert info["version"] == v1 and info["kind"] == "classifier"
+        assert info["samples_learned"] == meta.samples_learned and info["metrics"] == meta.metrics
+        assert info["size"] == meta.size and info["created_at"] == meta.created_at
+        assert 0 <= info["age_seconds"] < 60
+        assert client.get("/v1/models/nope").status_code == 404
+        assert client.get("/healthz").json() == {"status": "ok"}
+        text = client.get("/metrics").text
+        assert 'riverstream_model_version{model="a"}' in text
+        schema = client.get("/openapi.json").json()
+        op = schema["paths"]["/v1/models/{name}/predict"]["post"]
+        assert set(op["requestBody"]["content"]["application/json"]["examples"]) == {
+            "single",
+            "batch",
+        }
+        assert {"200", "404", "422"} <= set(op["responses"])
+
+
+def test_readiness_waits_for_configured_models(
+    client_for, kit, store: SnapshotStore, redis_url: str, prefix: str, metrics: ServingMetrics
+) -> None:
+    settings = kit.make_settings(redis_url, prefix, serve_models="a,b")
+    with client_for(settings, metrics) as client:
+        ready = kit.wait_until(lambda: client.get("/readyz").json()["redis"]["reachable"])
+        assert ready
+        response = client.get("/readyz")
+        assert response.status_code == 503 and response.json()["missing"] == ["a", "b"]
+        assert client.post("/v1/models/a/predict", json={"features": {}}).status_code == 503
+        assert client.post("/v1/models/zzz/predict", json={"features": {}}).status_code == 404
+        kit.publish(store, "a", linear_model.LogisticRegression(), "classifier")
+        kit.publish(store, "b", linear_model.LogisticRegression(), "classifier")
+        kit.publish(store, "c", linear_model.LogisticRegression(), "classifier")  # not configured
+        kit.wait_until(lambda: client.get("/readyz").status_code == 200)
+        body = client.get("/readyz").json()
+        assert body["ready"] and not body["stale"] and set(body["models"]) == {"a", "b"}
+        assert client.post("/v1/models/c/predict", json={"features": {}}).status_code == 404
+
+
+def test_follows_versions_and_refuses_tampered_snapshots(
+    client_for, kit, store: SnapshotStore, redis_url: str, prefix: str, metrics: ServingMetrics
+) -> None:
+    v1 = kit.publish(store, "m", linear_model.LogisticRegression(), "classifier")
+    # a long poll interval: the notification alone must bring new versions in
+    with client_for(kit.make_settings(redis_url, prefix, serve_poll_seconds=30), metrics) as client:
+        kit.wait_until(lambda: served_version(client, "m") == v1)
+        bad = kit.publish(store, "m", linear_model.LogisticRegression(), "classifier", key=b"evil")
+        kit.wait_until(
+            lambda: metrics.snapshots_refused_total.labels("m", "bad_signature")._value.get()
+        )
+        assert served_version(client, "m") == v1
+        answer = client.post("/v1/models/m/predict", json={"features": {"x": 1}})
+        assert answer.status_code == 200 and answer.json()["version"] == v1
+        refused = client.get("/readyz").json()["refused"]
+        assert refused == [{"model": "m", "version": bad, "reason": "bad_signature"}]
+        v3 = kit.publish(store, "m", linear_model.LogisticRegression(), "classifier")
+        kit.wait_until(lambda: served_version(client, "m") == v3)
+        assert metrics.model_swaps_total.labels("m")._value.get() == 2
+
+
+def test_polling_catches_missed_notifications(
+    client_for, kit, store: SnapshotStore, redis_url: str, prefix: str, metrics: ServingMetrics
+) -> None:
+    v1 = kit.publish(store, "m", linear_model.LogisticRegression(), "classifier")
+    with client_for(
+        kit.make_settings(redis_url, prefix, serve_poll_seconds=0.1), metrics
+    ) as client:
+        kit.wait_until(lambda: served_version(client, "m") == v1)
+        # a version made visible without its PUBLISH (as after a crash between steps 2 and 3)
+        store.client.set(store.keys.latest("m"), 999)
+        store.client.set(store.keys.meta("m", 999), store.meta("m", v1).to_json())
+        for i in range(store.meta("m", v1).chunks):
+            store.client.copy(store.keys.chunk("m", v1, i), store.keys.chunk("m", 999, i))
+        kit.wait_until(lambda: served_version(client, "m") == 999)
+        # and the registry's promoted pointer wins over latest
+        store.client.set(store.keys.promoted("m"), v1)
+        kit.wait_until(lambda: served_version(client, "m") == v1)
+
+
+def test_redis_down_keeps_serving_the_last_good_model(
+    client_for, kit, tmp_path, prefix: str
+) -> None:
+    proc, url = kit.start_redis(tmp_path)
+    try:
+        client = redis.Redis.from_url(url)
+        store = SnapshotStore(client, prefix, kit.KEY)
+        v1 = kit.publish(store, "m", linear_model.LogisticRegression(), "classifier")
+        client.close()
+        metrics = ServingMetrics(CollectorRegistry())
+        with client_for(kit.make_settings(url, prefix, serve_poll_seconds=0.1), metrics) as api:
+            kit.wait_until(lambda: api.get("/readyz").status_code == 200)
+            kit.stop_process(proc)
+            status = kit.wait_until(
+                lambda: (lambda s: s if not s["redis"]["reachable"] else None)(
+                    api.get("/readyz").json()
+                )
+            )
+            assert status["stale"] and status["ready"] and status["redis"]["error"]
+            answer = api.post("/v1/models/m/predict", json={"features": {"x": 1.0}})
+            assert answer.status_code == 200 and answer.json()["version"] == v1
+    finally:
+        kit.stop_process(proc)
+
+
+@pytest.fixture
+def clf_client(
+    client_for, kit, store: SnapshotStore, redis_url: str, prefix: str, metrics: ServingMetrics
+) -> Iterator[httpx.Client]:
+    model, kind, _ = kit.trained_models(50)["clf"]
+    kit.publish(store, "clf", model, kind)
+    settings = kit.make_settings(redis_url, prefix, max_features=5)
+    with client_for(settings, metrics, max_instances=3, max_body_bytes=10_000) as client:
+        kit.wait_until(lambda: client.get("/readyz").status_code == 200)
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "kind"),
+    [
+        (b"{not json", ["body"], "json_invalid"),
+        (b'{"features": {"x": 1e999}}', ["body"], "finite_number"),
+        (b'{"features": {"x": NaN}}', ["body"], "json_invalid"),
+        (b"[1, 2]", ["body"], "dict_type"),
+        (b'{"features": [1, 2]}', ["body", "features"], "dict_type"),
+        (b'{"features": {"x": [1]}}', ["body", "features", "x"], "feature_type"),
+        (b'{"features": {"x": {"y": 1}}}', ["body", "features", "x"], "feature_type"),
+        (b'{"features": {"a":1,"b":1,"c":1,"d":1,"e":1,"f":1}}', ["body", "features"], "too_long"),
+        (b'{"instances": [{}, {}, {}, {}]}', ["body", "instances"], "too_long"),
+        (b'{"instances": {"x": 1}}', ["body", "instances"], "list_type"),
+        (b'{"instances": [{"x": 1}, 3]}', ["body", "instances", 1], "dict_type"),
+        (
+            b'{"instances": [{"x": true}, {"x": [3]}]}',
+            ["body", "instances", 1, "x"],
+            "feature_type",
+        ),
+        (b'{"feature": {}}', ["body", "feature"], "extra_forbidden"),
+        (b"{}", ["body", "features"], "missing"),
+        (b'{"features": {}, "instances": []}', ["body"], "value_error"),
+        (b'{"features": {"popup_window": "text"}}', ["body"], "model_input"),
+    ],
+)
+def test_bad_input_is_a_422_naming_the_problem(
+    clf_client: httpx.Client, body: bytes, loc: list, kind: str
+) -> None:
+    response = clf_client.post("/v1/models/clf/predict", content=body)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail[0]["loc"] == loc and detail[0]["type"] == kind and detail[0]["msg"]
+
+
+def test_oversized_body_is_a_413(clf_client: httpx.Client) -> None:
+    body = b'{"features": {"x": "' + b"a" * 20_000 + b'"}}'
+    assert clf_client.post("/v1/models/clf/predict", content=body).status_code == 413
+
+
+def test_nonfinite_output_is_json(clf_client: httpx.Client) -> None:
+    response = clf_client.post("/v1/models/clf/predict", json={"features": {"x": 1e308}})
+    assert response.status_code in (200, 422)
+    if response.status_code == 200:
+        proba = response.json()["probabilities"]
+        assert all(p is None or math.isfinite(p) for p in proba.values())

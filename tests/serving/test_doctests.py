@@ -1,0 +1,17 @@
+"""The runnable examples of serving/ and stream/snapshots.py (outside pytest's testpaths)."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+
+import serving.inputs
+import serving.models
+import stream.snapshots
+
+
+@pytest.mark.parametrize("module", [serving.inputs, serving.models, stream.snapshots])
+def test_docstring_examples(module) -> None:
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -1,0 +1,74 @@
+"""Promise 2: kill -9 the learner at random moments; the final state equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from learners.datasets import load_dataset
+from learners.specs import ModelSpec
+from schemas.settings import Settings
+from stream.runtime import snapshot_store
+from tests.conftest import settings_env
+from tests.stream.helpers import fast, final_model, learn, replay
+
+
+def _spawn_learner(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "stream", "learn", "--model", "lr=logreg",
+             "--metric", "Accuracy", "--metric", "ROCAUC", "--exit-when-idle", "1"],
+            env=settings_env(settings), stdout=handle, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def test_kill_9_three_times_changes_nothing(settings: Settings, tmp_path: Path) -> None:
+    limit = 15_000
+    crashed = fast(
+        settings, snapshot_every_labels=250, snapshot_every_seconds=0.05, consumer_batch=150
+    )
+    replay(crashed, "synth.Agrawal", 100, limit=limit, seed=7)
+    store = snapshot_store(crashed)
+    rng = random.Random(42)
+    kills = 0
+    log = tmp_path / "learner.log"
+    while kills < 3:
+        proc = _spawn_learner(crashed, log)
+        start_version = store.latest_checkpoint()
+        target = (start_version[0] if start_version else 0) + rng.randint(2, 6)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            latest = store.latest_checkpoint()
+            if latest and latest[0] >= target:
+                break
+            time.sleep(0.005)  # polling Redis with a deadline
+        assert proc.poll() is None, f"learner ended before being killed:\n{log.read_text()[-3000:]}"
+        time.sleep(rng.random() * 0.05)  # a random moment between two snapshots
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        kills += 1
+    proc = _spawn_learner(crashed, log)
+    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    assert log.read_text().count("resumed from snapshot") == 3
+
+    # The same stream, learned without interruption, under another prefix and topics.
+    clean = fast(
+        settings,
+        redis_prefix=settings.redis_prefix + "-clean",
+        topic_features=settings.topic_features + "-clean",
+        topic_labels=settings.topic_labels + "-clean",
+    )
+    replay(clean, "synth.Agrawal", 100, limit=limit, seed=7)
+    [expected] = learn(clean, [ModelSpec("lr", "logreg", ("Accuracy", "ROCAUC"))])
+
+    ours, theirs = final_model(crashed, "lr"), final_model(clean, "lr")
+    assert ours.samples_learned == theirs.samples_learned == limit
+    assert ours.metric_values() == expected["metrics"]
+    for x, _ in itertools.islice(load_dataset("synth.Agrawal", seed=7), 0, limit, 997):
+        assert ours.model.predict_proba_one(x) == theirs.model.predict_proba_one(x)

@@ -1,0 +1,170 @@
+"""Join bookkeeping: orphans, expiry, late events, duplicates and bounded memory."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from learners.core import LearningCore
+from learners.datasets import dataset_events
+from learners.join import EventTimeJoin
+from learners.specs import ModelSpec
+from schemas.events import FeatureEvent, LabelEvent
+
+F, L = (0, 0), (1, 0)
+
+
+def feature(i: int, time: float | None = None) -> FeatureEvent:
+    return FeatureEvent(str(i), float(i if time is None else time), {"x": float(i)})
+
+
+def label(i: int, time: float, y: bool = True) -> LabelEvent:
+    return LabelEvent(str(i), float(time), y)
+
+
+def released(join: EventTimeJoin, watermark: float) -> list[tuple[str, str]]:
+    return [(p.id, "L" if lab else "F") for p, lab in join.steps(watermark)]
+
+
+def test_nothing_is_processed_before_the_watermark_passes_it():
+    join = EventTimeJoin()
+    join.push_feature(feature(0), F, 0)
+    join.push_label(label(0, 0), L, 0)
+    assert released(join, 0.0) == []
+    assert released(join, 0.5) == [("0", "F"), ("0", "L")]
+
+
+def test_label_waits_until_the_next_feature_time():
+    join = EventTimeJoin()
+    join.push_feature(feature(0), F, 0)
+    join.push_label(label(0, 5), L, 0)
+    join.push_feature(feature(1, 5), F, 1)
+    # at equal times the label comes before the feature
+    assert released(join, 10) == [("0", "F"), ("0", "L"), ("1", "F")]
+
+
+def test_early_label_waits_as_orphan_and_joins_its_feature():
+    join = EventTimeJoin()
+    join.push_label(label(7, 1), L, 0)
+    assert released(join, 2) == []
+    assert join.counters.pending_labels == 1
+    join.push_feature(feature(7, 3), F, 0)
+    assert released(join, 4) == [("7", "F"), ("7", "L")]
+    assert join.counters.labels_joined == 1
+    assert join.counters.pending_labels == join.counters.orphan_labels == 0
+
+
+def test_unknown_label_becomes_an_orphan_after_the_ttl():
+    join = EventTimeJoin(ttl=10)
+    join.push_label(label(99, 0), L, 0)
+    join.push_feature(feature(1, 5), F, 0)
+    released(join, 6)
+    assert join.counters.pending_labels == 1
+    join.push_feature(feature(2, 11), F, 1)
+    released(join, 12)
+    assert join.counters.orphan_labels == 1
+    assert join.counters.pending_labels == 0
+
+
+def test_feature_without_label_expires_and_its_late_label_is_an_orphan():
+    join = EventTimeJoin(ttl=10)
+    join.push_feature(feature(0), F, 0)
+    join.push_feature(feature(1, 20), F, 1)
+    join.push_label(label(0, 21), L, 0)
+    assert released(join, 22) == [("0", "F"), ("1", "F")]
+    assert join.counters.expired_without_label == 1
+    assert join.counters.pending_labels == 1  # waits for a feature "0" that never comes
+    join.push_feature(feature(2, 40), F, 2)
+    released(join, 41)
+    assert join.counters.orphan_labels == 1
+    assert join.counters.expired_without_label == 2  # feature 1 too
+
+
+def test_label_older_than_ttl_is_not_joined():
+    join = EventTimeJoin(ttl=10)
+    join.push_feature(feature(0), F, 0)
+    join.push_label(label(0, 10.5), L, 0)
+    assert released(join, 11) == [("0", "F")]
+    assert join.counters.labels_joined == 0
+    assert join.counters.expired_without_label == 1
+
+
+def test_late_events_are_counted_and_still_processed():
+    core = LearningCore([ModelSpec("m", "logreg")])
+    core.push_feature(feature(10), F, 0)
+    assert core.advance(11) == 1
+    core.push_feature(feature(3), F, 1)  # time 3 < 11, a watermark already passed
+    core.push_label(label(3, 4), L, 0)
+    assert core.counters.late_events == 2
+    assert core.advance(11) == 2
+    assert core.counters.labels_joined == 1
+    assert core.models["m"].samples_learned == 1
+
+
+def test_a_duplicate_feature_id_replaces_the_pending_one():
+    join = EventTimeJoin()
+    join.push_feature(FeatureEvent("a", 0.0, {"x": 0}), F, 0)
+    join.push_feature(FeatureEvent("a", 1.0, {"x": 1}), F, 1)
+    join.push_label(LabelEvent("a", 2.0, True), L, 0)
+    steps = list(join.steps(3))
+    assert [(p.x["x"], lab is not None) for p, lab in steps] == [(0, False), (1, False), (1, True)]
+    assert join.counters.duplicate_features == 1
+
+
+def test_join_state_is_bounded():
+    join = EventTimeJoin(max_pending=5)
+    for i in range(20):
+        join.push_feature(feature(i), F, i)
+        join.push_label(label(100 + i, i + 0.5), L, i)
+        released(join, i + 1)
+    assert join.counters.pending_features == 5
+    assert join.counters.expired_without_label == 15
+    assert join.counters.pending_labels == 5
+    assert join.counters.orphan_labels == 15
+
+
+def test_buffer_is_bounded_when_the_watermark_stalls():
+    join = EventTimeJoin(max_pending=5)
+    for i in range(20):
+        join.push_feature(feature(i), F, i)
+    assert len(released(join, -1)) == 15  # processed anyway, oldest first
+    assert join.counters.buffered_events == 5
+    assert join.counters.forced_events == 15
+
+
+def test_join_pickles_with_its_buffers():
+    join = EventTimeJoin(ttl=50)
+    join.push_feature(feature(0), F, 0)
+    join.push_label(label(0, 3), L, 0)
+    join.push_feature(feature(1), F, 1)
+    released(join, 1)
+    copy = pickle.loads(pickle.dumps(join))
+    assert released(copy, 10) == released(join, 10) == [("1", "F"), ("0", "L")]
+
+
+EVENTS = list(dataset_events("Phishing", label_delay="random:0-30", limit=120, seed=11))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 40), st.randoms(use_true_random=False))
+def test_order_of_pushes_between_advances_does_not_matter(window: int, rnd: random.Random):
+    def run(shuffle: bool) -> dict[str, float]:
+        core = LearningCore([ModelSpec("m", "logreg", ("Accuracy", "ROCAUC"))])
+        for start in range(0, len(EVENTS), window):
+            chunk = list(enumerate(EVENTS[start : start + window], start=start))
+            if shuffle:
+                rnd.shuffle(chunk)
+            for offset, event in chunk:
+                if isinstance(event, FeatureEvent):
+                    core.push_feature(event, F, offset)
+                else:
+                    core.push_label(event, L, offset)
+            # every event of the next chunk has a time ≥ this one's last
+            core.advance(EVENTS[min(start + window, len(EVENTS) - 1)].time)
+        core.flush()
+        return core.metric_values("m")
+
+    assert run(shuffle=True) == run(shuffle=False)
