@@ -225,6 +225,60 @@ def learn(
         out.print(json.dumps(summary), soft_wrap=True, highlight=False)
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+) -> None:
+    """Serve predictions from the promoted snapshots; follows new versions live."""
+    from serving.cli import serve as run
+
+    run(load_settings(), host, port, workers)
+
+
+@app.command()
+def demo(
+    dataset: Annotated[str, typer.Option(help="River dataset to replay.")] = "Phishing",
+    model: Annotated[str, typer.Option(help="Model preset or module:function.")] = "logreg",
+    label_delay: Annotated[str, typer.Option(help="N, or random:A-B.")] = "20",
+    limit: Annotated[int | None, typer.Option(help="At most N samples.")] = None,
+    rate: Annotated[float, typer.Option(help="Events published per second.")] = 1500.0,
+    keep: Annotated[bool, typer.Option(help="Leave everything running; print the URLs.")] = False,
+) -> None:
+    """Run everything: services, a learner, the API, a replay, live predictions, a summary."""
+    from stream.demo import Demo, DemoOptions, describe
+
+    options = DemoOptions(dataset, model, label_delay, limit, rate, keep=keep)
+    runner = Demo(options, log=lambda m: console.print(f"[dim]{m}[/]"))
+    progress = Progress(
+        TextColumn("[bold]replaying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    with progress:
+        task = progress.add_task("replay", total=None, status="starting ...")
+
+        def update(done: int, total: int, info: dict[str, object]) -> None:
+            metrics = info.get("metrics") or {}
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())  # type: ignore[union-attr]
+            status = f"v{info.get('version', '-')} {shown}" if info else "waiting for a model"
+            progress.update(task, completed=done, total=total, status=status)
+
+        summary = runner.run(update)
+    for line in describe(summary):
+        out.print(line, highlight=False)
+    if keep:
+        out.print(f"API         {summary.api_url}/docs")
+        out.print(f"Prometheus  {summary.prometheus_url}")
+        out.print("stop with: riverstream services down (and kill the learner/API pids)")
+    if summary.failed_predictions:
+        raise typer.Exit(1)
+
+
 def _learner_observer(settings: Settings) -> object | None:
     try:
         from stream.observer import PrometheusObserver

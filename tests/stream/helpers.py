@@ -16,7 +16,13 @@ def fast(settings: Settings, **changes: Any) -> Settings:
     return settings.model_copy(update={"watermark_idle_grace": 0.2, **changes})
 
 
-def replay(settings: Settings, dataset: str, delay: str | int, limit: int | None = None, seed: int | None = 1) -> PublishReport:
+def replay(
+    settings: Settings,
+    dataset: str,
+    delay: str | int,
+    limit: int | None = None,
+    seed: int | None = 1,
+) -> PublishReport:
     publisher = Publisher(settings)
     try:
         events = dataset_events(dataset, label_delay=delay, limit=limit, seed=seed)
@@ -25,7 +31,9 @@ def replay(settings: Settings, dataset: str, delay: str | int, limit: int | None
         publisher.close()
 
 
-def learn(settings: Settings, specs: list[ModelSpec], *, use_fork: bool = True) -> list[dict[str, Any]]:
+def learn(
+    settings: Settings, specs: list[ModelSpec], *, use_fork: bool = True
+) -> list[dict[str, Any]]:
     learner = build_learner(settings, specs, use_fork=use_fork)
     try:
         return learner.run(exit_when_idle=0.5)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from learners.datasets import dataset_events
 from learners.specs import ModelSpec
 from schemas.events import EventCodec, FeatureEvent, Limits
@@ -14,7 +13,11 @@ BAD = [
     ("features", b'{"id": "x1", "time": 3.5, "features": {"a": 1e999}}', "not_finite"),
     ("features", b'{"id": "x2", "time": 4.5, "features": ', "bad_json"),
     ("labels", b'{"id": "x3", "time": 5.5, "label": [1, 2]}', "schema"),
-    ("features", b'{"id": "x4", "time": 6.5, "features": {"s": "' + b"z" * 2000 + b'"}}', "too_large"),
+    (
+        "features",
+        b'{"id": "x4", "time": 6.5, "features": {"s": "' + b"z" * 2000 + b'"}}',
+        "too_large",
+    ),
     ("labels", b'{"id": "x5", "time": 7.5, "label": true, "oops": 1}', "schema"),
     ("features", b"\x00\x01binary", "bad_json"),
 ]
@@ -42,9 +45,13 @@ def test_malformed_events_go_to_the_dlq_and_the_stream_goes_on(settings: Setting
     dead = read_all(s.kafka_bootstrap_servers, [s.topic_dlq])
     assert len(dead) == len(BAD)
     got = sorted((r.value, dict(r.headers)) for r in dead)
-    for (kind, raw, reason), (value, headers) in zip(sorted(BAD, key=lambda b: b[1]), got, strict=True):
+    for (kind, raw, reason), (value, headers) in zip(
+        sorted(BAD, key=lambda b: b[1]), got, strict=True
+    ):
         assert value == raw  # the original bytes, untouched
         assert headers["rs.reason"].decode() == reason
-        assert headers["rs.topic"].decode() == (s.topic_features if kind == "features" else s.topic_labels)
+        assert headers["rs.topic"].decode() == (
+            s.topic_features if kind == "features" else s.topic_labels
+        )
         assert int(headers["rs.offset"]) >= 0 and int(headers["rs.partition"]) >= 0
         assert headers["rs.error"].decode().startswith(reason)

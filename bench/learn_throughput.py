@@ -1,0 +1,276 @@
+"""End-to-end learner throughput (events already in Kafka → learned) ÷ the bare River loop.
+
+One run, side by side, for ``logreg``, ``hoeffding`` and ``arf`` on ``synth.Agrawal`` (seed 42)
+with a constant label delay of 100:
+
+  learner   the real `stream.processor.Learner` built by `stream.runtime.build_learner` against a
+            real Kafka and Redis, in this process: confluent consume, decode, event-time merge,
+            the join, predict, the Accuracy metric, learn, and the periodic forked snapshots to
+            Redis (default settings: every 10 000 labels or 30 s). Timed from the start of
+            `Learner.run` to the moment the N-th label was joined and learned (seen by an
+            observer after each batch), so the ``--exit-when-idle`` wait and the final
+            in-process snapshot are not counted. The idle grace (0.2 s) that releases the last
+            ``delay`` labels (no later feature exists to move the watermark past them) is
+            counted; the time to N − delay labels is printed as well.
+  bare      ``predict_one`` + ``learn_one`` over the same samples in memory (labels at once),
+            run right before and right after the learner; the ratio uses their mean.
+
+Rates are samples/s; one sample is two events (a feature event and a label event), so
+events/s = 2 × samples/s. ``arf`` learns ≈ 1k samples/s bare, so it gets its own, smaller
+``--arf-limit`` (default 10 000).
+
+Kafka and Redis are started with `ServiceManager` in a temporary state directory and stopped
+(and purged) at the end. Every model has a fresh set of topics and a fresh Redis prefix. The
+learner is stopped after ``--deadline`` seconds per model (reported as a timeout).
+
+    python bench/learn_throughput.py                       # 100k samples (arf: 10k)
+    python bench/learn_throughput.py --limit 20000 --arf-limit 3000 --models logreg,arf
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from learners.datasets import dataset_events, load_dataset  # noqa: E402
+from learners.specs import ModelSpec  # noqa: E402
+from schemas.settings import Settings  # noqa: E402
+from stream.publish import Publisher  # noqa: E402
+from stream.runtime import build_learner  # noqa: E402
+from stream.services import ServiceManager  # noqa: E402
+
+DATASET = "synth.Agrawal"
+SEED = 42
+
+
+class Clock:
+    """Learner observer: records when the first records came and when N (and N − delay) labels
+    had been learned; stops the learner at its deadline."""
+
+    def __init__(self, n: int, delay: int, deadline: float) -> None:
+        self.n = n
+        self.tail = max(0, n - delay)
+        self.deadline = deadline
+        self.t_first: float | None = None
+        self.t_tail: float | None = None
+        self.t_done: float | None = None
+        self.batches = 0
+        self.snapshots: list[Any] = []
+        self.timed_out = False
+
+    def after_batch(self, learner: Any, records: list[Any]) -> None:
+        now = time.perf_counter()
+        if records:
+            self.batches += 1
+            if self.t_first is None:
+                self.t_first = now
+        joined = learner.core.counters.labels_joined
+        if self.t_tail is None and joined >= self.tail:
+            self.t_tail = now
+        if self.t_done is None and joined >= self.n:
+            self.t_done = now
+        if self.t_done is None and now > self.deadline:
+            self.timed_out = True
+            learner.stop()
+
+    def snapshot(self, learner: Any, result: Any) -> None:
+        if self.t_done is None:  # not the final (in-process) snapshot after the timed part
+            self.snapshots.append(result)
+
+    def close(self) -> None:
+        pass
+
+
+def bare_loop(spec: ModelSpec, samples: list[tuple[dict[str, Any], Any]]) -> tuple[float, float]:
+    """Seconds for predict_one + learn_one over ``samples``; and the accuracy."""
+    model = spec.build()
+    correct = 0
+    start = time.perf_counter()
+    for x, y in samples:
+        correct += model.predict_one(x) == y
+        model.learn_one(x, y)
+    return time.perf_counter() - start, correct / len(samples)
+
+
+def run_model(
+    base: Settings, name: str, n: int, delay: int, deadline: float, run_id: str
+) -> dict[str, Any]:
+    tag = f"{run_id}.{name}"
+    settings = base.model_copy(
+        update={
+            "topic_features": f"bench.lt.{tag}.features",
+            "topic_labels": f"bench.lt.{tag}.labels",
+            "topic_dlq": f"bench.lt.{tag}.dlq",
+            "redis_prefix": f"bench-lt-{run_id}-{name}",
+        }
+    )
+    spec = ModelSpec(name, name)
+    samples = list(load_dataset(DATASET, limit=n, seed=SEED))
+
+    publisher = Publisher(settings)
+    try:
+        report = publisher.publish_events(
+            dataset_events(DATASET, label_delay=delay, limit=n, seed=SEED)
+        )
+    finally:
+        publisher.close()
+    if report.sent != 2 * n or report.failed or report.rejected:
+        raise SystemExit(f"{name}: publish failed: {report.to_dict()}")
+    print(f"  {name}: published {report.sent:,} events in {report.seconds:.1f} s", flush=True)
+
+    bare_before, accuracy = bare_loop(spec, samples)
+    print(f"  {name}: bare loop (before) {n / bare_before:,.0f} samples/s", flush=True)
+
+    learner = None
+    clock = Clock(n, delay, time.perf_counter() + deadline)
+    try:
+        learner = build_learner(settings, [spec], observer=clock)
+        t_start = time.perf_counter()
+        clock.deadline = t_start + deadline
+        summaries = learner.run(exit_when_idle=0.5)
+        t_exit = time.perf_counter()
+        stats = learner.stats
+        summaries = summaries or learner.summaries()
+    finally:
+        if learner is not None:
+            learner.source.close()
+            learner.dead_letters.producer.close()
+    joined = learner.core.counters.labels_joined
+    print(
+        f"  {name}: learner {'TIMEOUT' if clock.t_done is None else 'done'} "
+        f"({joined:,}/{n:,} labels)",
+        flush=True,
+    )
+
+    bare_after, _ = bare_loop(spec, samples)
+    print(f"  {name}: bare loop (after) {n / bare_after:,.0f} samples/s", flush=True)
+
+    bare = (bare_before + bare_after) / 2
+    learn_s = None if clock.t_done is None else clock.t_done - t_start
+    return {
+        "model": name,
+        "samples": n,
+        "status": "ok" if learn_s is not None else "timeout",
+        "joined": joined,
+        "bare_s": bare,
+        "bare_rates": (n / bare_before, n / bare_after),
+        "bare_accuracy": accuracy,
+        "learn_s": learn_s,
+        "steady_s": None
+        if clock.t_done is None or clock.t_first is None
+        else clock.t_done - clock.t_first,
+        "tail_s": None if clock.t_tail is None else clock.t_tail - t_start,
+        "tail_n": clock.tail,
+        "first_record_s": None if clock.t_first is None else clock.t_first - t_start,
+        "exit_s": t_exit - t_start,
+        "accuracy": summaries[0]["metrics"].get("Accuracy") if summaries else None,
+        "snapshots": len(clock.snapshots),
+        "max_stall_ms": max((s.stall_seconds for s in clock.snapshots), default=0.0) * 1000,
+        "final_snapshot_ms": stats.max_stall_seconds * 1000,
+        "publish_rate": report.rate,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=100_000, help="samples for logreg/hoeffding")
+    parser.add_argument("--arf-limit", type=int, default=10_000, help="samples for arf")
+    parser.add_argument("--delay", type=int, default=100, help="label delay (constant)")
+    parser.add_argument("--models", default="logreg,hoeffding,arf")
+    parser.add_argument("--deadline", type=float, default=300.0, help="seconds per learner run")
+    args = parser.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+
+    workdir = Path(tempfile.mkdtemp(prefix="rs-learn-bench-"))
+    manager = ServiceManager(Settings(state_dir=workdir / "state"))
+    results: list[dict[str, Any]] = []
+    run_id = uuid.uuid4().hex[:6]
+    print(
+        f"# {DATASET} seed {SEED}, label delay {args.delay}; samples: {args.limit:,} "
+        f"(arf: {args.arf_limit:,}, its own --arf-limit: ARF learns ≈ 1k samples/s bare)",
+        flush=True,
+    )
+    try:
+        t0 = time.perf_counter()
+        records = manager.up(("kafka", "redis"))
+        print(
+            f"# kafka at {records['kafka'].address}, redis at {records['redis'].url}, "
+            f"up in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
+        base = Settings(
+            state_dir=workdir / "state",
+            kafka_bootstrap_servers=records["kafka"].address,
+            redis_url=records["redis"].url,
+            snapshot_key="bench",
+            learner_metrics_port=0,
+            watermark_idle_grace=0.2,
+        )
+        print(
+            f"# learner settings: {base.partitions} partitions, consumer_batch "
+            f"{base.consumer_batch}, snapshots every {base.snapshot_every_labels} labels or "
+            f"{base.snapshot_every_seconds:.0f} s (forked), idle grace {base.watermark_idle_grace} s",
+            flush=True,
+        )
+        for name in models:
+            n = args.arf_limit if name == "arf" else args.limit
+            results.append(run_model(base, name, n, args.delay, args.deadline, run_id))
+    finally:
+        manager.down(("kafka", "redis"), purge=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print()
+    print("samples/s (events/s = 2 × samples/s); ratio = learner ÷ bare, same samples, same run")
+    header = (
+        f"{'model':10s} {'samples':>8s} {'bare/s':>9s} {'learner/s':>10s} {'ratio':>6s} "
+        f"{'events/s':>9s} {'excl.1st':>8s} {'N-delay':>8s} {'1st rec':>7s} {'snaps':>5s} "
+        f"{'stall':>7s} {'acc':>6s}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        bare = r["samples"] / r["bare_s"]
+        if r["learn_s"] is None:
+            print(f"{r['model']:10s} {r['samples']:>8,} {bare:>9,.0f} {'timeout':>10s} "
+                  f"({r['joined']:,} labels learned)")  # fmt: skip
+            continue
+        rate = r["samples"] / r["learn_s"]
+        steady = r["samples"] / r["steady_s"] if r["steady_s"] else 0.0
+        tail = r["tail_n"] / r["tail_s"] if r["tail_s"] else 0.0
+        print(
+            f"{r['model']:10s} {r['samples']:>8,} {bare:>9,.0f} {rate:>10,.0f} "
+            f"{rate / bare:>6.2f} {2 * rate:>9,.0f} {steady / bare:>8.2f} {tail / bare:>8.2f} "
+            f"{r['first_record_s']:>6.2f}s {r['snapshots']:>5d} {r['max_stall_ms']:>5.1f}ms "
+            f"{r['accuracy']:>6.4f}"
+        )
+    print()
+    print("bare/s: mean time of the bare loop run before and after the learner "
+          "(individual runs: " + "; ".join(
+              f"{r['model']} {r['bare_rates'][0]:,.0f} / {r['bare_rates'][1]:,.0f}"
+              for r in results) + ")")  # fmt: skip
+    print("learner/s: N ÷ (run start → N-th label learned); ratio: that ÷ bare/s")
+    print("excl.1st: ratio from the first records received (connect/assign excluded)")
+    print(
+        "N-delay: ratio to the (N − delay)-th label (excludes the idle grace for the last labels)"
+    )
+    print(
+        "snaps/stall: forked snapshots during the timed part and their longest stall (the final "
+        "in-process snapshot after the idle exit is not timed)"
+    )
+    print("acc: the learner's progressive Accuracy (delay applies); the bare loop's is "
+          + ", ".join(f"{r['model']} {r['bare_accuracy']:.4f}" for r in results)
+          + " (no delay)")  # fmt: skip
+    return 0 if all(r["status"] == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""`riverstream demo` runs to completion on a fresh machine and stops what it started."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from stream.services import pid_alive
+
+
+def test_demo_runs_to_completion_and_cleans_up(tmp_path: Path) -> None:
+    env = {**os.environ, "RIVERSTREAM_STATE_DIR": str(tmp_path / "state")}
+    env.pop("RIVERSTREAM_SNAPSHOT_KEY", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "stream", "demo", "--limit", "300", "--label-delay", "5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert re.search(r"events published\s+600", out)
+    assert re.search(r"samples learned\s+300", out)
+    assert re.search(r"progressive metric\s+Accuracy 0\.\d+", out)
+    assert re.search(r"predictions asked\s+\d+ \(0 failed\)", out)
+    versions = re.search(r"versions served\s+(\d+)", out)
+    assert versions and int(versions.group(1)) >= 1
+    # everything the demo started has been stopped, by pid
+    records = json.loads((tmp_path / "state" / "services.json").read_text())
+    assert records == {}
+    for log in (tmp_path / "state").glob("demo-*.log"):
+        assert log.stat().st_size >= 0
+    assert not any(pid_alive(int(p)) for p in re.findall(r"\(pid (\d+)\)", result.stderr))
