@@ -122,15 +122,37 @@ def bench_store(store: SnapshotStore, name: str, blob: bytes, iterations: int) -
     print(summary("write -> model verified + unpickled", to_loaded))
 
 
-def bench_api(store: SnapshotStore, base: str, name: str, blob: bytes, iterations: int) -> None:
+def bench_api(
+    store: SnapshotStore, base: str, name: str, blob: bytes, iterations: int, probe: bool
+) -> None:
+    """Propagation to every worker; with ``probe``, the latency of /predict on another model
+    meanwhile (a worker unpickling a big model holds the GIL: its requests wait)."""
     http = httpx.Client(base_url=base, timeout=30)
     pattern = f'riverstream_model_version{{model="{name}"}} '
 
     def served_everywhere(version: int) -> bool:
-        for line in http.get("/metrics").text.splitlines():
+        try:
+            text = http.get("/metrics").text
+        except httpx.TransportError:  # a keep-alive connection closed under us: poll again
+            return False
+        for line in text.splitlines():
             if line.startswith(pattern):
                 return float(line[len(pattern) :]) >= version
         return False
+
+    stop = threading.Event()
+    latencies: list[float] = []
+
+    def probing() -> None:  # sequential /predict calls on the small model, new connection each
+        x = {f"x{i}": 0.5 for i in range(30)}
+        while not stop.is_set():
+            started = time.perf_counter()
+            httpx.post(f"{base}/v1/models/lr/predict", json={"features": x}, timeout=60)
+            latencies.append(time.perf_counter() - started)
+
+    prober = threading.Thread(target=probing, daemon=True)
+    if probe:
+        prober.start()
 
     seconds, polls = [], []
     for _ in range(iterations):
@@ -138,14 +160,20 @@ def bench_api(store: SnapshotStore, base: str, name: str, blob: bytes, iteration
         n = 0
         while not served_everywhere(version):
             n += 1
+            time.sleep(0.002)  # polling /metrics flat out would itself slow the workers down
             if time.perf_counter() - started > 120:
                 raise SystemExit(f"v{version} not served everywhere after 120 s")
         seconds.append(time.perf_counter() - started)
         polls.append(n)
+    stop.set()
+    if probe:
+        prober.join()
     t = time.perf_counter()
     served_everywhere(0)
-    print(summary("write -> every API worker serving", seconds))
+    print(summary(f"write -> every API worker serving {name}", seconds))
     print(f"  (one /metrics poll takes ≈ {(time.perf_counter() - t) * 1000:.1f} ms)")
+    if probe:
+        print(summary("meanwhile: /predict lr (new conn.)", latencies))
     http.close()
 
 
@@ -154,7 +182,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--big-iterations", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--big-mb", type=int, default=50)
+    parser.add_argument("--big-mb", type=int, default=56, help="≈ size of the big snapshot")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rs-prop-"))
     port = free_port()
@@ -202,8 +230,8 @@ def main() -> None:
 
         wait_for(ready, 60, "the API")
         print(f"API ({args.workers} uvicorn workers, observed through /metrics):")
-        bench_api(store, base, "lr", small, min(args.iterations, 100))
-        bench_api(store, base, "big", big, args.big_iterations)
+        bench_api(store, base, "lr", small, min(args.iterations, 100), probe=False)
+        bench_api(store, base, "big", big, args.big_iterations, probe=True)
     finally:
         if server is not None:
             server.send_signal(signal.SIGTERM)

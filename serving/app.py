@@ -27,7 +27,10 @@ from typing import Any
 import orjson
 import redis
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse as _StarletteJSONResponse
 from fastapi.responses import Response
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from schemas.errors import ConfigError
 from schemas.settings import Settings
@@ -49,8 +52,8 @@ def _fallback(obj: Any) -> Any:
     return item() if callable(item) else str(obj)
 
 
-class JSONResponse(Response):
-    media_type = "application/json"
+class JSONResponse(_StarletteJSONResponse):
+    """JSON rendered by orjson (non-string keys such as boolean labels become strings)."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, default=_fallback, option=_JSON_OPTIONS)
@@ -62,7 +65,7 @@ def default_store(settings: Settings) -> SnapshotStore:
         raise ConfigError("RIVERSTREAM_REDIS_URL is not set: the API needs the snapshot Redis")
     client = redis.Redis.from_url(
         settings.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0,
-        health_check_interval=30,
+        health_check_interval=30, retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 2),
     )  # fmt: skip
     return SnapshotStore(
         client, settings.redis_prefix, settings.require_snapshot_key(),

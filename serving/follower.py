@@ -98,7 +98,8 @@ class SnapshotFollower:
                 for name, m in served.items()
             },
             "refused": [
-                {"model": m, "version": v, "reason": r} for (m, v), r in self._refused.items()
+                {"model": m, "version": v, "reason": r}
+                for (m, v), r in list(self._refused.items())  # copied: the thread may add
             ],
         }
 

@@ -150,7 +150,7 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
                         "value": {
                             "model": "price",
                             "version": 7,
-                            "predictions": [{"prediction": 3.1, "probabilities": None}],
+                            "predictions": [{"prediction": 3.1}, {"prediction": 4.2}],
                         }
                     },
                 },

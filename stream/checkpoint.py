@@ -35,7 +35,6 @@ from typing import Any
 from learners.core import LearningCore
 from learners.serialization import dump_signed, load_signed
 from learners.specs import ModelSpec
-from learners.watermark import Watermark
 from schemas.errors import SnapshotError
 from stream.snapshots import SnapshotMeta, SnapshotStore
 
@@ -63,7 +62,8 @@ def write_snapshot(
     version: int,
     core: LearningCore,
     offsets: Offsets,
-    watermark: Watermark | None = None,
+    extras: Mapping[str, Any] | None = None,
+    after_write: Callable[[SnapshotStore, int, dict[str, SnapshotMeta]], None] | None = None,
 ) -> dict[str, SnapshotMeta]:
     """Steps 4 and 5: serialize ``core`` and write it as ``version``. Mutates nothing visible
     to the caller except that ``core.models`` is restored before returning."""
@@ -87,13 +87,16 @@ def write_snapshot(
             "core": core,
             "offsets": offsets,
             "models": list(models),
-            "watermark": watermark,
+            "extras": dict(extras or {}),
         }
         checkpoint = dump_signed(payload, key)
     finally:
         core.models = models
     store.write(version, blobs, checkpoint, offsets)
-    return {name: meta for name, (_, meta) in blobs.items()}
+    metas = {name: meta for name, (_, meta) in blobs.items()}
+    if after_write is not None:
+        after_write(store, version, metas)
+    return metas
 
 
 class Snapshotter:
@@ -112,6 +115,9 @@ class Snapshotter:
         self._key = key
         self.use_fork = use_fork and hasattr(os, "fork")
         self._child: tuple[int, int, float, float] | None = None  # pid, version, start, stall
+        self.after_write: Callable[[SnapshotStore, int, dict[str, SnapshotMeta]], None] | None = (
+            None
+        )
         self.last_version: int | None = None
 
     @property
@@ -119,13 +125,15 @@ class Snapshotter:
         return self._child is not None
 
     def take(
-        self, core: LearningCore, offsets: Offsets, watermark: Watermark | None = None
+        self, core: LearningCore, offsets: Offsets, extras: Mapping[str, Any] | None = None
     ) -> SnapshotResult | None:
         """Start a snapshot (steps 2-3); returns a result at once when not forking."""
         version = self.store.next_version()
         start = time.perf_counter()
         if not self.use_fork:
-            write_snapshot(self.store, self._key, version, core, dict(offsets), watermark)
+            write_snapshot(
+                self.store, self._key, version, core, dict(offsets), extras, self.after_write
+            )
             self.last_version = version
             elapsed = time.perf_counter() - start
             return SnapshotResult(version, True, elapsed, elapsed)
@@ -135,7 +143,9 @@ class Snapshotter:
             try:
                 _die_with_parent()
                 store = self._store_factory()
-                write_snapshot(store, self._key, version, core, dict(offsets), watermark)
+                write_snapshot(
+                    store, self._key, version, core, dict(offsets), extras, self.after_write
+                )
                 status = 0
             except BaseException:
                 log.exception("snapshot v%d failed", version)
@@ -177,12 +187,14 @@ class Restored:
     version: int
     core: LearningCore
     offsets: Offsets
-    watermark: Watermark | None
+    extras: dict[str, Any]
 
 
-def restore(store: SnapshotStore, key: bytes, specs: list[ModelSpec]) -> Restored | None:
-    """Load the latest checkpoint and its models (verified before unpickling), or None."""
-    latest = store.latest_checkpoint()
+def restore(
+    store: SnapshotStore, key: bytes, specs: list[ModelSpec], version: int | None = None
+) -> Restored | None:
+    """Load the latest checkpoint (or ``version``) and its models, verified before unpickling."""
+    latest = store.latest_checkpoint() if version is None else store.checkpoint(version)
     if latest is None:
         return None
     version, blob, _offsets = latest
@@ -205,4 +217,4 @@ def restore(store: SnapshotStore, key: bytes, specs: list[ModelSpec]) -> Restore
             )
         models[name] = state
     core.models = models
-    return Restored(version, core, dict(payload["offsets"]), payload.get("watermark"))
+    return Restored(version, core, dict(payload["offsets"]), dict(payload.get("extras", {})))

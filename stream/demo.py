@@ -78,6 +78,7 @@ class Demo:
         self.log = log
         self.children: list[subprocess.Popen[bytes]] = []
         self.started_services: tuple[str, ...] = ()
+        self._logs: dict[str, Path] = {}
 
     def prepare(self) -> Settings:
         base = Settings()
@@ -112,6 +113,7 @@ class Demo:
                 start_new_session=True,
             )
         self.children.append(proc)
+        self._logs[log_name] = log_path
         return proc
 
     def run(self, on_progress: Callable[[int, int, dict[str, Any]], None]) -> DemoSummary:
@@ -174,12 +176,20 @@ class Demo:
             summary.samples_learned = int(info.get("samples_learned", 0))
             summary.metrics = dict(info.get("metrics", {}))
             if learner.poll() is not None:
-                raise RiverstreamError("the learner stopped unexpectedly (see its log)")
+                raise RiverstreamError(
+                    f"the learner stopped unexpectedly; its log ends with:\n{self._tail('learner')}"
+                )
             return summary
         finally:
             client.close()
             if not o.keep:
                 self.stop()
+
+    def _tail(self, name: str, lines: int = 30) -> str:
+        path = self._logs.get(name)
+        if path is None or not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def _poll_model(self, client: httpx.Client, name: str, summary: DemoSummary) -> dict[str, Any]:
         try:

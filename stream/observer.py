@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from stream.kafka import Record
 from stream.telemetry import DriftMonitor, LearnerMetrics, start_http_server
 
 _REFRESH_SECONDS = 0.5
+log = logging.getLogger(__name__)
 
 
 class PrometheusObserver:
@@ -33,9 +35,15 @@ class PrometheusObserver:
         metrics = LearnerMetrics(CollectorRegistry())
         server = None
         if settings.learner_metrics_port:
-            server = start_http_server(
-                settings.learner_metrics_port, metrics.registry, addr=settings.metrics_host
-            )
+            try:
+                server = start_http_server(
+                    settings.learner_metrics_port, metrics.registry, addr=settings.metrics_host
+                )
+            except OSError as exc:  # learning matters more than its metrics
+                log.error(
+                    "cannot serve /metrics on %s:%d: %s",
+                    settings.metrics_host, settings.learner_metrics_port, exc,
+                )  # fmt: skip
         return cls(metrics, server)
 
     def close(self) -> None:

@@ -18,10 +18,11 @@ from typing import Any
 from learners.core import LearningCore
 from learners.specs import ModelSpec
 from learners.watermark import Watermark
-from schemas.errors import SchemaError
+from schemas.errors import SchemaError, SnapshotError
 from schemas.events import EventCodec, Limits
 from schemas.settings import Settings
-from stream.checkpoint import Offsets, Snapshotter, offsets_key, restore
+from stream.checkpoint import Offsets, Restored, Snapshotter, offsets_key, restore
+from stream.commands import Command, CommandQueue, in_ranges
 from stream.deadletter import DeadLetters
 from stream.kafka import Record, RecordSource
 from stream.snapshots import SnapshotStore
@@ -29,6 +30,8 @@ from stream.snapshots import SnapshotStore
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+_COMMAND_POLL_SECONDS = 0.2
+_APPLIED_KEPT = 1000
 
 
 @dataclass
@@ -41,6 +44,7 @@ class LearnerStats:
     last_snapshot_version: int | None = None
     max_stall_seconds: float = 0.0
     restored_from: int | None = None
+    rollbacks: int = 0
 
 
 class Learner:
@@ -57,6 +61,7 @@ class Learner:
         store_factory: Callable[[], SnapshotStore],
         dead_letters: DeadLetters,
         observer: Any = None,
+        commands: CommandQueue | None = None,
         clock: Clock = time.monotonic,
         use_fork: bool = True,
     ) -> None:
@@ -73,6 +78,10 @@ class Learner:
         self._topics = (settings.topic_features, settings.topic_labels)
         self._sources = [(t, p) for t in range(2) for p in partitions]
 
+        self._key = key
+        self.commands = commands
+        self.excluded: list[tuple[float, float]] = []
+        self.applied: list[str] = []
         restored = restore(store, key, specs)
         if restored is None:
             self.core = LearningCore(
@@ -81,10 +90,26 @@ class Learner:
             self.offsets: Offsets = {}
             self.watermark = Watermark(self._sources)
         else:
-            self.core = restored.core
-            self.offsets = restored.offsets
             self.stats.restored_from = restored.version
-            self.watermark = restored.watermark or Watermark(self._sources)
+            self._adopt(restored)
+            self.applied = list(restored.extras.get("applied", []))
+        self._seek()
+        self._last_snapshot_at = clock()
+        self._last_command_check = -1e9
+        self._last_record_at = clock()
+        self._stop = threading.Event()
+        self._amortized: list[tuple[float, int]] = []
+
+    def _adopt(self, restored: Restored) -> None:
+        """Continue from a restored checkpoint (at start, or on a rollback with replay)."""
+        self.core = restored.core
+        self.offsets = restored.offsets
+        self.watermark = restored.extras.get("watermark") or Watermark(self._sources)
+        for span in restored.extras.get("excluded", []):
+            if tuple(span) not in self.excluded:
+                self.excluded.append(tuple(span))
+
+    def _seek(self) -> None:
         positions = {
             (self._topics[t], p): self.offsets.get(offsets_key(self._topics[t], p), -1)
             for t, p in self._sources
@@ -94,10 +119,59 @@ class Learner:
         self._caught_up_since: dict[tuple[int, int], float] = {}
         self._last_ends_check = -1e9
         self._labels_at_snapshot = self.core.counters.labels_joined
-        self._last_snapshot_at = clock()
-        self._last_record_at = clock()
-        self._stop = threading.Event()
-        self._amortized: list[tuple[float, int]] = []
+
+    def extras(self) -> dict[str, Any]:
+        """Adapter state saved in the checkpoint beside the core."""
+        return {
+            "watermark": self.watermark,
+            "excluded": list(self.excluded),
+            "applied": self.applied[-_APPLIED_KEPT:],
+        }
+
+    # -- operator commands -----------------------------------------------------------------
+    def _check_commands(self, now: float) -> None:
+        if self.commands is None or now - self._last_command_check < _COMMAND_POLL_SECONDS:
+            return
+        self._last_command_check = now
+        commands = self.commands.peek()
+        if not commands:
+            return
+        for command in commands:
+            if command.id not in self.applied:
+                self.apply(command)
+                self.applied.append(command.id)
+        self.finish_snapshots()  # durable before acknowledged
+        self.commands.ack(len(commands))
+
+    def apply(self, command: Command) -> None:
+        """Roll ``command.model`` back to version ``command.to``.
+
+        ``skip``: the model continues from that version at the current input position; what
+        it learned since is discarded. ``replay``: the whole learner goes back to that
+        version's checkpoint and re-learns from its offsets, leaving out events whose time
+        falls in ``command.exclude`` (models sharing this learner are rewound with it).
+        """
+        if command.action != "rollback" or command.model not in self.core.models:
+            log.error(
+                "ignoring command %s: not a rollback of one of this learner's models", command
+            )
+            return
+        store = self.snapshotter.store
+        if command.resume == "replay":
+            restored = restore(store, self._key, self.specs, version=command.to)
+            if restored is None:  # pragma: no cover - checkpoint() raises instead
+                raise SnapshotError(f"no checkpoint v{command.to}")
+            self.snapshotter.poll(block=True)
+            self._adopt(restored)
+            for span in command.exclude:
+                if span not in self.excluded:
+                    self.excluded.append(span)
+            self._seek()
+        else:
+            state, _meta = store.load_model(command.model, command.to)
+            self.core.models[command.model] = state
+        log.warning("rolled %s back to v%d (%s)", command.model, command.to, command.resume)
+        self.stats.rollbacks += 1
 
     # -- the loop ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -114,6 +188,7 @@ class Learner:
             self._update_idle(now, bool(records))
             self._process()
             self._maybe_snapshot(now)
+            self._check_commands(now)
             if self.observer is not None:
                 self.observer.after_batch(self, records)
             if (
@@ -133,16 +208,19 @@ class Learner:
     def _ingest(self, records: list[Record]) -> None:
         features_topic = self._topics[0]
         consumed = self.stats.consumed
+        excluded = self.excluded
         for r in records:
             is_feature = r.topic == features_topic
             source = (0 if is_feature else 1, r.partition)
             try:
                 if is_feature:
                     event = self.codec.decode_feature(r.value)
-                    self.core.push_feature(event, source, r.offset)
+                    if not (excluded and in_ranges(event.time, excluded)):
+                        self.core.push_feature(event, source, r.offset)
                 else:
                     label = self.codec.decode_label(r.value)
-                    self.core.push_label(label, source, r.offset)
+                    if not (excluded and in_ranges(label.time, excluded)):
+                        self.core.push_label(label, source, r.offset)
                     event = label  # type: ignore[assignment]
                 self.watermark.observe(source, event.time)
             except SchemaError as exc:
@@ -247,7 +325,7 @@ class Learner:
     def snapshot_now(self) -> None:
         self._labels_at_snapshot = self.core.counters.labels_joined
         self._last_snapshot_at = self.clock()
-        result = self.snapshotter.take(self.core, self.offsets, self.watermark)
+        result = self.snapshotter.take(self.core, self.offsets, self.extras())
         if result is not None:
             self._record(result)
 

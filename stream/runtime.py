@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 
 from learners.specs import ModelSpec, parse_model_option
 from schemas.errors import ConfigError, RiverstreamError
 from schemas.settings import Settings
+from stream.commands import CommandQueue
 from stream.deadletter import DeadLetters
 from stream.kafka import EventProducer, create_topics, open_source, partitions_for
 from stream.processor import Learner
-from stream.snapshots import SnapshotStore
+from stream.registry import Registry
+from stream.snapshots import SnapshotMeta, SnapshotStore
 
 
 def model_specs(models: Sequence[str], metrics: Sequence[str]) -> list[ModelSpec]:
@@ -52,6 +54,18 @@ def snapshot_store(settings: Settings) -> SnapshotStore:
     )
 
 
+def promote_after_write(keep: int) -> Callable[[SnapshotStore, int, dict[str, SnapshotMeta]], None]:
+    """The step after a snapshot is written: promotion policy, then retention, per model."""
+
+    def after_write(store: SnapshotStore, version: int, metas: dict[str, SnapshotMeta]) -> None:
+        registry = Registry(store)
+        for name, meta in metas.items():
+            registry.auto_promote(name, version, meta.metrics)
+            registry.retention(name, keep)
+
+    return after_write
+
+
 def build_learner(
     settings: Settings, specs: list[ModelSpec], *, observer: object = None, use_fork: bool = True
 ) -> Learner:
@@ -74,7 +88,7 @@ def build_learner(
             f"{settings.topic_features} and {settings.topic_labels} must have the same partitions "
             "so that a label lands beside its features"
         )
-    return Learner(
+    learner = Learner(
         settings,
         specs,
         source=open_source(bootstrap, f"{settings.redis_prefix}-learner"),
@@ -83,5 +97,8 @@ def build_learner(
         store_factory=lambda: snapshot_store(settings),
         dead_letters=DeadLetters(EventProducer(bootstrap, linger_ms=5), settings.topic_dlq),
         observer=observer,
+        commands=CommandQueue(redis.Redis.from_url(settings.redis_url), settings.redis_prefix),
         use_fork=use_fork,
     )
+    learner.snapshotter.after_write = promote_after_write(settings.snapshot_retention)
+    return learner

@@ -311,7 +311,9 @@ class ServiceManager:
                 capture_output=True, text=True, check=False,
             )  # fmt: skip
             if fmt.returncode != 0:
-                raise ServiceError(f"formatting Kafka's data directory failed: {fmt.stdout}")
+                raise ServiceError(
+                    f"formatting Kafka's data directory failed: {fmt.stdout}{fmt.stderr}"
+                )
         proc, log = self._spawn("kafka", [*base, "kafka.Kafka", str(config)], home)
         address = f"127.0.0.1:{ports['broker']}"
         self._await(proc, lambda: _kafka_ready(address), "kafka")

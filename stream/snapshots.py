@@ -180,6 +180,9 @@ class SnapshotKeys:
     def promoted(self, model: str) -> str:
         return f"{self.prefix}:model:{model}:promoted"
 
+    def pin(self, model: str) -> str:
+        return f"{self.prefix}:model:{model}:pin"
+
     def meta(self, model: str, version: int) -> str:
         return f"{self.prefix}:model:{model}:v:{version}:meta"
 
@@ -326,10 +329,12 @@ class SnapshotStore:
         return None if raw is None else int(raw)
 
     def serving_version(self, model: str) -> int | None:
-        """The version API processes serve: ``promoted`` when the registry set it, else latest."""
+        """The version API processes serve: the pin, else ``promoted``, else latest."""
         with _wrapped(f"serving version of {model}"):
-            promoted, latest = self.client.mget(self.keys.promoted(model), self.keys.latest(model))
-        raw = promoted if promoted is not None else latest
+            pinned, promoted, latest = self.client.mget(
+                self.keys.pin(model), self.keys.promoted(model), self.keys.latest(model)
+            )
+        raw = next((v for v in (pinned, promoted, latest) if v is not None), None)
         return None if raw is None else int(raw)
 
     def meta(self, model: str, version: int) -> SnapshotMeta:

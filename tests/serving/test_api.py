@@ -248,3 +248,13 @@ def test_nonfinite_output_is_json(clf_client: httpx.Client) -> None:
     if response.status_code == 200:
         proba = response.json()["probabilities"]
         assert all(p is None or math.isfinite(p) for p in proba.values())
+
+
+def test_settings_travel_to_worker_processes(kit, redis_url: str, prefix: str, monkeypatch) -> None:
+    from schemas.settings import Settings
+    from serving.cli import settings_environment
+
+    settings = kit.make_settings(redis_url, prefix, serve_models="a,b", max_features=7)
+    for name, value in settings_environment(settings).items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == settings

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from learners.serialization import MAGIC, dump_signed, load_signed
 from schemas.errors import SnapshotError, SnapshotIntegrityError
@@ -245,7 +247,9 @@ def test_readers_never_see_a_partial_version(client: redis.Redis, prefix: str) -
 
 def test_redis_down_is_wrapped() -> None:
     with socket_closed_port() as port:
-        dead = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
+        dead = redis.Redis(
+            host="127.0.0.1", port=port, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+        )
         store = SnapshotStore(dead, "x", KEY)
         with pytest.raises(RedisUnavailableError):
             store.latest_version("m")
