@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     serve_port: int = Field(8000, ge=0, le=65535, description="API port.")
     serve_workers: int = Field(1, ge=1, description="API worker processes.")
     serve_models: str = Field("", description="Comma-separated models to serve (empty: all).")
+    serve_max_instances: int = Field(1000, gt=0, description="Most instances in a batch request.")
+    serve_max_body_bytes: int = Field(
+        16 * 1024 * 1024, gt=0, description="Largest accepted request body, bytes."
+    )
     serve_poll_seconds: float = Field(1.0, gt=0, description="Version polling fallback interval.")
 
     def require_snapshot_key(self) -> bytes:

@@ -42,8 +42,6 @@ from serving.telemetry import ServingMetrics, get_metrics, metrics_response_byte
 from stream.snapshots import SnapshotStore
 
 PREDICT_ROUTE = "/v1/models/{name}/predict"
-DEFAULT_MAX_INSTANCES = 1_000
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -78,8 +76,8 @@ def create_app(
     *,
     store_factory: Callable[[Settings], SnapshotStore] = default_store,
     metrics: ServingMetrics | None = None,
-    max_instances: int = DEFAULT_MAX_INSTANCES,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_instances: int | None = None,
+    max_body_bytes: int | None = None,
 ) -> FastAPI:
     metrics = get_metrics() if metrics is None else metrics
     store = store_factory(settings)
@@ -87,6 +85,8 @@ def create_app(
     follower = SnapshotFollower(
         store, metrics, models=models, poll_seconds=settings.serve_poll_seconds
     )
+    max_instances = settings.serve_max_instances if max_instances is None else max_instances
+    max_body_bytes = settings.serve_max_body_bytes if max_body_bytes is None else max_body_bytes
     limits = InputLimits(max_features=settings.max_features, max_instances=max_instances)
     observe = _RequestObserver(metrics).observe
     registry = None if metrics is get_metrics() else metrics.registry

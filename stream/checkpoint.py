@@ -25,6 +25,7 @@ a state that has seen every record before those offsets once and none after: exa
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -128,8 +129,8 @@ class Snapshotter:
         self, core: LearningCore, offsets: Offsets, extras: Mapping[str, Any] | None = None
     ) -> SnapshotResult | None:
         """Start a snapshot (steps 2-3); returns a result at once when not forking."""
-        version = self.store.next_version()
         start = time.perf_counter()
+        version = self.store.next_version()
         if not self.use_fork:
             write_snapshot(
                 self.store, self._key, version, core, dict(offsets), extras, self.after_write
@@ -137,11 +138,15 @@ class Snapshotter:
             self.last_version = version
             elapsed = time.perf_counter() - start
             return SnapshotResult(version, True, elapsed, elapsed)
+        # Objects that exist now are moved out of the collector's reach while forking: a
+        # collection in the parent would otherwise touch (and copy) every shared page.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:  # the child: never returns
             status = 1
             try:
                 _die_with_parent()
+                os.nice(10)  # the learner keeps the CPU; the snapshot takes what is left
                 store = self._store_factory()
                 write_snapshot(
                     store, self._key, version, core, dict(offsets), extras, self.after_write
@@ -164,6 +169,7 @@ class Snapshotter:
         if waited == 0:
             return None
         self._child = None
+        gc.unfreeze()  # the child is gone: the collector may touch those pages again
         ok = os.waitstatus_to_exitcode(status) == 0
         if ok:
             self.last_version = version

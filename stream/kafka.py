@@ -202,11 +202,14 @@ class ConfluentSource:
     def end_offsets(self) -> dict[tuple[str, int], int]:
         from confluent_kafka import TopicPartition
 
+        # librdkafka keeps each partition's high watermark from its fetch responses: asking
+        # the broker instead costs a round trip per partition (tens of ms each, measured).
         ends = {}
         for topic, partition in self._assigned:
-            _low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=5, cached=False
-            )
+            tp = TopicPartition(topic, partition)
+            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0:  # not fetched yet: ask the broker once
+                _low, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
             ends[(topic, partition)] = high
         return ends
 

@@ -206,28 +206,46 @@ class Learner:
         return self.summaries()
 
     def _ingest(self, records: list[Record]) -> None:
+        """Decode and push one batch. Per-partition bookkeeping (offsets, the watermark's
+        latest time) is done once per partition and batch: records of a partition come in
+        offset order, and its events in time order."""
         features_topic = self._topics[0]
-        consumed = self.stats.consumed
         excluded = self.excluded
+        decode_feature, decode_label = self.codec.decode_feature, self.codec.decode_label
+        push_feature, push_label = self.core.push_feature, self.core.push_label
+        last: dict[tuple[str, int], tuple[int, float | None]] = {}
         for r in records:
             is_feature = r.topic == features_topic
             source = (0 if is_feature else 1, r.partition)
+            time: float | None = None
             try:
                 if is_feature:
-                    event = self.codec.decode_feature(r.value)
-                    if not (excluded and in_ranges(event.time, excluded)):
-                        self.core.push_feature(event, source, r.offset)
+                    event = decode_feature(r.value)
+                    time = event.time
+                    if not (excluded and in_ranges(time, excluded)):
+                        push_feature(event, source, r.offset)
                 else:
-                    label = self.codec.decode_label(r.value)
-                    if not (excluded and in_ranges(label.time, excluded)):
-                        self.core.push_label(label, source, r.offset)
-                    event = label  # type: ignore[assignment]
-                self.watermark.observe(source, event.time)
+                    label = decode_label(r.value)
+                    time = label.time
+                    if not (excluded and in_ranges(time, excluded)):
+                        push_label(label, source, r.offset)
             except SchemaError as exc:
                 self.dead_letters.send(r, exc)
                 self.stats.dead_letters[exc.reason] = self.stats.dead_letters.get(exc.reason, 0) + 1
-            self.offsets[offsets_key(r.topic, r.partition)] = r.offset + 1
-            consumed[r.topic] = consumed.get(r.topic, 0) + 1
+            key = (r.topic, r.partition)
+            previous = last.get(key)
+            if time is None and previous is not None:
+                time = previous[1]
+            last[key] = (r.offset, time)
+        consumed = self.stats.consumed
+        for (topic, partition), (offset, time) in last.items():
+            self.offsets[offsets_key(topic, partition)] = offset + 1
+            if time is not None:
+                self.watermark.observe((0 if topic == features_topic else 1, partition), time)
+        n_features = sum(1 for r in records if r.topic == features_topic)
+        consumed[features_topic] = consumed.get(features_topic, 0) + n_features
+        labels_topic = self._topics[1]
+        consumed[labels_topic] = consumed.get(labels_topic, 0) + len(records) - n_features
         self.dead_letters.flush()
 
     def _update_idle(self, now: float, got_records: bool) -> None:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -90,12 +91,12 @@ def test_versions_swap_without_errors_and_never_go_backwards(
             thread.join()
         statuses = [s for seen in results for s, *_ in seen]
         assert len(statuses) == CLIENTS * PER_CLIENT
-        assert set(statuses) == {200}
-        for seen in results:
+        assert set(statuses) == {200}, Counter(statuses)
+        for i, seen in enumerate(results):
             versions = [v for _, v, _, _ in seen]
-            assert versions == sorted(versions), "a client saw the version go backwards"
+            assert versions == sorted(versions), f"client {i} went backwards: {versions}"
         served = {v for seen in results for _, v, _, _ in seen}
-        assert len(served) >= 3, served
+        assert len(served) >= 3, (served, published)
         for seen in results:  # every answer is exactly the answer of the version it names
             for _, version, x, body in seen[::5]:
                 assert body["prediction"] == models[version].predict_one(x)
@@ -106,7 +107,7 @@ def test_versions_swap_without_errors_and_never_go_backwards(
                 f'riverstream_model_version{{model="lr"}} {float(last)}'
                 in httpx.get(f"{base}/metrics").text
             ),
-            timeout=10,
+            timeout=30,
         )
     finally:
         proc.send_signal(signal.SIGTERM)
