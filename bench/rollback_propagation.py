@@ -103,7 +103,11 @@ def main() -> None:
         print(f"logreg snapshot {len(blob)} bytes, {args.workers} API workers")
         for name, values in seconds.items():
             print(summary(f"rollback -> every worker, {name}", values))
-        print(summary("rollback -> every worker, all", [s for values in seconds.values() for s in values]))
+        print(
+            summary(
+                "rollback -> every worker, all", [s for values in seconds.values() for s in values]
+            )
+        )
     finally:
         if server is not None:
             server.send_signal(signal.SIGTERM)

@@ -98,6 +98,22 @@ class Settings(BaseSettings):
     )
     serve_poll_seconds: float = Field(1.0, gt=0, description="Version polling fallback interval.")
 
+    def to_environment(self) -> dict[str, str]:
+        """``RIVERSTREAM_*`` variables that rebuild these settings in another process.
+
+        >>> Settings(partitions=5).to_environment()["RIVERSTREAM_PARTITIONS"]
+        '5'
+        """
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        return env
+
     def require_snapshot_key(self) -> bytes:
         """The HMAC key as bytes, or a `ConfigError` naming the variable to set."""
         if self.snapshot_key is not None and self.snapshot_key.get_secret_value():

@@ -21,7 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from schemas.settings import ENV_PREFIX, Settings
+from schemas.settings import Settings
 from serving.telemetry import MULTIPROC_ENV
 
 try:  # the faster parser when installed (uvicorn[standard])
@@ -49,15 +49,7 @@ class NoDelayProtocol(_BaseProtocol):  # type: ignore[misc,valid-type]
 
 def settings_environment(settings: Settings) -> dict[str, str]:
     """``RIVERSTREAM_*`` variables that rebuild ``settings`` in another process."""
-    env: dict[str, str] = {}
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
-    return env
+    return settings.to_environment()
 
 
 def app_from_env() -> FastAPI:

@@ -62,14 +62,7 @@ class DemoSummary:
 
 
 def _child_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"RIVERSTREAM_{name.upper()}"] = str(value)
-    return env
+    return {**os.environ, **settings.to_environment()}
 
 
 class Demo:

@@ -32,6 +32,13 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
 
 
 @pytest.fixture(scope="session")
+def redis_url(services: Endpoints) -> str:
+    """The shared real Redis."""
+    assert services.redis_url
+    return services.redis_url
+
+
+@pytest.fixture(scope="session")
 def services_state(services: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.getbasetemp()
 
@@ -57,11 +64,4 @@ def settings(services: Endpoints, tmp_path: Path) -> Settings:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a subprocess (CLI, learner, API) the same settings."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"RIVERSTREAM_{name.upper()}"] = str(value)
-    return env
+    return {**os.environ, **settings.to_environment()}

@@ -47,8 +47,7 @@ def wait_until(check: Callable[[], Any], timeout: float = 10.0, interval: float 
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
     binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
+    assert binary, "redis-server is required (Debian package redis-server); never skipped"
     port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -81,26 +80,6 @@ def stop_process(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-@pytest.fixture(scope="session")
-def redis_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    # The shared services of tests/conftest.py when they start; our own redis-server when the
-    # fixture is absent or fails (it also starts Kafka, which these tests do not need).
-    try:
-        services = request.getfixturevalue("services")
-    except Exception:
-        services = None
-    if services is not None and services.redis_url:
-        yield services.redis_url
-        return
-    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
-    try:
-        yield url
-    finally:
-        stop_process(proc)
 
 
 def make_settings(redis_url: str, prefix: str, **overrides: Any) -> Settings:
