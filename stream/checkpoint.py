@@ -51,6 +51,7 @@ class SnapshotResult:
     ok: bool
     seconds: float
     stall_seconds: float
+    forked: bool = True
 
 
 def offsets_key(topic: str, partition: int) -> str:
@@ -137,7 +138,7 @@ class Snapshotter:
             )
             self.last_version = version
             elapsed = time.perf_counter() - start
-            return SnapshotResult(version, True, elapsed, elapsed)
+            return SnapshotResult(version, True, elapsed, elapsed, forked=False)
         # Objects that exist now are moved out of the collector's reach while forking: a
         # collection in the parent would otherwise touch (and copy) every shared page.
         gc.freeze()

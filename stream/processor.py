@@ -363,7 +363,8 @@ class Learner:
         self.stats.snapshots += int(result.ok)
         if result.ok:
             self.stats.last_snapshot_version = result.version
-        self.stats.max_stall_seconds = max(self.stats.max_stall_seconds, result.stall_seconds)
+        if result.forked:  # an in-process snapshot (at shutdown, after a rollback) is no stall
+            self.stats.max_stall_seconds = max(self.stats.max_stall_seconds, result.stall_seconds)
         if self.observer is not None:
             self.observer.snapshot(self, result)
 
