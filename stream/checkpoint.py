@@ -121,6 +121,7 @@ class Snapshotter:
             None
         )
         self.last_version: int | None = None
+        self._gc_was_enabled = True
 
     @property
     def busy(self) -> bool:
@@ -139,9 +140,10 @@ class Snapshotter:
             self.last_version = version
             elapsed = time.perf_counter() - start
             return SnapshotResult(version, True, elapsed, elapsed, forked=False)
-        # Objects that exist now are moved out of the collector's reach while forking: a
-        # collection in the parent would otherwise touch (and copy) every shared page.
-        gc.freeze()
+        # No automatic collection in the learner while the child runs: a full collection
+        # would touch (and so copy) every page the two processes still share.
+        self._gc_was_enabled = gc.isenabled()
+        gc.disable()
         pid = os.fork()
         if pid == 0:  # the child: never returns
             status = 1
@@ -170,7 +172,8 @@ class Snapshotter:
         if waited == 0:
             return None
         self._child = None
-        gc.unfreeze()  # the child is gone: the collector may touch those pages again
+        if self._gc_was_enabled:  # the child is gone: the collector may touch pages again
+            gc.enable()
         ok = os.waitstatus_to_exitcode(status) == 0
         if ok:
             self.last_version = version

@@ -8,6 +8,7 @@ been learned, which is what makes a restart exact.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 _COMMAND_POLL_SECONDS = 0.2
+_GC_GEN0_THRESHOLD = 50_000
 _APPLIED_KEPT = 1000
 
 
@@ -179,6 +181,21 @@ class Learner:
 
     def run(self, *, exit_when_idle: float | None = None) -> list[dict[str, Any]]:
         """Run until `stop` (or idle for ``exit_when_idle`` s); final snapshot; summaries."""
+        # The learner holds many live objects (buffered events, pending features, the
+        # models): the collector's full passes over them cost more than the learning. What
+        # exists at start is frozen out of its reach, and young collections run less often
+        # (measured: the ingest step 4x faster, the whole loop ≈ 1.4x).
+        threshold = gc.get_threshold()
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(_GC_GEN0_THRESHOLD, threshold[1], threshold[2])
+        try:
+            return self._run(exit_when_idle)
+        finally:
+            gc.set_threshold(*threshold)
+            gc.unfreeze()
+
+    def _run(self, exit_when_idle: float | None) -> list[dict[str, Any]]:
         while not self._stop.is_set():
             records = self.source.poll(self.settings.consumer_batch, 0.1)
             now = self.clock()
