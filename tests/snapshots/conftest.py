@@ -1,1 +1,21 @@
-"""The snapshot tests use the shared real Redis (``redis_url`` in tests/conftest.py)."""
+"""Fixtures of the snapshot-store tests; Redis is the shared real one (``redis_url``)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_url)
+    yield c
+    c.close()
