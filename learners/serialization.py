@@ -21,9 +21,11 @@ schemas.errors.SnapshotIntegrityError: signature mismatch: the snapshot was tamp
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import hmac
 import pickle
+import time
 import zlib
 from typing import Any
 
@@ -56,10 +58,84 @@ def verify_signed(blob: bytes, key: bytes) -> bytes:
     return body
 
 
-def load_signed(blob: bytes, key: bytes) -> Any:
-    """Verify, decompress and unpickle a blob made by `dump_signed`."""
+def load_signed(blob: bytes, key: bytes, *, cooperative: bool = False) -> Any:
+    """Verify, decompress and unpickle a blob made by `dump_signed`.
+
+    With ``cooperative``, the body is inflated on demand through `InflatingReader`: unpickling
+    then runs Python code between frames, so other threads (an API's event loop) keep running
+    while a large model loads instead of waiting for the whole `pickle.loads`.
+
+    >>> blob = dump_signed(list(range(5)), b"k")
+    >>> load_signed(blob, b"k", cooperative=True)
+    [0, 1, 2, 3, 4]
+    """
     body = verify_signed(blob, key)
+    if cooperative:
+        # The collector would run its passes in this thread, over every object created so
+        # far, holding the interpreter lock for tens of ms each: paused while loading.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return pickle.Unpickler(InflatingReader(body)).load()
+        finally:
+            if enabled:
+                gc.enable()
     return pickle.loads(zlib.decompress(body))
+
+
+class InflatingReader:
+    r"""A read-only file over a zlib stream, inflated ``chunk`` compressed bytes at a time.
+
+    Every `read` is Python code and every inflated chunk ends with ``time.sleep(0)``: a thread
+    unpickling from it hands the interpreter lock over regularly.
+
+    >>> reader = InflatingReader(zlib.compress(b"line one\nline two"), chunk=4)
+    >>> reader.readline(), reader.read(4), reader.read()
+    (b'line one\n', b'line', b' two')
+    """
+
+    def __init__(self, body: bytes, chunk: int = 1 << 16) -> None:
+        self._inflate = zlib.decompressobj()
+        self._body = memoryview(body)
+        self._chunk = chunk
+        self._pos = 0
+        self._buf = bytearray()
+        self._off = 0
+        self._eof = False
+
+    def _fill(self, n: int | None) -> None:
+        while not self._eof and (n is None or len(self._buf) - self._off < n):
+            piece = self._body[self._pos : self._pos + self._chunk]
+            self._pos += len(piece)
+            if piece:
+                self._buf += self._inflate.decompress(piece)
+            else:
+                self._buf += self._inflate.flush()
+                self._eof = True
+            time.sleep(0)  # let other threads run
+
+    def _take(self, end: int) -> bytes:
+        data = bytes(self._buf[self._off : end])
+        self._off = end
+        if self._off > 1 << 20:  # drop what was read, now and then
+            del self._buf[: self._off]
+            self._off = 0
+        return data
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            self._fill(None)
+            return self._take(len(self._buf))
+        self._fill(n)
+        return self._take(min(self._off + n, len(self._buf)))
+
+    def readline(self) -> bytes:
+        while True:
+            newline = self._buf.find(b"\n", self._off)
+            if newline >= 0 or self._eof:
+                break
+            self._fill(len(self._buf) - self._off + 1)
+        return self._take(newline + 1 if newline >= 0 else len(self._buf))
 
 
 def sha256_hex(blob: bytes) -> str:

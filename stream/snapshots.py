@@ -353,7 +353,7 @@ class SnapshotStore:
     def load_model(self, model: str, version: int) -> tuple[Any, SnapshotMeta]:
         """Fetch, check (sha256, then HMAC) and only then unpickle ``model`` v``version``."""
         blob, meta = self._read_model(model, version)
-        return load_signed(blob, self._key), meta
+        return load_signed(blob, self._key, cooperative=True), meta
 
     def _read_model(self, model: str, version: int) -> tuple[bytes, SnapshotMeta]:
         meta = self.meta(model, version)
