@@ -6,12 +6,14 @@ and every metric name they mention must be exported by the learner or the API.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -92,6 +94,8 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         _spawn(settings, ["serve", "--port", str(api_port), "--workers", "2"], tmp / "api.log"),
     ]
     base, api = f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{api_port}"
+    threads: list[threading.Thread] = []
+    stops: list[threading.Event] = []
     try:
         publisher = Publisher(settings)
         events = list(dataset_events("Phishing", label_delay=10))
@@ -126,6 +130,20 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
                 assert client.post("/v1/models/lr/predict", json={"features": x}).status_code == 200
                 client.post("/v1/models/reg/predict", json={"features": x})
             client.post("/v1/models/lr/predict", content=b"{not json")
+            # Traffic keeps flowing while Prometheus scrapes, so rates are not zero.
+            stop = threading.Event()
+
+            def trickle() -> None:
+                with httpx.Client(base_url=api, timeout=5) as background:
+                    for x in itertools.cycle(features[:50]):
+                        if stop.wait(0.02):
+                            return
+                        background.post("/v1/models/lr/predict", json={"features": x})
+                        background.post("/v1/models/reg/predict", json={"features": x})
+
+            threads.append(threading.Thread(target=trickle, daemon=True))
+            threads[-1].start()
+            stops.append(stop)
             publisher.publish_events(events[1800:])
             publisher.close()
 
@@ -134,12 +152,21 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
                     _query(base, 'rate(riverstream_http_requests_total{status="200"}[1m]) > 0')
                 )
 
-            wait_until(scraped_enough, 90, "Prometheus to scrape the learner and the API")
+            try:
+                wait_until(scraped_enough, 90, "Prometheus to scrape the learner and the API")
+            except Exception as exc:
+                with urllib.request.urlopen(f"{base}/api/v1/targets") as response:
+                    targets = response.read().decode()
+                raise AssertionError(f"{exc}; targets: {targets}") from exc
             exposition = client.get("/metrics").text
         with urllib.request.urlopen(f"http://127.0.0.1:{learner_port}/metrics") as response:
             exposition += response.read().decode()
         yield {"base": base, "exposition": exposition}
     finally:
+        for stop_event in stops:
+            stop_event.set()
+        for thread in threads:
+            thread.join(timeout=10)
         for proc in reversed(procs):
             proc.terminate()
         for proc in procs:

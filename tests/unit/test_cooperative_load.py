@@ -42,8 +42,24 @@ def test_cooperative_loading_keeps_other_threads_running() -> None:
     plain_pause, plain_seconds = _longest_pause_while_loading(blob, cooperative=False)
     coop_pause, coop_seconds = _longest_pause_while_loading(blob, cooperative=True)
     assert load_signed(blob, b"key", cooperative=True) == model_like
-    # The plain path holds the interpreter lock for most of the load.
-    assert plain_pause > plain_seconds / 3
-    # The cooperative path: pauses a fraction of the plain one, at a similar total cost.
-    assert coop_pause < plain_pause / 4, (coop_pause, plain_pause)
     assert coop_seconds < 3 * plain_seconds
+    if plain_pause > 0.1:  # where the plain path stalls the other thread (it usually does)
+        assert coop_pause < plain_pause / 4, (coop_pause, plain_pause)
+
+
+def test_cooperative_loading_yields_often_with_the_collector_paused(monkeypatch) -> None:
+    """The mechanism, deterministically: the loader hands the lock over at every inflated
+    chunk, and the collector does not run its passes in the middle of a load."""
+    import gc
+
+    import learners.serialization as serialization
+
+    rng = random.Random(4)
+    blob = dump_signed([{"w": rng.random()} for _ in range(100_000)], b"key")
+    yields: list[bool] = []
+    monkeypatch.setattr(serialization.time, "sleep", lambda _s: yields.append(gc.isenabled()))
+    assert gc.isenabled()
+    load_signed(blob, b"key", cooperative=True)
+    assert len(yields) >= len(blob) // (1 << 16)  # one per 64 KiB of compressed input at least
+    assert not any(yields)  # collector paused throughout the load ...
+    assert gc.isenabled()  # ... and enabled again afterwards
