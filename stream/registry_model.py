@@ -225,7 +225,7 @@ def check_ranges(ranges: Sequence[Sequence[float]]) -> list[list[float]]:
     >>> check_ranges([(3, 1)])
     Traceback (most recent call last):
     ...
-    stream.registry.RegistryError: bad exclude range 3-1: from must be before to
+    stream.registry_model.RegistryError: bad exclude range 3-1: from must be before to
     """
     out = []
     for pair in ranges:
