@@ -11,21 +11,31 @@ import sys
 import time
 from pathlib import Path
 
-from learners.datasets import load_dataset
+from learners.datasets import dataset_events, load_dataset
 from learners.specs import ModelSpec
 from schemas.settings import Settings
+from stream.publish import Publisher
 from stream.runtime import snapshot_store
 from tests.conftest import settings_env
 from tests.stream.helpers import fast, final_model, learn, replay
 
 
-def _spawn_learner(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+def _spawn_learner(settings: Settings, log: Path, *, until_idle: bool) -> subprocess.Popen[bytes]:
+    idle = ["--exit-when-idle", "1"] if until_idle else []
     with log.open("ab") as handle:
         return subprocess.Popen(
             [sys.executable, "-m", "stream", "learn", "--model", "lr=logreg",
-             "--metric", "Accuracy", "--metric", "ROCAUC", "--exit-when-idle", "1"],
+             "--metric", "Accuracy", "--metric", "ROCAUC", *idle],
             env=settings_env(settings), stdout=handle, stderr=subprocess.STDOUT,
         )  # fmt: skip
+
+
+def _publish(settings: Settings, events: list) -> None:
+    publisher = Publisher(settings)
+    try:
+        publisher.publish_events(events)
+    finally:
+        publisher.close()
 
 
 def test_kill_9_three_times_changes_nothing(settings: Settings, tmp_path: Path) -> None:
@@ -33,15 +43,18 @@ def test_kill_9_three_times_changes_nothing(settings: Settings, tmp_path: Path) 
     crashed = fast(
         settings, snapshot_every_labels=250, snapshot_every_seconds=0.05, consumer_batch=150
     )
-    replay(crashed, "synth.Agrawal", 100, limit=limit, seed=7)
+    events = list(dataset_events("synth.Agrawal", label_delay=100, limit=limit, seed=7))
+    # The stream arrives in four stretches (in event-time order); the learner is killed with
+    # -9 during each of the first three, at a random moment after a random number of snapshots.
+    stretches = [events[i * len(events) // 4 : (i + 1) * len(events) // 4] for i in range(4)]
     store = snapshot_store(crashed)
     rng = random.Random(42)
-    kills = 0
     log = tmp_path / "learner.log"
-    while kills < 3:
-        proc = _spawn_learner(crashed, log)
+    for stretch in stretches[:3]:
+        _publish(crashed, stretch)
+        proc = _spawn_learner(crashed, log, until_idle=False)
         start_version = store.latest_checkpoint()
-        target = (start_version[0] if start_version else 0) + rng.randint(2, 6)
+        target = (start_version[0] if start_version else 0) + rng.randint(1, 4)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
             latest = store.latest_checkpoint()
@@ -52,8 +65,8 @@ def test_kill_9_three_times_changes_nothing(settings: Settings, tmp_path: Path) 
         time.sleep(rng.random() * 0.05)  # a random moment between two snapshots
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-        kills += 1
-    proc = _spawn_learner(crashed, log)
+    _publish(crashed, stretches[3])
+    proc = _spawn_learner(crashed, log, until_idle=True)
     assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
     assert log.read_text().count("resumed from snapshot") == 3
 
