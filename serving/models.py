@@ -15,8 +15,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from river import anomaly, base, compose
+from river import base, compose
 
+from learners.specs import model_kind
+from schemas.errors import ModelSpecError
 from stream.snapshots import SnapshotMeta
 
 KINDS = ("classifier", "regressor", "anomaly")
@@ -52,18 +54,13 @@ def predicts_argmax(estimator: Any) -> bool:
 
 
 def kind_of(estimator: Any, declared: str | None = None) -> str:
+    """The declared kind when valid, else the one `learners.specs.model_kind` finds."""
     if declared in KINDS:
         return declared
-    final = _final_step(estimator)
-    if isinstance(final, anomaly.base.AnomalyDetector):
-        return "anomaly"
-    if isinstance(final, base.Classifier):
-        return "classifier"
-    if isinstance(final, base.Regressor):
-        return "regressor"
-    raise ValueError(
-        f"cannot serve {type(estimator).__name__}: not a classifier, regressor or anomaly detector"
-    )
+    try:
+        return model_kind(estimator)
+    except ModelSpecError as exc:
+        raise ValueError(f"cannot serve {type(estimator).__name__}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
