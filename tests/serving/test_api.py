@@ -14,7 +14,7 @@ import redis
 from prometheus_client import CollectorRegistry
 from river import linear_model
 
-from serving.app import create_app
+from serving.app import PredictFastPath, create_app
 from serving.telemetry import ServingMetrics
 from stream.snapshots import SnapshotStore
 
@@ -258,3 +258,62 @@ def test_settings_travel_to_worker_processes(kit, redis_url: str, prefix: str, m
     for name, value in settings_environment(settings).items():
         monkeypatch.setenv(name, value)
     assert Settings() == settings
+
+
+def test_fast_path_answers_exactly_like_the_documented_route(
+    kit, store: SnapshotStore, redis_url: str, prefix: str, metrics: ServingMetrics
+) -> None:
+    """`PredictFastPath` answers the predict route before routing; the FastAPI route (an app
+    built without the fast path) must give byte-identical answers."""
+    import asyncio
+
+    models = kit.trained_models()
+    model, kind, inputs = models["clf"]
+    kit.publish(store, "clf", kit.state(model, kind), kind)
+    settings = kit.make_settings(redis_url, prefix)
+    app = create_app(settings, metrics=metrics, max_body_bytes=4096)
+    routed_app = create_app(settings, metrics=metrics, max_body_bytes=4096, fast_path=False)
+    assert [m.cls for m in app.user_middleware] == [PredictFastPath]
+    assert not routed_app.user_middleware
+    bodies = [
+        orjson.dumps({"features": inputs[0]}),
+        orjson.dumps({"instances": inputs[:3]}),
+        b"{not json",
+        orjson.dumps({"features": {"x": [1]}}),
+        b'{"features": {}, "extra": 1}',
+        b"x" * 5000,
+    ]
+
+    async def call(asgi: Any, path: str, body: bytes) -> tuple[int, bytes]:
+        scope = {
+            "type": "http", "http_version": "1.1", "method": "POST", "path": path,
+            "raw_path": path.encode(), "query_string": b"", "root_path": "", "scheme": "http",
+            "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
+            "headers": [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode())],
+        }  # fmt: skip
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await asgi(scope, receive, send)
+        body_out = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        return sent[0]["status"], body_out
+
+    async def compare() -> None:
+        async with app.router.lifespan_context(app), routed_app.router.lifespan_context(routed_app):
+            for a in (app, routed_app):
+                kit.wait_until(lambda a=a: a.state.follower.get("clf") is not None)
+            for path in ("/v1/models/clf/predict", "/v1/models/nope/predict"):
+                for body in bodies:
+                    fast = await call(app, path, body)
+                    routed = await call(routed_app, path, body)
+                    assert fast == routed, (path, body[:40], fast, routed)
+                    assert fast[0] in (200, 404, 413, 422)
+
+    asyncio.run(compare())
