@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from schemas.errors import KafkaAdapterError
 
 log = logging.getLogger(__name__)
+_BROKER_ASK_SECONDS = 5.0
 
 
 class Record(NamedTuple):
@@ -163,6 +165,7 @@ class ConfluentSource:
             }
         )
         self._assigned: list[tuple[str, int]] = []
+        self._asked: dict[tuple[str, int], tuple[float, int]] = {}
 
     def assign(self, positions: dict[tuple[str, int], int]) -> None:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
@@ -206,12 +209,20 @@ class ConfluentSource:
 
         # librdkafka keeps each partition's high watermark from its fetch responses: asking
         # the broker instead costs a round trip per partition (tens of ms each, measured).
+        # A partition with no fetch response yet has no cached mark: it counts as not caught
+        # up, and the broker is asked at most every few seconds (in case fetches never come).
         ends = {}
+        now = time.monotonic()
         for topic, partition in self._assigned:
             tp = TopicPartition(topic, partition)
             _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            if high < 0:  # not fetched yet: ask the broker once
-                _low, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            if high < 0:
+                asked = self._asked.get((topic, partition))
+                if asked is None or now - asked[0] > _BROKER_ASK_SECONDS:
+                    _low, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+                    self._asked[(topic, partition)] = (now, high)
+                else:
+                    high = asked[1]
             ends[(topic, partition)] = high
         return ends
 
