@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 import redis
 
@@ -141,15 +142,42 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
                         background.post("/v1/models/lr/predict", json={"features": x})
                         background.post("/v1/models/reg/predict", json={"features": x})
 
-            threads.append(threading.Thread(target=trickle, daemon=True))
-            threads[-1].start()
+            def stream_on() -> None:
+                # Events keep coming too (the dataset again, later in event time), so the
+                # learner's rates and latency histograms have fresh samples in every window.
+                live = Publisher(settings)
+                try:
+                    for k, event in enumerate(itertools.cycle(events)):
+                        if k % 20 == 0 and stop.wait(0.05):
+                            return
+                        shift = 10_000.0 * (1 + k // len(events))
+                        live.send_event(
+                            msgspec.structs.replace(
+                                event,
+                                id=f"live{k // len(events)}-{event.id}",
+                                time=event.time + shift,
+                            )
+                        )
+                        if k % 20 == 19:
+                            live.producer.flush()
+                finally:
+                    live.close()
+
+            for target in (trickle, stream_on):
+                threads.append(threading.Thread(target=target, daemon=True))
+                threads[-1].start()
             stops.append(stop)
             publisher.publish_events(events[1800:])
             publisher.close()
 
             def scraped_enough() -> bool:
-                return len(_query(base, "count_over_time(up[1m]) >= 5")) == 2 and bool(
-                    _query(base, 'rate(riverstream_http_requests_total{status="200"}[1m]) > 0')
+                return (
+                    len(_query(base, "count_over_time(up[1m]) >= 5")) == 2
+                    and bool(
+                        _query(base, 'rate(riverstream_http_requests_total{status="200"}[1m]) > 0')
+                    )
+                    and bool(_query(base, "rate(riverstream_learn_seconds_count[1m]) > 0"))
+                    and bool(_query(base, "rate(riverstream_predict_seconds_count[1m]) > 0"))
                 )
 
             try:
