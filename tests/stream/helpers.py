@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from learners.datasets import dataset_events
 from learners.specs import ModelSpec
+from schemas.events import FeatureEvent, LabelEvent
 from schemas.settings import Settings
 from stream.publish import Publisher, PublishReport
 from stream.runtime import build_learner, snapshot_store
+from tests.conftest import settings_env
 
 
 def fast(settings: Settings, **changes: Any) -> Settings:
     """Settings for tests: a short idle grace so runs end quickly."""
     return settings.model_copy(update={"watermark_idle_grace": 0.2, **changes})
+
+
+def publish(settings: Settings, events: Iterable[FeatureEvent | LabelEvent]) -> PublishReport:
+    """Publish ``events`` in the given order, then close the producer."""
+    publisher = Publisher(settings)
+    try:
+        return publisher.publish_events(events)
+    finally:
+        publisher.close()
 
 
 def replay(
@@ -23,12 +38,16 @@ def replay(
     limit: int | None = None,
     seed: int | None = 1,
 ) -> PublishReport:
-    publisher = Publisher(settings)
-    try:
-        events = dataset_events(dataset, label_delay=delay, limit=limit, seed=seed)
-        return publisher.publish_events(events)
-    finally:
-        publisher.close()
+    return publish(settings, dataset_events(dataset, label_delay=delay, limit=limit, seed=seed))
+
+
+def spawn_cli(settings: Settings, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """``riverstream ARGS`` in a child process with ``settings``, its output appended to ``log``."""
+    with log.open("ab") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "stream", *args],
+            env=settings_env(settings), stdout=handle, stderr=subprocess.STDOUT,
+        )  # fmt: skip
 
 
 def learn(

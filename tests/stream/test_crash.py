@@ -7,35 +7,20 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from learners.datasets import dataset_events, load_dataset
 from learners.specs import ModelSpec
 from schemas.settings import Settings
-from stream.publish import Publisher
 from stream.runtime import snapshot_store
-from tests.conftest import settings_env
-from tests.stream.helpers import fast, final_model, learn, replay
+from tests.stream.helpers import fast, final_model, learn, publish, replay, spawn_cli
 
 
 def _spawn_learner(settings: Settings, log: Path, *, until_idle: bool) -> subprocess.Popen[bytes]:
     idle = ["--exit-when-idle", "1"] if until_idle else []
-    with log.open("ab") as handle:
-        return subprocess.Popen(
-            [sys.executable, "-m", "stream", "learn", "--model", "lr=logreg",
-             "--metric", "Accuracy", "--metric", "ROCAUC", *idle],
-            env=settings_env(settings), stdout=handle, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-
-def _publish(settings: Settings, events: list) -> None:
-    publisher = Publisher(settings)
-    try:
-        publisher.publish_events(events)
-    finally:
-        publisher.close()
+    args = ["learn", "--model", "lr=logreg", "--metric", "Accuracy", "--metric", "ROCAUC"]
+    return spawn_cli(settings, [*args, *idle], log)
 
 
 def test_kill_9_three_times_changes_nothing(settings: Settings, tmp_path: Path) -> None:
@@ -51,7 +36,7 @@ def test_kill_9_three_times_changes_nothing(settings: Settings, tmp_path: Path) 
     rng = random.Random(42)
     log = tmp_path / "learner.log"
     for stretch in stretches[:3]:
-        _publish(crashed, stretch)
+        publish(crashed, stretch)
         proc = _spawn_learner(crashed, log, until_idle=False)
         start_version = store.latest_checkpoint()
         target = (start_version[0] if start_version else 0) + rng.randint(1, 4)
@@ -65,7 +50,7 @@ def test_kill_9_three_times_changes_nothing(settings: Settings, tmp_path: Path) 
         time.sleep(rng.random() * 0.05)  # a random moment between two snapshots
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-    _publish(crashed, stretches[3])
+    publish(crashed, stretches[3])
     proc = _spawn_learner(crashed, log, until_idle=True)
     assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
     assert log.read_text().count("resumed from snapshot") == 3

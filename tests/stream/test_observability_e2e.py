@@ -12,7 +12,6 @@ import math
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -33,7 +32,7 @@ from stream.kafka import EventProducer
 from stream.publish import Publisher
 from stream.runtime import snapshot_store
 from stream.services import free_port, prometheus_config, wait_until
-from tests.conftest import settings_env
+from tests.stream.helpers import spawn_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,14 +43,6 @@ def _query(base: str, expr: str) -> list[dict]:
         body = json.load(response)
     assert body["status"] == "success", (expr, body)
     return list(body["data"]["result"])
-
-
-def _spawn(settings: Settings, args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as handle:
-        return subprocess.Popen(
-            [sys.executable, "-m", "stream", *args],
-            env=settings_env(settings), stdout=handle, stderr=subprocess.STDOUT,
-        )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +82,10 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         ),
-        _spawn(settings, ["learn", "--model", "lr=logreg", "--model", "reg=linreg"], tmp / "l.log"),
-        _spawn(settings, ["serve", "--port", str(api_port), "--workers", "2"], tmp / "api.log"),
+        spawn_cli(
+            settings, ["learn", "--model", "lr=logreg", "--model", "reg=linreg"], tmp / "l.log"
+        ),
+        spawn_cli(settings, ["serve", "--port", str(api_port), "--workers", "2"], tmp / "api.log"),
     ]
     base, api = f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{api_port}"
     threads: list[threading.Thread] = []

@@ -13,10 +13,9 @@ from learners.datasets import dataset_events, load_dataset
 from learners.specs import ModelSpec
 from schemas.events import FeatureEvent, LabelEvent
 from schemas.settings import Settings
-from stream.publish import Publisher
 from stream.runtime import snapshot_store
 from tests.conftest import settings_env
-from tests.stream.helpers import fast, learn
+from tests.stream.helpers import fast, learn, publish, spawn_cli
 
 POISON = (600.0, 899.5)
 
@@ -31,14 +30,6 @@ def _parts() -> tuple[list, list, list]:
     ]
     clean_c = [e for e in events if e.time > POISON[1]]
     return clean_a, poisoned, clean_c
-
-
-def _publish(settings: Settings, events: list) -> None:
-    publisher = Publisher(settings)
-    try:
-        publisher.publish_events(events)
-    finally:
-        publisher.close()
 
 
 def _labels(events: list) -> int:
@@ -80,24 +71,16 @@ def _rollback(settings: Settings, *args: str) -> subprocess.CompletedProcess[str
     )  # fmt: skip
 
 
-def _start(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as handle:
-        return subprocess.Popen(
-            [sys.executable, "-m", "stream", "learn", "--model", "lr=logreg"],
-            env=settings_env(settings), stdout=handle, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-
 def test_poisoned_stretch_is_rolled_back_with_replay(settings: Settings, tmp_path: Path) -> None:
     s = fast(settings, snapshot_every_labels=100, snapshot_every_seconds=0.2)
     clean_a, poisoned, clean_c = _parts()
     store = snapshot_store(s)
-    learner = _start(s, tmp_path / "learner.log")
+    learner = spawn_cli(s, ["learn", "--model", "lr=logreg"], tmp_path / "learner.log")
     try:
-        _publish(s, clean_a)
+        publish(s, clean_a)
         before = int(_wait_for("the clean part", _learned(s, _labels(clean_a))))
         accuracy_before = store.meta("lr", before).metrics["Accuracy"]
-        _publish(s, poisoned)
+        publish(s, poisoned)
         after = int(_wait_for("the poison", _learned(s, _labels(clean_a) + _labels(poisoned))))
         assert store.meta("lr", after).metrics["Accuracy"] < accuracy_before - 0.05
 
@@ -108,7 +91,7 @@ def test_poisoned_stretch_is_rolled_back_with_replay(settings: Settings, tmp_pat
         assert result.returncode == 0, result.stderr
         assert store.serving_version("lr") == before  # serving moved at once
 
-        _publish(s, clean_c)
+        publish(s, clean_c)
         # Labels of the features inside the excluded stretch have nothing to join any more.
         _wait_for("the replay", _learned(s, _joinable(clean_a + clean_c)))
     finally:
@@ -122,7 +105,7 @@ def test_poisoned_stretch_is_rolled_back_with_replay(settings: Settings, tmp_pat
         topic_features=settings.topic_features + "-clean",
         topic_labels=settings.topic_labels + "-clean",
     )
-    _publish(clean, clean_a + clean_c)
+    publish(clean, clean_a + clean_c)
     [expected] = learn(clean, [ModelSpec("lr", "logreg")])
     version = store.latest_version("lr")
     state, meta = store.load_model("lr", version)
@@ -140,11 +123,11 @@ def test_rollback_with_skip_continues_from_the_current_position(
     s = fast(settings, snapshot_every_labels=100, snapshot_every_seconds=0.2)
     clean_a, poisoned, clean_c = _parts()
     store = snapshot_store(s)
-    learner = _start(s, tmp_path / "learner.log")
+    learner = spawn_cli(s, ["learn", "--model", "lr=logreg"], tmp_path / "learner.log")
     try:
-        _publish(s, clean_a)
+        publish(s, clean_a)
         before = int(_wait_for("the clean part", _learned(s, _labels(clean_a))))
-        _publish(s, poisoned)
+        publish(s, poisoned)
         _wait_for("the poison", _learned(s, _labels(clean_a) + _labels(poisoned)))
         result = _rollback(s, "--to", str(before), "--resume", "skip", "--reason", "bad labels")
         assert result.returncode == 0, result.stderr
@@ -158,7 +141,7 @@ def test_rollback_with_skip_continues_from_the_current_position(
             target.model.predict_proba_one(x) for x in xs
         ]
         # ... and continues from the current position: the poisoned stretch is not re-read.
-        _publish(s, clean_c)
+        publish(s, clean_c)
         _wait_for("the rest", _learned(s, _labels(clean_a) + _labels(clean_c)))
     finally:
         learner.terminate()
