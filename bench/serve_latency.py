@@ -17,7 +17,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from stream.services import free_port  # noqa: E402
 
 N_FEATURES = 30
 KEY = "bench-key"
@@ -45,12 +46,6 @@ def bench_app():
         return JSONResponse({"hello": "world"})
 
     return app
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(check, timeout: float, what: str) -> None:

@@ -18,7 +18,6 @@ import os
 import queue
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,15 +33,10 @@ import redis  # noqa: E402
 from river import linear_model, preprocessing  # noqa: E402
 
 from learners.serialization import dump_signed  # noqa: E402
+from stream.services import free_port  # noqa: E402
 from stream.snapshots import SnapshotMeta, SnapshotStore  # noqa: E402
 
 KEY = b"bench-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(check, timeout: float, what: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from observability import alerts, dashboards
 from observability.report import render_report, samples_from_prometheus
+from stream.services import free_port
 from stream.telemetry import LearnerMetrics, start_http_server
 
 from .conftest import touch_learner
@@ -51,12 +51,6 @@ while True:
     m.snapshot_refused("lr", "bad_signature")
     time.sleep(0.1)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str):
@@ -86,7 +80,7 @@ def prometheus(tmp_path_factory):
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
-    api_port, prom_port = _free_port(), _free_port()
+    api_port, prom_port = free_port(), free_port()
     (tmp / "mp").mkdir()
     api = subprocess.Popen(
         [sys.executable, "-c", API_EXPORTER, str(api_port)],

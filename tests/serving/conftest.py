@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -22,15 +21,10 @@ from river import anomaly, datasets, linear_model, preprocessing
 
 from learners.serialization import dump_signed
 from schemas.settings import Settings
+from stream.services import free_port
 from stream.snapshots import SnapshotMeta, SnapshotStore
 
 KEY = b"serving-test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
