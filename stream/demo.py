@@ -28,7 +28,7 @@ from schemas.errors import RiverstreamError
 from schemas.events import FeatureEvent
 from schemas.settings import Settings
 from stream.publish import Publisher
-from stream.services import SERVICES, ServiceManager, free_port, resolve, stop_pid, wait_until
+from stream.services import SERVICES, ServiceManager, free_port, resolve, wait_until
 
 
 @dataclass
@@ -229,4 +229,4 @@ def describe(summary: DemoSummary) -> list[str]:
     ]
 
 
-__all__ = ["Demo", "DemoOptions", "DemoSummary", "describe", "stop_pid"]
+__all__ = ["Demo", "DemoOptions", "DemoSummary", "describe"]

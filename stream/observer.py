@@ -83,9 +83,7 @@ class PrometheusObserver:
                 self._dead[reason] = n
         for name, state in core.models.items():
             m.set_progressive_metrics(name, state.metric_values())
-            done = state.samples_learned - self._learned.get(name, state.samples_learned)
-            if name not in self._learned:
-                done = state.samples_learned
+            done = state.samples_learned - self._learned.get(name, 0)
             if done > 0:
                 m.samples_learned(name, done)
             self._learned[name] = state.samples_learned

@@ -23,9 +23,10 @@ from schemas.errors import SchemaError, SnapshotError
 from schemas.events import EventCodec, Limits
 from schemas.settings import Settings
 from stream.checkpoint import Offsets, Restored, Snapshotter, offsets_key, restore
-from stream.commands import Command, CommandQueue, in_ranges
+from stream.commands import CommandQueue, in_ranges
 from stream.deadletter import DeadLetters
 from stream.kafka import Record, RecordSource
+from stream.registry_model import RollbackCommand
 from stream.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class Learner:
         self.finish_snapshots()  # durable before acknowledged
         self.commands.ack(len(commands))
 
-    def apply(self, command: Command) -> None:
+    def apply(self, command: RollbackCommand) -> None:
         """Roll ``command.model`` back to version ``command.to``.
 
         ``skip``: the model continues from that version at the current input position; what
@@ -165,9 +166,9 @@ class Learner:
                 raise SnapshotError(f"no checkpoint v{command.to}")
             self.snapshotter.poll(block=True)
             self._adopt(restored)
-            for span in command.exclude:
-                if span not in self.excluded:
-                    self.excluded.append(span)
+            for a, b in command.exclude:
+                if (a, b) not in self.excluded:
+                    self.excluded.append((a, b))
             self._seek()
         else:
             state, _meta = store.load_model(command.model, command.to)
