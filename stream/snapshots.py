@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import redis
 
@@ -65,9 +65,28 @@ def river_version() -> str:
         return "unknown"
 
 
+class _JsonRecord:
+    """JSON (de)serialisation of a frozen dataclass; unreadable JSON is a `SnapshotError`."""
+
+    _what: ClassVar[str]
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Self:
+        try:
+            data = json.loads(raw)
+            return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SnapshotError(f"unreadable {cls._what}: {exc!r}") from None
+
+
 @dataclass(frozen=True)
-class SnapshotMeta:
+class SnapshotMeta(_JsonRecord):
     """Everything known about one version of one model, stored beside its blob."""
+
+    _what: ClassVar[str] = "snapshot metadata"
 
     model: str
     version: int
@@ -113,21 +132,12 @@ class SnapshotMeta:
             spec=spec,
         )
 
-    def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> SnapshotMeta:
-        try:
-            data = json.loads(raw)
-            return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
-        except (ValueError, TypeError, KeyError) as exc:
-            raise SnapshotError(f"unreadable snapshot metadata: {exc!r}") from None
-
 
 @dataclass(frozen=True)
-class CheckpointMeta:
+class CheckpointMeta(_JsonRecord):
     """The learner checkpoint of one version: its blob and the input offsets it covers."""
+
+    _what: ClassVar[str] = "checkpoint metadata"
 
     version: int
     created_at: float
@@ -135,17 +145,6 @@ class CheckpointMeta:
     sha256: str
     chunks: int
     offsets: dict[str, int]
-
-    def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> CheckpointMeta:
-        try:
-            data = json.loads(raw)
-            return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
-        except (ValueError, TypeError, KeyError) as exc:
-            raise SnapshotError(f"unreadable checkpoint metadata: {exc!r}") from None
 
 
 @dataclass(frozen=True)
