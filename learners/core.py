@@ -49,7 +49,7 @@ from typing import Any
 from river import base, metrics
 
 import learners.river_compat  # noqa: F401  (registers iterative pickling of deep River trees)
-from learners.join import EventTimeJoin, JoinCounters, Pending, Source
+from learners.join import EventTimeJoin, JoinCounters, Source
 from learners.specs import ModelKind, ModelSpec, model_kind
 from schemas.errors import ModelSpecError
 from schemas.events import FeatureEvent, Label, LabelEvent
@@ -107,7 +107,7 @@ class ModelState:
             return score, score
         uses = self._uses_proba
         y_pred = model.predict_one(dict(x)) if not all(uses) else None
-        y_proba = model.predict_proba_one(dict(x)) if any(uses) else None
+        y_proba = model.predict_proba_one(dict(x)) if True in uses else None
         return y_pred, y_proba
 
     def learn(self, x: dict[str, Any], y: Label, prediction: Prediction) -> None:
@@ -148,8 +148,15 @@ class LearningCore:
             spec.name: ModelState.from_spec(spec) for spec in specs
         }
         self._join = EventTimeJoin(ttl=join_ttl, max_pending=max_pending)
-        self._outcomes: deque[tuple[str, Label, Any]] = deque(maxlen=OUTCOMES_KEPT)
+        # (label, the predictions of every model): one entry per join, expanded when drained
+        self._outcomes: deque[tuple[Label, Any]] = deque(maxlen=OUTCOMES_KEPT)
         self._last_x: dict[str, Any] | None = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        outcomes = state.get("_outcomes")
+        if outcomes and len(outcomes[0]) != 2:  # written before outcomes were kept per join
+            outcomes.clear()  # monitoring data only: nothing learned depends on it
+        self.__dict__.update(state)
 
     @property
     def counters(self) -> JoinCounters:
@@ -174,14 +181,31 @@ class LearningCore:
         before = self._join.events_processed
         states = list(self.models.values())
         outcomes = self._outcomes
+        last_x = None
+        if len(states) == 1:  # the common case, without a loop over models per event
+            state = states[0]
+            predict, learn = state.predict, state.learn
+            for pending, label in self._join.steps(watermark):
+                if label is None:
+                    last_x = pending.x
+                    pending.predictions = [predict(last_x)]
+                else:
+                    learn(pending.x, label.label, pending.predictions[0])
+                    outcomes.append((label.label, pending.predictions))
+            if last_x is not None:
+                self._last_x = last_x
+            return self._join.events_processed - before
         for pending, label in self._join.steps(watermark):
             if label is None:
-                pending.predictions = [state.predict(pending.x) for state in states]
-                self._last_x = pending.x
+                last_x = pending.x
+                pending.predictions = [state.predict(last_x) for state in states]
             else:
-                _learn(states, pending, label)
+                y = label.label
                 for state, prediction in zip(states, pending.predictions, strict=True):
-                    outcomes.append((state.spec.name, label.label, prediction[0]))
+                    state.learn(pending.x, y, prediction)
+                outcomes.append((y, pending.predictions))
+        if last_x is not None:
+            self._last_x = last_x
         return self._join.events_processed - before
 
     def flush(self) -> int:
@@ -191,7 +215,17 @@ class LearningCore:
     def drain_outcomes(self) -> list[tuple[str, Label, Any]]:
         """``(model, label, prediction)`` of the latest joins (at most `OUTCOMES_KEPT`), for
         monitors such as drift detectors; draining empties the buffer."""
-        drained = list(self._outcomes)
+        names = list(self.models)
+        single = len(names) == 1
+        drained: list[tuple[str, Label, Any]] = []
+        for y, predictions in self._outcomes:
+            if single:
+                drained.append((names[0], y, predictions[0][0]))
+            else:
+                drained.extend(
+                    (name, y, prediction[0])
+                    for name, prediction in zip(names, predictions, strict=True)
+                )
         self._outcomes.clear()
         return drained
 
@@ -205,8 +239,3 @@ class LearningCore:
         if state is None:
             raise ModelSpecError(f"unknown model {name!r}; models are {sorted(self.models)}")
         return state.metric_values()
-
-
-def _learn(states: list[ModelState], pending: Pending, label: LabelEvent) -> None:
-    for state, prediction in zip(states, pending.predictions, strict=True):
-        state.learn(pending.x, label.label, prediction)

@@ -7,6 +7,7 @@ import pytest
 from learners.core import LearningCore
 from learners.datasets import dataset_events
 from learners.specs import ModelSpec
+from schemas.events import FeatureEvent, LabelEvent
 from tests.unit.replay import (
     feed_in_order,
     feed_partitioned,
@@ -81,3 +82,16 @@ def test_anomaly_detector_without_delay_equals_river():
     assert core.metric_values("hst") == {"ROCAUC": expected}
     for x in sample_inputs("Phishing"):
         assert core.models["hst"].model.score_one(x) == river_model.score_one(x)
+
+
+def test_outcomes_name_each_model_with_its_prediction():
+    core = LearningCore([ModelSpec("a", "logreg"), ModelSpec("b", "hoeffding")])
+    for i in range(30):
+        core.push_feature(FeatureEvent(str(i), float(i), {"x": float(i % 3)}), (0, 0), i)
+        core.push_label(LabelEvent(str(i), float(i), i % 3 == 1), (1, 0), i)
+    core.flush()
+    drained = core.drain_outcomes()
+    assert [name for name, _, _ in drained] == ["a", "b"] * 30
+    assert [y for _, y, _ in drained[::2]] == [i % 3 == 1 for i in range(30)]
+    assert all(prediction in (True, False, None) for _, _, prediction in drained)
+    assert core.drain_outcomes() == []

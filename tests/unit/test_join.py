@@ -168,3 +168,16 @@ def test_order_of_pushes_between_advances_does_not_matter(window: int, rnd: rand
         return core.metric_values("m")
 
     assert run(shuffle=True) == run(shuffle=False)
+
+
+def test_a_join_pickled_with_the_former_two_heaps_restores_its_buffer():
+    """Checkpoints written before the single sorted buffer held two heaps of
+    (time, source, offset, pushed, event); they resume with the same events pending."""
+    join = EventTimeJoin()
+    state = dict(join.__dict__)
+    del state["_buffer"]
+    state["_features"] = [(1.0, F, 1, 0, feature(1)), (4.0, F, 2, 2, feature(2, 4))]
+    state["_labels"] = [(3.0, L, 0, 1, label(1, 3))]
+    restored = EventTimeJoin.__new__(EventTimeJoin)
+    restored.__setstate__(state)
+    assert released(restored, 10) == [("1", "F"), ("1", "L"), ("2", "F")]
