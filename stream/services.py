@@ -304,16 +304,7 @@ class ServiceManager:
                 f"-Dlog4j2.configurationFile={home / 'log4j2.yaml'}",
                 f"-Dkafka.logs.dir={home / 'logs'}", "-cp", f"{lib}/*"]  # fmt: skip
         if not (home / "data" / "meta.properties").exists():
-            cluster_id = _kafka_cluster_id()
-            fmt = subprocess.run(
-                [*base, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                 "-c", str(config), "--standalone"],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            if fmt.returncode != 0:
-                raise ServiceError(
-                    f"formatting Kafka's data directory failed: {fmt.stdout}{fmt.stderr}"
-                )
+            format_kafka_storage(base, config, _kafka_cluster_id())
         proc, log = self._spawn("kafka", [*base, "kafka.Kafka", str(config)], home)
         address = f"127.0.0.1:{ports['broker']}"
         self._await(proc, lambda: _kafka_ready(address), "kafka")
@@ -325,6 +316,19 @@ _MARKERS = {"kafka": "kafka.Kafka", "redis": "redis-server", "prometheus": "prom
 
 def _preferred_port(port: int) -> int:
     return port if port_is_free(port) else free_port()
+
+
+def format_kafka_storage(java_command: list[str], config: Path, cluster_id: str) -> None:
+    """Format a KRaft data directory (single node, standalone controller)."""
+    # ``--cluster-id=ID`` in one argument: a base64 id may begin with "-", which argparse
+    # would take for an option after ``-t`` (1 start in 64 failed that way).
+    fmt = subprocess.run(
+        [*java_command, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+         "-c", str(config), "--standalone"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if fmt.returncode != 0:
+        raise ServiceError(f"formatting Kafka's data directory failed: {fmt.stdout}{fmt.stderr}")
 
 
 def _kafka_cluster_id() -> str:

@@ -74,3 +74,22 @@ def test_prometheus_answers(services) -> None:
 
     with urllib.request.urlopen(f"{services.prometheus_url}/api/v1/query?query=up") as resp:
         assert json.loads(resp.read())["status"] == "success"
+
+
+def test_kafka_formats_with_a_cluster_id_beginning_with_a_dash(tmp_path: Path, monkeypatch) -> None:
+    """Base64 ids begin with "-" one time in 64; the format tool must not read one as an option."""
+    import base64
+
+    import stream.services
+
+    dashed = base64.urlsafe_b64encode(b"\xf8" + os.urandom(15)).decode().rstrip("=")
+    assert dashed.startswith("-")
+    monkeypatch.setattr(stream.services, "_kafka_cluster_id", lambda: dashed)
+    manager = ServiceManager(Settings(state_dir=tmp_path))
+    try:
+        record = manager.up(("kafka",))["kafka"]
+        assert broker_ready(record.address)
+        meta = (tmp_path / "kafka" / "data" / "meta.properties").read_text()
+        assert f"cluster.id={dashed}" in meta
+    finally:
+        manager.down(("kafka",), purge=True)
