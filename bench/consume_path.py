@@ -169,13 +169,15 @@ def run_source(
             records = source.poll(10_000, 0.1)
             if not records:
                 continue
+            count = sum(len(run) for run in records)
             if t_first is None:
                 t_first = time.perf_counter()
-                first_batch = len(records)
+                first_batch = count
             if work is not None:
-                for r in records:
-                    work(r.value)
-            done += len(records)
+                for run in records:
+                    for value in run.values:
+                        work(value)
+            done += count
         t_end = time.perf_counter()
     finally:
         source.close()

@@ -171,6 +171,14 @@ class LearningCore:
         """Buffer a label event; ``source`` is (1, partition). Nothing is processed yet."""
         self._join.push_label(event, source, offset)
 
+    def push_features(self, events: list[FeatureEvent], source: Source, offsets: list[int]) -> None:
+        """Buffer feature events of one source, read at ``offsets`` (one per event)."""
+        self._join.push_features(events, source, offsets)
+
+    def push_labels(self, events: list[LabelEvent], source: Source, offsets: list[int]) -> None:
+        """Buffer label events of one source, read at ``offsets`` (one per event)."""
+        self._join.push_labels(events, source, offsets)
+
     def advance(self, watermark: float) -> int:
         """Process what is safe now that all events with time < ``watermark`` have arrived.
 

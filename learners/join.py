@@ -51,6 +51,7 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 from schemas.events import FeatureEvent, LabelEvent
@@ -134,19 +135,30 @@ class EventTimeJoin:
 
     def push_feature(self, event: FeatureEvent, source: Source, offset: int) -> None:
         """Buffer a feature event read at ``offset`` of ``source``."""
-        time = event.time
-        if time < self._passed:
-            self.counters.late_events += 1
-        self._buffer.append((time, 1, source, offset, self._pushed, event))
-        self._pushed += 1
+        self._push(1, [event], source, [offset])
 
     def push_label(self, event: LabelEvent, source: Source, offset: int) -> None:
         """Buffer a label event read at ``offset`` of ``source``."""
-        time = event.time
-        if time < self._passed:
-            self.counters.late_events += 1
-        self._buffer.append((time, 0, source, offset, self._pushed, event))
-        self._pushed += 1
+        self._push(0, [event], source, [offset])
+
+    def push_features(self, events: list[FeatureEvent], source: Source, offsets: list[int]) -> None:
+        """Buffer feature events read at ``offsets`` (one per event) of ``source``."""
+        self._push(1, events, source, offsets)
+
+    def push_labels(self, events: list[LabelEvent], source: Source, offsets: list[int]) -> None:
+        """Buffer label events read at ``offsets`` (one per event) of ``source``."""
+        self._push(0, events, source, offsets)
+
+    def _push(self, kind: int, events: list[Any], source: Source, offsets: list[int]) -> None:
+        times = [event.time for event in events]
+        passed = self._passed
+        if times and min(times) < passed:
+            self.counters.late_events += sum(1 for time in times if time < passed)
+        start = self._pushed
+        self._pushed = start + len(events)
+        self._buffer.extend(
+            zip(times, repeat(kind), repeat(source), offsets, range(start, self._pushed), events)
+        )
 
     def steps(self, watermark: float) -> Iterator[tuple[Pending, LabelEvent | None]]:
         """Release every buffered event that is safe below ``watermark`` (``inf``: all).

@@ -88,29 +88,69 @@ class EventCodec:
 
     def decode_feature(self, raw: bytes) -> FeatureEvent:
         """Decode and validate a feature event, or raise `SchemaError` naming the reason."""
-        # The fast path: msgspec validates types in C; JSON has no NaN or Infinity literals and
-        # msgspec refuses numbers that overflow a float, so every number is finite already.
-        if len(raw) <= self._max_bytes:
-            try:
-                event: FeatureEvent = self._features.decode(raw)
-            except msgspec.MsgspecError:
-                pass
-            else:
-                if 0 < len(event.id) <= self._max_id and len(event.features) <= self._max_features:
-                    return event
-        return self._refuse_feature(raw)
+        events, refused = self.decode_features([raw])
+        if refused:
+            raise refused[0][1]
+        return events[0]
 
     def decode_label(self, raw: bytes) -> LabelEvent:
         """Decode and validate a label event, or raise `SchemaError` naming the reason."""
-        if len(raw) <= self._max_bytes:
+        events, refused = self.decode_labels([raw])
+        if refused:
+            raise refused[0][1]
+        return events[0]
+
+    def decode_features(
+        self, raws: list[bytes]
+    ) -> tuple[list[FeatureEvent], list[tuple[int, SchemaError]]]:
+        """`decode_feature` over a run: the good events in order, and ``(index, error)`` for
+        each refused one (one call per run, not per event)."""
+        # The fast path: msgspec validates types in C; JSON has no NaN or Infinity literals and
+        # msgspec refuses numbers that overflow a float, so every number is finite already.
+        # What it refuses is decoded again, slowly, to name the reason.
+        decode, max_bytes = self._features.decode, self._max_bytes
+        max_id, max_features = self._max_id, self._max_features
+        events: list[FeatureEvent] = []
+        refused: list[tuple[int, SchemaError]] = []
+        for index, raw in enumerate(raws):
+            if len(raw) <= max_bytes:
+                try:
+                    event: FeatureEvent = decode(raw)
+                except msgspec.MsgspecError:
+                    pass
+                else:
+                    if 0 < len(event.id) <= max_id and len(event.features) <= max_features:
+                        events.append(event)
+                        continue
             try:
-                event: LabelEvent = self._labels.decode(raw)
-            except msgspec.MsgspecError:
-                pass
-            else:
-                if 0 < len(event.id) <= self._max_id:
-                    return event
-        return self._refuse_label(raw)
+                events.append(self._refuse_feature(raw))  # pragma: no cover - always raises
+            except SchemaError as exc:
+                refused.append((index, exc))
+        return events, refused
+
+    def decode_labels(
+        self, raws: list[bytes]
+    ) -> tuple[list[LabelEvent], list[tuple[int, SchemaError]]]:
+        """`decode_label` over a run: the good events in order, and ``(index, error)`` for each
+        refused one."""
+        decode, max_bytes, max_id = self._labels.decode, self._max_bytes, self._max_id
+        events: list[LabelEvent] = []
+        refused: list[tuple[int, SchemaError]] = []
+        for index, raw in enumerate(raws):
+            if len(raw) <= max_bytes:
+                try:
+                    event: LabelEvent = decode(raw)
+                except msgspec.MsgspecError:
+                    pass
+                else:
+                    if 0 < len(event.id) <= max_id:
+                        events.append(event)
+                        continue
+            try:
+                events.append(self._refuse_label(raw))  # pragma: no cover - always raises
+            except SchemaError as exc:
+                refused.append((index, exc))
+        return events, refused
 
     def _refuse_feature(self, raw: bytes) -> FeatureEvent:
         event: FeatureEvent = self._decode(self._features, raw)

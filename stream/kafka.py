@@ -15,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from schemas.errors import KafkaAdapterError
 
 log = logging.getLogger(__name__)
 _BROKER_ASK_SECONDS = 5.0
+_FIRST_FETCH_GRACE_SECONDS = 1.0
 
 
 class Record(NamedTuple):
@@ -36,12 +37,58 @@ class Record(NamedTuple):
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
+class RecordRun:
+    """Consecutive records of one partition, in offset order, as the consumer returned them.
+
+    The learner needs only offsets and values, so a run holds just those two lists; a whole
+    `Record` (key, timestamp, headers, for a dead letter) is built on demand by `record`.
+    Building one `Record` per message cost more than consuming it (measured: 0.77 µs per
+    message against 0.19 µs for the runs).
+    """
+
+    __slots__ = ("_record", "offsets", "partition", "topic", "values")
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offsets: list[int],
+        values: list[bytes],
+        record: Callable[[int], Record],
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offsets = offsets
+        self.values = values
+        self._record = record
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __repr__(self) -> str:
+        return f"RecordRun({self.topic}/{self.partition}, {len(self)} records)"
+
+    def record(self, index: int) -> Record:
+        """The whole record at ``index`` of this run."""
+        return self._record(index)
+
+    def records(self) -> list[Record]:
+        return [self._record(i) for i in range(len(self))]
+
+
 class RecordSource(Protocol):
     """What the processor needs from a consumer."""
 
     def assign(self, positions: dict[tuple[str, int], int]) -> None: ...
-    def poll(self, max_records: int, timeout: float) -> list[Record]: ...
-    def end_offsets(self) -> dict[tuple[str, int], int]: ...
+
+    def poll(self, max_records: int, timeout: float) -> list[RecordRun]:
+        """What is ready, up to ``max_records``; waits at most ``timeout`` s for anything."""
+        ...
+
+    def end_offsets(self) -> dict[tuple[str, int], int]:
+        """Log end offset per partition; a partition whose end is not known yet is left out."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -165,6 +212,7 @@ class ConfluentSource:
             }
         )
         self._assigned: list[tuple[str, int]] = []
+        self._ask_after = 0.0
         self._asked: dict[tuple[str, int], tuple[float, int]] = {}
 
     def assign(self, positions: dict[tuple[str, int], int]) -> None:
@@ -180,29 +228,34 @@ class ConfluentSource:
             self._consumer.list_topics(topic, timeout=10)
         self._consumer.assign(parts)
         self._assigned = list(positions)
+        self._ask_after = time.monotonic() + _FIRST_FETCH_GRACE_SECONDS
+        self._asked.clear()
 
-    def poll(self, max_records: int, timeout: float) -> list[Record]:
-        messages = self._consumer.consume(max_records, timeout)
-        out = []
-        for m in messages:
+    def poll(self, max_records: int, timeout: float) -> list[RecordRun]:
+        # What is queued already, without waiting for ``max_records`` to arrive. Only an empty
+        # queue is waited on, and then for a whole batch (or ``timeout``): when a quiet stream
+        # wakes up, the batch then holds what every partition received in that window, so a
+        # partition a few ms behind the others is not left out of the watermark.
+        consumer = self._consumer
+        messages = consumer.consume(max_records, 0) or consumer.consume(max_records, timeout)
+        runs: list[RecordRun] = []
+        topic = partition = None
+        offsets: list[int] = []
+        values: list[bytes] = []
+        for index, m in enumerate(messages):
             err = m.error()
             if err is not None:
                 if err.code() == -191:  # _PARTITION_EOF
+                    topic = partition = None  # a run maps its indexes onto a slice
                     continue
                 raise KafkaAdapterError(f"consume failed: {err}")
-            headers = tuple(m.headers() or ())
-            out.append(
-                Record(
-                    m.topic(),
-                    m.partition(),
-                    m.offset(),
-                    m.key(),
-                    m.value(),
-                    m.timestamp()[1],
-                    headers,
-                )
-            )
-        return out
+            t, p = m.topic(), m.partition()
+            if p != partition or t != topic:
+                topic, partition, offsets, values = t, p, [], []
+                runs.append(RecordRun(t, p, offsets, values, _message_at(messages, index)))
+            offsets.append(m.offset())
+            values.append(m.value())
+        return runs
 
     def end_offsets(self) -> dict[tuple[str, int], int]:
         from confluent_kafka import TopicPartition
@@ -210,7 +263,9 @@ class ConfluentSource:
         # librdkafka keeps each partition's high watermark from its fetch responses: asking
         # the broker instead costs a round trip per partition (tens of ms each, measured).
         # A partition with no fetch response yet has no cached mark: it counts as not caught
-        # up, and the broker is asked at most every few seconds (in case fetches never come).
+        # up. Its first fetch response normally comes within ≈ 100 ms of the assignment, so
+        # the broker is asked only after a grace (asking at once cost the learner's first
+        # batch ≈ 0.2 s), then at most every few seconds, in case fetches never come.
         ends = {}
         now = time.monotonic()
         for topic, partition in self._assigned:
@@ -218,12 +273,15 @@ class ConfluentSource:
             _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
             if high < 0:
                 asked = self._asked.get((topic, partition))
-                if asked is None or now - asked[0] > _BROKER_ASK_SECONDS:
+                if now >= self._ask_after and (
+                    asked is None or now - asked[0] > _BROKER_ASK_SECONDS
+                ):
                     _low, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
                     self._asked[(topic, partition)] = (now, high)
-                else:
+                elif asked is not None:
                     high = asked[1]
-            ends[(topic, partition)] = high
+            if high >= 0:
+                ends[(topic, partition)] = high
         return ends
 
     def close(self) -> None:
@@ -257,13 +315,24 @@ class KafkaPythonSource:
             else:
                 self._consumer.seek_to_beginning(tp)
 
-    def poll(self, max_records: int, timeout: float) -> list[Record]:
+    def poll(self, max_records: int, timeout: float) -> list[RecordRun]:
         batches = self._consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
-        return [
-            Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
-            for messages in batches.values()
-            for m in messages
-        ]
+        runs = []
+        for tp, messages in batches.items():
+            records = [
+                Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+                for m in messages
+            ]
+            runs.append(
+                RecordRun(
+                    tp.topic,
+                    tp.partition,
+                    [r.offset for r in records],
+                    [r.value for r in records],
+                    records.__getitem__,
+                )
+            )
+        return runs
 
     def end_offsets(self) -> dict[tuple[str, int], int]:
         ends = self._consumer.end_offsets(list(self._consumer.assignment()))
@@ -288,18 +357,37 @@ def read_all(bootstrap: str, topics: Sequence[str], timeout: float = 10.0) -> li
     source = ConfluentSource(bootstrap, "rs-read-all")
     positions = {(t, p): 0 for t in topics for p in partitions_for(bootstrap, t)}
     source.assign(positions)
-    ends = source.end_offsets()
     out: list[Record] = []
     seen = dict.fromkeys(positions, 0)
     deadline = time.monotonic() + timeout
     try:
-        while any(seen[tp] < ends[tp] for tp in positions) and time.monotonic() < deadline:
-            for record in source.poll(10_000, 0.2):
-                out.append(record)
-                seen[(record.topic, record.partition)] = record.offset + 1
+        ends = source.end_offsets()  # a partition not fetched yet has no known end
+        while any(seen[tp] < ends.get(tp, 1) for tp in positions) and time.monotonic() < deadline:
+            for run in source.poll(10_000, 0.2):
+                out.extend(run.records())
+                seen[(run.topic, run.partition)] = run.offsets[-1] + 1
+            ends = source.end_offsets()
     finally:
         source.close()
     return out
+
+
+def _message_at(messages: list[Any], start: int) -> Callable[[int], Record]:
+    """Index within a run → the whole `Record` of a confluent message."""
+
+    def record(index: int) -> Record:
+        m = messages[start + index]
+        return Record(
+            m.topic(),
+            m.partition(),
+            m.offset(),
+            m.key(),
+            m.value(),
+            m.timestamp()[1],
+            tuple(m.headers() or ()),
+        )
+
+    return record
 
 
 def group_by_partition(records: Iterable[Record]) -> dict[tuple[str, int], list[Record]]:

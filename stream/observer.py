@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from schemas.settings import Settings
-from stream.kafka import Record
+from stream.kafka import RecordRun
 from stream.telemetry import DriftMonitor, LearnerMetrics, start_http_server
 
 _REFRESH_SECONDS = 0.5
@@ -51,12 +51,12 @@ class PrometheusObserver:
         if self.server is not None:
             self.server[0].shutdown()
 
-    def after_batch(self, learner: Any, records: list[Record]) -> None:
+    def after_batch(self, learner: Any, records: list[RecordRun]) -> None:
         m = self.metrics
         if records:
             by_topic: dict[str, int] = {}
-            for r in records:
-                by_topic[r.topic] = by_topic.get(r.topic, 0) + 1
+            for run in records:
+                by_topic[run.topic] = by_topic.get(run.topic, 0) + len(run)
             for topic, n in by_topic.items():
                 m.events_consumed(topic, n)
         now = time.monotonic()
