@@ -42,14 +42,15 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from river import base, metrics
 
 import learners.river_compat  # noqa: F401  (registers iterative pickling of deep River trees)
-from learners.join import EventTimeJoin, JoinCounters, Source
+from learners.join import EventTimeJoin, JoinCounters, Source, Unprocessed
 from learners.specs import ModelKind, ModelSpec, model_kind
 from schemas.errors import ModelSpecError
 from schemas.events import FeatureEvent, Label, LabelEvent
@@ -178,6 +179,18 @@ class LearningCore:
     def push_labels(self, events: list[LabelEvent], source: Source, offsets: list[int]) -> None:
         """Buffer label events of one source, read at ``offsets`` (one per event)."""
         self._join.push_labels(events, source, offsets)
+
+    @contextmanager
+    def processed_only(self) -> Iterator[dict[Source, Unprocessed]]:
+        """While inside, the core holds only what it has processed: buffered events are set
+        aside, and put back on exit. Yields their offsets (sorted) and earliest time per
+        source: a checkpoint pickled inside covers the processed events, and those offsets
+        are to be read again. Nothing may be pushed inside."""
+        offsets, entries = self._join.set_aside()
+        try:
+            yield offsets
+        finally:
+            self._join.put_back(entries)
 
     def advance(self, watermark: float) -> int:
         """Process what is safe now that all events with time < ``watermark`` have arrived.

@@ -77,6 +77,14 @@ class JoinCounters:
 
 
 @dataclass(slots=True)
+class Unprocessed:
+    """Events of one source read but not processed yet: their offsets and earliest time."""
+
+    offsets: list[int]
+    earliest: float
+
+
+@dataclass(slots=True)
 class Pending:
     """A processed feature event waiting for its label, with the predictions made for it."""
 
@@ -159,6 +167,28 @@ class EventTimeJoin:
         self._buffer.extend(
             zip(times, repeat(kind), repeat(source), offsets, range(start, self._pushed), events)
         )
+
+    def set_aside(self) -> tuple[dict[Source, Unprocessed], list[Any]]:
+        """Take the buffered (not yet processed) events out: the join then holds only what it
+        has processed. Returns, per source, their offsets (sorted) and earliest time, and the
+        entries for `put_back`."""
+        buffer, self._buffer = self._buffer, []
+        found: dict[Source, Unprocessed] = {}
+        for time, _kind, source, offset, _pushed, _event in buffer:
+            unprocessed = found.get(source)
+            if unprocessed is None:
+                found[source] = Unprocessed([offset], time)
+            else:
+                unprocessed.offsets.append(offset)
+                if time < unprocessed.earliest:
+                    unprocessed.earliest = time
+        for unprocessed in found.values():
+            unprocessed.offsets.sort()
+        return found, buffer
+
+    def put_back(self, entries: list[Any]) -> None:
+        """Return entries taken by `set_aside` (before anything else is pushed)."""
+        self._buffer = entries + self._buffer
 
     def steps(self, watermark: float) -> Iterator[tuple[Pending, LabelEvent | None]]:
         """Release every buffered event that is safe below ``watermark`` (``inf``: all).

@@ -72,6 +72,28 @@ class Watermark:
         """Largest event time delivered by ``source`` (``None`` before its first event)."""
         return self._max.get(source)
 
+    def rewound(self, earliest: dict[Source, float]) -> Watermark:
+        """A copy for a checkpoint that leaves out unprocessed events: each source in
+        ``earliest`` has delivered only up to the earliest time of its unprocessed events
+        (they are read again after a restore), and is not idle.
+
+        >>> wm = Watermark([(0, 0), (0, 1)])
+        >>> wm.observe((0, 0), 9.0); wm.observe((0, 1), 5.0)
+        >>> wm.rewound({(0, 0): 6.0}).value(), wm.value()
+        (5.0, 5.0)
+        >>> wm.rewound({(0, 1): 4.0}).value()
+        4.0
+        """
+        copy = Watermark()
+        copy._max = dict(self._max)
+        copy._idle = set(self._idle)
+        for source, time in earliest.items():
+            seen = copy._max.get(source)
+            if seen is None or time < seen:
+                copy._max[source] = time
+            copy._idle.discard(source)
+        return copy
+
     def value(self) -> float | None:
         """Smallest largest-time over active sources: all events with time < it have arrived.
 

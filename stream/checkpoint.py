@@ -54,8 +54,54 @@ class SnapshotResult:
     forked: bool = True
 
 
+SkipRanges = dict[str, list[tuple[int, int]]]
+"""``"topic:partition"`` → ``[start, end)`` offset ranges past the resume offset that were
+handled already (processed, dead-lettered or excluded): skipped when they are read again."""
+
+
 def offsets_key(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
+
+
+def resume_positions(
+    consumed: Offsets, unprocessed: Mapping[str, list[int]], still_to_skip: SkipRanges
+) -> tuple[Offsets, SkipRanges]:
+    """Where a checkpoint that holds only processed events resumes (step 2).
+
+    ``consumed``: the next offset to read per partition; ``unprocessed``: the sorted offsets of
+    the events read but still buffered. A partition resumes at its first unprocessed offset,
+    and what was handled between that and ``consumed`` is skipped on the way (usually nothing:
+    a partition's events are processed in offset order). Ranges of an earlier restore not
+    read again yet (``still_to_skip``) are carried over.
+
+    >>> resume_positions({"f:0": 10, "f:1": 7}, {"f:0": [6, 7, 9]}, {})
+    ({'f:0': 6, 'f:1': 7}, {'f:0': [(8, 9)]})
+    """
+    resume = dict(consumed)
+    skip: SkipRanges = {}
+    for key, position in consumed.items():
+        ranges = [(max(a, position), b) for a, b in still_to_skip.get(key, ()) if b > position]
+        buffered = unprocessed.get(key)
+        if buffered:
+            resume[key] = buffered[0]
+            gaps = [
+                (previous + 1, following)
+                for previous, following in zip(buffered, [*buffered[1:], position], strict=True)
+                if following > previous + 1
+            ]
+            ranges = gaps + ranges
+        if ranges:
+            skip[key] = ranges
+    return resume, skip
+
+
+def kept_indexes(offsets: list[int], ranges: list[tuple[int, int]]) -> list[int]:
+    """Indexes of ``offsets`` (ascending) outside every ``[start, end)`` of ``ranges``.
+
+    >>> kept_indexes([4, 5, 6, 7, 8], [(5, 7)])
+    [0, 3, 4]
+    """
+    return [i for i, offset in enumerate(offsets) if not any(a <= offset < b for a, b in ranges)]
 
 
 def write_snapshot(
