@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     )
     snapshot_every_labels: int = Field(10_000, gt=0, description="Snapshot after N labels...")
     snapshot_every_seconds: float = Field(30.0, gt=0, description="...or after T seconds.")
+    snapshot_fork_min_bytes: int = Field(
+        1_000_000,
+        ge=0,
+        description="Snapshots whose previous one was smaller are written in-process (a fork "
+        "stalls the learner ≈ 7-10 ms); larger ones in a forked child. 0: always fork.",
+    )
     snapshot_chunk_bytes: int = Field(
         64 * 1024 * 1024, gt=0, le=512 * 1024 * 1024, description="Redis value size per chunk."
     )

@@ -85,7 +85,13 @@ class Learner:
         self.observer = observer
         self.clock = clock
         key = settings.require_snapshot_key()
-        self.snapshotter = Snapshotter(store, store_factory, key, use_fork=use_fork)
+        self.snapshotter = Snapshotter(
+            store,
+            store_factory,
+            key,
+            use_fork=use_fork,
+            fork_min_bytes=settings.snapshot_fork_min_bytes,
+        )
         self.stats = LearnerStats()
         self._topics = (settings.topic_features, settings.topic_labels)
         self._sources = [(t, p) for t in range(2) for p in partitions]

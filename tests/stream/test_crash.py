@@ -26,7 +26,11 @@ def _spawn_learner(settings: Settings, log: Path, *, until_idle: bool) -> subpro
 def test_kill_9_three_times_changes_nothing(settings: Settings, tmp_path: Path) -> None:
     limit = 15_000
     crashed = fast(
-        settings, snapshot_every_labels=250, snapshot_every_seconds=0.05, consumer_batch=150
+        settings,
+        snapshot_every_labels=250,
+        snapshot_every_seconds=0.05,
+        consumer_batch=150,
+        snapshot_fork_min_bytes=0,  # every snapshot forked: kills land in children too
     )
     events = list(dataset_events("synth.Agrawal", label_delay=100, limit=limit, seed=7))
     # The stream arrives in four stretches (in event-time order); the learner is killed with
