@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import repeat
@@ -122,8 +121,9 @@ class EventTimeJoin:
         self.counters = JoinCounters()
         self.events_processed = 0
         self._buffer: list[tuple[float, int, Source, int, int, Any]] = []
-        self._pending: OrderedDict[str, Pending] = OrderedDict()
-        self._orphans: OrderedDict[str, LabelEvent] = OrderedDict()
+        # Insertion-ordered (oldest first): expiry and eviction take from the front.
+        self._pending: dict[str, Pending] = {}
+        self._orphans: dict[str, LabelEvent] = {}
         self._pushed = 0  # breaks ties between identical (time, kind, source, offset) keys only
         self._seq = 0
         self._passed = -_INF  # highest watermark already passed
@@ -204,8 +204,13 @@ class EventTimeJoin:
         if forced > cut:
             counters.forced_events += forced - cut
             cut = forced
-        ttl = self.ttl
+        ttl, max_pending = self.ttl, self.max_pending
+        pending_by_id, orphans = self._pending, self._orphans
+        seq = self._seq
+        features = joined = 0
         i = 0
+        # One loop for both kinds, with the common cases inlined (a call per event costs as
+        # much as the rest of the bookkeeping).
         while i < cut:
             entry = buffer[i]
             time = entry[0]
@@ -213,50 +218,58 @@ class EventTimeJoin:
                 self._clock = time
             if time - ttl >= self._nothing_older_than:
                 self._expire(time)
-            if entry[1]:
-                pending, early_label = self._process_feature(entry[5])
+            if entry[1]:  # a feature: pending until its label comes
+                event = entry[5]
+                event_id = event.id
+                pending = Pending(seq, event_id, time, event.features)
+                seq += 1
+                features += 1
+                if event_id in pending_by_id:
+                    del pending_by_id[event_id]
+                    counters.duplicate_features += 1
+                pending_by_id[event_id] = pending
+                if len(pending_by_id) > max_pending:
+                    del pending_by_id[next(iter(pending_by_id))]
+                    counters.expired_without_label += 1
                 yield pending, None
-                if early_label is not None:
-                    yield pending, early_label
+                if orphans:  # its label came first
+                    label = orphans.pop(event_id, None)
+                    if label is not None and pending_by_id.pop(event_id, None) is not None:
+                        joined += 1
+                        yield pending, label
                 i += 1
-            else:
-                end = i + 1  # every label of this time, in the order their features came
+            elif i + 1 < size and buffer[i + 1][0] == time and buffer[i + 1][1] == 0:
+                end = i + 2  # every label of this time, in the order their features came
                 while end < size and buffer[end][1] == 0 and buffer[end][0] == time:
                     end += 1
                 if end > cut:  # forced past a group of equal-time labels
                     counters.forced_events += end - cut
                     cut = end
-                yield from self._join_labels(buffer, i, end)
+                group = self._join_labels(buffer, i, end)
+                joined += len(group)
+                yield from group
                 i = end
+            else:  # a label alone at its time
+                event = entry[5]
+                pending = pending_by_id.pop(event.id, None)
+                if pending is None:
+                    self._add_orphan(event)
+                else:
+                    joined += 1
+                    yield pending, event
+                i += 1
         del buffer[:cut]
+        self._seq = seq
+        self.events_processed += cut
+        counters.features_processed += features
+        counters.labels_joined += joined
         if watermark == _INF:
             self._passed = max(self._passed, self._clock)
         else:
             self._passed = max(self._passed, watermark)
-        counters.pending_features = len(self._pending)
-        counters.pending_labels = len(self._orphans)
+        counters.pending_features = len(pending_by_id)
+        counters.pending_labels = len(orphans)
         counters.buffered_events = len(buffer)
-
-    def _process_feature(self, event: FeatureEvent) -> tuple[Pending, LabelEvent | None]:
-        """Make ``event`` pending; return it with its early label, if one waited."""
-        pending = Pending(self._seq, event.id, event.time, event.features)
-        self._seq += 1
-        self.events_processed += 1
-        counters = self.counters
-        counters.features_processed += 1
-        pending_by_id = self._pending
-        if pending_by_id.pop(event.id, None) is not None:
-            counters.duplicate_features += 1
-        pending_by_id[event.id] = pending
-        if len(pending_by_id) > self.max_pending:
-            pending_by_id.popitem(last=False)
-            counters.expired_without_label += 1
-        if self._orphans:
-            label = self._orphans.pop(event.id, None)
-            if label is not None and pending_by_id.pop(event.id, None) is not None:
-                counters.labels_joined += 1
-                return pending, label
-        return pending, None
 
     def _join_labels(
         self, buffer: list[tuple[Any, ...]], start: int, end: int
@@ -264,15 +277,6 @@ class EventTimeJoin:
         """Take the labels ``buffer[start:end]`` (one event time); return those joined, in
         the order their features were processed."""
         pending_by_id = self._pending
-        self.events_processed += end - start
-        if end - start == 1:
-            event = buffer[start][5]
-            pending = pending_by_id.pop(event.id, None)
-            if pending is None:
-                self._add_orphan(event)
-                return []
-            self.counters.labels_joined += 1
-            return [(pending, event)]
         joined: list[tuple[int, Pending, LabelEvent]] = []
         for index in range(start, end):
             event = buffer[index][5]
@@ -282,7 +286,6 @@ class EventTimeJoin:
             else:
                 self._add_orphan(event)
         joined.sort(key=_first)
-        self.counters.labels_joined += len(joined)
         return [(pending, event) for _, pending, event in joined]
 
     def _add_orphan(self, event: LabelEvent) -> None:
@@ -290,7 +293,7 @@ class EventTimeJoin:
             self.counters.orphan_labels += 1
         self._orphans[event.id] = event
         if len(self._orphans) > self.max_pending:
-            self._orphans.popitem(last=False)
+            del self._orphans[next(iter(self._orphans))]
             self.counters.orphan_labels += 1
 
     def _expire(self, now: float) -> None:
@@ -298,11 +301,11 @@ class EventTimeJoin:
         cutoff = now - self.ttl
         pending = self._pending
         while pending and next(iter(pending.values())).time < cutoff:
-            pending.popitem(last=False)
+            del pending[next(iter(pending))]
             self.counters.expired_without_label += 1
         orphans = self._orphans
         while orphans and next(iter(orphans.values())).time < cutoff:
-            orphans.popitem(last=False)
+            del orphans[next(iter(orphans))]
             self.counters.orphan_labels += 1
         # Entries are added in (roughly) time order, so the fronts bound the next expiry.
         self._nothing_older_than = min(
