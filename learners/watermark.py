@@ -68,6 +68,10 @@ class Watermark:
         else:
             self._idle.discard(source)
 
+    def idle_sources(self) -> frozenset[Source]:
+        """Sources marked idle (left out of the watermark)."""
+        return frozenset(self._idle)
+
     def max_seen(self, source: Source) -> float | None:
         """Largest event time delivered by ``source`` (``None`` before its first event)."""
         return self._max.get(source)

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 _COMMAND_POLL_SECONDS = 0.2
+_POLL_SECONDS = 0.1
 _GC_GEN0_THRESHOLD = 50_000
 _APPLIED_KEPT = 1000
 
@@ -215,7 +216,7 @@ class Learner:
 
     def _run(self, exit_when_idle: float | None) -> list[dict[str, Any]]:
         while not self._stop.is_set():
-            records = self.source.poll(self.settings.consumer_batch, 0.1)
+            records = self.source.poll(self.settings.consumer_batch, self._poll_timeout())
             now = self.clock()
             if records:
                 self._last_record_at = now
@@ -318,6 +319,16 @@ class Learner:
             since = self._caught_up_since.setdefault((t, p), now)
             if now - since >= self.settings.watermark_idle_grace:
                 self.watermark.mark_idle((t, p), True)
+
+    def _poll_timeout(self) -> float:
+        """How long a poll may wait for records: at most `_POLL_SECONDS`, and no longer than
+        until the next caught-up source turns idle (which may release waiting labels)."""
+        grace = self.settings.watermark_idle_grace
+        idle = self.watermark.idle_sources()
+        turning = [since for s, since in self._caught_up_since.items() if s not in idle]
+        if not turning:
+            return _POLL_SECONDS
+        return min(_POLL_SECONDS, max(0.0, min(turning) + grace - self.clock()))
 
     def _all_caught_up(self) -> bool:
         return len(self._caught_up_since) == len(self._sources)
