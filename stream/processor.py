@@ -235,9 +235,10 @@ class Learner:
             ):
                 break
         self.core.flush()
+        if self.observer is not None:  # what the final flush processed, before its snapshot
+            self.observer.after_batch(self, [])
         self.finish_snapshots()
         if self.observer is not None:
-            self.observer.after_batch(self, [])
             self.observer.close()
         return self.summaries()
 
