@@ -4,22 +4,31 @@ Taking a snapshot, in order (each step only after the previous one succeeded):
 
 1. **Learn.** Snapshots are taken between batches, never inside one: every record consumed so
    far has been pushed into the `LearningCore` (processed, or buffered inside it).
-2. **Cover.** The input offsets recorded are the next offsets to read on every partition; they
-   cover exactly the records inside the core. A version number is taken from Redis.
-3. **Fork.** The learner forks. The child holds a copy-on-write image of the core, so the
-   learner goes on at once; its stall is the `fork()` call (milliseconds even for a large
-   model), not the pickling (seconds for a large forest).
+2. **Cover.** The core's buffered (read, not yet processed) events are set aside
+   (`LearningCore.processed_only`): the checkpoint covers processed events only. Per
+   partition, the offset recorded is the first unprocessed one (`resume_positions`), with the
+   ranges after it that were handled already (processed out of offset order, dead-lettered or
+   excluded) to skip when they are read again; the watermark saved is rewound to the earliest
+   unprocessed time of each such partition (`Watermark.rewound`). A version number is taken
+   from Redis.
+3. **Fork**, for a large state. The learner forks; the child holds a copy-on-write image of
+   the core, so the learner goes on at once: its stall is the `fork()` call (milliseconds even
+   for a large model), not the pickling (seconds for a large forest). A snapshot whose previous
+   one was smaller than ``fork_min_bytes`` is written in-process instead (steps 4-5 below,
+   without a child): for a small model that stalls less than a fork.
 4. **Serialize and sign** (in the child). Each model state becomes its own signed blob (what
    serving loads); the core without its models plus the offsets is the checkpoint blob.
 5. **Write atomically** (in the child). `SnapshotStore.write`: chunks first, then one
    MULTI/EXEC makes every model's version, its metadata and the checkpoint visible together,
    then PUBLISH announces it. A crash before EXEC leaves nothing visible.
 6. **Reap.** The learner collects the child's exit status; at most one child runs at a time.
+   The buffered events set aside in step 2 went back into the core right after the fork.
 
 Restoring reverses it: load the latest checkpoint, load each model's blob of that same version
 (all verified before unpickling), put the models back into the core, and seek every partition
-to the checkpoint's offsets. Whatever moment the learner was killed at, it then continues from
-a state that has seen every record before those offsets once and none after: exactly once.
+to the checkpoint's offsets, skipping the handled ranges as they come. Whatever moment the
+learner was killed at, it then continues from a state that has processed every record before
+those offsets once, and none of the others: exactly once.
 """
 
 from __future__ import annotations
