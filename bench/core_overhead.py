@@ -3,8 +3,9 @@
 Both learn ``logreg`` (StandardScaler | LogisticRegression) on the same ``synth.Agrawal``
 samples. The bare loop is ``predict_one`` + ``learn_one`` per sample, labels at once. The core
 gets the feature and label events of `learners.datasets.dataset_events` with a label delay of
-100 (generated beforehand, not timed), pushed from one partition per topic and advanced every
-``--batch`` events, so it pays for buffering, ordering, the join and the Accuracy metric.
+100 (generated beforehand, not timed), pushed from one partition per topic in runs of
+``--batch`` events and advanced after each, so it pays for buffering, ordering, the join and
+the Accuracy metric.
 Rates are samples per second (one sample = one feature event + one label event).
 
 Usage: ``python bench/core_overhead.py [--samples 20000] [--delay 100] [--batch 500]``
@@ -31,18 +32,20 @@ def bare_river(samples: list, spec: ModelSpec) -> float:
 
 
 def learning_core(events: list, spec: ModelSpec, batch: int) -> tuple[float, LearningCore]:
+    """Pushed a batch at a time, each topic's events of the batch as one run (as the learner
+    pushes what it consumed), then advanced to the batch's last time."""
     core = LearningCore([spec])
     offsets = [0, 0]
     start = time.perf_counter()
-    for n, event in enumerate(events, start=1):
-        if event.__class__ is FeatureEvent:
-            core.push_feature(event, (0, 0), offsets[0])
-            offsets[0] += 1
-        else:
-            core.push_label(event, (1, 0), offsets[1])
-            offsets[1] += 1
-        if n % batch == 0:
-            core.advance(event.time)
+    for first in range(0, len(events), batch):
+        chunk = events[first : first + batch]
+        features = [e for e in chunk if e.__class__ is FeatureEvent]
+        labels = [e for e in chunk if e.__class__ is not FeatureEvent]
+        core.push_features(features, (0, 0), list(range(offsets[0], offsets[0] + len(features))))
+        core.push_labels(labels, (1, 0), list(range(offsets[1], offsets[1] + len(labels))))
+        offsets[0] += len(features)
+        offsets[1] += len(labels)
+        core.advance(chunk[-1].time)
     core.flush()
     return time.perf_counter() - start, core
 

@@ -237,16 +237,11 @@ class LearningCore:
         """``(model, label, prediction)`` of the latest joins (at most `OUTCOMES_KEPT`), for
         monitors such as drift detectors; draining empties the buffer."""
         names = list(self.models)
-        single = len(names) == 1
-        drained: list[tuple[str, Label, Any]] = []
-        for y, predictions in self._outcomes:
-            if single:
-                drained.append((names[0], y, predictions[0][0]))
-            else:
-                drained.extend(
-                    (name, y, prediction[0])
-                    for name, prediction in zip(names, predictions, strict=True)
-                )
+        drained = [
+            (name, y, prediction[0])
+            for y, predictions in self._outcomes
+            for name, prediction in zip(names, predictions, strict=True)
+        ]
         self._outcomes.clear()
         return drained
 
