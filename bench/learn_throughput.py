@@ -5,7 +5,7 @@ with a constant label delay of 100:
 
   learner   the real `stream.processor.Learner` built by `stream.runtime.build_learner` against a
             real Kafka and Redis, in this process: confluent consume, decode, event-time merge,
-            the join, predict, the Accuracy metric, learn, and the periodic forked snapshots to
+            the join, predict, the Accuracy metric, learn, and the periodic snapshots (forked when large) to
             Redis (default settings: every 10 000 labels or 30 s). Timed from the start of
             `Learner.run` to the moment the N-th label was joined and learned (seen by an
             observer after each batch), so the ``--exit-when-idle`` wait and the final
@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"# learner settings: {base.partitions} partitions, consumer_batch "
             f"{base.consumer_batch}, snapshots every {base.snapshot_every_labels} labels or "
-            f"{base.snapshot_every_seconds:.0f} s (forked), idle grace {base.watermark_idle_grace} s",
+            f"{base.snapshot_every_seconds:.0f} s (forked from {base.snapshot_fork_min_bytes:,} B), "
+            f"idle grace {base.watermark_idle_grace} s",
             flush=True,
         )
         for name in models:
@@ -263,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         "N-delay: ratio to the (N − delay)-th label (excludes the idle grace for the last labels)"
     )
     print(
-        "snaps/stall: forked snapshots during the timed part and their longest stall (the final "
-        "in-process snapshot after the idle exit is not timed)"
+        "snaps/stall: snapshots during the timed part (forked, or in-process when the previous "
+        "one was small) and their longest stall (the final snapshot after the idle exit is not "
+        "timed)"
     )
     print("acc: the learner's progressive Accuracy (delay applies); the bare loop's is "
           + ", ".join(f"{r['model']} {r['bare_accuracy']:.4f}" for r in results)

@@ -169,11 +169,14 @@ class EventTimeJoin:
             zip(times, repeat(kind), repeat(source), offsets, range(start, self._pushed), events)
         )
 
-    def set_aside(self) -> tuple[dict[Source, Unprocessed], list[Any]]:
+    def set_aside(self) -> tuple[dict[Source, Unprocessed], tuple[int, list[Any]]]:
         """Take the buffered (not yet processed) events out: the join then holds only what it
-        has processed. Returns, per source, their offsets (sorted) and earliest time, and the
-        entries for `put_back`."""
+        has processed. Returns, per source, their offsets (sorted) and earliest time, and what
+        `put_back` needs."""
         buffer, self._buffer = self._buffer, []
+        # Late events still buffered are counted again when read again: not counted here.
+        late = sum(1 for entry in buffer if entry[0] < self._passed)
+        self.counters.late_events -= late
         found: dict[Source, Unprocessed] = {}
         for time, _kind, source, offset, _pushed, _event in buffer:
             unprocessed = found.get(source)
@@ -185,10 +188,12 @@ class EventTimeJoin:
                     unprocessed.earliest = time
         for unprocessed in found.values():
             unprocessed.offsets.sort()
-        return found, buffer
+        return found, (late, buffer)
 
-    def put_back(self, entries: list[Any]) -> None:
-        """Return entries taken by `set_aside` (before anything else is pushed)."""
+    def put_back(self, aside: tuple[int, list[Any]]) -> None:
+        """Return what `set_aside` took (before anything else is pushed)."""
+        late, entries = aside
+        self.counters.late_events += late
         self._buffer = entries + self._buffer
 
     def steps(self, watermark: float) -> Iterator[tuple[Pending, LabelEvent | None]]:

@@ -196,13 +196,19 @@ class Snapshotter:
         # logreg). The size of the previous snapshot decides; the first one forks.
         small = self.last_bytes is not None and self.last_bytes < self.fork_min_bytes
         if not self.use_fork or small:
-            metas = write_snapshot(
-                self.store, self._key, version, core, dict(offsets), extras, self.after_write
-            )
-            self.last_version = version
-            self.last_bytes = sum(meta.size for meta in metas.values())
+            ok = True
+            try:
+                metas = write_snapshot(
+                    self.store, self._key, version, core, dict(offsets), extras, self.after_write
+                )
+            except Exception:  # as a failed child: logged, and the next snapshot tries again
+                log.exception("snapshot v%d failed", version)
+                ok = False
+            else:
+                self.last_version = version
+                self.last_bytes = sum(meta.size for meta in metas.values())
             elapsed = time.perf_counter() - start
-            return SnapshotResult(version, True, elapsed, elapsed, forked=False)
+            return SnapshotResult(version, ok, elapsed, elapsed, forked=False)
         # No automatic collection in the learner while the child runs: a full collection
         # would touch (and so copy) every page the two processes still share.
         self._gc_was_enabled = gc.isenabled()

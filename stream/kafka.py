@@ -258,7 +258,7 @@ class ConfluentSource:
         return runs
 
     def end_offsets(self) -> dict[tuple[str, int], int]:
-        from confluent_kafka import TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
 
         # librdkafka keeps each partition's high watermark from its fetch responses: asking
         # the broker instead costs a round trip per partition (tens of ms each, measured).
@@ -276,7 +276,13 @@ class ConfluentSource:
                 if now >= self._ask_after and (
                     asked is None or now - asked[0] > _BROKER_ASK_SECONDS
                 ):
-                    _low, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+                    try:
+                        _low, high = self._consumer.get_watermark_offsets(
+                            tp, timeout=5, cached=False
+                        )
+                    except KafkaException as exc:  # unknown for now: not caught up
+                        log.warning("log end of %s/%d unknown: %s", topic, partition, exc)
+                        high = -1
                     self._asked[(topic, partition)] = (now, high)
                 elif asked is not None:
                     high = asked[1]

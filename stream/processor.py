@@ -26,6 +26,7 @@ from stream.checkpoint import (
     Offsets,
     Restored,
     SkipRanges,
+    SnapshotResult,
     Snapshotter,
     kept_indexes,
     offsets_key,
@@ -183,7 +184,9 @@ class Learner:
             restored = restore(store, self._key, self.specs, version=command.to)
             if restored is None:  # pragma: no cover - checkpoint() raises instead
                 raise SnapshotError(f"no checkpoint v{command.to}")
-            self.snapshotter.poll(block=True)
+            running = self.snapshotter.poll(block=True)
+            if running is not None:
+                self._record(running)
             self._adopt(restored)
             for a, b in command.exclude:
                 if (a, b) not in self.excluded:
@@ -233,9 +236,12 @@ class Learner:
                 and self._all_caught_up()
                 and now - self._last_record_at >= exit_when_idle
             ):
+                # The end of the input: what still waits for the watermark is processed. A
+                # stop (SIGTERM) does not flush: the final checkpoint leaves buffered events
+                # to be read again, in the order a restarted learner will see them.
+                self.core.flush()
                 break
-        self.core.flush()
-        if self.observer is not None:  # what the final flush processed, before its snapshot
+        if self.observer is not None:  # what the last batch processed, before the snapshot
             self.observer.after_batch(self, [])
         self.finish_snapshots()
         if self.observer is not None:
@@ -404,7 +410,7 @@ class Learner:
         if due:
             self.snapshot_now()
 
-    def snapshot_now(self) -> None:
+    def snapshot_now(self, *, stalls: bool = True) -> SnapshotResult | None:
         """Checkpoint what has been processed. Events read but still buffered are left out
         (they are read again after a restore), so the checkpoint's size does not grow with
         the read-ahead: pickling 100k buffered events cost 0.1-0.25 s (measured)."""
@@ -423,25 +429,29 @@ class Learner:
             )
             result = self.snapshotter.take(self.core, offsets, extras)
         if result is not None:
-            self._record(result)
+            self._record(result, stalls=stalls)
+        return result  # None while a forked child writes it
 
     def finish_snapshots(self) -> None:
-        """Wait for a running snapshot, then write a final one in-process (no fork)."""
+        """Wait for a running snapshot, then write a final one in-process (no fork); raise
+        `SnapshotError` if that fails (a routine snapshot that fails is retried instead)."""
         result = self.snapshotter.poll(block=True)
         if result is not None:
             self._record(result)
         use_fork = self.snapshotter.use_fork
         self.snapshotter.use_fork = False
         try:
-            self.snapshot_now()
+            final = self.snapshot_now(stalls=False)
         finally:
             self.snapshotter.use_fork = use_fork
+        if final is None or not final.ok:
+            raise SnapshotError("the final snapshot could not be written (see the log)")
 
-    def _record(self, result: Any) -> None:
+    def _record(self, result: Any, *, stalls: bool = True) -> None:
         self.stats.snapshots += int(result.ok)
         if result.ok:
             self.stats.last_snapshot_version = result.version
-        if result.forked:  # an in-process snapshot (at shutdown, after a rollback) is no stall
+        if stalls:  # not the final snapshot at shutdown, nor one after a rollback
             self.stats.max_stall_seconds = max(self.stats.max_stall_seconds, result.stall_seconds)
         if self.observer is not None:
             self.observer.snapshot(self, result)

@@ -7,6 +7,7 @@ import redis
 
 from learners.core import LearningCore
 from learners.specs import ModelSpec
+from schemas.errors import SnapshotError
 from stream.checkpoint import Snapshotter, restore
 from stream.snapshots import SnapshotStore
 
@@ -46,3 +47,21 @@ def test_snapshots_above_the_threshold_keep_forking(redis_url, prefix) -> None:
     core = LearningCore([ModelSpec("m", "logreg")])
     snapshotter = _snapshotter(redis_url, prefix, fork_min_bytes=0)
     assert [_take(snapshotter, core)[0] for _ in range(3)] == [True, True, True]
+
+
+def test_a_failed_in_process_snapshot_is_reported_and_the_next_one_is_written(
+    redis_url, prefix
+) -> None:
+    core = LearningCore([ModelSpec("m", "logreg")])
+    snapshotter = _snapshotter(redis_url, prefix, fork_min_bytes=1_000_000)
+    _take(snapshotter, core)  # the first forks; the next ones are small: in-process
+
+    def failing(*_args: object) -> None:
+        raise SnapshotError("registry unavailable")
+
+    snapshotter.after_write = failing
+    failed = snapshotter.take(core, {"features:0": 2})
+    assert failed is not None and not failed.forked and not failed.ok
+    snapshotter.after_write = None
+    forked, version = _take(snapshotter, core)
+    assert not forked and version > failed.version

@@ -34,12 +34,13 @@ def test_kill_9_three_times_changes_nothing(settings: Settings, tmp_path: Path) 
     )
     events = list(dataset_events("synth.Agrawal", label_delay=100, limit=limit, seed=7))
     # The stream arrives in four stretches (in event-time order); the learner is killed with
-    # -9 during each of the first three, at a random moment after a random number of snapshots.
+    # -9 during the first and the third, stopped with SIGTERM during the second, each at a
+    # random moment after a random number of snapshots.
     stretches = [events[i * len(events) // 4 : (i + 1) * len(events) // 4] for i in range(4)]
     store = snapshot_store(crashed)
     rng = random.Random(42)
     log = tmp_path / "learner.log"
-    for stretch in stretches[:3]:
+    for interruption, stretch in enumerate(stretches[:3]):
         publish(crashed, stretch)
         proc = _spawn_learner(crashed, log, until_idle=False)
         start_version = store.latest_checkpoint()
@@ -52,8 +53,12 @@ def test_kill_9_three_times_changes_nothing(settings: Settings, tmp_path: Path) 
             time.sleep(0.005)  # polling Redis with a deadline
         assert proc.poll() is None, f"learner ended before being killed:\n{log.read_text()[-3000:]}"
         time.sleep(rng.random() * 0.05)  # a random moment between two snapshots
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        if interruption == 1:  # a graceful stop: final snapshot of what was processed, exit 0
+            os.kill(proc.pid, signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
     publish(crashed, stretches[3])
     proc = _spawn_learner(crashed, log, until_idle=True)
     assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]

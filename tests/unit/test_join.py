@@ -181,3 +181,19 @@ def test_a_join_pickled_with_the_former_two_heaps_restores_its_buffer():
     restored = EventTimeJoin.__new__(EventTimeJoin)
     restored.__setstate__(state)
     assert released(restored, 10) == [("1", "F"), ("1", "L"), ("2", "F")]
+
+
+def test_a_late_event_set_aside_for_a_checkpoint_is_not_counted_twice():
+    join = EventTimeJoin()
+    join.push_feature(feature(0, 10), F, 0)
+    released(join, 11)
+    join.push_feature(feature(1, 5), F, 1)  # late: below the watermark passed
+    assert join.counters.late_events == 1
+    found, aside = join.set_aside()
+    assert found[F].offsets == [1] and found[F].earliest == 5
+    checkpoint = pickle.loads(pickle.dumps(join))
+    join.put_back(aside)
+    assert join.counters.late_events == 1
+    checkpoint.push_feature(feature(1, 5), F, 1)  # read again after a restore
+    assert checkpoint.counters.late_events == 1
+    assert released(checkpoint, 12) == released(join, 12) == [("1", "F")]
