@@ -103,6 +103,9 @@ class Settings(BaseSettings):
         16 * 1024 * 1024, gt=0, description="Largest accepted request body, bytes."
     )
     serve_poll_seconds: float = Field(1.0, gt=0, description="Version polling fallback interval.")
+    serve_start_wait_seconds: float = Field(
+        30.0, ge=0, description="Longest a worker waits at start for its first look at Redis."
+    )
 
     def to_environment(self) -> dict[str, str]:
         """``RIVERSTREAM_*`` variables that rebuild these settings in another process.

@@ -19,6 +19,7 @@ itself cannot use (a string where it needs a number).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -96,6 +97,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         follower.start()
+        # Serve once this worker has looked at Redis: a request must not hear "unknown model"
+        # from a worker that has not loaded what its sibling already serves.
+        await asyncio.to_thread(follower.first_sync.wait, settings.serve_start_wait_seconds)
         try:
             yield
         finally:

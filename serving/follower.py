@@ -58,6 +58,8 @@ class SnapshotFollower:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sub: Subscription | None = None
+        self.first_sync = threading.Event()
+        """Set once the first look at Redis is over (done, or Redis unreachable)."""
 
     # -- what requests read ----------------------------------------------------------------
     def get(self, name: str) -> ServedModel | None:
@@ -126,6 +128,7 @@ class SnapshotFollower:
                 now = time.monotonic()
                 if now >= next_poll:
                     self.sync()
+                    self.first_sync.set()
                     next_poll = now + self.poll_seconds
                 wait = max(0.0, min(next_poll - now, _MAX_WAIT))  # short waits: stop() is prompt
                 note = self._sub.get(timeout=wait)
@@ -133,6 +136,7 @@ class SnapshotFollower:
                     self.refresh(note.model)
             except SnapshotError as exc:  # Redis unreachable or erroring: keep serving
                 self._lost(exc)
+                self.first_sync.set()
                 self._stop.wait(self.poll_seconds)
             except Exception:  # pragma: no cover - a bug must not kill the follower
                 log.exception("snapshot follower failed; retrying")

@@ -4,6 +4,7 @@ a real Redis."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,8 @@ import redis
 from prometheus_client import CollectorRegistry
 from river import linear_model
 
-from serving.app import PredictFastPath, create_app
+from schemas.settings import Settings
+from serving.app import PredictFastPath, create_app, default_store
 from serving.telemetry import ServingMetrics
 from stream.snapshots import SnapshotStore
 
@@ -317,3 +319,31 @@ def test_fast_path_answers_exactly_like_the_documented_route(
                     assert fast[0] in (200, 404, 413, 422)
 
     asyncio.run(compare())
+
+
+def test_a_worker_answers_its_first_request_with_what_redis_holds(
+    client_for, kit, store: SnapshotStore, redis_url: str, prefix: str, metrics: ServingMetrics
+) -> None:
+    """No "unknown model" from a worker that has just started: it serves once it has synced,
+    even when its first look at Redis is slow (here: 0.5 s for the first pointer read)."""
+    model, kind, inputs = kit.trained_models(50)["clf"]
+    version = kit.publish(store, "clf", model, kind)
+
+    class SlowFirstRead(SnapshotStore):
+        slow = True
+
+        def serving_version(self, name: str) -> int | None:
+            if SlowFirstRead.slow:
+                SlowFirstRead.slow = False
+                time.sleep(0.5)  # stands for a slow Redis or a large model, not a wait
+            return super().serving_version(name)
+
+    def slow_store(settings: Settings) -> SnapshotStore:
+        plain = default_store(settings)
+        return SlowFirstRead(plain.client, settings.redis_prefix, settings.require_snapshot_key())
+
+    settings = kit.make_settings(redis_url, prefix)
+    with client_for(settings, metrics, store_factory=slow_store) as client:
+        first = client.post("/v1/models/clf/predict", json={"features": inputs[0]})
+        assert first.status_code == 200, first.text
+        assert first.json()["version"] == version
