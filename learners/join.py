@@ -174,11 +174,11 @@ class EventTimeJoin:
         has processed. Returns, per source, their offsets (sorted) and earliest time, and what
         `put_back` needs."""
         buffer, self._buffer = self._buffer, []
-        # Late events still buffered are counted again when read again: not counted here.
-        late = sum(1 for entry in buffer if entry[0] < self._passed)
-        self.counters.late_events -= late
         found: dict[Source, Unprocessed] = {}
+        passed, late = self._passed, 0
         for time, _kind, source, offset, _pushed, _event in buffer:
+            if time < passed:
+                late += 1
             unprocessed = found.get(source)
             if unprocessed is None:
                 found[source] = Unprocessed([offset], time)
@@ -188,13 +188,18 @@ class EventTimeJoin:
                     unprocessed.earliest = time
         for unprocessed in found.values():
             unprocessed.offsets.sort()
+        # What is set aside is counted again when it is read again (late events included).
+        counters = self.counters
+        counters.late_events -= late
+        counters.buffered_events = 0
         return found, (late, buffer)
 
     def put_back(self, aside: tuple[int, list[Any]]) -> None:
         """Return what `set_aside` took (before anything else is pushed)."""
         late, entries = aside
-        self.counters.late_events += late
         self._buffer = entries + self._buffer
+        self.counters.late_events += late
+        self.counters.buffered_events = len(self._buffer)
 
     def steps(self, watermark: float) -> Iterator[tuple[Pending, LabelEvent | None]]:
         """Release every buffered event that is safe below ``watermark`` (``inf``: all).
