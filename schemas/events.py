@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,49 +106,44 @@ class EventCodec:
     ) -> tuple[list[FeatureEvent], list[tuple[int, SchemaError]]]:
         """`decode_feature` over a run: the good events in order, and ``(index, error)`` for
         each refused one (one call per run, not per event)."""
-        # The fast path: msgspec validates types in C; JSON has no NaN or Infinity literals and
-        # msgspec refuses numbers that overflow a float, so every number is finite already.
-        # What it refuses is decoded again, slowly, to name the reason.
-        decode, max_bytes = self._features.decode, self._max_bytes
-        max_id, max_features = self._max_id, self._max_features
-        events: list[FeatureEvent] = []
-        refused: list[tuple[int, SchemaError]] = []
-        for index, raw in enumerate(raws):
-            if len(raw) <= max_bytes:
-                try:
-                    event: FeatureEvent = decode(raw)
-                except msgspec.MsgspecError:
-                    pass
-                else:
-                    if 0 < len(event.id) <= max_id and len(event.features) <= max_features:
-                        events.append(event)
-                        continue
-            try:
-                events.append(self._refuse_feature(raw))  # pragma: no cover - always raises
-            except SchemaError as exc:
-                refused.append((index, exc))
-        return events, refused
+        return self._decode_run(self._features, raws, self._refuse_feature, count_features=True)
 
     def decode_labels(
         self, raws: list[bytes]
     ) -> tuple[list[LabelEvent], list[tuple[int, SchemaError]]]:
         """`decode_label` over a run: the good events in order, and ``(index, error)`` for each
         refused one."""
-        decode, max_bytes, max_id = self._labels.decode, self._max_bytes, self._max_id
-        events: list[LabelEvent] = []
+        return self._decode_run(self._labels, raws, self._refuse_label, count_features=False)
+
+    def _decode_run(
+        self,
+        decoder: msgspec.json.Decoder,
+        raws: list[bytes],
+        refuse: Callable[[bytes], Any],
+        *,
+        count_features: bool,
+    ) -> tuple[list[Any], list[tuple[int, SchemaError]]]:
+        # The fast path: msgspec validates types in C; JSON has no NaN or Infinity literals and
+        # msgspec refuses numbers that overflow a float, so every number is finite already.
+        # What it refuses is decoded again by ``refuse``, slowly, to name the reason.
+        decode, max_bytes = decoder.decode, self._max_bytes
+        max_id, max_features = self._max_id, self._max_features
+        events: list[Any] = []
         refused: list[tuple[int, SchemaError]] = []
         for index, raw in enumerate(raws):
             if len(raw) <= max_bytes:
                 try:
-                    event: LabelEvent = decode(raw)
+                    event = decode(raw)
                 except msgspec.MsgspecError:
                     pass
                 else:
-                    if 0 < len(event.id) <= max_id:
+                    if 0 < len(event.id) <= max_id and (
+                        not count_features or len(event.features) <= max_features
+                    ):
                         events.append(event)
                         continue
             try:
-                events.append(self._refuse_label(raw))  # pragma: no cover - always raises
+                events.append(refuse(raw))  # pragma: no cover - always raises
             except SchemaError as exc:
                 refused.append((index, exc))
         return events, refused
