@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 import httpx  # noqa: E402
 import redis  # noqa: E402
 from prometheus_client.mmap_dict import MmapedDict  # noqa: E402
-from snapshot_propagation import KEY, free_port, logreg, summary, wait_for, write  # noqa: E402
+from snapshot_propagation import (  # noqa: E402
+    KEY,
+    free_port,
+    logreg,
+    stop_api,
+    summary,
+    wait_for,
+    write,
+)
 
 from learners.serialization import dump_signed  # noqa: E402
 from stream.registry import Registry  # noqa: E402
@@ -109,13 +116,7 @@ def main() -> None:
             )
         )
     finally:
-        if server is not None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        stop_api(server)
         client.close()
         redis_proc.terminate()
         redis_proc.wait(timeout=10)

@@ -52,6 +52,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def stop_api(server: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM the API server; SIGKILL its process group if it has not exited in 30 s."""
+    if server is None:
+        return
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
 def summary(name: str, seconds: list[float]) -> str:
     ms = [s * 1000 for s in seconds]
     return (f"  {name:<34} n={len(ms):<4} p50={percentile(ms, .5):8.2f} ms  "
@@ -227,13 +239,7 @@ def main() -> None:
         bench_api(store, base, "lr", small, min(args.iterations, 100), probe=False)
         bench_api(store, base, "big", big, args.big_iterations, probe=True)
     finally:
-        if server is not None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        stop_api(server)
         client.close()
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
