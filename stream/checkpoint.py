@@ -39,7 +39,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from learners.core import LearningCore
@@ -61,6 +61,8 @@ class SnapshotResult:
     seconds: float
     stall_seconds: float
     forked: bool = True
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Bytes of each model's signed blob (empty if the snapshot failed or was not read back)."""
 
 
 SkipRanges = dict[str, list[tuple[int, int]]]
@@ -196,7 +198,7 @@ class Snapshotter:
         # logreg). The size of the previous snapshot decides; the first one forks.
         small = self.last_bytes is not None and self.last_bytes < self.fork_min_bytes
         if not self.use_fork or small:
-            ok = True
+            sizes: dict[str, int] = {}
             try:
                 metas = write_snapshot(
                     self.store, self._key, version, core, dict(offsets), extras, self.after_write
@@ -205,10 +207,12 @@ class Snapshotter:
                 log.exception("snapshot v%d failed", version)
                 ok = False
             else:
+                ok = True
+                sizes = {name: meta.size for name, meta in metas.items()}
                 self.last_version = version
-                self.last_bytes = sum(meta.size for meta in metas.values())
+                self.last_bytes = sum(sizes.values())
             elapsed = time.perf_counter() - start
-            return SnapshotResult(version, ok, elapsed, elapsed, forked=False)
+            return SnapshotResult(version, ok, elapsed, elapsed, forked=False, sizes=sizes)
         # No automatic collection in the learner while the child runs: a full collection
         # would touch (and so copy) every page the two processes still share.
         self._gc_was_enabled = gc.isenabled()
@@ -244,14 +248,16 @@ class Snapshotter:
         if self._gc_was_enabled:  # the child is gone: the collector may touch pages again
             gc.enable()
         ok = os.waitstatus_to_exitcode(status) == 0
+        sizes: dict[str, int] = {}
         if ok:
             self.last_version = version
             self.last_bytes = None  # unknown: the next one forks
             with contextlib.suppress(RiverstreamError):
-                self.last_bytes = sum(self.store.meta(name, version).size for name in models)
+                sizes = {name: self.store.meta(name, version).size for name in models}
+                self.last_bytes = sum(sizes.values())
         else:
             log.error("snapshot v%d failed (child exit status %s)", version, status)
-        return SnapshotResult(version, ok, time.perf_counter() - start, stall)
+        return SnapshotResult(version, ok, time.perf_counter() - start, stall, sizes=sizes)
 
 
 def _die_with_parent() -> None:

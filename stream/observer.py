@@ -118,7 +118,9 @@ class PrometheusObserver:
             return
         store = learner.snapshotter.store
         for name in learner.core.models:
-            meta = store.meta(name, result.version)
+            size = result.sizes.get(name)
+            if size is None:  # not read back by the snapshotter
+                size = store.meta(name, result.version).size
             self.metrics.snapshot_written(
-                name, result.version, meta.size, result.seconds, result.stall_seconds
+                name, result.version, size, result.seconds, result.stall_seconds
             )
