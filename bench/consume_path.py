@@ -7,8 +7,8 @@ One run, side by side, over the same events already sitting in a real Kafka topi
   bare+decode       the same, decoding the JSON bytes with orjson first
   faust[/raw]       a faust-streaming agent (aiokafka) in a worker subprocess, per event:
                     decode + predict + learn per event, or just count (raw)
-  kafka-python[/raw] `stream.kafka.KafkaPythonSource` + the same work, or just count
-  confluent[/raw]   `stream.kafka.ConfluentSource` (librdkafka) + the same work, or just count
+  kafka-python[/raw] `stream.kafka.client.KafkaPythonSource` + the same work, or just count
+  confluent[/raw]   `stream.kafka.client.ConfluentSource` (librdkafka) + the same work, or just count
 
 Kafka is a real single-node KRaft broker started with `ServiceManager` in a temporary state
 directory and stopped by pid at the end. Every mode has a deadline; a mode that does not finish
@@ -392,7 +392,7 @@ def faust_worker(args: argparse.Namespace) -> None:
 
 
 def publish(bootstrap: str, topic: str, values: list[bytes], compression: str | None) -> float:
-    from stream.kafka import EventProducer
+    from stream.kafka.client import EventProducer
 
     producer = EventProducer(bootstrap, compression=compression)
     t0 = time.perf_counter()
@@ -442,8 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     compression = None if args.compression == "none" else args.compression
 
     from schemas.settings import Settings
-    from stream.kafka import ConfluentSource, KafkaPythonSource, create_topics
-    from stream.services import ServiceManager
+    from stream.dev.services import ServiceManager
+    from stream.kafka.client import ConfluentSource, KafkaPythonSource, create_topics
 
     workdir = Path(tempfile.mkdtemp(prefix="rs-consume-bench-"))
     manager = ServiceManager(Settings(state_dir=workdir / "state"))

@@ -3,7 +3,7 @@
 One run, side by side, for ``logreg``, ``hoeffding`` and ``arf`` on ``synth.Agrawal`` (seed 42)
 with a constant label delay of 100:
 
-  learner   the real `stream.processor.Learner` built by `stream.runtime.build_learner` against a
+  learner   the real `stream.learner.loop.Learner` built by `stream.learner.runtime.build_learner` against a
             real Kafka and Redis, in this process: confluent consume, decode, event-time merge,
             the join, predict, the Accuracy metric, learn, and the periodic snapshots to Redis
             (default settings: every 10 000 labels or 30 s, forked when the previous one was
@@ -45,9 +45,9 @@ sys.path.insert(0, str(ROOT))
 from learners.datasets import dataset_events, load_dataset  # noqa: E402
 from learners.specs import ModelSpec  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
-from stream.publish import Publisher  # noqa: E402
-from stream.runtime import build_learner  # noqa: E402
-from stream.services import ServiceManager  # noqa: E402
+from stream.dev.services import ServiceManager  # noqa: E402
+from stream.kafka.publish import Publisher  # noqa: E402
+from stream.learner.runtime import build_learner  # noqa: E402
 
 DATASET = "synth.Agrawal"
 SEED = 42

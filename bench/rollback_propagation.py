@@ -1,6 +1,6 @@
 """Rollback propagation: from `Registry.rollback` returning to every API worker serving the target.
 
-Against a private redis-server and a real API (`serving.cli.serve`, N uvicorn workers) on
+Against a private redis-server and a real API (`serving.runner.serve`, N uvicorn workers) on
 127.0.0.1: three logreg versions are written, then rollbacks alternate between the oldest and
 the newest version. Each worker's served version is read from its own prometheus-client
 multiprocess file (``riverstream_model_version``), so "every worker" is checked per process, in
@@ -38,8 +38,8 @@ from snapshot_propagation import (  # noqa: E402
 )
 
 from learners.serialization import dump_signed  # noqa: E402
-from stream.registry import Registry  # noqa: E402
-from stream.snapshots import SnapshotStore  # noqa: E402
+from stream.registry.registry import Registry  # noqa: E402
+from stream.store.snapshots import SnapshotStore  # noqa: E402
 
 
 def served_versions(metrics_dir: str, model: str) -> dict[str, float]:
@@ -84,7 +84,7 @@ def main() -> None:
             "RIVERSTREAM_SERVE_WORKERS": str(args.workers),
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         }  # fmt: skip
-        code = "from schemas.settings import Settings; from serving.cli import serve; serve(Settings())"
+        code = "from schemas.settings import Settings; from serving.runner import serve; serve(Settings())"
         server = subprocess.Popen(
             [sys.executable, "-c", code], cwd=ROOT, env=env, start_new_session=True
         )

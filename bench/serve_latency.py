@@ -1,6 +1,6 @@
 """Serving latency: /predict (logreg, 30 features) against hello-world, same server, same run.
 
-Starts a private redis-server and the API (`serving.cli.serve` stack: uvicorn, N workers) with
+Starts a private redis-server and the API (`serving.runner.serve` stack: uvicorn, N workers) with
 an extra ``GET /hello`` route, publishes one logreg snapshot, then drives both endpoints with
 `wrk` (Debian package ``wrk``; a separate process, 127.0.0.1 only, fixed duration) at
 concurrency 1, 16 and 64, and prints requests/s, p50 and p99 and the predict/hello ratios.
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stream.services import free_port  # noqa: E402
+from stream.dev.services import free_port  # noqa: E402
 
 N_FEATURES = 30
 KEY = "bench-key"
@@ -87,7 +87,7 @@ def publish_logreg(redis_url: str, prefix: str) -> None:
     from river import linear_model, preprocessing
 
     from learners.serialization import dump_signed
-    from stream.snapshots import SnapshotMeta, SnapshotStore
+    from stream.store.snapshots import SnapshotMeta, SnapshotStore
 
     model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
     for x in logreg_features():
@@ -169,7 +169,7 @@ def main() -> None:
             "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
         }  # fmt: skip
         code = (
-            "from serving.cli import run_uvicorn; "
+            "from serving.runner import run_uvicorn; "
             f"run_uvicorn('serve_latency:bench_app', '127.0.0.1', {port}, {args.workers})"
         )
         server = subprocess.Popen(

@@ -4,7 +4,7 @@ Against a private redis-server on 127.0.0.1, for a logreg-sized snapshot and for
 
 1. store: write duration, write → notification received by a subscriber, and write → the
    subscriber holding the verified, unpickled model (the follower's path, without HTTP);
-2. API: write → every worker of a running API (`serving.cli.serve`, N workers) serving the new
+2. API: write → every worker of a running API (`serving.runner.serve`, N workers) serving the new
    version, observed by polling ``/metrics`` whose version gauge is the minimum over live
    workers (so this includes the polling interval).
 
@@ -33,8 +33,8 @@ import redis  # noqa: E402
 from river import linear_model, preprocessing  # noqa: E402
 
 from learners.serialization import dump_signed  # noqa: E402
-from stream.services import free_port  # noqa: E402
-from stream.snapshots import SnapshotMeta, SnapshotStore  # noqa: E402
+from stream.dev.services import free_port  # noqa: E402
+from stream.store.snapshots import SnapshotMeta, SnapshotStore  # noqa: E402
 
 KEY = b"bench-key"
 
@@ -222,7 +222,7 @@ def main() -> None:
             "RIVERSTREAM_SNAPSHOT_KEY": KEY.decode(), "RIVERSTREAM_SERVE_PORT": str(api_port),
             "RIVERSTREAM_SERVE_WORKERS": str(args.workers),
         }  # fmt: skip
-        code = "from schemas.settings import Settings; from serving.cli import serve; serve(Settings())"
+        code = "from schemas.settings import Settings; from serving.runner import serve; serve(Settings())"
         server = subprocess.Popen(
             [sys.executable, "-c", code], cwd=ROOT, env=env, start_new_session=True
         )

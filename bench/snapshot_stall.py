@@ -8,7 +8,7 @@
    detectors keep resetting trees), so unless it reached the target the run switches to
    ``synth.Hyperplane(n_features=30)`` (printed).
 2. Against a real Redis (`ServiceManager`, temporary state dir, stopped and purged at the end),
-   with the learner's own `stream.checkpoint.Snapshotter`:
+   with the learner's own `stream.checkpoint.protocol.Snapshotter`:
    (a) fork: the time `Snapshotter.take` blocks the caller (next version + ``fork()``),
        ``--repeat`` times, and the child's total time until it is reaped
        (`Snapshotter.poll(block=True)`: serialize, sign, write chunks, MULTI/EXEC, PUBLISH);
@@ -51,9 +51,9 @@ from learners.core import LearningCore  # noqa: E402
 from learners.specs import ModelSpec  # noqa: E402
 from schemas.events import FeatureEvent, LabelEvent  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
-from stream.checkpoint import Snapshotter  # noqa: E402
-from stream.runtime import snapshot_store  # noqa: E402
-from stream.services import ServiceManager  # noqa: E402
+from stream.checkpoint.protocol import Snapshotter  # noqa: E402
+from stream.dev.services import ServiceManager  # noqa: E402
+from stream.learner.runtime import snapshot_store  # noqa: E402
 
 GENERATORS = {
     "synth.Agrawal": lambda: synth.Agrawal(seed=42),

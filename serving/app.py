@@ -40,7 +40,7 @@ from serving.follower import SnapshotFollower
 from serving.inputs import InputError, InputLimits, parse_predict_body
 from serving.models import MODEL_INPUT_ERRORS
 from serving.telemetry import ServingMetrics, get_metrics, metrics_response_bytes
-from stream.snapshots import SnapshotStore
+from stream.store.snapshots import SnapshotStore
 
 PREDICT_ROUTE = "/v1/models/{name}/predict"
 _PREDICT_PREFIX, _PREDICT_SUFFIX = "/v1/models/", "/predict"

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from schemas.errors import SnapshotError, SnapshotIntegrityError
 from serving.models import ServedModel
-from stream.snapshots import RedisUnavailableError, SnapshotStore, Subscription
+from stream.store.snapshots import RedisUnavailableError, SnapshotStore, Subscription
 
 log = logging.getLogger(__name__)
 _MAX_WAIT = 0.25

@@ -1,3 +1,3 @@
-from stream.cli import main
+from stream.cli.main import main
 
 main()

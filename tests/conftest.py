@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from schemas.settings import Settings
-from stream.services import SERVICES, Endpoints, ServiceManager
+from stream.dev.services import SERVICES, Endpoints, ServiceManager
 
 
 @pytest.fixture(scope="session")

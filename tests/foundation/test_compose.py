@@ -27,9 +27,9 @@ EXPECTED_SERVICES = {"kafka", "redis", "prometheus", "grafana", "learner", "api"
 APP_SERVICES = ("learner", "api")
 
 # The subcommands compose runs and the options it passes to them. `learn` is registered in
-# stream.cli today; `serve` is being added by the lead. test_commands_are_riverstream_subcommands
+# stream.cli.main today; `serve` is being added by the lead. test_commands_are_riverstream_subcommands
 # checks compose against this table, and test_table_matches_registered_cli checks the table
-# against every command already registered in `stream.cli.app`, so `serve` gets checked against
+# against every command already registered in `stream.cli.main.app`, so `serve` gets checked against
 # the real CLI the moment it lands (and test_learn_and_serve_are_registered then passes).
 SUBCOMMAND_OPTIONS = {
     "learn": {"--model"},
@@ -78,8 +78,8 @@ def option_value(command: list[str], option: str) -> str:
 
 
 def registered_commands() -> dict[str, Any]:
-    """Top-level subcommands of `stream.cli.app`, as (typer's) click commands."""
-    from stream.cli import app
+    """Top-level subcommands of `stream.cli.main.app`, as (typer's) click commands."""
+    from stream.cli.main import app
 
     group = typer.main.get_command(app)
     return dict(group.commands)  # type: ignore[attr-defined]

@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 
 from schemas.settings import Settings
-from stream.kafka import read_all
-from stream.publish import Publisher, read_rows
+from stream.kafka.client import read_all
+from stream.kafka.publish import Publisher, read_rows
 from tests.conftest import settings_env
 
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from schemas.settings import Settings
-from stream.cli import app
+from stream.cli.main import app
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from schemas.settings import Settings
-from stream.kafka import broker_ready, create_topics
-from stream.services import ServiceManager, pid_alive, wait_until
+from stream.dev.services import ServiceManager, pid_alive, wait_until
+from stream.kafka.client import broker_ready, create_topics
 
 
 def test_kafka_lifecycle_is_idempotent_and_recovers_from_kill(tmp_path: Path) -> None:
@@ -80,11 +80,11 @@ def test_kafka_formats_with_a_cluster_id_beginning_with_a_dash(tmp_path: Path, m
     """Base64 ids begin with "-" one time in 64; the format tool must not read one as an option."""
     import base64
 
-    import stream.services
+    import stream.dev.services
 
     dashed = base64.urlsafe_b64encode(b"\xf8" + os.urandom(15)).decode().rstrip("=")
     assert dashed.startswith("-")
-    monkeypatch.setattr(stream.services, "_kafka_cluster_id", lambda: dashed)
+    monkeypatch.setattr(stream.dev.services, "_kafka_cluster_id", lambda: dashed)
     manager = ServiceManager(Settings(state_dir=tmp_path))
     try:
         record = manager.up(("kafka",))["kafka"]

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from serving.telemetry import ServingMetrics
-from stream.telemetry import LearnerMetrics
+from stream.learner.telemetry import LearnerMetrics
 
 
 def touch_learner(m: LearnerMetrics, now: float) -> None:

@@ -11,12 +11,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import observability.report
 import serving.telemetry
-import stream.telemetry
+import stream.learner.telemetry
 from schemas.errors import ConfigError
-from stream.telemetry import DriftMonitor, LearnerMetrics, start_http_server
+from stream.learner.telemetry import DriftMonitor, LearnerMetrics, start_http_server
 
 
-@pytest.mark.parametrize("module", [stream.telemetry, serving.telemetry, observability.report])
+@pytest.mark.parametrize(
+    "module", [stream.learner.telemetry, serving.telemetry, observability.report]
+)
 def test_doctests(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0

@@ -24,8 +24,8 @@ from prometheus_client import CollectorRegistry
 
 from observability import alerts, dashboards
 from observability.report import render_report, samples_from_prometheus
-from stream.services import free_port
-from stream.telemetry import LearnerMetrics, start_http_server
+from stream.dev.services import free_port
+from stream.learner.telemetry import LearnerMetrics, start_http_server
 
 from .conftest import touch_learner
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from schemas.settings import Settings
-from stream.registry import Registry
-from stream.runtime import snapshot_store
-from stream.snapshots import SnapshotStore
+from stream.learner.runtime import snapshot_store
+from stream.registry.registry import Registry
+from stream.store.snapshots import SnapshotStore
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from learners.serialization import dump_signed
-from stream.snapshots import SnapshotMeta, SnapshotStore
+from stream.store.snapshots import SnapshotMeta, SnapshotStore
 
 
 def write_version(

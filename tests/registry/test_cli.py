@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from schemas.settings import Settings
-from stream.cli_snapshots import snapshots_app
-from stream.registry import Registry
-from stream.snapshots import SnapshotStore
+from stream.cli.snapshots import snapshots_app
+from stream.registry.registry import Registry
+from stream.store.snapshots import SnapshotStore
 from tests.conftest import settings_env
 from tests.registry.helpers import dump_all, write_version
 

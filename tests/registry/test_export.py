@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from learners.serialization import load_signed
-from stream.registry import Registry, RegistryError
-from stream.snapshots import SnapshotStore
+from stream.registry.registry import Registry, RegistryError
+from stream.store.snapshots import SnapshotStore
 from tests.registry.helpers import dump_all, write_version
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from stream.registry import HISTORY_LIMIT, Registry, RegistryError, RollbackCommand
-from stream.snapshots import SnapshotStore
+from stream.registry.registry import HISTORY_LIMIT, Registry, RegistryError, RollbackCommand
+from stream.store.snapshots import SnapshotStore
 from tests.registry.helpers import dump_all, write_version
 
 pytestmark = pytest.mark.integration
@@ -68,7 +68,7 @@ def test_rollback_default_target_follows_the_promotion_history(
     )  # fmt: skip
     with pytest.raises(RegistryError, match="no earlier promoted version"):
         registry.rollback("m", reason="nothing before v1")
-    # The learner (stream.commands) peeks, applies, snapshots, then acknowledges with LTRIM;
+    # The learner (stream.store.commands) peeks, applies, snapshots, then acknowledges with LTRIM;
     # until then, its snapshots may hold the state before the rollback: none is auto-promoted.
     assert registry.pending_commands() == [cmd, cmd2]
     assert cmd2.exclude == [[10.0, 20.0]] and cmd2.resume == "replay"
@@ -210,7 +210,7 @@ def test_prune_keeps_promoted_pinned_target_and_recent(
 def test_concurrent_rollbacks_leave_a_consistent_pointer_and_both_entries(
     store: SnapshotStore, settings, key: bytes
 ) -> None:
-    from stream.runtime import snapshot_store
+    from stream.learner.runtime import snapshot_store
 
     vs = [write_version(store, key) for _ in range(4)]
     for v in vs:

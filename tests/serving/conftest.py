@@ -21,8 +21,8 @@ from river import anomaly, datasets, linear_model, preprocessing
 
 from learners.serialization import dump_signed
 from schemas.settings import Settings
-from stream.services import free_port
-from stream.snapshots import SnapshotMeta, SnapshotStore
+from stream.dev.services import free_port
+from stream.store.snapshots import SnapshotMeta, SnapshotStore
 
 KEY = b"serving-test-key"
 

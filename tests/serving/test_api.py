@@ -18,7 +18,7 @@ from river import linear_model
 from schemas.settings import Settings
 from serving.app import PredictFastPath, create_app, default_store
 from serving.telemetry import ServingMetrics
-from stream.snapshots import SnapshotStore
+from stream.store.snapshots import SnapshotStore
 
 pytestmark = pytest.mark.integration
 
@@ -254,7 +254,7 @@ def test_nonfinite_output_is_json(clf_client: httpx.Client) -> None:
 
 def test_settings_travel_to_worker_processes(kit, redis_url: str, prefix: str, monkeypatch) -> None:
     from schemas.settings import Settings
-    from serving.cli import settings_environment
+    from serving.runner import settings_environment
 
     settings = kit.make_settings(redis_url, prefix, serve_models="a,b", max_features=7)
     for name, value in settings_environment(settings).items():

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from serving.app import create_app
 from serving.telemetry import ServingMetrics
-from stream.snapshots import SnapshotStore
+from stream.store.snapshots import SnapshotStore
 
 pytestmark = pytest.mark.integration
 

@@ -15,13 +15,13 @@ import httpx
 import pytest
 from river import datasets, linear_model, preprocessing
 
-from serving.cli import settings_environment
-from stream.snapshots import SnapshotStore
+from serving.runner import settings_environment
+from stream.store.snapshots import SnapshotStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER = "from schemas.settings import Settings; from serving.cli import serve; serve(Settings(), workers=2)"
+SERVER = "from schemas.settings import Settings; from serving.runner import serve; serve(Settings(), workers=2)"
 CLIENTS, PER_CLIENT = 16, 125
 
 

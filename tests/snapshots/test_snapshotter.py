@@ -8,8 +8,8 @@ import redis
 from learners.core import LearningCore
 from learners.specs import ModelSpec
 from schemas.errors import SnapshotError
-from stream.checkpoint import Snapshotter, restore
-from stream.snapshots import SnapshotStore
+from stream.checkpoint.protocol import Snapshotter, restore
+from stream.store.snapshots import SnapshotStore
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from redis.retry import Retry
 
 from learners.serialization import MAGIC, dump_signed, load_signed
 from schemas.errors import SnapshotError, SnapshotIntegrityError
-from stream.snapshots import RedisUnavailableError, SnapshotMeta, SnapshotStore
+from stream.store.snapshots import RedisUnavailableError, SnapshotMeta, SnapshotStore
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from learners.datasets import dataset_events
 from learners.specs import ModelSpec
 from schemas.events import FeatureEvent, LabelEvent
 from schemas.settings import Settings
-from stream.publish import Publisher, PublishReport
-from stream.runtime import build_learner, snapshot_store
+from stream.kafka.publish import Publisher, PublishReport
+from stream.learner.runtime import build_learner, snapshot_store
 from tests.conftest import settings_env
 
 

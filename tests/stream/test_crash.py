@@ -13,7 +13,7 @@ from pathlib import Path
 from learners.datasets import dataset_events, load_dataset
 from learners.specs import ModelSpec
 from schemas.settings import Settings
-from stream.runtime import snapshot_store
+from stream.learner.runtime import snapshot_store
 from tests.stream.helpers import fast, final_model, learn, publish, replay, spawn_cli
 
 

@@ -6,7 +6,7 @@ from learners.datasets import dataset_events
 from learners.specs import ModelSpec
 from schemas.events import EventCodec, FeatureEvent, Limits
 from schemas.settings import Settings
-from stream.kafka import EventProducer, create_topics, read_all
+from stream.kafka.client import EventProducer, create_topics, read_all
 from tests.stream.helpers import fast, learn
 
 BAD = [

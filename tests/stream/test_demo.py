@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stream.services import pid_alive
+from stream.dev.services import pid_alive
 
 
 def test_demo_runs_to_completion_and_cleans_up(tmp_path: Path) -> None:

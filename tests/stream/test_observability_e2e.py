@@ -28,10 +28,10 @@ from learners.datasets import dataset_events
 from observability import alerts, dashboards
 from schemas.events import FeatureEvent
 from schemas.settings import Settings
-from stream.kafka import EventProducer
-from stream.publish import Publisher
-from stream.runtime import snapshot_store
-from stream.services import free_port, prometheus_config, wait_until
+from stream.dev.services import free_port, prometheus_config, wait_until
+from stream.kafka.client import EventProducer
+from stream.kafka.publish import Publisher
+from stream.learner.runtime import snapshot_store
 from tests.stream.helpers import spawn_cli
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from learners.datasets import dataset_events, load_dataset
 from learners.specs import ModelSpec
 from schemas.events import FeatureEvent, LabelEvent
 from schemas.settings import Settings
-from stream.runtime import snapshot_store
+from stream.learner.runtime import snapshot_store
 from tests.conftest import settings_env
 from tests.stream.helpers import fast, learn, publish, spawn_cli
 

@@ -8,7 +8,7 @@ import redis
 from learners.specs import ModelSpec
 from schemas.errors import SnapshotIntegrityError
 from schemas.settings import Settings
-from stream.runtime import build_learner, snapshot_store
+from stream.learner.runtime import build_learner, snapshot_store
 from tests.stream.helpers import fast, learn, replay
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream.checkpoint import kept_indexes, resume_positions
+from stream.checkpoint.protocol import kept_indexes, resume_positions
 
 
 def test_a_partition_without_buffered_events_resumes_where_it_was_read() -> None:

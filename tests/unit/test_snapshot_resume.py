@@ -12,7 +12,7 @@ from learners.datasets import dataset_events
 from learners.specs import ModelSpec
 from learners.watermark import Watermark
 from schemas.events import FeatureEvent
-from stream.checkpoint import kept_indexes, resume_positions
+from stream.checkpoint.protocol import kept_indexes, resume_positions
 from tests.unit.replay import feed_in_order, partition_of, sample_inputs
 
 SPECS = [ModelSpec("lr", "logreg", ("Accuracy", "ROCAUC")), ModelSpec("tree", "hoeffding")]

@@ -77,7 +77,7 @@ def serve(
         run_uvicorn(create_app(settings), host, port, 1, log_level=log_level)
         return
     os.environ.update(settings_environment(settings))
-    run_uvicorn("serving.cli:app_from_env", host, port, workers, log_level=log_level)
+    run_uvicorn("serving.runner:app_from_env", host, port, workers, log_level=log_level)
 
 
 def run_uvicorn(

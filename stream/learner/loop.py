@@ -1,7 +1,7 @@
 """The learner process: Kafka records in, the pure `LearningCore` in the middle, snapshots out.
 
 One loop, one thread: poll a batch → decode (bad records go to the dead-letter topic) → push into
-the core → advance the watermark → maybe snapshot (see `stream.checkpoint` for the protocol).
+the core → advance the watermark → maybe snapshot (see `stream.checkpoint.protocol` for the protocol).
 Offsets are never committed to Kafka: the snapshot is the single source of truth for what has
 been learned, which is what makes a restart exact.
 """
@@ -22,7 +22,7 @@ from learners.watermark import Watermark
 from schemas.errors import SnapshotError
 from schemas.events import EventCodec, Limits
 from schemas.settings import Settings
-from stream.checkpoint import (
+from stream.checkpoint.protocol import (
     Offsets,
     Restored,
     SkipRanges,
@@ -33,11 +33,11 @@ from stream.checkpoint import (
     restore,
     resume_positions,
 )
-from stream.commands import CommandQueue, in_ranges
-from stream.deadletter import DeadLetters
-from stream.kafka import RecordRun, RecordSource
-from stream.registry_model import RollbackCommand
-from stream.snapshots import SnapshotStore
+from stream.kafka.client import RecordRun, RecordSource
+from stream.kafka.deadletter import DeadLetters
+from stream.registry.policy import RollbackCommand
+from stream.store.commands import CommandQueue, in_ranges
+from stream.store.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
 

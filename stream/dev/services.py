@@ -267,7 +267,7 @@ class ServiceManager:
         if mvn is None:
             raise ServiceError("Maven (mvn) is needed to fetch Kafka's jars; install maven")
         lib.mkdir(parents=True, exist_ok=True)
-        pom = resources.files("stream") / "resources" / "kafka-pom.xml"
+        pom = resources.files("stream.dev") / "resources" / "kafka-pom.xml"
         self.log(f"fetching Apache Kafka {self.settings.kafka_version} jars with Maven ...")
         with resources.as_file(pom) as pom_path:
             result = subprocess.run(
@@ -298,7 +298,7 @@ class ServiceManager:
             ports_file.write_text(json.dumps(ports))
         config = home / "server.properties"
         config.write_text(kafka_properties(ports["broker"], ports["controller"], home / "data"))
-        log4j = resources.files("stream") / "resources" / "kafka-log4j2.yaml"
+        log4j = resources.files("stream.dev") / "resources" / "kafka-log4j2.yaml"
         (home / "log4j2.yaml").write_bytes(log4j.read_bytes())
         base = [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={home / 'log4j2.yaml'}",
@@ -390,7 +390,7 @@ def _http_ok(url: str) -> bool:
 
 
 def _kafka_ready(address: str) -> bool:
-    from stream.kafka import broker_ready
+    from stream.kafka.client import broker_ready
 
     _host, port = address.rsplit(":", 1)
     return _tcp_open(int(port)) and broker_ready(address)

@@ -1,6 +1,6 @@
 """The model registry: promotion, pin, rollback, history, retention, export and import.
 
-It lives in Redis beside the snapshots (`stream.snapshots.SnapshotStore`), under the same prefix
+It lives in Redis beside the snapshots (`stream.store.snapshots.SnapshotStore`), under the same prefix
 ``P``. Keys it owns (see `RegistryKeys`)::
 
     P:model:NAME:promoted     version serving follows (read by `SnapshotStore.serving_version`)
@@ -8,7 +8,7 @@ It lives in Redis beside the snapshots (`stream.snapshots.SnapshotStore`), under
     P:model:NAME:history      list of JSON `HistoryEntry`, oldest first, trimmed to HISTORY_LIMIT
     P:model:NAME:policy       JSON `Policy` (absent: ``always``)
     P:model:NAME:retention    optional: versions kept by automatic retention (overrides default)
-    P:learner:commands        list of JSON `RollbackCommand`; the learner (`stream.commands`)
+    P:learner:commands        list of JSON `RollbackCommand`; the learner (`stream.store.commands`)
                               peeks, applies, snapshots, then acknowledges with LTRIM
 
 Serving rule: ``pin`` if set, else ``promoted``, else ``latest`` (`Registry.serving_version`).
@@ -41,7 +41,7 @@ import redis
 
 from learners.serialization import sha256_hex, verify_signed
 from schemas.errors import SnapshotError, SnapshotIntegrityError
-from stream.registry_model import (  # noqa: F401  (re-exported: the registry's public types)
+from stream.registry.policy import (  # noqa: F401  (re-exported: the registry's public types)
     POLICIES,
     RESUMES,
     HistoryEntry,
@@ -59,7 +59,7 @@ from stream.registry_model import (  # noqa: F401  (re-exported: the registry's 
     guard_allows,
     promotion_stack,
 )
-from stream.snapshots import CheckpointMeta, SnapshotMeta, SnapshotStore
+from stream.store.snapshots import CheckpointMeta, SnapshotMeta, SnapshotStore
 
 HISTORY_LIMIT = 10_000
 MAX_ATTEMPTS = 200

@@ -27,8 +27,8 @@ from learners.datasets import dataset_events
 from schemas.errors import RiverstreamError
 from schemas.events import FeatureEvent
 from schemas.settings import Settings
-from stream.publish import Publisher
-from stream.services import SERVICES, ServiceManager, free_port, resolve, wait_until
+from stream.dev.services import SERVICES, ServiceManager, free_port, resolve, wait_until
+from stream.kafka.publish import Publisher
 
 
 @dataclass

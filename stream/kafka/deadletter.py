@@ -8,7 +8,7 @@ where it came from (``rs.topic``, ``rs.partition``, ``rs.offset``) and why it wa
 from __future__ import annotations
 
 from schemas.errors import SchemaError
-from stream.kafka import EventProducer, Record
+from stream.kafka.client import EventProducer, Record
 
 
 class DeadLetters:

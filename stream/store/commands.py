@@ -1,7 +1,7 @@
 """Operator commands for a running learner (rollbacks), queued in Redis by the registry.
 
 The queue is the list ``{prefix}:learner:commands`` of `RollbackCommand` JSON objects
-written by the registry (`stream.registry.Registry.rollback`).
+written by the registry (`stream.registry.registry.Registry.rollback`).
 The learner peeks at it between batches, applies each command, makes the result durable with a
 snapshot (whose checkpoint records the ids applied) and only then acknowledges the commands: a
 crash in between re-reads them, and the recorded ids make them no-ops.
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import redis
 
 from schemas.errors import SnapshotError
-from stream.registry_model import RegistryKeys, RollbackCommand
+from stream.registry.policy import RegistryKeys, RollbackCommand
 
 
 class CommandQueue:

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from schemas.errors import RiverstreamError
 from schemas.settings import Settings
-from stream.registry import Registry, RegistryError, VersionInfo
+from stream.registry.registry import Registry, RegistryError, VersionInfo
 
 snapshots_app = typer.Typer(
     help="Model versions: list, promote, pin, roll back, export and import.",
@@ -39,8 +39,8 @@ Reason = Annotated[str, typer.Option(help="Why, for the history.")]
 
 def open_registry(by: str | None = None) -> Registry:
     """The registry of the configured Redis (addresses from the local services if unset)."""
-    from stream.runtime import snapshot_store
-    from stream.services import resolve
+    from stream.dev.services import resolve
+    from stream.learner.runtime import snapshot_store
 
     settings = resolve(Settings())
     return Registry(snapshot_store(settings), by=by, key=settings.require_snapshot_key())

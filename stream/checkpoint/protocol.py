@@ -46,7 +46,7 @@ from learners.core import LearningCore
 from learners.serialization import dump_signed, load_signed
 from learners.specs import ModelSpec
 from schemas.errors import RiverstreamError, SnapshotError
-from stream.snapshots import SnapshotMeta, SnapshotStore
+from stream.store.snapshots import SnapshotMeta, SnapshotStore
 
 log = logging.getLogger(__name__)
 

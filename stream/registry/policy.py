@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from schemas.errors import RiverstreamError
-from stream.snapshots import SnapshotMeta
+from stream.store.snapshots import SnapshotMeta
 
 POLICIES = ("always", "manual", "guarded")
 RESUMES = ("skip", "replay")
@@ -225,7 +225,7 @@ def check_ranges(ranges: Sequence[Sequence[float]]) -> list[list[float]]:
     >>> check_ranges([(3, 1)])
     Traceback (most recent call last):
     ...
-    stream.registry_model.RegistryError: bad exclude range 3-1: from must be before to
+    stream.registry.policy.RegistryError: bad exclude range 3-1: from must be before to
     """
     out = []
     for pair in ranges:

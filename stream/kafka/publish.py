@@ -19,7 +19,7 @@ import orjson
 from schemas.errors import SchemaError
 from schemas.events import EventCodec, FeatureEvent, LabelEvent, Limits
 from schemas.settings import Settings
-from stream.kafka import EventProducer, create_topics
+from stream.kafka.client import EventProducer, create_topics
 
 Kind = Literal["features", "labels"]
 

@@ -9,12 +9,12 @@ import redis
 from learners.specs import ModelSpec, parse_model_option
 from schemas.errors import ConfigError, RiverstreamError
 from schemas.settings import Settings
-from stream.commands import CommandQueue
-from stream.deadletter import DeadLetters
-from stream.kafka import EventProducer, create_topics, open_source, partitions_for
-from stream.processor import Learner
-from stream.registry import Registry
-from stream.snapshots import SnapshotMeta, SnapshotStore
+from stream.kafka.client import EventProducer, create_topics, open_source, partitions_for
+from stream.kafka.deadletter import DeadLetters
+from stream.learner.loop import Learner
+from stream.registry.registry import Registry
+from stream.store.commands import CommandQueue
+from stream.store.snapshots import SnapshotMeta, SnapshotStore
 
 
 def model_specs(models: Sequence[str], metrics: Sequence[str]) -> list[ModelSpec]:

@@ -9,15 +9,15 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from schemas.settings import Settings
-from stream.kafka import RecordRun
-from stream.telemetry import DriftMonitor, LearnerMetrics, start_http_server
+from stream.kafka.client import RecordRun
+from stream.learner.telemetry import DriftMonitor, LearnerMetrics, start_http_server
 
 _REFRESH_SECONDS = 0.5
 log = logging.getLogger(__name__)
 
 
 class PrometheusObserver:
-    """Called by `stream.processor.Learner` after each batch and each snapshot."""
+    """Called by `stream.learner.loop.Learner` after each batch and each snapshot."""
 
     def __init__(self, metrics: LearnerMetrics, server: Any = None) -> None:
         self.metrics = metrics

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from schemas.errors import RiverstreamError
 from schemas.settings import Settings
-from stream import services as svc
+from stream.dev import services as svc
 
 app = typer.Typer(
     help="riverstream: streaming online learning with River, Kafka, Redis and FastAPI.",
@@ -29,7 +29,7 @@ app.add_typer(services_app, name="services")
 app.add_typer(topics_app, name="topics")
 app.add_typer(publish_app, name="publish")
 try:  # the snapshot registry's commands (stream/cli_snapshots.py)
-    from stream.cli_snapshots import snapshots_app
+    from stream.cli.snapshots import snapshots_app
 
     app.add_typer(snapshots_app, name="snapshots")
 except ImportError:  # pragma: no cover - while the registry is being written
@@ -110,7 +110,7 @@ def _print_status(manager: svc.ServiceManager, *, as_json: bool) -> None:
 @topics_app.command("create")
 def topics_create() -> None:
     """Create the feature, label and dead-letter topics if they are missing."""
-    from stream.kafka import create_topics
+    from stream.kafka.client import create_topics
 
     s = load_settings()
     bootstrap = need(s.kafka_bootstrap_servers, "Kafka", "KAFKA_BOOTSTRAP_SERVERS")
@@ -134,7 +134,7 @@ def _progress(total: int | None) -> Progress:
 
 
 def _publish_file(path: Path, kind: str) -> None:
-    from stream.publish import Publisher, read_rows
+    from stream.kafka.publish import Publisher, read_rows
 
     if not path.exists():
         raise RiverstreamError(f"{path}: no such file")
@@ -178,7 +178,7 @@ def replay(
 ) -> None:
     """Turn a River dataset into feature and label events, published in event-time order."""
     from learners.datasets import dataset_events
-    from stream.publish import Publisher
+    from stream.kafka.publish import Publisher
 
     events = list(dataset_events(dataset, label_delay=label_delay, limit=limit, seed=seed))
     publisher = Publisher(load_settings())
@@ -216,7 +216,7 @@ def learn(
     """Learn from the feature and label topics until stopped (SIGTERM: snapshot, then exit)."""
     import signal
 
-    from stream.runtime import build_learner, model_specs
+    from stream.learner.runtime import build_learner, model_specs
 
     settings = load_settings()
     specs = model_specs(model, metric or [])
@@ -238,7 +238,7 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
 ) -> None:
     """Serve predictions from the promoted snapshots; follows new versions live."""
-    from serving.cli import serve as run
+    from serving.runner import serve as run
 
     run(load_settings(), host, port, workers)
 
@@ -253,7 +253,7 @@ def demo(
     keep: Annotated[bool, typer.Option(help="Leave everything running; print the URLs.")] = False,
 ) -> None:
     """Run everything: services, a learner, the API, a replay, live predictions, a summary."""
-    from stream.demo import Demo, DemoOptions, describe
+    from stream.dev.demo import Demo, DemoOptions, describe
 
     options = DemoOptions(dataset, model, label_delay, limit, rate, keep=keep)
     runner = Demo(options, log=lambda m: console.print(f"[dim]{m}[/]"))
@@ -298,7 +298,7 @@ def report(
     import time as _time
 
     from observability.report import render_report, samples_from_prometheus, samples_from_snapshots
-    from stream.runtime import snapshot_store
+    from stream.learner.runtime import snapshot_store
 
     settings = load_settings()
     samples: list[dict[str, object]] = []
@@ -333,7 +333,7 @@ def report(
 
 def _learner_observer(settings: Settings) -> object | None:
     try:
-        from stream.observer import PrometheusObserver
+        from stream.learner.observer import PrometheusObserver
     except ImportError:
         return None
     return PrometheusObserver.start(settings)
