@@ -35,6 +35,7 @@ from river import anomaly, base, forest, linear_model, metrics, preprocessing, t
 
 import learners.river_compat  # noqa: F401  (registers iterative pickling of deep River trees)
 from schemas.errors import ModelSpecError
+from schemas.names import MODEL_NAME_RULE, is_model_name
 
 ModelKind = Literal["classifier", "regressor", "anomaly"]
 
@@ -55,7 +56,6 @@ DEFAULT_METRICS: dict[ModelKind, tuple[str, ...]] = {
 }
 """Metrics used when a spec names none."""
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -154,7 +154,7 @@ class ModelSpec:
     Parameters
     ----------
     name
-        Identifier of the model (letters, digits, ``_ . -``; at most 64 characters).
+        Identifier of the model (`schemas.names`: letters, digits, ``_ . -``; at most 128).
     spec
         A key of `PRESETS` or ``package.module:function``.
     metric_names
@@ -174,11 +174,8 @@ class ModelSpec:
     metric_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise ModelSpecError(
-                f"invalid model name {self.name!r}: use letters, digits, '_', '.' or '-' "
-                "(at most 64 characters, starting with a letter or digit)"
-            )
+        if not is_model_name(self.name):
+            raise ModelSpecError(f"invalid model name {self.name!r}: use {MODEL_NAME_RULE}")
         if len(set(self.metric_names)) != len(self.metric_names):
             raise ModelSpecError(f"model {self.name!r}: a metric is named twice")
 
@@ -223,7 +220,7 @@ def parse_model_option(option: str, metric_names: Sequence[str] = ()) -> ModelSp
         raise ModelSpecError(
             f"model option {option!r} has an empty name or spec; expected NAME=SPEC"
         )
-    if not sep and not _NAME.match(name):
+    if not sep and not is_model_name(name):
         name = spec.rpartition(":")[2]
     parsed = ModelSpec(name, spec, tuple(metric_names))
     parsed.build_metrics()

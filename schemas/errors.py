@@ -45,3 +45,7 @@ class SnapshotIntegrityError(SnapshotError):
 
 class ModelSpecError(RiverstreamError):
     """A model or metric specification cannot be resolved."""
+
+
+class RegistryError(RiverstreamError):
+    """A registry operation was refused or failed; nothing was changed."""

@@ -127,10 +127,16 @@ class Settings(BaseSettings):
         """The HMAC key as bytes, or a `ConfigError` naming the variable to set."""
         if self.snapshot_key is not None and self.snapshot_key.get_secret_value():
             return self.snapshot_key.get_secret_value().encode()
-        key_file = self.state_dir / "snapshot.key"
-        if key_file.exists():
-            return key_file.read_bytes().strip()
         raise ConfigError(
-            f"{ENV_PREFIX}SNAPSHOT_KEY is not set (and no local key at {key_file}); "
-            "set it to a long random secret shared by learners and servers"
+            f"{ENV_PREFIX}SNAPSHOT_KEY is not set (nor a local key from `riverstream services "
+            "up`); set it to a long random secret shared by learners and servers"
         )
+
+    def topics(self) -> dict[str, int]:
+        """Every topic riverstream uses, with its partition count (the one topic set).
+
+        >>> sorted(Settings(partitions=2).topics().items())
+        [('riverstream.dlq', 1), ('riverstream.features', 2), ('riverstream.labels', 2)]
+        """
+        return {self.topic_features: self.partitions, self.topic_labels: self.partitions,
+                self.topic_dlq: 1}  # fmt: skip

@@ -46,7 +46,8 @@ from learners.core import LearningCore
 from learners.serialization import dump_signed, load_signed
 from learners.specs import ModelSpec
 from schemas.errors import RiverstreamError, SnapshotError
-from stream.store.snapshots import SnapshotMeta, SnapshotStore
+from schemas.records import SnapshotMeta
+from stream.store.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def kept_indexes(offsets: list[int], ranges: list[tuple[int, int]]) -> list[int]
 
 def write_snapshot(
     store: SnapshotStore,
-    key: bytes,
+    signing_key: bytes,
     version: int,
     core: LearningCore,
     offsets: Offsets,
@@ -129,7 +130,7 @@ def write_snapshot(
     models = core.models
     blobs: dict[str, tuple[bytes, SnapshotMeta]] = {}
     for name, state in models.items():
-        blob = dump_signed(state, key)
+        blob = dump_signed(state, signing_key)
         meta = SnapshotMeta.describe(
             name,
             blob,
@@ -148,7 +149,7 @@ def write_snapshot(
             "models": list(models),
             "extras": dict(extras or {}),
         }
-        checkpoint = dump_signed(payload, key)
+        checkpoint = dump_signed(payload, signing_key)
     finally:
         core.models = models
     store.write(version, blobs, checkpoint, offsets)
@@ -165,14 +166,14 @@ class Snapshotter:
         self,
         store: SnapshotStore,
         store_factory: Callable[[], SnapshotStore],
-        key: bytes,
+        signing_key: bytes,
         *,
         use_fork: bool = True,
         fork_min_bytes: int = 0,
     ) -> None:
         self.store = store
         self._store_factory = store_factory
-        self._key = key
+        self._signing_key = signing_key
         self.use_fork = use_fork and hasattr(os, "fork")
         self.fork_min_bytes = fork_min_bytes
         self.last_bytes: int | None = None  # size of the latest snapshot's model blobs
@@ -201,7 +202,13 @@ class Snapshotter:
             sizes: dict[str, int] = {}
             try:
                 metas = write_snapshot(
-                    self.store, self._key, version, core, dict(offsets), extras, self.after_write
+                    self.store,
+                    self._signing_key,
+                    version,
+                    core,
+                    dict(offsets),
+                    extras,
+                    self.after_write,
                 )
             except Exception:  # as a failed child: logged, and the next snapshot tries again
                 log.exception("snapshot v%d failed", version)
@@ -225,7 +232,7 @@ class Snapshotter:
                 os.nice(10)  # the learner keeps the CPU; the snapshot takes what is left
                 store = self._store_factory()
                 write_snapshot(
-                    store, self._key, version, core, dict(offsets), extras, self.after_write
+                    store, self._signing_key, version, core, dict(offsets), extras, self.after_write
                 )
                 status = 0
             except BaseException:
@@ -279,14 +286,14 @@ class Restored:
 
 
 def restore(
-    store: SnapshotStore, key: bytes, specs: list[ModelSpec], version: int | None = None
+    store: SnapshotStore, signing_key: bytes, specs: list[ModelSpec], version: int | None = None
 ) -> Restored | None:
     """Load the latest checkpoint (or ``version``) and its models, verified before unpickling."""
     latest = store.latest_checkpoint() if version is None else store.checkpoint(version)
     if latest is None:
         return None
     version, blob, _offsets = latest
-    payload: Mapping[str, Any] = load_signed(blob, key)
+    payload: Mapping[str, Any] = load_signed(blob, signing_key)
     core: LearningCore = payload["core"]
     names: list[str] = payload["models"]
     wanted = {spec.name: spec for spec in specs}

@@ -114,9 +114,7 @@ def topics_create() -> None:
 
     s = load_settings()
     bootstrap = need(s.kafka_bootstrap_servers, "Kafka", "KAFKA_BOOTSTRAP_SERVERS")
-    created = create_topics(
-        bootstrap, {s.topic_features: s.partitions, s.topic_labels: s.partitions, s.topic_dlq: 1}
-    )
+    created = create_topics(bootstrap, s.topics())
     console.print(f"created: {', '.join(created) or 'none (all exist)'}")
 
 

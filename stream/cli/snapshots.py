@@ -43,7 +43,7 @@ def open_registry(by: str | None = None) -> Registry:
     from stream.learner.runtime import snapshot_store
 
     settings = resolve(Settings())
-    return Registry(snapshot_store(settings), by=by, key=settings.require_snapshot_key())
+    return Registry(snapshot_store(settings), by=by, signing_key=settings.require_snapshot_key())
 
 
 @contextlib.contextmanager

@@ -23,11 +23,14 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from schemas.errors import ServiceError
 from schemas.settings import Settings
 
 SERVICES = ("kafka", "redis", "prometheus")
 STATE_FILE = "services.json"
+KEY_FILE = "snapshot.key"  # the local signing key, read by `resolve`
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,7 @@ class ServiceManager:
         return stopped
 
     def _ensure_key(self) -> None:
-        key_file = self.state_dir / "snapshot.key"
+        key_file = self.state_dir / KEY_FILE
         if not key_file.exists():
             key_file.write_text(uuid.uuid4().hex + uuid.uuid4().hex)
             key_file.chmod(0o600)
@@ -417,16 +420,21 @@ def ensure_debian_binary(command: str, package: str) -> str:
 
 
 def resolve(settings: Settings) -> Settings:
-    """Fill unset addresses from the local services' state, if they run."""
+    """Fill unset addresses from the local services' state, if they run, and an unset snapshot
+    key from the local key that `services up` writes."""
+    update: dict[str, object] = {}
+    if settings.snapshot_key is None or not settings.snapshot_key.get_secret_value():
+        key_file = settings.state_dir / KEY_FILE
+        if key_file.exists():
+            update["snapshot_key"] = SecretStr(key_file.read_text().strip())
     missing = {
         "kafka_bootstrap_servers": settings.kafka_bootstrap_servers,
         "redis_url": settings.redis_url,
         "prometheus_url": settings.prometheus_url,
     }
-    if all(missing.values()):
-        return settings
-    found = asdict(ServiceManager(settings).endpoints())
-    update = {k: found[k] for k, v in missing.items() if not v and found[k]}
+    if not all(missing.values()):
+        found = asdict(ServiceManager(settings).endpoints())
+        update |= {k: found[k] for k, v in missing.items() if not v and found[k]}
     return settings.model_copy(update=update) if update else settings
 
 

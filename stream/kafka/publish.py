@@ -100,14 +100,7 @@ class Publisher:
             raise SchemaError("config", "kafka_bootstrap_servers", "no Kafka address")
         self.settings = settings
         self.codec = EventCodec(Limits.from_settings(settings))
-        create_topics(
-            settings.kafka_bootstrap_servers,
-            {
-                settings.topic_features: settings.partitions,
-                settings.topic_labels: settings.partitions,
-                settings.topic_dlq: 1,
-            },
-        )
+        create_topics(settings.kafka_bootstrap_servers, settings.topics())
         self.producer = producer or EventProducer(settings.kafka_bootstrap_servers)
 
     def topic(self, kind: Kind) -> str:

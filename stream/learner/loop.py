@@ -21,6 +21,7 @@ from learners.specs import ModelSpec
 from learners.watermark import Watermark
 from schemas.errors import SnapshotError
 from schemas.events import EventCodec, Limits
+from schemas.records import RollbackCommand
 from schemas.settings import Settings
 from stream.checkpoint.protocol import (
     Offsets,
@@ -35,7 +36,6 @@ from stream.checkpoint.protocol import (
 )
 from stream.kafka.client import RecordRun, RecordSource
 from stream.kafka.deadletter import DeadLetters
-from stream.registry.policy import RollbackCommand
 from stream.store.commands import CommandQueue, in_ranges
 from stream.store.snapshots import SnapshotStore
 
@@ -86,11 +86,11 @@ class Learner:
         self.dead_letters = dead_letters
         self.observer = observer
         self.clock = clock
-        key = settings.require_snapshot_key()
+        signing_key = settings.require_snapshot_key()
         self.snapshotter = Snapshotter(
             store,
             store_factory,
-            key,
+            signing_key,
             use_fork=use_fork,
             fork_min_bytes=settings.snapshot_fork_min_bytes,
         )
@@ -98,12 +98,12 @@ class Learner:
         self._topics = (settings.topic_features, settings.topic_labels)
         self._sources = [(t, p) for t in range(2) for p in partitions]
 
-        self._key = key
+        self._signing_key = signing_key
         self.commands = commands
         self.excluded: list[tuple[float, float]] = []
         self.applied: list[str] = []
         self._skip: SkipRanges = {}
-        restored = restore(store, key, specs)
+        restored = restore(store, signing_key, specs)
         if restored is None:
             self.core = LearningCore(
                 specs, join_ttl=settings.join_ttl, max_pending=settings.join_max_pending
@@ -181,7 +181,7 @@ class Learner:
             return
         store = self.snapshotter.store
         if command.resume == "replay":
-            restored = restore(store, self._key, self.specs, version=command.to)
+            restored = restore(store, self._signing_key, self.specs, version=command.to)
             if restored is None:  # pragma: no cover - checkpoint() raises instead
                 raise SnapshotError(f"no checkpoint v{command.to}")
             running = self.snapshotter.poll(block=True)

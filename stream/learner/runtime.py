@@ -8,13 +8,14 @@ import redis
 
 from learners.specs import ModelSpec, parse_model_option
 from schemas.errors import ConfigError, RiverstreamError
+from schemas.records import SnapshotMeta
 from schemas.settings import Settings
 from stream.kafka.client import EventProducer, create_topics, open_source, partitions_for
 from stream.kafka.deadletter import DeadLetters
 from stream.learner.loop import Learner
 from stream.registry.registry import Registry
 from stream.store.commands import CommandQueue
-from stream.store.snapshots import SnapshotMeta, SnapshotStore
+from stream.store.snapshots import SnapshotStore
 
 
 def model_specs(models: Sequence[str], metrics: Sequence[str]) -> list[ModelSpec]:
@@ -74,14 +75,7 @@ def build_learner(
         raise ConfigError(
             "no Kafka address: set RIVERSTREAM_KAFKA_BOOTSTRAP_SERVERS or run `riverstream services up`"
         )
-    create_topics(
-        bootstrap,
-        {
-            settings.topic_features: settings.partitions,
-            settings.topic_labels: settings.partitions,
-            settings.topic_dlq: 1,
-        },
-    )
+    create_topics(bootstrap, settings.topics())
     partitions = partitions_for(bootstrap, settings.topic_features)
     if partitions_for(bootstrap, settings.topic_labels) != partitions:
         raise RiverstreamError(

@@ -1,157 +1,18 @@
-"""The registry's records and pure decisions: keys, policies, history entries, rollback
-commands, and the rules that decide promotions and rollback targets (no I/O here)."""
+"""The registry's pure decisions: which metric direction is better, whether the guarded policy
+allows a promotion, the stack of promotions a rollback returns to, valid exclude ranges (no
+I/O here; the records themselves are in `schemas.records`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import getpass
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
 
-from schemas.errors import RiverstreamError
-from stream.store.snapshots import SnapshotMeta
+from schemas.errors import RegistryError
+from schemas.records import HistoryEntry, Policy
 
-POLICIES = ("always", "manual", "guarded")
-RESUMES = ("skip", "replay")
 _POINTER_ACTIONS = {"promote", "auto-promote", "rollback", "policy"}
-
-PolicyName = Literal["always", "manual", "guarded"]
-Resume = Literal["skip", "replay"]
-
-
-class RegistryError(RiverstreamError):
-    """A registry operation was refused or failed; nothing was changed."""
-
-
-@dataclass(frozen=True)
-class RegistryKeys:
-    """The registry's Redis keys, as a pure function of the store prefix.
-
-    >>> k = RegistryKeys("rs")
-    >>> k.pin("lr"), k.history("lr"), k.commands
-    ('rs:model:lr:pin', 'rs:model:lr:history', 'rs:learner:commands')
-    """
-
-    prefix: str
-
-    def promoted(self, model: str) -> str:
-        return f"{self.prefix}:model:{model}:promoted"
-
-    def pin(self, model: str) -> str:
-        return f"{self.prefix}:model:{model}:pin"
-
-    def history(self, model: str) -> str:
-        return f"{self.prefix}:model:{model}:history"
-
-    def policy(self, model: str) -> str:
-        return f"{self.prefix}:model:{model}:policy"
-
-    def retention(self, model: str) -> str:
-        return f"{self.prefix}:model:{model}:retention"
-
-    @property
-    def commands(self) -> str:
-        return f"{self.prefix}:learner:commands"
-
-
-@dataclass(frozen=True)
-class Policy:
-    """How new snapshots of a model are promoted; ``metric`` None means the first in name order."""
-
-    policy: PolicyName = "always"
-    margin: float = 0.0
-    metric: str | None = None
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    """One line of a model's history; ``detail`` holds action-specific extras."""
-
-    time: float
-    action: str
-    from_: int | None
-    to: int | None
-    reason: str
-    by: str
-    resume: str | None = None
-    exclude: list[list[float]] | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["from"] = data.pop("from_")
-        return data
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> HistoryEntry:
-        """Tolerant: fields missing from an entry (older or foreign writers) take defaults."""
-        try:
-            data = json.loads(raw)
-            return cls(
-                time=float(data.get("time", 0.0)),
-                action=str(data.get("action", "?")),
-                from_=data.get("from"),
-                to=data.get("to"),
-                reason=str(data.get("reason", "")),
-                by=str(data.get("by", "")),
-                resume=data.get("resume"),
-                exclude=data.get("exclude"),
-                detail=dict(data.get("detail") or {}),
-            )
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise RegistryError(f"unreadable history entry {raw!r}: {exc}") from None
-
-
-@dataclass(frozen=True)
-class RollbackCommand:
-    """What the learner must do after a rollback (popped from ``P:learner:commands``).
-
-    ``exclude`` holds closed ranges ``[from_time, to_time]``: with ``resume == "replay"`` events
-    whose time t satisfies ``from_time <= t <= to_time`` are not learned again.
-    """
-
-    id: str
-    model: str
-    action: str
-    to: int
-    resume: Resume
-    exclude: list[list[float]]
-    at: float
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> RollbackCommand:
-        data = json.loads(raw)
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    """A version's metadata and where the pointers stand."""
-
-    meta: SnapshotMeta
-    promoted: bool
-    pinned: bool
-    serving: bool
-    has_checkpoint: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **dataclasses.asdict(self.meta),
-            "promoted": self.promoted,
-            "pinned": self.pinned,
-            "serving": self.serving,
-            "has_checkpoint": self.has_checkpoint,
-        }
 
 
 # -- pure decisions ------------------------------------------------------------------------
@@ -225,7 +86,7 @@ def check_ranges(ranges: Sequence[Sequence[float]]) -> list[list[float]]:
     >>> check_ranges([(3, 1)])
     Traceback (most recent call last):
     ...
-    stream.registry.policy.RegistryError: bad exclude range 3-1: from must be before to
+    schemas.errors.RegistryError: bad exclude range 3-1: from must be before to
     """
     out = []
     for pair in ranges:

@@ -14,13 +14,14 @@ from collections.abc import Sequence
 import redis
 
 from schemas.errors import SnapshotError
-from stream.registry.policy import RegistryKeys, RollbackCommand
+from schemas.records import RollbackCommand
+from stream.store.keys import RedisKeys
 
 
 class CommandQueue:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
-        self.key = RegistryKeys(prefix).commands
+        self.key = RedisKeys(prefix).commands
 
     def peek(self) -> list[RollbackCommand]:
         try:

@@ -4,45 +4,31 @@ An adapter: every ``redis`` error is wrapped into `SnapshotError` where it enter
 problem into its subclass `RedisUnavailableError`); a blob whose checksum or HMAC does not match
 raises `SnapshotIntegrityError` and is never unpickled.
 
-Key layout under a prefix ``P`` (see `SnapshotKeys`)::
-
-    P:version:seq                          INCR counter handing out versions (shared by models)
-    P:models                               set of model names
-    P:model:NAME:versions                  sorted set, member = score = version
-    P:model:NAME:latest                    newest version written (only moves forward)
-    P:model:NAME:promoted                  version to serve, owned by the registry (optional)
-    P:model:NAME:v:VERSION:meta            `SnapshotMeta` as JSON
-    P:model:NAME:v:VERSION:chunk:I         I-th slice of the signed blob (I = 0 .. chunks-1)
-    P:checkpoint:latest                    newest checkpoint version (only moves forward)
-    P:checkpoint:VERSION:meta              `CheckpointMeta` as JSON
-    P:checkpoint:VERSION:chunk:I           I-th slice of the signed learner checkpoint
-    P:snapshots                            pub/sub channel: {"model": NAME, "version": V}
+The key layout, the served-version rule and the notification format are in `stream.store.keys`.
 
 A version is visible once its ``meta`` exists; chunks without a meta are never read. Readers
-ask `serving_version` (``promoted`` if the registry set one, else ``latest``), so the registry
-only has to set ``promoted`` and publish on the channel to move every API process.
+ask `serving_version` (`stream.store.keys.served_version`), so the registry only has to move a
+pointer and publish on the channel to move every API process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import re
-import sys
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import redis
 
 from learners.serialization import load_signed, sha256_hex, verify_signed
 from schemas.errors import SnapshotError, SnapshotIntegrityError
+from schemas.names import MODEL_NAME_RULE, is_model_name
+from schemas.records import CheckpointMeta, SnapshotMeta
+from stream.store.keys import Notification, RedisKeys, chunks, served_version
 
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 REDIS_VALUE_LIMIT = 512 * 1024 * 1024
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 # Sets KEYS[1] to ARGV[1] unless it already holds a version >= ARGV[1]; queued inside MULTI.
 _SET_MAX = """
@@ -54,157 +40,6 @@ return 0
 
 class RedisUnavailableError(SnapshotError):
     """Redis could not be reached (connection refused, timeout): the snapshot may be fine."""
-
-
-def river_version() -> str:
-    try:
-        import river
-
-        return str(river.__version__)
-    except Exception:  # pragma: no cover - river is a dependency
-        return "unknown"
-
-
-class _JsonRecord:
-    """JSON (de)serialisation of a frozen dataclass; unreadable JSON is a `SnapshotError`."""
-
-    _what: ClassVar[str]
-
-    def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()  # type: ignore[call-overload]
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> Self:
-        try:
-            data = json.loads(raw)
-            return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
-        except (ValueError, TypeError, KeyError) as exc:
-            raise SnapshotError(f"unreadable {cls._what}: {exc!r}") from None
-
-
-@dataclass(frozen=True)
-class SnapshotMeta(_JsonRecord):
-    """Everything known about one version of one model, stored beside its blob."""
-
-    _what: ClassVar[str] = "snapshot metadata"
-
-    model: str
-    version: int
-    created_at: float
-    samples_learned: int
-    metrics: dict[str, float]
-    offsets: dict[str, int]
-    river_version: str
-    python_version: str
-    size: int
-    sha256: str
-    chunks: int
-    kind: str
-    spec: str
-
-    @classmethod
-    def describe(
-        cls,
-        model: str,
-        blob: bytes,
-        *,
-        kind: str,
-        spec: str,
-        samples_learned: int,
-        metrics: Mapping[str, float],
-        offsets: Mapping[str, int],
-        created_at: float | None = None,
-    ) -> SnapshotMeta:
-        """Metadata for ``blob``; `SnapshotStore.write` fills in version and chunks."""
-        return cls(
-            model=model,
-            version=0,
-            created_at=time.time() if created_at is None else created_at,
-            samples_learned=samples_learned,
-            metrics=dict(metrics),
-            offsets=dict(offsets),
-            river_version=river_version(),
-            python_version=sys.version.split()[0],
-            size=len(blob),
-            sha256=sha256_hex(blob),
-            chunks=0,
-            kind=kind,
-            spec=spec,
-        )
-
-
-@dataclass(frozen=True)
-class CheckpointMeta(_JsonRecord):
-    """The learner checkpoint of one version: its blob and the input offsets it covers."""
-
-    _what: ClassVar[str] = "checkpoint metadata"
-
-    version: int
-    created_at: float
-    size: int
-    sha256: str
-    chunks: int
-    offsets: dict[str, int]
-
-
-@dataclass(frozen=True)
-class SnapshotKeys:
-    """Every Redis key of the store, as a pure function of the prefix.
-
-    >>> k = SnapshotKeys("rs")
-    >>> k.chunk("lr", 7, 0), k.latest("lr"), k.checkpoint_meta(7), k.channel
-    ('rs:model:lr:v:7:chunk:0', 'rs:model:lr:latest', 'rs:checkpoint:7:meta', 'rs:snapshots')
-    """
-
-    prefix: str
-
-    @property
-    def seq(self) -> str:
-        return f"{self.prefix}:version:seq"
-
-    @property
-    def models(self) -> str:
-        return f"{self.prefix}:models"
-
-    @property
-    def channel(self) -> str:
-        return f"{self.prefix}:snapshots"
-
-    def versions(self, model: str) -> str:
-        return f"{self.prefix}:model:{model}:versions"
-
-    def latest(self, model: str) -> str:
-        return f"{self.prefix}:model:{model}:latest"
-
-    def promoted(self, model: str) -> str:
-        return f"{self.prefix}:model:{model}:promoted"
-
-    def pin(self, model: str) -> str:
-        return f"{self.prefix}:model:{model}:pin"
-
-    def meta(self, model: str, version: int) -> str:
-        return f"{self.prefix}:model:{model}:v:{version}:meta"
-
-    def chunk(self, model: str, version: int, i: int) -> str:
-        return f"{self.prefix}:model:{model}:v:{version}:chunk:{i}"
-
-    @property
-    def checkpoint_latest(self) -> str:
-        return f"{self.prefix}:checkpoint:latest"
-
-    def checkpoint_meta(self, version: int) -> str:
-        return f"{self.prefix}:checkpoint:{version}:meta"
-
-    def checkpoint_chunk(self, version: int, i: int) -> str:
-        return f"{self.prefix}:checkpoint:{version}:chunk:{i}"
-
-
-@dataclass(frozen=True)
-class Notification:
-    """One message of the snapshot channel: ``model`` has a new ``version`` to consider."""
-
-    model: str
-    version: int
 
 
 @contextlib.contextmanager
@@ -224,7 +59,7 @@ class SnapshotStore:
         self,
         client: redis.Redis,
         prefix: str,
-        key: bytes,
+        signing_key: bytes,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
         if not 0 < chunk_bytes <= REDIS_VALUE_LIMIT:
@@ -232,8 +67,8 @@ class SnapshotStore:
         if client.get_encoder().decode_responses:
             raise SnapshotError("the redis client must be created with decode_responses=False")
         self.client = client
-        self.keys = SnapshotKeys(prefix)
-        self._key = key
+        self.keys = RedisKeys(prefix)
+        self.signing_key = signing_key
         self.chunk_bytes = chunk_bytes
         self._set_max = client.register_script(_SET_MAX)
 
@@ -273,8 +108,8 @@ class SnapshotStore:
             # 1. chunks
             pipe = self.client.pipeline(transaction=False)
             for name, (blob, meta) in models.items():
-                if not _NAME.match(name):
-                    raise SnapshotError(f"invalid model name {name!r}: use [A-Za-z0-9_.-]")
+                if not is_model_name(name):
+                    raise SnapshotError(f"invalid model name {name!r}: use {MODEL_NAME_RULE}")
                 chunks = self._queue_chunks(
                     pipe, blob, lambda i, n=name: self.keys.chunk(n, version, i)
                 )
@@ -303,14 +138,13 @@ class SnapshotStore:
             # 3. notify
             pipe = self.client.pipeline(transaction=False)
             for name in metas:
-                pipe.publish(self.keys.channel, json.dumps({"model": name, "version": version}))
+                pipe.publish(self.keys.channel, Notification(name, version).to_json())
             pipe.execute()
 
-    def _queue_chunks(self, pipe: Any, blob: bytes, key_of: Any) -> int:
-        view = memoryview(blob)
-        n = max(1, -(-len(blob) // self.chunk_bytes))
-        for i in range(n):
-            pipe.set(key_of(i), view[i * self.chunk_bytes : (i + 1) * self.chunk_bytes])
+    def _queue_chunks(self, pipe: Any, blob: bytes, key_of: Callable[[int], str]) -> int:
+        n = 0
+        for n, part in enumerate(chunks(blob, self.chunk_bytes), 1):
+            pipe.set(key_of(n - 1), part)
         return n
 
     # -- reading ---------------------------------------------------------------------------
@@ -333,8 +167,7 @@ class SnapshotStore:
             pinned, promoted, latest = self.client.mget(
                 self.keys.pin(model), self.keys.promoted(model), self.keys.latest(model)
             )
-        raw = next((v for v in (pinned, promoted, latest) if v is not None), None)
-        return None if raw is None else int(raw)
+        return served_version(*(None if v is None else int(v) for v in (pinned, promoted, latest)))
 
     def meta(self, model: str, version: int) -> SnapshotMeta:
         with _wrapped(f"meta of {model} v{version}"):
@@ -346,13 +179,13 @@ class SnapshotStore:
     def read_model_blob(self, model: str, version: int) -> bytes:
         """The verified signed blob of ``model`` v``version`` (`SnapshotIntegrityError` if not)."""
         blob, _ = self._read_model(model, version)
-        verify_signed(blob, self._key)
+        verify_signed(blob, self.signing_key)
         return blob
 
     def load_model(self, model: str, version: int) -> tuple[Any, SnapshotMeta]:
         """Fetch, check (sha256, then HMAC) and only then unpickle ``model`` v``version``."""
         blob, meta = self._read_model(model, version)
-        return load_signed(blob, self._key, cooperative=True), meta
+        return load_signed(blob, self.signing_key, cooperative=True), meta
 
     def _read_model(self, model: str, version: int) -> tuple[bytes, SnapshotMeta]:
         meta = self.meta(model, version)
@@ -384,7 +217,7 @@ class SnapshotStore:
         meta = CheckpointMeta.from_json(raw)
         keys = [self.keys.checkpoint_chunk(version, i) for i in range(meta.chunks)]
         blob = self._join(keys, f"checkpoint v{version}", meta.size, meta.sha256)
-        verify_signed(blob, self._key)
+        verify_signed(blob, self.signing_key)
         return version, blob, dict(meta.offsets)
 
     # -- notifications ---------------------------------------------------------------------
@@ -407,11 +240,7 @@ class Subscription:
             message = self._pubsub.get_message(timeout=timeout)
         if message is None or message.get("type") != "message":
             return None
-        try:
-            data = json.loads(message["data"])
-            return Notification(str(data["model"]), int(data["version"]))
-        except (ValueError, TypeError, KeyError):
-            return None
+        return Notification.from_json(message["data"])
 
     def close(self) -> None:
         with contextlib.suppress(redis.RedisError, OSError):

@@ -26,4 +26,4 @@ def store(settings: Settings) -> Iterator[SnapshotStore]:
 
 @pytest.fixture
 def registry(store: SnapshotStore, key: bytes) -> Registry:
-    return Registry(store, by="tester", key=key)
+    return Registry(store, by="tester", signing_key=key)

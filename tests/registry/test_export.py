@@ -55,8 +55,20 @@ def test_tampered_import_is_refused_and_changes_nothing(
         data = data[:-40]
     path.write_bytes(bytes(data))
     if where == "key":
-        registry = Registry(store, key=b"another key")
+        registry = Registry(store, signing_key=b"another key")
     before = dump_all(store)
     with pytest.raises(RegistryError, match=r"signature mismatch|bad header"):
         registry.import_(path)
     assert dump_all(store) == before
+
+
+def test_registry_signs_exports_with_the_store_signing_key_by_default(
+    store: SnapshotStore, key: bytes, tmp_path: Path
+) -> None:
+    """The documented default: a Registry given no key signs with its store's signing key (it
+    used to look for a ``key`` attribute the store did not have, so the default was None)."""
+    registry = Registry(store, by="tester")
+    assert registry.signing_key == key
+    v1 = write_version(store, key)
+    model, v2 = registry.import_(registry.export("m", v1, tmp_path / "m.rsx"), "round trip")
+    assert (model, store.read_model_blob("m", v2)) == ("m", store.read_model_blob("m", v1))

@@ -8,10 +8,10 @@ import pytest
 
 import serving.inputs
 import serving.models
-import stream.store.snapshots
+import stream.store.keys
 
 
-@pytest.mark.parametrize("module", [serving.inputs, serving.models, stream.store.snapshots])
+@pytest.mark.parametrize("module", [serving.inputs, serving.models, stream.store.keys])
 def test_docstring_examples(module) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

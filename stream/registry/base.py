@@ -1,0 +1,126 @@
+"""The registry's foundation: Redis transactions (WATCH / validate / MULTI / EXEC, retried) and
+the reads every operation starts from. `stream.registry.registry.Registry` builds on it."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+
+from schemas.errors import RegistryError
+from schemas.records import HistoryEntry, Policy, RollbackCommand, SnapshotMeta
+from stream.registry.policy import _int, _user, promotion_stack
+from stream.store.keys import Notification
+from stream.store.snapshots import SnapshotStore
+
+HISTORY_LIMIT = 10_000
+MAX_ATTEMPTS = 200
+
+
+class RegistryBase:
+    """Pointers, history and policies of the models of one `SnapshotStore`.
+
+    ``by`` names who acts in the history (default: the OS user); ``signing_key`` signs export
+    files (default: the store's signing key).
+    """
+
+    def __init__(
+        self, store: SnapshotStore, *, by: str | None = None, signing_key: bytes | None = None
+    ) -> None:
+        self.store = store
+        self.client: redis.Redis = store.client
+        self.keys = store.keys
+        self.by = by or _user()
+        self.signing_key = signing_key if signing_key is not None else store.signing_key
+
+    # -- transactions --------------------------------------------------------------------
+    def _atomic(self, what: str, watch: Sequence[str], body: Callable[[Any], Any]) -> Any:
+        """WATCH ``watch``, run ``body(pipe)`` (reads, then ``pipe.multi()`` and writes), EXEC.
+
+        ``body`` returns ``(result, write)``; ``write(pipe)`` queues the writes, or is None when
+        there is nothing to write. Retried when a watched key changed meanwhile.
+        """
+        try:
+            for attempt in range(MAX_ATTEMPTS):
+                with self.client.pipeline(transaction=True) as pipe:
+                    try:
+                        pipe.watch(*watch)
+                        result, write = body(pipe)
+                        if write is None:
+                            pipe.unwatch()
+                            return result
+                        pipe.multi()
+                        write(pipe)
+                        pipe.execute()
+                        return result
+                    except redis.WatchError:
+                        time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
+        except redis.RedisError as exc:
+            raise RegistryError(f"{what}: redis error: {exc}") from exc
+        raise RegistryError(f"{what}: gave up after {MAX_ATTEMPTS} conflicting attempts")
+
+    def _read(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except redis.RedisError as exc:
+            raise RegistryError(f"{what}: redis error: {exc}") from exc
+
+    def _require_model(self, r: Any, model: str) -> None:
+        if not r.sismember(self.keys.models, model):
+            known = sorted(m.decode() for m in r.smembers(self.keys.models))
+            raise RegistryError(f"unknown model {model!r}; models are {known}")
+
+    def _require_version(self, r: Any, model: str, version: int) -> SnapshotMeta:
+        self._require_model(r, model)
+        raw = r.get(self.keys.meta(model, version))
+        if raw is None:
+            versions = [int(v) for v in r.zrange(self.keys.versions(model), 0, -1)]
+            raise RegistryError(f"{model} has no version {version}; versions are {versions}")
+        return SnapshotMeta.from_json(raw)
+
+    def _entry(self, action: str, frm: int | None, to: int | None, reason: str, **kw: Any) -> str:
+        entry = HistoryEntry(time.time(), action, frm, to, reason, self.by, **kw)
+        return json.dumps(entry.to_dict(), sort_keys=True)
+
+    def _record(self, pipe: Any, model: str, entry: str) -> None:
+        pipe.rpush(self.keys.history(model), entry)
+        pipe.ltrim(self.keys.history(model), -HISTORY_LIMIT, -1)
+
+    def _publish(self, pipe: Any, model: str, version: int | None) -> None:
+        if version is not None:
+            pipe.publish(self.keys.channel, Notification(model, version).to_json())
+
+    def _pointers(self, r: Any, model: str) -> tuple[int | None, int | None, int | None]:
+        pin, promoted, latest = r.mget(
+            self.keys.pin(model), self.keys.promoted(model), self.keys.latest(model)
+        )
+        return _int(pin), _int(promoted), _int(latest)
+
+    def _history(self, r: Any, model: str) -> list[HistoryEntry]:
+        return [HistoryEntry.from_json(raw) for raw in r.lrange(self.keys.history(model), 0, -1)]
+
+    def _pending(self, r: Any, model: str) -> list[RollbackCommand]:
+        cmds = [RollbackCommand.from_json(raw) for raw in r.lrange(self.keys.commands, 0, -1)]
+        return [c for c in cmds if c.model == model]
+
+    def _previous(self, r: Any, model: str) -> int | None:
+        """The rollback target by default: the version promoted before the current one."""
+        _pin, promoted, latest = self._pointers(r, model)
+        current = promoted if promoted is not None else latest
+        stack = promotion_stack(self._history(r, model))
+        if current is None:
+            return None
+        if not stack or stack[-1] != current:
+            stack.append(current)
+        if len(stack) >= 2:
+            return stack[-2]
+        older = r.zrevrangebyscore(self.keys.versions(model), f"({current}", "-inf", 0, 1)
+        return int(older[0]) if older else None
+
+    def _policy(self, r: Any, model: str) -> Policy:
+        raw = r.get(self.keys.policy(model))
+        return Policy() if raw is None else Policy(**json.loads(raw))

@@ -1,0 +1,145 @@
+"""The Redis layout, in one place: every key, the served-version rule, the notification
+format and chunking. Pure functions of their arguments (no connection here).
+
+Key layout under a prefix ``P``::
+
+    P:version:seq                          INCR counter handing out versions (shared by models)
+    P:models                               set of model names
+    P:model:NAME:versions                  sorted set, member = score = version
+    P:model:NAME:latest                    newest version written (only moves forward)
+    P:model:NAME:promoted                  version to serve, owned by the registry (optional)
+    P:model:NAME:pin                       optional: serving stays here while learning goes on
+    P:model:NAME:history                   list of JSON `HistoryEntry`, oldest first
+    P:model:NAME:policy                    JSON `Policy` (absent: ``always``)
+    P:model:NAME:retention                 optional: versions kept by automatic retention
+    P:model:NAME:v:VERSION:meta            `SnapshotMeta` as JSON
+    P:model:NAME:v:VERSION:chunk:I         I-th slice of the signed blob (I = 0 .. chunks-1)
+    P:checkpoint:latest                    newest checkpoint version (only moves forward)
+    P:checkpoint:VERSION:meta              `CheckpointMeta` as JSON
+    P:checkpoint:VERSION:chunk:I           I-th slice of the signed learner checkpoint
+    P:learner:commands                     list of JSON `RollbackCommand` for the learner
+    P:snapshots                            pub/sub channel: {"model": NAME, "version": V}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+def served_version(pin: int | None, promoted: int | None, latest: int | None) -> int | None:
+    """The serving rule: the pin if set, else the promoted version, else the latest.
+
+    >>> served_version(None, 3, 5), served_version(2, 3, 5), served_version(None, None, 5)
+    (3, 2, 5)
+    """
+    return next((v for v in (pin, promoted, latest) if v is not None), None)
+
+
+def chunk_count(size: int, chunk_bytes: int) -> int:
+    """Chunks a blob of ``size`` bytes takes (at least one, even when empty).
+
+    >>> chunk_count(0, 10), chunk_count(10, 10), chunk_count(11, 10)
+    (1, 1, 2)
+    """
+    return max(1, -(-size // chunk_bytes))
+
+
+def chunks(blob: bytes, chunk_bytes: int) -> Iterator[memoryview]:
+    """The slices of ``blob`` stored under consecutive chunk keys (views, not copies)."""
+    view = memoryview(blob)
+    for i in range(chunk_count(len(blob), chunk_bytes)):
+        yield view[i * chunk_bytes : (i + 1) * chunk_bytes]
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One message of the snapshot channel: ``model`` has a new ``version`` to consider."""
+
+    model: str
+    version: int
+
+    def to_json(self) -> str:
+        """The message published on the channel.
+
+        >>> Notification("lr", 3).to_json()
+        '{"model": "lr", "version": 3}'
+        """
+        return json.dumps({"model": self.model, "version": self.version})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Notification | None:
+        """The notification in ``raw``, or None when it is malformed."""
+        try:
+            data = json.loads(raw)
+            return cls(str(data["model"]), int(data["version"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Every Redis key riverstream uses, as a pure function of the prefix (the map above).
+
+    >>> k = RedisKeys("rs")
+    >>> k.chunk("lr", 7, 0), k.latest("lr"), k.checkpoint_meta(7), k.channel
+    ('rs:model:lr:v:7:chunk:0', 'rs:model:lr:latest', 'rs:checkpoint:7:meta', 'rs:snapshots')
+    >>> k.pin("lr"), k.history("lr"), k.commands
+    ('rs:model:lr:pin', 'rs:model:lr:history', 'rs:learner:commands')
+    """
+
+    prefix: str
+
+    @property
+    def seq(self) -> str:
+        return f"{self.prefix}:version:seq"
+
+    @property
+    def models(self) -> str:
+        return f"{self.prefix}:models"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.prefix}:snapshots"
+
+    def versions(self, model: str) -> str:
+        return f"{self.prefix}:model:{model}:versions"
+
+    def latest(self, model: str) -> str:
+        return f"{self.prefix}:model:{model}:latest"
+
+    def promoted(self, model: str) -> str:
+        return f"{self.prefix}:model:{model}:promoted"
+
+    def pin(self, model: str) -> str:
+        return f"{self.prefix}:model:{model}:pin"
+
+    def meta(self, model: str, version: int) -> str:
+        return f"{self.prefix}:model:{model}:v:{version}:meta"
+
+    def chunk(self, model: str, version: int, i: int) -> str:
+        return f"{self.prefix}:model:{model}:v:{version}:chunk:{i}"
+
+    @property
+    def checkpoint_latest(self) -> str:
+        return f"{self.prefix}:checkpoint:latest"
+
+    def checkpoint_meta(self, version: int) -> str:
+        return f"{self.prefix}:checkpoint:{version}:meta"
+
+    def checkpoint_chunk(self, version: int, i: int) -> str:
+        return f"{self.prefix}:checkpoint:{version}:chunk:{i}"
+
+    def history(self, model: str) -> str:
+        return f"{self.prefix}:model:{model}:history"
+
+    def policy(self, model: str) -> str:
+        return f"{self.prefix}:model:{model}:policy"
+
+    def retention(self, model: str) -> str:
+        return f"{self.prefix}:model:{model}:retention"
+
+    @property
+    def commands(self) -> str:
+        return f"{self.prefix}:learner:commands"
