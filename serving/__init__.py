@@ -1,5 +1,5 @@
 """The serving room: an HTTP API that only reads verified snapshots from the store.
 
-`serving.app.create_app` is the app factory, `serving.follower` keeps each process on the
+`serving.app.create_app` is the app factory, `stream.store.follower` keeps each process on the
 serving version of every model, `serving.runner.serve` runs uvicorn with one or more workers.
 """

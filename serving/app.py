@@ -33,13 +33,13 @@ from fastapi.responses import Response
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from learners.predictor import MODEL_INPUT_ERRORS
 from schemas.errors import ConfigError
 from schemas.settings import Settings
 from serving import openapi
-from serving.follower import SnapshotFollower
 from serving.inputs import InputError, InputLimits, parse_predict_body
-from serving.models import MODEL_INPUT_ERRORS
 from serving.telemetry import ServingMetrics, get_metrics, metrics_response_bytes
+from stream.store.follower import SnapshotFollower
 from stream.store.snapshots import SnapshotStore
 
 PREDICT_ROUTE = "/v1/models/{name}/predict"

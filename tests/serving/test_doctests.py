@@ -6,12 +6,12 @@ import doctest
 
 import pytest
 
+import learners.predictor
 import serving.inputs
-import serving.models
 import stream.store.keys
 
 
-@pytest.mark.parametrize("module", [serving.inputs, serving.models, stream.store.keys])
+@pytest.mark.parametrize("module", [serving.inputs, learners.predictor, stream.store.keys])
 def test_docstring_examples(module) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -19,7 +19,7 @@ from river import base, compose
 
 from learners.specs import model_kind
 from schemas.errors import ModelSpecError
-from stream.store.snapshots import SnapshotMeta
+from schemas.records import SnapshotMeta
 
 KINDS = ("classifier", "regressor", "anomaly")
 

@@ -21,8 +21,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from learners.predictor import ServedModel
 from schemas.errors import SnapshotError, SnapshotIntegrityError
-from serving.models import ServedModel
 from stream.store.snapshots import RedisUnavailableError, SnapshotStore, Subscription
 
 log = logging.getLogger(__name__)
