@@ -25,8 +25,6 @@ RUNTIME = ("stream.kafka", "stream.store", "stream.checkpoint", "stream.learner"
 def room_of(module: str) -> str:
     """``stream.store.keys`` → ``stream.store``; ``serving.app`` → ``serving``."""
     parts = module.split(".")
-    if module == "stream.__main__":
-        return "stream"
     return ".".join(parts[:2]) if parts[0] == "stream" and len(parts) > 1 else parts[0]
 
 
@@ -34,6 +32,8 @@ def allowed(importer: str, imported: str) -> bool:
     """Whether a module of room ``importer`` may import a module of room ``imported``."""
     if imported == importer or imported.split(".")[0] not in ROOMS:
         return True
+    if importer == "stream.__main__":  # `python -m stream`: the entry point runs the CLI
+        return imported == "stream.cli"
     if imported == "stream.cli":
         return False
     if importer == "schemas":
@@ -50,7 +50,7 @@ def allowed(importer: str, imported: str) -> bool:
         return True
     if importer == "stream.dev":
         return imported in ("schemas", "learners", *RUNTIME)
-    return importer == "stream" and imported == "stream.cli"  # stream/__main__.py
+    return False
 
 
 def imports_of(source: str, package: str) -> list[tuple[int, str]]:
