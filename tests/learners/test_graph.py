@@ -29,6 +29,7 @@ from learners.graph import (
     run_shadows,
     sticky_unit,
 )
+from learners.predictor import ServedModel
 from schemas.graph_errors import GraphError
 from schemas.graphs import parse_graph
 
@@ -123,7 +124,10 @@ def trained() -> Trained:
 def hand_mean(probas: list[dict[Any, float]], weights: list[float]) -> dict[Any, float]:
     labels = set().union(*probas)
     total = sum(weights)
-    return {c: sum(w * p.get(c, 0.0) for p, w in zip(probas, weights)) / total for c in labels}
+    return {
+        c: sum(w * p.get(c, 0.0) for p, w in zip(probas, weights, strict=True)) / total
+        for c in labels
+    }
 
 
 def argmax(scores: dict[Any, float]) -> Any:
@@ -153,6 +157,18 @@ def test_ensemble_mean_is_the_mean_of_the_probabilities(trained: Trained) -> Non
     assert differs > 50  # the members do not all say the same thing
 
 
+def test_served_models_are_what_a_graph_calls(trained: Trained) -> None:
+    served: dict[str, Predicts] = {
+        name: ServedModel.build(name, trained.estimators[name], version=1 + i)
+        for i, name in enumerate(MEMBERS)
+    }
+    graph = g({"ensemble": {"members": list(MEMBERS)}})
+    for x in trained.test[:20]:
+        answer = evaluate(graph, x, models=StaticModels(served))
+        expected = evaluate(graph, x, models=StaticModels(trained.models))
+        assert answer.as_dict() == expected.as_dict()
+
+
 def test_ensemble_vote_is_the_majority(trained: Trained) -> None:
     graph = g({"ensemble": {"members": list(MEMBERS), "combine": "vote"}})
     models = StaticModels(trained.models)
@@ -167,22 +183,31 @@ def test_ensemble_vote_is_the_majority(trained: Trained) -> None:
 
 
 def test_ensemble_weighted_by_metric(trained: Trained) -> None:
-    graph = g({"ensemble": {"members": list(MEMBERS), "combine": "weighted", "weights": "by_metric"}})  # fmt: skip
+    graph = g(
+        {"ensemble": {"members": list(MEMBERS), "combine": "weighted", "weights": "by_metric"}}
+    )
     models = StaticModels(trained.models, trained.accuracy)
     weights = [trained.accuracy[name] for name in MEMBERS]
-    assert len(set(weights)) == 3 and all(0.5 < w < 1 for w in weights)
+    assert len(set(weights)) > 1 and all(0.5 < w < 1 for w in weights)
+    unlike_mean = 0
     for x in trained.test:
         answer = evaluate(graph, x, models=models)
         expected = hand_mean(member_probas(trained, x), weights)
         assert answer.probabilities == pytest.approx(expected)
         assert answer.prediction == argmax(expected)
+        unlike_mean += answer.probabilities != pytest.approx(
+            hand_mean(member_probas(trained, x), [1.0, 1.0, 1.0]), rel=1e-9
+        )
+    assert unlike_mean > 0
 
 
 def test_ensemble_weighted_by_fixed_weights(trained: Trained) -> None:
-    graph = g({"ensemble": {"members": list(MEMBERS), "combine": "weighted", "weights": [3, 0, 1]}})  # fmt: skip
+    graph = g({"ensemble": {"members": list(MEMBERS), "combine": "weighted", "weights": [3, 0, 1]}})
     for x in trained.test[:20]:
         answer = evaluate(graph, x, models=StaticModels(trained.models))
-        assert answer.probabilities == pytest.approx(hand_mean(member_probas(trained, x), [3, 0, 1]))  # fmt: skip
+        assert answer.probabilities == pytest.approx(
+            hand_mean(member_probas(trained, x), [3, 0, 1])
+        )
 
 
 @pytest.mark.parametrize(
@@ -194,9 +219,13 @@ def test_ensemble_weighted_by_fixed_weights(trained: Trained) -> None:
     ],
 )
 def test_metric_weights_edge_cases(metrics: dict[str, float], weights: list[float]) -> None:
-    models = StaticModels({n: constant(n, v) for n, v in zip("abc", (1.0, 2.0, 4.0))}, metrics)
-    graph = g({"ensemble": {"members": ["a", "b", "c"], "combine": "weighted", "weights": "by_metric"}})  # fmt: skip
-    expected = sum(w * v for w, v in zip(weights, (1.0, 2.0, 4.0))) / sum(weights)
+    models = StaticModels(
+        {n: constant(n, v) for n, v in zip("abc", (1.0, 2.0, 4.0), strict=True)}, metrics
+    )
+    graph = g(
+        {"ensemble": {"members": ["a", "b", "c"], "combine": "weighted", "weights": "by_metric"}}
+    )
+    expected = sum(w * v for w, v in zip(weights, (1.0, 2.0, 4.0), strict=True)) / sum(weights)
     assert evaluate(graph, {}, models=models).prediction == pytest.approx(expected)
 
 
@@ -212,11 +241,16 @@ def test_numeric_ensembles_and_ties() -> None:
             "s2": constant("s2", 0.6, "anomaly"),
         }
     )
-    assert evaluate(g({"ensemble": {"members": ["a", "b", "none"]}}), {}, models=models).prediction == 1.5  # fmt: skip
+    assert (
+        evaluate(g({"ensemble": {"members": ["a", "b", "none"]}}), {}, models=models).prediction
+        == 1.5
+    )
     answer = evaluate(g({"ensemble": {"members": ["s1", "s2"]}}), {}, models=models)
     assert (answer.prediction, answer.kind) == (pytest.approx(0.4), "anomaly")
     for combine in ("mean", "vote"):  # a tie goes to the label whose repr sorts first
-        tie = evaluate(g({"ensemble": {"members": ["yes", "no"], "combine": combine}}), {}, models=models)  # fmt: skip
+        tie = evaluate(
+            g({"ensemble": {"members": ["yes", "no"], "combine": combine}}), {}, models=models
+        )
         assert (tie.prediction, tie.probabilities) == (False, {True: 0.5, False: 0.5})
     with pytest.raises(GraphError, match=r"^root\.ensemble: members mix classifier, regressor"):
         evaluate(g({"ensemble": {"members": ["a", "yes"]}}), {}, models=models)
@@ -246,7 +280,8 @@ def test_sequence_feeds_a_classifiers_positive_probability(trained: Trained) -> 
     x = trained.test[0]
     evaluate(graph, x, models=models)
     lr, nb = trained.estimators["lr"], trained.estimators["nb"]
-    assert seen.seen[-1] == {**x, "lr": lr.predict_proba_one(x)[True], "p_nb": pytest.approx(nb.predict_proba_one({**x, "lr": lr.predict_proba_one(x)[True]})[True])}  # fmt: skip
+    after_lr = {**x, "lr": lr.predict_proba_one(x)[True]}
+    assert seen.seen[-1] == {**after_lr, "p_nb": nb.predict_proba_one(after_lr)[True]}
     untrained = StaticModels({"none": constant("none", None), "seen": seen})
     evaluate(g({"sequence": {"steps": ["none", "seen"]}}), {"none": 5, "k": 1}, models=untrained)
     assert seen.seen[-1] == {"k": 1}  # an output of None removes the feature
@@ -268,7 +303,7 @@ RULES = {
                         {"feature": "amount", "gt": 1000},
                         {"output": "prediction", "eq": False},
                     ]
-                },  # fmt: skip
+                },
                 "then": {"decision": "review", "prediction": True},
             },
         ],
@@ -318,13 +353,13 @@ ROUTES = {"fr": constant("fr", 1.0), "big": constant("big", 2.0), "global": cons
             1.0,
             "root.switch.cases[0]",
             "root.switch.cases[0].then",
-        ),  # fmt: skip
+        ),
         (
             {"country": "DE", "amount": 5000},
             2.0,
             "root.switch.cases[1]",
             "root.switch.cases[1].then",
-        ),  # fmt: skip
+        ),
         ({"country": "DE", "amount": 10}, 3.0, "root.switch.default", "root.switch.default"),
         ({}, 3.0, "root.switch.default", "root.switch.default"),
     ],
@@ -365,7 +400,11 @@ def test_split_shares_are_within_two_percent_of_the_weights() -> None:
         evaluate(graph, {}, models=ABC, request_id=f"user-{i}").path[0] for i in range(10_000)
     )
     shares = {path: n / 10_000 for path, n in counts.items()}
-    assert set(shares) == {"root.split.branches[0]", "root.split.branches[2]", "root.split.branches[3]"}  # fmt: skip
+    assert set(shares) == {
+        "root.split.branches[0]",
+        "root.split.branches[2]",
+        "root.split.branches[3]",
+    }
     assert shares["root.split.branches[0]"] == pytest.approx(0.70, abs=0.02)
     assert shares["root.split.branches[2]"] == pytest.approx(0.20, abs=0.02)
     assert shares["root.split.branches[3]"] == pytest.approx(0.10, abs=0.02)
@@ -375,7 +414,12 @@ def test_split_shares_are_within_two_percent_of_the_weights() -> None:
 @given(st.text(max_size=30) | st.integers().map(str))
 def test_split_is_sticky_and_reproducible(request_id: str) -> None:
     first = evaluate(g(SPLIT), {}, models=ABC, request_id=request_id)
-    again = evaluate(CompiledGraph(parse_graph({"name": "h", "root": SPLIT})), {}, models=ABC, request_id=request_id)  # fmt: skip
+    again = evaluate(
+        CompiledGraph(parse_graph({"name": "h", "root": SPLIT})),
+        {},
+        models=ABC,
+        request_id=request_id,
+    )
     assert first.path == again.path
     index = bisect_right([0.7, 0.7, 0.9, 1.0], sticky_unit("root.split", request_id))
     assert first.path == (f"root.split.branches[{index}]",)
@@ -385,7 +429,9 @@ def test_split_by_feature_falls_back_to_the_request_id() -> None:
     by_user = g({"split": {**SPLIT["split"], "sticky_by": "user"}})
     by_id = g(SPLIT)
     for i in range(200):
-        paths = {evaluate(by_user, {"user": i}, models=ABC, request_id=f"r{j}").path for j in range(5)}  # fmt: skip
+        paths = {
+            evaluate(by_user, {"user": i}, models=ABC, request_id=f"r{j}").path for j in range(5)
+        }
         assert len(paths) == 1  # one user, one branch, whatever the request
         fallback = evaluate(by_user, {"user": None}, models=ABC, request_id=f"r{i}")
         assert fallback.path == evaluate(by_id, {}, models=ABC, request_id=f"r{i}").path
@@ -397,7 +443,13 @@ def test_split_by_feature_falls_back_to_the_request_id() -> None:
 
 def test_nested_splits_and_salts_are_independent() -> None:
     half = {"branches": [{"weight": 1, "node": "a"}, {"weight": 1, "node": "b"}]}
-    nested = g({"split": {"branches": [{"weight": 1, "node": {"split": half}}, {"weight": 1, "node": "c"}]}})  # fmt: skip
+    nested = g(
+        {
+            "split": {
+                "branches": [{"weight": 1, "node": {"split": half}}, {"weight": 1, "node": "c"}]
+            }
+        }
+    )
     inner = Counter(
         answer.path[1]
         for i in range(4000)
@@ -431,12 +483,17 @@ def shadow_models() -> StaticModels:
 @given(st.floats(0, 1), st.one_of(st.none(), st.text(max_size=8)), st.floats(0, 100))
 def test_shadow_never_changes_the_answer(p: float, request_id: str | None, percent: float) -> None:
     models = shadow_models()
-    shadowed = g({"shadow": {"primary": "primary", "shadows": ["other", "boom", "gone"], "percent": percent}})  # fmt: skip
+    shadowed = g(
+        {"shadow": {"primary": "primary", "shadows": ["other", "boom", "gone"], "percent": percent}}
+    )
     answer = evaluate(shadowed, {"p": p}, models=models, request_id=request_id)
     alone = evaluate(g("primary"), {"p": p}, models=models, request_id=request_id)
     assert (answer.prediction, answer.probabilities, answer.versions, answer.path) == (
-        alone.prediction, alone.probabilities, alone.versions, alone.path,
-    )  # fmt: skip
+        alone.prediction,
+        alone.probabilities,
+        alone.versions,
+        alone.path,
+    )
     for result in run_shadows(answer, {"p": p}, models):  # raises nothing
         assert (result.answer is None) == (result.error is not None)
 
@@ -448,7 +505,11 @@ def test_shadow_results_capture_errors() -> None:
     assert [s.path for s in answer.shadows] == [f"root.shadow.shadows[{i}]" for i in range(3)]
     other, failed, gone = run_shadows(answer, {"p": 0.2}, models)
     assert isinstance(other.answer, GraphAnswer) and other.error is None
-    assert (other.answer.prediction, other.answer.versions, other.agrees) == (True, {"other": 9}, False)  # fmt: skip
+    assert (other.answer.prediction, other.answer.versions, other.agrees) == (
+        True,
+        {"other": 9},
+        False,
+    )
     assert isinstance(failed.error, RuntimeError) and failed.answer is None
     assert failed.agrees is None and failed.seconds >= 0
     assert isinstance(gone.error, MemberUnavailable) and gone.error.name == "gone"
@@ -469,8 +530,19 @@ def test_shadow_percent_samples_request_ids() -> None:
 
 def test_shadow_inside_a_sequence_sees_the_fed_features() -> None:
     seen = constant("seen", 0.0)
-    models = StaticModels({"primary": threshold("primary"), "other": threshold("other"), "seen": seen})  # fmt: skip
-    graph = g({"sequence": {"steps": [{"model": "primary", "as": "risk"}, {"shadow": {"primary": "other", "shadows": ["seen"]}}]}})  # fmt: skip
+    models = StaticModels(
+        {"primary": threshold("primary"), "other": threshold("other"), "seen": seen}
+    )
+    graph = g(
+        {
+            "sequence": {
+                "steps": [
+                    {"model": "primary", "as": "risk"},
+                    {"shadow": {"primary": "other", "shadows": ["seen"]}},
+                ]
+            }
+        }
+    )
     answer = evaluate(graph, {"p": 0.8}, models=models)
     assert answer.versions == {"primary": 1, "other": 1}
     (result,) = run_shadows(answer, {"p": 0.8}, models)
@@ -496,7 +568,7 @@ class Swapping:
 
 def test_a_request_uses_one_version_of_each_model() -> None:
     lookup = Swapping()
-    graph = g({"ensemble": {"members": ["a", {"model": "a"}, {"sequence": {"steps": ["a", "b"]}}]}})  # fmt: skip
+    graph = g({"ensemble": {"members": ["a", {"model": "a"}, {"sequence": {"steps": ["a", "b"]}}]}})
     answer = evaluate(graph, {}, models=lookup)
     assert lookup.gets == 2 and answer.versions == {"a": 1, "b": 2}
 

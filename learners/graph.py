@@ -1,0 +1,333 @@
+"""Evaluating serving graphs: several models answering one request, as a `GraphSpec` says.
+
+`compile_graph` turns a `schemas.graphs.GraphSpec` into a `CompiledGraph` once (the node
+compilers are in `learners.graph_eval`, the conditions' in `learners.conditions`): closures with
+conditions compiled, weights normalised and hash salts prepared, so that evaluating adds a few
+microseconds to the model calls. `evaluate` takes a spec (compiled on first use and remembered)
+or a compiled graph.
+
+Models are found through a `ModelLookup` at evaluation time, as `Predicts` objects (the shape of
+the served models). Each model is looked up once per request, so a request uses one version of
+it throughout; the `GraphAnswer` says which (``versions``). A model the lookup does not have
+raises `MemberUnavailable` (HTTP 503); a request a split cannot route raises `GraphInputError`
+(HTTP 422); what a model raises on features it cannot use propagates unchanged.
+
+Shadows are not run by `evaluate`: the answer lists them (``shadows``) and `run_shadows`, called
+once the response is on its way, evaluates them and captures whatever they raise.
+
+Splits and shadow sampling are sticky: `sticky_unit` maps a key (``str`` of a request id or of
+a feature's value) to [0, 1) with BLAKE2b salted by the node's path (or its ``salt``): the same
+in every process and run, and reproducible by another service.
+
+>>> from dataclasses import dataclass
+>>> from schemas.graphs import parse_graph
+>>> @dataclass
+... class Constant:
+...     name: str
+...     version: int
+...     value: float
+...     kind: str = "regressor"
+...     def predict(self, x): return self.value, None
+>>> models = StaticModels({"a": Constant("a", 3, 1.0), "b": Constant("b", 7, 2.0)})
+>>> spec = parse_graph({"name": "g", "root": {"switch": {
+...     "cases": [{"when": {"feature": "big", "eq": True}, "then": "b"}],
+...     "default": {"ensemble": {"members": ["a", "b"], "combine": "weighted", "weights": [3, 1]}},
+... }}})
+>>> answer = evaluate(spec, {"big": False}, models=models)
+>>> answer.prediction, answer.versions, answer.path, answer.decided_by
+(1.25, {'a': 3, 'b': 7}, ('root.switch.default',), 'root.switch.default.ensemble')
+>>> evaluate(spec, {"big": True}, models=models).as_dict()
+{'prediction': 2.0, 'probabilities': None, 'kind': 'regressor', 'versions': {'b': 7}, 'path': ['root.switch.cases[0]'], 'decided_by': 'root.switch.cases[0].then', 'decision': None, 'reason': None}
+>>> evaluate(spec, {}, models=StaticModels({}))
+Traceback (most recent call last):
+...
+learners.graph.MemberUnavailable: model "a" is not loaded (root.switch.default.ensemble.members[0])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+from schemas.errors import RiverstreamError
+from schemas.graphs import GraphSpec
+
+# --- what the graph calls -----------------------------------------------------------------
+
+
+class Predicts(Protocol):
+    """A model as served (`learners.predictor.ServedModel` has this shape): ``predict`` gives
+    ``(prediction, probabilities)``: probabilities for a classifier, ``None`` otherwise, and for
+    an anomaly detector the prediction is its score."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def kind(self) -> str: ...  # "classifier" | "regressor" | "anomaly"
+    def predict(self, x: dict[str, Any]) -> tuple[Any, dict[Any, float] | None]: ...
+
+
+class ModelLookup(Protocol):
+    """Where a graph finds its models. ``get`` gives the model served under a name, or ``None``;
+    ``metric`` its live progressive metric for ``weights: by_metric``, where higher is better:
+    a caller tracking a loss (MAE, log loss) passes a transformed value, ``1 / (1 + loss)``
+    say. ``None``, a negative or a non-finite metric weighs 0; all 0 means equal weights."""
+
+    def get(self, name: str) -> Predicts | None: ...
+    def metric(self, name: str) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StaticModels:
+    """A `ModelLookup` over fixed mappings: name → model and name → metric."""
+
+    models: Mapping[str, Predicts]
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def get(self, name: str) -> Predicts | None:
+        return self.models.get(name)
+
+    def metric(self, name: str) -> float | None:
+        return self.metrics.get(name)
+
+
+class MemberUnavailable(RiverstreamError):
+    """A model the graph needs is not loaded (HTTP 503): ``name``, and where (``path``)."""
+
+    def __init__(self, name: str, path: str | None = None) -> None:
+        super().__init__(name, path)
+        self.name = name
+        self.path = path
+
+    def __str__(self) -> str:
+        return f'model "{self.name}" is not loaded' + (f" ({self.path})" if self.path else "")
+
+
+class GraphInputError(RiverstreamError):
+    """The request cannot be evaluated by this graph (HTTP 422): a split has neither its
+    sticky feature nor a request id to hash."""
+
+
+# --- what a graph answers -----------------------------------------------------------------
+
+
+class Outcome(NamedTuple):
+    """A node's answer, inside an evaluation (the `GraphAnswer` fields a node decides)."""
+
+    prediction: Any
+    probabilities: dict[Any, float] | None
+    kind: str
+    decided_by: str
+    decision: str | None = None
+    reason: str | None = None
+
+
+class Context:
+    """One evaluation's bookkeeping: the models pinned so far, the choices, the shadows."""
+
+    __slots__ = ("models", "path", "request_id", "shadows", "top", "used")
+
+    def __init__(self, models: ModelLookup, request_id: str | None, top: dict[str, Any]) -> None:
+        self.models = models
+        self.request_id = request_id
+        self.top = top  # the request's own features (a shadow seeing them need not keep a copy)
+        self.used: dict[str, Predicts] = {}
+        self.path: list[str] = []
+        self.shadows: list[PendingShadow] = []
+
+    def answer(self, out: Outcome) -> GraphAnswer:
+        versions = {name: model.version for name, model in self.used.items()}
+        return GraphAnswer(
+            out.prediction, out.probabilities, out.kind, versions, tuple(self.path),
+            out.decided_by, out.decision, out.reason, tuple(self.shadows),
+        )  # fmt: skip
+
+
+Runner = Callable[[dict[str, Any], Context], Outcome]
+"""A compiled node: ``runner(features, context) -> Outcome``."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingShadow:
+    """A shadow selected for this request, for `run_shadows`: its node's ``path``, its compiled
+    ``runner``, the features it saw when they are not the request's own (inside a sequence)."""
+
+    path: str
+    runner: Runner
+    inputs: dict[str, Any] | None
+    request_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class GraphAnswer:
+    """A graph's answer to one request.
+
+    ``versions``: every model used, name → version. ``path``: the choices made, in order
+    (``root.switch.cases[0]``, ``root.split.branches[1]``, a matching ``...rules[2]``).
+    ``decided_by``: the path of the node (or rule) whose answer this is; ``decision`` and
+    ``reason``: the matching rule's, when a rule decided. ``shadows``: for `run_shadows`.
+    """
+
+    prediction: Any
+    probabilities: dict[Any, float] | None
+    kind: str
+    versions: dict[str, int]
+    path: tuple[str, ...]
+    decided_by: str
+    decision: str | None = None
+    reason: str | None = None
+    shadows: tuple[PendingShadow, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field but the pending shadows, ready for JSON."""
+        return {
+            "prediction": self.prediction,
+            "probabilities": self.probabilities,
+            "kind": self.kind,
+            "versions": self.versions,
+            "path": list(self.path),
+            "decided_by": self.decided_by,
+            "decision": self.decision,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowResult:
+    """One shadow's evaluation: its ``answer`` or the ``error`` it raised (never re-raised),
+    its duration, and whether its prediction ``agrees`` with the primary answer's."""
+
+    path: str
+    answer: GraphAnswer | None
+    error: Exception | None
+    seconds: float
+    agrees: bool | None
+
+
+# --- helpers shared with the node compilers -----------------------------------------------
+
+_UNIT = 2.0**-53
+
+
+def sticky_hasher(salt: str) -> Callable[[object], float]:
+    """``unit(key)``: BLAKE2b (8 bytes) of ``salt``, a NUL and ``str(key)`` in UTF-8, its top 53
+    bits as a float in [0, 1)."""
+    prefix = hashlib.blake2b(salt.encode() + b"\x00", digest_size=8)
+
+    def unit(key: object) -> float:
+        h = prefix.copy()
+        h.update(str(key).encode())
+        return (int.from_bytes(h.digest(), "big") >> 11) * _UNIT
+
+    return unit
+
+
+def sticky_unit(salt: str, key: object) -> float:
+    """Where ``key`` falls in [0, 1) for a split or shadow salted ``salt`` (by default the
+    node's path): a split takes the branch whose cumulative weight share first exceeds it.
+
+    >>> sticky_unit("root.split", "user-1") == sticky_unit("root.split", "user-1")
+    True
+    >>> round(sticky_unit("root.split", "user-1"), 6), round(sticky_unit("root.split", 42), 6)
+    (0.147538, 0.952907)
+    """
+    return sticky_hasher(salt)(key)
+
+
+def positive_probability(probabilities: Mapping[Any, float] | None, prediction: Any) -> Any:
+    """What a classifier feeds the next step of a sequence: the probability of ``True`` (or of
+    1 for 0/1 labels), else its prediction.
+
+    >>> positive_probability({False: 0.25, True: 0.75}, True)
+    0.75
+    >>> positive_probability({0: 0.9}, 0), positive_probability({"a": 0.6, "b": 0.4}, "a")
+    (0.0, 'a')
+    """
+    if probabilities:
+        if any(type(k) is bool for k in probabilities):
+            return probabilities.get(True, 0.0)
+        if all(type(k) is int and k in (0, 1) for k in probabilities):
+            return probabilities.get(1, 0.0)
+    return prediction
+
+
+# --- evaluation ---------------------------------------------------------------------------
+
+
+class CompiledGraph:
+    """A `GraphSpec` turned into closures, ready for many requests; thread-safe (per-request
+    state lives in a `Context`)."""
+
+    __slots__ = ("_run", "spec")
+
+    def __init__(self, spec: GraphSpec) -> None:
+        from learners.graph_eval import compile_node  # it imports this module's types
+
+        self.spec = spec
+        self._run = compile_node(spec.root, "root")
+
+    def evaluate(
+        self, x: dict[str, Any], *, models: ModelLookup, request_id: str | None = None
+    ) -> GraphAnswer:
+        """The graph's answer to features ``x`` (never modified); see `evaluate`."""
+        context = Context(models, request_id, x)
+        return context.answer(self._run(x, context))
+
+
+_COMPILED: dict[int, tuple[GraphSpec, CompiledGraph]] = {}
+_COMPILED_MAX = 64
+
+
+def compile_graph(spec: GraphSpec) -> CompiledGraph:
+    """The `CompiledGraph` of ``spec``; the last few are remembered (by identity)."""
+    hit = _COMPILED.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    compiled = CompiledGraph(spec)
+    if len(_COMPILED) >= _COMPILED_MAX:
+        with contextlib.suppress(KeyError, RuntimeError, StopIteration):  # a racing eviction
+            del _COMPILED[next(iter(_COMPILED))]
+    _COMPILED[id(spec)] = (spec, compiled)
+    return compiled
+
+
+def evaluate(
+    graph: GraphSpec | CompiledGraph,
+    x: dict[str, Any],
+    *,
+    models: ModelLookup,
+    request_id: str | None = None,
+) -> GraphAnswer:
+    """Evaluate ``graph`` on features ``x``; ``request_id`` keys the splits that lack their
+    feature and the shadow sampling. Raises `MemberUnavailable`, `GraphInputError`,
+    `schemas.graph_errors.GraphError` (an ensemble mixing classifiers with regressors) or what
+    a model raises on ``x``."""
+    compiled = graph if isinstance(graph, CompiledGraph) else compile_graph(graph)
+    return compiled.evaluate(x, models=models, request_id=request_id)
+
+
+def run_shadows(answer: GraphAnswer, x: dict[str, Any], models: ModelLookup) -> list[ShadowResult]:
+    """Evaluate the shadows ``answer`` lists, in order, on the request's features ``x`` (or on
+    what the shadow saw, inside a sequence). A shadow that raises gives a result with its
+    ``error``: nothing is raised. Shadows nested in a shadow are listed in its answer, not run."""
+    results = []
+    for pending in answer.shadows:
+        inputs = x if pending.inputs is None else pending.inputs
+        start = time.perf_counter()
+        agrees: bool | None
+        try:
+            context = Context(models, pending.request_id, inputs)
+            shadow: GraphAnswer | None = context.answer(pending.runner(inputs, context))
+            agrees = bool(shadow is not None and shadow.prediction == answer.prediction)
+            error = None
+        except Exception as exc:  # a shadow never fails its caller
+            shadow, agrees, error = None, None, exc
+        elapsed = time.perf_counter() - start
+        results.append(ShadowResult(pending.path, shadow, error, elapsed, agrees))
+    return results

@@ -1,0 +1,298 @@
+"""The node compilers of serving graphs: one closure per node, built once per graph.
+
+`compile_node` walks a `schemas.graphs.Node` and returns its `Runner`; `learners.graph` wraps
+the root's in a `CompiledGraph`. Everything a request does not change is computed here:
+children's runners, paths, conditions, normalised weights, hash prefixes.
+
+Semantics, node by node:
+
+- model: the model's ``predict``; the model is pinned in the context on first use.
+- sequence: every step but the last is a model whose output becomes feature ``as`` of a copy of
+  the features (a classifier's: `learners.graph.positive_probability`; a regressor's: its
+  prediction; an anomaly detector's: its score; an output of ``None`` removes the feature).
+- ensemble: every member answers; ``mean`` averages the classifiers' probabilities per class
+  (a class a member leaves out counts 0) and predicts the most probable class, or averages
+  the others' predictions; ``vote`` predicts the most frequent prediction, with the vote
+  shares as probabilities for classifiers; ``weighted`` is ``mean`` with the fixed weights or
+  the members' metrics (``by_metric``). Ties go to the class whose ``repr`` sorts first; a
+  member answering ``None`` (untrained) abstains. Mixing classifiers and others is a
+  `GraphError`.
+- rules: the over node answers, then the first rule matching the features and that answer
+  decides (its decision, its reason, its prediction if it has one); no match: the over node's.
+- switch: the first case whose condition holds, else the default.
+- split: the branch where `learners.graph.sticky_unit` of the sticky key falls in cumulative
+  weight shares; the key is the request id (``sticky_by: id``) or the feature's value, or the
+  request id when the feature is missing; neither raises `GraphInputError`.
+- shadow: the primary answers; when the request id's unit falls under ``percent`` (always at
+  100), every shadow is listed in the answer for `learners.graph.run_shadows`.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Sequence
+from itertools import accumulate
+from typing import Any
+
+from learners.conditions import compile_condition
+from learners.graph import (
+    Context,
+    GraphInputError,
+    MemberUnavailable,
+    ModelLookup,
+    Outcome,
+    PendingShadow,
+    Runner,
+    positive_probability,
+    sticky_hasher,
+)
+from schemas.graph_errors import GraphError
+from schemas.graphs import (
+    EnsembleNode,
+    ModelNode,
+    Node,
+    RulesNode,
+    SequenceNode,
+    ShadowNode,
+    SplitNode,
+    SwitchNode,
+)
+
+
+def compile_node(node: Node, path: str) -> Runner:
+    """The runner of ``node``, found at ``path`` in its graph (``root``...)."""
+    if isinstance(node, ModelNode):
+        return _model(node, path)
+    body = f"{path}.{node.tag}"
+    if isinstance(node, SequenceNode):
+        return _sequence(node, body)
+    if isinstance(node, EnsembleNode):
+        return _ensemble(node, body)
+    if isinstance(node, RulesNode):
+        return _rules(node, body)
+    if isinstance(node, SwitchNode):
+        return _switch(node, body)
+    if isinstance(node, SplitNode):
+        return _split(node, body)
+    if isinstance(node, ShadowNode):
+        return _shadow(node, body)
+    raise GraphError(path, f"not a graph node: {type(node).__name__}")
+
+
+def _model(node: ModelNode, path: str) -> Runner:
+    name = node.model
+
+    def run(x: dict[str, Any], ctx: Context) -> Outcome:
+        model = ctx.used.get(name)
+        if model is None:
+            model = ctx.models.get(name)
+            if model is None:
+                raise MemberUnavailable(name, path)
+            ctx.used[name] = model
+        prediction, probabilities = model.predict(x)
+        return Outcome(prediction, probabilities, model.kind, path)
+
+    return run
+
+
+def feed_value(out: Outcome) -> Any:
+    """What a sequence step passes on (see the module docstring)."""
+    if out.kind == "classifier":
+        return positive_probability(out.probabilities, out.prediction)
+    return out.prediction
+
+
+def _sequence(node: SequenceNode, path: str) -> Runner:
+    runners = [compile_node(s, f"{path}.steps[{i}]") for i, s in enumerate(node.steps)]
+    feeds = []
+    for i, (step, runner) in enumerate(zip(node.steps[:-1], runners, strict=False)):
+        if not isinstance(step, ModelNode):
+            raise GraphError(f"{path}.steps[{i}]", "only a model can feed the next step")
+        feeds.append((runner, step.feature_name))
+    last = runners[-1]
+
+    def run(x: dict[str, Any], ctx: Context) -> Outcome:
+        for runner, feature in feeds:
+            value = feed_value(runner(x, ctx))
+            x = {**x, feature: value}  # a copy: the caller's features are never modified
+            if value is None:
+                del x[feature]
+        return last(x, ctx)
+
+    return run
+
+
+def _argmax(scores: dict[Any, float]) -> Any:
+    best = max(scores.values())
+    return min((k for k, v in scores.items() if v == best), key=repr)
+
+
+def metric_weights(models: ModelLookup, names: Sequence[str]) -> list[float]:
+    """Normalised weights from the members' metrics (higher is better); equal when none is
+    positive."""
+    raw = [models.metric(name) for name in names]
+    weights = [float(m) if m is not None and math.isfinite(m) and m > 0 else 0.0 for m in raw]
+    total = sum(weights)
+    if total <= 0:
+        return [1.0 / len(names)] * len(names)
+    return [w / total for w in weights]
+
+
+def combine(
+    outs: Sequence[Outcome], how: str, weights: Sequence[float] | None, path: str
+) -> Outcome:
+    """The ensemble at ``path``'s answer from its members' (``weights`` None: equal)."""
+    kind = outs[0].kind
+    if any(o.kind != kind for o in outs):
+        kinds = ", ".join(sorted({o.kind for o in outs}))
+        raise GraphError(path, f"members mix {kinds}: their answers cannot be combined")
+    classifier = kind == "classifier"
+    if weights is None:
+        weights = [1.0] * len(outs)
+    if how == "vote":
+        votes: dict[Any, float] = {}
+        for o in outs:
+            if o.prediction is not None:
+                votes[o.prediction] = votes.get(o.prediction, 0.0) + 1.0
+        if not votes:
+            return Outcome(None, {} if classifier else None, kind, path)
+        n = sum(votes.values())
+        shares = {k: v / n for k, v in votes.items()} if classifier else None
+        return Outcome(_argmax(votes), shares, kind, path)
+    if classifier:
+        sums: dict[Any, float] = {}
+        total = 0.0
+        for o, w in zip(outs, weights, strict=True):
+            proba = o.probabilities or ({o.prediction: 1.0} if o.prediction is not None else None)
+            if proba is None:
+                continue  # an untrained member abstains
+            total += w
+            for label, p in proba.items():
+                sums[label] = sums.get(label, 0.0) + w * p
+        if total <= 0 or not sums:
+            return Outcome(None, {}, kind, path)
+        mean = {label: s / total for label, s in sums.items()}
+        return Outcome(_argmax(mean), mean, kind, path)
+    acc = total = 0.0
+    for o, w in zip(outs, weights, strict=True):
+        if o.prediction is not None:
+            acc += w * o.prediction
+            total += w
+    return Outcome(acc / total if total > 0 else None, None, kind, path)
+
+
+def _ensemble(node: EnsembleNode, path: str) -> Runner:
+    runners = tuple(compile_node(m, f"{path}.members[{i}]") for i, m in enumerate(node.members))
+    how = node.combine
+    fixed: list[float] | None = None
+    names: list[str] = []
+    if node.weights == "by_metric":
+        for i, member in enumerate(node.members):
+            if not isinstance(member, ModelNode):
+                raise GraphError(f"{path}.members[{i}]", "weights: by_metric needs models")
+            names.append(member.model)
+    elif how == "weighted" and node.weights is not None:
+        total = sum(node.weights)
+        fixed = [w / total for w in node.weights]
+
+    def run(x: dict[str, Any], ctx: Context) -> Outcome:
+        outs = [runner(x, ctx) for runner in runners]
+        weights = metric_weights(ctx.models, names) if names else fixed
+        return combine(outs, how, weights, path)
+
+    return run
+
+
+def _rules(node: RulesNode, path: str) -> Runner:
+    over = compile_node(node.over, f"{path}.over")
+    rules = tuple(
+        (compile_condition(rule.when), rule.then, f"{path}.rules[{i}]")
+        for i, rule in enumerate(node.rules)
+    )
+
+    def run(x: dict[str, Any], ctx: Context) -> Outcome:
+        out = over(x, ctx)
+        for test, then, where in rules:
+            if test(x, out.prediction, out.probabilities):
+                ctx.path.append(where)
+                prediction = out.prediction if then.prediction is None else then.prediction
+                return Outcome(
+                    prediction, out.probabilities, out.kind, where, then.decision, then.reason
+                )
+        return out
+
+    return run
+
+
+def _switch(node: SwitchNode, path: str) -> Runner:
+    cases = tuple(
+        (
+            compile_condition(case.when),
+            compile_node(case.then, f"{path}.cases[{i}].then"),
+            f"{path}.cases[{i}]",
+        )
+        for i, case in enumerate(node.cases)
+    )
+    default_path = f"{path}.default"
+    default = compile_node(node.default, default_path)
+
+    def run(x: dict[str, Any], ctx: Context) -> Outcome:
+        for test, runner, where in cases:
+            if test(x, None, None):
+                ctx.path.append(where)
+                return runner(x, ctx)
+        ctx.path.append(default_path)
+        return default(x, ctx)
+
+    return run
+
+
+def _split(node: SplitNode, path: str) -> Runner:
+    runners = tuple(
+        compile_node(b.node, f"{path}.branches[{i}].node") for i, b in enumerate(node.branches)
+    )
+    wheres = tuple(f"{path}.branches[{i}]" for i in range(len(node.branches)))
+    cumulative = list(accumulate(b.weight for b in node.branches))
+    total = cumulative[-1]
+    if not total > 0:
+        raise GraphError(f"{path}.branches", "weights must not all be zero")
+    last = max(i for i, b in enumerate(node.branches) if b.weight > 0)  # rounding never goes past
+    unit = sticky_hasher(path if node.salt is None else node.salt)
+    feature = None if node.sticky_by == "id" else node.sticky_by
+
+    def run(x: dict[str, Any], ctx: Context) -> Outcome:
+        key = ctx.request_id if feature is None else x.get(feature)
+        if key is None:
+            key = ctx.request_id
+            if key is None:
+                wanted = (
+                    "a request id" if feature is None else f"feature {feature!r} or a request id"
+                )
+                raise GraphInputError(f"{path}: {wanted} is needed to choose a branch")
+        i = min(bisect_right(cumulative, unit(key) * total), last)
+        ctx.path.append(wheres[i])
+        return runners[i](x, ctx)
+
+    return run
+
+
+def _shadow(node: ShadowNode, path: str) -> Runner:
+    primary = compile_node(node.primary, f"{path}.primary")
+    shadows = tuple(
+        (f"{path}.shadows[{i}]", compile_node(s, f"{path}.shadows[{i}]"))
+        for i, s in enumerate(node.shadows)
+    )
+    percent = node.percent
+    unit = sticky_hasher(path)
+
+    def run(x: dict[str, Any], ctx: Context) -> Outcome:
+        out = primary(x, ctx)
+        rid = ctx.request_id
+        if percent >= 100 or (percent > 0 and rid is not None and unit(rid) * 100 < percent):
+            inputs = None if x is ctx.top else x
+            for where, runner in shadows:
+                ctx.shadows.append(PendingShadow(where, runner, inputs, rid))
+        return out
+
+    return run
