@@ -15,6 +15,16 @@ What happens, per model, when the join (`learners.join.EventTimeJoin`) releases 
   is ``None`` or ``{}``, as River does), then a supervised model learns ``learn_one(x, y)``
   with the stored features.
 
+**Bad events never stop the learner.** A ``null`` feature value means *missing*: the key is
+dropped before any model sees it (River's convention for a missing value is an absent key).
+Whatever a model raises on one event (a string where it needs a number, a label of the wrong
+type...), the core goes on: the failure is counted for that model and reason in
+`LearningCore.model_errors` (by ``(model, stage, exception type)``), the other models still
+predict and learn from the event, and an event that *no* model could use is kept in
+`LearningCore.unusable` for the adapter to dead-letter. Models are deterministic, so the same
+event fails the same way after a restart: exactly-once and the equality with River (for data
+that every model accepts) hold.
+
 For supervised models this reproduces ``river.evaluate.progressive_val_score`` with the same
 per-event delays exactly, whatever the order events are pushed in between two `advance`
 calls, as long as no event is late. Unsupervised models learn at feature time, not at label
@@ -50,13 +60,47 @@ from typing import Any
 from river import base, metrics
 
 import learners.river_compat  # noqa: F401  (registers iterative pickling of deep River trees)
-from learners.join import EventTimeJoin, JoinCounters, Source, Unprocessed
+from learners.join import EventTimeJoin, JoinCounters, Pending, Source, Unprocessed
 from learners.specs import ModelKind, ModelSpec, model_kind
 from schemas.errors import ModelSpecError
 from schemas.events import FeatureEvent, Label, LabelEvent
 
 OUTCOMES_KEPT = 4096
 """Joined (label, prediction) pairs kept for monitors between two drains."""
+
+UNUSABLE_KEPT = 10_000
+"""Events no model could use, kept for the adapter's dead letters between two drains."""
+
+FAILED: Prediction = (None, None)
+"""The stored prediction of a model that raised on the features: not scored at label time."""
+
+
+def without_missing(x: dict[str, Any]) -> dict[str, Any]:
+    """``x`` without its ``None`` values: a null feature is a missing one (River's convention).
+
+    >>> without_missing({"a": 1.0, "b": None}), without_missing({"a": 1.0})
+    ({'a': 1.0}, {'a': 1.0})
+    """
+    if None in x.values():
+        return {k: v for k, v in x.items() if v is not None}
+    return x
+
+
+@dataclass(frozen=True, slots=True)
+class Unusable:
+    """An event that no model could use: what it was and what each model raised."""
+
+    kind: str  # "feature" or "label"
+    id: str
+    time: float
+    errors: tuple[str, ...]  # "model: ExceptionType: message", one per model
+    value: Any  # the features (nulls dropped) or the label
+
+    def to_event(self) -> dict[str, Any]:
+        """The event as JSON-ready data, in the schema it came in."""
+        field = "features" if self.kind == "feature" else "label"
+        return {"id": self.id, "time": self.time, field: self.value}
+
 
 Prediction = tuple[Any, Any]
 """What a model said about one feature event: (label or score, probabilities)."""
@@ -91,7 +135,9 @@ class ModelState:
         return self._supervised
 
     def predict(self, x: dict[str, Any]) -> Prediction:
-        """Predict what the metrics need for ``x``; unsupervised models then learn ``x``."""
+        """Predict what the metrics need for ``x``; unsupervised models then learn ``x``.
+
+        May raise whatever the model raises: `LearningCore` catches and counts it."""
         model = self.model
         if self.kind == "anomaly":
             if not self.metrics:  # nothing will be scored: only learn
@@ -152,11 +198,13 @@ class LearningCore:
         # (label, the predictions of every model): one entry per join, expanded when drained
         self._outcomes: deque[tuple[Label, Any]] = deque(maxlen=OUTCOMES_KEPT)
         self._last_x: dict[str, Any] | None = None
+        self.model_errors: dict[tuple[str, str, str], int] = {}
+        """Failures so far, by ``(model, "predict" | "learn", exception type)``."""
+        self.unusable: deque[Unusable] = deque(maxlen=UNUSABLE_KEPT)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        outcomes = state.get("_outcomes")
-        if outcomes and len(outcomes[0]) != 2:  # written before outcomes were kept per join
-            outcomes.clear()  # monitoring data only: nothing learned depends on it
+        state.setdefault("model_errors", {})  # checkpoints written before failures were counted
+        state.setdefault("unusable", deque(maxlen=UNUSABLE_KEPT))
         self.__dict__.update(state)
 
     @property
@@ -195,9 +243,8 @@ class LearningCore:
     def advance(self, watermark: float) -> int:
         """Process what is safe now that all events with time < ``watermark`` have arrived.
 
-        Returns how many events (features and labels) were processed. If a model raises, the
-        error propagates and the core is left half-way through an event: discard it and
-        restore the last snapshot.
+        Returns how many events (features and labels) were processed. A model that raises on
+        an event is counted and skipped for that event (see the module docstring).
         """
         before = self._join.events_processed
         states = list(self.models.values())
@@ -208,26 +255,71 @@ class LearningCore:
             predict, learn = state.predict, state.learn
             for pending, label in self._join.steps(watermark):
                 if label is None:
-                    last_x = pending.x
-                    pending.predictions = [predict(last_x)]
+                    last_x = pending.x = without_missing(pending.x)
+                    try:
+                        pending.predictions = [predict(last_x)]
+                    except Exception as exc:
+                        pending.predictions = [FAILED]
+                        self._failed(pending, None, [(state, "predict", exc)])
                 else:
-                    learn(pending.x, label.label, pending.predictions[0])
+                    try:
+                        learn(pending.x, label.label, pending.predictions[0])
+                    except Exception as exc:
+                        self._failed(pending, label, [(state, "learn", exc)])
                     outcomes.append((label.label, pending.predictions))
             if last_x is not None:
                 self._last_x = last_x
             return self._join.events_processed - before
         for pending, label in self._join.steps(watermark):
+            failures: list[tuple[ModelState, str, Exception]] = []
             if label is None:
-                last_x = pending.x
-                pending.predictions = [state.predict(last_x) for state in states]
+                last_x = pending.x = without_missing(pending.x)
+                predictions = []
+                for state in states:
+                    try:
+                        predictions.append(state.predict(last_x))
+                    except Exception as exc:
+                        predictions.append(FAILED)
+                        failures.append((state, "predict", exc))
+                pending.predictions = predictions
             else:
                 y = label.label
                 for state, prediction in zip(states, pending.predictions, strict=True):
-                    state.learn(pending.x, y, prediction)
+                    try:
+                        state.learn(pending.x, y, prediction)
+                    except Exception as exc:
+                        failures.append((state, "learn", exc))
                 outcomes.append((y, pending.predictions))
+            if failures:
+                self._failed(pending, label, failures)
         if last_x is not None:
             self._last_x = last_x
         return self._join.events_processed - before
+
+    def _failed(
+        self,
+        pending: Pending,
+        label: LabelEvent | None,
+        failures: list[tuple[ModelState, str, Exception]],
+    ) -> None:
+        """Count what the models raised; keep the event when none of them could use it."""
+        errors = self.model_errors
+        for state, stage, exc in failures:
+            key = (state.spec.name, stage, type(exc).__name__)
+            errors[key] = errors.get(key, 0) + 1
+        if len(failures) == len(self.models):
+            detail = tuple(f"{s.spec.name}: {type(e).__name__}: {e}"[:300] for s, _, e in failures)
+            if label is None:
+                found = Unusable("feature", pending.id, pending.time, detail, pending.x)
+            else:
+                found = Unusable("label", label.id, label.time, detail, label.label)
+            self.unusable.append(found)
+
+    def drain_unusable(self) -> list[Unusable]:
+        """Events no model could use since the last drain (for the dead-letter topic)."""
+        drained = list(self.unusable)
+        self.unusable.clear()
+        return drained
 
     def flush(self) -> int:
         """Process everything buffered (end of input, or every input idle)."""

@@ -94,6 +94,10 @@ def build_estimator(spec: str) -> base.Estimator:
     Traceback (most recent call last):
     ...
     schemas.errors.ModelSpecError: unknown model spec 'lgoreg': use a preset (logreg, linreg, hoeffding, hoeffding-reg, arf, halfspace) or package.module:function
+    >>> build_estimator("os:system")
+    Traceback (most recent call last):
+    ...
+    schemas.errors.ModelSpecError: model spec 'os:system': calling os.system() failed: TypeError: system() missing required argument 'command' (pos 1)
     """
     if spec in PRESETS:
         return PRESETS[spec]()
@@ -112,7 +116,13 @@ def build_estimator(spec: str) -> base.Estimator:
         raise ModelSpecError(
             f"model spec {spec!r}: {module_name} has no callable {function_name!r}"
         )
-    estimator = factory()
+    try:
+        estimator = factory()
+    except Exception as exc:  # a factory that needs arguments, or fails: one line naming it
+        raise ModelSpecError(
+            f"model spec {spec!r}: calling {module_name}.{function_name}() failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
     if not isinstance(estimator, base.Estimator):
         raise ModelSpecError(
             f"model spec {spec!r} returned {type(estimator).__name__}, not a River estimator"

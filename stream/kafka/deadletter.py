@@ -28,6 +28,14 @@ class DeadLetters:
         self.producer.send(self.topic, record.key, record.value, headers=headers)
         self.pending += 1
 
+    def send_unusable(self, topic: str, key: bytes, value: bytes, reason: str, error: str) -> None:
+        """An event that was valid but that no model could use (every model raised on it):
+        re-encoded, with the models' errors. ``topic`` is where it was read from."""
+        headers = [("rs.topic", topic.encode()), ("rs.reason", reason.encode()),
+                   ("rs.error", error.encode())]  # fmt: skip
+        self.producer.send(self.topic, key, value, headers=headers)
+        self.pending += 1
+
     def flush(self) -> None:
         if self.pending:
             self.producer.flush()

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from learners.core import LearningCore
 from learners.specs import ModelSpec
 from learners.watermark import Watermark
@@ -240,6 +242,7 @@ class Learner:
                 # stop (SIGTERM) does not flush: the final checkpoint leaves buffered events
                 # to be read again, in the order a restarted learner will see them.
                 self.core.flush()
+                self._dead_letter_unusable()
                 break
         if self.observer is not None:  # what the last batch processed, before the snapshot
             self.observer.after_batch(self, [])
@@ -288,6 +291,20 @@ class Learner:
             self.offsets[key] = end
             consumed[run.topic] = consumed.get(run.topic, 0) + len(run)
         self.dead_letters.flush()
+
+    def _dead_letter_unusable(self) -> None:
+        """Valid events that every model raised on go to the dead-letter topic, re-encoded,
+        with the models' errors (at least once, like every dead letter)."""
+        unusable = self.core.drain_unusable()
+        for event in unusable:
+            topic = self._topics[0] if event.kind == "feature" else self._topics[1]
+            value = orjson.dumps(event.to_event(), option=orjson.OPT_NON_STR_KEYS)
+            error = "; ".join(event.errors)
+            self.dead_letters.send_unusable(topic, event.id.encode(), value, "model_error", error)
+        if unusable:
+            reasons = self.stats.dead_letters
+            reasons["model_error"] = reasons.get("model_error", 0) + len(unusable)
+            self.dead_letters.flush()
 
     def _skip_handled(self, run: RecordRun, key: str) -> RecordRun:
         """Leave out records handled before the checkpoint this learner resumed from."""
@@ -350,6 +367,8 @@ class Learner:
             processed = self.core.flush()
         else:
             return
+        if self.core.unusable:
+            self._dead_letter_unusable()
         if processed and self.observer is not None:
             labels = self.core.counters.labels_joined - labels_before
             per_event = (time.perf_counter() - start) / processed
