@@ -262,12 +262,12 @@ class EventTimeJoin:
                 i = end
             else:  # a label alone at its time
                 event = entry[5]
-                pending = pending_by_id.pop(event.id, None)
-                if pending is None:
+                waiting = pending_by_id.pop(event.id, None)
+                if waiting is None:
                     self._add_orphan(event)
                 else:
                     joined += 1
-                    yield pending, event
+                    yield waiting, event
                 i += 1
         del buffer[:cut]
         self._seq = seq
