@@ -54,8 +54,17 @@ class Settings(BaseSettings):
     topic_features: str = Field("riverstream.features", description="Feature events topic.")
     topic_labels: str = Field("riverstream.labels", description="Label events topic.")
     topic_dlq: str = Field("riverstream.dlq", description="Dead-letter topic.")
+    topic_requests: str = Field(
+        "riverstream.requests", description="Asynchronous prediction requests topic."
+    )
+    topic_predictions: str = Field(
+        "riverstream.predictions", description="Asynchronous prediction answers topic."
+    )
     partitions: int = Field(
-        3, ge=1, le=1024, description="Partitions of the feature and label topics (kept equal)."
+        3,
+        ge=1,
+        le=1024,
+        description="Partitions of the feature, label, request and prediction topics.",
     )
 
     # -- event limits --
@@ -107,6 +116,14 @@ class Settings(BaseSettings):
         30.0, ge=0, description="Longest a worker waits at start for its first look at Redis."
     )
 
+    # -- asynchronous and batch predictions --
+    predict_group: str = Field(
+        "riverstream.predict", description="Consumer group of the prediction workers."
+    )
+    lookup_ttl_seconds: int = Field(
+        604800, ge=0, description="Lifetime of a stored batch prediction table (0: no expiry)."
+    )
+
     def to_environment(self) -> dict[str, str]:
         """``RIVERSTREAM_*`` variables that rebuild these settings in another process.
 
@@ -135,8 +152,10 @@ class Settings(BaseSettings):
     def topics(self) -> dict[str, int]:
         """Every topic riverstream uses, with its partition count (the one topic set).
 
-        >>> sorted(Settings(partitions=2).topics().items())
-        [('riverstream.dlq', 1), ('riverstream.features', 2), ('riverstream.labels', 2)]
+        >>> sorted(Settings(partitions=2).topics().items())  # doctest: +NORMALIZE_WHITESPACE
+        [('riverstream.dlq', 1), ('riverstream.features', 2), ('riverstream.labels', 2),
+         ('riverstream.predictions', 2), ('riverstream.requests', 2)]
         """
         return {self.topic_features: self.partitions, self.topic_labels: self.partitions,
-                self.topic_dlq: 1}  # fmt: skip
+                self.topic_dlq: 1, self.topic_requests: self.partitions,
+                self.topic_predictions: self.partitions}  # fmt: skip

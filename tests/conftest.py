@@ -55,6 +55,8 @@ def settings(services: Endpoints, tmp_path: Path) -> Settings:
         topic_features=f"t{tag}.features",
         topic_labels=f"t{tag}.labels",
         topic_dlq=f"t{tag}.dlq",
+        topic_requests=f"t{tag}.requests",
+        topic_predictions=f"t{tag}.predictions",
         redis_prefix=f"test:{tag}",
         snapshot_key="test-key-" + tag,
         partitions=3,
