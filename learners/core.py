@@ -63,7 +63,7 @@ import learners.river_compat  # noqa: F401  (registers iterative pickling of dee
 from learners.join import EventTimeJoin, JoinCounters, Pending, Source, Unprocessed
 from learners.specs import ModelKind, ModelSpec, model_kind
 from schemas.errors import ModelSpecError
-from schemas.events import FeatureEvent, Label, LabelEvent
+from schemas.events import FeatureEvent, Label, LabelEvent, without_missing
 
 OUTCOMES_KEPT = 4096
 """Joined (label, prediction) pairs kept for monitors between two drains."""
@@ -73,17 +73,6 @@ UNUSABLE_KEPT = 10_000
 
 FAILED: Prediction = (None, None)
 """The stored prediction of a model that raised on the features: not scored at label time."""
-
-
-def without_missing(x: dict[str, Any]) -> dict[str, Any]:
-    """``x`` without its ``None`` values: a null feature is a missing one (River's convention).
-
-    >>> without_missing({"a": 1.0, "b": None}), without_missing({"a": 1.0})
-    ({'a': 1.0}, {'a': 1.0})
-    """
-    if None in x.values():
-        return {k: v for k, v in x.items() if v is not None}
-    return x
 
 
 @dataclass(frozen=True, slots=True)

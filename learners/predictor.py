@@ -11,6 +11,7 @@ uses the same estimator, version and metadata from start to end.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +20,22 @@ from river import base, compose
 
 from learners.specs import model_kind
 from schemas.errors import ModelSpecError
+from schemas.events import without_missing
 from schemas.records import SnapshotMeta
 
 KINDS = ("classifier", "regressor", "anomaly")
+
+
+class NonFiniteAnswer(ValueError):
+    """The model answered NaN or infinity (features such as 1e308 overflow it): a 422."""
+
+
+def _check_finite(proba: dict[Any, float]) -> None:
+    # One C-level sum: finite iff every probability is (they are bounded, so no overflow).
+    if proba and not math.isfinite(sum(proba.values())):
+        shown = {k: float(v) for k, v in proba.items()}
+        raise NonFiniteAnswer(f"the model's probabilities are not finite ({shown})")
+
 
 # What a model may raise when the features do not suit it (a string where it needs a number,
 # an overflow...): the client's input is at fault, so this is a 422, not a 500.
@@ -91,16 +105,22 @@ class ServedModel:
     def predict(self, x: dict[str, Any]) -> tuple[Any, dict[Any, float] | None]:
         """``(prediction, probabilities)``: the estimator's own ``predict_one`` /
         ``predict_proba_one`` for classifiers, ``predict_one`` for regressors and ``score_one``
-        (as the prediction) for anomaly detectors."""
+        (as the prediction) for anomaly detectors. A ``null`` feature is a missing one; an
+        answer that is not finite raises `NonFiniteAnswer` (the features are at fault)."""
         est = self.estimator
+        x = without_missing(x)
         if self.argmax:
             proba = est.predict_proba_one(x)
+            _check_finite(proba)
             return (max(proba, key=proba.get) if proba else None), proba
         if self.kind == "classifier":
-            return est.predict_one(x), est.predict_proba_one(x)
-        if self.kind == "regressor":
-            return est.predict_one(x), None
-        return est.score_one(x), None
+            proba = est.predict_proba_one(x)
+            _check_finite(proba)
+            return est.predict_one(x), proba
+        y = est.predict_one(x) if self.kind == "regressor" else est.score_one(x)
+        if isinstance(y, float) and not math.isfinite(y):
+            raise NonFiniteAnswer(f"the model's answer is not finite ({y}) for these features")
+        return y, None
 
     def info(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now

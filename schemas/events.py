@@ -224,3 +224,14 @@ def _with_limits(schema: dict[str, Any], name: str) -> dict[str, Any]:
         "The Kafka message key is the event id."
     )
     return schema
+
+
+def without_missing(x: dict[str, Any]) -> dict[str, Any]:
+    """``x`` without its ``None`` values: a null feature is a missing one (River's convention).
+
+    >>> without_missing({"a": 1.0, "b": None}), without_missing({"a": 1.0})
+    ({'a': 1.0}, {'a': 1.0})
+    """
+    if None in x.values():
+        return {k: v for k, v in x.items() if v is not None}
+    return x

@@ -8,6 +8,7 @@ the event id, so that (with equal partition counts) a label lands in its feature
 from __future__ import annotations
 
 import csv
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -69,6 +70,18 @@ def _cell(value: str) -> int | float | str | bool | None:
     return value
 
 
+def _finite(row: dict[str, object]) -> dict[str, object]:
+    """``row`` itself, or a `SchemaError` naming a non-finite number (a CSV cell ``1e400``):
+    JSON has no infinity, and orjson would silently write ``null``."""
+    for name, value in row.items():
+        inner = value.items() if isinstance(value, dict) else ()
+        for inner_name, cell in (("", value), *inner):
+            if isinstance(cell, float) and not math.isfinite(cell):
+                where = f"{name}.{inner_name}" if inner_name else name
+                raise SchemaError("not_finite", where, f"{cell} is not a finite number")
+    return row
+
+
 def read_rows(path: Path, kind: Kind) -> Iterator[tuple[int, bytes | dict[str, object]]]:
     """(line number, raw JSON bytes or a CSV row turned into an event dict)."""
     if path.suffix.lower() == ".csv":
@@ -122,8 +135,8 @@ class Publisher:
         topic = self.topic(kind)
         start = time.perf_counter()
         for line, row in rows:
-            raw = row if isinstance(row, bytes) else orjson.dumps(row)
             try:
+                raw = row if isinstance(row, bytes) else orjson.dumps(_finite(row))
                 event = decode(raw)
             except SchemaError as exc:
                 report.rejected.append(Rejection(line, str(exc)))

@@ -89,3 +89,24 @@ def test_cli_reports_bad_rows_with_line_numbers(settings: Settings, tmp_path: Pa
     assert "line 2: rejected" in result.stderr
     records = read_all(settings.kafka_bootstrap_servers, [settings.topic_features])
     assert sorted(orjson.loads(r.value)["id"] for r in records) == ["e0", "e1", "e2"]
+
+
+def test_csv_cell_out_of_float_range_is_reported_not_published_as_null(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """``1e400`` in a CSV cell is infinity: rejected with its line and field, never sent as a
+    ``null`` feature (orjson writes infinity as null)."""
+    path = tmp_path / "events.csv"
+    path.write_text("id,time,x,y\na,1,1.5,2\nb,2,1e400,3\nc,3,,4\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "stream", "publish", "features", str(path)],
+        env=settings_env(settings), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["sent"], report["rejected"]) == (2, 1)
+    assert report["rejections"][0]["line"] == 3
+    assert report["rejections"][0]["reason"].startswith("not_finite at features.x")
+    records = read_all(settings.kafka_bootstrap_servers, [settings.topic_features])
+    sent = {orjson.loads(r.value)["id"]: orjson.loads(r.value)["features"] for r in records}
+    assert sent == {"a": {"x": 1.5, "y": 2}, "c": {"x": None, "y": 4}}
