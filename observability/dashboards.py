@@ -22,10 +22,19 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
-from grafana_foundation_sdk.models.dashboard import DataSourceRef, GridPos
+from grafana_foundation_sdk.models.dashboard import (
+    DataSourceRef,
+    GridPos,
+    Panel,
+    VariableModel,
+    VariableRefresh,
+    VariableSort,
+)
 
 ROOT = Path(__file__).parent / "grafana"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
@@ -72,7 +81,7 @@ _5XX_RATIO = (
     f"({_5XX} or on() vector(0)) / clamp_min({_rate('riverstream_http_requests_total')}, 1e-9)"
 )
 
-OVERVIEW = [
+OVERVIEW: list[P | Row] = [
     Row("Health"),
     P("Learner up", (('sum(up{job="riverstream-learner"})', "targets up"),), w=4, h=4, kind="stat"),
     P("API processes up", (('sum(up{job="riverstream-api"})', "targets up"),), w=4, h=4,
@@ -96,7 +105,7 @@ OVERVIEW = [
                            "{{reason}}"),), "ops"),
 ]  # fmt: skip
 
-LEARNING = [
+LEARNING: list[P | Row] = [
     Row("Quality"),
     P("Progressive metric", ((f'riverstream_progressive_metric{{{M}, metric=~"$metric"}}',
                               "{{model}} {{metric}}"),), w=24, h=10),
@@ -120,7 +129,7 @@ LEARNING = [
       description="Newest event time minus watermark, in event-time units."),
 ]  # fmt: skip
 
-SERVING = [
+SERVING: list[P | Row] = [
     Row("Traffic"),
     P("Requests /s", ((_rate("riverstream_http_requests_total", "route, status"),
                        "{{route}} {{status}}"),), "reqps"),
@@ -146,7 +155,7 @@ SERVING = [
         (_quantile(0.99, "riverstream_snapshot_load_seconds", "model"), "p99 {{model}}")), "s"),
 ]  # fmt: skip
 
-KAFKA_SNAPSHOTS = [
+KAFKA_SNAPSHOTS: list[P | Row] = [
     Row("Kafka"),
     P("Consumer lag per partition", (("riverstream_consumer_lag", "{{topic}}/{{partition}}"),)),
     P("Events consumed /s", ((_rate("riverstream_events_consumed_total", "topic"), "{{topic}}"),),
@@ -176,8 +185,10 @@ DASHBOARDS = {
 }
 
 
-def _variables(per_model: bool) -> list:
-    out = [dashboard.DatasourceVariable("datasource").label("Datasource").type("prometheus")]
+def _variables(per_model: bool) -> list[Builder[VariableModel]]:
+    out: list[Builder[VariableModel]] = [
+        dashboard.DatasourceVariable("datasource").label("Datasource").type("prometheus")
+    ]
     if per_model:
         for name, query in (
             ("model", "label_values(riverstream_progressive_metric, model)"),
@@ -185,13 +196,16 @@ def _variables(per_model: bool) -> list:
         ):
             out.append(
                 dashboard.QueryVariable(name).label(name.capitalize()).datasource(DATASOURCE)
-                .query(query).refresh(2).multi(True).include_all(True).all_value(".*").sort(1)
+                .query(query).refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True)
+                .include_all(True).all_value(".*").sort(VariableSort.ALPHABETICAL_ASC)
             )  # fmt: skip
     return out
 
 
-def _panel(spec: P, panel_id: int, pos: GridPos):
-    builder = stat.Panel() if spec.kind == "stat" else timeseries.Panel()
+def _panel(spec: P, panel_id: int, pos: GridPos) -> Builder[Panel]:
+    builder: stat.Panel | timeseries.Panel = (
+        stat.Panel() if spec.kind == "stat" else timeseries.Panel()
+    )
     builder = builder.id(panel_id).title(spec.title).datasource(DATASOURCE).unit(spec.unit)
     if spec.description:
         builder = builder.description(spec.description)
@@ -201,7 +215,7 @@ def _panel(spec: P, panel_id: int, pos: GridPos):
     return builder.grid_pos(pos)
 
 
-def build(uid: str) -> dict:
+def build(uid: str) -> dict[str, Any]:
     """The dashboard ``uid`` as a JSON-ready dict, laid out and numbered deterministically."""
     title, specs, per_model = DASHBOARDS[uid]
     board = dashboard.Dashboard(title).uid(uid).tags(["riverstream"]).editable()
