@@ -9,9 +9,15 @@ import json
 from pathlib import Path
 
 from schemas.events import feature_json_schema, label_json_schema
+from schemas.predictions import answer_json_schema, request_json_schema
 
 HERE = Path(__file__).parent
-DOCUMENTS = {"feature_event.json": feature_json_schema, "label_event.json": label_json_schema}
+DOCUMENTS = {
+    "feature_event.json": feature_json_schema,
+    "label_event.json": label_json_schema,
+    "prediction_request.json": request_json_schema,
+    "prediction_answer.json": answer_json_schema,
+}
 
 
 def render() -> dict[str, str]:
