@@ -15,6 +15,7 @@ from rich.table import Table
 
 from schemas.errors import RiverstreamError
 from schemas.settings import Settings
+from stream.cli.snapshots import snapshots_app
 from stream.dev import services as svc
 
 app = typer.Typer(
@@ -28,12 +29,7 @@ publish_app = typer.Typer(help="Publish events from a file (JSON Lines or CSV)."
 app.add_typer(services_app, name="services")
 app.add_typer(topics_app, name="topics")
 app.add_typer(publish_app, name="publish")
-try:  # the snapshot registry's commands (stream/cli_snapshots.py)
-    from stream.cli.snapshots import snapshots_app
-
-    app.add_typer(snapshots_app, name="snapshots")
-except ImportError:  # pragma: no cover - while the registry is being written
-    pass
+app.add_typer(snapshots_app, name="snapshots")
 
 console = Console(stderr=True)
 out = Console()
@@ -296,7 +292,7 @@ def report(
     import time as _time
 
     from observability.report import render_report, samples_from_prometheus, samples_from_snapshots
-    from stream.learner.runtime import snapshot_store
+    from stream.store.snapshots import open_store
 
     settings = load_settings()
     samples: list[dict[str, object]] = []
@@ -315,7 +311,7 @@ def report(
             console.print(f"[dim]Prometheus not usable ({exc}); using snapshot metadata[/]")
     if not any(s.get("metrics") for s in samples):
         source = "snapshot metadata"
-        store = snapshot_store(settings)
+        store = open_store(settings)
         names = store.models()
         if not names:
             raise RiverstreamError("no snapshots in Redis yet: run `riverstream learn` first")
@@ -329,11 +325,9 @@ def report(
     console.print(f"wrote {out_file} ({len(samples)} points from {source})")
 
 
-def _learner_observer(settings: Settings) -> object | None:
-    try:
-        from stream.learner.observer import PrometheusObserver
-    except ImportError:
-        return None
+def _learner_observer(settings: Settings) -> object:
+    from stream.learner.observer import PrometheusObserver
+
     return PrometheusObserver.start(settings)
 
 

@@ -12,15 +12,17 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from schemas.errors import RiverstreamError
+from schemas.errors import RegistryError, RiverstreamError
 from schemas.settings import Settings
-from stream.registry.registry import Registry, RegistryError, VersionInfo
+
+if TYPE_CHECKING:  # imported by the commands that run, so that `--help` stays quick
+    from stream.registry.registry import Registry, VersionInfo
 
 snapshots_app = typer.Typer(
     help="Model versions: list, promote, pin, roll back, export and import.",
@@ -38,12 +40,17 @@ Reason = Annotated[str, typer.Option(help="Why, for the history.")]
 
 
 def open_registry(by: str | None = None) -> Registry:
-    """The registry of the configured Redis (addresses from the local services if unset)."""
+    """The registry of the configured Redis (addresses from the local services if unset).
+
+    It imports the registry and the store, never the learner: River and SciPy take ≈ 1 s to
+    import and no operator command needs them (tests/unit/test_cli_imports.py).
+    """
     from stream.dev.services import resolve
-    from stream.learner.runtime import snapshot_store
+    from stream.registry.registry import Registry
+    from stream.store.snapshots import open_store
 
     settings = resolve(Settings())
-    return Registry(snapshot_store(settings), by=by, signing_key=settings.require_snapshot_key())
+    return Registry(open_store(settings), by=by, signing_key=settings.require_snapshot_key())
 
 
 @contextlib.contextmanager

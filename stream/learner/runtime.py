@@ -15,7 +15,7 @@ from stream.kafka.deadletter import DeadLetters
 from stream.learner.loop import Learner
 from stream.registry.registry import Registry
 from stream.store.commands import CommandQueue
-from stream.store.snapshots import SnapshotStore
+from stream.store.snapshots import SnapshotStore, open_store
 
 
 def model_specs(models: Sequence[str], metrics: Sequence[str]) -> list[ModelSpec]:
@@ -42,17 +42,8 @@ def model_specs(models: Sequence[str], metrics: Sequence[str]) -> list[ModelSpec
 
 
 def snapshot_store(settings: Settings) -> SnapshotStore:
-    if not settings.redis_url:
-        raise ConfigError(
-            "no Redis address: set RIVERSTREAM_REDIS_URL or run `riverstream services up`"
-        )
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
-    return SnapshotStore(
-        client,
-        settings.redis_prefix,
-        settings.require_snapshot_key(),
-        chunk_bytes=settings.snapshot_chunk_bytes,
-    )
+    """The configured snapshot store (`stream.store.snapshots.open_store`)."""
+    return open_store(settings)
 
 
 def promote_after_write(keep: int) -> Callable[[SnapshotStore, int, dict[str, SnapshotMeta]], None]:

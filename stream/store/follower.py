@@ -19,11 +19,13 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from learners.predictor import ServedModel
 from schemas.errors import SnapshotError, SnapshotIntegrityError
 from stream.store.snapshots import RedisUnavailableError, SnapshotStore, Subscription
+
+if TYPE_CHECKING:  # imported where a model is loaded: stream.store imports no River at start
+    from learners.predictor import ServedModel
 
 log = logging.getLogger(__name__)
 _MAX_WAIT = 0.25
@@ -181,6 +183,8 @@ class SnapshotFollower:
         self._load(name, version)
 
     def _load(self, name: str, version: int) -> None:
+        from learners.predictor import ServedModel
+
         started = time.perf_counter()
         try:
             obj, meta = self.store.load_model(name, version)

@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
 from learners.serialization import load_signed, sha256_hex, verify_signed
-from schemas.errors import SnapshotError, SnapshotIntegrityError
+from schemas.errors import ConfigError, SnapshotError, SnapshotIntegrityError
 from schemas.names import MODEL_NAME_RULE, is_model_name
 from schemas.records import CheckpointMeta, SnapshotMeta
 from stream.store.keys import Notification, RedisKeys, chunks, served_version
+
+if TYPE_CHECKING:
+    from schemas.settings import Settings
 
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 REDIS_VALUE_LIMIT = 512 * 1024 * 1024
@@ -53,7 +57,11 @@ def _wrapped(what: str) -> Iterator[None]:
 
 
 class SnapshotStore:
-    """Versioned snapshots in Redis; ``client`` must return bytes (``decode_responses=False``)."""
+    """Versioned snapshots in Redis; ``client`` must return bytes (``decode_responses=False``).
+
+    redis-py types replies as ``bytes | str`` (it cannot know ``decode_responses``); the
+    ``cast``s below say ``bytes``, which ``__init__`` checks.
+    """
 
     def __init__(
         self,
@@ -111,7 +119,7 @@ class SnapshotStore:
                 if not is_model_name(name):
                     raise SnapshotError(f"invalid model name {name!r}: use {MODEL_NAME_RULE}")
                 chunks = self._queue_chunks(
-                    pipe, blob, lambda i, n=name: self.keys.chunk(n, version, i)
+                    pipe, blob, functools.partial(self.keys.chunk, name, version)
                 )
                 metas[name] = dataclasses.replace(
                     meta, model=name, version=version, size=len(blob),
@@ -150,11 +158,13 @@ class SnapshotStore:
     # -- reading ---------------------------------------------------------------------------
     def models(self) -> list[str]:
         with _wrapped("models"):
-            return sorted(m.decode() for m in self.client.smembers(self.keys.models))
+            members = cast("set[bytes]", self.client.smembers(self.keys.models))  # bytes client
+            return sorted(m.decode() for m in members)
 
     def versions(self, model: str) -> list[int]:
         with _wrapped(f"versions of {model}"):
-            return [int(v) for v in self.client.zrange(self.keys.versions(model), 0, -1)]
+            members = cast("list[bytes]", self.client.zrange(self.keys.versions(model), 0, -1))
+            return [int(v) for v in members]
 
     def latest_version(self, model: str) -> int | None:
         with _wrapped(f"latest version of {model}"):
@@ -198,7 +208,7 @@ class SnapshotStore:
             parts = self.client.mget(keys) if keys else []
         if any(p is None for p in parts):
             raise SnapshotError(f"snapshot {what} has missing chunks (pruned while reading?)")
-        blob = b"".join(parts)
+        blob = b"".join(cast("list[bytes]", parts))  # bytes client, and no None left
         if len(blob) != size or sha256_hex(blob) != sha256:
             raise SnapshotIntegrityError(f"snapshot {what}: checksum mismatch, refusing it")
         return blob
@@ -251,3 +261,22 @@ class Subscription:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_store(settings: Settings) -> SnapshotStore:
+    """The store of the configured Redis, prefix, signing key and chunk size.
+
+    Here rather than in `stream.learner.runtime` so that the operator's commands (`riverstream
+    snapshots …`) reach Redis without importing the learner, hence River and SciPy (≈ 1 s).
+    """
+    if not settings.redis_url:
+        raise ConfigError(
+            "no Redis address: set RIVERSTREAM_REDIS_URL or run `riverstream services up`"
+        )
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+    return SnapshotStore(
+        client,
+        settings.redis_prefix,
+        settings.require_snapshot_key(),
+        chunk_bytes=settings.snapshot_chunk_bytes,
+    )

@@ -140,3 +140,17 @@ def test_export_import_and_tampered_import(
     result = run("import", str(file), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["version"] > v1
+
+
+def test_snapshot_commands_import_no_river(
+    settings: Settings, store: SnapshotStore, key: bytes
+) -> None:
+    """`snapshots list` and `history` read Redis without importing River or SciPy (≈ 1-2.5 s)."""
+    from tests.unit.test_cli_imports import heavy_imports
+
+    v = write_version(store, key)
+    Registry(store).promote("m", v, "for the history")
+    env = settings_env(settings)
+    for command in ("list", "history"):
+        found = heavy_imports([], ["snapshots", command, "m", "--json"], env=env)
+        assert found == {"code": 0, "heavy": []}, command

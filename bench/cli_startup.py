@@ -1,0 +1,125 @@
+"""How long do operator commands take, as whole processes, against ``python -c pass``?
+
+An operator types ``riverstream snapshots list lr`` and waits for the whole process: interpreter
+start, imports, settings, one Redis round trip, the table. This script times exactly that, with
+the installed ``riverstream`` console script (the one ``pip install`` puts next to the
+interpreter), in a fresh process per run:
+
+- ``python -c pass``: the interpreter alone, the baseline of every ratio;
+- ``riverstream --help``;
+- ``riverstream snapshots list M`` and ``riverstream snapshots history M`` against a real Redis
+  started with `ServiceManager` in a temporary state directory (stopped by pid and purged at
+  the end), holding ``--versions`` versions of model ``M`` and a promotion history.
+
+Each command runs ``--repeat`` times (after one untimed warm-up run that fills the OS caches);
+the table shows the median and the fastest run, and the median divided by the baseline's.
+
+    python bench/cli_startup.py                 # 7 repetitions
+    python bench/cli_startup.py --repeat 15 --versions 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from learners.serialization import dump_signed  # noqa: E402
+from schemas.records import SnapshotMeta  # noqa: E402
+from schemas.settings import Settings  # noqa: E402
+from stream.dev.services import ServiceManager, resolve  # noqa: E402
+from stream.registry.registry import Registry  # noqa: E402
+from stream.store.snapshots import SnapshotStore  # noqa: E402
+
+MODEL = "M"
+
+
+def riverstream_script() -> str:
+    """The console script installed next to this interpreter."""
+    script = Path(sys.executable).parent / "riverstream"
+    if not script.exists():
+        raise SystemExit(f"{script} not found: pip install -e . in this environment first")
+    return str(script)
+
+
+def fill(settings: Settings, versions: int) -> None:
+    """``versions`` signed versions of `MODEL`, each promoted (a history of ``versions`` lines)."""
+    import redis
+
+    assert settings.redis_url
+    key = settings.require_snapshot_key()
+    store = SnapshotStore(redis.Redis.from_url(settings.redis_url), settings.redis_prefix, key)
+    registry = Registry(store, by="bench", signing_key=key)
+    for i in range(versions):
+        version = store.next_version()
+        blob = dump_signed({"model": MODEL, "version": version}, key)
+        meta = SnapshotMeta.describe(
+            MODEL, blob, kind="classifier", spec="logreg", samples_learned=100 * (i + 1),
+            metrics={"Accuracy": 0.5 + i / (2 * versions)}, offsets={"features:0": version},
+        )  # fmt: skip
+        store.write(version, {MODEL: (blob, meta)}, dump_signed({"join": version}, key),
+                    {"features:0": version, "labels:0": version})  # fmt: skip
+        registry.promote(MODEL, version, reason="bench")
+    store.client.close()
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    """Wall-clock seconds of one run of ``argv``, which must succeed."""
+    start = time.perf_counter()
+    result = subprocess.run(argv, env=env, capture_output=True, check=False)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{result.stderr.decode()[-2000:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=7, help="timed runs per command")
+    parser.add_argument("--versions", type=int, default=10, help="versions of the model listed")
+    args = parser.parse_args()
+
+    script = riverstream_script()
+    commands = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "riverstream --help": [script, "--help"],
+        f"riverstream snapshots list {MODEL}": [script, "snapshots", "list", MODEL],
+        f"riverstream snapshots history {MODEL}": [script, "snapshots", "history", MODEL],
+    }
+    with tempfile.TemporaryDirectory(prefix="cli-startup-") as state:
+        settings = Settings(state_dir=Path(state), redis_prefix="bench")
+        manager = ServiceManager(settings)
+        try:
+            manager.up(("redis",))
+            fill(resolve(settings), args.versions)
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("RIVERSTREAM_")},
+                "RIVERSTREAM_STATE_DIR": state,
+                "RIVERSTREAM_REDIS_PREFIX": "bench",
+                "COLUMNS": "200",
+            }
+            times: dict[str, list[float]] = {}
+            for name, argv in commands.items():
+                timed(argv, env)  # warm-up
+                times[name] = [timed(argv, env) for _ in range(args.repeat)]
+        finally:
+            manager.down(("redis",), purge=True)
+
+    base = statistics.median(times["python -c pass"])
+    print(f"{args.repeat} runs each, {args.versions} versions, Python {sys.version.split()[0]}")
+    print(f"{'command':<34} {'median s':>9} {'fastest s':>10} {'÷ python -c pass':>17}")
+    for name, runs in times.items():
+        median = statistics.median(runs)
+        print(f"{name:<34} {median:>9.3f} {min(runs):>10.3f} {median / base:>17.1f}")
+
+
+if __name__ == "__main__":
+    main()
