@@ -16,6 +16,7 @@ pydantic_core._pydantic_core.ValidationError: 1 validation error for Settings
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -24,6 +25,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.errors import ConfigError
 
 ENV_PREFIX = "RIVERSTREAM_"
+
+
+def default_state_dir() -> Path:
+    """Where `riverstream services up` records its services when ``RIVERSTREAM_STATE_DIR`` is
+    unset: one place per user, the same from every directory, so that `services up` in one
+    directory and `publish` in another find the same Kafka. The XDG Base Directory rule:
+    ``$XDG_STATE_HOME/riverstream``, or ``~/.local/state/riverstream`` when it is unset or not
+    an absolute path.
+
+    >>> default_state_dir().name
+    'riverstream'
+    """
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "state"
+    return base / "riverstream"
 
 
 class Settings(BaseSettings):
@@ -42,7 +58,9 @@ class Settings(BaseSettings):
 
     # -- local services --
     state_dir: Path = Field(
-        Path(".state"), description="Pids, addresses and data of local services."
+        default_factory=default_state_dir,
+        description="Pids, addresses and data of local services (one per user by default; a "
+        "project may set its own).",
     )
     cache_dir: Path = Field(
         Path.home() / ".cache" / "riverstream", description="Downloaded Kafka jars."

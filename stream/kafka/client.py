@@ -16,9 +16,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 from schemas.errors import KafkaAdapterError
+
+if TYPE_CHECKING:
+    from confluent_kafka import KafkaError
 
 log = logging.getLogger(__name__)
 _BROKER_ASK_SECONDS = 5.0
@@ -194,6 +197,25 @@ class EventProducer:
         self._producer.close(timeout=10)
 
 
+class _ConsumedMessage(Protocol):
+    """A confluent-kafka ``Message`` as `ConfluentSource.poll` reads it.
+
+    confluent-kafka types every accessor as optional, because a ``Message`` may also be an
+    error event; a consumed message without error has its topic, partition and offset set.
+    ``value`` is None for a null value (a tombstone), which riverstream's producers never write
+    and the learner does not accept (the event decoder needs bytes).
+    """
+
+    def error(self) -> KafkaError | None: ...
+    def topic(self) -> str: ...
+    def partition(self) -> int: ...
+    def offset(self) -> int: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes: ...
+    def timestamp(self) -> tuple[int, int]: ...
+    def headers(self) -> list[tuple[str, bytes]] | None: ...
+
+
 class ConfluentSource:
     """librdkafka consumer with manual assignment: offsets come from our snapshots."""
 
@@ -237,9 +259,13 @@ class ConfluentSource:
         # wakes up, the batch then holds what every partition received in that window, so a
         # partition a few ms behind the others is not left out of the watermark.
         consumer = self._consumer
-        messages = consumer.consume(max_records, 0) or consumer.consume(max_records, timeout)
+        messages = cast(
+            "list[_ConsumedMessage]",
+            consumer.consume(max_records, 0) or consumer.consume(max_records, timeout),
+        )
         runs: list[RecordRun] = []
-        topic = partition = None
+        topic: str | None = None
+        partition: int | None = None
         offsets: list[int] = []
         values: list[bytes] = []
         for index, m in enumerate(messages):
@@ -378,7 +404,7 @@ def read_all(bootstrap: str, topics: Sequence[str], timeout: float = 10.0) -> li
     return out
 
 
-def _message_at(messages: list[Any], start: int) -> Callable[[int], Record]:
+def _message_at(messages: list[_ConsumedMessage], start: int) -> Callable[[int], Record]:
     """Index within a run → the whole `Record` of a confluent message."""
 
     def record(index: int) -> Record:
