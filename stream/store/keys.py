@@ -18,7 +18,17 @@ Key layout under a prefix ``P``::
     P:checkpoint:VERSION:meta              `CheckpointMeta` as JSON
     P:checkpoint:VERSION:chunk:I           I-th slice of the signed learner checkpoint
     P:learner:commands                     list of JSON `RollbackCommand` for the learner
-    P:snapshots                            pub/sub channel: {"model": NAME, "version": V}
+    P:snapshots                            pub/sub channel: {"model": NAME, "version": V}, and
+                                           {"graph": NAME, "version": V} for graphs
+    P:graphs                               set of serving-graph names
+    P:graph:NAME:versions                  sorted set, member = score = version (from version:seq)
+    P:graph:NAME:v:VERSION                 the graph's normalised document, JSON (immutable)
+    P:graph:NAME:promoted                  version served (absent: the graph is not served)
+    P:graph:NAME:history                   list of JSON `HistoryEntry`, oldest first
+
+Graphs (`stream.store.graphs`, `stream.registry.graphs`) share the version counter and the
+channel with models; a graph's notification has no ``model`` field, so a reader that only knows
+models (`Notification.from_json` without ``graphs``, or a reader written before graphs) drops it.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 
 def served_version(pin: int | None, promoted: int | None, latest: int | None) -> int | None:
@@ -55,24 +66,41 @@ def chunks(blob: bytes, chunk_bytes: int) -> Iterator[memoryview]:
 
 @dataclass(frozen=True)
 class Notification:
-    """One message of the snapshot channel: ``model`` has a new ``version`` to consider."""
+    """One message of the snapshot channel: ``model`` has a new ``version`` to consider.
+
+    ``kind`` is ``"graph"`` when ``model`` names a serving graph whose promoted pointer moved
+    (``version`` 0: the graph was deleted); its message carries the name under ``graph``
+    instead of ``model``, which is how readers that only know models ignore it.
+    """
 
     model: str
     version: int
+    kind: Literal["model", "graph"] = "model"
 
     def to_json(self) -> str:
         """The message published on the channel.
 
         >>> Notification("lr", 3).to_json()
         '{"model": "lr", "version": 3}'
+        >>> Notification("fraud", 9, "graph").to_json()
+        '{"graph": "fraud", "version": 9}'
         """
-        return json.dumps({"model": self.model, "version": self.version})
+        return json.dumps({self.kind: self.model, "version": self.version})
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> Notification | None:
-        """The notification in ``raw``, or None when it is malformed."""
+    def from_json(cls, raw: bytes | str, *, graphs: bool = False) -> Notification | None:
+        """The notification in ``raw``, or None when it is malformed. A graph's message is None
+        too unless ``graphs``: readers of models need not know that graphs exist.
+
+        >>> Notification.from_json('{"graph": "fraud", "version": 9}') is None
+        True
+        >>> Notification.from_json(b'{"graph": "fraud", "version": 9}', graphs=True)
+        Notification(model='fraud', version=9, kind='graph')
+        """
         try:
             data = json.loads(raw)
+            if "model" not in data and "graph" in data:
+                return cls(str(data["graph"]), int(data["version"]), "graph") if graphs else None
             return cls(str(data["model"]), int(data["version"]))
         except (ValueError, TypeError, KeyError):
             return None
@@ -87,6 +115,8 @@ class RedisKeys:
     ('rs:model:lr:v:7:chunk:0', 'rs:model:lr:latest', 'rs:checkpoint:7:meta', 'rs:snapshots')
     >>> k.pin("lr"), k.history("lr"), k.commands
     ('rs:model:lr:pin', 'rs:model:lr:history', 'rs:learner:commands')
+    >>> k.graphs, k.graph_doc("fraud", 12), k.graph_promoted("fraud")
+    ('rs:graphs', 'rs:graph:fraud:v:12', 'rs:graph:fraud:promoted')
     """
 
     prefix: str
@@ -143,3 +173,20 @@ class RedisKeys:
     @property
     def commands(self) -> str:
         return f"{self.prefix}:learner:commands"
+
+    # -- serving graphs (the document of a version is immutable; see the module) --
+    @property
+    def graphs(self) -> str:
+        return f"{self.prefix}:graphs"
+
+    def graph_versions(self, graph: str) -> str:
+        return f"{self.prefix}:graph:{graph}:versions"
+
+    def graph_doc(self, graph: str, version: int) -> str:
+        return f"{self.prefix}:graph:{graph}:v:{version}"
+
+    def graph_promoted(self, graph: str) -> str:
+        return f"{self.prefix}:graph:{graph}:promoted"
+
+    def graph_history(self, graph: str) -> str:
+        return f"{self.prefix}:graph:{graph}:history"
