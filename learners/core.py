@@ -95,6 +95,10 @@ Prediction = tuple[Any, Any]
 """What a model said about one feature event: (label or score, probabilities)."""
 
 
+class LabelTypeError(TypeError):
+    """A label that the model cannot learn (its type differs from the labels it learns)."""
+
+
 @dataclass(eq=False)
 class ModelState:
     """One named model, its metrics and how it predicts for them."""
@@ -106,6 +110,8 @@ class ModelState:
     samples_learned: int = 0
     _uses_proba: list[bool] = field(default_factory=list, repr=False)
     _supervised: bool = field(default=True, repr=False)
+    label_type: type | None = None
+    """A classifier's label type, fixed by the first label it learns (bool, int or str)."""
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> ModelState:
@@ -147,7 +153,14 @@ class ModelState:
         return y_pred, y_proba
 
     def learn(self, x: dict[str, Any], y: Label, prediction: Prediction) -> None:
-        """Score the stored ``prediction`` against ``y``, then learn ``(x, y)`` if supervised."""
+        """Score the stored ``prediction`` against ``y``, then learn ``(x, y)`` if supervised.
+
+        A label of the wrong type raises `LabelTypeError` before anything changes: a classifier
+        learns labels of one type (the first it sees), a regressor numbers. Mixing ``"yes"``
+        into boolean labels would break a tree for every later prediction."""
+        kind = type(y)
+        if kind is not self.label_type:
+            self._check_label(y)
         for metric, use_proba in zip(self.metrics, self._uses_proba, strict=True):
             y_pred = prediction[1] if use_proba else prediction[0]
             if y_pred is not None and y_pred != {}:
@@ -155,6 +168,22 @@ class ModelState:
         if self._supervised:
             self.model.learn_one(x, y)
             self.samples_learned += 1
+
+    def _check_label(self, y: Label) -> None:
+        kind = type(y)
+        if self.kind == "regressor":
+            if kind is str:
+                raise LabelTypeError(f"label {y!r} is a {kind.__name__}: a regressor needs numbers")
+        elif self.kind == "classifier":
+            if self.label_type is None:
+                if kind is float and not float(y).is_integer():
+                    raise LabelTypeError(f"label {y!r} is a float: a classifier needs classes")
+                self.label_type = kind
+            else:
+                raise LabelTypeError(
+                    f"label {y!r} is a {kind.__name__}: this model learns "
+                    f"{self.label_type.__name__} labels"
+                )
 
     def metric_values(self) -> dict[str, float]:
         """Current value of every metric, by class name."""
