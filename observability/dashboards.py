@@ -162,6 +162,9 @@ KAFKA_SNAPSHOTS: list[P | Row] = [
       "ops"),
     P("Dead letters /s by reason", ((_or_zero(_rate("riverstream_dead_letters_total", "reason")),
                                      "{{reason}}"),), "ops"),
+    P("Model errors /s (events a model raised on)", ((_or_zero(_rate(
+        "riverstream_model_errors_total", "model, reason")),
+        "{{model}} {{reason}}"),), "ops"),
     P("Watermark delay", (("riverstream_watermark_delay", "delay"),)),
     Row("Snapshots"),
     P("Snapshot version (learner)", (("riverstream_snapshot_version", "{{model}}"),), w=8),

@@ -25,6 +25,7 @@ class PrometheusObserver:
         self._joined = dict.fromkeys(("joined", "expired", "orphan", "late"), 0)
         self._learned: dict[str, int] = {}
         self._dead: dict[str, int] = {}
+        self._model_errors: dict[tuple[str, str, str], int] = {}
         self._last_refresh = 0.0
         self._drift: DriftMonitor | None = None
         self._drift_tasks: dict[str, str] = {}
@@ -81,6 +82,10 @@ class PrometheusObserver:
             if n > self._dead.get(reason, 0):
                 m.dead_letter(reason, n - self._dead.get(reason, 0))
                 self._dead[reason] = n
+        for key, n in core.model_errors.items():
+            if n > self._model_errors.get(key, 0):
+                m.model_errors(*key, n - self._model_errors.get(key, 0))
+                self._model_errors[key] = n
         for name, state in core.models.items():
             m.set_progressive_metrics(name, state.metric_values())
             done = state.samples_learned - self._learned.get(name, 0)

@@ -12,6 +12,7 @@ The catalogue (type, labels):
 ====================================================  =========  =========================
 riverstream_events_consumed_total                     counter    topic
 riverstream_dead_letters_total                        counter    reason
+riverstream_model_errors_total                        counter    model, reason (stage:error)
 riverstream_join_events_total                         counter    outcome (see JOIN_OUTCOMES)
 riverstream_predict_seconds                           histogram  model
 riverstream_learn_seconds                             histogram  model
@@ -82,6 +83,11 @@ class LearnerMetrics:
         self.dead_letters_total = Counter(
             "riverstream_dead_letters", "Events sent to the dead-letter topic.", ["reason"],
             registry=r,
+        )  # fmt: skip
+        self.model_errors_total = Counter(
+            "riverstream_model_errors",
+            "Events a model raised on (predict or learn), skipped for that model.",
+            ["model", "reason"], registry=r,
         )  # fmt: skip
         self.join_events_total = Counter(
             "riverstream_join_events", "Outcomes of joining labels to features.", ["outcome"],
@@ -158,6 +164,9 @@ class LearnerMetrics:
         """Count ``n`` events read from ``topic`` and stamp the last-event time."""
         self.events_consumed_total.labels(topic=topic).inc(n)
         self.last_event_timestamp_seconds.set(time.time() if now is None else now)
+
+    def model_errors(self, model: str, stage: str, error: str, n: int) -> None:
+        self.model_errors_total.labels(model=model, reason=f"{stage}:{error}").inc(n)
 
     def dead_letter(self, reason: str, n: int = 1) -> None:
         """Count dead letters; ``reason`` is a `SchemaError.reason`-like code, not a message."""

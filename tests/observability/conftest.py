@@ -15,6 +15,7 @@ def touch_learner(m: LearnerMetrics, now: float) -> None:
     m.events_consumed("riverstream.features", 50, now=now)
     m.events_consumed("riverstream.labels", 50, now=now)
     m.dead_letter("not_finite")
+    m.model_errors("lr", "learn", "LabelTypeError", 1)
     m.join_outcomes({"joined": 45, "expired": 1, "orphan": 1, "late": 1})
     m.observe_predict("lr", [3e-6, 4e-6])
     m.observe_learn("lr", [1e-5, 2e-5])
