@@ -1,0 +1,131 @@
+"""Reading serving graphs from Redis: names, versions, the promoted pointer, documents.
+
+A graph version is an immutable JSON document (the normalised form, `schemas.graphs.graph_to_dict`
+of what `parse_graph` accepted) under ``P:graph:NAME:v:V``; serving follows
+``P:graph:NAME:promoted``. The layout is in `stream.store.keys`; everything that writes (apply,
+rollback, delete, the history) is in `stream.registry.graphs`.
+
+Like `stream.store.snapshots`, this is an adapter: a ``redis`` error becomes a `SnapshotError`
+where it enters (`RedisUnavailableError` when Redis cannot be reached), so that a follower treats
+both stores alike. Nothing here imports River: the operator's commands read graphs quickly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+from schemas.errors import SnapshotError
+from schemas.graphs import GraphSpec, parse_graph
+from stream.store.keys import Notification, RedisKeys
+from stream.store.snapshots import RedisUnavailableError
+
+
+@contextlib.contextmanager
+def _wrapped(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise RedisUnavailableError(f"{what}: redis unreachable: {exc}") from exc
+    except redis.RedisError as exc:
+        raise SnapshotError(f"{what}: {exc}") from exc
+
+
+def _int(raw: bytes | None) -> int | None:
+    return None if raw is None else int(raw)
+
+
+class GraphStore:
+    """Serving graphs under ``prefix``; ``client`` may decode responses or not."""
+
+    def __init__(self, client: redis.Redis[Any], prefix: str) -> None:
+        self.client = client
+        self.keys = RedisKeys(prefix)
+
+    def names(self) -> list[str]:
+        """Every graph that exists (applied and not deleted), sorted."""
+        with _wrapped("graph names"):
+            raw = self.client.smembers(self.keys.graphs)
+        return sorted(_text(n) for n in raw)
+
+    def versions(self, name: str) -> list[int]:
+        """The versions of ``name`` kept, oldest first (empty for an unknown graph)."""
+        with _wrapped(f"versions of graph {name}"):
+            return [int(v) for v in self.client.zrange(self.keys.graph_versions(name), 0, -1)]
+
+    def promoted(self, name: str) -> int | None:
+        """The version serving follows, or None when the graph is not served."""
+        with _wrapped(f"promoted version of graph {name}"):
+            return _int(self.client.get(self.keys.graph_promoted(name)))
+
+    def document(self, name: str, version: int) -> dict[str, Any]:
+        """The stored document of ``name`` v``version`` (`SnapshotError` when there is none)."""
+        with _wrapped(f"graph {name} v{version}"):
+            raw = self.client.get(self.keys.graph_doc(name, version))
+        if raw is None:
+            raise SnapshotError(f"no graph {name} v{version}")
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise SnapshotError(f"graph {name} v{version} is not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise SnapshotError(f"graph {name} v{version} is not a JSON object")
+        return doc
+
+    def spec(self, name: str, version: int) -> GraphSpec:
+        """The parsed document (`schemas.graph_errors.GraphError` if it no longer parses)."""
+        return parse_graph(self.document(name, version))
+
+    def served(self, name: str) -> tuple[int, dict[str, Any]] | None:
+        """``(version, document)`` that serving follows, or None (not served, or deleted while
+        reading)."""
+        version = self.promoted(name)
+        if version is None:
+            return None
+        try:
+            return version, self.document(name, version)
+        except SnapshotError:
+            if self.promoted(name) is None:  # deleted between the two reads
+                return None
+            raise
+
+    def subscribe(self) -> GraphSubscription:
+        """The graphs' notifications on the shared channel (close it, or use ``with``)."""
+        return GraphSubscription(self.client, self.keys.channel)
+
+
+class GraphSubscription:
+    """The snapshot channel, keeping the graph notifications only (models' are dropped)."""
+
+    def __init__(self, client: redis.Redis[Any], channel: str) -> None:
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        with _wrapped("subscribe"):
+            self._pubsub.subscribe(channel)
+
+    def get(self, timeout: float) -> Notification | None:
+        """The next graph notification, or None after ``timeout`` seconds (or on any other
+        message)."""
+        with _wrapped("graph notifications"):
+            message = self._pubsub.get_message(timeout=timeout)
+        if message is None or message.get("type") != "message":
+            return None
+        note = Notification.from_json(message["data"], graphs=True)
+        return note if note is not None and note.kind == "graph" else None
+
+    def close(self) -> None:
+        with contextlib.suppress(redis.RedisError, OSError):
+            self._pubsub.close()
+
+    def __enter__(self) -> GraphSubscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
