@@ -325,7 +325,8 @@ class LearningCore:
         for state, stage, exc in failures:
             key = (state.spec.name, stage, type(exc).__name__)
             errors[key] = errors.get(key, 0) + 1
-        if len(failures) == len(self.models):
+        reported = label is not None and all(p is FAILED for p in pending.predictions)
+        if len(failures) == len(self.models) and not reported:  # once per event id
             detail = tuple(f"{s.spec.name}: {type(e).__name__}: {e}"[:300] for s, _, e in failures)
             if label is None:
                 found = Unusable("feature", pending.id, pending.time, detail, pending.x)

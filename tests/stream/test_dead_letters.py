@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import orjson
+
 from learners.datasets import dataset_events
 from learners.specs import ModelSpec
-from schemas.events import EventCodec, FeatureEvent, Limits
+from schemas.events import EventCodec, FeatureEvent, LabelEvent, Limits
 from schemas.settings import Settings
 from stream.kafka.client import EventProducer, create_topics, read_all
-from tests.stream.helpers import fast, learn
+from tests.stream.helpers import fast, learn, publish
 
 BAD = [
     ("features", b'{"id": "x1", "time": 3.5, "features": {"a": 1e999}}', "not_finite"),
@@ -55,3 +57,26 @@ def test_malformed_events_go_to_the_dlq_and_the_stream_goes_on(settings: Setting
         )
         assert int(headers["rs.offset"]) >= 0 and int(headers["rs.partition"]) >= 0
         assert headers["rs.error"].decode().startswith(reason)
+
+
+def test_valid_events_a_model_cannot_use_never_stop_the_learner(settings: Settings) -> None:
+    """Schema-valid poison on real Kafka: a null feature (missing), a string where the scaler
+    needs a number, a label "yes" among booleans. The learner used to exit on each of them,
+    and again after every restart. Now it learns everything else; the event that no model
+    could use reaches the dead-letter topic with the models' errors."""
+    s = fast(settings)
+    events = list(dataset_events("Phishing", label_delay=5, limit=200))
+    poison = [
+        FeatureEvent("p-null", 50.5, {"https": None, "popup_window": 1.0}),
+        FeatureEvent("p-str", 60.5, {"https": "yes please"}),
+        LabelEvent("p-null", 51.5, True),
+        LabelEvent("p-str", 61.5, "yes"),  # wrong type too: nobody learns this one
+    ]
+    publish(s, sorted(events + poison, key=lambda e: e.time))
+    summaries = {x["model"]: x for x in learn(s, [ModelSpec("lr", "logreg")])}
+    assert summaries["lr"]["samples_learned"] == 201  # 200 + the null one (a missing feature)
+    dead = read_all(s.kafka_bootstrap_servers, [s.topic_dlq])
+    assert [orjson.loads(r.value)["id"] for r in dead] == ["p-str"]
+    headers = dict(dead[0].headers)
+    assert headers["rs.reason"] == b"model_error"
+    assert headers["rs.error"].decode().startswith("lr: ")
