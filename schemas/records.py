@@ -14,11 +14,12 @@ from typing import Any, ClassVar, Literal, Self
 
 from schemas.errors import RegistryError, SnapshotError
 
-POLICIES = ("always", "manual", "guarded")
-RESUMES = ("skip", "replay")
-
 PolicyName = Literal["always", "manual", "guarded"]
 Resume = Literal["skip", "replay"]
+
+# Typed as tuples of the literals, so that ``x in RESUMES`` narrows a str to `Resume`.
+POLICIES: tuple[PolicyName, ...] = ("always", "manual", "guarded")
+RESUMES: tuple[Resume, ...] = ("skip", "replay")
 
 
 def river_version() -> str:

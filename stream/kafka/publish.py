@@ -64,7 +64,7 @@ def _cell(value: str) -> int | float | str | bool | None:
         return low == "true"
     for cast in (int, float):
         try:
-            return cast(value)  # type: ignore[no-any-return]
+            return cast(value)
         except ValueError:
             pass
     return value
@@ -80,6 +80,15 @@ def _finite(row: dict[str, object]) -> dict[str, object]:
                 where = f"{name}.{inner_name}" if inner_name else name
                 raise SchemaError("not_finite", where, f"{cell} is not a finite number")
     return row
+
+
+def row_json(row: bytes | dict[str, object]) -> bytes:
+    """A row of `read_rows` as JSON bytes (a `SchemaError` for a non-finite CSV number).
+
+    >>> row_json(b'{"id": "a"}'), row_json({"id": "a", "features": {"x": 1}})
+    (b'{"id": "a"}', b'{"id":"a","features":{"x":1}}')
+    """
+    return row if isinstance(row, bytes) else orjson.dumps(_finite(row))
 
 
 def read_rows(path: Path, kind: Kind) -> Iterator[tuple[int, bytes | dict[str, object]]]:

@@ -94,6 +94,16 @@ class RegistryBase:
         if version is not None:
             pipe.publish(self.keys.channel, Notification(model, version).to_json())
 
+    def _watch(self, model: str) -> list[str]:
+        """The keys a change of ``model``'s pointers watches (retention and pointer changes)."""
+        return [
+            self.keys.promoted(model),
+            self.keys.pin(model),
+            self.keys.history(model),
+            self.keys.versions(model),
+            self.keys.models,
+        ]
+
     def _pointers(self, r: Any, model: str) -> tuple[int | None, int | None, int | None]:
         pin, promoted, latest = r.mget(
             self.keys.pin(model), self.keys.promoted(model), self.keys.latest(model)

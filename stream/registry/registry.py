@@ -133,15 +133,6 @@ class Registry(RetentionOps):
         return True, detail
 
     # -- pointer changes -----------------------------------------------------------------
-    def _watch(self, model: str) -> list[str]:
-        return [
-            self.keys.promoted(model),
-            self.keys.pin(model),
-            self.keys.history(model),
-            self.keys.versions(model),
-            self.keys.models,
-        ]
-
     def promote(self, model: str, version: int, reason: str) -> int | None:
         """Point ``promoted`` at ``version``; returns the previous promoted version."""
 
@@ -202,7 +193,7 @@ class Registry(RetentionOps):
                 target,
                 resume,
                 ranges,
-                time.time(),  # type: ignore[arg-type]
+                time.time(),
             )
             detail = {"command": command.id} | ({"unpinned": pin} if pin is not None else {})
             entry = self._entry(
@@ -272,7 +263,7 @@ class Registry(RetentionOps):
             raise RegistryError(f"margin must be a finite number >= 0, not {margin}")
         if metric is not None:
             bigger_is_better(metric)
-        new = Policy(policy, float(margin), metric)  # type: ignore[arg-type]
+        new = Policy(policy, float(margin), metric)
 
         def body(r: Any) -> Any:
             self._require_model(r, model)
