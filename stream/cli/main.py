@@ -15,6 +15,7 @@ from rich.table import Table
 
 from schemas.errors import RiverstreamError
 from schemas.settings import Settings
+from stream.cli.graphs import graphs_app
 from stream.cli.snapshots import snapshots_app
 from stream.dev import services as svc
 
@@ -30,6 +31,7 @@ app.add_typer(services_app, name="services")
 app.add_typer(topics_app, name="topics")
 app.add_typer(publish_app, name="publish")
 app.add_typer(snapshots_app, name="snapshots")
+app.add_typer(graphs_app, name="graphs")
 
 console = Console(stderr=True)
 out = Console()
