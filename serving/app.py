@@ -30,8 +30,10 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse as _StarletteJSONResponse
 from fastapi.responses import Response
+from prometheus_client import Counter, Histogram
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from learners.predictor import MODEL_INPUT_ERRORS
 from schemas.errors import ConfigError
@@ -138,6 +140,7 @@ def create_app(
             observe(PREDICT_ROUTE, label, status, time.perf_counter() - started)
             return status, {"detail": f"model {name!r} {what}"}
         status = 200
+        content: dict[str, Any]
         try:
             if raw is None:
                 status, content = 413, {"detail": f"body larger than {max_body_bytes} bytes"}
@@ -210,7 +213,7 @@ class PredictFastPath:
 
     def __init__(
         self,
-        app: Any,
+        app: ASGIApp,
         *,
         answer: Callable[[str, bytes | None], tuple[int, dict[str, Any]]],
         max_body_bytes: int,
@@ -219,7 +222,7 @@ class PredictFastPath:
         self.answer = answer
         self.max_body_bytes = max_body_bytes
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
             if path.startswith(_PREDICT_PREFIX) and path.endswith(_PREDICT_SUFFIX):
@@ -243,9 +246,10 @@ class PredictFastPath:
         await self.app(scope, receive, send)
 
 
-async def _receive_body(receive: Any, limit: int) -> bytes | None:
+async def _receive_body(receive: Receive, limit: int) -> bytes | None:
     """The request body, or None once it exceeds ``limit`` bytes."""
-    chunks, size, more = [], 0, True
+    chunks: list[bytes] = []
+    size, more = 0, True
     while more:
         message = await receive()
         if message["type"] != "http.request":
@@ -266,7 +270,7 @@ class _RequestObserver:
 
     def __init__(self, metrics: ServingMetrics) -> None:
         self._metrics = metrics
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, route: str, model: str, status: int, seconds: float) -> None:
         key = (route, model, status)
