@@ -265,8 +265,9 @@ def demo(
         task = progress.add_task("replay", total=None, status="starting ...")
 
         def update(done: int, total: int, info: dict[str, object]) -> None:
-            metrics = info.get("metrics") or {}
-            shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())  # type: ignore[union-attr]
+            metrics = info.get("metrics")
+            items = metrics.items() if isinstance(metrics, dict) else ()
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in items)
             status = f"v{info.get('version', '-')} {shown}" if info else "waiting for a model"
             progress.update(task, completed=done, total=total, status=status)
 

@@ -73,6 +73,11 @@ def build_learner(
             f"{settings.topic_features} and {settings.topic_labels} must have the same partitions "
             "so that a label lands beside its features"
         )
+    redis_url = settings.redis_url
+    if not redis_url:
+        raise ConfigError(
+            "no Redis address: set RIVERSTREAM_REDIS_URL or run `riverstream services up`"
+        )
     learner = Learner(
         settings,
         specs,
@@ -82,7 +87,7 @@ def build_learner(
         store_factory=lambda: snapshot_store(settings),
         dead_letters=DeadLetters(EventProducer(bootstrap, linger_ms=5), settings.topic_dlq),
         observer=observer,
-        commands=CommandQueue(redis.Redis.from_url(settings.redis_url), settings.redis_prefix),
+        commands=CommandQueue(redis.Redis.from_url(redis_url), settings.redis_prefix),
         use_fork=use_fork,
     )
     learner.snapshotter.after_write = promote_after_write(settings.snapshot_retention)
