@@ -1,10 +1,13 @@
 """Local services for development, the demo and the test suite: Kafka, Redis and Prometheus.
 
 No Docker is needed. `ServiceManager.up` obtains each server (Kafka's jars from Maven Central into
-a cache directory, redis-server and prometheus from Debian's packages), starts it on 127.0.0.1
-on a free port, waits for it to answer within a deadline and records its pid and address in
+a cache directory, redis-server and prometheus from Debian's packages), starts it on 127.0.0.1,
+waits for it to answer within a deadline and records its pid and address in
 ``<state_dir>/services.json``. Calling `up` twice is harmless; a record whose process died is
-cleaned up and the service started again. `down` stops by pid (checking the pid is still ours).
+cleaned up and the service started again *in place*: on the ports chosen at its first start
+(`stream.dev.ports`) and with its data (the Kafka node, in `stream.dev.kafka_node`, is formatted
+only when its data directory does not exist). `down` stops by pid (checking the pid is still
+ours); ``down --purge`` also deletes the data and the recorded ports.
 """
 
 from __future__ import annotations
@@ -20,17 +23,26 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 
 from pydantic import SecretStr
 
 from schemas.errors import ServiceError
 from schemas.settings import Settings
+from stream.dev.kafka_node import MARKER as KAFKA_MARKER
+from stream.dev.kafka_node import KafkaNode, kafka_ready
+from stream.dev.ports import free_port, port_is_free, preferred_port, recorded_ports
+
+__all__ = [  # free_port and port_is_free: for the benches and tests that pick ports
+    "KEY_FILE", "SERVICES", "STATE_FILE", "Endpoints", "ServiceManager", "ServiceRecord",
+    "ensure_debian_binary", "free_port", "iter_status", "pid_alive", "port_is_free",
+    "prometheus_config", "resolve", "stop_pid", "wait_until",
+]  # fmt: skip
 
 SERVICES = ("kafka", "redis", "prometheus")
 STATE_FILE = "services.json"
 KEY_FILE = "snapshot.key"  # the local signing key, read by `resolve`
+PORT_WAIT_SECONDS = 15.0  # longest wait for a recorded port that no program listens on
 
 
 @dataclass(frozen=True)
@@ -54,21 +66,6 @@ class Endpoints:
     prometheus_url: str | None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
     """Poll ``check`` until it is true or raise `ServiceError` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -82,15 +79,24 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs: a zombie is dead for our purposes, but only once all
+    its threads are. A killed JVM's main thread turns zombie first while its other threads still
+    hold its files and sockets (a listening port among them) for a while."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    stat = Path(f"/proc/{pid}/stat")
-    # A zombie is dead for our purposes.
-    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:  # no /proc, or reaped meanwhile
+        return Path(f"/proc/{pid}").exists() or not Path("/proc/self").exists()
+    for task in tasks:
+        with contextlib.suppress(OSError):  # a thread that vanished meanwhile is dead
+            if (task / "stat").read_text().rsplit(")", 1)[-1].split()[0] not in ("Z", "X"):
+                return True
+    return False
 
 
 def _cmdline(pid: int) -> str:
@@ -114,11 +120,6 @@ def stop_pid(pid: int, marker: str, timeout: float = 20.0) -> bool:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
     return True
-
-
-def _tcp_open(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
 
 
 class ServiceManager:
@@ -229,7 +230,7 @@ class ServiceManager:
         binary = ensure_debian_binary("redis-server", "redis-server")
         data = self.state_dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        port = _preferred_port(6379)
+        port = self._ports(data, "redis", 6379)
         argv = [
             binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "60 1",
@@ -248,7 +249,7 @@ class ServiceManager:
         config = home / "prometheus.yml"
         if not config.exists():
             config.write_text(prometheus_config([]))
-        port = _preferred_port(9090)
+        port = self._ports(home, "prometheus", 9090)
         argv = [
             binary, f"--config.file={config}", f"--storage.tsdb.path={home / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle",
@@ -261,111 +262,29 @@ class ServiceManager:
         )
 
     # -- kafka -----------------------------------------------------------------------------
-    def kafka_classpath(self) -> Path:
-        """The directory of Kafka's jars, resolved with Maven into the cache on first use."""
-        lib = self.cache_dir / f"kafka-{self.settings.kafka_version}" / "lib"
-        if (lib / ".complete").exists():
-            return lib
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise ServiceError("Maven (mvn) is needed to fetch Kafka's jars; install maven")
-        lib.mkdir(parents=True, exist_ok=True)
-        pom = resources.files("stream.dev") / "resources" / "kafka-pom.xml"
-        self.log(f"fetching Apache Kafka {self.settings.kafka_version} jars with Maven ...")
-        with resources.as_file(pom) as pom_path:
-            result = subprocess.run(
-                [mvn, "-q", "-B", "-f", str(pom_path), "dependency:copy-dependencies",
-                 f"-DoutputDirectory={lib}", "-DincludeScope=runtime",
-                 f"-Dkafka.version={self.settings.kafka_version}"],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-        if result.returncode != 0:
-            raise ServiceError(f"Maven could not fetch Kafka's jars:\n{result.stdout[-2000:]}")
-        (lib / ".complete").touch()
-        return lib
+    def kafka_node(self) -> KafkaNode:
+        return KafkaNode(
+            self.state_dir / "kafka", self.cache_dir, self.settings.kafka_version, self.log
+        )
 
     def _start_kafka(self) -> ServiceRecord:
-        java = shutil.which("java")
-        if java is None:
-            raise ServiceError("Java 17+ is needed to run Kafka; install openjdk-17-jre-headless")
-        lib = self.kafka_classpath()
-        home = self.state_dir / "kafka"
-        ports_file = home / "ports.json"
-        ports = json.loads(ports_file.read_text()) if ports_file.exists() else None
-        if ports is None or not all(port_is_free(p) for p in ports.values()):
-            # A fresh node: new ports, freshly formatted data directory.
-            shutil.rmtree(home, ignore_errors=True)
-            home.mkdir(parents=True)
-            broker = _preferred_port(9092)
-            ports = {"broker": broker, "controller": free_port()}
-            ports_file.write_text(json.dumps(ports))
-        config = home / "server.properties"
-        config.write_text(kafka_properties(ports["broker"], ports["controller"], home / "data"))
-        log4j = resources.files("stream.dev") / "resources" / "kafka-log4j2.yaml"
-        (home / "log4j2.yaml").write_bytes(log4j.read_bytes())
-        base = [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={home / 'log4j2.yaml'}",
-                f"-Dkafka.logs.dir={home / 'logs'}", "-cp", f"{lib}/*"]  # fmt: skip
-        if not (home / "data" / "meta.properties").exists():
-            format_kafka_storage(base, config, _kafka_cluster_id())
-        proc, log = self._spawn("kafka", [*base, "kafka.Kafka", str(config)], home)
-        address = f"127.0.0.1:{ports['broker']}"
-        self._await(proc, lambda: _kafka_ready(address), "kafka")
+        node = self.kafka_node()
+        command = node.prepare(PORT_WAIT_SECONDS)
+        proc, log = self._spawn("kafka", command.argv, node.home)
+        self._await(proc, lambda: kafka_ready(command.address), "kafka")
+        address = command.address
         return ServiceRecord("kafka", proc.pid, address, address, time.time(), str(log))
 
-
-_MARKERS = {"kafka": "kafka.Kafka", "redis": "redis-server", "prometheus": "prometheus"}
-
-
-def _preferred_port(port: int) -> int:
-    return port if port_is_free(port) else free_port()
-
-
-def format_kafka_storage(java_command: list[str], config: Path, cluster_id: str) -> None:
-    """Format a KRaft data directory (single node, standalone controller)."""
-    # ``--cluster-id=ID`` in one argument: a base64 id may begin with "-", which argparse
-    # would take for an option after ``-t`` (1 start in 64 failed that way).
-    fmt = subprocess.run(
-        [*java_command, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-         "-c", str(config), "--standalone"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if fmt.returncode != 0:
-        raise ServiceError(f"formatting Kafka's data directory failed: {fmt.stdout}{fmt.stderr}")
+    def _ports(self, home: Path, name: str, preferred: int) -> int:
+        """The port of service ``name``: the one recorded in ``home``, else ``preferred`` if
+        free, else any free one (then recorded)."""
+        chosen = recorded_ports(
+            home, lambda: {name: preferred_port(preferred)}, name, PORT_WAIT_SECONDS
+        )
+        return chosen[name]
 
 
-def _kafka_cluster_id() -> str:
-    import base64
-
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-
-
-def kafka_properties(broker_port: int, controller_port: int, data_dir: Path) -> str:
-    """server.properties of a single combined broker + controller fit for one node."""
-    return "\n".join(
-        [
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}",
-            "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name=PLAINTEXT",
-            f"log.dirs={data_dir}",
-            "num.partitions=1",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=4",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            "auto.create.topics.enable=true",
-            "log.retention.hours=168",
-            "",
-        ]
-    )
+_MARKERS = {"kafka": KAFKA_MARKER, "redis": "redis-server", "prometheus": "prometheus"}
 
 
 def prometheus_config(targets: list[tuple[str, str]], interval: str = "1s") -> str:
@@ -390,13 +309,6 @@ def _http_ok(url: str) -> bool:
 
     with urllib.request.urlopen(url, timeout=1) as response:
         return bool(response.status == 200)
-
-
-def _kafka_ready(address: str) -> bool:
-    from stream.kafka.client import broker_ready
-
-    _host, port = address.rsplit(":", 1)
-    return _tcp_open(int(port)) and broker_ready(address)
 
 
 def ensure_debian_binary(command: str, package: str) -> str:

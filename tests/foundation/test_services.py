@@ -9,9 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from schemas.errors import ServiceError
 from schemas.settings import Settings
-from stream.dev.services import ServiceManager, pid_alive, wait_until
-from stream.kafka.client import broker_ready, create_topics
+from stream.dev.ports import PORTS_FILE
+from stream.dev.services import ServiceManager, free_port, pid_alive, wait_until
+from stream.kafka.client import EventProducer, broker_ready, create_topics, read_all
 
 
 def test_kafka_lifecycle_is_idempotent_and_recovers_from_kill(tmp_path: Path) -> None:
@@ -80,11 +84,11 @@ def test_kafka_formats_with_a_cluster_id_beginning_with_a_dash(tmp_path: Path, m
     """Base64 ids begin with "-" one time in 64; the format tool must not read one as an option."""
     import base64
 
-    import stream.dev.services
+    import stream.dev.kafka_node
 
     dashed = base64.urlsafe_b64encode(b"\xf8" + os.urandom(15)).decode().rstrip("=")
     assert dashed.startswith("-")
-    monkeypatch.setattr(stream.dev.services, "_kafka_cluster_id", lambda: dashed)
+    monkeypatch.setattr(stream.dev.kafka_node, "_kafka_cluster_id", lambda: dashed)
     manager = ServiceManager(Settings(state_dir=tmp_path))
     try:
         record = manager.up(("kafka",))["kafka"]
@@ -93,3 +97,94 @@ def test_kafka_formats_with_a_cluster_id_beginning_with_a_dash(tmp_path: Path, m
         assert f"cluster.id={dashed}" in meta
     finally:
         manager.down(("kafka",), purge=True)
+
+
+def _binds_without_reuse(port: int) -> bool:
+    """Whether a plain bind (no SO_REUSEADDR, the old free-port check) gets ``port``."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.mark.integration
+def test_crashed_services_restart_in_place_with_their_data(tmp_path: Path) -> None:
+    """kill -9 of the broker and of Redis with clients connected, then `up`: same ports, same
+    data (the topic, its events, the Redis key), Kafka's data directory not formatted again."""
+    import redis
+
+    manager = ServiceManager(Settings(state_dir=tmp_path))
+    # Ports of our own rather than the preferred 9092 and 6379, which another test run on this
+    # machine could take while ours are dead (`up` would then rightly refuse to start).
+    for name, ports in (("kafka", ("broker", "controller")), ("redis", ("redis",))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / PORTS_FILE).write_text(json.dumps({p: free_port() for p in ports}))
+    producer: EventProducer | None = None
+    client: redis.Redis | None = None
+    try:
+        first = manager.up(("kafka", "redis"))
+        kafka, store = first["kafka"], first["redis"]
+        meta = (tmp_path / "kafka" / "data" / "meta.properties").read_text()
+        ports = (tmp_path / "kafka" / "ports.json").read_text()
+        assert create_topics(kafka.address, {"kept": 2}) == ["kept"]
+        producer = EventProducer(kafka.address)
+        for i in range(100):
+            producer.send("kept", str(i).encode(), f'{{"n": {i}}}'.encode())
+        producer.flush()
+        assert producer.sent == 100
+        client = redis.Redis.from_url(store.url)
+        client.set("kept", b"yes")
+
+        for record in (kafka, store):  # clients still connected
+            os.kill(record.pid, signal.SIGKILL)
+        for record in (kafka, store):
+            wait_until(lambda r=record: not pid_alive(r.pid), 10, f"{record.name} to die")
+        # The dead servers' sockets linger (FIN_WAIT/TIME_WAIT): a check without SO_REUSEADDR
+        # would see the ports as taken, which is what moved the services before.
+        for record in (kafka, store):
+            port = int(record.address.rsplit(":", 1)[1])
+            assert not _binds_without_reuse(port), f"{record.name}: the crash left no socket"
+
+        again = manager.up(("kafka", "redis"))
+        assert again["kafka"].pid != kafka.pid and again["redis"].pid != store.pid
+        assert again["kafka"].address == kafka.address
+        assert again["redis"].url == store.url
+        assert (tmp_path / "kafka" / "ports.json").read_text() == ports
+        assert (tmp_path / "kafka" / "data" / "meta.properties").read_text() == meta
+        records = read_all(kafka.address, ["kept"], timeout=60)
+        assert sorted(int(r.key) for r in records) == list(range(100))
+        assert client.get("kept") == b"yes"  # the same client reconnects to the same port
+    finally:
+        if producer is not None:
+            producer.close()
+        if client is not None:
+            client.close()
+        manager.down(("kafka", "redis"), purge=True)
+
+
+@pytest.mark.integration
+def test_a_port_held_by_another_program_is_named(tmp_path: Path) -> None:
+    """A recorded port that another program listens on: `up` fails naming the port and the
+    program, instead of moving the service."""
+    import socket
+
+    manager = ServiceManager(Settings(state_dir=tmp_path))
+    try:
+        port = int(manager.up(("redis",))["redis"].address.rsplit(":", 1)[1])
+        manager.down(("redis",))
+        with socket.socket() as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+            with pytest.raises(ServiceError) as raised:
+                manager.up(("redis",))
+        message = str(raised.value)
+        assert f"port {port}" in message and f"pid {os.getpid()}" in message, message
+        assert "python" in message, message
+        assert "redis" not in manager.running()
+    finally:
+        manager.down(("redis",), purge=True)
