@@ -55,13 +55,13 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from river import base, metrics
 
 import learners.river_compat  # noqa: F401  (registers iterative pickling of deep River trees)
 from learners.join import EventTimeJoin, JoinCounters, Pending, Source, Unprocessed
-from learners.specs import ModelKind, ModelSpec, model_kind
+from learners.specs import ModelKind, ModelSpec, RiverModel, model_kind
 from schemas.errors import ModelSpecError
 from schemas.events import FeatureEvent, Label, LabelEvent, without_missing
 
@@ -104,7 +104,7 @@ class ModelState:
     """One named model, its metrics and how it predicts for them."""
 
     spec: ModelSpec
-    model: base.Estimator
+    model: RiverModel
     metrics: list[metrics.base.Metric]
     kind: ModelKind
     samples_learned: int = 0
@@ -117,10 +117,15 @@ class ModelState:
     def from_spec(cls, spec: ModelSpec) -> ModelState:
         """A fresh model with fresh metrics."""
         model = spec.build()
-        state = cls(spec, model, spec.build_metrics(model), model_kind(model))
+        # RiverModel: the calls of every kind; this model's kind is fixed here (model_kind).
+        state = cls(spec, cast(RiverModel, model), spec.build_metrics(model), model_kind(model))
         state._supervised = bool(model._supervised)  # a pipeline computes it on every access
+        # A classifier's metrics are classification metrics (build_metrics checks works_with),
+        # which say whether they need labels or probabilities; base.Metric does not.
         state._uses_proba = [
-            state.kind == "classifier" and not metric.requires_labels for metric in state.metrics
+            state.kind == "classifier"
+            and not cast(metrics.base.ClassificationMetric, metric).requires_labels
+            for metric in state.metrics
         ]
         return state
 

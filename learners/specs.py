@@ -29,7 +29,7 @@ import importlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from river import anomaly, base, forest, linear_model, metrics, preprocessing, tree
 
@@ -38,6 +38,25 @@ from schemas.errors import ModelSpecError
 from schemas.names import MODEL_NAME_RULE, is_model_name
 
 ModelKind = Literal["classifier", "regressor", "anomaly"]
+
+
+class RiverModel(Protocol):
+    """The calls made on a model, each only for the kinds (`ModelKind`) that have it.
+
+    River's ``base.Estimator`` declares none of them: each kind's base class adds its own
+    (``base.Classifier``: ``predict_one``, ``predict_proba_one``, ``learn_one(x, y)``;
+    ``base.Regressor``: ``predict_one``, ``learn_one(x, y)``; ``anomaly.base.AnomalyDetector``:
+    ``score_one``, ``learn_one(x)``), while a ``compose.Pipeline`` has all of them whatever its
+    last step, so no River class narrows a pipeline. This is their union: a built estimator is
+    cast to it once (`learners.core.ModelState.from_spec`), and callers call only what the
+    model's kind has, which `model_kind` decides when the model is built.
+    """
+
+    def predict_one(self, x: dict[str, Any], /) -> Any: ...
+    def predict_proba_one(self, x: dict[str, Any], /) -> dict[Any, float]: ...
+    def score_one(self, x: dict[str, Any], /) -> float: ...
+    def learn_one(self, x: dict[str, Any], y: Any = ..., /) -> None: ...
+
 
 PRESETS: dict[str, Callable[[], base.Estimator]] = {
     "logreg": lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(),
