@@ -10,12 +10,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first (cached while only the code changes), then the package itself.
+# Every package pyproject.toml lists ([tool.setuptools] packages), or `pip install .` fails;
+# tests/foundation/test_docker_build.py builds a wheel from exactly what these lines copy.
 COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY stream ./stream
 COPY learners ./learners
 COPY serving ./serving
+COPY observability ./observability
 RUN pip install .
 
 # Non-root; the state directory (pids, local key) is the only writable place it needs.

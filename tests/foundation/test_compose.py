@@ -9,6 +9,7 @@ and the mounted observability files exist.
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -248,12 +249,16 @@ def test_dockerfile() -> None:
 
 
 def test_dockerignore_keeps_what_pip_install_needs() -> None:
+    """(tests/foundation/test_docker_build.py builds the wheel from what is kept.)"""
     ignored = {
         line.strip().rstrip("/")
         for line in DOCKERIGNORE.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
-    for needed in ("pyproject.toml", "README.md", "schemas", "stream", "learners", "serving"):
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {name.split(".")[0] for name in pyproject["tool"]["setuptools"]["packages"]}
+    assert "observability" in packages
+    for needed in ("pyproject.toml", "README.md", *sorted(packages)):
         assert needed not in ignored, needed
 
 
@@ -271,6 +276,31 @@ def mounts(service: dict[str, Any]) -> dict[str, str]:
         if source.startswith("./"):
             out[target] = source
     return out
+
+
+def test_every_mounted_file_exists(services: dict[str, Any], compose: dict[str, Any]) -> None:
+    """Every bind mount's host path exists (a missing one makes Docker create an empty
+    directory in its place, and the service starts without its configuration); every named
+    volume is declared; every env_file exists."""
+    declared = set(compose.get("volumes") or {})
+    checked = 0
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            if isinstance(volume, dict):
+                source, kind = str(volume.get("source", "")), volume.get("type", "volume")
+            else:
+                source = str(volume).split(":")[0]
+                kind = "bind" if source.startswith((".", "/", "~")) else "volume"
+            if kind == "bind":
+                assert (COMPOSE.parent / source).exists(), f"{name} mounts missing {source}"
+                checked += 1
+            elif source:
+                assert source in declared, f"{name} uses undeclared volume {source}"
+        env_files = service.get("env_file") or []
+        for env_file in [env_files] if isinstance(env_files, str) else env_files:
+            path = env_file if isinstance(env_file, str) else env_file["path"]
+            assert (COMPOSE.parent / path).exists(), f"{name}: env_file {path} missing"
+    assert checked >= 4  # prometheus' config and alerts, grafana's provisioning and dashboards
 
 
 def test_observability_files_are_mounted(services: dict[str, Any]) -> None:
