@@ -11,6 +11,7 @@ app starts), a `SnapshotFollower` started and stopped by the app's lifespan, and
 - ``GET /v1/models``, ``GET /v1/models/{name}``: version served, age, samples, metrics, size.
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (503 until every expected model is
   loaded; reports Redis reachability and staleness), ``GET /metrics`` (Prometheus).
+- ``/v2/...``: the Open Inference Protocol v2 over the same models (`serving.v2`).
 
 Bad input never gets a 5xx: 404 for an unknown model, 413 for an oversized body, 422 with
 ``{"detail": [{"loc", "msg", "type"}]}`` for anything else, including features that the model
@@ -41,6 +42,7 @@ from schemas.settings import Settings
 from serving import openapi
 from serving.inputs import InputError, InputLimits, parse_predict_body
 from serving.telemetry import ServingMetrics, get_metrics, metrics_response_bytes
+from serving.v2 import v2_router
 from stream.store.follower import SnapshotFollower
 from stream.store.snapshots import SnapshotStore
 
@@ -116,6 +118,9 @@ def create_app(
     )
     app.state.follower = follower
     app.state.store = store
+    app.include_router(
+        v2_router(follower, limits=limits, max_body_bytes=max_body_bytes, observe=observe)
+    )  # Open Inference Protocol v2
 
     @app.post(
         PREDICT_ROUTE, summary="Predict with the served version of a model",
