@@ -166,6 +166,8 @@ KAFKA_SNAPSHOTS: list[P | Row] = [
         "riverstream_model_errors_total", "model, reason")),
         "{{model}} {{reason}}"),), "ops"),
     P("Watermark delay", (("riverstream_watermark_delay", "delay"),)),
+    P("Redis reachable from the learner (0: outage, learning goes on)",
+      (("riverstream_redis_up", "redis up"),)),
     Row("Snapshots"),
     P("Snapshot version (learner)", (("riverstream_snapshot_version", "{{model}}"),), w=8),
     P("Snapshot size", (("riverstream_snapshot_size_bytes", "{{model}}"),), "bytes", w=8),

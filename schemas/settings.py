@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     )
     snapshot_every_labels: int = Field(10_000, gt=0, description="Snapshot after N labels...")
     snapshot_every_seconds: float = Field(30.0, gt=0, description="...or after T seconds.")
+    redis_outage_seconds: float = Field(
+        300.0, gt=0,
+        description="Longest Redis outage the learner rides out (learning on, snapshots retried).",
+    )  # fmt: skip
     snapshot_fork_min_bytes: int = Field(
         1_000_000,
         ge=0,
@@ -132,6 +136,10 @@ class Settings(BaseSettings):
     serve_poll_seconds: float = Field(1.0, gt=0, description="Version polling fallback interval.")
     serve_start_wait_seconds: float = Field(
         30.0, ge=0, description="Longest a worker waits at start for its first look at Redis."
+    )
+    serve_graph_metric: str = Field(
+        "",
+        description="Metric weighing graph ensembles `by_metric` (empty: each model's first by name).",
     )
 
     # -- asynchronous and batch predictions --

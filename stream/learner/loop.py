@@ -38,8 +38,9 @@ from stream.checkpoint.protocol import (
 )
 from stream.kafka.client import RecordRun, RecordSource
 from stream.kafka.deadletter import DeadLetters
+from stream.learner.outage import Outage
 from stream.store.commands import CommandQueue, in_ranges
-from stream.store.snapshots import SnapshotStore
+from stream.store.snapshots import RedisUnavailableError, SnapshotStore
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ class Learner:
             self.applied = list(restored.extras.get("applied", []))
         self._seek()
         self._last_snapshot_at = clock()
+        self.outage = Outage(settings.redis_outage_seconds, clock)
+        self._snapshot_failed = False
         self._last_command_check = -1e9
         self._last_record_at = clock()
         self._stop = threading.Event()
@@ -157,16 +160,22 @@ class Learner:
     def _check_commands(self, now: float) -> None:
         if self.commands is None or now - self._last_command_check < _COMMAND_POLL_SECONDS:
             return
-        self._last_command_check = now
-        commands = self.commands.peek()
-        if not commands:
+        if not self.outage.due():
             return
-        for command in commands:
-            if command.id not in self.applied:
-                self.apply(command)
-                self.applied.append(command.id)
-        self.finish_snapshots()  # durable before acknowledged
-        self.commands.ack(len(commands))
+        self._last_command_check = now
+        try:
+            commands = self.commands.peek()
+            if commands:
+                for command in commands:
+                    if command.id not in self.applied:
+                        self.apply(command)
+                        self.applied.append(command.id)
+                self.finish_snapshots()  # durable before acknowledged
+                self.commands.ack(len(commands))
+        except RedisUnavailableError as exc:  # applying again is harmless: ids are remembered
+            self.outage.failed("learner commands", exc)
+        else:
+            self.outage.recovered()
 
     def apply(self, command: RollbackCommand) -> None:
         """Roll ``command.model`` back to version ``command.to``.
@@ -420,11 +429,13 @@ class Learner:
         result = self.snapshotter.poll()
         if result is not None:
             self._record(result)
-        if self.snapshotter.busy:
+        if self.snapshotter.busy or not self.outage.due():
             return
         labels = self.core.counters.labels_joined - self._labels_at_snapshot
-        due = labels >= self.settings.snapshot_every_labels or (
-            labels > 0 and now - self._last_snapshot_at >= self.settings.snapshot_every_seconds
+        due = (
+            self._snapshot_failed  # retried as soon as the backoff allows
+            or labels >= self.settings.snapshot_every_labels
+            or (labels > 0 and now - self._last_snapshot_at >= self.settings.snapshot_every_seconds)
         )
         if due:
             self.snapshot_now()
@@ -446,7 +457,12 @@ class Learner:
             extras["watermark"] = self.watermark.rewound(
                 {source: found.earliest for source, found in unprocessed.items()}
             )
-            result = self.snapshotter.take(self.core, offsets, extras)
+            try:
+                result = self.snapshotter.take(self.core, offsets, extras)
+            except RedisUnavailableError as exc:  # no version could be handed out
+                self._snapshot_failed = True
+                self.outage.failed("snapshot", exc)
+                return SnapshotResult(0, False, 0.0, 0.0, forked=False, sizes={})
         if result is not None:
             self._record(result, stalls=stalls)
         return result  # None while a forked child writes it
@@ -460,20 +476,39 @@ class Learner:
         use_fork = self.snapshotter.use_fork
         self.snapshotter.use_fork = False
         try:
-            final = self.snapshot_now(stalls=False)
+            while True:
+                final = self.snapshot_now(stalls=False)
+                if final is not None and final.ok:
+                    break
+                if self.outage.up:  # not an outage: a snapshot that cannot be written
+                    raise SnapshotError("the final snapshot could not be written (see the log)")
+                # Redis is away: retry (with the outage's backoff) until it is back or the
+                # outage outlasts RIVERSTREAM_REDIS_OUTAGE_SECONDS (RedisOutageError).
+                self._stop.wait(max(0.0, self.outage.retry_at - self.clock()))
         finally:
             self.snapshotter.use_fork = use_fork
-        if final is None or not final.ok:
-            raise SnapshotError("the final snapshot could not be written (see the log)")
 
     def _record(self, result: Any, *, stalls: bool = True) -> None:
         self.stats.snapshots += int(result.ok)
+        self._snapshot_failed = not result.ok
         if result.ok:
             self.stats.last_snapshot_version = result.version
+            self.outage.recovered()
+        elif self._redis_unreachable():
+            self.outage.failed(f"snapshot v{result.version}", ConnectionError("unreachable"))
         if stalls:  # not the final snapshot at shutdown, nor one after a rollback
             self.stats.max_stall_seconds = max(self.stats.max_stall_seconds, result.stall_seconds)
         if self.observer is not None:
             self.observer.snapshot(self, result)
+
+    def _redis_unreachable(self) -> bool:
+        """After a failed snapshot: was Redis the cause? (A snapshot that fails with Redis up
+        is retried too, but it is not an outage.)"""
+        try:
+            self.snapshotter.store.client.ping()
+        except Exception:
+            return True
+        return False
 
     def summaries(self) -> list[dict[str, Any]]:
         return [

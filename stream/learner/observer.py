@@ -82,6 +82,7 @@ class PrometheusObserver:
             if n > self._dead.get(reason, 0):
                 m.dead_letter(reason, n - self._dead.get(reason, 0))
                 self._dead[reason] = n
+        m.redis_up.set(int(learner.outage.up))
         for key, n in core.model_errors.items():
             if n > self._model_errors.get(key, 0):
                 m.model_errors(*key, n - self._model_errors.get(key, 0))

@@ -27,6 +27,7 @@ riverstream_snapshot_duration_seconds                 histogram
 riverstream_learner_stall_seconds                     histogram
 riverstream_drift_detections_total                    counter    model
 riverstream_learner_up                                gauge
+riverstream_redis_up                                  gauge      (0 during an outage)
 riverstream_learner_last_event_timestamp_seconds      gauge
 ====================================================  =========  =========================
 
@@ -38,15 +39,18 @@ after a restart the detectors start afresh, which only delays a detection.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Literal
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import start_http_server as _start_http_server
-from river import drift
+from river import base, drift
 
 from schemas.errors import ConfigError
+from schemas.events import Label
 
 JOIN_OUTCOMES = frozenset({"joined", "expired", "orphan", "late"})
 """joined: label met its features; expired: features evicted before their label came;
@@ -145,6 +149,10 @@ class LearnerMetrics:
             registry=r,
         )  # fmt: skip
         self.learner_up = Gauge("riverstream_learner_up", "1 while the learner runs.", registry=r)
+        self.redis_up = Gauge(
+            "riverstream_redis_up", "1 while the learner reaches Redis (0: outage).", registry=r
+        )
+        self.redis_up.set(1)
         self.last_event_timestamp_seconds = Gauge(
             "riverstream_learner_last_event_timestamp_seconds",
             "Unix time the learner last processed an event.", registry=r,
@@ -231,7 +239,9 @@ class LearnerMetrics:
         self.drift_detections_total.labels(model=model).inc()
 
 
-def start_http_server(port: int, registry: CollectorRegistry, addr: str = "0.0.0.0"):
+def start_http_server(
+    port: int, registry: CollectorRegistry, addr: str = "0.0.0.0"
+) -> tuple[WSGIServer, threading.Thread]:
     """Serve ``/metrics`` of ``registry`` on ``addr:port`` from a daemon thread.
 
     Returns ``(server, thread)``; call ``server.shutdown()`` to stop it.
@@ -253,7 +263,7 @@ class DriftMonitor:
     """
 
     def __init__(self, tasks: Mapping[str, Task]) -> None:
-        self._detectors: dict[str, tuple[Task, drift.base.DriftDetector]] = {}
+        self._detectors: dict[str, tuple[Task, base.DriftDetector]] = {}
         for model, task in tasks.items():
             if task == "classification":
                 self._detectors[model] = (task, drift.ADWIN())
@@ -262,7 +272,7 @@ class DriftMonitor:
             else:
                 raise ConfigError(f"model {model!r}: task must be classification or regression")
 
-    def update(self, model_name: str, y_true: object, y_pred: object) -> bool:
+    def update(self, model_name: str, y_true: Label, y_pred: Label | None) -> bool:
         """Feed one (label, prediction) pair; True when a drift was just detected."""
         try:
             task, detector = self._detectors[model_name]
@@ -273,7 +283,7 @@ class DriftMonitor:
         else:
             if y_pred is None:
                 return False
-            error = abs(float(y_true) - float(y_pred))  # type: ignore[arg-type]
+            error = abs(float(y_true) - float(y_pred))
             if not math.isfinite(error):
                 return False
         detector.update(error)

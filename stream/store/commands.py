@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import redis
 
-from schemas.errors import SnapshotError
 from schemas.records import RollbackCommand
 from stream.store.keys import RedisKeys
+from stream.store.snapshots import wrapped
 
 
 class CommandQueue:
@@ -24,15 +24,14 @@ class CommandQueue:
         self.key = RedisKeys(prefix).commands
 
     def peek(self) -> list[RollbackCommand]:
-        try:
+        with wrapped("reading learner commands"):
             raw = self.client.lrange(self.key, 0, -1)
-        except redis.RedisError as exc:
-            raise SnapshotError(f"reading learner commands failed: {exc}") from exc
         return [RollbackCommand.from_json(item) for item in raw]
 
     def ack(self, n: int) -> None:
         if n:
-            self.client.ltrim(self.key, n, -1)
+            with wrapped("acknowledging learner commands"):
+                self.client.ltrim(self.key, n, -1)
 
 
 def in_ranges(time: float, ranges: Sequence[Sequence[float]]) -> bool:

@@ -47,7 +47,7 @@ class RedisUnavailableError(SnapshotError):
 
 
 @contextlib.contextmanager
-def _wrapped(what: str) -> Iterator[None]:
+def wrapped(what: str) -> Iterator[None]:
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -82,7 +82,7 @@ class SnapshotStore:
 
     # -- writing ---------------------------------------------------------------------------
     def next_version(self) -> int:
-        with _wrapped("next_version"):
+        with wrapped("next_version"):
             return int(self.client.incr(self.keys.seq))
 
     def write(
@@ -112,7 +112,7 @@ class SnapshotStore:
         if version <= 0:
             raise SnapshotError(f"version must be positive, not {version}")
         metas: dict[str, SnapshotMeta] = {}
-        with _wrapped(f"write version {version}"):
+        with wrapped(f"write version {version}"):
             # 1. chunks
             pipe = self.client.pipeline(transaction=False)
             for name, (blob, meta) in models.items():
@@ -157,30 +157,30 @@ class SnapshotStore:
 
     # -- reading ---------------------------------------------------------------------------
     def models(self) -> list[str]:
-        with _wrapped("models"):
+        with wrapped("models"):
             members = cast("set[bytes]", self.client.smembers(self.keys.models))  # bytes client
             return sorted(m.decode() for m in members)
 
     def versions(self, model: str) -> list[int]:
-        with _wrapped(f"versions of {model}"):
+        with wrapped(f"versions of {model}"):
             members = cast("list[bytes]", self.client.zrange(self.keys.versions(model), 0, -1))
             return [int(v) for v in members]
 
     def latest_version(self, model: str) -> int | None:
-        with _wrapped(f"latest version of {model}"):
+        with wrapped(f"latest version of {model}"):
             raw = self.client.get(self.keys.latest(model))
         return None if raw is None else int(raw)
 
     def serving_version(self, model: str) -> int | None:
         """The version API processes serve: the pin, else ``promoted``, else latest."""
-        with _wrapped(f"serving version of {model}"):
+        with wrapped(f"serving version of {model}"):
             pinned, promoted, latest = self.client.mget(
                 self.keys.pin(model), self.keys.promoted(model), self.keys.latest(model)
             )
         return served_version(*(None if v is None else int(v) for v in (pinned, promoted, latest)))
 
     def meta(self, model: str, version: int) -> SnapshotMeta:
-        with _wrapped(f"meta of {model} v{version}"):
+        with wrapped(f"meta of {model} v{version}"):
             raw = self.client.get(self.keys.meta(model, version))
         if raw is None:
             raise SnapshotError(f"no snapshot {model} v{version}")
@@ -204,7 +204,7 @@ class SnapshotStore:
         return blob, meta
 
     def _join(self, keys: list[str], what: str, size: int, sha256: str) -> bytes:
-        with _wrapped(f"chunks of {what}"):
+        with wrapped(f"chunks of {what}"):
             parts = self.client.mget(keys) if keys else []
         if any(p is None for p in parts):
             raise SnapshotError(f"snapshot {what} has missing chunks (pruned while reading?)")
@@ -215,12 +215,12 @@ class SnapshotStore:
 
     def latest_checkpoint(self) -> tuple[int, bytes, dict[str, int]] | None:
         """``(version, verified signed blob, offsets)`` of the newest checkpoint, or None."""
-        with _wrapped("latest checkpoint"):
+        with wrapped("latest checkpoint"):
             raw = self.client.get(self.keys.checkpoint_latest)
         return None if raw is None else self.checkpoint(int(raw))
 
     def checkpoint(self, version: int) -> tuple[int, bytes, dict[str, int]]:
-        with _wrapped(f"checkpoint v{version}"):
+        with wrapped(f"checkpoint v{version}"):
             raw = self.client.get(self.keys.checkpoint_meta(version))
         if raw is None:
             raise SnapshotError(f"no checkpoint v{version}")
@@ -241,12 +241,12 @@ class Subscription:
 
     def __init__(self, client: redis.Redis, channel: str) -> None:
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-        with _wrapped("subscribe"):
+        with wrapped("subscribe"):
             self._pubsub.subscribe(channel)
 
     def get(self, timeout: float) -> Notification | None:
         """The next notification, or None after ``timeout`` seconds (or a malformed message)."""
-        with _wrapped("snapshot notifications"):
+        with wrapped("snapshot notifications"):
             message = self._pubsub.get_message(timeout=timeout)
         if message is None or message.get("type") != "message":
             return None
@@ -273,7 +273,12 @@ def open_store(settings: Settings) -> SnapshotStore:
         raise ConfigError(
             "no Redis address: set RIVERSTREAM_REDIS_URL or run `riverstream services up`"
         )
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+    # Bounded waits: a Redis that hangs (SIGSTOP, a partition) fails a call within seconds,
+    # and the learner's outage handling (`stream.learner.outage`) takes over.
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0,
+        health_check_interval=10,
+    )  # fmt: skip
     return SnapshotStore(
         client,
         settings.redis_prefix,

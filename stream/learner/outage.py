@@ -1,0 +1,110 @@
+"""Riding out a Redis outage: the learner keeps learning while its store is away.
+
+Redis holds the snapshots and the operator's commands, not the input: Kafka keeps the events
+and the checkpoint holds the offsets, so nothing is lost while Redis is unreachable, only
+delayed. The learner therefore goes on reading and learning; the snapshots and command checks
+that fail are retried with a capped exponential backoff, and the first one that succeeds after
+the outage writes the next version (versions continue: nothing skipped or doubled). The
+outage is reported: a log line at its start and at its end (with its length), the
+``riverstream_redis_up`` gauge, and the learner's summary. Only an outage longer than
+``RIVERSTREAM_REDIS_OUTAGE_SECONDS`` stops the learner, with a message saying so; a restart
+resumes from the last snapshot, exactly once.
+
+>>> now = [0.0]
+>>> outage = Outage(limit_seconds=60, clock=lambda: now[0])
+>>> outage.up, outage.due()
+(True, True)
+>>> outage.failed("snapshot", OSError("refused"))
+>>> outage.up, outage.due()
+(False, False)
+>>> now[0] = 0.25; outage.due()
+True
+>>> outage.recovered()
+0.25
+>>> now[0] = 100.0; outage.failed("snapshot", OSError("refused")); now[0] = 161.0
+>>> outage.failed("snapshot", OSError("refused"))
+Traceback (most recent call last):
+...
+stream.learner.outage.RedisOutageError: Redis unreachable for 61 s (snapshot: refused); giving up after RIVERSTREAM_REDIS_OUTAGE_SECONDS=60
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from schemas.errors import RiverstreamError
+
+log = logging.getLogger("riverstream.learner")
+
+FIRST_RETRY_SECONDS = 0.2
+MAX_RETRY_SECONDS = 5.0
+
+
+class RedisOutageError(RiverstreamError):
+    """Redis stayed unreachable longer than the configured limit."""
+
+
+class Outage:
+    """Whether Redis is reachable, since when not, and when to try again."""
+
+    def __init__(
+        self,
+        limit_seconds: float,
+        clock: Callable[[], float],
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.limit_seconds = limit_seconds
+        self.clock = clock
+        self.on_change = on_change
+        self.since: float | None = None  # start of the current outage
+        self.longest = 0.0  # seconds, over the learner's life
+        self.count = 0
+        self._retry_at = 0.0
+        self._backoff = FIRST_RETRY_SECONDS
+
+    @property
+    def retry_at(self) -> float:
+        """When the next operation on Redis may be tried (clock time)."""
+        return self._retry_at
+
+    @property
+    def up(self) -> bool:
+        return self.since is None
+
+    def due(self) -> bool:
+        """Whether an operation that needs Redis should be tried now."""
+        return self.since is None or self.clock() >= self._retry_at
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        """An operation on Redis failed: start (or extend) the outage, schedule a retry, and
+        raise `RedisOutageError` once it has lasted longer than the limit."""
+        now = self.clock()
+        if self.since is None:
+            self.since = now
+            self.count += 1
+            self._backoff = FIRST_RETRY_SECONDS
+            log.warning("Redis unreachable (%s: %s): learning goes on, snapshots wait", what, exc)
+            if self.on_change is not None:
+                self.on_change(False)
+        else:
+            self._backoff = min(self._backoff * 2, MAX_RETRY_SECONDS)
+        self._retry_at = now + self._backoff
+        lasted = now - self.since
+        if lasted > self.limit_seconds:
+            raise RedisOutageError(
+                f"Redis unreachable for {lasted:.0f} s ({what}: {exc}); giving up after "
+                f"RIVERSTREAM_REDIS_OUTAGE_SECONDS={self.limit_seconds:g}"
+            )
+
+    def recovered(self) -> float | None:
+        """An operation on Redis succeeded: end the outage; returns its length, if any."""
+        if self.since is None:
+            return None
+        lasted = self.clock() - self.since
+        self.since = None
+        self.longest = max(self.longest, lasted)
+        log.warning("Redis is back after an outage of %.1f s", lasted)
+        if self.on_change is not None:
+            self.on_change(True)
+        return lasted
