@@ -9,6 +9,8 @@ app starts), a `SnapshotFollower` started and stopped by the app's lifespan, and
   classifiers (JSON object keys, so ``true``/``false`` for boolean labels); for anomaly models
   the prediction is the anomaly score.
 - ``GET /v1/models``, ``GET /v1/models/{name}``: version served, age, samples, metrics, size.
+- ``GET /v1/models/{name}/predictions/{id}``: answers computed ahead by ``riverstream score
+  --into redis`` (`serving.lookup`).
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (503 until every expected model is
   loaded; reports Redis reachability and staleness), ``GET /metrics`` (Prometheus).
 - ``/v2/...``: the Open Inference Protocol v2 over the same models (`serving.v2`).
@@ -41,6 +43,7 @@ from schemas.errors import ConfigError
 from schemas.settings import Settings
 from serving import openapi
 from serving.inputs import InputError, InputLimits, parse_predict_body
+from serving.lookup import lookup_router
 from serving.telemetry import ServingMetrics, get_metrics, metrics_response_bytes
 from serving.v2 import v2_router
 from stream.store.follower import SnapshotFollower
@@ -205,6 +208,7 @@ def create_app(
         body, content_type = metrics_response_bytes(registry)
         return Response(body, media_type=content_type)
 
+    app.include_router(lookup_router(store))  # batch predictions, by id
     return app
 
 

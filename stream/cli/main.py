@@ -16,6 +16,7 @@ from rich.table import Table
 from schemas.errors import RiverstreamError
 from schemas.settings import Settings
 from stream.cli.graphs import graphs_app
+from stream.cli.predict import register as register_predict
 from stream.cli.snapshots import snapshots_app
 from stream.dev import services as svc
 
@@ -31,6 +32,7 @@ app.add_typer(services_app, name="services")
 app.add_typer(topics_app, name="topics")
 app.add_typer(publish_app, name="publish")
 app.add_typer(snapshots_app, name="snapshots")
+register_predict(app)  # predict-worker, score
 app.add_typer(graphs_app, name="graphs")
 
 console = Console(stderr=True)

@@ -7,23 +7,45 @@ where it came from (``rs.topic``, ``rs.partition``, ``rs.offset``) and why it wa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 from schemas.errors import SchemaError
-from stream.kafka.client import EventProducer, Record
+from stream.kafka.client import Record
+
+
+class Sender(Protocol):
+    """What dead letters need of a producer (`EventProducer`, or the prediction worker's)."""
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None: ...
+
+    def flush(self, timeout: float | None = 60.0) -> None: ...
 
 
 class DeadLetters:
-    def __init__(self, producer: EventProducer, topic: str) -> None:
+    def __init__(self, producer: Sender, topic: str) -> None:
         self.producer = producer
         self.topic = topic
         self.pending = 0
 
-    def send(self, record: Record, error: SchemaError) -> None:
+    def send(
+        self, record: Record, error: SchemaError, extra: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        """Dead-letter ``record``; ``extra`` headers (e.g. a request's ``x-`` ones) follow ours."""
         headers = [
             ("rs.topic", record.topic.encode()),
             ("rs.partition", str(record.partition).encode()),
             ("rs.offset", str(record.offset).encode()),
             ("rs.reason", error.reason.encode()),
             ("rs.error", str(error).encode()),
+            *extra,
         ]
         self.producer.send(self.topic, record.key, record.value, headers=headers)
         self.pending += 1

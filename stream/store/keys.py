@@ -18,6 +18,9 @@ Key layout under a prefix ``P``::
     P:checkpoint:VERSION:meta              `CheckpointMeta` as JSON
     P:checkpoint:VERSION:chunk:I           I-th slice of the signed learner checkpoint
     P:learner:commands                     list of JSON `RollbackCommand` for the learner
+    P:lookup:seq                           INCR counter numbering batch prediction tables
+    P:model:NAME:lookup                    JSON `LookupTable` of the table served (TTL)
+    P:model:NAME:lookup:TABLE              hash: id → stored answer JSON (TTL)
     P:snapshots                            pub/sub channel: {"model": NAME, "version": V}, and
                                            {"graph": NAME, "version": V} for graphs
     P:graphs                               set of serving-graph names
@@ -173,6 +176,21 @@ class RedisKeys:
     @property
     def commands(self) -> str:
         return f"{self.prefix}:learner:commands"
+
+    @property
+    def lookup_seq(self) -> str:
+        return f"{self.prefix}:lookup:seq"
+
+    def lookup(self, model: str) -> str:
+        """The pointer to ``model``'s served lookup table.
+
+        >>> RedisKeys("rs").lookup("lr"), RedisKeys("rs").lookup_table("lr", 3)
+        ('rs:model:lr:lookup', 'rs:model:lr:lookup:3')
+        """
+        return f"{self.prefix}:model:{model}:lookup"
+
+    def lookup_table(self, model: str, table: int) -> str:
+        return f"{self.prefix}:model:{model}:lookup:{table}"
 
     # -- serving graphs (the document of a version is immutable; see the module) --
     @property

@@ -19,7 +19,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ROOMS = ("schemas", "learners", "stream", "serving", "observability")
-RUNTIME = ("stream.kafka", "stream.store", "stream.checkpoint", "stream.learner", "stream.registry")
+RUNTIME = (
+    "stream.kafka", "stream.store", "stream.checkpoint", "stream.learner", "stream.registry",
+    "stream.predict",
+)  # fmt: skip
 
 
 def room_of(module: str) -> str:

@@ -1,0 +1,55 @@
+"""``GET /v1/models/{name}/predictions/{id}``: answers computed ahead by ``riverstream score
+--into redis``, looked up by id (`stream.store.lookup`).
+
+200 with the stored answer (``id``, ``target``, ``versions``, ``prediction``,
+``probabilities``, ``decided_by``, as `score` writes them) plus the table's ``table`` number
+and ``computed_at``; 404 when the model has no table, the table has expired, or it has no such
+id; 503 when Redis cannot be reached. The id is the rest of the path, so it may contain ``/``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+
+from schemas.errors import SnapshotError
+from schemas.names import is_model_name
+from stream.store.lookup import LookupTables
+from stream.store.snapshots import RedisUnavailableError, SnapshotStore
+
+ROUTE = "/v1/models/{name}/predictions/{row_id:path}"
+
+
+def lookup_router(store: SnapshotStore) -> APIRouter:
+    """The lookup route, reading the tables of ``store``'s Redis and prefix."""
+    tables = LookupTables(store.client, store.keys)
+    router = APIRouter()
+
+    @router.get(
+        ROUTE,
+        summary="A prediction computed ahead (batch scoring), by id",
+        responses={404: {"description": "no stored prediction for this id"}},
+        response_model=None,
+    )
+    def stored_prediction(name: str, row_id: str) -> Response:
+        # A plain function: FastAPI runs it in its thread pool, so Redis calls do not block
+        # the event loop.
+        if not is_model_name(name):
+            return _json({"detail": f"model {name!r} has no stored predictions"}, 404)
+        try:
+            answer = tables.answer(name, row_id)
+        except RedisUnavailableError as exc:
+            return _json({"detail": f"the lookup store is unreachable: {exc}"}, 503)
+        except SnapshotError as exc:
+            return _json({"detail": f"the lookup store failed: {exc}"}, 503)
+        if answer is None:
+            return _json({"detail": f"no stored prediction of {name!r} for id {row_id!r}"}, 404)
+        return _json(answer, 200)
+
+    return router
+
+
+def _json(content: dict[str, Any], status: int) -> Response:
+    return JSONResponse(content, status)

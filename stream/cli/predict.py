@@ -1,0 +1,190 @@
+"""`riverstream predict-worker` and `riverstream score`: the asynchronous and the batch
+prediction architectures (`stream.predict`).
+
+The runtime modules are imported by the commands that run, so that ``--help`` and the other
+commands stay quick (River takes ≈ 1 s to import; tests/unit/test_cli_imports.py).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from schemas.errors import RegistryError, RiverstreamError
+from schemas.settings import Settings
+
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    from stream.dev.services import resolve
+
+    return resolve(Settings())
+
+
+def predict_worker(
+    target: Annotated[
+        list[str] | None,
+        typer.Option(help="Answer only for this model (repeatable; default: every model)."),
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option(help="Consumer group (default: RIVERSTREAM_PREDICT_GROUP).")
+    ] = None,
+    session_timeout: Annotated[
+        float, typer.Option(help="Seconds after which a silent worker's partitions move.")
+    ] = 10.0,
+    report_every: Annotated[float, typer.Option(help="Seconds between JSON status lines.")] = 10.0,
+) -> None:
+    """Answer prediction requests from Kafka until stopped (SIGTERM: finish, commit, leave).
+
+    Requests on RIVERSTREAM_TOPIC_REQUESTS ({"id", "target", "features"}, key = id), answers on
+    RIVERSTREAM_TOPIC_PREDICTIONS, bad requests to the dead-letter topic. Workers sharing a
+    group share the request partitions; delivery is at-least-once (answers carry the model
+    versions, so a client deduplicates by id).
+    """
+    from stream.predict.worker import build_worker
+
+    settings = _settings()
+    if group:
+        settings = settings.model_copy(update={"predict_group": group})
+    worker, follower = build_worker(
+        settings, target or (), session_timeout_ms=int(session_timeout * 1000)
+    )
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop())
+
+    def report(stats: dict[str, object]) -> None:
+        served = {name: m.version for name, m in follower.served.items()}
+        print(json.dumps({**stats, "serving": served}), flush=True)
+
+    try:
+        worker.run(report=report, report_every=report_every)
+    finally:
+        follower.stop()
+
+
+def score(
+    target: Annotated[str, typer.Argument(help="Model name.")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="INPUT",
+            help="Feature events: FILE (.jsonl or .csv, as `publish features` reads them) or "
+            "kafka:TOPIC[:FROM-TO] (FROM-TO: a closed range of event times).",
+        ),
+    ],
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Answers: .jsonl or .csv (by suffix).")
+    ] = None,
+    version: Annotated[
+        int | None, typer.Option(help="Model version (default: the one served now).")
+    ] = None,
+    into: Annotated[
+        str | None, typer.Option(help="'redis': also store the answers as a lookup table.")
+    ] = None,
+    ttl: Annotated[
+        int | None,
+        typer.Option(help="Lookup table lifetime, s (default RIVERSTREAM_LOOKUP_TTL_SECONDS)."),
+    ] = None,
+) -> None:
+    """Score INPUT with TARGET and write the answers, in input order.
+
+    Rows that cannot be scored are listed with their line (or partition and offset) and make
+    the exit status 1.
+    """
+    from schemas.events import Limits
+    from stream.predict.batch import (
+        Sink,
+        TableSink,
+        file_rows,
+        file_sink,
+        kafka_rows,
+        load_served,
+        score_rows,
+    )  # fmt: skip
+    from stream.store.lookup import LookupTables
+    from stream.store.snapshots import open_store
+
+    if out_file is None and into is None:
+        raise RiverstreamError("give --out FILE, --into redis, or both")
+    if into not in (None, "redis"):
+        raise RiverstreamError(f"--into {into}: the only lookup store is 'redis'")
+    settings = _settings()
+    time_range = None
+    if source.startswith("kafka:"):
+        _, topic, *rest = source.split(":", 2)
+        if rest:
+            time_range = _time_range(rest[0])
+        if not settings.kafka_bootstrap_servers:
+            raise RiverstreamError(
+                "no Kafka address: set RIVERSTREAM_KAFKA_BOOTSTRAP_SERVERS or run "
+                "`riverstream services up`"
+            )
+        rows = kafka_rows(settings.kafka_bootstrap_servers, topic)
+    else:
+        rows = file_rows(Path(source))
+    store = open_store(settings)
+    served = load_served(store, target, version)
+    sinks: list[Sink] = []
+    table = None
+    try:
+        if out_file is not None:
+            sinks.append(file_sink(out_file))
+        if into == "redis":
+            table = LookupTables(store.client, store.keys).writer(target)
+            sinks.append(TableSink(table))
+        computed_at = time.time()
+        with _progress() as progress:
+            task = progress.add_task(f"scoring with {target} v{served.version}", total=None)
+            report = score_rows(
+                served, rows, sinks, limits=Limits.from_settings(settings),
+                time_range=time_range, progress=lambda n: progress.advance(task, n),
+            )  # fmt: skip
+        if table is not None:
+            lifetime = settings.lookup_ttl_seconds if ttl is None else ttl
+            report.table = table.publish(report.versions, computed_at, lifetime)
+    finally:
+        for sink in sinks:
+            sink.close()
+    for rejection in report.rejected:
+        err.print(f"[yellow]{rejection.where}: not scored: {rejection.reason}[/]", highlight=False)
+    print(json.dumps(report.to_dict()), flush=True)
+    if report.rejected:
+        raise typer.Exit(1)
+
+
+def _time_range(text: str) -> tuple[float, float]:
+    from stream.cli.snapshots import parse_range
+
+    try:
+        return parse_range(text)
+    except RegistryError:
+        raise RiverstreamError(
+            f"bad range {text!r} in kafka:TOPIC:FROM-TO: give event times, e.g. 100-250"
+        ) from None
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed} rows"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+        disable=not err.is_terminal or not sys.stderr.isatty(),
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands to the `riverstream` app."""
+    app.command("predict-worker")(predict_worker)
+    app.command("score")(score)

@@ -1,0 +1,140 @@
+"""Answering one prediction request: the pure part shared by the asynchronous worker and batch
+scoring (no Kafka, no Redis here).
+
+A target is looked up by name (a `ServedModel` loaded by the `SnapshotFollower`, or a pinned
+version for batch scoring) and asked through `ServedModel.predict`, the one predictor every
+serving path calls, so an answer equals ``POST /v1/models/{name}/predict`` for the same version.
+Answers are encoded with the JSON options of the API (boolean labels as ``"true"``/``"false"``
+object keys, numpy scalars as numbers).
+
+Whatever cannot be answered raises a `SchemaError` whose ``reason`` names why:
+
+- the codec's reasons for a malformed request (``bad_json``, ``schema``, ``not_finite``, ...);
+- ``unknown_target``: no such model (or not one this worker was asked to serve);
+- ``target_unavailable``: the model exists but no version of it could be loaded;
+- ``model_input``: the model raised on these features (a string where it needs a number...);
+- ``not_finite``: the model's answer is NaN or infinite.
+
+>>> from river import linear_model
+>>> model = ServedModel.build("lr", linear_model.LogisticRegression(), version=4)
+>>> answers = Answerer({"lr": model}.get, is_known=lambda name: False)
+>>> request = answers.codec.decode(b'{"id": "a", "target": "lr", "features": {"x": 2}}')
+>>> answers.body(request)
+{'id': 'a', 'target': 'lr', 'versions': {'lr': 4}, 'prediction': False, 'probabilities': {False: 0.5, True: 0.5}, 'decided_by': 'lr'}
+>>> encode({"probabilities": {False: 0.5, True: 0.5}})
+b'{"probabilities":{"false":0.5,"true":0.5}}'
+>>> answers.body(answers.codec.decode(b'{"id": "a", "target": "rf", "features": {}}'))
+Traceback (most recent call last):
+...
+schemas.errors.SchemaError: unknown_target at target: no model named 'rf' is served
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection
+from typing import Any
+
+import orjson
+
+from learners.predictor import MODEL_INPUT_ERRORS, NonFiniteAnswer, ServedModel
+from schemas.errors import SchemaError
+from schemas.events import Limits
+from schemas.predictions import PredictionRequest, RequestCodec
+
+JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+Lookup = Callable[[str], ServedModel | None]
+
+
+def _fallback(obj: Any) -> Any:
+    item = getattr(obj, "item", None)  # numpy scalars not covered by OPT_SERIALIZE_NUMPY
+    return item() if callable(item) else str(obj)
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    """``body`` as JSON, with the API's options."""
+    return orjson.dumps(body, default=_fallback, option=JSON_OPTIONS)
+
+
+def check_finite(prediction: Any) -> None:
+    """Refuse a NaN or infinite prediction (JSON has no such numbers; orjson writes null)."""
+    if isinstance(prediction, float) and not math.isfinite(prediction):
+        raise SchemaError("not_finite", "prediction", f"the model answered {prediction}")
+
+
+def predict(served: ServedModel, features: dict[str, Any]) -> tuple[Any, dict[Any, float] | None]:
+    """`ServedModel.predict`, with what the model raises turned into a `SchemaError`."""
+    try:
+        prediction, proba = served.predict(features)
+    except NonFiniteAnswer as exc:
+        raise SchemaError("not_finite", "prediction", str(exc)) from None
+    except MODEL_INPUT_ERRORS as exc:
+        raise SchemaError(
+            "model_input",
+            "features",
+            f"the model cannot use these features: {type(exc).__name__}: {exc}",
+        ) from None
+    check_finite(prediction)
+    return prediction, proba
+
+
+def answer_body(served: ServedModel, row_id: str, features: dict[str, Any]) -> dict[str, Any]:
+    """What every asynchronous or batch answer holds: ``id``, ``target``, ``versions``,
+    ``prediction``, ``probabilities``, ``decided_by`` (a `SchemaError` when there is none)."""
+    prediction, proba = predict(served, features)
+    return {
+        "id": row_id,
+        "target": served.name,
+        "versions": {served.name: served.version},
+        "prediction": prediction,
+        "probabilities": proba,
+        "decided_by": served.name,
+    }
+
+
+class Answerer:
+    """Decodes requests and answers them with the models ``lookup`` gives.
+
+    ``is_known`` tells an unknown target from one that exists but is not loaded; ``targets``,
+    when given, are the only names answered (others are ``unknown_target``).
+    """
+
+    def __init__(
+        self,
+        lookup: Lookup,
+        *,
+        is_known: Callable[[str], bool],
+        targets: Collection[str] = (),
+        limits: Limits | None = None,
+    ) -> None:
+        self.lookup = lookup
+        self.is_known = is_known
+        self.targets = frozenset(targets)
+        self.codec = RequestCodec(limits or Limits())
+
+    def served(self, target: str) -> ServedModel:
+        """The model answering for ``target`` now, or a `SchemaError` saying why there is none."""
+        if self.targets and target not in self.targets:
+            raise SchemaError(
+                "unknown_target", "target", f"{target!r} is not served by this worker group"
+            )
+        served = self.lookup(target)
+        if served is None:
+            if self.is_known(target):
+                raise SchemaError(
+                    "target_unavailable", "target", f"no version of {target!r} is loaded"
+                )
+            raise SchemaError("unknown_target", "target", f"no model named {target!r} is served")
+        return served
+
+    def body(self, request: PredictionRequest) -> dict[str, Any]:
+        """The answer's fields but its times (see `answer_body`)."""
+        return answer_body(self.served(request.target), request.id, request.features)
+
+    def answer(self, raw: bytes, requested_at: float, answered_at: float) -> tuple[str, bytes]:
+        """``(id, encoded answer)`` of the request in ``raw``, or a `SchemaError`."""
+        body = self.body(self.codec.decode(raw))
+        body["requested_at"] = requested_at
+        body["answered_at"] = answered_at
+        return body["id"], encode(body)

@@ -1,0 +1,308 @@
+"""Batch predicting: score a file or a Kafka topic of feature events with one model version.
+
+``riverstream score TARGET INPUT --out OUTPUT [--version V] [--into redis]``:
+
+- INPUT is a file in the formats of ``riverstream publish features`` (JSON Lines, or CSV with
+  ``id`` and ``time`` columns; read by `stream.kafka.publish.read_rows` and validated by the same
+  codec as the learner), or ``kafka:TOPIC[:FROM-TO]``: every partition of TOPIC as it stands
+  when the run starts, partition by partition in offset order, optionally keeping only events
+  whose time is in the closed range [FROM, TO] (event times, as in ``snapshots rollback
+  --exclude``).
+- OUTPUT is JSON Lines (``.jsonl``/``.json``: one answer per line, `answer_body`'s fields and
+  order, encoded like the API's answers) or CSV (``.csv``: columns ``id, target, versions,
+  prediction, probabilities, decided_by``; the cells of ``versions``, ``prediction`` and
+  ``probabilities`` hold JSON). Parquet is refused: it needs pyarrow, which riverstream does not
+  depend on.
+- With ``--into redis`` the answers also become a lookup table served by ``GET
+  /v1/models/{name}/predictions/{id}`` (`stream.store.lookup`).
+
+Every row is answered by `ServedModel.predict`, so an output row equals the ``/v1`` answer of
+the same version. The version is the one pinned by ``--version``, else the one served when the
+run starts; it is loaded once, so a whole run uses one version. Output rows follow the input
+order and hold no clock time: a pinned version gives byte-identical output.
+
+A row that cannot be scored (malformed, refused by the codec, a model error, a non-finite
+answer) is reported with where it was (``line N``, or ``partition P offset O``) and its reason,
+and counted; it is never dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol, cast
+
+from learners.predictor import ServedModel
+from schemas.errors import KafkaAdapterError, RiverstreamError, SchemaError
+from schemas.events import EventCodec, Limits
+from stream.kafka.client import partitions_for
+from stream.kafka.publish import read_rows, row_json
+from stream.predict.answer import answer_body, encode
+from stream.store.lookup import LookupTable, TableWriter
+from stream.store.snapshots import SnapshotStore
+
+CHUNK = 2048
+"""Rows decoded in one codec call and written in one call."""
+KAFKA_STALL_SECONDS = 30.0
+"""A Kafka input making no progress for this long is an error (the broker is gone)."""
+
+Row = tuple[str, bytes | SchemaError]
+"""Where a row was (``line 7``) and its JSON bytes, or why it could not even be read."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    where: str
+    reason: str
+
+
+@dataclass
+class ScoreReport:
+    """The counts of a scoring run."""
+
+    target: str
+    versions: dict[str, int]
+    scored: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+    outside_range: int = 0
+    seconds: float = 0.0
+    table: LookupTable | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "versions": self.versions,
+            "scored": self.scored,
+            "rejected": len(self.rejected),
+            "outside_range": self.outside_range,
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.scored / self.seconds, 1) if self.seconds else 0.0,
+            "lookup_table": None
+            if self.table is None
+            else {
+                "table": self.table.table,
+                "rows": self.table.rows,
+                "computed_at": self.table.computed_at,
+                "ttl_seconds": self.table.ttl_seconds,
+            },
+        }
+
+
+# -- the model ---------------------------------------------------------------------------------
+def load_served(store: SnapshotStore, name: str, version: int | None = None) -> ServedModel:
+    """``version`` of ``name`` (default: the one served now), verified and loaded."""
+    if version is None:
+        version = store.serving_version(name)
+        if version is None:
+            raise RiverstreamError(f"no model {name!r} in Redis (no version to score with)")
+    obj, meta = store.load_model(name, version)
+    return ServedModel.build(name, obj, version=version, kind=meta.kind, meta=meta)
+
+
+# -- inputs ------------------------------------------------------------------------------------
+def _refuse_parquet(path: Path) -> None:
+    if path.suffix.lower() == ".parquet":
+        raise RiverstreamError(
+            f"{path}: Parquet needs pyarrow, which riverstream does not depend on; "
+            "use JSON Lines (.jsonl) or CSV (.csv)"
+        )
+
+
+def file_rows(path: Path) -> Iterator[Row]:
+    """The rows of a JSON Lines or CSV file of feature events, with their line numbers."""
+    _refuse_parquet(path)
+    if not path.exists():
+        raise RiverstreamError(f"{path}: no such file")
+    for line, row in read_rows(path, "features"):
+        try:
+            yield f"line {line}", row_json(row)
+        except SchemaError as exc:
+            yield f"line {line}", exc
+
+
+def kafka_rows(bootstrap: str, topic: str) -> Iterator[Row]:
+    """Every message of ``topic`` up to its end when the partition is started, partition by
+    partition in offset order (the same order every run)."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"rs-score-{uuid.uuid4().hex[:8]}",  # never committed
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        for partition in partitions_for(bootstrap, topic):
+            tp = TopicPartition(topic, partition)
+            try:
+                low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            except KafkaException as exc:
+                raise KafkaAdapterError(f"log end of {topic}/{partition}: {exc}") from exc
+            if high <= low:
+                continue
+            consumer.assign([TopicPartition(topic, partition, low)])
+            position, stalled_at = low, time.monotonic()
+            while position < high:
+                messages = consumer.consume(CHUNK, 0.5)
+                for m in messages:
+                    err = m.error()
+                    if err is not None:
+                        raise KafkaAdapterError(f"consume {topic}/{partition}: {err}")
+                    offset = cast(int, m.offset())
+                    if offset >= high:
+                        break
+                    yield f"partition {partition} offset {offset}", m.value() or b""
+                # the next offset to read (moves past transaction markers and compacted gaps)
+                now_at = consumer.position([tp])[0].offset
+                if messages or now_at > position:
+                    position, stalled_at = max(position, now_at), time.monotonic()
+                elif time.monotonic() - stalled_at > KAFKA_STALL_SECONDS:
+                    raise KafkaAdapterError(
+                        f"{topic}/{partition}: no progress at offset {position} of {high} "
+                        f"for {KAFKA_STALL_SECONDS:.0f} s"
+                    )
+            consumer.unassign()
+    finally:
+        consumer.close()
+
+
+# -- outputs -----------------------------------------------------------------------------------
+class Sink(Protocol):
+    def write(self, rows: list[tuple[str, dict[str, Any], bytes]]) -> None:
+        """``(id, answer fields, answer JSON)`` of consecutive scored rows."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class JsonLinesSink:
+    def __init__(self, path: Path) -> None:
+        self._file: IO[bytes] = path.open("wb")
+
+    def write(self, rows: list[tuple[str, dict[str, Any], bytes]]) -> None:
+        self._file.write(b"".join([encoded + b"\n" for _, _, encoded in rows]))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class CsvSink:
+    COLUMNS = ("id", "target", "versions", "prediction", "probabilities", "decided_by")
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("w", newline="")
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(self.COLUMNS)
+
+    def write(self, rows: list[tuple[str, dict[str, Any], bytes]]) -> None:
+        def cell(value: Any) -> str:
+            return encode(value).decode() if not isinstance(value, str) else value
+
+        self._writer.writerows(
+            [
+                (
+                    body["id"],
+                    body["target"],
+                    cell(body["versions"]),
+                    cell(body["prediction"]),
+                    cell(body["probabilities"]),
+                    body["decided_by"],
+                )
+                for _, body, _ in rows
+            ]
+        )
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class TableSink:
+    """Rows into a Redis lookup table (`stream.store.lookup`)."""
+
+    def __init__(self, writer: TableWriter) -> None:
+        self.writer = writer
+
+    def write(self, rows: list[tuple[str, dict[str, Any], bytes]]) -> None:
+        for row_id, _, encoded in rows:
+            self.writer.add(row_id, encoded)
+
+    def close(self) -> None:
+        pass
+
+
+def file_sink(path: Path) -> Sink:
+    """The sink for ``path``'s format (by its suffix)."""
+    _refuse_parquet(path)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return JsonLinesSink(path)
+    if suffix == ".csv":
+        return CsvSink(path)
+    raise RiverstreamError(f"{path}: unknown output format {suffix!r}; use .jsonl or .csv")
+
+
+# -- scoring -----------------------------------------------------------------------------------
+def _chunks(rows: Iterable[Row]) -> Iterator[list[Row]]:
+    chunk: list[Row] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def score_rows(
+    served: ServedModel,
+    rows: Iterable[Row],
+    sinks: list[Sink],
+    *,
+    limits: Limits | None = None,
+    time_range: tuple[float, float] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ScoreReport:
+    """Answer every row with ``served`` and write the answers to every sink, in input order."""
+    codec = EventCodec(limits or Limits())
+    report = ScoreReport(served.name, {served.name: served.version})
+    rejected = report.rejected
+    started = time.perf_counter()
+    for chunk in _chunks(rows):
+        raws: list[bytes] = []
+        wheres: list[str] = []
+        for where, raw in chunk:
+            if isinstance(raw, SchemaError):
+                rejected.append(Rejected(where, str(raw)))
+            else:
+                raws.append(raw)
+                wheres.append(where)
+        events, refused = codec.decode_features(raws)
+        bad = dict(refused)
+        out: list[tuple[str, dict[str, Any], bytes]] = []
+        good = iter(events)
+        for index, where in enumerate(wheres):
+            if index in bad:
+                rejected.append(Rejected(where, str(bad[index])))
+                continue
+            event = next(good)
+            if time_range is not None and not time_range[0] <= event.time <= time_range[1]:
+                report.outside_range += 1
+                continue
+            try:
+                body = answer_body(served, event.id, event.features)
+                out.append((event.id, body, encode(body)))
+            except SchemaError as exc:
+                rejected.append(Rejected(where, str(exc)))
+        for sink in sinks:
+            sink.write(out)
+        report.scored += len(out)
+        if progress is not None:
+            progress(len(chunk))
+    report.seconds = time.perf_counter() - started
+    return report

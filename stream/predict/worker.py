@@ -1,0 +1,342 @@
+"""The asynchronous prediction worker: requests from Kafka, answers to Kafka.
+
+`PredictWorker` is a member of a Kafka consumer group (``RIVERSTREAM_PREDICT_GROUP``) on the
+request topic: start more workers, on any host, and the group shares the partitions among them;
+when one stops or dies, its partitions move to the others. Each worker follows the promoted
+model versions live with a `SnapshotFollower`, like every API process.
+
+For each request (``{"id", "target", "features"}``, key = id) it produces one answer (see
+`schemas.predictions.PredictionAnswer`) to the prediction topic, with the same key and the
+request's ``x-`` headers, or, when the request cannot be answered, a dead letter (the original
+bytes, the reason in ``rs.reason`` / ``rs.error``, the ``x-`` headers too). A bad request never
+stops the worker.
+
+**Delivery: at least once, answers deduplicable by id.** The loop is
+
+1. consume a batch of requests (what is queued, waiting only when nothing is);
+2. answer each, producing answers and dead letters (``acks=all``, idempotent producer);
+3. flush: wait until the broker has acknowledged every message of the batch;
+4. only then commit the batch's offsets to the group (asynchronously; synchronously when a
+   partition is revoked and when the worker stops).
+
+A worker killed between 2 and 4 has answered requests whose offsets are not committed: the
+worker that takes over its partitions answers them again. Nothing is lost; some ids may be
+answered twice. A duplicate is harmless to a client that keeps the first answer per id: the
+prediction is a pure function of the features and the model version, and the answer names the
+version, so two answers with the same id and versions are equal but for ``answered_at``. (Two
+answers for one id can differ only when a new version was promoted between them, and then
+``versions`` says so.) If the broker refuses a batch's messages for good (after the producer's
+own retries), the batch is not committed: the worker seeks back and answers it again.
+
+Exactly-once with Kafka transactions was not chosen: it would hide duplicates only from
+``read_committed`` consumers, costs a transaction commit per batch, and a client must still
+handle the same id sent twice by itself; deduplication by id covers both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, cast
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from schemas.errors import ConfigError, KafkaAdapterError, SchemaError
+from schemas.events import Limits
+from schemas.predictions import HEADER_PREFIX
+from schemas.settings import Settings
+from stream.kafka.client import Record, create_topics
+from stream.kafka.deadletter import DeadLetters
+from stream.predict.answer import Answerer
+from stream.store.follower import SnapshotFollower
+from stream.store.snapshots import open_store
+
+log = logging.getLogger(__name__)
+
+_QUEUE_FULL_WAIT = 0.05
+Report = Callable[[dict[str, Any]], None]
+
+
+def passed_headers(headers: Any) -> list[tuple[str, bytes]]:
+    """The ``x-`` headers of a request, copied onto its answer (or dead letter).
+
+    >>> passed_headers([("x-trace", b"7"), ("other", b"1"), ("X-Empty", None)])
+    [('x-trace', b'7'), ('X-Empty', b'')]
+    """
+    items = headers.items() if isinstance(headers, dict) else headers
+    return [
+        (k, v if isinstance(v, bytes) else (v or "").encode())
+        for k, v in items
+        if k[:2].lower() == HEADER_PREFIX
+    ]
+
+
+class AnswerProducer:
+    """confluent-kafka producer (acks=all, idempotent) counting failed deliveries.
+
+    Implements `stream.kafka.deadletter.Sender`, so dead letters go through it as well and one
+    flush covers answers and dead letters alike.
+    """
+
+    def __init__(self, bootstrap: str, *, linger_ms: float = 1.0) -> None:
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": linger_ms,
+            }
+        )
+        self.failed = 0
+        self.errors: list[str] = []
+
+    def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self.failed += 1
+            if len(self.errors) < 20:
+                self.errors.append(str(err))
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        extra: dict[str, Any] = {} if partition is None else {"partition": partition}
+        while True:
+            try:
+                self._producer.produce(
+                    topic,
+                    value,
+                    key,
+                    headers=headers,  # type: ignore[arg-type]  # list is invariant; bytes fit
+                    on_delivery=self._delivered,
+                    **extra,
+                )
+                return
+            except BufferError:  # the local queue is full: let deliveries drain
+                self._producer.poll(_QUEUE_FULL_WAIT)
+            except KafkaException as exc:
+                raise KafkaAdapterError(f"produce to {topic} failed: {exc}") from exc
+
+    def flush(self, timeout: float | None = 60.0) -> None:
+        """Wait until every message sent so far is acknowledged (or failed for good)."""
+        left = self._producer.flush(-1 if timeout is None else timeout)
+        if left:
+            raise KafkaAdapterError(f"{left} messages not acknowledged within {timeout} s")
+
+    def take_failures(self) -> int:
+        """Failed deliveries since the last call."""
+        failed, self.failed = self.failed, 0
+        return failed
+
+
+@dataclass
+class WorkerStats:
+    answered: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    retried_batches: int = 0
+
+
+class FollowerLog:
+    """`stream.store.follower.FollowerMetrics` as log lines (the worker exports no metrics)."""
+
+    def snapshot_swapped(
+        self, model: str, version: int, snapshot_timestamp: float, load_seconds: float
+    ) -> None:
+        log.info("answering with %s v%d (loaded in %.1f ms)", model, version, load_seconds * 1e3)
+
+    def snapshot_refused(self, model: str, reason: str) -> None:
+        log.warning("refused a snapshot of %s: %s", model, reason)
+
+
+class PredictWorker:
+    """One consumer-group member answering requests; `run` until `stop`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        answerer: Answerer,
+        *,
+        batch: int = 10_000,
+        session_timeout_ms: int = 10_000,
+    ) -> None:
+        bootstrap = settings.kafka_bootstrap_servers
+        if not bootstrap:
+            raise ConfigError(
+                "no Kafka address: set RIVERSTREAM_KAFKA_BOOTSTRAP_SERVERS or run "
+                "`riverstream services up`"
+            )
+        create_topics(bootstrap, settings.topics())
+        self.settings = settings
+        self.answerer = answerer
+        self.batch = batch
+        self.producer = AnswerProducer(bootstrap)
+        self.dead_letters = DeadLetters(self.producer, settings.topic_dlq)
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": settings.predict_group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "session.timeout.ms": session_timeout_ms,
+                "heartbeat.interval.ms": max(100, session_timeout_ms // 5),
+            }
+        )
+        self.stats = WorkerStats()
+        self._answered: dict[tuple[str, int], int] = {}  # acknowledged, next offset to commit
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Finish the current batch, commit it, leave the group (callable from a signal)."""
+        self._stop.set()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, *, report: Report | None = None, report_every: float = 10.0) -> WorkerStats:
+        consumer = self.consumer
+        consumer.subscribe(
+            [self.settings.topic_requests], on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        next_report = time.monotonic() + report_every
+        try:
+            while not self._stop.is_set():
+                messages = consumer.consume(self.batch, 0) or consumer.consume(1, 0.1)
+                if messages and len(messages) == 1:  # woken by one: take what came with it
+                    messages += consumer.consume(self.batch - 1, 0)
+                if messages:
+                    self._answer_batch(messages)
+                if report is not None and time.monotonic() >= next_report:
+                    report({**asdict(self.stats), "assigned": len(consumer.assignment())})
+                    next_report = time.monotonic() + report_every
+        finally:
+            self._close()
+        if report is not None:
+            report({**asdict(self.stats), "assigned": 0, "stopped": True})
+        return self.stats
+
+    def _answer_batch(self, messages: list[Message]) -> None:
+        first: dict[tuple[str, int], int] = {}
+        last: dict[tuple[str, int], int] = {}
+        answer, send = self.answerer.answer, self.producer.send
+        topic = self.settings.topic_predictions
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume: %s", err)
+                continue
+            # A message without an error has its topic, partition and offset.
+            tp = cast("tuple[str, int]", (m.topic(), m.partition()))
+            offset = cast(int, m.offset())
+            first.setdefault(tp, offset)
+            last[tp] = offset + 1
+            raw = m.value() or b""
+            raw_headers = m.headers()
+            passed = passed_headers(raw_headers) if raw_headers else None
+            try:
+                request_id, body = answer(raw, m.timestamp()[1] / 1000, time.time())
+            except SchemaError as exc:
+                self._dead_letter(m, tp, offset, exc, passed or ())
+                continue
+            key = m.key()
+            send(topic, key if key is not None else request_id.encode(), body, None, passed)
+            self.stats.answered += 1
+        self.producer.flush(None)
+        failed = self.producer.take_failures()
+        if failed:
+            self._retry(first, failed)
+            return
+        self.stats.batches += 1
+        self._answered.update(last)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in last.items()]
+        if offsets:
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+            except KafkaException as exc:  # not committed: answered again later, never lost
+                log.warning("commit failed (these requests may be answered twice): %s", exc)
+
+    def _dead_letter(
+        self,
+        m: Message,
+        tp: tuple[str, int],
+        offset: int,
+        error: SchemaError,
+        headers: Sequence[tuple[str, bytes]],
+    ) -> None:
+        record = Record(tp[0], tp[1], offset, m.key(), m.value() or b"", m.timestamp()[1])
+        self.dead_letters.send(record, error, headers)
+        self.stats.dead_lettered += 1
+
+    def _retry(self, first: dict[tuple[str, int], int], failed: int) -> None:
+        """Some messages of the batch were refused for good: answer the batch again."""
+        log.error(
+            "%d answers or dead letters were not stored (%s); answering the batch again",
+            failed,
+            "; ".join(self.producer.errors[-3:]),
+        )
+        self.stats.retried_batches += 1
+        for (topic, partition), offset in first.items():
+            with contextlib.suppress(KafkaException):  # revoked meanwhile: its owner answers
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+        self._stop.wait(1.0)  # back off before asking the broker again
+
+    # -- group membership --------------------------------------------------------------------
+    def _commit_now(self, partitions: Collection[tuple[str, int]]) -> None:
+        offsets = [TopicPartition(t, p, self._answered[(t, p)]) for t, p in partitions
+                   if (t, p) in self._answered]  # fmt: skip
+        if offsets:
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:  # the next owner answers them again
+                log.warning("commit on revoke failed: %s", exc)
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = [(tp.topic, tp.partition) for tp in partitions]
+        self._commit_now(revoked)
+        for tp in revoked:
+            self._answered.pop(tp, None)
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:  # no longer ours: committing would be refused
+            self._answered.pop((tp.topic, tp.partition), None)
+
+    def _close(self) -> None:
+        try:
+            self.producer.flush(30.0)
+            self._commit_now(list(self._answered))
+        finally:
+            self.consumer.close()  # leaves the group: its partitions move at once
+
+
+def build_worker(
+    settings: Settings, targets: Sequence[str] = (), *, session_timeout_ms: int = 10_000
+) -> tuple[PredictWorker, SnapshotFollower]:
+    """A worker answering for ``targets`` (empty: every model), with its follower started and
+    its first look at Redis done (or ``serve_start_wait_seconds`` spent waiting)."""
+    follower = SnapshotFollower(
+        open_store(settings), FollowerLog(), models=targets,
+        poll_seconds=settings.serve_poll_seconds,
+    )  # fmt: skip
+    follower.start()
+    deadline = time.monotonic() + settings.serve_start_wait_seconds
+    follower.first_sync.wait(settings.serve_start_wait_seconds)
+    while targets and any(follower.get(t) is None for t in targets):
+        if time.monotonic() >= deadline:
+            missing = [t for t in targets if follower.get(t) is None]
+            log.warning("starting without %s: not loaded yet", ", ".join(missing))
+            break
+        time.sleep(0.05)  # polling the follower's state with a deadline
+    answerer = Answerer(
+        follower.get, is_known=follower.is_known, targets=targets,
+        limits=Limits.from_settings(settings),
+    )  # fmt: skip
+    worker = PredictWorker(settings, answerer, session_timeout_ms=session_timeout_ms)
+    return worker, follower

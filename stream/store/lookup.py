@@ -1,0 +1,163 @@
+"""Batch prediction tables in Redis: answers computed ahead by ``riverstream score --into
+redis``, looked up by id (``GET /v1/models/{name}/predictions/{id}``).
+
+A table is one Redis hash, id → the stored answer (JSON bytes, as `score` writes them to a
+file), numbered by a shared counter (``P:lookup:seq``). A `LookupTable` record beside it says
+which table a model serves, which model versions computed it, when, how many rows it holds and
+its time to live. The table is written first, under a temporary expiry, and becomes visible
+only when it is complete: one MULTI/EXEC sets its final TTL and moves the pointer, so a reader
+sees the old table or the new one, never a half-written one. The table it replaces expires
+after a short grace (a reader that has just read the old pointer still finds its row); a run
+that dies half-way leaves a table nobody points to, which expires by itself.
+
+Keys are in `stream.store.keys.RedisKeys`. Every Redis error is a `SnapshotError` (unreachable:
+`RedisUnavailableError`), as in the snapshot store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, cast
+
+import redis
+
+from schemas.errors import SnapshotError
+from stream.store.keys import RedisKeys
+from stream.store.snapshots import wrapped
+
+WRITING_TTL_SECONDS = 86_400
+"""Expiry of a table while it is written (a crashed run's table goes away by itself)."""
+REPLACED_GRACE_SECONDS = 60
+"""How long a replaced table stays readable after the pointer moved."""
+
+
+@dataclass(frozen=True)
+class LookupTable:
+    """The pointer record of a served table."""
+
+    model: str
+    table: int
+    versions: dict[str, int]
+    computed_at: float
+    rows: int
+    ttl_seconds: int
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> LookupTable:
+        try:
+            data = json.loads(raw)
+            return cls(
+                str(data["model"]), int(data["table"]),
+                {str(k): int(v) for k, v in data["versions"].items()},
+                float(data["computed_at"]), int(data["rows"]), int(data["ttl_seconds"]),
+            )  # fmt: skip
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise SnapshotError(f"unreadable lookup table record: {exc!r}") from None
+
+
+class TableWriter:
+    """Writes one table in batches of HSETs; `publish` makes it the served one."""
+
+    def __init__(
+        self, client: redis.Redis, keys: RedisKeys, model: str, table: int, *, batch: int
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.model = model
+        self.table = table
+        self.key = keys.lookup_table(model, table)
+        self.batch = batch
+        self.rows = 0
+        self._pending: dict[str, bytes] = {}
+
+    def add(self, row_id: str, answer: bytes) -> None:
+        """Store ``answer`` under ``row_id`` (a later row with the same id replaces it)."""
+        self._pending[row_id] = answer
+        if len(self._pending) >= self.batch:
+            self._write()
+
+    def _write(self) -> None:
+        if not self._pending:
+            return
+        with wrapped(f"write lookup table {self.key}"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hset(self.key, mapping=self._pending)  # type: ignore[arg-type]
+            pipe.expire(self.key, WRITING_TTL_SECONDS)
+            pipe.execute()
+        self._pending = {}
+
+    def publish(self, versions: Mapping[str, int], computed_at: float, ttl: int) -> LookupTable:
+        """Make the table the served one (``ttl`` seconds to live; 0: no expiry)."""
+        self._write()
+        pointer = self.keys.lookup(self.model)
+        with wrapped(f"publish lookup table {self.key}"):
+            rows = int(self.client.hlen(self.key))
+            record = LookupTable(self.model, self.table, dict(versions), computed_at, rows, ttl)
+            previous = self.client.get(pointer)
+            pipe = self.client.pipeline(transaction=True)
+            if ttl > 0:
+                pipe.expire(self.key, ttl)
+                pipe.set(pointer, record.to_json(), ex=ttl)
+            else:
+                pipe.persist(self.key)
+                pipe.set(pointer, record.to_json())
+            if previous is not None:
+                with_grace = LookupTable.from_json(previous)
+                if with_grace.table != self.table:
+                    old = self.keys.lookup_table(self.model, with_grace.table)
+                    pipe.expire(old, REPLACED_GRACE_SECONDS)
+            pipe.execute()
+        return record
+
+
+class LookupTables:
+    """Reading and writing the lookup tables of one Redis prefix."""
+
+    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
+        if client.get_encoder().decode_responses:
+            raise SnapshotError("the redis client must be created with decode_responses=False")
+        self.client = client
+        self.keys = keys
+
+    def writer(self, model: str, *, batch: int = 1000) -> TableWriter:
+        """A new, numbered table for ``model``, not served until `TableWriter.publish`."""
+        with wrapped("number a lookup table"):
+            table = int(self.client.incr(self.keys.lookup_seq))
+        return TableWriter(self.client, self.keys, model, table, batch=batch)
+
+    def current(self, model: str) -> LookupTable | None:
+        """The table ``model`` serves, if any (expired: none)."""
+        with wrapped(f"read lookup pointer of {model}"):
+            raw = self.client.get(self.keys.lookup(model))
+        return None if raw is None else LookupTable.from_json(raw)
+
+    def get(self, model: str, row_id: str) -> tuple[LookupTable, bytes] | None:
+        """The served table and the stored answer for ``row_id``, or None when absent."""
+        table = self.current(model)
+        if table is None:
+            return None
+        with wrapped(f"read lookup table of {model}"):
+            raw = self.client.hget(self.keys.lookup_table(model, table.table), row_id)
+        return None if raw is None else (table, cast(bytes, raw))
+
+    def answer(self, model: str, row_id: str) -> dict[str, Any] | None:
+        """The stored answer for ``row_id`` with the table's ``table`` and ``computed_at``."""
+        found = self.get(model, row_id)
+        if found is None:
+            return None
+        table, raw = found
+        body: dict[str, Any] = json.loads(raw)
+        body["table"] = table.table
+        body["computed_at"] = table.computed_at
+        return body
+
+    def ttl(self, model: str) -> float | None:
+        """Seconds before ``model``'s served table expires (None: no table or no expiry)."""
+        with wrapped(f"read lookup ttl of {model}"):
+            left = self.client.pttl(self.keys.lookup(model))
+        return None if left is None or int(left) < 0 else int(left) / 1000
