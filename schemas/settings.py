@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     )
     serve_graph_metric: str = Field(
         "",
-        description="Metric weighing graph ensembles `by_metric` (empty: each model's first by name).",
+        description="Metric weighing `by_metric` graph ensembles (empty: each model's first by name).",
     )
 
     # -- asynchronous and batch predictions --

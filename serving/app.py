@@ -9,6 +9,8 @@ app starts), a `SnapshotFollower` started and stopped by the app's lifespan, and
   classifiers (JSON object keys, so ``true``/``false`` for boolean labels); for anomaly models
   the prediction is the anomaly score.
 - ``GET /v1/models``, ``GET /v1/models/{name}``: version served, age, samples, metrics, size.
+- ``POST /v1/graphs/{name}/predict``, ``GET /v1/graphs``, ``GET /v1/graphs/{name}``: serving
+  graphs, several models answering together, followed live like models (`serving.graphs`).
 - ``GET /v1/models/{name}/predictions/{id}``: answers computed ahead by ``riverstream score
   --into redis`` (`serving.lookup`).
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (503 until every expected model is
@@ -42,6 +44,8 @@ from learners.predictor import MODEL_INPUT_ERRORS
 from schemas.errors import ConfigError
 from schemas.settings import Settings
 from serving import openapi
+from serving.graphs import GraphService, wait_started
+from serving.graphs import install as install_graphs
 from serving.inputs import InputError, InputLimits, parse_predict_body
 from serving.lookup import lookup_router
 from serving.telemetry import ServingMetrics, get_metrics, metrics_response_bytes
@@ -100,16 +104,23 @@ def create_app(
     limits = InputLimits(max_features=settings.max_features, max_instances=max_instances)
     observe = _RequestObserver(metrics).observe
     registry = None if metrics is get_metrics() else metrics.registry
+    graphs = GraphService(
+        settings, store, follower, metrics, limits=limits, max_body_bytes=max_body_bytes,
+        observe=observe,
+    )  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         follower.start()
+        graphs.start()
         # Serve once this worker has looked at Redis: a request must not hear "unknown model"
         # from a worker that has not loaded what its sibling already serves.
         await asyncio.to_thread(follower.first_sync.wait, settings.serve_start_wait_seconds)
+        await wait_started(graphs)  # the same for graphs
         try:
             yield
         finally:
+            graphs.stop()
             follower.stop()
 
     app = FastAPI(
@@ -121,6 +132,7 @@ def create_app(
     )
     app.state.follower = follower
     app.state.store = store
+    install_graphs(app, graphs, fast_path=fast_path)  # /v1/graphs (serving.graphs)
     app.include_router(
         v2_router(follower, limits=limits, max_body_bytes=max_body_bytes, observe=observe)
     )  # Open Inference Protocol v2

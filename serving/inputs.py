@@ -128,3 +128,17 @@ def _check_features(
         if len(problems) >= _MAX_ERRORS:
             break
     return features
+
+
+def check_features(features: Any, loc: list[Any], limits: InputLimits) -> FeatureDict:
+    """``features`` (at ``loc`` in a body) checked as `parse_predict_body` checks them, for
+    other bodies that carry feature objects (`serving.graphs`); `InputError` lists the problems.
+
+    >>> check_features({"x": 1.5}, ["features"], InputLimits())
+    {'x': 1.5}
+    """
+    problems: list[dict[str, Any]] = []
+    checked = _check_features(features, loc, limits, problems)
+    if problems:
+        raise InputError(problems)
+    return checked

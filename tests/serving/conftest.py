@@ -97,13 +97,23 @@ def store(redis_url: str, prefix: str) -> Iterator[SnapshotStore]:
     client.close()
 
 
-def publish(store: SnapshotStore, name: str, obj: Any, kind: str, *, key: bytes = KEY) -> int:
-    """Write ``obj`` as a new version of ``name`` (signed with ``key``); return the version."""
+def publish(
+    store: SnapshotStore,
+    name: str,
+    obj: Any,
+    kind: str,
+    *,
+    key: bytes = KEY,
+    metrics: dict[str, float] | None = None,
+) -> int:
+    """Write ``obj`` as a new version of ``name`` (signed with ``key``, its snapshot's progressive
+    ``metrics`` by default ``{"Accuracy": 0.75}``); return the version."""
     version = store.next_version()
     blob = dump_signed(obj, key)
+    metrics = {"Accuracy": 0.75} if metrics is None else metrics
     meta = SnapshotMeta.describe(
         name, blob, kind=kind, spec=type(obj).__name__, samples_learned=version * 10,
-        metrics={"Accuracy": 0.75}, offsets={"features:0": version},
+        metrics=metrics, offsets={"features:0": version},
     )  # fmt: skip
     store.write(version, {name: (blob, meta)}, dump_signed({}, KEY), {"features:0": version})
     return version

@@ -16,6 +16,7 @@ from river import linear_model
 
 from schemas.settings import Settings
 from serving.app import PredictFastPath, create_app, default_store
+from serving.graphs import GraphFastPath
 from serving.telemetry import ServingMetrics
 from stream.store.snapshots import SnapshotStore
 
@@ -283,7 +284,7 @@ def test_fast_path_answers_exactly_like_the_documented_route(
     settings = kit.make_settings(redis_url, prefix)
     app = create_app(settings, metrics=metrics, max_body_bytes=4096)
     routed_app = create_app(settings, metrics=metrics, max_body_bytes=4096, fast_path=False)
-    assert [m.cls for m in app.user_middleware] == [PredictFastPath]
+    assert [m.cls for m in app.user_middleware] == [PredictFastPath, GraphFastPath]
     assert not routed_app.user_middleware
     bodies = [
         orjson.dumps({"features": inputs[0]}),

@@ -1,0 +1,290 @@
+"""Following serving graphs in the background of an API process, as models are followed.
+
+`GraphFollower` runs one daemon thread beside the `stream.store.follower.SnapshotFollower`. At
+start it reads every graph's promoted version (`stream.store.graphs.GraphStore`), then waits on
+the snapshot channel for graph notifications (`Notification` of kind ``graph``); each makes it
+re-read that graph's pointer, and every ``poll_seconds`` it re-reads all of them anyway, so a lost
+message costs one poll interval. A graph that is no longer in ``P:graphs`` (deleted) stops being
+served.
+
+Loading a version (fetch the document, `schemas.graphs.parse_graph`, `learners.graph.CompiledGraph`)
+happens on this thread, never on a request, and the swap is one reference assignment of a new
+dict: a request sees the old or the new `ServedGraph`, never a mix. A document that does not
+parse or compile is refused: logged, counted, remembered (versions are immutable) and the
+previous version keeps serving. If Redis is unreachable the last graphs keep serving.
+
+Members are not resolved here: a graph is evaluated against the models the `SnapshotFollower`
+serves at that moment, through `ServedModels`, a `learners.graph.ModelLookup` over one mapping of
+served models, so that a request (a whole batch) uses one version of each model throughout.
+
+``weights: by_metric``
+    The weight of a member is its served snapshot's progressive metric (`SnapshotMeta.metrics`,
+    what the learner measured on the labels, as `river.evaluate.progressive_val_score` would):
+    the metric named by ``metric`` (``RIVERSTREAM_SERVE_GRAPH_METRIC``) or, unset, the model's
+    first metric by name (snapshot metadata keeps metrics by name, not in the order of the
+    learner's ``--metric`` options: set the variable when a model tracks several). Higher must
+    be better, so a metric whose River class says smaller is better (a
+    loss or an error: MAE, LogLoss...) counts as ``1 / (1 + value)``; a metric River does not
+    know counts as it is. A model without that metric, or with a non-finite or negative value,
+    weighs 0, and when every member weighs 0 they weigh the same (`learners.graph_eval`).
+
+Nothing here imports River at module level (the operator's commands import `stream.store`); the
+metric directions are looked up in `river.metrics` on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from learners.graph import CompiledGraph
+from schemas.errors import SnapshotError
+from schemas.graph_errors import GraphError
+from schemas.graphs import GraphSpec, parse_graph
+from stream.store.graphs import GraphStore, GraphSubscription
+from stream.store.snapshots import RedisUnavailableError
+
+if TYPE_CHECKING:
+    from learners.predictor import ServedModel
+
+log = logging.getLogger(__name__)
+_MAX_WAIT = 0.25
+
+
+# -- the models a graph evaluates against ---------------------------------------------------
+@functools.lru_cache(maxsize=256)
+def higher_is_better(metric: str) -> bool:
+    """Whether a higher value of the `river.metrics` class ``metric`` is better (True for a
+    name River does not know, or a class that needs arguments).
+
+    >>> higher_is_better("Accuracy"), higher_is_better("MAE"), higher_is_better("NotAMetric")
+    (True, False, True)
+    """
+    from river import metrics as river_metrics
+
+    cls = getattr(river_metrics, metric, None) if metric.isidentifier() else None
+    try:
+        return bool(cls().bigger_is_better)  # type: ignore[misc]
+    except Exception:
+        return True
+
+
+def metric_weight(metrics: Mapping[str, float], metric: str | None = None) -> float | None:
+    """The ``by_metric`` weight of a model whose snapshot measured ``metrics`` (see the module).
+
+    >>> metric_weight({"MAE": 3.0, "Accuracy": 0.8}), metric_weight({"Accuracy": 0.8, "MAE": 3.0}, "MAE")
+    (0.8, 0.25)
+    >>> metric_weight({}), metric_weight({"Accuracy": float("nan")}), metric_weight({"R2": -0.5})
+    (None, None, None)
+    """
+    name = metric if metric else min(metrics, default=None)
+    value = None if name is None else metrics.get(name)
+    if value is None or not math.isfinite(value) or value < 0:
+        return None
+    assert name is not None
+    return float(value) if higher_is_better(name) else 1.0 / (1.0 + value)
+
+
+class ServedModels:
+    """A `learners.graph.ModelLookup` over one mapping of served models (a request's view of
+    `SnapshotFollower.served`, taken once: the follower swaps in a new mapping, never edits it).
+    """
+
+    __slots__ = ("_metric", "_models")
+
+    def __init__(self, models: Mapping[str, ServedModel], metric: str | None = None) -> None:
+        self._models = models
+        self._metric = metric
+
+    def get(self, name: str) -> ServedModel | None:
+        return self._models.get(name)
+
+    def metric(self, name: str) -> float | None:
+        model = self._models.get(name)
+        if model is None or model.meta is None:
+            return None
+        return metric_weight(model.meta.metrics, self._metric)
+
+
+# -- the graphs ------------------------------------------------------------------------------
+class GraphFollowerMetrics(Protocol):
+    def graph_swapped(self, graph: str, version: int) -> None: ...
+
+    def graph_refused(self, graph: str, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServedGraph:
+    """One loaded graph version: its document, its spec and its compiled form."""
+
+    name: str
+    version: int
+    spec: GraphSpec
+    compiled: CompiledGraph
+    document: dict[str, Any]
+    loaded_at: float
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "graph": self.name,
+            "version": self.version,
+            "description": self.spec.description,
+            "models": list(self.spec.model_names()),
+            "loaded_at": self.loaded_at,
+            "document": self.document,
+        }
+
+
+class GraphFollower:
+    """Serving graphs of one process (see the module)."""
+
+    def __init__(
+        self,
+        graphs: GraphStore,
+        metrics: GraphFollowerMetrics | None = None,
+        *,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.graphs = graphs
+        self.metrics = metrics
+        self.poll_seconds = poll_seconds
+        self._served: Mapping[str, ServedGraph] = {}
+        self._refused: dict[tuple[str, int], str] = {}
+        self._redis_error: str | None = "not connected yet"
+        self._last_sync: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sub: GraphSubscription | None = None
+        self._lock = threading.Lock()  # sync() may also be called by a test or a caller
+        self.first_sync = threading.Event()
+        """Set once the first look at Redis is over (done, or Redis unreachable)."""
+
+    # -- what requests read ------------------------------------------------------------------
+    def get(self, name: str) -> ServedGraph | None:
+        return self._served.get(name)
+
+    @property
+    def served(self) -> Mapping[str, ServedGraph]:
+        return self._served
+
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        sync_age = None if self._last_sync is None else round(now - self._last_sync, 3)
+        return {
+            "graphs": {name: g.version for name, g in sorted(self._served.items())},
+            "redis": {
+                "reachable": self._redis_error is None,
+                "error": self._redis_error,
+                "last_sync_age_seconds": sync_age,
+            },
+            "refused": [
+                {"graph": g, "version": v, "reason": r} for (g, v), r in list(self._refused.items())
+            ],
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="graph-follower", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._close_subscription()
+
+    def _run(self) -> None:
+        next_poll = 0.0
+        while not self._stop.is_set():
+            try:
+                if self._sub is None:
+                    self._sub = self.graphs.subscribe()
+                    next_poll = 0.0  # subscribed first, then synced: nothing falls in between
+                now = time.monotonic()
+                if now >= next_poll:
+                    self.sync()
+                    self.first_sync.set()
+                    next_poll = now + self.poll_seconds
+                wait = max(0.0, min(next_poll - now, _MAX_WAIT))  # short waits: stop() is prompt
+                note = self._sub.get(timeout=wait)
+                if note is not None:
+                    with self._lock:
+                        self.refresh(note.model)
+            except SnapshotError as exc:  # Redis unreachable or erroring: keep serving
+                if self._redis_error is None:
+                    log.warning("redis unreachable, serving the last graphs: %s", exc)
+                self._redis_error = str(exc)
+                self._close_subscription()
+                self.first_sync.set()
+                self._stop.wait(self.poll_seconds)
+            except Exception:  # pragma: no cover - a bug must not kill the follower
+                log.exception("graph follower failed; retrying")
+                self._close_subscription()
+                self._stop.wait(self.poll_seconds)
+
+    def _close_subscription(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+
+    # -- syncing -----------------------------------------------------------------------------
+    def sync(self) -> None:
+        """Check every graph's pointer once; drop the deleted ones (`SnapshotError` if Redis
+        fails)."""
+        with self._lock:
+            names = self.graphs.names()
+            for name in names:
+                self.refresh(name)
+            gone = set(self._served) - set(names)
+            if gone:
+                self._served = {n: g for n, g in self._served.items() if n not in gone}
+                log.info("graphs no longer served: %s", ", ".join(sorted(gone)))
+            self._last_sync = time.time()
+            if self._redis_error is not None and self._redis_error != "not connected yet":
+                log.info("redis reachable again")
+            self._redis_error = None
+
+    def refresh(self, name: str) -> None:
+        """Serve ``name``'s promoted version if it is not the one served (nor refused); stop
+        serving it when it has none."""
+        version = self.graphs.promoted(name)
+        current = self._served.get(name)
+        if version is None:
+            if current is not None:
+                self._served = {n: g for n, g in self._served.items() if n != name}
+                log.info("graph %s is no longer served", name)
+            return
+        if (current is not None and current.version == version) or (name, version) in self._refused:
+            return
+        try:
+            document = self.graphs.document(name, version)
+        except RedisUnavailableError:
+            raise
+        except SnapshotError as exc:  # deleted meanwhile: the next look settles it
+            log.warning("graph %s v%d unreadable: %s", name, version, exc)
+            return
+        try:
+            spec = parse_graph(document)
+            if spec.name != name:
+                raise GraphError("name", f"the document is named {spec.name!r}, not {name!r}")
+            compiled = CompiledGraph(spec)
+        except GraphError as exc:
+            self._refused[(name, version)] = str(exc)
+            if self.metrics is not None:
+                self.metrics.graph_refused(name, "invalid")
+            log.error("refused graph %s v%d: %s", name, version, exc)
+            return
+        served = ServedGraph(name, version, spec, compiled, document, time.time())
+        self._served = {**self._served, name: served}  # the swap
+        if self.metrics is not None:
+            self.metrics.graph_swapped(name, version)
+        log.info("serving graph %s v%d", name, version)
