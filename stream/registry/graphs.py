@@ -104,7 +104,7 @@ class GraphRegistry(RegistryBase):
     transactions and history entries, never the snapshot store.
     """
 
-    def __init__(self, client: redis.Redis[Any], prefix: str, *, by: str | None = None) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, *, by: str | None = None) -> None:
         # RegistryBase.__init__ wants a SnapshotStore (and its key) for the models' operations,
         # none of which a graph uses: set what the transactions and history entries read.
         self.client = client

@@ -35,14 +35,14 @@ def _wrapped(what: str) -> Iterator[None]:
         raise SnapshotError(f"{what}: {exc}") from exc
 
 
-def _int(raw: bytes | None) -> int | None:
+def _int(raw: bytes | str | None) -> int | None:
     return None if raw is None else int(raw)
 
 
 class GraphStore:
     """Serving graphs under ``prefix``; ``client`` may decode responses or not."""
 
-    def __init__(self, client: redis.Redis[Any], prefix: str) -> None:
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
         self.keys = RedisKeys(prefix)
 
@@ -55,7 +55,8 @@ class GraphStore:
     def versions(self, name: str) -> list[int]:
         """The versions of ``name`` kept, oldest first (empty for an unknown graph)."""
         with _wrapped(f"versions of graph {name}"):
-            return [int(v) for v in self.client.zrange(self.keys.graph_versions(name), 0, -1)]
+            raw: list[Any] = self.client.zrange(self.keys.graph_versions(name), 0, -1)
+        return [int(v) for v in raw]
 
     def promoted(self, name: str) -> int | None:
         """The version serving follows, or None when the graph is not served."""
@@ -101,8 +102,8 @@ class GraphStore:
 class GraphSubscription:
     """The snapshot channel, keeping the graph notifications only (models' are dropped)."""
 
-    def __init__(self, client: redis.Redis[Any], channel: str) -> None:
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+    def __init__(self, client: redis.Redis, channel: str) -> None:
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         with _wrapped("subscribe"):
             self._pubsub.subscribe(channel)
 
