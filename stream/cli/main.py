@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from stream.cli.graphs import graphs_app
 from stream.cli.predict import register as register_predict
 from stream.cli.snapshots import snapshots_app
 from stream.dev import services as svc
+
+if TYPE_CHECKING:
+    from stream.learner.observing import Observer
 
 app = typer.Typer(
     help="riverstream: streaming online learning with River, Kafka, Redis and FastAPI.",
@@ -330,7 +333,7 @@ def report(
     console.print(f"wrote {out_file} ({len(samples)} points from {source})")
 
 
-def _learner_observer(settings: Settings) -> object:
+def _learner_observer(settings: Settings) -> Observer:
     from stream.learner.observer import PrometheusObserver
 
     return PrometheusObserver.start(settings)

@@ -14,15 +14,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from learners.core import LearningCore
 from learners.specs import ModelSpec
 from learners.watermark import Watermark
-from schemas.errors import SnapshotError
-from schemas.events import EventCodec, Limits
+from schemas.errors import SchemaError, SnapshotError
+from schemas.events import EventCodec, FeatureEvent, LabelEvent, Limits
 from schemas.records import RollbackCommand
 from schemas.settings import Settings
 from stream.checkpoint.protocol import (
@@ -42,6 +42,9 @@ from stream.learner.outage import Outage
 from stream.store.commands import CommandQueue, in_ranges
 from stream.store.snapshots import RedisUnavailableError, SnapshotStore
 
+if TYPE_CHECKING:
+    from stream.learner.observing import Observer
+
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
@@ -49,6 +52,8 @@ _COMMAND_POLL_SECONDS = 0.2
 _POLL_SECONDS = 0.1
 _GC_GEN0_THRESHOLD = 50_000
 _APPLIED_KEPT = 1000
+
+_Event = TypeVar("_Event", FeatureEvent, LabelEvent)
 
 
 @dataclass
@@ -77,7 +82,7 @@ class Learner:
         store: SnapshotStore,
         store_factory: Callable[[], SnapshotStore],
         dead_letters: DeadLetters,
-        observer: Any = None,
+        observer: Observer | None = None,
         commands: CommandQueue | None = None,
         clock: Clock = time.monotonic,
         use_fork: bool = True,
@@ -274,32 +279,47 @@ class Learner:
             end = run.offsets[-1] + 1
             if self._skip and key in self._skip:
                 run = self._skip_handled(run, key)
-            offsets = run.offsets
-            events: list[Any]
             if kind == 0:
-                events, refused = codec.decode_features(run.values)
+                features, refused = codec.decode_features(run.values)
+                offsets = self._refused(run, refused)
+                if features:
+                    features, offsets = self._observed(source, features, offsets, excluded)
+                    core.push_features(features, source, offsets)
             else:
-                events, refused = codec.decode_labels(run.values)
-            if refused:
-                for index, error in refused:
-                    self.dead_letters.send(run.record(index), error)
-                    reasons = self.stats.dead_letters
-                    reasons[error.reason] = reasons.get(error.reason, 0) + 1
-                bad = {index for index, _ in refused}
-                offsets = [offset for i, offset in enumerate(offsets) if i not in bad]
-            if events:
-                self.watermark.observe(source, events[-1].time)
-                if excluded:
-                    kept = [i for i, e in enumerate(events) if not in_ranges(e.time, excluded)]
-                    events = [events[i] for i in kept]
-                    offsets = [offsets[i] for i in kept]
-                if kind == 0:
-                    core.push_features(events, source, offsets)
-                else:
-                    core.push_labels(events, source, offsets)
+                labels, refused = codec.decode_labels(run.values)
+                offsets = self._refused(run, refused)
+                if labels:
+                    labels, offsets = self._observed(source, labels, offsets, excluded)
+                    core.push_labels(labels, source, offsets)
             self.offsets[key] = end
             consumed[run.topic] = consumed.get(run.topic, 0) + len(run)
         self.dead_letters.flush()
+
+    def _refused(self, run: RecordRun, refused: list[tuple[int, SchemaError]]) -> list[int]:
+        """Dead-letter the records of ``run`` that failed to decode; the others' offsets."""
+        if not refused:
+            return run.offsets
+        reasons = self.stats.dead_letters
+        for index, error in refused:
+            self.dead_letters.send(run.record(index), error)
+            reasons[error.reason] = reasons.get(error.reason, 0) + 1
+        bad = {index for index, _ in refused}
+        return [offset for i, offset in enumerate(run.offsets) if i not in bad]
+
+    def _observed(
+        self,
+        source: tuple[int, int],
+        events: list[_Event],
+        offsets: list[int],
+        excluded: list[tuple[float, float]],
+    ) -> tuple[list[_Event], list[int]]:
+        """Move ``source``'s watermark to the newest of ``events`` (not empty, in time order),
+        then leave out the events whose time is in an ``excluded`` range."""
+        self.watermark.observe(source, events[-1].time)
+        if not excluded:
+            return events, offsets
+        kept = [i for i, e in enumerate(events) if not in_ranges(e.time, excluded)]
+        return [events[i] for i in kept], [offsets[i] for i in kept]
 
     def _dead_letter_unusable(self) -> None:
         """Valid events that every model raised on go to the dead-letter topic, re-encoded,
@@ -488,7 +508,7 @@ class Learner:
         finally:
             self.snapshotter.use_fork = use_fork
 
-    def _record(self, result: Any, *, stalls: bool = True) -> None:
+    def _record(self, result: SnapshotResult, *, stalls: bool = True) -> None:
         self.stats.snapshots += int(result.ok)
         self._snapshot_failed = not result.ok
         if result.ok:

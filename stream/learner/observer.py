@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry
 
 from schemas.settings import Settings
+from stream.checkpoint.protocol import SnapshotResult
 from stream.kafka.client import RecordRun
-from stream.learner.telemetry import DriftMonitor, LearnerMetrics, start_http_server
+from stream.learner.observing import LearnerView
+from stream.learner.telemetry import DriftMonitor, LearnerMetrics, Task, start_http_server
 
 _REFRESH_SECONDS = 0.5
 log = logging.getLogger(__name__)
 
 
 class PrometheusObserver:
-    """Called by `stream.learner.loop.Learner` after each batch and each snapshot."""
+    """The `stream.learner.observing.Observer` the CLI gives the learner: called after each
+    batch and each snapshot, it reads the learner (a `LearnerView`) into `LearnerMetrics`."""
 
-    def __init__(self, metrics: LearnerMetrics, server: Any = None) -> None:
+    def __init__(
+        self,
+        metrics: LearnerMetrics,
+        server: tuple[WSGIServer, threading.Thread] | None = None,
+    ) -> None:
         self.metrics = metrics
         self.server = server
         self._joined = dict.fromkeys(("joined", "expired", "orphan", "late"), 0)
@@ -28,7 +36,7 @@ class PrometheusObserver:
         self._model_errors: dict[tuple[str, str, str], int] = {}
         self._last_refresh = 0.0
         self._drift: DriftMonitor | None = None
-        self._drift_tasks: dict[str, str] = {}
+        self._drift_tasks: dict[str, Task] = {}
         metrics.mark_up()
 
     @classmethod
@@ -52,7 +60,7 @@ class PrometheusObserver:
         if self.server is not None:
             self.server[0].shutdown()
 
-    def after_batch(self, learner: Any, records: list[RecordRun]) -> None:
+    def after_batch(self, learner: LearnerView, records: list[RecordRun]) -> None:
         m = self.metrics
         if records:
             by_topic: dict[str, int] = {}
@@ -66,7 +74,7 @@ class PrometheusObserver:
         self._last_refresh = now
         self._refresh(learner)
 
-    def _refresh(self, learner: Any) -> None:
+    def _refresh(self, learner: LearnerView) -> None:
         m = self.metrics
         core = learner.core
         c = core.counters
@@ -104,7 +112,7 @@ class PrometheusObserver:
             m.set_watermark_delay(delay)
         self._update_drift(learner)
 
-    def _update_drift(self, learner: Any) -> None:
+    def _update_drift(self, learner: LearnerView) -> None:
         outcomes = learner.core.drain_outcomes()
         if not outcomes:
             return
@@ -114,12 +122,12 @@ class PrometheusObserver:
                 for name, state in learner.core.models.items()
                 if state.kind in ("classifier", "regressor")
             }
-            self._drift = DriftMonitor(self._drift_tasks)  # type: ignore[arg-type]
+            self._drift = DriftMonitor(self._drift_tasks)
         for name, y_true, y_pred in outcomes:
             if name in self._drift_tasks and self._drift.update(name, y_true, y_pred):
                 self.metrics.drift_detected(name)
 
-    def snapshot(self, learner: Any, result: Any) -> None:
+    def snapshot(self, learner: LearnerView, result: SnapshotResult) -> None:
         if not result.ok:
             return
         store = learner.snapshotter.store

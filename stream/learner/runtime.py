@@ -13,6 +13,7 @@ from schemas.settings import Settings
 from stream.kafka.client import EventProducer, create_topics, open_source, partitions_for
 from stream.kafka.deadletter import DeadLetters
 from stream.learner.loop import Learner
+from stream.learner.observing import Observer
 from stream.registry.registry import Registry
 from stream.store.commands import CommandQueue
 from stream.store.snapshots import SnapshotStore, open_store
@@ -59,7 +60,11 @@ def promote_after_write(keep: int) -> Callable[[SnapshotStore, int, dict[str, Sn
 
 
 def build_learner(
-    settings: Settings, specs: list[ModelSpec], *, observer: object = None, use_fork: bool = True
+    settings: Settings,
+    specs: list[ModelSpec],
+    *,
+    observer: Observer | None = None,
+    use_fork: bool = True,
 ) -> Learner:
     bootstrap = settings.kafka_bootstrap_servers
     if not bootstrap:
