@@ -92,7 +92,11 @@ def build_learner(
         store_factory=lambda: snapshot_store(settings),
         dead_letters=DeadLetters(EventProducer(bootstrap, linger_ms=5), settings.topic_dlq),
         observer=observer,
-        commands=CommandQueue(redis.Redis.from_url(redis_url), settings.redis_prefix),
+        # Checked every 0.2 s on the learning thread: a hung Redis may hold it 0.5 s at most.
+        commands=CommandQueue(
+            redis.Redis.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=0.5),
+            settings.redis_prefix,
+        ),
         use_fork=use_fork,
     )
     learner.snapshotter.after_write = promote_after_write(settings.snapshot_retention)
