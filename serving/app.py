@@ -134,8 +134,10 @@ def create_app(
     app.state.store = store
     install_graphs(app, graphs, fast_path=fast_path)  # /v1/graphs (serving.graphs)
     app.include_router(
-        v2_router(follower, limits=limits, max_body_bytes=max_body_bytes, observe=observe)
-    )  # Open Inference Protocol v2
+        v2_router(
+            follower, limits=limits, max_body_bytes=max_body_bytes, observe=observe, graphs=graphs
+        )
+    )  # Open Inference Protocol v2, models and graphs
 
     @app.post(
         PREDICT_ROUTE, summary="Predict with the served version of a model",

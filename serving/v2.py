@@ -54,6 +54,18 @@ Outputs, each of shape ``[n]``:
 A request's ``outputs`` selects among these by name (an unknown one is a 400); without it,
 all are returned.
 
+Graphs (`serving.graphs`, when the app passes its service): ``/v2/models/{name}`` also answers
+for a served graph, when no model has that name. Its metadata has platform
+``riverstream-graph``, the ``features`` BYTES input (rules may read features no model knows),
+the outputs its members suggest plus five BYTES outputs: ``decided_by``, ``decision`` and
+``reason`` (``""`` when no rule decided), ``path`` (the choices made, a JSON array) and
+``versions`` (every model used and its version, a JSON object). It is ready when every member
+is loaded (else 503 naming them). An infer request's rows are answered by the function of
+``/v1/graphs/{name}/predict`` (one view of the served models for all rows; ``model_version``
+is the graph's version); the request ``id`` is every row's id (sticky splits, shadow
+sampling); shadows run after the response. Such a request is counted under both routes in
+``riverstream_http_requests_total``.
+
 Errors are ``{"error": "..."}``: 404 for an unknown model or version, 503 for a model known
 but not loaded yet (or a server not ready), 400 for everything the client can fix — invalid
 JSON, a malformed tensor, a wrong datatype or shape, features the model cannot use, a body
@@ -70,14 +82,16 @@ from __future__ import annotations
 import importlib.metadata
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from river import compose
+from starlette.background import BackgroundTask
 
 from learners.predictor import MODEL_INPUT_ERRORS, ServedModel
+from schemas.graphs import GraphSpec
 from serving.inputs import InputLimits
 from stream.store.follower import SnapshotFollower
 
@@ -435,17 +449,16 @@ def parse_infer_body(raw: bytes, limits: InputLimits) -> tuple[Any, list[dict[st
     return request_id, rows, outputs
 
 
-def infer_outputs(
-    served: ServedModel, rows: list[dict[str, Any]], requested: list[dict[str, Any]] | None
-) -> list[dict[str, Any]]:
-    """The output tensors for ``rows``; the model's input errors propagate."""
-    predictions, probabilities = [], []
-    for x in rows:
-        prediction, proba = served.predict(x)
-        predictions.append(_plain(prediction))
-        probabilities.append(proba)
+def output_tensors(
+    predictions: list[Any],
+    probabilities: list[Mapping[Any, float] | None],
+    extra: Mapping[str, list[str]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Output tensors by name: ``prediction``, one ``proba_<class>`` per class that any row's
+    probabilities give (none when no row has probabilities), then ``extra`` BYTES columns."""
+    predictions = [_plain(p) for p in predictions]
     datatype = label_datatype(predictions)
-    n = len(rows)
+    n = len(predictions)
     tensors = {
         "prediction": {
             "name": "prediction",
@@ -454,19 +467,124 @@ def infer_outputs(
             "data": _tensor_data(datatype, predictions),
         }
     }
-    if served.kind == "classifier":
-        classes = {label_text(c): c for proba in probabilities for c in proba or {}}
-        for text in sorted(classes):
-            c = classes[text]
-            name = PROBA_PREFIX + text
-            data = [float(_plain((proba or {}).get(c, 0.0))) for proba in probabilities]
-            tensors[name] = {"name": name, "datatype": "FP64", "shape": [n], "data": data}
+    classes = {label_text(c): c for proba in probabilities for c in proba or {}}
+    for text in sorted(classes):
+        c = classes[text]
+        name = PROBA_PREFIX + text
+        data = [float(_plain((proba or {}).get(c, 0.0))) for proba in probabilities]
+        tensors[name] = {"name": name, "datatype": "FP64", "shape": [n], "data": data}
+    for name, column in (extra or {}).items():
+        tensors[name] = {"name": name, "datatype": "BYTES", "shape": [n], "data": column}
+    return tensors
+
+
+def select_outputs(
+    tensors: dict[str, dict[str, Any]], requested: list[dict[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """The requested outputs in the requested order (all when None); an unknown name is a 400."""
     if requested is None:
         return list(tensors.values())
     missing = [o["name"] for o in requested if o["name"] not in tensors]
     if missing:
         raise V2Error(400, f"unknown output(s) {missing}: this model gives {sorted(tensors)}")
     return [tensors[o["name"]] for o in requested]
+
+
+def infer_outputs(
+    served: ServedModel, rows: list[dict[str, Any]], requested: list[dict[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """The output tensors for ``rows``; the model's input errors propagate."""
+    predictions: list[Any] = []
+    probabilities: list[Mapping[Any, float] | None] = []
+    for x in rows:
+        prediction, proba = served.predict(x)
+        predictions.append(prediction)
+        probabilities.append(proba if served.kind == "classifier" else None)
+    return select_outputs(output_tensors(predictions, probabilities), requested)
+
+
+# -- graphs ------------------------------------------------------------------------------------
+class ServedGraphLike(Protocol):
+    """What v2 reads of a served graph (`stream.store.graph_follower.ServedGraph`)."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def spec(self) -> GraphSpec: ...
+
+
+class GraphSource(Protocol):
+    def get(self, name: str) -> ServedGraphLike | None: ...
+
+
+class GraphBackend(Protocol):
+    """What v2 uses of the graph service (`serving.graphs.GraphService`): its follower, the
+    answer of ``/v1/graphs/{name}/predict`` to a body, and running that answer's shadows."""
+
+    @property
+    def follower(self) -> GraphSource: ...
+
+    def answer(self, name: str, raw: bytes | None) -> tuple[int, dict[str, Any], Any]: ...
+
+    def run_later(self, job: Any) -> None: ...
+
+
+GRAPH_PLATFORM: Final = "riverstream-graph"
+GRAPH_OUTPUTS: Final = ("decided_by", "decision", "reason", "path", "versions")
+
+
+def graph_metadata(
+    name: str, graph: ServedGraphLike, models: Mapping[str, ServedModel]
+) -> dict[str, Any]:
+    """The ``GET /v2/models/{graph}`` answer: outputs as the members loaded here suggest."""
+    members = [models[m] for m in graph.spec.model_names() if m in models]
+    kinds = {m.kind for m in members}
+    if kinds == {"classifier"}:
+        classes = {label_text(c): c for m in members for c in known_classes(m)}
+        ordered = [classes[t] for t in sorted(classes)]
+        outputs = [{"name": "prediction", "datatype": label_datatype(ordered), "shape": [-1]}]
+        outputs += [
+            {"name": PROBA_PREFIX + label_text(c), "datatype": "FP64", "shape": [-1]}
+            for c in ordered
+        ]
+    else:
+        datatype = "FP64" if kinds and "classifier" not in kinds else "BYTES"
+        outputs = [{"name": "prediction", "datatype": datatype, "shape": [-1]}]
+    outputs += [{"name": o, "datatype": "BYTES", "shape": [-1]} for o in GRAPH_OUTPUTS]
+    return {
+        "name": name,
+        "versions": [str(graph.version)],
+        "platform": GRAPH_PLATFORM,
+        "inputs": [{"name": JSON_INPUT, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": outputs,
+    }
+
+
+def _v1_problems(detail: Any) -> str:
+    """``/v1``'s error detail (a message, or a list of ``{"loc", "msg", "type"}``) as text."""
+    if not isinstance(detail, list):
+        return str(detail)
+    return "; ".join(
+        f"{'.'.join(str(p) for p in d.get('loc', [])[1:]) or 'body'}: {d.get('msg')}"
+        for d in detail
+    )
+
+
+def graph_outputs(content: dict[str, Any], requested: list[dict[str, Any]] | None) -> list[Any]:
+    """Output tensors of a ``/v1/graphs`` batch answer."""
+    answers = content["predictions"]
+    extra = {
+        "decided_by": [label_text(a["decided_by"]) for a in answers],
+        "decision": [label_text(a["decision"]) for a in answers],
+        "reason": [label_text(a["reason"]) for a in answers],
+        "path": [orjson.dumps(list(a["path"])).decode() for a in answers],
+        "versions": [orjson.dumps(a["versions"]).decode() for a in answers],
+    }
+    tensors = output_tensors(
+        [a["prediction"] for a in answers], [a["probabilities"] for a in answers], extra
+    )
+    return select_outputs(tensors, requested)
 
 
 # -- the router --------------------------------------------------------------------------------
@@ -487,8 +605,10 @@ def v2_router(
     limits: InputLimits,
     max_body_bytes: int,
     observe: Observe | None = None,
+    graphs: GraphBackend | None = None,
 ) -> APIRouter:
-    """The Open Inference Protocol v2 routes over ``follower``'s models.
+    """The Open Inference Protocol v2 routes over ``follower``'s models (and ``graphs``'
+    graphs, when given: a name is looked up among the models first).
 
     ``observe(route, model, status, seconds)`` is called for every infer request (the
     Prometheus request metrics of `serving.telemetry`).
@@ -496,36 +616,48 @@ def v2_router(
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
     server = {"name": "riverstream", "version": package_version(), "extensions": []}
 
-    def lookup(name: str, version: str | None) -> ServedModel:
-        served = follower.get(name)
-        if served is None:
+    def find(name: str, version: str | None) -> ServedModel | ServedGraphLike:
+        """The served model or graph ``name`` (at ``version`` if given), or a 404/503."""
+        target: ServedModel | ServedGraphLike | None = follower.get(name)
+        if target is None:
             if follower.is_known(name):
                 raise V2Error(503, f"model {name!r} is not loaded yet")
-            raise V2Error(404, f"model {name!r} is unknown")
-        if version is not None and version != str(served.version):
+            target = graphs.follower.get(name) if graphs is not None else None
+            if target is None:
+                raise V2Error(404, f"model {name!r} is unknown")
+        if version is not None and version != str(target.version):
+            what = "model" if isinstance(target, ServedModel) else "graph"
             raise V2Error(
                 404,
-                f"version {version!r} of model {name!r} is not served (serving {served.version})",
+                f"version {version!r} of {what} {name!r} is not served (serving {target.version})",
             )
-        return served
+        return target
 
     def metadata(name: str, version: str | None) -> Response:
         try:
-            return _json(model_metadata(lookup(name, version)))
+            target = find(name, version)
         except V2Error as exc:
             return _error(exc.status, exc.message)
+        if isinstance(target, ServedModel):
+            return _json(model_metadata(target))
+        return _json(graph_metadata(name, target, follower.served))
 
     def ready(name: str, version: str | None) -> Response:
         try:
-            lookup(name, version)
+            target = find(name, version)
         except V2Error as exc:
             return _error(exc.status, exc.message)
+        if not isinstance(target, ServedModel):
+            missing = [m for m in target.spec.model_names() if follower.get(m) is None]
+            if missing:
+                return _error(503, f"graph {name!r}: model(s) {missing} not loaded")
         return _json({"name": name, "ready": True})
 
     def answer(
         name: str, version: str | None, raw: bytes | None, headers: Mapping[str, str]
-    ) -> dict[str, Any]:
-        served = lookup(name, version)
+    ) -> tuple[dict[str, Any], Any]:
+        """The answer to an infer request, and the shadow job of a graph's answer (or None)."""
+        target = find(name, version)
         if "inference-header-content-length" in headers:
             raise V2Error(400, _BINARY_HINT)
         encoding = headers.get("content-encoding", "identity").strip().lower()
@@ -534,27 +666,47 @@ def v2_router(
         if raw is None:
             raise V2Error(400, f"body larger than {max_body_bytes} bytes")
         request_id, rows, requested = parse_infer_body(raw, limits)
-        try:
-            outputs = infer_outputs(served, rows, requested)
-        except MODEL_INPUT_ERRORS as exc:
-            raise V2Error(
-                400, f"the model cannot use these features: {type(exc).__name__}: {exc}"
-            ) from None
-        content: dict[str, Any] = {"model_name": name, "model_version": str(served.version)}
+        job = None
+        if isinstance(target, ServedModel):
+            try:
+                outputs = infer_outputs(target, rows, requested)
+            except MODEL_INPUT_ERRORS as exc:
+                raise V2Error(
+                    400, f"the model cannot use these features: {type(exc).__name__}: {exc}"
+                ) from None
+            served_version = target.version
+        else:
+            assert graphs is not None
+            body: dict[str, Any] = {"instances": rows}
+            if request_id is not None:  # keys sticky splits and shadow sampling, every row
+                body["ids"] = [request_id] * len(rows)
+            status, content, job = graphs.answer(name, orjson.dumps(body))
+            if status != 200:
+                message = _v1_problems(content.get("detail"))
+                raise V2Error(400 if status in (413, 422) else status, message)
+            outputs = graph_outputs(content, requested)
+            served_version = content["graph_version"]
+        answer: dict[str, Any] = {"model_name": name, "model_version": str(served_version)}
         if request_id is not None:
-            content["id"] = request_id
-        content["outputs"] = outputs
-        return content
+            answer["id"] = request_id
+        answer["outputs"] = outputs
+        return answer, job
 
     async def infer(name: str, version: str | None, request: Request) -> Response:
         started = time.perf_counter()
         raw = await _read_body(request, max_body_bytes)
         try:
-            response = _json(answer(name, version, raw, request.headers))
+            content, job = answer(name, version, raw, request.headers)
+            response = _json(content)
+            if job is not None and graphs is not None:  # shadows, once the response is sent
+                response.background = BackgroundTask(graphs.run_later, job)
         except V2Error as exc:
             response = _error(exc.status, exc.message)
         if observe is not None:
-            label = name if follower.is_known(name) else "none"
+            found = follower.is_known(name) or (
+                graphs is not None and graphs.follower.get(name) is not None
+            )
+            label = name if found else "none"
             observe(INFER_ROUTE, label, response.status_code, time.perf_counter() - started)
         return response
 
