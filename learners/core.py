@@ -263,11 +263,12 @@ class LearningCore:
         finally:
             self._join.put_back(entries)
 
-    def advance(self, watermark: float) -> int:
+    def advance(self, watermark: float, max_labels: int | None = None) -> int:
         """Process what is safe now that all events with time < ``watermark`` have arrived.
 
         Returns how many events (features and labels) were processed. A model that raises on
-        an event is counted and skipped for that event (see the module docstring).
+        an event is counted and skipped for that event (see the module docstring). With
+        ``max_labels``, stop once that many labels were joined (the rest stays buffered).
         """
         before = self._join.events_processed
         states = list(self.models.values())
@@ -276,7 +277,7 @@ class LearningCore:
         if len(states) == 1:  # the common case, without a loop over models per event
             state = states[0]
             predict, learn = state.predict, state.learn
-            for pending, label in self._join.steps(watermark):
+            for pending, label in self._join.steps(watermark, max_labels):
                 if label is None:
                     last_x = pending.x = without_missing(pending.x)
                     try:
@@ -293,7 +294,7 @@ class LearningCore:
             if last_x is not None:
                 self._last_x = last_x
             return self._join.events_processed - before
-        for pending, label in self._join.steps(watermark):
+        for pending, label in self._join.steps(watermark, max_labels):
             failures: list[tuple[ModelState, str, Exception]] = []
             if label is None:
                 last_x = pending.x = without_missing(pending.x)

@@ -201,11 +201,16 @@ class EventTimeJoin:
         self.counters.late_events += late
         self.counters.buffered_events = len(self._buffer)
 
-    def steps(self, watermark: float) -> Iterator[tuple[Pending, LabelEvent | None]]:
+    def steps(
+        self, watermark: float, max_labels: int | None = None
+    ) -> Iterator[tuple[Pending, LabelEvent | None]]:
         """Release every buffered event that is safe below ``watermark`` (``inf``: all).
 
         Yields ``(pending, None)`` for a processed feature and ``(pending, label)`` for a
-        joined label. The records must be consumed in order: exhaust the iterator.
+        joined label. The records must be consumed in order: exhaust the iterator. With
+        ``max_labels``, stop right after the label (or the group of equal-time labels) that
+        makes that many joined: the rest stays buffered, in order, for the next call (a
+        snapshot can be cut at an exact label count).
         """
         buffer, counters = self._buffer, self.counters
         buffer.sort()
@@ -219,6 +224,8 @@ class EventTimeJoin:
         pending_by_id, orphans = self._pending, self._orphans
         seq = self._seq
         features = joined = 0
+        limit = _INF if max_labels is None else max_labels
+        stopped = False
         i = 0
         # One loop for both kinds, with the common cases inlined (a call per event costs as
         # much as the rest of the bookkeeping).
@@ -248,6 +255,8 @@ class EventTimeJoin:
                     if label is not None and pending_by_id.pop(event_id, None) is not None:
                         joined += 1
                         yield pending, label
+                        if joined >= limit:
+                            cut, stopped = i + 1, True
                 i += 1
             elif i + 1 < size and buffer[i + 1][0] == time and buffer[i + 1][1] == 0:
                 end = i + 2  # every label of this time, in the order their features came
@@ -260,6 +269,8 @@ class EventTimeJoin:
                 joined += len(group)
                 yield from group
                 i = end
+                if joined >= limit:
+                    cut, stopped = i, True
             else:  # a label alone at its time
                 event = entry[5]
                 waiting = pending_by_id.pop(event.id, None)
@@ -268,13 +279,15 @@ class EventTimeJoin:
                 else:
                     joined += 1
                     yield waiting, event
+                    if joined >= limit:
+                        cut, stopped = i + 1, True
                 i += 1
         del buffer[:cut]
         self._seq = seq
         self.events_processed += cut
         counters.features_processed += features
         counters.labels_joined += joined
-        if watermark == _INF:
+        if watermark == _INF or stopped:  # only what was processed has passed
             self._passed = max(self._passed, self._clock)
         else:
             self._passed = max(self._passed, watermark)

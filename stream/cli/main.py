@@ -228,6 +228,10 @@ def learn(
     signal.signal(signal.SIGINT, lambda *_: learner.stop())
     if learner.stats.restored_from is not None:
         console.print(f"[dim]resumed from snapshot v{learner.stats.restored_from}[/]")
+    port = settings.learner_metrics_port
+    metrics = f"http://{settings.metrics_host}:{port}/metrics" if port else "off"
+    for line in [*learner.describe(), f"metrics: {metrics}"]:
+        console.print(f"[dim]{line}[/]", highlight=False)
     for summary in learner.run(exit_when_idle=exit_when_idle):
         out.print(json.dumps(summary), soft_wrap=True, highlight=False)
 

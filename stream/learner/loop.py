@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -126,6 +127,9 @@ class Learner:
         self._last_snapshot_at = clock()
         self.outage = Outage(settings.redis_outage_seconds, clock)
         self._snapshot_failed = False
+        # A fresh stream gets its first version as soon as labels were learned, not after
+        # RIVERSTREAM_SNAPSHOT_EVERY_SECONDS: until then the API has no model to serve.
+        self._first_snapshot_due = restored is None
         self._last_command_check = -1e9
         self._last_record_at = clock()
         self._stop = threading.Event()
@@ -152,6 +156,24 @@ class Learner:
         self._caught_up_since: dict[tuple[int, int], float] = {}
         self._last_ends_check = -1e9
         self._labels_at_snapshot = self.core.counters.labels_joined
+
+    def describe(self) -> list[str]:
+        """Where the learner stands, for its start-up lines: models, topics, resume point."""
+        s = self.settings
+        models = ", ".join(f"{spec.name}={spec.spec}" for spec in self.specs)
+        start = (
+            f"resuming from v{self.stats.restored_from} at offsets "
+            + ", ".join(f"{k}={v}" for k, v in sorted(self.offsets.items()))
+            if self.stats.restored_from is not None
+            else "a fresh stream, from the earliest offsets"
+        )
+        return [
+            f"models: {models}",
+            f"topics: {s.topic_features} + {s.topic_labels} (dead letters: {s.topic_dlq})",
+            f"redis: {s.redis_url} prefix {s.redis_prefix!r}; snapshots every "
+            f"{s.snapshot_every_labels} labels or {s.snapshot_every_seconds:g} s",
+            start,
+        ]
 
     def extras(self) -> dict[str, Any]:
         """Adapter state saved in the checkpoint beside the core."""
@@ -388,14 +410,26 @@ class Learner:
 
     def _process(self) -> None:
         value = self.watermark.value()
+        if value is None:
+            if not self._all_idle():
+                return
+            value = math.inf  # every input idle: release everything held
+        every = self.settings.snapshot_every_labels
+        while True:
+            # Versions are the granularity of rollback: the work is cut at the label count,
+            # so a snapshot covers exactly N more labels (when one can be taken right away).
+            cut = not self.snapshotter.busy and self.outage.up
+            since = self.core.counters.labels_joined - self._labels_at_snapshot
+            self._advance(value, max(1, every - since) if cut else None)
+            if cut and self.core.counters.labels_joined - self._labels_at_snapshot >= every:
+                self._maybe_snapshot(self.clock())
+                continue
+            return
+
+    def _advance(self, value: float, max_labels: int | None) -> None:
         labels_before = self.core.counters.labels_joined
         start = time.perf_counter()
-        if value is not None:
-            processed = self.core.advance(value)
-        elif self._all_idle():
-            processed = self.core.flush()
-        else:
-            return
+        processed = self.core.advance(value, max_labels)
         if self.core.unusable:
             self._dead_letter_unusable()
         if processed and self.observer is not None:
@@ -454,6 +488,7 @@ class Learner:
         labels = self.core.counters.labels_joined - self._labels_at_snapshot
         due = (
             self._snapshot_failed  # retried as soon as the backoff allows
+            or (self._first_snapshot_due and labels > 0)
             or labels >= self.settings.snapshot_every_labels
             or (labels > 0 and now - self._last_snapshot_at >= self.settings.snapshot_every_seconds)
         )
@@ -513,6 +548,7 @@ class Learner:
         self._snapshot_failed = not result.ok
         if result.ok:
             self.stats.last_snapshot_version = result.version
+            self._first_snapshot_due = False
             self.outage.recovered()
         elif self._redis_unreachable():
             self.outage.failed(f"snapshot v{result.version}", ConnectionError("unreachable"))

@@ -192,6 +192,8 @@ def test_the_learner_rides_out_redis_killed_and_hung(
 
     text = log.read_text()
     assert "Redis unreachable" in text and "Redis is back after an outage of" in text
+    # It said at start where it stands.
+    assert "models: lr=logreg" in text and f"127.0.0.1:{metrics_port}/metrics" in text
     assert statuses[200] > 0
     assert {code for code in statuses if code >= 500 or code == 0} == set(), statuses
 

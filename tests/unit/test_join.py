@@ -197,3 +197,29 @@ def test_a_late_event_set_aside_for_a_checkpoint_is_not_counted_twice():
     checkpoint.push_feature(feature(1, 5), F, 1)  # read again after a restore
     assert checkpoint.counters.late_events == 1
     assert released(checkpoint, 12) == released(join, 12) == [("1", "F")]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 30))
+def test_cutting_at_a_label_count_changes_nothing_but_where_it_stops(seed: int, k: int) -> None:
+    """``max_labels`` stops right after the k-th joined label (or the equal-time group that
+    holds it) and leaves the rest buffered: taking the steps k labels at a time yields exactly
+    the uncut sequence."""
+    events = list(dataset_events("Phishing", label_delay="random:0-20", limit=150, seed=seed))
+    whole, cut = EventTimeJoin(), EventTimeJoin()
+    for join in (whole, cut):
+        for offset, event in enumerate(events):
+            if isinstance(event, FeatureEvent):
+                join.push_feature(event, (0, offset % 3), offset)
+            else:
+                join.push_label(event, (1, offset % 3), offset)
+    expected = [(p.id, None if label is None else label.id) for p, label in whole.steps(120.0)]
+    got: list[tuple[str, str | None]] = []
+    while True:
+        before = cut.counters.labels_joined
+        got += [(p.id, None if label is None else label.id) for p, label in cut.steps(120.0, k)]
+        joined = cut.counters.labels_joined - before  # > k only to finish an equal-time group
+        if joined < k:
+            break
+    assert got == expected
+    assert cut.counters.late_events == whole.counters.late_events == 0
