@@ -7,6 +7,7 @@ commands stay quick (River takes ≈ 1 s to import; tests/unit/test_cli_imports.
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import sys
@@ -133,6 +134,9 @@ def score(
         rows = file_rows(Path(source))
     store = open_store(settings)
     served = load_served(store, target, version)
+    # The model (up to hundreds of MB of small objects) never becomes garbage: keep the
+    # collector from traversing it again and again while rows are scored.
+    gc.freeze()
     sinks: list[Sink] = []
     table = None
     try:

@@ -50,8 +50,19 @@ CHUNK = 2048
 KAFKA_STALL_SECONDS = 30.0
 """A Kafka input making no progress for this long is an error (the broker is gone)."""
 
-Row = tuple[str, bytes | SchemaError]
-"""Where a row was (``line 7``) and its JSON bytes, or why it could not even be read."""
+Where = int | str
+"""Where a row was: its line number in a file, or ``partition P offset O`` in a topic."""
+Row = tuple[Where, bytes | SchemaError]
+"""Where a row was and its JSON bytes, or why it could not even be read."""
+
+
+def where_text(where: Where) -> str:
+    """``line 7`` for a line number; a topic position as it is.
+
+    >>> where_text(7), where_text("partition 1 offset 30")
+    ('line 7', 'partition 1 offset 30')
+    """
+    return f"line {where}" if isinstance(where, int) else where
 
 
 @dataclass(frozen=True)
@@ -118,10 +129,14 @@ def file_rows(path: Path) -> Iterator[Row]:
     if not path.exists():
         raise RiverstreamError(f"{path}: no such file")
     for line, row in read_rows(path, "features"):
+        if isinstance(row, bytes):
+            yield line, row
+            continue
         try:
-            yield f"line {line}", row_json(row)
+            raw: bytes | SchemaError = row_json(row)
         except SchemaError as exc:
-            yield f"line {line}", exc
+            raw = exc
+        yield line, raw
 
 
 def kafka_rows(bootstrap: str, topic: str) -> Iterator[Row]:
@@ -275,10 +290,10 @@ def score_rows(
     started = time.perf_counter()
     for chunk in _chunks(rows):
         raws: list[bytes] = []
-        wheres: list[str] = []
+        wheres: list[Where] = []
         for where, raw in chunk:
             if isinstance(raw, SchemaError):
-                rejected.append(Rejected(where, str(raw)))
+                rejected.append(Rejected(where_text(where), str(raw)))
             else:
                 raws.append(raw)
                 wheres.append(where)
@@ -288,7 +303,7 @@ def score_rows(
         good = iter(events)
         for index, where in enumerate(wheres):
             if index in bad:
-                rejected.append(Rejected(where, str(bad[index])))
+                rejected.append(Rejected(where_text(where), str(bad[index])))
                 continue
             event = next(good)
             if time_range is not None and not time_range[0] <= event.time <= time_range[1]:
@@ -298,7 +313,7 @@ def score_rows(
                 body = answer_body(served, event.id, event.features)
                 out.append((event.id, body, encode(body)))
             except SchemaError as exc:
-                rejected.append(Rejected(where, str(exc)))
+                rejected.append(Rejected(where_text(where), str(exc)))
         for sink in sinks:
             sink.write(out)
         report.scored += len(out)
