@@ -103,7 +103,10 @@ class Watermark:
 
         ``None`` when no active source is known or an active one has delivered nothing yet.
         """
-        active = [seen for source, seen in self._max.items() if source not in self._idle]
-        if not active or None in active:
-            return None
-        return min(active)  # type: ignore[type-var]
+        active: list[float] = []
+        for source, seen in self._max.items():
+            if source not in self._idle:
+                if seen is None:
+                    return None
+                active.append(seen)
+        return min(active) if active else None

@@ -28,12 +28,12 @@ from pathlib import Path
 from schemas.errors import ServiceError
 
 
-def _seconds(value: object) -> float:
+def _seconds(value: str | datetime | float) -> float:
     if isinstance(value, str):
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     if isinstance(value, datetime):
         return value.timestamp()
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 def samples_from_snapshots(metadata: Sequence[Mapping]) -> list[dict]:

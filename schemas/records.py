@@ -35,15 +35,17 @@ class JsonRecord:
     """JSON (de)serialisation of a frozen dataclass; unreadable JSON is a `SnapshotError`."""
 
     _what: ClassVar[str]
+    # Set by @dataclass on every subclass; declared so that the type checker sees a dataclass.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()  # type: ignore[call-overload]
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Self:
         try:
             data = json.loads(raw)
-            return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+            return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
         except (ValueError, TypeError, KeyError) as exc:
             raise SnapshotError(f"unreadable {cls._what}: {exc!r}") from None
 

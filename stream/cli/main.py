@@ -21,6 +21,7 @@ from stream.cli.snapshots import snapshots_app
 from stream.dev import services as svc
 
 if TYPE_CHECKING:
+    from stream.kafka.publish import Kind
     from stream.learner.observing import Observer
 
 app = typer.Typer(
@@ -134,7 +135,7 @@ def _progress(total: int | None) -> Progress:
     )
 
 
-def _publish_file(path: Path, kind: str) -> None:
+def _publish_file(path: Path, kind: Kind) -> None:
     from stream.kafka.publish import Publisher, read_rows
 
     if not path.exists():
@@ -144,8 +145,8 @@ def _publish_file(path: Path, kind: str) -> None:
         with _progress(None) as progress:
             task = progress.add_task(f"publishing {kind}", total=None)
             report = publisher.publish_rows(
-                read_rows(path, kind),  # type: ignore[arg-type]
-                kind,  # type: ignore[arg-type]
+                read_rows(path, kind),
+                kind,
                 progress=lambda n: progress.advance(task, n),
             )
     finally:

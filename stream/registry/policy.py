@@ -4,6 +4,7 @@ I/O here; the records themselves are in `schemas.records`)."""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import math
 import os
@@ -25,10 +26,10 @@ def bigger_is_better(metric: str) -> bool:
     from river import metrics
 
     cls = getattr(metrics, metric, None) if metric.isidentifier() else None
-    try:
-        return bool(cls().bigger_is_better)  # type: ignore[misc]
-    except Exception:
-        raise RegistryError(f"unknown metric {metric!r}: not a class of river.metrics") from None
+    if cls is not None:
+        with contextlib.suppress(Exception):
+            return bool(cls().bigger_is_better)
+    raise RegistryError(f"unknown metric {metric!r}: not a class of river.metrics")
 
 
 def guard_allows(
