@@ -12,7 +12,9 @@ interpreter), in a fresh process per run:
   the end), holding ``--versions`` versions of model ``M`` and a promotion history.
 
 Each command runs ``--repeat`` times (after one untimed warm-up run that fills the OS caches);
-the table shows the median and the fastest run, and the median divided by the baseline's.
+the table shows the median and the fastest wall-clock time, the median divided by the
+baseline's, and the median CPU time (user + system) of the process, which the other loads of a
+shared machine disturb less than wall-clock time.
 
     python bench/cli_startup.py                 # 7 repetitions
     python bench/cli_startup.py --repeat 15 --versions 20
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -71,14 +74,17 @@ def fill(settings: Settings, versions: int) -> None:
     store.client.close()
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    """Wall-clock seconds of one run of ``argv``, which must succeed."""
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall-clock and CPU (user + system) seconds of one run of ``argv``, which must succeed."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(argv, env=env, capture_output=True, check=False)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the run's child is reaped: counted
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed:\n{result.stderr.decode()[-2000:]}")
-    return elapsed
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return elapsed, cpu
 
 
 def main() -> None:
@@ -106,19 +112,23 @@ def main() -> None:
                 "RIVERSTREAM_REDIS_PREFIX": "bench",
                 "COLUMNS": "200",
             }
-            times: dict[str, list[float]] = {}
+            times: dict[str, list[tuple[float, float]]] = {}
             for name, argv in commands.items():
                 timed(argv, env)  # warm-up
                 times[name] = [timed(argv, env) for _ in range(args.repeat)]
         finally:
             manager.down(("redis",), purge=True)
 
-    base = statistics.median(times["python -c pass"])
-    print(f"{args.repeat} runs each, {args.versions} versions, Python {sys.version.split()[0]}")
-    print(f"{'command':<34} {'median s':>9} {'fastest s':>10} {'÷ python -c pass':>17}")
+    base = statistics.median(wall for wall, _cpu in times["python -c pass"])
+    print(f"{args.repeat} runs each, {args.versions} versions, Python {sys.version.split()[0]}, "
+          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(f"{'command':<34} {'median s':>9} {'fastest s':>10} {'÷ python -c pass':>17} "
+          f"{'CPU s':>6}")  # fmt: skip
     for name, runs in times.items():
-        median = statistics.median(runs)
-        print(f"{name:<34} {median:>9.3f} {min(runs):>10.3f} {median / base:>17.1f}")
+        median = statistics.median(wall for wall, _cpu in runs)
+        fastest = min(wall for wall, _cpu in runs)
+        cpu = statistics.median(cpu for _wall, cpu in runs)
+        print(f"{name:<34} {median:>9.3f} {fastest:>10.3f} {median / base:>17.1f} {cpu:>6.3f}")
 
 
 if __name__ == "__main__":
