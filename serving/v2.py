@@ -51,8 +51,8 @@ Outputs, each of shape ``[n]``:
   of that class in each row (0 when the model does not give that class for a row). Numeric
   tensors rather than one JSON string: clients read them straight into arrays.
 
-A request's ``outputs`` selects among these by name (an unknown one is a 400); without it,
-all are returned.
+A request's ``outputs`` selects among these by name (an unknown one is a 400); without it (or
+with an empty list), all are returned.
 
 Graphs (`serving.graphs`, when the app passes its service): ``/v2/models/{name}`` also answers
 for a served graph, when no model has that name. Its metadata has platform
@@ -481,8 +481,9 @@ def output_tensors(
 def select_outputs(
     tensors: dict[str, dict[str, Any]], requested: list[dict[str, Any]] | None
 ) -> list[dict[str, Any]]:
-    """The requested outputs in the requested order (all when None); an unknown name is a 400."""
-    if requested is None:
+    """The requested outputs in the requested order (all when none are named, as Triton does);
+    an unknown name is a 400."""
+    if not requested:
         return list(tensors.values())
     missing = [o["name"] for o in requested if o["name"] not in tensors]
     if missing:

@@ -231,6 +231,8 @@ def test_infer_row_shapes_outputs_and_missing_features(served: dict[str, Any]) -
     answer = client.post("/v2/models/clf/infer", json=body).json()
     assert [o["name"] for o in answer["outputs"]] == ["proba_true", "prediction"]
     assert "id" not in answer
+    every = client.post("/v2/models/clf/infer", json={"inputs": inputs, "outputs": []}).json()
+    assert [o["name"] for o in every["outputs"]] == ["prediction", "proba_false", "proba_true"]
     sent = [dict(x) for x in rows]
     sent[1]["https"] = None
     want = v1(client, "clf", sent)["predictions"]
