@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _BROKER_ASK_SECONDS = 5.0
 _FIRST_FETCH_GRACE_SECONDS = 1.0
+_BROKER_RECHECK_SECONDS = 1.0
 
 
 class Record(NamedTuple):
@@ -231,11 +232,25 @@ class ConfluentSource:
                 "auto.offset.reset": "earliest",
                 "fetch.wait.max.ms": 50,
                 "queued.min.messages": 200_000,
+                # A broker that went away is asked again every 0.1 s growing to 2 s, not 50 ms.
+                "reconnect.backoff.ms": 100,
+                "reconnect.backoff.max.ms": 2000,
+                "error_cb": self._on_error,
             }
         )
         self._assigned: list[tuple[str, int]] = []
         self._ask_after = 0.0
         self._asked: dict[tuple[str, int], tuple[float, int]] = {}
+        self._broker_lost = False
+        self._broker_checked = 0.0
+
+    def _on_error(self, error: Any) -> None:
+        """librdkafka's error callback (served by poll): a lost broker connection means the
+        cached log ends may be stale, so no partition counts as caught up until it is back."""
+        from confluent_kafka import KafkaError
+
+        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self._broker_lost = True
 
     def assign(self, positions: dict[tuple[str, int], int]) -> None:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
@@ -292,8 +307,20 @@ class ConfluentSource:
         # up. Its first fetch response normally comes within ≈ 100 ms of the assignment, so
         # the broker is asked only after a grace (asking at once cost the learner's first
         # batch ≈ 0.2 s), then at most every few seconds, in case fetches never come.
-        ends = {}
+        ends: dict[tuple[str, int], int] = {}
         now = time.monotonic()
+        if self._broker_lost:
+            # While the broker is away, its partitions may be filling: none is caught up (an
+            # outage must not count as idleness, which would release events out of order).
+            if now - self._broker_checked < _BROKER_RECHECK_SECONDS:
+                return ends
+            self._broker_checked = now
+            try:
+                self._consumer.list_topics(timeout=1.0)
+            except KafkaException:
+                return ends
+            self._broker_lost = False
+            log.warning("Kafka broker reachable again")
         for topic, partition in self._assigned:
             tp = TopicPartition(topic, partition)
             _low, high = self._consumer.get_watermark_offsets(tp, cached=True)

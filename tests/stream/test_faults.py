@@ -1,4 +1,5 @@
-"""Faults on real servers with connected clients: the learner rides out Redis dying and hanging.
+"""Faults on real servers with connected clients: the learner rides out Redis dying and hanging,
+and a broker restart.
 
 A learner works through 30 000 events that arrive in three stretches while an API answers a
 steady stream of predictions. Redis (a private one, so the rest of the suite is untouched) is
@@ -11,6 +12,7 @@ model and metric equal `river.evaluate.progressive_val_score` on the same data.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -27,9 +29,17 @@ import redis
 from river import evaluate, metrics
 
 from learners.datasets import dataset_events, load_dataset, river_delay
+from learners.serialization import load_signed
 from learners.specs import build_estimator
 from schemas.settings import Settings
-from stream.dev.services import ensure_debian_binary, free_port, stop_pid
+from stream.dev.ports import PORTS_FILE
+from stream.dev.services import (
+    ServiceManager,
+    ensure_debian_binary,
+    free_port,
+    pid_alive,
+    stop_pid,
+)
 from stream.learner.runtime import snapshot_store
 from tests.stream.helpers import fast, final_model, publish, spawn_cli
 
@@ -197,16 +207,7 @@ def test_the_learner_rides_out_redis_killed_and_hung(
     assert statuses[200] > 0
     assert {code for code in statuses if code >= 500 or code == 0} == set(), statuses
 
-    # Equal to River over the same data: nothing learned twice, nothing skipped.
-    model = build_estimator("logreg")
-    accuracy = metrics.Accuracy()
-    data = itertools.islice(load_dataset("synth.Agrawal", seed=SEED), LIMIT)
-    evaluate.progressive_val_score(data, model, accuracy, delay=river_delay(DELAY, SEED))
-    ours = final_model(s, "lr")
-    assert ours.samples_learned == LIMIT
-    assert ours.metric_values() == {"Accuracy": accuracy.get()}
-    for x, _ in itertools.islice(load_dataset("synth.Agrawal", seed=SEED), 0, LIMIT, 1499):
-        assert ours.model.predict_proba_one(x) == model.predict_proba_one(x)
+    assert_equal_to_river(s)  # nothing learned twice, nothing skipped
 
 
 def _version(store) -> int | None:
@@ -229,3 +230,73 @@ def _status(url: str) -> int:
         return httpx.get(url, timeout=2).status_code
     except httpx.HTTPError:
         return 0
+
+
+@pytest.fixture
+def private_kafka(tmp_path: Path) -> Iterator[tuple[ServiceManager, str]]:
+    """A broker of this test (started like `riverstream services up`), so that killing it
+    leaves the rest of the suite alone."""
+    state = tmp_path / "kafka-state"
+    manager = ServiceManager(Settings(state_dir=state))
+    (state / "kafka").mkdir(parents=True)
+    ports = {"broker": free_port(), "controller": free_port()}
+    (state / "kafka" / PORTS_FILE).write_text(json.dumps(ports))
+    try:
+        yield manager, manager.up(("kafka",))["kafka"].address
+    finally:
+        manager.down(("kafka",), purge=True)
+
+
+def test_the_learner_rides_out_a_broker_restart(
+    settings: Settings, private_kafka: tuple[ServiceManager, str], tmp_path: Path
+) -> None:
+    """kill -9 of the broker while the learner reads from it, restart in place three seconds
+    later: nothing on our side aborts, the learner continues from where it was, and the end
+    equals River (nothing learned twice, nothing skipped)."""
+    manager, bootstrap = private_kafka
+    metrics_port = free_port()
+    s = fast(
+        settings, kafka_bootstrap_servers=bootstrap, learner_metrics_port=metrics_port,
+        snapshot_every_labels=2_000, watermark_idle_grace=15.0,
+    )  # fmt: skip
+    events = list(dataset_events("synth.Agrawal", label_delay=DELAY, limit=LIMIT, seed=SEED))
+    half = len(events) // 2
+    log = tmp_path / "learner.log"
+    publish(s, events[:half])
+    learner = spawn_cli(s, ["learn", "--model", "lr=logreg", "--metric", "Accuracy"], log)
+    try:
+        wait(lambda: learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
+             >= half // 2 - 2 * DELAY, 90, "the first half")  # fmt: skip
+        broker = manager.running()["kafka"]
+        os.kill(broker.pid, signal.SIGKILL)
+        wait(lambda: not pid_alive(broker.pid), 10, "the broker to die")
+        down = time.monotonic()
+        wait(lambda: time.monotonic() - down >= 3, 10, "three seconds without a broker")
+        assert learner.poll() is None, log.read_text()[-3000:]
+        assert manager.up(("kafka",))["kafka"].address == bootstrap  # in place
+        publish(s, events[half:])
+        wait(lambda: learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
+             >= LIMIT, 120, "the whole stream")  # fmt: skip
+        assert learner.poll() is None, log.read_text()[-3000:]
+        os.kill(learner.pid, signal.SIGTERM)
+        assert learner.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if learner.poll() is None:
+            learner.kill()
+            learner.wait(timeout=10)
+    # Not one event was taken for late: the outage did not count as the partitions' idleness.
+    _v, blob, _o = snapshot_store(s).latest_checkpoint()
+    assert load_signed(blob, s.require_snapshot_key())["core"].counters.late_events == 0
+    assert_equal_to_river(s)
+
+
+def assert_equal_to_river(s: Settings) -> None:
+    model = build_estimator("logreg")
+    accuracy = metrics.Accuracy()
+    data = itertools.islice(load_dataset("synth.Agrawal", seed=SEED), LIMIT)
+    evaluate.progressive_val_score(data, model, accuracy, delay=river_delay(DELAY, SEED))
+    ours = final_model(s, "lr")
+    assert ours.samples_learned == LIMIT
+    assert ours.metric_values() == {"Accuracy": accuracy.get()}
+    for x, _ in itertools.islice(load_dataset("synth.Agrawal", seed=SEED), 0, LIMIT, 1499):
+        assert ours.model.predict_proba_one(x) == model.predict_proba_one(x)
