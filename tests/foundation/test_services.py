@@ -17,8 +17,21 @@ from stream.dev.ports import PORTS_FILE
 from stream.dev.services import ServiceManager, free_port, pid_alive, wait_until
 from stream.kafka.client import EventProducer, broker_ready, create_topics, read_all
 
+PORT_NAMES = {"kafka": ("broker", "controller"), "redis": ("redis",)}
+
+
+def own_ports(state: Path, *services: str) -> None:
+    """Record free ports for ``services`` before their first start, instead of the preferred
+    9092 and 6379: another test run on this machine could take those while ours are stopped,
+    and `up` would then rightly refuse to start."""
+    for name in services:
+        (state / name).mkdir(parents=True)
+        ports = {port: free_port() for port in PORT_NAMES[name]}
+        (state / name / PORTS_FILE).write_text(json.dumps(ports))
+
 
 def test_kafka_lifecycle_is_idempotent_and_recovers_from_kill(tmp_path: Path) -> None:
+    own_ports(tmp_path, "kafka")
     manager = ServiceManager(Settings(state_dir=tmp_path))
     first = manager.up(("kafka",))["kafka"]
     try:
@@ -58,6 +71,7 @@ def test_status_json_reports_addresses(services, services_state: Path) -> None:
 def test_redis_keeps_data_across_restart(tmp_path: Path) -> None:
     import redis
 
+    own_ports(tmp_path, "redis")
     manager = ServiceManager(Settings(state_dir=tmp_path))
     try:
         url = manager.up(("redis",))["redis"].url
@@ -117,12 +131,8 @@ def test_crashed_services_restart_in_place_with_their_data(tmp_path: Path) -> No
     data (the topic, its events, the Redis key), Kafka's data directory not formatted again."""
     import redis
 
+    own_ports(tmp_path, "kafka", "redis")
     manager = ServiceManager(Settings(state_dir=tmp_path))
-    # Ports of our own rather than the preferred 9092 and 6379, which another test run on this
-    # machine could take while ours are dead (`up` would then rightly refuse to start).
-    for name, ports in (("kafka", ("broker", "controller")), ("redis", ("redis",))):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / PORTS_FILE).write_text(json.dumps({p: free_port() for p in ports}))
     producer: EventProducer | None = None
     client: redis.Redis | None = None
     try:
@@ -172,6 +182,7 @@ def test_a_port_held_by_another_program_is_named(tmp_path: Path) -> None:
     program, instead of moving the service."""
     import socket
 
+    own_ports(tmp_path, "redis")
     manager = ServiceManager(Settings(state_dir=tmp_path))
     try:
         port = int(manager.up(("redis",))["redis"].address.rsplit(":", 1)[1])
