@@ -137,7 +137,7 @@ class EventCodec:
         events: list[_Event] = []
         refused: list[tuple[int, SchemaError]] = []
         for index, raw in enumerate(raws):
-            if len(raw) <= max_bytes:
+            if raw is not None and len(raw) <= max_bytes:
                 try:
                     event = decode(raw)
                 except msgspec.MsgspecError:
@@ -174,7 +174,9 @@ class EventCodec:
     def encode(self, event: FeatureEvent | LabelEvent) -> bytes:
         return self._encoder.encode(event)
 
-    def _decode(self, decoder: msgspec.json.Decoder[_Event], raw: bytes) -> _Event:
+    def _decode(self, decoder: msgspec.json.Decoder[_Event], raw: bytes | None) -> _Event:
+        if raw is None:  # a Kafka message with no value (a tombstone): nothing to learn
+            raise SchemaError("no_value", None, "the message has no value (a tombstone)")
         if len(raw) > self.limits.max_event_bytes:
             raise SchemaError(
                 "too_large", None, f"{len(raw)} bytes, the limit is {self.limits.max_event_bytes}"

@@ -75,3 +75,15 @@ def test_round_trip(features: dict[str, object], time: float) -> None:
 def test_exported_json_schema_is_current() -> None:
     for name, text in render().items():
         assert (HERE / name).read_text() == text, f"run python -m schemas.jsonschema ({name})"
+
+
+def test_a_message_without_value_is_refused_not_a_crash() -> None:
+    """A Kafka tombstone (a message whose value is null) used to crash the learner with
+    ``TypeError: len(None)``: it is refused with its reason, like any bad event."""
+    codec = EventCodec(Limits())
+    good = orjson.dumps({"id": "a", "time": 1, "features": {"x": 1}})
+    events, refused = codec.decode_features([good, None, good])  # type: ignore[list-item]
+    assert [e.id for e in events] == ["a", "a"]
+    assert [(i, e.reason) for i, e in refused] == [(1, "no_value")]
+    _, refused = codec.decode_labels([None])  # type: ignore[list-item]
+    assert refused[0][1].reason == "no_value"
