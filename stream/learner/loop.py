@@ -17,12 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import orjson
-
+from learners.comparisons import ComparePairs
 from learners.core import LearningCore
 from learners.specs import ModelSpec
 from learners.watermark import Watermark
-from schemas.errors import SchemaError, SnapshotError
+from schemas.errors import SnapshotError
 from schemas.events import EventCodec, FeatureEvent, LabelEvent, Limits
 from schemas.records import RollbackCommand
 from schemas.settings import Settings
@@ -32,15 +31,16 @@ from stream.checkpoint.protocol import (
     SkipRanges,
     SnapshotResult,
     Snapshotter,
-    kept_indexes,
     offsets_key,
     restore,
     resume_positions,
 )
-from stream.kafka.client import RecordRun, RecordSource
+from stream.kafka.client import RecordSource
 from stream.kafka.deadletter import DeadLetters
+from stream.learner.idleness import Idleness
+from stream.learner.ingest import Ingest
 from stream.learner.outage import Outage
-from stream.store.commands import CommandQueue, in_ranges
+from stream.store.commands import CommandQueue
 from stream.store.snapshots import RedisUnavailableError, SnapshotStore
 
 if TYPE_CHECKING:
@@ -87,9 +87,11 @@ class Learner:
         commands: CommandQueue | None = None,
         clock: Clock = time.monotonic,
         use_fork: bool = True,
+        compare: ComparePairs = (),
     ) -> None:
         self.settings = settings
         self.specs = specs
+        self.compare = compare
         self.source = source
         self.codec = EventCodec(Limits.from_settings(settings))
         self.dead_letters = dead_letters
@@ -107,6 +109,12 @@ class Learner:
         self._topics = (settings.topic_features, settings.topic_labels)
         self._sources = [(t, p) for t in range(2) for p in partitions]
 
+        self.ingest = Ingest(
+            self.codec, dead_letters, self._topics, self.stats.consumed, self.stats.dead_letters
+        )
+        self.idleness = Idleness(
+            source, self._sources, self._topics, settings.watermark_idle_grace, clock
+        )
         self._signing_key = signing_key
         self.commands = commands
         self.excluded: list[tuple[float, float]] = []
@@ -115,7 +123,10 @@ class Learner:
         restored = restore(store, signing_key, specs)
         if restored is None:
             self.core = LearningCore(
-                specs, join_ttl=settings.join_ttl, max_pending=settings.join_max_pending
+                specs,
+                join_ttl=settings.join_ttl,
+                max_pending=settings.join_max_pending,
+                compare=compare,
             )
             self.offsets: Offsets = {}
             self.watermark = Watermark(self._sources)
@@ -138,6 +149,7 @@ class Learner:
     def _adopt(self, restored: Restored) -> None:
         """Continue from a restored checkpoint (at start, or on a rollback with replay)."""
         self.core = restored.core
+        self.core.set_comparisons(self.compare)  # the restored ones go on, new ones start
         self.offsets = restored.offsets
         self.watermark = restored.extras.get("watermark") or Watermark(self._sources)
         for span in restored.extras.get("excluded", []):
@@ -152,9 +164,7 @@ class Learner:
             for t, p in self._sources
         }
         self.source.assign(positions)
-        self._ends: dict[tuple[str, int], int] = {}
-        self._caught_up_since: dict[tuple[int, int], float] = {}
-        self._last_ends_check = -1e9
+        self.idleness.reset()
         self._labels_at_snapshot = self.core.counters.labels_joined
 
     def describe(self) -> list[str]:
@@ -257,12 +267,15 @@ class Learner:
 
     def _run(self, exit_when_idle: float | None) -> list[dict[str, Any]]:
         while not self._stop.is_set():
-            records = self.source.poll(self.settings.consumer_batch, self._poll_timeout())
+            timeout = self.idleness.poll_timeout(self.watermark)
+            records = self.source.poll(self.settings.consumer_batch, timeout)
             now = self.clock()
             if records:
                 self._last_record_at = now
-                self._ingest(records)
-            self._update_idle(now, bool(records))
+                self.ingest.push(
+                    records, self.core, self.offsets, self.watermark, self.excluded, self._skip
+                )
+            self.idleness.update(now, bool(records), self.offsets, self.watermark)
             self._process()
             self._maybe_snapshot(now)
             self._check_commands(now)
@@ -271,14 +284,14 @@ class Learner:
             if (
                 exit_when_idle is not None
                 and not records
-                and self._all_caught_up()
+                and self.idleness.all_caught_up()
                 and now - self._last_record_at >= exit_when_idle
             ):
                 # The end of the input: what still waits for the watermark is processed. A
                 # stop (SIGTERM) does not flush: the final checkpoint leaves buffered events
                 # to be read again, in the order a restarted learner will see them.
                 self.core.flush()
-                self._dead_letter_unusable()
+                self.ingest.dead_letter_unusable(self.core)
                 break
         if self.observer is not None:  # what the last batch processed, before the snapshot
             self.observer.after_batch(self, [])
@@ -287,131 +300,10 @@ class Learner:
             self.observer.close()
         return self.summaries()
 
-    def _ingest(self, runs: list[RecordRun]) -> None:
-        """Decode and push one batch, a run of one partition at a time. Records of a partition
-        come in offset order and its events in time order, so offsets and the watermark's
-        latest time are updated once per run."""
-        features_topic = self._topics[0]
-        codec, core, excluded = self.codec, self.core, self.excluded
-        consumed = self.stats.consumed
-        for run in runs:
-            kind = 0 if run.topic == features_topic else 1
-            source = (kind, run.partition)
-            key = offsets_key(run.topic, run.partition)
-            end = run.offsets[-1] + 1
-            if self._skip and key in self._skip:
-                run = self._skip_handled(run, key)
-            if kind == 0:
-                features, refused = codec.decode_features(run.values)
-                offsets = self._refused(run, refused)
-                if features:
-                    features, offsets = self._observed(source, features, offsets, excluded)
-                    core.push_features(features, source, offsets)
-            else:
-                labels, refused = codec.decode_labels(run.values)
-                offsets = self._refused(run, refused)
-                if labels:
-                    labels, offsets = self._observed(source, labels, offsets, excluded)
-                    core.push_labels(labels, source, offsets)
-            self.offsets[key] = end
-            consumed[run.topic] = consumed.get(run.topic, 0) + len(run)
-        self.dead_letters.flush()
-
-    def _refused(self, run: RecordRun, refused: list[tuple[int, SchemaError]]) -> list[int]:
-        """Dead-letter the records of ``run`` that failed to decode; the others' offsets."""
-        if not refused:
-            return run.offsets
-        reasons = self.stats.dead_letters
-        for index, error in refused:
-            self.dead_letters.send(run.record(index), error)
-            reasons[error.reason] = reasons.get(error.reason, 0) + 1
-        bad = {index for index, _ in refused}
-        return [offset for i, offset in enumerate(run.offsets) if i not in bad]
-
-    def _observed(
-        self,
-        source: tuple[int, int],
-        events: list[_Event],
-        offsets: list[int],
-        excluded: list[tuple[float, float]],
-    ) -> tuple[list[_Event], list[int]]:
-        """Move ``source``'s watermark to the newest of ``events`` (not empty, in time order),
-        then leave out the events whose time is in an ``excluded`` range."""
-        self.watermark.observe(source, events[-1].time)
-        if not excluded:
-            return events, offsets
-        kept = [i for i, e in enumerate(events) if not in_ranges(e.time, excluded)]
-        return [events[i] for i in kept], [offsets[i] for i in kept]
-
-    def _dead_letter_unusable(self) -> None:
-        """Valid events that every model raised on go to the dead-letter topic, re-encoded,
-        with the models' errors (at least once, like every dead letter)."""
-        unusable = self.core.drain_unusable()
-        for event in unusable:
-            topic = self._topics[0] if event.kind == "feature" else self._topics[1]
-            value = orjson.dumps(event.to_event(), option=orjson.OPT_NON_STR_KEYS)
-            error = "; ".join(event.errors)
-            self.dead_letters.send_unusable(topic, event.id.encode(), value, "model_error", error)
-        if unusable:
-            reasons = self.stats.dead_letters
-            reasons["model_error"] = reasons.get("model_error", 0) + len(unusable)
-            self.dead_letters.flush()
-
-    def _skip_handled(self, run: RecordRun, key: str) -> RecordRun:
-        """Leave out records handled before the checkpoint this learner resumed from."""
-        ranges = self._skip[key]
-        kept = kept_indexes(run.offsets, ranges)
-        remaining = [(a, b) for a, b in ranges if b > run.offsets[-1] + 1]
-        if remaining:
-            self._skip[key] = remaining
-        else:
-            del self._skip[key]
-        if len(kept) == len(run):
-            return run
-        return RecordRun(
-            run.topic,
-            run.partition,
-            [run.offsets[i] for i in kept],
-            [run.values[i] for i in kept],
-            lambda index: run.record(kept[index]),
-        )
-
-    def _update_idle(self, now: float, got_records: bool) -> None:
-        """A source is idle when it is caught up with its log end for the idle grace."""
-        if got_records and now - self._last_ends_check < 0.5:
-            return
-        if now - self._last_ends_check >= 0.2:
-            self._ends = self.source.end_offsets()
-            self._last_ends_check = now
-        for t, p in self._sources:
-            topic = self._topics[t]
-            end = self._ends.get((topic, p))  # None: not known yet, so not caught up
-            caught_up = end is not None and self.offsets.get(offsets_key(topic, p), 0) >= end
-            if not caught_up:
-                self._caught_up_since.pop((t, p), None)
-                self.watermark.mark_idle((t, p), False)
-                continue
-            since = self._caught_up_since.setdefault((t, p), now)
-            if now - since >= self.settings.watermark_idle_grace:
-                self.watermark.mark_idle((t, p), True)
-
-    def _poll_timeout(self) -> float:
-        """How long a poll may wait for records: at most `_POLL_SECONDS`, and no longer than
-        until the next caught-up source turns idle (which may release waiting labels)."""
-        grace = self.settings.watermark_idle_grace
-        idle = self.watermark.idle_sources()
-        turning = [since for s, since in self._caught_up_since.items() if s not in idle]
-        if not turning:
-            return _POLL_SECONDS
-        return min(_POLL_SECONDS, max(0.0, min(turning) + grace - self.clock()))
-
-    def _all_caught_up(self) -> bool:
-        return len(self._caught_up_since) == len(self._sources)
-
     def _process(self) -> None:
         value = self.watermark.value()
         if value is None:
-            if not self._all_idle():
+            if not self.idleness.all_idle():
                 return
             value = math.inf  # every input idle: release everything held
         every = self.settings.snapshot_every_labels
@@ -431,7 +323,7 @@ class Learner:
         start = time.perf_counter()
         processed = self.core.advance(value, max_labels)
         if self.core.unusable:
-            self._dead_letter_unusable()
+            self.ingest.dead_letter_unusable(self.core)
         if processed and self.observer is not None:
             labels = self.core.counters.labels_joined - labels_before
             per_event = (time.perf_counter() - start) / processed
@@ -456,11 +348,7 @@ class Learner:
 
     def lags(self) -> dict[str, dict[int, int]]:
         """Messages behind the log end, per topic and partition (as of the last end check)."""
-        lags: dict[str, dict[int, int]] = {}
-        for (topic, partition), end in self._ends.items():
-            position = self.offsets.get(offsets_key(topic, partition), 0)
-            lags.setdefault(topic, {})[partition] = max(0, end - position)
-        return lags
+        return self.idleness.lags(self.offsets)
 
     def watermark_delay(self) -> float | None:
         """Newest event time seen minus the watermark, in event-time units."""
@@ -470,13 +358,6 @@ class Learner:
         if value is None or newest is None:
             return None
         return max(0.0, newest - value)
-
-    def _all_idle(self) -> bool:
-        grace = self.settings.watermark_idle_grace
-        now = self.clock()
-        return self._all_caught_up() and all(
-            now - since >= grace for since in self._caught_up_since.values()
-        )
 
     # -- snapshots ---------------------------------------------------------------------------
     def _maybe_snapshot(self, now: float) -> None:
