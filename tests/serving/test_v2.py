@@ -26,7 +26,7 @@ from river import compose, linear_model, multiclass, preprocessing
 from serving.app import create_app
 from serving.runner import settings_environment
 from serving.telemetry import ServingMetrics
-from serving.v2 import package_version
+from serving.v2_tensors import package_version
 from stream.store.snapshots import SnapshotStore
 
 pytestmark = pytest.mark.integration

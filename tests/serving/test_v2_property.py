@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from serving.app import create_app
 from serving.telemetry import ServingMetrics
-from serving.v2 import DATATYPES
+from serving.v2_tensors import DATATYPES
 from stream.store.snapshots import SnapshotStore
 
 pytestmark = pytest.mark.integration
