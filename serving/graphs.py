@@ -341,6 +341,7 @@ class GraphService:
         self.start_wait_seconds = settings.serve_start_wait_seconds
         self.observe: Observe = observe if observe is not None else metrics.observe_request
         self.shadows = ShadowRunner(self.metrics)
+        self._weights: dict[tuple[str, int], float | None] = {}  # by_metric, per model version
 
     def start(self) -> None:
         self.follower.start()
@@ -351,7 +352,7 @@ class GraphService:
 
     def lookup(self) -> ServedModels:
         """The models as served now, for one request (or one batch)."""
-        return ServedModels(self.models.served, self.metric)
+        return ServedModels(self.models.served, self.metric, self._weights)
 
     def evaluate(
         self, name: str, x: dict[str, Any], request_id: str | None = None

@@ -94,13 +94,23 @@ def metric_weight(metrics: Mapping[str, float], metric: str | None = None) -> fl
 class ServedModels:
     """A `learners.graph.ModelLookup` over one mapping of served models (a request's view of
     `SnapshotFollower.served`, taken once: the follower swaps in a new mapping, never edits it).
+
+    ``weights``, a dict shared by the requests of a process, remembers each model version's
+    ``by_metric`` weight (a version's metadata never changes); it is emptied past
+    `WEIGHTS_CACHE` entries.
     """
 
-    __slots__ = ("_metric", "_models")
+    __slots__ = ("_metric", "_models", "_weights")
 
-    def __init__(self, models: Mapping[str, ServedModel], metric: str | None = None) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, ServedModel],
+        metric: str | None = None,
+        weights: dict[tuple[str, int], float | None] | None = None,
+    ) -> None:
         self._models = models
         self._metric = metric
+        self._weights = {} if weights is None else weights
 
     def get(self, name: str) -> ServedModel | None:
         return self._models.get(name)
@@ -109,7 +119,19 @@ class ServedModels:
         model = self._models.get(name)
         if model is None or model.meta is None:
             return None
-        return metric_weight(model.meta.metrics, self._metric)
+        key = (name, model.version)
+        try:
+            return self._weights[key]
+        except KeyError:
+            pass
+        weight = metric_weight(model.meta.metrics, self._metric)
+        if len(self._weights) >= WEIGHTS_CACHE:
+            self._weights.clear()  # a long-lived process: old versions' weights go
+        self._weights[key] = weight
+        return weight
+
+
+WEIGHTS_CACHE = 4096
 
 
 # -- the graphs ------------------------------------------------------------------------------
