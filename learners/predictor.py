@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,72 @@ def _check_finite(proba: dict[Any, float]) -> None:
 # What a model may raise when the features do not suit it (a string where it needs a number,
 # an overflow...): the client's input is at fault, so this is a 422, not a 500.
 MODEL_INPUT_ERRORS = (TypeError, ValueError, KeyError, ArithmeticError)
+
+
+class _ReadOnlyDefaults(defaultdict[Any, Any]):
+    """A served model's ``defaultdict``: a missing key reads as the default, and is not added.
+
+    River's transformers keep statistics in defaultdicts (`StandardScaler.means` and ``vars``,
+    `MinMaxScaler.min` and ``max``...), and *reading* an unknown feature inserts it: every
+    request with made-up feature names would grow the served model's memory without bound.
+    A served model never learns, so reads need not store anything.
+    """
+
+    def __missing__(self, key: Any) -> Any:
+        factory = self.default_factory
+        if factory is None:
+            raise KeyError(key)
+        return factory()
+
+
+_WALK_LIMIT = 2_000_000  # objects visited at most (a large forest is well below)
+
+
+def read_only_defaults(estimator: Any) -> int:
+    """Swap, in place, every ``defaultdict`` attribute of River objects reachable from
+    ``estimator`` for a `_ReadOnlyDefaults`; returns how many were swapped. Done once per
+    loaded version, off the request path.
+
+    >>> from river import preprocessing
+    >>> scaler = preprocessing.StandardScaler()
+    >>> scaler.learn_one({"x": 1.0})
+    >>> read_only_defaults(scaler) > 0
+    True
+    >>> _ = scaler.transform_one({"unknown": 2.0}); sorted(scaler.means)
+    ['x']
+    """
+    swapped, seen = 0, set[int]()
+    stack: list[Any] = [estimator]
+    while stack and len(seen) < _WALK_LIMIT:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, dict):
+            stack.extend(v for v in obj.values() if _walkable(v))
+            continue
+        if isinstance(obj, list | tuple):
+            stack.extend(v for v in obj if _walkable(v))
+            continue
+        attributes = getattr(obj, "__dict__", None)
+        if attributes is None:
+            continue
+        for name, value in list(attributes.items()):
+            if type(value) is defaultdict:
+                frozen = _ReadOnlyDefaults(value.default_factory, value)
+                attributes[name] = frozen
+                swapped += 1
+                stack.extend(v for v in frozen.values() if _walkable(v))
+            elif _walkable(value):
+                stack.append(value)
+    return swapped
+
+
+def _walkable(value: Any) -> bool:
+    if isinstance(value, dict | list | tuple):
+        return True
+    module = type(value).__module__
+    return module.startswith("river") and hasattr(value, "__dict__")
 
 
 def estimator_of(obj: Any) -> Any:
@@ -86,6 +153,8 @@ class ServedModel:
     meta: SnapshotMeta | None = None
     loaded_at: float = field(default_factory=time.time)
     argmax: bool = False
+    live: bool = False
+    """A live update continuing ``version`` (`stream.store.live`): ``meta`` holds its samples."""
 
     @classmethod
     def build(
@@ -96,11 +165,19 @@ class ServedModel:
         version: int,
         kind: str | None = None,
         meta: SnapshotMeta | None = None,
+        live: bool = False,
     ) -> ServedModel:
         estimator = estimator_of(obj)
         kind = kind_of(estimator, kind)
+        read_only_defaults(estimator)  # requests must not grow the served model
         argmax = kind == "classifier" and predicts_argmax(estimator)
-        return cls(name, version, kind, estimator, meta, argmax=argmax)
+        return cls(name, version, kind, estimator, meta, argmax=argmax, live=live)
+
+    @property
+    def samples_learned(self) -> int | None:
+        """Samples the served state has learned: with ``version``, names the state exactly."""
+        meta = self.meta
+        return None if meta is None else meta.samples_learned
 
     def predict(self, x: dict[str, Any]) -> tuple[Any, dict[Any, float] | None]:
         """``(prediction, probabilities)``: the estimator's own ``predict_one`` /
@@ -134,6 +211,7 @@ class ServedModel:
             "age_seconds": round(now - meta.created_at, 3) if meta else None,
             "loaded_at": self.loaded_at,
             "samples_learned": meta.samples_learned if meta else None,
+            "live": self.live,
             "metrics": meta.metrics if meta else {},
             "size": meta.size if meta else None,
             "sha256": meta.sha256 if meta else None,
