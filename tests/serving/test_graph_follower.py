@@ -1,0 +1,138 @@
+"""The graph follower against the real Redis: notifications, the polling fallback, deletion,
+refused documents, and the by_metric weights it derives from the served snapshots."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from river import linear_model
+
+from learners.predictor import ServedModel
+from schemas.records import SnapshotMeta
+from stream.registry.graphs import GraphRegistry
+from stream.store.graph_follower import GraphFollower, ServedModels, metric_weight
+from stream.store.graphs import GraphStore
+from stream.store.snapshots import SnapshotStore
+
+pytestmark = pytest.mark.integration
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.swapped: list[tuple[str, int]] = []
+        self.refused: list[tuple[str, str]] = []
+
+    def graph_swapped(self, graph: str, version: int) -> None:
+        self.swapped.append((graph, version))
+
+    def graph_refused(self, graph: str, reason: str) -> None:
+        self.refused.append((graph, reason))
+
+
+@pytest.fixture
+def registry(kit, store: SnapshotStore) -> GraphRegistry:
+    kit.publish(store, "lr", linear_model.LogisticRegression(), "classifier")
+    kit.publish(store, "nb", linear_model.LogisticRegression(), "classifier")
+    return GraphRegistry(store.client, store.keys.prefix)
+
+
+def served_version(follower: GraphFollower, name: str) -> int | None:
+    graph = follower.get(name)
+    return None if graph is None else graph.version
+
+
+def test_notifications_then_polling_then_deletion(
+    kit, registry: GraphRegistry, store: SnapshotStore
+) -> None:
+    # a poll interval far longer than the test: only notifications can move it at first
+    recorder = Recorder()
+    follower = GraphFollower(GraphStore(store.client, store.keys.prefix), recorder, poll_seconds=60)
+    follower.start()
+    try:
+        assert follower.first_sync.wait(10)
+        assert follower.served == {}
+        v1 = registry.apply({"name": "g", "root": "lr"}).version
+        kit.wait_until(lambda: served_version(follower, "g") == v1)
+        v2 = registry.apply({"name": "g", "root": "nb"}).version
+        kit.wait_until(lambda: served_version(follower, "g") == v2)
+        assert follower.get("g").spec.model_names() == ("nb",)
+        assert follower.get("g").document == {"name": "g", "root": "nb"}
+    finally:
+        follower.stop()
+    assert recorder.swapped == [("g", v1), ("g", v2)]
+
+    # a pointer moved without a notification (a lost message) is found by polling
+    follower = GraphFollower(GraphStore(store.client, store.keys.prefix), poll_seconds=0.1)
+    follower.start()
+    try:
+        kit.wait_until(lambda: served_version(follower, "g") == v2)
+        store.client.set(store.keys.graph_promoted("g"), v1)  # no PUBLISH
+        kit.wait_until(lambda: served_version(follower, "g") == v1)
+        registry.delete("g", reason="gone")
+        kit.wait_until(lambda: follower.get("g") is None)
+        assert follower.status()["graphs"] == {}
+    finally:
+        follower.stop()
+
+
+def test_a_document_that_does_not_parse_is_refused_and_the_previous_one_serves(
+    kit, registry: GraphRegistry, store: SnapshotStore
+) -> None:
+    v1 = registry.apply({"name": "g", "root": "lr"}).version
+    recorder = Recorder()
+    follower = GraphFollower(
+        GraphStore(store.client, store.keys.prefix), recorder, poll_seconds=0.1
+    )
+    follower.start()
+    try:
+        kit.wait_until(lambda: served_version(follower, "g") == v1)
+        # a version written by something else: a node kind this code does not know
+        bad = store.next_version()
+        doc = {"name": "g", "root": {"stack": {"members": ["lr"]}}}
+        store.client.set(store.keys.graph_doc("g", bad), json.dumps(doc))
+        store.client.zadd(store.keys.graph_versions("g"), {str(bad): bad})
+        store.client.set(store.keys.graph_promoted("g"), bad)
+        kit.wait_until(lambda: recorder.refused)
+        assert recorder.refused == [("g", "invalid")]
+        status = follower.status()
+        assert status["refused"][0]["version"] == bad and "root" in status["refused"][0]["reason"]
+        assert served_version(follower, "g") == v1
+        # a document whose name is another graph's is refused as well
+        other = store.next_version()
+        store.client.set(store.keys.graph_doc("g", other), json.dumps({"name": "h", "root": "lr"}))
+        store.client.set(store.keys.graph_promoted("g"), other)
+        kit.wait_until(lambda: len(recorder.refused) == 2)
+        assert served_version(follower, "g") == v1
+    finally:
+        follower.stop()
+
+
+def served(name: str, metrics: dict[str, float] | None, version: int = 1) -> ServedModel:
+    meta = None
+    if metrics is not None:
+        meta = SnapshotMeta.describe(
+            name, b"", kind="classifier", spec="", samples_learned=0, metrics=metrics, offsets={}
+        )
+    return ServedModel.build(
+        name, linear_model.LogisticRegression(), version=version, kind="classifier", meta=meta
+    )
+
+
+def test_by_metric_weights_come_from_the_served_snapshots() -> None:
+    models: dict[str, Any] = {
+        "acc": served("acc", {"Accuracy": 0.8}),
+        "loss": served("loss", {"MAE": 3.0, "R2": 0.1}, version=2),  # MAE is first by name
+        "none": served("none", {}),
+        "nometa": served("nometa", None),
+    }
+    cache: dict[tuple[str, int], float | None] = {}
+    lookup = ServedModels(models, None, cache)
+    assert [lookup.metric(n) for n in ("acc", "loss", "none", "nometa", "gone")] == [
+        0.8, 0.25, None, None, None,
+    ]  # fmt: skip
+    assert cache == {("acc", 1): 0.8, ("loss", 2): 0.25, ("none", 1): None}
+    assert ServedModels(models, "R2").metric("loss") == 0.1  # the configured metric
+    assert ServedModels(models, "R2").metric("acc") is None  # a model without it weighs 0
+    assert metric_weight({"LogLoss": -1.0}) is None
