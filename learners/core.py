@@ -60,6 +60,7 @@ from typing import Any, cast
 from river import base, metrics
 
 import learners.river_compat  # noqa: F401  (registers iterative pickling of deep River trees)
+from learners.comparisons import ComparePairs, ModelComparison, Pair, check_pairs
 from learners.join import EventTimeJoin, JoinCounters, Pending, Source, Unprocessed
 from learners.specs import ModelKind, ModelSpec, RiverModel, model_kind
 from schemas.errors import ModelSpecError
@@ -73,6 +74,10 @@ UNUSABLE_KEPT = 10_000
 
 FAILED: Prediction = (None, None)
 """The stored prediction of a model that raised on the features: not scored at label time."""
+
+UNSEEN: Prediction = cast("Prediction", tuple([None, None]))  # equal to FAILED, not the same
+"""The stored prediction of a model added to the stream after the features were processed
+(`LearningCore.add_models`): it learns the label, which is not scored for it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,10 +211,18 @@ class LearningCore:
         Event-time units a feature waits for its label (and an early label for its feature).
     max_pending
         Bound on pending features, on early labels and on buffered events.
+    compare
+        Champion/challenger pairs to compare on the labels both scored
+        (`learners.comparisons`), or ``"all"``; none by default.
     """
 
     def __init__(
-        self, specs: Sequence[ModelSpec], *, join_ttl: float = 1e12, max_pending: int = 1_000_000
+        self,
+        specs: Sequence[ModelSpec],
+        *,
+        join_ttl: float = 1e12,
+        max_pending: int = 1_000_000,
+        compare: ComparePairs = (),
     ) -> None:
         names = [spec.name for spec in specs]
         if len(set(names)) != len(names):
@@ -224,11 +237,63 @@ class LearningCore:
         self.model_errors: dict[tuple[str, str, str], int] = {}
         """Failures so far, by ``(model, "predict" | "learn", exception type)``."""
         self.unusable: deque[Unusable] = deque(maxlen=UNUSABLE_KEPT)
+        self.comparisons: dict[Pair, ModelComparison] = {}
+        """The champion/challenger comparisons kept, by ``(champion, challenger)``."""
+        self._compared: list[ModelComparison] = []
+        self.set_comparisons(compare)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("model_errors", {})  # checkpoints written before failures were counted
         state.setdefault("unusable", deque(maxlen=UNUSABLE_KEPT))
+        state.setdefault("comparisons", {})  # checkpoints written before comparisons
+        state.setdefault("_compared", list(state["comparisons"].values()))
         self.__dict__.update(state)
+
+    # -- the set of models and comparisons ---------------------------------------------------
+    def set_comparisons(self, pairs: ComparePairs) -> None:
+        """Keep exactly the comparisons ``pairs`` (or ``"all"``): those already kept go on with
+        their state (as restored from a checkpoint), new ones start empty, others are dropped.
+        Raises `ModelSpecError` for a pair that is not two models of one comparable kind."""
+        kinds = {name: state.kind for name, state in self.models.items()}
+        wanted = check_pairs(pairs, kinds)
+        kept = {
+            pair: self.comparisons.get(pair) or ModelComparison.fresh(*pair, kinds[pair[0]])
+            for pair in wanted
+        }
+        self.comparisons = kept
+        self._index_comparisons()
+
+    def _index_comparisons(self) -> None:
+        """Point each comparison at its models' places in the per-feature prediction lists."""
+        position = {name: i for i, name in enumerate(self.models)}
+        for comparison in self.comparisons.values():
+            comparison.a = position[comparison.champion]
+            comparison.b = position[comparison.challenger]
+        self._compared = list(self.comparisons.values())
+
+    def add_models(self, specs: Sequence[ModelSpec]) -> None:
+        """Add fresh models to a core that is already learning (a restored one, typically).
+
+        They come after the others and start at the current position: they predict from the
+        next feature on, and learn the labels of features already pending too (those labels
+        are not scored for them, nor compared: their stored prediction is `UNSEEN`). The
+        existing models, their state and their predictions are untouched."""
+        for spec in specs:
+            if spec.name in self.models:
+                raise ModelSpecError(f"model {spec.name!r} is already learning")
+        added = [ModelState.from_spec(spec) for spec in specs]
+        if added:
+            for state in added:
+                self.models[state.spec.name] = state
+            size = len(self.models)
+            for pending in self._join.pending():
+                predictions = pending.predictions
+                if predictions is not None and len(predictions) < size:
+                    predictions.extend([UNSEEN] * (size - len(predictions)))
+            for _y, predictions in self._outcomes:
+                if len(predictions) < size:
+                    predictions.extend([UNSEEN] * (size - len(predictions)))
+        self._index_comparisons()
 
     @property
     def counters(self) -> JoinCounters:
@@ -294,6 +359,7 @@ class LearningCore:
             if last_x is not None:
                 self._last_x = last_x
             return self._join.events_processed - before
+        compared = self._compared  # empty unless comparisons are configured
         for pending, label in self._join.steps(watermark, max_labels):
             failures: list[tuple[ModelState, str, Exception]] = []
             if label is None:
@@ -314,6 +380,9 @@ class LearningCore:
                     except Exception as exc:
                         failures.append((state, "learn", exc))
                 outcomes.append((y, pending.predictions))
+                if compared:
+                    for comparison in compared:
+                        comparison.update(y, pending.predictions)
             if failures:
                 self._failed(pending, label, failures)
         if last_x is not None:

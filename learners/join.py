@@ -169,6 +169,10 @@ class EventTimeJoin:
             zip(times, repeat(kind), repeat(source), offsets, range(start, self._pushed), events)
         )
 
+    def pending(self) -> list[Pending]:
+        """The processed features waiting for their labels, oldest first."""
+        return list(self._pending.values())
+
     def set_aside(self) -> tuple[dict[Source, Unprocessed], tuple[int, list[Any]]]:
         """Take the buffered (not yet processed) events out: the join then holds only what it
         has processed. Returns, per source, their offsets (sorted) and earliest time, and what

@@ -127,6 +127,22 @@ LEARNING: list[P | Row] = [
       "ops"),
     P("Watermark delay", (("riverstream_watermark_delay", "delay"),),
       description="Newest event time minus watermark, in event-time units."),
+    Row("Champion / challenger (paired, on the labels both scored)"),
+    P("Loss difference, champion - challenger, with its anytime-valid interval", (
+        (f"riverstream_comparison_difference{{{M}}}", "{{model}} - {{challenger}}"),
+        (f"riverstream_comparison_lower{{{M}}}", "lower {{model}} - {{challenger}}"),
+        (f"riverstream_comparison_upper{{{M}}}", "upper {{model}} - {{challenger}}")),
+      w=12, description="Above 0: the challenger is better. The interval is a confidence "
+      "sequence (riverstream models compare): valid however often it is looked at."),
+    P("Decision (1: challenger better, -1: champion better)",
+      ((f"riverstream_comparison_decision{{{M}}}", "{{model}} vs {{challenger}}"),), w=6,
+      kind="stat"),
+    P("Labels compared", ((f"riverstream_comparison_labels{{{M}}}",
+                           "{{model}} vs {{challenger}}"),), w=6, kind="stat"),
+    P("Loss on the compared labels (0/1 error or absolute error)", (
+        (f"riverstream_comparison_champion_loss{{{M}}}", "{{model}} (champion)"),
+        (f"riverstream_comparison_challenger_loss{{{M}}}",
+         "{{challenger}} (challenger of {{model}})")), w=24),
 ]  # fmt: skip
 
 SERVING: list[P | Row] = [

@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     )
     metrics_host: str = Field("127.0.0.1", description="Bind address of the learner's /metrics.")
     consumer_batch: int = Field(10_000, gt=0, description="Most messages fetched per poll.")
+    compare: str = Field(
+        "",
+        description="Champion/challenger pairs the learner compares on ground truth: "
+        "CHAMPION:CHALLENGER[,...] or all (empty: none; `learn --compare` adds pairs).",
+    )
 
     # -- serving --
     serve_host: str = Field("127.0.0.1", description="API bind address.")

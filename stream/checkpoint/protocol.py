@@ -47,6 +47,7 @@ from learners.serialization import dump_signed, load_signed
 from learners.specs import ModelSpec
 from schemas.errors import RiverstreamError, SnapshotError
 from schemas.records import SnapshotMeta
+from stream.store.comparisons import ComparisonStore
 from stream.store.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,9 @@ def write_snapshot(
     finally:
         core.models = models
     store.write(version, blobs, checkpoint, offsets)
+    if core.comparisons:  # a readable copy (the checkpoint holds the exact state)
+        records = [comparison.record() for comparison in core.comparisons.values()]
+        ComparisonStore(store.client, store.keys.prefix).write(version, records)
     metas = {name: meta for name, (_, meta) in blobs.items()}
     if after_write is not None:
         after_write(store, version, metas)
@@ -283,12 +287,19 @@ class Restored:
     core: LearningCore
     offsets: Offsets
     extras: dict[str, Any]
+    added: list[str] = field(default_factory=list)
+    """Models the learner was started with that the checkpoint did not hold: fresh ones."""
 
 
 def restore(
     store: SnapshotStore, signing_key: bytes, specs: list[ModelSpec], version: int | None = None
 ) -> Restored | None:
-    """Load the latest checkpoint (or ``version``) and its models, verified before unpickling."""
+    """Load the latest checkpoint (or ``version``) and its models, verified before unpickling.
+
+    ``specs`` may name models the checkpoint does not hold: they join the stream fresh, at the
+    checkpoint's position (`LearningCore.add_models`), and the models of the checkpoint go on
+    untouched. That is how a challenger is added to a stream that is already learning. Every
+    model of the checkpoint must still be in ``specs`` (with the same spec)."""
     latest = store.latest_checkpoint() if version is None else store.checkpoint(version)
     if latest is None:
         return None
@@ -297,10 +308,12 @@ def restore(
     core: LearningCore = payload["core"]
     names: list[str] = payload["models"]
     wanted = {spec.name: spec for spec in specs}
-    if set(names) != set(wanted):
+    missing = sorted(set(names) - set(wanted))
+    if missing:
         raise SnapshotError(
-            f"checkpoint v{version} holds models {sorted(names)} but the learner was started with "
-            f"{sorted(wanted)}; use a new RIVERSTREAM_REDIS_PREFIX for a different set of models"
+            f"checkpoint v{version} holds models {sorted(names)} but the learner was started "
+            f"without {missing}: start it with every model of the stream (models may be added, "
+            "not removed), or use a new RIVERSTREAM_REDIS_PREFIX for a different set of models"
         )
     models = {}
     for name in names:
@@ -312,4 +325,17 @@ def restore(
             )
         models[name] = state
     core.models = models
-    return Restored(version, core, dict(payload["offsets"]), dict(payload.get("extras", {})))
+    added = [spec for spec in specs if spec.name not in models]
+    core.add_models(added)  # none: only re-points the comparisons at the models
+    if added:
+        log.warning(
+            "checkpoint v%d: new models %s start fresh at its position",
+            version, ", ".join(spec.name for spec in added),
+        )  # fmt: skip
+    return Restored(
+        version,
+        core,
+        dict(payload["offsets"]),
+        dict(payload.get("extras", {})),
+        [spec.name for spec in added],
+    )

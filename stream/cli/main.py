@@ -16,6 +16,7 @@ from rich.table import Table
 from schemas.errors import RiverstreamError
 from schemas.settings import Settings
 from stream.cli.graphs import graphs_app
+from stream.cli.models import models_app
 from stream.cli.predict import register as register_predict
 from stream.cli.snapshots import snapshots_app
 from stream.dev import services as svc
@@ -38,6 +39,7 @@ app.add_typer(publish_app, name="publish")
 app.add_typer(snapshots_app, name="snapshots")
 register_predict(app)  # predict-worker, score
 app.add_typer(graphs_app, name="graphs")
+app.add_typer(models_app, name="models")
 
 console = Console(stderr=True)
 out = Console()
@@ -214,16 +216,29 @@ def learn(
         float | None, typer.Option(help="Stop after the topics were idle this many seconds.")
     ] = None,
     no_fork: Annotated[bool, typer.Option(help="Snapshot in-process instead of forking.")] = False,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="CHAMPION:CHALLENGER: compare two models on the labels both scored "
+            "(`riverstream models compare`). Repeatable; 'all': every pair of one kind."
+        ),
+    ] = None,
 ) -> None:
     """Learn from the feature and label topics until stopped (SIGTERM: snapshot, then exit)."""
     import signal
 
+    from learners.comparisons import parse_compare_options
     from stream.learner.runtime import build_learner, model_specs
 
     settings = load_settings()
     specs = model_specs(model, metric or [])
+    pairs = parse_compare_options([settings.compare, *(compare or [])])
     learner = build_learner(
-        settings, specs, observer=_learner_observer(settings), use_fork=not no_fork
+        settings,
+        specs,
+        observer=_learner_observer(settings),
+        use_fork=not no_fork,
+        compare=pairs,
     )
     signal.signal(signal.SIGTERM, lambda *_: learner.stop())
     signal.signal(signal.SIGINT, lambda *_: learner.stop())

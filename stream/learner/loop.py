@@ -14,7 +14,6 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from learners.comparisons import ComparePairs
@@ -39,7 +38,10 @@ from stream.kafka.client import RecordSource
 from stream.kafka.deadletter import DeadLetters
 from stream.learner.idleness import Idleness
 from stream.learner.ingest import Ingest
+from stream.learner.live import LivePublisher
+from stream.learner.observing import LearnerStats
 from stream.learner.outage import Outage
+from stream.learner.trace import LINEAGE_EXTRA, TraceRecorder
 from stream.store.commands import CommandQueue
 from stream.store.snapshots import RedisUnavailableError, SnapshotStore
 
@@ -55,19 +57,6 @@ _GC_GEN0_THRESHOLD = 50_000
 _APPLIED_KEPT = 1000
 
 _Event = TypeVar("_Event", FeatureEvent, LabelEvent)
-
-
-@dataclass
-class LearnerStats:
-    """What the loop has done so far (also the source of its Prometheus metrics)."""
-
-    consumed: dict[str, int] = field(default_factory=dict)
-    dead_letters: dict[str, int] = field(default_factory=dict)
-    snapshots: int = 0
-    last_snapshot_version: int | None = None
-    max_stall_seconds: float = 0.0
-    restored_from: int | None = None
-    rollbacks: int = 0
 
 
 class Learner:
@@ -105,6 +94,11 @@ class Learner:
             use_fork=use_fork,
             fork_min_bytes=settings.snapshot_fork_min_bytes,
         )
+        # Serving follows the learner between versions: live updates (stream.learner.live).
+        self.live = LivePublisher(
+            store, signing_key, every_seconds=settings.live_every_seconds,
+            max_bytes=settings.live_max_bytes, max_share=settings.live_max_share,
+        )  # fmt: skip
         self.stats = LearnerStats()
         self._topics = (settings.topic_features, settings.topic_labels)
         self._sources = [(t, p) for t in range(2) for p in partitions]
@@ -120,6 +114,8 @@ class Learner:
         self.excluded: list[tuple[float, float]] = []
         self.applied: list[str] = []
         self._skip: SkipRanges = {}
+        # The learning curve (stream.store.trace): marks every K labels, written with snapshots.
+        self.trace = TraceRecorder(settings.trace_every_labels, settings.trace_max_points)
         restored = restore(store, signing_key, specs)
         if restored is None:
             self.core = LearningCore(
@@ -128,6 +124,7 @@ class Learner:
                 max_pending=settings.join_max_pending,
                 compare=compare,
             )
+            self.trace.attach(self.core)
             self.offsets: Offsets = {}
             self.watermark = Watermark(self._sources)
         else:
@@ -149,6 +146,7 @@ class Learner:
     def _adopt(self, restored: Restored) -> None:
         """Continue from a restored checkpoint (at start, or on a rollback with replay)."""
         self.core = restored.core
+        self.trace.adopt(self.core, restored.extras)
         self.core.set_comparisons(self.compare)  # the restored ones go on, new ones start
         self.offsets = restored.offsets
         self.watermark = restored.extras.get("watermark") or Watermark(self._sources)
@@ -191,6 +189,7 @@ class Learner:
             "watermark": self.watermark,
             "excluded": list(self.excluded),
             "applied": self.applied[-_APPLIED_KEPT:],
+            LINEAGE_EXTRA: self.trace.extra(),
         }
 
     # -- operator commands -----------------------------------------------------------------
@@ -236,6 +235,8 @@ class Learner:
             if running is not None:
                 self._record(running)
             self._adopt(restored)
+            # the curve past the target is rewound by the next snapshot (stream.store.trace)
+            self.trace.branch(command.id, self.core.counters.labels_joined)
             for a, b in command.exclude:
                 if (a, b) not in self.excluded:
                     self.excluded.append((a, b))
@@ -278,6 +279,9 @@ class Learner:
             self.idleness.update(now, bool(records), self.offsets, self.watermark)
             self._process()
             self._maybe_snapshot(now)
+            if self.outage.up:  # a hung Redis must not hold learning for a live update
+                version = self.stats.last_snapshot_version or self.stats.restored_from
+                self.live.maybe_publish(self.core, version, now)
             self._check_commands(now)
             if self.observer is not None:
                 self.observer.after_batch(self, records)
@@ -322,6 +326,7 @@ class Learner:
         labels_before = self.core.counters.labels_joined
         start = time.perf_counter()
         processed = self.core.advance(value, max_labels)
+        self.trace.collect(self.core)
         if self.core.unusable:
             self.ingest.dead_letter_unusable(self.core)
         if processed and self.observer is not None:
@@ -394,7 +399,9 @@ class Learner:
                 {source: found.earliest for source, found in unprocessed.items()}
             )
             try:
-                result = self.snapshotter.take(self.core, offsets, extras)
+                result = self.snapshotter.take(
+                    self.core, offsets, extras, trace=self.trace.for_snapshot(self.core)
+                )
             except RedisUnavailableError as exc:  # no version could be handed out
                 self._snapshot_failed = True
                 self.outage.failed("snapshot", exc)
@@ -429,7 +436,9 @@ class Learner:
         self._snapshot_failed = not result.ok
         if result.ok:
             self.stats.last_snapshot_version = result.version
+            self.live.versioned(result.sizes)
             self._first_snapshot_due = False
+            self.trace.written()
             self.outage.recovered()
         elif self._redis_unreachable():
             self.outage.failed(f"snapshot v{result.version}", ConnectionError("unreachable"))

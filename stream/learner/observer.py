@@ -101,6 +101,9 @@ class PrometheusObserver:
             if done > 0:
                 m.samples_learned(name, done)
             self._learned[name] = state.samples_learned
+        for comparison in core.comparisons.values():
+            summary = comparison.stats.summary(0.0, comparison.min_samples)
+            m.set_comparison(comparison.champion, comparison.challenger, summary)
         for name, seconds in learner.timings().items():
             m.observe_predict(name, seconds["predict"])
             m.observe_learn(name, seconds["learn"])

@@ -8,14 +8,27 @@ installs; the loop does not import it (nor prometheus_client), only these protoc
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from learners.core import LearningCore
     from stream.checkpoint.protocol import SnapshotResult, Snapshotter
     from stream.kafka.client import RecordRun
-    from stream.learner.loop import LearnerStats
     from stream.learner.outage import Outage
+
+
+@dataclass
+class LearnerStats:
+    """What the loop has done so far (also the source of its Prometheus metrics)."""
+
+    consumed: dict[str, int] = field(default_factory=dict)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    snapshots: int = 0
+    last_snapshot_version: int | None = None
+    max_stall_seconds: float = 0.0
+    restored_from: int | None = None
+    rollbacks: int = 0
 
 
 class LearnerView(Protocol):

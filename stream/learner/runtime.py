@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import redis
 
+from learners.comparisons import ComparePairs
 from learners.specs import ModelSpec, parse_model_option
 from schemas.errors import ConfigError, RiverstreamError
 from schemas.records import SnapshotMeta
@@ -14,9 +16,12 @@ from stream.kafka.client import EventProducer, create_topics, open_source, parti
 from stream.kafka.deadletter import DeadLetters
 from stream.learner.loop import Learner
 from stream.learner.observing import Observer
+from stream.registry.challenger import ChallengerPolicies
 from stream.registry.registry import Registry
 from stream.store.commands import CommandQueue
 from stream.store.snapshots import SnapshotStore, open_store
+
+log = logging.getLogger(__name__)
 
 
 def model_specs(models: Sequence[str], metrics: Sequence[str]) -> list[ModelSpec]:
@@ -48,13 +53,20 @@ def snapshot_store(settings: Settings) -> SnapshotStore:
 
 
 def promote_after_write(keep: int) -> Callable[[SnapshotStore, int, dict[str, SnapshotMeta]], None]:
-    """The step after a snapshot is written: promotion policy, then retention, per model."""
+    """The step after a snapshot is written: promotion policy, then retention, per model; then
+    the graphs' champion/challenger policies (`stream.registry.challenger`), on the comparisons
+    written with the snapshot. A policy that cannot be evaluated is logged: it never fails the
+    snapshot, and the next one evaluates it again."""
 
     def after_write(store: SnapshotStore, version: int, metas: dict[str, SnapshotMeta]) -> None:
         registry = Registry(store)
         for name, meta in metas.items():
             registry.auto_promote(name, version, meta.metrics)
             registry.retention(name, keep)
+        try:
+            ChallengerPolicies(store.client, store.keys.prefix, by="learner").evaluate()
+        except Exception:
+            log.exception("champion/challenger policies after v%d", version)
 
     return after_write
 
@@ -65,7 +77,10 @@ def build_learner(
     *,
     observer: Observer | None = None,
     use_fork: bool = True,
+    compare: ComparePairs = (),
 ) -> Learner:
+    """The learner of ``specs`` on the configured Kafka and Redis; ``compare``: the
+    champion/challenger pairs its core compares (`learners.comparisons`)."""
     bootstrap = settings.kafka_bootstrap_servers
     if not bootstrap:
         raise ConfigError(
@@ -98,6 +113,7 @@ def build_learner(
             settings.redis_prefix,
         ),
         use_fork=use_fork,
+        compare=compare,
     )
     learner.snapshotter.after_write = promote_after_write(settings.snapshot_retention)
     return learner

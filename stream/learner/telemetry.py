@@ -29,7 +29,21 @@ riverstream_drift_detections_total                    counter    model
 riverstream_learner_up                                gauge
 riverstream_redis_up                                  gauge      (0 during an outage)
 riverstream_learner_last_event_timestamp_seconds      gauge
+riverstream_comparison_labels                         gauge      model, challenger
+riverstream_comparison_champion_loss                  gauge      model, challenger
+riverstream_comparison_challenger_loss                gauge      model, challenger
+riverstream_comparison_difference                     gauge      model, challenger
+riverstream_comparison_lower                          gauge      model, challenger
+riverstream_comparison_upper                          gauge      model, challenger
+riverstream_comparison_decision                       gauge      model, challenger
 ====================================================  =========  =========================
+
+The ``riverstream_comparison_*`` gauges describe each champion/challenger comparison of the
+core (`learners.comparisons`): ``model`` is the champion, ``challenger`` the challenger (both
+model names, a bounded set). Losses are the 0/1 error (classifiers) or absolute error
+(regressors) over the labels both scored; the difference is champion loss minus challenger
+loss (positive: the challenger is better), lower/upper its anytime-valid interval (±Inf
+before it is defined), decision +1 (challenger better), -1 (champion better) or 0.
 
 `DriftMonitor` is pure (River detectors, no I/O): the processor feeds it (y_true, y_pred) and
 calls `LearnerMetrics.drift_detected` when it returns True. Its state is not part of a snapshot:
@@ -49,6 +63,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import start_http_server as _start_http_server
 from river import base, drift
 
+from learners.compare import ComparisonSummary
 from schemas.errors import ConfigError
 from schemas.events import Label
 
@@ -157,6 +172,36 @@ class LearnerMetrics:
             "riverstream_learner_last_event_timestamp_seconds",
             "Unix time the learner last processed an event.", registry=r,
         )  # fmt: skip
+        pair = ["model", "challenger"]
+        self.comparison_labels = Gauge(
+            "riverstream_comparison_labels", "Labels both models of a comparison scored.", pair,
+            registry=r,
+        )  # fmt: skip
+        self.comparison_champion_loss = Gauge(
+            "riverstream_comparison_champion_loss",
+            "Mean loss of the champion (the model label) over the compared labels.", pair, registry=r,
+        )  # fmt: skip
+        self.comparison_challenger_loss = Gauge(
+            "riverstream_comparison_challenger_loss",
+            "Mean loss of the challenger over the compared labels.", pair, registry=r,
+        )  # fmt: skip
+        self.comparison_difference = Gauge(
+            "riverstream_comparison_difference",
+            "Champion loss minus challenger loss (positive: the challenger is better).", pair,
+            registry=r,
+        )  # fmt: skip
+        self.comparison_lower = Gauge(
+            "riverstream_comparison_lower",
+            "Lower end of the anytime-valid interval of the difference.", pair, registry=r,
+        )  # fmt: skip
+        self.comparison_upper = Gauge(
+            "riverstream_comparison_upper",
+            "Upper end of the anytime-valid interval of the difference.", pair, registry=r,
+        )  # fmt: skip
+        self.comparison_decision = Gauge(
+            "riverstream_comparison_decision",
+            "1: the challenger is better, -1: the champion is, 0: undecided.", pair, registry=r,
+        )  # fmt: skip
         for outcome in sorted(JOIN_OUTCOMES):  # bounded and known: export zeros from the start
             self.join_events_total.labels(outcome=outcome)
 
@@ -237,6 +282,29 @@ class LearnerMetrics:
 
     def drift_detected(self, model: str) -> None:
         self.drift_detections_total.labels(model=model).inc()
+
+    def set_comparison(self, champion: str, challenger: str, summary: ComparisonSummary) -> None:
+        """Publish one champion/challenger comparison (`PairedComparison.summary`).
+
+        >>> from prometheus_client import CollectorRegistry
+        >>> from learners.compare import PairedComparison
+        >>> m, cmp = LearnerMetrics(CollectorRegistry()), PairedComparison()
+        >>> cmp.update_correct(False, True)
+        >>> m.set_comparison("tree", "hat", cmp.summary())
+        >>> m.registry.get_sample_value(
+        ...     "riverstream_comparison_difference", {"model": "tree", "challenger": "hat"})
+        1.0
+        """
+        labels = {"model": champion, "challenger": challenger}
+        decision = {"b_better": 1, "a_better": -1}.get(summary["decision"], 0)
+        self.comparison_labels.labels(**labels).set(summary["n"])
+        self.comparison_decision.labels(**labels).set(decision)
+        self.comparison_lower.labels(**labels).set(summary["lower"])
+        self.comparison_upper.labels(**labels).set(summary["upper"])
+        if summary["n"]:  # NaN before the first label: leave the gauges unset
+            self.comparison_champion_loss.labels(**labels).set(summary["loss_a"])
+            self.comparison_challenger_loss.labels(**labels).set(summary["loss_b"])
+            self.comparison_difference.labels(**labels).set(summary["difference"])
 
 
 def start_http_server(

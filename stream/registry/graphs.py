@@ -7,7 +7,7 @@ Keys (all in `stream.store.keys.RedisKeys`, under the models' prefix ``P``)::
     P:graph:NAME:versions      sorted set of versions (numbers from the models' P:version:seq)
     P:graph:NAME:v:V           the normalised document (`schemas.graphs.graph_to_dict`), JSON
     P:graph:NAME:promoted      the version every API process serves
-    P:graph:NAME:history       JSON `HistoryEntry` lines: apply, rollback, delete
+    P:graph:NAME:history       JSON `HistoryEntry` lines: apply, rollback, delete, challenger
 
 Every change runs in `RegistryBase._atomic` (WATCH, read and validate, MULTI, write, EXEC,
 retried on conflict), so the pointer, the history line and the notification of one operation
@@ -161,10 +161,18 @@ class GraphRegistry(RegistryBase):
         return entries
 
     # -- writing ---------------------------------------------------------------------------
-    def apply(self, document: Mapping[str, Any], reason: str = "") -> Applied:
+    def apply(
+        self,
+        document: Mapping[str, Any],
+        reason: str = "",
+        *,
+        action: str = "apply",
+        detail: Mapping[str, Any] | None = None,
+    ) -> Applied:
         """Store ``document`` as a new version of its graph and serve it (see the module).
 
-        Raises `schemas.graph_errors.GraphError` (the document is invalid, or names a model
+        ``action`` and ``detail`` go into the history entry (``challenger``: a promotion by the
+        champion/challenger policy, `stream.registry.challenger`, with its evidence). Raises `schemas.graph_errors.GraphError` (the document is invalid, or names a model
         that the store does not have) or `RegistryError`; either way nothing was written.
         """
         spec = parse_graph(document)  # the structure first: no Redis needed to refuse it
@@ -178,7 +186,8 @@ class GraphRegistry(RegistryBase):
                 if current is not None and _text(current) == text:
                     return Applied(name, promoted, promoted, False, models), None
             version = int(r.incr(self.keys.seq))  # a conflict retry skips a number: harmless
-            entry = self._entry("apply", promoted, version, reason, detail={"models": [*models]})
+            extra = {"models": [*models], **(detail or {})}
+            entry = self._entry(action, promoted, version, reason, detail=extra)
 
             def write(p: Any) -> None:
                 p.set(self.keys.graph_doc(name, version), text)
@@ -282,8 +291,8 @@ class GraphRegistry(RegistryBase):
             entry = HistoryEntry.from_json(raw)
             if entry.action == "delete":
                 entries = []
-            elif entry.action in ("apply", "rollback"):
-                action = "promote" if entry.action == "apply" else "rollback"
+            elif entry.action in ("apply", "challenger", "rollback"):
+                action = "rollback" if entry.action == "rollback" else "promote"
                 entries.append(dataclasses.replace(entry, action=action))
         stack = promotion_stack(entries)
         if promoted is None:

@@ -28,6 +28,10 @@ Key layout under a prefix ``P``::
     P:graph:NAME:v:VERSION                 the graph's normalised document, JSON (immutable)
     P:graph:NAME:promoted                  version served (absent: the graph is not served)
     P:graph:NAME:history                   list of JSON `HistoryEntry`, oldest first
+    P:comparisons                          set of "CHAMPION:CHALLENGER" pairs compared
+    P:comparison:CHAMPION:CHALLENGER       JSON: the latest comparison written by the learner
+    P:challenger:graphs                    set of graphs with a champion/challenger policy
+    P:graph:NAME:challenger                JSON: the graph's champion/challenger policy
 
 Graphs (`stream.store.graphs`, `stream.registry.graphs`) share the version counter and the
 channel with models; a graph's notification has no ``model`` field, so a reader that only knows
@@ -208,3 +212,23 @@ class RedisKeys:
 
     def graph_history(self, graph: str) -> str:
         return f"{self.prefix}:graph:{graph}:history"
+
+    # -- champion/challenger comparisons and their promotion policies --
+    @property
+    def comparisons(self) -> str:
+        return f"{self.prefix}:comparisons"
+
+    def comparison(self, champion: str, challenger: str) -> str:
+        """The latest comparison of a pair (model names hold no ``:``).
+
+        >>> RedisKeys("rs").comparison("tree", "hat"), RedisKeys("rs").challenger_policy("g")
+        ('rs:comparison:tree:hat', 'rs:graph:g:challenger')
+        """
+        return f"{self.prefix}:comparison:{champion}:{challenger}"
+
+    @property
+    def challenger_graphs(self) -> str:
+        return f"{self.prefix}:challenger:graphs"
+
+    def challenger_policy(self, graph: str) -> str:
+        return f"{self.prefix}:graph:{graph}:challenger"

@@ -26,6 +26,11 @@ def touch_learner(m: LearnerMetrics, now: float) -> None:
     m.snapshot_written("lr", version=7, size_bytes=1500, duration_seconds=3e-5,
                        stall_seconds=1e-5, timestamp=now)  # fmt: skip
     m.drift_detected("lr")
+    m.set_comparison("lr", "tree", {
+        "kind": "classification", "n": 45, "loss_a": 0.2, "loss_b": 0.1, "accuracy_a": 0.8,
+        "accuracy_b": 0.9, "difference": 0.1, "lower": 0.02, "upper": 0.18,
+        "decision": "b_better",
+    })  # fmt: skip
 
 
 def touch_serving(m: ServingMetrics, now: float) -> None:

@@ -1,0 +1,91 @@
+"""What paired champion/challenger comparisons cost the learning core, in the same run.
+
+Two models learn the same ``synth.Agrawal`` events (label delay 100, pushed in runs of
+``--batch`` like `bench/core_overhead.py`) in one `LearningCore`, three ways:
+
+* ``none``: no comparison configured (the hot path pays one branch per label);
+* ``one``: the pair ``a:b`` compared (a 0/1 loss per model and one betting update per label);
+* ``both``: ``a:b`` and ``b:a``.
+
+``--models`` picks the two specs (default ``logreg,logreg``: cheap models, so that the
+comparison's share is as visible as it can be). Rates are samples per second (one sample = a
+feature event and its label); each is the best of ``--repeat`` runs, the variants interleaved
+so that a busy machine slows them alike.
+
+Usage: ``python bench/compare_overhead.py [--samples 20000] [--models logreg,hoeffding]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import time
+from typing import Any
+
+from learners.core import LearningCore
+from learners.datasets import dataset_events
+from learners.specs import ModelSpec
+from schemas.events import FeatureEvent
+
+
+def run(
+    events: list[Any], specs: list[ModelSpec], pairs: list[tuple[str, str]], batch: int
+) -> float:
+    """Seconds to push and advance every event, a batch at a time, then flush."""
+    if pairs:
+        core = LearningCore(specs, compare=pairs)  # type: ignore[call-arg]
+    else:
+        core = LearningCore(specs)
+    offsets = [0, 0]
+    start = time.perf_counter()
+    for first in range(0, len(events), batch):
+        chunk = events[first : first + batch]
+        features = [e for e in chunk if e.__class__ is FeatureEvent]
+        labels = [e for e in chunk if e.__class__ is not FeatureEvent]
+        core.push_features(features, (0, 0), list(range(offsets[0], offsets[0] + len(features))))
+        core.push_labels(labels, (1, 0), list(range(offsets[1], offsets[1] + len(labels))))
+        offsets[0] += len(features)
+        offsets[1] += len(labels)
+        core.advance(chunk[-1].time)
+    core.flush()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--samples", type=int, default=20_000)
+    parser.add_argument("--delay", default="100")
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--models", default="logreg,logreg")
+    parser.add_argument("--repeat", type=int, default=5, help="best of N runs")
+    args = parser.parse_args()
+
+    first, second = args.models.split(",")
+    specs = [ModelSpec("a", first), ModelSpec("b", second)]
+    events = list(
+        dataset_events("synth.Agrawal", label_delay=args.delay, limit=args.samples, seed=42)
+    )
+    variants: dict[str, list[tuple[str, str]]] = {"none": []}
+    if "compare" in inspect.signature(LearningCore).parameters:  # absent before comparisons
+        variants["one"] = [("a", "b")]
+        variants["both"] = [("a", "b"), ("b", "a")]
+    best = dict.fromkeys(variants, float("inf"))
+    for _ in range(args.repeat):
+        for name, pairs in variants.items():
+            best[name] = min(best[name], run(events, specs, pairs, args.batch))
+
+    print(
+        f"samples={args.samples} delay={args.delay} batch={args.batch} "
+        f"models=a:{first},b:{second} best of {args.repeat}"
+    )
+    base = args.samples / best["none"]
+    for name, seconds in best.items():
+        rate = args.samples / seconds
+        print(
+            f"comparisons {name:4s}: {rate:10,.0f} samples/s  ({1e6 / rate:6.1f} µs/sample)  "
+            f"ratio {rate / base:.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
