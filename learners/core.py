@@ -30,6 +30,14 @@ per-event delays exactly, whatever the order events are pushed in between two `a
 calls, as long as no event is late. Unsupervised models learn at feature time, not at label
 time as in River: identical to River when labels are not delayed.
 
+**The learning curve.** With ``trace_every = K`` (an attribute, 0 by default) the core marks,
+right after the K-th, 2K-th, ... joined label, every model's metrics and samples learned
+(`CurveMark`, collected in ``trace_marks``): exactly where
+``river.evaluate.iter_progressive_val_score(..., step=K)`` yields. The marks depend on the label
+count only, not on how the work is cut into `advance` calls, so a restart from a checkpoint makes
+the same marks again. The adapter drains them (`drain_marks`), stamps them with the wall-clock
+time and writes them with the snapshot that covers them (`stream.learner.trace`).
+
 Examples
 --------
 >>> from learners.specs import ModelSpec
@@ -98,6 +106,17 @@ class Unusable:
 
 Prediction = tuple[Any, Any]
 """What a model said about one feature event: (label or score, probabilities)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CurveMark:
+    """The models' progressive metrics right after the ``labels``-th joined label."""
+
+    labels: int
+    time: float
+    """Event time of that label."""
+    models: dict[str, tuple[int, dict[str, float]]]
+    """Per model: ``(samples learned, {metric: value})``."""
 
 
 class LabelTypeError(TypeError):
@@ -237,6 +256,9 @@ class LearningCore:
         self.model_errors: dict[tuple[str, str, str], int] = {}
         """Failures so far, by ``(model, "predict" | "learn", exception type)``."""
         self.unusable: deque[Unusable] = deque(maxlen=UNUSABLE_KEPT)
+        self.trace_every = 0
+        """Mark the learning curve every this many joined labels (0: no marks; see the module)."""
+        self.trace_marks: list[CurveMark] = []
         self.comparisons: dict[Pair, ModelComparison] = {}
         """The champion/challenger comparisons kept, by ``(champion, challenger)``."""
         self._compared: list[ModelComparison] = []
@@ -245,6 +267,8 @@ class LearningCore:
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("model_errors", {})  # checkpoints written before failures were counted
         state.setdefault("unusable", deque(maxlen=UNUSABLE_KEPT))
+        state.setdefault("trace_every", 0)  # checkpoints written before the learning curve
+        state.setdefault("trace_marks", [])
         state.setdefault("comparisons", {})  # checkpoints written before comparisons
         state.setdefault("_compared", list(state["comparisons"].values()))
         self.__dict__.update(state)
@@ -339,6 +363,11 @@ class LearningCore:
         states = list(self.models.values())
         outcomes = self._outcomes
         last_x = None
+        # Curve marks: ``joined`` counts labels as they come (the join's counter moves when the
+        # call ends); ``mark_at`` is the next multiple of trace_every (-1: never).
+        every = self.trace_every
+        joined = self._join.counters.labels_joined
+        mark_at = (joined // every + 1) * every if every > 0 else -1
         if len(states) == 1:  # the common case, without a loop over models per event
             state = states[0]
             predict, learn = state.predict, state.learn
@@ -356,6 +385,10 @@ class LearningCore:
                     except Exception as exc:
                         self._failed(pending, label, [(state, "learn", exc)])
                     outcomes.append((label.label, pending.predictions))
+                    joined += 1
+                    if joined == mark_at:
+                        self._mark(joined, label.time)
+                        mark_at += every
             if last_x is not None:
                 self._last_x = last_x
             return self._join.events_processed - before
@@ -383,6 +416,10 @@ class LearningCore:
                 if compared:
                     for comparison in compared:
                         comparison.update(y, pending.predictions)
+                joined += 1
+                if joined == mark_at:
+                    self._mark(joined, label.time)
+                    mark_at += every
             if failures:
                 self._failed(pending, label, failures)
         if last_x is not None:
@@ -408,6 +445,21 @@ class LearningCore:
             else:
                 found = Unusable("label", label.id, label.time, detail, label.label)
             self.unusable.append(found)
+
+    def _mark(self, labels: int, time: float) -> None:
+        self.trace_marks.append(
+            CurveMark(
+                labels,
+                time,
+                {n: (s.samples_learned, s.metric_values()) for n, s in self.models.items()},
+            )
+        )
+
+    def drain_marks(self) -> list[CurveMark]:
+        """The curve marks made since the last drain, oldest first (see the module)."""
+        marks = self.trace_marks
+        self.trace_marks = []
+        return marks
 
     def drain_unusable(self) -> list[Unusable]:
         """Events no model could use since the last drain (for the dead-letter topic)."""

@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     )
     metrics_host: str = Field("127.0.0.1", description="Bind address of the learner's /metrics.")
     consumer_batch: int = Field(10_000, gt=0, description="Most messages fetched per poll.")
+    trace_every_labels: int = Field(
+        100, ge=0, description="Learning curve: a point every N labels per model (0: none)."
+    )
+    trace_max_points: int = Field(
+        10_000, gt=0, description="Learning curve: points kept per model (the oldest go first)."
+    )
     compare: str = Field(
         "",
         description="Champion/challenger pairs the learner compares on ground truth: "
@@ -145,6 +151,20 @@ class Settings(BaseSettings):
     serve_graph_metric: str = Field(
         "",
         description="Metric weighing `by_metric` graph ensembles (empty: each model's first by name).",
+    )
+
+    # -- console --
+    console_host: str = Field("127.0.0.1", description="Console bind address.")
+    console_port: int = Field(8050, ge=0, le=65535, description="Console port.")
+    console_token: SecretStr | None = Field(
+        None,
+        description="Enables the console's promote/rollback/pin actions, sent by the page in a "
+        "header (unset: the console is read-only).",
+    )
+    console_metrics_url: str = Field(
+        "",
+        description="The learner's /metrics read by the console (empty: METRICS_HOST and "
+        "LEARNER_METRICS_PORT).",
     )
 
     # -- asynchronous and batch predictions --

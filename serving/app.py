@@ -13,6 +13,7 @@ app starts), a `SnapshotFollower` started and stopped by the app's lifespan, and
   graphs, several models answering together, followed live like models (`serving.graphs`).
 - ``GET /v1/models/{name}/predictions/{id}``: answers computed ahead by ``riverstream score
   --into redis`` (`serving.lookup`).
+- ``GET /v1/models/{name}/curve``: the learning curve the learner traced (`serving.curve`).
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (503 until every expected model is
   loaded; reports Redis reachability and staleness), ``GET /metrics`` (Prometheus).
 - ``/v2/...``: the Open Inference Protocol v2 over the same models (`serving.v2`).
@@ -46,6 +47,7 @@ from schemas.settings import Settings
 from serving import openapi
 from serving.graphs import GraphService, wait_started
 from serving.graphs import install as install_graphs
+from serving.curve import curve_router
 from serving.inputs import InputError, InputLimits, parse_predict_body
 from serving.lookup import lookup_router
 from serving.telemetry import ServingMetrics, get_metrics, metrics_response_bytes
@@ -223,6 +225,7 @@ def create_app(
         return Response(body, media_type=content_type)
 
     app.include_router(lookup_router(store))  # batch predictions, by id
+    app.include_router(curve_router(store))  # learning curves
     return app
 
 

@@ -20,7 +20,8 @@ Taking a snapshot, in order (each step only after the previous one succeeded):
    serving loads); the core without its models plus the offsets is the checkpoint blob.
 5. **Write atomically** (in the child). `SnapshotStore.write`: chunks first, then one
    MULTI/EXEC makes every model's version, its metadata and the checkpoint visible together,
-   then PUBLISH announces it. A crash before EXEC leaves nothing visible.
+   with the learning curve's points the checkpoint covers (`stream.store.trace`), then PUBLISH
+   announces it. A crash before EXEC leaves nothing visible.
 6. **Reap.** The learner collects the child's exit status; at most one child runs at a time.
    The buffered events set aside in step 2 went back into the core right after the fork.
 
@@ -49,6 +50,7 @@ from schemas.errors import RiverstreamError, SnapshotError
 from schemas.records import SnapshotMeta
 from stream.store.comparisons import ComparisonStore
 from stream.store.snapshots import SnapshotStore
+from stream.store.trace import TraceWrite
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,8 @@ def write_snapshot(
     offsets: Offsets,
     extras: Mapping[str, Any] | None = None,
     after_write: Callable[[SnapshotStore, int, dict[str, SnapshotMeta]], None] | None = None,
+    *,
+    trace: TraceWrite | None = None,
 ) -> dict[str, SnapshotMeta]:
     """Steps 4 and 5: serialize ``core`` and write it as ``version``. Mutates nothing visible
     to the caller except that ``core.models`` is restored before returning."""
@@ -153,7 +157,7 @@ def write_snapshot(
         checkpoint = dump_signed(payload, signing_key)
     finally:
         core.models = models
-    store.write(version, blobs, checkpoint, offsets)
+    store.write(version, blobs, checkpoint, offsets, trace)
     if core.comparisons:  # a readable copy (the checkpoint holds the exact state)
         records = [comparison.record() for comparison in core.comparisons.values()]
         ComparisonStore(store.client, store.keys.prefix).write(version, records)
@@ -193,9 +197,15 @@ class Snapshotter:
         return self._child is not None
 
     def take(
-        self, core: LearningCore, offsets: Offsets, extras: Mapping[str, Any] | None = None
+        self,
+        core: LearningCore,
+        offsets: Offsets,
+        extras: Mapping[str, Any] | None = None,
+        *,
+        trace: TraceWrite | None = None,
     ) -> SnapshotResult | None:
-        """Start a snapshot (steps 2-3); returns a result at once when not forking."""
+        """Start a snapshot (steps 2-3); returns a result at once when not forking. ``trace``:
+        the learning curve's points this snapshot covers, written in its transaction."""
         start = time.perf_counter()
         version = self.store.next_version()
         # A fork stalls for its page tables (≈ 7-10 ms here) and the learner then pays for
@@ -213,6 +223,7 @@ class Snapshotter:
                     dict(offsets),
                     extras,
                     self.after_write,
+                    trace=trace,
                 )
             except Exception:  # as a failed child: logged, and the next snapshot tries again
                 log.exception("snapshot v%d failed", version)
@@ -236,8 +247,9 @@ class Snapshotter:
                 os.nice(10)  # the learner keeps the CPU; the snapshot takes what is left
                 store = self._store_factory()
                 write_snapshot(
-                    store, self._signing_key, version, core, dict(offsets), extras, self.after_write
-                )
+                    store, self._signing_key, version, core, dict(offsets), extras,
+                    self.after_write, trace=trace,
+                )  # fmt: skip
                 status = 0
             except BaseException:
                 log.exception("snapshot v%d failed", version)

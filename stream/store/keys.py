@@ -18,6 +18,9 @@ Key layout under a prefix ``P``::
     P:checkpoint:VERSION:meta              `CheckpointMeta` as JSON
     P:checkpoint:VERSION:chunk:I           I-th slice of the signed learner checkpoint
     P:learner:commands                     list of JSON `RollbackCommand` for the learner
+    P:model:NAME:trace                     stream: the learning curve, entry id = label count
+                                           (`stream.store.trace`), capped (MAXLEN ~)
+    P:model:NAME:trace:lineage             JSON: the rollback lineage of the trace's points
     P:lookup:seq                           INCR counter numbering batch prediction tables
     P:model:NAME:lookup                    JSON `LookupTable` of the table served (TTL)
     P:model:NAME:lookup:TABLE              hash: id → stored answer JSON (TTL)
@@ -180,6 +183,17 @@ class RedisKeys:
     @property
     def commands(self) -> str:
         return f"{self.prefix}:learner:commands"
+
+    def trace(self, model: str) -> str:
+        """The learning curve of ``model`` (a stream) and the lineage of its points.
+
+        >>> RedisKeys("rs").trace("lr"), RedisKeys("rs").trace_lineage("lr")
+        ('rs:model:lr:trace', 'rs:model:lr:trace:lineage')
+        """
+        return f"{self.prefix}:model:{model}:trace"
+
+    def trace_lineage(self, model: str) -> str:
+        return f"{self.prefix}:model:{model}:trace:lineage"
 
     @property
     def lookup_seq(self) -> str:

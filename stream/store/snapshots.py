@@ -27,6 +27,7 @@ from schemas.errors import ConfigError, SnapshotError, SnapshotIntegrityError
 from schemas.names import MODEL_NAME_RULE, is_model_name
 from schemas.records import CheckpointMeta, SnapshotMeta
 from stream.store.keys import Notification, RedisKeys, chunks, served_version
+from stream.store.trace import TRACE_WRITE, TraceWrite, queue_trace
 
 if TYPE_CHECKING:
     from schemas.settings import Settings
@@ -79,6 +80,7 @@ class SnapshotStore:
         self.signing_key = signing_key
         self.chunk_bytes = chunk_bytes
         self._set_max = client.register_script(_SET_MAX)
+        self._trace_write = client.register_script(TRACE_WRITE)
 
     # -- writing ---------------------------------------------------------------------------
     def next_version(self) -> int:
@@ -91,6 +93,7 @@ class SnapshotStore:
         models: Mapping[str, tuple[bytes, SnapshotMeta]],
         checkpoint: bytes,
         offsets: Mapping[str, int],
+        trace: TraceWrite | None = None,
     ) -> None:
         """Write ``version`` of every model in ``models`` plus the learner checkpoint, atomically.
 
@@ -104,8 +107,9 @@ class SnapshotStore:
            that no reader ever looks at.
         2. In one MULTI/EXEC transaction: each model's meta, its entry in the versions sorted
            set and the models set, its ``latest`` pointer (moved only forward), the checkpoint
-           meta and ``checkpoint:latest`` (only forward). After EXEC the whole version is
-           visible at once; before it, none of it is.
+           meta and ``checkpoint:latest`` (only forward), and the learning curve's points that
+           the checkpoint covers (``trace``, see `stream.store.trace`). After EXEC the whole
+           version is visible at once; before it, none of it is.
         3. PUBLISH ``{"model", "version"}`` per model on the channel. A lost message is caught
            up by the readers' polling of the pointers.
         """
@@ -142,6 +146,8 @@ class SnapshotStore:
                 self._set_max(keys=[self.keys.latest(name)], args=[version], client=tx)
             tx.set(self.keys.checkpoint_meta(version), cp_meta.to_json())
             self._set_max(keys=[self.keys.checkpoint_latest], args=[version], client=tx)
+            if trace is not None:
+                queue_trace(tx, self._trace_write, self.keys, trace, metas)
             tx.execute()
             # 3. notify
             pipe = self.client.pipeline(transaction=False)
