@@ -1,17 +1,22 @@
-"""A picture without Grafana: learning curve, throughput, lag and latency in one PNG.
+"""A picture without Grafana: the learning curves of the models, and how the learner ran, in one PNG.
 
-Samples are plain dicts, one per point in time::
+**The curves** come from the learning-curve trace the learner writes with its snapshots
+(`stream.store.trace`; the CLI reads it and passes plain data): per model, a point every N
+labels with ``labels``, ``event_time``, ``wall_time``, ``samples`` and ``metrics`` (a metric may
+be ``None`` where it was not finite). One panel per metric, every model that has it overlaid, so
+a champion and its challengers are compared at a glance; x is the label count.
 
-    {"time": 1700000000.0,            # unix seconds
-     "samples_learned": 12000.0,      # or None
-     "metrics": {"Accuracy": 0.91},   # progressive metrics (name -> value)
-     "throughput": 5400.0,            # events/s, or None
-     "lag": 120.0,                    # messages behind, or None
-     "latency": {"predict p99": 2e-5}}  # seconds, any number of named series
+**How the learner ran** (`Ops`): throughput, consumer lag and prediction latency over time from
+Prometheus (`ops_from_prometheus`, stdlib HTTP only, restricted to the stream's topics and
+models) when it has them for the trace's time span; otherwise throughput and progress from the
+trace itself (`ops_from_trace`: labels learned against the wall-clock time of each point).
 
-They come from Prometheus (`samples_from_prometheus`, stdlib HTTP only) or, when Prometheus is
-absent, from the snapshot history (`samples_from_snapshots`), which has no lag nor latency.
-`render_report` draws them; it does no I/O but writing the PNG.
+**No empty panels.** A panel is drawn only when it has data; what was left out, and where each
+panel's data came from, is said in the caption under the figure. Axes are plain numbers (no
+offset notation such as ``1e-5 + 9.889e-1``); counts get thousands separators.
+
+`build_report` returns the matplotlib figure (tests inspect it), `render_report` writes the PNG;
+neither does any I/O but writing the file.
 """
 
 from __future__ import annotations
@@ -22,53 +27,80 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from schemas.errors import ServiceError
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-def _seconds(value: str | datetime | float) -> float:
-    if isinstance(value, str):
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    if isinstance(value, datetime):
-        return value.timestamp()
-    return float(value)
+Point = Mapping[str, Any]
+"""One point of a curve: ``labels``, ``event_time``, ``wall_time``, ``samples``, ``metrics``."""
+Series = list[tuple[float, float]]
+"""``(unix seconds, value)``, in time order."""
 
 
-def samples_from_snapshots(metadata: Sequence[Mapping]) -> list[dict]:
-    """Samples from snapshot metadata dicts (version, created_at, samples_learned, metrics).
+@dataclass
+class Ops:
+    """How the learner ran, over time; an empty series is a panel left out."""
 
-    Throughput is the growth of samples_learned between consecutive snapshots.
+    source: str
+    throughput: Series = field(default_factory=list)
+    throughput_unit: str = "events/s"
+    progress: Series = field(default_factory=list)
+    """Labels learned (from the trace)."""
+    lag: Series = field(default_factory=list)
+    latency: dict[str, Series] = field(default_factory=dict)
+    """Seconds, by series name (``predict p99``...)."""
 
-    >>> s = samples_from_snapshots([
-    ...     {"version": 2, "created_at": 20.0, "samples_learned": 300, "metrics": {"MAE": 1.5}},
-    ...     {"version": 1, "created_at": 10.0, "samples_learned": 100, "metrics": {"MAE": 2.0}}])
-    >>> [(x["time"], x["throughput"], x["metrics"]["MAE"]) for x in s]
-    [(10.0, None, 2.0), (20.0, 20.0, 1.5)]
+    def empty(self) -> bool:
+        return not (self.throughput or self.progress or self.lag or any(self.latency.values()))
+
+
+# -- from the trace ------------------------------------------------------------------------------
+def ops_from_trace(curves: Mapping[str, Sequence[Point]], window: float | None = None) -> Ops:
+    """Throughput (labels/s) and progress from the wall-clock times of the trace's points.
+
+    The label count is the learner's (every model of a learner has the same points), so the
+    longest curve is used. A point's wall time is when the learner's step that processed it
+    ended (points of one step share it), so the rate is taken over ``window`` seconds (default:
+    1/40 of the span).
+
+    >>> pts = [{"labels": 100 * i, "wall_time": 10.0 + i} for i in range(1, 6)]
+    >>> o = ops_from_trace({"m": pts}, window=1.0)
+    >>> o.throughput, o.progress[-1]
+    ([(12.0, 100.0), (13.0, 100.0), (14.0, 100.0), (15.0, 100.0)], (15.0, 500.0))
     """
-    rows = sorted(metadata, key=lambda m: (_seconds(m["created_at"]), m.get("version", 0)))
-    out: list[dict] = []
-    for meta in rows:
-        t, n = _seconds(meta["created_at"]), meta.get("samples_learned")
-        throughput = None
-        if out and n is not None and out[-1]["samples_learned"] is not None:
-            dt = t - out[-1]["time"]
-            throughput = (n - out[-1]["samples_learned"]) / dt if dt > 0 else None
-        out.append(
-            {
-                "time": t,
-                "samples_learned": None if n is None else float(n),
-                "metrics": {k: float(v) for k, v in (meta.get("metrics") or {}).items()},
-                "throughput": throughput,
-                "lag": None,
-                "latency": {},
-            }
-        )
-    return out
+    points = max(curves.values(), key=len, default=[])
+    timed = sorted(
+        (float(p["wall_time"]), float(p["labels"])) for p in points if _finite(p.get("wall_time"))
+    )
+    ops = Ops("the learning-curve trace", throughput_unit="labels/s")
+    if len(timed) < 2:
+        return ops
+    ops.progress = timed
+    span = timed[-1][0] - timed[0][0]
+    if span <= 0:
+        return ops
+    if window is None:
+        window = span / 40
+    j = 0
+    for t, labels in timed[1:]:
+        while j + 1 < len(timed) and t - timed[j + 1][0] >= window:
+            j += 1
+        t0, labels0 = timed[j]
+        if t - t0 >= window * 0.999 and labels > labels0:
+            ops.throughput.append((t, (labels - labels0) / (t - t0)))
+    return ops
 
 
-def _query_range(base_url: str, query: str, start: float, end: float, step: float, timeout: float):
+# -- from Prometheus -------------------------------------------------------------------------
+def _query_range(
+    base_url: str, query: str, start: float, end: float, step: float, timeout: float
+) -> list[dict[str, Any]]:
     params = urllib.parse.urlencode({"query": query, "start": start, "end": end, "step": step})
     url = f"{base_url.rstrip('/')}/api/v1/query_range?{params}"
     try:
@@ -78,135 +110,221 @@ def _query_range(base_url: str, query: str, start: float, end: float, step: floa
         raise ServiceError(f"Prometheus query failed at {base_url}: {exc}") from exc
     if body.get("status") != "success":
         raise ServiceError(f"Prometheus refused {query!r}: {body.get('error')}")
-    return body["data"]["result"]
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
 
 
-def samples_from_prometheus(
+def _pattern(names: Sequence[str]) -> str:
+    r"""A PromQL regex matching exactly ``names``, for a double-quoted label matcher.
+
+    >>> print(_pattern(["rs.features", "a|b"]))
+    rs\\.features|a\\|b
+    """
+    special = set(".+*?()[]{}|^$\\")
+    escaped = ["".join("\\\\" + c if c in special else c for c in name) for name in names]
+    return "|".join(escaped)
+
+
+def ops_from_prometheus(
     base_url: str,
     start: float,
     end: float,
+    *,
+    topics: Sequence[str],
+    models: Sequence[str],
     step: float = 5.0,
-    model: str | None = None,
     rate_window: str = "1m",
     timeout: float = 10.0,
-) -> list[dict]:
-    """Samples from a Prometheus HTTP API (``query_range``), one per ``step`` seconds."""
-    sel = f'model="{model}"' if model else ""
+) -> Ops:
+    """Throughput (events/s read from ``topics``), consumer lag (of ``topics``) and latency (of
+    ``models``) between ``start`` and ``end`` (unix seconds); raises `ServiceError` when
+    Prometheus cannot be asked."""
+    topic = f'topic=~"{_pattern(topics)}"'
+    model = f'model=~"{_pattern(models)}"'
     w = rate_window
 
-    def quantile(q: float, metric: str, s: str) -> str:
-        inner = f"{metric}_bucket{{{s}}}" if s else f"{metric}_bucket"
-        return f"histogram_quantile({q}, sum by (le) (rate({inner}[{w}])))"
+    def quantile(q: float, metric: str) -> str:
+        return f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{model}}}[{w}])))"
 
-    scalars = {
-        "samples_learned": f"max(sum by (model) (riverstream_samples_learned_total{{{sel}}}))",
-        "throughput": f"sum(rate(riverstream_events_consumed_total[{w}]))",
-        "lag": "sum(riverstream_consumer_lag)",
-    }
-    latencies = {
-        "predict p50": quantile(0.5, "riverstream_predict_seconds", sel),
-        "predict p99": quantile(0.99, "riverstream_predict_seconds", sel),
-        "http p99": quantile(0.99, "riverstream_http_request_duration_seconds", sel),
-    }
-    points: dict[float, dict] = {}
+    def series(query: str) -> Series:
+        out: dict[float, float] = {}
+        for found in _query_range(base_url, query, start, end, step, timeout):
+            for t, v in found["values"]:
+                if math.isfinite(float(v)):
+                    out[float(t)] = out.get(float(t), 0.0) + float(v)
+        return sorted(out.items())
 
-    def point(t: float) -> dict:
-        return points.setdefault(
-            t,
-            {"time": t, "samples_learned": None, "metrics": {}, "throughput": None, "lag": None,
-             "latency": {}},
-        )  # fmt: skip
-
-    def fetch(query: str):
-        for series in _query_range(base_url, query, start, end, step, timeout):
-            for t, v in series["values"]:
-                yield series["metric"], float(t), float(v)
-
-    for key, query in scalars.items():
-        for _labels, t, v in fetch(query):
-            point(t)[key] = v
-    for name, query in latencies.items():
-        for _labels, t, v in fetch(query):
-            point(t)["latency"][name] = v
-    for labels, t, v in fetch(f"riverstream_progressive_metric{{{sel}}}"):
-        name = (
-            labels.get("metric", "?") if model else f"{labels.get('model')} {labels.get('metric')}"
-        )
-        point(t)["metrics"][name] = v
-    return [points[t] for t in sorted(points)]
+    return Ops(
+        "Prometheus",
+        throughput=series(f"sum(rate(riverstream_events_consumed_total{{{topic}}}[{w}]))"),
+        lag=series(f"sum(riverstream_consumer_lag{{{topic}}})"),
+        latency={
+            "predict p50": series(quantile(0.5, "riverstream_predict_seconds")),
+            "predict p99": series(quantile(0.99, "riverstream_predict_seconds")),
+            "learn p99": series(quantile(0.99, "riverstream_learn_seconds")),
+        },
+    )
 
 
-def _finite(v: float | None) -> bool:
-    return v is not None and math.isfinite(v)
+# -- drawing -------------------------------------------------------------------------------------
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
-def render_report(samples: Sequence[dict], out: Path, model: str | None = None) -> Path:
-    """Draw the 2x2 report of ``samples`` into the PNG ``out`` and return its path."""
-    import matplotlib
+@dataclass
+class _Panel:
+    title: str
+    draw: Any  # Callable[[Axes], None]
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+
+def build_report(
+    curves: Mapping[str, Sequence[Point]],
+    ops: Ops | None = None,
+    *,
+    title: str | None = None,
+    notes: Sequence[str] = (),
+) -> Figure:
+    """The report's figure: one panel per metric (every model that has it overlaid), then the
+    panels of ``ops`` that have data; the caption lists sources and what was left out."""
     from matplotlib.figure import Figure
 
-    fig: Figure = plt.figure(figsize=(12, 8), dpi=100)
-    try:
-        axes = fig.subplots(2, 2)
-        t0 = samples[0]["time"] if samples else 0.0
-        minutes = [(s["time"] - t0) / 60 for s in samples]
-        by_samples = bool(samples) and all(_finite(s.get("samples_learned")) for s in samples)
-        x_curve = [s["samples_learned"] for s in samples] if by_samples else minutes
+    curves = {name: sorted(points, key=lambda p: p["labels"]) for name, points in curves.items()}
+    caption = list(notes)
+    panels: list[_Panel] = []
+    metrics = sorted({m for points in curves.values() for p in points for m in p["metrics"]})
+    for metric in metrics:
+        panels.append(_Panel(f"{metric} (progressive validation)", _curve_drawer(curves, metric)))
+    missing = sorted(name for name, points in curves.items() if not points)
+    if missing:
+        caption.append(f"no learning-curve points yet for {', '.join(missing)}")
+    if not metrics:
+        caption.append("no learning curve: the trace is empty")
 
-        ax = axes[0][0]
-        names = sorted({n for s in samples for n in s.get("metrics", {})})
-        for name in names:
-            ax.plot(x_curve, [s["metrics"].get(name, math.nan) for s in samples], ".-", label=name)
-        ax.set_title("Learning curve (progressive validation)")
-        ax.set_xlabel("samples learned" if by_samples else "minutes")
-        _finish(ax, bool(names), "no progressive metric")
+    t0 = min(
+        [float(p["wall_time"]) for pts in curves.values() for p in pts if _finite(p["wall_time"])]
+        or [0.0]
+    )
+    if ops is not None:
+        starts = [s[0][0] for s in (ops.throughput, ops.progress, ops.lag) if s]
+        starts += [s[0][0] for s in ops.latency.values() if s]
+        t0 = min([t0, *starts]) if curves else min(starts or [0.0])
+        panels += _ops_panels(ops, t0, caption)
 
-        series = [
-            (axes[0][1], "Throughput", "events/s", {"events/s": "throughput"}),
-            (axes[1][0], "Consumer lag", "messages", {"lag": "lag"}),
-        ]
-        for ax, title, ylabel, keys in series:
-            empty = f"no {title.lower()} data (Prometheus only)"
-            drawn = False
-            for label, key in keys.items():
-                ys = [s.get(key) for s in samples]
-                if any(_finite(y) for y in ys):
-                    ys = [y if _finite(y) else math.nan for y in ys]
-                    ax.plot(minutes, ys, ".-", label=label)
-                    drawn = True
-            ax.set_title(title)
-            ax.set_xlabel("minutes")
-            ax.set_ylabel(ylabel)
-            _finish(ax, drawn, empty)
+    columns = 2 if len(panels) > 1 else 1
+    rows = max(1, math.ceil(len(panels) / columns))
+    fig = Figure(figsize=(13, 3.6 * rows + 1.4), dpi=100, layout="constrained")
+    for i, panel in enumerate(panels):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        panel.draw(ax)
+        ax.set_title(panel.title)
+        ax.grid(alpha=0.3)
+        _plain_axes(ax)
+    n = {name: len(points) for name, points in curves.items()}
+    described = ", ".join(f"{name} ({count} points)" for name, count in n.items())
+    fig.suptitle(title or f"riverstream — learning curves of {described or 'no model'}")
+    if caption:
+        fig.text(0.01, 0.002, "\n".join(caption), fontsize=9, va="bottom", ha="left", wrap=True)
+        fig.get_layout_engine().set(rect=(0, 0.03 + 0.018 * len(caption), 1, 1))  # type: ignore[call-arg,union-attr]
+    return fig
 
-        ax = axes[1][1]
-        names = sorted({n for s in samples for n in s.get("latency", {})})
-        for name in names:
-            ys = [s["latency"].get(name, math.nan) * 1e3 for s in samples]
-            ax.plot(minutes, ys, ".-", label=name)
-        ax.set_title("Latency")
-        ax.set_xlabel("minutes")
-        ax.set_ylabel("ms")
-        _finish(ax, bool(names), "no latency data (Prometheus only)")
 
-        fig.suptitle(f"riverstream — {model or 'all models'} ({len(samples)} points)")
-        fig.tight_layout()
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, format="png")
-    finally:
-        plt.close(fig)
+def render_report(
+    curves: Mapping[str, Sequence[Point]],
+    out: Path,
+    ops: Ops | None = None,
+    *,
+    title: str | None = None,
+    notes: Sequence[str] = (),
+) -> Path:
+    """Draw `build_report` into the PNG ``out`` and return its path."""
+    fig = build_report(curves, ops, title=title, notes=notes)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
     return out
 
 
-def _finish(ax, drawn: bool, empty_text: str) -> None:
-    if drawn:
+def _curve_drawer(curves: Mapping[str, Sequence[Point]], metric: str) -> Any:
+    def draw(ax: Axes) -> None:
+        for name, points in curves.items():
+            xs = [p["labels"] for p in points if metric in p["metrics"]]
+            ys = [_value(p["metrics"][metric]) for p in points if metric in p["metrics"]]
+            if not xs:
+                continue
+            marker = "." if len(xs) <= 80 else None
+            ax.plot(xs, ys, marker=marker, linewidth=1.4, label=f"{name} ({len(xs)} points)")
+        ax.set_xlabel("labels learned")
+        ax.set_ylabel(metric)
         ax.legend(fontsize="small")
-        ax.grid(alpha=0.3)
+
+    return draw
+
+
+def _value(v: Any) -> float:
+    return float(v) if _finite(v) else math.nan
+
+
+def _ops_panels(ops: Ops, t0: float, caption: list[str]) -> list[_Panel]:
+    """The panels of ``ops`` that have data; what has none goes to the caption."""
+    span = max([s[-1][0] for s in (ops.throughput, ops.progress, ops.lag) if s] or [t0]) - t0
+    unit, scale = ("minutes", 60.0) if span > 300 else ("seconds", 1.0)
+
+    def line(series: Series, ylabel: str, label: str | None = None) -> Any:
+        def draw(ax: Axes) -> None:
+            ax.plot([(t - t0) / scale for t, _ in series], [v for _, v in series], label=label)
+            ax.set_xlabel(f"{unit} since the first point")
+            ax.set_ylabel(ylabel)
+            if label:
+                ax.legend(fontsize="small")
+
+        return draw
+
+    panels = []
+    source = f"from {ops.source}"
+    if ops.throughput:
+        panels.append(_Panel(f"Throughput ({source})", line(ops.throughput, ops.throughput_unit)))
     else:
-        ax.text(0.5, 0.5, empty_text, ha="center", va="center", transform=ax.transAxes)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        caption.append(f"throughput: no data {source}")
+    if ops.progress:
+        panels.append(_Panel(f"Labels learned over time ({source})", line(ops.progress, "labels")))
+    if ops.lag:
+        panels.append(_Panel(f"Consumer lag ({source})", line(ops.lag, "messages behind")))
+    else:
+        caption.append(
+            "consumer lag: left out, only Prometheus has it"
+            if ops.source != "Prometheus"
+            else "consumer lag: no data from Prometheus"
+        )
+    latency = {name: s for name, s in ops.latency.items() if s}
+    if latency:
+
+        def draw(ax: Axes) -> None:
+            for name, s in latency.items():
+                ax.plot([(t - t0) / scale for t, _ in s], [v * 1e3 for _, v in s], label=name)
+            ax.set_xlabel(f"{unit} since the first point")
+            ax.set_ylabel("milliseconds")
+            ax.legend(fontsize="small")
+
+        panels.append(_Panel(f"Latency ({source})", draw))
+    else:
+        caption.append(
+            "latency: left out, only Prometheus has it"
+            if ops.source != "Prometheus"
+            else "latency: no data from Prometheus"
+        )
+    return panels
+
+
+def _plain_axes(ax: Axes) -> None:
+    """Numbers as they are: no offset or scientific notation; counts with separators."""
+    from matplotlib.ticker import FuncFormatter, ScalarFormatter
+
+    y = ScalarFormatter(useOffset=False)
+    y.set_scientific(False)
+    ax.yaxis.set_major_formatter(y)
+    if ax.get_xlabel() == "labels learned":
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
+    else:
+        x = ScalarFormatter(useOffset=False)
+        x.set_scientific(False)
+        ax.xaxis.set_major_formatter(x)

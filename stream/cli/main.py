@@ -19,6 +19,7 @@ from stream.cli.graphs import graphs_app
 from stream.cli.models import models_app
 from stream.cli.predict import register as register_predict
 from stream.cli.snapshots import snapshots_app
+from stream.cli.views import register as register_views
 from stream.dev import services as svc
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ app.add_typer(publish_app, name="publish")
 app.add_typer(snapshots_app, name="snapshots")
 register_predict(app)  # predict-worker, score
 app.add_typer(graphs_app, name="graphs")
+register_views(app)  # report, console
 app.add_typer(models_app, name="models")
 
 console = Console(stderr=True)
@@ -305,52 +307,6 @@ def demo(
         out.print("stop with: riverstream services down (and kill the learner/API pids)")
     if summary.failed_predictions:
         raise typer.Exit(1)
-
-
-@app.command()
-def report(
-    out_file: Annotated[Path, typer.Option("--out", help="PNG file to write.")],
-    model: Annotated[str | None, typer.Option(help="Model (default: the first one).")] = None,
-    minutes: Annotated[float, typer.Option(help="How far back Prometheus is asked.")] = 60.0,
-) -> None:
-    """Render the learning curve, throughput, lag and latency as a PNG.
-
-    From Prometheus when it has riverstream's metrics, else from the snapshot metadata.
-    """
-    import time as _time
-
-    from observability.report import render_report, samples_from_prometheus, samples_from_snapshots
-    from stream.store.snapshots import open_store
-
-    settings = load_settings()
-    samples: list[dict[str, object]] = []
-    source = "Prometheus"
-    if settings.prometheus_url:
-        end = _time.time()
-        try:
-            samples = samples_from_prometheus(
-                settings.prometheus_url,
-                end - minutes * 60,
-                end,
-                step=max(1.0, minutes),
-                model=model,
-            )
-        except Exception as exc:  # Prometheus absent or unreachable: fall back
-            console.print(f"[dim]Prometheus not usable ({exc}); using snapshot metadata[/]")
-    if not any(s.get("metrics") for s in samples):
-        source = "snapshot metadata"
-        store = open_store(settings)
-        names = store.models()
-        if not names:
-            raise RiverstreamError("no snapshots in Redis yet: run `riverstream learn` first")
-        name = model or names[0]
-        if name not in names:
-            raise RiverstreamError(f"no model {name!r}; models are {', '.join(names)}")
-        metas = [store.meta(name, v).__dict__ for v in store.versions(name)]
-        samples = samples_from_snapshots(metas)
-        model = name
-    render_report(samples, out_file, model)
-    console.print(f"wrote {out_file} ({len(samples)} points from {source})")
 
 
 def _learner_observer(settings: Settings) -> Observer:

@@ -23,7 +23,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from observability import alerts, dashboards
-from observability.report import render_report, samples_from_prometheus
+from observability.report import build_report, ops_from_prometheus
 from stream.dev.services import free_port
 from stream.learner.telemetry import LearnerMetrics, start_http_server
 
@@ -157,10 +157,17 @@ def test_no_alert_fires_on_a_healthy_system(prometheus):
 @pytest.mark.integration
 def test_report_from_prometheus(prometheus, tmp_path):
     now = time.time()
-    samples = samples_from_prometheus(prometheus, now - 30, now, step=1, model="lr",
-                                      rate_window="30s")  # fmt: skip
-    assert samples and any(s["metrics"].get("Accuracy") == 0.9 for s in samples)
-    assert any(s["lag"] == 3 for s in samples)
-    assert any(s["latency"].get("predict p99") for s in samples)
-    out = render_report(samples, tmp_path / "live.png", "lr")
-    assert out.read_bytes()[:4] == b"\x89PNG"
+    ops = ops_from_prometheus(
+        prometheus, now - 30, now, topics=["riverstream.features", "riverstream.labels"],
+        models=["lr"], step=1, rate_window="30s",
+    )  # fmt: skip
+    assert ops.throughput and all(v >= 0 for _, v in ops.throughput)
+    assert any(v == 3 for _, v in ops.lag)
+    assert ops.latency["predict p99"]
+    other = ops_from_prometheus(prometheus, now - 30, now, topics=["other.features"],
+                                models=["other"], step=1, rate_window="30s")  # fmt: skip
+    assert not other.lag and not other.latency["predict p99"]  # only the stream's series
+    curve = [{"labels": 10, "event_time": 1.0, "wall_time": now - 5, "samples": 10,
+              "metrics": {"Accuracy": 0.9}}]  # fmt: skip
+    titles = [ax.get_title() for ax in build_report({"lr": curve}, ops).axes]
+    assert "Consumer lag (from Prometheus)" in titles and "Latency (from Prometheus)" in titles
