@@ -252,6 +252,7 @@ class ShadowRunner:
 
     def __init__(self, metrics: GraphMetrics, backlog: int = SHADOW_BACKLOG) -> None:
         self.metrics = metrics
+        self.backlog = backlog
         self._slots = threading.BoundedSemaphore(backlog)
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -303,10 +304,12 @@ class ShadowRunner:
         return done.wait(timeout)
 
     def stop(self) -> None:
+        """Finish the running job, drop the queued ones (a restarted app starts afresh)."""
         with self._lock:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
+            self._slots = threading.BoundedSemaphore(self.backlog)  # cancelled jobs held slots
 
 
 # -- the service -----------------------------------------------------------------------------
