@@ -111,6 +111,18 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, gt=0, le=512 * 1024 * 1024, description="Redis value size per chunk."
     )
     snapshot_retention: int = Field(50, ge=1, description="Versions kept per model.")
+    live_every_seconds: float = Field(
+        0.25, ge=0,
+        description="Live updates: under the `always` policy, serving follows the learner between "
+        "versions, a model at most this often (0: versions only).",
+    )  # fmt: skip
+    live_max_bytes: int = Field(
+        1_000_000, ge=0, description="Live updates only for models whose blob is smaller."
+    )
+    live_max_share: float = Field(
+        0.05, gt=0, le=1,
+        description="Most of the learner's time live updates may take (they are spaced out).",
+    )  # fmt: skip
     join_ttl: float = Field(
         1e12, gt=0, description="Event-time units a feature waits for its label (and vice versa)."
     )

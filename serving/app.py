@@ -4,10 +4,12 @@
 app starts), a `SnapshotFollower` started and stopped by the app's lifespan, and the routes:
 
 - ``POST /v1/models/{name}/predict``: ``{"features": {...}}`` → ``{"model", "version",
-  "prediction", "probabilities"}``; ``{"instances": [...]}`` → ``{"model", "version",
-  "predictions": [{"prediction", "probabilities"}, ...]}``. Probabilities are given for
-  classifiers (JSON object keys, so ``true``/``false`` for boolean labels); for anomaly models
-  the prediction is the anomaly score.
+  "samples_learned", "prediction", "probabilities"}``; ``{"instances": [...]}`` → ``{"model",
+  "version", "samples_learned", "predictions": [{"prediction", "probabilities"}, ...]}``.
+  ``version`` and ``samples_learned`` name the state that answered: a version, or a live update
+  continuing it (`stream.store.live`). Probabilities are given for classifiers (JSON object
+  keys, so ``true``/``false`` for boolean labels); for anomaly models the prediction is the
+  anomaly score.
 - ``GET /v1/models``, ``GET /v1/models/{name}``: version served, age, samples, metrics, size.
 - ``POST /v1/graphs/{name}/predict``, ``GET /v1/graphs``, ``GET /v1/graphs/{name}``: serving
   graphs, several models answering together, followed live like models (`serving.graphs`).
@@ -99,7 +101,7 @@ def create_app(
     store = store_factory(settings)
     models = tuple(m.strip() for m in settings.serve_models.split(",") if m.strip())
     follower = SnapshotFollower(
-        store, metrics, models=models, poll_seconds=settings.serve_poll_seconds
+        store, metrics, models=models, poll_seconds=settings.serve_poll_seconds, live=True
     )
     max_instances = settings.serve_max_instances if max_instances is None else max_instances
     max_body_bytes = settings.serve_max_body_bytes if max_body_bytes is None else max_body_bytes
@@ -174,6 +176,7 @@ def create_app(
                     prediction, proba = served.predict(parsed)
                     content = {
                         "model": name, "version": served.version,
+                        "samples_learned": served.samples_learned,
                         "prediction": prediction, "probabilities": proba,
                     }  # fmt: skip
                 else:
@@ -181,7 +184,10 @@ def create_app(
                     for x in parsed:
                         prediction, proba = served.predict(x)
                         predictions.append({"prediction": prediction, "probabilities": proba})
-                    content = {"model": name, "version": served.version, "predictions": predictions}
+                    content = {
+                        "model": name, "version": served.version,
+                        "samples_learned": served.samples_learned, "predictions": predictions,
+                    }  # fmt: skip
         except InputError as exc:
             status, content = 422, {"detail": exc.detail}
         except MODEL_INPUT_ERRORS as exc:

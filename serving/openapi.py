@@ -25,14 +25,20 @@ class Prediction(BaseModel):
     )
 
 
+_VERSION = "The version that answered, or the one a live update continues."
+_SAMPLES = "Samples the answering state learned: with version, names it exactly."
+
+
 class PredictResponse(Prediction):
     model: str = Field(examples=["fraud"])
-    version: int = Field(examples=[42])
+    version: int = Field(examples=[42], description=_VERSION)
+    samples_learned: int | None = Field(examples=[120_345], description=_SAMPLES)
 
 
 class BatchPredictResponse(BaseModel):
     model: str = Field(examples=["fraud"])
-    version: int = Field(examples=[42])
+    version: int = Field(examples=[42], description=_VERSION)
+    samples_learned: int | None = Field(examples=[120_345], description=_SAMPLES)
     predictions: list[Prediction] = Field(description="One per instance, in order.")
 
 
@@ -45,6 +51,9 @@ class ModelInfo(BaseModel):
     age_seconds: float | None = Field(None, description="Seconds since the snapshot was written.")
     loaded_at: float = Field(description="Unix time this process started serving it.")
     samples_learned: int | None = None
+    live: bool = Field(
+        False, description="A live update continuing version (see RIVERSTREAM_LIVE_EVERY_SECONDS)."
+    )
     metrics: dict[str, float] = Field(examples=[{"Accuracy": 0.91}])
     size: int | None = Field(None, description="Signed snapshot size in bytes.")
     sha256: str | None = None
@@ -134,6 +143,7 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
                         "value": {
                             "model": "fraud",
                             "version": 42,
+                            "samples_learned": 120345,
                             "prediction": True,
                             "probabilities": {"false": 0.2, "true": 0.8},
                         }
@@ -142,6 +152,7 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
                         "value": {
                             "model": "price",
                             "version": 7,
+                            "samples_learned": 5012,
                             "prediction": 3.14,
                             "probabilities": None,
                         }
@@ -150,6 +161,7 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
                         "value": {
                             "model": "price",
                             "version": 7,
+                            "samples_learned": 5012,
                             "predictions": [{"prediction": 3.1}, {"prediction": 4.2}],
                         }
                     },

@@ -285,6 +285,7 @@ def v2_router(
                     400, f"the model cannot use these features: {type(exc).__name__}: {exc}"
                 ) from None
             served_version = target.version
+            state = {"samples_learned": target.samples_learned, "live": target.live}
         else:
             assert graphs is not None
             body: dict[str, Any] = {"instances": rows}
@@ -296,9 +297,12 @@ def v2_router(
                 raise V2Error(400 if status in (413, 422) else status, message)
             outputs = graph_outputs(content, requested)
             served_version = content["graph_version"]
+            state = None
         answer: dict[str, Any] = {"model_name": name, "model_version": str(served_version)}
         if request_id is not None:
             answer["id"] = request_id
+        if state is not None:  # model_version and samples_learned name the state answering
+            answer["parameters"] = state
         answer["outputs"] = outputs
         return answer, job
 

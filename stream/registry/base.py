@@ -91,6 +91,9 @@ class RegistryBase:
         pipe.ltrim(self.keys.history(model), -HISTORY_LIMIT, -1)
 
     def _publish(self, pipe: Any, model: str, version: int | None) -> None:
+        # Every pointer move ends here, in its transaction: the live update between versions
+        # (`stream.store.live`) is dropped, so a rollback or pin is served exactly at once.
+        pipe.delete(self.keys.live(model))
         if version is not None:
             pipe.publish(self.keys.channel, Notification(model, version).to_json())
 

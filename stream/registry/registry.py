@@ -267,8 +267,10 @@ class Registry(RetentionOps):
 
         def body(r: Any) -> Any:
             self._require_model(r, model)
-            _pin, promoted, latest = self._pointers(r, model)
+            pin, promoted, latest = self._pointers(r, model)
             freeze = promoted is None and latest is not None and policy != "always"
+            current = latest if freeze or promoted is None else promoted
+            served = pin if pin is not None else current
             entry = self._entry(
                 "policy", promoted, latest if freeze else promoted, reason,
                 detail={"policy": policy, "margin": float(margin), "metric": metric},
@@ -279,6 +281,7 @@ class Registry(RetentionOps):
                 if freeze:
                     p.set(self.keys.promoted(model), latest)
                 self._record(p, model, entry)
+                self._publish(p, model, served)  # readers drop a live update at once
 
             return new, write
 

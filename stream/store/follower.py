@@ -11,6 +11,14 @@ is one reference assignment of a new dict, so a request sees either the old or t
 refused: logged, counted, remembered (versions are immutable, so it is not retried) and the
 previous version keeps serving. If Redis is unreachable the last good models keep serving and
 `status` says so; the thread reconnects with the poll interval as back-off.
+
+With ``live`` (the API), the follower also serves the *live updates* the learner publishes
+between versions (`stream.store.live`): it subscribes to their channel too, and each refresh
+reads the pointers, the policy and the live update's metadata in one transaction. The live
+update is served when the rule allows it (no pin, policy ``always``, it continues the version
+served); otherwise the exact version is, so a rollback or a pin replaces a live state at once.
+A served model says which state it is: ``version`` (the version continued) and
+``samples_learned``, with ``live`` set for a live update.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from schemas.errors import SnapshotError, SnapshotIntegrityError
+from stream.store.live import LiveMeta, LiveStore
 from stream.store.snapshots import RedisUnavailableError, SnapshotStore, Subscription
 
 if TYPE_CHECKING:  # imported where a model is loaded: stream.store imports no River at start
@@ -47,8 +56,11 @@ class SnapshotFollower:
         *,
         models: Sequence[str] = (),
         poll_seconds: float = 1.0,
+        live: bool = False,
     ) -> None:
         self.store = store
+        self._live = LiveStore(store) if live else None
+        self._refused_live: dict[tuple[str, str], str] = {}  # (model, sha256) → reason
         self.metrics = metrics
         self.configured = tuple(models)
         self.poll_seconds = poll_seconds
@@ -96,6 +108,8 @@ class SnapshotFollower:
             "models": {
                 name: {
                     "version": m.version,
+                    "samples_learned": m.samples_learned,
+                    "live": m.live,
                     "age_seconds": m.info(now)["age_seconds"],
                     "loaded_at": m.loaded_at,
                 }
@@ -125,7 +139,7 @@ class SnapshotFollower:
         while not self._stop.is_set():
             try:
                 if self._sub is None:
-                    self._sub = self.store.subscribe()
+                    self._sub = self.store.subscribe(live=self._live is not None)
                     next_poll = 0.0  # subscribed first, then synced: nothing falls in between
                 now = time.monotonic()
                 if now >= next_poll:
@@ -174,6 +188,9 @@ class SnapshotFollower:
             return
         if name not in self._known:
             self._known = (*self._known, name)
+        if self._live is not None:
+            self._refresh_live(self._live, name)
+            return
         version = self.store.serving_version(name)
         current = self._served.get(name)
         if version is None or (current is not None and current.version == version):
@@ -181,6 +198,72 @@ class SnapshotFollower:
         if (name, version) in self._refused:
             return
         self._load(name, version)
+
+    def _refresh_live(self, live_store: LiveStore, name: str) -> None:
+        """`refresh` when following live updates: the live update if the rule allows it (and
+        it is not the one served already), else the exact version."""
+        pointers = live_store.pointers(name)
+        version = pointers.version
+        if version is None:
+            return
+        current = self._served.get(name)
+        live = pointers.live_served()
+        if live is not None and (name, live.sha256) not in self._refused_live:
+            if current is not None and current.live and _sha256(current) == live.sha256:
+                return
+            if self._load_live(live_store, name, live):
+                return
+        if current is not None and current.version == version and not current.live:
+            return
+        if (name, version) in self._refused:
+            return
+        self._load(name, version)
+
+    def _load_live(self, live_store: LiveStore, name: str, expected: LiveMeta) -> bool:
+        """Load and swap in the live update of ``name``; False if it was refused (then the
+        exact version is served). One replaced or dropped since ``expected`` was read counts
+        as handled: its writer (the learner, or the registry moving a pointer) published a
+        notification that refreshes again."""
+        from learners.predictor import ServedModel
+
+        started = time.perf_counter()
+        try:
+            loaded = live_store.load(name)
+            if loaded is None:
+                return True
+            obj, meta = loaded
+            if meta.version != expected.version:  # a newer one, on a version not checked
+                return True
+            served = ServedModel.build(
+                name, obj, version=meta.version, kind=meta.kind, meta=meta.snapshot_meta(),
+                live=True,
+            )  # fmt: skip
+        except RedisUnavailableError:
+            raise
+        except SnapshotIntegrityError as exc:
+            self._refuse_live(name, expected.sha256, "bad_signature", exc)
+            return False
+        except SnapshotError as exc:
+            self._refuse_live(name, expected.sha256, "unreadable", exc)
+            return False
+        except Exception as exc:  # unpickling or an unservable object
+            self._refuse_live(name, expected.sha256, "load_failed", exc)
+            return False
+        seconds = time.perf_counter() - started
+        self._served = {**self._served, name: served}  # the swap
+        self.metrics.snapshot_swapped(name, meta.version, meta.created_at, seconds)
+        log.debug(
+            "serving %s v%d + live (%d samples, loaded in %.1f ms)",
+            name, meta.version, meta.samples_learned, seconds * 1000,
+        )  # fmt: skip
+        return True
+
+    def _refuse_live(self, name: str, sha256: str, reason: str, exc: Exception) -> None:
+        if len(self._refused_live) > 1000:  # live updates are many: forget old refusals
+            self._refused_live.clear()
+        self._refused_live[(name, sha256)] = reason
+        self.metrics.snapshot_refused(name, reason)
+        log.error("refused a live update of %s (%s): %s", name, reason, exc)
 
     def _load(self, name: str, version: int) -> None:
         from learners.predictor import ServedModel
@@ -209,3 +292,7 @@ class SnapshotFollower:
         self._refused[(name, version)] = reason
         self.metrics.snapshot_refused(name, reason)
         log.error("refused snapshot %s v%d (%s): %s", name, version, reason, exc)
+
+
+def _sha256(served: ServedModel) -> str | None:
+    return None if served.meta is None else served.meta.sha256

@@ -14,6 +14,8 @@ Key layout under a prefix ``P``::
     P:model:NAME:retention                 optional: versions kept by automatic retention
     P:model:NAME:v:VERSION:meta            `SnapshotMeta` as JSON
     P:model:NAME:v:VERSION:chunk:I         I-th slice of the signed blob (I = 0 .. chunks-1)
+    P:model:NAME:live                      hash {meta, blob}: the live update between versions
+                                           (`stream.store.live`), overwritten by the learner
     P:checkpoint:latest                    newest checkpoint version (only moves forward)
     P:checkpoint:VERSION:meta              `CheckpointMeta` as JSON
     P:checkpoint:VERSION:chunk:I           I-th slice of the signed learner checkpoint
@@ -26,6 +28,8 @@ Key layout under a prefix ``P``::
     P:model:NAME:lookup:TABLE              hash: id → stored answer JSON (TTL)
     P:snapshots                            pub/sub channel: {"model": NAME, "version": V}, and
                                            {"graph": NAME, "version": V} for graphs
+    P:snapshots:live                       pub/sub channel of live updates: {"model": NAME,
+                                           "version": V, "live": true} (V: the version continued)
     P:graphs                               set of serving-graph names
     P:graph:NAME:versions                  sorted set, member = score = version (from version:seq)
     P:graph:NAME:v:VERSION                 the graph's normalised document, JSON (immutable)
@@ -80,12 +84,13 @@ class Notification:
 
     ``kind`` is ``"graph"`` when ``model`` names a serving graph whose promoted pointer moved
     (``version`` 0: the graph was deleted); its message carries the name under ``graph``
-    instead of ``model``, which is how readers that only know models ignore it.
+    instead of ``model``, which is how readers that only know models ignore it. ``"live"``: a
+    live update of ``model`` continuing ``version`` (`stream.store.live`), on its own channel.
     """
 
     model: str
     version: int
-    kind: Literal["model", "graph"] = "model"
+    kind: Literal["model", "graph", "live"] = "model"
 
     def to_json(self) -> str:
         """The message published on the channel.
@@ -94,7 +99,11 @@ class Notification:
         '{"model": "lr", "version": 3}'
         >>> Notification("fraud", 9, "graph").to_json()
         '{"graph": "fraud", "version": 9}'
+        >>> Notification("lr", 3, "live").to_json()
+        '{"model": "lr", "version": 3, "live": true}'
         """
+        if self.kind == "live":
+            return json.dumps({"model": self.model, "version": self.version, "live": True})
         return json.dumps({self.kind: self.model, "version": self.version})
 
     @classmethod
@@ -111,7 +120,8 @@ class Notification:
             data = json.loads(raw)
             if "model" not in data and "graph" in data:
                 return cls(str(data["graph"]), int(data["version"]), "graph") if graphs else None
-            return cls(str(data["model"]), int(data["version"]))
+            kind: Literal["model", "live"] = "live" if data.get("live") is True else "model"
+            return cls(str(data["model"]), int(data["version"]), kind)
         except (ValueError, TypeError, KeyError):
             return None
 
@@ -160,6 +170,18 @@ class RedisKeys:
 
     def chunk(self, model: str, version: int, i: int) -> str:
         return f"{self.prefix}:model:{model}:v:{version}:chunk:{i}"
+
+    def live(self, model: str) -> str:
+        """The live update of ``model`` and the channel announcing live updates.
+
+        >>> RedisKeys("rs").live("lr"), RedisKeys("rs").live_channel
+        ('rs:model:lr:live', 'rs:snapshots:live')
+        """
+        return f"{self.prefix}:model:{model}:live"
+
+    @property
+    def live_channel(self) -> str:
+        return f"{self.prefix}:snapshots:live"
 
     @property
     def checkpoint_latest(self) -> str:

@@ -237,18 +237,21 @@ class SnapshotStore:
         return version, blob, dict(meta.offsets)
 
     # -- notifications ---------------------------------------------------------------------
-    def subscribe(self) -> Subscription:
-        """A subscription to the snapshot channel (close it, or use it as a context manager)."""
+    def subscribe(self, *, live: bool = False) -> Subscription:
+        """A subscription to the snapshot channel (close it, or use it as a context manager);
+        ``live``: and to the channel of live updates (`stream.store.live`)."""
+        if live:
+            return Subscription(self.client, self.keys.channel, self.keys.live_channel)
         return Subscription(self.client, self.keys.channel)
 
 
 class Subscription:
     """The snapshot channel, as `Notification` objects; errors wrapped like the store's."""
 
-    def __init__(self, client: redis.Redis, channel: str) -> None:
+    def __init__(self, client: redis.Redis, channel: str, *more: str) -> None:
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         with wrapped("subscribe"):
-            self._pubsub.subscribe(channel)
+            self._pubsub.subscribe(channel, *more)
 
     def get(self, timeout: float) -> Notification | None:
         """The next notification, or None after ``timeout`` seconds (or a malformed message)."""

@@ -67,16 +67,13 @@ def test_predictions_equal_the_snapshot_models(
                     expected.append({"prediction": model.predict_one(x), "probabilities": None})
                 else:
                     expected.append({"prediction": model.score_one(x), "probabilities": None})
+            state = {"version": versions[name], "samples_learned": 10 * versions[name]}
             for x, want in zip(inputs, expected, strict=True):
                 body = client.post(f"/v1/models/{name}/predict", json={"features": x}).json()
-                assert body == {"model": name, "version": versions[name], **want}
+                assert body == {"model": name, **state, **want}
             batch = client.post(f"/v1/models/{name}/predict", json={"instances": inputs})
             assert batch.status_code == 200
-            assert batch.json() == {
-                "model": name,
-                "version": versions[name],
-                "predictions": expected,
-            }
+            assert batch.json() == {"model": name, **state, "predictions": expected}
             assert kind != "classifier" or len({e["prediction"] for e in expected}) == 2
 
 
