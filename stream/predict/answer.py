@@ -27,6 +27,14 @@ b'{"probabilities":{"false":0.5,"true":0.5}}'
 Traceback (most recent call last):
 ...
 schemas.errors.SchemaError: unknown_target at target: no model named 'rf' is served
+>>> Answerer({}.get, is_known=lambda name: True).served("lr")
+Traceback (most recent call last):
+...
+schemas.errors.SchemaError: target_unavailable at target: no version of 'lr' is loaded
+>>> Answerer({"lr": model}.get, is_known=bool, targets=["tree"]).served("lr")
+Traceback (most recent call last):
+...
+schemas.errors.SchemaError: unknown_target at target: 'lr' is not served by this worker group
 """
 
 from __future__ import annotations

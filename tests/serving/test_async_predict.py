@@ -17,7 +17,9 @@ import jsonschema
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from river import linear_model, preprocessing
 
+from learners.predictor import ServedModel
 from schemas.settings import Settings
 from serving.app import create_app
 from stream.kafka.client import create_topics, partitions_for
@@ -321,3 +323,57 @@ def assigned(log: Path) -> bool:
 
 def answered_by(log: Path) -> int:
     return max((line["answered"] for line in status_lines(log)), default=0)
+
+
+def test_the_worker_follows_new_versions_live(
+    kit: Any, models: dict[str, Any], store: SnapshotStore, async_settings: Settings,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """A version published while the worker runs answers the requests that follow, with its
+    own predictions, without a restart."""
+    settings = async_settings
+    log = tmp_path / "w.log"
+    worker = spawn_cli(settings, ["predict-worker", "--report-every", "0.1"], log)
+    create(settings)
+    reader = Reader(settings, settings.topic_predictions)
+    inputs = models["clf"]
+    try:
+        first = [{"id": f"a{i}", "target": "clf", "features": x} for i, x in enumerate(inputs)]
+        produce(settings, [(r["id"].encode(), orjson.dumps(r), []) for r in first])
+        before = reader.until(lambda ms: answered_ids(ms) >= {r["id"] for r in first}, 60)
+        old = {orjson.loads(m.value())["versions"]["clf"] for m in before}
+        newer = preprocessing.StandardScaler() | linear_model.LogisticRegression(l2=1.0)
+        for x in inputs[:5]:
+            newer.learn_one(x, True)
+        version = kit.publish(
+            store, "clf", newer, "classifier", key=settings.require_snapshot_key()
+        )
+        kit.wait_until(lambda: serving(log).get("clf") == version, timeout=30, interval=0.05)
+        then = [{"id": f"b{i}", "target": "clf", "features": x} for i, x in enumerate(inputs)]
+        produce(settings, [(r["id"].encode(), orjson.dumps(r), []) for r in then])
+        after = reader.until(lambda ms: answered_ids(ms) >= {r["id"] for r in then}, 60)
+        assert stop(worker) == 0
+    finally:
+        reader.close()
+        if worker.poll() is None:
+            worker.kill()
+    assert len(old) == 1 and version not in old
+    loaded, _meta = store.load_model("clf", version)
+    expected = ServedModel.build("clf", loaded, version=version, kind="classifier")
+    by_id = {orjson.loads(m.value())["id"]: orjson.loads(m.value()) for m in after}
+    for r in then:
+        body = by_id[r["id"]]
+        prediction, proba = expected.predict(r["features"])
+        assert body["versions"] == {"clf": version}
+        assert body["prediction"] == prediction
+        assert body["probabilities"] == {str(k).lower(): v for k, v in proba.items()}
+
+
+def create(settings: Settings) -> None:
+    assert settings.kafka_bootstrap_servers
+    create_topics(settings.kafka_bootstrap_servers, settings.topics())
+
+
+def serving(log: Path) -> dict[str, int]:
+    lines = status_lines(log)
+    return dict(lines[-1]["serving"]) if lines else {}
