@@ -169,6 +169,28 @@ SERVING: list[P | Row] = [
     P("Snapshot load time", (
         (_quantile(0.5, "riverstream_snapshot_load_seconds", "model"), "p50 {{model}}"),
         (_quantile(0.99, "riverstream_snapshot_load_seconds", "model"), "p99 {{model}}")), "s"),
+    Row("Graphs and shadows"),
+    P("Graph version served (min over workers)",
+      (("min by (graph) (riverstream_graph_version)", "{{graph}}"),), w=8),
+    P("Graph swaps and refused documents (5m)", (
+        ("sum by (graph) (increase(riverstream_graph_swaps_total[5m]))", "swaps {{graph}}"),
+        (_or_zero("sum by (graph, reason) (increase(riverstream_graphs_refused_total[5m]))"),
+         "refused {{graph}} {{reason}}")), w=8),
+    P("Shadow runs, errors and drops /s", (
+        (_rate("riverstream_shadow_runs_total", "graph, shadow"), "runs {{graph}} {{shadow}}"),
+        (_or_zero(_rate("riverstream_shadow_errors_total", "graph, shadow, reason")),
+         "errors {{graph}} {{shadow}} {{reason}}"),
+        (_or_zero(_rate("riverstream_shadow_dropped_total", "graph")), "dropped {{graph}}")),
+      "ops", w=8),
+    P("Shadow agreement with the primary answer", ((
+        "sum by (graph, shadow) (rate(riverstream_shadow_agreements_total[5m]))"
+        " / sum by (graph, shadow) (rate(riverstream_shadow_runs_total[5m]))",
+        "{{graph}} {{shadow}}"),), "percentunit", w=12),
+    P("Shadow evaluation time", (
+        (_quantile(0.5, "riverstream_shadow_duration_seconds", "graph, shadow"),
+         "p50 {{graph}} {{shadow}}"),
+        (_quantile(0.99, "riverstream_shadow_duration_seconds", "graph, shadow"),
+         "p99 {{graph}} {{shadow}}")), "s", w=12),
 ]  # fmt: skip
 
 KAFKA_SNAPSHOTS: list[P | Row] = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
+from serving.graphs import GraphMetrics
 from serving.telemetry import ServingMetrics
 from stream.learner.telemetry import LearnerMetrics
 
@@ -38,6 +39,15 @@ def touch_serving(m: ServingMetrics, now: float) -> None:
     m.observe_request("/models/{name}/predict", "lr", 500, 0.003)
     m.snapshot_swapped("lr", version=7, snapshot_timestamp=now, load_seconds=0.001)
     m.snapshot_refused("lr", "bad_signature")
+    g = GraphMetrics.for_registry(m.registry)  # graphs and shadows share the API's registry
+    g.graph_swapped("fraud", 3)
+    g.graph_refused("fraud", "invalid")
+    shadow = {"graph": "fraud", "shadow": "root.shadow.shadows[0]"}
+    g.shadow_runs.labels(**shadow).inc()
+    g.shadow_agreements.labels(**shadow).inc()
+    g.shadow_errors.labels(**shadow, reason="TypeError").inc()
+    g.shadow_dropped.labels(graph="fraud").inc()
+    g.shadow_duration_seconds.labels(**shadow).observe(1e-4)
 
 
 @pytest.fixture
