@@ -47,6 +47,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pydantic import SecretStr  # noqa: E402
+
 from schemas.settings import Settings  # noqa: E402
 
 DATASET = "synth.Agrawal"
@@ -228,7 +230,7 @@ def main() -> None:
             state_dir=workdir / "state",
             kafka_bootstrap_servers=records["kafka"].address,
             redis_url=records["redis"].url,
-            snapshot_key="bench",
+            snapshot_key=SecretStr("bench"),
             learner_metrics_port=0,
         )
         print(
