@@ -18,6 +18,7 @@ COPY stream ./stream
 COPY learners ./learners
 COPY serving ./serving
 COPY observability ./observability
+COPY console ./console
 RUN pip install .
 
 # Non-root; the state directory (pids, local key) is the only writable place it needs.
@@ -27,8 +28,8 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin riverstream \
 USER riverstream
 ENV RIVERSTREAM_STATE_DIR=/var/lib/riverstream
 
-# The learner's /metrics and the API.
-EXPOSE 9108 8000
+# The learner's /metrics, the API and the console.
+EXPOSE 9108 8000 8050
 
 ENTRYPOINT ["riverstream"]
 CMD ["--help"]

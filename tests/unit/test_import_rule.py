@@ -6,8 +6,10 @@
 - the runtime rooms of `stream` import `schemas`, `learners` and each other, never `serving`,
   `observability`, `stream.dev` or `stream.cli`;
 - `serving` uses only `stream.store` of `stream`;
-- only `stream.cli` imports `stream.dev`, `serving` and `observability`; nothing imports
-  `stream.cli`.
+- `console` (the operator's page, `riverstream console`) uses `stream.store` and
+  `stream.registry` of `stream`;
+- only `stream.cli` imports `stream.dev`, `serving`, `observability` and `console`; nothing
+  imports `stream.cli`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ROOMS = ("schemas", "learners", "stream", "serving", "observability")
+ROOMS = ("schemas", "learners", "stream", "serving", "observability", "console")
 RUNTIME = (
     "stream.kafka", "stream.store", "stream.checkpoint", "stream.learner", "stream.registry",
     "stream.predict",
@@ -49,6 +51,8 @@ def allowed(importer: str, imported: str) -> bool:
         return imported in ("schemas", "learners", "stream.store")
     if importer == "observability":
         return imported in ("schemas", "learners")
+    if importer == "console":
+        return imported in ("schemas", "learners", "stream.store", "stream.registry")
     if importer == "stream.cli":
         return True
     if importer == "stream.dev":
@@ -124,6 +128,16 @@ def test_every_module_follows_the_import_rule() -> None:
             "schemas/bad.py",
             "from learners.core import LearningCore",
             "schemas must not import learners",
+        ),
+        (
+            "console/bad.py",
+            "from stream.learner.loop import Learner",
+            "console must not import stream.learner",
+        ),
+        (
+            "serving/bad.py",
+            "from console.app import create_console",
+            "serving must not import console",
         ),
     ],
 )
