@@ -9,8 +9,10 @@ Two models learn the same ``synth.Agrawal`` events (label delay 100, pushed in r
 
 ``--models`` picks the two specs (default ``logreg,logreg``: cheap models, so that the
 comparison's share is as visible as it can be). Rates are samples per second (one sample = a
-feature event and its label); each is the best of ``--repeat`` runs, the variants interleaved
-so that a busy machine slows them alike.
+feature event and its label) of **CPU time** of this process (``time.process_time``: on a
+machine shared with other jobs, wall time mostly measures the others); each is the best of
+``--repeat`` runs, the variants interleaved so that a busy machine slows them alike. The last
+line times `ModelComparison.update` alone: the cost per label and per compared pair.
 
 Usage: ``python bench/compare_overhead.py [--samples 20000] [--models logreg,hoeffding]``
 """
@@ -31,11 +33,11 @@ from schemas.events import FeatureEvent
 def run(
     events: list[Any], specs: list[ModelSpec], pairs: list[tuple[str, str]], batch: int
 ) -> float:
-    """Seconds to push and advance every event, a batch at a time, then flush."""
+    """CPU seconds to push and advance every event, a batch at a time, then flush."""
     # without pairs, the call works on a core from before comparisons too (measured "before")
     core = LearningCore(specs, compare=pairs) if pairs else LearningCore(specs)
     offsets = [0, 0]
-    start = time.perf_counter()
+    start = time.process_time()
     for first in range(0, len(events), batch):
         chunk = events[first : first + batch]
         features = [e for e in chunk if e.__class__ is FeatureEvent]
@@ -46,7 +48,26 @@ def run(
         offsets[1] += len(labels)
         core.advance(chunk[-1].time)
     core.flush()
-    return time.perf_counter() - start
+    return time.process_time() - start
+
+
+def update_cost(repeat: int) -> float | None:
+    """CPU µs of one `ModelComparison.update` (two stored predictions, one label)."""
+    try:
+        from learners.comparisons import ModelComparison
+    except ImportError:  # before comparisons
+        return None
+    predictions = [(True, None), (False, None)]
+    best = float("inf")
+    for _ in range(repeat):
+        comparison = ModelComparison.fresh("a", "b", "classifier")
+        comparison.a, comparison.b = 0, 1
+        update = comparison.update
+        start = time.process_time()
+        for i in range(100_000):
+            update(i % 3 == 0, predictions)
+        best = min(best, time.process_time() - start)
+    return best / 100_000 * 1e6
 
 
 def main() -> None:
@@ -83,6 +104,9 @@ def main() -> None:
             f"comparisons {name:4s}: {rate:10,.0f} samples/s  ({1e6 / rate:6.1f} µs/sample)  "
             f"ratio {rate / base:.3f}"
         )
+    cost = update_cost(args.repeat)
+    if cost is not None:
+        print(f"ModelComparison.update alone: {cost:.2f} µs per label and pair (CPU)")
 
 
 if __name__ == "__main__":
