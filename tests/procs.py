@@ -1,0 +1,123 @@
+"""What the kernel knows about the processes a test started: read from /proc, never from them.
+
+Tests that kill or load real processes need to see them from outside, without hooks in the
+production code:
+
+- `live_with_env`: the live processes whose environment holds one variable, for example a
+  test's unique ``RIVERSTREAM_REDIS_PREFIX``. A process forked by the learner (its snapshot
+  child) inherits the environment, so this finds it even after it was re-parented.
+- `children`: the live children of a process (a learner's snapshot child, uvicorn's workers).
+- `socket_owner`: which of some processes holds the TCP connection between two local ports,
+  from ``/proc/net/tcp`` and the processes' file descriptors. It says which process wrote a
+  command that Redis' MONITOR shows (the client's port), or which API worker answered a request
+  (the client's port, while its connection is still open).
+
+Linux only, like the rest of the suite.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+def _pids() -> Iterator[int]:
+    for entry in os.scandir(PROC):
+        if entry.name.isdigit():
+            yield int(entry.name)
+
+
+def state(pid: int) -> str | None:
+    """The process state letter (``R``, ``S``, ``Z``...), or None when it is gone.
+
+    >>> state(os.getpid()) in {"R", "S"}
+    True
+    """
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, dead and waiting to be reaped, is not)."""
+    return state(pid) not in (None, "Z")
+
+
+def parent(pid: int) -> int | None:
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def children(pid: int) -> list[int]:
+    """The live children of ``pid``.
+
+    >>> children(os.getpid())
+    []
+    """
+    return sorted(p for p in _pids() if parent(p) == pid and alive(p))
+
+
+def live_with_env(name: str, value: str) -> list[int]:
+    """Live processes whose environment has ``name=value`` (those of our user only)."""
+    wanted = f"{name}={value}".encode()
+    found = []
+    for pid in _pids():
+        try:
+            environ = (PROC / str(pid) / "environ").read_bytes()
+        except (PermissionError, FileNotFoundError, ProcessLookupError):
+            continue
+        if wanted in environ.split(b"\0") and alive(pid):
+            found.append(pid)
+    return sorted(found)
+
+
+def _socket_inodes(local_port: int, remote_port: int) -> set[int]:
+    """Inodes of the IPv4/IPv6 TCP sockets from ``local_port`` to ``remote_port``."""
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (PROC / "net" / table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], int(fields[9])
+            if (
+                inode
+                and int(local.rsplit(":", 1)[1], 16) == local_port
+                and int(remote.rsplit(":", 1)[1], 16) == remote_port
+            ):
+                inodes.add(inode)
+    return inodes
+
+
+def socket_owner(local_port: int, remote_port: int, candidates: Iterable[int]) -> int | None:
+    """Which of ``candidates`` holds the connection from ``local_port`` to ``remote_port``."""
+    targets = {f"socket:[{inode}]" for inode in _socket_inodes(local_port, remote_port)}
+    if not targets:
+        return None
+    for pid in candidates:
+        if targets & set(_fd_links(pid)):
+            return pid
+    return None
+
+
+def _fd_links(pid: int) -> Iterator[str]:
+    """What the open file descriptors of ``pid`` point to (those still open while read)."""
+    try:
+        entries = list(os.scandir(PROC / str(pid) / "fd"))
+    except (PermissionError, FileNotFoundError, ProcessLookupError):
+        return
+    for entry in entries:
+        try:
+            yield os.readlink(entry.path)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
