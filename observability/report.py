@@ -21,6 +21,8 @@ neither does any I/O but writing the file.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import math
 import urllib.error
@@ -61,18 +63,19 @@ class Ops:
 
 
 # -- from the trace ------------------------------------------------------------------------------
-def ops_from_trace(curves: Mapping[str, Sequence[Point]], window: float | None = None) -> Ops:
+def ops_from_trace(curves: Mapping[str, Sequence[Point]], bins: int | None = None) -> Ops:
     """Throughput (labels/s) and progress from the wall-clock times of the trace's points.
 
     The label count is the learner's (every model of a learner has the same points), so the
     longest curve is used. A point's wall time is when the learner's step that processed it
-    ended (points of one step share it), so the rate is taken over ``window`` seconds (default:
-    1/40 of the span).
+    ended: the points of one step share it, and the progress over time is a staircase. The rate
+    is therefore the labels learned per equal time bin (``bins`` of them; by default one per
+    three steps of the staircase, at most 60), drawn at each bin's end.
 
     >>> pts = [{"labels": 100 * i, "wall_time": 10.0 + i} for i in range(1, 6)]
-    >>> o = ops_from_trace({"m": pts}, window=1.0)
+    >>> o = ops_from_trace({"m": pts}, bins=2)
     >>> o.throughput, o.progress[-1]
-    ([(12.0, 100.0), (13.0, 100.0), (14.0, 100.0), (15.0, 100.0)], (15.0, 500.0))
+    ([(13.0, 100.0), (15.0, 100.0)], (15.0, 500.0))
     """
     points = max(curves.values(), key=len, default=[])
     timed = sorted(
@@ -82,18 +85,21 @@ def ops_from_trace(curves: Mapping[str, Sequence[Point]], window: float | None =
     if len(timed) < 2:
         return ops
     ops.progress = timed
-    span = timed[-1][0] - timed[0][0]
+    start, span = timed[0][0], timed[-1][0] - timed[0][0]
     if span <= 0:
         return ops
-    if window is None:
-        window = span / 40
-    j = 0
-    for t, labels in timed[1:]:
-        while j + 1 < len(timed) and t - timed[j + 1][0] >= window:
-            j += 1
-        t0, labels0 = timed[j]
-        if t - t0 >= window * 0.999 and labels > labels0:
-            ops.throughput.append((t, (labels - labels0) / (t - t0)))
+    steps = len({t for t, _ in timed}) - 1
+    bins = bins or max(1, min(60, steps // 3))
+    times = [t for t, _ in timed]
+    done = list(itertools.accumulate((labels for _, labels in timed), max))
+
+    def learned(t: float) -> float:  # labels learned by time t (the staircase)
+        i = bisect.bisect_right(times, t + 1e-9)
+        return done[i - 1] if i else timed[0][1]
+
+    edges = [start + span * i / bins for i in range(bins + 1)]
+    for a, b in itertools.pairwise(edges):
+        ops.throughput.append((b, (learned(b) - learned(a)) / (b - a)))
     return ops
 
 
@@ -224,7 +230,8 @@ def build_report(
     fig.suptitle(title or f"riverstream — learning curves of {described or 'no model'}")
     if caption:
         fig.text(0.01, 0.002, "\n".join(caption), fontsize=9, va="bottom", ha="left", wrap=True)
-        fig.get_layout_engine().set(rect=(0, 0.03 + 0.018 * len(caption), 1, 1))  # type: ignore[call-arg,union-attr]
+        bottom = (0.4 + 0.16 * len(caption)) / fig.get_figheight()  # the caption's inches
+        fig.get_layout_engine().set(rect=(0, bottom, 1, 1 - bottom))  # type: ignore[call-arg,union-attr]
     return fig
 
 

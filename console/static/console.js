@@ -259,9 +259,14 @@ function mergeCurves(update) {
 function renderCurves(models, traceEvery) {
   const box = document.getElementById("curves");
   const names = models.map((m) => m.name).filter((n) => (page.curves[n] || []).length);
-  document.getElementById("curves-note").textContent = traceEvery
-    ? `(a point every ${traceEvery} labels, written with each snapshot)` : "(tracing is off)";
-  if (!names.length) return;
+  const note = document.getElementById("curves-note");
+  if (!names.length) {
+    note.textContent = traceEvery ? "" : "(tracing is off: RIVERSTREAM_TRACE_EVERY_LABELS=0)";
+    return;
+  }
+  const sample = page.curves[names[0]];  // the learner's spacing, whatever this console's setting
+  const every = sample.length > 1 ? sample[sample.length - 1][0] - sample[sample.length - 2][0] : null;
+  note.textContent = every ? `(a point every ${every} labels, written with each snapshot)` : "";
   const metrics = [...new Set(names.flatMap((n) => {
     const pts = page.curves[n];
     return Object.keys(pts[pts.length - 1][4]);
@@ -308,16 +313,21 @@ function renderTimeline(models, now) {
         tick.append(s("title", {}, `v${v.version} written ${fmtTime(v.created_at)}`));
         svg.append(tick);
       }
-      for (const e of entries.filter((x) => x.model === model.name)) {
+      let lastLabel = -Infinity;  // labels of marks closer than 26 px are left to the tooltips
+      for (const e of entries.filter((x) => x.model === model.name).sort((a, b) => a.time - b.time)) {
         const mark = marker(e, X(e.time), y);
         mark.append(s("title", {}, `${e.action} ${e.from ?? "-"} → ${e.to ?? "-"} by ${e.by}: ${e.reason}`));
         svg.append(mark);
-        svg.append(s("text", { x: X(e.time), y: y - 9, "text-anchor": "middle" }, `v${e.to ?? "-"}`));
+        if (X(e.time) - lastLabel >= 26 || e.action === "rollback") {
+          svg.append(s("text", { x: X(e.time), y: y - 9, "text-anchor": "middle" }, `v${e.to ?? "-"}`));
+          lastLabel = X(e.time);
+        }
       }
     });
     const ticks = niceTicks(0, Math.max(1, t1 - t0), 6);
+    const label = (t) => ticks.step < 1 ? `${fmtTime(t)}.${Math.floor((t % 1) * 10)}` : fmtTime(t);
     for (const v of ticks.values) {
-      svg.append(s("text", { x: X(t0 + v), y: height - 6, "text-anchor": "middle" }, fmtTime(t0 + v)));
+      svg.append(s("text", { x: X(t0 + v), y: height - 6, "text-anchor": "middle" }, label(t0 + v)));
     }
     box.replaceChildren(svg);
   }

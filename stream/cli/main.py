@@ -303,6 +303,7 @@ def demo(
         out.print(line, highlight=False)
     if keep:
         out.print(f"API         {summary.api_url}/docs")
+        out.print(f"Console     {summary.console_url}")
         out.print(f"Prometheus  {summary.prometheus_url}")
         out.print("stop with: riverstream services down (and kill the learner/API pids)")
     if summary.failed_predictions:

@@ -1,9 +1,11 @@
 """`riverstream demo`: the whole system on one machine, in one command.
 
-Starts the local services (unless they already run), a learner and the API as child processes,
-replays a River dataset with delayed labels while asking the API for predictions, shows the
-progressive metric and the version being served live, prints a summary and stops what it
-started (``keep=True`` leaves it running).
+Starts the local services (unless they already run), a learner, the API and the console as child
+processes, opens the console in a browser when there is a display, replays a River dataset with
+delayed labels while asking the API for predictions, shows the progressive metric and the version
+being served live, prints a summary and stops what it started (``keep=True`` leaves it running).
+The learning curve is traced every ``len(dataset) / CURVE_POINTS`` labels, so that the console
+and ``riverstream report`` draw a few hundred points whatever the dataset.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+import webbrowser
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,9 @@ from schemas.events import FeatureEvent
 from schemas.settings import Settings
 from stream.dev.services import SERVICES, ServiceManager, free_port, resolve, wait_until
 from stream.kafka.publish import Publisher
+
+CURVE_POINTS = 300
+"""Learning-curve points the demo aims at, per model."""
 
 
 @dataclass
@@ -52,6 +58,7 @@ class DemoSummary:
     failed_predictions: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     api_url: str = ""
+    console_url: str = ""
     prometheus_url: str | None = None
 
     def latency(self, q: float) -> float:
@@ -89,6 +96,7 @@ class Demo:
                 "snapshot_every_labels": 200,
                 "snapshot_every_seconds": 1.0,
                 "serve_port": free_port(),
+                "console_port": free_port(),
                 "learner_metrics_port": free_port(),
                 "watermark_idle_grace": 1.0,
             }
@@ -116,15 +124,25 @@ class Demo:
             dataset_events(o.dataset, label_delay=o.label_delay, limit=o.limit, seed=o.seed)
         )
         features = [e for e in events if isinstance(e, FeatureEvent)]
+        every = max(1, len(features) // CURVE_POINTS)
+        settings = settings.model_copy(update={"trace_every_labels": every})
         summary = DemoSummary(events=len(events), prometheus_url=settings.prometheus_url)
         api = f"http://127.0.0.1:{settings.serve_port}"
         summary.api_url = api
         name = "model"
         learner = self._spawn(settings, ["learn", "--model", f"{name}={o.model}"], "learner")
         self._spawn(settings, ["serve", "--port", str(settings.serve_port)], "api")
+        summary.console_url = f"http://127.0.0.1:{settings.console_port}/"
         client = httpx.Client(base_url=api, timeout=5)
         try:
             wait_until(lambda: client.get("/healthz").status_code == 200, 60, "the API")
+            # started once the API answers: three processes importing River at once on a small
+            # machine slow each other down
+            self._spawn(settings, ["console", "--port", str(settings.console_port)], "console")
+            wait_until(lambda: _answers(summary.console_url + "healthz"), 60, "the console")
+            self.log(f"console: {summary.console_url}")
+            if _has_display():
+                webbrowser.open(summary.console_url)
             stop = threading.Event()
             publisher_done = threading.Event()
             published = [0]
@@ -213,6 +231,20 @@ class Demo:
             ServiceManager(Settings()).down(self.started_services)
 
 
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _has_display() -> bool:
+    """A graphical browser can be opened (never a text browser taking over the terminal)."""
+    return sys.platform == "darwin" or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+
+
 def describe(summary: DemoSummary) -> list[str]:
     metric = ", ".join(f"{k} {v:.4f}" for k, v in summary.metrics.items()) or "n/a"
     p50 = summary.latency(0.5)
@@ -226,6 +258,7 @@ def describe(summary: DemoSummary) -> list[str]:
         f"(first {summary.versions_seen[:1]}, last {summary.versions_seen[-1:]})",
         f"predictions asked     {summary.predictions} ({summary.failed_predictions} failed)",
         f"latency (client)      p50 {p50:.2f} ms, p99 {p99:.2f} ms, mean {mean:.2f} ms",
+        f"console               {summary.console_url}",
     ]
 
 
