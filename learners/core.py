@@ -58,6 +58,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -72,7 +73,7 @@ from learners.comparisons import ComparePairs, ModelComparison, Pair, check_pair
 from learners.join import EventTimeJoin, JoinCounters, Pending, Source, Unprocessed
 from learners.specs import ModelKind, ModelSpec, RiverModel, model_kind
 from schemas.errors import ModelSpecError
-from schemas.events import FeatureEvent, Label, LabelEvent, without_missing
+from schemas.events import FeatureEvent, Label, LabelEvent, Served, without_missing
 
 OUTCOMES_KEPT = 4096
 """Joined (label, prediction) pairs kept for monitors between two drains."""
@@ -256,6 +257,8 @@ class LearningCore:
         self.model_errors: dict[tuple[str, str, str], int] = {}
         """Failures so far, by ``(model, "predict" | "learn", exception type)``."""
         self.unusable: deque[Unusable] = deque(maxlen=UNUSABLE_KEPT)
+        self.served_metrics: dict[tuple[str, int], Any] = {}
+        """The served answers' metric per (model, version) (see `_score_served`)."""
         self.trace_every = 0
         """Mark the learning curve every this many joined labels (0: no marks; see the module)."""
         self.trace_marks: list[CurveMark] = []
@@ -266,6 +269,7 @@ class LearningCore:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("model_errors", {})  # checkpoints written before failures were counted
+        state.setdefault("served_metrics", {})
         state.setdefault("unusable", deque(maxlen=UNUSABLE_KEPT))
         state.setdefault("trace_every", 0)  # checkpoints written before the learning curve
         state.setdefault("trace_marks", [])
@@ -317,6 +321,32 @@ class LearningCore:
             for _y, predictions in self._outcomes:
                 if len(predictions) < size:
                     predictions.extend([UNSEEN] * (size - len(predictions)))
+        self._index_comparisons()
+
+    def remove_models(self, names: Sequence[str]) -> None:
+        """Drop the models ``names`` from a learning core (one handed over to another learner).
+
+        The others are untouched: their state, their stored predictions (each pending feature
+        keeps one per model, by position, and loses the removed models' entries) and their
+        comparisons; comparisons involving a removed model are dropped."""
+        gone = [i for i, name in enumerate(self.models) if name in set(names)]
+        if not gone:
+            return
+        for name in names:
+            self.models.pop(name, None)
+        seen: set[int] = set()  # a prediction list may be both pending and an outcome
+        lists = [p.predictions for p in self._join.pending()]
+        lists += [predictions for _y, predictions in self._outcomes]
+        for predictions in lists:
+            if predictions is None or id(predictions) in seen:
+                continue
+            seen.add(id(predictions))
+            for i in reversed(gone):
+                if i < len(predictions):
+                    del predictions[i]
+        self.comparisons = {
+            pair: c for pair, c in self.comparisons.items() if set(pair).isdisjoint(names)
+        }
         self._index_comparisons()
 
     @property
@@ -385,6 +415,8 @@ class LearningCore:
                     except Exception as exc:
                         self._failed(pending, label, [(state, "learn", exc)])
                     outcomes.append((label.label, pending.predictions))
+                    if pending.served is not None:
+                        self._score_served(pending.served, label.label)
                     joined += 1
                     if joined == mark_at:
                         self._mark(joined, label.time)
@@ -413,6 +445,8 @@ class LearningCore:
                     except Exception as exc:
                         failures.append((state, "learn", exc))
                 outcomes.append((y, pending.predictions))
+                if pending.served is not None:
+                    self._score_served(pending.served, y)
                 if compared:
                     for comparison in compared:
                         comparison.update(y, pending.predictions)
@@ -425,6 +459,30 @@ class LearningCore:
         if last_x is not None:
             self._last_x = last_x
         return self._join.events_processed - before
+
+    def _score_served(self, served: Served, y: Label) -> None:
+        """Score what the API actually answered (logged with the features) against ``y``, with
+        the served model's first metric, per model and version: the quality of the answers
+        production really got, beside the progressive metric of the learner's own predictions."""
+        key = (served.model, served.version)
+        metric = self.served_metrics.get(key)
+        if metric is None:
+            state = self.models.get(served.model)
+            if state is None or not state.metrics:
+                return  # answered by a model this learner does not run: not ours to score
+            metric = self.served_metrics[key] = type(state.metrics[0])()
+        uses_labels = getattr(metric, "requires_labels", True)  # regression metrics: values
+        y_pred = served.prediction if uses_labels else served.probabilities
+        if y_pred is None or y_pred == {}:
+            return
+        if isinstance(y_pred, dict) and isinstance(y, bool):  # JSON keys: "true" / "false"
+            y_pred = {_json_label(k): v for k, v in y_pred.items()}
+        with contextlib.suppress(Exception):  # a served answer that cannot be scored is skipped
+            metric.update(y, y_pred)
+
+    def served_metric_values(self) -> dict[tuple[str, int], dict[str, float]]:
+        """``{(model, version): {metric: value}}`` over the labels of logged answers."""
+        return {key: {type(m).__name__: m.get()} for key, m in self.served_metrics.items()}
 
     def _failed(
         self,
@@ -493,3 +551,8 @@ class LearningCore:
         if state is None:
             raise ModelSpecError(f"unknown model {name!r}; models are {sorted(self.models)}")
         return state.metric_values()
+
+
+def _json_label(key: str) -> Any:
+    """A class label read back from a JSON object key: ``"true"``/``"false"`` are booleans."""
+    return {"true": True, "false": False}.get(key, key)

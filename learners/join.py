@@ -92,6 +92,7 @@ class Pending:
     time: float
     x: dict[str, Any]
     predictions: Any = None
+    served: Any = None  # `schemas.events.Served`: what the API answered, when it logged it
 
 
 class EventTimeJoin:
@@ -243,7 +244,7 @@ class EventTimeJoin:
             if entry[1]:  # a feature: pending until its label comes
                 event = entry[5]
                 event_id = event.id
-                pending = Pending(seq, event_id, time, event.features)
+                pending = Pending(seq, event_id, time, event.features, None, event.served)
                 seq += 1
                 features += 1
                 if event_id in pending_by_id:

@@ -107,8 +107,10 @@ OVERVIEW: list[P | Row] = [
 
 LEARNING: list[P | Row] = [
     Row("Quality"),
-    P("Progressive metric", ((f'riverstream_progressive_metric{{{M}, metric=~"$metric"}}',
-                              "{{model}} {{metric}}"),), w=24, h=10),
+    P("Progressive metric (the learner's predictions) and served metric (the answers given)", (
+        (f'riverstream_progressive_metric{{{M}, metric=~"$metric"}}', "{{model}} {{metric}}"),
+        (f'riverstream_served_metric{{{M}, metric=~"$metric"}}',
+         "served {{model}} v{{version}} {{metric}}")), w=24, h=10),
     P("Samples learned /s", ((_rate("riverstream_samples_learned_total", "model", M),
                               "{{model}}"),), "ops"),
     P("Drift detections (1h)", ((_or_zero(

@@ -32,12 +32,24 @@ FeatureValue = int | float | str | bool | None
 Label = bool | int | float | str
 
 
-class FeatureEvent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """The inputs of one prediction, at event time ``time``."""
+class Served(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What the API answered for these features (``POST .../predict`` with an id): the learner
+    scores it against the label, per model and version (`riverstream_served_metric`)."""
+
+    model: str
+    version: int
+    prediction: Label | None = None
+    probabilities: dict[str, float] | None = None
+
+
+class FeatureEvent(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """The inputs of one prediction, at event time ``time`` (and, when the API logged it, the
+    answer it served)."""
 
     id: str
     time: float
     features: dict[str, FeatureValue]
+    served: Served | None = None
 
 
 class LabelEvent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -92,6 +92,13 @@ class Settings(BaseSettings):
 
     # -- learner --
     redis_prefix: str = Field("riverstream", description="Prefix of every Redis key.")
+    learner: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$",
+        description="This learner's name (`learn --learner`): its checkpoints and commands are "
+        "its own, and it learns only the models it owns (a model claimed by another learner is "
+        "refused; `snapshots handover` moves one).",
+    )
     snapshot_key: SecretStr | None = Field(
         None, description="HMAC-SHA256 key signing snapshots (required to learn and serve)."
     )
@@ -177,6 +184,16 @@ class Settings(BaseSettings):
         "",
         description="The learner's /metrics read by the console (empty: METRICS_HOST and "
         "LEARNER_METRICS_PORT).",
+    )
+
+    # -- the closed loop over HTTP --
+    ingest_token: SecretStr | None = Field(
+        None,
+        description="Bearer token required by POST /v1/features, /v1/labels and predict with an "
+        "id (unset: open; set it in production).",
+    )
+    predict_token: SecretStr | None = Field(
+        None, description="Bearer token required by every predict route (unset: open)."
     )
 
     # -- asynchronous and batch predictions --

@@ -11,6 +11,7 @@ and ``riverstream report`` draw a few hundred points whatever the dataset.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import statistics
 import subprocess
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from learners.datasets import dataset_events
 from schemas.errors import RiverstreamError
@@ -93,6 +95,9 @@ class Demo:
                 "topic_labels": f"{tag}.labels",
                 "topic_dlq": f"{tag}.dlq",
                 "redis_prefix": tag,
+                # The closed loop's routes are closed, as in production (see the README).
+                "ingest_token": SecretStr(secrets.token_urlsafe(24)),
+                "predict_token": SecretStr(secrets.token_urlsafe(24)),
                 "snapshot_every_labels": 200,
                 "snapshot_every_seconds": 1.0,
                 "serve_port": free_port(),
@@ -133,7 +138,8 @@ class Demo:
         learner = self._spawn(settings, ["learn", "--model", f"{name}={o.model}"], "learner")
         self._spawn(settings, ["serve", "--port", str(settings.serve_port)], "api")
         summary.console_url = f"http://127.0.0.1:{settings.console_port}/"
-        client = httpx.Client(base_url=api, timeout=5)
+        token = settings.predict_token.get_secret_value() if settings.predict_token else ""
+        client = httpx.Client(base_url=api, timeout=5, headers={"Authorization": f"Bearer {token}"})
         try:
             wait_until(lambda: client.get("/healthz").status_code == 200, 60, "the API")
             # started once the API answers: three processes importing River at once on a small

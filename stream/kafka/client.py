@@ -140,7 +140,15 @@ def partitions_for(bootstrap: str, topic: str) -> list[int]:
 class EventProducer:
     """kafka-python producer with batching, compression and delivery accounting."""
 
-    def __init__(self, bootstrap: str, *, compression: str | None = "gzip", linger_ms: int = 20):
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        compression: str | None = "gzip",
+        linger_ms: int = 20,
+        max_block_ms: int = 60_000,
+        bootstrap_timeout_ms: int = 30_000,
+    ):
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
@@ -153,6 +161,8 @@ class EventProducer:
                 compression_type=compression,
                 max_in_flight_requests_per_connection=1,
                 retries=5,
+                max_block_ms=max_block_ms,
+                bootstrap_timeout_ms=bootstrap_timeout_ms,
             )
         except KafkaError as exc:
             raise KafkaAdapterError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
@@ -185,6 +195,18 @@ class EventProducer:
         except KafkaError as exc:
             raise KafkaAdapterError(f"send to {topic} failed: {exc}") from exc
         future.add_callback(self._ok).add_errback(self._fail)
+
+    def send_future(self, topic: str, key: bytes | None, value: bytes) -> Any:
+        """Send one message; the returned future's ``get(timeout)`` waits for the broker's
+        acknowledgement (acks=all) and raises if it does not come."""
+        from kafka.errors import KafkaError
+
+        try:
+            future = self._producer.send(topic, key=key, value=value)
+        except KafkaError as exc:
+            raise KafkaAdapterError(f"send to {topic} failed: {exc}") from exc
+        future.add_callback(self._ok).add_errback(self._fail)
+        return future
 
     def flush(self, timeout: float | None = 60.0) -> None:
         from kafka.errors import KafkaError

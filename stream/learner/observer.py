@@ -97,6 +97,8 @@ class PrometheusObserver:
                 self._model_errors[key] = n
         for name, state in core.models.items():
             m.set_progressive_metrics(name, state.metric_values())
+        if core.served_metrics:
+            m.set_served_metrics(core.served_metric_values())
             done = state.samples_learned - self._learned.get(name, 0)
             if done > 0:
                 m.samples_learned(name, done)

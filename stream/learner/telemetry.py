@@ -129,6 +129,11 @@ class LearnerMetrics:
             "Newest event time seen minus the event-time watermark (event-time units).",
             registry=r,
         )
+        self.served_metric = Gauge(
+            "riverstream_served_metric",
+            "Quality of the answers the API actually gave (logged with an id), by model version.",
+            ["model", "version", "metric"], registry=r,
+        )  # fmt: skip
         self.progressive_metric = Gauge(
             "riverstream_progressive_metric", "Progressive validation metric.",
             ["model", "metric"], registry=r,
@@ -247,6 +252,13 @@ class LearnerMetrics:
 
     def samples_learned(self, model: str, n: int) -> None:
         self.samples_learned_total.labels(model=model).inc(n)
+
+    def set_served_metrics(self, values: Mapping[tuple[str, int], Mapping[str, float]]) -> None:
+        for (model, version), by_metric in values.items():
+            for metric, value in by_metric.items():
+                self.served_metric.labels(model=model, version=str(version), metric=metric).set(
+                    value
+                )
 
     def set_progressive_metrics(self, model: str, values: Mapping[str, float]) -> None:
         """Publish the current progressive metrics of ``model``, e.g. ``{"Accuracy": 0.91}``."""

@@ -22,6 +22,7 @@ def touch_learner(m: LearnerMetrics, now: float) -> None:
     m.observe_learn("lr", [1e-5, 2e-5])
     m.samples_learned("lr", 45)
     m.set_progressive_metrics("lr", {"Accuracy": 0.9})
+    m.set_served_metrics({("lr", 7): {"Accuracy": 0.88}})
     m.set_consumer_lag("riverstream.features", {0: 3, 1: 0})
     m.set_watermark_delay(2.0)
     m.snapshot_written("lr", version=7, size_bytes=1500, duration_seconds=3e-5,

@@ -58,5 +58,5 @@ def test_naming_conventions(learner_metrics, serving_metrics):
                     continue
                 assert set(sample.labels) <= {
                     "topic", "partition", "reason", "outcome", "model", "metric", "route",
-                    "status", "le", "challenger", "graph", "shadow",
+                    "status", "le", "challenger", "graph", "shadow", "version",
                 }, sample  # fmt: skip

@@ -16,6 +16,7 @@ from river import linear_model
 
 from schemas.settings import Settings
 from serving.app import PredictFastPath, create_app, default_store
+from serving.feedback import ClosedLoop
 from serving.graphs import GraphFastPath
 from serving.telemetry import ServingMetrics
 from stream.store.snapshots import SnapshotStore
@@ -281,8 +282,9 @@ def test_fast_path_answers_exactly_like_the_documented_route(
     settings = kit.make_settings(redis_url, prefix)
     app = create_app(settings, metrics=metrics, max_body_bytes=4096)
     routed_app = create_app(settings, metrics=metrics, max_body_bytes=4096, fast_path=False)
-    assert [m.cls for m in app.user_middleware] == [PredictFastPath, GraphFastPath]
-    assert not routed_app.user_middleware
+    # the closed loop (tokens, logging predictions with an id) wraps them both
+    assert [m.cls for m in app.user_middleware] == [ClosedLoop, PredictFastPath, GraphFastPath]
+    assert [m.cls for m in routed_app.user_middleware] == [ClosedLoop]  # passes these through
     bodies = [
         orjson.dumps({"features": inputs[0]}),
         orjson.dumps({"instances": inputs[:3]}),

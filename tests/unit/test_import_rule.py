@@ -47,8 +47,8 @@ def allowed(importer: str, imported: str) -> bool:
         return imported == "schemas"
     if importer in RUNTIME:
         return imported in ("schemas", "learners", *RUNTIME)
-    if importer == "serving":
-        return imported in ("schemas", "learners", "stream.store")
+    if importer == "serving":  # reads the store; produces events it is given (the closed loop)
+        return imported in ("schemas", "learners", "stream.store", "stream.kafka")
     if importer == "observability":
         return imported in ("schemas", "learners")
     if importer == "console":

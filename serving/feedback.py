@@ -1,0 +1,345 @@
+"""The closed loop over HTTP: predictions that learn from their own outcomes.
+
+An application that calls ``/predict`` can tell riverstream the outcome, and the model learns
+from exactly the features it served with (Chantilly's ``/predict`` + ``/learn`` by id, without
+its lost updates: the events go through Kafka and the exactly-once learner).
+
+- ``POST /v1/models/{name}/predict`` with an ``"id"`` (and an optional ``"time"``, default the
+  server's clock in seconds): the answer is computed as usual, then the feature event *as
+  served* — id, time, features and the answer (`schemas.events.Served`: model, version,
+  prediction, probabilities) — goes to the features topic, and the prediction record (the
+  asynchronous answers' format) to the predictions topic. The learner learns from the feature
+  event when its label comes, and scores the served answer against it per model and version
+  (``riverstream_served_metric``), beside its progressive metric.
+- ``POST /v1/features`` (``{"id", "time"?, "features"}`` or ``{"events": [...]}``) and
+  ``POST /v1/labels`` (``{"id", "time"?, "label"}`` or ``{"labels": [...]}``) publish events with
+  the validation Kafka producers get (`schemas.events.EventCodec`).
+
+**Nothing is acknowledged that is not stored**: the answer (200, or 202 for the ingest routes)
+is sent only after the broker acknowledged every message (acks=all); when Kafka cannot be
+reached the caller gets 503 naming the cause, and for a predict with an id, no answer.
+
+**Writing events is a way to poison a model**, so it is closed when ``RIVERSTREAM_INGEST_TOKEN``
+is set: the ingest routes and predict-with-id then need ``Authorization: Bearer <token>`` (401
+without it, 403 with another; compared in constant time). ``RIVERSTREAM_PREDICT_TOKEN`` closes
+every predict route likewise (models, graphs and ``/v2`` infer).
+
+Publishing runs on a worker thread (a producer's send may wait for metadata when the broker is
+away): the event loop never blocks on Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+from pydantic import SecretStr
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from schemas.errors import KafkaAdapterError, SchemaError
+from schemas.events import EventCodec, Limits
+from schemas.settings import Settings
+from stream.kafka.client import EventProducer
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_SECONDS = 10.0
+_PREDICT_PREFIX, _PREDICT_SUFFIX = "/v1/models/", "/predict"
+_INGEST = {"/v1/features": ("features", "events"), "/v1/labels": ("labels", "labels")}
+_JSON = [(b"content-type", b"application/json")]
+
+Outgoing = tuple[str, bytes, bytes]  # topic, key, value
+
+
+class KafkaUnavailable(Exception):
+    """The broker did not acknowledge: nothing may be answered as stored."""
+
+
+class Publisher:
+    """One acks=all producer per process, created on first use (after the workers fork)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.bootstrap = settings.kafka_bootstrap_servers
+        self._producer: EventProducer | None = None
+        self._lock = threading.Lock()
+
+    def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
+        """Send ``messages`` and wait until the broker acknowledged each (blocking: call it on
+        a worker thread); `KafkaUnavailable` names the cause otherwise."""
+        if not self.bootstrap:
+            raise KafkaUnavailable("no Kafka configured (RIVERSTREAM_KAFKA_BOOTSTRAP_SERVERS)")
+        try:
+            with self._lock:
+                if self._producer is None:
+                    self._producer = EventProducer(
+                        self.bootstrap, linger_ms=1, max_block_ms=3000, bootstrap_timeout_ms=3000
+                    )
+                producer = self._producer
+            futures = [producer.send_future(topic, key, value) for topic, key, value in messages]
+            deadline = time.monotonic() + timeout
+            for future in futures:
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
+        except KafkaAdapterError as exc:
+            raise KafkaUnavailable(f"Kafka unreachable: {exc}") from None
+        except Exception as exc:  # kafka-python's errors and timeouts on a future
+            raise KafkaUnavailable(
+                f"Kafka did not acknowledge: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+
+
+def _bearer_problem(scope: Scope, token: str | None) -> tuple[int, str] | None:
+    """None when ``token`` is unset or given as the bearer token; else (401 | 403, why)."""
+    if not token:
+        return None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            given = value.decode("latin-1")
+            scheme, _, secret = given.partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(secret.encode(), token.encode()):
+                return None
+            return 403, "the bearer token is not valid for this route"
+    return 401, "this route needs Authorization: Bearer <token>"
+
+
+class ClosedLoop:
+    """ASGI middleware: the ingest routes, predict-with-id, and the routes' tokens."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        max_body_bytes: int,
+        publisher: Publisher | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.max_body_bytes = max_body_bytes
+        self.codec = EventCodec(Limits.from_settings(settings))
+        self.publisher = publisher or Publisher(settings)
+        self.clock = clock
+        self.ingest_token = _secret(settings.ingest_token)
+        self.predict_token = _secret(settings.predict_token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path in _INGEST:
+            await self._ingest(scope, receive, send, path)
+            return
+        if _is_predict(path):
+            problem = _bearer_problem(scope, self.predict_token)
+            if problem is not None:
+                await _respond(send, *problem, auth=problem[0] == 401)
+                return
+            if path.startswith(_PREDICT_PREFIX):
+                raw, more = await _read_upto(receive, self.max_body_bytes)
+                if not more and b'"id"' in raw:
+                    await self._predict_with_id(scope, send, path, raw)
+                    return
+                # the app answers as if nothing had been read (an oversized body included)
+                receive = _replay(raw, then=receive if more else None)
+        await self.app(scope, receive, send)
+
+    # -- POST /v1/features, /v1/labels ---------------------------------------------------------
+    async def _ingest(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        problem = _bearer_problem(scope, self.ingest_token)
+        if problem is not None:
+            await _respond(send, *problem, auth=problem[0] == 401)
+            return
+        kind, many = _INGEST[path]
+        raw = await _body(receive, self.max_body_bytes)
+        if raw is None:
+            await _respond(send, 413, f"body larger than {self.max_body_bytes} bytes")
+            return
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            await _respond(send, 422, f"invalid JSON: {exc}")
+            return
+        items = body.get(many) if isinstance(body, dict) and many in body else [body]
+        if not isinstance(items, list) or not items:
+            await _respond(send, 422, f"expected an event object or {{{many!r}: [events]}}")
+            return
+        topic = self.settings.topic_features if kind == "features" else self.settings.topic_labels
+        decode = self.codec.decode_feature if kind == "features" else self.codec.decode_label
+        now = self.clock()
+        messages: list[Outgoing] = []
+        for i, item in enumerate(items):
+            where = f"{many}[{i}]" if len(items) > 1 or many in body else "body"
+            if not isinstance(item, dict):
+                await _respond(send, 422, f"{where}: expected an object")
+                return
+            event = {"time": now, **item}
+            try:
+                value = orjson.dumps(event)
+                decode(value)  # the validation of Kafka producers: reason and field
+            except (SchemaError, TypeError) as exc:
+                await _respond(send, 422, f"{where}: {exc}")
+                return
+            messages.append((topic, str(item["id"]).encode(), value))
+        try:
+            await asyncio.to_thread(self.publisher.publish, messages, PUBLISH_TIMEOUT_SECONDS)
+        except KafkaUnavailable as exc:
+            await _respond(send, 503, f"{exc}; nothing was stored, send again")
+            return
+        await _send_json(send, 202, {"accepted": len(messages), "topic": topic})
+
+    # -- predict with an id ----------------------------------------------------------------
+    async def _predict_with_id(self, scope: Scope, send: Send, path: str, raw: bytes) -> None:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict) or "id" not in body:  # let the app name the problem
+            await self.app(scope, _replay(raw), send)
+            return
+        problem = _bearer_problem(scope, self.ingest_token)
+        if problem is not None:
+            await _respond(send, *problem, auth=problem[0] == 401)
+            return
+        event_id, event_time = body.pop("id"), body.pop("time", None)
+        if not isinstance(event_id, str) or not event_id:
+            await _respond(send, 422, "id: expected a non-empty string")
+            return
+        if event_time is None:
+            event_time = self.clock()
+        if "features" not in body or "instances" in body:
+            await _respond(send, 422, "an id logs one prediction: give 'features', not 'instances'")
+            return
+        status, headers, answer = await _call(self.app, scope, orjson.dumps(body))
+        if status != 200:
+            await _send_raw(send, status, headers, answer)
+            return
+        content = orjson.loads(answer)
+        name = path[len(_PREDICT_PREFIX) : -len(_PREDICT_SUFFIX)]
+        served = {"model": name, "version": content["version"],
+                  "prediction": content["prediction"], "probabilities": content["probabilities"]}  # fmt: skip
+        feature = {"id": event_id, "time": event_time, "features": body["features"],
+                   "served": served}  # fmt: skip
+        try:
+            value = orjson.dumps(feature, option=orjson.OPT_NON_STR_KEYS)
+            self.codec.decode_feature(value)
+        except (SchemaError, TypeError) as exc:
+            await _respond(send, 422, f"the features cannot be logged as an event: {exc}")
+            return
+        record = {"id": event_id, "target": name, "versions": {name: content["version"]},
+                  "prediction": content["prediction"], "probabilities": content["probabilities"],
+                  "decided_by": name, "requested_at": event_time, "answered_at": self.clock()}  # fmt: skip
+        key = event_id.encode()
+        messages = [
+            (self.settings.topic_features, key, value),
+            (self.settings.topic_predictions, key,
+             orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS)),
+        ]  # fmt: skip
+        try:
+            await asyncio.to_thread(self.publisher.publish, messages, PUBLISH_TIMEOUT_SECONDS)
+        except KafkaUnavailable as exc:
+            await _respond(send, 503, f"{exc}; the prediction was not logged, send again")
+            return
+        content["id"], content["time"] = event_id, event_time
+        await _send_json(send, 200, content)
+
+
+def _secret(value: SecretStr | str | None) -> str | None:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value() or None
+    return value or None
+
+
+def _is_predict(path: str) -> bool:
+    return (path.startswith(("/v1/models/", "/v1/graphs/")) and path.endswith("/predict")) or (
+        path.startswith("/v2/models/") and path.endswith("/infer")
+    )
+
+
+async def _body(receive: Receive, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def _read_upto(receive: Receive, limit: int) -> tuple[bytes, bool]:
+    """The body, or its first chunks once it exceeds ``limit``; and whether more remains."""
+    chunks: list[bytes] = []
+    size, more = 0, True
+    while more and size <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks), more
+
+
+def _replay(raw: bytes, then: Receive | None = None) -> Receive:
+    """A ``receive`` giving the body already read to the app, then the rest from ``then``."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return await then() if then is not None else {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": raw, "more_body": then is not None}
+
+    return receive
+
+
+async def _call(app: ASGIApp, scope: Scope, body: bytes) -> tuple[int, list[Any], bytes]:
+    """Run ``app`` on ``body``; its response is kept, not sent."""
+    status, headers, chunks = 500, [], []
+
+    async def capture(message: Message) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status, headers = message["status"], list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, _replay(body), capture)
+    return status, headers, b"".join(chunks)
+
+
+async def _send_raw(send: Send, status: int, headers: list[Any], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_json(send: Send, status: int, content: Any) -> None:
+    body = orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+    headers = [*_JSON, (b"content-length", str(len(body)).encode())]
+    await _send_raw(send, status, headers, body)
+
+
+async def _respond(send: Send, status: int, detail: str, *, auth: bool = False) -> None:
+    body = orjson.dumps({"detail": detail})
+    headers = [*_JSON, (b"content-length", str(len(body)).encode())]
+    if auth:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await _send_raw(send, status, headers, body)
