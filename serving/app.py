@@ -47,6 +47,7 @@ from learners.predictor import MODEL_INPUT_ERRORS
 from schemas.errors import ConfigError
 from schemas.settings import Settings
 from serving import openapi
+from serving.asgi import receive_body, request_body
 from serving.curve import curve_router
 from serving.feedback import ClosedLoop
 from serving.graphs import GraphFastPath, GraphService, wait_started
@@ -157,7 +158,7 @@ def create_app(
     async def predict(request: Request) -> Response:
         # Documents the route; requests are answered by the `PredictFastPath` middleware below,
         # which runs the same `answer` without Starlette's routing and request objects.
-        raw = await _read_body(request, max_body_bytes)
+        raw = await request_body(request, max_body_bytes)
         status, content = answer(request.path_params["name"], raw)
         return JSONResponse(content, status)
 
@@ -304,7 +305,7 @@ class PredictFastPath:
             if path.startswith(_PREDICT_PREFIX) and path.endswith(_PREDICT_SUFFIX):
                 name = path[len(_PREDICT_PREFIX) : -len(_PREDICT_SUFFIX)]
                 if name and "/" not in name:
-                    raw = await _receive_body(receive, self.max_body_bytes)
+                    raw = await receive_body(receive, self.max_body_bytes)
                     if self.with_ids is not None and raw is not None and b'"id"' in raw:
                         await self.with_ids(scope, _replay(raw, receive), send)
                         return
@@ -333,34 +334,3 @@ def _replay(raw: bytes, receive: Receive) -> Receive:
         return pending.pop() if pending else await receive()
 
     return replay
-
-
-async def _receive_body(receive: Receive, limit: int) -> bytes | None:
-    """The request body, or None once it exceeds ``limit`` bytes."""
-    chunks: list[bytes] = []
-    size, more = 0, True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return b"".join(chunks)
-
-
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None when it exceeds ``limit`` bytes (read no further than that)."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit():
-        return None if int(length) > limit else await request.body()
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -45,6 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from schemas.errors import KafkaAdapterError, SchemaError
 from schemas.events import EventCodec, Limits
 from schemas.settings import Settings
+from serving.asgi import read_upto, receive_body, replay
 from stream.kafka.client import EventProducer
 
 log = logging.getLogger(__name__)
@@ -146,12 +147,12 @@ class ClosedLoop:
                 await _respond(send, *problem, auth=problem[0] == 401)
                 return
             if path.startswith(_PREDICT_PREFIX):
-                raw, more = await _read_upto(receive, self.max_body_bytes)
+                raw, more = await read_upto(receive, self.max_body_bytes)
                 if not more and b'"id"' in raw:
                     await self._predict_with_id(scope, send, path, raw)
                     return
                 # the app answers as if nothing had been read (an oversized body included)
-                receive = _replay(raw, then=receive if more else None)
+                receive = replay(raw, then=receive if more else None)
         await self.app(scope, receive, send)
 
     # -- POST /v1/features, /v1/labels ---------------------------------------------------------
@@ -161,7 +162,7 @@ class ClosedLoop:
             await _respond(send, *problem, auth=problem[0] == 401)
             return
         kind, many = _INGEST[path]
-        raw = await _body(receive, self.max_body_bytes)
+        raw = await receive_body(receive, self.max_body_bytes)
         if raw is None:
             await _respond(send, 413, f"body larger than {self.max_body_bytes} bytes")
             return
@@ -205,7 +206,7 @@ class ClosedLoop:
         except orjson.JSONDecodeError:
             body = None
         if not isinstance(body, dict) or "id" not in body:  # let the app name the problem
-            await self.app(scope, _replay(raw), send)
+            await self.app(scope, replay(raw), send)
             return
         problem = _bearer_problem(scope, self.ingest_token)
         if problem is not None:
@@ -266,51 +267,6 @@ def _is_predict(path: str) -> bool:
     )
 
 
-async def _body(receive: Receive, limit: int) -> bytes | None:
-    chunks: list[bytes] = []
-    size, more = 0, True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return b"".join(chunks)
-
-
-async def _read_upto(receive: Receive, limit: int) -> tuple[bytes, bool]:
-    """The body, or its first chunks once it exceeds ``limit``; and whether more remains."""
-    chunks: list[bytes] = []
-    size, more = 0, True
-    while more and size <= limit:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return b"".join(chunks), more
-
-
-def _replay(raw: bytes, then: Receive | None = None) -> Receive:
-    """A ``receive`` giving the body already read to the app, then the rest from ``then``."""
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return await then() if then is not None else {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": raw, "more_body": then is not None}
-
-    return receive
-
-
 async def _call(app: ASGIApp, scope: Scope, body: bytes) -> tuple[int, list[Any], bytes]:
     """Run ``app`` on ``body``; its response is kept, not sent."""
     status, headers, chunks = 500, [], []
@@ -322,7 +278,7 @@ async def _call(app: ASGIApp, scope: Scope, body: bytes) -> tuple[int, list[Any]
         elif message["type"] == "http.response.body":
             chunks.append(message.get("body", b""))
 
-    await app(scope, _replay(body), capture)
+    await app(scope, replay(body), capture)
     return status, headers, b"".join(chunks)
 
 

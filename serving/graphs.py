@@ -59,6 +59,7 @@ from starlette.background import BackgroundTask
 from learners.graph import GraphAnswer, GraphInputError, MemberUnavailable, run_shadows
 from learners.predictor import MODEL_INPUT_ERRORS
 from schemas.graph_errors import GraphError
+from serving.asgi import receive_body, request_body
 from serving.inputs import InputError, InputLimits, check_features
 from stream.store.graph_follower import GraphFollower, ServedGraph, ServedModels
 from stream.store.graphs import GraphStore
@@ -516,7 +517,7 @@ def graphs_router(service: GraphService) -> APIRouter:
         responses={404: {}, 413: {}, 422: {}, 503: {}},
     )
     async def predict(name: str, request: Request) -> Response:
-        raw = await _read_limited(request, service.max_body_bytes)
+        raw = await request_body(request, service.max_body_bytes)
         status, content, job = service.answer(name, raw)
         response = _response(content, status)
         if job is not None:  # after the response: Starlette runs it once the body is sent
@@ -564,7 +565,7 @@ class GraphFastPath:
             if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
                 name = path[len(_PREFIX) : -len(_SUFFIX)]
                 if name and "/" not in name:
-                    raw = await _receive_body(receive, self.service.max_body_bytes)
+                    raw = await receive_body(receive, self.service.max_body_bytes)
                     status, content, job = self.service.answer(name, raw)
                     body = render(content)
                     headers = [
@@ -578,32 +579,6 @@ class GraphFastPath:
                     self.service.run_later(job)
                     return
         await self.app(scope, receive, send)
-
-
-async def _receive_body(receive: Any, limit: int) -> bytes | None:
-    """The request body, or None once it exceeds ``limit`` bytes."""
-    chunks, size, more = [], 0, True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return b"".join(chunks)
-
-
-async def _read_limited(request: Request, limit: int) -> bytes | None:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def install(app: FastAPI, service: GraphService, *, fast_path: bool = True) -> None:

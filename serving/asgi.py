@@ -1,0 +1,68 @@
+"""Small pieces of raw ASGI shared by the fast paths (models, graphs) and the closed loop:
+reading a body within a limit, and giving a body already read back to an app."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.types import Message, Receive
+
+
+async def receive_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None once it exceeds ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def request_body(request: Request, limit: int) -> bytes | None:
+    """`receive_body` for a Starlette request (the documented routes)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit():
+        return None if int(length) > limit else await request.body()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_upto(receive: Receive, limit: int) -> tuple[bytes, bool]:
+    """The body, or its first chunks once it exceeds ``limit``; and whether more remains."""
+    chunks: list[bytes] = []
+    size, more = 0, True
+    while more and size <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks), more
+
+
+def replay(raw: bytes, then: Receive | None = None) -> Receive:
+    """A ``receive`` giving the body already read to an app, then the rest from ``then``."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return await then() if then is not None else {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": raw, "more_body": then is not None}
+
+    return receive
