@@ -1,7 +1,8 @@
 """Asynchronous prediction requests and answers: the wire format of the request and prediction
 topics, with the same limits and rejection reasons as feature events.
 
-A request asks one target (a model name; graph names later) to answer for one set of features.
+A request asks one target (a model name, or a serving graph's) to answer for one set of
+features.
 The Kafka key of both messages is the id, and the request's ``x-`` headers are copied onto its
 answer, so a client can correlate by key, by id or by its own header.
 
@@ -46,6 +47,10 @@ class PredictionAnswer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     ``versions`` maps each model that answered to its version (one entry for a model target);
     ``decided_by`` names what produced the prediction (the model itself for a model target).
+    A graph target's answer also has the fields of ``POST /v1/graphs/{name}/predict``:
+    ``graph_version``, ``kind``, ``path`` (the choices made), ``decision`` and ``reason`` (the
+    matching rule's), and ``decided_by`` is the node or rule that decided; a model target's
+    answer has none of them.
     ``probabilities`` are given for classifiers, keyed by the label as JSON object keys
     (``"true"``/``"false"`` for boolean labels), exactly as ``POST /v1/models/{name}/predict``
     gives them. ``requested_at`` is the request message's Kafka timestamp and ``answered_at``
@@ -60,6 +65,11 @@ class PredictionAnswer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     decided_by: str
     requested_at: float
     answered_at: float
+    graph_version: int | None = None
+    kind: str | None = None
+    path: list[str] | None = None
+    decision: str | None = None
+    reason: str | None = None
 
 
 class RequestCodec:

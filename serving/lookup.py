@@ -1,10 +1,13 @@
-"""``GET /v1/models/{name}/predictions/{id}``: answers computed ahead by ``riverstream score
---into redis``, looked up by id (`stream.store.lookup`).
+"""``GET /v1/models/{name}/predictions/{id}`` and ``GET /v1/graphs/{name}/predictions/{id}``:
+answers computed ahead by ``riverstream score --into redis``, looked up by id
+(`stream.store.lookup`).
 
 200 with the stored answer (``id``, ``target``, ``versions``, ``prediction``,
-``probabilities``, ``decided_by``, as `score` writes them) plus the table's ``table`` number
-and ``computed_at``; 404 when the model has no table, the table has expired, or it has no such
-id; 503 when Redis cannot be reached. The id is the rest of the path, so it may contain ``/``.
+``probabilities``, ``decided_by``, as `score` writes them; a graph's also ``graph_version``,
+``kind``, ``path``, ``decision`` and ``reason``) plus the table's ``table`` number and
+``computed_at``; 404 when the model or graph has no table, the table has expired, or it has no
+such id; 503 when Redis cannot be reached. The id is the rest of the path, so it may contain
+``/``. A model's tables and a graph's are apart: a graph named like a model has its own.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from stream.store.lookup import LookupTables
 from stream.store.snapshots import RedisUnavailableError, SnapshotStore
 
 ROUTE = "/v1/models/{name}/predictions/{row_id:path}"
+GRAPH_ROUTE = "/v1/graphs/{name}/predictions/{row_id:path}"
 
 
 def lookup_router(store: SnapshotStore) -> APIRouter:
@@ -36,19 +40,33 @@ def lookup_router(store: SnapshotStore) -> APIRouter:
     def stored_prediction(name: str, row_id: str) -> Response:
         # A plain function: FastAPI runs it in its thread pool, so Redis calls do not block
         # the event loop.
-        if not is_model_name(name):
-            return _json({"detail": f"model {name!r} has no stored predictions"}, 404)
-        try:
-            answer = tables.answer(name, row_id)
-        except RedisUnavailableError as exc:
-            return _json({"detail": f"the lookup store is unreachable: {exc}"}, 503)
-        except SnapshotError as exc:
-            return _json({"detail": f"the lookup store failed: {exc}"}, 503)
-        if answer is None:
-            return _json({"detail": f"no stored prediction of {name!r} for id {row_id!r}"}, 404)
-        return _json(answer, 200)
+        return _stored(tables, name, row_id, graph=False)
+
+    @router.get(
+        GRAPH_ROUTE,
+        summary="A graph's prediction computed ahead (batch scoring), by id",
+        responses={404: {"description": "no stored prediction for this id"}},
+        response_model=None,
+    )
+    def stored_graph_prediction(name: str, row_id: str) -> Response:
+        return _stored(tables, name, row_id, graph=True)
 
     return router
+
+
+def _stored(tables: LookupTables, name: str, row_id: str, *, graph: bool) -> Response:
+    what = "graph" if graph else "model"
+    if not is_model_name(name):
+        return _json({"detail": f"{what} {name!r} has no stored predictions"}, 404)
+    try:
+        answer = tables.answer(name, row_id, graph=graph)
+    except RedisUnavailableError as exc:
+        return _json({"detail": f"the lookup store is unreachable: {exc}"}, 503)
+    except SnapshotError as exc:
+        return _json({"detail": f"the lookup store failed: {exc}"}, 503)
+    if answer is None:
+        return _json({"detail": f"no stored prediction of {what} {name!r} for id {row_id!r}"}, 404)
+    return _json(answer, 200)
 
 
 def _json(content: dict[str, Any], status: int) -> Response:

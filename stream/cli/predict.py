@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -21,6 +21,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from schemas.errors import RegistryError, RiverstreamError
 from schemas.settings import Settings
+
+if TYPE_CHECKING:
+    from learners.predictor import ServedModel
 
 err = Console(stderr=True)
 
@@ -34,7 +37,9 @@ def _settings() -> Settings:
 def predict_worker(
     target: Annotated[
         list[str] | None,
-        typer.Option(help="Answer only for this model (repeatable; default: every model)."),
+        typer.Option(
+            help="Answer only for this model or graph (repeatable; default: every model and graph)."
+        ),
     ] = None,
     group: Annotated[
         str | None, typer.Option(help="Consumer group (default: RIVERSTREAM_PREDICT_GROUP).")
@@ -46,8 +51,9 @@ def predict_worker(
 ) -> None:
     """Answer prediction requests from Kafka until stopped (SIGTERM: finish, commit, leave).
 
-    Requests on RIVERSTREAM_TOPIC_REQUESTS ({"id", "target", "features"}, key = id), answers on
-    RIVERSTREAM_TOPIC_PREDICTIONS, bad requests to the dead-letter topic. Workers sharing a
+    Requests on RIVERSTREAM_TOPIC_REQUESTS ({"id", "target", "features"}, key = id; the target
+    a model or a graph), answers on RIVERSTREAM_TOPIC_PREDICTIONS, bad requests to the
+    dead-letter topic. Workers sharing a
     group share the request partitions; delivery is at-least-once (answers carry the model
     versions, so a client deduplicates by id).
     """
@@ -56,7 +62,7 @@ def predict_worker(
     settings = _settings()
     if group:
         settings = settings.model_copy(update={"predict_group": group})
-    worker, follower = build_worker(
+    worker, follower, graphs = build_worker(
         settings, target or (), session_timeout_ms=int(session_timeout * 1000)
     )
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
@@ -64,16 +70,20 @@ def predict_worker(
 
     def report(stats: dict[str, object]) -> None:
         served = {name: m.version for name, m in follower.served.items()}
-        print(json.dumps({**stats, "serving": served}), flush=True)
+        graph_versions = {name: g.version for name, g in graphs.served.items()}
+        print(json.dumps({**stats, "serving": served, "graphs": graph_versions}), flush=True)
 
     try:
         worker.run(report=report, report_every=report_every)
     finally:
         follower.stop()
+        graphs.stop()
 
 
 def score(
-    target: Annotated[str, typer.Argument(help="Model name.")],
+    target: Annotated[
+        str, typer.Argument(help="Model name, or a serving graph's (when no model has it).")
+    ],
     source: Annotated[
         str,
         typer.Argument(
@@ -86,7 +96,11 @@ def score(
         Path | None, typer.Option("--out", help="Answers: .jsonl or .csv (by suffix).")
     ] = None,
     version: Annotated[
-        int | None, typer.Option(help="Model version (default: the one served now).")
+        int | None,
+        typer.Option(
+            help="Model version, or graph version for a graph (default: the one served now; a "
+            "graph's members are always at the versions served now)."
+        ),
     ] = None,
     into: Annotated[
         str | None, typer.Option(help="'redis': also store the answers as a lookup table.")
@@ -96,7 +110,7 @@ def score(
         typer.Option(help="Lookup table lifetime, s (default RIVERSTREAM_LOOKUP_TTL_SECONDS)."),
     ] = None,
 ) -> None:
-    """Score INPUT with TARGET and write the answers, in input order.
+    """Score INPUT with TARGET (a model or a graph) and write the answers, in input order.
 
     Rows that cannot be scored are listed with their line (or partition and offset) and make
     the exit status 1.
@@ -111,6 +125,8 @@ def score(
         load_served,
         score_rows,
     )  # fmt: skip
+    from stream.predict.graph_target import GraphTarget, load_graph_target
+    from stream.store.graphs import GraphStore
     from stream.store.lookup import LookupTables
     from stream.store.snapshots import open_store
 
@@ -133,7 +149,16 @@ def score(
     else:
         rows = file_rows(Path(source))
     store = open_store(settings)
-    served = load_served(store, target, version)
+    graphs = GraphStore(store.client, store.keys.prefix)
+    served: ServedModel | GraphTarget
+    if store.serving_version(target) is None and target in graphs.names():  # models first
+        metric = settings.serve_graph_metric or None
+        served = load_graph_target(store, graphs, target, version, metric=metric)
+    elif store.serving_version(target) is None:
+        raise RiverstreamError(f"no model or graph named {target!r} in Redis (nothing to score)")
+    else:
+        served = load_served(store, target, version)
+    is_graph = isinstance(served, GraphTarget)
     # The model (up to hundreds of MB of small objects) never becomes garbage: keep the
     # collector from traversing it again and again while rows are scored.
     gc.freeze()
@@ -141,20 +166,23 @@ def score(
     table = None
     try:
         if out_file is not None:
-            sinks.append(file_sink(out_file))
+            sinks.append(file_sink(out_file, graph=is_graph))
         if into == "redis":
-            table = LookupTables(store.client, store.keys).writer(target)
+            table = LookupTables(store.client, store.keys).writer(target, graph=is_graph)
             sinks.append(TableSink(table))
         computed_at = time.time()
         with _progress() as progress:
-            task = progress.add_task(f"scoring with {target} v{served.version}", total=None)
+            what = f"graph {target}" if is_graph else target
+            task = progress.add_task(f"scoring with {what} v{served.version}", total=None)
             report = score_rows(
                 served, rows, sinks, limits=Limits.from_settings(settings),
                 time_range=time_range, progress=lambda n: progress.advance(task, n),
             )  # fmt: skip
         if table is not None:
             lifetime = settings.lookup_ttl_seconds if ttl is None else ttl
-            report.table = table.publish(report.versions, computed_at, lifetime)
+            report.table = table.publish(
+                report.versions, computed_at, lifetime, graph_version=report.graph_version
+            )
     finally:
         for sink in sinks:
             sink.close()

@@ -4,14 +4,17 @@ scoring (no Kafka, no Redis here).
 A target is looked up by name (a `ServedModel` loaded by the `SnapshotFollower`, or a pinned
 version for batch scoring) and asked through `ServedModel.predict`, the one predictor every
 serving path calls, so an answer equals ``POST /v1/models/{name}/predict`` for the same version.
+A target that is no model but a served graph is answered as ``POST /v1/graphs/{name}/predict``
+answers (`stream.predict.graph_target`).
 Answers are encoded as the API encodes them (boolean labels as ``"true"``/``"false"`` object
 keys, numpy scalars as numbers).
 
 Whatever cannot be answered raises a `SchemaError` whose ``reason`` names why:
 
 - the codec's reasons for a malformed request (``bad_json``, ``schema``, ``not_finite``, ...);
-- ``unknown_target``: no such model (or not one this worker was asked to serve);
-- ``target_unavailable``: the model exists but no version of it could be loaded;
+- ``unknown_target``: no such model or graph (or not one this worker was asked to serve);
+- ``target_unavailable``: the model exists but no version of it could be loaded, or a graph
+  member is not loaded;
 - ``model_input``: the model raised on these features (a string where it needs a number...);
 - ``not_finite``: the model's answer is NaN or infinite.
 
@@ -26,7 +29,7 @@ b'{"probabilities":{"false":0.5,"true":0.5}}'
 >>> answers.body(answers.codec.decode(b'{"id": "a", "target": "rf", "features": {}}'))
 Traceback (most recent call last):
 ...
-schemas.errors.SchemaError: unknown_target at target: no model named 'rf' is served
+schemas.errors.SchemaError: unknown_target at target: no model or graph named 'rf' is served
 >>> Answerer({}.get, is_known=lambda name: True).served("lr")
 Traceback (most recent call last):
 ...
@@ -45,12 +48,16 @@ from typing import Any
 
 import msgspec
 
+from learners.graph import ModelLookup
 from learners.predictor import MODEL_INPUT_ERRORS, NonFiniteAnswer, ServedModel
 from schemas.errors import SchemaError
 from schemas.events import Limits
 from schemas.predictions import PredictionRequest, RequestCodec
+from stream.predict.graph_target import GraphVersion, graph_answer_body
 
 Lookup = Callable[[str], ServedModel | None]
+GraphLookup = Callable[[str], GraphVersion | None]
+"""The graph served under a name now (`stream.store.graph_follower.GraphFollower.get`)."""
 
 _KEYWORDS = {True: "true", False: "false", None: "null"}
 
@@ -136,7 +143,9 @@ class Answerer:
     """Decodes requests and answers them with the models ``lookup`` gives.
 
     ``is_known`` tells an unknown target from one that exists but is not loaded; ``targets``,
-    when given, are the only names answered (others are ``unknown_target``).
+    when given, are the only names answered (others are ``unknown_target``). With ``graphs``
+    (and ``graph_models``, the view of the served models one graph request evaluates against),
+    a target that is no served model but a served graph is answered by the graph.
     """
 
     def __init__(
@@ -146,11 +155,17 @@ class Answerer:
         is_known: Callable[[str], bool],
         targets: Collection[str] = (),
         limits: Limits | None = None,
+        graphs: GraphLookup | None = None,
+        graph_models: Callable[[], ModelLookup] | None = None,
     ) -> None:
         self.lookup = lookup
         self.is_known = is_known
         self.targets = frozenset(targets)
         self.codec = RequestCodec(limits or Limits())
+        if (graphs is None) != (graph_models is None):
+            raise ValueError("give graphs and graph_models together")
+        self.graphs = graphs
+        self.graph_models = graph_models
 
     def served(self, target: str) -> ServedModel:
         """The model answering for ``target`` now, or a `SchemaError` saying why there is none."""
@@ -164,11 +179,26 @@ class Answerer:
                 raise SchemaError(
                     "target_unavailable", "target", f"no version of {target!r} is loaded"
                 )
-            raise SchemaError("unknown_target", "target", f"no model named {target!r} is served")
+            raise SchemaError(
+                "unknown_target", "target", f"no model or graph named {target!r} is served"
+            )
         return served
 
+    def graph(self, target: str) -> GraphVersion | None:
+        """The graph answering for ``target`` now: None when a model answers (models first, as
+        in ``/v2``), the target is not this worker's, or no graph of that name is served."""
+        if self.graphs is None or (self.targets and target not in self.targets):
+            return None
+        if self.lookup(target) is not None:
+            return None
+        return self.graphs(target)
+
     def body(self, request: PredictionRequest) -> dict[str, Any]:
-        """The answer's fields but its times (see `answer_body`)."""
+        """The answer's fields but its times (see `answer_body`, `graph_answer_body`)."""
+        graph = self.graph(request.target)
+        if graph is not None:
+            assert self.graph_models is not None
+            return graph_answer_body(graph, self.graph_models(), request.id, request.features)
         return answer_body(self.served(request.target), request.id, request.features)
 
     def answer(self, raw: bytes, requested_at: float, answered_at: float) -> tuple[str, bytes]:

@@ -1,4 +1,5 @@
-"""Batch predicting: score a file or a Kafka topic of feature events with one model version.
+"""Batch predicting: score a file or a Kafka topic of feature events with one model version, or
+one version of a serving graph.
 
 ``riverstream score TARGET INPUT --out OUTPUT [--version V] [--into redis]``:
 
@@ -16,6 +17,16 @@
 - With ``--into redis`` the answers also become a lookup table served by ``GET
   /v1/models/{name}/predictions/{id}`` (`stream.store.lookup`).
 
+TARGET may name a serving graph (when no model has that name): the graph's promoted version, or
+the one ``--version`` pins, with its members at the versions served when the run starts, each
+loaded once (`stream.predict.graph_target.GraphTarget`); the report's ``versions`` lists them
+and ``graph_version`` the graph's. Rows are answered as ``POST /v1/graphs/{name}/predict``
+answers (`graph_answer_body`: ``graph_version``, ``kind``, ``path``, ``decision``, ``reason``
+besides the model fields; CSV has a column for each, JSON cells for ``path``, ``decision`` and
+``reason`` too), and a row that reaches a member with no version is reported
+(``target_unavailable``). The lookup table is the graph's (``GET
+/v1/graphs/{name}/predictions/{id}``).
+
 Every row is answered by `ServedModel.predict`, so an output row equals the ``/v1`` answer of
 the same version. The version is the one pinned by ``--version``, else the one served when the
 run starts; it is loaded once, so a whole run uses one version. Output rows follow the input
@@ -29,6 +40,7 @@ and counted; it is never dropped silently.
 from __future__ import annotations
 
 import csv
+import functools
 import gc
 import math
 import time
@@ -45,6 +57,7 @@ from schemas.events import EventCodec, FeatureEvent, Limits
 from stream.kafka.client import partitions_for
 from stream.kafka.publish import read_rows, row_json
 from stream.predict.answer import answer_body, encode, encode_value
+from stream.predict.graph_target import GraphTarget
 from stream.store.lookup import LookupTable, TableWriter
 from stream.store.snapshots import SnapshotStore
 
@@ -85,10 +98,14 @@ class ScoreReport:
     outside_range: int = 0
     seconds: float = 0.0
     table: LookupTable | None = None
+    graph_version: int | None = None
+    """The graph version that scored, for a graph target."""
 
     def to_dict(self) -> dict[str, Any]:
+        graph = {} if self.graph_version is None else {"graph_version": self.graph_version}
         return {
             "target": self.target,
+            **graph,
             "versions": self.versions,
             "scored": self.scored,
             "rejected": len(self.rejected),
@@ -218,16 +235,34 @@ class JsonLinesSink:
 class CsvSink:
     needs_body = True
     COLUMNS = ("id", "target", "versions", "prediction", "probabilities", "decided_by")
+    GRAPH_COLUMNS = (
+        "id", "target", "graph_version", "versions", "prediction", "probabilities", "kind",
+        "path", "decided_by", "decision", "reason",
+    )  # fmt: skip
+    JSON_CELLS = frozenset(
+        ("versions", "prediction", "probabilities", "path", "decision", "reason")
+    )
+    """Columns whose cells hold JSON (``decision`` and ``reason`` may be null)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, graph: bool = False) -> None:
         self._file = path.open("w", newline="")
         self._writer = csv.writer(self._file)
-        self._writer.writerow(self.COLUMNS)
+        self._columns = self.GRAPH_COLUMNS if graph else self.COLUMNS
+        self._writer.writerow(self._columns)
 
     def write(self, rows: list[tuple[str, dict[str, Any] | None, bytes]]) -> None:
         def cell(value: Any) -> str:  # JSON text, strings included: "cat" is "\"cat\""
             return encode_value(value).decode()
 
+        if self._columns is self.GRAPH_COLUMNS:
+            json_cells = self.JSON_CELLS
+            self._writer.writerows(
+                [
+                    [cell(body[c]) if c in json_cells else body[c] for c in self._columns]
+                    for _, body, _ in cast("list[tuple[str, dict[str, Any], bytes]]", rows)
+                ]
+            )
+            return
         self._writer.writerows(
             [
                 (
@@ -262,14 +297,14 @@ class TableSink:
         pass
 
 
-def file_sink(path: Path) -> Sink:
-    """The sink for ``path``'s format (by its suffix)."""
+def file_sink(path: Path, *, graph: bool = False) -> Sink:
+    """The sink for ``path``'s format (by its suffix; a graph's answers with ``graph``)."""
     _refuse_parquet(path)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
         return JsonLinesSink(path)
     if suffix == ".csv":
-        return CsvSink(path)
+        return CsvSink(path, graph=graph)
     raise RiverstreamError(f"{path}: unknown output format {suffix!r}; use .jsonl or .csv")
 
 
@@ -296,7 +331,7 @@ def _decoded(
 
 
 def score_rows(
-    served: ServedModel,
+    served: ServedModel | GraphTarget,
     rows: Iterable[Row],
     sinks: list[Sink],
     *,
@@ -304,10 +339,17 @@ def score_rows(
     time_range: tuple[float, float] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ScoreReport:
-    """Answer every row with ``served`` and write the answers to every sink, in input order;
-    rejections are listed in input order too."""
+    """Answer every row with ``served`` (a model version, or a graph version with its members)
+    and write the answers to every sink, in input order; rejections are listed in input order
+    too."""
     codec = EventCodec(limits or Limits())
-    report = ScoreReport(served.name, {served.name: served.version})
+    answer: Callable[[str, dict[str, Any]], dict[str, Any]]
+    if isinstance(served, GraphTarget):
+        report = ScoreReport(served.name, dict(served.versions), graph_version=served.version)
+        answer = served.body
+    else:
+        report = ScoreReport(served.name, {served.name: served.version})
+        answer = functools.partial(answer_body, served)
     rejected = report.rejected
     low, high = time_range if time_range is not None else (-math.inf, math.inf)
     keep = any(sink.needs_body for sink in sinks)
@@ -325,7 +367,7 @@ def score_rows(
                     report.outside_range += 1
                     continue
                 try:
-                    body = answer_body(served, event.id, event.features)
+                    body = answer(event.id, event.features)
                 except SchemaError as exc:
                     rejected.append(Rejected(where_text(where), str(exc)))
                     continue

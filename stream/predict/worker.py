@@ -3,7 +3,9 @@
 `PredictWorker` is a member of a Kafka consumer group (``RIVERSTREAM_PREDICT_GROUP``) on the
 request topic: start more workers, on any host, and the group shares the partitions among them;
 when one stops or dies, its partitions move to the others. Each worker follows the promoted
-model versions live with a `SnapshotFollower`, like every API process.
+model versions live with a `SnapshotFollower` and the promoted graph versions with a
+`GraphFollower`, like every API process: a request's target may name a model or a graph
+(`stream.predict.graph_target`).
 
 For each request (``{"id", "target", "features"}``, key = id) it produces one answer (see
 `schemas.predictions.PredictionAnswer`) to the prediction topic, with the same key and the
@@ -53,6 +55,8 @@ from stream.kafka.client import Record, create_topics
 from stream.kafka.deadletter import DeadLetters
 from stream.predict.answer import Answerer
 from stream.store.follower import SnapshotFollower
+from stream.store.graph_follower import GraphFollower, ServedModels
+from stream.store.graphs import GraphStore
 from stream.store.snapshots import open_store
 
 log = logging.getLogger(__name__)
@@ -155,6 +159,12 @@ class FollowerLog:
 
     def snapshot_refused(self, model: str, reason: str) -> None:
         log.warning("refused a snapshot of %s: %s", model, reason)
+
+    def graph_swapped(self, graph: str, version: int) -> None:
+        log.info("answering with graph %s v%d", graph, version)
+
+    def graph_refused(self, graph: str, reason: str) -> None:
+        log.warning("refused a version of graph %s: %s", graph, reason)
 
 
 class PredictWorker:
@@ -318,25 +328,50 @@ class PredictWorker:
 
 def build_worker(
     settings: Settings, targets: Sequence[str] = (), *, session_timeout_ms: int = 10_000
-) -> tuple[PredictWorker, SnapshotFollower]:
-    """A worker answering for ``targets`` (empty: every model), with its follower started and
-    its first look at Redis done (or ``serve_start_wait_seconds`` spent waiting)."""
+) -> tuple[PredictWorker, SnapshotFollower, GraphFollower]:
+    """A worker answering for ``targets`` (empty: every model and graph), with its followers
+    started and their first look at Redis done (or ``serve_start_wait_seconds`` spent waiting).
+
+    When a target names a graph at start, the worker follows every model (a graph's members
+    change with its versions); otherwise only the target models."""
+    store = open_store(settings)
+    graphs = GraphFollower(
+        GraphStore(store.client, store.keys.prefix), FollowerLog(),
+        poll_seconds=settings.serve_poll_seconds,
+    )  # fmt: skip
+    graphs.start()
+    graphs.first_sync.wait(settings.serve_start_wait_seconds)
+    graph_targets = [t for t in targets if graphs.get(t) is not None]
     follower = SnapshotFollower(
-        open_store(settings), FollowerLog(), models=targets,
+        store, FollowerLog(), models=() if graph_targets else targets,
         poll_seconds=settings.serve_poll_seconds,
     )  # fmt: skip
     follower.start()
     deadline = time.monotonic() + settings.serve_start_wait_seconds
     follower.first_sync.wait(settings.serve_start_wait_seconds)
-    while targets and any(follower.get(t) is None for t in targets):
+
+    def missing() -> list[str]:
+        absent = [t for t in targets if t not in graph_targets and follower.get(t) is None]
+        for graph in graph_targets:
+            served = graphs.get(graph)
+            if served is not None:
+                absent += [m for m in served.spec.model_names() if follower.get(m) is None]
+        return absent
+
+    while targets and missing():
         if time.monotonic() >= deadline:
-            missing = [t for t in targets if follower.get(t) is None]
-            log.warning("starting without %s: not loaded yet", ", ".join(missing))
+            log.warning("starting without %s: not loaded yet", ", ".join(missing()))
             break
         time.sleep(0.05)  # polling the follower's state with a deadline
+    metric = settings.serve_graph_metric or None
+    weights: dict[tuple[str, int], float | None] = {}  # by_metric, per model version
+
+    def graph_models() -> ServedModels:  # one view of the served models per request
+        return ServedModels(follower.served, metric, weights)
+
     answerer = Answerer(
         follower.get, is_known=follower.is_known, targets=targets,
-        limits=Limits.from_settings(settings),
+        limits=Limits.from_settings(settings), graphs=graphs.get, graph_models=graph_models,
     )  # fmt: skip
     worker = PredictWorker(settings, answerer, session_timeout_ms=session_timeout_ms)
-    return worker, follower
+    return worker, follower, graphs

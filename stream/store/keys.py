@@ -26,6 +26,8 @@ Key layout under a prefix ``P``::
     P:lookup:seq                           INCR counter numbering batch prediction tables
     P:model:NAME:lookup                    JSON `LookupTable` of the table served (TTL)
     P:model:NAME:lookup:TABLE              hash: id → stored answer JSON (TTL)
+    P:graph:NAME:lookup                    the same for graph NAME's served lookup table
+    P:graph:NAME:lookup:TABLE              (`score GRAPH ... --into redis`)
     P:snapshots                            pub/sub channel: {"model": NAME, "version": V}, and
                                            {"graph": NAME, "version": V} for graphs
     P:snapshots:live                       pub/sub channel of live updates: {"model": NAME,
@@ -231,6 +233,17 @@ class RedisKeys:
 
     def lookup_table(self, model: str, table: int) -> str:
         return f"{self.prefix}:model:{model}:lookup:{table}"
+
+    def graph_lookup(self, graph: str) -> str:
+        """The pointer to graph ``graph``'s served lookup table.
+
+        >>> RedisKeys("rs").graph_lookup("fraud"), RedisKeys("rs").graph_lookup_table("fraud", 3)
+        ('rs:graph:fraud:lookup', 'rs:graph:fraud:lookup:3')
+        """
+        return f"{self.prefix}:graph:{graph}:lookup"
+
+    def graph_lookup_table(self, graph: str, table: int) -> str:
+        return f"{self.prefix}:graph:{graph}:lookup:{table}"
 
     # -- serving graphs (the document of a version is immutable; see the module) --
     @property

@@ -1,5 +1,6 @@
 """Batch prediction tables in Redis: answers computed ahead by ``riverstream score --into
-redis``, looked up by id (``GET /v1/models/{name}/predictions/{id}``).
+redis``, looked up by id (``GET /v1/models/{name}/predictions/{id}``, and for a graph target
+``GET /v1/graphs/{name}/predictions/{id}``).
 
 A table is one Redis hash, id → the stored answer (JSON bytes, as `score` writes them to a
 file), numbered by a shared counter (``P:lookup:seq``). A `LookupTable` record beside it says
@@ -9,6 +10,10 @@ only when it is complete: one MULTI/EXEC sets its final TTL and moves the pointe
 sees the old table or the new one, never a half-written one. The table it replaces expires
 after a short grace (a reader that has just read the old pointer still finds its row); a run
 that dies half-way leaves a table nobody points to, which expires by itself.
+
+A graph's tables (``graph=True`` in the methods below) live under the graph's own keys
+(``P:graph:NAME:lookup``), so a model and a graph of the same name never share a table; their
+record also names the graph version that computed them (``graph_version``).
 
 Keys are in `stream.store.keys.RedisKeys`. Every Redis error is a `SnapshotError` (unreachable:
 `RedisUnavailableError`), as in the snapshot store.
@@ -43,9 +48,14 @@ class LookupTable:
     computed_at: float
     rows: int
     ttl_seconds: int
+    graph_version: int | None = None
+    """For a graph's table: the graph version that computed it (``model`` is the graph)."""
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        data = asdict(self)
+        if self.graph_version is None:
+            del data["graph_version"]  # a model's record, as it always was
+        return json.dumps(data, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> LookupTable:
@@ -55,6 +65,7 @@ class LookupTable:
                 str(data["model"]), int(data["table"]),
                 {str(k): int(v) for k, v in data["versions"].items()},
                 float(data["computed_at"]), int(data["rows"]), int(data["ttl_seconds"]),
+                None if data.get("graph_version") is None else int(data["graph_version"]),
             )  # fmt: skip
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise SnapshotError(f"unreadable lookup table record: {exc!r}") from None
@@ -64,13 +75,21 @@ class TableWriter:
     """Writes one table in batches of HSETs; `publish` makes it the served one."""
 
     def __init__(
-        self, client: redis.Redis, keys: RedisKeys, model: str, table: int, *, batch: int
+        self,
+        client: redis.Redis,
+        keys: RedisKeys,
+        model: str,
+        table: int,
+        *,
+        batch: int,
+        graph: bool = False,
     ) -> None:
         self.client = client
         self.keys = keys
         self.model = model
         self.table = table
-        self.key = keys.lookup_table(model, table)
+        self.graph = graph
+        self.key = _table_key(keys, model, table, graph)
         self.batch = batch
         self.rows = 0
         self._pending: dict[str, bytes] = {}
@@ -91,13 +110,22 @@ class TableWriter:
             pipe.execute()
         self._pending = {}
 
-    def publish(self, versions: Mapping[str, int], computed_at: float, ttl: int) -> LookupTable:
+    def publish(
+        self,
+        versions: Mapping[str, int],
+        computed_at: float,
+        ttl: int,
+        *,
+        graph_version: int | None = None,
+    ) -> LookupTable:
         """Make the table the served one (``ttl`` seconds to live; 0: no expiry)."""
         self._write()
-        pointer = self.keys.lookup(self.model)
+        pointer = _pointer_key(self.keys, self.model, self.graph)
         with wrapped(f"publish lookup table {self.key}"):
             rows = int(self.client.hlen(self.key))
-            record = LookupTable(self.model, self.table, dict(versions), computed_at, rows, ttl)
+            record = LookupTable(
+                self.model, self.table, dict(versions), computed_at, rows, ttl, graph_version
+            )
             previous = self.client.get(pointer)
             pipe = self.client.pipeline(transaction=True)
             if ttl > 0:
@@ -109,7 +137,7 @@ class TableWriter:
             if previous is not None:
                 with_grace = LookupTable.from_json(previous)
                 if with_grace.table != self.table:
-                    old = self.keys.lookup_table(self.model, with_grace.table)
+                    old = _table_key(self.keys, self.model, with_grace.table, self.graph)
                     pipe.expire(old, REPLACED_GRACE_SECONDS)
             pipe.execute()
         return record
@@ -124,30 +152,33 @@ class LookupTables:
         self.client = client
         self.keys = keys
 
-    def writer(self, model: str, *, batch: int = 1000) -> TableWriter:
-        """A new, numbered table for ``model``, not served until `TableWriter.publish`."""
+    def writer(self, model: str, *, batch: int = 1000, graph: bool = False) -> TableWriter:
+        """A new, numbered table for ``model`` (a graph's with ``graph``), not served until
+        `TableWriter.publish`."""
         with wrapped("number a lookup table"):
             table = int(self.client.incr(self.keys.lookup_seq))
-        return TableWriter(self.client, self.keys, model, table, batch=batch)
+        return TableWriter(self.client, self.keys, model, table, batch=batch, graph=graph)
 
-    def current(self, model: str) -> LookupTable | None:
-        """The table ``model`` serves, if any (expired: none)."""
+    def current(self, model: str, *, graph: bool = False) -> LookupTable | None:
+        """The table ``model`` (a graph with ``graph``) serves, if any (expired: none)."""
         with wrapped(f"read lookup pointer of {model}"):
-            raw = self.client.get(self.keys.lookup(model))
+            raw = self.client.get(_pointer_key(self.keys, model, graph))
         return None if raw is None else LookupTable.from_json(raw)
 
-    def get(self, model: str, row_id: str) -> tuple[LookupTable, bytes] | None:
+    def get(
+        self, model: str, row_id: str, *, graph: bool = False
+    ) -> tuple[LookupTable, bytes] | None:
         """The served table and the stored answer for ``row_id``, or None when absent."""
-        table = self.current(model)
+        table = self.current(model, graph=graph)
         if table is None:
             return None
         with wrapped(f"read lookup table of {model}"):
-            raw = self.client.hget(self.keys.lookup_table(model, table.table), row_id)
+            raw = self.client.hget(_table_key(self.keys, model, table.table, graph), row_id)
         return None if raw is None else (table, cast(bytes, raw))
 
-    def answer(self, model: str, row_id: str) -> dict[str, Any] | None:
+    def answer(self, model: str, row_id: str, *, graph: bool = False) -> dict[str, Any] | None:
         """The stored answer for ``row_id`` with the table's ``table`` and ``computed_at``."""
-        found = self.get(model, row_id)
+        found = self.get(model, row_id, graph=graph)
         if found is None:
             return None
         table, raw = found
@@ -156,8 +187,16 @@ class LookupTables:
         body["computed_at"] = table.computed_at
         return body
 
-    def ttl(self, model: str) -> float | None:
+    def ttl(self, model: str, *, graph: bool = False) -> float | None:
         """Seconds before ``model``'s served table expires (None: no table or no expiry)."""
         with wrapped(f"read lookup ttl of {model}"):
-            left = self.client.pttl(self.keys.lookup(model))
+            left = self.client.pttl(_pointer_key(self.keys, model, graph))
         return None if left is None or int(left) < 0 else int(left) / 1000
+
+
+def _pointer_key(keys: RedisKeys, name: str, graph: bool) -> str:
+    return keys.graph_lookup(name) if graph else keys.lookup(name)
+
+
+def _table_key(keys: RedisKeys, name: str, table: int, graph: bool) -> str:
+    return keys.graph_lookup_table(name, table) if graph else keys.lookup_table(name, table)
