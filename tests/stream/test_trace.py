@@ -81,13 +81,15 @@ def test_the_trace_is_rivers_curve_for_every_model(settings: Settings) -> None:
     assert [p.labels for p in reader.points("lr", after=0, limit=2)] == [25, 50]
 
 
-def _samples_learned(metrics_url: str) -> int:
-    """``riverstream_samples_learned_total`` of model lr on the learner's /metrics (0 if down)."""
+def _labels_joined(metrics_url: str) -> int:
+    """Labels the learner has joined (and learned), from its /metrics (0 while it is not up)."""
     try:
         text = httpx.get(metrics_url, timeout=2).text
     except httpx.HTTPError:
         return 0
-    found = re.search(r'^riverstream_samples_learned_total\{model="lr"\} ([0-9.e+]+)$', text, re.M)
+    found = re.search(
+        r'^riverstream_join_events_total\{outcome="joined"\} ([0-9.e+]+)$', text, re.M
+    )
     return int(float(found.group(1))) if found else 0
 
 
@@ -97,9 +99,11 @@ def test_points_appear_only_with_their_snapshot_and_a_kill_9_leaves_the_same_cur
     # One snapshot only (the first, as soon as labels are learned), until the final one: the
     # learner learns far past it, and none of those points may be visible.
     port = free_port()
+    # An idle grace longer than a publish takes: no partition is taken for idle while the
+    # second part is published (its events would be late, and the curve not River's).
     s = fast(
         settings, trace_every_labels=EVERY, snapshot_every_labels=1_000_000,
-        snapshot_every_seconds=600.0, learner_metrics_port=port,
+        snapshot_every_seconds=600.0, learner_metrics_port=port, watermark_idle_grace=3.0,
     )  # fmt: skip
     events = list(dataset_events("Phishing", label_delay=20))
     publish(s, [e for e in events if e.time < 60])  # 40 labels
@@ -113,7 +117,7 @@ def test_points_appear_only_with_their_snapshot_and_a_kill_9_leaves_the_same_cur
         assert 0 < covered <= 40
         publish(s, [e for e in events if 60 <= e.time < 500])  # up to 480 labels
         metrics = f"http://127.0.0.1:{port}/metrics"
-        _wait_for("480 labels learned", lambda: _samples_learned(metrics) == 480)
+        _wait_for("480 labels learned", lambda: _labels_joined(metrics) == 480)
         assert store.latest_version("lr") == first  # still the one snapshot
         before_kill = reader.points("lr")
         # only the points that snapshot covers: none of the 18 marks (50 ... 475) learned since
