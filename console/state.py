@@ -267,34 +267,25 @@ def model_view(registry: Registry, name: str) -> dict[str, Any]:
 
 
 def graphs_view(graphs: GraphStore) -> list[dict[str, Any]]:
+    """Every serving graph: the version served and the models it uses."""
     out = []
     for name in graphs.names():
-        served = graphs.served(name)
-        document = served[1] if served else {}
+        promoted = graphs.promoted(name)
+        models: list[str] = []
+        if promoted is not None:
+            try:
+                models = sorted(graphs.spec(name, promoted).model_names())
+            except RiverstreamError:  # deleted meanwhile, or the document no longer parses
+                models = []
         out.append(
             {
                 "name": name,
-                "promoted": served[0] if served else None,
+                "promoted": promoted,
                 "versions": len(graphs.versions(name)),
-                "models": sorted(_models_of(document)),
+                "models": models,
             }
         )
     return out
-
-
-def _models_of(node: Any) -> set[str]:
-    """Model names referred to anywhere in a graph document (``"model": NAME`` entries)."""
-    found: set[str] = set()
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "model" and isinstance(value, str):
-                found.add(value)
-            else:
-                found |= _models_of(value)
-    elif isinstance(node, list):
-        for item in node:
-            found |= _models_of(item)
-    return found
 
 
 def comparisons_view(comparisons: ComparisonStore) -> list[dict[str, Any]]:

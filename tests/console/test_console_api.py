@@ -19,6 +19,7 @@ from learners.serialization import dump_signed
 from schemas.records import SnapshotMeta
 from schemas.settings import Settings
 from stream.learner.telemetry import LearnerMetrics, start_http_server
+from stream.registry.graphs import GraphRegistry
 from stream.registry.registry import Registry
 from stream.store.snapshots import SnapshotStore
 from stream.store.trace import TracePoint, TraceWrite
@@ -42,8 +43,11 @@ def _key(settings: Settings) -> bytes:
 def test_without_a_token_no_write_action_is_reachable(
     settings: Settings, store: SnapshotStore, client: httpx.Client
 ) -> None:
-    v1 = write_version(store, _key(settings), 50)
-    v2 = write_version(store, _key(settings), 100)
+    v1 = write_version(store, _key(settings), 50, models=("lr", "tree"))
+    v2 = write_version(store, _key(settings), 100, models=("lr", "tree"))
+    graph = GraphRegistry(store.client, settings.redis_prefix).apply(
+        {"name": "fraud", "root": {"ensemble": {"members": ["lr", {"model": "tree"}]}}}
+    )
     with serve_console(settings) as url:
         page = client.get(url + "/")
         assert page.status_code == 200
@@ -54,9 +58,12 @@ def test_without_a_token_no_write_action_is_reachable(
         assert client.get(url + "/healthz").json() == {"status": "ok", "actions": False}
         state = client.get(url + "/api/state").json()
         assert state["actions"] is False
-        assert [m["name"] for m in state["models"]] == ["lr"]
+        assert [m["name"] for m in state["models"]] == ["lr", "tree"]
         assert state["models"][0]["serving"] == v2
         assert [p[0] for p in state["curves"]["lr"]["points"]] == list(range(10, 101, 10))
+        assert state["graphs"] == [
+            {"name": "fraud", "promoted": graph.version, "versions": 1, "models": ["lr", "tree"]}
+        ]
 
         token = "anything"
         for action in ACTIONS:
