@@ -37,11 +37,17 @@ class Idleness:
         """Forget what is known (after a seek: positions moved)."""
         self.ends: dict[tuple[str, int], int] = {}
         self.caught_up_since: dict[Source, float] = {}
+        self._caught_up_at: dict[Source, int] = {}  # the position each source was caught up at
         self._last_ends_check = -1e9
 
     def update(self, now: float, got_records: bool, offsets: Offsets, watermark: Watermark) -> None:
         """Refresh the log ends (at most every 0.2 s; 0.5 s while records flow) and mark the
-        sources caught up for the grace as idle in ``watermark``."""
+        sources caught up for the grace as idle in ``watermark``.
+
+        Caught up for the grace means no record for the grace: a source that is caught up at
+        every check but whose position moved in between (a partition trickling records, each
+        read as soon as it comes) starts its grace again. Otherwise it would turn idle while
+        still publishing, and the watermark would pass its next, older events (late)."""
         if got_records and now - self._last_ends_check < 0.5:
             return
         if now - self._last_ends_check >= 0.2:
@@ -50,10 +56,16 @@ class Idleness:
         for t, p in self.sources:
             topic = self.topics[t]
             end = self.ends.get((topic, p))  # None: not known, so not caught up
-            if end is None or offsets.get(offsets_key(topic, p), 0) < end:
+            position = offsets.get(offsets_key(topic, p), 0)
+            if end is None or position < end:
                 self.caught_up_since.pop((t, p), None)
+                self._caught_up_at.pop((t, p), None)
                 watermark.mark_idle((t, p), False)
                 continue
+            if self._caught_up_at.get((t, p)) != position:  # records came: the grace restarts
+                self._caught_up_at[(t, p)] = position
+                self.caught_up_since[(t, p)] = now
+                watermark.mark_idle((t, p), False)
             since = self.caught_up_since.setdefault((t, p), now)
             if now - since >= self.grace:
                 watermark.mark_idle((t, p), True)
