@@ -41,9 +41,9 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from learners.core import LearningCore
+from learners.core import LearningCore, ModelState
 from learners.serialization import dump_signed, load_signed
 from learners.specs import ModelSpec
 from schemas.errors import RiverstreamError, SnapshotError
@@ -304,14 +304,21 @@ class Restored:
 
 
 def restore(
-    store: SnapshotStore, signing_key: bytes, specs: list[ModelSpec], version: int | None = None
+    store: SnapshotStore,
+    signing_key: bytes,
+    specs: list[ModelSpec],
+    version: int | None = None,
+    *,
+    may_drop: Callable[[str], bool] | None = None,
 ) -> Restored | None:
     """Load the latest checkpoint (or ``version``) and its models, verified before unpickling.
 
     ``specs`` may name models the checkpoint does not hold: they join the stream fresh, at the
     checkpoint's position (`LearningCore.add_models`), and the models of the checkpoint go on
     untouched. That is how a challenger is added to a stream that is already learning. Every
-    model of the checkpoint must still be in ``specs`` (with the same spec)."""
+    model of the checkpoint must still be in ``specs`` (with the same spec), except those for
+    which ``may_drop`` says yes: models handed over to another learner, left out of the restored
+    core (`LearningCore.remove_models`; `stream.learner.groups`)."""
     latest = store.latest_checkpoint() if version is None else store.checkpoint(version)
     if latest is None:
         return None
@@ -321,14 +328,20 @@ def restore(
     names: list[str] = payload["models"]
     wanted = {spec.name: spec for spec in specs}
     missing = sorted(set(names) - set(wanted))
+    dropped = [name for name in missing if may_drop is not None and may_drop(name)]
+    missing = [name for name in missing if name not in dropped]
     if missing:
         raise SnapshotError(
             f"checkpoint v{version} holds models {sorted(names)} but the learner was started "
             f"without {missing}: start it with every model of the stream (models may be added, "
-            "not removed), or use a new RIVERSTREAM_REDIS_PREFIX for a different set of models"
+            "not removed, or handed over to another learner with `riverstream snapshots "
+            "handover`), or use a new RIVERSTREAM_REDIS_PREFIX for a different set of models"
         )
     models = {}
     for name in names:
+        if name in dropped:  # never loaded: a placeholder keeps the positions until removed
+            models[name] = cast("ModelState", None)
+            continue
         state, _meta = store.load_model(name, version)
         if state.spec.spec != wanted[name].spec:
             raise SnapshotError(
@@ -337,6 +350,9 @@ def restore(
             )
         models[name] = state
     core.models = models
+    if dropped:
+        core.remove_models(dropped)
+        log.warning("checkpoint v%d: leaving out %s (learned elsewhere now)", version, dropped)
     added = [spec for spec in specs if spec.name not in models]
     core.add_models(added)  # none: only re-points the comparisons at the models
     if added:

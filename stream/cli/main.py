@@ -225,14 +225,25 @@ def learn(
             "(`riverstream models compare`). Repeatable; 'all': every pair of one kind."
         ),
     ] = None,
+    learner_name: Annotated[
+        str | None,
+        typer.Option(
+            "--learner",
+            help="This learner's name (default: RIVERSTREAM_LEARNER, else 'default'): learners "
+            "with different models share one prefix, each with its own checkpoints.",
+        ),
+    ] = None,
 ) -> None:
     """Learn from the feature and label topics until stopped (SIGTERM: snapshot, then exit)."""
     import signal
 
     from learners.comparisons import parse_compare_options
     from stream.learner.runtime import build_learner, model_specs
+    from stream.registry.owners import check_learner_name
 
     settings = load_settings()
+    if learner_name is not None:
+        settings = settings.model_copy(update={"learner": check_learner_name(learner_name)})
     specs = model_specs(model, metric or [])
     pairs = parse_compare_options([settings.compare, *(compare or [])])
     learner = build_learner(

@@ -211,8 +211,9 @@ def rollback(
         ranges = [parse_range(x) for x in exclude or []]
         registry = open_registry(by)
         cmd = registry.rollback(model, to, resume=resume, exclude=ranges, reason=reason)
+        learner = registry.owner(model)
     data = {"model": model, "to": cmd.to, "resume": cmd.resume, "exclude": cmd.exclude,
-            "command": cmd.id}  # fmt: skip
+            "command": cmd.id, "learner": learner}  # fmt: skip
     text = f"{model}: rolled back to v{cmd.to} (resume {cmd.resume}); serving v{cmd.to}"
     _emit(as_json, data, text + (f", excluding {cmd.exclude}" if cmd.exclude else ""))
 
@@ -303,3 +304,40 @@ def prune(
         removed = open_registry(by).prune(model, keep_last, reason=reason)
     _emit(as_json, {"model": model, "removed": removed},
           f"{model}: removed {len(removed)} versions {removed}")  # fmt: skip
+
+
+# -- learner groups (`stream.registry.owners`) ----------------------------------------------
+@snapshots_app.command("handover")
+def handover(
+    model: Model,
+    to: Annotated[str, typer.Option("--to", help="The learner that learns MODEL from now on.")],
+    reason: Reason = "",
+    by: By = None,
+    as_json: AsJson = False,
+) -> None:
+    """Move MODEL to another learner: the previous one drops it, the new one takes it over."""
+    with _errors():
+        previous, command = open_registry(by).handover(model, to, reason)
+    data = {"model": model, "from": previous, "to": to, "version": command.to or None,
+            "command": command.id}  # fmt: skip
+    text = (
+        f"{model}: learned by {to!r} from now on (was {previous!r}); start (or restart) "
+        f"learner {to!r} with --model {model}=SPEC; learner {previous!r} drops it"
+    )
+    _emit(as_json, data, text)
+
+
+@snapshots_app.command("owners")
+def owners(as_json: AsJson = False) -> None:
+    """Which learner learns each model."""
+    with _errors():
+        table = open_registry().owners()
+    if as_json:
+        _emit(True, table, "")
+        return
+    view = Table(title="models by learner")
+    view.add_column("model")
+    view.add_column("learner")
+    for model, learner in table.items():
+        view.add_row(model, learner)
+    out.print(view)

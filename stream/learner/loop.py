@@ -36,12 +36,14 @@ from stream.checkpoint.protocol import (
 )
 from stream.kafka.client import RecordSource
 from stream.kafka.deadletter import DeadLetters
+from stream.learner.groups import restore_learner
 from stream.learner.idleness import Idleness
 from stream.learner.ingest import Ingest
 from stream.learner.live import LivePublisher
 from stream.learner.observing import LearnerStats
 from stream.learner.outage import Outage
 from stream.learner.trace import LINEAGE_EXTRA, TraceRecorder
+from stream.registry.owners import RELEASE
 from stream.store.commands import CommandQueue
 from stream.store.snapshots import RedisUnavailableError, SnapshotStore
 
@@ -116,7 +118,9 @@ class Learner:
         self._skip: SkipRanges = {}
         # The learning curve (stream.store.trace): marks every K labels, written with snapshots.
         self.trace = TraceRecorder(settings.trace_every_labels, settings.trace_max_points)
-        restored = restore(store, signing_key, specs)
+        # Learner groups (stream.learner.groups): its own checkpoint, or the one it takes over.
+        start = restore_learner(store, signing_key, specs)
+        restored = start.restored
         if restored is None:
             self.core = LearningCore(
                 specs,
@@ -131,6 +135,8 @@ class Learner:
             self.stats.restored_from = restored.version
             self._adopt(restored)
             self.applied = list(restored.extras.get("applied", []))
+        for name, version in start.at_position.items():  # handed over to it (not exact)
+            self.core.models[name], _meta = store.load_model(name, version)
         self._seek()
         self._last_snapshot_at = clock()
         self.outage = Outage(settings.redis_outage_seconds, clock)
@@ -176,6 +182,7 @@ class Learner:
             else "a fresh stream, from the earliest offsets"
         )
         return [
+            f"learner: {s.learner}",
             f"models: {models}",
             f"topics: {s.topic_features} + {s.topic_labels} (dead letters: {s.topic_dlq})",
             f"redis: {s.redis_url} prefix {s.redis_prefix!r}; snapshots every "
@@ -221,6 +228,12 @@ class Learner:
         version's checkpoint and re-learns from its offsets, leaving out events whose time
         falls in ``command.exclude`` (models sharing this learner are rewound with it).
         """
+        if command.action == RELEASE:  # handed over to another learner (stream.registry.owners)
+            if command.model in self.core.models:
+                self.core.remove_models([command.model])
+                self.specs = [spec for spec in self.specs if spec.name != command.model]
+                log.warning("released %s: another learner learns it now", command.model)
+            return
         if command.action != "rollback" or command.model not in self.core.models:
             log.error(
                 "ignoring command %s: not a rollback of one of this learner's models", command
@@ -228,9 +241,19 @@ class Learner:
             return
         store = self.snapshotter.store
         if command.resume == "replay":
-            restored = restore(store, self._signing_key, self.specs, version=command.to)
+            restored = restore(
+                store, self._signing_key, self.specs, version=command.to,
+                may_drop=lambda name: name not in self.core.models,
+            )  # fmt: skip
             if restored is None:  # pragma: no cover - checkpoint() raises instead
                 raise SnapshotError(f"no checkpoint v{command.to}")
+            if restored.added:  # a checkpoint of another learner, without some of ours
+                log.error(
+                    "ignoring command %s: checkpoint v%d does not hold %s, which learn here "
+                    "(it was written before a handover): roll back with --resume skip",
+                    command, command.to, restored.added,
+                )  # fmt: skip
+                return
             running = self.snapshotter.poll(block=True)
             if running is not None:
                 self._record(running)
@@ -299,6 +322,8 @@ class Learner:
                 break
         if self.observer is not None:  # what the last batch processed, before the snapshot
             self.observer.after_batch(self, [])
+        self._last_command_check = -1e9  # a handover's release must precede the last snapshot
+        self._check_commands(self.clock())
         self.finish_snapshots()
         if self.observer is not None:
             self.observer.close()
@@ -442,6 +467,8 @@ class Learner:
             self.outage.recovered()
         elif self._redis_unreachable():
             self.outage.failed(f"snapshot v{result.version}", ConnectionError("unreachable"))
+        else:  # a model handed over to another learner fails snapshots until released
+            self._last_command_check = -1e9
         if stalls:  # not the final snapshot at shutdown, nor one after a rollback
             self.stats.max_stall_seconds = max(self.stats.max_stall_seconds, result.stall_seconds)
         if self.observer is not None:

@@ -17,6 +17,7 @@ from stream.kafka.deadletter import DeadLetters
 from stream.learner.loop import Learner
 from stream.learner.observing import Observer
 from stream.registry.challenger import ChallengerPolicies
+from stream.registry.owners import claim
 from stream.registry.registry import Registry
 from stream.store.commands import CommandQueue
 from stream.store.snapshots import SnapshotStore, open_store
@@ -98,12 +99,18 @@ def build_learner(
         raise ConfigError(
             "no Redis address: set RIVERSTREAM_REDIS_URL or run `riverstream services up`"
         )
+    store = snapshot_store(settings)
+    # Learner groups: this learner owns its models, or it does not start (stream.registry.owners).
+    claim(store.client, store.keys, settings.learner, [spec.name for spec in specs])
+    group = f"{settings.redis_prefix}-learner"
     learner = Learner(
         settings,
         specs,
-        source=open_source(bootstrap, f"{settings.redis_prefix}-learner"),
+        source=open_source(
+            bootstrap, group if settings.learner == "default" else f"{group}-{settings.learner}"
+        ),
         partitions=partitions,
-        store=snapshot_store(settings),
+        store=store,
         store_factory=lambda: snapshot_store(settings),
         dead_letters=DeadLetters(EventProducer(bootstrap, linger_ms=5), settings.topic_dlq),
         observer=observer,
@@ -111,6 +118,7 @@ def build_learner(
         commands=CommandQueue(
             redis.Redis.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=0.5),
             settings.redis_prefix,
+            settings.learner,
         ),
         use_fork=use_fork,
         compare=compare,

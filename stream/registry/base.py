@@ -14,7 +14,7 @@ import redis
 from schemas.errors import RegistryError
 from schemas.records import HistoryEntry, Policy, RollbackCommand, SnapshotMeta
 from stream.registry.policy import _int, _user, promotion_stack
-from stream.store.keys import Notification
+from stream.store.keys import DEFAULT_LEARNER, Notification
 from stream.store.snapshots import SnapshotStore
 
 HISTORY_LIMIT = 10_000
@@ -100,6 +100,7 @@ class RegistryBase:
     def _watch(self, model: str) -> list[str]:
         """The keys a change of ``model``'s pointers watches (retention and pointer changes)."""
         return [
+            self.keys.owner(model),
             self.keys.promoted(model),
             self.keys.pin(model),
             self.keys.history(model),
@@ -116,8 +117,22 @@ class RegistryBase:
     def _history(self, r: Any, model: str) -> list[HistoryEntry]:
         return [HistoryEntry.from_json(raw) for raw in r.lrange(self.keys.history(model), 0, -1)]
 
+    def _owner(self, r: Any, model: str) -> str:
+        """The learner that owns ``model`` (``default`` when none claimed it)."""
+        raw = r.get(self.keys.owner(model))
+        return DEFAULT_LEARNER if raw is None else raw.decode()
+
+    def _commands_of(self, r: Any, model: str) -> str:
+        """The command list of ``model``'s owner, added to the transaction's WATCH (``r`` is
+        a pipeline in its WATCH phase, or a plain client for reads)."""
+        key = self.keys.learner_commands(self._owner(r, model))
+        if getattr(r, "watching", False):
+            r.watch(key)
+        return key
+
     def _pending(self, r: Any, model: str) -> list[RollbackCommand]:
-        cmds = [RollbackCommand.from_json(raw) for raw in r.lrange(self.keys.commands, 0, -1)]
+        raws = r.lrange(self._commands_of(r, model), 0, -1)
+        cmds = [RollbackCommand.from_json(raw) for raw in raws]
         return [c for c in cmds if c.model == model]
 
     def _previous(self, r: Any, model: str) -> int | None:

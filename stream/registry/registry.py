@@ -9,7 +9,9 @@ It lives in Redis beside the snapshots (`stream.store.snapshots.SnapshotStore`),
     P:model:NAME:policy       JSON `Policy` (absent: ``always``)
     P:model:NAME:retention    optional: versions kept by automatic retention (overrides default)
     P:learner:commands        list of JSON `RollbackCommand`; the learner (`stream.store.commands`)
-                              peeks, applies, snapshots, then acknowledges with LTRIM
+                              peeks, applies, snapshots, then acknowledges with LTRIM (the
+                              ``default`` learner's; a rollback goes to the list of the learner
+                              that owns the model, `RedisKeys.learner_commands`)
 
 Serving rule: `stream.store.keys.served_version` (pin, else promoted, else latest).
 
@@ -47,9 +49,10 @@ from schemas.records import (
 )
 from stream.registry import exchange
 from stream.registry.base import HISTORY_LIMIT
+from stream.registry.owners import OwnershipOps
 from stream.registry.policy import bigger_is_better, check_ranges, guard_allows
 from stream.registry.retention import RetentionOps
-from stream.store.keys import chunk_count, chunks, served_version
+from stream.store.keys import DEFAULT_LEARNER, chunk_count, chunks, served_version
 
 __all__ = [
     "HISTORY_LIMIT", "POLICIES", "RESUMES", "HistoryEntry", "Policy", "PolicyName", "Registry",
@@ -57,7 +60,7 @@ __all__ = [
 ]  # fmt: skip
 
 
-class Registry(RetentionOps):
+class Registry(RetentionOps, OwnershipOps):
     """Pointers, history and policies of the models of one `SnapshotStore` (see the module)."""
 
     # -- reading -------------------------------------------------------------------------
@@ -106,8 +109,19 @@ class Registry(RetentionOps):
         return self._read(f"policy of {model}", lambda: self._policy(self.client, model))
 
     def pending_commands(self) -> list[RollbackCommand]:
-        raws = self._read("commands", lambda: self.client.lrange(self.keys.commands, 0, -1))
-        return [RollbackCommand.from_json(raw) for raw in raws]
+        """The commands not yet acknowledged, of every learner (``default``'s first)."""
+
+        def read() -> list[Any]:
+            members = self.client.smembers(self.keys.learners)
+            learners = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+            names = [DEFAULT_LEARNER, *(name for name in learners if name != DEFAULT_LEARNER)]
+            return [
+                raw
+                for name in names
+                for raw in self.client.lrange(self.keys.learner_commands(name), 0, -1)
+            ]
+
+        return [RollbackCommand.from_json(raw) for raw in self._read("commands", read)]
 
     def verify(self, model: str, version: int) -> tuple[bool, str]:
         """Checksum and signature of the model blob (and of its checkpoint, if kept)."""
@@ -186,6 +200,7 @@ class Registry(RetentionOps):
                 )
             pin, promoted, latest = self._pointers(r, model)
             before = served_version(pin, promoted, latest)
+            queue = self._commands_of(r, model)  # the owning learner's
             command = RollbackCommand(
                 str(uuid.uuid4()),
                 model,
@@ -204,13 +219,12 @@ class Registry(RetentionOps):
                 p.set(self.keys.promoted(model), target)
                 p.delete(self.keys.pin(model))
                 self._record(p, model, entry)
-                p.rpush(self.keys.commands, command.to_json())
+                p.rpush(queue, command.to_json())
                 self._publish(p, model, target)
 
             return command, write
 
-        watch = [*self._watch(model), self.keys.commands]
-        return self._atomic(f"rollback {model}", watch, body)
+        return self._atomic(f"rollback {model}", self._watch(model), body)
 
     def pin(self, model: str, version: int, reason: str = "") -> None:
         def body(r: Any) -> Any:
@@ -322,7 +336,7 @@ class Registry(RetentionOps):
 
             return True, write
 
-        watch = [*self._watch(model), self.keys.policy(model), self.keys.commands]
+        watch = [*self._watch(model), self.keys.policy(model)]  # + the owner's commands
         return self._atomic(f"auto-promote {model} v{version}", watch, body)
 
     # -- export / import (`stream.registry.exchange`) ---------------------------------------

@@ -8,6 +8,11 @@ from schemas.errors import RegistryError
 from schemas.records import CheckpointMeta, SnapshotMeta
 from stream.registry.base import RegistryBase
 from stream.registry.policy import _int
+from stream.store.keys import DEFAULT_LEARNER
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 class RetentionOps(RegistryBase):
@@ -41,6 +46,11 @@ class RetentionOps(RegistryBase):
         keep = {v for v in (pin, promoted, latest, self._previous(r, model)) if v is not None}
         return keep | {c.to for c in self._pending(r, model)}
 
+    def _checkpoint_pointers(self) -> list[str]:
+        """The checkpoint pointers of every learner (``default``'s, and each named one's)."""
+        names = {_text(m) for m in self.client.smembers(self.keys.learners)}
+        return [self.keys.learner_checkpoint_latest(n) for n in sorted(names | {DEFAULT_LEARNER})]
+
     def prune(
         self, model: str, keep_last: int, *, reason: str = "", record: bool = True
     ) -> list[int]:
@@ -52,10 +62,12 @@ class RetentionOps(RegistryBase):
         if keep_last < 1:
             raise RegistryError(f"keep-last must be >= 1, not {keep_last}")
         models = self._read("models", self.store.models)
+        pointers = self._read("learners", self._checkpoint_pointers)
         watch = [
-            *self._watch(model), self.keys.commands, self.keys.checkpoint_latest,
+            *self._watch(model), self.keys.learners, *pointers,
             *(self.keys.versions(m) for m in models),
         ]  # fmt: skip
+        # (and the owner's command list, watched by _protected inside the transaction)
 
         def body(r: Any) -> Any:
             self._require_model(r, model)
@@ -64,7 +76,8 @@ class RetentionOps(RegistryBase):
             doomed = [v for v in versions if v not in keep]
             if not doomed:
                 return [], None
-            cp_latest = _int(r.get(self.keys.checkpoint_latest))
+            # every learner's latest checkpoint stays (learner groups share the versions)
+            cp_latest = {_int(raw) for raw in r.mget(pointers)}
             others = [m.decode() for m in r.smembers(self.keys.models) if m.decode() != model]
             dels: list[str] = []
             for v in doomed:
@@ -74,7 +87,7 @@ class RetentionOps(RegistryBase):
                 dels += [self.keys.chunk(model, v, i) for i in range(chunks)]
                 used = any(r.zscore(self.keys.versions(m), str(v)) is not None for m in others)
                 cp_raw = r.get(self.keys.checkpoint_meta(v))
-                if not used and v != cp_latest and cp_raw is not None:
+                if not used and v not in cp_latest and cp_raw is not None:
                     cp = CheckpointMeta.from_json(cp_raw)
                     dels += [self.keys.checkpoint_meta(v)]
                     dels += [self.keys.checkpoint_chunk(v, i) for i in range(cp.chunks)]

@@ -1,7 +1,9 @@
 """Operator commands for a running learner (rollbacks), queued in Redis by the registry.
 
 The queue is the list ``{prefix}:learner:commands`` of `RollbackCommand` JSON objects
-written by the registry (`stream.registry.registry.Registry.rollback`).
+written by the registry (`stream.registry.registry.Registry.rollback`); a learner with another
+name than ``default`` has its own, ``{prefix}:learner:NAME:commands``. Besides rollbacks, a
+``release`` command (`stream.registry.owners.handover`) tells it to drop a model.
 The learner peeks at it between batches, applies each command, makes the result durable with a
 snapshot (whose checkpoint records the ids applied) and only then acknowledges the commands: a
 crash in between re-reads them, and the recorded ids make them no-ops.
@@ -14,14 +16,14 @@ from collections.abc import Sequence
 import redis
 
 from schemas.records import RollbackCommand
-from stream.store.keys import RedisKeys
+from stream.store.keys import DEFAULT_LEARNER, RedisKeys
 from stream.store.snapshots import wrapped
 
 
 class CommandQueue:
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, learner: str = DEFAULT_LEARNER) -> None:
         self.client = client
-        self.key = RedisKeys(prefix).commands
+        self.key = RedisKeys(prefix, learner).commands
 
     def peek(self) -> list[RollbackCommand]:
         with wrapped("reading learner commands"):

@@ -20,6 +20,13 @@ Key layout under a prefix ``P``::
     P:checkpoint:VERSION:meta              `CheckpointMeta` as JSON
     P:checkpoint:VERSION:chunk:I           I-th slice of the signed learner checkpoint
     P:learner:commands                     list of JSON `RollbackCommand` for the learner
+    P:learners                             set of learner names that claimed models
+    P:learner:NAME:checkpoint:latest       the checkpoint pointer of learner NAME
+    P:learner:NAME:commands                the command list of learner NAME
+    P:model:NAME:owner                     the learner that learns the model (absent: ``default``
+                                           if the model exists; `stream.registry.owners`)
+    P:model:NAME:handover                  JSON: the latest handover of the model (from, to,
+                                           version), read by the new owner when it starts
     P:model:NAME:trace                     stream: the learning curve, entry id = label count
                                            (`stream.store.trace`), capped (MAXLEN ~)
     P:model:NAME:trace:lineage             JSON: the rollback lineage of the trace's points
@@ -42,6 +49,13 @@ Key layout under a prefix ``P``::
     P:challenger:graphs                    set of graphs with a champion/challenger policy
     P:graph:NAME:challenger                JSON: the graph's champion/challenger policy
 
+Learner groups: each learner process has a name (``default`` unless `learn --learner` says
+otherwise) and learns the models it owns. The learner ``default`` keeps the historical keys
+``P:checkpoint:latest`` and ``P:learner:commands`` (a stream learned before learner groups goes
+on as it was); any other learner NAME has its own ``P:learner:NAME:…`` pointer and command list.
+Checkpoint versions come from the shared counter, so ``P:checkpoint:VERSION:…`` never collide.
+`RedisKeys.learner` says whose ``checkpoint_latest`` and ``commands`` a key map names.
+
 Graphs (`stream.store.graphs`, `stream.registry.graphs`) share the version counter and the
 channel with models; a graph's notification has no ``model`` field, so a reader that only knows
 models (`Notification.from_json` without ``graphs``, or a reader written before graphs) drops it.
@@ -53,6 +67,10 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
+
+DEFAULT_LEARNER = "default"
+"""The learner of a `riverstream learn` without ``--learner`` (and of streams learned before
+learner groups existed)."""
 
 
 def served_version(pin: int | None, promoted: int | None, latest: int | None) -> int | None:
@@ -142,6 +160,8 @@ class RedisKeys:
     """
 
     prefix: str
+    learner: str = DEFAULT_LEARNER
+    """Whose checkpoint pointer and command list `checkpoint_latest` and `commands` name."""
 
     @property
     def seq(self) -> str:
@@ -187,7 +207,41 @@ class RedisKeys:
 
     @property
     def checkpoint_latest(self) -> str:
-        return f"{self.prefix}:checkpoint:latest"
+        return self.learner_checkpoint_latest(self.learner)
+
+    def learner_checkpoint_latest(self, learner: str) -> str:
+        """The checkpoint pointer of ``learner`` (the historical key for ``default``).
+
+        >>> k = RedisKeys("rs")
+        >>> k.learner_checkpoint_latest("default"), k.learner_checkpoint_latest("b")
+        ('rs:checkpoint:latest', 'rs:learner:b:checkpoint:latest')
+        >>> RedisKeys("rs", "b").checkpoint_latest, RedisKeys("rs", "b").commands
+        ('rs:learner:b:checkpoint:latest', 'rs:learner:b:commands')
+        """
+        if learner == DEFAULT_LEARNER:
+            return f"{self.prefix}:checkpoint:latest"
+        return f"{self.prefix}:learner:{learner}:checkpoint:latest"
+
+    def learner_commands(self, learner: str) -> str:
+        """The command list of ``learner`` (the historical key for ``default``)."""
+        if learner == DEFAULT_LEARNER:
+            return f"{self.prefix}:learner:commands"
+        return f"{self.prefix}:learner:{learner}:commands"
+
+    @property
+    def learners(self) -> str:
+        return f"{self.prefix}:learners"
+
+    def owner(self, model: str) -> str:
+        """The learner that owns ``model``.
+
+        >>> RedisKeys("rs").owner("lr"), RedisKeys("rs").learners
+        ('rs:model:lr:owner', 'rs:learners')
+        """
+        return f"{self.prefix}:model:{model}:owner"
+
+    def handover(self, model: str) -> str:
+        return f"{self.prefix}:model:{model}:handover"
 
     def checkpoint_meta(self, version: int) -> str:
         return f"{self.prefix}:checkpoint:{version}:meta"
@@ -206,7 +260,7 @@ class RedisKeys:
 
     @property
     def commands(self) -> str:
-        return f"{self.prefix}:learner:commands"
+        return self.learner_commands(self.learner)
 
     def trace(self, model: str) -> str:
         """The learning curve of ``model`` (a stream) and the lineage of its points.

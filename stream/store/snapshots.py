@@ -26,7 +26,7 @@ from learners.serialization import load_signed, sha256_hex, verify_signed
 from schemas.errors import ConfigError, SnapshotError, SnapshotIntegrityError
 from schemas.names import MODEL_NAME_RULE, is_model_name
 from schemas.records import CheckpointMeta, SnapshotMeta
-from stream.store.keys import Notification, RedisKeys, chunks, served_version
+from stream.store.keys import DEFAULT_LEARNER, Notification, RedisKeys, chunks, served_version
 from stream.store.trace import TRACE_WRITE, TraceWrite, queue_trace
 
 if TYPE_CHECKING:
@@ -45,6 +45,10 @@ return 0
 
 class RedisUnavailableError(SnapshotError):
     """Redis could not be reached (connection refused, timeout): the snapshot may be fine."""
+
+
+class OwnershipLostError(SnapshotError):
+    """A snapshot names a model that another learner owns now: it was not written."""
 
 
 @contextlib.contextmanager
@@ -70,13 +74,15 @@ class SnapshotStore:
         prefix: str,
         signing_key: bytes,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        *,
+        learner: str = DEFAULT_LEARNER,
     ) -> None:
         if not 0 < chunk_bytes <= REDIS_VALUE_LIMIT:
             raise SnapshotError(f"chunk_bytes must be in 1..{REDIS_VALUE_LIMIT}, not {chunk_bytes}")
         if client.get_encoder().decode_responses:
             raise SnapshotError("the redis client must be created with decode_responses=False")
         self.client = client
-        self.keys = RedisKeys(prefix)
+        self.keys = RedisKeys(prefix, learner)
         self.signing_key = signing_key
         self.chunk_bytes = chunk_bytes
         self._set_max = client.register_script(_SET_MAX)
@@ -109,7 +115,9 @@ class SnapshotStore:
            set and the models set, its ``latest`` pointer (moved only forward), the checkpoint
            meta and ``checkpoint:latest`` (only forward), and the learning curve's points that
            the checkpoint covers (``trace``, see `stream.store.trace`). After EXEC the whole
-           version is visible at once; before it, none of it is.
+           version is visible at once; before it, none of it is. The models' owners are
+           WATCHed first: a model handed over to another learner (`stream.registry.owners`)
+           fails the write with `OwnershipLostError`, and nothing becomes visible.
         3. PUBLISH ``{"model", "version"}`` per model on the channel. A lost message is caught
            up by the readers' polling of the pointers.
         """
@@ -117,6 +125,7 @@ class SnapshotStore:
             raise SnapshotError(f"version must be positive, not {version}")
         metas: dict[str, SnapshotMeta] = {}
         with wrapped(f"write version {version}"):
+            self._check_owners(self.client, list(models))  # early: no chunks for nothing
             # 1. chunks
             pipe = self.client.pipeline(transaction=False)
             for name, (blob, meta) in models.items():
@@ -138,22 +147,42 @@ class SnapshotStore:
                 version=version, created_at=time.time(), size=len(checkpoint),
                 sha256=sha256_hex(checkpoint), chunks=cp_chunks, offsets=dict(offsets),
             )  # fmt: skip
-            tx = self.client.pipeline(transaction=True)
-            for name, meta in metas.items():
-                tx.set(self.keys.meta(name, version), meta.to_json())
-                tx.zadd(self.keys.versions(name), {str(version): version})
-                tx.sadd(self.keys.models, name)
-                self._set_max(keys=[self.keys.latest(name)], args=[version], client=tx)
-            tx.set(self.keys.checkpoint_meta(version), cp_meta.to_json())
-            self._set_max(keys=[self.keys.checkpoint_latest], args=[version], client=tx)
-            if trace is not None:
-                queue_trace(tx, self._trace_write, self.keys, trace, metas)
-            tx.execute()
+            with self.client.pipeline(transaction=True) as tx:
+                self._check_owners(tx, list(metas))
+                tx.multi()
+                for name, meta in metas.items():
+                    tx.set(self.keys.meta(name, version), meta.to_json())
+                    tx.zadd(self.keys.versions(name), {str(version): version})
+                    tx.sadd(self.keys.models, name)
+                    self._set_max(keys=[self.keys.latest(name)], args=[version], client=tx)
+                tx.set(self.keys.checkpoint_meta(version), cp_meta.to_json())
+                self._set_max(keys=[self.keys.checkpoint_latest], args=[version], client=tx)
+                if trace is not None:
+                    queue_trace(tx, self._trace_write, self.keys, trace, metas)
+                tx.execute()
             # 3. notify
             pipe = self.client.pipeline(transaction=False)
             for name in metas:
                 pipe.publish(self.keys.channel, Notification(name, version).to_json())
             pipe.execute()
+
+    def _check_owners(self, tx: Any, models: list[str]) -> None:
+        """Check that the owners of ``models`` are this store's learner (or unset, for the
+        learner ``default``); with a transaction ``tx``, WATCH them first: its EXEC then fails
+        if one changes meanwhile."""
+        owner_keys = [self.keys.owner(name) for name in models]
+        if not owner_keys:
+            return
+        if isinstance(tx, redis.client.Pipeline):
+            tx.watch(*owner_keys)
+        mine = self.keys.learner
+        for name, raw in zip(models, tx.mget(owner_keys), strict=True):
+            owner = DEFAULT_LEARNER if raw is None else raw.decode()
+            if owner != mine:
+                raise OwnershipLostError(
+                    f"model {name} is owned by learner {owner!r}, not {mine!r}: "
+                    "it was handed over (`riverstream snapshots handover`)"
+                )
 
     def _queue_chunks(self, pipe: Any, blob: bytes, key_of: Callable[[int], str]) -> int:
         n = 0
@@ -293,4 +322,5 @@ def open_store(settings: Settings) -> SnapshotStore:
         settings.redis_prefix,
         settings.require_snapshot_key(),
         chunk_bytes=settings.snapshot_chunk_bytes,
+        learner=settings.learner,
     )

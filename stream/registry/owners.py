@@ -1,0 +1,169 @@
+"""Learner groups: which learner process learns which model, and moving a model between them.
+
+A model learns in exactly one process: its updates are sequential, which is what makes it equal
+to River's ``progressive_val_score``. Several learners (`riverstream learn --learner NAME`) may
+share one Redis prefix, one pair of topics and one API fleet as long as each learns its own
+models. The registry records the owner of every model in ``P:model:NAME:owner``:
+
+- **Claim.** A learner claims its models when it starts (`claim`, one Lua script, so two
+  learners starting together cannot both win). A model nobody claimed yet is taken; a model
+  that exists without an owner key (written before learner groups, or imported) belongs to the
+  learner ``default``; a model another learner owns is refused with `OwnershipError`, which
+  names the owner and the command that moves it.
+- **Handover** (`OwnershipOps.handover`, `riverstream snapshots handover MODEL --to LEARNER`).
+  One transaction moves the owner key, records the move in the model's history and queues a
+  ``release`` command for the previous owner. From then on the previous owner cannot write the
+  model any more (`stream.store.snapshots.SnapshotStore.write` WATCHes the owners and refuses);
+  when it reads the command, or when it next starts, it drops the model from its state
+  (`stream.learner.groups`). The new owner takes the model over from its latest version: exactly
+  (from that version's checkpoint and offsets) if the new owner has no checkpoint of its own
+  yet, else at its own input position (`stream.learner.groups.restore_learner`).
+
+Version numbers stay global (one ``P:version:seq``), so versions, checkpoints and the history
+of every model keep one order whoever writes them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import redis
+
+from schemas.errors import RegistryError
+from schemas.names import MODEL_NAME_RULE, is_model_name
+from schemas.records import RollbackCommand
+from stream.registry.base import RegistryBase
+from stream.store.keys import DEFAULT_LEARNER, RedisKeys
+
+RELEASE = "release"
+"""The action of the command that tells a learner to drop a model handed over to another."""
+
+# KEYS: the models set, the learners set, then one owner key per model.
+# ARGV: the learner, the name of the default learner, then the model names (same order).
+# Returns {} when every model is (now) the learner's, else {model, owner} of the first refused.
+_CLAIM = """
+local me, default = ARGV[1], ARGV[2]
+for i = 3, #ARGV do
+  local owner = redis.call('GET', KEYS[i])
+  if not owner and redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 1 then owner = default end
+  if owner and owner ~= me then return {ARGV[i], owner} end
+end
+for i = 3, #ARGV do redis.call('SET', KEYS[i], me) end
+redis.call('SADD', KEYS[2], me)
+return {}
+"""
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+class OwnershipError(RegistryError):
+    """A learner claimed a model that another learner owns."""
+
+
+def check_learner_name(name: str) -> str:
+    """``name`` if it may name a learner (it is used inside Redis keys), else `RegistryError`.
+
+    >>> check_learner_name("eu-1")
+    'eu-1'
+    """
+    if not is_model_name(name):
+        raise RegistryError(f"invalid learner name {name!r}: use {MODEL_NAME_RULE}")
+    return name
+
+
+def claim(client: redis.Redis, keys: RedisKeys, learner: str, models: list[str]) -> None:
+    """Make ``learner`` the owner of ``models``, all or none (`OwnershipError` names the first
+    model owned by another learner, and its owner)."""
+    check_learner_name(learner)
+    script = client.register_script(_CLAIM)
+    try:
+        refused = script(
+            keys=[keys.models, keys.learners, *(keys.owner(m) for m in models)],
+            args=[learner, DEFAULT_LEARNER, *models],
+        )
+    except redis.RedisError as exc:
+        raise RegistryError(f"claiming models {models} for learner {learner!r}: {exc}") from exc
+    if refused:
+        model, owner = (_text(part) for part in refused)
+        raise OwnershipError(
+            f"model {model} is learned by learner {owner!r}, not {learner!r}: a model learns "
+            f"in one process. Start learner {learner!r} without --model {model}, or move it "
+            f"first: riverstream snapshots handover {model} --to {learner}"
+        )
+
+
+def owners(client: redis.Redis, keys: RedisKeys, models: list[str]) -> dict[str, str]:
+    """The owner of each of ``models`` (``default`` when none claimed it)."""
+    if not models:
+        return {}
+    raws = client.mget([keys.owner(m) for m in models])
+    return {
+        m: DEFAULT_LEARNER if raw is None else _text(raw)
+        for m, raw in zip(models, raws, strict=True)
+    }
+
+
+class OwnershipOps(RegistryBase):
+    """Owners of models and handovers (a part of `stream.registry.registry.Registry`)."""
+
+    def owner(self, model: str) -> str:
+        """The learner that learns ``model`` (``default`` when none claimed it)."""
+        return str(self._read(f"owner of {model}", lambda: self._owner(self.client, model)))
+
+    def owners(self) -> dict[str, str]:
+        """Every model and learner-claimed name → its learner, sorted by model."""
+
+        def read() -> dict[str, str]:
+            names = {_text(m) for m in self.client.smembers(self.keys.models)}
+            pattern = f"{self.keys.owner('*')}"
+            prefix, suffix = pattern.split("*")
+            for raw in self.client.scan_iter(match=pattern, count=1000):
+                key = _text(raw)
+                names.add(key[len(prefix) : len(key) - len(suffix)])
+            return owners(self.client, self.keys, sorted(names))
+
+        result: dict[str, str] = self._read("owners", read)
+        return result
+
+    def handover(self, model: str, to: str, reason: str = "") -> tuple[str, RollbackCommand]:
+        """Move ``model`` to learner ``to``: returns the previous owner and the ``release``
+        command queued for it. The owner key, the history entry and the command commit
+        together (see the module for what each learner does next)."""
+        check_learner_name(to)
+
+        def body(r: Any) -> Any:
+            known = r.sismember(self.keys.models, model) or r.exists(self.keys.owner(model))
+            if not known:
+                names = sorted(m.decode() for m in r.smembers(self.keys.models))
+                raise RegistryError(f"unknown model {model!r}; models are {names}")
+            previous = self._owner(r, model)
+            if previous == to:
+                raise RegistryError(f"{model} is already learned by learner {to!r}")
+            queue = self._commands_of(r, model)
+            latest = r.get(self.keys.latest(model))
+            version = 0 if latest is None else int(latest)
+            command = RollbackCommand(
+                str(uuid.uuid4()), model, RELEASE, version, "skip", [], time.time()
+            )
+            detail = {"from_learner": previous, "to_learner": to, "command": command.id}
+            entry = self._entry("handover", version or None, version or None, reason, detail=detail)
+
+            marker = json.dumps({"from": previous, "to": to, "version": version, "at": time.time()})
+
+            def write(p: Any) -> None:
+                p.set(self.keys.owner(model), to)
+                p.set(self.keys.handover(model), marker)
+                p.sadd(self.keys.learners, to)
+                p.rpush(queue, command.to_json())
+                self._record(p, model, entry)
+
+            return (previous, command), write
+
+        watch = [*self._watch(model), self.keys.latest(model)]
+        result: tuple[str, RollbackCommand] = self._atomic(f"handover {model}", watch, body)
+        return result
