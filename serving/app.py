@@ -144,11 +144,17 @@ def create_app(
     app.state.follower = follower
     app.state.store = store
     install_graphs(app, graphs, fast_path=fast_path)  # /v1/graphs (serving.graphs)
+    v2_fast: list[Callable[[ASGIApp], ASGIApp]] = []
     app.include_router(
         v2_router(
-            follower, limits=limits, max_body_bytes=max_body_bytes, observe=observe, graphs=graphs
+            follower,
+            limits=limits,
+            max_body_bytes=max_body_bytes,
+            observe=observe,
+            graphs=graphs,
+            fast_paths=v2_fast,
         )
-    )  # Open Inference Protocol v2, models and graphs
+    )  # Open Inference Protocol v2, models and graphs (fast_paths: its infer route in raw ASGI)
 
     @app.post(
         PREDICT_ROUTE, summary="Predict with the served version of a model",
@@ -209,8 +215,11 @@ def create_app(
         # The hot routes also go first, before the whole middleware stack, unless every predict
         # route needs a token (`serving.feedback.ClosedLoop` checks it, in the stack).
         if getattr(settings, "predict_token", None) is None:
+            inner: ASGIApp = app.stack
+            for wrap in v2_fast:
+                inner = wrap(inner)
             app.outer = PredictFastPath(
-                GraphFastPath(app.stack, service=graphs), answer=answer,
+                GraphFastPath(inner, service=graphs), answer=answer,
                 max_body_bytes=max_body_bytes, with_ids=app.stack,
             )  # fmt: skip
     # Outermost: tokens, POST /v1/features and /v1/labels, predict with an id (logged to Kafka).

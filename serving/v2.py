@@ -80,16 +80,18 @@ tensors unless told ``binary_data=False`` on every ``InferInput.set_data_from_nu
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.background import BackgroundTask
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from learners.predictor import MODEL_INPUT_ERRORS, ServedModel
 from schemas.graphs import GraphSpec
+from serving.asgi import receive_body
 from serving.inputs import InputLimits
 from serving.v2_tensors import (
     _BINARY_HINT,
@@ -197,6 +199,55 @@ def graph_outputs(content: dict[str, Any], requested: list[dict[str, Any]] | Non
     return select_outputs(tensors, requested)
 
 
+# -- the fast path -----------------------------------------------------------------------------
+Respond = Callable[[str, str | None, bytes | None, Mapping[str, str]], tuple[int, bytes, Any]]
+"""``(name, version, body, headers) → (status, JSON body, shadow job)`` of an infer request."""
+_V2_MODELS = "/v2/models/"
+_V2_INFER = "/infer"
+_JSON_HEADER = (b"content-type", b"application/json")
+
+
+class V2InferFastPath:
+    """Pure ASGI middleware answering ``POST /v2/models/{name}[/versions/{v}]/infer`` through the
+    same ``respond`` as the documented routes, without FastAPI's routing, dependency solving and
+    request objects (≈ half of an infer request's CPU, measured in process); everything else
+    goes to ``app``. A graph's shadows are queued once the response is sent."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        respond: Respond,
+        max_body_bytes: int,
+        run_later: Callable[[Any], None] | None,
+    ) -> None:
+        self.app = app
+        self.respond = respond
+        self.max_body_bytes = max_body_bytes
+        self.run_later = run_later
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path.startswith(_V2_MODELS) and path.endswith(_V2_INFER):
+                name, sep, version = path[len(_V2_MODELS) : -len(_V2_INFER)].partition("/versions/")
+                if name and "/" not in name and (not sep or (version and "/" not in version)):
+                    headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                               for k, v in scope["headers"]}  # fmt: skip
+                    raw = await receive_body(receive, self.max_body_bytes)
+                    status, body, job = self.respond(name, version or None, raw, headers)
+                    length = (b"content-length", str(len(body)).encode())
+                    await send(
+                        {"type": "http.response.start", "status": status,
+                         "headers": [_JSON_HEADER, length]}
+                    )  # fmt: skip
+                    await send({"type": "http.response.body", "body": body})
+                    if job is not None and self.run_later is not None:
+                        self.run_later(job)
+                    return
+        await self.app(scope, receive, send)
+
+
 # -- the router --------------------------------------------------------------------------------
 async def _read_body(request: Request, limit: int) -> bytes | None:
     """The body, or None as soon as it exceeds ``limit`` bytes."""
@@ -216,12 +267,14 @@ def v2_router(
     max_body_bytes: int,
     observe: Observe | None = None,
     graphs: GraphBackend | None = None,
+    fast_paths: list[Callable[[ASGIApp], ASGIApp]] | None = None,
 ) -> APIRouter:
     """The Open Inference Protocol v2 routes over ``follower``'s models (and ``graphs``'
     graphs, when given: a name is looked up among the models first).
 
     ``observe(route, model, status, seconds)`` is called for every infer request (the
-    Prometheus request metrics of `serving.telemetry`).
+    Prometheus request metrics of `serving.telemetry`). ``fast_paths``: gets a wrapper that
+    answers the infer routes in raw ASGI (`V2InferFastPath`), for the app to put in front.
     """
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
     server = {"name": "riverstream", "version": package_version(), "extensions": []}
@@ -306,23 +359,41 @@ def v2_router(
         answer["outputs"] = outputs
         return answer, job
 
-    async def infer(name: str, version: str | None, request: Request) -> Response:
+    def respond(
+        name: str, version: str | None, raw: bytes | None, headers: Mapping[str, str]
+    ) -> tuple[int, bytes, Any]:
+        """Status, JSON body and shadow job of an infer request: the documented routes and the
+        fast path (`V2InferFastPath`) both answer through it."""
         started = time.perf_counter()
-        raw = await _read_body(request, max_body_bytes)
         try:
-            content, job = answer(name, version, raw, request.headers)
-            response = _json(content)
-            if job is not None and graphs is not None:  # shadows, once the response is sent
-                response.background = BackgroundTask(graphs.run_later, job)
+            content, job = answer(name, version, raw, headers)
+            status, body = 200, orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
         except V2Error as exc:
-            response = _error(exc.status, exc.message)
+            status, job = exc.status, None
+            body = orjson.dumps({"error": exc.message}, option=orjson.OPT_NON_STR_KEYS)
         if observe is not None:
             found = follower.is_known(name) or (
                 graphs is not None and graphs.follower.get(name) is not None
             )
             label = name if found else "none"
-            observe(INFER_ROUTE, label, response.status_code, time.perf_counter() - started)
+            observe(INFER_ROUTE, label, status, time.perf_counter() - started)
+        return status, body, job
+
+    async def infer(name: str, version: str | None, request: Request) -> Response:
+        raw = await _read_body(request, max_body_bytes)
+        status, body, job = respond(name, version, raw, request.headers)
+        response = Response(body, status_code=status, media_type="application/json")
+        if job is not None and graphs is not None:  # shadows, once the response is sent
+            response.background = BackgroundTask(graphs.run_later, job)
         return response
+
+    if fast_paths is not None:
+        run_later = graphs.run_later if graphs is not None else None
+        fast_paths.append(
+            lambda app: V2InferFastPath(
+                app, respond=respond, max_body_bytes=max_body_bytes, run_later=run_later
+            )
+        )
 
     @router.get("", summary="Server metadata")
     async def server_metadata() -> Response:

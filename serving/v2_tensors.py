@@ -290,6 +290,39 @@ def _refuse_extensions(where: str, parameters: Any) -> None:
         raise V2Error(400, f"{where}: the shared-memory extension is not supported")
 
 
+_ONE_ROW: Final = [1]
+
+
+def _one_row_of_numbers(inputs: list[Any]) -> dict[str, float] | None:
+    """The row of the commonest request, in one pass: one input per feature, each exactly
+    ``{"name", "shape": [1], "datatype": FP16/32/64, "data": [number]}``. None for anything
+    else (parameters, more rows, other types, a problem): the general checks take over, and
+    say what is wrong. The same row as theirs (integers become floats, as `_check_value`)."""
+    row: dict[str, float] = {}
+    for tensor in inputs:
+        if type(tensor) is not dict or len(tensor) != 4:
+            return None
+        name, data = tensor.get("name"), tensor.get("data")
+        if (
+            type(name) is not str
+            or name in row
+            or tensor.get("datatype") not in _FLOATS
+            or tensor.get("shape") != _ONE_ROW
+            or type(data) is not list
+            or len(data) != 1
+        ):
+            return None
+        value = data[0]
+        kind = type(value)
+        if kind is float:
+            row[name] = value
+        elif kind is int:
+            row[name] = float(value)
+        else:
+            return None
+    return row
+
+
 def parse_infer_body(raw: bytes, limits: InputLimits) -> tuple[Any, list[dict[str, Any]], Any]:
     """``(id, rows, requested outputs)`` of an infer request body, or a `V2Error`.
 
@@ -329,6 +362,9 @@ def parse_infer_body(raw: bytes, limits: InputLimits) -> tuple[Any, list[dict[st
         raise V2Error(400, "'inputs' must be a non-empty array of tensors")
     if len(inputs) > limits.max_features:
         raise V2Error(400, f"{len(inputs)} inputs, the limit is {limits.max_features}")
+    row = _one_row_of_numbers(inputs)
+    if row is not None:
+        return request_id, [row], outputs
     names: set[str] = set()
     for tensor in inputs:
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):

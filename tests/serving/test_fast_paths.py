@@ -1,0 +1,129 @@
+"""The hot routes answered before the middleware stack (`serving.app.RiverstreamAPI.outer`) give
+byte-identical answers to the documented routes of an app built without them, and requests
+that need the stack (a prediction with an id, a token) still reach it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from serving.app import create_app
+from serving.telemetry import ServingMetrics
+from stream.store.snapshots import SnapshotStore
+
+pytestmark = pytest.mark.integration
+
+
+async def call(asgi: Any, path: str, body: bytes, headers: list | None = None) -> tuple[int, bytes]:
+    scope = {
+        "type": "http", "http_version": "1.1", "method": "POST", "path": path,
+        "raw_path": path.encode(), "query_string": b"", "root_path": "", "scheme": "http",
+        "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()), *(headers or [])],
+    }  # fmt: skip
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asgi(scope, receive, send)
+    body_out = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], body_out
+
+
+def test_v2_infer_fast_path_answers_like_the_documented_route(
+    kit, store: SnapshotStore, redis_url: str, prefix: str
+) -> None:
+    models = kit.trained_models()
+    model, kind, inputs = models["clf"]
+    version = kit.publish(store, "clf", kit.state(model, kind), kind)
+    settings = kit.make_settings(redis_url, prefix)
+    metrics = ServingMetrics(CollectorRegistry())
+    app = create_app(settings, metrics=metrics, max_body_bytes=8192)
+    routed = create_app(settings, metrics=metrics, max_body_bytes=8192, fast_path=False)
+    assert app.outer is not None and routed.outer is None
+    x = inputs[0]
+    per_feature = [{"name": k, "shape": [1], "datatype": "FP64", "data": [v]} for k, v in x.items()]
+    rows = [orjson.dumps(r).decode() for r in inputs[:3]]
+    bodies = [
+        {"inputs": per_feature},
+        {"id": "r1", "inputs": per_feature, "outputs": [{"name": "proba_true"}]},
+        {"inputs": [{**per_feature[0], "data": [1]}, *per_feature[1:]]},  # an integer
+        {"inputs": [{**per_feature[0], "data": [True]}, *per_feature[1:]]},  # not a float
+        {"inputs": [*per_feature, per_feature[0]]},  # twice
+        {"inputs": [{**per_feature[0], "shape": [1, 1], "data": [[0.5]]}, *per_feature[1:]]},
+        {"inputs": [{**per_feature[0], "parameters": {"binary_data_size": 8}}]},
+        {"inputs": [{"name": "features", "shape": [3], "datatype": "BYTES", "data": rows}]},
+        {"inputs": []},
+        {"nope": 1},
+    ]
+    raws = [orjson.dumps(b) for b in bodies] + [b"{not json", b"x" * 9000]
+    paths = [
+        "/v2/models/clf/infer",
+        f"/v2/models/clf/versions/{version}/infer",
+        "/v2/models/clf/versions/999/infer",
+        "/v2/models/nope/infer",
+    ]
+
+    async def compare() -> None:
+        async with app.router.lifespan_context(app), routed.router.lifespan_context(routed):
+            for a in (app, routed):
+                kit.wait_until(lambda a=a: a.state.follower.get("clf") is not None)
+            for path in paths:
+                for raw in raws:
+                    fast = await call(app, path, raw)
+                    slow = await call(routed, path, raw)
+                    assert fast == slow, (path, raw[:60], fast, slow)
+            # a header the fast path must see as the route does
+            gzip = [(b"content-encoding", b"gzip")]
+            fast = await call(app, paths[0], raws[0], gzip)
+            assert fast == await call(routed, paths[0], raws[0], gzip) and fast[0] == 400
+
+    asyncio.run(compare())
+
+
+def test_a_prediction_with_an_id_still_goes_through_the_stack(
+    kit, store: SnapshotStore, redis_url: str, prefix: str
+) -> None:
+    """The fast path gives a body naming an "id" to the stack (where the closed loop logs it)."""
+    model, kind, inputs = kit.trained_models()["clf"]
+    kit.publish(store, "clf", kit.state(model, kind), kind)
+    app = create_app(
+        kit.make_settings(redis_url, prefix), metrics=ServingMetrics(CollectorRegistry())
+    )
+    seen: list[bytes] = []
+    stack = app.stack
+
+    async def spy(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        seen.append(message["body"])
+        messages = [message]
+
+        async def replay() -> Any:
+            return messages.pop() if messages else await receive()
+
+        await stack(scope, replay, send)
+
+    assert app.outer is not None
+    app.outer.with_ids = spy  # type: ignore[attr-defined]
+
+    async def run() -> None:
+        async with app.router.lifespan_context(app):
+            kit.wait_until(lambda: app.state.follower.get("clf") is not None)
+            plain = orjson.dumps({"features": inputs[0]})
+            assert (await call(app, "/v1/models/clf/predict", plain))[0] == 200
+            assert seen == []
+            with_id = orjson.dumps({"id": "a1", "features": inputs[0]})
+            await call(app, "/v1/models/clf/predict", with_id)
+            assert seen == [with_id]
+
+    asyncio.run(run())
