@@ -31,9 +31,24 @@ def test_demo_runs_to_completion_and_cleans_up(tmp_path: Path) -> None:
     assert re.search(r"predictions asked\s+\d+ \(0 failed\)", out)
     versions = re.search(r"versions served\s+(\d+)", out)
     assert versions and int(versions.group(1)) >= 1
+    # the three serving architectures, one line each
+    assert re.search(r"online, synchronous\s+\d+ answers over HTTP \(0 failed\)", out), out
+    asked = re.search(r"asynchronous, Kafka\s+(\d+) of (\d+) requests answered", out)
+    assert asked and asked.group(1) == asked.group(2) == "20", out
+    assert re.search(r"\s+versions \[\d+(, \d+)*\], request → answer p50 \d+\.\d ms", out), out
+    scored = re.search(r"batch, score\s+50 rows scored \(0 rejected\), versions \[(\d+)\]", out)
+    assert scored, out
+    assert re.search(r"and Redis: GET /v1/models/model/predictions/\S+ → 200", out), out
+    [scores] = (tmp_path / "state").glob("demo-*.scores.jsonl")
+    rows = [json.loads(line) for line in scores.read_text().splitlines()]
+    assert len(rows) == 50 and {r["versions"]["model"] for r in rows} == {int(scored.group(1))}
     # everything the demo started has been stopped, by pid
     records = json.loads((tmp_path / "state" / "services.json").read_text())
     assert records == {}
     for log in (tmp_path / "state").glob("demo-*.log"):
         assert log.stat().st_size >= 0
     assert not any(pid_alive(int(p)) for p in re.findall(r"\(pid (\d+)\)", result.stderr))
+    # the prediction worker it started answered, and stopped when told to (SIGTERM)
+    [worker_log] = (tmp_path / "state").glob("demo-*.predict-worker.log")
+    status = [json.loads(s) for s in worker_log.read_text().splitlines() if s.startswith("{")]
+    assert status[-1]["stopped"] is True and status[-1]["answered"] == 20
