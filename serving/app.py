@@ -13,8 +13,8 @@ app starts), a `SnapshotFollower` started and stopped by the app's lifespan, and
 - ``GET /v1/models``, ``GET /v1/models/{name}``: version served, age, samples, metrics, size.
 - ``POST /v1/graphs/{name}/predict``, ``GET /v1/graphs``, ``GET /v1/graphs/{name}``: serving
   graphs, several models answering together, followed live like models (`serving.graphs`).
-- ``GET /v1/models/{name}/predictions/{id}``: answers computed ahead by ``riverstream score
-  --into redis`` (`serving.lookup`).
+- ``GET /v1/models/{name}/predictions/{id}``, ``GET /v1/graphs/{name}/predictions/{id}``:
+  answers computed ahead by ``riverstream score --into redis`` (`serving.lookup`).
 - ``GET /v1/models/{name}/curve``: the learning curve the learner traced (`serving.curve`).
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (503 until every expected model is
   loaded; reports Redis reachability and staleness), ``GET /metrics`` (Prometheus).
