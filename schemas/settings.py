@@ -54,6 +54,26 @@ class Settings(BaseSettings):
         None, description="Kafka bootstrap servers, host:port[,host:port]."
     )
     redis_url: str | None = Field(None, description="Redis URL, e.g. redis://127.0.0.1:6379/0.")
+    redis_read_url: str | None = Field(
+        None,
+        description="Where the API reads snapshots and hears their notifications: a replica's "
+        "URL (a replica relays what the primary publishes), or `replica` with Sentinels (a "
+        "replica they name, else the primary). Unset: the primary.",
+    )
+    redis_sentinels: str = Field(
+        "",
+        description="Sentinel addresses host:port[,host:port]: every client asks them for the "
+        "primary and follows a failover (REDIS_URL then only gives the database and password).",
+    )
+    redis_sentinel_master: str = Field(
+        "riverstream", description="The name under which the Sentinels monitor the primary."
+    )
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="Replicas that must have a snapshot (Redis WAIT, at most 1 s) before it is "
+        "announced, so that a failover does not lose an announced version (0: no wait).",
+    )
     prometheus_url: str | None = Field(None, description="Prometheus base URL.")
 
     # -- local services --

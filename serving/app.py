@@ -35,7 +35,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
-import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse as _StarletteJSONResponse
 from fastapi.responses import Response
@@ -56,6 +55,7 @@ from serving.inputs import InputError, InputLimits, parse_predict_body
 from serving.lookup import lookup_router
 from serving.telemetry import RequestRecorder, ServingMetrics, get_metrics, metrics_response_bytes
 from serving.v2 import v2_router
+from stream.store.connect import redis_client, redis_configured
 from stream.store.follower import SnapshotFollower
 from stream.store.snapshots import SnapshotStore
 
@@ -78,10 +78,11 @@ class JSONResponse(_StarletteJSONResponse):
 
 def default_store(settings: Settings) -> SnapshotStore:
     """The Redis snapshot store described by ``settings`` (no connection opened yet)."""
-    if not settings.redis_url:
+    if not redis_configured(settings):
         raise ConfigError("RIVERSTREAM_REDIS_URL is not set: the API needs the snapshot Redis")
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0,
+    # The API only reads: from RIVERSTREAM_REDIS_READ_URL when set (`stream.store.connect`).
+    client = redis_client(
+        settings, read=True, socket_connect_timeout=2.0, socket_timeout=10.0,
         health_check_interval=30, retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 2),
     )  # fmt: skip
     return SnapshotStore(

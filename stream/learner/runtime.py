@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-import redis
-
 from learners.comparisons import ComparePairs
 from learners.specs import ModelSpec, parse_model_option
 from schemas.errors import ConfigError, RiverstreamError
@@ -20,6 +18,7 @@ from stream.registry.challenger import ChallengerPolicies
 from stream.registry.owners import claim
 from stream.registry.registry import Registry
 from stream.store.commands import CommandQueue
+from stream.store.connect import redis_client
 from stream.store.snapshots import SnapshotStore, open_store
 
 log = logging.getLogger(__name__)
@@ -94,11 +93,6 @@ def build_learner(
             f"{settings.topic_features} and {settings.topic_labels} must have the same partitions "
             "so that a label lands beside its features"
         )
-    redis_url = settings.redis_url
-    if not redis_url:
-        raise ConfigError(
-            "no Redis address: set RIVERSTREAM_REDIS_URL or run `riverstream services up`"
-        )
     store = snapshot_store(settings)
     # Learner groups: this learner owns its models, or it does not start (stream.registry.owners).
     claim(store.client, store.keys, settings.learner, [spec.name for spec in specs])
@@ -116,7 +110,7 @@ def build_learner(
         observer=observer,
         # Checked every 0.2 s on the learning thread: a hung Redis may hold it 0.5 s at most.
         commands=CommandQueue(
-            redis.Redis.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=0.5),
+            redis_client(settings, socket_connect_timeout=0.5, socket_timeout=0.5),
             settings.redis_prefix,
             settings.learner,
         ),

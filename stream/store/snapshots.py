@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, cast
 import redis
 
 from learners.serialization import load_signed, sha256_hex, verify_signed
-from schemas.errors import ConfigError, SnapshotError, SnapshotIntegrityError
+from schemas.errors import SnapshotError, SnapshotIntegrityError
 from schemas.names import MODEL_NAME_RULE, is_model_name
 from schemas.records import CheckpointMeta, SnapshotMeta
+from stream.store.connect import redis_client
 from stream.store.keys import DEFAULT_LEARNER, Notification, RedisKeys, chunks, served_version
 from stream.store.trace import TRACE_WRITE, TraceWrite, queue_trace
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 REDIS_VALUE_LIMIT = 512 * 1024 * 1024
+WAIT_REPLICAS_MS = 1000  # longest wait for replicas after a snapshot (then announced anyway)
 
 # Sets KEYS[1] to ARGV[1] unless it already holds a version >= ARGV[1]; queued inside MULTI.
 _SET_MAX = """
@@ -76,6 +78,7 @@ class SnapshotStore:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         *,
         learner: str = DEFAULT_LEARNER,
+        wait_replicas: int = 0,
     ) -> None:
         if not 0 < chunk_bytes <= REDIS_VALUE_LIMIT:
             raise SnapshotError(f"chunk_bytes must be in 1..{REDIS_VALUE_LIMIT}, not {chunk_bytes}")
@@ -85,6 +88,7 @@ class SnapshotStore:
         self.keys = RedisKeys(prefix, learner)
         self.signing_key = signing_key
         self.chunk_bytes = chunk_bytes
+        self.wait_replicas = wait_replicas
         self._set_max = client.register_script(_SET_MAX)
         self._trace_write = client.register_script(TRACE_WRITE)
 
@@ -119,7 +123,9 @@ class SnapshotStore:
            WATCHed first: a model handed over to another learner (`stream.registry.owners`)
            fails the write with `OwnershipLostError`, and nothing becomes visible.
         3. PUBLISH ``{"model", "version"}`` per model on the channel. A lost message is caught
-           up by the readers' polling of the pointers.
+           up by the readers' polling of the pointers. With ``wait_replicas``, only once that
+           many replicas have the version (Redis WAIT, at most `WAIT_REPLICAS_MS`), so that a
+           failover to one of them keeps every version announced.
         """
         if version <= 0:
             raise SnapshotError(f"version must be positive, not {version}")
@@ -160,6 +166,8 @@ class SnapshotStore:
                 if trace is not None:
                     queue_trace(tx, self._trace_write, self.keys, trace, metas)
                 tx.execute()
+            if self.wait_replicas:  # on enough replicas before announced (lost only by them all)
+                self.client.wait(self.wait_replicas, WAIT_REPLICAS_MS)
             # 3. notify
             pipe = self.client.pipeline(transaction=False)
             for name in metas:
@@ -307,20 +315,17 @@ def open_store(settings: Settings) -> SnapshotStore:
     Here rather than in `stream.learner.runtime` so that the operator's commands (`riverstream
     snapshots …`) reach Redis without importing the learner, hence River and SciPy (≈ 1 s).
     """
-    if not settings.redis_url:
-        raise ConfigError(
-            "no Redis address: set RIVERSTREAM_REDIS_URL or run `riverstream services up`"
-        )
     # Bounded waits: a Redis that hangs (SIGSTOP, a partition) fails a call within seconds,
-    # and the learner's outage handling (`stream.learner.outage`) takes over.
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0,
-        health_check_interval=10,
-    )  # fmt: skip
+    # and the learner's outage handling (`stream.learner.outage`) takes over. The primary, or
+    # the one the Sentinels name (`stream.store.connect`).
+    client = redis_client(
+        settings, socket_connect_timeout=2.0, socket_timeout=10.0, health_check_interval=10
+    )
     return SnapshotStore(
         client,
         settings.redis_prefix,
         settings.require_snapshot_key(),
         chunk_bytes=settings.snapshot_chunk_bytes,
         learner=settings.learner,
+        wait_replicas=settings.redis_wait_replicas,
     )
