@@ -6,7 +6,8 @@ production code:
 - `live_with_env`: the live processes whose environment holds one variable, for example a
   test's unique ``RIVERSTREAM_REDIS_PREFIX``. A process forked by the learner (its snapshot
   child) inherits the environment, so this finds it even after it was re-parented.
-- `children`: the live children of a process (a learner's snapshot child, uvicorn's workers).
+- `children`, `cmdline`: the live children of a process (a learner's snapshot child, uvicorn's
+  workers) and what they run.
 - `socket_owner`: which of some processes holds the TCP connection between two local ports,
   from ``/proc/net/tcp`` and the processes' file descriptors. It says which process wrote a
   command that Redis' MONITOR shows (the client's port), or which API worker answered a request
@@ -63,6 +64,19 @@ def children(pid: int) -> list[int]:
     []
     """
     return sorted(p for p in _pids() if parent(p) == pid and alive(p))
+
+
+def cmdline(pid: int) -> list[str]:
+    """The command line of ``pid`` (empty when it is gone).
+
+    >>> "python" in cmdline(os.getpid())[0]
+    True
+    """
+    try:
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 def live_with_env(name: str, value: str) -> list[int]:
