@@ -8,6 +8,7 @@ import urllib.request
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 import observability.report
 import serving.telemetry
@@ -52,8 +53,13 @@ def test_join_outcomes_are_exported_from_the_start_and_bounded():
 
 
 def test_two_instances_on_private_registries_do_not_clash():
-    LearnerMetrics(CollectorRegistry())
-    LearnerMetrics(CollectorRegistry())
+    first, second = LearnerMetrics(CollectorRegistry()), LearnerMetrics(CollectorRegistry())
+    first.samples_learned("lr", 3)
+    get = "riverstream_samples_learned_total", {"model": "lr"}
+    assert first.registry.get_sample_value(*get) == 3
+    assert second.registry.get_sample_value(*get) is None  # nothing shared
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        LearnerMetrics(first.registry)  # the clash that private registries avoid
 
 
 def test_learner_serves_metrics_on_its_own_port(learner_metrics):
@@ -62,14 +68,21 @@ def test_learner_serves_metrics_on_its_own_port(learner_metrics):
         url = f"http://127.0.0.1:{server.server_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             body = response.read()
-        assert (
-            body == generate_latest(learner_metrics.registry)
-            or b"riverstream_learner_up 1.0" in body
-        )
+        # what the port serves is this registry, sample for sample
+        assert _samples(body) == _samples(generate_latest(learner_metrics.registry))
+        assert _samples(body)[("riverstream_learner_up", ())] == 1.0
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def _samples(body: bytes) -> dict[tuple[str, tuple], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
 
 
 def test_adwin_detects_a_classifier_that_starts_failing():

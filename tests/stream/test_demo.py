@@ -45,8 +45,11 @@ def test_demo_runs_to_completion_and_cleans_up(tmp_path: Path) -> None:
     # everything the demo started has been stopped, by pid
     records = json.loads((tmp_path / "state" / "services.json").read_text())
     assert records == {}
-    for log in (tmp_path / "state").glob("demo-*.log"):
-        assert log.stat().st_size >= 0
+    # the learner it started said where it began, and printed its summary when stopped (SIGTERM)
+    [learner_log] = (tmp_path / "state").glob("demo-*.learner.log")
+    text = learner_log.read_text()
+    assert "a fresh stream, from the earliest offsets" in text
+    assert '"samples_learned": 300' in text
     assert not any(pid_alive(int(p)) for p in re.findall(r"\(pid (\d+)\)", result.stderr))
     # the prediction worker it started answered, and stopped when told to (SIGTERM)
     [worker_log] = (tmp_path / "state").glob("demo-*.predict-worker.log")

@@ -36,15 +36,25 @@ def _longest_pause_while_loading(blob: bytes, cooperative: bool) -> tuple[float,
 
 
 def test_cooperative_loading_keeps_other_threads_running() -> None:
+    """The plain path holds the interpreter for most of its unpickling: the other thread stalls
+    for a good part of the load (asserted, so that the comparison has a baseline). The
+    cooperative path's longest stall is a fraction of that. A stall can also come from the OS
+    scheduler on a busy machine, whatever the loader does: the cooperative load is measured up
+    to three times and its shortest longest-stall counts."""
     rng = random.Random(3)
     model_like = [{f"f{i}": rng.random() for i in range(10)} for _ in range(150_000)]
     blob = dump_signed(model_like, b"key")
     plain_pause, plain_seconds = _longest_pause_while_loading(blob, cooperative=False)
-    coop_pause, coop_seconds = _longest_pause_while_loading(blob, cooperative=True)
+    assert plain_pause > plain_seconds / 4, (plain_pause, plain_seconds)
+    coop_pauses = []
+    for _ in range(3):
+        coop_pause, coop_seconds = _longest_pause_while_loading(blob, cooperative=True)
+        assert coop_seconds < 3 * plain_seconds
+        coop_pauses.append(coop_pause)
+        if coop_pause < plain_pause / 4:
+            break
+    assert min(coop_pauses) < plain_pause / 4, (coop_pauses, plain_pause)
     assert load_signed(blob, b"key", cooperative=True) == model_like
-    assert coop_seconds < 3 * plain_seconds
-    if plain_pause > 0.1:  # where the plain path stalls the other thread (it usually does)
-        assert coop_pause < plain_pause / 4, (coop_pause, plain_pause)
 
 
 def test_cooperative_loading_yields_often_with_the_collector_paused(monkeypatch) -> None:
