@@ -148,6 +148,8 @@ class Quiet:
     def snapshot_swapped(self, *a): pass
     def snapshot_refused(self, *a): pass
 
+import learners.predictor  # River, as the follower imports it to load a model
+base = rss('VmRSS')
 store = SnapshotStore(redis.Redis.from_url(sys.argv[1]), 'bench', sys.argv[2].encode())
 follower = SnapshotFollower(store, Quiet(), models=['big'], poll_seconds=0.05, live=True)
 follower.start()
@@ -156,7 +158,7 @@ while follower.get('big') is None:
 first = follower.get('big').version
 before = rss('VmRSS')
 Path('/proc/self/clear_refs').write_text('5')  # reset VmHWM to the current RSS
-print(json.dumps({'ready': True, 'before': before}), flush=True)
+print(json.dumps({'base': base, 'before': before}), flush=True)
 sys.stdin.readline()  # the second version is written now
 started = time.perf_counter()
 while follower.get('big').version == first:
@@ -244,9 +246,9 @@ def main() -> None:
         f"3. swap of a large model ({args.big_features:,} features, blob "
         f"{swap['blob_mb']:.1f} MB) in a follower process (MB)"
     )
-    print(f"   the model in memory ≈ {(swap['before'] - imports) * mb:.0f} MB (RSS serving it − the "
-          f"imports' RSS); RSS serving the old version {swap['before'] * mb:.1f}; peak while "
-          "loading and "
+    print(f"   the model in memory ≈ {(swap['before'] - swap['base']) * mb:.0f} MB (RSS serving it − "
+          f"RSS before loading it); RSS serving the old version {swap['before'] * mb:.1f}; peak "
+          "while loading and "
           f"swapping {swap['peak'] * mb:.1f} (+{(swap['peak'] - swap['before']) * mb:.1f}); "
           f"after the swap {swap['after'] * mb:.1f}; swap took {swap['swap_s']:.2f} s")  # fmt: skip
     print(f"load average (1 min) before, after: {load[0]:.1f}, {load[-1]:.1f}")
