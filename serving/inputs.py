@@ -18,7 +18,6 @@ list of ``{"loc", "msg", "type"}`` naming the field and the problem.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
