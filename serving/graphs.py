@@ -5,14 +5,15 @@ followed live, like models) and evaluates a graph with `learners.graph` against 
 `SnapshotFollower` serves at that moment; `graphs_router` and `GraphFastPath` expose it:
 
 - ``POST /v1/graphs/{name}/predict``: ``{"features": {...}, "id": "..."}`` →
-  ``{"graph", "graph_version", "versions", "prediction", "probabilities", "kind", "path",
-  "decided_by", "decision", "reason"}``; ``{"instances": [...], "ids": [...]}`` →
+  ``{"graph", "graph_version", "versions", "samples_learned", "prediction", "probabilities",
+  "kind", "path", "decided_by", "decision", "reason"}``; ``{"instances": [...], "ids": [...]}`` →
   ``{"graph", "graph_version", "predictions": [{"versions", "prediction", ...}, ...]}``. The
   bodies are those of ``/v1/models/{name}/predict`` plus the optional request id (a string or
   an integer) that keys sticky splits and shadow sampling. ``versions`` names every model used
-  and its version, ``path`` the choices made (switch cases, split branches, the rule that
-  matched), ``decided_by`` the node or rule whose answer this is. A batch is evaluated against
-  one view of the served models: every instance sees the same versions.
+  and its version (with ``samples_learned``, the exact state: a member may be served by a live
+  update continuing that version), ``path`` the choices made (switch cases, split branches,
+  the rule that matched), ``decided_by`` the node or rule whose answer this is. A batch is
+  evaluated against one view of the served models: every instance sees the same versions.
 - ``GET /v1/graphs``: the graphs served, with version and models; ``GET /v1/graphs/{name}``: one
   of them, with its document and the version of each member this process serves.
 
@@ -391,7 +392,9 @@ class GraphService:
             if isinstance(parsed, dict):
                 assert not isinstance(ids, list)
                 answer = run(parsed, models=models, request_id=ids)
-                content = {"graph": name, "graph_version": graph.version, **_fields(answer)}
+                content = {
+                    "graph": name, "graph_version": graph.version, **_fields(answer, models),
+                }  # fmt: skip
                 if answer.shadows:
                     job = ShadowJob(name, ((answer, parsed),), models)
             else:
@@ -401,7 +404,7 @@ class GraphService:
                 ]
                 content = {
                     "graph": name, "graph_version": graph.version,
-                    "predictions": [_fields(a) for a in answers],
+                    "predictions": [_fields(a, models) for a in answers],
                 }  # fmt: skip
                 shadowed = tuple((a, x) for a, x in zip(answers, parsed, strict=True) if a.shadows)
                 if shadowed:
@@ -428,9 +431,16 @@ class _TooLarge(Exception):
     pass
 
 
-def _fields(answer: GraphAnswer) -> dict[str, Any]:
+def _fields(answer: GraphAnswer, models: ServedModels) -> dict[str, Any]:
+    """The answer's fields; ``versions`` and ``samples_learned`` name the state of every member
+    used (a member may be served by a live update continuing its version: `stream.store.live`)."""
+    learned = {}
+    for member in answer.versions:
+        served = models.get(member)
+        learned[member] = None if served is None else served.samples_learned
     return {
         "versions": answer.versions,
+        "samples_learned": learned,
         "prediction": answer.prediction,
         "probabilities": answer.probabilities,
         "kind": answer.kind,

@@ -144,7 +144,9 @@ def answer(
     kind: str = "classifier",
 ) -> dict[str, Any]:
     return {
-        "versions": versions, "prediction": prediction, "probabilities": as_json(probabilities),
+        "versions": versions,  # kit.publish writes version v with 10 × v samples learned
+        "samples_learned": {m: 10 * v for m, v in versions.items()},
+        "prediction": prediction, "probabilities": as_json(probabilities),
         "kind": kind, "path": list(path), "decided_by": decided_by, "decision": decision,
         "reason": reason,
     }  # fmt: skip
