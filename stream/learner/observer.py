@@ -97,12 +97,12 @@ class PrometheusObserver:
                 self._model_errors[key] = n
         for name, state in core.models.items():
             m.set_progressive_metrics(name, state.metric_values())
-        if core.served_metrics:
-            m.set_served_metrics(core.served_metric_values())
             done = state.samples_learned - self._learned.get(name, 0)
             if done > 0:
                 m.samples_learned(name, done)
             self._learned[name] = state.samples_learned
+        if core.served_metrics:
+            m.set_served_metrics(core.served_metric_values())
         for comparison in core.comparisons.values():
             summary = comparison.stats.summary(0.0, comparison.min_samples)
             m.set_comparison(comparison.champion, comparison.challenger, summary)
