@@ -7,7 +7,7 @@ One run, side by side, over the same events already sitting in a real Kafka topi
   bare+decode       the same, decoding the JSON bytes with orjson first
   faust[/raw]       a faust-streaming agent (aiokafka) in a worker subprocess, per event:
                     decode + predict + learn per event, or just count (raw)
-  kafka-python[/raw] `stream.kafka.client.KafkaPythonSource` + the same work, or just count
+  kafka-python[/raw] `bench/kafka_python_source.py` + the same work, or just count
   confluent[/raw]   `stream.kafka.client.ConfluentSource` (librdkafka) + the same work, or just count
 
 Kafka is a real single-node KRaft broker started with `ServiceManager` in a temporary state
@@ -441,9 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     compression = None if args.compression == "none" else args.compression
 
+    from kafka_python_source import KafkaPythonSource
+
     from schemas.settings import Settings
     from stream.dev.services import ServiceManager
-    from stream.kafka.client import ConfluentSource, KafkaPythonSource, create_topics
+    from stream.kafka.client import ConfluentSource, create_topics
 
     workdir = Path(tempfile.mkdtemp(prefix="rs-consume-bench-"))
     manager = ServiceManager(Settings(state_dir=workdir / "state"))
