@@ -105,13 +105,16 @@ class KafkaNode:
         return KafkaCommand([*base, MARKER, str(config)], f"127.0.0.1:{ports['broker']}")
 
 
-def format_kafka_storage(java_command: list[str], config: Path, cluster_id: str) -> None:
-    """Format a KRaft data directory (single node, standalone controller)."""
+def format_kafka_storage(
+    java_command: list[str], config: Path, cluster_id: str, *, standalone: bool = True
+) -> None:
+    """Format a KRaft data directory: a single node as a standalone controller, or (not
+    ``standalone``) a node of a static quorum its config lists (`stream.dev.cluster`)."""
     # ``--cluster-id=ID`` in one argument: a base64 id may begin with "-", which argparse
     # would take for an option after ``-t`` (1 start in 64 failed that way).
     fmt = subprocess.run(
         [*java_command, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-         "-c", str(config), "--standalone"],
+         "-c", str(config), *(["--standalone"] if standalone else [])],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if fmt.returncode != 0:
