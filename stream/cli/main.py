@@ -67,10 +67,28 @@ ServiceNames = Annotated[
 
 
 @services_app.command("up")
-def services_up(names: ServiceNames = None) -> None:
+def services_up(
+    names: ServiceNames = None,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster",
+            help="Replicated instead: 3 Kafka brokers (replication 3, min.insync.replicas 2), "
+            "a Redis primary + replica + 3 Sentinels (and Prometheus); other commands then use "
+            "them.",
+        ),
+    ] = False,
+) -> None:
     """Start the local services (idempotent) and wait until they answer."""
-    manager = svc.ServiceManager(Settings(), log=lambda m: console.print(f"[dim]{m}[/]"))
-    manager.up(tuple(names or svc.SERVICES))
+    settings = Settings()
+    manager = svc.ServiceManager(settings, log=lambda m: console.print(f"[dim]{m}[/]"))
+    if cluster:
+        from stream.dev.cluster import cluster_up
+
+        manager.up(("prometheus",))
+        cluster_up(manager.state_dir, manager.cache_dir, settings.kafka_version, manager.log)
+    else:
+        manager.up(tuple(names or svc.SERVICES))
     _print_status(manager, as_json=False)
 
 
@@ -80,8 +98,12 @@ def services_down(
     purge: Annotated[bool, typer.Option(help="Also delete the local data.")] = False,
 ) -> None:
     """Stop the local services by pid (idempotent)."""
+    from stream.dev.cluster import cluster_down
+
     manager = svc.ServiceManager(Settings())
     stopped = manager.down(tuple(names or svc.SERVICES), purge=purge)
+    if not names:  # and the replicated cluster of `services up --cluster`
+        stopped += cluster_down(manager.state_dir, purge=purge)
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
@@ -92,6 +114,8 @@ def services_status(as_json: Annotated[bool, typer.Option("--json")] = False) ->
 
 
 def _print_status(manager: svc.ServiceManager, *, as_json: bool) -> None:
+    from stream.dev.cluster import cluster_endpoints, cluster_nodes
+
     rows = list(svc.iter_status(manager))
     if as_json:
         ep = manager.endpoints()
@@ -100,6 +124,7 @@ def _print_status(manager: svc.ServiceManager, *, as_json: bool) -> None:
             "redis_url": ep.redis_url,
             "prometheus_url": ep.prometheus_url,
             "services": {n: (r.__dict__ if r else None) for n, r in rows},
+            "cluster": cluster_endpoints(manager.state_dir),  # `services up --cluster`
         }
         out.print_json(json.dumps(payload))
         return
@@ -111,6 +136,9 @@ def _print_status(manager: svc.ServiceManager, *, as_json: bool) -> None:
             table.add_row(name, "[red]stopped[/]", "", "", "", "")
         else:
             table.add_row(name, "[green]running[/]", str(rec.pid), rec.address, rec.url, rec.log)
+    for node in cluster_nodes(manager.state_dir):  # `services up --cluster`
+        address = f"127.0.0.1:{node.port}"
+        table.add_row(node.name, "[green]running[/]", str(node.pid), address, "", node.log)
     out.print(table)
 
 

@@ -344,3 +344,61 @@ class KafkaCluster:
 
     def stop(self) -> list[str]:
         return self.processes.stop()
+
+
+# -- `riverstream services up --cluster` ---------------------------------------------------
+KAFKA_HOME, REDIS_HOME, ENDPOINTS_FILE = "kafka-cluster", "redis-ha", "cluster.json"
+
+
+def _kafka_cluster(state_dir: Path, cache_dir: Path, version: str, log: Log) -> KafkaCluster:
+    return KafkaCluster(state_dir / KAFKA_HOME, cache_dir, version, log)
+
+
+def cluster_up(state_dir: Path, cache_dir: Path, version: str, log: Log) -> dict[str, str]:
+    """Start (or complete) the replicated Kafka and Redis of ``state_dir``; their endpoints,
+    also written to ``cluster.json`` where `cluster_endpoints` reads them."""
+    kafka = _kafka_cluster(state_dir, cache_dir, version, log)
+    kafka.up()
+    log(f"kafka cluster ready at {kafka.bootstrap}")
+    redis_ha = RedisHA(state_dir / REDIS_HOME, log)
+    redis_ha.up()
+    log(f"redis primary + replica ready; sentinels at {redis_ha.sentinels}")
+    endpoints = {
+        "kafka_bootstrap_servers": kafka.bootstrap,
+        "redis_url": redis_ha.url("primary"),
+        "redis_sentinels": redis_ha.sentinels,
+        "redis_sentinel_master": SENTINEL_MASTER,
+    }
+    (state_dir / ENDPOINTS_FILE).write_text(json.dumps(endpoints, indent=2))
+    return endpoints
+
+
+def cluster_nodes(state_dir: Path) -> list[Node]:
+    """The running processes of the cluster of ``state_dir`` (none when it never ran)."""
+    nodes: list[Node] = []
+    for home in (KAFKA_HOME, REDIS_HOME):
+        if (state_dir / home / RECORDS).exists():
+            nodes += _Processes(state_dir / home, lambda _m: None).records().values()
+    return nodes
+
+
+def cluster_endpoints(state_dir: Path) -> dict[str, str] | None:
+    """The endpoints of the cluster of ``state_dir`` while any of its nodes runs."""
+    path = state_dir / ENDPOINTS_FILE
+    if not path.exists() or not cluster_nodes(state_dir):
+        return None
+    endpoints: dict[str, str] = json.loads(path.read_text())
+    return endpoints
+
+
+def cluster_down(state_dir: Path, *, purge: bool = False) -> list[str]:
+    """Stop the cluster's processes by pid; ``purge``: delete its data and ports too."""
+    stopped: list[str] = []
+    for home in (KAFKA_HOME, REDIS_HOME):
+        if (state_dir / home / RECORDS).exists():
+            stopped += _Processes(state_dir / home, lambda _m: None).stop()
+        if purge:
+            shutil.rmtree(state_dir / home, ignore_errors=True)
+    if purge:
+        (state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
+    return stopped

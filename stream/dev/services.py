@@ -29,6 +29,7 @@ from pydantic import SecretStr
 
 from schemas.errors import ServiceError
 from schemas.settings import Settings
+from stream.dev.cluster import cluster_endpoints
 from stream.dev.kafka_node import MARKER as KAFKA_MARKER
 from stream.dev.kafka_node import KafkaNode, kafka_ready
 from stream.dev.ports import free_port, port_is_free, preferred_port, recorded_ports
@@ -333,7 +334,8 @@ def ensure_debian_binary(command: str, package: str) -> str:
 
 def resolve(settings: Settings) -> Settings:
     """Fill unset addresses from the local services' state, if they run, and an unset snapshot
-    key from the local key that `services up` writes."""
+    key from the local key that `services up` writes. A replicated cluster (`services up
+    --cluster`, `stream.dev.cluster`) that runs comes first: its brokers, its Sentinels."""
     update: dict[str, object] = {}
     if settings.snapshot_key is None or not settings.snapshot_key.get_secret_value():
         key_file = settings.state_dir / KEY_FILE
@@ -344,7 +346,13 @@ def resolve(settings: Settings) -> Settings:
         "redis_url": settings.redis_url,
         "prometheus_url": settings.prometheus_url,
     }
-    if not all(missing.values()):
+    cluster = None if all(missing.values()) else cluster_endpoints(settings.state_dir.resolve())
+    if cluster is not None and not settings.redis_sentinels:  # `services up --cluster`
+        update |= {k: v for k, v in cluster.items() if not getattr(settings, k)}
+        prometheus = ServiceManager(settings).endpoints().prometheus_url
+        if prometheus and not settings.prometheus_url:
+            update["prometheus_url"] = prometheus
+    elif not all(missing.values()):
         found = asdict(ServiceManager(settings).endpoints())
         update |= {k: found[k] for k, v in missing.items() if not v and found[k]}
     return settings.model_copy(update=update) if update else settings

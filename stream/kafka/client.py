@@ -116,7 +116,10 @@ def create_topics(bootstrap: str, topics: dict[str, int]) -> list[str]:
         raise KafkaAdapterError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     try:
         existing = set(admin.list_topics())
-        new = [NewTopic(n, p, 1) for n, p in topics.items() if n not in existing]
+        # Replication: the broker's default.replication.factor (-1), so that a replicated
+        # cluster (`riverstream services up --cluster`: 3, with min.insync.replicas 2)
+        # replicates every topic and a single node keeps one copy.
+        new = [NewTopic(n, p, -1) for n, p in topics.items() if n not in existing]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(new)
@@ -148,6 +151,7 @@ class EventProducer:
         linger_ms: int = 20,
         max_block_ms: int = 60_000,
         bootstrap_timeout_ms: int = 30_000,
+        delivery_timeout_ms: int = 120_000,
     ):
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
@@ -155,12 +159,16 @@ class EventProducer:
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=bootstrap,
+                # Nothing acknowledged is lost (acks=all: on every in-sync replica) and nothing is
+                # written twice by a retry (idempotence); retried through a leader election
+                # (a broker's death) for up to delivery_timeout_ms.
                 acks="all",
+                enable_idempotence=True,
+                delivery_timeout_ms=delivery_timeout_ms,
                 linger_ms=linger_ms,
                 batch_size=512 * 1024,
                 compression_type=compression,
                 max_in_flight_requests_per_connection=1,
-                retries=5,
                 max_block_ms=max_block_ms,
                 bootstrap_timeout_ms=bootstrap_timeout_ms,
             )
