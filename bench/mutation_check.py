@@ -190,9 +190,17 @@ def table(baseline: Outcome | None, outcomes: list[tuple[Mutation, Outcome]]) ->
     return "\n".join(lines)
 
 
-def short(names: list[str], keep: int = 4) -> str:
-    shown = [n.rsplit(".", 1)[-1] for n in names[:keep]]
-    return ", ".join(shown) + (f" (+{len(names) - keep})" if len(names) > keep else "")
+def short(names: list[str]) -> str:
+    """Failing tests by module and function, parametrizations counted.
+
+    >>> short(["tests.unit.test_a::test_x[1]", "tests.unit.test_a::test_x[2]", "m::test_y"])
+    'test_a::test_x ×2, m::test_y'
+    """
+    counts: dict[str, int] = {}
+    for name in names:
+        key = name.rsplit(".", 1)[-1].split("[")[0]
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{k} ×{n}" if n > 1 else k for k, n in counts.items())
 
 
 def main() -> int:

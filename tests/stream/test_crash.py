@@ -46,10 +46,11 @@ def test_kill_9_three_times_changes_nothing(settings: Settings, tmp_path: Path) 
         start_version = store.latest_checkpoint()
         target = (start_version[0] if start_version else 0) + rng.randint(1, 4)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
+        while proc.poll() is None:
             latest = store.latest_checkpoint()
             if latest and latest[0] >= target:
                 break
+            assert time.monotonic() < deadline, f"no snapshot v{target}:\n{log.read_text()[-3000:]}"
             time.sleep(0.005)  # polling Redis with a deadline
         assert proc.poll() is None, f"learner ended before being killed:\n{log.read_text()[-3000:]}"
         time.sleep(rng.random() * 0.05)  # a random moment between two snapshots
