@@ -22,7 +22,7 @@ client port) is found in ``/proc/net/tcp`` and its socket in one worker's file d
    it. The learner continues from the target: the version it writes on applying the rollback
    has the target's sample count.
 
-Timings (2 cores shared with other test runs): ≈ 25-40 s.
+Timings on the shared 2-CPU machine (load average 5-10): 31-40 s.
 """
 
 from __future__ import annotations

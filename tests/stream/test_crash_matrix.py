@@ -11,9 +11,9 @@ by a sequence of learner processes, each killed with SIGKILL at one moment:
    learned, so no snapshot can be due); the learner is killed once its /metrics count every
    record of it as consumed, and Redis is checked to hold no checkpoint.
 2. **right after a version becomes visible**: Redis' MONITOR shows the transaction that
-   writes the checkpoint's metadata; the kill follows at once, before the notification and the
-   promotion (in-process mode: the second version of that process, the first written
-   in-process).
+   writes the checkpoint's metadata; the kill follows at once, while the writer is still
+   between that transaction and its notification and promotion, or just past them (in-process
+   mode: the second version of that process, the first written in-process).
 3. **during restore and seek** (right after a restart): with seeds 1 and 3 the kill comes at
    the learner's first read of the checkpoint, with Redis paused for a moment so that the
    restore cannot go further; with seed 2 at its last restore read (the tree's chunks), so that
@@ -30,7 +30,8 @@ uninterrupted run: the equivalence tests show the learner equals it), every malf
 in the dead-letter topic at least once with its reason, and after every kill no process of
 this learner (its snapshot child included, found by its environment) is left running.
 
-Timings (2 cores shared with other test runs): ≈ 20-30 s per case, six cases.
+Timings on the shared 2-CPU machine: 16-22 s per case at a load average of ≈ 5, 30-60 s at
+≈ 10 (six cases: 2-5 minutes). Five learner processes per case; most of it is their start-up.
 """
 
 from __future__ import annotations

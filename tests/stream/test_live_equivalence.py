@@ -19,7 +19,7 @@ delays) and a regressor (linear regression on TrumpApproval, constant delay); no
 late or forced; and several versions were written while publishing was still going on (the
 learner was not handed a finished log).
 
-Timings (2 cores shared with other test runs): ≈ 15-25 s per dataset.
+Timings on the shared 2-CPU machine (load average 5-10): 24-32 s per dataset.
 """
 
 from __future__ import annotations
