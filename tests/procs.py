@@ -60,8 +60,12 @@ def parent(pid: int) -> int | None:
 def children(pid: int) -> list[int]:
     """The live children of ``pid``.
 
-    >>> children(os.getpid())
-    []
+    >>> import subprocess, sys
+    >>> child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    >>> child.pid in children(os.getpid())
+    True
+    >>> child.kill(); _ = child.wait(); child.pid in children(os.getpid())
+    False
     """
     return sorted(p for p in _pids() if parent(p) == pid and alive(p))
 
