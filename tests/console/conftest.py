@@ -13,10 +13,11 @@ import pytest
 from tests.console.helpers import CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     """Headless Chromium from Debian's ``chromium`` package (installed by .ci/run); never
-    skipped when missing."""
+    skipped when missing. Per module, not per session: Playwright's sync API keeps an event
+    loop running in the main thread while it is open, and later tests call ``asyncio.run``."""
     from playwright.sync_api import sync_playwright
 
     path = shutil.which("chromium") or CHROMIUM

@@ -44,8 +44,13 @@ def test_cooperative_loading_keeps_other_threads_running() -> None:
     rng = random.Random(3)
     model_like = [{f"f{i}": rng.random() for i in range(10)} for _ in range(150_000)]
     blob = dump_signed(model_like, b"key")
-    plain_pause, plain_seconds = _longest_pause_while_loading(blob, cooperative=False)
-    assert plain_pause > plain_seconds / 4, (plain_pause, plain_seconds)
+    plain: list[tuple[float, float]] = []
+    for _ in range(3):  # the OS may also run the other thread on a busy machine: longest counts
+        plain.append(_longest_pause_while_loading(blob, cooperative=False))
+        if plain[-1][0] > plain[-1][1] / 4:
+            break
+    plain_pause, plain_seconds = max(plain)
+    assert plain_pause > plain_seconds / 4, plain
     coop_pauses = []
     for _ in range(3):
         coop_pause, coop_seconds = _longest_pause_while_loading(blob, cooperative=True)
