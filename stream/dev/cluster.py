@@ -27,7 +27,9 @@ import base64
 import contextlib
 import functools
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -70,6 +72,17 @@ def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _dead(pid: int) -> bool:
+    return not _alive(pid)
+
+
 def _alive(pid: int) -> bool:
     from stream.dev.services import pid_alive
 
@@ -109,14 +122,25 @@ class _Processes:
         self._save(records)
         return node
 
-    def stop(self, names: list[str] | None = None) -> list[str]:
-        from stream.dev.services import stop_pid
+    def stop(self, names: list[str] | None = None, *, graceful: bool = True) -> list[str]:
+        """Stop by pid (if it still runs its program): SIGTERM and a wait, or with
+        ``graceful=False`` SIGKILL at once (for data about to be deleted)."""
+        from stream.dev.services import stop_pid, wait_until
 
         records = self.records()
         stopped = []
         for name in list(records) if names is None else names:
             node = records.pop(name, None)
-            if node is not None and stop_pid(node.pid, node.marker):
+            if node is None:
+                continue
+            if graceful:
+                if stop_pid(node.pid, node.marker):
+                    stopped.append(name)
+            elif node.marker in _cmdline(node.pid):
+                os.kill(node.pid, signal.SIGKILL)
+                wait_until(functools.partial(_dead, node.pid), 10, f"{name} to die")
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(node.pid, os.WNOHANG)
                 stopped.append(name)
         self._save(records)
         return stopped
@@ -342,8 +366,8 @@ class KafkaCluster:
     def node(self, n: int) -> Node | None:
         return self.processes.records().get(f"kafka-{n}")
 
-    def stop(self) -> list[str]:
-        return self.processes.stop()
+    def stop(self, *, graceful: bool = True) -> list[str]:
+        return self.processes.stop(graceful=graceful)
 
 
 # -- `riverstream services up --cluster` ---------------------------------------------------

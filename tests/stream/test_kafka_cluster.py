@@ -31,7 +31,7 @@ from tests.stream.helpers import fast, publish, spawn_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-DATASET, LIMIT, DELAY, SEED = "synth.Agrawal", 16_000, 100, 5
+DATASET, LIMIT, DELAY, SEED = "synth.Agrawal", 10_000, 100, 5
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def kafka_cluster(tmp_path: Path) -> Iterator[KafkaCluster]:
         cluster.up()
         yield cluster
     finally:
-        cluster.stop()
+        cluster.stop(graceful=False)  # its data goes with tmp_path
 
 
 def messages(bootstrap: str, topic: str) -> int:

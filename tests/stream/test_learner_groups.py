@@ -36,7 +36,7 @@ from tests.stream.helpers import fast, final_model, publish, spawn_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-DATASET, LIMIT, DELAY, SEED = "synth.Agrawal", 9_000, 100, 7
+DATASET, LIMIT, DELAY, SEED = "synth.Agrawal", 6_000, 100, 7
 MODELS = {"lr": "logreg", "tree": "hoeffding"}
 
 

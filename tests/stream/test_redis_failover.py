@@ -39,7 +39,7 @@ from tests.stream.helpers import fast, publish, spawn_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-DATASET, LIMIT, DELAY, SEED = "synth.Agrawal", 24_000, 100, 3
+DATASET, LIMIT, DELAY, SEED = "synth.Agrawal", 12_000, 100, 3
 
 
 @pytest.fixture
