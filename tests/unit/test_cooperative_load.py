@@ -36,29 +36,27 @@ def _longest_pause_while_loading(blob: bytes, cooperative: bool) -> tuple[float,
 
 
 def test_cooperative_loading_keeps_other_threads_running() -> None:
-    """The plain path holds the interpreter for most of its unpickling: the other thread stalls
-    for a good part of the load (asserted, so that the comparison has a baseline). The
-    cooperative path's longest stall is a fraction of that. A stall can also come from the OS
-    scheduler on a busy machine, whatever the loader does: the cooperative load is measured up
-    to three times and its shortest longest-stall counts."""
+    """While a large snapshot is unpickled cooperatively, the other thread (a request loop)
+    never waits more than a small part of the load: asserted in absolute terms, and against
+    the plain path when, in this process, the plain path does stall (alone it holds the
+    interpreter for most of the load; in a process where other code has changed how objects
+    unpickle it may not, and then only the absolute bound is checked). A stall can also come
+    from the OS scheduler on a busy machine: the cooperative load is measured up to three
+    times and its shortest longest-stall counts."""
     rng = random.Random(3)
     model_like = [{f"f{i}": rng.random() for i in range(10)} for _ in range(150_000)]
     blob = dump_signed(model_like, b"key")
-    plain: list[tuple[float, float]] = []
-    for _ in range(3):  # the OS may also run the other thread on a busy machine: longest counts
-        plain.append(_longest_pause_while_loading(blob, cooperative=False))
-        if plain[-1][0] > plain[-1][1] / 4:
-            break
-    plain_pause, plain_seconds = max(plain)
-    assert plain_pause > plain_seconds / 4, plain
-    coop_pauses = []
+    plain_pause, plain_seconds = _longest_pause_while_loading(blob, cooperative=False)
+    coop: list[tuple[float, float]] = []
     for _ in range(3):
-        coop_pause, coop_seconds = _longest_pause_while_loading(blob, cooperative=True)
-        assert coop_seconds < 3 * plain_seconds
-        coop_pauses.append(coop_pause)
-        if coop_pause < plain_pause / 4:
+        coop.append(_longest_pause_while_loading(blob, cooperative=True))
+        if coop[-1][0] < coop[-1][1] / 8:
             break
-    assert min(coop_pauses) < plain_pause / 4, (coop_pauses, plain_pause)
+    coop_pause, coop_seconds = min(coop)
+    assert coop_seconds < 3 * plain_seconds, (coop, plain_seconds)
+    assert coop_pause < max(0.05, coop_seconds / 4), coop
+    if plain_pause > plain_seconds / 4:  # the baseline stalls: the cooperative path must not
+        assert coop_pause < plain_pause / 4, (coop, plain_pause)
     assert load_signed(blob, b"key", cooperative=True) == model_like
 
 
