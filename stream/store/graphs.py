@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -22,17 +21,7 @@ import redis
 from schemas.errors import SnapshotError
 from schemas.graphs import GraphSpec, parse_graph
 from stream.store.keys import Notification, RedisKeys
-from stream.store.snapshots import RedisUnavailableError
-
-
-@contextlib.contextmanager
-def _wrapped(what: str) -> Iterator[None]:
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise RedisUnavailableError(f"{what}: redis unreachable: {exc}") from exc
-    except redis.RedisError as exc:
-        raise SnapshotError(f"{what}: {exc}") from exc
+from stream.store.snapshots import wrapped
 
 
 def _int(raw: bytes | str | None) -> int | None:
@@ -48,24 +37,24 @@ class GraphStore:
 
     def names(self) -> list[str]:
         """Every graph that exists (applied and not deleted), sorted."""
-        with _wrapped("graph names"):
+        with wrapped("graph names"):
             raw = self.client.smembers(self.keys.graphs)
         return sorted(_text(n) for n in raw)
 
     def versions(self, name: str) -> list[int]:
         """The versions of ``name`` kept, oldest first (empty for an unknown graph)."""
-        with _wrapped(f"versions of graph {name}"):
+        with wrapped(f"versions of graph {name}"):
             raw: list[Any] = self.client.zrange(self.keys.graph_versions(name), 0, -1)
         return [int(v) for v in raw]
 
     def promoted(self, name: str) -> int | None:
         """The version serving follows, or None when the graph is not served."""
-        with _wrapped(f"promoted version of graph {name}"):
+        with wrapped(f"promoted version of graph {name}"):
             return _int(self.client.get(self.keys.graph_promoted(name)))
 
     def document(self, name: str, version: int) -> dict[str, Any]:
         """The stored document of ``name`` v``version`` (`SnapshotError` when there is none)."""
-        with _wrapped(f"graph {name} v{version}"):
+        with wrapped(f"graph {name} v{version}"):
             raw = self.client.get(self.keys.graph_doc(name, version))
         if raw is None:
             raise SnapshotError(f"no graph {name} v{version}")
@@ -104,13 +93,13 @@ class GraphSubscription:
 
     def __init__(self, client: redis.Redis, channel: str) -> None:
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        with _wrapped("subscribe"):
+        with wrapped("subscribe"):
             self._pubsub.subscribe(channel)
 
     def get(self, timeout: float) -> Notification | None:
         """The next graph notification, or None after ``timeout`` seconds (or on any other
         message)."""
-        with _wrapped("graph notifications"):
+        with wrapped("graph notifications"):
             message = self._pubsub.get_message(timeout=timeout)
         if message is None or message.get("type") != "message":
             return None
