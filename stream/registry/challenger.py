@@ -99,6 +99,16 @@ class ChallengerPolicy:
         if self.min_labels < 1:
             raise RegistryError(f"min-labels must be >= 1, got {self.min_labels}")
 
+    def decide(self, stored: StoredComparison) -> dict[str, Any] | None:
+        """The evidence for promoting, if the comparison ``stored`` says the challenger wins by
+        the margin after at least the minimum labels; None otherwise (or once it fired). Pure:
+        `ChallengerPolicies.evaluate` acts on it, and the A/A check
+        (`tests/stream/registry/test_challenger.py`) calls it after every label."""
+        if self.promoted is not None:
+            return None
+        facts = evidence(stored, self)
+        return facts if facts["decision"] == "b_better" else None
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
@@ -243,10 +253,8 @@ class ChallengerPolicies:
             if policy.promoted is not None:
                 continue
             stored = comparisons.get(policy.champion, policy.challenger)
-            if stored is None:
-                continue
-            facts = evidence(stored, policy)
-            if facts["decision"] != "b_better":
+            facts = None if stored is None else policy.decide(stored)
+            if facts is None:
                 continue
             served = graphs.served(policy.graph)
             if served is None:

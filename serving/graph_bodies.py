@@ -1,0 +1,108 @@
+"""The bodies of graph predict requests and responses: parsing and checking what a request
+carries (features or instances, an optional id per answer), and the JSON bytes of an answer.
+Problems are listed in the shape of `serving.inputs` (`InputError`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from serving.inputs import InputError, InputLimits, check_features
+
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+_MAX_ERRORS = 20
+
+
+def _problem(loc: list[Any], msg: str, kind: str) -> dict[str, Any]:
+    return {"loc": ["body", *loc], "msg": msg, "type": kind}
+
+
+def _type(value: Any) -> str:
+    if isinstance(value, dict):
+        return "object"
+    return "array" if isinstance(value, list) else type(value).__name__
+
+
+def _request_id(value: Any, loc: list[Any], max_length: int) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
+        shown = f"{len(value)} characters" if isinstance(value, str) else _type(value)
+        msg = f"an id is a string of 1 to {max_length} characters or an integer, not {shown}"
+        raise InputError([_problem(loc, msg, "request_id")])
+    return value
+
+
+def parse_graph_body(
+    raw: bytes, limits: InputLimits, max_id_length: int = 256
+) -> tuple[dict[str, Any], str | None] | tuple[list[dict[str, Any]], list[str | None]]:
+    """``(features, id)`` of a single request or ``(instances, ids)`` of a batch (`InputError`
+    listing the problems, in the shape of `serving.inputs`).
+
+    >>> limits = InputLimits(max_features=4, max_instances=2)
+    >>> parse_graph_body(b'{"features": {"x": 1}, "id": "u1"}', limits)
+    ({'x': 1}, 'u1')
+    >>> parse_graph_body(b'{"instances": [{"x": 1}, {"x": 2}], "ids": [7, null]}', limits)
+    ([{'x': 1}, {'x': 2}], ['7', None])
+    """
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InputError([_problem([], f"invalid JSON: {exc}", "json_invalid")]) from None
+    if not isinstance(body, dict):
+        raise InputError([_problem([], f"expected an object, got {_type(body)}", "dict_type")])
+    extra = [k for k in body if k not in ("features", "instances", "id", "ids")]
+    if extra:
+        msg = "unknown field: use 'features' (and 'id') or 'instances' (and 'ids')"
+        raise InputError([_problem([k], msg, "extra_forbidden") for k in extra[:_MAX_ERRORS]])
+    single, batch = "features" in body, "instances" in body
+    if single == batch or (single and "ids" in body) or (batch and "id" in body):
+        msg = (
+            "give either 'features' (and 'id') or 'instances' (and 'ids')"
+            if single or batch
+            else "field required ('features' or 'instances')"
+        )
+        raise InputError([_problem([] if single or batch else ["features"], msg, "value_error")])
+    if single:
+        features = check_features(body["features"], ["features"], limits)
+        return features, _request_id(body.get("id"), ["id"], max_id_length)
+    instances = body["instances"]
+    if not isinstance(instances, list):
+        msg = f"expected an array of feature objects, got {_type(instances)}"
+        raise InputError([_problem(["instances"], msg, "list_type")])
+    if len(instances) > limits.max_instances:
+        msg = f"{len(instances)} instances, the limit is {limits.max_instances}"
+        raise InputError([_problem(["instances"], msg, "too_long")])
+    problems: list[dict[str, Any]] = []
+    for i, x in enumerate(instances):
+        try:
+            check_features(x, ["instances", i], limits)
+        except InputError as exc:
+            problems += exc.detail
+            if len(problems) >= _MAX_ERRORS:
+                break
+    if problems:
+        raise InputError(problems[:_MAX_ERRORS])
+    raw_ids = body.get("ids")
+    if raw_ids is None:
+        no_ids: list[str | None] = [None] * len(instances)
+        return instances, no_ids
+    if not isinstance(raw_ids, list) or len(raw_ids) != len(instances):
+        got = f"{len(raw_ids)} ids" if isinstance(raw_ids, list) else _type(raw_ids)
+        msg = f"expected an array of one id (or null) per instance, got {got}"
+        raise InputError([_problem(["ids"], msg, "ids")])
+    ids = [_request_id(v, ["ids", i], max_id_length) for i, v in enumerate(raw_ids)]
+    return instances, ids
+
+
+def _fallback(obj: Any) -> Any:
+    item = getattr(obj, "item", None)  # numpy scalars not covered by OPT_SERIALIZE_NUMPY
+    return item() if callable(item) else str(obj)
+
+
+def render(content: Any) -> bytes:
+    """The JSON bytes of a response (orjson, as the models' routes: labels as object keys)."""
+    return orjson.dumps(content, default=_fallback, option=_JSON_OPTIONS)

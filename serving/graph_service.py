@@ -1,0 +1,160 @@
+"""The graph service of one API process: the graphs followed live, the models they use, and
+the answer (status, body, shadows) to a graph predict request (`serving.graphs` serves it)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from learners.graph import GraphAnswer, GraphInputError, MemberUnavailable
+from learners.predictor import MODEL_INPUT_ERRORS
+from schemas.graph_errors import GraphError
+from serving.graph_bodies import _problem, parse_graph_body
+from serving.inputs import InputError, InputLimits
+from serving.shadows import GraphMetrics, ShadowJob, ShadowRunner
+from stream.store.graph_follower import GraphFollower, ServedGraph, ServedModels
+from stream.store.graphs import GraphStore
+
+if TYPE_CHECKING:
+    from schemas.settings import Settings
+    from serving.telemetry import ServingMetrics
+    from stream.store.follower import SnapshotFollower
+    from stream.store.snapshots import SnapshotStore
+
+GRAPH_PREDICT_ROUTE = "/v1/graphs/{name}/predict"
+
+Observe = Callable[[str, str, int, float], None]
+
+
+class GraphService:
+    """Graph evaluation for one API process: the graph follower, the model lookup, shadows."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: SnapshotStore,
+        models: SnapshotFollower,
+        metrics: ServingMetrics,
+        *,
+        limits: InputLimits,
+        max_body_bytes: int,
+        observe: Observe | None = None,
+    ) -> None:
+        self.metrics = GraphMetrics.for_registry(metrics.registry)
+        self.follower = GraphFollower(
+            GraphStore(store.client, store.keys.prefix),
+            self.metrics,
+            poll_seconds=settings.serve_poll_seconds,
+        )
+        self.models = models
+        self.metric = settings.serve_graph_metric or None
+        self.limits = limits
+        self.max_body_bytes = max_body_bytes
+        self.max_id_length = settings.max_id_length
+        self.start_wait_seconds = settings.serve_start_wait_seconds
+        self.observe: Observe = observe if observe is not None else metrics.observe_request
+        self.shadows = ShadowRunner(self.metrics)
+        self._weights: dict[tuple[str, int], float | None] = {}  # by_metric, per model version
+
+    def start(self) -> None:
+        self.follower.start()
+
+    def stop(self) -> None:
+        self.follower.stop()
+        self.shadows.stop()
+
+    def lookup(self) -> ServedModels:
+        """The models as served now, for one request (or one batch)."""
+        return ServedModels(self.models.served, self.metric, self._weights)
+
+    def evaluate(
+        self, name: str, x: dict[str, Any], request_id: str | None = None
+    ) -> tuple[ServedGraph, GraphAnswer, ServedModels] | None:
+        """Graph ``name``'s answer to ``x`` (None: not served), for other protocols. Raises as
+        `learners.graph.evaluate` does; the caller runs ``answer.shadows`` (`run_later`)."""
+        graph = self.follower.get(name)
+        if graph is None:
+            return None
+        models = self.lookup()
+        return graph, graph.compiled.evaluate(x, models=models, request_id=request_id), models
+
+    def run_later(self, job: ShadowJob | None) -> None:
+        """Queue the shadows of a request whose response is on its way."""
+        if job is not None:
+            self.shadows.submit(job)
+
+    def answer(self, name: str, raw: bytes | None) -> tuple[int, dict[str, Any], ShadowJob | None]:
+        """Status, body and shadows of a graph predict request (``raw`` None: too large)."""
+        started = time.perf_counter()
+        graph = self.follower.get(name)
+        if graph is None:
+            self.observe(GRAPH_PREDICT_ROUTE, "none", 404, time.perf_counter() - started)
+            return 404, {"detail": f"graph {name!r} is unknown"}, None
+        job = None
+        try:
+            if raw is None:
+                raise _TooLarge
+            parsed, ids = parse_graph_body(raw, self.limits, self.max_id_length)
+            models = self.lookup()
+            run = graph.compiled.evaluate
+            if isinstance(parsed, dict):
+                assert not isinstance(ids, list)
+                answer = run(parsed, models=models, request_id=ids)
+                content = {
+                    "graph": name, "graph_version": graph.version, **_fields(answer, models),
+                }  # fmt: skip
+                if answer.shadows:
+                    job = ShadowJob(name, ((answer, parsed),), models)
+            else:
+                assert isinstance(ids, list)
+                answers = [
+                    run(x, models=models, request_id=i) for x, i in zip(parsed, ids, strict=True)
+                ]
+                content = {
+                    "graph": name, "graph_version": graph.version,
+                    "predictions": [_fields(a, models) for a in answers],
+                }  # fmt: skip
+                shadowed = tuple((a, x) for a, x in zip(answers, parsed, strict=True) if a.shadows)
+                if shadowed:
+                    job = ShadowJob(name, shadowed, models)
+            status = 200
+        except _TooLarge:
+            status, content = 413, {"detail": f"body larger than {self.max_body_bytes} bytes"}
+        except InputError as exc:
+            status, content = 422, {"detail": exc.detail}
+        except GraphInputError as exc:
+            status, content = 422, {"detail": [_problem([], str(exc), "graph_input")]}
+        except MemberUnavailable as exc:
+            status, content = 503, {"detail": f"graph {name!r}: {exc}"}
+        except GraphError as exc:  # the members' answers do not fit the graph (kinds mixed)
+            status, content = 503, {"detail": f"graph {name!r} cannot answer: {exc}"}
+        except MODEL_INPUT_ERRORS as exc:
+            msg = f"a model cannot use these features: {type(exc).__name__}: {exc}"
+            status, content = 422, {"detail": [_problem([], msg, "model_input")]}
+        self.observe(GRAPH_PREDICT_ROUTE, name, status, time.perf_counter() - started)
+        return status, content, job
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _fields(answer: GraphAnswer, models: ServedModels) -> dict[str, Any]:
+    """The answer's fields; ``versions`` and ``samples_learned`` name the state of every member
+    used (a member may be served by a live update continuing its version: `stream.store.live`)."""
+    learned = {}
+    for member in answer.versions:
+        served = models.get(member)
+        learned[member] = None if served is None else served.samples_learned
+    return {
+        "versions": answer.versions,
+        "samples_learned": learned,
+        "prediction": answer.prediction,
+        "probabilities": answer.probabilities,
+        "kind": answer.kind,
+        "path": list(answer.path),
+        "decided_by": answer.decided_by,
+        "decision": answer.decision,
+        "reason": answer.reason,
+    }

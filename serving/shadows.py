@@ -1,0 +1,182 @@
+"""Shadows of serving graphs, and the graphs' Prometheus metrics.
+
+Shadows
+-------
+A ``shadow`` node's primary answers; its shadows are evaluated after the response has been sent,
+on one background thread (`ShadowRunner`), against the same model versions as the primary, so
+the response is the same bytes whether a shadow ran, failed or was sampled out. Their results are
+Prometheus metrics (labels ``graph``, ``shadow`` = the shadow node's path, bounded by the graph
+documents): ``riverstream_shadow_runs_total``, ``riverstream_shadow_errors_total`` (with a
+``reason``: ``member_unavailable``, ``model_input``, ``graph``, ``error``),
+``riverstream_shadow_agreements_total`` (the shadow's prediction equals the primary's: divide by
+the runs for the agreement rate; for regressors it counts exact equality only) and
+``riverstream_shadow_duration_seconds``. When the backlog exceeds `SHADOW_BACKLOG` requests,
+further shadows are dropped and counted (``riverstream_shadow_dropped_total``) rather than let
+memory grow.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from learners.graph import GraphAnswer, GraphInputError, MemberUnavailable, run_shadows
+from learners.predictor import MODEL_INPUT_ERRORS
+from schemas.graph_errors import GraphError
+from stream.store.graph_follower import ServedModels
+
+log = logging.getLogger(__name__)
+
+SHADOW_BACKLOG = 1000
+"""Most requests whose shadows wait to run; beyond, shadows are dropped (and counted)."""
+SHADOW_BUCKETS = (1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class GraphMetrics:
+    """The graphs' and shadows' metrics, registered once per Prometheus registry."""
+
+    _by_registry: ClassVar[dict[int, tuple[CollectorRegistry, GraphMetrics]]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.graph_version = Gauge(
+            "riverstream_graph_version", "Graph version served (min over live workers).",
+            ["graph"], multiprocess_mode="livemin", registry=r,
+        )  # fmt: skip
+        self.graph_swaps = Counter(
+            "riverstream_graph_swaps", "Graph versions swapped in.", ["graph"], registry=r
+        )
+        self.graphs_refused = Counter(
+            "riverstream_graphs_refused", "Graph versions refused (invalid documents).",
+            ["graph", "reason"], registry=r,
+        )  # fmt: skip
+        self.shadow_runs = Counter(
+            "riverstream_shadow_runs", "Shadow evaluations run.", ["graph", "shadow"], registry=r
+        )
+        self.shadow_errors = Counter(
+            "riverstream_shadow_errors", "Shadow evaluations that raised (the request was fine).",
+            ["graph", "shadow", "reason"], registry=r,
+        )  # fmt: skip
+        self.shadow_agreements = Counter(
+            "riverstream_shadow_agreements",
+            "Shadow evaluations whose prediction equals the primary answer's.",
+            ["graph", "shadow"], registry=r,
+        )  # fmt: skip
+        self.shadow_dropped = Counter(
+            "riverstream_shadow_dropped", "Shadowed requests dropped: backlog full.", ["graph"],
+            registry=r,
+        )  # fmt: skip
+        self.shadow_duration_seconds = Histogram(
+            "riverstream_shadow_duration_seconds", "Time to evaluate one shadow.",
+            ["graph", "shadow"], buckets=SHADOW_BUCKETS, registry=r,
+        )  # fmt: skip
+
+    @classmethod
+    def for_registry(cls, registry: CollectorRegistry) -> GraphMetrics:
+        """The metrics on ``registry``, created on first use (a registry refuses a second
+        registration of the same names)."""
+        with cls._lock:
+            hit = cls._by_registry.get(id(registry))
+            if hit is None or hit[0] is not registry:
+                hit = (registry, cls(registry))
+                cls._by_registry[id(registry)] = hit
+            return hit[1]
+
+    # GraphFollowerMetrics
+    def graph_swapped(self, graph: str, version: int) -> None:
+        self.graph_version.labels(graph=graph).set(version)
+        self.graph_swaps.labels(graph=graph).inc()
+
+    def graph_refused(self, graph: str, reason: str) -> None:
+        self.graphs_refused.labels(graph=graph, reason=reason).inc()
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowJob:
+    """The shadows of one request, to run after its response: each answer lists its pending
+    shadows (`learners.graph.GraphAnswer.shadows`) and is paired with its features."""
+
+    graph: str
+    answers: tuple[tuple[GraphAnswer, dict[str, Any]], ...]
+    models: ServedModels
+
+
+def _shadow_reason(error: Exception) -> str:
+    if isinstance(error, MemberUnavailable):
+        return "member_unavailable"
+    if isinstance(error, GraphError):
+        return "graph"
+    if isinstance(error, (*MODEL_INPUT_ERRORS, GraphInputError)):
+        return "model_input"
+    return "error"
+
+
+class ShadowRunner:
+    """Runs shadow jobs on one background thread; never raises into its caller."""
+
+    def __init__(self, metrics: GraphMetrics, backlog: int = SHADOW_BACKLOG) -> None:
+        self.metrics = metrics
+        self.backlog = backlog
+        self._slots = threading.BoundedSemaphore(backlog)
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, job: ShadowJob) -> bool:
+        """Queue ``job``; False (and counted) when the backlog is full."""
+        if not self._slots.acquire(blocking=False):
+            self.metrics.shadow_dropped.labels(graph=job.graph).inc()
+            return False
+        try:
+            with self._lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="graph-shadows")
+                self._executor.submit(self._run, job)
+        except RuntimeError:  # shutting down
+            self._slots.release()
+            return False
+        return True
+
+    def _run(self, job: ShadowJob) -> None:
+        try:
+            m = self.metrics
+            for answer, x in job.answers:
+                for result in run_shadows(answer, x, job.models):
+                    labels = {"graph": job.graph, "shadow": result.path}
+                    m.shadow_runs.labels(**labels).inc()
+                    m.shadow_duration_seconds.labels(**labels).observe(result.seconds)
+                    if result.error is not None:
+                        reason = _shadow_reason(result.error)
+                        m.shadow_errors.labels(**labels, reason=reason).inc()
+                    elif result.agrees:
+                        m.shadow_agreements.labels(**labels).inc()
+        except Exception:  # pragma: no cover - run_shadows captures what shadows raise
+            log.exception("shadow job of graph %s failed", job.graph)
+        finally:
+            self._slots.release()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether every queued job has run within ``timeout`` seconds (for tests, shutdown)."""
+        with self._lock:
+            executor = self._executor
+        if executor is None:
+            return True
+        done = threading.Event()
+        try:
+            executor.submit(done.set)  # one thread: it runs after everything queued before
+        except RuntimeError:
+            return True
+        return done.wait(timeout)
+
+    def stop(self) -> None:
+        """Finish the running job, drop the queued ones (a restarted app starts afresh)."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+            self._slots = threading.BoundedSemaphore(self.backlog)  # cancelled jobs held slots
