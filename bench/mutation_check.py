@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MATRIX = "tests/stream/test_crash_matrix.py::test_kill_9_at_every_step_changes_nothing"
+MATRIX = "tests/stream/learner/test_loop_crash_matrix.py::test_kill_9_at_every_step_changes_nothing"
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,9 @@ MUTATIONS = [
         "        buffer.sort()\n",
         "        buffer.sort(key=lambda e: (e[0], -e[1], e[2], e[3], e[4]))\n",
         (
-            "tests/unit/test_join.py",
-            "tests/unit/test_equivalence.py",
-            "tests/stream/test_live_equivalence.py",
+            "tests/learners/test_join.py",
+            "tests/learners/test_core_equivalence.py",
+            "tests/stream/learner/test_live_equivalence.py",
         ),
     ),
     Mutation(
@@ -64,8 +64,8 @@ MUTATIONS = [
         "            resume[key] = buffered[0]\n",
         "            resume[key] = buffered[0] + 1\n",
         (
-            "tests/unit/test_resume_positions.py",
-            "tests/stream/test_crash.py",
+            "tests/stream/checkpoint/test_protocol.py",
+            "tests/stream/learner/test_loop_crash.py",
             f"{MATRIX}[1-in-process]",
             f"{MATRIX}[2-forked]",
         ),
@@ -77,7 +77,7 @@ MUTATIONS = [
         "        self.producer.send(self.topic, record.key, record.value, headers=headers)\n",
         "        if self.pending:\n"
         "            self.producer.send(self.topic, record.key, record.value, headers=headers)\n",
-        ("tests/stream/test_dead_letters.py", f"{MATRIX}[1-forked]"),
+        ("tests/stream/kafka/test_deadletter.py", f"{MATRIX}[1-forked]"),
     ),
     Mutation(
         "unsigned",
@@ -85,7 +85,7 @@ MUTATIONS = [
         "learners/serialization.py",
         "    if not hmac.compare_digest(mac, expected):\n",
         "    if mac != bytes(_MAC_SIZE) and not hmac.compare_digest(mac, expected):\n",
-        ("tests/snapshots/test_store.py", "learners/serialization.py"),
+        ("tests/stream/store/test_snapshots.py", "learners/serialization.py"),
     ),
     Mutation(
         "swap",
@@ -103,9 +103,9 @@ MUTATIONS = [
         "        self._served = {**self._served, name: served}  # the swap\n"
         "        self.metrics.snapshot_swapped(name, version, meta.created_at, seconds)\n",
         (
-            "tests/serving/test_api.py",
-            "tests/serving/test_swap_under_load.py",
-            "tests/serving/test_rollback_multiworker.py",
+            "tests/serving/test_app.py",
+            "tests/serving/test_runner_swap.py",
+            "tests/serving/test_runner_rollback.py",
         ),
     ),
 ]

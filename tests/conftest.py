@@ -16,6 +16,9 @@ import pytest
 
 from schemas.settings import Settings
 from stream.dev.services import SERVICES, Endpoints, ServiceManager
+from tests.support.serving import kit, prefix, store
+
+__all__ = ["kit", "prefix", "store"]  # shared fixtures, defined with their helpers in tests/support
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ Exit status: 0 when done; 1 when the document is invalid, or does not fit the mo
 (unknown graph or version, Redis unreachable...). A refused operation has changed nothing.
 
 Every command prints a line or table for people and, with ``--json``, one JSON document. Like the
-other operator commands it imports neither River nor the learner (tests/unit/test_cli_imports.py).
+other operator commands it imports neither River nor the learner (tests/stream/cli/test_main.py).
 """
 
 from __future__ import annotations

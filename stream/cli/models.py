@@ -15,7 +15,7 @@ promote a winning challenger into a serving graph.
   ``models policy GRAPH`` shows it, ``--delete`` removes it; ``models policies`` lists them.
 
 Exit status: 0 when done, 2 for an error (unknown pair, Redis unreachable...). Like the other
-operator commands it imports neither River nor the learner (tests/unit/test_cli_imports.py).
+operator commands it imports neither River nor the learner (tests/stream/cli/test_main.py).
 """
 
 from __future__ import annotations

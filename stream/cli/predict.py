@@ -2,7 +2,7 @@
 prediction architectures (`stream.predict`).
 
 The runtime modules are imported by the commands that run, so that ``--help`` and the other
-commands stay quick (River takes ≈ 1 s to import; tests/unit/test_cli_imports.py).
+commands stay quick (River takes ≈ 1 s to import; tests/stream/cli/test_main.py).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def open_registry(by: str | None = None) -> Registry:
     """The registry of the configured Redis (addresses from the local services if unset).
 
     It imports the registry and the store, never the learner: River and SciPy take ≈ 1 s to
-    import and no operator command needs them (tests/unit/test_cli_imports.py).
+    import and no operator command needs them (tests/stream/cli/test_main.py).
     """
     from stream.dev.services import resolve
     from stream.registry.registry import Registry

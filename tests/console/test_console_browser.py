@@ -32,7 +32,7 @@ from stream.registry.registry import Registry
 from stream.store.snapshots import SnapshotStore
 from tests.conftest import settings_env
 from tests.console.helpers import serve_console, wait_until, write_version
-from tests.stream.helpers import fast, publish, spawn_cli
+from tests.support.pipeline import fast, publish, spawn_cli
 
 LIVE_TIMEOUT_MS = 60_000
 

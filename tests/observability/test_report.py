@@ -23,7 +23,7 @@ from schemas.settings import Settings
 from stream.learner.runtime import snapshot_store
 from stream.store.trace_reader import TraceReader
 from tests.conftest import settings_env
-from tests.stream.helpers import fast, learn, publish
+from tests.support.pipeline import fast, learn, publish
 
 
 def _points(n: int, every: int = 10, start_wall: float = 1.7e9, **metrics: float) -> list[dict]:

@@ -1,0 +1,31 @@
+"""The README is the front door: its configuration table and commands must stay true."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from schemas.settings import Settings
+from stream.cli.main import app
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+PER_USER = {"cache_dir", "state_dir"}  # defaults under the user's home, not one fixed value
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    documented = dict(re.findall(r"^\| `RIVERSTREAM_([A-Z0-9_]+)` \| `([^`]*)` \|", README, re.M))
+    assert set(documented) == {name.upper() for name in Settings.model_fields}
+    for name, field in Settings.model_fields.items():
+        if name not in PER_USER:
+            assert documented[name.upper()] == str(field.default), name
+    # computed per user: documented as the rule (tests/stream/dev/test_services_state_dir.py tests it)
+    assert documented["STATE_DIR"] == "$XDG_STATE_HOME/riverstream"
+    assert "`~/.local/state/riverstream`" in README
+
+
+def test_the_two_commands_and_the_cli_examples_exist() -> None:
+    assert "riverstream demo" in README and "python -m pytest" in README
+    registered = {c.name or c.callback.__name__ for c in app.registered_commands}
+    registered |= {g.name for g in app.registered_groups}
+    used = set(re.findall(r"^riverstream ([a-z][a-z-]*)", README, re.M))
+    assert used and used <= registered, used - registered

@@ -1,0 +1,302 @@
+"""Faults on real servers with connected clients: the learner rides out Redis dying and hanging,
+and a broker restart.
+
+A learner works through 30 000 events that arrive in three stretches while an API answers a
+steady stream of predictions. Redis (a private one, so the rest of the suite is untouched) is
+killed with -9 and restarted on the same port and data three seconds later, then stopped
+with SIGSTOP for five seconds. Throughout: the learner never exits, it keeps learning while
+Redis is away and snapshots as soon as it is back; the API answers no 5xx; at the end the
+model and metric equal `river.evaluate.progressive_val_score` on the same data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from river import evaluate, metrics
+
+from learners.datasets import dataset_events, load_dataset, river_delay
+from learners.serialization import load_signed
+from learners.specs import build_estimator
+from schemas.settings import Settings
+from stream.dev.ports import PORTS_FILE
+from stream.dev.services import (
+    ServiceManager,
+    ensure_debian_binary,
+    free_port,
+    pid_alive,
+    stop_pid,
+)
+from stream.learner.runtime import snapshot_store
+from tests.support.pipeline import fast, final_model, publish, spawn_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+LIMIT, DELAY, SEED = 30_000, 100, 3
+
+
+class PrivateRedis:
+    """A redis-server of this test: same flags as `riverstream services up`, its own port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir, self.port = directory, free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = ensure_debian_binary("redis-server", "redis-server")
+        argv = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir),
+                "--appendonly", "yes", "--appendfsync", "always", "--save", ""]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        wait(lambda: _pings(client), 20, "redis to start")
+
+    def kill(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+        if sig == signal.SIGKILL:
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            stop_pid(self.proc.pid, "redis-server")
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def wait(check, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``check`` until it holds (no sleeping as synchronisation)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {check.__doc__}"
+        time.sleep(interval)
+
+
+def learner_gauges(port: int) -> dict[str, float]:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return {}
+    found = {}
+    for name in ("riverstream_redis_up", 'riverstream_samples_learned_total{model="lr"}'):
+        match = re.search("^" + re.escape(name) + r" ([0-9.e+]+)$", text, re.MULTILINE)
+        if match:
+            found[name.split("{")[0]] = float(match.group(1))
+    return found
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def steady_requests(url: str, stop: threading.Event, statuses: Counter[int]) -> None:
+    """Predictions, one after another, each on a fresh connection, until ``stop``."""
+    i = 0
+    while not stop.is_set():
+        i += 1
+        body = {"features": {"salary": 20_000.0 + i, "age": 40 + i % 30, "elevel": i % 5}}
+        try:
+            statuses[httpx.post(url, json=body, timeout=15).status_code] += 1
+        except httpx.HTTPError:
+            statuses[0] += 1
+
+
+def test_the_learner_rides_out_redis_killed_and_hung(
+    settings: Settings, private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    metrics_port, api_port = free_port(), free_port()
+    s = fast(
+        settings, redis_url=private_redis.url, learner_metrics_port=metrics_port,
+        snapshot_every_labels=2_000, snapshot_every_seconds=0.5, redis_outage_seconds=120,
+        serve_poll_seconds=0.2,
+        # No idle release between the stretches (that would reorder events across partitions,
+        # the documented limit of equivalence): only once the whole stream is in.
+        watermark_idle_grace=15.0,
+    )  # fmt: skip
+    events = list(dataset_events("synth.Agrawal", label_delay=DELAY, limit=LIMIT, seed=SEED))
+    stretches = [events[i * len(events) // 3 : (i + 1) * len(events) // 3] for i in range(3)]
+    store = snapshot_store(s)
+    log = tmp_path / "learner.log"
+    publish(s, stretches[0])
+    learner = spawn_cli(s, ["learn", "--model", "lr=logreg", "--metric", "Accuracy"], log)
+    api = spawn_cli(s, ["serve", "--port", str(api_port), "--workers", "1"], tmp_path / "api.log")
+    stop, statuses = threading.Event(), Counter[int]()
+    client = None
+    try:
+        wait(lambda: _version(store) is not None, 60, "the first snapshot")
+        ready = f"http://127.0.0.1:{api_port}/readyz"
+        wait(lambda: _status(ready) == 200, 60, "the API to serve the model")
+        client = threading.Thread(
+            target=steady_requests,
+            args=(f"http://127.0.0.1:{api_port}/v1/models/lr/predict", stop, statuses),
+        )
+        client.start()
+        wait(lambda: learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
+             >= len(stretches[0]) // 2 - 2 * DELAY, 60, "the first stretch")  # fmt: skip
+
+        # 1. kill -9 Redis; the second stretch arrives while it is away
+        before = _version(store) or 0
+        private_redis.kill(signal.SIGKILL)
+        publish(s, stretches[1])
+        wait(lambda: learner_gauges(metrics_port).get("riverstream_redis_up") == 0, 30,
+             "the learner to notice the outage")  # fmt: skip
+        wait(lambda: learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
+             >= (len(stretches[0]) + len(stretches[1])) // 2 - 2 * DELAY, 60,
+             "learning to go on while Redis is away")  # fmt: skip
+        assert learner.poll() is None, log.read_text()[-3000:]
+        # The API keeps serving the last good model and says it is stale.
+        wait(lambda: _json(ready).get("stale") is True, 30, "the API to report staleness")
+        assert _status(ready) == 200
+        outage_started = time.monotonic()
+        wait(lambda: time.monotonic() - outage_started >= 3, 10, "three seconds of outage")
+        private_redis.start()  # same port, same data directory
+        wait(lambda: learner_gauges(metrics_port).get("riverstream_redis_up") == 1, 60,
+             "the learner to see Redis back")  # fmt: skip
+        wait(lambda: (_version(store) or 0) > before, 30, "a snapshot after the outage")
+
+        # 2. Redis hangs for five seconds while the third stretch arrives
+        private_redis.kill(signal.SIGSTOP)
+        publish(s, stretches[2])
+        hung = time.monotonic()
+        wait(lambda: time.monotonic() - hung >= 5, 10, "five seconds of a hung Redis")
+        private_redis.kill(signal.SIGCONT)
+        wait(lambda: learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
+             >= LIMIT, 120, "the whole stream")  # fmt: skip
+        assert learner.poll() is None, log.read_text()[-3000:]
+        os.kill(learner.pid, signal.SIGTERM)  # final snapshot of what was processed, exit 0
+        assert learner.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        stop.set()
+        if client is not None:
+            client.join(timeout=30)
+        for proc in (learner, api):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    text = log.read_text()
+    assert "Redis unreachable" in text and "Redis is back after an outage of" in text
+    # It said at start where it stands.
+    assert "models: lr=logreg" in text and f"127.0.0.1:{metrics_port}/metrics" in text
+    assert statuses[200] > 0
+    assert {code for code in statuses if code >= 500 or code == 0} == set(), statuses
+
+    assert_equal_to_river(s)  # nothing learned twice, nothing skipped
+
+
+def _version(store) -> int | None:
+    try:
+        latest = store.latest_checkpoint()
+    except Exception:
+        return None
+    return None if latest is None else latest[0]
+
+
+def _json(url: str) -> dict:
+    try:
+        return httpx.get(url, timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def _status(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+@pytest.fixture
+def private_kafka(tmp_path: Path) -> Iterator[tuple[ServiceManager, str]]:
+    """A broker of this test (started like `riverstream services up`), so that killing it
+    leaves the rest of the suite alone."""
+    state = tmp_path / "kafka-state"
+    manager = ServiceManager(Settings(state_dir=state))
+    (state / "kafka").mkdir(parents=True)
+    ports = {"broker": free_port(), "controller": free_port()}
+    (state / "kafka" / PORTS_FILE).write_text(json.dumps(ports))
+    try:
+        yield manager, manager.up(("kafka",))["kafka"].address
+    finally:
+        manager.down(("kafka",), purge=True)
+
+
+def test_the_learner_rides_out_a_broker_restart(
+    settings: Settings, private_kafka: tuple[ServiceManager, str], tmp_path: Path
+) -> None:
+    """kill -9 of the broker while the learner reads from it, restart in place three seconds
+    later: nothing on our side aborts, the learner continues from where it was, and the end
+    equals River (nothing learned twice, nothing skipped)."""
+    manager, bootstrap = private_kafka
+    metrics_port = free_port()
+    s = fast(
+        settings, kafka_bootstrap_servers=bootstrap, learner_metrics_port=metrics_port,
+        snapshot_every_labels=2_000, watermark_idle_grace=15.0,
+    )  # fmt: skip
+    events = list(dataset_events("synth.Agrawal", label_delay=DELAY, limit=LIMIT, seed=SEED))
+    half = len(events) // 2
+    log = tmp_path / "learner.log"
+    publish(s, events[:half])
+    learner = spawn_cli(s, ["learn", "--model", "lr=logreg", "--metric", "Accuracy"], log)
+    try:
+        wait(lambda: learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
+             >= half // 2 - 2 * DELAY, 90, "the first half")  # fmt: skip
+        broker = manager.running()["kafka"]
+        os.kill(broker.pid, signal.SIGKILL)
+        wait(lambda: not pid_alive(broker.pid), 10, "the broker to die")
+        down = time.monotonic()
+        wait(lambda: time.monotonic() - down >= 3, 10, "three seconds without a broker")
+        assert learner.poll() is None, log.read_text()[-3000:]
+        assert manager.up(("kafka",))["kafka"].address == bootstrap  # in place
+        publish(s, events[half:])
+        wait(lambda: learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
+             >= LIMIT, 120, "the whole stream")  # fmt: skip
+        assert learner.poll() is None, log.read_text()[-3000:]
+        os.kill(learner.pid, signal.SIGTERM)
+        assert learner.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if learner.poll() is None:
+            learner.kill()
+            learner.wait(timeout=10)
+    # Not one event was taken for late: the outage did not count as the partitions' idleness.
+    _v, blob, _o = snapshot_store(s).latest_checkpoint()
+    assert load_signed(blob, s.require_snapshot_key())["core"].counters.late_events == 0
+    assert_equal_to_river(s)
+
+
+def assert_equal_to_river(s: Settings) -> None:
+    model = build_estimator("logreg")
+    accuracy = metrics.Accuracy()
+    data = itertools.islice(load_dataset("synth.Agrawal", seed=SEED), LIMIT)
+    evaluate.progressive_val_score(data, model, accuracy, delay=river_delay(DELAY, SEED))
+    ours = final_model(s, "lr")
+    assert ours.samples_learned == LIMIT
+    assert ours.metric_values() == {"Accuracy": accuracy.get()}
+    for x, _ in itertools.islice(load_dataset("synth.Agrawal", seed=SEED), 0, LIMIT, 1499):
+        assert ours.model.predict_proba_one(x) == model.predict_proba_one(x)

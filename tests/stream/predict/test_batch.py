@@ -1,0 +1,226 @@
+"""Batch predicting end to end: `riverstream score` (a real CLI process) over files and a Kafka
+topic, its answers compared with the API's for the same version, and the lookup table it
+stores in Redis served by ``GET /v1/models/{name}/predictions/{id}``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from river import linear_model, preprocessing
+
+from schemas.events import FeatureEvent
+from schemas.settings import Settings
+from serving.app import create_app
+from stream.kafka.client import EventProducer, read_all
+from stream.store.snapshots import SnapshotStore, open_store
+from tests.support.pipeline import publish, spawn_cli
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def quick(settings: Settings) -> Settings:
+    return settings.model_copy(update={"serve_poll_seconds": 0.2})
+
+
+@pytest.fixture
+def store(quick: Settings) -> Iterator[SnapshotStore]:
+    s = open_store(quick)
+    yield s
+    s.client.close()
+
+
+@pytest.fixture
+def clf(kit: Any, store: SnapshotStore, quick: Settings) -> tuple[int, list[dict[str, Any]]]:
+    """A classifier published to Redis: its version and inputs it can score."""
+    model, kind, inputs = kit.trained_models()["clf"]
+    version = kit.publish(
+        store, "clf", kit.state(model, kind), kind, key=quick.require_snapshot_key()
+    )
+    return version, inputs
+
+
+def score(settings: Settings, args: list[str], log: Path) -> tuple[int, dict[str, Any], str]:
+    """Run ``riverstream score ARGS``: exit status, its JSON report, everything it printed."""
+    proc = spawn_cli(settings, ["score", *args], log)
+    code = proc.wait(timeout=120)
+    text = log.read_text()
+    reports = [json.loads(line) for line in text.splitlines() if line.startswith('{"target"')]
+    assert reports, text
+    log.unlink()
+    return code, reports[-1], text
+
+
+def v1_answers(
+    kit: Any, settings: Settings, features: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """What ``POST /v1/models/clf/predict`` answers for each of ``features``."""
+    with kit.serve_in_thread(create_app(settings)) as api:
+        kit.wait_until(lambda: api.get("/readyz").status_code == 200)
+        out = []
+        for x in features:
+            response = api.post("/v1/models/clf/predict", json={"features": x})
+            assert response.status_code == 200
+            out.append(response.json())
+        return out
+
+
+def assert_equal_to_v1(row: dict[str, Any], v1: dict[str, Any], row_id: str) -> None:
+    assert row == {
+        "id": row_id,
+        "target": "clf",
+        "versions": {"clf": v1["version"]},
+        "prediction": v1["prediction"],
+        "probabilities": v1["probabilities"],
+        "decided_by": "clf",
+    }
+
+
+def test_score_answers_equal_the_api_and_bad_rows_are_reported_by_line(
+    kit: Any, clf: tuple[int, list[dict[str, Any]]], quick: Settings, tmp_path: Path
+) -> None:
+    version, inputs = clf
+    good = [{"id": f"e{i}", "time": i, "features": x} for i, x in enumerate(inputs)]
+    lines = [orjson.dumps(e) for e in good]
+    bad = {  # line number → reason
+        3: (b'{"id": "b1", "time": 1, "features": {', "bad_json"),
+        7: (orjson.dumps({"id": "b2", "features": inputs[0]}), "schema"),
+        12: (
+            orjson.dumps(
+                {"id": "b3", "time": 1, "features": {**inputs[0], "empty_server_form_handler": "x"}}
+            ),
+            "model_input",
+        ),
+    }
+    for line, (raw, _) in sorted(bad.items()):
+        lines.insert(line - 1, raw)
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out.jsonl"
+    code, report, text = score(quick, ["clf", str(source), "--out", str(out)], tmp_path / "log")
+    assert code == 1, text  # rows were not scored
+    assert report["scored"] == len(good) and report["rejected"] == len(bad)
+    assert report["versions"] == {"clf": version}
+    for line, (_, reason) in bad.items():
+        assert re.search(rf"^line {line}: not scored: {reason}", text, re.M), (line, text)
+    rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert [r["id"] for r in rows] == [e["id"] for e in good]  # input order, nothing dropped
+    for row, event, v1 in zip(rows, good, v1_answers(kit, quick, inputs), strict=True):
+        assert_equal_to_v1(row, v1, event["id"])
+    assert len({r["prediction"] for r in rows}) == 2
+
+
+def test_a_pinned_version_gives_byte_identical_output(
+    kit: Any, clf: tuple[int, list[dict[str, Any]]], store: SnapshotStore, quick: Settings,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    version, inputs = clf
+    source = tmp_path / "in.csv"
+    with source.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["id", "time", *inputs[0]])
+        writer.writeheader()
+        for i, x in enumerate(inputs):
+            writer.writerow({"id": f"c{i}", "time": i, **x})
+    args = ["clf", str(source), "--version", str(version), "--out"]
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    assert score(quick, [*args, str(first)], tmp_path / "log")[0] == 0
+    # a newer version is served meanwhile; the pinned run does not change
+    newer = preprocessing.StandardScaler() | linear_model.LogisticRegression(l2=1.0)
+    newer.learn_one(inputs[0], True)
+    kit.publish(store, "clf", newer, "classifier", key=quick.require_snapshot_key())
+    assert score(quick, [*args, str(second)], tmp_path / "log")[0] == 0
+    assert first.read_bytes() == second.read_bytes()
+    unpinned = tmp_path / "c.csv"
+    code, report, _ = score(quick, ["clf", str(source), "--out", str(unpinned)], tmp_path / "log")
+    assert code == 0 and report["versions"] == {"clf": version + 1}
+    assert unpinned.read_bytes() != first.read_bytes()
+    # the CSV holds the JSON Lines answers: JSON cells, the same rows
+    as_jsonl = tmp_path / "a.jsonl"
+    assert score(quick, [*args, str(as_jsonl)], tmp_path / "log")[0] == 0
+    with first.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    answers = [orjson.loads(line) for line in as_jsonl.read_bytes().splitlines()]
+    assert [r["id"] for r in rows] == [a["id"] for a in answers]
+    assert [r["id"] for r in rows] == [f"c{i}" for i in range(len(inputs))]
+    for row, answer in zip(rows, answers, strict=True):
+        assert answer["versions"] == {"clf": version}
+        assert {
+            "id": row["id"], "target": row["target"], "decided_by": row["decided_by"],
+            **{k: json.loads(row[k]) for k in ("versions", "prediction", "probabilities")},
+        } == answer  # fmt: skip
+
+
+def test_score_a_kafka_topic_in_an_event_time_range(
+    clf: tuple[int, list[dict[str, Any]]], quick: Settings, tmp_path: Path
+) -> None:
+    _version, inputs = clf
+    events = [FeatureEvent(f"k{i}", float(i), inputs[i % len(inputs)]) for i in range(60)]
+    assert publish(quick, events).sent == len(events)
+    assert quick.kafka_bootstrap_servers
+    producer = EventProducer(quick.kafka_bootstrap_servers)
+    producer.send(quick.topic_features, b"bad", b"not json", partition=1)
+    producer.flush()
+    producer.close()
+    out = tmp_path / "out.jsonl"
+    spec = f"kafka:{quick.topic_features}:10-39"
+    code, report, text = score(quick, ["clf", spec, "--out", str(out)], tmp_path / "log")
+    assert code == 1, text
+    assert report["scored"] == 30 and report["rejected"] == 1 and report["outside_range"] == 30
+    records = read_all(quick.kafka_bootstrap_servers, [quick.topic_features])
+    bad = next(r for r in records if r.key == b"bad")
+    assert f"partition 1 offset {bad.offset}: not scored: bad_json" in text
+    expected = [  # partition by partition, in offset order
+        orjson.loads(r.value)["id"]
+        for r in sorted(records, key=lambda r: (r.partition, r.offset))
+        if r.key != b"bad" and 10 <= orjson.loads(r.value)["time"] <= 39
+    ]
+    assert [orjson.loads(line)["id"] for line in out.read_bytes().splitlines()] == expected
+
+
+def test_the_lookup_table_serves_the_stored_answers(
+    kit: Any, clf: tuple[int, list[dict[str, Any]]], store: SnapshotStore, quick: Settings,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    version, inputs = clf
+    source = tmp_path / "in.jsonl"
+    rows = [orjson.dumps({"id": f"u/{i}", "time": i, "features": x}) for i, x in enumerate(inputs)]
+    source.write_bytes(b"\n".join(rows) + b"\n")
+    out = tmp_path / "out.jsonl"
+    args = ["clf", str(source), "--into", "redis", "--ttl", "100", "--out", str(out)]
+    code, report, text = score(quick, args, tmp_path / "log")
+    assert code == 0, text
+    table = report["lookup_table"]
+    assert table["rows"] == len(inputs) and table["ttl_seconds"] == 100
+    stored = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    pointer = store.keys.lookup("clf")
+    assert 0 < store.client.pttl(pointer) <= 100_000
+    assert 0 < store.client.pttl(store.keys.lookup_table("clf", table["table"])) <= 100_000
+    with kit.serve_in_thread(create_app(quick)) as api:
+        for row in stored:
+            response = api.get(f"/v1/models/clf/predictions/{row['id']}")  # ids hold a '/'
+            assert response.status_code == 200
+            assert response.json() == {
+                **row, "table": table["table"], "computed_at": table["computed_at"],
+            }  # fmt: skip
+            assert row["versions"] == {"clf": version}
+        assert api.get("/v1/models/clf/predictions/nope").status_code == 404
+        assert api.get("/v1/models/other/predictions/u/0").status_code == 404
+        # a new run replaces the table as a whole: ids it does not hold are gone
+        source.write_bytes(orjson.dumps({"id": "u/0", "time": 0, "features": inputs[1]}) + b"\n")
+        code, report, text = score(quick, args[:-2], tmp_path / "log")
+        assert code == 0, text
+        assert report["lookup_table"]["table"] > table["table"]
+        again = api.get("/v1/models/clf/predictions/u/0").json()
+        assert again["table"] == report["lookup_table"]["table"]
+        assert again["prediction"] == stored[1]["prediction"]
+        assert again["probabilities"] == stored[1]["probabilities"]
+        assert api.get("/v1/models/clf/predictions/u/1").status_code == 404
+    # the replaced table expires after a short grace
+    assert 0 < store.client.ttl(store.keys.lookup_table("clf", table["table"])) <= 60

@@ -1,0 +1,152 @@
+"""The champion/challenger policy against the real Redis: when it fires and when it does not,
+what it writes into the graph and its history, and that it fires once.
+
+Comparisons are written as the learner writes them (`ComparisonStore.write` of
+`ModelComparison.record`), fed with 0/1 outcomes chosen here."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from learners.comparisons import ModelComparison
+from schemas.errors import RegistryError
+from stream.registry.challenger import ChallengerPolicies, swap_champion
+from stream.registry.graphs import GraphRegistry
+from stream.store.comparisons import ComparisonStore
+from stream.store.snapshots import SnapshotStore
+from tests.support.registry import write_version
+
+pytestmark = pytest.mark.integration
+
+
+def compared(n: int, champion_right: float, challenger_right: float) -> ModelComparison:
+    """A classification comparison of ``n`` labels with the given accuracies (paired)."""
+    rng = random.Random(5)
+    comparison = ModelComparison.fresh("tree", "hat", "classifier")
+    for _ in range(n):
+        u = rng.random()
+        comparison.stats.update_correct(u < champion_right, u < challenger_right)
+    return comparison
+
+
+@pytest.fixture
+def graphs(store: SnapshotStore, key: bytes) -> GraphRegistry:
+    write_version(store, key, {"tree": {"Accuracy": 0.7}, "hat": {"Accuracy": 0.8}, "lr": {}})
+    return GraphRegistry(store.client, store.keys.prefix, by="tester")
+
+
+@pytest.fixture
+def policies(store: SnapshotStore) -> ChallengerPolicies:
+    return ChallengerPolicies(store.client, store.keys.prefix, by="tester")
+
+
+def write(store: SnapshotStore, comparison: ModelComparison, version: int = 7) -> None:
+    ComparisonStore(store.client, store.keys.prefix).write(version, [comparison.record()])
+
+
+def test_the_policy_waits_for_enough_labels_and_a_decision_beyond_the_margin(
+    store: SnapshotStore, graphs: GraphRegistry, policies: ChallengerPolicies
+) -> None:
+    first = graphs.apply({"name": "g", "root": {"ensemble": {"members": ["tree", "lr"]}}})
+    policies.set("g", "tree", "hat", margin=0.05, min_labels=1500)
+    assert policies.evaluate() == []  # no comparison written yet
+    write(store, compared(1000, 0.70, 0.90))  # wins clearly, but on too few labels
+    assert policies.evaluate() == []
+    write(store, compared(3000, 0.70, 0.73))  # enough labels, wins by less than the margin
+    assert policies.evaluate() == []
+    write(store, compared(3000, 0.90, 0.70))  # the champion is better
+    assert policies.evaluate() == []
+    assert [e.action for e in graphs.history("g")] == ["apply"]
+
+    winning = compared(3000, 0.70, 0.80)
+    write(store, winning, version=9)
+    [promotion] = policies.evaluate()
+    assert promotion.applied.previous == first.version
+    assert graphs.show("g").document["root"] == {
+        "ensemble": {"members": ["hat", "lr"], "combine": "mean"}
+    }
+    entry = graphs.history("g")[-1]
+    assert (entry.action, entry.from_, entry.to, entry.by) == (
+        "challenger", first.version, promotion.applied.version, "policy:tester",
+    )  # fmt: skip
+    summary = winning.stats.summary(0.05, 1500)
+    evidence = entry.detail["evidence"]
+    assert evidence["n"] == 3000 and evidence["snapshot_version"] == 9
+    assert evidence["interval"] == [summary["lower"], summary["upper"]]
+    assert evidence["difference"] == summary["difference"] and summary["lower"] > 0.05
+    assert "hat beats tree on 3000 labels" in entry.reason
+
+    # it fired once: a rollback by the operator is not undone by the next snapshot
+    graphs.rollback("g", reason="not yet")
+    assert policies.evaluate() == []
+    assert graphs.show("g").version == first.version
+    fired = policies.get("g")
+    assert fired is not None and fired.promoted is not None
+    assert fired.promoted["graph_version"] == promotion.applied.version
+    # set again, it is armed again
+    policies.set("g", "tree", "hat", margin=0.05, min_labels=1500)
+    assert len(policies.evaluate()) == 1
+
+
+def test_a_graph_already_without_the_champion_is_only_marked(
+    store: SnapshotStore, graphs: GraphRegistry, policies: ChallengerPolicies
+) -> None:
+    """What a learner killed between the graph's new version and the policy's update sees."""
+    graphs.apply({"name": "g", "root": "hat"})
+    policies.set("g", "tree", "hat", margin=0.0, min_labels=100)
+    write(store, compared(2000, 0.6, 0.8))
+    assert policies.evaluate() == []
+    assert [e.action for e in graphs.history("g")] == ["apply"]
+    marked = policies.get("g")
+    assert marked is not None and marked.promoted is not None
+
+
+def test_policies_are_listed_deleted_and_checked(
+    store: SnapshotStore, policies: ChallengerPolicies
+) -> None:
+    policies.set("b", "tree", "hat", margin=0.01, min_labels=10)
+    policies.set("a", "lr", "tree", margin=0.0, min_labels=500)
+    assert [(p.graph, p.champion) for p in policies.all()] == [("a", "lr"), ("b", "tree")]
+    assert policies.delete("a") and not policies.delete("a")
+    assert [p.graph for p in policies.all()] == ["b"]
+    with pytest.raises(RegistryError, match="two models"):
+        policies.set("g", "tree", "tree", margin=0.0, min_labels=10)
+    with pytest.raises(RegistryError, match="margin"):
+        policies.set("g", "tree", "hat", margin=-0.1, min_labels=10)
+
+
+def test_swap_champion_keeps_rules_switches_splits_and_shadows_meaningful() -> None:
+    from schemas.graphs import graph_to_dict, parse_graph
+
+    doc = {
+        "name": "g",
+        "root": {
+            "rules": {
+                "rules": [{"when": {"feature": "x", "gt": 1}, "then": {"decision": "review"}}],
+                "over": {
+                    "switch": {
+                        "cases": [{"when": {"feature": "y", "eq": 1}, "then": "tree"}],
+                        "default": {
+                            "split": {
+                                "branches": [
+                                    {"weight": 1, "node": {"shadow": {
+                                        "primary": "tree", "shadows": ["hat", "lr"]}}},
+                                    {"weight": 1, "node": {"sequence": {
+                                        "steps": ["tree", {"model": "lr"}]}}},
+                                ]
+                            }
+                        },
+                    }
+                },
+            }
+        },
+    }  # fmt: skip
+    swapped = graph_to_dict(swap_champion(parse_graph(doc), "tree", "hat"))
+    over = swapped["root"]["rules"]["over"]["switch"]
+    assert over["cases"][0]["then"] == "hat"
+    shadow, sequence = (b["node"] for b in over["default"]["split"]["branches"])
+    assert shadow == {"shadow": {"primary": "hat", "shadows": ["tree", "lr"], "percent": 100.0}}
+    assert sequence == {"sequence": {"steps": [{"model": "hat", "as": "tree"}, "lr"]}}
+    assert parse_graph(swapped).model_names() == ("hat", "lr", "tree")

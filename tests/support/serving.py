@@ -1,0 +1,193 @@
+"""Fixtures shared by every test that serves or stores snapshots without the learner: a unique key
+prefix per test, a store signed with `KEY` under it, and the `kit` of helpers (publish snapshots,
+run an app in a thread, a private redis-server). Registered for the whole suite by
+tests/conftest.py."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import uvicorn
+from river import anomaly, datasets, linear_model, preprocessing
+
+from learners.serialization import dump_signed
+from schemas.settings import Settings
+from stream.dev.services import free_port
+from stream.store.snapshots import SnapshotMeta, SnapshotStore
+
+KEY = b"serving-test-key"
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
+    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {check}")
+        time.sleep(interval)
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is required (Debian package redis-server); never skipped"
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+
+    def ping() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError("redis-server exited")
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_until(ping, timeout=10)
+    finally:
+        client.close()
+    return proc, url
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def make_settings(redis_url: str, prefix: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": redis_url, "redis_prefix": prefix, "snapshot_key": KEY.decode(),
+        "serve_poll_seconds": 0.2,
+    }  # fmt: skip
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def store(redis_url: str, prefix: str) -> Iterator[SnapshotStore]:
+    client = redis.Redis.from_url(redis_url)
+    yield SnapshotStore(client, prefix, KEY)
+    client.close()
+
+
+def publish(
+    store: SnapshotStore,
+    name: str,
+    obj: Any,
+    kind: str,
+    *,
+    key: bytes = KEY,
+    metrics: dict[str, float] | None = None,
+) -> int:
+    """Write ``obj`` as a new version of ``name`` (signed with ``key``, its snapshot's progressive
+    ``metrics`` by default ``{"Accuracy": 0.75}``); return the version."""
+    version = store.next_version()
+    blob = dump_signed(obj, key)
+    metrics = {"Accuracy": 0.75} if metrics is None else metrics
+    meta = SnapshotMeta.describe(
+        name, blob, kind=kind, spec=type(obj).__name__, samples_learned=version * 10,
+        metrics=metrics, offsets={"features:0": version},
+    )  # fmt: skip
+    store.write(version, {name: (blob, meta)}, dump_signed({}, KEY), {"features:0": version})
+    return version
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any) -> Iterator[httpx.Client]:
+    """Run ``app`` (lifespan included) with uvicorn on a free port; yield a client for it."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), timeout=10)
+        assert thread.is_alive(), "uvicorn did not start"
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+class Kit:
+    """Helpers for the tests, as a fixture (test modules cannot import conftest under
+    ``--import-mode=importlib``)."""
+
+    KEY = KEY
+    free_port = staticmethod(free_port)
+    wait_until = staticmethod(wait_until)
+    start_redis = staticmethod(start_redis)
+    stop_process = staticmethod(stop_process)
+    make_settings = staticmethod(make_settings)
+    publish = staticmethod(publish)
+    serve_in_thread = staticmethod(serve_in_thread)
+
+    @staticmethod
+    def trained_models(n: int = 300) -> dict[str, tuple[Any, str, list[dict]]]:
+        return trained_models(n)
+
+    @staticmethod
+    def state(model: Any, kind: str) -> State:
+        return State(model, kind)
+
+
+@pytest.fixture(scope="session")
+def kit() -> type[Kit]:
+    return Kit
+
+
+class State:
+    """Stands in for the learner's ModelState: the estimator lives in ``.model``."""
+
+    def __init__(self, model: Any, kind: str) -> None:
+        self.model = model
+        self.kind = kind
+
+
+def trained_models(n: int = 300) -> dict[str, tuple[Any, str, list[dict]]]:
+    """name -> (trained estimator, kind, sample inputs), from River's bundled datasets."""
+    clf = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    reg = preprocessing.StandardScaler() | linear_model.LinearRegression()
+    det = preprocessing.MinMaxScaler() | anomaly.HalfSpaceTrees(seed=42)
+    phishing = list(datasets.Phishing())[: n + 20]
+    trump = list(datasets.TrumpApproval())[: n + 20]
+    for x, y in phishing[:n]:
+        clf.learn_one(x, y)
+        det.learn_one(x)
+    for x, y in trump[:n]:
+        reg.learn_one(x, y)
+    return {
+        "clf": (clf, "classifier", [x for x, _ in phishing[n:]]),
+        "reg": (reg, "regressor", [x for x, _ in trump[n:]]),
+        "det": (det, "anomaly", [x for x, _ in phishing[n:]]),
+    }
