@@ -15,7 +15,7 @@ import shutil
 import socket
 import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -106,15 +106,21 @@ class KafkaNode:
 
 
 def format_kafka_storage(
-    java_command: list[str], config: Path, cluster_id: str, *, standalone: bool = True
+    java_command: list[str],
+    config: Path,
+    cluster_id: str,
+    *,
+    standalone: bool = True,
+    options: Sequence[str] = (),
 ) -> None:
     """Format a KRaft data directory: a single node as a standalone controller, or (not
-    ``standalone``) a node of a static quorum its config lists (`stream.dev.cluster`)."""
+    ``standalone``) a node of a static quorum its config lists (`stream.dev.cluster`);
+    ``options``: more of the tool's (``--add-scram ...``: users of a SASL/SCRAM listener)."""
     # ``--cluster-id=ID`` in one argument: a base64 id may begin with "-", which argparse
     # would take for an option after ``-t`` (1 start in 64 failed that way).
     fmt = subprocess.run(
         [*java_command, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-         "-c", str(config), *(["--standalone"] if standalone else [])],
+         "-c", str(config), *(["--standalone"] if standalone else []), *options],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if fmt.returncode != 0:
@@ -157,7 +163,7 @@ def kafka_ready(address: str) -> bool:
     """Whether the broker at ``address`` accepts connections and answers metadata requests."""
     from stream.kafka.client import broker_ready
 
-    _host, port = address.rsplit(":", 1)
-    with socket.create_connection(("127.0.0.1", int(port)), timeout=0.5):
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=0.5):
         pass
     return broker_ready(address)

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -33,11 +32,12 @@ from stream.dev.cluster import cluster_endpoints
 from stream.dev.kafka_node import MARKER as KAFKA_MARKER
 from stream.dev.kafka_node import KafkaNode, kafka_ready
 from stream.dev.ports import free_port, port_is_free, preferred_port, recorded_ports
+from stream.dev.processes import pid_alive, stop_pid, wait_until
 
 __all__ = [  # free_port and port_is_free: for the benches and tests that pick ports
     "KEY_FILE", "SERVICES", "STATE_FILE", "Endpoints", "ServiceManager", "ServiceRecord",
     "ensure_debian_binary", "free_port", "iter_status", "pid_alive", "port_is_free",
-    "prometheus_config", "resolve", "stop_pid", "wait_until",
+    "prometheus_config", "redis_ping", "resolve", "stop_pid", "wait_until",
 ]  # fmt: skip
 
 SERVICES = ("kafka", "redis", "prometheus")
@@ -65,62 +65,6 @@ class Endpoints:
     kafka_bootstrap_servers: str | None
     redis_url: str | None
     prometheus_url: str | None
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
-    """Poll ``check`` until it is true or raise `ServiceError` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        if time.monotonic() > deadline:
-            raise ServiceError(f"{what} was not ready within {timeout:.0f} s")
-        time.sleep(interval)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs: a zombie is dead for our purposes, but only once all
-    its threads are. A killed JVM's main thread turns zombie first while its other threads still
-    hold its files and sockets (a listening port among them) for a while."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:  # no /proc, or reaped meanwhile
-        return Path(f"/proc/{pid}").exists() or not Path("/proc/self").exists()
-    for task in tasks:
-        with contextlib.suppress(OSError):  # a thread that vanished meanwhile is dead
-            if (task / "stat").read_text().rsplit(")", 1)[-1].split()[0] not in ("Z", "X"):
-                return True
-    return False
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def stop_pid(pid: int, marker: str, timeout: float = 20.0) -> bool:
-    """SIGTERM, then SIGKILL after ``timeout``; only if the process still runs ``marker``."""
-    if not pid_alive(pid) or marker not in _cmdline(pid):
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not pid_alive(pid), 10, f"process {pid} to die")
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    return True
 
 
 class ServiceManager:
@@ -238,7 +182,7 @@ class ServiceManager:
             "--daemonize", "no", "--protected-mode", "yes", "--io-threads", "1",
         ]  # fmt: skip
         proc, log = self._spawn("redis", argv, data)
-        self._await(proc, lambda: _redis_ping(port), "redis")
+        self._await(proc, lambda: redis_ping(port), "redis")
         url = f"redis://127.0.0.1:{port}/0"
         return ServiceRecord("redis", proc.pid, f"127.0.0.1:{port}", url, time.time(), str(log))
 
@@ -299,8 +243,9 @@ def prometheus_config(targets: list[tuple[str, str]], interval: str = "1s") -> s
     return "\n".join(lines) + "\n"
 
 
-def _redis_ping(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+def redis_ping(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether the Redis (or Sentinel) at ``host:port`` answers PING."""
+    with socket.create_connection((host, port), timeout=0.5) as sock:
         sock.sendall(b"PING\r\n")
         return sock.recv(16).startswith(b"+PONG")
 

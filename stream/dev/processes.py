@@ -1,0 +1,187 @@
+"""Processes of local services: where they run, spawning them, knowing them alive, stopping them.
+
+A `Host` says where a server runs: the address it binds and serves on, and the command prefix
+that puts it there. On one machine that is ``127.0.0.1`` and no prefix (`LOCAL`); a network
+namespace (`stream.dev.netns`) is its private address and ``ip netns exec NAME``, which
+``exec``s the server in place, so the pid recorded is the server's own and it is stopped by pid
+like any other.
+
+`Processes` spawns and stops the processes of one cluster, recorded in ``home`` (so that a
+later command finds and stops them), each checked by a marker in its command line before a
+signal is sent: a pid that the kernel gave to another program since is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from schemas.errors import ServiceError
+
+Log = Callable[[str], None]
+RECORDS = "processes.json"
+
+
+@dataclass(frozen=True)
+class Host:
+    """Where a server runs: the address it binds, and the command prefix that runs it there."""
+
+    address: str = "127.0.0.1"
+    prefix: tuple[str, ...] = ()
+
+    def endpoint(self, port: int) -> str:
+        """``address:port``.
+
+        >>> Host("10.77.0.11").endpoint(9092)
+        '10.77.0.11:9092'
+        """
+        return f"{self.address}:{port}"
+
+
+LOCAL = Host()
+
+
+@dataclass(frozen=True)
+class Node:
+    """One process of a cluster: its name, pid, port and log."""
+
+    name: str
+    pid: int
+    port: int
+    log: str
+    marker: str
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    """Poll ``check`` until it is true or raise `ServiceError` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        if time.monotonic() > deadline:
+            raise ServiceError(f"{what} was not ready within {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs: a zombie is dead for our purposes, but only once all
+    its threads are. A killed JVM's main thread turns zombie first while its other threads still
+    hold its files and sockets (a listening port among them) for a while."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:  # no /proc, or reaped meanwhile
+        return Path(f"/proc/{pid}").exists() or not Path("/proc/self").exists()
+    for task in tasks:
+        with contextlib.suppress(OSError):  # a thread that vanished meanwhile is dead
+            if (task / "stat").read_text().rsplit(")", 1)[-1].split()[0] not in ("Z", "X"):
+                return True
+    return False
+
+
+def cmdline(pid: int) -> str:
+    """The command line of ``pid``, arguments separated by spaces ("" if it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def stop_pid(pid: int, marker: str, timeout: float = 20.0) -> bool:
+    """SIGTERM, then SIGKILL after ``timeout``; only if the process still runs ``marker``."""
+    if not pid_alive(pid) or marker not in cmdline(pid):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(pid), 10, f"process {pid} to die")
+    _reap(pid)
+    return True
+
+
+def kill_pid(pid: int, marker: str) -> bool:
+    """SIGKILL at once and wait for the death, only if the process still runs ``marker``."""
+    if not pid_alive(pid) or marker not in cmdline(pid):
+        return False
+    os.kill(pid, signal.SIGKILL)
+    wait_until(functools.partial(_dead, pid), 10, f"process {pid} to die")
+    _reap(pid)
+    return True
+
+
+def _dead(pid: int) -> bool:
+    return not pid_alive(pid)
+
+
+class Processes:
+    """Spawning and stopping the processes of one cluster, recorded in ``home``."""
+
+    def __init__(self, home: Path, log: Log = lambda _m: None) -> None:
+        self.home, self.log = home, log
+
+    def records(self) -> dict[str, Node]:
+        path = self.home / RECORDS
+        if not path.exists():
+            return {}
+        nodes = {name: Node(**raw) for name, raw in json.loads(path.read_text()).items()}
+        return {name: node for name, node in nodes.items() if pid_alive(node.pid)}
+
+    def _save(self, nodes: dict[str, Node]) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        tmp = self.home / (RECORDS + ".tmp")
+        tmp.write_text(json.dumps({n: asdict(node) for n, node in nodes.items()}, indent=2))
+        tmp.replace(self.home / RECORDS)
+
+    def spawn(
+        self, name: str, argv: list[str], cwd: Path, port: int, marker: str, host: Host = LOCAL
+    ) -> Node:
+        """Start ``argv`` on ``host`` (behind its prefix) in a session of its own."""
+        cwd.mkdir(parents=True, exist_ok=True)
+        log_path = cwd / f"{name}.log"
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen(
+                [*host.prefix, *argv], cwd=cwd, stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        node = Node(name, proc.pid, port, str(log_path), marker)
+        records = self.records()
+        records[name] = node
+        self._save(records)
+        return node
+
+    def stop(self, names: list[str] | None = None, *, graceful: bool = True) -> list[str]:
+        """Stop by pid (if it still runs its program): SIGTERM and a wait, or with
+        ``graceful=False`` SIGKILL at once (for data about to be deleted)."""
+        records = self.records()
+        stopped = []
+        for name in list(records) if names is None else names:
+            node = records.pop(name, None)
+            if node is None:
+                continue
+            stop = stop_pid if graceful else kill_pid
+            if stop(node.pid, node.marker):
+                stopped.append(name)
+        self._save(records)
+        return stopped

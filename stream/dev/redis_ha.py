@@ -1,0 +1,164 @@
+"""Redis with a replica and Sentinels, the real engines: Debian's redis-server and redis-sentinel.
+
+`RedisHA` runs a primary, one replica and three Sentinels (quorum 2, a primary unreachable for
+1 s is down). On the primary's death the Sentinels promote the replica within a few seconds, and
+clients that ask them (`stream.store.connect`) follow. Each process has its own directory under
+``home`` with its configuration, data and log; ports are chosen at the first start and recorded
+(``ports.json``), so a process that died comes back in place with its data (a returning primary
+is turned into a replica by the Sentinels). Every process runs on a `Host`: 127.0.0.1 by
+default, or a network namespace of its own (`stream.dev.netns`, the cross-host test), where it
+binds that host's address only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from stream.dev.ports import free_port, recorded_ports
+from stream.dev.processes import LOCAL, Host, Log, Node, Processes, wait_until
+
+SENTINEL_MASTER = "riverstream"
+
+
+def _protected(host: str) -> str:
+    """Redis' protected mode (no password: loopback clients only) off for a host's private
+    address: the other hosts of its test network must reach it.
+
+    >>> _protected("127.0.0.1"), _protected("10.77.0.11")
+    ('yes', 'no')
+    """
+    return "yes" if host.startswith("127.") else "no"
+
+
+class RedisHA:
+    """Redis primary + replica + three Sentinels in ``home`` (see the module); ``hosts``: the
+    `Host` of each role (``primary``, ``replica``, ``sentinel-1``..3), 127.0.0.1 if not given."""
+
+    ROLES = ("primary", "replica", "sentinel-1", "sentinel-2", "sentinel-3")
+
+    def __init__(
+        self,
+        home: Path,
+        log: Log = lambda _m: None,
+        *,
+        start_timeout: float = 60.0,
+        hosts: Mapping[str, Host] | None = None,
+    ) -> None:
+        self.home = home
+        self.processes = Processes(home, log)
+        self.start_timeout = start_timeout
+        self.hosts = {role: (hosts or {}).get(role, LOCAL) for role in self.ROLES}
+        self.ports = recorded_ports(
+            home, lambda: {role: free_port() for role in self.ROLES}, "redis cluster", 15.0
+        )
+
+    def address(self, role: str) -> tuple[str, int]:
+        return self.hosts[role].address, self.ports[role]
+
+    @property
+    def sentinels(self) -> str:
+        """``RIVERSTREAM_REDIS_SENTINELS`` for this cluster."""
+        return ",".join(self.hosts[r].endpoint(self.ports[r]) for r in self.ROLES[2:])
+
+    def url(self, role: str) -> str:
+        return f"redis://{self.hosts[role].endpoint(self.ports[role])}/0"
+
+    def up(self) -> dict[str, Node]:
+        """Start what is not running (idempotent); wait until the Sentinels watch a primary
+        with a replica in sync."""
+        from stream.dev.services import ensure_debian_binary, redis_ping
+
+        server = ensure_debian_binary("redis-server", "redis-server")
+        sentinel = ensure_debian_binary("redis-sentinel", "redis-sentinel")
+        running = self.processes.records()
+        primary_host, primary_port = self.address("primary")
+        for role in ("primary", "replica"):
+            if role in running:
+                continue
+            data = self.home / role
+            data.mkdir(parents=True, exist_ok=True)
+            host, port = self.address(role)
+            argv = [server, "--bind", host, "--port", str(port),
+                    "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec",
+                    "--save", "", "--daemonize", "no", "--io-threads", "1"]  # fmt: skip
+            argv += ["--protected-mode", _protected(host)]
+            if role == "replica" and not (data / "appendonlydir").exists():
+                argv += ["--replicaof", primary_host, str(primary_port)]
+            self.processes.spawn(role, argv, data, port, "redis-server", self.hosts[role])
+            ping = functools.partial(redis_ping, port, host)
+            wait_until(ping, self.start_timeout, f"redis {role}")
+        for role in self.ROLES[2:]:
+            if role in running:
+                continue
+            home = self.home / role
+            config = home / "sentinel.conf"
+            host, port = self.address(role)
+            if not config.exists():  # a Sentinel rewrites its file: the state it learnt
+                home.mkdir(parents=True, exist_ok=True)
+                config.write_text(self._sentinel_config(host, port, home))
+            self.processes.spawn(role, [sentinel, str(config)], home, port, "redis-sentinel",
+                                 self.hosts[role])  # fmt: skip
+            wait_until(functools.partial(redis_ping, port, host), self.start_timeout, role)
+        wait_until(self._healthy, self.start_timeout, "the Sentinels to watch a replicated primary")
+        return self.processes.records()
+
+    def _sentinel_config(self, host: str, port: int, home: Path) -> str:
+        primary_host, primary_port = self.address("primary")
+        return "\n".join([
+            f"port {port}", f"bind {host}", f"protected-mode {_protected(host)}",
+            "daemonize no", f"dir {home}",
+            f"sentinel monitor {SENTINEL_MASTER} {primary_host} {primary_port} 2",
+            f"sentinel down-after-milliseconds {SENTINEL_MASTER} 1000",
+            f"sentinel failover-timeout {SENTINEL_MASTER} 10000",
+            f"sentinel parallel-syncs {SENTINEL_MASTER} 1",
+            "",
+        ])  # fmt: skip
+
+    def primary(self) -> tuple[str, int] | None:
+        """The primary's address as the Sentinels say (None if none answers)."""
+        import redis
+
+        for role in self.ROLES[2:]:
+            host, port = self.address(role)
+            client = redis.Redis(host=host, port=port, socket_timeout=0.5)
+            with contextlib.suppress(redis.RedisError), client:
+                found: Any = client.sentinel_get_master_addr_by_name(SENTINEL_MASTER)
+                if found:
+                    host = found[0]
+                    return host.decode() if isinstance(host, bytes) else str(host), int(found[1])
+        return None
+
+    def primary_port(self) -> int | None:
+        """The primary's port as the Sentinels say (None if none answers)."""
+        found = self.primary()
+        return None if found is None else found[1]
+
+    def _healthy(self) -> bool:
+        """Every Sentinel knows the primary, its replica (in sync) and the two other Sentinels."""
+        import redis
+
+        primary = self.primary()
+        if primary is None:
+            return False
+        with redis.Redis(host=primary[0], port=primary[1], socket_timeout=0.5) as client:
+            info = client.info("replication")
+            if info.get("role") != "master" or int(info.get("connected_slaves", 0)) < 1:
+                return False
+            if info["slave0"].get("state") != "online":
+                return False
+        for role in self.ROLES[2:]:
+            host, port = self.address(role)
+            with redis.Redis(host=host, port=port, socket_timeout=0.5) as sentinel:
+                master = sentinel.sentinel_master(SENTINEL_MASTER)
+                if int(master["num-slaves"]) < 1 or int(master["num-other-sentinels"]) < 2:
+                    return False
+                if master["flags"] != "master":
+                    return False
+        return True
+
+    def stop(self, *, graceful: bool = True) -> list[str]:
+        return self.processes.stop(graceful=graceful)
