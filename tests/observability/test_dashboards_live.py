@@ -26,8 +26,7 @@ from observability import alerts, dashboards
 from observability.report import build_report, ops_from_prometheus
 from stream.dev.services import free_port
 from stream.learner.telemetry import LearnerMetrics, start_http_server
-
-from .conftest import touch_learner
+from tests.support.metrics import touch_learner
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -265,7 +265,7 @@ def test_every_metric_mentioned_is_exported(live: dict[str, object]) -> None:
     strip = re.compile(r"_(bucket|count|sum|total)$")
     missing = {m for m in mentioned if m not in exported and strip.sub("", m) not in exported}
     # Counters of rare events, exported from their first occurrence (this run has none); their
-    # queries are checked against a real Prometheus in tests/observability/test_prometheus_live.
+    # queries are checked against a real Prometheus in tests/observability/test_dashboards_live.py
     missing -= {"riverstream_graphs_refused_total", "riverstream_shadow_dropped_total",
                 "riverstream_shadow_errors_total"}  # fmt: skip
     assert not missing, sorted(missing)

@@ -1,0 +1,65 @@
+"""Shared fixtures: registries in which every riverstream metric has been touched once."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from serving.graphs import GraphMetrics
+from serving.telemetry import ServingMetrics
+from stream.learner.telemetry import LearnerMetrics
+
+
+def touch_learner(m: LearnerMetrics, now: float) -> None:
+    """Give every learner metric (and label set the dashboards use) a value."""
+    m.mark_up()
+    m.events_consumed("riverstream.features", 50, now=now)
+    m.events_consumed("riverstream.labels", 50, now=now)
+    m.dead_letter("not_finite")
+    m.model_errors("lr", "learn", "LabelTypeError", 1)
+    m.join_outcomes({"joined": 45, "expired": 1, "orphan": 1, "late": 1})
+    m.observe_predict("lr", [3e-6, 4e-6])
+    m.observe_learn("lr", [1e-5, 2e-5])
+    m.samples_learned("lr", 45)
+    m.set_progressive_metrics("lr", {"Accuracy": 0.9})
+    m.set_served_metrics({("lr", 7): {"Accuracy": 0.88}})
+    m.set_consumer_lag("riverstream.features", {0: 3, 1: 0})
+    m.set_watermark_delay(2.0)
+    m.snapshot_written("lr", version=7, size_bytes=1500, duration_seconds=3e-5,
+                       stall_seconds=1e-5, timestamp=now)  # fmt: skip
+    m.drift_detected("lr")
+    m.set_comparison("lr", "tree", {
+        "kind": "classification", "n": 45, "loss_a": 0.2, "loss_b": 0.1, "accuracy_a": 0.8,
+        "accuracy_b": 0.9, "difference": 0.1, "lower": 0.02, "upper": 0.18,
+        "decision": "b_better",
+    })  # fmt: skip
+
+
+def touch_serving(m: ServingMetrics, now: float) -> None:
+    m.observe_request("/models/{name}/predict", "lr", 200, 0.002)
+    m.observe_request("/models/{name}/predict", "lr", 500, 0.003)
+    m.snapshot_swapped("lr", version=7, snapshot_timestamp=now, load_seconds=0.001)
+    m.snapshot_refused("lr", "bad_signature")
+    g = GraphMetrics.for_registry(m.registry)  # graphs and shadows share the API's registry
+    g.graph_swapped("fraud", 3)
+    g.graph_refused("fraud", "invalid")
+    shadow = {"graph": "fraud", "shadow": "root.shadow.shadows[0]"}
+    g.shadow_runs.labels(**shadow).inc()
+    g.shadow_agreements.labels(**shadow).inc()
+    g.shadow_errors.labels(**shadow, reason="TypeError").inc()
+    g.shadow_dropped.labels(graph="fraud").inc()
+    g.shadow_duration_seconds.labels(**shadow).observe(1e-4)
+
+
+@pytest.fixture
+def learner_metrics() -> LearnerMetrics:
+    m = LearnerMetrics(CollectorRegistry())
+    touch_learner(m, 1.7e9)
+    return m
+
+
+@pytest.fixture
+def serving_metrics() -> ServingMetrics:
+    m = ServingMetrics(CollectorRegistry())
+    touch_serving(m, 1.7e9)
+    return m
