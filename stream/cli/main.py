@@ -261,11 +261,20 @@ def learn(
             "with different models share one prefix, each with its own checkpoints.",
         ),
     ] = None,
+    backfill_from: Annotated[
+        str | None,
+        typer.Option(
+            help="TIME (epoch seconds or ISO 8601): models added to a stream already learning "
+            "first learn, alone, the events published since TIME up to its position "
+            "(the others are untouched); then everything goes on live.",
+        ),
+    ] = None,
 ) -> None:
     """Learn from the feature and label topics until stopped (SIGTERM: snapshot, then exit)."""
     import signal
 
     from learners.comparisons import parse_compare_options
+    from stream.learner.backfill import parse_since
     from stream.learner.runtime import build_learner, model_specs
     from stream.registry.owners import check_learner_name
 
@@ -280,6 +289,7 @@ def learn(
         observer=_learner_observer(settings),
         use_fork=not no_fork,
         compare=pairs,
+        backfill_from=None if backfill_from is None else parse_since(backfill_from),
     )
     signal.signal(signal.SIGTERM, lambda *_: learner.stop())
     signal.signal(signal.SIGINT, lambda *_: learner.stop())

@@ -48,6 +48,7 @@ from stream.store.commands import CommandQueue
 from stream.store.snapshots import RedisUnavailableError, SnapshotStore
 
 if TYPE_CHECKING:
+    from stream.learner.backfill import Backfill
     from stream.learner.observing import Observer
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class Learner:
         clock: Clock = time.monotonic,
         use_fork: bool = True,
         compare: ComparePairs = (),
+        backfill: Backfill | None = None,
     ) -> None:
         self.settings = settings
         self.specs = specs
@@ -137,6 +139,10 @@ class Learner:
             self.applied = list(restored.extras.get("applied", []))
         for name, version in start.at_position.items():  # handed over to it (not exact)
             self.core.models[name], _meta = store.load_model(name, version)
+        if backfill is not None:  # new models catch up first (stream.learner.backfill)
+            added = [] if restored is None else restored.added
+            new = [name for name in added if name not in start.at_position]
+            backfill.catch_up(self.core, new, self.offsets, self._skip, self.excluded)
         self._seek()
         self._last_snapshot_at = clock()
         self.outage = Outage(settings.redis_outage_seconds, clock)

@@ -12,6 +12,8 @@ from schemas.records import SnapshotMeta
 from schemas.settings import Settings
 from stream.kafka.client import EventProducer, create_topics, open_source, partitions_for
 from stream.kafka.deadletter import DeadLetters
+from stream.kafka.times import offsets_for_times
+from stream.learner.backfill import Backfill
 from stream.learner.loop import Learner
 from stream.learner.observing import Observer
 from stream.registry.challenger import ChallengerPolicies
@@ -78,6 +80,7 @@ def build_learner(
     observer: Observer | None = None,
     use_fork: bool = True,
     compare: ComparePairs = (),
+    backfill_from: float | None = None,
 ) -> Learner:
     """The learner of ``specs`` on the configured Kafka and Redis; ``compare``: the
     champion/challenger pairs its core compares (`learners.comparisons`)."""
@@ -97,6 +100,15 @@ def build_learner(
     # Learner groups: this learner owns its models, or it does not start (stream.registry.owners).
     claim(store.client, store.keys, settings.learner, [spec.name for spec in specs])
     group = f"{settings.redis_prefix}-learner"
+    backfill = None  # new models catch up from that time first (stream.learner.backfill)
+    if backfill_from is not None:
+        backfill = Backfill(
+            settings,
+            backfill_from,
+            partitions=partitions,
+            open_source=lambda: open_source(bootstrap, f"{group}-backfill"),
+            lookup=lambda parts, since: offsets_for_times(bootstrap, parts, since),
+        )
     learner = Learner(
         settings,
         specs,
@@ -116,6 +128,7 @@ def build_learner(
         ),
         use_fork=use_fork,
         compare=compare,
+        backfill=backfill,
     )
     learner.snapshotter.after_write = promote_after_write(settings.snapshot_retention)
     return learner
