@@ -40,7 +40,6 @@ and counted; it is never dropped silently.
 from __future__ import annotations
 
 import csv
-import functools
 import gc
 import math
 import time
@@ -56,7 +55,7 @@ from schemas.errors import KafkaAdapterError, RiverstreamError, SchemaError
 from schemas.events import EventCodec, FeatureEvent, Limits
 from stream.kafka.client import partitions_for
 from stream.kafka.publish import read_rows, row_json
-from stream.predict.answer import answer_body, encode, encode_value
+from stream.predict.answer import ModelAnswers, encode, encode_value
 from stream.predict.graph_target import GraphTarget
 from stream.store.lookup import LookupTable, TableWriter
 from stream.store.snapshots import SnapshotStore
@@ -343,13 +342,17 @@ def score_rows(
     and write the answers to every sink, in input order; rejections are listed in input order
     too."""
     codec = EventCodec(limits or Limits())
-    answer: Callable[[str, dict[str, Any]], dict[str, Any]]
+    answer: Callable[[str, dict[str, Any]], tuple[dict[str, Any], bytes]]
     if isinstance(served, GraphTarget):
         report = ScoreReport(served.name, dict(served.versions), graph_version=served.version)
-        answer = served.body
+        graph_body = served.body
+
+        def answer(row_id: str, features: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+            body = graph_body(row_id, features)
+            return body, encode(body)
     else:
         report = ScoreReport(served.name, {served.name: served.version})
-        answer = functools.partial(answer_body, served)
+        answer = ModelAnswers(served).answer
     rejected = report.rejected
     low, high = time_range if time_range is not None else (-math.inf, math.inf)
     keep = any(sink.needs_body for sink in sinks)
@@ -367,11 +370,11 @@ def score_rows(
                     report.outside_range += 1
                     continue
                 try:
-                    body = answer(event.id, event.features)
+                    body, encoded = answer(event.id, event.features)
                 except SchemaError as exc:
                     rejected.append(Rejected(where_text(where), str(exc)))
                     continue
-                out.append((event.id, body if keep else None, encode(body)))
+                out.append((event.id, body if keep else None, encoded))
             for sink in sinks:
                 sink.write(out)
             report.scored += len(out)
