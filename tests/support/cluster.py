@@ -42,10 +42,10 @@ def wait(
         time.sleep(0.05)
 
 
-def learned(port: int, model: str = "lr") -> float:
+def learned(port: int, model: str = "lr", host: str = "127.0.0.1") -> float:
     """The learner's ``riverstream_samples_learned_total`` for ``model`` (0 if unreadable)."""
     try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        text = httpx.get(f"http://{host}:{port}/metrics", timeout=2).text
     except httpx.HTTPError:
         return 0.0
     name = f'riverstream_samples_learned_total{{model="{model}"}}'
@@ -92,18 +92,40 @@ class SteadyClient:
 
 
 def assert_equal_to_river(
-    s: Settings, dataset: str, limit: int, delay: int, seed: int, spec: str = "logreg"
+    s: Settings,
+    dataset: str,
+    limit: int,
+    delay: int,
+    seed: int,
+    spec: str = "logreg",
+    name: str = "lr",
 ) -> None:
-    """The final snapshot of ``lr`` equals River's progressive validation on the same data."""
+    """The final snapshot of ``name`` equals River's progressive validation on the same data."""
     model = build_estimator(spec)
     accuracy = metrics.Accuracy()
     data = itertools.islice(load_dataset(dataset, seed=seed), limit)
     evaluate.progressive_val_score(data, model, accuracy, delay=river_delay(delay, seed))
-    ours = final_model(s, "lr")
-    assert ours.samples_learned == limit
+    ours = final_model(s, name)
+    assert ours.samples_learned == limit, name
     assert ours.metric_values() == {"Accuracy": accuracy.get()}
     for x, _ in itertools.islice(load_dataset(dataset, seed=seed), 0, limit, 1499):
         assert ours.model.predict_proba_one(x) == model.predict_proba_one(x)
+
+
+def messages(bootstrap: str, topic: str) -> int:
+    """Messages in ``topic``: the sum of its partitions' end offsets (they start at 0)."""
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "rs-test-count"})
+    try:
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in meta.topics[topic].partitions
+        )
+    finally:
+        consumer.close()
 
 
 def children(pid: int) -> list[int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,15 @@ def replay(
     return publish(settings, dataset_events(dataset, label_delay=delay, limit=limit, seed=seed))
 
 
-def spawn_cli(settings: Settings, args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """``riverstream ARGS`` in a child process with ``settings``, its output appended to ``log``."""
+def spawn_cli(
+    settings: Settings, args: list[str], log: Path, prefix: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """``riverstream ARGS`` in a child process with ``settings``, its output appended to ``log``;
+    ``prefix``: a command that runs it elsewhere (a host's ``ip netns exec NS``, which execs it:
+    the pid is the CLI's)."""
     with log.open("ab") as handle:
         return subprocess.Popen(
-            [sys.executable, "-m", "stream", *args],
+            [*prefix, sys.executable, "-m", "stream", *args],
             env=settings_env(settings), stdout=handle, stderr=subprocess.STDOUT,
         )  # fmt: skip
 

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from learners.datasets import dataset_events
@@ -26,7 +25,7 @@ from schemas.settings import Settings
 from stream.dev.cluster import KafkaCluster
 from stream.dev.services import free_port, pid_alive
 from stream.kafka.publish import Publisher, PublishReport
-from tests.support.cluster import assert_equal_to_river, learned, stop_all, wait
+from tests.support.cluster import assert_equal_to_river, learned, messages, stop_all, wait
 from tests.support.pipeline import fast, publish, spawn_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -44,19 +43,6 @@ def kafka_cluster(tmp_path: Path) -> Iterator[KafkaCluster]:
         yield cluster
     finally:
         cluster.stop(graceful=False)  # its data goes with tmp_path
-
-
-def messages(bootstrap: str, topic: str) -> int:
-    """Messages in ``topic``: the sum of its partitions' end offsets (they start at 0)."""
-    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "rs-test-count"})
-    try:
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in meta.topics[topic].partitions
-        )
-    finally:
-        consumer.close()
 
 
 def test_a_broker_killed_mid_stream_loses_nothing(
