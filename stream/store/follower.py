@@ -3,7 +3,8 @@
 `SnapshotFollower` runs one daemon thread per process. At start it loads the serving version
 (`SnapshotStore.serving_version`: promoted, else latest) of every model, then waits on the
 snapshot channel; each notification makes it re-read that model's pointer, and every
-``poll_seconds`` it re-reads all pointers anyway, so a lost message costs one poll interval.
+``poll_seconds`` it re-reads all pointers anyway, so a lost message costs one poll interval
+(the loop shared with the graphs' follower: `stream.store.following.Follower`).
 
 Loading (fetch, checksum, HMAC, unpickle) happens on this thread, never on a request. The swap
 is one reference assignment of a new dict, so a request sees either the old or the new
@@ -24,12 +25,12 @@ A served model says which state it is: ``version`` (the version continued) and
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from schemas.errors import SnapshotError, SnapshotIntegrityError
+from stream.store.following import Follower
 from stream.store.live import LiveMeta, LiveStore
 from stream.store.snapshots import RedisUnavailableError, SnapshotStore, Subscription
 
@@ -37,7 +38,6 @@ if TYPE_CHECKING:  # imported where a model is loaded: stream.store imports no R
     from learners.predictor import ServedModel
 
 log = logging.getLogger(__name__)
-_MAX_WAIT = 0.25
 
 
 class FollowerMetrics(Protocol):
@@ -48,7 +48,12 @@ class FollowerMetrics(Protocol):
     def snapshot_refused(self, model: str, reason: str) -> None: ...
 
 
-class SnapshotFollower:
+class SnapshotFollower(Follower):
+    """Serving the models of one process (see the module)."""
+
+    thread_name = "snapshot-follower"
+    serving_what = "models"
+
     def __init__(
         self,
         store: SnapshotStore,
@@ -58,22 +63,15 @@ class SnapshotFollower:
         poll_seconds: float = 1.0,
         live: bool = False,
     ) -> None:
+        super().__init__(poll_seconds)
         self.store = store
         self._live = LiveStore(store) if live else None
         self._refused_live: dict[tuple[str, str], str] = {}  # (model, sha256) → reason
         self.metrics = metrics
         self.configured = tuple(models)
-        self.poll_seconds = poll_seconds
         self._served: Mapping[str, ServedModel] = {}
         self._known: tuple[str, ...] = self.configured
         self._refused: dict[tuple[str, int], str] = {}
-        self._redis_error: str | None = "not connected yet"
-        self._last_sync: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._sub: Subscription | None = None
-        self.first_sync = threading.Event()
-        """Set once the first look at Redis is over (done, or Redis unreachable)."""
 
     # -- what requests read ----------------------------------------------------------------
     def get(self, name: str) -> ServedModel | None:
@@ -92,19 +90,14 @@ class SnapshotFollower:
         served = self._served
         expected = self.configured or tuple(sorted(set(self._known) | set(served)))
         missing = [m for m in expected if m not in served]
-        sync_age = None if self._last_sync is None else round(now - self._last_sync, 3)
-        stale = (
-            self._redis_error is not None or sync_age is None or sync_age > 3 * self.poll_seconds
-        )
+        redis = self.redis_status(now)
+        sync_age = redis["last_sync_age_seconds"]
+        stale = not redis["reachable"] or sync_age is None or sync_age > 3 * self.poll_seconds
         return {
             "ready": bool(expected) and not missing,
             "stale": stale,
             "missing": missing,
-            "redis": {
-                "reachable": self._redis_error is None,
-                "error": self._redis_error,
-                "last_sync_age_seconds": sync_age,
-            },
+            "redis": redis,
             "models": {
                 name: {
                     "version": m.version,
@@ -122,65 +115,16 @@ class SnapshotFollower:
         }
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="snapshot-follower", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        self._close_subscription()
-
-    def _run(self) -> None:
-        next_poll = 0.0
-        while not self._stop.is_set():
-            try:
-                if self._sub is None:
-                    self._sub = self.store.subscribe(live=self._live is not None)
-                    next_poll = 0.0  # subscribed first, then synced: nothing falls in between
-                now = time.monotonic()
-                if now >= next_poll:
-                    self.sync()
-                    self.first_sync.set()
-                    next_poll = now + self.poll_seconds
-                wait = max(0.0, min(next_poll - now, _MAX_WAIT))  # short waits: stop() is prompt
-                note = self._sub.get(timeout=wait)
-                if note is not None:
-                    self.refresh(note.model)
-            except SnapshotError as exc:  # Redis unreachable or erroring: keep serving
-                self._lost(exc)
-                self.first_sync.set()
-                self._stop.wait(self.poll_seconds)
-            except Exception:  # pragma: no cover - a bug must not kill the follower
-                log.exception("snapshot follower failed; retrying")
-                self._close_subscription()
-                self._stop.wait(self.poll_seconds)
-
-    def _lost(self, exc: Exception) -> None:
-        if self._redis_error is None:
-            log.warning("redis unreachable, serving the last good models: %s", exc)
-        self._redis_error = str(exc)
-        self._close_subscription()
-
-    def _close_subscription(self) -> None:
-        if self._sub is not None:
-            self._sub.close()
-            self._sub = None
 
     # -- syncing ---------------------------------------------------------------------------
-    def sync(self) -> None:
-        """Check every model's pointer once (raises `SnapshotError` if Redis fails)."""
+    def _subscribe(self) -> Subscription:
+        return self.store.subscribe(live=self._live is not None)
+
+    def _sync(self) -> None:
         if not self.configured:
             self._known = tuple(self.store.models())
         for name in self._known:
             self.refresh(name)
-        self._last_sync = time.time()
-        if self._redis_error is not None:
-            log.info("redis reachable again")
-        self._redis_error = None
 
     def refresh(self, name: str) -> None:
         """Load ``name``'s serving version if it is not the one served (nor refused)."""

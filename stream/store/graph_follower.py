@@ -4,7 +4,8 @@
 start it reads every graph's promoted version (`stream.store.graphs.GraphStore`), then waits on
 the snapshot channel for graph notifications (`Notification` of kind ``graph``); each makes it
 re-read that graph's pointer, and every ``poll_seconds`` it re-reads all of them anyway, so a lost
-message costs one poll interval. A graph that is no longer in ``P:graphs`` (deleted) stops being
+message costs one poll interval (the loop of `stream.store.following.Follower`, shared with
+the models' follower). A graph that is no longer in ``P:graphs`` (deleted) stops being
 served.
 
 Loading a version (fetch the document, `schemas.graphs.parse_graph`, `learners.graph.CompiledGraph`)
@@ -37,7 +38,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,14 +47,14 @@ from learners.graph import CompiledGraph
 from schemas.errors import SnapshotError
 from schemas.graph_errors import GraphError
 from schemas.graphs import GraphSpec, parse_graph
-from stream.store.graphs import GraphStore, GraphSubscription
-from stream.store.snapshots import RedisUnavailableError
+from stream.store.following import Follower
+from stream.store.graphs import GraphStore
+from stream.store.snapshots import RedisUnavailableError, Subscription
 
 if TYPE_CHECKING:
     from learners.predictor import ServedModel
 
 log = logging.getLogger(__name__)
-_MAX_WAIT = 0.25
 
 
 # -- the models a graph evaluates against ---------------------------------------------------
@@ -163,8 +163,11 @@ class ServedGraph:
         }
 
 
-class GraphFollower:
+class GraphFollower(Follower):
     """Serving graphs of one process (see the module)."""
+
+    thread_name = "graph-follower"
+    serving_what = "graphs"
 
     def __init__(
         self,
@@ -173,19 +176,11 @@ class GraphFollower:
         *,
         poll_seconds: float = 1.0,
     ) -> None:
+        super().__init__(poll_seconds)
         self.graphs = graphs
         self.metrics = metrics
-        self.poll_seconds = poll_seconds
         self._served: Mapping[str, ServedGraph] = {}
         self._refused: dict[tuple[str, int], str] = {}
-        self._redis_error: str | None = "not connected yet"
-        self._last_sync: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._sub: GraphSubscription | None = None
-        self._lock = threading.Lock()  # sync() may also be called by a test or a caller
-        self.first_sync = threading.Event()
-        """Set once the first look at Redis is over (done, or Redis unreachable)."""
 
     # -- what requests read ------------------------------------------------------------------
     def get(self, name: str) -> ServedGraph | None:
@@ -197,83 +192,29 @@ class GraphFollower:
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
-        sync_age = None if self._last_sync is None else round(now - self._last_sync, 3)
         return {
             "graphs": {name: g.version for name, g in sorted(self._served.items())},
-            "redis": {
-                "reachable": self._redis_error is None,
-                "error": self._redis_error,
-                "last_sync_age_seconds": sync_age,
-            },
+            "redis": self.redis_status(now),
             "refused": [
                 {"graph": g, "version": v, "reason": r} for (g, v), r in list(self._refused.items())
             ],
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="graph-follower", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        self._close_subscription()
-
-    def _run(self) -> None:
-        next_poll = 0.0
-        while not self._stop.is_set():
-            try:
-                if self._sub is None:
-                    self._sub = self.graphs.subscribe()
-                    next_poll = 0.0  # subscribed first, then synced: nothing falls in between
-                now = time.monotonic()
-                if now >= next_poll:
-                    self.sync()
-                    self.first_sync.set()
-                    next_poll = now + self.poll_seconds
-                wait = max(0.0, min(next_poll - now, _MAX_WAIT))  # short waits: stop() is prompt
-                note = self._sub.get(timeout=wait)
-                if note is not None:
-                    with self._lock:
-                        self.refresh(note.model)
-            except SnapshotError as exc:  # Redis unreachable or erroring: keep serving
-                if self._redis_error is None:
-                    log.warning("redis unreachable, serving the last graphs: %s", exc)
-                self._redis_error = str(exc)
-                self._close_subscription()
-                self.first_sync.set()
-                self._stop.wait(self.poll_seconds)
-            except Exception:  # pragma: no cover - a bug must not kill the follower
-                log.exception("graph follower failed; retrying")
-                self._close_subscription()
-                self._stop.wait(self.poll_seconds)
-
-    def _close_subscription(self) -> None:
-        if self._sub is not None:
-            self._sub.close()
-            self._sub = None
 
     # -- syncing -----------------------------------------------------------------------------
-    def sync(self) -> None:
-        """Check every graph's pointer once; drop the deleted ones (`SnapshotError` if Redis
-        fails)."""
-        with self._lock:
-            names = self.graphs.names()
-            for name in names:
-                self.refresh(name)
-            gone = set(self._served) - set(names)
-            if gone:
-                self._served = {n: g for n, g in self._served.items() if n not in gone}
-                log.info("graphs no longer served: %s", ", ".join(sorted(gone)))
-            self._last_sync = time.time()
-            if self._redis_error is not None and self._redis_error != "not connected yet":
-                log.info("redis reachable again")
-            self._redis_error = None
+    def _subscribe(self) -> Subscription:
+        return self.graphs.subscribe()
+
+    def _sync(self) -> None:
+        """Check every graph's pointer once; drop the deleted ones."""
+        names = self.graphs.names()
+        for name in names:
+            self.refresh(name)
+        gone = set(self._served) - set(names)
+        if gone:
+            self._served = {n: g for n, g in self._served.items() if n not in gone}
+            log.info("graphs no longer served: %s", ", ".join(sorted(gone)))
 
     def refresh(self, name: str) -> None:
         """Serve ``name``'s promoted version if it is not the one served (nor refused); stop

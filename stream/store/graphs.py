@@ -12,7 +12,6 @@ both stores alike. Nothing here imports River: the operator's commands read grap
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
@@ -20,8 +19,8 @@ import redis
 
 from schemas.errors import SnapshotError
 from schemas.graphs import GraphSpec, parse_graph
-from stream.store.keys import Notification, RedisKeys
-from stream.store.snapshots import wrapped
+from stream.store.keys import RedisKeys
+from stream.store.snapshots import Subscription, wrapped
 
 
 def _int(raw: bytes | str | None) -> int | None:
@@ -83,38 +82,9 @@ class GraphStore:
                 return None
             raise
 
-    def subscribe(self) -> GraphSubscription:
+    def subscribe(self) -> Subscription:
         """The graphs' notifications on the shared channel (close it, or use ``with``)."""
-        return GraphSubscription(self.client, self.keys.channel)
-
-
-class GraphSubscription:
-    """The snapshot channel, keeping the graph notifications only (models' are dropped)."""
-
-    def __init__(self, client: redis.Redis, channel: str) -> None:
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        with wrapped("subscribe"):
-            self._pubsub.subscribe(channel)
-
-    def get(self, timeout: float) -> Notification | None:
-        """The next graph notification, or None after ``timeout`` seconds (or on any other
-        message)."""
-        with wrapped("graph notifications"):
-            message = self._pubsub.get_message(timeout=timeout)
-        if message is None or message.get("type") != "message":
-            return None
-        note = Notification.from_json(message["data"], graphs=True)
-        return note if note is not None and note.kind == "graph" else None
-
-    def close(self) -> None:
-        with contextlib.suppress(redis.RedisError, OSError):
-            self._pubsub.close()
-
-    def __enter__(self) -> GraphSubscription:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return Subscription(self.client, self.keys.channel, graphs=True)
 
 
 def _text(raw: bytes | str) -> str:

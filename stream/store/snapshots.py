@@ -283,20 +283,26 @@ class SnapshotStore:
 
 
 class Subscription:
-    """The snapshot channel, as `Notification` objects; errors wrapped like the store's."""
+    """The snapshot channel, as `Notification` objects; errors wrapped like the store's. With
+    ``graphs``, the graphs' notifications only (the models' are dropped), else the models'."""
 
-    def __init__(self, client: redis.Redis, channel: str, *more: str) -> None:
+    def __init__(self, client: redis.Redis, channel: str, *more: str, graphs: bool = False) -> None:
+        self._graphs = graphs
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         with wrapped("subscribe"):
             self._pubsub.subscribe(channel, *more)
 
     def get(self, timeout: float) -> Notification | None:
-        """The next notification, or None after ``timeout`` seconds (or a malformed message)."""
+        """The next notification, or None after ``timeout`` seconds (or a malformed message,
+        or one of the other kind)."""
         with wrapped("snapshot notifications"):
             message = self._pubsub.get_message(timeout=timeout)
         if message is None or message.get("type") != "message":
             return None
-        return Notification.from_json(message["data"])
+        note = Notification.from_json(message["data"], graphs=self._graphs)
+        if self._graphs and (note is None or note.kind != "graph"):
+            return None
+        return note
 
     def close(self) -> None:
         with contextlib.suppress(redis.RedisError, OSError):

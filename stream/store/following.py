@@ -1,0 +1,139 @@
+"""The loop that keeps a process's copy of something in Redis current: `Follower`.
+
+Serving follows two things, models (`stream.store.follower.SnapshotFollower`) and graphs
+(`stream.store.graph_follower.GraphFollower`), the same way; this module is that way, once:
+
+1. One daemon thread subscribes to the snapshot channel *first*, then syncs (reads every
+   pointer), so that no change falls between the two.
+2. Each notification makes it ``refresh`` the one name it is about; every ``poll_seconds`` it
+   syncs everything again anyway, so a lost message costs one poll interval.
+3. When Redis is unreachable (`SnapshotError`), what was loaded keeps serving, ``status`` says
+   so, and the thread retries with the poll interval as back-off. Any other error is logged
+   and retried: a bug must not kill the follower.
+
+Waits are short (`MAX_WAIT`), so ``stop()`` is prompt. ``first_sync`` is set once the first
+look at Redis is over (done, or Redis unreachable), which a starting process waits on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Protocol
+
+from schemas.errors import SnapshotError
+from stream.store.keys import Notification
+
+log = logging.getLogger(__name__)
+MAX_WAIT = 0.25
+NOT_CONNECTED = "not connected yet"
+
+
+class Notifications(Protocol):
+    """A subscription to the snapshot channel (`stream.store.snapshots.Subscription`)."""
+
+    def get(self, timeout: float) -> Notification | None: ...
+
+    def close(self) -> None: ...
+
+
+class Follower(ABC):
+    """One thread following Redis (see the module). Subclasses say how to subscribe, how to
+    sync everything and how to refresh one name; ``refresh`` and ``sync`` run under one lock,
+    so a caller (a test, a starting process) may also sync."""
+
+    thread_name: ClassVar[str]
+    serving_what: ClassVar[str]
+    """Words for the log: ``"models"``, ``"graphs"``."""
+
+    def __init__(self, poll_seconds: float) -> None:
+        self.poll_seconds = poll_seconds
+        self._redis_error: str | None = NOT_CONNECTED
+        self._last_sync: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sub: Notifications | None = None
+        self._lock = threading.RLock()
+        self.first_sync = threading.Event()
+        """Set once the first look at Redis is over (done, or Redis unreachable)."""
+
+    @abstractmethod
+    def _subscribe(self) -> Notifications: ...
+
+    @abstractmethod
+    def _sync(self) -> None:
+        """Refresh every name (raises `SnapshotError` if Redis fails)."""
+
+    @abstractmethod
+    def refresh(self, name: str) -> None:
+        """Serve ``name``'s current version if it is not served yet (nor refused)."""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._close_subscription()
+
+    def sync(self) -> None:
+        """Check every pointer once (raises `SnapshotError` if Redis fails)."""
+        with self._lock:
+            self._sync()
+            self._last_sync = time.time()
+            if self._redis_error not in (None, NOT_CONNECTED):
+                log.info("redis reachable again")
+            self._redis_error = None
+
+    def redis_status(self, now: float) -> dict[str, Any]:
+        """Reachability and the age of the last full sync, for ``status``."""
+        sync_age = None if self._last_sync is None else round(now - self._last_sync, 3)
+        return {
+            "reachable": self._redis_error is None,
+            "error": self._redis_error,
+            "last_sync_age_seconds": sync_age,
+        }
+
+    def _run(self) -> None:
+        next_poll = 0.0
+        while not self._stop.is_set():
+            try:
+                if self._sub is None:
+                    self._sub = self._subscribe()
+                    next_poll = 0.0  # subscribed first, then synced: nothing falls in between
+                now = time.monotonic()
+                if now >= next_poll:
+                    self.sync()
+                    self.first_sync.set()
+                    next_poll = now + self.poll_seconds
+                wait = max(0.0, min(next_poll - now, MAX_WAIT))
+                note = self._sub.get(timeout=wait)
+                if note is not None:
+                    with self._lock:
+                        self.refresh(note.model)
+            except SnapshotError as exc:  # Redis unreachable or erroring: keep serving
+                if self._redis_error in (None, NOT_CONNECTED):
+                    log.warning(
+                        "redis unreachable, serving the last %s: %s", self.serving_what, exc
+                    )
+                self._redis_error = str(exc)
+                self._close_subscription()
+                self.first_sync.set()
+                self._stop.wait(self.poll_seconds)
+            except Exception:  # pragma: no cover - a bug must not kill the follower
+                log.exception("%s failed; retrying", self.thread_name)
+                self._close_subscription()
+                self._stop.wait(self.poll_seconds)
+
+    def _close_subscription(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
