@@ -75,6 +75,42 @@ class Settings(BaseSettings):
         "announced, so that a failover does not lose an announced version (0: no wait).",
     )
     prometheus_url: str | None = Field(None, description="Prometheus base URL.")
+    # -- security of the connections (stream.kafka.security, stream.store.connect) --
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT",
+        description="Kafka connections: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (TLS and "
+        "SASL), the same for the learner, the API, the workers and the CLI.",
+    )
+    kafka_sasl_mechanism: str = Field(
+        "SCRAM-SHA-512", description="SASL mechanism: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="CA certificate (PEM) that signed the brokers' (unset: the system's)."
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM) for brokers that require one (mutual TLS)."
+    )
+    kafka_ssl_keyfile: Path | None = Field(None, description="Its private key (PEM).")
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="Check that a broker's certificate names the host connected to."
+    )
+    redis_username: str | None = Field(
+        None, description="Redis ACL user (also for Sentinels); overrides the URL's."
+    )
+    redis_password: SecretStr | None = Field(
+        None, description="Redis password (of the ACL user, else `requirepass`)."
+    )
+    redis_ssl_cafile: Path | None = Field(
+        None,
+        description="CA certificate (PEM) of Redis' TLS: used with rediss:// URLs (with "
+        "Sentinels: a rediss:// REDIS_URL makes every connection TLS).",
+    )
+    redis_ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM) for a Redis that requires one."
+    )
+    redis_ssl_keyfile: Path | None = Field(None, description="Its private key (PEM).")
 
     # -- local services --
     state_dir: Path = Field(
@@ -219,6 +255,9 @@ class Settings(BaseSettings):
     # -- asynchronous and batch predictions --
     predict_group: str = Field(
         "riverstream.predict", description="Consumer group of the prediction workers."
+    )
+    predict_metrics_port: int = Field(
+        9109, ge=0, le=65535, description="Prediction worker /metrics port (0: no exporter)."
     )
     lookup_ttl_seconds: int = Field(
         604800, ge=0, description="Lifetime of a stored batch prediction table (0: no expiry)."

@@ -47,6 +47,7 @@ from schemas.events import EventCodec, Limits
 from schemas.settings import Settings
 from serving.asgi import read_upto, receive_body, replay
 from stream.kafka.client import EventProducer
+from stream.kafka.security import kafka_security
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Publisher:
 
     def __init__(self, settings: Settings) -> None:
         self.bootstrap = settings.kafka_bootstrap_servers
+        self.security = kafka_security(settings)
         self._producer: EventProducer | None = None
         self._lock = threading.Lock()
 
@@ -79,8 +81,9 @@ class Publisher:
             with self._lock:
                 if self._producer is None:
                     self._producer = EventProducer(
-                        self.bootstrap, linger_ms=1, max_block_ms=3000, bootstrap_timeout_ms=3000
-                    )
+                        self.bootstrap, linger_ms=1, max_block_ms=3000, bootstrap_timeout_ms=3000,
+                        security=self.security,
+                    )  # fmt: skip
                 producer = self._producer
             futures = [producer.send_future(topic, key, value) for topic, key, value in messages]
             deadline = time.monotonic() + timeout

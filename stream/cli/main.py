@@ -147,10 +147,11 @@ def _print_status(manager: svc.ServiceManager, *, as_json: bool) -> None:
 def topics_create() -> None:
     """Create the feature, label and dead-letter topics if they are missing."""
     from stream.kafka.client import create_topics
+    from stream.kafka.security import kafka_security
 
     s = load_settings()
     bootstrap = need(s.kafka_bootstrap_servers, "Kafka", "KAFKA_BOOTSTRAP_SERVERS")
-    created = create_topics(bootstrap, s.topics())
+    created = create_topics(bootstrap, s.topics(), security=kafka_security(s))
     console.print(f"created: {', '.join(created) or 'none (all exist)'}")
 
 

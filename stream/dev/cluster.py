@@ -59,14 +59,15 @@ def cluster_properties(
     """server.properties of node ``node_id`` of a ``nodes``-node KRaft cluster whose broker
     and controller ports are ``ports["broker-N"]`` and ``ports["controller-N"]``, node N on
     ``hosts[N - 1]`` (127.0.0.1 by default). ``listener``: the clients' and brokers' listener
-    when it is not PLAINTEXT, its protocol under ``"protocol"`` and its other properties
-    (`stream.dev.kafka_tls`)."""
+    when it is not PLAINTEXT: its protocol under ``"protocol"``, the controllers' under
+    ``"controller.protocol"``, and its other properties (`stream.dev.secure`)."""
     addr = [h.address for h in hosts] if hosts else ["127.0.0.1"] * nodes
     voters = ",".join(f"{n}@{addr[n - 1]}:{ports[f'controller-{n}']}" for n in range(1, nodes + 1))
     broker, controller = ports[f"broker-{node_id}"], ports[f"controller-{node_id}"]
     host = addr[node_id - 1]
     extra = dict(listener or {})
     protocol = extra.pop("protocol", "PLAINTEXT")
+    controller_protocol = extra.pop("controller.protocol", "PLAINTEXT")
     replication, isr = min(3, nodes), min(2, nodes)
     return "\n".join([
         "process.roles=broker,controller",
@@ -75,7 +76,7 @@ def cluster_properties(
         f"listeners={protocol}://{host}:{broker},CONTROLLER://{host}:{controller}",
         f"advertised.listeners={protocol}://{host}:{broker}",
         "controller.listener.names=CONTROLLER",
-        f"listener.security.protocol.map={protocol}:{protocol},CONTROLLER:PLAINTEXT",
+        f"listener.security.protocol.map={protocol}:{protocol},CONTROLLER:{controller_protocol}",
         f"inter.broker.listener.name={protocol}",
         *(f"{key}={value}" for key, value in extra.items()),
         f"log.dirs={data_dir}",
@@ -136,7 +137,7 @@ class KafkaCluster:
 
     def listener(self) -> dict[str, str]:
         """Properties of the brokers' listener beyond PLAINTEXT (none here; see
-        `stream.dev.kafka_tls.SecureKafkaCluster`)."""
+        `stream.dev.secure.SecureKafkaCluster`)."""
         return {}
 
     def format_options(self) -> list[str]:

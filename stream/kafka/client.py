@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 from schemas.errors import KafkaAdapterError
+from stream.kafka.security import PLAINTEXT, KafkaSecurity
 
 if TYPE_CHECKING:
     from confluent_kafka import KafkaError
@@ -96,22 +97,29 @@ class RecordSource(Protocol):
     def close(self) -> None: ...
 
 
-def broker_ready(bootstrap: str, timeout: float = 2.0) -> bool:
+def broker_ready(
+    bootstrap: str, timeout: float = 2.0, *, security: KafkaSecurity = PLAINTEXT
+) -> bool:
     """True when the broker answers a metadata request."""
     from confluent_kafka.admin import AdminClient
 
-    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout)
+    admin = AdminClient({"bootstrap.servers": bootstrap, **security.librdkafka()})
+    metadata = admin.list_topics(timeout=timeout)
     return bool(metadata.brokers)
 
 
-def create_topics(bootstrap: str, topics: dict[str, int]) -> list[str]:
+def create_topics(
+    bootstrap: str, topics: dict[str, int], *, security: KafkaSecurity = PLAINTEXT
+) -> list[str]:
     """Create missing topics (name → partitions); returns those created. Idempotent."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="rs-admin")
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap, client_id="rs-admin", **security.kafka_python()
+        )
     except KafkaError as exc:
         raise KafkaAdapterError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     try:
@@ -130,10 +138,11 @@ def create_topics(bootstrap: str, topics: dict[str, int]) -> list[str]:
         admin.close()
 
 
-def partitions_for(bootstrap: str, topic: str) -> list[int]:
+def partitions_for(bootstrap: str, topic: str, *, security: KafkaSecurity = PLAINTEXT) -> list[int]:
     from confluent_kafka.admin import AdminClient
 
-    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+    admin = AdminClient({"bootstrap.servers": bootstrap, **security.librdkafka()})
+    meta = admin.list_topics(topic, timeout=10)
     info = meta.topics.get(topic)
     if info is None or info.error is not None:
         raise KafkaAdapterError(f"topic {topic} not found: {info.error if info else 'missing'}")
@@ -152,6 +161,7 @@ class EventProducer:
         max_block_ms: int = 60_000,
         bootstrap_timeout_ms: int = 30_000,
         delivery_timeout_ms: int = 120_000,
+        security: KafkaSecurity = PLAINTEXT,
     ):
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
@@ -171,6 +181,7 @@ class EventProducer:
                 max_in_flight_requests_per_connection=1,
                 max_block_ms=max_block_ms,
                 bootstrap_timeout_ms=bootstrap_timeout_ms,
+                **security.kafka_python(),
             )
         except KafkaError as exc:
             raise KafkaAdapterError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
@@ -250,7 +261,9 @@ class _ConsumedMessage(Protocol):
 class ConfluentSource:
     """librdkafka consumer with manual assignment: offsets come from our snapshots."""
 
-    def __init__(self, bootstrap: str, group_id: str) -> None:
+    def __init__(
+        self, bootstrap: str, group_id: str, *, security: KafkaSecurity = PLAINTEXT
+    ) -> None:
         from confluent_kafka import Consumer
 
         self._consumer = Consumer(
@@ -266,6 +279,7 @@ class ConfluentSource:
                 "reconnect.backoff.ms": 100,
                 "reconnect.backoff.max.ms": 2000,
                 "error_cb": self._on_error,
+                **security.librdkafka(),
             }
         )
         self._assigned: list[tuple[str, int]] = []
@@ -377,18 +391,27 @@ class ConfluentSource:
         self._consumer.close()
 
 
-def open_source(bootstrap: str, group_id: str) -> RecordSource:
+def open_source(
+    bootstrap: str, group_id: str, *, security: KafkaSecurity = PLAINTEXT
+) -> RecordSource:
     """The learner's source: confluent-kafka (measured against kafka-python and faust in
     ``bench/consume_path.py``; the kafka-python source lives there, for that benchmark)."""
-    return ConfluentSource(bootstrap, group_id)
+    return ConfluentSource(bootstrap, group_id, security=security)
 
 
-def read_all(bootstrap: str, topics: Sequence[str], timeout: float = 10.0) -> list[Record]:
+def read_all(
+    bootstrap: str,
+    topics: Sequence[str],
+    timeout: float = 10.0,
+    *,
+    security: KafkaSecurity = PLAINTEXT,
+) -> list[Record]:
     """Every record currently in ``topics`` (for tests and tools), in partition order."""
     import time
 
-    source = ConfluentSource(bootstrap, "rs-read-all")
-    positions = {(t, p): 0 for t in topics for p in partitions_for(bootstrap, t)}
+    source = ConfluentSource(bootstrap, "rs-read-all", security=security)
+    parts = {t: partitions_for(bootstrap, t, security=security) for t in topics}
+    positions = {(t, p): 0 for t in topics for p in parts[t]}
     source.assign(positions)
     out: list[Record] = []
     seen = dict.fromkeys(positions, 0)

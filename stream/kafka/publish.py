@@ -21,6 +21,7 @@ from schemas.errors import SchemaError
 from schemas.events import EventCodec, FeatureEvent, LabelEvent, Limits
 from schemas.settings import Settings
 from stream.kafka.client import EventProducer, create_topics
+from stream.kafka.security import kafka_security
 
 Kind = Literal["features", "labels"]
 
@@ -122,8 +123,11 @@ class Publisher:
             raise SchemaError("config", "kafka_bootstrap_servers", "no Kafka address")
         self.settings = settings
         self.codec = EventCodec(Limits.from_settings(settings))
-        create_topics(settings.kafka_bootstrap_servers, settings.topics())
-        self.producer = producer or EventProducer(settings.kafka_bootstrap_servers)
+        security = kafka_security(settings)
+        create_topics(settings.kafka_bootstrap_servers, settings.topics(), security=security)
+        self.producer = producer or EventProducer(
+            settings.kafka_bootstrap_servers, security=security
+        )
 
     def topic(self, kind: Kind) -> str:
         return self.settings.topic_features if kind == "features" else self.settings.topic_labels

@@ -10,12 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from schemas.errors import KafkaAdapterError
+from stream.kafka.security import PLAINTEXT, KafkaSecurity
 
 Partition = tuple[str, int]
 
 
 def offsets_for_times(
-    bootstrap: str, partitions: Sequence[Partition], epoch_seconds: float, timeout: float = 10.0
+    bootstrap: str,
+    partitions: Sequence[Partition],
+    epoch_seconds: float,
+    timeout: float = 10.0,
+    *,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> dict[Partition, int | None]:
     """Per partition, the first offset whose record was published at or after
     ``epoch_seconds``; None when no record of the partition is that recent."""
@@ -30,6 +36,7 @@ def offsets_for_times(
                 "bootstrap.servers": bootstrap,
                 "group.id": "rs-offsets-for-times",
                 "enable.auto.commit": False,
+                **security.librdkafka(),
             }
         )
     except KafkaException as exc:

@@ -12,6 +12,7 @@ from schemas.records import SnapshotMeta
 from schemas.settings import Settings
 from stream.kafka.client import EventProducer, create_topics, open_source, partitions_for
 from stream.kafka.deadletter import DeadLetters
+from stream.kafka.security import kafka_security
 from stream.kafka.times import offsets_for_times
 from stream.learner.backfill import Backfill
 from stream.learner.loop import Learner
@@ -89,9 +90,10 @@ def build_learner(
         raise ConfigError(
             "no Kafka address: set RIVERSTREAM_KAFKA_BOOTSTRAP_SERVERS or run `riverstream services up`"
         )
-    create_topics(bootstrap, settings.topics())
-    partitions = partitions_for(bootstrap, settings.topic_features)
-    if partitions_for(bootstrap, settings.topic_labels) != partitions:
+    security = kafka_security(settings)
+    create_topics(bootstrap, settings.topics(), security=security)
+    partitions = partitions_for(bootstrap, settings.topic_features, security=security)
+    if partitions_for(bootstrap, settings.topic_labels, security=security) != partitions:
         raise RiverstreamError(
             f"{settings.topic_features} and {settings.topic_labels} must have the same partitions "
             "so that a label lands beside its features"
@@ -106,19 +108,25 @@ def build_learner(
             settings,
             backfill_from,
             partitions=partitions,
-            open_source=lambda: open_source(bootstrap, f"{group}-backfill"),
-            lookup=lambda parts, since: offsets_for_times(bootstrap, parts, since),
+            open_source=lambda: open_source(bootstrap, f"{group}-backfill", security=security),
+            lookup=lambda parts, since: offsets_for_times(
+                bootstrap, parts, since, security=security
+            ),
         )
     learner = Learner(
         settings,
         specs,
         source=open_source(
-            bootstrap, group if settings.learner == "default" else f"{group}-{settings.learner}"
+            bootstrap,
+            group if settings.learner == "default" else f"{group}-{settings.learner}",
+            security=security,
         ),
         partitions=partitions,
         store=store,
         store_factory=lambda: snapshot_store(settings),
-        dead_letters=DeadLetters(EventProducer(bootstrap, linger_ms=5), settings.topic_dlq),
+        dead_letters=DeadLetters(
+            EventProducer(bootstrap, linger_ms=5, security=security), settings.topic_dlq
+        ),
         observer=observer,
         # Checked every 0.2 s on the learning thread: a hung Redis may hold it 0.5 s at most.
         commands=CommandQueue(

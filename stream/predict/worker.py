@@ -53,6 +53,7 @@ from schemas.predictions import HEADER_PREFIX
 from schemas.settings import Settings
 from stream.kafka.client import Record, create_topics
 from stream.kafka.deadletter import DeadLetters
+from stream.kafka.security import PLAINTEXT, KafkaSecurity, kafka_security
 from stream.predict.answer import Answerer
 from stream.store.follower import SnapshotFollower
 from stream.store.graph_follower import GraphFollower, ServedModels
@@ -86,13 +87,16 @@ class AnswerProducer:
     flush covers answers and dead letters alike.
     """
 
-    def __init__(self, bootstrap: str, *, linger_ms: float = 1.0) -> None:
+    def __init__(
+        self, bootstrap: str, *, linger_ms: float = 1.0, security: KafkaSecurity = PLAINTEXT
+    ) -> None:
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
                 "acks": "all",
                 "enable.idempotence": True,
                 "linger.ms": linger_ms,
+                **security.librdkafka(),
             }
         )
         self.failed = 0
@@ -184,11 +188,12 @@ class PredictWorker:
                 "no Kafka address: set RIVERSTREAM_KAFKA_BOOTSTRAP_SERVERS or run "
                 "`riverstream services up`"
             )
-        create_topics(bootstrap, settings.topics())
+        security = kafka_security(settings)
+        create_topics(bootstrap, settings.topics(), security=security)
         self.settings = settings
         self.answerer = answerer
         self.batch = batch
-        self.producer = AnswerProducer(bootstrap)
+        self.producer = AnswerProducer(bootstrap, security=security)
         self.dead_letters = DeadLetters(self.producer, settings.topic_dlq)
         self.consumer = Consumer(
             {
@@ -199,6 +204,7 @@ class PredictWorker:
                 "partition.assignment.strategy": "cooperative-sticky",
                 "session.timeout.ms": session_timeout_ms,
                 "heartbeat.interval.ms": max(100, session_timeout_ms // 5),
+                **security.librdkafka(),
             }
         )
         self.stats = WorkerStats()
