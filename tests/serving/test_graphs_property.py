@@ -22,6 +22,7 @@ from serving.app import create_app
 from serving.telemetry import ServingMetrics
 from stream.registry.graphs import GraphRegistry
 from stream.store.snapshots import SnapshotStore
+from tests.support.fuzz import json_values, scalars
 
 pytestmark = pytest.mark.integration
 
@@ -91,21 +92,6 @@ EVERYTHING = {
     },
 }
 
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=-(10**400), max_value=10**400)
-    | st.floats()  # NaN and ±Infinity included: json.dumps writes them as bare literals
-    | st.text(max_size=20)
-)
-json_values = st.recursive(
-    scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=12,
-)
 feature_names = st.sampled_from([*PHISHING, "user", "color", "score"]) | st.text(max_size=12)
 features = st.dictionaries(feature_names, scalars | json_values, max_size=12)
 ids = st.none() | st.text(max_size=300) | st.integers() | json_values

@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
-from serving.app import create_app
-from serving.telemetry import ServingMetrics
-from stream.store.snapshots import SnapshotStore
+from tests.support.fuzz import json_values
 
 pytestmark = pytest.mark.integration
 
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=-(10**400), max_value=10**400)
-    | st.floats()  # NaN and ±Infinity included: json.dumps writes them as bare literals
-    | st.text(max_size=20)
-)
-json_values = st.recursive(
-    scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=12,
-)
 features = st.dictionaries(st.text(max_size=12), json_values, max_size=8)
 bodies = st.one_of(
     st.binary(max_size=200),
@@ -51,25 +32,12 @@ bodies = st.one_of(
 names = st.sampled_from(["clf", "reg", "det", "missing", "a b", "%00", "clf/../reg"])
 
 
-@pytest.fixture
-def api(kit, store: SnapshotStore, redis_url: str, prefix: str) -> Iterator[httpx.Client]:
-    for name, (model, kind, _) in kit.trained_models(100).items():
-        kit.publish(store, name, model, kind)
-    settings = kit.make_settings(redis_url, prefix, max_features=6)
-    app = create_app(
-        settings, metrics=ServingMetrics(CollectorRegistry()), max_instances=4, max_body_bytes=4096
-    )
-    with kit.serve_in_thread(app) as client:
-        kit.wait_until(lambda: client.get("/readyz").status_code == 200)
-        yield client
-
-
 @hsettings(
     max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(name=names, body=bodies)
-def test_no_body_gives_a_5xx(api: httpx.Client, name: str, body: bytes) -> None:
-    response = api.post(f"/v1/models/{name}/predict", content=body)
+def test_no_body_gives_a_5xx(small_api: httpx.Client, name: str, body: bytes) -> None:
+    response = small_api.post(f"/v1/models/{name}/predict", content=body)
     assert response.status_code < 500, (response.status_code, response.text)
     if response.status_code == 422:
         detail = response.json()["detail"]
@@ -85,9 +53,9 @@ def test_no_body_gives_a_5xx(api: httpx.Client, name: str, body: bytes) -> None:
     content_type=st.sampled_from(["application/json", "text/plain", "x/y"]),
 )
 def test_no_content_type_or_garbage_gives_a_5xx(
-    api: httpx.Client, name: str, body: bytes, content_type: str
+    small_api: httpx.Client, name: str, body: bytes, content_type: str
 ) -> None:
-    response = api.post(
+    response = small_api.post(
         f"/v1/models/{name}/predict", content=body, headers={"content-type": content_type}
     )
     assert response.status_code < 500
