@@ -179,13 +179,17 @@ class ServedModel:
         meta = self.meta
         return None if meta is None else meta.samples_learned
 
-    def predict(self, x: dict[str, Any]) -> tuple[Any, dict[Any, float] | None]:
+    def predict(
+        self, x: dict[str, Any], *, complete: bool = False
+    ) -> tuple[Any, dict[Any, float] | None]:
         """``(prediction, probabilities)``: the estimator's own ``predict_one`` /
         ``predict_proba_one`` for classifiers, ``predict_one`` for regressors and ``score_one``
-        (as the prediction) for anomaly detectors. A ``null`` feature is a missing one; an
-        answer that is not finite raises `NonFiniteAnswer` (the features are at fault)."""
+        (as the prediction) for anomaly detectors. A ``null`` feature is a missing one
+        (``complete``: the caller knows ``x`` holds none); an answer that is not finite raises
+        `NonFiniteAnswer` (the features are at fault)."""
         est = self.estimator
-        x = without_missing(x)
+        if not complete:
+            x = without_missing(x)
         if self.argmax:
             proba = est.predict_proba_one(x)
             _check_finite(proba)

@@ -32,7 +32,7 @@ import contextlib
 import gc
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from fastapi import FastAPI, Request
@@ -42,16 +42,16 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from learners.predictor import MODEL_INPUT_ERRORS
+from learners.predictor import MODEL_INPUT_ERRORS, ServedModel
 from schemas.errors import ConfigError
 from schemas.settings import Settings
 from serving import openapi
-from serving.asgi import receive_body, request_body
+from serving.asgi import receive_body, request_body, send_json
 from serving.curve import curve_router
 from serving.feedback import ClosedLoop
 from serving.graphs import GraphFastPath, GraphService, wait_started
 from serving.graphs import install as install_graphs
-from serving.inputs import InputError, InputLimits, parse_predict_body
+from serving.inputs import InputError, InputLimits, load_body, numeric_features, predict_features
 from serving.lookup import lookup_router
 from serving.telemetry import RequestRecorder, ServingMetrics, get_metrics, metrics_response_bytes
 from serving.v2 import v2_router
@@ -61,6 +61,10 @@ from stream.store.snapshots import SnapshotStore
 
 PREDICT_ROUTE = "/v1/models/{name}/predict"
 _PREDICT_PREFIX, _PREDICT_SUFFIX = "/v1/models/", "/predict"
+_NAME_START, _NAME_END = len(_PREDICT_PREFIX), -len(_PREDICT_SUFFIX)
+UNREAD: Final = object()
+"""`answer`'s ``body`` when the caller has not loaded the JSON."""
+Answer = Callable[[str, bytes | None, Any, float | None], tuple[int, dict[str, Any]]]
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -169,9 +173,13 @@ def create_app(
         status, content = answer(request.path_params["name"], raw)
         return JSONResponse(content, status)
 
-    def answer(name: str, raw: bytes | None) -> tuple[int, dict[str, Any]]:
-        """Status and body of a predict request for model ``name`` (``raw`` None: too large)."""
-        started = time.perf_counter()
+    def answer(
+        name: str, raw: bytes | None, body: Any = UNREAD, started: float | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """Status and body of a predict request for model ``name`` (``raw`` None: too large;
+        ``body``: ``raw`` already loaded by the caller, from ``started``)."""
+        if started is None:
+            started = time.perf_counter()
         served = follower.get(name)
         if served is None:
             known = follower.is_known(name)
@@ -185,23 +193,18 @@ def create_app(
             if raw is None:
                 status, content = 413, {"detail": f"body larger than {max_body_bytes} bytes"}
             else:
-                parsed = parse_predict_body(raw, limits)
-                if isinstance(parsed, dict):
-                    prediction, proba = served.predict(parsed)
+                if body is UNREAD:
+                    body = load_body(raw)
+                features = numeric_features(body, limits)  # the commonest body, checked in C
+                if features is not None:
+                    prediction, proba = served.predict(features, complete=True)
                     content = {
                         "model": name, "version": served.version,
                         "samples_learned": served.samples_learned,
                         "prediction": prediction, "probabilities": proba,
                     }  # fmt: skip
                 else:
-                    predictions = []
-                    for x in parsed:
-                        prediction, proba = served.predict(x)
-                        predictions.append({"prediction": prediction, "probabilities": proba})
-                    content = {
-                        "model": name, "version": served.version,
-                        "samples_learned": served.samples_learned, "predictions": predictions,
-                    }  # fmt: skip
+                    content = _answers(name, served, predict_features(body, limits))
         except InputError as exc:
             status, content = 422, {"detail": exc.detail}
         except MODEL_INPUT_ERRORS as exc:
@@ -262,6 +265,28 @@ def create_app(
     return app
 
 
+def _answers(
+    name: str, served: ServedModel, parsed: dict[str, Any] | list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The answer of ``served`` to checked features: one instance, or a batch (a tight loop)."""
+    if isinstance(parsed, dict):
+        prediction, proba = served.predict(parsed)
+        return {
+            "model": name, "version": served.version, "samples_learned": served.samples_learned,
+            "prediction": prediction, "probabilities": proba,
+        }  # fmt: skip
+    predict = served.predict
+    predictions: list[dict[str, Any]] = []
+    append = predictions.append
+    for x in parsed:
+        prediction, proba = predict(x)
+        append({"prediction": prediction, "probabilities": proba})
+    return {
+        "model": name, "version": served.version, "samples_learned": served.samples_learned,
+        "predictions": predictions,
+    }  # fmt: skip
+
+
 class RiverstreamAPI(FastAPI):
     """FastAPI whose hot routes may be answered before its middleware stack.
 
@@ -300,7 +325,7 @@ class PredictFastPath:
         self,
         app: ASGIApp,
         *,
-        answer: Callable[[str, bytes | None], tuple[int, dict[str, Any]]],
+        answer: Answer,
         max_body_bytes: int,
         with_ids: ASGIApp | None = None,
     ) -> None:
@@ -313,25 +338,22 @@ class PredictFastPath:
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
             if path.startswith(_PREDICT_PREFIX) and path.endswith(_PREDICT_SUFFIX):
-                name = path[len(_PREDICT_PREFIX) : -len(_PREDICT_SUFFIX)]
+                name = path[_NAME_START:_NAME_END]
                 if name and "/" not in name:
+                    started = time.perf_counter()
                     raw = await receive_body(receive, self.max_body_bytes)
-                    if self.with_ids is not None and raw is not None and b'"id"' in raw:
-                        await self.with_ids(scope, _replay(raw, receive), send)
-                        return
-                    status, content = self.answer(name, raw)
-                    body = orjson.dumps(content, default=_fallback, option=_JSON_OPTIONS)
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": status,
-                            "headers": [
-                                (b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                            ],
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": body})
+                    body: Any = UNREAD
+                    if raw is not None:
+                        try:  # noqa: SIM105 (cheaper than contextlib.suppress on the hot path)
+                            body = orjson.loads(raw)
+                        except orjson.JSONDecodeError:
+                            pass  # `answer` loads it again and names the problem
+                        if self.with_ids is not None and body.__class__ is dict and "id" in body:
+                            await self.with_ids(scope, _replay(raw, receive), send)
+                            return
+                    status, content = self.answer(name, raw, body, started)
+                    await send_json(send, status, orjson.dumps(content, default=_fallback,
+                                                               option=_JSON_OPTIONS))  # fmt: skip
                     return
         await self.app(scope, receive, send)
 

@@ -58,11 +58,50 @@ def _json_type(value: Any) -> str:
 
 def parse_predict_body(raw: bytes, limits: InputLimits) -> FeatureDict | list[FeatureDict]:
     """The features of a single request (a dict) or of a batch (a list of dicts)."""
+    return predict_features(load_body(raw), limits)
+
+
+def load_body(raw: bytes) -> Any:
+    """The JSON value of a body, or an `InputError` (invalid JSON, a non-finite number)."""
     try:
-        body = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         kind = "finite_number" if "infinity" in str(exc) else "json_invalid"
         raise InputError([_problem([], f"invalid JSON: {exc}", kind)]) from None
+
+
+def numeric_features(body: Any, limits: InputLimits) -> FeatureDict | None:
+    """The features of the commonest body, ``{"features": {name: finite number, ...}}``, in
+    C loops; None for anything else, which `predict_features` then checks (and explains).
+    The features hold no ``null``: nothing is missing.
+
+    >>> numeric_features({"features": {"x": 1.5, "n": 2}}, InputLimits())
+    {'x': 1.5, 'n': 2}
+    >>> numeric_features({"features": {"x": None}}, InputLimits()) is None
+    True
+    """
+    if body.__class__ is not dict or len(body) != 1:
+        return None
+    features = body.get("features")
+    if features.__class__ is not dict or len(features) > limits.max_features:
+        return None
+    return features if _finite_numbers(features.values()) else None
+
+
+def _finite_numbers(values: Any) -> bool:
+    """Whether every value is a finite number, by C loops (≈ 1 µs for 30 values instead of 2.5):
+    a finite sum means every value is finite (an overflow answers False: the caller's own
+    checks then look at each value)."""
+    if set(map(type, values)) <= _NUMBERS:
+        try:
+            return math.isfinite(sum(values))
+        except OverflowError:
+            return False
+    return False
+
+
+def predict_features(body: Any, limits: InputLimits) -> FeatureDict | list[FeatureDict]:
+    """`parse_predict_body` of a body already loaded (`load_body`)."""
     if not isinstance(body, dict):
         raise InputError([_problem([], f"expected an object, got {_json_type(body)}", "dict_type")])
     if len(body) == 1 and "features" in body:  # the common case, in short
@@ -119,15 +158,8 @@ def _check_features(
         msg = f"{len(features)} features, the limit is {limits.max_features}"
         problems.append(_problem(loc, msg, "too_long"))
         return features
-    # The common case, numbers only, checked by C loops (≈ 1 µs for 30 features instead of
-    # 2.5): a finite sum means every value is finite (an overflow only sends it to the loop).
-    values = features.values()
-    if set(map(type, values)) <= _NUMBERS:
-        try:
-            if math.isfinite(sum(values)):
-                return features
-        except OverflowError:
-            pass
+    if _finite_numbers(features.values()):  # the common case
+        return features
     for name, value in features.items():
         if value.__class__ is float:
             if not math.isfinite(value):  # pragma: no cover - orjson refuses them already
