@@ -80,7 +80,7 @@ def _getter(c: Comparison) -> _Get:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    return isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool))
 
 
 def _equal(v: Any, value: Any) -> bool:

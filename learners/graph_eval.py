@@ -125,15 +125,20 @@ def _sequence(node: SequenceNode, path: str) -> Runner:
 
 def _argmax(scores: dict[Any, float]) -> Any:
     best = max(scores.values())
-    return min((k for k, v in scores.items() if v == best), key=repr)
+    top = [k for k, v in scores.items() if v == best]
+    return top[0] if len(top) == 1 else min(top, key=repr)
 
 
 def metric_weights(models: ModelLookup, names: Sequence[str]) -> list[float]:
     """Normalised weights from the members' metrics (higher is better); equal when none is
     positive."""
-    raw = [models.metric(name) for name in names]
-    weights = [float(m) if m is not None and math.isfinite(m) and m > 0 else 0.0 for m in raw]
-    total = sum(weights)
+    weights = []
+    total = 0.0
+    for name in names:
+        m = models.metric(name)
+        w = float(m) if m is not None and m > 0 and math.isfinite(m) else 0.0
+        weights.append(w)
+        total += w
     if total <= 0:
         return [1.0 / len(names)] * len(names)
     return [w / total for w in weights]
@@ -144,9 +149,10 @@ def combine(
 ) -> Outcome:
     """The ensemble at ``path``'s answer from its members' (``weights`` None: equal)."""
     kind = outs[0].kind
-    if any(o.kind != kind for o in outs):
-        kinds = ", ".join(sorted({o.kind for o in outs}))
-        raise GraphError(path, f"members mix {kinds}: their answers cannot be combined")
+    for o in outs:
+        if o.kind != kind:
+            kinds = ", ".join(sorted({o.kind for o in outs}))
+            raise GraphError(path, f"members mix {kinds}: their answers cannot be combined")
     classifier = kind == "classifier"
     if weights is None:
         weights = [1.0] * len(outs)
@@ -163,13 +169,16 @@ def combine(
     if classifier:
         sums: dict[Any, float] = {}
         total = 0.0
+        get = sums.get
         for o, w in zip(outs, weights, strict=True):
-            proba = o.probabilities or ({o.prediction: 1.0} if o.prediction is not None else None)
-            if proba is None:
-                continue  # an untrained member abstains
+            proba = o.probabilities
+            if not proba:
+                if o.prediction is None:
+                    continue  # an untrained member abstains
+                proba = {o.prediction: 1.0}
             total += w
             for label, p in proba.items():
-                sums[label] = sums.get(label, 0.0) + w * p
+                sums[label] = get(label, 0.0) + w * p
         if total <= 0 or not sums:
             return Outcome(None, {}, kind, path)
         mean = {label: s / total for label, s in sums.items()}
