@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +11,6 @@ import httpx
 import pytest
 from river import datasets, linear_model, preprocessing
 
-from serving.runner import settings_environment
 from stream.store.snapshots import SnapshotStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -42,21 +37,7 @@ def test_versions_swap_without_errors_and_never_go_backwards(
     first = learn_and_publish(0)
     port = kit.free_port()
     settings = kit.make_settings(redis_url, prefix, serve_port=port, serve_poll_seconds=0.5)
-    env = {**os.environ, **settings_environment(settings)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER], cwd=ROOT, env=env, start_new_session=True
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                assert proc.poll() is None, "the server exited"
-                return False
-
-        kit.wait_until(ready, timeout=30, interval=0.05)
+    with kit.serve_process(settings) as base:
         stop = threading.Event()
         published = [first]
 
@@ -109,10 +90,3 @@ def test_versions_swap_without_errors_and_never_go_backwards(
             ),
             timeout=30,
         )
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

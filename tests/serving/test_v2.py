@@ -7,11 +7,7 @@ mappings, the same numbers as ``/v1`` for the same version, and each error. Then
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +20,6 @@ from prometheus_client import CollectorRegistry
 from river import compose, linear_model, multiclass, preprocessing
 
 from serving.app import create_app
-from serving.runner import settings_environment
 from serving.telemetry import ServingMetrics
 from serving.v2_tensors import package_version
 from stream.store.snapshots import SnapshotStore
@@ -388,29 +383,8 @@ def api_process(kit, store: SnapshotStore, redis_url: str, prefix: str) -> Itera
     versions = {name: kit.publish(store, name, m, kind) for name, (m, kind, _) in models.items()}
     port = kit.free_port()
     settings = kit.make_settings(redis_url, prefix, serve_port=port)
-    env = {**os.environ, **settings_environment(settings)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER], cwd=ROOT, env=env, start_new_session=True
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                assert proc.poll() is None, "the server exited"
-                return False
-
-        kit.wait_until(ready, timeout=30, interval=0.05)
+    with kit.serve_process(settings) as base:
         yield {"url": f"127.0.0.1:{port}", "base": base, "models": models, "versions": versions}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.mark.slow

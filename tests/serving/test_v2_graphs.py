@@ -9,10 +9,6 @@ process.
 from __future__ import annotations
 
 import functools
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +21,6 @@ from prometheus_client import CollectorRegistry
 from river import datasets, linear_model, naive_bayes, preprocessing, tree
 
 from serving.app import create_app
-from serving.runner import settings_environment
 from serving.telemetry import ServingMetrics
 from stream.registry.graphs import GraphRegistry
 from stream.store.snapshots import SnapshotStore
@@ -253,25 +248,9 @@ def test_tritonclient_on_a_graph_equals_v1(
     import tritonclient.http as triton
 
     port = kit.free_port()
-    env = {
-        **os.environ,
-        **settings_environment(kit.make_settings(redis_url, prefix, serve_port=port)),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER], cwd=ROOT, env=env, start_new_session=True
-    )
-    base = f"http://127.0.0.1:{port}"
+    settings = kit.make_settings(redis_url, prefix, serve_port=port)
     _, rows = river_models()
-    try:
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{base}/v2/models/fraud/ready", timeout=2).status_code == 200
-            except httpx.TransportError:
-                assert proc.poll() is None, "the server exited"
-                return False
-
-        kit.wait_until(ready, timeout=30, interval=0.05)
+    with kit.serve_process(settings, ready_path="/v2/models/fraud/ready") as base:
         client = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
         try:
             assert client.is_server_live() and client.is_server_ready()
@@ -294,10 +273,3 @@ def test_tritonclient_on_a_graph_equals_v1(
             assert result.get_response()["model_version"] == str(graphs["fraud"])
         finally:
             client.close()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

@@ -6,8 +6,11 @@ tests/conftest.py."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -27,6 +30,7 @@ from stream.dev.services import free_port
 from stream.store.snapshots import SnapshotMeta, SnapshotStore
 
 KEY = b"serving-test-key"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
@@ -139,6 +143,44 @@ def serve_in_thread(app: Any) -> Iterator[httpx.Client]:
         thread.join(timeout=10)
 
 
+SERVER = (
+    "from schemas.settings import Settings; from serving.runner import serve; "
+    "serve(Settings(), workers=1)"
+)
+"""`riverstream serve` with one worker, as a child's ``python -c`` (the settings from its env)."""
+
+
+@contextlib.contextmanager
+def serve_process(settings: Settings, ready_path: str = "/readyz") -> Iterator[str]:
+    """Run the API in a child process (``settings.serve_port``) until ``ready_path`` answers
+    200; yield its base URL; stop it by pid (SIGTERM, then SIGKILL of its group)."""
+    from serving.runner import settings_environment
+
+    env = {**os.environ, **settings_environment(settings)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER], cwd=ROOT, env=env, start_new_session=True
+    )
+    base = f"http://127.0.0.1:{settings.serve_port}"
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{base}{ready_path}", timeout=2).status_code == 200
+            except httpx.TransportError:
+                assert proc.poll() is None, "the server exited"
+                return False
+
+        wait_until(ready, timeout=30, interval=0.05)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 class Kit:
     """Helpers for the tests, as a fixture (test modules cannot import conftest under
     ``--import-mode=importlib``)."""
@@ -151,6 +193,7 @@ class Kit:
     make_settings = staticmethod(make_settings)
     publish = staticmethod(publish)
     serve_in_thread = staticmethod(serve_in_thread)
+    serve_process = staticmethod(serve_process)
 
     @staticmethod
     def trained_models(n: int = 300) -> dict[str, tuple[Any, str, list[dict]]]:
