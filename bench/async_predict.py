@@ -285,7 +285,8 @@ def faust_worker(mode: str) -> None:
     from schemas.errors import SchemaError
     from schemas.events import Limits
     from stream.predict.answer import Answerer
-    from stream.predict.worker import FollowerLog, passed_headers
+    from stream.predict.metrics import FollowerLog
+    from stream.predict.worker import passed_headers
     from stream.store.follower import SnapshotFollower
     from stream.store.snapshots import open_store
 
@@ -319,7 +320,7 @@ def faust_worker(mode: str) -> None:
         m = event.message
         headers = passed_headers(m.headers or [])
         try:
-            _id, body = answerer.answer(event.value, m.timestamp, time.time())
+            _id, _target, body = answerer.answer(event.value, m.timestamp, time.time())
         except SchemaError as exc:
             return dlq, m.value, [("rs.reason", exc.reason.encode()), *headers]
         return answers, body, headers

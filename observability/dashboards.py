@@ -193,6 +193,26 @@ SERVING: list[P | Row] = [
          "p50 {{graph}} {{shadow}}"),
         (_quantile(0.99, "riverstream_shadow_duration_seconds", "graph, shadow"),
          "p99 {{graph}} {{shadow}}")), "s", w=12),
+    Row("Prediction workers (requests and answers through Kafka)"),
+    P("Workers up", (("sum(riverstream_predict_up)", "workers"),), w=4, kind="stat"),
+    P("Requests, answers and dead letters /s", (
+        (_rate("riverstream_predict_requests_total"), "requests"),
+        (_rate("riverstream_predict_answers_total", "model"), "answers {{model}}"),
+        (_or_zero(_rate("riverstream_predict_dead_letters_total", "reason")),
+         "dead letters {{reason}}"),
+        (_or_zero(_rate("riverstream_predict_batch_retries_total")), "batches answered again")),
+      "ops", w=10, description="Answers are counted once the broker acknowledged them; a "
+      "batch the broker refused is answered again (at-least-once)."),
+    P("Request → answer latency", tuple(
+        (_quantile(q, "riverstream_predict_latency_seconds", ""), f"p{round(q * 100)}")
+        for q in (0.5, 0.99)), "s", w=10,
+      description="From the request's Kafka timestamp to its answer acknowledged by the broker."),
+    P("Requests waiting, per partition", ((
+        "max by (topic, partition) (riverstream_predict_consumer_lag)",
+        "{{topic}}/{{partition}}"),), w=12),
+    P("Versions answered with (min over workers)", (
+        ("min by (model) (riverstream_predict_model_version)", "{{model}}"),
+        ("min by (graph) (riverstream_predict_graph_version)", "graph {{graph}}")), w=12),
 ]  # fmt: skip
 
 KAFKA_SNAPSHOTS: list[P | Row] = [

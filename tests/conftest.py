@@ -64,6 +64,7 @@ def settings(services: Endpoints, tmp_path: Path) -> Settings:
         snapshot_key="test-key-" + tag,
         partitions=3,
         learner_metrics_port=0,
+        predict_metrics_port=0,
     )
 
 

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,7 +23,12 @@ from schemas.errors import RegistryError, RiverstreamError
 from schemas.settings import Settings
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from learners.graph import GraphAnswer
     from learners.predictor import ServedModel
+    from serving.shadows import ShadowRunner
+    from stream.store.graph_follower import ServedModels
 
 err = Console(stderr=True)
 
@@ -48,6 +53,10 @@ def predict_worker(
         float, typer.Option(help="Seconds after which a silent worker's partitions move.")
     ] = 10.0,
     report_every: Annotated[float, typer.Option(help="Seconds between JSON status lines.")] = 10.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="/metrics port (default RIVERSTREAM_PREDICT_METRICS_PORT; 0: none)."),
+    ] = None,
 ) -> None:
     """Answer prediction requests from Kafka until stopped (SIGTERM: finish, commit, leave).
 
@@ -57,14 +66,22 @@ def predict_worker(
     group share the request partitions; delivery is at-least-once (answers carry the model
     versions, so a client deduplicates by id).
     """
+    from prometheus_client import CollectorRegistry
+
+    from stream.predict.metrics import WorkerMetrics, serve_metrics
     from stream.predict.worker import build_worker
 
     settings = _settings()
     if group:
         settings = settings.model_copy(update={"predict_group": group})
+    metrics = WorkerMetrics(CollectorRegistry())
+    shadows = _shadows(metrics.registry)
+    port = settings.predict_metrics_port if metrics_port is None else metrics_port
+    server = serve_metrics(metrics.registry, port, settings.metrics_host)
     worker, follower, graphs = build_worker(
-        settings, target or (), session_timeout_ms=int(session_timeout * 1000)
-    )
+        settings, target or (), session_timeout_ms=int(session_timeout * 1000),
+        metrics=metrics, shadows=shadows,
+    )  # fmt: skip
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
 
@@ -78,6 +95,53 @@ def predict_worker(
     finally:
         follower.stop()
         graphs.stop()
+        shadows.runner.stop()
+        if server is not None:
+            server[0].shutdown()
+
+
+class _Shadows:
+    """`stream.predict.graph_target.Shadows` on the API's shadow runner and metrics
+    (`serving.shadows`): graph shadows run and count outside the API as in it."""
+
+    def __init__(self, runner: ShadowRunner) -> None:
+        self.runner = runner
+
+    def run_later(
+        self, graph: str, answer: GraphAnswer, features: dict[str, Any], models: ServedModels
+    ) -> None:
+        from serving.shadows import ShadowJob
+
+        self.runner.submit(ShadowJob(graph, ((answer, features),), models))
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """The shadow metrics' totals by shadow (``runs``, ``errors``, ``agreements``) and
+        ``dropped`` (backlog full), for `score`'s report."""
+        out: dict[str, dict[str, float]] = {}
+        m = self.runner.metrics
+        counters = (m.shadow_runs, m.shadow_errors, m.shadow_agreements, m.shadow_dropped)
+        for family in [f for counter in counters for f in counter.collect()]:
+            what = family.name.removeprefix("riverstream_shadow_")
+            for sample in family.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                shadow = sample.labels.get("shadow", "all")
+                row = out.setdefault(shadow, {})
+                row[what] = row.get(what, 0) + sample.value
+        return out
+
+
+SCORE_SHADOW_BACKLOG = 10_000
+"""Rows whose shadows may wait to run while `score` goes on (beyond: dropped, reported)."""
+SCORE_SHADOW_WAIT_SECONDS = 600.0
+"""How long `score` waits, once scored, for the shadows still queued."""
+
+
+def _shadows(registry: CollectorRegistry, backlog: int | None = None) -> _Shadows:
+    from serving.shadows import SHADOW_BACKLOG, GraphMetrics, ShadowRunner
+
+    metrics = GraphMetrics.for_registry(registry)
+    return _Shadows(ShadowRunner(metrics, backlog or SHADOW_BACKLOG))
 
 
 def score(
@@ -151,9 +215,13 @@ def score(
     store = open_store(settings)
     graphs = GraphStore(store.client, store.keys.prefix)
     served: ServedModel | GraphTarget
+    shadows = None
     if store.serving_version(target) is None and target in graphs.names():  # models first
+        from prometheus_client import CollectorRegistry
+
         metric = settings.serve_graph_metric or None
-        served = load_graph_target(store, graphs, target, version, metric=metric)
+        shadows = _shadows(CollectorRegistry(), backlog=SCORE_SHADOW_BACKLOG)
+        served = load_graph_target(store, graphs, target, version, metric=metric, shadows=shadows)
     elif store.serving_version(target) is None:
         raise RiverstreamError(f"no model or graph named {target!r} in Redis (nothing to score)")
     else:
@@ -186,9 +254,15 @@ def score(
     finally:
         for sink in sinks:
             sink.close()
+        if shadows is not None:
+            shadows.runner.wait_idle(SCORE_SHADOW_WAIT_SECONDS)
+            shadows.runner.stop()
     for rejection in report.rejected:
         err.print(f"[yellow]{rejection.where}: not scored: {rejection.reason}[/]", highlight=False)
-    print(json.dumps(report.to_dict()), flush=True)
+    summary = report.to_dict()
+    if shadows is not None:
+        summary["shadows"] = shadows.summary()
+    print(json.dumps(summary), flush=True)
     if report.rejected:
         raise typer.Exit(1)
 

@@ -48,12 +48,12 @@ from typing import Any
 
 import msgspec
 
-from learners.graph import ModelLookup
 from learners.predictor import MODEL_INPUT_ERRORS, NonFiniteAnswer, ServedModel
 from schemas.errors import SchemaError
 from schemas.events import Limits
 from schemas.predictions import PredictionRequest, RequestCodec
-from stream.predict.graph_target import GraphVersion, graph_answer_body
+from stream.predict.graph_target import GraphVersion, Shadows, graph_answer_body
+from stream.store.graph_follower import ServedModels
 
 Lookup = Callable[[str], ServedModel | None]
 GraphLookup = Callable[[str], GraphVersion | None]
@@ -231,7 +231,8 @@ class Answerer:
         targets: Collection[str] = (),
         limits: Limits | None = None,
         graphs: GraphLookup | None = None,
-        graph_models: Callable[[], ModelLookup] | None = None,
+        graph_models: Callable[[], ServedModels] | None = None,
+        shadows: Shadows | None = None,
     ) -> None:
         self.lookup = lookup
         self.is_known = is_known
@@ -241,6 +242,7 @@ class Answerer:
             raise ValueError("give graphs and graph_models together")
         self.graphs = graphs
         self.graph_models = graph_models
+        self.shadows = shadows
 
     def served(self, target: str) -> ServedModel:
         """The model answering for ``target`` now, or a `SchemaError` saying why there is none."""
@@ -273,12 +275,19 @@ class Answerer:
         graph = self.graph(request.target)
         if graph is not None:
             assert self.graph_models is not None
-            return graph_answer_body(graph, self.graph_models(), request.id, request.features)
+            models, shadows = self.graph_models(), self.shadows
+            if shadows is None:
+                return graph_answer_body(graph, models, request.id, request.features)
+            name, x = graph.name, request.features
+            return graph_answer_body(
+                graph, models, request.id, x,
+                lambda answer: shadows.run_later(name, answer, x, models),
+            )  # fmt: skip
         return answer_body(self.served(request.target), request.id, request.features)
 
-    def answer(self, raw: bytes, requested_at: float, answered_at: float) -> tuple[str, bytes]:
-        """``(id, encoded answer)`` of the request in ``raw``, or a `SchemaError`."""
+    def answer(self, raw: bytes, requested_at: float, answered_at: float) -> tuple[str, str, bytes]:
+        """``(id, target, encoded answer)`` of the request in ``raw``, or a `SchemaError`."""
         body = self.body(self.codec.decode(raw))
         body["requested_at"] = requested_at
         body["answered_at"] = answered_at
-        return body["id"], encode(body)
+        return body["id"], body["target"], encode(body)

@@ -45,11 +45,17 @@ schemas.errors.SchemaError: target_unavailable at target: graph 'g' v7: model "l
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from learners.graph import CompiledGraph, GraphInputError, MemberUnavailable, ModelLookup
+from learners.graph import (
+    CompiledGraph,
+    GraphAnswer,
+    GraphInputError,
+    MemberUnavailable,
+    ModelLookup,
+)
 from learners.predictor import MODEL_INPUT_ERRORS, NonFiniteAnswer, ServedModel
 from schemas.errors import RiverstreamError, SchemaError
 from schemas.graph_errors import GraphError
@@ -72,6 +78,18 @@ class GraphVersion(Protocol):
     def compiled(self) -> CompiledGraph: ...
 
 
+class Shadows(Protocol):
+    """Where the shadows of a graph answer go, to run off the answer path: the API's
+    `serving.shadows.ShadowRunner` with its metrics (``riverstream_shadow_*``), wired by the
+    CLI (`stream.cli.predict`), so shadows outside the API run and count as they do in it."""
+
+    def run_later(
+        self, graph: str, answer: GraphAnswer, features: dict[str, Any], models: ServedModels
+    ) -> None:
+        """Queue ``answer.shadows``, evaluated on ``features`` with ``models``; never raises."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class ServedGraphVersion:
     """A graph version loaded for one scoring run (or a test): name, version, compiled form."""
@@ -82,9 +100,14 @@ class ServedGraphVersion:
 
 
 def graph_answer_body(
-    graph: GraphVersion, models: ModelLookup, row_id: str, features: dict[str, Any]
+    graph: GraphVersion,
+    models: ModelLookup,
+    row_id: str,
+    features: dict[str, Any],
+    shadows: Callable[[GraphAnswer], None] | None = None,
 ) -> dict[str, Any]:
-    """The answer of ``graph`` to one request (see the module), or a `SchemaError`."""
+    """The answer of ``graph`` to one request (see the module), or a `SchemaError`; an answer
+    with shadows is handed to ``shadows`` (once the answer is known good)."""
     name, version = graph.name, graph.version
     try:
         answer = graph.compiled.evaluate(features, models=models, request_id=row_id)
@@ -109,6 +132,8 @@ def graph_answer_body(
     prediction = answer.prediction
     if type(prediction) is float and not math.isfinite(prediction):
         raise SchemaError("not_finite", "prediction", f"the graph answered {prediction}")
+    if shadows is not None and answer.shadows:
+        shadows(answer)
     return {
         "id": row_id,
         "target": name,
@@ -133,6 +158,8 @@ class GraphTarget:
     graph: ServedGraphVersion
     models: ServedModels
     versions: dict[str, int]
+    shadows: Shadows | None = None
+    """Where the answers' shadows run (None: they are not run)."""
 
     @property
     def name(self) -> str:
@@ -143,7 +170,14 @@ class GraphTarget:
         return self.graph.version
 
     def body(self, row_id: str, features: dict[str, Any]) -> dict[str, Any]:
-        return graph_answer_body(self.graph, self.models, row_id, features)
+        shadows = self.shadows
+        if shadows is None:
+            return graph_answer_body(self.graph, self.models, row_id, features)
+        name, models = self.graph.name, self.models
+        return graph_answer_body(
+            self.graph, models, row_id, features,
+            lambda answer: shadows.run_later(name, answer, features, models),
+        )  # fmt: skip
 
 
 def load_graph_target(
@@ -153,6 +187,7 @@ def load_graph_target(
     version: int | None = None,
     *,
     metric: str | None = None,
+    shadows: Shadows | None = None,
 ) -> GraphTarget:
     """Graph ``name`` at ``version`` (default: the promoted one), its members at the versions
     served now, verified and loaded once; ``metric`` weighs ``by_metric`` ensembles as the API
@@ -180,4 +215,5 @@ def load_graph_target(
         ServedGraphVersion(name, version, compiled),
         ServedModels(members, metric),
         {member: m.version for member, m in loaded.items()},
+        shadows,
     )

@@ -55,6 +55,8 @@ from stream.kafka.client import Record, create_topics
 from stream.kafka.deadletter import DeadLetters
 from stream.kafka.security import PLAINTEXT, KafkaSecurity, kafka_security
 from stream.predict.answer import Answerer
+from stream.predict.graph_target import Shadows
+from stream.predict.metrics import FollowerLog, WorkerMetrics
 from stream.store.follower import SnapshotFollower
 from stream.store.graph_follower import GraphFollower, ServedModels
 from stream.store.graphs import GraphStore
@@ -63,6 +65,7 @@ from stream.store.snapshots import open_store
 log = logging.getLogger(__name__)
 
 _QUEUE_FULL_WAIT = 0.05
+LAG_EVERY_SECONDS = 1.0
 Report = Callable[[dict[str, Any]], None]
 
 
@@ -153,24 +156,6 @@ class WorkerStats:
     retried_batches: int = 0
 
 
-class FollowerLog:
-    """`stream.store.follower.FollowerMetrics` as log lines (the worker exports no metrics)."""
-
-    def snapshot_swapped(
-        self, model: str, version: int, snapshot_timestamp: float, load_seconds: float
-    ) -> None:
-        log.info("answering with %s v%d (loaded in %.1f ms)", model, version, load_seconds * 1e3)
-
-    def snapshot_refused(self, model: str, reason: str) -> None:
-        log.warning("refused a snapshot of %s: %s", model, reason)
-
-    def graph_swapped(self, graph: str, version: int) -> None:
-        log.info("answering with graph %s v%d", graph, version)
-
-    def graph_refused(self, graph: str, reason: str) -> None:
-        log.warning("refused a version of graph %s: %s", graph, reason)
-
-
 class PredictWorker:
     """One consumer-group member answering requests; `run` until `stop`."""
 
@@ -181,6 +166,7 @@ class PredictWorker:
         *,
         batch: int = 10_000,
         session_timeout_ms: int = 10_000,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         bootstrap = settings.kafka_bootstrap_servers
         if not bootstrap:
@@ -208,6 +194,8 @@ class PredictWorker:
             }
         )
         self.stats = WorkerStats()
+        self.metrics = metrics
+        self._next_lag = 0.0
         self._answered: dict[tuple[str, int], int] = {}  # acknowledged, next offset to commit
         self._stop = threading.Event()
 
@@ -222,6 +210,8 @@ class PredictWorker:
             [self.settings.topic_requests], on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         next_report = time.monotonic() + report_every
+        if self.metrics is not None:
+            self.metrics.up.set(1)
         try:
             while not self._stop.is_set():
                 messages = consumer.consume(self.batch, 0) or consumer.consume(1, 0.1)
@@ -229,11 +219,15 @@ class PredictWorker:
                     messages += consumer.consume(self.batch - 1, 0)
                 if messages:
                     self._answer_batch(messages)
+                if self.metrics is not None and time.monotonic() >= self._next_lag:
+                    self._measure_lag(self.metrics)
                 if report is not None and time.monotonic() >= next_report:
                     report({**asdict(self.stats), "assigned": len(consumer.assignment())})
                     next_report = time.monotonic() + report_every
         finally:
             self._close()
+            if self.metrics is not None:
+                self.metrics.up.set(0)
         if report is not None:
             report({**asdict(self.stats), "assigned": 0, "stopped": True})
         return self.stats
@@ -243,6 +237,9 @@ class PredictWorker:
         last: dict[tuple[str, int], int] = {}
         answer, send = self.answerer.answer, self.producer.send
         topic = self.settings.topic_predictions
+        targets: dict[str, int] = {}  # answers by target
+        dead: dict[str, int] = {}  # dead letters by reason
+        requested: list[float] = []
         for m in messages:
             err = m.error()
             if err is not None:
@@ -257,20 +254,30 @@ class PredictWorker:
             raw = m.value() or b""
             raw_headers = m.headers()
             passed = passed_headers(raw_headers) if raw_headers else None
+            requested_at = m.timestamp()[1] / 1000
             try:
-                request_id, body = answer(raw, m.timestamp()[1] / 1000, time.time())
+                request_id, target, body = answer(raw, requested_at, time.time())
             except SchemaError as exc:
                 self._dead_letter(m, tp, offset, exc, passed or ())
+                dead[exc.reason] = dead.get(exc.reason, 0) + 1
                 continue
             key = m.key()
             send(topic, key if key is not None else request_id.encode(), body, None, passed)
             self.stats.answered += 1
+            targets[target] = targets.get(target, 0) + 1
+            requested.append(requested_at)
         self.producer.flush(None)
         failed = self.producer.take_failures()
         if failed:
             self._retry(first, failed)
             return
         self.stats.batches += 1
+        if self.metrics is not None:
+            acknowledged = time.time()
+            self.metrics.requests.inc(len(requested) + sum(dead.values()))
+            self.metrics.answered(targets, [acknowledged - t for t in requested])
+            for reason, n in dead.items():
+                self.metrics.dead_letters.labels(reason=reason).inc(n)
         self._answered.update(last)
         offsets = [TopicPartition(t, p, o) for (t, p), o in last.items()]
         if offsets:
@@ -299,10 +306,30 @@ class PredictWorker:
             "; ".join(self.producer.errors[-3:]),
         )
         self.stats.retried_batches += 1
+        if self.metrics is not None:
+            self.metrics.retries.inc()
         for (topic, partition), offset in first.items():
             with contextlib.suppress(KafkaException):  # revoked meanwhile: its owner answers
                 self.consumer.seek(TopicPartition(topic, partition, offset))
         self._stop.wait(1.0)  # back off before asking the broker again
+
+    def _measure_lag(self, metrics: WorkerMetrics) -> None:
+        """Requests behind the log end of each assigned partition (the client's cached log
+        ends: no request to the broker), at most once a second."""
+        self._next_lag = time.monotonic() + LAG_EVERY_SECONDS
+        lags: dict[tuple[str, int], int] = {}
+        try:
+            positions = self.consumer.position(self.consumer.assignment())
+            for tp in positions:
+                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:  # nothing fetched yet
+                    continue
+                at = tp.offset if tp.offset >= 0 else low
+                lags[(tp.topic, tp.partition)] = max(0, high - at)
+        except KafkaException as exc:  # the broker is away: keep the last figures
+            log.debug("lag not measured: %s", exc)
+            return
+        metrics.set_lag(lags)
 
     # -- group membership --------------------------------------------------------------------
     def _commit_now(self, partitions: Collection[tuple[str, int]]) -> None:
@@ -333,23 +360,30 @@ class PredictWorker:
 
 
 def build_worker(
-    settings: Settings, targets: Sequence[str] = (), *, session_timeout_ms: int = 10_000
+    settings: Settings,
+    targets: Sequence[str] = (),
+    *,
+    session_timeout_ms: int = 10_000,
+    metrics: WorkerMetrics | None = None,
+    shadows: Shadows | None = None,
 ) -> tuple[PredictWorker, SnapshotFollower, GraphFollower]:
     """A worker answering for ``targets`` (empty: every model and graph), with its followers
     started and their first look at Redis done (or ``serve_start_wait_seconds`` spent waiting).
+    ``metrics``: the followers report the versions served to it too; ``shadows``: where graph
+    answers' shadows run (None: not run).
 
     When a target names a graph at start, the worker follows every model (a graph's members
     change with its versions); otherwise only the target models."""
     store = open_store(settings)
     graphs = GraphFollower(
-        GraphStore(store.client, store.keys.prefix), FollowerLog(),
+        GraphStore(store.client, store.keys.prefix), metrics or FollowerLog(),
         poll_seconds=settings.serve_poll_seconds,
     )  # fmt: skip
     graphs.start()
     graphs.first_sync.wait(settings.serve_start_wait_seconds)
     graph_targets = [t for t in targets if graphs.get(t) is not None]
     follower = SnapshotFollower(
-        store, FollowerLog(), models=() if graph_targets else targets,
+        store, metrics or FollowerLog(), models=() if graph_targets else targets,
         poll_seconds=settings.serve_poll_seconds,
     )  # fmt: skip
     follower.start()
@@ -378,6 +412,9 @@ def build_worker(
     answerer = Answerer(
         follower.get, is_known=follower.is_known, targets=targets,
         limits=Limits.from_settings(settings), graphs=graphs.get, graph_models=graph_models,
+        shadows=shadows,
     )  # fmt: skip
-    worker = PredictWorker(settings, answerer, session_timeout_ms=session_timeout_ms)
+    worker = PredictWorker(
+        settings, answerer, session_timeout_ms=session_timeout_ms, metrics=metrics
+    )
     return worker, follower, graphs

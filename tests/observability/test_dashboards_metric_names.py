@@ -29,24 +29,24 @@ def _referenced() -> set[str]:
     return {n for e in exprs for n in NAME.findall(e)}
 
 
-def test_every_referenced_metric_is_exported(learner_metrics, serving_metrics):
+def test_every_referenced_metric_is_exported(learner_metrics, serving_metrics, worker_metrics):
     referenced = _referenced()
-    missing = referenced - _exported(learner_metrics, serving_metrics)
+    missing = referenced - _exported(learner_metrics, serving_metrics, worker_metrics)
     assert not missing, f"queries mention metrics nobody exports: {sorted(missing)}"
     assert len(referenced) > 20
 
 
-def test_every_exported_metric_is_on_a_dashboard(learner_metrics, serving_metrics):
+def test_every_exported_metric_is_on_a_dashboard(learner_metrics, serving_metrics, worker_metrics):
     referenced = {re.sub(r"_(bucket|sum|count)$", "", n) for n in _referenced()}
     families = set()
-    for m in (learner_metrics, serving_metrics):
+    for m in (learner_metrics, serving_metrics, worker_metrics):
         for family in m.registry.collect():
             families.add(family.name + ("_total" if family.type == "counter" else ""))
     assert families - referenced == set()
 
 
-def test_naming_conventions(learner_metrics, serving_metrics):
-    for m in (learner_metrics, serving_metrics):
+def test_naming_conventions(learner_metrics, serving_metrics, worker_metrics):
+    for m in (learner_metrics, serving_metrics, worker_metrics):
         for family in m.registry.collect():
             assert family.name.startswith("riverstream_"), family.name
             if family.type == "counter":

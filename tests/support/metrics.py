@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 from serving.graphs import GraphMetrics
 from serving.telemetry import ServingMetrics
 from stream.learner.telemetry import LearnerMetrics
+from stream.predict.metrics import WorkerMetrics
 
 
 def touch_learner(m: LearnerMetrics, now: float) -> None:
@@ -40,7 +41,11 @@ def touch_serving(m: ServingMetrics, now: float) -> None:
     m.observe_request("/models/{name}/predict", "lr", 500, 0.003)
     m.snapshot_swapped("lr", version=7, snapshot_timestamp=now, load_seconds=0.001)
     m.snapshot_refused("lr", "bad_signature")
-    g = GraphMetrics.for_registry(m.registry)  # graphs and shadows share the API's registry
+    touch_graphs(GraphMetrics.for_registry(m.registry))  # on the API's registry
+
+
+def touch_graphs(g: GraphMetrics) -> None:
+    """The graphs' and shadows' metrics (of the API, and of a prediction worker)."""
     g.graph_swapped("fraud", 3)
     g.graph_refused("fraud", "invalid")
     shadow = {"graph": "fraud", "shadow": "root.shadow.shadows[0]"}
@@ -49,6 +54,19 @@ def touch_serving(m: ServingMetrics, now: float) -> None:
     g.shadow_errors.labels(**shadow, reason="TypeError").inc()
     g.shadow_dropped.labels(graph="fraud").inc()
     g.shadow_duration_seconds.labels(**shadow).observe(1e-4)
+
+
+def touch_worker(m: WorkerMetrics) -> None:
+    """Every prediction worker metric, and the shadows' (on the worker's registry as well)."""
+    m.up.set(1)
+    m.requests.inc(3)
+    m.answered({"lr": 1, "fraud": 1}, [0.01, 0.02])
+    m.dead_letters.labels(reason="bad_json").inc()
+    m.retries.inc()
+    m.snapshot_swapped("lr", 7, 0.0, 0.001)
+    m.graph_swapped("fraud", 3)
+    m.set_lag({("riverstream.requests", 0): 2})
+    touch_graphs(GraphMetrics.for_registry(m.registry))  # shadows run in the worker too
 
 
 @pytest.fixture
@@ -62,4 +80,11 @@ def learner_metrics() -> LearnerMetrics:
 def serving_metrics() -> ServingMetrics:
     m = ServingMetrics(CollectorRegistry())
     touch_serving(m, 1.7e9)
+    return m
+
+
+@pytest.fixture
+def worker_metrics() -> WorkerMetrics:
+    m = WorkerMetrics(CollectorRegistry())
+    touch_worker(m)
     return m

@@ -12,7 +12,6 @@ model and metric equal `river.evaluate.progressive_val_score` on the same data.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import signal
@@ -32,7 +31,6 @@ from learners.datasets import dataset_events, load_dataset, river_delay
 from learners.serialization import load_signed
 from learners.specs import build_estimator
 from schemas.settings import Settings
-from stream.dev.ports import PORTS_FILE
 from stream.dev.services import (
     ServiceManager,
     ensure_debian_binary,
@@ -41,9 +39,11 @@ from stream.dev.services import (
     stop_pid,
 )
 from stream.learner.runtime import snapshot_store
+from tests.support.outage import private_kafka
 from tests.support.pipeline import fast, final_model, publish, spawn_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+__all__ = ["private_kafka"]  # a fixture
 
 LIMIT, DELAY, SEED = 30_000, 100, 3
 
@@ -230,21 +230,6 @@ def _status(url: str) -> int:
         return httpx.get(url, timeout=2).status_code
     except httpx.HTTPError:
         return 0
-
-
-@pytest.fixture
-def private_kafka(tmp_path: Path) -> Iterator[tuple[ServiceManager, str]]:
-    """A broker of this test (started like `riverstream services up`), so that killing it
-    leaves the rest of the suite alone."""
-    state = tmp_path / "kafka-state"
-    manager = ServiceManager(Settings(state_dir=state))
-    (state / "kafka").mkdir(parents=True)
-    ports = {"broker": free_port(), "controller": free_port()}
-    (state / "kafka" / PORTS_FILE).write_text(json.dumps(ports))
-    try:
-        yield manager, manager.up(("kafka",))["kafka"].address
-    finally:
-        manager.down(("kafka",), purge=True)
 
 
 def test_the_learner_rides_out_a_broker_restart(
