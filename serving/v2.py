@@ -81,174 +81,39 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Protocol
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.background import BackgroundTask
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from learners.predictor import MODEL_INPUT_ERRORS, ServedModel
-from schemas.graphs import GraphSpec
-from serving.asgi import receive_body
 from serving.inputs import InputLimits
+from serving.v2_fast import V2InferFastPath
+from serving.v2_graphs import (
+    GraphBackend,
+    ServedGraphLike,
+    graph_metadata,
+    graph_outputs,
+    v1_problems,
+)
+from serving.v2_requests import parse_infer_body
 from serving.v2_tensors import (
-    _BINARY_HINT,
+    BINARY_HINT,
     INFER_ROUTE,
-    JSON_INPUT,
-    PROBA_PREFIX,
     Observe,
     V2Error,
     _error,
     _json,
     infer_outputs,
-    known_classes,
-    label_datatype,
-    label_text,
     model_metadata,
-    output_tensors,
     package_version,
-    parse_infer_body,
-    select_outputs,
 )
 from stream.store.follower import SnapshotFollower
 
 
-# -- graphs ------------------------------------------------------------------------------------
-class ServedGraphLike(Protocol):
-    """What v2 reads of a served graph (`stream.store.graph_follower.ServedGraph`)."""
-
-    @property
-    def version(self) -> int: ...
-
-    @property
-    def spec(self) -> GraphSpec: ...
-
-
-class GraphSource(Protocol):
-    def get(self, name: str) -> ServedGraphLike | None: ...
-
-
-class GraphBackend(Protocol):
-    """What v2 uses of the graph service (`serving.graphs.GraphService`): its follower, the
-    answer of ``/v1/graphs/{name}/predict`` to a body, and running that answer's shadows."""
-
-    @property
-    def follower(self) -> GraphSource: ...
-
-    def answer(self, name: str, raw: bytes | None) -> tuple[int, dict[str, Any], Any]: ...
-
-    def run_later(self, job: Any) -> None: ...
-
-
-GRAPH_PLATFORM: Final = "riverstream-graph"
-GRAPH_OUTPUTS: Final = ("decided_by", "decision", "reason", "path", "versions")
-
-
-def graph_metadata(
-    name: str, graph: ServedGraphLike, models: Mapping[str, ServedModel]
-) -> dict[str, Any]:
-    """The ``GET /v2/models/{graph}`` answer: outputs as the members loaded here suggest."""
-    members = [models[m] for m in graph.spec.model_names() if m in models]
-    kinds = {m.kind for m in members}
-    if kinds == {"classifier"}:
-        classes = {label_text(c): c for m in members for c in known_classes(m)}
-        ordered = [classes[t] for t in sorted(classes)]
-        outputs = [{"name": "prediction", "datatype": label_datatype(ordered), "shape": [-1]}]
-        outputs += [
-            {"name": PROBA_PREFIX + label_text(c), "datatype": "FP64", "shape": [-1]}
-            for c in ordered
-        ]
-    else:
-        datatype = "FP64" if kinds and "classifier" not in kinds else "BYTES"
-        outputs = [{"name": "prediction", "datatype": datatype, "shape": [-1]}]
-    outputs += [{"name": o, "datatype": "BYTES", "shape": [-1]} for o in GRAPH_OUTPUTS]
-    return {
-        "name": name,
-        "versions": [str(graph.version)],
-        "platform": GRAPH_PLATFORM,
-        "inputs": [{"name": JSON_INPUT, "datatype": "BYTES", "shape": [-1]}],
-        "outputs": outputs,
-    }
-
-
-def _v1_problems(detail: Any) -> str:
-    """``/v1``'s error detail (a message, or a list of ``{"loc", "msg", "type"}``) as text."""
-    if not isinstance(detail, list):
-        return str(detail)
-    return "; ".join(
-        f"{'.'.join(str(p) for p in d.get('loc', [])[1:]) or 'body'}: {d.get('msg')}"
-        for d in detail
-    )
-
-
-def graph_outputs(content: dict[str, Any], requested: list[dict[str, Any]] | None) -> list[Any]:
-    """Output tensors of a ``/v1/graphs`` batch answer."""
-    answers = content["predictions"]
-    extra = {
-        "decided_by": [label_text(a["decided_by"]) for a in answers],
-        "decision": [label_text(a["decision"]) for a in answers],
-        "reason": [label_text(a["reason"]) for a in answers],
-        "path": [orjson.dumps(list(a["path"])).decode() for a in answers],
-        "versions": [orjson.dumps(a["versions"]).decode() for a in answers],
-    }
-    tensors = output_tensors(
-        [a["prediction"] for a in answers], [a["probabilities"] for a in answers], extra
-    )
-    return select_outputs(tensors, requested)
-
-
-# -- the fast path -----------------------------------------------------------------------------
-Respond = Callable[[str, str | None, bytes | None, Mapping[str, str]], tuple[int, bytes, Any]]
-"""``(name, version, body, headers) → (status, JSON body, shadow job)`` of an infer request."""
-_V2_MODELS = "/v2/models/"
-_V2_INFER = "/infer"
-_JSON_HEADER = (b"content-type", b"application/json")
-
-
-class V2InferFastPath:
-    """Pure ASGI middleware answering ``POST /v2/models/{name}[/versions/{v}]/infer`` through the
-    same ``respond`` as the documented routes, without FastAPI's routing, dependency solving and
-    request objects (≈ half of an infer request's CPU, measured in process); everything else
-    goes to ``app``. A graph's shadows are queued once the response is sent."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        respond: Respond,
-        max_body_bytes: int,
-        run_later: Callable[[Any], None] | None,
-    ) -> None:
-        self.app = app
-        self.respond = respond
-        self.max_body_bytes = max_body_bytes
-        self.run_later = run_later
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
-            if path.startswith(_V2_MODELS) and path.endswith(_V2_INFER):
-                name, sep, version = path[len(_V2_MODELS) : -len(_V2_INFER)].partition("/versions/")
-                if name and "/" not in name and (not sep or (version and "/" not in version)):
-                    headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                               for k, v in scope["headers"]}  # fmt: skip
-                    raw = await receive_body(receive, self.max_body_bytes)
-                    status, body, job = self.respond(name, version or None, raw, headers)
-                    length = (b"content-length", str(len(body)).encode())
-                    await send(
-                        {"type": "http.response.start", "status": status,
-                         "headers": [_JSON_HEADER, length]}
-                    )  # fmt: skip
-                    await send({"type": "http.response.body", "body": body})
-                    if job is not None and self.run_later is not None:
-                        self.run_later(job)
-                    return
-        await self.app(scope, receive, send)
-
-
-# -- the router --------------------------------------------------------------------------------
 async def _read_body(request: Request, limit: int) -> bytes | None:
     """The body, or None as soon as it exceeds ``limit`` bytes."""
     chunks, size = [], 0
@@ -322,7 +187,7 @@ def v2_router(
         """The answer to an infer request, and the shadow job of a graph's answer (or None)."""
         target = find(name, version)
         if "inference-header-content-length" in headers:
-            raise V2Error(400, _BINARY_HINT)
+            raise V2Error(400, BINARY_HINT)
         encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             raise V2Error(400, f"Content-Encoding {encoding!r} is not supported: send plain JSON")
@@ -346,7 +211,7 @@ def v2_router(
                 body["ids"] = [request_id] * len(rows)
             status, content, job = graphs.answer(name, orjson.dumps(body))
             if status != 200:
-                message = _v1_problems(content.get("detail"))
+                message = v1_problems(content.get("detail"))
                 raise V2Error(400 if status in (413, 422) else status, message)
             outputs = graph_outputs(content, requested)
             served_version = content["graph_version"]

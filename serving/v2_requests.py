@@ -1,0 +1,244 @@
+"""Requests of the Open Inference Protocol v2 (`serving.v2`): an infer body parsed into rows of
+River features, or a `serving.v2_tensors.V2Error` saying what is wrong (400).
+
+Pure conversions, no routes; the mapping of tensors to features is documented in `serving.v2`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+from serving.inputs import InputLimits
+from serving.v2_tensors import (
+    BINARY_HINT,
+    DATATYPES,
+    FLOATS,
+    INT_RANGES,
+    JSON_INPUT,
+    SCALARS,
+    SHM_KEYS,
+    V2Error,
+)
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return "null" if value is None else type(value).__name__
+
+
+def _flat(name: str, data: Any) -> list[Any]:
+    """A tensor's data, flat: a list of values or of one list of values per row."""
+    if not isinstance(data, list):
+        raise V2Error(400, f"input {name!r}: 'data' must be an array, not {_type_name(data)}")
+    if not any(isinstance(v, list) for v in data):
+        return data
+    flat: list[Any] = []
+    for row in data:
+        if not isinstance(row, list) or any(isinstance(v, list | dict) for v in row):
+            raise V2Error(400, f"input {name!r}: 'data' must be flat or nested once per row")
+        flat.extend(row)
+    return flat
+
+
+def _rows(name: str, shape: Any, max_rows: int) -> int:
+    """The number of rows of a ``[n]`` or ``[n, 1]`` shape."""
+    if (
+        not isinstance(shape, list)
+        or not all(type(d) is int and d >= 0 for d in shape)
+        or len(shape) not in (1, 2)
+        or (len(shape) == 2 and shape[1] != 1)
+    ):
+        raise V2Error(400, f"input {name!r}: shape must be [n] or [n, 1] for n rows, not {shape}")
+    n: int = shape[0]
+    if n == 0:
+        raise V2Error(400, f"input {name!r}: no rows (shape {shape})")
+    if n > max_rows:
+        raise V2Error(400, f"input {name!r}: {n} rows, the limit is {max_rows}")
+    return n
+
+
+def _check_value(name: str, datatype: str, value: Any) -> Any:
+    """``value`` as the model gets it, or a 400 saying why it does not fit ``datatype``."""
+    if value is None:
+        return None  # a missing feature in this row, as in /v1
+    kind = type(value)
+    if datatype == "BOOL":
+        ok = kind is bool
+    elif datatype in FLOATS:
+        ok = kind in (int, float)
+        value = float(value) if ok else value
+    elif datatype == "BYTES":
+        ok = kind is str
+    else:
+        lo, hi = INT_RANGES[datatype]
+        ok = kind is int and lo <= value <= hi
+    if not ok:
+        shown = orjson.dumps(value).decode()[:40]
+        raise V2Error(400, f"input {name!r}: {shown} is not a valid {datatype} value")
+    return value
+
+
+def _json_row(name: str, text: Any, limits: InputLimits) -> dict[str, Any]:
+    if not isinstance(text, str):
+        raise V2Error(400, f"input {name!r}: each element must be a JSON object as a string")
+    try:
+        row = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise V2Error(400, f"input {name!r}: invalid JSON in an element: {exc}") from None
+    if not isinstance(row, dict):
+        raise V2Error(400, f"input {name!r}: an element is a JSON {_type_name(row)}, not an object")
+    if len(row) > limits.max_features:
+        raise V2Error(
+            400, f"input {name!r}: {len(row)} features, the limit is {limits.max_features}"
+        )
+    for feature, value in row.items():
+        if not isinstance(value, SCALARS):
+            raise V2Error(
+                400,
+                f"input {name!r}: feature {feature!r} must be a number, a string, a boolean or "
+                f"null, not {_type_name(value)}",
+            )
+    return row
+
+
+def _is_json_input(tensor: dict[str, Any]) -> bool:
+    parameters = tensor.get("parameters") or {}
+    content_type = parameters.get("content_type") if isinstance(parameters, dict) else None
+    if content_type is not None:
+        return bool(content_type == "json")
+    return bool(tensor.get("name") == JSON_INPUT and tensor.get("datatype") == "BYTES")
+
+
+def _refuse_extensions(where: str, parameters: Any) -> None:
+    if parameters is None:
+        return
+    if not isinstance(parameters, dict):
+        raise V2Error(400, f"{where}: 'parameters' must be an object")
+    if "binary_data_size" in parameters or parameters.get("binary_data") is True:
+        raise V2Error(400, f"{where}: {BINARY_HINT}")
+    if parameters.get("binary_data_output") is True:
+        raise V2Error(400, f"{where}: {BINARY_HINT}")
+    if any(k in parameters for k in SHM_KEYS):
+        raise V2Error(400, f"{where}: the shared-memory extension is not supported")
+
+
+_ONE_ROW: Final = [1]
+
+
+def _one_row_of_numbers(inputs: list[Any]) -> dict[str, float] | None:
+    """The row of the commonest request, in one pass: one input per feature, each exactly
+    ``{"name", "shape": [1], "datatype": FP16/32/64, "data": [number]}``. None for anything
+    else (parameters, more rows, other types, a problem): the general checks take over, and
+    say what is wrong. The same row as theirs (integers become floats, as `_check_value`)."""
+    row: dict[str, float] = {}
+    for tensor in inputs:
+        if type(tensor) is not dict or len(tensor) != 4:
+            return None
+        name, data = tensor.get("name"), tensor.get("data")
+        if (
+            type(name) is not str
+            or name in row
+            or tensor.get("datatype") not in FLOATS
+            or tensor.get("shape") != _ONE_ROW
+            or type(data) is not list
+            or len(data) != 1
+        ):
+            return None
+        value = data[0]
+        kind = type(value)
+        if kind is float:
+            row[name] = value
+        elif kind is int:
+            row[name] = float(value)
+        else:
+            return None
+    return row
+
+
+def parse_infer_body(raw: bytes, limits: InputLimits) -> tuple[Any, list[dict[str, Any]], Any]:
+    """``(id, rows, requested outputs)`` of an infer request body, or a `V2Error`.
+
+    >>> body = b'{"id": "a", "inputs": [{"name": "x", "shape": [2], "datatype": "FP32",'
+    >>> body += b' "data": [1, 2.5]}, {"name": "c", "shape": [2, 1], "datatype": "BYTES",'
+    >>> body += b' "data": [["red"], ["blue"]]}]}'
+    >>> parse_infer_body(body, InputLimits())
+    ('a', [{'x': 1.0, 'c': 'red'}, {'x': 2.5, 'c': 'blue'}], None)
+    >>> body = b'{"inputs": [{"name": "features", "shape": [1], "datatype": "BYTES",'
+    >>> body += b' "data": ["{\\\\"x\\\\": 1}"]}]}'
+    >>> parse_infer_body(body, InputLimits())
+    (None, [{'x': 1}], None)
+    """
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise V2Error(400, f"invalid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise V2Error(400, f"the body must be a JSON object, not {_type_name(body)}")
+    unknown = sorted(set(body) - {"id", "parameters", "inputs", "outputs"})
+    if unknown:
+        raise V2Error(400, f"unknown field(s) {unknown}: use id, parameters, inputs, outputs")
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise V2Error(400, f"'id' must be a string, not {_type_name(request_id)}")
+    _refuse_extensions("request", body.get("parameters"))
+    outputs = body.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+        ):
+            raise V2Error(400, "'outputs' must be an array of objects with a 'name'")
+        for o in outputs:
+            _refuse_extensions(f"output {o['name']!r}", o.get("parameters"))
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise V2Error(400, "'inputs' must be a non-empty array of tensors")
+    if len(inputs) > limits.max_features:
+        raise V2Error(400, f"{len(inputs)} inputs, the limit is {limits.max_features}")
+    row = _one_row_of_numbers(inputs)
+    if row is not None:
+        return request_id, [row], outputs
+    names: set[str] = set()
+    for tensor in inputs:
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise V2Error(400, "every input must be an object with a 'name'")
+        name = tensor["name"]
+        if name in names:
+            raise V2Error(400, f"input {name!r} is given twice")
+        names.add(name)
+        _refuse_extensions(f"input {name!r}", tensor.get("parameters"))
+        datatype = tensor.get("datatype")
+        if datatype not in DATATYPES:
+            allowed = ", ".join(sorted(DATATYPES))
+            raise V2Error(400, f"input {name!r}: datatype {datatype!r} is not one of {allowed}")
+        if "data" not in tensor:
+            raise V2Error(400, f"input {name!r}: 'data' is missing")
+    json_inputs = [t for t in inputs if _is_json_input(t)]
+    if json_inputs and len(inputs) > 1:
+        raise V2Error(
+            400, "give either one input per feature or one BYTES input of JSON rows, not both"
+        )
+    rows: list[dict[str, Any]] = []
+    n_rows: int | None = None
+    for tensor in inputs:
+        name, datatype = tensor["name"], tensor["datatype"]
+        n = _rows(name, tensor.get("shape"), limits.max_instances)
+        if n_rows is not None and n != n_rows:
+            raise V2Error(400, f"input {name!r} has {n} rows, another input has {n_rows}")
+        if n_rows is None:
+            n_rows = n
+            rows = [{} for _ in range(n)]
+        data = _flat(name, tensor["data"])
+        if len(data) != n:
+            raise V2Error(400, f"input {name!r}: shape {tensor['shape']} but {len(data)} values")
+        if json_inputs:
+            if datatype != "BYTES":
+                raise V2Error(400, f"input {name!r}: JSON rows must have datatype BYTES")
+            return request_id, [_json_row(name, text, limits) for text in data], outputs
+        for row, value in zip(rows, data, strict=True):
+            row[name] = _check_value(name, datatype, value)
+    return request_id, rows, outputs
