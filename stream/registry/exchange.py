@@ -13,7 +13,7 @@ import json
 import struct
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from learners.serialization import sha256_hex, verify_signed
 from schemas.errors import RegistryError, SnapshotIntegrityError
@@ -21,7 +21,52 @@ from schemas.names import is_model_name
 from schemas.records import SnapshotMeta
 
 if TYPE_CHECKING:
-    from stream.registry.registry import Registry
+    from collections.abc import Callable, Mapping
+
+    import redis
+
+    from stream.store.keys import RedisKeys
+    from stream.store.snapshots import SnapshotStore
+
+
+class Registry(Protocol):
+    """What export and import use of a `stream.registry.registry.Registry` (which calls them:
+    a protocol, so that this module does not import it back)."""
+
+    @property
+    def store(self) -> SnapshotStore: ...
+
+    @property
+    def client(self) -> redis.Redis: ...
+
+    @property
+    def keys(self) -> RedisKeys: ...
+
+    @property
+    def by(self) -> str: ...
+
+    @property
+    def signing_key(self) -> bytes | None: ...
+
+    def _read(self, what: str, fn: Callable[[], Any]) -> Any: ...
+
+    def _require_version(self, r: Any, model: str, version: int) -> SnapshotMeta: ...
+
+    def _entry(
+        self, action: str, frm: int | None, to: int | None, reason: str, **kw: Any
+    ) -> str: ...
+
+    def register(
+        self,
+        meta: SnapshotMeta,
+        blob: bytes,
+        version: int,
+        checkpoint: bytes | None = None,
+        offsets: Mapping[str, int] | None = None,
+        *,
+        history_entry: str | None = None,
+    ) -> None: ...
+
 
 EXPORT_MAGIC = b"RSEXPORT1\n"
 _MAC_SIZE = hashlib.sha256().digest_size
