@@ -38,7 +38,7 @@ from learners.datasets import dataset_events
 from schemas.errors import RiverstreamError
 from schemas.events import FeatureEvent
 from schemas.settings import Settings
-from stream.dev.demo_architectures import run_other_architectures
+from stream.dev.demo_architectures import OtherArchitectures, run_other_architectures
 from stream.dev.services import SERVICES, ServiceManager, free_port, resolve, wait_until
 from stream.kafka.publish import Publisher
 
@@ -69,16 +69,7 @@ class DemoSummary:
     api_url: str = ""
     console_url: str = ""
     prometheus_url: str | None = None
-    async_requests: int = 0
-    async_answered: int = 0
-    async_versions: list[int] = field(default_factory=list)
-    async_latencies_ms: list[float] = field(default_factory=list)
-    """Per answer: its ``answered_at`` minus its ``requested_at`` (the request's Kafka time)."""
-    batch_scored: int = 0
-    batch_rejected: int = 0
-    batch_versions: list[int] = field(default_factory=list)
-    batch_output: str = ""
-    batch_lookup: str = ""
+    other: OtherArchitectures = field(default_factory=OtherArchitectures)
 
     def latency(self, q: float) -> float:
         if not self.latencies_ms:
@@ -219,7 +210,7 @@ class Demo:
                     f"the learner stopped unexpectedly; its log ends with:\n{self._tail('learner')}"
                 )
             run_other_architectures(
-                settings, client, name, features, summary, children=self.children,
+                settings, client, name, features, summary.other, children=self.children,
                 worker_log=self._logs["predict-worker"], tail=self._tail,
             )  # fmt: skip
             return summary
@@ -278,11 +269,12 @@ def _has_display() -> bool:
 
 
 def describe(summary: DemoSummary) -> list[str]:
+    other = summary.other
     metric = ", ".join(f"{k} {v:.4f}" for k, v in summary.metrics.items()) or "n/a"
     p50 = summary.latency(0.5)
     p99 = summary.latency(0.99)
     mean = statistics.fmean(summary.latencies_ms) if summary.latencies_ms else float("nan")
-    waits = sorted(summary.async_latencies_ms) or [float("nan")]
+    waits = sorted(other.async_latencies_ms) or [float("nan")]
     return [
         f"events published      {summary.events}",
         f"samples learned       {summary.samples_learned}",
@@ -294,14 +286,14 @@ def describe(summary: DemoSummary) -> list[str]:
         "serving architectures",
         f"online, synchronous   {summary.predictions} answers over HTTP "
         f"({summary.failed_predictions} failed), p50 {p50:.2f} ms",
-        f"asynchronous, Kafka   {summary.async_answered} of {summary.async_requests} requests "
+        f"asynchronous, Kafka   {other.async_answered} of {other.async_requests} requests "
         f"answered by the predict-worker",
-        f"                      versions {summary.async_versions}, request → answer p50 "
+        f"                      versions {other.async_versions}, request → answer p50 "
         f"{waits[len(waits) // 2]:.1f} ms",
-        f"batch, score          {summary.batch_scored} rows scored ({summary.batch_rejected} "
-        f"rejected), versions {summary.batch_versions}",
-        f"                      into {summary.batch_output}",
-        f"                      and Redis: {summary.batch_lookup}",
+        f"batch, score          {other.batch_scored} rows scored ({other.batch_rejected} "
+        f"rejected), versions {other.batch_versions}",
+        f"                      into {other.batch_output}",
+        f"                      and Redis: {other.batch_lookup}",
         f"console               {summary.console_url}",
     ]
 

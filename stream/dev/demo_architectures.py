@@ -19,8 +19,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import orjson
@@ -30,9 +31,6 @@ from schemas.events import FeatureEvent
 from schemas.settings import Settings
 from stream.dev.services import wait_until
 
-if TYPE_CHECKING:
-    from stream.dev.demo import DemoSummary
-
 ASYNC_REQUESTS = 20
 """Requests the demo sends through Kafka to the prediction worker."""
 BATCH_ROWS = 50
@@ -41,18 +39,34 @@ OTHER_ARCHITECTURES_SECONDS = 60.0
 """How long the asynchronous answers and the batch run may take together."""
 
 
+@dataclass
+class OtherArchitectures:
+    """What the demo saw of the asynchronous and batch architectures."""
+
+    async_requests: int = 0
+    async_answered: int = 0
+    async_versions: list[int] = field(default_factory=list)
+    async_latencies_ms: list[float] = field(default_factory=list)
+    """Per answer: its ``answered_at`` minus its ``requested_at`` (the request's Kafka time)."""
+    batch_scored: int = 0
+    batch_rejected: int = 0
+    batch_versions: list[int] = field(default_factory=list)
+    batch_output: str = ""
+    batch_lookup: str = ""
+
+
 def run_other_architectures(
     settings: Settings,
     client: httpx.Client,
     name: str,
     features: list[FeatureEvent],
-    summary: DemoSummary,
+    summary: OtherArchitectures,
     *,
     children: list[subprocess.Popen[bytes]],
     worker_log: Path,
     tail: Callable[[str], str],
 ) -> None:
-    """Batch scoring (a `score` process, added to ``children``) while requests travel through
+    """Fill ``summary`` from batch scoring (a `score` process, added to ``children``) while requests travel through
     Kafka to the worker (whose log is ``worker_log``; ``tail(name)`` ends a child's log)."""
     state = Path(settings.state_dir)
     batch_in = state / f"{settings.redis_prefix}.batch.jsonl"
