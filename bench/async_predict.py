@@ -6,15 +6,18 @@ with a `SnapshotFollower` following Redis), three workers in turn:
   confluent    ``riverstream predict-worker`` (`stream.predict.worker`: a confluent-kafka
                consumer-group member, batches answered then flushed with acks=all, offsets
                committed after the acks)
+  confluent-x2 two of them in one consumer group (each takes half the partitions): the
+               scaling ratio is its answers/s ÷ confluent's, from the same run
   faust        a faust-streaming agent (aiokafka), one event at a time: ``await topic.send``
                per answer (``processing_guarantee="at_least_once"``, ``producer_acks=-1``)
   faust-take   the same agent over faust's batches (``stream.take_events(1000, within=10 ms)``)
   faust-soon   batches, and answers put in faust's producer buffer without awaiting each
                (``topic.send_soon``): faust's fastest produce path
 
-For each, in a fresh request/answer topic pair (3 partitions) and consumer group:
+For each, in a fresh request/answer topic pair (``--partitions``, 4) and consumer group:
 
-1. warm-up: a request every 0.2 s until one is answered (the worker has joined its group);
+1. warm-up: a request every 0.2 s until one is answered (the worker has joined its group; with
+   several workers, until every worker reports partitions assigned and the group is complete);
 2. throughput: N requests produced at once; answers/s = (N - 1) / (last - first
    ``answered_at``), the worker's steady rate with a full queue;
 3. latency: requests at a fixed offered load R/s for T seconds; end to end = the moment this
@@ -29,6 +32,7 @@ Kafka and Redis are started with `ServiceManager` in a temporary state directory
 The faust modes need faust-streaming, which is not a dependency of riverstream: ``pip install
 -e '.[bench]'``.
 
+    python bench/async_predict.py --modes confluent,confluent-x2     # 1 vs 2 workers
     python bench/async_predict.py                         # N = 20 000, R = 500/s for 10 s
     python bench/async_predict.py -n 5000 --rate 500 --seconds 5 --modes confluent,faust
 """
@@ -156,9 +160,9 @@ def producer(bootstrap: str) -> Any:
 
 def start_worker(mode: str, settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **settings.to_environment()}
-    if mode == "confluent":
+    if mode.startswith("confluent"):
         argv = [sys.executable, "-m", "stream", "predict-worker", "--target", TARGET,
-                "--report-every", "600"]  # fmt: skip
+                "--report-every", "0.5", "--metrics-port", "0"]  # fmt: skip
     else:
         argv = [sys.executable, str(Path(__file__).resolve()), "_faust_worker", mode]
     with log.open("wb") as handle:
@@ -182,6 +186,17 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
+def assigned(log: Path) -> int:
+    """Partitions the worker logging to ``log`` said it holds in its last status line."""
+    lines = [line for line in log.read_text().splitlines() if line.startswith('{"answered"')]
+    return int(json.loads(lines[-1])["assigned"]) if lines else 0
+
+
+def worker_count(mode: str) -> int:
+    """``confluent-x2`` → 2; any other mode runs one worker."""
+    return int(mode.rsplit("-x", 1)[1]) if "-x" in mode else 1
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -198,10 +213,12 @@ def run_mode(mode: str, base: Settings, args: argparse.Namespace, workdir: Path)
     bootstrap = settings.kafka_bootstrap_servers
     assert bootstrap
     create_topics(bootstrap, settings.topics())
-    log = workdir / f"{mode}.log"
-    result: dict[str, Any] = {"mode": mode}
+    logs = [workdir / f"{mode}.{i}.log" for i in range(worker_count(mode))]
+    log = logs[0]
+    result: dict[str, Any] = {"mode": mode, "workers": len(logs)}
     started = time.monotonic()
-    proc = start_worker(mode, settings, log)
+    procs = [start_worker(mode, settings, path) for path in logs]
+    proc = procs[0]
     answers = Answers(bootstrap, settings.topic_predictions)
     out = producer(bootstrap)
     try:
@@ -220,6 +237,13 @@ def run_mode(mode: str, base: Settings, args: argparse.Namespace, workdir: Path)
             raise RuntimeError(f"{mode} worker answered none of {len(warm)} warm-up requests")
         result["to_first_answer_s"] = round(time.monotonic() - started, 2)
         answers.wait(warmed, 30)
+        if len(logs) > 1:  # every worker holds partitions, and together all of them
+            deadline = time.monotonic() + args.deadline
+            while not (all(map(assigned, logs)) and sum(map(assigned, logs)) == base.partitions):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{mode}: the group never shared the partitions")
+                time.sleep(0.1)  # polling the workers' status lines with a deadline
+            result["assigned"] = [assigned(path) for path in logs]
         # 2. throughput with a full queue
         burst = request_values(args.n, "t")
         for key, value in burst:
@@ -269,7 +293,8 @@ def run_mode(mode: str, base: Settings, args: argparse.Namespace, workdir: Path)
         result["answers_read"] = answers.count
     finally:
         answers.close()
-        stop_worker(proc)
+        for p in procs:
+            stop_worker(p)
     return result
 
 
@@ -375,7 +400,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=500.0, help="offered load, requests/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the load phase")
     parser.add_argument("--deadline", type=float, default=120.0, help="seconds per phase")
-    parser.add_argument("--modes", default="confluent,faust,faust-take,faust-soon")
+    parser.add_argument(
+        "--modes",
+        default="confluent,confluent-x2,faust,faust-take,faust-soon",
+        help="confluent, confluent-xK (K workers in one group), faust, faust-take, faust-soon",
+    )
+    parser.add_argument("--partitions", type=int, default=4, help="of the request topic")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -397,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         base = Settings(
             state_dir=workdir / "state", kafka_bootstrap_servers=records["kafka"].address,
             redis_url=records["redis"].url, redis_prefix=f"bench{uuid.uuid4().hex[:6]}",
-            snapshot_key="bench-key", serve_poll_seconds=1.0,
+            snapshot_key="bench-key", serve_poll_seconds=1.0, partitions=args.partitions,
+            predict_metrics_port=0,
         )  # fmt: skip
         publish_model(base)
         for mode in modes:

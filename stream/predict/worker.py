@@ -45,18 +45,18 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from schemas.errors import ConfigError, KafkaAdapterError, SchemaError
+from schemas.errors import ConfigError, SchemaError
 from schemas.events import Limits
-from schemas.predictions import HEADER_PREFIX
 from schemas.settings import Settings
 from stream.kafka.client import Record, create_topics
 from stream.kafka.deadletter import DeadLetters
-from stream.kafka.security import PLAINTEXT, KafkaSecurity, kafka_security
+from stream.kafka.security import kafka_security
 from stream.predict.answer import Answerer
 from stream.predict.graph_target import Shadows
 from stream.predict.metrics import FollowerLog, WorkerMetrics
+from stream.predict.producer import AnswerProducer, passed_headers
 from stream.store.follower import SnapshotFollower
 from stream.store.graph_follower import GraphFollower, ServedModels
 from stream.store.graphs import GraphStore
@@ -64,88 +64,8 @@ from stream.store.snapshots import open_store
 
 log = logging.getLogger(__name__)
 
-_QUEUE_FULL_WAIT = 0.05
 LAG_EVERY_SECONDS = 1.0
 Report = Callable[[dict[str, Any]], None]
-
-
-def passed_headers(headers: Any) -> list[tuple[str, bytes]]:
-    """The ``x-`` headers of a request, copied onto its answer (or dead letter).
-
-    >>> passed_headers([("x-trace", b"7"), ("other", b"1"), ("X-Empty", None)])
-    [('x-trace', b'7'), ('X-Empty', b'')]
-    """
-    items = headers.items() if isinstance(headers, dict) else headers
-    return [
-        (k, v if isinstance(v, bytes) else (v or "").encode())
-        for k, v in items
-        if k[:2].lower() == HEADER_PREFIX
-    ]
-
-
-class AnswerProducer:
-    """confluent-kafka producer (acks=all, idempotent) counting failed deliveries.
-
-    Implements `stream.kafka.deadletter.Sender`, so dead letters go through it as well and one
-    flush covers answers and dead letters alike.
-    """
-
-    def __init__(
-        self, bootstrap: str, *, linger_ms: float = 1.0, security: KafkaSecurity = PLAINTEXT
-    ) -> None:
-        self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "acks": "all",
-                "enable.idempotence": True,
-                "linger.ms": linger_ms,
-                **security.librdkafka(),
-            }
-        )
-        self.failed = 0
-        self.errors: list[str] = []
-
-    def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            self.failed += 1
-            if len(self.errors) < 20:
-                self.errors.append(str(err))
-
-    def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        partition: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
-        extra: dict[str, Any] = {} if partition is None else {"partition": partition}
-        while True:
-            try:
-                self._producer.produce(
-                    topic,
-                    value,
-                    key,
-                    headers=headers,  # type: ignore[arg-type]  # list is invariant; bytes fit
-                    on_delivery=self._delivered,
-                    **extra,
-                )
-                return
-            except BufferError:  # the local queue is full: let deliveries drain
-                self._producer.poll(_QUEUE_FULL_WAIT)
-            except KafkaException as exc:
-                raise KafkaAdapterError(f"produce to {topic} failed: {exc}") from exc
-
-    def flush(self, timeout: float | None = 60.0) -> None:
-        """Wait until every message sent so far is acknowledged (or failed for good)."""
-        left = self._producer.flush(-1 if timeout is None else timeout)
-        if left:
-            raise KafkaAdapterError(f"{left} messages not acknowledged within {timeout} s")
-
-    def take_failures(self) -> int:
-        """Failed deliveries since the last call."""
-        failed, self.failed = self.failed, 0
-        return failed
 
 
 @dataclass
