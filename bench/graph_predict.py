@@ -22,7 +22,12 @@ requests/s ratio a machine of its own would show at saturation).
 It also prints the in-process cost of each member and of the graph evaluation (no HTTP), so
 that the ratio can be read: the members' own ``predict`` costs add up, the graph adds little.
 
-    python bench/graph_predict.py [--workers 2] [--duration 3] [--rounds 3] [--tree-leaf mc] [--json]
+The servers, wrk rounds and /proc readings are `serving_harness`'s (shared with
+`serve_latency.py`); ``--before DIR`` also serves the API from another checkout and hits it in
+the same rounds, for before/after ratios from one run.
+
+    python bench/graph_predict.py [--workers 2] [--duration 3] [--rounds 3] [--tree-leaf mc]
+                                  [--before DIR] [--json]
 """
 
 from __future__ import annotations
@@ -32,21 +37,15 @@ import json
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_latency import KEY, median_run, run_wrk, start_redis, wait_for  # noqa: E402
-
-from stream.dev.services import free_port  # noqa: E402
+import serving_harness as harness
 
 N_FEATURES = 30
 ACCURACY = {"lr": 0.91, "tree": 0.84, "lr2": 0.88}
@@ -103,14 +102,16 @@ def publish(redis_url: str, prefix: str, models: dict[str, Any]) -> None:
     from stream.store.snapshots import SnapshotMeta, SnapshotStore
 
     client = redis.Redis.from_url(redis_url)
-    store = SnapshotStore(client, prefix, KEY.encode())
+    store = SnapshotStore(client, prefix, harness.KEY.encode())
     for name, model in models.items():
-        blob = dump_signed(model, KEY.encode())
+        blob = dump_signed(model, harness.KEY.encode())
         meta = SnapshotMeta.describe(
             name, blob, kind="classifier", spec=type(model).__name__, samples_learned=2000,
             metrics={"Accuracy": ACCURACY[name]}, offsets={},
         )  # fmt: skip
-        store.write(store.next_version(), {name: (blob, meta)}, dump_signed({}, KEY.encode()), {})
+        store.write(
+            store.next_version(), {name: (blob, meta)}, dump_signed({}, harness.KEY.encode()), {}
+        )
     graphs = GraphRegistry(client, prefix, by="bench")
     graphs.apply(FRAUD, reason="bench")
     graphs.apply({"name": "one", "root": "lr"}, reason="bench")
@@ -152,30 +153,10 @@ def in_process(models: dict[str, Any], x: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def cpu_seconds(root: int) -> float:
-    """User + system CPU seconds of process ``root`` and of its children (uvicorn workers)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total, pending = 0.0, [root]
-    while pending:
-        pid = pending.pop()
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                pending += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError, IndexError):
-            continue  # a process that ended meanwhile
-    return total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per point")
-    parser.add_argument("--concurrency", default="1,16,64")
+    harness.add_common_arguments(parser)
     parser.add_argument("--tree-leaf", default="mc", choices=["mc", "nb", "nba"])
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk (Debian's package)")
@@ -183,111 +164,73 @@ def main() -> None:
     x = events()[0]
     costs = in_process(models, x)
     tmp = Path(tempfile.mkdtemp(prefix="rs-bench-graph-"))
-    redis_proc, redis_url = start_redis(tmp)
-    server = None
-    rows = []
+    redis_proc, redis_url = harness.start_redis(tmp)
+    servers: dict[str, Any] = {}
     try:
         prefix = "bench"
         publish(redis_url, prefix, models)
-        port = free_port()
-        metrics_dir = tmp / "metrics"
-        metrics_dir.mkdir()
-        env = {
-            **os.environ, "RIVERSTREAM_REDIS_URL": redis_url, "RIVERSTREAM_REDIS_PREFIX": prefix,
-            "RIVERSTREAM_SNAPSHOT_KEY": KEY, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-            "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
-        }  # fmt: skip
-        code = (
-            "from serving.runner import run_uvicorn; "
-            f"run_uvicorn('serve_latency:bench_app', '127.0.0.1', {port}, {args.workers})"
-        )
-        server = subprocess.Popen(
-            [sys.executable, "-c", code], cwd=ROOT / "bench", env=env, start_new_session=True
-        )
-        base = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            import httpx
-
-            try:
-                ok = httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-                return ok and httpx.get(f"{base}/v1/graphs/fraud", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, 30, "the API")
+        apis = harness.start_apis(redis_url, prefix, tmp, args.workers, args.before)
+        servers = {tree: proc for tree, (proc, _) in apis.items()}
+        bases = {tree: base for tree, (_, base) in apis.items()}
+        trees = list(apis)
+        for base in bases.values():  # graphs load after models
+            harness.wait_http(f"{base}/v1/graphs/fraud", 30, f"the graph at {base}")
         import httpx
 
-        sample = httpx.post(f"{base}/v1/graphs/fraud/predict", json={"features": x}).json()
-        body = json.dumps({"features": x})
-        script = tmp / "post.lua"
-        script.write_text(
-            'wrk.method = "POST"\n'
-            'wrk.headers["Content-Type"] = "application/json"\n'
-            f"wrk.body = {json.dumps(body)}\n"
-        )
-        urls = {
-            "model": f"{base}/v1/models/lr/predict",
-            "graph_one": f"{base}/v1/graphs/one/predict",
-            "graph_fraud": f"{base}/v1/graphs/fraud/predict",
+        sample = httpx.post(f"{bases['']}/v1/graphs/fraud/predict", json={"features": x}).json()
+        script = harness.post_script(tmp / "post.lua", json.dumps({"features": x}))
+        paths = {"model": "/v1/models/lr/predict", "graph_one": "/v1/graphs/one/predict",
+                 "graph_fraud": "/v1/graphs/fraud/predict"}  # fmt: skip
+        targets = {
+            key + tree: harness.Target(bases[tree] + path, script, servers[tree].pid)
+            for key, path in paths.items()
+            for tree in trees
         }
-        for url in urls.values():  # warm-up
-            run_wrk(url, 16, 1, script)
-        for c in [int(c) for c in args.concurrency.split(",")]:
-            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in urls}
-            cpu: dict[str, list[float]] = {k: [] for k in urls}
-            for _ in range(args.rounds):  # alternate short rounds, keep the median
-                for key, url in urls.items():
-                    before = cpu_seconds(server.pid)
-                    run = run_wrk(url, c, args.duration, script)
-                    spent = cpu_seconds(server.pid) - before
-                    runs[key].append(run)
-                    cpu[key].append(spent / max(1.0, run["rps"] * max(1, round(args.duration))))
-            row: dict[str, Any] = {"concurrency": c}
-            row.update({k: median_run(v) for k, v in runs.items()})
-            for key, values in cpu.items():
-                row[key]["cpu_us_per_request"] = sorted(values)[len(values) // 2] * 1e6
-            row["cpu_ratio"] = (
-                row["model"]["cpu_us_per_request"] / row["graph_fraud"]["cpu_us_per_request"]
-            )
-            row["fraud_ratio"] = row["graph_fraud"]["rps"] / row["model"]["rps"]
-            row["one_ratio"] = row["graph_one"]["rps"] / row["model"]["rps"]
-            rows.append(row)
+        concurrencies = [int(c) for c in args.concurrency.split(",")]
+        rows, loads = harness.rounds(targets, concurrencies, args.rounds, args.duration)
+        for row in rows:
+            for tree in trees:
+                model = row["model" + tree]
+                row["cpu_ratio" + tree] = model["cpu_us"] / row["graph_fraud" + tree]["cpu_us"]
+                row["one_cpu_ratio" + tree] = model["cpu_us"] / row["graph_one" + tree]["cpu_us"]
+                row["fraud_ratio" + tree] = row["graph_fraud" + tree]["rps"] / model["rps"]
+                row["one_ratio" + tree] = row["graph_one" + tree]["rps"] / model["rps"]
     finally:
-        if server is not None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        for server in servers.values():
+            harness.stop_server(server)
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
     result = {"workers": args.workers, "cpus": os.cpu_count(), "tree_leaf": args.tree_leaf,
-              "in_process_us": costs, "sample_answer": sample, "rows": rows}  # fmt: skip
+              "in_process_us": costs, "sample_answer": sample, "rows": rows,
+              "load": loads}  # fmt: skip
     if args.json:
         print(json.dumps(result))
         return
     print(
         f"uvicorn workers={args.workers}, cpus={os.cpu_count()}, wrk -t1, "
         f"median of {args.rounds} alternating {args.duration}s runs, tree leaves {args.tree_leaf}"
+        + (f"; @before = the API of {args.before}" if args.before else "")
     )
     print("in-process µs per call (min of 30 trials):", json.dumps(costs))
     print("a graph answer:", json.dumps(sample))
-    print(f"{'c':>3} | {'model req/s':>11} {'p50':>7} {'p99':>7} | {'one req/s':>9} | "
+    print(f"{'c':>3} {'tree':7} | {'model req/s':>11} {'p50':>7} {'p99':>7} | {'one req/s':>9} | "
           f"{'fraud req/s':>11} {'p50':>7} {'p99':>7} | fraud/model | one/model | "
-          "CPU µs/req model one fraud | model/fraud CPU | non-2xx")  # fmt: skip
+          "CPU µs/req model one fraud | CPU model/one model/fraud | non-2xx")  # fmt: skip
     for r in rows:
-        m, o, f = r["model"], r["graph_one"], r["graph_fraud"]
-        bad = m["non_2xx"] + o["non_2xx"] + f["non_2xx"]
-        print(
-            f"{r['concurrency']:>3} | {m['rps']:>11.0f} {m['p50_ms']:>6.2f}m {m['p99_ms']:>6.2f}m | "
-            f"{o['rps']:>9.0f} | {f['rps']:>11.0f} {f['p50_ms']:>6.2f}m {f['p99_ms']:>6.2f}m | "
-            f"{r['fraud_ratio']:>11.2f} | {r['one_ratio']:>9.2f} | "
-            f"{m['cpu_us_per_request']:>11.0f} {o['cpu_us_per_request']:>4.0f} "
-            f"{f['cpu_us_per_request']:>5.0f} | {r['cpu_ratio']:>15.2f} | {bad}"
-        )
+        for tree in trees:
+            m, o, f = r["model" + tree], r["graph_one" + tree], r["graph_fraud" + tree]
+            bad = m["non_2xx"] + o["non_2xx"] + f["non_2xx"]
+            print(
+                f"{r['concurrency']:>3} {tree or 'this':7} | {m['rps']:>11.0f} "
+                f"{m['p50_ms']:>6.2f}m {m['p99_ms']:>6.2f}m | {o['rps']:>9.0f} | {f['rps']:>11.0f} "
+                f"{f['p50_ms']:>6.2f}m {f['p99_ms']:>6.2f}m | {r['fraud_ratio' + tree]:>11.2f} | "
+                f"{r['one_ratio' + tree]:>9.2f} | {m['cpu_us']:>11.0f} {o['cpu_us']:>4.0f} "
+                f"{f['cpu_us']:>5.0f} | {r['one_cpu_ratio' + tree]:>9.2f} "
+                f"{r['cpu_ratio' + tree]:>11.2f} | {bad}"
+            )
+    print(f"load average (1 min) before and after each concurrency: "
+          f"{', '.join(f'{x:.1f}' for x in loads)}")  # fmt: skip
 
 
 if __name__ == "__main__":
