@@ -51,7 +51,14 @@ from serving.curve import curve_router
 from serving.feedback import ClosedLoop
 from serving.graphs import GraphFastPath, GraphService, wait_started
 from serving.graphs import install as install_graphs
-from serving.inputs import InputError, InputLimits, load_body, numeric_features, predict_features
+from serving.inputs import (
+    InputError,
+    InputLimits,
+    load_body,
+    numeric_features,
+    numeric_instances,
+    predict_features,
+)
 from serving.lookup import lookup_router
 from serving.telemetry import RequestRecorder, ServingMetrics, get_metrics, metrics_response_bytes
 from serving.v2 import v2_router
@@ -203,6 +210,8 @@ def create_app(
                         "samples_learned": served.samples_learned,
                         "prediction": prediction, "probabilities": proba,
                     }  # fmt: skip
+                elif (instances := numeric_instances(body, limits)) is not None:
+                    content = _answers(name, served, instances, complete=True)
                 else:
                     content = _answers(name, served, predict_features(body, limits))
         except InputError as exc:
@@ -266,9 +275,13 @@ def create_app(
 
 
 def _answers(
-    name: str, served: ServedModel, parsed: dict[str, Any] | list[dict[str, Any]]
+    name: str,
+    served: ServedModel,
+    parsed: dict[str, Any] | list[dict[str, Any]],
+    complete: bool = False,
 ) -> dict[str, Any]:
-    """The answer of ``served`` to checked features: one instance, or a batch (a tight loop)."""
+    """The answer of ``served`` to checked features: one instance, or a batch (a tight loop;
+    ``complete``: no instance has a missing feature)."""
     if isinstance(parsed, dict):
         prediction, proba = served.predict(parsed)
         return {
@@ -279,7 +292,7 @@ def _answers(
     predictions: list[dict[str, Any]] = []
     append = predictions.append
     for x in parsed:
-        prediction, proba = predict(x)
+        prediction, proba = predict(x, complete=complete)
         append({"prediction": prediction, "probabilities": proba})
     return {
         "model": name, "version": served.version, "samples_learned": served.samples_learned,

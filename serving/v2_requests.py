@@ -160,6 +160,9 @@ def _one_row_of_numbers(inputs: list[Any]) -> dict[str, float] | None:
     return row
 
 
+_FIELDS: Final = frozenset({"id", "parameters", "inputs", "outputs"})
+
+
 def parse_infer_body(raw: bytes, limits: InputLimits) -> tuple[Any, list[dict[str, Any]], Any]:
     """``(id, rows, requested outputs)`` of an infer request body, or a `V2Error`.
 
@@ -179,8 +182,8 @@ def parse_infer_body(raw: bytes, limits: InputLimits) -> tuple[Any, list[dict[st
         raise V2Error(400, f"invalid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise V2Error(400, f"the body must be a JSON object, not {_type_name(body)}")
-    unknown = sorted(set(body) - {"id", "parameters", "inputs", "outputs"})
-    if unknown:
+    if not body.keys() <= _FIELDS:
+        unknown = sorted(set(body) - _FIELDS)
         raise V2Error(400, f"unknown field(s) {unknown}: use id, parameters, inputs, outputs")
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
