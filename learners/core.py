@@ -58,7 +58,6 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -71,6 +70,7 @@ from river import base, metrics
 import learners.river_compat  # noqa: F401  (registers iterative pickling of deep River trees)
 from learners.comparisons import ComparePairs, ModelComparison, Pair, check_pairs
 from learners.join import EventTimeJoin, JoinCounters, Pending, Source, Unprocessed
+from learners.served import score_shadows, scoring_model, update_metric
 from learners.specs import ModelKind, ModelSpec, RiverModel, model_kind
 from schemas.errors import ModelSpecError
 from schemas.events import FeatureEvent, Label, LabelEvent, Served, without_missing
@@ -259,6 +259,8 @@ class LearningCore:
         self.unusable: deque[Unusable] = deque(maxlen=UNUSABLE_KEPT)
         self.served_metrics: dict[tuple[str, int], Any] = {}
         """The served answers' metric per (model, version) (see `_score_served`)."""
+        self.served_comparisons: dict[Pair, ModelComparison] = {}
+        """A graph's primary answer against each of its shadows (`learners.served`)."""
         self.trace_every = 0
         """Mark the learning curve every this many joined labels (0: no marks; see the module)."""
         self.trace_marks: list[CurveMark] = []
@@ -270,6 +272,7 @@ class LearningCore:
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("model_errors", {})  # checkpoints written before failures were counted
         state.setdefault("served_metrics", {})
+        state.setdefault("served_comparisons", {})
         state.setdefault("unusable", deque(maxlen=UNUSABLE_KEPT))
         state.setdefault("trace_every", 0)  # checkpoints written before the learning curve
         state.setdefault("trace_marks", [])
@@ -466,19 +469,18 @@ class LearningCore:
         production really got, beside the progressive metric of the learner's own predictions."""
         key = (served.model, served.version)
         metric = self.served_metrics.get(key)
-        if metric is None:
-            state = self.models.get(served.model)
-            if state is None or not state.metrics:
-                return  # answered by a model this learner does not run: not ours to score
-            metric = self.served_metrics[key] = type(state.metrics[0])()
-        uses_labels = getattr(metric, "requires_labels", True)  # regression metrics: values
-        y_pred = served.prediction if uses_labels else served.probabilities
-        if y_pred is None or y_pred == {}:
-            return
-        if isinstance(y_pred, dict) and isinstance(y, bool):  # JSON keys: "true" / "false"
-            y_pred = {_json_label(k): v for k, v in y_pred.items()}
-        with contextlib.suppress(Exception):  # a served answer that cannot be scored is skipped
-            metric.update(y, y_pred)
+        if metric is None or served.shadows:
+            state = scoring_model(self.models, served)
+            if state is None:
+                return  # answered by models this learner does not run: not ours to score
+            if metric is None:
+                metric = self.served_metrics[key] = type(state.metrics[0])()
+            if served.shadows:  # a graph's shadows (learners.served)
+                score_shadows(
+                    served, y, type(metric), state.kind, self.served_metrics,
+                    self.served_comparisons,
+                )  # fmt: skip
+        update_metric(metric, y, served.prediction, served.probabilities)
 
     def served_metric_values(self) -> dict[tuple[str, int], dict[str, float]]:
         """``{(model, version): {metric: value}}`` over the labels of logged answers."""
@@ -551,8 +553,3 @@ class LearningCore:
         if state is None:
             raise ModelSpecError(f"unknown model {name!r}; models are {sorted(self.models)}")
         return state.metric_values()
-
-
-def _json_label(key: str) -> Any:
-    """A class label read back from a JSON object key: ``"true"``/``"false"`` are booleans."""
-    return {"true": True, "false": False}.get(key, key)

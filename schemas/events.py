@@ -32,14 +32,28 @@ FeatureValue = int | float | str | bool | None
 Label = bool | int | float | str
 
 
+class ShadowAnswer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What a graph's shadow branch answered for the same features (not served)."""
+
+    prediction: Label | None = None
+    probabilities: dict[str, float] | None = None
+
+
 class Served(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """What the API answered for these features (``POST .../predict`` with an id): the learner
-    scores it against the label, per model and version (`riverstream_served_metric`)."""
+    scores it against the label, per model and version (`riverstream_served_metric`).
+
+    For a serving graph (``POST /v1/graphs/{name}/predict`` with an id and ``"log": true``),
+    ``model`` is the graph and ``version`` its version, ``versions`` the models it used, and
+    ``shadows`` what each shadow branch answered, by its path (scored the same way, and
+    compared with the primary answer on the labels both scored)."""
 
     model: str
     version: int
     prediction: Label | None = None
     probabilities: dict[str, float] | None = None
+    versions: dict[str, int] | None = None
+    shadows: dict[str, ShadowAnswer] | None = None
 
 
 class FeatureEvent(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):

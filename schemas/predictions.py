@@ -55,6 +55,9 @@ class PredictionAnswer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     (``"true"``/``"false"`` for boolean labels), exactly as ``POST /v1/models/{name}/predict``
     gives them. ``requested_at`` is the request message's Kafka timestamp and ``answered_at``
     the worker's clock when it answered, both in seconds since the epoch.
+    ``shadow``: set on the answer of a graph's shadow branch (its path) that the API logged
+    beside the served answer (``POST /v1/graphs/{name}/predict`` with ``"log": true``): it was
+    not served.
     """
 
     id: str
@@ -70,6 +73,7 @@ class PredictionAnswer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     path: list[str] | None = None
     decision: str | None = None
     reason: str | None = None
+    shadow: str | None = None
 
 
 class RequestCodec:

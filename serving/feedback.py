@@ -11,6 +11,11 @@ its lost updates: the events go through Kafka and the exactly-once learner).
   asynchronous answers' format) to the predictions topic. The learner learns from the feature
   event when its label comes, and scores the served answer against it per model and version
   (``riverstream_served_metric``), beside its progressive metric.
+- ``POST /v1/graphs/{name}/predict`` with an ``"id"`` and ``"log": true`` (and an optional
+  ``"time"``): the graph's answer is logged the same way, with what each of its shadow branches
+  answered, so that the learner scores the served answer and each shadow against the label
+  and compares them (`serving.feedback_graphs`). An id alone keeps its meaning for graphs
+  (sticky splits, shadow sampling) and logs nothing.
 - ``POST /v1/features`` (``{"id", "time"?, "features"}`` or ``{"events": [...]}``) and
   ``POST /v1/labels`` (``{"id", "time"?, "label"}`` or ``{"labels": [...]}``) publish events with
   the validation Kafka producers get (`schemas.events.EventCodec`).
@@ -46,6 +51,8 @@ from schemas.errors import KafkaAdapterError, SchemaError
 from schemas.events import EventCodec, Limits
 from schemas.settings import Settings
 from serving.asgi import read_upto, receive_body, replay
+from serving.feedback_graphs import graph_messages
+from serving.graph_bodies import render
 from stream.kafka.client import EventProducer
 from stream.kafka.security import kafka_security
 
@@ -53,6 +60,7 @@ log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
 _PREDICT_PREFIX, _PREDICT_SUFFIX = "/v1/models/", "/predict"
+_GRAPH_PREFIX = "/v1/graphs/"
 _INGEST = {"/v1/features": ("features", "events"), "/v1/labels": ("labels", "labels")}
 _JSON = [(b"content-type", b"application/json")]
 
@@ -156,6 +164,14 @@ class ClosedLoop:
                     return
                 # the app answers as if nothing had been read (an oversized body included)
                 receive = replay(raw, then=receive if more else None)
+            elif path.startswith(_GRAPH_PREFIX):
+                raw, more = await read_upto(receive, self.max_body_bytes)
+                if not more and b'"log"' in raw:
+                    await self._graph_logged(scope, send, path, raw)
+                    return
+                # then the real receive: a graph answer's shadows run once the response is sent,
+                # as a background task that a replayed disconnect would have cut short
+                receive = replay(raw, then=receive) if more else _whole(raw, receive)
         await self.app(scope, receive, send)
 
     # -- POST /v1/features, /v1/labels ---------------------------------------------------------
@@ -256,6 +272,79 @@ class ClosedLoop:
             return
         content["id"], content["time"] = event_id, event_time
         await _send_json(send, 200, content)
+
+    # -- a graph predict with "log": true ------------------------------------------------
+    async def _graph_logged(self, scope: Scope, send: Send, path: str, raw: bytes) -> None:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict) or "log" not in body:  # let the app name the problem
+            await self.app(scope, replay(raw), send)
+            return
+        log_it = body.pop("log")
+        if log_it is not True and log_it is not False:
+            await _respond(send, 422, "log: expected true or false")
+            return
+        event_time = body.pop("time", None)
+        if not log_it:  # answered as if "log" had not been given
+            if event_time is not None:
+                body["time"] = event_time  # the app names it: not a field of graph bodies
+            await self.app(scope, replay(orjson.dumps(body)), send)
+            return
+        problem = _bearer_problem(scope, self.ingest_token)
+        if problem is not None:
+            await _respond(send, *problem, auth=problem[0] == 401)
+            return
+        event_id = body.get("id")
+        if isinstance(event_id, int) and not isinstance(event_id, bool):
+            event_id = str(event_id)
+        if not isinstance(event_id, str) or not event_id:
+            await _respond(send, 422, "a logged prediction needs an id: a non-empty string")
+            return
+        if "features" not in body or "instances" in body:
+            await _respond(send, 422, "log logs one prediction: give 'features', not 'instances'")
+            return
+        service = getattr(getattr(scope.get("app"), "state", None), "graphs", None)
+        if service is None:
+            await _respond(send, 404, "this API serves no graphs")
+            return
+        name = path[len(_GRAPH_PREFIX) : -len(_PREDICT_SUFFIX)]
+        status, content, job = service.answer(name, orjson.dumps(body))
+        if status != 200:
+            await _send_raw(send, status, list(_JSON), render(content))
+            return
+        shadows = service.shadows.run_now(job)[0] if job is not None else []
+        if event_time is None:
+            event_time = self.clock()
+        try:
+            messages = graph_messages(
+                self.settings, self.codec, name, event_id, event_time, body, content, shadows,
+                answered_at=self.clock(),
+            )  # fmt: skip
+        except (SchemaError, TypeError) as exc:
+            await _respond(send, 422, f"the features cannot be logged as an event: {exc}")
+            return
+        try:
+            await asyncio.to_thread(self.publisher.publish, messages, PUBLISH_TIMEOUT_SECONDS)
+        except KafkaUnavailable as exc:
+            await _respond(send, 503, f"{exc}; the prediction was not logged, send again")
+            return
+        content["id"], content["time"] = event_id, event_time
+        answer = render(content)
+        headers = [*_JSON, (b"content-length", str(len(answer)).encode())]
+        await _send_raw(send, 200, headers, answer)
+
+
+def _whole(raw: bytes, receive: Receive) -> Receive:
+    """A ``receive`` giving ``raw`` as the whole body, then deferring to ``receive`` (for the
+    disconnect). The same as `serving.app`'s private ``_replay``."""
+    pending = [{"type": "http.request", "body": raw, "more_body": False}]
+
+    async def again() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return again
 
 
 def _secret(value: SecretStr | str | None) -> str | None:

@@ -25,7 +25,13 @@ from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from learners.graph import GraphAnswer, GraphInputError, MemberUnavailable, run_shadows
+from learners.graph import (
+    GraphAnswer,
+    GraphInputError,
+    MemberUnavailable,
+    ShadowResult,
+    run_shadows,
+)
 from learners.predictor import MODEL_INPUT_ERRORS
 from schemas.graph_errors import GraphError
 from stream.store.graph_follower import ServedModels
@@ -144,21 +150,36 @@ class ShadowRunner:
 
     def _run(self, job: ShadowJob) -> None:
         try:
-            m = self.metrics
             for answer, x in job.answers:
-                for result in run_shadows(answer, x, job.models):
-                    labels = {"graph": job.graph, "shadow": result.path}
-                    m.shadow_runs.labels(**labels).inc()
-                    m.shadow_duration_seconds.labels(**labels).observe(result.seconds)
-                    if result.error is not None:
-                        reason = _shadow_reason(result.error)
-                        m.shadow_errors.labels(**labels, reason=reason).inc()
-                    elif result.agrees:
-                        m.shadow_agreements.labels(**labels).inc()
+                self.record(job.graph, run_shadows(answer, x, job.models))
         except Exception:  # pragma: no cover - run_shadows captures what shadows raise
             log.exception("shadow job of graph %s failed", job.graph)
         finally:
             self._slots.release()
+
+    def run_now(self, job: ShadowJob) -> list[list[ShadowResult]]:
+        """Run ``job`` on the caller's thread (a logged request: its log carries the shadows'
+        answers, `serving.feedback`), recorded as the background runs are; per answer, its
+        shadows' results. Never raises what a shadow raises."""
+        done = []
+        for answer, x in job.answers:
+            results = run_shadows(answer, x, job.models)
+            self.record(job.graph, results)
+            done.append(results)
+        return done
+
+    def record(self, graph: str, results: list[ShadowResult]) -> None:
+        """The metrics of shadow evaluations of ``graph``."""
+        m = self.metrics
+        for result in results:
+            labels = {"graph": graph, "shadow": result.path}
+            m.shadow_runs.labels(**labels).inc()
+            m.shadow_duration_seconds.labels(**labels).observe(result.seconds)
+            if result.error is not None:
+                reason = _shadow_reason(result.error)
+                m.shadow_errors.labels(**labels, reason=reason).inc()
+            elif result.agrees:
+                m.shadow_agreements.labels(**labels).inc()
 
     def wait_idle(self, timeout: float) -> bool:
         """Whether every queued job has run within ``timeout`` seconds (for tests, shutdown)."""

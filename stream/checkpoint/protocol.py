@@ -158,8 +158,9 @@ def write_snapshot(
     finally:
         core.models = models
     store.write(version, blobs, checkpoint, offsets, trace)
-    if core.comparisons:  # a readable copy (the checkpoint holds the exact state)
-        records = [comparison.record() for comparison in core.comparisons.values()]
+    compared = [*core.comparisons.values(), *core.served_comparisons.values()]  # + shadows
+    if compared:  # a readable copy (the checkpoint holds the exact state)
+        records = [comparison.record() for comparison in compared]
         ComparisonStore(store.client, store.keys.prefix).write(version, records)
     metas = {name: meta for name, (_, meta) in blobs.items()}
     if after_write is not None:

@@ -103,7 +103,7 @@ class PrometheusObserver:
             self._learned[name] = state.samples_learned
         if core.served_metrics:
             m.set_served_metrics(core.served_metric_values())
-        for comparison in core.comparisons.values():
+        for comparison in [*core.comparisons.values(), *core.served_comparisons.values()]:
             summary = comparison.stats.summary(0.0, comparison.min_samples)
             m.set_comparison(comparison.champion, comparison.challenger, summary)
         for name, seconds in learner.timings().items():
