@@ -7,7 +7,8 @@ with a `SnapshotFollower` following Redis), three workers in turn:
                consumer-group member, batches answered then flushed with acks=all, offsets
                committed after the acks)
   confluent-x2 two of them in one consumer group (each takes half the partitions): the
-               scaling ratio is its answers/s ÷ confluent's, from the same run
+               scaling ratio is its answers/s ÷ confluent's (the mean of the confluent runs
+               when modes repeat, e.g. in ABBA order), from the same run
   faust        a faust-streaming agent (aiokafka), one event at a time: ``await topic.send``
                per answer (``processing_guarantee="at_least_once"``, ``producer_acks=-1``)
   faust-take   the same agent over faust's batches (``stream.take_events(1000, within=10 ms)``)
@@ -32,7 +33,7 @@ Kafka and Redis are started with `ServiceManager` in a temporary state directory
 The faust modes need faust-streaming, which is not a dependency of riverstream: ``pip install
 -e '.[bench]'``.
 
-    python bench/async_predict.py --modes confluent,confluent-x2     # 1 vs 2 workers
+    python bench/async_predict.py --modes confluent,confluent-x2,confluent-x2,confluent
     python bench/async_predict.py                         # N = 20 000, R = 500/s for 10 s
     python bench/async_predict.py -n 5000 --rate 500 --seconds 5 --modes confluent,faust
 """
@@ -202,7 +203,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_mode(mode: str, base: Settings, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_mode(
+    mode: str, base: Settings, args: argparse.Namespace, workdir: Path, broker_pid: int
+) -> dict[str, Any]:
     from stream.kafka.client import create_topics
 
     tag = f"b{uuid.uuid4().hex[:6]}.{mode}"
@@ -246,6 +255,9 @@ def run_mode(mode: str, base: Settings, args: argparse.Namespace, workdir: Path)
             result["assigned"] = [assigned(path) for path in logs]
         # 2. throughput with a full queue
         burst = request_values(args.n, "t")
+        pids = [p.pid for p in procs]
+        cpu0 = [cpu_seconds(pid) for pid in [*pids, broker_pid]]
+        wall0 = time.monotonic()
         for key, value in burst:
             while True:
                 try:
@@ -258,6 +270,12 @@ def run_mode(mode: str, base: Settings, args: argparse.Namespace, workdir: Path)
         if answers.wait(ids, args.deadline):
             times = sorted(answers.seen[i][1] for i in ids)
             result["answers_per_s"] = round((len(times) - 1) / (times[-1] - times[0]))
+            # where the CPU went: the workers' and the broker's share of one CPU over the phase
+            cpu = [cpu_seconds(pid) - c for pid, c in zip([*pids, broker_pid], cpu0, strict=True)]
+            wall = time.monotonic() - wall0
+            result["workers_cpu"] = [round(c / wall, 2) for c in cpu[:-1]]
+            result["broker_cpu"] = round(cpu[-1] / wall, 2)
+            result["worker_cpu_us_per_answer"] = round(sum(cpu[:-1]) / len(ids) * 1e6, 1)
         else:
             done = sum(i in answers.seen for i in ids)
             result["answers_per_s"] = None
@@ -433,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         publish_model(base)
         for mode in modes:
             try:
-                result = run_mode(mode, base, args, workdir)
+                result = run_mode(mode, base, args, workdir, records["kafka"].pid)
             except RuntimeError as exc:
                 result = {"mode": mode, "error": str(exc)}
             print(json.dumps(result), flush=True)
@@ -442,9 +460,13 @@ def main(argv: list[str] | None = None) -> int:
         manager.down(("kafka", "redis"), purge=True)
         shutil.rmtree(workdir, ignore_errors=True)
     print()
-    reference = next((r.get("answers_per_s") for r in results if r["mode"] == "confluent"), None)
+    # modes may repeat (ABBA order cancels the machine's drift): the mean of the confluent runs
+    singles = [r["answers_per_s"] for r in results
+               if r["mode"] == "confluent" and r.get("answers_per_s")]  # fmt: skip
+    reference = sum(singles) / len(singles) if singles else None
     print(f"{'mode':12s} {'answers/s':>10s} {'÷ confluent':>12s} {'p50 ms':>8s} {'p99 ms':>8s} "
-          f"{'hop p50/p99':>12s} {'answered':>12s} {'1st answer s':>12s}")  # fmt: skip
+          f"{'hop p50/p99':>12s} {'answered':>12s} {'1st answer s':>12s} "
+          f"{'worker CPU':>12s} {'broker CPU':>10s} {'µs/answer':>9s}")  # fmt: skip
     for r in results:
         rate = r.get("answers_per_s")
         ratio = f"{rate / reference:.2f}" if rate and reference else "-"
@@ -452,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r.get('p99_ms', '-'):>8} "
               f"{str(r.get('hop_p50_ms', '-')) + '/' + str(r.get('hop_p99_ms', '-')):>12} "
               f"{r.get('answered_under_load', '-'):>12} "
-              f"{r.get('to_first_answer_s', '-'):>12}")  # fmt: skip
+              f"{r.get('to_first_answer_s', '-'):>12} "
+              f"{'+'.join(map(str, r.get('workers_cpu', []))) or '-':>12} "
+              f"{r.get('broker_cpu', '-'):>10} {r.get('worker_cpu_us_per_answer', '-'):>9}")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
