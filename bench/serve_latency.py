@@ -8,6 +8,9 @@ process, 127.0.0.1, ``-t1``, fixed duration) at concurrency 1, 16 and 64:
   hello    ``GET /`` of the bare ASGI callable (``{"hello":"world"}``)
   post     ``POST /`` of the bare ASGI callable with predict's body, which it reads and answers
            with predict's answer (same bytes both ways, no work): the server's share of the gap
+  floor    ``POST /floor`` of the bare ASGI callable: ``orjson.loads``, River's
+           ``predict_proba_one`` on the same logreg, ``orjson.dumps`` of predict's answer and
+           nothing else (no checks, metrics, versions): the least an answer can cost
   predict  ``POST /v1/models/lr/predict`` ``{"features": {...}}`` of the API (`serving.app`)
   v2       ``POST /v2/models/lr/infer``, the same features as 30 FP64 inputs (same work)
   batch    ``POST /v1/models/lr/predict`` ``{"instances": [100 × {...}]}`` (``--batch``)
@@ -39,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -92,11 +97,19 @@ async def _hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     body = HELLO_BODY
     if scope["method"] == "POST":  # the "post" target: read the request, answer as predict would
-        more = True
+        chunks, more = [], True
         while more:
             message = await receive()
+            chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = CANNED
+        if scope["path"] == "/floor":  # the "floor" target: only what a River answer needs
+            proba = _FLOOR_MODEL[0].predict_proba_one(orjson.loads(b"".join(chunks))["features"])
+            body = orjson.dumps(
+                {"model": "lr", "version": 1, "samples_learned": 2000,
+                 "prediction": max(proba, key=proba.get), "probabilities": proba},
+                option=orjson.OPT_NON_STR_KEYS,
+            )  # fmt: skip
     await send(
         {
             "type": "http.response.start",
@@ -110,8 +123,13 @@ async def _hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+_FLOOR_MODEL: list[Any] = []
+
+
 def hello_app() -> Any:
-    """The baseline: a bare ASGI callable (uvicorn factory of each worker)."""
+    """The baseline: a bare ASGI callable (uvicorn factory of each worker); its ``/floor`` uses
+    the benchmark's logreg (trained here as `publish_logreg` trains it)."""
+    _FLOOR_MODEL[:] = [trained_logreg()]
     return _hello
 
 
@@ -159,7 +177,7 @@ def bare_predict_seconds(rows: list[dict[str, float]], repeat: int = 50) -> floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
-    parser.add_argument("--targets", default="hello,post,predict,v2,batch")
+    parser.add_argument("--targets", default="hello,post,floor,predict,v2,batch")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk (Debian's package)")
@@ -185,14 +203,15 @@ def main() -> None:
                          for k, v in x.items()]}  # fmt: skip
         bodies = {
             "post": json.dumps({"features": x}), "predict": json.dumps({"features": x}),
+            "floor": json.dumps({"features": x}),
             "v2": json.dumps(v2), "batch": json.dumps({"instances": batch_rows}),
         }  # fmt: skip
-        paths = {"hello": "/", "post": "/", "predict": "/v1/models/lr/predict",
+        paths = {"hello": "/", "post": "/", "floor": "/floor", "predict": "/v1/models/lr/predict",
                  "v2": "/v2/models/lr/infer", "batch": "/v1/models/lr/predict"}  # fmt: skip
         targets: dict[str, Target] = {}
         for name in names:
             script = post_script(tmp / f"{name}.lua", bodies[name]) if name in bodies else None
-            server = "hello" if name in ("hello", "post") else "api"
+            server = "hello" if name in ("hello", "post", "floor") else "api"
             for tree in ("", "@before") if server == "api" else ("",):
                 if server + tree in servers:
                     targets[name + tree] = Target(
@@ -249,6 +268,12 @@ def report(
                 f"{m['p99_ms']:>7.2f} {m['cpu_us']:>10.0f} {vs_hello:>8s} {cpu_vs:>6s} "
                 f"{vs_predict:>9s} {vs_before:>8s} {cpu_before:>8s} {errors}"
             )
+    for r in rows:
+        if "floor" in r and "predict" in r:
+            f, p = r["floor"]["cpu_us"], r["predict"]["cpu_us"]
+            print(f"c={r['concurrency']}: predict's CPU per request is {p - f:.0f} µs above the "
+                  f"floor's (floor ÷ predict {f / p:.2f}); the floor's is {f - r['hello']['cpu_us']:.0f}"
+                  " µs above hello's" if "hello" in r else "")  # fmt: skip
     if bare is not None:
         for t in ("batch", "batch@before"):
             if t in targets:
