@@ -180,6 +180,7 @@ def score(
     the exit status 1.
     """
     from schemas.events import Limits
+    from stream.kafka.security import kafka_security
     from stream.predict.batch import (
         Sink,
         TableSink,
@@ -209,7 +210,9 @@ def score(
                 "no Kafka address: set RIVERSTREAM_KAFKA_BOOTSTRAP_SERVERS or run "
                 "`riverstream services up`"
             )
-        rows = kafka_rows(settings.kafka_bootstrap_servers, topic)
+        rows = kafka_rows(
+            settings.kafka_bootstrap_servers, topic, security=kafka_security(settings)
+        )
     else:
         rows = file_rows(Path(source))
     store = open_store(settings)

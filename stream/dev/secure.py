@@ -133,9 +133,12 @@ class SecureKafkaCluster(KafkaCluster):
         return options
 
     def ready(self, node: int) -> bool:
+        """Whether node ``node`` answers a metadata request over TLS + SCRAM: a fresh client's
+        handshake with a cold broker takes seconds on a loaded machine (10 s measured at load
+        15), so each try may take up to 15 s."""
         from stream.kafka.client import broker_ready
 
-        return broker_ready(self.address(node), security=self.security())
+        return broker_ready(self.address(node), timeout=15, security=self.security())
 
 
 class SecureRedis:

@@ -55,6 +55,7 @@ from schemas.errors import KafkaAdapterError, RiverstreamError, SchemaError
 from schemas.events import EventCodec, FeatureEvent, Limits
 from stream.kafka.client import partitions_for
 from stream.kafka.publish import read_rows, row_json
+from stream.kafka.security import PLAINTEXT, KafkaSecurity
 from stream.predict.answer import ModelAnswers, encode, encode_value
 from stream.predict.graph_target import GraphTarget
 from stream.store.lookup import LookupTable, TableWriter
@@ -158,9 +159,10 @@ def file_rows(path: Path) -> Iterator[Row]:
         yield line, raw
 
 
-def kafka_rows(bootstrap: str, topic: str) -> Iterator[Row]:
+def kafka_rows(bootstrap: str, topic: str, *, security: KafkaSecurity = PLAINTEXT) -> Iterator[Row]:
     """Every message of ``topic`` up to its end when the partition is started, partition by
-    partition in offset order (the same order every run)."""
+    partition in offset order (the same order every run); ``security``: how to connect
+    (`stream.kafka.security`)."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     consumer = Consumer(
@@ -169,10 +171,11 @@ def kafka_rows(bootstrap: str, topic: str) -> Iterator[Row]:
             "group.id": f"rs-score-{uuid.uuid4().hex[:8]}",  # never committed
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            **security.librdkafka(),
         }
     )
     try:
-        for partition in partitions_for(bootstrap, topic):
+        for partition in partitions_for(bootstrap, topic, security=security):
             tp = TopicPartition(topic, partition)
             try:
                 low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)

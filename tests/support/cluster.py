@@ -21,6 +21,7 @@ from river import evaluate, metrics
 from learners.datasets import load_dataset, river_delay
 from learners.specs import build_estimator
 from schemas.settings import Settings
+from stream.kafka.security import PLAINTEXT, KafkaSecurity
 from tests.support.pipeline import final_model
 
 
@@ -112,13 +113,14 @@ def assert_equal_to_river(
         assert ours.model.predict_proba_one(x) == model.predict_proba_one(x)
 
 
-def messages(bootstrap: str, topic: str) -> int:
+def messages(bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT) -> int:
     """Messages in ``topic``: the sum of its partitions' end offsets (they start at 0)."""
     from confluent_kafka import Consumer, TopicPartition
     from confluent_kafka.admin import AdminClient
 
-    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "rs-test-count"})
+    conf = {"bootstrap.servers": bootstrap, **security.librdkafka()}
+    meta = AdminClient(conf).list_topics(topic, timeout=10)
+    consumer = Consumer({**conf, "group.id": "rs-test-count"})
     try:
         return sum(
             consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]

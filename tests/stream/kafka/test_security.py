@@ -8,8 +8,8 @@ TLS), and a Redis with no plain port whose default user is off, certificates mad
 (openssl). With ``RIVERSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL`` & co. and a ``rediss://`` URL
 with ``RIVERSTREAM_REDIS_USERNAME/PASSWORD/SSL_CAFILE``: the CLI creates the topics, the
 publisher writes a stream, the learner learns it (the model equals River's), the API answers
-from its snapshot and logs a feature event it is given, and a prediction worker answers a
-request through Kafka. A plain Kafka client, a wrong SCRAM password, a plain Redis connection
+from its snapshot and logs a feature event it is given, a prediction worker answers a request
+through Kafka, and ``score kafka:TOPIC`` scores the topic. A plain Kafka client, a wrong SCRAM password, a plain Redis connection
 and a Redis client without the user all fail.
 """
 
@@ -174,6 +174,11 @@ def test_every_process_connects_securely_and_plain_is_refused(
         wait(lambda: "req-1" in _answered(s), 90, "the worker's answer", worker_log)
     finally:
         stop_all(procs)
+    # Batch scoring reads the topic over TLS + SCRAM too.
+    scores = tmp_path / "scores.jsonl"
+    score = ["score", "lr", f"kafka:{s.topic_features}", "--out", str(scores)]
+    run_cli(s, score, tmp_path / "score.log")
+    assert len(scores.read_text().splitlines()) == LIMIT + 1  # the stream and the logged event
 
 
 def _answers(bootstrap: str, security: KafkaSecurity) -> bool:
