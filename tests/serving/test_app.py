@@ -292,6 +292,13 @@ def test_fast_path_answers_exactly_like_the_documented_route(
         orjson.dumps({"features": {"x": [1]}}),
         b'{"features": {}, "extra": 1}',
         b"x" * 5000,
+        # the fast path's own shortcuts: a feature named "id" (no id to log), nulls (missing
+        # features), sums that overflow, batches of numbers only and with a null
+        orjson.dumps({"features": {**inputs[0], "id": 3.5}}),
+        orjson.dumps({"features": dict.fromkeys(inputs[0])}),
+        orjson.dumps({"features": {"a": 1e308, "b": 1e308}}),
+        orjson.dumps({"instances": [inputs[0], dict.fromkeys(inputs[1])]}),
+        orjson.dumps({"instances": [{**x, "flag": True} for x in inputs[:2]]}),
     ]
 
     async def call(asgi: Any, path: str, body: bytes) -> tuple[int, bytes]:
