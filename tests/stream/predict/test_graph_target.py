@@ -357,3 +357,33 @@ def test_score_reports_the_rows_a_missing_member_cannot_answer(
         assert re.search(rf"^line {line}: not scored: target_unavailable", text, re.M), text
     assert text.count('"gone"') == 3  # the message names the member (the console wraps lines)
     assert out.read_bytes() == b""
+
+
+def test_score_runs_a_graphs_shadows_and_reports_them(
+    graphs: dict[str, int], store: SnapshotStore, gsettings: Settings, tmp_path: Path
+) -> None:
+    """A shadow node's shadows run off the answer path in `score` as in the API: the output is
+    the primary's, the report counts each shadow's runs, errors and agreements (the API's
+    shadow metrics), and the agreements are those of the models themselves."""
+    models, inputs = river_models()
+    shadowed = {
+        "name": "shadowed",
+        "root": {"shadow": {"primary": "lr", "shadows": ["tree", "nb"]}},
+    }
+    GraphRegistry(store.client, store.keys.prefix, by="test").apply(shadowed)
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_events(source, inputs)
+    code, report, text = score(
+        gsettings, ["shadowed", str(source), "--out", str(out)], tmp_path / "log"
+    )
+    assert code == 0, text
+    rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert len(rows) == len(inputs) and {r["decided_by"] for r in rows} == {"root.shadow.primary"}
+    agreeing = {
+        path: sum(models["lr"].predict_one(x) == models[shadow].predict_one(x) for x in inputs)
+        for path, shadow in (("root.shadow.shadows[0]", "tree"), ("root.shadow.shadows[1]", "nb"))
+    }
+    assert any(0 < n < len(inputs) for n in agreeing.values())  # not trivially all or none
+    assert report["shadows"] == {
+        path: {"runs": len(inputs), "agreements": n} for path, n in agreeing.items()
+    }
