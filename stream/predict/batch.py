@@ -228,7 +228,8 @@ class JsonLinesSink:
         self._file: IO[bytes] = path.open("wb")
 
     def write(self, rows: list[tuple[str, dict[str, Any] | None, bytes]]) -> None:
-        self._file.write(b"".join([encoded + b"\n" for _, _, encoded in rows]))
+        if rows:  # one join, no per-row concatenation
+            self._file.write(b"\n".join([encoded for _, _, encoded in rows]) + b"\n")
 
     def close(self) -> None:
         self._file.close()
