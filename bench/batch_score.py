@@ -19,6 +19,13 @@ The files are in a temporary directory.
 
     python bench/batch_score.py                       # 100k rows logreg/hoeffding, 10k arf
     python bench/batch_score.py -n 20000 --models logreg
+    python bench/batch_score.py --stages --models logreg,hoeffding   # where a row's time goes
+
+``--stages`` prints, per model, the CPU time per row of each stage alone (best of three passes
+over the rows in memory): the bare ``predict_proba_one``, `ServedModel.predict` (the predictor
+every serving path shares), `stream.predict.answer.ModelAnswers.answer` (fields and JSON),
+reading the JSON Lines file (`file_rows`), decoding and validating it (the learner's codec), and
+the whole `score_rows` into a JSON Lines file.
 """
 
 from __future__ import annotations
@@ -26,13 +33,14 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import math
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,8 +51,11 @@ from river import forest, linear_model, preprocessing, tree  # noqa: E402
 from river.datasets import synth  # noqa: E402
 
 from learners.predictor import ServedModel  # noqa: E402
+from schemas.events import EventCodec, Limits  # noqa: E402
 from stream.dev.services import free_port  # noqa: E402
+from stream.predict.answer import ModelAnswers  # noqa: E402
 from stream.predict.batch import (  # noqa: E402
+    CHUNK,
     CsvSink,
     JsonLinesSink,
     Sink,
@@ -105,6 +116,48 @@ def scored(served: ServedModel, source: Path, sink: Sink, n: int) -> Rate:
     return n / (time.perf_counter() - wall), n / (time.process_time() - cpu)
 
 
+def stages(name: str, n: int, workdir: Path) -> dict[str, float]:
+    """CPU µs per row of each stage alone (best of three passes)."""
+    rows = [x for x, _ in synth.Agrawal(seed=7).take(n)]
+    jsonl, _ = write_inputs(rows, workdir)
+    model = trained(name)
+    served = ServedModel.build(name, model, version=1, kind="classifier")
+    answers = ModelAnswers(served)
+    codec = EventCodec(Limits())
+    raws = [raw for _, raw in file_rows(jsonl)]
+    assert all(isinstance(raw, bytes) for raw in raws)
+
+    def decode() -> None:
+        for i in range(0, len(raws), CHUNK):
+            codec.decode_features(cast("list[bytes]", raws[i : i + CHUNK]))
+
+    def whole() -> None:
+        sink = JsonLinesSink(workdir / "out.jsonl")
+        score_rows(served, file_rows(jsonl), [sink])
+        sink.close()
+
+    proba, predict, answer = model.predict_proba_one, served.predict, answers.answer
+    work = {
+        "predict_proba_one (bare)": lambda: [proba(x) for x in rows],
+        "ServedModel.predict": lambda: [predict(x) for x in rows],
+        "ModelAnswers.answer": lambda: [answer("1234", x) for x in rows],
+        "read (file_rows)": lambda: list(file_rows(jsonl)),
+        "decode + validate": decode,
+        "score_rows, jsonl→jsonl": whole,
+    }
+    gc.freeze()
+    out = {}
+    for stage, run in work.items():
+        best = math.inf
+        for _ in range(3):
+            cpu = time.process_time()
+            run()
+            best = min(best, time.process_time() - cpu)
+        out[stage] = best / n * 1e6
+    gc.unfreeze()
+    return out
+
+
 def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], redis.Redis] | None:
     binary = shutil.which("redis-server")
     if binary is None:
@@ -132,8 +185,18 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=100_000, help="rows (logreg, hoeffding)")
     parser.add_argument("--arf-n", type=int, default=10_000, help="rows for arf")
     parser.add_argument("--models", default="logreg,hoeffding,arf")
+    parser.add_argument("--stages", action="store_true", help="CPU µs per row of each stage")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="rs-batch-bench-"))
+    if args.stages:
+        try:
+            for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+                n = args.arf_n if name == "arf" else args.n
+                for stage, us in stages(name, n, workdir).items():
+                    print(f"{name:10s} {stage:28s} {us:7.2f} µs/row (CPU)", flush=True)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
     server = start_redis(workdir)
     results = []
     try:
