@@ -7,6 +7,9 @@ answers and the labels."""
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
 from typing import Any
 
 import orjson
@@ -21,6 +24,7 @@ from stream.kafka.client import read_all
 from stream.learner.runtime import build_learner, snapshot_store
 from stream.registry.graphs import GraphRegistry
 from stream.store.comparisons import ComparisonStore
+from tests.conftest import settings_env
 from tests.serving.test_feedback import TOKEN, api, bearer
 from tests.support.pipeline import fast, learn
 
@@ -118,3 +122,10 @@ def test_logged_graph_answers_and_their_shadows_are_scored_against_the_labels(
     assert comparison.stats.to_dict() == paired.to_dict()
     stored = ComparisonStore(store.client, store.keys.prefix).get("g", SHADOW)
     assert stored is not None and stored.comparison.stats.n == LIVE
+    shown = subprocess.run(
+        [sys.executable, "-m", "stream", "models", "compare", "g", SHADOW, "--json"],
+        env=settings_env(s), capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    row = json.loads(shown.stdout)
+    assert row["n"] == LIVE and row["champion_loss"] == paired.loss_a
+    assert row["challenger_loss"] == paired.loss_b and row["difference"] == paired.difference
