@@ -60,7 +60,7 @@ class Stub:
         self.meta, self.samples_learned = real.meta, real.samples_learned
         self.answer = real.predict(events()[0])
 
-    def predict(self, x: dict[str, Any]) -> tuple[Any, Any]:
+    def predict(self, x: dict[str, Any], *, complete: bool = False) -> tuple[Any, Any]:
         return self.answer
 
 

@@ -70,7 +70,9 @@ class Predicts(Protocol):
     def version(self) -> int: ...
     @property
     def kind(self) -> str: ...  # "classifier" | "regressor" | "anomaly"
-    def predict(self, x: dict[str, Any]) -> tuple[Any, dict[Any, float] | None]: ...
+    def predict(
+        self, x: dict[str, Any], *, complete: bool = False
+    ) -> tuple[Any, dict[Any, float] | None]: ...
 
 
 class ModelLookup(Protocol):
@@ -131,9 +133,16 @@ class Outcome(NamedTuple):
 class Context:
     """One evaluation's bookkeeping: the models pinned so far, the choices, the shadows."""
 
-    __slots__ = ("models", "path", "request_id", "shadows", "top", "used")
+    __slots__ = ("complete", "models", "path", "request_id", "shadows", "top", "used")
 
-    def __init__(self, models: ModelLookup, request_id: str | None, top: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        models: ModelLookup,
+        request_id: str | None,
+        top: dict[str, Any],
+        complete: bool = False,
+    ) -> None:
+        self.complete = complete  # the features hold no null (checked by the caller)
         self.models = models
         self.request_id = request_id
         self.top = top  # the request's own features (a shadow seeing them need not keep a copy)
@@ -273,10 +282,16 @@ class CompiledGraph:
         self._run = compile_node(spec.root, "root")
 
     def evaluate(
-        self, x: dict[str, Any], *, models: ModelLookup, request_id: str | None = None
+        self,
+        x: dict[str, Any],
+        *,
+        models: ModelLookup,
+        request_id: str | None = None,
+        complete: bool = False,
     ) -> GraphAnswer:
-        """The graph's answer to features ``x`` (never modified); see `evaluate`."""
-        context = Context(models, request_id, x)
+        """The graph's answer to features ``x`` (never modified); see `evaluate`. ``complete``:
+        the caller knows ``x`` holds no ``null`` (the members skip that filter)."""
+        context = Context(models, request_id, x, complete)
         return context.answer(self._run(x, context))
 
 

@@ -90,7 +90,10 @@ def _model(node: ModelNode, path: str) -> Runner:
             if model is None:
                 raise MemberUnavailable(name, path)
             ctx.used[name] = model
-        prediction, probabilities = model.predict(x)
+        if ctx.complete:
+            prediction, probabilities = model.predict(x, complete=True)
+        else:
+            prediction, probabilities = model.predict(x)
         return Outcome(prediction, probabilities, model.kind, path)
 
     return run

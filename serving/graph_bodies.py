@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from serving.inputs import InputError, InputLimits, check_features
+from serving.inputs import InputError, InputLimits, check_features, numeric_features
 
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 _MAX_ERRORS = 20
@@ -48,10 +48,43 @@ def parse_graph_body(
     >>> parse_graph_body(b'{"instances": [{"x": 1}, {"x": 2}], "ids": [7, null]}', limits)
     ([{'x': 1}, {'x': 2}], ['7', None])
     """
+    return graph_body(load_graph_body(raw), limits, max_id_length)
+
+
+def load_graph_body(raw: bytes) -> Any:
+    """The JSON value of a body, or an `InputError` naming why it is not JSON."""
     try:
-        body = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InputError([_problem([], f"invalid JSON: {exc}", "json_invalid")]) from None
+
+
+def numeric_graph_body(
+    body: Any, limits: InputLimits, max_id_length: int = 256
+) -> tuple[dict[str, Any], str | None] | None:
+    """``(features, id)`` of the commonest body, ``{"features": {name: finite number}}`` with
+    or without an ``"id"``, checked in C loops (`serving.inputs.numeric_features`): its features
+    hold no ``null``. None for anything else, which `graph_body` checks (and explains).
+
+    >>> numeric_graph_body({"features": {"x": 1.5}, "id": 7}, InputLimits())
+    ({'x': 1.5}, '7')
+    >>> numeric_graph_body({"features": {"x": None}}, InputLimits()) is None
+    True
+    """
+    if body.__class__ is not dict or not 0 < len(body) <= 2:
+        return None
+    features = body.get("features")
+    if features is None or (len(body) == 2 and "id" not in body):
+        return None
+    if numeric_features({"features": features}, limits) is None:
+        return None
+    return features, _request_id(body.get("id"), ["id"], max_id_length)
+
+
+def graph_body(
+    body: Any, limits: InputLimits, max_id_length: int = 256
+) -> tuple[dict[str, Any], str | None] | tuple[list[dict[str, Any]], list[str | None]]:
+    """`parse_graph_body` of a body already loaded (`load_graph_body`)."""
     if not isinstance(body, dict):
         raise InputError([_problem([], f"expected an object, got {_type(body)}", "dict_type")])
     extra = [k for k in body if k not in ("features", "instances", "id", "ids")]

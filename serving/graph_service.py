@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from learners.graph import GraphAnswer, GraphInputError, MemberUnavailable
 from learners.predictor import MODEL_INPUT_ERRORS
 from schemas.graph_errors import GraphError
-from serving.graph_bodies import _problem, parse_graph_body
+from serving.graph_bodies import _problem, graph_body, load_graph_body, numeric_graph_body
 from serving.inputs import InputError, InputLimits
 from serving.shadows import GraphMetrics, ShadowJob, ShadowRunner
 from stream.store.graph_follower import GraphFollower, ServedGraph, ServedModels
@@ -95,12 +95,15 @@ class GraphService:
         try:
             if raw is None:
                 raise _TooLarge
-            parsed, ids = parse_graph_body(raw, self.limits, self.max_id_length)
+            body = load_graph_body(raw)
+            fast = numeric_graph_body(body, self.limits, self.max_id_length)
+            complete = fast is not None  # numbers only, no null: nothing to filter
+            parsed, ids = fast or graph_body(body, self.limits, self.max_id_length)
             models = self.lookup()
             run = graph.compiled.evaluate
             if isinstance(parsed, dict):
                 assert not isinstance(ids, list)
-                answer = run(parsed, models=models, request_id=ids)
+                answer = run(parsed, models=models, request_id=ids, complete=complete)
                 content = {
                     "graph": name, "graph_version": graph.version, **_fields(answer, models),
                 }  # fmt: skip
