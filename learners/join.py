@@ -131,6 +131,7 @@ class EventTimeJoin:
         self._passed = -_INF  # highest watermark already passed
         self._clock = -_INF  # time of the latest event processed
         self._nothing_older_than = -_INF  # no expiry check needed while cutoff is below it
+        self._unsorted = False  # events were pushed since the buffer was last sorted
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Checkpoints written before the single buffer kept two heaps of
@@ -141,6 +142,8 @@ class EventTimeJoin:
             state["_buffer"] = [(t, 1, s, o, n, e) for t, s, o, n, e in features or ()] + [
                 (t, 0, s, o, n, e) for t, s, o, n, e in labels or ()
             ]
+            state["_unsorted"] = True
+        state.setdefault("_unsorted", True)
         self.__dict__.update(state)
 
     def push_feature(self, event: FeatureEvent, source: Source, offset: int) -> None:
@@ -169,6 +172,7 @@ class EventTimeJoin:
         self._buffer.extend(
             zip(times, repeat(kind), repeat(source), offsets, range(start, self._pushed), events)
         )
+        self._unsorted = True
 
     def pending(self) -> list[Pending]:
         """The processed features waiting for their labels, oldest first."""
@@ -218,7 +222,9 @@ class EventTimeJoin:
         snapshot can be cut at an exact label count).
         """
         buffer, counters = self._buffer, self.counters
-        buffer.sort()
+        if self._unsorted:  # a pass over a sorted buffer costs as much as ≈ 300 events' work
+            buffer.sort()
+            self._unsorted = False
         size = len(buffer)
         cut = size if watermark == _INF else bisect_left(buffer, (watermark,))
         forced = size - self.max_pending  # the watermark stalls: take the oldest anyway

@@ -275,6 +275,10 @@ class ConfluentSource:
                 "auto.offset.reset": "earliest",
                 "fetch.wait.max.ms": 50,
                 "queued.min.messages": 200_000,
+                # Small fetches per partition interleave the partitions from the start: with
+                # whole partitions per fetch (1 MB), a replay's first ≈ 100k events came one
+                # partition after another and nothing could be learned until all had begun.
+                "max.partition.fetch.bytes": 64 * 1024,
                 # A broker that went away is asked again every 0.1 s growing to 2 s, not 50 ms.
                 "reconnect.backoff.ms": 100,
                 "reconnect.backoff.max.ms": 2000,

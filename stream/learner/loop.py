@@ -58,6 +58,10 @@ _COMMAND_POLL_SECONDS = 0.2
 _POLL_SECONDS = 0.1
 _GC_GEN0_THRESHOLD = 50_000
 _APPLIED_KEPT = 1000
+_LABELS_PER_ROUND = 2000
+"""Labels learned between two polls (≈ 10-60 ms of learning) while a backlog is learned."""
+_READ_AHEAD = 200_000
+"""Events read ahead of learning at most (≈ 500 B each: `bench/memory.py`)."""
 
 _Event = TypeVar("_Event", FeatureEvent, LabelEvent)
 
@@ -296,9 +300,17 @@ class Learner:
             gc.unfreeze()
 
     def _run(self, exit_when_idle: float | None) -> list[dict[str, Any]]:
+        more = False  # processing stopped at its round's label budget: work is left
         while not self._stop.is_set():
-            timeout = self.idleness.poll_timeout(self.watermark)
-            records = self.source.poll(self.settings.consumer_batch, timeout)
+            # Reading runs ahead of learning, a round of labels at a time: the last records are
+            # read (and their partitions' idle grace starts) while the backlog is learned, not
+            # after. While work is left, a poll only takes what is queued (no wait), and none is
+            # made once `_READ_AHEAD` events wait in the core.
+            if more and self.core.counters.buffered_events >= _READ_AHEAD:
+                records = []
+            else:
+                timeout = 0.0 if more else self.idleness.poll_timeout(self.watermark)
+                records = self.source.poll(self.settings.consumer_batch, timeout)
             now = self.clock()
             if records:
                 self._last_record_at = now
@@ -306,7 +318,7 @@ class Learner:
                     records, self.core, self.offsets, self.watermark, self.excluded, self._skip
                 )
             self.idleness.update(now, bool(records), self.offsets, self.watermark)
-            self._process()
+            more = self._process()
             self._maybe_snapshot(now)
             if self.outage.up:  # a hung Redis must not hold learning for a live update
                 version = self.stats.last_snapshot_version or self.stats.restored_from
@@ -317,6 +329,7 @@ class Learner:
             if (
                 exit_when_idle is not None
                 and not records
+                and not more
                 and self.idleness.all_caught_up()
                 and now - self._last_record_at >= exit_when_idle
             ):
@@ -335,23 +348,30 @@ class Learner:
             self.observer.close()
         return self.summaries()
 
-    def _process(self) -> None:
+    def _process(self) -> bool:
+        """Learn what the watermark releases, at most a round (`_LABELS_PER_ROUND` labels);
+        returns whether the round's budget ran out (work may be left)."""
         value = self.watermark.value()
         if value is None:
             if not self.idleness.all_idle():
-                return
+                return False
             value = math.inf  # every input idle: release everything held
         every = self.settings.snapshot_every_labels
+        counters = self.core.counters
+        budget = _LABELS_PER_ROUND
         while True:
             # Versions are the granularity of rollback: the work is cut at the label count,
             # so a snapshot covers exactly N more labels (when one can be taken right away).
             cut = not self.snapshotter.busy and self.outage.up
-            since = self.core.counters.labels_joined - self._labels_at_snapshot
-            self._advance(value, max(1, every - since) if cut else None)
-            if cut and self.core.counters.labels_joined - self._labels_at_snapshot >= every:
+            since = counters.labels_joined - self._labels_at_snapshot
+            before = counters.labels_joined
+            self._advance(value, min(budget, max(1, every - since)) if cut else budget)
+            budget -= counters.labels_joined - before
+            if cut and counters.labels_joined - self._labels_at_snapshot >= every:
                 self._maybe_snapshot(self.clock())
-                continue
-            return
+                if budget > 0:
+                    continue
+            return budget <= 0
 
     def _advance(self, value: float, max_labels: int | None) -> None:
         labels_before = self.core.counters.labels_joined
