@@ -105,11 +105,8 @@ def encode(body: dict[str, Any]) -> bytes:
     answer per row. The output parses to the same values.
     """
     proba = body["probabilities"]
-    if proba:
-        for label in proba:
-            if type(label) is not str:
-                body = {**body, "probabilities": {json_key(k): v for k, v in proba.items()}}
-            break  # a model's labels are all of one type
+    if proba and (keyed := json_keyed(proba)) is not proba:
+        body = {**body, "probabilities": keyed}
     return _encoder.encode(body)
 
 
