@@ -9,6 +9,12 @@ with a host's `Host.prefix` (``ip netns exec NAME``, which ``exec``s it: its pid
 server's) and bound to its `Host.address` is only reachable at that address, as on a real
 machine of its own.
 
+Each host also gets its own ``/etc/hosts`` and ``/etc/resolv.conf`` (files in
+``/etc/netns/NAME/``, which ``ip netns exec`` mounts over the machine's): every address of the
+network has a name, and DNS is the host's own loopback, where nothing answers. A namespace cannot
+reach the machine's DNS server, and servers that look up their peers' names (Kafka does, for
+TLS and SASL connections) would otherwise wait 10 s for each lookup to time out.
+
 `down` deletes the namespaces and the bridge (a namespace's veth goes with it); it is
 idempotent and meant for a ``finally``. Stop the processes first, by pid: a namespace that
 still has processes lives on, unnamed, until they exit. `remove_stale` deletes what a run
@@ -23,12 +29,14 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from types import TracebackType
 
 from schemas.errors import ServiceError
 from stream.dev.processes import Host, pid_alive
 
 _PREFIX = "rs-"
+_ETC = Path("/etc/netns")  # ip netns exec NAME: /etc/netns/NAME/* mounted over /etc/*
 
 
 def _ip() -> str:
@@ -94,6 +102,13 @@ class Network:
                 _run("-n", name, "link", "set", "lo", "up")
                 _run("-n", name, "route", "add", "default", "via", self.gateway)
                 self.hosts.append(Host(address, (_ip(), "netns", "exec", name)))
+            names = [f"{self.gateway} rs-gateway"]
+            names += [f"{h.address} rs-host-{i}" for i, h in enumerate(self.hosts, start=1)]
+            for name in self.names:
+                etc = _ETC / name
+                etc.mkdir(parents=True, exist_ok=True)
+                (etc / "hosts").write_text("\n".join(["127.0.0.1 localhost", *names, ""]))
+                (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1\n")
         except BaseException:
             self.down()
             raise
@@ -106,6 +121,7 @@ class Network:
             if name in existing:
                 _run("netns", "delete", name, check=False)
             _run("link", "delete", self._veth(i), check=False)
+            shutil.rmtree(_ETC / name, ignore_errors=True)
         _run("link", "delete", self.bridge, check=False)
         self.hosts = []
 
@@ -131,6 +147,10 @@ def remove_stale() -> list[str]:
         if match and not pid_alive(int(match.group(1))):
             _run("netns", "delete", name, check=False)
             removed.append(name)
+    for etc in _ETC.glob(f"{_PREFIX}*") if _ETC.is_dir() else ():
+        match = re.fullmatch(rf"{_PREFIX}(\d+)-\d+", etc.name)
+        if match and not pid_alive(int(match.group(1))):
+            shutil.rmtree(etc, ignore_errors=True)
     for line in _run("-o", "link", "show", "type", "bridge", check=False).splitlines():
         match = re.search(r"^\d+: (rs(\d+)br)[:@]", line)
         if match and not pid_alive(int(match.group(2))):

@@ -16,10 +16,13 @@ import contextlib
 import functools
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream.dev.ports import free_port, recorded_ports
 from stream.dev.processes import LOCAL, Host, Log, Node, Processes, wait_until
+
+if TYPE_CHECKING:
+    from stream.dev.secure import Certificates
 
 SENTINEL_MASTER = "riverstream"
 
@@ -36,7 +39,11 @@ def _protected(host: str) -> str:
 
 class RedisHA:
     """Redis primary + replica + three Sentinels in ``home`` (see the module); ``hosts``: the
-    `Host` of each role (``primary``, ``replica``, ``sentinel-1``..3), 127.0.0.1 if not given."""
+    `Host` of each role (``primary``, ``replica``, ``sentinel-1``..3), 127.0.0.1 if not given.
+
+    ``tls``: every server and Sentinel speaks TLS only (no plain port; replication and the
+    Sentinels' own connections over TLS too); ``user``: (name, password) of the one ACL user
+    allowed in, the ``default`` user off (the replica and the Sentinels log in as it)."""
 
     ROLES = ("primary", "replica", "sentinel-1", "sentinel-2", "sentinel-3")
 
@@ -47,8 +54,10 @@ class RedisHA:
         *,
         start_timeout: float = 60.0,
         hosts: Mapping[str, Host] | None = None,
+        tls: Certificates | None = None,
+        user: tuple[str, str] | None = None,
     ) -> None:
-        self.home = home
+        self.home, self.tls, self.user = home, tls, user
         self.processes = Processes(home, log)
         self.start_timeout = start_timeout
         self.hosts = {role: (hosts or {}).get(role, LOCAL) for role in self.ROLES}
@@ -65,12 +74,44 @@ class RedisHA:
         return ",".join(self.hosts[r].endpoint(self.ports[r]) for r in self.ROLES[2:])
 
     def url(self, role: str) -> str:
-        return f"redis://{self.hosts[role].endpoint(self.ports[role])}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{self.hosts[role].endpoint(self.ports[role])}/0"
+
+    def client(self, role: str) -> Any:
+        """A redis-py client of ``role`` (a server or a Sentinel), with TLS and the user."""
+        import redis
+
+        host, port = self.address(role)
+        options: dict[str, Any] = {}
+        if self.tls:
+            options |= {"ssl": True, "ssl_ca_certs": str(self.tls.ca)}
+        if self.user:
+            options |= {"username": self.user[0], "password": self.user[1]}
+        return redis.Redis(host=host, port=port, socket_timeout=0.5, **options)
+
+    def ping(self, role: str) -> bool:
+        with self.client(role) as client:
+            return bool(client.ping())
+
+    def _listen(self, port: int) -> list[str]:
+        """Configuration lines: the port, and TLS (`tls`)."""
+        if not self.tls:
+            return [f"port {port}"]
+        return ["port 0", f"tls-port {port}", f"tls-cert-file {self.tls.cert}",
+                f"tls-key-file {self.tls.key}", f"tls-ca-cert-file {self.tls.ca}",
+                "tls-auth-clients no", "tls-replication yes"]  # fmt: skip
+
+    def _acl(self) -> list[str]:
+        """Configuration lines: the ACL user (`user`), the default user off."""
+        if not self.user:
+            return []
+        name, password = self.user
+        return ["user default off", f"user {name} on >{password} ~* &* +@all"]
 
     def up(self) -> dict[str, Node]:
         """Start what is not running (idempotent); wait until the Sentinels watch a primary
         with a replica in sync."""
-        from stream.dev.services import ensure_debian_binary, redis_ping
+        from stream.dev.services import ensure_debian_binary
 
         server = ensure_debian_binary("redis-server", "redis-server")
         sentinel = ensure_debian_binary("redis-sentinel", "redis-sentinel")
@@ -82,14 +123,19 @@ class RedisHA:
             data = self.home / role
             data.mkdir(parents=True, exist_ok=True)
             host, port = self.address(role)
-            argv = [server, "--bind", host, "--port", str(port),
-                    "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec",
-                    "--save", "", "--daemonize", "no", "--io-threads", "1"]  # fmt: skip
-            argv += ["--protected-mode", _protected(host)]
+            lines = [f"bind {host}", *self._listen(port), f"dir {data}", "appendonly yes",
+                     "appendfsync everysec", 'save ""', "daemonize no", "io-threads 1",
+                     f"protected-mode {_protected(host)}", *self._acl()]  # fmt: skip
+            if self.user:  # a replica (this one, or the primary once demoted) logs in
+                lines += [f"masteruser {self.user[0]}", f"masterauth {self.user[1]}"]
             if role == "replica" and not (data / "appendonlydir").exists():
-                argv += ["--replicaof", primary_host, str(primary_port)]
-            self.processes.spawn(role, argv, data, port, "redis-server", self.hosts[role])
-            ping = functools.partial(redis_ping, port, host)
+                lines.append(f"replicaof {primary_host} {primary_port}")
+            config = data / "redis.conf"
+            config.write_text("\n".join([*lines, ""]))
+            config.chmod(0o600)
+            self.processes.spawn(role, [server, str(config)], data, port, "redis-server",
+                                 self.hosts[role])  # fmt: skip
+            ping = functools.partial(self.ping, role)
             wait_until(ping, self.start_timeout, f"redis {role}")
         for role in self.ROLES[2:]:
             if role in running:
@@ -102,19 +148,26 @@ class RedisHA:
                 config.write_text(self._sentinel_config(host, port, home))
             self.processes.spawn(role, [sentinel, str(config)], home, port, "redis-sentinel",
                                  self.hosts[role])  # fmt: skip
-            wait_until(functools.partial(redis_ping, port, host), self.start_timeout, role)
+            wait_until(functools.partial(self.ping, role), self.start_timeout, role)
         wait_until(self._healthy, self.start_timeout, "the Sentinels to watch a replicated primary")
         return self.processes.records()
 
     def _sentinel_config(self, host: str, port: int, home: Path) -> str:
         primary_host, primary_port = self.address("primary")
+        auth = []
+        if self.user:  # to the servers, and to the other Sentinels
+            name, password = self.user
+            auth = [f"sentinel auth-user {SENTINEL_MASTER} {name}",
+                    f"sentinel auth-pass {SENTINEL_MASTER} {password}",
+                    f"sentinel sentinel-user {name}", f"sentinel sentinel-pass {password}"]  # fmt: skip
         return "\n".join([
-            f"port {port}", f"bind {host}", f"protected-mode {_protected(host)}",
-            "daemonize no", f"dir {home}",
+            *self._listen(port), f"bind {host}", f"protected-mode {_protected(host)}",
+            "daemonize no", f"dir {home}", *self._acl(),
             f"sentinel monitor {SENTINEL_MASTER} {primary_host} {primary_port} 2",
             f"sentinel down-after-milliseconds {SENTINEL_MASTER} 1000",
             f"sentinel failover-timeout {SENTINEL_MASTER} 10000",
             f"sentinel parallel-syncs {SENTINEL_MASTER} 1",
+            *auth,
             "",
         ])  # fmt: skip
 
@@ -123,8 +176,7 @@ class RedisHA:
         import redis
 
         for role in self.ROLES[2:]:
-            host, port = self.address(role)
-            client = redis.Redis(host=host, port=port, socket_timeout=0.5)
+            client = self.client(role)
             with contextlib.suppress(redis.RedisError), client:
                 found: Any = client.sentinel_get_master_addr_by_name(SENTINEL_MASTER)
                 if found:
@@ -139,20 +191,18 @@ class RedisHA:
 
     def _healthy(self) -> bool:
         """Every Sentinel knows the primary, its replica (in sync) and the two other Sentinels."""
-        import redis
-
         primary = self.primary()
         if primary is None:
             return False
-        with redis.Redis(host=primary[0], port=primary[1], socket_timeout=0.5) as client:
+        role = "primary" if primary == self.address("primary") else "replica"
+        with self.client(role) as client:
             info = client.info("replication")
             if info.get("role") != "master" or int(info.get("connected_slaves", 0)) < 1:
                 return False
             if info["slave0"].get("state") != "online":
                 return False
         for role in self.ROLES[2:]:
-            host, port = self.address(role)
-            with redis.Redis(host=host, port=port, socket_timeout=0.5) as sentinel:
+            with self.client(role) as sentinel:
                 master = sentinel.sentinel_master(SENTINEL_MASTER)
                 if int(master["num-slaves"]) < 1 or int(master["num-other-sentinels"]) < 2:
                     return False

@@ -9,7 +9,13 @@ the test (the producer, the HTTP clients) talks to them from the root namespace 
 - host 2: Kafka node 2, the Redis replica, Sentinel 2, learner ``b`` (``tree``)
 - host 3: Kafka node 3, Sentinel 3, API replica 2
 
-(`stream.dev.cluster.KafkaCluster` and `stream.dev.redis_ha.RedisHA`, given a host per node.)
+(`stream.dev.secure.SecureKafkaCluster`, a `stream.dev.cluster.KafkaCluster`, and
+`stream.dev.redis_ha.RedisHA`, given a host per node.) Kafka runs as a real cluster must: its
+only listener for clients and brokers is SASL_SSL (certificates made by the test for the hosts'
+addresses, SCRAM-SHA-512 users), and Redis and its Sentinels speak TLS only (replication too)
+and let in one ACL user: every client of the test and of riverstream connects with TLS and a
+password (`stream.kafka.security`, `stream.store.connect`). With Sentinels, ``REDIS_URL`` only
+says TLS (rediss://) and the database.
 A third of the stream is published, the learners and APIs start; the rest is published at a
 steady rate (acks=all, idempotent) while Kafka node 3 and then the Redis primary are killed with
 -9. Then: the Sentinels have promoted the replica; nothing the producer had acknowledged is lost
@@ -17,8 +23,8 @@ or doubled (each topic holds exactly the events published); both learners went o
 final model equals River's ``progressive_val_score`` on the whole stream; neither API ever
 answered a 5xx (or failed to answer), and both serve the final version of both models. The
 network, the namespaces and every process are removed even when the test fails (fixtures, by
-pid). Measured: 2 min 46 s, 41 s of it starting the network, Kafka and Redis (2 CPUs, load
-average 7-10 from other work).
+pid). Measured: 3 min 13 s, 1 min of it starting the network, Kafka and Redis (2 CPUs, load
+average 11-18 from other work; 2 min 46 s without TLS at load 7-10).
 """
 
 from __future__ import annotations
@@ -34,13 +40,16 @@ import httpx
 import pytest
 
 from learners.datasets import dataset_events
+from schemas.errors import KafkaAdapterError
 from schemas.settings import Settings
-from stream.dev.cluster import KafkaCluster
 from stream.dev.netns import Network, remove_stale
 from stream.dev.processes import Host, pid_alive
 from stream.dev.redis_ha import RedisHA
+from stream.dev.secure import Certificates, SecureKafkaCluster, make_certificates
 from stream.dev.services import free_port
+from stream.kafka.client import create_topics
 from stream.kafka.publish import Publisher, PublishReport
+from stream.kafka.security import kafka_security
 from stream.learner.runtime import snapshot_store
 from tests.support.cluster import (
     SteadyClient,
@@ -69,10 +78,18 @@ def hosts() -> Iterator[list[Host]]:
 
 
 @pytest.fixture
-def kafka(hosts: list[Host], tmp_path: Path) -> Iterator[KafkaCluster]:
+def certificates(hosts: list[Host], tmp_path: Path) -> Certificates:
+    return make_certificates(tmp_path / "certs", [h.address for h in hosts])
+
+
+@pytest.fixture
+def kafka(
+    hosts: list[Host], certificates: Certificates, tmp_path: Path
+) -> Iterator[SecureKafkaCluster]:
     base = Settings()
-    cluster = KafkaCluster(tmp_path / "kafka", base.cache_dir.expanduser(), base.kafka_version,
-                           hosts=hosts)  # fmt: skip
+    cluster = SecureKafkaCluster(tmp_path / "kafka", base.cache_dir.expanduser(),
+                                 base.kafka_version, certificates, {"app": uuid.uuid4().hex},
+                                 hosts=hosts)  # fmt: skip
     try:
         cluster.up()
         yield cluster
@@ -81,10 +98,11 @@ def kafka(hosts: list[Host], tmp_path: Path) -> Iterator[KafkaCluster]:
 
 
 @pytest.fixture
-def redis_ha(hosts: list[Host], tmp_path: Path) -> Iterator[RedisHA]:
+def redis_ha(hosts: list[Host], certificates: Certificates, tmp_path: Path) -> Iterator[RedisHA]:
     roles = {"primary": hosts[0], "replica": hosts[1], "sentinel-1": hosts[0],
              "sentinel-2": hosts[1], "sentinel-3": hosts[2]}  # fmt: skip
-    ha = RedisHA(tmp_path / "redis", hosts=roles)
+    ha = RedisHA(tmp_path / "redis", hosts=roles, tls=certificates,
+                 user=("app", uuid.uuid4().hex))  # fmt: skip
     try:
         ha.up()
         yield ha
@@ -104,17 +122,20 @@ def answer(url: str) -> tuple[int, int | None]:
 
 
 def test_three_hosts_lose_a_broker_and_the_redis_primary(
-    hosts: list[Host], kafka: KafkaCluster, redis_ha: RedisHA, tmp_path: Path
+    hosts: list[Host], kafka: SecureKafkaCluster, redis_ha: RedisHA, tmp_path: Path
 ) -> None:
     tag = uuid.uuid4().hex[:10]
     metrics_port, api_port = free_port(), free_port()  # the same on every host
     s = fast(
         Settings(
-            kafka_bootstrap_servers=kafka.bootstrap, redis_url=None,
-            redis_sentinels=redis_ha.sentinels, state_dir=tmp_path / "state",
-            topic_features=f"t{tag}.features", topic_labels=f"t{tag}.labels",
-            topic_dlq=f"t{tag}.dlq", redis_prefix=f"test:{tag}", snapshot_key=f"key-{tag}",
-            partitions=3,
+            kafka_bootstrap_servers=kafka.bootstrap, kafka_security_protocol="SASL_SSL",
+            kafka_sasl_username="app", kafka_sasl_password=kafka.users["app"],
+            kafka_ssl_cafile=kafka.certificates.ca, redis_url=redis_ha.url("primary"),
+            redis_username="app", redis_password=(redis_ha.user or ("", ""))[1],
+            redis_ssl_cafile=kafka.certificates.ca, redis_sentinels=redis_ha.sentinels,
+            state_dir=tmp_path / "state", topic_features=f"t{tag}.features",
+            topic_labels=f"t{tag}.labels", topic_dlq=f"t{tag}.dlq", redis_prefix=f"test:{tag}",
+            snapshot_key=f"key-{tag}", partitions=3,
         ),
         learner_metrics_port=metrics_port, snapshot_every_labels=1_000,
         snapshot_every_seconds=0.5, redis_outage_seconds=120, redis_wait_replicas=1,
@@ -122,6 +143,9 @@ def test_three_hosts_lose_a_broker_and_the_redis_primary(
     )  # fmt: skip
     events = list(dataset_events(DATASET, label_delay=DELAY, limit=LIMIT, seed=SEED))
     first, rest = events[: len(events) // 3], events[len(events) // 3 :]
+    # A cold TLS cluster on a loaded machine may answer its first requests after the client's
+    # 10 s (seen at load 20): the topics are created once it answers in time.
+    wait(lambda: _topics_created(s), 180, "the topics to be created")
     report = publish(s, first)
     assert report.failed == 0 and report.sent == len(first)
     # every partition of the topics is on the three hosts' brokers
@@ -205,16 +229,25 @@ def test_three_hosts_lose_a_broker_and_the_redis_primary(
         assert client.failures() == {}, (client.url, client.statuses)
     for name in LEARNERS:  # each learner did see the primary go
         assert "Redis unreachable" in (tmp_path / f"learner-{name}.log").read_text(), name
-    assert messages(s.kafka_bootstrap_servers or "", s.topic_features) == LIMIT
-    assert messages(s.kafka_bootstrap_servers or "", s.topic_labels) == LIMIT
+    for topic in (s.topic_features, s.topic_labels):
+        assert messages(kafka.bootstrap, topic, kafka_security(s)) == LIMIT, topic
     for model, spec in LEARNERS.values():
         assert_equal_to_river(s, DATASET, LIMIT, DELAY, SEED, spec, model)
+
+
+def _topics_created(s: Settings) -> bool:
+    try:
+        create_topics(s.kafka_bootstrap_servers or "", s.topics(), security=kafka_security(s))
+    except KafkaAdapterError:
+        return False
+    return True
 
 
 def kafka_replicas(s: Settings) -> list[list[int]]:
     """The replicas of every partition of the feature and label topics."""
     from confluent_kafka.admin import AdminClient
 
-    meta = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers}).list_topics(timeout=10)
+    conf = {"bootstrap.servers": s.kafka_bootstrap_servers, **kafka_security(s).librdkafka()}
+    meta = AdminClient(conf).list_topics(timeout=10)
     topics = (meta.topics[t] for t in (s.topic_features, s.topic_labels))
     return [list(p.replicas) for t in topics for p in t.partitions.values()]
