@@ -14,6 +14,7 @@ listening socket really holds a port; when one does, `port_holders` names the pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -92,9 +93,13 @@ def port_holders(port: int) -> list[str]:
         if not proc.name.isdigit():
             continue
         try:
-            links = {os.readlink(fd) for fd in (proc / "fd").iterdir()}
+            fds = list((proc / "fd").iterdir())
         except OSError:  # gone, or not ours to look at
             continue
+        links = set()
+        for fd in fds:  # one closed meanwhile (the listing's own, in this process) is skipped
+            with contextlib.suppress(OSError):
+                links.add(os.readlink(fd))
         if links & targets:
             found.append(f"pid {proc.name} ({_command_of(int(proc.name))})")
     return found or _holders_from_ss(port)
