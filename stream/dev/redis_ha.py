@@ -145,14 +145,15 @@ class RedisHA:
             host, port = self.address(role)
             if not config.exists():  # a Sentinel rewrites its file: the state it learnt
                 home.mkdir(parents=True, exist_ok=True)
-                config.write_text(self._sentinel_config(host, port, home))
+                config.write_text(self.sentinel_config(host, port, home))
             self.processes.spawn(role, [sentinel, str(config)], home, port, "redis-sentinel",
                                  self.hosts[role])  # fmt: skip
             wait_until(functools.partial(self.ping, role), self.start_timeout, role)
         wait_until(self._healthy, self.start_timeout, "the Sentinels to watch a replicated primary")
         return self.processes.records()
 
-    def _sentinel_config(self, host: str, port: int, home: Path) -> str:
+    def sentinel_config(self, host: str, port: int, home: Path) -> str:
+        """sentinel.conf of the Sentinel at ``host:port`` whose directory is ``home``."""
         primary_host, primary_port = self.address("primary")
         auth = []
         if self.user:  # to the servers, and to the other Sentinels
