@@ -122,7 +122,7 @@ def in_process(models: dict[str, Any], x: dict[str, float]) -> dict[str, float]:
     evaluation: the minimum over 30 interleaved trials of 300 calls (the machine is shared)."""
     from learners.graph import CompiledGraph
     from learners.predictor import ServedModel
-    from schemas.graphs import parse_graph
+    from schemas.graph_parser import parse_graph
     from schemas.records import SnapshotMeta
     from stream.store.graph_follower import ServedModels
 

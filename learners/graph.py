@@ -20,7 +20,7 @@ a feature's value) to [0, 1) with BLAKE2b salted by the node's path (or its ``sa
 in every process and run, and reproducible by another service.
 
 >>> from dataclasses import dataclass
->>> from schemas.graphs import parse_graph
+>>> from schemas.graph_parser import parse_graph
 >>> @dataclass
 ... class Constant:
 ...     name: str

@@ -1,4 +1,4 @@
-"""The parser of graph documents (`schemas.graphs.parse_graph` calls it): structure checked
+"""Parsing graph documents into the types of `schemas.graphs`: `parse_graph`, structure checked
 node by node, each problem named by its path in the document. Types only, no I/O."""
 
 from __future__ import annotations
@@ -315,3 +315,12 @@ class Parser:
                 f"expected a string, number or boolean, got {_kind(value)} (use is_missing for null)",
             )
         return value
+
+
+def parse_graph(obj: Mapping[str, Any], known_models: Collection[str] | None = None) -> GraphSpec:
+    """Validate a graph document (already decoded from YAML or JSON) and build its `GraphSpec`.
+
+    ``known_models``, when given, are the only model names the graph may use. Raises
+    `GraphError` naming the first problem's path (``root.switch.cases[0].when.feature``).
+    """
+    return Parser(known_models).graph(obj)

@@ -1,6 +1,6 @@
 """Serving graphs: how several models answer one prediction request together.
 
-A graph is data, written in YAML or JSON by an operator and read by `parse_graph` into frozen
+A graph is data, written in YAML or JSON by an operator and read by `schemas.graph_parser.parse_graph` into frozen
 dataclasses; `learners.graph` compiles and evaluates it. Nothing here performs I/O, and
 conditions are data as well: nothing is ever handed to ``eval``. The published JSON Schema of
 the same format is ``schemas/jsonschema/graph.json``.
@@ -54,6 +54,7 @@ names the class as ``str(label)`` would (``proba.True``; ``proba.true`` works fo
 
 Examples
 --------
+>>> from schemas.graph_parser import parse_graph
 >>> spec = parse_graph({"name": "g", "root": {"ensemble": {"members": ["lr", "tree"]}}})
 >>> spec.root
 EnsembleNode(members=(ModelNode(model='lr', as_=None), ModelNode(model='tree', as_=None)), combine='mean', weights=None)
@@ -74,7 +75,7 @@ schemas.graph_errors.GraphError: root.rules.over.ensemble.members[1]: unknown mo
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeAlias
 
@@ -258,20 +259,6 @@ def walk(node: Node) -> Iterator[Node]:
     yield node
     for child in children(node):
         yield from walk(child)
-
-
-# --- parsing ------------------------------------------------------------------------------
-
-
-def parse_graph(obj: Mapping[str, Any], known_models: Collection[str] | None = None) -> GraphSpec:
-    """Validate a graph document (already decoded from YAML or JSON) and build its `GraphSpec`.
-
-    ``known_models``, when given, are the only model names the graph may use. Raises
-    `GraphError` naming the first problem's path (``root.switch.cases[0].when.feature``).
-    """
-    from schemas.graph_parser import Parser  # the parser needs the types above
-
-    return Parser(known_models).graph(obj)
 
 
 # --- back to a document -------------------------------------------------------------------

@@ -28,7 +28,8 @@ from rich.table import Table
 
 from schemas.errors import ConfigError, RiverstreamError
 from schemas.graph_errors import GraphError
-from schemas.graphs import parse_graph, walk
+from schemas.graph_parser import parse_graph
+from schemas.graphs import walk
 from schemas.settings import Settings
 
 if TYPE_CHECKING:  # imported by the commands that run, so that `--help` stays quick

@@ -29,7 +29,7 @@ A model and a graph may share a name: the model answers (as in ``/v2``, models f
 >>> from river import linear_model
 >>> from learners.graph import CompiledGraph, StaticModels
 >>> from learners.predictor import ServedModel
->>> from schemas.graphs import parse_graph
+>>> from schemas.graph_parser import parse_graph
 >>> lr = ServedModel.build("lr", linear_model.LogisticRegression(), version=4)
 >>> spec = parse_graph({"name": "g", "root": {"rules": {"over": "lr", "rules": [
 ...     {"when": {"feature": "x", "gt": 10}, "then": {"decision": "review"}}]}}})
@@ -59,7 +59,7 @@ from learners.graph import (
 from learners.predictor import MODEL_INPUT_ERRORS, NonFiniteAnswer, ServedModel
 from schemas.errors import RiverstreamError, SchemaError
 from schemas.graph_errors import GraphError
-from schemas.graphs import parse_graph
+from schemas.graph_parser import parse_graph
 from stream.store.graph_follower import ServedModels
 
 if TYPE_CHECKING:

@@ -41,6 +41,7 @@ from typing import Any
 import redis
 
 from schemas.errors import RegistryError
+from schemas.graph_parser import parse_graph
 from schemas.graphs import (
     Branch,
     Case,
@@ -53,7 +54,6 @@ from schemas.graphs import (
     SplitNode,
     SwitchNode,
     graph_to_dict,
-    parse_graph,
 )
 from schemas.names import MODEL_NAME_RULE, is_model_name
 from stream.registry.graphs import Applied, GraphRegistry

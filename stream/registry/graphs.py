@@ -43,7 +43,8 @@ from typing import Any
 import redis
 
 from schemas.errors import RegistryError, SnapshotError
-from schemas.graphs import GraphSpec, graph_to_dict, parse_graph
+from schemas.graph_parser import parse_graph
+from schemas.graphs import GraphSpec, graph_to_dict
 from schemas.records import HistoryEntry
 from stream.registry.base import HISTORY_LIMIT, RegistryBase
 from stream.registry.policy import _user, promotion_stack

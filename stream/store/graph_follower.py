@@ -8,7 +8,7 @@ message costs one poll interval (the loop of `stream.store.following.Follower`, 
 the models' follower). A graph that is no longer in ``P:graphs`` (deleted) stops being
 served.
 
-Loading a version (fetch the document, `schemas.graphs.parse_graph`, `learners.graph.CompiledGraph`)
+Loading a version (fetch the document, `schemas.graph_parser.parse_graph`, `learners.graph.CompiledGraph`)
 happens on this thread, never on a request, and the swap is one reference assignment of a new
 dict: a request sees the old or the new `ServedGraph`, never a mix. A document that does not
 parse or compile is refused: logged, counted, remembered (versions are immutable) and the
@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from learners.graph import CompiledGraph
 from schemas.errors import SnapshotError
 from schemas.graph_errors import GraphError
-from schemas.graphs import GraphSpec, parse_graph
+from schemas.graph_parser import parse_graph
+from schemas.graphs import GraphSpec
 from stream.store.following import Follower
 from stream.store.graphs import GraphStore
 from stream.store.snapshots import RedisUnavailableError, Subscription

@@ -18,7 +18,8 @@ from typing import Any
 import redis
 
 from schemas.errors import SnapshotError
-from schemas.graphs import GraphSpec, parse_graph
+from schemas.graph_parser import parse_graph
+from schemas.graphs import GraphSpec
 from stream.store.keys import RedisKeys
 from stream.store.snapshots import Subscription, wrapped
 

@@ -31,7 +31,7 @@ from learners.graph import (
 )
 from learners.predictor import ServedModel
 from schemas.graph_errors import GraphError
-from schemas.graphs import parse_graph
+from schemas.graph_parser import parse_graph
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 
 from learners.conditions import compile_condition
 from schemas.graph_errors import GraphError
+from schemas.graph_parser import parse_graph
 from schemas.graphs import (
     Comparison,
     EnsembleNode,
     ModelNode,
     RulesNode,
     graph_to_dict,
-    parse_graph,
 )
 
 SCHEMA = json.loads(

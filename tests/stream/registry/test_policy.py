@@ -118,7 +118,8 @@ def test_policies_are_listed_deleted_and_checked(
 
 
 def test_swap_champion_keeps_rules_switches_splits_and_shadows_meaningful() -> None:
-    from schemas.graphs import graph_to_dict, parse_graph
+    from schemas.graph_parser import parse_graph
+    from schemas.graphs import graph_to_dict
 
     doc = {
         "name": "g",
