@@ -15,17 +15,17 @@ import httpx
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from river import datasets, linear_model, preprocessing, tree
 
 from schemas.settings import Settings
 from stream.dev.services import free_port
 from stream.kafka.client import create_topics, partitions_for
+from stream.predict.metrics import WorkerMetrics, serve_metrics
 from stream.registry.graphs import GraphRegistry
 from stream.store.snapshots import SnapshotStore, open_store
 from tests.support.pipeline import spawn_cli
-
-pytestmark = pytest.mark.integration
 
 SHADOWED = {"name": "shadowed", "root": {"shadow": {"primary": "lr", "shadows": ["tree"]}}}
 SHADOW = "root.shadow.shadows[0]"
@@ -73,6 +73,29 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
+def test_the_lag_of_a_revoked_partition_is_no_longer_exported() -> None:
+    m = WorkerMetrics(CollectorRegistry())
+    m.set_lag({("req", 0): 5, ("req", 1): 0})
+    m.set_lag({("req", 1): 2})  # partition 0 moved to another worker
+    lags = [line for line in generate_latest(m.registry).decode().splitlines()
+            if line.startswith("riverstream_predict_consumer_lag{")]  # fmt: skip
+    assert lags == ['riverstream_predict_consumer_lag{partition="1",topic="req"} 2.0']
+
+
+def test_a_taken_port_leaves_the_worker_without_metrics_not_stopped() -> None:
+    registry = CollectorRegistry()
+    port = free_port()
+    first = serve_metrics(registry, port, "127.0.0.1")
+    assert first is not None
+    try:
+        assert serve_metrics(CollectorRegistry(), port, "127.0.0.1") is None  # logged
+        assert serve_metrics(registry, 0, "127.0.0.1") is None  # 0: off
+    finally:
+        first[0].shutdown()
+        first[0].server_close()
+
+
+@pytest.mark.integration
 def test_a_running_worker_exports_its_metrics_and_runs_graph_shadows(
     kit: Any, store: SnapshotStore, wsettings: Settings, tmp_path: Path
 ) -> None:
