@@ -36,7 +36,7 @@ from itertools import accumulate
 from typing import Any
 
 from learners.conditions import compile_condition
-from learners.graph import (
+from learners.graph_context import (
     Context,
     GraphInputError,
     MemberUnavailable,
