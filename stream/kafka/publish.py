@@ -58,12 +58,20 @@ class PublishReport:
 
 
 def _cell(value: str) -> int | float | str | bool | None:
+    """A CSV cell as JSON would have it: empty is null, ``true``/``false`` (any case) booleans,
+    then an integer, a float, or the text.
+
+    >>> [_cell(c) for c in ("", "TRUE", "12", "-1.5", "1e3", "nan", "x1", " 7 ")]
+    [None, True, 12, -1.5, 1000.0, nan, 'x1', 7]
+    """
     if value == "":
         return None
     low = value.lower()
     if low in ("true", "false"):
         return low == "true"
-    for cast in (int, float):
+    # int() refuses any text with a "." or an "e" (the commonest floats): skip its exception
+    casts = (float,) if "." in value or "e" in low else (int, float)
+    for cast in casts:
         try:
             return cast(value)
         except ValueError:
