@@ -136,21 +136,27 @@ def _one_row_of_numbers(inputs: list[Any]) -> dict[str, float] | None:
     else (parameters, more rows, other types, a problem): the general checks take over, and
     say what is wrong. The same row as theirs (integers become floats, as `_check_value`)."""
     row: dict[str, float] = {}
-    for tensor in inputs:
-        if type(tensor) is not dict or len(tensor) != 4:
+    for tensor in inputs:  # subscripts, not .get: no method call per field (≈ 4 µs for 30)
+        if tensor.__class__ is not dict or len(tensor) != 4:
             return None
-        name, data = tensor.get("name"), tensor.get("data")
+        try:
+            name, datatype, shape, data = (
+                tensor["name"], tensor["datatype"], tensor["shape"], tensor["data"]
+            )  # fmt: skip
+        except KeyError:
+            return None
         if (
-            type(name) is not str
+            name.__class__ is not str
             or name in row
-            or tensor.get("datatype") not in FLOATS
-            or tensor.get("shape") != _ONE_ROW
-            or type(data) is not list
+            or datatype.__class__ is not str
+            or datatype not in FLOATS
+            or shape != _ONE_ROW
+            or data.__class__ is not list
             or len(data) != 1
         ):
             return None
         value = data[0]
-        kind = type(value)
+        kind = value.__class__
         if kind is float:
             row[name] = value
         elif kind is int:
@@ -215,7 +221,7 @@ def parse_infer_body(raw: bytes, limits: InputLimits) -> tuple[Any, list[dict[st
         names.add(name)
         _refuse_extensions(f"input {name!r}", tensor.get("parameters"))
         datatype = tensor.get("datatype")
-        if datatype not in DATATYPES:
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
             allowed = ", ".join(sorted(DATATYPES))
             raise V2Error(400, f"input {name!r}: datatype {datatype!r} is not one of {allowed}")
         if "data" not in tensor:
