@@ -1,7 +1,8 @@
-"""Issue 6 acceptance: the real Prometheus scrapes the real learner and API during a replay.
+"""Issue 6 acceptance: the real Prometheus scrapes the real learner, API and prediction worker
+during a replay.
 
 Every dashboard panel query and every alert signal must return a non-empty, finite result,
-and every metric name they mention must be exported by the learner or the API.
+and every metric name they mention must be exported by the learner, the API or the worker.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import httpx
 import msgspec
 import pytest
 import redis
+from confluent_kafka import Producer
 
 from learners.datasets import dataset_events
 from observability import alerts, dashboards
@@ -51,6 +53,7 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     tmp = tmp_path_factory.mktemp("e2e")
     tag = f"e2e{int(time.time() * 1000) % 10**8}"
     learner_port, api_port, prom_port = free_port(), free_port(), free_port()
+    worker_port = free_port()
     settings = Settings(
         kafka_bootstrap_servers=services.kafka_bootstrap_servers,
         redis_url=services.redis_url,
@@ -64,12 +67,15 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         snapshot_every_labels=100,
         snapshot_every_seconds=0.5,
         learner_metrics_port=learner_port,
+        predict_metrics_port=worker_port,
+        predict_group=f"{tag}.predict",
         watermark_idle_grace=0.5,
         state_dir=tmp / "state",
     )
     config = prometheus_config(
         [("riverstream-learner", f"127.0.0.1:{learner_port}"),
-         ("riverstream-api", f"127.0.0.1:{api_port}")]
+         ("riverstream-api", f"127.0.0.1:{api_port}"),
+         ("riverstream-predict-worker", f"127.0.0.1:{worker_port}")]
     ).replace("scrape_configs:", "rule_files:\n  - alerts.yml\nscrape_configs:")  # fmt: skip
     (tmp / "prometheus.yml").write_text(config)
     shutil.copy(alerts.PATH, tmp / "alerts.yml")
@@ -102,6 +108,7 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
             tmp / "l.log",
         ),
         spawn_cli(settings, ["serve", "--port", str(api_port), "--workers", "2"], tmp / "api.log"),
+        spawn_cli(settings, ["predict-worker", "--report-every", "5"], tmp / "worker.log"),
     ]
     base, api = f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{api_port}"
     threads: list[threading.Thread] = []
@@ -158,13 +165,22 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
             stop = threading.Event()
 
             def trickle() -> None:
+                # HTTP requests to the API, and requests through Kafka to the worker (a model,
+                # the graph with its shadow, and one that cannot be answered: a dead letter)
+                requests = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+                requests.produce(settings.topic_requests, b"{not json", b"bad")
                 with httpx.Client(base_url=api, timeout=5) as background:
-                    for x in itertools.cycle(features[:50]):
+                    for k, x in enumerate(itertools.cycle(features[:50])):
                         if stop.wait(0.02):
-                            return
+                            break
                         background.post("/v1/models/lr/predict", json={"features": x})
                         background.post("/v1/models/reg/predict", json={"features": x})
                         background.post("/v1/graphs/g/predict", json={"features": x})
+                        for target in ("lr", "g"):
+                            body = {"id": f"{target}{k}", "target": target, "features": x}
+                            requests.produce(settings.topic_requests, json.dumps(body).encode())
+                        requests.poll(0)
+                requests.flush(10)
 
             def stream_on() -> None:
                 # Events keep coming too (the dataset again, later in event time), so the
@@ -196,7 +212,7 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
 
             def scraped_enough() -> bool:
                 return (
-                    len(_query(base, "count_over_time(up[1m]) >= 5")) == 2
+                    len(_query(base, "count_over_time(up[1m]) >= 5")) == 3
                     and bool(
                         _query(base, 'rate(riverstream_http_requests_total{status="200"}[1m]) > 0')
                     )
@@ -205,17 +221,22 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
                     and bool(_query(base, "riverstream_served_metric"))
                     and bool(_query(base, "rate(riverstream_shadow_runs_total[1m]) > 0"))
                     and bool(_query(base, "riverstream_comparison_labels > 0"))
+                    and bool(
+                        _query(base, "rate(riverstream_predict_latency_seconds_count[1m]) > 0")
+                    )
+                    and bool(_query(base, "riverstream_predict_dead_letters_total"))
                 )
 
             try:
-                wait_until(scraped_enough, 90, "Prometheus to scrape the learner and the API")
+                wait_until(scraped_enough, 90, "Prometheus to scrape the learner, API, worker")
             except Exception as exc:
                 with urllib.request.urlopen(f"{base}/api/v1/targets") as response:
                     targets = response.read().decode()
                 raise AssertionError(f"{exc}; targets: {targets}") from exc
             exposition = client.get("/metrics").text
-        with urllib.request.urlopen(f"http://127.0.0.1:{learner_port}/metrics") as response:
-            exposition += response.read().decode()
+        for port in (learner_port, worker_port):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
+                exposition += response.read().decode()
         yield {"base": base, "exposition": exposition}
     finally:
         for stop_event in stops:

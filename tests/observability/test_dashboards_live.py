@@ -26,7 +26,8 @@ from observability import alerts, dashboards
 from observability.report import build_report, ops_from_prometheus
 from stream.dev.services import free_port
 from stream.learner.telemetry import LearnerMetrics, start_http_server
-from tests.support.metrics import touch_learner
+from stream.predict.metrics import WorkerMetrics, serve_metrics
+from tests.support.metrics import touch_learner, touch_worker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,11 +86,16 @@ def prometheus(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prom")
     learner = LearnerMetrics(CollectorRegistry())
     server, _thread = start_http_server(0, learner.registry, addr="127.0.0.1")
+    worker = WorkerMetrics(CollectorRegistry())  # a prediction worker's exporter
+    worker_port = free_port()
+    worker_server = serve_metrics(worker.registry, worker_port, "127.0.0.1")
+    assert worker_server is not None
     stop = threading.Event()
 
     def feed():
         while not stop.is_set():
             touch_learner(learner, time.time())
+            touch_worker(worker)
             stop.wait(0.1)
 
     feeder = threading.Thread(target=feed, daemon=True)
@@ -104,6 +110,7 @@ def prometheus(tmp_path_factory):
     config = (REPO / "observability" / "prometheus" / "prometheus.yml").read_text()
     config = config.replace("127.0.0.1:9108", f"127.0.0.1:{server.server_port}")
     config = config.replace("127.0.0.1:8000", f"127.0.0.1:{api_port}")
+    config = config.replace("127.0.0.1:9109", f"127.0.0.1:{worker_port}")
     (tmp / "prometheus.yml").write_text(config)
     shutil.copy(alerts.PATH, tmp / "alerts.yml")
     prom = subprocess.Popen(
@@ -114,14 +121,14 @@ def prometheus(tmp_path_factory):
     base = f"http://127.0.0.1:{prom_port}"
     try:
         deadline = time.time() + 30
-        while True:  # ready, both targets scraped, and enough samples for rate()
+        while True:  # ready, the three targets scraped, and enough samples for rate()
             try:
                 ups = _query(base, "count_over_time(up[1m]) >= 3")
-                if len(ups) == 2 and len(_query(base, "up == 1")) == 2:
+                if len(ups) == 3 and len(_query(base, "up == 1")) == 3:
                     break
             except OSError:
                 pass
-            assert time.time() < deadline, "Prometheus did not scrape both targets"
+            assert time.time() < deadline, "Prometheus did not scrape the three targets"
             time.sleep(0.5)
         yield base
     finally:
@@ -131,6 +138,8 @@ def prometheus(tmp_path_factory):
             p.wait(timeout=10)
         server.shutdown()
         server.server_close()
+        worker_server[0].shutdown()
+        worker_server[0].server_close()
 
 
 def _assert_finite(base: str, expr: str) -> None:
