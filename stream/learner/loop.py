@@ -1,72 +1,55 @@
 """The learner process: Kafka records in, the pure `LearningCore` in the middle, snapshots out.
 
 One loop, one thread: poll a batch → decode (bad records go to the dead-letter topic) → push into
-the core → advance the watermark → maybe snapshot (see `stream.checkpoint.protocol` for the protocol).
-Offsets are never committed to Kafka: the snapshot is the single source of truth for what has
-been learned, which is what makes a restart exact.
+the core → advance the watermark, a round of labels at a time → maybe snapshot (see
+`stream.checkpoint.protocol` for the protocol). Offsets are never committed to Kafka: the
+snapshot is the single source of truth for what has been learned, which is what makes a
+restart exact. The snapshots and restores are `stream.learner.checkpoints`, the operator's
+commands `stream.learner.commands`.
 """
 
 from __future__ import annotations
 
 import gc
-import logging
 import math
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from learners.comparisons import ComparePairs
 from learners.core import LearningCore
 from learners.specs import ModelSpec
 from learners.watermark import Watermark
-from schemas.errors import SnapshotError
-from schemas.events import EventCodec, FeatureEvent, LabelEvent, Limits
-from schemas.records import RollbackCommand
+from schemas.events import EventCodec, Limits
 from schemas.settings import Settings
-from stream.checkpoint.protocol import (
-    Offsets,
-    Restored,
-    SkipRanges,
-    SnapshotResult,
-    Snapshotter,
-    offsets_key,
-    restore,
-    resume_positions,
-)
+from stream.checkpoint.protocol import Offsets, SkipRanges, Snapshotter
 from stream.kafka.client import RecordSource
 from stream.kafka.deadletter import DeadLetters
+from stream.learner.commands import LearnerCommands
 from stream.learner.groups import restore_learner
 from stream.learner.idleness import Idleness
 from stream.learner.ingest import Ingest
 from stream.learner.live import LivePublisher
 from stream.learner.observing import LearnerStats
 from stream.learner.outage import Outage
-from stream.learner.trace import LINEAGE_EXTRA, TraceRecorder
-from stream.registry.owners import RELEASE
+from stream.learner.trace import TraceRecorder
 from stream.store.commands import CommandQueue
-from stream.store.snapshots import RedisUnavailableError, SnapshotStore
+from stream.store.snapshots import SnapshotStore
 
 if TYPE_CHECKING:
     from stream.learner.backfill import Backfill
     from stream.learner.observing import Observer
 
-log = logging.getLogger(__name__)
-
 Clock = Callable[[], float]
-_COMMAND_POLL_SECONDS = 0.2
-_POLL_SECONDS = 0.1
 _GC_GEN0_THRESHOLD = 50_000
-_APPLIED_KEPT = 1000
 _LABELS_PER_ROUND = 2000
 """Labels learned between two polls (≈ 10-60 ms of learning) while a backlog is learned."""
 _READ_AHEAD = 200_000
 """Events read ahead of learning at most (≈ 500 B each: `bench/memory.py`)."""
 
-_Event = TypeVar("_Event", FeatureEvent, LabelEvent)
 
-
-class Learner:
+class Learner(LearnerCommands):
     """Consumes the feature and label topics and keeps the models learning exactly once."""
 
     def __init__(
@@ -159,28 +142,6 @@ class Learner:
         self._stop = threading.Event()
         self._amortized: list[tuple[float, int]] = []
 
-    def _adopt(self, restored: Restored) -> None:
-        """Continue from a restored checkpoint (at start, or on a rollback with replay)."""
-        self.core = restored.core
-        self.trace.adopt(self.core, restored.extras)
-        self.core.set_comparisons(self.compare)  # the restored ones go on, new ones start
-        self.offsets = restored.offsets
-        self.watermark = restored.extras.get("watermark") or Watermark(self._sources)
-        for span in restored.extras.get("excluded", []):
-            if tuple(span) not in self.excluded:
-                self.excluded.append(tuple(span))
-        skip = restored.extras.get("skip", {})
-        self._skip = {key: [(a, b) for a, b in ranges] for key, ranges in skip.items()}
-
-    def _seek(self) -> None:
-        positions = {
-            (self._topics[t], p): self.offsets.get(offsets_key(self._topics[t], p), -1)
-            for t, p in self._sources
-        }
-        self.source.assign(positions)
-        self.idleness.reset()
-        self._labels_at_snapshot = self.core.counters.labels_joined
-
     def describe(self) -> list[str]:
         """Where the learner stands, for its start-up lines: models, topics, resume point."""
         s = self.settings
@@ -199,86 +160,6 @@ class Learner:
             f"{s.snapshot_every_labels} labels or {s.snapshot_every_seconds:g} s",
             start,
         ]
-
-    def extras(self) -> dict[str, Any]:
-        """Adapter state saved in the checkpoint beside the core."""
-        return {
-            "watermark": self.watermark,
-            "excluded": list(self.excluded),
-            "applied": self.applied[-_APPLIED_KEPT:],
-            LINEAGE_EXTRA: self.trace.extra(),
-        }
-
-    # -- operator commands -----------------------------------------------------------------
-    def _check_commands(self, now: float) -> None:
-        if self.commands is None or now - self._last_command_check < _COMMAND_POLL_SECONDS:
-            return
-        if not self.outage.due():
-            return
-        self._last_command_check = now
-        try:
-            commands = self.commands.peek()
-            if commands:
-                for command in commands:
-                    if command.id not in self.applied:
-                        self.apply(command)
-                        self.applied.append(command.id)
-                self.finish_snapshots()  # durable before acknowledged
-                self.commands.ack(len(commands))
-        except RedisUnavailableError as exc:  # applying again is harmless: ids are remembered
-            self.outage.failed("learner commands", exc)
-        else:
-            self.outage.recovered()
-
-    def apply(self, command: RollbackCommand) -> None:
-        """Roll ``command.model`` back to version ``command.to``.
-
-        ``skip``: the model continues from that version at the current input position; what
-        it learned since is discarded. ``replay``: the whole learner goes back to that
-        version's checkpoint and re-learns from its offsets, leaving out events whose time
-        falls in ``command.exclude`` (models sharing this learner are rewound with it).
-        """
-        if command.action == RELEASE:  # handed over to another learner (stream.registry.owners)
-            if command.model in self.core.models:
-                self.core.remove_models([command.model])
-                self.specs = [spec for spec in self.specs if spec.name != command.model]
-                log.warning("released %s: another learner learns it now", command.model)
-            return
-        if command.action != "rollback" or command.model not in self.core.models:
-            log.error(
-                "ignoring command %s: not a rollback of one of this learner's models", command
-            )
-            return
-        store = self.snapshotter.store
-        if command.resume == "replay":
-            restored = restore(
-                store, self._signing_key, self.specs, version=command.to,
-                may_drop=lambda name: name not in self.core.models,
-            )  # fmt: skip
-            if restored is None:  # pragma: no cover - checkpoint() raises instead
-                raise SnapshotError(f"no checkpoint v{command.to}")
-            if restored.added:  # a checkpoint of another learner, without some of ours
-                log.error(
-                    "ignoring command %s: checkpoint v%d does not hold %s, which learn here "
-                    "(it was written before a handover): roll back with --resume skip",
-                    command, command.to, restored.added,
-                )  # fmt: skip
-                return
-            running = self.snapshotter.poll(block=True)
-            if running is not None:
-                self._record(running)
-            self._adopt(restored)
-            # the curve past the target is rewound by the next snapshot (stream.store.trace)
-            self.trace.branch(command.id, self.core.counters.labels_joined)
-            for a, b in command.exclude:
-                if (a, b) not in self.excluded:
-                    self.excluded.append((a, b))
-            self._seek()
-        else:
-            state, _meta = store.load_model(command.model, command.to)
-            self.core.models[command.model] = state
-        log.warning("rolled %s back to v%d (%s)", command.model, command.to, command.resume)
-        self.stats.rollbacks += 1
 
     # -- the loop ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -414,100 +295,6 @@ class Learner:
         if value is None or newest is None:
             return None
         return max(0.0, newest - value)
-
-    # -- snapshots ---------------------------------------------------------------------------
-    def _maybe_snapshot(self, now: float) -> None:
-        result = self.snapshotter.poll()
-        if result is not None:
-            self._record(result)
-        if self.snapshotter.busy or not self.outage.due():
-            return
-        labels = self.core.counters.labels_joined - self._labels_at_snapshot
-        due = (
-            self._snapshot_failed  # retried as soon as the backoff allows
-            or (self._first_snapshot_due and labels > 0)
-            or labels >= self.settings.snapshot_every_labels
-            or (labels > 0 and now - self._last_snapshot_at >= self.settings.snapshot_every_seconds)
-        )
-        if due:
-            self.snapshot_now()
-
-    def snapshot_now(self, *, stalls: bool = True) -> SnapshotResult | None:
-        """Checkpoint what has been processed. Events read but still buffered are left out
-        (they are read again after a restore), so the checkpoint's size does not grow with
-        the read-ahead: pickling 100k buffered events cost 0.1-0.25 s (measured)."""
-        self._labels_at_snapshot = self.core.counters.labels_joined
-        self._last_snapshot_at = self.clock()
-        with self.core.processed_only() as unprocessed:
-            by_key = {
-                offsets_key(self._topics[kind], partition): found.offsets
-                for (kind, partition), found in unprocessed.items()
-            }
-            offsets, skip = resume_positions(self.offsets, by_key, self._skip)
-            extras = self.extras()
-            extras["skip"] = skip
-            extras["watermark"] = self.watermark.rewound(
-                {source: found.earliest for source, found in unprocessed.items()}
-            )
-            try:
-                result = self.snapshotter.take(
-                    self.core, offsets, extras, trace=self.trace.for_snapshot(self.core)
-                )
-            except RedisUnavailableError as exc:  # no version could be handed out
-                self._snapshot_failed = True
-                self.outage.failed("snapshot", exc)
-                return SnapshotResult(0, False, 0.0, 0.0, forked=False, sizes={})
-        if result is not None:
-            self._record(result, stalls=stalls)
-        return result  # None while a forked child writes it
-
-    def finish_snapshots(self) -> None:
-        """Wait for a running snapshot, then write a final one in-process (no fork); raise
-        `SnapshotError` if that fails (a routine snapshot that fails is retried instead)."""
-        result = self.snapshotter.poll(block=True)
-        if result is not None:
-            self._record(result)
-        use_fork = self.snapshotter.use_fork
-        self.snapshotter.use_fork = False
-        try:
-            while True:
-                final = self.snapshot_now(stalls=False)
-                if final is not None and final.ok:
-                    break
-                if self.outage.up:  # not an outage: a snapshot that cannot be written
-                    raise SnapshotError("the final snapshot could not be written (see the log)")
-                # Redis is away: retry (with the outage's backoff) until it is back or the
-                # outage outlasts RIVERSTREAM_REDIS_OUTAGE_SECONDS (RedisOutageError).
-                self._stop.wait(max(0.0, self.outage.retry_at - self.clock()))
-        finally:
-            self.snapshotter.use_fork = use_fork
-
-    def _record(self, result: SnapshotResult, *, stalls: bool = True) -> None:
-        self.stats.snapshots += int(result.ok)
-        self._snapshot_failed = not result.ok
-        if result.ok:
-            self.stats.last_snapshot_version = result.version
-            self.live.versioned(result.sizes)
-            self._first_snapshot_due = False
-            self.trace.written()
-            self.outage.recovered()
-        elif self._redis_unreachable():
-            self.outage.failed(f"snapshot v{result.version}", ConnectionError("unreachable"))
-        else:  # a model handed over to another learner fails snapshots until released
-            self._last_command_check = -1e9
-        if stalls:  # not the final snapshot at shutdown, nor one after a rollback
-            self.stats.max_stall_seconds = max(self.stats.max_stall_seconds, result.stall_seconds)
-        if self.observer is not None:
-            self.observer.snapshot(self, result)
-
-    def _redis_unreachable(self) -> bool:
-        """After a failed snapshot: was Redis the cause? (A snapshot that fails with Redis up
-        is retried too, but it is not an outage.)"""
-        try:
-            self.snapshotter.store.client.ping()
-        except Exception:
-            return True
-        return False
 
     def summaries(self) -> list[dict[str, Any]]:
         return [

@@ -1,0 +1,198 @@
+"""The learner's checkpoints: what a snapshot saves, when one is due, and continuing from one.
+
+`LearnerCheckpoints` is the part of `stream.learner.loop.Learner` that follows the protocol of
+`stream.checkpoint.protocol`: a snapshot every N labels or T seconds (the first as soon as
+labels were learned), holding only processed events, retried through a Redis outage; the final
+one written in-process at shutdown; and, the other way, adopting a restored checkpoint and
+seeking every partition to its offsets.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from learners.comparisons import ComparePairs
+from learners.core import LearningCore
+from learners.watermark import Watermark
+from schemas.errors import SnapshotError
+from schemas.settings import Settings
+from stream.checkpoint.protocol import (
+    Offsets,
+    Restored,
+    SkipRanges,
+    SnapshotResult,
+    Snapshotter,
+    offsets_key,
+    resume_positions,
+)
+from stream.kafka.client import RecordSource
+from stream.learner.idleness import Idleness
+from stream.learner.live import LivePublisher
+from stream.learner.observing import LearnerStats
+from stream.learner.outage import Outage
+from stream.learner.trace import LINEAGE_EXTRA, TraceRecorder
+from stream.store.snapshots import RedisUnavailableError
+
+if TYPE_CHECKING:
+    from stream.learner.observing import LearnerView, Observer
+
+_APPLIED_KEPT = 1000
+
+Source = tuple[int, int]
+
+
+class LearnerCheckpoints:
+    """Snapshots and restores of a learner (the attributes are set by `Learner.__init__`)."""
+
+    settings: Settings
+    source: RecordSource
+    core: LearningCore
+    offsets: Offsets
+    watermark: Watermark
+    idleness: Idleness
+    snapshotter: Snapshotter
+    live: LivePublisher
+    outage: Outage
+    trace: TraceRecorder
+    stats: LearnerStats
+    observer: Observer | None
+    clock: Callable[[], float]
+    compare: ComparePairs
+    excluded: list[tuple[float, float]]
+    applied: list[str]
+    _topics: tuple[str, str]
+    _sources: list[Source]
+    _skip: SkipRanges
+    _stop: threading.Event
+    _labels_at_snapshot: int
+    _last_snapshot_at: float
+    _snapshot_failed: bool
+    _first_snapshot_due: bool
+    _last_command_check: float
+
+    def _adopt(self, restored: Restored) -> None:
+        """Continue from a restored checkpoint (at start, or on a rollback with replay)."""
+        self.core = restored.core
+        self.trace.adopt(self.core, restored.extras)
+        self.core.set_comparisons(self.compare)  # the restored ones go on, new ones start
+        self.offsets = restored.offsets
+        self.watermark = restored.extras.get("watermark") or Watermark(self._sources)
+        for span in restored.extras.get("excluded", []):
+            if tuple(span) not in self.excluded:
+                self.excluded.append(tuple(span))
+        skip = restored.extras.get("skip", {})
+        self._skip = {key: [(a, b) for a, b in ranges] for key, ranges in skip.items()}
+
+    def _seek(self) -> None:
+        positions = {
+            (self._topics[t], p): self.offsets.get(offsets_key(self._topics[t], p), -1)
+            for t, p in self._sources
+        }
+        self.source.assign(positions)
+        self.idleness.reset()
+        self._labels_at_snapshot = self.core.counters.labels_joined
+
+    def extras(self) -> dict[str, Any]:
+        """Adapter state saved in the checkpoint beside the core."""
+        return {
+            "watermark": self.watermark,
+            "excluded": list(self.excluded),
+            "applied": self.applied[-_APPLIED_KEPT:],
+            LINEAGE_EXTRA: self.trace.extra(),
+        }
+
+    def _maybe_snapshot(self, now: float) -> None:
+        result = self.snapshotter.poll()
+        if result is not None:
+            self._record(result)
+        if self.snapshotter.busy or not self.outage.due():
+            return
+        labels = self.core.counters.labels_joined - self._labels_at_snapshot
+        due = (
+            self._snapshot_failed  # retried as soon as the backoff allows
+            or (self._first_snapshot_due and labels > 0)
+            or labels >= self.settings.snapshot_every_labels
+            or (labels > 0 and now - self._last_snapshot_at >= self.settings.snapshot_every_seconds)
+        )
+        if due:
+            self.snapshot_now()
+
+    def snapshot_now(self, *, stalls: bool = True) -> SnapshotResult | None:
+        """Checkpoint what has been processed. Events read but still buffered are left out
+        (they are read again after a restore), so the checkpoint's size does not grow with
+        the read-ahead: pickling 100k buffered events cost 0.1-0.25 s (measured)."""
+        self._labels_at_snapshot = self.core.counters.labels_joined
+        self._last_snapshot_at = self.clock()
+        with self.core.processed_only() as unprocessed:
+            by_key = {
+                offsets_key(self._topics[kind], partition): found.offsets
+                for (kind, partition), found in unprocessed.items()
+            }
+            offsets, skip = resume_positions(self.offsets, by_key, self._skip)
+            extras = self.extras()
+            extras["skip"] = skip
+            extras["watermark"] = self.watermark.rewound(
+                {source: found.earliest for source, found in unprocessed.items()}
+            )
+            try:
+                result = self.snapshotter.take(
+                    self.core, offsets, extras, trace=self.trace.for_snapshot(self.core)
+                )
+            except RedisUnavailableError as exc:  # no version could be handed out
+                self._snapshot_failed = True
+                self.outage.failed("snapshot", exc)
+                return SnapshotResult(0, False, 0.0, 0.0, forked=False, sizes={})
+        if result is not None:
+            self._record(result, stalls=stalls)
+        return result  # None while a forked child writes it
+
+    def finish_snapshots(self) -> None:
+        """Wait for a running snapshot, then write a final one in-process (no fork); raise
+        `SnapshotError` if that fails (a routine snapshot that fails is retried instead)."""
+        result = self.snapshotter.poll(block=True)
+        if result is not None:
+            self._record(result)
+        use_fork = self.snapshotter.use_fork
+        self.snapshotter.use_fork = False
+        try:
+            while True:
+                final = self.snapshot_now(stalls=False)
+                if final is not None and final.ok:
+                    break
+                if self.outage.up:  # not an outage: a snapshot that cannot be written
+                    raise SnapshotError("the final snapshot could not be written (see the log)")
+                # Redis is away: retry (with the outage's backoff) until it is back or the
+                # outage outlasts RIVERSTREAM_REDIS_OUTAGE_SECONDS (RedisOutageError).
+                self._stop.wait(max(0.0, self.outage.retry_at - self.clock()))
+        finally:
+            self.snapshotter.use_fork = use_fork
+
+    def _record(self, result: SnapshotResult, *, stalls: bool = True) -> None:
+        self.stats.snapshots += int(result.ok)
+        self._snapshot_failed = not result.ok
+        if result.ok:
+            self.stats.last_snapshot_version = result.version
+            self.live.versioned(result.sizes)
+            self._first_snapshot_due = False
+            self.trace.written()
+            self.outage.recovered()
+        elif self._redis_unreachable():
+            self.outage.failed(f"snapshot v{result.version}", ConnectionError("unreachable"))
+        else:  # a model handed over to another learner fails snapshots until released
+            self._last_command_check = -1e9
+        if stalls:  # not the final snapshot at shutdown, nor one after a rollback
+            self.stats.max_stall_seconds = max(self.stats.max_stall_seconds, result.stall_seconds)
+        if self.observer is not None:
+            # self is the whole `stream.learner.loop.Learner`, which has the view's shape
+            self.observer.snapshot(cast("LearnerView", self), result)
+
+    def _redis_unreachable(self) -> bool:
+        """After a failed snapshot: was Redis the cause? (A snapshot that fails with Redis up
+        is retried too, but it is not an outage.)"""
+        try:
+            self.snapshotter.store.client.ping()
+        except Exception:
+            return True
+        return False

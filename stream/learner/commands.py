@@ -1,0 +1,102 @@
+"""Operator commands to a running learner: rollbacks (skip or replay) and handovers.
+
+`LearnerCommands` is the part of `stream.learner.loop.Learner` that reads its command queue in
+Redis (`stream.store.commands`) every 0.2 s on the learning thread, applies each command once
+(ids are remembered in the checkpoint), makes the result durable with a snapshot, and only then
+acknowledges it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from learners.specs import ModelSpec
+from schemas.errors import SnapshotError
+from schemas.records import RollbackCommand
+from stream.checkpoint.protocol import restore
+from stream.learner.checkpoints import LearnerCheckpoints
+from stream.registry.owners import RELEASE
+from stream.store.commands import CommandQueue
+from stream.store.snapshots import RedisUnavailableError
+
+log = logging.getLogger(__name__)
+
+_COMMAND_POLL_SECONDS = 0.2
+
+
+class LearnerCommands(LearnerCheckpoints):
+    """Rollbacks and releases applied between two batches."""
+
+    specs: list[ModelSpec]
+    commands: CommandQueue | None
+    _signing_key: bytes
+
+    def _check_commands(self, now: float) -> None:
+        if self.commands is None or now - self._last_command_check < _COMMAND_POLL_SECONDS:
+            return
+        if not self.outage.due():
+            return
+        self._last_command_check = now
+        try:
+            commands = self.commands.peek()
+            if commands:
+                for command in commands:
+                    if command.id not in self.applied:
+                        self.apply(command)
+                        self.applied.append(command.id)
+                self.finish_snapshots()  # durable before acknowledged
+                self.commands.ack(len(commands))
+        except RedisUnavailableError as exc:  # applying again is harmless: ids are remembered
+            self.outage.failed("learner commands", exc)
+        else:
+            self.outage.recovered()
+
+    def apply(self, command: RollbackCommand) -> None:
+        """Roll ``command.model`` back to version ``command.to``.
+
+        ``skip``: the model continues from that version at the current input position; what
+        it learned since is discarded. ``replay``: the whole learner goes back to that
+        version's checkpoint and re-learns from its offsets, leaving out events whose time
+        falls in ``command.exclude`` (models sharing this learner are rewound with it).
+        """
+        if command.action == RELEASE:  # handed over to another learner (stream.registry.owners)
+            if command.model in self.core.models:
+                self.core.remove_models([command.model])
+                self.specs = [spec for spec in self.specs if spec.name != command.model]
+                log.warning("released %s: another learner learns it now", command.model)
+            return
+        if command.action != "rollback" or command.model not in self.core.models:
+            log.error(
+                "ignoring command %s: not a rollback of one of this learner's models", command
+            )
+            return
+        store = self.snapshotter.store
+        if command.resume == "replay":
+            restored = restore(
+                store, self._signing_key, self.specs, version=command.to,
+                may_drop=lambda name: name not in self.core.models,
+            )  # fmt: skip
+            if restored is None:  # pragma: no cover - checkpoint() raises instead
+                raise SnapshotError(f"no checkpoint v{command.to}")
+            if restored.added:  # a checkpoint of another learner, without some of ours
+                log.error(
+                    "ignoring command %s: checkpoint v%d does not hold %s, which learn here "
+                    "(it was written before a handover): roll back with --resume skip",
+                    command, command.to, restored.added,
+                )  # fmt: skip
+                return
+            running = self.snapshotter.poll(block=True)
+            if running is not None:
+                self._record(running)
+            self._adopt(restored)
+            # the curve past the target is rewound by the next snapshot (stream.store.trace)
+            self.trace.branch(command.id, self.core.counters.labels_joined)
+            for a, b in command.exclude:
+                if (a, b) not in self.excluded:
+                    self.excluded.append((a, b))
+            self._seek()
+        else:
+            state, _meta = store.load_model(command.model, command.to)
+            self.core.models[command.model] = state
+        log.warning("rolled %s back to v%d (%s)", command.model, command.to, command.resume)
+        self.stats.rollbacks += 1
