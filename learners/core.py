@@ -62,31 +62,28 @@ import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any
 
-from river import base, metrics
-
-import learners.river_compat  # noqa: F401  (registers iterative pickling of deep River trees)
-from learners.comparisons import ComparePairs, ModelComparison, Pair, check_pairs
+from learners.comparisons import ComparePairs, ModelComparison, Pair
 from learners.join import EventTimeJoin, JoinCounters, Pending, Source, Unprocessed
+from learners.model_set import ModelSet
+from learners.model_state import FAILED, UNSEEN, LabelTypeError, ModelState, Prediction
 from learners.served import score_shadows, scoring_model, update_metric
-from learners.specs import ModelKind, ModelSpec, RiverModel, model_kind
+from learners.specs import ModelSpec
 from schemas.errors import ModelSpecError
 from schemas.events import FeatureEvent, Label, LabelEvent, Served, without_missing
+
+__all__ = [  # ModelState and its predictions live in learners.model_state (pickles name both)
+    "FAILED", "UNSEEN", "CurveMark", "LabelTypeError", "LearningCore", "ModelState",
+    "Prediction", "Unusable",
+]  # fmt: skip
 
 OUTCOMES_KEPT = 4096
 """Joined (label, prediction) pairs kept for monitors between two drains."""
 
 UNUSABLE_KEPT = 10_000
 """Events no model could use, kept for the adapter's dead letters between two drains."""
-
-FAILED: Prediction = (None, None)
-"""The stored prediction of a model that raised on the features: not scored at label time."""
-
-UNSEEN: Prediction = cast("Prediction", tuple([None, None]))  # equal to FAILED, not the same
-"""The stored prediction of a model added to the stream after the features were processed
-(`LearningCore.add_models`): it learns the label, which is not scored for it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +102,6 @@ class Unusable:
         return {"id": self.id, "time": self.time, field: self.value}
 
 
-Prediction = tuple[Any, Any]
-"""What a model said about one feature event: (label or score, probabilities)."""
-
-
 @dataclass(frozen=True, slots=True)
 class CurveMark:
     """The models' progressive metrics right after the ``labels``-th joined label."""
@@ -120,107 +113,7 @@ class CurveMark:
     """Per model: ``(samples learned, {metric: value})``."""
 
 
-class LabelTypeError(TypeError):
-    """A label that the model cannot learn (its type differs from the labels it learns)."""
-
-
-@dataclass(eq=False)
-class ModelState:
-    """One named model, its metrics and how it predicts for them."""
-
-    spec: ModelSpec
-    model: RiverModel
-    metrics: list[metrics.base.Metric]
-    kind: ModelKind
-    samples_learned: int = 0
-    _uses_proba: list[bool] = field(default_factory=list, repr=False)
-    _supervised: bool = field(default=True, repr=False)
-    label_type: type | None = None
-    """A classifier's label type, fixed by the first label it learns (bool, int or str)."""
-
-    @classmethod
-    def from_spec(cls, spec: ModelSpec) -> ModelState:
-        """A fresh model with fresh metrics."""
-        model = spec.build()
-        # RiverModel: the calls of every kind; this model's kind is fixed here (model_kind).
-        state = cls(spec, cast(RiverModel, model), spec.build_metrics(model), model_kind(model))
-        state._supervised = bool(model._supervised)  # a pipeline computes it on every access
-        # A classifier's metrics are classification metrics (build_metrics checks works_with),
-        # which say whether they need labels or probabilities; base.Metric does not.
-        state._uses_proba = [
-            state.kind == "classifier"
-            and not cast(metrics.base.ClassificationMetric, metric).requires_labels
-            for metric in state.metrics
-        ]
-        return state
-
-    @property
-    def supervised(self) -> bool:
-        """Whether the model learns from labels (else from features alone, at feature time)."""
-        return self._supervised
-
-    def predict(self, x: dict[str, Any]) -> Prediction:
-        """Predict what the metrics need for ``x``; unsupervised models then learn ``x``.
-
-        May raise whatever the model raises: `LearningCore` catches and counts it."""
-        model = self.model
-        if self.kind == "anomaly":
-            if not self.metrics:  # nothing will be scored: only learn
-                if not self._supervised:
-                    model.learn_one(x)
-                    self.samples_learned += 1
-                return None, None
-            score = model.score_one(dict(x))
-            if isinstance(model, base.AnomalyFilter):
-                score = model.classify(score)
-            if not self._supervised:
-                model.learn_one(x)
-                self.samples_learned += 1
-            return score, score
-        uses = self._uses_proba
-        y_pred = model.predict_one(dict(x)) if not all(uses) else None
-        y_proba = model.predict_proba_one(dict(x)) if True in uses else None
-        return y_pred, y_proba
-
-    def learn(self, x: dict[str, Any], y: Label, prediction: Prediction) -> None:
-        """Score the stored ``prediction`` against ``y``, then learn ``(x, y)`` if supervised.
-
-        A label of the wrong type raises `LabelTypeError` before anything changes: a classifier
-        learns labels of one type (the first it sees), a regressor numbers. Mixing ``"yes"``
-        into boolean labels would break a tree for every later prediction."""
-        kind = type(y)
-        if kind is not self.label_type:
-            self._check_label(y)
-        for metric, use_proba in zip(self.metrics, self._uses_proba, strict=True):
-            y_pred = prediction[1] if use_proba else prediction[0]
-            if y_pred is not None and y_pred != {}:
-                metric.update(y_true=y, y_pred=y_pred)
-        if self._supervised:
-            self.model.learn_one(x, y)
-            self.samples_learned += 1
-
-    def _check_label(self, y: Label) -> None:
-        kind = type(y)
-        if self.kind == "regressor":
-            if kind is str:
-                raise LabelTypeError(f"label {y!r} is a {kind.__name__}: a regressor needs numbers")
-        elif self.kind == "classifier":
-            if self.label_type is None:
-                if kind is float and not float(y).is_integer():
-                    raise LabelTypeError(f"label {y!r} is a float: a classifier needs classes")
-                self.label_type = kind
-            else:
-                raise LabelTypeError(
-                    f"label {y!r} is a {kind.__name__}: this model learns "
-                    f"{self.label_type.__name__} labels"
-                )
-
-    def metric_values(self) -> dict[str, float]:
-        """Current value of every metric, by class name."""
-        return {type(metric).__name__: metric.get() for metric in self.metrics}
-
-
-class LearningCore:
+class LearningCore(ModelSet):
     """Models learning exactly once from feature and label events, in event-time order.
 
     Parameters
@@ -279,78 +172,6 @@ class LearningCore:
         state.setdefault("comparisons", {})  # checkpoints written before comparisons
         state.setdefault("_compared", list(state["comparisons"].values()))
         self.__dict__.update(state)
-
-    # -- the set of models and comparisons ---------------------------------------------------
-    def set_comparisons(self, pairs: ComparePairs) -> None:
-        """Keep exactly the comparisons ``pairs`` (or ``"all"``): those already kept go on with
-        their state (as restored from a checkpoint), new ones start empty, others are dropped.
-        Raises `ModelSpecError` for a pair that is not two models of one comparable kind."""
-        kinds = {name: state.kind for name, state in self.models.items()}
-        wanted = check_pairs(pairs, kinds)
-        kept = {
-            pair: self.comparisons.get(pair) or ModelComparison.fresh(*pair, kinds[pair[0]])
-            for pair in wanted
-        }
-        self.comparisons = kept
-        self._index_comparisons()
-
-    def _index_comparisons(self) -> None:
-        """Point each comparison at its models' places in the per-feature prediction lists."""
-        position = {name: i for i, name in enumerate(self.models)}
-        for comparison in self.comparisons.values():
-            comparison.a = position[comparison.champion]
-            comparison.b = position[comparison.challenger]
-        self._compared = list(self.comparisons.values())
-
-    def add_models(self, specs: Sequence[ModelSpec]) -> None:
-        """Add fresh models to a core that is already learning (a restored one, typically).
-
-        They come after the others and start at the current position: they predict from the
-        next feature on, and learn the labels of features already pending too (those labels
-        are not scored for them, nor compared: their stored prediction is `UNSEEN`). The
-        existing models, their state and their predictions are untouched."""
-        for spec in specs:
-            if spec.name in self.models:
-                raise ModelSpecError(f"model {spec.name!r} is already learning")
-        added = [ModelState.from_spec(spec) for spec in specs]
-        if added:
-            for state in added:
-                self.models[state.spec.name] = state
-            size = len(self.models)
-            for pending in self._join.pending():
-                predictions = pending.predictions
-                if predictions is not None and len(predictions) < size:
-                    predictions.extend([UNSEEN] * (size - len(predictions)))
-            for _y, predictions in self._outcomes:
-                if len(predictions) < size:
-                    predictions.extend([UNSEEN] * (size - len(predictions)))
-        self._index_comparisons()
-
-    def remove_models(self, names: Sequence[str]) -> None:
-        """Drop the models ``names`` from a learning core (one handed over to another learner).
-
-        The others are untouched: their state, their stored predictions (each pending feature
-        keeps one per model, by position, and loses the removed models' entries) and their
-        comparisons; comparisons involving a removed model are dropped."""
-        gone = [i for i, name in enumerate(self.models) if name in set(names)]
-        if not gone:
-            return
-        for name in names:
-            self.models.pop(name, None)
-        seen: set[int] = set()  # a prediction list may be both pending and an outcome
-        lists = [p.predictions for p in self._join.pending()]
-        lists += [predictions for _y, predictions in self._outcomes]
-        for predictions in lists:
-            if predictions is None or id(predictions) in seen:
-                continue
-            seen.add(id(predictions))
-            for i in reversed(gone):
-                if i < len(predictions):
-                    del predictions[i]
-        self.comparisons = {
-            pair: c for pair, c in self.comparisons.items() if set(pair).isdisjoint(names)
-        }
-        self._index_comparisons()
 
     @property
     def counters(self) -> JoinCounters:
