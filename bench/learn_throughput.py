@@ -20,12 +20,20 @@ Rates are samples/s; one sample is two events (a feature event and a label event
 events/s = 2 × samples/s. ``arf`` learns ≈ 1k samples/s bare, so it gets its own, smaller
 ``--arf-limit`` (default 10 000).
 
+The CPU ratio divides the bare loop's CPU time by the learning thread's (`time.thread_time`,
+run start → N-th label): on this shared machine it moves far less with the other loads than
+the wall-clock ratio (librdkafka's fetch threads run beside it and are not counted). With
+``--phases`` a second, instrumented learner runs over the same topics and prints its CPU time
+per sample by phase (`learner_phases.py`: poll, ingest, join, predict, metric, learn, snapshots,
+live updates, checks).
+
 Kafka and Redis are started with `ServiceManager` in a temporary state directory and stopped
 (and purged) at the end. Every model has a fresh set of topics and a fresh Redis prefix. The
 learner is stopped after ``--deadline`` seconds per model (reported as a timeout).
 
     python bench/learn_throughput.py                       # 100k samples (arf: 10k)
     python bench/learn_throughput.py --limit 20000 --arf-limit 3000 --models logreg,arf
+    python bench/learn_throughput.py --limit 50000 --models logreg,hoeffding --phases
 """
 
 from __future__ import annotations
@@ -62,8 +70,10 @@ class Clock:
         self.tail = max(0, n - delay)
         self.deadline = deadline
         self.t_first: float | None = None
+        self.t_learning: float | None = None  # the first label learned
         self.t_tail: float | None = None
         self.t_done: float | None = None
+        self.cpu_done: float | None = None  # the learning thread's CPU time at t_done
         self.batches = 0
         self.snapshots: list[Any] = []
         self.timed_out = False
@@ -75,10 +85,13 @@ class Clock:
             if self.t_first is None:
                 self.t_first = now
         joined = learner.core.counters.labels_joined
+        if self.t_learning is None and joined:
+            self.t_learning = now
         if self.t_tail is None and joined >= self.tail:
             self.t_tail = now
         if self.t_done is None and joined >= self.n:
             self.t_done = now
+            self.cpu_done = time.thread_time()
         if self.t_done is None and now > self.deadline:
             self.timed_out = True
             learner.stop()
@@ -91,19 +104,22 @@ class Clock:
         pass
 
 
-def bare_loop(spec: ModelSpec, samples: list[tuple[dict[str, Any], Any]]) -> tuple[float, float]:
-    """Seconds for predict_one + learn_one over ``samples``; and the accuracy."""
+def bare_loop(
+    spec: ModelSpec, samples: list[tuple[dict[str, Any], Any]]
+) -> tuple[float, float, float]:
+    """Seconds (wall, and the thread's CPU) for predict_one + learn_one over ``samples``; and
+    the accuracy."""
     model = spec.build()
     correct = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.thread_time()
     for x, y in samples:
         correct += model.predict_one(x) == y
         model.learn_one(x, y)
-    return time.perf_counter() - start, correct / len(samples)
+    return time.perf_counter() - start, time.thread_time() - cpu, correct / len(samples)
 
 
 def run_model(
-    base: Settings, name: str, n: int, delay: int, deadline: float, run_id: str
+    base: Settings, name: str, n: int, delay: int, deadline: float, run_id: str, phases: bool
 ) -> dict[str, Any]:
     tag = f"{run_id}.{name}"
     settings = base.model_copy(
@@ -128,14 +144,14 @@ def run_model(
         raise SystemExit(f"{name}: publish failed: {report.to_dict()}")
     print(f"  {name}: published {report.sent:,} events in {report.seconds:.1f} s", flush=True)
 
-    bare_before, accuracy = bare_loop(spec, samples)
+    bare_before, bare_cpu_before, accuracy = bare_loop(spec, samples)
     print(f"  {name}: bare loop (before) {n / bare_before:,.0f} samples/s", flush=True)
 
     learner = None
     clock = Clock(n, delay, time.perf_counter() + deadline)
     try:
         learner = build_learner(settings, [spec], observer=clock)
-        t_start = time.perf_counter()
+        t_start, cpu_start = time.perf_counter(), time.thread_time()
         clock.deadline = t_start + deadline
         summaries = learner.run(exit_when_idle=0.5)
         t_exit = time.perf_counter()
@@ -146,13 +162,21 @@ def run_model(
             learner.source.close()
             learner.dead_letters.producer.close()
     joined = learner.core.counters.labels_joined
+    if phases:  # a second learner on the same topics, instrumented (not the timed run)
+        sys.path.insert(0, str(ROOT / "bench"))
+        from learner_phases import phase_run
+
+        prefix = settings.redis_prefix + "-phases"
+        breakdown = phase_run(settings.model_copy(update={"redis_prefix": prefix}), spec, n)
+        print(f"  {name}: where the time goes (a second, instrumented run)", flush=True)
+        print(breakdown, flush=True)
     print(
         f"  {name}: learner {'TIMEOUT' if clock.t_done is None else 'done'} "
         f"({joined:,}/{n:,} labels)",
         flush=True,
     )
 
-    bare_after, _ = bare_loop(spec, samples)
+    bare_after, bare_cpu_after, _ = bare_loop(spec, samples)
     print(f"  {name}: bare loop (after) {n / bare_after:,.0f} samples/s", flush=True)
 
     bare = (bare_before + bare_after) / 2
@@ -163,6 +187,8 @@ def run_model(
         "status": "ok" if learn_s is not None else "timeout",
         "joined": joined,
         "bare_s": bare,
+        "bare_cpu_s": (bare_cpu_before + bare_cpu_after) / 2,
+        "learn_cpu_s": None if clock.cpu_done is None else clock.cpu_done - cpu_start,
         "bare_rates": (n / bare_before, n / bare_after),
         "bare_accuracy": accuracy,
         "learn_s": learn_s,
@@ -172,6 +198,7 @@ def run_model(
         "tail_s": None if clock.t_tail is None else clock.t_tail - t_start,
         "tail_n": clock.tail,
         "first_record_s": None if clock.t_first is None else clock.t_first - t_start,
+        "first_label_s": None if clock.t_learning is None else clock.t_learning - t_start,
         "exit_s": t_exit - t_start,
         "accuracy": summaries[0]["metrics"].get("Accuracy") if summaries else None,
         "snapshots": len(clock.snapshots),
@@ -188,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=int, default=100, help="label delay (constant)")
     parser.add_argument("--models", default="logreg,hoeffding,arf")
     parser.add_argument("--deadline", type=float, default=300.0, help="seconds per learner run")
+    parser.add_argument(
+        "--phases", action="store_true", help="also: CPU per sample by phase (an extra run)"
+    )
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
 
@@ -225,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for name in models:
             n = args.arf_limit if name == "arf" else args.limit
-            results.append(run_model(base, name, n, args.delay, args.deadline, run_id))
+            results.append(run_model(base, name, n, args.delay, args.deadline, run_id, args.phases))
     finally:
         manager.down(("kafka", "redis"), purge=True)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -234,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     print("samples/s (events/s = 2 × samples/s); ratio = learner ÷ bare, same samples, same run")
     header = (
         f"{'model':10s} {'samples':>8s} {'bare/s':>9s} {'learner/s':>10s} {'ratio':>6s} "
-        f"{'events/s':>9s} {'excl.1st':>8s} {'N-delay':>8s} {'1st rec':>7s} {'snaps':>5s} "
-        f"{'stall':>7s} {'acc':>6s}"
+        f"{'events/s':>9s} {'excl.1st':>8s} {'N-delay':>8s} {'1st rec':>7s} {'1st lab':>7s} "
+        f"{'snaps':>5s} {'stall':>7s} {'acc':>6s} {'CPU ratio':>9s}"
     )
     print(header)
     print("-" * len(header))
@@ -251,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['model']:10s} {r['samples']:>8,} {bare:>9,.0f} {rate:>10,.0f} "
             f"{rate / bare:>6.2f} {2 * rate:>9,.0f} {steady / bare:>8.2f} {tail / bare:>8.2f} "
-            f"{r['first_record_s']:>6.2f}s {r['snapshots']:>5d} {r['max_stall_ms']:>5.1f}ms "
-            f"{r['accuracy']:>6.4f}"
+            f"{r['first_record_s']:>6.2f}s {r['first_label_s']:>6.2f}s "
+            f"{r['snapshots']:>5d} {r['max_stall_ms']:>5.1f}ms "
+            f"{r['accuracy']:>6.4f} {r['bare_cpu_s'] / r['learn_cpu_s']:>9.2f}"
         )
     print()
     print("bare/s: mean time of the bare loop run before and after the learner "
@@ -261,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
               for r in results) + ")")  # fmt: skip
     print("learner/s: N ÷ (run start → N-th label learned); ratio: that ÷ bare/s")
     print("excl.1st: ratio from the first records received (connect/assign excluded)")
+    print("1st rec / 1st lab: seconds from the run's start to the first records, the first label")
     print(
         "N-delay: ratio to the (N − delay)-th label (excludes the idle grace for the last labels)"
     )
@@ -268,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         "snaps/stall: snapshots during the timed part (forked, or in-process when the previous "
         "one was small) and their longest stall (the final snapshot after the idle exit is not "
         "timed)"
+    )
+    print(
+        "CPU ratio: the bare loop's CPU time ÷ the learning thread's, run start → N-th label "
+        "(librdkafka's own threads not counted; least disturbed by other loads)"
     )
     print("acc: the learner's progressive Accuracy (delay applies); the bare loop's is "
           + ", ".join(f"{r['model']} {r['bare_accuracy']:.4f}" for r in results)
