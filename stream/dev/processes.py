@@ -17,6 +17,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -185,3 +186,23 @@ class Processes:
                 stopped.append(name)
         self._save(records)
         return stopped
+
+
+def ensure_debian_binary(command: str, package: str) -> str:
+    """Path of ``command``; installs Debian's ``package`` with apt-get when missing (as root)."""
+    found = shutil.which(command) or (
+        f"/usr/bin/{command}" if Path(f"/usr/bin/{command}").exists() else None
+    )
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise ServiceError(f"{command} not found: install Debian's {package} package")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+        if result.returncode != 0:
+            raise ServiceError(f"{' '.join(argv)} failed: {result.stderr[-1000:]}")
+    found = shutil.which(command)
+    if found is None:
+        raise ServiceError(f"{package} installed but {command} is still missing")
+    return found

@@ -19,10 +19,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stream.dev.ports import free_port, recorded_ports
-from stream.dev.processes import LOCAL, Host, Log, Node, Processes, wait_until
+from stream.dev.processes import (
+    LOCAL,
+    Host,
+    Log,
+    Node,
+    Processes,
+    ensure_debian_binary,
+    wait_until,
+)
 
 if TYPE_CHECKING:
-    from stream.dev.secure import Certificates
+    from stream.dev.certificates import Certificates
 
 SENTINEL_MASTER = "riverstream"
 
@@ -111,8 +119,6 @@ class RedisHA:
     def up(self) -> dict[str, Node]:
         """Start what is not running (idempotent); wait until the Sentinels watch a primary
         with a replica in sync."""
-        from stream.dev.services import ensure_debian_binary
-
         server = ensure_debian_binary("redis-server", "redis-server")
         sentinel = ensure_debian_binary("redis-sentinel", "redis-sentinel")
         running = self.processes.records()

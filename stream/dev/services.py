@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -32,7 +31,7 @@ from stream.dev.cluster import cluster_endpoints
 from stream.dev.kafka_node import MARKER as KAFKA_MARKER
 from stream.dev.kafka_node import KafkaNode, kafka_ready
 from stream.dev.ports import free_port, port_is_free, preferred_port, recorded_ports
-from stream.dev.processes import pid_alive, stop_pid, wait_until
+from stream.dev.processes import ensure_debian_binary, pid_alive, stop_pid, wait_until
 
 __all__ = [  # free_port and port_is_free: for the benches and tests that pick ports
     "KEY_FILE", "SERVICES", "STATE_FILE", "Endpoints", "ServiceManager", "ServiceRecord",
@@ -255,26 +254,6 @@ def _http_ok(url: str) -> bool:
 
     with urllib.request.urlopen(url, timeout=1) as response:
         return bool(response.status == 200)
-
-
-def ensure_debian_binary(command: str, package: str) -> str:
-    """Path of ``command``; installs Debian's ``package`` with apt-get when missing (as root)."""
-    found = shutil.which(command) or (
-        f"/usr/bin/{command}" if Path(f"/usr/bin/{command}").exists() else None
-    )
-    if found:
-        return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise ServiceError(f"{command} not found: install Debian's {package} package")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
-        result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-        if result.returncode != 0:
-            raise ServiceError(f"{' '.join(argv)} failed: {result.stderr[-1000:]}")
-    found = shutil.which(command)
-    if found is None:
-        raise ServiceError(f"{package} installed but {command} is still missing")
-    return found
 
 
 def resolve(settings: Settings) -> Settings:
