@@ -24,17 +24,16 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-EXPECTED_SERVICES = {"kafka", "redis", "prometheus", "grafana", "learner", "api"}
-APP_SERVICES = ("learner", "api")
+EXPECTED_SERVICES = {"kafka", "redis", "prometheus", "grafana", "learner", "api", "predict-worker"}
+APP_SERVICES = ("learner", "api", "predict-worker")
 
-# The subcommands compose runs and the options it passes to them. `learn` is registered in
-# stream.cli.main today; `serve` is being added by the lead. test_commands_are_riverstream_subcommands
-# checks compose against this table, and test_table_matches_registered_cli checks the table
-# against every command already registered in `stream.cli.main.app`, so `serve` gets checked against
-# the real CLI the moment it lands (and test_learn_and_serve_are_registered then passes).
+# The subcommands compose runs and the options it passes to them:
+# test_commands_are_riverstream_subcommands checks compose against this table, and
+# test_table_matches_registered_cli the table against the commands of `stream.cli.main.app`.
 SUBCOMMAND_OPTIONS = {
     "learn": {"--model"},
     "serve": {"--host", "--port", "--workers"},
+    "predict-worker": set(),
 }
 
 INTERPOLATION = re.compile(r"\$\{(RIVERSTREAM_[A-Z0-9_]+)")
@@ -192,6 +191,29 @@ def test_published_ports_match_settings(services: dict[str, Any]) -> None:
     assert int(learner_env["RIVERSTREAM_LEARNER_METRICS_PORT"]) == metrics_port
     assert published(services["learner"])[metrics_port] == metrics_port
 
+    worker_port = default("predict_metrics_port")
+    assert worker_port == 9109
+    worker_env = environment(services["predict-worker"])
+    assert int(worker_env["RIVERSTREAM_PREDICT_METRICS_PORT"]) == worker_port
+    assert worker_port in {int(p) for p in services["predict-worker"]["expose"]}
+
+
+def test_prometheus_scrapes_every_app_service_on_its_port(services: dict[str, Any]) -> None:
+    config = yaml.safe_load((ROOT / "observability/prometheus/prometheus-compose.yml").read_text())
+    scraped: dict[str, int] = {}
+    for job in config["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, port = target.rsplit(":", 1)
+                scraped[host] = int(port)
+        for dns in job.get("dns_sd_configs", []):
+            for name in dns["names"]:
+                scraped[name] = int(dns["port"])
+    assert scraped == {"learner": 9108, "api": 8000, "predict-worker": 9109}
+    for name, port in scraped.items():
+        check = " ".join(services[name]["healthcheck"]["test"])
+        assert f"localhost:{port}/" in check, (name, check)
+
 
 # -- the riverstream image and commands ----------------------------------------------------
 
@@ -211,11 +233,12 @@ def test_learner_and_api_build_from_the_dockerfile(services: dict[str, Any]) -> 
 def test_commands_are_riverstream_subcommands(services: dict[str, Any]) -> None:
     learner = services["learner"]["command"]
     api = services["api"]["command"]
+    assert services["predict-worker"]["command"] == ["predict-worker"]
     assert learner[0] == "learn" and option_value(learner, "--model") == "logreg=logreg"
     assert api[0] == "serve"
     assert option_value(api, "--host") == "0.0.0.0"
     assert int(option_value(api, "--workers")) == 2
-    for command in (learner, api):
+    for command in (learner, api, services["predict-worker"]["command"]):
         assert command[0] in SUBCOMMAND_OPTIONS, command
         passed = {part for part in command[1:] if part.startswith("--")}
         assert passed <= SUBCOMMAND_OPTIONS[command[0]], command
