@@ -9,7 +9,8 @@ test evaluates against a real Prometheus. Thresholds are module constants.
 
 ``prometheus/alerts_test.yml`` (hand-written) unit-tests every alert, firing and silent, with
 ``promtool test rules``; it assumes the scrape jobs of ``prometheus/prometheus.yml``
-(``riverstream-learner`` and ``riverstream-api``).
+(``riverstream-learner``, ``riverstream-api`` and ``riverstream-predict-worker``). Prediction
+workers are optional: no alert fires because none is scraped.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SERVED_BEHIND_SECONDS = 300
 LEARNER_IDLE_SECONDS = 120
 STALL_P99_SECONDS = 1.0
 LAG_MAX_MESSAGES = 10_000
+PREDICT_LAG_MAX_REQUESTS = 10_000
 METRIC_DROP = 0.05  # relative drop of a progressive metric from its 1 h best
 DEAD_LETTER_RATIO = 0.01
 SERVING_5XX_RATIO = 0.01
@@ -144,6 +146,22 @@ ALERTS = (
         "1m", "critical",
         "An API target is down or none is scraped.",
         ('up{job="riverstream-api"}',),
+    ),
+    Alert(
+        "RiverstreamPredictWorkerDown",
+        'up{job="riverstream-predict-worker"} == 0 or riverstream_predict_up == 0',
+        "1m", "critical",
+        "A prediction worker ({{ $labels.instance }}) is down or cannot be scraped: its "
+        "partitions' requests wait until the group moves them.",
+        ('up{job="riverstream-predict-worker"}', "riverstream_predict_up"),
+    ),
+    Alert(
+        "RiverstreamPredictRequestsBehind",
+        f"sum(riverstream_predict_consumer_lag) > {PREDICT_LAG_MAX_REQUESTS}",
+        "5m", "warning",
+        "{{ $value }} prediction requests wait in Kafka: the workers do not keep up "
+        "(add workers, up to the request topic's partitions).",
+        ("sum(riverstream_predict_consumer_lag)",),
     ),
 )  # fmt: skip
 
