@@ -40,13 +40,13 @@ from fastapi.responses import JSONResponse as _StarletteJSONResponse
 from fastapi.responses import Response
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from learners.predictor import MODEL_INPUT_ERRORS, ServedModel
 from schemas.errors import ConfigError
 from schemas.settings import Settings
 from serving import openapi
-from serving.asgi import receive_body, request_body, send_json
+from serving.asgi import receive_body, replay_whole, request_body, send_json
 from serving.curve import curve_router
 from serving.feedback import ClosedLoop
 from serving.graphs import GraphFastPath, GraphService, wait_started
@@ -362,20 +362,10 @@ class PredictFastPath:
                         except orjson.JSONDecodeError:
                             pass  # `answer` loads it again and names the problem
                         if self.with_ids is not None and body.__class__ is dict and "id" in body:
-                            await self.with_ids(scope, _replay(raw, receive), send)
+                            await self.with_ids(scope, replay_whole(raw, receive), send)
                             return
                     status, content = self.answer(name, raw, body, started)
                     await send_json(send, status, orjson.dumps(content, default=_fallback,
                                                                option=_JSON_OPTIONS))  # fmt: skip
                     return
         await self.app(scope, receive, send)
-
-
-def _replay(raw: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that gives ``raw`` as the whole body, then defers to ``receive``."""
-    pending = [{"type": "http.request", "body": raw, "more_body": False}]
-
-    async def replay() -> Message:
-        return pending.pop() if pending else await receive()
-
-    return replay

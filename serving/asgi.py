@@ -89,3 +89,14 @@ def replay(raw: bytes, then: Receive | None = None) -> Receive:
         return {"type": "http.request", "body": raw, "more_body": then is not None}
 
     return receive
+
+
+def replay_whole(raw: bytes, receive: Receive) -> Receive:
+    """A ``receive`` giving ``raw`` as the whole body, then deferring to ``receive`` (for the
+    disconnect): an app handed a request read whole goes on watching the real connection."""
+    pending: list[Message] = [{"type": "http.request", "body": raw, "more_body": False}]
+
+    async def again() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return again

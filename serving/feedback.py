@@ -50,7 +50,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from schemas.errors import KafkaAdapterError, SchemaError
 from schemas.events import EventCodec, Limits
 from schemas.settings import Settings
-from serving.asgi import read_upto, receive_body, replay
+from serving.asgi import read_upto, receive_body, replay, replay_whole
 from serving.feedback_graphs import graph_messages
 from serving.graph_bodies import render
 from stream.kafka.client import EventProducer
@@ -171,7 +171,7 @@ class ClosedLoop:
                     return
                 # then the real receive: a graph answer's shadows run once the response is sent,
                 # as a background task that a replayed disconnect would have cut short
-                receive = replay(raw, then=receive) if more else _whole(raw, receive)
+                receive = replay(raw, then=receive) if more else replay_whole(raw, receive)
         await self.app(scope, receive, send)
 
     # -- POST /v1/features, /v1/labels ---------------------------------------------------------
@@ -334,17 +334,6 @@ class ClosedLoop:
         answer = render(content)
         headers = [*_JSON, (b"content-length", str(len(answer)).encode())]
         await _send_raw(send, 200, headers, answer)
-
-
-def _whole(raw: bytes, receive: Receive) -> Receive:
-    """A ``receive`` giving ``raw`` as the whole body, then deferring to ``receive`` (for the
-    disconnect). The same as `serving.app`'s private ``_replay``."""
-    pending = [{"type": "http.request", "body": raw, "more_body": False}]
-
-    async def again() -> Message:
-        return pending.pop() if pending else await receive()
-
-    return again
 
 
 def _secret(value: SecretStr | str | None) -> str | None:
