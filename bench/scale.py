@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -52,6 +51,9 @@ from schemas.settings import Settings  # noqa: E402
 from stream.dev.services import ServiceManager, free_port  # noqa: E402
 from stream.kafka.publish import Publisher  # noqa: E402
 from stream.learner.runtime import build_learner  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving_harness import cpu_seconds, post_script, start_wrk, wrk_result  # noqa: E402
 
 DATASET, SEED, DELAY = "synth.Agrawal", 42, 100
 DEFAULT_MODELS = (
@@ -124,22 +126,6 @@ def env_of(s: Settings) -> dict[str, str]:
     return {**os.environ, **s.to_environment(), "PYTHONPATH": str(ROOT)}
 
 
-def cpu_seconds(root: int) -> float:
-    """User + system CPU seconds of ``root`` and its children."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total, pending = 0.0, [root]
-    while pending:
-        pid = pending.pop()
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                pending += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
-
-
 def stop(proc: subprocess.Popen[bytes]) -> None:
     """Stop a process this bench started in its own session (and its children)."""
     if proc.poll() is None:
@@ -152,34 +138,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 # -- API replicas ----------------------------------------------------------------------------
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    assert match is not None, text
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def start_wrk(url: str, connections: int, duration: float, script: Path) -> subprocess.Popen[str]:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
-            "--timeout", "5s", "-s", str(script), url]  # fmt: skip
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wrk_result(proc: subprocess.Popen[str]) -> dict[str, float]:
-    out, _err = proc.communicate(timeout=120)
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    total = re.search(r"(\d+) requests in", out)
-    p99 = re.search(r"\s99%\s+(\S+)", out)
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    assert rps and total and p99, out
-    return {
-        "rps": float(rps.group(1)), "requests": int(total.group(1)),
-        "p99_ms": _ms(p99.group(1)), "non_2xx": int(bad.group(1)) if bad else 0,
-    }  # fmt: skip
-
-
 def api_replicas(base: Settings, work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     tag = uuid.uuid4().hex[:8]
     s = settings_for(base, tag)
@@ -190,11 +148,7 @@ def api_replicas(base: Settings, work: Path, args: argparse.Namespace) -> list[d
     finally:
         learner.source.close()
     x = next(iter(load_dataset(DATASET, seed=SEED)))[0]
-    script = work / "post.lua"
-    script.write_text(
-        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = {json.dumps(json.dumps({'features': x}))}\n"
-    )
+    script = post_script(work / "post.lua", json.dumps({"features": x}))
     rows = []
     for n in args.replicas:
         ports = [free_port() for _ in range(n)]

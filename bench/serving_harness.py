@@ -140,13 +140,22 @@ def _found(pattern: str, text: str) -> str:
     return match.group(1)
 
 
-def run_wrk(url: str, connections: int, duration: float, script: Path | None) -> dict[str, Any]:
-    """One wrk run (``-t1``): req/s, requests, p50/p99 in ms, non-2xx and socket errors."""
+def start_wrk(
+    url: str, connections: int, duration: float, script: Path | None
+) -> subprocess.Popen[str]:
+    """Start one wrk run (``-t1``); `wrk_result` waits for it and reads its figures."""
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
             "--timeout", "5s"]  # fmt: skip
     if script is not None:
         argv += ["-s", str(script)]
-    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
+    return subprocess.Popen([*argv, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wrk_result(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    """req/s, requests, p50/p99 in ms, non-2xx and socket errors of a finished wrk run."""
+    out, err = proc.communicate(timeout=300)
+    if proc.returncode != 0:
+        raise SystemExit(f"wrk failed ({proc.returncode}): {err}")
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
     return {
@@ -157,6 +166,11 @@ def run_wrk(url: str, connections: int, duration: float, script: Path | None) ->
         "non_2xx": int(bad.group(1)) if bad else 0,
         "socket_errors": errors.group(0) if errors else None,
     }
+
+
+def run_wrk(url: str, connections: int, duration: float, script: Path | None) -> dict[str, Any]:
+    """One wrk run (``-t1``), waited for: see `wrk_result`."""
+    return wrk_result(start_wrk(url, connections, duration, script))
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
