@@ -292,7 +292,11 @@ def main(argv: list[str] | None = None) -> int:
               for r in results) + ")")  # fmt: skip
     print("learner/s: N ÷ (run start → N-th label learned); ratio: that ÷ bare/s")
     print("excl.1st: ratio from the first records received (connect/assign excluded)")
-    print("1st rec / 1st lab: seconds from the run's start to the first records, the first label")
+    print(
+        "1st rec / 1st lab: seconds from the run's start to the first records, and to the end of "
+        "the first loop round that learned a label (a round is ≤ 2 000 labels since issue 14; "
+        "before, one round learned all it could, so this was late)"
+    )
     print(
         "N-delay: ratio to the (N − delay)-th label (excludes the idle grace for the last labels)"
     )
