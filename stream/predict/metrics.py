@@ -21,7 +21,7 @@ names and labels) on the same registry.
 >>> m.answered({"lr": 3}, [0.01, 0.02])
 >>> m.snapshot_swapped("lr", 4, 0.0, 0.1)
 >>> text = generate_latest(m.registry).decode()
->>> 'riverstream_predict_answers_total{model="lr"} 2.0' in text
+>>> 'riverstream_predict_answers_total{model="lr"} 3.0' in text
 True
 >>> 'riverstream_predict_model_version{model="lr"} 4.0' in text
 True

@@ -224,6 +224,7 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
                     and bool(
                         _query(base, "rate(riverstream_predict_latency_seconds_count[1m]) > 0")
                     )
+                    and bool(_query(base, "rate(riverstream_predict_answers_total[1m]) > 0"))
                     and bool(_query(base, "riverstream_predict_dead_letters_total"))
                 )
 
