@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     print("excl.1st: ratio from the first records received (connect/assign excluded)")
     print(
         "1st rec / 1st lab: seconds from the run's start to the first records, and to the end of "
-        "the first loop round that learned a label (a round is ≤ 2 000 labels since issue 14; "
+        "the first loop round that learned a label (a round is ≤ 10 000 labels since issue 14; "
         "before, one round learned all it could, so this was late)"
     )
     print(

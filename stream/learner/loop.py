@@ -43,8 +43,10 @@ if TYPE_CHECKING:
 
 Clock = Callable[[], float]
 _GC_GEN0_THRESHOLD = 50_000
-_LABELS_PER_ROUND = 2000
-"""Labels learned between two polls (≈ 10-60 ms of learning) while a backlog is learned."""
+_LABELS_PER_ROUND = 10_000
+"""Labels learned between two polls while a backlog is learned (≈ 0.2 s of logreg, 0.5 s of a
+Hoeffding tree). Rounds of 2 000 cost a Hoeffding tree ≈ 10 % (`bench/learn_throughput.py`):
+each poll's decoding between two rounds evicts the model from the caches."""
 _READ_AHEAD = 50_000
 """Events read ahead of learning at most (≈ 500 B each: `bench/memory.py`). A snapshot sets the
 read-ahead aside, one pass over it (≈ 20 ms per 100 000 events, measured): reading a whole
