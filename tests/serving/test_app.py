@@ -20,6 +20,7 @@ from serving.feedback import ClosedLoop
 from serving.graphs import GraphFastPath
 from serving.telemetry import ServingMetrics
 from stream.store.snapshots import SnapshotStore
+from tests.support.serving import asgi_post
 
 pytestmark = pytest.mark.integration
 
@@ -301,35 +302,14 @@ def test_fast_path_answers_exactly_like_the_documented_route(
         orjson.dumps({"instances": [{**x, "flag": True} for x in inputs[:2]]}),
     ]
 
-    async def call(asgi: Any, path: str, body: bytes) -> tuple[int, bytes]:
-        scope = {
-            "type": "http", "http_version": "1.1", "method": "POST", "path": path,
-            "raw_path": path.encode(), "query_string": b"", "root_path": "", "scheme": "http",
-            "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
-            "headers": [(b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode())],
-        }  # fmt: skip
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-        sent: list[dict[str, Any]] = []
-
-        async def receive() -> dict[str, Any]:
-            return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        await asgi(scope, receive, send)
-        body_out = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-        return sent[0]["status"], body_out
-
     async def compare() -> None:
         async with app.router.lifespan_context(app), routed_app.router.lifespan_context(routed_app):
             for a in (app, routed_app):
                 kit.wait_until(lambda a=a: a.state.follower.get("clf") is not None)
             for path in ("/v1/models/clf/predict", "/v1/models/nope/predict"):
                 for body in bodies:
-                    fast = await call(app, path, body)
-                    routed = await call(routed_app, path, body)
+                    fast = await asgi_post(app, path, body)
+                    routed = await asgi_post(routed_app, path, body)
                     assert fast == routed, (path, body[:40], fast, routed)
                     assert fast[0] in (200, 404, 413, 422)
 

@@ -14,30 +14,9 @@ from prometheus_client import CollectorRegistry
 from serving.app import create_app
 from serving.telemetry import ServingMetrics
 from stream.store.snapshots import SnapshotStore
+from tests.support.serving import asgi_post
 
 pytestmark = pytest.mark.integration
-
-
-async def call(asgi: Any, path: str, body: bytes, headers: list | None = None) -> tuple[int, bytes]:
-    scope = {
-        "type": "http", "http_version": "1.1", "method": "POST", "path": path,
-        "raw_path": path.encode(), "query_string": b"", "root_path": "", "scheme": "http",
-        "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
-        "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()), *(headers or [])],
-    }  # fmt: skip
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await asgi(scope, receive, send)
-    body_out = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return sent[0]["status"], body_out
 
 
 def test_v2_infer_fast_path_answers_like_the_documented_route(
@@ -80,13 +59,13 @@ def test_v2_infer_fast_path_answers_like_the_documented_route(
                 kit.wait_until(lambda a=a: a.state.follower.get("clf") is not None)
             for path in paths:
                 for raw in raws:
-                    fast = await call(app, path, raw)
-                    slow = await call(routed, path, raw)
+                    fast = await asgi_post(app, path, raw)
+                    slow = await asgi_post(routed, path, raw)
                     assert fast == slow, (path, raw[:60], fast, slow)
             # a header the fast path must see as the route does
             gzip = [(b"content-encoding", b"gzip")]
-            fast = await call(app, paths[0], raws[0], gzip)
-            assert fast == await call(routed, paths[0], raws[0], gzip) and fast[0] == 400
+            fast = await asgi_post(app, paths[0], raws[0], gzip)
+            assert fast == await asgi_post(routed, paths[0], raws[0], gzip) and fast[0] == 400
 
     asyncio.run(compare())
 
@@ -120,10 +99,10 @@ def test_a_prediction_with_an_id_still_goes_through_the_stack(
         async with app.router.lifespan_context(app):
             kit.wait_until(lambda: app.state.follower.get("clf") is not None)
             plain = orjson.dumps({"features": inputs[0]})
-            assert (await call(app, "/v1/models/clf/predict", plain))[0] == 200
+            assert (await asgi_post(app, "/v1/models/clf/predict", plain))[0] == 200
             assert seen == []
             with_id = orjson.dumps({"id": "a1", "features": inputs[0]})
-            await call(app, "/v1/models/clf/predict", with_id)
+            await asgi_post(app, "/v1/models/clf/predict", with_id)
             assert seen == [with_id]
 
     asyncio.run(run())

@@ -234,3 +234,29 @@ def trained_models(n: int = 300) -> dict[str, tuple[Any, str, list[dict]]]:
         "reg": (reg, "regressor", [x for x, _ in trump[n:]]),
         "det": (det, "anomaly", [x for x, _ in phishing[n:]]),
     }
+
+
+async def asgi_post(
+    asgi: Any, path: str, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> tuple[int, bytes]:
+    """POST ``body`` (JSON) to the ASGI callable ``asgi`` in this process, no server: the
+    response's status and body."""
+    scope = {
+        "type": "http", "http_version": "1.1", "method": "POST", "path": path,
+        "raw_path": path.encode(), "query_string": b"", "root_path": "", "scheme": "http",
+        "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()), *(headers or [])],
+    }  # fmt: skip
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asgi(scope, receive, send)
+    body_out = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], body_out
