@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,30 +18,20 @@ from schemas.events import FeatureEvent
 from schemas.settings import Settings
 from serving.app import create_app
 from stream.kafka.client import EventProducer, read_all
-from stream.store.snapshots import SnapshotStore, open_store
+from stream.store.snapshots import SnapshotStore
 from tests.support.pipeline import publish, spawn_cli
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def quick(settings: Settings) -> Settings:
-    return settings.model_copy(update={"serve_poll_seconds": 0.2})
-
-
-@pytest.fixture
-def store(quick: Settings) -> Iterator[SnapshotStore]:
-    s = open_store(quick)
-    yield s
-    s.client.close()
-
-
-@pytest.fixture
-def clf(kit: Any, store: SnapshotStore, quick: Settings) -> tuple[int, list[dict[str, Any]]]:
+def clf(
+    kit: Any, store: SnapshotStore, predict_settings: Settings
+) -> tuple[int, list[dict[str, Any]]]:
     """A classifier published to Redis: its version and inputs it can score."""
     model, kind, inputs = kit.trained_models()["clf"]
     version = kit.publish(
-        store, "clf", kit.state(model, kind), kind, key=quick.require_snapshot_key()
+        store, "clf", kit.state(model, kind), kind, key=predict_settings.require_snapshot_key()
     )
     return version, inputs
 
@@ -84,7 +73,7 @@ def assert_equal_to_v1(row: dict[str, Any], v1: dict[str, Any], row_id: str) -> 
 
 
 def test_score_answers_equal_the_api_and_bad_rows_are_reported_by_line(
-    kit: Any, clf: tuple[int, list[dict[str, Any]]], quick: Settings, tmp_path: Path
+    kit: Any, clf: tuple[int, list[dict[str, Any]]], predict_settings: Settings, tmp_path: Path
 ) -> None:
     version, inputs = clf
     good = [{"id": f"e{i}", "time": i, "features": x} for i, x in enumerate(inputs)]
@@ -104,7 +93,9 @@ def test_score_answers_equal_the_api_and_bad_rows_are_reported_by_line(
     source = tmp_path / "in.jsonl"
     source.write_bytes(b"\n".join(lines) + b"\n")
     out = tmp_path / "out.jsonl"
-    code, report, text = score(quick, ["clf", str(source), "--out", str(out)], tmp_path / "log")
+    code, report, text = score(
+        predict_settings, ["clf", str(source), "--out", str(out)], tmp_path / "log"
+    )
     assert code == 1, text  # rows were not scored
     assert report["scored"] == len(good) and report["rejected"] == len(bad)
     assert report["versions"] == {"clf": version}
@@ -112,13 +103,13 @@ def test_score_answers_equal_the_api_and_bad_rows_are_reported_by_line(
         assert re.search(rf"^line {line}: not scored: {reason}", text, re.M), (line, text)
     rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert [r["id"] for r in rows] == [e["id"] for e in good]  # input order, nothing dropped
-    for row, event, v1 in zip(rows, good, v1_answers(kit, quick, inputs), strict=True):
+    for row, event, v1 in zip(rows, good, v1_answers(kit, predict_settings, inputs), strict=True):
         assert_equal_to_v1(row, v1, event["id"])
     assert len({r["prediction"] for r in rows}) == 2
 
 
 def test_a_pinned_version_gives_byte_identical_output(
-    kit: Any, clf: tuple[int, list[dict[str, Any]]], store: SnapshotStore, quick: Settings,
+    kit: Any, clf: tuple[int, list[dict[str, Any]]], store: SnapshotStore, predict_settings: Settings,
     tmp_path: Path,
 ) -> None:  # fmt: skip
     version, inputs = clf
@@ -130,20 +121,22 @@ def test_a_pinned_version_gives_byte_identical_output(
             writer.writerow({"id": f"c{i}", "time": i, **x})
     args = ["clf", str(source), "--version", str(version), "--out"]
     first, second = tmp_path / "a.csv", tmp_path / "b.csv"
-    assert score(quick, [*args, str(first)], tmp_path / "log")[0] == 0
+    assert score(predict_settings, [*args, str(first)], tmp_path / "log")[0] == 0
     # a newer version is served meanwhile; the pinned run does not change
     newer = preprocessing.StandardScaler() | linear_model.LogisticRegression(l2=1.0)
     newer.learn_one(inputs[0], True)
-    kit.publish(store, "clf", newer, "classifier", key=quick.require_snapshot_key())
-    assert score(quick, [*args, str(second)], tmp_path / "log")[0] == 0
+    kit.publish(store, "clf", newer, "classifier", key=predict_settings.require_snapshot_key())
+    assert score(predict_settings, [*args, str(second)], tmp_path / "log")[0] == 0
     assert first.read_bytes() == second.read_bytes()
     unpinned = tmp_path / "c.csv"
-    code, report, _ = score(quick, ["clf", str(source), "--out", str(unpinned)], tmp_path / "log")
+    code, report, _ = score(
+        predict_settings, ["clf", str(source), "--out", str(unpinned)], tmp_path / "log"
+    )
     assert code == 0 and report["versions"] == {"clf": version + 1}
     assert unpinned.read_bytes() != first.read_bytes()
     # the CSV holds the JSON Lines answers: JSON cells, the same rows
     as_jsonl = tmp_path / "a.jsonl"
-    assert score(quick, [*args, str(as_jsonl)], tmp_path / "log")[0] == 0
+    assert score(predict_settings, [*args, str(as_jsonl)], tmp_path / "log")[0] == 0
     with first.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     answers = [orjson.loads(line) for line in as_jsonl.read_bytes().splitlines()]
@@ -158,22 +151,22 @@ def test_a_pinned_version_gives_byte_identical_output(
 
 
 def test_score_a_kafka_topic_in_an_event_time_range(
-    clf: tuple[int, list[dict[str, Any]]], quick: Settings, tmp_path: Path
+    clf: tuple[int, list[dict[str, Any]]], predict_settings: Settings, tmp_path: Path
 ) -> None:
     _version, inputs = clf
     events = [FeatureEvent(f"k{i}", float(i), inputs[i % len(inputs)]) for i in range(60)]
-    assert publish(quick, events).sent == len(events)
-    assert quick.kafka_bootstrap_servers
-    producer = EventProducer(quick.kafka_bootstrap_servers)
-    producer.send(quick.topic_features, b"bad", b"not json", partition=1)
+    assert publish(predict_settings, events).sent == len(events)
+    assert predict_settings.kafka_bootstrap_servers
+    producer = EventProducer(predict_settings.kafka_bootstrap_servers)
+    producer.send(predict_settings.topic_features, b"bad", b"not json", partition=1)
     producer.flush()
     producer.close()
     out = tmp_path / "out.jsonl"
-    spec = f"kafka:{quick.topic_features}:10-39"
-    code, report, text = score(quick, ["clf", spec, "--out", str(out)], tmp_path / "log")
+    spec = f"kafka:{predict_settings.topic_features}:10-39"
+    code, report, text = score(predict_settings, ["clf", spec, "--out", str(out)], tmp_path / "log")
     assert code == 1, text
     assert report["scored"] == 30 and report["rejected"] == 1 and report["outside_range"] == 30
-    records = read_all(quick.kafka_bootstrap_servers, [quick.topic_features])
+    records = read_all(predict_settings.kafka_bootstrap_servers, [predict_settings.topic_features])
     bad = next(r for r in records if r.key == b"bad")
     assert f"partition 1 offset {bad.offset}: not scored: bad_json" in text
     expected = [  # partition by partition, in offset order
@@ -185,7 +178,7 @@ def test_score_a_kafka_topic_in_an_event_time_range(
 
 
 def test_the_lookup_table_serves_the_stored_answers(
-    kit: Any, clf: tuple[int, list[dict[str, Any]]], store: SnapshotStore, quick: Settings,
+    kit: Any, clf: tuple[int, list[dict[str, Any]]], store: SnapshotStore, predict_settings: Settings,
     tmp_path: Path,
 ) -> None:  # fmt: skip
     version, inputs = clf
@@ -194,7 +187,7 @@ def test_the_lookup_table_serves_the_stored_answers(
     source.write_bytes(b"\n".join(rows) + b"\n")
     out = tmp_path / "out.jsonl"
     args = ["clf", str(source), "--into", "redis", "--ttl", "100", "--out", str(out)]
-    code, report, text = score(quick, args, tmp_path / "log")
+    code, report, text = score(predict_settings, args, tmp_path / "log")
     assert code == 0, text
     table = report["lookup_table"]
     assert table["rows"] == len(inputs) and table["ttl_seconds"] == 100
@@ -202,7 +195,7 @@ def test_the_lookup_table_serves_the_stored_answers(
     pointer = store.keys.lookup("clf")
     assert 0 < store.client.pttl(pointer) <= 100_000
     assert 0 < store.client.pttl(store.keys.lookup_table("clf", table["table"])) <= 100_000
-    with kit.serve_in_thread(create_app(quick)) as api:
+    with kit.serve_in_thread(create_app(predict_settings)) as api:
         for row in stored:
             response = api.get(f"/v1/models/clf/predictions/{row['id']}")  # ids hold a '/'
             assert response.status_code == 200
@@ -214,7 +207,7 @@ def test_the_lookup_table_serves_the_stored_answers(
         assert api.get("/v1/models/other/predictions/u/0").status_code == 404
         # a new run replaces the table as a whole: ids it does not hold are gone
         source.write_bytes(orjson.dumps({"id": "u/0", "time": 0, "features": inputs[1]}) + b"\n")
-        code, report, text = score(quick, args[:-2], tmp_path / "log")
+        code, report, text = score(predict_settings, args[:-2], tmp_path / "log")
         assert code == 0, text
         assert report["lookup_table"]["table"] > table["table"]
         again = api.get("/v1/models/clf/predictions/u/0").json()

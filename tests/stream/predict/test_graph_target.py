@@ -17,7 +17,6 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from schemas.settings import Settings
 from serving.app import create_app
 from stream.kafka.client import create_topics, partitions_for
 from stream.registry.graphs import GraphRegistry
-from stream.store.snapshots import SnapshotStore, open_store
+from stream.store.snapshots import SnapshotStore
 from tests.support.pipeline import spawn_cli
 
 pytestmark = pytest.mark.integration
@@ -96,25 +95,11 @@ def river_models() -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 @pytest.fixture
-def gsettings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={"predict_group": f"{settings.redis_prefix}.predict", "serve_poll_seconds": 0.2}
-    )
-
-
-@pytest.fixture
-def store(gsettings: Settings) -> Iterator[SnapshotStore]:
-    s = open_store(gsettings)
-    yield s
-    s.client.close()
-
-
-@pytest.fixture
-def graphs(kit: Any, store: SnapshotStore, gsettings: Settings) -> dict[str, int]:
+def graphs(kit: Any, store: SnapshotStore, predict_settings: Settings) -> dict[str, int]:
     """The models published, ``fraud`` and ``broken`` applied, then ``broken``'s member
     ``gone`` removed from Redis: graph name → version."""
     models, _ = river_models()
-    key = gsettings.require_snapshot_key()
+    key = predict_settings.require_snapshot_key()
     for name, model in models.items():
         kit.publish(store, name, model, "classifier", key=key, metrics=METRICS.get(name))
     registry = GraphRegistry(store.client, store.keys.prefix, by="test")
@@ -220,7 +205,7 @@ def run_worker(
 
 
 def test_the_worker_answers_a_graph_as_v1_graphs_and_dead_letters_a_missing_member(
-    kit: Any, graphs: dict[str, int], gsettings: Settings, tmp_path: Path
+    kit: Any, graphs: dict[str, int], predict_settings: Settings, tmp_path: Path
 ) -> None:
     _, inputs = river_models()
     requests = [{"id": f"g{i}", "target": "fraud", "features": x} for i, x in enumerate(inputs)]
@@ -230,14 +215,16 @@ def test_the_worker_answers_a_graph_as_v1_graphs_and_dead_letters_a_missing_memb
     ]
     model = {"id": "m0", "target": "lr", "features": inputs[0]}  # models answer beside graphs
     answers, reasons = run_worker(
-        gsettings, ["--report-every", "0.2"], [*requests, *bad, model], len(requests) + 1, 2,
+        predict_settings, ["--report-every", "0.2"], [*requests, *bad, model], len(requests) + 1, 2,
         tmp_path / "w.log",
     )  # fmt: skip
     assert reasons == {"b-member": "target_unavailable", "b-unknown": "unknown_target"}
     lr = answers.pop("m0")
     assert lr["versions"] == {"lr": lr["versions"]["lr"]} and lr["decided_by"] == "lr"
     assert "graph_version" not in lr and "path" not in lr  # a model's answer is as it was
-    v1 = v1_graph_answers(kit, gsettings, "fraud", [(r["id"], r["features"]) for r in requests])
+    v1 = v1_graph_answers(
+        kit, predict_settings, "fraud", [(r["id"], r["features"]) for r in requests]
+    )
     assert {b["graph_version"] for b in answers.values()} == {graphs["fraud"]}
     assert_answers_equal_v1(answers, v1, "fraud")
     # the worker said which graphs it served
@@ -247,7 +234,7 @@ def test_the_worker_answers_a_graph_as_v1_graphs_and_dead_letters_a_missing_memb
 
 
 def test_a_worker_for_one_graph_loads_its_members_and_answers_nothing_else(
-    graphs: dict[str, int], gsettings: Settings, tmp_path: Path
+    graphs: dict[str, int], predict_settings: Settings, tmp_path: Path
 ) -> None:
     """``--target fraud``: fraud's members are loaded although no target names them; a model
     that is not a target is ``unknown_target``."""
@@ -255,7 +242,12 @@ def test_a_worker_for_one_graph_loads_its_members_and_answers_nothing_else(
     requests = [{"id": f"g{i}", "target": "fraud", "features": x} for i, x in enumerate(inputs)]
     other = {"id": "m0", "target": "lr", "features": inputs[0]}
     answers, reasons = run_worker(
-        gsettings, ["--target", "fraud"], [other, *requests], len(requests), 1, tmp_path / "w.log"
+        predict_settings,
+        ["--target", "fraud"],
+        [other, *requests],
+        len(requests),
+        1,
+        tmp_path / "w.log",
     )
     assert reasons == {"m0": "unknown_target"}
     assert set(answers) == {r["id"] for r in requests}
@@ -282,9 +274,13 @@ def write_events(path: Path, inputs: list[dict[str, Any]], prefix: str = "e") ->
 
 
 def test_score_a_graph_equals_v1_graphs_pins_its_version_and_fills_a_lookup_table(
-    kit: Any, graphs: dict[str, int], store: SnapshotStore, gsettings: Settings, tmp_path: Path
+    kit: Any,
+    graphs: dict[str, int],
+    store: SnapshotStore,
+    predict_settings: Settings,
+    tmp_path: Path,
 ) -> None:
-    settings = gsettings
+    settings = predict_settings
     _, inputs = river_models()
     source = tmp_path / "in.jsonl"
     ids = write_events(source, inputs)
@@ -342,13 +338,13 @@ def test_score_a_graph_equals_v1_graphs_pins_its_version_and_fills_a_lookup_tabl
 
 
 def test_score_reports_the_rows_a_missing_member_cannot_answer(
-    graphs: dict[str, int], gsettings: Settings, tmp_path: Path
+    graphs: dict[str, int], predict_settings: Settings, tmp_path: Path
 ) -> None:
     _, inputs = river_models()
     source = tmp_path / "in.jsonl"
     write_events(source, inputs[:3])
     out = tmp_path / "out.jsonl"
-    code, report, text = score(gsettings, ["broken", str(source), "--out", str(out)],
+    code, report, text = score(predict_settings, ["broken", str(source), "--out", str(out)],
                                tmp_path / "log")  # fmt: skip
     assert code == 1, text
     assert report["scored"] == 0 and report["rejected"] == 3
@@ -360,7 +356,7 @@ def test_score_reports_the_rows_a_missing_member_cannot_answer(
 
 
 def test_score_runs_a_graphs_shadows_and_reports_them(
-    graphs: dict[str, int], store: SnapshotStore, gsettings: Settings, tmp_path: Path
+    graphs: dict[str, int], store: SnapshotStore, predict_settings: Settings, tmp_path: Path
 ) -> None:
     """A shadow node's shadows run off the answer path in `score` as in the API: the output is
     the primary's, the report counts each shadow's runs, errors and agreements (the API's
@@ -374,7 +370,7 @@ def test_score_runs_a_graphs_shadows_and_reports_them(
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_events(source, inputs)
     code, report, text = score(
-        gsettings, ["shadowed", str(source), "--out", str(out)], tmp_path / "log"
+        predict_settings, ["shadowed", str(source), "--out", str(out)], tmp_path / "log"
     )
     assert code == 0, text
     rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from stream.dev.services import free_port
 from stream.kafka.client import create_topics, partitions_for
 from stream.predict.metrics import WorkerMetrics, serve_metrics
 from stream.registry.graphs import GraphRegistry
-from stream.store.snapshots import SnapshotStore, open_store
+from stream.store.snapshots import SnapshotStore
 from tests.support.pipeline import spawn_cli
 
 SHADOWED = {"name": "shadowed", "root": {"shadow": {"primary": "lr", "shadows": ["tree"]}}}
@@ -32,18 +31,8 @@ SHADOW = "root.shadow.shadows[0]"
 
 
 @pytest.fixture
-def wsettings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={"predict_group": f"{settings.redis_prefix}.predict", "serve_poll_seconds": 0.2,
-                "predict_metrics_port": free_port()}
-    )  # fmt: skip
-
-
-@pytest.fixture
-def store(wsettings: Settings) -> Iterator[SnapshotStore]:
-    s = open_store(wsettings)
-    yield s
-    s.client.close()
+def wsettings(predict_settings: Settings) -> Settings:
+    return predict_settings.model_copy(update={"predict_metrics_port": free_port()})
 
 
 def trained() -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -9,7 +9,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from learners.predictor import ServedModel
 from schemas.settings import Settings
 from serving.app import create_app
 from stream.kafka.client import create_topics, partitions_for
-from stream.store.snapshots import SnapshotStore, open_store
+from stream.store.snapshots import SnapshotStore
 from tests.support.pipeline import spawn_cli
 
 pytestmark = pytest.mark.integration
@@ -38,24 +37,9 @@ REQUEST_SCHEMA = jsonschema.Draft202012Validator(
 
 
 @pytest.fixture
-def async_settings(settings: Settings) -> Settings:
-    """The test's settings with a group of its own and quick version polling."""
-    return settings.model_copy(
-        update={"predict_group": f"{settings.redis_prefix}.predict", "serve_poll_seconds": 0.2}
-    )
-
-
-@pytest.fixture
-def store(async_settings: Settings) -> Iterator[SnapshotStore]:
-    s = open_store(async_settings)
-    yield s
-    s.client.close()
-
-
-@pytest.fixture
-def models(kit: Any, store: SnapshotStore, async_settings: Settings) -> dict[str, Any]:
+def models(kit: Any, store: SnapshotStore, predict_settings: Settings) -> dict[str, Any]:
     """A classifier (stored as a learner state) and a regressor, published to Redis."""
-    key = async_settings.require_snapshot_key()
+    key = predict_settings.require_snapshot_key()
     trained = kit.trained_models()
     clf, _, clf_inputs = trained["clf"]
     reg, _, reg_inputs = trained["reg"]
@@ -126,9 +110,9 @@ def stop(proc: Any) -> int:
 
 
 def test_every_request_is_answered_as_the_api_answers(
-    kit: Any, models: dict[str, Any], async_settings: Settings, tmp_path: Path
+    kit: Any, models: dict[str, Any], predict_settings: Settings, tmp_path: Path
 ) -> None:
-    settings = async_settings
+    settings = predict_settings
     requests = requests_for(models, 200)
     messages = []
     for i, r in enumerate(requests):
@@ -191,9 +175,9 @@ def committed_lag(settings: Settings) -> int:
 
 
 def test_bad_requests_reach_the_dead_letter_topic_and_the_worker_goes_on(
-    models: dict[str, Any], async_settings: Settings, tmp_path: Path
+    models: dict[str, Any], predict_settings: Settings, tmp_path: Path
 ) -> None:
-    settings = async_settings
+    settings = predict_settings
     x = models["reg"][0]
 
     def request(rid: str, **fields: Any) -> bytes:
@@ -251,12 +235,12 @@ def test_bad_requests_reach_the_dead_letter_topic_and_the_worker_goes_on(
 
 
 def test_a_worker_killed_mid_stream_loses_no_request(
-    kit: Any, models: dict[str, Any], async_settings: Settings, tmp_path: Path
+    kit: Any, models: dict[str, Any], predict_settings: Settings, tmp_path: Path
 ) -> None:
     """Two workers share the partitions; one is killed -9 once it has answered some requests,
     while requests keep flowing. Every id is answered (by the survivor once the group moves the
     partitions); an id answered twice has identical answers but for ``answered_at``."""
-    settings = async_settings
+    settings = predict_settings
     assert settings.kafka_bootstrap_servers
     create_topics(settings.kafka_bootstrap_servers, settings.topics())
     logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
@@ -326,12 +310,12 @@ def answered_by(log: Path) -> int:
 
 
 def test_the_worker_follows_new_versions_live(
-    kit: Any, models: dict[str, Any], store: SnapshotStore, async_settings: Settings,
+    kit: Any, models: dict[str, Any], store: SnapshotStore, predict_settings: Settings,
     tmp_path: Path,
 ) -> None:  # fmt: skip
     """A version published while the worker runs answers the requests that follow, with its
     own predictions, without a restart."""
-    settings = async_settings
+    settings = predict_settings
     log = tmp_path / "w.log"
     worker = spawn_cli(settings, ["predict-worker", "--report-every", "0.1"], log)
     create(settings)
