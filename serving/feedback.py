@@ -220,11 +220,8 @@ class ClosedLoop:
 
     # -- predict with an id ----------------------------------------------------------------
     async def _predict_with_id(self, scope: Scope, send: Send, path: str, raw: bytes) -> None:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict) or "id" not in body:  # let the app name the problem
+        body = _json_object(raw)
+        if body is None or "id" not in body:  # let the app name the problem
             await self.app(scope, replay(raw), send)
             return
         problem = _bearer_problem(scope, self.ingest_token)
@@ -275,11 +272,8 @@ class ClosedLoop:
 
     # -- a graph predict with "log": true ------------------------------------------------
     async def _graph_logged(self, scope: Scope, send: Send, path: str, raw: bytes) -> None:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict) or "log" not in body:  # let the app name the problem
+        body = _json_object(raw)
+        if body is None or "log" not in body:  # let the app name the problem
             await self.app(scope, replay(raw), send)
             return
         log_it = body.pop("log")
@@ -334,6 +328,15 @@ class ClosedLoop:
         answer = render(content)
         headers = [*_JSON, (b"content-length", str(len(answer)).encode())]
         await _send_raw(send, 200, headers, answer)
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    """``raw`` as a JSON object, or None when it is not JSON or not an object."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def _secret(value: SecretStr | str | None) -> str | None:
