@@ -90,6 +90,7 @@ from starlette.background import BackgroundTask
 from starlette.types import ASGIApp
 
 from learners.predictor import MODEL_INPUT_ERRORS, ServedModel
+from serving.asgi import request_body
 from serving.inputs import InputLimits
 from serving.v2_fast import V2InferFastPath
 from serving.v2_graphs import (
@@ -112,17 +113,6 @@ from serving.v2_tensors import (
     package_version,
 )
 from stream.store.follower import SnapshotFollower
-
-
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it exceeds ``limit`` bytes."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def v2_router(
@@ -245,7 +235,7 @@ def v2_router(
         return status, body, job
 
     async def infer(name: str, version: str | None, request: Request) -> Response:
-        raw = await _read_body(request, max_body_bytes)
+        raw = await request_body(request, max_body_bytes)
         status, body, job = respond(name, version, raw, request.headers)
         response = Response(body, status_code=status, media_type="application/json")
         if job is not None and graphs is not None:  # shadows, once the response is sent
