@@ -211,12 +211,19 @@ class ClosedLoop:
                 await _respond(send, 422, f"{where}: {exc}")
                 return
             messages.append((topic, str(item["id"]).encode(), value))
+        if not await self._publish(send, messages, "nothing was stored"):
+            return
+        await _send_json(send, 202, {"accepted": len(messages), "topic": topic})
+
+    async def _publish(self, send: Send, messages: Sequence[Outgoing], lost: str) -> bool:
+        """Publish ``messages`` (acknowledged by the broker); when Kafka is unreachable, answer
+        503 naming the cause and what was ``lost``, and return False."""
         try:
             await asyncio.to_thread(self.publisher.publish, messages, PUBLISH_TIMEOUT_SECONDS)
         except KafkaUnavailable as exc:
-            await _respond(send, 503, f"{exc}; nothing was stored, send again")
-            return
-        await _send_json(send, 202, {"accepted": len(messages), "topic": topic})
+            await _respond(send, 503, f"{exc}; {lost}, send again")
+            return False
+        return True
 
     # -- predict with an id ----------------------------------------------------------------
     async def _predict_with_id(self, scope: Scope, send: Send, path: str, raw: bytes) -> None:
@@ -262,10 +269,7 @@ class ClosedLoop:
             (self.settings.topic_predictions, key,
              orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS)),
         ]  # fmt: skip
-        try:
-            await asyncio.to_thread(self.publisher.publish, messages, PUBLISH_TIMEOUT_SECONDS)
-        except KafkaUnavailable as exc:
-            await _respond(send, 503, f"{exc}; the prediction was not logged, send again")
+        if not await self._publish(send, messages, "the prediction was not logged"):
             return
         content["id"], content["time"] = event_id, event_time
         await _send_json(send, 200, content)
@@ -319,10 +323,7 @@ class ClosedLoop:
         except (SchemaError, TypeError) as exc:
             await _respond(send, 422, f"the features cannot be logged as an event: {exc}")
             return
-        try:
-            await asyncio.to_thread(self.publisher.publish, messages, PUBLISH_TIMEOUT_SECONDS)
-        except KafkaUnavailable as exc:
-            await _respond(send, 503, f"{exc}; the prediction was not logged, send again")
+        if not await self._publish(send, messages, "the prediction was not logged"):
             return
         content["id"], content["time"] = event_id, event_time
         answer = render(content)
