@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from serving.inputs import InputError, InputLimits, check_features, numeric_features
+from serving.inputs import InputError, InputLimits, check_features, finite_features
 
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 _MAX_ERRORS = 20
@@ -73,10 +73,8 @@ def numeric_graph_body(
     """
     if body.__class__ is not dict or not 0 < len(body) <= 2:
         return None
-    features = body.get("features")
+    features = finite_features(body.get("features"), limits)
     if features is None or (len(body) == 2 and "id" not in body):
-        return None
-    if numeric_features({"features": features}, limits) is None:
         return None
     return features, _request_id(body.get("id"), ["id"], max_id_length)
 

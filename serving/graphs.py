@@ -39,7 +39,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
-from serving.asgi import receive_body, replay, request_body
+from serving.asgi import receive_body, replay, request_body, send_json
 from serving.graph_bodies import parse_graph_body, render
 from serving.graph_service import GRAPH_PREDICT_ROUTE, GraphService
 from serving.shadows import SHADOW_BACKLOG, GraphMetrics, ShadowJob, ShadowRunner
@@ -51,6 +51,7 @@ __all__ = [
 ]  # fmt: skip
 
 _PREFIX, _SUFFIX = "/v1/graphs/", "/predict"
+_NAME_START, _NAME_END = len(_PREFIX), -len(_SUFFIX)
 
 
 def _response(content: Any, status: int = 200) -> Response:
@@ -166,23 +167,17 @@ class GraphFastPath:
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
             if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
-                name = path[len(_PREFIX) : -len(_SUFFIX)]
+                name = path[_NAME_START:_NAME_END]
                 if name and "/" not in name:
-                    raw = await receive_body(receive, self.service.max_body_bytes)
+                    service = self.service
+                    raw = await receive_body(receive, service.max_body_bytes)
                     if raw is not None and b'"log"' in raw:  # logged: the closed loop's
                         await self.app(scope, replay(raw), send)  # (serving.feedback)
                         return
-                    status, content, job = self.service.answer(name, raw)
-                    body = render(content)
-                    headers = [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ]
-                    await send(
-                        {"type": "http.response.start", "status": status, "headers": headers}
-                    )
-                    await send({"type": "http.response.body", "body": body})
-                    self.service.run_later(job)
+                    status, content, job = service.answer(name, raw)
+                    await send_json(send, status, render(content))
+                    if job is not None:
+                        service.run_later(job)
                     return
         await self.app(scope, receive, send)
 
