@@ -100,7 +100,7 @@ from serving.v2_graphs import (
     graph_outputs,
     v1_problems,
 )
-from serving.v2_requests import parse_infer_body
+from serving.v2_requests import numeric_row, parse_infer_body
 from serving.v2_tensors import (
     BINARY_HINT,
     INFER_ROUTE,
@@ -183,11 +183,15 @@ def v2_router(
             raise V2Error(400, f"Content-Encoding {encoding!r} is not supported: send plain JSON")
         if raw is None:
             raise V2Error(400, f"body larger than {max_body_bytes} bytes")
-        request_id, rows, requested = parse_infer_body(raw, limits)
+        row = numeric_row(raw, limits)  # the commonest body, from its bytes
+        if row is not None:
+            request_id, rows, requested = None, [row], None
+        else:
+            request_id, rows, requested = parse_infer_body(raw, limits)
         job = None
         if isinstance(target, ServedModel):
             try:
-                outputs = infer_outputs(target, rows, requested)
+                outputs = infer_outputs(target, rows, requested, complete=row is not None)
             except MODEL_INPUT_ERRORS as exc:
                 raise V2Error(
                     400, f"the model cannot use these features: {type(exc).__name__}: {exc}"

@@ -6,6 +6,7 @@ Pure conversions, no routes; the mapping of tensors to features is documented in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -164,6 +165,108 @@ def _one_row_of_numbers(inputs: list[Any]) -> dict[str, float] | None:
         else:
             return None
     return row
+
+
+# -- the commonest body, read from its bytes ---------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """How a JSON writer lays out ``{"inputs": [{"name", "shape": [1], "datatype", "data":
+    [v]}, ...]}``: ``prefix``, each tensor's name, its ``middles[datatype]``, its value, then
+    ``between`` before the next tensor's name, and ``suffix`` after the last value."""
+
+    prefix: bytes
+    middles: tuple[tuple[bytes, bool], ...]
+    """(the text from a name to its value, whether the datatype is INT64), FP64 first."""
+    between: bytes
+    suffix: bytes = b"]}]}"
+
+
+def _layout(compact: bool) -> _Layout:
+    def fit(text: bytes) -> bytes:
+        return text.replace(b": ", b":").replace(b", ", b",") if compact else text
+
+    middle = b', "shape": [1], "datatype": "%b", "data": ['
+    return _Layout(
+        prefix=fit(b'{"inputs": [{"name": '),
+        middles=tuple(
+            (fit(middle % t), t == b"INT64") for t in (b"FP64", b"FP32", b"FP16", b"INT64")
+        ),
+        between=fit(b']}, {"name": '),
+    )
+
+
+_LAYOUTS: Final = (_layout(compact=False), _layout(compact=True))
+"""Python's ``json.dumps`` (requests, tritonclient), then compact writers (orjson, httpx,
+``JSON.stringify``)."""
+_FLOAT: Final = frozenset({float})
+_INT: Final = frozenset({int})
+_NUMBER: Final = frozenset({int, float})
+
+
+def _split_middles(text: bytes, layout: _Layout) -> tuple[list[bytes], bool]:
+    """``text`` split at the first of ``layout.middles`` it holds (and whether that one is
+    INT64's); ``[text]`` when it holds none."""
+    for middle, integers in layout.middles:
+        parts = text.split(middle)
+        if len(parts) > 1:
+            return parts, integers
+    return [text], False
+
+
+def numeric_row(raw: bytes, limits: InputLimits) -> dict[str, Any] | None:
+    """The row of the commonest body, read from its bytes by C loops: ``{"inputs": [...]}``
+    alone, one tensor per feature, each ``{"name", "shape": [1], "datatype", "data":
+    [number]}`` in that order, all of one datatype: FP64, FP32 or FP16 (the values become
+    floats) or INT64 (in range), laid out as one of `_LAYOUTS`. None for anything else, which `parse_infer_body`
+    then reads (and explains); when not None, the row is the one it gives, with no ``null``.
+
+    ≈ 7 µs for 30 features, against ≈ 19 for `parse_infer_body` (orjson builds 90 objects).
+    Why the row is exact: each name-to-value text (``middles``) is replaced by ``\\n:``, then
+    each ``between`` by ``,`` (the first replacement cannot make a ``between``: it holds no
+    newline, starts with ``]``, ends with neither ``:`` after a newline nor a space; the two
+    texts never overlap). When exactly n colons and n - 1 commas are left and the text parses
+    (orjson) as an object of n numbers, every colon and comma is one of those put in, outside
+    the strings (an object of n entries needs that many), so the body was name, middle,
+    value, between, name... with the very tokens the object holds.
+
+    >>> numeric_row(b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP64","data":[2]}]}',
+    ...             InputLimits())
+    {'x': 2.0}
+    >>> numeric_row(b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP64","data":[null]}]}',
+    ...             InputLimits()) is None
+    True
+    """
+    for layout in _LAYOUTS:
+        if raw.startswith(layout.prefix) and raw.endswith(layout.suffix):
+            break
+    else:
+        return None
+    parts, integers = _split_middles(raw[len(layout.prefix) : -len(layout.suffix)], layout)
+    n = len(parts) - 1
+    if n > limits.max_features:
+        return None
+    tensors = b"\n:".join(parts).split(layout.between)
+    if len(tensors) != n:
+        return None
+    text = b",".join(tensors)
+    if text.count(b":") != n or text.count(b",") != n - 1:
+        return None
+    try:
+        row = orjson.loads(b"{" + text + b"}")
+    except orjson.JSONDecodeError:
+        return None
+    if len(row) != n:  # a name given twice
+        return None
+    kinds = set(map(type, row.values()))
+    if integers:
+        lo, hi = INT_RANGES["INT64"]
+        ok = kinds == _INT and lo <= min(row.values()) and max(row.values()) <= hi
+        return row if ok else None
+    if kinds == _FLOAT:
+        return row
+    if kinds <= _NUMBER:  # integers become floats, as `_check_value` makes them
+        return dict(zip(row, map(float, row.values()), strict=True))
+    return None
 
 
 _FIELDS: Final = frozenset({"id", "parameters", "inputs", "outputs"})

@@ -1,0 +1,167 @@
+"""`serving.v2_requests.numeric_row`: the commonest infer body read from its bytes gives exactly
+the row of the general reading (`parse_infer_body`: same names in the same order, same types,
+same bits), and any other body, however close, is left to the general reading."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from serving.inputs import InputLimits
+from serving.v2_requests import _LAYOUTS, numeric_row, parse_infer_body
+from serving.v2_tensors import V2Error
+
+LIMITS = InputLimits(max_features=8, max_instances=4)
+# names holding the texts the reader looks for, and what JSON must escape
+TRICKY = [layout.between.decode() for layout in _LAYOUTS] + [
+    m.decode() for layout in _LAYOUTS for m, _ in layout.middles
+] + ['"', "\\", ":", ",", "\n", "\n:", "]}", "{", "[1]", "é", "\u2028", " "]  # fmt: skip
+names = (
+    st.text(max_size=5)
+    | st.sampled_from(TRICKY)
+    | st.lists(st.sampled_from(TRICKY), max_size=3).map("".join)
+)
+floats = st.floats(allow_nan=False, allow_infinity=False)
+int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+# number literals as clients write them, not only as Python does
+ODD_LITERALS = [
+    "-0", "0", "-0.0", "1E+2", "1e-5", "0.10", "12345678901234567890123", "18446744073709551616",
+    "9223372036854775808", "-9223372036854775809", "1e400", "true", "null", '"1"', "[1]", "01",
+    "1.", ".5", "NaN",
+]  # fmt: skip
+literals = floats.map(repr) | int64.map(str) | st.sampled_from(ODD_LITERALS)
+
+
+def general(raw: bytes) -> Any:
+    try:
+        return parse_infer_body(raw, LIMITS)
+    except V2Error as exc:
+        return ("error", exc.status, exc.message)
+
+
+def assert_same(raw: bytes) -> dict[str, Any] | None:
+    """``numeric_row(raw)``, checked against the general reading when it gives a row."""
+    row = numeric_row(raw, LIMITS)
+    if row is not None:
+        expected = general(raw)
+        assert expected == (None, [row], None), raw
+        (want,) = expected[1]
+        assert list(row) == list(want)
+        for got, value in zip(row.values(), want.values(), strict=True):
+            assert type(got) is type(value)
+            assert got == value and math.copysign(1, got) == math.copysign(1, value)
+    return row
+
+
+def body(tensors: list[tuple[str, str, str]], compact: bool) -> bytes:
+    """``{"inputs": [...]}`` with each ``(name, datatype, value literal)`` as a tensor of
+    shape [1], laid out as json.dumps or a compact writer lays it out."""
+    colon, comma = (":", ",") if compact else (": ", ", ")
+    parts = [
+        f'{{"name"{colon}{json.dumps(n, ensure_ascii=compact)}{comma}"shape"{colon}[1]{comma}'
+        f'"datatype"{colon}"{d}"{comma}"data"{colon}[{v}]}}'
+        for n, d, v in tensors
+    ]
+    return f'{{"inputs"{colon}[{comma.join(parts)}]}}'.encode()
+
+
+@pytest.mark.parametrize("dumps", [lambda b: json.dumps(b).encode(), orjson.dumps])
+@pytest.mark.parametrize("datatype", ["FP64", "FP32", "FP16", "INT64"])
+def test_the_commonest_bodies_are_read_from_their_bytes(dumps: Any, datatype: str) -> None:
+    values = [1, -2, 3] if datatype == "INT64" else [1.5, -2, 3e-7]
+    inputs = [{"name": f"x{i}", "shape": [1], "datatype": datatype, "data": [v]}
+              for i, v in enumerate(values)]  # fmt: skip
+    raw = dumps({"inputs": inputs})
+    row = assert_same(raw)
+    assert row is not None and list(row) == ["x0", "x1", "x2"]
+    assert all(type(v) is (int if datatype == "INT64" else float) for v in row.values())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}]}\n',
+        b'{"id": "a", "inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}]}',
+        b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}, '
+        b'{"name": "y", "shape": [1], "datatype": "INT64", "data": [1]}]}',
+        b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}, '
+        b'{"name": "x", "shape": [1], "datatype": "FP64", "data": [2]}]}',
+        b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [true]}]}',
+        b'{"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [1.0]}]}',
+        b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1e400]}]}',
+        b'{"inputs": [{"name": "x", "shape": [1], "datatype": "BOOL", "data": [true]}]}',
+        b'{"inputs": [{"name": "x" "shape": [1], "datatype": "FP64", "data": [1]}]}',
+        b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}]}]}',
+    ],
+)
+def test_other_bodies_are_left_to_the_general_reading(raw: bytes) -> None:
+    """A trailing newline, an id, mixed datatypes, a name twice, a boolean, a float for an
+    integer, an infinity, another datatype, a missing comma, a broken end."""
+    assert numeric_row(raw, LIMITS) is None
+
+
+def test_more_inputs_than_the_limit_are_left_to_the_general_reading() -> None:
+    tensors = [(f"x{i}", "FP64", "1.5") for i in range(LIMITS.max_features + 1)]
+    assert numeric_row(body(tensors, compact=True), LIMITS) is None
+    assert numeric_row(body(tensors[:-1], compact=True), LIMITS) is not None
+
+
+@settings(max_examples=600)
+@given(
+    tensors=st.lists(
+        st.tuples(names, st.sampled_from(["FP64", "FP32", "FP16", "INT64", "BOOL"]), literals),
+        min_size=1,
+        max_size=5,
+    ),
+    compact=st.booleans(),
+)
+def test_any_body_of_this_layout_gives_the_general_row(
+    tensors: list[tuple[str, str, str]], compact: bool
+) -> None:
+    """Whatever the names and number literals: the general reading's row or a fall-back; and
+    no fall-back for a body the general reading reads as a row of numbers, one datatype, flat data, names without a colon or a comma (the reader cannot tell those from
+    its own)."""
+    raw = body(tensors, compact)
+    row = assert_same(raw)
+    expected = general(raw)
+    if expected[0] == "error" or any(v is None for v in expected[1][0].values()):
+        return
+    datatypes = {d for _, d, _ in tensors}
+    nested = any(v.startswith("[") for _, _, v in tensors)  # [[v]]: a row of shape [1] too
+    if len(datatypes) == 1 and not nested and not any(":" in n or "," in n for n, _, _ in tensors):
+        assert row is not None
+
+
+pieces = st.sampled_from(
+    [*TRICKY, '"x"', "1", "-0", "1.5", "}", "]", "[", "{", '"', ",", ":", " ", "\n", '\\"', "e5"]
+)
+
+
+@settings(max_examples=1500)
+@given(
+    tensors=st.lists(
+        st.tuples(names, st.sampled_from(["FP64", "INT64"]), literals), min_size=1, max_size=4
+    ),
+    compact=st.booleans(),
+    edits=st.lists(
+        st.tuples(st.integers(0, 10**6), st.integers(0, 12), pieces | st.text(max_size=3)),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_a_body_edited_anywhere_is_read_right_or_left_alone(
+    tensors: list[tuple[str, str, str]], compact: bool, edits: list[tuple[int, int, str]]
+) -> None:
+    """Bytes cut out of, or slipped into, a valid body: whenever the reader still gives a row,
+    the general reading gives the same (the reader never accepts a body it should not)."""
+    raw = body(tensors, compact)
+    for at, cut, insert in edits:
+        at %= len(raw) + 1
+        raw = raw[:at] + insert.encode() + raw[at + cut :]
+    assert_same(raw)
