@@ -259,6 +259,13 @@ class Settings(BaseSettings):
     predict_metrics_port: int = Field(
         9109, ge=0, le=65535, description="Prediction worker /metrics port (0: no exporter)."
     )
+    predict_stop_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="How long a stopping prediction worker waits for the broker to acknowledge "
+        "its last answers; what is not acknowledged by then is not committed, and answered "
+        "again by the group.",
+    )
     lookup_ttl_seconds: int = Field(
         604800, ge=0, description="Lifetime of a stored batch prediction table (0: no expiry)."
     )

@@ -81,6 +81,11 @@ class AnswerProducer:
             except KafkaException as exc:
                 raise KafkaAdapterError(f"produce to {topic} failed: {exc}") from exc
 
+    def unacknowledged(self, timeout: float) -> int:
+        """Wait at most ``timeout`` seconds for the messages sent so far to be acknowledged (or
+        refused for good): how many are still waiting."""
+        return int(self._producer.flush(timeout))
+
     def flush(self, timeout: float | None = 60.0) -> None:
         """Wait until every message sent so far is acknowledged (or failed for good)."""
         left = self._producer.flush(-1 if timeout is None else timeout)

@@ -21,6 +21,10 @@ stops the worker.
 4. only then commit the batch's offsets to the group (asynchronously; synchronously when a
    partition is revoked and when the worker stops).
 
+A worker asked to stop (SIGTERM) finishes its batch: it waits for the batch's answers at most
+``RIVERSTREAM_PREDICT_STOP_SECONDS`` (10 s) longer; when the broker is away that long, the
+batch is not committed and the worker leaves: the group answers those requests again.
+
 A worker killed between 2 and 4 has answered requests whose offsets are not committed: the
 worker that takes over its partitions answers them again. Nothing is lost; some ids may be
 answered twice. A duplicate is harmless to a client that keeps the first answer per id: the
@@ -65,6 +69,7 @@ from stream.store.snapshots import open_store
 log = logging.getLogger(__name__)
 
 LAG_EVERY_SECONDS = 1.0
+_FLUSH_SLICE_SECONDS = 0.25  # how often a flush looks at a stop request while answers wait
 Report = Callable[[dict[str, Any]], None]
 
 
@@ -186,7 +191,13 @@ class PredictWorker:
             self.stats.answered += 1
             targets[target] = targets.get(target, 0) + 1
             requested.append(requested_at)
-        self.producer.flush(None)
+        if not self._acknowledged():
+            log.warning(
+                "stopping with answers the broker has not acknowledged: the %d requests of "
+                "this batch are not committed, the group answers them again",
+                len(messages),
+            )
+            return
         failed = self.producer.take_failures()
         if failed:
             self._retry(first, failed)
@@ -205,6 +216,20 @@ class PredictWorker:
                 self.consumer.commit(offsets=offsets, asynchronous=True)
             except KafkaException as exc:  # not committed: answered again later, never lost
                 log.warning("commit failed (these requests may be answered twice): %s", exc)
+
+    def _acknowledged(self) -> bool:
+        """Wait until the broker has acknowledged (or refused for good) every message sent;
+        False when the worker is stopping and messages were still waiting
+        ``predict_stop_seconds`` after the stop (the broker is away)."""
+        deadline: float | None = None
+        while self.producer.unacknowledged(_FLUSH_SLICE_SECONDS):
+            if self._stop.is_set():
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.settings.predict_stop_seconds
+                if now >= deadline:
+                    return False
+        return True
 
     def _dead_letter(
         self,
@@ -273,10 +298,21 @@ class PredictWorker:
 
     def _close(self) -> None:
         try:
-            self.producer.flush(30.0)
-            self._commit_now(list(self._answered))
+            if not self.producer.unacknowledged(0):  # else the broker is away: commit nothing
+                self._commit_now(list(self._answered))
         finally:
-            self.consumer.close()  # leaves the group: its partitions move at once
+            self._leave_group()
+
+    def _leave_group(self) -> None:
+        """Close the consumer, which leaves the group (its partitions move at once), waiting
+        at most ``predict_stop_seconds``: with the broker away librdkafka's close can wait
+        indefinitely (confluent-kafka-python#1667); the group then moves the partitions after
+        the session timeout."""
+        closing = threading.Thread(target=self.consumer.close, name="consumer-close", daemon=True)
+        closing.start()
+        closing.join(max(self.settings.predict_stop_seconds, _FLUSH_SLICE_SECONDS))
+        if closing.is_alive():
+            log.warning("the consumer did not leave its group (the broker is away): exiting")
 
 
 def build_worker(

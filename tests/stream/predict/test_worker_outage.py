@@ -175,3 +175,65 @@ def read_answers(
     finally:
         consumer.close()
     return out
+
+
+STOP_SECONDS = 3.0  # the stopping worker's grace for its last answers (the default is 10)
+
+
+def test_a_worker_stopped_during_an_outage_exits_within_its_grace_and_loses_nothing(
+    kit: Any, settings: Settings, private_kafka: tuple[ServiceManager, str], tmp_path: Path
+) -> None:
+    """SIGTERM while the broker is down: the worker waits for its last answers at most
+    ``RIVERSTREAM_PREDICT_STOP_SECONDS``, commits nothing it was not acknowledged and exits 0
+    (it used to wait in a flush for the producer's message timeout, 5 minutes). Once the broker
+    is back, another worker of the group answers every request the first one had not
+    committed: nothing is lost."""
+    manager, bootstrap = private_kafka
+    s = settings.model_copy(
+        update={"kafka_bootstrap_servers": bootstrap, "predict_metrics_port": free_port(),
+                "predict_group": f"{settings.redis_prefix}.predict",
+                "predict_stop_seconds": STOP_SECONDS}
+    )  # fmt: skip
+    store = open_store(s)
+    clf, _, inputs = kit.trained_models()["clf"]
+    version = kit.publish(store, "lr", clf, "classifier", key=s.require_snapshot_key())
+    create_topics(bootstrap, s.topics())
+    served = ServedModel.build("lr", clf, version=version, kind="classifier")
+    port = s.predict_metrics_port
+    first = spawn_cli(s, ["predict-worker"], tmp_path / "first.log")
+    second = None
+    producer = PacedProducer(s, inputs)
+    try:
+        producer.start()
+        wait(lambda: answers_counted(port) > N // 10, 90, "a tenth of the requests answered")
+        broker = manager.running()["kafka"]
+        os.kill(broker.pid, signal.SIGKILL)
+        wait(lambda: not pid_alive(broker.pid), 10, "the broker to die")
+        # answers pile up unacknowledged in the worker while requests keep coming from the
+        # producer's queue (the broker died between fetches: what was fetched is answered)
+        first.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        code = first.wait(timeout=STOP_SECONDS + 30)
+        took = time.monotonic() - stopped
+        assert code == 0, (tmp_path / "first.log").read_text()[-3000:]
+        assert took < STOP_SECONDS + 15, f"the worker took {took:.1f} s to stop"
+        assert manager.up(("kafka",))["kafka"].address == bootstrap  # in place
+        s2 = s.model_copy(update={"predict_metrics_port": free_port()})
+        second = spawn_cli(s2, ["predict-worker"], tmp_path / "second.log")
+        producer.join(timeout=180)
+        assert not producer.is_alive() and not producer.failed, producer.failed[:5]
+        answers = read_answers(s, producer.acknowledged, timeout=120)
+    finally:
+        for worker in (first, second):
+            if worker is not None and worker.poll() is None:
+                worker.kill()
+                worker.wait(timeout=10)
+        store.client.close()
+    assert producer.acknowledged == {f"r{i}" for i in range(N)}
+    assert set(answers) >= producer.acknowledged
+    for request_id, bodies in answers.items():
+        prediction, proba = served.predict(inputs[int(request_id[1:]) % len(inputs)])
+        for body in bodies:
+            assert body["versions"] == {"lr": version}
+            assert body["prediction"] == prediction
+            assert body["probabilities"] == {str(k).lower(): v for k, v in proba.items()}
