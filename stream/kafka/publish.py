@@ -61,61 +61,116 @@ def _cell(value: str) -> int | float | str | bool | None:
     """A CSV cell as JSON would have it: empty is null, ``true``/``false`` (any case) booleans,
     then an integer, a float, or the text.
 
-    >>> [_cell(c) for c in ("", "TRUE", "12", "-1.5", "1e3", "nan", "x1", " 7 ")]
-    [None, True, 12, -1.5, 1000.0, nan, 'x1', 7]
+    >>> [_cell(c) for c in ("", "TRUE", "12", "-1.5", "1e3", "nan", "x1", " 7 ", "1_0")]
+    [None, True, 12, -1.5, 1000.0, nan, 'x1', 7, 10]
     """
-    if value == "":
+    if not value:
         return None
-    low = value.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    # int() refuses any text with a "." or an "e" (the commonest floats): skip its exception
-    casts = (float,) if "." in value or "e" in low else (int, float)
-    for cast in casts:
+    # int() refuses any text with a "." or an "e" (the commonest floats): skip its exception;
+    # "true" and "false" hold an "e" too, and float() refuses them
+    if "." not in value and "e" not in value and "E" not in value:
         try:
-            return cast(value)
+            return int(value)
         except ValueError:
             pass
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    low = value.lower()
+    if low == "true" or low == "false":
+        return low == "true"
     return value
 
 
+def _json(event: dict[str, object]) -> bytes:
+    """The JSON of an event read from CSV, or the `SchemaError` of `_finite`. orjson writes a
+    non-finite float as ``null`` and refuses integers past 64 bits: only an event whose JSON
+    holds a ``null`` (or that orjson refuses) is looked at cell by cell."""
+    try:
+        raw = orjson.dumps(event)
+    except TypeError:
+        _finite(event)
+        raise  # pragma: no cover - _finite names every integer orjson refuses
+    if b"null" in raw:
+        _finite(event)
+    return raw
+
+
 def _finite(row: dict[str, object]) -> dict[str, object]:
-    """``row`` itself, or a `SchemaError` naming a non-finite number (a CSV cell ``1e400``):
-    JSON has no infinity, and orjson would silently write ``null``."""
+    """``row`` itself, or a `SchemaError` naming a non-finite number (a CSV cell ``1e400``:
+    JSON has no infinity, and orjson would silently write ``null``) or an integer orjson cannot
+    write (past 64 bits).
+
+    >>> _finite({"id": "a", "features": {"x": 2**70}})
+    Traceback (most recent call last):
+    ...
+    schemas.errors.SchemaError: out_of_range at features.x: 1180591620717411303424 does not fit in 64 bits
+    """
     for name, value in row.items():
         inner = value.items() if isinstance(value, dict) else ()
         for inner_name, cell in (("", value), *inner):
             if isinstance(cell, float) and not math.isfinite(cell):
                 where = f"{name}.{inner_name}" if inner_name else name
                 raise SchemaError("not_finite", where, f"{cell} is not a finite number")
+            if cell.__class__ is int and not _INT_LOW <= cell <= _UINT_HIGH:
+                where = f"{name}.{inner_name}" if inner_name else name
+                raise SchemaError("out_of_range", where, f"{cell} does not fit in 64 bits")
     return row
 
 
-def row_json(row: bytes | dict[str, object]) -> bytes:
-    """A row of `read_rows` as JSON bytes (a `SchemaError` for a non-finite CSV number).
+_INT_LOW, _UINT_HIGH = -(2**63), 2**64 - 1  # what orjson writes
 
-    >>> row_json(b'{"id": "a"}'), row_json({"id": "a", "features": {"x": 1}})
-    (b'{"id": "a"}', b'{"id":"a","features":{"x":1}}')
+
+def _csv_rows(path: Path, kind: Kind) -> Iterator[tuple[int, bytes | SchemaError]]:
+    """The rows of a CSV file as the events' JSON (see `read_rows`)."""
+    label = kind == "labels"
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            return
+        width = len(header)
+        at = {name: i for i, name in enumerate(header)}  # a name given twice: its last column
+        id_at, time_at, label_at = at.get("id"), at.get("time"), at.get("label")
+        own = {"id", "time", "label"} if label else {"id", "time"}
+        columns = [i for i, name in enumerate(header) if name not in own]
+        names = [header[i] for i in columns]  # as a dict keeps them: the first place, last value
+        for cells in reader:
+            if not cells:  # a blank line
+                continue
+            line = reader.line_num
+            if len(cells) != width:
+                msg = f"{len(cells)} cells, the header has {width} columns"
+                yield line, SchemaError("csv_columns", None, msg)
+                continue
+            event: dict[str, object] = {
+                "id": None if id_at is None else cells[id_at],
+                "time": None if time_at is None else _cell(cells[time_at]),
+            }
+            if label:
+                event["label"] = None if label_at is None else _cell(cells[label_at])
+            else:
+                event["features"] = {
+                    name: _cell(cells[i]) for name, i in zip(names, columns, strict=True)
+                }
+            try:
+                yield line, _json(event)
+            except SchemaError as exc:
+                yield line, exc
+
+
+def read_rows(path: Path, kind: Kind) -> Iterator[tuple[int, bytes | SchemaError]]:
+    """(line number, the event's raw JSON bytes) of a JSON Lines or CSV file, or a
+    `SchemaError` for a CSV row that cannot be an event (cells not matching the header, a
+    number out of float range); the JSON is validated by the caller, with the learner's codec.
+
+    CSV: a header names the columns; ``id`` and ``time`` (and ``label`` for labels) are the
+    event's, every other column is a feature (of feature events). A cell reads as JSON would
+    have it (`_cell`): empty is null, ``true``/``false`` booleans, then numbers, else text.
     """
-    return row if isinstance(row, bytes) else orjson.dumps(_finite(row))
-
-
-def read_rows(path: Path, kind: Kind) -> Iterator[tuple[int, bytes | dict[str, object]]]:
-    """(line number, raw JSON bytes or a CSV row turned into an event dict)."""
     if path.suffix.lower() == ".csv":
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            for row in reader:
-                line = reader.line_num
-                event: dict[str, object] = {"id": row.pop("id", None)}
-                time_cell = row.pop("time", None)
-                event["time"] = _cell(time_cell) if time_cell is not None else None
-                if kind == "labels":
-                    label = row.pop("label", None)
-                    event["label"] = _cell(label) if label is not None else None
-                else:
-                    event["features"] = {k: _cell(v) for k, v in row.items()}
-                yield line, event
+        yield from _csv_rows(path, kind)
         return
     with path.open("rb") as handle:
         for line, raw in enumerate(handle, start=1):
@@ -146,7 +201,7 @@ class Publisher:
 
     def publish_rows(
         self,
-        rows: Iterable[tuple[int, bytes | dict[str, object]]],
+        rows: Iterable[tuple[int, bytes | SchemaError]],
         kind: Kind,
         *,
         progress: Callable[[int], None] | None = None,
@@ -157,12 +212,13 @@ class Publisher:
         start = time.perf_counter()
         for line, row in rows:
             try:
-                raw = row if isinstance(row, bytes) else orjson.dumps(_finite(row))
-                event = decode(raw)
+                if isinstance(row, SchemaError):
+                    raise row
+                event = decode(row)
             except SchemaError as exc:
                 report.rejected.append(Rejection(line, str(exc)))
                 continue
-            self.producer.send(topic, event.id.encode(), raw)
+            self.producer.send(topic, event.id.encode(), row)
             if progress is not None:
                 progress(1)
         return self._finish(report, start)

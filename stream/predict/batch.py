@@ -54,7 +54,7 @@ from learners.predictor import ServedModel
 from schemas.errors import KafkaAdapterError, RiverstreamError, SchemaError
 from schemas.events import EventCodec, FeatureEvent, Limits
 from stream.kafka.client import partitions_for
-from stream.kafka.publish import read_rows, row_json
+from stream.kafka.publish import read_rows
 from stream.kafka.security import PLAINTEXT, KafkaSecurity
 from stream.predict.answer import ModelAnswers, encode, encode_value
 from stream.predict.graph_target import GraphTarget
@@ -148,15 +148,7 @@ def file_rows(path: Path) -> Iterator[Row]:
     _refuse_parquet(path)
     if not path.exists():
         raise RiverstreamError(f"{path}: no such file")
-    for line, row in read_rows(path, "features"):
-        if isinstance(row, bytes):
-            yield line, row
-            continue
-        try:
-            raw: bytes | SchemaError = row_json(row)
-        except SchemaError as exc:
-            raw = exc
-        yield line, raw
+    yield from read_rows(path, "features")
 
 
 def kafka_rows(bootstrap: str, topic: str, *, security: KafkaSecurity = PLAINTEXT) -> Iterator[Row]:
