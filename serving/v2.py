@@ -110,6 +110,7 @@ from serving.v2_tensors import (
     _json,
     infer_outputs,
     model_metadata,
+    one_row_answer,
     package_version,
 )
 from stream.store.follower import SnapshotFollower
@@ -173,8 +174,9 @@ def v2_router(
 
     def answer(
         name: str, version: str | None, raw: bytes | None, headers: Mapping[str, str]
-    ) -> tuple[dict[str, Any], Any]:
-        """The answer to an infer request, and the shadow job of a graph's answer (or None)."""
+    ) -> tuple[dict[str, Any] | bytes, Any]:
+        """The answer to an infer request (or its JSON, for the commonest), and the shadow job
+        of a graph's answer (or None)."""
         target = find(name, version)
         if "inference-header-content-length" in headers:
             raise V2Error(400, BINARY_HINT)
@@ -191,13 +193,21 @@ def v2_router(
         job = None
         if isinstance(target, ServedModel):
             try:
-                outputs = infer_outputs(target, rows, requested, complete=row is not None)
+                if row is not None:  # no null in it; answered as JSON from pieces, below
+                    prediction, proba = target.predict(row, complete=True)
+                else:
+                    outputs = infer_outputs(target, rows, requested)
             except MODEL_INPUT_ERRORS as exc:
                 raise V2Error(
                     400, f"the model cannot use these features: {type(exc).__name__}: {exc}"
                 ) from None
             served_version = target.version
             state = {"samples_learned": target.samples_learned, "live": target.live}
+            if row is not None:  # model_version and samples_learned name the state answering
+                head: dict[str, Any] = {"model_name": name, "model_version": str(served_version)}
+                head["parameters"] = state
+                proba = proba if target.kind == "classifier" else None
+                return one_row_answer(head, prediction, proba), None
         else:
             assert graphs is not None
             body: dict[str, Any] = {"instances": rows}
@@ -226,7 +236,11 @@ def v2_router(
         started = time.perf_counter()
         try:
             content, job = answer(name, version, raw, headers)
-            status, body = 200, orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+            status = 200
+            if content.__class__ is bytes:
+                body = content
+            else:
+                body = orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
         except V2Error as exc:
             status, job = exc.status, None
             body = orjson.dumps({"error": exc.message}, option=orjson.OPT_NON_STR_KEYS)

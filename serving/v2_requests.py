@@ -195,7 +195,9 @@ def _layout(compact: bool) -> _Layout:
     )
 
 
-_LAYOUTS: Final = (_layout(compact=False), _layout(compact=True))
+_SPACED: Final = _layout(compact=False)
+_COMPACT: Final = _layout(compact=True)
+_LAYOUTS: Final = (_SPACED, _COMPACT)
 """Python's ``json.dumps`` (requests, tritonclient), then compact writers (orjson, httpx,
 ``JSON.stringify``)."""
 _FLOAT: Final = frozenset({float})
@@ -204,9 +206,9 @@ _NUMBER: Final = frozenset({int, float})
 
 
 def _split_middles(text: bytes, layout: _Layout) -> tuple[list[bytes], bool]:
-    """``text`` split at the first of ``layout.middles`` it holds (and whether that one is
-    INT64's); ``[text]`` when it holds none."""
-    for middle, integers in layout.middles:
+    """``text`` split at the first of ``layout.middles`` after FP64's it holds (and whether
+    that one is INT64's); ``[text]`` when it holds none."""
+    for middle, integers in layout.middles[1:]:
         parts = text.split(middle)
         if len(parts) > 1:
             return parts, integers
@@ -236,12 +238,13 @@ def numeric_row(raw: bytes, limits: InputLimits) -> dict[str, Any] | None:
     ...             InputLimits()) is None
     True
     """
-    for layout in _LAYOUTS:
-        if raw.startswith(layout.prefix) and raw.endswith(layout.suffix):
-            break
-    else:
+    layout = _SPACED if raw.startswith(_SPACED.prefix) else _COMPACT
+    if not (raw.startswith(layout.prefix) and raw.endswith(layout.suffix)):
         return None
-    parts, integers = _split_middles(raw[len(layout.prefix) : -len(layout.suffix)], layout)
+    text = raw[len(layout.prefix) : -len(layout.suffix)]
+    parts, integers = text.split(layout.middles[0][0]), False  # FP64, the commonest
+    if len(parts) == 1:
+        parts, integers = _split_middles(text, layout)
     n = len(parts) - 1
     if n > limits.max_features:
         return None

@@ -231,50 +231,103 @@ def select_outputs(
     return [tensors[o["name"]] for o in requested]
 
 
-def _one_row_tensors(prediction: Any, proba: Mapping[Any, float] | None) -> dict[str, Any]:
-    """`output_tensors` of one row, the same tensors by fewer steps (the commonest answer)."""
+def _one_row_prediction(prediction: Any) -> tuple[str, Any]:
+    """The datatype and the value of a one-row ``prediction`` tensor (`label_datatype`)."""
     prediction = _plain(prediction)
     kind = prediction.__class__
     if kind is bool:
-        datatype, data = "BOOL", [prediction]
-    elif kind is float:
-        datatype, data = "FP64", [prediction]
-    elif kind is int and _INT64_LOW <= prediction <= _INT64_HIGH:
-        datatype, data = "INT64", [prediction]
-    else:
-        datatype, data = "BYTES", [label_text(prediction)]
+        return "BOOL", prediction
+    if kind is float:
+        return "FP64", prediction
+    if kind is int and _INT64_LOW <= prediction <= _INT64_HIGH:
+        return "INT64", prediction
+    return "BYTES", label_text(prediction)
+
+
+def _one_row_tensors(prediction: Any, proba: Mapping[Any, float] | None) -> dict[str, Any]:
+    """`output_tensors` of one row, the same tensors by fewer steps."""
+    datatype, value = _one_row_prediction(prediction)
     tensors: dict[str, Any] = {
-        "prediction": {"name": "prediction", "datatype": datatype, "shape": [1], "data": data}
+        "prediction": {"name": "prediction", "datatype": datatype, "shape": [1], "data": [value]}
     }
     if proba:
         classes = {label_text(c): c for c in proba}
         for text in sorted(classes):
             name = PROBA_PREFIX + text
-            value = [float(_plain(proba[classes[text]]))]
-            tensors[name] = {"name": name, "datatype": "FP64", "shape": [1], "data": value}
+            data = [float(_plain(proba[classes[text]]))]
+            tensors[name] = {"name": name, "datatype": "FP64", "shape": [1], "data": data}
     return tensors
 
 
 _INT64_LOW, _INT64_HIGH = INT_RANGES["INT64"]
+_PREDICTION_JSON: Final = {
+    t: b'{"name":"prediction","datatype":"%b","shape":[1],"data":[' % t.encode()
+    for t in ("BOOL", "FP64", "INT64", "BYTES")
+}
+_CACHED_LABELS: Final = frozenset({bool, int, str})
+"""Labels whose text equal labels share (not floats: 0.0 == -0.0)."""
+_CLASS_JSON: dict[tuple[tuple[Any, ...], tuple[type, ...]], tuple[tuple[Any, bytes], ...]] = {}
+
+
+def _class_tensors(proba: Mapping[Any, float]) -> tuple[tuple[Any, bytes], ...]:
+    """Each class of ``proba`` in the order of `output_tensors`, with the JSON of its tensor
+    up to its value; kept for the next answer with the same classes (of the same types)."""
+    types = tuple(map(type, proba))
+    key = (tuple(proba), types)
+    found = _CLASS_JSON.get(key)
+    if found is None:
+        classes = {label_text(c): c for c in proba}
+        found = tuple(
+            (
+                classes[text],
+                b',{"name":%b,"datatype":"FP64","shape":[1],"data":['
+                % orjson.dumps(PROBA_PREFIX + text),
+            )
+            for text in sorted(classes)
+        )
+        if _CACHED_LABELS.issuperset(types):
+            if len(_CLASS_JSON) >= 256:  # a bound, for models whose classes keep changing
+                _CLASS_JSON.clear()
+            _CLASS_JSON[key] = found
+    return found
+
+
+def one_row_answer(
+    head: dict[str, Any], prediction: Any, proba: Mapping[Any, float] | None
+) -> bytes:
+    """``orjson.dumps({**head, "outputs": [...]})`` of one row's answer with all its output
+    tensors (`output_tensors`), the same bytes from pieces of JSON (≈ 1.9 µs instead of 3.4
+    for a binary classifier): the commonest answer."""
+    kind = prediction.__class__
+    if kind is bool:  # the commonest labels, without the calls
+        datatype, value = "BOOL", prediction
+    elif kind is float:
+        datatype, value = "FP64", prediction
+    else:
+        datatype, value = _one_row_prediction(prediction)
+    dumps = orjson.dumps
+    parts = [dumps(head, option=orjson.OPT_NON_STR_KEYS)[:-1], b',"outputs":[']
+    parts += (_PREDICTION_JSON[datatype], dumps(value), b"]}")
+    if proba:
+        for c, tensor in _class_tensors(proba):
+            p = proba[c]
+            parts += (tensor, dumps(p if p.__class__ is float else float(_plain(p))), b"]}")
+    parts.append(b"]}")
+    return b"".join(parts)
 
 
 def infer_outputs(
-    served: ServedModel,
-    rows: list[dict[str, Any]],
-    requested: list[dict[str, Any]] | None,
-    *,
-    complete: bool = False,
+    served: ServedModel, rows: list[dict[str, Any]], requested: list[dict[str, Any]] | None
 ) -> list[dict[str, Any]]:
-    """The output tensors for ``rows``; the model's input errors propagate. ``complete``: no
-    row has a ``null`` (`ServedModel.predict`)."""
+    """The output tensors for ``rows``; the model's input errors propagate."""
     if len(rows) == 1:
-        prediction, proba = served.predict(rows[0], complete=complete)
+        prediction, proba = served.predict(rows[0])
         tensors = _one_row_tensors(prediction, proba if served.kind == "classifier" else None)
         return select_outputs(tensors, requested)
     predictions: list[Any] = []
     probabilities: list[Mapping[Any, float] | None] = []
     for x in rows:
-        prediction, proba = served.predict(x, complete=complete)
+        prediction, proba = served.predict(x)
         predictions.append(prediction)
         probabilities.append(proba if served.kind == "classifier" else None)
     return select_outputs(output_tensors(predictions, probabilities), requested)

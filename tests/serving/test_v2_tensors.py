@@ -10,7 +10,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.v2_tensors import _one_row_tensors, output_tensors
+from serving.v2_tensors import _one_row_tensors, one_row_answer, output_tensors
 
 labels = (
     st.none()
@@ -37,3 +37,27 @@ def test_one_row_tensors_are_the_general_ones(prediction: Any, proba: Any) -> No
     assert fast == general
     assert list(fast) == list(general)
     assert orjson.dumps(list(fast.values())) == orjson.dumps(list(general.values()))
+
+
+@settings(max_examples=500)
+@given(prediction=labels, proba=probabilities, samples=st.none() | st.integers(0, 10**6))
+def test_one_row_answer_is_the_json_of_the_general_answer(
+    prediction: Any, proba: Any, samples: int | None
+) -> None:
+    """Twice: the second answer reads the classes' pieces kept by the first."""
+    head = {"model_name": "m", "model_version": "3", "parameters": {"samples_learned": samples}}
+    tensors = output_tensors([prediction], [proba])
+    expected = orjson.dumps(
+        {**head, "outputs": list(tensors.values())}, option=orjson.OPT_NON_STR_KEYS
+    )
+    assert one_row_answer(head, prediction, proba) == expected
+    assert one_row_answer(head, prediction, proba) == expected
+
+
+def test_classes_equal_but_written_differently_are_not_confused() -> None:
+    """1 == True == 1.0 and 0.0 == -0.0 as dict keys: each answer names its own classes."""
+    for proba in ({True: 0.25, False: 0.75}, {1: 0.25, 0: 0.75}, {1.0: 0.25, 0.0: 0.75},
+                  {1.0: 0.25, -0.0: 0.75}, {np.int64(1): 0.25, np.int64(0): 0.75}):  # fmt: skip
+        expected = orjson.dumps(list(output_tensors([None], [proba]).values()))
+        body = orjson.loads(one_row_answer({"model_name": "m"}, None, proba))
+        assert orjson.dumps(body["outputs"]) == expected
