@@ -19,7 +19,7 @@ COPY learners ./learners
 COPY serving ./serving
 COPY observability ./observability
 COPY console ./console
-RUN pip install .
+RUN pip install '.[parquet]'
 
 # Non-root; the state directory (pids, local key) is the only writable place it needs.
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin riverstream \

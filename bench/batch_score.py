@@ -54,15 +54,8 @@ from learners.predictor import ServedModel  # noqa: E402
 from schemas.events import EventCodec, Limits  # noqa: E402
 from stream.dev.services import free_port  # noqa: E402
 from stream.predict.answer import ModelAnswers  # noqa: E402
-from stream.predict.batch import (  # noqa: E402
-    CHUNK,
-    CsvSink,
-    JsonLinesSink,
-    Sink,
-    TableSink,
-    file_rows,
-    score_rows,
-)
+from stream.predict.batch import CHUNK, file_rows, score_rows  # noqa: E402
+from stream.predict.sinks import CsvSink, JsonLinesSink, Sink, TableSink  # noqa: E402
 from stream.store.keys import RedisKeys  # noqa: E402
 from stream.store.lookup import LookupTables  # noqa: E402
 

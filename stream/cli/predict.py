@@ -181,16 +181,9 @@ def score(
     """
     from schemas.events import Limits
     from stream.kafka.security import kafka_security
-    from stream.predict.batch import (
-        Sink,
-        TableSink,
-        file_rows,
-        file_sink,
-        kafka_rows,
-        load_served,
-        score_rows,
-    )  # fmt: skip
+    from stream.predict.batch import file_rows, kafka_rows, load_served, score_rows
     from stream.predict.graph_target import GraphTarget, load_graph_target
+    from stream.predict.sinks import Sink, TableSink, file_sink
     from stream.store.graphs import GraphStore
     from stream.store.lookup import LookupTables
     from stream.store.snapshots import open_store

@@ -21,6 +21,7 @@ from schemas.errors import SchemaError
 from schemas.events import EventCodec, FeatureEvent, LabelEvent, Limits
 from schemas.settings import Settings
 from stream.kafka.client import EventProducer, create_topics
+from stream.kafka.parquet import parquet_events
 from stream.kafka.security import kafka_security
 
 Kind = Literal["features", "labels"]
@@ -89,9 +90,9 @@ def _json(event: dict[str, object]) -> bytes:
     holds a ``null`` (or that orjson refuses) is looked at cell by cell."""
     try:
         raw = orjson.dumps(event)
-    except TypeError:
+    except TypeError as exc:  # an integer past 64 bits, or (Parquet) bytes, a decimal...
         _finite(event)
-        raise  # pragma: no cover - _finite names every integer orjson refuses
+        raise SchemaError("not_json", None, f"a value JSON cannot hold: {exc}") from None
     if b"null" in raw:
         _finite(event)
     return raw
@@ -161,16 +162,25 @@ def _csv_rows(path: Path, kind: Kind) -> Iterator[tuple[int, bytes | SchemaError
 
 
 def read_rows(path: Path, kind: Kind) -> Iterator[tuple[int, bytes | SchemaError]]:
-    """(line number, the event's raw JSON bytes) of a JSON Lines or CSV file, or a
-    `SchemaError` for a CSV row that cannot be an event (cells not matching the header, a
-    number out of float range); the JSON is validated by the caller, with the learner's codec.
+    """(line number, the event's raw JSON bytes) of a JSON Lines, CSV or Parquet file (for
+    Parquet, the row number), or a `SchemaError` for a row that cannot be an event (CSV cells
+    not matching the header, a number out of float range, a value JSON cannot hold); the JSON is
+    validated by the caller, with the learner's codec. Parquet: `stream.kafka.parquet`.
 
     CSV: a header names the columns; ``id`` and ``time`` (and ``label`` for labels) are the
     event's, every other column is a feature (of feature events). A cell reads as JSON would
     have it (`_cell`): empty is null, ``true``/``false`` booleans, then numbers, else text.
     """
-    if path.suffix.lower() == ".csv":
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
         yield from _csv_rows(path, kind)
+        return
+    if suffix == ".parquet":
+        for number, event in parquet_events(path, kind):
+            try:
+                yield number, _json(event)
+            except SchemaError as exc:
+                yield number, exc
         return
     with path.open("rb") as handle:
         for line, raw in enumerate(handle, start=1):

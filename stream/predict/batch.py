@@ -3,17 +3,16 @@ one version of a serving graph.
 
 ``riverstream score TARGET INPUT --out OUTPUT [--version V] [--into redis]``:
 
-- INPUT is a file in the formats of ``riverstream publish features`` (JSON Lines, or CSV with
-  ``id`` and ``time`` columns; read by `stream.kafka.publish.read_rows` and validated by the same
-  codec as the learner), or ``kafka:TOPIC[:FROM-TO]``: every partition of TOPIC as it stands
+- INPUT is a file in the formats of ``riverstream publish features`` (JSON Lines, or CSV or
+  Parquet with ``id`` and ``time`` columns; read by `stream.kafka.publish.read_rows` and
+  validated by the same codec as the learner), or ``kafka:TOPIC[:FROM-TO]``: every partition of TOPIC as it stands
   when the run starts, partition by partition in offset order, optionally keeping only events
   whose time is in the closed range [FROM, TO] (event times, as in ``snapshots rollback
   --exclude``).
 - OUTPUT is JSON Lines (``.jsonl``/``.json``: one answer per line, `answer_body`'s fields and
-  order, encoded like the API's answers) or CSV (``.csv``: columns ``id, target, versions,
-  prediction, probabilities, decided_by``; the cells of ``versions``, ``prediction`` and
-  ``probabilities`` hold JSON). Parquet is refused: it needs pyarrow, which riverstream does not
-  depend on.
+  order, encoded like the API's answers), CSV or Parquet (``.csv``, ``.parquet``: columns
+  ``id, target, versions, prediction, probabilities, decided_by``; the cells of ``versions``,
+  ``prediction`` and ``probabilities`` hold JSON): `stream.predict.sinks`.
 - With ``--into redis`` the answers also become a lookup table served by ``GET
   /v1/models/{name}/predictions/{id}`` (`stream.store.lookup`).
 
@@ -39,7 +38,6 @@ and counted; it is never dropped silently.
 
 from __future__ import annotations
 
-import csv
 import gc
 import math
 import time
@@ -48,7 +46,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any, Protocol, cast
+from typing import Any, cast
 
 from learners.predictor import ServedModel
 from schemas.errors import KafkaAdapterError, RiverstreamError, SchemaError
@@ -56,9 +54,10 @@ from schemas.events import EventCodec, FeatureEvent, Limits
 from stream.kafka.client import partitions_for
 from stream.kafka.publish import read_rows
 from stream.kafka.security import PLAINTEXT, KafkaSecurity
-from stream.predict.answer import ModelAnswers, encode, encode_value
+from stream.predict.answer import ModelAnswers, encode
 from stream.predict.graph_target import GraphTarget
-from stream.store.lookup import LookupTable, TableWriter
+from stream.predict.sinks import Sink
+from stream.store.lookup import LookupTable
 from stream.store.snapshots import SnapshotStore
 
 CHUNK = 2048
@@ -135,17 +134,9 @@ def load_served(store: SnapshotStore, name: str, version: int | None = None) -> 
 
 
 # -- inputs ------------------------------------------------------------------------------------
-def _refuse_parquet(path: Path) -> None:
-    if path.suffix.lower() == ".parquet":
-        raise RiverstreamError(
-            f"{path}: Parquet needs pyarrow, which riverstream does not depend on; "
-            "use JSON Lines (.jsonl) or CSV (.csv)"
-        )
-
-
 def file_rows(path: Path) -> Iterator[Row]:
-    """The rows of a JSON Lines or CSV file of feature events, with their line numbers."""
-    _refuse_parquet(path)
+    """The rows of a JSON Lines, CSV or Parquet file of feature events, with their line (row)
+    numbers."""
     if not path.exists():
         raise RiverstreamError(f"{path}: no such file")
     yield from read_rows(path, "features")
@@ -199,108 +190,6 @@ def kafka_rows(bootstrap: str, topic: str, *, security: KafkaSecurity = PLAINTEX
             consumer.unassign()
     finally:
         consumer.close()
-
-
-# -- outputs -----------------------------------------------------------------------------------
-class Sink(Protocol):
-    needs_body: bool
-    """Whether `write` reads the answer fields (else they are not kept: ≈ 1 µs a row)."""
-
-    def write(self, rows: list[tuple[str, dict[str, Any] | None, bytes]]) -> None:
-        """``(id, answer fields or None, answer JSON)`` of consecutive scored rows."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class JsonLinesSink:
-    needs_body = False
-
-    def __init__(self, path: Path) -> None:
-        self._file: IO[bytes] = path.open("wb")
-
-    def write(self, rows: list[tuple[str, dict[str, Any] | None, bytes]]) -> None:
-        if rows:  # one join, no per-row concatenation
-            self._file.write(b"\n".join([encoded for _, _, encoded in rows]) + b"\n")
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class CsvSink:
-    needs_body = True
-    COLUMNS = ("id", "target", "versions", "prediction", "probabilities", "decided_by")
-    GRAPH_COLUMNS = (
-        "id", "target", "graph_version", "versions", "prediction", "probabilities", "kind",
-        "path", "decided_by", "decision", "reason",
-    )  # fmt: skip
-    JSON_CELLS = frozenset(
-        ("versions", "prediction", "probabilities", "path", "decision", "reason")
-    )
-    """Columns whose cells hold JSON (``decision`` and ``reason`` may be null)."""
-
-    def __init__(self, path: Path, *, graph: bool = False) -> None:
-        self._file = path.open("w", newline="")
-        self._writer = csv.writer(self._file)
-        self._columns = self.GRAPH_COLUMNS if graph else self.COLUMNS
-        self._writer.writerow(self._columns)
-
-    def write(self, rows: list[tuple[str, dict[str, Any] | None, bytes]]) -> None:
-        def cell(value: Any) -> str:  # JSON text, strings included: "cat" is "\"cat\""
-            return encode_value(value).decode()
-
-        if self._columns is self.GRAPH_COLUMNS:
-            json_cells = self.JSON_CELLS
-            self._writer.writerows(
-                [
-                    [cell(body[c]) if c in json_cells else body[c] for c in self._columns]
-                    for _, body, _ in cast("list[tuple[str, dict[str, Any], bytes]]", rows)
-                ]
-            )
-            return
-        self._writer.writerows(
-            [
-                (
-                    body["id"],
-                    body["target"],
-                    cell(body["versions"]),
-                    cell(body["prediction"]),
-                    cell(body["probabilities"]),
-                    body["decided_by"],
-                )
-                for _, body, _ in cast("list[tuple[str, dict[str, Any], bytes]]", rows)
-            ]
-        )
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class TableSink:
-    """Rows into a Redis lookup table (`stream.store.lookup`)."""
-
-    needs_body = False
-
-    def __init__(self, writer: TableWriter) -> None:
-        self.writer = writer
-
-    def write(self, rows: list[tuple[str, dict[str, Any] | None, bytes]]) -> None:
-        for row_id, _, encoded in rows:
-            self.writer.add(row_id, encoded)
-
-    def close(self) -> None:
-        pass
-
-
-def file_sink(path: Path, *, graph: bool = False) -> Sink:
-    """The sink for ``path``'s format (by its suffix; a graph's answers with ``graph``)."""
-    _refuse_parquet(path)
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        return JsonLinesSink(path)
-    if suffix == ".csv":
-        return CsvSink(path, graph=graph)
-    raise RiverstreamError(f"{path}: unknown output format {suffix!r}; use .jsonl or .csv")
 
 
 # -- scoring -----------------------------------------------------------------------------------

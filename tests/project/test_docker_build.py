@@ -88,7 +88,7 @@ def copy_like_docker(root: Path, image: Path) -> Path:
     for op, args in instructions(DOCKERFILE.read_text()):
         if op == "WORKDIR":
             workdir = workdir / args
-        elif op == "RUN" and re.search(r"\bpip install\b.*\s\.(\s|$)", args):
+        elif op == "RUN" and re.search(r"\bpip install\b.*\s'?\.(\[[a-z,]+\])?'?(\s|$)", args):
             return image / workdir.relative_to("/")
         elif op in ("COPY", "ADD"):
             words = json.loads(args) if args.startswith("[") else shlex.split(args)

@@ -217,3 +217,59 @@ def test_the_lookup_table_serves_the_stored_answers(
         assert api.get("/v1/models/clf/predictions/u/1").status_code == 404
     # the replaced table expires after a short grace
     assert 0 < store.client.ttl(store.keys.lookup_table("clf", table["table"])) <= 60
+
+
+def test_parquet_in_and_out_hold_the_json_lines_answers(
+    kit: Any, clf: tuple[int, list[dict[str, Any]]], predict_settings: Settings, tmp_path: Path
+) -> None:
+    """A Parquet file of feature events is scored as the same events in JSON Lines are (typed
+    cells kept, an integer id read as text, a NaN as a missing value), rows JSON cannot hold are
+    reported by row number, and the Parquet output holds the CSV sink's cells, the same bytes
+    on every run of a pinned version."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    version, inputs = clf
+    names = list(inputs[0])
+    rows = [{"id": i, "time": float(i), **x} for i, x in enumerate(inputs)]
+    rows[1][names[0]] = float("nan")  # pandas' missing value
+    columns: dict[str, Any] = {k: [r[k] for r in rows] for k in ("id", "time", *names)}
+    columns["blob"] = [None] * len(rows)
+    columns["blob"][2] = b"\x00\x01"  # a value JSON cannot hold: row 3 is rejected
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table(columns), source)
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_bytes(b"".join(
+        orjson.dumps({"id": str(i), "time": float(i), "features": {
+            **x, names[0]: None if i == 1 else x[names[0]], "blob": None}}) + b"\n"
+        for i, x in enumerate(inputs) if i != 2
+    ))  # fmt: skip
+    pinned = ["--version", str(version)]
+    first, second, expected = tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "e.jsonl"
+    code, report, text = score(
+        predict_settings, ["clf", str(source), *pinned, "--out", str(first)], tmp_path / "log"
+    )
+    assert code == 1 and report["rejected"] == 1 and report["scored"] == len(inputs) - 1, text
+    assert re.search(r"line 3: not scored: not_json", text), text
+    assert score(predict_settings, ["clf", str(source), *pinned, "--out", str(second)],
+                 tmp_path / "log")[0] == 1  # fmt: skip
+    assert first.read_bytes() == second.read_bytes()
+    assert score(predict_settings, ["clf", str(jsonl), *pinned, "--out", str(expected)],
+                 tmp_path / "log")[0] == 0  # fmt: skip
+    answers = [orjson.loads(line) for line in expected.read_bytes().splitlines()]
+    table = pq.read_table(first)
+    assert table.column_names == [
+        "id",
+        "target",
+        "versions",
+        "prediction",
+        "probabilities",
+        "decided_by",
+    ]
+    got = table.to_pylist()
+    assert [r["id"] for r in got] == [str(i) for i in range(len(inputs)) if i != 2]
+    for row, answer in zip(got, answers, strict=True):
+        assert {
+            "id": row["id"], "target": row["target"], "decided_by": row["decided_by"],
+            **{k: json.loads(row[k]) for k in ("versions", "prediction", "probabilities")},
+        } == answer  # fmt: skip
