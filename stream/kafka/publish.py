@@ -85,9 +85,10 @@ def _cell(value: str) -> int | float | str | bool | None:
 
 
 def _json(event: dict[str, object]) -> bytes:
-    """The JSON of an event read from CSV, or the `SchemaError` of `_finite`. orjson writes a
-    non-finite float as ``null`` and refuses integers past 64 bits: only an event whose JSON
-    holds a ``null`` (or that orjson refuses) is looked at cell by cell."""
+    """The JSON of an event read from CSV or Parquet, or the `SchemaError` of `_finite` (or
+    ``not_json``). orjson writes a non-finite float as ``null`` and refuses integers past 64
+    bits: only an event whose JSON holds a ``null`` (or that orjson refuses) is looked at cell by
+    cell."""
     try:
         raw = orjson.dumps(event)
     except TypeError as exc:  # an integer past 64 bits, or (Parquet) bytes, a decimal...
