@@ -117,6 +117,21 @@ class CompiledGraph:
         context = Context(models, request_id, x, complete)
         return context.answer(self._run(x, context))
 
+    def outcome(
+        self,
+        x: dict[str, Any],
+        *,
+        models: ModelLookup,
+        request_id: str | None = None,
+        complete: bool = False,
+    ) -> tuple[Outcome, Context]:
+        """What `evaluate` answers, before it becomes a `GraphAnswer`: the root's `Outcome` and
+        the evaluation's `Context` (the models used, the path, the shadows), for a caller that
+        writes the answer's fields itself (`serving.graph_service`); ``context.answer(outcome)``
+        is `evaluate`'s answer."""
+        context = Context(models, request_id, x, complete)
+        return self._run(x, context), context
+
 
 _COMPILED: dict[int, tuple[GraphSpec, CompiledGraph]] = {}
 _COMPILED_MAX = 64

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from learners.graph import GraphAnswer, GraphInputError, MemberUnavailable
+from learners.graph import Context, GraphAnswer, GraphInputError, MemberUnavailable, Outcome
 from learners.predictor import MODEL_INPUT_ERRORS
 from schemas.graph_errors import GraphError
 from serving.graph_bodies import _problem, graph_body, load_graph_body, numeric_graph_body
@@ -100,25 +100,27 @@ class GraphService:
             complete = fast is not None  # numbers only, no null: nothing to filter
             parsed, ids = fast or graph_body(body, self.limits, self.max_id_length)
             models = self.lookup()
-            run = graph.compiled.evaluate
+            run = graph.compiled.outcome
             if isinstance(parsed, dict):
                 assert not isinstance(ids, list)
-                answer = run(parsed, models=models, request_id=ids, complete=complete)
-                content = {
-                    "graph": name, "graph_version": graph.version, **_fields(answer, models),
-                }  # fmt: skip
-                if answer.shadows:
-                    job = ShadowJob(name, ((answer, parsed),), models)
+                out, ctx = run(parsed, models=models, request_id=ids, complete=complete)
+                content = {"graph": name, "graph_version": graph.version, **_fields(out, ctx)}
+                if ctx.shadows:
+                    job = ShadowJob(name, ((ctx.answer(out), parsed),), models)
             else:
                 assert isinstance(ids, list)
-                answers = [
+                outcomes = [
                     run(x, models=models, request_id=i) for x, i in zip(parsed, ids, strict=True)
                 ]
                 content = {
                     "graph": name, "graph_version": graph.version,
-                    "predictions": [_fields(a, models) for a in answers],
+                    "predictions": [_fields(out, ctx) for out, ctx in outcomes],
                 }  # fmt: skip
-                shadowed = tuple((a, x) for a, x in zip(answers, parsed, strict=True) if a.shadows)
+                shadowed = tuple(
+                    (ctx.answer(out), x)
+                    for (out, ctx), x in zip(outcomes, parsed, strict=True)
+                    if ctx.shadows
+                )
                 if shadowed:
                     job = ShadowJob(name, shadowed, models)
             status = 200
@@ -143,21 +145,22 @@ class _TooLarge(Exception):
     pass
 
 
-def _fields(answer: GraphAnswer, models: ServedModels) -> dict[str, Any]:
-    """The answer's fields; ``versions`` and ``samples_learned`` name the state of every member
-    used (a member may be served by a live update continuing its version: `stream.store.live`)."""
-    learned = {}
-    for member in answer.versions:
-        served = models.get(member)
-        learned[member] = None if served is None else served.samples_learned
+def _fields(out: Outcome, ctx: Context) -> dict[str, Any]:
+    """The answer's fields (`learners.graph.GraphAnswer`'s, written from the evaluation's
+    outcome); ``versions`` and ``samples_learned`` name the state of every member used (a member
+    may be served by a live update continuing its version: `stream.store.live`)."""
+    versions, learned = {}, {}
+    for member, model in ctx.used.items():
+        versions[member] = model.version
+        learned[member] = getattr(model, "samples_learned", None)
     return {
-        "versions": answer.versions,
+        "versions": versions,
         "samples_learned": learned,
-        "prediction": answer.prediction,
-        "probabilities": answer.probabilities,
-        "kind": answer.kind,
-        "path": list(answer.path),
-        "decided_by": answer.decided_by,
-        "decision": answer.decision,
-        "reason": answer.reason,
+        "prediction": out.prediction,
+        "probabilities": out.probabilities,
+        "kind": out.kind,
+        "path": ctx.path,
+        "decided_by": out.decided_by,
+        "decision": out.decision,
+        "reason": out.reason,
     }
