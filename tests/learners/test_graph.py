@@ -369,7 +369,7 @@ def test_switch_branches(x: dict[str, Any], prediction: float, path: str, decide
     assert (answer.prediction, answer.path, answer.decided_by) == (prediction, (path,), decided_by)
     assert list(answer.versions) == [{1.0: "fr", 2.0: "big", 3.0: "global"}[prediction]]
     # the outcome and context the HTTP route writes its answer from are that answer
-    out, ctx = compile_graph(g(SWITCH)).outcome(x, models=StaticModels(ROUTES))
+    out, ctx = g(SWITCH).outcome(x, models=StaticModels(ROUTES))
     assert ctx.answer(out) == answer
 
 
