@@ -108,6 +108,7 @@ from serving.v2_tensors import (
     V2Error,
     _error,
     _json,
+    answer_head,
     infer_outputs,
     model_metadata,
     one_row_answer,
@@ -172,6 +173,19 @@ def v2_router(
                 return _error(503, f"graph {name!r}: model(s) {missing} not loaded")
         return _json({"name": name, "ready": True})
 
+    heads: dict[str, tuple[tuple[Any, ...], bytes]] = {}  # by model: state named, head
+
+    def head_of(name: str, served: ServedModel) -> bytes:
+        """`answer_head` of a model's answers (``model_version`` and ``samples_learned`` name
+        the state answering), kept while the model serves the same state."""
+        state = (served.version, served.samples_learned, served.live)
+        kept = heads.get(name)
+        if kept is None or kept[0] != state:
+            fields = {"model_name": name, "model_version": str(served.version),
+                      "parameters": {"samples_learned": state[1], "live": state[2]}}  # fmt: skip
+            kept = heads[name] = (state, answer_head(fields))
+        return kept[1]
+
     def answer(
         name: str, version: str | None, raw: bytes | None, headers: Mapping[str, str]
     ) -> tuple[dict[str, Any] | bytes, Any]:
@@ -201,13 +215,11 @@ def v2_router(
                 raise V2Error(
                     400, f"the model cannot use these features: {type(exc).__name__}: {exc}"
                 ) from None
+            if row is not None:
+                proba = proba if target.kind == "classifier" else None
+                return one_row_answer(head_of(name, target), prediction, proba), None
             served_version = target.version
             state = {"samples_learned": target.samples_learned, "live": target.live}
-            if row is not None:  # model_version and samples_learned name the state answering
-                head: dict[str, Any] = {"model_name": name, "model_version": str(served_version)}
-                head["parameters"] = state
-                proba = proba if target.kind == "classifier" else None
-                return one_row_answer(head, prediction, proba), None
         else:
             assert graphs is not None
             body: dict[str, Any] = {"instances": rows}

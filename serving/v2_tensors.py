@@ -292,12 +292,16 @@ def _class_tensors(proba: Mapping[Any, float]) -> tuple[tuple[Any, bytes], ...]:
     return found
 
 
-def one_row_answer(
-    head: dict[str, Any], prediction: Any, proba: Mapping[Any, float] | None
-) -> bytes:
-    """``orjson.dumps({**head, "outputs": [...]})`` of one row's answer with all its output
-    tensors (`output_tensors`), the same bytes from pieces of JSON (≈ 1.9 µs instead of 3.4
-    for a binary classifier): the commonest answer."""
+def answer_head(fields: dict[str, Any]) -> bytes:
+    """The JSON of an answer's ``fields`` up to its ``outputs``: `one_row_answer`'s head."""
+    return orjson.dumps(fields, option=orjson.OPT_NON_STR_KEYS)[:-1] + b',"outputs":['
+
+
+def one_row_answer(head: bytes, prediction: Any, proba: Mapping[Any, float] | None) -> bytes:
+    """``orjson.dumps({**fields, "outputs": [...]})`` of one row's answer with all its output
+    tensors (`output_tensors`), ``head`` being `answer_head` of the fields: the same bytes,
+    from pieces of JSON (≈ 1.5 µs instead of 3.4 for a binary classifier), for the commonest
+    answer."""
     kind = prediction.__class__
     if kind is bool:  # the commonest labels, without the calls
         datatype, value = "BOOL", prediction
@@ -306,8 +310,7 @@ def one_row_answer(
     else:
         datatype, value = _one_row_prediction(prediction)
     dumps = orjson.dumps
-    parts = [dumps(head, option=orjson.OPT_NON_STR_KEYS)[:-1], b',"outputs":[']
-    parts += (_PREDICTION_JSON[datatype], dumps(value), b"]}")
+    parts = [head, _PREDICTION_JSON[datatype], dumps(value), b"]}"]
     if proba:
         for c, tensor in _class_tensors(proba):
             p = proba[c]

@@ -10,7 +10,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.v2_tensors import _one_row_tensors, one_row_answer, output_tensors
+from serving.v2_tensors import _one_row_tensors, answer_head, one_row_answer, output_tensors
 
 labels = (
     st.none()
@@ -50,8 +50,8 @@ def test_one_row_answer_is_the_json_of_the_general_answer(
     expected = orjson.dumps(
         {**head, "outputs": list(tensors.values())}, option=orjson.OPT_NON_STR_KEYS
     )
-    assert one_row_answer(head, prediction, proba) == expected
-    assert one_row_answer(head, prediction, proba) == expected
+    assert one_row_answer(answer_head(head), prediction, proba) == expected
+    assert one_row_answer(answer_head(head), prediction, proba) == expected
 
 
 def test_classes_equal_but_written_differently_are_not_confused() -> None:
@@ -59,5 +59,5 @@ def test_classes_equal_but_written_differently_are_not_confused() -> None:
     for proba in ({True: 0.25, False: 0.75}, {1: 0.25, 0: 0.75}, {1.0: 0.25, 0.0: 0.75},
                   {1.0: 0.25, -0.0: 0.75}, {np.int64(1): 0.25, np.int64(0): 0.75}):  # fmt: skip
         expected = orjson.dumps(list(output_tensors([None], [proba]).values()))
-        body = orjson.loads(one_row_answer({"model_name": "m"}, None, proba))
+        body = orjson.loads(one_row_answer(answer_head({"model_name": "m"}), None, proba))
         assert orjson.dumps(body["outputs"]) == expected
