@@ -76,7 +76,8 @@ def numeric_graph_body(
     features = finite_features(body.get("features"), limits)
     if features is None or (len(body) == 2 and "id" not in body):
         return None
-    return features, _request_id(body.get("id"), ["id"], max_id_length)
+    request_id = body.get("id")
+    return features, None if request_id is None else _request_id(request_id, ["id"], max_id_length)
 
 
 def graph_body(

@@ -4,7 +4,7 @@ the answer (status, body, shadows) to a graph predict request (`serving.graphs` 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from learners.graph import Context, GraphAnswer, GraphInputError, MemberUnavailable, Outcome
@@ -17,6 +17,7 @@ from stream.store.graph_follower import GraphFollower, ServedGraph, ServedModels
 from stream.store.graphs import GraphStore
 
 if TYPE_CHECKING:
+    from learners.predictor import ServedModel
     from schemas.settings import Settings
     from serving.telemetry import ServingMetrics
     from stream.store.follower import SnapshotFollower
@@ -56,6 +57,7 @@ class GraphService:
         self.observe: Observe = observe if observe is not None else metrics.observe_request
         self.shadows = ShadowRunner(self.metrics)
         self._weights: dict[tuple[str, int], float | None] = {}  # by_metric, per model version
+        self._view: tuple[Mapping[str, ServedModel], ServedModels] | None = None
 
     def start(self) -> None:
         self.follower.start()
@@ -65,8 +67,13 @@ class GraphService:
         self.shadows.stop()
 
     def lookup(self) -> ServedModels:
-        """The models as served now, for one request (or one batch)."""
-        return ServedModels(self.models.served, self.metric, self._weights)
+        """The models as served now, for one request (or one batch): one view per mapping the
+        follower serves (it swaps in a new mapping, never edits one)."""
+        served = self.models.served
+        view = self._view
+        if view is None or view[0] is not served:
+            view = self._view = (served, ServedModels(served, self.metric, self._weights))
+        return view[1]
 
     def evaluate(
         self, name: str, x: dict[str, Any], request_id: str | None = None
