@@ -31,10 +31,17 @@ def bare_river(samples: list, spec: ModelSpec) -> float:
     return time.perf_counter() - start
 
 
-def learning_core(events: list, spec: ModelSpec, batch: int) -> tuple[float, LearningCore]:
+def learning_core(
+    events: list, spec: ModelSpec, batch: int, *, stubbed: bool = False
+) -> tuple[float, LearningCore]:
     """Pushed a batch at a time, each topic's events of the batch as one run (as the learner
-    pushes what it consumed), then advanced to the batch's last time."""
+    pushes what it consumed), then advanced to the batch's last time. ``stubbed``: the model
+    neither predicts nor learns (what the join and the core's bookkeeping cost alone)."""
     core = LearningCore([spec])
+    if stubbed:
+        state = core.models[spec.name]
+        state.predict = lambda x: (None, None)  # type: ignore[method-assign]
+        state.learn = lambda x, y, prediction: None  # type: ignore[method-assign]
     offsets = [0, 0]
     start = time.perf_counter()
     for first in range(0, len(events), batch):
@@ -68,10 +75,17 @@ def main() -> None:
     core_time, core = min(runs, key=lambda run: run[0])
     assert core.counters.labels_joined == args.samples
 
+    stub_time = min(
+        learning_core(events, spec, args.batch, stubbed=True)[0] for _ in range(args.repeat)
+    )
+
     bare_rate, core_rate = args.samples / bare, args.samples / core_time
+    stub_rate = args.samples / stub_time
     print(f"samples={args.samples} delay={args.delay} batch={args.batch} model=logreg")
     print(f"bare River loop : {bare_rate:10,.0f} samples/s  ({1e6 / bare_rate:6.1f} µs/sample)")
     print(f"LearningCore    : {core_rate:10,.0f} samples/s  ({1e6 / core_rate:6.1f} µs/sample)")
+    print(f"  model stubbed : {stub_rate:10,.0f} samples/s  ({1e6 / stub_rate:6.1f} µs/sample)"
+          "  (the join and the core's bookkeeping alone)")  # fmt: skip
     print(f"ratio core/bare : {core_rate / bare_rate:.2f}")
 
 
