@@ -264,7 +264,8 @@ def test_dockerfile() -> None:
     ]
     first = [args for op, *args in instructions if op == "FROM"]
     assert first and first[0][0].strip() == "python:3.11-slim"
-    assert re.search(r"pip install [^\n]*'?\.(\[[a-z,]+\])?'?(\s|$)", text)  # the project, extras too
+    # the project itself, with extras or not: pip install . / '.[parquet]'
+    assert re.search(r"pip install [^\n]*'?\.(\[[a-z,]+\])?'?(\s|$)", text)
     users = [args[0].strip() for op, *args in instructions if op == "USER"]
     assert users and users[-1] not in {"root", "0"}, "the image must run as a non-root user"
     entrypoints = [args[0].strip() for op, *args in instructions if op == "ENTRYPOINT"]
