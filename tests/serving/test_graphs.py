@@ -375,7 +375,7 @@ def test_a_graph_version_swaps_live_and_requests_never_fail(
 
 
 def test_a_member_that_disappears_gives_503_with_the_reason(
-    serve, graphs: GraphRegistry, store: SnapshotStore, published: dict[str, int]
+    kit: Any, serve, graphs: GraphRegistry, store: SnapshotStore, published: dict[str, int]
 ) -> None:
     graphs.apply({"name": "g", "root": {"ensemble": {"members": ["lr", "tree"]}}})
     shadowed = {"shadow": {"primary": "lr", "shadows": ["tree"]}}
@@ -398,12 +398,13 @@ def test_a_member_that_disappears_gives_503_with_the_reason(
         # a shadow whose model is gone fails off the response path: the request is fine
         response = client.post("/v1/graphs/s/predict", json={"features": inputs[0]})
         assert response.status_code == 200 and response.json()["graph_version"] == v_shadow
-        assert app.state.graphs.shadows.wait_idle(10)
-        text = client.get("/metrics").text
-        assert (
+        # queued once the response is sent: wait for the failed run to be counted
+        failed = (
             'riverstream_shadow_errors_total{graph="s",reason="member_unavailable",'
             'shadow="root.shadow.shadows[0]"} 1.0'
-        ) in text
+        )
+        kit.wait_until(lambda: failed in client.get("/metrics").text)
+        assert app.state.graphs.shadows.wait_idle(10)
 
 
 def test_bad_requests_are_4xx(serve, graphs: GraphRegistry) -> None:
