@@ -114,8 +114,8 @@ class CompiledGraph:
     ) -> GraphAnswer:
         """The graph's answer to features ``x`` (never modified); see `evaluate`. ``complete``:
         the caller knows ``x`` holds no ``null`` (the members skip that filter)."""
-        context = Context(models, request_id, x, complete)
-        return context.answer(self._run(x, context))
+        out, context = self.outcome(x, models=models, request_id=request_id, complete=complete)
+        return context.answer(out)
 
     def outcome(
         self,
@@ -128,7 +128,7 @@ class CompiledGraph:
         """What `evaluate` answers, before it becomes a `GraphAnswer`: the root's `Outcome` and
         the evaluation's `Context` (the models used, the path, the shadows), for a caller that
         writes the answer's fields itself (`serving.graph_service`); ``context.answer(outcome)``
-        is `evaluate`'s answer."""
+        is `evaluate`'s answer. ``complete`` as in `evaluate`."""
         context = Context(models, request_id, x, complete)
         return self._run(x, context), context
 
