@@ -244,21 +244,6 @@ def _one_row_prediction(prediction: Any) -> tuple[str, Any]:
     return "BYTES", label_text(prediction)
 
 
-def _one_row_tensors(prediction: Any, proba: Mapping[Any, float] | None) -> dict[str, Any]:
-    """`output_tensors` of one row, the same tensors by fewer steps."""
-    datatype, value = _one_row_prediction(prediction)
-    tensors: dict[str, Any] = {
-        "prediction": {"name": "prediction", "datatype": datatype, "shape": [1], "data": [value]}
-    }
-    if proba:
-        classes = {label_text(c): c for c in proba}
-        for text in sorted(classes):
-            name = PROBA_PREFIX + text
-            data = [float(_plain(proba[classes[text]]))]
-            tensors[name] = {"name": name, "datatype": "FP64", "shape": [1], "data": data}
-    return tensors
-
-
 _INT64_LOW, _INT64_HIGH = INT_RANGES["INT64"]
 _PREDICTION_JSON: Final = {
     t: b'{"name":"prediction","datatype":"%b","shape":[1],"data":[' % t.encode()
@@ -322,11 +307,8 @@ def one_row_answer(head: bytes, prediction: Any, proba: Mapping[Any, float] | No
 def infer_outputs(
     served: ServedModel, rows: list[dict[str, Any]], requested: list[dict[str, Any]] | None
 ) -> list[dict[str, Any]]:
-    """The output tensors for ``rows``; the model's input errors propagate."""
-    if len(rows) == 1:
-        prediction, proba = served.predict(rows[0])
-        tensors = _one_row_tensors(prediction, proba if served.kind == "classifier" else None)
-        return select_outputs(tensors, requested)
+    """The output tensors for ``rows``; the model's input errors propagate (the commonest
+    answer, one row with all its outputs, is rendered by `one_row_answer` instead)."""
     predictions: list[Any] = []
     probabilities: list[Mapping[Any, float] | None] = []
     for x in rows:

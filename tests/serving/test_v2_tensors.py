@@ -1,5 +1,5 @@
-"""`serving.v2_tensors`: the one-row answer (the commonest) gives the tensors, and the bytes, of
-the general one, whatever the labels and probabilities."""
+"""`serving.v2_tensors`: the one-row answer (the commonest) gives the bytes of the general one,
+whatever the labels and probabilities."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.v2_tensors import _one_row_tensors, answer_head, one_row_answer, output_tensors
+from serving.v2_tensors import answer_head, one_row_answer, output_tensors
 
 labels = (
     st.none()
@@ -27,16 +27,6 @@ probabilities = st.none() | st.dictionaries(
     labels.filter(lambda c: c is not None), st.floats(0, 1) | st.floats(0, 1).map(np.float64),
     max_size=4,
 )  # fmt: skip
-
-
-@settings(max_examples=500)
-@given(prediction=labels, proba=probabilities)
-def test_one_row_tensors_are_the_general_ones(prediction: Any, proba: Any) -> None:
-    fast = _one_row_tensors(prediction, proba)
-    general = output_tensors([prediction], [proba])
-    assert fast == general
-    assert list(fast) == list(general)
-    assert orjson.dumps(list(fast.values())) == orjson.dumps(list(general.values()))
 
 
 @settings(max_examples=500)
