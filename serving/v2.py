@@ -181,8 +181,7 @@ def v2_router(
         state = (served.version, served.samples_learned, served.live)
         kept = heads.get(name)
         if kept is None or kept[0] != state:
-            fields = {"model_name": name, "model_version": str(served.version),
-                      "parameters": {"samples_learned": state[1], "live": state[2]}}  # fmt: skip
+            fields = _answer_fields(name, served.version, None, _parameters(served))
             kept = heads[name] = (state, answer_head(fields))
         return kept[1]
 
@@ -219,7 +218,7 @@ def v2_router(
                 proba = proba if target.kind == "classifier" else None
                 return one_row_answer(head_of(name, target), prediction, proba), None
             served_version = target.version
-            state = {"samples_learned": target.samples_learned, "live": target.live}
+            state = _parameters(target)
         else:
             assert graphs is not None
             body: dict[str, Any] = {"instances": rows}
@@ -232,11 +231,7 @@ def v2_router(
             outputs = graph_outputs(content, requested)
             served_version = content["graph_version"]
             state = None
-        answer: dict[str, Any] = {"model_name": name, "model_version": str(served_version)}
-        if request_id is not None:
-            answer["id"] = request_id
-        if state is not None:  # model_version and samples_learned name the state answering
-            answer["parameters"] = state
+        answer = _answer_fields(name, served_version, request_id, state)
         answer["outputs"] = outputs
         return answer, job
 
@@ -321,3 +316,21 @@ def v2_router(
         return await infer(name, version, request)
 
     return router
+
+
+def _parameters(served: ServedModel) -> dict[str, Any]:
+    """An answer's ``parameters``: with ``model_version`` they name the state answering."""
+    return {"samples_learned": served.samples_learned, "live": served.live}
+
+
+def _answer_fields(
+    name: str, version: int | str, request_id: str | None, parameters: dict[str, Any] | None
+) -> dict[str, Any]:
+    """An infer answer's fields before its ``outputs``, in their order (the general answers and
+    the rendered head of the commonest, `answer_head`, both start with them)."""
+    fields: dict[str, Any] = {"model_name": name, "model_version": str(version)}
+    if request_id is not None:
+        fields["id"] = request_id
+    if parameters is not None:
+        fields["parameters"] = parameters
+    return fields
