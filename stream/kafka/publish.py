@@ -124,8 +124,9 @@ def _finite(row: dict[str, object]) -> dict[str, object]:
 _INT_LOW, _UINT_HIGH = -(2**63), 2**64 - 1  # what orjson writes
 
 
-def _csv_rows(path: Path, kind: Kind) -> Iterator[tuple[int, bytes | SchemaError]]:
-    """The rows of a CSV file as the events' JSON (see `read_rows`)."""
+def _csv_events(path: Path, kind: Kind) -> Iterator[tuple[int, dict[str, object] | SchemaError]]:
+    """``(line, the event as a dict)`` of each row of a CSV file, or the `SchemaError` of a row
+    whose cells do not match the header (see `read_rows`)."""
     label = kind == "labels"
     with path.open(newline="") as handle:
         reader = csv.reader(handle)
@@ -156,10 +157,7 @@ def _csv_rows(path: Path, kind: Kind) -> Iterator[tuple[int, bytes | SchemaError
                 event["features"] = {
                     name: _cell(cells[i]) for name, i in zip(names, columns, strict=True)
                 }
-            try:
-                yield line, _json(event)
-            except SchemaError as exc:
-                yield line, exc
+            yield line, event
 
 
 def read_rows(path: Path, kind: Kind) -> Iterator[tuple[int, bytes | SchemaError]]:
@@ -173,11 +171,12 @@ def read_rows(path: Path, kind: Kind) -> Iterator[tuple[int, bytes | SchemaError
     have it (`_cell`): empty is null, ``true``/``false`` booleans, then numbers, else text.
     """
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        yield from _csv_rows(path, kind)
-        return
-    if suffix == ".parquet":
-        for number, event in parquet_events(path, kind):
+    if suffix in (".csv", ".parquet"):
+        events = _csv_events(path, kind) if suffix == ".csv" else parquet_events(path, kind)
+        for number, event in events:
+            if isinstance(event, SchemaError):
+                yield number, event
+                continue
             try:
                 yield number, _json(event)
             except SchemaError as exc:
