@@ -29,6 +29,7 @@ False
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -83,6 +84,11 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool))
 
 
+_ORDER: dict[str, Callable[[Any, Any], bool]] = {
+    "gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le,
+}  # fmt: skip
+
+
 def _equal(v: Any, value: Any) -> bool:
     return v is not None and (type(v) is bool) is (type(value) is bool) and v == value
 
@@ -91,14 +97,14 @@ def _comparison(c: Comparison) -> Test:
     get, op, value = _getter(c), c.op, c.value
     if op == "is_missing":
         return lambda x, p, q: (get(x, p, q) is None) is value
-    if op == "gt":
-        return lambda x, p, q: _is_number(v := get(x, p, q)) and v > value
-    if op == "ge":
-        return lambda x, p, q: _is_number(v := get(x, p, q)) and v >= value
-    if op == "lt":
-        return lambda x, p, q: _is_number(v := get(x, p, q)) and v < value
-    if op == "le":
-        return lambda x, p, q: _is_number(v := get(x, p, q)) and v <= value
+    compare = _ORDER.get(op)
+    if compare is not None:
+
+        def ordered(x: Mapping[str, Any], p: Any, q: Mapping[Any, float] | None) -> bool:
+            v = get(x, p, q)  # a float is the commonest value: no call to check it
+            return (v.__class__ is float or _is_number(v)) and compare(v, value)
+
+        return ordered
     if op == "eq":
         return lambda x, p, q: _equal(get(x, p, q), value)
     if op == "ne":

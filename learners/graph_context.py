@@ -8,7 +8,8 @@ of splits. The vocabulary that `learners.graph` (the compiled graph) and `learne
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -37,10 +38,31 @@ class ModelLookup(Protocol):
     """Where a graph finds its models. ``get`` gives the model served under a name, or ``None``;
     ``metric`` its live progressive metric for ``weights: by_metric``, where higher is better:
     a caller tracking a loss (MAE, log loss) passes a transformed value, ``1 / (1 + loss)``
-    say. ``None``, a negative or a non-finite metric weighs 0; all 0 means equal weights."""
+    say; ``weights`` the members' normalised weights, `metric_weights` of the lookup (which a
+    lookup that never changes may remember)."""
 
     def get(self, name: str) -> Predicts | None: ...
     def metric(self, name: str) -> float | None: ...
+    def weights(self, names: tuple[str, ...]) -> list[float]: ...
+
+
+def metric_weights(models: ModelLookup, names: Sequence[str]) -> list[float]:
+    """The normalised ``by_metric`` weights of the models ``names`` (higher is better): a
+    ``None``, negative or non-finite metric weighs 0; when none is positive, all weigh the same.
+
+    >>> metric_weights(StaticModels({}, {"a": 3.0, "b": float("nan"), "c": 1.0}), "abc")
+    [0.75, 0.0, 0.25]
+    """
+    weights = []
+    total = 0.0
+    for name in names:
+        m = models.metric(name)
+        w = float(m) if m is not None and m > 0 and math.isfinite(m) else 0.0
+        weights.append(w)
+        total += w
+    if total <= 0:
+        return [1.0 / len(names)] * len(names)
+    return [w / total for w in weights]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +77,9 @@ class StaticModels:
 
     def metric(self, name: str) -> float | None:
         return self.metrics.get(name)
+
+    def weights(self, names: tuple[str, ...]) -> list[float]:
+        return metric_weights(self, names)
 
 
 class MemberUnavailable(RiverstreamError):
@@ -107,6 +132,15 @@ class Context:
         self.used: dict[str, Predicts] = {}
         self.path: list[str] = []
         self.shadows: list[PendingShadow] = []
+
+    def pin(self, name: str, path: str) -> Predicts:
+        """Model ``name``, looked up on its first use in this evaluation (at ``path``) and
+        pinned: a request uses one version of each model throughout."""
+        model = self.models.get(name)
+        if model is None:
+            raise MemberUnavailable(name, path)
+        self.used[name] = model
+        return model
 
     def answer(self, out: Outcome) -> GraphAnswer:
         versions = {name: model.version for name, model in self.used.items()}

@@ -29,7 +29,6 @@ Semantics, node by node:
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_right
 from collections.abc import Sequence
 from itertools import accumulate
@@ -39,8 +38,6 @@ from learners.conditions import compile_condition
 from learners.graph_context import (
     Context,
     GraphInputError,
-    MemberUnavailable,
-    ModelLookup,
     Outcome,
     PendingShadow,
     Runner,
@@ -86,10 +83,7 @@ def _model(node: ModelNode, path: str) -> Runner:
     def run(x: dict[str, Any], ctx: Context) -> Outcome:
         model = ctx.used.get(name)
         if model is None:
-            model = ctx.models.get(name)
-            if model is None:
-                raise MemberUnavailable(name, path)
-            ctx.used[name] = model
+            model = ctx.pin(name, path)
         if ctx.complete:
             prediction, probabilities = model.predict(x, complete=True)
         else:
@@ -127,24 +121,11 @@ def _sequence(node: SequenceNode, path: str) -> Runner:
 
 
 def _argmax(scores: dict[Any, float]) -> Any:
-    best = max(scores.values())
-    top = [k for k, v in scores.items() if v == best]
-    return top[0] if len(top) == 1 else min(top, key=repr)
-
-
-def metric_weights(models: ModelLookup, names: Sequence[str]) -> list[float]:
-    """Normalised weights from the members' metrics (higher is better); equal when none is
-    positive."""
-    weights = []
-    total = 0.0
-    for name in names:
-        m = models.metric(name)
-        w = float(m) if m is not None and m > 0 and math.isfinite(m) else 0.0
-        weights.append(w)
-        total += w
-    if total <= 0:
-        return [1.0 / len(names)] * len(names)
-    return [w / total for w in weights]
+    keys, values = list(scores), list(scores.values())
+    best = max(values)
+    if values.count(best) == 1:
+        return keys[values.index(best)]
+    return min((k for k, v in zip(keys, values, strict=True) if v == best), key=repr)
 
 
 def combine(
@@ -184,8 +165,10 @@ def combine(
                 sums[label] = get(label, 0.0) + w * p
         if total <= 0 or not sums:
             return Outcome(None, {}, kind, path)
-        mean = {label: s / total for label, s in sums.items()}
-        return Outcome(_argmax(mean), mean, kind, path)
+        if total != 1.0:  # normalised weights of members that all answered sum to 1
+            for label, s in sums.items():
+                sums[label] = s / total
+        return Outcome(_argmax(sums), sums, kind, path)
     acc = total = 0.0
     for o, w in zip(outs, weights, strict=True):
         if o.prediction is not None:
@@ -198,19 +181,19 @@ def _ensemble(node: EnsembleNode, path: str) -> Runner:
     runners = tuple(compile_node(m, f"{path}.members[{i}]") for i, m in enumerate(node.members))
     how = node.combine
     fixed: list[float] | None = None
-    names: list[str] = []
+    names: tuple[str, ...] = ()
     if node.weights == "by_metric":
         for i, member in enumerate(node.members):
             if not isinstance(member, ModelNode):
                 raise GraphError(f"{path}.members[{i}]", "weights: by_metric needs models")
-            names.append(member.model)
+            names += (member.model,)
     elif how == "weighted" and node.weights is not None:
         total = sum(node.weights)
         fixed = [w / total for w in node.weights]
 
     def run(x: dict[str, Any], ctx: Context) -> Outcome:
         outs = [runner(x, ctx) for runner in runners]
-        weights = metric_weights(ctx.models, names) if names else fixed
+        weights = ctx.models.weights(names) if names else fixed
         return combine(outs, how, weights, path)
 
     return run

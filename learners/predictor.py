@@ -38,6 +38,19 @@ def _check_finite(proba: dict[Any, float]) -> None:
         raise NonFiniteAnswer(f"the model's probabilities are not finite ({shown})")
 
 
+def _argmax(proba: dict[Any, float]) -> Any:
+    """River's ``Classifier.predict_one``: the first most probable class (None when empty),
+    without a Python call per class for the commonest two (≈ 0.2 µs less a prediction).
+
+    >>> _argmax({False: 0.5, True: 0.5}), _argmax({"a": 0.2, "b": 0.7, "c": 0.1}), _argmax({})
+    (False, 'b', None)
+    """
+    if len(proba) == 2:
+        a, b = proba
+        return b if proba[b] > proba[a] else a
+    return max(proba, key=proba.__getitem__) if proba else None
+
+
 # What a model may raise when the features do not suit it (a string where it needs a number,
 # an overflow...): the client's input is at fault, so this is a 422, not a 500.
 MODEL_INPUT_ERRORS = (TypeError, ValueError, KeyError, ArithmeticError)
@@ -193,7 +206,7 @@ class ServedModel:
         if self.argmax:
             proba = est.predict_proba_one(x)
             _check_finite(proba)
-            return (max(proba, key=proba.get) if proba else None), proba
+            return _argmax(proba), proba
         if self.kind == "classifier":
             proba = est.predict_proba_one(x)
             _check_finite(proba)

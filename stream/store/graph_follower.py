@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from learners.graph import CompiledGraph
+from learners.graph import CompiledGraph, metric_weights
 from schemas.errors import SnapshotError
 from schemas.graph_errors import GraphError
 from schemas.graph_parser import parse_graph
@@ -98,10 +98,11 @@ class ServedModels:
 
     ``weights``, a dict shared by the requests of a process, remembers each model version's
     ``by_metric`` weight (a version's metadata never changes); it is emptied past
-    `WEIGHTS_CACHE` entries.
+    `WEIGHTS_CACHE` entries. The normalised weights of an ensemble's members are remembered
+    by the view itself: its models never change.
     """
 
-    __slots__ = ("_metric", "_models", "_weights")
+    __slots__ = ("_metric", "_models", "_normalised", "_weights")
 
     def __init__(
         self,
@@ -112,6 +113,7 @@ class ServedModels:
         self._models = models
         self._metric = metric
         self._weights = {} if weights is None else weights
+        self._normalised: dict[tuple[str, ...], list[float]] = {}
 
     def get(self, name: str) -> ServedModel | None:
         return self._models.get(name)
@@ -130,6 +132,13 @@ class ServedModels:
             self._weights.clear()  # a long-lived process: old versions' weights go
         self._weights[key] = weight
         return weight
+
+    def weights(self, names: tuple[str, ...]) -> list[float]:
+        try:
+            return self._normalised[names]
+        except KeyError:
+            weights = self._normalised[names] = metric_weights(self, names)
+            return weights
 
 
 WEIGHTS_CACHE = 4096

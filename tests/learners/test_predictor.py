@@ -7,9 +7,11 @@ import copy
 import pickle
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from river import datasets, forest, linear_model, preprocessing, tree
 
-from learners.predictor import NonFiniteAnswer, ServedModel
+from learners.predictor import NonFiniteAnswer, ServedModel, _argmax
 
 MODELS = {
     "logreg": (lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(),
@@ -44,3 +46,29 @@ def test_made_up_features_do_not_grow_the_served_model(name: str) -> None:
         )
         prediction, proba = served.predict(x)
         assert (proba if kind == "classifier" else prediction) == expected
+
+
+@given(
+    st.dictionaries(
+        st.one_of(st.booleans(), st.integers(0, 3), st.text(max_size=2)),
+        st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]),  # few values: many ties
+        max_size=4,
+    )
+)
+def test_the_served_argmax_is_rivers_predict_one(proba: dict[object, float]) -> None:
+    """`ServedModel.predict` answers River's default ``predict_one`` from one
+    ``predict_proba_one``: the first most probable class, ties included, None when empty."""
+    river_answer = max(proba, key=proba.get) if proba else None  # base.Classifier.predict_one
+    assert _argmax(proba) == river_answer
+    assert type(_argmax(proba)) is type(river_answer)  # True stays True, never 1
+
+
+def test_served_classifiers_predict_as_river_does() -> None:
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    for x, y in datasets.Phishing().take(200):
+        model.learn_one(x, y)
+    reference = copy.deepcopy(model)
+    served = ServedModel.build("m", model, version=1, kind="classifier")
+    assert served.argmax
+    for x, _ in datasets.Phishing().take(200):
+        assert served.predict(x) == (reference.predict_one(x), reference.predict_proba_one(x))
