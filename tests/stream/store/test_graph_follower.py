@@ -136,3 +136,8 @@ def test_by_metric_weights_come_from_the_served_snapshots() -> None:
     assert ServedModels(models, "R2").metric("loss") == 0.1  # the configured metric
     assert ServedModels(models, "R2").metric("acc") is None  # a model without it weighs 0
     assert metric_weight({"LogLoss": -1.0}) is None
+    # An ensemble's normalised weights: the one rule (`metric_weights`), remembered by the view.
+    names = ("acc", "loss", "none")
+    assert lookup.weights(names) == pytest.approx([0.8 / 1.05, 0.25 / 1.05, 0.0])
+    assert lookup.weights(names) is lookup.weights(names)
+    assert ServedModels(models).weights(("none", "nometa")) == [0.5, 0.5]  # none positive
