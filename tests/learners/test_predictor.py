@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from river import datasets, forest, linear_model, preprocessing, tree
 
-from learners.predictor import NonFiniteAnswer, ServedModel, _argmax
+from learners.predictor import NonFiniteAnswer, ServedModel, _first_argmax
 
 MODELS = {
     "logreg": (lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(),
@@ -59,8 +59,8 @@ def test_the_served_argmax_is_rivers_predict_one(proba: dict[object, float]) -> 
     """`ServedModel.predict` answers River's default ``predict_one`` from one
     ``predict_proba_one``: the first most probable class, ties included, None when empty."""
     river_answer = max(proba, key=proba.get) if proba else None  # base.Classifier.predict_one
-    assert _argmax(proba) == river_answer
-    assert type(_argmax(proba)) is type(river_answer)  # True stays True, never 1
+    assert _first_argmax(proba) == river_answer
+    assert type(_first_argmax(proba)) is type(river_answer)  # True stays True, never 1
 
 
 def test_served_classifiers_predict_as_river_does() -> None:
