@@ -22,12 +22,17 @@ requests/s ratio a machine of its own would show at saturation).
 It also prints the in-process cost of each member and of the graph evaluation (no HTTP), so
 that the ratio can be read: the members' own ``predict`` costs add up, the graph adds little.
 
+``--variants`` also applies and drives ``same3`` (an ensemble of ``lr``, ``lr2``, ``lr``: the same
+code three times) and ``ens`` (the mean of the three members, no rules, no weights), and prints
+their CPU time per request beside the others: what the members cost inside the server, where
+each model's data is cold, against their in-process cost.
+
 The servers, wrk rounds and /proc readings are `serving_harness`'s (shared with
 `serve_latency.py`); ``--before DIR`` also serves the API from another checkout and hits it in
 the same rounds, for before/after ratios from one run.
 
     python bench/graph_predict.py [--workers 2] [--duration 3] [--rounds 3] [--tree-leaf mc]
-                                  [--before DIR] [--json]
+                                  [--before DIR] [--variants] [--json]
 """
 
 from __future__ import annotations
@@ -74,6 +79,12 @@ FRAUD = {
 }
 
 
+VARIANTS: dict[str, Any] = {
+    "same3": {"ensemble": {"members": ["lr", "lr2", "lr"]}},
+    "ens": {"ensemble": {"members": ["lr", "tree", "lr2"]}},
+}
+
+
 def events() -> list[dict[str, float]]:
     rng = random.Random(42)
     return [{f"x{i}": rng.gauss(0, 1) for i in range(N_FEATURES)} for _ in range(2000)]
@@ -94,7 +105,7 @@ def trained(tree_leaf: str = "mc") -> dict[str, Any]:
     return models
 
 
-def publish(redis_url: str, prefix: str, models: dict[str, Any]) -> None:
+def publish(redis_url: str, prefix: str, models: dict[str, Any], variants: bool = False) -> None:
     import redis
 
     from learners.serialization import dump_signed
@@ -115,6 +126,8 @@ def publish(redis_url: str, prefix: str, models: dict[str, Any]) -> None:
     graphs = GraphRegistry(client, prefix, by="bench")
     graphs.apply(FRAUD, reason="bench")
     graphs.apply({"name": "one", "root": "lr"}, reason="bench")
+    for name, root in VARIANTS.items() if variants else ():
+        graphs.apply({"name": name, "root": root}, reason="bench")
 
 
 def in_process(models: dict[str, Any], x: dict[str, float]) -> dict[str, float]:
@@ -160,6 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     harness.add_common_arguments(parser)
     parser.add_argument("--tree-leaf", default="mc", choices=["mc", "nb", "nba"])
+    parser.add_argument("--variants", action="store_true", help="also same3 and ens (see above)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk (Debian's package)")
@@ -171,19 +185,22 @@ def main() -> None:
     servers: dict[str, Any] = {}
     try:
         prefix = "bench"
-        publish(redis_url, prefix, models)
+        publish(redis_url, prefix, models, args.variants)
         apis = harness.start_apis(redis_url, prefix, tmp, args.workers, args.before)
         servers = {tree: proc for tree, (proc, _) in apis.items()}
         bases = {tree: base for tree, (_, base) in apis.items()}
         trees = list(apis)
         for base in bases.values():  # graphs load after models
-            harness.wait_http(f"{base}/v1/graphs/fraud", 30, f"the graph at {base}")
+            for graph in ["fraud", *(VARIANTS if args.variants else ())]:
+                harness.wait_http(f"{base}/v1/graphs/{graph}", 30, f"{graph} at {base}")
         import httpx
 
         sample = httpx.post(f"{bases['']}/v1/graphs/fraud/predict", json={"features": x}).json()
         script = harness.post_script(tmp / "post.lua", json.dumps({"features": x}))
         paths = {"model": "/v1/models/lr/predict", "graph_one": "/v1/graphs/one/predict",
                  "graph_fraud": "/v1/graphs/fraud/predict"}  # fmt: skip
+        if args.variants:
+            paths.update({f"graph_{name}": f"/v1/graphs/{name}/predict" for name in VARIANTS})
         targets = {
             key + tree: harness.Target(bases[tree] + path, script, servers[tree].pid)
             for key, path in paths.items()
@@ -232,6 +249,12 @@ def main() -> None:
                 f"{f['cpu_us']:>5.0f} | {r['one_cpu_ratio' + tree]:>9.2f} "
                 f"{r['cpu_ratio' + tree]:>11.2f} | {bad}"
             )
+    for r in rows if args.variants else ():
+        for tree in trees:
+            cpu = {k: r[f"{k}{tree}"]["cpu_us"] for k in ("model", "graph_one", "graph_fraud")}
+            cpu |= {name: r[f"graph_{name}{tree}"]["cpu_us"] for name in VARIANTS}
+            print(f"c={r['concurrency']} {tree or 'this'}: CPU µs/req "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()))  # fmt: skip
     print(f"load average (1 min) before and after each concurrency: "
           f"{', '.join(f'{x:.1f}' for x in loads)}")  # fmt: skip
 
