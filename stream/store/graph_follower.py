@@ -27,7 +27,7 @@ served models, so that a request (a whole batch) uses one version of each model 
     be better, so a metric whose River class says smaller is better (a
     loss or an error: MAE, LogLoss...) counts as ``1 / (1 + value)``; a metric River does not
     know counts as it is. A model without that metric, or with a non-finite or negative value,
-    weighs 0, and when every member weighs 0 they weigh the same (`learners.graph_eval`).
+    weighs 0, and when every member weighs 0 they weigh the same (`learners.graph.metric_weights`).
 
 Nothing here imports River at module level (the operator's commands import `stream.store`); the
 metric directions are looked up in `river.metrics` on first use.
