@@ -24,8 +24,8 @@ that the ratio can be read: the members' own ``predict`` costs add up, the graph
 
 ``--variants`` also applies and drives ``same3`` (an ensemble of ``lr``, ``lr2``, ``lr``: the same
 code three times) and ``ens`` (the mean of the three members, no rules, no weights), and prints
-their CPU time per request beside the others: what the members cost inside the server, where
-each model's data is cold, against their in-process cost.
+their CPU time per request beside the others: what the members cost inside the server, against
+their in-process cost (see bench/README.md, session 6).
 
 The servers, wrk rounds and /proc readings are `serving_harness`'s (shared with
 `serve_latency.py`); ``--before DIR`` also serves the API from another checkout and hits it in
