@@ -15,10 +15,10 @@ by a sequence of learner processes, each killed with SIGKILL at one moment:
    between that transaction and its notification and promotion, or just past them (in-process
    mode: the second version of that process, the first written in-process).
 3. **during restore and seek** (right after a restart): with seeds 1 and 3 the kill comes at
-   the learner's first read of the checkpoint, with Redis paused for a moment so that the
-   restore cannot go further; with seed 2 at its last restore read (the tree's chunks), so that
-   it dies unpickling, seeking or in its first poll. Either way the feed shows that it never
-   reached its loop (no look at the command list).
+   the learner's first read of the checkpoint, its later commands held by a `RedisGate` (see
+   step 4) so that the restore cannot go further; with seed 2 at its last restore read (the
+   tree's chunks), so that it dies unpickling, seeking or in its first poll. Either way the
+   feed shows that it never reached its loop (no look at the command list).
 4. **while a version's chunks exist but its meta does not**: this learner talks to Redis
    through a `RedisGate` that forwards the chunks of a new version and holds the transaction
    that follows them (its ``WATCH``), so it never reaches Redis; the process that sent them is
@@ -261,7 +261,7 @@ def kill_right_after_visible(run: Run, nth: int) -> None:
 
 
 def kill_during_restore(run: Run, at_last_read: bool) -> None:
-    """Kill at the restore's first read (Redis paused meanwhile) or at its last one."""
+    """Kill at the restore's first read (later ones held) or at its last one."""
     restoring_from = run.checkpoint()
     assert restoring_from > 0
     last = run.keys.chunk("tree", restoring_from, 0)
@@ -272,11 +272,21 @@ def kill_during_restore(run: Run, at_last_read: bool) -> None:
         return c.name == "GET" and c.key == run.keys.checkpoint_latest
 
     with RedisMonitor(run.s.redis_url or "") as feed:
-        proc = run.spawn()
-        feed.wait_for(trigger, 90, "the restore", going_on=lambda: proc.poll() is None)
-        if not at_last_read:  # the restore cannot read on: every client waits 0.5 s
-            run.redis.execute_command("CLIENT", "PAUSE", 500, "ALL")
-        run.kill(proc)
+        if at_last_read:  # it goes on: unpickling, seeking, perhaps its first poll
+            proc = run.spawn()
+            feed.wait_for(trigger, 90, "the restore", going_on=lambda: proc.poll() is None)
+            run.kill(proc)
+        else:  # the restore cannot read on: the gate holds every later command
+            with RedisGate(run.s.redis_url or "", trigger, lambda c: True) as gate:
+                proc = run.spawn(run.s.model_copy(update={"redis_url": gate.url}))
+                wait(
+                    lambda: gate.held_ports or proc.poll() is not None,
+                    90,
+                    "the restore's second read",
+                )
+                assert proc.poll() is None, run.tail()
+                run.kill(proc)
+            feed.wait_for(trigger, 30, "the restore's first read in the feed")
         after = [c for c in feed.drain() if run.ours(c)]
     assert not [c for c in after if c.name in LOOP_COMMANDS], after  # never reached its loop
     assert run.checkpoint() == restoring_from
