@@ -26,6 +26,7 @@ from learners.graph import (
     StaticModels,
     compile_graph,
     evaluate,
+    metric_weights,
     run_shadows,
     sticky_unit,
 )
@@ -567,6 +568,9 @@ class Swapping:
 
     def metric(self, name: str) -> float | None:
         return None
+
+    def weights(self, names: tuple[str, ...]) -> list[float]:
+        return metric_weights(self, names)
 
 
 def test_a_request_uses_one_version_of_each_model() -> None:
