@@ -52,19 +52,39 @@ def table_rows(rows: Scored, columns: tuple[str, ...]) -> list[list[Any]]:
     >>> table_rows([("7", {"id": "7", "target": "lr", "versions": {"lr": 3}, "prediction": True,
     ...     "probabilities": {True: 0.75, False: 0.25}, "decided_by": "lr"}, b"")], COLUMNS)
     [['7', 'lr', '{"lr":3}', 'true', '{"true":0.75,"false":0.25}', 'lr']]
+    >>> versions = {"reg": 2}
+    >>> table_rows([(i, {"id": i, "target": "reg", "versions": versions, "prediction": p,
+    ...     "probabilities": None, "decided_by": "reg"}, b"") for i, p in (("a", 2.5), ("b", "x"))],
+    ...     COLUMNS)
+    [['a', 'reg', '{"reg":2}', '2.5', 'null', 'reg'], ['b', 'reg', '{"reg":2}', '"x"', 'null', 'reg']]
     """
 
     def cell(value: Any) -> str:
         return encode_value(value).decode()
 
     bodies = [body for _, body, _ in cast("list[tuple[str, dict[str, Any], bytes]]", rows)]
-    if columns is COLUMNS:  # the commonest, unrolled
-        return [
-            [b["id"], b["target"], cell(b["versions"]), cell(b["prediction"]),
-             cell(b["probabilities"]), b["decided_by"]]
-            for b in bodies
-        ]  # fmt: skip
-    return [[cell(b[c]) if c in JSON_CELLS else b[c] for c in columns] for b in bodies]
+    if columns is not COLUMNS:
+        return [[cell(b[c]) if c in JSON_CELLS else b[c] for c in columns] for b in bodies]
+    # The commonest, unrolled: a model's rows share one ``versions`` (encoded once while it is
+    # the same object) and most predictions are booleans.
+    out = []
+    versions: Any = _UNSET
+    versions_text = ""
+    for b in bodies:
+        if b["versions"] is not versions:
+            versions = b["versions"]
+            versions_text = cell(versions)
+        prediction = b["prediction"]
+        out.append([
+            b["id"], b["target"], versions_text,
+            _BOOLEAN_TEXT[prediction] if prediction.__class__ is bool else cell(prediction),
+            cell(b["probabilities"]), b["decided_by"],
+        ])  # fmt: skip
+    return out
+
+
+_UNSET: Any = object()
+_BOOLEAN_TEXT = {True: "true", False: "false"}
 
 
 class JsonLinesSink:
