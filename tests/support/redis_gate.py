@@ -106,7 +106,11 @@ class RedisGate:
                 client, (_host, port) = self._server.accept()
             except OSError:
                 return  # closed
-            upstream = socket.create_connection(self._upstream, timeout=10)
+            try:
+                upstream = socket.create_connection(self._upstream, timeout=10)
+            except OSError:  # Redis is not there: the client sees its connection closed
+                _close(client)
+                continue
             upstream.settimeout(None)
             with self._lock:
                 if self._closed:
