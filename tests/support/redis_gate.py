@@ -171,7 +171,7 @@ class RedisGate:
         with self._lock:
             self._closed = True
             sockets, self._sockets = self._sockets, []
-        self._server.close()
+        _close(self._server)  # shutdown wakes the accept (close alone would leave it blocked)
         for sock in sockets:
             _close(sock)
 
