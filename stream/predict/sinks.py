@@ -68,7 +68,7 @@ def table_rows(rows: Scored, columns: tuple[str, ...]) -> list[list[Any]]:
     # The commonest, unrolled: a model's rows share one ``versions`` (encoded once while it is
     # the same object) and most predictions are booleans.
     out = []
-    versions: Any = _UNSET
+    versions: Any = None  # a body's versions are a dict, never None
     versions_text = ""
     for b in bodies:
         if b["versions"] is not versions:
@@ -83,7 +83,6 @@ def table_rows(rows: Scored, columns: tuple[str, ...]) -> list[list[Any]]:
     return out
 
 
-_UNSET: Any = object()
 _BOOLEAN_TEXT = {True: "true", False: "false"}
 
 

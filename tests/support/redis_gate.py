@@ -16,7 +16,7 @@ closes (the process was killed), the gate closes its connection to Redis, so Red
 and discards whatever it had queued (a ``MULTI`` without its ``EXEC``).
 
 Commands are parsed as RESP arrays (what redis-py sends) or inline lines; only the name and
-first argument are decoded. Servers and tests only: nothing in production code knows of it.
+first argument are decoded. Tests only: nothing in production code knows of it.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ def _command(words: list[bytes]) -> Command:
 
 class RedisGate:
     """A proxy on 127.0.0.1 for the Redis at ``url``, at its own `url`. `armed_port` is the
-    client port (the process's own end of its socket) that sent the trigger, `held_ports` those
-    of the connections held since."""
+    client port (the process's own end of its socket) that sent the trigger (0 until it came),
+    `held_ports` those of the connections held since."""
 
     def __init__(
         self,
@@ -90,7 +90,6 @@ class RedisGate:
         self._upstream = (parsed.hostname or "127.0.0.1", parsed.port or 6379)
         self._trigger, self._hold = trigger, hold
         self._lock = threading.Lock()
-        self.armed = threading.Event()
         self.armed_port = 0
         self.held_ports: set[int] = set()
         self._server = socket.create_server(("127.0.0.1", 0))
@@ -126,10 +125,9 @@ class RedisGate:
     def _decide(self, command: Command, port: int) -> bool:
         """Whether ``command`` may go on to Redis."""
         with self._lock:
-            if not self.armed.is_set():
+            if not self.armed_port:  # a client's port is never 0
                 if self._trigger(command):
                     self.armed_port = port
-                    self.armed.set()
                 return True
             if self._hold(command):
                 self.held_ports.add(port)
