@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -250,13 +251,32 @@ DASHBOARDS = {
 }
 
 
-def _variables(per_model: bool) -> list[Builder[VariableModel]]:
+def model_selector(specs: list[P | Row]) -> str:
+    """The series whose ``model`` labels the ``$model`` variable offers: every metric that a
+    panel of ``specs`` filters by ``$model``. Not the learned models alone: a graph's served
+    metric and its shadows' (``GRAPH@BRANCH``) and a comparison's champion are models too.
+
+    >>> model_selector([P("t", ((f"a_b{{{M}}}", ""), ("c_d", ""), (f"rate(e_f_total{{{M}}}[1m])", "")))])
+    '{__name__=~"a_b|e_f_total"}'
+    """
+    names = {
+        name
+        for spec in specs
+        if isinstance(spec, P)
+        for expr, _legend in spec.queries
+        if M in expr
+        for name in re.findall(r"([a-z_:][a-z0-9_:]*)\{[^}]*" + re.escape(M), expr)
+    }
+    return '{__name__=~"' + "|".join(sorted(names)) + '"}'
+
+
+def _variables(specs: list[P | Row], per_model: bool) -> list[Builder[VariableModel]]:
     out: list[Builder[VariableModel]] = [
         dashboard.DatasourceVariable("datasource").label("Datasource").type("prometheus")
     ]
     if per_model:
         for name, query in (
-            ("model", "label_values(riverstream_progressive_metric, model)"),
+            ("model", f"label_values({model_selector(specs)}, model)"),
             ("metric", "label_values(riverstream_progressive_metric, metric)"),
         ):
             out.append(
@@ -285,7 +305,7 @@ def build(uid: str) -> dict[str, Any]:
     title, specs, per_model = DASHBOARDS[uid]
     board = dashboard.Dashboard(title).uid(uid).tags(["riverstream"]).editable()
     board = board.refresh("10s").time("now-1h", "now").timezone("browser")
-    for variable in _variables(per_model):
+    for variable in _variables(specs, per_model):
         board = board.with_variable(variable)
     x = y = row_h = 0
     for panel_id, spec in enumerate(specs, start=1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -83,3 +84,27 @@ def test_provisioning_points_at_the_dashboards():
     assert "path: /var/lib/grafana/dashboards" in provider
     datasource = (dashboards.ROOT / "provisioning" / "datasources" / "prometheus.yml").read_text()
     assert "type: prometheus" in datasource
+
+
+@pytest.mark.parametrize("name,board", list(_boards()))
+def test_the_model_variable_offers_every_series_filtered_by_model(name, board):
+    """A graph's served metric, its shadows' (``GRAPH@BRANCH``) and a comparison's champion
+    are filtered by ``$model`` too: the variable must list their models, not only the learned
+    ones (``riverstream_progressive_metric``)."""
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    if "model" not in variables:
+        return
+    query = variables["model"]["query"]
+    query = query["query"] if isinstance(query, dict) else query
+    offered = set(
+        re.fullmatch(r'label_values\(\{__name__=~"([^"]+)"\}, model\)', query)[1].split("|")
+    )
+    filtered = {
+        metric
+        for p in board["panels"]
+        for t in p.get("targets", [])
+        for metric in re.findall(r'(riverstream_\w+)\{[^}]*model=~"\$model"', t["expr"])
+    }
+    assert filtered, name
+    assert filtered <= offered, sorted(filtered - offered)
+    assert {"riverstream_served_metric", "riverstream_comparison_labels"} <= offered

@@ -38,6 +38,7 @@ from stream.registry.graphs import GraphRegistry
 from tests.support.pipeline import spawn_cli
 
 REPO = Path(__file__).resolve().parents[2]
+SHADOW = "g@root.shadow.shadows[0]"  # the shadow branch of the test's graph, as a model label
 
 
 def _query(base: str, expr: str) -> list[dict]:
@@ -155,6 +156,20 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
             labels = [
                 {"id": f"served{i}", "time": 5000 + i, "label": i % 2 == 0} for i in range(100)
             ]
+            # The same through the graph (its served metric, and its shadow's as g@BRANCH):
+            # each worker of the API serves the graph once its follower has seen it.
+            for i, x in enumerate(features[:50]):
+                body = {"id": f"graph{i}", "time": 6000 + i, "features": x, "log": True}
+                wait_until(
+                    lambda body=body: (
+                        client.post("/v1/graphs/g/predict", json=body).status_code == 200
+                    ),
+                    30,
+                    "the graph served by the API",
+                )
+            labels += [
+                {"id": f"graph{i}", "time": 6000 + i, "label": i % 3 == 0} for i in range(50)
+            ]
             assert client.post("/v1/labels", json={"labels": labels}).status_code == 202
             publisher.publish_events(events[1200:1800], rate=300)
             for x in features[:300]:
@@ -219,6 +234,7 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
                     and bool(_query(base, "rate(riverstream_learn_seconds_count[1m]) > 0"))
                     and bool(_query(base, "rate(riverstream_predict_seconds_count[1m]) > 0"))
                     and bool(_query(base, "riverstream_served_metric"))
+                    and bool(_query(base, f'riverstream_served_metric{{model="{SHADOW}"}}'))
                     and bool(_query(base, "rate(riverstream_shadow_runs_total[1m]) > 0"))
                     and bool(_query(base, "riverstream_comparison_labels > 0"))
                     and bool(
@@ -291,3 +307,20 @@ def test_every_metric_mentioned_is_exported(live: dict[str, object]) -> None:
     missing -= {"riverstream_graphs_refused_total", "riverstream_shadow_dropped_total",
                 "riverstream_shadow_errors_total"}  # fmt: skip
     assert not missing, sorted(missing)
+
+
+@pytest.mark.integration
+def test_the_model_variable_offers_graphs_and_their_shadows(live: dict[str, object]) -> None:
+    """The learning dashboard's ``$model`` lists what its panels show: the learned models, a
+    graph scored on its served answers and its shadow branch (``GRAPH@BRANCH``)."""
+    board = dashboards.build("riverstream-learning")
+    variable = next(v for v in board["templating"]["list"] if v["name"] == "model")
+    query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
+    match = re.fullmatch(r"label_values\((\{.+\}), model\)", query)
+    assert match, query
+    url = f"{live['base']}/api/v1/label/model/values?" + urllib.parse.urlencode(
+        {"match[]": match[1]}
+    )
+    with urllib.request.urlopen(url, timeout=5) as response:
+        offered = set(json.load(response)["data"])
+    assert {"lr", "reg", "tree", "g", SHADOW} <= offered, sorted(offered)
