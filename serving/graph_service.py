@@ -11,7 +11,7 @@ from learners.graph import Context, GraphAnswer, GraphInputError, MemberUnavaila
 from learners.predictor import MODEL_INPUT_ERRORS
 from schemas.graph_errors import GraphError
 from serving.graph_bodies import _problem, graph_body, load_graph_body, numeric_graph_body
-from serving.inputs import InputError, InputLimits
+from serving.inputs import InputError, InputLimits, finite_features
 from serving.shadows import GraphMetrics, ShadowJob, ShadowRunner
 from stream.store.graph_follower import GraphFollower, ServedGraph, ServedModels
 from stream.store.graphs import GraphStore
@@ -93,19 +93,58 @@ class GraphService:
 
     def answer(self, name: str, raw: bytes | None) -> tuple[int, dict[str, Any], ShadowJob | None]:
         """Status, body and shadows of a graph predict request (``raw`` None: too large)."""
-        started = time.perf_counter()
-        graph = self.follower.get(name)
-        if graph is None:
-            self.observe(GRAPH_PREDICT_ROUTE, "none", 404, time.perf_counter() - started)
-            return 404, {"detail": f"graph {name!r} is unknown"}, None
-        job = None
-        try:
+
+        def parse() -> tuple[Features, RequestIds, bool]:
             if raw is None:
                 raise _TooLarge
             body = load_graph_body(raw)
             fast = numeric_graph_body(body, self.limits, self.max_id_length)
-            complete = fast is not None  # numbers only, no null: nothing to filter
+            # numbers only, no null: nothing to filter (``complete``)
             parsed, ids = fast or graph_body(body, self.limits, self.max_id_length)
+            return parsed, ids, fast is not None
+
+        return self._respond(name, parse, GRAPH_PREDICT_ROUTE)
+
+    def answer_rows(
+        self, name: str, rows: list[dict[str, Any]], request_id: str | None = None
+    ) -> tuple[int, dict[str, Any], ShadowJob | None]:
+        """`answer` of the batch ``{"instances": rows, "ids": [request_id, ...]}`` (the answer
+        has ``predictions``) without its JSON: for the OIP v2 route, whose rows are parsed
+        already and which counts its requests itself. Rows of finite numbers alone skip the
+        checks and the filtering of nulls."""
+
+        def parse() -> tuple[Features, RequestIds, bool]:
+            limits = self.limits
+            if len(rows) <= limits.max_instances and all(
+                finite_features(x, limits) is not None for x in rows
+            ):
+                return rows, [request_id] * len(rows), True
+            body: dict[str, Any] = {"instances": rows}
+            if request_id is not None:
+                body["ids"] = [request_id] * len(rows)
+            parsed, ids = graph_body(body, limits, self.max_id_length)
+            return parsed, ids, False
+
+        return self._respond(name, parse, None)
+
+    def _respond(
+        self,
+        name: str,
+        parse: Callable[[], tuple[Features, RequestIds, bool]],
+        route: str | None,
+    ) -> tuple[int, dict[str, Any], ShadowJob | None]:
+        """The graph's answer to what ``parse`` gives: ``(features, id)`` or ``(instances,
+        ids)``, and whether they hold numbers only (``complete``); every error a status. The
+        request is counted under ``route`` (None: by the caller)."""
+        started = time.perf_counter()
+        graph = self.follower.get(name)
+        if graph is None:
+            if route is not None:
+                self.observe(route, "none", 404, time.perf_counter() - started)
+            return 404, {"detail": f"graph {name!r} is unknown"}, None
+        job = None
+        try:
+            parsed, ids, complete = parse()
             models = self.lookup()
             run = graph.compiled.outcome
             if isinstance(parsed, dict):
@@ -117,7 +156,8 @@ class GraphService:
             else:
                 assert isinstance(ids, list)
                 outcomes = [
-                    run(x, models=models, request_id=i) for x, i in zip(parsed, ids, strict=True)
+                    run(x, models=models, request_id=i, complete=complete)
+                    for x, i in zip(parsed, ids, strict=True)
                 ]
                 content = {
                     "graph": name, "graph_version": graph.version,
@@ -144,8 +184,15 @@ class GraphService:
         except MODEL_INPUT_ERRORS as exc:
             msg = f"a model cannot use these features: {type(exc).__name__}: {exc}"
             status, content = 422, {"detail": [_problem([], msg, "model_input")]}
-        self.observe(GRAPH_PREDICT_ROUTE, name, status, time.perf_counter() - started)
+        if route is not None:
+            self.observe(route, name, status, time.perf_counter() - started)
         return status, content, job
+
+
+Features = dict[str, Any] | list[dict[str, Any]]
+"""One request's features, or a batch's instances."""
+RequestIds = str | None | list[str | None]
+"""Its id, or one per instance."""
 
 
 class _TooLarge(Exception):

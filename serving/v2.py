@@ -98,6 +98,7 @@ from serving.v2_graphs import (
     ServedGraphLike,
     graph_metadata,
     graph_outputs,
+    graph_row_tail,
     v1_problems,
 )
 from serving.v2_requests import numeric_row, parse_infer_body
@@ -185,6 +186,18 @@ def v2_router(
             kept = heads[name] = (state, answer_head(fields))
         return kept[1]
 
+    graph_heads: dict[str, tuple[int, bytes]] = {}  # by graph: version, head
+
+    def graph_head(name: str, version: int) -> bytes:
+        """`answer_head` of a graph's answers, kept while the graph serves the same version."""
+        kept = graph_heads.get(name)
+        if kept is None or kept[0] != version:
+            kept = graph_heads[name] = (
+                version,
+                answer_head(_answer_fields(name, version, None, None)),
+            )
+        return kept[1]
+
     def answer(
         name: str, version: str | None, raw: bytes | None, headers: Mapping[str, str]
     ) -> tuple[dict[str, Any] | bytes, Any]:
@@ -221,13 +234,16 @@ def v2_router(
             state = _parameters(target)
         else:
             assert graphs is not None
-            body: dict[str, Any] = {"instances": rows}
-            if request_id is not None:  # keys sticky splits and shadow sampling, every row
-                body["ids"] = [request_id] * len(rows)
-            status, content, job = graphs.answer(name, orjson.dumps(body))
+            # the request's id keys sticky splits and shadow sampling, for every row
+            status, content, job = graphs.answer_rows(name, rows, request_id)
             if status != 200:
                 message = v1_problems(content.get("detail"))
                 raise V2Error(400 if status in (413, 422) else status, message)
+            if row is not None:  # the commonest: one row, every output, no id
+                (one,) = content["predictions"]
+                head = graph_head(name, content["graph_version"])
+                tail = graph_row_tail(one)
+                return one_row_answer(head, one["prediction"], one["probabilities"], tail), job
             outputs = graph_outputs(content, requested)
             served_version = content["graph_version"]
             state = None

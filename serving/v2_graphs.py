@@ -36,13 +36,16 @@ class GraphSource(Protocol):
 
 
 class GraphBackend(Protocol):
-    """What v2 uses of the graph service (`serving.graphs.GraphService`): its follower, the
-    answer of ``/v1/graphs/{name}/predict`` to a body, and running that answer's shadows."""
+    """What v2 uses of the graph service (`serving.graph_service.GraphService`): its follower,
+    the answer of ``/v1/graphs/{name}/predict`` to a batch of parsed rows, and running that
+    answer's shadows."""
 
     @property
     def follower(self) -> GraphSource: ...
 
-    def answer(self, name: str, raw: bytes | None) -> tuple[int, dict[str, Any], Any]: ...
+    def answer_rows(
+        self, name: str, rows: list[dict[str, Any]], request_id: str | None = None
+    ) -> tuple[int, dict[str, Any], Any]: ...
 
     def run_later(self, job: Any) -> None: ...
 
@@ -88,17 +91,54 @@ def v1_problems(detail: Any) -> str:
     )
 
 
-def graph_outputs(content: dict[str, Any], requested: list[dict[str, Any]] | None) -> list[Any]:
-    """Output tensors of a ``/v1/graphs`` batch answer."""
-    answers = content["predictions"]
-    extra = {
+def _graph_columns(answers: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The BYTES outputs of a graph's answers (`GRAPH_OUTPUTS`), a column each."""
+    return {
         "decided_by": [label_text(a["decided_by"]) for a in answers],
         "decision": [label_text(a["decision"]) for a in answers],
         "reason": [label_text(a["reason"]) for a in answers],
         "path": [orjson.dumps(list(a["path"])).decode() for a in answers],
         "versions": [orjson.dumps(a["versions"]).decode() for a in answers],
     }
+
+
+def graph_outputs(content: dict[str, Any], requested: list[dict[str, Any]] | None) -> list[Any]:
+    """Output tensors of a ``/v1/graphs`` batch answer."""
+    answers = content["predictions"]
     tensors = output_tensors(
-        [a["prediction"] for a in answers], [a["probabilities"] for a in answers], extra
+        [a["prediction"] for a in answers],
+        [a["probabilities"] for a in answers],
+        _graph_columns(answers),
     )
     return select_outputs(tensors, requested)
+
+
+_TAIL_PARTS: Final = tuple(
+    b',{"name":"%b","datatype":"BYTES","shape":[1],"data":[' % name.encode()
+    for name in GRAPH_OUTPUTS
+)
+
+
+def graph_row_tail(answer: dict[str, Any]) -> bytes:
+    """The JSON of one answer's BYTES output tensors, each after a comma, as `graph_outputs`
+    writes them: `serving.v2_tensors.one_row_answer`'s ``tail`` for a graph's one-row answer
+    (from pieces of JSON, as that function does).
+
+    >>> answer = {"decided_by": "root.rules[0]", "decision": "review", "reason": None,
+    ...           "path": ["root.rules[0]"], "versions": {"lr": 3}}
+    >>> tensors = orjson.loads(b"[" + graph_row_tail(answer)[1:] + b"]")
+    >>> [(t["name"], t["data"]) for t in tensors][:3]
+    [('decided_by', ['root.rules[0]']), ('decision', ['review']), ('reason', [''])]
+    """
+    dumps = orjson.dumps
+    values = (
+        dumps(label_text(answer["decided_by"])),
+        dumps(label_text(answer["decision"])),
+        dumps(label_text(answer["reason"])),
+        dumps(dumps(list(answer["path"])).decode()),
+        dumps(dumps(answer["versions"]).decode()),
+    )
+    parts: list[bytes] = []
+    for head, value in zip(_TAIL_PARTS, values, strict=True):
+        parts += (head, value, b"]}")
+    return b"".join(parts)

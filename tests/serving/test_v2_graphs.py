@@ -187,6 +187,85 @@ def test_graph_infer_gives_the_answers_of_v1(client: httpx.Client, graphs: dict[
     assert [o["name"] for o in selected["outputs"]] == ["decision", "prediction"]
 
 
+def test_one_row_of_numbers_gets_the_bytes_of_the_general_answer(
+    client: httpx.Client, graphs: dict[str, int]
+) -> None:
+    """The commonest body (one row, one FP64 tensor per feature, nothing else) is answered
+    from pieces of JSON (`serving.v2_graphs.graph_row_tail`); the same row in a body that
+    the general reader takes (with ``parameters``) gives the same bytes, every rule outcome
+    and switch branch included."""
+    _, rows = river_models()
+    decisions: set[str] = set()
+    for name in ("fraud", "route", "s"):
+        for x in rows:
+            inputs = [
+                {"name": f, "shape": [1], "datatype": "FP64", "data": [float(v)]}
+                for f, v in x.items()
+            ]
+            fast = client.post(f"/v2/models/{name}/infer", json={"inputs": inputs})
+            general = client.post(
+                f"/v2/models/{name}/infer", json={"inputs": inputs, "parameters": {}}
+            )
+            assert fast.status_code == general.status_code == 200, (fast.text, general.text)
+            assert fast.content == general.content
+            outputs = {o["name"]: o["data"] for o in fast.json()["outputs"]}
+            assert outputs == v1_columns(v1_graph(client, name, [x]))
+            decisions |= set(outputs["decision"])
+    assert decisions == {"", "review", "block", "allow"}
+
+
+def test_graph_infer_is_counted_once_under_its_own_route(client: httpx.Client) -> None:
+    """A v2 infer of a graph is one request of the v2 route, not also one of /v1/graphs."""
+    _, rows = river_models()
+    for body in ({"inputs": [json_input(rows[:2])]}, {"inputs": [
+        {"name": f, "shape": [1], "datatype": "FP64", "data": [float(v)]} for f, v in rows[0].items()
+    ]}):  # fmt: skip
+        assert client.post("/v2/models/fraud/infer", json=body).status_code == 200
+    text = client.get("/metrics").text
+    assert (
+        'riverstream_http_requests_total{model="fraud",route="/v2/models/{name}/infer",'
+        'status="200"} 2.0'
+    ) in text
+    assert 'route="/v1/graphs/{name}/predict"' not in text
+
+
+def test_graph_row_tail_is_the_json_of_the_general_outputs() -> None:
+    """Unit: `one_row_answer` with a graph's tail equals the JSON of `graph_outputs`, for
+    answers of every kind (labels, numbers, none; decisions and reasons or none; unicode)."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from serving.v2_graphs import graph_outputs, graph_row_tail
+    from serving.v2_tensors import answer_head, one_row_answer
+
+    labels = st.none() | st.booleans() | st.integers(-5, 5) | st.floats(-1, 1) | st.text(max_size=3)
+    texts = st.none() | st.text(max_size=6)
+
+    @given(
+        prediction=labels,
+        probabilities=st.none()
+        | st.dictionaries(st.booleans() | st.text(max_size=2), st.floats(0, 1), max_size=3),
+        decided_by=st.text(max_size=12),
+        decision=texts,
+        reason=texts,
+        path=st.lists(st.text(max_size=8), max_size=3),
+        versions=st.dictionaries(st.text(max_size=4), st.integers(0, 10**6), max_size=3),
+    )
+    def check(**answer: Any) -> None:
+        fields = {"model_name": "g", "model_version": "7"}
+        want = orjson.dumps(
+            {**fields, "outputs": graph_outputs({"predictions": [answer]}, None)},
+            option=orjson.OPT_NON_STR_KEYS,
+        )
+        got = one_row_answer(
+            answer_head(fields), answer["prediction"], answer["probabilities"],
+            graph_row_tail(answer),
+        )  # fmt: skip
+        assert got == want
+
+    check()
+
+
 def test_graph_request_id_keys_sticky_splits(client: httpx.Client) -> None:
     _, rows = river_models()
     rows = rows[:4]
