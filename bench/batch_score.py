@@ -11,6 +11,9 @@ features (seed 7):
   csv→csv        the same from a CSV file to a CSV file
   jsonl→redis    the same into a Redis lookup table (`stream.store.lookup`; a private
                  redis-server on 127.0.0.1, started and stopped by this script)
+  … ×N           jsonl→jsonl and csv→csv with ``--workers N`` (default 2: `score --workers`),
+                 the rows answered in N forked processes while this one reads and writes; its
+                 CPU rate counts the workers' CPU time too
 
 Rates are rows/s over the scoring call only (the model is built once beforehand and frozen
 out of the garbage collector's scans, as `score` does). Each rate is given per second of wall
@@ -34,6 +37,7 @@ import argparse
 import csv
 import gc
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -99,14 +103,22 @@ def bare(model: Any, rows: list[dict[str, Any]]) -> Rate:
     return len(rows) / (time.perf_counter() - wall), len(rows) / (time.process_time() - cpu)
 
 
-def scored(served: ServedModel, source: Path, sink: Sink, n: int) -> Rate:
-    wall, cpu = time.perf_counter(), time.process_time()
+def scored(served: ServedModel, source: Path, sink: Sink, n: int, workers: int = 1) -> Rate:
+    """Rows/s of `score_rows`; with ``workers`` > 1 the CPU rate counts the worker processes'
+    CPU time too (`os.times`' children, once they have exited)."""
+    wall, cpu = time.perf_counter(), _cpu()
     try:
-        report = score_rows(served, file_rows(source), [sink])
+        report = score_rows(served, file_rows(source), [sink], workers=workers)
     finally:
         sink.close()
     assert report.scored == n and not report.rejected, report.to_dict()
-    return n / (time.perf_counter() - wall), n / (time.process_time() - cpu)
+    return n / (time.perf_counter() - wall), n / (_cpu() - cpu)
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and of its waited-for children."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def stages(name: str, n: int, workdir: Path) -> dict[str, float]:
@@ -179,6 +191,11 @@ def main() -> None:
     parser.add_argument("--arf-n", type=int, default=10_000, help="rows for arf")
     parser.add_argument("--models", default="logreg,hoeffding,arf")
     parser.add_argument("--stages", action="store_true", help="CPU µs per row of each stage")
+    parser.add_argument(
+        "--workers", type=int, default=2,
+        help="also jsonl→jsonl and csv→csv with this many worker processes (score --workers); "
+        "1: not",
+    )  # fmt: skip
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="rs-batch-bench-"))
     if args.stages:
@@ -205,6 +222,14 @@ def main() -> None:
                 "jsonl→jsonl": scored(served, jsonl, JsonLinesSink(workdir / "out.jsonl"), n),
                 "csv→csv": scored(served, csv_path, CsvSink(workdir / "out.csv"), n),
             }
+            if args.workers > 1:
+                w = args.workers
+                rates[f"jsonl→jsonl ×{w}"] = scored(
+                    served, jsonl, JsonLinesSink(workdir / "out.jsonl"), n, workers=w
+                )
+                rates[f"csv→csv ×{w}"] = scored(
+                    served, csv_path, CsvSink(workdir / "out.csv"), n, workers=w
+                )
             if server is not None:
                 tables = LookupTables(server[1], RedisKeys("bench"))
                 writer = tables.writer(name)

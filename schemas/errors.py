@@ -26,6 +26,15 @@ class SchemaError(RiverstreamError):
         where = f" at {field}" if field else ""
         super().__init__(f"{reason}{where}: {detail}")
 
+    def __reduce__(self) -> tuple[type[SchemaError], tuple[str, str | None, str]]:
+        """Pickled with its own arguments (batch scoring hands rows to worker processes).
+
+        >>> import pickle
+        >>> str(pickle.loads(pickle.dumps(SchemaError("bad_json", None, "line 1"))))
+        'bad_json: line 1'
+        """
+        return SchemaError, (self.reason, self.field, self.detail)
+
 
 class ServiceError(RiverstreamError):
     """A local service (Kafka, Redis, Prometheus) could not be installed, started or reached."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import signal
 import sys
 import time
@@ -173,6 +174,14 @@ def score(
         int | None,
         typer.Option(help="Lookup table lifetime, s (default RIVERSTREAM_LOOKUP_TTL_SECONDS)."),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Processes answering rows beside this one, which reads and writes (a model "
+            "only; 0: one per CPU). The output is the same, bytes for bytes.",
+        ),
+    ] = 1,
 ) -> None:
     """Score INPUT with TARGET (a model or a graph) and write the answers, in input order.
 
@@ -223,6 +232,10 @@ def score(
     else:
         served = load_served(store, target, version)
     is_graph = isinstance(served, GraphTarget)
+    if is_graph and workers != 1:
+        raise RiverstreamError(
+            f"--workers {workers}: a graph is scored in one process (its shadows run in it)"
+        )
     # The model (up to hundreds of MB of small objects) never becomes garbage: keep the
     # collector from traversing it again and again while rows are scored.
     gc.freeze()
@@ -241,6 +254,7 @@ def score(
             report = score_rows(
                 served, rows, sinks, limits=Limits.from_settings(settings),
                 time_range=time_range, progress=lambda n: progress.advance(task, n),
+                workers=workers or os.cpu_count() or 1,
             )  # fmt: skip
         if table is not None:
             lifetime = settings.lookup_ttl_seconds if ttl is None else ttl

@@ -40,8 +40,10 @@ from __future__ import annotations
 
 import gc
 import math
+import multiprocessing
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -56,7 +58,7 @@ from stream.kafka.publish import read_rows
 from stream.kafka.security import PLAINTEXT, KafkaSecurity
 from stream.predict.answer import ModelAnswers, encode
 from stream.predict.graph_target import GraphTarget
-from stream.predict.sinks import Sink
+from stream.predict.sinks import Scored, Sink
 from stream.store.lookup import LookupTable
 from stream.store.snapshots import SnapshotStore
 
@@ -99,6 +101,8 @@ class ScoreReport:
     table: LookupTable | None = None
     graph_version: int | None = None
     """The graph version that scored, for a graph target."""
+    workers: int = 1
+    """Processes that answered the rows (besides this one, when more than one)."""
 
     def to_dict(self) -> dict[str, Any]:
         graph = {} if self.graph_version is None else {"graph_version": self.graph_version}
@@ -111,6 +115,7 @@ class ScoreReport:
             "outside_range": self.outside_range,
             "seconds": round(self.seconds, 3),
             "rows_per_second": round(self.scored / self.seconds, 1) if self.seconds else 0.0,
+            "workers": self.workers,
             "lookup_table": None
             if self.table is None
             else {
@@ -193,6 +198,44 @@ def kafka_rows(bootstrap: str, topic: str, *, security: KafkaSecurity = PLAINTEX
 
 
 # -- scoring -----------------------------------------------------------------------------------
+@dataclass
+class ChunkResult:
+    """What scoring a chunk of rows gave: the answers, in order, and the rows not scored."""
+
+    out: Scored
+    rejected: list[Rejected]
+    outside_range: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class ChunkScorer:
+    """Scores one chunk of rows (decode, keep the time range, answer): the same work in this
+    process or in a worker process (`score_rows` with ``workers``)."""
+
+    codec: EventCodec
+    answer: Callable[[str, dict[str, Any]], tuple[dict[str, Any], bytes]]
+    low: float
+    high: float
+    keep: bool
+
+    def __call__(self, chunk: list[Row]) -> ChunkResult:
+        result = ChunkResult([], [], 0, len(chunk))
+        low, high, keep, answer = self.low, self.high, self.keep, self.answer
+        out, rejected = result.out, result.rejected
+        for where, event in _decoded(self.codec, chunk, rejected):
+            if not low <= event.time <= high:
+                result.outside_range += 1
+                continue
+            try:
+                body, encoded = answer(event.id, event.features)
+            except SchemaError as exc:
+                rejected.append(Rejected(where_text(where), str(exc)))
+                continue
+            out.append((event.id, body if keep else None, encoded))
+        return result
+
+
 def _decoded(
     codec: EventCodec, chunk: list[Row], rejected: list[Rejected]
 ) -> Iterable[tuple[Where, FeatureEvent]]:
@@ -214,6 +257,42 @@ def _decoded(
     return zip([w for i, w in enumerate(wheres) if i not in bad], events, strict=True)
 
 
+def _chunks(rows: Iterable[Row]) -> Iterator[list[Row]]:
+    """``rows`` in lists of `CHUNK`."""
+    rows = iter(rows)
+    while chunk := list(islice(rows, CHUNK)):
+        yield chunk
+
+
+_SCORER: ChunkScorer | None = None
+"""The scorer of the worker processes (set before they fork, so they inherit it)."""
+
+
+def _score_in_worker(chunk: list[Row]) -> ChunkResult:
+    assert _SCORER is not None
+    return _SCORER(chunk)
+
+
+def _in_processes(
+    scorer: ChunkScorer, chunks: Iterator[list[Row]], workers: int
+) -> Iterator[ChunkResult]:
+    """``scorer`` over ``chunks`` in ``workers`` forked processes, the results in input order;
+    at most two chunks per worker are in flight (a large input is never all in memory)."""
+    global _SCORER
+    _SCORER = scorer
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            pending: deque[Any] = deque()
+            for chunk in chunks:
+                pending.append(pool.apply_async(_score_in_worker, (chunk,)))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().get()
+            while pending:
+                yield pending.popleft().get()
+    finally:
+        _SCORER = None
+
+
 def score_rows(
     served: ServedModel | GraphTarget,
     rows: Iterable[Row],
@@ -222,13 +301,18 @@ def score_rows(
     limits: Limits | None = None,
     time_range: tuple[float, float] | None = None,
     progress: Callable[[int], None] | None = None,
+    workers: int = 1,
 ) -> ScoreReport:
     """Answer every row with ``served`` (a model version, or a graph version with its members)
     and write the answers to every sink, in input order; rejections are listed in input order
-    too."""
+    too. With ``workers`` > 1, chunks of rows are decoded and answered in that many forked
+    processes (a model only: a graph's shadows run in this process) while this one reads and
+    writes: the same output, bytes for bytes."""
     codec = EventCodec(limits or Limits())
     answer: Callable[[str, dict[str, Any]], tuple[dict[str, Any], bytes]]
     if isinstance(served, GraphTarget):
+        if workers > 1:
+            raise RiverstreamError("a graph is scored in one process (its shadows run here)")
         report = ScoreReport(served.name, dict(served.versions), graph_version=served.version)
         graph_body = served.body
 
@@ -238,36 +322,30 @@ def score_rows(
     else:
         report = ScoreReport(served.name, {served.name: served.version})
         answer = ModelAnswers(served).answer
-    rejected = report.rejected
     low, high = time_range if time_range is not None else (-math.inf, math.inf)
     keep = any(sink.needs_body for sink in sinks)
+    scorer = ChunkScorer(codec, answer, low, high, keep)
+    report.workers = max(workers, 1)
     started = time.perf_counter()
-    rows = iter(rows)
     thresholds = gc.get_threshold()
     # Scoring makes no reference cycles: collect young objects 100 times less often (the
-    # collections cost ≈ 10 % of a fast model's rows, measured), not never.
+    # collections cost ≈ 10 % of a fast model's rows, measured), not never. Forked workers
+    # inherit the setting.
     gc.set_threshold(thresholds[0] * 100, *thresholds[1:])
     try:
-        while chunk := list(islice(rows, CHUNK)):
-            out: list[tuple[str, dict[str, Any] | None, bytes]] = []
-            for where, event in _decoded(codec, chunk, rejected):
-                if not low <= event.time <= high:
-                    report.outside_range += 1
-                    continue
-                try:
-                    body, encoded = answer(event.id, event.features)
-                except SchemaError as exc:
-                    rejected.append(Rejected(where_text(where), str(exc)))
-                    continue
-                out.append((event.id, body if keep else None, encoded))
+        chunks = _chunks(rows)
+        results = map(scorer, chunks) if workers <= 1 else _in_processes(scorer, chunks, workers)
+        for result in results:
+            report.rejected += result.rejected
+            report.outside_range += result.outside_range
             for sink in sinks:
-                sink.write(out)
-            report.scored += len(out)
+                sink.write(result.out)
+            report.scored += len(result.out)
             if progress is not None:
-                progress(len(chunk))
+                progress(result.rows)
     finally:
         gc.set_threshold(*thresholds)
-    rejected.sort(key=_position)
+    report.rejected.sort(key=_position)
     report.seconds = time.perf_counter() - started
     return report
 

@@ -18,6 +18,7 @@ from schemas.events import FeatureEvent
 from schemas.settings import Settings
 from serving.app import create_app
 from stream.kafka.client import EventProducer, read_all
+from stream.predict.batch import CHUNK
 from stream.store.snapshots import SnapshotStore
 from tests.support.pipeline import publish, spawn_cli
 
@@ -148,6 +149,55 @@ def test_a_pinned_version_gives_byte_identical_output(
             "id": row["id"], "target": row["target"], "decided_by": row["decided_by"],
             **{k: json.loads(row[k]) for k in ("versions", "prediction", "probabilities")},
         } == answer  # fmt: skip
+
+
+def test_worker_processes_give_the_same_bytes_and_the_same_rejections(
+    kit: Any, clf: tuple[int, list[dict[str, Any]]], predict_settings: Settings, tmp_path: Path
+) -> None:
+    """``--workers 2``: chunks answered in two forked processes, written here in input order.
+    Several chunks (`CHUNK` rows each), rows not scored in the first and the last (a row the
+    reader refuses, one the codec refuses, one the model cannot use): the same files, the
+    same report and the same lines about the rejected rows as one process."""
+    version, inputs = clf
+    n = 2 * CHUNK + 500
+    source = tmp_path / "in.csv"
+    with source.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["id", "time", *inputs[0]])
+        writer.writeheader()
+        for i in range(n):
+            writer.writerow({"id": f"r{i}", "time": i, **inputs[i % len(inputs)]})
+    lines = source.read_text().splitlines()
+    lines[5] = "short,row"  # the reader: not as many cells as the header
+    lines[CHUNK + 7] = lines[CHUNK + 7].replace(f",{CHUNK + 6},", ",,", 1)  # no time: the codec
+    cells = lines[n - 3].split(",")
+    cells[3] = "text"  # a string where the model needs a number
+    lines[n - 3] = ",".join(cells)
+    source.write_text("\n".join(lines) + "\n")
+    outputs: dict[str, list[bytes]] = {}
+    reports = []
+    for workers in ("1", "2"):
+        out = [tmp_path / f"w{workers}.{suffix}" for suffix in ("jsonl", "csv", "parquet")]
+        for path in out:
+            code, report, text = score(
+                predict_settings,
+                ["clf", str(source), "--version", str(version), "--out", str(path),
+                 "--workers", workers],
+                tmp_path / "log",
+            )  # fmt: skip
+            assert code == 1, text
+            report.pop("seconds"), report.pop("rows_per_second")
+            assert report.pop("workers") == int(workers)
+            reports.append((report, sorted(re.findall(r"^line \d+: not scored: .*$", text, re.M))))
+        outputs[workers] = [path.read_bytes() for path in out]
+    assert outputs["1"] == outputs["2"]
+    assert all(r == reports[0] for r in reports), reports
+    report, rejected = reports[0]
+    assert report["scored"] == n - 3 and report["rejected"] == 3
+    assert [line.split(":")[0] for line in rejected] == [
+        f"line {CHUNK + 8}",
+        f"line {n - 2}",
+        "line 6",
+    ]  # sorted as text here; the command lists them in input order
 
 
 def test_score_a_kafka_topic_in_an_event_time_range(
