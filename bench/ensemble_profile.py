@@ -9,7 +9,9 @@ included), then calls it as an ASGI callable (no server, no socket) and reports 
 request (`time.process_time`, minimum over interleaved trials: the machine is shared) of:
 
 - ``model``: ``POST /v1/models/lr/predict``; ``one``: ``POST /v1/graphs/one/predict``;
-  ``fraud``: ``POST /v1/graphs/fraud/predict`` (the same body, 30 features);
+  ``fraud``: ``POST /v1/graphs/fraud/predict`` (the same body, 30 features); ``v2 model`` and
+  ``v2 one``: ``POST /v2/models/lr/infer`` and ``/v2/models/one/infer`` (the Open Inference
+  Protocol, the same features as one FP64 tensor each);
 - ``fraud, members stubbed``: the same app with the three served models replaced by stubs that
   answer at once (the graph route and its evaluation alone);
 - in the graph service (no ASGI): the three members' ``predict`` in a row, the whole ``fraud``
@@ -49,7 +51,15 @@ ROUTES = {
     "model": "/v1/models/lr/predict",
     "one": "/v1/graphs/one/predict",
     "fraud": "/v1/graphs/fraud/predict",
+    "v2 model": "/v2/models/lr/infer",
+    "v2 one": "/v2/models/one/infer",
 }
+
+
+def v2_body(x: dict[str, float]) -> bytes:
+    """The OIP v2 body of features ``x``: one FP64 tensor per feature (the commonest)."""
+    inputs = [{"name": k, "shape": [1], "datatype": "FP64", "data": [v]} for k, v in x.items()]
+    return json.dumps({"inputs": inputs}).encode()
 
 
 class Stub:
@@ -108,7 +118,11 @@ def best_of(calls: dict[str, Callable[[], Any]], trials: int, n: int) -> dict[st
 
 
 async def measure(app: Any, body: bytes, trials: int, n: int) -> dict[str, Any]:
-    calls = {name: asgi_call(app, path, body) for name, path in ROUTES.items()}
+    v2 = v2_body(events()[0])
+    calls = {
+        name: asgi_call(app, path, v2 if name.startswith("v2") else body)
+        for name, path in ROUTES.items()
+    }
     for name, call in calls.items():
         status = await call()
         if status != 200:

@@ -93,17 +93,23 @@ class GraphService:
 
     def answer(self, name: str, raw: bytes | None) -> tuple[int, dict[str, Any], ShadowJob | None]:
         """Status, body and shadows of a graph predict request (``raw`` None: too large)."""
-
-        def parse() -> tuple[Features, RequestIds, bool]:
+        started = time.perf_counter()
+        graph = self.follower.get(name)
+        if graph is None:
+            self.observe(GRAPH_PREDICT_ROUTE, "none", 404, time.perf_counter() - started)
+            return 404, _unknown(name), None
+        try:
             if raw is None:
                 raise _TooLarge
             body = load_graph_body(raw)
             fast = numeric_graph_body(body, self.limits, self.max_id_length)
-            # numbers only, no null: nothing to filter (``complete``)
             parsed, ids = fast or graph_body(body, self.limits, self.max_id_length)
-            return parsed, ids, fast is not None
-
-        return self._respond(name, parse, GRAPH_PREDICT_ROUTE)
+            # numbers only, no null: nothing to filter (``complete``)
+            status, (content, job) = 200, self._evaluate(name, graph, parsed, ids, fast is not None)
+        except Exception as exc:  # the known ones become a status, the others are raised
+            (status, content), job = self._failure(name, exc), None
+        self.observe(GRAPH_PREDICT_ROUTE, name, status, time.perf_counter() - started)
+        return status, content, job
 
     def answer_rows(
         self, name: str, rows: list[dict[str, Any]], request_id: str | None = None
@@ -112,81 +118,79 @@ class GraphService:
         has ``predictions``) without its JSON: for the OIP v2 route, whose rows are parsed
         already and which counts its requests itself. Rows of finite numbers alone skip the
         checks and the filtering of nulls."""
-
-        def parse() -> tuple[Features, RequestIds, bool]:
-            limits = self.limits
+        graph = self.follower.get(name)
+        if graph is None:
+            return 404, _unknown(name), None
+        limits = self.limits
+        try:
             if len(rows) <= limits.max_instances and all(
                 finite_features(x, limits) is not None for x in rows
             ):
-                return rows, [request_id] * len(rows), True
-            body: dict[str, Any] = {"instances": rows}
-            if request_id is not None:
-                body["ids"] = [request_id] * len(rows)
-            parsed, ids = graph_body(body, limits, self.max_id_length)
-            return parsed, ids, False
-
-        return self._respond(name, parse, None)
-
-    def _respond(
-        self,
-        name: str,
-        parse: Callable[[], tuple[Features, RequestIds, bool]],
-        route: str | None,
-    ) -> tuple[int, dict[str, Any], ShadowJob | None]:
-        """The graph's answer to what ``parse`` gives: ``(features, id)`` or ``(instances,
-        ids)``, and whether they hold numbers only (``complete``); every error a status. The
-        request is counted under ``route`` (None: by the caller)."""
-        started = time.perf_counter()
-        graph = self.follower.get(name)
-        if graph is None:
-            if route is not None:
-                self.observe(route, "none", 404, time.perf_counter() - started)
-            return 404, {"detail": f"graph {name!r} is unknown"}, None
-        job = None
-        try:
-            parsed, ids, complete = parse()
-            models = self.lookup()
-            run = graph.compiled.outcome
-            if isinstance(parsed, dict):
-                assert not isinstance(ids, list)
-                out, ctx = run(parsed, models=models, request_id=ids, complete=complete)
-                content = {"graph": name, "graph_version": graph.version, **_fields(out, ctx)}
-                if ctx.shadows:
-                    job = ShadowJob(name, ((ctx.answer(out), parsed),), models)
+                content, job = self._evaluate(name, graph, rows, [request_id] * len(rows), True)
             else:
-                assert isinstance(ids, list)
-                outcomes = [
-                    run(x, models=models, request_id=i, complete=complete)
-                    for x, i in zip(parsed, ids, strict=True)
-                ]
-                content = {
-                    "graph": name, "graph_version": graph.version,
-                    "predictions": [_fields(out, ctx) for out, ctx in outcomes],
-                }  # fmt: skip
-                shadowed = tuple(
-                    (ctx.answer(out), x)
-                    for (out, ctx), x in zip(outcomes, parsed, strict=True)
-                    if ctx.shadows
-                )
-                if shadowed:
-                    job = ShadowJob(name, shadowed, models)
-            status = 200
-        except _TooLarge:
-            status, content = 413, {"detail": f"body larger than {self.max_body_bytes} bytes"}
-        except InputError as exc:
-            status, content = 422, {"detail": exc.detail}
-        except GraphInputError as exc:
-            status, content = 422, {"detail": [_problem([], str(exc), "graph_input")]}
-        except MemberUnavailable as exc:
-            status, content = 503, {"detail": f"graph {name!r}: {exc}"}
-        except GraphError as exc:  # the members' answers do not fit the graph (kinds mixed)
-            status, content = 503, {"detail": f"graph {name!r} cannot answer: {exc}"}
-        except MODEL_INPUT_ERRORS as exc:
+                body: dict[str, Any] = {"instances": rows}
+                if request_id is not None:
+                    body["ids"] = [request_id] * len(rows)
+                parsed, ids = graph_body(body, limits, self.max_id_length)
+                content, job = self._evaluate(name, graph, parsed, ids, False)
+            return 200, content, job
+        except Exception as exc:  # as in `answer`
+            status, content = self._failure(name, exc)
+            return status, content, None
+
+    def _evaluate(
+        self, name: str, graph: ServedGraph, parsed: Features, ids: RequestIds, complete: bool
+    ) -> tuple[dict[str, Any], ShadowJob | None]:
+        """The answer's body and shadows for checked ``(features, id)`` or ``(instances,
+        ids)``; ``complete``: they hold numbers only. Raises what the evaluation raises."""
+        models = self.lookup()
+        run = graph.compiled.outcome
+        job = None
+        if isinstance(parsed, dict):
+            assert not isinstance(ids, list)
+            out, ctx = run(parsed, models=models, request_id=ids, complete=complete)
+            content = {"graph": name, "graph_version": graph.version, **_fields(out, ctx)}
+            if ctx.shadows:
+                job = ShadowJob(name, ((ctx.answer(out), parsed),), models)
+            return content, job
+        assert isinstance(ids, list)
+        outcomes = [
+            run(x, models=models, request_id=i, complete=complete)
+            for x, i in zip(parsed, ids, strict=True)
+        ]
+        content = {
+            "graph": name, "graph_version": graph.version,
+            "predictions": [_fields(out, ctx) for out, ctx in outcomes],
+        }  # fmt: skip
+        shadowed = tuple(
+            (ctx.answer(out), x)
+            for (out, ctx), x in zip(outcomes, parsed, strict=True)
+            if ctx.shadows
+        )
+        if shadowed:
+            job = ShadowJob(name, shadowed, models)
+        return content, job
+
+    def _failure(self, name: str, exc: Exception) -> tuple[int, dict[str, Any]]:
+        """The status and body of a request that raised ``exc``; re-raised when unexpected."""
+        if isinstance(exc, _TooLarge):
+            return 413, {"detail": f"body larger than {self.max_body_bytes} bytes"}
+        if isinstance(exc, InputError):
+            return 422, {"detail": exc.detail}
+        if isinstance(exc, GraphInputError):
+            return 422, {"detail": [_problem([], str(exc), "graph_input")]}
+        if isinstance(exc, MemberUnavailable):
+            return 503, {"detail": f"graph {name!r}: {exc}"}
+        if isinstance(exc, GraphError):  # the members' answers do not fit the graph (kinds mixed)
+            return 503, {"detail": f"graph {name!r} cannot answer: {exc}"}
+        if isinstance(exc, MODEL_INPUT_ERRORS):
             msg = f"a model cannot use these features: {type(exc).__name__}: {exc}"
-            status, content = 422, {"detail": [_problem([], msg, "model_input")]}
-        if route is not None:
-            self.observe(route, name, status, time.perf_counter() - started)
-        return status, content, job
+            return 422, {"detail": [_problem([], msg, "model_input")]}
+        raise exc
+
+
+def _unknown(name: str) -> dict[str, Any]:
+    return {"detail": f"graph {name!r} is unknown"}
 
 
 Features = dict[str, Any] | list[dict[str, Any]]
