@@ -45,6 +45,8 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -277,20 +279,32 @@ def _in_processes(
     scorer: ChunkScorer, chunks: Iterator[list[Row]], workers: int
 ) -> Iterator[ChunkResult]:
     """``scorer`` over ``chunks`` in ``workers`` forked processes, the results in input order;
-    at most two chunks per worker are in flight (a large input is never all in memory)."""
+    at most two chunks per worker are in flight (a large input is never all in memory). A
+    worker that dies (killed, out of memory) fails the run with that reason, never hangs it."""
     global _SCORER
-    _SCORER = scorer
+    _SCORER = scorer  # the workers fork at their first chunk and inherit it
+    context = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(workers, mp_context=context)
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            pending: deque[Any] = deque()
-            for chunk in chunks:
-                pending.append(pool.apply_async(_score_in_worker, (chunk,)))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().get()
-            while pending:
-                yield pending.popleft().get()
+        pending: deque[Future[ChunkResult]] = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(_score_in_worker, chunk))
+            if len(pending) >= 2 * workers:
+                yield _result(pending.popleft())
+        while pending:
+            yield _result(pending.popleft())
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         _SCORER = None
+
+
+def _result(future: Future[ChunkResult]) -> ChunkResult:
+    try:
+        return future.result()
+    except BrokenProcessPool as exc:
+        raise RiverstreamError(
+            f"a scoring process died ({exc}); nothing after the rows written so far was scored"
+        ) from None
 
 
 def score_rows(
