@@ -34,6 +34,11 @@ order and hold no clock time: a pinned version gives byte-identical output.
 A row that cannot be scored (malformed, refused by the codec, a model error, a non-finite
 answer) is reported with where it was (``line N``, or ``partition P offset O``) and its reason,
 and counted; it is never dropped silently.
+
+With ``--workers N`` (a model target), chunks of `CHUNK` rows are decoded, answered and encoded
+in N forked processes (`ChunkScorer`, the very work of one process) while this one reads the
+input and writes the answers, in input order: the same bytes and report. A worker that dies
+fails the run (`RiverstreamError`) with the chunks before it written.
 """
 
 from __future__ import annotations
