@@ -178,8 +178,8 @@ def score(
         int,
         typer.Option(
             min=0,
-            help="Processes answering rows beside this one, which reads and writes (a model "
-            "only; 0: one per CPU). The output is the same, bytes for bytes.",
+            help="Processes answering rows beside this one, which reads and writes (0: one per "
+            "CPU; not for a graph with shadows). The output is the same, bytes for bytes.",
         ),
     ] = 1,
 ) -> None:
@@ -190,7 +190,13 @@ def score(
     """
     from schemas.events import Limits
     from stream.kafka.security import kafka_security
-    from stream.predict.batch import file_rows, kafka_rows, load_served, score_rows
+    from stream.predict.batch import (
+        file_rows,
+        kafka_rows,
+        load_served,
+        one_process_only,
+        score_rows,
+    )  # fmt: skip
     from stream.predict.graph_target import GraphTarget, load_graph_target
     from stream.predict.sinks import Sink, TableSink, file_sink
     from stream.store.graphs import GraphStore
@@ -232,10 +238,9 @@ def score(
     else:
         served = load_served(store, target, version)
     is_graph = isinstance(served, GraphTarget)
-    if is_graph and workers != 1:
-        raise RiverstreamError(
-            f"--workers {workers}: a graph is scored in one process (its shadows run in it)"
-        )
+    refused = one_process_only(served, workers)
+    if refused:
+        raise RiverstreamError(refused)
     # The model (up to hundreds of MB of small objects) never becomes garbage: keep the
     # collector from traversing it again and again while rows are scored.
     gc.freeze()

@@ -35,8 +35,8 @@ A row that cannot be scored (malformed, refused by the codec, a model error, a n
 answer) is reported with where it was (``line N``, or ``partition P offset O``) and its reason,
 and counted; it is never dropped silently.
 
-With ``--workers N`` (a model target), chunks of `CHUNK` rows are decoded, answered and encoded
-in N forked processes (`ChunkScorer`, the very work of one process) while this one reads the
+With ``--workers N`` (not for a graph with shadows), chunks of `CHUNK` rows are decoded,
+answered and encoded in N forked processes (`ChunkScorer`, the very work of one process) while this one reads the
 input and writes the answers, in input order: the same bytes and report. A worker that dies
 fails the run (`RiverstreamError`) with the chunks before it written.
 """
@@ -312,6 +312,14 @@ def _result(future: Future[ChunkResult]) -> ChunkResult:
         ) from None
 
 
+def one_process_only(served: ServedModel | GraphTarget, workers: int) -> str | None:
+    """Why ``served`` cannot be scored with ``workers`` processes (None: it can): a graph
+    with a shadow node runs its shadows on this process's shadow runner."""
+    if workers != 1 and isinstance(served, GraphTarget) and served.has_shadows:
+        return f"graph {served.name!r} has shadows, which run in one process: drop --workers"
+    return None
+
+
 def score_rows(
     served: ServedModel | GraphTarget,
     rows: Iterable[Row],
@@ -325,13 +333,14 @@ def score_rows(
     """Answer every row with ``served`` (a model version, or a graph version with its members)
     and write the answers to every sink, in input order; rejections are listed in input order
     too. With ``workers`` > 1, chunks of rows are decoded and answered in that many forked
-    processes (a model only: a graph's shadows run in this process) while this one reads and
-    writes: the same output, bytes for bytes."""
+    processes while this one reads and writes: the same output, bytes for bytes (not for a
+    graph with shadows: `one_process_only`)."""
     codec = EventCodec(limits or Limits())
     answer: Callable[[str, dict[str, Any]], tuple[dict[str, Any], bytes]]
+    refused = one_process_only(served, workers)
+    if refused:
+        raise RiverstreamError(refused)
     if isinstance(served, GraphTarget):
-        if workers > 1:
-            raise RiverstreamError("a graph is scored in one process (its shadows run here)")
         report = ScoreReport(served.name, dict(served.versions), graph_version=served.version)
         graph_body = served.body
 

@@ -60,6 +60,7 @@ from learners.predictor import MODEL_INPUT_ERRORS, NonFiniteAnswer, ServedModel
 from schemas.errors import RiverstreamError, SchemaError
 from schemas.graph_errors import GraphError
 from schemas.graph_parser import parse_graph
+from schemas.graphs import ShadowNode, walk
 from stream.store.graph_follower import ServedModels
 
 if TYPE_CHECKING:
@@ -168,6 +169,11 @@ class GraphTarget:
     @property
     def version(self) -> int:
         return self.graph.version
+
+    @property
+    def has_shadows(self) -> bool:
+        """Whether the graph has a shadow node (its shadows run on this process's runner)."""
+        return any(isinstance(node, ShadowNode) for node in walk(self.graph.compiled.spec.root))
 
     def body(self, row_id: str, features: dict[str, Any]) -> dict[str, Any]:
         shadows = self.shadows

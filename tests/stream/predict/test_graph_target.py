@@ -321,6 +321,13 @@ def test_score_a_graph_equals_v1_graphs_pins_its_version_and_fills_a_lookup_tabl
     code, report, text = score(settings, pin, tmp_path / "log")
     assert code == 0 and report["graph_version"] == graphs["fraud"], text
     assert pinned.read_bytes() == out.read_bytes()
+    # answered in worker processes (score --workers): the same bytes
+    parallel = tmp_path / "parallel.jsonl"
+    code, report, text = score(
+        settings, [*pin[:-1], str(parallel), "--workers", "2"], tmp_path / "log"
+    )
+    assert code == 0 and report["workers"] == 2, text
+    assert parallel.read_bytes() == out.read_bytes()
     as_csv = tmp_path / "new.csv"
     code, report, text = score(settings, ["fraud", str(source), "--out", str(as_csv)],
                                tmp_path / "log")  # fmt: skip
@@ -383,3 +390,13 @@ def test_score_runs_a_graphs_shadows_and_reports_them(
     assert report["shadows"] == {
         path: {"runs": len(inputs), "agreements": n} for path, n in agreeing.items()
     }
+    # its shadows run on this process's runner: no worker processes, and the reason
+    log = tmp_path / "refused.log"
+    proc = spawn_cli(
+        predict_settings,
+        ["score", "shadowed", str(source), "--out", str(tmp_path / "w.jsonl"), "--workers", "2"],
+        log,
+    )
+    assert proc.wait(timeout=120) != 0
+    assert "graph 'shadowed' has shadows, which run in one process" in log.read_text()
+    assert not (tmp_path / "w.jsonl").exists()
