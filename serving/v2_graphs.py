@@ -91,24 +91,25 @@ def v1_problems(detail: Any) -> str:
     )
 
 
-def _graph_columns(answers: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """The BYTES outputs of a graph's answers (`GRAPH_OUTPUTS`), a column each."""
-    return {
-        "decided_by": [label_text(a["decided_by"]) for a in answers],
-        "decision": [label_text(a["decision"]) for a in answers],
-        "reason": [label_text(a["reason"]) for a in answers],
-        "path": [orjson.dumps(list(a["path"])).decode() for a in answers],
-        "versions": [orjson.dumps(a["versions"]).decode() for a in answers],
-    }
+def _graph_cells(answer: dict[str, Any]) -> tuple[str, ...]:
+    """One answer's BYTES outputs (`GRAPH_OUTPUTS`, in that order) as text."""
+    return (
+        label_text(answer["decided_by"]),
+        label_text(answer["decision"]),
+        label_text(answer["reason"]),
+        orjson.dumps(list(answer["path"])).decode(),
+        orjson.dumps(answer["versions"]).decode(),
+    )
 
 
 def graph_outputs(content: dict[str, Any], requested: list[dict[str, Any]] | None) -> list[Any]:
     """Output tensors of a ``/v1/graphs`` batch answer."""
     answers = content["predictions"]
+    columns = zip(*map(_graph_cells, answers), strict=True) if answers else [[]] * 5
     tensors = output_tensors(
         [a["prediction"] for a in answers],
         [a["probabilities"] for a in answers],
-        _graph_columns(answers),
+        {name: list(column) for name, column in zip(GRAPH_OUTPUTS, columns, strict=True)},
     )
     return select_outputs(tensors, requested)
 
@@ -130,15 +131,7 @@ def graph_row_tail(answer: dict[str, Any]) -> bytes:
     >>> [(t["name"], t["data"]) for t in tensors][:3]
     [('decided_by', ['root.rules[0]']), ('decision', ['review']), ('reason', [''])]
     """
-    dumps = orjson.dumps
-    values = (
-        dumps(label_text(answer["decided_by"])),
-        dumps(label_text(answer["decision"])),
-        dumps(label_text(answer["reason"])),
-        dumps(dumps(list(answer["path"])).decode()),
-        dumps(dumps(answer["versions"]).decode()),
-    )
     parts: list[bytes] = []
-    for head, value in zip(_TAIL_PARTS, values, strict=True):
-        parts += (head, value, b"]}")
+    for head, cell in zip(_TAIL_PARTS, _graph_cells(answer), strict=True):
+        parts += (head, orjson.dumps(cell), b"]}")
     return b"".join(parts)
