@@ -238,6 +238,7 @@ def score(
     else:
         served = load_served(store, target, version)
     is_graph = isinstance(served, GraphTarget)
+    workers = workers or os.cpu_count() or 1
     refused = one_process_only(served, workers)
     if refused:
         raise RiverstreamError(refused)
@@ -259,7 +260,7 @@ def score(
             report = score_rows(
                 served, rows, sinks, limits=Limits.from_settings(settings),
                 time_range=time_range, progress=lambda n: progress.advance(task, n),
-                workers=workers or os.cpu_count() or 1,
+                workers=workers,
             )  # fmt: skip
         if table is not None:
             lifetime = settings.lookup_ttl_seconds if ttl is None else ttl

@@ -315,7 +315,7 @@ def _result(future: Future[ChunkResult]) -> ChunkResult:
 def one_process_only(served: ServedModel | GraphTarget, workers: int) -> str | None:
     """Why ``served`` cannot be scored with ``workers`` processes (None: it can): a graph
     with a shadow node runs its shadows on this process's shadow runner."""
-    if workers != 1 and isinstance(served, GraphTarget) and served.has_shadows:
+    if workers > 1 and isinstance(served, GraphTarget) and served.has_shadows:
         return f"graph {served.name!r} has shadows, which run in one process: drop --workers"
     return None
 
