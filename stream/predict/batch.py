@@ -36,9 +36,9 @@ answer) is reported with where it was (``line N``, or ``partition P offset O``) 
 and counted; it is never dropped silently.
 
 With ``--workers N`` (not for a graph with shadows), chunks of `CHUNK` rows are decoded,
-answered and encoded in N forked processes (`ChunkScorer`, the very work of one process) while this one reads the
-input and writes the answers, in input order: the same bytes and report. A worker that dies
-fails the run (`RiverstreamError`) with the chunks before it written.
+answered and encoded in N forked processes (`ChunkScorer`, the very work of one process) while
+this one reads the input and writes the answers, in input order: the same bytes and report. A
+worker that dies fails the run (`RiverstreamError`) with the chunks before it written.
 """
 
 from __future__ import annotations
