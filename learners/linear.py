@@ -1,0 +1,123 @@
+"""A served linear pipeline's prediction in one pass, equal to River's to the bit.
+
+River answers ``StandardScaler() | LogisticRegression()`` (the ``logreg`` spec) and
+``StandardScaler() | LinearRegression()`` (``linreg``) in three steps: the scaler builds a new
+dict of scaled features, ``(x - mean) / var ** 0.5`` (0.0 where the variance is 0 or unknown);
+the weights' dot product with that dict (`river.utils.VectorDict.dot`, which adds
+``weight * value`` in the order of the dict, from 0.0); then the loss's mean function of the dot
+product plus the intercept (the sigmoid of `optim.losses.Log`, the identity of ``Squared``).
+About 6.5 µs for 30 features, most of it the dict and the calls between the steps.
+
+`compile_linear` reads a fitted pipeline once (per served version, off the request path) and
+returns a function doing the same arithmetic in the same order without the intermediate dict
+(about 2.5 µs). Why its answers are River's, float for float:
+
+- each scaled value is the same expression on the same numbers: ``(xi - mean) / std`` with
+  ``std = var ** 0.5`` computed once instead of per request (``**`` is deterministic);
+- a feature whose variance is 0 (or that the scaler never saw) scales to 0.0, and adds
+  ``weight * 0.0 = ±0.0`` to the sum: adding a zero changes no sum that starts at +0.0 (such a
+  sum is never -0.0: IEEE 754 gives -0.0 only for two negative zeros), so those features are
+  skipped. That holds for finite weights only: a state with a non-finite number is not compiled;
+- the terms are added in the order of the request's features, as ``VectorDict.dot`` does
+  (`tests/learners/test_linear.py` checks both against River's own code, bit for bit);
+- the mean function is the loss object's own method.
+
+Anything else (another scaler setting, a windowed scaler, a subclass, a negative
+variance, a state over `MAX_FEATURES`) gives ``None``: the model is served by River itself.
+The pipeline's learn-during-predict mode (`compose.learn_during_predict`) is not honoured: a
+served model never learns.
+
+>>> from river import linear_model, preprocessing
+>>> model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+>>> for i in range(50):
+...     model.learn_one({"a": i % 7, "b": i % 3}, i % 7 > 3)
+>>> fast = compile_linear(model)
+>>> x = {"a": 5, "b": 1.5, "never seen": "text"}
+>>> fast(x) == model.predict_proba_one(x)
+True
+>>> compile_linear(preprocessing.MinMaxScaler() | linear_model.LogisticRegression()) is None
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from river import compose, linear_model, preprocessing
+
+MAX_FEATURES = 100_000
+"""A larger state is served by River: the compiled copy would double the model's memory."""
+
+LinearPredict = Callable[[dict[str, Any]], Any]
+"""Features → what River's ``predict_proba_one`` (a classifier) or ``predict_one`` answers."""
+
+_MODELS = (linear_model.LogisticRegression, linear_model.LinearRegression)
+
+
+def compile_linear(estimator: Any) -> LinearPredict | None:
+    """The one-pass prediction of ``estimator`` when it is a supported linear pipeline (see
+    the module docstring), else ``None``. The function reads a copy of the fitted state: it
+    answers for the state at the time of the call (a served version never changes)."""
+    if type(estimator) is not compose.Pipeline or len(estimator.steps) != 2:
+        return None
+    scaler, model = estimator.steps.values()
+    if type(scaler) is not preprocessing.StandardScaler or type(model) not in _MODELS:
+        return None
+    if not scaler.with_std or scaler.window_size is not None:
+        return None
+    weights = model._weights.to_dict()
+    params = _scaled_weights(scaler.means, scaler.vars, weights)
+    intercept = model.intercept
+    if params is None or not _finite(intercept):
+        return None
+    get = params.get
+    mean_func = model.loss.mean_func  # whichever the loss: River's predictions call it too
+    if type(model) is linear_model.LinearRegression:
+
+        def predict(x: dict[str, Any]) -> Any:
+            acc = 0.0
+            for k, xi in x.items():
+                p = get(k)
+                if p is not None:
+                    acc += p[2] * ((xi - p[0]) / p[1])
+            return mean_func(acc + intercept)
+
+        return predict
+
+    def predict_proba(x: dict[str, Any]) -> Any:
+        acc = 0.0
+        for k, xi in x.items():
+            p = get(k)
+            if p is not None:
+                acc += p[2] * ((xi - p[0]) / p[1])
+        p = mean_func(acc + intercept)
+        return {False: 1.0 - p, True: p}
+
+    return predict_proba
+
+
+def _scaled_weights(
+    means: Mapping[Any, Any], variances: Mapping[Any, Any], weights: Mapping[Any, Any]
+) -> dict[Any, tuple[Any, float, float]] | None:
+    """Feature → ``(mean, std, weight)`` for the features whose variance is not 0; ``None``
+    when the state cannot be compiled exactly (non-finite or negative numbers, too large)."""
+    if len(variances) > MAX_FEATURES or len(weights) > MAX_FEATURES:
+        return None
+    if not all(_finite(w) for w in weights.values()):
+        return None
+    params = {}
+    for k, var in variances.items():
+        if not _finite(var) or var < 0:
+            return None
+        if var:
+            mean = means.get(k, 0.0)
+            if not _finite(mean):
+                return None
+            params[k] = (mean, var**0.5, weights.get(k, 0.0))
+    return params
+
+
+def _finite(value: Any) -> bool:
+    return type(value) in (float, int) and math.isfinite(value)
