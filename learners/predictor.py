@@ -210,7 +210,13 @@ class ServedModel:
             x = without_missing(x)
         if self.argmax:
             linear = self.linear
-            proba = est.predict_proba_one(x) if linear is None else linear(x)
+            if linear is None:
+                proba = est.predict_proba_one(x)
+            else:  # {False: 1 - p, True: p}: finite iff p is, and the first argmax is p > 1 - p
+                proba = linear(x)
+                p = proba[True]
+                if p - p == 0:
+                    return p > proba[False], proba
             _check_finite(proba)
             return _first_argmax(proba), proba
         if self.kind == "classifier":

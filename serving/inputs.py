@@ -19,14 +19,15 @@ list of ``{"loc", "msg", "type"}`` naming the field and the problem.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import orjson
 
 FeatureDict = dict[str, Any]
 _SCALARS = (int, float, str, bool, type(None))
-_NUMBERS = frozenset({float, int, bool})
 _MAX_ERRORS = 20
 
 
@@ -101,7 +102,8 @@ def finite_features(features: Any, limits: InputLimits) -> FeatureDict | None:
 
 def numeric_instances(body: Any, limits: InputLimits) -> list[FeatureDict] | None:
     """The instances of a batch whose features are all finite numbers (`numeric_features`, for
-    ``{"instances": [...]}``); None for anything else.
+    ``{"instances": [...]}``), checked for the whole batch at once in C loops; None for
+    anything else.
 
     >>> numeric_instances({"instances": [{"x": 1.5}, {"x": 2}]}, InputLimits())
     [{'x': 1.5}, {'x': 2}]
@@ -113,23 +115,22 @@ def numeric_instances(body: Any, limits: InputLimits) -> list[FeatureDict] | Non
     instances = body.get("instances")
     if instances.__class__ is not list or len(instances) > limits.max_instances:
         return None
-    most = limits.max_features
-    for x in instances:
-        if x.__class__ is not dict or len(x) > most or not _finite_numbers(x.values()):
-            return None
-    return instances
+    if not instances:
+        return instances
+    if set(map(type, instances)) != {dict} or max(map(len, instances)) > limits.max_features:
+        return None
+    return instances if _finite_numbers(chain.from_iterable(map(dict.values, instances))) else None
 
 
-def _finite_numbers(values: Any) -> bool:
-    """Whether every value is a finite number, by C loops (≈ 1 µs for 30 values instead of 2.5):
-    a finite sum means every value is finite (an overflow answers False: the caller's own
-    checks then look at each value)."""
-    if set(map(type, values)) <= _NUMBERS:
-        try:
-            return math.isfinite(sum(values))
-        except OverflowError:
-            return False
-    return False
+def _finite_numbers(values: Iterable[Any]) -> bool:
+    """Whether every value is a finite number (an int, a float or a bool), by one C loop
+    (≈ 0.25 µs for 30 values): ``sum`` raises `TypeError` on anything else (a string, null, an
+    array, an object), and a finite sum means every value is finite. An overflow answers False:
+    the caller's own checks then look at each value."""
+    try:
+        return math.isfinite(sum(values))
+    except (TypeError, OverflowError):
+        return False
 
 
 def predict_features(body: Any, limits: InputLimits) -> FeatureDict | list[FeatureDict]:

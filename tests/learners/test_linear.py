@@ -5,6 +5,7 @@ raises what River raises; anything it cannot reproduce is left to River."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -56,6 +57,10 @@ def test_logreg_answers_river_probabilities_bit_for_bit(data: list, x: dict, los
     assert fast is not None
     x["constant"] = x.get("a", 2.5)
     assert outcome(fast, x) == outcome(model.predict_proba_one, x)
+    # served: the answer (prediction and probabilities) or the error of River's own path
+    served = ServedModel.build("m", model, version=1, kind="classifier")
+    assert served.linear is not None
+    assert outcome(served.predict, x) == outcome(replace(served, linear=None).predict, x)
 
 
 @settings(max_examples=300, deadline=None)
@@ -66,6 +71,8 @@ def test_linreg_answers_river_predictions_bit_for_bit(data: list, x: dict, loss:
     fast = compile_linear(model)
     assert fast is not None
     assert outcome(fast, x) == outcome(model.predict_one, x)
+    served = ServedModel.build("m", model, version=1, kind="regressor")
+    assert outcome(served.predict, x) == outcome(replace(served, linear=None).predict, x)
 
 
 def pipeline(
