@@ -214,6 +214,12 @@ class Settings(BaseSettings):
     serve_host: str = Field("127.0.0.1", description="API bind address.")
     serve_port: int = Field(8000, ge=0, le=65535, description="API port.")
     serve_workers: int = Field(1, ge=1, description="API worker processes.")
+    serve_reuse_port: bool = Field(
+        True,
+        description="With several workers on Linux, each listens on its own socket (SO_REUSEPORT) "
+        "and the kernel spreads connections evenly; false: one shared socket, where an idle "
+        "worker may take a whole burst of connections (but none waits for a busy worker).",
+    )
     serve_models: str = Field("", description="Comma-separated models to serve (empty: all).")
     serve_max_instances: int = Field(1000, gt=0, description="Most instances in a batch request.")
     serve_max_body_bytes: int = Field(
