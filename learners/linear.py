@@ -22,6 +22,8 @@ returns a function doing the same arithmetic in the same order without the inter
   (`tests/learners/test_linear.py` checks both against River's own code, bit for bit);
 - the mean function is the loss object's own method.
 
+And at compile time it must answer two probes exactly as River does, else River serves.
+
 Anything else (another scaler setting, a windowed scaler, a subclass, a negative
 variance, a state over `MAX_FEATURES`) gives ``None``: the model is served by River itself.
 The pipeline's learn-during-predict mode (`compose.learn_during_predict`) is not honoured: a
@@ -59,13 +61,27 @@ _MODELS = (linear_model.LogisticRegression, linear_model.LinearRegression)
 def compile_linear(estimator: Any) -> LinearPredict | None:
     """The one-pass prediction of ``estimator`` when it is a supported linear pipeline (see
     the module docstring), else ``None``. The function reads a copy of the fitted state: it
-    answers for the state at the time of the call (a served version never changes)."""
+    answers for the state at the time of the call (a served version never changes).
+
+    Before it is returned it answers two probes (every known feature, in two orders) as River
+    does, to the bit, or it is not used: a River release that computed otherwise, or renamed
+    what is read here, falls back to River's own code instead of answering differently."""
+    try:
+        predict = _compiled(estimator)
+        if predict is None or not _agrees(predict, estimator):
+            return None
+    except Exception:  # River's internals moved: serve with River itself
+        return None
+    return predict
+
+
+def _compiled(estimator: Any) -> LinearPredict | None:
     if type(estimator) is not compose.Pipeline or len(estimator.steps) != 2:
         return None
     scaler, model = estimator.steps.values()
     if type(scaler) is not preprocessing.StandardScaler or type(model) not in _MODELS:
         return None
-    if not scaler.with_std or scaler.window_size is not None:
+    if not scaler.with_std or getattr(scaler, "window_size", None) is not None:
         return None
     weights = model._weights.to_dict()
     params = _scaled_weights(scaler.means, scaler.vars, weights)
@@ -96,6 +112,22 @@ def compile_linear(estimator: Any) -> LinearPredict | None:
         return {False: 1.0 - p, True: p}
 
     return predict_proba
+
+
+def _agrees(predict: LinearPredict, estimator: Any) -> bool:
+    """Whether ``predict`` answers two probes as ``estimator`` does (``repr`` of the answers):
+    every feature the scaler knows, half a standard deviation off its mean, in its order and
+    reversed (known features only: River's reads of an unknown one would add it to the state
+    of an estimator that is not read-only)."""
+    scaler, model = estimator.steps.values()
+    means, variances = scaler.means, scaler.vars
+    probe = {k: means.get(k, 0.0) + 0.5 * v**0.5 for k, v in variances.items() if v > 0}
+    river = (
+        estimator.predict_one
+        if type(model) is linear_model.LinearRegression
+        else estimator.predict_proba_one
+    )
+    return all(repr(predict(x)) == repr(river(x)) for x in (probe, dict(reversed(probe.items()))))
 
 
 def _scaled_weights(

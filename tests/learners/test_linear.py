@@ -171,3 +171,34 @@ def test_the_served_model_answers_through_it_with_river_s_numbers() -> None:
     assert served.linear is not None
     assert served.predict({"a": 4}) == (regressor.predict_one({"a": 4}), None)
     assert ServedModel.build("t", linear_model.LogisticRegression(), version=1).linear is None
+
+
+def _logreg() -> Any:
+    return trained(
+        preprocessing.StandardScaler() | linear_model.LogisticRegression(),
+        [{"a": i % 5, "b": (i * 7) % 11 / 3} for i in range(100)],
+        True,
+    )
+
+
+def test_a_river_that_computes_otherwise_is_served_by_river(monkeypatch: Any) -> None:
+    """The probes at compile time: were River's scaler to divide by the variance (a release
+    computing otherwise), the compiled form would disagree, and is not used."""
+    model = _logreg()
+    assert compile_linear(model) is not None
+
+    def by_variance(self: Any, x: dict) -> dict:
+        return {
+            i: (xi - self.means[i]) / self.vars[i] if self.vars[i] else 0.0 for i, xi in x.items()
+        }
+
+    monkeypatch.setattr(preprocessing.StandardScaler, "transform_one", by_variance)
+    assert compile_linear(model) is None
+
+
+def test_river_internals_that_moved_give_river_not_an_error() -> None:
+    model = _logreg()
+    model["LogisticRegression"]._weights = object()  # no to_dict: a renamed internal
+    assert compile_linear(model) is None
+    served = ServedModel.build("m", model, version=1, kind="classifier")
+    assert served.linear is None
