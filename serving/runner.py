@@ -8,10 +8,11 @@ fresh ``PROMETHEUS_MULTIPROC_DIR`` unless one is already set.
 On Linux each worker listens on a socket of its own, bound to the same address with
 ``SO_REUSEPORT``, and the kernel spreads new connections over the workers by a hash of their
 addresses. uvicorn's default, one socket shared by the workers, lets whichever worker is in
-``accept()`` take a whole burst of connections: measured with wrk opening 64 connections at
-once to two workers, one worker served 96 % of the requests in one run and 60 % in the next,
-and the run where one worker did everything answered 10.5k instead of 18k requests/s
-(`bench/README.md`, *serve_latency.py*).
+``accept()`` take a whole burst of connections, and kept-alive connections stay where they
+were accepted: measured with wrk opening 64 connections at once to two workers, one worker
+spent 96 % of the two workers' CPU time in one run (10.5k requests/s) and 60 % in the next
+(18k requests/s) (`bench/README.md`, *serve_latency.py*, session 9). Connections hashed to a
+busy worker wait for it: ``RIVERSTREAM_SERVE_REUSE_PORT=false`` gives the shared socket back.
 """
 
 from __future__ import annotations
