@@ -167,15 +167,25 @@ class ModelAnswers:
         self._predict = served.predict
         self._name = served.name
         self._versions = {served.name: served.version}
+        name = _encoder.encode(served.name)
+        head = b',"target":' + name + b',"versions":' + _encoder.encode(self._versions)
+        self._before_prediction = head + b',"prediction":'
+        self._after_probabilities = b'},"decided_by":' + name + b"}"
 
-    def body(self, row_id: str, features: dict[str, Any]) -> dict[str, Any]:
-        """`answer_body` with the probabilities' keys as JSON writes them."""
+    def _predicted(self, features: dict[str, Any]) -> tuple[Any, dict[Any, float] | None]:
         try:
             prediction, proba = self._predict(features)
         except MODEL_INPUT_ERRORS as exc:
             raise model_failure(exc) from None
         if type(prediction) is float and not math.isfinite(prediction):
             raise SchemaError("not_finite", "prediction", f"the model answered {prediction}")
+        return prediction, proba
+
+    def body(self, row_id: str, features: dict[str, Any]) -> dict[str, Any]:
+        """`answer_body` with the probabilities' keys as JSON writes them."""
+        return self._body(row_id, *self._predicted(features))
+
+    def _body(self, row_id: str, prediction: Any, proba: dict[Any, float] | None) -> dict[str, Any]:
         if proba:
             proba = json_keyed(proba)
         name = self._name
@@ -192,6 +202,30 @@ class ModelAnswers:
         """The body and its JSON, as `encode` writes it."""
         body = self.body(row_id, features)
         return body, _encoder.encode(body)
+
+    def answer_json(self, row_id: str, features: dict[str, Any]) -> tuple[None, bytes]:
+        """`answer`'s JSON alone, for outputs that keep no body (JSON Lines). The commonest
+        answer, a boolean prediction with the probabilities of ``False`` then ``True``, is
+        written from pieces: the fixed text once per model, each value by the same encoder
+        (the same bytes, ≈ 0.6 µs less a row).
+
+        >>> from river import linear_model
+        >>> answers = ModelAnswers(ServedModel.build("lr", linear_model.LogisticRegression(),
+        ...                                          version=4))
+        >>> answers.answer_json("a", {"x": 2})[1] == answers.answer("a", {"x": 2})[1]
+        True
+        """
+        prediction, proba = self._predicted(features)
+        if prediction.__class__ is bool and proba.__class__ is dict and len(proba) == 2:
+            (k0, p0), (k1, p1) = proba.items()
+            if k0 is False and k1 is True:
+                encode = _encoder.encode
+                return None, b"".join((
+                    b'{"id":', encode(row_id), self._before_prediction,
+                    b"true" if prediction else b"false", b',"probabilities":{"false":',
+                    encode(p0), b',"true":', encode(p1), self._after_probabilities,
+                ))  # fmt: skip
+        return None, _encoder.encode(self._body(row_id, prediction, proba))
 
 
 _AS_THEY_ARE = frozenset((str, int, float))

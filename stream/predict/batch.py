@@ -221,7 +221,7 @@ class ChunkScorer:
     process or in a worker process (`score_rows` with ``workers``)."""
 
     codec: EventCodec
-    answer: Callable[[str, dict[str, Any]], tuple[dict[str, Any], bytes]]
+    answer: Callable[[str, dict[str, Any]], tuple[dict[str, Any] | None, bytes]]
     low: float
     high: float
     keep: bool
@@ -336,7 +336,8 @@ def score_rows(
     processes while this one reads and writes: the same output, bytes for bytes (not for a
     graph with shadows: `one_process_only`)."""
     codec = EventCodec(limits or Limits())
-    answer: Callable[[str, dict[str, Any]], tuple[dict[str, Any], bytes]]
+    keep = any(sink.needs_body for sink in sinks)  # else the answers' JSON alone is written
+    answer: Callable[[str, dict[str, Any]], tuple[dict[str, Any] | None, bytes]]
     refused = one_process_only(served, workers)
     if refused:
         raise RiverstreamError(refused)
@@ -349,9 +350,9 @@ def score_rows(
             return body, encode(body)
     else:
         report = ScoreReport(served.name, {served.name: served.version})
-        answer = ModelAnswers(served).answer
+        answers = ModelAnswers(served)
+        answer = answers.answer if keep else answers.answer_json
     low, high = time_range if time_range is not None else (-math.inf, math.inf)
-    keep = any(sink.needs_body for sink in sinks)
     scorer = ChunkScorer(codec, answer, low, high, keep)
     report.workers = max(workers, 1)
     started = time.perf_counter()
