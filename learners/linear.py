@@ -45,9 +45,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
-from river import compose, linear_model, preprocessing
+from river import compose, linear_model, optim, preprocessing, utils
 
 MAX_FEATURES = 100_000
 """A larger state is served by River: the compiled copy would double the model's memory."""
@@ -89,7 +89,7 @@ def _compiled(estimator: Any) -> LinearPredict | None:
     if params is None or not _finite(intercept):
         return None
     get = params.get
-    mean_func = model.loss.mean_func  # whichever the loss: River's predictions call it too
+    mean_func = _link(model.loss)
     if type(model) is linear_model.LinearRegression:
 
         def predict(x: dict[str, Any]) -> Any:
@@ -112,6 +112,18 @@ def _compiled(estimator: Any) -> LinearPredict | None:
         return {False: 1.0 - p, True: p}
 
     return predict_proba
+
+
+def _link(loss: Any) -> Callable[[float], Any]:
+    """The loss's mean function of a float, as River's predictions call it: the sigmoid of
+    `optim.losses.BinaryLoss` and the identity of ``RegressionLoss`` directly, when the loss
+    keeps them (each checks first for a numpy array, which a float is not)."""
+    mean_func = type(loss).mean_func
+    if mean_func is optim.losses.BinaryLoss.mean_func:
+        return utils.math.sigmoid
+    if mean_func is optim.losses.RegressionLoss.mean_func:
+        return float.__pos__  # the identity of a float: acc + intercept is one
+    return cast("Callable[[float], Any]", loss.mean_func)
 
 
 def _agrees(predict: LinearPredict, estimator: Any) -> bool:
