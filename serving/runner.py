@@ -32,6 +32,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 
+from schemas.errors import RiverstreamError
 from schemas.settings import Settings
 from serving.telemetry import MULTIPROC_ENV
 
@@ -149,7 +150,17 @@ class ReusePortAddress(socket.socket):
 
     @classmethod
     def reserve(cls, host: str, port: int) -> ReusePortAddress:
+        """The address ``host:port``, refused (`RiverstreamError`) while any socket listens on
+        it: a server still running there, say, whose workers would otherwise share the port
+        with the new one's (a plain socket is bound first, which no listener allows)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise RiverstreamError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            port = probe.getsockname()[1]  # port 0: the one the system chose
         sock = cls(family, socket.SOCK_STREAM)
         _reuse(sock)
         sock.bind((host, port))

@@ -37,31 +37,73 @@ def _answers_pid(port: int) -> int | None:
         return None
 
 
+def _start(port: int, tmp_path: Path, *, capture: bool = False) -> subprocess.Popen[bytes]:
+    """`run_uvicorn` of the pid app with two workers (``capture``: its stderr, to read once it
+    exits)."""
+    code = (
+        "from serving.runner import run_uvicorn; "
+        f"run_uvicorn('tests.support.pid_app:factory', '127.0.0.1', {port}, {WORKERS})"
+    )
+    env = {
+        **os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(ROOT),
+        "PID_APP_BUSY_FILE": str(tmp_path / "busy"),
+    }  # fmt: skip
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stderr=subprocess.PIPE)
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def _workers_answering(server: subprocess.Popen[bytes], port: int) -> set[int]:
+    """The pids of the workers, once each has answered a connection (polled, 30 s at most)."""
+    deadline = time.monotonic() + 30
+    workers: set[int] = set()
+    while len(workers) < WORKERS:
+        assert time.monotonic() < deadline, f"workers answering: {workers}"
+        assert server.poll() is None, "the server exited"
+        pid = _answers_pid(port)
+        if pid is not None:
+            workers.add(pid)
+    assert workers <= set(procs.children(server.pid))
+    return workers
+
+
+@pytest.mark.timeout(60)
+def test_a_server_still_listening_keeps_its_port(tmp_path: Path) -> None:
+    """Sockets that share a port are only for one server's workers: a second server on a port
+    that a running one listens on is refused with the reason, and takes none of its traffic."""
+    port = free_port()
+    first = _start(port, tmp_path)
+    try:
+        workers = _workers_answering(first, port)
+        second = _start(port, tmp_path, capture=True)
+        try:
+            _, err = second.communicate(timeout=30)
+        finally:
+            if second.poll() is None:
+                _stop(second)
+        assert second.returncode != 0
+        assert f"cannot listen on 127.0.0.1:{port}" in err.decode()
+        assert {_answers_pid(port) for _ in range(20)} <= workers
+    finally:
+        _stop(first)
+
+
 @pytest.mark.timeout(60)
 def test_a_burst_of_connections_is_spread_over_the_workers_even_with_one_busy(
     tmp_path: Path,
 ) -> None:
     port = free_port()
-    code = (
-        "from serving.runner import run_uvicorn; "
-        f"run_uvicorn('tests.support.pid_app:factory', '127.0.0.1', {port}, {WORKERS})"
-    )
     busy_file = tmp_path / "busy"
-    env = {
-        **os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(ROOT),
-        "PID_APP_BUSY_FILE": str(busy_file),
-    }  # fmt: skip
-    server = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
+    server = _start(port, tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        workers: set[int] = set()
-        while len(workers) < WORKERS:  # every worker listening (each answers some connection)
-            assert time.monotonic() < deadline, f"workers answering: {workers}"
-            assert server.poll() is None, "the server exited"
-            pid = _answers_pid(port)
-            if pid is not None:
-                workers.add(pid)
-        assert workers <= set(procs.children(server.pid))
+        workers = _workers_answering(server, port)
         # one worker busy for a second (whichever takes this connection)...
         busy = socket.create_connection(("127.0.0.1", port), timeout=5)
         busy.sendall(b"GET /busy?1.0 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -97,9 +139,4 @@ def test_a_burst_of_connections_is_spread_over_the_workers_even_with_one_busy(
         # a hash of 48 connections over 2 sockets: fewer than 12 on one has odds below 1e-3
         assert min(owners.values()) >= CONNECTIONS // 4, owners
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        _stop(server)
