@@ -225,12 +225,21 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
             publisher.publish_events(events[1800:])
             publisher.close()
 
+            route_rates = (
+                "sum by (route) (rate(riverstream_http_request_duration_seconds_count"
+                '{route=~"/v1/(models|graphs)/.*"}[1m]))'
+            )
+
             def scraped_enough() -> bool:
                 return (
                     len(_query(base, "count_over_time(up[1m]) >= 5")) == 3
                     and bool(
                         _query(base, 'rate(riverstream_http_requests_total{status="200"}[1m]) > 0')
                     )
+                    # every route the latency panels show has requests in the window (the
+                    # trickle's): a route without any has no quantile (NaN)
+                    and bool(_query(base, f"{route_rates} > 0"))
+                    and not _query(base, f"{route_rates} == 0")
                     and bool(_query(base, "rate(riverstream_learn_seconds_count[1m]) > 0"))
                     and bool(_query(base, "rate(riverstream_predict_seconds_count[1m]) > 0"))
                     and bool(_query(base, "riverstream_served_metric"))
