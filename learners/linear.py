@@ -20,7 +20,8 @@ returns a function doing the same arithmetic in the same order without the inter
   skipped. That holds for finite weights only: a state with a non-finite number is not compiled;
 - the terms are added in the order of the request's features, as ``VectorDict.dot`` does
   (`tests/learners/test_linear.py` checks both against River's own code, bit for bit);
-- the mean function is the loss object's own method.
+- the mean function is River's own: its sigmoid (or the identity) called directly when the
+  loss keeps River's, else the loss object's method.
 
 And at compile time it must answer two probes exactly as River does, else River serves.
 
