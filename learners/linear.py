@@ -91,6 +91,8 @@ def _compiled(estimator: Any) -> LinearPredict | None:
         return None
     get = params.get
     mean_func = _link(model.loss)
+    # The sum is written out in both functions, not shared: a call per request costs what
+    # several features do.
     if type(model) is linear_model.LinearRegression:
 
         def predict(x: dict[str, Any]) -> Any:

@@ -48,30 +48,37 @@ def trained(model: Any, data: list[dict[str, Any]], classify: bool) -> Any:
     return model
 
 
+CASES = {
+    "logreg": (linear_model.LogisticRegression, [optim.losses.Log(), optim.losses.Hinge()]),
+    "linreg": (linear_model.LinearRegression, [optim.losses.Squared(), optim.losses.Huber()]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
 @settings(max_examples=300, deadline=None)
-@given(data=rows, x=queries, loss=st.sampled_from([optim.losses.Log(), optim.losses.Hinge()]))
-def test_logreg_answers_river_probabilities_bit_for_bit(data: list, x: dict, loss: Any) -> None:
-    classifier = linear_model.LogisticRegression(loss=loss)
-    model = trained(preprocessing.StandardScaler() | classifier, data, True)
+@given(data=rows, x=queries, draw=st.data())
+def test_answers_river_s_numbers_bit_for_bit(
+    case: str, data: list, x: dict, draw: st.DataObject
+) -> None:
+    """River's ``predict_proba_one`` (logreg) or ``predict_one`` (linreg), and the served
+    answer (prediction and probabilities) or the error of River's own path."""
+    model_class, losses = CASES[case]
+    classify = model_class is linear_model.LogisticRegression
+    model = trained(
+        preprocessing.StandardScaler() | model_class(loss=draw.draw(st.sampled_from(losses))),
+        data,
+        classify,
+    )
     fast = compile_linear(model)
     assert fast is not None
-    x["constant"] = x.get("a", 2.5)
-    assert outcome(fast, x) == outcome(model.predict_proba_one, x)
-    # served: the answer (prediction and probabilities) or the error of River's own path
-    served = ServedModel.build("m", model, version=1, kind="classifier")
+    if draw.draw(st.booleans()):
+        x["constant"] = x.get("a", 2.5)  # the feature without variance, queried
+    river = model.predict_proba_one if classify else model.predict_one
+    assert outcome(fast, x) == outcome(river, x)
+    served = ServedModel.build(
+        "m", model, version=1, kind="classifier" if classify else "regressor"
+    )
     assert served.linear is not None
-    assert outcome(served.predict, x) == outcome(replace(served, linear=None).predict, x)
-
-
-@settings(max_examples=300, deadline=None)
-@given(data=rows, x=queries, loss=st.sampled_from([optim.losses.Squared(), optim.losses.Huber()]))
-def test_linreg_answers_river_predictions_bit_for_bit(data: list, x: dict, loss: Any) -> None:
-    regressor = linear_model.LinearRegression(loss=loss)
-    model = trained(preprocessing.StandardScaler() | regressor, data, False)
-    fast = compile_linear(model)
-    assert fast is not None
-    assert outcome(fast, x) == outcome(model.predict_one, x)
-    served = ServedModel.build("m", model, version=1, kind="regressor")
     assert outcome(served.predict, x) == outcome(replace(served, linear=None).predict, x)
 
 
