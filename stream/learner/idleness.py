@@ -2,6 +2,12 @@
 its log end for the idle grace. An idle source stops holding the watermark back, and when every
 source is idle the learner releases everything it holds (the end of a replay, a quiet stream).
 
+A quiet stream that resumes gives every source the grace again: records that arrive while every
+source is idle mark them all active, each idle again only after a grace without records. The
+partitions of a stream resume together, but their first records reach the learner at different
+moments (one fetch may bring one partition's batch before another's); a source left idle would
+let the first partition's events pass the watermark before the others' older ones arrive.
+
 The log ends come from the Kafka source (`RecordSource.end_offsets`): a partition whose end is
 unknown (not fetched yet, or the broker unreachable) is not caught up.
 """
@@ -39,6 +45,7 @@ class Idleness:
         self.caught_up_since: dict[Source, float] = {}
         self._caught_up_at: dict[Source, int] = {}  # the position each source was caught up at
         self._last_ends_check = -1e9
+        self._all_idle = False  # as the last update left the watermark
 
     def update(self, now: float, got_records: bool, offsets: Offsets, watermark: Watermark) -> None:
         """Refresh the log ends (at most every 0.2 s; 0.5 s while records flow) and mark the
@@ -47,7 +54,13 @@ class Idleness:
         Caught up for the grace means no record for the grace: a source that is caught up at
         every check but whose position moved in between (a partition trickling records, each
         read as soon as it comes) starts its grace again. Otherwise it would turn idle while
-        still publishing, and the watermark would pass its next, older events (late)."""
+        still publishing, and the watermark would pass its next, older events (late).
+
+        Records read while every source was idle resume the stream: every source starts its
+        grace again (see the module's docstring)."""
+        if got_records and self._all_idle:
+            self._resume(now, watermark)
+        self._all_idle = False
         if got_records and now - self._last_ends_check < 0.5:
             return
         if now - self._last_ends_check >= 0.2:
@@ -69,6 +82,13 @@ class Idleness:
             since = self.caught_up_since.setdefault((t, p), now)
             if now - since >= self.grace:
                 watermark.mark_idle((t, p), True)
+        self._all_idle = len(watermark.idle_sources()) == len(self.sources)
+
+    def _resume(self, now: float, watermark: Watermark) -> None:
+        for source in self.sources:
+            watermark.mark_idle(source, False)
+            if source in self.caught_up_since:
+                self.caught_up_since[source] = now
 
     def poll_timeout(self, watermark: Watermark) -> float:
         """How long a poll may wait for records: at most `POLL_SECONDS`, and no longer than

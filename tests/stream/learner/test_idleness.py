@@ -66,3 +66,31 @@ def test_a_source_behind_its_log_end_is_not_caught_up() -> None:
         clock[0] = now
         idleness.update(now, False, {KEY: 3}, watermark)
     assert SOURCE not in watermark.idle_sources() and not idleness.all_caught_up()
+
+
+def test_a_stream_that_resumes_gives_every_source_the_grace_again() -> None:
+    """Every source idle (a pause), then records on one: the other is not left idle (its older
+    events may still be on their way) until a whole grace passes without records from it."""
+    other, other_key = (0, 1), "f:1"
+    ends, clock = Ends(), [0.0]
+    ends.end_offsets = lambda: {("f", 0): ends.end, ("f", 1): 3}  # type: ignore[method-assign]
+    sources = [SOURCE, other]
+    idleness = Idleness(ends, sources, ("f", "l"), 1.0, lambda: clock[0])  # type: ignore[arg-type]
+    watermark = Watermark(sources)
+    ends.end = 3
+    for now in (0.0, 0.5, 1.1):
+        clock[0] = now
+        idleness.update(now, False, {KEY: 3, other_key: 3}, watermark)
+    assert idleness.all_idle() and watermark.idle_sources() == {SOURCE, other}
+    ends.end = 5  # the stream resumes on SOURCE; what `other` has is not read (or sent) yet
+    clock[0] = 5.0
+    watermark.observe(SOURCE, 10.0)
+    idleness.update(5.0, True, {KEY: 5, other_key: 3}, watermark)
+    assert other not in watermark.idle_sources() and not idleness.all_idle()
+    for now in (5.3, 5.6, 5.9):
+        clock[0] = now
+        idleness.update(now, False, {KEY: 5, other_key: 3}, watermark)
+        assert other not in watermark.idle_sources(), now
+    clock[0] = 6.1
+    idleness.update(6.1, False, {KEY: 5, other_key: 3}, watermark)
+    assert watermark.idle_sources() == {SOURCE, other}
