@@ -1,0 +1,171 @@
+"""`learners.trees`: a served Hoeffding tree answers what River answers, bit for bit (``repr``
+of every probability), and raises what River raises, for majority-class, naive Bayes and
+adaptive leaves, numeric and nominal splits, missing features and unseen categories; anything
+it cannot reproduce is left to River."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from river import proba, tree
+
+from learners.predictor import ServedModel
+from learners.trees import compile_tree
+
+NUMERIC = ["a", "b", "c", "d"]
+CATEGORIES = ["red", "green", "blue"]
+
+query_value = st.one_of(
+    st.floats(),  # with NaN, infinities and the largest floats
+    st.integers(-(10**400), 10**400),  # beyond a float: an OverflowError
+    st.booleans(),
+    st.sampled_from([*CATEGORIES, "violet"]),  # a category, or one never seen
+    st.text(max_size=2),
+)
+queries = st.dictionaries(st.sampled_from([*NUMERIC, "k", "unseen"]), query_value, max_size=6)
+
+
+def outcome(predict: Any, x: dict[str, Any]) -> tuple[Any, ...]:
+    try:
+        return ("answer", repr(predict(x)))
+    except Exception as exc:  # the same error, type and message, is part of the contract
+        return ("raised", type(exc), str(exc))
+
+
+def grown(seed: int, leaf: str, classes: int, nominal: bool, nb_threshold: int) -> Any:
+    """A tree grown on rows whose class follows ``a`` and ``b`` (so that it splits), with
+    features missing at random and, with ``nominal``, a categorical feature ``k``."""
+    rng = random.Random(seed)
+    model = tree.HoeffdingTreeClassifier(
+        grace_period=rng.choice([10, 30, 60]), leaf_prediction=leaf, nb_threshold=nb_threshold,
+        delta=0.01,
+    )  # fmt: skip
+    for _ in range(rng.randint(0, 600)):
+        x: dict[str, Any] = {
+            k: rng.gauss(0, 3) if rng.random() < 0.8 else rng.randint(-3, 3)
+            for k in NUMERIC
+            if rng.random() < 0.9
+        }
+        if nominal:
+            x["k"] = rng.choice(CATEGORIES)
+        score = x.get("a", 0) + 0.5 * x.get("b", 0) + (2 if x.get("k") == "red" else 0)
+        y: Any = (
+            score > 0 if classes == 2 else ["low", "mid", "high"][int(score > -1) + int(score > 2)]
+        )
+        model.learn_one(x, y)
+    return model
+
+
+@settings(max_examples=250, deadline=None)
+@given(
+    seed=st.integers(0, 10**6),
+    leaf=st.sampled_from(["mc", "nb", "nba"]),
+    classes=st.sampled_from([2, 3]),
+    nominal=st.booleans(),
+    nb_threshold=st.sampled_from([0, 40]),
+    x=queries,
+)
+def test_answers_river_s_numbers_bit_for_bit(
+    seed: int, leaf: str, classes: int, nominal: bool, nb_threshold: int, x: dict
+) -> None:
+    """River's ``predict_proba_one`` and the served answer (prediction and probabilities), or
+    the error of River's own path."""
+    model = grown(seed, leaf, classes, nominal, nb_threshold)
+    fast = compile_tree(model)
+    assert fast is not None
+    assert outcome(fast, x) == outcome(model.predict_proba_one, x)
+    served = ServedModel.build("t", model, version=1, kind="classifier")
+    assert served.tree is not None
+    assert outcome(served.predict, x) == outcome(replace(served, tree=None).predict, x)
+
+
+def test_every_leaf_kind_is_compiled_on_a_grown_tree() -> None:
+    """The property above is about the fast paths: on trees like its own, the leaves are the
+    precomputed or compiled ones, and the walk goes through branches. (A naive Bayes leaf that
+    observes a nominal feature is answered by River's own code.)"""
+    for leaf, nominal in (("mc", True), ("nb", False), ("nba", False)):
+        model = grown(3, leaf, 3, nominal=nominal, nb_threshold=0)
+        assert model.height > 1, leaf
+        fast = compile_tree(model)
+        assert fast is not None
+        cells = dict(zip(fast.__code__.co_freevars, fast.__closure__ or (), strict=True))
+        fixed, bayes = cells["fixed"].cell_contents, cells["bayes"].cell_contents
+        assert len(fixed) + len(bayes) == model.n_leaves, leaf
+        assert (len(bayes) > 0) == (leaf != "mc"), leaf
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        tree.HoeffdingAdaptiveTreeClassifier(),
+        tree.ExtremelyFastDecisionTreeClassifier(),
+        tree.HoeffdingTreeRegressor(),
+    ],
+    ids=["adaptive", "extremely fast", "regressor"],
+)
+def test_other_trees_are_left_to_river(estimator: Any) -> None:
+    assert compile_tree(estimator) is None
+
+
+def test_a_subclass_is_left_to_river() -> None:
+    class Mine(tree.HoeffdingTreeClassifier):
+        pass
+
+    assert compile_tree(Mine()) is None
+
+
+def test_an_untrained_tree_answers_as_river() -> None:
+    model = tree.HoeffdingTreeClassifier()
+    fast = compile_tree(model)
+    assert fast is not None and fast({"a": 1.0}) == model.predict_proba_one({"a": 1.0}) == {}
+
+
+def test_a_river_that_computes_otherwise_is_answered_by_river(monkeypatch: Any) -> None:
+    """The probe of each naive Bayes leaf: were River's Gaussian to compute its log density
+    otherwise (a release changing it), the leaves are answered by River's own code, so the
+    answers are still River's."""
+    model = grown(5, "nb", 2, nominal=False, nb_threshold=0)
+    assert compile_tree(model) is not None
+    original = proba.Gaussian.log_pdf
+
+    def shifted(self: Any, x: Any) -> float:
+        return original(self, x) + 1e-3
+
+    monkeypatch.setattr(proba.Gaussian, "log_pdf", shifted)
+    fast = compile_tree(model)
+    assert fast is not None
+    cells = dict(zip(fast.__code__.co_freevars, fast.__closure__ or (), strict=True))
+    assert cells["bayes"].cell_contents == {}
+    for x in ({"a": 0.5, "b": -1.0}, {"a": -2.0, "c": 4.0}):
+        assert repr(fast(x)) == repr(model.predict_proba_one(x))
+
+
+def test_the_served_model_answers_through_it() -> None:
+    model = grown(7, "nba", 2, nominal=True, nb_threshold=0)
+    served = ServedModel.build("t", model, version=1, kind="classifier")
+    assert served.tree is not None
+    x = {"a": 1.0, "b": -0.5, "k": "red"}
+    answer = model.predict_proba_one(x)
+    assert served.predict(x) == (max(answer, key=answer.__getitem__), answer)
+    # each request gets its own dict: changing one answer changes no later one
+    first = served.predict({"a": 9.0})[1]
+    assert first is not None
+    first.clear()
+    assert served.predict({"a": 9.0})[1] == model.predict_proba_one({"a": 9.0})
+
+
+@pytest.mark.parametrize("leaf", ["nb", "nba"])
+def test_a_density_that_is_not_a_number_adds_nothing_as_in_river(leaf: str) -> None:
+    """An infinite or NaN feature gives a log density of -inf or NaN, which River leaves out
+    of the class's vote (it adds only what is > -inf)."""
+    model = grown(11, leaf, 3, nominal=False, nb_threshold=0)
+    fast = compile_tree(model)
+    assert fast is not None
+    inf, nan = float("inf"), float("nan")
+    for x in ({"a": nan}, {"c": inf}, {"a": 0.3, "d": -inf}, {"b": nan, "c": 1.0, "d": inf}):
+        assert repr(fast(x)) == repr(model.predict_proba_one(x)), x
