@@ -49,6 +49,9 @@ TreePredict = Callable[[dict[str, Any]], dict[Any, float]]
 """Features → what River's ``predict_proba_one`` answers."""
 
 _HALF_LOG_TAU = 0.5 * math.log(math.tau)  # River's constant, the same expression
+MAX_TERMS = 200_000
+"""Naive Bayes terms kept per tree (a tuple each, about 100 bytes); the leaves past them are
+answered by River's own code, so a large tree's copy stays a fraction of its size."""
 _ABSENT = object()
 # Per class: (class, log prior or None when the class weighs 0, [(feature, mu, -2 var, ½ log var)])
 _Terms = list[tuple[Any, float | None, list[tuple[Any, float, float, float]]]]
@@ -77,6 +80,7 @@ def _compiled(model: Any) -> TreePredict | None:
         return lambda x: dict(template)
     fixed: dict[int, dict[Any, float]] = {}  # leaf id → the answer, for x-independent leaves
     bayes: dict[int, _Terms] = {}  # leaf id → its naive Bayes terms
+    kept = 0
     nodes: Any = root  # River's nodes are untyped
     leaves = list(nodes.iter_leaves()) if isinstance(root, Branch) else [root]
     for leaf in leaves:
@@ -86,8 +90,12 @@ def _compiled(model: Any) -> TreePredict | None:
             fixed[id(leaf)] = answer
             continue
         terms = _bayes_terms(leaf)
-        if terms is not None and _leaf_agrees(leaf, terms, model, template):
+        if terms is None:
+            continue  # River's own prediction
+        size = sum(len(features) for _, _, features in terms)
+        if kept + size <= MAX_TERMS and _leaf_agrees(leaf, terms, model, template):
             bayes[id(leaf)] = terms
+            kept += size
 
     branches = frozenset(map(type, nodes.iter_branches())) if isinstance(root, Branch) else ()
 

@@ -169,3 +169,14 @@ def test_a_density_that_is_not_a_number_adds_nothing_as_in_river(leaf: str) -> N
     inf, nan = float("inf"), float("nan")
     for x in ({"a": nan}, {"c": inf}, {"a": 0.3, "d": -inf}, {"b": nan, "c": 1.0, "d": inf}):
         assert repr(fast(x)) == repr(model.predict_proba_one(x)), x
+
+
+def test_past_the_cap_the_leaves_are_answered_by_river(monkeypatch: Any) -> None:
+    model = grown(5, "nb", 3, nominal=False, nb_threshold=0)
+    monkeypatch.setattr("learners.trees.MAX_TERMS", 0)
+    fast = compile_tree(model)
+    assert fast is not None
+    cells = dict(zip(fast.__code__.co_freevars, fast.__closure__ or (), strict=True))
+    assert cells["bayes"].cell_contents == {}
+    x = {"a": 0.5, "b": -1.0}
+    assert repr(fast(x)) == repr(model.predict_proba_one(x))
