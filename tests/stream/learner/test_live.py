@@ -69,7 +69,7 @@ def test_live_updates_follow_the_learner_between_versions_exactly(settings: Sett
     0.2 s: a partition whose part of a step reaches the broker that much later than another's
     would have its older events released after the other's newer ones (the documented limit of
     equivalence). Between steps every partition may turn idle; each step then resumes the
-    stream, which gives every partition the grace again (`test_resume.py`; a CI run failed
+    stream, which gives every partition the grace again (`test_idleness_resume.py`; a CI run failed
     here before that rule)."""
     s = fast(
         settings, snapshot_every_labels=10_000, snapshot_every_seconds=3600,
