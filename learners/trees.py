@@ -20,9 +20,14 @@ learns, so most of that work gives the same result on every request:
 - the walk is a loop over River's own ``next`` and ``most_common_path`` (a missing feature or an
   unseen category takes the most traversed child, as ``Branch.walk`` does).
 
-Each leaf compiled for naive Bayes must answer a probe as River does, and the whole tree two
-more (`_agrees`), else River serves. Anything but the exact class (Hoeffding adaptive or
-extremely fast trees walk and answer otherwise) gives ``None``.
+An adaptive random forest (`river.forest.ARFClassifier`, the ``arf`` spec) answers through its
+members compiled so, weighted by their metrics (read once: a served forest's metrics do not
+move) and added up as River does, in the same order, with the same `collections.Counter`.
+
+Each leaf compiled for naive Bayes must answer a probe as River does, and the whole model two
+more (`_agrees`), else River serves. Anything but these exact classes (Hoeffding adaptive or
+extremely fast trees walk and answer otherwise) gives ``None``, as does a leaf whose
+``prediction`` is not one of River's three.
 
 >>> from river import tree
 >>> model = tree.HoeffdingTreeClassifier(grace_period=20)
@@ -37,11 +42,14 @@ True
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, cast
 
-from river import proba, stats, tree
+from river import forest, proba, stats, tree
+from river.forest.adaptive_random_forest import BaseTreeClassifier
 from river.tree.base import Branch
+from river.tree.nodes.branch import NumericBinaryBranch
 from river.tree.nodes.htc_nodes import LeafMajorityClass, LeafNaiveBayes, LeafNaiveBayesAdaptive
 from river.tree.splitter import GaussianSplitter
 
@@ -57,75 +65,203 @@ _ABSENT = object()
 _Terms = list[tuple[Any, float | None, list[tuple[Any, float, float, float]]]]
 
 
+_TREES = (tree.HoeffdingTreeClassifier, BaseTreeClassifier)  # the forest's members: the same walk
+
+
 def compile_tree(estimator: Any) -> TreePredict | None:
-    """The fast answer of a `river.tree.HoeffdingTreeClassifier` (the module docstring says
-    why it equals River's), or ``None`` for anything else or a state it cannot read."""
+    """The fast answer of a `river.tree.HoeffdingTreeClassifier` or a
+    `river.forest.ARFClassifier` (the module docstring says why it equals River's), or
+    ``None`` for anything else or a state it cannot read."""
     try:
-        if type(estimator) is not tree.HoeffdingTreeClassifier:
+        if type(estimator) is forest.ARFClassifier:
+            predict, roots = _forest(estimator), [m._root for m in estimator]
+        elif type(estimator) in _TREES:
+            predict, roots = _compiled(estimator), [estimator._root]
+        else:
             return None
-        predict = _compiled(estimator)
-        if predict is None or not _agrees(predict, estimator):
+        if predict is None or not _agrees(predict, estimator, roots):
             return None
     except Exception:  # River's internals moved: serve with River itself
         return None
     return predict
 
 
-def _compiled(model: Any) -> TreePredict | None:
-    if _HALF_LOG_TAU != proba.gaussian._HALF_LOG_TAU:
+def _forest(model: Any) -> TreePredict | None:
+    """`river.forest.ARFClassifier.predict_proba_one` over the compiled members."""
+    if len(model) == 0:
+        return None  # an empty forest starts itself on its first prediction: River's to do
+    if any(type(member) is not BaseTreeClassifier for member in model):
         return None
-    template = {c: 0.0 for c in sorted(model.classes)}
-    root = model._root
-    if root is None:
-        return lambda x: dict(template)
-    fixed: dict[int, dict[Any, float]] = {}  # leaf id → the answer, for x-independent leaves
-    bayes: dict[int, _Terms] = {}  # leaf id → its naive Bayes terms
-    kept = 0
-    nodes: Any = root  # River's nodes are untyped
-    leaves = list(nodes.iter_leaves()) if isinstance(root, Branch) else [root]
-    for leaf in leaves:
+    weighted = not model.disable_weighted_vote
+    members = []
+    for member, metric in zip(model, model._metrics, strict=True):
+        metric_value = metric.get()  # each member's answer times it, when > 0
+        compiled = _compiled(member, metric_value if weighted and metric_value > 0.0 else None)
+        if compiled is None:
+            return None
+        members.append(compiled)
+
+    def predict_proba(x: dict[str, Any]) -> dict[Any, float]:
+        # River adds the members' answers up in a Counter: `Counter.update`'s own arithmetic
+        # (the first answer copied, then ``value + get(key, 0)``), without its calls.
+        y_pred: dict[Any, float] = {}
+        for member in members:
+            y_proba = member(x)
+            if y_pred:
+                get = y_pred.get
+                for k, val in y_proba.items():
+                    y_pred[k] = val + get(k, 0)
+            else:
+                y_pred.update(y_proba)
+        total = sum(y_pred.values())
+        if total > 0:
+            return {label: p / total for label, p in y_pred.items()}
+        return cast(dict[Any, float], Counter(y_pred))  # a Counter, as River answers
+
+    return predict_proba
+
+
+class _Fixed:
+    """A leaf whose answer does not depend on the features: that answer."""
+
+    __slots__ = ("answer",)
+
+    def __init__(self, answer: dict[Any, float]) -> None:
+        self.answer = answer
+
+
+class _Bayes:
+    """A naive Bayes leaf: its terms."""
+
+    __slots__ = ("terms",)
+
+    def __init__(self, terms: _Terms) -> None:
+        self.terms = terms
+
+
+class _RiverLeaf:
+    """A leaf answered by River's own ``prediction``."""
+
+    __slots__ = ("leaf",)
+
+    def __init__(self, leaf: Any) -> None:
+        self.leaf = leaf
+
+
+class _RiverBranch:
+    """A branch walked by River's own ``next``: its children by identity."""
+
+    __slots__ = ("branch", "children")
+
+    def __init__(self, branch: Any, children: dict[int, Any]) -> None:
+        self.branch, self.children = branch, children
+
+
+class _Compiler:
+    """Turns a tree's nodes into the walk of `_compiled`: a numeric binary split becomes
+    ``(feature, threshold, left, right, most traversed)``, other splits `_RiverBranch`, and
+    the leaves `_Fixed`, `_Bayes` or `_RiverLeaf`."""
+
+    def __init__(self, model: Any, template: dict[Any, float], scale: float | None) -> None:
+        self.model, self.template, self.scale, self.kept = model, template, scale, 0
+
+    def node(self, node: Any) -> Any:
+        if not isinstance(node, Branch):
+            return self.leaf(node)
+        branch: Any = node  # River's nodes are untyped
+        children = [self.node(child) for child in branch.children]
+        common = children[branch.most_common_path()[0]]  # a served tree's weights are fixed
+        if _inlinable(branch):
+            return (branch.feature, branch.threshold, children[0], children[1], common)
+        return _RiverBranch(
+            branch, {id(c): w for c, w in zip(branch.children, children, strict=True)}
+        )
+
+    def leaf(self, leaf: Any) -> Any:
+        model, template = self.model, self.template
         if _fixed_answer(leaf, model):
             answer = dict(template)
             answer.update(leaf.prediction(None, tree=model))
-            fixed[id(leaf)] = answer
-            continue
+            if self.scale is not None:
+                answer = _scaled(answer, self.scale)
+            return _Fixed(answer)
         terms = _bayes_terms(leaf)
         if terms is None:
-            continue  # River's own prediction
+            return _RiverLeaf(leaf)
         size = sum(len(features) for _, _, features in terms)
-        if kept + size <= MAX_TERMS and _leaf_agrees(leaf, terms, model, template):
-            bayes[id(leaf)] = terms
-            kept += size
+        if self.kept + size > MAX_TERMS or not _leaf_agrees(leaf, terms, model, template):
+            return _RiverLeaf(leaf)
+        self.kept += size
+        return _Bayes(terms)
 
-    branches = frozenset(map(type, nodes.iter_branches())) if isinstance(root, Branch) else ()
+
+def _inlinable(branch: Any) -> bool:
+    """Whether ``branch`` is a numeric binary split that River still walks as ``x[feature] <=
+    threshold`` (left) or not (right): checked on both sides of its threshold."""
+    if type(branch) is not NumericBinaryBranch or type(branch.threshold) is not float:
+        return False
+    branch = cast(Any, branch)
+    at, above = branch.threshold, math.nextafter(branch.threshold, math.inf)
+    left, right = branch.children
+    return (
+        branch.next({branch.feature: at}) is left and branch.next({branch.feature: above}) is right
+    )
+
+
+def _scaled(answer: dict[Any, float], scale: float) -> dict[Any, float]:
+    return {k: val * scale for k, val in answer.items()}  # the forest's expression
+
+
+def _compiled(model: Any, scale: float | None = None) -> TreePredict | None:
+    """``model.predict_proba_one``, times ``scale`` when given (a forest's member)."""
+    if _HALF_LOG_TAU != proba.gaussian._HALF_LOG_TAU:
+        return None
+    template = {c: 0.0 for c in sorted(model.classes)}
+    if model._root is None:
+        empty = template if scale is None else _scaled(template, scale)
+        return lambda x: dict(empty)
+    walk = _Compiler(model, template, scale).node(model._root)
 
     def predict_proba(x: dict[str, Any]) -> dict[Any, float]:
-        node = root
-        while type(node) in branches:  # the served tree's own branch types: it never changes
-            try:
-                node = node.next(x)
-            except KeyError:  # a missing feature or an unseen value: the most traversed child
-                node = node.most_common_path()[1]
-        key = id(node)
-        answer = fixed.get(key)
-        if answer is not None:
-            return answer.copy()
+        node = walk
+        while True:
+            kind = type(node)
+            if kind is tuple:  # River's NumericBinaryBranch.next, inlined
+                feature, threshold, left, right, common = node
+                try:
+                    value = x[feature]
+                except KeyError:  # a missing feature: the most traversed child
+                    node = common
+                    continue
+                node = left if value <= threshold else right
+            elif kind is _RiverBranch:
+                try:
+                    child = node.branch.next(x)
+                except KeyError:  # a missing feature or an unseen value
+                    child = node.branch.most_common_path()[1]
+                node = node.children[id(child)]
+            else:
+                break
+        if kind is _Fixed:
+            return cast(dict[Any, float], node.answer.copy())
         out = template.copy()
-        terms = bayes.get(key)
-        out.update(node.prediction(x, tree=model) if terms is None else _naive_bayes(x, terms))
-        return out
+        if kind is _Bayes:
+            out.update(_naive_bayes(x, node.terms))
+        else:
+            out.update(node.leaf.prediction(x, tree=model))
+        return out if scale is None else _scaled(out, scale)
 
     return predict_proba
 
 
 def _fixed_answer(leaf: Any, model: Any) -> bool:
     """Whether River's ``leaf.prediction`` ignores the features (the majority class)."""
-    kind = type(leaf)
-    if kind is LeafMajorityClass:
+    prediction = type(leaf).prediction  # the forest's random leaves inherit River's three
+    if prediction is LeafMajorityClass.prediction:
         return True
-    if kind is LeafNaiveBayes:
+    if prediction is LeafNaiveBayes.prediction:
         return not (leaf.is_active() and leaf.total_weight >= model.nb_threshold)
-    if kind is LeafNaiveBayesAdaptive:
+    if prediction is LeafNaiveBayesAdaptive.prediction:
         return not (leaf.is_active() and leaf._nb_correct_weight >= leaf._mc_correct_weight)
     return False
 
@@ -133,7 +269,8 @@ def _fixed_answer(leaf: Any, model: Any) -> bool:
 def _bayes_terms(leaf: Any) -> _Terms | None:
     """The x-independent parts of a naive Bayes leaf's answer, or ``None`` when its observers
     are not all River's Gaussian ones (or the leaf is not a naive Bayes one)."""
-    if type(leaf) not in (LeafNaiveBayes, LeafNaiveBayesAdaptive) or not leaf.stats:
+    naive_bayes = (LeafNaiveBayes.prediction, LeafNaiveBayesAdaptive.prediction)
+    if type(leaf).prediction not in naive_bayes or not leaf.stats:
         return None
     total = sum(leaf.stats.values())
     if total == 0:
@@ -198,16 +335,13 @@ def _leaf_agrees(leaf: Any, terms: _Terms, model: Any, template: dict[Any, float
     return repr(ours) == repr(river)
 
 
-def _agrees(predict: TreePredict, model: Any) -> bool:
+def _agrees(predict: TreePredict, model: Any, roots: list[Any]) -> bool:
     """Two probes answered as River does: no features (every split takes the most traversed
     child) and each branch's feature just past its threshold."""
-    probes: list[dict[str, Any]] = [{}]
-    root: Any = model._root
-    if isinstance(root, Branch):
-        probe: dict[str, Any] = {}
-        for branch in cast(Any, root).iter_branches():
+    probe: dict[str, Any] = {}
+    for root in roots:
+        for branch in cast(Any, root).iter_branches() if isinstance(root, Branch) else ():
             threshold = getattr(branch, "threshold", None)
             if isinstance(threshold, float | int):
                 probe.setdefault(branch.feature, threshold + 0.5)
-        probes.append(probe)
-    return all(repr(predict(x)) == repr(model.predict_proba_one(x)) for x in probes)
+    return all(repr(predict(x)) == repr(model.predict_proba_one(x)) for x in ({}, probe))

@@ -5,6 +5,7 @@ it cannot reproduce is left to River."""
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import replace
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from river import proba, tree
+from river import forest, proba, tree
 
 from learners.predictor import ServedModel
 from learners.trees import compile_tree
@@ -30,6 +31,23 @@ query_value = st.one_of(
 queries = st.dictionaries(st.sampled_from([*NUMERIC, "k", "unseen"]), query_value, max_size=6)
 
 
+def leaf_kinds(fast: Any) -> dict[str, int]:
+    """How the compiled walk answers at its leaves: ``_Fixed`` (precomputed), ``_Bayes``
+    (compiled naive Bayes) or ``_RiverLeaf``; and ``tuple``, the inlined numeric splits."""
+    cells = dict(zip(fast.__code__.co_freevars, fast.__closure__ or (), strict=True))
+    counts: dict[str, int] = {}
+    todo = [cells["walk"].cell_contents]
+    while todo:
+        node = todo.pop()
+        kind = type(node).__name__
+        counts[kind] = counts.get(kind, 0) + 1
+        if isinstance(node, tuple):
+            todo += node[2:4]
+        elif hasattr(node, "children"):
+            todo += node.children.values()
+    return counts
+
+
 def outcome(predict: Any, x: dict[str, Any]) -> tuple[Any, ...]:
     try:
         return ("answer", repr(predict(x)))
@@ -37,15 +55,11 @@ def outcome(predict: Any, x: dict[str, Any]) -> tuple[Any, ...]:
         return ("raised", type(exc), str(exc))
 
 
-def grown(seed: int, leaf: str, classes: int, nominal: bool, nb_threshold: int) -> Any:
-    """A tree grown on rows whose class follows ``a`` and ``b`` (so that it splits), with
-    features missing at random and, with ``nominal``, a categorical feature ``k``."""
-    rng = random.Random(seed)
-    model = tree.HoeffdingTreeClassifier(
-        grace_period=rng.choice([10, 30, 60]), leaf_prediction=leaf, nb_threshold=nb_threshold,
-        delta=0.01,
-    )  # fmt: skip
-    for _ in range(rng.randint(0, 600)):
+def rows(rng: random.Random, n: int, classes: int, nominal: bool) -> list[tuple[dict, Any]]:
+    """Rows whose class follows ``a``, ``b`` (and ``k``), so that a tree splits, with features
+    missing at random and, with ``nominal``, a categorical feature ``k``."""
+    out = []
+    for _ in range(n):
         x: dict[str, Any] = {
             k: rng.gauss(0, 3) if rng.random() < 0.8 else rng.randint(-3, 3)
             for k in NUMERIC
@@ -53,10 +67,22 @@ def grown(seed: int, leaf: str, classes: int, nominal: bool, nb_threshold: int) 
         }
         if nominal:
             x["k"] = rng.choice(CATEGORIES)
-        score = x.get("a", 0) + 0.5 * x.get("b", 0) + (2 if x.get("k") == "red" else 0)
+        score = x.get("a", 0) + 0.5 * x.get("b", 0) + (4 if x.get("k") == "red" else 0)
         y: Any = (
             score > 0 if classes == 2 else ["low", "mid", "high"][int(score > -1) + int(score > 2)]
         )
+        out.append((x, y))
+    return out
+
+
+def grown(seed: int, leaf: str, classes: int, nominal: bool, nb_threshold: int) -> Any:
+    """A tree grown on up to 600 `rows`."""
+    rng = random.Random(seed)
+    model = tree.HoeffdingTreeClassifier(
+        grace_period=rng.choice([10, 30, 60]), leaf_prediction=leaf, nb_threshold=nb_threshold,
+        delta=0.01,
+    )  # fmt: skip
+    for x, y in rows(rng, rng.randint(0, 600), classes, nominal):
         model.learn_one(x, y)
     return model
 
@@ -93,20 +119,51 @@ def test_every_leaf_kind_is_compiled_on_a_grown_tree() -> None:
         assert model.height > 1, leaf
         fast = compile_tree(model)
         assert fast is not None
-        cells = dict(zip(fast.__code__.co_freevars, fast.__closure__ or (), strict=True))
-        fixed, bayes = cells["fixed"].cell_contents, cells["bayes"].cell_contents
-        assert len(fixed) + len(bayes) == model.n_leaves, leaf
-        assert (len(bayes) > 0) == (leaf != "mc"), leaf
+        kinds = leaf_kinds(fast)
+        assert kinds.get("_Fixed", 0) + kinds.get("_Bayes", 0) == model.n_leaves, (leaf, kinds)
+        assert ("_Bayes" in kinds) == (leaf != "mc"), (leaf, kinds)
+        splits = kinds.get("tuple", 0) + kinds.get("_RiverBranch", 0)
+        assert splits == model.n_branches, (leaf, kinds)  # numeric ones inlined
+    # and a split on the nominal feature is walked by River's own `next`
+    assert "_RiverBranch" in leaf_kinds(compile_tree(grown(1, "mc", 3, True, nb_threshold=0)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10**6),
+    leaf=st.sampled_from(["mc", "nba"]),
+    nominal=st.booleans(),
+    weighted=st.booleans(),
+    x=queries,
+)
+def test_a_forest_answers_river_s_numbers_bit_for_bit(
+    seed: int, leaf: str, nominal: bool, weighted: bool, x: dict
+) -> None:
+    """An adaptive random forest: its members' answers weighted by their metrics and added up
+    as River does (or not weighted), the errors of River's own path."""
+    model = forest.ARFClassifier(
+        n_models=3, seed=seed, leaf_prediction=leaf, grace_period=20,
+        disable_weighted_vote=not weighted,
+    )  # fmt: skip
+    for row, y in rows(random.Random(seed), 400, 3, nominal):
+        model.learn_one(row, y)
+    fast = compile_tree(model)
+    assert fast is not None
+    assert outcome(fast, x) == outcome(model.predict_proba_one, x)
+    served = ServedModel.build("f", model, version=1, kind="classifier")
+    assert served.tree is not None
+    assert outcome(served.predict, x) == outcome(replace(served, tree=None).predict, x)
 
 
 @pytest.mark.parametrize(
     "estimator",
     [
+        forest.ARFClassifier(),  # not started: its first prediction starts it (River's to do)
         tree.HoeffdingAdaptiveTreeClassifier(),
         tree.ExtremelyFastDecisionTreeClassifier(),
         tree.HoeffdingTreeRegressor(),
     ],
-    ids=["adaptive", "extremely fast", "regressor"],
+    ids=["empty forest", "adaptive", "extremely fast", "regressor"],
 )
 def test_other_trees_are_left_to_river(estimator: Any) -> None:
     assert compile_tree(estimator) is None
@@ -139,8 +196,7 @@ def test_a_river_that_computes_otherwise_is_answered_by_river(monkeypatch: Any) 
     monkeypatch.setattr(proba.Gaussian, "log_pdf", shifted)
     fast = compile_tree(model)
     assert fast is not None
-    cells = dict(zip(fast.__code__.co_freevars, fast.__closure__ or (), strict=True))
-    assert cells["bayes"].cell_contents == {}
+    assert "_Bayes" not in leaf_kinds(fast) and "_RiverLeaf" in leaf_kinds(fast)
     for x in ({"a": 0.5, "b": -1.0}, {"a": -2.0, "c": 4.0}):
         assert repr(fast(x)) == repr(model.predict_proba_one(x))
 
@@ -176,7 +232,37 @@ def test_past_the_cap_the_leaves_are_answered_by_river(monkeypatch: Any) -> None
     monkeypatch.setattr("learners.trees.MAX_TERMS", 0)
     fast = compile_tree(model)
     assert fast is not None
-    cells = dict(zip(fast.__code__.co_freevars, fast.__closure__ or (), strict=True))
-    assert cells["bayes"].cell_contents == {}
+    assert "_Bayes" not in leaf_kinds(fast) and "_RiverLeaf" in leaf_kinds(fast)
     x = {"a": 0.5, "b": -1.0}
     assert repr(fast(x)) == repr(model.predict_proba_one(x))
+
+
+def test_a_value_on_a_threshold_goes_where_river_sends_it() -> None:
+    """Each numeric split queried at its threshold, just under and just over it (the inlined
+    comparison must be River's ``<=``)."""
+    model = grown(3, "mc", 3, nominal=False, nb_threshold=0)
+    fast = compile_tree(model)
+    assert fast is not None and leaf_kinds(fast)["tuple"] > 2
+    for branch in model._root.iter_branches():
+        t = branch.threshold
+        for value in (t, math.nextafter(t, -math.inf), math.nextafter(t, math.inf)):
+            x = {"a": 0.1, "b": -0.2, "c": 0.3, "d": 0.0, branch.feature: value}
+            assert repr(fast(x)) == repr(model.predict_proba_one(x)), (branch.feature, value)
+
+
+def test_a_forest_weighs_only_members_with_a_positive_metric_and_may_answer_a_counter() -> None:
+    """River's two corners: a member whose metric is 0 votes unweighted, and a forest whose
+    members say nothing answers an empty `collections.Counter`."""
+    model = forest.ARFClassifier(n_models=3, seed=2, grace_period=20)
+    for x, y in rows(random.Random(2), 300, 2, nominal=False):
+        model.learn_one(x, y)
+    model._metrics[0] = model.metric.clone()  # nothing scored yet: 0.0
+    fast = compile_tree(model)
+    assert fast is not None
+    for x in ({"a": 1.0, "b": -2.0}, {"c": 0.5}, {}):
+        assert repr(fast(x)) == repr(model.predict_proba_one(x))
+    silent = forest.ARFClassifier(n_models=3, seed=2)
+    assert repr(silent.predict_proba_one({"a": 1.0})) == "Counter()"  # starts its members
+    fast = compile_tree(silent)
+    assert fast is not None
+    assert repr(fast({"a": 1.0})) == repr(silent.predict_proba_one({"a": 1.0})) == "Counter()"
