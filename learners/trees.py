@@ -302,8 +302,15 @@ def _bayes_terms(leaf: Any) -> _Terms | None:
     return terms
 
 
-def _naive_bayes(x: dict[str, Any], terms: _Terms) -> dict[Any, float]:
-    """`tree.utils.do_naive_bayes_prediction` for one leaf's terms: the same floats."""
+def _naive_bayes(
+    x: dict[str, Any],
+    terms: _Terms,
+    absent: object = _ABSENT,
+    half_log_tau: float = _HALF_LOG_TAU,
+    minus_inf: float = -math.inf,
+) -> dict[Any, float]:
+    """`tree.utils.do_naive_bayes_prediction` for one leaf's terms: the same floats. (The
+    constants are parameters: local names, read faster than globals in the inner loop.)"""
     votes: dict[Any, float] = {}
     get = x.get
     for label, prior, features in terms:
@@ -312,12 +319,11 @@ def _naive_bayes(x: dict[str, Any], terms: _Terms) -> dict[Any, float]:
             continue
         vote = prior
         for feature, mu, minus_two_var, half_log_var in features:
-            xi = get(feature, _ABSENT)
-            if xi is _ABSENT:
-                continue
-            log_p = (xi - mu) ** 2 / minus_two_var - _HALF_LOG_TAU - half_log_var
-            if log_p > -math.inf:
-                vote += log_p
+            xi = get(feature, absent)
+            if xi is not absent:
+                log_p = (xi - mu) ** 2 / minus_two_var - half_log_tau - half_log_var
+                if log_p > minus_inf:
+                    vote += log_p
         votes[label] = vote
     max_ll = max(votes.values())
     lse = max_ll + math.log(sum(math.exp(log_p - max_ll) for log_p in votes.values()))
