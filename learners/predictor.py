@@ -173,7 +173,7 @@ class ServedModel:
     linear: LinearPredict | None = None
     """The estimator's own answer in one pass, for linear pipelines (`learners.linear`)."""
     tree: TreePredict | None = None
-    """A Hoeffding tree's probabilities with the request-independent work done at load
+    """A Hoeffding tree's or forest's answer with the request-independent work done at load
     (`learners.trees`)."""
 
     @classmethod
@@ -192,7 +192,7 @@ class ServedModel:
         read_only_defaults(estimator)  # requests must not grow the served model
         argmax = kind == "classifier" and predicts_argmax(estimator)
         linear = compile_linear(estimator) if argmax or kind == "regressor" else None
-        tree = compile_tree(estimator) if argmax and linear is None else None
+        tree = compile_tree(estimator) if (argmax or kind == "regressor") and not linear else None
         return cls(
             name, version, kind, estimator, meta, argmax=argmax, live=live, linear=linear,
             tree=tree,
@@ -234,8 +234,8 @@ class ServedModel:
             _check_finite(proba)
             return est.predict_one(x), proba
         if self.kind == "regressor":
-            linear = self.linear
-            y = est.predict_one(x) if linear is None else linear(x)
+            fast = self.linear or self.tree
+            y = est.predict_one(x) if fast is None else fast(x)
         else:
             y = est.score_one(x)
         if isinstance(y, float) and not math.isfinite(y):

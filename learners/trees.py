@@ -20,6 +20,10 @@ learns, so most of that work gives the same result on every request:
 - the walk is a loop over River's own ``next`` and ``most_common_path`` (a missing feature or an
   unseen category takes the most traversed child, as ``Branch.walk`` does).
 
+A `river.tree.HoeffdingTreeRegressor` (``hoeffding-reg``) is walked the same way; a leaf that
+answers its mean (``mean`` leaves, and ``adaptive`` ones whose mean has done better than their
+linear model) is read once, a model leaf is River's own ``prediction``.
+
 An adaptive random forest (`river.forest.ARFClassifier`, the ``arf`` spec) answers through its
 members compiled so, weighted by their metrics (read once: a served forest's metrics do not
 move) and added up as River does, in the same order, with the same `collections.Counter`.
@@ -51,10 +55,12 @@ from river.forest.adaptive_random_forest import BaseTreeClassifier
 from river.tree.base import Branch
 from river.tree.nodes.branch import NumericBinaryBranch
 from river.tree.nodes.htc_nodes import LeafMajorityClass, LeafNaiveBayes, LeafNaiveBayesAdaptive
+from river.tree.nodes.htr_nodes import LeafAdaptive, LeafMean
 from river.tree.splitter import GaussianSplitter
 
-TreePredict = Callable[[dict[str, Any]], dict[Any, float]]
-"""Features → what River's ``predict_proba_one`` answers."""
+TreePredict = Callable[[dict[str, Any]], Any]
+"""Features → what River's ``predict_proba_one`` (a classifier) or ``predict_one`` (a
+regressor) answers."""
 
 _HALF_LOG_TAU = 0.5 * math.log(math.tau)  # River's constant, the same expression
 MAX_TERMS = 200_000
@@ -73,10 +79,13 @@ def compile_tree(estimator: Any) -> TreePredict | None:
     `river.forest.ARFClassifier` (the module docstring says why it equals River's), or
     ``None`` for anything else or a state it cannot read."""
     try:
+        predict: TreePredict | None
         if type(estimator) is forest.ARFClassifier:
             predict, roots = _forest(estimator), [m._root for m in estimator]
         elif type(estimator) in _TREES:
             predict, roots = _compiled(estimator), [estimator._root]
+        elif type(estimator) is tree.HoeffdingTreeRegressor:
+            predict, roots = _regressor(estimator), [estimator._root]
         else:
             return None
         if predict is None or not _agrees(predict, estimator, roots):
@@ -126,7 +135,7 @@ class _Fixed:
 
     __slots__ = ("answer",)
 
-    def __init__(self, answer: dict[Any, float]) -> None:
+    def __init__(self, answer: Any) -> None:
         self.answer = answer
 
 
@@ -158,12 +167,12 @@ class _RiverBranch:
 
 
 class _Compiler:
-    """Turns a tree's nodes into the walk of `_compiled`: a numeric binary split becomes
+    """Turns a tree's nodes into the walk of `_leaf_of`: a numeric binary split becomes
     ``(feature, threshold, left, right, most traversed)``, other splits `_RiverBranch`, and
-    the leaves `_Fixed`, `_Bayes` or `_RiverLeaf`."""
+    each leaf what ``leaf`` makes of it (`_Fixed`, `_Bayes` or `_RiverLeaf`)."""
 
-    def __init__(self, model: Any, template: dict[Any, float], scale: float | None) -> None:
-        self.model, self.template, self.scale, self.kept = model, template, scale, 0
+    def __init__(self, leaf: Callable[[Any], Any]) -> None:
+        self.leaf = leaf
 
     def node(self, node: Any) -> Any:
         if not isinstance(node, Branch):
@@ -177,7 +186,15 @@ class _Compiler:
             branch, {id(c): w for c, w in zip(branch.children, children, strict=True)}
         )
 
-    def leaf(self, leaf: Any) -> Any:
+
+class _ClassifierLeaves:
+    """A classifier's leaves: `_Fixed` probabilities (times ``scale``), `_Bayes` terms (at
+    most `MAX_TERMS` in all) or `_RiverLeaf`."""
+
+    def __init__(self, model: Any, template: dict[Any, float], scale: float | None) -> None:
+        self.model, self.template, self.scale, self.kept = model, template, scale, 0
+
+    def __call__(self, leaf: Any) -> Any:
         model, template = self.model, self.template
         if _fixed_answer(leaf, model):
             answer = dict(template)
@@ -193,6 +210,29 @@ class _Compiler:
             return _RiverLeaf(leaf)
         self.kept += size
         return _Bayes(terms)
+
+
+def _leaf_of(walk: Any, x: dict[str, Any]) -> Any:
+    """The compiled leaf that River's ``Branch.traverse`` reaches for ``x``."""
+    node = walk
+    while True:
+        kind = type(node)
+        if kind is tuple:  # River's NumericBinaryBranch.next, inlined
+            feature, threshold, left, right, common = node
+            try:
+                value = x[feature]
+            except KeyError:  # a missing feature: the most traversed child
+                node = common
+                continue
+            node = left if value <= threshold else right
+        elif kind is _RiverBranch:
+            try:
+                child = node.branch.next(x)
+            except KeyError:  # a missing feature or an unseen value
+                child = node.branch.most_common_path()[1]
+            node = node.children[id(child)]
+        else:
+            return node
 
 
 def _inlinable(branch: Any) -> bool:
@@ -220,28 +260,11 @@ def _compiled(model: Any, scale: float | None = None) -> TreePredict | None:
     if model._root is None:
         empty = template if scale is None else _scaled(template, scale)
         return lambda x: dict(empty)
-    walk = _Compiler(model, template, scale).node(model._root)
+    walk = _Compiler(_ClassifierLeaves(model, template, scale)).node(model._root)
 
     def predict_proba(x: dict[str, Any]) -> dict[Any, float]:
-        node = walk
-        while True:
-            kind = type(node)
-            if kind is tuple:  # River's NumericBinaryBranch.next, inlined
-                feature, threshold, left, right, common = node
-                try:
-                    value = x[feature]
-                except KeyError:  # a missing feature: the most traversed child
-                    node = common
-                    continue
-                node = left if value <= threshold else right
-            elif kind is _RiverBranch:
-                try:
-                    child = node.branch.next(x)
-                except KeyError:  # a missing feature or an unseen value
-                    child = node.branch.most_common_path()[1]
-                node = node.children[id(child)]
-            else:
-                break
+        node = _leaf_of(walk, x)
+        kind = type(node)
         if kind is _Fixed:
             return cast(dict[Any, float], node.answer.copy())
         out = template.copy()
@@ -252,6 +275,32 @@ def _compiled(model: Any, scale: float | None = None) -> TreePredict | None:
         return out if scale is None else _scaled(out, scale)
 
     return predict_proba
+
+
+def _regressor(model: Any) -> TreePredict:
+    """`river.tree.HoeffdingTreeRegressor.predict_one`: a leaf that answers its mean (the
+    ``mean`` leaves, and ``adaptive`` ones whose mean has done better than their model) is
+    read once; a model leaf is River's own ``prediction``."""
+    if model._root is None:
+        return lambda x: 0.0
+
+    def leaf(node: Any) -> Any:
+        prediction = type(node).prediction
+        if prediction is LeafMean.prediction or (
+            prediction is LeafAdaptive.prediction and node._fmse_mean < node._fmse_model
+        ):
+            return _Fixed(node.prediction(None, tree=model))
+        return _RiverLeaf(node)
+
+    walk = _Compiler(leaf).node(model._root)
+
+    def predict(x: dict[str, Any]) -> Any:
+        node = _leaf_of(walk, x)
+        if type(node) is _Fixed:
+            return node.answer
+        return node.leaf.prediction(x, tree=model)
+
+    return predict
 
 
 def _fixed_answer(leaf: Any, model: Any) -> bool:
@@ -350,4 +399,7 @@ def _agrees(predict: TreePredict, model: Any, roots: list[Any]) -> bool:
             threshold = getattr(branch, "threshold", None)
             if isinstance(threshold, float | int):
                 probe.setdefault(branch.feature, threshold + 0.5)
-    return all(repr(predict(x)) == repr(model.predict_proba_one(x)) for x in ({}, probe))
+    river = (
+        model.predict_one if type(model) is tree.HoeffdingTreeRegressor else model.predict_proba_one
+    )
+    return all(repr(predict(x)) == repr(river(x)) for x in ({}, probe))

@@ -155,15 +155,50 @@ def test_a_forest_answers_river_s_numbers_bit_for_bit(
     assert outcome(served.predict, x) == outcome(replace(served, tree=None).predict, x)
 
 
+@settings(max_examples=120, deadline=None)
+@given(
+    seed=st.integers(0, 10**6),
+    leaf=st.sampled_from(["mean", "model", "adaptive"]),
+    nominal=st.booleans(),
+    x=queries,
+)
+def test_a_regression_tree_answers_river_s_numbers_bit_for_bit(
+    seed: int, leaf: str, nominal: bool, x: dict
+) -> None:
+    """`HoeffdingTreeRegressor.predict_one`: mean leaves read once, model leaves River's (a
+    leaf's linear model learns numbers only: the nominal feature with mean leaves alone)."""
+    nominal = nominal and leaf == "mean"
+    rng = random.Random(seed)
+    model = tree.HoeffdingTreeRegressor(grace_period=rng.choice([20, 50]), leaf_prediction=leaf)
+    for row, y in rows(rng, rng.randint(0, 600), 2, nominal):
+        model.learn_one(row, row.get("a", 0.0) * 2 + (3.0 if y else -1.0))
+    fast = compile_tree(model)
+    assert fast is not None
+    assert outcome(fast, x) == outcome(model.predict_one, x)
+    served = ServedModel.build("r", model, version=1, kind="regressor")
+    assert served.tree is not None
+    assert outcome(served.predict, x) == outcome(replace(served, tree=None).predict, x)
+
+
+def test_a_regression_tree_reads_its_mean_leaves_once() -> None:
+    for leaf, fixed in (("mean", True), ("model", False)):
+        model = tree.HoeffdingTreeRegressor(grace_period=20, leaf_prediction=leaf)
+        for row, y in rows(random.Random(4), 600, 2, nominal=False):
+            model.learn_one(row, row.get("a", 0.0) * 2 + (3.0 if y else -1.0))
+        assert model.height > 1
+        kinds = leaf_kinds(compile_tree(model))
+        assert ("_Fixed" in kinds, "_RiverLeaf" in kinds) == (fixed, not fixed), (leaf, kinds)
+
+
 @pytest.mark.parametrize(
     "estimator",
     [
         forest.ARFClassifier(),  # not started: its first prediction starts it (River's to do)
         tree.HoeffdingAdaptiveTreeClassifier(),
         tree.ExtremelyFastDecisionTreeClassifier(),
-        tree.HoeffdingTreeRegressor(),
+        tree.HoeffdingAdaptiveTreeRegressor(),
     ],
-    ids=["empty forest", "adaptive", "extremely fast", "regressor"],
+    ids=["empty forest", "adaptive", "extremely fast", "adaptive regressor"],
 )
 def test_other_trees_are_left_to_river(estimator: Any) -> None:
     assert compile_tree(estimator) is None
@@ -180,6 +215,10 @@ def test_an_untrained_tree_answers_as_river() -> None:
     model = tree.HoeffdingTreeClassifier()
     fast = compile_tree(model)
     assert fast is not None and fast({"a": 1.0}) == model.predict_proba_one({"a": 1.0}) == {}
+    regressor = tree.HoeffdingTreeRegressor()
+    fast = compile_tree(regressor)
+    assert fast is not None
+    assert repr(fast({"a": 1.0})) == repr(regressor.predict_one({"a": 1.0})) == "0.0"
 
 
 def test_a_river_that_computes_otherwise_is_answered_by_river(monkeypatch: Any) -> None:
