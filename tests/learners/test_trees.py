@@ -55,6 +55,18 @@ def outcome(predict: Any, x: dict[str, Any]) -> tuple[Any, ...]:
         return ("raised", type(exc), str(exc))
 
 
+def answers_as_river(model: Any, kind: str, x: dict[str, Any]) -> None:
+    """The compiled answer is River's (``predict_proba_one`` of a classifier, ``predict_one``
+    of a regressor), and so is the served one (prediction and probabilities), or the error."""
+    fast = compile_tree(model)
+    assert fast is not None
+    river = model.predict_proba_one if kind == "classifier" else model.predict_one
+    assert outcome(fast, x) == outcome(river, x)
+    served = ServedModel.build("m", model, version=1, kind=kind)
+    assert served.tree is not None
+    assert outcome(served.predict, x) == outcome(replace(served, tree=None).predict, x)
+
+
 def rows(rng: random.Random, n: int, classes: int, nominal: bool) -> list[tuple[dict, Any]]:
     """Rows whose class follows ``a``, ``b`` (and ``k``), so that a tree splits, with features
     missing at random and, with ``nominal``, a categorical feature ``k``."""
@@ -87,6 +99,15 @@ def grown(seed: int, leaf: str, classes: int, nominal: bool, nb_threshold: int) 
     return model
 
 
+def grown_regressor(seed: int, leaf: str, nominal: bool) -> Any:
+    """A regression tree grown on `rows`, its target a number that follows them."""
+    rng = random.Random(seed)
+    model = tree.HoeffdingTreeRegressor(grace_period=rng.choice([20, 50]), leaf_prediction=leaf)
+    for x, y in rows(rng, rng.randint(300, 600), 2, nominal):
+        model.learn_one(x, x.get("a", 0.0) * 2 + (3.0 if y else -1.0))
+    return model
+
+
 @settings(max_examples=250, deadline=None)
 @given(
     seed=st.integers(0, 10**6),
@@ -99,15 +120,7 @@ def grown(seed: int, leaf: str, classes: int, nominal: bool, nb_threshold: int) 
 def test_answers_river_s_numbers_bit_for_bit(
     seed: int, leaf: str, classes: int, nominal: bool, nb_threshold: int, x: dict
 ) -> None:
-    """River's ``predict_proba_one`` and the served answer (prediction and probabilities), or
-    the error of River's own path."""
-    model = grown(seed, leaf, classes, nominal, nb_threshold)
-    fast = compile_tree(model)
-    assert fast is not None
-    assert outcome(fast, x) == outcome(model.predict_proba_one, x)
-    served = ServedModel.build("t", model, version=1, kind="classifier")
-    assert served.tree is not None
-    assert outcome(served.predict, x) == outcome(replace(served, tree=None).predict, x)
+    answers_as_river(grown(seed, leaf, classes, nominal, nb_threshold), "classifier", x)
 
 
 def test_every_leaf_kind_is_compiled_on_a_grown_tree() -> None:
@@ -147,12 +160,7 @@ def test_a_forest_answers_river_s_numbers_bit_for_bit(
     )  # fmt: skip
     for row, y in rows(random.Random(seed), 400, 3, nominal):
         model.learn_one(row, y)
-    fast = compile_tree(model)
-    assert fast is not None
-    assert outcome(fast, x) == outcome(model.predict_proba_one, x)
-    served = ServedModel.build("f", model, version=1, kind="classifier")
-    assert served.tree is not None
-    assert outcome(served.predict, x) == outcome(replace(served, tree=None).predict, x)
+    answers_as_river(model, "classifier", x)
 
 
 @settings(max_examples=120, deadline=None)
@@ -167,24 +175,12 @@ def test_a_regression_tree_answers_river_s_numbers_bit_for_bit(
 ) -> None:
     """`HoeffdingTreeRegressor.predict_one`: mean leaves read once, model leaves River's (a
     leaf's linear model learns numbers only: the nominal feature with mean leaves alone)."""
-    nominal = nominal and leaf == "mean"
-    rng = random.Random(seed)
-    model = tree.HoeffdingTreeRegressor(grace_period=rng.choice([20, 50]), leaf_prediction=leaf)
-    for row, y in rows(rng, rng.randint(0, 600), 2, nominal):
-        model.learn_one(row, row.get("a", 0.0) * 2 + (3.0 if y else -1.0))
-    fast = compile_tree(model)
-    assert fast is not None
-    assert outcome(fast, x) == outcome(model.predict_one, x)
-    served = ServedModel.build("r", model, version=1, kind="regressor")
-    assert served.tree is not None
-    assert outcome(served.predict, x) == outcome(replace(served, tree=None).predict, x)
+    answers_as_river(grown_regressor(seed, leaf, nominal and leaf == "mean"), "regressor", x)
 
 
 def test_a_regression_tree_reads_its_mean_leaves_once() -> None:
     for leaf, fixed in (("mean", True), ("model", False)):
-        model = tree.HoeffdingTreeRegressor(grace_period=20, leaf_prediction=leaf)
-        for row, y in rows(random.Random(4), 600, 2, nominal=False):
-            model.learn_one(row, row.get("a", 0.0) * 2 + (3.0 if y else -1.0))
+        model = grown_regressor(4, leaf, nominal=False)
         assert model.height > 1
         kinds = leaf_kinds(compile_tree(model))
         assert ("_Fixed" in kinds, "_RiverLeaf" in kinds) == (fixed, not fixed), (leaf, kinds)

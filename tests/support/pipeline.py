@@ -8,8 +8,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from river import datasets
+
 from learners.datasets import dataset_events
-from learners.specs import ModelSpec
+from learners.specs import ModelSpec, build_estimator
 from schemas.events import FeatureEvent, LabelEvent
 from schemas.settings import Settings
 from stream.kafka.publish import Publisher, PublishReport
@@ -62,6 +64,14 @@ def learn(
         return learner.run(exit_when_idle=0.5)
     finally:
         learner.source.close()
+
+
+def phishing_logreg_after(n: int) -> Any:
+    """River's ``logreg`` after the first ``n`` Phishing samples, learned in order."""
+    model = build_estimator("logreg")
+    for x, y in list(datasets.Phishing())[:n]:
+        model.learn_one(x, y)
+    return model
 
 
 def final_model(settings: Settings, name: str) -> Any:

@@ -13,12 +13,9 @@ late and the model is River's after the same samples.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
-from typing import Any
 
 import pytest
-from river import datasets, linear_model, preprocessing
+from river import datasets
 
 from learners.datasets import dataset_events
 from learners.specs import ModelSpec
@@ -27,26 +24,13 @@ from schemas.settings import Settings
 from stream.checkpoint.protocol import offsets_key
 from stream.kafka.client import EventProducer, create_topics
 from stream.learner.runtime import build_learner
-from tests.support.pipeline import fast
+from tests.support.pipeline import fast, phishing_logreg_after
+from tests.support.serving import wait_until
 
 pytestmark = pytest.mark.integration
 
 N = 400
 GRACE = 3.0
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.02)  # polling with a deadline
-
-
-def river_after(n: int) -> Any:
-    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
-    for x, y in list(datasets.Phishing())[:n]:
-        model.learn_one(x, y)
-    return model
 
 
 def test_partitions_that_resume_apart_after_a_pause_are_joined_in_event_time(
@@ -79,13 +63,13 @@ def test_partitions_that_resume_apart_after_a_pause_are_joined_in_event_time(
         first, second = events[:N], events[N:]  # a feature and a label per sample
         send(first, 0)
         send(first, 1)
-        wait_until(lambda: learner.core.models["lr"].samples_learned == N // 2, 60, "first half")
-        wait_until(learner.idleness.all_idle, 30, "a pause past the grace")
+        wait_until(lambda: learner.core.models["lr"].samples_learned == N // 2, 60)  # first half
+        wait_until(learner.idleness.all_idle, 30)  # a pause past the grace
         send(second, 0)
         read = offsets_key(s.topic_features, 0)
-        wait_until(lambda: learner.offsets.get(read, 0) >= sent[0], 30, "partition 0 read")
+        wait_until(lambda: learner.offsets.get(read, 0) >= sent[0], 30)  # partition 0 read
         send(second, 1)
-        wait_until(lambda: learner.core.models["lr"].samples_learned == N, 60, "second half")
+        wait_until(lambda: learner.core.models["lr"].samples_learned == N, 60)  # second half
     finally:
         learner.stop()
         worker.join(timeout=60)
@@ -93,7 +77,7 @@ def test_partitions_that_resume_apart_after_a_pause_are_joined_in_event_time(
         producer.close()
     assert (counters.late_events, counters.forced_events) == (0, 0)
     inputs = [x for x, _ in list(datasets.Phishing())[N : N + 20]]
-    ours, bare = learner.core.models["lr"].model, river_after(N)
+    ours, bare = learner.core.models["lr"].model, phishing_logreg_after(N)
     assert [ours.predict_proba_one(x) for x in inputs] == [
         bare.predict_proba_one(x) for x in inputs
     ]

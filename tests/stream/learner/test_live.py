@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from river import datasets, linear_model, preprocessing
+from river import datasets
 
 from learners.datasets import dataset_events
 from learners.specs import ModelSpec
@@ -17,7 +17,7 @@ from schemas.settings import Settings
 from stream.learner.runtime import build_learner, snapshot_store
 from stream.registry.registry import Registry
 from stream.store.live import LiveStore
-from tests.support.pipeline import fast, publish, replay
+from tests.support.pipeline import fast, phishing_logreg_after, publish, replay
 
 N = 500
 STEP = 100
@@ -55,13 +55,6 @@ def wait_until(check: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.02)
 
 
-def river_after(n: int) -> Any:
-    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
-    for x, y in list(datasets.Phishing())[:n]:
-        model.learn_one(x, y)
-    return model
-
-
 def test_live_updates_follow_the_learner_between_versions_exactly(settings: Settings) -> None:
     """The stream arrives in steps of 100 samples; after each, serving could load a live update
     of exactly those samples (River's model after them), while the versions keep their
@@ -95,7 +88,7 @@ def test_live_updates_follow_the_learner_between_versions_exactly(settings: Sett
             assert loaded is not None
             state, meta = loaded
             assert meta.version == store.versions("lr")[0] and meta.samples_learned == end
-            bare = river_after(end)
+            bare = phishing_logreg_after(end)
             assert [state.model.predict_proba_one(x) for x in inputs] == [
                 bare.predict_proba_one(x) for x in inputs
             ]
