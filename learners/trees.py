@@ -17,8 +17,10 @@ learns, so most of that work gives the same result on every request:
   and ``proba.Gaussian.log_pdf``). A pair whose density is ``-inf`` whatever ``x`` (no variance
   yet) adds nothing in River and is left out. A leaf whose observers are not all Gaussian (a
   nominal feature) is answered by River's own ``prediction``;
-- the walk is a loop over River's own ``next`` and ``most_common_path`` (a missing feature or an
-  unseen category takes the most traversed child, as ``Branch.walk`` does).
+- the walk is a loop: a numeric binary split is inlined as River's ``x[feature] <= threshold``
+  (checked against River's own split at load), its most traversed child read once (a served
+  tree's weights are fixed); other splits call River's own ``next`` and ``most_common_path``. A
+  missing feature or an unseen category takes the most traversed child, as ``Branch.walk`` does.
 
 A `river.tree.HoeffdingTreeRegressor` (``hoeffding-reg``) is walked the same way; a leaf that
 answers its mean (``mean`` leaves, and ``adaptive`` ones whose mean has done better than their
