@@ -45,7 +45,6 @@ class Idleness:
         self.caught_up_since: dict[Source, float] = {}
         self._caught_up_at: dict[Source, int] = {}  # the position each source was caught up at
         self._last_ends_check = -1e9
-        self._all_idle = False  # as the last update left the watermark
 
     def update(self, now: float, got_records: bool, offsets: Offsets, watermark: Watermark) -> None:
         """Refresh the log ends (at most every 0.2 s; 0.5 s while records flow) and mark the
@@ -58,9 +57,8 @@ class Idleness:
 
         Records read while every source was idle resume the stream: every source starts its
         grace again (see the module's docstring)."""
-        if got_records and self._all_idle:
+        if got_records and self.all_idle():  # as the last update left them, or would have
             self._resume(now, watermark)
-        self._all_idle = False
         if got_records and now - self._last_ends_check < 0.5:
             return
         if now - self._last_ends_check >= 0.2:
@@ -82,7 +80,6 @@ class Idleness:
             since = self.caught_up_since.setdefault((t, p), now)
             if now - since >= self.grace:
                 watermark.mark_idle((t, p), True)
-        self._all_idle = len(watermark.idle_sources()) == len(self.sources)
 
     def _resume(self, now: float, watermark: Watermark) -> None:
         for source in self.sources:
