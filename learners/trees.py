@@ -77,9 +77,9 @@ _TREES = (tree.HoeffdingTreeClassifier, BaseTreeClassifier)  # the forest's memb
 
 
 def compile_tree(estimator: Any) -> TreePredict | None:
-    """The fast answer of a `river.tree.HoeffdingTreeClassifier` or a
-    `river.forest.ARFClassifier` (the module docstring says why it equals River's), or
-    ``None`` for anything else or a state it cannot read."""
+    """The fast answer of a `river.tree.HoeffdingTreeClassifier`, a
+    `river.forest.ARFClassifier` or a `river.tree.HoeffdingTreeRegressor` (the module docstring
+    says why it equals River's), or ``None`` for anything else or a state it cannot read."""
     try:
         predict: TreePredict | None
         if type(estimator) is forest.ARFClassifier:
