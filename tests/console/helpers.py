@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -18,20 +18,9 @@ from schemas.settings import Settings
 from stream.dev.services import free_port
 from stream.store.snapshots import SnapshotStore
 from stream.store.trace import TracePoint, TraceWrite
+from tests.support.waiting import wait_until
 
 CHROMIUM = "/usr/bin/chromium"
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
-        time.sleep(0.05)  # polling with a deadline
 
 
 @contextlib.contextmanager

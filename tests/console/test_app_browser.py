@@ -31,8 +31,9 @@ from stream.learner.runtime import snapshot_store
 from stream.registry.registry import Registry
 from stream.store.snapshots import SnapshotStore
 from tests.conftest import settings_env
-from tests.console.helpers import serve_console, wait_until, write_version
+from tests.console.helpers import serve_console, write_version
 from tests.support.pipeline import fast, publish, spawn_cli
+from tests.support.waiting import wait_until
 
 LIVE_TIMEOUT_MS = 60_000
 

@@ -51,6 +51,7 @@ from stream.registry.registry import Registry
 from tests.conftest import settings_env
 from tests.support import procs
 from tests.support.pipeline import fast, publish, spawn_cli
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -104,14 +105,6 @@ class Load(threading.Thread):
                 conn.close()
 
 
-def wait(check, timeout: float, what: str, state=lambda: "") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what} {state()}"
-        time.sleep(0.05)  # polling with a deadline
-    return result
-
-
 def recent(loads: list[Load]) -> str:
     """The last answers by worker and version, and the errors: what a timeout reports."""
     last = sorted(answers(loads), key=lambda a: a.sent)[-200:]
@@ -159,8 +152,8 @@ def test_swaps_and_a_rollback_reach_every_worker_of_a_real_api(
     api = spawn_cli(s, ["serve", "--workers", "2", "--port", str(port)], tmp_path / "api.log")
     loads: list[Load] = []
     try:
-        wait(lambda: store.latest_version("lr"), 90, "the learner's first version")
-        wait(lambda: ready(port) or api.poll() is not None, 90, "the API")
+        wait_until(lambda: store.latest_version("lr"), 90, "the learner's first version")
+        wait_until(lambda: ready(port) or api.poll() is not None, 90, "the API")
         assert api.poll() is None, (tmp_path / "api.log").read_text()[-3000:]
         # uvicorn's workers: children started by multiprocessing's spawn (another child of the
         # API process is multiprocessing's resource tracker)
@@ -177,9 +170,15 @@ def test_swaps_and_a_rollback_reach_every_worker_of_a_real_api(
             labels = sum(
                 isinstance(e, LabelEvent) for stretch in stretches[: k + 1] for e in stretch
             )
-            latest = wait(lambda n=labels: learned(store, n), 120, f"stretch {k} to be learned")
-            wait(lambda v=latest: all(serves(answers(loads), w, v) for w in workers), 60,
-                 f"both workers {workers} to serve v{latest}", lambda: recent(loads))  # fmt: skip
+            latest = wait_until(
+                lambda n=labels: learned(store, n), 120, f"stretch {k} to be learned"
+            )
+            wait_until(
+                lambda v=latest: all(serves(answers(loads), w, v) for w in workers),
+                60,
+                f"both workers {workers} to serve v{latest}",
+                detail=lambda: recent(loads),
+            )
 
         # 2. the rollback, under the same load
         target = store.versions("lr")[1]
@@ -191,8 +190,11 @@ def test_swaps_and_a_rollback_reach_every_worker_of_a_real_api(
         assert rollback.returncode == 0, rollback.stderr
         [entry] = [e for e in Registry(store).history("lr") if e.action == "rollback"]
         committed = entry.time
-        wait(lambda: all(len(after(answers(loads), w, committed + BOUND)) >= 20 for w in workers),
-             60, "both workers to answer after the bound")  # fmt: skip
+        wait_until(
+            lambda: all(len(after(answers(loads), w, committed + BOUND)) >= 20 for w in workers),
+            60,
+            "both workers to answer after the bound",
+        )
         assert store.serving_version("lr") == target  # (until the learner's final snapshot)
     finally:
         for load in loads:

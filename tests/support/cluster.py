@@ -10,9 +10,7 @@ import re
 import signal
 import subprocess
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,24 +21,6 @@ from learners.specs import build_estimator
 from schemas.settings import Settings
 from stream.kafka.security import PLAINTEXT, KafkaSecurity
 from tests.support.pipeline import final_model
-
-
-def wait(
-    check: Callable[[], bool],
-    timeout: float,
-    what: str,
-    log: Path | None = None,
-    detail: Callable[[], object] | None = None,
-) -> None:
-    """Poll ``check`` until it holds, with a deadline (no sleeping as synchronisation); the
-    failure shows the tail of ``log`` and ``detail()``."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
-            seen = f" (now: {detail()})" if detail is not None else ""
-            raise AssertionError(f"timed out waiting for {what}{seen}\n{tail}")
-        time.sleep(0.05)
 
 
 def learned(port: int, model: str = "lr", host: str = "127.0.0.1") -> float:

@@ -12,9 +12,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +27,10 @@ from learners.serialization import dump_signed
 from schemas.settings import Settings
 from stream.dev.services import free_port
 from stream.store.snapshots import SnapshotMeta, SnapshotStore
+from tests.support.waiting import wait_until
 
 KEY = b"serving-test-key"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
-    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {check}")
-        time.sleep(interval)
 
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:

@@ -25,8 +25,9 @@ from schemas.settings import Settings
 from stream.dev.cluster import KafkaCluster
 from stream.dev.services import free_port, pid_alive
 from stream.kafka.publish import Publisher, PublishReport
-from tests.support.cluster import assert_equal_to_river, learned, messages, stop_all, wait
+from tests.support.cluster import assert_equal_to_river, learned, messages, stop_all
 from tests.support.pipeline import fast, publish, spawn_cli
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -67,8 +68,13 @@ def test_a_broker_killed_mid_stream_loses_nothing(
     log = tmp_path / "learner.log"
     learner = spawn_cli(s, ["learn", "--model", "lr=logreg", "--metric", "Accuracy"], log)
     try:
-        wait(lambda: learned(metrics_port) >= half // 8, 120, "the learner to start", log,
-             lambda: learned(metrics_port))  # fmt: skip
+        wait_until(
+            lambda: learned(metrics_port) >= half // 8,
+            120,
+            "the learner to start",
+            log=log,
+            detail=lambda: learned(metrics_port),
+        )
         sent = [0]
         report: list[PublishReport] = []
 
@@ -83,17 +89,22 @@ def test_a_broker_killed_mid_stream_loses_nothing(
 
         producer = threading.Thread(target=second_half)
         producer.start()
-        wait(lambda: sent[0] >= 3_000, 60, "the second half to be under way")
+        wait_until(lambda: sent[0] >= 3_000, 60, "the second half to be under way")
         victim = kafka_cluster.node(2)
         assert victim is not None
         os.kill(victim.pid, signal.SIGKILL)
-        wait(lambda: not pid_alive(victim.pid), 10, "the broker to die")
+        wait_until(lambda: not pid_alive(victim.pid), 10, "the broker to die")
         assert sent[0] < len(events) - half, "the broker died after the stream, not during it"
         producer.join(timeout=300)
         [second] = report
         assert second.failed == 0 and second.sent == len(events) - half, second.errors
-        wait(lambda: learned(metrics_port) >= LIMIT, 180, "the whole stream", log,
-             lambda: learned(metrics_port))  # fmt: skip
+        wait_until(
+            lambda: learned(metrics_port) >= LIMIT,
+            180,
+            "the whole stream",
+            log=log,
+            detail=lambda: learned(metrics_port),
+        )
         assert learner.poll() is None, log.read_text()[-3000:]
         os.kill(learner.pid, signal.SIGTERM)  # the final snapshot, then exit 0
         assert learner.wait(timeout=120) == 0, log.read_text()[-3000:]

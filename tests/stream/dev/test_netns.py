@@ -57,9 +57,9 @@ from tests.support.cluster import (
     learned,
     messages,
     stop_all,
-    wait,
 )
 from tests.support.pipeline import fast, publish, spawn_cli
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -145,7 +145,7 @@ def test_three_hosts_lose_a_broker_and_the_redis_primary(
     first, rest = events[: len(events) // 3], events[len(events) // 3 :]
     # A cold TLS cluster on a loaded machine may answer its first requests after the client's
     # 10 s (seen at load 20): the topics are created once it answers in time.
-    wait(lambda: _topics_created(s), 180, "the topics to be created")
+    wait_until(lambda: _topics_created(s), 180, "the topics to be created")
     report = publish(s, first)
     assert report.failed == 0 and report.sent == len(first)
     # every partition of the topics is on the three hosts' brokers
@@ -170,8 +170,12 @@ def test_three_hosts_lose_a_broker_and_the_redis_primary(
     try:
         for url in apis:
             for model in ("lr", "tree"):
-                wait(lambda u=f"{url}/{model}/predict": answer(u)[0] == 200, 120,
-                     f"{url} to serve {model}", tmp_path / "api-1.log")  # fmt: skip
+                wait_until(
+                    lambda u=f"{url}/{model}/predict": answer(u)[0] == 200,
+                    120,
+                    f"{url} to serve {model}",
+                    log=tmp_path / "api-1.log",
+                )
         for client in clients:
             client.start()
         sent = [0]
@@ -187,28 +191,40 @@ def test_three_hosts_lose_a_broker_and_the_redis_primary(
 
         producer = threading.Thread(target=produce)
         producer.start()
-        wait(lambda: sent[0] >= len(rest) // 4, 60, "the stream to be under way")
+        wait_until(lambda: sent[0] >= len(rest) // 4, 60, "the stream to be under way")
         broker = kafka.node(3)
         assert broker is not None
         os.kill(broker.pid, signal.SIGKILL)
-        wait(lambda: not pid_alive(broker.pid), 10, "the broker to die")
-        wait(lambda: sent[0] >= len(rest) // 2, 60, "half the rest to be sent")
+        wait_until(lambda: not pid_alive(broker.pid), 10, "the broker to die")
+        wait_until(lambda: sent[0] >= len(rest) // 2, 60, "half the rest to be sent")
         before = {model: store.latest_version(model) or 0 for model, _ in LEARNERS.values()}
         primary = redis_ha.processes.records()["primary"]
         os.kill(primary.pid, signal.SIGKILL)
         assert sent[0] < len(rest), "the kills came after the stream, not during it"
-        wait(lambda: redis_ha.primary() == redis_ha.address("replica"), 60,
-             "the replica's promotion", detail=redis_ha.primary)  # fmt: skip
+        wait_until(
+            lambda: redis_ha.primary() == redis_ha.address("replica"),
+            60,
+            "the replica's promotion",
+            detail=redis_ha.primary,
+        )
         producer.join(timeout=300)
         [second] = reports
         assert second.failed == 0 and second.sent == len(rest), second.errors
         for name, (model, _spec) in LEARNERS.items():
             host, log = learner_hosts[name].address, tmp_path / f"learner-{name}.log"
-            wait(lambda m=model, h=host: learned(metrics_port, m, h) >= LIMIT, 180,
-                 f"{model} to learn the whole stream", log,
-                 lambda m=model, h=host: learned(metrics_port, m, h))  # fmt: skip
-            wait(lambda m=model: (store.latest_version(m) or 0) > before[m], 60,
-                 f"a version of {model} after the failover", log)  # fmt: skip
+            wait_until(
+                lambda m=model, h=host: learned(metrics_port, m, h) >= LIMIT,
+                180,
+                f"{model} to learn the whole stream",
+                log=log,
+                detail=lambda m=model, h=host: learned(metrics_port, m, h),
+            )
+            wait_until(
+                lambda m=model: (store.latest_version(m) or 0) > before[m],
+                60,
+                f"a version of {model} after the failover",
+                log=log,
+            )
         for name, proc in learners.items():
             log = tmp_path / f"learner-{name}.log"
             assert proc.poll() is None, log.read_text()[-3000:]
@@ -217,8 +233,11 @@ def test_three_hosts_lose_a_broker_and_the_redis_primary(
         final = {model: store.latest_version(model) for model, _ in LEARNERS.values()}
         for url in apis:
             for model, version in final.items():
-                wait(lambda u=f"{url}/{model}/predict", v=version: answer(u) == (200, v), 60,
-                     f"{url} to serve {model} v{version}")  # fmt: skip
+                wait_until(
+                    lambda u=f"{url}/{model}/predict", v=version: answer(u) == (200, v),
+                    60,
+                    f"{url} to serve {model} v{version}",
+                )
     finally:
         for client in clients:
             client.stop()

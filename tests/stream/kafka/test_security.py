@@ -33,8 +33,9 @@ from stream.dev.services import free_port
 from stream.kafka.client import broker_ready, read_all
 from stream.kafka.security import KafkaSecurity, kafka_security
 from stream.store.connect import redis_client
-from tests.support.cluster import assert_equal_to_river, stop_all, wait
+from tests.support.cluster import assert_equal_to_river, stop_all
 from tests.support.pipeline import fast, publish, spawn_cli
+from tests.support.waiting import wait_until
 
 DATASET, LIMIT, DELAY, SEED = "synth.Agrawal", 2_000, 50, 17
 
@@ -165,13 +166,15 @@ def test_every_process_connects_securely_and_plain_is_refused(
     url = f"http://127.0.0.1:{port}"
     try:
         body = {"features": {"salary": 50_000.0, "age": 40, "elevel": 2}}
-        wait(lambda: _post(f"{url}/v1/models/lr/predict", body) == 200, 90, "the API", api_log)
+        wait_until(
+            lambda: _post(f"{url}/v1/models/lr/predict", body) == 200, 90, "the API", log=api_log
+        )
         logged = {"id": "secure-1", "time": 1e9, "features": body["features"]}
         assert _post(f"{url}/v1/features", logged) == 202, api_log.read_text()[-3000:]
         features = read_all(bootstrap, [s.topic_features], security=security)
         assert [r.key for r in features].count(b"secure-1") == 1
         _request(s, "req-1", body["features"])
-        wait(lambda: "req-1" in _answered(s), 90, "the worker's answer", worker_log)
+        wait_until(lambda: "req-1" in _answered(s), 90, "the worker's answer", log=worker_log)
     finally:
         stop_all(procs)
     # Batch scoring reads the topic over TLS + SCRAM too.

@@ -18,8 +18,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +32,7 @@ from stream.registry.owners import OwnershipError
 from stream.registry.registry import Registry
 from stream.store.snapshots import SnapshotStore
 from tests.support.pipeline import fast, final_model, publish, spawn_cli
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,16 +57,6 @@ def assert_equals_river(settings: Settings, name: str) -> None:
     assert ours.metric_values() == {"Accuracy": accuracy}, name
     for x, _ in itertools.islice(load_dataset(DATASET, seed=SEED), 0, LIMIT, 449):
         assert ours.model.predict_proba_one(x) == river_model.predict_proba_one(x), name
-
-
-def wait(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
-    """Poll ``check`` until it holds, with a deadline (no sleeping as synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
-            raise AssertionError(f"timed out waiting for {what}\n{tail}")
-        time.sleep(0.01)
 
 
 class Learners:
@@ -103,8 +93,12 @@ class Learners:
 
     def kill_at(self, name: str, proc: subprocess.Popen[bytes], target: int) -> None:
         """kill -9 ``proc`` as soon as learner ``name``'s checkpoint reaches ``target``."""
-        wait(lambda: self.checkpoint(name) >= target or proc.poll() is not None, 120,
-             f"learner {name}'s checkpoint v{target}", self.log)  # fmt: skip
+        wait_until(
+            lambda: self.checkpoint(name) >= target or proc.poll() is not None,
+            120,
+            f"learner {name}'s checkpoint v{target}",
+            log=self.log,
+        )
         assert proc.poll() is None, f"learner {name} ended early:\n{self.tail()}"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
@@ -184,13 +178,13 @@ def test_handover_to_a_new_learner_is_exact(learners: Learners, tmp_path: Path) 
     first, second = stretches(2)
     publish(s, first)
     both = learners.start("default", "lr", "tree")
-    wait(lambda: learners.checkpoint("default") > 0, 60, "the first checkpoint")
+    wait_until(lambda: learners.checkpoint("default") > 0, 60, "the first checkpoint")
     registry = Registry(learners.store("default"))
     handed = spawn_cli(s, ["snapshots", "handover", "tree", "--to", "b", "--reason", "split"],
                        tmp_path / "cli.log")  # fmt: skip
     assert handed.wait(timeout=60) == 0, (tmp_path / "cli.log").read_text()
     # The running learner drops the tree (its command list is acknowledged) and goes on.
-    wait(lambda: not registry.pending_commands(), 60, "the release to be acknowledged")
+    wait_until(lambda: not registry.pending_commands(), 60, "the release to be acknowledged")
     assert both.poll() is None, learners.tail()
     handed_at = snapshot_store(s).latest_version("tree")
     assert handed_at is not None

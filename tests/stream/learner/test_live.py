@@ -5,8 +5,6 @@ the samples it names, and never written while the rule refuses them."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 from river import datasets
@@ -18,6 +16,7 @@ from stream.learner.runtime import build_learner, snapshot_store
 from stream.registry.registry import Registry
 from stream.store.live import LiveStore
 from tests.support.pipeline import fast, phishing_logreg_after, publish, replay
+from tests.support.waiting import wait_until
 
 N = 500
 STEP = 100
@@ -48,13 +47,6 @@ class LiveRecorder:
         pass
 
 
-def wait_until(check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout} s"
-        time.sleep(0.02)
-
-
 def test_live_updates_follow_the_learner_between_versions_exactly(settings: Settings) -> None:
     """The stream arrives in steps of 100 samples; after each, serving could load a live update
     of exactly those samples (River's model after them), while the versions keep their
@@ -83,7 +75,7 @@ def test_live_updates_follow_the_learner_between_versions_exactly(settings: Sett
                 meta = live.pointers("lr").live
                 return meta is not None and meta.samples_learned == end
 
-            wait_until(caught_up, timeout=60)
+            wait_until(caught_up, 60)
             loaded = live.load("lr")
             assert loaded is not None
             state, meta = loaded

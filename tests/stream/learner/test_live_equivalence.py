@@ -31,7 +31,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -46,6 +45,7 @@ from stream.dev.services import free_port
 from stream.kafka.client import EventProducer, create_topics
 from stream.learner.runtime import snapshot_store
 from tests.support.pipeline import fast, final_model, spawn_cli
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -117,13 +117,6 @@ def learned(settings: Settings, model: str) -> int:
     return -1 if version is None else store.meta(model, version).samples_learned
 
 
-def wait(check: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)  # polling with a deadline
-
-
 def metrics_up(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).status_code == 200
@@ -158,7 +151,9 @@ def test_learning_while_published_at_uneven_pace_equals_river(
     log = tmp_path / "learner.log"
     learner = spawn_cli(s, ["learn", "--model", f"m={spec}", *metric_args], log)
     try:
-        wait(lambda: metrics_up(port) or learner.poll() is not None, 90, "the learner to start")
+        wait_until(
+            lambda: metrics_up(port) or learner.poll() is not None, 90, "the learner to start"
+        )
         assert learner.poll() is None, log.read_text()[-3000:]
         publishers = [PartitionPublisher(producer, s, p, by_partition[p]) for p in range(3)]
         for publisher in publishers:
@@ -170,8 +165,11 @@ def test_learning_while_published_at_uneven_pace_equals_river(
         for publisher in publishers:
             assert publisher.error is None, publisher.error
             assert publisher.longest_gap < GRACE - 1, (publisher.name, publisher.longest_gap)
-        wait(lambda: learned(s, "m") == samples or learner.poll() is not None, 120,
-             "every label to be learned")  # fmt: skip
+        wait_until(
+            lambda: learned(s, "m") == samples or learner.poll() is not None,
+            120,
+            "every label to be learned",
+        )
         assert learner.poll() is None, log.read_text()[-3000:]
         os.kill(learner.pid, signal.SIGTERM)
         assert learner.wait(timeout=60) == 0, log.read_text()[-3000:]

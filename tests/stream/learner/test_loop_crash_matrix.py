@@ -44,7 +44,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +65,7 @@ from tests.support import procs
 from tests.support.pipeline import fast, final_model, spawn_cli
 from tests.support.redis_gate import RedisGate
 from tests.support.redis_monitor import Command, RedisMonitor
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -185,7 +185,7 @@ class Run:
         kids = procs.children(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-        wait(
+        wait_until(
             lambda: not procs.live_with_env(PREFIX_ENV, self.s.redis_prefix),
             10,
             "every process of this learner (snapshot child included) to be gone",
@@ -203,13 +203,6 @@ class Run:
         return self.log.read_text()[-3000:]
 
 
-def wait(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)  # polling with a deadline
-
-
 def consumed(port: int) -> dict[str, float]:
     try:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
@@ -225,7 +218,7 @@ def kill_before_first_checkpoint(run: Run, head: list[Any]) -> None:
         isinstance(i, FeatureEvent) or (isinstance(i, Bad) and i.topic == "features") for i in head
     )
     proc = run.spawn(run.s.model_copy(update={"learner_metrics_port": port}))
-    wait(
+    wait_until(
         lambda: consumed(port).get(run.s.topic_features, 0) >= features or proc.poll() is not None,
         90,
         "the first stretch to be consumed",
@@ -279,7 +272,7 @@ def kill_during_restore(run: Run, at_last_read: bool) -> None:
         else:  # the restore cannot read on: the gate holds every later command
             with RedisGate(run.s.redis_url or "", trigger, lambda c: True) as gate:
                 proc = run.spawn(run.s.model_copy(update={"redis_url": gate.url}))
-                wait(
+                wait_until(
                     lambda: gate.held_ports or proc.poll() is not None,
                     90,
                     "the restore's second read",
@@ -310,7 +303,7 @@ def kill_mid_write(run: Run, nth: int, forked: bool) -> None:
 
     with RedisGate(run.s.redis_url or "", first_chunk, making_visible) as gate:
         proc = run.spawn(run.s.model_copy(update={"redis_url": gate.url}))
-        wait(
+        wait_until(
             lambda: gate.armed_port in gate.held_ports or proc.poll() is not None,
             90,
             f"version #{nth} of this process to reach its transaction",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from schemas.settings import Settings
 from stream.learner.runtime import snapshot_store
 from tests.conftest import settings_env
 from tests.support.pipeline import fast, learn, publish, spawn_cli
+from tests.support.waiting import wait_until
 
 POISON = (600.0, 899.5)
 
@@ -40,16 +40,6 @@ def _joinable(events: list) -> int:
     """Labels whose features are among ``events`` too."""
     features = {e.id for e in events if isinstance(e, FeatureEvent)}
     return sum(isinstance(e, LabelEvent) and e.id in features for e in events)
-
-
-def _wait_for(what: str, check: Callable[[], object], timeout: float = 90) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)  # polling Redis with a deadline
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _learned(settings: Settings, n: int) -> Callable[[], int | None]:
@@ -78,10 +68,10 @@ def test_poisoned_stretch_is_rolled_back_with_replay(settings: Settings, tmp_pat
     learner = spawn_cli(s, ["learn", "--model", "lr=logreg"], tmp_path / "learner.log")
     try:
         publish(s, clean_a)
-        before = int(_wait_for("the clean part", _learned(s, _labels(clean_a))))
+        before = int(wait_until(_learned(s, _labels(clean_a)), 90, "the clean part"))
         accuracy_before = store.meta("lr", before).metrics["Accuracy"]
         publish(s, poisoned)
-        after = int(_wait_for("the poison", _learned(s, _labels(clean_a) + _labels(poisoned))))
+        after = int(wait_until(_learned(s, _labels(clean_a) + _labels(poisoned)), 90, "the poison"))
         assert store.meta("lr", after).metrics["Accuracy"] < accuracy_before - 0.05
 
         result = _rollback(
@@ -93,7 +83,7 @@ def test_poisoned_stretch_is_rolled_back_with_replay(settings: Settings, tmp_pat
 
         publish(s, clean_c)
         # Labels of the features inside the excluded stretch have nothing to join any more.
-        _wait_for("the replay", _learned(s, _joinable(clean_a + clean_c)))
+        wait_until(_learned(s, _joinable(clean_a + clean_c)), 90, "the replay")
     finally:
         learner.terminate()
         assert learner.wait(timeout=60) == 0, (tmp_path / "learner.log").read_text()[-3000:]
@@ -126,13 +116,13 @@ def test_rollback_with_skip_continues_from_the_current_position(
     learner = spawn_cli(s, ["learn", "--model", "lr=logreg"], tmp_path / "learner.log")
     try:
         publish(s, clean_a)
-        before = int(_wait_for("the clean part", _learned(s, _labels(clean_a))))
+        before = int(wait_until(_learned(s, _labels(clean_a)), 90, "the clean part"))
         publish(s, poisoned)
-        _wait_for("the poison", _learned(s, _labels(clean_a) + _labels(poisoned)))
+        wait_until(_learned(s, _labels(clean_a) + _labels(poisoned)), 90, "the poison")
         result = _rollback(s, "--to", str(before), "--resume", "skip", "--reason", "bad labels")
         assert result.returncode == 0, result.stderr
         # The learner applies the rollback and snapshots it: the model is the target's again.
-        rolled = int(_wait_for("the rollback snapshot", _learned(s, _labels(clean_a))))
+        rolled = int(wait_until(_learned(s, _labels(clean_a)), 90, "the rollback snapshot"))
         assert rolled > before
         target, _ = store.load_model("lr", before)
         now, _ = store.load_model("lr", rolled)
@@ -142,7 +132,7 @@ def test_rollback_with_skip_continues_from_the_current_position(
         ]
         # ... and continues from the current position: the poisoned stretch is not re-read.
         publish(s, clean_c)
-        _wait_for("the rest", _learned(s, _labels(clean_a) + _labels(clean_c)))
+        wait_until(_learned(s, _labels(clean_a) + _labels(clean_c)), 90, "the rest")
     finally:
         learner.terminate()
         assert learner.wait(timeout=60) == 0, (tmp_path / "learner.log").read_text()[-3000:]

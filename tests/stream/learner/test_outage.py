@@ -41,6 +41,7 @@ from stream.dev.services import (
 from stream.learner.runtime import snapshot_store
 from tests.support.outage import private_kafka
 from tests.support.pipeline import fast, final_model, publish, spawn_cli
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 __all__ = ["private_kafka"]  # a fixture
@@ -65,7 +66,7 @@ class PrivateRedis:
                 "--appendonly", "yes", "--appendfsync", "always", "--save", ""]  # fmt: skip
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        wait(lambda: _pings(client), 20, "redis to start")
+        wait_until(lambda: _pings(client), 20, "redis to start")
 
     def kill(self, sig: int) -> None:
         assert self.proc is not None
@@ -84,14 +85,6 @@ def _pings(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.RedisError:
         return False
-
-
-def wait(check, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``check`` until it holds (no sleeping as synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {check.__doc__}"
-        time.sleep(interval)
 
 
 def learner_gauges(port: int) -> dict[str, float]:
@@ -149,45 +142,67 @@ def test_the_learner_rides_out_redis_killed_and_hung(
     stop, statuses = threading.Event(), Counter[int]()
     client = None
     try:
-        wait(lambda: _version(store) is not None, 60, "the first snapshot")
+        wait_until(lambda: _version(store) is not None, 60, "the first snapshot")
         ready = f"http://127.0.0.1:{api_port}/readyz"
-        wait(lambda: _status(ready) == 200, 60, "the API to serve the model")
+        wait_until(lambda: _status(ready) == 200, 60, "the API to serve the model")
         client = threading.Thread(
             target=steady_requests,
             args=(f"http://127.0.0.1:{api_port}/v1/models/lr/predict", stop, statuses),
         )
         client.start()
-        wait(lambda: learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
-             >= len(stretches[0]) // 2 - 2 * DELAY, 60, "the first stretch")  # fmt: skip
+        wait_until(
+            lambda: (
+                learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
+                >= len(stretches[0]) // 2 - 2 * DELAY
+            ),
+            60,
+            "the first stretch",
+        )
 
         # 1. kill -9 Redis; the second stretch arrives while it is away
         before = _version(store) or 0
         private_redis.kill(signal.SIGKILL)
         publish(s, stretches[1])
-        wait(lambda: learner_gauges(metrics_port).get("riverstream_redis_up") == 0, 30,
-             "the learner to notice the outage")  # fmt: skip
-        wait(lambda: learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
-             >= (len(stretches[0]) + len(stretches[1])) // 2 - 2 * DELAY, 60,
-             "learning to go on while Redis is away")  # fmt: skip
+        wait_until(
+            lambda: learner_gauges(metrics_port).get("riverstream_redis_up") == 0,
+            30,
+            "the learner to notice the outage",
+        )
+        wait_until(
+            lambda: (
+                learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
+                >= (len(stretches[0]) + len(stretches[1])) // 2 - 2 * DELAY
+            ),
+            60,
+            "learning to go on while Redis is away",
+        )
         assert learner.poll() is None, log.read_text()[-3000:]
         # The API keeps serving the last good model and says it is stale.
-        wait(lambda: _json(ready).get("stale") is True, 30, "the API to report staleness")
+        wait_until(lambda: _json(ready).get("stale") is True, 30, "the API to report staleness")
         assert _status(ready) == 200
         outage_started = time.monotonic()
-        wait(lambda: time.monotonic() - outage_started >= 3, 10, "three seconds of outage")
+        wait_until(lambda: time.monotonic() - outage_started >= 3, 10, "three seconds of outage")
         private_redis.start()  # same port, same data directory
-        wait(lambda: learner_gauges(metrics_port).get("riverstream_redis_up") == 1, 60,
-             "the learner to see Redis back")  # fmt: skip
-        wait(lambda: (_version(store) or 0) > before, 30, "a snapshot after the outage")
+        wait_until(
+            lambda: learner_gauges(metrics_port).get("riverstream_redis_up") == 1,
+            60,
+            "the learner to see Redis back",
+        )
+        wait_until(lambda: (_version(store) or 0) > before, 30, "a snapshot after the outage")
 
         # 2. Redis hangs for five seconds while the third stretch arrives
         private_redis.kill(signal.SIGSTOP)
         publish(s, stretches[2])
         hung = time.monotonic()
-        wait(lambda: time.monotonic() - hung >= 5, 10, "five seconds of a hung Redis")
+        wait_until(lambda: time.monotonic() - hung >= 5, 10, "five seconds of a hung Redis")
         private_redis.kill(signal.SIGCONT)
-        wait(lambda: learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
-             >= LIMIT, 120, "the whole stream")  # fmt: skip
+        wait_until(
+            lambda: (
+                learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0) >= LIMIT
+            ),
+            120,
+            "the whole stream",
+        )
         assert learner.poll() is None, log.read_text()[-3000:]
         os.kill(learner.pid, signal.SIGTERM)  # final snapshot of what was processed, exit 0
         assert learner.wait(timeout=120) == 0, log.read_text()[-3000:]
@@ -250,18 +265,29 @@ def test_the_learner_rides_out_a_broker_restart(
     publish(s, events[:half])
     learner = spawn_cli(s, ["learn", "--model", "lr=logreg", "--metric", "Accuracy"], log)
     try:
-        wait(lambda: learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
-             >= half // 2 - 2 * DELAY, 90, "the first half")  # fmt: skip
+        wait_until(
+            lambda: (
+                learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
+                >= half // 2 - 2 * DELAY
+            ),
+            90,
+            "the first half",
+        )
         broker = manager.running()["kafka"]
         os.kill(broker.pid, signal.SIGKILL)
-        wait(lambda: not pid_alive(broker.pid), 10, "the broker to die")
+        wait_until(lambda: not pid_alive(broker.pid), 10, "the broker to die")
         down = time.monotonic()
-        wait(lambda: time.monotonic() - down >= 3, 10, "three seconds without a broker")
+        wait_until(lambda: time.monotonic() - down >= 3, 10, "three seconds without a broker")
         assert learner.poll() is None, log.read_text()[-3000:]
         assert manager.up(("kafka",))["kafka"].address == bootstrap  # in place
         publish(s, events[half:])
-        wait(lambda: learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
-             >= LIMIT, 120, "the whole stream")  # fmt: skip
+        wait_until(
+            lambda: (
+                learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0) >= LIMIT
+            ),
+            120,
+            "the whole stream",
+        )
         assert learner.poll() is None, log.read_text()[-3000:]
         os.kill(learner.pid, signal.SIGTERM)
         assert learner.wait(timeout=120) == 0, log.read_text()[-3000:]

@@ -10,9 +10,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 from river import evaluate
@@ -28,6 +26,7 @@ from stream.store.trace import TracePoint
 from stream.store.trace_reader import TraceReader
 from tests.support.pipeline import fast, learn, publish, spawn_cli
 from tests.support.replay import feed_in_order
+from tests.support.waiting import wait_until
 
 EVERY = 25
 
@@ -47,16 +46,6 @@ def _river_curve(preset: str, delay: int, limit: int | None, step: int) -> list[
 
 def _curve(points: list[TracePoint]) -> list[tuple[int, float | None]]:
     return [(p.labels, p.metrics["Accuracy"]) for p in points]
-
-
-def _wait_for(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)  # polling Redis with a deadline
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_the_trace_is_rivers_curve_for_every_model(settings: Settings) -> None:
@@ -112,12 +101,12 @@ def test_points_appear_only_with_their_snapshot_and_a_kill_9_leaves_the_same_cur
     log = tmp_path / "learner.log"
     learner = spawn_cli(s, ["learn", "--model", "lr=logreg", "--metric", "Accuracy"], log)
     try:
-        first = _wait_for("the first version", lambda: store.latest_version("lr"))
+        first = wait_until(lambda: store.latest_version("lr"), 120, "the first version")
         covered = store.meta("lr", first).samples_learned
         assert 0 < covered <= 40
         publish(s, [e for e in events if 60 <= e.time < 500])  # up to 480 labels
         metrics = f"http://127.0.0.1:{port}/metrics"
-        _wait_for("480 labels learned", lambda: _labels_joined(metrics) == 480)
+        wait_until(lambda: _labels_joined(metrics) == 480, 120, "480 labels learned")
         assert store.latest_version("lr") == first  # still the one snapshot
         before_kill = reader.points("lr")
         # only the points that snapshot covers: none of the 18 marks (50 ... 475) learned since

@@ -25,20 +25,12 @@ from stream.kafka.client import create_topics, partitions_for
 from stream.store.snapshots import open_store
 from tests.support.outage import private_kafka
 from tests.support.pipeline import spawn_cli
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 __all__ = ["private_kafka"]  # a fixture
 
 N, RATE = 2000, 100  # requests, produced at RATE a second (20 s): the outage falls mid-stream
-
-
-def wait(check: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``check`` until it returns something truthy (no sleeping as synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
-    return result
 
 
 def answers_counted(port: int) -> float:
@@ -115,14 +107,14 @@ def test_the_worker_answers_every_request_across_a_broker_restart(
         warm_up.produce(s.topic_requests, orjson.dumps(
             {"id": "w", "target": "lr", "features": inputs[0]}), b"w")  # fmt: skip
         assert warm_up.flush(30) == 0
-        wait(lambda: answers_counted(port) >= 1, 90, "the worker to answer")
+        wait_until(lambda: answers_counted(port) >= 1, 90, "the worker to answer")
         producer.start()
-        wait(lambda: answers_counted(port) > N // 4, 90, "a quarter of the requests answered")
+        wait_until(lambda: answers_counted(port) > N // 4, 90, "a quarter of the requests answered")
         broker = manager.running()["kafka"]
         os.kill(broker.pid, signal.SIGKILL)
-        wait(lambda: not pid_alive(broker.pid), 10, "the broker to die")
+        wait_until(lambda: not pid_alive(broker.pid), 10, "the broker to die")
         down = time.monotonic()
-        wait(lambda: time.monotonic() - down >= 3, 10, "three seconds without a broker")
+        wait_until(lambda: time.monotonic() - down >= 3, 10, "three seconds without a broker")
         assert worker.poll() is None, log.read_text()[-3000:]
         answered_during_outage = answers_counted(port)
         assert answered_during_outage < N // 2, "the outage must fall mid-stream"
@@ -205,10 +197,10 @@ def test_a_worker_stopped_during_an_outage_exits_within_its_grace_and_loses_noth
     producer = PacedProducer(s, inputs)
     try:
         producer.start()
-        wait(lambda: answers_counted(port) > N // 10, 90, "a tenth of the requests answered")
+        wait_until(lambda: answers_counted(port) > N // 10, 90, "a tenth of the requests answered")
         broker = manager.running()["kafka"]
         os.kill(broker.pid, signal.SIGKILL)
-        wait(lambda: not pid_alive(broker.pid), 10, "the broker to die")
+        wait_until(lambda: not pid_alive(broker.pid), 10, "the broker to die")
         # answers pile up unacknowledged in the worker while requests keep coming from the
         # producer's queue (the broker died between fetches: what was fetched is answered)
         first.send_signal(signal.SIGTERM)

@@ -34,9 +34,9 @@ from tests.support.cluster import (
     assert_equal_to_river,
     learned,
     stop_all,
-    wait,
 )
 from tests.support.pipeline import fast, publish, spawn_cli
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -82,31 +82,46 @@ def test_sentinel_failover_under_a_learner_and_an_api(
     client = SteadyClient(f"http://127.0.0.1:{api_port}/v1/models/lr/predict")
     try:
         ready = f"http://127.0.0.1:{api_port}/readyz"
-        wait(lambda: _status(ready) == 200, 90, "the API to serve the model", api_log)
+        wait_until(lambda: _status(ready) == 200, 90, "the API to serve the model", log=api_log)
         # Both workers read and listen on the replica; nothing of the API is on the primary.
-        wait(lambda: subscribers(replica, channel) >= 2, 30, "both workers to subscribe")
+        wait_until(lambda: subscribers(replica, channel) >= 2, 30, "both workers to subscribe")
         assert subscribers(primary, channel) == 0
         client.start()
         publish(s, stretches[1])
         # Versions reach the API through notifications relayed by the replica (polling is off).
-        wait(lambda: len(set(client.versions)) >= 3, 60, "three versions served", api_log,
-             lambda: sorted(set(client.versions)))  # fmt: skip
+        wait_until(
+            lambda: len(set(client.versions)) >= 3,
+            60,
+            "three versions served",
+            log=api_log,
+            detail=lambda: sorted(set(client.versions)),
+        )
         mid = len(stretches[0]) // 2
-        wait(lambda: learned(metrics_port) >= mid, 90, "learning mid-stream", log,
-             lambda: learned(metrics_port))  # fmt: skip
+        wait_until(
+            lambda: learned(metrics_port) >= mid,
+            90,
+            "learning mid-stream",
+            log=log,
+            detail=lambda: learned(metrics_port),
+        )
         before = store.latest_version("lr") or 0
         os.kill(redis_ha.processes.records()["primary"].pid, signal.SIGKILL)
         publish(s, stretches[2])  # while the Sentinels fail over
-        wait(lambda: redis_ha.primary_port() == replica, 60, "the replica's promotion")
-        wait(lambda: _latest(store) > before, 60, "a version after it", log)
-        wait(lambda: learned(metrics_port) >= LIMIT, 120, "the whole stream", log,
-             lambda: learned(metrics_port))  # fmt: skip
+        wait_until(lambda: redis_ha.primary_port() == replica, 60, "the replica's promotion")
+        wait_until(lambda: _latest(store) > before, 60, "a version after it", log=log)
+        wait_until(
+            lambda: learned(metrics_port) >= LIMIT,
+            120,
+            "the whole stream",
+            log=log,
+            detail=lambda: learned(metrics_port),
+        )
         assert learner.poll() is None, log.read_text()[-3000:]
         os.kill(learner.pid, signal.SIGTERM)  # the final snapshot, then exit 0
         assert learner.wait(timeout=120) == 0, log.read_text()[-3000:]
         final = store.latest_version("lr")
         assert final is not None and final > before
-        wait(lambda: final in client.versions[-20:], 60, "the API to serve the final version")
+        wait_until(lambda: final in client.versions[-20:], 60, "the API to serve the final version")
     finally:
         client.stop()
         stop_all([learner, api])
