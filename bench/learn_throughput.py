@@ -15,6 +15,11 @@ with a constant label delay of 100:
             counted; the time to N − delay labels is printed as well.
   bare      ``predict_one`` + ``learn_one`` over the same samples in memory (labels at once),
             run right before and right after the learner; the ratio uses their mean.
+  River     River's own progressive validation of the same samples with the same delay
+            (``evaluate.progressive_val_score``, the Accuracy metric: the very numbers the
+            learner reaches, as the equivalence tests check), in memory, run beside each bare
+            loop: the column ``÷River`` is what Kafka, the event-time join, exactly-once and
+            the snapshots cost over River doing the same evaluation.
 
 Rates are samples/s; one sample is two events (a feature event and a label event), so
 events/s = 2 × samples/s. ``arf`` learns ≈ 1k samples/s bare, so it gets its own, smaller
@@ -46,6 +51,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from river import evaluate, metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -118,6 +125,14 @@ def bare_loop(
     return time.perf_counter() - start, time.thread_time() - cpu, correct / len(samples)
 
 
+def river_eval(spec: ModelSpec, samples: list[tuple[dict[str, Any], Any]], delay: int) -> float:
+    """Seconds of River's ``progressive_val_score`` over ``samples`` with ``delay``."""
+    model, accuracy = spec.build(), metrics.Accuracy()
+    start = time.perf_counter()
+    evaluate.progressive_val_score(samples, model, accuracy, delay=delay)
+    return time.perf_counter() - start
+
+
 def run_model(
     base: Settings, name: str, n: int, delay: int, deadline: float, run_id: str, phases: bool
 ) -> dict[str, Any]:
@@ -145,7 +160,12 @@ def run_model(
     print(f"  {name}: published {report.sent:,} events in {report.seconds:.1f} s", flush=True)
 
     bare_before, bare_cpu_before, accuracy = bare_loop(spec, samples)
-    print(f"  {name}: bare loop (before) {n / bare_before:,.0f} samples/s", flush=True)
+    river_before = river_eval(spec, samples, delay)
+    print(
+        f"  {name}: bare loop (before) {n / bare_before:,.0f} samples/s, "
+        f"River's evaluation {n / river_before:,.0f}",
+        flush=True,
+    )
 
     learner = None
     clock = Clock(n, delay, time.perf_counter() + deadline)
@@ -177,7 +197,12 @@ def run_model(
     )
 
     bare_after, bare_cpu_after, _ = bare_loop(spec, samples)
-    print(f"  {name}: bare loop (after) {n / bare_after:,.0f} samples/s", flush=True)
+    river_after = river_eval(spec, samples, delay)
+    print(
+        f"  {name}: bare loop (after) {n / bare_after:,.0f} samples/s, "
+        f"River's evaluation {n / river_after:,.0f}",
+        flush=True,
+    )
 
     bare = (bare_before + bare_after) / 2
     learn_s = None if clock.t_done is None else clock.t_done - t_start
@@ -187,6 +212,7 @@ def run_model(
         "status": "ok" if learn_s is not None else "timeout",
         "joined": joined,
         "bare_s": bare,
+        "river_s": (river_before + river_after) / 2,
         "bare_cpu_s": (bare_cpu_before + bare_cpu_after) / 2,
         "learn_cpu_s": None if clock.cpu_done is None else clock.cpu_done - cpu_start,
         "bare_rates": (n / bare_before, n / bare_after),
@@ -265,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{'model':10s} {'samples':>8s} {'bare/s':>9s} {'learner/s':>10s} {'ratio':>6s} "
         f"{'events/s':>9s} {'excl.1st':>8s} {'N-delay':>8s} {'1st rec':>7s} {'1st lab':>7s} "
-        f"{'snaps':>5s} {'stall':>7s} {'acc':>6s} {'CPU ratio':>9s}"
+        f"{'snaps':>5s} {'stall':>7s} {'acc':>6s} {'CPU ratio':>9s} {'÷River':>6s}"
     )
     print(header)
     print("-" * len(header))
@@ -283,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{rate / bare:>6.2f} {2 * rate:>9,.0f} {steady / bare:>8.2f} {tail / bare:>8.2f} "
             f"{r['first_record_s']:>6.2f}s {r['first_label_s']:>6.2f}s "
             f"{r['snapshots']:>5d} {r['max_stall_ms']:>5.1f}ms "
-            f"{r['accuracy']:>6.4f} {r['bare_cpu_s'] / r['learn_cpu_s']:>9.2f}"
+            f"{r['accuracy']:>6.4f} {r['bare_cpu_s'] / r['learn_cpu_s']:>9.2f} "
+            f"{r['river_s'] / r['learn_s']:>6.2f}"
         )
     print()
     print("bare/s: mean time of the bare loop run before and after the learner "
@@ -291,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['model']} {r['bare_rates'][0]:,.0f} / {r['bare_rates'][1]:,.0f}"
               for r in results) + ")")  # fmt: skip
     print("learner/s: N ÷ (run start → N-th label learned); ratio: that ÷ bare/s")
+    print(
+        "÷River: learner/s ÷ River's progressive_val_score of the same samples, same delay, "
+        "in memory (mean of its runs beside the bare loops: "
+        + "; ".join(f"{r['model']} {r['samples'] / r['river_s']:,.0f}/s" for r in results)
+        + ")"
+    )
     print("excl.1st: ratio from the first records received (connect/assign excluded)")
     print(
         "1st rec / 1st lab: seconds from the run's start to the first records, and to the end of "
