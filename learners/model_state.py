@@ -15,6 +15,7 @@ from typing import Any, cast
 from river import base, metrics
 
 import learners.river_compat  # noqa: F401  (registers iterative pickling of deep River trees)
+from learners.linear_learning import LinearLearning, compile_learning
 from learners.specs import ModelKind, ModelSpec, RiverModel, model_kind
 from schemas.events import Label
 
@@ -46,6 +47,20 @@ class ModelState:
     _supervised: bool = field(default=True, repr=False)
     label_type: type | None = None
     """A classifier's label type, fixed by the first label it learns (bool, int or str)."""
+    _calls: RiverModel | LinearLearning | None = field(default=None, repr=False)
+    """What a classifier or regressor predicts and learns with: a linear pipeline's one-pass
+    form on the model's own state (`learners.linear_learning`), else the model; found at the
+    first call, and never pickled."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_calls", None)
+        return state
+
+    def _supervised_calls(self) -> RiverModel | LinearLearning:
+        compiled = compile_learning(self.model)
+        self._calls = calls = self.model if compiled is None else compiled
+        return calls
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> ModelState:
@@ -86,9 +101,12 @@ class ModelState:
                 model.learn_one(x)
                 self.samples_learned += 1
             return score, score
+        calls = self._calls
+        if calls is None:
+            calls = self._supervised_calls()
         uses = self._uses_proba
-        y_pred = model.predict_one(dict(x)) if not all(uses) else None
-        y_proba = model.predict_proba_one(dict(x)) if True in uses else None
+        y_pred = calls.predict_one(dict(x)) if not all(uses) else None
+        y_proba = calls.predict_proba_one(dict(x)) if True in uses else None
         return y_pred, y_proba
 
     def learn(self, x: dict[str, Any], y: Label, prediction: Prediction) -> None:
@@ -105,7 +123,10 @@ class ModelState:
             if y_pred is not None and y_pred != {}:
                 metric.update(y_true=y, y_pred=y_pred)
         if self._supervised:
-            self.model.learn_one(x, y)
+            calls = self._calls
+            if calls is None:
+                calls = self._supervised_calls()
+            calls.learn_one(x, y)
             self.samples_learned += 1
 
     def _check_label(self, y: Label) -> None:

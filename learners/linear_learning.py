@@ -1,0 +1,185 @@
+"""The learner's linear pipelines: learning and predicting without the pipeline's layers, on
+River's own state, equal to River to the bit.
+
+River learns a sample of ``StandardScaler() | LogisticRegression()`` (the ``logreg`` spec; and
+``linreg``) in layers: the pipeline's plan, the scaler's ``learn_one`` (Welford's update, a
+dozen dict reads and writes per feature), its ``transform_one`` (a second pass building a new
+dict), then the linear model's ``learn_one``. The scaler's part is half of the ≈ 10 µs a sample
+of Agrawal's 9 features costs. `compile_learning` returns a `LinearLearning` whose ``learn_one``
+updates the scaler and scales each feature in one pass, with River's expressions in River's
+order on River's dicts, then hands the scaled features to the linear model's own ``learn_one``;
+its predictions scale as ``transform_one`` does and call the linear model's own. The state stays
+River's objects: a snapshot pickles them as River's own loop would have left them.
+
+Why the state is River's, number for number:
+
+- per feature, River's scaler adds 1 to ``counts[i]``, reads the old mean, adds
+  ``(xi - old) / counts[i]`` to ``means[i]``, then adds
+  ``((xi - old) * (xi - means[i]) - vars[i]) / counts[i]`` to ``vars[i]``. The one pass
+  evaluates the same expressions on the same values and reads and writes the same entries in
+  the same order (a `Counter`'s missing count reads 0 and is not stored; a `defaultdict`'s
+  missing mean or variance is stored at 0.0 when read), so a value River cannot use (a string,
+  an int too large for a float) raises the same exception at the same point with the same
+  entries written;
+- a feature's scaled value depends on its own statistics alone, which no other feature of the
+  sample changes, so scaling it right after its update gives what ``transform_one`` gives after
+  the whole update (``vars[i]`` read, then ``means[i]`` only when the variance is not 0);
+- predicting reads the statistics with the same lookups as ``transform_one`` (which store an
+  unseen feature's variance at 0.0, as River's do); the rest is River's own code.
+
+Only the exact types are compiled (`compose.Pipeline` of a `preprocessing.StandardScaler` with
+``with_std`` and no window, then a `linear_model.LogisticRegression` or `LinearRegression`),
+and River's learn-during-predict mode (`compose.learn_during_predict`) hands every call back to
+River. Before it is used, two copies of the pipeline learn the same probe samples, one River's
+way and one this way, and must be left in the same state (pickled) and answer alike; else
+`compile_learning` gives None and River learns (a River release that updates otherwise).
+
+>>> from river import linear_model, preprocessing
+>>> model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+>>> river = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+>>> fast = compile_learning(model)
+>>> for i in range(50):
+...     x, y = {"a": i % 7, "b": i % 3}, i % 7 > 3
+...     fast.learn_one(x, y)
+...     river.learn_one(x, y)
+>>> fast.predict_proba_one({"a": 5}) == river.predict_proba_one({"a": 5})
+True
+>>> model["LogisticRegression"].weights == river["LogisticRegression"].weights
+True
+>>> compile_learning(preprocessing.MinMaxScaler() | linear_model.LogisticRegression()) is None
+True
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from typing import Any
+
+from river import compose, linear_model, optim, preprocessing, utils
+
+_MODELS = (linear_model.LogisticRegression, linear_model.LinearRegression)
+
+_PROBES: tuple[tuple[dict[str, Any], Any], ...] = (
+    ({"riverstream probe a": 1.5, "riverstream probe b": -2}, 1),
+    ({"riverstream probe b": 0.25, "riverstream probe a": 3.0, "riverstream probe c": 7}, 0),
+    ({"riverstream probe a": -1.25, "riverstream probe c": 2.5}, 1),
+)
+"""Samples the two copies learn at compile time (new features, then known ones in another
+order); labels 1/0 are a class to a classifier and a number to a regressor."""
+
+
+class LinearLearning:
+    """``learn_one``, ``predict_one`` and ``predict_proba_one`` of a linear pipeline, in one
+    pass over the features (see the module docstring); built by `compile_learning`."""
+
+    def __init__(self, estimator: compose.Pipeline) -> None:
+        self.estimator = estimator
+        scaler, model = estimator.steps.values()
+        self.scaler: preprocessing.StandardScaler = scaler
+        self.model: Any = model
+        # Plain SGD without an L1 penalty: GLM.learn_one's statements are run here, else the
+        # linear model's own learn_one learns the scaled features.
+        self.plain = type(model.optimizer) is optim.SGD and model.l1 == 0
+
+    def learn_one(self, x: dict[str, Any], y: Any) -> None:
+        """What ``estimator.learn_one(x, y)`` does."""
+        if compose.Pipeline._LEARN_UNSUPERVISED_DURING_PREDICT:
+            self.estimator.learn_one(x, y)
+            return
+        scaler = self.scaler
+        counts, means, variances = scaler.counts, scaler.means, scaler.vars
+        scaled = {}
+        for i, xi in x.items():
+            n = counts[i] + 1
+            counts[i] = n
+            old = means[i]
+            mean = means[i] = old + (xi - old) / n
+            var = variances[i]
+            var = variances[i] = var + ((xi - old) * (xi - mean) - var) / n
+            scaled[i] = (xi - mean) / var**0.5 if var else 0.0
+        model = self.model
+        if not self.plain:
+            model.learn_one(scaled, y)
+            return
+        # GLM.learn_one with plain SGD, statement for statement, on River's own objects: the
+        # weights seen through the same masked view, the loss's own gradient, clamped as
+        # utils.math.clamp does, the intercept's step, then SGD's step and count.
+        weights: utils.VectorDict[Any, float] = utils.VectorDict(
+            model._weights, model.initializer, scaled
+        )
+        gradient = model.loss.gradient(y_true=y, y_pred=weights.dot(scaled) + model.intercept)
+        gradient *= 1.0  # the sample weight
+        clip = model.clip_gradient
+        gradient = float(max(min(gradient, clip), -clip))
+        step = utils.VectorDict.from_scaled(scaled, gradient)
+        if model.l2:
+            step.iadd_scaled(weights, model.l2)
+        optimizer = model.optimizer
+        model.intercept -= model.intercept_lr.get(optimizer.n_iterations) * gradient
+        weights.isub_scaled(step, optimizer.lr.get(optimizer.n_iterations))
+        optimizer.n_iterations += 1
+
+    def _scaled(self, x: dict[str, Any]) -> dict[str, Any]:
+        """``scaler.transform_one(x)``, with its reads."""
+        scaler = self.scaler
+        means, variances = scaler.means, scaler.vars
+        scaled = {}
+        for i, xi in x.items():
+            var = variances[i]
+            scaled[i] = (xi - means[i]) / var**0.5 if var else 0.0
+        return scaled
+
+    def predict_one(self, x: dict[str, Any]) -> Any:
+        """What ``estimator.predict_one(x)`` answers."""
+        if compose.Pipeline._LEARN_UNSUPERVISED_DURING_PREDICT:
+            return self.estimator.predict_one(x)
+        return self.model.predict_one(self._scaled(x))
+
+    def predict_proba_one(self, x: dict[str, Any]) -> Any:
+        """What ``estimator.predict_proba_one(x)`` answers (a classifier's)."""
+        if compose.Pipeline._LEARN_UNSUPERVISED_DURING_PREDICT:
+            return self.estimator.predict_proba_one(x)
+        return self.model.predict_proba_one(self._scaled(x))
+
+
+def compile_learning(estimator: Any) -> LinearLearning | None:
+    """A `LinearLearning` of ``estimator`` when it is a supported linear pipeline that learns the
+    probe samples exactly as River does (on copies), else None: River's own methods serve."""
+    if type(estimator) is not compose.Pipeline or len(estimator.steps) != 2:
+        return None
+    scaler, model = estimator.steps.values()
+    if type(scaler) is not preprocessing.StandardScaler or type(model) not in _MODELS:
+        return None
+    if not scaler.with_std or getattr(scaler, "window_size", None) is not None:
+        return None
+    try:
+        if not _learns_alike(estimator):
+            return None
+    except Exception:  # River's internals moved: River learns
+        return None
+    return LinearLearning(estimator)
+
+
+def _learns_alike(estimator: compose.Pipeline) -> bool:
+    """Whether a copy learning the probes through `LinearLearning` ends in the state of a copy
+    learning them through River, answering alike on the way."""
+    river, ours = copy.deepcopy(estimator), copy.deepcopy(estimator)
+    fast = LinearLearning(ours)
+    classifier = type(estimator.steps[next(reversed(estimator.steps))]) is not _MODELS[1]
+    for x, y in _PROBES:
+        label = bool(y) if classifier else float(y)
+        if repr(fast.predict_one(x)) != repr(river.predict_one(x)):
+            return False
+        if classifier and repr(fast.predict_proba_one(x)) != repr(river.predict_proba_one(x)):
+            return False
+        fast.learn_one(dict(x), label)
+        river.learn_one(dict(x), label)
+        if _state(ours) != _state(river):
+            return False
+    return True
+
+
+def _state(estimator: compose.Pipeline) -> bytes:
+    """The learned state of a pipeline's steps (not the pipeline's own caches)."""
+    return pickle.dumps(list(estimator.steps.values()), protocol=pickle.HIGHEST_PROTOCOL)
