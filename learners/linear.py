@@ -76,7 +76,11 @@ def compile_linear(estimator: Any) -> LinearPredict | None:
     return predict
 
 
-def _compiled(estimator: Any) -> LinearPredict | None:
+def linear_steps(estimator: Any) -> tuple[preprocessing.StandardScaler, Any] | None:
+    """``(scaler, linear model)`` of a pipeline of exactly a `preprocessing.StandardScaler`
+    (dividing by the deviation, no window) then a `linear_model.LogisticRegression` or
+    `linear_model.LinearRegression`, the pipelines compiled here and in
+    `learners.linear_learning`; else None (subclasses included)."""
     if type(estimator) is not compose.Pipeline or len(estimator.steps) != 2:
         return None
     scaler, model = estimator.steps.values()
@@ -84,6 +88,14 @@ def _compiled(estimator: Any) -> LinearPredict | None:
         return None
     if not scaler.with_std or getattr(scaler, "window_size", None) is not None:
         return None
+    return scaler, model
+
+
+def _compiled(estimator: Any) -> LinearPredict | None:
+    steps = linear_steps(estimator)
+    if steps is None:
+        return None
+    scaler, model = steps
     weights = model._weights.to_dict()
     params = _scaled_weights(scaler.means, scaler.vars, weights)
     intercept = model.intercept

@@ -58,7 +58,7 @@ from typing import Any
 
 from river import compose, linear_model, optim, preprocessing, utils
 
-_MODELS = (linear_model.LogisticRegression, linear_model.LinearRegression)
+from learners.linear import linear_steps
 
 _PROBES: tuple[tuple[dict[str, Any], Any], ...] = (
     ({"riverstream probe a": 1.5, "riverstream probe b": -2}, 1),
@@ -146,12 +146,7 @@ class LinearLearning:
 def compile_learning(estimator: Any) -> LinearLearning | None:
     """A `LinearLearning` of ``estimator`` when it is a supported linear pipeline that learns the
     probe samples exactly as River does (on copies), else None: River's own methods serve."""
-    if type(estimator) is not compose.Pipeline or len(estimator.steps) != 2:
-        return None
-    scaler, model = estimator.steps.values()
-    if type(scaler) is not preprocessing.StandardScaler or type(model) not in _MODELS:
-        return None
-    if not scaler.with_std or getattr(scaler, "window_size", None) is not None:
+    if linear_steps(estimator) is None:
         return None
     try:
         if not _learns_alike(estimator):
@@ -166,7 +161,7 @@ def _learns_alike(estimator: compose.Pipeline) -> bool:
     learning them through River, answering alike on the way."""
     river, ours = copy.deepcopy(estimator), copy.deepcopy(estimator)
     fast = LinearLearning(ours)
-    classifier = type(estimator.steps[next(reversed(estimator.steps))]) is not _MODELS[1]
+    classifier = type(fast.model) is linear_model.LogisticRegression
     for x, y in _PROBES:
         label = bool(y) if classifier else float(y)
         if repr(fast.predict_one(x)) != repr(river.predict_one(x)):
