@@ -78,9 +78,6 @@ class LinearLearning:
         scaler, model = estimator.steps.values()
         self.scaler: preprocessing.StandardScaler = scaler
         self.model: Any = model
-        # Plain SGD without an L1 penalty: GLM.learn_one's statements are run here, else the
-        # linear model's own learn_one learns the scaled features.
-        self.plain = type(model.optimizer) is optim.SGD and model.l1 == 0
 
     def learn_one(self, x: dict[str, Any], y: Any) -> None:
         """What ``estimator.learn_one(x, y)`` does."""
@@ -99,7 +96,10 @@ class LinearLearning:
             var = variances[i] = var + ((xi - old) * (xi - mean) - var) / n
             scaled[i] = (xi - mean) / var**0.5 if var else 0.0
         model = self.model
-        if not self.plain:
+        optimizer = model.optimizer
+        # Another optimizer or an L1 penalty (read each time: River's `mutate` may change
+        # them): the linear model's own learn_one learns the scaled features.
+        if type(optimizer) is not optim.SGD or model.l1 != 0:
             model.learn_one(scaled, y)
             return
         # GLM.learn_one with plain SGD, statement for statement, on River's own objects: the
@@ -115,7 +115,6 @@ class LinearLearning:
         step = utils.VectorDict.from_scaled(scaled, gradient)
         if model.l2:
             step.iadd_scaled(weights, model.l2)
-        optimizer = model.optimizer
         model.intercept -= model.intercept_lr.get(optimizer.n_iterations) * gradient
         weights.isub_scaled(step, optimizer.lr.get(optimizer.n_iterations))
         optimizer.n_iterations += 1
