@@ -155,3 +155,19 @@ def test_a_model_state_learns_through_it_and_pickles_without_it() -> None:
     tree = ModelState.from_spec(ModelSpec("t", "hoeffding"))
     tree.learn({"a": 1.0}, True, (None, None))
     assert tree._calls is tree.model
+
+
+def test_an_optimizer_changed_after_compiling_learns_as_river() -> None:
+    """River's `mutate` may swap a model's optimizer or penalty: read at every sample."""
+    ours = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    river = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    fast = compile_learning(ours)
+    assert fast is not None
+    for i in range(40):
+        if i == 20:
+            for model in (ours, river):
+                model["LogisticRegression"].optimizer = optim.Adam()
+        x = {"a": float(i % 5), "b": float(i % 7)}
+        fast.learn_one(x, i % 3 == 0)
+        river.learn_one(x, i % 3 == 0)
+        assert state(ours) == state(river)
