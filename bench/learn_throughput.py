@@ -364,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         "CPU ratio: the bare loop's CPU time ÷ the learning thread's, run start → N-th label "
         "(librdkafka's own threads not counted; least disturbed by other loads)"
     )
-    print("acc: the learner's progressive Accuracy (delay applies); the bare loop's is "
+    print("acc: the learner's progressive Accuracy over every sample it read (N + margin; the "
+          "delay applies); the bare loop's over N is "
           + ", ".join(f"{r['model']} {r['bare_accuracy']:.4f}" for r in results)
           + " (no delay)")  # fmt: skip
     return 0 if all(r["status"] == "ok" for r in results) else 1
