@@ -21,6 +21,7 @@ from learners.specs import build_estimator
 from schemas.settings import Settings
 from stream.kafka.security import PLAINTEXT, KafkaSecurity
 from tests.support.pipeline import final_model
+from tests.support.waiting import wait_until
 
 
 def learned(port: int, model: str = "lr", host: str = "127.0.0.1") -> float:
@@ -32,6 +33,26 @@ def learned(port: int, model: str = "lr", host: str = "127.0.0.1") -> float:
     name = f'riverstream_samples_learned_total{{model="{model}"}}'
     match = re.search("^" + re.escape(name) + r" ([0-9.e+]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
+
+
+def wait_learned(
+    port: int,
+    n: int,
+    timeout: float,
+    what: str,
+    log: Path,
+    model: str = "lr",
+    host: str = "127.0.0.1",
+) -> None:
+    """Wait until the learner at ``port`` reports ``n`` samples of ``model`` learned; a timeout
+    shows the count reached and the tail of ``log``."""
+    wait_until(
+        lambda: learned(port, model, host) >= n,
+        timeout,
+        what,
+        log=log,
+        detail=lambda: learned(port, model, host),
+    )
 
 
 class SteadyClient:

@@ -25,7 +25,7 @@ from schemas.settings import Settings
 from stream.dev.cluster import KafkaCluster
 from stream.dev.services import free_port, pid_alive
 from stream.kafka.publish import Publisher, PublishReport
-from tests.support.cluster import assert_equal_to_river, learned, messages, stop_all
+from tests.support.cluster import assert_equal_to_river, messages, stop_all, wait_learned
 from tests.support.pipeline import fast, publish, spawn_cli
 from tests.support.waiting import wait_until
 
@@ -68,13 +68,7 @@ def test_a_broker_killed_mid_stream_loses_nothing(
     log = tmp_path / "learner.log"
     learner = spawn_cli(s, ["learn", "--model", "lr=logreg", "--metric", "Accuracy"], log)
     try:
-        wait_until(
-            lambda: learned(metrics_port) >= half // 8,
-            120,
-            "the learner to start",
-            log=log,
-            detail=lambda: learned(metrics_port),
-        )
+        wait_learned(metrics_port, half // 8, 120, "the learner to start", log)
         sent = [0]
         report: list[PublishReport] = []
 
@@ -98,13 +92,7 @@ def test_a_broker_killed_mid_stream_loses_nothing(
         producer.join(timeout=300)
         [second] = report
         assert second.failed == 0 and second.sent == len(events) - half, second.errors
-        wait_until(
-            lambda: learned(metrics_port) >= LIMIT,
-            180,
-            "the whole stream",
-            log=log,
-            detail=lambda: learned(metrics_port),
-        )
+        wait_learned(metrics_port, LIMIT, 180, "the whole stream", log)
         assert learner.poll() is None, log.read_text()[-3000:]
         os.kill(learner.pid, signal.SIGTERM)  # the final snapshot, then exit 0
         assert learner.wait(timeout=120) == 0, log.read_text()[-3000:]

@@ -54,9 +54,9 @@ from stream.learner.runtime import snapshot_store
 from tests.support.cluster import (
     SteadyClient,
     assert_equal_to_river,
-    learned,
     messages,
     stop_all,
+    wait_learned,
 )
 from tests.support.pipeline import fast, publish, spawn_cli
 from tests.support.waiting import wait_until
@@ -212,12 +212,8 @@ def test_three_hosts_lose_a_broker_and_the_redis_primary(
         assert second.failed == 0 and second.sent == len(rest), second.errors
         for name, (model, _spec) in LEARNERS.items():
             host, log = learner_hosts[name].address, tmp_path / f"learner-{name}.log"
-            wait_until(
-                lambda m=model, h=host: learned(metrics_port, m, h) >= LIMIT,
-                180,
-                f"{model} to learn the whole stream",
-                log=log,
-                detail=lambda m=model, h=host: learned(metrics_port, m, h),
+            wait_learned(
+                metrics_port, LIMIT, 180, f"{model} to learn the whole stream", log, model, host
             )
             wait_until(
                 lambda m=model: (store.latest_version(m) or 0) > before[m],

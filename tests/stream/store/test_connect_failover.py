@@ -32,8 +32,8 @@ from stream.store.snapshots import RedisUnavailableError, SnapshotStore
 from tests.support.cluster import (
     SteadyClient,
     assert_equal_to_river,
-    learned,
     stop_all,
+    wait_learned,
 )
 from tests.support.pipeline import fast, publish, spawn_cli
 from tests.support.waiting import wait_until
@@ -97,25 +97,13 @@ def test_sentinel_failover_under_a_learner_and_an_api(
             detail=lambda: sorted(set(client.versions)),
         )
         mid = len(stretches[0]) // 2
-        wait_until(
-            lambda: learned(metrics_port) >= mid,
-            90,
-            "learning mid-stream",
-            log=log,
-            detail=lambda: learned(metrics_port),
-        )
+        wait_learned(metrics_port, mid, 90, "learning mid-stream", log)
         before = store.latest_version("lr") or 0
         os.kill(redis_ha.processes.records()["primary"].pid, signal.SIGKILL)
         publish(s, stretches[2])  # while the Sentinels fail over
         wait_until(lambda: redis_ha.primary_port() == replica, 60, "the replica's promotion")
         wait_until(lambda: _latest(store) > before, 60, "a version after it", log=log)
-        wait_until(
-            lambda: learned(metrics_port) >= LIMIT,
-            120,
-            "the whole stream",
-            log=log,
-            detail=lambda: learned(metrics_port),
-        )
+        wait_learned(metrics_port, LIMIT, 120, "the whole stream", log)
         assert learner.poll() is None, log.read_text()[-3000:]
         os.kill(learner.pid, signal.SIGTERM)  # the final snapshot, then exit 0
         assert learner.wait(timeout=120) == 0, log.read_text()[-3000:]
