@@ -63,9 +63,10 @@ def main() -> None:
     parser.add_argument("--delay", default="100")
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3, help="best of N runs")
+    parser.add_argument("--model", default="logreg", help="a model kind: logreg, hoeffding, …")
     args = parser.parse_args()
 
-    spec = ModelSpec("logreg", "logreg")
+    spec = ModelSpec(args.model, args.model)
     samples = list(load_dataset("synth.Agrawal", limit=args.samples, seed=42))
     events = list(
         dataset_events("synth.Agrawal", label_delay=args.delay, limit=args.samples, seed=42)
@@ -81,7 +82,7 @@ def main() -> None:
 
     bare_rate, core_rate = args.samples / bare, args.samples / core_time
     stub_rate = args.samples / stub_time
-    print(f"samples={args.samples} delay={args.delay} batch={args.batch} model=logreg")
+    print(f"samples={args.samples} delay={args.delay} batch={args.batch} model={args.model}")
     print(f"bare River loop : {bare_rate:10,.0f} samples/s  ({1e6 / bare_rate:6.1f} µs/sample)")
     print(f"LearningCore    : {core_rate:10,.0f} samples/s  ({1e6 / core_rate:6.1f} µs/sample)")
     print(f"  model stubbed : {stub_rate:10,.0f} samples/s  ({1e6 / stub_rate:6.1f} µs/sample)"

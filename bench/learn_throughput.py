@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -145,7 +146,10 @@ def run_model(
     run_id: str,
     phases: bool,
     margin: int = 0,
-) -> dict[str, Any]:
+    repeat: int = 1,
+) -> list[dict[str, Any]]:
+    """Publish, then ``repeat`` rounds of the learner from the first offset, each between two
+    bare loops (and River's evaluation): one result per round."""
     tag = f"{run_id}.{name}"
     settings = base.model_copy(
         update={
@@ -169,14 +173,55 @@ def run_model(
         raise SystemExit(f"{name}: publish failed: {report.to_dict()}")
     print(f"  {name}: published {report.sent:,} events in {report.seconds:.1f} s", flush=True)
 
-    bare_before, bare_cpu_before, accuracy = bare_loop(spec, samples)
-    river_before = river_eval(spec, samples, delay)
-    print(
-        f"  {name}: bare loop (before) {n / bare_before:,.0f} samples/s, "
-        f"River's evaluation {n / river_before:,.0f}",
-        flush=True,
-    )
+    def baseline(when: str) -> tuple[float, float, float, float]:
+        bare, bare_cpu, accuracy = bare_loop(spec, samples)
+        river = river_eval(spec, samples, delay)
+        print(
+            f"  {name}: bare loop ({when}) {n / bare:,.0f} samples/s, "
+            f"River's evaluation {n / river:,.0f}",
+            flush=True,
+        )
+        return bare, bare_cpu, river, accuracy
 
+    before = baseline("before")
+    results = []
+    for round_ in range(repeat):
+        # a fresh Redis prefix: no snapshot to restore, so every round reads from offset 0
+        prefix = settings.redis_prefix + (f"-r{round_}" if round_ else "")
+        timed = learner_round(
+            settings.model_copy(update={"redis_prefix": prefix}), spec, n, delay, deadline
+        )
+        if phases and round_ == 0:  # a second learner on the same topics, instrumented
+            sys.path.insert(0, str(ROOT / "bench"))
+            from learner_phases import phase_run
+
+            prefix = settings.redis_prefix + "-phases"
+            breakdown = phase_run(settings.model_copy(update={"redis_prefix": prefix}), spec, n)
+            print(f"  {name}: where the time goes (a second, instrumented run)", flush=True)
+            print(breakdown, flush=True)
+        after = baseline("after" if repeat == 1 else f"after round {round_ + 1}")
+        (bare_b, cpu_b, river_b, accuracy), (bare_a, cpu_a, river_a, _) = before, after
+        results.append(
+            {
+                "model": name if repeat == 1 else f"{name}#{round_ + 1}",
+                "samples": n,
+                "bare_s": (bare_b + bare_a) / 2,
+                "river_s": (river_b + river_a) / 2,
+                "bare_cpu_s": (cpu_b + cpu_a) / 2,
+                "bare_rates": (n / bare_b, n / bare_a),
+                "bare_accuracy": accuracy,
+                "publish_rate": report.rate,
+                **timed,
+            }
+        )
+        before = after
+    return results
+
+
+def learner_round(
+    settings: Settings, spec: ModelSpec, n: int, delay: int, deadline: float
+) -> dict[str, Any]:
+    """One timed run of the learner over the published topics."""
     learner = None
     clock = Clock(n, delay, time.perf_counter() + deadline)
     try:
@@ -192,41 +237,16 @@ def run_model(
             learner.source.close()
             learner.dead_letters.producer.close()
     joined = learner.core.counters.labels_joined
-    if phases:  # a second learner on the same topics, instrumented (not the timed run)
-        sys.path.insert(0, str(ROOT / "bench"))
-        from learner_phases import phase_run
-
-        prefix = settings.redis_prefix + "-phases"
-        breakdown = phase_run(settings.model_copy(update={"redis_prefix": prefix}), spec, n)
-        print(f"  {name}: where the time goes (a second, instrumented run)", flush=True)
-        print(breakdown, flush=True)
     print(
-        f"  {name}: learner {'TIMEOUT' if clock.t_done is None else 'done'} "
+        f"  {spec.name}: learner {'TIMEOUT' if clock.t_done is None else 'done'} "
         f"({joined:,}/{n:,} labels)",
         flush=True,
     )
-
-    bare_after, bare_cpu_after, _ = bare_loop(spec, samples)
-    river_after = river_eval(spec, samples, delay)
-    print(
-        f"  {name}: bare loop (after) {n / bare_after:,.0f} samples/s, "
-        f"River's evaluation {n / river_after:,.0f}",
-        flush=True,
-    )
-
-    bare = (bare_before + bare_after) / 2
     learn_s = None if clock.t_done is None else clock.t_done - t_start
     return {
-        "model": name,
-        "samples": n,
         "status": "ok" if learn_s is not None else "timeout",
         "joined": joined,
-        "bare_s": bare,
-        "river_s": (river_before + river_after) / 2,
-        "bare_cpu_s": (bare_cpu_before + bare_cpu_after) / 2,
         "learn_cpu_s": None if clock.cpu_done is None else clock.cpu_done - cpu_start,
-        "bare_rates": (n / bare_before, n / bare_after),
-        "bare_accuracy": accuracy,
         "learn_s": learn_s,
         "steady_s": None
         if clock.t_done is None or clock.t_first is None
@@ -240,8 +260,23 @@ def run_model(
         "snapshots": len(clock.snapshots),
         "max_stall_ms": max((s.stall_seconds for s in clock.snapshots), default=0.0) * 1000,
         "final_snapshot_ms": stats.max_stall_seconds * 1000,
-        "publish_rate": report.rate,
     }
+
+
+def medians(results: list[dict[str, Any]]) -> str:
+    """The median and range of each round's ratios (wall, CPU, ÷River), for ``--repeat``."""
+    done = [r for r in results if r["learn_s"] is not None]
+    if not done:
+        return ""
+    columns = {
+        "ratio": [r["bare_s"] / r["learn_s"] for r in done],
+        "CPU ratio": [r["bare_cpu_s"] / r["learn_cpu_s"] for r in done],
+        "÷River": [r["river_s"] / r["learn_s"] for r in done],
+    }
+    return ", ".join(
+        f"{label} {statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+        for label, values in columns.items()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         default=5_000,
         help="samples published after the N timed ones, so that the N-th label is learned while "
         "the stream still flows (0: the stream ends there and its end waits out the idle grace)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="learner rounds per model, each between two bare loops; prints each round's "
+        "ratios and their medians (this machine's runs of one code swing by ± 0.1)",
     )
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -299,11 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         for name in models:
             n = args.arf_limit if name == "arf" else args.limit
-            results.append(
+            results.extend(
                 run_model(
-                    base, name, n, args.delay, args.deadline, run_id, args.phases, args.margin
+                    base, name, n, args.delay, args.deadline, run_id, args.phases, args.margin,
+                    args.repeat,
                 )
-            )
+            )  # fmt: skip
     finally:
         manager.down(("kafka", "redis"), purge=True)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -334,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['accuracy']:>6.4f} {r['bare_cpu_s'] / r['learn_cpu_s']:>9.2f} "
             f"{r['river_s'] / r['learn_s']:>6.2f}"
         )
+    if args.repeat > 1:
+        print()
+        for name in models:
+            rounds = [r for r in results if r["model"].split("#")[0] == name]
+            print(f"{name}: median of {len(rounds)} rounds (range): {medians(rounds)}")
     print()
     print("bare/s: mean time of the bare loop run before and after the learner "
           "(individual runs: " + "; ".join(
