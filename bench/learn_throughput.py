@@ -35,6 +35,10 @@ the wall-clock ratio (librdkafka's fetch threads run beside it and are not count
 per sample by phase (`learner_phases.py`: poll, ingest, join, predict, metric, learn, snapshots,
 live updates, checks).
 
+With ``--repeat K`` the learner runs K rounds over the same published topics (a fresh Redis
+prefix each: every round starts from offset 0), each between two bare loops; each round is a
+row, and the medians and ranges of the ratios follow (the runs of one code swing by ± 0.1 here).
+
 Kafka and Redis are started with `ServiceManager` in a temporary state directory and stopped
 (and purged) at the end. Every model has a fresh set of topics and a fresh Redis prefix. The
 learner is stopped after ``--deadline`` seconds per model (reported as a timeout).
@@ -42,6 +46,7 @@ learner is stopped after ``--deadline`` seconds per model (reported as a timeout
     python bench/learn_throughput.py                       # 100k samples (arf: 10k)
     python bench/learn_throughput.py --limit 20000 --arf-limit 3000 --models logreg,arf
     python bench/learn_throughput.py --limit 50000 --models logreg,hoeffding --phases
+    python bench/learn_throughput.py --models logreg,hoeffding --repeat 3   # medians of 3 rounds
 """
 
 from __future__ import annotations
