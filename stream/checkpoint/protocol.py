@@ -99,15 +99,29 @@ def resume_positions(
         buffered = unprocessed.get(key)
         if buffered:
             resume[key] = buffered[0]
-            gaps = [
-                (previous + 1, following)
-                for previous, following in zip(buffered, [*buffered[1:], position], strict=True)
-                if following > previous + 1
-            ]
-            ranges = gaps + ranges
+            ranges = _handled_between(buffered, position) + ranges
         if ranges:
             skip[key] = ranges
     return resume, skip
+
+
+def _handled_between(buffered: list[int], position: int) -> list[tuple[int, int]]:
+    """The offset ranges, between the sorted ``buffered`` offsets and after the last one up to
+    ``position``, that are not buffered: read and handled already.
+
+    >>> _handled_between([3, 4, 6], 9), _handled_between([3, 4, 5], 6), _handled_between([3, 5, 5], 6)
+    ([(5, 6), (7, 9)], [], [(4, 5)])
+    """
+    first, last = buffered[0], buffered[-1]
+    # Usually every offset from the first buffered one on is buffered (a partition's events
+    # are processed in offset order): one comparison in C instead of a pass in Python.
+    if last - first == len(buffered) - 1 and buffered == list(range(first, last + 1)):
+        return [(last + 1, position)] if position > last + 1 else []
+    return [
+        (previous + 1, following)
+        for previous, following in zip(buffered, [*buffered[1:], position], strict=True)
+        if following > previous + 1
+    ]
 
 
 def kept_indexes(offsets: list[int], ranges: list[tuple[int, int]]) -> list[int]:

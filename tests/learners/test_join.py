@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import random
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -223,3 +225,92 @@ def test_cutting_at_a_label_count_changes_nothing_but_where_it_stops(seed: int, 
             break
     assert got == expected
     assert cut.counters.late_events == whole.counters.late_events == 0
+
+
+def _read_off(entries: list[tuple], passed: float) -> tuple[dict, int]:
+    """What `EventTimeJoin.set_aside` must find, by a plain pass over the buffered entries."""
+    found: dict = {}
+    for time, _kind, source, offset, _pushed, _event in entries:
+        offsets, earliest = found.get(source, ([], time))
+        found[source] = ([*offsets, offset], min(earliest, time))
+    late = sum(1 for entry in entries if entry[0] < passed)
+    return {s: (sorted(o), e) for s, (o, e) in found.items()}, late
+
+
+# a run: (source, kind, offset step, times as steps from the source's last time); mostly
+# rising runs as Kafka gives them, sometimes gaps, repeats, falling times or a kind mixed in
+_RUNS = st.lists(
+    st.tuples(
+        st.sampled_from([(0, 0), (0, 1), (1, 0), (1, 1)]),
+        st.sampled_from([None, None, None, None, 1 - 0]),  # None: the source's own kind
+        st.sampled_from([1, 1, 1, 1, 2, 0, -3]),
+        st.one_of(  # a run of one event, so that what falls does so between two runs
+            st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.0, 2.0, -4.0]), min_size=1, max_size=1),
+            st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.0, 2.0, -4.0]), min_size=1, max_size=8),
+        ),
+        st.sampled_from([None, None, 2.0, 6.0, math.inf]),  # then steps to this (relative)
+        st.sampled_from([None, None, 1, 3]),  # with this label budget
+    ),
+    max_size=14,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(runs=_RUNS, set_aside_after=st.sets(st.integers(0, 13)), trim=st.sampled_from([2, 4096]))
+def test_what_is_set_aside_is_what_a_pass_over_the_buffer_finds(runs, set_aside_after, trim):
+    """Per source, the buffered offsets (sorted) and the earliest time; and the late count:
+    whether the pushes were tracked (rising) or not, between any steps and label budgets."""
+    with mock.patch("learners.join._TRACK_TRIM", trim):  # tracks trimmed often, or never
+        _set_aside_against_a_pass(runs, set_aside_after)
+
+
+def _set_aside_against_a_pass(runs: list, set_aside_after: set[int]) -> None:
+    join = EventTimeJoin(max_pending=40)
+    last_offset: dict = {}
+    last_time: dict = {}
+    for i, (source, kind, step, deltas, watermark, budget) in enumerate(runs):
+        kind = source[0] if kind is None else kind
+        offset, time = last_offset.get(source, 100), last_time.get(source, 10.0)
+        offsets, times = [], []
+        for delta in deltas:
+            offset, time = offset + step, time + delta
+            offsets.append(offset)
+            times.append(time)
+        last_offset[source], last_time[source] = offset, time
+        source = tuple(list(source))  # a new tuple each push, as the learner's
+        ids = [str(o % 5) for o in offsets]  # labels join features now and then (budgets count)
+        if kind:
+            events = [FeatureEvent(i, t, {"x": 1.0}) for i, t in zip(ids, times, strict=True)]
+            join.push_features(events, source, offsets)
+        else:
+            join.push_labels(
+                [LabelEvent(i, t, True) for i, t in zip(ids, times, strict=True)], source, offsets
+            )
+        if watermark is not None:
+            list(join.steps(min(times) + watermark, budget))
+        if i in set_aside_after:
+            entries = sorted(join._buffer)
+            expected, late = _read_off(entries, join._passed)
+            late_before = join.counters.late_events
+            found, aside = join.set_aside()
+            assert {s: len(u.offsets) for s, u in found.items()} == {
+                s: len(o) for s, (o, _) in expected.items()
+            }
+            assert {s: (list(u.offsets), u.earliest) for s, u in found.items()} == expected
+            assert aside[0] == late and join.counters.late_events == late_before - late
+            join.put_back(aside)
+            assert sorted(join._buffer) == entries
+            assert join.counters.late_events == late_before
+
+
+def test_a_source_with_both_kinds_is_read_from_the_buffer_when_set_aside():
+    """At equal times labels are processed before features: in a source holding both, a
+    label budget can stop after a label pushed later than a feature left waiting."""
+    join, source = EventTimeJoin(), (0, 0)
+    join.push_feature(feature(1, 5), source, 1)
+    assert released(join, 6) == [("1", "F")]
+    join.push_feature(feature(2, 7), source, 4)
+    join.push_label(label(1, 7), source, 5)
+    assert [(p.id, lab is not None) for p, lab in join.steps(8, max_labels=1)] == [("1", True)]
+    found, _ = join.set_aside()
+    assert list(found[source].offsets) == [4] and found[source].earliest == 7
