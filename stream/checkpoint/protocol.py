@@ -109,8 +109,10 @@ def _handled_between(buffered: list[int], position: int) -> list[tuple[int, int]
     """The offset ranges, between the sorted ``buffered`` offsets and after the last one up to
     ``position``, that are not buffered: read and handled already.
 
-    >>> _handled_between([3, 4, 6], 9), _handled_between([3, 4, 5], 6), _handled_between([3, 5, 5], 6)
-    ([(5, 6), (7, 9)], [], [(4, 5)])
+    >>> _handled_between([3, 4, 6], 9), _handled_between([3, 4, 5], 9), _handled_between([3, 4, 5], 6)
+    ([(5, 6), (7, 9)], [(6, 9)], [])
+    >>> _handled_between([3, 5, 5], 6)  # the span of consecutive offsets, with a repeat
+    [(4, 5)]
     """
     first, last = buffered[0], buffered[-1]
     # Usually every offset from the first buffered one on is buffered (a partition's events
