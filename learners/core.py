@@ -199,7 +199,7 @@ class LearningCore(ModelSet):
         """While inside, the core holds only what it has processed: buffered events are set
         aside, and put back on exit. Yields their offsets (sorted) and earliest time per
         source: a checkpoint pickled inside covers the processed events, and those offsets
-        are to be read again. Nothing may be pushed inside."""
+        are to be read again. (What is pushed or processed inside is kept as well.)"""
         offsets, entries = self._join.set_aside()
         try:
             yield offsets

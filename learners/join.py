@@ -96,6 +96,9 @@ class _Track:
     done: int = 0
 
 
+Aside = tuple[int, list[Any], dict[Source, _Track], bool]
+"""What `EventTimeJoin.set_aside` takes out and `EventTimeJoin.put_back` returns: the late
+count, the buffer, and the tracks."""
 _SOURCE = itemgetter(2)
 _TRACK_TRIM = 4096
 """Processed entries a track keeps at most before dropping them (amortised)."""
@@ -150,12 +153,14 @@ class EventTimeJoin:
         self._clock = -_INF  # time of the latest event processed
         self._nothing_older_than = -_INF  # no expiry check needed while cutoff is below it
         self._unsorted = False  # events were pushed since the buffer was last sorted
+        # Each source's pushes while they rise (see `set_aside`); `_tracked`: every buffered
+        # entry is on its source's track (which also keeps processed ones until trimmed).
         self._tracks: dict[Source, _Track] = {}
-        self._tracked = True  # every buffered entry is in `_tracks` (see `set_aside`)
+        self._tracked = True
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_tracks"], state["_tracked"]  # rebuilt from the pushes that follow
+        del state["_tracks"], state["_tracked"]  # a restored join tracks once it is empty
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -204,21 +209,28 @@ class EventTimeJoin:
             self._track(kind, source, offsets, times)
 
     def _track(self, kind: int, source: Source, offsets: list[int], times: list[float]) -> None:
-        """Add a run to its source's track, or stop tracking when its offsets or times fall
-        (then `set_aside` reads the buffer instead, until it is empty again)."""
+        """Add a run to its source's track, or stop tracking (then `set_aside` reads the
+        buffer instead, until `steps` has emptied it) unless the run rises: one kind per
+        source, times in order, offsets strictly increasing, within the run and after the
+        source's last."""
         track = self._tracks.get(source)
         if track is None:
             track = self._tracks[source] = _Track(kind)
-        first = offsets[0]
-        rising = (
-            track.kind == kind  # one kind per source: equal times then sort by offset
-            and (not track.offsets or (first > track.offsets[-1] and times[0] >= track.times[-1]))
-            and times == sorted(times)  # a run in time order: C loops, not a Python one
-            and (
-                offsets == list(range(first, first + len(offsets)))  # the usual run
-                or offsets == sorted(set(offsets))  # gaps (records dead-lettered), no repeats
+        try:
+            first = offsets[0]
+            rising = (
+                track.kind == kind  # one kind per source: equal times then sort by offset
+                and (
+                    not track.offsets or (first > track.offsets[-1] and times[0] >= track.times[-1])
+                )
+                and times == sorted(times)  # a run in time order: C loops, not a Python one
+                and (
+                    offsets == list(range(first, first + len(offsets)))  # the usual run
+                    or offsets == sorted(set(offsets))  # gaps (records dead-lettered)
+                )
             )
-        )
+        except (TypeError, ValueError):  # offsets that are not a list of ints: not tracked
+            rising = False
         if rising:
             track.offsets += offsets
             track.times += times
@@ -230,27 +242,28 @@ class EventTimeJoin:
         """The processed features waiting for their labels, oldest first."""
         return list(self._pending.values())
 
-    def set_aside(self) -> tuple[dict[Source, Unprocessed], tuple[int, list[Any]]]:
+    def set_aside(self) -> tuple[dict[Source, Unprocessed], Aside]:
         """Take the buffered (not yet processed) events out: the join then holds only what it
         has processed. Returns, per source, their offsets (sorted) and earliest time, and what
         `put_back` needs.
 
         A snapshot calls this with the whole read-ahead buffered (up to ≈ 80 000 events while
         a backlog is learned), and a pass over it cost ≈ 150 ns an entry (the entries are out
-        of the caches by then). So each source's pushes are tracked as they come: while a
-        source's offsets and times rise, the events processed from it are the first of its
-        track (the buffer is processed in time order, equal times by offset), and what is
-        left is the rest of the track, with its earliest time first. A source whose offsets
-        or times fall (a late event, a record read twice) stops the tracking until the
-        buffer is empty again, and the buffer is read instead."""
+        of the caches by then). So each source's pushes are tracked as they come (`_track`):
+        while they rise, the events processed from a source are the first of its track (the
+        buffer is processed in time order, equal times by offset, in prefixes), and what is
+        left is the rest of the track, its earliest time first. A run that does not rise (a
+        time or offset going back, a repeated record, both kinds in one source) stops the
+        tracking until `steps` has emptied the buffer, and the buffer is read instead."""
         buffer, self._buffer = self._buffer, []
         if self._unsorted:  # as `steps` would next: the events older than `_passed` lead
             buffer.sort()
             self._unsorted = False
         late = bisect_left(buffer, (self._passed,))
         found: dict[Source, Unprocessed] = {}
-        if self._tracked:
-            for source, track in self._tracks.items():
+        tracks, tracked = self._tracks, self._tracked
+        if tracked:
+            for source, track in tracks.items():
                 if track.done < len(track.offsets):
                     found[source] = Unprocessed(
                         track.offsets[track.done :], track.times[track.done]
@@ -264,15 +277,21 @@ class EventTimeJoin:
                     unprocessed.offsets.append(offset)
             for unprocessed in found.values():
                 unprocessed.offsets.sort()
+        self._tracks, self._tracked = {}, True  # the tracks go aside with the buffer
         # What is set aside is counted again when it is read again (late events included).
         counters = self.counters
         counters.late_events -= late
         counters.buffered_events = 0
-        return found, (late, buffer)
+        return found, (late, buffer, tracks, tracked)
 
-    def put_back(self, aside: tuple[int, list[Any]]) -> None:
-        """Return what `set_aside` took (before anything else is pushed)."""
-        late, entries = aside
+    def put_back(self, aside: Aside) -> None:
+        """Return what `set_aside` took. Events pushed or processed in between are kept too
+        (then the next set-aside reads the buffer)."""
+        late, entries, tracks, tracked = aside
+        if self._buffer or self._tracks:  # something happened in between
+            self._tracks, self._tracked = {}, False
+        else:
+            self._tracks, self._tracked = tracks, tracked
         self._buffer = entries + self._buffer if self._buffer else entries
         self.counters.late_events += late
         self.counters.buffered_events = len(self._buffer)
@@ -362,7 +381,7 @@ class EventTimeJoin:
                 i += 1
         if self._tracked:
             self._count_done(buffer, cut)
-        elif cut == size:  # the buffer is empty again: what comes next can be tracked
+        elif cut == len(buffer):  # empty again (even with pushes while paused): tracked anew
             self._tracked = True
         del buffer[:cut]
         self._seq = seq

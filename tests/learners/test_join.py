@@ -242,7 +242,7 @@ def _read_off(entries: list[tuple], passed: float) -> tuple[dict, int]:
 _RUNS = st.lists(
     st.tuples(
         st.sampled_from([(0, 0), (0, 1), (1, 0), (1, 1)]),
-        st.sampled_from([None, None, None, None, 1 - 0]),  # None: the source's own kind
+        st.sampled_from([None, None, None, None, None, 0, 1]),  # None: the source's own kind
         st.sampled_from([1, 1, 1, 1, 2, 0, -3]),
         st.one_of(  # a run of one event, so that what falls does so between two runs
             st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.0, 2.0, -4.0]), min_size=1, max_size=1),
@@ -250,30 +250,37 @@ _RUNS = st.lists(
         ),
         st.sampled_from([None, None, 2.0, 6.0, math.inf]),  # then steps to this (relative)
         st.sampled_from([None, None, 1, 3]),  # with this label budget
+        st.sampled_from([None, None, None, "pickle", "steps aside"]),  # then, before set_aside
     ),
     max_size=14,
 )
 
 
 @settings(max_examples=500, deadline=None)
-@given(runs=_RUNS, set_aside_after=st.sets(st.integers(0, 13)), trim=st.sampled_from([1, 2, 4096]))
-def test_what_is_set_aside_is_what_a_pass_over_the_buffer_finds(runs, set_aside_after, trim):
+@given(
+    runs=_RUNS,
+    set_aside_after=st.sets(st.integers(0, 13)),
+    trim=st.sampled_from([1, 2, 4096]),
+    whole=st.booleans(),
+)
+def test_what_is_set_aside_is_what_a_pass_over_the_buffer_finds(runs, set_aside_after, trim, whole):
     """Per source, the buffered offsets (sorted) and the earliest time; and the late count:
-    whether the pushes were tracked (rising) or not, between any steps and label budgets."""
+    whether the pushes were tracked (rising) or not, between any steps and label budgets,
+    after a pickle round trip, or with steps taken while the buffer is set aside."""
     with mock.patch("learners.join._TRACK_TRIM", trim):  # tracks trimmed often, or never
-        _set_aside_against_a_pass(runs, set_aside_after)
+        _set_aside_against_a_pass(runs, set_aside_after, whole)
 
 
-def _set_aside_against_a_pass(runs: list, set_aside_after: set[int]) -> None:
+def _set_aside_against_a_pass(runs: list, set_aside_after: set[int], whole: bool) -> None:
     join = EventTimeJoin(max_pending=40)
     last_offset: dict = {}
     last_time: dict = {}
-    for i, (source, kind, step, deltas, watermark, budget) in enumerate(runs):
+    for i, (source, kind, step, deltas, watermark, budget, then) in enumerate(runs):
         kind = source[0] if kind is None else kind
-        offset, time = last_offset.get(source, 100), last_time.get(source, 10.0)
+        offset, time = last_offset.get(source, 100), last_time.get(source, 10 if whole else 10.0)
         offsets, times = [], []
         for delta in deltas:
-            offset, time = offset + step, time + delta
+            offset, time = offset + step, time + (round(delta) if whole else delta)
             offsets.append(offset)
             times.append(time)
         last_offset[source], last_time[source] = offset, time
@@ -288,6 +295,12 @@ def _set_aside_against_a_pass(runs: list, set_aside_after: set[int]) -> None:
             )
         if watermark is not None:
             list(join.steps(min(times) + watermark, budget))
+        if then == "pickle":
+            join = pickle.loads(pickle.dumps(join))
+        elif then == "steps aside":  # nothing to release while the buffer is aside
+            found, aside = join.set_aside()
+            assert list(join.steps(math.inf)) == []
+            join.put_back(aside)
         if i in set_aside_after:
             entries = sorted(join._buffer)
             expected, late = _read_off(entries, join._passed)
@@ -314,3 +327,42 @@ def test_a_source_with_both_kinds_is_read_from_the_buffer_when_set_aside():
     assert [(p.id, lab is not None) for p, lab in join.steps(8, max_labels=1)] == [("1", True)]
     found, _ = join.set_aside()
     assert list(found[source].offsets) == [4] and found[source].earliest == 7
+
+
+def test_set_aside_and_put_back_hold_when_the_join_is_used_in_between():
+    """Steps or pushes while the buffer is set aside, a second set-aside, and a push while
+    `steps` is paused all leave `set_aside` finding what is buffered."""
+
+    def found(join: EventTimeJoin) -> dict:
+        result, aside = join.set_aside()
+        join.put_back(aside)
+        return {s: list(u.offsets) for s, u in result.items()}
+
+    join = EventTimeJoin()
+    join.push_features([feature(1, 1), feature(2, 2)], F, [0, 1])
+    _, aside = join.set_aside()
+    assert list(join.steps(0.5)) == [] and join.set_aside()[0] == {}
+    join.put_back(aside)
+    assert found(join) == {F: [0, 1]}
+    _, aside = join.set_aside()
+    join.push_features([feature(3, 3)], (0, 1), [7])
+    join.put_back(aside)
+    assert found(join) == {F: [0, 1], (0, 1): [7]}
+    assert released(join, 2.5) == [("1", "F"), ("2", "F")]
+    assert found(join) == {(0, 1): [7]}
+
+    paused = EventTimeJoin()
+    paused.push_features([feature(1, 2), feature(2, 1)], F, [0, 1])  # times fall: not tracked
+    steps = paused.steps(5.0)
+    next(steps)
+    paused.push_features([feature(3, 9)], (0, 1), [7])
+    assert len(list(steps)) == 1
+    assert found(paused) == {(0, 1): [7]}
+
+
+def test_offsets_that_are_not_a_list_of_ints_are_read_from_the_buffer():
+    join = EventTimeJoin()
+    join.push_features([feature(1, 1), feature(2, 2)], F, iter([4, 5]))  # type: ignore[arg-type]
+    join.push_features([feature(3, 3)], (0, 1), (9,))  # type: ignore[arg-type]
+    found, _ = join.set_aside()
+    assert {s: list(u.offsets) for s, u in found.items()} == {F: [4, 5], (0, 1): [9]}
