@@ -379,10 +379,11 @@ class EventTimeJoin:
                     if joined >= limit:
                         cut, stopped = i + 1, True
                 i += 1
-        if self._tracked:
-            self._count_done(buffer, cut)
-        elif cut == len(buffer):  # empty again (even with pushes while paused): tracked anew
+        if cut == len(buffer):  # all processed (pushes while paused too): tracked anew
+            self._tracks.clear()
             self._tracked = True
+        elif self._tracked:
+            self._count_done(buffer, cut)
         del buffer[:cut]
         self._seq = seq
         self.events_processed += cut
@@ -400,9 +401,6 @@ class EventTimeJoin:
         """Count the first ``cut`` entries of ``buffer`` (processed) on their sources' tracks;
         drop what the tracks need no longer."""
         tracks = self._tracks
-        if cut == len(buffer):  # everything processed: nothing to track
-            tracks.clear()
-            return
         for source, done in Counter(map(_SOURCE, islice(buffer, cut))).items():
             track = tracks[source]
             track.done += done
