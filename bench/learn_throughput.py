@@ -54,12 +54,14 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from river import evaluate, metrics
 
@@ -264,8 +266,26 @@ def learner_round(
         "accuracy": summaries[0]["metrics"].get("Accuracy") if summaries else None,
         "snapshots": len(clock.snapshots),
         "max_stall_ms": max((s.stall_seconds for s in clock.snapshots), default=0.0) * 1000,
+        "sum_stall_ms": sum(s.stall_seconds for s in clock.snapshots) * 1000,
         "final_snapshot_ms": stats.max_stall_seconds * 1000,
     }
+
+
+def delayed(redis_url: str, rtt_ms: float) -> tuple[subprocess.Popen[str], str]:
+    """Start `delay_proxy.py` in front of ``redis_url``: (its process, the URL through it)."""
+    parsed = urlsplit(redis_url)
+    proxy = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "delay_proxy.py"),
+         "--upstream", f"{parsed.hostname}:{parsed.port}", "--rtt-ms", str(rtt_ms)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proxy.stdout is not None
+    line = proxy.stdout.readline()  # "listening HOST:PORT" once it accepts connections
+    if not line.startswith("listening "):
+        proxy.kill()
+        raise SystemExit(f"delay_proxy.py did not start: {line!r}")
+    address = line.split()[1]
+    return proxy, parsed._replace(netloc=address).geturl()
 
 
 def medians(results: list[dict[str, Any]]) -> str:
@@ -308,6 +328,13 @@ def main(argv: list[str] | None = None) -> int:
         help="learner rounds per model, each between two bare loops; prints each round's "
         "ratios and their medians (this machine's runs of one code swing by ± 0.1)",
     )
+    parser.add_argument(
+        "--redis-rtt-ms",
+        type=float,
+        default=0.0,
+        help="reach Redis through bench/delay_proxy.py, which adds this round trip (a Redis "
+        "on another machine; 0: straight to the loopback)",
+    )
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
 
@@ -321,18 +348,24 @@ def main(argv: list[str] | None = None) -> int:
         f"(arf: {args.arf_limit:,}, its own --arf-limit: ARF learns ≈ 1k samples/s bare)",
         flush=True,
     )
+    proxy: subprocess.Popen[str] | None = None
     try:
         t0 = time.perf_counter()
         records = manager.up(("kafka", "redis"))
+        redis_url = records["redis"].url
         print(
-            f"# kafka at {records['kafka'].address}, redis at {records['redis'].url}, "
+            f"# kafka at {records['kafka'].address}, redis at {redis_url}, "
             f"up in {time.perf_counter() - t0:.1f} s",
             flush=True,
         )
+        if args.redis_rtt_ms:
+            proxy, redis_url = delayed(redis_url, args.redis_rtt_ms)
+            print(f"# the learner reaches redis at {redis_url}: + {args.redis_rtt_ms} ms a round "
+                  "trip (bench/delay_proxy.py)", flush=True)  # fmt: skip
         base = Settings(
             state_dir=workdir / "state",
             kafka_bootstrap_servers=records["kafka"].address,
-            redis_url=records["redis"].url,
+            redis_url=redis_url,
             snapshot_key="bench",
             learner_metrics_port=0,
             watermark_idle_grace=0.2,
@@ -353,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )  # fmt: skip
     finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait(10)
         manager.down(("kafka", "redis"), purge=True)
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -361,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{'model':10s} {'samples':>8s} {'bare/s':>9s} {'learner/s':>10s} {'ratio':>6s} "
         f"{'events/s':>9s} {'excl.1st':>8s} {'N-delay':>8s} {'1st rec':>7s} {'1st lab':>7s} "
-        f"{'snaps':>5s} {'stall':>7s} {'acc':>6s} {'CPU ratio':>9s} {'÷River':>6s}"
+        f"{'snaps':>5s} {'stall':>7s} {'Σstall':>7s} {'acc':>6s} {'CPU ratio':>9s} {'÷River':>6s}"
     )
     print(header)
     print("-" * len(header))
@@ -378,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['model']:10s} {r['samples']:>8,} {bare:>9,.0f} {rate:>10,.0f} "
             f"{rate / bare:>6.2f} {2 * rate:>9,.0f} {steady / bare:>8.2f} {tail / bare:>8.2f} "
             f"{r['first_record_s']:>6.2f}s {r['first_label_s']:>6.2f}s "
-            f"{r['snapshots']:>5d} {r['max_stall_ms']:>5.1f}ms "
+            f"{r['snapshots']:>5d} {r['max_stall_ms']:>5.1f}ms {r['sum_stall_ms']:>5.0f}ms "
             f"{r['accuracy']:>6.4f} {r['bare_cpu_s'] / r['learn_cpu_s']:>9.2f} "
             f"{r['river_s'] / r['learn_s']:>6.2f}"
         )
@@ -409,9 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         "N-delay: ratio to the (N − delay)-th label (excludes the idle grace for the last labels)"
     )
     print(
-        "snaps/stall: snapshots during the timed part (forked, or in-process when the previous "
-        "one was small) and their longest stall (the final snapshot after the idle exit is not "
-        "timed)"
+        "snaps/stall/Σstall: snapshots during the timed part (forked, or serialized in-process "
+        "and written by a thread when the previous one was small), their longest stall and the "
+        "stalls' sum (the final snapshot after the idle exit is not timed)"
     )
     print(
         "CPU ratio: the bare loop's CPU time ÷ the learning thread's, run start → N-th label "

@@ -14,16 +14,22 @@ Taking a snapshot, in order (each step only after the previous one succeeded):
 3. **Fork**, for a large state. The learner forks; the child holds a copy-on-write image of
    the core, so the learner goes on at once: its stall is the `fork()` call (milliseconds even
    for a large model), not the pickling (seconds for a large forest). A snapshot whose previous
-   one was smaller than ``fork_min_bytes`` is written in-process instead (steps 4-5 below,
-   without a child): for a small model that stalls less than a fork.
-4. **Serialize and sign** (in the child). Each model state becomes its own signed blob (what
-   serving loads); the core without its models plus the offsets is the checkpoint blob.
-5. **Write atomically** (in the child). `SnapshotStore.write`: chunks first, then one
-   MULTI/EXEC makes every model's version, its metadata and the checkpoint visible together,
-   with the learning curve's points the checkpoint covers (`stream.store.trace`), then PUBLISH
-   announces it. A crash before EXEC leaves nothing visible.
-6. **Reap.** The learner collects the child's exit status; at most one child runs at a time.
-   The buffered events set aside in step 2 went back into the core right after the fork.
+   one was smaller than ``fork_min_bytes`` is serialized in the learner instead (step 4, ≈ 2 ms
+   for a logistic regression: less than a fork) and written by a thread (step 5 and the
+   registry's steps after it), so that its ≈ 40 round trips to Redis wait beside the learning.
+4. **Serialize and sign** (in the child, or in the learner: `prepare_snapshot`). Each model
+   state becomes its own signed blob (what serving loads); the core without its models plus
+   the offsets is the checkpoint blob.
+5. **Write atomically** (in the child, or the writer thread: `commit_snapshot`).
+   `SnapshotStore.write`: chunks first, then one MULTI/EXEC makes every model's version, its
+   metadata and the checkpoint visible together, with the learning curve's points the
+   checkpoint covers (`stream.store.trace`), then PUBLISH announces it. A crash before EXEC
+   leaves nothing visible. Then the registry's steps (``after_write``: promotion policy,
+   retention, champion/challenger policies).
+6. **Reap.** The learner collects the child's exit status, or the thread's outcome; at most
+   one snapshot is under way at a time, and a command (a rollback) is acknowledged only after
+   it was reaped. The buffered events set aside in step 2 went back into the core right after
+   the fork (or the serialization).
 
 Restoring reverses it: load the latest checkpoint, load each model's blob of that same version
 (all verified before unpickling), put the models back into the core, and seek every partition
@@ -38,11 +44,13 @@ import contextlib
 import gc
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Literal, cast
 
+from learners.comparisons import ComparisonRecord
 from learners.core import LearningCore, ModelState
 from learners.serialization import dump_signed, load_signed
 from learners.specs import ModelSpec
@@ -64,7 +72,8 @@ class SnapshotResult:
     ok: bool
     seconds: float
     stall_seconds: float
-    forked: bool = True
+    how: Literal["fork", "thread", "inline"] = "fork"
+    """Written by a forked child, by the writer thread, or in the learning thread."""
     sizes: dict[str, int] = field(default_factory=dict)
     """Bytes of each model's signed blob (empty if the snapshot failed or was not read back)."""
 
@@ -135,19 +144,33 @@ def kept_indexes(offsets: list[int], ranges: list[tuple[int, int]]) -> list[int]
     return [i for i, offset in enumerate(offsets) if not any(a <= offset < b for a, b in ranges)]
 
 
-def write_snapshot(
-    store: SnapshotStore,
+AfterWrite = Callable[[SnapshotStore, int, dict[str, SnapshotMeta]], None]
+"""The registry's steps after a version is written (`stream.learner.runtime.promote_after_write`)."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A snapshot serialized and signed (step 4), not written yet: only bytes and records, so
+    another thread may write it while the learner goes on changing the core."""
+
+    blobs: dict[str, tuple[bytes, SnapshotMeta]]
+    checkpoint: bytes
+    offsets: Offsets
+    comparisons: list[ComparisonRecord]
+    trace: TraceWrite | None
+
+
+def prepare_snapshot(
     signing_key: bytes,
-    version: int,
     core: LearningCore,
     offsets: Offsets,
     extras: Mapping[str, Any] | None = None,
-    after_write: Callable[[SnapshotStore, int, dict[str, SnapshotMeta]], None] | None = None,
     *,
     trace: TraceWrite | None = None,
-) -> dict[str, SnapshotMeta]:
-    """Steps 4 and 5: serialize ``core`` and write it as ``version``. Mutates nothing visible
-    to the caller except that ``core.models`` is restored before returning."""
+) -> Prepared:
+    """Step 4: each model's signed blob and meta, the signed checkpoint of the core without
+    its models, and a readable copy of the comparisons. ``core.models`` is restored before
+    returning."""
     models = core.models
     blobs: dict[str, tuple[bytes, SnapshotMeta]] = {}
     for name, state in models.items():
@@ -173,19 +196,60 @@ def write_snapshot(
         checkpoint = dump_signed(payload, signing_key)
     finally:
         core.models = models
-    store.write(version, blobs, checkpoint, offsets, trace)
     compared = [*core.comparisons.values(), *core.served_comparisons.values()]  # + shadows
-    if compared:  # a readable copy (the checkpoint holds the exact state)
-        records = [comparison.record() for comparison in compared]
-        ComparisonStore(store.client, store.keys.prefix).write(version, records)
-    metas = {name: meta for name, (_, meta) in blobs.items()}
+    records = [comparison.record() for comparison in compared]
+    return Prepared(blobs, checkpoint, dict(offsets), records, trace)
+
+
+def commit_snapshot(
+    store: SnapshotStore, version: int, prepared: Prepared, after_write: AfterWrite | None = None
+) -> dict[str, SnapshotMeta]:
+    """Step 5 and the registry's steps after it: write ``prepared`` as ``version``, then the
+    comparisons' readable copy (the checkpoint holds their exact state), then ``after_write``."""
+    store.write(version, prepared.blobs, prepared.checkpoint, prepared.offsets, prepared.trace)
+    if prepared.comparisons:
+        ComparisonStore(store.client, store.keys.prefix).write(version, prepared.comparisons)
+    metas = {name: meta for name, (_, meta) in prepared.blobs.items()}
     if after_write is not None:
         after_write(store, version, metas)
     return metas
 
 
+def write_snapshot(
+    store: SnapshotStore,
+    signing_key: bytes,
+    version: int,
+    core: LearningCore,
+    offsets: Offsets,
+    extras: Mapping[str, Any] | None = None,
+    after_write: AfterWrite | None = None,
+    *,
+    trace: TraceWrite | None = None,
+) -> dict[str, SnapshotMeta]:
+    """Steps 4 and 5 in the calling thread: serialize ``core`` and write it as ``version``.
+    Mutates nothing visible to the caller except that ``core.models`` is restored before
+    returning."""
+    prepared = prepare_snapshot(signing_key, core, offsets, extras, trace=trace)
+    return commit_snapshot(store, version, prepared, after_write)
+
+
+@dataclass
+class _Writing:
+    """The snapshot under way: a forked child (``pid``) or the writer thread (``thread``)."""
+
+    version: int
+    start: float
+    stall: float
+    models: list[str]
+    pid: int = 0
+    thread: threading.Thread | None = None
+    sizes: dict[str, int] | None = None
+    """Set by the writer thread when the version is written (and the registry's steps ran)."""
+
+
 class Snapshotter:
-    """Takes snapshots off the learning path (fork), one at a time."""
+    """Takes snapshots off the learning path, one at a time: a large state in a forked child,
+    a small one serialized in the learner and written by a thread (`take`)."""
 
     def __init__(
         self,
@@ -200,18 +264,18 @@ class Snapshotter:
         self._store_factory = store_factory
         self._signing_key = signing_key
         self.use_fork = use_fork and hasattr(os, "fork")
+        """False: every snapshot is written in the calling thread, `take` returns its result."""
         self.fork_min_bytes = fork_min_bytes
         self.last_bytes: int | None = None  # size of the latest snapshot's model blobs
-        self._child: tuple[int, int, float, float, list[str]] | None = None
-        self.after_write: Callable[[SnapshotStore, int, dict[str, SnapshotMeta]], None] | None = (
-            None
-        )
+        self._writing: _Writing | None = None
+        self._writer_store: SnapshotStore | None = None  # the writer thread's connections
+        self.after_write: AfterWrite | None = None
         self.last_version: int | None = None
         self._gc_was_enabled = True
 
     @property
     def busy(self) -> bool:
-        return self._child is not None
+        return self._writing is not None
 
     def take(
         self,
@@ -221,37 +285,33 @@ class Snapshotter:
         *,
         trace: TraceWrite | None = None,
     ) -> SnapshotResult | None:
-        """Start a snapshot (steps 2-3); returns a result at once when not forking. ``trace``:
-        the learning curve's points this snapshot covers, written in its transaction."""
+        """Start a snapshot (steps 2-3); returns its result at once only with ``use_fork``
+        off (else `poll` reaps it). ``trace``: the learning curve's points this snapshot
+        covers, written in its transaction."""
         start = time.perf_counter()
         version = self.store.next_version()
+        if not self.use_fork:
+            return self._inline(version, start, core, offsets, extras, trace)
         # A fork stalls for its page tables (≈ 7-10 ms here) and the learner then pays for
-        # copy-on-write faults; writing a small snapshot in-process stalls less (≈ 5 ms for
-        # logreg). The size of the previous snapshot decides; the first one forks.
-        small = self.last_bytes is not None and self.last_bytes < self.fork_min_bytes
-        if not self.use_fork or small:
-            sizes: dict[str, int] = {}
+        # copy-on-write faults; for a small model, pickling it here stalls less (≈ 2 ms for
+        # logreg) and a thread writes it: the ≈ 40 round trips to Redis of the write and the
+        # registry's steps wait beside the learning, not in it. The previous size decides;
+        # the first one forks.
+        if self.last_bytes is not None and self.last_bytes < self.fork_min_bytes:
             try:
-                metas = write_snapshot(
-                    self.store,
-                    self._signing_key,
-                    version,
-                    core,
-                    dict(offsets),
-                    extras,
-                    self.after_write,
-                    trace=trace,
-                )
-            except Exception:  # as a failed child: logged, and the next snapshot tries again
+                prepared = prepare_snapshot(self._signing_key, core, offsets, extras, trace=trace)
+            except Exception:  # as a failed write: logged, and the next snapshot tries again
                 log.exception("snapshot v%d failed", version)
-                ok = False
-            else:
-                ok = True
-                sizes = {name: meta.size for name, meta in metas.items()}
-                self.last_version = version
-                self.last_bytes = sum(sizes.values())
-            elapsed = time.perf_counter() - start
-            return SnapshotResult(version, ok, elapsed, elapsed, forked=False, sizes=sizes)
+                elapsed = time.perf_counter() - start
+                return SnapshotResult(version, False, elapsed, elapsed, how="thread")
+            writing = _Writing(version, start, time.perf_counter() - start, list(core.models))
+            writing.thread = threading.Thread(
+                target=self._write, args=(writing, prepared), name=f"snapshot-v{version}",
+                daemon=True,
+            )  # fmt: skip
+            self._writing = writing
+            writing.thread.start()
+            return None
         # No automatic collection in the learner while the child runs: a full collection
         # would touch (and so copy) every page the two processes still share.
         self._gc_was_enabled = gc.isenabled()
@@ -273,31 +333,87 @@ class Snapshotter:
             finally:
                 os._exit(status)
         stall = time.perf_counter() - start
-        self._child = (pid, version, start, stall, list(core.models))
+        self._writing = _Writing(version, start, stall, list(core.models), pid=pid)
         return None
 
+    def _inline(
+        self,
+        version: int,
+        start: float,
+        core: LearningCore,
+        offsets: Offsets,
+        extras: Mapping[str, Any] | None,
+        trace: TraceWrite | None,
+    ) -> SnapshotResult:
+        sizes: dict[str, int] = {}
+        try:
+            metas = write_snapshot(
+                self.store, self._signing_key, version, core, dict(offsets), extras,
+                self.after_write, trace=trace,
+            )  # fmt: skip
+        except Exception:  # as a failed child: logged, and the next snapshot tries again
+            log.exception("snapshot v%d failed", version)
+            ok = False
+        else:
+            ok = True
+            sizes = {name: meta.size for name, meta in metas.items()}
+            self.last_version = version
+            self.last_bytes = sum(sizes.values())
+        elapsed = time.perf_counter() - start
+        return SnapshotResult(version, ok, elapsed, elapsed, how="inline", sizes=sizes)
+
+    def _write(self, writing: _Writing, prepared: Prepared) -> None:
+        """The writer thread: step 5 and the registry's steps. Its outcome is read by `poll`
+        once the thread has ended (``sizes`` stays None if it failed)."""
+        try:
+            if self._writer_store is None:
+                self._writer_store = self._store_factory()
+            metas = commit_snapshot(self._writer_store, writing.version, prepared, self.after_write)
+        except Exception:
+            log.exception("snapshot v%d failed", writing.version)
+        else:
+            writing.sizes = {name: meta.size for name, meta in metas.items()}
+
     def poll(self, block: bool = False) -> SnapshotResult | None:
-        """Step 6: reap the running child, if it has finished (or wait for it)."""
-        if self._child is None:
+        """Step 6: reap the running child or writer thread, if it has finished (or wait)."""
+        writing = self._writing
+        if writing is None:
             return None
-        pid, version, start, stall, models = self._child
-        waited, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+        if writing.thread is not None:
+            if block:
+                writing.thread.join()
+            elif writing.thread.is_alive():
+                return None
+            self._writing = None
+            sizes = writing.sizes
+            if sizes is not None:
+                self.last_version = writing.version
+                self.last_bytes = sum(sizes.values())
+            seconds = time.perf_counter() - writing.start
+            return SnapshotResult(
+                writing.version, sizes is not None, seconds, writing.stall, how="thread",
+                sizes=sizes or {},
+            )  # fmt: skip
+        waited, status = os.waitpid(writing.pid, 0 if block else os.WNOHANG)
         if waited == 0:
             return None
-        self._child = None
+        self._writing = None
         if self._gc_was_enabled:  # the child is gone: the collector may touch pages again
             gc.enable()
         ok = os.waitstatus_to_exitcode(status) == 0
-        sizes: dict[str, int] = {}
+        sizes = {}
         if ok:
-            self.last_version = version
+            self.last_version = writing.version
             self.last_bytes = None  # unknown: the next one forks
             with contextlib.suppress(RiverstreamError):
-                sizes = {name: self.store.meta(name, version).size for name in models}
+                sizes = {
+                    name: self.store.meta(name, writing.version).size for name in writing.models
+                }
                 self.last_bytes = sum(sizes.values())
         else:
-            log.error("snapshot v%d failed (child exit status %s)", version, status)
-        return SnapshotResult(version, ok, time.perf_counter() - start, stall, sizes=sizes)
+            log.error("snapshot v%d failed (child exit status %s)", writing.version, status)
+        seconds = time.perf_counter() - writing.start
+        return SnapshotResult(writing.version, ok, seconds, writing.stall, sizes=sizes)
 
 
 def _die_with_parent() -> None:

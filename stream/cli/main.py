@@ -246,7 +246,10 @@ def learn(
     exit_when_idle: Annotated[
         float | None, typer.Option(help="Stop after the topics were idle this many seconds.")
     ] = None,
-    no_fork: Annotated[bool, typer.Option(help="Snapshot in-process instead of forking.")] = False,
+    no_fork: Annotated[
+        bool,
+        typer.Option(help="Write every snapshot in the learning thread (no child, no thread)."),
+    ] = False,
     compare: Annotated[
         list[str] | None,
         typer.Option(

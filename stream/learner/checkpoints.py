@@ -143,7 +143,7 @@ class LearnerCheckpoints:
             except RedisUnavailableError as exc:  # no version could be handed out
                 self._snapshot_failed = True
                 self.outage.failed("snapshot", exc)
-                return SnapshotResult(0, False, 0.0, 0.0, forked=False, sizes={})
+                return SnapshotResult(0, False, 0.0, 0.0, how="inline", sizes={})
         if result is not None:
             self._record(result, stalls=stalls)
         return result  # None while a forked child writes it

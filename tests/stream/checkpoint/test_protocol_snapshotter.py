@@ -1,6 +1,9 @@
-"""When the learner forks for a snapshot and when it writes in-process (real Redis)."""
+"""How the learner's snapshots are written: a forked child, the writer thread, or in line
+(real Redis)."""
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 import redis
@@ -8,7 +11,8 @@ import redis
 from learners.core import LearningCore
 from learners.specs import ModelSpec
 from schemas.errors import SnapshotError
-from stream.checkpoint.protocol import Snapshotter, restore
+from schemas.records import SnapshotMeta
+from stream.checkpoint.protocol import SnapshotResult, Snapshotter, restore
 from stream.store.snapshots import SnapshotStore
 
 pytestmark = pytest.mark.integration
@@ -16,52 +20,95 @@ pytestmark = pytest.mark.integration
 KEY = b"test-key"
 
 
-def _snapshotter(redis_url: str, prefix: str, fork_min_bytes: int) -> Snapshotter:
-    def store() -> SnapshotStore:  # the forked child opens its own connection
+def _snapshotter(
+    redis_url: str, prefix: str, fork_min_bytes: int, *, use_fork: bool = True
+) -> Snapshotter:
+    def store() -> SnapshotStore:  # the forked child and the writer thread open their own
         return SnapshotStore(redis.Redis.from_url(redis_url), prefix, KEY)
 
-    return Snapshotter(store(), store, KEY, fork_min_bytes=fork_min_bytes)
+    return Snapshotter(store(), store, KEY, use_fork=use_fork, fork_min_bytes=fork_min_bytes)
 
 
-def _take(snapshotter: Snapshotter, core: LearningCore) -> tuple[bool, int]:
-    result = snapshotter.take(core, {"features:0": 1})
-    if result is None:  # forked: reap the child
+def _take(snapshotter: Snapshotter, core: LearningCore, offset: int = 1) -> SnapshotResult:
+    result = snapshotter.take(core, {"features:0": offset})
+    if result is None:  # forked, or handed to the writer thread: reap it
+        assert snapshotter.busy
         result = snapshotter.poll(block=True)
-    assert result is not None and result.ok
-    return result.forked, result.version
+    assert result is not None
+    assert not snapshotter.busy
+    return result
 
 
-def test_a_small_snapshot_is_written_in_process_after_the_first(redis_url, prefix) -> None:
+def test_a_small_snapshot_is_written_by_a_thread_after_the_first(redis_url, prefix) -> None:
     core = LearningCore([ModelSpec("m", "logreg")])
     snapshotter = _snapshotter(redis_url, prefix, fork_min_bytes=1_000_000)
-    first_forked, _ = _take(snapshotter, core)
-    assert first_forked  # size unknown: fork
+    first = _take(snapshotter, core)
+    assert first.ok and first.how == "fork"  # size unknown: fork
     assert snapshotter.last_bytes is not None and 0 < snapshotter.last_bytes < 1_000_000
-    second_forked, version = _take(snapshotter, core)
-    assert not second_forked
+    second = _take(snapshotter, core)
+    assert second.ok and second.how == "thread"
+    assert second.sizes == {"m": snapshotter.last_bytes}
+    assert snapshotter.last_version == second.version
     restored = restore(snapshotter.store, KEY, [ModelSpec("m", "logreg")])
-    assert restored is not None and restored.version == version
+    assert restored is not None and restored.version == second.version
+
+
+def test_the_writer_thread_writes_while_the_learner_goes_on(redis_url, prefix) -> None:
+    """`take` returns once the snapshot is serialized; the version is written and the
+    registry's steps run beside the caller, and the outcome is reaped by `poll`."""
+    core = LearningCore([ModelSpec("m", "logreg")])
+    snapshotter = _snapshotter(redis_url, prefix, fork_min_bytes=1_000_000)
+    _take(snapshotter, core)  # the first forks
+    entered, release = threading.Event(), threading.Event()
+    seen: list[tuple[int, list[str], int | None]] = []
+
+    def registry_steps(store: SnapshotStore, version: int, metas: dict[str, SnapshotMeta]) -> None:
+        seen.append((version, list(metas), store.latest_version("m")))
+        entered.set()
+        assert release.wait(30)
+
+    snapshotter.after_write = registry_steps
+    assert snapshotter.take(core, {"features:0": 2}) is None  # the caller does not wait
+    assert entered.wait(30)
+    assert snapshotter.busy and snapshotter.poll() is None  # still in the registry's steps
+    version = seen[0][0]
+    assert seen == [(version, ["m"], version)]  # the version was visible before its steps
+    release.set()
+    result = snapshotter.poll(block=True)
+    assert result is not None and result.ok and result.version == version
+    assert result.stall_seconds < result.seconds
+    assert snapshotter.poll() is None and not snapshotter.busy
 
 
 def test_snapshots_above_the_threshold_keep_forking(redis_url, prefix) -> None:
     core = LearningCore([ModelSpec("m", "logreg")])
     snapshotter = _snapshotter(redis_url, prefix, fork_min_bytes=0)
-    assert [_take(snapshotter, core)[0] for _ in range(3)] == [True, True, True]
+    assert [_take(snapshotter, core).how for _ in range(3)] == ["fork", "fork", "fork"]
 
 
-def test_a_failed_in_process_snapshot_is_reported_and_the_next_one_is_written(
+def test_without_fork_a_snapshot_is_written_in_line(redis_url, prefix) -> None:
+    core = LearningCore([ModelSpec("m", "logreg")])
+    snapshotter = _snapshotter(redis_url, prefix, fork_min_bytes=1_000_000, use_fork=False)
+    result = snapshotter.take(core, {"features:0": 1})
+    assert result is not None and result.ok and result.how == "inline"
+    assert not snapshotter.busy and snapshotter.store.latest_version("m") == result.version
+
+
+def test_a_failed_thread_snapshot_is_reported_and_the_next_one_is_written(
     redis_url, prefix
 ) -> None:
     core = LearningCore([ModelSpec("m", "logreg")])
     snapshotter = _snapshotter(redis_url, prefix, fork_min_bytes=1_000_000)
-    _take(snapshotter, core)  # the first forks; the next ones are small: in-process
+    _take(snapshotter, core)  # the first forks; the next ones are small: a thread writes them
+    written = snapshotter.last_bytes
 
     def failing(*_args: object) -> None:
         raise SnapshotError("registry unavailable")
 
     snapshotter.after_write = failing
-    failed = snapshotter.take(core, {"features:0": 2})
-    assert failed is not None and not failed.forked and not failed.ok
+    failed = _take(snapshotter, core, 2)
+    assert failed.how == "thread" and not failed.ok and failed.sizes == {}
+    assert snapshotter.last_version != failed.version and snapshotter.last_bytes == written
     snapshotter.after_write = None
-    forked, version = _take(snapshotter, core)
-    assert not forked and version > failed.version
+    again = _take(snapshotter, core, 3)
+    assert again.ok and again.how == "thread" and again.version > failed.version
