@@ -267,6 +267,7 @@ def learner_round(
         "snapshots": len(clock.snapshots),
         "max_stall_ms": max((s.stall_seconds for s in clock.snapshots), default=0.0) * 1000,
         "sum_stall_ms": sum(s.stall_seconds for s in clock.snapshots) * 1000,
+        "write_ms": statistics.median([s.seconds for s in clock.snapshots] or [0.0]) * 1000,
         "final_snapshot_ms": stats.max_stall_seconds * 1000,
     }
 
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{'model':10s} {'samples':>8s} {'bare/s':>9s} {'learner/s':>10s} {'ratio':>6s} "
         f"{'events/s':>9s} {'excl.1st':>8s} {'N-delay':>8s} {'1st rec':>7s} {'1st lab':>7s} "
-        f"{'snaps':>5s} {'stall':>7s} {'Σstall':>7s} {'acc':>6s} {'CPU ratio':>9s} {'÷River':>6s}"
+        f"{'snaps':>5s} {'stall':>7s} {'Σstall':>7s} {'write':>7s} {'acc':>6s} {'CPU ratio':>9s} {'÷River':>6s}"
     )
     print(header)
     print("-" * len(header))
@@ -415,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{rate / bare:>6.2f} {2 * rate:>9,.0f} {steady / bare:>8.2f} {tail / bare:>8.2f} "
             f"{r['first_record_s']:>6.2f}s {r['first_label_s']:>6.2f}s "
             f"{r['snapshots']:>5d} {r['max_stall_ms']:>5.1f}ms {r['sum_stall_ms']:>5.0f}ms "
+            f"{r['write_ms']:>5.1f}ms "
             f"{r['accuracy']:>6.4f} {r['bare_cpu_s'] / r['learn_cpu_s']:>9.2f} "
             f"{r['river_s'] / r['learn_s']:>6.2f}"
         )
@@ -447,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "snaps/stall/Σstall: snapshots during the timed part (forked, or serialized in-process "
         "and written by a thread when the previous one was small), their longest stall and the "
-        "stalls' sum (the final snapshot after the idle exit is not timed)"
+        "stalls' sum (the final snapshot after the idle exit is not timed); write: the median "
+        "time from a snapshot's start to its version written and its registry steps done"
     )
     print(
         "CPU ratio: the bare loop's CPU time ÷ the learning thread's, run start → N-th label "

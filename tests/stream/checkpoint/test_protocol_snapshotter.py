@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -12,7 +13,12 @@ from learners.core import LearningCore
 from learners.specs import ModelSpec
 from schemas.errors import SnapshotError
 from schemas.records import SnapshotMeta
-from stream.checkpoint.protocol import SnapshotResult, Snapshotter, restore
+from stream.checkpoint.protocol import (
+    WRITER_SWITCH_INTERVAL,
+    SnapshotResult,
+    Snapshotter,
+    restore,
+)
 from stream.store.snapshots import SnapshotStore
 
 pytestmark = pytest.mark.integration
@@ -68,9 +74,11 @@ def test_the_writer_thread_writes_while_the_learner_goes_on(redis_url, prefix) -
         assert release.wait(30)
 
     snapshotter.after_write = registry_steps
+    interval = sys.getswitchinterval()
     assert snapshotter.take(core, {"features:0": 2}) is None  # the caller does not wait
     assert entered.wait(30)
     assert snapshotter.busy and snapshotter.poll() is None  # still in the registry's steps
+    assert sys.getswitchinterval() == min(interval, WRITER_SWITCH_INTERVAL)
     version = seen[0][0]
     assert seen == [(version, ["m"], version)]  # the version was visible before its steps
     release.set()
@@ -78,6 +86,7 @@ def test_the_writer_thread_writes_while_the_learner_goes_on(redis_url, prefix) -
     assert result is not None and result.ok and result.version == version
     assert result.stall_seconds < result.seconds
     assert snapshotter.poll() is None and not snapshotter.busy
+    assert sys.getswitchinterval() == interval  # the learner's own again
 
 
 def test_snapshots_above_the_threshold_keep_forking(redis_url, prefix) -> None:

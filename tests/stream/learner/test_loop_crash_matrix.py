@@ -2,8 +2,8 @@
 watching Redis from outside; the end equals an uninterrupted run.
 
 For each seed and both snapshot modes (in-process: ``RIVERSTREAM_SNAPSHOT_FORK_MIN_BYTES``
-large, so only the first snapshot of a process forks; forked: 0, every snapshot is written by
-a child) one stream, synth.Agrawal with random label delays, two models (``lr`` logistic
+large, so only the first snapshot of a process forks and the next ones are written by the
+learner's writer thread; forked: 0, every snapshot is written by a child) one stream, synth.Agrawal with random label delays, two models (``lr`` logistic
 regression, ``tree`` Hoeffding tree) and malformed events of every kind mixed in, is learned
 by a sequence of learner processes, each killed with SIGKILL at one moment:
 
@@ -13,7 +13,7 @@ by a sequence of learner processes, each killed with SIGKILL at one moment:
 2. **right after a version becomes visible**: Redis' MONITOR shows the transaction that
    writes the checkpoint's metadata; the kill follows at once, while the writer is still
    between that transaction and its notification and promotion, or just past them (in-process
-   mode: the second version of that process, the first written in-process).
+   mode: the second version of that process, the first written by its writer thread).
 3. **during restore and seek** (right after a restart): with seeds 1 and 3 the kill comes at
    the learner's first read of the checkpoint, its later commands held by a `RedisGate` (see
    step 4) so that the restore cannot go further; with seed 2 at its last restore read (the
@@ -22,7 +22,7 @@ by a sequence of learner processes, each killed with SIGKILL at one moment:
 4. **while a version's chunks exist but its meta does not**: this learner talks to Redis
    through a `RedisGate` that forwards the chunks of a new version and holds the transaction
    that follows them (its ``WATCH``), so it never reaches Redis; the process that sent them is
-   identified (the learner itself in-process, its child when forked) and killed; Redis then
+   identified (the learner itself in-process: its writer thread; its child when forked) and killed; Redis then
    holds that chunk and no meta of the version. (Watching MONITOR and then pausing Redis
    raced the writer: once in about ten CI runs its transaction landed first.)
 
