@@ -7,7 +7,7 @@ with a constant label delay of 100:
             real Kafka and Redis, in this process: confluent consume, decode, event-time merge,
             the join, predict, the Accuracy metric, learn, and the periodic snapshots to Redis
             (default settings: every 10 000 labels or 30 s, forked when the previous one was
-            ≥ 1 MB, else in-process). Timed from the start of
+            ≥ 1 MB, else serialized in-process and written by a thread). Timed from the start of
             `Learner.run` to the moment the N-th label was joined and learned (seen by an
             observer after each batch), so the ``--exit-when-idle`` wait and the final
             in-process snapshot are not counted. ``--margin`` samples (5 000) are published
