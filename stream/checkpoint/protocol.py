@@ -16,7 +16,7 @@ Taking a snapshot, in order (each step only after the previous one succeeded):
    for a large model), not the pickling (seconds for a large forest). A snapshot whose previous
    one was smaller than ``fork_min_bytes`` is serialized in the learner instead (step 4, ≈ 2 ms
    for a logistic regression: less than a fork) and written by a thread (step 5 and the
-   registry's steps after it), so that its ≈ 40 round trips to Redis wait beside the learning.
+   registry's steps after it), so that its 31–39 round trips to Redis wait beside the learning.
 4. **Serialize and sign** (in the child, or in the learner: `prepare_snapshot`). Each model
    state becomes its own signed blob (what serving loads); the core without its models plus
    the offsets is the checkpoint blob.
@@ -249,10 +249,42 @@ class _Writing:
     models: list[str]
     pid: int = 0
     thread: threading.Thread | None = None
+    after_write: AfterWrite | None = None
     sizes: dict[str, int] | None = None
     """Set by the writer thread when the version is written (and the registry's steps ran)."""
-    switch_interval: float = 0.005
-    """The interpreter's switch interval before the writer thread started."""
+
+
+class _SwitchInterval:
+    """The interpreter's switch interval (a setting of the process), lowered to
+    `WRITER_SWITCH_INTERVAL` while any writer thread runs and put back by the last one to end,
+    whether or not its `Snapshotter` is ever polled again.
+
+    A writer thread's 31–39 round trips to Redis each wait for the GIL once their answer is in:
+    up to the switch interval (5 ms by default) while the learner computes. Shorter, the version
+    is visible sooner (`bench/snapshot_writer.py`: ≈ 220 → 30-50 ms for logreg on the
+    loopback); it costs the learner nothing measurable, since it only matters while another
+    thread asks for the GIL."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._writers = 0
+        self._before = 0.0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._writers == 0:
+                self._before = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._before, WRITER_SWITCH_INTERVAL))
+            self._writers += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._lock:
+            self._writers -= 1
+            if self._writers == 0:
+                sys.setswitchinterval(self._before)
+
+
+_WHILE_WRITING = _SwitchInterval()
 
 
 class Snapshotter:
@@ -302,7 +334,7 @@ class Snapshotter:
             return self._inline(version, start, core, offsets, extras, trace)
         # A fork stalls for its page tables (≈ 7-10 ms here) and the learner then pays for
         # copy-on-write faults; for a small model, pickling it here stalls less (≈ 2 ms for
-        # logreg) and a thread writes it: the ≈ 40 round trips to Redis of the write and the
+        # logreg) and a thread writes it: the 31–39 round trips to Redis of the write and the
         # registry's steps wait beside the learning, not in it. The previous size decides;
         # the first one forks.
         if self.last_bytes is not None and self.last_bytes < self.fork_min_bytes:
@@ -312,19 +344,22 @@ class Snapshotter:
                 log.exception("snapshot v%d failed", version)
                 elapsed = time.perf_counter() - start
                 return SnapshotResult(version, False, elapsed, elapsed, how="thread")
-            writing = _Writing(version, start, time.perf_counter() - start, list(core.models))
-            writing.thread = threading.Thread(
+            writing = _Writing(
+                version, start, time.perf_counter() - start, list(core.models),
+                after_write=self.after_write,
+            )  # fmt: skip
+            thread = threading.Thread(
                 target=self._write, args=(writing, prepared), name=f"snapshot-v{version}",
                 daemon=True,
             )  # fmt: skip
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: as a failed write, tried again later
+                log.exception("snapshot v%d failed", version)
+                elapsed = time.perf_counter() - start
+                return SnapshotResult(version, False, elapsed, writing.stall, how="thread")
+            writing.thread = thread
             self._writing = writing
-            # The thread's ≈ 40 round trips each wait for the GIL once their answer is in: at
-            # most the switch interval (5 ms) while the learner computes. A shorter one while
-            # the thread runs makes the version visible sooner (`bench/snapshot_writer.py`: ≈ 220
-            # → 30-50 ms for logreg on the loopback).
-            writing.switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(min(writing.switch_interval, WRITER_SWITCH_INTERVAL))
-            writing.thread.start()
             return None
         # No automatic collection in the learner while the child runs: a full collection
         # would touch (and so copy) every page the two processes still share.
@@ -380,9 +415,12 @@ class Snapshotter:
         """The writer thread: step 5 and the registry's steps. Its outcome is read by `poll`
         once the thread has ended (``sizes`` stays None if it failed)."""
         try:
-            if self._writer_store is None:
-                self._writer_store = self._store_factory()
-            metas = commit_snapshot(self._writer_store, writing.version, prepared, self.after_write)
+            with _WHILE_WRITING:
+                if self._writer_store is None:
+                    self._writer_store = self._store_factory()
+                metas = commit_snapshot(
+                    self._writer_store, writing.version, prepared, writing.after_write
+                )
         except Exception:
             log.exception("snapshot v%d failed", writing.version)
         else:
@@ -399,7 +437,6 @@ class Snapshotter:
             elif writing.thread.is_alive():
                 return None
             self._writing = None
-            sys.setswitchinterval(writing.switch_interval)
             sizes = writing.sizes
             if sizes is not None:
                 self.last_version = writing.version

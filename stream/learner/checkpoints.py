@@ -146,7 +146,7 @@ class LearnerCheckpoints:
                 return SnapshotResult(0, False, 0.0, 0.0, how="inline", sizes={})
         if result is not None:
             self._record(result, stalls=stalls)
-        return result  # None while a forked child writes it
+        return result  # None while a forked child or the writer thread writes it
 
     def finish_snapshots(self) -> None:
         """Wait for a running snapshot, then write a final one in-process (no fork); raise

@@ -1,8 +1,9 @@
 """The learner process: Kafka records in, the pure `LearningCore` in the middle, snapshots out.
 
-One loop, one thread: poll a batch → decode (bad records go to the dead-letter topic) → push into
-the core → advance the watermark, a round of labels at a time → maybe snapshot (see
-`stream.checkpoint.protocol` for the protocol). Offsets are never committed to Kafka: the
+One loop, one learning thread: poll a batch → decode (bad records go to the dead-letter topic) →
+push into the core → advance the watermark, a round of labels at a time → maybe snapshot (see
+`stream.checkpoint.protocol` for the protocol: a snapshot is written by a forked child or a
+writer thread, reaped by the loop). Offsets are never committed to Kafka: the
 snapshot is the single source of truth for what has been learned, which is what makes a
 restart exact. The snapshots and restores are `stream.learner.checkpoints`, the operator's
 commands `stream.learner.commands`.

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -13,6 +15,7 @@ from learners.core import LearningCore
 from learners.specs import ModelSpec
 from schemas.errors import SnapshotError
 from schemas.records import SnapshotMeta
+from stream.checkpoint import protocol
 from stream.checkpoint.protocol import (
     WRITER_SWITCH_INTERVAL,
     SnapshotResult,
@@ -20,10 +23,24 @@ from stream.checkpoint.protocol import (
     restore,
 )
 from stream.store.snapshots import SnapshotStore
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 KEY = b"test-key"
+INTERVAL = 0.005  # the interpreter's switch interval each test starts from
+
+
+@pytest.fixture(autouse=True)
+def _switch_interval() -> Iterator[None]:
+    """Each test starts at a known switch interval and must leave it as it was."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(INTERVAL)
+    try:
+        yield
+        assert sys.getswitchinterval() == INTERVAL  # every writer thread put it back
+    finally:
+        sys.setswitchinterval(before)
 
 
 def _snapshotter(
@@ -74,19 +91,56 @@ def test_the_writer_thread_writes_while_the_learner_goes_on(redis_url, prefix) -
         assert release.wait(30)
 
     snapshotter.after_write = registry_steps
-    interval = sys.getswitchinterval()
-    assert snapshotter.take(core, {"features:0": 2}) is None  # the caller does not wait
-    assert entered.wait(30)
-    assert snapshotter.busy and snapshotter.poll() is None  # still in the registry's steps
-    assert sys.getswitchinterval() == min(interval, WRITER_SWITCH_INTERVAL)
-    version = seen[0][0]
-    assert seen == [(version, ["m"], version)]  # the version was visible before its steps
-    release.set()
+    try:
+        assert snapshotter.take(core, {"features:0": 2}) is None  # the caller does not wait
+        snapshotter.after_write = None  # the thread keeps the steps of its `take`
+        assert entered.wait(30)
+        assert snapshotter.busy and snapshotter.poll() is None  # still in the registry's steps
+        assert sys.getswitchinterval() == WRITER_SWITCH_INTERVAL
+        version = seen[0][0]
+        assert seen == [(version, ["m"], version)]  # the version was visible before its steps
+    finally:
+        release.set()
     result = snapshotter.poll(block=True)
     assert result is not None and result.ok and result.version == version
     assert result.stall_seconds < result.seconds
     assert snapshotter.poll() is None and not snapshotter.busy
-    assert sys.getswitchinterval() == interval  # the learner's own again
+    assert sys.getswitchinterval() == INTERVAL  # the learner's own again
+
+
+def test_the_switch_interval_comes_back_without_a_poll(redis_url, prefix) -> None:
+    """Put back by the last writer thread to end, even if its Snapshotter is never polled
+    (a learner that stopped on an outage), and with two Snapshotters writing at once."""
+    core = LearningCore([ModelSpec("m", "logreg")])
+    first = _snapshotter(redis_url, prefix, fork_min_bytes=1_000_000)
+    second = _snapshotter(redis_url, prefix, fork_min_bytes=1_000_000)
+    _take(first, core)  # each one's first snapshot forks
+    _take(second, core)
+    entered = [threading.Event(), threading.Event()]
+    release = [threading.Event(), threading.Event()]
+
+    def steps_of(i: int) -> Callable[..., None]:
+        def steps(*_args: object) -> None:
+            entered[i].set()
+            assert release[i].wait(30)
+
+        return steps
+
+    first.after_write, second.after_write = steps_of(0), steps_of(1)
+    try:
+        assert first.take(core, {"features:0": 2}) is None
+        assert second.take(core, {"features:0": 3}) is None
+        assert entered[0].wait(30) and entered[1].wait(30)
+        release[0].set()
+        writer = first.busy and first._writing and first._writing.thread
+        assert writer and wait_until(lambda: not writer.is_alive(), 30, "the first writer")
+        assert sys.getswitchinterval() == WRITER_SWITCH_INTERVAL  # the second still writes
+    finally:
+        release[0].set()
+        release[1].set()
+    result = second.poll(block=True)  # the first is never polled
+    assert result is not None and result.ok
+    assert sys.getswitchinterval() == INTERVAL
 
 
 def test_snapshots_above_the_threshold_keep_forking(redis_url, prefix) -> None:
@@ -121,3 +175,43 @@ def test_a_failed_thread_snapshot_is_reported_and_the_next_one_is_written(
     snapshotter.after_write = None
     again = _take(snapshotter, core, 3)
     assert again.ok and again.how == "thread" and again.version > failed.version
+
+
+def test_a_thread_snapshot_that_cannot_be_written_is_reported(redis_url, prefix) -> None:
+    """The writer thread's store cannot reach Redis: the write itself fails (not only the
+    registry's steps), and the result says so."""
+    down = socket.socket()
+    down.bind(("127.0.0.1", 0))  # a port nothing listens on
+    closed_port = down.getsockname()[1]
+    down.close()
+    unreachable: list[str] = []  # set once the first (forked) snapshot is written
+
+    def store() -> SnapshotStore:
+        url = unreachable[0] if unreachable else redis_url
+        return SnapshotStore(redis.Redis.from_url(url), prefix, KEY)
+
+    snapshotter = Snapshotter(store(), store, KEY, fork_min_bytes=1_000_000)
+    core = LearningCore([ModelSpec("m", "logreg")])
+    assert _take(snapshotter, core).ok  # forked: the child opened its store from redis_url
+    unreachable.append(f"redis://127.0.0.1:{closed_port}/0")
+    failed = _take(snapshotter, core, 2)  # the thread opens its store: unreachable
+    assert failed.how == "thread" and not failed.ok and failed.sizes == {}
+    assert snapshotter.store.latest_version("m") != failed.version
+
+
+def test_a_snapshot_that_cannot_be_serialized_fails_at_once(
+    redis_url, prefix, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core = LearningCore([ModelSpec("m", "logreg")])
+    snapshotter = _snapshotter(redis_url, prefix, fork_min_bytes=1_000_000)
+    _take(snapshotter, core)
+
+    def unpicklable(*_args: object) -> bytes:
+        raise TypeError("cannot pickle")
+
+    monkeypatch.setattr(protocol, "dump_signed", unpicklable)
+    failed = snapshotter.take(core, {"features:0": 2})
+    assert failed is not None and failed.how == "thread" and not failed.ok
+    assert not snapshotter.busy and sys.getswitchinterval() == INTERVAL
+    monkeypatch.undo()
+    assert _take(snapshotter, core, 3).ok
