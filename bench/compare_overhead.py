@@ -24,10 +24,11 @@ import inspect
 import time
 from typing import Any
 
+from core_overhead import push_batch
+
 from learners.core import LearningCore
 from learners.datasets import dataset_events
 from learners.specs import ModelSpec
-from schemas.events import FeatureEvent
 
 
 def run(
@@ -40,13 +41,7 @@ def run(
     start = time.process_time()
     for first in range(0, len(events), batch):
         chunk = events[first : first + batch]
-        features = [e for e in chunk if e.__class__ is FeatureEvent]
-        labels = [e for e in chunk if e.__class__ is not FeatureEvent]
-        core.push_features(features, (0, 0), list(range(offsets[0], offsets[0] + len(features))))
-        core.push_labels(labels, (1, 0), list(range(offsets[1], offsets[1] + len(labels))))
-        offsets[0] += len(features)
-        offsets[1] += len(labels)
-        core.advance(chunk[-1].time)
+        push_batch(core, chunk, offsets)
     core.flush()
     return time.process_time() - start
 

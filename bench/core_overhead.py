@@ -31,6 +31,19 @@ def bare_river(samples: list, spec: ModelSpec) -> float:
     return time.perf_counter() - start
 
 
+def push_batch(core: LearningCore, chunk: list, offsets: list[int]) -> None:
+    """Push ``chunk`` as the learner pushes what it consumed (its feature events as one run of
+    partition 0 of the features, its labels as one of the labels), then advance the core to
+    its last time. ``offsets``: the next offset of each of the two, moved on."""
+    features = [e for e in chunk if e.__class__ is FeatureEvent]
+    labels = [e for e in chunk if e.__class__ is not FeatureEvent]
+    core.push_features(features, (0, 0), list(range(offsets[0], offsets[0] + len(features))))
+    core.push_labels(labels, (1, 0), list(range(offsets[1], offsets[1] + len(labels))))
+    offsets[0] += len(features)
+    offsets[1] += len(labels)
+    core.advance(chunk[-1].time)
+
+
 def learning_core(
     events: list, spec: ModelSpec, batch: int, *, stubbed: bool = False
 ) -> tuple[float, LearningCore]:
@@ -46,13 +59,7 @@ def learning_core(
     start = time.perf_counter()
     for first in range(0, len(events), batch):
         chunk = events[first : first + batch]
-        features = [e for e in chunk if e.__class__ is FeatureEvent]
-        labels = [e for e in chunk if e.__class__ is not FeatureEvent]
-        core.push_features(features, (0, 0), list(range(offsets[0], offsets[0] + len(features))))
-        core.push_labels(labels, (1, 0), list(range(offsets[1], offsets[1] + len(labels))))
-        offsets[0] += len(features)
-        offsets[1] += len(labels)
-        core.advance(chunk[-1].time)
+        push_batch(core, chunk, offsets)
     core.flush()
     return time.perf_counter() - start, core
 

@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import redis  # noqa: E402
+from core_overhead import push_batch  # noqa: E402
 
 from learners.core import LearningCore  # noqa: E402
 from learners.datasets import dataset_events  # noqa: E402
 from learners.specs import ModelSpec  # noqa: E402
-from schemas.events import FeatureEvent  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 from stream.checkpoint import protocol  # noqa: E402
 from stream.checkpoint.protocol import SnapshotResult, Snapshotter  # noqa: E402
@@ -82,13 +82,7 @@ def run(way: str, model: str, events: list[Any], url: str, prefix: str, every: i
     start = time.perf_counter()
     for first in range(0, len(events), 500):
         chunk = events[first : first + 500]
-        features = [e for e in chunk if e.__class__ is FeatureEvent]
-        labels = [e for e in chunk if e.__class__ is not FeatureEvent]
-        core.push_features(features, (0, 0), list(range(offsets[0], offsets[0] + len(features))))
-        core.push_labels(labels, (1, 0), list(range(offsets[1], offsets[1] + len(labels))))
-        offsets[0] += len(features)
-        offsets[1] += len(labels)
-        core.advance(chunk[-1].time)
+        push_batch(core, chunk, offsets)
         done = snapshotter.poll()
         if done is not None:
             results.append(done)
