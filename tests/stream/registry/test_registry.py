@@ -8,6 +8,8 @@ import threading
 
 import pytest
 
+from schemas.records import HistoryEntry
+from stream.registry.base import _parsed
 from stream.registry.registry import HISTORY_LIMIT, Registry, RegistryError, RollbackCommand
 from stream.store.snapshots import SnapshotStore
 from tests.support.registry import dump_all, write_version
@@ -285,3 +287,29 @@ def test_history_is_bounded(store: SnapshotStore, registry: Registry, key: bytes
     registry.promote("m", v1, "")
     entries = registry.history("m")
     assert len(entries) == HISTORY_LIMIT and entries[-1].action == "promote"
+
+
+def test_retention_parses_each_history_entry_once(
+    store: SnapshotStore, registry: Registry, key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention runs after every snapshot and folds the whole history (up to HISTORY_LIMIT
+    entries) for the version promoted before the current one: an entry is parsed once per
+    process, not at every snapshot."""
+    parsed: list[bytes | str] = []
+    from_json = HistoryEntry.from_json
+
+    def counting(raw: bytes | str) -> HistoryEntry:
+        parsed.append(raw)
+        return from_json(raw)
+
+    monkeypatch.setattr(HistoryEntry, "from_json", counting)
+    _parsed.cache_clear()
+    versions = [write_version(store, key) for _ in range(4)]
+    for v in versions[:3]:
+        registry.promote("m", v, f"release {v}")
+    assert registry.retention("m", 1) == [versions[0]]  # v2 is the rollback target: kept
+    assert len(parsed) == 3  # the three promotions
+    registry.promote("m", versions[3], "release 4")
+    assert registry.retention("m", 1) == [versions[1]]  # v3 is the rollback target now
+    assert len(parsed) == 4  # only the new entry was parsed
+    assert registry.rollback("m", reason="v4 is bad").to == versions[2]
