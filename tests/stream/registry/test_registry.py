@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from schemas.records import HistoryEntry
-from stream.registry.base import _parsed
+from stream.registry import base
 from stream.registry.registry import HISTORY_LIMIT, Registry, RegistryError, RollbackCommand
 from stream.store.snapshots import SnapshotStore
 from tests.support.registry import dump_all, write_version
@@ -294,7 +294,8 @@ def test_retention_parses_each_history_entry_once(
 ) -> None:
     """Retention runs after every snapshot and folds the whole history (up to HISTORY_LIMIT
     entries) for the version promoted before the current one: an entry is parsed once per
-    process, not at every snapshot."""
+    process, not at every snapshot, also when several models take turns (one learner), and
+    what leaves the history leaves the cache."""
     parsed: list[bytes | str] = []
     from_json = HistoryEntry.from_json
 
@@ -303,13 +304,22 @@ def test_retention_parses_each_history_entry_once(
         return from_json(raw)
 
     monkeypatch.setattr(HistoryEntry, "from_json", counting)
-    _parsed.cache_clear()
-    versions = [write_version(store, key) for _ in range(4)]
+    monkeypatch.setattr(base, "_PARSED", {})
+    both = {"m": {"Accuracy": 0.5}, "n": {"Accuracy": 0.5}}
+    versions = [write_version(store, key, both) for _ in range(4)]
     for v in versions[:3]:
         registry.promote("m", v, f"release {v}")
+        registry.promote("n", v, f"release {v}")
     assert registry.retention("m", 1) == [versions[0]]  # v2 is the rollback target: kept
-    assert len(parsed) == 3  # the three promotions
+    assert registry.retention("n", 1) == [versions[0]]
+    assert len(parsed) == 6  # three promotions of each
+    for _ in range(2):  # the models take turns, as after each snapshot of one learner
+        assert registry.retention("m", 1) == registry.retention("n", 1) == []
+    assert len(parsed) == 6
     registry.promote("m", versions[3], "release 4")
     assert registry.retention("m", 1) == [versions[1]]  # v3 is the rollback target now
-    assert len(parsed) == 4  # only the new entry was parsed
+    assert len(parsed) == 7  # only the new entry was parsed
     assert registry.rollback("m", reason="v4 is bad").to == versions[2]
+    store.client.ltrim(registry.keys.history("m"), -2, -1)  # the oldest entries leave
+    registry.retention("m", 1)
+    assert len(base._PARSED[registry.keys.history("m")]) == 2
