@@ -31,8 +31,9 @@ def parsed_history(key: str, raws: list[bytes | str]) -> list[HistoryEntry]:
 
     With a full history (10 000 entries: one auto-promotion a version: 28 hours of versions
     every 10 s) the registry's steps after a snapshot cost 75-80 ms when every entry was parsed
-    afresh, 28-35 ms with this cache, 7-12 ms with redis-py's hiredis parser beside it
-    (`bench/registry_history.py`)."""
+    afresh, 28-35 ms with this cache (`bench/registry_history.py`). The entries are shared
+    between calls: callers read them and never hand them out (`_previous`). A forked
+    snapshot's child starts from its parent's cache and its additions die with it."""
     known = _PARSED.get(key, {})
     entries = [known.get(raw) or HistoryEntry.from_json(raw) for raw in raws]
     _PARSED[key] = dict(zip(raws, entries, strict=True))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import random
 import threading
 
 import pytest
@@ -321,5 +323,39 @@ def test_retention_parses_each_history_entry_once(
     assert len(parsed) == 7  # only the new entry was parsed
     assert registry.rollback("m", reason="v4 is bad").to == versions[2]
     store.client.ltrim(registry.keys.history("m"), -2, -1)  # the oldest entries leave
-    registry.retention("m", 1)
+    assert registry.retention("m", 1) == []  # v3 kept: promoted, and the pending rollback's
     assert len(base._PARSED[registry.keys.history("m")]) == 2
+    assert len(parsed) == 8  # the rollback's own entry, new since
+
+
+def test_the_parsed_history_folds_as_a_fresh_parse_through_trims(
+    store: SnapshotStore, registry: Registry, key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Promotions, rollbacks and pins with a history of 4 entries, so that every write trims
+    it: after each step, the version a rollback goes back to (and retention protects) is the
+    one a fresh parse of the history gives."""
+    monkeypatch.setattr(base, "_PARSED", {})
+    monkeypatch.setattr(base, "HISTORY_LIMIT", 4)
+    rng = random.Random(13)
+    versions: list[int] = []
+    seen = set()
+    for step in range(40):
+        versions.append(write_version(store, key))
+        move = rng.random()
+        if move < 0.5 or len(versions) < 3:
+            registry.promote("m", versions[-1], f"step {step}")
+        elif move < 0.8:
+            target = rng.choice(versions[-4:-1])
+            with contextlib.suppress(RegistryError):  # e.g. already served
+                registry.rollback("m", target, reason=f"step {step}")
+        else:
+            registry.pin("m", versions[-1], f"step {step}")
+            registry.unpin("m", f"step {step}")
+        assert len(registry.history("m")) <= 4
+        cached = registry._previous(store.client, "m")
+        fresh = {}
+        monkeypatch.setattr(base, "_PARSED", fresh)
+        assert registry._previous(store.client, "m") == cached, step
+        monkeypatch.setattr(base, "_PARSED", {**fresh, **base._PARSED})
+        seen.add(cached)
+    assert len(seen) > 3  # the sequence moved the target around
