@@ -253,7 +253,7 @@ def model_view(registry: Registry, name: str) -> dict[str, Any]:
     infos = registry.versions(name)
     rows = [_version_row(i) for i in infos]
     served = next((r for r in rows if r["serving"]), None)
-    history = registry.history(name)
+    history = registry.history(name, last=HISTORY_SHOWN)  # not the whole list at each update
     return {
         "name": name,
         "serving": served["version"] if served else None,

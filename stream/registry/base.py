@@ -133,8 +133,10 @@ class RegistryBase:
         )
         return _int(pin), _int(promoted), _int(latest)
 
-    def _history(self, r: Any, model: str) -> list[HistoryEntry]:
-        return [HistoryEntry.from_json(raw) for raw in r.lrange(self.keys.history(model), 0, -1)]
+    def _history(self, r: Any, model: str, last: int | None = None) -> list[HistoryEntry]:
+        start = 0 if last is None else -max(1, last)
+        raws = r.lrange(self.keys.history(model), start, -1)
+        return [HistoryEntry.from_json(raw) for raw in raws]
 
     def _owner(self, r: Any, model: str) -> str:
         """The learner that owns ``model`` (``default`` when none claimed it)."""

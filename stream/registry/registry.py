@@ -98,10 +98,13 @@ class Registry(RetentionOps, OwnershipOps):
             raise RegistryError(f"{model} has no version {version}")
         return match[0]
 
-    def history(self, model: str) -> list[HistoryEntry]:
+    def history(self, model: str, last: int | None = None) -> list[HistoryEntry]:
+        """The model's history, oldest first; ``last``: only its newest ``last`` entries, read
+        and parsed alone (a full history is 10 000 entries, ≈ 70 ms to parse)."""
+
         def read() -> list[HistoryEntry]:
             self._require_model(self.client, model)
-            return self._history(self.client, model)
+            return self._history(self.client, model, last)
 
         return self._read(f"history of {model}", read)
 
