@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 import pytest
 
 from learners.serialization import dump_signed
+from schemas.records import HistoryEntry
 from schemas.settings import Settings
 from stream.learner.runtime import snapshot_store
 from stream.registry.registry import Registry
@@ -59,3 +60,17 @@ def store(settings: Settings) -> Iterator[SnapshotStore]:
 @pytest.fixture
 def registry(store: SnapshotStore, key: bytes) -> Registry:
     return Registry(store, by="tester", signing_key=key)
+
+
+@pytest.fixture
+def history_parses(monkeypatch: pytest.MonkeyPatch) -> list[bytes | str]:
+    """Every history entry parsed from now on (`HistoryEntry.from_json` spied), in order."""
+    parsed: list[bytes | str] = []
+    from_json = HistoryEntry.from_json
+
+    def counting(raw: bytes | str) -> HistoryEntry:
+        parsed.append(raw)
+        return from_json(raw)
+
+    monkeypatch.setattr(HistoryEntry, "from_json", counting)
+    return parsed

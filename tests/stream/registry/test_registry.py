@@ -10,7 +10,6 @@ import threading
 
 import pytest
 
-from schemas.records import HistoryEntry
 from stream.registry import base
 from stream.registry.registry import HISTORY_LIMIT, Registry, RegistryError, RollbackCommand
 from stream.store.snapshots import SnapshotStore
@@ -292,20 +291,16 @@ def test_history_is_bounded(store: SnapshotStore, registry: Registry, key: bytes
 
 
 def test_retention_parses_each_history_entry_once(
-    store: SnapshotStore, registry: Registry, key: bytes, monkeypatch: pytest.MonkeyPatch
+    store: SnapshotStore,
+    registry: Registry,
+    key: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    history_parses: list[bytes | str],
 ) -> None:
     """Retention runs after every snapshot and folds the whole history (up to HISTORY_LIMIT
     entries) for the version promoted before the current one: an entry is parsed once per
     process, not at every snapshot, also when several models take turns (one learner), and
     what leaves the history leaves the cache."""
-    parsed: list[bytes | str] = []
-    from_json = HistoryEntry.from_json
-
-    def counting(raw: bytes | str) -> HistoryEntry:
-        parsed.append(raw)
-        return from_json(raw)
-
-    monkeypatch.setattr(HistoryEntry, "from_json", counting)
     monkeypatch.setattr(base, "_PARSED", {})
     both = {"m": {"Accuracy": 0.5}, "n": {"Accuracy": 0.5}}
     versions = [write_version(store, key, both) for _ in range(4)]
@@ -314,18 +309,18 @@ def test_retention_parses_each_history_entry_once(
         registry.promote("n", v, f"release {v}")
     assert registry.retention("m", 1) == [versions[0]]  # v2 is the rollback target: kept
     assert registry.retention("n", 1) == [versions[0]]
-    assert len(parsed) == 6  # three promotions of each
+    assert len(history_parses) == 6  # three promotions of each
     for _ in range(2):  # the models take turns, as after each snapshot of one learner
         assert registry.retention("m", 1) == registry.retention("n", 1) == []
-    assert len(parsed) == 6
+    assert len(history_parses) == 6
     registry.promote("m", versions[3], "release 4")
     assert registry.retention("m", 1) == [versions[1]]  # v3 is the rollback target now
-    assert len(parsed) == 7  # only the new entry was parsed
+    assert len(history_parses) == 7  # only the new entry was parsed
     assert registry.rollback("m", reason="v4 is bad").to == versions[2]
     store.client.ltrim(registry.keys.history("m"), -2, -1)  # the oldest entries leave
     assert registry.retention("m", 1) == []  # v3 kept: promoted, and the pending rollback's
     assert len(base._PARSED[registry.keys.history("m")]) == 2
-    assert len(parsed) == 8  # the rollback's own entry, new since
+    assert len(history_parses) == 8  # the rollback's own entry, new since
 
 
 def test_the_parsed_history_folds_as_a_fresh_parse_through_trims(
