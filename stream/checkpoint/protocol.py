@@ -373,7 +373,7 @@ class Snapshotter:
                 os.nice(10)  # the learner keeps the CPU; the snapshot takes what is left
                 store = self._store_factory()
                 write_snapshot(
-                    store, self._signing_key, version, core, dict(offsets), extras,
+                    store, self._signing_key, version, core, offsets, extras,
                     self.after_write, trace=trace,
                 )  # fmt: skip
                 status = 0
@@ -397,7 +397,7 @@ class Snapshotter:
         sizes: dict[str, int] = {}
         try:
             metas = write_snapshot(
-                self.store, self._signing_key, version, core, dict(offsets), extras,
+                self.store, self._signing_key, version, core, offsets, extras,
                 self.after_write, trace=trace,
             )  # fmt: skip
         except Exception:  # as a failed child: logged, and the next snapshot tries again
