@@ -16,7 +16,10 @@ Taking a snapshot, in order (each step only after the previous one succeeded):
    for a large model), not the pickling (seconds for a large forest). A snapshot whose previous
    one was smaller than ``fork_min_bytes`` is serialized in the learner instead (step 4, ≈ 2 ms
    for a logistic regression: less than a fork) and written by a thread (step 5 and the
-   registry's steps after it), so that its 31–39 round trips to Redis wait beside the learning.
+   registry's steps after it), so that its round trips to Redis wait beside the learning: 13
+   for one model (the version number 1, the write 4, then per model the promotion 3 and
+   retention 4, or 5 when it prunes; the champion/challenger policies 1), 31–39 before they
+   were batched (`tests/stream/registry/test_base.py` counts them).
 4. **Serialize and sign** (in the child, or in the learner: `prepare_snapshot`). Each model
    state becomes its own signed blob (what serving loads); the core without its models plus
    the offsets is the checkpoint blob.
@@ -259,7 +262,7 @@ class _SwitchInterval:
     `WRITER_SWITCH_INTERVAL` while any writer thread runs and put back by the last one to end,
     whether or not its `Snapshotter` is ever polled again.
 
-    A writer thread's 31–39 round trips to Redis each wait for the GIL once their answer is in:
+    A writer thread's round trips to Redis (step 3 above) each wait for the GIL once their answer is in:
     up to the switch interval (5 ms by default) while the learner computes. Shorter, the version
     is visible sooner (`bench/snapshot_writer.py`: ≈ 220 → 30-50 ms for logreg on the
     loopback); it costs the learner nothing measurable, since it only matters while another
@@ -334,7 +337,7 @@ class Snapshotter:
             return self._inline(version, start, core, offsets, extras, trace)
         # A fork stalls for its page tables (≈ 7-10 ms here) and the learner then pays for
         # copy-on-write faults; for a small model, pickling it here stalls less (≈ 2 ms for
-        # logreg) and a thread writes it: the 31–39 round trips to Redis of the write and the
+        # logreg) and a thread writes it: the round trips to Redis of the write and the
         # registry's steps wait beside the learning, not in it. The previous size decides;
         # the first one forks.
         if self.last_bytes is not None and self.last_bytes < self.fork_min_bytes:

@@ -7,13 +7,15 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from schemas.errors import RegistryError
 from schemas.records import HistoryEntry, Policy, RollbackCommand, SnapshotMeta
-from stream.registry.policy import _int, _user, promotion_stack
+from stream.registry.policy import _int, _user, rollback_target
+from stream.store.batching import batch
 from stream.store.keys import DEFAULT_LEARNER, Notification
 from stream.store.snapshots import SnapshotStore
 
@@ -38,6 +40,42 @@ def parsed_history(key: str, raws: list[bytes | str]) -> list[HistoryEntry]:
     entries = [known.get(raw) or HistoryEntry.from_json(raw) for raw in raws]
     _PARSED[key] = dict(zip(raws, entries, strict=True))
     return entries
+
+
+def _policy_of(raw: bytes | None) -> Policy:
+    """A model's policy as stored (absent: ``always``)."""
+    return Policy() if raw is None else Policy(**json.loads(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What a model's registry steps decide from, read in one round trip (`RegistryBase._standing`;
+    two when another learner than ``default`` owns the model)."""
+
+    known: bool
+    """In the models set."""
+    pin: int | None
+    promoted: int | None
+    latest: int | None
+    policy: Policy
+    pending: list[RollbackCommand]
+    """The owner's commands not yet acknowledged, of this model."""
+    history: list[HistoryEntry]
+    """Read only when asked (``full``), else empty."""
+    versions: list[int]
+    """The model's versions, oldest first; read only when asked (``full``), else empty."""
+
+    def previous(self) -> int | None:
+        """The default rollback target (`rollback_target`), from the history and versions read."""
+        current = self.promoted if self.promoted is not None else self.latest
+        return rollback_target(
+            self.history, current, lambda v: max((o for o in self.versions if o < v), default=None)
+        )
+
+    def protected(self) -> set[int]:
+        """Versions never pruned: pin, promoted, latest, the rollback target, pending commands'."""
+        keep = {v for v in (self.pin, self.promoted, self.latest, self.previous()) if v is not None}
+        return keep | {c.to for c in self.pending}
 
 
 class RegistryBase:
@@ -82,6 +120,55 @@ class RegistryBase:
             raise RegistryError(f"{what}: redis error: {exc}") from exc
         raise RegistryError(f"{what}: gave up after {MAX_ATTEMPTS} conflicting attempts")
 
+    def _batch(self, r: Any, *commands: tuple[Any, ...]) -> list[Any]:
+        """``commands`` in one round trip, on ``r``'s watching connection inside `_atomic`'s
+        ``body`` (`stream.store.batching.batch`)."""
+        return batch(r, *commands)
+
+    def _standing(
+        self, r: Any, model: str, *, full: bool = False, also: Sequence[tuple[Any, ...]] = ()
+    ) -> tuple[Standing, list[Any]]:
+        """``model``'s `Standing` (with its history and versions when ``full``) and the replies
+        of the commands ``also``, read together. Inside a transaction the owner's command list
+        is watched: ``default``'s is read at once (`_watch` watches it), another owner's in a
+        second round trip."""
+        default_commands = self.keys.learner_commands(DEFAULT_LEARNER)
+        history_key = self.keys.history(model)
+        commands: list[tuple[Any, ...]] = [
+            ("SISMEMBER", self.keys.models, model),
+            ("MGET", self.keys.pin(model), self.keys.promoted(model), self.keys.latest(model)),
+            ("GET", self.keys.policy(model)),
+            ("GET", self.keys.owner(model)),
+            ("LRANGE", default_commands, 0, -1),
+            *((("LRANGE", history_key, 0, -1), ("ZRANGE", self.keys.versions(model), 0, -1))
+              if full else ()),
+            *also,
+        ]  # fmt: skip
+        replies = self._batch(r, *commands)
+        known, (pin, promoted, latest), policy, owner, raw_commands = replies[:5]
+        history: list[HistoryEntry] = []
+        versions: list[int] = []
+        if full:
+            history = parsed_history(history_key, replies[5])
+            versions = [int(v) for v in replies[6]]
+        owner_commands = self.keys.learner_commands(
+            DEFAULT_LEARNER if owner is None else owner.decode()
+        )
+        if owner_commands != default_commands:
+            watch = (("WATCH", owner_commands),) if getattr(r, "watching", False) else ()
+            *_, raw_commands = self._batch(r, *watch, ("LRANGE", owner_commands, 0, -1))
+        standing = Standing(
+            known=bool(known),
+            pin=_int(pin),
+            promoted=_int(promoted),
+            latest=_int(latest),
+            policy=_policy_of(policy),
+            pending=[c for c in map(RollbackCommand.from_json, raw_commands) if c.model == model],
+            history=history,
+            versions=versions,
+        )
+        return standing, replies[len(commands) - len(also) :]
+
     def _read(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
@@ -125,6 +212,7 @@ class RegistryBase:
             self.keys.history(model),
             self.keys.versions(model),
             self.keys.models,
+            self.keys.learner_commands(DEFAULT_LEARNER),  # read with the rest (`_standing`)
         ]
 
     def _pointers(self, r: Any, model: str) -> tuple[int | None, int | None, int | None]:
@@ -151,29 +239,18 @@ class RegistryBase:
             r.watch(key)
         return key
 
-    def _pending(self, r: Any, model: str) -> list[RollbackCommand]:
-        raws = r.lrange(self._commands_of(r, model), 0, -1)
-        cmds = [RollbackCommand.from_json(raw) for raw in raws]
-        return [c for c in cmds if c.model == model]
-
     def _previous(self, r: Any, model: str) -> int | None:
-        """The rollback target by default: the version promoted before the current one.
-
-        Retention asks after every snapshot, over a history of up to `HISTORY_LIMIT` entries:
-        each entry is parsed once per process (`parsed_history`), not at every snapshot."""
+        """The rollback target by default: the version promoted before the current one
+        (`rollback_target`); each history entry is parsed once per process (`parsed_history`)."""
         _pin, promoted, latest = self._pointers(r, model)
-        current = promoted if promoted is not None else latest
         key = self.keys.history(model)
-        stack = promotion_stack(parsed_history(key, r.lrange(key, 0, -1)))
-        if current is None:
-            return None
-        if not stack or stack[-1] != current:
-            stack.append(current)
-        if len(stack) >= 2:
-            return stack[-2]
-        older = r.zrevrangebyscore(self.keys.versions(model), f"({current}", "-inf", 0, 1)
-        return int(older[0]) if older else None
+        entries = parsed_history(key, r.lrange(key, 0, -1))
+
+        def older(current: int) -> int | None:
+            below = r.zrevrangebyscore(self.keys.versions(model), f"({current}", "-inf", 0, 1)
+            return int(below[0]) if below else None
+
+        return rollback_target(entries, promoted if promoted is not None else latest, older)
 
     def _policy(self, r: Any, model: str) -> Policy:
-        raw = r.get(self.keys.policy(model))
-        return Policy() if raw is None else Policy(**json.loads(raw))
+        return _policy_of(r.get(self.keys.policy(model)))

@@ -8,7 +8,7 @@ import contextlib
 import getpass
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from schemas.errors import RegistryError
 from schemas.records import HistoryEntry, Policy
@@ -77,6 +77,63 @@ def promotion_stack(entries: Iterable[HistoryEntry]) -> list[int]:
         if not stack or stack[-1] != entry.to:
             stack.append(entry.to)
     return stack
+
+
+def rollback_target(
+    entries: Iterable[HistoryEntry], current: int | None, older: Callable[[int], int | None]
+) -> int | None:
+    """The version a rollback returns to by default: the one promoted before ``current`` (the
+    version served without a pin), else the newest version older than it, ``older(current)``.
+
+    >>> e = lambda action, to: HistoryEntry(0, action, None, to, "", "")
+    >>> rollback_target([e("promote", 1), e("auto-promote", 4)], 4, lambda v: v - 1)
+    1
+    >>> rollback_target([], 4, lambda v: v - 1), rollback_target([], None, lambda v: v - 1)
+    (3, None)
+    """
+    if current is None:
+        return None
+    stack = promotion_stack(entries)
+    if not stack or stack[-1] != current:
+        stack.append(current)
+    return stack[-2] if len(stack) >= 2 else older(current)
+
+
+def rollback_target_from_tail(
+    tail: Iterable[HistoryEntry], current: int | None
+) -> tuple[bool, int | None]:
+    """`rollback_target` from the newest entries of a history alone, when they decide it:
+    ``(True, target)``, else ``(False, None)`` and the whole history is needed.
+
+    They decide it when they hold no rollback: `promotion_stack` then only pushes, so the last
+    two versions they push (consecutive repeats folded) are the top of the whole history's
+    stack, whatever came before; one is enough when ``current`` is not it. Retention asks
+    after every snapshot, and a history under an ``always`` or ``guarded`` policy ends with
+    auto-promotions: its last entries, not its 10 000, decide (`bench/registry_history.py`).
+
+    >>> e = lambda action, to: HistoryEntry(0, action, None, to, "", "")
+    >>> rollback_target_from_tail([e("auto-promote", 7), e("prune", None), e("auto-promote", 8)], 8)
+    (True, 7)
+    >>> rollback_target_from_tail([e("auto-promote", 8)], 9), rollback_target_from_tail([], 9)
+    ((True, 8), (False, None))
+    >>> rollback_target_from_tail([e("promote", 3), e("promote", 5), e("rollback", 4)], 4)
+    (False, None)
+    """
+    if current is None:
+        return True, None
+    pushed: list[int] = []
+    for entry in tail:
+        if entry.action not in _POINTER_ACTIONS or entry.to is None:
+            continue
+        if entry.action == "rollback":
+            return False, None
+        if not pushed or pushed[-1] != entry.to:
+            pushed.append(entry.to)
+    if len(pushed) >= 2:
+        return True, pushed[-2] if pushed[-1] == current else pushed[-1]
+    if pushed and pushed[0] != current:
+        return True, pushed[0]
+    return False, None
 
 
 def check_ranges(ranges: Sequence[Sequence[float]]) -> list[list[float]]:

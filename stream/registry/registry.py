@@ -314,13 +314,20 @@ class Registry(RetentionOps, OwnershipOps):
         """
 
         def body(r: Any) -> Any:
-            policy = self._policy(r, model)
+            # It runs after every snapshot, in the learner's writer: its reads in one round
+            # trip (`_standing`), not one each.
+            standing, (raw,) = self._standing(
+                r, model, also=[("GET", self.keys.meta(model, version))]
+            )
+            policy = standing.policy
             if policy.policy == "manual":
                 return False, None
-            if self._pending(r, model):
+            if standing.pending:
                 return False, None
-            meta = self._require_version(r, model, version)
-            pin, promoted, _latest = self._pointers(r, model)
+            if not standing.known or raw is None:
+                self._require_version(r, model, version)  # raises, naming what exists
+            meta = SnapshotMeta.from_json(raw)
+            pin, promoted = standing.pin, standing.promoted
             if promoted is not None and version <= promoted:
                 return False, None
             detail: dict[str, Any] = {}
@@ -339,7 +346,7 @@ class Registry(RetentionOps, OwnershipOps):
 
             return True, write
 
-        watch = [*self._watch(model), self.keys.policy(model)]  # + the owner's commands
+        watch = [*self._watch(model), self.keys.policy(model)]  # (+ another owner's commands)
         return self._atomic(f"auto-promote {model} v{version}", watch, body)
 
     # -- export / import (`stream.registry.exchange`) ---------------------------------------

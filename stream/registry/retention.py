@@ -33,23 +33,12 @@ class RetentionOps(RegistryBase):
 
     def retention(self, model: str, default_keep: int) -> list[int]:
         """Automatic retention (the learner calls it after a snapshot); not recorded in history."""
-        raw = self._read("retention", lambda: self.client.get(self.keys.retention(model)))
-        keep = int(raw) if raw is not None else default_keep
-        return self.prune(model, keep, reason="retention", record=False)
+        return self._prune(model, None, default_keep, reason="retention", record=False)
 
     def protected(self, model: str) -> set[int]:
         """Versions never pruned: promoted, pinned, the rollback target, pending commands'."""
-        return self._read("protected", lambda: self._protected(self.client, model))
-
-    def _protected(self, r: Any, model: str) -> set[int]:
-        pin, promoted, latest = self._pointers(r, model)
-        keep = {v for v in (pin, promoted, latest, self._previous(r, model)) if v is not None}
-        return keep | {c.to for c in self._pending(r, model)}
-
-    def _checkpoint_pointers(self) -> list[str]:
-        """The checkpoint pointers of every learner (``default``'s, and each named one's)."""
-        names = {_text(m) for m in self.client.smembers(self.keys.learners)}
-        return [self.keys.learner_checkpoint_latest(n) for n in sorted(names | {DEFAULT_LEARNER})]
+        standing, _ = self._read("protected", lambda: self._standing(self.client, model, full=True))
+        return standing.protected()
 
     def prune(
         self, model: str, keep_last: int, *, reason: str = "", record: bool = True
@@ -61,32 +50,61 @@ class RetentionOps(RegistryBase):
         """
         if keep_last < 1:
             raise RegistryError(f"keep-last must be >= 1, not {keep_last}")
-        models = self._read("models", self.store.models)
-        pointers = self._read("learners", self._checkpoint_pointers)
+        return self._prune(model, keep_last, keep_last, reason=reason, record=record)
+
+    def _prune(
+        self, model: str, keep_last: int | None, default_keep: int, *, reason: str, record: bool
+    ) -> list[int]:
+        """`prune`, keeping ``keep_last`` versions, or (None) the model's retention setting,
+        else ``default_keep``. Its reads take four round trips, and five when it deletes: it
+        runs after every snapshot, in the learner's writer."""
+        models, learners, setting = self._read(
+            "models", lambda: self._batch(
+                self.client, ("SMEMBERS", self.keys.models), ("SMEMBERS", self.keys.learners),
+                ("GET", self.keys.retention(model)),
+            ),
+        )  # fmt: skip
+        if keep_last is None:
+            keep_last = int(setting) if setting is not None else default_keep
+        names = {_text(m) for m in learners} | {DEFAULT_LEARNER}
+        pointers = [self.keys.learner_checkpoint_latest(n) for n in sorted(names)]
         watch = [
             *self._watch(model), self.keys.learners, *pointers,
-            *(self.keys.versions(m) for m in models),
+            *(self.keys.versions(_text(m)) for m in models),
         ]  # fmt: skip
-        # (and the owner's command list, watched by _protected inside the transaction)
+        # (and the owner's command list, watched by _standing inside the transaction)
 
         def body(r: Any) -> Any:
-            self._require_model(r, model)
-            versions = [int(v) for v in r.zrange(self.keys.versions(model), 0, -1)]
-            keep = set(versions[-keep_last:]) | self._protected(r, model)
+            standing, (cp_latest_raw, members) = self._standing(
+                r, model, full=True, also=[("MGET", *pointers), ("SMEMBERS", self.keys.models)]
+            )
+            if not standing.known:
+                self._require_model(r, model)  # raises, naming the models
+            versions = standing.versions
+            keep = set(versions[-keep_last:]) | standing.protected()
             doomed = [v for v in versions if v not in keep]
             if not doomed:
                 return [], None
             # every learner's latest checkpoint stays (learner groups share the versions)
-            cp_latest = {_int(raw) for raw in r.mget(pointers)}
-            others = [m.decode() for m in r.smembers(self.keys.models) if m.decode() != model]
+            cp_latest = {_int(raw) for raw in cp_latest_raw}
+            others = sorted(_text(m) for m in members if _text(m) != model)
+            per = 2 + len(others)
+            replies = self._batch(r, *(
+                command
+                for v in doomed
+                for command in (
+                    ("GET", self.keys.meta(model, v)),
+                    ("GET", self.keys.checkpoint_meta(v)),
+                    *(("ZSCORE", self.keys.versions(m), str(v)) for m in others),
+                )
+            ))  # fmt: skip
             dels: list[str] = []
-            for v in doomed:
-                raw = r.get(self.keys.meta(model, v))
+            for i, v in enumerate(doomed):
+                raw, cp_raw, *scores = replies[i * per : (i + 1) * per]
                 chunks = SnapshotMeta.from_json(raw).chunks if raw is not None else 0
                 dels += [self.keys.meta(model, v)]
                 dels += [self.keys.chunk(model, v, i) for i in range(chunks)]
-                used = any(r.zscore(self.keys.versions(m), str(v)) is not None for m in others)
-                cp_raw = r.get(self.keys.checkpoint_meta(v))
+                used = any(score is not None for score in scores)
                 if not used and v not in cp_latest and cp_raw is not None:
                     cp = CheckpointMeta.from_json(cp_raw)
                     dels += [self.keys.checkpoint_meta(v)]

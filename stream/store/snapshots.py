@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
@@ -26,9 +26,10 @@ from learners.serialization import load_signed, sha256_hex, verify_signed
 from schemas.errors import SnapshotError, SnapshotIntegrityError
 from schemas.names import MODEL_NAME_RULE, is_model_name
 from schemas.records import CheckpointMeta, SnapshotMeta
+from stream.store.batching import batch
 from stream.store.connect import redis_client
 from stream.store.keys import DEFAULT_LEARNER, Notification, RedisKeys, chunks, served_version
-from stream.store.trace import TRACE_WRITE, TraceWrite, queue_trace
+from stream.store.trace import TraceWrite, queue_trace
 
 if TYPE_CHECKING:
     from schemas.settings import Settings
@@ -89,8 +90,6 @@ class SnapshotStore:
         self.signing_key = signing_key
         self.chunk_bytes = chunk_bytes
         self.wait_replicas = wait_replicas
-        self._set_max = client.register_script(_SET_MAX)
-        self._trace_write = client.register_script(TRACE_WRITE)
 
     # -- writing ---------------------------------------------------------------------------
     def next_version(self) -> int:
@@ -120,59 +119,68 @@ class SnapshotStore:
            meta and ``checkpoint:latest`` (only forward), and the learning curve's points that
            the checkpoint covers (``trace``, see `stream.store.trace`). After EXEC the whole
            version is visible at once; before it, none of it is. The models' owners are
-           WATCHed first: a model handed over to another learner (`stream.registry.owners`)
-           fails the write with `OwnershipLostError`, and nothing becomes visible.
-        3. PUBLISH ``{"model", "version"}`` per model on the channel. A lost message is caught
+           WATCHed and checked before step 1: a model handed over to another learner
+           (`stream.registry.owners`) fails the write with `OwnershipLostError`, before any
+           chunk is written or, when the handover comes during the write, at EXEC; nothing
+           becomes visible.
+        3. PUBLISH ``{"model", "version"}`` per model on the channel, queued in that
+           transaction (sent at EXEC, once everything is visible). A lost message is caught
            up by the readers' polling of the pointers. With ``wait_replicas``, only once that
            many replicas have the version (Redis WAIT, at most `WAIT_REPLICAS_MS`), so that a
            failover to one of them keeps every version announced.
         """
         if version <= 0:
             raise SnapshotError(f"version must be positive, not {version}")
+        for name in models:
+            if not is_model_name(name):
+                raise SnapshotError(f"invalid model name {name!r}: use {MODEL_NAME_RULE}")
         metas: dict[str, SnapshotMeta] = {}
-        with wrapped(f"write version {version}"):
-            self._check_owners(self.client, list(models))  # early: no chunks for nothing
-            # 1. chunks
-            pipe = self.client.pipeline(transaction=False)
+        # Five round trips with the version number, whatever the number of models: a small
+        # model's snapshot is mostly waiting on them (`bench/snapshot_writer.py`).
+        with wrapped(f"write version {version}"), self.client.pipeline(transaction=True) as tx:
+            self._check_owners(tx, list(models))  # watched from here; no chunks for nothing
+            # 1. chunks, in one round trip on the transaction's watching connection
+            sets: list[tuple[Any, ...]] = []
             for name, (blob, meta) in models.items():
-                if not is_model_name(name):
-                    raise SnapshotError(f"invalid model name {name!r}: use {MODEL_NAME_RULE}")
                 chunks = self._queue_chunks(
-                    pipe, blob, functools.partial(self.keys.chunk, name, version)
+                    sets, blob, functools.partial(self.keys.chunk, name, version)
                 )
                 metas[name] = dataclasses.replace(
                     meta, model=name, version=version, size=len(blob),
                     sha256=sha256_hex(blob), chunks=chunks,
                 )  # fmt: skip
             cp_chunks = self._queue_chunks(
-                pipe, checkpoint, lambda i: self.keys.checkpoint_chunk(version, i)
+                sets, checkpoint, lambda i: self.keys.checkpoint_chunk(version, i)
             )
-            pipe.execute()
-            # 2. one transaction makes everything visible
+            batch(tx, *sets)
+            # 2. one transaction makes everything visible (scripts by EVAL: an EVALSHA would
+            # cost a SCRIPT EXISTS round trip first, as redis-py checks them before a MULTI)
             cp_meta = CheckpointMeta(
                 version=version, created_at=time.time(), size=len(checkpoint),
                 sha256=sha256_hex(checkpoint), chunks=cp_chunks, offsets=dict(offsets),
             )  # fmt: skip
-            with self.client.pipeline(transaction=True) as tx:
-                self._check_owners(tx, list(metas))
-                tx.multi()
-                for name, meta in metas.items():
-                    tx.set(self.keys.meta(name, version), meta.to_json())
-                    tx.zadd(self.keys.versions(name), {str(version): version})
-                    tx.sadd(self.keys.models, name)
-                    self._set_max(keys=[self.keys.latest(name)], args=[version], client=tx)
-                tx.set(self.keys.checkpoint_meta(version), cp_meta.to_json())
-                self._set_max(keys=[self.keys.checkpoint_latest], args=[version], client=tx)
-                if trace is not None:
-                    queue_trace(tx, self._trace_write, self.keys, trace, metas)
-                tx.execute()
+            tx.multi()
+            for name, meta in metas.items():
+                tx.set(self.keys.meta(name, version), meta.to_json())
+                tx.zadd(self.keys.versions(name), {str(version): version})
+                tx.sadd(self.keys.models, name)
+                tx.eval(_SET_MAX, 1, self.keys.latest(name), version)
+            tx.set(self.keys.checkpoint_meta(version), cp_meta.to_json())
+            tx.eval(_SET_MAX, 1, self.keys.checkpoint_latest, version)
+            if trace is not None:
+                queue_trace(tx, self.keys, trace, metas)
+            if not self.wait_replicas:  # 3. notify, at EXEC: after everything is visible
+                self._notify(tx, metas, version)
+            tx.execute()
             if self.wait_replicas:  # on enough replicas before announced (lost only by them all)
                 self.client.wait(self.wait_replicas, WAIT_REPLICAS_MS)
-            # 3. notify
-            pipe = self.client.pipeline(transaction=False)
-            for name in metas:
-                pipe.publish(self.keys.channel, Notification(name, version).to_json())
-            pipe.execute()
+                self._notify(self.client.pipeline(transaction=False), metas, version).execute()
+
+    def _notify(self, pipe: Any, models: Iterable[str], version: int) -> Any:
+        """Queue ``PUBLISH {"model", "version"}`` on the channel for each of ``models``."""
+        for name in models:
+            pipe.publish(self.keys.channel, Notification(name, version).to_json())
+        return pipe
 
     def _check_owners(self, tx: Any, models: list[str]) -> None:
         """Check that the owners of ``models`` are this store's learner (or unset, for the
@@ -192,10 +200,12 @@ class SnapshotStore:
                     "it was handed over (`riverstream snapshots handover`)"
                 )
 
-    def _queue_chunks(self, pipe: Any, blob: bytes, key_of: Callable[[int], str]) -> int:
+    def _queue_chunks(
+        self, sets: list[tuple[Any, ...]], blob: bytes, key_of: Callable[[int], str]
+    ) -> int:
         n = 0
         for n, part in enumerate(chunks(blob, self.chunk_bytes), 1):
-            pipe.set(key_of(n - 1), part)
+            sets.append(("SET", key_of(n - 1), part))
         return n
 
     # -- reading ---------------------------------------------------------------------------

@@ -199,18 +199,13 @@ class TraceWrite:
 
 
 def queue_trace(
-    tx: redis.client.Pipeline,
-    script: Any,
-    keys: RedisKeys,
-    write: TraceWrite,
-    models: Iterable[str],
+    tx: redis.client.Pipeline, keys: RedisKeys, write: TraceWrite, models: Iterable[str]
 ) -> None:
-    """Queue `TRACE_WRITE` for every model of a snapshot into its transaction ``tx``."""
+    """Queue `TRACE_WRITE` for every model of a snapshot into its transaction ``tx`` (by EVAL:
+    no SCRIPT EXISTS round trip before the MULTI)."""
     for model in models:
-        script(
-            keys=[keys.trace(model), keys.trace_lineage(model)],
-            args=write.arguments(model),
-            client=tx,
+        tx.eval(
+            TRACE_WRITE, 2, keys.trace(model), keys.trace_lineage(model), *write.arguments(model)
         )
 
 

@@ -1,5 +1,6 @@
 """The champion/challenger policy against the real Redis: when it fires and when it does not,
-what it writes into the graph and its history, and that it fires once.
+what it writes into the graph and its history, and that it fires once. And the registry's pure
+decisions (`stream.registry.policy`): the rollback target read from a history's tail.
 
 Comparisons are written as the learner writes them (`ComparisonStore.write` of
 `ModelComparison.record`), fed with 0/1 outcomes chosen here."""
@@ -9,16 +10,48 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from learners.comparisons import ModelComparison
 from schemas.errors import RegistryError
+from schemas.records import HistoryEntry
 from stream.registry.challenger import ChallengerPolicies, swap_champion
 from stream.registry.graphs import GraphRegistry
+from stream.registry.policy import rollback_target, rollback_target_from_tail
 from stream.store.comparisons import ComparisonStore
 from stream.store.snapshots import SnapshotStore
 from tests.support.registry import write_version
 
 pytestmark = pytest.mark.integration
+
+_ACTIONS = ["promote", "auto-promote", "rollback", "policy", "pin", "unpin", "prune", "import"]
+_entries = st.lists(
+    st.builds(
+        lambda action, to: HistoryEntry(0.0, action, None, to, "", ""),
+        st.sampled_from(_ACTIONS),
+        st.one_of(st.none(), st.integers(1, 9)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_entries, st.one_of(st.none(), st.integers(1, 9)), st.integers(0, 45))
+def test_the_tail_decides_the_rollback_target_as_the_whole_history_does(
+    entries: list[HistoryEntry], current: int | None, tail: int
+) -> None:
+    known, target = rollback_target_from_tail(entries[max(0, len(entries) - tail) :], current)
+    if known:
+        assert target == rollback_target(entries, current, lambda v: -v)  # (-v: "older" asked)
+    if current is not None and tail >= len(entries):
+        # the whole history as its tail: it decides unless a rollback or too few promotions
+        pointers = [e for e in entries if e.action in {"promote", "auto-promote", "policy"}]
+        if (
+            not any(e.action == "rollback" for e in entries)
+            and len({e.to for e in pointers if e.to}) >= 2
+        ):
+            assert known
 
 
 def compared(n: int, champion_right: float, challenger_right: float) -> ModelComparison:
