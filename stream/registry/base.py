@@ -14,12 +14,15 @@ import redis
 
 from schemas.errors import RegistryError
 from schemas.records import HistoryEntry, Policy, RollbackCommand, SnapshotMeta
-from stream.registry.policy import _int, _user, rollback_target
+from stream.registry.policy import _int, _user, rollback_target, rollback_target_from_tail
 from stream.store.batching import batch
 from stream.store.keys import DEFAULT_LEARNER, Notification
 from stream.store.snapshots import SnapshotStore
 
 HISTORY_LIMIT = 10_000
+HISTORY_TAIL = 32
+"""History entries read first for the default rollback target: when they decide it
+(`rollback_target_from_tail`), the rest of the history is not read."""
 MAX_ATTEMPTS = 200
 
 
@@ -60,21 +63,14 @@ class Standing:
     policy: Policy
     pending: list[RollbackCommand]
     """The owner's commands not yet acknowledged, of this model."""
-    history: list[HistoryEntry]
-    """Read only when asked (``full``), else empty."""
+    previous: int | None
+    """The default rollback target (`rollback_target`); read only when asked (``full``)."""
     versions: list[int]
     """The model's versions, oldest first; read only when asked (``full``), else empty."""
 
-    def previous(self) -> int | None:
-        """The default rollback target (`rollback_target`), from the history and versions read."""
-        current = self.promoted if self.promoted is not None else self.latest
-        return rollback_target(
-            self.history, current, lambda v: max((o for o in self.versions if o < v), default=None)
-        )
-
     def protected(self) -> set[int]:
         """Versions never pruned: pin, promoted, latest, the rollback target, pending commands'."""
-        keep = {v for v in (self.pin, self.promoted, self.latest, self.previous()) if v is not None}
+        keep = {v for v in (self.pin, self.promoted, self.latest, self.previous) if v is not None}
         return keep | {c.to for c in self.pending}
 
 
@@ -128,29 +124,32 @@ class RegistryBase:
     def _standing(
         self, r: Any, model: str, *, full: bool = False, also: Sequence[tuple[Any, ...]] = ()
     ) -> tuple[Standing, list[Any]]:
-        """``model``'s `Standing` (with its history and versions when ``full``) and the replies
-        of the commands ``also``, read together. Inside a transaction the owner's command list
-        is watched: ``default``'s is read at once (`_watch` watches it), another owner's in a
-        second round trip."""
+        """``model``'s `Standing` (with its rollback target and versions when ``full``) and the
+        replies of the commands ``also``, read together. Inside a transaction the owner's
+        command list is watched: ``default``'s is read at once (`_watch` watches it), another
+        owner's in a second round trip; so is the whole history when its tail does not decide
+        the rollback target (`_rollback_target`)."""
         default_commands = self.keys.learner_commands(DEFAULT_LEARNER)
-        history_key = self.keys.history(model)
         commands: list[tuple[Any, ...]] = [
             ("SISMEMBER", self.keys.models, model),
             ("MGET", self.keys.pin(model), self.keys.promoted(model), self.keys.latest(model)),
             ("GET", self.keys.policy(model)),
             ("GET", self.keys.owner(model)),
             ("LRANGE", default_commands, 0, -1),
-            *((("LRANGE", history_key, 0, -1), ("ZRANGE", self.keys.versions(model), 0, -1))
-              if full else ()),
+            *((("LRANGE", self.keys.history(model), -HISTORY_TAIL, -1),
+               ("ZRANGE", self.keys.versions(model), 0, -1)) if full else ()),
             *also,
         ]  # fmt: skip
         replies = self._batch(r, *commands)
         known, (pin, promoted, latest), policy, owner, raw_commands = replies[:5]
-        history: list[HistoryEntry] = []
+        previous: int | None = None
         versions: list[int] = []
         if full:
-            history = parsed_history(history_key, replies[5])
             versions = [int(v) for v in replies[6]]
+            previous = self._rollback_target(
+                r, model, promoted=_int(promoted), latest=_int(latest), tail=replies[5],
+                older=lambda v: max((o for o in versions if o < v), default=None),
+            )  # fmt: skip
         owner_commands = self.keys.learner_commands(
             DEFAULT_LEARNER if owner is None else owner.decode()
         )
@@ -164,10 +163,31 @@ class RegistryBase:
             latest=_int(latest),
             policy=_policy_of(policy),
             pending=[c for c in map(RollbackCommand.from_json, raw_commands) if c.model == model],
-            history=history,
+            previous=previous,
             versions=versions,
         )
         return standing, replies[len(commands) - len(also) :]
+
+    def _rollback_target(
+        self,
+        r: Any,
+        model: str,
+        *,
+        promoted: int | None,
+        latest: int | None,
+        tail: list[bytes | str],
+        older: Callable[[int], int | None],
+    ) -> int | None:
+        """The default rollback target (`rollback_target`) from the history's last
+        `HISTORY_TAIL` entries ``tail`` when they decide it, else from the whole history, read
+        here. Each entry is parsed once per process (`parsed_history`)."""
+        key = self.keys.history(model)
+        current = promoted if promoted is not None else latest
+        decided, target = rollback_target_from_tail(parsed_history(key, tail), current)
+        if decided:
+            return target
+        (raws,) = self._batch(r, ("LRANGE", key, 0, -1))
+        return rollback_target(parsed_history(key, raws), current, older)
 
     def _read(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -241,16 +261,21 @@ class RegistryBase:
 
     def _previous(self, r: Any, model: str) -> int | None:
         """The rollback target by default: the version promoted before the current one
-        (`rollback_target`); each history entry is parsed once per process (`parsed_history`)."""
-        _pin, promoted, latest = self._pointers(r, model)
-        key = self.keys.history(model)
-        entries = parsed_history(key, r.lrange(key, 0, -1))
+        (`_rollback_target`)."""
+        pointers, tail = self._batch(
+            r,
+            ("MGET", self.keys.pin(model), self.keys.promoted(model), self.keys.latest(model)),
+            ("LRANGE", self.keys.history(model), -HISTORY_TAIL, -1),
+        )
 
         def older(current: int) -> int | None:
             below = r.zrevrangebyscore(self.keys.versions(model), f"({current}", "-inf", 0, 1)
             return int(below[0]) if below else None
 
-        return rollback_target(entries, promoted if promoted is not None else latest, older)
+        _pin, promoted, latest = (_int(v) for v in pointers)
+        return self._rollback_target(
+            r, model, promoted=promoted, latest=latest, tail=tail, older=older
+        )
 
     def _policy(self, r: Any, model: str) -> Policy:
         return _policy_of(r.get(self.keys.policy(model)))

@@ -45,14 +45,17 @@ def test_the_steps_after_a_snapshot_take_few_round_trips(
     store: SnapshotStore, registry: Registry, key: bytes, round_trips: Callable[[], int]
 ) -> None:
     # Before batching: 9 for the promotion, 13 for retention with nothing to prune, 17 pruning.
-    for _ in range(3):
+    for i in range(3):
         version = write_version(store, key)
         metrics = _meta(store, version).metrics
         round_trips()
         assert registry.auto_promote("m", version, metrics) is True
         assert round_trips() == 3  # WATCH, the reads, MULTI/EXEC
         assert registry.retention("m", default_keep=3) == []
-        assert round_trips() == 4  # the learners and models, WATCH, the reads, UNWATCH
+        # the learners and models, WATCH, the reads, UNWATCH; after the first promotion the
+        # history's tail does not decide the rollback target (nothing promoted before): it is
+        # read whole, one more
+        assert round_trips() == (5 if i == 0 else 4)
     version = write_version(store, key)
     registry.auto_promote("m", version, _meta(store, version).metrics)
     round_trips()
@@ -89,7 +92,7 @@ def test_the_standing_read_agrees_with_the_step_by_step_reads(
 ) -> None:
     def check() -> None:
         standing, _ = registry._standing(registry.client, "m", full=True)
-        assert standing.previous() == registry._previous(registry.client, "m")
+        assert standing.previous == registry._previous(registry.client, "m")
         pin, promoted, latest = registry._pointers(registry.client, "m")
         assert (standing.pin, standing.promoted, standing.latest) == (pin, promoted, latest)
         assert standing.versions == store.versions("m")

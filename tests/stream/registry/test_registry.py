@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from stream.registry import base
+from stream.registry.policy import rollback_target
 from stream.registry.registry import HISTORY_LIMIT, Registry, RegistryError, RollbackCommand
 from stream.store.snapshots import SnapshotStore
 from tests.support.registry import dump_all, write_version
@@ -323,14 +324,43 @@ def test_retention_parses_each_history_entry_once(
     assert len(history_parses) == 8  # the rollback's own entry, new since
 
 
+def test_a_long_history_is_read_by_its_tail(
+    store: SnapshotStore, registry: Registry, key: bytes, history_parses: list[bytes | str]
+) -> None:
+    """Under the ``always`` policy every version is auto-promoted: retention, after every
+    snapshot, decides the rollback target from the history's last `HISTORY_TAIL` entries, not
+    its thousands (before: the whole history read, each entry parsed once per process)."""
+    versions = [write_version(store, key) for _ in range(3)]
+    for v in versions:
+        registry.auto_promote("m", v, {"Accuracy": 0.5})
+    older = [json.dumps({"time": t, "action": "auto-promote", "to": 1}) for t in range(2_000)]
+    store.client.lpush(registry.keys.history("m"), *older)  # older promotions, all distinct
+    history_parses.clear()
+    assert registry.retention("m", 1) == [versions[0]]  # v2 is the rollback target: kept
+    assert 0 < len(history_parses) <= base.HISTORY_TAIL
+    # A rollback among the last entries: the whole history decides. Back on v2, the version
+    # promoted before it is v1.
+    assert registry.rollback("m", reason="v3 is bad").to == versions[1]
+    history_parses.clear()
+    assert registry._previous(store.client, "m") == versions[0]
+    assert len(history_parses) > 2_000 - base.HISTORY_TAIL  # the whole history, parsed
+
+
+@pytest.mark.parametrize("tail", [1, 2, 32])
 def test_the_parsed_history_folds_as_a_fresh_parse_through_trims(
-    store: SnapshotStore, registry: Registry, key: bytes, monkeypatch: pytest.MonkeyPatch
+    store: SnapshotStore,
+    registry: Registry,
+    key: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    tail: int,
 ) -> None:
     """Promotions, rollbacks and pins with a history of 4 entries, so that every write trims
     it: after each step, the version a rollback goes back to (and retention protects) is the
-    one a fresh parse of the history gives."""
+    one a fresh parse of the whole history gives, whether its last ``tail`` entries decided
+    it or not."""
     monkeypatch.setattr(base, "_PARSED", {})
     monkeypatch.setattr(base, "HISTORY_LIMIT", 4)
+    monkeypatch.setattr(base, "HISTORY_TAIL", tail)
     rng = random.Random(13)
     versions: list[int] = []
     seen = set()
@@ -352,5 +382,13 @@ def test_the_parsed_history_folds_as_a_fresh_parse_through_trims(
         monkeypatch.setattr(base, "_PARSED", fresh)
         assert registry._previous(store.client, "m") == cached, step
         monkeypatch.setattr(base, "_PARSED", {**fresh, **base._PARSED})
+        _pin, promoted, latest = registry._pointers(store.client, "m")
+        whole = rollback_target(
+            registry.history("m"), promoted if promoted is not None else latest,
+            lambda v: max((o for o in store.versions("m") if o < v), default=None),
+        )  # fmt: skip
+        assert cached == whole, step
+        standing, _ = registry._standing(store.client, "m", full=True)
+        assert standing.previous == whole, step
         seen.add(cached)
     assert len(seen) > 3  # the sequence moved the target around
