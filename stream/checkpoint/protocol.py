@@ -17,9 +17,11 @@ Taking a snapshot, in order (each step only after the previous one succeeded):
    one was smaller than ``fork_min_bytes`` is serialized in the learner instead (step 4, ≈ 2 ms
    for a logistic regression: less than a fork) and written by a thread (step 5 and the
    registry's steps after it), so that its round trips to Redis wait beside the learning: 13
-   for one model (the version number 1, the write 4, then per model the promotion 3 and
-   retention 4, or 5 when it prunes; the champion/challenger policies 1), 31–39 before they
-   were batched (`tests/stream/registry/test_base.py` counts them).
+   for one model as a rule (the version number 1, the write 4, then per model the promotion 3
+   and retention 4, or 5 when it prunes; the champion/challenger policies 1); one more in a
+   model's steps when another learner owns it, or when the history's last entries do not
+   decide its rollback target, and two more in the write with replicas to wait for. 31–39
+   before they were batched (`tests/stream/registry/test_base.py` counts them).
 4. **Serialize and sign** (in the child, or in the learner: `prepare_snapshot`). Each model
    state becomes its own signed blob (what serving loads); the core without its models plus
    the offsets is the checkpoint blob.

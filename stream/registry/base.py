@@ -53,7 +53,8 @@ def _policy_of(raw: bytes | None) -> Policy:
 @dataclass(frozen=True, slots=True)
 class Standing:
     """What a model's registry steps decide from, read in one round trip (`RegistryBase._standing`;
-    two when another learner than ``default`` owns the model)."""
+    one more when another learner than ``default`` owns the model, and one more when the
+    history's tail does not decide the rollback target)."""
 
     known: bool
     """In the models set."""
@@ -118,8 +119,16 @@ class RegistryBase:
 
     def _batch(self, r: Any, *commands: tuple[Any, ...]) -> list[Any]:
         """``commands`` in one round trip, on ``r``'s watching connection inside `_atomic`'s
-        ``body`` (`stream.store.batching.batch`)."""
-        return batch(r, *commands)
+        ``body`` (`stream.store.batching.batch`). A connection lost there is a `WatchError`,
+        as redis-py makes it for a command it sends alone: `_atomic` tries again, on a new
+        connection (a failover's)."""
+        try:
+            return batch(r, *commands)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if not getattr(r, "watching", False):
+                raise
+            r.connection.disconnect()
+            raise redis.WatchError(f"a connection error occurred while watching: {exc}") from exc
 
     def _standing(
         self, r: Any, model: str, *, full: bool = False, also: Sequence[tuple[Any, ...]] = ()
@@ -183,9 +192,12 @@ class RegistryBase:
         here. Each entry is parsed once per process (`parsed_history`)."""
         key = self.keys.history(model)
         current = promoted if promoted is not None else latest
-        decided, target = rollback_target_from_tail(parsed_history(key, tail), current)
+        last = parsed_history(f"{key} (tail)", tail)  # cached apart: it would evict the whole
+        decided, target = rollback_target_from_tail(last, current)
         if decided:
             return target
+        if len(tail) < HISTORY_TAIL:  # the tail is the whole history
+            return rollback_target(last, current, older)
         (raws,) = self._batch(r, ("LRANGE", key, 0, -1))
         return rollback_target(parsed_history(key, raws), current, older)
 

@@ -66,6 +66,8 @@ class RetentionOps(RegistryBase):
         )  # fmt: skip
         if keep_last is None:
             keep_last = int(setting) if setting is not None else default_keep
+            if keep_last < 1:  # a key set by hand: `set_retention` refuses it
+                raise RegistryError(f"keep-last must be >= 1, not {keep_last}")
         names = {_text(m) for m in learners} | {DEFAULT_LEARNER}
         pointers = [self.keys.learner_checkpoint_latest(n) for n in sorted(names)]
         watch = [

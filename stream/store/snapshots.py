@@ -171,7 +171,11 @@ class SnapshotStore:
                 queue_trace(tx, self.keys, trace, metas)
             if not self.wait_replicas:  # 3. notify, at EXEC: after everything is visible
                 self._notify(tx, metas, version)
-            tx.execute()
+            try:
+                tx.execute()
+            except redis.WatchError:  # an owner moved while the chunks went: a handover?
+                self._check_owners(self.client, list(metas))  # then named as one
+                raise
             if self.wait_replicas:  # on enough replicas before announced (lost only by them all)
                 self.client.wait(self.wait_replicas, WAIT_REPLICAS_MS)
                 self._notify(self.client.pipeline(transaction=False), metas, version).execute()

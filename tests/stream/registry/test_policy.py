@@ -23,8 +23,6 @@ from stream.store.comparisons import ComparisonStore
 from stream.store.snapshots import SnapshotStore
 from tests.support.registry import write_version
 
-pytestmark = pytest.mark.integration
-
 _ACTIONS = ["promote", "auto-promote", "rollback", "policy", "pin", "unpin", "prune", "import"]
 _entries = st.lists(
     st.builds(
@@ -79,6 +77,7 @@ def write(store: SnapshotStore, comparison: ModelComparison, version: int = 7) -
     ComparisonStore(store.client, store.keys.prefix).write(version, [comparison.record()])
 
 
+@pytest.mark.integration
 def test_the_policy_waits_for_enough_labels_and_a_decision_beyond_the_margin(
     store: SnapshotStore, graphs: GraphRegistry, policies: ChallengerPolicies
 ) -> None:
@@ -123,6 +122,7 @@ def test_the_policy_waits_for_enough_labels_and_a_decision_beyond_the_margin(
     assert len(policies.evaluate()) == 1
 
 
+@pytest.mark.integration
 def test_a_graph_already_without_the_champion_is_only_marked(
     store: SnapshotStore, graphs: GraphRegistry, policies: ChallengerPolicies
 ) -> None:
@@ -136,6 +136,7 @@ def test_a_graph_already_without_the_champion_is_only_marked(
     assert marked is not None and marked.promoted is not None
 
 
+@pytest.mark.integration
 def test_policies_are_listed_deleted_and_checked(
     store: SnapshotStore, policies: ChallengerPolicies
 ) -> None:
@@ -150,6 +151,7 @@ def test_policies_are_listed_deleted_and_checked(
         policies.set("g", "tree", "hat", margin=-0.1, min_labels=10)
 
 
+@pytest.mark.integration
 def test_swap_champion_keeps_rules_switches_splits_and_shadows_meaningful() -> None:
     from schemas.graph_parser import parse_graph
     from schemas.graphs import graph_to_dict

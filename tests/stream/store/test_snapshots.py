@@ -17,7 +17,13 @@ from redis.retry import Retry
 
 from learners.serialization import MAGIC, dump_signed, load_signed
 from schemas.errors import SnapshotError, SnapshotIntegrityError
-from stream.store.snapshots import RedisUnavailableError, SnapshotMeta, SnapshotStore
+from stream.store import snapshots
+from stream.store.snapshots import (
+    OwnershipLostError,
+    RedisUnavailableError,
+    SnapshotMeta,
+    SnapshotStore,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -261,6 +267,38 @@ def test_a_write_takes_four_round_trips_after_its_number(
     assert [packet.split(b"\r\n")[2] for packet in sent] == [b"WATCH", b"MGET", b"SET", b"MULTI"]
     assert store.latest_version("a") == store.latest_version("b") == version
     assert store.load_model("b", version)[0] == 4
+
+
+def test_a_model_owned_by_another_learner_is_refused_before_its_chunks(
+    client: redis.Redis, prefix: str
+) -> None:
+    store = SnapshotStore(client, prefix, KEY)
+    v1 = write(store, {"m": 1})
+    client.set(store.keys.owner("m"), "b")  # handed over to learner b
+    with pytest.raises(OwnershipLostError, match="owned by learner 'b'"):
+        write(store, {"m": 2})
+    assert not client.exists(store.keys.chunk("m", v1 + 1, 0))
+    assert store.versions("m") == [v1]
+
+
+def test_a_handover_while_the_chunks_are_written_is_named_and_changes_nothing(
+    client: redis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SnapshotStore(client, prefix, KEY)
+    v1 = write(store, {"m": 1})
+    batch = snapshots.batch
+
+    def handed_over(r, *commands):  # the chunks go, then the model is handed over
+        replies = batch(r, *commands)
+        client.set(store.keys.owner("m"), "b")
+        return replies
+
+    monkeypatch.setattr(snapshots, "batch", handed_over)
+    with pytest.raises(OwnershipLostError, match="owned by learner 'b'"):
+        write(store, {"m": 2})
+    assert client.exists(store.keys.chunk("m", v1 + 1, 0))  # written, and never referenced
+    assert store.versions("m") == [v1] and store.latest_version("m") == v1
+    assert store.latest_checkpoint()[0] == v1
 
 
 def test_notification_received(client: redis.Redis, prefix: str) -> None:
