@@ -135,8 +135,8 @@ class SnapshotStore:
             if not is_model_name(name):
                 raise SnapshotError(f"invalid model name {name!r}: use {MODEL_NAME_RULE}")
         metas: dict[str, SnapshotMeta] = {}
-        # Five round trips with the version number, whatever the number of models: a small
-        # model's snapshot is mostly waiting on them (`bench/snapshot_writer.py`).
+        # Four round trips (two more with replicas to wait for), whatever the number of
+        # models: a small model's snapshot is mostly waiting on them (`bench/snapshot_writer.py`).
         with wrapped(f"write version {version}"), self.client.pipeline(transaction=True) as tx:
             self._check_owners(tx, list(models))  # watched from here; no chunks for nothing
             # 1. chunks, in one round trip on the transaction's watching connection
