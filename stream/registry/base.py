@@ -16,7 +16,7 @@ from schemas.errors import RegistryError
 from schemas.records import HistoryEntry, Policy, RollbackCommand, SnapshotMeta
 from stream.registry.policy import _int, _user, rollback_target, rollback_target_from_tail
 from stream.store.batching import batch
-from stream.store.keys import DEFAULT_LEARNER, Notification
+from stream.store.keys import DEFAULT_LEARNER, Notification, owner_of
 from stream.store.snapshots import SnapshotStore
 
 HISTORY_LIMIT = 10_000
@@ -36,13 +36,26 @@ def parsed_history(key: str, raws: list[bytes | str]) -> list[HistoryEntry]:
 
     With a full history (10 000 entries: one auto-promotion a version: 28 hours of versions
     every 10 s) the registry's steps after a snapshot cost 75-80 ms when every entry was parsed
-    afresh, 28-35 ms with this cache (`bench/registry_history.py`). The entries are shared
-    between calls: callers read them and never hand them out (`_previous`). A forked
-    snapshot's child starts from its parent's cache and its additions die with it."""
+    afresh, 28-35 ms with this cache, ≈ 2 ms once retention read only the history's tail
+    (`bench/registry_history.py`); a tail and a whole history are cached under keys of their
+    own (`_rollback_target`). The entries are shared between calls: callers read them and
+    never hand them out. A forked snapshot's child starts from its parent's cache and its
+    additions die with it."""
     known = _PARSED.get(key, {})
     entries = [known.get(raw) or HistoryEntry.from_json(raw) for raw in raws]
     _PARSED[key] = dict(zip(raws, entries, strict=True))
     return entries
+
+
+def _newest_below(r: Any, versions_key: str) -> Callable[[int], int | None]:
+    """``older`` of `rollback_target` read from Redis: the newest version in the sorted set
+    ``versions_key`` below the one given (one round trip, only when asked)."""
+
+    def older(current: int) -> int | None:
+        below = r.zrevrangebyscore(versions_key, f"({current}", "-inf", 0, 1)
+        return int(below[0]) if below else None
+
+    return older
 
 
 def _policy_of(raw: bytes | None) -> Policy:
@@ -159,9 +172,7 @@ class RegistryBase:
                 r, model, promoted=_int(promoted), latest=_int(latest), tail=replies[5],
                 older=lambda v: max((o for o in versions if o < v), default=None),
             )  # fmt: skip
-        owner_commands = self.keys.learner_commands(
-            DEFAULT_LEARNER if owner is None else owner.decode()
-        )
+        owner_commands = self.keys.learner_commands(owner_of(owner))
         if owner_commands != default_commands:
             watch = (("WATCH", owner_commands),) if getattr(r, "watching", False) else ()
             *_, raw_commands = self._batch(r, *watch, ("LRANGE", owner_commands, 0, -1))
@@ -260,8 +271,7 @@ class RegistryBase:
 
     def _owner(self, r: Any, model: str) -> str:
         """The learner that owns ``model`` (``default`` when none claimed it)."""
-        raw = r.get(self.keys.owner(model))
-        return DEFAULT_LEARNER if raw is None else raw.decode()
+        return owner_of(r.get(self.keys.owner(model)))
 
     def _commands_of(self, r: Any, model: str) -> str:
         """The command list of ``model``'s owner, added to the transaction's WATCH (``r`` is
@@ -280,11 +290,8 @@ class RegistryBase:
             ("LRANGE", self.keys.history(model), -HISTORY_TAIL, -1),
         )
 
-        def older(current: int) -> int | None:
-            below = r.zrevrangebyscore(self.keys.versions(model), f"({current}", "-inf", 0, 1)
-            return int(below[0]) if below else None
-
         _pin, promoted, latest = (_int(v) for v in pointers)
+        older = _newest_below(r, self.keys.versions(model))
         return self._rollback_target(
             r, model, promoted=promoted, latest=latest, tail=tail, older=older
         )

@@ -46,8 +46,8 @@ from schemas.errors import RegistryError, SnapshotError
 from schemas.graph_parser import parse_graph
 from schemas.graphs import GraphSpec, graph_to_dict
 from schemas.records import HistoryEntry
-from stream.registry.base import HISTORY_LIMIT, RegistryBase
-from stream.registry.policy import _user, promotion_stack
+from stream.registry.base import HISTORY_LIMIT, RegistryBase, _newest_below
+from stream.registry.policy import _user, rollback_target
 from stream.store.graphs import GraphStore
 from stream.store.keys import Notification, RedisKeys
 
@@ -295,15 +295,7 @@ class GraphRegistry(RegistryBase):
             elif entry.action in ("apply", "challenger", "rollback"):
                 action = "rollback" if entry.action == "rollback" else "promote"
                 entries.append(dataclasses.replace(entry, action=action))
-        stack = promotion_stack(entries)
-        if promoted is None:
-            return None
-        if not stack or stack[-1] != promoted:
-            stack.append(promoted)
-        if len(stack) >= 2:
-            return stack[-2]
-        older = r.zrevrangebyscore(self.keys.graph_versions(name), f"({promoted}", "-inf", 0, 1)
-        return int(older[0]) if older else None
+        return rollback_target(entries, promoted, _newest_below(r, self.keys.graph_versions(name)))
 
     def _atomic_graphs(self, what: str, watch: list[str], body: Any) -> Any:
         try:

@@ -73,6 +73,15 @@ DEFAULT_LEARNER = "default"
 learner groups existed)."""
 
 
+def owner_of(raw: bytes | None) -> str:
+    """The learner named by a model's owner key as read (``default`` when none claimed it).
+
+    >>> owner_of(None), owner_of(b"b")
+    ('default', 'b')
+    """
+    return DEFAULT_LEARNER if raw is None else raw.decode()
+
+
 def served_version(pin: int | None, promoted: int | None, latest: int | None) -> int | None:
     """The serving rule: the pin if set, else the promoted version, else the latest.
 

@@ -28,7 +28,14 @@ from schemas.names import MODEL_NAME_RULE, is_model_name
 from schemas.records import CheckpointMeta, SnapshotMeta
 from stream.store.batching import batch
 from stream.store.connect import redis_client
-from stream.store.keys import DEFAULT_LEARNER, Notification, RedisKeys, chunks, served_version
+from stream.store.keys import (
+    DEFAULT_LEARNER,
+    Notification,
+    RedisKeys,
+    chunks,
+    owner_of,
+    served_version,
+)
 from stream.store.trace import TraceWrite, queue_trace
 
 if TYPE_CHECKING:
@@ -197,7 +204,7 @@ class SnapshotStore:
             tx.watch(*owner_keys)
         mine = self.keys.learner
         for name, raw in zip(models, tx.mget(owner_keys), strict=True):
-            owner = DEFAULT_LEARNER if raw is None else raw.decode()
+            owner = owner_of(raw)
             if owner != mine:
                 raise OwnershipLostError(
                     f"model {name} is owned by learner {owner!r}, not {mine!r}: "
