@@ -6,6 +6,7 @@ Pure conversions, no routes; the mapping of tensors to features is documented in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -22,6 +23,12 @@ from serving.v2_tensors import (
     SHM_KEYS,
     V2Error,
 )
+
+read_row_in_c: Callable[[bytes, int], dict[str, Any] | None] | None
+try:  # the commonest body read in C (serving/_v2_body.c), built by pip install when it can be
+    from serving._v2_body import read_row as read_row_in_c
+except ImportError:  # without a C compiler at install (tests require it: here and in CI)
+    read_row_in_c = None
 
 
 def _type_name(value: Any) -> str:
@@ -216,11 +223,30 @@ def _split_middles(text: bytes, layout: _Layout) -> tuple[list[bytes], bool]:
 
 
 def numeric_row(raw: bytes, limits: InputLimits) -> dict[str, Any] | None:
-    """The row of the commonest body, read from its bytes by C loops: ``{"inputs": [...]}``
-    alone, one tensor per feature, each ``{"name", "shape": [1], "datatype", "data":
-    [number]}`` in that order, all of one datatype: FP64, FP32 or FP16 (the values become
-    floats) or INT64 (in range), laid out as one of `_LAYOUTS`. None for anything else, which `parse_infer_body`
-    then reads (and explains); when not None, the row is the one it gives, with no ``null``.
+    """The row of the commonest body, read from its bytes: ``{"inputs": [...]}`` alone, one
+    tensor per feature, each ``{"name", "shape": [1], "datatype", "data": [number]}``, all of
+    one datatype, laid out as one of `_LAYOUTS`; None for anything else, which
+    `parse_infer_body` then reads (and explains). When not None, the row is the one it gives.
+
+    The C reader (``serving/_v2_body.c``: one pass, ≈ 1.5 µs for 30 features) answers first;
+    what it leaves (escapes in a name, numbers over 18 digits, or it is not built) goes to
+    `read_row_in_python` (≈ 7 µs).
+
+    >>> numeric_row(b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP64","data":[2]}]}',
+    ...             InputLimits())
+    {'x': 2.0}
+    """
+    if read_row_in_c is not None:
+        row: dict[str, Any] | None = read_row_in_c(raw, limits.max_features)
+        if row is not None:
+            return row
+    return read_row_in_python(raw, limits)
+
+
+def read_row_in_python(raw: bytes, limits: InputLimits) -> dict[str, Any] | None:
+    """`numeric_row` read by C loops of Python's bytes (the C reader's fall-back): FP64, FP32
+    or FP16 values become floats, INT64 values stay integers (in range); None for anything
+    else; when not None, the row is the one `parse_infer_body` gives, with no ``null``.
 
     ≈ 7 µs for 30 features, against ≈ 19 for `parse_infer_body` (orjson builds 90 objects).
     Why the row is exact: each name-to-value text (``middles``) is replaced by ``\\n:``, then
@@ -231,11 +257,11 @@ def numeric_row(raw: bytes, limits: InputLimits) -> dict[str, Any] | None:
     the strings (an object of n entries needs that many), so the body was name, middle,
     value, between, name... with the very tokens the object holds.
 
-    >>> numeric_row(b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP64","data":[2]}]}',
-    ...             InputLimits())
+    >>> read_row_in_python(b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP64","data":[2]}]}',
+    ...                    InputLimits())
     {'x': 2.0}
-    >>> numeric_row(b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP64","data":[null]}]}',
-    ...             InputLimits()) is None
+    >>> read_row_in_python(b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP64","data":[null]}]}',
+    ...                    InputLimits()) is None
     True
     """
     layout = _SPACED if raw.startswith(_SPACED.prefix) else _COMPACT

@@ -168,6 +168,9 @@ def test_a_wheel_builds_from_what_the_dockerfile_copies(tmp_path: Path) -> None:
             assert files, f"{package}: {pattern} matches nothing"
             for file in files:
                 assert file.relative_to(ROOT).as_posix() in names, f"{file} not in the wheel"
+    for extension in setuptools["ext-modules"]:  # compiled here (the image installs a compiler)
+        stem = extension["name"].replace(".", "/")
+        assert any(n.startswith(stem + ".") and n.endswith(".so") for n in names), stem
     [entry_points] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "riverstream = stream.cli.main:main" in scripts

@@ -1,6 +1,7 @@
 """`serving.v2_requests.numeric_row`: the commonest infer body read from its bytes gives exactly
 the row of the general reading (`parse_infer_body`: same names in the same order, same types,
-same bits), and any other body, however close, is left to the general reading."""
+same bits), and any other body, however close, is left to the general reading. Each reader is
+checked alone too: the C one (`serving/_v2_body.c`) and the Python one it falls back to."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from serving.inputs import InputLimits
-from serving.v2_requests import _LAYOUTS, numeric_row, parse_infer_body
+from serving.v2_requests import (
+    _LAYOUTS,
+    numeric_row,
+    parse_infer_body,
+    read_row_in_c,
+    read_row_in_python,
+)
 from serving.v2_tensors import V2Error
 
 LIMITS = InputLimits(max_features=8, max_instances=4)
@@ -35,7 +42,20 @@ ODD_LITERALS = [
     "9223372036854775808", "-9223372036854775809", "1e400", "true", "null", '"1"', "[1]", "01",
     "1.", ".5", "NaN",
 ]  # fmt: skip
-literals = floats.map(repr) | int64.map(str) | st.sampled_from(ODD_LITERALS)
+# any literal of JSON's grammar, past a float's 17 digits and an int64's 19 (rounding, overflow)
+json_numbers = st.from_regex(
+    r"-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,24})?([eE][+-]?[0-9]{1,3})?", fullmatch=True
+)
+literals = floats.map(repr) | int64.map(str) | st.sampled_from(ODD_LITERALS) | json_numbers
+
+
+def in_c(raw: bytes, limits: InputLimits) -> dict[str, Any] | None:
+    assert read_row_in_c is not None, "serving/_v2_body.c was not built: pip install -e . again"
+    row: dict[str, Any] | None = read_row_in_c(raw, limits.max_features)
+    return row
+
+
+READERS = [numeric_row, in_c, read_row_in_python]
 
 
 def general(raw: bytes) -> Any:
@@ -46,8 +66,14 @@ def general(raw: bytes) -> Any:
 
 
 def assert_same(raw: bytes) -> dict[str, Any] | None:
-    """``numeric_row(raw)``, checked against the general reading when it gives a row."""
-    row = numeric_row(raw, LIMITS)
+    """``numeric_row(raw)``; each reader's row (`READERS`) checked against the general reading
+    when it gives one."""
+    rows = [assert_read_alike(read, raw) for read in READERS]
+    return rows[0]
+
+
+def assert_read_alike(read: Any, raw: bytes) -> dict[str, Any] | None:
+    row: dict[str, Any] | None = read(raw, LIMITS)
     if row is not None:
         expected = general(raw)
         assert expected == (None, [row], None), raw
@@ -80,6 +106,7 @@ def test_the_commonest_bodies_are_read_from_their_bytes(dumps: Any, datatype: st
     raw = dumps({"inputs": inputs})
     row = assert_same(raw)
     assert row is not None and list(row) == ["x0", "x1", "x2"]
+    assert in_c(raw, LIMITS) == row  # read in C, not left to the Python reader
     assert all(type(v) is (int if datatype == "INT64" else float) for v in row.values())
 
 
@@ -103,13 +130,48 @@ def test_the_commonest_bodies_are_read_from_their_bytes(dumps: Any, datatype: st
 def test_other_bodies_are_left_to_the_general_reading(raw: bytes) -> None:
     """A trailing newline, an id, mixed datatypes, a name twice, a boolean, a float for an
     integer, an infinity, another datatype, a missing comma, a broken end."""
-    assert numeric_row(raw, LIMITS) is None
+    for read in READERS:
+        assert read(raw, LIMITS) is None, read
 
 
 def test_more_inputs_than_the_limit_are_left_to_the_general_reading() -> None:
     tensors = [(f"x{i}", "FP64", "1.5") for i in range(LIMITS.max_features + 1)]
-    assert numeric_row(body(tensors, compact=True), LIMITS) is None
-    assert numeric_row(body(tensors[:-1], compact=True), LIMITS) is not None
+    for read in READERS:
+        assert read(body(tensors, compact=True), LIMITS) is None, read
+        assert read(body(tensors[:-1], compact=True), LIMITS) is not None, read
+
+
+@pytest.mark.parametrize(
+    ("name", "literal"),
+    [('a"b', "1.5"), ("tab\there", "1.5"), ("x", "12345678901234567890"), ("x", "1" * 70 + ".5")],
+)
+def test_what_the_c_reader_leaves_the_python_one_reads(name: str, literal: str) -> None:
+    """An escape in a name, an integer of more than 18 digits, a literal of more than 63
+    characters: the C reader leaves them, the Python reader reads them, and so does
+    `numeric_row`."""
+    raw = body([(name, "FP64", literal)], compact=False)
+    assert in_c(raw, LIMITS) is None
+    row = assert_same(raw)
+    assert row == {name: float(literal)}
+
+
+def test_the_c_reader_keeps_names_by_position_and_never_mixes_them_up() -> None:
+    """The names kept from the last body are reused only when the bytes are the same: names
+    swapped, lengthened, shortened, not ASCII (written as UTF-8, or escaped: left to the
+    Python reader), then the first body again."""
+    bodies = [
+        [("age", "FP64", "1"), ("income", "FP64", "2")],
+        [("income", "FP64", "1"), ("age", "FP64", "2")],
+        [("incomes", "FP64", "1"), ("ag", "FP64", "2")],
+        [("âge", "FP64", "1"), ("ïncome", "FP64", "2"), ("x", "FP64", "3")],
+        [("age", "FP64", "1"), ("income", "FP64", "2")],
+    ]
+    for tensors in bodies:
+        for compact in (True, False):
+            raw = body(tensors, compact)
+            expected = {name: float(value) for name, _, value in tensors}
+            row = in_c(raw, LIMITS) if b"\\" not in raw else numeric_row(raw, LIMITS)
+            assert row == expected and list(row) == list(expected)  # "\u00e2": Python's
 
 
 @settings(max_examples=600)

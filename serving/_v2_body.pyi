@@ -1,0 +1,3 @@
+"""Types of the C reader of the commonest v2 infer body (``serving/_v2_body.c``)."""
+
+def read_row(raw: bytes, max_features: int, /) -> dict[str, float | int] | None: ...
