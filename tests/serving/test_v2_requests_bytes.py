@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import struct
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -232,3 +234,87 @@ def test_a_body_edited_anywhere_is_read_right_or_left_alone(
         at %= len(raw) + 1
         raw = raw[:at] + insert.encode() + raw[at + cut :]
     assert_same(raw)
+
+
+# -- the C reader's table of powers of five ----------------------------------------------------
+
+
+def powers_of_five_128() -> list[int]:
+    """For q in [-342, 308], the 128 most significant bits of 5**q (for q < 0, of its
+    reciprocal, rounded up): the table of Eisel and Lemire's algorithm (as fast_float's)."""
+    table = []
+    for q in range(-342, 309):
+        if q >= 0:
+            power = 5**q
+            while power < 1 << 127:
+                power *= 2
+            while power >= 1 << 128:
+                power //= 2
+        else:
+            divisor = 5**-q
+            z = (divisor - 1).bit_length()  # the least z with 2**z >= divisor
+            power = 2 ** (z + 127 if q >= -27 else 2 * z + 128) // divisor + 1
+            while power >= 1 << 128:
+                power //= 2
+        table.append(power)
+    return table
+
+
+def table_header() -> str:
+    """serving/_v2_body_pow5.h's text: ``Path("serving/_v2_body_pow5.h").write_text(table_header())``
+    writes it again."""
+    rows = "".join(
+        f"    {{0x{p >> 64:016x}u, 0x{p & (2**64 - 1):016x}u}},  /* 5^{q} */\n"
+        for q, p in zip(range(-342, 309), powers_of_five_128(), strict=True)
+    )
+    return (
+        "/* 5^q for q in [-342, 308]: its 128 most significant bits, high then low (for q < 0,\n"
+        " * of its reciprocal, rounded up), for Eisel and Lemire's algorithm in _v2_body.c.\n"
+        " * Written and checked by tests/serving/test_v2_requests_bytes.py (table_header). */\n"
+        "#define POW5_SMALLEST (-342)\n#define POW5_LARGEST 308\n"
+        f"static const uint64_t POW5[651][2] = {{\n{rows}}};\n"
+    )
+
+
+def test_the_c_readers_table_is_the_powers_of_five() -> None:
+    header = Path(__file__).resolve().parents[2] / "serving" / "_v2_body_pow5.h"
+    assert header.read_text() == table_header()
+    table = powers_of_five_128()
+    assert table[342] == 1 << 127 and table[0] >> 64 == 0xEEF453D6923BD65A  # 5^0, 5^-342
+
+
+@settings(max_examples=3000)
+@given(
+    digits=st.integers(1, 10**19 - 1),
+    exponent=st.integers(-360, 330),
+    sign=st.sampled_from(["", "-"]),
+)
+def test_the_c_reader_rounds_every_decimal_as_python_does(
+    digits: int, exponent: int, sign: str
+) -> None:
+    """Up to 19 significant digits at any power of ten (the fast algorithm's domain, and past
+    it at both ends: subnormals, overflow): the float Python reads, bit for bit, or left."""
+    literal = f"{sign}{digits}e{exponent}"
+    row = in_c(body([("x", "FP64", literal)], compact=True), LIMITS)
+    expected = float(literal)
+    if row is None:
+        assert not math.isfinite(expected)
+        return
+    assert struct.pack("d", row["x"]) == struct.pack("d", expected), literal
+
+
+def test_the_c_reader_rounds_halfway_decimals_to_even() -> None:
+    """The decimal exactly between two floats, and one digit either side of it."""
+    from decimal import Decimal, localcontext
+
+    for value in (1.0, 0.1, 2.0**-1022, 9007199254740992.0, 1e23, 1.7976931348623155e308):
+        above = math.nextafter(value, math.inf)
+        with localcontext() as context:
+            context.prec = 80
+            middle = (Decimal(value) + Decimal(above)) / 2
+            literals = [f"{middle:.40e}", f"{middle.next_plus():.40e}", f"{middle:.18e}"]
+        for literal in literals:
+            row = in_c(body([("x", "FP64", literal)], compact=True), LIMITS)
+            expected = float(literal)
+            if row is not None:  # over 63 characters: left to the others
+                assert struct.pack("d", row["x"]) == struct.pack("d", expected), literal
