@@ -248,6 +248,7 @@ read_number(const char **at, const char *end, int integers)
 static PyObject *
 read_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
+    (void)module;
     if (nargs != 2 || !PyBytes_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "read_row(raw: bytes, max_features: int)");
         return NULL;
@@ -338,9 +339,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "serving._v2_body",
-    "The commonest Open Inference Protocol v2 infer body, read in C (see _v2_body.c).", -1,
-    methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "serving._v2_body",
+    .m_doc = "The commonest Open Inference Protocol v2 infer body, read in C (see _v2_body.c).",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC

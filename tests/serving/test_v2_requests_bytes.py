@@ -318,3 +318,25 @@ def test_the_c_reader_rounds_halfway_decimals_to_even() -> None:
             expected = float(literal)
             if row is not None:  # over 63 characters: left to the others
                 assert struct.pack("d", row["x"]) == struct.pack("d", expected), literal
+
+
+def test_without_the_c_reader_the_python_one_reads_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An install without a C compiler: `numeric_row` gives the same rows."""
+    import serving.v2_requests
+
+    raws = [
+        body([("a", "FP64", "1.5"), ("b", "FP64", "-2")], compact=True),
+        body([("a", "INT64", "3"), ("b", "INT64", "-4")], compact=False),
+    ]
+    built = [numeric_row(raw, LIMITS) for raw in raws]
+    monkeypatch.setattr(serving.v2_requests, "read_row_in_c", None)
+    assert (
+        [numeric_row(raw, LIMITS) for raw in raws]
+        == built
+        == [
+            {"a": 1.5, "b": -2.0},
+            {"a": 3, "b": -4},
+        ]
+    )
