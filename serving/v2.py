@@ -268,8 +268,10 @@ def v2_router(
             status, job = exc.status, None
             body = orjson.dumps({"error": exc.message}, option=orjson.OPT_NON_STR_KEYS)
         if observe is not None:
-            found = follower.is_known(name) or (
-                graphs is not None and graphs.follower.get(name) is not None
+            found = (  # an answer found its model or graph
+                status == 200
+                or follower.is_known(name)
+                or (graphs is not None and graphs.follower.get(name) is not None)
             )
             label = name if found else "none"
             observe(INFER_ROUTE, label, status, time.perf_counter() - started)
