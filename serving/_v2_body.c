@@ -6,9 +6,11 @@
  * INT64), laid out as Python's json.dumps or a compact writer lays it out: the layouts of
  * `serving.v2_requests._LAYOUTS`, whose texts are repeated below. It returns the row, or None
  * for anything it does not read itself, which the Python reader then reads (or leaves to the
- * general reading): a name with an escape or a control character, a number of more than 18
- * digits or 63 characters, a value that is not finite, a name given twice, more names than
- * `max_features`, any other byte anywhere.
+ * general reading): a name with an escape or a control character, an integer of more than 18
+ * digits, a float past the fast algorithm's reach written in more than 63 characters, a value
+ * that is not finite, a name given twice, more names than `max_features`, any other byte
+ * anywhere. (A typo in the texts below would only leave bodies to the Python reader; a test
+ * checks that each layout and datatype is read here.)
  *
  * The row is the general reading's (`parse_infer_body`, orjson), value for value:
  * - a name is the UTF-8 text between its quotes (no escapes here, so no decoding beyond
