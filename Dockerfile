@@ -19,9 +19,10 @@ COPY learners ./learners
 COPY serving ./serving
 COPY observability ./observability
 COPY console ./console
-# A C compiler for the build only (serving/_v2_body.c, the v2 infer body's reader), then removed.
+# A C compiler for the build only (serving/_v2_body.c, the v2 infer body's reader; the image
+# fails to build without it), then removed.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && pip install '.[parquet]' \
+    && pip install '.[parquet]' && (cd /tmp && python -c 'import serving._v2_body') \
     && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 
 # Non-root; the state directory (pids, local key) is the only writable place it needs.

@@ -72,8 +72,10 @@ static const Text MIDDLE[2][4] = {
 
 /* The names of the last body read, by position: a client sends the same names in the same
  * order request after request, so a name equal to the one at its position last time is that
- * `str` again (no decoding, its hash kept). Read and written with the GIL held. */
+ * `str` again (no decoding, its hash kept). Only short names are kept (at most 64 kB in all,
+ * whatever the bodies). Read and written with the GIL held. */
 #define KEPT_NAMES 1024
+#define KEPT_NAME_BYTES 64
 static PyObject *kept_names[KEPT_NAMES];
 
 static PyObject *
@@ -86,7 +88,7 @@ name_at(Py_ssize_t position, const char *name, Py_ssize_t size)
         return kept;
     }
     PyObject *decoded = PyUnicode_DecodeUTF8(name, size, "strict");
-    if (decoded != NULL && position < KEPT_NAMES) {
+    if (decoded != NULL && position < KEPT_NAMES && size <= KEPT_NAME_BYTES) {
         Py_INCREF(decoded);
         Py_XSETREF(kept_names[position], decoded);
     }
@@ -204,9 +206,11 @@ read_number(const char **at, const char *end, int integers)
         if (!is_digit(p, end))
             return NULL;
         int64_t exponent = 0;
-        for (; is_digit(p, end); p++)
-            if (exponent < 100000)
-                exponent = exponent * 10 + (*p - '0');
+        for (; is_digit(p, end); p++) {
+            exponent = exponent * 10 + (*p - '0');
+            if (exponent > 100000000)  /* kept exact (a larger one: the others read it) */
+                return NULL;
+        }
         q += minus ? -exponent : exponent;
         fraction_or_exponent = 1;
     }

@@ -313,11 +313,56 @@ def test_the_c_reader_rounds_halfway_decimals_to_even() -> None:
             context.prec = 80
             middle = (Decimal(value) + Decimal(above)) / 2
             literals = [f"{middle:.40e}", f"{middle.next_plus():.40e}", f"{middle:.18e}"]
-        for literal in literals:
+        for literal in literals:  # 41 digits (strtod), 42, then 19 (Eisel and Lemire)
             row = in_c(body([("x", "FP64", literal)], compact=True), LIMITS)
-            expected = float(literal)
-            if row is not None:  # over 63 characters: left to the others
-                assert struct.pack("d", row["x"]) == struct.pack("d", expected), literal
+            assert row is not None, literal
+            assert struct.pack("d", row["x"]) == struct.pack("d", float(literal)), literal
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [
+        "0." + "0" * 99_999 + "1e1000000",  # past the exponent the reader keeps exact
+        "0." + "0" * 999_999 + "1e1000000",
+        "0." + "0" * 99_999 + "1e99999",
+        "1e" + "9" * 30,
+        "1e-" + "9" * 30,
+        "0." + "0" * 400 + "1",
+    ],
+)
+def test_long_exponents_and_leading_zeros_are_read_exactly_or_left(literal: str) -> None:
+    """Leading zeros lower the power of ten one by one: the exponent must stay exact (a
+    reader that stopped adding its digits gave 1.0 for the first literal, whose value is
+    infinite, and 0.0 for the second, whose value is 1.0)."""
+    raw = body([("x", "FP64", literal)], compact=True)
+    for read in READERS:
+        row = assert_read_alike(read, raw)
+        if row is not None:
+            assert struct.pack("d", row["x"]) == struct.pack("d", float(literal))
+
+
+def test_the_c_reader_keeps_no_long_name() -> None:
+    """Names are kept by position for the next body, short ones only: a client sending long
+    names (in bodies read or not) pins nothing."""
+    import gc
+    import tracemalloc
+
+    long_name = "n" * 4_000_000
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for position in range(3, -1, -1):
+            names = [f"x{i}" for i in range(position)] + [long_name]
+            raw = body([(n, "FP64", "1.5") for n in names], compact=True)
+            assert in_c(raw + b" ", LIMITS) is None  # not read: a byte too many
+            assert in_c(raw, LIMITS) is not None
+            del raw
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1_000_000, kept
 
 
 def test_without_the_c_reader_the_python_one_reads_the_same(
