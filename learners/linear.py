@@ -102,7 +102,7 @@ def _compiled(estimator: Any) -> LinearPredict | None:
     if params is None or not _finite(intercept):
         return None
     get = params.get
-    mean_func = _link(model.loss)
+    mean_func = mean_function(model.loss)
     # The sum is written out in both functions, not shared: a call per request costs what
     # several features do.
     if type(model) is linear_model.LinearRegression:
@@ -129,7 +129,7 @@ def _compiled(estimator: Any) -> LinearPredict | None:
     return predict_proba
 
 
-def _link(loss: Any) -> Callable[[float], Any]:
+def mean_function(loss: Any) -> Callable[[float], Any]:
     """The loss's mean function of a float, as River's predictions call it: the sigmoid of
     `optim.losses.BinaryLoss` and the identity of ``RegressionLoss`` directly, when the loss
     keeps them (each checks first for a numpy array, which a float is not)."""

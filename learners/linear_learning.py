@@ -8,8 +8,9 @@ dict), then the linear model's ``learn_one``. The scaler's part is half of the â
 of Agrawal's 9 features costs. `compile_learning` returns a `LinearLearning` whose ``learn_one``
 updates the scaler and scales each feature in one pass, with River's expressions in River's
 order on River's dicts, then hands the scaled features to the linear model's own ``learn_one``;
-its predictions scale as ``transform_one`` does and call the linear model's own. The state stays
-River's objects: a snapshot pickles them as River's own loop would have left them.
+its predictions scale each feature as ``transform_one`` does and add its term to the dot
+product as ``VectorDict.dot`` does, in the same pass. The state stays River's objects: a
+snapshot pickles them as River's own loop would have left them.
 
 Why the state is River's, number for number:
 
@@ -25,7 +26,11 @@ Why the state is River's, number for number:
   sample changes, so scaling it right after its update gives what ``transform_one`` gives after
   the whole update (``vars[i]`` read, then ``means[i]`` only when the variance is not 0);
 - predicting reads the statistics with the same lookups as ``transform_one`` (which store an
-  unseen feature's variance at 0.0, as River's do); the rest is River's own code.
+  unseen feature's variance at 0.0, as River's do), then adds ``weight * scaled`` in the order
+  of the features, from 0.0, a feature without a weight weighing 0.0 (an infinite or NaN
+  value then makes the sum NaN), as ``VectorDict.dot`` (River's Rust) does; then the intercept and the loss's mean function, as ``_raw_dot_one`` and the predictions do,
+  a classifier's label being the class of the larger probability, the first (False) on a tie,
+  as ``max`` over River's dict picks it.
 
 Only the exact types are compiled (`compose.Pipeline` of a `preprocessing.StandardScaler` with
 ``with_std`` and no window, then a `linear_model.LogisticRegression` or `LinearRegression`),
@@ -58,7 +63,7 @@ from typing import Any
 
 from river import compose, linear_model, optim, preprocessing, utils
 
-from learners.linear import linear_steps
+from learners.linear import linear_steps, mean_function
 
 _PROBES: tuple[tuple[dict[str, Any], Any], ...] = (
     ({"riverstream probe a": 1.5, "riverstream probe b": -2}, 1),
@@ -78,6 +83,8 @@ class LinearLearning:
         scaler, model = estimator.steps.values()
         self.scaler: preprocessing.StandardScaler = scaler
         self.model: Any = model
+        self._loss: Any = None  # the loss whose mean function `_mean` is (read each time:
+        self._mean: Any = None  # River's `mutate` may change it)
 
     def learn_one(self, x: dict[str, Any], y: Any) -> None:
         """What ``estimator.learn_one(x, y)`` does."""
@@ -119,27 +126,44 @@ class LinearLearning:
         weights.isub_scaled(step, optimizer.lr.get(optimizer.n_iterations))
         optimizer.n_iterations += 1
 
-    def _scaled(self, x: dict[str, Any]) -> dict[str, Any]:
-        """``scaler.transform_one(x)``, with its reads."""
-        scaler = self.scaler
+    def _raw_dot(self, x: dict[str, Any]) -> float:
+        """``model._raw_dot_one(scaler.transform_one(x))`` in one pass, with the transform's
+        reads (see the module docstring)."""
+        scaler, model = self.scaler, self.model
         means, variances = scaler.means, scaler.vars
-        scaled = {}
+        weight = model._weights.get
+        acc = 0.0
         for i, xi in x.items():
             var = variances[i]
-            scaled[i] = (xi - means[i]) / var**0.5 if var else 0.0
-        return scaled
+            scaled = (xi - means[i]) / var**0.5 if var else 0.0
+            acc += weight(i, 0.0) * scaled
+        total: float = acc + model.intercept
+        return total
+
+    def _mean_of(self, raw: float) -> Any:
+        """The loss's mean function of ``raw``, as ``loss.mean_func`` gives it."""
+        loss = self.model.loss
+        if loss is not self._loss:
+            self._loss, self._mean = loss, mean_function(loss)
+        return self._mean(raw)
 
     def predict_one(self, x: dict[str, Any]) -> Any:
         """What ``estimator.predict_one(x)`` answers."""
         if compose.Pipeline._LEARN_UNSUPERVISED_DURING_PREDICT:
             return self.estimator.predict_one(x)
-        return self.model.predict_one(self._scaled(x))
+        y = self._mean_of(self._raw_dot(x))
+        if type(self.model) is linear_model.LogisticRegression:
+            return y > 1.0 - y  # max({False: 1.0 - y, True: y}, key=...): False on a tie
+        return y
 
     def predict_proba_one(self, x: dict[str, Any]) -> Any:
         """What ``estimator.predict_proba_one(x)`` answers (a classifier's)."""
         if compose.Pipeline._LEARN_UNSUPERVISED_DURING_PREDICT:
             return self.estimator.predict_proba_one(x)
-        return self.model.predict_proba_one(self._scaled(x))
+        if type(self.model) is not linear_model.LogisticRegression:
+            return self.estimator.predict_proba_one(x)  # a regressor's: River's own answer
+        p = self._mean_of(self._raw_dot(x))
+        return {False: 1.0 - p, True: p}
 
 
 def compile_learning(estimator: Any) -> LinearLearning | None:
