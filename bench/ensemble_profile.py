@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from graph_predict import events, publish, trained  # noqa: E402
-from serving_harness import KEY, start_redis  # noqa: E402
+from serving_harness import KEY, best_of, start_redis  # noqa: E402
 
 ROUTES = {
     "model": "/v1/models/lr/predict",
@@ -105,18 +105,6 @@ def asgi_call(app: Any, path: str, body: bytes) -> Callable[[], Awaitable[int]]:
     return call
 
 
-def best_of(calls: dict[str, Callable[[], Any]], trials: int, n: int) -> dict[str, float]:
-    """CPU µs per call, minimum over ``trials`` interleaved runs of ``n`` calls."""
-    best = dict.fromkeys(calls, float("inf"))
-    for _ in range(trials):
-        for name, call in calls.items():
-            start = time.process_time()
-            for _ in range(n):
-                call()
-            best[name] = min(best[name], (time.process_time() - start) / n * 1e6)
-    return {name: round(value, 1) for name, value in best.items()}
-
-
 async def measure(app: Any, body: bytes, trials: int, n: int) -> dict[str, Any]:
     v2 = v2_body(events()[0])
     calls = {
@@ -149,7 +137,7 @@ async def measure(app: Any, body: bytes, trials: int, n: int) -> dict[str, Any]:
         "fraud evaluation": lambda: graph.compiled.evaluate(x, models=service.lookup()),
         **{f"member {m.name}": (lambda m=m: m.predict(x)) for m in members},
     }
-    out["service"] = best_of(inner, trials, n)
+    out["service"] = {k: round(v, 1) for k, v in best_of(inner, trials, n).items()}
     # the same app with the members stubbed: the graph route and evaluation alone
     stubs = {name: Stub(model) for name, model in real.items()}
     weights: dict[tuple[str, int], float | None] = {}  # by_metric weights, kept as the service's

@@ -31,10 +31,23 @@ from stream.dev.services import free_port  # noqa: E402
 KEY = "bench-key"
 
 __all__ = [
-    "KEY", "ROOT", "Target", "cpu_seconds", "free_port", "median_run", "post_script", "rounds",
+    "KEY", "ROOT", "Target", "best_of", "cpu_seconds", "free_port", "median_run", "post_script", "rounds",
     "run_wrk", "server_env", "start_redis", "start_server", "stop_server", "wait_for",
     "wait_http",
 ]  # fmt: skip
+
+
+def best_of(calls: dict[str, Callable[[], Any]], trials: int, n: int) -> dict[str, float]:
+    """In process: CPU µs per call of each of ``calls``, the minimum over ``trials`` interleaved
+    runs of ``n`` calls (the machine is shared: the least disturbed run)."""
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(trials):
+        for name, call in calls.items():
+            start = time.process_time()
+            for _ in range(n):
+                call()
+            best[name] = min(best[name], (time.process_time() - start) / n * 1e6)
+    return best
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:

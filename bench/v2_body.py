@@ -25,14 +25,15 @@ import json
 import os
 import random
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import orjson
+from serving_harness import best_of
 
 from serving.inputs import InputLimits
 from serving.v2_requests import (
@@ -50,18 +51,6 @@ def bodies(n: int) -> tuple[bytes, bytes]:
     v1 = json.dumps({"features": x}).encode()
     inputs = [{"name": k, "shape": [1], "datatype": "FP64", "data": [v]} for k, v in x.items()]
     return v1, json.dumps({"inputs": inputs}).encode()
-
-
-def best_of(calls: dict[str, Callable[[], Any]], trials: int, n: int) -> dict[str, float]:
-    """CPU µs per call, minimum over ``trials`` interleaved runs of ``n`` calls."""
-    best = dict.fromkeys(calls, float("inf"))
-    for _ in range(trials):
-        for name, call in calls.items():
-            start = time.process_time()
-            for _ in range(n):
-                call()
-            best[name] = min(best[name], (time.process_time() - start) / n * 1e6)
-    return best
 
 
 def main() -> None:
