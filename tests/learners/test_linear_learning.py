@@ -169,3 +169,75 @@ def test_an_optimizer_changed_after_compiling_learns_as_river() -> None:
         fast.learn_one(x, i % 3 == 0)
         river.learn_one(x, i % 3 == 0)
         assert state(ours) == state(river)
+
+
+def _trained(model: Any) -> compose.Pipeline:
+    pipeline = preprocessing.StandardScaler() | model
+    for i in range(200):
+        x = {"a": (i * 7) % 11 - 5.0, "b": (i * 3) % 5 * 0.5, "c": float(i % 13)}
+        pipeline.learn_one(
+            x, (i % 3 == 0) if isinstance(model, linear_model.LogisticRegression) else i % 7 * 0.5
+        )
+    return pipeline
+
+
+@pytest.mark.parametrize("model", [linear_model.LogisticRegression, linear_model.LinearRegression])
+def test_values_that_are_not_floats_are_answered_as_river_does(model: Any) -> None:
+    """numpy's float32 (River's dot works in float64) and a complex value (River's dot refuses
+    it): River's own answer or error, and the same state after it."""
+    import numpy as np
+
+    ours = _trained(model())
+    river = pickle.loads(pickle.dumps(ours))
+    fast = compile_learning(ours)
+    assert isinstance(fast, LinearLearning)
+    names = (
+        ("predict_one", "predict_proba_one")
+        if model is linear_model.LogisticRegression
+        else ("predict_one",)
+    )
+    for x in (
+        {"a": np.float32(0.1), "b": np.float32(1.3), "c": np.float32(2.7)},
+        {"a": 1 + 2j},
+        {"new": np.float32(1.0)},
+    ):
+        for name in names:
+            assert outcome(getattr(fast, name), dict(x)) == outcome(getattr(river, name), dict(x))
+        assert state(ours) == state(river)
+
+
+def test_a_river_that_breaks_ties_otherwise_keeps_river_s_own_predictions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The probes at compile time include a tie (p = 0.5) for a trained model: a River whose
+    label at a tie is True is not compiled."""
+    from river import base
+
+    assert compile_learning(_trained(linear_model.LogisticRegression())) is not None
+
+    def ties_to_true(self: Any, x: dict[str, Any], **kwargs: Any) -> Any:
+        y = self.predict_proba_one(x, **kwargs)
+        return max(reversed(list(y)), key=y.get) if y else None
+
+    monkeypatch.setattr(base.Classifier, "predict_one", ties_to_true)
+    assert compile_learning(_trained(linear_model.LogisticRegression())) is None
+
+
+def test_a_label_is_a_class_whatever_the_loss_returns() -> None:
+    """A loss swapped after compiling whose mean function gives numpy floats: the label is
+    River's, a plain bool (a key of River's probabilities)."""
+    import numpy as np
+
+    class NumpyLog(optim.losses.Log):
+        def mean_func(self, y_pred: Any) -> Any:
+            return np.float64(super().mean_func(y_pred))
+
+    ours = _trained(linear_model.LogisticRegression())
+    river = pickle.loads(pickle.dumps(ours))
+    fast = compile_learning(ours)
+    assert isinstance(fast, LinearLearning)
+    for pipeline in (ours, river):
+        pipeline["LogisticRegression"].loss = NumpyLog()
+    for x in ({"a": 1.0, "b": 0.5}, {"c": -3.0}):
+        got, want = fast.predict_one(dict(x)), river.predict_one(dict(x))
+        assert repr(got) == repr(want) and type(got) is bool
