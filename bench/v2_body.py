@@ -4,8 +4,9 @@ features, in one process, the same run.
 `serve_latency.py` measures v2 infer against `/v1` predict through the server; this script
 isolates the step that made the difference: turning the request's bytes into the row of
 features. The body is built as `serve_latency.py` builds its own (``--features`` FP64 tensors
-of shape [1], as ``json.dumps`` writes them; other random values); the baseline is ``orjson.loads`` of `/v1`'s body of the same
-features (what `/v1`'s route does before its checks). Each reader's µs per body is the minimum
+of shape [1], as ``json.dumps`` writes them; other random values); the baseline is
+``orjson.loads`` of `/v1`'s body of the same features (what `/v1`'s route does before its
+checks). Each reader's µs per body is the minimum
 over interleaved trials (CPU time), and its ratio is the baseline's time ÷ its own (1.0: as cheap
 as `/v1`'s reading):
 
