@@ -28,9 +28,11 @@ Why the state is River's, number for number:
 - predicting reads the statistics with the same lookups as ``transform_one`` (which store an
   unseen feature's variance at 0.0, as River's do), then adds ``weight * scaled`` in the order
   of the features, from 0.0, a feature without a weight weighing 0.0 (an infinite or NaN
-  value then makes the sum NaN), as ``VectorDict.dot`` (River's Rust) does; then the intercept and the loss's mean function, as ``_raw_dot_one`` and the predictions do,
-  a classifier's label being the class of the larger probability, the first (False) on a tie,
-  as ``max`` over River's dict picks it.
+  value then makes the sum NaN), as ``VectorDict.dot`` (River's Rust) does; then the
+  intercept and the loss's mean function, as ``_raw_dot_one`` and the predictions do, a
+  classifier's label being the class of the larger probability, the first (False) on a tie,
+  as ``max`` over River's dict picks it. A term that is not a float (numpy's, complex) leaves
+  the answer to River, whose dot converts or refuses it.
 
 Only the exact types are compiled (`compose.Pipeline` of a `preprocessing.StandardScaler` with
 ``with_std`` and no window, then a `linear_model.LogisticRegression` or `LinearRegression`),
