@@ -61,11 +61,22 @@ from __future__ import annotations
 
 import copy
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 from river import compose, linear_model, optim, preprocessing, utils
 
 from learners.linear import linear_steps, mean_function
+
+scale_learn_in_c: Callable[[dict[str, Any], Any, Any, Any], dict[str, Any] | None] | None
+dot_scaled_in_c: (
+    Callable[[dict[str, Any], Any, Any, Callable[[str, float], Any]], float | None] | None
+)
+try:  # the scaler's pass in C (learners/_linear_pass.c), built by pip install when it can be
+    from learners._linear_pass import dot_scaled as dot_scaled_in_c
+    from learners._linear_pass import scale_learn as scale_learn_in_c
+except ImportError:  # without a C compiler at install (tests require it: here and in CI)
+    dot_scaled_in_c = scale_learn_in_c = None
 
 _PROBES: tuple[tuple[dict[str, Any], Any], ...] = (
     ({"riverstream probe a": 1.5, "riverstream probe b": -2}, 1),
@@ -79,6 +90,23 @@ _QUERIES: tuple[dict[str, Any], ...] = (
     {"riverstream probe a": -1e6},
 )
 """Features the two copies answer after learning the probes (and `_spreads`)."""
+
+
+def scale_learn_in_python(
+    x: dict[str, Any], counts: Any, means: Any, variances: Any
+) -> dict[str, Any]:
+    """River's ``StandardScaler.learn_one(x)`` then ``transform_one(x)``, in one pass: the
+    scaled features (the C pass, ``learners/_linear_pass.c``, does the same when it can)."""
+    scaled = {}
+    for i, xi in x.items():
+        n = counts[i] + 1
+        counts[i] = n
+        old = means[i]
+        mean = means[i] = old + (xi - old) / n
+        var = variances[i]
+        var = variances[i] = var + ((xi - old) * (xi - mean) - var) / n
+        scaled[i] = (xi - mean) / var**0.5 if var else 0.0
+    return scaled
 
 
 class LinearLearning:
@@ -100,15 +128,9 @@ class LinearLearning:
             return
         scaler = self.scaler
         counts, means, variances = scaler.counts, scaler.means, scaler.vars
-        scaled = {}
-        for i, xi in x.items():
-            n = counts[i] + 1
-            counts[i] = n
-            old = means[i]
-            mean = means[i] = old + (xi - old) / n
-            var = variances[i]
-            var = variances[i] = var + ((xi - old) * (xi - mean) - var) / n
-            scaled[i] = (xi - mean) / var**0.5 if var else 0.0
+        scaled = None if scale_learn_in_c is None else scale_learn_in_c(x, counts, means, variances)
+        if scaled is None:
+            scaled = scale_learn_in_python(x, counts, means, variances)
         model = self.model
         optimizer = model.optimizer
         # Another optimizer or an L1 penalty (read each time: River's `mutate` may change
@@ -137,17 +159,20 @@ class LinearLearning:
         """``model._raw_dot_one(scaler.transform_one(x))`` in one pass, with the transform's
         reads (see the module docstring); None when a term is not a float (a numpy or complex
         value, which River's dot converts or refuses): River's own methods then answer, their
-        reads finding what this pass stored, in the same order."""
+        reads finding what this pass stored, in the same order. The C pass
+        (``learners/_linear_pass.c``) sums first when it can."""
         scaler, model = self.scaler, self.model
         means, variances = scaler.means, scaler.vars
         weight = model._weights.get
-        acc = 0.0
-        for i, xi in x.items():
-            var = variances[i]
-            term = weight(i, 0.0) * ((xi - means[i]) / var**0.5 if var else 0.0)
-            if term.__class__ is not float:
-                return None
-            acc += term
+        acc = None if dot_scaled_in_c is None else dot_scaled_in_c(x, means, variances, weight)
+        if acc is None:
+            acc = 0.0
+            for i, xi in x.items():
+                var = variances[i]
+                term = weight(i, 0.0) * ((xi - means[i]) / var**0.5 if var else 0.0)
+                if term.__class__ is not float:
+                    return None
+                acc += term
         total: float = acc + model.intercept
         return total
 

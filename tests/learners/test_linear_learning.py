@@ -4,7 +4,9 @@ and raises what River raises, at the same point; anything else is left to River.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from river import compose, linear_model, optim, preprocessing
 
+from learners import linear_learning
 from learners.linear_learning import LinearLearning, compile_learning
 from learners.model_state import ModelState
 from learners.specs import ModelSpec
@@ -60,6 +63,25 @@ def state(model: compose.Pipeline) -> bytes:
     return pickle.dumps(list(model.steps.values()), protocol=pickle.HIGHEST_PROTOCOL)
 
 
+@contextlib.contextmanager
+def passes(where: str) -> Iterator[None]:
+    """The scaler's pass and the dot product in C (`learners/_linear_pass.c`, as installed), or
+    in Python alone (as without a C compiler)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if where == "python":
+            patch.setattr(linear_learning, "scale_learn_in_c", None)
+            patch.setattr(linear_learning, "dot_scaled_in_c", None)
+        yield
+
+
+def test_the_c_pass_is_built() -> None:
+    """The tests below compare both passes with River; without the extension they would
+    compare the Python one twice."""
+    assert linear_learning.scale_learn_in_c is not None, "pip install -e . again to build it"
+    assert linear_learning.dot_scaled_in_c is not None
+
+
+@pytest.mark.parametrize("where", ["c", "python"])
 @pytest.mark.parametrize("case", MODELS)
 @settings(max_examples=150, deadline=None)
 @given(
@@ -70,10 +92,15 @@ def state(model: compose.Pipeline) -> bytes:
     odd=odd_features,
 )
 def test_learns_and_answers_as_river_to_the_bit(
-    case: str, stream: list, query: dict, odd: dict
+    where: str, case: str, stream: list, query: dict, odd: dict
 ) -> None:
     """After every sample (and a sample River cannot use), the pickled steps are equal bytes,
-    and every prediction (or error) is the same."""
+    and every prediction (or error) is the same: with the C pass and without it."""
+    with passes(where):
+        _learns_and_answers_as_river(case, stream, query, odd)
+
+
+def _learns_and_answers_as_river(case: str, stream: list, query: dict, odd: dict) -> None:
     ours = preprocessing.StandardScaler() | MODELS[case]()
     river = preprocessing.StandardScaler() | MODELS[case]()
     fast = compile_learning(ours)
@@ -241,3 +268,117 @@ def test_a_label_is_a_class_whatever_the_loss_returns() -> None:
     for x in ({"a": 1.0, "b": 0.5}, {"c": -3.0}):
         got, want = fast.predict_one(dict(x)), river.predict_one(dict(x))
         assert repr(got) == repr(want) and type(got) is bool
+
+
+def _agrawal(n: int) -> list[tuple[dict[str, Any], bool]]:
+    from river.datasets import synth
+
+    return [(x, bool(y)) for x, y in synth.Agrawal(seed=7).take(n)]
+
+
+@pytest.mark.parametrize("where", ["c", "python"])
+def test_a_real_stream_of_floats_and_ints_learns_as_river(where: str) -> None:
+    """Agrawal's nine features, ints and floats, 3 000 samples: the same state after each one
+    and the same predictions before it."""
+    ours = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    river = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    fast = compile_learning(ours)
+    assert fast is not None
+    with passes(where):
+        for i, (x, y) in enumerate(_agrawal(3000)):
+            assert fast.predict_proba_one(x) == river.predict_proba_one(x)
+            fast.learn_one(x, y)
+            river.learn_one(x, y)
+            if i % 100 == 0:
+                assert state(ours) == state(river)
+    assert state(ours) == state(river)
+
+
+def test_the_c_pass_leaves_what_it_does_not_take_untouched() -> None:
+    """Each kind the C pass leaves to Python (a bool, an int past 2**53, a string, a name that
+    is not a str, a count that is not an int, a mean that is not a float, a dict subclass):
+    None, and nothing written."""
+    assert linear_learning.scale_learn_in_c is not None
+    assert linear_learning.dot_scaled_in_c is not None
+    scale, dot = linear_learning.scale_learn_in_c, linear_learning.dot_scaled_in_c
+    model = _trained(linear_model.LogisticRegression())
+    scaler = model["StandardScaler"]
+    weight = model["LogisticRegression"]._weights.get
+
+    class Features(dict):  # type: ignore[type-arg]
+        pass
+
+    for x in (
+        {"a": 1.0, "b": True},
+        {"a": 2**53 + 1},
+        {"a": 1.0, "b": "text"},
+        {"a": 1.0, 7: 2.0},
+        Features(a=1.0),
+    ):
+        before = state(model)
+        assert scale(x, scaler.counts, scaler.means, scaler.vars) is None, x
+        assert dot(x, scaler.means, scaler.vars, weight) is None, x
+        assert state(model) == before
+    for stats, key, odd in (
+        (scaler.counts, "a", 2.0),
+        (scaler.means, "b", 1),
+        (scaler.vars, "c", 1),
+    ):
+        kept = stats[key]
+        stats[key] = odd
+        before = state(model)
+        assert (
+            scale({"a": 1.0, "b": 2.0, "c": 3.0}, scaler.counts, scaler.means, scaler.vars) is None
+        )
+        assert state(model) == before
+        stats[key] = kept
+    assert scale({"a": 1.0}, dict(scaler.counts), scaler.means, scaler.vars) is None
+    assert scale({"a": 1.0}, scaler.counts, dict(scaler.means), scaler.vars) is None
+
+
+def test_a_mean_held_elsewhere_is_not_changed_in_place() -> None:
+    """The C pass updates a stored float in place only when the dict alone holds it: a float
+    read out before stays what it was."""
+    model = _trained(linear_model.LogisticRegression())
+    scaler = model["StandardScaler"]
+    held, value = scaler.means["a"], float(scaler.means["a"])
+    river = pickle.loads(pickle.dumps(model))
+    fast = compile_learning(model)
+    assert fast is not None
+    fast.learn_one({"a": 100.0, "b": 1.0}, True)
+    river.learn_one({"a": 100.0, "b": 1.0}, True)
+    assert held == value
+    assert scaler.means["a"] != value
+    assert state(model) == state(river)
+
+
+@pytest.mark.parametrize("variance", [-1.0, float("inf"), float("nan")])
+def test_a_variance_that_is_not_positive_and_finite_is_learned_as_river(variance: float) -> None:
+    """A state no stream makes (a negative variance, set by hand) or an infinite one: River's
+    own power and division (a complex number for a negative variance), and River's answers."""
+    ours = _trained(linear_model.LinearRegression())
+    fast = compile_learning(ours)
+    assert fast is not None
+    ours["StandardScaler"].vars["a"] = variance
+    river = pickle.loads(pickle.dumps(ours))
+    x = {"a": 0.5, "b": 1.0, "c": 2.0}
+    assert outcome(fast.predict_one, x) == outcome(river.predict_one, x)
+    assert outcome(fast.learn_one, x, 1.5) == outcome(river.learn_one, x, 1.5)
+    assert state(ours) == state(river)
+
+
+def test_more_features_than_the_c_pass_takes_are_learned_in_python() -> None:
+    """600 features, past the C pass's 512: the Python loop learns, as River."""
+    ours = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    river = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    fast = compile_learning(ours)
+    assert fast is not None
+    x = {f"f{i}": i * 0.5 for i in range(600)}
+    scaler = ours["StandardScaler"]
+    assert linear_learning.scale_learn_in_c is not None
+    assert linear_learning.scale_learn_in_c(x, scaler.counts, scaler.means, scaler.vars) is None
+    for y in (True, False, True):
+        fast.learn_one(x, y)
+        river.learn_one(x, y)
+        assert fast.predict_proba_one(x) == river.predict_proba_one(x)
+    assert state(ours) == state(river)

@@ -1,0 +1,11 @@
+"""Types of the C pass of a standard scaler's learning (``learners/_linear_pass.c``)."""
+
+from collections.abc import Callable
+from typing import Any
+
+def scale_learn(
+    x: dict[str, Any], counts: Any, means: Any, variances: Any, /
+) -> dict[str, Any] | None: ...
+def dot_scaled(
+    x: dict[str, Any], means: Any, variances: Any, weight: Callable[[str, float], Any], /
+) -> float | None: ...
