@@ -298,6 +298,47 @@ dot_scaled(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     return PyFloat_FromDouble(acc);
 }
 
+/* `learners.linear`'s served sum: per feature of `x`, in `x`'s order, `p = params.get(i)`, and
+ * where it is not None, `acc += p[2] * ((xi - p[0]) / p[1])`, from acc = 0.0; `params` maps a
+ * feature to its `(mean, std, weight)` floats. None when that loop must answer instead (it then
+ * reads nothing stored here, and stores nothing): `x` is not exactly a dict, a name is not a
+ * str, a value not a float or an int within ±2**53, an entry of `params` not three floats. */
+static PyObject *
+dot_standardized(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "dot_standardized(x, params: dict)");
+        return NULL;
+    }
+    PyObject *x = args[0], *params = args[1];
+    if (!PyDict_CheckExact(x))
+        Py_RETURN_NONE;
+    double acc = 0.0;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(x, &pos, &key, &value)) {
+        double xi;
+        if (!PyUnicode_CheckExact(key) || !number(value, &xi))
+            Py_RETURN_NONE;
+        PyObject *p = PyDict_GetItemWithError(params, key);
+        if (p == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            continue;
+        }
+        if (!PyTuple_CheckExact(p) || PyTuple_GET_SIZE(p) != 3)
+            Py_RETURN_NONE;
+        PyObject *mean = PyTuple_GET_ITEM(p, 0), *std = PyTuple_GET_ITEM(p, 1),
+                 *weight = PyTuple_GET_ITEM(p, 2);
+        if (!PyFloat_CheckExact(mean) || !PyFloat_CheckExact(std) || !PyFloat_CheckExact(weight)
+            || PyFloat_AS_DOUBLE(std) == 0.0)
+            Py_RETURN_NONE;
+        acc += PyFloat_AS_DOUBLE(weight)
+            * ((xi - PyFloat_AS_DOUBLE(mean)) / PyFloat_AS_DOUBLE(std));
+    }
+    return PyFloat_FromDouble(acc);
+}
+
 static PyMethodDef methods[] = {
     {"scale_learn", (PyCFunction)(void (*)(void))scale_learn, METH_FASTCALL,
      "scale_learn(x, counts, means, variances) -> dict | None: a standard scaler's learning "
@@ -305,6 +346,9 @@ static PyMethodDef methods[] = {
     {"dot_scaled", (PyCFunction)(void (*)(void))dot_scaled, METH_FASTCALL,
      "dot_scaled(x, means, variances, weight) -> float | None: the weights' dot product with "
      "the scaled features (see _linear_pass.c)."},
+    {"dot_standardized", (PyCFunction)(void (*)(void))dot_standardized, METH_FASTCALL,
+     "dot_standardized(x, params) -> float | None: a served linear model's sum (see "
+     "_linear_pass.c)."},
     {NULL, NULL, 0, NULL},
 };
 

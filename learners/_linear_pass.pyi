@@ -9,3 +9,6 @@ def scale_learn(
 def dot_scaled(
     x: dict[str, Any], means: Any, variances: Any, weight: Callable[[str, float], Any], /
 ) -> float | None: ...
+def dot_standardized(
+    x: dict[str, Any], params: dict[Any, tuple[Any, float, float]], /
+) -> float | None: ...

@@ -50,6 +50,12 @@ from typing import Any, cast
 
 from river import compose, linear_model, optim, preprocessing, utils
 
+dot_standardized_in_c: Callable[[dict[str, Any], dict[Any, Any]], float | None] | None
+try:  # the sum in C (learners/_linear_pass.c), built by pip install when it can be
+    from learners._linear_pass import dot_standardized as dot_standardized_in_c
+except ImportError:  # without a C compiler at install (tests require it: here and in CI)
+    dot_standardized_in_c = None
+
 MAX_FEATURES = 100_000
 """A larger state is served by River: the compiled copy would double the model's memory."""
 
@@ -103,26 +109,31 @@ def _compiled(estimator: Any) -> LinearPredict | None:
         return None
     get = params.get
     mean_func = mean_function(model.loss)
+    in_c = dot_standardized_in_c
     # The sum is written out in both functions, not shared: a call per request costs what
-    # several features do.
+    # several features do. The C loop (learners/_linear_pass.c) sums first when it can.
     if type(model) is linear_model.LinearRegression:
 
         def predict(x: dict[str, Any]) -> Any:
-            acc = 0.0
-            for k, xi in x.items():
-                p = get(k)
-                if p is not None:
-                    acc += p[2] * ((xi - p[0]) / p[1])
+            acc = None if in_c is None else in_c(x, params)
+            if acc is None:
+                acc = 0.0
+                for k, xi in x.items():
+                    p = get(k)
+                    if p is not None:
+                        acc += p[2] * ((xi - p[0]) / p[1])
             return mean_func(acc + intercept)
 
         return predict
 
     def predict_proba(x: dict[str, Any]) -> Any:
-        acc = 0.0
-        for k, xi in x.items():
-            p = get(k)
-            if p is not None:
-                acc += p[2] * ((xi - p[0]) / p[1])
+        acc = None if in_c is None else in_c(x, params)
+        if acc is None:
+            acc = 0.0
+            for k, xi in x.items():
+                p = get(k)
+                if p is not None:
+                    acc += p[2] * ((xi - p[0]) / p[1])
         p = mean_func(acc + intercept)
         return {False: 1.0 - p, True: p}
 

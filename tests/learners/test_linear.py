@@ -4,7 +4,9 @@ raises what River raises; anything it cannot reproduce is left to River."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -13,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from river import compose, linear_model, optim, preprocessing, utils
 
+from learners import linear
 from learners.linear import compile_linear
 from learners.predictor import ServedModel
 
@@ -54,14 +57,37 @@ CASES = {
 }
 
 
+@contextlib.contextmanager
+def summed(where: str) -> Iterator[None]:
+    """Functions compiled in here sum in C (`learners/_linear_pass.c`, as installed), or in
+    Python alone (as without a C compiler)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if where == "python":
+            patch.setattr(linear, "dot_standardized_in_c", None)
+        yield
+
+
+def test_the_c_sum_is_built() -> None:
+    """The tests below compare both sums with River; without the extension they would compare
+    the Python one twice."""
+    assert linear.dot_standardized_in_c is not None, "pip install -e . again to build it"
+
+
+@pytest.mark.parametrize("where", ["c", "python"])
 @pytest.mark.parametrize("case", CASES)
 @settings(max_examples=300, deadline=None)
 @given(data=rows, x=queries, draw=st.data())
 def test_answers_river_s_numbers_bit_for_bit(
-    case: str, data: list, x: dict, draw: st.DataObject
+    where: str, case: str, data: list, x: dict, draw: st.DataObject
 ) -> None:
     """River's ``predict_proba_one`` (logreg) or ``predict_one`` (linreg), and the served
-    answer (prediction and probabilities) or the error of River's own path."""
+    answer (prediction and probabilities) or the error of River's own path: with the sum in C
+    and without it."""
+    with summed(where):
+        _answers_river_s_numbers(case, data, x, draw)
+
+
+def _answers_river_s_numbers(case: str, data: list, x: dict, draw: st.DataObject) -> None:
     model_class, losses = CASES[case]
     classify = model_class is linear_model.LogisticRegression
     model = trained(
@@ -97,6 +123,7 @@ def pipeline(
 magnitude = st.builds(lambda m, e: m * 10.0**e, st.floats(-10, 10), st.integers(-12, 12))
 
 
+@pytest.mark.parametrize("where", ["c", "python"])
 @settings(max_examples=300, deadline=None)
 @given(
     state=st.dictionaries(
@@ -108,11 +135,17 @@ magnitude = st.builds(lambda m, e: m * 10.0**e, st.floats(-10, 10), st.integers(
     intercept=magnitude,
 )
 def test_terms_are_added_in_the_order_of_the_features_as_river_does(
-    state: dict, order: Any, intercept: float
+    where: str, state: dict, order: Any, intercept: float
 ) -> None:
     """Weights over twelve orders of magnitude: a sum in another order would round otherwise
     (what would catch a River release that changes how `VectorDict.dot` adds). A regressor,
-    whose answer is the sum itself (a sigmoid would saturate and hide it)."""
+    whose answer is the sum itself (a sigmoid would saturate and hide it). With the sum in C
+    and without it."""
+    with summed(where):
+        _terms_in_river_s_order(state, order, intercept)
+
+
+def _terms_in_river_s_order(state: dict, order: Any, intercept: float) -> None:
     model = pipeline(
         {k: m for k, (m, _, _) in state.items()},
         {k: v for k, (_, v, _) in state.items()},
