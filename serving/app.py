@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final
 
 import orjson
@@ -49,7 +49,7 @@ from serving import openapi
 from serving.asgi import receive_body, replay_whole, request_body, send_json
 from serving.curve import curve_router
 from serving.feedback import ClosedLoop
-from serving.graphs import GraphFastPath, GraphService, wait_started
+from serving.graphs import GRAPHS_PREFIX, GraphFastPath, GraphService, wait_started
 from serving.graphs import install as install_graphs
 from serving.inputs import (
     InputError,
@@ -62,6 +62,7 @@ from serving.inputs import (
 from serving.lookup import lookup_router
 from serving.telemetry import RequestRecorder, ServingMetrics, get_metrics, metrics_response_bytes
 from serving.v2 import v2_router
+from serving.v2_fast import V2_MODELS_PREFIX
 from stream.store.connect import redis_client, redis_configured
 from stream.store.follower import SnapshotFollower
 from stream.store.snapshots import SnapshotStore
@@ -228,12 +229,12 @@ def create_app(
         # The hot routes also go first, before the whole middleware stack, unless every predict
         # route needs a token (`serving.feedback.ClosedLoop` checks it, in the stack).
         if getattr(settings, "predict_token", None) is None:
-            inner: ASGIApp = app.stack
-            for wrap in v2_fast:
-                inner = wrap(inner)
+            # The other fast paths by the prefix of their paths, one layer under this one.
+            routes = [(V2_MODELS_PREFIX, wrap(app.stack)) for wrap in v2_fast]
+            routes.append((GRAPHS_PREFIX, GraphFastPath(app.stack, service=graphs)))
             app.outer = PredictFastPath(
-                GraphFastPath(inner, service=graphs), answer=answer,
-                max_body_bytes=max_body_bytes, with_ids=app.stack,
+                app.stack, answer=answer, max_body_bytes=max_body_bytes, with_ids=app.stack,
+                routes=routes,
             )  # fmt: skip
     # Outermost: tokens, POST /v1/features and /v1/labels, predict with an id (logged to Kafka).
     app.add_middleware(ClosedLoop, settings=settings, max_body_bytes=max_body_bytes)
@@ -332,6 +333,8 @@ class PredictFastPath:
     goes to the app. The answer is the same function the documented route calls, so both behave
     identically. ``with_ids``: where a body naming an ``"id"`` goes instead (read, then replayed),
     since a prediction with an id is also logged (`serving.feedback.ClosedLoop`, in the stack).
+    ``routes``: ``(prefix, fast path)``: a POST whose path starts with ``prefix`` goes to that
+    fast path directly, not through the others (each layer costs ≈ 0.4 µs a request).
     """
 
     def __init__(
@@ -341,11 +344,13 @@ class PredictFastPath:
         answer: Answer,
         max_body_bytes: int,
         with_ids: ASGIApp | None = None,
+        routes: Sequence[tuple[str, ASGIApp]] = (),
     ) -> None:
         self.app = app
         self.answer = answer
         self.max_body_bytes = max_body_bytes
         self.with_ids = with_ids
+        self.routes = tuple(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -367,5 +372,9 @@ class PredictFastPath:
                     status, content = self.answer(name, raw, body, started)
                     await send_json(send, status, orjson.dumps(content, default=_fallback,
                                                                option=_JSON_OPTIONS))  # fmt: skip
+                    return
+            for prefix, route in self.routes:
+                if path.startswith(prefix):
+                    await route(scope, receive, send)
                     return
         await self.app(scope, receive, send)

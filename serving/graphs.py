@@ -45,13 +45,14 @@ from serving.graph_service import GRAPH_PREDICT_ROUTE, GraphService
 from serving.shadows import SHADOW_BACKLOG, GraphMetrics, ShadowJob, ShadowRunner
 
 __all__ = [
-    "GRAPH_PREDICT_ROUTE", "SHADOW_BACKLOG", "GraphFastPath", "GraphMetrics", "GraphService",
+    "GRAPHS_PREFIX", "GRAPH_PREDICT_ROUTE", "SHADOW_BACKLOG", "GraphFastPath", "GraphMetrics",
+    "GraphService",
     "ShadowJob", "ShadowRunner", "graphs_router", "install", "parse_graph_body", "render",
     "wait_started",
 ]  # fmt: skip
 
-_PREFIX, _SUFFIX = "/v1/graphs/", "/predict"
-_NAME_START, _NAME_END = len(_PREFIX), -len(_SUFFIX)
+GRAPHS_PREFIX, _SUFFIX = "/v1/graphs/", "/predict"
+_NAME_START, _NAME_END = len(GRAPHS_PREFIX), -len(_SUFFIX)
 
 
 def _response(content: Any, status: int = 200) -> Response:
@@ -166,7 +167,7 @@ class GraphFastPath:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
-            if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
+            if path.startswith(GRAPHS_PREFIX) and path.endswith(_SUFFIX):
                 name = path[_NAME_START:_NAME_END]
                 if name and "/" not in name:
                     service = self.service

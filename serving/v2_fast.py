@@ -11,7 +11,7 @@ from serving.asgi import receive_body, send_json
 
 Respond = Callable[[str, str | None, bytes | None, Mapping[str, str]], tuple[int, bytes, Any]]
 """``(name, version, body, headers) → (status, JSON body, shadow job)`` of an infer request."""
-_V2_MODELS = "/v2/models/"
+V2_MODELS_PREFIX = "/v2/models/"
 _V2_INFER = "/infer"
 READ_HEADERS = frozenset({b"inference-header-content-length", b"content-encoding"})
 """The request headers ``respond`` reads (only these are decoded)."""
@@ -53,8 +53,10 @@ class V2InferFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
-            if path.startswith(_V2_MODELS) and path.endswith(_V2_INFER):
-                name, sep, version = path[len(_V2_MODELS) : -len(_V2_INFER)].partition("/versions/")
+            if path.startswith(V2_MODELS_PREFIX) and path.endswith(_V2_INFER):
+                name, sep, version = path[len(V2_MODELS_PREFIX) : -len(_V2_INFER)].partition(
+                    "/versions/"
+                )
                 if name and "/" not in name and (not sep or (version and "/" not in version)):
                     headers = read_headers(scope["headers"])
                     raw = await receive_body(receive, self.max_body_bytes)

@@ -106,3 +106,37 @@ def test_a_prediction_with_an_id_still_goes_through_the_stack(
             assert seen == [with_id]
 
     asyncio.run(run())
+
+
+def test_the_other_fast_paths_are_one_layer_under_the_outer(
+    kit, redis_url: str, prefix: str
+) -> None:
+    """A v2 infer or graph predict request goes from the outer layer straight to its own fast
+    path (each layer costs ≈ 0.4 µs a request), and what no fast path answers to the stack."""
+    from serving.app import PredictFastPath
+
+    app = create_app(kit.make_settings(redis_url, prefix))
+    outer = app.outer
+    assert isinstance(outer, PredictFastPath)
+    prefixes = [p for p, _ in outer.routes]
+    assert prefixes == ["/v2/models/", "/v1/graphs/"]
+    seen: list[str] = []
+
+    def spy(name: str) -> Any:
+        async def route(scope: Any, receive: Any, send: Any) -> None:
+            seen.append(f"{name} {scope['path']}")
+
+        return route
+
+    fast = PredictFastPath(
+        spy("stack"), answer=lambda *a: (200, {}), max_body_bytes=10,
+        routes=[("/v2/models/", spy("v2")), ("/v1/graphs/", spy("graphs"))],
+    )  # fmt: skip
+    for path in ("/v2/models/m/infer", "/v1/graphs/g/predict", "/v1/features"):
+        scope = {"type": "http", "method": "POST", "path": path}
+        asyncio.run(fast(scope, None, None))  # type: ignore[arg-type]
+    asyncio.run(fast({"type": "http", "method": "GET", "path": "/v2/models/m"}, None, None))  # type: ignore[arg-type]
+    assert seen == [
+        "v2 /v2/models/m/infer", "graphs /v1/graphs/g/predict", "stack /v1/features",
+        "stack /v2/models/m",
+    ]  # fmt: skip
