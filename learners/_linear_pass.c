@@ -79,6 +79,15 @@ float_defaultdict(PyObject *d)
     return is_float;
 }
 
+/* Whether `means` and `variances` are both exactly defaultdicts of float (a standard scaler's
+ * statistics as River keeps them). -1 with an error set. */
+static int
+standard_statistics(PyObject *means, PyObject *variances)
+{
+    int ok = float_defaultdict(means);
+    return ok == 1 ? float_defaultdict(variances) : ok;
+}
+
 /* The stored float of `key` in `d` (borrowed, in `stored`; NULL when missing) and its value
  * (0.0 when missing, in `out`): 1; 0 when the stored value is not a float; -1 with an error
  * set. */
@@ -147,9 +156,7 @@ scale_learn(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     PyObject *x = args[0], *counts = args[1], *means = args[2], *variances = args[3];
     if (!PyDict_CheckExact(x) || Py_TYPE(counts) != counter_type)
         Py_RETURN_NONE;
-    int ok = float_defaultdict(means);
-    if (ok == 1)
-        ok = float_defaultdict(variances);
+    int ok = standard_statistics(means, variances);
     if (ok < 0)
         return NULL;
     Py_ssize_t size = PyDict_GET_SIZE(x);
@@ -245,9 +252,7 @@ dot_scaled(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     PyObject *x = args[0], *means = args[1], *variances = args[2], *weight = args[3];
     if (!PyDict_CheckExact(x))
         Py_RETURN_NONE;
-    int ok = float_defaultdict(means);
-    if (ok == 1)
-        ok = float_defaultdict(variances);
+    int ok = standard_statistics(means, variances);
     if (ok < 0)
         return NULL;
     if (!ok)

@@ -109,35 +109,33 @@ def _compiled(estimator: Any) -> LinearPredict | None:
         return None
     get = params.get
     mean_func = mean_function(model.loss)
-    in_c = dot_standardized_in_c
-    # The sum is written out in both functions, not shared: a call per request costs what
-    # several features do. The C loop (learners/_linear_pass.c) sums first when it can.
+    in_c = dot_standardized_in_c  # the sum in C (learners/_linear_pass.c) when it can
+
     if type(model) is linear_model.LinearRegression:
 
         def predict(x: dict[str, Any]) -> Any:
             acc = None if in_c is None else in_c(x, params)
-            if acc is None:
-                acc = 0.0
-                for k, xi in x.items():
-                    p = get(k)
-                    if p is not None:
-                        acc += p[2] * ((xi - p[0]) / p[1])
-            return mean_func(acc + intercept)
+            return mean_func((_sum(x, get) if acc is None else acc) + intercept)
 
         return predict
 
     def predict_proba(x: dict[str, Any]) -> Any:
         acc = None if in_c is None else in_c(x, params)
-        if acc is None:
-            acc = 0.0
-            for k, xi in x.items():
-                p = get(k)
-                if p is not None:
-                    acc += p[2] * ((xi - p[0]) / p[1])
-        p = mean_func(acc + intercept)
+        p = mean_func((_sum(x, get) if acc is None else acc) + intercept)
         return {False: 1.0 - p, True: p}
 
     return predict_proba
+
+
+def _sum(x: dict[str, Any], get: Callable[[Any], Any]) -> float:
+    """The dot product of the weights with the scaled features ``x``, in ``x``'s order, from
+    0.0 (``get``: a feature's ``(mean, std, weight)``, or None)."""
+    acc = 0.0
+    for k, xi in x.items():
+        p = get(k)
+        if p is not None:
+            acc += p[2] * ((xi - p[0]) / p[1])
+    return acc
 
 
 def mean_function(loss: Any) -> Callable[[float], Any]:
