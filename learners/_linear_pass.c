@@ -18,14 +18,24 @@
  *   `collections.defaultdict` of `float`;
  * - a value of `x` is neither a float nor an int within ±2**53 (a bool, a string, a numpy
  *   number, a larger int: the Python loop gives each its own behaviour, its error included);
- * - a count is not an int below 2**53, a mean or a variance not a float.
+ * - a count is not an int below 2**53, a mean or a variance not a float, `means` is
+ *   `variances`;
+ * - a NaN in a value, a stored statistic or a new one: which NaN an operation on two NaNs
+ *   gives depends on the order of its operands in the machine code (CPython's own differs
+ *   between its generic and its specialised addition), and a snapshot keeps its bits. Without
+ *   NaN operands, every NaN an operation makes is the processor's default one.
+ *
+ * A lookup may run Python code (a stored key of another type with the same hash, compared):
+ * the names and the stored statistics are held until the pass ends, and a stored float is
+ * changed in place only when it is still the dict's and nothing else holds it.
  *
  * Why the numbers are Python's: each float operation above is one IEEE 754 operation in
  * Python (`float_add`, `float_sub`, `float_mul`, `float_div`), repeated here in the same order
  * on the same doubles; an int within ±2**53 converts to the same double either way; `var**0.5`
  * is libm's `pow`, which CPython's `float_pow` calls for a positive finite base (called
  * through a volatile pointer, so that no compiler turns it into `sqrt`, which may round
- * otherwise); any other variance (infinite, NaN, negative) goes through Python's own power
+ * otherwise); any other variance (infinite, or negative in a state set by hand) goes through
+ * Python's own power
  * and division (`PyNumber_Power`, `PyNumber_TrueDivide`) on float objects. A missing count
  * reads 0 and a missing mean or variance 0.0, as `Counter` and `defaultdict(float)` answer;
  * each key is then stored once, where Python's read would have stored it first (a
@@ -107,12 +117,13 @@ stored_float(PyObject *d, PyObject *key, PyObject **stored, double *out)
     return 1;
 }
 
-/* d[key] = value, where `stored` is d[key] now (NULL: none). A float that only `d` refers to
- * takes the new value in place: nothing else can see it, and the dict keeps its entry. */
+/* d[key] = value, where `stored` is d[key] now (NULL: none), also held by the caller. A float
+ * that only `d` (and the caller) refer to takes the new value in place: nothing else can see
+ * it, and the dict keeps its entry. */
 static int
 store_float(PyObject *d, PyObject *key, PyObject *stored, double value)
 {
-    if (stored != NULL && Py_REFCNT(stored) == 1) {
+    if (stored != NULL && Py_REFCNT(stored) == 2 && PyDict_GetItem(d, key) == stored) {
         ((PyFloatObject *)stored)->ob_fval = value;
         return 0;
     }
@@ -154,7 +165,7 @@ scale_learn(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     PyObject *x = args[0], *counts = args[1], *means = args[2], *variances = args[3];
-    if (!PyDict_CheckExact(x) || Py_TYPE(counts) != counter_type)
+    if (!PyDict_CheckExact(x) || Py_TYPE(counts) != counter_type || means == variances)
         Py_RETURN_NONE;
     int ok = standard_statistics(means, variances);
     if (ok < 0)
@@ -163,57 +174,80 @@ scale_learn(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     if (!ok || size > MAX_FEATURES)
         Py_RETURN_NONE;
 
-    /* Made first: a dict's allocation may run the garbage collector (and finalizers), which
-     * must not run between the reads below and the writes that follow them. */
+    /* Made first: a dict's allocation may run the garbage collector (and finalizers). */
     PyObject *scaled = PyDict_New();
     if (scaled == NULL)
         return NULL;
-    /* First every read, and nothing written unless all can be repeated in C. */
+    /* First every read, and nothing written unless all can be repeated in C. A lookup may run
+     * Python code (a stored key of another type, with the same hash, compared): the names and
+     * the stored statistics are held until the end, so none can be freed under this pass. */
     PyObject *keys[MAX_FEATURES], *stored_means[MAX_FEATURES], *stored_vars[MAX_FEATURES];
     double xs[MAX_FEATURES], olds[MAX_FEATURES], vars[MAX_FEATURES];
+    double new_means[MAX_FEATURES], new_vars[MAX_FEATURES], new_scaled[MAX_FEATURES];
     long long ns[MAX_FEATURES];
     Py_ssize_t pos = 0, k = 0;
-    PyObject *key, *value;
+    PyObject *key, *value, *result = NULL;
     while (PyDict_Next(x, &pos, &key, &value)) {
-        if (!PyUnicode_CheckExact(key) || !number(value, &xs[k]))
-            goto python;
+        if (k == MAX_FEATURES || !PyUnicode_CheckExact(key) || !number(value, &xs[k])
+            || isnan(xs[k]))
+            goto done;
+        keys[k] = Py_NewRef(key);
+        stored_means[k] = stored_vars[k] = NULL;
+        k++;
         PyObject *count = PyDict_GetItemWithError(counts, key);
         if (count == NULL) {
             if (PyErr_Occurred())
                 goto failed;
-            ns[k] = 1;
+            ns[k - 1] = 1;
         }
         else {
             if (!PyLong_CheckExact(count))
-                goto python;
+                goto done;
             int overflow;
             long long c = PyLong_AsLongLongAndOverflow(count, &overflow);
             if (overflow || c < 0 || c >= EXACT_INT)
-                goto python;
-            ns[k] = c + 1;
+                goto done;
+            ns[k - 1] = c + 1;
         }
-        int read = stored_float(means, key, &stored_means[k], &olds[k]);
-        if (read == 1)
-            read = stored_float(variances, key, &stored_vars[k], &vars[k]);
+        int read = stored_float(means, key, &stored_means[k - 1], &olds[k - 1]);
+        Py_XINCREF(stored_means[k - 1]);
+        if (read == 1) {
+            read = stored_float(variances, key, &stored_vars[k - 1], &vars[k - 1]);
+            Py_XINCREF(stored_vars[k - 1]);
+        }
         if (read < 0)
             goto failed;
         if (read == 0)
-            goto python;
-        keys[k++] = key;
+            goto done;
     }
+    if (PyDict_GET_SIZE(x) != k)  /* changed while it was read */
+        goto done;
 
+    /* Then every new number. A NaN anywhere leaves the whole sample to Python: which NaN an
+     * operation on two NaNs gives depends on the order of its operands in the machine code
+     * (CPython's own differs from one call to the next), and the pickled state keeps it. */
     for (Py_ssize_t j = 0; j < k; j++) {
         double xi = xs[j], old = olds[j], n = (double)ns[j];
         double mean = old + (xi - old) / n;
         double var = vars[j];
         var = var + ((xi - old) * (xi - mean) - var) / n;
+        double s = 0.0;
+        if (var > 0.0 && isfinite(var))
+            s = (xi - mean) / power(var, 0.5);
+        if (isnan(old) || isnan(vars[j]) || isnan(mean) || isnan(var) || isnan(s))
+            goto done;
+        new_means[j] = mean;
+        new_vars[j] = var;
+        new_scaled[j] = s;
+    }
+
+    for (Py_ssize_t j = 0; j < k; j++) {
+        double mean = new_means[j], var = new_vars[j];
         PyObject *count = PyLong_FromLongLong(ns[j]), *s;
-        if (var == 0.0)
-            s = PyFloat_FromDouble(0.0);
-        else if (var > 0.0 && isfinite(var))
-            s = PyFloat_FromDouble((xi - mean) / power(var, 0.5));
-        else
-            s = scaled_in_python(xi - mean, var);
+        if (var == 0.0 || (var > 0.0 && isfinite(var)))
+            s = PyFloat_FromDouble(new_scaled[j]);
+        else  /* infinite or negative (a state set by hand): Python's own power and division */
+            s = scaled_in_python(xs[j] - mean, var);
         int failed = count == NULL || s == NULL || PyDict_SetItem(counts, keys[j], count) < 0
             || store_float(means, keys[j], stored_means[j], mean) < 0
             || store_float(variances, keys[j], stored_vars[j], var) < 0
@@ -223,13 +257,26 @@ scale_learn(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         if (failed)
             goto failed;
     }
-    return scaled;
-python:  /* left to the Python loop, nothing written */
-    Py_DECREF(scaled);
-    Py_RETURN_NONE;
+    result = Py_NewRef(scaled);
+    goto done;
 failed:
-    Py_DECREF(scaled);
+    Py_CLEAR(scaled);
+    for (Py_ssize_t j = 0; j < k; j++) {
+        Py_DECREF(keys[j]);
+        Py_XDECREF(stored_means[j]);
+        Py_XDECREF(stored_vars[j]);
+    }
     return NULL;
+done:  /* `result` is the scaled features, or NULL: left to the Python loop, nothing written */
+    Py_DECREF(scaled);
+    for (Py_ssize_t j = 0; j < k; j++) {
+        Py_DECREF(keys[j]);
+        Py_XDECREF(stored_means[j]);
+        Py_XDECREF(stored_vars[j]);
+    }
+    if (result == NULL)
+        Py_RETURN_NONE;
+    return result;
 }
 
 /* `LinearLearning._raw_dot`'s sum before the intercept: per feature of `x`, in `x`'s order,
@@ -250,7 +297,7 @@ dot_scaled(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *x = args[0], *means = args[1], *variances = args[2], *weight = args[3];
-    if (!PyDict_CheckExact(x))
+    if (!PyDict_CheckExact(x) || means == variances)
         Py_RETURN_NONE;
     int ok = standard_statistics(means, variances);
     if (ok < 0)
@@ -259,9 +306,10 @@ dot_scaled(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     Py_ssize_t pos = 0;
     PyObject *key, *value;
+    Py_ssize_t size = PyDict_GET_SIZE(x);
     while (PyDict_Next(x, &pos, &key, &value)) {  /* every name and value first */
         double xi;
-        if (!PyUnicode_CheckExact(key) || !number(value, &xi))
+        if (!PyUnicode_CheckExact(key) || !number(value, &xi) || isnan(xi))
             Py_RETURN_NONE;
     }
     double acc = 0.0;
@@ -269,11 +317,12 @@ dot_scaled(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     while (PyDict_Next(x, &pos, &key, &value)) {
         double xi = 0.0, var, mean, scaled = 0.0;
         PyObject *stored;
-        number(value, &xi);
+        if (PyDict_GET_SIZE(x) != size || !number(value, &xi))  /* changed by a lookup */
+            Py_RETURN_NONE;
         int read = stored_float(variances, key, &stored, &var);
         if (read < 0)
             return NULL;
-        if (read == 0)
+        if (read == 0 || isnan(var))
             Py_RETURN_NONE;
         if (stored == NULL && store_float(variances, key, NULL, 0.0) < 0)
             return NULL;
@@ -283,17 +332,18 @@ dot_scaled(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
             read = stored_float(means, key, &stored, &mean);
             if (read < 0)
                 return NULL;
-            if (read == 0)
+            if (read == 0 || isnan(mean))
                 Py_RETURN_NONE;
             if (stored == NULL && store_float(means, key, NULL, 0.0) < 0)
                 return NULL;
             scaled = (xi - mean) / power(var, 0.5);
         }
-        PyObject *call[2] = {key, zero};
+        PyObject *call[2] = {Py_NewRef(key), zero};
         PyObject *w = PyObject_Vectorcall(weight, call, 2, NULL);
+        Py_DECREF(call[0]);
         if (w == NULL)
             return NULL;
-        if (!PyFloat_CheckExact(w)) {
+        if (!PyFloat_CheckExact(w) || isnan(PyFloat_AS_DOUBLE(w))) {
             Py_DECREF(w);
             Py_RETURN_NONE;
         }
@@ -323,7 +373,7 @@ dot_standardized(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     PyObject *key, *value;
     while (PyDict_Next(x, &pos, &key, &value)) {
         double xi;
-        if (!PyUnicode_CheckExact(key) || !number(value, &xi))
+        if (!PyUnicode_CheckExact(key) || !number(value, &xi) || isnan(xi))
             Py_RETURN_NONE;
         PyObject *p = PyDict_GetItemWithError(params, key);
         if (p == NULL) {
