@@ -279,6 +279,41 @@ done:  /* `result` is the scaled features, or NULL: left to the Python loop, not
     return result;
 }
 
+/* `acc += weight(key, 0.0) * scaled`, the scaled value of `xi` read as `dot_scaled` reads it
+ * (storing 0.0 for a missing variance, and for a missing mean it reads): 1; 0 when the
+ * Python loop must answer; -1 with an error set. */
+static int
+add_term(PyObject *key, double xi, PyObject *means, PyObject *variances, PyObject *weight,
+         double *acc)
+{
+    double var, mean, scaled = 0.0;
+    PyObject *stored;
+    int read = stored_float(variances, key, &stored, &var);
+    if (read <= 0 || isnan(var))
+        return read < 0 ? -1 : 0;
+    if (stored == NULL && store_float(variances, key, NULL, 0.0) < 0)
+        return -1;
+    if (var != 0.0) {
+        if (!(var > 0.0 && isfinite(var)))
+            return 0;
+        read = stored_float(means, key, &stored, &mean);
+        if (read <= 0 || isnan(mean))
+            return read < 0 ? -1 : 0;
+        if (stored == NULL && store_float(means, key, NULL, 0.0) < 0)
+            return -1;
+        scaled = (xi - mean) / power(var, 0.5);
+    }
+    PyObject *call[2] = {key, zero};
+    PyObject *w = PyObject_Vectorcall(weight, call, 2, NULL);
+    if (w == NULL)
+        return -1;
+    int is_float = PyFloat_CheckExact(w) && !isnan(PyFloat_AS_DOUBLE(w));
+    if (is_float)
+        *acc += PyFloat_AS_DOUBLE(w) * scaled;
+    Py_DECREF(w);
+    return is_float;
+}
+
 /* `LinearLearning._raw_dot`'s sum before the intercept: per feature of `x`, in `x`'s order,
  *
  *     var = variances[i]
@@ -315,40 +350,16 @@ dot_scaled(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     double acc = 0.0;
     pos = 0;
     while (PyDict_Next(x, &pos, &key, &value)) {
-        double xi = 0.0, var, mean, scaled = 0.0;
-        PyObject *stored;
+        double xi = 0.0;
         if (PyDict_GET_SIZE(x) != size || !number(value, &xi))  /* changed by a lookup */
             Py_RETURN_NONE;
-        int read = stored_float(variances, key, &stored, &var);
-        if (read < 0)
+        Py_INCREF(key);  /* a lookup may run Python code, which must not free it under us */
+        int added = add_term(key, xi, means, variances, weight, &acc);
+        Py_DECREF(key);
+        if (added < 0)
             return NULL;
-        if (read == 0 || isnan(var))
+        if (added == 0)
             Py_RETURN_NONE;
-        if (stored == NULL && store_float(variances, key, NULL, 0.0) < 0)
-            return NULL;
-        if (var != 0.0) {
-            if (!(var > 0.0 && isfinite(var)))
-                Py_RETURN_NONE;
-            read = stored_float(means, key, &stored, &mean);
-            if (read < 0)
-                return NULL;
-            if (read == 0 || isnan(mean))
-                Py_RETURN_NONE;
-            if (stored == NULL && store_float(means, key, NULL, 0.0) < 0)
-                return NULL;
-            scaled = (xi - mean) / power(var, 0.5);
-        }
-        PyObject *call[2] = {Py_NewRef(key), zero};
-        PyObject *w = PyObject_Vectorcall(weight, call, 2, NULL);
-        Py_DECREF(call[0]);
-        if (w == NULL)
-            return NULL;
-        if (!PyFloat_CheckExact(w) || isnan(PyFloat_AS_DOUBLE(w))) {
-            Py_DECREF(w);
-            Py_RETURN_NONE;
-        }
-        acc += PyFloat_AS_DOUBLE(w) * scaled;
-        Py_DECREF(w);
     }
     return PyFloat_FromDouble(acc);
 }
