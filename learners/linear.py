@@ -10,7 +10,9 @@ About 6.5 µs for 30 features, most of it the dict and the calls between the ste
 
 `compile_linear` reads a fitted pipeline once (per served version, off the request path) and
 returns a function doing the same arithmetic in the same order without the intermediate dict
-(about 2.5 µs). Why its answers are River's, float for float:
+(about 2.5 µs; its sum runs in C when `learners/_linear_pass.c` is built, and a served
+`lr` of 30 features then answers in 1.7 µs as a graph member). Why its answers are River's,
+float for float:
 
 - each scaled value is the same expression on the same numbers: ``(xi - mean) / std`` with
   ``std = var ** 0.5`` computed once instead of per request (``**`` is deterministic);
