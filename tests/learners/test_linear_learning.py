@@ -1,6 +1,8 @@
 """`learners.linear_learning`: a linear pipeline learning and predicting in one pass leaves
-River's state, to the bit (the pickled steps after every sample), answers what River answers
-and raises what River raises, at the same point; anything else is left to River."""
+River's state, to the bit (the pickled steps after every sample; a NaN's sign and payload
+aside, which CPython's own arithmetic does not keep), answers what River answers and raises what
+River raises, at the same point; anything else is left to River. With the C pass
+(`learners/_linear_pass.c`) and without it."""
 
 from __future__ import annotations
 
@@ -108,8 +110,9 @@ def test_the_c_pass_is_built() -> None:
 def test_learns_and_answers_as_river_to_the_bit(
     where: str, case: str, stream: list, query: dict, odd: dict
 ) -> None:
-    """After every sample (and a sample River cannot use), the pickled steps are equal bytes,
-    and every prediction (or error) is the same: with the C pass and without it."""
+    """After every sample (and a sample River cannot use), the pickled steps are equal (opcode
+    by opcode, every float's bits but a NaN's: see `state`), and every prediction (or error) is
+    the same: with the C pass and without it."""
     with passes(where):
         _learns_and_answers_as_river(case, stream, query, odd)
 
