@@ -58,18 +58,24 @@ def test_partitions_that_resume_apart_after_a_pause_are_joined_in_event_time(
     learner = build_learner(s, [ModelSpec("lr", "logreg")], use_fork=False)
     counters = learner.core.counters
     worker = threading.Thread(target=learner.run, name="learner")
+
+    def learned() -> int:
+        """Samples the model has learned (0 until the learner thread has set it up)."""
+        model = learner.core.models.get("lr")
+        return 0 if model is None else model.samples_learned
+
     worker.start()
     try:
         first, second = events[:N], events[N:]  # a feature and a label per sample
         send(first, 0)
         send(first, 1)
-        wait_until(lambda: learner.core.models["lr"].samples_learned == N // 2, 60)  # first half
+        wait_until(lambda: learned() == N // 2, 60)  # first half
         wait_until(learner.idleness.all_idle, 30)  # a pause past the grace
         send(second, 0)
         read = offsets_key(s.topic_features, 0)
         wait_until(lambda: learner.offsets.get(read, 0) >= sent[0], 30)  # partition 0 read
         send(second, 1)
-        wait_until(lambda: learner.core.models["lr"].samples_learned == N, 60)  # second half
+        wait_until(lambda: learned() == N, 60)  # second half
     finally:
         learner.stop()
         worker.join(timeout=60)
