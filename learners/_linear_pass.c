@@ -187,6 +187,7 @@ scale_learn(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     long long ns[MAX_FEATURES];
     Py_ssize_t pos = 0, k = 0;
     PyObject *key, *value, *result = NULL;
+    int error = 0;
     while (PyDict_Next(x, &pos, &key, &value)) {
         if (k == MAX_FEATURES || !PyUnicode_CheckExact(key) || !number(value, &xs[k])
             || isnan(xs[k]))
@@ -260,20 +261,17 @@ scale_learn(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     result = Py_NewRef(scaled);
     goto done;
 failed:
-    Py_CLEAR(scaled);
-    for (Py_ssize_t j = 0; j < k; j++) {
-        Py_DECREF(keys[j]);
-        Py_XDECREF(stored_means[j]);
-        Py_XDECREF(stored_vars[j]);
-    }
-    return NULL;
-done:  /* `result` is the scaled features, or NULL: left to the Python loop, nothing written */
+    error = 1;
+done:  /* `result` is the scaled features, or NULL: left to the Python loop (nothing written)
+        * or, with `error`, an exception set */
     Py_DECREF(scaled);
     for (Py_ssize_t j = 0; j < k; j++) {
         Py_DECREF(keys[j]);
         Py_XDECREF(stored_means[j]);
         Py_XDECREF(stored_vars[j]);
     }
+    if (error)
+        return NULL;
     if (result == NULL)
         Py_RETURN_NONE;
     return result;

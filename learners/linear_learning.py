@@ -11,8 +11,8 @@ order on River's dicts, then hands the scaled features to the linear model's own
 its predictions scale each feature as ``transform_one`` does and add its term to the dot
 product as ``VectorDict.dot`` does, in the same pass. Both passes run in C when the extension
 is built and the sample is of the kinds it takes (``learners/_linear_pass.c``: floats and ints,
-no NaN, names of str), with the same operations; the Python loops answer the rest. The state stays River's objects: a
-snapshot pickles them as River's own loop would have left them.
+no NaN, names of str), with the same operations; the Python loops answer the rest. The state
+stays River's objects: a snapshot pickles them as River's own loop would have left them.
 
 Why the state is River's, number for number:
 
