@@ -302,12 +302,16 @@ class Learner(LearnerCommands):
         return max(0.0, newest - value)
 
     def summaries(self) -> list[dict[str, Any]]:
+        """One line per model at exit; ``late_events``: events read after the watermark had
+        passed their time (processed out of event-time order, so not River's order)."""
+        late = self.core.counters.late_events
         return [
             {
                 "model": name,
                 "version": self.stats.last_snapshot_version,
                 "samples_learned": state.samples_learned,
                 "metrics": state.metric_values(),
+                "late_events": late,
             }
             for name, state in self.core.models.items()
         ]

@@ -32,6 +32,7 @@ def test_phishing_logreg_accuracy_and_rocauc(settings: Settings, delay: str | in
     rocauc, _ = river_score("Phishing", "logreg", "ROCAUC", delay)
     assert summary["metrics"] == {"Accuracy": accuracy, "ROCAUC": rocauc}
     assert summary["samples_learned"] == 1250
+    assert summary["late_events"] == 0  # the exit line says whether River's order was kept
     ours = final_model(s, "lr").model
     for x, _ in itertools.islice(load_dataset("Phishing"), 0, 1250, 97):
         assert ours.predict_proba_one(x) == river_model.predict_proba_one(x)
