@@ -63,12 +63,11 @@ def _rollback(settings: Settings, *args: str) -> subprocess.CompletedProcess[str
 
 
 def test_poisoned_stretch_is_rolled_back_with_replay(settings: Settings, tmp_path: Path) -> None:
-    """The replayed learner equals one that never saw the poison, number for number. Each part
-    is published while the learner runs, so the idle grace is 1 s, not `fast`'s 0.2 s: a
-    partition whose part reaches the broker that much later than another's would have its
-    older events released after the other's newer ones (the documented limit of equivalence;
-    a CI run failed here with the same count and Accuracy but another state). The counters
-    say so first if it happens again."""
+    """The replayed learner equals one that never saw the poison, number for number. The learner
+    reads each part live, so each is published in one request (`publish`'s ``at_once``: a CI
+    run failed here with the same count and Accuracy but another state, most likely late
+    events from a part published in several requests), with a 1 s idle grace for margin; the
+    checkpoint's counters say first whether any event came late."""
     s = fast(
         settings, snapshot_every_labels=100, snapshot_every_seconds=0.2, watermark_idle_grace=1.0
     )
@@ -76,10 +75,10 @@ def test_poisoned_stretch_is_rolled_back_with_replay(settings: Settings, tmp_pat
     store = snapshot_store(s)
     learner = spawn_cli(s, ["learn", "--model", "lr=logreg"], tmp_path / "learner.log")
     try:
-        publish(s, clean_a)
+        publish(s, clean_a, at_once=True)
         before = int(wait_until(_learned(s, _labels(clean_a)), 90, "the clean part"))
         accuracy_before = store.meta("lr", before).metrics["Accuracy"]
-        publish(s, poisoned)
+        publish(s, poisoned, at_once=True)
         after = int(wait_until(_learned(s, _labels(clean_a) + _labels(poisoned)), 90, "the poison"))
         assert store.meta("lr", after).metrics["Accuracy"] < accuracy_before - 0.05
 
@@ -90,7 +89,7 @@ def test_poisoned_stretch_is_rolled_back_with_replay(settings: Settings, tmp_pat
         assert result.returncode == 0, result.stderr
         assert store.serving_version("lr") == before  # serving moved at once
 
-        publish(s, clean_c)
+        publish(s, clean_c, at_once=True)
         # Labels of the features inside the excluded stretch have nothing to join any more.
         wait_until(_learned(s, _joinable(clean_a + clean_c)), 90, "the replay")
     finally:
