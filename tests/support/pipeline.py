@@ -36,8 +36,8 @@ def publish(
     Sent as they come (20 ms of linger), each request drains the partitions in turn while
     events are still being added, so a later request can carry a partition's events that are
     older than those an earlier one carried for another partition; should the next request
-    come after the idle grace, those older events are late (seen with a 0.2 s grace on a
-    loaded machine)."""
+    come after the idle grace, those older events are late (the likely cause of a CI failure
+    with a 0.2 s grace)."""
     producer = (
         EventProducer(
             settings.kafka_bootstrap_servers, linger_ms=60_000, security=kafka_security(settings)
