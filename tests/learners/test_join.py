@@ -366,3 +366,67 @@ def test_offsets_that_are_not_a_list_of_ints_are_read_from_the_buffer():
     join.push_features([feature(3, 3)], (0, 1), (9,))  # type: ignore[arg-type]
     found, _ = join.set_aside()
     assert {s: list(u.offsets) for s, u in found.items()} == {F: [4, 5], (0, 1): [9]}
+
+
+def _whole_sort(buffer: list, ordered: int) -> None:
+    buffer.sort()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.randoms(use_true_random=False), st.integers(1, 12))
+def test_merging_the_pushes_into_the_ordered_buffer_is_a_whole_sort(
+    rnd: random.Random, rounds: int
+) -> None:
+    """Pushes from several sources overlap the buffered events in time; steps at rising
+    watermarks (some leaving events buffered, one paused mid-way), a set-aside and put-back,
+    and a pickle round trip in between: every release, and the state, is what sorting the
+    whole buffer gives."""
+    plan = []
+    clock, ident = 0.0, 0
+    for _ in range(rounds):
+        pushes = []
+        for _ in range(rnd.randint(0, 4)):
+            source = (rnd.randint(0, 1), rnd.randint(0, 2))
+            times = sorted(clock + rnd.uniform(-3, 6) for _ in range(rnd.randint(1, 8)))
+            events = []
+            for time in times:
+                ident += 1
+                if source[0] == 0:
+                    events.append(feature(ident % 17, time))
+                else:
+                    events.append(label(ident % 17, time, bool(ident % 2)))
+            pushes.append((source, events))
+        clock += rnd.uniform(0, 4)
+        plan.append((pushes, clock, rnd.random() < 0.3, rnd.random() < 0.2, rnd.random() < 0.2))
+
+    def run() -> tuple[list, bytes]:
+        join, out, offset = EventTimeJoin(ttl=50.0), [], 0
+        for pushes, watermark, pause, aside, roundtrip in plan:
+            for source, events in pushes:
+                offsets = list(range(offset, offset + len(events)))
+                offset += len(events)
+                if source[0] == 0:
+                    join.push_features(events, source, offsets)
+                else:
+                    join.push_labels(events, source, offsets)
+            if aside:  # with a push in between, older than what was set aside
+                _, put = join.set_aside()
+                offset += 1
+                join.push_feature(feature(98, watermark - 6.0), (0, 4), offset)
+                join.put_back(put)
+            steps = join.steps(watermark)
+            if pause:  # a push while `steps` is paused goes after the ordered entries
+                first = next(steps, None)
+                if first is not None:
+                    out.append((first[0].id, first[1] is not None))
+                offset += 1
+                join.push_feature(feature(99, watermark - 1.0), (0, 3), offset)
+            out.extend((p.id, lab is not None) for p, lab in steps)
+            if roundtrip:
+                join = pickle.loads(pickle.dumps(join))
+        out.extend((p.id, lab is not None) for p, lab in join.steps(math.inf))
+        return out, pickle.dumps(join.counters)
+
+    ours = run()
+    with mock.patch("learners.join._in_order", _whole_sort):
+        assert run() == ours
