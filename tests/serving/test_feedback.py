@@ -14,15 +14,13 @@ import orjson
 import pytest
 from river import datasets, metrics
 
-from learners.serialization import load_signed
 from learners.specs import ModelSpec, build_estimator
 from schemas.settings import Settings
 from serving.app import create_app
 from serving.telemetry import ServingMetrics
 from stream.dev.ports import free_port
 from stream.kafka.client import read_all
-from stream.learner.runtime import snapshot_store
-from tests.support.pipeline import fast, final_model, learn
+from tests.support.pipeline import fast, final_core, final_model, learn
 
 pytestmark = pytest.mark.integration
 
@@ -102,8 +100,7 @@ def test_predict_with_ids_then_labels_learns_exactly_what_was_served(
     for answer, (_, y) in zip(answers, samples[BOOT:], strict=True):
         assert answer["id"].startswith("p")
         by_version.setdefault(answer["version"], metrics.Accuracy()).update(y, answer["prediction"])
-    _v, blob, _o = snapshot_store(s).latest_checkpoint()
-    core = load_signed(blob, s.require_snapshot_key())["core"]
+    core = final_core(s)
     assert core.served_metric_values() == {
         ("lr", version): {"Accuracy": metric.get()} for version, metric in by_version.items()
     }

@@ -10,7 +10,9 @@ from typing import Any
 
 from river import datasets
 
+from learners.core import LearningCore
 from learners.datasets import dataset_events
+from learners.serialization import load_signed
 from learners.specs import ModelSpec, build_estimator
 from schemas.events import FeatureEvent, LabelEvent
 from schemas.settings import Settings
@@ -91,6 +93,15 @@ def phishing_logreg_after(n: int) -> Any:
     for x, y in list(datasets.Phishing())[:n]:
         model.learn_one(x, y)
     return model
+
+
+def final_core(settings: Settings) -> LearningCore:
+    """The learning core of the latest checkpoint (its join counters, its served metrics)."""
+    checkpoint = snapshot_store(settings).latest_checkpoint()
+    assert checkpoint is not None, "no checkpoint"
+    _version, blob, _offsets = checkpoint
+    core: LearningCore = load_signed(blob, settings.require_snapshot_key())["core"]
+    return core
 
 
 def final_model(settings: Settings, name: str) -> Any:

@@ -37,14 +37,13 @@ import pytest
 from river import evaluate, metrics
 
 from learners.datasets import dataset_events, load_dataset, river_delay
-from learners.serialization import load_signed
 from learners.specs import build_estimator
 from schemas.events import EventCodec, FeatureEvent, Limits
 from schemas.settings import Settings
 from stream.dev.services import free_port
 from stream.kafka.client import EventProducer, create_topics
 from stream.learner.runtime import snapshot_store
-from tests.support.pipeline import fast, final_model, spawn_cli
+from tests.support.pipeline import fast, final_core, final_model, spawn_cli
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -180,8 +179,7 @@ def test_learning_while_published_at_uneven_pace_equals_river(
             learner.wait(timeout=10)
     assert versions_while_publishing >= 2  # it learned while the events were arriving
 
-    _version, blob, _offsets = snapshot_store(s).latest_checkpoint() or (0, b"", {})
-    counters = load_signed(blob, s.require_snapshot_key())["core"].counters
+    counters = final_core(s).counters
     assert (counters.late_events, counters.forced_events) == (0, 0), counters
 
     expected = {}

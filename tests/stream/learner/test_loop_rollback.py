@@ -9,13 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from learners.datasets import dataset_events, load_dataset
-from learners.serialization import load_signed
 from learners.specs import ModelSpec
 from schemas.events import FeatureEvent, LabelEvent
 from schemas.settings import Settings
 from stream.learner.runtime import snapshot_store
 from tests.conftest import settings_env
-from tests.support.pipeline import fast, learn, publish, spawn_cli
+from tests.support.pipeline import fast, final_core, learn, publish, spawn_cli
 from tests.support.waiting import wait_until
 
 POISON = (600.0, 899.5)
@@ -105,8 +104,7 @@ def test_poisoned_stretch_is_rolled_back_with_replay(settings: Settings, tmp_pat
     )
     publish(clean, clean_a + clean_c)
     [expected] = learn(clean, [ModelSpec("lr", "logreg")])
-    _version, blob, _offsets = store.latest_checkpoint() or (0, b"", {})
-    counters = load_signed(blob, s.require_snapshot_key())["core"].counters
+    counters = final_core(s).counters
     assert (counters.late_events, counters.forced_events) == (0, 0), counters
     version = store.latest_version("lr")
     state, meta = store.load_model("lr", version)

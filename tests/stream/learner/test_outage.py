@@ -28,7 +28,6 @@ import redis
 from river import evaluate, metrics
 
 from learners.datasets import dataset_events, load_dataset, river_delay
-from learners.serialization import load_signed
 from learners.specs import build_estimator
 from schemas.settings import Settings
 from stream.dev.services import (
@@ -40,7 +39,7 @@ from stream.dev.services import (
 )
 from stream.learner.runtime import snapshot_store
 from tests.support.outage import private_kafka
-from tests.support.pipeline import fast, final_model, publish, spawn_cli
+from tests.support.pipeline import fast, final_core, final_model, publish, spawn_cli
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -296,8 +295,7 @@ def test_the_learner_rides_out_a_broker_restart(
             learner.kill()
             learner.wait(timeout=10)
     # Not one event was taken for late: the outage did not count as the partitions' idleness.
-    _v, blob, _o = snapshot_store(s).latest_checkpoint()
-    assert load_signed(blob, s.require_snapshot_key())["core"].counters.late_events == 0
+    assert final_core(s).counters.late_events == 0
     assert_equal_to_river(s)
 
 
