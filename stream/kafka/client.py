@@ -114,6 +114,7 @@ class EventProducer:
             )
         except KafkaError as exc:
             raise KafkaAdapterError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+        _keep_refreshing_metadata(self._producer)
         self.sent = 0
         self.failed = 0
         self.errors: list[str] = []
@@ -166,6 +167,34 @@ class EventProducer:
 
     def close(self) -> None:
         self._producer.close(timeout=10)
+
+
+def _keep_refreshing_metadata(producer: Any) -> None:
+    """Keep kafka-python's metadata refresh loop alive through a broker's death.
+
+    kafka-python (3.0.12, the newest) refreshes metadata in one loop that retries a
+    ``KafkaError`` but ends on any other exception. A broker killed while a metadata request
+    to it is under way can fail that request with a bare ``ConnectionResetError``: the loop
+    ends for the producer's life, the leaders it knows never change, and the records of the
+    partitions that moved off the dead broker are retried against it until they expire (a
+    flush timed out so in CI, in ``test_netns``). Such errors become ``KafkaConnectionError``
+    here, which the loop retries (after ``retry_backoff_ms``) on another broker."""
+    from kafka.errors import KafkaConnectionError, KafkaError
+
+    cluster = getattr(producer, "_metadata", None)
+    refresh = getattr(cluster, "_do_refresh_metadata", None)
+    if refresh is None:  # another kafka-python's layout: nothing to guard
+        return
+
+    async def refresh_or_retry(node_id: Any = None) -> None:
+        try:
+            await refresh(node_id)
+        except KafkaError:
+            raise
+        except Exception as exc:
+            raise KafkaConnectionError(f"metadata refresh: {exc!r}") from exc
+
+    cluster._do_refresh_metadata = refresh_or_retry  # type: ignore[union-attr]
 
 
 def open_source(
