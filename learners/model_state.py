@@ -17,6 +17,7 @@ from river import base, metrics
 import learners.river_compat  # noqa: F401  (registers iterative pickling of deep River trees)
 from learners.linear_learning import LinearLearning, compile_learning
 from learners.specs import ModelKind, ModelSpec, RiverModel, model_kind
+from learners.tree_learning import TreeLearning, compile_tree_learning
 from schemas.events import Label
 
 Prediction = tuple[Any, Any]
@@ -47,18 +48,19 @@ class ModelState:
     _supervised: bool = field(default=True, repr=False)
     label_type: type | None = None
     """A classifier's label type, fixed by the first label it learns (bool, int or str)."""
-    _calls: RiverModel | LinearLearning | None = field(default=None, repr=False)
+    _calls: RiverModel | LinearLearning | TreeLearning | None = field(default=None, repr=False)
     """What a classifier or regressor predicts and learns with: a linear pipeline's one-pass
-    form on the model's own state (`learners.linear_learning`), else the model; found at the
-    first call, and never pickled."""
+    form on the model's own state (`learners.linear_learning`), a Hoeffding tree's steps with
+    its leaves' Gaussians in C (`learners.tree_learning`), else the model; found at the first
+    call, and never pickled."""
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.pop("_calls", None)
         return state
 
-    def _supervised_calls(self) -> RiverModel | LinearLearning:
-        compiled = compile_learning(self.model)
+    def _supervised_calls(self) -> RiverModel | LinearLearning | TreeLearning:
+        compiled = compile_learning(self.model) or compile_tree_learning(self.model)
         self._calls = calls = self.model if compiled is None else compiled
         return calls
 

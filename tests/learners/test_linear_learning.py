@@ -194,9 +194,9 @@ def test_a_model_state_learns_through_it_and_pickles_without_it() -> None:
     assert restored.predict({"a": 1.0}) == (river.predict_one({"a": 1.0}), None)
     assert isinstance(restored._calls, LinearLearning)
     assert state(restored.model) == state(river)  # type: ignore[arg-type]
-    tree = ModelState.from_spec(ModelSpec("t", "hoeffding"))
-    tree.learn({"a": 1.0}, True, (None, None))
-    assert tree._calls is tree.model
+    forest = ModelState.from_spec(ModelSpec("f", "arf"))  # (a Hoeffding tree's: tree_learning)
+    forest.learn({"a": 1.0}, True, (None, None))
+    assert forest._calls is forest.model
 
 
 def test_an_optimizer_changed_after_compiling_learns_as_river() -> None:
