@@ -135,11 +135,9 @@ class PrometheusObserver:
     def snapshot(self, learner: LearnerView, result: SnapshotResult) -> None:
         if not result.ok:
             return
-        store = learner.snapshotter.store
         for name in learner.core.models:
-            size = result.sizes.get(name)
-            if size is None:  # not read back by the snapshotter
-                size = store.meta(name, result.version).size
+            # None: not read back (a forked child wrote it and Redis went away right after):
+            # the size stays unknown rather than read here, where an outage would stop learning
             self.metrics.snapshot_written(
-                name, result.version, size, result.seconds, result.stall_seconds
+                name, result.version, result.sizes.get(name), result.seconds, result.stall_seconds
             )

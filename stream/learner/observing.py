@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from learners.core import LearningCore
-    from stream.checkpoint.protocol import SnapshotResult, Snapshotter
+    from stream.checkpoint.protocol import SnapshotResult
     from stream.kafka.client import RecordRun
     from stream.learner.outage import Outage
 
@@ -47,11 +47,6 @@ class LearnerView(Protocol):
     @property
     def outage(self) -> Outage:
         """Whether Redis is reachable."""
-        ...
-
-    @property
-    def snapshotter(self) -> Snapshotter:
-        """Its ``store`` gives the metas of written snapshots."""
         ...
 
     def timings(self) -> dict[str, dict[str, list[float]]]:

@@ -278,14 +278,16 @@ class LearnerMetrics:
         self,
         model: str,
         version: int,
-        size_bytes: int,
+        size_bytes: int | None,
         duration_seconds: float,
         stall_seconds: float,
         timestamp: float | None = None,
     ) -> None:
-        """Record a snapshot of ``model`` written, and how long learning was blocked by it."""
+        """Record a snapshot of ``model`` written, and how long learning was blocked by it
+        (``size_bytes`` None: not known, the size gauge keeps its value)."""
         self.snapshot_version.labels(model=model).set(version)
-        self.snapshot_size_bytes.labels(model=model).set(size_bytes)
+        if size_bytes is not None:
+            self.snapshot_size_bytes.labels(model=model).set(size_bytes)
         self.snapshot_timestamp_seconds.labels(model=model).set(
             time.time() if timestamp is None else timestamp
         )

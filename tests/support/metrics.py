@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from prometheus_client import CollectorRegistry
 
+from learners.core import LearningCore
 from serving.graphs import GraphMetrics
 from serving.telemetry import ServingMetrics
 from stream.learner.telemetry import LearnerMetrics
@@ -88,3 +91,21 @@ def worker_metrics() -> WorkerMetrics:
     m = WorkerMetrics(CollectorRegistry())
     touch_worker(m)
     return m
+
+
+class View:
+    """The little of a learner the observer reads, around a real core."""
+
+    def __init__(self, core: LearningCore) -> None:
+        self.core = core
+        self.stats = SimpleNamespace(dead_letters={})
+        self.outage = SimpleNamespace(up=True)
+
+    def timings(self) -> dict[str, dict[str, list[float]]]:
+        return {}
+
+    def lags(self) -> dict[str, dict[int, int]]:
+        return {}
+
+    def watermark_delay(self) -> float | None:
+        return None

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -15,24 +14,7 @@ from learners.specs import ModelSpec
 from schemas.events import FeatureEvent
 from stream.learner.observer import PrometheusObserver
 from stream.learner.telemetry import LearnerMetrics
-
-
-class View:
-    """The little of a learner the observer reads, around a real core."""
-
-    def __init__(self, core: LearningCore) -> None:
-        self.core = core
-        self.stats = SimpleNamespace(dead_letters={})
-        self.outage = SimpleNamespace(up=True)
-
-    def timings(self) -> dict[str, dict[str, list[float]]]:
-        return {}
-
-    def lags(self) -> dict[str, dict[int, int]]:
-        return {}
-
-    def watermark_delay(self) -> float | None:
-        return None
+from tests.support.metrics import View
 
 
 def test_comparisons_are_exported_as_their_summary() -> None:
