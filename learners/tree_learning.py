@@ -125,6 +125,11 @@ def _majority(observed: dict[Any, float]) -> dict[Any, float]:
     return cast("dict[Any, float]", normalize_values_in_dict(dict(observed)))
 
 
+_W: float = tree.HoeffdingTreeClassifier.learn_one.__kwdefaults__["w"]
+"""River's default sample weight, the object itself: a leaf stores it as a class's first count,
+and River's memory estimate counts each object once (by ``id``)."""
+
+
 class TreeLearning:
     """``learn_one``, ``predict_one`` and ``predict_proba_one`` of a Hoeffding tree classifier,
     River's steps with the leaf's Gaussians in C (see the module docstring); built by
@@ -141,8 +146,8 @@ class TreeLearning:
         try:
             while type(node) is NumericBinaryBranch:
                 parent, node = node, node.children[0 if x[node.feature] <= node.threshold else 1]
-        except (KeyError, TypeError):
-            return None
+        except Exception:  # a missing feature, or a value River's walk raises on (after its
+            return None  # first changes, which its own learn_one then makes)
         if type(node) is not LeafNaiveBayesAdaptive:
             return None
         return parent, node
@@ -176,7 +181,7 @@ class TreeLearning:
             model.learn_one(x, y)
             return
         parent, leaf = found
-        w = 1.0
+        w = _W
         model.classes.add(y)
         model._train_weight_seen_by_model += w
         # LeafNaiveBayesAdaptive.learn_one: score both predictions against y, then learn

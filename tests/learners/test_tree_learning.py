@@ -43,7 +43,7 @@ samples = st.lists(
 odd_samples = st.lists(
     st.tuples(
         st.dictionaries(st.sampled_from([*NAMES, "new"]), odd, max_size=5),
-        st.sampled_from(["x", "y", "z"]),
+        st.one_of(st.sampled_from(["x", "y", "z"]), st.sampled_from([0, 1, 2])),
     ),
     min_size=1,
     max_size=120,
@@ -55,6 +55,8 @@ trees = st.builds(
     leaf_prediction=st.sampled_from(["nba", "nba", "nb", "mc"]),
     delta=st.sampled_from([1e-7, 0.1]),
     tau=st.sampled_from([0.05, 0.5]),
+    binary_split=st.booleans(),
+    nominal_attributes=st.sampled_from([None, ["c"]]),
 )
 
 
@@ -122,6 +124,52 @@ def test_a_grown_tree_on_agrawal_is_river_s_after_every_sample(passes: str) -> N
     stream = list(load_dataset("synth.Agrawal", limit=3_000, seed=7))
     grown = learn_both(tree.HoeffdingTreeClassifier(grace_period=100), stream)
     assert grown.height >= 3
+
+
+def grown(
+    stream: list[tuple[dict[str, Any], Any]], grace_period: int = 20
+) -> tuple[Any, TreeLearning]:
+    """A River tree and a `TreeLearning` clone after ``stream``, each learned its own way."""
+    model = tree.HoeffdingTreeClassifier(grace_period=grace_period)
+    river, fast = model.clone(), TreeLearning(model.clone())
+    for x, y in stream:
+        river.learn_one(dict(x), y)
+        fast.learn_one(dict(x), y)
+    assert tree_state(fast.model) == tree_state(river)
+    return river, fast
+
+
+def test_a_value_whose_density_overflows_raises_as_river_does(passes: str) -> None:
+    """``(x - mu) ** 2`` past the largest float: Python raises OverflowError in River's naive
+    Bayes; the C pass must leave it to River, not answer."""
+    # one leaf (no split yet) whose naive Bayes does better than its majority class
+    stream = [({"a": float(i % 9), "b": i % 4}, i % 9 > 4) for i in range(60)]
+    river, fast = grown(stream, grace_period=1000)
+    leaf = river._root
+    assert leaf._nb_correct_weight >= leaf._mc_correct_weight
+    x = {"a": 1e155, "b": 1}
+    assert outcome(river.predict_proba_one, x) == ("raised", "OverflowError")
+    assert outcome(fast.predict_proba_one, x) == outcome(river.predict_proba_one, x)
+    assert outcome(fast.learn_one, x, True) == outcome(river.learn_one, x, True)
+    assert tree_state(fast.model) == tree_state(river)
+
+
+class Refusing(float):
+    """A value River's split raises on with neither a KeyError nor a TypeError."""
+
+    def __le__(self, other: object) -> bool:
+        raise ValueError("no order")
+
+
+def test_an_error_in_the_walk_is_raised_after_river_s_own_first_changes(passes: str) -> None:
+    river, fast = grown([({"a": float(i % 9), "b": i % 4}, i % 9 > 4) for i in range(400)])
+    assert river.height > 1
+    x = {"a": Refusing(3.0), "b": 1}
+    assert outcome(fast.learn_one, x, "new") == outcome(river.learn_one, x, "new")
+    assert outcome(fast.learn_one, x, "new") == ("raised", "ValueError")
+    assert outcome(river.learn_one, x, "new") == ("raised", "ValueError")
+    assert "new" in fast.model.classes
+    assert tree_state(fast.model) == tree_state(river)
 
 
 def test_the_learner_s_trees_learn_through_it() -> None:
