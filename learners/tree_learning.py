@@ -125,7 +125,7 @@ def _majority(observed: dict[Any, float]) -> dict[Any, float]:
     return cast("dict[Any, float]", normalize_values_in_dict(dict(observed)))
 
 
-_W: float = tree.HoeffdingTreeClassifier.learn_one.__kwdefaults__["w"]
+_W: float = (tree.HoeffdingTreeClassifier.learn_one.__kwdefaults__ or {}).get("w", 1.0)
 """River's default sample weight, the object itself: a leaf stores it as a class's first count,
 and River's memory estimate counts each object once (by ``id``)."""
 
