@@ -156,6 +156,7 @@ class LearnerCheckpoints:
             self._record(result)
         use_fork = self.snapshotter.use_fork
         self.snapshotter.use_fork = False
+        backoff = threading.Event()  # never set: a stop (which set `_stop`) waits out each delay
         try:
             while True:
                 final = self.snapshot_now(stalls=False)
@@ -165,7 +166,7 @@ class LearnerCheckpoints:
                     raise SnapshotError("the final snapshot could not be written (see the log)")
                 # Redis is away: retry (with the outage's backoff) until it is back or the
                 # outage outlasts RIVERSTREAM_REDIS_OUTAGE_SECONDS (RedisOutageError).
-                self._stop.wait(max(0.0, self.outage.retry_at - self.clock()))
+                backoff.wait(max(0.0, self.outage.retry_at - self.clock()))
         finally:
             self.snapshotter.use_fork = use_fork
 

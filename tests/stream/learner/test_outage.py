@@ -224,6 +224,54 @@ def test_the_learner_rides_out_redis_killed_and_hung(
     assert_equal_to_river(s)  # nothing learned twice, nothing skipped
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_stop_during_an_outage_waits_for_redis_with_the_backoff(
+    settings: Settings, private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    """SIGTERM while Redis is away: the learner keeps its final snapshot for Redis's return and
+    retries it with the outage's backoff (a stop used to cut every wait short: it retried
+    without pause, a CPU busy with snapshots), then writes it and exits 0."""
+    metrics_port, n = free_port(), 2_000
+    s = fast(
+        settings, redis_url=private_redis.url, learner_metrics_port=metrics_port,
+        snapshot_every_labels=500, snapshot_every_seconds=0.5, redis_outage_seconds=120,
+    )  # fmt: skip
+    store = snapshot_store(s)
+    log = tmp_path / "learner.log"
+    publish(s, list(dataset_events("synth.Agrawal", label_delay=DELAY, limit=n, seed=SEED)))
+    learner = spawn_cli(s, ["learn", "--model", "lr=logreg", "--metric", "Accuracy"], log)
+    try:
+        wait_until(
+            lambda: learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0) >= n,
+            60,
+            "the stream to be learned",
+            log=log,
+        )
+        wait_until(lambda: _version(store) is not None, 30, "a snapshot", log=log)
+        before = _version(store) or 0
+        private_redis.kill(signal.SIGKILL)
+        os.kill(learner.pid, signal.SIGTERM)  # its final snapshot waits for Redis
+        settle = time.monotonic()
+        wait_until(lambda: time.monotonic() - settle >= 1, 5, "the stop to begin")
+        cpu, start = _cpu_seconds(learner.pid), time.monotonic()
+        wait_until(lambda: time.monotonic() - start >= 3, 10, "three seconds of waiting")
+        used = _cpu_seconds(learner.pid) - cpu
+        assert learner.poll() is None, log.read_text()[-3000:]
+        assert used < 0.75, f"{used:.2f} s of CPU in 3 s of waiting for Redis"
+        private_redis.start()  # same port, same data directory
+        assert learner.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert (_version(store) or 0) > before
+    finally:
+        if learner.poll() is None:
+            learner.kill()
+            learner.wait(timeout=10)
+
+
 def _version(store) -> int | None:
     try:
         latest = store.latest_checkpoint()
