@@ -49,31 +49,13 @@
 #include <Python.h>
 #include <math.h>
 
+#include "_exact_number.h"
+
 #define MAX_FEATURES 512
-#define EXACT_INT (1LL << 53)
 
 static PyTypeObject *counter_type, *defaultdict_type;
 static PyObject *default_factory_name, *float_type, *one_half, *zero;
 static double (*volatile power)(double, double) = pow;
-
-/* The double of `value` (a float, or an int within ±2**53) in `out`; 0 for any other. */
-static int
-number(PyObject *value, double *out)
-{
-    if (PyFloat_CheckExact(value)) {
-        *out = PyFloat_AS_DOUBLE(value);
-        return 1;
-    }
-    if (PyLong_CheckExact(value)) {
-        int overflow;
-        long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
-        if (overflow || v > EXACT_INT || v < -EXACT_INT)
-            return 0;
-        *out = (double)v;
-        return 1;
-    }
-    return 0;
-}
 
 /* Whether `d` is exactly a defaultdict whose default is float. -1 with an error set. */
 static int
@@ -189,7 +171,7 @@ scale_learn(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     PyObject *key, *value, *result = NULL;
     int error = 0;
     while (PyDict_Next(x, &pos, &key, &value)) {
-        if (k == MAX_FEATURES || !PyUnicode_CheckExact(key) || !number(value, &xs[k])
+        if (k == MAX_FEATURES || !PyUnicode_CheckExact(key) || !exact_number(value, &xs[k])
             || isnan(xs[k]))
             goto done;
         keys[k] = Py_NewRef(key);
@@ -342,14 +324,14 @@ dot_scaled(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t size = PyDict_GET_SIZE(x);
     while (PyDict_Next(x, &pos, &key, &value)) {  /* every name and value first */
         double xi;
-        if (!PyUnicode_CheckExact(key) || !number(value, &xi) || isnan(xi))
+        if (!PyUnicode_CheckExact(key) || !exact_number(value, &xi) || isnan(xi))
             Py_RETURN_NONE;
     }
     double acc = 0.0;
     pos = 0;
     while (PyDict_Next(x, &pos, &key, &value)) {
         double xi = 0.0;
-        if (PyDict_GET_SIZE(x) != size || !number(value, &xi))  /* changed by a lookup */
+        if (PyDict_GET_SIZE(x) != size || !exact_number(value, &xi))  /* changed by a lookup */
             Py_RETURN_NONE;
         Py_INCREF(key);  /* a lookup may run Python code, which must not free it under us */
         int added = add_term(key, xi, means, variances, weight, &acc);
@@ -382,7 +364,7 @@ dot_standardized(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     PyObject *key, *value;
     while (PyDict_Next(x, &pos, &key, &value)) {
         double xi;
-        if (!PyUnicode_CheckExact(key) || !number(value, &xi) || isnan(xi))
+        if (!PyUnicode_CheckExact(key) || !exact_number(value, &xi) || isnan(xi))
             Py_RETURN_NONE;
         PyObject *p = PyDict_GetItemWithError(params, key);
         if (p == NULL) {

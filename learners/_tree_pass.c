@@ -50,7 +50,8 @@
 #include <Python.h>
 #include <math.h>
 
-#define EXACT_INT (1LL << 53)
+#include "_exact_number.h"
+
 #define MAX_FEATURES 512
 #define MAX_CLASSES 64
 
@@ -60,26 +61,11 @@ static PyObject *s_dists, *s_mins, *s_maxs, *s_var, *s_mean, *s_n, *s_value, *s_
 static PyTypeObject *gaussian_type, *var_type, *mean_type;
 static double half_log_tau;
 
-/* The double of `value` (a finite float, or an int within ±2**53) in `out`; 0 for any other. */
+/* `exact_number`, finite: 0 for an infinity or a NaN too. */
 static int
 number(PyObject *value, double *out)
 {
-    if (PyFloat_CheckExact(value)) {
-        double v = PyFloat_AS_DOUBLE(value);
-        if (!isfinite(v))
-            return 0;
-        *out = v;
-        return 1;
-    }
-    if (PyLong_CheckExact(value)) {
-        int overflow;
-        long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
-        if (overflow || v > EXACT_INT || v < -EXACT_INT)
-            return 0;
-        *out = (double)v;
-        return 1;
-    }
-    return 0;
+    return exact_number(value, out) && isfinite(*out);
 }
 
 /* A float attribute of `obj` (exactly a float, not NaN) in `out`: 1; 0 for anything else, -1
