@@ -162,7 +162,8 @@ class Settings(BaseSettings):
     snapshot_every_seconds: float = Field(30.0, gt=0, description="...or after T seconds.")
     redis_outage_seconds: float = Field(
         300.0, gt=0,
-        description="Longest Redis outage the learner rides out (learning on, snapshots retried).",
+        description="Longest Redis outage (unreachable, or refusing writes) the learner rides "
+        "out (learning on, snapshots retried).",
     )  # fmt: skip
     snapshot_fork_min_bytes: int = Field(
         1_000_000,

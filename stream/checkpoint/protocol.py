@@ -62,14 +62,38 @@ from learners.serialization import dump_signed, load_signed
 from learners.specs import ModelSpec
 from schemas.errors import RiverstreamError, SnapshotError
 from schemas.records import SnapshotMeta
+from stream.registry.base import RegistryUnavailableError
 from stream.store.comparisons import ComparisonStore
-from stream.store.snapshots import SnapshotStore
+from stream.store.snapshots import OwnershipLostError, RedisUnavailableError, SnapshotStore
 from stream.store.trace import TraceWrite
 
 log = logging.getLogger(__name__)
 
 Offsets = dict[str, int]
 """``"topic:partition"`` → next offset to read."""
+
+Failure = Literal["unavailable", "ownership", "error"]
+"""Why a snapshot failed (`failure_of`)."""
+
+_EXIT_STATUS: dict[Failure, int] = {"error": 1, "unavailable": 75, "ownership": 76}
+"""A snapshot child's exit status for each failure (75: EX_TEMPFAIL)."""
+
+
+def failure_of(exc: BaseException) -> Failure:
+    """``unavailable``: Redis was unreachable or refused for a while, in the write or in the
+    registry's steps after it (`stream.store.snapshots.transient`): retried as an outage;
+    ``ownership``: a model was handed over to another learner; else ``error``.
+
+    >>> failure_of(RedisUnavailableError("write version 3: redis unavailable: OOM"))
+    'unavailable'
+    >>> failure_of(ValueError("a bug"))
+    'error'
+    """
+    if isinstance(exc, OwnershipLostError):
+        return "ownership"
+    if isinstance(exc, (RedisUnavailableError, RegistryUnavailableError)):
+        return "unavailable"
+    return "error"
 
 
 @dataclass
@@ -82,6 +106,10 @@ class SnapshotResult:
     """Written by a forked child, by the writer thread, or in the learning thread."""
     sizes: dict[str, int] = field(default_factory=dict)
     """Bytes of each model's signed blob (empty if the snapshot failed or was not read back)."""
+    failure: Failure | None = None
+    """Why it failed (`failure_of`; a forked child's from its exit status), None if it did not."""
+    error: str = ""
+    """The failure's message (a forked child logs its own)."""
 
 
 SkipRanges = dict[str, list[tuple[int, int]]]
@@ -257,6 +285,8 @@ class _Writing:
     after_write: AfterWrite | None = None
     sizes: dict[str, int] | None = None
     """Set by the writer thread when the version is written (and the registry's steps ran)."""
+    failed: BaseException | None = None
+    """Set by the writer thread when it failed."""
 
 
 class _SwitchInterval:
@@ -348,7 +378,9 @@ class Snapshotter:
             except Exception:  # as a failed write: logged, and the next snapshot tries again
                 log.exception("snapshot v%d failed", version)
                 elapsed = time.perf_counter() - start
-                return SnapshotResult(version, False, elapsed, elapsed, how="thread")
+                return SnapshotResult(
+                    version, False, elapsed, elapsed, how="thread", failure="error"
+                )
             writing = _Writing(
                 version, start, time.perf_counter() - start, list(core.models),
                 after_write=self.after_write,
@@ -362,7 +394,9 @@ class Snapshotter:
             except RuntimeError:  # no thread to be had: as a failed write, tried again later
                 log.exception("snapshot v%d failed", version)
                 elapsed = time.perf_counter() - start
-                return SnapshotResult(version, False, elapsed, writing.stall, how="thread")
+                return SnapshotResult(
+                    version, False, elapsed, writing.stall, how="thread", failure="error"
+                )
             writing.thread = thread
             self._writing = writing
             return None
@@ -382,8 +416,9 @@ class Snapshotter:
                     self.after_write, trace=trace,
                 )  # fmt: skip
                 status = 0
-            except BaseException:
+            except BaseException as exc:
                 log.exception("snapshot v%d failed", version)
+                status = _EXIT_STATUS[failure_of(exc)]
             finally:
                 os._exit(status)
         stall = time.perf_counter() - start
@@ -400,21 +435,24 @@ class Snapshotter:
         trace: TraceWrite | None,
     ) -> SnapshotResult:
         sizes: dict[str, int] = {}
+        failed: Exception | None = None
         try:
             metas = write_snapshot(
                 self.store, self._signing_key, version, core, offsets, extras,
                 self.after_write, trace=trace,
             )  # fmt: skip
-        except Exception:  # as a failed child: logged, and the next snapshot tries again
+        except Exception as exc:  # as a failed child: logged, and the next snapshot tries again
             log.exception("snapshot v%d failed", version)
-            ok = False
+            failed = exc
         else:
-            ok = True
             sizes = {name: meta.size for name, meta in metas.items()}
             self.last_version = version
             self.last_bytes = sum(sizes.values())
         elapsed = time.perf_counter() - start
-        return SnapshotResult(version, ok, elapsed, elapsed, how="inline", sizes=sizes)
+        return SnapshotResult(
+            version, failed is None, elapsed, elapsed, how="inline", sizes=sizes,
+            **_why(failed),
+        )  # fmt: skip
 
     def _write(self, writing: _Writing, prepared: Prepared) -> None:
         """The writer thread: step 5 and the registry's steps. Its outcome is read by `poll`
@@ -426,8 +464,9 @@ class Snapshotter:
                 metas = commit_snapshot(
                     self._writer_store, writing.version, prepared, writing.after_write
                 )
-        except Exception:
+        except Exception as exc:
             log.exception("snapshot v%d failed", writing.version)
+            writing.failed = exc
         else:
             writing.sizes = {name: meta.size for name, meta in metas.items()}
 
@@ -449,7 +488,7 @@ class Snapshotter:
             seconds = time.perf_counter() - writing.start
             return SnapshotResult(
                 writing.version, sizes is not None, seconds, writing.stall, how="thread",
-                sizes=sizes or {},
+                sizes=sizes or {}, **_why(writing.failed if sizes is None else None),
             )  # fmt: skip
         waited, status = os.waitpid(writing.pid, 0 if block else os.WNOHANG)
         if waited == 0:
@@ -457,7 +496,8 @@ class Snapshotter:
         self._writing = None
         if self._gc_was_enabled:  # the child is gone: the collector may touch pages again
             gc.enable()
-        ok = os.waitstatus_to_exitcode(status) == 0
+        code = os.waitstatus_to_exitcode(status)
+        ok = code == 0
         sizes = {}
         if ok:
             self.last_version = writing.version
@@ -470,7 +510,18 @@ class Snapshotter:
         else:
             log.error("snapshot v%d failed (child exit status %s)", writing.version, status)
         seconds = time.perf_counter() - writing.start
-        return SnapshotResult(writing.version, ok, seconds, writing.stall, sizes=sizes)
+        failure = None if ok else _FAILURE_OF_STATUS.get(code, "error")
+        return SnapshotResult(
+            writing.version, ok, seconds, writing.stall, sizes=sizes, failure=failure
+        )
+
+
+_FAILURE_OF_STATUS = {status: failure for failure, status in _EXIT_STATUS.items()}
+
+
+def _why(failed: BaseException | None) -> dict[str, Any]:
+    """`SnapshotResult`'s ``failure`` and ``error`` for ``failed`` (nothing if None)."""
+    return {} if failed is None else {"failure": failure_of(failed), "error": str(failed)}
 
 
 def _die_with_parent() -> None:

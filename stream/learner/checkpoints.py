@@ -2,19 +2,22 @@
 
 `LearnerCheckpoints` is the part of `stream.learner.loop.Learner` that follows the protocol of
 `stream.checkpoint.protocol`: a snapshot every N labels or T seconds (the first as soon as
-labels were learned), holding only processed events, retried through a Redis outage; the final
-one written in-process at shutdown; and, the other way, adopting a restored checkpoint and
-seeking every partition to its offsets.
+labels were learned), holding only processed events, retried through a Redis outage (Redis
+unreachable, or refusing writes for a while: `stream.store.snapshots.transient`); the final one
+written in-process at shutdown; and, the other way, adopting a restored checkpoint and seeking
+every partition to its offsets.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from learners.comparisons import ComparePairs
 from learners.core import LearningCore
+from learners.specs import ModelSpec
 from learners.watermark import Watermark
 from schemas.errors import SnapshotError
 from schemas.settings import Settings
@@ -33,10 +36,13 @@ from stream.learner.live import LivePublisher
 from stream.learner.observing import LearnerStats
 from stream.learner.outage import Outage
 from stream.learner.trace import LINEAGE_EXTRA, TraceRecorder
-from stream.store.snapshots import RedisUnavailableError
+from stream.registry.owners import owners
+from stream.store.snapshots import RedisUnavailableError, wrapped
 
 if TYPE_CHECKING:
     from stream.learner.observing import LearnerView, Observer
+
+log = logging.getLogger(__name__)
 
 _APPLIED_KEPT = 1000
 
@@ -47,6 +53,7 @@ class LearnerCheckpoints:
     """Snapshots and restores of a learner (the attributes are set by `Learner.__init__`)."""
 
     settings: Settings
+    specs: list[ModelSpec]
     source: RecordSource
     core: LearningCore
     offsets: Offsets
@@ -143,14 +150,22 @@ class LearnerCheckpoints:
             except RedisUnavailableError as exc:  # no version could be handed out
                 self._snapshot_failed = True
                 self.outage.failed("snapshot", exc)
-                return SnapshotResult(0, False, 0.0, 0.0, how="inline", sizes={})
+                return SnapshotResult(
+                    0, False, 0.0, 0.0, how="inline", failure="unavailable", error=str(exc)
+                )
         if result is not None:
             self._record(result, stalls=stalls)
         return result  # None while a forked child or the writer thread writes it
 
     def finish_snapshots(self) -> None:
-        """Wait for a running snapshot, then write a final one in-process (no fork); raise
-        `SnapshotError` if that fails (a routine snapshot that fails is retried instead)."""
+        """Wait for a running snapshot, then write a final one in-process (no fork).
+
+        Redis unreachable or refusing writes: retried with the outage's backoff until it is
+        back, or `RedisOutageError` once the outage outlasts RIVERSTREAM_REDIS_OUTAGE_SECONDS.
+        A model handed over to another learner meanwhile: dropped, as its release command
+        would drop it (`_drop_handed_over`), and the final snapshot written without it. Any
+        other failure raises `SnapshotError` (a routine snapshot that fails is retried instead).
+        """
         result = self.snapshotter.poll(block=True)
         if result is not None:
             self._record(result)
@@ -160,15 +175,43 @@ class LearnerCheckpoints:
         try:
             while True:
                 final = self.snapshot_now(stalls=False)
-                if final is not None and final.ok:
+                if final is None or final.ok:  # None: never, in-process
                     break
-                if self.outage.up:  # not an outage: a snapshot that cannot be written
+                if final.failure == "ownership":
+                    try:
+                        if self._drop_handed_over():
+                            continue  # written without them, at once
+                    except RedisUnavailableError as exc:
+                        self.outage.failed("owners of the models", exc)
+                        final.failure = "unavailable"
+                if final.failure != "unavailable":
                     raise SnapshotError("the final snapshot could not be written (see the log)")
-                # Redis is away: retry (with the outage's backoff) until it is back or the
-                # outage outlasts RIVERSTREAM_REDIS_OUTAGE_SECONDS (RedisOutageError).
                 backoff.wait(max(0.0, self.outage.retry_at - self.clock()))
         finally:
             self.snapshotter.use_fork = use_fork
+
+    def _drop_handed_over(self) -> list[str]:
+        """Drop the models that another learner owns now, as their ``release`` command does
+        (`release`), and name them: handed over (`stream.registry.owners`) while this learner
+        did not read its commands, during an outage or after its last look at them. Their new
+        owner continues them from their latest version."""
+        store = self.snapshotter.store
+        with wrapped("owners of the models"):
+            owned = owners(store.client, store.keys, list(self.core.models))
+        lost = {name: owner for name, owner in owned.items() if owner != store.keys.learner}
+        for name, owner in sorted(lost.items()):
+            log.warning(
+                "model %s is owned by learner %r now: the final snapshot leaves it out", name, owner
+            )
+            self.release(name)
+        return sorted(lost)
+
+    def release(self, model: str) -> None:
+        """Stop learning ``model``: another learner learns it now."""
+        if model in self.core.models:
+            self.core.remove_models([model])
+            self.specs = [spec for spec in self.specs if spec.name != model]
+            log.warning("released %s: another learner learns it now", model)
 
     def _record(self, result: SnapshotResult, *, stalls: bool = True) -> None:
         self.stats.snapshots += int(result.ok)
@@ -179,8 +222,12 @@ class LearnerCheckpoints:
             self._first_snapshot_due = False
             self.trace.written()
             self.outage.recovered()
-        elif self._redis_unreachable():
-            self.outage.failed(f"snapshot v{result.version}", ConnectionError("unreachable"))
+        elif result.failure == "unavailable" or (
+            result.failure != "ownership" and self._redis_unreachable()
+        ):
+            result.failure = "unavailable"  # (a forked child that died may not have said so)
+            unavailable = ConnectionError(result.error or "unreachable")
+            self.outage.failed(f"snapshot v{result.version}", unavailable)
         else:  # a model handed over to another learner fails snapshots until released
             self._last_command_check = -1e9
         if stalls:  # not the final snapshot at shutdown, nor one after a rollback
@@ -190,8 +237,8 @@ class LearnerCheckpoints:
             self.observer.snapshot(cast("LearnerView", self), result)
 
     def _redis_unreachable(self) -> bool:
-        """After a failed snapshot: was Redis the cause? (A snapshot that fails with Redis up
-        is retried too, but it is not an outage.)"""
+        """After a snapshot failed for no known reason: was Redis unreachable? (A snapshot that
+        fails with Redis up is retried too, but it is not an outage.)"""
         try:
             self.snapshotter.store.client.ping()
         except Exception:

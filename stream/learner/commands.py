@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 
-from learners.specs import ModelSpec
 from schemas.errors import SnapshotError
 from schemas.records import RollbackCommand
 from stream.checkpoint.protocol import restore
@@ -27,7 +26,6 @@ _COMMAND_POLL_SECONDS = 0.2
 class LearnerCommands(LearnerCheckpoints):
     """Rollbacks and releases applied between two batches."""
 
-    specs: list[ModelSpec]
     commands: CommandQueue | None
     _signing_key: bytes
 
@@ -60,10 +58,7 @@ class LearnerCommands(LearnerCheckpoints):
         falls in ``command.exclude`` (models sharing this learner are rewound with it).
         """
         if command.action == RELEASE:  # handed over to another learner (stream.registry.owners)
-            if command.model in self.core.models:
-                self.core.remove_models([command.model])
-                self.specs = [spec for spec in self.specs if spec.name != command.model]
-                log.warning("released %s: another learner learns it now", command.model)
+            self.release(command.model)
             return
         if command.action != "rollback" or command.model not in self.core.models:
             log.error(

@@ -1,14 +1,15 @@
 """Riding out a Redis outage: the learner keeps learning while its store is away.
 
 Redis holds the snapshots and the operator's commands, not the input: Kafka keeps the events
-and the checkpoint holds the offsets, so nothing is lost while Redis is unreachable, only
-delayed. The learner therefore goes on reading and learning; the snapshots and command checks
-that fail are retried with a capped exponential backoff, and the first one that succeeds after
-the outage writes the next version (versions continue: nothing skipped or doubled). The
-outage is reported: a log line at its start and at its end (with its length), the
-``riverstream_redis_up`` gauge, and the learner's summary. Only an outage longer than
-``RIVERSTREAM_REDIS_OUTAGE_SECONDS`` stops the learner, with a message saying so; a restart
-resumes from the last snapshot, exactly once.
+and the checkpoint holds the offsets, so nothing is lost while Redis is unreachable, or refuses
+writes for a while (out of memory, a read-only replica during a failover, failing to persist:
+`stream.store.snapshots.transient`), only delayed. The learner therefore goes on reading and
+learning; the snapshots and command checks that fail are retried with a capped exponential
+backoff, and the first one that succeeds after the outage writes the next version (versions
+continue: nothing skipped or doubled). The outage is reported: a log line at its start and at
+its end (with its length), the ``riverstream_redis_up`` gauge, and the learner's summary. Only
+an outage longer than ``RIVERSTREAM_REDIS_OUTAGE_SECONDS`` stops the learner, with a message
+saying so; a restart resumes from the last snapshot, exactly once.
 
 >>> now = [0.0]
 >>> outage = Outage(limit_seconds=60, clock=lambda: now[0])
@@ -84,7 +85,10 @@ class Outage:
             self.since = now
             self.count += 1
             self._backoff = FIRST_RETRY_SECONDS
-            log.warning("Redis unreachable (%s: %s): learning goes on, snapshots wait", what, exc)
+            log.warning(
+                "Redis unreachable or refusing writes (%s: %s): learning goes on, snapshots wait",
+                what, exc,
+            )  # fmt: skip
             if self.on_change is not None:
                 self.on_change(False)
         else:

@@ -17,13 +17,27 @@ from schemas.records import HistoryEntry, Policy, RollbackCommand, SnapshotMeta
 from stream.registry.policy import _int, _user, rollback_target, rollback_target_from_tail
 from stream.store.batching import batch
 from stream.store.keys import DEFAULT_LEARNER, Notification, owner_of
-from stream.store.snapshots import SnapshotStore
+from stream.store.snapshots import RedisUnavailableError, SnapshotStore, transient
 
 HISTORY_LIMIT = 10_000
 HISTORY_TAIL = 32
 """History entries read first for the default rollback target: when they decide it
 (`rollback_target_from_tail`), the rest of the history is not read."""
 MAX_ATTEMPTS = 200
+
+
+class RegistryUnavailableError(RegistryError):
+    """Redis could not be reached or refused the operation for a while
+    (`stream.store.snapshots.transient`): nothing was changed, and it may succeed later."""
+
+
+def registry_error(message: str, exc: Exception) -> RegistryError:
+    """The registry's error for ``exc``, a redis error or a store's `SnapshotError`: a
+    `RegistryUnavailableError` when it passes by itself."""
+    unavailable = isinstance(exc, RedisUnavailableError) or (
+        isinstance(exc, redis.RedisError) and transient(exc)
+    )
+    return (RegistryUnavailableError if unavailable else RegistryError)(message)
 
 
 _PARSED: dict[str, dict[bytes | str, HistoryEntry]] = {}
@@ -127,7 +141,7 @@ class RegistryBase:
                     except redis.WatchError:
                         time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
         except redis.RedisError as exc:
-            raise RegistryError(f"{what}: redis error: {exc}") from exc
+            raise registry_error(f"{what}: redis error: {exc}", exc) from exc
         raise RegistryError(f"{what}: gave up after {MAX_ATTEMPTS} conflicting attempts")
 
     def _batch(self, r: Any, *commands: tuple[Any, ...]) -> list[Any]:
@@ -216,7 +230,7 @@ class RegistryBase:
         try:
             return fn()
         except redis.RedisError as exc:
-            raise RegistryError(f"{what}: redis error: {exc}") from exc
+            raise registry_error(f"{what}: redis error: {exc}", exc) from exc
 
     def _require_model(self, r: Any, model: str) -> None:
         if not r.sismember(self.keys.models, model):

@@ -56,6 +56,7 @@ from schemas.graphs import (
     graph_to_dict,
 )
 from schemas.names import MODEL_NAME_RULE, is_model_name
+from stream.registry.base import registry_error
 from stream.registry.graphs import Applied, GraphRegistry
 from stream.registry.policy import _user
 from stream.store.comparisons import ComparisonStore, StoredComparison
@@ -297,7 +298,7 @@ class ChallengerPolicies:
         try:
             return fn(*args)
         except redis.RedisError as exc:
-            raise RegistryError(f"{what}: redis error: {exc}") from exc
+            raise registry_error(f"{what}: redis error: {exc}", exc) from exc
 
 
 def _text(raw: bytes | str) -> str:

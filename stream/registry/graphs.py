@@ -46,7 +46,7 @@ from schemas.errors import RegistryError, SnapshotError
 from schemas.graph_parser import parse_graph
 from schemas.graphs import GraphSpec, graph_to_dict
 from schemas.records import HistoryEntry
-from stream.registry.base import HISTORY_LIMIT, RegistryBase, _newest_below
+from stream.registry.base import HISTORY_LIMIT, RegistryBase, _newest_below, registry_error
 from stream.registry.policy import _user, rollback_target
 from stream.store.graphs import GraphStore
 from stream.store.keys import Notification, RedisKeys
@@ -301,13 +301,13 @@ class GraphRegistry(RegistryBase):
         try:
             return self._atomic(what, watch, body)
         except SnapshotError as exc:  # a read through the GraphStore inside the transaction
-            raise RegistryError(f"{what}: {exc}") from exc
+            raise registry_error(f"{what}: {exc}", exc) from exc
 
     def _read_graphs(self, what: str, fn: Any) -> Any:
         try:
             return self._read(what, fn)
         except SnapshotError as exc:
-            raise RegistryError(f"{what}: {exc}") from exc
+            raise registry_error(f"{what}: {exc}", exc) from exc
 
 
 def _int(raw: bytes | str | None) -> int | None:

@@ -1,8 +1,8 @@
 """The Redis snapshot store: versioned, chunked, signed model blobs and learner checkpoints.
 
-An adapter: every ``redis`` error is wrapped into `SnapshotError` where it enters (a connection
-problem into its subclass `RedisUnavailableError`); a blob whose checksum or HMAC does not match
-raises `SnapshotIntegrityError` and is never unpickled.
+An adapter: every ``redis`` error is wrapped into `SnapshotError` where it enters (one that passes
+by itself, `transient`, into its subclass `RedisUnavailableError`); a blob whose checksum or HMAC
+does not match raises `SnapshotIntegrityError` and is never unpickled.
 
 The key layout, the served-version rule and the notification format are in `stream.store.keys`.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -54,20 +55,52 @@ return 0
 
 
 class RedisUnavailableError(SnapshotError):
-    """Redis could not be reached (connection refused, timeout): the snapshot may be fine."""
+    """Redis could not be reached (connection refused, timeout) or refused the call for a while
+    (`transient`): the snapshot may be fine, and the same call may succeed later."""
 
 
 class OwnershipLostError(SnapshotError):
     """A snapshot names a model that another learner owns now: it was not written."""
 
 
+_REFUSALS = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError,
+             redis.exceptions.MasterDownError)  # fmt: skip
+# Refusals that redis-py raises as a plain ResponseError: by their code, first in the message or
+# after a pipeline's "Command # N (...) of pipeline caused error: ".
+_REFUSAL_CODE = re.compile(r"(?:^|caused error: )(?:MISCONF|BUSY|NOREPLICAS) ")
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether the redis error ``exc`` passes by itself, so that the same call may succeed later.
+
+    Redis unreachable (connection refused or lost, a timeout, ``LOADING`` its data after a
+    restart), or refusing writes for a while: ``OOM`` at ``maxmemory``, ``READONLY`` (a replica:
+    the old primary during a failover), ``MISCONF`` (failing to persist), ``BUSY`` (a long
+    script), ``NOREPLICAS``, ``MASTERDOWN``. The one rule: the store (`RedisUnavailableError`)
+    and the registry (`stream.registry.base.RegistryUnavailableError`) both ask it, and the
+    learner rides out either as an outage (`stream.learner.outage`).
+
+    >>> transient(redis.exceptions.OutOfMemoryError("command not allowed when used memory ..."))
+    True
+    >>> transient(redis.ResponseError("Command # 2 (SET k v) of pipeline caused error: MISCONF x"))
+    True
+    >>> transient(redis.ResponseError("BUSYKEY Target key name already exists."))
+    False
+    >>> transient(redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind"))
+    False
+    """
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, *_REFUSALS)):
+        return True
+    return isinstance(exc, redis.ResponseError) and bool(_REFUSAL_CODE.search(str(exc)))
+
+
 @contextlib.contextmanager
 def wrapped(what: str) -> Iterator[None]:
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise RedisUnavailableError(f"{what}: redis unreachable: {exc}") from exc
     except redis.RedisError as exc:
+        if transient(exc):
+            raise RedisUnavailableError(f"{what}: redis unavailable: {exc}") from exc
         raise SnapshotError(f"{what}: {exc}") from exc
 
 

@@ -1,16 +1,27 @@
-"""A broker of one test, to kill and restart without disturbing the rest of the suite."""
+"""Servers of one test, to kill, restart or make refuse writes without disturbing the rest of the
+suite: a broker (`private_kafka`), a Redis (`private_redis`), and the ways a real Redis refuses
+writes for a while (`refusing`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import signal
+import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import redis
 
 from schemas.settings import Settings
 from stream.dev.ports import PORTS_FILE
-from stream.dev.services import ServiceManager, free_port
+from stream.dev.services import ServiceManager, ensure_debian_binary, free_port, stop_pid
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -26,3 +37,146 @@ def private_kafka(tmp_path: Path) -> Iterator[tuple[ServiceManager, str]]:
         yield manager, manager.up(("kafka",))["kafka"].address
     finally:
         manager.down(("kafka",), purge=True)
+
+
+class PrivateRedis:
+    """A redis-server of this test: same flags as `riverstream services up`, its own port, and
+    its directory settable by its tests (``MISCONF`` in `refusing`)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir, self.port = directory, free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = ensure_debian_binary("redis-server", "redis-server")
+        argv = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir),
+                "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+                "--enable-protected-configs", "local"]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        wait_until(lambda: pings(client), 20, "redis to start")
+
+    def kill(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+        if sig == signal.SIGKILL:
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            stop_pid(self.proc.pid, "redis-server")
+
+
+def pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def learner_gauges(port: int) -> dict[str, float]:
+    """The learner's ``riverstream_redis_up`` and ``samples_learned`` of model ``lr``, as its
+    metrics endpoint shows them now (empty when it does not answer)."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return {}
+    found = {}
+    for name in ("riverstream_redis_up", 'riverstream_samples_learned_total{model="lr"}'):
+        match = re.search("^" + re.escape(name) + r" ([0-9.e+]+)$", text, re.MULTILINE)
+        if match:
+            found[name.split("{")[0]] = float(match.group(1))
+    return found
+
+
+REFUSALS = ("OOM", "READONLY", "MISCONF", "BUSY")
+"""How a real Redis refuses writes for a while, by its error code (`refusing`)."""
+
+
+@contextlib.contextmanager
+def refusing(server: PrivateRedis, code: str) -> Iterator[None]:
+    """``server`` refuses writes with the error ``code`` until the block ends: ``OOM`` (at
+    ``maxmemory``, policy ``noeviction``), ``READONLY`` (made the replica of a primary that is
+    not there, as the old primary is after a failover), ``MISCONF`` (its last background save
+    failed: its directory is gone), ``BUSY`` (a script that runs on; every command but a few
+    is refused). Each is checked to be in force before the block starts."""
+    admin = redis.Redis(port=server.port, socket_timeout=10)
+    gone = server.dir / "gone"
+    script: threading.Thread | None = None
+    if code == "OOM":
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)
+    elif code == "READONLY":
+        admin.replicaof("127.0.0.1", free_port())
+    elif code == "MISCONF":
+        gone.mkdir()
+        admin.config_set("save", "3600 1")
+        admin.config_set("dir", str(gone))
+        gone.rmdir()
+        admin.bgsave()
+        wait_until(lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "err", 10)
+    elif code == "BUSY":
+        admin.config_set("busy-reply-threshold", 50)
+        looping = redis.Redis(port=server.port)
+        script = threading.Thread(target=_run_forever, args=(looping,), daemon=True)
+        script.start()
+    else:
+        raise ValueError(code)
+    try:
+        probe = redis.Redis(port=server.port, socket_timeout=10)
+        wait_until(lambda: _refused(probe, code), 10, f"Redis to refuse writes with {code}")
+        yield
+    finally:
+        if code == "OOM":
+            admin.config_set("maxmemory", 0)
+        elif code == "READONLY":
+            admin.replicaof("NO", "ONE")
+        elif code == "MISCONF":
+            admin.config_set("save", "")
+            admin.config_set("dir", str(server.dir))
+        elif script is not None:
+            wait_until(lambda: _killed(admin), 10, "the script to be killed")
+            script.join(timeout=10)
+
+
+def _run_forever(client: redis.Redis) -> None:
+    with contextlib.suppress(redis.RedisError):
+        client.eval("while true do end", 0)  # until SCRIPT KILL
+
+
+def _killed(admin: redis.Redis) -> bool:
+    try:
+        admin.script_kill()
+    except redis.ResponseError:  # NOTBUSY: it is over
+        return True
+    except redis.RedisError:
+        return False
+    return True
+
+
+def _refused(client: redis.Redis, code: str) -> bool:
+    try:
+        client.incr("riverstream:refusal-probe")
+    except redis.RedisError as exc:
+        return code in str(exc) or code in type(exc).__name__.upper() or _named(exc, code)
+    client.decr("riverstream:refusal-probe")
+    return False
+
+
+def _named(exc: redis.RedisError, code: str) -> bool:
+    """redis-py drops the code of the errors it has a class for."""
+    names = {"OOM": redis.exceptions.OutOfMemoryError, "READONLY": redis.exceptions.ReadOnlyError}
+    return code in names and isinstance(exc, names[code])

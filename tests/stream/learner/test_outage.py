@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import signal
-import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from river import evaluate, metrics
 
 from learners.datasets import dataset_events, load_dataset, river_delay
@@ -32,79 +28,23 @@ from learners.specs import build_estimator
 from schemas.settings import Settings
 from stream.dev.services import (
     ServiceManager,
-    ensure_debian_binary,
     free_port,
     pid_alive,
-    stop_pid,
 )
 from stream.learner.runtime import snapshot_store
-from tests.support.outage import private_kafka
+from tests.support.outage import (
+    PrivateRedis,
+    learner_gauges,
+    private_kafka,
+    private_redis,
+)
 from tests.support.pipeline import fast, final_core, final_model, publish, spawn_cli
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-__all__ = ["private_kafka"]  # a fixture
+__all__ = ["private_kafka", "private_redis"]  # fixtures
 
 LIMIT, DELAY, SEED = 30_000, 100, 3
-
-
-class PrivateRedis:
-    """A redis-server of this test: same flags as `riverstream services up`, its own port."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir, self.port = directory, free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = ensure_debian_binary("redis-server", "redis-server")
-        argv = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir),
-                "--appendonly", "yes", "--appendfsync", "always", "--save", ""]  # fmt: skip
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        wait_until(lambda: _pings(client), 20, "redis to start")
-
-    def kill(self, sig: int) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, sig)
-        if sig == signal.SIGKILL:
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            stop_pid(self.proc.pid, "redis-server")
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
-def learner_gauges(port: int) -> dict[str, float]:
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return {}
-    found = {}
-    for name in ("riverstream_redis_up", 'riverstream_samples_learned_total{model="lr"}'):
-        match = re.search("^" + re.escape(name) + r" ([0-9.e+]+)$", text, re.MULTILINE)
-        if match:
-            found[name.split("{")[0]] = float(match.group(1))
-    return found
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def steady_requests(url: str, stop: threading.Event, statuses: Counter[int]) -> None:

@@ -1,0 +1,52 @@
+"""A Redis that refuses writes for a while (out of memory, a read-only replica, failing to
+persist, running a long script) is unavailable to the store, as an unreachable one is: the
+learner rides it out as an outage (`stream.learner.outage`) instead of stopping. Real refusals
+of a private redis-server (`tests.support.outage.refusing`); once it accepts writes again, the
+same write succeeds."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from learners.serialization import dump_signed
+from schemas.errors import SnapshotError
+from stream.store.snapshots import RedisUnavailableError, SnapshotMeta, SnapshotStore
+from tests.support.outage import REFUSALS, PrivateRedis, private_redis, refusing
+
+pytestmark = pytest.mark.integration
+__all__ = ["private_redis"]  # a fixture
+
+KEY = b"test-key"
+
+
+def _write(store: SnapshotStore, version: int) -> None:
+    blob = dump_signed({"weights": version}, KEY)
+    meta = SnapshotMeta.describe(
+        "lr", blob, kind="classifier", spec="logreg", samples_learned=version,
+        metrics={"Accuracy": 0.5}, offsets={"features:0": version},
+    )  # fmt: skip
+    store.write(version, {"lr": (blob, meta)}, dump_signed({}, KEY), {"features:0": version})
+
+
+@pytest.mark.parametrize("code", REFUSALS)
+def test_a_refused_write_is_redis_unavailable(private_redis: PrivateRedis, code: str) -> None:
+    store = SnapshotStore(redis.Redis(port=private_redis.port), "refusals", KEY)
+    version = store.next_version()
+    with refusing(private_redis, code):
+        with pytest.raises(RedisUnavailableError, match="redis unavailable"):
+            store.next_version()
+        with pytest.raises(RedisUnavailableError, match="redis unavailable"):
+            _write(store, version)
+    assert store.latest_version("lr") is None  # nothing was written
+    _write(store, version)
+    assert store.latest_version("lr") == version
+
+
+def test_an_error_that_does_not_pass_is_not(private_redis: PrivateRedis) -> None:
+    client = redis.Redis(port=private_redis.port)
+    store = SnapshotStore(client, "refusals", KEY)
+    client.rpush(store.keys.seq, "not a number")  # WRONGTYPE: retrying cannot help
+    with pytest.raises(SnapshotError) as raised:
+        store.next_version()
+    assert not isinstance(raised.value, RedisUnavailableError)
