@@ -334,8 +334,13 @@ class Snapshotter:
         *,
         use_fork: bool = True,
         fork_min_bytes: int = 0,
+        quick: SnapshotStore | None = None,
     ) -> None:
         self.store = store
+        self.quick = store if quick is None else quick
+        """For the calling thread's small calls (the version number, the metas read back after
+        a child's write): ``store`` on a client with short timeouts, so that a hung Redis holds
+        the learner that long (`stream.learner.runtime`); the blobs go through ``store``."""
         self._store_factory = store_factory
         self._signing_key = signing_key
         self.use_fork = use_fork and hasattr(os, "fork")
@@ -364,7 +369,7 @@ class Snapshotter:
         off (else `poll` reaps it). ``trace``: the learning curve's points this snapshot
         covers, written in its transaction."""
         start = time.perf_counter()
-        version = self.store.next_version()
+        version = self.quick.next_version()
         if not self.use_fork:
             return self._inline(version, start, core, offsets, extras, trace)
         # A fork stalls for its page tables (≈ 7-10 ms here) and the learner then pays for
@@ -504,7 +509,7 @@ class Snapshotter:
             self.last_bytes = None  # unknown: the next one forks
             with contextlib.suppress(RiverstreamError):
                 sizes = {
-                    name: self.store.meta(name, writing.version).size for name in writing.models
+                    name: self.quick.meta(name, writing.version).size for name in writing.models
                 }
                 self.last_bytes = sum(sizes.values())
         else:

@@ -14,6 +14,11 @@ learner's time (5 % by default: a logreg round costs ≈ 0.5 ms, far below, so i
 machine the wall-clock time of a round is mostly waiting for a processor, which is no cost of
 the round and would space the updates out exactly when serving needs them. A model that the registry's rule refuses (a pin, another policy,
 a rollback in flight, or a version not yet promoted) is tried again after `REFUSED_BACKOFF`.
+
+Redis away (`stream.store.snapshots.RedisUnavailableError`: unreachable, hung, refusing writes)
+ends the round and is raised: the learner's outage (`stream.learner.outage`) takes over, and no
+live update is written until it ends (the version written then supersedes them). The learner
+writes them with its client of short timeouts, so a hung Redis holds a round 0.5 s at most.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from learners.core import LearningCore
 from learners.serialization import dump_signed
 from schemas.errors import SnapshotError
 from stream.store.live import LiveMeta, LiveStore
-from stream.store.snapshots import SnapshotStore
+from stream.store.snapshots import RedisUnavailableError, SnapshotStore
 
 log = logging.getLogger(__name__)
 
@@ -81,41 +86,47 @@ class LivePublisher:
 
     def maybe_publish(self, core: LearningCore, version: int | None, now: float) -> int:
         """Publish the models that learned since their last live update, continuing
-        ``version`` (the learner's latest), when due; returns how many were published."""
+        ``version`` (the learner's latest), when due; returns how many were published. Raises
+        `RedisUnavailableError` when Redis is away (the round ends there)."""
         if not self.enabled or version is None or now < self._next_at:
             return 0
         started, cpu_started = time.perf_counter(), time.thread_time()
         published = 0
-        for name, state in core.models.items():
-            learned = state.samples_learned
-            if self._learned.get(name) == learned or self.sizes.get(name, 0) >= self.max_bytes:
-                continue
-            if now < self._retry_at.get(name, 0.0):
-                continue
-            blob = dump_signed(state, self.signing_key)
-            self.sizes[name] = len(blob)
-            if len(blob) >= self.max_bytes:
-                continue
-            meta = LiveMeta.describe(
-                name, version, blob, kind=state.kind, spec=state.spec.spec,
-                samples_learned=learned, metrics=state.metric_values(),
-            )  # fmt: skip
-            try:
-                written = self.live.write(name, version, blob, meta)
-            except SnapshotError as exc:  # Redis away: the versions' outage handling reports it
-                log.debug("live update of %s not written: %s", name, exc)
-                self._retry_at[name] = now + REFUSED_BACKOFF
-                continue
-            if written:
-                published += 1
-                self._learned[name] = learned
-            else:
-                self.stats.refused += 1
-                self._retry_at[name] = now + REFUSED_BACKOFF
-        cost = time.thread_time() - cpu_started
-        self.stats.published += published
-        self.stats.rounds += 1
-        self.stats.seconds += time.perf_counter() - started
-        self.stats.cpu_seconds += cost
-        self._next_at = now + max(self.every_seconds, cost / self.max_share)
+        try:
+            for name, state in core.models.items():
+                learned = state.samples_learned
+                if self._learned.get(name) == learned or self.sizes.get(name, 0) >= self.max_bytes:
+                    continue
+                if now < self._retry_at.get(name, 0.0):
+                    continue
+                blob = dump_signed(state, self.signing_key)
+                self.sizes[name] = len(blob)
+                if len(blob) >= self.max_bytes:
+                    continue
+                meta = LiveMeta.describe(
+                    name, version, blob, kind=state.kind, spec=state.spec.spec,
+                    samples_learned=learned, metrics=state.metric_values(),
+                )  # fmt: skip
+                try:
+                    written = self.live.write(name, version, blob, meta)
+                except RedisUnavailableError:  # the caller's outage handling takes over
+                    self._retry_at[name] = now + REFUSED_BACKOFF
+                    raise
+                except SnapshotError as exc:
+                    log.debug("live update of %s not written: %s", name, exc)
+                    self._retry_at[name] = now + REFUSED_BACKOFF
+                    continue
+                if written:
+                    published += 1
+                    self._learned[name] = learned
+                else:
+                    self.stats.refused += 1
+                    self._retry_at[name] = now + REFUSED_BACKOFF
+        finally:
+            cost = time.thread_time() - cpu_started
+            self.stats.published += published
+            self.stats.rounds += 1
+            self.stats.seconds += time.perf_counter() - started
+            self.stats.cpu_seconds += cost
+            self._next_at = now + max(self.every_seconds, cost / self.max_share)
         return published

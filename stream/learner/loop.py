@@ -36,9 +36,11 @@ from stream.learner.observing import LearnerStats
 from stream.learner.outage import Outage
 from stream.learner.trace import TraceRecorder
 from stream.store.commands import CommandQueue
-from stream.store.snapshots import SnapshotStore
+from stream.store.snapshots import RedisUnavailableError, SnapshotStore
 
 if TYPE_CHECKING:
+    import redis
+
     from stream.learner.backfill import Backfill
     from stream.learner.observing import Observer
 
@@ -73,7 +75,11 @@ class Learner(LearnerCommands):
         use_fork: bool = True,
         compare: ComparePairs = (),
         backfill: Backfill | None = None,
+        quick: redis.Redis | None = None,
     ) -> None:
+        """``store``: for the blobs (restores, the final snapshot); ``quick``: a client of the
+        same Redis with short timeouts, for the learning thread's small calls (a version number,
+        live updates, the outage's PING: `stream.learner.runtime`), else ``store``'s client."""
         self.settings = settings
         self.specs = specs
         self.compare = compare
@@ -83,16 +89,18 @@ class Learner(LearnerCommands):
         self.observer = observer
         self.clock = clock
         signing_key = settings.require_snapshot_key()
+        small = store if quick is None else store.using(quick)
         self.snapshotter = Snapshotter(
             store,
             store_factory,
             signing_key,
             use_fork=use_fork,
             fork_min_bytes=settings.snapshot_fork_min_bytes,
+            quick=small,
         )
         # Serving follows the learner between versions: live updates (stream.learner.live).
         self.live = LivePublisher(
-            store, signing_key, every_seconds=settings.live_every_seconds,
+            small, signing_key, every_seconds=settings.live_every_seconds,
             max_bytes=settings.live_max_bytes, max_share=settings.live_max_share,
         )  # fmt: skip
         self.stats = LearnerStats()
@@ -137,7 +145,9 @@ class Learner(LearnerCommands):
             backfill.catch_up(self.core, new, self.offsets, self._skip, self.excluded)
         self._seek()
         self._last_snapshot_at = clock()
-        self.outage = Outage(settings.redis_outage_seconds, clock)
+        # During an outage the learning thread only PINGs Redis, at each retry (a hung Redis
+        # must not hold learning for a store call's 10 s): stream.learner.outage.
+        self.outage = Outage(settings.redis_outage_seconds, clock, probe=small.client)
         self._snapshot_failed = False
         # A fresh stream gets its first version as soon as labels were learned, not after
         # RIVERSTREAM_SNAPSHOT_EVERY_SECONDS: until then the API has no model to serve.
@@ -208,7 +218,10 @@ class Learner(LearnerCommands):
             self._maybe_snapshot(now)
             if self.outage.up:  # a hung Redis must not hold learning for a live update
                 version = self.stats.last_snapshot_version or self.stats.restored_from
-                self.live.maybe_publish(self.core, version, now)
+                try:
+                    self.live.maybe_publish(self.core, version, now)
+                except RedisUnavailableError as exc:
+                    self.outage.failed("live update", exc)
             self._check_commands(now)
             if self.observer is not None:
                 self.observer.after_batch(self, records)

@@ -11,6 +11,13 @@ its end (with its length), the ``riverstream_redis_up`` gauge, and the learner's
 an outage longer than ``RIVERSTREAM_REDIS_OUTAGE_SECONDS`` stops the learner, with a message
 saying so; a restart resumes from the last snapshot, exactly once.
 
+A hung Redis (stopped, or behind a network black hole) answers nothing and refuses nothing: each
+call waits out its client's timeout. During an outage the learner therefore calls Redis only at
+each retry, and first with a PING of the ``probe`` (a client with short timeouts: the learning
+thread's, `stream.learner.runtime`); only if that answers is the operation tried, and a PING
+that fails extends the outage (`due`). Its live updates wait for the end of the outage
+(`stream.learner.live`).
+
 >>> now = [0.0]
 >>> outage = Outage(limit_seconds=60, clock=lambda: now[0])
 >>> outage.up, outage.due()
@@ -27,12 +34,23 @@ True
 Traceback (most recent call last):
 ...
 stream.learner.outage.RedisOutageError: Redis unreachable for 61 s (snapshot: refused); giving up after RIVERSTREAM_REDIS_OUTAGE_SECONDS=60
+
+A hung Redis: the retry's PING times out, and the outage goes on (twice the backoff).
+
+>>> class Hung:
+...     def ping(self) -> object:
+...         raise TimeoutError("Timeout reading from socket")
+>>> now[0] = 0.0; hung = Outage(limit_seconds=60, clock=lambda: now[0], probe=Hung())
+>>> hung.failed("snapshot", TimeoutError("Timeout reading from socket")); now[0] = 0.25
+>>> hung.due(), hung.retry_at
+(False, 0.65)
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from schemas.errors import RiverstreamError
 
@@ -46,6 +64,14 @@ class RedisOutageError(RiverstreamError):
     """Redis stayed unreachable longer than the configured limit."""
 
 
+class Probe(Protocol):
+    """What answers whether Redis does: a `redis.Redis` with short timeouts is one."""
+
+    def ping(self) -> object:
+        """Returns if Redis answers; raises if not (refused, timed out, an error reply)."""
+        ...
+
+
 class Outage:
     """Whether Redis is reachable, since when not, and when to try again."""
 
@@ -54,10 +80,13 @@ class Outage:
         limit_seconds: float,
         clock: Callable[[], float],
         on_change: Callable[[bool], None] | None = None,
+        probe: Probe | None = None,
     ) -> None:
         self.limit_seconds = limit_seconds
         self.clock = clock
         self.on_change = on_change
+        self.probe = probe
+        """PINGed before each retry (`due`) and by `answers`; None: Redis is assumed to answer."""
         self.since: float | None = None  # start of the current outage
         self.longest = 0.0  # seconds, over the learner's life
         self.count = 0
@@ -74,8 +103,31 @@ class Outage:
         return self.since is None
 
     def due(self) -> bool:
-        """Whether an operation that needs Redis should be tried now."""
-        return self.since is None or self.clock() >= self._retry_at
+        """Whether an operation that needs Redis should be tried now: always while Redis is up;
+        during an outage once the retry is due, and only if the probe answers its PING (else
+        the outage goes on, `failed`, and so may raise `RedisOutageError`)."""
+        if self.since is None:
+            return True
+        if self.clock() < self._retry_at:
+            return False
+        refused = self._ping()
+        if refused is not None:
+            self.failed("ping", refused)
+            return False
+        return True
+
+    def answers(self) -> bool:
+        """Whether Redis answers the probe's PING now (whatever the outage's state)."""
+        return self._ping() is None
+
+    def _ping(self) -> Exception | None:
+        if self.probe is None:
+            return None
+        try:
+            self.probe.ping()
+        except Exception as exc:  # refused, timed out, an error reply
+            return exc
+        return None
 
     def failed(self, what: str, exc: BaseException) -> None:
         """An operation on Redis failed: start (or extend) the outage, schedule a retry, and

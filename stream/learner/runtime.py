@@ -99,6 +99,11 @@ def build_learner(
             "so that a label lands beside its features"
         )
     store = snapshot_store(settings)
+    # The learning thread's own calls to Redis are small (a version number, a live update, its
+    # commands every 0.2 s, the outage's PING): a client with short timeouts, so that a hung
+    # Redis holds learning 0.5 s at most. The blobs keep the store's 10 s (the writer thread,
+    # the forked child, restores, the final snapshot: large ones on a slow link need it).
+    quick = redis_client(settings, socket_connect_timeout=0.5, socket_timeout=0.5)
     # Learner groups: this learner owns its models, or it does not start (stream.registry.owners).
     claim(store.client, store.keys, settings.learner, [spec.name for spec in specs])
     group = f"{settings.redis_prefix}-learner"
@@ -128,15 +133,11 @@ def build_learner(
             EventProducer(bootstrap, linger_ms=5, security=security), settings.topic_dlq
         ),
         observer=observer,
-        # Checked every 0.2 s on the learning thread: a hung Redis may hold it 0.5 s at most.
-        commands=CommandQueue(
-            redis_client(settings, socket_connect_timeout=0.5, socket_timeout=0.5),
-            settings.redis_prefix,
-            settings.learner,
-        ),
+        commands=CommandQueue(quick, settings.redis_prefix, settings.learner),
         use_fork=use_fork,
         compare=compare,
         backfill=backfill,
+        quick=quick,
     )
     learner.snapshotter.after_write = promote_after_write(settings.snapshot_retention)
     return learner

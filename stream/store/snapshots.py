@@ -131,6 +131,13 @@ class SnapshotStore:
         self.chunk_bytes = chunk_bytes
         self.wait_replicas = wait_replicas
 
+    def using(self, client: redis.Redis) -> SnapshotStore:
+        """This store (prefix, key, learner) on another ``client``: one with other timeouts."""
+        return SnapshotStore(
+            client, self.keys.prefix, self.signing_key, self.chunk_bytes,
+            learner=self.keys.learner, wait_replicas=self.wait_replicas,
+        )  # fmt: skip
+
     # -- writing ---------------------------------------------------------------------------
     def next_version(self) -> int:
         with wrapped("next_version"):
