@@ -36,7 +36,7 @@ from stream.learner.live import LivePublisher
 from stream.learner.observing import LearnerStats
 from stream.learner.outage import Outage
 from stream.learner.trace import LINEAGE_EXTRA, TraceRecorder
-from stream.registry.owners import owners
+from stream.registry.owners import claimed_owners
 from stream.store.snapshots import RedisUnavailableError, wrapped
 
 if TYPE_CHECKING:
@@ -119,6 +119,7 @@ class LearnerCheckpoints:
         labels = self.core.counters.labels_joined - self._labels_at_snapshot
         due = (
             self._snapshot_failed  # retried as soon as the backoff allows
+            or (not self.outage.up and self.outage.writes_failed)  # only a write ends it
             or (self._first_snapshot_due and labels > 0)
             or labels >= self.settings.snapshot_every_labels
             or (labels > 0 and now - self._last_snapshot_at >= self.settings.snapshot_every_seconds)
@@ -197,7 +198,9 @@ class LearnerCheckpoints:
         owner continues them from their latest version."""
         store = self.snapshotter.store
         with wrapped("owners of the models"):
-            owned = owners(store.client, store.keys, list(self.core.models))
+            owned = claimed_owners(store.client, store.keys, list(self.core.models))
+        # Only an owner that a claim or a handover named: an owner key lost (Redis restarted
+        # without its last writes) is no handover, and the model stays (then SnapshotError).
         lost = {name: owner for name, owner in owned.items() if owner != store.keys.learner}
         for name, owner in sorted(lost.items()):
             log.warning(

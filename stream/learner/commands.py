@@ -35,6 +35,7 @@ class LearnerCommands(LearnerCheckpoints):
         if not self.outage.due():
             return
         self._last_command_check = now
+        commands: list[RollbackCommand] = []
         try:
             commands = self.commands.peek()
             if commands:
@@ -45,9 +46,9 @@ class LearnerCommands(LearnerCheckpoints):
                 self.finish_snapshots()  # durable before acknowledged
                 self.commands.ack(len(commands))
         except RedisUnavailableError as exc:  # applying again is harmless: ids are remembered
-            self.outage.failed("learner commands", exc)
-        else:
-            self.outage.recovered()
+            self.outage.failed("learner commands", exc, write=bool(commands))
+        else:  # with commands, a snapshot and the acknowledgement were written too
+            self.outage.recovered(read=not commands)
 
     def apply(self, command: RollbackCommand) -> None:
         """Roll ``command.model`` back to version ``command.to``.

@@ -35,6 +35,16 @@ Traceback (most recent call last):
 ...
 stream.learner.outage.RedisOutageError: Redis unreachable for 61 s (snapshot: refused); giving up after RIVERSTREAM_REDIS_OUTAGE_SECONDS=60
 
+A Redis that refuses writes (out of memory, a read-only replica) still answers reads: a read
+that succeeds does not end an outage in which a write failed, a write does.
+
+>>> now[0] = 0.0; refusing = Outage(limit_seconds=60, clock=lambda: now[0])
+>>> refusing.failed("snapshot", OSError("OOM command not allowed"))
+>>> now[0] = 0.5; refusing.recovered(read=True), refusing.up
+(None, False)
+>>> refusing.recovered(), refusing.up
+(0.5, True)
+
 A hung Redis: the retry's PING times out, and the outage goes on (twice the backoff).
 
 >>> class Hung:
@@ -88,6 +98,7 @@ class Outage:
         self.probe = probe
         """PINGed before each retry (`due`) and by `answers`; None: Redis is assumed to answer."""
         self.since: float | None = None  # start of the current outage
+        self.writes_failed = False  # in this outage: then only a write ends it
         self.longest = 0.0  # seconds, over the learner's life
         self.count = 0
         self._retry_at = 0.0
@@ -129,10 +140,12 @@ class Outage:
             return exc
         return None
 
-    def failed(self, what: str, exc: BaseException) -> None:
+    def failed(self, what: str, exc: BaseException, *, write: bool = True) -> None:
         """An operation on Redis failed: start (or extend) the outage, schedule a retry, and
-        raise `RedisOutageError` once it has lasted longer than the limit."""
+        raise `RedisOutageError` once it has lasted longer than the limit. ``write``: the
+        operation wrote (a snapshot); a read that fails says less, see `recovered`."""
         now = self.clock()
+        self.writes_failed = write or (self.since is not None and self.writes_failed)
         if self.since is None:
             self.since = now
             self.count += 1
@@ -153,9 +166,12 @@ class Outage:
                 f"RIVERSTREAM_REDIS_OUTAGE_SECONDS={self.limit_seconds:g}"
             )
 
-    def recovered(self) -> float | None:
-        """An operation on Redis succeeded: end the outage; returns its length, if any."""
-        if self.since is None:
+    def recovered(self, *, read: bool = False) -> float | None:
+        """An operation on Redis succeeded: end the outage; returns its length, if any. A
+        ``read`` does not end an outage in which a write failed: a Redis refusing writes (out
+        of memory, a read-only replica) still answers reads, and the outage goes on (its
+        budget too) until a write succeeds."""
+        if self.since is None or (read and self.writes_failed):
             return None
         lasted = self.clock() - self.since
         self.since = None

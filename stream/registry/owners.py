@@ -99,13 +99,17 @@ def claim(client: redis.Redis, keys: RedisKeys, learner: str, models: list[str])
 
 def owners(client: redis.Redis, keys: RedisKeys, models: list[str]) -> dict[str, str]:
     """The owner of each of ``models`` (``default`` when none claimed it)."""
+    claimed = claimed_owners(client, keys, models)
+    return {m: claimed.get(m, DEFAULT_LEARNER) for m in models}
+
+
+def claimed_owners(client: redis.Redis, keys: RedisKeys, models: list[str]) -> dict[str, str]:
+    """The owner of each of ``models`` that a learner claimed or a handover named (its owner
+    key is set); the others are left out."""
     if not models:
         return {}
     raws = client.mget([keys.owner(m) for m in models])
-    return {
-        m: DEFAULT_LEARNER if raw is None else _text(raw)
-        for m, raw in zip(models, raws, strict=True)
-    }
+    return {m: _text(raw) for m, raw in zip(models, raws, strict=True) if raw is not None}
 
 
 class OwnershipOps(RegistryBase):

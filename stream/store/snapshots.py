@@ -65,9 +65,13 @@ class OwnershipLostError(SnapshotError):
 
 _REFUSALS = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError,
              redis.exceptions.MasterDownError)  # fmt: skip
-# Refusals that redis-py raises as a plain ResponseError: by their code, first in the message or
-# after a pipeline's "Command # N (...) of pipeline caused error: ".
-_REFUSAL_CODE = re.compile(r"(?:^|caused error: )(?:MISCONF|BUSY|NOREPLICAS) ")
+# Refusals that redis-py raises as a plain ResponseError: by their code, first in the message,
+# after a pipeline's "Command # N (...) of pipeline caused error: ", or after the "EXECABORT
+# Transaction discarded because of: " of a refusal that began between MULTI and EXEC.
+_REFUSAL_CODE = re.compile(
+    r"(?:^|caused error: |because of: )"
+    r"(?:MISCONF|BUSY|NOREPLICAS|OOM|READONLY|MASTERDOWN|LOADING) "
+)
 
 
 def transient(exc: BaseException) -> bool:
@@ -88,9 +92,30 @@ def transient(exc: BaseException) -> bool:
     False
     >>> transient(redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind"))
     False
+    >>> transient(redis.exceptions.ExecAbortError(
+    ...     "EXECABORT Transaction discarded because of: OOM command not allowed when ..."))
+    True
+
+    A connection lost while a transaction watches its keys comes as a `redis.WatchError`
+    raised while handling the connection's error (redis-py's "A ConnectionError occurred while
+    watching one or more keys"): transient as that error is; a watched key that changed is not.
+
+    >>> def lost_while_watching() -> redis.WatchError:
+    ...     try:
+    ...         try:
+    ...             raise redis.ConnectionError("Connection reset by peer")
+    ...         except redis.ConnectionError:
+    ...             raise redis.WatchError("A ConnectionError occurred while watching")
+    ...     except redis.WatchError as exc:
+    ...         return exc
+    >>> transient(lost_while_watching()), transient(redis.WatchError("Watched variable changed."))
+    (True, False)
     """
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, *_REFUSALS)):
         return True
+    if isinstance(exc, redis.WatchError):  # the connection died while watching?
+        during = exc.__context__
+        return during is not None and during is not exc and transient(during)
     return isinstance(exc, redis.ResponseError) and bool(_REFUSAL_CODE.search(str(exc)))
 
 

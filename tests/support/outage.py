@@ -168,11 +168,10 @@ def _killed(admin: redis.Redis) -> bool:
 
 
 def _refused(client: redis.Redis, code: str) -> bool:
-    try:
-        client.incr("riverstream:refusal-probe")
+    try:  # one write, the same each time (a second one to undo it could meet the refusal)
+        client.set("riverstream:refusal-probe", 1)
     except redis.RedisError as exc:
         return code in str(exc) or code in type(exc).__name__.upper() or _named(exc, code)
-    client.decr("riverstream:refusal-probe")
     return False
 
 

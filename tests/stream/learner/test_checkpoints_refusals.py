@@ -78,17 +78,19 @@ def test_the_learner_rides_out_redis_refusing_writes(
     learner = spawn_cli(s, ["learn", "--model", "lr=logreg", "--metric", "Accuracy"], log)
     try:
         wait_until(lambda: _version(store), 60, "the first snapshot", log=log)
-        before = _version(store)
-        with refusing(private_redis, "OOM"):
+        with refusing(private_redis, "OOM"):  # in force once the block starts
+            before = _version(store)  # (a version may land just before)
             publish(s, stretches[1])  # labels to snapshot while writes are refused
             _rides_out(learner, port, n * 2 // 3 - 2 * DELAY, log)
             assert _version(store) == before  # nothing written meanwhile
+            assert "Redis is back" not in log.read_text()  # reads answered, writes did not
         wait_until(lambda: _version(store) > before, 60, "a snapshot after it", log=log)
-        before = _version(store)
         with refusing(private_redis, "READONLY"):
+            before = _version(store)
             publish(s, stretches[2])
             _rides_out(learner, port, n, log)
             assert _version(store) == before
+            assert log.read_text().count("Redis is back") == 1  # after the OOM only
             os.kill(learner.pid, signal.SIGTERM)  # its final snapshot waits for Redis
             stopped = time.monotonic()
             wait_until(lambda: time.monotonic() - stopped >= 2, 5, "two seconds of stopping")

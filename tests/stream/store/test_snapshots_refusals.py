@@ -6,6 +6,8 @@ same write succeeds."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import redis
 
@@ -50,3 +52,28 @@ def test_an_error_that_does_not_pass_is_not(private_redis: PrivateRedis) -> None
     with pytest.raises(SnapshotError) as raised:
         store.next_version()
     assert not isinstance(raised.value, RedisUnavailableError)
+
+
+def test_a_connection_lost_while_the_write_watches_is_redis_unavailable(
+    private_redis: PrivateRedis,
+) -> None:
+    """A connection lost at EXEC (a reset, or a failover's "the previous master is now a
+    slave"), which redis-py raises as a `redis.WatchError` since the transaction watched its
+    owners: the store says Redis is unavailable, not that the write failed for good; nothing
+    was written, and the same write succeeds on a new connection."""
+    store = SnapshotStore(redis.Redis(port=private_redis.port), "refusals", KEY)
+    admin = redis.Redis(port=private_redis.port)
+    version = store.next_version()
+    notify = store._notify  # queued last, right before EXEC
+
+    def then_lost(pipe: Any, models: Any, version: int) -> Any:
+        admin.client_kill_filter(_type="normal", skipme=True)  # the watching connection too
+        return notify(pipe, models, version)
+
+    store._notify = then_lost  # type: ignore[method-assign]
+    with pytest.raises(RedisUnavailableError, match="redis unavailable"):
+        _write(store, version)
+    del store._notify
+    assert store.latest_version("lr") is None
+    _write(store, version)
+    assert store.latest_version("lr") == version
