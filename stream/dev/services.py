@@ -13,6 +13,7 @@ ours); ``down --purge`` also deletes the data and the recorded ports.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import shutil
 import socket
@@ -120,7 +121,8 @@ class ServiceManager:
             start = {"kafka": self._start_kafka, "redis": self._start_redis}.get(
                 name, self._start_prometheus
             )
-            records[name] = start()
+            with _one_start_at_a_time(self.cache_dir):
+                records[name] = start()
             self._save(records)
             self.log(f"{name} ready at {records[name].address} (pid {records[name].pid})")
         return records
@@ -157,13 +159,14 @@ class ServiceManager:
         return proc, log_path
 
     def _await(self, proc: subprocess.Popen[bytes], check: Callable[[], bool], what: str) -> None:
-        def ready() -> bool:
+        try:  # a process that exits ends the wait at once (`wait_until` ignores what raises)
+            wait_until(
+                lambda: proc.poll() is not None or check(),
+                self.settings.service_start_timeout,
+                what,
+            )
             if proc.poll() is not None:
                 raise ServiceError(f"{what} exited with status {proc.returncode} (see its log)")
-            return check()
-
-        try:
-            wait_until(ready, self.settings.service_start_timeout, what)
         except ServiceError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -229,6 +232,21 @@ class ServiceManager:
 
 
 _MARKERS = {"kafka": KAFKA_MARKER, "redis": "redis-server", "prometheus": "prometheus"}
+
+
+@contextlib.contextmanager
+def _one_start_at_a_time(directory: Path) -> Iterator[None]:
+    """Services of other state directories started at the same moment (two `services up`, or
+    the test suite's processes, each with its own) would each find the same preferred port
+    free and then fight over it: each chooses its port and binds it in turn, under a lock file
+    in ``directory`` (the cache, shared by every state directory)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "services.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def prometheus_config(targets: list[tuple[str, str]], interval: str = "1s") -> str:
