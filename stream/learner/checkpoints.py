@@ -45,6 +45,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _APPLIED_KEPT = 1000
+FAILED_FIRST_RETRY_SECONDS = 0.5
+FAILED_MAX_RETRY_SECONDS = 30.0
+"""A snapshot that failed for a reason that is no outage (a registry step raising, a model
+handed over): retried after 0.5 s, then twice as long each time, 30 s at most. Each attempt
+writes a whole version first, so retrying at each pass of the loop piled them up in Redis."""
 
 Source = tuple[int, int]
 
@@ -76,6 +81,8 @@ class LearnerCheckpoints:
     _labels_at_snapshot: int
     _last_snapshot_at: float
     _snapshot_failed: bool
+    _failed_backoff: float
+    _failed_retry_at: float
     _first_snapshot_due: bool
     _last_command_check: float
 
@@ -116,6 +123,8 @@ class LearnerCheckpoints:
             self._record(result)
         if self.snapshotter.busy or not self.outage.due():
             return
+        if self._snapshot_failed and now < self._failed_retry_at:
+            return  # a failure that is no outage: retried with its own backoff
         labels = self.core.counters.labels_joined - self._labels_at_snapshot
         due = (
             self._snapshot_failed  # retried as soon as the backoff allows
@@ -225,14 +234,19 @@ class LearnerCheckpoints:
             self._first_snapshot_due = False
             self.trace.written()
             self.outage.recovered()
+            self._failed_backoff = 0.0
         elif result.failure == "unavailable" or (
             result.failure != "ownership" and self._redis_unreachable()
         ):
             result.failure = "unavailable"  # (a forked child that died may not have said so)
             unavailable = ConnectionError(result.error or "unreachable")
             self.outage.failed(f"snapshot v{result.version}", unavailable)
-        else:  # a model handed over to another learner fails snapshots until released
+        else:  # a model handed over (its release is read next) or an error: not at once
             self._last_command_check = -1e9
+            self._failed_backoff = min(
+                max(2 * self._failed_backoff, FAILED_FIRST_RETRY_SECONDS), FAILED_MAX_RETRY_SECONDS
+            )
+            self._failed_retry_at = self.clock() + self._failed_backoff
         if stalls:  # not the final snapshot at shutdown, nor one after a rollback
             self.stats.max_stall_seconds = max(self.stats.max_stall_seconds, result.stall_seconds)
         if self.observer is not None:

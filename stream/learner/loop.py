@@ -149,6 +149,8 @@ class Learner(LearnerCommands):
         # must not hold learning for a store call's 10 s): stream.learner.outage.
         self.outage = Outage(settings.redis_outage_seconds, clock, probe=small.client)
         self._snapshot_failed = False
+        self._failed_backoff = 0.0  # a failed snapshot's retry, when no outage (checkpoints)
+        self._failed_retry_at = 0.0
         # A fresh stream gets its first version as soon as labels were learned, not after
         # RIVERSTREAM_SNAPSHOT_EVERY_SECONDS: until then the API has no model to serve.
         self._first_snapshot_due = restored is None
