@@ -148,3 +148,38 @@ def test_a_final_snapshot_leaves_out_a_model_handed_over_meanwhile(
     checkpoint = store.latest_checkpoint()
     assert checkpoint is not None
     assert load_signed(checkpoint[1], s.require_snapshot_key())["models"] == ["lr"]
+
+
+def test_reads_that_answer_do_not_end_an_outage_of_refused_writes(
+    settings: Settings, private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    """Versions are rare here, so the outage begins with a refused live update. Redis refusing
+    writes still answers reads, such as the learner's command checks: the outage must go on
+    (reported, its budget running) until a write succeeds. It used to end at the first command
+    check ("Redis is back after an outage of 0.2 s"), begin again at the next live update, and
+    so on, its budget starting over each time."""
+    port = free_port()
+    s = fast(
+        settings, redis_url=private_redis.url, learner_metrics_port=port,
+        snapshot_every_labels=1_000_000, snapshot_every_seconds=3600, redis_outage_seconds=120,
+    )  # fmt: skip
+    events = list(dataset_events("synth.Agrawal", label_delay=DELAY, limit=1500, seed=SEED))
+    half = len(events) // 2
+    store, log = snapshot_store(s), tmp_path / "learner.log"
+    publish(s, events[:half])
+    learner = spawn_cli(s, ["learn", "--model", "lr=logreg"], log)
+    try:
+        wait_until(lambda: store.latest_version("lr"), 60, "the first version", log=log)
+        with refusing(private_redis, "OOM"):
+            publish(s, events[half:])  # learned on: its live updates are refused
+            wait_until(lambda: "refusing writes" in log.read_text(), 30, "the outage", log=log)
+            began = time.monotonic()
+            wait_until(lambda: time.monotonic() - began >= 3, 5, "three seconds of refusals")
+            assert "Redis is back" not in log.read_text(), log.read_text()[-3000:]
+            assert _gauge(learner, port, "riverstream_redis_up", 0)
+        wait_until(lambda: "Redis is back" in log.read_text(), 30, "the outage's end", log=log)
+        assert learner.poll() is None, log.read_text()[-3000:]
+    finally:
+        if learner.poll() is None:
+            learner.kill()
+            learner.wait(timeout=10)
