@@ -115,7 +115,7 @@ def transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, redis.WatchError):  # the connection died while watching?
         during = exc.__context__
-        return during is not None and during is not exc and transient(during)
+        return during is not None and transient(during)
     return isinstance(exc, redis.ResponseError) and bool(_REFUSAL_CODE.search(str(exc)))
 
 

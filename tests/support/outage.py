@@ -21,6 +21,7 @@ import redis
 from schemas.settings import Settings
 from stream.dev.ports import PORTS_FILE
 from stream.dev.services import ServiceManager, ensure_debian_binary, free_port, stop_pid
+from stream.store.snapshots import SnapshotStore
 from tests.support.waiting import wait_until
 
 
@@ -100,6 +101,15 @@ def learner_gauges(port: int) -> dict[str, float]:
         if match:
             found[name.split("{")[0]] = float(match.group(1))
     return found
+
+
+def checkpoint_version(store: SnapshotStore) -> int:
+    """The version of ``store``'s latest checkpoint (0: none yet, or Redis not answering)."""
+    try:
+        latest = store.latest_checkpoint()
+    except Exception:
+        return 0
+    return 0 if latest is None else latest[0]
 
 
 REFUSALS = ("OOM", "READONLY", "MISCONF", "BUSY")

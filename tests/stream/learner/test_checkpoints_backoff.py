@@ -18,7 +18,6 @@ import redis
 from learners.datasets import dataset_events
 from schemas.settings import Settings
 from stream.learner.runtime import snapshot_store
-from stream.store.snapshots import SnapshotStore
 from tests.support.outage import PrivateRedis, private_redis
 from tests.support.pipeline import fast, publish, spawn_cli
 from tests.support.waiting import wait_until
@@ -28,10 +27,6 @@ __all__ = ["private_redis"]  # a fixture
 
 WATCHED = 4.0
 """Seconds the failing snapshots are counted over."""
-
-
-def _versions(store: SnapshotStore) -> list[int]:
-    return store.versions("lr")
 
 
 def test_a_snapshot_that_keeps_failing_is_retried_with_a_backoff(
@@ -49,20 +44,20 @@ def test_a_snapshot_that_keeps_failing_is_retried_with_a_backoff(
     client = redis.Redis.from_url(private_redis.url)
     history = store.keys.history("lr")
     try:
-        wait_until(lambda: len(_versions(store)) >= 1, 60, "a first version", log=log)
+        wait_until(lambda: len(store.versions("lr")) >= 1, 60, "a first version", log=log)
         client.delete(history)
         client.set(history, "not a list")  # the registry's next step meets WRONGTYPE
         publish(s, events[half:])  # labels to snapshot
-        failing = len(_versions(store))
+        failing = len(store.versions("lr"))
         wait_until(lambda: "WRONGTYPE" in log.read_text(), 30, "a failing snapshot", log=log)
         started = time.monotonic()
         wait_until(lambda: time.monotonic() - started >= WATCHED, WATCHED + 5, "the count")
-        written = len(_versions(store)) - failing
+        written = len(store.versions("lr")) - failing
         assert learner.poll() is None, log.read_text()[-3000:]
         # Backoff 0.5, 1, 2 s...: a handful of attempts, not one per loop pass (hundreds).
         assert written <= 6, f"{written} versions written in {WATCHED} s of failing snapshots"
         client.delete(history)  # the cause is gone: the next attempt succeeds
-        before = max(_versions(store))
+        before = max(store.versions("lr"))
         wait_until(lambda: store.latest_version("lr") not in (None, before), 30, "a new version")
         wait_until(
             lambda: client.llen(history) > 0, 30, "the registry's steps to run again", log=log

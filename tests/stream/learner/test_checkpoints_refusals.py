@@ -24,8 +24,14 @@ from learners.serialization import load_signed
 from schemas.settings import Settings
 from stream.dev.services import free_port
 from stream.learner.runtime import snapshot_store
-from stream.store.snapshots import SnapshotStore
-from tests.support.outage import PrivateRedis, learner_gauges, private_redis, refusing
+from tests.support.cluster import learned
+from tests.support.outage import (
+    PrivateRedis,
+    checkpoint_version,
+    learner_gauges,
+    private_redis,
+    refusing,
+)
 from tests.support.pipeline import fast, final_core, final_model, publish, spawn_cli
 from tests.support.waiting import wait_until
 
@@ -35,26 +41,18 @@ __all__ = ["private_redis"]  # a fixture
 DELAY, SEED = 50, 3
 
 
-def _version(store: SnapshotStore) -> int:
-    try:
-        latest = store.latest_checkpoint()
-    except Exception:
-        return 0
-    return 0 if latest is None else latest[0]
-
-
 def _gauge(learner: subprocess.Popen[bytes], port: int, name: str, value: float) -> bool:
     """Whether the learner's gauge ``name`` shows ``value``; fails at once if it exited."""
     assert learner.poll() is None, f"the learner exited with {learner.returncode}"
     return learner_gauges(port).get(name) == value
 
 
-def _rides_out(learner: subprocess.Popen[bytes], port: int, learned: int, log: Path) -> None:
-    """The learner reports an outage, and learns on to ``learned`` samples, without exiting."""
+def _rides_out(learner: subprocess.Popen[bytes], port: int, samples: int, log: Path) -> None:
+    """The learner reports an outage, and learns on to ``samples`` samples, without exiting."""
     up = "riverstream_redis_up"
     wait_until(lambda: _gauge(learner, port, up, 0), 60, "the learner to report it", log=log)
     wait_until(
-        lambda: learner_gauges(port).get("riverstream_samples_learned_total", 0) >= learned,
+        lambda: learned(port) >= samples,
         60,
         "learning to go on while writes are refused",
         log=log,
@@ -77,19 +75,19 @@ def test_the_learner_rides_out_redis_refusing_writes(
     publish(s, stretches[0])
     learner = spawn_cli(s, ["learn", "--model", "lr=logreg", "--metric", "Accuracy"], log)
     try:
-        wait_until(lambda: _version(store), 60, "the first snapshot", log=log)
+        wait_until(lambda: checkpoint_version(store), 60, "the first snapshot", log=log)
         with refusing(private_redis, "OOM"):  # in force once the block starts
-            before = _version(store)  # (a version may land just before)
+            before = checkpoint_version(store)  # (a version may land just before)
             publish(s, stretches[1])  # labels to snapshot while writes are refused
             _rides_out(learner, port, n * 2 // 3 - 2 * DELAY, log)
-            assert _version(store) == before  # nothing written meanwhile
+            assert checkpoint_version(store) == before  # nothing written meanwhile
             assert "Redis is back" not in log.read_text()  # reads answered, writes did not
-        wait_until(lambda: _version(store) > before, 60, "a snapshot after it", log=log)
+        wait_until(lambda: checkpoint_version(store) > before, 60, "a snapshot after it", log=log)
         with refusing(private_redis, "READONLY"):
-            before = _version(store)
+            before = checkpoint_version(store)
             publish(s, stretches[2])
             _rides_out(learner, port, n, log)
-            assert _version(store) == before
+            assert checkpoint_version(store) == before
             assert log.read_text().count("Redis is back") == 1  # after the OOM only
             os.kill(learner.pid, signal.SIGTERM)  # its final snapshot waits for Redis
             stopped = time.monotonic()
@@ -124,7 +122,7 @@ def test_a_final_snapshot_leaves_out_a_model_handed_over_meanwhile(
     learner = spawn_cli(s, argv, log)
     try:
         wait_until(
-            lambda: learner_gauges(port).get("riverstream_samples_learned_total", 0) >= n,
+            lambda: learned(port) >= n,
             60,
             "the stream to be learned",
             log=log,

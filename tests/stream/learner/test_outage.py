@@ -32,6 +32,7 @@ from stream.dev.services import (
     pid_alive,
 )
 from stream.learner.runtime import snapshot_store
+from tests.support.cluster import learned
 from tests.support.outage import (
     PrivateRedis,
     learner_gauges,
@@ -90,10 +91,7 @@ def test_the_learner_rides_out_redis_killed_and_hung(
         )
         client.start()
         wait_until(
-            lambda: (
-                learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
-                >= len(stretches[0]) // 2 - 2 * DELAY
-            ),
+            lambda: learned(metrics_port) >= len(stretches[0]) // 2 - 2 * DELAY,
             60,
             "the first stretch",
         )
@@ -109,8 +107,7 @@ def test_the_learner_rides_out_redis_killed_and_hung(
         )
         wait_until(
             lambda: (
-                learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
-                >= (len(stretches[0]) + len(stretches[1])) // 2 - 2 * DELAY
+                learned(metrics_port) >= (len(stretches[0]) + len(stretches[1])) // 2 - 2 * DELAY
             ),
             60,
             "learning to go on while Redis is away",
@@ -136,9 +133,7 @@ def test_the_learner_rides_out_redis_killed_and_hung(
         wait_until(lambda: time.monotonic() - hung >= 5, 10, "five seconds of a hung Redis")
         private_redis.kill(signal.SIGCONT)
         wait_until(
-            lambda: (
-                learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0) >= LIMIT
-            ),
+            lambda: learned(metrics_port) >= LIMIT,
             120,
             "the whole stream",
         )
@@ -187,7 +182,7 @@ def test_a_stop_during_an_outage_waits_for_redis_with_the_backoff(
     learner = spawn_cli(s, ["learn", "--model", "lr=logreg", "--metric", "Accuracy"], log)
     try:
         wait_until(
-            lambda: learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0) >= n,
+            lambda: learned(metrics_port) >= n,
             60,
             "the stream to be learned",
             log=log,
@@ -253,10 +248,7 @@ def test_the_learner_rides_out_a_broker_restart(
     learner = spawn_cli(s, ["learn", "--model", "lr=logreg", "--metric", "Accuracy"], log)
     try:
         wait_until(
-            lambda: (
-                learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0)
-                >= half // 2 - 2 * DELAY
-            ),
+            lambda: learned(metrics_port) >= half // 2 - 2 * DELAY,
             90,
             "the first half",
         )
@@ -269,9 +261,7 @@ def test_the_learner_rides_out_a_broker_restart(
         assert manager.up(("kafka",))["kafka"].address == bootstrap  # in place
         publish(s, events[half:])
         wait_until(
-            lambda: (
-                learner_gauges(metrics_port).get("riverstream_samples_learned_total", 0) >= LIMIT
-            ),
+            lambda: learned(metrics_port) >= LIMIT,
             120,
             "the whole stream",
         )

@@ -29,7 +29,13 @@ from stream.dev.services import free_port
 from stream.kafka.publish import Publisher
 from stream.learner.runtime import snapshot_store
 from stream.store.snapshots import SnapshotStore
-from tests.support.outage import PrivateRedis, learner_gauges, private_redis
+from tests.support.cluster import learned
+from tests.support.outage import (
+    PrivateRedis,
+    checkpoint_version,
+    learner_gauges,
+    private_redis,
+)
 from tests.support.pipeline import fast, final_core, final_model, publish, spawn_cli
 from tests.support.waiting import wait_until
 
@@ -44,18 +50,6 @@ HUNG_SECONDS = 9.0
 thread waiting on one call learns nothing at all meanwhile."""
 LONGEST_STILL = 3.0
 """Seconds the learned count may stay still during the hang (the metrics refresh every 0.5 s)."""
-
-
-def _learned(port: int) -> float:
-    return learner_gauges(port).get("riverstream_samples_learned_total", 0)
-
-
-def _version(store: SnapshotStore) -> int:
-    try:
-        latest = store.latest_checkpoint()
-    except Exception:
-        return 0
-    return 0 if latest is None else latest[0]
 
 
 def _labels_in(store: SnapshotStore, key: bytes) -> int:
@@ -85,27 +79,27 @@ def test_learning_goes_on_while_redis_hangs(
     )
     seen: list[tuple[float, float]] = []  # (time, samples learned) during the hang
     try:
-        wait_until(lambda: _version(store), 60, "the first snapshot", log=log)
+        wait_until(lambda: checkpoint_version(store), 60, "the first snapshot", log=log)
         steady.start()  # ≈ 14 s of events, one every 2 ms
-        start = _learned(port)
-        wait_until(lambda: _learned(port) >= start + 200, 30, "learning of the stream", log=log)
-        before = _version(store)
+        start = learned(port)
+        wait_until(lambda: learned(port) >= start + 200, 30, "learning of the stream", log=log)
+        before = checkpoint_version(store)
         private_redis.kill(signal.SIGSTOP)
         try:
             hung = time.monotonic()
             while (now := time.monotonic()) - hung < HUNG_SECONDS:
-                learned = learner_gauges(port).get("riverstream_samples_learned_total")
-                if learned is not None:  # a scrape that failed says nothing
-                    seen.append((now - hung, learned))
+                count = learner_gauges(port).get("riverstream_samples_learned_total")
+                if count is not None:  # a scrape that failed says nothing
+                    seen.append((now - hung, count))
                 wait_until(lambda: time.monotonic() - now >= 0.1, 1, "the next sample")
             assert learner.poll() is None, log.read_text()[-3000:]
         finally:
             private_redis.kill(signal.SIGCONT)
         steady.join(timeout=60)
         assert not steady.is_alive()
-        wait_until(lambda: _learned(port) >= N, 60, "every sample to be learned", log=log)
+        wait_until(lambda: learned(port) >= N, 60, "every sample to be learned", log=log)
         wait_until(lambda: _labels_in(store, key) == N, 30, "a version of every sample", log=log)
-        after = _version(store)
+        after = checkpoint_version(store)
         assert learner.poll() is None, log.read_text()[-3000:]
         os.kill(learner.pid, signal.SIGTERM)
         assert learner.wait(timeout=60) == 0, log.read_text()[-3000:]
