@@ -41,8 +41,14 @@ def private_kafka(tmp_path: Path) -> Iterator[tuple[ServiceManager, str]]:
 
 
 class PrivateRedis:
-    """A redis-server of this test: same flags as `riverstream services up`, its own port, and
-    its directory settable by its tests (``MISCONF`` in `refusing`)."""
+    """A redis-server of this test, on its own port and with its data in ``directory``.
+
+    Not quite the flags of `riverstream services up` (`stream.dev.services`): the same address
+    and append-only file, but ``--appendfsync always`` (not ``everysec``), ``--save ""`` (not
+    ``60 1``: no background save runs unless `refusing` starts one for ``MISCONF``) and
+    ``--enable-protected-configs local``, so that its tests may ``CONFIG SET dir`` (``MISCONF``
+    in `refusing`). The other flags of ``services up`` (``--daemonize no``, ``--protected-mode
+    yes``, ``--io-threads 1``) are Redis's defaults, left out here."""
 
     def __init__(self, directory: Path) -> None:
         self.dir, self.port = directory, free_port()
