@@ -78,6 +78,11 @@ def partitions_for(bootstrap: str, topic: str, *, security: KafkaSecurity = PLAI
     return sorted(info.partitions)
 
 
+FLUSH_MARGIN_SECONDS = 5.0
+"""How much longer than the delivery timeout `EventProducer.flush` waits by default: by then
+every record sent before it was acknowledged or failed for good (expired)."""
+
+
 class EventProducer:
     """kafka-python producer with batching, compression and delivery accounting."""
 
@@ -115,6 +120,8 @@ class EventProducer:
         except KafkaError as exc:
             raise KafkaAdapterError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
         _keep_refreshing_metadata(self._producer)
+        self.flush_timeout = delivery_timeout_ms / 1000 + FLUSH_MARGIN_SECONDS
+        """`flush`'s default: the delivery timeout plus `FLUSH_MARGIN_SECONDS`."""
         self.sent = 0
         self.failed = 0
         self.errors: list[str] = []
@@ -157,11 +164,16 @@ class EventProducer:
         future.add_callback(self._ok).add_errback(self._fail)
         return future
 
-    def flush(self, timeout: float | None = 60.0) -> None:
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every record sent so far is acknowledged or failed for good (counted in
+        ``sent`` and ``failed``); `KafkaAdapterError` if a record is still pending after
+        ``timeout`` seconds (kafka-python waits that long for each pending batch in turn).
+        None: `flush_timeout`, past the delivery timeout, so that a flush never gives up on
+        records the producer still retries (through a broker's death, a leader election)."""
         from kafka.errors import KafkaError
 
         try:
-            self._producer.flush(timeout=timeout)
+            self._producer.flush(timeout=self.flush_timeout if timeout is None else timeout)
         except KafkaError as exc:
             raise KafkaAdapterError(f"flush failed: {exc}") from exc
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from schemas.errors import SchemaError
+from schemas.errors import KafkaAdapterError, SchemaError
 from stream.kafka.client import Record
 
 
 class Sender(Protocol):
     """What dead letters need of a producer (`EventProducer`, or the prediction worker's)."""
+
+    failed: int
+    """Deliveries that failed for good so far."""
 
     def send(
         self,
@@ -26,7 +29,9 @@ class Sender(Protocol):
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None: ...
 
-    def flush(self, timeout: float | None = 60.0) -> None: ...
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every message sent so far is acknowledged or failed for good (None: the
+        producer's own default)."""
 
 
 class DeadLetters:
@@ -59,6 +64,16 @@ class DeadLetters:
         self.pending += 1
 
     def flush(self) -> None:
+        """Wait until the dead letters sent are acknowledged; `KafkaAdapterError` if one of them
+        failed for good (a flush waits past the producer's delivery timeout, so a broker away
+        for longer ends in failed deliveries, not in a flush that times out): dead letters are
+        at least once, and the caller must not go on as if they were written."""
         if self.pending:
+            pending, failed = self.pending, self.producer.failed
             self.producer.flush()
             self.pending = 0
+            lost = self.producer.failed - failed
+            if lost > 0:
+                raise KafkaAdapterError(
+                    f"{lost} of {pending} dead letters to {self.topic} were not delivered"
+                )

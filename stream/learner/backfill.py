@@ -143,6 +143,8 @@ class _AlreadyDeadLettered:
     """A `Sender` for the backfill's `Ingest`: the live path dead-lettered these records when
     it first read them; they are not sent a second time."""
 
+    failed = 0
+
     def send(
         self,
         topic: str,
@@ -153,7 +155,7 @@ class _AlreadyDeadLettered:
     ) -> None:
         return None
 
-    def flush(self, timeout: float | None = 60.0) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         return None
 
 
