@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 import orjson
@@ -229,13 +229,13 @@ def create_app(
         # The hot routes also go first, before the whole middleware stack, unless every predict
         # route needs a token (`serving.feedback.ClosedLoop` checks it, in the stack).
         if getattr(settings, "predict_token", None) is None:
-            # The other fast paths by the prefix of their paths, one layer under this one.
-            routes = [(V2_MODELS_PREFIX, wrap(app.stack)) for wrap in v2_fast]
-            routes.append((GRAPHS_PREFIX, GraphFastPath(app.stack, service=graphs)))
-            app.outer = PredictFastPath(
-                app.stack, answer=answer, max_body_bytes=max_body_bytes, with_ids=app.stack,
-                routes=routes,
-            )  # fmt: skip
+            model_fast = PredictFastPath(
+                app.stack, answer=answer, max_body_bytes=max_body_bytes, with_ids=app.stack
+            )
+            fast: list[tuple[str, ASGIApp]] = [(_PREDICT_PREFIX, model_fast)]
+            fast += [(V2_MODELS_PREFIX, wrap(app.stack)) for wrap in v2_fast]
+            fast.append((GRAPHS_PREFIX, GraphFastPath(app.stack, service=graphs)))
+            app.fast_paths = tuple(fast)
     # Outermost: tokens, POST /v1/features and /v1/labels, predict with an id (logged to Kafka).
     app.add_middleware(ClosedLoop, settings=settings, max_body_bytes=max_body_bytes)
 
@@ -306,20 +306,25 @@ class RiverstreamAPI(FastAPI):
 
     Starlette wraps every request in its middleware stack (error handling, FastAPI's body limit
     and telemetry hooks, which read the environment on every request, then ours): ≈ 30 µs of
-    CPU per request here (measured in process), three times what a prediction costs. With
-    ``outer`` set (`create_app` does, with `PredictFastPath` and `serving.graphs.GraphFastPath`)
-    HTTP requests go to it first; what it does not answer it passes to `stack`, the app as
-    FastAPI runs it. Lifespan events always go to the stack.
+    CPU per request here (measured in process), three times what a prediction costs.
+    ``fast_paths`` (`create_app` sets them: `PredictFastPath`, `serving.v2_fast`'s and
+    `serving.graphs.GraphFastPath`) are ``(path prefix, ASGI app)``: an HTTP request whose
+    path starts with a prefix goes to the first such app, which answers its hot route and
+    passes anything else to `stack`, the app as FastAPI runs it; the other requests go to the
+    stack directly. Lifespan events always go to the stack. Each fast path is one layer under
+    this one (a layer costs ≈ 0.4 µs a request).
     """
 
-    outer: ASGIApp | None = None
+    fast_paths: tuple[tuple[str, ASGIApp], ...] = ()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        outer = self.outer
-        if outer is not None and scope["type"] == "http":
-            await outer(scope, receive, send)
-        else:
-            await super().__call__(scope, receive, send)
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            for prefix, fast in self.fast_paths:
+                if path.startswith(prefix):
+                    await fast(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
 
     async def stack(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The app with its middleware stack (what FastAPI alone would run)."""
@@ -333,8 +338,6 @@ class PredictFastPath:
     goes to the app. The answer is the same function the documented route calls, so both behave
     identically. ``with_ids``: where a body naming an ``"id"`` goes instead (read, then replayed),
     since a prediction with an id is also logged (`serving.feedback.ClosedLoop`, in the stack).
-    ``routes``: ``(prefix, fast path)``: a POST whose path starts with ``prefix`` goes to that
-    fast path directly, not through the others (each layer costs ≈ 0.4 µs a request).
     """
 
     def __init__(
@@ -344,13 +347,11 @@ class PredictFastPath:
         answer: Answer,
         max_body_bytes: int,
         with_ids: ASGIApp | None = None,
-        routes: Sequence[tuple[str, ASGIApp]] = (),
     ) -> None:
         self.app = app
         self.answer = answer
         self.max_body_bytes = max_body_bytes
         self.with_ids = with_ids
-        self.routes = tuple(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -372,9 +373,5 @@ class PredictFastPath:
                     status, content = self.answer(name, raw, body, started)
                     await send_json(send, status, orjson.dumps(content, default=_fallback,
                                                                option=_JSON_OPTIONS))  # fmt: skip
-                    return
-            for prefix, route in self.routes:
-                if path.startswith(prefix):
-                    await route(scope, receive, send)
                     return
         await self.app(scope, receive, send)

@@ -1,4 +1,4 @@
-"""The hot routes answered before the middleware stack (`serving.app.RiverstreamAPI.outer`) give
+"""The hot routes answered before the middleware stack (`serving.app.RiverstreamAPI.fast_paths`) give
 byte-identical answers to the documented routes of an app built without them, and requests
 that need the stack (a prediction with an id, a token) still reach it."""
 
@@ -11,7 +11,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from serving.app import create_app
+from serving.app import PredictFastPath, create_app
 from serving.telemetry import ServingMetrics
 from stream.store.snapshots import SnapshotStore
 from tests.support.serving import asgi_post
@@ -29,7 +29,7 @@ def test_v2_infer_fast_path_answers_like_the_documented_route(
     metrics = ServingMetrics(CollectorRegistry())
     app = create_app(settings, metrics=metrics, max_body_bytes=8192)
     routed = create_app(settings, metrics=metrics, max_body_bytes=8192, fast_path=False)
-    assert app.outer is not None and routed.outer is None
+    assert app.fast_paths and not routed.fast_paths
     x = inputs[0]
     per_feature = [{"name": k, "shape": [1], "datatype": "FP64", "data": [v]} for k, v in x.items()]
     rows = [orjson.dumps(r).decode() for r in inputs[:3]]
@@ -92,8 +92,9 @@ def test_a_prediction_with_an_id_still_goes_through_the_stack(
 
         await stack(scope, replay, send)
 
-    assert app.outer is not None
-    app.outer.with_ids = spy  # type: ignore[attr-defined]
+    models = dict(app.fast_paths)["/v1/models/"]
+    assert isinstance(models, PredictFastPath)
+    models.with_ids = spy
 
     async def run() -> None:
         async with app.router.lifespan_context(app):
@@ -108,35 +109,27 @@ def test_a_prediction_with_an_id_still_goes_through_the_stack(
     asyncio.run(run())
 
 
-def test_the_other_fast_paths_are_one_layer_under_the_outer(
-    kit, redis_url: str, prefix: str
-) -> None:
-    """A v2 infer or graph predict request goes from the outer layer straight to its own fast
-    path (each layer costs ≈ 0.4 µs a request), and what no fast path answers to the stack."""
-    from serving.app import PredictFastPath
-
+def test_each_fast_path_is_one_layer_under_the_app(kit, redis_url: str, prefix: str) -> None:
+    """A model predict, v2 infer or graph predict request goes from the app straight to its own
+    fast path (each layer costs ≈ 0.4 µs a request), the others straight to the stack."""
     app = create_app(kit.make_settings(redis_url, prefix))
-    outer = app.outer
-    assert isinstance(outer, PredictFastPath)
-    prefixes = [p for p, _ in outer.routes]
-    assert prefixes == ["/v2/models/", "/v1/graphs/"]
+    assert [p for p, _ in app.fast_paths] == ["/v1/models/", "/v2/models/", "/v1/graphs/"]
+    assert isinstance(app.fast_paths[0][1], PredictFastPath)
     seen: list[str] = []
 
     def spy(name: str) -> Any:
         async def route(scope: Any, receive: Any, send: Any) -> None:
-            seen.append(f"{name} {scope['path']}")
+            seen.append(f"{name} {scope['method']} {scope['path']}")
+            await send({"type": "http.response.start", "status": 299, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
 
         return route
 
-    fast = PredictFastPath(
-        spy("stack"), answer=lambda *a: (200, {}), max_body_bytes=10,
-        routes=[("/v2/models/", spy("v2")), ("/v1/graphs/", spy("graphs"))],
-    )  # fmt: skip
-    for path in ("/v2/models/m/infer", "/v1/graphs/g/predict", "/v1/features"):
-        scope = {"type": "http", "method": "POST", "path": path}
-        asyncio.run(fast(scope, None, None))  # type: ignore[arg-type]
-    asyncio.run(fast({"type": "http", "method": "GET", "path": "/v2/models/m"}, None, None))  # type: ignore[arg-type]
+    app.fast_paths = tuple((p, spy(p)) for p, _ in app.fast_paths)
+    paths = ["/v1/models/m/predict", "/v2/models/m/infer", "/v1/graphs/g/predict", "/v1/features"]
+    statuses = [asyncio.run(asgi_post(app, path, b"{}"))[0] for path in paths]
+    assert statuses[:3] == [299, 299, 299] and statuses[3] != 299  # /v1/features: the stack's
     assert seen == [
-        "v2 /v2/models/m/infer", "graphs /v1/graphs/g/predict", "stack /v1/features",
-        "stack /v2/models/m",
+        "/v1/models/ POST /v1/models/m/predict", "/v2/models/ POST /v2/models/m/infer",
+        "/v1/graphs/ POST /v1/graphs/g/predict",
     ]  # fmt: skip
