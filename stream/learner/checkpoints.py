@@ -167,8 +167,9 @@ class LearnerCheckpoints:
             self._record(result, stalls=stalls)
         return result  # None while a forked child or the writer thread writes it
 
-    def finish_snapshots(self) -> None:
-        """Wait for a running snapshot, then write a final one in-process (no fork).
+    def finish_snapshots(self) -> list[str]:
+        """Wait for a running snapshot, then write a final one in-process (no fork); returns
+        the models dropped on the way (handed over, below).
 
         Redis unreachable or refusing writes: retried with the outage's backoff until it is
         back, or `RedisOutageError` once the outage outlasts RIVERSTREAM_REDIS_OUTAGE_SECONDS.
@@ -182,14 +183,17 @@ class LearnerCheckpoints:
         use_fork = self.snapshotter.use_fork
         self.snapshotter.use_fork = False
         backoff = threading.Event()  # never set: a stop (which set `_stop`) waits out each delay
+        dropped: list[str] = []
         try:
             while True:
                 final = self.snapshot_now(stalls=False)
                 if final is None or final.ok:  # None: never, in-process
-                    break
+                    return dropped
                 if final.failure == "ownership":
                     try:
-                        if self._drop_handed_over():
+                        handed_over = self._drop_handed_over()
+                        if handed_over:
+                            dropped += handed_over
                             continue  # written without them, at once
                     except RedisUnavailableError as exc:
                         self.outage.failed("owners of the models", exc)

@@ -14,9 +14,9 @@ from schemas.errors import SnapshotError
 from schemas.records import RollbackCommand
 from stream.checkpoint.protocol import restore
 from stream.learner.checkpoints import LearnerCheckpoints
-from stream.registry.owners import RELEASE
+from stream.registry.owners import RELEASE, claimed_owners
 from stream.store.commands import CommandQueue
-from stream.store.snapshots import RedisUnavailableError
+from stream.store.snapshots import RedisUnavailableError, wrapped
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,14 @@ class LearnerCommands(LearnerCheckpoints):
         else:  # with commands, a snapshot and the acknowledgement were written too
             self.outage.recovered(read=not commands)
 
+    def _handed_back(self, model: str) -> bool:
+        """Whether ``model``'s owner key names this learner: a release read late (this learner
+        was stopped, or in an outage) of a model handed over and then back to it."""
+        store = self.snapshotter.quick
+        with wrapped(f"owner of {model}"):
+            owned = claimed_owners(store.client, store.keys, [model])
+        return owned.get(model) == store.keys.learner
+
     def apply(self, command: RollbackCommand) -> None:
         """Roll ``command.model`` back to version ``command.to``.
 
@@ -59,7 +67,13 @@ class LearnerCommands(LearnerCheckpoints):
         falls in ``command.exclude`` (models sharing this learner are rewound with it).
         """
         if command.action == RELEASE:  # handed over to another learner (stream.registry.owners)
-            self.release(command.model)
+            if self._handed_back(command.model):
+                log.warning(
+                    "ignoring command %s: %s was handed back to this learner since",
+                    command, command.model,
+                )  # fmt: skip
+            else:
+                self.release(command.model)
             return
         if command.action != "rollback" or command.model not in self.core.models:
             log.error(

@@ -244,7 +244,9 @@ class Learner(LearnerCommands):
             self.observer.after_batch(self, [])
         self._last_command_check = -1e9  # a handover's release must precede the last snapshot
         self._check_commands(self.clock())
-        self.finish_snapshots()
+        if self.finish_snapshots():  # models dropped, handed over since the check above:
+            self._last_command_check = -1e9  # their release is read and acknowledged now (a
+            self._check_commands(self.clock())  # no-op), not left for the next start
         if self.observer is not None:
             self.observer.close()
         return self.summaries()
