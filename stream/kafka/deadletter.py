@@ -29,16 +29,25 @@ class Sender(Protocol):
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None: ...
 
-    def flush(self, timeout: float | None = None) -> None:
-        """Wait until every message sent so far is acknowledged or failed for good (None: the
-        producer's own default)."""
+    def flush(self, timeout: float | None = ...) -> None:
+        """Wait until every message sent so far is acknowledged or failed for good (by default
+        as long as the producer waits by default)."""
 
 
 class DeadLetters:
+    """Dead letters sent through ``producer``, whose ``failed`` count must grow only with its
+    own failed deliveries (the learner's producer sends dead letters alone)."""
+
     def __init__(self, producer: Sender, topic: str) -> None:
         self.producer = producer
         self.topic = topic
         self.pending = 0
+        self._failed_before = 0  # the producer's failures before the first dead letter pending
+
+    def _sending(self) -> None:
+        if not self.pending:  # a delivery may fail in `send` itself, or before `flush`
+            self._failed_before = self.producer.failed
+        self.pending += 1
 
     def send(
         self, record: Record, error: SchemaError, extra: Sequence[tuple[str, bytes]] = ()
@@ -52,16 +61,16 @@ class DeadLetters:
             ("rs.error", str(error).encode()),
             *extra,
         ]
+        self._sending()
         self.producer.send(self.topic, record.key, record.value, headers=headers)
-        self.pending += 1
 
     def send_unusable(self, topic: str, key: bytes, value: bytes, reason: str, error: str) -> None:
         """An event that was valid but that no model could use (every model raised on it):
         re-encoded, with the models' errors. ``topic`` is where it was read from."""
         headers = [("rs.topic", topic.encode()), ("rs.reason", reason.encode()),
                    ("rs.error", error.encode())]  # fmt: skip
+        self._sending()
         self.producer.send(self.topic, key, value, headers=headers)
-        self.pending += 1
 
     def flush(self) -> None:
         """Wait until the dead letters sent are acknowledged; `KafkaAdapterError` if one of them
@@ -69,10 +78,10 @@ class DeadLetters:
         for longer ends in failed deliveries, not in a flush that times out): dead letters are
         at least once, and the caller must not go on as if they were written."""
         if self.pending:
-            pending, failed = self.pending, self.producer.failed
+            pending = self.pending
             self.producer.flush()
             self.pending = 0
-            lost = self.producer.failed - failed
+            lost = self.producer.failed - self._failed_before
             if lost > 0:
                 raise KafkaAdapterError(
                     f"{lost} of {pending} dead letters to {self.topic} were not delivered"

@@ -82,6 +82,7 @@ class LearnerCheckpoints:
     _last_snapshot_at: float
     _snapshot_failed: bool
     _failed_backoff: float
+    _releases_unread: bool  # a model dropped as handed over since the commands were last read
     _failed_retry_at: float
     _first_snapshot_due: bool
     _last_command_check: float
@@ -167,15 +168,15 @@ class LearnerCheckpoints:
             self._record(result, stalls=stalls)
         return result  # None while a forked child or the writer thread writes it
 
-    def finish_snapshots(self) -> list[str]:
-        """Wait for a running snapshot, then write a final one in-process (no fork); returns
-        the models dropped on the way (handed over, below).
+    def finish_snapshots(self) -> None:
+        """Wait for a running snapshot, then write a final one in-process (no fork).
 
         Redis unreachable or refusing writes: retried with the outage's backoff until it is
         back, or `RedisOutageError` once the outage outlasts RIVERSTREAM_REDIS_OUTAGE_SECONDS.
         A model handed over to another learner meanwhile: dropped, as its release command
-        would drop it (`_drop_handed_over`), and the final snapshot written without it. Any
-        other failure raises `SnapshotError` (a routine snapshot that fails is retried instead).
+        would drop it (`_drop_handed_over`, which sets ``_releases_unread``), and the final
+        snapshot written without it. Any other failure raises `SnapshotError` (a routine
+        snapshot that fails is retried instead).
         """
         result = self.snapshotter.poll(block=True)
         if result is not None:
@@ -183,17 +184,14 @@ class LearnerCheckpoints:
         use_fork = self.snapshotter.use_fork
         self.snapshotter.use_fork = False
         backoff = threading.Event()  # never set: a stop (which set `_stop`) waits out each delay
-        dropped: list[str] = []
         try:
             while True:
                 final = self.snapshot_now(stalls=False)
                 if final is None or final.ok:  # None: never, in-process
-                    return dropped
+                    return
                 if final.failure == "ownership":
                     try:
-                        handed_over = self._drop_handed_over()
-                        if handed_over:
-                            dropped += handed_over
+                        if self._drop_handed_over():
                             continue  # written without them, at once
                     except RedisUnavailableError as exc:
                         self.outage.failed("owners of the models", exc)
@@ -220,6 +218,8 @@ class LearnerCheckpoints:
                 "model %s is owned by learner %r now: the final snapshot leaves it out", name, owner
             )
             self.release(name)
+        if lost:  # their release commands, queued by the handover, are still to be read
+            self._releases_unread = True
         return sorted(lost)
 
     def release(self, model: str) -> None:

@@ -14,7 +14,7 @@ from schemas.errors import SnapshotError
 from schemas.records import RollbackCommand
 from stream.checkpoint.protocol import restore
 from stream.learner.checkpoints import LearnerCheckpoints
-from stream.registry.owners import RELEASE, claimed_owners
+from stream.registry.owners import RELEASE, owners
 from stream.store.commands import CommandQueue
 from stream.store.snapshots import RedisUnavailableError, wrapped
 
@@ -29,12 +29,14 @@ class LearnerCommands(LearnerCheckpoints):
     commands: CommandQueue | None
     _signing_key: bytes
 
-    def _check_commands(self, now: float) -> None:
+    def _check_commands(self, now: float) -> bool:
+        """Read and apply the pending commands, if due; whether they were read."""
         if self.commands is None or now - self._last_command_check < _COMMAND_POLL_SECONDS:
-            return
+            return False
         if not self.outage.due():
-            return
+            return False
         self._last_command_check = now
+        self._releases_unread = False
         commands: list[RollbackCommand] = []
         try:
             commands = self.commands.peek()
@@ -47,16 +49,17 @@ class LearnerCommands(LearnerCheckpoints):
                 self.commands.ack(len(commands))
         except RedisUnavailableError as exc:  # applying again is harmless: ids are remembered
             self.outage.failed("learner commands", exc, write=bool(commands))
-        else:  # with commands, a snapshot and the acknowledgement were written too
-            self.outage.recovered(read=not commands)
+            return False
+        self.outage.recovered(read=not commands)  # with commands, a snapshot and the
+        return True  # acknowledgement were written too
 
     def _handed_back(self, model: str) -> bool:
         """Whether ``model``'s owner key names this learner: a release read late (this learner
         was stopped, or in an outage) of a model handed over and then back to it."""
         store = self.snapshotter.quick
         with wrapped(f"owner of {model}"):
-            owned = claimed_owners(store.client, store.keys, [model])
-        return owned.get(model) == store.keys.learner
+            owner = owners(store.client, store.keys, [model])[model]
+        return owner == store.keys.learner
 
     def apply(self, command: RollbackCommand) -> None:
         """Roll ``command.model`` back to version ``command.to``.

@@ -151,6 +151,7 @@ class Learner(LearnerCommands):
         self._snapshot_failed = False
         self._failed_backoff = 0.0  # a failed snapshot's retry, when no outage (checkpoints)
         self._failed_retry_at = 0.0
+        self._releases_unread = False
         # A fresh stream gets its first version as soon as labels were learned, not after
         # RIVERSTREAM_SNAPSHOT_EVERY_SECONDS: until then the API has no model to serve.
         self._first_snapshot_due = restored is None
@@ -244,9 +245,13 @@ class Learner(LearnerCommands):
             self.observer.after_batch(self, [])
         self._last_command_check = -1e9  # a handover's release must precede the last snapshot
         self._check_commands(self.clock())
-        if self.finish_snapshots():  # models dropped, handed over since the check above:
-            self._last_command_check = -1e9  # their release is read and acknowledged now (a
-            self._check_commands(self.clock())  # no-op), not left for the next start
+        self.finish_snapshots()
+        # A model dropped as handed over after the commands were read (by either snapshot):
+        # its release is read and acknowledged now (a no-op), not left for the next start.
+        while self._releases_unread:
+            self._last_command_check = -1e9
+            if not self._check_commands(self.clock()):
+                break  # an outage: read at the next start, harmless then (`_handed_back`)
         if self.observer is not None:
             self.observer.close()
         return self.summaries()

@@ -62,3 +62,29 @@ def test_a_dead_letter_not_delivered_fails_the_flush() -> None:
     dead.send(_record(2), _error())
     dead.flush()  # the failure counted before is not this flush's
     assert producer.failed == 1 and producer.flushes == 2
+
+
+class _FailingAtSend(_Producer):
+    """A `Sender` whose sends fail before any flush while ``at_send`` (kafka-python fails a
+    record in `send` when its topic's metadata answers with an error, and its sender thread may
+    fail a batch while the learner still decodes the rest of a poll)."""
+
+    at_send = True
+
+    def send(self, *args: object, **kwargs: object) -> None:
+        if self.at_send:
+            self.failed += 1
+        else:
+            super().send(*args, **kwargs)
+
+
+def test_a_dead_letter_that_failed_before_the_flush_fails_it() -> None:
+    producer = _FailingAtSend()
+    dead = DeadLetters(producer, "dlq")
+    dead.send(_record(1), _error())
+    dead.send(_record(2), _error())
+    with pytest.raises(KafkaAdapterError, match="2 of 2 dead letters to dlq"):
+        dead.flush()
+    producer.at_send = False
+    dead.send(_record(3), _error())  # delivered: the failures counted before are not its
+    dead.flush()

@@ -38,11 +38,11 @@ def _learn(settings: Settings, specs: list[ModelSpec], before_final: Callable[[]
     finish = learner.finish_snapshots
     calls: list[None] = []
 
-    def finishing() -> list[str]:
+    def finishing() -> None:
         if not calls:
             before_final()
         calls.append(None)
-        return finish()
+        finish()
 
     learner.finish_snapshots = finishing  # type: ignore[method-assign]
     try:
@@ -75,6 +75,48 @@ def test_a_model_dropped_at_the_final_snapshot_has_its_release_acknowledged(
     assert registry.owners() == {"lr": "a", "other": "b"}
     assert _checkpointed(s) == ["lr"]  # written without the model handed over
     assert registry.pending_commands() == []  # its release acknowledged
+
+
+def test_a_model_dropped_while_other_commands_are_applied_at_the_end_has_its_release_acknowledged(
+    settings: Settings,
+) -> None:
+    """The last look at the commands finds one (here a release of ``c``): its snapshot, written
+    before the acknowledgement, meets a handover made after the look (of ``other``) and drops
+    the model; the final snapshot then drops nothing more, and the release of ``other`` must
+    still be read and acknowledged."""
+    s = _settings(settings)
+    publish(s, list(dataset_events("Phishing", label_delay=5, limit=400)))
+    registry = Registry(snapshot_store(s), by="test")
+    specs = [ModelSpec("lr", "logreg"), ModelSpec("c", "logreg"), ModelSpec("other", "logreg")]
+    learner = build_learner(s, specs)
+    check, finish = learner._check_commands, learner.finish_snapshots
+    steps: list[str] = []
+    looks: list[float] = []
+
+    def checking(now: float) -> bool:
+        # the first look is forced at the start, the last at the end (no failure in between)
+        if learner._last_command_check == -1e9 and looks and not steps:
+            registry.handover("c", "b", reason="test")
+            steps.append("c")
+        looks.append(now)
+        return check(now)
+
+    def finishing() -> None:
+        if steps == ["c"]:  # inside the last look, after it read the release of c
+            registry.handover("other", "b", reason="test")
+            steps.append("other")
+        finish()
+
+    learner._check_commands = checking  # type: ignore[method-assign]
+    learner.finish_snapshots = finishing  # type: ignore[method-assign]
+    try:
+        learner.run(exit_when_idle=0.5)
+    finally:
+        learner.source.close()
+    assert steps == ["c", "other"]
+    assert registry.owners() == {"c": "b", "lr": "a", "other": "b"}
+    assert _checkpointed(s) == ["lr"]
+    assert registry.pending_commands() == []  # both releases acknowledged
 
 
 def test_a_release_read_after_a_handback_leaves_the_model(settings: Settings) -> None:
