@@ -115,6 +115,9 @@ def test_each_fast_path_is_one_layer_under_the_app(kit, redis_url: str, prefix: 
     app = create_app(kit.make_settings(redis_url, prefix))
     assert [p for p, _ in app.fast_paths] == ["/v1/models/", "/v2/models/", "/v1/graphs/"]
     assert isinstance(app.fast_paths[0][1], PredictFastPath)
+    # what a fast path does not answer goes on to the stack: here v2's model metadata route
+    metadata = asyncio.run(asgi_post(app, "/v2/models/m", b"", method="GET"))
+    assert metadata == (404, b'{"error":"model \'m\' is unknown"}')
     seen: list[str] = []
 
     def spy(name: str) -> Any:

@@ -225,12 +225,16 @@ def trained_models(n: int = 300) -> dict[str, tuple[Any, str, list[dict]]]:
 
 
 async def asgi_post(
-    asgi: Any, path: str, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+    asgi: Any,
+    path: str,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    method: str = "POST",
 ) -> tuple[int, bytes]:
-    """POST ``body`` (JSON) to the ASGI callable ``asgi`` in this process, no server: the
-    response's status and body."""
+    """POST ``body`` (JSON) to the ASGI callable ``asgi`` in this process, no server (or send
+    it with another ``method``): the response's status and body."""
     scope = {
-        "type": "http", "http_version": "1.1", "method": "POST", "path": path,
+        "type": "http", "http_version": "1.1", "method": method, "path": path,
         "raw_path": path.encode(), "query_string": b"", "root_path": "", "scheme": "http",
         "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
         "headers": [(b"content-type", b"application/json"),
