@@ -190,7 +190,10 @@ class SnapshotStore:
            set and the models set, its ``latest`` pointer (moved only forward), the checkpoint
            meta and ``checkpoint:latest`` (only forward), and the learning curve's points that
            the checkpoint covers (``trace``, see `stream.store.trace`). After EXEC the whole
-           version is visible at once; before it, none of it is. The models' owners are
+           version is visible at once; before it, none of it is. (Redis has no rollback: a
+           command refused at EXEC by a key of the wrong type, which only something else
+           writing into this prefix can make, does not undo the others, and the write raises
+           `SnapshotError` with part of the version visible.) The models' owners are
            WATCHed and checked before step 1: a model handed over to another learner
            (`stream.registry.owners`) fails the write with `OwnershipLostError`, before any
            chunk is written or, when the handover comes during the write, at EXEC; nothing
