@@ -19,6 +19,7 @@ from schemas.settings import Settings
 from stream.kafka.client import EventProducer
 from stream.kafka.publish import Publisher, PublishReport
 from stream.kafka.security import kafka_security
+from stream.learner.loop import Learner
 from stream.learner.runtime import build_learner, snapshot_store
 from tests.conftest import settings_env
 
@@ -80,7 +81,11 @@ def spawn_cli(
 def learn(
     settings: Settings, specs: list[ModelSpec], *, use_fork: bool = True
 ) -> list[dict[str, Any]]:
-    learner = build_learner(settings, specs, use_fork=use_fork)
+    return run_to_end(build_learner(settings, specs, use_fork=use_fork))
+
+
+def run_to_end(learner: Learner) -> list[dict[str, Any]]:
+    """Run ``learner`` in this thread until its input is idle, then close its consumer."""
     try:
         return learner.run(exit_when_idle=0.5)
     finally:

@@ -22,7 +22,7 @@ from learners.specs import ModelSpec
 from schemas.settings import Settings
 from stream.learner.runtime import build_learner, snapshot_store
 from stream.registry.registry import Registry
-from tests.support.pipeline import fast, final_model, publish
+from tests.support.pipeline import fast, final_model, publish, run_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -45,10 +45,7 @@ def _learn(settings: Settings, specs: list[ModelSpec], before_final: Callable[[]
         finish()
 
     learner.finish_snapshots = finishing  # type: ignore[method-assign]
-    try:
-        learner.run(exit_when_idle=0.5)
-    finally:
-        learner.source.close()
+    run_to_end(learner)
 
 
 def _checkpointed(settings: Settings) -> list[str]:
@@ -109,10 +106,7 @@ def test_a_model_dropped_while_other_commands_are_applied_at_the_end_has_its_rel
 
     learner._check_commands = checking  # type: ignore[method-assign]
     learner.finish_snapshots = finishing  # type: ignore[method-assign]
-    try:
-        learner.run(exit_when_idle=0.5)
-    finally:
-        learner.source.close()
+    run_to_end(learner)
     assert steps == ["c", "other"]
     assert registry.owners() == {"c": "b", "lr": "a", "other": "b"}
     assert _checkpointed(s) == ["lr"]
