@@ -29,8 +29,9 @@ Taking a snapshot, in order (each step only after the previous one succeeded):
    `SnapshotStore.write`: chunks first, then one MULTI/EXEC makes every model's version, its
    metadata and the checkpoint visible together, with the learning curve's points the
    checkpoint covers (`stream.store.trace`), then PUBLISH announces it. A crash before EXEC
-   leaves nothing visible; EXEC makes all of it visible (all but what a key of the wrong type,
-   written into the prefix by something else, refuses: see `SnapshotStore.write`). Then the registry's steps (``after_write``: promotion policy,
+   leaves nothing visible; EXEC makes all of it visible (a key of the wrong type, written into
+   the prefix by something else, fails the write before anything is written: see
+   `SnapshotStore.write`). Then the registry's steps (``after_write``: promotion policy,
    retention, champion/challenger policies).
 6. **Reap.** The learner collects the child's exit status, or the thread's outcome; at most
    one snapshot is under way at a time, and a command (a rollback) is acknowledged only after

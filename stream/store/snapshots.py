@@ -53,6 +53,17 @@ if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) return 1
 return 0
 """
 
+# `SnapshotStore._check_owners` in one round trip: KEYS: the owners' keys (ARGV[1] of them),
+# then keys whose type is checked; returns the owners (as MGET) and those types.
+_OWNERS_AND_TYPES = """
+local n = tonumber(ARGV[1])
+local owners = {}
+if n > 0 then owners = redis.call('MGET', unpack(KEYS, 1, n)) end
+local types = {}
+for i = n + 1, #KEYS do types[#types + 1] = redis.call('TYPE', KEYS[i])['ok'] end
+return {owners, types}
+"""
+
 
 class RedisUnavailableError(SnapshotError):
     """Redis could not be reached (connection refused, timeout) or refused the call for a while
@@ -190,14 +201,15 @@ class SnapshotStore:
            set and the models set, its ``latest`` pointer (moved only forward), the checkpoint
            meta and ``checkpoint:latest`` (only forward), and the learning curve's points that
            the checkpoint covers (``trace``, see `stream.store.trace`). After EXEC the whole
-           version is visible at once; before it, none of it is. (Redis has no rollback: a
-           command refused at EXEC by a key of the wrong type, which only something else
-           writing into this prefix can make, does not undo the others, and the write raises
-           `SnapshotError` with part of the version visible.) The models' owners are
+           version is visible at once; before it, none of it is. The models' owners are
            WATCHed and checked before step 1: a model handed over to another learner
            (`stream.registry.owners`) fails the write with `OwnershipLostError`, before any
            chunk is written or, when the handover comes during the write, at EXEC; nothing
-           becomes visible.
+           becomes visible. In the same round trip the keys the transaction adds to are
+           checked for their type (`_typed`): Redis has no rollback, and a command refused at
+           EXEC by a key of the wrong type (only something else writing into this prefix
+           makes one) would not undo the others. Such a key fails the write with
+           `SnapshotError` naming it, before anything is written.
         3. PUBLISH ``{"model", "version"}`` per model on the channel, queued in that
            transaction (sent at EXEC, once everything is visible). A lost message is caught
            up by the readers' polling of the pointers. With ``wait_replicas``, only once that
@@ -213,7 +225,8 @@ class SnapshotStore:
         # Four round trips (two more with replicas to wait for), whatever the number of
         # models: a small model's snapshot is mostly waiting on them (`bench/snapshot_writer.py`).
         with wrapped(f"write version {version}"), self.client.pipeline(transaction=True) as tx:
-            self._check_owners(tx, list(models))  # watched from here; no chunks for nothing
+            # watched from here; no chunks for nothing
+            self._check_owners(tx, list(models), self._typed(models, trace is not None))
             # 1. chunks, in one round trip on the transaction's watching connection
             sets: list[tuple[Any, ...]] = []
             for name, (blob, meta) in models.items():
@@ -261,17 +274,44 @@ class SnapshotStore:
             pipe.publish(self.keys.channel, Notification(name, version).to_json())
         return pipe
 
-    def _check_owners(self, tx: Any, models: list[str]) -> None:
+    def _typed(self, models: Iterable[str], trace: bool) -> dict[str, bytes]:
+        """Key → the type it must have (or none) for `write`'s transaction to add to it: the
+        keys it SETs it replaces whatever they hold, the others it reads or extends."""
+        keys = self.keys
+        typed = {keys.models: b"set", keys.checkpoint_latest: b"string"}
+        for name in models:
+            typed[keys.versions(name)] = b"zset"
+            typed[keys.latest(name)] = b"string"
+            if trace:
+                typed[keys.trace(name)] = b"stream"
+                typed[keys.trace_lineage(name)] = b"string"
+        return typed
+
+    def _check_owners(
+        self, tx: Any, models: list[str], typed: Mapping[str, bytes] | None = None
+    ) -> None:
         """Check that the owners of ``models`` are this store's learner (or unset, for the
         learner ``default``); with a transaction ``tx``, WATCH them first: its EXEC then fails
-        if one changes meanwhile."""
+        if one changes meanwhile. ``typed``: keys whose type is checked in the same round trip
+        (`_typed`); one of another type raises `SnapshotError` naming it."""
         owner_keys = [self.keys.owner(name) for name in models]
-        if not owner_keys:
+        if not owner_keys and not typed:
             return
-        if isinstance(tx, redis.client.Pipeline):
+        if owner_keys and isinstance(tx, redis.client.Pipeline):
             tx.watch(*owner_keys)
+        if typed:
+            owners, types = tx.eval(_OWNERS_AND_TYPES, len(owner_keys) + len(typed),
+                                    *owner_keys, *typed, len(owner_keys))  # fmt: skip
+            for (key, expected), found in zip(typed.items(), types, strict=True):
+                if found not in (expected, b"none"):
+                    raise SnapshotError(
+                        f"key {key} holds a {found.decode()}, not a {expected.decode()}: "
+                        "something else writes into this prefix; nothing was written"
+                    )
+        else:
+            owners = tx.mget(owner_keys)
         mine = self.keys.learner
-        for name, raw in zip(models, tx.mget(owner_keys), strict=True):
+        for name, raw in zip(models, owners, strict=True):
             owner = owner_of(raw)
             if owner != mine:
                 raise OwnershipLostError(

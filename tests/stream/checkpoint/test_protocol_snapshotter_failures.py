@@ -136,7 +136,8 @@ def test_a_child_whose_model_was_handed_over_is_reported_ownership(gated: _Gated
 
 
 def _wrong_type(gate: _Gated) -> None:
-    """The model's versions key made a string: the write's ZADD meets WRONGTYPE at EXEC."""
+    """The model's versions key made a string: the write refuses it (`SnapshotStore.write`
+    checks the types of the keys its transaction adds to)."""
     store = gate.snapshotter.store
     store.client.delete(store.keys.versions("m"))
     store.client.set(store.keys.versions("m"), "not a sorted set")

@@ -262,9 +262,10 @@ def test_a_write_takes_four_round_trips_after_its_number(
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
     write(store, {"a": 3, "b": 4}, version)
     monkeypatch.undo()
-    # WATCH the owners, read them, the chunks, MULTI..EXEC, all on one connection (before: 7:
-    # the owners read twice, SCRIPT EXISTS, the PUBLISH apart)
-    assert [packet.split(b"\r\n")[2] for packet in sent] == [b"WATCH", b"MGET", b"SET", b"MULTI"]
+    # WATCH the owners, read them and the types of the keys the transaction adds to (one
+    # EVAL), the chunks, MULTI..EXEC, all on one connection (before: 7: the owners read twice,
+    # SCRIPT EXISTS, the PUBLISH apart)
+    assert [packet.split(b"\r\n")[2] for packet in sent] == [b"WATCH", b"EVAL", b"SET", b"MULTI"]
     assert store.latest_version("a") == store.latest_version("b") == version
     assert store.load_model("b", version)[0] == 4
 

@@ -14,6 +14,7 @@ import redis
 from learners.serialization import dump_signed
 from schemas.errors import SnapshotError
 from stream.store.snapshots import RedisUnavailableError, SnapshotMeta, SnapshotStore
+from stream.store.trace import TracePoint, TraceWrite
 from tests.support.outage import REFUSALS, PrivateRedis, private_redis, refusing
 
 pytestmark = pytest.mark.integration
@@ -22,13 +23,14 @@ __all__ = ["private_redis"]  # a fixture
 KEY = b"test-key"
 
 
-def _write(store: SnapshotStore, version: int) -> None:
+def _write(store: SnapshotStore, version: int, trace: TraceWrite | None = None) -> None:
     blob = dump_signed({"weights": version}, KEY)
     meta = SnapshotMeta.describe(
         "lr", blob, kind="classifier", spec="logreg", samples_learned=version,
         metrics={"Accuracy": 0.5}, offsets={"features:0": version},
     )  # fmt: skip
-    store.write(version, {"lr": (blob, meta)}, dump_signed({}, KEY), {"features:0": version})
+    checkpoint = dump_signed({}, KEY)
+    store.write(version, {"lr": (blob, meta)}, checkpoint, {"features:0": version}, trace)
 
 
 @pytest.mark.parametrize("code", REFUSALS)
@@ -76,4 +78,50 @@ def test_a_connection_lost_while_the_write_watches_is_redis_unavailable(
     del store._notify
     assert store.latest_version("lr") is None
     _write(store, version)
+    assert store.latest_version("lr") == version
+
+
+@pytest.mark.parametrize(
+    ("key_of", "wrong"),
+    [
+        (lambda keys: keys.models, "string"),  # the models set
+        (lambda keys: keys.versions("lr"), "list"),  # the model's versions (a sorted set)
+        (lambda keys: keys.latest("lr"), "hash"),  # its latest pointer (a string)
+        (lambda keys: keys.checkpoint_latest, "set"),  # the checkpoint's (a string)
+        (lambda keys: keys.trace("lr"), "string"),  # its learning curve (a stream)
+        (lambda keys: keys.trace_lineage("lr"), "list"),  # the curve's lineage (a string)
+    ],
+)
+def test_a_key_of_the_wrong_type_fails_the_write_before_anything_is_written(
+    private_redis: PrivateRedis, key_of: Any, wrong: str
+) -> None:
+    """Redis has no rollback: a command of the visibility transaction refused at EXEC by a key
+    of the wrong type would leave the others applied (part of a version visible). The write
+    checks those keys' types first, names the key, and writes nothing: no chunk, no meta, no
+    pointer; once the key is gone, the same write succeeds."""
+    client = redis.Redis(port=private_redis.port)
+    store = SnapshotStore(client, "wrongtype", KEY)
+
+    def curve(labels: int) -> TraceWrite:
+        point = TracePoint(labels, 1.0, 2.0, labels, {"Accuracy": 0.5})
+        return TraceWrite(labels, [(0, "epoch")], {"lr": [point]}, 1000)
+
+    _write(store, store.next_version(), curve(10))
+    key = key_of(store.keys)
+    before = {k: client.dump(k) for k in client.keys("wrongtype:*") if k.decode() != key}
+    client.delete(key)
+    {"string": lambda: client.set(key, "x"), "list": lambda: client.rpush(key, "x"),
+     "hash": lambda: client.hset(key, "x", "1"), "set": lambda: client.sadd(key, "x")}[wrong]()  # fmt: skip
+    version = store.next_version()
+    with pytest.raises(SnapshotError) as raised:
+        _write(store, version, curve(20))
+    after = {k: client.dump(k) for k in client.keys("wrongtype:*") if k.decode() != key}
+    assert after.keys() - before.keys() <= {store.keys.seq.encode()}
+    assert {k: v for k, v in after.items() if k.decode() != store.keys.seq} == {
+        k: v for k, v in before.items() if k.decode() != store.keys.seq
+    }  # nothing of the version written: the rest of the prefix as it was
+    assert f"key {key} holds a {wrong}, not a" in str(raised.value)
+    assert not isinstance(raised.value, RedisUnavailableError)  # retrying cannot help
+    client.delete(key)
+    _write(store, version, curve(20))
     assert store.latest_version("lr") == version
