@@ -1,12 +1,30 @@
 """Small pieces of raw ASGI shared by the fast paths (models, graphs) and the closed loop:
-reading a body within a limit, and giving a body already read back to an app."""
+reading a body within a limit, giving a body already read back to an app, and the JSON of every
+response."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from starlette.requests import Request
 from starlette.types import Message, Receive, Send
 
 JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+"""orjson's options for every response: labels (booleans, numbers) as object keys, numpy arrays."""
+
+
+def json_default(obj: Any) -> Any:
+    """orjson's ``default``: numpy scalars that `JSON_OPTIONS` do not cover as their Python
+    value, anything else as its ``str``."""
+    item = getattr(obj, "item", None)
+    return item() if callable(item) else str(obj)
+
+
+def render(content: Any) -> bytes:
+    """The JSON bytes of a response (orjson, with `JSON_OPTIONS` and `json_default`)."""
+    return orjson.dumps(content, default=json_default, option=JSON_OPTIONS)
 
 
 async def receive_body(receive: Receive, limit: int) -> bytes | None:

@@ -50,9 +50,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from schemas.errors import KafkaAdapterError, SchemaError
 from schemas.events import EventCodec, Limits
 from schemas.settings import Settings
-from serving.asgi import read_upto, receive_body, replay, replay_whole
+from serving.asgi import read_upto, receive_body, render, replay, replay_whole
 from serving.feedback_graphs import graph_messages
-from serving.graph_bodies import render
 from stream.kafka.client import EventProducer
 from stream.kafka.security import kafka_security
 

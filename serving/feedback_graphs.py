@@ -20,7 +20,7 @@ from typing import Any
 from learners.graph import ShadowResult
 from schemas.events import EventCodec
 from schemas.settings import Settings
-from serving.graph_bodies import render
+from serving.asgi import render
 
 Outgoing = tuple[str, bytes, bytes]  # topic, key, value
 

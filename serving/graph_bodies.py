@@ -10,7 +10,6 @@ import orjson
 
 from serving.inputs import InputError, InputLimits, check_features, finite_features
 
-_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 _MAX_ERRORS = 20
 
 
@@ -128,13 +127,3 @@ def graph_body(
         raise InputError([_problem(["ids"], msg, "ids")])
     ids = [_request_id(v, ["ids", i], max_id_length) for i, v in enumerate(raw_ids)]
     return instances, ids
-
-
-def _fallback(obj: Any) -> Any:
-    item = getattr(obj, "item", None)  # numpy scalars not covered by OPT_SERIALIZE_NUMPY
-    return item() if callable(item) else str(obj)
-
-
-def render(content: Any) -> bytes:
-    """The JSON bytes of a response (orjson, as the models' routes: labels as object keys)."""
-    return orjson.dumps(content, default=_fallback, option=_JSON_OPTIONS)

@@ -39,8 +39,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
-from serving.asgi import receive_body, replay, request_body, send_json
-from serving.graph_bodies import parse_graph_body, render
+from serving.asgi import receive_body, render, replay, request_body, send_json
+from serving.graph_bodies import parse_graph_body
 from serving.graph_service import GRAPH_PREDICT_ROUTE, GraphService
 from serving.shadows import SHADOW_BACKLOG, GraphMetrics, ShadowJob, ShadowRunner
 
