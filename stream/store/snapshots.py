@@ -46,19 +46,25 @@ DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 REDIS_VALUE_LIMIT = 512 * 1024 * 1024
 WAIT_REPLICAS_MS = 1000  # longest wait for replicas after a snapshot (then announced anyway)
 
-# Sets KEYS[1] to ARGV[1] unless it already holds a version >= ARGV[1]; queued inside MULTI.
+# Sets KEYS[1] to ARGV[1] unless it already holds a version >= ARGV[1] (a value that is no
+# number counts as none: the command never fails at EXEC); queued inside MULTI.
 _SET_MAX = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local current = tonumber(redis.call('GET', KEYS[1])) or 0
 if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) return 1 end
 return 0
 """
 
 # `SnapshotStore._check_owners` in one round trip: KEYS: the owners' keys (ARGV[1] of them),
-# then keys whose type is checked; returns the owners (as MGET) and those types.
+# then keys whose type is checked; returns the owners (as MGET would: nil for a key that holds
+# no string; one GET at a time, as Lua's unpack stops at ≈ 8 000 values) and those types.
 _OWNERS_AND_TYPES = """
 local n = tonumber(ARGV[1])
 local owners = {}
-if n > 0 then owners = redis.call('MGET', unpack(KEYS, 1, n)) end
+for i = 1, n do
+  local owner = redis.pcall('GET', KEYS[i])
+  if type(owner) == 'table' then owner = false end
+  owners[i] = owner
+end
 local types = {}
 for i = n + 1, #KEYS do types[#types + 1] = redis.call('TYPE', KEYS[i])['ok'] end
 return {owners, types}
@@ -209,7 +215,9 @@ class SnapshotStore:
            checked for their type (`_typed`): Redis has no rollback, and a command refused at
            EXEC by a key of the wrong type (only something else writing into this prefix
            makes one) would not undo the others. Such a key fails the write with
-           `SnapshotError` naming it, before anything is written.
+           `SnapshotError` naming it, before anything is written (these keys are not
+           WATCHed: one changed to another type between the check and EXEC still refuses
+           its command alone). A pointer that holds no number counts as none.
         3. PUBLISH ``{"model", "version"}`` per model on the channel, queued in that
            transaction (sent at EXEC, once everything is visible). A lost message is caught
            up by the readers' polling of the pointers. With ``wait_replicas``, only once that
@@ -297,11 +305,15 @@ class SnapshotStore:
         owner_keys = [self.keys.owner(name) for name in models]
         if not owner_keys and not typed:
             return
-        if owner_keys and isinstance(tx, redis.client.Pipeline):
-            tx.watch(*owner_keys)
+        reader = tx
+        if isinstance(tx, redis.client.Pipeline):
+            if owner_keys:  # from here the pipeline runs each command at once, watching
+                tx.watch(*owner_keys)
+            else:  # nothing to watch (a checkpoint alone): the pipeline would only queue
+                reader = self.client
         if typed:
-            owners, types = tx.eval(_OWNERS_AND_TYPES, len(owner_keys) + len(typed),
-                                    *owner_keys, *typed, len(owner_keys))  # fmt: skip
+            owners, types = reader.eval(_OWNERS_AND_TYPES, len(owner_keys) + len(typed),
+                                        *owner_keys, *typed, len(owner_keys))  # fmt: skip
             for (key, expected), found in zip(typed.items(), types, strict=True):
                 if found not in (expected, b"none"):
                     raise SnapshotError(
@@ -309,7 +321,7 @@ class SnapshotStore:
                         "something else writes into this prefix; nothing was written"
                     )
         else:
-            owners = tx.mget(owner_keys)
+            owners = reader.mget(owner_keys)
         mine = self.keys.learner
         for name, raw in zip(models, owners, strict=True):
             owner = owner_of(raw)

@@ -61,6 +61,9 @@ if raw then
   local ok_old, old = pcall(cjson.decode, raw)
   local new = cjson.decode(ARGV[3])
   if not ok_old or type(old) ~= 'table' then old = {} end
+  for _, entry in ipairs(old) do  -- an entry that is no [start, epoch]: unreadable as a whole
+    if type(entry) ~= 'table' or type(entry[1]) ~= 'number' then old = {} break end
+  end
   local i = 1
   while old[i] ~= nil or new[i] ~= nil do
     local a, b = old[i], new[i]

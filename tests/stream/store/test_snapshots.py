@@ -375,3 +375,32 @@ class socket_closed_port:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def test_a_checkpoint_without_models_is_written(client: redis.Redis, prefix: str) -> None:
+    """A learner whose every model was handed over writes its final checkpoint with no model:
+    nothing to watch, and the keys' types are still checked (on the client, at once)."""
+    store = SnapshotStore(client, prefix, KEY)
+    write(store, {"m": 1})
+    version = write(store, {})
+    latest = store.latest_checkpoint()
+    assert latest is not None and latest[0] == version
+    assert load_signed(latest[1], KEY) == {"join": version}
+    assert store.versions("m") == [version - 1]
+
+
+def test_a_write_of_thousands_of_models_checks_their_owners(
+    client: redis.Redis, prefix: str
+) -> None:
+    """The owners are read one GET at a time inside the script: Lua's ``unpack`` of Redis
+    stops at ≈ 8 000 values, where an MGET of them all would fail every write."""
+    store = SnapshotStore(client, prefix, KEY)
+    blob = dump_signed(0, KEY)
+    names = [f"m{i}" for i in range(9000)]
+    version = store.next_version()
+    models = {name: (blob, meta_for(name, blob)) for name in names}
+    store.write(version, models, dump_signed({}, KEY), {})
+    assert store.latest_version("m8999") == version
+    client.set(store.keys.owner("m4500"), "b")  # handed over to learner b
+    with pytest.raises(OwnershipLostError, match="model m4500 is owned by learner 'b'"):
+        store.write(store.next_version(), models, dump_signed({}, KEY), {})

@@ -125,3 +125,25 @@ def test_a_key_of_the_wrong_type_fails_the_write_before_anything_is_written(
     client.delete(key)
     _write(store, version, curve(20))
     assert store.latest_version("lr") == version
+
+
+@pytest.mark.parametrize("what", ["pointer", "lineage"])
+def test_a_value_that_cannot_be_read_does_not_fail_the_write(
+    private_redis: PrivateRedis, what: str
+) -> None:
+    """A key of the right type holding what the transaction cannot read (a pointer that is no
+    number, a lineage that is no list of ``[start, epoch]``) counts as none: the write
+    succeeds whole, where its script would fail at EXEC with the others applied."""
+    client = redis.Redis(port=private_redis.port)
+    store = SnapshotStore(client, "unreadable", KEY)
+    point = TracePoint(10, 1.0, 2.0, 10, {"Accuracy": 0.5})
+    _write(store, store.next_version(), TraceWrite(10, [(0, "epoch")], {"lr": [point]}, 1000))
+    if what == "pointer":
+        client.set(store.keys.latest("lr"), "not a number")
+    else:
+        client.set(store.keys.trace_lineage("lr"), "[1, 2]")
+    version = store.next_version()
+    point = TracePoint(20, 1.0, 2.0, 20, {"Accuracy": 0.5})
+    _write(store, version, TraceWrite(20, [(0, "epoch")], {"lr": [point]}, 1000))
+    assert client.get(store.keys.latest("lr")) == str(version).encode()
+    assert store.latest_version("lr") == version
