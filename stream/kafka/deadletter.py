@@ -3,6 +3,13 @@
 The message value is the original bytes, untouched; the key is the original key; headers say
 where it came from (``rs.topic``, ``rs.partition``, ``rs.offset``) and why it was refused
 (``rs.reason``, ``rs.error``). The stream goes on.
+
+A dead letter is its record plus headers, and Kafka's producers and brokers refuse messages of
+about 1 MB by default (confluent-kafka's ``message.max.bytes`` is 1 000 000): a record near
+that size, refused for its JSON say, would make a dead letter that cannot be written, and the
+record would be read and refused again at every start. A dead letter over
+`MAX_DEAD_LETTER_BYTES` is therefore sent without its value, with ``rs.value_bytes`` (the
+value's length) instead; the original stays in its topic, where the headers point.
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ from typing import Protocol
 
 from schemas.errors import KafkaAdapterError, SchemaError
 from stream.kafka.client import Record
+
+MAX_DEAD_LETTER_BYTES = 900_000
+"""The largest dead letter sent whole: its key, value and headers (see the module docstring)."""
 
 
 class Sender(Protocol):
@@ -61,14 +71,20 @@ class DeadLetters:
             ("rs.error", str(error).encode()),
             *extra,
         ]
-        self._sending()
-        self.producer.send(self.topic, record.key, record.value, headers=headers)
+        self._send(record.key, record.value, headers)
 
     def send_unusable(self, topic: str, key: bytes, value: bytes, reason: str, error: str) -> None:
         """An event that was valid but that no model could use (every model raised on it):
         re-encoded, with the models' errors. ``topic`` is where it was read from."""
         headers = [("rs.topic", topic.encode()), ("rs.reason", reason.encode()),
                    ("rs.error", error.encode())]  # fmt: skip
+        self._send(key, value, headers)
+
+    def _send(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        size = len(key or b"") + len(value) + sum(len(k) + len(v) for k, v in headers)
+        if size > MAX_DEAD_LETTER_BYTES:  # too large to be written: where it is, not what
+            headers = [*headers, ("rs.value_bytes", str(len(value)).encode())]
+            value = b""
         self._sending()
         self.producer.send(self.topic, key, value, headers=headers)
 

@@ -3,6 +3,7 @@ idempotent), failed deliveries counted so that a batch is answered again rather 
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -48,13 +49,13 @@ class AnswerProducer:
             }
         )
         self.failed = 0
-        self.errors: list[str] = []
+        self.errors: deque[str] = deque(maxlen=20)
+        """The newest failed deliveries' errors (what a retry reports)."""
 
     def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
             self.failed += 1
-            if len(self.errors) < 20:
-                self.errors.append(str(err))
+            self.errors.append(str(err))
 
     def send(
         self,

@@ -11,7 +11,8 @@ For each request (``{"id", "target", "features"}``, key = id) it produces one an
 `schemas.predictions.PredictionAnswer`) to the prediction topic, with the same key and the
 request's ``x-`` headers, or, when the request cannot be answered, a dead letter (the original
 bytes, the reason in ``rs.reason`` / ``rs.error``, the ``x-`` headers too). A bad request never
-stops the worker.
+stops the worker. A worker joins the group only once its followers have read Redis: before,
+it knows no model, and every request would be an ``unknown_target``.
 
 **Delivery: at least once, answers deduplicable by id.** The loop is
 
@@ -70,6 +71,7 @@ log = logging.getLogger(__name__)
 
 LAG_EVERY_SECONDS = 1.0
 _FLUSH_SLICE_SECONDS = 0.25  # how often a flush looks at a stop request while answers wait
+_READY_POLL_SECONDS = 0.1  # how often a starting worker looks whether Redis was read
 Report = Callable[[dict[str, Any]], None]
 
 
@@ -92,6 +94,7 @@ class PredictWorker:
         batch: int = 10_000,
         session_timeout_ms: int = 10_000,
         metrics: WorkerMetrics | None = None,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         bootstrap = settings.kafka_bootstrap_servers
         if not bootstrap:
@@ -120,6 +123,10 @@ class PredictWorker:
         )
         self.stats = WorkerStats()
         self.metrics = metrics
+        self.ready = ready
+        """Whether the worker can tell an unknown target from one it has not looked up yet
+        (`build_worker`: its followers' first look at Redis has succeeded); it joins the
+        group only then."""
         self._next_lag = 0.0
         self._answered: dict[tuple[str, int], int] = {}  # acknowledged, next offset to commit
         self._stop = threading.Event()
@@ -131,6 +138,10 @@ class PredictWorker:
     # -- the loop ----------------------------------------------------------------------------
     def run(self, *, report: Report | None = None, report_every: float = 10.0) -> WorkerStats:
         consumer = self.consumer
+        if not self.ready():  # else every request would be an unknown target, dead-lettered
+            log.warning("waiting for a first look at Redis before taking requests")
+            while not self.ready() and not self._stop.wait(_READY_POLL_SECONDS):
+                pass
         consumer.subscribe(
             [self.settings.topic_requests], on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -209,6 +220,10 @@ class PredictWorker:
             self.metrics.answered(targets, [acknowledged - t for t in requested])
             for reason, n in dead.items():
                 self.metrics.dead_letters.labels(reason=reason).inc(n)
+        # A partition revoked while this batch was read (a rebalance runs inside `consume`) is
+        # another member's now: its offsets are neither kept nor committed from here.
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        last = {tp: offset for tp, offset in last.items() if tp in assigned}
         self._answered.update(last)
         offsets = [TopicPartition(t, p, o) for (t, p), o in last.items()]
         if offsets:
@@ -248,7 +263,7 @@ class PredictWorker:
         log.error(
             "%d answers or dead letters were not stored (%s); answering the batch again",
             failed,
-            "; ".join(self.producer.errors[-3:]),
+            "; ".join(list(self.producer.errors)[-3:]),
         )
         self.stats.retried_batches += 1
         if self.metrics is not None:
@@ -371,6 +386,7 @@ def build_worker(
         shadows=shadows,
     )  # fmt: skip
     worker = PredictWorker(
-        settings, answerer, session_timeout_ms=session_timeout_ms, metrics=metrics
-    )
+        settings, answerer, session_timeout_ms=session_timeout_ms, metrics=metrics,
+        ready=lambda: follower.synced and graphs.synced,
+    )  # fmt: skip
     return worker, follower, graphs

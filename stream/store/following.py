@@ -59,6 +59,12 @@ class Follower(ABC):
         self.first_sync = threading.Event()
         """Set once the first look at Redis is over (done, or Redis unreachable)."""
 
+    @property
+    def synced(self) -> bool:
+        """Whether a look at Redis has succeeded: what is served and known then comes from
+        Redis, not only from what the process was told at its start."""
+        return self._last_sync is not None
+
     @abstractmethod
     def _subscribe(self) -> Notifications: ...
 

@@ -22,7 +22,8 @@ from learners.predictor import ServedModel
 from schemas.settings import Settings
 from serving.app import create_app
 from stream.kafka.client import create_topics, partitions_for
-from stream.store.snapshots import SnapshotStore
+from stream.store.snapshots import SnapshotStore, open_store
+from tests.support.outage import PrivateRedis
 from tests.support.pipeline import spawn_cli
 
 pytestmark = pytest.mark.integration
@@ -54,7 +55,10 @@ def produce(
     """Write ``(key, value, headers)`` requests with a plain producer, acknowledged."""
     assert settings.kafka_bootstrap_servers
     create_topics(settings.kafka_bootstrap_servers, settings.topics())
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "acks": "all"})
+    producer = Producer(
+        {"bootstrap.servers": settings.kafka_bootstrap_servers, "acks": "all",
+         "message.max.bytes": 1_048_576}  # a request as large as the broker takes
+    )  # fmt: skip
     for key, value, headers in messages:
         producer.produce(settings.topic_requests, value, key, headers=headers)
         producer.poll(0)
@@ -200,6 +204,12 @@ def test_bad_requests_reach_the_dead_letter_topic_and_the_worker_goes_on(
             request("b-overflow", target="reg", features=dict.fromkeys(x, 1e308)),
             "not_finite",
         ),
+        # under the worker's size limit, but too large to be written whole as a dead letter
+        # (the producer's message.max.bytes): sent without its value (`MAX_DEAD_LETTER_BYTES`)
+        "b-large": (
+            b'{"id": "b-large", "target": "reg", "features": {' + b" " * 999_900,
+            "bad_json",
+        ),
     }
     good = requests_for(models, 6)
     messages = []
@@ -227,7 +237,12 @@ def test_bad_requests_reach_the_dead_letter_topic_and_the_worker_goes_on(
         key = m.key().decode()
         headers = dict(m.headers())
         value, reason = bad[key]
-        assert m.value() == value, "the dead letter holds the original bytes"
+        if key == "b-large":  # where it is, not what
+            assert m.value() in (b"", None)
+            assert headers["rs.value_bytes"] == str(len(value)).encode()
+            assert int(headers["rs.offset"]) >= 0
+        else:
+            assert m.value() == value, "the dead letter holds the original bytes"
         assert headers["rs.reason"].decode() == reason, (key, headers)
         assert headers["rs.error"]
         assert headers["rs.topic"].decode() == settings.topic_requests
@@ -361,3 +376,42 @@ def create(settings: Settings) -> None:
 def serving(log: Path) -> dict[str, int]:
     lines = status_lines(log)
     return dict(lines[-1]["serving"]) if lines else {}
+
+
+def test_a_worker_started_while_redis_is_away_waits_for_it_instead_of_dead_lettering(
+    kit: Any, predict_settings: Settings, tmp_path: Path
+) -> None:
+    """Before its first look at Redis a worker knows no model: a request it took then would be
+    an unknown target, dead-lettered (and committed) although its model exists. It joins the
+    group only once its followers have read Redis; the request waits in Kafka meanwhile."""
+    (tmp_path / "redis").mkdir()
+    server = PrivateRedis(tmp_path / "redis")  # not started yet: connections are refused
+    settings = predict_settings.model_copy(
+        update={"redis_url": server.url, "serve_start_wait_seconds": 0.5}
+    )
+    reg, _, inputs = kit.trained_models()["reg"]
+    request = {"id": "r-start", "target": "reg", "features": inputs[0]}
+    produce(settings, [(b"r-start", orjson.dumps(request), [])])
+    log = tmp_path / "w.log"
+    worker = spawn_cli(settings, ["predict-worker"], log)
+    dlq = Reader(settings, settings.topic_dlq)
+    answers = Reader(settings, settings.topic_predictions)
+    try:
+        waiting = "waiting for a first look at Redis"
+        dlq.until(lambda ms: bool(ms) or (log.exists() and waiting in log.read_text()), 60)
+        assert not dlq.messages, "a request taken before Redis was read was dead-lettered"
+        server.start()
+        store = open_store(settings)
+        kit.publish(store, "reg", reg, "regressor", key=settings.require_snapshot_key())
+        store.client.close()
+        answered = answers.until(lambda ms: "r-start" in answered_ids(ms), 60)
+        assert orjson.loads(answered[0].value())["versions"] == {"reg": 1}
+        assert worker.poll() is None
+        assert stop(worker) == 0
+    finally:
+        dlq.close()
+        answers.close()
+        if worker.poll() is None:
+            worker.kill()
+        server.stop()
+    assert not dlq.messages
