@@ -60,29 +60,37 @@ class PublishReport:
         }
 
 
-def _cell(value: str) -> int | float | str | bool | None:
-    """A CSV cell as JSON would have it: empty is null, ``true``/``false`` (any case) booleans,
-    then an integer, a float, or the text.
+_CELL_NUMBER = re.compile(r"[ \t\r\n]*(-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?)[ \t\r\n]*")
+"""A cell that JSON reads as a number: its grammar, blanks around allowed (as JSON allows)."""
+_NOT_FINITE = ("nan", "inf", "infinity")
 
-    >>> [_cell(c) for c in ("", "TRUE", "12", "-1.5", "1e3", "nan", "x1", " 7 ", "1_0")]
-    [None, True, 12, -1.5, 1000.0, nan, 'x1', 7, 10]
+
+def _cell(value: str) -> int | float | str | bool | None:
+    """A CSV cell as JSON would have it: empty is null; a JSON number an integer (no fraction,
+    no exponent) or a float; ``true``/``false`` (any case) booleans; ``nan`` or ``inf`` (any
+    case, signed) a float, which the row's checks then refuse as not finite; anything else the
+    text as it is. A cell JSON cannot read as a number is text, even where Python's ``int`` or
+    ``float`` would read one: ``01234`` (a zip code), ``1_000``, ``+5``, ``.5``.
+
+    >>> [_cell(c) for c in ("", "TRUE", "12", "-1.5", "1e3", "nan", "x1", " 7 ", "1_0", "01234")]
+    [None, True, 12, -1.5, 1000.0, nan, 'x1', 7, '1_0', '01234']
     """
     if not value:
         return None
-    # int() refuses any text with a "." or an "e" (the commonest floats): skip its exception;
-    # "true" and "false" hold an "e" too, and float() refuses them
-    if "." not in value and "e" not in value and "E" not in value:
-        try:
-            return int(value)
-        except ValueError:
-            pass
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    low = value.lower()
+    number = _CELL_NUMBER.fullmatch(value)
+    if number is not None:
+        text = number.group(1)
+        if number.group(2) is None and number.group(3) is None:
+            try:
+                return int(text)
+            except ValueError:  # past Python's 4 300 digits: as a float (not finite)
+                pass
+        return float(text)
+    low = value.strip(" \t\r\n").lower()
     if low == "true" or low == "false":
         return low == "true"
+    if low.lstrip("+-") in _NOT_FINITE:
+        return float(low)
     return value
 
 
@@ -174,7 +182,9 @@ def _csv_events(
     """``(line, the event as a dict, or its JSON)`` of each row of a CSV file, or the
     `SchemaError` of a row whose cells do not match the header (see `read_rows`)."""
     label = kind == "labels"
-    with path.open(newline="") as handle:
+    # UTF-8, a byte-order mark skipped; a byte that is not UTF-8 is kept as a lone surrogate,
+    # which JSON cannot hold: its row is refused (``not_json``, with its line), not the file
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:

@@ -1,13 +1,15 @@
 """Reading CSV files of events (`stream.kafka.publish.read_rows`), for `publish` and `score`:
-the same events as the DictReader reading before it (the learner's codec reads the same values
-and types from both, though a row of JSON numbers is now written as its cells' own text), and a
-row that does not match its header, or an integer past 64 bits, is a rejection with its line,
+each cell as JSON reads it (a zip code ``01234`` stays text), the same events as a DictReader
+reading a cell at a time (the learner's codec reads the same values and types from both,
+though a row of JSON numbers is written as its cells' own text), and a row that does not match
+its header, an integer past 64 bits, or a byte that is not UTF-8 is a rejection with its line,
 not a crash."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -49,42 +51,62 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _old_cell(value: str) -> Any:
-    """`_cell` as it was before it skipped ``lower()`` for numbers: the reference."""
+def _json_cell(value: str) -> Any:
+    """A cell "as JSON would have it", by JSON's own reading (Python's ``json``): the number it
+    reads, blanks around allowed; else ``true``/``false`` in any case, ``nan``/``inf`` as
+    floats (refused later as not finite), the text as it is. The reference of `_cell`."""
     if value == "":
         return None
-    low = value.lower()
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if type(parsed) in (int, float):
+        return parsed
+    low = value.strip(" \t\r\n").lower()
     if low in ("true", "false"):
         return low == "true"
-    casts: tuple[type, ...] = (float,) if "." in value or "e" in low else (int, float)
-    for cast in casts:
-        try:
-            return cast(value)
-        except ValueError:
-            pass
+    if low.lstrip("+-") in ("nan", "inf", "infinity"):
+        return float(low)
     return value
 
 
 @settings(max_examples=1000, deadline=None)
 @given(CELLS)
-def test_cells_read_as_before(cells: list[str]) -> None:
+def test_cells_read_as_json_reads_them(cells: list[str]) -> None:
     for cell in cells:
-        assert _same(_cell(cell), _old_cell(cell)), cell
+        assert _same(_cell(cell), _json_cell(cell)), cell
+
+
+def test_a_cell_json_cannot_read_as_a_number_is_text() -> None:
+    """A zip code keeps its leading zero (it was the integer 1234), and what only Python's
+    ``int`` or ``float`` would read stays text, as the same feature sent as JSON would be."""
+    assert [_cell(c) for c in ("01234", "1_000", "+5", ".5", "5.", "0x10", "\u0661")] == [
+        "01234", "1_000", "+5", ".5", "5.", "0x10", "\u0661",
+    ]  # fmt: skip
+    assert [_cell(c) for c in ("0", "-0", "12", " 7\t", "1E2", "-0.0")] == [
+        0,
+        0,
+        12,
+        7,
+        100.0,
+        -0.0,
+    ]
 
 
 def _reference(text: str, kind: str) -> list[bytes | str]:
-    """What the CSV reading gave before the fast path (csv.DictReader, a cell at a time): the
-    event's JSON, or the reason it was rejected."""
+    """The CSV reading without the fast path (csv.DictReader, a cell at a time, each as JSON
+    reads it): the event's JSON, or the reason it was rejected."""
     out: list[bytes | str] = []
     for row in csv.DictReader(io.StringIO(text, newline="")):
         event: dict[str, object] = {"id": row.pop("id", None)}
         time_cell = row.pop("time", None)
-        event["time"] = _old_cell(time_cell) if time_cell is not None else None
+        event["time"] = _json_cell(time_cell) if time_cell is not None else None
         if kind == "labels":
             label = row.pop("label", None)
-            event["label"] = _old_cell(label) if label is not None else None
+            event["label"] = _json_cell(label) if label is not None else None
         else:
-            event["features"] = {k: _old_cell(v) for k, v in row.items()}
+            event["features"] = {k: _json_cell(v) for k, v in row.items()}
         try:
             out.append(orjson.dumps(_finite(event)))
         except SchemaError as exc:
@@ -133,7 +155,7 @@ _NAMES = st.sampled_from(["id", "time", "label", "a", "b", "c", "x y", "é"])
     ),
     kind=st.sampled_from(["features", "labels"]),
 )  # fmt: skip
-def test_csv_files_read_as_before(
+def test_csv_files_read_as_a_cell_at_a_time(
     tmp_path_factory: pytest.TempPathFactory,
     header: list[str],
     rows: list[list[str]],
@@ -201,7 +223,24 @@ def test_a_row_of_json_numbers_is_written_as_its_cells(tmp_path: Path) -> None:
     rows = [raw for _, raw in read_rows(path, "features")]
     assert rows[0] == b'{"id":"u1","time":5,"features":{"a":1e3,"b":-0.25}}'
     assert rows[1] == orjson.dumps({"id": "u2", "time": 5, "features": {"a": 7, "b": 2}})
-    assert rows[2] == orjson.dumps({"id": "u3", "time": 5, "features": {"a": 1, "b": 2}})
+    assert rows[2] == orjson.dumps({"id": "u3", "time": 5, "features": {"a": "01", "b": 2}})
+
+
+def test_a_byte_that_is_not_utf8_refuses_its_row_not_the_file(tmp_path: Path) -> None:
+    """A byte-order mark is skipped (the header's first name was "\\ufeffid", every row then
+    refused); a Latin-1 byte in one row refuses that row, with its line, where it stopped the
+    whole reading with a UnicodeDecodeError."""
+    path = tmp_path / "events.csv"
+    path.write_bytes(
+        "\ufeffid,time,city,b\nu1,5,Paris,1\n".encode() + b"u2,5,K\xf6ln,2\nu3,5,Rome,3\n"
+    )
+    rows = list(read_rows(path, "features"))
+    assert [line for line, _ in rows] == [2, 3, 4]
+    assert rows[0][1] == orjson.dumps(
+        {"id": "u1", "time": 5, "features": {"city": "Paris", "b": 1}}
+    )
+    assert isinstance(rows[1][1], SchemaError) and rows[1][1].reason == "not_json"
+    assert rows[2][1] == orjson.dumps({"id": "u3", "time": 5, "features": {"city": "Rome", "b": 3}})
 
 
 def test_a_row_that_does_not_match_its_header_is_rejected_with_its_line(tmp_path: Path) -> None:
