@@ -257,7 +257,9 @@ class Settings(BaseSettings):
         "id (unset: open; set it in production).",
     )
     predict_token: SecretStr | None = Field(
-        None, description="Bearer token required by every predict route (unset: open)."
+        None,
+        description="Bearer token required by every predict route (unset: open); a logged "
+        "predict takes the ingest token instead, when that is set.",
     )
 
     # -- asynchronous and batch predictions --

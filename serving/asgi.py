@@ -81,7 +81,8 @@ async def request_body(request: Request, limit: int) -> bytes | None:
 
 
 async def read_upto(receive: Receive, limit: int) -> tuple[bytes, bool]:
-    """The body, or its first chunks once it exceeds ``limit``; and whether more remains."""
+    """The body, or its first chunks once it exceeds ``limit``; and whether more remains or
+    the body exceeds ``limit`` (True for a body over the limit, even if it was read whole)."""
     chunks: list[bytes] = []
     size, more = 0, True
     while more and size <= limit:
@@ -92,7 +93,7 @@ async def read_upto(receive: Receive, limit: int) -> tuple[bytes, bool]:
         size += len(chunk)
         chunks.append(chunk)
         more = message.get("more_body", False)
-    return b"".join(chunks), more
+    return b"".join(chunks), more or size > limit
 
 
 def replay(raw: bytes, then: Receive | None = None) -> Receive:

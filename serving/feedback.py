@@ -27,7 +27,18 @@ reached the caller gets 503 naming the cause, and for a predict with an id, no a
 **Writing events is a way to poison a model**, so it is closed when ``RIVERSTREAM_INGEST_TOKEN``
 is set: the ingest routes and predict-with-id then need ``Authorization: Bearer <token>`` (401
 without it, 403 with another; compared in constant time). ``RIVERSTREAM_PREDICT_TOKEN`` closes
-every predict route likewise (models, graphs and ``/v2`` infer).
+every predict route likewise (models, graphs and ``/v2`` infer). A logged predict (an id, or a
+graph's ``"log": true``) writes events, so with the ingest token set it needs that token, which
+authorizes its prediction as well; the predict token alone gets 403 there. A predict that logs
+nothing takes the predict token.
+
+An ingest request carries at most ``RIVERSTREAM_SERVE_MAX_INSTANCES`` events (the most instances
+of a predict batch): more is 422 naming the limit, before anything is validated or published.
+A body that is JSON but not an object (``5``, ``null``) is 422 too.
+
+When the producer cannot be created (the broker unreachable), the failure is remembered for
+`PRODUCER_RETRY_SECONDS`: meanwhile every request gets the same 503 at once instead of waiting
+for its own attempt.
 
 Publishing runs on a worker thread (a producer's send may wait for metadata when the broker is
 away): the event loop never blocks on Kafka.
@@ -58,6 +69,9 @@ from stream.kafka.security import kafka_security
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
+PRODUCER_RETRY_SECONDS = 3.0
+"""How long a failed creation of the producer is remembered (answered 503 at once) before the
+next request tries again."""
 _PREDICT_PREFIX, _PREDICT_SUFFIX = "/v1/models/", "/predict"
 _GRAPH_PREFIX = "/v1/graphs/"
 _INGEST = {"/v1/features": ("features", "events"), "/v1/labels": ("labels", "labels")}
@@ -78,20 +92,15 @@ class Publisher:
         self.security = kafka_security(settings)
         self._producer: EventProducer | None = None
         self._lock = threading.Lock()
+        self._failed: tuple[float, str] | None = None  # (when, why): the last failed creation
 
     def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
         """Send ``messages`` and wait until the broker acknowledged each (blocking: call it on
         a worker thread); `KafkaUnavailable` names the cause otherwise."""
         if not self.bootstrap:
             raise KafkaUnavailable("no Kafka configured (RIVERSTREAM_KAFKA_BOOTSTRAP_SERVERS)")
+        producer = self._producer_or_raise(self.bootstrap)
         try:
-            with self._lock:
-                if self._producer is None:
-                    self._producer = EventProducer(
-                        self.bootstrap, linger_ms=1, max_block_ms=3000, bootstrap_timeout_ms=3000,
-                        security=self.security,
-                    )  # fmt: skip
-                producer = self._producer
             futures = [producer.send_future(topic, key, value) for topic, key, value in messages]
             deadline = time.monotonic() + timeout
             for future in futures:
@@ -102,6 +111,33 @@ class Publisher:
             raise KafkaUnavailable(
                 f"Kafka did not acknowledge: {type(exc).__name__}: {exc}"
             ) from None
+
+    def _producer_or_raise(self, bootstrap: str) -> EventProducer:
+        """The producer, created on first use; a failed creation is remembered for
+        `PRODUCER_RETRY_SECONDS`, answered meanwhile at once with the same `KafkaUnavailable`
+        (requests do not queue behind one another's attempts)."""
+        with self._lock:
+            if self._producer is not None:
+                return self._producer
+            if (
+                self._failed is not None
+                and time.monotonic() - self._failed[0] < PRODUCER_RETRY_SECONDS
+            ):
+                raise KafkaUnavailable(self._failed[1])
+            try:
+                self._producer = EventProducer(
+                    bootstrap, linger_ms=1, max_block_ms=3000, bootstrap_timeout_ms=3000,
+                    security=self.security,
+                )  # fmt: skip
+            except KafkaAdapterError as exc:
+                why = f"Kafka unreachable: {exc}"
+            except Exception as exc:
+                why = f"Kafka did not acknowledge: {type(exc).__name__}: {exc}"
+            else:
+                self._failed = None
+                return self._producer
+            self._failed = (time.monotonic(), why)
+            raise KafkaUnavailable(why)
 
     def close(self) -> None:
         if self._producer is not None:
@@ -142,6 +178,8 @@ class ClosedLoop:
         self.clock = clock
         self.ingest_token = _secret(settings.ingest_token)
         self.predict_token = _secret(settings.predict_token)
+        self.max_events = settings.serve_max_instances
+        """The most events in one ingest request: the most instances of a predict batch."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -152,26 +190,48 @@ class ClosedLoop:
             await self._ingest(scope, receive, send, path)
             return
         if _is_predict(path):
+            # A logged predict writes events: the ingest token authorizes it, its prediction
+            # included, so a holder of the ingest token alone may go on to see if it is logged.
             problem = _bearer_problem(scope, self.predict_token)
-            if problem is not None:
+            may_log = self.ingest_token is not None and path.startswith(
+                (_PREDICT_PREFIX, _GRAPH_PREFIX)
+            )
+            if problem is not None and not (
+                may_log and _bearer_problem(scope, self.ingest_token) is None
+            ):
                 await _respond(send, *problem, auth=problem[0] == 401)
                 return
             if path.startswith(_PREDICT_PREFIX):
                 raw, more = await read_upto(receive, self.max_body_bytes)
                 if not more and b'"id"' in raw:
-                    await self._predict_with_id(scope, send, path, raw)
+                    await self._predict_with_id(scope, send, path, raw, problem)
+                    return
+                if await _refused(send, problem):  # not logged: the ingest token is not enough
                     return
                 # the app answers as if nothing had been read (an oversized body included)
                 receive = replay(raw, then=receive if more else None)
             elif path.startswith(_GRAPH_PREFIX):
                 raw, more = await read_upto(receive, self.max_body_bytes)
                 if not more and b'"log"' in raw:
-                    await self._graph_logged(scope, send, path, raw)
+                    await self._graph_logged(scope, send, path, raw, problem)
+                    return
+                if await _refused(send, problem):
                     return
                 # then the real receive: a graph answer's shadows run once the response is sent,
                 # as a background task that a replayed disconnect would have cut short
                 receive = replay(raw, then=receive) if more else replay_whole(raw, receive)
         await self.app(scope, receive, send)
+
+    def _logging_problem(self, scope: Scope) -> tuple[int, str] | None:
+        """None when a logged predict may write its events (the ingest token, when it is set);
+        else (401 | 403, why), naming the ingest token."""
+        problem = _bearer_problem(scope, self.ingest_token)
+        if problem is None:
+            return None
+        why = "a logged prediction writes events: it needs"
+        if problem[0] == 401:
+            return 401, f"{why} Authorization: Bearer <the ingest token>"
+        return 403, f"{why} the ingest token (RIVERSTREAM_INGEST_TOKEN), not this one"
 
     # -- POST /v1/features, /v1/labels ---------------------------------------------------------
     async def _ingest(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
@@ -189,16 +249,29 @@ class ClosedLoop:
         except orjson.JSONDecodeError as exc:
             await _respond(send, 422, f"invalid JSON: {exc}")
             return
-        items = body.get(many) if isinstance(body, dict) and many in body else [body]
+        if not isinstance(body, dict):
+            await _respond(
+                send, 422, f"expected an event object or {{{many!r}: [events]}}, "
+                f"got {_json_type(body)}",
+            )  # fmt: skip
+            return
+        listed = many in body
+        items = body[many] if listed else [body]
         if not isinstance(items, list) or not items:
             await _respond(send, 422, f"expected an event object or {{{many!r}: [events]}}")
+            return
+        if len(items) > self.max_events:
+            await _respond(
+                send, 422, f"{many}: {len(items)} events, the limit is {self.max_events} "
+                "(RIVERSTREAM_SERVE_MAX_INSTANCES)",
+            )  # fmt: skip
             return
         topic = self.settings.topic_features if kind == "features" else self.settings.topic_labels
         decode = self.codec.decode_feature if kind == "features" else self.codec.decode_label
         now = self.clock()
         messages: list[Outgoing] = []
         for i, item in enumerate(items):
-            where = f"{many}[{i}]" if len(items) > 1 or many in body else "body"
+            where = f"{many}[{i}]" if listed else "body"
             if not isinstance(item, dict):
                 await _respond(send, 422, f"{where}: expected an object")
                 return
@@ -225,12 +298,16 @@ class ClosedLoop:
         return True
 
     # -- predict with an id ----------------------------------------------------------------
-    async def _predict_with_id(self, scope: Scope, send: Send, path: str, raw: bytes) -> None:
+    async def _predict_with_id(
+        self, scope: Scope, send: Send, path: str, raw: bytes, refused: tuple[int, str] | None
+    ) -> None:
+        """``refused``: why the predict token refused the request (None: it did not)."""
         body = _json_object(raw)
-        if body is None or "id" not in body:  # let the app name the problem
-            await self.app(scope, replay(raw), send)
+        if body is None or "id" not in body:  # not logged: let the app name the problem
+            if not await _refused(send, refused):
+                await self.app(scope, replay(raw), send)
             return
-        problem = _bearer_problem(scope, self.ingest_token)
+        problem = self._logging_problem(scope)
         if problem is not None:
             await _respond(send, *problem, auth=problem[0] == 401)
             return
@@ -274,12 +351,18 @@ class ClosedLoop:
         await _send_json(send, 200, content)
 
     # -- a graph predict with "log": true ------------------------------------------------
-    async def _graph_logged(self, scope: Scope, send: Send, path: str, raw: bytes) -> None:
+    async def _graph_logged(
+        self, scope: Scope, send: Send, path: str, raw: bytes, refused: tuple[int, str] | None
+    ) -> None:
+        """``refused``: why the predict token refused the request (None: it did not)."""
         body = _json_object(raw)
-        if body is None or "log" not in body:  # let the app name the problem
-            await self.app(scope, replay(raw), send)
+        if body is None or "log" not in body:  # not logged: let the app name the problem
+            if not await _refused(send, refused):
+                await self.app(scope, replay(raw), send)
             return
         log_it = body.pop("log")
+        if log_it is not True and await _refused(send, refused):  # not logged
+            return
         if log_it is not True and log_it is not False:
             await _respond(send, 422, "log: expected true or false")
             return
@@ -289,7 +372,7 @@ class ClosedLoop:
                 body["time"] = event_time  # the app names it: not a field of graph bodies
             await self.app(scope, replay(orjson.dumps(body)), send)
             return
-        problem = _bearer_problem(scope, self.ingest_token)
+        problem = self._logging_problem(scope)
         if problem is not None:
             await _respond(send, *problem, auth=problem[0] == 401)
             return
@@ -337,6 +420,27 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return body if isinstance(body, dict) else None
+
+
+async def _refused(send: Send, problem: tuple[int, str] | None) -> bool:
+    """Answer ``problem`` (a token's 401 or 403) if there is one, and say whether there was."""
+    if problem is None:
+        return False
+    await _respond(send, *problem, auth=problem[0] == 401)
+    return True
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of ``value``'s type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def _secret(value: SecretStr | str | None) -> str | None:

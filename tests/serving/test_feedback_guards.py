@@ -1,0 +1,258 @@
+"""The closed loop's guards, on real Kafka and Redis: which token a logged predict takes when
+both tokens are set, bodies that are not event objects, the most events in one ingest request,
+bodies over the size limit, and a broker that cannot be reached (503 at once, not in a queue)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from pydantic import SecretStr
+from river import datasets, linear_model
+
+from schemas.errors import KafkaAdapterError
+from schemas.settings import Settings
+from serving import feedback
+from serving.app import create_app
+from serving.asgi import read_upto
+from serving.telemetry import ServingMetrics
+from stream.dev.ports import free_port
+from stream.kafka.client import read_all
+from stream.learner.runtime import snapshot_store
+from stream.registry.graphs import GraphRegistry
+from tests.serving.test_feedback import api, bearer, prometheus_registry
+from tests.support.pipeline import fast
+from tests.support.serving import asgi_post
+
+pytestmark = pytest.mark.integration
+
+INGEST, PREDICT = "ingest-secret", "predict-secret"
+
+
+def app_for(settings: Settings, **kwargs: Any) -> Any:
+    return create_app(settings, metrics=ServingMetrics(prometheus_registry()), **kwargs)
+
+
+def post(app: Any, path: str, body: bytes, token: str | None = None) -> tuple[int, Any]:
+    """POST ``body`` to ``app`` in this process (no server, no lifespan): status, JSON answer."""
+    headers = [] if token is None else [(b"authorization", f"Bearer {token}".encode())]
+    status, raw = asyncio.run(asgi_post(app, path, body, headers))
+    return status, orjson.loads(raw)
+
+
+def logged_ids(settings: Settings) -> set[str]:
+    return {orjson.loads(r.value)["id"] for r in read_all(settings.kafka_bootstrap_servers,
+                                                           [settings.topic_features])}  # fmt: skip
+
+
+@contextlib.contextmanager
+def served(settings: Settings, kit: Any) -> Iterator[tuple[httpx.Client, dict[str, float]]]:
+    """The API on ``settings``, serving a model ``lr`` and a graph ``g`` of it; the client, and
+    features to predict from."""
+    samples = list(itertools.islice(datasets.Phishing(), 60))
+    model = linear_model.LogisticRegression()
+    for x, y in samples[:50]:
+        model.learn_one(x, y)
+    store = snapshot_store(settings)
+    kit.publish(store, "lr", model, "classifier")
+    GraphRegistry(store.client, store.keys.prefix, by="test").apply(
+        {"name": "g", "root": {"model": "lr"}}, reason="test"
+    )
+    with api(kit, settings) as client:
+        kit.wait_until(lambda: client.get("/readyz").status_code == 200)
+        kit.wait_until(lambda: client.get("/v1/graphs/g").status_code == 200)
+        yield client, samples[55][0]
+
+
+def closed(settings: Settings, kit: Any, **changes: Any) -> Settings:
+    """``settings`` with the predict token set (and the models signed with the kit's key)."""
+    return fast(
+        settings, snapshot_key=SecretStr(kit.KEY.decode()), predict_token=SecretStr(PREDICT),
+        serve_poll_seconds=0.2, **changes,
+    )  # fmt: skip
+
+
+# -- 1. both tokens: a logged predict takes the ingest token ----------------------------------
+def test_a_logged_predict_takes_the_ingest_token_when_both_tokens_are_set(
+    settings: Settings, kit: Any
+) -> None:
+    s = closed(settings, kit, ingest_token=SecretStr(INGEST))
+    with served(s, kit) as (client, x):
+        logged = {"id": "m1", "time": 1, "features": x}
+        graph_logged = {"id": "g1", "time": 2, "features": x, "log": True}
+        routes = [("/v1/models/lr/predict", logged), ("/v1/graphs/g/predict", graph_logged)]
+        for path, body in routes:
+            # The ingest token authorizes the logged prediction: answered, and logged.
+            answer = client.post(path, json=body, headers=bearer(INGEST))
+            assert answer.status_code == 200, (path, answer.text)
+            assert answer.json()["id"] == body["id"]
+            # The predict token alone cannot log: 403 saying why.
+            refused = client.post(path, json=body, headers=bearer(PREDICT))
+            assert refused.status_code == 403, (path, refused.text)
+            assert "ingest token" in refused.json()["detail"]
+            assert client.post(path, json=body).status_code == 401
+            # A predict that logs nothing takes the predict token, not the ingest token.
+            plain = {"features": x}
+            assert client.post(path, json=plain, headers=bearer(PREDICT)).status_code == 200
+            assert client.post(path, json=plain, headers=bearer(INGEST)).status_code == 403
+        unlogged = {"id": "g2", "features": x, "log": False}
+        assert client.post("/v1/graphs/g/predict", json=unlogged,
+                           headers=bearer(PREDICT)).status_code == 200  # fmt: skip
+        assert client.post("/v1/graphs/g/predict", json=unlogged,
+                           headers=bearer(INGEST)).status_code == 403  # fmt: skip
+        assert client.post("/v2/models/lr/infer", json={"inputs": []},
+                           headers=bearer(INGEST)).status_code == 403  # fmt: skip
+    # Both logged predictions reached Kafka (acknowledged before the 200); nothing else did.
+    assert kit.wait_until(lambda: logged_ids(s) == {"m1", "g1"} or None, what="the events")
+
+
+# -- 2. a body that is JSON but not an object ---------------------------------------------------
+@pytest.mark.parametrize("body", [b"5", b"null", b"true", b"1.5", b'"labels"', b'"events"'])
+@pytest.mark.parametrize("path", ["/v1/features", "/v1/labels"])
+def test_an_ingest_body_that_is_not_an_object_is_422(
+    settings: Settings, path: str, body: bytes
+) -> None:
+    status, answer = post(app_for(settings), path, body)
+    assert status == 422, answer
+    assert "expected an event object" in answer["detail"] and "got" in answer["detail"]
+
+
+# -- 3. the most events in one ingest request --------------------------------------------------
+def test_an_ingest_request_carries_at_most_serve_max_instances_events(settings: Settings) -> None:
+    s = settings.model_copy(update={"serve_max_instances": 5})
+    app = app_for(s)
+    labels = [{"id": f"e{i}", "time": i, "label": True} for i in range(6)]
+    # Over the limit: 422 naming it, before any event is validated (the last one is bad).
+    too_many = orjson.dumps({"labels": [*labels[:5], {"id": "bad", "label": [1]}]})
+    status, answer = post(app, "/v1/labels", too_many)
+    assert status == 422, answer
+    assert "6 events, the limit is 5" in answer["detail"], answer
+    status, answer = post(app, "/v1/labels", orjson.dumps({"labels": labels}))
+    assert status == 422 and "the limit is 5" in answer["detail"], answer
+    # At the limit: stored.
+    status, answer = post(app, "/v1/labels", orjson.dumps({"labels": labels[:5]}))
+    assert status == 202, answer
+    records = read_all(s.kafka_bootstrap_servers, [s.topic_labels])
+    assert sorted(orjson.loads(r.value)["id"] for r in records) == [f"e{i}" for i in range(5)]
+
+
+# -- 4. a body over the limit, read whole ------------------------------------------------------
+def chunks(*parts: bytes) -> Any:
+    messages = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1}
+                for i, p in enumerate(parts)]  # fmt: skip
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    return receive
+
+
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        ((b"0123456789",), (b"0123456789", False)),  # at the limit: whole
+        ((b"01234", b"56789"), (b"0123456789", False)),
+        ((b"0123456789a",), (b"0123456789a", True)),  # over, in one chunk
+        ((b"012345", b"6789ab"), (b"0123456789ab", True)),  # the last chunk crosses the limit
+        ((b"0123456789a", b"b", b"c"), (b"0123456789a", True)),  # more remains
+    ],
+)
+def test_read_upto_says_a_body_over_the_limit_is_not_complete(
+    parts: tuple[bytes, ...], expected: tuple[bytes, bool]
+) -> None:
+    assert asyncio.run(read_upto(chunks(*parts), 10)) == expected
+
+
+def test_a_logged_predict_over_the_body_limit_is_413(settings: Settings, kit: Any) -> None:
+    """Without its id, time and log, the body would be under the limit: still 413, never
+    predicted nor logged (the predict token set: the closed loop reads bodies first)."""
+    limit = 300
+    s = closed(settings, kit, serve_max_body_bytes=limit)
+    padding = "x" * 200
+    with served(s, kit) as (client, _):
+        for path, body in [
+            ("/v1/models/lr/predict", {"id": padding, "time": 1, "features": {"a": 1}}),
+            ("/v1/graphs/g/predict", {"id": padding, "log": True, "features": {"a": 1}}),
+            ("/v1/models/lr/predict", {"features": {padding: 1}}),  # not logged
+            ("/v1/graphs/g/predict", {"features": {padding: 1}}),
+        ]:
+            raw = orjson.dumps(body)
+            raw += b" " * (limit + 1 - len(raw))  # just over the limit
+            assert len(raw) == limit + 1
+            response = client.post(path, content=raw, headers=bearer(PREDICT))
+            assert response.status_code == 413, (path, response.text)
+            under = client.post(path, content=raw[:limit], headers=bearer(PREDICT))
+            assert under.status_code == 200, (path, under.text)  # the same body, at the limit
+
+
+# -- 5. Kafka unreachable: 503 at once, not after every other request's attempt ---------------
+def test_an_unreachable_broker_answers_every_concurrent_request_503_within_a_bound(
+    settings: Settings,
+) -> None:
+    s = settings.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}"})
+    app = app_for(s)
+    body = {"id": "a", "time": 1, "label": True}
+
+    async def wave(n: int) -> list[tuple[int, str, float]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+
+            async def one() -> tuple[int, str, float]:
+                start = time.monotonic()
+                response = await client.post("/v1/labels", json=body)
+                return response.status_code, response.json()["detail"], time.monotonic() - start
+
+            return await asyncio.gather(*(one() for _ in range(n)))
+
+    # The first attempt to reach the broker takes up to its 3 s timeout; the requests that
+    # came meanwhile get its answer, not an attempt of their own each (8 × 3 s).
+    first = asyncio.run(wave(8))
+    assert {status for status, _, _ in first} == {503}, first
+    assert len({detail for _, detail, _ in first}) == 1 and "Kafka" in first[0][1], first
+    assert max(elapsed for _, _, elapsed in first) < 8.0, first
+    # Right after: the failure is remembered, answered at once with the same message.
+    again = asyncio.run(wave(8))
+    assert {(status, detail) for status, detail, _ in again} == {(503, first[0][1])}, again
+    assert max(elapsed for _, _, elapsed in again) < 1.5, again
+
+
+class FailingProducer:
+    attempts = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        FailingProducer.attempts += 1
+        raise KafkaAdapterError(f"cannot reach Kafka (attempt {FailingProducer.attempts})")
+
+
+@contextlib.contextmanager
+def failing_producer(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FailingProducer]]:
+    FailingProducer.attempts = 0
+    monkeypatch.setattr(feedback, "EventProducer", FailingProducer)
+    yield FailingProducer
+
+
+def test_a_failed_producer_creation_is_remembered_then_tried_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pure logic: a stand-in producer that cannot be created."""
+    with failing_producer(monkeypatch) as producer:
+        publisher = feedback.Publisher(settings)
+        messages = [("topic", b"k", b"v")]
+        errors = []
+        for _ in range(3):
+            with pytest.raises(feedback.KafkaUnavailable) as caught:
+                publisher.publish(messages, 1.0)
+            errors.append(str(caught.value))
+        assert producer.attempts == 1  # remembered: no new attempt
+        assert errors == [errors[0]] * 3 and "attempt 1" in errors[0]
+        monkeypatch.setattr(feedback, "PRODUCER_RETRY_SECONDS", 0.0)  # the memory expired
+        with pytest.raises(feedback.KafkaUnavailable, match="attempt 2"):
+            publisher.publish(messages, 1.0)
+        assert producer.attempts == 2
