@@ -7,7 +7,9 @@ answers computed ahead by ``riverstream score --into redis``, looked up by id
 ``kind``, ``path``, ``decision`` and ``reason``) plus the table's ``table`` number and
 ``computed_at``; 404 when the model or graph has no table, the table has expired, or it has no
 such id; 503 when Redis cannot be reached. The id is the rest of the path, so it may contain
-``/``. A model's tables and a graph's are apart: a graph named like a model has its own.
+``/``, and any other character an id may hold, a newline included (percent-encoded, ``%0A``:
+Starlette's ``path`` convertor stops at one). A model's tables and a graph's are apart: a graph
+named like a model has its own.
 """
 
 from __future__ import annotations
@@ -16,14 +18,25 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from schemas.errors import SnapshotError
 from schemas.names import is_model_name
 from stream.store.lookup import LookupTables
 from stream.store.snapshots import RedisUnavailableError, SnapshotStore
 
-ROUTE = "/v1/models/{name}/predictions/{row_id:path}"
-GRAPH_ROUTE = "/v1/graphs/{name}/predictions/{row_id:path}"
+
+class AnyPathConvertor(PathConvertor):
+    """The rest of the path, whatever it holds: ``path``'s ``.*`` does not match a newline."""
+
+    regex = r"[\s\S]*"
+
+
+ANY_PATH = "rs_any_path"
+register_url_convertor(ANY_PATH, AnyPathConvertor())
+
+ROUTE = f"/v1/models/{{name}}/predictions/{{row_id:{ANY_PATH}}}"
+GRAPH_ROUTE = f"/v1/graphs/{{name}}/predictions/{{row_id:{ANY_PATH}}}"
 
 
 def lookup_router(store: SnapshotStore) -> APIRouter:

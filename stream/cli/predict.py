@@ -186,7 +186,9 @@ def score(
     """Score INPUT with TARGET (a model or a graph) and write the answers, in input order.
 
     Rows that cannot be scored are listed with their line (or partition and offset) and make
-    the exit status 1.
+    the exit status 1. A run that scores no row (an empty input, every row rejected or outside
+    the range) publishes no lookup table: the served one stays, and the exit status is 2.
+    SIGTERM stops the run (its worker processes too) without publishing, exit status 143.
     """
     from schemas.events import Limits
     from stream.kafka.security import kafka_security
@@ -207,6 +209,8 @@ def score(
         raise RiverstreamError("give --out FILE, --into redis, or both")
     if into not in (None, "redis"):
         raise RiverstreamError(f"--into {into}: the only lookup store is 'redis'")
+    if out_file is not None and not source.startswith("kafka:"):
+        _refuse_same_file(Path(source), out_file)
     settings = _settings()
     time_range = None
     if source.startswith("kafka:"):
@@ -247,6 +251,17 @@ def score(
     gc.freeze()
     sinks: list[Sink] = []
     table = None
+    stopped = False
+
+    def stop(signum: int, _frame: object) -> None:
+        # A clean exit: the finally blocks run (the worker processes are shut down, the sinks
+        # closed) and nothing is published. Once: a second SIGTERM does not cut the cleanup.
+        nonlocal stopped
+        stopped = True
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    previous_handler = signal.signal(signal.SIGTERM, stop)
     try:
         if out_file is not None:
             sinks.append(file_sink(out_file, graph=is_graph))
@@ -262,7 +277,7 @@ def score(
                 time_range=time_range, progress=lambda n: progress.advance(task, n),
                 workers=workers,
             )  # fmt: skip
-        if table is not None:
+        if table is not None and report.scored:  # an empty table never replaces one
             lifetime = settings.lookup_ttl_seconds if ttl is None else ttl
             report.table = table.publish(
                 report.versions, computed_at, lifetime, graph_version=report.graph_version
@@ -271,27 +286,55 @@ def score(
         for sink in sinks:
             sink.close()
         if shadows is not None:
-            shadows.runner.wait_idle(SCORE_SHADOW_WAIT_SECONDS)
+            if not stopped:
+                shadows.runner.wait_idle(SCORE_SHADOW_WAIT_SECONDS)
             shadows.runner.stop()
+        if stopped:
+            unpublished = ": no lookup table published" if table is not None else ""
+            err.print(f"stopped (SIGTERM){unpublished}", highlight=False)
+        else:
+            signal.signal(signal.SIGTERM, previous_handler)
     for rejection in report.rejected:
         err.print(f"[yellow]{rejection.where}: not scored: {rejection.reason}[/]", highlight=False)
     summary = report.to_dict()
     if shadows is not None:
         summary["shadows"] = shadows.summary()
     print(json.dumps(summary), flush=True)
+    if table is not None and report.table is None:
+        raise RiverstreamError(
+            f"no row scored ({len(report.rejected)} rejected, {report.outside_range} outside "
+            f"the range): no lookup table published, the one served for {target!r} stays"
+        )
     if report.rejected:
         raise typer.Exit(1)
+
+
+def _refuse_same_file(source: Path, out_file: Path) -> None:
+    """Refuse an ``--out`` that is the input file: it would be emptied before it is read."""
+    same = source.resolve() == out_file.resolve()
+    if not same and source.exists() and out_file.exists():
+        same = os.path.samefile(source, out_file)  # a hard link
+    if same:
+        raise RiverstreamError(
+            f"--out {out_file} is the input file: it would be emptied before it is read"
+        )
 
 
 def _time_range(text: str) -> tuple[float, float]:
     from stream.cli.snapshots import parse_range
 
     try:
-        return parse_range(text)
+        low, high = parse_range(text)
     except RegistryError:
         raise RiverstreamError(
             f"bad range {text!r} in kafka:TOPIC:FROM-TO: give event times, e.g. 100-250"
         ) from None
+    if low > high:
+        raise RiverstreamError(
+            f"bad range {text!r} in kafka:TOPIC:FROM-TO: FROM is after TO (no event time "
+            f"is in it), e.g. {high:g}-{low:g}"
+        )
+    return low, high
 
 
 def _progress() -> Progress:

@@ -38,18 +38,25 @@ and counted; it is never dropped silently.
 With ``--workers N`` (not for a graph with shadows), chunks of `CHUNK` rows are decoded,
 answered and encoded in N forked processes (`ChunkScorer`, the very work of one process) while
 this one reads the input and writes the answers, in input order: the same bytes and report. A
-worker that dies fails the run (`RiverstreamError`) with the chunks before it written.
+worker that dies fails the run (`RiverstreamError`) with the chunks before it written. The
+workers never outlive the run: an exception in this process (``SystemExit`` from the command's
+SIGTERM handler included) shuts them down, and on Linux each dies when this process does, even
+killed (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import math
 import multiprocessing
+import os
+import signal
+import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -280,16 +287,39 @@ def _score_in_worker(chunk: list[Row]) -> ChunkResult:
     return _SCORER(chunk)
 
 
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal a process gets when its parent dies (Linux)."""
+
+
+def _die_with_parent(parent: int) -> None:
+    """Initializer of a worker process: SIGTERM kills it (not the handler it inherited from the
+    command, which raises `SystemExit` there), and on Linux the kernel sends it SIGTERM when
+    ``parent`` dies, even killed -9: a worker is never left waiting for chunks that will not
+    come. A parent already gone before that was set leaves the worker re-parented: it exits."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"prctl(PR_SET_PDEATHSIG): {os.strerror(errno)}")
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _in_processes(
     scorer: ChunkScorer, chunks: Iterator[list[Row]], workers: int
 ) -> Iterator[ChunkResult]:
     """``scorer`` over ``chunks`` in ``workers`` forked processes, the results in input order;
     at most two chunks per worker are in flight (a large input is never all in memory). A
-    worker that dies (killed, out of memory) fails the run with that reason, never hangs it."""
+    worker that dies (killed, out of memory) fails the run with that reason, never hangs it.
+    Closed early (an exception in the caller, ``SystemExit`` on SIGTERM), it shuts the workers
+    down; they die with this process anyway (`_die_with_parent`)."""
     global _SCORER
     _SCORER = scorer  # the workers fork at their first chunk and inherit it
     context = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(workers, mp_context=context)
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
+    )
     try:
         pending: deque[Future[ChunkResult]] = deque()
         for chunk in chunks:
@@ -361,9 +391,9 @@ def score_rows(
     # collections cost ≈ 10 % of a fast model's rows, measured), not never. Forked workers
     # inherit the setting.
     gc.set_threshold(thresholds[0] * 100, *thresholds[1:])
+    chunks = _chunks(rows)
+    results = map(scorer, chunks) if workers <= 1 else _in_processes(scorer, chunks, workers)
     try:
-        chunks = _chunks(rows)
-        results = map(scorer, chunks) if workers <= 1 else _in_processes(scorer, chunks, workers)
         for result in results:
             report.rejected += result.rejected
             report.outside_range += result.outside_range
@@ -373,6 +403,9 @@ def score_rows(
             if progress is not None:
                 progress(result.rows)
     finally:
+        if isinstance(results, Generator):
+            # now, not when the traceback that holds this frame goes: the workers stop here
+            results.close()
         gc.set_threshold(*thresholds)
     report.rejected.sort(key=_position)
     report.seconds = time.perf_counter() - started

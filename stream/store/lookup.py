@@ -9,7 +9,10 @@ its time to live. The table is written first, under a temporary expiry, and beco
 only when it is complete: one MULTI/EXEC sets its final TTL and moves the pointer, so a reader
 sees the old table or the new one, never a half-written one. The table it replaces expires
 after a short grace (a reader that has just read the old pointer still finds its row); a run
-that dies half-way leaves a table nobody points to, which expires by itself.
+that dies half-way leaves a table nobody points to, which expires by itself. The pointer is
+WATCHed while it is read and moved: of two runs publishing at once, each replaced table
+expires, and a table never replaces one with a higher number (a run that started later and
+finished first): it is dropped instead (`TableWriter.publish`).
 
 A graph's tables (``graph=True`` in the methods below) live under the graph's own keys
 (``P:graph:NAME:lookup``), so a model and a graph of the same name never share a table; their
@@ -118,7 +121,13 @@ class TableWriter:
         *,
         graph_version: int | None = None,
     ) -> LookupTable:
-        """Make the table the served one (``ttl`` seconds to live; 0: no expiry)."""
+        """Make the table the served one (``ttl`` seconds to live; 0: no expiry).
+
+        The pointer is watched from the moment it is read to the transaction that moves it (a
+        concurrent publish makes this one read it again), so the table replaced is always the
+        one that was served, and it expires. A table numbered after this one served meanwhile
+        (a run that started later and finished first) is newer: it stays, this table is
+        deleted, and `SnapshotError` says so."""
         self._write()
         pointer = _pointer_key(self.keys, self.model, self.graph)
         with wrapped(f"publish lookup table {self.key}"):
@@ -126,20 +135,35 @@ class TableWriter:
             record = LookupTable(
                 self.model, self.table, dict(versions), computed_at, rows, ttl, graph_version
             )
-            previous = self.client.get(pointer)
-            pipe = self.client.pipeline(transaction=True)
-            if ttl > 0:
-                pipe.expire(self.key, ttl)
-                pipe.set(pointer, record.to_json(), ex=ttl)
-            else:
-                pipe.persist(self.key)
-                pipe.set(pointer, record.to_json())
-            if previous is not None:
-                with_grace = LookupTable.from_json(previous)
-                if with_grace.table != self.table:
-                    old = _table_key(self.keys, self.model, with_grace.table, self.graph)
+
+            newer: list[LookupTable] = []  # a newer table served: nothing moved
+
+            def move(pipe: redis.client.Pipeline) -> None:
+                newer.clear()  # run again when the pointer moved meanwhile
+                previous = pipe.get(pointer)
+                served = None if previous is None else LookupTable.from_json(previous)
+                pipe.multi()
+                if served is not None and served.table > self.table:
+                    pipe.delete(self.key)  # never served, and never will be
+                    newer.append(served)
+                    return
+                if ttl > 0:
+                    pipe.expire(self.key, ttl)
+                    pipe.set(pointer, record.to_json(), ex=ttl)
+                else:
+                    pipe.persist(self.key)
+                    pipe.set(pointer, record.to_json())
+                if served is not None and served.table != self.table:
+                    old = _table_key(self.keys, self.model, served.table, self.graph)
                     pipe.expire(old, REPLACED_GRACE_SECONDS)
-            pipe.execute()
+
+            self.client.transaction(move, pointer)
+        if newer:
+            raise SnapshotError(
+                f"lookup table {newer[0].table} of {self.model!r}, from a run started after this "
+                f"one (table {self.table}), is served already: it stays, table {self.table} "
+                f"is dropped"
+            )
         return record
 
 
