@@ -4,17 +4,25 @@
 Redis (`stream.store.commands`) every 0.2 s on the learning thread, applies each command once
 (ids are remembered in the checkpoint), makes the result durable with a snapshot, and only then
 acknowledges it.
+
+A rollback the learner cannot carry out (its checkpoint holds a model whose copy of that version
+was pruned, say) is refused, not retried: the learner's state is left as it was, the command is
+acknowledged, and the model's promotion policy becomes ``manual`` with the reason in its history,
+so that the version the operator rolled back to stays served instead of being replaced by the
+learner's next automatic promotion. Before, the error stopped the learner, and every start
+read the command again and stopped again.
 """
 
 from __future__ import annotations
 
 import logging
 
-from schemas.errors import SnapshotError
+from schemas.errors import RegistryError, SnapshotError
 from schemas.records import RollbackCommand
 from stream.checkpoint.protocol import restore
 from stream.learner.checkpoints import LearnerCheckpoints
 from stream.registry.owners import RELEASE, owners
+from stream.registry.registry import Registry
 from stream.store.commands import CommandQueue
 from stream.store.snapshots import RedisUnavailableError, wrapped
 
@@ -43,7 +51,12 @@ class LearnerCommands(LearnerCheckpoints):
             if commands:
                 for command in commands:
                     if command.id not in self.applied:
-                        self.apply(command)
+                        try:
+                            self.apply(command)
+                        except RedisUnavailableError:
+                            raise
+                        except SnapshotError as exc:  # cannot be carried out: not an outage
+                            self._refuse(command, exc)
                         self.applied.append(command.id)
                 self.finish_snapshots()  # durable before acknowledged
                 self.commands.ack(len(commands))
@@ -52,6 +65,21 @@ class LearnerCommands(LearnerCheckpoints):
             return False
         self.outage.recovered(read=not commands)  # with commands, a snapshot and the
         return True  # acknowledgement were written too
+
+    def _refuse(self, command: RollbackCommand, exc: SnapshotError) -> None:
+        """``command`` cannot be applied (see the module docstring): keep what it made served,
+        by leaving the model's automatic promotion."""
+        why = (
+            f"rollback {command.id} to v{command.to} ({command.resume}) could not be applied "
+            f"by the learner: {exc}; promotion set to manual so that v{command.to} stays served"
+        )
+        log.error("refused command %s: %s", command, why)
+        try:
+            Registry(self.snapshotter.store, by="learner").set_policy(
+                command.model, "manual", reason=why
+            )
+        except RegistryError as policy_error:
+            log.error("%s: the policy could not be set: %s", command.model, policy_error)
 
     def _handed_back(self, model: str) -> bool:
         """Whether ``model``'s owner key names this learner: a release read late (this learner
