@@ -10,14 +10,19 @@ Loading (fetch, checksum, HMAC, unpickle) happens on this thread, never on a req
 is one reference assignment of a new dict, so a request sees either the old or the new
 `ServedModel`, never a half-loaded one. A snapshot that fails verification or loading is
 refused: logged, counted, remembered (versions are immutable, so it is not retried) and the
-previous version keeps serving. If Redis is unreachable the last good models keep serving and
-`status` says so; the thread reconnects with the poll interval as back-off.
+previous version keeps serving. A pointer that does not parse is that model's problem alone
+(``errors`` in `SnapshotFollower.status`): the other models are followed as usual. If Redis is
+unreachable the last good models keep serving and `status` says so; the thread reconnects with
+the poll interval as back-off.
 
 With ``live`` (the API), the follower also serves the *live updates* the learner publishes
 between versions (`stream.store.live`): it subscribes to their channel too, and each refresh
 reads the pointers, the policy and the live update's metadata in one transaction. The live
 update is served when the rule allows it (no pin, policy ``always``, it continues the version
 served); otherwise the exact version is, so a rollback or a pin replaces a live state at once.
+A live update is not served over a base version that was refused, and when the exact version
+that should replace a live state is refused, the last good exact version of that model serves
+instead (none: the model is no longer served, and ``status`` reports it missing and refused).
 A served model says which state it is: ``version`` (the version continued) and
 ``samples_learned``, with ``live`` set for a live update.
 """
@@ -72,6 +77,7 @@ class SnapshotFollower(Follower):
         self._served: Mapping[str, ServedModel] = {}
         self._known: tuple[str, ...] = self.configured
         self._refused: dict[tuple[str, int], str] = {}
+        self._exact: dict[str, ServedModel] = {}  # the last exact version loaded, per model
 
     # -- what requests read ----------------------------------------------------------------
     def get(self, name: str) -> ServedModel | None:
@@ -85,7 +91,8 @@ class SnapshotFollower(Follower):
         return name in self._served or name in self._known
 
     def status(self, now: float | None = None) -> dict[str, Any]:
-        """Readiness: every expected model loaded; Redis reachability and staleness."""
+        """Readiness: every expected model loaded; Redis reachability and staleness; the
+        versions refused and the models whose pointer cannot be parsed (``errors``)."""
         now = time.time() if now is None else now
         served = self._served
         expected = self.configured or tuple(sorted(set(self._known) | set(served)))
@@ -112,6 +119,7 @@ class SnapshotFollower(Follower):
                 {"model": m, "version": v, "reason": r}
                 for (m, v), r in list(self._refused.items())  # copied: the thread may add
             ],
+            "errors": [{"model": m, "error": e} for m, e in sorted(self.problems().items())],
         }
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -123,8 +131,10 @@ class SnapshotFollower(Follower):
     def _sync(self) -> None:
         if not self.configured:
             self._known = tuple(self.store.models())
+        known = set(self._known)
+        self._forget_problems(known.__contains__)
         for name in self._known:
-            self.refresh(name)
+            self._refresh_one(name)
 
     def refresh(self, name: str) -> None:
         """Load ``name``'s serving version if it is not the one served (nor refused)."""
@@ -152,16 +162,37 @@ class SnapshotFollower(Follower):
             return
         current = self._served.get(name)
         live = pointers.live_served()
-        if live is not None and (name, live.sha256) not in self._refused_live:
+        if (
+            live is not None
+            and (name, live.sha256) not in self._refused_live
+            and (name, live.version) not in self._refused  # never over a refused base
+        ):
             if current is not None and current.live and _sha256(current) == live.sha256:
                 return
             if self._load_live(live_store, name, live):
                 return
         if current is not None and current.version == version and not current.live:
             return
-        if (name, version) in self._refused:
+        if (name, version) not in self._refused:
+            self._load(name, version)
+        if (name, version) in self._refused and current is not None and current.live:
+            self._fall_back(name)
+
+    def _fall_back(self, name: str) -> None:
+        """Stop serving ``name``'s live state, which the rule no longer allows while its exact
+        version is refused: serve the last good exact version, or nothing."""
+        good = self._exact.get(name)
+        if good is None:
+            self._served = {n: m for n, m in self._served.items() if n != name}
+            log.error("%s: its version is refused; no longer serving its live update", name)
             return
-        self._load(name, version)
+        self._served = {**self._served, name: good}  # the swap
+        if good.meta is not None:
+            self.metrics.snapshot_swapped(name, good.version, good.meta.created_at, 0.0)
+        log.error(
+            "%s: its version is refused; serving v%d again instead of its live update",
+            name, good.version,
+        )  # fmt: skip
 
     def _load_live(self, live_store: LiveStore, name: str, expected: LiveMeta) -> bool:
         """Load and swap in the live update of ``name``; False if it was refused (then the
@@ -229,6 +260,7 @@ class SnapshotFollower(Follower):
             return
         seconds = time.perf_counter() - started
         self._served = {**self._served, name: served}  # the swap
+        self._exact[name] = served
         self.metrics.snapshot_swapped(name, version, meta.created_at, seconds)
         log.info("serving %s v%d (loaded in %.1f ms)", name, version, seconds * 1000)
 

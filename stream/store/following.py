@@ -8,11 +8,15 @@ Serving follows two things, models (`stream.store.follower.SnapshotFollower`) an
 2. Each notification makes it ``refresh`` the one name it is about; every ``poll_seconds`` it
    syncs everything again anyway, so a lost message costs one poll interval.
 3. When Redis is unreachable (`SnapshotError`), what was loaded keeps serving, ``status`` says
-   so, and the thread retries with the poll interval as back-off. Any other error is logged
-   and retried: a bug must not kill the follower.
+   so, and the thread retries with the poll interval as back-off. Any other error is logged,
+   recorded (``follower_error`` in `Follower.redis_status`: not a Redis outage) and retried: a
+   bug must not kill the follower.
+4. A pointer that does not parse (a ``ValueError`` from one name's ``refresh``) is a problem of
+   that name only: it is logged and recorded (`Follower.problems`), what that name served keeps
+   serving, and the sync goes on with the other names.
 
 Waits are short (`MAX_WAIT`), so ``stop()`` is prompt. ``first_sync`` is set once the first
-look at Redis is over (done, or Redis unreachable), which a starting process waits on.
+look at Redis is over (done, Redis unreachable, or failed), which a starting process waits on.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
 from schemas.errors import SnapshotError
@@ -51,13 +56,15 @@ class Follower(ABC):
     def __init__(self, poll_seconds: float) -> None:
         self.poll_seconds = poll_seconds
         self._redis_error: str | None = NOT_CONNECTED
+        self._failure: str | None = None  # the last unexpected error of the loop
+        self._problems: Mapping[str, str] = {}  # name → why its pointer cannot be followed
         self._last_sync: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sub: Notifications | None = None
         self._lock = threading.RLock()
         self.first_sync = threading.Event()
-        """Set once the first look at Redis is over (done, or Redis unreachable)."""
+        """Set once the first look at Redis is over (done, Redis unreachable, or failed)."""
 
     @property
     def synced(self) -> bool:
@@ -75,6 +82,28 @@ class Follower(ABC):
     @abstractmethod
     def refresh(self, name: str) -> None:
         """Serve ``name``'s current version if it is not served yet (nor refused)."""
+
+    def problems(self) -> Mapping[str, str]:
+        """The names whose pointer could not be parsed at their last refresh, and why."""
+        return self._problems
+
+    def _refresh_one(self, name: str) -> None:
+        """``refresh`` one name; a pointer that does not parse (``ValueError``) is recorded
+        as that name's problem instead of stopping the sync of the others."""
+        try:
+            self.refresh(name)
+        except ValueError as exc:
+            problem = f"unparsable pointer: {exc}"
+            if self._problems.get(name) != problem:
+                log.error("cannot follow %s: %s", name, problem)
+                self._problems = {**self._problems, name: problem}  # copied: status reads it
+            return
+        if name in self._problems:
+            log.info("%s's pointer parses again", name)
+            self._forget_problems(lambda n: n != name)
+
+    def _forget_problems(self, keep: Callable[[str], bool]) -> None:
+        self._problems = {n: p for n, p in self._problems.items() if keep(n)}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -98,14 +127,17 @@ class Follower(ABC):
             if self._redis_error not in (None, NOT_CONNECTED):
                 log.info("redis reachable again")
             self._redis_error = None
+            self._failure = None
 
     def redis_status(self, now: float) -> dict[str, Any]:
-        """Reachability and the age of the last full sync, for ``status``."""
+        """Reachability and the age of the last full sync, for ``status``; ``follower_error``
+        is the loop's last unexpected error since the last full sync (not a Redis outage)."""
         sync_age = None if self._last_sync is None else round(now - self._last_sync, 3)
         return {
             "reachable": self._redis_error is None,
             "error": self._redis_error,
             "last_sync_age_seconds": sync_age,
+            "follower_error": self._failure,
         }
 
     def _run(self) -> None:
@@ -124,7 +156,7 @@ class Follower(ABC):
                 note = self._sub.get(timeout=wait)
                 if note is not None:
                     with self._lock:
-                        self.refresh(note.model)
+                        self._refresh_one(note.model)
             except SnapshotError as exc:  # Redis unreachable or erroring: keep serving
                 if self._redis_error in (None, NOT_CONNECTED):
                     log.warning(
@@ -134,9 +166,11 @@ class Follower(ABC):
                 self._close_subscription()
                 self.first_sync.set()
                 self._stop.wait(self.poll_seconds)
-            except Exception:  # pragma: no cover - a bug must not kill the follower
+            except Exception as exc:  # a bug must not kill the follower
                 log.exception("%s failed; retrying", self.thread_name)
+                self._failure = f"{type(exc).__name__}: {exc}"
                 self._close_subscription()
+                self.first_sync.set()  # a starting process must not wait for it
                 self._stop.wait(self.poll_seconds)
 
     def _close_subscription(self) -> None:

@@ -12,7 +12,9 @@ Loading a version (fetch the document, `schemas.graph_parser.parse_graph`, `lear
 happens on this thread, never on a request, and the swap is one reference assignment of a new
 dict: a request sees the old or the new `ServedGraph`, never a mix. A document that does not
 parse or compile is refused: logged, counted, remembered (versions are immutable) and the
-previous version keeps serving. If Redis is unreachable the last graphs keep serving.
+previous version keeps serving. A promoted pointer that does not parse is that graph's problem
+alone (``errors`` in `GraphFollower.status`; its last version keeps serving): the other graphs
+are followed as usual. If Redis is unreachable the last graphs keep serving.
 
 Members are not resolved here: a graph is evaluated against the models the `SnapshotFollower`
 serves at that moment, through `ServedModels`, a `learners.graph.ModelLookup` over one mapping of
@@ -98,7 +100,8 @@ class ServedModels:
 
     ``weights``, a dict shared by the requests of a process, remembers each model version's
     ``by_metric`` weight (a version's metadata never changes); it is emptied past
-    `WEIGHTS_CACHE` entries. The normalised weights of an ensemble's members are remembered
+    `WEIGHTS_CACHE` entries. A live update is weighed afresh: it keeps the version it continues
+    while its metrics change. The normalised weights of an ensemble's members are remembered
     by the view itself: its models never change.
     """
 
@@ -122,6 +125,8 @@ class ServedModels:
         model = self._models.get(name)
         if model is None or model.meta is None:
             return None
+        if model.live:  # same version, other metrics: never cached
+            return metric_weight(model.meta.metrics, self._metric)
         key = (name, model.version)
         try:
             return self._weights[key]
@@ -208,6 +213,7 @@ class GraphFollower(Follower):
             "refused": [
                 {"graph": g, "version": v, "reason": r} for (g, v), r in list(self._refused.items())
             ],
+            "errors": [{"graph": g, "error": e} for g, e in sorted(self.problems().items())],
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -219,8 +225,9 @@ class GraphFollower(Follower):
     def _sync(self) -> None:
         """Check every graph's pointer once; drop the deleted ones."""
         names = self.graphs.names()
+        self._forget_problems(set(names).__contains__)
         for name in names:
-            self.refresh(name)
+            self._refresh_one(name)
         gone = set(self._served) - set(names)
         if gone:
             self._served = {n: g for n, g in self._served.items() if n not in gone}

@@ -141,3 +141,43 @@ def test_by_metric_weights_come_from_the_served_snapshots() -> None:
     assert lookup.weights(names) == pytest.approx([0.8 / 1.05, 0.25 / 1.05, 0.0])
     assert lookup.weights(names) is lookup.weights(names)
     assert ServedModels(models).weights(("none", "nometa")) == [0.5, 0.5]  # none positive
+
+
+def test_an_unparsable_graph_pointer_is_the_problem_of_that_graph_only(
+    kit, registry: GraphRegistry, store: SnapshotStore
+) -> None:
+    registry.apply({"name": "a", "root": "lr"})
+    vz = registry.apply({"name": "z", "root": "nb"}).version
+    store.client.set(store.keys.graph_promoted("a"), b"oops")  # "a" sorts first: synced first
+    follower = GraphFollower(GraphStore(store.client, store.keys.prefix), poll_seconds=0.1)
+    follower.start()
+    try:
+        assert follower.first_sync.wait(10), "a bad pointer held the first sync"
+        kit.wait_until(lambda: served_version(follower, "z") == vz)
+        status = follower.status()
+        assert status["redis"]["reachable"], status["redis"]
+        assert status["graphs"] == {"z": vz}
+        [error] = status["errors"]
+        assert error["graph"] == "a" and "oops" in error["error"]
+    finally:
+        follower.stop()
+
+
+def test_a_live_updates_weight_follows_its_metrics() -> None:
+    # a live update keeps the version it continues while its metrics change
+    def model(accuracy: float, samples: int, live: bool) -> ServedModel:
+        meta = SnapshotMeta(
+            model="a", version=3, created_at=0.0, samples_learned=samples,
+            metrics={"Accuracy": accuracy}, offsets={}, river_version="", python_version="",
+            size=1, sha256=str(samples), chunks=0, kind="classifier", spec="",
+        )  # fmt: skip
+        return ServedModel.build(
+            "a", linear_model.LogisticRegression(), version=3, kind="classifier", meta=meta,
+            live=live,
+        )  # fmt: skip
+
+    cache: dict[tuple[str, int], float | None] = {}
+    assert ServedModels({"a": model(0.10, 100, False)}, weights=cache).metric("a") == 0.10
+    assert ServedModels({"a": model(0.95, 5000, True)}, weights=cache).metric("a") == 0.95
+    assert ServedModels({"a": model(0.97, 6000, True)}, weights=cache).metric("a") == 0.97
+    assert ServedModels({"a": model(0.10, 100, False)}, weights=cache).metric("a") == 0.10
