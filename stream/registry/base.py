@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +27,16 @@ HISTORY_TAIL = 32
 MAX_ATTEMPTS = 200
 
 
+OPERATION_TTL_SECONDS = 600
+"""How long an operation's mark (``P:registry:op:ID``) says that it was applied: it is read
+right after a lost reply."""
+
+
 class RegistryUnavailableError(RegistryError):
     """Redis could not be reached or refused the operation for a while
-    (`stream.store.snapshots.transient`): nothing was changed, and it may succeed later."""
+    (`stream.store.snapshots.transient`): nothing was changed, and it may succeed later. (A
+    reply lost after EXEC is checked against the operation's mark first: an operation that
+    was applied returns as applied; one that Redis cannot tell about says so.)"""
 
 
 def registry_error(message: str, exc: Exception) -> RegistryError:
@@ -124,7 +132,14 @@ class RegistryBase:
 
         ``body`` returns ``(result, write)``; ``write(pipe)`` queues the writes, or is None when
         there is nothing to write. Retried when a watched key changed meanwhile.
+
+        The transaction also writes the operation's mark (``P:registry:op:ID``, one id per
+        call): when EXEC's reply is lost (a timeout, a connection reset, a failover), the
+        mark says whether it was applied, so that the operation is neither retried on top of
+        itself (a rollback without ``--to`` would go back one more step) nor reported as not
+        done when it was.
         """
+        mark = self.keys.operation(uuid.uuid4().hex)
         try:
             for attempt in range(MAX_ATTEMPTS):
                 with self.client.pipeline(transaction=True) as pipe:
@@ -136,13 +151,29 @@ class RegistryBase:
                             return result
                         pipe.multi()
                         write(pipe)
-                        pipe.execute()
+                        pipe.set(mark, what, ex=OPERATION_TTL_SECONDS)
+                        try:
+                            pipe.execute()
+                        except (redis.WatchError, redis.ConnectionError, redis.TimeoutError):
+                            if self._applied(what, mark):
+                                return result
+                            raise
                         return result
                     except redis.WatchError:
                         time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
         except redis.RedisError as exc:
             raise registry_error(f"{what}: redis error: {exc}", exc) from exc
         raise RegistryError(f"{what}: gave up after {MAX_ATTEMPTS} conflicting attempts")
+
+    def _applied(self, what: str, mark: str) -> bool:
+        """Whether the transaction that writes ``mark`` was applied (its EXEC's reply lost)."""
+        try:
+            return bool(self.client.exists(mark))
+        except redis.RedisError as exc:
+            raise RegistryUnavailableError(
+                f"{what}: the reply was lost and Redis cannot say whether it was applied ({exc}): "
+                "look at `riverstream snapshots history` before trying again"
+            ) from exc
 
     def _batch(self, r: Any, *commands: tuple[Any, ...]) -> list[Any]:
         """``commands`` in one round trip, on ``r``'s watching connection inside `_atomic`'s

@@ -48,6 +48,9 @@ Key layout under a prefix ``P``::
     P:comparison:CHAMPION:CHALLENGER       JSON: the latest comparison written by the learner
     P:challenger:graphs                    set of graphs with a champion/challenger policy
     P:graph:NAME:challenger                JSON: the graph's champion/challenger policy
+    P:registry:op:ID                       what a registry operation did, written by its
+                                           transaction (ten minutes' TTL): after a lost EXEC reply,
+                                           whether it was applied (`stream.registry.base`)
 
 Learner groups: each learner process has a name (``default`` unless `learn --learner` says
 otherwise) and learns the models it owns. The learner ``default`` keeps the historical keys
@@ -263,6 +266,9 @@ class RedisKeys:
 
     def policy(self, model: str) -> str:
         return f"{self.prefix}:model:{model}:policy"
+
+    def operation(self, op: str) -> str:
+        return f"{self.prefix}:registry:op:{op}"
 
     def retention(self, model: str) -> str:
         return f"{self.prefix}:model:{model}:retention"
