@@ -223,7 +223,12 @@ class Settings(BaseSettings):
         "worker may take a whole burst of connections (but none waits for a busy worker).",
     )
     serve_models: str = Field("", description="Comma-separated models to serve (empty: all).")
-    serve_max_instances: int = Field(1000, gt=0, description="Most instances in a batch request.")
+    serve_max_instances: int = Field(
+        1000,
+        gt=0,
+        description="Most instances in a batch request, and most events in one "
+        "POST /v1/features or /v1/labels.",
+    )
     serve_max_body_bytes: int = Field(
         16 * 1024 * 1024, gt=0, description="Largest accepted request body, bytes."
     )

@@ -62,7 +62,8 @@ class PublishReport:
 
 _CELL_NUMBER = re.compile(r"[ \t\r\n]*(-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?)[ \t\r\n]*")
 """A cell that JSON reads as a number: its grammar, blanks around allowed (as JSON allows)."""
-_NOT_FINITE = ("nan", "inf", "infinity")
+_NOT_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)")
+"""What ``float`` reads as a non-finite number (lower case, blanks stripped)."""
 
 
 def _cell(value: str) -> int | float | str | bool | None:
@@ -89,7 +90,7 @@ def _cell(value: str) -> int | float | str | bool | None:
     low = value.strip(" \t\r\n").lower()
     if low == "true" or low == "false":
         return low == "true"
-    if low.lstrip("+-") in _NOT_FINITE:
+    if _NOT_FINITE.fullmatch(low):
         return float(low)
     return value
 

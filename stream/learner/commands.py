@@ -21,6 +21,7 @@ from schemas.errors import RegistryError, SnapshotError
 from schemas.records import RollbackCommand
 from stream.checkpoint.protocol import restore
 from stream.learner.checkpoints import LearnerCheckpoints
+from stream.registry.base import RegistryUnavailableError
 from stream.registry.owners import RELEASE, owners
 from stream.registry.registry import Registry
 from stream.store.commands import CommandQueue
@@ -78,6 +79,8 @@ class LearnerCommands(LearnerCheckpoints):
             Registry(self.snapshotter.store, by="learner").set_policy(
                 command.model, "manual", reason=why
             )
+        except RegistryUnavailableError as exc:  # an outage: the command is read again later
+            raise RedisUnavailableError(f"{command.model}: setting its policy: {exc}") from exc
         except RegistryError as policy_error:
             log.error("%s: the policy could not be set: %s", command.model, policy_error)
 

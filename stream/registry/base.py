@@ -139,25 +139,38 @@ class RegistryBase:
         itself (a rollback without ``--to`` would go back one more step) nor reported as not
         done when it was.
         """
-        mark = self.keys.operation(uuid.uuid4().hex)
+        mark = self.keys.operation(uuid.uuid4().hex)  # one for every attempt of this call
+        results: list[Any] = []  # each attempt's result, by its number (the mark's value)
         try:
             for attempt in range(MAX_ATTEMPTS):
                 with self.client.pipeline(transaction=True) as pipe:
                     try:
-                        pipe.watch(*watch)
+                        # The mark is watched too: an earlier attempt's EXEC that Redis runs
+                        # late (its reply lost) fails this one, which then finds the mark.
+                        pipe.watch(mark, *watch)
+                        if results and (late := pipe.get(mark)) is not None:
+                            return results[int(late)]
                         result, write = body(pipe)
                         if write is None:
                             pipe.unwatch()
                             return result
+                        results.append(result)
                         pipe.multi()
                         write(pipe)
-                        pipe.set(mark, what, ex=OPERATION_TTL_SECONDS)
+                        pipe.set(mark, attempt, ex=OPERATION_TTL_SECONDS)
                         try:
                             pipe.execute()
-                        except (redis.WatchError, redis.ConnectionError, redis.TimeoutError):
-                            if self._applied(what, mark):
-                                return result
-                            raise
+                        except (redis.WatchError, redis.ConnectionError, redis.TimeoutError) as exc:
+                            applied = self._applied(what, mark)
+                            if applied is not None:
+                                return results[applied]
+                            if isinstance(exc, redis.WatchError):
+                                raise  # not applied: tried again (and the mark watched)
+                            raise RegistryUnavailableError(
+                                f"{what}: the reply was lost ({exc}); not applied when looked at "
+                                "since, but Redis may still run it: look at `riverstream "
+                                "snapshots history` before trying again"
+                            ) from exc
                         return result
                     except redis.WatchError:
                         time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
@@ -165,15 +178,16 @@ class RegistryBase:
             raise registry_error(f"{what}: redis error: {exc}", exc) from exc
         raise RegistryError(f"{what}: gave up after {MAX_ATTEMPTS} conflicting attempts")
 
-    def _applied(self, what: str, mark: str) -> bool:
-        """Whether the transaction that writes ``mark`` was applied (its EXEC's reply lost)."""
+    def _applied(self, what: str, mark: str) -> int | None:
+        """The attempt whose transaction wrote ``mark`` (an EXEC's reply lost), or None."""
         try:
-            return bool(self.client.exists(mark))
+            done = self.client.get(mark)
         except redis.RedisError as exc:
             raise RegistryUnavailableError(
                 f"{what}: the reply was lost and Redis cannot say whether it was applied ({exc}): "
                 "look at `riverstream snapshots history` before trying again"
             ) from exc
+        return None if done is None else int(done)
 
     def _batch(self, r: Any, *commands: tuple[Any, ...]) -> list[Any]:
         """``commands`` in one round trip, on ``r``'s watching connection inside `_atomic`'s

@@ -95,6 +95,35 @@ def test_a_lost_reply_that_redis_cannot_answer_for_says_so(
     def unreachable(*_args: Any) -> int:
         raise redis.ConnectionError("Redis gone (injected)")
 
-    monkeypatch.setattr(registry.client, "exists", unreachable)
+    monkeypatch.setattr(registry.client, "get", unreachable)
     with pytest.raises(RegistryUnavailableError, match="cannot say whether it was applied"):
         registry.rollback("m", reason="bad labels")
+
+
+def test_an_attempt_that_redis_runs_late_is_found_by_the_next_one(
+    registry: Registry, store: SnapshotStore, key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt's reply is lost before Redis ran it, so its mark is not there yet and
+    the operation is tried again; then Redis runs the first EXEC after all (it sat in its input
+    buffer), between the second attempt's WATCH and its EXEC. The second EXEC fails, finds the
+    first attempt's mark, and returns the first attempt's result: one rollback, not two."""
+    versions = _four_promoted(registry, store, key)
+    state: dict[str, Any] = {"saved": None, "late": False}
+
+    def flaky(self: Any, conn: Any, stack: Any, raise_on_error: bool) -> Any:
+        if state["saved"] is None and any(c[0][0] == "RPUSH" for c in stack):
+            state["saved"] = list(stack)
+            raise redis.ConnectionError("reply lost, the EXEC still queued in Redis (injected)")
+        if state["saved"] is not None and not state["late"]:
+            state["late"] = True
+            late = redis.Redis(connection_pool=self.connection_pool).pipeline(transaction=True)
+            late.command_stack = state["saved"]
+            late.execute()  # the first attempt's transaction, run now
+        return _ORIGINAL(self, conn, stack, raise_on_error)
+
+    monkeypatch.setattr(redis.client.Pipeline, "_execute_transaction", flaky)
+    command = registry.rollback("m", reason="bad labels")
+    assert state["late"]
+    assert command.to == versions[2] == registry.serving_version("m")
+    assert [c.id for c in registry.pending_commands()] == [command.id]
+    assert [e.action for e in registry.history("m")].count("rollback") == 1
