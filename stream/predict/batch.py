@@ -162,7 +162,8 @@ def file_rows(path: Path) -> Iterator[Row]:
 
 
 def kafka_rows(bootstrap: str, topic: str, *, security: KafkaSecurity = PLAINTEXT) -> Iterator[Row]:
-    """Every message of ``topic`` up to its end when the partition is started, partition by
+    """Every message of ``topic`` up to its end at the run's start (every partition's end is
+    read first: what is written meanwhile, to any partition, is not scored), partition by
     partition in offset order (the same order every run); ``security``: how to connect
     (`stream.kafka.security`)."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -177,12 +178,16 @@ def kafka_rows(bootstrap: str, topic: str, *, security: KafkaSecurity = PLAINTEX
         }
     )
     try:
+        ends: dict[int, tuple[int, int]] = {}
         for partition in partitions_for(bootstrap, topic, security=security):
-            tp = TopicPartition(topic, partition)
             try:
-                low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+                ends[partition] = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10, cached=False
+                )
             except KafkaException as exc:
                 raise KafkaAdapterError(f"log end of {topic}/{partition}: {exc}") from exc
+        for partition, (low, high) in ends.items():
+            tp = TopicPartition(topic, partition)
             if high <= low:
                 continue
             consumer.assign([TopicPartition(topic, partition, low)])

@@ -17,8 +17,8 @@ from river import linear_model, preprocessing
 from schemas.events import FeatureEvent
 from schemas.settings import Settings
 from serving.app import create_app
-from stream.kafka.client import EventProducer, read_all
-from stream.predict.batch import CHUNK
+from stream.kafka.client import EventProducer, create_topics, read_all
+from stream.predict.batch import CHUNK, kafka_rows
 from stream.store.snapshots import SnapshotStore
 from tests.support.pipeline import publish, spawn_cli
 
@@ -225,6 +225,28 @@ def test_score_a_kafka_topic_in_an_event_time_range(
         if r.key != b"bad" and 10 <= orjson.loads(r.value)["time"] <= 39
     ]
     assert [orjson.loads(line)["id"] for line in out.read_bytes().splitlines()] == expected
+
+
+def test_a_kafka_input_is_the_topic_as_it_stands_at_the_start(
+    predict_settings: Settings,
+) -> None:
+    """Every partition's end is read before the first row: a message written to a later
+    partition while the first is read is not part of the run (the README's promise; before,
+    each partition's end was read when the run reached it)."""
+    s = predict_settings
+    assert s.kafka_bootstrap_servers
+    create_topics(s.kafka_bootstrap_servers, s.topics())
+    producer = EventProducer(s.kafka_bootstrap_servers)
+    for partition in (0, 1):
+        producer.send(s.topic_features, b"k", b"before %d" % partition, partition=partition)
+    producer.flush()
+    rows = kafka_rows(s.kafka_bootstrap_servers, s.topic_features)
+    first = next(rows)  # partition 0 is being read
+    producer.send(s.topic_features, b"k", b"meanwhile", partition=1)
+    producer.flush()
+    producer.close()
+    values = [first[1], *(value for _, value in rows)]
+    assert values == [b"before 0", b"before 1"]
 
 
 def test_the_lookup_table_serves_the_stored_answers(
