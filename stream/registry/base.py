@@ -140,7 +140,7 @@ class RegistryBase:
         done when it was.
         """
         mark = self.keys.operation(uuid.uuid4().hex)  # one for every attempt of this call
-        results: list[Any] = []  # each attempt's result, by its number (the mark's value)
+        results: list[Any] = []  # the result of each attempt that sent writes (the mark's value)
         try:
             for attempt in range(MAX_ATTEMPTS):
                 with self.client.pipeline(transaction=True) as pipe:
@@ -157,7 +157,7 @@ class RegistryBase:
                         results.append(result)
                         pipe.multi()
                         write(pipe)
-                        pipe.set(mark, attempt, ex=OPERATION_TTL_SECONDS)
+                        pipe.set(mark, len(results) - 1, ex=OPERATION_TTL_SECONDS)
                         try:
                             pipe.execute()
                         except (redis.WatchError, redis.ConnectionError, redis.TimeoutError) as exc:

@@ -127,3 +127,31 @@ def test_an_attempt_that_redis_runs_late_is_found_by_the_next_one(
     assert command.to == versions[2] == registry.serving_version("m")
     assert [c.id for c in registry.pending_commands()] == [command.id]
     assert [e.action for e in registry.history("m")].count("rollback") == 1
+
+
+def test_an_attempt_lost_in_its_reads_does_not_confuse_the_mark(
+    registry: Registry,
+    store: SnapshotStore,
+    key: bytes,
+    lose_reply: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first attempt loses its connection while it reads (a WatchError, tried again); the
+    second one's reply is lost after Redis applied it: the mark names the second attempt's
+    result (the mark held the loop's count, one past the results kept: an IndexError)."""
+    versions = _four_promoted(registry, store, key)
+    require = Registry._require_model
+    failed: list[bool] = []
+
+    def flaky_read(self: Registry, r: Any, model: str) -> None:
+        if not failed:
+            failed.append(True)
+            raise redis.WatchError("a connection error occurred while watching (injected)")
+        require(self, r, model)
+
+    monkeypatch.setattr(Registry, "_require_model", flaky_read)
+    lose_reply["armed"] = True
+    command = registry.rollback("m", reason="bad labels")
+    assert failed and lose_reply["lost"] == 1
+    assert command.to == versions[2] == registry.serving_version("m")
+    assert [c.id for c in registry.pending_commands()] == [command.id]
