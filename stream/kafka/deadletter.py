@@ -34,7 +34,7 @@ class Sender(Protocol):
         self,
         topic: str,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None: ...
@@ -80,10 +80,14 @@ class DeadLetters:
                    ("rs.error", error.encode())]  # fmt: skip
         self._send(key, value, headers)
 
-    def _send(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        size = len(key or b"") + len(value) + sum(len(k) + len(v) for k, v in headers)
+    def _send(
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        """Send one dead letter; ``value`` None: a record without one (a tombstone)."""
+        value_size = 0 if value is None else len(value)
+        size = len(key or b"") + value_size + sum(len(k) + len(v) for k, v in headers)
         if size > MAX_DEAD_LETTER_BYTES:  # too large to be written: where it is, not what
-            headers = [*headers, ("rs.value_bytes", str(len(value)).encode())]
+            headers = [*headers, ("rs.value_bytes", str(value_size).encode())]
             value = b""
         self._sending()
         self.producer.send(self.topic, key, value, headers=headers)
