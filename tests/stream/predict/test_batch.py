@@ -20,7 +20,8 @@ from serving.app import create_app
 from stream.kafka.client import EventProducer, create_topics, read_all
 from stream.predict.batch import CHUNK, kafka_rows
 from stream.store.snapshots import SnapshotStore
-from tests.support.pipeline import publish, spawn_cli
+from tests.support.pipeline import publish
+from tests.support.scoring import publish_clf, run_score
 
 pytestmark = pytest.mark.integration
 
@@ -30,22 +31,14 @@ def clf(
     kit: Any, store: SnapshotStore, predict_settings: Settings
 ) -> tuple[int, list[dict[str, Any]]]:
     """A classifier published to Redis: its version and inputs it can score."""
-    model, kind, inputs = kit.trained_models()["clf"]
-    version = kit.publish(
-        store, "clf", kit.state(model, kind), kind, key=predict_settings.require_snapshot_key()
-    )
-    return version, inputs
+    return publish_clf(kit, store, predict_settings)
 
 
 def score(settings: Settings, args: list[str], log: Path) -> tuple[int, dict[str, Any], str]:
     """Run ``riverstream score ARGS``: exit status, its JSON report, everything it printed."""
-    proc = spawn_cli(settings, ["score", *args], log)
-    code = proc.wait(timeout=120)
-    text = log.read_text()
-    reports = [json.loads(line) for line in text.splitlines() if line.startswith('{"target"')]
-    assert reports, text
-    log.unlink()
-    return code, reports[-1], text
+    code, report, text = run_score(settings, args, log)
+    assert report is not None, text
+    return code, report, text
 
 
 def v1_answers(

@@ -54,6 +54,13 @@ def _four_promoted(registry: Registry, store: SnapshotStore, key: bytes) -> list
     return versions
 
 
+def _rolled_back_once(registry: Registry, command: Any, versions: list[int]) -> None:
+    """One step back from the newest of ``versions``: served, commanded and recorded once."""
+    assert command.to == versions[2] == registry.serving_version("m")
+    assert [c.id for c in registry.pending_commands()] == [command.id]
+    assert [e.action for e in registry.history("m")].count("rollback") == 1
+
+
 def test_a_rollback_applied_whose_reply_is_lost_returns_as_done(
     registry: Registry, store: SnapshotStore, key: bytes, lose_reply: dict[str, Any]
 ) -> None:
@@ -61,9 +68,7 @@ def test_a_rollback_applied_whose_reply_is_lost_returns_as_done(
     lose_reply["armed"] = True
     command = registry.rollback("m", reason="bad labels")  # raised, or rolled back twice
     assert lose_reply["lost"] == 1
-    assert command.to == versions[2] == registry.serving_version("m")
-    assert [c.id for c in registry.pending_commands()] == [command.id]
-    assert [e.action for e in registry.history("m")].count("rollback") == 1
+    _rolled_back_once(registry, command, versions)
 
 
 def test_a_rollback_whose_connection_is_lost_before_it_reached_redis_is_applied_once(
@@ -75,9 +80,7 @@ def test_a_rollback_whose_connection_is_lost_before_it_reached_redis_is_applied_
     lose_reply.update(armed=True, after=False)
     command = registry.rollback("m", reason="bad labels")
     assert lose_reply["lost"] == 1
-    assert command.to == versions[2] == registry.serving_version("m")
-    assert [c.id for c in registry.pending_commands()] == [command.id]
-    assert [e.action for e in registry.history("m")].count("rollback") == 1
+    _rolled_back_once(registry, command, versions)
 
 
 def test_a_lost_reply_that_redis_cannot_answer_for_says_so(
@@ -124,9 +127,7 @@ def test_an_attempt_that_redis_runs_late_is_found_by_the_next_one(
     monkeypatch.setattr(redis.client.Pipeline, "_execute_transaction", flaky)
     command = registry.rollback("m", reason="bad labels")
     assert state["late"]
-    assert command.to == versions[2] == registry.serving_version("m")
-    assert [c.id for c in registry.pending_commands()] == [command.id]
-    assert [e.action for e in registry.history("m")].count("rollback") == 1
+    _rolled_back_once(registry, command, versions)
 
 
 def test_an_attempt_lost_in_its_reads_does_not_confuse_the_mark(
@@ -153,5 +154,4 @@ def test_an_attempt_lost_in_its_reads_does_not_confuse_the_mark(
     lose_reply["armed"] = True
     command = registry.rollback("m", reason="bad labels")
     assert failed and lose_reply["lost"] == 1
-    assert command.to == versions[2] == registry.serving_version("m")
-    assert [c.id for c in registry.pending_commands()] == [command.id]
+    _rolled_back_once(registry, command, versions)
