@@ -63,6 +63,7 @@ from schemas.events import EventCodec, Limits
 from schemas.settings import Settings
 from serving.asgi import read_upto, receive_body, render, replay, replay_whole
 from serving.feedback_graphs import graph_messages
+from serving.inputs import json_type
 from stream.kafka.client import EventProducer
 from stream.kafka.security import kafka_security
 
@@ -252,7 +253,7 @@ class ClosedLoop:
         if not isinstance(body, dict):
             await _respond(
                 send, 422, f"expected an event object or {{{many!r}: [events]}}, "
-                f"got {_json_type(body)}",
+                f"got {json_type(body)}",
             )  # fmt: skip
             return
         listed = many in body
@@ -428,19 +429,6 @@ async def _refused(send: Send, problem: tuple[int, str] | None) -> bool:
         return False
     await _respond(send, *problem, auth=problem[0] == 401)
     return True
-
-
-def _json_type(value: Any) -> str:
-    """The JSON name of ``value``'s type, for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
 
 
 def _secret(value: SecretStr | str | None) -> str | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from serving.inputs import InputError, InputLimits, check_features, finite_features
+from serving.inputs import InputError, InputLimits, check_features, finite_features, json_type
 
 _MAX_ERRORS = 20
 
@@ -17,19 +17,13 @@ def _problem(loc: list[Any], msg: str, kind: str) -> dict[str, Any]:
     return {"loc": ["body", *loc], "msg": msg, "type": kind}
 
 
-def _type(value: Any) -> str:
-    if isinstance(value, dict):
-        return "object"
-    return "array" if isinstance(value, list) else type(value).__name__
-
-
 def _request_id(value: Any, loc: list[Any], max_length: int) -> str | None:
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not 0 < len(value) <= max_length:
-        shown = f"{len(value)} characters" if isinstance(value, str) else _type(value)
+        shown = f"{len(value)} characters" if isinstance(value, str) else json_type(value)
         msg = f"an id is a string of 1 to {max_length} characters or an integer, not {shown}"
         raise InputError([_problem(loc, msg, "request_id")])
     return value
@@ -84,7 +78,7 @@ def graph_body(
 ) -> tuple[dict[str, Any], str | None] | tuple[list[dict[str, Any]], list[str | None]]:
     """`parse_graph_body` of a body already loaded (`load_graph_body`)."""
     if not isinstance(body, dict):
-        raise InputError([_problem([], f"expected an object, got {_type(body)}", "dict_type")])
+        raise InputError([_problem([], f"expected an object, got {json_type(body)}", "dict_type")])
     extra = [k for k in body if k not in ("features", "instances", "id", "ids")]
     if extra:
         msg = "unknown field: use 'features' (and 'id') or 'instances' (and 'ids')"
@@ -102,7 +96,7 @@ def graph_body(
         return features, _request_id(body.get("id"), ["id"], max_id_length)
     instances = body["instances"]
     if not isinstance(instances, list):
-        msg = f"expected an array of feature objects, got {_type(instances)}"
+        msg = f"expected an array of feature objects, got {json_type(instances)}"
         raise InputError([_problem(["instances"], msg, "list_type")])
     if len(instances) > limits.max_instances:
         msg = f"{len(instances)} instances, the limit is {limits.max_instances}"
@@ -122,7 +116,7 @@ def graph_body(
         no_ids: list[str | None] = [None] * len(instances)
         return instances, no_ids
     if not isinstance(raw_ids, list) or len(raw_ids) != len(instances):
-        got = f"{len(raw_ids)} ids" if isinstance(raw_ids, list) else _type(raw_ids)
+        got = f"{len(raw_ids)} ids" if isinstance(raw_ids, list) else json_type(raw_ids)
         msg = f"expected an array of one id (or null) per instance, got {got}"
         raise InputError([_problem(["ids"], msg, "ids")])
     ids = [_request_id(v, ["ids", i], max_id_length) for i, v in enumerate(raw_ids)]

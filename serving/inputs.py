@@ -49,7 +49,8 @@ def _problem(loc: list[Any], msg: str, kind: str) -> dict[str, Any]:
     return {"loc": ["body", *loc], "msg": msg, "type": kind}
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The type of a JSON value for messages: ``object``, ``array``, else the Python name."""
     if isinstance(value, dict):
         return "object"
     if isinstance(value, list):
@@ -136,7 +137,7 @@ def _finite_numbers(values: Iterable[Any]) -> bool:
 def predict_features(body: Any, limits: InputLimits) -> FeatureDict | list[FeatureDict]:
     """`parse_predict_body` of a body already loaded (`load_body`)."""
     if not isinstance(body, dict):
-        raise InputError([_problem([], f"expected an object, got {_json_type(body)}", "dict_type")])
+        raise InputError([_problem([], f"expected an object, got {json_type(body)}", "dict_type")])
     if len(body) == 1 and "features" in body:  # the common case, in short
         problems: list[dict[str, Any]] = []
         features = _check_features(body["features"], ["features"], limits, problems)
@@ -165,7 +166,7 @@ def predict_features(body: Any, limits: InputLimits) -> FeatureDict | list[Featu
         )
     instances = body["instances"]
     if not isinstance(instances, list):
-        msg = f"expected an array of feature objects, got {_json_type(instances)}"
+        msg = f"expected an array of feature objects, got {json_type(instances)}"
         raise InputError([_problem(["instances"], msg, "list_type")])
     if len(instances) > limits.max_instances:
         msg = f"{len(instances)} instances, the limit is {limits.max_instances}"
@@ -184,7 +185,7 @@ def _check_features(
     features: Any, loc: list[Any], limits: InputLimits, problems: list[dict[str, Any]]
 ) -> FeatureDict:
     if not isinstance(features, dict):
-        msg = f"expected an object of feature values, got {_json_type(features)}"
+        msg = f"expected an object of feature values, got {json_type(features)}"
         problems.append(_problem(loc, msg, "dict_type"))
         return {}
     if len(features) > limits.max_features:
@@ -202,7 +203,7 @@ def _check_features(
                 _problem(
                     [*loc, name],
                     "a feature value must be a number, a string, a boolean or null, "
-                    f"not {_json_type(value)}",
+                    f"not {json_type(value)}",
                     "feature_type",
                 )
             )
