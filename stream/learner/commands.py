@@ -5,12 +5,32 @@ Redis (`stream.store.commands`) every 0.2 s on the learning thread, applies each
 (ids are remembered in the checkpoint), makes the result durable with a snapshot, and only then
 acknowledges it.
 
-A rollback the learner cannot carry out (its checkpoint holds a model whose copy of that version
-was pruned, say) is refused, not retried: the learner's state is left as it was, the command is
-acknowledged, and the model's promotion policy becomes ``manual`` with the reason in its history,
-so that the version the operator rolled back to stays served instead of being replaced by the
-learner's next automatic promotion. Before, the error stopped the learner, and every start
-read the command again and stopped again.
+A rollback the learner cannot carry out is refused, not retried: the learner's state is left as
+it was, the command is acknowledged, and the model's promotion policy becomes ``manual`` with
+the reason in its history, so that the version the operator rolled back to stays served instead
+of being replaced by the learner's next automatic promotion. Before, the error stopped the
+learner, and every start read the command again and stopped again; the refusals that did not
+stop it (below) only logged, and the next automatic promotion silently undid the rollback. It
+is refused when:
+
+- its checkpoint holds a model whose copy of that version was pruned (`SnapshotError`);
+- a replay's checkpoint does not hold one of the models learned here: written before they
+  joined this learner (a handover, a model added since). The registry refuses what it can tell
+  of these beforehand (`stream.registry.resume`); this is what it cannot, or what changed since;
+- a skip's version is of another spec than the model learned here;
+- the model is not learned here although this learner owns it (`stream.registry.owners`): it
+  was started without it, or took it back by a handover while running, which it picks up only
+  at its next start (from the model's latest version, not the one rolled back to).
+
+A rollback of a model that **another learner owns** is not refused but ignored, deliberately,
+with the policy left alone. The registry queues a rollback for the model's owner at that time,
+so such a command was queued before a handover of the model (this learner, stopped, dropped the
+model at its start, and reads both the rollback and the release now). The model is the new
+owner's: this learner writes nothing of it any more, and the operator may have acted on it
+since (a new policy, another rollback, queued for the new owner). The new owner continues from
+the model's latest version, not the one rolled back to: the warning says to roll back again,
+which queues the command for it. A command of another action than ``rollback`` or ``release``
+(from a newer riverstream) is ignored too.
 """
 
 from __future__ import annotations
@@ -30,6 +50,10 @@ from stream.store.snapshots import RedisUnavailableError, wrapped
 log = logging.getLogger(__name__)
 
 _COMMAND_POLL_SECONDS = 0.2
+
+
+class RollbackRefused(SnapshotError):
+    """A rollback this learner will not carry out, though nothing failed (see the module)."""
 
 
 class LearnerCommands(LearnerCheckpoints):
@@ -84,13 +108,34 @@ class LearnerCommands(LearnerCheckpoints):
         except RegistryError as policy_error:
             log.error("%s: the policy could not be set: %s", command.model, policy_error)
 
+    def _owner(self, model: str) -> str:
+        """The learner that owns ``model`` now (`stream.registry.owners`)."""
+        store = self.snapshotter.quick
+        with wrapped(f"owner of {model}"):
+            return owners(store.client, store.keys, [model])[model]
+
     def _handed_back(self, model: str) -> bool:
         """Whether ``model``'s owner key names this learner: a release read late (this learner
         was stopped, or in an outage) of a model handed over and then back to it."""
-        store = self.snapshotter.quick
-        with wrapped(f"owner of {model}"):
-            owner = owners(store.client, store.keys, [model])[model]
-        return owner == store.keys.learner
+        return self._owner(model) == self.snapshotter.quick.keys.learner
+
+    def _not_here(self, command: RollbackCommand) -> None:
+        """``command`` rolls back a model this learner does not learn: ignored if another
+        learner owns it, else refused (see the module)."""
+        me, owner = self.snapshotter.quick.keys.learner, self._owner(command.model)
+        if owner != me:
+            log.warning(
+                "ignoring command %s: %s was handed over to learner %r after it was queued; "
+                "that learner continues from the latest version, not v%d: roll back again "
+                "if still needed (the command then goes to it)",
+                command, command.model, owner, command.to,
+            )  # fmt: skip
+            return
+        raise RollbackRefused(
+            f"learner {me!r} owns {command.model} but does not learn it (started without it, "
+            "or handed it back while running: it takes it over from its latest version at "
+            "its next start)"
+        )
 
     def apply(self, command: RollbackCommand) -> None:
         """Roll ``command.model`` back to version ``command.to``.
@@ -109,10 +154,11 @@ class LearnerCommands(LearnerCheckpoints):
             else:
                 self.release(command.model)
             return
-        if command.action != "rollback" or command.model not in self.core.models:
-            log.error(
-                "ignoring command %s: not a rollback of one of this learner's models", command
-            )
+        if command.action != "rollback":
+            log.error("ignoring command %s: unknown action %r", command, command.action)
+            return
+        if command.model not in self.core.models:
+            self._not_here(command)
             return
         store = self.snapshotter.store
         if command.resume == "replay":
@@ -123,12 +169,11 @@ class LearnerCommands(LearnerCheckpoints):
             if restored is None:  # pragma: no cover - checkpoint() raises instead
                 raise SnapshotError(f"no checkpoint v{command.to}")
             if restored.added:  # a checkpoint of another learner, without some of ours
-                log.error(
-                    "ignoring command %s: checkpoint v%d does not hold %s, which learn here "
-                    "(it was written before a handover): roll back with --resume skip",
-                    command, command.to, restored.added,
-                )  # fmt: skip
-                return
+                raise RollbackRefused(
+                    f"checkpoint v{command.to} does not hold {restored.added}, which learn "
+                    "here (it was written before they joined this learner: a handover, or "
+                    "models added since): roll back with --resume skip"
+                )
             running = self.snapshotter.poll(block=True)
             if running is not None:
                 self._record(running)
@@ -141,6 +186,12 @@ class LearnerCommands(LearnerCheckpoints):
             self._seek()
         else:
             state, _meta = store.load_model(command.model, command.to)
+            learned = self.core.models[command.model].spec.spec
+            if state.spec.spec != learned:  # it would not restore (`restore`): not started
+                raise RollbackRefused(
+                    f"{command.model} v{command.to} is a {state.spec.spec!r} model, not "
+                    f"{learned!r} as learned here"
+                )
             self.core.models[command.model] = state
         log.warning("rolled %s back to v%d (%s)", command.model, command.to, command.resume)
         self.stats.rollbacks += 1

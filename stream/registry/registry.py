@@ -51,6 +51,7 @@ from stream.registry import exchange
 from stream.registry.base import HISTORY_LIMIT
 from stream.registry.owners import OwnershipOps
 from stream.registry.policy import bigger_is_better, check_ranges, guard_allows
+from stream.registry.resume import ResumeChecks
 from stream.registry.retention import RetentionOps
 from stream.store.keys import DEFAULT_LEARNER, chunk_count, chunks, served_version
 
@@ -60,7 +61,7 @@ __all__ = [
 ]  # fmt: skip
 
 
-class Registry(RetentionOps, OwnershipOps):
+class Registry(RetentionOps, OwnershipOps, ResumeChecks):
     """Pointers, history and policies of the models of one `SnapshotStore` (see the module)."""
 
     # -- reading -------------------------------------------------------------------------
@@ -180,7 +181,10 @@ class Registry(RetentionOps, OwnershipOps):
         """Serve ``to`` now (clearing any pin) and tell the learner to continue from it.
 
         ``to`` defaults to the version promoted before the current one. The pointer, the history
-        entry and the learner command commit in one transaction.
+        entry and the learner command commit in one transaction. A rollback that the learner
+        could not carry out, as far as Redis tells (a version of another spec, a replay to a
+        checkpoint without one of the learner's models: `stream.registry.resume`), is refused
+        before anything changes.
         """
         if resume not in RESUMES:
             raise RegistryError(f"resume must be one of {RESUMES}, not {resume!r}")
@@ -195,12 +199,13 @@ class Registry(RetentionOps, OwnershipOps):
             target = to if to is not None else self._previous(r, model)
             if target is None:
                 raise RegistryError(f"{model}: no earlier promoted version; give --to VERSION")
-            self._require_version(r, model, target)
+            meta = self._require_version(r, model, target)
             if resume == "replay" and not r.exists(self.keys.checkpoint_meta(target)):
                 raise RegistryError(
                     f"{model} v{target} has no checkpoint (pruned or imported without one): "
                     "use --resume skip or another version"
                 )
+            self._require_resumable(r, model, target, meta, resume)  # else refused later
             pin, promoted, latest = self._pointers(r, model)
             before = served_version(pin, promoted, latest)
             queue = self._commands_of(r, model)  # the owning learner's
