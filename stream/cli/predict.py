@@ -172,7 +172,10 @@ def score(
     ] = None,
     ttl: Annotated[
         int | None,
-        typer.Option(help="Lookup table lifetime, s (default RIVERSTREAM_LOOKUP_TTL_SECONDS)."),
+        typer.Option(
+            min=0,
+            help="Lookup table lifetime, s (default RIVERSTREAM_LOOKUP_TTL_SECONDS; 0: none).",
+        ),
     ] = None,
     workers: Annotated[
         int,
@@ -186,8 +189,10 @@ def score(
     """Score INPUT with TARGET (a model or a graph) and write the answers, in input order.
 
     Rows that cannot be scored are listed with their line (or partition and offset) and make
-    the exit status 1. A run that scores no row (an empty input, every row rejected or outside
-    the range) publishes no lookup table: the served one stays, and the exit status is 2.
+    the exit status 1. A topic is read committed: a transaction open at the start ends its
+    partition there (the offsets not read are listed). A run that scores no row (an empty
+    input, every row rejected or outside the range) publishes no lookup table: the served one
+    stays, and the exit status is 2.
     SIGTERM stops the run (its worker processes too) without publishing, exit status 143.
     """
     from schemas.events import Limits
@@ -223,8 +228,9 @@ def score(
                 "`riverstream services up`"
             )
         rows = kafka_rows(
-            settings.kafka_bootstrap_servers, topic, security=kafka_security(settings)
-        )
+            settings.kafka_bootstrap_servers, topic, security=kafka_security(settings),
+            note=lambda text: err.print(f"[yellow]{text}[/]", highlight=False, soft_wrap=True),
+        )  # fmt: skip
     else:
         rows = file_rows(Path(source))
     store = open_store(settings)
@@ -282,6 +288,8 @@ def score(
             report.table = table.publish(
                 report.versions, computed_at, lifetime, graph_version=report.graph_version
             )
+        elif table is not None:
+            table.discard()  # numbered and claimed (`stream.store.lookup`), never to be served
     finally:
         for sink in sinks:
             sink.close()

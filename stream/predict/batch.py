@@ -8,7 +8,8 @@ one version of a serving graph.
   validated by the same codec as the learner), or ``kafka:TOPIC[:FROM-TO]``: every partition of TOPIC as it stands
   when the run starts, partition by partition in offset order, optionally keeping only events
   whose time is in the closed range [FROM, TO] (event times, as in ``snapshots rollback
-  --exclude``).
+  --exclude``); read committed, each partition up to its last stable offset (a transaction
+  open at the start ends it there, and the command says which offsets it left: `kafka_rows`).
 - OUTPUT is JSON Lines (``.jsonl``/``.json``: one answer per line, `answer_body`'s fields and
   order, encoded like the API's answers), CSV or Parquet (``.csv``, ``.parquet``: columns
   ``id, target, versions, prediction, probabilities, decided_by``; the cells of ``versions``,
@@ -161,12 +162,29 @@ def file_rows(path: Path) -> Iterator[Row]:
     yield from read_rows(path, "features")
 
 
-def kafka_rows(bootstrap: str, topic: str, *, security: KafkaSecurity = PLAINTEXT) -> Iterator[Row]:
+def kafka_rows(
+    bootstrap: str,
+    topic: str,
+    *,
+    security: KafkaSecurity = PLAINTEXT,
+    note: Callable[[str], None] | None = None,
+) -> Iterator[Row]:
     """Every message of ``topic`` up to its end at the run's start (every partition's end is
     read first: what is written meanwhile, to any partition, is not scored), partition by
     partition in offset order (the same order every run); ``security``: how to connect
-    (`stream.kafka.security`)."""
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    (`stream.kafka.security`).
+
+    Messages are read committed (``isolation.level`` read_committed: an aborted transaction's
+    are never scored), so a partition's end is its last stable offset, the furthest such a
+    consumer can reach: below the log end while a transaction is open, at its first message.
+    What lies from there to the log end (the open transaction's messages, and any written
+    after them, committed or not) is not part of the run, and ``note`` is told so for each
+    such partition (`_partition_ends`).
+
+    A partition whose reading makes no progress for `KAFKA_STALL_SECONDS`, counted in the
+    consumer's polls only (not while the rows wait for their reader, however slow), is an
+    error."""
+    from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
         {
@@ -174,46 +192,84 @@ def kafka_rows(bootstrap: str, topic: str, *, security: KafkaSecurity = PLAINTEX
             "group.id": f"rs-score-{uuid.uuid4().hex[:8]}",  # never committed
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
             **security.librdkafka(),
         }
     )
     try:
-        ends: dict[int, tuple[int, int]] = {}
-        for partition in partitions_for(bootstrap, topic, security=security):
-            try:
-                ends[partition] = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=10, cached=False
+        ends = _partition_ends(bootstrap, topic, security)
+        for partition, (_low, stable, high) in ends.items():
+            if stable < high and note is not None:
+                note(
+                    f"partition {partition} offsets {stable}-{high - 1}: not read: a "
+                    f"transaction is open at offset {stable} (messages are read committed, up "
+                    f"to the last stable offset)"
                 )
-            except KafkaException as exc:
-                raise KafkaAdapterError(f"log end of {topic}/{partition}: {exc}") from exc
-        for partition, (low, high) in ends.items():
+        for partition, (low, end, _high) in ends.items():
             tp = TopicPartition(topic, partition)
-            if high <= low:
+            if end <= low:
                 continue
             consumer.assign([TopicPartition(topic, partition, low)])
-            position, stalled_at = low, time.monotonic()
-            while position < high:
+            position, waited = low, 0.0  # waited: in polls, since the last progress
+            while position < end:
+                asked = time.monotonic()
                 messages = consumer.consume(CHUNK, 0.5)
+                waited += time.monotonic() - asked
                 for m in messages:
                     err = m.error()
                     if err is not None:
                         raise KafkaAdapterError(f"consume {topic}/{partition}: {err}")
                     offset = cast(int, m.offset())
-                    if offset >= high:
+                    if offset >= end:
                         break
                     yield f"partition {partition} offset {offset}", m.value() or b""
                 # the next offset to read (moves past transaction markers and compacted gaps)
                 now_at = consumer.position([tp])[0].offset
                 if messages or now_at > position:
-                    position, stalled_at = max(position, now_at), time.monotonic()
-                elif time.monotonic() - stalled_at > KAFKA_STALL_SECONDS:
+                    position, waited = max(position, now_at), 0.0
+                elif waited > KAFKA_STALL_SECONDS:
                     raise KafkaAdapterError(
-                        f"{topic}/{partition}: no progress at offset {position} of {high} "
+                        f"{topic}/{partition}: no progress at offset {position} of {end} "
                         f"for {KAFKA_STALL_SECONDS:.0f} s"
                     )
             consumer.unassign()
     finally:
         consumer.close()
+
+
+def _partition_ends(
+    bootstrap: str, topic: str, security: KafkaSecurity
+) -> dict[int, tuple[int, int, int]]:
+    """Each partition of ``topic``: its first offset, its last stable offset (the end of a
+    read committed: the first offset of the oldest transaction still open, else the log end)
+    and its log end (the high watermark), asked at once (ListOffsets, by isolation level)."""
+    from confluent_kafka import IsolationLevel, KafkaException, TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
+    partitions = partitions_for(bootstrap, topic, security=security)
+    admin = AdminClient({"bootstrap.servers": bootstrap, **security.librdkafka()})
+    spec: Any = OffsetSpec  # its class methods are untyped
+    asked = [
+        (spec.earliest(), IsolationLevel.READ_UNCOMMITTED),
+        (spec.latest(), IsolationLevel.READ_COMMITTED),
+        (spec.latest(), IsolationLevel.READ_UNCOMMITTED),
+    ]
+    wanted = [{TopicPartition(topic, p): offset for p in partitions} for offset, _ in asked]
+    answers = [
+        {tp.partition: future for tp, future in futures.items()}
+        for futures in (
+            admin.list_offsets(offsets, isolation_level=level, request_timeout=10)
+            for offsets, (_, level) in zip(wanted, asked, strict=True)
+        )
+    ]
+    ends: dict[int, tuple[int, int, int]] = {}
+    for partition in partitions:
+        try:
+            low, stable, high = (int(by[partition].result().offset) for by in answers)
+        except KafkaException as exc:
+            raise KafkaAdapterError(f"offsets of {topic}/{partition}: {exc}") from exc
+        ends[partition] = (low, stable, high)
+    return ends
 
 
 # -- scoring -----------------------------------------------------------------------------------

@@ -3,7 +3,12 @@ redis``, looked up by id (``GET /v1/models/{name}/predictions/{id}``, and for a 
 ``GET /v1/graphs/{name}/predictions/{id}``).
 
 A table is one Redis hash, id → the stored answer (JSON bytes, as `score` writes them to a
-file), numbered by a shared counter (``P:lookup:seq``). A `LookupTable` record beside it says
+file), numbered by a shared counter (``P:lookup:seq``). A model's new table is numbered after
+every table of it, served or not, even when the counter was lost (evicted, deleted) while
+tables and pointers remain: one script gives max(counter, the served table, the model's tables
+in Redis) + 1, past any table that exists, sets the counter to it and claims the table
+(`LookupTables.writer`); else a run numbered at or below the served table would be refused at
+publish, or write its rows into a table in use. A `LookupTable` record beside it says
 which table a model serves, which model versions computed it, when, how many rows it holds and
 its time to live. The table is written first, under a temporary expiry, and becomes visible
 only when it is complete: one MULTI/EXEC sets its final TTL and moves the pointer, so a reader
@@ -39,6 +44,36 @@ WRITING_TTL_SECONDS = 86_400
 """Expiry of a table while it is written (a crashed run's table goes away by itself)."""
 REPLACED_GRACE_SECONDS = 60
 """How long a replaced table stays readable after the pointer moved."""
+CLAIM = b""
+"""The field that claims a table from its numbering (ids are never empty) until it is
+published: a table being written exists from the start, so no other run gets its number."""
+
+# `LookupTables.writer` in one step: KEYS[1] the counter, KEYS[2] the model's (graph's) pointer;
+# ARGV[1] its table keys without the number, ARGV[2] the highest table number found among
+# them ('': not looked, then a lost counter returns false: look first), ARGV[3] the claim
+# field, ARGV[4] its expiry. Returns the table number, the counter set to it.
+_NUMBER = """
+local seq = redis.call('GET', KEYS[1])
+if not seq and ARGV[2] == '' then return false end
+local n = 0
+if seq then
+  n = tonumber(seq)
+  if not n then return redis.error_reply('lookup counter ' .. KEYS[1] .. ' is not a number') end
+end
+local raw = redis.call('GET', KEYS[2])
+if raw then
+  local ok, record = pcall(cjson.decode, raw)
+  if ok and type(record) == 'table' and tonumber(record['table']) then
+    n = math.max(n, tonumber(record['table']))
+  end
+end
+n = math.max(n, tonumber(ARGV[2]) or 0) + 1
+while redis.call('EXISTS', ARGV[1] .. n) == 1 do n = n + 1 end
+redis.call('SET', KEYS[1], n)
+redis.call('HSET', ARGV[1] .. n, ARGV[3], '')
+redis.call('EXPIRE', ARGV[1] .. n, ARGV[4])
+return n
+"""
 
 
 @dataclass(frozen=True)
@@ -128,10 +163,15 @@ class TableWriter:
         one that was served, and it expires. A table numbered after this one served meanwhile
         (a run that started later and finished first) is newer: it stays, this table is
         deleted, and `SnapshotError` says so."""
+        if ttl < 0:
+            raise SnapshotError(f"lookup table ttl {ttl}: give seconds >= 0 (0: no expiry)")
         self._write()
         pointer = _pointer_key(self.keys, self.model, self.graph)
         with wrapped(f"publish lookup table {self.key}"):
-            rows = int(self.client.hlen(self.key))
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hdel(self.key, CLAIM)  # complete: its rows alone
+            pipe.hlen(self.key)
+            rows = int(pipe.execute()[1])
             record = LookupTable(
                 self.model, self.table, dict(versions), computed_at, rows, ttl, graph_version
             )
@@ -166,6 +206,12 @@ class TableWriter:
             )
         return record
 
+    def discard(self) -> None:
+        """Delete the table (never published: a run that scored no row)."""
+        self._pending = {}
+        with wrapped(f"delete lookup table {self.key}"):
+            self.client.delete(self.key)
+
 
 class LookupTables:
     """Reading and writing the lookup tables of one Redis prefix."""
@@ -178,9 +224,21 @@ class LookupTables:
 
     def writer(self, model: str, *, batch: int = 1000, graph: bool = False) -> TableWriter:
         """A new, numbered table for ``model`` (a graph's with ``graph``), not served until
-        `TableWriter.publish`."""
+        `TableWriter.publish`; claimed from now on (`CLAIM`).
+
+        Its number is above every one given before, the served table's and those of
+        ``model``'s tables in Redis, even when the counter was lost: that loss is seen in the
+        script that numbers, which then has ``model``'s table keys looked up first (a SCAN,
+        once) and takes the highest."""
+        prefix = _table_key(self.keys, model, 0, graph).removesuffix("0")
+        keys = [self.keys.lookup_seq, _pointer_key(self.keys, model, graph)]
+        number = self.client.register_script(_NUMBER)
         with wrapped("number a lookup table"):
-            table = int(self.client.incr(self.keys.lookup_seq))
+            found = number(keys=keys, args=[prefix, "", CLAIM, WRITING_TTL_SECONDS])
+            if found is None:  # no counter (lost, or the first table): look at the tables
+                highest = max(_numbers(self.client, prefix), default=0)
+                found = number(keys=keys, args=[prefix, highest, CLAIM, WRITING_TTL_SECONDS])
+        table = int(cast(int, found))
         return TableWriter(self.client, self.keys, model, table, batch=batch, graph=graph)
 
     def current(self, model: str, *, graph: bool = False) -> LookupTable | None:
@@ -216,6 +274,17 @@ class LookupTables:
         with wrapped(f"read lookup ttl of {model}"):
             left = self.client.pttl(_pointer_key(self.keys, model, graph))
         return None if left is None or int(left) < 0 else int(left) / 1000
+
+
+def _numbers(client: redis.Redis, prefix: str) -> list[int]:
+    """The numbers of the tables whose keys are ``prefix`` and a number."""
+    pattern = "".join(f"\\{c}" if c in "\\*?[]^" else c for c in prefix) + "*"
+    found = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        tail = cast(bytes, key)[len(prefix.encode()) :]
+        if tail.isdigit():
+            found.append(int(tail))
+    return found
 
 
 def _pointer_key(keys: RedisKeys, name: str, graph: bool) -> str:

@@ -1,9 +1,13 @@
-"""`riverstream score` in tests: a classifier published to score with, and the command run as a
-real CLI process (its exit status, JSON report and output)."""
+"""`riverstream score` in tests: a classifier published to score with, the command run as a
+real CLI process (its exit status, JSON report and output), and a Kafka transaction left open
+in a topic it reads."""
 
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +38,30 @@ def run_score(
     reports = [json.loads(line) for line in text.splitlines() if line.startswith('{"target"')]
     log.unlink()
     return code, reports[-1] if reports else None, text
+
+
+@contextmanager
+def open_transaction(
+    bootstrap: str, topic: str, partition: int, values: list[bytes]
+) -> Iterator[None]:
+    """``values`` written to ``topic``'s ``partition`` in a transaction kept open (on the real
+    broker, by confluent-kafka's transactional producer) until the block ends, then aborted.
+    The broker would abort it after ``transaction.timeout.ms``: 5 minutes, far beyond a test."""
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": f"test-open-{uuid.uuid4().hex[:10]}",
+            "transaction.timeout.ms": 300_000,
+        }
+    )
+    producer.init_transactions(60)
+    producer.begin_transaction()
+    try:
+        for value in values:
+            producer.produce(topic, value, key=b"open", partition=partition)
+        assert producer.flush(30) == 0, "the open transaction's messages were not written"
+        yield
+    finally:
+        producer.abort_transaction(60)

@@ -338,3 +338,23 @@ def test_parquet_in_and_out_hold_the_json_lines_answers(
             "id": row["id"], "target": row["target"], "decided_by": row["decided_by"],
             **{k: json.loads(row[k]) for k in ("versions", "prediction", "probabilities")},
         } == answer  # fmt: skip
+
+
+def test_a_negative_ttl_is_refused_before_anything_is_opened(
+    clf: tuple[int, list[dict[str, Any]]], store: SnapshotStore, predict_settings: Settings,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """``--ttl -1`` is a bad argument, refused as ``--workers -1`` is (exit status 2, the
+    option named), before the input, the output or Redis is opened. Before, the run scored and
+    published a table with no expiry (a negative ttl fell to the ``0: no expiry`` branch)."""
+    _version, inputs = clf
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(orjson.dumps({"id": "a", "time": 0, "features": inputs[0]}) + b"\n")
+    out = tmp_path / "out.jsonl"
+    args = ["clf", str(source), "--into", "redis", "--ttl", "-1", "--out", str(out)]
+    code, report, text = run_score(predict_settings, args, tmp_path / "log")
+    assert code == 2 and report is None, text
+    assert "Invalid value for '--ttl'" in text, text
+    assert not out.exists()
+    assert store.client.get(store.keys.lookup("clf")) is None
+    assert store.client.get(store.keys.lookup_seq) is None  # no table was even numbered
