@@ -56,7 +56,7 @@ from serving.asgi import (
     send_json,
 )
 from serving.curve import curve_router
-from serving.feedback import ClosedLoop
+from serving.feedback import ClosedLoop, Publisher
 from serving.graphs import GRAPHS_PREFIX, GraphFastPath, GraphService, wait_started
 from serving.graphs import install as install_graphs
 from serving.inputs import (
@@ -148,6 +148,7 @@ def create_app(
         finally:
             graphs.stop()
             follower.stop()
+            app.state.publisher.close()
 
     app = RiverstreamAPI(
         title="riverstream",
@@ -239,7 +240,12 @@ def create_app(
             fast.append((GRAPHS_PREFIX, GraphFastPath(app.stack, service=graphs)))
             app.fast_paths = tuple(fast)
     # Outermost: tokens, POST /v1/features and /v1/labels, predict with an id (logged to Kafka).
-    app.add_middleware(ClosedLoop, settings=settings, max_body_bytes=max_body_bytes)
+    publisher = Publisher(settings)
+    app.state.publisher = publisher  # closed with the app (its lifespan)
+    app.add_middleware(
+        ClosedLoop, settings=settings, max_body_bytes=max_body_bytes, publisher=publisher,
+        metrics=metrics,
+    )  # fmt: skip
 
     @app.get("/v1/models", summary="Every served model", response_model=openapi.ModelList)
     async def list_models() -> Response:

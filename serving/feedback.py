@@ -22,7 +22,15 @@ its lost updates: the events go through Kafka and the exactly-once learner).
 
 **Nothing is acknowledged that is not stored**: the answer (200, or 202 for the ingest routes)
 is sent only after the broker acknowledged every message (acks=all); when Kafka cannot be
-reached the caller gets 503 naming the cause, and for a predict with an id, no answer.
+reached the caller gets 503 naming the cause (with ``Retry-After``), and for a predict with an
+id, no answer. The 503 says whether something may have been stored: once messages were handed
+to the producer, some may have been acknowledged, and the producer retries the others after the
+request gave up (for up to its delivery timeout). Sending them again is safe for the learner,
+which keeps one feature event per id until its label (the last one read) and learns from it with
+one label; a surplus event waits unmatched (`learners.join`). Each such 503 is counted in
+``riverstream_closed_loop_publish_failures_total{reason}``. A message larger than the producer
+sends (its ``max_request_size``, 1 MiB, the record's overhead included) is 413 naming the
+limit, before anything is published.
 
 **Writing events is a way to poison a model**, so it is closed when ``RIVERSTREAM_INGEST_TOKEN``
 is set: the ingest routes and predict-with-id then need ``Authorization: Bearer <token>`` (401
@@ -36,12 +44,14 @@ An ingest request carries at most ``RIVERSTREAM_SERVE_MAX_INSTANCES`` events (th
 of a predict batch): more is 422 naming the limit, before anything is validated or published.
 A body that is JSON but not an object (``5``, ``null``) is 422 too.
 
-When the producer cannot be created (the broker unreachable), the failure is remembered for
-`PRODUCER_RETRY_SECONDS`: meanwhile every request gets the same 503 at once instead of waiting
-for its own attempt.
-
-Publishing runs on a worker thread (a producer's send may wait for metadata when the broker is
-away): the event loop never blocks on Kafka.
+**Fail fast, bounded.** Publishing runs on threads of the `Publisher` (a producer's send may
+wait for metadata, and an acknowledgement for `PUBLISH_TIMEOUT_SECONDS`, when the broker is
+away): the event loop never blocks on Kafka. At most `MAX_PUBLISHES_IN_FLIGHT` publishes wait at
+once, each on a thread of its own; a request beyond them gets 503 at once (reason ``busy``).
+When the producer cannot be created or a publish is not acknowledged, the failure is remembered
+for `OUTAGE_SECONDS`: meanwhile every request gets the same 503 at once (``outage``), nothing
+sent, instead of waiting for its own attempt; then one request tries again while the others
+still get that 503, and the first acknowledgement ends the outage.
 """
 
 from __future__ import annotations
@@ -49,9 +59,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -64,15 +76,20 @@ from schemas.settings import Settings
 from serving.asgi import read_upto, receive_body, render, replay, replay_whole
 from serving.feedback_graphs import graph_messages
 from serving.inputs import json_type
+from serving.telemetry import ServingMetrics, get_metrics
 from stream.kafka.client import EventProducer
 from stream.kafka.security import kafka_security
 
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
-PRODUCER_RETRY_SECONDS = 3.0
-"""How long a failed creation of the producer is remembered (answered 503 at once) before the
-next request tries again."""
+OUTAGE_SECONDS = 3.0
+"""How long a failure to reach Kafka (the producer could not be created, or the broker did not
+acknowledge a publish) is remembered: meanwhile every request gets the same 503 at once, nothing
+sent; then one request tries again while the others still get that 503."""
+MAX_PUBLISHES_IN_FLIGHT = 32
+"""The most publishes waiting for the broker in one process, each on a thread of its own: a
+request beyond them gets 503 at once (it would wait behind the others' timeouts)."""
 _PREDICT_PREFIX, _PREDICT_SUFFIX = "/v1/models/", "/predict"
 _GRAPH_PREFIX = "/v1/graphs/"
 _INGEST = {"/v1/features": ("features", "events"), "/v1/labels": ("labels", "labels")}
@@ -82,49 +99,167 @@ Outgoing = tuple[str, bytes, bytes]  # topic, key, value
 
 
 class KafkaUnavailable(Exception):
-    """The broker did not acknowledge: nothing may be answered as stored."""
+    """The broker did not acknowledge: nothing may be answered as stored.
+
+    ``reason``: a short code (the label of ``riverstream_closed_loop_publish_failures_total``);
+    ``maybe_stored``: whether messages were handed to the producer (which may have stored them,
+    or may still: it retries them after the request gave up), else nothing was stored;
+    ``retry_after``: seconds after which a new attempt may succeed (None: not by itself)."""
+
+    def __init__(
+        self, why: str, *, reason: str, maybe_stored: bool = False, retry_after: int | None = None
+    ) -> None:
+        super().__init__(why)
+        self.reason, self.maybe_stored, self.retry_after = reason, maybe_stored, retry_after
+
+
+def record_bytes(key: bytes, value: bytes) -> int:
+    """The size of one message as kafka-python's producer checks it against its
+    ``max_request_size`` (a record batch holding only this record).
+
+    >>> record_bytes(b"id", b"x" * 1000)
+    1088
+    """
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, []))
+
+
+def max_record_bytes() -> int:
+    """The producer's ``max_request_size`` (kafka-python's default: the Publisher leaves it)."""
+    from kafka import KafkaProducer
+
+    return int(KafkaProducer.DEFAULT_CONFIG["max_request_size"])
 
 
 class Publisher:
-    """One acks=all producer per process, created on first use (after the workers fork)."""
+    """One acks=all producer per process, created on first use (after the workers fork).
 
-    def __init__(self, settings: Settings) -> None:
+    Fail fast and bounded: at most ``max_in_flight`` publishes wait for the broker (each on a
+    thread of this publisher's own, never queued), and a failure is remembered for
+    `OUTAGE_SECONDS` (a circuit breaker: the requests meanwhile get its 503 at once, then one
+    tries again while the others still get it)."""
+
+    def __init__(self, settings: Settings, *, max_in_flight: int | None = None) -> None:
         self.bootstrap = settings.kafka_bootstrap_servers
         self.security = kafka_security(settings)
+        self.max_in_flight = MAX_PUBLISHES_IN_FLIGHT if max_in_flight is None else max_in_flight
         self._producer: EventProducer | None = None
-        self._lock = threading.Lock()
-        self._failed: tuple[float, str] | None = None  # (when, why): the last failed creation
+        self._creating = threading.Lock()  # held while the producer is created (≤ 3 s)
+        self._state = threading.Lock()  # guards what follows; never held while waiting
+        self._failed: tuple[float, str] | None = None  # (when, why): the last failure
+        self._probing = False  # a request tries again after a failure
+        self._in_flight = 0
+        self._executor = ThreadPoolExecutor(self.max_in_flight, "closed-loop-publish")
 
     def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
         """Send ``messages`` and wait until the broker acknowledged each (blocking: call it on
-        a worker thread); `KafkaUnavailable` names the cause otherwise."""
-        if not self.bootstrap:
-            raise KafkaUnavailable("no Kafka configured (RIVERSTREAM_KAFKA_BOOTSTRAP_SERVERS)")
-        producer = self._producer_or_raise(self.bootstrap)
-        try:
-            futures = [producer.send_future(topic, key, value) for topic, key, value in messages]
-            deadline = time.monotonic() + timeout
-            for future in futures:
-                future.get(timeout=max(0.0, deadline - time.monotonic()))
-        except KafkaAdapterError as exc:
-            raise KafkaUnavailable(f"Kafka unreachable: {exc}") from None
-        except Exception as exc:  # kafka-python's errors and timeouts on a future
-            raise KafkaUnavailable(
-                f"Kafka did not acknowledge: {type(exc).__name__}: {exc}"
-            ) from None
+        a worker thread, or `publish_async`); `KafkaUnavailable` names the cause otherwise."""
+        self._run(messages, timeout, self._admit())
 
-    def _producer_or_raise(self, bootstrap: str) -> EventProducer:
-        """The producer, created on first use; a failed creation is remembered for
-        `PRODUCER_RETRY_SECONDS`, answered meanwhile at once with the same `KafkaUnavailable`
-        (requests do not queue behind one another's attempts)."""
-        with self._lock:
+    async def publish_async(self, messages: Sequence[Outgoing], timeout: float) -> None:
+        """`publish` on one of this publisher's threads; refused at once (`KafkaUnavailable`)
+        when ``max_in_flight`` publishes wait already or a failure is remembered."""
+        admitted = self._admit()
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(self._executor, self._run, messages, timeout, admitted)
+        except BaseException:
+            self._release(admitted)
+            raise
+        await future
+
+    def _admit(self) -> tuple[float, bool]:
+        """Take a place among the publishes in flight: (when, whether this one tries again
+        after a failure); `KafkaUnavailable` at once when there is none, or a failure is
+        remembered."""
+        if not self.bootstrap:
+            raise KafkaUnavailable(
+                "no Kafka configured (RIVERSTREAM_KAFKA_BOOTSTRAP_SERVERS)", reason="no_kafka"
+            )
+        with self._state:
+            now = time.monotonic()
+            if self._in_flight >= self.max_in_flight:
+                raise KafkaUnavailable(
+                    f"{self._in_flight} publishes already wait for Kafka to acknowledge (the "
+                    "most in flight): the broker is slow or away", reason="busy", retry_after=1,
+                )  # fmt: skip
+            probe = False
+            if self._failed is not None:
+                since, why = self._failed
+                left = OUTAGE_SECONDS - (now - since)
+                if left > 0 or self._probing:
+                    raise KafkaUnavailable(
+                        why, reason="outage", retry_after=max(1, math.ceil(left))
+                    )
+                self._probing = probe = True  # this one tries again; the others wait for it
+            self._in_flight += 1
+            return now, probe
+
+    def _release(
+        self, admitted: tuple[float, bool], *, ok: bool = False, failed: str | None = None
+    ) -> None:
+        """Give back the place ``admitted`` took; ``ok``: the broker acknowledged (it is back);
+        ``failed``: why the broker could not be reached, remembered from now."""
+        with self._state:
+            self._in_flight -= 1
+            if admitted[1]:
+                self._probing = False
+            if ok:
+                self._failed = None
+            elif failed is not None:
+                self._failed = (time.monotonic(), failed)
+
+    def _run(
+        self, messages: Sequence[Outgoing], timeout: float, admitted: tuple[float, bool]
+    ) -> None:
+        """Publish (admitted by `_admit`), then give the place back and remember a failure."""
+        try:
+            self._send_and_wait(messages, timeout, admitted[0])
+        except KafkaUnavailable as exc:
+            self._release(admitted, failed=str(exc) if exc.reason != "outage" else None)
+            raise
+        except BaseException:
+            self._release(admitted)
+            raise
+        self._release(admitted, ok=True)
+
+    def _send_and_wait(self, messages: Sequence[Outgoing], timeout: float, since: float) -> None:
+        assert self.bootstrap
+        producer = self._producer_or_raise(self.bootstrap, since)
+        futures: list[Any] = []
+        waiting: Any = None  # the future waited for
+        deadline = time.monotonic() + timeout
+        try:
+            for topic, key, value in messages:
+                futures.append(producer.send_future(topic, key, value))
+            for waiting in futures:
+                waiting.get(timeout=max(0.0, deadline - time.monotonic()))
+        except KafkaAdapterError as exc:
+            why = f"Kafka unreachable: {exc}"
+        except Exception as exc:  # kafka-python's errors and timeouts on a future
+            if waiting is not None and not waiting.is_done:  # the wait timed out
+                why = f"Kafka did not acknowledge within {timeout:g} s"
+            else:
+                why = f"Kafka did not acknowledge: {type(exc).__name__}: {exc}"
+        else:
+            return
+        # What was handed to the producer may be stored, now or later: it retries it.
+        raise KafkaUnavailable(
+            why, reason="not_acknowledged", maybe_stored=bool(futures), retry_after=_retry_after()
+        )
+
+    def _producer_or_raise(self, bootstrap: str, since: float) -> EventProducer:
+        """The producer, created on first use. A request that waited for another's attempt,
+        which failed, gets that failure (requests do not queue behind one another's
+        attempts)."""
+        with self._creating:
             if self._producer is not None:
                 return self._producer
-            if (
-                self._failed is not None
-                and time.monotonic() - self._failed[0] < PRODUCER_RETRY_SECONDS
-            ):
-                raise KafkaUnavailable(self._failed[1])
+            with self._state:
+                failed = self._failed
+            if failed is not None and failed[0] >= since:
+                raise KafkaUnavailable(failed[1], reason="outage", retry_after=_retry_after())
             try:
                 self._producer = EventProducer(
                     bootstrap, linger_ms=1, max_block_ms=3000, bootstrap_timeout_ms=3000,
@@ -135,14 +270,19 @@ class Publisher:
             except Exception as exc:
                 why = f"Kafka did not acknowledge: {type(exc).__name__}: {exc}"
             else:
-                self._failed = None
                 return self._producer
-            self._failed = (time.monotonic(), why)
-            raise KafkaUnavailable(why)
+            with self._state:
+                self._failed = (time.monotonic(), why)  # before the lock lets the others in
+            raise KafkaUnavailable(why, reason="not_acknowledged", retry_after=_retry_after())
 
     def close(self) -> None:
+        self._executor.shutdown(wait=False)
         if self._producer is not None:
             self._producer.close()
+
+
+def _retry_after() -> int:
+    return max(1, math.ceil(OUTAGE_SECONDS))
 
 
 def _bearer_problem(scope: Scope, token: str | None) -> tuple[int, str] | None:
@@ -170,6 +310,7 @@ class ClosedLoop:
         max_body_bytes: int,
         publisher: Publisher | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: ServingMetrics | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -177,6 +318,9 @@ class ClosedLoop:
         self.codec = EventCodec(Limits.from_settings(settings))
         self.publisher = publisher or Publisher(settings)
         self.clock = clock
+        self.metrics = metrics
+        """Where publish failures are counted (None: the app's, found at the first one)."""
+        self.max_record_bytes = max_record_bytes()
         self.ingest_token = _secret(settings.ingest_token)
         self.predict_token = _secret(settings.predict_token)
         self.max_events = settings.serve_max_instances
@@ -200,7 +344,9 @@ class ClosedLoop:
             if problem is not None and not (
                 may_log and _bearer_problem(scope, self.ingest_token) is None
             ):
-                await _respond(send, *problem, auth=problem[0] == 401)
+                # the Open Inference Protocol's errors are {"error": ...}, as `serving.v2`'s
+                key = "error" if path.startswith("/v2/") else "detail"
+                await _respond(send, *problem, auth=problem[0] == 401, key=key)
                 return
             if path.startswith(_PREDICT_PREFIX):
                 raw, more = await read_upto(receive, self.max_body_bytes)
@@ -271,6 +417,7 @@ class ClosedLoop:
         decode = self.codec.decode_feature if kind == "features" else self.codec.decode_label
         now = self.clock()
         messages: list[Outgoing] = []
+        wheres: list[str] = []
         for i, item in enumerate(items):
             where = f"{many}[{i}]" if listed else "body"
             if not isinstance(item, dict):
@@ -284,19 +431,45 @@ class ClosedLoop:
                 await _respond(send, 422, f"{where}: {exc}")
                 return
             messages.append((topic, str(item["id"]).encode(), value))
-        if not await self._publish(send, messages, "nothing was stored"):
+            wheres.append(where)
+        if not await self._publish(scope, send, messages, wheres):
             return
         await _send_json(send, 202, {"accepted": len(messages), "topic": topic})
 
-    async def _publish(self, send: Send, messages: Sequence[Outgoing], lost: str) -> bool:
-        """Publish ``messages`` (acknowledged by the broker); when Kafka is unreachable, answer
-        503 naming the cause and what was ``lost``, and return False."""
+    async def _publish(
+        self, scope: Scope, send: Send, messages: Sequence[Outgoing], wheres: Sequence[str] | None
+    ) -> bool:
+        """Publish ``messages`` (acknowledged by the broker), the events of an ingest request
+        (``wheres``: where each is in the body) or a logged prediction's (None); return False
+        once the answer is sent: 413 naming the limit when a message is larger than the
+        producer sends, nothing published; 503 naming the cause and what may be stored when
+        Kafka did not acknowledge, counted."""
+        for i, (topic, key, value) in enumerate(messages):
+            size = record_bytes(key, value)
+            if size > self.max_record_bytes:
+                where = f"the prediction's log to {topic}" if wheres is None else wheres[i]
+                await _respond(
+                    send, 413, f"{where}: {size} bytes as a Kafka record, over the producer's "
+                    f"limit of {self.max_record_bytes} bytes (max_request_size): nothing was "
+                    "stored",
+                )  # fmt: skip
+                return False
         try:
-            await asyncio.to_thread(self.publisher.publish, messages, PUBLISH_TIMEOUT_SECONDS)
+            await self.publisher.publish_async(messages, PUBLISH_TIMEOUT_SECONDS)
         except KafkaUnavailable as exc:
-            await _respond(send, 503, f"{exc}; {lost}, send again")
+            self._metrics(scope).closed_loop_publish_failures_total.labels(exc.reason).inc()
+            retry = [] if exc.retry_after is None else [(b"retry-after", b"%d" % exc.retry_after)]
+            await _respond(send, 503, _unavailable(exc, logged=wheres is None), headers=retry)
             return False
         return True
+
+    def _metrics(self, scope: Scope) -> ServingMetrics:
+        """The metrics given, else the app's (its snapshot follower's), else the process'."""
+        if self.metrics is None:
+            state = getattr(scope.get("app"), "state", None)
+            found = getattr(getattr(state, "follower", None), "metrics", None)
+            self.metrics = found if isinstance(found, ServingMetrics) else get_metrics()
+        return self.metrics
 
     # -- predict with an id ----------------------------------------------------------------
     async def _predict_with_id(
@@ -346,7 +519,7 @@ class ClosedLoop:
             (self.settings.topic_predictions, key,
              orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS)),
         ]  # fmt: skip
-        if not await self._publish(send, messages, "the prediction was not logged"):
+        if not await self._publish(scope, send, messages, None):
             return
         content["id"], content["time"] = event_id, event_time
         await _send_json(send, 200, content)
@@ -406,12 +579,36 @@ class ClosedLoop:
         except (SchemaError, TypeError) as exc:
             await _respond(send, 422, f"the features cannot be logged as an event: {exc}")
             return
-        if not await self._publish(send, messages, "the prediction was not logged"):
+        if not await self._publish(scope, send, messages, None):
             return
         content["id"], content["time"] = event_id, event_time
         answer = render(content)
         headers = [*_JSON, (b"content-length", str(len(answer)).encode())]
         await _send_raw(send, 200, headers, answer)
+
+
+def _unavailable(exc: KafkaUnavailable, *, logged: bool) -> str:
+    """The 503's detail: the cause, and what may be stored (a resent event is harmless: the
+    learner keeps one feature event per id until its label, the last one it read, and learns
+    from it with one label, `learners.join`)."""
+    if exc.maybe_stored and logged:
+        return (
+            f"{exc}; the prediction may have been logged, or may still be (the producer retries "
+            "it): predicting again with the same id is safe, the learner keeping the last "
+            "feature event of an id until its label"
+        )
+    if exc.maybe_stored:
+        return (
+            f"{exc}; some of these events may have been stored, or may still be (the producer "
+            "retries them): sending them all again is safe, the learner keeping one feature "
+            "event per id until its label and learning from it once (a surplus event waits "
+            "unmatched, and would pair with a later event reusing its id)"
+        )
+    if logged:
+        nothing, again = "the prediction was not logged (nothing was stored)", "predict again"
+    else:
+        nothing, again = "nothing was stored", "send again"
+    return f"{exc}; {nothing}" + ("" if exc.retry_after is None else f", {again}")
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:
@@ -469,9 +666,17 @@ async def _send_json(send: Send, status: int, content: Any) -> None:
     await _send_raw(send, status, headers, body)
 
 
-async def _respond(send: Send, status: int, detail: str, *, auth: bool = False) -> None:
-    body = orjson.dumps({"detail": detail})
-    headers = [*_JSON, (b"content-length", str(len(body)).encode())]
+async def _respond(
+    send: Send,
+    status: int,
+    detail: str,
+    *,
+    auth: bool = False,
+    headers: Sequence[Any] = (),
+    key: str = "detail",
+) -> None:
+    body = orjson.dumps({key: detail})
+    headers = [*_JSON, (b"content-length", str(len(body)).encode()), *headers]
     if auth:
         headers.append((b"www-authenticate", b"Bearer"))
     await _send_raw(send, status, headers, body)

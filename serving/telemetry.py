@@ -19,11 +19,13 @@ riverstream_model_snapshot_timestamp_seconds    gauge      model          (livem
 riverstream_model_swaps_total                   counter    model
 riverstream_snapshots_refused_total             counter    model, reason
 riverstream_snapshot_load_seconds               histogram  model
+riverstream_closed_loop_publish_failures_total  counter    reason
 ==============================================  =========  =========================
 
 Labels must stay bounded: ``route`` is the route template (``/models/{name}/predict``), not the
 raw path; ``model`` is a configured model name or ``"none"``; ``status`` is the numeric code;
-``reason`` is a short code such as ``bad_signature`` or ``load_failed``.
+``reason`` is a short code such as ``bad_signature`` or ``load_failed`` (for the closed loop's
+publishes, `serving.feedback`: ``not_acknowledged``, ``outage``, ``busy``, ``no_kafka``).
 
 **Per-request metrics are counted in plain Python and written in bulk** (`RequestRecorder`):
 in multiprocess mode every ``inc`` or ``observe`` takes a lock, checks the pid and packs a
@@ -102,6 +104,12 @@ class ServingMetrics:
         self.snapshot_load_seconds = Histogram(
             "riverstream_snapshot_load_seconds", "Time to fetch, verify and unpickle a snapshot.",
             ["model"], buckets=LOAD_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.closed_loop_publish_failures_total = Counter(
+            "riverstream_closed_loop_publish_failures",
+            "Closed-loop requests (ingest, logged predicts) answered 503: their events were not "
+            "acknowledged by Kafka.",
+            ["reason"], registry=r,
         )  # fmt: skip
 
     def observe_request(self, route: str, model: str, status: int, seconds: float) -> None:

@@ -1,12 +1,14 @@
 """The closed loop's guards, on real Kafka and Redis: which token a logged predict takes when
 both tokens are set, bodies that are not event objects, the most events in one ingest request,
-bodies over the size limit, and a broker that cannot be reached (503 at once, not in a queue)."""
+bodies over the size limit, events larger than the producer sends (413), and a broker that cannot
+be reached (503 at once, not in a queue, counted)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -107,8 +109,11 @@ def test_a_logged_predict_takes_the_ingest_token_when_both_tokens_are_set(
                            headers=bearer(PREDICT)).status_code == 200  # fmt: skip
         assert client.post("/v1/graphs/g/predict", json=unlogged,
                            headers=bearer(INGEST)).status_code == 403  # fmt: skip
-        assert client.post("/v2/models/lr/infer", json={"inputs": []},
-                           headers=bearer(INGEST)).status_code == 403  # fmt: skip
+        # v2 refusals speak the Open Inference Protocol: {"error": ...} (tritonclient reads it)
+        for headers, status in ((bearer(INGEST), 403), ({}, 401)):
+            v2 = client.post("/v2/models/lr/infer", json={"inputs": []}, headers=headers)
+            assert v2.status_code == status, v2.text
+            assert set(v2.json()) == {"error"} and "token" in v2.json()["error"], v2.text
     # Both logged predictions reached Kafka (acknowledged before the 200); nothing else did.
     assert kit.wait_until(lambda: logged_ids(s) == {"m1", "g1"} or None, what="the events")
 
@@ -192,13 +197,59 @@ def test_a_logged_predict_over_the_body_limit_is_413(settings: Settings, kit: An
             assert under.status_code == 200, (path, under.text)  # the same body, at the limit
 
 
-# -- 5. Kafka unreachable: 503 at once, not after every other request's attempt ---------------
+# -- 5. an event larger than the producer sends ----------------------------------------------
+def test_an_event_larger_than_the_producer_sends_is_413_naming_the_limit(
+    settings: Settings,
+) -> None:
+    """A valid event (under RIVERSTREAM_MAX_EVENT_BYTES) that is, with its key and the record's
+    overhead, over the producer's max_request_size: 413 naming the limit, nothing published;
+    one byte less is stored (the broker takes it too)."""
+    from kafka import KafkaProducer
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    limit = KafkaProducer.DEFAULT_CONFIG["max_request_size"]  # the producer's, left as is
+    assert limit == 1_048_576
+
+    def event(event_id: str, n: int) -> dict[str, Any]:
+        return {"id": event_id, "time": 1, "features": {"f": "x" * n}}
+
+    def record(event_id: str, n: int) -> int:  # how the producer measures it
+        value = orjson.dumps(event(event_id, n))
+        return DefaultRecordBatchBuilder.estimate_size_in_bytes(event_id.encode(), value, [])
+
+    n = limit - record("big", 0)
+    while record("big", n) > limit:
+        n -= 1
+    assert record("big", n) <= limit < record("big", n + 1)
+    over = orjson.dumps(event("big", n + 1))
+    assert len(over) < settings.max_event_bytes  # a valid event: the codec takes it
+    app = app_for(settings)
+    status, answer = post(app, "/v1/features", over)
+    assert status == 413, answer
+    assert f"limit of {limit} bytes (max_request_size)" in answer["detail"], answer
+    assert answer["detail"].startswith(f"body: {record('big', n + 1)} bytes"), answer
+    # In a batch: named by its place, and nothing of the batch is published.
+    batch = {"events": [event("small", 10), event("big", n + 1)]}
+    status, answer = post(app, "/v1/features", orjson.dumps(batch))
+    assert status == 413 and answer["detail"].startswith("events[1]: "), answer
+    # At the limit: stored.
+    status, answer = post(app, "/v1/features", orjson.dumps(event("big", n)))
+    assert status == 202, answer
+    records = read_all(settings.kafka_bootstrap_servers, [settings.topic_features])
+    assert [(r.key, len(r.value)) for r in records] == [
+        (b"big", len(orjson.dumps(event("big", n))))
+    ]
+
+
+# -- 6. Kafka unreachable: 503 at once, not after every other request's attempt ---------------
 def test_an_unreachable_broker_answers_every_concurrent_request_503_within_a_bound(
     settings: Settings,
 ) -> None:
     s = settings.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}"})
-    app = app_for(s)
+    metrics = ServingMetrics(prometheus_registry())
+    app = create_app(s, metrics=metrics)
     body = {"id": "a", "time": 1, "label": True}
+    retry_after: list[str | None] = []
 
     async def wave(n: int) -> list[tuple[int, str, float]]:
         transport = httpx.ASGITransport(app=app)
@@ -207,9 +258,14 @@ def test_an_unreachable_broker_answers_every_concurrent_request_503_within_a_bou
             async def one() -> tuple[int, str, float]:
                 start = time.monotonic()
                 response = await client.post("/v1/labels", json=body)
+                retry_after.append(response.headers.get("retry-after"))
                 return response.status_code, response.json()["detail"], time.monotonic() - start
 
             return await asyncio.gather(*(one() for _ in range(n)))
+
+    def failures() -> dict[str, float]:
+        counter = metrics.closed_loop_publish_failures_total
+        return {r: counter.labels(r)._value.get() for r in ("not_acknowledged", "outage", "busy")}
 
     # The first attempt to reach the broker takes up to its 3 s timeout; the requests that
     # came meanwhile get its answer, not an attempt of their own each (8 × 3 s).
@@ -217,10 +273,16 @@ def test_an_unreachable_broker_answers_every_concurrent_request_503_within_a_bou
     assert {status for status, _, _ in first} == {503}, first
     assert len({detail for _, detail, _ in first}) == 1 and "Kafka" in first[0][1], first
     assert max(elapsed for _, _, elapsed in first) < 8.0, first
+    assert "nothing was stored, send again" in first[0][1], first  # nothing reached a producer
+    # Counted: one attempt, not acknowledged; the seven that waited for it got its answer.
+    assert failures() == {"not_acknowledged": 1, "outage": 7, "busy": 0}
     # Right after: the failure is remembered, answered at once with the same message.
     again = asyncio.run(wave(8))
     assert {(status, detail) for status, detail, _ in again} == {(503, first[0][1])}, again
     assert max(elapsed for _, _, elapsed in again) < 1.5, again
+    assert failures() == {"not_acknowledged": 1, "outage": 15, "busy": 0}
+    # Every 503 says when to try again: when the remembered failure expires.
+    assert retry_after == [str(math.ceil(feedback.OUTAGE_SECONDS))] * 16
 
 
 class FailingProducer:
@@ -252,7 +314,7 @@ def test_a_failed_producer_creation_is_remembered_then_tried_again(
             errors.append(str(caught.value))
         assert producer.attempts == 1  # remembered: no new attempt
         assert errors == [errors[0]] * 3 and "attempt 1" in errors[0]
-        monkeypatch.setattr(feedback, "PRODUCER_RETRY_SECONDS", 0.0)  # the memory expired
+        monkeypatch.setattr(feedback, "OUTAGE_SECONDS", 0.0)  # the memory expired
         with pytest.raises(feedback.KafkaUnavailable, match="attempt 2"):
             publisher.publish(messages, 1.0)
         assert producer.attempts == 2
