@@ -5,11 +5,16 @@ where it came from (``rs.topic``, ``rs.partition``, ``rs.offset``) and why it wa
 (``rs.reason``, ``rs.error``). The stream goes on.
 
 A dead letter is its record plus headers, and Kafka's producers and brokers refuse messages of
-about 1 MB by default (confluent-kafka's ``message.max.bytes`` is 1 000 000): a record near
-that size, refused for its JSON say, would make a dead letter that cannot be written, and the
-record would be read and refused again at every start. A dead letter over
-`MAX_DEAD_LETTER_BYTES` is therefore sent without its value, with ``rs.value_bytes`` (the
-value's length) instead; the original stays in its topic, where the headers point.
+about 1 MB by default (confluent-kafka's ``message.max.bytes`` is 1 000 000, key and headers
+included): a record near that size, refused for its JSON say, would make a dead letter that
+cannot be written, and the record would be read and refused again at every start. A dead
+letter over `MAX_DEAD_LETTER_BYTES` (key, value and headers) is therefore cut down, its largest
+part first, until it fits (`fitted`): the value goes (``rs.value_bytes``: its length), the key
+goes (``rs.key_bytes``), a passed header goes (``rs.headers_dropped``: how many did), or
+``rs.error`` is cut to its first `ERROR_KEPT_BYTES` (``rs.error_bytes``: its whole length).
+The headers that say where the original is and why it was refused (``rs.topic``,
+``rs.partition``, ``rs.offset``, ``rs.reason``) always stay: the original stays in its topic,
+where they point.
 """
 
 from __future__ import annotations
@@ -22,6 +27,75 @@ from stream.kafka.client import Record
 
 MAX_DEAD_LETTER_BYTES = 900_000
 """The largest dead letter sent whole: its key, value and headers (see the module docstring)."""
+HEADER_OVERHEAD = 10
+"""What a record header takes besides its name and value (their two varint lengths, at most):
+many small headers count too."""
+ERROR_KEPT_BYTES = 1000
+"""What is kept of an ``rs.error`` too long for a dead letter."""
+
+Header = tuple[str, bytes]
+
+
+def _header_size(header: Header) -> int:
+    return len(header[0].encode()) + len(header[1]) + HEADER_OVERHEAD
+
+
+def fitted(
+    key: bytes | None,
+    value: bytes | None,
+    where: Sequence[Header],
+    error: bytes,
+    extra: Sequence[Header] = (),
+) -> tuple[bytes | None, bytes | None, list[Header]]:
+    """The ``(key, value, headers)`` of a dead letter: ``where`` (the headers saying where the
+    original is and why it was refused, always kept), ``("rs.error", error)``, then ``extra``.
+    Over `MAX_DEAD_LETTER_BYTES`, its parts go, the largest first, until it fits, each with a
+    header saying so (see the module docstring).
+
+    >>> key, value, headers = fitted(b"k" * 600_000, b"v", [("rs.reason", b"r")], b"e",
+    ...                              [("x-big", b"h" * 600_000), ("x-trace", b"7")])
+    >>> len(key), value, headers
+    (600000, b'v', [('rs.reason', b'r'), ('rs.error', b'e'), ('x-trace', b'7'), ('rs.headers_dropped', b'1')])
+    """
+    headers = [*where, ("rs.error", error), *extra]
+    size = len(key or b"") + len(value or b"") + sum(map(_header_size, headers))
+    if size <= MAX_DEAD_LETTER_BYTES:
+        return key, value, headers
+    # What each part frees, the largest first; a passed header by its index in ``extra``.
+    parts: list[tuple[int, str | int]] = [
+        (len(value or b""), "value"),
+        (len(key or b""), "key"),
+        (len(error) - ERROR_KEPT_BYTES, "error"),
+        *((_header_size(h), i) for i, h in enumerate(extra)),
+    ]
+    parts.sort(key=lambda part: part[0], reverse=True)
+    notes: list[Header] = []
+    dropped: set[int] = set()
+    for freed, part in parts:
+        if size <= MAX_DEAD_LETTER_BYTES or freed <= 0:
+            break
+        if part == "value":
+            note = ("rs.value_bytes", str(len(value or b"")).encode())
+            value = b""
+        elif part == "key":
+            note = ("rs.key_bytes", str(len(key or b"")).encode())
+            key = None
+        elif part == "error":
+            note = ("rs.error_bytes", str(len(error)).encode())
+            error = error[:ERROR_KEPT_BYTES].decode(errors="ignore").encode()
+        else:
+            assert isinstance(part, int)
+            if not dropped:  # its note, counted as wide as it can be
+                size += _header_size(("rs.headers_dropped", str(len(extra)).encode()))
+            dropped.add(part)
+            size -= freed
+            continue
+        notes.append(note)
+        size += _header_size(note) - freed
+    if dropped:
+        notes.append(("rs.headers_dropped", str(len(dropped)).encode()))
+    kept = [h for i, h in enumerate(extra) if i not in dropped]
+    return key, value, [*where, ("rs.error", error), *kept, *notes]
 
 
 class Sender(Protocol):
@@ -63,32 +137,22 @@ class DeadLetters:
         self, record: Record, error: SchemaError, extra: Sequence[tuple[str, bytes]] = ()
     ) -> None:
         """Dead-letter ``record``; ``extra`` headers (e.g. a request's ``x-`` ones) follow ours."""
-        headers = [
+        where = [
             ("rs.topic", record.topic.encode()),
             ("rs.partition", str(record.partition).encode()),
             ("rs.offset", str(record.offset).encode()),
             ("rs.reason", error.reason.encode()),
-            ("rs.error", str(error).encode()),
-            *extra,
         ]
-        self._send(record.key, record.value, headers)
+        self._send(*fitted(record.key, record.value, where, str(error).encode(), extra))
 
     def send_unusable(self, topic: str, key: bytes, value: bytes, reason: str, error: str) -> None:
         """An event that was valid but that no model could use (every model raised on it):
         re-encoded, with the models' errors. ``topic`` is where it was read from."""
-        headers = [("rs.topic", topic.encode()), ("rs.reason", reason.encode()),
-                   ("rs.error", error.encode())]  # fmt: skip
-        self._send(key, value, headers)
+        where = [("rs.topic", topic.encode()), ("rs.reason", reason.encode())]
+        self._send(*fitted(key, value, where, error.encode()))
 
-    def _send(
-        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
-    ) -> None:
-        """Send one dead letter; ``value`` None: a record without one (a tombstone)."""
-        value_size = 0 if value is None else len(value)
-        size = len(key or b"") + value_size + sum(len(k) + len(v) for k, v in headers)
-        if size > MAX_DEAD_LETTER_BYTES:  # too large to be written: where it is, not what
-            headers = [*headers, ("rs.value_bytes", str(value_size).encode())]
-            value = b""
+    def _send(self, key: bytes | None, value: bytes | None, headers: list[Header]) -> None:
+        """Send one dead letter (`fitted`); ``value`` None: a record without one (a tombstone)."""
         self._sending()
         self.producer.send(self.topic, key, value, headers=headers)
 

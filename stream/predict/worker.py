@@ -12,7 +12,10 @@ For each request (``{"id", "target", "features"}``, key = id) it produces one an
 request's ``x-`` headers, or, when the request cannot be answered, a dead letter (the original
 bytes, the reason in ``rs.reason`` / ``rs.error``, the ``x-`` headers too). A bad request never
 stops the worker. A worker joins the group only once its followers have read Redis: before,
-it knows no model, and every request would be an ``unknown_target``.
+it knows no model, and every request would be an ``unknown_target``. While it waits it says
+why (which follower has not read Redis, and its error) at once and every ``report_every``
+seconds: a log warning and a status line with ``waiting``. A worker whose targets are all
+models it serves does not wait for the graphs' follower (models answer first).
 
 **Delivery: at least once, answers deduplicable by id.** The loop is
 
@@ -46,7 +49,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -94,7 +97,7 @@ class PredictWorker:
         batch: int = 10_000,
         session_timeout_ms: int = 10_000,
         metrics: WorkerMetrics | None = None,
-        ready: Callable[[], bool] = lambda: True,
+        waiting: Callable[[], str | None] = lambda: None,
     ) -> None:
         bootstrap = settings.kafka_bootstrap_servers
         if not bootstrap:
@@ -123,10 +126,10 @@ class PredictWorker:
         )
         self.stats = WorkerStats()
         self.metrics = metrics
-        self.ready = ready
-        """Whether the worker can tell an unknown target from one it has not looked up yet
-        (`build_worker`: its followers' first look at Redis has succeeded); it joins the
-        group only then."""
+        self.waiting = waiting
+        """Why the worker cannot tell an unknown target from one it has not looked up yet
+        (`build_worker`: which follower's look at Redis has not succeeded, and why); None when
+        it can. It joins the group only then."""
         self._next_lag = 0.0
         self._answered: dict[tuple[str, int], int] = {}  # acknowledged, next offset to commit
         self._stop = threading.Event()
@@ -138,10 +141,7 @@ class PredictWorker:
     # -- the loop ----------------------------------------------------------------------------
     def run(self, *, report: Report | None = None, report_every: float = 10.0) -> WorkerStats:
         consumer = self.consumer
-        if not self.ready():  # else every request would be an unknown target, dead-lettered
-            log.warning("waiting for a first look at Redis before taking requests")
-            while not self.ready() and not self._stop.wait(_READY_POLL_SECONDS):
-                pass
+        self._wait_for_redis(report, report_every)
         consumer.subscribe(
             [self.settings.topic_requests], on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -167,6 +167,26 @@ class PredictWorker:
         if report is not None:
             report({**asdict(self.stats), "assigned": 0, "stopped": True})
         return self.stats
+
+    def _wait_for_redis(self, report: Report | None, report_every: float) -> None:
+        """Wait until `waiting` has nothing to say (else every request would be an unknown
+        target, dead-lettered) or the worker is stopped, saying why at once and every
+        ``report_every`` seconds: a log warning, and a status line with ``waiting``."""
+        reason = self.waiting()
+        if reason is None:
+            return
+        next_report = 0.0
+        while reason is not None:
+            now = time.monotonic()
+            if now >= next_report:
+                log.warning("waiting for a first look at Redis before taking requests: %s", reason)
+                if report is not None:
+                    report({**asdict(self.stats), "assigned": 0, "waiting": reason})
+                next_report = now + report_every
+            if self._stop.wait(_READY_POLL_SECONDS):
+                return
+            reason = self.waiting()
+        log.info("Redis read: joining the group")
 
     def _answer_batch(self, messages: list[Message]) -> None:
         first: dict[tuple[str, int], int] = {}
@@ -220,10 +240,8 @@ class PredictWorker:
             self.metrics.answered(targets, [acknowledged - t for t in requested])
             for reason, n in dead.items():
                 self.metrics.dead_letters.labels(reason=reason).inc(n)
-        # A partition revoked while this batch was read (a rebalance runs inside `consume`) is
-        # another member's now: its offsets are neither kept nor committed from here.
-        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        last = {tp: offset for tp, offset in last.items() if tp in assigned}
+        assigned = [(tp.topic, tp.partition) for tp in self.consumer.assignment()]
+        last = still_assigned(last, assigned)
         self._answered.update(last)
         offsets = [TopicPartition(t, p, o) for (t, p), o in last.items()]
         if offsets:
@@ -330,6 +348,33 @@ class PredictWorker:
             log.warning("the consumer did not leave its group (the broker is away): exiting")
 
 
+def still_assigned(
+    offsets: Mapping[tuple[str, int], int], assigned: Iterable[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """The ``offsets`` (next to commit, by topic and partition) of the partitions still
+    ``assigned``: a partition revoked while a batch was read (a rebalance runs inside
+    ``consume``) is another member's now, so its offsets are neither kept nor committed.
+
+    >>> still_assigned({("r", 0): 5, ("r", 1): 9}, [("r", 0), ("r", 2)])
+    {('r', 0): 5}
+    """
+    mine = set(assigned)
+    return {tp: offset for tp, offset in offsets.items() if tp in mine}
+
+
+def waiting_for(
+    follower: SnapshotFollower, graphs: GraphFollower, targets: Sequence[str] = ()
+) -> str | None:
+    """Why a worker answering for ``targets`` cannot tell an unknown target yet (None: it
+    can): a follower whose look at Redis has not succeeded, and its error. The graphs'
+    follower does not matter once every target is a model served (models answer first)."""
+    if not follower.synced:
+        return follower.unsynced_reason()
+    if graphs.synced or (targets and all(follower.get(t) is not None for t in targets)):
+        return None
+    return graphs.unsynced_reason()
+
+
 def build_worker(
     settings: Settings,
     targets: Sequence[str] = (),
@@ -387,6 +432,6 @@ def build_worker(
     )  # fmt: skip
     worker = PredictWorker(
         settings, answerer, session_timeout_ms=session_timeout_ms, metrics=metrics,
-        ready=lambda: follower.synced and graphs.synced,
+        waiting=lambda: waiting_for(follower, graphs, targets),
     )  # fmt: skip
     return worker, follower, graphs

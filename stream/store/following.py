@@ -16,7 +16,8 @@ Serving follows two things, models (`stream.store.follower.SnapshotFollower`) an
    serving, and the sync goes on with the other names.
 
 Waits are short (`MAX_WAIT`), so ``stop()`` is prompt. ``first_sync`` is set once the first
-look at Redis is over (done, Redis unreachable, or failed), which a starting process waits on.
+look at Redis is over (done, Redis unreachable, or failed), which a starting process waits on;
+`Follower.synced` says whether a look succeeded, and `Follower.unsynced_reason` why not yet.
 """
 
 from __future__ import annotations
@@ -71,6 +72,32 @@ class Follower(ABC):
         """Whether a look at Redis has succeeded: what is served and known then comes from
         Redis, not only from what the process was told at its start."""
         return self._last_sync is not None
+
+    def unsynced_reason(self) -> str | None:
+        """Why no look at Redis has succeeded yet, in words for an operator (None once one
+        has): the loop's last unexpected error (``follower_error``), Redis's last error, or
+        that the loop has not looked yet.
+
+        >>> class Idle(Follower):
+        ...     thread_name, serving_what = "idle", "graphs"
+        ...     _subscribe = _sync = refresh = lambda *a: None
+        >>> f = Idle(1.0)
+        >>> f.unsynced_reason()
+        'graphs: redis not read yet'
+        >>> f._failure = "RuntimeError: boom"
+        >>> f.unsynced_reason()
+        'graphs: the follower fails: RuntimeError: boom'
+        >>> f.sync(); f.unsynced_reason() is None
+        True
+        """
+        if self.synced:
+            return None
+        reasons = []
+        if self._failure is not None:
+            reasons.append(f"the follower fails: {self._failure}")
+        if self._redis_error not in (None, NOT_CONNECTED):
+            reasons.append(f"redis unreachable: {self._redis_error}")
+        return f"{self.serving_what}: {'; '.join(reasons) or 'redis not read yet'}"
 
     @abstractmethod
     def _subscribe(self) -> Notifications: ...

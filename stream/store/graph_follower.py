@@ -12,7 +12,9 @@ Loading a version (fetch the document, `schemas.graph_parser.parse_graph`, `lear
 happens on this thread, never on a request, and the swap is one reference assignment of a new
 dict: a request sees the old or the new `ServedGraph`, never a mix. A document that does not
 parse or compile is refused: logged, counted, remembered (versions are immutable) and the
-previous version keeps serving. A promoted pointer that does not parse is that graph's problem
+previous version keeps serving; so is one whose reading fails otherwise (``load_failed``: a
+JSON document nested too deep, say), as a snapshot that does not load is, rather than
+failing every sync of every graph. A promoted pointer that does not parse is that graph's problem
 alone (``errors`` in `GraphFollower.status`; its last version keeps serving): the other graphs
 are followed as usual. If Redis is unreachable the last graphs keep serving.
 
@@ -247,24 +249,30 @@ class GraphFollower(Follower):
             return
         try:
             document = self.graphs.document(name, version)
+            spec = parse_graph(document)
+            if spec.name != name:
+                raise GraphError("name", f"the document is named {spec.name!r}, not {name!r}")
+            compiled = CompiledGraph(spec)
         except RedisUnavailableError:
             raise
         except SnapshotError as exc:  # deleted meanwhile: the next look settles it
             log.warning("graph %s v%d unreadable: %s", name, version, exc)
             return
-        try:
-            spec = parse_graph(document)
-            if spec.name != name:
-                raise GraphError("name", f"the document is named {spec.name!r}, not {name!r}")
-            compiled = CompiledGraph(spec)
         except GraphError as exc:
-            self._refused[(name, version)] = str(exc)
-            if self.metrics is not None:
-                self.metrics.graph_refused(name, "invalid")
-            log.error("refused graph %s v%d: %s", name, version, exc)
+            self._refuse(name, version, "invalid", str(exc))
+            return
+        except Exception as exc:  # a document that breaks the reading (JSON nested too deep)
+            self._refuse(name, version, "load_failed", f"{type(exc).__name__}: {exc}")
             return
         served = ServedGraph(name, version, spec, compiled, document, time.time())
         self._served = {**self._served, name: served}  # the swap
         if self.metrics is not None:
             self.metrics.graph_swapped(name, version)
         log.info("serving graph %s v%d", name, version)
+
+    def _refuse(self, name: str, version: int, reason: str, error: str) -> None:
+        """Remember a version that cannot be served (versions are immutable: not retried)."""
+        self._refused[(name, version)] = error
+        if self.metrics is not None:
+            self.metrics.graph_refused(name, reason)
+        log.error("refused graph %s v%d: %s", name, version, error)

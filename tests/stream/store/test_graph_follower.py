@@ -181,3 +181,62 @@ def test_a_live_updates_weight_follows_its_metrics() -> None:
     assert ServedModels({"a": model(0.95, 5000, True)}, weights=cache).metric("a") == 0.95
     assert ServedModels({"a": model(0.97, 6000, True)}, weights=cache).metric("a") == 0.97
     assert ServedModels({"a": model(0.10, 100, False)}, weights=cache).metric("a") == 0.10
+
+
+def test_a_document_that_breaks_the_reading_is_refused_and_the_other_graphs_followed(
+    kit, registry: GraphRegistry, store: SnapshotStore
+) -> None:
+    """A stored document whose reading fails with neither a `SnapshotError` nor a
+    `GraphError` (JSON nested deeper than the parser's recursion: written by something else,
+    the registry never stores one) is that version's problem, refused as a snapshot that does
+    not load is: it failed every sync, so no graph after it was followed and the follower
+    never counted as synced."""
+    v1 = registry.apply({"name": "a", "root": "lr"}).version
+    recorder = Recorder()
+    follower = GraphFollower(
+        GraphStore(store.client, store.keys.prefix), recorder, poll_seconds=0.1
+    )
+    follower.start()
+    try:
+        kit.wait_until(lambda: served_version(follower, "a") == v1)
+        deep = store.next_version()  # "a" sorts first: synced before "z"
+        store.client.set(store.keys.graph_doc("a", deep), "[" * 100_000 + "]" * 100_000)
+        store.client.zadd(store.keys.graph_versions("a"), {str(deep): deep})
+        store.client.set(store.keys.graph_promoted("a"), deep)
+        kit.wait_until(lambda: recorder.refused, what="the deep document refused")
+        vz = registry.apply({"name": "z", "root": "nb"}).version
+        kit.wait_until(lambda: served_version(follower, "z") == vz, what="z followed")
+        assert recorder.refused == [("a", "load_failed")]
+        assert served_version(follower, "a") == v1, "the previous version keeps serving"
+        status = follower.status()
+        [refused] = status["refused"]
+        assert refused["version"] == deep and refused["reason"].startswith("RecursionError")
+        assert status["redis"]["follower_error"] is None and follower.synced
+    finally:
+        follower.stop()
+
+
+def test_an_unexpected_error_of_the_graph_follower_is_reported_until_it_reads_again(
+    kit, registry: GraphRegistry, store: SnapshotStore
+) -> None:
+    """The graphs' follower shares the models' loop (`stream.store.following`): an error that
+    is neither a Redis error nor a pointer's (a graph name that is not UTF-8 in the index)
+    sets ``first_sync``, is ``follower_error`` in its status and `unsynced_reason` (what a
+    waiting worker reports), until a look at Redis succeeds."""
+    vg = registry.apply({"name": "g", "root": "lr"}).version
+    store.client.sadd(store.keys.graphs, b"\xff")
+    follower = GraphFollower(GraphStore(store.client, store.keys.prefix), poll_seconds=0.1)
+    follower.start()
+    try:
+        assert follower.first_sync.wait(10), "a failing sync held the first sync"
+        redis = follower.status()["redis"]
+        assert redis["follower_error"].startswith("UnicodeDecodeError"), redis
+        assert not follower.synced
+        reason = follower.unsynced_reason()
+        assert reason is not None and reason.startswith("graphs: the follower fails: Unicode")
+        store.client.srem(store.keys.graphs, b"\xff")  # repaired
+        kit.wait_until(lambda: served_version(follower, "g") == vg, what="g followed")
+        assert follower.synced and follower.unsynced_reason() is None
+        assert follower.status()["redis"]["follower_error"] is None
+    finally:
+        follower.stop()
