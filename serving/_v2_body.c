@@ -8,9 +8,10 @@
  * for anything it does not read itself, which the Python reader then reads (or leaves to the
  * general reading): a name with an escape or a control character, an integer of more than 18
  * digits, a float past the fast algorithm's reach written in more than 63 characters, a value
- * that is not finite, a name given twice, more names than `max_features`, any other byte
- * anywhere. (A typo in the texts below would only leave bodies to the Python reader; a test
- * checks that each layout and datatype is read here.)
+ * that is not finite, an FP32 or FP16 value out of its datatype's range (the general reading
+ * refuses it), a name given twice, more names than `max_features`, any other byte anywhere.
+ * (A typo in the texts below would only leave bodies to the Python reader; a test checks that
+ * each layout and datatype is read here.)
  *
  * The row is the general reading's (`parse_infer_body`, orjson), value for value:
  * - a name is the UTF-8 text between its quotes (no escapes here, so no decoding beyond
@@ -69,6 +70,11 @@ static const Text MIDDLE[2][4] = {
         TEXT(",\"shape\":[1],\"datatype\":\"INT64\",\"data\":["),
     },
 };
+
+/* [datatype]: the least magnitude the datatype rounds to infinity, a value at or past it being
+ * left to the others (`serving.v2_tensors.FLOAT_OVERFLOW`): FP32's 2^128 - 2^103 and FP16's
+ * 65520, each halfway between the largest finite value and the next power of two. */
+static const double OVERFLOW[4] = {INFINITY, 0x1.ffffffp127, 65520.0, 0.0};
 
 /* The names of the last body read, by position: a client sends the same names in the same
  * order request after request, so a name equal to the one at its position last time is that
@@ -155,10 +161,11 @@ is_digit(const char *at, const char *end)
     return at < end && *at >= '0' && *at <= '9';
 }
 
-/* The number at *at (JSON's grammar), which a ']' must follow; *at is left on the ']'.
- * NULL (no exception set) for anything this reader leaves to the others. */
+/* The number at *at (JSON's grammar), which a ']' must follow; *at is left on the ']'; an
+ * integer when `integers`, else a float of magnitude under `overflow`. NULL (no exception set)
+ * for anything this reader leaves to the others. */
 static PyObject *
-read_number(const char **at, const char *end, int integers)
+read_number(const char **at, const char *end, int integers, double overflow)
 {
     const char *start = *at, *p = start;
     int fraction_or_exponent = 0, negative = 0, significant = 0;
@@ -227,7 +234,10 @@ read_number(const char **at, const char *end, int integers)
             value = -value;  /* "-0" is the integer 0, as orjson reads it */
         if (integers)
             return PyLong_FromLongLong(value);
-        return PyFloat_FromDouble((double)value);  /* correctly rounded, as float(int) */
+        double rounded = (double)value;  /* correctly rounded, as float(int) */
+        if (!(fabs(rounded) < overflow))
+            return NULL;
+        return PyFloat_FromDouble(rounded);
     }
     if (integers)
         return NULL;
@@ -246,7 +256,7 @@ read_number(const char **at, const char *end, int integers)
             return NULL;
         negative = 0;  /* strtod read the sign */
     }
-    if (!isfinite(value))
+    if (!isfinite(value) || !(fabs(value) < overflow))
         return NULL;
     return PyFloat_FromDouble(negative ? -value : value);
 }
@@ -310,7 +320,7 @@ read_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto other;
         }
         p += MIDDLE[layout][kind].size;
-        PyObject *value = read_number(&p, end, kind == INT64_KIND);
+        PyObject *value = read_number(&p, end, kind == INT64_KIND, OVERFLOW[kind]);
         if (value == NULL) {
             Py_DECREF(key);
             if (PyErr_Occurred())

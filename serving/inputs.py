@@ -35,6 +35,11 @@ _MAX_ERRORS = 20
 class InputLimits:
     max_features: int = 10_000
     max_instances: int = 1_000
+    max_cells: int = 1_000_000
+    """Most values in one v2 infer request, rows × inputs (`serving.v2_requests`). A v2 column
+    spends 2 bytes on a value where ``/v1`` writes its feature's name too, so the body limit
+    alone let v2 carry 4–5 times ``/v1``'s values; a million is about what ``/v1`` carries in
+    its default 16 MiB (1000 instances of 1000 features: 8.5 MB)."""
 
 
 class InputError(Exception):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from serving.v2_tensors import DATATYPES
 
 FeatureValue = float | int | str | bool | None
 
@@ -173,4 +175,154 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"model": Message, "description": "Body too large."},
     422: {"model": ValidationErrorBody, "description": "Malformed body; names field and problem."},
     503: {"model": Message, "description": "The model is configured but not loaded yet."},
+}
+
+
+# -- the Open Inference Protocol v2's infer routes (serving.v2) ---------------------------------
+class V2Tensor(BaseModel):
+    name: str = Field(examples=["prediction"])
+    datatype: str = Field(examples=["BOOL"])
+    shape: list[int] = Field(examples=[[1]])
+    data: list[Any] = Field(examples=[[True]])
+
+
+class V2InferResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str = Field(examples=["fraud"])
+    model_version: str = Field(examples=["42"], description=_VERSION)
+    id: str | None = Field(None, description="The request's id, when it has one.")
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description="A model's samples_learned and live: with model_version, the state answering.",
+        examples=[{"samples_learned": 120_345, "live": False}],
+    )
+    outputs: list[V2Tensor] = Field(
+        description="prediction, then proba_<class> (classifiers), each of shape [n]; graphs "
+        "add decided_by, decision, reason, path and versions. Those requested, in their order."
+    )
+
+
+class V2ErrorBody(BaseModel):
+    error: str = Field(
+        examples=["input 'gallup': shape must be [n] or [n, 1] for n rows, not [2, 2]"]
+    )
+
+
+_V2_INPUT = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "description": "A feature, or features (JSON rows)."},
+        "shape": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0},
+            "description": "[n] or [n, 1] for n rows, the same n for every input.",
+        },
+        "datatype": {"type": "string", "enum": sorted(DATATYPES)},
+        "parameters": {"type": "object"},
+        "data": {"type": "array", "description": "n values, flat or nested once per row."},
+    },
+    "required": ["name", "shape", "datatype", "data"],
+}
+_V2_OUTPUT = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+    "required": ["name"],
+}
+
+
+def _path_parameter(name: str, description: str, example: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": description,
+        "example": example,
+    }
+
+
+def v2_infer_body(*, versioned: bool) -> dict[str, Any]:
+    """The path parameters and the request body of ``POST /v2/models/{name}[/versions/{v}]/infer``
+    (the route reads its raw body, so FastAPI cannot see them)."""
+    parameters = [_path_parameter("name", "Model or graph name.", "fraud")]
+    if versioned:
+        parameters.append(_path_parameter("version", "The version served (else a 404).", "42"))
+    return {
+        "parameters": parameters,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "id": {"type": "string"},
+                            "parameters": {"type": "object"},
+                            "inputs": {"type": "array", "minItems": 1, "items": _V2_INPUT},
+                            "outputs": {
+                                "type": "array",
+                                "items": _V2_OUTPUT,
+                                "description": "The outputs to return, each named once (all "
+                                "when absent or empty).",
+                            },
+                        },
+                        "required": ["inputs"],
+                        "additionalProperties": False,
+                    },
+                    "examples": {
+                        "per_feature": {
+                            "summary": "One input per feature (two rows)",
+                            "value": {
+                                "inputs": [
+                                    {
+                                        "name": "amount",
+                                        "shape": [2],
+                                        "datatype": "FP64",
+                                        "data": [12.5, 830.0],
+                                    },
+                                    {
+                                        "name": "country",
+                                        "shape": [2],
+                                        "datatype": "BYTES",
+                                        "data": ["FR", "DE"],
+                                    },
+                                ]
+                            },
+                        },
+                        "json_rows": {
+                            "summary": "One BYTES input of JSON rows",
+                            "value": {
+                                "id": "req-1",
+                                "inputs": [
+                                    {
+                                        "name": "features",
+                                        "shape": [1],
+                                        "datatype": "BYTES",
+                                        "data": ['{"amount": 12.5, "country": "FR"}'],
+                                    },
+                                ],
+                                "outputs": [{"name": "prediction"}],
+                            },
+                        },
+                    },
+                }
+            },
+        },
+    }
+
+
+V2_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": V2InferResponse, "description": "The output tensors of the version served."},
+    400: {
+        "model": V2ErrorBody,
+        "description": "Anything the client can fix: invalid JSON, a malformed tensor, a wrong "
+        "datatype, shape or value, too many values, features the model cannot use, a body over "
+        "the limit, an unsupported extension (binary tensors, shared memory, classification).",
+    },
+    404: {"model": V2ErrorBody, "description": "Unknown model or graph, or version not served."},
+    503: {
+        "model": V2ErrorBody,
+        "description": "The model (or a graph's member) is known but not loaded yet.",
+    },
 }

@@ -24,13 +24,17 @@ Mapping of features to inputs (a request uses one of the two forms):
     per feature): the input's name is the feature's name, its shape ``[n]`` or ``[n, 1]`` for
     ``n`` rows (all inputs have the same ``n``), its data the ``n`` values, flat or nested per
     row. Datatypes: ``BOOL`` (JSON booleans), ``INT8``…``INT64`` and ``UINT8``…``UINT64``
-    (integers in range), ``FP16``/``FP32``/``FP64`` (numbers, given to the model as floats) and
-    ``BYTES`` (strings: categorical features). A ``null`` value is a missing feature in that
-    row, as in ``/v1``.
-(b) **One BYTES input holding a JSON object per row**: named ``features`` (or any name, with
-    ``parameters.content_type: "json"``), shape ``[n]`` or ``[n, 1]``, each element a string
-    such as ``"{\\"x\\": 1.5, \\"color\\": \\"red\\"}"`` — the ``features`` object of ``/v1``.
-    Rows may have different features (River models take sparse rows).
+    (integers in range), ``FP16``/``FP32``/``FP64`` (numbers, given to the model as floats;
+    ``FP16`` and ``FP32`` ones in range: under 65520 and 2^128 - 2^103 in magnitude, those the
+    datatype does not round to infinity) and ``BYTES`` (strings: categorical features). A
+    ``null`` value is a missing feature in that row, as in ``/v1``. At most
+    `serving.inputs.InputLimits.max_cells` values in all (rows × inputs).
+(b) **One BYTES input holding a JSON object per row**: named ``features`` (without
+    ``parameters.content_type``, or with ``"str"``, as MLServer's StringCodec sends it, or
+    ``"json"``), or any name with ``parameters.content_type: "json"``; shape ``[n]`` or
+    ``[n, 1]``, each element a string such as ``"{\\"x\\": 1.5, \\"color\\": \\"red\\"}"`` — the
+    ``features`` object of ``/v1``. Rows may have different features (River models take sparse
+    rows).
 
 Either way the model gets each row's features in the order given (the inputs', or the JSON
 object's keys), as ``/v1`` passes its ``features`` object: River sums in that order, so only
@@ -51,8 +55,8 @@ Outputs, each of shape ``[n]``:
   of that class in each row (0 when the model does not give that class for a row). Numeric
   tensors rather than one JSON string: clients read them straight into arrays.
 
-A request's ``outputs`` selects among these by name (an unknown one is a 400); without it (or
-with an empty list), all are returned.
+A request's ``outputs`` selects among these by name (an unknown one, or one named twice, is a
+400); without it (or with an empty list), all are returned.
 
 Graphs (`serving.graphs`, when the app passes its service): ``/v2/models/{name}`` also answers
 for a served graph, when no model has that name. Its metadata has platform
@@ -68,13 +72,14 @@ sampling); shadows run after the response. Such a request is counted under both 
 
 Errors are ``{"error": "..."}``: 404 for an unknown model or version, 503 for a model known
 but not loaded yet (or a server not ready), 400 for everything the client can fix — invalid
-JSON, a malformed tensor, a wrong datatype or shape, features the model cannot use, a body
-larger than the limit. The binary tensor extension (header
-``Inference-Header-Content-Length``, input ``parameters.binary_data_size``, output
-``parameters.binary_data: true``, request ``parameters.binary_data_output: true``) and shared
-memory are refused with a 400 that says what to send instead: ``tritonclient`` sends binary
-tensors unless told ``binary_data=False`` on every ``InferInput.set_data_from_numpy`` and
-``InferRequestedOutput``.
+JSON, a malformed tensor, a wrong datatype, shape or value, too many values, an output
+requested twice, features the model cannot use, a body larger than the limit. The binary
+tensor extension (header ``Inference-Header-Content-Length``, input
+``parameters.binary_data_size``, output ``parameters.binary_data: true``, request
+``parameters.binary_data_output: true``) and shared memory are refused with a 400 that says
+what to send instead: ``tritonclient`` sends binary tensors unless told ``binary_data=False``
+on every ``InferInput.set_data_from_numpy`` and ``InferRequestedOutput``. Triton's
+classification extension (an output's ``parameters.classification``) is a 400 too.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ from starlette.background import BackgroundTask
 from starlette.types import ASGIApp
 
 from learners.predictor import MODEL_INPUT_ERRORS, ServedModel
+from serving import openapi
 from serving.asgi import request_body
 from serving.inputs import InputLimits
 from serving.v2_fast import V2InferFastPath
@@ -325,13 +331,24 @@ def v2_router(
     async def version_ready(name: str, version: str) -> Response:
         return ready(name, version)
 
-    @router.post("/models/{name}/infer", summary="Infer with the served version")
-    async def model_infer(name: str, request: Request) -> Response:
-        return await infer(name, None, request)
+    # The path parameters come from the request (documented by openapi_extra): FastAPI would
+    # otherwise document a 422 these routes never answer.
+    @router.post(
+        "/models/{name}/infer", summary="Infer with the served version",
+        openapi_extra=openapi.v2_infer_body(versioned=False),
+        responses=openapi.V2_INFER_RESPONSES, response_model=None,
+    )  # fmt: skip
+    async def model_infer(request: Request) -> Response:
+        return await infer(request.path_params["name"], None, request)
 
-    @router.post("/models/{name}/versions/{version}/infer", summary="Infer with a version")
-    async def version_infer(name: str, version: str, request: Request) -> Response:
-        return await infer(name, version, request)
+    @router.post(
+        "/models/{name}/versions/{version}/infer", summary="Infer with a version",
+        openapi_extra=openapi.v2_infer_body(versioned=True),
+        responses=openapi.V2_INFER_RESPONSES, response_model=None,
+    )  # fmt: skip
+    async def version_infer(request: Request) -> Response:
+        params = request.path_params
+        return await infer(params["name"], params["version"], request)
 
     return router
 

@@ -16,6 +16,8 @@ from serving.inputs import InputLimits
 from serving.v2_tensors import (
     BINARY_HINT,
     DATATYPES,
+    FLOAT_MAX,
+    FLOAT_OVERFLOW,
     FLOATS,
     INT_RANGES,
     JSON_INPUT,
@@ -80,6 +82,17 @@ def _check_value(name: str, datatype: str, value: Any) -> Any:
     elif datatype in FLOATS:
         ok = kind in (int, float)
         value = float(value) if ok else value
+        if (
+            ok
+            and datatype != "FP64"
+            and not -FLOAT_OVERFLOW[datatype] < value < FLOAT_OVERFLOW[datatype]
+        ):
+            shown = orjson.dumps(value).decode()
+            raise V2Error(
+                400,
+                f"input {name!r}: {shown} is out of the range of {datatype} "
+                f"(±{FLOAT_MAX[datatype]})",
+            )
     elif datatype == "BYTES":
         ok = kind is str
     else:
@@ -114,12 +127,23 @@ def _json_row(name: str, text: Any, limits: InputLimits) -> dict[str, Any]:
     return row
 
 
+_JSON_ROWS_CONTENT_TYPES: Final = (None, "str", "json")
+"""The content types of a BYTES input named ``features`` that holds JSON rows: none, MLServer's
+StringCodec's ``str`` (the JSON strings as they are), or ``json``."""
+
+
 def _is_json_input(tensor: dict[str, Any]) -> bool:
+    """Whether ``tensor`` holds JSON rows: ``content_type: "json"``, or a BYTES input named
+    ``features`` with a content type of `_JSON_ROWS_CONTENT_TYPES`."""
     parameters = tensor.get("parameters") or {}
     content_type = parameters.get("content_type") if isinstance(parameters, dict) else None
-    if content_type is not None:
-        return bool(content_type == "json")
-    return bool(tensor.get("name") == JSON_INPUT and tensor.get("datatype") == "BYTES")
+    if content_type == "json":
+        return True
+    return bool(
+        tensor.get("name") == JSON_INPUT
+        and tensor.get("datatype") == "BYTES"
+        and content_type in _JSON_ROWS_CONTENT_TYPES
+    )
 
 
 def _refuse_extensions(where: str, parameters: Any) -> None:
@@ -141,8 +165,10 @@ _ONE_ROW: Final = [1]
 def _one_row_of_numbers(inputs: list[Any]) -> dict[str, float] | None:
     """The row of the commonest request, in one pass: one input per feature, each exactly
     ``{"name", "shape": [1], "datatype": FP16/32/64, "data": [number]}``. None for anything
-    else (parameters, more rows, other types, a problem): the general checks take over, and
-    say what is wrong. The same row as theirs (integers become floats, as `_check_value`)."""
+    else (parameters, more rows, other types, a problem: a shape ``[1.0]`` or ``[true]``, equal
+    to ``[1]`` but not integers; a value out of its datatype's range): the general checks take
+    over, and say what is wrong. The same row as theirs (integers become floats, as
+    `_check_value`)."""
     row: dict[str, float] = {}
     for tensor in inputs:  # subscripts, not .get: no method call per field (≈ 4 µs for 30)
         if tensor.__class__ is not dict or len(tensor) != 4:
@@ -157,20 +183,23 @@ def _one_row_of_numbers(inputs: list[Any]) -> dict[str, float] | None:
             name.__class__ is not str
             or name in row
             or datatype.__class__ is not str
-            or datatype not in FLOATS
             or shape != _ONE_ROW
+            or shape[0].__class__ is not int
             or data.__class__ is not list
             or len(data) != 1
         ):
             return None
         value = data[0]
         kind = value.__class__
-        if kind is float:
-            row[name] = value
-        elif kind is int:
-            row[name] = float(value)
-        else:
+        if kind is int:
+            value = float(value)
+        elif kind is not float:
             return None
+        if datatype != "FP64":  # FP32 and FP16 in range, no other datatype
+            limit = FLOAT_OVERFLOW.get(datatype)
+            if limit is None or not -limit < value < limit:
+                return None
+        row[name] = value
     return row
 
 
@@ -182,8 +211,8 @@ class _Layout:
     ``between`` before the next tensor's name, and ``suffix`` after the last value."""
 
     prefix: bytes
-    middles: tuple[tuple[bytes, bool], ...]
-    """(the text from a name to its value, whether the datatype is INT64), FP64 first."""
+    middles: tuple[tuple[bytes, str], ...]
+    """(the text from a name to its value, its datatype), FP64 first."""
     between: bytes
     suffix: bytes = b"]}]}"
 
@@ -195,9 +224,7 @@ def _layout(compact: bool) -> _Layout:
     middle = b', "shape": [1], "datatype": "%b", "data": ['
     return _Layout(
         prefix=fit(b'{"inputs": [{"name": '),
-        middles=tuple(
-            (fit(middle % t), t == b"INT64") for t in (b"FP64", b"FP32", b"FP16", b"INT64")
-        ),
+        middles=tuple((fit(middle % t.encode()), t) for t in ("FP64", "FP32", "FP16", "INT64")),
         between=fit(b']}, {"name": '),
     )
 
@@ -212,14 +239,14 @@ _INT: Final = frozenset({int})
 _NUMBER: Final = frozenset({int, float})
 
 
-def _split_middles(text: bytes, layout: _Layout) -> tuple[list[bytes], bool]:
-    """``text`` split at the first of ``layout.middles`` after FP64's it holds (and whether
-    that one is INT64's); ``[text]`` when it holds none."""
-    for middle, integers in layout.middles[1:]:
+def _split_middles(text: bytes, layout: _Layout) -> tuple[list[bytes], str]:
+    """``text`` split at the first of ``layout.middles`` after FP64's it holds, and that one's
+    datatype; ``[text]`` when it holds none."""
+    for middle, datatype in layout.middles[1:]:
         parts = text.split(middle)
         if len(parts) > 1:
-            return parts, integers
-    return [text], False
+            return parts, datatype
+    return [text], "FP64"
 
 
 def numeric_row(raw: bytes, limits: InputLimits) -> dict[str, Any] | None:
@@ -231,7 +258,8 @@ def numeric_row(raw: bytes, limits: InputLimits) -> dict[str, Any] | None:
     The C reader (``serving/_v2_body.c``: one pass, ≈ 2 µs for 30 features) answers first;
     what it leaves (escapes in a name, integers over 18 digits, floats it must hand to
     ``strtod`` written in over 63 characters, or all of it when it is not built) goes to
-    `read_row_in_python` (≈ 7 µs).
+    `read_row_in_python` (≈ 7 µs). Neither reads an FP32 or FP16 value out of its datatype's
+    range (`FLOAT_OVERFLOW`): the general reading refuses it.
 
     >>> numeric_row(b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP64","data":[2]}]}',
     ...             InputLimits())
@@ -246,7 +274,7 @@ def numeric_row(raw: bytes, limits: InputLimits) -> dict[str, Any] | None:
 
 def read_row_in_python(raw: bytes, limits: InputLimits) -> dict[str, Any] | None:
     """`numeric_row` read by C loops of Python's bytes (the C reader's fall-back): FP64, FP32
-    or FP16 values become floats, INT64 values stay integers (in range); None for anything
+    or FP16 values become floats, INT64 values stay integers (each in range); None for anything
     else; when not None, the row is the one `parse_infer_body` gives, with no ``null``.
 
     ≈ 7 µs for 30 features, against ≈ 19 for `parse_infer_body` (orjson builds 90 objects).
@@ -269,9 +297,9 @@ def read_row_in_python(raw: bytes, limits: InputLimits) -> dict[str, Any] | None
     if not (raw.startswith(layout.prefix) and raw.endswith(layout.suffix)):
         return None
     text = raw[len(layout.prefix) : -len(layout.suffix)]
-    parts, integers = text.split(layout.middles[0][0]), False  # FP64, the commonest
+    parts, datatype = text.split(layout.middles[0][0]), "FP64"  # FP64, the commonest
     if len(parts) == 1:
-        parts, integers = _split_middles(text, layout)
+        parts, datatype = _split_middles(text, layout)
     n = len(parts) - 1
     if n > limits.max_features:
         return None
@@ -288,15 +316,20 @@ def read_row_in_python(raw: bytes, limits: InputLimits) -> dict[str, Any] | None
     if len(row) != n:  # a name given twice
         return None
     kinds = set(map(type, row.values()))
-    if integers:
+    if datatype == "INT64":
         lo, hi = INT_RANGES["INT64"]
         ok = kinds == _INT and lo <= min(row.values()) and max(row.values()) <= hi
         return row if ok else None
     if kinds == _FLOAT:
-        return row
-    if kinds <= _NUMBER:  # integers become floats, as `_check_value` makes them
-        return dict(zip(row, map(float, row.values()), strict=True))
-    return None
+        pass
+    elif kinds <= _NUMBER:  # integers become floats, as `_check_value` makes them
+        row = dict(zip(row, map(float, row.values()), strict=True))
+    else:
+        return None
+    limit = FLOAT_OVERFLOW.get(datatype)  # FP32, FP16: in range, or left to the general reading
+    if limit is not None and not (-limit < min(row.values()) and max(row.values()) < limit):
+        return None
+    return row
 
 
 _FIELDS: Final = frozenset({"id", "parameters", "inputs", "outputs"})
@@ -334,8 +367,16 @@ def parse_infer_body(raw: bytes, limits: InputLimits) -> tuple[Any, list[dict[st
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
         ):
             raise V2Error(400, "'outputs' must be an array of objects with a 'name'")
+        requested: set[str] = set()
         for o in outputs:
-            _refuse_extensions(f"output {o['name']!r}", o.get("parameters"))
+            where = f"output {o['name']!r}"
+            if o["name"] in requested:  # each would be written again in full
+                raise V2Error(400, f"{where} is requested twice")
+            requested.add(o["name"])
+            parameters = o.get("parameters")
+            _refuse_extensions(where, parameters)
+            if parameters is not None and "classification" in parameters:
+                raise V2Error(400, f"{where}: the classification extension is not supported")
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise V2Error(400, "'inputs' must be a non-empty array of tensors")
@@ -372,6 +413,12 @@ def parse_infer_body(raw: bytes, limits: InputLimits) -> tuple[Any, list[dict[st
         if n_rows is not None and n != n_rows:
             raise V2Error(400, f"input {name!r} has {n} rows, another input has {n_rows}")
         if n_rows is None:
+            if n * len(inputs) > limits.max_cells:  # before a value is read
+                raise V2Error(
+                    400,
+                    f"{n} rows of {len(inputs)} inputs: {n * len(inputs)} values, the limit is "
+                    f"{limits.max_cells} (rows × inputs)",
+                )
             n_rows = n
             rows = [{} for _ in range(n)]
         data = _flat(name, tensor["data"])

@@ -27,6 +27,14 @@ INT_RANGES: Final[dict[str, tuple[int, int]]] = {
     **{f"UINT{b}": (0, 2**b - 1) for b in (8, 16, 32, 64)},
 }
 FLOATS: Final = frozenset({"FP16", "FP32", "FP64"})
+FLOAT_MAX: Final = {"FP16": "65504", "FP32": "3.4028234663852886e+38"}
+"""The largest finite value of the narrow float datatypes, as the errors write it."""
+FLOAT_OVERFLOW: Final = {"FP16": 65520.0, "FP32": 2.0**128 - 2.0**103}
+"""The least magnitude that each narrow float datatype rounds to infinity, halfway between its
+largest finite value and the next power of two (a tie rounds to the even one, infinity): a value
+at or past it is out of range. Not the largest value itself: a float32 written as shortly as
+float32 allows (Go, numpy's ``str``) gives ``3.4028235e38`` for the largest, above it as a double.
+FP64 needs none: JSON numbers past its range are refused when read."""
 DATATYPES: Final = frozenset({"BOOL", "BYTES", *INT_RANGES, *FLOATS})
 SCALARS: Final = (int, float, str, bool, type(None))
 BINARY_HINT: Final = (
@@ -222,7 +230,8 @@ def select_outputs(
     tensors: dict[str, dict[str, Any]], requested: list[dict[str, Any]] | None
 ) -> list[dict[str, Any]]:
     """The requested outputs in the requested order (all when none are named, as Triton does);
-    an unknown name is a 400."""
+    an unknown name is a 400 (and a name requested twice already was one, from
+    `serving.v2_requests.parse_infer_body`)."""
     if not requested:
         return list(tensors.values())
     missing = [o["name"] for o in requested if o["name"] not in tensors]

@@ -7,6 +7,7 @@ mappings, the same numbers as ``/v1`` for the same version, and each error. Then
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -299,6 +300,25 @@ BAD_BODIES: list[tuple[Any, str]] = [
         "binary tensor extension",
     ),
     ({"inputs": [{**ONE, "parameters": {"shared_memory_region": "r"}}]}, "shared-memory"),
+    # found by a review: each used to be answered 200
+    (
+        {"inputs": [ONE], "outputs": [{"name": "prediction"}] * 2},
+        "output 'prediction' is requested twice",
+    ),
+    (
+        {"inputs": [ONE], "outputs": [{"name": "prediction", "parameters": {"classification": 1}}]},
+        "output 'prediction': the classification extension is not supported",
+    ),
+    ({"inputs": [{**ONE, "shape": [1.0]}]}, "input 'x': shape must be [n] or [n, 1]"),
+    ({"inputs": [{**ONE, "shape": [True]}]}, "input 'x': shape must be [n] or [n, 1]"),
+    (
+        {"inputs": [{**ONE, "datatype": "FP16", "data": [1e10]}]},
+        "input 'x': 10000000000.0 is out of the range of FP16 (±65504)",
+    ),
+    (
+        {"inputs": [{**ONE, "datatype": "FP32", "data": [1e300]}]},
+        "input 'x': 1e+300 is out of the range of FP32 (±3.4028234663852886e+38)",
+    ),
 ]
 
 
@@ -374,6 +394,89 @@ def test_unknown_is_404_and_not_loaded_is_503(
         assert response.status_code == 503
         assert response.json() == {"ready": False, "error": "not ready: missing ['tampered']"}
         assert client.get("/v2/health/live").status_code == 200
+
+
+def test_an_output_requested_many_times_is_a_small_400(served: dict[str, Any]) -> None:
+    """Each repetition was written in full: this 71 kB request got a 54 MB answer."""
+    n = 1000
+    body = {
+        "inputs": [{"name": "gallup", "shape": [n], "datatype": "FP64", "data": [43.8] * n}],
+        "outputs": [{"name": "prediction"}] * 3000,
+    }
+    response = served["client"].post("/v2/models/reg/infer", json=body)
+    assert response.status_code == 400
+    assert response.json() == {"error": "output 'prediction' is requested twice"}
+
+
+def test_mlserver_string_codec_rows_give_the_numbers_of_v1(served: dict[str, Any]) -> None:
+    """MLServer's StringCodec adds ``parameters.content_type: "str"`` to the ``features`` input:
+    it was read as one string feature, and the model answered as for an empty row."""
+    client = served["client"]
+    for name in ("reg", "clf"):
+        rows = served["models"][name][2][:3]
+        (tensor,) = json_rows(rows)
+        for content_type in ("str", "json"):
+            body = {"inputs": [{**tensor, "parameters": {"content_type": content_type}}]}
+            response = client.post(f"/v2/models/{name}/infer", json=body)
+            assert response.status_code == 200, response.text
+            assert as_v1(response.json()["outputs"]) == v1(client, name, rows)["predictions"]
+
+
+@pytest.mark.parametrize("dumps", [lambda b: json.dumps(b).encode(), orjson.dumps])
+def test_fp16_and_fp32_out_of_range_in_the_commonest_body_are_400(
+    served: dict[str, Any], dumps: Any
+) -> None:
+    """The commonest layout (read in C): FP16 1e10 and FP32 1e300 were read as floats."""
+    client = served["client"]
+    for datatype, value, shown in (("FP16", 1e10, "10000000000.0"), ("FP32", 1e300, "1e+300")):
+        inputs = [{"name": f, "shape": [1], "datatype": datatype, "data": [0.5]} for f in TRUMP]
+        response = client.post("/v2/models/reg/infer", content=dumps({"inputs": inputs}))
+        assert response.status_code == 200, response.text
+        inputs[-1]["data"] = [value]
+        response = client.post("/v2/models/reg/infer", content=dumps({"inputs": inputs}))
+        assert response.status_code == 400
+        message = f"input 'you_gov': {shown} is out of the range of {datatype}"
+        assert message in response.json()["error"]
+
+
+def test_more_values_than_the_limit_are_a_400(served: dict[str, Any]) -> None:
+    """1000 rows of 1001 inputs: within the limits of rows (1000) and inputs (10 000) but over
+    a million values, which /v1 could not carry in its 16 MiB body (4-5 times the bytes)."""
+    n, k = 1000, 1001
+    data = b",".join([b"1"] * n)
+    parts = [
+        b'{"name":"f%d","shape":[%d],"datatype":"FP64","data":[%b]}' % (i, n, data)
+        for i in range(k)
+    ]
+    raw = b'{"inputs":[' + b",".join(parts) + b"]}"
+    response = served["client"].post("/v2/models/reg/infer", content=raw)
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "1000 rows of 1001 inputs: 1001000 values, the limit is 1000000 (rows × inputs)"
+    }
+
+
+def test_openapi_documents_the_infer_routes(served: dict[str, Any]) -> None:
+    """The request body and the answers given (200, 400, 404, 503, the errors as
+    ``{"error"}``), not the 422 FastAPI assumes."""
+    schema = served["client"].get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    for path, parameters in (
+        ("/v2/models/{name}/infer", ["name"]),
+        ("/v2/models/{name}/versions/{version}/infer", ["name", "version"]),
+    ):
+        op = schema["paths"][path]["post"]
+        assert [p["name"] for p in op["parameters"]] == parameters
+        body = op["requestBody"]["content"]["application/json"]
+        assert body["schema"]["required"] == ["inputs"]
+        assert set(body["examples"]) == {"per_feature", "json_rows"}
+        assert set(op["responses"]) == {"200", "400", "404", "503"}
+        for status in ("400", "404", "503"):
+            ref = op["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+            assert components[ref.rsplit("/", 1)[1]]["required"] == ["error"]
+        ref = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        answer = components[ref.rsplit("/", 1)[1]]
+        assert {"model_name", "model_version", "outputs"} <= set(answer["required"])
 
 
 # -- a real third-party client against a real uvicorn process ----------------------------------

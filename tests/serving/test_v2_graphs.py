@@ -214,6 +214,17 @@ def test_one_row_of_numbers_gets_the_bytes_of_the_general_answer(
     assert decisions == {"", "review", "block", "allow"}
 
 
+def test_graph_output_requested_twice_is_a_400(client: httpx.Client) -> None:
+    """As for a model: each repetition of a graph's output was written in full."""
+    _, rows = river_models()
+    body = {"inputs": [json_input(rows[:2])], "outputs": [{"name": "versions"}] * 3}
+    response = client.post("/v2/models/fraud/infer", json=body)
+    assert (response.status_code, response.json()) == (
+        400,
+        {"error": "output 'versions' is requested twice"},
+    )
+
+
 def test_graph_infer_is_counted_once_under_its_own_route(client: httpx.Client) -> None:
     """A v2 infer of a graph is one request of the v2 route, not also one of /v1/graphs."""
     _, rows = river_models()

@@ -385,3 +385,47 @@ def test_without_the_c_reader_the_python_one_reads_the_same(
             {"a": 3, "b": -4},
         ]
     )
+
+
+@pytest.mark.parametrize(
+    ("datatype", "literal"),
+    [
+        ("FP16", "65520"),  # an integer literal: read as float(int) in C
+        ("FP16", "-65520.0"),
+        ("FP16", "1e10"),
+        ("FP32", "1e300"),
+        ("FP32", "-3.4028235677973366e38"),  # 2^128 - 2^103: FP32 rounds it to infinity
+        ("FP32", "340282356779733661637539395458142568448"),  # the same, 39 digits: Python's
+    ],
+)
+@pytest.mark.parametrize("compact", [True, False])
+def test_fp16_and_fp32_values_out_of_range_are_left_to_the_general_reading(
+    datatype: str, literal: str, compact: bool
+) -> None:
+    """No reader gives a row holding them (the C one read FP16 1e10 and FP32 1e300); the
+    general reading refuses them, naming the input."""
+    raw = body([("a", datatype, "1.5"), ("b", datatype, literal)], compact)
+    for read in READERS:
+        assert read(raw, LIMITS) is None, read
+    expected = general(raw)
+    assert expected[:2] == ("error", 400)
+    assert (
+        expected[2].startswith("input 'b': ") and f"out of the range of {datatype}" in expected[2]
+    )
+
+
+@pytest.mark.parametrize(
+    ("datatype", "literal"),
+    [
+        ("FP16", "65504"),
+        ("FP16", "-65519.99"),
+        ("FP32", "3.4028235e38"),  # the largest FP32 as float32 writers write it
+        ("FP32", "-3.4028234663852886e38"),
+        ("FP32", "3.4028235677973362e38"),  # the double just under 2^128 - 2^103
+        ("FP64", "1e300"),
+    ],
+)
+def test_fp16_and_fp32_values_in_range_are_read_in_c(datatype: str, literal: str) -> None:
+    raw = body([("x", datatype, literal)], compact=True)
+    assert in_c(raw, LIMITS) == {"x": float(literal)}
+    assert assert_same(raw) == {"x": float(literal)}
