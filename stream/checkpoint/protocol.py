@@ -66,7 +66,12 @@ from schemas.errors import RiverstreamError, SnapshotError
 from schemas.records import SnapshotMeta
 from stream.registry.base import RegistryUnavailableError
 from stream.store.comparisons import ComparisonStore
-from stream.store.snapshots import OwnershipLostError, RedisUnavailableError, SnapshotStore
+from stream.store.snapshots import (
+    FencedError,
+    OwnershipLostError,
+    RedisUnavailableError,
+    SnapshotStore,
+)
 from stream.store.trace import TraceWrite
 
 log = logging.getLogger(__name__)
@@ -74,23 +79,26 @@ log = logging.getLogger(__name__)
 Offsets = dict[str, int]
 """``"topic:partition"`` → next offset to read."""
 
-Failure = Literal["unavailable", "ownership", "error"]
+Failure = Literal["unavailable", "ownership", "fenced", "error"]
 """Why a snapshot failed (`failure_of`)."""
 
-_EXIT_STATUS: dict[Failure, int] = {"error": 1, "unavailable": 75, "ownership": 76}
+_EXIT_STATUS: dict[Failure, int] = {"error": 1, "unavailable": 75, "ownership": 76, "fenced": 77}
 """A snapshot child's exit status for each failure (75: EX_TEMPFAIL)."""
 
 
 def failure_of(exc: BaseException) -> Failure:
     """``unavailable``: Redis was unreachable or refused for a while, in the write or in the
     registry's steps after it (`stream.store.snapshots.transient`): retried as an outage;
-    ``ownership``: a model was handed over to another learner; else ``error``.
+    ``ownership``: a model was handed over to another learner; ``fenced``: another process of
+    the learner's name started since (`FencedError`: this one must stop); else ``error``.
 
     >>> failure_of(RedisUnavailableError("write version 3: redis unavailable: OOM"))
     'unavailable'
     >>> failure_of(ValueError("a bug"))
     'error'
     """
+    if isinstance(exc, FencedError):
+        return "fenced"
     if isinstance(exc, OwnershipLostError):
         return "ownership"
     if isinstance(exc, (RedisUnavailableError, RegistryUnavailableError)):

@@ -317,13 +317,20 @@ def handover(
 ) -> None:
     """Move MODEL to another learner: the previous one drops it, the new one takes it over."""
     with _errors():
-        previous, command = open_registry(by).handover(model, to, reason)
+        done = open_registry(by).handover(model, to, reason)
+    previous, command = done.previous, done.release
     data = {"model": model, "from": previous, "to": to, "version": command.to or None,
-            "command": command.id}  # fmt: skip
+            "command": command.id,
+            "moved_commands": [c.id for c in done.moved]}  # fmt: skip
     text = (
         f"{model}: learned by {to!r} from now on (was {previous!r}); start (or restart) "
         f"learner {to!r} with --model {model}=SPEC; learner {previous!r} drops it"
     )
+    for moved in done.moved:
+        text += (
+            f"\nrollback {moved.id} of {model} to v{moved.to} ({moved.resume}), not carried out "
+            f"by {previous!r} yet: moved to learner {to!r}, which carries it out"
+        )
     _emit(as_json, data, text)
 
 

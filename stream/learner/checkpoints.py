@@ -10,10 +10,13 @@ every partition to its offsets.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
+
+import redis
 
 from learners.comparisons import ComparePairs
 from learners.core import LearningCore
@@ -37,7 +40,13 @@ from stream.learner.observing import LearnerStats
 from stream.learner.outage import Outage
 from stream.learner.trace import LINEAGE_EXTRA, TraceRecorder
 from stream.registry.owners import claimed_owners
-from stream.store.snapshots import RedisUnavailableError, wrapped
+from stream.store.snapshots import (
+    FENCE_FIELDS,
+    FencedError,
+    RedisUnavailableError,
+    fenced_error,
+    wrapped,
+)
 
 if TYPE_CHECKING:
     from stream.learner.observing import LearnerView, Observer
@@ -186,12 +195,13 @@ class LearnerCheckpoints:
         backoff = threading.Event()  # never set: a stop (which set `_stop`) waits out each delay
         try:
             while True:
+                models = set(self.core.models)
                 final = self.snapshot_now(stalls=False)
                 if final is None or final.ok:  # None: never, in-process
                     return
                 if final.failure == "ownership":
-                    try:
-                        if self._drop_handed_over():
+                    try:  # dropped as the refusal was recorded (`_record`), or now
+                        if set(self.core.models) != models or self._drop_handed_over():
                             continue  # written without them, at once
                     except RedisUnavailableError as exc:
                         self.outage.failed("owners of the models", exc)
@@ -202,21 +212,23 @@ class LearnerCheckpoints:
         finally:
             self.snapshotter.use_fork = use_fork
 
-    def _drop_handed_over(self) -> list[str]:
+    def _drop_handed_over(self, why: str = "the final snapshot leaves it out") -> list[str]:
         """Drop the models that another learner owns now, as their ``release`` command does
         (`release`), and name them: handed over (`stream.registry.owners`) while this learner
-        did not read its commands, during an outage or after its last look at them. Their new
-        owner continues them from their latest version."""
-        store = self.snapshotter.store
+        did not read its commands, during an outage or after its last look at them, or whose
+        release never came. Their new owner continues them from their latest version."""
+        store = self.snapshotter.quick  # short timeouts: called on the learning thread
         with wrapped("owners of the models"):
             owned = claimed_owners(store.client, store.keys, list(self.core.models))
         # Only an owner that a claim or a handover named: an owner key lost (Redis restarted
         # without its last writes) is no handover, and the model stays (then SnapshotError).
         lost = {name: owner for name, owner in owned.items() if owner != store.keys.learner}
         for name, owner in sorted(lost.items()):
-            log.warning(
-                "model %s is owned by learner %r now: the final snapshot leaves it out", name, owner
-            )
+            log.error(
+                "model %s is owned by learner %r now, not %r (handed over; its release command "
+                "was not read): %s; dropped, this learner goes on without it",
+                name, owner, store.keys.learner, why,
+            )  # fmt: skip
             self.release(name)
         if lost:  # their release commands, queued by the handover, are still to be read
             self._releases_unread = True
@@ -230,6 +242,8 @@ class LearnerCheckpoints:
             log.warning("released %s: another learner learns it now", model)
 
     def _record(self, result: SnapshotResult, *, stalls: bool = True) -> None:
+        if result.failure == "fenced":  # another process of this name started: it learns now
+            raise self._fenced(result)
         self.stats.snapshots += int(result.ok)
         self._snapshot_failed = not result.ok
         if result.ok:
@@ -245,6 +259,9 @@ class LearnerCheckpoints:
             result.failure = "unavailable"  # (a forked child that died may not have said so)
             unavailable = ConnectionError(result.error or "unreachable")
             self.outage.failed(f"snapshot v{result.version}", unavailable)
+        elif result.failure == "ownership" and self._refused_handed_over(result):
+            self._last_command_check = -1e9  # their releases are read (and acknowledged) next
+            self._failed_retry_at = self.clock()  # written without them at once
         else:  # a model handed over (its release is read next) or an error: not at once
             self._last_command_check = -1e9
             self._failed_backoff = min(
@@ -256,6 +273,39 @@ class LearnerCheckpoints:
         if self.observer is not None:
             # self is the whole `stream.learner.loop.Learner`, which has the view's shape
             self.observer.snapshot(cast("LearnerView", self), result)
+
+    def _refused_handed_over(self, result: SnapshotResult) -> bool:
+        """A snapshot was refused because another learner owns one of its models: drop every
+        model the owner keys give to another learner (`_drop_handed_over`), whether or not its
+        ``release`` command arrives (it may never: lost in a Redis failover, or removed by
+        another process of this learner's name), so that the next snapshot, without them, is
+        written. Whether some were dropped (none: an owner key lost, or an outage meanwhile;
+        retried with the backoff)."""
+        try:
+            dropped = self._drop_handed_over(f"snapshot v{result.version} was refused for it")
+        except RedisUnavailableError as exc:
+            self.outage.failed("owners of the models", exc)
+            return False
+        return bool(dropped)
+
+    def _fenced(self, result: SnapshotResult) -> FencedError:
+        """The error that stops this process: another of its learner's name started (a forked
+        child's failure carries no message: it is read again from the epoch)."""
+        store = self.snapshotter.quick
+        refused = None
+        if store.epoch is not None:
+            with contextlib.suppress(SnapshotError, redis.RedisError):
+                with wrapped("the learner's epoch"):
+                    fields = store.client.hmget(store.keys.epoch, *FENCE_FIELDS)
+                refused = fenced_error(store.keys.learner, store.epoch, list(fields))
+        if refused is None:
+            refused = FencedError(
+                result.error
+                or f"another process of learner {store.keys.learner!r} started: "
+                "this process stops without writing (see the log)"
+            )
+        log.error("learner %s: %s", store.keys.learner, refused)
+        return refused
 
     def _redis_unreachable(self) -> bool:
         """After a snapshot failed for no known reason: was Redis unreachable? (A snapshot that

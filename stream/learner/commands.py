@@ -24,13 +24,13 @@ is refused when:
 
 A rollback of a model that **another learner owns** is not refused but ignored, deliberately,
 with the policy left alone. The registry queues a rollback for the model's owner at that time,
-so such a command was queued before a handover of the model (this learner, stopped, dropped the
-model at its start, and reads both the rollback and the release now). The model is the new
-owner's: this learner writes nothing of it any more, and the operator may have acted on it
-since (a new policy, another rollback, queued for the new owner). The new owner continues from
-the model's latest version, not the one rolled back to: the warning says to roll back again,
-which queues the command for it. A command of another action than ``rollback`` or ``release``
-(from a newer riverstream) is ignored too.
+and a handover moves the model's pending rollbacks to the new owner's list
+(`stream.registry.owners`), so such a command was read here just before the handover moved it
+(the new owner carries it out), or was queued before handovers existed in riverstream. The
+model is the new owner's: this learner writes nothing of it any more, and the operator may have
+acted on it since (a new policy, another rollback, queued for the new owner). The warning says
+to look at the new owner's commands and roll back again if it is not there. A command of
+another action than ``rollback`` or ``release`` (from a newer riverstream) is ignored too.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from stream.registry.base import RegistryUnavailableError
 from stream.registry.owners import RELEASE, owners
 from stream.registry.registry import Registry
 from stream.store.commands import CommandQueue
-from stream.store.snapshots import RedisUnavailableError, wrapped
+from stream.store.snapshots import FencedError, RedisUnavailableError, wrapped
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class LearnerCommands(LearnerCheckpoints):
                     if command.id not in self.applied:
                         try:
                             self.apply(command)
-                        except RedisUnavailableError:
+                        except (RedisUnavailableError, FencedError):
                             raise
                         except SnapshotError as exc:  # cannot be carried out: not an outage
                             self._refuse(command, exc)
@@ -126,8 +126,9 @@ class LearnerCommands(LearnerCheckpoints):
         if owner != me:
             log.warning(
                 "ignoring command %s: %s was handed over to learner %r after it was queued; "
-                "that learner continues from the latest version, not v%d: roll back again "
-                "if still needed (the command then goes to it)",
+                "the handover moves pending rollbacks to it: if the handover in the model's "
+                "history (`riverstream snapshots history`) does not name this rollback to "
+                "v%d among its moved_commands, roll back again",
                 command, command.model, owner, command.to,
             )  # fmt: skip
             return

@@ -9,7 +9,11 @@ name); the version numbers are shared. At start, `restore_learner` decides what 
    exactly. Models handed over *to* it since (they are not in its checkpoint) join at its input
    position with the state of their latest version: the events between the two learners'
    positions are then skipped or learned a second time by them, so this is not exact (see
-   `TakeOver`).
+   `TakeOver`). So does a model that is not in its checkpoint but already has versions with no
+   handover to it recorded (a Redis failover lost the handover, or its marker): logged as an
+   error, it continues from its latest version rather than starting again from nothing (which
+   the next automatic promotion would have served); only a model that has no version yet
+   starts fresh. Its spec must match the ``--model`` given, as for a restored model.
 2. **No checkpoint of its own yet** (a new learner) and every model it takes over comes from the
    same version V: it continues from checkpoint V itself, leaving out the models that stay with
    their owner. That is exactly where the previous owner was at V, so the models it takes over
@@ -80,7 +84,20 @@ def restore_learner(store: SnapshotStore, signing_key: bytes, specs: list[ModelS
                 "versions %s at this learner's position (not exact: a learner with no "
                 "checkpoint of its own takes models over exactly)", me, sorted(taken), taken,
             )  # fmt: skip
-        return TakeOver(restored, taken)
+        unrecorded = {
+            name: version
+            for name in restored.added
+            if name not in taken and (version := store.latest_version(name)) is not None
+        }
+        for name, version in sorted(unrecorded.items()):
+            log.error(
+                "learner %s: model %s is not in its checkpoint v%d but already has versions "
+                "(latest v%d), and no handover to this learner is recorded (a Redis failover "
+                "may have lost it): it continues from v%d at this learner's position instead "
+                "of starting fresh (not exact). To start it fresh, learn it under a new name",
+                me, name, restored.version, version, version,
+            )  # fmt: skip
+        return TakeOver(restored, {**taken, **unrecorded})
     taken = handed_to(store, [spec.name for spec in specs])
     versions = set(taken.values())
     if len(versions) == 1:

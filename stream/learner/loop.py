@@ -22,6 +22,7 @@ from learners.comparisons import ComparePairs
 from learners.core import LearningCore
 from learners.specs import ModelSpec
 from learners.watermark import Watermark
+from schemas.errors import SnapshotError
 from schemas.events import EventCodec, Limits
 from schemas.settings import Settings
 from stream.checkpoint.protocol import Offsets, SkipRanges, Snapshotter
@@ -137,8 +138,16 @@ class Learner(LearnerCommands):
             self.stats.restored_from = restored.version
             self._adopt(restored)
             self.applied = list(restored.extras.get("applied", []))
+        wanted = {spec.name: spec.spec for spec in specs}
         for name, version in start.at_position.items():  # handed over to it (not exact)
-            self.core.models[name], _meta = store.load_model(name, version)
+            state, _meta = store.load_model(name, version)
+            if state.spec.spec != wanted[name]:  # as `restore` refuses a checkpoint's model
+                raise SnapshotError(
+                    f"model {name} was snapshotted with spec {state.spec.spec!r}, not "
+                    f"{wanted[name]!r}: learner {settings.learner!r} takes it over from v{version}"
+                    f"; start it with --model {name}={state.spec.spec}"
+                )
+            self.core.models[name] = state
         if backfill is not None:  # new models catch up first (stream.learner.backfill)
             added = [] if restored is None else restored.added
             new = [name for name in added if name not in start.at_position]

@@ -104,8 +104,17 @@ def build_learner(
     # Redis holds learning 0.5 s at most. The blobs keep the store's 10 s (the writer thread,
     # the forked child, restores, the final snapshot: large ones on a slow link need it).
     quick = redis_client(settings, socket_connect_timeout=0.5, socket_timeout=0.5)
-    # Learner groups: this learner owns its models, or it does not start (stream.registry.owners).
-    claim(store.client, store.keys, settings.learner, [spec.name for spec in specs])
+    # Learner groups: this learner owns its models, or it does not start (stream.registry.owners);
+    # and this process holds the learner's new epoch: an older process of the same name, still
+    # running, can write nothing more (`stream.store.snapshots.FencedError`).
+    epoch = claim(store.client, store.keys, settings.learner, [spec.name for spec in specs])
+    store.epoch = epoch
+
+    def fenced_store() -> SnapshotStore:  # the forked child's and the writer thread's
+        opened = snapshot_store(settings)
+        opened.epoch = epoch
+        return opened
+
     group = f"{settings.redis_prefix}-learner"
     backfill = None  # new models catch up from that time first (stream.learner.backfill)
     if backfill_from is not None:
@@ -128,12 +137,12 @@ def build_learner(
         ),
         partitions=partitions,
         store=store,
-        store_factory=lambda: snapshot_store(settings),
+        store_factory=fenced_store,
         dead_letters=DeadLetters(
             EventProducer(bootstrap, linger_ms=5, security=security), settings.topic_dlq
         ),
         observer=observer,
-        commands=CommandQueue(quick, settings.redis_prefix, settings.learner),
+        commands=CommandQueue(quick, settings.redis_prefix, settings.learner, epoch=epoch),
         use_fork=use_fork,
         compare=compare,
         backfill=backfill,

@@ -7,33 +7,78 @@ name than ``default`` has its own, ``{prefix}:learner:NAME:commands``. Besides r
 The learner peeks at it between batches, applies each command, makes the result durable with a
 snapshot (whose checkpoint records the ids applied) and only then acknowledges the commands: a
 crash in between re-reads them, and the recorded ids make them no-ops.
+
+The acknowledgement removes the commands that were read, by value (each holds a unique id), not
+the first N of the list: a handover moves a model's pending rollbacks to its new owner's list
+(`stream.registry.owners`), so what was read may no longer be at the head. With the learner
+process's epoch (`stream.registry.owners.claim`) it is refused with
+`stream.store.snapshots.FencedError`, nothing removed, once another process of the same learner
+name started: only the newest one acknowledges.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 
 from schemas.records import RollbackCommand
 from stream.store.keys import DEFAULT_LEARNER, RedisKeys
-from stream.store.snapshots import wrapped
+from stream.store.snapshots import fenced_error, wrapped
+
+# KEYS: the command list, the learner's epoch hash. ARGV: the process's epoch ('' : none), then
+# the commands read. Removes them (LREM, one each) unless a newer epoch holds the hash: then it
+# removes nothing and returns the hash's fields (`FENCE_FIELDS`); else {}.
+_ACK = """
+if ARGV[1] ~= '' then
+  local fence = redis.call('HMGET', KEYS[2], 'epoch', 'started_at', 'host', 'pid')
+  if fence[1] and tonumber(fence[1]) and tonumber(fence[1]) > tonumber(ARGV[1]) then
+    return fence
+  end
+end
+for i = 2, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+return {}
+"""
 
 
 class CommandQueue:
-    def __init__(self, client: redis.Redis, prefix: str, learner: str = DEFAULT_LEARNER) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        learner: str = DEFAULT_LEARNER,
+        *,
+        epoch: int | None = None,
+    ) -> None:
         self.client = client
-        self.key = RedisKeys(prefix, learner).commands
+        keys = RedisKeys(prefix, learner)
+        self.key = keys.commands
+        self._epoch_key = keys.epoch
+        self._learner = learner
+        self.epoch = epoch
+        """The learner process's fencing token: `ack` refuses once a newer process started."""
+        self._read: list[Any] = []  # the commands as `peek` read them, for `ack`
 
     def peek(self) -> list[RollbackCommand]:
         with wrapped("reading learner commands"):
             raw = self.client.lrange(self.key, 0, -1)
+        self._read = list(raw)
         return [RollbackCommand.from_json(item) for item in raw]
 
     def ack(self, n: int) -> None:
-        if n:
-            with wrapped("acknowledging learner commands"):
-                self.client.ltrim(self.key, n, -1)
+        """Remove the first ``n`` commands the last `peek` read (wherever they are now)."""
+        if not n:
+            return
+        done = self._read[:n]
+        epoch = "" if self.epoch is None else str(self.epoch)
+        with wrapped("acknowledging learner commands"):
+            fence = self.client.eval(_ACK, 2, self.key, self._epoch_key, epoch, *done)
+        if fence and self.epoch is not None:
+            refused = fenced_error(self._learner, self.epoch, list(fence))
+            if refused is not None:
+                raise refused
+        self._read = self._read[n:]
 
 
 def in_ranges(time: float, ranges: Sequence[Sequence[float]]) -> bool:

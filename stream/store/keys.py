@@ -23,6 +23,10 @@ Key layout under a prefix ``P``::
     P:learners                             set of learner names that claimed models
     P:learner:NAME:checkpoint:latest       the checkpoint pointer of learner NAME
     P:learner:NAME:commands                the command list of learner NAME
+    P:learner:NAME:epoch                   hash {epoch, started_at, host, pid}: the process of
+                                           learner NAME that started last (its fencing token,
+                                           `stream.registry.owners.claim`); every learner name
+                                           has one, ``default`` too
     P:model:NAME:owner                     the learner that learns the model (absent: ``default``
                                            if the model exists; `stream.registry.owners`)
     P:model:NAME:handover                  JSON: the latest handover of the model (from, to,
@@ -30,7 +34,8 @@ Key layout under a prefix ``P``::
     P:model:NAME:trace                     stream: the learning curve, entry id = label count
                                            (`stream.store.trace`), capped (MAXLEN ~)
     P:model:NAME:trace:lineage             JSON: the rollback lineage of the trace's points
-    P:lookup:seq                           INCR counter numbering batch prediction tables
+    P:lookup:seq                           counter numbering batch prediction tables (a
+                                           script: past the served and existing tables)
     P:model:NAME:lookup                    JSON `LookupTable` of the table served (TTL)
     P:model:NAME:lookup:TABLE              hash: id → stored answer JSON (TTL)
     P:graph:NAME:lookup                    the same for graph NAME's served lookup table
@@ -239,6 +244,18 @@ class RedisKeys:
         if learner == DEFAULT_LEARNER:
             return f"{self.prefix}:learner:commands"
         return f"{self.prefix}:learner:{learner}:commands"
+
+    def learner_epoch(self, learner: str) -> str:
+        """The fencing token of ``learner``'s processes: the one that started last holds it.
+
+        >>> RedisKeys("rs").learner_epoch("default"), RedisKeys("rs", "b").epoch
+        ('rs:learner:default:epoch', 'rs:learner:b:epoch')
+        """
+        return f"{self.prefix}:learner:{learner}:epoch"
+
+    @property
+    def epoch(self) -> str:
+        return self.learner_epoch(self.learner)
 
     @property
     def learners(self) -> str:

@@ -13,8 +13,10 @@ A live update is written and served only when it cannot contradict the registry:
 
 - **Written** (`LIVE_WRITE`, one Lua script, so the checks and the write are atomic) only if the
   model has no pin, its policy is ``always`` (no policy key means ``always``), no operator command
-  waits for the learner (a rollback in flight) and the version it continues is the one served
-  (the promoted version, else the latest). Then it PUBLISHes on the live channel
+  waits for the learner (a rollback in flight), the version it continues is the one served
+  (the promoted version, else the latest) and no newer process of the learner's name started
+  (its epoch, `stream.registry.owners.claim`: an older process still running publishes
+  nothing more, as it writes no version). Then it PUBLISHes on the live channel
   (``P:snapshots:live``), which only live-following readers subscribe to.
 - **Served** (`LiveStore.pointers`, read in one MULTI with the pointers) under the same rule: no
   pin, policy ``always``, base version = served version. Otherwise the exact version is served.
@@ -43,9 +45,14 @@ from stream.store.snapshots import wrapped
 if TYPE_CHECKING:
     from stream.store.snapshots import SnapshotStore
 
-# KEYS: pin, promoted, latest, policy, commands, live.
-# ARGV: base version, meta JSON, signed blob, channel, notification JSON.
+# KEYS: pin, promoted, latest, policy, commands, live, the learner's epoch hash.
+# ARGV: base version, meta JSON, signed blob, channel, notification JSON, the writing process's
+# epoch ('': not checked).
 LIVE_WRITE = """
+if ARGV[6] ~= '' then
+  local newest = tonumber(redis.call('HGET', KEYS[7], 'epoch'))
+  if newest and newest > tonumber(ARGV[6]) then return 0 end
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local policy = redis.call('GET', KEYS[4])
 if policy then
@@ -155,15 +162,16 @@ class LiveStore:
 
     def write(self, model: str, version: int, blob: bytes, meta: LiveMeta) -> bool:
         """Publish ``blob`` (signed by the caller) as the live update of ``model`` continuing
-        ``version``; False when the rule refuses it (pin, policy, pending command, or
-        ``version`` is not the one served)."""
+        ``version``; False when the rule refuses it (pin, policy, pending command,
+        ``version`` is not the one served, or a newer process of the learner started)."""
         k = self.keys
         note = Notification(model, version, "live").to_json()
+        epoch = "" if self.store.epoch is None else self.store.epoch
         with wrapped(f"live update of {model}"):
             done = self._write(
                 keys=[k.pin(model), k.promoted(model), k.latest(model), k.policy(model),
-                      k.commands, k.live(model)],
-                args=[version, meta.to_json(), blob, k.live_channel, note],
+                      k.commands, k.live(model), k.epoch],
+                args=[version, meta.to_json(), blob, k.live_channel, note, epoch],
             )  # fmt: skip
         return bool(done)
 

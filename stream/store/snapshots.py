@@ -55,8 +55,10 @@ return 0
 """
 
 # `SnapshotStore._check_owners` in one round trip: KEYS: the owners' keys (ARGV[1] of them),
-# then keys whose type is checked; returns the owners (as MGET would: nil for a key that holds
-# no string; one GET at a time, as Lua's unpack stops at ≈ 8 000 values) and those types.
+# then, when ARGV[2] is 1, the learner's epoch hash (`RedisKeys.epoch`), then keys whose type is
+# checked; returns the owners (as MGET would: nil for a key that holds no string; one GET at a
+# time, as Lua's unpack stops at ≈ 8 000 values), those types, and the epoch hash's fields
+# (`FENCE_FIELDS`; nil when not asked, or when the key is no hash).
 _OWNERS_AND_TYPES = """
 local n = tonumber(ARGV[1])
 local owners = {}
@@ -65,10 +67,20 @@ for i = 1, n do
   if type(owner) == 'table' then owner = false end
   owners[i] = owner
 end
+local first, fence = n + 1, false
+if ARGV[2] == '1' then
+  fence = redis.pcall('HMGET', KEYS[n + 1], 'epoch', 'started_at', 'host', 'pid')
+  if fence['err'] then fence = false end
+  first = n + 2
+end
 local types = {}
-for i = n + 1, #KEYS do types[#types + 1] = redis.call('TYPE', KEYS[i])['ok'] end
-return {owners, types}
+for i = first, #KEYS do types[#types + 1] = redis.call('TYPE', KEYS[i])['ok'] end
+return {owners, types, fence}
 """
+
+FENCE_FIELDS = ("epoch", "started_at", "host", "pid")
+"""The fields of a learner's epoch hash (`RedisKeys.epoch`), written by
+`stream.registry.owners.claim` when a learner process starts."""
 
 
 class RedisUnavailableError(SnapshotError):
@@ -78,6 +90,39 @@ class RedisUnavailableError(SnapshotError):
 
 class OwnershipLostError(SnapshotError):
     """A snapshot names a model that another learner owns now: it was not written."""
+
+
+class FencedError(SnapshotError):
+    """Another process of this learner's name started after this one (it took a newer epoch,
+    `stream.registry.owners.claim`): this one wrote nothing and must stop. Two processes of
+    one name would otherwise both learn its models, overwrite each other's checkpoint and
+    acknowledge each other's commands."""
+
+
+def fenced_error(learner: str, mine: int, fields: list[Any] | None) -> FencedError | None:
+    """The `FencedError` of the process of ``learner`` holding epoch ``mine`` when its epoch
+    hash holds ``fields`` (`FENCE_FIELDS`, as read), or None if that process is still the
+    newest (or the hash is gone: then nothing tells, and it goes on).
+
+    >>> fenced_error("a", 3, [b"3", b"1.0", b"h", b"1"]) is None, fenced_error("a", 3, None)
+    (True, None)
+    >>> str(fenced_error("a", 3, [b"4", b"0", b"host-2", b"77"]))[:61]
+    "another process of learner 'a' started at 1970-01-01 00:00:00"
+    """
+    if not fields or fields[0] is None or not fields[0].isdigit() or int(fields[0]) <= mine:
+        return None
+    raw, started, host, pid = (b"?" if v is None else v for v in fields)
+    try:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(started)))
+    except ValueError:
+        when = started.decode(errors="replace")
+    return FencedError(
+        f"another process of learner {learner!r} started at {when} UTC (host "
+        f"{host.decode(errors='replace')}, pid {pid.decode(errors='replace')}; its epoch "
+        f"{int(raw)}, this process's {mine}): this process stops without writing. Two "
+        "processes of one learner name must not run together; give each learner its own "
+        "--learner name"
+    )
 
 
 _REFUSALS = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError,
@@ -162,6 +207,7 @@ class SnapshotStore:
         *,
         learner: str = DEFAULT_LEARNER,
         wait_replicas: int = 0,
+        epoch: int | None = None,
     ) -> None:
         if not 0 < chunk_bytes <= REDIS_VALUE_LIMIT:
             raise SnapshotError(f"chunk_bytes must be in 1..{REDIS_VALUE_LIMIT}, not {chunk_bytes}")
@@ -172,12 +218,16 @@ class SnapshotStore:
         self.signing_key = signing_key
         self.chunk_bytes = chunk_bytes
         self.wait_replicas = wait_replicas
+        self.epoch = epoch
+        """The learner process's fencing token (`stream.registry.owners.claim`): with one,
+        `write` refuses with `FencedError` once a newer process of the learner started. None
+        (the registry, the tools): not checked."""
 
     def using(self, client: redis.Redis) -> SnapshotStore:
         """This store (prefix, key, learner) on another ``client``: one with other timeouts."""
         return SnapshotStore(
             client, self.keys.prefix, self.signing_key, self.chunk_bytes,
-            learner=self.keys.learner, wait_replicas=self.wait_replicas,
+            learner=self.keys.learner, wait_replicas=self.wait_replicas, epoch=self.epoch,
         )  # fmt: skip
 
     # -- writing ---------------------------------------------------------------------------
@@ -211,7 +261,9 @@ class SnapshotStore:
            WATCHed and checked before step 1: a model handed over to another learner
            (`stream.registry.owners`) fails the write with `OwnershipLostError`, before any
            chunk is written or, when the handover comes during the write, at EXEC; nothing
-           becomes visible. In the same round trip the keys the transaction adds to are
+           becomes visible. So is the learner's epoch (`RedisKeys.epoch`) when the store has
+           one: once another process of the learner's name started, the write fails with
+           `FencedError` the same way. In the same round trip the keys the transaction adds to are
            checked for their type (`_typed`): Redis has no rollback, and a command refused at
            EXEC by a key of the wrong type (only something else writing into this prefix
            makes one) would not undo the others. Such a key fails the write with
@@ -270,7 +322,7 @@ class SnapshotStore:
             try:
                 tx.execute()
             except redis.WatchError:  # an owner moved while the chunks went: a handover?
-                self._check_owners(self.client, list(metas))  # then named as one
+                self._check_owners(self.client, list(metas))  # then named as one (or fenced)
                 raise
             if self.wait_replicas:  # on enough replicas before announced (lost only by them all)
                 self.client.wait(self.wait_replicas, WAIT_REPLICAS_MS)
@@ -299,21 +351,27 @@ class SnapshotStore:
         self, tx: Any, models: list[str], typed: Mapping[str, bytes] | None = None
     ) -> None:
         """Check that the owners of ``models`` are this store's learner (or unset, for the
-        learner ``default``); with a transaction ``tx``, WATCH them first: its EXEC then fails
-        if one changes meanwhile. ``typed``: keys whose type is checked in the same round trip
-        (`_typed`); one of another type raises `SnapshotError` naming it."""
+        learner ``default``) and, with an `epoch`, that no newer process of the learner started
+        (`FencedError`); with a transaction ``tx``, WATCH them (and the epoch) first: its EXEC
+        then fails if one changes meanwhile. ``typed``: keys whose type is checked in the same
+        round trip (`_typed`); one of another type raises `SnapshotError` naming it."""
         owner_keys = [self.keys.owner(name) for name in models]
-        if not owner_keys and not typed:
+        fenced = self.epoch is not None
+        watched = [*owner_keys, self.keys.epoch] if fenced else owner_keys
+        if not watched and not typed:
             return
         reader = tx
         if isinstance(tx, redis.client.Pipeline):
-            if owner_keys:  # from here the pipeline runs each command at once, watching
-                tx.watch(*owner_keys)
+            if watched:  # from here the pipeline runs each command at once, watching
+                tx.watch(*watched)
             else:  # nothing to watch (a checkpoint alone): the pipeline would only queue
                 reader = self.client
+        fence: list[Any] | None = None
         if typed:
-            owners, types = reader.eval(_OWNERS_AND_TYPES, len(owner_keys) + len(typed),
-                                        *owner_keys, *typed, len(owner_keys))  # fmt: skip
+            owners, types, fence = reader.eval(
+                _OWNERS_AND_TYPES, len(watched) + len(typed), *watched, *typed,
+                len(owner_keys), int(fenced),
+            )  # fmt: skip
             for (key, expected), found in zip(typed.items(), types, strict=True):
                 if found not in (expected, b"none"):
                     raise SnapshotError(
@@ -321,8 +379,14 @@ class SnapshotStore:
                         "something else writes into this prefix; nothing was written"
                     )
         else:
-            owners = reader.mget(owner_keys)
+            owners = reader.mget(owner_keys) if owner_keys else []
+            if fenced:
+                fence = reader.hmget(self.keys.epoch, *FENCE_FIELDS)
         mine = self.keys.learner
+        if self.epoch is not None:
+            refused = fenced_error(mine, self.epoch, fence)
+            if refused is not None:
+                raise refused
         for name, raw in zip(models, owners, strict=True):
             owner = owner_of(raw)
             if owner != mine:

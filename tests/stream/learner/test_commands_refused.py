@@ -133,21 +133,24 @@ def test_a_rollback_of_a_model_the_learner_owns_but_does_not_learn_is_refused(
 def test_a_rollback_of_a_model_handed_over_since_it_was_queued_leaves_its_policy_alone(
     settings: Settings,
 ) -> None:
-    """The model is the new owner's (it continues from its latest version): this learner,
-    stopped meanwhile, dropped it at its start and ignores the rollback, deliberately (the
-    operator rolls back again, for the new owner)."""
+    """The model is the new owner's: the handover moved the rollback to the new owner's
+    command list (`stream.registry.owners`), and this learner, stopped meanwhile, dropped the
+    model at its start and reads only the release; the policy is left alone and the version
+    rolled back to stays served until the new owner carries the rollback out."""
     s = fast(settings, learner="a", snapshot_every_labels=100, snapshot_every_seconds=0.2)
     publish(s, _events(0, 300))
     run_to_end(build_learner(s, [ModelSpec("lr", "logreg"), ModelSpec("other", "logreg")]))
     registry = Registry(snapshot_store(s), by="test")
     first = registry.versions("other")[0].meta.version
-    registry.rollback("other", to=first, reason="bad labels")
+    command = registry.rollback("other", to=first, reason="bad labels")
     registry.handover("other", "b", reason="split")
 
     publish(s, _events(300, 400))
     run_to_end(build_learner(s, [ModelSpec("lr", "logreg")]))
 
-    assert registry.pending_commands() == []  # the rollback and the release
+    assert registry.pending_commands() == [command]  # b's now; a acknowledged the release
+    raw = registry.client.lrange(registry.keys.learner_commands("b"), 0, -1)
+    assert [RollbackCommand.from_json(r).id for r in raw] == [command.id]
     assert registry.policy("other").policy == "always"
     assert registry.history("other")[-1].action == "handover"
     assert registry.serving_version("other") == first
