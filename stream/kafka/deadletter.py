@@ -40,6 +40,17 @@ def _header_size(header: Header) -> int:
     return len(header[0].encode()) + len(header[1]) + HEADER_OVERHEAD
 
 
+def message_bytes(key: bytes | None, value: bytes | None, headers: Sequence[Header]) -> int:
+    """What a message's key, value and headers take (each header with `HEADER_OVERHEAD`): what
+    `fitted` keeps under `MAX_DEAD_LETTER_BYTES`, and what the prediction worker measures of an
+    answer before sending it.
+
+    >>> message_bytes(b"id", b"{}", [("x-trace", b"7")])
+    22
+    """
+    return len(key or b"") + len(value or b"") + sum(map(_header_size, headers))
+
+
 def fitted(
     key: bytes | None,
     value: bytes | None,
@@ -58,7 +69,7 @@ def fitted(
     (600000, b'v', [('rs.reason', b'r'), ('rs.error', b'e'), ('x-trace', b'7'), ('rs.headers_dropped', b'1')])
     """
     headers = [*where, ("rs.error", error), *extra]
-    size = len(key or b"") + len(value or b"") + sum(map(_header_size, headers))
+    size = message_bytes(key, value, headers)
     if size <= MAX_DEAD_LETTER_BYTES:
         return key, value, headers
     # What each part frees, the largest first; a passed header by its index in ``extra``.

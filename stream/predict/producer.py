@@ -13,6 +13,13 @@ from schemas.predictions import HEADER_PREFIX
 from stream.kafka.security import PLAINTEXT, KafkaSecurity
 
 _QUEUE_FULL_WAIT = 0.05
+MESSAGE_MAX_BYTES = 1_000_000
+"""The producer's ``message.max.bytes`` (librdkafka's default, set explicitly): a message whose
+key, value, headers and record overhead pass it is refused by ``produce`` itself
+(``MSG_SIZE_TOO_LARGE``)."""
+RECORD_OVERHEAD = 64
+"""What librdkafka adds to a message's key, value and headers before comparing it with
+``message.max.bytes`` (36 bytes in librdkafka 2.x: the record's varints), with a margin."""
 
 
 def passed_headers(headers: Any) -> list[tuple[str, bytes]]:
@@ -37,7 +44,12 @@ class AnswerProducer:
     """
 
     def __init__(
-        self, bootstrap: str, *, linger_ms: float = 1.0, security: KafkaSecurity = PLAINTEXT
+        self,
+        bootstrap: str,
+        *,
+        linger_ms: float = 1.0,
+        security: KafkaSecurity = PLAINTEXT,
+        max_message_bytes: int = MESSAGE_MAX_BYTES,
     ) -> None:
         self._producer = Producer(
             {
@@ -45,9 +57,13 @@ class AnswerProducer:
                 "acks": "all",
                 "enable.idempotence": True,
                 "linger.ms": linger_ms,
+                "message.max.bytes": max_message_bytes,
                 **security.librdkafka(),
             }
         )
+        self.max_bytes = max_message_bytes - RECORD_OVERHEAD
+        """The largest message (key, value and headers, as `stream.kafka.deadletter.message_bytes`
+        counts them) that ``send`` can send: the worker measures an answer against it."""
         self.failed = 0
         self.errors: deque[str] = deque(maxlen=20)
         """The newest failed deliveries' errors (what a retry reports)."""

@@ -11,7 +11,11 @@ For each request (``{"id", "target", "features"}``, key = id) it produces one an
 `schemas.predictions.PredictionAnswer`) to the prediction topic, with the same key and the
 request's ``x-`` headers, or, when the request cannot be answered, a dead letter (the original
 bytes, the reason in ``rs.reason`` / ``rs.error``, the ``x-`` headers too). A bad request never
-stops the worker. A worker joins the group only once its followers have read Redis: before,
+stops the worker: nor does a valid one whose answer, with its key and ``x-`` headers, would pass
+what the producer sends (``message.max.bytes``): measured before it is sent, that answer is a
+dead letter ``answer_too_large`` (cut down to fit, `stream.kafka.deadletter.fitted`), where
+the producer would have refused it and the worker stopped, to read the request again at every
+start. A worker joins the group only once its followers have read Redis: before,
 it knows no model, and every request would be an ``unknown_target``. While it waits it says
 why (which follower has not read Redis, and its error) at once and every ``report_every``
 seconds: a log warning and a status line with ``waiting``. A worker whose targets are all
@@ -59,7 +63,7 @@ from schemas.errors import ConfigError, SchemaError
 from schemas.events import Limits
 from schemas.settings import Settings
 from stream.kafka.client import Record, create_topics
-from stream.kafka.deadletter import DeadLetters
+from stream.kafka.deadletter import DeadLetters, message_bytes
 from stream.kafka.security import kafka_security
 from stream.predict.answer import Answerer
 from stream.predict.graph_target import Shadows
@@ -192,6 +196,7 @@ class PredictWorker:
         first: dict[tuple[str, int], int] = {}
         last: dict[tuple[str, int], int] = {}
         answer, send = self.answerer.answer, self.producer.send
+        max_bytes = self.producer.max_bytes
         topic = self.settings.topic_predictions
         targets: dict[str, int] = {}  # answers by target
         dead: dict[str, int] = {}  # dead letters by reason
@@ -218,7 +223,19 @@ class PredictWorker:
                 dead[exc.reason] = dead.get(exc.reason, 0) + 1
                 continue
             key = m.key()
-            send(topic, key if key is not None else request_id.encode(), body, None, passed)
+            if key is None:
+                key = request_id.encode()
+            size = message_bytes(key, body, passed or ())
+            if size > max_bytes:  # the producer would refuse it, and the worker stop on it
+                too_large = SchemaError(
+                    "answer_too_large", None,
+                    f"the answer, with the request's key and x- headers, takes {size} bytes, "
+                    f"over the {max_bytes} an answer may take (message.max.bytes)",
+                )  # fmt: skip
+                self._dead_letter(m, tp, offset, too_large, passed or ())
+                dead[too_large.reason] = dead.get(too_large.reason, 0) + 1
+                continue
+            send(topic, key, body, None, passed)
             self.stats.answered += 1
             targets[target] = targets.get(target, 0) + 1
             requested.append(requested_at)

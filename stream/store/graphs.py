@@ -8,6 +8,13 @@ rollback, delete, the history) is in `stream.registry.graphs`.
 Like `stream.store.snapshots`, this is an adapter: a ``redis`` error becomes a `SnapshotError`
 where it enters (`RedisUnavailableError` when Redis cannot be reached), so that a follower treats
 both stores alike. Nothing here imports River: the operator's commands read graphs quickly.
+
+A name in the graphs' index (``P:graphs``) that is not UTF-8 (written by something else: the
+registry writes valid names only) is that entry's problem alone: `GraphStore.names` lists it
+as an `UnreadableName` (its bytes escaped, ``\\xff``, never a valid graph name), and reading
+anything of it raises a ``ValueError`` saying why. A follower records that as the name's
+problem (``errors`` in its status, as for a promoted pointer that does not parse) and follows
+the other graphs; it failed the whole sync before.
 """
 
 from __future__ import annotations
@@ -28,6 +35,27 @@ def _int(raw: bytes | str | None) -> int | None:
     return None if raw is None else int(raw)
 
 
+class UnreadableName(str):
+    """A name of the graphs' index that is not UTF-8, as text (its bytes escaped); ``raw`` is
+    the stored name. No graph can be read under it (`GraphStore` raises ``ValueError``).
+
+    >>> name = UnreadableName.of(b"fr\\xffaud")
+    >>> name, name.raw, name == "fr\\\\xffaud"
+    ('fr\\\\xffaud', b'fr\\xffaud', True)
+    """
+
+    raw: bytes
+
+    @classmethod
+    def of(cls, raw: bytes) -> UnreadableName:
+        name = cls(raw.decode(errors="backslashreplace"))
+        name.raw = raw
+        return name
+
+    def problem(self, key: str) -> ValueError:
+        return ValueError(f"the graph name {self.raw!r} in {key} is not UTF-8: it is skipped")
+
+
 class GraphStore:
     """Serving graphs under ``prefix``; ``client`` may decode responses or not."""
 
@@ -36,24 +64,32 @@ class GraphStore:
         self.keys = RedisKeys(prefix)
 
     def names(self) -> list[str]:
-        """Every graph that exists (applied and not deleted), sorted."""
+        """Every graph that exists (applied and not deleted), sorted; a name that is not
+        UTF-8 is an `UnreadableName` (see the module)."""
         with wrapped("graph names"):
             raw = self.client.smembers(self.keys.graphs)
         return sorted(_text(n) for n in raw)
 
+    def _readable(self, name: str) -> None:
+        if isinstance(name, UnreadableName):
+            raise name.problem(self.keys.graphs)
+
     def versions(self, name: str) -> list[int]:
         """The versions of ``name`` kept, oldest first (empty for an unknown graph)."""
+        self._readable(name)
         with wrapped(f"versions of graph {name}"):
             raw: list[Any] = self.client.zrange(self.keys.graph_versions(name), 0, -1)
         return [int(v) for v in raw]
 
     def promoted(self, name: str) -> int | None:
         """The version serving follows, or None when the graph is not served."""
+        self._readable(name)
         with wrapped(f"promoted version of graph {name}"):
             return _int(self.client.get(self.keys.graph_promoted(name)))
 
     def document(self, name: str, version: int) -> dict[str, Any]:
         """The stored document of ``name`` v``version`` (`SnapshotError` when there is none)."""
+        self._readable(name)
         with wrapped(f"graph {name} v{version}"):
             raw = self.client.get(self.keys.graph_doc(name, version))
         if raw is None:
@@ -89,4 +125,9 @@ class GraphStore:
 
 
 def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return UnreadableName.of(raw)

@@ -1,7 +1,8 @@
 """A worker that waits for its followers' first look at Redis says why, and waits only for
 what it needs: the real `riverstream predict-worker` against the real Kafka and Redis, the
-graphs' follower failing on every poll (a graph name in the index that is not UTF-8: neither a
-Redis error nor a pointer's, so ``follower_error``)."""
+graphs' follower failing on every poll: the graphs' index is not a set (Redis refuses to read
+it, WRONGTYPE). A name in it that is not UTF-8 broke it too until it became that entry's
+problem alone (`stream.store.graphs.UnreadableName`): a worker with such a name joins."""
 
 from __future__ import annotations
 
@@ -23,16 +24,23 @@ def waiting_lines(log: Path) -> list[str]:
     return [line["waiting"] for line in status_lines(log) if "waiting" in line]
 
 
+def publish_reg(kit: Any, store: SnapshotStore, settings: Settings) -> None:
+    """A model ``reg`` in Redis and a request ``r1`` for it in Kafka."""
+    reg, _, inputs = kit.trained_models()["reg"]
+    kit.publish(store, "reg", reg, "regressor", key=settings.require_snapshot_key())
+    request = {"id": "r1", "target": "reg", "features": inputs[0]}
+    produce(settings, [(b"r1", orjson.dumps(request), [])])
+
+
 @pytest.fixture
 def request_for_reg(kit: Any, store: SnapshotStore, predict_settings: Settings) -> bytes:
     """A model ``reg`` in Redis, a request for it in Kafka, and a graphs' index that cannot
-    be read: the graphs' follower fails on every poll."""
-    reg, _, inputs = kit.trained_models()["reg"]
-    kit.publish(store, "reg", reg, "regressor", key=predict_settings.require_snapshot_key())
-    request = {"id": "r1", "target": "reg", "features": inputs[0]}
-    produce(predict_settings, [(b"r1", orjson.dumps(request), [])])
-    store.client.sadd(store.keys.graphs, b"\xff")
-    return b"\xff"
+    be read (a string, not a set): the graphs' follower fails on every poll. Returns the
+    string."""
+    publish_reg(kit, store, predict_settings)
+    store.client.delete(store.keys.graphs)
+    store.client.set(store.keys.graphs, b"not a set")
+    return b"not a set"
 
 
 def test_a_worker_waiting_for_the_graphs_says_why_until_they_are_read(
@@ -54,11 +62,11 @@ def test_a_worker_waiting_for_the_graphs_says_why_until_they_are_read(
         )  # fmt: skip
         assert worker.poll() is None
         reason = waiting_lines(log)[-1]
-        assert reason.startswith("graphs: the follower fails: UnicodeDecodeError"), reason
+        assert reason.startswith("graphs: ") and "WRONGTYPE" in reason, reason
         warned = [line for line in log.read_text().splitlines() if "first look at" in line]
         assert any(reason in line for line in warned), warned
         assert not dlq.messages and not answers.messages
-        store.client.srem(store.keys.graphs, request_for_reg)  # repaired
+        store.client.delete(store.keys.graphs)  # repaired
         answers.until(lambda ms: "r1" in answered_ids(ms), 60)
         assert stop(worker) == 0
     finally:
@@ -88,4 +96,27 @@ def test_a_worker_for_models_only_does_not_wait_for_the_graphs(
         answers.close()
         if worker.poll() is None:
             worker.kill()
-    assert store.client.sismember(store.keys.graphs, request_for_reg), "still failing"
+    assert store.client.get(store.keys.graphs) == request_for_reg, "still failing"
+
+
+def test_a_graph_name_that_is_not_utf8_does_not_hold_a_worker(
+    kit: Any, store: SnapshotStore, predict_settings: Settings, tmp_path: Path
+) -> None:
+    """A name in the graphs' index that is not UTF-8 failed every sync of the graphs: a
+    worker for every target waited for ever. It is that entry's problem only: the worker
+    joins and answers."""
+    settings = predict_settings
+    publish_reg(kit, store, settings)
+    store.client.sadd(store.keys.graphs, b"\xff")
+    log = tmp_path / "w.log"
+    worker = spawn_cli(settings, ["predict-worker", "--report-every", "0.2"], log)
+    answers = Reader(settings, settings.topic_predictions)
+    try:
+        answers.until(lambda ms: "r1" in answered_ids(ms) or worker.poll() is not None, 60)
+        assert worker.poll() is None, log.read_text()[-3000:]
+        assert stop(worker) == 0
+    finally:
+        answers.close()
+        if worker.poll() is None:
+            worker.kill()
+    assert "not UTF-8" in log.read_text(), "the entry is reported"

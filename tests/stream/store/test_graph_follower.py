@@ -57,8 +57,9 @@ def test_notifications_then_polling_then_deletion(
         kit.wait_until(lambda: served_version(follower, "g") == v1)
         v2 = registry.apply({"name": "g", "root": "nb"}).version
         kit.wait_until(lambda: served_version(follower, "g") == v2)
-        assert follower.get("g").spec.model_names() == ("nb",)
-        assert follower.get("g").document == {"name": "g", "root": "nb"}
+        served = follower.get("g")
+        assert served is not None and served.spec.model_names() == ("nb",)
+        assert served.document == {"name": "g", "root": "nb"}
     finally:
         follower.stop()
     assert recorder.swapped == [("g", v1), ("g", v2)]
@@ -216,25 +217,67 @@ def test_a_document_that_breaks_the_reading_is_refused_and_the_other_graphs_foll
         follower.stop()
 
 
+def test_a_graph_name_that_is_not_utf8_is_the_problem_of_that_entry_only(
+    kit, registry: GraphRegistry, store: SnapshotStore
+) -> None:
+    """A name in the graphs' index that is not UTF-8 (written by something else) failed every
+    sync: no graph was followed and the follower never counted as synced (a worker waited on
+    it for ever). It is that entry's problem: skipped, reported in ``errors``, the other
+    graphs followed; removed, it is forgotten."""
+    va = registry.apply({"name": "a", "root": "lr"}).version
+    store.client.sadd(store.keys.graphs, b"\xff", b"b\xc3")  # one sorts first, one after "a"
+    follower = GraphFollower(GraphStore(store.client, store.keys.prefix), poll_seconds=0.1)
+    follower.start()
+    try:
+        assert follower.first_sync.wait(10)
+        kit.wait_until(lambda: served_version(follower, "a") == va, what="a followed")
+        vz = registry.apply({"name": "z", "root": "nb"}).version
+        kit.wait_until(lambda: served_version(follower, "z") == vz, what="z followed")
+        status = follower.status()
+        assert follower.synced and status["redis"]["follower_error"] is None, status["redis"]
+        assert status["graphs"] == {"a": va, "z": vz}
+        errors = {e["graph"]: e["error"] for e in status["errors"]}
+        assert set(errors) == {"\\xff", "b\\xc3"}, errors  # the bytes escaped
+        assert "b'\\xff'" in errors["\\xff"] and "not UTF-8" in errors["\\xff"], errors
+        json.dumps(status)  # what a status route serves
+        store.client.srem(store.keys.graphs, b"\xff", b"b\xc3")  # repaired
+        kit.wait_until(lambda: not follower.status()["errors"], what="the problems forgotten")
+        assert follower.status()["graphs"] == {"a": va, "z": vz}
+    finally:
+        follower.stop()
+
+
+class FailingGraphs(GraphStore):
+    """A graph store whose index cannot be read, until ``failing`` is cleared, with an error
+    that is neither Redis's nor a pointer's (a bug)."""
+
+    failing = True
+
+    def names(self) -> list[str]:
+        if self.failing:
+            raise RuntimeError("boom")
+        return super().names()
+
+
 def test_an_unexpected_error_of_the_graph_follower_is_reported_until_it_reads_again(
     kit, registry: GraphRegistry, store: SnapshotStore
 ) -> None:
     """The graphs' follower shares the models' loop (`stream.store.following`): an error that
-    is neither a Redis error nor a pointer's (a graph name that is not UTF-8 in the index)
-    sets ``first_sync``, is ``follower_error`` in its status and `unsynced_reason` (what a
-    waiting worker reports), until a look at Redis succeeds."""
+    is neither a Redis error nor a pointer's sets ``first_sync``, is ``follower_error`` in its
+    status and `unsynced_reason` (what a waiting worker reports), until a look at Redis
+    succeeds."""
     vg = registry.apply({"name": "g", "root": "lr"}).version
-    store.client.sadd(store.keys.graphs, b"\xff")
-    follower = GraphFollower(GraphStore(store.client, store.keys.prefix), poll_seconds=0.1)
+    graphs = FailingGraphs(store.client, store.keys.prefix)
+    follower = GraphFollower(graphs, poll_seconds=0.1)
     follower.start()
     try:
         assert follower.first_sync.wait(10), "a failing sync held the first sync"
         redis = follower.status()["redis"]
-        assert redis["follower_error"].startswith("UnicodeDecodeError"), redis
+        assert redis["follower_error"] == "RuntimeError: boom", redis
         assert not follower.synced
         reason = follower.unsynced_reason()
-        assert reason is not None and reason.startswith("graphs: the follower fails: Unicode")
-        store.client.srem(store.keys.graphs, b"\xff")  # repaired
+        assert reason == "graphs: the follower fails: RuntimeError: boom", reason
+        graphs.failing = False  # repaired
         kit.wait_until(lambda: served_version(follower, "g") == vg, what="g followed")
         assert follower.synced and follower.unsynced_reason() is None
         assert follower.status()["redis"]["follower_error"] is None
