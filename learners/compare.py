@@ -274,6 +274,42 @@ class PairedComparison:
         return new
 
 
+_FLIPPED: dict[Decision, Decision] = {
+    "b_better": "a_better",
+    "a_better": "b_better",
+    "undecided": "undecided",
+}
+
+
+def mirrored(summary: ComparisonSummary) -> ComparisonSummary:
+    """The summary of the comparison of B with A, from that of A with B: the losses (and
+    accuracies) swapped, the difference and its interval negated, the decision turned round.
+    Exact: the confidence sequence of ``loss_b - loss_a`` is the negated one of
+    ``loss_a - loss_b``, so the mirror pair need not be kept (`learners.comparisons.all_pairs`).
+
+    >>> cmp = PairedComparison()
+    >>> for _ in range(200):
+    ...     cmp.update_correct(False, True)
+    >>> s, m = cmp.summary(), mirrored(cmp.summary())
+    >>> m["loss_a"] == s["loss_b"], m["difference"] == -s["difference"], m["decision"]
+    (True, True, 'a_better')
+    >>> (m["lower"], m["upper"]) == (-s["upper"], -s["lower"])
+    True
+    """
+    return ComparisonSummary(
+        kind=summary["kind"],
+        n=summary["n"],
+        loss_a=summary["loss_b"],
+        loss_b=summary["loss_a"],
+        accuracy_a=summary["accuracy_b"],
+        accuracy_b=summary["accuracy_a"],
+        difference=-summary["difference"],
+        lower=-summary["upper"],
+        upper=-summary["lower"],
+        decision=_FLIPPED[summary["decision"]],
+    )
+
+
 def _number(value: float | int | str | None) -> float | int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"expected a number, got {value!r}")

@@ -8,9 +8,16 @@ A serving graph's logged answer names the graph (and its version) as the target,
 what each of its shadow branches answered (``shadows``, by the branch's path). Each shadow is
 scored the same way, under the target ``GRAPH@PATH`` (`shadow_target`) and the graph's version,
 and compared with the primary answer on the labels both answered: a `ModelComparison` of the
-pair ``(GRAPH, GRAPH@PATH)`` (the primary as champion), an anytime-valid paired comparison as
-between models (`learners.compare`), kept in the core (checkpointed, exactly once) and written
-with the snapshots beside the models' comparisons (``riverstream models compare``).
+pair ``(GRAPH@vN, GRAPH@vN@PATH)`` for graph version N (`shadow_pair`; the primary as
+champion), an anytime-valid paired comparison as between models (`learners.compare`), kept in
+the core (checkpointed, exactly once) and written with the snapshots beside the models'
+comparisons (``riverstream models compare``).
+
+One comparison per graph version: another version may serve other models on either side (a
+promotion by `stream.registry.challenger` swaps primary and shadow), so evidence of two
+versions is never pooled. Checkpoints written before kept one unversioned pair
+``(GRAPH, GRAPH@PATH)`` over all versions: it is dropped from the core at the graph's next
+shadow answer (its last record stays readable in Redis, with the snapshot that wrote it).
 
 Examples
 --------
@@ -21,7 +28,7 @@ Examples
 >>> score_shadows(served, True, metrics.Accuracy, "classifier", scores, pairs)
 >>> scores
 {('fraud@root.shadow.shadows[0]', 3): Accuracy: 0.00%}
->>> pairs[("fraud", "fraud@root.shadow.shadows[0]")].stats.loss_b
+>>> pairs[("fraud@v3", "fraud@v3@root.shadow.shadows[0]")].stats.loss_b
 1.0
 """
 
@@ -54,6 +61,16 @@ def shadow_target(graph: str, branch: str) -> str:
     'fraud@root.shadow.shadows[1]'
     """
     return f"{graph}{SHADOW_MARK}{branch}"
+
+
+def shadow_pair(graph: str, version: int, branch: str) -> Pair:
+    """The comparison of a graph's primary answer with a shadow branch's, at one graph version.
+
+    >>> shadow_pair("fraud", 3, "root.shadow.shadows[1]")
+    ('fraud@v3', 'fraud@v3@root.shadow.shadows[1]')
+    """
+    primary = f"{graph}{SHADOW_MARK}v{version}"
+    return primary, f"{primary}{SHADOW_MARK}{branch}"
 
 
 def scoring_model(models: Mapping[str, Scorer], served: Served) -> Scorer | None:
@@ -97,7 +114,7 @@ def score_shadows(
 ) -> None:
     """Score each shadow answer of ``served`` against ``y`` into ``scores`` (a ``metric_type``
     per shadow target and graph version) and compare it with the primary answer in
-    ``comparisons`` (classifiers and regressors; see the module)."""
+    ``comparisons``, per graph version (classifiers and regressors; see the module)."""
     if not served.shadows:
         return
     primary = (served.prediction, _probabilities(served.probabilities, y))
@@ -110,10 +127,11 @@ def score_shadows(
         update_metric(metric, y, answer.prediction, answer.probabilities)
         if kind not in ("classifier", "regressor"):
             continue
-        pair = (served.model, target)
+        comparisons.pop((served.model, target), None)  # unversioned, of older checkpoints
+        pair = shadow_pair(served.model, served.version, branch)
         comparison = comparisons.get(pair)
         if comparison is None:
-            comparison = comparisons[pair] = ModelComparison.fresh(served.model, target, kind)
+            comparison = comparisons[pair] = ModelComparison.fresh(*pair, kind)
             comparison.a, comparison.b = 0, 1
         shadow = (answer.prediction, _probabilities(answer.probabilities, y))
         comparison.update(y, [primary, shadow])

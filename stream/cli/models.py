@@ -81,47 +81,19 @@ def _when(t: float) -> str:
     return dt.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
 
 
-def mirrored(row: dict[str, Any]) -> dict[str, Any]:
-    """The comparison of B with A from the comparison of A with B: losses swapped, the
-    difference and its interval negated, the decision turned round.
-
-    >>> row = {"champion": "a", "challenger": "b", "champion_loss": 0.3, "challenger_loss": 0.2,
-    ...        "champion_accuracy": 0.7, "challenger_accuracy": 0.8, "difference": 0.1,
-    ...        "lower": 0.05, "upper": 0.15, "decision": "b_better"}
-    >>> m = mirrored(row)
-    >>> m["champion"], m["difference"], (m["lower"], m["upper"]), m["decision"]
-    ('b', -0.1, (-0.15, -0.05), 'a_better')
-    """
-    flip = {"b_better": "a_better", "a_better": "b_better"}
-    swapped = dict(row)
-    for a, b in (("champion", "challenger"), ("champion_loss", "challenger_loss"),
-                 ("champion_accuracy", "challenger_accuracy")):  # fmt: skip
-        swapped[a], swapped[b] = row[b], row[a]
-    swapped["difference"] = _negated(row["difference"])
-    swapped["lower"], swapped["upper"] = _negated(row["upper"]), _negated(row["lower"])
-    swapped["decision"] = flip.get(row["decision"], row["decision"])
-    swapped["mirrored"] = True
-    return swapped
-
-
-def _negated(value: float | None) -> float | None:
-    return None if value is None else -value
-
-
 def comparison_row(
     champion: str, challenger: str, margin: float = 0.0, min_labels: int = 0
 ) -> dict[str, Any]:
     """The latest comparison of ``champion`` with ``challenger`` as one JSON-ready row (the
-    learner's pair, or its mirror); `RiverstreamError` when the learner compares neither."""
+    learner's pair, or its mirror: `ComparisonStore.find`); `RiverstreamError` when the
+    learner compares neither."""
     from stream.store.comparisons import ComparisonStore
 
     client, prefix = _client()
     store = ComparisonStore(client, prefix)
-    for a, b, mirror in ((champion, challenger, False), (challenger, champion, True)):
-        stored = store.get(a, b)
-        if stored is not None:
-            row = _row(stored.to_dict(margin, min_labels))
-            return mirrored(row) if mirror else row
+    stored = store.find(champion, challenger)
+    if stored is not None:
+        return _row(stored.to_dict(margin, min_labels))
     pairs = ", ".join(f"{a}:{b}" for a, b in store.pairs()) or "none"
     raise RiverstreamError(
         f"no comparison of {champion} with {challenger} in Redis (compared: {pairs}); start the "

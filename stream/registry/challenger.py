@@ -9,10 +9,12 @@ A policy belongs to one serving graph (``riverstream models policy GRAPH --champ
 
 The learner evaluates every armed policy after each snapshot (in the snapshot's ``after_write``
 step, like the models' promotion policy: `stream.learner.runtime.promote_after_write`), from the
-comparison it has just written (`stream.store.comparisons`). It fires when the comparison of A
-with B, over at least N labels that both scored, decides ``b_better`` with margin M: the whole
-anytime-valid confidence interval of ``loss(A) - loss(B)`` is above M (`learners.compare`: the
-decision may be checked after every snapshot without inflating false promotions). Then:
+comparison it has just written (`stream.store.comparisons`; the learner may keep the pair as
+B:A, e.g. ``--compare all`` in model order: it is then read mirrored, `ComparisonStore.find`).
+It fires when the comparison of A with B, over at least N labels that both scored, decides
+``b_better`` with margin M: the whole anytime-valid confidence interval of ``loss(A) - loss(B)``
+is above M (`learners.compare`: the decision may be checked after every snapshot without
+inflating false promotions). Then:
 
 1. the graph's served document is rewritten by `swap_champion`: every ``model`` node naming A
    names B instead, except in the ``shadows`` of a shadow node, where B (the challenger that was
@@ -24,8 +26,12 @@ decision may be checked after every snapshot without inflating false promotions)
 3. the policy records that it fired (``promoted``) and is not evaluated again: a rollback of the
    graph by the operator is not undone by the policy. Setting the policy again re-arms it.
 
-A crash between 2 and 3 is harmless: the served graph then names A nowhere outside shadows, so the
-next evaluation finds nothing to swap and only records the promotion. Nothing here imports River.
+A policy is only set on a served graph that names A outside its shadow branches (else it could
+never promote anything). A crash between 2 and 3 is harmless: the served graph then names A
+nowhere outside shadows and B there, so the next evaluation finds nothing to swap and only
+records the promotion. A graph changed meanwhile to name neither (the operator applied another
+document) is left alone and the policy stays armed: a promotion is never recorded without B in
+A's place. Nothing here imports River.
 """
 
 from __future__ import annotations
@@ -51,8 +57,10 @@ from schemas.graphs import (
     Node,
     RulesNode,
     SequenceNode,
+    ShadowNode,
     SplitNode,
     SwitchNode,
+    children,
     graph_to_dict,
 )
 from schemas.names import MODEL_NAME_RULE, is_model_name
@@ -63,7 +71,14 @@ from stream.store.comparisons import ComparisonStore, StoredComparison
 from stream.store.graphs import GraphStore
 from stream.store.keys import RedisKeys
 
-__all__ = ["ChallengerPolicies", "ChallengerPolicy", "Promotion", "evidence", "swap_champion"]
+__all__ = [
+    "ChallengerPolicies",
+    "ChallengerPolicy",
+    "Promotion",
+    "evidence",
+    "served_models",
+    "swap_champion",
+]
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +159,10 @@ def evidence(stored: StoredComparison, policy: ChallengerPolicy) -> dict[str, An
     """The numbers a promotion is decided on, for the graph's history (JSON-ready)."""
     summary = stored.summary(policy.margin, policy.min_labels)
     c = stored.comparison
+    champion, challenger = stored.pair
     return {
-        "champion": c.champion,
-        "challenger": c.challenger,
+        "champion": champion,
+        "challenger": challenger,
         "n": summary["n"],
         "loss": c.loss,
         "champion_loss": summary["loss_a"],
@@ -174,6 +190,21 @@ def swap_champion(spec: GraphSpec, champion: str, challenger: str) -> GraphSpec:
     {'sequence': {'steps': [{'model': 'b', 'as': 'a'}, 'lr']}}
     """
     return dataclasses.replace(spec, root=_swap(spec.root, champion, challenger, False, False))
+
+
+def served_models(node: Node) -> set[str]:
+    """The models ``node`` may answer with: every model node outside the ``shadows`` of a
+    shadow node (whose answers are only logged, never served).
+
+    >>> g = parse_graph({"name": "g", "root": {"shadow": {"primary": "a", "shadows": ["b"]}}})
+    >>> sorted(served_models(g.root))
+    ['a']
+    """
+    if isinstance(node, ModelNode):
+        return {node.model}
+    if isinstance(node, ShadowNode):
+        return served_models(node.primary)
+    return set().union(*(served_models(child) for child in children(node)))
 
 
 def _swap(node: Node, champion: str, challenger: str, shadowed: bool, feeds: bool) -> Node:
@@ -217,10 +248,22 @@ class ChallengerPolicies:
     def set(
         self, graph: str, champion: str, challenger: str, *, margin: float, min_labels: int
     ) -> ChallengerPolicy:
-        """Store (or replace, re-armed) the policy of ``graph``."""
+        """Store (or replace, re-armed) the policy of ``graph``; `RegistryError` unless the
+        graph is served and names ``champion`` outside its shadow branches."""
         policy = ChallengerPolicy(
             graph, champion, challenger, margin, min_labels, self.by, time.time()
         )
+        served = self._call(f"graph {graph}", GraphStore(self.client, self.prefix).served, graph)
+        if served is None:
+            raise RegistryError(f"no served graph named {graph}: apply it before its policy")
+        version, document = served
+        serves = served_models(parse_graph(document).root)
+        if champion not in serves:
+            raise RegistryError(
+                f"graph {graph} v{version} does not serve {champion} (outside shadow branches "
+                f"it serves {', '.join(sorted(serves)) or 'no model'}): the policy could never "
+                f"promote {challenger} in its place"
+            )
         self._write(policy)
         return policy
 
@@ -253,7 +296,7 @@ class ChallengerPolicies:
         for policy in self.all():
             if policy.promoted is not None:
                 continue
-            stored = comparisons.get(policy.champion, policy.challenger)
+            stored = comparisons.find(policy.champion, policy.challenger)
             facts = None if stored is None else policy.decide(stored)
             if facts is None:
                 continue
@@ -263,7 +306,14 @@ class ChallengerPolicies:
             version, document = served
             spec = parse_graph(document)
             swapped = swap_champion(spec, policy.champion, policy.challenger)
-            if swapped == spec:  # nothing to swap (promoted by a run that crashed, or by hand)
+            if swapped == spec:  # the champion is served nowhere: nothing to swap
+                if policy.challenger not in served_models(spec.root):
+                    log.warning(
+                        "graph %s v%d serves neither %s nor %s: policy not applied",
+                        policy.graph, version, policy.champion, policy.challenger,
+                    )  # fmt: skip
+                    continue
+                # the challenger is already in its place (a run that crashed, or by hand)
                 self._write(
                     dataclasses.replace(
                         policy, promoted={"graph_version": version, "evidence": facts}

@@ -12,10 +12,16 @@ promotion policy (`stream.registry.challenger`). Keys (`stream.store.keys.RedisK
 Only the latest record of a pair is kept: the comparison at an earlier version is in that
 version's checkpoint. A pair the learner stopped comparing keeps its last record (with its
 version, so a reader can tell it is old).
+
+A pair is kept in one order only (``--compare all`` keeps the earlier model as the champion):
+`ComparisonStore.find` reads either order, the reversed one mirrored
+(`learners.compare.mirrored`), for every reader that names a champion and a challenger (the
+operator's ``models compare``, the promotion policy).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -24,7 +30,7 @@ from typing import Any
 
 import redis
 
-from learners.compare import ComparisonSummary
+from learners.compare import ComparisonSummary, mirrored
 from learners.comparisons import ComparisonRecord, ModelComparison, Pair
 from schemas.errors import SnapshotError
 from stream.store.keys import RedisKeys
@@ -33,21 +39,29 @@ from stream.store.snapshots import wrapped
 
 @dataclass(frozen=True, slots=True)
 class StoredComparison:
-    """A comparison as the learner wrote it with snapshot ``version`` at ``written_at``."""
+    """A comparison as the learner wrote it with snapshot ``version`` at ``written_at``.
+
+    ``mirrored``: read the other way round (`ComparisonStore.find`): ``pair``, `summary` and
+    `to_dict` are those of the challenger against the champion of ``comparison`` (which stays
+    as the learner wrote it)."""
 
     version: int
     written_at: float
     comparison: ModelComparison
+    mirrored: bool = False
 
     @property
     def pair(self) -> Pair:
-        return self.comparison.champion, self.comparison.challenger
+        """``(champion, challenger)`` as read (swapped when mirrored)."""
+        c = self.comparison
+        return (c.challenger, c.champion) if self.mirrored else (c.champion, c.challenger)
 
     def summary(self, margin: float = 0.0, min_labels: int = 0) -> ComparisonSummary:
         """The statistic's summary; the decision waits for the larger of ``min_labels`` and the
         comparison's own minimum (asymptotic regression comparisons need a few hundred)."""
         needed = max(min_labels, self.comparison.min_samples)
-        return self.comparison.stats.summary(margin, needed)
+        summary = self.comparison.stats.summary(margin, needed)
+        return mirrored(summary) if self.mirrored else summary
 
     def to_dict(self, margin: float = 0.0, min_labels: int = 0) -> dict[str, Any]:
         """JSON-ready: who, how, at which version, and the summary (infinities as None)."""
@@ -56,9 +70,12 @@ class StoredComparison:
             for key, value in self.summary(margin, min_labels).items()
         }
         c = self.comparison
+        champion, challenger = self.pair
+        extra = {"mirrored": True} if self.mirrored else {}
         return {
-            "champion": c.champion,
-            "challenger": c.challenger,
+            "champion": champion,
+            "challenger": challenger,
+            **extra,
             "version": self.version,
             "written_at": self.written_at,
             "loss": c.loss,
@@ -121,6 +138,15 @@ class ComparisonStore:
             raise SnapshotError(
                 f"comparison {champion}:{challenger} is unreadable: {exc}"
             ) from None
+
+    def find(self, champion: str, challenger: str) -> StoredComparison | None:
+        """The comparison of ``champion`` with ``challenger`` in whichever order the learner
+        keeps it (the reversed pair mirrored), or None when it compares neither."""
+        stored = self.get(champion, challenger)
+        if stored is not None:
+            return stored
+        reversed_ = self.get(challenger, champion)
+        return None if reversed_ is None else dataclasses.replace(reversed_, mirrored=True)
 
 
 def _text(raw: bytes | str) -> str:

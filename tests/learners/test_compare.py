@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from learners.compare import PairedComparison
+from learners.compare import PairedComparison, mirrored
 
 ALPHA = 0.05
 N_STREAMS, STREAM_LENGTH = 400, 2000
@@ -229,3 +229,35 @@ def test_deterministic_and_small() -> None:
     assert len(pickle.dumps(first)) < 1_000
     with pytest.raises(ValueError):
         PairedComparison.from_dict({**first.to_dict(), "format": 99})
+
+
+@pytest.mark.parametrize(
+    ("kind", "bound", "scale"),
+    [("classification", None, 1.0), ("regression", 5.0, 5.0), ("regression", None, 5.0)],
+)
+@pytest.mark.parametrize("margin", [0.0, 0.02])
+def test_the_mirror_is_the_comparison_fed_the_other_way_round(
+    kind: str, bound: float | None, scale: float, margin: float
+) -> None:
+    """`mirrored` (what a reader of the pair B:A kept as A:B gets) equals the statistic of B
+    against A: losses swapped, the difference and interval negated, the decision turned."""
+    rng = random.Random(5)
+    a_b = PairedComparison(alpha=ALPHA, kind=kind, bound=bound)  # type: ignore[arg-type]
+    b_a = PairedComparison(alpha=ALPHA, kind=kind, bound=bound)  # type: ignore[arg-type]
+    for _ in range(1_500):
+        u = rng.random()
+        loss_a = scale * float(u > 0.70) if kind == "classification" else scale * rng.random()
+        loss_b = scale * float(u > 0.78) if kind == "classification" else 0.8 * loss_a
+        a_b.update(loss_a, loss_b)
+        b_a.update(loss_b, loss_a)
+    mirror = mirrored(a_b.summary(margin, 100))
+    direct = b_a.summary(margin, 100)
+    assert mirror["decision"] == direct["decision"] == "a_better"
+    assert a_b.summary(margin, 100)["decision"] == "b_better"
+    for field, value in direct.items():
+        if isinstance(value, float):
+            assert mirror[field] == pytest.approx(value, rel=1e-9, abs=1e-12), field  # type: ignore[literal-required]
+        else:
+            assert mirror[field] == value, field  # type: ignore[literal-required]
+    assert mirror["difference"] == -a_b.difference
+    assert (mirror["lower"], mirror["upper"]) == tuple(-x for x in reversed(a_b.interval()))

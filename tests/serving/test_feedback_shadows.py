@@ -18,6 +18,7 @@ from river import datasets, metrics
 
 from learners.compare import PairedComparison
 from learners.predictor import ServedModel
+from learners.served import shadow_pair
 from learners.specs import ModelSpec
 from schemas.settings import Settings
 from stream.kafka.client import read_all
@@ -118,12 +119,13 @@ def test_logged_graph_answers_and_their_shadows_are_scored_against_the_labels(
     values = core.served_metric_values()
     assert values[("g", graph_version)] == {"Accuracy": primary.get()}
     assert values[(SHADOW, graph_version)] == {"Accuracy": other.get()}
-    comparison = core.served_comparisons[("g", SHADOW)]
+    pair = shadow_pair("g", graph_version, BRANCH)  # one comparison per graph version
+    comparison = core.served_comparisons[pair]
     assert comparison.stats.to_dict() == paired.to_dict()
-    stored = ComparisonStore(store.client, store.keys.prefix).get("g", SHADOW)
+    stored = ComparisonStore(store.client, store.keys.prefix).get(*pair)
     assert stored is not None and stored.comparison.stats.n == LIVE
     shown = subprocess.run(
-        [sys.executable, "-m", "stream", "models", "compare", "g", SHADOW, "--json"],
+        [sys.executable, "-m", "stream", "models", "compare", *pair, "--json"],
         env=settings_env(s), capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     row = json.loads(shown.stdout)

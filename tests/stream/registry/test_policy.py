@@ -127,19 +127,22 @@ def test_a_graph_already_without_the_champion_is_only_marked(
     store: SnapshotStore, graphs: GraphRegistry, policies: ChallengerPolicies
 ) -> None:
     """What a learner killed between the graph's new version and the policy's update sees."""
-    graphs.apply({"name": "g", "root": "hat"})
+    graphs.apply({"name": "g", "root": "tree"})
     policies.set("g", "tree", "hat", margin=0.0, min_labels=100)
+    graphs.apply({"name": "g", "root": "hat"})
     write(store, compared(2000, 0.6, 0.8))
     assert policies.evaluate() == []
-    assert [e.action for e in graphs.history("g")] == ["apply"]
+    assert [e.action for e in graphs.history("g")] == ["apply", "apply"]
     marked = policies.get("g")
     assert marked is not None and marked.promoted is not None
 
 
 @pytest.mark.integration
 def test_policies_are_listed_deleted_and_checked(
-    store: SnapshotStore, policies: ChallengerPolicies
+    store: SnapshotStore, graphs: GraphRegistry, policies: ChallengerPolicies
 ) -> None:
+    graphs.apply({"name": "a", "root": "lr"})
+    graphs.apply({"name": "b", "root": "tree"})
     policies.set("b", "tree", "hat", margin=0.01, min_labels=10)
     policies.set("a", "lr", "tree", margin=0.0, min_labels=500)
     assert [(p.graph, p.champion) for p in policies.all()] == [("a", "lr"), ("b", "tree")]
