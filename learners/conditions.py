@@ -8,8 +8,9 @@ Semantics (also in `schemas.graphs`): an absent or ``None`` value is missing and
 comparison with it is false, ``ne`` included (``is_missing`` tests for it); ``gt ge lt le`` are
 false unless the value is a number (booleans are not numbers); ``eq``, ``ne`` and ``in`` never
 equate a boolean with a number. ``proba.C`` is the probability of the class whose ``str`` is
-``C`` (``true``/``false`` also name the booleans): 0.0 when the probabilities leave that class
-out, missing when there are none (a regressor, an untrained classifier).
+``C`` (``true``/``false`` also name the booleans); missing when the probabilities leave that
+class out (a misspelt class, ``proba.true`` of 0/1 labels) or when there are none (a regressor,
+an untrained classifier), so that no comparison with it holds.
 
 >>> from schemas.graphs import AllOf, Comparison, Not
 >>> risky = compile_condition(AllOf((
@@ -24,6 +25,8 @@ False
 >>> risky({"country": "US"}, True, {False: 0.3, True: 0.7})  # amount missing
 False
 >>> compile_condition(Comparison("feature", "flag", "eq", 1))({"flag": True}, None, None)
+False
+>>> compile_condition(Comparison("output", "proba.Ture", "lt", 0.2))({}, True, {True: 0.9})
 False
 """
 
@@ -75,7 +78,7 @@ def _getter(c: Comparison) -> _Get:
         for key, value in q.items():
             if key is bool_key if type(key) is bool else str(key) == label:
                 return value
-        return 0.0
+        return None  # a class the model does not have: missing, as an absent feature
 
     return probability
 

@@ -17,8 +17,11 @@ Shadows are not run by `evaluate`: the answer lists them (``shadows``) and `run_
 once the response is on its way, evaluates them and captures whatever they raise.
 
 Splits and shadow sampling are sticky: `sticky_unit` maps a key (``str`` of a request id or of
-a feature's value) to [0, 1) with BLAKE2b salted by the node's path (or its ``salt``): the same
-in every process and run, and reproducible by another service.
+a feature's value, a whole float as its int) to [0, 1) with BLAKE2b salted by the node's path
+(or a split's ``salt``): the same in every process and run, and reproducible by another service.
+A split salted by its path reshuffles about half its users when the path changes (wrapped in a
+rules node, moved into a switch): give it an explicit ``salt`` to keep them. A shadow whose
+request has no id is sampled by a random draw (`CompiledGraph`'s ``draw``).
 
 >>> from dataclasses import dataclass
 >>> from schemas.graph_parser import parse_graph
@@ -48,7 +51,9 @@ learners.graph_context.MemberUnavailable: model "a" is not loaded (root.switch.d
 from __future__ import annotations
 
 import contextlib
+import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from learners.graph_context import (
@@ -100,10 +105,13 @@ class CompiledGraph:
     """A `GraphSpec` turned into closures, ready for many requests; thread-safe (per-request
     state lives in a `Context`)."""
 
-    __slots__ = ("_run", "spec")
+    __slots__ = ("_draw", "_run", "spec")
 
-    def __init__(self, spec: GraphSpec) -> None:
+    def __init__(self, spec: GraphSpec, *, draw: Callable[[], float] = random.random) -> None:
+        """``draw``: uniform draws in [0, 1) for the shadow sampling of requests without an id
+        (``random.Random(seed).random`` for a reproducible sample)."""
         self.spec = spec
+        self._draw = draw
         self._run = compile_node(spec.root, "root")
 
     def evaluate(
@@ -131,7 +139,7 @@ class CompiledGraph:
         the evaluation's `Context` (the models used, the path, the shadows), for a caller that
         writes the answer's fields itself (`serving.graph_service`); ``context.answer(outcome)``
         is `evaluate`'s answer. ``complete`` as in `evaluate`."""
-        context = Context(models, request_id, x, complete)
+        context = Context(models, request_id, x, complete, self._draw)
         return self._run(x, context), context
 
 
@@ -179,7 +187,7 @@ def run_shadows(answer: GraphAnswer, x: dict[str, Any], models: ModelLookup) -> 
         try:
             context = Context(models, pending.request_id, inputs)
             shadow: GraphAnswer | None = context.answer(pending.runner(inputs, context))
-            agrees = bool(shadow is not None and shadow.prediction == answer.prediction)
+            agrees = bool(shadow is not None and shadow.prediction == pending.primary)
             error = None
         except Exception as exc:  # a shadow never fails its caller
             shadow, agrees, error = None, None, exc

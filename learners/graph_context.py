@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -116,7 +117,7 @@ class Outcome(NamedTuple):
 class Context:
     """One evaluation's bookkeeping: the models pinned so far, the choices, the shadows."""
 
-    __slots__ = ("complete", "models", "path", "request_id", "shadows", "top", "used")
+    __slots__ = ("complete", "draw", "models", "path", "request_id", "shadows", "top", "used")
 
     def __init__(
         self,
@@ -124,8 +125,10 @@ class Context:
         request_id: str | None,
         top: dict[str, Any],
         complete: bool = False,
+        draw: Callable[[], float] = random.random,
     ) -> None:
         self.complete = complete  # the features hold no null (checked by the caller)
+        self.draw = draw  # a uniform draw in [0, 1): shadow sampling of a request without id
         self.models = models
         self.request_id = request_id
         self.top = top  # the request's own features (a shadow seeing them need not keep a copy)
@@ -157,12 +160,15 @@ Runner = Callable[[dict[str, Any], Context], Outcome]
 @dataclass(frozen=True, slots=True)
 class PendingShadow:
     """A shadow selected for this request, for `run_shadows`: its node's ``path``, its compiled
-    ``runner``, the features it saw when they are not the request's own (inside a sequence)."""
+    ``runner``, the features it saw when they are not the request's own (inside a sequence),
+    and ``primary``: what its shadow node's primary predicted (the graph's answer may differ:
+    a rule above it, an ensemble around it), which its prediction is compared with."""
 
     path: str
     runner: Runner
     inputs: dict[str, Any] | None
     request_id: str | None
+    primary: Any = None
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ≈ 2 µs more per answer
@@ -202,7 +208,7 @@ class GraphAnswer:
 @dataclass(frozen=True, slots=True)
 class ShadowResult:
     """One shadow's evaluation: its ``answer`` or the ``error`` it raised (never re-raised),
-    its duration, and whether its prediction ``agrees`` with the primary answer's."""
+    its duration, and whether its prediction ``agrees`` with its shadow node's primary's."""
 
     path: str
     answer: GraphAnswer | None
@@ -218,10 +224,14 @@ _UNIT = 2.0**-53
 
 def sticky_hasher(salt: str) -> Callable[[object], float]:
     """``unit(key)``: BLAKE2b (8 bytes) of ``salt``, a NUL and ``str(key)`` in UTF-8, its top 53
-    bits as a float in [0, 1)."""
+    bits as a float in [0, 1). A float that is a whole number is hashed as the int it equals
+    (``17.0`` as ``"17"``): one user keeps one branch whether the value came as a JSON integer
+    or as an ``FP64`` tensor. Booleans stay ``"True"``/``"False"``, not ``1``/``0``."""
     prefix = hashlib.blake2b(salt.encode() + b"\x00", digest_size=8)
 
     def unit(key: object) -> float:
+        if isinstance(key, float) and key.is_integer():
+            key = int(key)
         h = prefix.copy()
         h.update(str(key).encode())
         return (int.from_bytes(h.digest(), "big") >> 11) * _UNIT
@@ -237,6 +247,8 @@ def sticky_unit(salt: str, key: object) -> float:
     True
     >>> round(sticky_unit("root.split", "user-1"), 6), round(sticky_unit("root.split", 42), 6)
     (0.147538, 0.952907)
+    >>> sticky_unit("s", 42.0) == sticky_unit("s", 42) == sticky_unit("s", "42")
+    True
     """
     return sticky_hasher(salt)(key)
 

@@ -16,15 +16,21 @@ Semantics, node by node:
   shares as probabilities for classifiers; ``weighted`` is ``mean`` with the fixed weights or
   the members' metrics (``by_metric``). Ties go to the class whose ``repr`` sorts first; a
   member answering ``None`` (untrained) abstains. Mixing classifiers and others is a
-  `GraphError`.
+  `GraphError`. A member whose rule decided counts with that rule's prediction (and `certain`
+  probabilities), and the ensemble answers with that decision and reason (the first such
+  member's, in order): a decision reaches the answer through every node. ``decided_by`` stays
+  the ensemble; ``path`` names the rule.
 - rules: the over node answers, then the first rule matching the features and that answer
   decides (its decision, its reason, its prediction if it has one); no match: the over node's.
+  A rule's prediction replaces a classifier's probabilities by `certain`'s (1 for it, 0 for the
+  model's other classes), so that they never contradict it.
 - switch: the first case whose condition holds, else the default.
 - split: the branch where `learners.graph.sticky_unit` of the sticky key falls in cumulative
   weight shares; the key is the request id (``sticky_by: id``) or the feature's value, or the
   request id when the feature is missing; neither raises `GraphInputError`.
 - shadow: the primary answers; when the request id's unit falls under ``percent`` (always at
-  100), every shadow is listed in the answer for `learners.graph.run_shadows`.
+  100; a request without an id: a random draw, ``Context.draw``), every shadow is listed in the
+  answer for `learners.graph.run_shadows`, with the primary's prediction it is compared with.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from schemas.graphs import (
     ShadowNode,
     SplitNode,
     SwitchNode,
+    walk,
 )
 
 
@@ -191,12 +198,37 @@ def _ensemble(node: EnsembleNode, path: str) -> Runner:
         total = sum(node.weights)
         fixed = [w / total for w in node.weights]
 
-    def run(x: dict[str, Any], ctx: Context) -> Outcome:
+    if not any(isinstance(n, RulesNode) for m in node.members for n in walk(m)):
+
+        def run(x: dict[str, Any], ctx: Context) -> Outcome:
+            outs = [runner(x, ctx) for runner in runners]
+            weights = ctx.models.weights(names) if names else fixed
+            return combine(outs, how, weights, path)
+
+        return run
+
+    def decided(x: dict[str, Any], ctx: Context) -> Outcome:  # a member may hold rules
         outs = [runner(x, ctx) for runner in runners]
         weights = ctx.models.weights(names) if names else fixed
-        return combine(outs, how, weights, path)
+        out = combine(outs, how, weights, path)
+        for o in outs:  # the first member a rule decided passes its decision on
+            if o.decision is not None:
+                return out._replace(decision=o.decision, reason=o.reason)
+        return out
 
-    return run
+    return decided
+
+
+def certain(prediction: Any, probabilities: dict[Any, float] | None) -> dict[Any, float]:
+    """A classifier's probabilities once a rule has set its ``prediction``: 1 for it, 0 for
+    every other class the model gave.
+
+    >>> certain(True, {False: 0.9, True: 0.1}), certain("b", None)
+    ({False: 0.0, True: 1.0}, {'b': 1.0})
+    """
+    sure = dict.fromkeys(probabilities, 0.0) if probabilities else {}
+    sure[prediction] = 1.0
+    return sure
 
 
 def _rules(node: RulesNode, path: str) -> Runner:
@@ -211,9 +243,15 @@ def _rules(node: RulesNode, path: str) -> Runner:
         for test, then, where in rules:
             if test(x, out.prediction, out.probabilities):
                 ctx.path.append(where)
-                prediction = out.prediction if then.prediction is None else then.prediction
+                if then.prediction is None:
+                    prediction, probabilities = out.prediction, out.probabilities
+                else:
+                    prediction = then.prediction
+                    probabilities = out.probabilities
+                    if out.kind == "classifier":
+                        probabilities = certain(prediction, probabilities)
                 return Outcome(
-                    prediction, out.probabilities, out.kind, where, then.decision, then.reason
+                    prediction, probabilities, out.kind, where, then.decision, then.reason
                 )
         return out
 
@@ -284,10 +322,12 @@ def _shadow(node: ShadowNode, path: str) -> Runner:
     def run(x: dict[str, Any], ctx: Context) -> Outcome:
         out = primary(x, ctx)
         rid = ctx.request_id
-        if percent >= 100 or (percent > 0 and rid is not None and unit(rid) * 100 < percent):
+        if percent >= 100 or (
+            percent > 0 and (unit(rid) if rid is not None else ctx.draw()) * 100 < percent
+        ):
             inputs = None if x is ctx.top else x
             for where, runner in shadows:
-                ctx.shadows.append(PendingShadow(where, runner, inputs, rid))
+                ctx.shadows.append(PendingShadow(where, runner, inputs, rid, out.prediction))
         return out
 
     return run

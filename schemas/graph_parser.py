@@ -308,6 +308,14 @@ class Parser:
                     raise GraphError(
                         f"{path}[{i}]", f"expected a string, number or boolean, got {_kind(item)}"
                     )
+            if any(isinstance(v, str) for v in values):
+                flag = next((i for i, v in enumerate(values) if isinstance(v, bool)), None)
+                if flag is not None:
+                    raise GraphError(
+                        f"{path}[{flag}]",
+                        f"a boolean ({values[flag]!r}) among strings: YAML reads an unquoted "
+                        'no/yes/off/on as a boolean, quote it ("NO")',
+                    )
             return tuple(values)
         if not _is_scalar(value):
             raise GraphError(

@@ -50,7 +50,9 @@ A condition is ``{feature: NAME, OP: VALUE}``, ``{output: prediction | proba.CLA
 list of those) or ``is_missing`` (a boolean). An absent or null value is missing and every
 comparison with it is false, ``ne`` included; ``gt``... are false for anything but a number
 (a boolean is not a number) and ``eq`` never equates a boolean with a number. ``proba.CLASS``
-names the class as ``str(label)`` would (``proba.True``; ``proba.true`` works for booleans).
+names the class as ``str(label)`` would (``proba.True``; ``proba.true`` works for booleans); a
+class the answer's probabilities leave out (a misspelt one) is missing too. An ``in`` list may
+not mix booleans with strings (YAML 1.1 reads an unquoted ``no`` as false: quote it).
 
 Examples
 --------

@@ -51,7 +51,10 @@ class GraphBackend(Protocol):
 
 
 GRAPH_PLATFORM: Final = "riverstream-graph"
-GRAPH_OUTPUTS: Final = ("decided_by", "decision", "reason", "path", "versions")
+GRAPH_OUTPUTS: Final = ("decided_by", "decision", "reason", "path", "versions", "samples_learned")
+"""A graph answer's ``BYTES`` outputs: ``versions`` and ``samples_learned`` (JSON objects by
+member) name the state of every member that answered, as ``/v1/graphs`` does (a member may be
+served by a live update continuing its version)."""
 
 
 def graph_metadata(
@@ -99,13 +102,16 @@ def _graph_cells(answer: dict[str, Any]) -> tuple[str, ...]:
         label_text(answer["reason"]),
         orjson.dumps(list(answer["path"])).decode(),
         orjson.dumps(answer["versions"]).decode(),
+        orjson.dumps(answer.get("samples_learned", {})).decode(),
     )
 
 
 def graph_outputs(content: dict[str, Any], requested: list[dict[str, Any]] | None) -> list[Any]:
     """Output tensors of a ``/v1/graphs`` batch answer."""
     answers = content["predictions"]
-    columns = zip(*map(_graph_cells, answers), strict=True) if answers else [[]] * 5
+    columns = (
+        zip(*map(_graph_cells, answers), strict=True) if answers else [[]] * len(GRAPH_OUTPUTS)
+    )
     tensors = output_tensors(
         [a["prediction"] for a in answers],
         [a["probabilities"] for a in answers],
@@ -126,7 +132,7 @@ def graph_row_tail(answer: dict[str, Any]) -> bytes:
     (from pieces of JSON, as that function does).
 
     >>> answer = {"decided_by": "root.rules[0]", "decision": "review", "reason": None,
-    ...           "path": ["root.rules[0]"], "versions": {"lr": 3}}
+    ...           "path": ["root.rules[0]"], "versions": {"lr": 3}, "samples_learned": {"lr": 30}}
     >>> tensors = orjson.loads(b"[" + graph_row_tail(answer)[1:] + b"]")
     >>> [(t["name"], t["data"]) for t in tensors][:3]
     [('decided_by', ['root.rules[0]']), ('decision', ['review']), ('reason', [''])]

@@ -1,7 +1,8 @@
 """`riverstream graphs …`: validate, apply, list, show, roll back and delete serving graphs.
 
 A graph file is YAML or JSON (``.json`` is read as JSON; anything else as YAML, which accepts JSON
-as well); its format is in `schemas.graphs` and its JSON Schema in
+as well, with YAML 1.2's booleans: only ``true``/``false``, so that ``in: [FR, NO]`` or ``eq:
+yes`` hold strings); its format is in `schemas.graphs` and its JSON Schema in
 ``schemas/jsonschema/graph.json``. ``validate`` works offline (no Redis); every other command
 talks to the graph registry (`stream.registry.graphs`) of the configured Redis and prefix.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,9 +75,29 @@ def load_document(path: Path) -> Any:
     except ImportError:  # pragma: no cover - PyYAML is a dependency
         raise DocumentError(f"{path}: reading YAML needs PyYAML (pip install pyyaml)") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_yaml_loader())
     except yaml.YAMLError as exc:
         raise DocumentError(f"{path}: invalid YAML: {exc}") from None
+
+
+_BOOLEAN = r"^(?:true|True|TRUE|false|False|FALSE)$"
+
+
+@functools.cache
+def _yaml_loader() -> Any:
+    """PyYAML's `SafeLoader` with YAML 1.2's booleans: only true/false, so that ``NO`` (Norway)
+    or ``on`` in a condition stays a string, as in JSON."""
+    import re
+
+    import yaml
+
+    loader: Any = type("GraphLoader", (yaml.SafeLoader,), {})
+    loader.yaml_implicit_resolvers = {  # its own copy: SafeLoader's is left as it is
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(_BOOLEAN), list("tTfF"))
+    return loader
 
 
 def open_graphs(by: str | None = None) -> GraphRegistry:

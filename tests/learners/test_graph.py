@@ -5,6 +5,7 @@ does."""
 from __future__ import annotations
 
 import itertools
+import random
 import time
 from bisect import bisect_right
 from collections import Counter
@@ -329,7 +330,34 @@ def test_each_rule_outcome(
     assert (answer.prediction, answer.decision, answer.reason) == (prediction, decision, reason)
     assert answer.decided_by == decided_by
     assert answer.path == ((decided_by,) if decision else ())
-    assert answer.probabilities == {False: 1 - x["p"], True: x["p"]}  # the models' view stays
+    if decided_by == "root.rules.rules[1]":  # the rule's prediction: its probabilities agree
+        assert answer.probabilities == {False: 0.0, True: 1.0}
+    else:  # the model's view stays
+        assert answer.probabilities == {False: 1 - x["p"], True: x["p"]}
+
+
+OVERRIDE = {"when": {"feature": "amount", "gt": 1000}, "then": {"decision": "block", "prediction": True}}  # fmt: skip
+
+
+@pytest.mark.parametrize("combine", ["mean", "vote"])
+def test_a_rule_decision_inside_an_ensemble_reaches_the_answer(combine: str) -> None:
+    """A member whose rule overrides its prediction counts with that prediction (probability 1)
+    and the ensemble answers with the rule's decision, as every other node passes it on."""
+    models = StaticModels(
+        {"lr": Stub("lr", lambda x: (False, {False: 0.9, True: 0.1})), "tree": threshold("tree")}
+    )
+    rules = {"rules": {"over": "lr", "rules": [OVERRIDE]}}
+    graph = g({"ensemble": {"members": [rules, "tree", "tree"][: 2 if combine == "mean" else 3], "combine": combine}})  # fmt: skip
+    answer = evaluate(graph, {"amount": 5000, "p": 0.4}, models=models)
+    assert answer.path == ("root.ensemble.members[0].rules.rules[0]",)
+    assert (answer.decision, answer.decided_by) == ("block", "root.ensemble")
+    if combine == "mean":  # (1 + 0.4) / 2 for True
+        assert answer.prediction is True
+        assert answer.probabilities == pytest.approx({False: 0.3, True: 0.7})
+    else:  # True (the rule) against False twice
+        assert (answer.prediction, answer.probabilities) == (False, {True: 1 / 3, False: 2 / 3})
+    quiet = evaluate(graph, {"amount": 10, "p": 0.4}, models=models)
+    assert (quiet.decision, quiet.path, quiet.prediction) == (None, (), False)
 
 
 # --- switch ---------------------------------------------------------------------------------
@@ -445,6 +473,17 @@ def test_split_by_feature_falls_back_to_the_request_id() -> None:
         evaluate(by_id, {"user": 1}, models=ABC)
 
 
+def test_split_by_feature_hashes_a_whole_float_as_its_int() -> None:
+    """A user id sent as a JSON integer (v1) or as an FP64 tensor (v2) keeps its branch."""
+    by_user = g({"split": {**SPLIT["split"], "sticky_by": "user"}})
+    for i in range(-50, 1000):
+        as_int = evaluate(by_user, {"user": i}, models=ABC).path
+        assert evaluate(by_user, {"user": float(i)}, models=ABC).path == as_int
+        assert evaluate(by_user, {"user": str(i)}, models=ABC).path == as_int
+    assert sticky_unit("s", 2.5) == sticky_unit("s", "2.5")  # not a whole number: as written
+    assert sticky_unit("s", True) == sticky_unit("s", "True") != sticky_unit("s", 1)
+
+
 def test_nested_splits_and_salts_are_independent() -> None:
     half = {"branches": [{"weight": 1, "node": "a"}, {"weight": 1, "node": "b"}]}
     nested = g(
@@ -527,9 +566,62 @@ def test_shadow_percent_samples_request_ids() -> None:
         for i in range(10_000)
     )
     assert sampled / 10_000 == pytest.approx(0.25, abs=0.02)
-    assert not evaluate(graph, {"p": 0.5}, models=models).shadows  # no request id: no sample
     never = g({"shadow": {"primary": "primary", "shadows": ["other"], "percent": 0}})
     assert not evaluate(never, {"p": 0.5}, models=models, request_id="q1").shadows
+
+
+def test_shadow_percent_draws_for_requests_without_an_id() -> None:
+    """``percent`` is a share of requests: one without an id is sampled by a random draw (the
+    graph's ``draw``), not never."""
+    models = shadow_models()
+    spec = parse_graph(
+        {
+            "name": "g",
+            "root": {"shadow": {"primary": "primary", "shadows": ["other"], "percent": 25}},
+        }
+    )
+    draws = iter([0.2, 0.3, 0.249, 0.25])
+    scripted = CompiledGraph(spec, draw=lambda: next(draws))
+    sampled = [bool(scripted.evaluate({"p": 0.5}, models=models).shadows) for _ in range(4)]
+    assert sampled == [True, False, True, False]
+    # with an id, its hash decides (the draws are used up: a draw would raise StopIteration)
+    for i in range(20):
+        sticky = sticky_unit("root.shadow", f"q{i}") < 0.25
+        shadows = scripted.evaluate({"p": 0.5}, models=models, request_id=f"q{i}").shadows
+        assert bool(shadows) is sticky
+    seeded = CompiledGraph(spec, draw=random.Random(7).random)
+    share = sum(bool(seeded.evaluate({"p": 0.5}, models=models).shadows) for _ in range(10_000))
+    assert share / 10_000 == pytest.approx(0.25, abs=0.02)
+    again = CompiledGraph(spec, draw=random.Random(7).random)
+    assert share == sum(
+        bool(again.evaluate({"p": 0.5}, models=models).shadows) for _ in range(10_000)
+    )
+
+
+def test_shadow_agreement_is_with_its_own_primary() -> None:
+    """A shadow agrees or not with its shadow node's primary, not with the graph's answer (a
+    rule above it, an ensemble around it)."""
+    models = StaticModels(
+        {
+            "lr": Stub("lr", lambda x: (False, {False: 0.6, True: 0.4})),
+            "tree": Stub("tree", lambda x: (False, {False: 0.7, True: 0.3})),
+            "two": constant("two", 2.0),
+            "also_two": constant("also_two", 2.0),
+            "four": constant("four", 4.0),
+        }
+    )
+    shadow = {"shadow": {"primary": "lr", "shadows": ["tree"]}}
+    ruled = g({"rules": {"over": shadow, "rules": [{**OVERRIDE, "then": {"decision": "review", "prediction": True}}]}})  # fmt: skip
+    answer = evaluate(ruled, {"amount": 5000}, models=models)
+    assert answer.prediction is True  # the rule's; the shadow node's primary said False
+    (result,) = run_shadows(answer, {"amount": 5000}, models)
+    assert result.answer is not None and result.answer.prediction is False
+    assert result.agrees is True
+    shadowed = {"shadow": {"primary": "two", "shadows": ["also_two"]}}
+    mean = g({"ensemble": {"members": [shadowed, "four"]}})
+    answer = evaluate(mean, {}, models=models)
+    assert answer.prediction == 3.0
+    assert [r.agrees for r in run_shadows(answer, {}, models)] == [True]
 
 
 def test_shadow_inside_a_sequence_sees_the_fed_features() -> None:

@@ -57,7 +57,7 @@ VALID = [
                         "when": {
                             "all": [
                                 {"feature": "amount", "gt": 5000},
-                                {"not": {"feature": "country", "in": ["FR", "DE", 1, True]}},
+                                {"not": {"feature": "country", "in": ["FR", "DE", 1, 2.5]}},
                                 {"any": [{"feature": "x", "is_missing": True}]},
                             ]
                         },
@@ -163,8 +163,8 @@ INVALID = [
     (graph(ensemble("lr", combine="weighted")), "root.ensemble", "combine: weighted needs", True),
     (graph(ensemble("lr", "nb", combine="weighted", weights=[1])), "root.ensemble.weights", 'expected "by_metric" or a list of 2', False),
     (graph(ensemble("lr", combine="weighted", weights=[-1])), "root.ensemble.weights[0]", "expected a finite number ≥ 0", True),
-    (graph(ensemble("lr", "nb", combine="weighted", weights=[0, 0])), "root.ensemble.weights", "weights must not all be zero", False),
-    (graph(ensemble(ensemble("lr"), combine="weighted", weights="by_metric")), "root.ensemble.members[0]", "weights: by_metric needs models", False),
+    (graph(ensemble("lr", "nb", combine="weighted", weights=[0, 0])), "root.ensemble.weights", "weights must not all be zero", True),
+    (graph(ensemble(ensemble("lr"), combine="weighted", weights="by_metric")), "root.ensemble.members[0]", "weights: by_metric needs models", True),
     (graph({"sequence": {"steps": [ensemble("lr"), "nb"]}}), "root.sequence.steps[0]", "only a model can feed", False),
     (graph({"switch": {"cases": [{"when": {"feature": "a", "eq": 1}, "then": "lr"}]}}), "root.switch", "missing key 'default'", True),
     (graph(case({"all": [{"output": "prediction", "eq": 1}]})), "root.switch.cases[0].when.all[0].output", "only a rule can test an output", True),
@@ -173,12 +173,14 @@ INVALID = [
     (graph(rule({"feature": "a", "gt": "5"})), f"{R0}.when.gt", "expected a finite number", True),
     (graph(rule({"feature": "a", "gt": True})), f"{R0}.when.gt", "expected a finite number", True),
     (graph(rule({"feature": "a", "in": ["x", {}]})), f"{R0}.when.in[1]", "expected a string, number or boolean", True),
+    (graph(rule({"feature": "country", "in": ["FR", "DE", False]})), f"{R0}.when.in[2]", "a boolean (False) among strings: YAML reads", True),
+    (graph(rule({"feature": "country", "in": [True, "x"]})), f"{R0}.when.in[0]", "a boolean (True) among strings", True),
     (graph(rule({"output": "proba.", "ge": 1})), f"{R0}.when.output", 'expected "prediction" or "proba.<class>"', True),
     (graph(rule({"feature": "a", "eq": None})), f"{R0}.when.eq", "expected a string, number or boolean", True),
     (graph(rule({"feature": "a", "eq": 1}, {"reason": "r"})), f"{R0}.then", "missing key 'decision'", True),
     (graph(rule({"feature": "a", "eq": 1}, {"decision": "d", "prediction": [1]})), f"{R0}.then.prediction", "expected a string, number or boolean", True),
     (graph({"split": {**SPLIT1, "stiky_by": "user"}}), "root.split", "unknown key 'stiky_by'", True),
-    (graph({"split": {"branches": [{"weight": 0, "node": "lr"}]}}), "root.split.branches", "weights must not all be zero", False),
+    (graph({"split": {"branches": [{"weight": 0, "node": "lr"}]}}), "root.split.branches", "weights must not all be zero", True),
     (graph({"shadow": {"primary": "lr", "shadows": ["nb"], "percent": 150}}), "root.shadow.percent", "expected a finite number from 0 to 100", True),
     (graph({"shadow": {"primary": "lr", "shadows": ["nb"], "percent": float("nan")}}), "root.shadow.percent", "expected a finite number", False),
     (graph({"model": "lr", "as": None}), "root.as", "null is not allowed", True),
@@ -219,10 +221,19 @@ scalars = st.one_of(
     st.booleans(),
 )
 numbers = st.one_of(st.integers(-1000, 1000), st.floats(-1e6, 1e6, allow_nan=False))
+
+
+def not_yaml_booleans(values: list[Any]) -> bool:
+    """An ``in`` list the parser takes: no boolean among strings (YAML's unquoted ``no``)."""
+    return not (
+        any(isinstance(v, str) for v in values) and any(v is True or v is False for v in values)
+    )
+
+
 operators = st.one_of(
     st.tuples(st.sampled_from(["gt", "ge", "lt", "le"]), numbers),
     st.tuples(st.sampled_from(["eq", "ne"]), scalars),
-    st.tuples(st.just("in"), st.lists(scalars, min_size=1, max_size=3)),
+    st.tuples(st.just("in"), st.lists(scalars, min_size=1, max_size=3).filter(not_yaml_booleans)),
     st.tuples(st.just("is_missing"), st.booleans()),
 )
 outputs = st.sampled_from(["prediction", "proba.True", "proba.spam"])
@@ -379,8 +390,14 @@ FEATURES = {"amount": 250.0, "n": 3, "flag": True, "country": "FR", "none": None
         ({"output": "proba.True", "ge": 0.7}, True),
         ({"output": "proba.true", "gt": 0.7}, False),
         ({"output": "proba.False", "le": 0.3}, True),
-        ({"output": "proba.spam", "eq": 0.0}, True),  # a class left out has probability 0
-        ({"output": "proba.1", "eq": 0.0}, True),  # True is not the class 1
+        # a class the probabilities leave out (misspelt, 1 for True) is missing, as a feature
+        ({"output": "proba.spam", "eq": 0.0}, False),
+        ({"output": "proba.spam", "lt": 0.2}, False),
+        ({"output": "proba.Ture", "lt": 0.2}, False),
+        ({"output": "proba.1", "le": 1.0}, False),  # True is not the class 1
+        ({"output": "proba.spam", "ne": 0.5}, False),
+        ({"output": "proba.spam", "is_missing": True}, True),
+        ({"not": {"output": "proba.Ture", "ge": 0.2}}, True),
     ],
 )
 def test_condition_semantics(condition: dict[str, Any], expected: bool) -> None:
@@ -398,3 +415,37 @@ def test_probabilities_of_labels_that_are_not_booleans() -> None:
     assert spam({}, "spam", {"spam": 0.9, "ham": 0.1}) is True
     assert spam({}, 1.0, None) is False  # a regressor has no probabilities: missing
     assert spam({}, None, {}) is False  # nor has an untrained classifier
+
+
+# --- YAML's booleans ------------------------------------------------------------------------
+
+
+def test_a_yaml_graph_file_reads_no_and_yes_as_strings(tmp_path: Path) -> None:
+    """The CLI reads graph YAML with YAML 1.2's booleans (true/false only): Norway stays "NO"
+    and ``eq: yes`` a string, as the same document in JSON."""
+    from stream.cli.graphs import load_document
+
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        "name: g\n"
+        "root:\n"
+        "  rules:\n"
+        "    over: lr\n"
+        "    rules:\n"
+        "      - when: {all: [{feature: country, in: [FR, DE, NO]}, {feature: vip, eq: yes},\n"
+        "                     {feature: flag, eq: true}, {feature: off, is_missing: False}]}\n"
+        "        then: {decision: review, prediction: on}\n"
+    )
+    doc = load_document(path)
+    when = doc["root"]["rules"]["rules"][0]["when"]["all"]
+    assert when == [
+        {"feature": "country", "in": ["FR", "DE", "NO"]},
+        {"feature": "vip", "eq": "yes"},
+        {"feature": "flag", "eq": True},
+        {"feature": "off", "is_missing": False},
+    ]
+    assert doc["root"]["rules"]["rules"][0]["then"]["prediction"] == "on"
+    assert parse_graph(doc, KNOWN) == parse_graph(json.loads(json.dumps(doc)), KNOWN)
+    import yaml
+
+    assert yaml.safe_load("[NO]") == [False]  # PyYAML's own loader is left as it is

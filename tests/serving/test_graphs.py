@@ -287,8 +287,10 @@ def test_each_rule_outcome_and_each_switch_branch(
         then = RULES["rules"][i]["then"]
         where = f"root.rules.rules[{i}]"
         prediction = then.get("prediction", argmax(mean))
+        # a rule's prediction comes with probabilities that agree: 1 for it, 0 for the others
+        proba = {c: float(c == prediction) for c in mean} if "prediction" in then else mean
         return answer(
-            prediction, mean, versions, where, (where,), then["decision"], then.get("reason")
+            prediction, proba, versions, where, (where,), then["decision"], then.get("reason")
         )
 
     branches: set[str] = set()
@@ -494,3 +496,37 @@ def test_responses_do_not_depend_on_shadows_and_a_failing_shadow_fails_nothing(
             assert fam[f"riverstream_shadow_errors_total{failed}"] == 20 * (1 + offset)
             agreements = fam.get(f"riverstream_shadow_agreements_total{labels}", 0)
             assert 0 < agreements <= 10 * (1 + offset)
+
+
+def test_requests_without_an_id_are_shadowed_and_agreement_is_with_the_primary(
+    kit: Any, serve, graphs: GraphRegistry, metrics: ServingMetrics
+) -> None:
+    """``percent`` is a share of requests: those without an id are sampled too (a random
+    draw). A shadow is compared with its shadow node's primary (here the same model: it always
+    agrees), not with the graph's answer, which a rule above the shadow node overrides."""
+    shadowed = {"shadow": {"primary": "lr", "shadows": ["lr"], "percent": 50}}
+    flip = {"when": {"feature": "https", "is_missing": False}, "then": {"decision": "flip", "prediction": "override"}}  # fmt: skip
+    graphs.apply({"name": "s", "root": {"rules": {"over": shadowed, "rules": [flip]}}})
+    _, inputs = river_models()
+    n = 60
+    with serve() as (client, app):
+        for i in range(n):
+            r = client.post("/v1/graphs/s/predict", json={"features": inputs[i % len(inputs)]})
+            assert r.status_code == 200 and r.json()["prediction"] == "override"
+            assert r.json()["probabilities"] == {"false": 0.0, "true": 0.0, "override": 1.0}
+        labels = '{graph="s",shadow="root.rules.over.shadow.shadows[0]"}'
+
+        def counts() -> tuple[float, float]:
+            text = client.get("/metrics").text
+            found = {"runs": 0.0, "agreements": 0.0}
+            for line in text.splitlines():
+                for what in found:
+                    if line.startswith(f"riverstream_shadow_{what}_total{labels} "):
+                        found[what] = float(line.split()[-1])
+            return found["runs"], found["agreements"]
+
+        # every shadow that ran agreed with its primary (and some ran: about half of them)
+        kit.wait_until(lambda: (c := counts())[0] >= 5 and c[0] == c[1], timeout=30)
+        assert app.state.graphs.shadows.wait_idle(10)
+        runs, agreements = counts()
+        assert 5 <= runs <= n - 5 and agreements == runs

@@ -65,7 +65,7 @@ EVERYTHING = {
                                     "when": {
                                         "any": [
                                             {"feature": "is_popular", "is_missing": True},
-                                            {"feature": "color", "in": ["red", 1, True]},
+                                            {"feature": "color", "in": ["red", 1, 2.5]},
                                         ]
                                     },
                                     "then": {

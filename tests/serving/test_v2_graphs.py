@@ -49,7 +49,7 @@ SWITCH = {
 }
 SPLIT = {"branches": [{"weight": 1, "node": "lr"}, {"weight": 1, "node": "nb"}], "sticky_by": "id"}
 SHADOW = {"primary": "lr", "shadows": ["tree"]}
-GRAPH_OUTPUTS = ["decided_by", "decision", "reason", "path", "versions"]
+GRAPH_OUTPUTS = ["decided_by", "decision", "reason", "path", "versions", "samples_learned"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -114,6 +114,7 @@ def v1_columns(answer: dict[str, Any]) -> dict[str, list[Any]]:
     columns["reason"] = [r["reason"] or "" for r in rows]
     columns["path"] = [orjson.dumps(r["path"]).decode() for r in rows]
     columns["versions"] = [orjson.dumps(r["versions"]).decode() for r in rows]
+    columns["samples_learned"] = [orjson.dumps(r["samples_learned"]).decode() for r in rows]
     return columns
 
 
@@ -174,6 +175,9 @@ def test_graph_infer_gives_the_answers_of_v1(client: httpx.Client, graphs: dict[
                 assert answer["id"] == "r-9"
                 got = {o["name"]: o["data"] for o in answer["outputs"]}
                 assert got == columns
+                for versions, learned in zip(got["versions"], got["samples_learned"], strict=True):
+                    state = {m: 10 * v for m, v in orjson.loads(versions).items()}  # as published
+                    assert orjson.loads(learned) == state and state
                 assert all(o["shape"] == [len(rows)] for o in answer["outputs"])
         decisions |= set(columns["decision"])
     assert decisions == {"", "review", "block", "allow"}  # every rule outcome, and none
@@ -261,6 +265,9 @@ def test_graph_row_tail_is_the_json_of_the_general_outputs() -> None:
         reason=texts,
         path=st.lists(st.text(max_size=8), max_size=3),
         versions=st.dictionaries(st.text(max_size=4), st.integers(0, 10**6), max_size=3),
+        samples_learned=st.dictionaries(
+            st.text(max_size=4), st.none() | st.integers(0, 10**9), max_size=3
+        ),
     )
     def check(**answer: Any) -> None:
         fields = {"model_name": "g", "model_version": "7"}
