@@ -156,6 +156,11 @@ SERVING: list[P | Row] = [
         (_quantile(q, "riverstream_http_request_duration_seconds", "route"),
          f"p{round(q * 100)} {{{{route}}}}") for q in (0.5, 0.95, 0.99)), "s"),
     P("5xx ratio", ((_5XX_RATIO, "5xx / all"),), "percentunit"),
+    P("Closed loop: events not stored (503s, 5m)", ((_or_zero(
+        "sum by (reason) (increase(riverstream_closed_loop_publish_failures_total[5m]))"),
+        "{{reason}}"),), description="Ingest requests and logged predictions answered 503 "
+      "because Kafka did not acknowledge (serving.feedback): not_acknowledged, outage (failing "
+      "fast while Kafka is away), busy (too many publishes waiting), no_kafka."),
     Row("Models"),
     P("Version served (min over workers)", (("min by (model) (riverstream_model_version)",
                                              "{{model}}"),), w=8),

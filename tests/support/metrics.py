@@ -44,6 +44,7 @@ def touch_serving(m: ServingMetrics, now: float) -> None:
     m.observe_request("/models/{name}/predict", "lr", 500, 0.003)
     m.snapshot_swapped("lr", version=7, snapshot_timestamp=now, load_seconds=0.001)
     m.snapshot_refused("lr", "bad_signature")
+    m.closed_loop_publish_failures_total.labels("not_acknowledged").inc()
     touch_graphs(GraphMetrics.for_registry(m.registry))  # on the API's registry
 
 
