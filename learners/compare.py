@@ -67,6 +67,9 @@ from typing import Literal, TypedDict
 Kind = Literal["classification", "regression"]
 Decision = Literal["b_better", "a_better", "undecided"]
 
+LOSS_LIMIT = 1e100
+"""A loss above this is skipped (`PairedComparison.update`): the squares of the differences of
+the losses kept stay far inside the floats, whatever the number of labels."""
 _FORMAT = 1
 _CONFIG = ("alpha", "kind", "bound", "max_bet", "tuned_for")
 _STATE = (
@@ -145,19 +148,26 @@ class PairedComparison:
     # -- feeding ---------------------------------------------------------------------------
 
     def update(self, loss_a: float, loss_b: float) -> None:
-        """One label scored by both models: their losses (0/1 for classification)."""
+        """One label scored by both models: their losses (0/1 for classification). A label
+        with a loss over `LOSS_LIMIT` (1e100), or one that would take the sums, the mean or
+        the variance of the differences past the floats, is skipped: the statistic stays
+        finite (a served answer of 1.7e308 made them -inf, and a square root raise)."""
         loss_a, loss_b = float(loss_a), float(loss_b)
         top = math.inf if self.bound is None else self.bound
         for loss in (loss_a, loss_b):
             if not (0.0 <= loss <= top and math.isfinite(loss)):
                 raise ValueError(f"loss {loss} outside [0, {top}]")
-        self.n += 1
-        self.sum_a += loss_a
-        self.sum_b += loss_b
+        if loss_a > LOSS_LIMIT or loss_b > LOSS_LIMIT:
+            return
+        n = self.n + 1
+        sum_a, sum_b = self.sum_a + loss_a, self.sum_b + loss_b
         d = loss_a - loss_b
         delta = d - self.mean_d
-        self.mean_d += delta / self.n
-        self.m2_d += delta * (d - self.mean_d)
+        mean_d = self.mean_d + delta / n
+        m2_d = self.m2_d + delta * (d - mean_d)
+        if not all(map(math.isfinite, (sum_a, sum_b, mean_d, m2_d))):
+            return
+        self.n, self.sum_a, self.sum_b, self.mean_d, self.m2_d = n, sum_a, sum_b, mean_d, m2_d
         if self.bound is not None:
             self._bet((d + self.bound) / (2.0 * self.bound))
 

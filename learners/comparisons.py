@@ -232,7 +232,7 @@ class ModelComparison:
         try:
             target = float(y)
             error_a, error_b = abs(target - float(first[0])), abs(target - float(second[0]))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, ArithmeticError):  # not numbers, or past floats
             return
         if math.isfinite(error_a) and math.isfinite(error_b):
             self.stats.update(error_a, error_b)

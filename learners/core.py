@@ -65,6 +65,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from learners.comparisons import ComparePairs, ModelComparison, Pair
 from learners.join import EventTimeJoin, JoinCounters, Pending, Source, Unprocessed
 from learners.model_set import ModelSet
@@ -83,7 +85,8 @@ OUTCOMES_KEPT = 4096
 """Joined (label, prediction) pairs kept for monitors between two drains."""
 
 UNUSABLE_KEPT = 10_000
-"""Events no model could use, kept for the adapter's dead letters between two drains."""
+"""Events no model could use, kept for the adapter's dead letters between two drains, by
+default (`LearningCore.unusable_kept`); those beyond are counted in ``unusable_dropped``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +98,15 @@ class Unusable:
     time: float
     errors: tuple[str, ...]  # "model: ExceptionType: message", one per model
     value: Any  # the features (nulls dropped) or the label
+    served: Served | None = None  # what the API answered, logged with the features
 
     def to_event(self) -> dict[str, Any]:
         """The event as JSON-ready data, in the schema it came in."""
         field = "features" if self.kind == "feature" else "label"
-        return {"id": self.id, "time": self.time, field: self.value}
+        event = {"id": self.id, "time": self.time, field: self.value}
+        if self.served is not None:
+            event["served"] = msgspec.to_builtins(self.served)
+        return event
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +136,10 @@ class LearningCore(ModelSet):
         (`learners.comparisons`), or ``"all"``; none by default.
     """
 
+    unusable_kept: int | None = UNUSABLE_KEPT
+    """Unusable events kept between two drains (None: all of them). The learner's loop drains
+    after every `advance` and keeps them all: each one is dead-lettered."""
+
     def __init__(
         self,
         specs: Sequence[ModelSpec],
@@ -149,7 +160,10 @@ class LearningCore(ModelSet):
         self._last_x: dict[str, Any] | None = None
         self.model_errors: dict[tuple[str, str, str], int] = {}
         """Failures so far, by ``(model, "predict" | "learn", exception type)``."""
-        self.unusable: deque[Unusable] = deque(maxlen=UNUSABLE_KEPT)
+        self.unusable: list[Unusable] = []
+        self.unusable_dropped = 0
+        """Unusable events not kept (over `unusable_kept` between two drains), since the last
+        time the adapter read this count."""
         self.served_metrics: dict[tuple[str, int], Any] = {}
         """The served answers' metric per (model, version) (see `_score_served`)."""
         self.served_comparisons: dict[Pair, ModelComparison] = {}
@@ -166,7 +180,8 @@ class LearningCore(ModelSet):
         state.setdefault("model_errors", {})  # checkpoints written before failures were counted
         state.setdefault("served_metrics", {})
         state.setdefault("served_comparisons", {})
-        state.setdefault("unusable", deque(maxlen=UNUSABLE_KEPT))
+        state["unusable"] = list(state.get("unusable", ()))  # a bounded deque before
+        state.setdefault("unusable_dropped", 0)
         state.setdefault("trace_every", 0)  # checkpoints written before the learning curve
         state.setdefault("trace_marks", [])
         state.setdefault("comparisons", {})  # checkpoints written before comparisons
@@ -322,10 +337,16 @@ class LearningCore(ModelSet):
         if len(failures) == len(self.models) and not reported:  # once per event id
             detail = tuple(f"{s.spec.name}: {type(e).__name__}: {e}"[:300] for s, _, e in failures)
             if label is None:
-                found = Unusable("feature", pending.id, pending.time, detail, pending.x)
+                found = Unusable(
+                    "feature", pending.id, pending.time, detail, pending.x, pending.served
+                )
             else:
                 found = Unusable("label", label.id, label.time, detail, label.label)
-            self.unusable.append(found)
+            kept = self.unusable_kept
+            if kept is not None and len(self.unusable) >= kept:
+                self.unusable_dropped += 1
+            else:
+                self.unusable.append(found)
 
     def _mark(self, labels: int, time: float) -> None:
         self.trace_marks.append(
@@ -344,8 +365,8 @@ class LearningCore(ModelSet):
 
     def drain_unusable(self) -> list[Unusable]:
         """Events no model could use since the last drain (for the dead-letter topic)."""
-        drained = list(self.unusable)
-        self.unusable.clear()
+        drained = self.unusable
+        self.unusable = []
         return drained
 
     def flush(self) -> int:

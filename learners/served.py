@@ -87,9 +87,21 @@ def json_label(key: str) -> Any:
     return {"true": True, "false": False}.get(key, key)
 
 
+def _int_label(key: str) -> Any:
+    """An integer class label read back from a JSON object key (``"1"``: 1), else the key."""
+    try:
+        return int(key)
+    except ValueError:
+        return key
+
+
 def _probabilities(proba: dict[str, float] | None, y: Label) -> dict[Any, float] | None:
-    if proba and isinstance(y, bool):  # JSON keys: "true" / "false"
+    """The answer's probabilities keyed by class labels of ``y``'s type: JSON keys are
+    strings, ``"true"``/``"false"`` for boolean labels and ``"0"``/``"1"`` for integer ones."""
+    if proba and isinstance(y, bool):
         return {json_label(k): v for k, v in proba.items()}
+    if proba and isinstance(y, int):
+        return {_int_label(k): v for k, v in proba.items()}
     return proba
 
 

@@ -10,7 +10,9 @@ are dead-lettered too.
 
 from __future__ import annotations
 
-from typing import TypeVar
+import json
+import logging
+from typing import Any, TypeVar
 
 import orjson
 
@@ -24,6 +26,7 @@ from stream.kafka.deadletter import DeadLetters
 from stream.store.commands import in_ranges
 
 _Event = TypeVar("_Event", FeatureEvent, LabelEvent)
+log = logging.getLogger(__name__)
 
 
 class Ingest:
@@ -91,12 +94,26 @@ class Ingest:
         unusable = core.drain_unusable()
         for event in unusable:
             topic = self.topics[0] if event.kind == "feature" else self.topics[1]
-            value = orjson.dumps(event.to_event(), option=orjson.OPT_NON_STR_KEYS)
+            value = _encoded(event.to_event())
             error = "; ".join(event.errors)
             self.dead_letters.send_unusable(topic, event.id.encode(), value, "model_error", error)
         if unusable:
             self.dead["model_error"] = self.dead.get("model_error", 0) + len(unusable)
             self.dead_letters.flush()
+        dropped, core.unusable_dropped = core.unusable_dropped, 0
+        if dropped:  # beyond the core's bound between two drains: counted, never silent
+            self.dead["model_error_dropped"] = self.dead.get("model_error_dropped", 0) + dropped
+            log.error("%d events no model could use were not kept for the dead letters", dropped)
+
+
+def _encoded(event: dict[str, Any]) -> bytes:
+    """``event`` as JSON: orjson, or the standard library for what orjson refuses (an integer
+    beyond 64 bits, valid JSON that msgspec decodes as a Python int): never an exception,
+    never a lost dead letter."""
+    try:
+        return orjson.dumps(event, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return json.dumps(event, default=repr, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _observed(

@@ -33,7 +33,7 @@ from stream.learner.groups import restore_learner
 from stream.learner.idleness import Idleness
 from stream.learner.ingest import Ingest
 from stream.learner.live import LivePublisher
-from stream.learner.observing import LearnerStats
+from stream.learner.observing import GuardedObserver, LearnerStats
 from stream.learner.outage import Outage
 from stream.learner.trace import TraceRecorder
 from stream.store.commands import CommandQueue
@@ -87,7 +87,8 @@ class Learner(LearnerCommands):
         self.source = source
         self.codec = EventCodec(Limits.from_settings(settings))
         self.dead_letters = dead_letters
-        self.observer = observer
+        self.stats = LearnerStats()
+        self.observer = observer  # guarded: its failures never stop learning
         self.clock = clock
         signing_key = settings.require_snapshot_key()
         small = store if quick is None else store.using(quick)
@@ -104,7 +105,6 @@ class Learner(LearnerCommands):
             small, signing_key, every_seconds=settings.live_every_seconds,
             max_bytes=settings.live_max_bytes, max_share=settings.live_max_share,
         )  # fmt: skip
-        self.stats = LearnerStats()
         self._topics = (settings.topic_features, settings.topic_labels)
         self._sources = [(t, p) for t in range(2) for p in partitions]
 
@@ -168,6 +168,18 @@ class Learner(LearnerCommands):
         self._last_record_at = clock()
         self._stop = threading.Event()
         self._amortized: list[tuple[float, int]] = []
+
+    @property
+    def observer(self) -> Observer | None:
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: Observer | None) -> None:
+        """An observer's exceptions are logged and counted (`GuardedObserver`), never raised
+        into the loop: a valid event must not stop the learner through its metrics."""
+        if observer is not None and not isinstance(observer, GuardedObserver):
+            observer = GuardedObserver(observer, self.stats)
+        self._observer = observer
 
     def describe(self) -> list[str]:
         """Where the learner stands, for its start-up lines: models, topics, resume point."""
@@ -247,6 +259,7 @@ class Learner(LearnerCommands):
                 # The end of the input: what still waits for the watermark is processed. A
                 # stop (SIGTERM) does not flush: the final checkpoint leaves buffered events
                 # to be read again, in the order a restarted learner will see them.
+                self.core.unusable_kept = None
                 self.core.flush()
                 self.ingest.dead_letter_unusable(self.core)
                 break
@@ -293,6 +306,7 @@ class Learner(LearnerCommands):
     def _advance(self, value: float, max_labels: int | None) -> None:
         labels_before = self.core.counters.labels_joined
         start = time.perf_counter()
+        self.core.unusable_kept = None  # drained below: every one is dead-lettered
         processed = self.core.advance(value, max_labels)
         self.trace.collect(self.core)
         if self.core.unusable:
@@ -314,8 +328,15 @@ class Learner(LearnerCommands):
             predict: list[float] = []
             if x is not None:
                 start = time.perf_counter()
-                state.model.predict_one(x) if state.kind != "anomaly" else state.model.score_one(x)
-                predict.append(time.perf_counter() - start)
+                try:
+                    if state.kind != "anomaly":
+                        state.model.predict_one(x)
+                    else:
+                        state.model.score_one(x)
+                except Exception:  # features the model cannot predict on
+                    pass  # (the core counted it as a model error): no sample this time
+                else:
+                    predict.append(time.perf_counter() - start)
             out[name] = {"predict": predict, "learn": amortized}
         return out
 

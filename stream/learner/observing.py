@@ -8,6 +8,7 @@ installs; the loop does not import it (nor prometheus_client), only these protoc
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
     from stream.checkpoint.protocol import SnapshotResult
     from stream.kafka.client import RecordRun
     from stream.learner.outage import Outage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,6 +32,8 @@ class LearnerStats:
     max_stall_seconds: float = 0.0
     restored_from: int | None = None
     rollbacks: int = 0
+    # the observer's failures by exception type: counted and logged, learning goes on
+    observer_errors: dict[str, int] = field(default_factory=dict)
 
 
 class LearnerView(Protocol):
@@ -72,3 +77,42 @@ class Observer(Protocol):
     def snapshot(self, learner: LearnerView, result: SnapshotResult) -> None: ...
 
     def close(self) -> None: ...
+
+
+class GuardedObserver:
+    """An `Observer` whose failures never stop the learner: an exception of the observer (a
+    metric it cannot compute on a valid but odd event, a bug) is logged with its type and
+    counted in ``stats.observer_errors``; the loop goes on. The first failure of each type is
+    logged with its traceback, then at 2, 4, 8, ... of that type."""
+
+    def __init__(self, observer: Observer, stats: LearnerStats) -> None:
+        self.observer = observer
+        self.stats = stats
+
+    def after_batch(self, learner: LearnerView, records: list[RecordRun]) -> None:
+        try:
+            self.observer.after_batch(learner, records)
+        except Exception as exc:
+            self._failed("after_batch", exc)
+
+    def snapshot(self, learner: LearnerView, result: SnapshotResult) -> None:
+        try:
+            self.observer.snapshot(learner, result)
+        except Exception as exc:
+            self._failed("snapshot", exc)
+
+    def close(self) -> None:
+        try:
+            self.observer.close()
+        except Exception as exc:
+            self._failed("close", exc)
+
+    def _failed(self, call: str, exc: Exception) -> None:
+        kind = type(exc).__name__
+        n = self.stats.observer_errors.get(kind, 0) + 1
+        self.stats.observer_errors[kind] = n
+        if n & (n - 1) == 0:  # 1, 2, 4, 8, ...
+            log.error(
+                "the learner's observer failed in %s (%s, %d so far): %s; learning goes on",
+                call, kind, n, exc, exc_info=n == 1,
+            )  # fmt: skip

@@ -365,7 +365,10 @@ class DriftMonitor:
         else:
             if y_pred is None:
                 return False
-            error = abs(float(y_true) - float(y_pred))
+            try:  # a label that is not a number (a model error of the core) or past floats
+                error = abs(float(y_true) - float(y_pred))
+            except (TypeError, ValueError, ArithmeticError):
+                return False
             if not math.isfinite(error):
                 return False
         detector.update(error)

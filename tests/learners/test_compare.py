@@ -261,3 +261,23 @@ def test_the_mirror_is_the_comparison_fed_the_other_way_round(
             assert mirror[field] == value, field  # type: ignore[literal-required]
     assert mirror["difference"] == -a_b.difference
     assert (mirror["lower"], mirror["upper"]) == tuple(-x for x in reversed(a_b.interval()))
+
+
+def test_losses_near_the_float_limit_are_skipped_and_the_state_stays_finite() -> None:
+    """Finite losses whose difference's mean or variance passes the floats (served answers of
+    1.7e308) made mean_d and m2_d -inf: the interval's sqrt raised in the learner's observer,
+    and the record was no longer finite JSON."""
+    comparison = PairedComparison(ALPHA, "regression", bound=None)
+    comparison.update(1.7e308, 0.0)
+    comparison.update(0.0, 1.7e308)  # a difference of -3.4e308: past the floats
+    comparison.update(1.0, 2.0)
+    comparison.update(3.0, 1.0)
+    state = comparison.to_dict()
+    assert (comparison.n, comparison.mean_d, comparison.m2_d) == (2, 0.5, 4.5) and all(
+        math.isfinite(v) for v in state.values() if isinstance(v, float)
+    )
+    assert comparison.summary(0.0, 0)["n"] == 2  # no ValueError
+    comparison.update(1e100, 0.0)
+    comparison.update(1.0, 1e101)
+    assert comparison.n == 3
+    json.dumps(state, allow_nan=False)

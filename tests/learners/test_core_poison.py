@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import pickle
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from learners.core import LearningCore
+from learners.core import UNUSABLE_KEPT, LearningCore
 from learners.specs import PRESETS, ModelSpec
-from schemas.events import FeatureEvent, LabelEvent
+from schemas.events import EventCodec, FeatureEvent, LabelEvent, Limits, Served, ShadowAnswer
 
 values = st.one_of(
     st.none(),
@@ -151,3 +152,80 @@ def test_poison_is_deterministic_so_a_restart_gives_the_same_models() -> None:
         ]
     # all but the six "yes" labels and the six 1e308 features its splitter overflows on
     assert straight.models["tree"].samples_learned == 288
+
+
+def test_integers_past_the_floats_do_not_stop_comparisons() -> None:
+    """A champion/challenger pair of regressors and a graph's shadows compare |y - prediction|:
+    a label, or a served prediction, that is a JSON integer past the floats raised an
+    OverflowError out of `LearningCore.advance`."""
+    huge = 10**400
+    compared = LearningCore(
+        [ModelSpec("a", "linreg"), ModelSpec("b", "linreg")], compare=[("a", "b")]
+    )
+    compared.push_feature(FeatureEvent("1", 0.0, {"x": 1.0}), (0, 0), 0)
+    compared.push_label(LabelEvent("1", 1.0, huge), (1, 0), 0)
+    compared.flush()
+    assert compared.comparisons[("a", "b")].stats.n == 0
+    assert len(compared.drain_unusable()) == 1
+
+    shadows = LearningCore([ModelSpec("r", "linreg")])
+    served = Served("g", 1, huge, None, {"r": 1}, {"s": ShadowAnswer(2)})
+    shadows.push_feature(FeatureEvent("1", 0.0, {"x": 1.0}, served), (0, 0), 0)
+    shadows.push_label(LabelEvent("1", 1.0, 3), (1, 0), 0)
+    shadows.flush()
+    assert shadows.models["r"].samples_learned == 1
+    [comparison] = shadows.served_comparisons.values()
+    assert comparison.stats.n == 0
+
+
+def unusable_features(core: LearningCore, n: int) -> None:
+    for i in range(3):
+        core.push_feature(FeatureEvent(str(i), float(i), {"x": float(i)}), (0, 0), i)
+        core.push_label(LabelEvent(str(i), float(i), i % 2 == 0), (1, 0), i)
+    core.advance(3.0)
+    events = [FeatureEvent(f"p{i}", 3.0 + i, {"x": "red"}) for i in range(n)]
+    core.push_features(events, (0, 0), list(range(3, 3 + n)))
+    core.advance(1e9, max_labels=10_000)  # features are not bounded by max_labels
+
+
+def test_unusable_events_past_the_bound_are_counted_or_all_kept() -> None:
+    """Of 10 050 unusable events in one advance, 50 were dropped without a trace."""
+    bounded = LearningCore([ModelSpec("m", "logreg")])
+    unusable_features(bounded, 10_050)
+    assert len(bounded.drain_unusable()) == UNUSABLE_KEPT
+    assert bounded.unusable_dropped == 50
+    everything = LearningCore([ModelSpec("m", "logreg")])
+    everything.unusable_kept = None  # the learner's loop: it drains after every advance
+    unusable_features(everything, 10_050)
+    assert len(everything.drain_unusable()) == 10_050 and everything.unusable_dropped == 0
+
+
+def test_a_first_label_the_classifier_could_not_learn_does_not_fix_the_label_type() -> None:
+    """A stray ``"true"`` first: the logistic regression raised on it, yet its type was fixed,
+    and the 999 booleans after it were LabelTypeErrors (the model never learned)."""
+    core = LearningCore([ModelSpec("m", "logreg")])
+    for i in range(1000):
+        y = "true" if i == 0 else i % 3 > 0
+        core.push_feature(FeatureEvent(str(i), float(i), {"x": float(i % 3)}), (0, 0), i)
+        core.push_label(LabelEvent(str(i), float(i), y), (1, 0), i)
+    core.flush()
+    state = core.models["m"]
+    assert state.label_type is bool and state.samples_learned == 999
+    assert core.model_errors == {("m", "learn", "ValueError"): 1}
+    [unusable] = core.drain_unusable()
+    assert unusable.value == "true"
+
+
+def test_an_unusable_feature_event_keeps_its_served_answer() -> None:
+    """The dead letter of a logged answer's features no model could use lost the answer."""
+    codec = EventCodec(Limits())
+    core = LearningCore([ModelSpec("r", "linreg")])
+    for i in range(3):  # a scaler that has seen numbers raises on a string
+        core.push_feature(FeatureEvent(str(i), float(i), {"x": float(i)}), (0, 0), i)
+        core.push_label(LabelEvent(str(i), float(i), float(i)), (1, 0), i)
+    served = Served("r", 4, 1.5)
+    event = FeatureEvent("p", 3.0, {"x": "red", "n": 12345678901234567890}, served)
+    core.push_feature(event, (0, 3), 17)
+    core.flush()
+    [unusable] = core.drain_unusable()
+    assert codec.decode_feature(orjson.dumps(unusable.to_event())) == event

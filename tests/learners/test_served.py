@@ -4,9 +4,11 @@ and must not be pooled with the old one's."""
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
+import pytest
 from river import metrics
 
 from learners.comparisons import ModelComparison, Pair
@@ -62,3 +64,20 @@ def test_the_unversioned_comparison_of_an_older_checkpoint_is_dropped() -> None:
     pairs: dict[Pair, ModelComparison] = {legacy: old}
     serve(4, 0.8, 0.8, scores, pairs, random.Random(1))
     assert list(pairs) == [("fraud@v4", f"fraud@v4@{BRANCH}")]
+
+
+def test_integer_class_labels_read_their_json_probabilities_as_booleans_do() -> None:
+    """The API's probabilities are JSON: keys ``"0"``/``"1"`` for integer classes, mapped back
+    to the labels as ``"true"``/``"false"`` are for booleans (they were left strings: the
+    served LogLoss of right answers was that of a probability 0 for the true class)."""
+    from learners.served import update_metric
+
+    values = []
+    for positive, negative in ((True, False), (1, 0)):
+        metric = metrics.LogLoss()
+        for i in range(100):
+            y, other = (positive, negative) if i % 2 else (negative, positive)
+            proba = {str(y).lower(): 0.9, str(other).lower(): 0.1}
+            update_metric(metric, y, y, proba)
+        values.append(metric.get())
+    assert values[0] == values[1] == pytest.approx(-math.log(0.9))

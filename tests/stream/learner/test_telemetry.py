@@ -109,3 +109,12 @@ def test_drift_monitor_rejects_unknown_models_and_tasks():
         DriftMonitor({"x": "clustering"})  # type: ignore[dict-item]
     with pytest.raises(ConfigError):
         DriftMonitor({}).update("x", 1, 1)
+
+
+def test_a_regressor_label_that_is_no_float_is_not_a_drift_sample():
+    """A string label (the core counted a LabelTypeError) or an integer past the floats (an
+    OverflowError): the learner's observer raised on them and the learner stopped."""
+    monitor = DriftMonitor({"r": "regression"})
+    assert monitor.update("r", "oops", 1.0) is False
+    assert monitor.update("r", 10**400, 1.0) is False
+    assert monitor.update("r", 1.0, 10**400) is False
