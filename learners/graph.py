@@ -51,12 +51,12 @@ learners.graph_context.MemberUnavailable: model "a" is not loaded (root.switch.d
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 from learners.graph_context import (
+    DRAW,
     Context,
     GraphAnswer,
     GraphInputError,
@@ -107,7 +107,7 @@ class CompiledGraph:
 
     __slots__ = ("_draw", "_run", "spec")
 
-    def __init__(self, spec: GraphSpec, *, draw: Callable[[], float] = random.random) -> None:
+    def __init__(self, spec: GraphSpec, *, draw: Callable[[], float] = DRAW) -> None:
         """``draw``: uniform draws in [0, 1) for the shadow sampling of requests without an id
         (``random.Random(seed).random`` for a reproducible sample)."""
         self.spec = spec

@@ -16,6 +16,10 @@ from typing import Any, NamedTuple, Protocol
 
 from schemas.errors import RiverstreamError
 
+DRAW = random.Random().random
+"""The default uniform draw of shadow sampling: a generator of its own, which leaves the
+`random` module's shared state alone (test tools such as Hypothesis watch it)."""
+
 # --- what the graph calls -----------------------------------------------------------------
 
 
@@ -125,10 +129,10 @@ class Context:
         request_id: str | None,
         top: dict[str, Any],
         complete: bool = False,
-        draw: Callable[[], float] = random.random,
+        draw: Callable[[], float] | None = None,
     ) -> None:
         self.complete = complete  # the features hold no null (checked by the caller)
-        self.draw = draw  # a uniform draw in [0, 1): shadow sampling of a request without id
+        self.draw = draw or DRAW  # uniform in [0, 1): shadow sampling of a request without id
         self.models = models
         self.request_id = request_id
         self.top = top  # the request's own features (a shadow seeing them need not keep a copy)

@@ -115,13 +115,11 @@ class ModelState:
         """Score the stored ``prediction`` against ``y``, then learn ``(x, y)`` if supervised.
 
         A label of the wrong type raises `LabelTypeError` before anything changes: a classifier
-        learns labels of one type (that of the first label it learned from: a learn that
-        raised does not fix it), a regressor numbers. Mixing ``"yes"`` into boolean labels
-        would break a tree for every later prediction."""
+        learns labels of one type (the first it sees), a regressor numbers. Mixing ``"yes"``
+        into boolean labels would break a tree for every later prediction."""
         kind = type(y)
-        if kind is not self.label_type and self._check_label(y):
-            self._learn_first(x, y, prediction)
-            return
+        if kind is not self.label_type:
+            self._check_label(y)
         for metric, use_proba in zip(self.metrics, self._uses_proba, strict=True):
             y_pred = prediction[1] if use_proba else prediction[0]
             if y_pred is not None and y_pred != {}:
@@ -133,20 +131,7 @@ class ModelState:
             calls.learn_one(x, y)
             self.samples_learned += 1
 
-    def _learn_first(self, x: dict[str, Any], y: Label, prediction: Prediction) -> None:
-        """A classifier's first label: its type is the model's once this learn succeeded (a
-        first label the model raised on, such as ``"true"`` for a logistic regression, does
-        not make every later boolean a `LabelTypeError`)."""
-        self.label_type = type(y)
-        try:
-            self.learn(x, y, prediction)
-        except BaseException:
-            self.label_type = None
-            raise
-
-    def _check_label(self, y: Label) -> bool:
-        """Raise `LabelTypeError` for a label the model cannot take; True for a classifier's
-        first label (its type is not fixed yet)."""
+    def _check_label(self, y: Label) -> None:
         kind = type(y)
         if self.kind == "regressor":
             if kind is str:
@@ -155,13 +140,12 @@ class ModelState:
             if self.label_type is None:
                 if kind is float and not float(y).is_integer():
                     raise LabelTypeError(f"label {y!r} is a float: a classifier needs classes")
-                return True
+                self.label_type = kind
             else:
                 raise LabelTypeError(
                     f"label {y!r} is a {kind.__name__}: this model learns "
                     f"{self.label_type.__name__} labels"
                 )
-        return False
 
     def metric_values(self) -> dict[str, float]:
         """Current value of every metric, by class name."""

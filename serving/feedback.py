@@ -63,7 +63,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -161,13 +161,20 @@ class Publisher:
         """`publish` on one of this publisher's threads; refused at once (`KafkaUnavailable`)
         when ``max_in_flight`` publishes wait already or a failure is remembered."""
         admitted = self._admit()
-        loop = asyncio.get_running_loop()
         try:
-            future = loop.run_in_executor(self._executor, self._run, messages, timeout, admitted)
+            job = self._executor.submit(self._run, messages, timeout, admitted)
         except BaseException:
             self._release(admitted)
             raise
-        await future
+
+        # A request cancelled before a thread took its publish cancels the job: `_run` never
+        # runs, so its place (and a probe's flag) is given back here, not leaked.
+        def given_back(done: Future[None]) -> None:
+            if done.cancelled():
+                self._release(admitted)
+
+        job.add_done_callback(given_back)
+        await asyncio.wrap_future(job)
 
     def _admit(self) -> tuple[float, bool]:
         """Take a place among the publishes in flight: (when, whether this one tries again

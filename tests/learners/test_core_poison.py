@@ -200,22 +200,6 @@ def test_unusable_events_past_the_bound_are_counted_or_all_kept() -> None:
     assert len(everything.drain_unusable()) == 10_050 and everything.unusable_dropped == 0
 
 
-def test_a_first_label_the_classifier_could_not_learn_does_not_fix_the_label_type() -> None:
-    """A stray ``"true"`` first: the logistic regression raised on it, yet its type was fixed,
-    and the 999 booleans after it were LabelTypeErrors (the model never learned)."""
-    core = LearningCore([ModelSpec("m", "logreg")])
-    for i in range(1000):
-        y = "true" if i == 0 else i % 3 > 0
-        core.push_feature(FeatureEvent(str(i), float(i), {"x": float(i % 3)}), (0, 0), i)
-        core.push_label(LabelEvent(str(i), float(i), y), (1, 0), i)
-    core.flush()
-    state = core.models["m"]
-    assert state.label_type is bool and state.samples_learned == 999
-    assert core.model_errors == {("m", "learn", "ValueError"): 1}
-    [unusable] = core.drain_unusable()
-    assert unusable.value == "true"
-
-
 def test_an_unusable_feature_event_keeps_its_served_answer() -> None:
     """The dead letter of a logged answer's features no model could use lost the answer."""
     codec = EventCodec(Limits())

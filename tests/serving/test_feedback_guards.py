@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import itertools
 import math
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -38,8 +39,24 @@ pytestmark = pytest.mark.integration
 INGEST, PREDICT = "ingest-secret", "predict-secret"
 
 
+_APPS: list[Any] = []
+
+
 def app_for(settings: Settings, **kwargs: Any) -> Any:
-    return create_app(settings, metrics=ServingMetrics(prometheus_registry()), **kwargs)
+    """The API, called in this process without its lifespan: its producer is closed after the
+    test (`closed_publishers`)."""
+    app = create_app(settings, metrics=ServingMetrics(prometheus_registry()), **kwargs)
+    _APPS.append(app)
+    return app
+
+
+@pytest.fixture(autouse=True)
+def closed_publishers() -> Iterator[None]:
+    """Close the producers of the apps a test made: one left behind keeps a thread retrying
+    its broker, and drawing from `random` (Hypothesis, in later tests, refuses that)."""
+    yield
+    while _APPS:
+        _APPS.pop().state.publisher.close()
 
 
 def post(app: Any, path: str, body: bytes, token: str | None = None) -> tuple[int, Any]:
@@ -248,6 +265,7 @@ def test_an_unreachable_broker_answers_every_concurrent_request_503_within_a_bou
     s = settings.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}"})
     metrics = ServingMetrics(prometheus_registry())
     app = create_app(s, metrics=metrics)
+    _APPS.append(app)
     body = {"id": "a", "time": 1, "label": True}
     retry_after: list[str | None] = []
 
@@ -318,3 +336,32 @@ def test_a_failed_producer_creation_is_remembered_then_tried_again(
         with pytest.raises(feedback.KafkaUnavailable, match="attempt 2"):
             publisher.publish(messages, 1.0)
         assert producer.attempts == 2
+
+
+# -- 6. a request cancelled before its publish started gives its place back ---------------------
+def test_a_publish_cancelled_before_it_started_does_not_keep_its_place() -> None:
+    """A cancelled request whose publish still waited for a thread: the job is cancelled and
+    `_run` never runs. Its place among those in flight was kept for good before (with the last
+    place gone, every later request got 503 busy)."""
+    publisher = feedback.Publisher(Settings(kafka_bootstrap_servers="127.0.0.1:1"), max_in_flight=1)
+    gate = threading.Event()
+    publisher._executor.submit(gate.wait)  # its only thread is busy: the publish queues
+
+    async def cancelled() -> int:
+        task = asyncio.create_task(publisher.publish_async([("t", b"k", b"v")], 0.1))
+        await asyncio.sleep(0)  # admitted and queued
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        gate.set()
+        deadline = time.monotonic() + 5
+        while publisher._in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return publisher._in_flight
+
+    try:
+        assert asyncio.run(cancelled()) == 0
+        assert not publisher._probing
+    finally:
+        gate.set()
+        publisher.close()

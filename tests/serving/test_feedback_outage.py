@@ -62,6 +62,7 @@ def test_a_broker_lost_after_the_producer_exists_is_answered_fast_and_bounded(
     settings: Settings,
     private_kafka: tuple[ServiceManager, str],
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     manager, bootstrap = private_kafka
     monkeypatch.setattr(feedback, "MAX_PUBLISHES_IN_FLIGHT", BOUND)
@@ -69,6 +70,7 @@ def test_a_broker_lost_after_the_producer_exists_is_answered_fast_and_bounded(
     s = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
     metrics = ServingMetrics(CollectorRegistry())
     app = create_app(s, metrics=metrics)
+    request.addfinalizer(app.state.publisher.close)  # no producer left retrying a gone broker
     timeout = feedback.PUBLISH_TIMEOUT_SECONDS
     answers: list[Answer] = []
 
