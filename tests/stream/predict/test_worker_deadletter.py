@@ -24,19 +24,9 @@ pytestmark = pytest.mark.integration
 MAX_BYTES = MESSAGE_MAX_BYTES - RECORD_OVERHEAD  # the largest message the worker sends
 
 
-def test_a_dead_letter_whose_key_and_headers_are_too_large_is_cut_down(
-    kit: Any, store: SnapshotStore, predict_settings: Settings, tmp_path: Path
-) -> None:
-    settings = predict_settings
-    reg, _, inputs = kit.trained_models()["reg"]
-    kit.publish(store, "reg", reg, "regressor", key=settings.require_snapshot_key())
-    key = b"k" * 500_000
-    headers = [("x-trace", b"big"), ("x-big", b"h" * 500_001)]
-    good = {"id": "after", "target": "reg", "features": inputs[0]}
-    produce(settings, [
-        (key, b'{"id": "big", "target": "reg", "features": {', headers),
-        (b"after", orjson.dumps(good), []),
-    ])  # fmt: skip
+def dead_letter_then_answer(settings: Settings, tmp_path: Path) -> tuple[Any, list[Any]]:
+    """Run a worker until it has sent one dead letter and answered the request ``after``
+    (it must not stop on the first): that dead letter, and the answers."""
     log = tmp_path / "w.log"
     worker = spawn_cli(settings, ["predict-worker"], log)
     dlq = Reader(settings, settings.topic_dlq)
@@ -52,6 +42,23 @@ def test_a_dead_letter_whose_key_and_headers_are_too_large_is_cut_down(
         answers.close()
         if worker.poll() is None:
             worker.kill()
+    return dead, answers.messages
+
+
+def test_a_dead_letter_whose_key_and_headers_are_too_large_is_cut_down(
+    kit: Any, store: SnapshotStore, predict_settings: Settings, tmp_path: Path
+) -> None:
+    settings = predict_settings
+    reg, _, inputs = kit.trained_models()["reg"]
+    kit.publish(store, "reg", reg, "regressor", key=settings.require_snapshot_key())
+    key = b"k" * 500_000
+    headers = [("x-trace", b"big"), ("x-big", b"h" * 500_001)]
+    good = {"id": "after", "target": "reg", "features": inputs[0]}
+    produce(settings, [
+        (key, b'{"id": "big", "target": "reg", "features": {', headers),
+        (b"after", orjson.dumps(good), []),
+    ])  # fmt: skip
+    dead, _ = dead_letter_then_answer(settings, tmp_path)
     sent = dict(dead.headers())
     assert dead.key() == key and dead.value() == b'{"id": "big", "target": "reg", "features": {'
     assert "x-big" not in sent and sent["rs.headers_dropped"] == b"1"
@@ -80,22 +87,8 @@ def test_a_valid_request_whose_answer_is_too_large_is_a_dead_letter(
     assert message_bytes(key, value, headers) == MAX_BYTES
     good = {"id": "after", "target": "reg", "features": inputs[1]}
     produce(settings, [(key, value, headers), (b"after", orjson.dumps(good), [])])
-    log = tmp_path / "w.log"
-    worker = spawn_cli(settings, ["predict-worker"], log)
-    dlq = Reader(settings, settings.topic_dlq)
-    answers = Reader(settings, settings.topic_predictions)
-    try:
-        dlq.until(lambda ms: bool(ms) or worker.poll() is not None, 60)
-        assert worker.poll() is None, "the worker stopped:\n" + log.read_text()[-3000:]
-        answers.until(lambda ms: "after" in answered_ids(ms), 30)
-        assert stop(worker) == 0
-        [dead] = dlq.messages
-    finally:
-        dlq.close()
-        answers.close()
-        if worker.poll() is None:
-            worker.kill()
-    assert answered_ids(answers.messages) == {"after"}
+    dead, answered = dead_letter_then_answer(settings, tmp_path)
+    assert answered_ids(answered) == {"after"}
     sent = dict(dead.headers())
     assert sent["rs.reason"] == b"answer_too_large", sent["rs.reason"]
     error = sent["rs.error"].decode()

@@ -43,6 +43,20 @@ def request_for_reg(kit: Any, store: SnapshotStore, predict_settings: Settings) 
     return b"not a set"
 
 
+def answers_r1(settings: Settings, args: list[str], log: Path) -> None:
+    """Run ``riverstream ARGS`` (a worker) until it answered the request ``r1``, then stop it."""
+    worker = spawn_cli(settings, args, log)
+    answers = Reader(settings, settings.topic_predictions)
+    try:
+        answers.until(lambda ms: "r1" in answered_ids(ms) or worker.poll() is not None, 60)
+        assert worker.poll() is None, log.read_text()[-3000:]
+        assert stop(worker) == 0
+    finally:
+        answers.close()
+        if worker.poll() is None:
+            worker.kill()
+
+
 def test_a_worker_waiting_for_the_graphs_says_why_until_they_are_read(
     kit: Any, store: SnapshotStore, predict_settings: Settings, request_for_reg: bytes,
     tmp_path: Path,
@@ -85,17 +99,7 @@ def test_a_worker_for_models_only_does_not_wait_for_the_graphs(
     has read does not matter to it. It stayed out of its group as long as that follower
     failed."""
     settings = predict_settings
-    log = tmp_path / "w.log"
-    worker = spawn_cli(settings, ["predict-worker", "--target", "reg"], log)
-    answers = Reader(settings, settings.topic_predictions)
-    try:
-        answers.until(lambda ms: "r1" in answered_ids(ms) or worker.poll() is not None, 60)
-        assert worker.poll() is None, log.read_text()[-3000:]
-        assert stop(worker) == 0
-    finally:
-        answers.close()
-        if worker.poll() is None:
-            worker.kill()
+    answers_r1(settings, ["predict-worker", "--target", "reg"], tmp_path / "w.log")
     assert store.client.get(store.keys.graphs) == request_for_reg, "still failing"
 
 
@@ -109,14 +113,5 @@ def test_a_graph_name_that_is_not_utf8_does_not_hold_a_worker(
     publish_reg(kit, store, settings)
     store.client.sadd(store.keys.graphs, b"\xff")
     log = tmp_path / "w.log"
-    worker = spawn_cli(settings, ["predict-worker", "--report-every", "0.2"], log)
-    answers = Reader(settings, settings.topic_predictions)
-    try:
-        answers.until(lambda ms: "r1" in answered_ids(ms) or worker.poll() is not None, 60)
-        assert worker.poll() is None, log.read_text()[-3000:]
-        assert stop(worker) == 0
-    finally:
-        answers.close()
-        if worker.poll() is None:
-            worker.kill()
+    answers_r1(settings, ["predict-worker", "--report-every", "0.2"], log)
     assert "not UTF-8" in log.read_text(), "the entry is reported"
