@@ -21,12 +21,13 @@ from schemas.settings import Settings
 from stream.cli.models import models_app
 from stream.registry.challenger import ChallengerPolicies
 from stream.registry.graphs import GraphRegistry
-from stream.store.comparisons import ComparisonStore
 from stream.store.snapshots import SnapshotStore
 from tests.conftest import settings_env
-from tests.support.registry import write_version
+from tests.stream.registry.test_policy import graphs, policies, write
 
 pytestmark = pytest.mark.integration
+
+__all__ = ["graphs", "policies"]  # fixtures shared with the policy tests
 
 
 def compared(
@@ -39,21 +40,6 @@ def compared(
         u = rng.random()
         comparison.stats.update_correct(u < right_a, u < right_b)
     return comparison
-
-
-@pytest.fixture
-def graphs(store: SnapshotStore, key: bytes) -> GraphRegistry:
-    write_version(store, key, {"tree": {"Accuracy": 0.7}, "hat": {"Accuracy": 0.8}, "lr": {}})
-    return GraphRegistry(store.client, store.keys.prefix, by="tester")
-
-
-@pytest.fixture
-def policies(store: SnapshotStore) -> ChallengerPolicies:
-    return ChallengerPolicies(store.client, store.keys.prefix, by="tester")
-
-
-def write(store: SnapshotStore, comparison: ModelComparison, version: int = 7) -> None:
-    ComparisonStore(store.client, store.keys.prefix).write(version, [comparison.record()])
 
 
 def test_a_pair_kept_the_other_way_round_is_read_mirrored_and_promotes(
