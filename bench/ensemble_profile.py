@@ -68,6 +68,7 @@ class Stub:
     def __init__(self, real: Any) -> None:
         self.name, self.version, self.kind = real.name, real.version, real.kind
         self.meta, self.samples_learned = real.meta, real.samples_learned
+        self.live = real.live
         self.answer = real.predict(events()[0])
 
     def predict(self, x: dict[str, Any], *, complete: bool = False) -> tuple[Any, Any]:
