@@ -279,7 +279,9 @@ class RegistryBase:
 
     def _require_model(self, r: Any, model: str) -> None:
         if not r.sismember(self.keys.models, model):
-            known = sorted(m.decode() for m in r.smembers(self.keys.models))
+            known = sorted(
+                m.decode(errors="backslashreplace") for m in r.smembers(self.keys.models)
+            )
             raise RegistryError(f"unknown model {model!r}; models are {known}")
 
     def _require_version(self, r: Any, model: str, version: int) -> SnapshotMeta:

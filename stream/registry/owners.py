@@ -176,7 +176,9 @@ class OwnershipOps(RegistryBase):
         def body(r: Any) -> Any:
             known = r.sismember(self.keys.models, model) or r.exists(self.keys.owner(model))
             if not known:
-                names = sorted(m.decode() for m in r.smembers(self.keys.models))
+                names = sorted(
+                    m.decode(errors="backslashreplace") for m in r.smembers(self.keys.models)
+                )
                 raise RegistryError(f"unknown model {model!r}; models are {names}")
             previous = self._owner(r, model)
             if previous == to:

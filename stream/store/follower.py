@@ -11,7 +11,11 @@ is one reference assignment of a new dict, so a request sees either the old or t
 `ServedModel`, never a half-loaded one. A snapshot that fails verification or loading is
 refused: logged, counted, remembered (versions are immutable, so it is not retried) and the
 previous version keeps serving. A pointer that does not parse is that model's problem alone
-(``errors`` in `SnapshotFollower.status`): the other models are followed as usual. If Redis is
+(``errors`` in `SnapshotFollower.status`): the other models are followed as usual. So is a name
+in the models' index that is not UTF-8 (`stream.store.snapshots.UnreadableModelName`, written by
+something else): skipped, in ``errors``, logged and counted (``snapshot_refused``, reason
+``unreadable_name``) once while it stays there, never a model that readiness waits for; it
+failed every sync before, so that a process started with one served nothing. If Redis is
 unreachable the last good models keep serving and `status` says so; the thread reconnects with
 the poll interval as back-off.
 
@@ -37,7 +41,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from schemas.errors import SnapshotError, SnapshotIntegrityError
 from stream.store.following import Follower
 from stream.store.live import LiveMeta, LiveStore
-from stream.store.snapshots import RedisUnavailableError, SnapshotStore, Subscription
+from stream.store.snapshots import (
+    RedisUnavailableError,
+    SnapshotStore,
+    Subscription,
+    UnreadableModelName,
+)
 
 if TYPE_CHECKING:  # imported where a model is loaded: stream.store imports no River at start
     from learners.predictor import ServedModel
@@ -129,15 +138,24 @@ class SnapshotFollower(Follower):
         return self.store.subscribe(live=self._live is not None)
 
     def _sync(self) -> None:
+        unreadable: list[str] = []
         if not self.configured:
-            self._known = tuple(self.store.models())
-        known = set(self._known)
-        self._forget_problems(known.__contains__)
-        for name in self._known:
+            names = self.store.models()
+            unreadable = [n for n in names if isinstance(n, UnreadableModelName)]
+            self._known = tuple(n for n in names if not isinstance(n, UnreadableModelName))
+        listed = {*self._known, *unreadable}
+        self._forget_problems(listed.__contains__)
+        for name in (*self._known, *unreadable):
             self._refresh_one(name)
 
     def refresh(self, name: str) -> None:
-        """Load ``name``'s serving version if it is not the one served (nor refused)."""
+        """Load ``name``'s serving version if it is not the one served (nor refused); a name
+        of the index that is not UTF-8 raises ``ValueError``, that name's problem (see the
+        module), counted the first time."""
+        if isinstance(name, UnreadableModelName):
+            if name not in self.problems():  # logged then too (`Follower._refresh_one`)
+                self.metrics.snapshot_refused(name, "unreadable_name")
+            raise name.problem(self.store.keys.models)
         if self.configured and name not in self.configured:
             return
         if name not in self._known:

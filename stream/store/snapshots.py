@@ -6,6 +6,12 @@ does not match raises `SnapshotIntegrityError` and is never unpickled.
 
 The key layout, the served-version rule and the notification format are in `stream.store.keys`.
 
+A name in the models' index (``P:models``) that is not UTF-8 (written by something else: `write`
+adds valid names only) is that entry's problem alone: `SnapshotStore.models` lists it as an
+`UnreadableModelName` (its bytes escaped, ``\\xff``, never a valid model name, so no key of
+it exists), as `stream.store.graphs` lists such a graph name; the models' follower reports it
+and follows the other models. Reading the index failed with ``UnicodeDecodeError`` before.
+
 A version is visible once its ``meta`` exists; chunks without a meta are never read. Readers
 ask `serving_version` (`stream.store.keys.served_version`), so the registry only has to move a
 pointer and publish on the channel to move every API process.
@@ -81,6 +87,34 @@ return {owners, types, fence}
 FENCE_FIELDS = ("epoch", "started_at", "host", "pid")
 """The fields of a learner's epoch hash (`RedisKeys.epoch`), written by
 `stream.registry.owners.claim` when a learner process starts."""
+
+
+class UnreadableModelName(str):
+    """A name of the models' index that is not UTF-8, as text (its bytes escaped); ``raw`` is
+    the stored name. Nothing of a model can be read under it (see the module).
+
+    >>> name = UnreadableModelName.of(b"l\\xffr")
+    >>> name, name.raw, name == "l\\\\xffr"
+    ('l\\\\xffr', b'l\\xffr', True)
+    """
+
+    raw: bytes
+
+    @classmethod
+    def of(cls, raw: bytes) -> UnreadableModelName:
+        name = cls(raw.decode(errors="backslashreplace"))
+        name.raw = raw
+        return name
+
+    def problem(self, key: str) -> ValueError:
+        return ValueError(f"the model name {self.raw!r} in {key} is not UTF-8: it is skipped")
+
+
+def _model_name(raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return UnreadableModelName.of(raw)
 
 
 class RedisUnavailableError(SnapshotError):
@@ -405,9 +439,11 @@ class SnapshotStore:
 
     # -- reading ---------------------------------------------------------------------------
     def models(self) -> list[str]:
+        """Every model of the index, sorted; one whose name is not UTF-8 is an
+        `UnreadableModelName` (see the module)."""
         with wrapped("models"):
             members = cast("set[bytes]", self.client.smembers(self.keys.models))  # bytes client
-            return sorted(m.decode() for m in members)
+        return sorted(map(_model_name, members))
 
     def versions(self, model: str) -> list[int]:
         with wrapped(f"versions of {model}"):

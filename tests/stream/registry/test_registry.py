@@ -396,3 +396,16 @@ def test_the_parsed_history_folds_as_a_fresh_parse_through_trims(
         assert standing.previous == whole, step
         seen.add(cached)
     assert len(seen) > 3  # the sequence moved the target around
+
+
+def test_an_unknown_model_is_named_with_a_name_of_the_index_that_is_not_utf8(
+    store: SnapshotStore, registry: Registry, key: bytes
+) -> None:
+    """A name of the models' index that is not UTF-8 (written by something else) is escaped in
+    the refusal's list of models: the refusal raised ``UnicodeDecodeError`` before."""
+    write_version(store, key)
+    store.client.sadd(store.keys.models, b"\xff")
+    with pytest.raises(RegistryError, match=r"unknown model 'nope'; models are \['\\\\xff', 'm'\]"):
+        registry.promote("nope", 1, "")
+    with pytest.raises(RegistryError, match=r"unknown model 'nope'; models are \['\\\\xff', 'm'\]"):
+        registry.handover("nope", to="other")
