@@ -33,10 +33,13 @@ Label = bool | int | float | str
 
 
 class ShadowAnswer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """What a graph's shadow branch answered for the same features (not served)."""
+    """What a graph's shadow branch answered for the same features (not served), and
+    ``versions``: the models it used, name → version (absent from events logged before it was
+    recorded). The learner scores it per graph version, as the primary answer."""
 
     prediction: Label | None = None
     probabilities: dict[str, float] | None = None
+    versions: dict[str, int] | None = None
 
 
 class Served(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -45,8 +48,9 @@ class Served(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     For a serving graph (``POST /v1/graphs/{name}/predict`` with an id and ``"log": true``),
     ``model`` is the graph and ``version`` its version, ``versions`` the models it used, and
-    ``shadows`` what each shadow branch answered, by its path (scored the same way, and
-    compared with the primary answer on the labels both scored)."""
+    ``shadows`` what each shadow branch answered, by its path, with the models it used and
+    their versions (scored the same way, and compared with the primary answer on the labels
+    both scored)."""
 
     model: str
     version: int

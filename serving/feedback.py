@@ -15,7 +15,8 @@ its lost updates: the events go through Kafka and the exactly-once learner).
   ``"time"``): the graph's answer is logged the same way, with what each of its shadow branches
   answered, so that the learner scores the served answer and each shadow against the label
   and compares them (`serving.feedback_graphs`). An id alone keeps its meaning for graphs
-  (sticky splits, shadow sampling) and logs nothing.
+  (sticky splits, shadow sampling) and logs nothing. When shadows were selected for the
+  request, its answer does not wait for them (see below).
 - ``POST /v1/features`` (``{"id", "time"?, "features"}`` or ``{"events": [...]}``) and
   ``POST /v1/labels`` (``{"id", "time"?, "label"}`` or ``{"labels": [...]}``) publish events with
   the validation Kafka producers get (`schemas.events.EventCodec`).
@@ -31,6 +32,25 @@ one label; a surplus event waits unmatched (`learners.join`). Each such 503 is c
 ``riverstream_closed_loop_publish_failures_total{reason}``. A message larger than the producer
 sends (its ``max_request_size``, 1 MiB, the record's overhead included) is 413 naming the
 limit, before anything is published.
+
+**A logged graph answer with shadows is sent before its log**: the log must carry the shadows'
+answers, and the shadows run off the event loop after the answer, as for any graph request
+(`serving.shadows`); the log is then handed to the producer from the shadows' thread, without a
+thread waiting for its acknowledgement (`Publisher.send_later`). What can refuse it is asked
+before the answer, which gets the statuses above: features that cannot be an event (422), a
+log over the producer's limit without the shadows' answers (413), Kafka not configured or an
+outage remembered (503), including a log of this kind still unacknowledged after
+`PUBLISH_TIMEOUT_SECONDS`. A failure after the answer (the producer cannot be created, or
+gives up on a message after its delivery timeout, retrying meanwhile) cannot reach the client:
+it is counted in ``riverstream_closed_loop_publish_failures_total{reason}``, logged as a
+warning and remembered as an outage. So for these answers alone, a 200 means *admitted*, not
+*stored*; and their events may reach Kafka after a label the client posts at once (the learner
+keeps that label as an orphan until its features come, `learners.join`), or after the logs of
+later requests (a late event if the learner's watermark has passed its time: counted, and still
+learned). A log whose shadows' answers make it invalid or too large is written without them;
+when the shadows' backlog is full, the shadows are dropped (counted) and the answer is logged
+without them, acknowledged before the 200 as above. Stopping the API writes the logs of the
+answers sent (`serving.shadows.ShadowRunner.stop`, then the producer's close).
 
 **Writing events is a way to poison a model**, so it is closed when ``RIVERSTREAM_INGEST_TOKEN``
 is set: the ingest routes and predict-with-id then need ``Authorization: Bearer <token>`` (401
@@ -62,9 +82,11 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import SecretStr
@@ -79,6 +101,9 @@ from serving.inputs import json_type
 from serving.telemetry import ServingMetrics, get_metrics
 from stream.kafka.client import EventProducer
 from stream.kafka.security import kafka_security
+
+if TYPE_CHECKING:
+    from learners.graph import ShadowResult
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +121,8 @@ _INGEST = {"/v1/features": ("features", "events"), "/v1/labels": ("labels", "lab
 _JSON = [(b"content-type", b"application/json")]
 
 Outgoing = tuple[str, bytes, bytes]  # topic, key, value
+Failed = Callable[["KafkaUnavailable"], None]
+"""Told that a log handed to `Publisher.send_later` was not stored, and why."""
 
 
 class KafkaUnavailable(Exception):
@@ -151,6 +178,7 @@ class Publisher:
         self._probing = False  # a request tries again after a failure
         self._in_flight = 0
         self._executor = ThreadPoolExecutor(self.max_in_flight, "closed-loop-publish")
+        self._later: deque[_Delivery] = deque()  # `send_later`'s logs, in the order sent
 
     def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
         """Send ``messages`` and wait until the broker acknowledged each (blocking: call it on
@@ -281,6 +309,64 @@ class Publisher:
             with self._state:
                 self._failed = (time.monotonic(), why)  # before the lock lets the others in
             raise KafkaUnavailable(why, reason="not_acknowledged", retry_after=_retry_after())
+
+    def check(self) -> None:
+        """`KafkaUnavailable` at once when a log handed to `send_later` now would be refused or
+        likely lost: no Kafka configured, a failure remembered (or being tried again), or a log
+        sent over `PUBLISH_TIMEOUT_SECONDS` ago still not acknowledged (then remembered as a
+        failure, as a publish that timed out, for as long as it stays so). Takes no place among
+        the publishes in flight: `send_later` does not wait on a thread."""
+        if not self.bootstrap:
+            raise KafkaUnavailable(
+                "no Kafka configured (RIVERSTREAM_KAFKA_BOOTSTRAP_SERVERS)", reason="no_kafka"
+            )
+        with self._state:
+            now = time.monotonic()
+            later = self._later
+            while later and later[0].done:
+                later.popleft()
+            stale = later and now - later[0].sent > PUBLISH_TIMEOUT_SECONDS
+            if stale and (self._failed is None or now - self._failed[0] >= OUTAGE_SECONDS):
+                why = f"Kafka did not acknowledge a log within {PUBLISH_TIMEOUT_SECONDS:g} s"
+                self._failed = (now, why)
+            if self._failed is not None:
+                since, why = self._failed
+                left = OUTAGE_SECONDS - (now - since)
+                if left > 0 or self._probing:
+                    raise KafkaUnavailable(
+                        why, reason="outage", retry_after=max(1, math.ceil(left))
+                    )
+
+    def send_later(self, messages: Sequence[Outgoing], failed: Failed) -> None:
+        """Hand ``messages`` to the producer without waiting for the broker (call it where
+        blocking is fine: the producer may be created, ≤ 3 s, and a send may wait for metadata
+        or for room in its buffer, ≤ 3 s). ``failed`` is called once, on the producer's thread
+        or this one, if one is not acknowledged (within the producer's delivery timeout: it
+        retries them meanwhile), and the failure is remembered as a publish's; the
+        acknowledgement of them all ends a failure remembered. What is handed over before
+        `close` is sent (the producer's close waits for it). Never raises."""
+        delivery = _Delivery(self, len(messages), failed)
+        try:
+            if not self.bootstrap:
+                raise KafkaUnavailable("no Kafka configured", reason="no_kafka")
+            producer = self._producer_or_raise(self.bootstrap, time.monotonic())
+            with self._state:
+                later = self._later
+                while later and later[0].done:
+                    later.popleft()
+                later.append(delivery)
+            for topic, key, value in messages:
+                sent = producer.send_future(topic, key, value)
+                sent.add_callback(delivery.acknowledged).add_errback(delivery.lost)
+        except KafkaUnavailable as exc:  # the producer could not be created (remembered)
+            delivery.fail(exc)
+        except Exception as exc:  # the send itself: no metadata, or no room, in max_block_ms
+            delivery.lost(exc)
+
+    def _remember(self, why: str | None) -> None:
+        """Remember a failure (``why``) of `send_later`'s, or forget the one remembered."""
+        with self._state:
+            self._failed = None if why is None else (time.monotonic(), why)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)
@@ -451,24 +537,39 @@ class ClosedLoop:
         once the answer is sent: 413 naming the limit when a message is larger than the
         producer sends, nothing published; 503 naming the cause and what may be stored when
         Kafka did not acknowledge, counted."""
-        for i, (topic, key, value) in enumerate(messages):
-            size = record_bytes(key, value)
-            if size > self.max_record_bytes:
-                where = f"the prediction's log to {topic}" if wheres is None else wheres[i]
-                await _respond(
-                    send, 413, f"{where}: {size} bytes as a Kafka record, over the producer's "
-                    f"limit of {self.max_record_bytes} bytes (max_request_size): nothing was "
-                    "stored",
-                )  # fmt: skip
-                return False
+        if await self._too_large(send, messages, wheres):
+            return False
         try:
             await self.publisher.publish_async(messages, PUBLISH_TIMEOUT_SECONDS)
         except KafkaUnavailable as exc:
-            self._metrics(scope).closed_loop_publish_failures_total.labels(exc.reason).inc()
-            retry = [] if exc.retry_after is None else [(b"retry-after", b"%d" % exc.retry_after)]
-            await _respond(send, 503, _unavailable(exc, logged=wheres is None), headers=retry)
+            await self._unavailable(scope, send, exc, logged=wheres is None)
             return False
         return True
+
+    async def _too_large(
+        self, send: Send, messages: Sequence[Outgoing], wheres: Sequence[str] | None
+    ) -> bool:
+        """Whether a message is larger than the producer sends (then 413 naming the limit is
+        answered); ``wheres`` as in `_publish`."""
+        i = _over_limit(messages, self.max_record_bytes)
+        if i is None:
+            return False
+        topic, key, value = messages[i]
+        where = f"the prediction's log to {topic}" if wheres is None else wheres[i]
+        await _respond(
+            send, 413, f"{where}: {record_bytes(key, value)} bytes as a Kafka record, over the "
+            f"producer's limit of {self.max_record_bytes} bytes (max_request_size): nothing was "
+            "stored",
+        )  # fmt: skip
+        return True
+
+    async def _unavailable(
+        self, scope: Scope, send: Send, exc: KafkaUnavailable, *, logged: bool
+    ) -> None:
+        """503 naming why Kafka did not acknowledge (or would not be tried), counted."""
+        self._metrics(scope).closed_loop_publish_failures_total.labels(exc.reason).inc()
+        retry = [] if exc.retry_after is None else [(b"retry-after", b"%d" % exc.retry_after)]
+        await _respond(send, 503, _unavailable(exc, logged=logged), headers=retry)
 
     def _metrics(self, scope: Scope) -> ServingMetrics:
         """The metrics given, else the app's (its snapshot follower's), else the process'."""
@@ -575,23 +676,111 @@ class ClosedLoop:
         if status != 200:
             await _send_raw(send, status, list(_JSON), render(content))
             return
-        shadows = service.shadows.run_now(job)[0] if job is not None else []
         if event_time is None:
             event_time = self.clock()
-        try:
-            messages = graph_messages(
+        answered_at = self.clock()
+
+        def log_of(shadows: list[ShadowResult]) -> list[Outgoing]:
+            return graph_messages(
                 self.settings, self.codec, name, event_id, event_time, body, content, shadows,
-                answered_at=self.clock(),
+                answered_at=answered_at,
             )  # fmt: skip
+
+        # What may refuse the log is asked before the answer: its events without the shadows'
+        # answers (422, 413), and Kafka (503: not configured, an outage remembered).
+        try:
+            bare = log_of([])
         except (SchemaError, TypeError) as exc:
+            service.run_later(job)
             await _respond(send, 422, f"the features cannot be logged as an event: {exc}")
             return
-        if not await self._publish(scope, send, messages, None):
+        if await self._too_large(send, bare, None):
+            service.run_later(job)
             return
-        content["id"], content["time"] = event_id, event_time
-        answer = render(content)
+        later = False
+        if job is not None:
+            try:
+                self.publisher.check()
+            except KafkaUnavailable as exc:
+                service.run_later(job)
+                await self._unavailable(scope, send, exc, logged=True)
+                return
+            log_later = _LogLater(self.publisher, log_of, self.max_record_bytes,
+                                  self._metrics(scope), name)  # fmt: skip
+            # False: the backlog is full, the shadows dropped (counted): logged without them
+            later = service.shadows.submit(replace(job, then=log_later))
+        if not later and not await self._publish(scope, send, bare, None):
+            return
+        answer = render({**content, "id": event_id, "time": event_time})
         headers = [*_JSON, (b"content-length", str(len(answer)).encode())]
         await _send_raw(send, 200, headers, answer)
+
+
+class _LogLater:
+    """The log of a graph answer already sent, handed to the producer once its shadows have
+    run (`serving.shadows.ShadowJob.then`, on the shadow runner's thread). A log that is not
+    stored is counted in ``riverstream_closed_loop_publish_failures_total`` and logged as a
+    warning (the client has its answer: nothing else can tell it). A log whose shadows' answers
+    make it invalid or too large is written without them."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        log_of: Callable[[list[ShadowResult]], list[Outgoing]],
+        limit: int,
+        metrics: ServingMetrics,
+        graph: str,
+    ) -> None:
+        self.publisher, self.log_of, self.limit = publisher, log_of, limit
+        self.metrics, self.graph = metrics, graph
+
+    def __call__(self, results: list[list[ShadowResult]]) -> None:
+        try:
+            messages = self.log_of(results[0] if results else [])
+            if _over_limit(messages, self.limit) is not None:
+                raise ValueError("over the producer's limit")
+        except (SchemaError, TypeError, ValueError) as exc:
+            log.warning("graph %s: logged without its shadows' answers: %s", self.graph, exc)
+            messages = self.log_of([])  # checked before the answer was sent
+        self.publisher.send_later(messages, self.failed)
+
+    def failed(self, exc: KafkaUnavailable) -> None:
+        self.metrics.closed_loop_publish_failures_total.labels(exc.reason).inc()
+        log.warning("graph %s: a logged answer was sent, but its log not stored: %s",
+                    self.graph, exc)  # fmt: skip
+
+
+class _Delivery:
+    """The acknowledgements of one log handed to `Publisher.send_later`: ``failed`` is told at
+    most once; ``done`` once every message is acknowledged or one failed."""
+
+    __slots__ = ("_lock", "done", "failed", "left", "publisher", "sent")
+
+    def __init__(self, publisher: Publisher, messages: int, failed: Failed) -> None:
+        self.publisher, self.left, self.failed = publisher, messages, failed
+        self.sent = time.monotonic()
+        self.done = False
+        self._lock = threading.Lock()
+
+    def acknowledged(self, _metadata: object) -> None:
+        with self._lock:
+            self.left -= 1
+            last = self.left == 0 and not self.done
+            self.done = self.done or last
+        if last:
+            self.publisher._remember(None)  # the broker is back, if it was away
+
+    def lost(self, exc: BaseException) -> None:
+        why = f"Kafka did not acknowledge a log: {type(exc).__name__}: {exc}"
+        self.fail(KafkaUnavailable(why, reason="not_acknowledged", maybe_stored=True))
+
+    def fail(self, exc: KafkaUnavailable) -> None:
+        with self._lock:
+            first, self.done = not self.done, True
+        if first:
+            if exc.reason == "not_acknowledged" and exc.maybe_stored:
+                self.publisher._remember(str(exc))
+            self.failed(exc)
 
 
 def _unavailable(exc: KafkaUnavailable, *, logged: bool) -> str:
@@ -616,6 +805,14 @@ def _unavailable(exc: KafkaUnavailable, *, logged: bool) -> str:
     else:
         nothing, again = "nothing was stored", "send again"
     return f"{exc}; {nothing}" + ("" if exc.retry_after is None else f", {again}")
+
+
+def _over_limit(messages: Sequence[Outgoing], limit: int) -> int | None:
+    """The index of the first message larger than ``limit`` as a Kafka record (None: none)."""
+    for i, (_topic, key, value) in enumerate(messages):
+        if record_bytes(key, value) > limit:
+            return i
+    return None
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:

@@ -3,11 +3,12 @@ with an id and ``"log": true``.
 
 - The feature event *as served* goes to the features topic: id, time, features and the answer
   (`schemas.events.Served`: the graph and its version, the models it used and their versions,
-  the prediction and probabilities) with what each **shadow** branch answered, by its path. The
-  shadows of a logged request are evaluated before its log is written (not after the response,
-  as for other requests): its log then carries them, and the learner scores them against the
-  label with the served answer (`learners.served`). A shadow that fails is left out of the log
-  (and counted, as always); it never fails the request.
+  the prediction and probabilities) with what each **shadow** branch answered, by its path, and
+  the models that branch used and their versions. The shadows of a logged request are
+  evaluated off the event loop after the response, as for other requests, and its log is
+  written once they have run (`serving.feedback`): the log then carries them, and the learner
+  scores them against the label with the served answer (`learners.served`). A shadow that
+  fails is left out of the log (and counted, as always); it never fails the request.
 - The prediction record of the served answer goes to the predictions topic (the graph targets'
   answer format, `schemas.predictions.PredictionAnswer`), and one record per shadow answer with
   ``shadow`` = its branch (not served: for whoever reads the topic).
@@ -53,7 +54,11 @@ def graph_messages(
         "probabilities": content["probabilities"],
         "versions": content["versions"],
         "shadows": {
-            path: {"prediction": answer.prediction, "probabilities": answer.probabilities}
+            path: {
+                "prediction": answer.prediction,
+                "probabilities": answer.probabilities,
+                "versions": answer.versions,
+            }
             for path, answer in answered
         },
     }

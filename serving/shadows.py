@@ -13,13 +13,19 @@ the runs for the agreement rate; for regressors it counts exact equality only) a
 ``riverstream_shadow_duration_seconds``. When the backlog exceeds `SHADOW_BACKLOG` requests,
 further shadows are dropped and counted (``riverstream_shadow_dropped_total``) rather than let
 memory grow.
+
+A logged request's job (`serving.feedback`: a graph predict with ``"log": true``) carries
+``then``, its log, called on the same thread once its shadows have run: the client has its
+answer by then. Such a job is never dropped once queued: `ShadowRunner.stop` runs the logged
+jobs it would otherwise cancel (their answers were sent), and drops only the others.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -103,14 +109,22 @@ class GraphMetrics:
         self.graphs_refused.labels(graph=graph, reason=reason).inc()
 
 
+ShadowsDone = Callable[[list[list[ShadowResult]]], None]
+"""What runs once a job's shadows have: given, per answer, its shadows' results."""
+
+
 @dataclass(frozen=True, slots=True)
 class ShadowJob:
     """The shadows of one request, to run after its response: each answer lists its pending
-    shadows (`learners.graph.GraphAnswer.shadows`) and is paired with its features."""
+    shadows (`learners.graph.GraphAnswer.shadows`) and is paired with its features. ``then``:
+    called with the results once they have run, on the runner's thread (a logged request's
+    log, `serving.feedback`); called also when the shadows could not all run, with those that
+    did."""
 
     graph: str
     answers: tuple[tuple[GraphAnswer, dict[str, Any]], ...]
     models: ServedModels
+    then: ShadowsDone | None = None
 
 
 def _shadow_reason(error: Exception) -> str:
@@ -132,9 +146,11 @@ class ShadowRunner:
         self._slots = threading.BoundedSemaphore(backlog)
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._logged: dict[Future[None], ShadowJob] = {}  # queued jobs with a ``then``
 
     def submit(self, job: ShadowJob) -> bool:
-        """Queue ``job``; False (and counted) when the backlog is full."""
+        """Queue ``job``; False (and counted) when the backlog is full, or when the runner is
+        stopping (``job.then`` is not called then: the caller logs otherwise)."""
         if not self._slots.acquire(blocking=False):
             self.metrics.shadow_dropped.labels(graph=job.graph).inc()
             return False
@@ -142,31 +158,37 @@ class ShadowRunner:
             with self._lock:
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(1, thread_name_prefix="graph-shadows")
-                self._executor.submit(self._run, job)
+                future = self._executor.submit(self._run, job)
+                if job.then is not None:
+                    self._logged[future] = job
         except RuntimeError:  # shutting down
             self._slots.release()
             return False
+        if job.then is not None:
+            future.add_done_callback(self._forget)
         return True
 
+    def _forget(self, future: Future[None]) -> None:
+        with self._lock:
+            self._logged.pop(future, None)
+
     def _run(self, job: ShadowJob) -> None:
+        done: list[list[ShadowResult]] = []
         try:
             for answer, x in job.answers:
-                self.record(job.graph, run_shadows(answer, x, job.models))
+                results = run_shadows(answer, x, job.models)
+                self.record(job.graph, results)
+                done.append(results)
         except Exception:  # pragma: no cover - run_shadows captures what shadows raise
             log.exception("shadow job of graph %s failed", job.graph)
         finally:
-            self._slots.release()
-
-    def run_now(self, job: ShadowJob) -> list[list[ShadowResult]]:
-        """Run ``job`` on the caller's thread (a logged request: its log carries the shadows'
-        answers, `serving.feedback`), recorded as the background runs are; per answer, its
-        shadows' results. Never raises what a shadow raises."""
-        done = []
-        for answer, x in job.answers:
-            results = run_shadows(answer, x, job.models)
-            self.record(job.graph, results)
-            done.append(results)
-        return done
+            try:
+                if job.then is not None:
+                    job.then(done)
+            except Exception:
+                log.exception("after the shadows of graph %s", job.graph)
+            finally:
+                self._slots.release()
 
     def record(self, graph: str, results: list[ShadowResult]) -> None:
         """The metrics of shadow evaluations of ``graph``."""
@@ -195,9 +217,15 @@ class ShadowRunner:
         return done.wait(timeout)
 
     def stop(self) -> None:
-        """Finish the running job, drop the queued ones (a restarted app starts afresh)."""
+        """Finish the running job, drop the queued ones (a restarted app starts afresh) but
+        those of logged requests: their answers were sent, so their shadows run and their logs
+        are written here, on the caller's thread, before it goes on to close the publisher."""
         with self._lock:
             executor, self._executor = self._executor, None
+            logged, self._logged = self._logged, {}
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
+            for future, job in logged.items():
+                if future.cancelled():
+                    self._run(job)
             self._slots = threading.BoundedSemaphore(self.backlog)  # cancelled jobs held slots
