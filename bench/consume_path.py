@@ -518,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"unknown mode {mode}")
             results.append(r)
             print(
-                f"  {mode:18s} {r['status']:7s} {r.get('events_per_s') or 0:>10,} ev/s", flush=True
+                f"  {mode:18s} {r['status']:7s} {shown_rate(r.get('events_per_s')):>10s} ev/s",
+                flush=True,
             )
     finally:
         manager.down(("kafka",), purge=True)
@@ -548,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         first = r.get("to_first_record_s")
         print(
             f"{r['mode']:18s} {r['status']:8s} {r['events']:>8,} "
-            f"{(eps or 0):>10,} {ratio:>7s} {r.get('events_per_s_incl_connect') or 0:>13,} "
+            f"{shown_rate(eps):>10s} {ratio:>7s} {shown_rate(r.get('events_per_s_incl_connect')):>13s} "
             f"{first if first is not None else '-':>9}  "
             f"{'; '.join(notes)}"
         )
@@ -559,11 +560,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(r["status"] == "ok" for r in results) else 1
 
 
+def shown_rate(events_per_s: int | None) -> str:
+    """A rate, or "-" when none was measured: a steady rate needs records after the first
+    batch, and a short run (``-n 2000``) comes in one batch."""
+    return "-" if events_per_s is None else f"{events_per_s:,}"
+
+
 def _versions() -> str:
-    from importlib.metadata import version
+    """The versions of the clients compared; faust-streaming and aiokafka come with the
+    ``bench`` extra only, and a run of the other modes goes on without them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
 
     names = ("river", "faust-streaming", "aiokafka", "kafka-python", "confluent-kafka")
-    return ", ".join(f"{n} {version(n)}" for n in names)
+    return ", ".join(f"{n} {installed(n)}" for n in names)
 
 
 if __name__ == "__main__":

@@ -409,11 +409,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"({r['joined']:,} labels learned)")  # fmt: skip
             continue
         rate = r["samples"] / r["learn_s"]
-        steady = r["samples"] / r["steady_s"] if r["steady_s"] else 0.0
+        # "-" when the first batch learned all N labels (a short run): no time after it
+        steady = f"{r['samples'] / r['steady_s'] / bare:.2f}" if r["steady_s"] else "-"
         tail = r["tail_n"] / r["tail_s"] if r["tail_s"] else 0.0
         print(
             f"{r['model']:10s} {r['samples']:>8,} {bare:>9,.0f} {rate:>10,.0f} "
-            f"{rate / bare:>6.2f} {2 * rate:>9,.0f} {steady / bare:>8.2f} {tail / bare:>8.2f} "
+            f"{rate / bare:>6.2f} {2 * rate:>9,.0f} {steady:>8s} {tail / bare:>8.2f} "
             f"{r['first_record_s']:>6.2f}s {r['first_label_s']:>6.2f}s "
             f"{r['snapshots']:>5d} {r['max_stall_ms']:>5.1f}ms {r['sum_stall_ms']:>5.0f}ms "
             f"{r['write_ms']:>5.1f}ms "

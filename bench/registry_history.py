@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             proxy.terminate()
             proxy.wait()
         manager.down(("redis",), purge=True)
+        shutil.rmtree(workdir, ignore_errors=True)  # its signing key too
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,7 +74,7 @@ def main() -> None:
     try:
         wait_for(lambda: _ping(client), 10, "redis-server")
         store = SnapshotStore(client, "bench", KEY)
-        registry = Registry(store, by="bench", key=KEY)
+        registry = Registry(store, by="bench", signing_key=KEY)
         blob = dump_signed(logreg(), KEY)
         versions = [write(store, "lr", blob)[0] for _ in range(3)]
         registry.promote("lr", versions[-1], reason="bench start")
@@ -120,6 +121,7 @@ def main() -> None:
         client.close()
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)  # the workers' metric files
 
 
 def _ping(client: redis.Redis) -> bool:

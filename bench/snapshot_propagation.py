@@ -17,6 +17,7 @@ import argparse
 import os
 import queue
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -243,6 +244,7 @@ def main() -> None:
         client.close()
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ thread per snapshot, the median time until the version is written and its regist
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -101,12 +102,20 @@ def run(way: str, model: str, events: list[Any], url: str, prefix: str, every: i
     return {
         "seconds": learned,
         "snapshots": len(results),
-        "stall_ms": statistics.median(r.stall_seconds for r in timed) * 1000,
-        "write_ms": statistics.median(r.seconds for r in timed) * 1000,
-        "writer_cpu_ms": statistics.median(snapshotter.writer_cpu) * 1000
-        if snapshotter.writer_cpu
-        else None,
+        "stall_ms": median_ms([r.stall_seconds for r in timed]),
+        "write_ms": median_ms([r.seconds for r in timed]),
+        "writer_cpu_ms": median_ms(snapshotter.writer_cpu),
     }
+
+
+def median_ms(seconds: list[float]) -> float | None:
+    """The median in ms, None without values: in a short run (``--samples 10000``) the first,
+    forked snapshot can outlast the learning, and no snapshot is left to time."""
+    return statistics.median(seconds) * 1000 if seconds else None
+
+
+def ms(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}ms"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,12 +147,11 @@ def main(argv: list[str] | None = None) -> int:
                     way: run(way, model, events, url, f"{prefix}-{way}", args.every) for way in WAYS
                 }
                 for way, r in rows.items():
-                    cpu = r["writer_cpu_ms"]
                     print(
                         f"{model:10s} {way:10s} {args.samples / r['seconds']:>10,.0f} "
                         f"{rows['inline']['seconds'] / r['seconds']:>8.2f} {r['snapshots']:>6d} "
-                        f"{r['stall_ms']:>6.2f}ms {r['write_ms']:>6.1f}ms "
-                        f"{'' if cpu is None else f'{cpu:.1f}ms':>10s}",
+                        f"{ms(r['stall_ms'], 2):>8s} {ms(r['write_ms'], 1):>8s} "
+                        f"{ms(r['writer_cpu_ms'], 1):>10s}",
                         flush=True,
                     )
     finally:
@@ -151,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             proxy.terminate()
             proxy.wait(10)
         manager.down(("redis",), purge=True)
+        shutil.rmtree(workdir, ignore_errors=True)  # its signing key too
     print("stall: the learning thread's time per snapshot (median); write: from the snapshot's "
           "start to its version written and the registry's steps done (median); the first "
           "snapshot of each way forks and is left out of both")  # fmt: skip
