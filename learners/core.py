@@ -62,7 +62,8 @@ import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from itertools import zip_longest
 from typing import Any
 
 import msgspec
@@ -71,7 +72,7 @@ from learners.comparisons import ComparePairs, ModelComparison, Pair
 from learners.join import EventTimeJoin, JoinCounters, Pending, Source, Unprocessed
 from learners.model_set import ModelSet
 from learners.model_state import FAILED, UNSEEN, LabelTypeError, ModelState, Prediction
-from learners.served import score_shadows, scoring_model, update_metric
+from learners.served import admit_score, keep_latest, score_shadows, scoring_model, update_metric
 from learners.specs import ModelSpec
 from schemas.errors import ModelSpecError
 from schemas.events import FeatureEvent, Label, LabelEvent, Served, without_missing
@@ -99,6 +100,10 @@ class Unusable:
     errors: tuple[str, ...]  # "model: ExceptionType: message", one per model
     value: Any  # the features (nulls dropped) or the label
     served: Served | None = None  # what the API answered, logged with the features
+    partition: int | None = None
+    """Where it was read (its topic follows from ``kind``), for its dead letter: None when not
+    known (a label that waited for its feature; one kept in a checkpoint written before)."""
+    offset: int | None = None
 
     def to_event(self) -> dict[str, Any]:
         """The event as JSON-ready data, in the schema it came in."""
@@ -107,6 +112,17 @@ class Unusable:
         if self.served is not None:
             event["served"] = msgspec.to_builtins(self.served)
         return event
+
+
+def _unusable_setstate(self: Unusable, state: Sequence[Any]) -> None:
+    """Unpickle an `Unusable`, also one pickled before its last fields were added (a
+    checkpoint's undrained ones): those are None, their default. (A frozen dataclass with
+    slots gets a ``__setstate__`` of its own, which would leave them unset.)"""
+    for field, value in zip_longest(fields(Unusable), state):
+        object.__setattr__(self, field.name, value)
+
+
+Unusable.__setstate__ = _unusable_setstate  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +181,11 @@ class LearningCore(ModelSet):
         """Unusable events not kept (over `unusable_kept` between two drains), since the last
         time the adapter read this count."""
         self.served_metrics: dict[tuple[str, int], Any] = {}
-        """The served answers' metric per (model, version) (see `_score_served`)."""
+        """The served answers' metric per (model, version) (see `_score_served`), of the latest
+        `learners.served.VERSIONS_KEPT` versions of each model."""
         self.served_comparisons: dict[Pair, ModelComparison] = {}
-        """A graph's primary answer against each of its shadows (`learners.served`)."""
+        """A graph's primary answer against each of its shadows (`learners.served`), of the
+        latest `learners.served.VERSIONS_KEPT` graph versions of each pair."""
         self.trace_every = 0
         """Mark the learning curve every this many joined labels (0: no marks; see the module)."""
         self.trace_marks: list[CurveMark] = []
@@ -180,6 +198,9 @@ class LearningCore(ModelSet):
         state.setdefault("model_errors", {})  # checkpoints written before failures were counted
         state.setdefault("served_metrics", {})
         state.setdefault("served_comparisons", {})
+        # checkpoints written before the bound kept every version: the latest are what a
+        # learner with the bound would hold (learners.served)
+        keep_latest(state["served_metrics"], state["served_comparisons"])
         state["unusable"] = list(state.get("unusable", ()))  # a bounded deque before
         state.setdefault("unusable_dropped", 0)
         state.setdefault("trace_every", 0)  # checkpoints written before the learning curve
@@ -309,14 +330,16 @@ class LearningCore(ModelSet):
             state = scoring_model(self.models, served)
             if state is None:
                 return  # answered by models this learner does not run: not ours to score
-            if metric is None:
+            # the latest VERSIONS_KEPT versions of each target are kept (learners.served)
+            if metric is None and admit_score(self.served_metrics, key):
                 metric = self.served_metrics[key] = type(state.metrics[0])()
             if served.shadows:  # a graph's shadows (learners.served)
                 score_shadows(
-                    served, y, type(metric), state.kind, self.served_metrics,
+                    served, y, type(state.metrics[0]), state.kind, self.served_metrics,
                     self.served_comparisons,
                 )  # fmt: skip
-        update_metric(metric, y, served.prediction, served.probabilities)
+        if metric is not None:
+            update_metric(metric, y, served.prediction, served.probabilities)
 
     def served_metric_values(self) -> dict[tuple[str, int], dict[str, float]]:
         """``{(model, version): {metric: value}}`` over the labels of logged answers."""
@@ -336,12 +359,17 @@ class LearningCore(ModelSet):
         reported = label is not None and all(p is FAILED for p in pending.predictions)
         if len(failures) == len(self.models) and not reported:  # once per event id
             detail = tuple(f"{s.spec.name}: {type(e).__name__}: {e}"[:300] for s, _, e in failures)
+            at = self._join.released_at()  # the event being handled: where it was read
+            partition, offset = (None, None) if at is None else (at[0][1], at[1])
             if label is None:
                 found = Unusable(
-                    "feature", pending.id, pending.time, detail, pending.x, pending.served
-                )
+                    "feature", pending.id, pending.time, detail, pending.x, pending.served,
+                    partition, offset,
+                )  # fmt: skip
             else:
-                found = Unusable("label", label.id, label.time, detail, label.label)
+                found = Unusable(
+                    "label", label.id, label.time, detail, label.label, None, partition, offset
+                )
             kept = self.unusable_kept
             if kept is not None and len(self.unusable) >= kept:
                 self.unusable_dropped += 1

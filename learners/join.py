@@ -157,10 +157,12 @@ class EventTimeJoin:
         # entry is on its source's track (which also keeps processed ones until trimmed).
         self._tracks: dict[Source, _Track] = {}
         self._tracked = True
+        self._at: tuple[Any, ...] | None = None  # the buffer entry released last (`released_at`)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_tracks"], state["_tracked"]  # a restored join tracks once it is empty
+        del state["_at"]  # only meaningful while `steps` runs
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -177,6 +179,7 @@ class EventTimeJoin:
         state.setdefault("_sorted", 0 if unsorted else len(state["_buffer"]))
         state["_tracks"] = {}
         state["_tracked"] = not state["_buffer"]  # what it holds was not tracked
+        state["_at"] = None
         self.__dict__.update(state)
 
     def push_feature(self, event: FeatureEvent, source: Source, offset: int) -> None:
@@ -241,6 +244,21 @@ class EventTimeJoin:
     def pending(self) -> list[Pending]:
         """The processed features waiting for their labels, oldest first."""
         return list(self._pending.values())
+
+    def released_at(self) -> tuple[Source, int] | None:
+        """Where the event `steps` yielded last was read: its ``(source, offset)``; for a
+        joined label, the label's. None for a label that waited for its feature (an orphan:
+        its place is not kept) or outside `steps`. Read while the caller handles what was
+        yielded (a model failed on it), so the cost is one reference kept per event.
+
+        >>> join = EventTimeJoin()
+        >>> join.push_feature(FeatureEvent("a", 0.0, {}), (0, 2), 7)
+        >>> join.push_label(LabelEvent("a", 1.0, True), (1, 2), 9)
+        >>> [(label is not None, join.released_at()) for _, label in join.steps(2.0)]
+        [(False, ((0, 2), 7)), (True, ((1, 2), 9))]
+        """
+        at = self._at
+        return None if at is None else (at[2], at[3])
 
     def set_aside(self) -> tuple[dict[Source, Unprocessed], Aside]:
         """Take the buffered (not yet processed) events out: the join then holds only what it
@@ -344,11 +362,13 @@ class EventTimeJoin:
                 if len(pending_by_id) > max_pending:
                     del pending_by_id[next(iter(pending_by_id))]
                     counters.expired_without_label += 1
+                self._at = entry
                 yield pending, None
                 if orphans:  # its label came first
                     label = orphans.pop(event_id, None)
                     if label is not None and pending_by_id.pop(event_id, None) is not None:
                         joined += 1
+                        self._at = None  # an orphan's place is not kept
                         yield pending, label
                         if joined >= limit:
                             cut, stopped = i + 1, True
@@ -362,7 +382,9 @@ class EventTimeJoin:
                     cut = end
                 group = self._join_labels(buffer, i, end)
                 joined += len(group)
-                yield from group
+                for matched, label_event, at in group:
+                    self._at = at
+                    yield matched, label_event
                 i = end
                 if joined >= limit:
                     cut, stopped = i, True
@@ -373,10 +395,12 @@ class EventTimeJoin:
                     self._add_orphan(event)
                 else:
                     joined += 1
+                    self._at = entry
                     yield waiting, event
                     if joined >= limit:
                         cut, stopped = i + 1, True
                 i += 1
+        self._at = None
         if cut == len(buffer):  # all processed (pushes while paused too): tracked anew
             self._tracks.clear()
             self._tracked = True
@@ -409,20 +433,21 @@ class EventTimeJoin:
 
     def _join_labels(
         self, buffer: list[tuple[Any, ...]], start: int, end: int
-    ) -> list[tuple[Pending, LabelEvent]]:
+    ) -> list[tuple[Pending, LabelEvent, tuple[Any, ...]]]:
         """Take the labels ``buffer[start:end]`` (one event time); return those joined, in
-        the order their features were processed."""
+        the order their features were processed, each with its buffer entry."""
         pending_by_id = self._pending
-        joined: list[tuple[int, Pending, LabelEvent]] = []
+        joined: list[tuple[int, Pending, LabelEvent, tuple[Any, ...]]] = []
         for index in range(start, end):
-            event = buffer[index][5]
+            entry = buffer[index]
+            event = entry[5]
             pending = pending_by_id.pop(event.id, None)
             if pending is not None:
-                joined.append((pending.seq, pending, event))
+                joined.append((pending.seq, pending, event, entry))
             else:
                 self._add_orphan(event)
         joined.sort(key=_first)
-        return [(pending, event) for _, pending, event in joined]
+        return [(pending, event, entry) for _, pending, event, entry in joined]
 
     def _add_orphan(self, event: LabelEvent) -> None:
         if self._orphans.pop(event.id, None) is not None:
@@ -450,7 +475,7 @@ class EventTimeJoin:
         )
 
 
-def _first(item: tuple[int, Pending, LabelEvent]) -> int:
+def _first(item: tuple[int, Pending, LabelEvent, tuple[Any, ...]]) -> int:
     return item[0]
 
 

@@ -19,6 +19,18 @@ versions is never pooled. Checkpoints written before kept one unversioned pair
 ``(GRAPH, GRAPH@PATH)`` over all versions: it is dropped from the core at the graph's next
 shadow answer (its last record stays readable in Redis, with the snapshot that wrote it).
 
+**Bounded by version.** Versions come every 10 000 labels or 30 s by default: a learner that
+runs for weeks sees thousands, and every metric and comparison kept is pickled into each
+checkpoint and exported as Prometheus series. So only the latest `VERSIONS_KEPT` versions of
+each target (a model, a graph, a graph's shadow), and the latest `VERSIONS_KEPT` graph versions
+of each shadow pair, are kept (`admit`): a new version drops its target's oldest by version
+number, and an answer of a version older than all those kept is not scored (its label joined
+after those of `VERSIONS_KEPT` newer versions: a straggler, or the answers after a rollback
+with ``--resume skip`` to a version further back; ``--resume replay`` restores the core of the
+target, whose latest versions are the target's). What is dropped is never scored again, so no
+metric starts over from zero under an old version. The last record of a dropped comparison
+stays readable in Redis.
+
 Examples
 --------
 >>> from river import metrics
@@ -35,13 +47,23 @@ Examples
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from learners.comparisons import ModelComparison, Pair
 from schemas.events import Label, Served
 
 SHADOW_MARK = "@"
+
+VERSIONS_KEPT = 32
+"""Versions kept per target, and graph versions per shadow pair (see the module): the latest
+by version number. Worth a served metric are the version served now and those a rollback
+would go to, and a rollback target is usually recent. The window moves with the labels
+joined, not with the clock: however late labels come, only those spread over more than 32
+versions of one target are left out. 32 keeps that, and bounds what a long-running learner
+pickles into each checkpoint and exports as ``riverstream_served_metric`` series."""
+
+_Key = TypeVar("_Key", bound=Hashable)
 
 
 class Scorer(Protocol):
@@ -71,6 +93,101 @@ def shadow_pair(graph: str, version: int, branch: str) -> Pair:
     """
     primary = f"{graph}{SHADOW_MARK}v{version}"
     return primary, f"{primary}{SHADOW_MARK}{branch}"
+
+
+def pair_version(pair: Pair) -> tuple[str, str, int] | None:
+    """``(graph, branch, graph version)`` of a shadow pair (`shadow_pair`); None for another
+    pair (the unversioned one of older checkpoints). Names hold no ``@`` (`schemas.names`).
+
+    >>> pair_version(shadow_pair("fraud", 3, "root.shadow.shadows[1]"))
+    ('fraud', 'root.shadow.shadows[1]', 3)
+    >>> pair_version(("fraud", "fraud@root.shadow.shadows[1]")) is None
+    True
+    """
+    primary, challenger = pair
+    graph, mark, version = primary.rpartition(f"{SHADOW_MARK}v")
+    if not mark or not version.isdigit() or not challenger.startswith(primary + SHADOW_MARK):
+        return None
+    return graph, challenger[len(primary) + 1 :], int(version)
+
+
+def admit(
+    kept: dict[_Key, Any], version: int, same: Iterable[tuple[_Key, int]],
+    limit: int = VERSIONS_KEPT,
+) -> bool:  # fmt: skip
+    """Make room in ``kept`` for a new ``version`` of a target whose kept keys and versions
+    are ``same``: drop its oldest versions so that at most ``limit`` remain with the new one,
+    and say True; False (nothing dropped) when ``limit`` kept versions are newer, so the new
+    one would be the one dropped.
+
+    >>> kept = {("lr", v): None for v in (3, 5, 9)}
+    >>> admit(kept, 1, [(k, k[1]) for k in kept], limit=3)
+    False
+    >>> admit(kept, 7, [(k, k[1]) for k in kept], limit=3), sorted(kept)
+    (True, [('lr', 5), ('lr', 9)])
+    """
+    ordered = sorted(same, key=lambda item: item[1])
+    if sum(1 for _, v in ordered if v > version) >= limit:
+        return False
+    for old, _ in ordered[: max(0, len(ordered) - limit + 1)]:
+        del kept[old]
+    return True
+
+
+def _versions_of(
+    scores: Mapping[tuple[str, int], Any], target: str
+) -> list[tuple[tuple[str, int], int]]:
+    return [(key, key[1]) for key in scores if key[0] == target]
+
+
+def _versions_of_pair(
+    comparisons: Mapping[Pair, Any], graph: str, branch: str
+) -> list[tuple[Pair, int]]:
+    found = []
+    for pair in comparisons:
+        parsed = pair_version(pair)
+        if parsed is not None and parsed[:2] == (graph, branch):
+            found.append((pair, parsed[2]))
+    return found
+
+
+def admit_score(scores: dict[tuple[str, int], Any], key: tuple[str, int]) -> bool:
+    """Whether a served metric for ``key`` (target, version), not yet kept, may be kept;
+    making room for it (`admit`)."""
+    return admit(scores, key[1], _versions_of(scores, key[0]))
+
+
+def keep_latest(
+    scores: dict[tuple[str, int], Any],
+    comparisons: dict[Pair, Any],
+    limit: int = VERSIONS_KEPT,
+) -> None:
+    """Keep the latest ``limit`` versions of each target in ``scores`` and graph versions of
+    each shadow pair in ``comparisons``, dropping the others: a checkpoint written before the
+    bound (see the module) is brought to what a learner with the bound would hold.
+
+    >>> scores = {("lr", v): None for v in range(1, 6)} | {("g", 1): None}
+    >>> keep_latest(scores, {}, limit=2)
+    >>> sorted(scores)
+    [('g', 1), ('lr', 4), ('lr', 5)]
+    """
+    by_target: dict[str, list[tuple[tuple[str, int], int]]] = {}
+    for key in scores:
+        by_target.setdefault(key[0], []).append((key, key[1]))
+    by_pair: dict[tuple[str, str], list[tuple[Pair, int]]] = {}
+    for pair in comparisons:
+        parsed = pair_version(pair)
+        if parsed is not None:
+            by_pair.setdefault(parsed[:2], []).append((pair, parsed[2]))
+    _trim(scores, by_target.values(), limit)
+    _trim(comparisons, by_pair.values(), limit)
+
+
+def _trim(kept: dict[_Key, Any], groups: Iterable[list[tuple[_Key, int]]], limit: int) -> None:
+    """Drop from ``kept`` all but the latest ``limit`` keys of each group of (key, version)."""
+    for same in groups:
+        for key, _ in sorted(same, key=lambda item: item[1])[: max(0, len(same) - limit)]:
+            del kept[key]
 
 
 def scoring_model(models: Mapping[str, Scorer], served: Served) -> Scorer | None:
@@ -126,7 +243,9 @@ def score_shadows(
 ) -> None:
     """Score each shadow answer of ``served`` against ``y`` into ``scores`` (a ``metric_type``
     per shadow target and graph version) and compare it with the primary answer in
-    ``comparisons``, per graph version (classifiers and regressors; see the module)."""
+    ``comparisons``, per graph version (classifiers and regressors; see the module). Each
+    keeps the latest `VERSIONS_KEPT` versions (`admit`): a shadow answer of an older version is
+    not scored."""
     if not served.shadows:
         return
     primary = (served.prediction, _probabilities(served.probabilities, y))
@@ -134,15 +253,19 @@ def score_shadows(
         target = shadow_target(served.model, branch)
         key = (target, served.version)
         metric = scores.get(key)
-        if metric is None:
+        if metric is None and admit_score(scores, key):
             metric = scores[key] = metric_type()
-        update_metric(metric, y, answer.prediction, answer.probabilities)
+        if metric is not None:
+            update_metric(metric, y, answer.prediction, answer.probabilities)
         if kind not in ("classifier", "regressor"):
             continue
         comparisons.pop((served.model, target), None)  # unversioned, of older checkpoints
         pair = shadow_pair(served.model, served.version, branch)
         comparison = comparisons.get(pair)
         if comparison is None:
+            same = _versions_of_pair(comparisons, served.model, branch)
+            if not admit(comparisons, served.version, same):
+                continue
             comparison = comparisons[pair] = ModelComparison.fresh(*pair, kind)
             comparison.a, comparison.b = 0, 1
         shadow = (answer.prediction, _probabilities(answer.probabilities, y))

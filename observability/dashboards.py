@@ -113,10 +113,16 @@ LEARNING: list[P | Row] = [
         (f'riverstream_served_metric{{{M}, metric=~"$metric"}}',
          "served {{model}} v{{version}} {{metric}}")), w=24, h=10),
     P("Samples learned /s", ((_rate("riverstream_samples_learned_total", "model", M),
-                              "{{model}}"),), "ops"),
+                              "{{model}}"),), "ops", w=8),
     P("Drift detections (1h)", ((_or_zero(
         f"sum by (model) (increase(riverstream_drift_detections_total{{{M}}}[1h]))"),
-        "{{model}}"),), description="ADWIN on 0/1 errors (classifiers), Page-Hinkley on |error|."),
+        "{{model}}"),), w=8,
+      description="ADWIN on 0/1 errors (classifiers), Page-Hinkley on |error|."),
+    P("Observer errors since the learner started", ((_or_zero(
+        "sum by (reason) (riverstream_learner_observer_errors_total)"), "{{reason}}"),), w=8,
+      description="Exceptions of the learner's metrics exporter, by type: learning went on, "
+      "but the metrics on this page may be incomplete or stale; the learner's log has the "
+      "traceback. A total, not an increase: one failure shows."),
     Row("Model cost and joins"),
     P("Predict latency", ((_quantile(0.5, "riverstream_predict_seconds", "model", M),
                            "p50 {{model}}"),

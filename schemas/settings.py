@@ -145,6 +145,15 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(1_048_576, gt=0, description="Largest accepted event, bytes.")
     max_features: int = Field(10_000, gt=0, description="Most features in one event.")
     max_id_length: int = Field(256, gt=0, description="Longest accepted event id.")
+    max_future_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="The learner dead-letters an event (reason `event_time_in_future`) whose "
+        "time is more than this many seconds after its Kafka record's timestamp, as Kafka's "
+        "`log.message.timestamp.after.max.ms` does (most often a time sent in milliseconds): "
+        "one such event would carry the watermark and the join's clock to the far future. "
+        "0: no check (for event times on a scale larger than epoch seconds).",
+    )
 
     # -- learner --
     redis_prefix: str = Field("riverstream", description="Prefix of every Redis key.")

@@ -128,7 +128,16 @@ class ConfluentSource:
             t, p = m.topic(), m.partition()
             if p != partition or t != topic:
                 topic, partition, offsets, values = t, p, [], []
-                runs.append(RecordRun(t, p, offsets, values, _message_at(messages, index)))
+                runs.append(
+                    RecordRun(
+                        t,
+                        p,
+                        offsets,
+                        values,
+                        _message_at(messages, index),
+                        _timestamps_at(messages, index, offsets),
+                    )
+                )
             offsets.append(m.offset())
             values.append(m.value())
         return runs
@@ -198,3 +207,18 @@ def _message_at(messages: list[_ConsumedMessage], start: int) -> Callable[[int],
         )
 
     return record
+
+
+def _timestamps_at(
+    messages: list[_ConsumedMessage], start: int, offsets: list[int]
+) -> Callable[[], list[int]]:
+    """The reader of a run's timestamps (`RecordRun.timestamps`): the run starts at ``start``
+    of ``messages`` and holds as many as ``offsets`` once it is built. Read only when asked
+    (≈ 50 ns a record here, ≈ 100 ns with the timestamp's type as well): reading them in
+    `ConfluentSource.poll` would cost every record, for the runs whose timestamps the learner
+    looks at. librdkafka gives -1 (`NO_TIMESTAMP`) for a record without one."""
+
+    def timestamps() -> list[int]:
+        return [m.timestamp()[1] for m in messages[start : start + len(offsets)]]
+
+    return timestamps

@@ -156,10 +156,26 @@ class DeadLetters:
         ]
         self._send(*fitted(record.key, record.value, where, str(error).encode(), extra))
 
-    def send_unusable(self, topic: str, key: bytes, value: bytes, reason: str, error: str) -> None:
+    def send_unusable(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        reason: str,
+        error: str,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> None:
         """An event that was valid but that no model could use (every model raised on it):
-        re-encoded, with the models' errors. ``topic`` is where it was read from."""
-        where = [("rs.topic", topic.encode()), ("rs.reason", reason.encode())]
+        re-encoded, with the models' errors. ``topic`` is where it was read from, and
+        ``partition`` and ``offset`` when they are known (headers as `send` writes them)."""
+        where = [("rs.topic", topic.encode())]
+        if partition is not None and offset is not None:
+            where += [
+                ("rs.partition", str(partition).encode()),
+                ("rs.offset", str(offset).encode()),
+            ]
+        where.append(("rs.reason", reason.encode()))
         self._send(*fitted(key, value, where, error.encode()))
 
     def _send(self, key: bytes | None, value: bytes | None, headers: list[Header]) -> None:

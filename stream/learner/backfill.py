@@ -251,7 +251,10 @@ class Backfill:
         watermark = Watermark([source_of(t, p) for t, p in positions])
         codec = EventCodec(Limits.from_settings(self.settings))
         dead = DeadLetters(_AlreadyDeadLettered(), self.settings.topic_dlq)
-        ingest = Ingest(codec, dead, self.topics, report.records, {})
+        ingest = Ingest(
+            codec, dead, self.topics, report.records, {},
+            max_future=self.settings.max_future_seconds,
+        )  # fmt: skip
         read: Offsets = {}
         remaining = set(positions)
         source = self.open_source()
@@ -293,4 +296,7 @@ def _before(run: RecordRun, end: int) -> RecordRun | None:
     if run.offsets[-1] < end:
         return run
     n = next(i for i, offset in enumerate(run.offsets) if offset >= end)
-    return RecordRun(run.topic, run.partition, run.offsets[:n], run.values[:n], run.record)
+    return RecordRun(
+        run.topic, run.partition, run.offsets[:n], run.values[:n], run.record,
+        lambda: run.timestamps()[:n],
+    )  # fmt: skip

@@ -6,12 +6,27 @@ decode goes to the dead-letter topic with its reason; records handled before the
 the learner resumed from are skipped; events whose time falls in an excluded range (a rollback
 with replay) are left out. Valid events that every model raised on come back from the core and
 are dead-lettered too.
+
+**An event far in the future** (most often a time sent in milliseconds: 1.7e12 where 1.7e9 was
+meant) would carry its partition's watermark, then the join's clock, to the far future: the
+features waiting for their labels would expire and every later event would be late; and while
+it waits for the watermark, its offset holds the checkpoint back. As Kafka's
+``log.message.timestamp.after.max.ms`` refuses a record stamped too far ahead of the broker's
+clock, an event whose time is more than ``max_future`` seconds (`RIVERSTREAM_MAX_FUTURE_SECONDS`)
+after its own record's Kafka timestamp goes to the dead-letter topic (``event_time_in_future``)
+before the watermark or the core sees it. The decision reads the record only (its timestamp is
+stored in the log), never the clock: a replay after a crash decides the same, and exactly-once
+holds. Timestamps are read only for a run whose latest event time passes ``max_future`` (no
+timestamp is smaller than 0), and looked at one by one only when it passes the run's earliest
+timestamp by that much.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any, TypeVar
 
 import orjson
@@ -21,12 +36,15 @@ from learners.watermark import Watermark
 from schemas.errors import SchemaError
 from schemas.events import EventCodec, FeatureEvent, LabelEvent
 from stream.checkpoint.protocol import Offsets, SkipRanges, kept_indexes, offsets_key
-from stream.kafka.client import RecordRun
+from stream.kafka.client import Record, RecordRun
 from stream.kafka.deadletter import DeadLetters
 from stream.store.commands import in_ranges
 
 _Event = TypeVar("_Event", FeatureEvent, LabelEvent)
 log = logging.getLogger(__name__)
+_TIME = attrgetter("time")
+IN_FUTURE = "event_time_in_future"
+"""The dead-letter reason of an event too far ahead of its record's timestamp."""
 
 
 class Ingest:
@@ -39,9 +57,13 @@ class Ingest:
         topics: tuple[str, str],
         consumed: dict[str, int],
         dead: dict[str, int],
+        *,
+        max_future: float = 3600.0,
     ) -> None:
+        """``max_future``: `RIVERSTREAM_MAX_FUTURE_SECONDS` (its default here; 0: no check)."""
         self.codec, self.dead_letters, self.topics = codec, dead_letters, topics
         self.consumed, self.dead = consumed, dead
+        self.max_future = max_future
 
     def push(
         self,
@@ -54,7 +76,7 @@ class Ingest:
     ) -> None:
         """Decode and push one batch; ``offsets`` and ``skip`` are updated in place."""
         features_topic = self.topics[0]
-        codec, consumed = self.codec, self.consumed
+        codec, consumed, guard = self.codec, self.consumed, self.max_future > 0
         for run in runs:
             kind = 0 if run.topic == features_topic else 1
             source = (kind, run.partition)
@@ -65,12 +87,16 @@ class Ingest:
             if kind == 0:
                 features, refused = codec.decode_features(run.values)
                 kept = self._refused(run, refused)
+                if features and guard:
+                    features, kept = self._in_time(run, features, kept)
                 if features:
                     features, kept = _observed(watermark, source, features, kept, excluded)
                     core.push_features(features, source, kept)
             else:
                 labels, refused = codec.decode_labels(run.values)
                 kept = self._refused(run, refused)
+                if labels and guard:
+                    labels, kept = self._in_time(run, labels, kept)
                 if labels:
                     labels, kept = _observed(watermark, source, labels, kept, excluded)
                     core.push_labels(labels, source, kept)
@@ -88,15 +114,58 @@ class Ingest:
         bad = {index for index, _ in refused}
         return [offset for i, offset in enumerate(run.offsets) if i not in bad]
 
+    def _in_time(
+        self, run: RecordRun, events: list[_Event], offsets: list[int]
+    ) -> tuple[list[_Event], list[int]]:
+        """``events`` (read at ``offsets`` of ``run``) without those more than ``max_future``
+        seconds after their record's timestamp, which are dead-lettered (see the module)."""
+        max_future = self.max_future
+        top = max(map(_TIME, events))
+        if top <= max_future:  # a timestamp is ≥ 0: none can be (times of a small scale)
+            return events, offsets
+        stamps = run.timestamps()
+        if top - min(stamps) / 1000 <= max_future:  # none can be: the usual run
+            return events, offsets
+        indexes: Sequence[int] = range(len(run))
+        if len(offsets) < len(run):  # records refused: the events' indexes in the run
+            position = {offset: index for index, offset in enumerate(run.offsets)}
+            indexes = [position[offset] for offset in offsets]
+        kept: list[_Event] = []
+        kept_offsets: list[int] = []
+        for event, offset, index in zip(events, offsets, indexes, strict=True):
+            stamp = stamps[index]
+            if stamp >= 0 and event.time - stamp / 1000 > max_future:
+                self._in_future(run.record(index), event.time, stamp)
+            else:
+                kept.append(event)
+                kept_offsets.append(offset)
+        return kept, kept_offsets
+
+    def _in_future(self, record: Record, time: float, stamp: int) -> None:
+        ahead = time - stamp / 1000
+        error = SchemaError(
+            IN_FUTURE,
+            "time",
+            f"event time {time:.17g} is {ahead:.6g} s after its record's Kafka timestamp "
+            f"{stamp} ms ({stamp / 1000:.3f} s): more than RIVERSTREAM_MAX_FUTURE_SECONDS "
+            f"({self.max_future:g} s). Is it in milliseconds? Event times are seconds "
+            f"({time / 1000:.3f} if so)",
+        )
+        self.dead_letters.send(record, error)
+        self.dead[IN_FUTURE] = self.dead.get(IN_FUTURE, 0) + 1
+
     def dead_letter_unusable(self, core: LearningCore) -> None:
         """Valid events that every model raised on go to the dead-letter topic, re-encoded,
-        with the models' errors (at least once, like every dead letter)."""
+        with the models' errors and, when the core knows it, where they were read (at least
+        once, like every dead letter)."""
         unusable = core.drain_unusable()
         for event in unusable:
             topic = self.topics[0] if event.kind == "feature" else self.topics[1]
             value = _encoded(event.to_event())
             error = "; ".join(event.errors)
-            self.dead_letters.send_unusable(topic, event.id.encode(), value, "model_error", error)
+            self.dead_letters.send_unusable(
+                topic, event.id.encode(), value, "model_error", error, event.partition, event.offset
+            )
         if unusable:
             self.dead["model_error"] = self.dead.get("model_error", 0) + len(unusable)
             self.dead_letters.flush()
@@ -149,4 +218,5 @@ def _skip_handled(run: RecordRun, key: str, skip: SkipRanges) -> RecordRun:
         [run.offsets[i] for i in kept],
         [run.values[i] for i in kept],
         lambda index: run.record(kept[index]),
+        lambda: list(map(run.timestamps().__getitem__, kept)),
     )

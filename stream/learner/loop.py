@@ -109,8 +109,9 @@ class Learner(LearnerCommands):
         self._sources = [(t, p) for t in range(2) for p in partitions]
 
         self.ingest = Ingest(
-            self.codec, dead_letters, self._topics, self.stats.consumed, self.stats.dead_letters
-        )
+            self.codec, dead_letters, self._topics, self.stats.consumed, self.stats.dead_letters,
+            max_future=settings.max_future_seconds,
+        )  # fmt: skip
         self.idleness = Idleness(
             source, self._sources, self._topics, settings.watermark_idle_grace, clock
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 
 class PrometheusObserver:
     """The `stream.learner.observing.Observer` the CLI gives the learner: called after each
-    batch and each snapshot, it reads the learner (a `LearnerView`) into `LearnerMetrics`."""
+    batch and each snapshot, it reads the learner (a `LearnerView`) into `LearnerMetrics`.
+    It also exports its own failures, counted by the learner's guard (`report_failures`)."""
 
     def __init__(
         self,
@@ -54,6 +56,11 @@ class PrometheusObserver:
                     settings.metrics_host, settings.learner_metrics_port, exc,
                 )  # fmt: skip
         return cls(metrics, server)
+
+    def report_failures(self, counts: Mapping[str, int]) -> None:
+        """Export the guard's live count of this observer's failures (`ReportsFailures`):
+        read at each scrape, not by this observer's calls, which may be what fails."""
+        self.metrics.report_observer_errors(counts)
 
     def close(self) -> None:
         self.metrics.mark_down()
@@ -101,11 +108,12 @@ class PrometheusObserver:
             if done > 0:
                 m.samples_learned(name, done)
             self._learned[name] = state.samples_learned
-        if core.served_metrics:
-            m.set_served_metrics(core.served_metric_values())
-        for comparison in [*core.comparisons.values(), *core.served_comparisons.values()]:
-            summary = comparison.stats.summary(0.0, comparison.min_samples)
-            m.set_comparison(comparison.champion, comparison.challenger, summary)
+        # every kept one: the series of what the core dropped go (learners.served)
+        m.set_served_metrics(core.served_metric_values())
+        m.set_comparisons({
+            (c.champion, c.challenger): c.stats.summary(0.0, c.min_samples)
+            for c in [*core.comparisons.values(), *core.served_comparisons.values()]
+        })  # fmt: skip
         for name, seconds in learner.timings().items():
             m.observe_predict(name, seconds["predict"])
             m.observe_learn(name, seconds["learn"])

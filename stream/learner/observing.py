@@ -9,8 +9,9 @@ installs; the loop does not import it (nor prometheus_client), only these protoc
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from learners.core import LearningCore
@@ -79,15 +80,31 @@ class Observer(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class ReportsFailures(Protocol):
+    """An observer that exports the count of its own failures. It is handed the live count
+    (``stats.observer_errors``, by exception type) once, before any of its calls, and must
+    read it where its failing calls cannot stop it from being reported (the Prometheus
+    observer: at each scrape)."""
+
+    def report_failures(self, counts: Mapping[str, int]) -> None: ...
+
+
 class GuardedObserver:
     """An `Observer` whose failures never stop the learner: an exception of the observer (a
     metric it cannot compute on a valid but odd event, a bug) is logged with its type and
     counted in ``stats.observer_errors``; the loop goes on. The first failure of each type is
-    logged with its traceback, then at 2, 4, 8, ... of that type."""
+    logged with its traceback, then at 2, 4, 8, ... of that type. An observer that
+    `ReportsFailures` is handed that count when it is guarded."""
 
     def __init__(self, observer: Observer, stats: LearnerStats) -> None:
         self.observer = observer
         self.stats = stats
+        if isinstance(observer, ReportsFailures):
+            try:
+                observer.report_failures(stats.observer_errors)
+            except Exception as exc:
+                self._failed("report_failures", exc)
 
     def after_batch(self, learner: LearnerView, records: list[RecordRun]) -> None:
         try:

@@ -36,6 +36,8 @@ riverstream_comparison_difference                     gauge      model, challeng
 riverstream_comparison_lower                          gauge      model, challenger
 riverstream_comparison_upper                          gauge      model, challenger
 riverstream_comparison_decision                       gauge      model, challenger
+riverstream_served_metric                             gauge      model, version, metric
+riverstream_learner_observer_errors_total             counter    reason (exception type)
 ====================================================  =========  =========================
 
 The ``riverstream_comparison_*`` gauges describe each champion/challenger comparison of the
@@ -44,6 +46,17 @@ model names, a bounded set). Losses are the 0/1 error (classifiers) or absolute 
 (regressors) over the labels both scored; the difference is champion loss minus challenger
 loss (positive: the challenger is better), lower/upper its anytime-valid interval (±Inf
 before it is defined), decision +1 (challenger better), -1 (champion better) or 0.
+
+Series of what the core no longer keeps are removed: ``riverstream_served_metric`` of the
+versions past the latest ones of each model (`learners.served.VERSIONS_KEPT`) and the
+comparisons of the graph versions past them, so that a learner running for weeks exports a
+bounded number of series (`LearnerMetrics.set_served_metrics`, `LearnerMetrics.set_comparisons`).
+
+``riverstream_learner_observer_errors_total`` counts the exceptions the learner's observer
+raised, which the loop logged and rode out (`stream.learner.observing.GuardedObserver`). The
+observer that failed cannot be trusted to report its own failures, so it does not: the guard
+hands its live count over once (`LearnerMetrics.report_observer_errors`) and the count is read
+at each scrape, in the HTTP server's thread, whatever the observer's calls do.
 
 `DriftMonitor` is pure (River detectors, no I/O): the processor feeds it (y_true, y_pred) and
 calls `LearnerMetrics.drift_detected` when it returns True. Its state is not part of a snapshot:
@@ -55,12 +68,14 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Literal
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import start_http_server as _start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from river import base, drift
 
 from learners.compare import ComparisonSummary
@@ -80,6 +95,32 @@ MODEL_CALL_BUCKETS = (
 SNAPSHOT_BUCKETS = (1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 Task = Literal["classification", "regression"]
+
+
+class _ObserverErrors(Collector):
+    """``riverstream_learner_observer_errors_total``, read at each scrape from the count the
+    learner's guard keeps (a dict it updates in the learning thread; copying a dict of strings
+    and ints is atomic under the GIL)."""
+
+    def __init__(self) -> None:
+        self.counts: Mapping[str, int] = {}
+
+    def _family(self, counts: Mapping[str, int]) -> CounterMetricFamily:
+        family = CounterMetricFamily(
+            "riverstream_learner_observer_errors",
+            "Exceptions of the learner's observer (metrics not exported), logged and ridden "
+            "out; by exception type.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(counts.items()):
+            family.add_metric([reason], float(n))
+        return family
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield self._family({})
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield self._family(dict(self.counts))
 
 
 class LearnerMetrics:
@@ -207,8 +248,12 @@ class LearnerMetrics:
             "riverstream_comparison_decision",
             "1: the challenger is better, -1: the champion is, 0: undecided.", pair, registry=r,
         )  # fmt: skip
+        self._observer_errors = _ObserverErrors()
+        r.register(self._observer_errors)
         for outcome in sorted(JOIN_OUTCOMES):  # bounded and known: export zeros from the start
             self.join_events_total.labels(outcome=outcome)
+        self._served: set[tuple[str, str, str]] = set()  # served_metric's children
+        self._compared: set[tuple[str, str]] = set()  # the comparison gauges' children
 
     # -- lifecycle --
     def mark_up(self) -> None:
@@ -216,6 +261,22 @@ class LearnerMetrics:
 
     def mark_down(self) -> None:
         self.learner_up.set(0)
+
+    def report_observer_errors(self, counts: Mapping[str, int]) -> None:
+        """Export ``counts``, the observer's failures by exception type, as
+        ``riverstream_learner_observer_errors_total``: the live count, kept and updated by the
+        learner's guard (`stream.learner.observing.LearnerStats.observer_errors`), read at each
+        scrape (see the module).
+
+        >>> from prometheus_client import CollectorRegistry
+        >>> m, counts = LearnerMetrics(CollectorRegistry()), {}
+        >>> m.report_observer_errors(counts)
+        >>> counts["TypeError"] = 2  # the guard counts a failure
+        >>> m.registry.get_sample_value(
+        ...     "riverstream_learner_observer_errors_total", {"reason": "TypeError"})
+        2.0
+        """
+        self._observer_errors.counts = counts
 
     # -- per batch --
     def events_consumed(self, topic: str, n: int = 1, now: float | None = None) -> None:
@@ -254,11 +315,26 @@ class LearnerMetrics:
         self.samples_learned_total.labels(model=model).inc(n)
 
     def set_served_metrics(self, values: Mapping[tuple[str, int], Mapping[str, float]]) -> None:
+        """Publish the served metrics the core keeps, ``{(model, version): {metric: value}}``
+        (`learners.core.LearningCore.served_metric_values`): all of them, so the series of a
+        version no longer in ``values`` (dropped by the core) are removed.
+
+        >>> from prometheus_client import CollectorRegistry
+        >>> m = LearnerMetrics(CollectorRegistry())
+        >>> m.set_served_metrics({("lr", 1): {"Accuracy": 0.8}, ("lr", 2): {"Accuracy": 0.9}})
+        >>> m.set_served_metrics({("lr", 2): {"Accuracy": 0.9}, ("lr", 3): {"Accuracy": 0.7}})
+        >>> sorted(s.labels["version"] for s in m.served_metric.collect()[0].samples)
+        ['2', '3']
+        """
+        exported = set()
         for (model, version), by_metric in values.items():
             for metric, value in by_metric.items():
-                self.served_metric.labels(model=model, version=str(version), metric=metric).set(
-                    value
-                )
+                labels = (model, str(version), metric)
+                self.served_metric.labels(*labels).set(value)
+                exported.add(labels)
+        for labels in self._served - exported:
+            self.served_metric.remove(*labels)
+        self._served = exported
 
     def set_progressive_metrics(self, model: str, values: Mapping[str, float]) -> None:
         """Publish the current progressive metrics of ``model``, e.g. ``{"Accuracy": 0.91}``."""
@@ -296,6 +372,25 @@ class LearnerMetrics:
 
     def drift_detected(self, model: str) -> None:
         self.drift_detections_total.labels(model=model).inc()
+
+    def set_comparisons(self, summaries: Mapping[tuple[str, str], ComparisonSummary]) -> None:
+        """Publish every comparison the core keeps, by ``(champion, challenger)``
+        (`set_comparison`), and remove the series of those no longer in ``summaries`` (a graph
+        version's shadow pair the core dropped, `learners.served.VERSIONS_KEPT`)."""
+        for (champion, challenger), summary in summaries.items():
+            self.set_comparison(champion, challenger, summary)
+        for pair in self._compared - summaries.keys():
+            self.remove_comparison(*pair)
+        self._compared = set(summaries)
+
+    def remove_comparison(self, champion: str, challenger: str) -> None:
+        """Remove the series of one comparison (none is an error)."""
+        for gauge in (
+            self.comparison_labels, self.comparison_champion_loss,
+            self.comparison_challenger_loss, self.comparison_difference, self.comparison_lower,
+            self.comparison_upper, self.comparison_decision,
+        ):  # fmt: skip
+            gauge.remove(champion, challenger)
 
     def set_comparison(self, champion: str, challenger: str, summary: ComparisonSummary) -> None:
         """Publish one champion/challenger comparison (`PairedComparison.summary`).

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from learners.core import LearningCore
+from schemas.events import FeatureEvent, LabelEvent, Served, ShadowAnswer
 from serving.graphs import GraphMetrics
 from serving.telemetry import ServingMetrics
 from stream.learner.telemetry import LearnerMetrics
@@ -27,6 +29,7 @@ def touch_learner(m: LearnerMetrics, now: float) -> None:
     m.samples_learned("lr", 45)
     m.set_progressive_metrics("lr", {"Accuracy": 0.9})
     m.set_served_metrics({("lr", 7): {"Accuracy": 0.88}})
+    m.report_observer_errors({"TypeError": 1})
     m.set_consumer_lag("riverstream.features", {0: 3, 1: 0})
     m.set_watermark_delay(2.0)
     m.snapshot_written("lr", version=7, size_bytes=1500, duration_seconds=3e-5,
@@ -110,3 +113,30 @@ class View:
 
     def watermark_delay(self) -> float | None:
         return None
+
+
+SHADOW_BRANCH = "root.shadow.shadows[0]"
+
+
+def push_served(core: LearningCore, versions: Iterable[int], per_version: int = 2) -> None:
+    """Push and join logged answers naming each of ``versions``: ``per_version`` answers of
+    model ``lr`` and as many of graph ``g`` (which used ``lr``, with one shadow branch,
+    `SHADOW_BRANCH`); the answers, right or wrong, depend on the event only. Ids and offsets
+    go on from the core's count of processed events, so calls can follow one another."""
+    n = core.counters.features_processed  # the next offset, in both topics
+    for version in versions:
+        for _ in range(per_version):
+            i = n // 2
+            y = i % 3 != 0
+            answer = y if i % 5 else not y
+            proba = {"true": 0.7, "false": 0.3} if answer else {"true": 0.3, "false": 0.7}
+            shadow = {SHADOW_BRANCH: ShadowAnswer(y if i % 4 else not y)}
+            for kind, served in (
+                ("m", Served("lr", version, answer, proba)),
+                ("g", Served("g", version, answer, None, {"lr": version}, shadow)),
+            ):
+                event = f"{kind}{i}"
+                core.push_feature(FeatureEvent(event, float(i), {"x": 1.0}, served), (0, 0), n)
+                core.push_label(LabelEvent(event, float(i), y), (1, 0), n)
+                n += 1
+    core.flush()

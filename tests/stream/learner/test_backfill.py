@@ -97,3 +97,22 @@ def test_a_backfilled_challenger_equals_river_and_the_champion_is_untouched(
     assert summaries["lr"]["metrics"] == {"Accuracy": lr_accuracy}
     # the comparison: only the live labels, which both models scored
     assert learner.core.comparisons[("lr", "tree")].stats.n == len(PARTS["live"])
+
+
+def test_a_run_cut_at_the_backfills_end_keeps_its_records_timestamps() -> None:
+    """`_before` cuts a run at the offset where the live learner takes over; the far-future
+    guard (`stream.learner.ingest`) reads the cut run's timestamps, which must be those of its
+    own records (the first ``n``), read from the consumer's reader, not rebuilt record by
+    record."""
+    from stream.kafka.records import RecordRun
+    from stream.learner.backfill import _before
+
+    def record(i: int) -> Any:
+        raise AssertionError("a whole record was built")
+
+    run = RecordRun(
+        "t", 0, [5, 6, 7, 8], [b"a", b"b", b"c", b"d"], record, lambda: [50, 60, 70, 80]
+    )
+    cut = _before(run, 7)
+    assert cut is not None and cut.offsets == [5, 6] and cut.timestamps() == [50, 60]
+    assert _before(run, 9) is run and _before(run, 5) is None
