@@ -13,6 +13,10 @@ were accepted: measured with wrk opening 64 connections at once to two workers, 
 spent 96 % of the two workers' CPU time in one run (10.5k requests/s) and 60 % in the next
 (18k requests/s) (`bench/README.md`, *serve_latency.py*, session 9). Connections hashed to a
 busy worker wait for it: ``RIVERSTREAM_SERVE_REUSE_PORT=false`` gives the shared socket back.
+
+uvicorn runs with ``log_level="warning"`` (its per-worker "running on" lines would say the same
+thing N times), so `serve` tells its caller, once, where it listens and with how many workers
+(`listening_line`, through ``announce``): `riverstream serve` prints it on stderr at start.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,21 +88,38 @@ def serve(
     workers: int | None = None,
     *,
     log_level: str = "warning",
+    announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve the API until interrupted (blocks)."""
+    """Serve the API until interrupted (blocks); ``announce`` is given `listening_line` once,
+    when the address is known (reserved, with several workers), before requests are served."""
     host = settings.serve_host if host is None else host
     port = settings.serve_port if port is None else port
     workers = settings.serve_workers if workers is None else workers
     if workers <= 1:
         from serving.app import create_app
 
-        run_uvicorn(create_app(settings), host, port, 1, log_level=log_level)
+        run_uvicorn(create_app(settings), host, port, 1, log_level=log_level, announce=announce)
         return
     os.environ.update(settings_environment(settings))
     run_uvicorn(
         "serving.runner:app_from_env", host, port, workers,
-        log_level=log_level, reuse_port=settings.serve_reuse_port,
+        log_level=log_level, reuse_port=settings.serve_reuse_port, announce=announce,
     )  # fmt: skip
+
+
+def listening_line(host: str, port: int, workers: int, *, own_sockets: bool = False) -> str:
+    """Where the API listens and with how many workers, in one line.
+
+    >>> listening_line("127.0.0.1", 8000, 2, own_sockets=True)
+    'API on http://127.0.0.1:8000 (docs /docs, metrics /metrics), 2 workers, a socket each'
+    >>> listening_line("::", 8000, 1)
+    'API on http://[::]:8000 (every address of this host; docs /docs, metrics /metrics), 1 worker'
+    """
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    every = "every address of this host; " if host in ("0.0.0.0", "::", "") else ""
+    count = f"{workers} worker" + ("s" if workers != 1 else "")
+    sockets = ", a socket each" if own_sockets and workers > 1 else ""
+    return f"API on {url} ({every}docs /docs, metrics /metrics), {count}{sockets}"
 
 
 def run_uvicorn(
@@ -108,15 +130,18 @@ def run_uvicorn(
     *,
     log_level: str = "warning",
     reuse_port: bool = True,
+    announce: Callable[[str], None] | None = None,
 ) -> None:
     """uvicorn with riverstream's options; ``app`` is an app, or an import string of a factory
     when ``workers > 1`` (each worker process then builds its own, and with ``reuse_port``, on
-    Linux, listens on a socket of its own)."""
+    Linux, listens on a socket of its own). ``announce``: see `serve`."""
+    tell = announce or (lambda _line: None)
     common: dict[str, Any] = {
         "host": host, "port": port, "log_level": log_level, "access_log": False,
         "http": NoDelayProtocol,
     }  # fmt: skip
     if workers <= 1 and not isinstance(app, str):
+        tell(listening_line(host, port, 1))
         uvicorn.run(app, **common)
         return
     made_dir = None
@@ -129,8 +154,11 @@ def run_uvicorn(
     try:
         if reuse_port and REUSE_PORT:
             config = uvicorn.Config(app, factory=True, workers=workers, **common)
-            Multiprocess(config, sockets=[ReusePortAddress.reserve(host, port)]).run()
+            address = ReusePortAddress.reserve(host, port)
+            tell(listening_line(host, address.getsockname()[1], workers, own_sockets=True))
+            Multiprocess(config, sockets=[address]).run()
         else:  # one socket shared by the workers
+            tell(listening_line(host, port, workers))
             uvicorn.run(app, factory=True, workers=workers, **common)
     finally:
         if made_dir:

@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from schemas.errors import ConfigError, RiverstreamError
 from schemas.graph_errors import GraphError
 from schemas.graph_parser import parse_graph
 from schemas.graphs import walk
 from schemas.settings import Settings
+from stream.cli.terminal import print_error, print_text
 
 if TYPE_CHECKING:  # imported by the commands that run, so that `--help` stays quick
     from stream.registry.graphs import GraphRegistry
@@ -123,10 +125,10 @@ def _errors(source: Path | None = None) -> Iterator[None]:
         yield
     except (GraphError, DocumentError) as exc:
         where = f"{source}: " if source is not None and isinstance(exc, GraphError) else ""
-        err.print(f"[bold red]error:[/] {where}{exc}", highlight=False, soft_wrap=True)
+        print_error(f"{where}{exc}", err)
         raise typer.Exit(1) from None
     except RiverstreamError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        print_error(exc, err)
         raise typer.Exit(2) from None
 
 
@@ -134,7 +136,7 @@ def _emit(as_json: bool, data: Any, text: str) -> None:
     if as_json:
         out.print_json(json.dumps(data))
     else:
-        out.print(text, highlight=False, soft_wrap=True)
+        print_text(text, out)
 
 
 def _when(t: float) -> str:
@@ -224,8 +226,9 @@ def history(name: Name, as_json: AsJson = False) -> None:
         table.add_column(col)
     for e in entries:
         table.add_row(
-            _when(e.time), e.action, str(e.from_ or "-"), str(e.to or "-"), e.by, e.reason
-        )
+            _when(e.time), e.action, str(e.from_ or "-"), str(e.to or "-"), Text(e.by),
+            Text(e.reason),
+        )  # fmt: skip
     out.print(table)
 
 

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from schemas.errors import RiverstreamError
 from schemas.settings import Settings
@@ -19,6 +20,7 @@ from stream.cli.graphs import graphs_app
 from stream.cli.models import models_app
 from stream.cli.predict import register as register_predict
 from stream.cli.snapshots import snapshots_app
+from stream.cli.terminal import print_error, print_text
 from stream.cli.views import register as register_views
 from stream.dev import services as svc
 
@@ -33,7 +35,10 @@ app = typer.Typer(
 )
 services_app = typer.Typer(help="Local Kafka, Redis and Prometheus (no Docker needed).")
 topics_app = typer.Typer(help="Kafka topics.")
-publish_app = typer.Typer(help="Publish events from a file (JSON Lines or CSV).")
+publish_app = typer.Typer(
+    help="Publish events from a file (JSON Lines, CSV or Parquet): features, labels or "
+    "prediction requests."
+)
 app.add_typer(services_app, name="services")
 app.add_typer(topics_app, name="topics")
 app.add_typer(publish_app, name="publish")
@@ -81,7 +86,7 @@ def services_up(
 ) -> None:
     """Start the local services (idempotent) and wait until they answer."""
     settings = Settings()
-    manager = svc.ServiceManager(settings, log=lambda m: console.print(f"[dim]{m}[/]"))
+    manager = svc.ServiceManager(settings, log=lambda m: print_text(m, console, style="dim"))
     if cluster:
         from stream.dev.cluster import cluster_up
 
@@ -134,11 +139,13 @@ def _print_status(manager: svc.ServiceManager, *, as_json: bool) -> None:
     for name, rec in rows:
         if rec is None:
             table.add_row(name, "[red]stopped[/]", "", "", "", "")
-        else:
-            table.add_row(name, "[green]running[/]", str(rec.pid), rec.address, rec.url, rec.log)
+        else:  # the log's path as it is (a state directory may hold brackets)
+            table.add_row(
+                name, "[green]running[/]", str(rec.pid), rec.address, rec.url, Text(rec.log)
+            )
     for node in cluster_nodes(manager.state_dir):  # `services up --cluster`
         address = f"127.0.0.1:{node.port}"
-        table.add_row(node.name, "[green]running[/]", str(node.pid), address, "", node.log)
+        table.add_row(node.name, "[green]running[/]", str(node.pid), address, "", Text(node.log))
     out.print(table)
 
 
@@ -185,7 +192,7 @@ def _publish_file(path: Path, kind: Kind) -> None:
     finally:
         publisher.close()
     for rejection in report.rejected:
-        console.print(f"[yellow]line {rejection.line}: rejected: {rejection.reason}[/]")
+        print_text(f"line {rejection.line}: rejected: {rejection.reason}", console, style="yellow")
     out.print_json(json.dumps(report.to_dict()))
     if report.failed or report.rejected:
         raise typer.Exit(1)
@@ -193,14 +200,24 @@ def _publish_file(path: Path, kind: Kind) -> None:
 
 @publish_app.command("features")
 def publish_features(path: Path) -> None:
-    """Publish feature events from FILE (.jsonl, or .csv with id and time columns)."""
+    """Publish feature events from FILE: .jsonl, or .csv or .parquet with id and time columns
+    (every other column a feature)."""
     _publish_file(path, "features")
 
 
 @publish_app.command("labels")
 def publish_labels(path: Path) -> None:
-    """Publish label events from FILE (.jsonl, or .csv with id, time and label columns)."""
+    """Publish label events from FILE: .jsonl, or .csv or .parquet with id, time and label
+    columns."""
     _publish_file(path, "labels")
+
+
+@publish_app.command("requests")
+def publish_requests(path: Path) -> None:
+    """Publish prediction requests from FILE to the requests topic, for `predict-worker`:
+    .jsonl ({"id", "target", "features"}), or .csv or .parquet with id and target columns
+    (every other column a feature)."""
+    _publish_file(path, "requests")
 
 
 @app.command()
@@ -302,9 +319,9 @@ def learn(
     port = settings.learner_metrics_port
     metrics = f"http://{settings.metrics_host}:{port}/metrics" if port else "off"
     for line in [*learner.describe(), f"metrics: {metrics}"]:
-        console.print(f"[dim]{line}[/]", highlight=False)
+        print_text(line, console, style="dim")
     for summary in learner.run(exit_when_idle=exit_when_idle):
-        out.print(json.dumps(summary), soft_wrap=True, highlight=False)
+        print_text(json.dumps(summary), out)  # JSON: `[true]` would be read as markup
 
 
 @app.command()
@@ -313,23 +330,38 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
 ) -> None:
-    """Serve predictions from the promoted snapshots; follows new versions live."""
+    """Serve predictions from the promoted snapshots; follows new versions live. Its address
+    and worker count are printed on stderr at start."""
     from serving.runner import serve as run
 
-    run(load_settings(), host, port, workers)
+    run(load_settings(), host, port, workers, announce=lambda line: print_text(line, console))
 
 
-@app.command()
+demo_app = typer.Typer()  # `riverstream demo`, and `demo stop`
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.callback(invoke_without_command=True)
 def demo(
+    ctx: typer.Context,
     dataset: Annotated[str, typer.Option(help="River dataset to replay.")] = "Phishing",
     model: Annotated[str, typer.Option(help="Model preset or module:function.")] = "logreg",
     label_delay: Annotated[str, typer.Option(help="N, or random:A-B.")] = "20",
     limit: Annotated[int | None, typer.Option(help="At most N samples.")] = None,
     rate: Annotated[float, typer.Option(help="Events published per second.")] = 1500.0,
-    keep: Annotated[bool, typer.Option(help="Leave everything running; print the URLs.")] = False,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            help="Leave the learner, API, console and worker running; print their URLs and "
+            "pids and the settings that reach them from another shell (`riverstream demo stop` "
+            "stops them)."
+        ),
+    ] = False,
 ) -> None:
     """Run everything: services, a learner, the API, a replay, live predictions, a summary."""
-    from stream.dev.demo import Demo, DemoOptions, describe
+    if ctx.invoked_subcommand is not None:
+        return
+    from stream.dev.demo import Demo, DemoOptions, describe, kept_lines
 
     options = DemoOptions(dataset, model, label_delay, limit, rate, keep=keep)
     runner = Demo(options, log=lambda m: console.print(f"[dim]{m}[/]"))
@@ -352,15 +384,24 @@ def demo(
             progress.update(task, completed=done, total=total, status=status)
 
         summary = runner.run(update)
+    # plain and unwrapped: paths are long, and the exports are copied into a shell
     for line in describe(summary):
-        out.print(line, highlight=False)
-    if keep:
-        out.print(f"API         {summary.api_url}/docs")
-        out.print(f"Console     {summary.console_url}")
-        out.print(f"Prometheus  {summary.prometheus_url}")
-        out.print("stop with: riverstream services down (and kill the learner/API pids)")
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+    for line in [] if summary.kept is None else kept_lines(summary.kept):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
     if summary.failed_predictions:
         raise typer.Exit(1)
+
+
+@demo_app.command("stop")
+def demo_stop() -> None:
+    """Stop what `riverstream demo --keep` left running: its processes (by pid), its Prometheus
+    targets and the services it started."""
+    from stream.dev.demo import stop_kept
+
+    said = stop_kept(Settings())
+    for line in said or ["no demo was left running"]:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _learner_observer(settings: Settings) -> Observer:
@@ -375,5 +416,5 @@ def main() -> None:
     try:
         app()
     except RiverstreamError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        print_error(exc, console)
         sys.exit(2)

@@ -20,11 +20,9 @@ operator commands it imports neither River nor the learner (tests/stream/cli/tes
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import math
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -33,6 +31,7 @@ from rich.table import Table
 
 from schemas.errors import ConfigError, RiverstreamError
 from schemas.settings import Settings
+from stream.cli.terminal import exit_on_error, print_text
 
 if TYPE_CHECKING:  # imported by the commands that run, so that `--help` stays quick
     import redis
@@ -66,15 +65,6 @@ def _client() -> tuple[redis.Redis, str]:
             "no Redis address: set RIVERSTREAM_REDIS_URL or run `riverstream services up`"
         )
     return redis.Redis.from_url(settings.redis_url, socket_timeout=30), settings.redis_prefix
-
-
-@contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except RiverstreamError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
 
 
 def _when(t: float) -> str:
@@ -156,7 +146,7 @@ def compare(
     as_json: AsJson = False,
 ) -> None:
     """The comparison of CHAMPION with CHALLENGER on the labels both scored."""
-    with _errors():
+    with exit_on_error():
         row = comparison_row(champion, challenger, margin, min_labels)
     if as_json:
         out.print_json(json.dumps(row))
@@ -176,7 +166,7 @@ def comparisons(as_json: AsJson = False) -> None:
     """Every pair the learner compares, as of its latest snapshot."""
     from stream.store.comparisons import ComparisonStore
 
-    with _errors():
+    with exit_on_error():
         client, prefix = _client()
         store = ComparisonStore(client, prefix)
         rows = []
@@ -219,7 +209,7 @@ def policy(
     as_json: AsJson = False,
 ) -> None:
     """Set (with --champion and --challenger), show or --delete the policy of GRAPH."""
-    with _errors():
+    with exit_on_error():
         registry = _policies(by)
         if delete:
             removed = registry.delete(graph)
@@ -238,18 +228,18 @@ def policy(
     if as_json:
         out.print_json(json.dumps(data))
     else:
-        out.print(text, highlight=False, soft_wrap=True)
+        print_text(text, out)
 
 
 @models_app.command("policies")
 def policies(as_json: AsJson = False) -> None:
     """Every graph's champion/challenger policy."""
-    with _errors():
+    with exit_on_error():
         found = _policies().all()
     if as_json:
         out.print_json(json.dumps([json.loads(p.to_json()) for p in found]))
         return
     for p in found:
-        out.print(_policy_text(p), highlight=False, soft_wrap=True)
+        print_text(_policy_text(p), out)
     if not found:
         out.print("no champion/challenger policies")

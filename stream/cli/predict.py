@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from schemas.errors import RegistryError, RiverstreamError
 from schemas.settings import Settings
+from stream.cli.terminal import print_text
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -153,12 +154,12 @@ def score(
         str,
         typer.Argument(
             metavar="INPUT",
-            help="Feature events: FILE (.jsonl or .csv, as `publish features` reads them) or "
-            "kafka:TOPIC[:FROM-TO] (FROM-TO: a closed range of event times).",
+            help="Feature events: FILE (.jsonl, .csv or .parquet, as `publish features` reads "
+            "them) or kafka:TOPIC[:FROM-TO] (FROM-TO: a closed range of event times).",
         ),
     ],
     out_file: Annotated[
-        Path | None, typer.Option("--out", help="Answers: .jsonl or .csv (by suffix).")
+        Path | None, typer.Option("--out", help="Answers: .jsonl, .csv or .parquet (by suffix).")
     ] = None,
     version: Annotated[
         int | None,
@@ -229,7 +230,7 @@ def score(
             )
         rows = kafka_rows(
             settings.kafka_bootstrap_servers, topic, security=kafka_security(settings),
-            note=lambda text: err.print(f"[yellow]{text}[/]", highlight=False, soft_wrap=True),
+            note=lambda text: print_text(text, err, style="yellow"),
         )  # fmt: skip
     else:
         rows = file_rows(Path(source))
@@ -303,7 +304,7 @@ def score(
         else:
             signal.signal(signal.SIGTERM, previous_handler)
     for rejection in report.rejected:
-        err.print(f"[yellow]{rejection.where}: not scored: {rejection.reason}[/]", highlight=False)
+        print_text(f"{rejection.where}: not scored: {rejection.reason}", err, style="yellow")
     summary = report.to_dict()
     if shadows is not None:
         summary["shadows"] = shadows.summary()

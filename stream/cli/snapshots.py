@@ -10,16 +10,17 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from schemas.errors import RegistryError, RiverstreamError
+from schemas.errors import RegistryError
 from schemas.settings import Settings
+from stream.cli.terminal import exit_on_error, print_error, print_text
 
 if TYPE_CHECKING:  # imported by the commands that run, so that `--help` stays quick
     from stream.registry.registry import Registry, VersionInfo
@@ -53,20 +54,11 @@ def open_registry(by: str | None = None) -> Registry:
     return Registry(open_store(settings), by=by, signing_key=settings.require_snapshot_key())
 
 
-@contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except RiverstreamError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-
-
 def _emit(as_json: bool, data: Any, text: str) -> None:
     if as_json:
         out.print_json(json.dumps(data))
     else:
-        out.print(text, highlight=False)
+        print_text(text, out)
 
 
 def _when(t: float) -> str:
@@ -97,7 +89,7 @@ def parse_range(text: str) -> tuple[float, float]:
 @snapshots_app.command("list")
 def list_versions(model: Model, as_json: AsJson = False) -> None:
     """Versions of MODEL: created, samples, metrics, size; marks promoted, pinned, serving."""
-    with _errors():
+    with exit_on_error():
         infos = open_registry().versions(model)
     if as_json:
         out.print_json(json.dumps([i.to_dict() for i in infos]))
@@ -125,7 +117,7 @@ def show(
     as_json: AsJson = False,
 ) -> None:
     """All metadata of one version; --verify checks its checksum and signature."""
-    with _errors():
+    with exit_on_error():
         registry = open_registry()
         info = registry.info(model, version)
         checked = registry.verify(model, version) if verify else None
@@ -137,7 +129,7 @@ def show(
     else:
         _show_table(info, data)
     if checked is not None and not checked[0]:
-        err.print(f"[bold red]error:[/] verification failed: {checked[1]}", highlight=False)
+        print_error(f"verification failed: {checked[1]}", err)
         raise typer.Exit(2)
 
 
@@ -150,14 +142,14 @@ def _show_table(info: VersionInfo, data: dict[str, Any]) -> None:
             value = _when(value)
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or "-"
-        table.add_row(name, str(value))
+        table.add_row(name, Text(str(value)))
     out.print(table)
 
 
 @snapshots_app.command("history")
 def history(model: Model, as_json: AsJson = False) -> None:
     """Every promotion, rollback, pin, unpin, import and prune of MODEL, oldest first."""
-    with _errors():
+    with exit_on_error():
         entries = open_registry().history(model)
     if as_json:
         out.print_json(json.dumps([e.to_dict() for e in entries]))
@@ -170,8 +162,9 @@ def history(model: Model, as_json: AsJson = False) -> None:
             str(x) for x in (e.resume, e.exclude or "", e.detail.get("removed", "")) if x
         )
         table.add_row(
-            _when(e.time), e.action, str(e.from_ or "-"), str(e.to or "-"), e.by, e.reason, extra
-        )
+            _when(e.time), e.action, str(e.from_ or "-"), str(e.to or "-"), Text(e.by),
+            Text(e.reason), Text(extra),
+        )  # fmt: skip
     out.print(table)
 
 
@@ -181,7 +174,7 @@ def promote(
     model: Model, version: Version, reason: Reason = "", by: By = None, as_json: AsJson = False
 ) -> None:
     """Serve VERSION of MODEL (unless it is pinned elsewhere)."""
-    with _errors():
+    with exit_on_error():
         registry = open_registry(by)
         before = registry.promote(model, version, reason)
         serving = registry.serving_version(model)
@@ -207,7 +200,7 @@ def rollback(
     as_json: AsJson = False,
 ) -> None:
     """Serve an earlier version now; the learner continues from it (skip or replay)."""
-    with _errors():
+    with exit_on_error():
         ranges = [parse_range(x) for x in exclude or []]
         registry = open_registry(by)
         cmd = registry.rollback(model, to, resume=resume, exclude=ranges, reason=reason)
@@ -223,7 +216,7 @@ def pin(
     model: Model, version: Version, reason: Reason = "", by: By = None, as_json: AsJson = False
 ) -> None:
     """Keep serving VERSION while learning goes on."""
-    with _errors():
+    with exit_on_error():
         open_registry(by).pin(model, version, reason)
     _emit(as_json, {"model": model, "pinned": version}, f"{model}: pinned at v{version}")
 
@@ -231,7 +224,7 @@ def pin(
 @snapshots_app.command("unpin")
 def unpin(model: Model, reason: Reason = "", by: By = None, as_json: AsJson = False) -> None:
     """Serve the promoted version again."""
-    with _errors():
+    with exit_on_error():
         serving = open_registry(by).unpin(model, reason)
     _emit(as_json, {"model": model, "serving": serving}, f"{model}: unpinned; serving v{serving}")
 
@@ -247,7 +240,7 @@ def policy(
     as_json: AsJson = False,
 ) -> None:
     """Show, or set, how new snapshots of MODEL are promoted."""
-    with _errors():
+    with exit_on_error():
         registry = open_registry(by)
         result = (
             registry.policy(model)
@@ -269,7 +262,7 @@ def export(
     as_json: AsJson = False,
 ) -> None:
     """Write VERSION (and its checkpoint) to a signed file."""
-    with _errors():
+    with exit_on_error():
         path = open_registry().export(model, version, file)
     size = path.stat().st_size
     _emit(as_json, {"model": model, "version": version, "file": str(path), "bytes": size},
@@ -284,7 +277,7 @@ def import_(
     as_json: AsJson = False,
 ) -> None:
     """Verify the signature of FILE, then add it as a new (not promoted) version."""
-    with _errors():
+    with exit_on_error():
         registry = open_registry(by)
         model, version = registry.import_(file, reason)
     _emit(as_json, {"file": str(file), "model": model, "version": version},
@@ -300,7 +293,7 @@ def prune(
     as_json: AsJson = False,
 ) -> None:
     """Delete old versions; promoted, pinned, rollback-target and recent ones are kept."""
-    with _errors():
+    with exit_on_error():
         removed = open_registry(by).prune(model, keep_last, reason=reason)
     _emit(as_json, {"model": model, "removed": removed},
           f"{model}: removed {len(removed)} versions {removed}")  # fmt: skip
@@ -316,7 +309,7 @@ def handover(
     as_json: AsJson = False,
 ) -> None:
     """Move MODEL to another learner: the previous one drops it, the new one takes it over."""
-    with _errors():
+    with exit_on_error():
         done = open_registry(by).handover(model, to, reason)
     previous, command = done.previous, done.release
     data = {"model": model, "from": previous, "to": to, "version": command.to or None,
@@ -337,7 +330,7 @@ def handover(
 @snapshots_app.command("owners")
 def owners(as_json: AsJson = False) -> None:
     """Which learner learns each model."""
-    with _errors():
+    with exit_on_error():
         table = open_registry().owners()
     if as_json:
         _emit(True, table, "")

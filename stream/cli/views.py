@@ -16,6 +16,7 @@ from rich.console import Console
 
 from schemas.errors import RiverstreamError, ServiceError
 from schemas.settings import Settings
+from stream.cli.terminal import print_text
 
 if TYPE_CHECKING:
     from observability.report import Ops
@@ -74,7 +75,7 @@ def report(
         ops = ops_from_trace(curves)
     render_report(curves, out_file, ops, notes=notes)
     counts = ", ".join(f"{name} {len(points)}" for name, points in curves.items())
-    err.print(f"wrote {out_file}: curve points {counts}; throughput from {ops.source}")
+    print_text(f"wrote {out_file}: curve points {counts}; throughput from {ops.source}", err)
 
 
 def _prometheus_ops(

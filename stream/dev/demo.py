@@ -8,6 +8,15 @@ progressive metric and the version being served live, prints a summary and stops
 CURVE_POINTS`` labels, so that the console and ``riverstream report`` draw a few hundred points
 whatever the dataset.
 
+The demo runs in a stream of its own (topics, consumer group and Redis prefix named by its tag,
+``demo-YYYYMMDD-HHMMSS-xxxx``), on free ports, with random ingest and predict tokens. It registers
+its processes' metrics ports with the local Prometheus under its tag while they run
+(`ServiceManager.register_targets`); a Prometheus that the demo started scrapes only them. What
+``keep=True`` leaves running is recorded in ``<state_dir>/demos/<tag>/`` (`KeptDemo`): the
+processes by pid, the services the demo started, and ``demo.env``, the ``export
+RIVERSTREAM_...`` lines that give another shell the demo's stream; `stop_kept` (``riverstream
+demo stop``) stops all of it.
+
 The three serving architectures, briefly: the API's answers during the replay (online,
 synchronous: ``POST /v1/models/model/predict``, with their latency as the client measured it),
 then requests through Kafka to the ``predict-worker`` and a batch ``score``
@@ -16,8 +25,11 @@ then requests through Kafka to the ``predict-worker`` and a batch ``score``
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -36,14 +48,36 @@ from pydantic import SecretStr
 
 from learners.datasets import dataset_events
 from schemas.errors import RiverstreamError
-from schemas.events import FeatureEvent
-from schemas.settings import Settings
+from schemas.events import FeatureEvent, LabelEvent
+from schemas.settings import ENV_PREFIX, Settings
 from stream.dev.demo_architectures import OtherArchitectures, run_other_architectures
-from stream.dev.services import SERVICES, ServiceManager, free_port, resolve, wait_until
+from stream.dev.processes import Node, Processes
+from stream.dev.services import (
+    DEFAULT_STACK,
+    SERVICES,
+    ServiceManager,
+    free_port,
+    resolve,
+    scrape_targets,
+    wait_until,
+)
 from stream.kafka.publish import Publisher
 
 CURVE_POINTS = 300
 """Learning-curve points the demo aims at, per model."""
+DEMOS_DIR = "demos"
+"""Under the state directory: a directory per demo left running (``--keep``), named by its tag."""
+ENV_FILE = "demo.env"
+KEPT_FILE = "kept.json"
+KEPT_SETTINGS = (
+    "state_dir", "redis_prefix", "topic_features", "topic_labels", "topic_dlq", "topic_requests",
+    "topic_predictions", "predict_group", "ingest_token", "predict_token",
+)  # fmt: skip
+"""What another shell needs to use a kept demo's stream (addresses and the snapshot key are
+found in the state directory, as for any command); its ports are left out, so that a
+``riverstream serve`` or ``console`` started there does not collide with the demo's."""
+MODEL = "model"
+"""The name the demo's model is learned and served under."""
 
 
 @dataclass
@@ -70,12 +104,98 @@ class DemoSummary:
     console_url: str = ""
     prometheus_url: str | None = None
     other: OtherArchitectures = field(default_factory=OtherArchitectures)
+    kept: KeptDemo | None = None
+    """What was left running (``keep=True``)."""
 
     def latency(self, q: float) -> float:
         if not self.latencies_ms:
             return float("nan")
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass(frozen=True)
+class KeptDemo:
+    """What ``riverstream demo --keep`` left running, and how to use it from another shell."""
+
+    tag: str
+    api_url: str
+    console_url: str
+    prometheus_url: str | None
+    pids: dict[str, int]
+    logs: str
+    exports: dict[str, str]
+    """``RIVERSTREAM_*`` variable → value: the demo's stream (`KEPT_SETTINGS`) and, for curl,
+    ``RIVERSTREAM_API_URL`` (not a setting)."""
+    services: tuple[str, ...]
+    """The services the demo started (which `stop_kept` stops too)."""
+    env_file: Path
+    example: dict[str, Any] = field(default_factory=dict)
+    """Features of a predict request, for the curl example."""
+
+
+def kept_lines(kept: KeptDemo) -> list[str]:
+    """What the demo prints when it leaves its processes running; `kept_env` writes the same."""
+    curl = (
+        'curl -s "$RIVERSTREAM_API_URL/v1/models/model/predict" '
+        '-H "Authorization: Bearer $RIVERSTREAM_PREDICT_TOKEN" '
+        f"-d {shlex.quote(json.dumps({'features': kept.example}))}"
+    )
+    pids = ", ".join(f"{name} {pid}" for name, pid in kept.pids.items()) or "none running"
+    services = (
+        f"and {', '.join(kept.services)}, which the demo started"
+        if kept.services
+        else "the services were running before and stay"
+    )
+    return [
+        f"left running: demo {kept.tag}",
+        f"API           {kept.api_url}  (docs: {kept.api_url}/docs)",
+        f"console       {kept.console_url}",
+        f"Prometheus    {kept.prometheus_url or 'not running'}  "
+        "(scrapes the demo's learner, API and worker)",
+        f"pids          {pids}",
+        f"logs          {kept.logs}",
+        f"settings for another shell (or: source {kept.env_file}):",
+        *(f"export {name}={shlex.quote(value)}" for name, value in kept.exports.items()),
+        "then, for example:",
+        "  riverstream snapshots list model",
+        "  riverstream report --out demo.png",
+        f"  {curl}",
+        f"stop with: riverstream demo stop   (the pids above, {services})",
+    ]
+
+
+def kept_env(kept: KeptDemo) -> str:
+    """`kept_lines` as a file for ``source``: the exports as they are, the rest as comments."""
+    lines = kept_lines(kept)
+    return "".join(f"{s}\n" if s.startswith("export ") else f"# {s}\n" for s in lines)
+
+
+def stop_kept(settings: Settings) -> list[str]:
+    """Stop every demo left running (``riverstream demo stop``): its processes by pid (each
+    only if it still runs its command), its Prometheus targets, and the services it started;
+    what was stopped, a line per demo."""
+    state = settings.state_dir.resolve()
+    root = state / DEMOS_DIR
+    homes = sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    manager = ServiceManager(settings)
+    said: list[str] = []
+    services: set[str] = set()
+    for home in homes:
+        processes = Processes(home)
+        nodes = processes.records()
+        stopped = processes.stop()
+        names = ", ".join(f"{name} (pid {nodes[name].pid})" for name in stopped)
+        said.append(f"demo {home.name}: stopped {names or 'nothing (no process was running)'}")
+        manager.unregister_targets(home.name)
+        with_services = home / KEPT_FILE
+        if with_services.exists():
+            services |= set(json.loads(with_services.read_text()).get("services", []))
+        shutil.rmtree(home)
+    down = manager.down(tuple(s for s in SERVICES if s in services)) if services else []
+    if down:
+        said.append(f"services the demo started: stopped {', '.join(down)}")
+    return said
 
 
 def _child_env(settings: Settings) -> dict[str, str]:
@@ -88,16 +208,19 @@ class Demo:
         self.log = log
         self.children: list[subprocess.Popen[bytes]] = []
         self.started_services: tuple[str, ...] = ()
+        self.base = Settings()
+        self.tag = ""
         self._logs: dict[str, Path] = {}
+        self._named: dict[str, tuple[subprocess.Popen[bytes], list[str], int]] = {}
+        """The long-running children by name: process, arguments and the port it serves."""
 
     def prepare(self) -> Settings:
-        base = Settings()
-        manager = ServiceManager(base, log=self.log)
+        manager = ServiceManager(self.base, log=self.log)
         running = set(manager.running())
         self.started_services = tuple(s for s in SERVICES if s not in running)
         manager.up(SERVICES)
-        tag = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-        return resolve(base).model_copy(
+        self.tag = tag = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        settings = resolve(self.base).model_copy(
             update={
                 "topic_features": f"{tag}.features",
                 "topic_labels": f"{tag}.labels",
@@ -114,11 +237,21 @@ class Demo:
                 "serve_port": free_port(),
                 "console_port": free_port(),
                 "learner_metrics_port": free_port(),
+                "predict_metrics_port": free_port(),
                 "watermark_idle_grace": 1.0,
             }
         )
+        # scraped from the start: `riverstream report` and the alerts see the whole run
+        manager.register_targets(tag, scrape_targets(settings))
+        if "prometheus" in self.started_services:
+            # a Prometheus of the demo's own watches the demo only: the default ports, where
+            # nothing runs, would have it alert that the learner and the API are down
+            manager.unregister_targets(DEFAULT_STACK)
+        return settings
 
-    def _spawn(self, settings: Settings, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, settings: Settings, args: list[str], log_name: str, port: int
+    ) -> subprocess.Popen[bytes]:
         log_path = Path(settings.state_dir) / f"{settings.redis_prefix}.{log_name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as handle:
@@ -131,93 +264,170 @@ class Demo:
             )
         self.children.append(proc)
         self._logs[log_name] = log_path
+        self._named[log_name] = (proc, args, port)
         return proc
 
     def run(self, on_progress: Callable[[int, int, dict[str, Any]], None]) -> DemoSummary:
         o = self.options
         settings = self.prepare()
-        events = list(
-            dataset_events(o.dataset, label_delay=o.label_delay, limit=o.limit, seed=o.seed)
-        )
-        features = [e for e in events if isinstance(e, FeatureEvent)]
-        every = max(1, len(features) // CURVE_POINTS)
-        settings = settings.model_copy(update={"trace_every_labels": every})
-        summary = DemoSummary(events=len(events), prometheus_url=settings.prometheus_url)
-        api = f"http://127.0.0.1:{settings.serve_port}"
-        summary.api_url = api
-        name = "model"
-        learner = self._spawn(settings, ["learn", "--model", f"{name}={o.model}"], "learner")
-        self._spawn(settings, ["serve", "--port", str(settings.serve_port)], "api")
-        summary.console_url = f"http://127.0.0.1:{settings.console_port}/"
-        token = settings.predict_token.get_secret_value() if settings.predict_token else ""
-        client = httpx.Client(base_url=api, timeout=5, headers={"Authorization": f"Bearer {token}"})
+        summary = DemoSummary(prometheus_url=settings.prometheus_url)
+        features: list[FeatureEvent] = []
+        client: httpx.Client | None = None
         try:
-            wait_until(lambda: client.get("/healthz").status_code == 200, 60, "the API")
-            # started once the API answers: three processes importing River at once on a small
-            # machine slow each other down
-            self._spawn(settings, ["console", "--port", str(settings.console_port)], "console")
-            wait_until(lambda: _answers(summary.console_url + "healthz"), 60, "the console")
-            self.log(f"console: {summary.console_url}")
-            # joins its consumer group and follows the model while the replay runs
-            self._spawn(settings, ["predict-worker", "--report-every", "0.5"], "predict-worker")
-            if _has_display():
-                webbrowser.open(summary.console_url)
-            stop = threading.Event()
-            publisher_done = threading.Event()
-            published = [0]
-
-            def publish() -> None:
-                publisher = Publisher(settings)
-                try:
-                    publisher.publish_events(
-                        events,
-                        rate=o.rate,
-                        progress=lambda n: published.__setitem__(0, published[0] + n),
-                    )
-                finally:
-                    publisher.close()
-                    publisher_done.set()
-
-            thread = threading.Thread(target=publish, daemon=True)
-            thread.start()
-            i = 0
-            info: dict[str, Any] = {}
-            deadline = time.monotonic() + max(120.0, 3 * len(events) / o.rate)
-            while not stop.is_set() and time.monotonic() < deadline:
-                info = self._poll_model(client, name, summary)
-                x = features[i % len(features)].features
-                i += 1
-                start = time.perf_counter()
-                try:
-                    response = client.post(f"/v1/models/{name}/predict", json={"features": x})
-                    ok = response.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if info:  # predictions count once a model is being served
-                    summary.predictions += 1
-                    summary.latencies_ms.append((time.perf_counter() - start) * 1000)
-                    summary.failed_predictions += int(not ok)
-                on_progress(published[0], len(events), info)
-                if publisher_done.is_set() and info.get("samples_learned", 0) >= len(features):
-                    break
-                time.sleep(0.02)  # pacing the demo's own requests, not synchronisation
-            thread.join(timeout=30)
-            info = self._poll_model(client, name, summary)
-            summary.samples_learned = int(info.get("samples_learned", 0))
-            summary.metrics = dict(info.get("metrics", {}))
-            if learner.poll() is not None:
-                raise RiverstreamError(
-                    f"the learner stopped unexpectedly; its log ends with:\n{self._tail('learner')}"
-                )
+            events = list(
+                dataset_events(o.dataset, label_delay=o.label_delay, limit=o.limit, seed=o.seed)
+            )
+            features = [e for e in events if isinstance(e, FeatureEvent)]
+            every = max(1, len(features) // CURVE_POINTS)
+            settings = settings.model_copy(update={"trace_every_labels": every})
+            summary.events = len(events)
+            api = f"http://127.0.0.1:{settings.serve_port}"
+            summary.api_url = api
+            name = MODEL
+            learner = self._spawn(
+                settings, ["learn", "--model", f"{name}={o.model}"], "learner",
+                settings.learner_metrics_port,
+            )  # fmt: skip
+            self._spawn(
+                settings, ["serve", "--port", str(settings.serve_port)], "api", settings.serve_port
+            )
+            summary.console_url = f"http://127.0.0.1:{settings.console_port}/"
+            token = settings.predict_token.get_secret_value() if settings.predict_token else ""
+            client = httpx.Client(
+                base_url=api, timeout=5, headers={"Authorization": f"Bearer {token}"}
+            )
+            self._replay(settings, client, events, features, summary, on_progress, learner)
             run_other_architectures(
                 settings, client, name, features, summary.other, children=self.children,
                 worker_log=self._logs["predict-worker"], tail=self._tail,
             )  # fmt: skip
+            if o.keep:
+                summary.kept = self.keep(settings, summary, features)
             return summary
         finally:
-            client.close()
+            if client is not None:
+                client.close()
             if not o.keep:
                 self.stop()
+            elif summary.kept is None:  # failed: what runs can still be looked at, and stopped
+                kept = self.keep(settings, summary, features)
+                self.log(
+                    f"the demo failed; left running as asked: see {kept.env_file}, "
+                    "stop with `riverstream demo stop`"
+                )
+
+    def _replay(
+        self,
+        settings: Settings,
+        client: httpx.Client,
+        events: list[FeatureEvent | LabelEvent],
+        features: list[FeatureEvent],
+        summary: DemoSummary,
+        on_progress: Callable[[int, int, dict[str, Any]], None],
+        learner: subprocess.Popen[bytes],
+    ) -> None:
+        """Start the console and the worker, replay ``events`` while asking the API for
+        predictions, until the learner has learned every label."""
+        o, name = self.options, MODEL
+        wait_until(lambda: client.get("/healthz").status_code == 200, 60, "the API")
+        # started once the API answers: three processes importing River at once on a small
+        # machine slow each other down
+        console_args = ["console", "--port", str(settings.console_port)]
+        self._spawn(settings, console_args, "console", settings.console_port)
+        wait_until(lambda: _answers(summary.console_url + "healthz"), 60, "the console")
+        self.log(f"console: {summary.console_url}")
+        # joins its consumer group and follows the model while the replay runs
+        worker_args = ["predict-worker", "--report-every", "0.5"]
+        self._spawn(settings, worker_args, "predict-worker", settings.predict_metrics_port)
+        if _has_display():
+            webbrowser.open(summary.console_url)
+        stop = threading.Event()
+        publisher_done = threading.Event()
+        published = [0]
+
+        def publish() -> None:
+            publisher = Publisher(settings)
+            try:
+                publisher.publish_events(
+                    events,
+                    rate=o.rate,
+                    progress=lambda n: published.__setitem__(0, published[0] + n),
+                )
+            finally:
+                publisher.close()
+                publisher_done.set()
+
+        thread = threading.Thread(target=publish, daemon=True)
+        thread.start()
+        i = 0
+        info: dict[str, Any] = {}
+        deadline = time.monotonic() + max(120.0, 3 * len(events) / o.rate)
+        while not stop.is_set() and time.monotonic() < deadline:
+            info = self._poll_model(client, name, summary)
+            x = features[i % len(features)].features
+            i += 1
+            start = time.perf_counter()
+            try:
+                response = client.post(f"/v1/models/{name}/predict", json={"features": x})
+                ok = response.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if info:  # predictions count once a model is being served
+                summary.predictions += 1
+                summary.latencies_ms.append((time.perf_counter() - start) * 1000)
+                summary.failed_predictions += int(not ok)
+            on_progress(published[0], len(events), info)
+            if publisher_done.is_set() and info.get("samples_learned", 0) >= len(features):
+                break
+            time.sleep(0.02)  # pacing the demo's own requests, not synchronisation
+        thread.join(timeout=30)
+        info = self._poll_model(client, name, summary)
+        summary.samples_learned = int(info.get("samples_learned", 0))
+        summary.metrics = dict(info.get("metrics", {}))
+        if learner.poll() is not None:
+            raise RiverstreamError(
+                f"the learner stopped unexpectedly; its log ends with:\n{self._tail('learner')}"
+            )
+
+    def keep(
+        self, settings: Settings, summary: DemoSummary, features: list[FeatureEvent]
+    ) -> KeptDemo:
+        """Record what runs in ``<state_dir>/demos/<tag>/`` (for `stop_kept`) and write its
+        ``demo.env`` (owner-only: it holds the tokens)."""
+        state = settings.state_dir.resolve()
+        home = state / DEMOS_DIR / self.tag
+        processes = Processes(home)
+        pids: dict[str, int] = {}
+        for name, (proc, args, port) in self._named.items():
+            if proc.poll() is None:
+                marker = " ".join(["-m", "stream", *args])  # as in /proc/PID/cmdline
+                processes.add(Node(name, proc.pid, port, str(self._logs[name]), marker))
+                pids[name] = proc.pid
+        home.mkdir(parents=True, exist_ok=True)
+        (home / KEPT_FILE).write_text(json.dumps({"services": list(self.started_services)}))
+        environment = settings.model_copy(update={"state_dir": state}).to_environment()
+        exports = {
+            variable: environment[variable]
+            for variable in (f"{ENV_PREFIX}{name.upper()}" for name in KEPT_SETTINGS)
+            if variable in environment
+        }
+        kept = KeptDemo(
+            tag=self.tag,
+            api_url=summary.api_url,
+            console_url=summary.console_url,
+            prometheus_url=settings.prometheus_url,
+            pids=pids,
+            logs=str(state / f"{self.tag}.*.log"),
+            exports={**exports, f"{ENV_PREFIX}API_URL": summary.api_url},
+            services=self.started_services,
+            env_file=home / ENV_FILE,
+            example=dict(features[0].features) if features else {},
+        )
+        env_file = kept.env_file
+        env_file.touch(mode=0o600)
+        env_file.chmod(0o600)
+        env_file.write_text(kept_env(kept))
+        return kept
 
     def _tail(self, name: str, lines: int = 30) -> str:
         path = self._logs.get(name)
@@ -250,8 +460,11 @@ class Demo:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+        manager = ServiceManager(self.base)
+        if self.tag:
+            manager.unregister_targets(self.tag)
         if self.started_services:
-            ServiceManager(Settings()).down(self.started_services)
+            manager.down(self.started_services)
 
 
 def _answers(url: str) -> bool:
@@ -294,8 +507,10 @@ def describe(summary: DemoSummary) -> list[str]:
         f"rejected), versions {other.batch_versions}",
         f"                      into {other.batch_output}",
         f"                      and Redis: {other.batch_lookup}",
-        f"console               {summary.console_url}",
-    ]
+    ]  # the console's address only where it still runs: in `kept_lines`
 
 
-__all__ = ["Demo", "DemoOptions", "DemoSummary", "describe"]
+__all__ = [
+    "Demo", "DemoOptions", "DemoSummary", "KeptDemo", "describe", "kept_env", "kept_lines",
+    "stop_kept",
+]  # fmt: skip

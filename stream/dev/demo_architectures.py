@@ -117,7 +117,7 @@ def run_other_architectures(
     summary.batch_scored = int(report["scored"])
     summary.batch_rejected = int(report["rejected"])
     summary.batch_versions = sorted(report["versions"].values())
-    summary.batch_output = batch_out.name
+    summary.batch_output = str(batch_out.resolve())
     stored = orjson.loads(batch_out.read_bytes().splitlines()[0])
     route = f"/v1/models/{name}/predictions/{stored['id']}"
     looked_up = client.get(route)

@@ -172,6 +172,13 @@ class Processes:
         self._save(records)
         return node
 
+    def add(self, node: Node) -> None:
+        """Record ``node``, a process started by someone else (the demo's, left running), so
+        that `stop` stops it later, from another command."""
+        records = self.records()
+        records[node.name] = node
+        self._save(records)
+
     def stop(self, names: list[str] | None = None, *, graceful: bool = True) -> list[str]:
         """Stop by pid (if it still runs its program): SIGTERM and a wait, or with
         ``graceful=False`` SIGKILL at once (for data about to be deleted)."""

@@ -8,6 +8,15 @@ cleaned up and the service started again *in place*: on the ports chosen at its 
 (`stream.dev.ports`) and with its data (the Kafka node, in `stream.dev.kafka_node`, is formatted
 only when its data directory does not exist). `down` stops by pid (checking the pid is still
 ours); ``down --purge`` also deletes the data and the recorded ports.
+
+Prometheus scrapes what riverstream runs here and evaluates its alert rules: its configuration
+(``<state_dir>/prometheus/prometheus.yml``, written at every `up`) loads a copy of
+``observability/prometheus/alerts.yml`` and has the scrape jobs those rules name (`SCRAPE_JOBS`),
+whose targets come from files (Prometheus' file-based discovery, re-read by Prometheus itself
+when they change): ``<state_dir>/prometheus/targets/<stack>.<job>.json``. `up` registers the
+learner's and the API's default ports of the settings as the stack ``default`` (a prediction
+worker is optional); the demo registers its own ports under
+its tag while it runs (`ServiceManager.register_targets`), so nothing restarts Prometheus.
 """
 
 from __future__ import annotations
@@ -19,8 +28,9 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,15 +45,23 @@ from stream.dev.ports import free_port, port_is_free, preferred_port, recorded_p
 from stream.dev.processes import ensure_debian_binary, pid_alive, stop_pid, wait_until
 
 __all__ = [  # free_port and port_is_free: for the benches and tests that pick ports
-    "KEY_FILE", "SERVICES", "STATE_FILE", "Endpoints", "ServiceManager", "ServiceRecord",
-    "ensure_debian_binary", "free_port", "iter_status", "pid_alive", "port_is_free",
-    "prometheus_config", "redis_ping", "resolve", "stop_pid", "wait_until",
+    "DEFAULT_STACK", "KEY_FILE", "SCRAPE_JOBS", "SERVICES", "STATE_FILE", "TARGETS_DIR",
+    "Endpoints", "ServiceManager", "ServiceRecord", "ensure_debian_binary", "free_port",
+    "iter_status", "pid_alive", "port_is_free", "prometheus_config", "redis_ping", "resolve",
+    "scrape_targets", "stop_pid", "wait_until",
 ]  # fmt: skip
 
 SERVICES = ("kafka", "redis", "prometheus")
 STATE_FILE = "services.json"
 KEY_FILE = "snapshot.key"  # the local signing key, read by `resolve`
 PORT_WAIT_SECONDS = 15.0  # longest wait for a recorded port that no program listens on
+SCRAPE_JOBS = ("riverstream-learner", "riverstream-api", "riverstream-predict-worker")
+"""The scrape jobs of observability/prometheus/prometheus.yml, which the alert rules name."""
+TARGETS_DIR = "targets"  # under <state_dir>/prometheus: the file-based discovery's files
+DEFAULT_STACK = "default"  # the targets `up` registers: the settings' ports
+ALERT_RULES = Path(__file__).resolve().parents[2] / "observability" / "prometheus" / "alerts.yml"
+"""The alert rules (package data of `observability`, read as a file: `stream.dev` does not import
+that room)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +135,8 @@ class ServiceManager:
         for name in names:
             if name in records:
                 self.log(f"{name} already running (pid {records[name].pid})")
+                if name == "prometheus":  # started by an older riverstream, or other settings
+                    self._refresh_prometheus(records[name])
                 continue
             start = {"kafka": self._start_kafka, "redis": self._start_redis}.get(
                 name, self._start_prometheus
@@ -194,8 +214,8 @@ class ServiceManager:
         home = self.state_dir / "prometheus"
         home.mkdir(parents=True, exist_ok=True)
         config = home / "prometheus.yml"
-        if not config.exists():
-            config.write_text(prometheus_config([]))
+        self._write_prometheus_files(home)
+        self.register_targets(DEFAULT_STACK, default_targets(self.settings))
         port = self._ports(home, "prometheus", 9090)
         argv = [
             binary, f"--config.file={config}", f"--storage.tsdb.path={home / 'data'}",
@@ -207,6 +227,60 @@ class ServiceManager:
         return ServiceRecord(
             "prometheus", proc.pid, f"127.0.0.1:{port}", url, time.time(), str(log)
         )
+
+    def _write_prometheus_files(self, home: Path) -> bool:
+        """Write the configuration and its copy of the alert rules into ``home`` (a state
+        directory of an older riverstream has a configuration that scrapes nothing); whether
+        either changed."""
+        targets = home / TARGETS_DIR
+        targets.mkdir(parents=True, exist_ok=True)
+        rules: list[Path] = []
+        changed = False
+        if ALERT_RULES.exists():
+            rules.append(home / ALERT_RULES.name)
+            changed |= _write_if_changed(rules[0], ALERT_RULES.read_text())
+        else:
+            self.log(f"prometheus: no alert rules at {ALERT_RULES}; none loaded")
+        config = prometheus_config([], rule_files=rules, discovery=targets)
+        return _write_if_changed(home / "prometheus.yml", config) or changed
+
+    def _refresh_prometheus(self, record: ServiceRecord) -> None:
+        """Bring a running Prometheus's configuration and default targets up to date: files of
+        targets it re-reads by itself; a changed configuration through its reload endpoint."""
+        self.register_targets(DEFAULT_STACK, default_targets(self.settings))
+        if not self._write_prometheus_files(self.state_dir / "prometheus"):
+            return
+        try:
+            request = urllib.request.Request(f"{record.url}/-/reload", method="POST")
+            with urllib.request.urlopen(request, timeout=10):
+                pass
+            self.log("prometheus: configuration reloaded")
+        except OSError as exc:
+            self.log(f"prometheus: the new configuration is not loaded ({exc}); restart it")
+
+    def register_targets(self, stack: str, targets: Mapping[str, str]) -> None:
+        """Have Prometheus scrape ``targets`` (job of `SCRAPE_JOBS` → ``host:port``) as
+        ``stack``'s: one file per job, replaced atomically (Prometheus reads it within seconds);
+        a job left out is no longer scraped for ``stack``. Harmless when Prometheus is not
+        started: `up` writes the configuration that reads these files."""
+        unknown = set(targets) - set(SCRAPE_JOBS)
+        if unknown:
+            raise ServiceError(f"unknown scrape job(s): {', '.join(sorted(unknown))}")
+        directory = self.state_dir / "prometheus" / TARGETS_DIR
+        if targets:
+            directory.mkdir(parents=True, exist_ok=True)
+        for job in SCRAPE_JOBS:
+            path = directory / f"{stack}.{job}.json"
+            if job not in targets:
+                path.unlink(missing_ok=True)
+                continue
+            tmp = directory / f".{path.name}.tmp"  # not matched by the discovery's pattern
+            tmp.write_text(json.dumps([{"targets": [targets[job]]}]))
+            tmp.replace(path)
+
+    def unregister_targets(self, stack: str) -> None:
+        """Stop scraping ``stack``'s targets."""
+        self.register_targets(stack, {})
 
     # -- kafka -----------------------------------------------------------------------------
     def kafka_node(self) -> KafkaNode:
@@ -249,15 +323,98 @@ def _one_start_at_a_time(directory: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def prometheus_config(targets: list[tuple[str, str]], interval: str = "1s") -> str:
-    """A Prometheus config scraping ``targets`` given as (job, host:port)."""
-    lines = ["global:", f"  scrape_interval: {interval}", f"  evaluation_interval: {interval}"]
+_WRITTEN_BY = "# Written by `riverstream services up` at every start (stream/dev/services.py)."
+
+
+def prometheus_config(
+    targets: list[tuple[str, str]],
+    interval: str = "1s",
+    *,
+    rule_files: Sequence[Path] = (),
+    discovery: Path | None = None,
+) -> str:
+    """A Prometheus config scraping ``targets`` given as (job, host:port), loading
+    ``rule_files``, and with a ``discovery`` directory, each job of `SCRAPE_JOBS` scraping the
+    targets listed in its files there, ``*.<job>.json`` (see `ServiceManager.register_targets`).
+
+    >>> print(prometheus_config([], rule_files=[Path("/p/alerts.yml")], discovery=Path("/p/t")))
+    ... # doctest: +ELLIPSIS
+    # Written by `riverstream services up` at every start (stream/dev/services.py).
+    global:
+      scrape_interval: 1s
+      evaluation_interval: 1s
+    rule_files:
+      - "/p/alerts.yml"
+    scrape_configs:
+      - job_name: riverstream-learner
+        file_sd_configs:
+          - files: ["/p/t/*.riverstream-learner.json"]
+            refresh_interval: 5s
+    ...
+    """
+    lines = [] if discovery is None else [_WRITTEN_BY]
+    lines += ["global:", f"  scrape_interval: {interval}", f"  evaluation_interval: {interval}"]
+    if rule_files:  # JSON strings are YAML strings: any path is quoted right
+        lines += ["rule_files:", *(f"  - {json.dumps(str(path))}" for path in rule_files)]
     lines.append("scrape_configs:")
-    if not targets:
+    if not targets and discovery is None:
         lines += ["  - job_name: prometheus", "    static_configs:", "      - targets: []"]
     for job, target in targets:
         lines += [f"  - job_name: {job}", "    static_configs:", f"      - targets: ['{target}']"]
+    for job in SCRAPE_JOBS if discovery is not None else ():
+        files = json.dumps(f"{discovery}/*.{job}.json")
+        lines += [f"  - job_name: {job}", "    file_sd_configs:", f"      - files: [{files}]"]
+        lines.append("        refresh_interval: 5s")  # a fallback: changes are watched
     return "\n".join(lines) + "\n"
+
+
+def scrape_targets(settings: Settings) -> dict[str, str]:
+    """Where the processes that ``settings`` configure serve their metrics: job of
+    `SCRAPE_JOBS` → ``host:port`` (a port 0, no exporter, is left out; a wildcard bind address
+    is scraped on 127.0.0.1).
+
+    >>> scrape_targets(Settings(predict_metrics_port=0, serve_host="0.0.0.0"))
+    {'riverstream-learner': '127.0.0.1:9108', 'riverstream-api': '127.0.0.1:8000'}
+    """
+    where = {
+        "riverstream-learner": (settings.metrics_host, settings.learner_metrics_port),
+        "riverstream-api": (settings.serve_host, settings.serve_port),
+        "riverstream-predict-worker": (settings.metrics_host, settings.predict_metrics_port),
+    }
+    return {job: f"{_scrape_host(host)}:{port}" for job, (host, port) in where.items() if port}
+
+
+def default_targets(settings: Settings) -> dict[str, str]:
+    """What `up` registers as the stack ``default``: the learner's and the API's `scrape_targets`.
+    A prediction worker is optional (no alert fires for one that nobody runs: see
+    `observability.alerts`), so it is scraped only where one is registered (the demo does).
+
+    >>> sorted(default_targets(Settings()))
+    ['riverstream-api', 'riverstream-learner']
+    """
+    found = scrape_targets(settings)
+    found.pop("riverstream-predict-worker", None)
+    return found
+
+
+def _scrape_host(bound: str) -> str:
+    """The address to scrape a server bound to ``bound`` at (an IPv6 one in brackets).
+
+    >>> _scrape_host("0.0.0.0"), _scrape_host("::1"), _scrape_host("10.0.0.5")
+    ('127.0.0.1', '[::1]', '10.0.0.5')
+    """
+    if bound in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{bound}]" if ":" in bound else bound
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    if path.exists() and path.read_text() == text:
+        return False
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return True
 
 
 def redis_ping(port: int, host: str = "127.0.0.1") -> bool:

@@ -1,7 +1,8 @@
 """Parquet files of events, read for ``riverstream publish`` and ``riverstream score`` as CSV
 files are (`stream.kafka.publish.read_rows` turns each event into JSON and checks it): one
-event per row, the ``id`` and ``time`` columns (and ``label`` for labels) the event's, every
-other column a feature of a feature event.
+event per row, the ``id`` and ``time`` columns (and ``label`` for labels; ``id`` and ``target``
+for prediction requests) the event's, every other column a feature of a feature event or a
+request.
 
 Parquet is typed, so cells keep their types (integers, floats, text, booleans, nulls), with two
 readings that files written by dataframes need: an integer ``id`` becomes its text (event ids
@@ -40,16 +41,17 @@ def _missing_nan(value: Any) -> Any:
     return None if value.__class__ is float and math.isnan(value) else value
 
 
-def parquet_events(path: Path, kind: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(row number from 1, the event as a dict)`` of each row of the file at ``path``; ``kind``
-    is ``"features"`` or ``"labels"``."""
+def parquet_events(path: Path, own: tuple[str, ...]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(row number from 1, the event as a dict)`` of each row of the file at ``path``; ``own``
+    are the event's own columns (`stream.kafka.publish.OWN_COLUMNS`): ``id``, ``time`` and
+    ``label`` for labels, otherwise every other column is a feature."""
     pq = require_pyarrow()
     try:
         file = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow's ArrowInvalid and OSError for what is not Parquet
         raise RiverstreamError(f"{path}: not a Parquet file ({exc})") from None
-    own = ("id", "time", "label") if kind == "labels" else ("id", "time")
-    features = [name for name in file.schema_arrow.names if name not in own]
+    rest = [name for name in own if name != "id"]
+    features = None if "label" in own else [n for n in file.schema_arrow.names if n not in own]
     number = 0
     for batch in file.iter_batches(batch_size=BATCH_ROWS):
         for row in batch.to_pylist():
@@ -57,10 +59,9 @@ def parquet_events(path: Path, kind: str) -> Iterator[tuple[int, dict[str, Any]]
             event_id = row.get("id")
             event: dict[str, Any] = {
                 "id": str(event_id) if event_id.__class__ is int else event_id,
-                "time": _missing_nan(row.get("time")),
             }
-            if kind == "labels":
-                event["label"] = _missing_nan(row.get("label"))
-            else:
+            for name in rest:
+                event[name] = _missing_nan(row.get(name))
+            if features is not None:
                 event["features"] = {name: _missing_nan(row[name]) for name in features}
             yield number, event

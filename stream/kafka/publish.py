@@ -1,8 +1,10 @@
-"""Publishing feature and label events to Kafka: from files, from River datasets, from Python.
+"""Publishing feature and label events to Kafka: from files, from River datasets, from Python;
+and asynchronous prediction requests, from files.
 
-Every event is validated with the same codec the learner uses before it is sent; a bad row is
-reported with its line number and counted as rejected, never silently dropped. The message key is
-the event id, so that (with equal partition counts) a label lands in its features' partition.
+Every event is validated with the same codec the learner uses before it is sent (a request with
+the prediction worker's, `schemas.predictions.RequestCodec`); a bad row is reported with its
+line number and counted as rejected, never silently dropped. The message key is the event id,
+so that (with equal partition counts) a label lands in its features' partition.
 """
 
 from __future__ import annotations
@@ -21,12 +23,24 @@ import orjson
 
 from schemas.errors import SchemaError
 from schemas.events import EventCodec, FeatureEvent, LabelEvent, Limits
+from schemas.predictions import PredictionRequest, RequestCodec
 from schemas.settings import Settings
 from stream.kafka.client import EventProducer, create_topics
 from stream.kafka.parquet import parquet_events
 from stream.kafka.security import kafka_security
 
-Kind = Literal["features", "labels"]
+Kind = Literal["features", "labels", "requests"]
+"""What a file holds: feature events, label events or prediction requests."""
+
+OWN_COLUMNS: dict[Kind, tuple[str, ...]] = {
+    "features": ("id", "time"),
+    "labels": ("id", "time", "label"),
+    "requests": ("id", "target"),
+}
+"""The columns of a CSV or Parquet file that are the event's own fields; for features and
+requests every other column is a feature."""
+TEXT_COLUMNS = frozenset({"id", "target"})
+"""Own CSV columns read as text as they are (an id ``01234`` or a target ``7`` stays text)."""
 
 
 @dataclass
@@ -180,9 +194,9 @@ def _json_row(
 def _csv_events(
     path: Path, kind: Kind
 ) -> Iterator[tuple[int, dict[str, object] | bytes | SchemaError]]:
-    """``(line, the event as a dict, or its JSON)`` of each row of a CSV file, or the
-    `SchemaError` of a row whose cells do not match the header (see `read_rows`)."""
-    label = kind == "labels"
+    """``(line, the event (or request) as a dict, or its JSON)`` of each row of a CSV file, or
+    the `SchemaError` of a row whose cells do not match the header (see `read_rows`)."""
+    features = kind != "labels"  # features and requests have features
     # UTF-8, a byte-order mark skipped; a byte that is not UTF-8 is kept as a lone surrogate,
     # which JSON cannot hold: its row is refused (``not_json``, with its line), not the file
     with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
@@ -192,11 +206,12 @@ def _csv_events(
             return
         width = len(header)
         at = {name: i for i, name in enumerate(header)}  # a name given twice: its last column
-        id_at, time_at, label_at = at.get("id"), at.get("time"), at.get("label")
-        own = {"id", "time", "label"} if label else {"id", "time"}
+        id_at, time_at = at.get("id"), at.get("time")
+        own = OWN_COLUMNS[kind]
         columns = [i for i, name in enumerate(header) if name not in own]
         names = [header[i] for i in columns]  # as a dict keeps them: the first place, last value
-        as_json = None if label else _json_row(names, id_at, time_at, columns)
+        own_at = [(name, at.get(name), name in TEXT_COLUMNS) for name in own]
+        as_json = _json_row(names, id_at, time_at, columns) if kind == "features" else None
         for cells in reader:
             if not cells:  # a blank line
                 continue
@@ -209,12 +224,10 @@ def _csv_events(
                 yield line, raw
                 continue
             event: dict[str, object] = {
-                "id": None if id_at is None else cells[id_at],
-                "time": None if time_at is None else _cell(cells[time_at]),
+                name: None if i is None else cells[i] if text else _cell(cells[i])
+                for name, i, text in own_at
             }
-            if label:
-                event["label"] = None if label_at is None else _cell(cells[label_at])
-            else:
+            if features:
                 event["features"] = {
                     name: _cell(cells[i]) for name, i in zip(names, columns, strict=True)
                 }
@@ -227,13 +240,15 @@ def read_rows(path: Path, kind: Kind) -> Iterator[tuple[int, bytes | SchemaError
     not matching the header, a number out of float range, a value JSON cannot hold); the JSON is
     validated by the caller, with the learner's codec. Parquet: `stream.kafka.parquet`.
 
-    CSV: a header names the columns; ``id`` and ``time`` (and ``label`` for labels) are the
-    event's, every other column is a feature (of feature events). A cell reads as JSON would
-    have it (`_cell`): empty is null, ``true``/``false`` booleans, then numbers, else text.
+    CSV: a header names the columns; ``id`` and ``time`` (and ``label`` for labels; ``id`` and
+    ``target`` for requests: `OWN_COLUMNS`) are the event's, every other column is a feature (of
+    feature events and requests). A cell reads as JSON would have it (`_cell`): empty is null,
+    ``true``/``false`` booleans, then numbers, else text; ``id`` and ``target`` are text.
     """
     suffix = path.suffix.lower()
     if suffix in (".csv", ".parquet"):
-        events = _csv_events(path, kind) if suffix == ".csv" else parquet_events(path, kind)
+        own = OWN_COLUMNS[kind]
+        events = _csv_events(path, kind) if suffix == ".csv" else parquet_events(path, own)
         for number, event in events:
             if isinstance(event, SchemaError | bytes):
                 yield number, event
@@ -257,6 +272,7 @@ class Publisher:
             raise SchemaError("config", "kafka_bootstrap_servers", "no Kafka address")
         self.settings = settings
         self.codec = EventCodec(Limits.from_settings(settings))
+        self.requests = RequestCodec(self.codec.limits)
         security = kafka_security(settings)
         create_topics(settings.kafka_bootstrap_servers, settings.topics(), security=security)
         self.producer = producer or EventProducer(
@@ -264,7 +280,13 @@ class Publisher:
         )
 
     def topic(self, kind: Kind) -> str:
-        return self.settings.topic_features if kind == "features" else self.settings.topic_labels
+        s = self.settings
+        topics = {
+            "features": s.topic_features,
+            "labels": s.topic_labels,
+            "requests": s.topic_requests,
+        }
+        return topics[kind]
 
     def send_event(self, event: FeatureEvent | LabelEvent) -> None:
         kind: Kind = "features" if isinstance(event, FeatureEvent) else "labels"
@@ -278,7 +300,12 @@ class Publisher:
         progress: Callable[[int], None] | None = None,
     ) -> PublishReport:
         report = PublishReport()
-        decode = self.codec.decode_feature if kind == "features" else self.codec.decode_label
+        decoders: dict[Kind, Callable[[bytes], FeatureEvent | LabelEvent | PredictionRequest]] = {
+            "features": self.codec.decode_feature,
+            "labels": self.codec.decode_label,
+            "requests": self.requests.decode,
+        }
+        decode = decoders[kind]
         topic = self.topic(kind)
         start = time.perf_counter()
         for line, row in rows:

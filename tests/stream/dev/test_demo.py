@@ -40,11 +40,17 @@ def test_demo_runs_to_completion_and_cleans_up(tmp_path: Path) -> None:
     assert scored, out
     assert re.search(r"and Redis: GET /v1/models/model/predictions/\S+ → 200", out), out
     [scores] = (tmp_path / "state").glob("demo-*.scores.jsonl")
+    assert re.search(rf"^\s+into {re.escape(str(scores.resolve()))}$", out, re.M), out  # where
+    # nothing runs any more: no console address, nor any other, to follow
+    assert not re.search(r"^console\b", out, re.M) and "http://" not in out, out
     rows = [json.loads(line) for line in scores.read_text().splitlines()]
     assert len(rows) == 50 and {r["versions"]["model"] for r in rows} == {int(scored.group(1))}
     # everything the demo started has been stopped, by pid
     records = json.loads((tmp_path / "state" / "services.json").read_text())
     assert records == {}
+    # its Prometheus targets, registered while it ran, are gone
+    targets = tmp_path / "state" / "prometheus" / "targets"
+    assert not list(targets.glob("demo-*")) and not (tmp_path / "state" / "demos").exists()
     # the learner it started said where it began, and printed its summary when stopped (SIGTERM)
     [learner_log] = (tmp_path / "state").glob("demo-*.learner.log")
     text = learner_log.read_text()
