@@ -110,7 +110,7 @@ class Ingest:
             return run.offsets
         for index, error in refused:
             self.dead_letters.send(run.record(index), error)
-            self.dead[error.reason] = self.dead.get(error.reason, 0) + 1
+            self._count(error.reason, 1, str(error))
         bad = {index for index, _ in refused}
         return [offset for i, offset in enumerate(run.offsets) if i not in bad]
 
@@ -152,7 +152,27 @@ class Ingest:
             f"({time / 1000:.3f} if so)",
         )
         self.dead_letters.send(record, error)
-        self.dead[IN_FUTURE] = self.dead.get(IN_FUTURE, 0) + 1
+        self._count(IN_FUTURE, 1, str(error))
+
+    def _count(self, reason: str, n: int, example: str) -> None:
+        """Count ``n`` dead letters of ``reason``, and log the first of each reason, then each
+        time its count reaches a power of two, with ``example`` (the latest's error): a stream
+        whose every event is refused (labels of another type, times in milliseconds) says so
+        in the log from its first event, in a line per doubling, not per event.
+
+        >>> ingest = Ingest(None, None, ("f", "l"), {}, dead := {})  # type: ignore[arg-type]
+        >>> for _ in range(5):
+        ...     ingest._count("schema", 1, "bad")
+        >>> dead
+        {'schema': 5}
+        """
+        before = self.dead.get(reason, 0)
+        after = self.dead[reason] = before + n
+        if after.bit_length() > before.bit_length():  # 1, 2, 4, 8, ... passed
+            log.warning(
+                "%d events dead-lettered so far with reason %s (logged at each doubling); "
+                "the latest: %s", after, reason, example[:500],
+            )  # fmt: skip
 
     def dead_letter_unusable(self, core: LearningCore) -> None:
         """Valid events that every model raised on go to the dead-letter topic, re-encoded,
@@ -167,7 +187,8 @@ class Ingest:
                 topic, event.id.encode(), value, "model_error", error, event.partition, event.offset
             )
         if unusable:
-            self.dead["model_error"] = self.dead.get("model_error", 0) + len(unusable)
+            last = unusable[-1]
+            self._count("model_error", len(unusable), f"{last.kind} {last.id!r}: {last.errors[0]}")
             self.dead_letters.flush()
         dropped, core.unusable_dropped = core.unusable_dropped, 0
         if dropped:  # beyond the core's bound between two drains: counted, never silent
