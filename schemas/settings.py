@@ -198,7 +198,9 @@ class Settings(BaseSettings):
         description="Most of the learner's time live updates may take (they are spaced out).",
     )  # fmt: skip
     join_ttl: float = Field(
-        1e12, gt=0, description="Event-time units a feature waits for its label (and vice versa)."
+        1e12,
+        gt=0,
+        description="Event-time units (seconds) a feature waits for its label (and vice versa).",
     )
     join_max_pending: int = Field(1_000_000, gt=0, description="Most events held by the join.")
     watermark_idle_grace: float = Field(

@@ -148,8 +148,9 @@ class Ingest:
             "time",
             f"event time {time:.17g} is {ahead:.6g} s after its record's Kafka timestamp "
             f"{stamp} ms ({stamp / 1000:.3f} s): more than RIVERSTREAM_MAX_FUTURE_SECONDS "
-            f"({self.max_future:g} s). Is it in milliseconds? Event times are seconds "
-            f"({time / 1000:.3f} if so)",
+            f"({self.max_future:g} s). Is it in milliseconds ({time / 1000:.3f} s if so), or "
+            "from a clock or time zone ahead of the producer's? Event times are epoch seconds "
+            "(or smaller numbers); RIVERSTREAM_MAX_FUTURE_SECONDS=0 turns the check off",
         )
         self.dead_letters.send(record, error)
         self._count(IN_FUTURE, 1, str(error))
