@@ -50,7 +50,12 @@ later requests (a late event if the learner's watermark has passed its time: cou
 learned). A log whose shadows' answers make it invalid or too large is written without them;
 when the shadows' backlog is full, the shadows are dropped (counted) and the answer is logged
 without them, acknowledged before the 200 as above. Stopping the API writes the logs of the
-answers sent (`serving.shadows.ShadowRunner.stop`, then the producer's close).
+answers sent (`serving.shadows.ShadowRunner.stop`, then the producer's close). Those whose
+shadows were still queued are written without the shadows' answers (the learner still learns
+from, and scores, the served answer; those shadows are not scored), so that the logs reach the
+producer at once rather than after the backlog's shadows (1000 of 50 ms: 50 s, past a pod's
+grace period). A log the broker has not acknowledged when the producer's close gives up (10 s)
+is counted and logged as lost.
 
 **Writing events is a way to poison a model**, so it is closed when ``RIVERSTREAM_INGEST_TOKEN``
 is set: the ingest routes and predict-with-id then need ``Authorization: Bearer <token>`` (401
@@ -344,11 +349,22 @@ class Publisher:
         or this one, if one is not acknowledged (within the producer's delivery timeout: it
         retries them meanwhile), and the failure is remembered as a publish's; the
         acknowledgement of them all ends a failure remembered. What is handed over before
-        `close` is sent (the producer's close waits for it). Never raises."""
+        `close` is sent (the producer's close waits for it, ≤ 10 s: then ``failed`` is told).
+        While no producer exists and a failure is remembered (as `check` would refuse),
+        ``failed`` is told at once, without an attempt: the caller is the shadows' one thread,
+        which would otherwise spend up to 3 s on each queued log, the shadows of every graph
+        waiting behind them. Never raises."""
         delivery = _Delivery(self, len(messages), failed)
         try:
             if not self.bootstrap:
                 raise KafkaUnavailable("no Kafka configured", reason="no_kafka")
+            if self._producer is None:
+                with self._state:
+                    remembered = self._failed
+                if remembered is not None and time.monotonic() - remembered[0] < OUTAGE_SECONDS:
+                    raise KafkaUnavailable(
+                        remembered[1], reason="outage", retry_after=_retry_after()
+                    )
             producer = self._producer_or_raise(self.bootstrap, time.monotonic())
             with self._state:
                 later = self._later
@@ -358,7 +374,7 @@ class Publisher:
             for topic, key, value in messages:
                 sent = producer.send_future(topic, key, value)
                 sent.add_callback(delivery.acknowledged).add_errback(delivery.lost)
-        except KafkaUnavailable as exc:  # the producer could not be created (remembered)
+        except KafkaUnavailable as exc:  # no producer: it could not be created (remembered)
             delivery.fail(exc)
         except Exception as exc:  # the send itself: no metadata, or no room, in max_block_ms
             delivery.lost(exc)
@@ -369,9 +385,27 @@ class Publisher:
             self._failed = None if why is None else (time.monotonic(), why)
 
     def close(self) -> None:
+        """Close the producer, which waits (≤ 10 s, `EventProducer.close`) for what it was
+        handed to be acknowledged; then tell each log of `send_later` still unacknowledged that
+        it failed (counted and logged as any log lost after its answer): when the broker is
+        slow or away, kafka-python's close gives up on its flush with an error before closing,
+        and no errback fires. Never raises: the API calls it as it stops."""
         self._executor.shutdown(wait=False)
         if self._producer is not None:
-            self._producer.close()
+            try:
+                self._producer.close()
+            except Exception as exc:
+                log.warning("the Kafka producer did not close cleanly: %s: %s",
+                            type(exc).__name__, exc)  # fmt: skip
+        with self._state:
+            pending = [delivery for delivery in self._later if not delivery.done]
+            self._later.clear()
+        why = (
+            "the API stopped before Kafka acknowledged the log (it was handed to the producer: "
+            "it may be stored)"
+        )
+        for delivery in pending:  # one told already (a late errback) is not told again
+            delivery.fail(KafkaUnavailable(why, reason="not_acknowledged", maybe_stored=True))
 
 
 def _retry_after() -> int:
@@ -752,12 +786,16 @@ class _LogLater:
 
 class _Delivery:
     """The acknowledgements of one log handed to `Publisher.send_later`: ``failed`` is told at
-    most once; ``done`` once every message is acknowledged or one failed."""
+    most once; ``done`` once every message is acknowledged or one failed. Once done it lets go
+    of ``failed`` (a `_LogLater`'s, which holds the request's body and answer): a done
+    delivery may wait in `Publisher._later` behind a pending one, up to the producer's
+    delivery timeout."""
 
     __slots__ = ("_lock", "done", "failed", "left", "publisher", "sent")
 
     def __init__(self, publisher: Publisher, messages: int, failed: Failed) -> None:
-        self.publisher, self.left, self.failed = publisher, messages, failed
+        self.publisher, self.left = publisher, messages
+        self.failed: Failed | None = failed  # None once done
         self.sent = time.monotonic()
         self.done = False
         self._lock = threading.Lock()
@@ -766,7 +804,8 @@ class _Delivery:
         with self._lock:
             self.left -= 1
             last = self.left == 0 and not self.done
-            self.done = self.done or last
+            if last:
+                self.done, self.failed = True, None
         if last:
             self.publisher._remember(None)  # the broker is back, if it was away
 
@@ -776,11 +815,11 @@ class _Delivery:
 
     def fail(self, exc: KafkaUnavailable) -> None:
         with self._lock:
-            first, self.done = not self.done, True
-        if first:
+            failed, self.failed, self.done = self.failed, None, True
+        if failed is not None:  # not done before: the first to tell
             if exc.reason == "not_acknowledged" and exc.maybe_stored:
                 self.publisher._remember(str(exc))
-            self.failed(exc)
+            failed(exc)
 
 
 def _unavailable(exc: KafkaUnavailable, *, logged: bool) -> str:

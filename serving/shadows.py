@@ -16,8 +16,12 @@ memory grow.
 
 A logged request's job (`serving.feedback`: a graph predict with ``"log": true``) carries
 ``then``, its log, called on the same thread once its shadows have run: the client has its
-answer by then. Such a job is never dropped once queued: `ShadowRunner.stop` runs the logged
-jobs it would otherwise cancel (their answers were sent), and drops only the others.
+answer by then. Such a job's log is never dropped once queued: `ShadowRunner.stop` writes the
+logs of the logged jobs it cancels (their answers were sent) without their shadows' answers,
+and drops the others. Their shadows are not run (nor scored): 1000 queued jobs of a 50 ms
+shadow would hold the API's stop for 50 s, past a pod's grace period (30 s), before the
+producer's close starts, and every log would be lost with the process; the learner still
+learns from, and scores, each served answer.
 """
 
 from __future__ import annotations
@@ -218,14 +222,19 @@ class ShadowRunner:
 
     def stop(self) -> None:
         """Finish the running job, drop the queued ones (a restarted app starts afresh) but
-        those of logged requests: their answers were sent, so their shadows run and their logs
-        are written here, on the caller's thread, before it goes on to close the publisher."""
+        the logs of logged requests: their answers were sent, so their logs are written here,
+        on the caller's thread, before it goes on to close the publisher; without their
+        shadows' answers (``then([])``): their shadows are not run, which would delay the
+        logs by the whole backlog's shadows."""
         with self._lock:
             executor, self._executor = self._executor, None
             logged, self._logged = self._logged, {}
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
             for future, job in logged.items():
-                if future.cancelled():
-                    self._run(job)
+                if future.cancelled() and job.then is not None:
+                    try:
+                        job.then([])
+                    except Exception:
+                        log.exception("the log of a queued job of graph %s", job.graph)
             self._slots = threading.BoundedSemaphore(self.backlog)  # cancelled jobs held slots

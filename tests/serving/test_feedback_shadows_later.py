@@ -6,8 +6,10 @@ lets it; and the shadow runner's part in isolation."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import threading
+import weakref
 from typing import Any
 
 import orjson
@@ -30,6 +32,7 @@ from stream.kafka.client import read_all
 from stream.learner.runtime import snapshot_store
 from stream.registry.graphs import GraphRegistry
 from tests.serving.test_feedback import api
+from tests.serving.test_feedback_guards import failing_producer
 from tests.support.pipeline import fast
 from tests.support.waiting import wait_until
 
@@ -174,11 +177,14 @@ def test_a_log_that_fails_after_its_answer_is_counted_and_the_next_is_refused_at
         assert counter.labels("outage")._value.get() == 1
 
 
-def test_stop_writes_the_logs_of_queued_logged_jobs_and_drops_the_others() -> None:
-    """The runner's backlog when the API stops: a logged job's answer was sent, so its shadows
-    run and its log is written (``then``); an unlogged job is dropped, as before."""
+def test_stop_writes_the_logs_of_queued_logged_jobs_without_their_shadows() -> None:
+    """The runner's backlog when the API stops: a logged job's answer was sent, so its log is
+    written (``then``), at once and without its shadows' answers: running the backlog's
+    shadows first (1000 of 50 ms: 50 s) would outlast a pod's grace period, and every log be
+    lost with the process. An unlogged job is dropped, as before."""
     runner = ShadowRunner(GraphMetrics.for_registry(CollectorRegistry()))
     queued: list[Any] = []
+    ran: list[str] = []
 
     def held(x: dict[str, Any], context: Any) -> Outcome:
         """The running job's shadow: returns once the queued logged job was cancelled."""
@@ -186,6 +192,7 @@ def test_stop_writes_the_logs_of_queued_logged_jobs_and_drops_the_others() -> No
         return Outcome(True, None, "classifier", "held")
 
     def quick(x: dict[str, Any], context: Any) -> Outcome:
+        ran.append(threading.current_thread().name)
         return Outcome(False, None, "classifier", "quick")
 
     def job(runner_of: Any, then: Any = None) -> ShadowJob:
@@ -203,13 +210,11 @@ def test_stop_writes_the_logs_of_queued_logged_jobs_and_drops_the_others() -> No
     assert runner.submit(job(quick))
     queued.extend(runner._logged)  # the logged job's future
     runner.stop()
-    assert len(done) == 1
-    thread, results = done[0]
-    assert thread == threading.current_thread().name  # run by stop, not the runner's thread
-    [[result]] = results
-    assert result.answer is not None and result.answer.prediction is False
+    # Written by stop, on its caller's thread, without the shadows' answers; no shadow ran.
+    assert done == [(threading.current_thread().name, [])]
+    assert ran == []
     runs = runner.metrics.shadow_runs.labels(graph="g", shadow=BRANCH)._value.get()
-    assert runs == 2  # the held job and the logged one: the unlogged one was dropped
+    assert runs == 1  # the held job's alone: the queued ones' shadows did not run
 
 
 def test_a_log_written_before_shadow_versions_were_recorded_still_decodes_and_scores() -> None:
@@ -244,3 +249,69 @@ def test_a_log_unacknowledged_past_the_publish_timeout_refuses_the_next_at_once(
         publisher.check()
     finally:
         publisher.close()
+
+
+def test_a_done_delivery_lets_go_of_what_its_log_holds() -> None:
+    """Pure logic: a delivery done (acknowledged, or failed and told) no longer holds its
+    ``failed``, a `_LogLater`'s whose closure holds the request's body and answer; done
+    deliveries behind a pending one stay in the publisher's queue up to the producer's
+    delivery timeout (120 s), so at 1000 logged requests a second they held 120 000 of them."""
+
+    class Log:
+        """Stands for a `_LogLater`: what ``failed`` keeps alive."""
+
+        def __init__(self) -> None:
+            self.told: list[str] = []
+
+        def failed(self, exc: feedback.KafkaUnavailable) -> None:
+            self.told.append(exc.reason)
+
+    publisher = feedback.Publisher(Settings(kafka_bootstrap_servers="127.0.0.1:1"))
+    try:
+        pending = feedback._Delivery(publisher, 1, lambda exc: None)  # the head, pending
+        first, second = Log(), Log()
+        acknowledged = feedback._Delivery(publisher, 2, first.failed)
+        failed = feedback._Delivery(publisher, 1, second.failed)
+        publisher._later.extend([pending, acknowledged, failed])
+        refs, told = [weakref.ref(first), weakref.ref(second)], second.told
+        del first, second
+        acknowledged.acknowledged(None)
+        assert refs[0]() is not None  # one message still to acknowledge
+        acknowledged.acknowledged(None)
+        failed.fail(feedback.KafkaUnavailable("gone", reason="outage"))
+        failed.lost(RuntimeError("a late errback"))  # told once only
+        assert told == ["outage"]
+        del told
+        gc.collect()
+        assert [ref() for ref in refs] == [None, None]
+        assert list(publisher._later) == [pending, acknowledged, failed]  # still queued
+        assert acknowledged.done and failed.done and not pending.done
+    finally:
+        publisher.close()
+
+
+def test_a_log_while_no_producer_could_be_created_fails_at_once_without_an_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pure logic, with a producer that cannot be created: the logs are handed over on the
+    shadows' one thread, so a new attempt for each (up to 3 s with the broker away) stalled the
+    shadows of every graph behind them. While the failure is remembered (`OUTAGE_SECONDS`,
+    as `Publisher.check` refuses), a log fails at once with it, counted as an outage."""
+    with failing_producer(monkeypatch) as producer:
+        publisher = feedback.Publisher(Settings(kafka_bootstrap_servers="127.0.0.1:1"))
+        told: list[feedback.KafkaUnavailable] = []
+        messages = [("t", b"k", b"v")]
+        try:
+            publisher.send_later(messages, told.append)
+            assert producer.attempts == 1 and [e.reason for e in told] == ["not_acknowledged"]
+            for _ in range(3):
+                publisher.send_later(messages, told.append)
+            assert producer.attempts == 1  # remembered: no attempt of their own
+            assert [e.reason for e in told[1:]] == ["outage"] * 3
+            assert {str(e) for e in told} == {str(told[0])} and "attempt 1" in str(told[0])
+            # Once the memory expired, the next log tries again, as the first did.
+            monkeypatch.setattr(feedback, "OUTAGE_SECONDS", 0.0)
+            publisher.send_later(messages, told.append)
+            assert producer.attempts == 2 and told[-1].reason == "not_acknowledged"
+        finally:
+            publisher.close()
