@@ -36,9 +36,24 @@ from stream.kafka.publish import Publisher
 from stream.learner.runtime import snapshot_store
 from stream.registry.graphs import GraphRegistry
 from tests.support.pipeline import spawn_cli
+from tests.support.waiting import wait_until as poll
 
 REPO = Path(__file__).resolve().parents[2]
 SHADOW = "g@root.shadow.shadows[0]"  # the shadow branch of the test's graph, as a model label
+
+
+def logged(client: httpx.Client, path: str, body: dict[str, object]) -> None:
+    """POST a logged prediction until it is answered 200, within 30 s: a worker's first log
+    creates its Kafka producer (within 3 s, else 503 with Retry-After, which a client retries),
+    and a graph is served once each worker's follower has seen it (404 meanwhile)."""
+    answers: list[httpx.Response] = []
+
+    def answered() -> bool:
+        answers.append(client.post(path, json=body))
+        return answers[-1].status_code == 200
+
+    poll(answered, 30, f"{path} answered 200", interval=0.1,
+         detail=lambda: f"{answers[-1].status_code} {answers[-1].text}")  # fmt: skip
 
 
 def _query(base: str, expr: str) -> list[dict]:
@@ -152,7 +167,7 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
             # times between the replay (< 1 300) and the shifted stream below (≥ 10 000).
             for i, x in enumerate(features[:100]):
                 body = {"id": f"served{i}", "time": 5000 + i, "features": x}
-                assert client.post("/v1/models/lr/predict", json=body).status_code == 200
+                logged(client, "/v1/models/lr/predict", body)
             labels = [
                 {"id": f"served{i}", "time": 5000 + i, "label": i % 2 == 0} for i in range(100)
             ]
@@ -160,13 +175,7 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
             # each worker of the API serves the graph once its follower has seen it.
             for i, x in enumerate(features[:50]):
                 body = {"id": f"graph{i}", "time": 6000 + i, "features": x, "log": True}
-                wait_until(
-                    lambda body=body: (
-                        client.post("/v1/graphs/g/predict", json=body).status_code == 200
-                    ),
-                    30,
-                    "the graph served by the API",
-                )
+                logged(client, "/v1/graphs/g/predict", body)  # once each worker serves it
             labels += [
                 {"id": f"graph{i}", "time": 6000 + i, "label": i % 3 == 0} for i in range(50)
             ]
