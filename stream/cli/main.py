@@ -364,7 +364,7 @@ def demo(
     from stream.dev.demo import Demo, DemoOptions, describe, kept_lines
 
     options = DemoOptions(dataset, model, label_delay, limit, rate, keep=keep)
-    runner = Demo(options, log=lambda m: console.print(f"[dim]{m}[/]"))
+    runner = Demo(options, log=lambda m: print_text(m, console, style="dim"))  # paths as they are
     progress = Progress(
         TextColumn("[bold]replaying"),
         BarColumn(),
@@ -395,8 +395,8 @@ def demo(
 
 @demo_app.command("stop")
 def demo_stop() -> None:
-    """Stop what `riverstream demo --keep` left running: its processes (by pid), its Prometheus
-    targets and the services it started."""
+    """Stop what `riverstream demo --keep` left running, or a demo killed before it could stop
+    it: its processes (by pid), its Prometheus targets and the services it started."""
     from stream.dev.demo import stop_kept
 
     said = stop_kept(Settings())

@@ -11,11 +11,20 @@ whatever the dataset.
 The demo runs in a stream of its own (topics, consumer group and Redis prefix named by its tag,
 ``demo-YYYYMMDD-HHMMSS-xxxx``), on free ports, with random ingest and predict tokens. It registers
 its processes' metrics ports with the local Prometheus under its tag while they run
-(`ServiceManager.register_targets`); a Prometheus that the demo started scrapes only them. What
-``keep=True`` leaves running is recorded in ``<state_dir>/demos/<tag>/`` (`KeptDemo`): the
-processes by pid, the services the demo started, and ``demo.env``, the ``export
-RIVERSTREAM_...`` lines that give another shell the demo's stream; `stop_kept` (``riverstream
-demo stop``) stops all of it.
+(`ServiceManager.register_targets`); a Prometheus that the demo started scrapes only them.
+
+Its processes run in sessions of their own (a Ctrl-C in the terminal is the demo's to handle), so
+they outlive a demo that dies without stopping them. Every demo is therefore recorded in
+``<state_dir>/demos/<tag>/`` from the start: ``kept.json`` (the services it started, and its own
+process) before its Prometheus targets are registered, ``processes.json`` each process as soon as
+it is started, by pid and a marker of its command line that names the demo (``-X
+riverstream-demo=<tag>``, an option Python keeps and ignores: the pid of a process gone may be
+given to another demo's). A demo that ends deletes its record after stopping what it started;
+SIGTERM and SIGHUP (its terminal closed) end it so, as Ctrl-C does. With ``keep=True`` the record
+stays (`KeptDemo`), with ``demo.env``, the ``export RIVERSTREAM_...`` lines that give another
+shell the demo's stream. `stop_kept` (``riverstream demo stop``) stops what a demo kept, or left
+when it was killed (SIGKILL, a crash of the machine's session): its processes, its targets, the
+services it started; a demo whose own process still runs is left to it.
 
 The three serving architectures, briefly: the API's answers during the replay (online,
 synchronous: ``POST /v1/models/model/predict``, with their latency as the client measured it),
@@ -25,6 +34,8 @@ then requests through Kafka to the ``predict-worker`` and a batch ``score``
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -38,9 +49,10 @@ import threading
 import time
 import uuid
 import webbrowser
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any
 
 import httpx
@@ -50,8 +62,8 @@ from learners.datasets import dataset_events
 from schemas.errors import RiverstreamError
 from schemas.events import FeatureEvent, LabelEvent
 from schemas.settings import ENV_PREFIX, Settings
-from stream.dev.demo_architectures import OtherArchitectures, run_other_architectures
-from stream.dev.processes import Node, Processes
+from stream.dev.demo_architectures import OtherArchitectures, Spawn, run_other_architectures
+from stream.dev.processes import Node, Processes, pid_alive, start_ticks
 from stream.dev.services import (
     DEFAULT_STACK,
     SERVICES,
@@ -66,9 +78,16 @@ from stream.kafka.publish import Publisher
 CURVE_POINTS = 300
 """Learning-curve points the demo aims at, per model."""
 DEMOS_DIR = "demos"
-"""Under the state directory: a directory per demo left running (``--keep``), named by its tag."""
+"""Under the state directory: a directory per demo running, left running (``--keep``) or dead
+without its cleanup, named by its tag."""
 ENV_FILE = "demo.env"
 KEPT_FILE = "kept.json"
+"""In a demo's directory: the services it started and its own process (``pid`` and its
+``started``, `start_ticks`)."""
+DEMO_OPTION = "riverstream-demo"
+"""``python -X riverstream-demo=<tag> -m stream ...``: the demo's name in its processes' command
+lines (Python keeps unknown ``-X`` options in ``sys._xoptions`` and ignores them), so that
+`stop_kept` stops no other demo's process that was given a recorded pid since."""
 KEPT_SETTINGS = (
     "state_dir", "redis_prefix", "topic_features", "topic_labels", "topic_dlq", "topic_requests",
     "topic_predictions", "predict_group", "ingest_token", "predict_token",
@@ -172,9 +191,10 @@ def kept_env(kept: KeptDemo) -> str:
 
 
 def stop_kept(settings: Settings) -> list[str]:
-    """Stop every demo left running (``riverstream demo stop``): its processes by pid (each
-    only if it still runs its command), its Prometheus targets, and the services it started;
-    what was stopped, a line per demo."""
+    """Stop every demo left running (``riverstream demo stop``), kept or killed: its processes by
+    pid (each only if it still runs its command, which names the demo), its Prometheus targets,
+    and the services it started; what was stopped, a line per demo. A demo whose own process
+    still runs is left alone: it stops what it started when it ends."""
     state = settings.state_dir.resolve()
     root = state / DEMOS_DIR
     homes = sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
@@ -182,15 +202,21 @@ def stop_kept(settings: Settings) -> list[str]:
     said: list[str] = []
     services: set[str] = set()
     for home in homes:
+        record = _read_record(home)
+        owner = record.get("pid")
+        if isinstance(owner, int) and _runs(owner, record.get("started")):
+            said.append(
+                f"demo {home.name}: still running (pid {owner}); it stops what it started when "
+                f"it ends (Ctrl-C, or kill {owner})"
+            )
+            continue
         processes = Processes(home)
         nodes = processes.records()
         stopped = processes.stop()
         names = ", ".join(f"{name} (pid {nodes[name].pid})" for name in stopped)
         said.append(f"demo {home.name}: stopped {names or 'nothing (no process was running)'}")
         manager.unregister_targets(home.name)
-        with_services = home / KEPT_FILE
-        if with_services.exists():
-            services |= set(json.loads(with_services.read_text()).get("services", []))
+        services |= set(record.get("services", []))
         shutil.rmtree(home)
     down = manager.down(tuple(s for s in SERVICES if s in services)) if services else []
     if down:
@@ -198,8 +224,82 @@ def stop_kept(settings: Settings) -> list[str]:
     return said
 
 
+def _read_record(home: Path) -> dict[str, Any]:
+    """A demo's ``kept.json`` ({} if it has none: a demo killed before writing it)."""
+    path = home / KEPT_FILE
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _runs(pid: int, started: object) -> bool:
+    """Whether process ``pid``, started at ``started`` (`start_ticks`), still runs (the pid of a
+    process gone may have been given to another)."""
+    return pid_alive(pid) and (started is None or start_ticks(pid) == started)
+
+
 def _child_env(settings: Settings) -> dict[str, str]:
     return {**os.environ, **settings.to_environment()}
+
+
+class Signalled(SystemExit):
+    """The demo was sent SIGTERM or SIGHUP: it ends as on Ctrl-C, its cleanup run, with the exit
+    status of a process killed by ``signum`` (128 + its number)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+class _EndOnSignal:
+    """While entered (in the main thread), SIGTERM and SIGHUP raise `Signalled`: without it,
+    either killed the demo at once, its processes left running in their own sessions. Inside
+    `holding` a signal waits for the block's end, so that a process started is recorded, and a
+    cleanup begun is finished; a second signal is ignored (the first one's cleanup runs)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
+        self._received: int | None = None
+        self._raised = False
+        self._holding = 0
+
+    def __enter__(self) -> _EndOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self._received is None:
+            self._received = signum
+            self._raise_unless_held()
+
+    def _raise_unless_held(self) -> None:
+        if self._received is not None and not self._holding and not self._raised:
+            self._raised = True
+            raise Signalled(self._received)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """A signal received inside is raised at the end (if no other exception is)."""
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+        self._raise_unless_held()
 
 
 class Demo:
@@ -210,6 +310,9 @@ class Demo:
         self.started_services: tuple[str, ...] = ()
         self.base = Settings()
         self.tag = ""
+        self.home: Path | None = None
+        """``<state_dir>/demos/<tag>``, this demo's record (see the module's docstring)."""
+        self._signals = _EndOnSignal()
         self._logs: dict[str, Path] = {}
         self._named: dict[str, tuple[subprocess.Popen[bytes], list[str], int]] = {}
         """The long-running children by name: process, arguments and the port it serves."""
@@ -241,6 +344,14 @@ class Demo:
                 "watermark_idle_grace": 1.0,
             }
         )
+        state = self.base.state_dir.resolve()
+        with self._signals.holding():  # recorded before anything needs `stop_kept` to undo it
+            self.home = state / DEMOS_DIR / tag
+            self._write_record()
+        self.log(
+            f"demo {tag}: recorded in {self.home} (for `riverstream demo stop`, should it die), "
+            f"logs in {state / tag}.*.log"
+        )
         # scraped from the start: `riverstream report` and the alerts see the whole run
         manager.register_targets(tag, scrape_targets(settings))
         if "prometheus" in self.started_services:
@@ -249,31 +360,63 @@ class Demo:
             manager.unregister_targets(DEFAULT_STACK)
         return settings
 
+    def _write_record(self) -> None:
+        """Write ``kept.json``: the services this demo started, and its own process."""
+        assert self.home is not None
+        self.home.mkdir(parents=True, exist_ok=True)
+        pid = os.getpid()
+        record = {"services": list(self.started_services), "pid": pid, "started": start_ticks(pid)}
+        tmp = self.home / f".{KEPT_FILE}.tmp"
+        tmp.write_text(json.dumps(record))
+        tmp.replace(self.home / KEPT_FILE)
+
     def _spawn(
         self, settings: Settings, args: list[str], log_name: str, port: int
     ) -> subprocess.Popen[bytes]:
+        """Start ``riverstream ARGS`` (its output into ``<state_dir>/<tag>.<log_name>.log``) and
+        record it in `home` at once, its marker naming this demo."""
         log_path = Path(settings.state_dir) / f"{settings.redis_prefix}.{log_name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as handle:
+        command = ["-X", f"{DEMO_OPTION}={self.tag}", "-m", "stream", *args]
+        assert self.home is not None  # `prepare` has run
+        with self._signals.holding(), log_path.open("ab") as handle:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "stream", *args],
+                [sys.executable, *command],
                 env=_child_env(settings),
                 stdout=handle,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.children.append(proc)
+            self.children.append(proc)
+            marker = " ".join(command)  # as in /proc/PID/cmdline
+            Processes(self.home).add(Node(log_name, proc.pid, port, str(log_path), marker))
         self._logs[log_name] = log_path
         self._named[log_name] = (proc, args, port)
         return proc
 
+    def _spawner(self, settings: Settings) -> Spawn:
+        """`_spawn` for `run_other_architectures`: a process that serves no port."""
+
+        def spawn(args: list[str], log_name: str) -> tuple[subprocess.Popen[bytes], Path]:
+            return self._spawn(settings, args, log_name, 0), self._logs[log_name]
+
+        return spawn
+
     def run(self, on_progress: Callable[[int, int, dict[str, Any]], None]) -> DemoSummary:
+        """Run the demo (see the module's docstring); SIGTERM and SIGHUP end it as an exception,
+        `Signalled`, once it has stopped what it started (or recorded it, ``keep=True``)."""
+        with self._signals:
+            return self._run(on_progress)
+
+    def _run(self, on_progress: Callable[[int, int, dict[str, Any]], None]) -> DemoSummary:
         o = self.options
-        settings = self.prepare()
-        summary = DemoSummary(prometheus_url=settings.prometheus_url)
+        summary = DemoSummary()
+        settings: Settings | None = None
         features: list[FeatureEvent] = []
         client: httpx.Client | None = None
         try:
+            settings = self.prepare()
+            summary.prometheus_url = settings.prometheus_url
             events = list(
                 dataset_events(o.dataset, label_delay=o.label_delay, limit=o.limit, seed=o.seed)
             )
@@ -298,23 +441,27 @@ class Demo:
             )
             self._replay(settings, client, events, features, summary, on_progress, learner)
             run_other_architectures(
-                settings, client, name, features, summary.other, children=self.children,
+                settings, client, name, features, summary.other, spawn=self._spawner(settings),
                 worker_log=self._logs["predict-worker"], tail=self._tail,
             )  # fmt: skip
             if o.keep:
                 summary.kept = self.keep(settings, summary, features)
             return summary
+        except Signalled as exc:
+            self.log(f"{exc}: the demo stops what it started")
+            raise
         finally:
-            if client is not None:
-                client.close()
-            if not o.keep:
-                self.stop()
-            elif summary.kept is None:  # failed: what runs can still be looked at, and stopped
-                kept = self.keep(settings, summary, features)
-                self.log(
-                    f"the demo failed; left running as asked: see {kept.env_file}, "
-                    "stop with `riverstream demo stop`"
-                )
+            with self._signals.holding():  # a signal now waits for the cleanup's end
+                if client is not None:
+                    client.close()
+                if not o.keep or settings is None:
+                    self.stop()
+                elif summary.kept is None:  # failed: what runs can still be looked at, and stopped
+                    kept = self.keep(settings, summary, features)
+                    self.log(
+                        f"the demo failed; left running as asked: see {kept.env_file}, "
+                        "stop with `riverstream demo stop`"
+                    )
 
     def _replay(
         self,
@@ -327,7 +474,8 @@ class Demo:
         learner: subprocess.Popen[bytes],
     ) -> None:
         """Start the console and the worker, replay ``events`` while asking the API for
-        predictions, until the learner has learned every label."""
+        predictions, until the learner has learned every label. Ended by an exception (a
+        signal), the replay stops first: its producer is closed while Kafka still runs."""
         o, name = self.options, MODEL
         wait_until(lambda: client.get("/healthz").status_code == 200, 60, "the API")
         # started once the API answers: three processes importing River at once on a small
@@ -349,7 +497,7 @@ class Demo:
             publisher = Publisher(settings)
             try:
                 publisher.publish_events(
-                    events,
+                    itertools.takewhile(lambda _: not stop.is_set(), events),
                     rate=o.rate,
                     progress=lambda n: published.__setitem__(0, published[0] + n),
                 )
@@ -359,10 +507,38 @@ class Demo:
 
         thread = threading.Thread(target=publish, daemon=True)
         thread.start()
+        try:
+            self._follow(client, events, features, summary, on_progress, published, publisher_done)
+        except BaseException:  # a failure, or a signal: the publisher stops and closes first,
+            stop.set()  # while the Kafka it writes to still runs
+            thread.join(timeout=30)
+            raise
+        thread.join(timeout=30)
+        info = self._poll_model(client, name, summary)
+        summary.samples_learned = int(info.get("samples_learned", 0))
+        summary.metrics = dict(info.get("metrics", {}))
+        if learner.poll() is not None:
+            raise RiverstreamError(
+                f"the learner stopped unexpectedly; its log ends with:\n{self._tail('learner')}"
+            )
+
+    def _follow(
+        self,
+        client: httpx.Client,
+        events: list[FeatureEvent | LabelEvent],
+        features: list[FeatureEvent],
+        summary: DemoSummary,
+        on_progress: Callable[[int, int, dict[str, Any]], None],
+        published: list[int],
+        publisher_done: threading.Event,
+    ) -> None:
+        """Ask the API for predictions and show the progress while the events are published,
+        until the learner has learned every label (or a deadline)."""
+        o, name = self.options, MODEL
         i = 0
         info: dict[str, Any] = {}
         deadline = time.monotonic() + max(120.0, 3 * len(events) / o.rate)
-        while not stop.is_set() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             info = self._poll_model(client, name, summary)
             x = features[i % len(features)].features
             i += 1
@@ -380,31 +556,17 @@ class Demo:
             if publisher_done.is_set() and info.get("samples_learned", 0) >= len(features):
                 break
             time.sleep(0.02)  # pacing the demo's own requests, not synchronisation
-        thread.join(timeout=30)
-        info = self._poll_model(client, name, summary)
-        summary.samples_learned = int(info.get("samples_learned", 0))
-        summary.metrics = dict(info.get("metrics", {}))
-        if learner.poll() is not None:
-            raise RiverstreamError(
-                f"the learner stopped unexpectedly; its log ends with:\n{self._tail('learner')}"
-            )
 
     def keep(
         self, settings: Settings, summary: DemoSummary, features: list[FeatureEvent]
     ) -> KeptDemo:
-        """Record what runs in ``<state_dir>/demos/<tag>/`` (for `stop_kept`) and write its
-        ``demo.env`` (owner-only: it holds the tokens)."""
+        """Leave what runs recorded in ``<state_dir>/demos/<tag>/`` (for `stop_kept`: each
+        process was recorded as it started) and write its ``demo.env`` (owner-only: it holds
+        the tokens)."""
         state = settings.state_dir.resolve()
-        home = state / DEMOS_DIR / self.tag
-        processes = Processes(home)
-        pids: dict[str, int] = {}
-        for name, (proc, args, port) in self._named.items():
-            if proc.poll() is None:
-                marker = " ".join(["-m", "stream", *args])  # as in /proc/PID/cmdline
-                processes.add(Node(name, proc.pid, port, str(self._logs[name]), marker))
-                pids[name] = proc.pid
-        home.mkdir(parents=True, exist_ok=True)
-        (home / KEPT_FILE).write_text(json.dumps({"services": list(self.started_services)}))
+        assert self.home is not None  # `prepare` has run
+        home = self.home
+        pids = {name: proc.pid for name, (proc, _, _) in self._named.items() if proc.poll() is None}
         environment = settings.model_copy(update={"state_dir": state}).to_environment()
         exports = {
             variable: environment[variable]
@@ -465,6 +627,8 @@ class Demo:
             manager.unregister_targets(self.tag)
         if self.started_services:
             manager.down(self.started_services)
+        if self.home is not None:  # last: until then, `stop_kept` could finish the job
+            shutil.rmtree(self.home, ignore_errors=True)
 
 
 def _answers(url: str) -> bool:
@@ -511,6 +675,6 @@ def describe(summary: DemoSummary) -> list[str]:
 
 
 __all__ = [
-    "Demo", "DemoOptions", "DemoSummary", "KeptDemo", "describe", "kept_env", "kept_lines",
-    "stop_kept",
+    "Demo", "DemoOptions", "DemoSummary", "KeptDemo", "Signalled", "describe", "kept_env",
+    "kept_lines", "stop_kept",
 ]  # fmt: skip

@@ -6,7 +6,8 @@
   loaded the model: the requests are sent then);
 - **batch**: ``riverstream score`` over a JSON Lines file of `BATCH_ROWS` feature events,
   ``--into redis``, and one of its answers looked up through ``GET
-  /v1/models/model/predictions/{id}``. It runs while the asynchronous requests travel.
+  /v1/models/model/predictions/{id}``. It runs while the asynchronous requests travel, started
+  as the demo starts its other processes (`Spawn`: recorded, stopped with them).
 
 Either one failing (an unanswered request, a rejected row, a lookup that does not return the
 stored answer) raises `RiverstreamError` with the worker's or `score`'s output.
@@ -14,9 +15,7 @@ stored answer) raises `RiverstreamError` with the worker's or `score`'s output.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +36,9 @@ BATCH_ROWS = 50
 """Feature events the demo scores with `riverstream score`."""
 OTHER_ARCHITECTURES_SECONDS = 60.0
 """How long the asynchronous answers and the batch run may take together."""
+Spawn = Callable[[list[str], str], tuple[subprocess.Popen[bytes], Path]]
+"""Starts ``riverstream ARGS`` as one of the demo's processes, named (``"score"``): the process,
+and its log (its output and errors)."""
 
 
 @dataclass
@@ -62,12 +64,13 @@ def run_other_architectures(
     features: list[FeatureEvent],
     summary: OtherArchitectures,
     *,
-    children: list[subprocess.Popen[bytes]],
+    spawn: Spawn,
     worker_log: Path,
     tail: Callable[[str], str],
 ) -> None:
-    """Fill ``summary`` from batch scoring (a `score` process, added to ``children``) while requests travel through
-    Kafka to the worker (whose log is ``worker_log``; ``tail(name)`` ends a child's log)."""
+    """Fill ``summary`` from batch scoring (a `score` process, started by ``spawn``) while
+    requests travel through Kafka to the worker (whose log is ``worker_log``; ``tail(name)``
+    ends a child's log)."""
     state = Path(settings.state_dir)
     batch_in = state / f"{settings.redis_prefix}.batch.jsonl"
     batch_out = state / f"{settings.redis_prefix}.scores.jsonl"
@@ -77,13 +80,9 @@ def run_other_architectures(
             orjson.dumps({"id": e.id, "time": e.time, "features": e.features}) + b"\n" for e in rows
         )
     )
-    scoring = subprocess.Popen(
-        [sys.executable, "-m", "stream", "score", name, str(batch_in), "--out",
-         str(batch_out), "--into", "redis"],
-        env={**os.environ, **settings.to_environment()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-    children.append(scoring)
+    scoring, score_log = spawn(
+        ["score", name, str(batch_in), "--out", str(batch_out), "--into", "redis"], "score"
+    )
     deadline = time.monotonic() + OTHER_ARCHITECTURES_SECONDS
     requests = [(f"demo-request-{i}", features[-1 - i].features) for i in range(ASYNC_REQUESTS)]
     summary.async_requests = len(requests)
@@ -105,11 +104,11 @@ def run_other_architectures(
             f"{tail('predict-worker')}"
         )
     try:
-        output, _ = scoring.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        scoring.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         scoring.kill()
-        output, _ = scoring.communicate()
-    text = output.decode(errors="replace")
+        scoring.wait()
+    text = score_log.read_text(errors="replace")
     reports = [line for line in text.splitlines() if line.startswith('{"target"')]
     if scoring.returncode != 0 or not reports:
         raise RiverstreamError(f"`riverstream score` failed ({scoring.returncode}):\n{text}")

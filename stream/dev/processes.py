@@ -102,6 +102,20 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (None if it is gone, or without /proc):
+    with the pid, it names one process for ever, where a pid alone is given again later.
+
+    >>> start_ticks(os.getpid()) == start_ticks(os.getpid()) is not None
+    True
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[-1].split()[19])  # field 22; the 3rd follows the name
+
+
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
@@ -173,8 +187,8 @@ class Processes:
         return node
 
     def add(self, node: Node) -> None:
-        """Record ``node``, a process started by someone else (the demo's, left running), so
-        that `stop` stops it later, from another command."""
+        """Record ``node``, a process started by someone else (the demo's, as soon as it
+        starts), so that `stop` stops it later, from another command."""
         records = self.records()
         records[node.name] = node
         self._save(records)

@@ -48,9 +48,10 @@ def test_demo_runs_to_completion_and_cleans_up(tmp_path: Path) -> None:
     # everything the demo started has been stopped, by pid
     records = json.loads((tmp_path / "state" / "services.json").read_text())
     assert records == {}
-    # its Prometheus targets, registered while it ran, are gone
+    # its Prometheus targets, registered while it ran, are gone, and its record (which `demo
+    # stop` would read had it died)
     targets = tmp_path / "state" / "prometheus" / "targets"
-    assert not list(targets.glob("demo-*")) and not (tmp_path / "state" / "demos").exists()
+    assert not list(targets.glob("demo-*")) and not list((tmp_path / "state").glob("demos/*"))
     # the learner it started said where it began, and printed its summary when stopped (SIGTERM)
     [learner_log] = (tmp_path / "state").glob("demo-*.learner.log")
     text = learner_log.read_text()
