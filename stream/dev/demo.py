@@ -194,21 +194,27 @@ def stop_kept(settings: Settings) -> list[str]:
     """Stop every demo left running (``riverstream demo stop``), kept or killed: its processes by
     pid (each only if it still runs its command, which names the demo), its Prometheus targets,
     and the services it started; what was stopped, a line per demo. A demo whose own process
-    still runs is left alone: it stops what it started when it ends."""
+    still runs is left alone: it stops what it started when it ends, and the services stay up
+    while it runs (a demo reuses the services that a killed one started). A folder without a
+    record yet is a demo starting (its record is written first): left alone too."""
     state = settings.state_dir.resolve()
     root = state / DEMOS_DIR
     homes = sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
     manager = ServiceManager(settings)
     said: list[str] = []
     services: set[str] = set()
+    live: list[str] = []
     for home in homes:
         record = _read_record(home)
+        if not record:  # a demo starting: nothing is recorded before its record
+            continue
         owner = record.get("pid")
         if isinstance(owner, int) and _runs(owner, record.get("started")):
             said.append(
                 f"demo {home.name}: still running (pid {owner}); it stops what it started when "
                 f"it ends (Ctrl-C, or kill {owner})"
             )
+            live.append(home.name)
             continue
         processes = Processes(home)
         nodes = processes.records()
@@ -218,6 +224,12 @@ def stop_kept(settings: Settings) -> list[str]:
         manager.unregister_targets(home.name)
         services |= set(record.get("services", []))
         shutil.rmtree(home)
+    if services and live:
+        said.append(
+            f"services left running ({', '.join(sorted(services))}): demo {', '.join(live)} "
+            "uses them; `riverstream services down` stops them"
+        )
+        services = set()
     down = manager.down(tuple(s for s in SERVICES if s in services)) if services else []
     if down:
         said.append(f"services the demo started: stopped {', '.join(down)}")
@@ -225,7 +237,7 @@ def stop_kept(settings: Settings) -> list[str]:
 
 
 def _read_record(home: Path) -> dict[str, Any]:
-    """A demo's ``kept.json`` ({} if it has none: a demo killed before writing it)."""
+    """A demo's ``kept.json`` ({} if it has none yet: a demo starting, which writes it first)."""
     path = home / KEPT_FILE
     try:
         found = json.loads(path.read_text())

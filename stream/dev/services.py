@@ -187,8 +187,8 @@ class ServiceManager:
             )
             if proc.poll() is not None:
                 raise ServiceError(f"{what} exited with status {proc.returncode} (see its log)")
-        except ServiceError:
-            with contextlib.suppress(ProcessLookupError):
+        except BaseException:  # also a signal turned into an exit, or Ctrl-C, while waiting:
+            with contextlib.suppress(ProcessLookupError):  # never a service left unrecorded
                 proc.kill()
             raise
 
