@@ -28,32 +28,25 @@ from schemas.errors import SnapshotError
 from schemas.graph_parser import parse_graph
 from schemas.graphs import GraphSpec
 from stream.store.keys import RedisKeys
-from stream.store.snapshots import Subscription, wrapped
+from stream.store.snapshots import Subscription, UnreadableModelName, wrapped
 
 
 def _int(raw: bytes | str | None) -> int | None:
     return None if raw is None else int(raw)
 
 
-class UnreadableName(str):
+class UnreadableName(UnreadableModelName):
     """A name of the graphs' index that is not UTF-8, as text (its bytes escaped); ``raw`` is
     the stored name. No graph can be read under it (`GraphStore` raises ``ValueError``).
 
     >>> name = UnreadableName.of(b"fr\\xffaud")
     >>> name, name.raw, name == "fr\\\\xffaud"
     ('fr\\\\xffaud', b'fr\\xffaud', True)
+    >>> str(name.problem("P:graphs"))
+    "the graph name b'fr\\\\xffaud' in P:graphs is not UTF-8: it is skipped"
     """
 
-    raw: bytes
-
-    @classmethod
-    def of(cls, raw: bytes) -> UnreadableName:
-        name = cls(raw.decode(errors="backslashreplace"))
-        name.raw = raw
-        return name
-
-    def problem(self, key: str) -> ValueError:
-        return ValueError(f"the graph name {self.raw!r} in {key} is not UTF-8: it is skipped")
+    names = "graph"
 
 
 class GraphStore:

@@ -25,7 +25,7 @@ import functools
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import redis
 
@@ -91,7 +91,8 @@ FENCE_FIELDS = ("epoch", "started_at", "host", "pid")
 
 class UnreadableModelName(str):
     """A name of the models' index that is not UTF-8, as text (its bytes escaped); ``raw`` is
-    the stored name. Nothing of a model can be read under it (see the module).
+    the stored name. Nothing of a model can be read under it (see the module). The graphs'
+    index has its own, `stream.store.graphs.UnreadableName`, which names a graph.
 
     >>> name = UnreadableModelName.of(b"l\\xffr")
     >>> name, name.raw, name == "l\\\\xffr"
@@ -99,15 +100,19 @@ class UnreadableModelName(str):
     """
 
     raw: bytes
+    names = "model"
+    """What the index names (in `problem`'s message)."""
 
     @classmethod
-    def of(cls, raw: bytes) -> UnreadableModelName:
+    def of(cls, raw: bytes) -> Self:
         name = cls(raw.decode(errors="backslashreplace"))
         name.raw = raw
         return name
 
     def problem(self, key: str) -> ValueError:
-        return ValueError(f"the model name {self.raw!r} in {key} is not UTF-8: it is skipped")
+        return ValueError(
+            f"the {self.names} name {self.raw!r} in {key} is not UTF-8: it is skipped"
+        )
 
 
 def _model_name(raw: bytes) -> str:
