@@ -27,6 +27,7 @@ import hmac
 import pickle
 import time
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 from schemas.errors import SnapshotIntegrityError
@@ -40,6 +41,41 @@ def dump_signed(obj: Any, key: bytes, *, level: int = COMPRESSION_LEVEL) -> byte
     """Pickle, compress and sign ``obj``."""
     body = zlib.compress(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), level)
     return MAGIC + hmac.new(key, body, hashlib.sha256).digest() + body
+
+
+class _Full(Exception):
+    """The pickle passed the limit of `pickled_within`."""
+
+
+class _Counter:
+    """A file that only counts what is written to it, up to ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.size = limit, 0
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise _Full
+        return len(data)
+
+
+def pickled_within(objs: Iterable[Any], limit: int) -> int | None:
+    """The size of ``objs``' pickles together, or None as soon as it passes ``limit`` bytes:
+    what deciding by size costs is pickling at most ``limit`` bytes, whatever the size.
+
+    >>> pickled_within([{"w": [1.0, 2.0]}], 1000) is not None
+    True
+    >>> pickled_within([list(range(10_000))], 1000) is None
+    True
+    """
+    sink = _Counter(limit)
+    try:
+        for obj in objs:
+            pickle.Pickler(sink, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    except _Full:
+        return None
+    return sink.size
 
 
 def verify_signed(blob: bytes, key: bytes) -> bytes:

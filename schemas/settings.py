@@ -177,9 +177,10 @@ class Settings(BaseSettings):
     snapshot_fork_min_bytes: int = Field(
         1_000_000,
         ge=0,
-        description="Snapshots whose previous one was smaller are serialized in-process and "
-        "written by a thread (a fork stalls the learner ≈ 7-10 ms); larger ones in a forked "
-        "child. 0: always fork.",
+        description="Snapshots whose previous one was smaller (the first one of a process: "
+        "whose models pickle smaller, counted up to this size) are serialized in-process and "
+        "written by a thread (a fork stalls the learner ≈ 7-10 ms, and its copy-on-write faults "
+        "slow the learning while the child lives); larger ones in a forked child. 0: always fork.",
     )
     snapshot_chunk_bytes: int = Field(
         64 * 1024 * 1024, gt=0, le=512 * 1024 * 1024, description="Redis value size per chunk."

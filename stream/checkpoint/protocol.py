@@ -14,7 +14,8 @@ Taking a snapshot, in order (each step only after the previous one succeeded):
 3. **Fork**, for a large state. The learner forks; the child holds a copy-on-write image of
    the core, so the learner goes on at once: its stall is the `fork()` call (milliseconds even
    for a large model), not the pickling (seconds for a large forest). A snapshot whose previous
-   one was smaller than ``fork_min_bytes`` is serialized in the learner instead (step 4, ≈ 2 ms
+   one was smaller than ``fork_min_bytes`` (the first one: whose models pickle smaller, counted
+   up to that size) is serialized in the learner instead (step 4, ≈ 2 ms
    for a logistic regression: less than a fork) and written by a thread (step 5 and the
    registry's steps after it), so that its round trips to Redis wait beside the learning: 13
    for one model as a rule (the version number 1, the write 4, then per model the promotion 3
@@ -60,7 +61,7 @@ from typing import Any, Literal, cast
 
 from learners.comparisons import ComparisonRecord
 from learners.core import LearningCore, ModelState
-from learners.serialization import dump_signed, load_signed
+from learners.serialization import dump_signed, load_signed, pickled_within
 from learners.specs import ModelSpec
 from schemas.errors import RiverstreamError, SnapshotError
 from schemas.records import SnapshotMeta
@@ -386,8 +387,9 @@ class Snapshotter:
         # copy-on-write faults; for a small model, pickling it here stalls less (≈ 2 ms for
         # logreg) and a thread writes it: the round trips to Redis of the write and the
         # registry's steps wait beside the learning, not in it. The previous size decides;
-        # the first one forks.
-        if self.last_bytes is not None and self.last_bytes < self.fork_min_bytes:
+        # when it is unknown (the first snapshot of a process, or after a failed one), the
+        # models' pickles are counted up to the threshold (`_small`).
+        if self._small(core):
             try:
                 prepared = prepare_snapshot(self._signing_key, core, offsets, extras, trace=trace)
             except Exception:  # as a failed write: logged, and the next snapshot tries again
@@ -439,6 +441,21 @@ class Snapshotter:
         stall = time.perf_counter() - start
         self._writing = _Writing(version, start, stall, list(core.models), pid=pid)
         return None
+
+    def _small(self, core: LearningCore) -> bool:
+        """Whether the models' state is under ``fork_min_bytes``: by the previous snapshot's
+        blobs, else by their pickles, counted only up to the threshold (at most
+        ``fork_min_bytes`` of pickling, ≈ 1-3 ms for the default 1 MB, where a fork of a
+        learner that has read a backlog stalls ≈ 7-10 ms and its copy-on-write faults cost
+        the learning more while the child lives). Uncompressed pickles are larger than the
+        compressed blobs: a model the previous size would call small may fork the first time.
+        """
+        limit = self.fork_min_bytes
+        if self.last_bytes is not None:
+            return self.last_bytes < limit
+        if limit <= 0:
+            return False
+        return pickled_within(core.models.values(), limit - 1) is not None
 
     def _inline(
         self,

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from learners.core import LearningCore
+from learners.serialization import pickled_within
 from learners.specs import ModelSpec
 from schemas.errors import SnapshotError
 from schemas.records import SnapshotMeta
@@ -62,11 +63,13 @@ def _take(snapshotter: Snapshotter, core: LearningCore, offset: int = 1) -> Snap
     return result
 
 
-def test_a_small_snapshot_is_written_by_a_thread_after_the_first(redis_url, prefix) -> None:
+def test_a_small_snapshot_is_written_by_a_thread_from_the_first(redis_url, prefix) -> None:
+    """The first snapshot of a process has no previous size: its models' pickles, counted up
+    to the threshold, decide (a learner that just started does not fork for a small model)."""
     core = LearningCore([ModelSpec("m", "logreg")])
     snapshotter = _snapshotter(redis_url, prefix, fork_min_bytes=1_000_000)
     first = _take(snapshotter, core)
-    assert first.ok and first.how == "fork"  # size unknown: fork
+    assert first.ok and first.how == "thread"
     assert snapshotter.last_bytes is not None and 0 < snapshotter.last_bytes < 1_000_000
     second = _take(snapshotter, core)
     assert second.ok and second.how == "thread"
@@ -81,7 +84,7 @@ def test_the_writer_thread_writes_while_the_learner_goes_on(redis_url, prefix) -
     registry's steps run beside the caller, and the outcome is reaped by `poll`."""
     core = LearningCore([ModelSpec("m", "logreg")])
     snapshotter = _snapshotter(redis_url, prefix, fork_min_bytes=1_000_000)
-    _take(snapshotter, core)  # the first forks
+    _take(snapshotter, core)  # a first one, so that the writer thread's store is open
     entered, release = threading.Event(), threading.Event()
     seen: list[tuple[int, list[str], int | None]] = []
 
@@ -114,7 +117,7 @@ def test_the_switch_interval_comes_back_without_a_poll(redis_url, prefix) -> Non
     core = LearningCore([ModelSpec("m", "logreg")])
     first = _snapshotter(redis_url, prefix, fork_min_bytes=1_000_000)
     second = _snapshotter(redis_url, prefix, fork_min_bytes=1_000_000)
-    _take(first, core)  # each one's first snapshot forks
+    _take(first, core)  # a first one each: the writer threads' stores are open
     _take(second, core)
     entered = [threading.Event(), threading.Event()]
     release = [threading.Event(), threading.Event()]
@@ -149,6 +152,23 @@ def test_snapshots_above_the_threshold_keep_forking(redis_url, prefix) -> None:
     assert [_take(snapshotter, core).how for _ in range(3)] == ["fork", "fork", "fork"]
 
 
+def test_a_first_snapshot_whose_models_pickle_larger_forks(redis_url, prefix) -> None:
+    """Over the threshold by the models' pickles: the first forks; then the previous size
+    (the compressed blobs) decides, as before."""
+    core = LearningCore([ModelSpec("m", "logreg")])
+    for i in range(50):  # a state of some hundreds of bytes: 50 features learned
+        core.models["m"].learn({f"feature_{i}": float(i)}, i % 2 == 0, (None, None))
+    size = pickled_within(core.models.values(), 10**9)
+    assert size is not None and size > 1000
+    snapshotter = _snapshotter(redis_url, prefix, fork_min_bytes=size)
+    assert _take(snapshotter, core).how == "fork"  # pickles of `size` bytes: not under it
+    compressed = snapshotter.last_bytes
+    assert compressed is not None and compressed < size
+    assert _take(snapshotter, core).how == "thread"  # the blobs are under the threshold
+    again = _snapshotter(redis_url, prefix, fork_min_bytes=size + 1)
+    assert _take(again, core).how == "thread"  # a byte more: under it
+
+
 def test_without_fork_a_snapshot_is_written_in_line(redis_url, prefix) -> None:
     core = LearningCore([ModelSpec("m", "logreg")])
     snapshotter = _snapshotter(redis_url, prefix, fork_min_bytes=1_000_000, use_fork=False)
@@ -162,7 +182,7 @@ def test_a_failed_thread_snapshot_is_reported_and_the_next_one_is_written(
 ) -> None:
     core = LearningCore([ModelSpec("m", "logreg")])
     snapshotter = _snapshotter(redis_url, prefix, fork_min_bytes=1_000_000)
-    _take(snapshotter, core)  # the first forks; the next ones are small: a thread writes them
+    _take(snapshotter, core)  # small: a thread writes it, and the next ones
     written = snapshotter.last_bytes
 
     def failing(*_args: object) -> None:
@@ -184,16 +204,14 @@ def test_a_thread_snapshot_that_cannot_be_written_is_reported(redis_url, prefix)
     down.bind(("127.0.0.1", 0))  # a port nothing listens on
     closed_port = down.getsockname()[1]
     down.close()
-    unreachable: list[str] = []  # set once the first (forked) snapshot is written
+    unreachable = f"redis://127.0.0.1:{closed_port}/0"
 
     def store() -> SnapshotStore:
-        url = unreachable[0] if unreachable else redis_url
-        return SnapshotStore(redis.Redis.from_url(url), prefix, KEY)
+        return SnapshotStore(redis.Redis.from_url(unreachable), prefix, KEY)
 
-    snapshotter = Snapshotter(store(), store, KEY, fork_min_bytes=1_000_000)
+    first = SnapshotStore(redis.Redis.from_url(redis_url), prefix, KEY)  # the version numbers
+    snapshotter = Snapshotter(first, store, KEY, fork_min_bytes=1_000_000)
     core = LearningCore([ModelSpec("m", "logreg")])
-    assert _take(snapshotter, core).ok  # forked: the child opened its store from redis_url
-    unreachable.append(f"redis://127.0.0.1:{closed_port}/0")
     failed = _take(snapshotter, core, 2)  # the thread opens its store: unreachable
     assert failed.how == "thread" and not failed.ok and failed.sizes == {}
     assert snapshotter.store.latest_version("m") != failed.version

@@ -2,8 +2,8 @@
 watching Redis from outside; the end equals an uninterrupted run.
 
 For each seed and both snapshot modes (in-process: ``RIVERSTREAM_SNAPSHOT_FORK_MIN_BYTES``
-large, so only the first snapshot of a process forks and the next ones are written by the
-learner's writer thread; forked: 0, every snapshot is written by a child) one stream, synth.Agrawal with random label delays, two models (``lr`` logistic
+large, so every snapshot is written by the learner's writer thread; forked: 0, every snapshot
+is written by a child) one stream, synth.Agrawal with random label delays, two models (``lr`` logistic
 regression, ``tree`` Hoeffding tree) and malformed events of every kind mixed in, is learned
 by a sequence of learner processes, each killed with SIGKILL at one moment:
 
@@ -12,8 +12,8 @@ by a sequence of learner processes, each killed with SIGKILL at one moment:
    record of it as consumed, and Redis is checked to hold no checkpoint.
 2. **right after a version becomes visible**: Redis' MONITOR shows the transaction that
    writes the checkpoint's metadata; the kill follows at once, while the writer is still
-   between that transaction and its notification and promotion, or just past them (in-process
-   mode: the second version of that process, the first written by its writer thread).
+   between that transaction and its notification and promotion, or just past them (the first
+   version of that process).
 3. **during restore and seek** (right after a restart): with seeds 1 and 3 the kill comes at
    the learner's first read of the checkpoint, its later commands held by a `RedisGate` (see
    step 4) so that the restore cannot go further; with seed 2 at its last restore read (the
@@ -342,7 +342,7 @@ def test_kill_9_at_every_step_changes_nothing(
         learner_metrics_port=0,
     )
     forked = mode == "forked"
-    nth = 1 if forked else 2  # in-process mode: the first snapshot of a process still forks
+    nth = 1  # the first version of each process (written by its child, or its writer thread)
     head, *thirds = stream(seed)
     run = Run(s, tmp_path)
     try:
