@@ -102,7 +102,8 @@ class Unusable:
     served: Served | None = None  # what the API answered, logged with the features
     partition: int | None = None
     """Where it was read (its topic follows from ``kind``), for its dead letter: None when not
-    known (a label that waited for its feature; one kept in a checkpoint written before)."""
+    known (one kept in a checkpoint written before, or a label that waited for its feature
+    in one)."""
     offset: int | None = None
 
     def to_event(self) -> dict[str, Any]:

@@ -146,7 +146,9 @@ class EventTimeJoin:
         self._buffer: list[tuple[float, int, Source, int, int, Any]] = []
         # Insertion-ordered (oldest first): expiry and eviction take from the front.
         self._pending: dict[str, Pending] = {}
-        self._orphans: dict[str, LabelEvent] = {}
+        # Orphan labels (come before their features) by id: their buffer entries, so that a
+        # joined orphan's place is known (`released_at`).
+        self._orphans: dict[str, tuple[Any, ...]] = {}
         self._pushed = 0  # breaks ties between identical (time, kind, source, offset) keys only
         self._seq = 0
         self._passed = -_INF  # highest watermark already passed
@@ -177,6 +179,10 @@ class EventTimeJoin:
             state["_unsorted"] = True
         unsorted = state.pop("_unsorted", True)  # written before `_sorted`
         state.setdefault("_sorted", 0 if unsorted else len(state["_buffer"]))
+        orphans = state.get("_orphans", {})
+        if orphans and not isinstance(next(iter(orphans.values())), tuple):
+            # written when orphans were kept as events: their place is unknown (source None)
+            state["_orphans"] = {k: (e.time, 0, None, None, -1, e) for k, e in orphans.items()}
         state["_tracks"] = {}
         state["_tracked"] = not state["_buffer"]  # what it holds was not tracked
         state["_at"] = None
@@ -247,8 +253,9 @@ class EventTimeJoin:
 
     def released_at(self) -> tuple[Source, int] | None:
         """Where the event `steps` yielded last was read: its ``(source, offset)``; for a
-        joined label, the label's. None for a label that waited for its feature (an orphan:
-        its place is not kept) or outside `steps`. Read while the caller handles what was
+        joined label, the label's (also when it waited for its feature). None outside `steps`
+        (or for an orphan label restored from a checkpoint written before orphans kept their
+        place). Read while the caller handles what was
         yielded (a model failed on it), so the cost is one reference kept per event.
 
         >>> join = EventTimeJoin()
@@ -256,9 +263,13 @@ class EventTimeJoin:
         >>> join.push_label(LabelEvent("a", 1.0, True), (1, 2), 9)
         >>> [(label is not None, join.released_at()) for _, label in join.steps(2.0)]
         [(False, ((0, 2), 7)), (True, ((1, 2), 9))]
+        >>> join.push_label(LabelEvent("b", 3.0, False), (1, 2), 10)  # before its feature
+        >>> join.push_feature(FeatureEvent("b", 3.0, {}), (0, 2), 8)
+        >>> [(label is not None, join.released_at()) for _, label in join.steps(4.0)]
+        [(False, ((0, 2), 8)), (True, ((1, 2), 10))]
         """
         at = self._at
-        return None if at is None else (at[2], at[3])
+        return None if at is None or at[2] is None else (at[2], at[3])
 
     def set_aside(self) -> tuple[dict[Source, Unprocessed], Aside]:
         """Take the buffered (not yet processed) events out: the join then holds only what it
@@ -365,11 +376,11 @@ class EventTimeJoin:
                 self._at = entry
                 yield pending, None
                 if orphans:  # its label came first
-                    label = orphans.pop(event_id, None)
-                    if label is not None and pending_by_id.pop(event_id, None) is not None:
+                    orphan = orphans.pop(event_id, None)
+                    if orphan is not None and pending_by_id.pop(event_id, None) is not None:
                         joined += 1
-                        self._at = None  # an orphan's place is not kept
-                        yield pending, label
+                        self._at = orphan
+                        yield pending, orphan[5]
                         if joined >= limit:
                             cut, stopped = i + 1, True
                 i += 1
@@ -392,7 +403,7 @@ class EventTimeJoin:
                 event = entry[5]
                 waiting = pending_by_id.pop(event.id, None)
                 if waiting is None:
-                    self._add_orphan(event)
+                    self._add_orphan(entry)
                 else:
                     joined += 1
                     self._at = entry
@@ -445,14 +456,16 @@ class EventTimeJoin:
             if pending is not None:
                 joined.append((pending.seq, pending, event, entry))
             else:
-                self._add_orphan(event)
+                self._add_orphan(entry)
         joined.sort(key=_first)
         return [(pending, event, entry) for _, pending, event, entry in joined]
 
-    def _add_orphan(self, event: LabelEvent) -> None:
-        if self._orphans.pop(event.id, None) is not None:
+    def _add_orphan(self, entry: tuple[Any, ...]) -> None:
+        """Keep a label's buffer ``entry`` until its feature comes (or it expires)."""
+        label_id = entry[5].id
+        if self._orphans.pop(label_id, None) is not None:
             self.counters.orphan_labels += 1
-        self._orphans[event.id] = event
+        self._orphans[label_id] = entry
         if len(self._orphans) > self.max_pending:
             del self._orphans[next(iter(self._orphans))]
             self.counters.orphan_labels += 1
@@ -465,13 +478,13 @@ class EventTimeJoin:
             del pending[next(iter(pending))]
             self.counters.expired_without_label += 1
         orphans = self._orphans
-        while orphans and next(iter(orphans.values())).time < cutoff:
+        while orphans and next(iter(orphans.values()))[0] < cutoff:
             del orphans[next(iter(orphans))]
             self.counters.orphan_labels += 1
         # Entries are added in (roughly) time order, so the fronts bound the next expiry.
         self._nothing_older_than = min(
             next(iter(pending.values())).time if pending else now,
-            next(iter(orphans.values())).time if orphans else now,
+            next(iter(orphans.values()))[0] if orphans else now,
         )
 
 
