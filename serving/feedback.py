@@ -76,7 +76,10 @@ once, each on a thread of its own; a request beyond them gets 503 at once (reaso
 When the producer cannot be created or a publish is not acknowledged, the failure is remembered
 for `OUTAGE_SECONDS`: meanwhile every request gets the same 503 at once (``outage``), nothing
 sent, instead of waiting for its own attempt; then one request tries again while the others
-still get that 503, and the first acknowledgement ends the outage.
+still get that 503, and the first acknowledgement ends the outage. A log handed over after its
+answer (`Publisher.send_later`, on the shadows' one thread) whose sends may wait (for the
+producer's creation, or a topic's metadata: up to 3 s) is held to the same rule: meanwhile it
+fails at once (counted as ``outage``), and past the window one tries again.
 """
 
 from __future__ import annotations
@@ -126,6 +129,10 @@ _INGEST = {"/v1/features": ("features", "events"), "/v1/labels": ("labels", "lab
 _JSON = [(b"content-type", b"application/json")]
 
 Outgoing = tuple[str, bytes, bytes]  # topic, key, value
+_STOPPED = (
+    "the API stopped before Kafka acknowledged the log (it was handed to the producer: it may "
+    "be stored)"
+)
 Failed = Callable[["KafkaUnavailable"], None]
 """Told that a log handed to `Publisher.send_later` was not stored, and why."""
 
@@ -184,6 +191,7 @@ class Publisher:
         self._in_flight = 0
         self._executor = ThreadPoolExecutor(self.max_in_flight, "closed-loop-publish")
         self._later: deque[_Delivery] = deque()  # `send_later`'s logs, in the order sent
+        self._closing = False  # `close` has begun: a log failed from now on, it failed
 
     def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
         """Send ``messages`` and wait until the broker acknowledged each (blocking: call it on
@@ -213,10 +221,7 @@ class Publisher:
         """Take a place among the publishes in flight: (when, whether this one tries again
         after a failure); `KafkaUnavailable` at once when there is none, or a failure is
         remembered."""
-        if not self.bootstrap:
-            raise KafkaUnavailable(
-                "no Kafka configured (RIVERSTREAM_KAFKA_BOOTSTRAP_SERVERS)", reason="no_kafka"
-            )
+        self._configured()
         with self._state:
             now = time.monotonic()
             if self._in_flight >= self.max_in_flight:
@@ -224,17 +229,40 @@ class Publisher:
                     f"{self._in_flight} publishes already wait for Kafka to acknowledge (the "
                     "most in flight): the broker is slow or away", reason="busy", retry_after=1,
                 )  # fmt: skip
-            probe = False
-            if self._failed is not None:
-                since, why = self._failed
-                left = OUTAGE_SECONDS - (now - since)
-                if left > 0 or self._probing:
-                    raise KafkaUnavailable(
-                        why, reason="outage", retry_after=max(1, math.ceil(left))
-                    )
-                self._probing = probe = True  # this one tries again; the others wait for it
+            probe = self._probe(now)
             self._in_flight += 1
             return now, probe
+
+    def _configured(self) -> str:
+        """The bootstrap servers; `KafkaUnavailable` at once when none are configured."""
+        if not self.bootstrap:
+            raise KafkaUnavailable(
+                "no Kafka configured (RIVERSTREAM_KAFKA_BOOTSTRAP_SERVERS)", reason="no_kafka"
+            )
+        return self.bootstrap
+
+    def _refusal(self, now: float) -> KafkaUnavailable | None:
+        """The outage's refusal (``_state`` held): a failure remembered less than
+        `OUTAGE_SECONDS` ago, or past them while another tries again; else None."""
+        if self._failed is None:
+            return None
+        since, why = self._failed
+        left = OUTAGE_SECONDS - (now - since)
+        if left > 0 or self._probing:
+            return KafkaUnavailable(why, reason="outage", retry_after=max(1, math.ceil(left)))
+        return None
+
+    def _probe(self, now: float) -> bool:
+        """Admit an attempt (``_state`` held): `KafkaUnavailable` when `_refusal` refuses it;
+        True when it tries again after a failure (the others are refused until it is over:
+        give the flag back, `_release`), False when no failure is remembered."""
+        refused = self._refusal(now)
+        if refused is not None:
+            raise refused
+        if self._failed is None:
+            return False
+        self._probing = True
+        return True
 
     def _release(
         self, admitted: tuple[float, bool], *, ok: bool = False, failed: str | None = None
@@ -265,8 +293,11 @@ class Publisher:
         self._release(admitted, ok=True)
 
     def _send_and_wait(self, messages: Sequence[Outgoing], timeout: float, since: float) -> None:
-        assert self.bootstrap
-        producer = self._producer_or_raise(self.bootstrap, since)
+        """A send waits for a topic's metadata (up to the producer's ``max_block_ms``, 3 s)
+        when the broker is away and the producer never sent to that topic. Bounded by
+        `_admit`: only the publishes admitted before a failure is remembered wait so (at most
+        ``max_in_flight``), then one per `OUTAGE_SECONDS` (the probe), the others refused."""
+        producer = self._producer_or_raise(self._configured(), since)
         futures: list[Any] = []
         waiting: Any = None  # the future waited for
         deadline = time.monotonic() + timeout
@@ -321,10 +352,7 @@ class Publisher:
         sent over `PUBLISH_TIMEOUT_SECONDS` ago still not acknowledged (then remembered as a
         failure, as a publish that timed out, for as long as it stays so). Takes no place among
         the publishes in flight: `send_later` does not wait on a thread."""
-        if not self.bootstrap:
-            raise KafkaUnavailable(
-                "no Kafka configured (RIVERSTREAM_KAFKA_BOOTSTRAP_SERVERS)", reason="no_kafka"
-            )
+        self._configured()
         with self._state:
             now = time.monotonic()
             later = self._later
@@ -334,38 +362,36 @@ class Publisher:
             if stale and (self._failed is None or now - self._failed[0] >= OUTAGE_SECONDS):
                 why = f"Kafka did not acknowledge a log within {PUBLISH_TIMEOUT_SECONDS:g} s"
                 self._failed = (now, why)
-            if self._failed is not None:
-                since, why = self._failed
-                left = OUTAGE_SECONDS - (now - since)
-                if left > 0 or self._probing:
-                    raise KafkaUnavailable(
-                        why, reason="outage", retry_after=max(1, math.ceil(left))
-                    )
+            refused = self._refusal(now)
+            if refused is not None:
+                raise refused
 
     def send_later(self, messages: Sequence[Outgoing], failed: Failed) -> None:
         """Hand ``messages`` to the producer without waiting for the broker (call it where
-        blocking is fine: the producer may be created, ≤ 3 s, and a send may wait for metadata
-        or for room in its buffer, ≤ 3 s). ``failed`` is called once, on the producer's thread
-        or this one, if one is not acknowledged (within the producer's delivery timeout: it
-        retries them meanwhile), and the failure is remembered as a publish's; the
-        acknowledgement of them all ends a failure remembered. What is handed over before
-        `close` is sent (the producer's close waits for it, ≤ 10 s: then ``failed`` is told).
-        While no producer exists and a failure is remembered (as `check` would refuse),
-        ``failed`` is told at once, without an attempt: the caller is the shadows' one thread,
-        which would otherwise spend up to 3 s on each queued log, the shadows of every graph
-        waiting behind them. Never raises."""
+        blocking is fine: the producer may be created, ≤ 3 s, and a send may wait for a topic's
+        metadata, ≤ 3 s). ``failed`` is called once, on the producer's thread or this one, if
+        one is not acknowledged (within the producer's delivery timeout: it retries them
+        meanwhile), and the failure is remembered as a publish's; the acknowledgement of them
+        all ends a failure remembered. What is handed over before `close` is sent (the
+        producer's close waits for it, ≤ 10 s, then fails the rest: ``failed`` is told).
+
+        The caller is the shadows' one thread: an attempt that may wait (no producer yet, or
+        one that never sent to a topic of ``messages``) is a probe, as a publish's (`_admit`).
+        While a failure is remembered (as `check` refuses) or another tries again, ``failed``
+        is told at once, without an attempt; past `OUTAGE_SECONDS` this one tries again and
+        the others (logs, requests) are refused until it is over. Else each log queued before
+        the outage was known would wait 3 s, the shadows of every graph (and the API's stop,
+        which writes the queued logs) behind them. A log that waits for nothing is handed over
+        even during an outage: the producer keeps it until the broker is back. Never raises."""
         delivery = _Delivery(self, len(messages), failed)
+        probe = False
         try:
-            if not self.bootstrap:
-                raise KafkaUnavailable("no Kafka configured", reason="no_kafka")
-            if self._producer is None:
+            bootstrap = self._configured()
+            known = self._producer
+            if known is None or not all(known.knows(topic) for topic, _, _ in messages):
                 with self._state:
-                    remembered = self._failed
-                if remembered is not None and time.monotonic() - remembered[0] < OUTAGE_SECONDS:
-                    raise KafkaUnavailable(
-                        remembered[1], reason="outage", retry_after=_retry_after()
-                    )
-            producer = self._producer_or_raise(self.bootstrap, time.monotonic())
+                    probe = self._probe(time.monotonic())
+            producer = self._producer_or_raise(bootstrap, time.monotonic())
             with self._state:
                 later = self._later
                 while later and later[0].done:
@@ -374,10 +400,14 @@ class Publisher:
             for topic, key, value in messages:
                 sent = producer.send_future(topic, key, value)
                 sent.add_callback(delivery.acknowledged).add_errback(delivery.lost)
-        except KafkaUnavailable as exc:  # no producer: it could not be created (remembered)
+        except KafkaUnavailable as exc:  # refused, or no producer: it could not be created
             delivery.fail(exc)
-        except Exception as exc:  # the send itself: no metadata, or no room, in max_block_ms
+        except Exception as exc:  # the send itself: no metadata in max_block_ms
             delivery.lost(exc)
+        finally:
+            if probe:  # its failure, if any, is remembered by now (`_Delivery.fail`)
+                with self._state:
+                    self._probing = False
 
     def _remember(self, why: str | None) -> None:
         """Remember a failure (``why``) of `send_later`'s, or forget the one remembered."""
@@ -386,10 +416,11 @@ class Publisher:
 
     def close(self) -> None:
         """Close the producer, which waits (≤ 10 s, `EventProducer.close`) for what it was
-        handed to be acknowledged; then tell each log of `send_later` still unacknowledged that
-        it failed (counted and logged as any log lost after its answer): when the broker is
-        slow or away, kafka-python's close gives up on its flush with an error before closing,
-        and no errback fires. Never raises: the API calls it as it stops."""
+        handed to be acknowledged, then fails the rest: each log of `send_later` still
+        unacknowledged is told so (counted and logged as any log lost after its answer), as
+        the API stopped before the broker acknowledged it. Never raises: the API calls it as
+        it stops."""
+        self._closing = True
         self._executor.shutdown(wait=False)
         if self._producer is not None:
             try:
@@ -400,12 +431,8 @@ class Publisher:
         with self._state:
             pending = [delivery for delivery in self._later if not delivery.done]
             self._later.clear()
-        why = (
-            "the API stopped before Kafka acknowledged the log (it was handed to the producer: "
-            "it may be stored)"
-        )
-        for delivery in pending:  # one told already (a late errback) is not told again
-            delivery.fail(KafkaUnavailable(why, reason="not_acknowledged", maybe_stored=True))
+        for delivery in pending:  # the producer's thread did not end in time to fail them
+            delivery.fail(KafkaUnavailable(_STOPPED, reason="not_acknowledged", maybe_stored=True))
 
 
 def _retry_after() -> int:
@@ -810,7 +837,11 @@ class _Delivery:
             self.publisher._remember(None)  # the broker is back, if it was away
 
     def lost(self, exc: BaseException) -> None:
-        why = f"Kafka did not acknowledge a log: {type(exc).__name__}: {exc}"
+        cause = f"{type(exc).__name__}: {exc}"
+        if self.publisher._closing:  # failed by the producer's close, giving up on it
+            why = f"{_STOPPED}: {cause}"
+        else:
+            why = f"Kafka did not acknowledge a log: {cause}"
         self.fail(KafkaUnavailable(why, reason="not_acknowledged", maybe_stored=True))
 
     def fail(self, exc: KafkaUnavailable) -> None:

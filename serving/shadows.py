@@ -12,7 +12,8 @@ documents): ``riverstream_shadow_runs_total``, ``riverstream_shadow_errors_total
 the runs for the agreement rate; for regressors it counts exact equality only) and
 ``riverstream_shadow_duration_seconds``. When the backlog exceeds `SHADOW_BACKLOG` requests,
 further shadows are dropped and counted (``riverstream_shadow_dropped_total``) rather than let
-memory grow.
+memory grow; so are those submitted once the runner stopped (the API stops: no thread would run
+them).
 
 A logged request's job (`serving.feedback`: a graph predict with ``"log": true``) carries
 ``then``, its log, called on the same thread once its shadows have run: the client has its
@@ -26,6 +27,7 @@ learns from, and scores, each served answer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -85,8 +87,8 @@ class GraphMetrics:
             ["graph", "shadow"], registry=r,
         )  # fmt: skip
         self.shadow_dropped = Counter(
-            "riverstream_shadow_dropped", "Shadowed requests dropped: backlog full.", ["graph"],
-            registry=r,
+            "riverstream_shadow_dropped", "Shadowed requests dropped: backlog full, or stopped.",
+            ["graph"], registry=r,
         )  # fmt: skip
         self.shadow_duration_seconds = Histogram(
             "riverstream_shadow_duration_seconds", "Time to evaluate one shadow.",
@@ -151,22 +153,25 @@ class ShadowRunner:
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._logged: dict[Future[None], ShadowJob] = {}  # queued jobs with a ``then``
+        self._stopped = False  # for good: `stop` ran, or runs
 
     def submit(self, job: ShadowJob) -> bool:
-        """Queue ``job``; False (and counted) when the backlog is full, or when the runner is
-        stopping (``job.then`` is not called then: the caller logs otherwise)."""
-        if not self._slots.acquire(blocking=False):
+        """Queue ``job``; False and counted as dropped when the backlog is full, or once the
+        runner stopped (no thread would run it: a request answered as the API stops); then
+        ``job.then`` is not called: the caller logs otherwise. Never raises."""
+        future: Future[None] | None = None
+        if self._slots.acquire(blocking=False):
+            with self._lock, contextlib.suppress(RuntimeError):  # the interpreter exits
+                if not self._stopped:
+                    if self._executor is None:
+                        self._executor = ThreadPoolExecutor(1, thread_name_prefix="graph-shadows")
+                    future = self._executor.submit(self._run, job)
+                    if job.then is not None:
+                        self._logged[future] = job
+            if future is None:
+                self._slots.release()
+        if future is None:
             self.metrics.shadow_dropped.labels(graph=job.graph).inc()
-            return False
-        try:
-            with self._lock:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="graph-shadows")
-                future = self._executor.submit(self._run, job)
-                if job.then is not None:
-                    self._logged[future] = job
-        except RuntimeError:  # shutting down
-            self._slots.release()
             return False
         if job.then is not None:
             future.add_done_callback(self._forget)
@@ -221,12 +226,14 @@ class ShadowRunner:
         return done.wait(timeout)
 
     def stop(self) -> None:
-        """Finish the running job, drop the queued ones (a restarted app starts afresh) but
-        the logs of logged requests: their answers were sent, so their logs are written here,
-        on the caller's thread, before it goes on to close the publisher; without their
+        """Finish the running job, drop the queued ones (a restarted process starts afresh)
+        but the logs of logged requests: their answers were sent, so their logs are written
+        here, on the caller's thread, before it goes on to close the publisher; without their
         shadows' answers (``then([])``): their shadows are not run, which would delay the
-        logs by the whole backlog's shadows."""
+        logs by the whole backlog's shadows. For good: a job submitted from now on is
+        dropped (`submit`), not run on a thread no one would stop."""
         with self._lock:
+            self._stopped = True
             executor, self._executor = self._executor, None
             logged, self._logged = self._logged, {}
         if executor is not None:
@@ -237,4 +244,3 @@ class ShadowRunner:
                         job.then([])
                     except Exception:
                         log.exception("the log of a queued job of graph %s", job.graph)
-            self._slots = threading.BoundedSemaphore(self.backlog)  # cancelled jobs held slots

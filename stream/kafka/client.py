@@ -11,6 +11,7 @@ configuration is built.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -81,6 +82,11 @@ def partitions_for(bootstrap: str, topic: str, *, security: KafkaSecurity = PLAI
 FLUSH_MARGIN_SECONDS = 5.0
 """How much longer than the delivery timeout `EventProducer.flush` waits by default: by then
 every record sent before it was acknowledged or failed for good (expired)."""
+CLOSE_TIMEOUT_SECONDS = 10.0
+"""How long `EventProducer.close` waits, by default, for what was sent to be acknowledged."""
+CLOSE_GRACE_SECONDS = 2.0
+"""How long `EventProducer.close` waits, past its timeout, for the producer's I/O thread to end
+once it gave up on what was pending (the thread fails those records, then closes its sockets)."""
 
 
 class EventProducer:
@@ -125,14 +131,29 @@ class EventProducer:
         self.sent = 0
         self.failed = 0
         self.errors: list[str] = []
+        self._pending = 0  # handed to the producer, neither acknowledged nor failed yet
+        self._settled = threading.Condition()  # notified as each of them is
+
+    def _track(self, future: Any) -> Any:
+        """Count ``future``'s record as pending until its callback or errback (which may run at
+        once, in this thread, when it is done already)."""
+        with self._settled:
+            self._pending += 1
+        return future.add_callback(self._ok).add_errback(self._fail)
 
     def _ok(self, _meta: Any) -> None:
-        self.sent += 1
+        with self._settled:
+            self.sent += 1
+            self._pending -= 1
+            self._settled.notify_all()
 
     def _fail(self, exc: BaseException) -> None:
-        self.failed += 1
-        if len(self.errors) < 20:
-            self.errors.append(str(exc))
+        with self._settled:
+            self.failed += 1
+            self._pending -= 1
+            if len(self.errors) < 20:
+                self.errors.append(str(exc))
+            self._settled.notify_all()
 
     def send(
         self,
@@ -150,7 +171,7 @@ class EventProducer:
             )
         except KafkaError as exc:
             raise KafkaAdapterError(f"send to {topic} failed: {exc}") from exc
-        future.add_callback(self._ok).add_errback(self._fail)
+        self._track(future)
 
     def send_future(self, topic: str, key: bytes | None, value: bytes) -> Any:
         """Send one message; the returned future's ``get(timeout)`` waits for the broker's
@@ -161,8 +182,14 @@ class EventProducer:
             future = self._producer.send(topic, key=key, value=value)
         except KafkaError as exc:
             raise KafkaAdapterError(f"send to {topic} failed: {exc}") from exc
-        future.add_callback(self._ok).add_errback(self._fail)
-        return future
+        return self._track(future)
+
+    def knows(self, topic: str) -> bool:
+        """Whether a send to ``topic`` goes without waiting: the producer knows its partitions
+        (else a send waits for the broker's metadata, up to ``max_block_ms``)."""
+        cluster = getattr(self._producer, "_metadata", None)
+        partitions = getattr(cluster, "partitions_for_topic", None)
+        return partitions is not None and partitions(topic) is not None
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every record sent so far is acknowledged or failed for good (counted in
@@ -177,8 +204,35 @@ class EventProducer:
         except KafkaError as exc:
             raise KafkaAdapterError(f"flush failed: {exc}") from exc
 
-    def close(self) -> None:
-        self._producer.close(timeout=10)
+    def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> int:
+        """Close within ``timeout`` seconds (and twice `CLOSE_GRACE_SECONDS` more at most),
+        the producer's I/O thread ended; returns how many records it gave up on: those still
+        neither acknowledged nor failed at the deadline (the broker slow or away), each failed
+        (counted in ``failed``, its future's errback told) before this returns. Raises no Kafka
+        error: it is called as a process stops.
+
+        kafka-python's own close cannot give up: its flush raises when a record is pending
+        after the timeout (even 0), and nothing is closed: its I/O thread would retry the
+        records for their delivery timeout, no one told. So that thread is closed by force
+        (what kafka-python's close does once its flush succeeded but the thread outlasted the
+        timeout), which fails what it holds; then nothing is left for the flush."""
+        from kafka.errors import KafkaError
+
+        with self._settled:
+            self._settled.wait_for(lambda: self._pending == 0, timeout)
+            given_up = self._pending
+        if not given_up:  # its flush has nothing to wait for: it sends what it holds, closes
+            with contextlib.suppress(KafkaError):
+                self._producer.close(timeout=CLOSE_GRACE_SECONDS)
+        sender = getattr(self._producer, "_sender", None)  # kafka-python's I/O thread
+        if sender is not None and sender.is_alive():
+            with self._settled:
+                given_up = self._pending  # what the force fails
+            sender.force_close()
+            sender.join(CLOSE_GRACE_SECONDS)
+        with contextlib.suppress(KafkaError):  # closed already, or with nothing left to flush
+            self._producer.close(timeout=0)
+        return given_up
 
 
 def _keep_refreshing_metadata(producer: Any) -> None:

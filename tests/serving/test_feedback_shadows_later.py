@@ -18,14 +18,14 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from river import base, datasets, linear_model, metrics
 
-from learners.graph import GraphAnswer, Outcome, PendingShadow, StaticModels
+from learners.graph import Outcome
 from learners.served import score_shadows, shadow_target
 from schemas.errors import KafkaAdapterError
 from schemas.events import EventCodec, Limits
 from schemas.settings import Settings
 from serving import feedback
 from serving.app import create_app
-from serving.shadows import GraphMetrics, ShadowJob, ShadowRunner
+from serving.shadows import GraphMetrics, ShadowRunner
 from serving.telemetry import ServingMetrics
 from stream.dev.ports import free_port
 from stream.kafka.client import read_all
@@ -34,6 +34,7 @@ from stream.registry.graphs import GraphRegistry
 from tests.serving.test_feedback import api
 from tests.serving.test_feedback_guards import failing_producer
 from tests.support.pipeline import fast
+from tests.support.shadows import shadow_job
 from tests.support.waiting import wait_until
 
 BRANCH = "root.shadow.shadows[0]"
@@ -195,19 +196,14 @@ def test_stop_writes_the_logs_of_queued_logged_jobs_without_their_shadows() -> N
         ran.append(threading.current_thread().name)
         return Outcome(False, None, "classifier", "quick")
 
-    def job(runner_of: Any, then: Any = None) -> ShadowJob:
-        pending = PendingShadow(BRANCH, runner_of, None, None, True)
-        answer = GraphAnswer(True, None, "classifier", {}, (), "root", shadows=(pending,))
-        return ShadowJob("g", ((answer, {}),), StaticModels({}), then)  # type: ignore[arg-type]
-
     done: list[tuple[str, list[list[Any]]]] = []
-    assert runner.submit(job(held))
+    assert runner.submit(shadow_job(held))
 
     def then(results: list[list[Any]]) -> None:
         done.append((threading.current_thread().name, results))
 
-    assert runner.submit(job(quick, then))
-    assert runner.submit(job(quick))
+    assert runner.submit(shadow_job(quick, then))
+    assert runner.submit(shadow_job(quick))
     queued.extend(runner._logged)  # the logged job's future
     runner.stop()
     # Written by stop, on its caller's thread, without the shadows' answers; no shadow ran.

@@ -1,7 +1,8 @@
 """The API stopping while logs of answers already sent wait for the broker (`serving.feedback`,
-`Publisher.close`): the producer's close gives up after 10 s with an error, before it closes
-and without failing what it still holds, so those logs must be failed by the publisher, each
-counted in ``riverstream_closed_loop_publish_failures_total`` and logged, and the stop goes on.
+`Publisher.close`): the producer's close gives up after 10 s and fails what it still holds
+(`EventProducer.close`), so those logs are each counted in
+``riverstream_closed_loop_publish_failures_total`` and logged, the stop goes on, and no thread
+of the producer is left retrying them.
 On real Redis and a broker of this test's own, stopped with SIGSTOP (as behind a network black
 hole: sends wait and nothing answers)."""
 
@@ -72,6 +73,7 @@ def test_logs_unacknowledged_when_the_api_stops_are_counted_and_the_stop_complet
         # The lifespan's end closed the producer: it gave up on p2's log after 10 s.
 
     caplog.set_level(logging.WARNING, logger="serving.feedback")
+    before = set(threading.enumerate())
     try:
         asyncio.run(run())  # the stop does not raise
         assert counter.labels("not_acknowledged")._value.get() == 1  # p2's log, counted
@@ -79,10 +81,8 @@ def test_logs_unacknowledged_when_the_api_stops_are_counted_and_the_stop_complet
         lost = [r.getMessage() for r in caplog.records if "its log not stored" in r.getMessage()]
         assert len(lost) == 1 and "the API stopped before Kafka acknowledged the log" in lost[0]
         assert not [d for d in publisher._later if not d.done]
+        left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+        assert not [name for name in left if name.endswith("network-thread")], left
     finally:
         os.kill(broker.pid, signal.SIGCONT)
-        # kafka-python left its producer open: it delivers p2's log once the broker answers,
-        # then closes (no thread left retrying in this process).
-        if publisher._producer is not None:
-            publisher._producer.close()
     assert counter.labels("not_acknowledged")._value.get() == 1  # told once, not undone
