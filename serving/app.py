@@ -23,6 +23,12 @@ app starts), a `SnapshotFollower` started and stopped by the app's lifespan, and
 Bad input never gets a 5xx: 404 for an unknown model, 413 for an oversized body, 422 with
 ``{"detail": [{"loc", "msg", "type"}]}`` for anything else, including features that the model
 itself cannot use (a string where it needs a number).
+
+An API that starts while Redis is away serves once Redis is back; one whose credentials Redis
+refuses does not start (`stream.store.snapshots.RedisAuthError`, naming the settings: uvicorn
+exits non-zero). Credentials refused later (a password changed under a running API) are ridden
+out like an outage, the models loaded serving on, and reported as what they are (``/readyz``:
+``redis.reason`` ``auth``, `stream.store.following`).
 """
 
 from __future__ import annotations
@@ -138,6 +144,11 @@ def create_app(
         # Serve once this worker has looked at Redis: a request must not hear "unknown model"
         # from a worker that has not loaded what its sibling already serves.
         await asyncio.to_thread(follower.first_sync.wait, settings.serve_start_wait_seconds)
+        refused = follower.credentials_refused
+        if refused is not None:  # a configuration error, not an outage: the API does not start
+            graphs.stop()
+            follower.stop()
+            raise refused
         await wait_started(graphs)  # the same for graphs
         # What exists now (the imports, the models loaded) lives as long as the process: out of
         # the collector's reach, its full passes no longer walk it (≈ 130k objects).

@@ -45,6 +45,23 @@ that succeeds does not end an outage in which a write failed, a write does.
 >>> refusing.recovered(), refusing.up
 (0.5, True)
 
+Redis refusing this process's credentials (its password changed under a running learner: a
+``WRONGPASS`` or ``NOAUTH`` reply, `stream.store.snapshots.refused_credentials`) is no outage
+but a configuration error: ridden out the same way (nothing is lost; a learner that *starts*
+with wrong credentials stops at once, `stream.registry.owners.claim`) but reported as what it
+is: ``reason`` ``auth``, an error in the log naming the settings, and the same words when it
+outlasts the limit.
+
+>>> import redis
+>>> now[0] = 0.0; rotated = Outage(limit_seconds=60, clock=lambda: now[0])
+>>> rotated.failed("ping", redis.AuthenticationError("invalid username-password pair"))
+>>> rotated.up, rotated.reason
+(False, 'auth')
+>>> now[0] = 61.0; rotated.failed("ping", redis.AuthenticationError("invalid username-password pair"))
+Traceback (most recent call last):
+...
+stream.learner.outage.RedisOutageError: Redis refused this process's credentials for 61 s (ping: invalid username-password pair); giving up after RIVERSTREAM_REDIS_OUTAGE_SECONDS=60: RIVERSTREAM_REDIS_PASSWORD (or the password in RIVERSTREAM_REDIS_URL, redis://:PASSWORD@host:port/db) and RIVERSTREAM_REDIS_USERNAME (an ACL user) must be those Redis expects
+
 A hung Redis: the retry's PING times out, and the outage goes on (twice the backoff).
 
 >>> class Hung:
@@ -63,15 +80,20 @@ from collections.abc import Callable
 from typing import Protocol
 
 from schemas.errors import RiverstreamError
+from stream.store.snapshots import CREDENTIALS, RedisAuthError, refused_credentials
 
 log = logging.getLogger("riverstream.learner")
+
+AUTH, UNREACHABLE = "auth", "outage"
+"""`Outage.reason`: Redis refuses this process's credentials; Redis is away or refusing writes."""
 
 FIRST_RETRY_SECONDS = 0.2
 MAX_RETRY_SECONDS = 5.0
 
 
 class RedisOutageError(RiverstreamError):
-    """Redis stayed unreachable longer than the configured limit."""
+    """Redis stayed unreachable (or refused this process's credentials) longer than the
+    configured limit."""
 
 
 class Probe(Protocol):
@@ -98,6 +120,9 @@ class Outage:
         self.probe = probe
         """PINGed before each retry (`due`) and by `answers`; None: Redis is assumed to answer."""
         self.since: float | None = None  # start of the current outage
+        self.reason: str | None = None
+        """Why Redis is not used now: `AUTH` or `UNREACHABLE` (that of the last failure); None
+        while it is up."""
         self.writes_failed = False  # in this outage: then only a write ends it
         self.longest = 0.0  # seconds, over the learner's life
         self.count = 0
@@ -146,14 +171,14 @@ class Outage:
         operation wrote (a snapshot); a read that fails says less, see `recovered`."""
         now = self.clock()
         self.writes_failed = write or (self.since is not None and self.writes_failed)
+        reason = AUTH if refused_credentials(exc) else UNREACHABLE
+        if reason != self.reason:  # at its start, and when Redis goes from one to the other
+            self._report(reason, what, exc)
+        self.reason = reason
         if self.since is None:
             self.since = now
             self.count += 1
             self._backoff = FIRST_RETRY_SECONDS
-            log.warning(
-                "Redis unreachable or refusing writes (%s: %s): learning goes on, snapshots wait",
-                what, exc,
-            )  # fmt: skip
             if self.on_change is not None:
                 self.on_change(False)
         else:
@@ -161,10 +186,26 @@ class Outage:
         self._retry_at = now + self._backoff
         lasted = now - self.since
         if lasted > self.limit_seconds:
+            limit = f"RIVERSTREAM_REDIS_OUTAGE_SECONDS={self.limit_seconds:g}"
+            if reason == AUTH:
+                raise RedisOutageError(
+                    f"Redis refused this process's credentials for {lasted:.0f} s ({what}: "
+                    f"{exc}); giving up after {limit}: {CREDENTIALS}"
+                )
             raise RedisOutageError(
-                f"Redis unreachable for {lasted:.0f} s ({what}: {exc}); giving up after "
-                f"RIVERSTREAM_REDIS_OUTAGE_SECONDS={self.limit_seconds:g}"
+                f"Redis unreachable for {lasted:.0f} s ({what}: {exc}); giving up after {limit}"
             )
+
+    @staticmethod
+    def _report(reason: str, what: str, exc: BaseException) -> None:
+        if reason == UNREACHABLE:
+            log.warning(
+                "Redis unreachable or refusing writes (%s: %s): learning goes on, snapshots wait",
+                what, exc,
+            )  # fmt: skip
+            return
+        said = exc if isinstance(exc, RedisAuthError) else RedisAuthError(what, exc)
+        log.error("%s. Learning goes on, snapshots wait until it accepts them", said)
 
     def recovered(self, *, read: bool = False) -> float | None:
         """An operation on Redis succeeded: end the outage; returns its length, if any. A
@@ -176,7 +217,11 @@ class Outage:
         lasted = self.clock() - self.since
         self.since = None
         self.longest = max(self.longest, lasted)
-        log.warning("Redis is back after an outage of %.1f s", lasted)
+        if self.reason == AUTH:
+            log.warning("Redis accepts this process's credentials again, after %.1f s", lasted)
+        else:
+            log.warning("Redis is back after an outage of %.1f s", lasted)
+        self.reason = None
         if self.on_change is not None:
             self.on_change(True)
         return lasted

@@ -46,6 +46,7 @@ from schemas.names import MODEL_NAME_RULE, is_model_name
 from schemas.records import RollbackCommand
 from stream.registry.base import RegistryBase
 from stream.store.keys import DEFAULT_LEARNER, RedisKeys
+from stream.store.snapshots import RedisAuthError, refused_credentials
 
 RELEASE = "release"
 """The action of the command that tells a learner to drop a model handed over to another."""
@@ -118,7 +119,10 @@ def claim(client: redis.Redis, keys: RedisKeys, learner: str, models: list[str])
                   os.getpid(), *models],
         )  # fmt: skip
     except redis.RedisError as exc:
-        raise RegistryError(f"claiming models {models} for learner {learner!r}: {exc}") from exc
+        what = f"claiming models {models} for learner {learner!r}"
+        if refused_credentials(exc):  # at the learner's start: fatal, naming the settings
+            raise RedisAuthError(what, exc) from exc
+        raise RegistryError(f"{what}: {exc}") from exc
     if len(reply) == 2:
         model, owner = (_text(part) for part in reply)
         raise OwnershipError(

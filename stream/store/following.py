@@ -8,9 +8,13 @@ Serving follows two things, models (`stream.store.follower.SnapshotFollower`) an
 2. Each notification makes it ``refresh`` the one name it is about; every ``poll_seconds`` it
    syncs everything again anyway, so a lost message costs one poll interval.
 3. When Redis is unreachable (`SnapshotError`), what was loaded keeps serving, ``status`` says
-   so, and the thread retries with the poll interval as back-off. Any other error is logged,
-   recorded (``follower_error`` in `Follower.redis_status`: not a Redis outage) and retried: a
-   bug must not kill the follower.
+   so, and the thread retries with the poll interval as back-off. Redis refusing the process's
+   credentials (`stream.store.snapshots.RedisAuthError`: its password changed under it) is
+   ridden out the same way but reported as what it is, a configuration error: an error in the
+   log, ``reason`` ``auth`` (not ``outage``) in `Follower.redis_status`, and
+   `Follower.credentials_refused`, which a starting API makes fatal (`serving.app`). Any other
+   error is logged, recorded (``follower_error`` in `Follower.redis_status`: not a Redis
+   outage) and retried: a bug must not kill the follower.
 4. A pointer that does not parse (a ``ValueError`` from one name's ``refresh``) is a problem of
    that name only: it is logged and recorded (`Follower.problems`), what that name served keeps
    serving, and the sync goes on with the other names.
@@ -31,6 +35,7 @@ from typing import Any, ClassVar, Protocol
 
 from schemas.errors import SnapshotError
 from stream.store.keys import Notification
+from stream.store.snapshots import RedisAuthError
 
 log = logging.getLogger(__name__)
 MAX_WAIT = 0.25
@@ -57,6 +62,7 @@ class Follower(ABC):
     def __init__(self, poll_seconds: float) -> None:
         self.poll_seconds = poll_seconds
         self._redis_error: str | None = NOT_CONNECTED
+        self._credentials_error: RedisAuthError | None = None  # the last error, when it was that
         self._failure: str | None = None  # the last unexpected error of the loop
         self._problems: Mapping[str, str] = {}  # name → why its pointer cannot be followed
         self._last_sync: float | None = None
@@ -66,6 +72,12 @@ class Follower(ABC):
         self._lock = threading.RLock()
         self.first_sync = threading.Event()
         """Set once the first look at Redis is over (done, Redis unreachable, or failed)."""
+
+    @property
+    def credentials_refused(self) -> RedisAuthError | None:
+        """The error of the last look at Redis when Redis refused this process's credentials
+        (None when it did not, or once a look succeeds)."""
+        return self._credentials_error
 
     @property
     def synced(self) -> bool:
@@ -95,7 +107,9 @@ class Follower(ABC):
         reasons = []
         if self._failure is not None:
             reasons.append(f"the follower fails: {self._failure}")
-        if self._redis_error not in (None, NOT_CONNECTED):
+        if self._credentials_error is not None:
+            reasons.append(str(self._credentials_error))
+        elif self._redis_error not in (None, NOT_CONNECTED):
             reasons.append(f"redis unreachable: {self._redis_error}")
         return f"{self.serving_what}: {'; '.join(reasons) or 'redis not read yet'}"
 
@@ -151,21 +165,33 @@ class Follower(ABC):
         with self._lock:
             self._sync()
             self._last_sync = time.time()
-            if self._redis_error not in (None, NOT_CONNECTED):
+            if self._credentials_error is not None:
+                log.warning("redis accepts this process's credentials again")
+            elif self._redis_error not in (None, NOT_CONNECTED):
                 log.info("redis reachable again")
             self._redis_error = None
+            self._credentials_error = None
             self._failure = None
 
     def redis_status(self, now: float) -> dict[str, Any]:
-        """Reachability and the age of the last full sync, for ``status``; ``follower_error``
-        is the loop's last unexpected error since the last full sync (not a Redis outage)."""
+        """Reachability and the age of the last full sync, for ``status``; ``reason`` why Redis
+        is not read: ``auth`` (it refuses this process's credentials: a configuration error),
+        ``outage`` (unreachable or erroring), None (read, or not looked at yet);
+        ``follower_error`` is the loop's last unexpected error since the last full sync (not a
+        Redis outage)."""
         sync_age = None if self._last_sync is None else round(now - self._last_sync, 3)
         return {
             "reachable": self._redis_error is None,
+            "reason": self._reason(),
             "error": self._redis_error,
             "last_sync_age_seconds": sync_age,
             "follower_error": self._failure,
         }
+
+    def _reason(self) -> str | None:
+        if self._redis_error in (None, NOT_CONNECTED):
+            return None
+        return "auth" if self._credentials_error is not None else "outage"
 
     def _run(self) -> None:
         next_poll = 0.0
@@ -185,10 +211,15 @@ class Follower(ABC):
                     with self._lock:
                         self._refresh_one(note.model)
             except SnapshotError as exc:  # Redis unreachable or erroring: keep serving
-                if self._redis_error in (None, NOT_CONNECTED):
+                refused = exc if isinstance(exc, RedisAuthError) else None
+                before = self._reason()
+                if refused is not None and before != "auth":
+                    log.error("%s; serving the last %s", exc, self.serving_what)
+                elif refused is None and before != "outage":
                     log.warning(
                         "redis unreachable, serving the last %s: %s", self.serving_what, exc
                     )
+                self._credentials_error = refused
                 self._redis_error = str(exc)
                 self._close_subscription()
                 self.first_sync.set()

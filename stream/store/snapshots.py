@@ -1,8 +1,9 @@
 """The Redis snapshot store: versioned, chunked, signed model blobs and learner checkpoints.
 
 An adapter: every ``redis`` error is wrapped into `SnapshotError` where it enters (one that passes
-by itself, `transient`, into its subclass `RedisUnavailableError`); a blob whose checksum or HMAC
-does not match raises `SnapshotIntegrityError` and is never unpickled.
+by itself, `transient`, into its subclass `RedisUnavailableError`; Redis refusing the process's
+credentials, `refused_credentials`, into `RedisAuthError`); a blob whose checksum or HMAC does not
+match raises `SnapshotIntegrityError` and is never unpickled.
 
 The key layout, the served-version rule and the notification format are in `stream.store.keys`.
 
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Self, cast
 import redis
 
 from learners.serialization import load_signed, sha256_hex, verify_signed
-from schemas.errors import SnapshotError, SnapshotIntegrityError
+from schemas.errors import ConfigError, SnapshotError, SnapshotIntegrityError
 from schemas.names import MODEL_NAME_RULE, is_model_name
 from schemas.records import CheckpointMeta, SnapshotMeta
 from stream.store.batching import batch
@@ -127,6 +128,69 @@ class RedisUnavailableError(SnapshotError):
     (`transient`): the snapshot may be fine, and the same call may succeed later."""
 
 
+CREDENTIALS = (
+    "RIVERSTREAM_REDIS_PASSWORD (or the password in RIVERSTREAM_REDIS_URL, "
+    "redis://:PASSWORD@host:port/db) and RIVERSTREAM_REDIS_USERNAME (an ACL user) must be "
+    "those Redis expects"
+)
+"""The settings that give Redis its credentials, for the messages of `RedisAuthError`."""
+_CREDENTIALS_REFUSED = (redis.exceptions.AuthenticationError,
+                        redis.exceptions.AuthenticationWrongNumberOfArgsError)  # fmt: skip
+# The same refusals by their code, as a reply redis-py has no class for would carry them (first,
+# or after a pipeline's "... caused error: " or a transaction's "... because of: ").
+_CREDENTIALS_CODE = re.compile(r"(?:^|caused error: |because of: )(?:NOAUTH|WRONGPASS) ")
+
+
+class RedisAuthError(RedisUnavailableError, ConfigError):
+    """Redis refused this process's credentials (`refused_credentials`): a configuration error,
+    not an outage; the message names the settings. At a process's start it is fatal (the
+    learner's claim, `stream.registry.owners.claim`; the API's first look at Redis,
+    `serving.app`). A running process whose password was changed under it rides it out as it
+    rides out an outage (a `RedisUnavailableError`: nothing is lost, snapshots wait, the API
+    serves what it holds) but reports it as what it is (`stream.learner.outage`,
+    `stream.store.following`)."""
+
+    def __init__(self, what: str, exc: BaseException) -> None:
+        super().__init__(
+            f"{what}: Redis refused this process's credentials ({exc}): a configuration "
+            f"error, not an outage; {CREDENTIALS}"
+        )
+
+
+def refused_credentials(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the error it was raised from, or for a `redis.WatchError` the one it
+    was raised while handling, as in `transient`) says that Redis refused this process's
+    credentials: ``WRONGPASS`` (a wrong password or user), ``NOAUTH`` (no password given to a
+    Redis that wants one), a password given to a Redis that has none, a user given to a Redis
+    without ACLs (before 6). redis-py raises the first three as `redis.AuthenticationError`, a
+    `redis.ConnectionError`: `transient` took them for an outage.
+
+    >>> refused_credentials(redis.AuthenticationError("invalid username-password pair"))
+    True
+    >>> refused_credentials(redis.ConnectionError("Connection refused"))
+    False
+    >>> try:
+    ...     try:
+    ...         raise redis.AuthenticationError("Authentication required.")
+    ...     except redis.RedisError as exc:
+    ...         raise RuntimeError("reading learner commands") from exc
+    ... except RuntimeError as exc:
+    ...     refused_credentials(exc)
+    True
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (RedisAuthError, *_CREDENTIALS_REFUSED)):
+            return True
+        if isinstance(current, redis.ResponseError) and _CREDENTIALS_CODE.search(str(current)):
+            return True
+        seen.add(id(current))
+        during = current.__context__ if isinstance(current, redis.WatchError) else None
+        current = current.__cause__ or during
+    return False
+
+
 class OwnershipLostError(SnapshotError):
     """A snapshot names a model that another learner owns now: it was not written."""
 
@@ -211,7 +275,15 @@ def transient(exc: BaseException) -> bool:
     ...         return exc
     >>> transient(lost_while_watching()), transient(redis.WatchError("Watched variable changed."))
     (True, False)
+
+    Credentials that Redis refuses do not pass by themselves, though redis-py raises them as a
+    `redis.ConnectionError` (`refused_credentials`).
+
+    >>> transient(redis.AuthenticationError("invalid username-password pair or user is disabled."))
+    False
     """
+    if refused_credentials(exc):
+        return False
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, *_REFUSALS)):
         return True
     if isinstance(exc, redis.WatchError):  # the connection died while watching?
@@ -225,6 +297,8 @@ def wrapped(what: str) -> Iterator[None]:
     try:
         yield
     except redis.RedisError as exc:
+        if refused_credentials(exc):
+            raise RedisAuthError(what, exc) from exc
         if transient(exc):
             raise RedisUnavailableError(f"{what}: redis unavailable: {exc}") from exc
         raise SnapshotError(f"{what}: {exc}") from exc

@@ -1,6 +1,7 @@
 """Servers of one test, to kill, restart or make refuse writes without disturbing the rest of the
-suite: a broker (`private_kafka`), a Redis (`private_redis`), and the ways a real Redis refuses
-writes for a while (`refusing`)."""
+suite: a broker (`private_kafka`), a Redis (`private_redis`; with a password, `PrivateRedis`'s
+``password`` and `change_password`), and the ways a real Redis refuses writes for a while
+(`refusing`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import re
 import signal
 import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -48,10 +51,12 @@ class PrivateRedis:
     ``60 1``: no background save runs unless `refusing` starts one for ``MISCONF``) and
     ``--enable-protected-configs local``, so that its tests may ``CONFIG SET dir`` (``MISCONF``
     in `refusing`). The other flags of ``services up`` (``--daemonize no``, ``--protected-mode
-    yes``, ``--io-threads 1``) are Redis's defaults, left out here."""
+    yes``, ``--io-threads 1``) are Redis's defaults, left out here. With ``password``, it
+    starts with ``--requirepass`` (the default user's password; `change_password` changes it)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str | None = None) -> None:
         self.dir, self.port = directory, free_port()
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,9 +68,15 @@ class PrivateRedis:
         argv = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir),
                 "--appendonly", "yes", "--appendfsync", "always", "--save", "",
                 "--enable-protected-configs", "local"]  # fmt: skip
+        if self.password is not None:
+            argv += ["--requirepass", self.password]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = self.admin(socket_connect_timeout=0.5)
         wait_until(lambda: pings(client), 20, "redis to start")
+
+    def admin(self, **options: Any) -> redis.Redis:
+        """A client of this server with its current password."""
+        return redis.Redis(port=self.port, password=self.password, **options)
 
     def kill(self, sig: int) -> None:
         assert self.proc is not None
@@ -79,6 +90,18 @@ class PrivateRedis:
             stop_pid(self.proc.pid, "redis-server")
 
 
+def change_password(server: PrivateRedis, password: str) -> None:
+    """Give ``server``'s default user ``password`` and close every client connection (as a
+    restart would), so that each client logs in again, with the password it was given: a
+    password rotated under running processes."""
+    admin = server.admin(socket_timeout=10)
+    admin.config_set("requirepass", password)
+    server.password = password
+    for kind in ("normal", "pubsub"):
+        admin.client_kill_filter(_type=kind, skipme=True)
+    admin.close()
+
+
 def pings(client: redis.Redis) -> bool:
     try:
         return bool(client.ping())
@@ -89,6 +112,15 @@ def pings(client: redis.Redis) -> bool:
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def locked_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A `PrivateRedis` that wants a password (its ``password``)."""
+    server = PrivateRedis(tmp_path, password=f"pw-{uuid.uuid4().hex}")
     server.start()
     yield server
     server.stop()

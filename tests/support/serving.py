@@ -197,6 +197,23 @@ def kit() -> type[Kit]:
     return Kit
 
 
+class FollowerRecorder:
+    """The metrics a `stream.store.follower.SnapshotFollower` reports, kept: ``swapped``
+    ``(model, version)``, ``refused`` ``(model, reason)``."""
+
+    def __init__(self) -> None:
+        self.swapped: list[tuple[str, int]] = []
+        self.refused: list[tuple[str, str]] = []
+
+    def snapshot_swapped(
+        self, model: str, version: int, snapshot_timestamp: float, load_seconds: float
+    ) -> None:
+        self.swapped.append((model, version))
+
+    def snapshot_refused(self, model: str, reason: str) -> None:
+        self.refused.append((model, reason))
+
+
 class State:
     """Stands in for the learner's ModelState: the estimator lives in ``.model``."""
 

@@ -19,34 +19,14 @@ from stream.kafka.deadletter import (
     MAX_DEAD_LETTER_BYTES,
     DeadLetters,
 )
-
-
-class _Recorder:
-    failed = 0
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = []
-
-    def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
-        self.sent.append((key, value, dict(headers or [])))
-
-    def flush(self, timeout: float | None = None) -> None:
-        pass
-
+from tests.support.senders import KeptSender
 
 ERROR = SchemaError("bad_json", None, "not JSON")
 
 
 @pytest.mark.parametrize("size", [0, 1000, MAX_DEAD_LETTER_BYTES - 1000])
 def test_a_dead_letter_that_fits_holds_the_original_bytes(size: int) -> None:
-    producer = _Recorder()
+    producer = KeptSender()
     value = b"x" * size
     DeadLetters(producer, "dlq").send(Record("t", 2, 7, b"k", value, 0), ERROR)
     [(key, sent, headers)] = producer.sent
@@ -55,7 +35,7 @@ def test_a_dead_letter_that_fits_holds_the_original_bytes(size: int) -> None:
 
 @pytest.mark.parametrize("size", [MAX_DEAD_LETTER_BYTES, 999_000, 2_000_000])
 def test_a_dead_letter_too_large_says_where_the_record_is_not_what(size: int) -> None:
-    producer = _Recorder()
+    producer = KeptSender()
     DeadLetters(producer, "dlq").send(
         Record("t", 2, 7, b"k", b"x" * size, 0), ERROR, [("x-trace", b"1")]
     )
@@ -69,7 +49,7 @@ def test_a_dead_letter_too_large_says_where_the_record_is_not_what(size: int) ->
 
 
 def test_an_unusable_event_too_large_is_sent_without_its_value() -> None:
-    producer = _Recorder()
+    producer = KeptSender()
     value = b"y" * (MAX_DEAD_LETTER_BYTES + 1)
     DeadLetters(producer, "dlq").send_unusable("features", b"id", value, "unusable", "lr: E")
     [(_, sent, headers)] = producer.sent
@@ -79,7 +59,7 @@ def test_an_unusable_event_too_large_is_sent_without_its_value() -> None:
 def test_a_tombstone_is_dead_lettered_as_one() -> None:
     """A record without a value (a Kafka tombstone, refused as ``no_value``) keeps no value;
     measuring it for the cap raised TypeError and stopped the learner."""
-    producer = _Recorder()
+    producer = KeptSender()
     record = Record("t", 0, 3, b"k", None, 0)  # type: ignore[arg-type]  # as Kafka gives it
     DeadLetters(producer, "dlq").send(record, SchemaError("no_value", None, "a tombstone"))
     [(key, value, headers)] = producer.sent
@@ -100,7 +80,7 @@ def measured(key: bytes | None, value: bytes | None, headers: dict[str, bytes]) 
 def sent_for(
     key: bytes | None, value: bytes, extra: list[tuple[str, bytes]]
 ) -> tuple[bytes | None, bytes | None, dict[str, bytes]]:
-    producer = _Recorder()
+    producer = KeptSender()
     DeadLetters(producer, "dlq").send(Record("t", 2, 7, key, value, 0), ERROR, extra)
     [sent] = producer.sent
     assert measured(*sent) <= MAX_DEAD_LETTER_BYTES
@@ -137,7 +117,7 @@ def test_many_small_headers_count_and_go() -> None:
 
 def test_an_error_too_long_is_cut_with_its_length() -> None:
     error = "lr: " + "é" * 600_000  # two bytes a character: the cut keeps whole ones
-    producer = _Recorder()
+    producer = KeptSender()
     value = b"v" * 400_000
     DeadLetters(producer, "dlq").send_unusable("features", b"id", value, "unusable", error)
     [(key, sent, headers)] = producer.sent

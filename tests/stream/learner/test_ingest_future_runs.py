@@ -21,32 +21,11 @@ from stream.checkpoint.protocol import Offsets, SkipRanges
 from stream.kafka.deadletter import DeadLetters
 from stream.kafka.records import NO_TIMESTAMP, Record, RecordRun
 from stream.learner.ingest import IN_FUTURE, Ingest
+from tests.support.senders import KeptSender
 
 FEATURES, LABELS = "f", "l"
 NOW_MS = 1_796_000_000_000  # the records' Kafka timestamps: epoch ms
 NOW = NOW_MS / 1000
-
-
-class Kept:
-    """A `Sender` that keeps what it is given."""
-
-    failed = 0
-
-    def __init__(self) -> None:
-        self.sent: list[dict[str, bytes]] = []
-
-    def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
-        self.sent.append({"key": key or b"", "value": value or b"", **dict(headers or [])})
-
-    def flush(self, timeout: float | None = None) -> None:
-        return None
 
 
 class Run:
@@ -90,8 +69,8 @@ class Run:
 
 def ingest(
     runs: list[RecordRun], max_future: float = 3600.0, skip: SkipRanges | None = None
-) -> tuple[Kept, LearningCore, Watermark, Offsets, dict[str, int]]:
-    sender, dead = Kept(), {}
+) -> tuple[KeptSender, LearningCore, Watermark, Offsets, dict[str, int]]:
+    sender, dead = KeptSender(), {}
     feed = Ingest(
         EventCodec(Limits.from_settings(Settings())), DeadLetters(sender, "dlq"),
         (FEATURES, LABELS), {}, dead, max_future=max_future,
@@ -111,7 +90,7 @@ def test_a_time_in_milliseconds_is_dead_lettered_and_the_rest_goes_on() -> None:
     times: list[float | str] = [NOW - 20, NOW - 10, (NOW - 5) * 1000, NOW - 1]
     run = Run(times, [NOW_MS] * 4)
     sender, core, watermark, offsets, dead = ingest([run.run()])
-    [letter] = sender.sent
+    [letter] = sender.letters()
     assert letter["rs.reason"] == IN_FUTURE.encode() == b"event_time_in_future"
     assert (letter["rs.topic"], letter["rs.partition"], letter["rs.offset"]) == (b"f", b"1", b"12")
     assert letter["value"] == run.values[2]  # the original bytes
@@ -127,7 +106,7 @@ def test_a_time_in_milliseconds_is_dead_lettered_and_the_rest_goes_on() -> None:
 def test_the_bound_is_inclusive_and_labels_are_checked_too() -> None:
     times: list[float | str] = [NOW + 3600, NOW + 3600.5]
     sender, core, _, _, dead = ingest([Run(times, [NOW_MS, NOW_MS], topic=LABELS).run()])
-    assert [letter["rs.offset"] for letter in sender.sent] == [b"11"]
+    assert [letter["rs.offset"] for letter in sender.letters()] == [b"11"]
     assert buffered(core) == [(NOW + 3600, 10)]
     assert dead == {IN_FUTURE: 1}
 
@@ -135,7 +114,7 @@ def test_the_bound_is_inclusive_and_labels_are_checked_too() -> None:
 def test_a_record_without_a_timestamp_is_not_checked() -> None:
     times: list[float | str] = [NOW * 1000, NOW * 1000]
     sender, core, _, _, _ = ingest([Run(times, [NOW_MS, NO_TIMESTAMP]).run()])
-    assert [letter["rs.offset"] for letter in sender.sent] == [b"10"]
+    assert [letter["rs.offset"] for letter in sender.letters()] == [b"10"]
     assert buffered(core) == [(NOW * 1000, 11)]
 
 
@@ -150,7 +129,7 @@ def test_records_refused_before_it_keep_each_event_on_its_own_record() -> None:
 
     sender, core, _, _, dead = ingest([Run(times, [0, NOW_MS, 0, NOW_MS, NOW_MS]).run()])
     assert dead == {"bad_json": 2, IN_FUTURE: 1}
-    future = [letter for letter in sender.sent if letter["rs.reason"] == IN_FUTURE.encode()]
+    future = [letter for letter in sender.letters() if letter["rs.reason"] == IN_FUTURE.encode()]
     assert [letter["rs.offset"] for letter in future] == [b"13"]
     assert buffered(core) == [(NOW - 5, 11), (NOW - 3, 14)]
 
@@ -159,7 +138,7 @@ def test_records_skipped_after_a_restore_keep_each_event_on_its_own_record() -> 
     times: list[float | str] = [NOW - 9, NOW - 8, NOW * 1000, NOW - 6]
     run = Run(times, [NOW_MS] * 4)
     sender, core, _, offsets, _ = ingest([run.run()], skip={"f:1": [(10, 12)]})
-    assert [letter["rs.offset"] for letter in sender.sent] == [b"12"]
+    assert [letter["rs.offset"] for letter in sender.letters()] == [b"12"]
     assert buffered(core) == [(NOW - 6, 13)]
     assert offsets == {"f:1": 14}
 
@@ -198,4 +177,4 @@ def test_a_run_without_a_timestamp_reader_reads_them_from_its_records() -> None:
     run = Run([NOW - 1, NOW * 1000], [NOW_MS, NOW_MS])
     plain = RecordRun(FEATURES, 1, list(run.offsets), list(run.values), run._record)
     sender, _, _, _, _ = ingest([plain])
-    assert [letter["rs.offset"] for letter in sender.sent] == [b"11"]
+    assert [letter["rs.offset"] for letter in sender.letters()] == [b"11"]

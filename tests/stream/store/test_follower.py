@@ -13,22 +13,9 @@ from learners.serialization import dump_signed
 from stream.store.follower import SnapshotFollower
 from stream.store.live import LiveMeta, LiveStore
 from stream.store.snapshots import SnapshotStore
+from tests.support.serving import FollowerRecorder
 
 pytestmark = pytest.mark.integration
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.swapped: list[tuple[str, int]] = []
-        self.refused: list[tuple[str, str]] = []
-
-    def snapshot_swapped(
-        self, model: str, version: int, snapshot_timestamp: float, load_seconds: float
-    ) -> None:
-        self.swapped.append((model, version))
-
-    def snapshot_refused(self, model: str, reason: str) -> None:
-        self.refused.append((model, reason))
 
 
 def classifier(kit) -> Any:
@@ -47,7 +34,7 @@ def test_an_unparsable_pointer_is_the_problem_of_that_model_only(
     kit.publish(store, "a", classifier(kit), "classifier")
     vb = kit.publish(store, "b", classifier(kit), "classifier")
     store.client.set(store.keys.promoted("a"), b"oops")  # "a" sorts first: synced first
-    follower = SnapshotFollower(store, Recorder(), poll_seconds=0.1, live=live)
+    follower = SnapshotFollower(store, FollowerRecorder(), poll_seconds=0.1, live=live)
     follower.start()
     try:
         assert follower.first_sync.wait(10), "a bad pointer held the first sync"
@@ -77,7 +64,7 @@ def test_an_unexpected_error_is_reported_and_does_not_hold_the_start(
     kit, store: SnapshotStore
 ) -> None:
     kit.publish(store, "a", classifier(kit), "classifier")
-    follower = Failing(store, Recorder(), poll_seconds=0.1)
+    follower = Failing(store, FollowerRecorder(), poll_seconds=0.1)
     follower.start()
     try:
         assert follower.first_sync.wait(10), "a failing sync held the first sync"
@@ -103,7 +90,7 @@ def pin(store: SnapshotStore, name: str, version: int) -> None:
 
 def test_a_live_update_never_covers_a_refused_version(kit, store: SnapshotStore) -> None:
     # synced by hand (no thread): each step is one look at Redis
-    follower = SnapshotFollower(store, Recorder(), models=["c"], live=True)
+    follower = SnapshotFollower(store, FollowerRecorder(), models=["c"], live=True)
     v3 = kit.publish(store, "c", classifier(kit), "classifier")
     follower.sync()
     assert served(follower, "c") == (v3, False)
@@ -124,7 +111,7 @@ def test_a_live_update_never_covers_a_refused_version(kit, store: SnapshotStore)
 
 
 def test_a_pin_to_a_refused_version_stops_a_live_update(kit, store: SnapshotStore) -> None:
-    follower = SnapshotFollower(store, Recorder(), models=["c"], live=True)
+    follower = SnapshotFollower(store, FollowerRecorder(), models=["c"], live=True)
     v3 = kit.publish(store, "c", classifier(kit), "classifier")
     follower.sync()
     assert served(follower, "c") == (v3, False)
@@ -142,7 +129,7 @@ def test_a_pin_to_a_refused_version_stops_a_live_update(kit, store: SnapshotStor
     # a process that never loaded an exact version of "c" serves nothing of it then
     store.client.delete(store.keys.pin("c"))
     write_live(kit, store, "c", v4, samples=1999)
-    fresh = SnapshotFollower(store, Recorder(), models=["c"], live=True)
+    fresh = SnapshotFollower(store, FollowerRecorder(), models=["c"], live=True)
     fresh.sync()
     assert served(fresh, "c") == (v4, True)
     pin(store, "c", v4)

@@ -11,24 +11,11 @@ from river import linear_model
 
 from stream.store.follower import SnapshotFollower
 from stream.store.snapshots import SnapshotStore
+from tests.support.serving import FollowerRecorder
 
 pytestmark = pytest.mark.integration
 
 BAD = (b"\xff", b"b\xc3")  # one sorts before "a", one between "a" and "c"
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.swapped: list[tuple[str, int]] = []
-        self.refused: list[tuple[str, str]] = []
-
-    def snapshot_swapped(
-        self, model: str, version: int, snapshot_timestamp: float, load_seconds: float
-    ) -> None:
-        self.swapped.append((model, version))
-
-    def snapshot_refused(self, model: str, reason: str) -> None:
-        self.refused.append((model, reason))
 
 
 def publish(kit, store: SnapshotStore, name: str) -> int:
@@ -58,7 +45,7 @@ def test_a_model_name_that_is_not_utf8_is_the_problem_of_that_entry_only(
     va = publish(kit, store, "a")
     vc = publish(kit, store, "c")
     store.client.sadd(store.keys.models, *BAD)
-    recorder = Recorder()
+    recorder = FollowerRecorder()
     follower = SnapshotFollower(store, recorder, poll_seconds=0.1, live=live)
     follower.start()
     try:
@@ -94,7 +81,7 @@ def test_an_unreadable_name_is_logged_and_counted_once(
     after being removed."""
     va = publish(kit, store, "a")
     store.client.sadd(store.keys.models, BAD[0])
-    recorder = Recorder()
+    recorder = FollowerRecorder()
     follower = SnapshotFollower(store, recorder)  # synced by hand: each call is one poll
     with caplog.at_level(logging.INFO, logger="stream.store"):
         for _ in range(3):
