@@ -9,8 +9,10 @@ test evaluates against a real Prometheus. Thresholds are module constants.
 
 ``prometheus/alerts_test.yml`` (hand-written) unit-tests every alert, firing and silent, with
 ``promtool test rules``; it assumes the scrape jobs of ``prometheus/prometheus.yml``
-(``riverstream-learner``, ``riverstream-api`` and ``riverstream-predict-worker``). Prediction
-workers are optional: no alert fires because none is scraped.
+(``riverstream-learner``, ``riverstream-api`` and ``riverstream-predict-worker``). The alerts that
+a process is down fire for a target of its job that exists and is down, never because none
+exists: nothing to scrape is not down (the Prometheus of ``riverstream services up`` scrapes only
+what was started, and a prediction worker is optional anywhere).
 """
 
 from __future__ import annotations
@@ -74,10 +76,9 @@ ALERTS = (
     ),
     Alert(
         "RiverstreamLearnerDown",
-        'up{job="riverstream-learner"} == 0 or absent(up{job="riverstream-learner"})'
-        " or riverstream_learner_up == 0",
+        'up{job="riverstream-learner"} == 0 or riverstream_learner_up == 0',
         "1m", "critical",
-        "The learner is not running or cannot be scraped.",
+        "A learner ({{ $labels.instance }}) is down or cannot be scraped.",
         ('up{job="riverstream-learner"}', "riverstream_learner_up"),
     ),
     Alert(
@@ -142,9 +143,9 @@ ALERTS = (
     ),
     Alert(
         "RiverstreamServingDown",
-        'up{job="riverstream-api"} == 0 or absent(up{job="riverstream-api"})',
+        'up{job="riverstream-api"} == 0',
         "1m", "critical",
-        "An API target is down or none is scraped.",
+        "An API target ({{ $labels.instance }}) is down or cannot be scraped.",
         ('up{job="riverstream-api"}',),
     ),
     Alert(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -292,8 +293,6 @@ def learn(
     ] = None,
 ) -> None:
     """Learn from the feature and label topics until stopped (SIGTERM: snapshot, then exit)."""
-    import signal
-
     from learners.comparisons import parse_compare_options
     from stream.learner.backfill import parse_since
     from stream.learner.runtime import build_learner, model_specs
@@ -320,8 +319,9 @@ def learn(
     metrics = f"http://{settings.metrics_host}:{port}/metrics" if port else "off"
     for line in [*learner.describe(), f"metrics: {metrics}"]:
         print_text(line, console, style="dim")
-    for summary in learner.run(exit_when_idle=exit_when_idle):
-        print_text(json.dumps(summary), out)  # JSON: `[true]` would be read as markup
+    with svc.scraped(settings, "riverstream-learner"):
+        for summary in learner.run(exit_when_idle=exit_when_idle):
+            print_text(json.dumps(summary), out)  # JSON: `[true]` would be read as markup
 
 
 @app.command()
@@ -334,7 +334,22 @@ def serve(
     and worker count are printed on stderr at start."""
     from serving.runner import serve as run
 
-    run(load_settings(), host, port, workers, announce=lambda line: print_text(line, console))
+    settings = load_settings()
+    bound = settings.model_copy(
+        update={
+            "serve_host": settings.serve_host if host is None else host,
+            "serve_port": settings.serve_port if port is None else port,
+        }
+    )
+    # uvicorn stops the server on SIGTERM, then passes the signal on to the handler it found:
+    # an exit here (not the default handler's death) ends `scraped` as a stop
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    with svc.scraped(bound, "riverstream-api"):
+        run(settings, host, port, workers, announce=lambda line: print_text(line, console))
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 demo_app = typer.Typer()  # `riverstream demo`, and `demo stop`

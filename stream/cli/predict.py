@@ -70,6 +70,7 @@ def predict_worker(
     """
     from prometheus_client import CollectorRegistry
 
+    from stream.dev.services import scraped
     from stream.predict.metrics import WorkerMetrics, serve_metrics
     from stream.predict.worker import build_worker
 
@@ -93,7 +94,9 @@ def predict_worker(
         print(json.dumps({**stats, "serving": served, "graphs": graph_versions}), flush=True)
 
     try:
-        worker.run(report=report, report_every=report_every)
+        exporter = settings.model_copy(update={"predict_metrics_port": port})
+        with scraped(exporter, "riverstream-predict-worker"):
+            worker.run(report=report, report_every=report_every)
     finally:
         follower.stop()
         graphs.stop()

@@ -20,11 +20,13 @@ process) before its Prometheus targets are registered, ``processes.json`` each p
 it is started, by pid and a marker of its command line that names the demo (``-X
 riverstream-demo=<tag>``, an option Python keeps and ignores: the pid of a process gone may be
 given to another demo's). A demo that ends deletes its record after stopping what it started;
-SIGTERM and SIGHUP (its terminal closed) end it so, as Ctrl-C does. With ``keep=True`` the record
-stays (`KeptDemo`), with ``demo.env``, the ``export RIVERSTREAM_...`` lines that give another
-shell the demo's stream. `stop_kept` (``riverstream demo stop``) stops what a demo kept, or left
-when it was killed (SIGKILL, a crash of the machine's session): its processes, its targets, the
-services it started; a demo whose own process still runs is left to it.
+SIGTERM and SIGHUP (its terminal closed) end it so, as Ctrl-C does; each of them waits while a
+process is started and recorded, and while the cleanup runs (`deferred_signals`). With
+``keep=True`` the record stays (`KeptDemo`), with ``demo.env``, the ``export RIVERSTREAM_...``
+lines that give another shell the demo's stream. `stop_kept` (``riverstream demo stop``) stops
+what a demo kept, or left when it was killed (SIGKILL, a crash of the machine's session): its
+processes, its targets, the services it started; a demo whose own process still runs is left to
+it.
 
 The three serving architectures, briefly: the API's answers during the replay (online,
 synchronous: ``POST /v1/models/model/predict``, with their latency as the client measured it),
@@ -34,7 +36,6 @@ then requests through Kafka to the ``predict-worker`` and a batch ``score``
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
@@ -49,7 +50,7 @@ import threading
 import time
 import uuid
 import webbrowser
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -63,9 +64,9 @@ from schemas.errors import RiverstreamError
 from schemas.events import FeatureEvent, LabelEvent
 from schemas.settings import ENV_PREFIX, Settings
 from stream.dev.demo_architectures import OtherArchitectures, Spawn, run_other_architectures
-from stream.dev.processes import Node, Processes, pid_alive, start_ticks
+from stream.dev.processes import Node, Processes, deferred_signals, pid_alive, start_ticks
 from stream.dev.services import (
-    DEFAULT_STACK,
+    DEMO_OPTION,
     SERVICES,
     ServiceManager,
     free_port,
@@ -84,10 +85,6 @@ ENV_FILE = "demo.env"
 KEPT_FILE = "kept.json"
 """In a demo's directory: the services it started and its own process (``pid`` and its
 ``started``, `start_ticks`)."""
-DEMO_OPTION = "riverstream-demo"
-"""``python -X riverstream-demo=<tag> -m stream ...``: the demo's name in its processes' command
-lines (Python keeps unknown ``-X`` options in ``sys._xoptions`` and ignores them), so that
-`stop_kept` stops no other demo's process that was given a recorded pid since."""
 KEPT_SETTINGS = (
     "state_dir", "redis_prefix", "topic_features", "topic_labels", "topic_dlq", "topic_requests",
     "topic_predictions", "predict_group", "ingest_token", "predict_token",
@@ -271,16 +268,15 @@ class Signalled(SystemExit):
 class _EndOnSignal:
     """While entered (in the main thread), SIGTERM and SIGHUP raise `Signalled`: without it,
     either killed the demo at once, its processes left running in their own sessions. Inside
-    `holding` a signal waits for the block's end, so that a process started is recorded, and a
-    cleanup begun is finished; a second signal is ignored (the first one's cleanup runs)."""
+    `deferred_signals` a signal (Ctrl-C too) waits for the block's end, so that a process
+    started is recorded, and a cleanup begun is finished; a second signal is ignored (the first
+    one's cleanup runs)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self) -> None:
         self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
         self._received: int | None = None
-        self._raised = False
-        self._holding = 0
 
     def __enter__(self) -> _EndOnSignal:
         if threading.current_thread() is threading.main_thread():
@@ -296,22 +292,7 @@ class _EndOnSignal:
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self._received is None:
             self._received = signum
-            self._raise_unless_held()
-
-    def _raise_unless_held(self) -> None:
-        if self._received is not None and not self._holding and not self._raised:
-            self._raised = True
-            raise Signalled(self._received)
-
-    @contextlib.contextmanager
-    def holding(self) -> Iterator[None]:
-        """A signal received inside is raised at the end (if no other exception is)."""
-        self._holding += 1
-        try:
-            yield
-        finally:
-            self._holding -= 1
-        self._raise_unless_held()
+            raise Signalled(signum)
 
 
 class Demo:
@@ -357,7 +338,7 @@ class Demo:
             }
         )
         state = self.base.state_dir.resolve()
-        with self._signals.holding():  # recorded before anything needs `stop_kept` to undo it
+        with deferred_signals():  # recorded before anything needs `stop_kept` to undo it
             self.home = state / DEMOS_DIR / tag
             self._write_record()
         self.log(
@@ -366,10 +347,6 @@ class Demo:
         )
         # scraped from the start: `riverstream report` and the alerts see the whole run
         manager.register_targets(tag, scrape_targets(settings))
-        if "prometheus" in self.started_services:
-            # a Prometheus of the demo's own watches the demo only: the default ports, where
-            # nothing runs, would have it alert that the learner and the API are down
-            manager.unregister_targets(DEFAULT_STACK)
         return settings
 
     def _write_record(self) -> None:
@@ -391,7 +368,7 @@ class Demo:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         command = ["-X", f"{DEMO_OPTION}={self.tag}", "-m", "stream", *args]
         assert self.home is not None  # `prepare` has run
-        with self._signals.holding(), log_path.open("ab") as handle:
+        with deferred_signals(), log_path.open("ab") as handle:
             proc = subprocess.Popen(
                 [sys.executable, *command],
                 env=_child_env(settings),
@@ -463,7 +440,7 @@ class Demo:
             self.log(f"{exc}: the demo stops what it started")
             raise
         finally:
-            with self._signals.holding():  # a signal now waits for the cleanup's end
+            with deferred_signals():  # a signal now waits for the cleanup's end
                 if client is not None:
                     client.close()
                 if not o.keep or settings is None:

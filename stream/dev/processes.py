@@ -9,6 +9,9 @@ like any other.
 `Processes` spawns and stops the processes of one cluster, recorded in ``home`` (so that a
 later command finds and stops them), each checked by a marker in its command line before a
 signal is sent: a pid that the kernel gave to another program since is left alone.
+
+`deferred_signals` holds Ctrl-C, SIGTERM and SIGHUP while a process is spawned and recorded (a
+process started in a session of its own outlives the command that started it).
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from schemas.errors import ServiceError
 
@@ -71,6 +77,36 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
         if time.monotonic() > deadline:
             raise ServiceError(f"{what} was not ready within {timeout:.0f} s")
         time.sleep(interval)
+
+
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Inside, Ctrl-C (SIGINT), SIGTERM and SIGHUP wait for the block's end, where the first one
+    received goes to the handler that was there before (Ctrl-C raises `KeyboardInterrupt`
+    there): a process spawned inside is recorded, or guarded, before the signal can end the
+    command that spawned it. Blocks nest. In the main thread only: Python runs signal handlers
+    nowhere else, so elsewhere there is nothing to defer."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
+    try:
+        for deferred in DEFERRED_SIGNALS:
+            previous[deferred] = signal.signal(deferred, hold)
+        yield
+    finally:
+        for signum, handler in previous.items():  # None: a handler not set from Python
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 def pid_alive(pid: int) -> bool:

@@ -3,7 +3,8 @@
 No Docker is needed. `ServiceManager.up` obtains each server (Kafka's jars from Maven Central into
 a cache directory, redis-server and prometheus from Debian's packages), starts it on 127.0.0.1,
 waits for it to answer within a deadline and records its pid and address in
-``<state_dir>/services.json``. Calling `up` twice is harmless; a record whose process died is
+``<state_dir>/services.json``: a server whose start fails or is interrupted (Ctrl-C) is killed,
+never left running unrecorded. Calling `up` twice is harmless; a record whose process died is
 cleaned up and the service started again *in place*: on the ports chosen at its first start
 (`stream.dev.ports`) and with its data (the Kafka node, in `stream.dev.kafka_node`, is formatted
 only when its data directory does not exist). `down` stops by pid (checking the pid is still
@@ -13,10 +14,11 @@ Prometheus scrapes what riverstream runs here and evaluates its alert rules: its
 (``<state_dir>/prometheus/prometheus.yml``, written at every `up`) loads a copy of
 ``observability/prometheus/alerts.yml`` and has the scrape jobs those rules name (`SCRAPE_JOBS`),
 whose targets come from files (Prometheus' file-based discovery, re-read by Prometheus itself
-when they change): ``<state_dir>/prometheus/targets/<stack>.<job>.json``. `up` registers the
-learner's and the API's default ports of the settings as the stack ``default`` (a prediction
-worker is optional); the demo registers its own ports under
-its tag while it runs (`ServiceManager.register_targets`), so nothing restarts Prometheus.
+when they change): ``<state_dir>/prometheus/targets/<stack>.<job>.json``. Only what runs is
+registered there, so that no alert says a learner or an API is down where none was started:
+``riverstream learn``, ``serve`` and ``predict-worker`` register themselves while they run
+(`scraped`), the demo registers its processes' ports under its tag while it runs
+(`ServiceManager.register_targets`), and nothing restarts Prometheus.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -42,13 +45,19 @@ from stream.dev.cluster import cluster_endpoints
 from stream.dev.kafka_node import MARKER as KAFKA_MARKER
 from stream.dev.kafka_node import KafkaNode, kafka_ready
 from stream.dev.ports import free_port, port_is_free, preferred_port, recorded_ports
-from stream.dev.processes import ensure_debian_binary, pid_alive, stop_pid, wait_until
+from stream.dev.processes import (
+    deferred_signals,
+    ensure_debian_binary,
+    pid_alive,
+    stop_pid,
+    wait_until,
+)
 
 __all__ = [  # free_port and port_is_free: for the benches and tests that pick ports
-    "DEFAULT_STACK", "KEY_FILE", "SCRAPE_JOBS", "SERVICES", "STATE_FILE", "TARGETS_DIR",
+    "DEMO_OPTION", "KEY_FILE", "SCRAPE_JOBS", "SERVICES", "STATE_FILE", "TARGETS_DIR",
     "Endpoints", "ServiceManager", "ServiceRecord", "ensure_debian_binary", "free_port",
     "iter_status", "pid_alive", "port_is_free", "prometheus_config", "redis_ping", "resolve",
-    "scrape_targets", "stop_pid", "wait_until",
+    "scrape_targets", "scraped", "stop_pid", "wait_until",
 ]  # fmt: skip
 
 SERVICES = ("kafka", "redis", "prometheus")
@@ -58,7 +67,14 @@ PORT_WAIT_SECONDS = 15.0  # longest wait for a recorded port that no program lis
 SCRAPE_JOBS = ("riverstream-learner", "riverstream-api", "riverstream-predict-worker")
 """The scrape jobs of observability/prometheus/prometheus.yml, which the alert rules name."""
 TARGETS_DIR = "targets"  # under <state_dir>/prometheus: the file-based discovery's files
-DEFAULT_STACK = "default"  # the targets `up` registers: the settings' ports
+OLD_DEFAULT_STACK = "default"
+"""The stack an older `up` registered: the settings' ports, scraped (and alerted on as down)
+whether anything ran there or not; `up` deletes it."""
+DEMO_OPTION = "riverstream-demo"
+"""``python -X riverstream-demo=<tag> -m stream ...``: the demo's name in its processes' command
+lines (Python keeps unknown ``-X`` options in ``sys._xoptions`` and ignores them), so that
+`stream.dev.demo.stop_kept` stops no other demo's process that was given a recorded pid since,
+and that `scraped` leaves a demo's processes to the demo."""
 ALERT_RULES = Path(__file__).resolve().parents[2] / "observability" / "prometheus" / "alerts.yml"
 """The alert rules (package data of `observability`, read as a file: `stream.dev` does not import
 that room)."""
@@ -74,6 +90,18 @@ class ServiceRecord:
     url: str
     started_at: float
     log: str
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """How to start a service: its command, run in ``home``, where it answers, and how to know
+    it ready."""
+
+    argv: list[str]
+    home: Path
+    address: str
+    url: str
+    ready: Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -138,12 +166,11 @@ class ServiceManager:
                 if name == "prometheus":  # started by an older riverstream, or other settings
                     self._refresh_prometheus(records[name])
                 continue
-            start = {"kafka": self._start_kafka, "redis": self._start_redis}.get(
-                name, self._start_prometheus
+            prepare = {"kafka": self._kafka_launch, "redis": self._redis_launch}.get(
+                name, self._prometheus_launch
             )
             with _one_start_at_a_time(self.cache_dir):
-                records[name] = start()
-            self._save(records)
+                self._start(name, prepare(), records)
             self.log(f"{name} ready at {records[name].address} (pid {records[name].pid})")
         return records
 
@@ -165,35 +192,44 @@ class ServiceManager:
             key_file.write_text(uuid.uuid4().hex + uuid.uuid4().hex)
             key_file.chmod(0o600)
 
-    def _spawn(self, name: str, argv: list[str], cwd: Path) -> tuple[subprocess.Popen[bytes], Path]:
-        log_path = cwd / f"{name}.log"
-        with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return proc, log_path
+    def _start(self, name: str, launch: _Launch, records: dict[str, ServiceRecord]) -> None:
+        """Spawn ``launch`` in a session of its own, wait until it is ready, then add it to
+        ``records`` and save them. Never a service left running unrecorded: what raises while
+        it starts (a failure, Ctrl-C, a signal the caller turns into an exception) kills it, and
+        a signal that arrives between its spawn and that guard, or between its readiness and
+        its record, waits for them (`deferred_signals`)."""
+        log_path = launch.home / f"{name}.log"
+        proc: subprocess.Popen[bytes] | None = None
+        with contextlib.ExitStack() as recording:
+            try:
+                with deferred_signals(), open(log_path, "ab") as log_file:
+                    proc = subprocess.Popen(
+                        launch.argv, cwd=launch.home, stdin=subprocess.DEVNULL, stdout=log_file,
+                        stderr=subprocess.STDOUT, start_new_session=True,
+                    )  # fmt: skip
+                self._await(proc, launch.ready, name)
+                recording.enter_context(deferred_signals())  # until the record is saved
+            except BaseException:
+                if proc is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                raise
+            url, log = launch.url, str(log_path)
+            records[name] = ServiceRecord(name, proc.pid, launch.address, url, time.time(), log)
+            self._save(records)
 
     def _await(self, proc: subprocess.Popen[bytes], check: Callable[[], bool], what: str) -> None:
-        try:  # a process that exits ends the wait at once (`wait_until` ignores what raises)
-            wait_until(
-                lambda: proc.poll() is not None or check(),
-                self.settings.service_start_timeout,
-                what,
-            )
-            if proc.poll() is not None:
-                raise ServiceError(f"{what} exited with status {proc.returncode} (see its log)")
-        except BaseException:  # also a signal turned into an exit, or Ctrl-C, while waiting:
-            with contextlib.suppress(ProcessLookupError):  # never a service left unrecorded
-                proc.kill()
-            raise
+        """Wait until ``check`` or the end of ``proc`` (`wait_until` ignores what raises)."""
+        wait_until(
+            lambda: proc.poll() is not None or check(),
+            self.settings.service_start_timeout,
+            what,
+        )
+        if proc.poll() is not None:
+            raise ServiceError(f"{what} exited with status {proc.returncode} (see its log)")
 
     # -- redis -----------------------------------------------------------------------------
-    def _start_redis(self) -> ServiceRecord:
+    def _redis_launch(self) -> _Launch:
         binary = ensure_debian_binary("redis-server", "redis-server")
         data = self.state_dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
@@ -203,51 +239,46 @@ class ServiceManager:
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "60 1",
             "--daemonize", "no", "--protected-mode", "yes", "--io-threads", "1",
         ]  # fmt: skip
-        proc, log = self._spawn("redis", argv, data)
-        self._await(proc, lambda: redis_ping(port), "redis")
         url = f"redis://127.0.0.1:{port}/0"
-        return ServiceRecord("redis", proc.pid, f"127.0.0.1:{port}", url, time.time(), str(log))
+        return _Launch(argv, data, f"127.0.0.1:{port}", url, lambda: redis_ping(port))
 
     # -- prometheus ------------------------------------------------------------------------
-    def _start_prometheus(self) -> ServiceRecord:
+    def _prometheus_launch(self) -> _Launch:
         binary = ensure_debian_binary("prometheus", "prometheus")
         home = self.state_dir / "prometheus"
         home.mkdir(parents=True, exist_ok=True)
-        config = home / "prometheus.yml"
         self._write_prometheus_files(home)
-        self.register_targets(DEFAULT_STACK, default_targets(self.settings))
         port = self._ports(home, "prometheus", 9090)
-        argv = [
-            binary, f"--config.file={config}", f"--storage.tsdb.path={home / 'data'}",
+        argv = [  # the configuration's relative paths are read from `home`, its directory
+            binary, "--config.file=prometheus.yml", f"--storage.tsdb.path={home / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle",
         ]  # fmt: skip
-        proc, log = self._spawn("prometheus", argv, home)
         url = f"http://127.0.0.1:{port}"
-        self._await(proc, lambda: _http_ok(f"{url}/-/ready"), "prometheus")
-        return ServiceRecord(
-            "prometheus", proc.pid, f"127.0.0.1:{port}", url, time.time(), str(log)
-        )
+        return _Launch(argv, home, f"127.0.0.1:{port}", url, lambda: _http_ok(f"{url}/-/ready"))
 
     def _write_prometheus_files(self, home: Path) -> bool:
         """Write the configuration and its copy of the alert rules into ``home`` (a state
-        directory of an older riverstream has a configuration that scrapes nothing); whether
-        either changed."""
-        targets = home / TARGETS_DIR
-        targets.mkdir(parents=True, exist_ok=True)
+        directory of an older riverstream has a configuration that scrapes nothing, or the
+        targets of the settings' ports, where nothing may run); whether either changed.
+
+        The configuration names the rules and the targets' files by paths relative to ``home``:
+        Prometheus reads both as glob patterns, in which a ``[``, ``*`` or ``?`` of the state
+        directory's path would be a pattern's (the configuration refused, or matching nothing)."""
+        (home / TARGETS_DIR).mkdir(parents=True, exist_ok=True)
+        self.unregister_targets(OLD_DEFAULT_STACK)
         rules: list[Path] = []
         changed = False
         if ALERT_RULES.exists():
-            rules.append(home / ALERT_RULES.name)
-            changed |= _write_if_changed(rules[0], ALERT_RULES.read_text())
+            rules.append(Path(ALERT_RULES.name))
+            changed |= _write_if_changed(home / ALERT_RULES.name, ALERT_RULES.read_text())
         else:
             self.log(f"prometheus: no alert rules at {ALERT_RULES}; none loaded")
-        config = prometheus_config([], rule_files=rules, discovery=targets)
+        config = prometheus_config([], rule_files=rules, discovery=Path(TARGETS_DIR))
         return _write_if_changed(home / "prometheus.yml", config) or changed
 
     def _refresh_prometheus(self, record: ServiceRecord) -> None:
-        """Bring a running Prometheus's configuration and default targets up to date: files of
-        targets it re-reads by itself; a changed configuration through its reload endpoint."""
-        self.register_targets(DEFAULT_STACK, default_targets(self.settings))
+        """Bring a running Prometheus's configuration up to date (files of targets it re-reads
+        by itself): a changed configuration through its reload endpoint."""
         if not self._write_prometheus_files(self.state_dir / "prometheus"):
             return
         try:
@@ -288,13 +319,11 @@ class ServiceManager:
             self.state_dir / "kafka", self.cache_dir, self.settings.kafka_version, self.log
         )
 
-    def _start_kafka(self) -> ServiceRecord:
+    def _kafka_launch(self) -> _Launch:
         node = self.kafka_node()
         command = node.prepare(PORT_WAIT_SECONDS)
-        proc, log = self._spawn("kafka", command.argv, node.home)
-        self._await(proc, lambda: kafka_ready(command.address), "kafka")
         address = command.address
-        return ServiceRecord("kafka", proc.pid, address, address, time.time(), str(log))
+        return _Launch(command.argv, node.home, address, address, lambda: kafka_ready(address))
 
     def _ports(self, home: Path, name: str, preferred: int) -> int:
         """The port of service ``name``: the one recorded in ``home``, else ``preferred`` if
@@ -336,19 +365,20 @@ def prometheus_config(
     """A Prometheus config scraping ``targets`` given as (job, host:port), loading
     ``rule_files``, and with a ``discovery`` directory, each job of `SCRAPE_JOBS` scraping the
     targets listed in its files there, ``*.<job>.json`` (see `ServiceManager.register_targets`).
+    Prometheus reads relative paths from the configuration's directory.
 
-    >>> print(prometheus_config([], rule_files=[Path("/p/alerts.yml")], discovery=Path("/p/t")))
+    >>> print(prometheus_config([], rule_files=[Path("alerts.yml")], discovery=Path("targets")))
     ... # doctest: +ELLIPSIS
     # Written by `riverstream services up` at every start (stream/dev/services.py).
     global:
       scrape_interval: 1s
       evaluation_interval: 1s
     rule_files:
-      - "/p/alerts.yml"
+      - "alerts.yml"
     scrape_configs:
       - job_name: riverstream-learner
         file_sd_configs:
-          - files: ["/p/t/*.riverstream-learner.json"]
+          - files: ["targets/*.riverstream-learner.json"]
             refresh_interval: 5s
     ...
     """
@@ -384,17 +414,32 @@ def scrape_targets(settings: Settings) -> dict[str, str]:
     return {job: f"{_scrape_host(host)}:{port}" for job, (host, port) in where.items() if port}
 
 
-def default_targets(settings: Settings) -> dict[str, str]:
-    """What `up` registers as the stack ``default``: the learner's and the API's `scrape_targets`.
-    A prediction worker is optional (no alert fires for one that nobody runs: see
-    `observability.alerts`), so it is scraped only where one is registered (the demo does).
-
-    >>> sorted(default_targets(Settings()))
-    ['riverstream-api', 'riverstream-learner']
-    """
-    found = scrape_targets(settings)
-    found.pop("riverstream-predict-worker", None)
-    return found
+@contextlib.contextmanager
+def scraped(settings: Settings, job: str) -> Iterator[None]:
+    """While the block runs, the local Prometheus scrapes this process (``riverstream learn``,
+    ``serve``, ``predict-worker``: ``job`` of `SCRAPE_JOBS`, at its `scrape_targets` address),
+    if `up` configured one in the state directory: its targets' file is written at the start
+    (the stack named by the address, so that a process restarted there replaces it) and deleted
+    when the block ends, unless by an error (an `Exception`; Ctrl-C and an exit are a stop). A
+    process that fails, or dies, stays registered: down, its alert fires (until one runs there
+    again). A demo's process is left to the demo, which registers its processes from its start
+    and unregisters them whatever became of them."""
+    target = scrape_targets(settings).get(job)
+    home = settings.state_dir.resolve() / "prometheus"
+    if target is None or DEMO_OPTION in sys._xoptions or not (home / "prometheus.yml").exists():
+        yield
+        return
+    manager = ServiceManager(settings)
+    manager.register_targets(target, {job: target})
+    failed = False
+    try:
+        yield
+    except Exception:
+        failed = True
+        raise
+    finally:
+        if not failed:
+            manager.unregister_targets(target)
 
 
 def _scrape_host(bound: str) -> str:

@@ -8,6 +8,8 @@ production code:
   child) inherits the environment, so this finds it even after it was re-parented.
 - `children`, `cmdline`: the live children of a process (a learner's snapshot child, uvicorn's
   workers) and what they run.
+- `pending_signals`: the signals sent to a process and not yet delivered (a test that signals a
+  process, then acts, waits for the delivery).
 - `socket_owner`: which of some processes holds the TCP connection between two local ports,
   from ``/proc/net/tcp`` and the processes' file descriptors. It says which process wrote a
   command that Redis' MONITOR shows (the client's port), or which API worker answered a request
@@ -47,6 +49,24 @@ def state(pid: int) -> str | None:
 def alive(pid: int) -> bool:
     """Running (a zombie, dead and waiting to be reaped, is not)."""
     return state(pid) not in (None, "Z")
+
+
+def pending_signals(pid: int) -> set[int]:
+    """The signals sent to ``pid`` and not yet delivered (to the process or its main thread).
+
+    >>> pending_signals(os.getpid())
+    set()
+    """
+    try:
+        lines = (PROC / str(pid) / "status").read_text().splitlines()
+    except (FileNotFoundError, ProcessLookupError):
+        return set()
+    mask = 0
+    for line in lines:
+        field, _, value = line.partition(":")
+        if field in ("SigPnd", "ShdPnd"):
+            mask |= int(value, 16)
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
 
 
 def parent(pid: int) -> int | None:

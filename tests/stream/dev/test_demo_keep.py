@@ -86,8 +86,9 @@ def test_kept_demo_is_usable_from_another_shell_and_stopped(tmp_path: Path) -> N
         }  # fmt: skip
         wait_until(lambda: _healthy(prometheus) >= wanted, 30, "the demo's targets up",
                    detail=lambda: _healthy(prometheus))  # fmt: skip
-        # the Prometheus it started watches it alone (not the default ports, where nothing
-        # runs), and its alert rules, evaluated, see every process up
+        # the Prometheus it started watches it alone (nothing else is registered: its
+        # processes are registered by the demo only), and its alert rules, evaluated, see
+        # every process up
         assert {target for target, _ in _api(prometheus, "targets")} == wanted
         evaluated = dict(_api(prometheus, "rules"))
         assert evaluated[("RiverstreamLearnerDown", "")] == "ok", evaluated

@@ -26,6 +26,7 @@ import pytest
 
 from schemas.settings import Settings
 from stream.dev.services import SERVICES, ServiceManager, pid_alive, stop_pid
+from tests.support.gate import gate_then_signal
 from tests.support.procs import live_with_env
 from tests.support.waiting import wait_until
 
@@ -100,6 +101,34 @@ def test_demo_stop_stops_a_killed_demo_and_no_other(tmp_path: Path) -> None:
         _clean(state, demo)
 
 
+def test_ctrl_c_between_a_spawn_and_its_record_leaves_nothing_running(tmp_path: Path) -> None:
+    """Ctrl-C raised `KeyboardInterrupt` wherever it fell: between the learner's spawn and its
+    record, the demo's cleanup knew nothing of it, which ran on, unrecorded, in its own session.
+    Ctrl-C now waits there (the harness holds the demo right after the spawn)."""
+    state, announce = tmp_path / "state", tmp_path / "gate"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.gate", str(announce), "spawn", "-m stream learn",
+         "--", "demo", *SLOW],
+        env=_environment(state), cwd=ROOT,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    learner = None
+    try:
+        learner = gate_then_signal(demo, announce, signal.SIGINT)
+        [log] = state.glob("*.learner.log")
+        tag = log.name.removesuffix(".learner.log")
+        _, err = demo.communicate(timeout=120)
+        assert demo.returncode == 128 + signal.SIGINT, err  # the Ctrl-C ended it
+        assert not pid_alive(learner), err  # stopped by the demo's cleanup
+        assert not live_with_env("RIVERSTREAM_REDIS_PREFIX", tag)
+        assert not (state / "demos" / tag).exists()
+        assert json.loads((state / "services.json").read_text()) == {}
+    finally:
+        if learner is not None:  # left running (the defect): stopped all the same
+            stop_pid(learner, "-m stream learn")
+        _clean(state, demo)
+
+
 def _environment(state: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RIVERSTREAM_")}
     return {**env, "RIVERSTREAM_STATE_DIR": str(state)}
@@ -141,7 +170,7 @@ def _spawned(state: Path, demo: subprocess.Popen[str]) -> tuple[Path, dict[str, 
     return home, nodes
 
 
-def _clean(state: Path, demo: subprocess.Popen[str]) -> None:
+def _clean(state: Path, demo: subprocess.Popen[Any]) -> None:
     """Whatever the test did not get to stop: the demo, the processes of every demo recorded
     (and theirs), then the services (a learner stopped first can still write its snapshot)."""
     if demo.poll() is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import signal
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,9 @@ import pytest
 from schemas.settings import Settings
 from stream.dev.demo import DEMOS_DIR, KEPT_FILE, stop_kept
 from stream.dev.processes import start_ticks
-from stream.dev.services import ServiceManager
+from stream.dev.services import ServiceManager, ServiceRecord, _Launch
+from tests.support.procs import alive, children, cmdline
+from tests.support.waiting import wait_until
 
 
 def record(state: Path, tag: str, content: dict[str, object] | None) -> Path:
@@ -47,16 +49,19 @@ def test_stop_leaves_the_services_a_running_demo_uses_and_a_starting_demo_alone(
 
 def test_a_service_whose_start_is_interrupted_is_killed(tmp_path: Path) -> None:
     manager = ServiceManager(Settings(state_dir=tmp_path))
-    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    started: list[int] = []
+
+    def interrupted() -> bool:
+        started.extend(p for p in children(os.getpid()) if cmdline(p) == ["sleep", "61"])
+        raise KeyboardInterrupt  # as the demo's SIGTERM (a SystemExit) or Ctrl-C
+
+    records: dict[str, ServiceRecord] = {}
+    with pytest.raises(KeyboardInterrupt):
+        manager._start("sleeper", _Launch(["sleep", "61"], tmp_path, "", "", interrupted), records)
+    [pid] = started
     try:
-
-        def interrupted() -> bool:
-            raise KeyboardInterrupt  # as the demo's SIGTERM (a SystemExit) or Ctrl-C
-
-        with pytest.raises(KeyboardInterrupt):
-            manager._await(proc, interrupted, "a service")
-        assert proc.wait(timeout=10) is not None  # killed, not left running
+        wait_until(lambda: not alive(pid), 10, "the service killed, not left running")
+        assert records == {} and manager.records() == {}
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)

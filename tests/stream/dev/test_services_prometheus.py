@@ -3,18 +3,32 @@
 Its configuration used to scrape nothing (``targets: []``, no rule files), so locally the alerts
 never evaluated and `riverstream report` always fell back to the trace. Now `up` writes the
 scrape jobs that the alert rules name, each reading its targets from files that Prometheus
-re-reads by itself (file-based discovery), registers the settings' default ports, and loads
-``observability/prometheus/alerts.yml``; a state directory of an older riverstream gets the new
-configuration at the next `up`, reloaded in place when Prometheus already runs.
+re-reads by itself (file-based discovery), and loads ``observability/prometheus/alerts.yml``; a
+state directory of an older riverstream gets the new configuration at the next `up`, reloaded in
+place when Prometheus already runs.
+
+The configuration named the rules and the targets' files by absolute paths, which Prometheus
+reads as glob patterns: a state directory with ``*`` in its path had the configuration refused
+(Prometheus exited at start), one with ``[x]`` loaded no rule and scraped nothing. They are
+relative to the configuration's directory now.
+
+`up` also registered the settings' default ports, and the rules fired when a job had no target
+at all (``absent``): a plain `services up` alerted at once that the learner and the API were
+down, where none had been started. Only what runs is registered now (`scraped`, the demo), and
+an alert that a process is down fires for a registered target that is down, and for no other.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
@@ -22,6 +36,8 @@ from observability import alerts
 from schemas.settings import Settings
 from stream.dev.ports import PORTS_FILE
 from stream.dev.services import ServiceManager, free_port, prometheus_config
+from tests.support.pipeline import spawn_cli
+from tests.support.serving import stop_process
 from tests.support.waiting import wait_until
 
 DEADLINE = 30.0  # seconds: scrapes and rule evaluations are every second here
@@ -49,14 +65,35 @@ def _targets(url: str) -> dict[tuple[str, str], str]:
     return {(t["labels"]["job"], t["labels"]["instance"]): t["health"] for t in found}
 
 
-def test_registered_targets_are_scraped_and_the_alert_rules_loaded(tmp_path: Path) -> None:
-    home = tmp_path / "prometheus"
-    home.mkdir()
+def _down_alerts(url: str) -> set[tuple[str, str]]:
+    """(alert, instance) of the pending or firing alerts that a process is down."""
+    found = _api(url, "/api/v1/alerts")["data"]["alerts"]
+    return {(a["labels"]["alertname"], a["labels"].get("instance", "")) for a in found
+            if a["labels"]["alertname"].endswith("Down")}  # fmt: skip
+
+
+def _state_dir(tmp_path: Path, name: str) -> tuple[ServiceManager, Path]:
+    """A manager of the state directory ``tmp_path / name`` (Prometheus on a free port) and its
+    Prometheus' home."""
+    home = tmp_path / name / "prometheus"
+    home.mkdir(parents=True)
     (home / PORTS_FILE).write_text(json.dumps({"prometheus": free_port()}))
-    # the configuration an older `services up` left in this state directory: it scrapes nothing
+    return ServiceManager(Settings(state_dir=tmp_path / name)), home
+
+
+# `*`: the configuration was refused; `[x]`: a pattern matching no path, so nothing was loaded
+@pytest.mark.parametrize("name", ["state", "[x]", "a*b?"])
+def test_registered_targets_are_scraped_and_the_alert_rules_loaded(
+    tmp_path: Path, name: str
+) -> None:
+    manager, home = _state_dir(tmp_path, name)
+    # what an older `services up` left in this state directory: a configuration that scrapes
+    # nothing, and the targets of the settings' default ports (registered whether anything ran
+    # there or not)
     stale = prometheus_config([])
     (home / "prometheus.yml").write_text(stale)
-    manager = ServiceManager(Settings(state_dir=tmp_path))
+    (home / "targets").mkdir()
+    (home / "targets" / "default.riverstream-api.json").write_text('[{"targets": ["x:1"]}]')
     registry = CollectorRegistry()
     Gauge("riverstream_learner_up", "A learner's exporter, for the test.", registry=registry).set(1)
     port = free_port()
@@ -66,15 +103,7 @@ def test_registered_targets_are_scraped_and_the_alert_rules_loaded(tmp_path: Pat
         url = manager.up(("prometheus",))["prometheus"].url
         wait_until(lambda: _loaded_alerts(url) == expected, DEADLINE, "the alert rules",
                    detail=lambda: _loaded_alerts(url))  # fmt: skip
-        # the learner's and the API's default ports of the settings (a prediction worker is
-        # optional: scraped where one is registered, so no alert fires for one nobody runs)
-        defaults = {
-            ("riverstream-learner", "127.0.0.1:9108"),
-            ("riverstream-api", "127.0.0.1:8000"),
-        }
-        wait_until(lambda: defaults <= set(_targets(url)), DEADLINE, "the default targets",
-                   detail=lambda: _targets(url))  # fmt: skip
-        assert set(_targets(url)) == defaults
+        assert not list((home / "targets").iterdir())  # nothing registered: nothing runs
 
         # a process on a port of its own (as the demo's), registered while Prometheus runs
         probe = ("riverstream-learner", f"127.0.0.1:{port}")
@@ -83,6 +112,7 @@ def test_registered_targets_are_scraped_and_the_alert_rules_loaded(tmp_path: Pat
                    detail=lambda: _targets(url))  # fmt: skip
         query = f"/api/v1/query?query=riverstream_learner_up%7Binstance%3D%22{probe[1]}%22%7D"
         wait_until(lambda: _api(url, query)["data"]["result"], DEADLINE, "its metric stored")
+        assert set(_targets(url)) == {probe}
         manager.unregister_targets("probe")
         wait_until(lambda: probe not in _targets(url), DEADLINE, "the probe dropped",
                    detail=lambda: _targets(url))  # fmt: skip
@@ -99,3 +129,94 @@ def test_registered_targets_are_scraped_and_the_alert_rules_loaded(tmp_path: Pat
         server.server_close()
         thread.join(timeout=10)
         manager.down(("prometheus",), purge=True)
+
+
+def test_only_a_registered_target_that_is_down_alerts(tmp_path: Path) -> None:
+    """A plain `services up` (nothing started) alerts nothing; a learner registered and down
+    does, and once unregistered (stopped), no longer."""
+    manager, _ = _state_dir(tmp_path, "state")
+    nothing_there = f"127.0.0.1:{free_port()}"
+    try:
+        url = manager.up(("prometheus",))["prometheus"].url
+        wait_until(lambda: _loaded_alerts(url) == _alert_names(), DEADLINE, "the alert rules")
+        manager.register_targets("crashed", {"riverstream-learner": nothing_there})
+        down = {("RiverstreamLearnerDown", nothing_there)}
+        # evaluated after the registration was scraped: any other alert of a process down (the
+        # learner or the API of nobody, the settings' default ports) would be there too
+        wait_until(lambda: down <= _down_alerts(url), DEADLINE, "the learner down alerted",
+                   detail=lambda: _down_alerts(url))  # fmt: skip
+        assert _down_alerts(url) == down
+        assert set(_targets(url)) == {("riverstream-learner", nothing_there)}
+
+        manager.unregister_targets("crashed")
+        wait_until(lambda: not _down_alerts(url), DEADLINE, "no alert once unregistered",
+                   detail=lambda: _down_alerts(url))  # fmt: skip
+    finally:
+        manager.down(("prometheus",), purge=True)
+
+
+def test_what_runs_registers_itself_and_a_learner_that_dies_alerts(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`riverstream learn`, `serve` and `predict-worker` are scraped while they run (the local
+    Prometheus of their state directory), unregistered when stopped; a learner killed stays
+    registered, and its alert fires."""
+    ports = {"learner_metrics_port": free_port(), "predict_metrics_port": free_port()}
+    settings = settings.model_copy(update=ports)
+    api_port = free_port()
+    home = settings.state_dir / "prometheus"
+    home.mkdir(parents=True)
+    (home / PORTS_FILE).write_text(json.dumps({"prometheus": free_port()}))
+    manager = ServiceManager(settings)
+    commands = {
+        "riverstream-learner": ["learn", "--model", "m=logreg"],
+        "riverstream-api": ["serve", "--port", str(api_port)],
+        "riverstream-predict-worker": ["predict-worker"],
+    }
+    wanted = {
+        ("riverstream-learner", f"127.0.0.1:{ports['learner_metrics_port']}"),
+        ("riverstream-api", f"127.0.0.1:{api_port}"),
+        ("riverstream-predict-worker", f"127.0.0.1:{ports['predict_metrics_port']}"),
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        url = manager.up(("prometheus",))["prometheus"].url
+
+        def spawn(job: str) -> subprocess.Popen[bytes]:
+            procs.append(spawn_cli(settings, commands[job], tmp_path / f"{job}.log"))
+            return procs[-1]
+
+        def healthy() -> set[tuple[str, str]]:
+            return {target for target, health in _targets(url).items() if health == "up"}
+
+        running = [spawn(job) for job in commands]
+        wait_until(lambda: healthy() == wanted, 120, "each scraped", detail=_state(url, procs))
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        # stopped, each by its own handler (the API's exit once uvicorn has stopped)
+        assert [proc.wait(timeout=60) for proc in running] == [0, 128 + signal.SIGTERM, 0]
+        wait_until(lambda: not _targets(url), DEADLINE, "each unregistered",
+                   detail=lambda: _targets(url))  # fmt: skip
+        assert not list((home / "targets").iterdir())
+        # scraped down between their stop and their files' removal (pending, for less than the
+        # rules' minute), then not at all: no alert
+        wait_until(lambda: not _down_alerts(url), DEADLINE, "no alert of a process down",
+                   detail=lambda: _down_alerts(url))  # fmt: skip
+
+        learner = spawn("riverstream-learner")
+        instance = next(i for job, i in wanted if job == "riverstream-learner")
+        wait_until(lambda: _targets(url).get(("riverstream-learner", instance)) == "up", 120,
+                   "the learner scraped again", detail=_state(url, procs))  # fmt: skip
+        learner.kill()  # dies without its stop: still registered, down
+        learner.wait(timeout=30)
+        wait_until(lambda: _down_alerts(url) == {("RiverstreamLearnerDown", instance)},
+                   DEADLINE, "the learner down alerted", detail=lambda: _down_alerts(url))  # fmt: skip
+    finally:
+        for proc in procs:
+            stop_process(proc)
+        manager.down(("prometheus",), purge=True)
+
+
+def _state(url: str, procs: list[subprocess.Popen[bytes]]) -> Callable[[], object]:
+    """What a wait for targets shows when it gives up: the targets, and which process ended."""
+    return lambda: (_targets(url), [proc.poll() for proc in procs])
