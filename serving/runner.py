@@ -17,12 +17,18 @@ busy worker wait for it: ``RIVERSTREAM_SERVE_REUSE_PORT=false`` gives the shared
 uvicorn runs with ``log_level="warning"`` (its per-worker "running on" lines would say the same
 thing N times), so `serve` tells its caller, once, where it listens and with how many workers
 (`listening_line`, through ``announce``): `riverstream serve` prints it on stderr at start.
+
+A worker that fails at its start (Redis refusing the credentials, `serving.app`; a setting
+missing, `app_from_env`) says why on stderr and stops every worker; `serve` then raises
+`WorkerStartError` (`riverstream serve` exits non-zero), where uvicorn's supervisor returned as
+after a SIGTERM and the command exited 0, a clean stop to systemd or Kubernetes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -34,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 
@@ -75,10 +82,36 @@ def settings_environment(settings: Settings) -> dict[str, str]:
 
 
 def app_from_env() -> FastAPI:
-    """The uvicorn factory of each worker process."""
+    """The uvicorn factory of each worker process. What fails here fails again in every worker
+    (a setting missing, say): the worker says why and exits with uvicorn's ``STARTUP_FAILURE``,
+    which stops the supervisor (`WorkerStartError`); on any other exit status uvicorn started
+    the worker again, for ever."""
     from serving.app import create_app
 
-    return create_app(Settings())
+    try:
+        return create_app(Settings())
+    except RiverstreamError as exc:
+        logging.getLogger("uvicorn.error").error("this worker cannot start: %s", exc)
+    except Exception:
+        logging.getLogger("uvicorn.error").exception("this worker cannot start")
+    sys.exit(STARTUP_FAILURE)
+
+
+class WorkerStartError(RiverstreamError):
+    """A worker process of the API failed at its start (its reason is on stderr, above): every
+    worker was stopped."""
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor of the worker processes, which tells after `run` whether a worker
+    failed at its start: uvicorn then stops every worker and returns as after a SIGTERM."""
+
+    def failed_at_start(self) -> list[int]:
+        """The pids of the workers that exited with uvicorn's ``STARTUP_FAILURE`` (their app's
+        factory or lifespan startup failed). The supervisor replaces a worker that died of
+        anything else, so one that is still in its list failed at its start."""
+        return [p.pid for p in self.processes
+                if p.exitcode == STARTUP_FAILURE and p.pid is not None]  # fmt: skip
 
 
 def serve(
@@ -134,7 +167,8 @@ def run_uvicorn(
 ) -> None:
     """uvicorn with riverstream's options; ``app`` is an app, or an import string of a factory
     when ``workers > 1`` (each worker process then builds its own, and with ``reuse_port``, on
-    Linux, listens on a socket of its own). ``announce``: see `serve`."""
+    Linux, listens on a socket of its own). ``announce``: see `serve`. Raises
+    `WorkerStartError` when a worker failed at its start."""
     tell = announce or (lambda _line: None)
     common: dict[str, Any] = {
         "host": host, "port": port, "log_level": log_level, "access_log": False,
@@ -152,17 +186,22 @@ def run_uvicorn(
         for stale in Path(os.environ[MULTIPROC_ENV]).glob("*.db"):
             stale.unlink()
     try:
-        if reuse_port and REUSE_PORT:
-            config = uvicorn.Config(app, factory=True, workers=workers, **common)
-            address = ReusePortAddress.reserve(host, port)
-            tell(listening_line(host, address.getsockname()[1], workers, own_sockets=True))
-            Multiprocess(config, sockets=[address]).run()
-        else:  # one socket shared by the workers
-            tell(listening_line(host, port, workers))
-            uvicorn.run(app, factory=True, workers=workers, **common)
+        config = uvicorn.Config(app, factory=True, workers=workers, **common)
+        own_sockets = reuse_port and REUSE_PORT  # else one socket shared by the workers
+        sock = ReusePortAddress.reserve(host, port) if own_sockets else config.bind_socket()
+        tell(listening_line(host, sock.getsockname()[1], workers, own_sockets=own_sockets))
+        supervisor = Supervisor(config, sockets=[sock])
+        supervisor.run()
     finally:
         if made_dir:
             shutil.rmtree(made_dir, ignore_errors=True)
+    failed = supervisor.failed_at_start()
+    if failed:
+        what = "a worker" if len(failed) == 1 else f"{len(failed)} workers"
+        raise WorkerStartError(
+            f"the API stopped: {what} failed at start (pid {', '.join(map(str, failed))}; "
+            "the reason is above), and every worker was stopped"
+        )
 
 
 REUSE_PORT = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")

@@ -21,6 +21,14 @@ why (which follower has not read Redis, and its error) at once and every ``repor
 seconds: a log warning and a status line with ``waiting``. A worker whose targets are all
 models it serves does not wait for the graphs' follower (models answer first).
 
+Redis refusing the worker's credentials (`stream.store.snapshots.RedisAuthError`, naming
+``RIVERSTREAM_REDIS_PASSWORD`` and ``RIVERSTREAM_REDIS_USERNAME``) before its followers have
+read it is a configuration error, not an outage: the worker does not start (`build_worker`, or
+`PredictWorker.run` while it waits: `riverstream predict-worker` exits non-zero), where it
+waited for ever, saying why. A password changed under a running worker is ridden out: it answers
+with the models it holds, its followers log the refusal as an error and read Redis again once it
+accepts the credentials (`stream.store.following`).
+
 **Delivery: at least once, answers deduplicable by id.** The loop is
 
 1. consume a batch of requests (what is queued, waiting only when nothing is);
@@ -70,6 +78,7 @@ from stream.predict.graph_target import Shadows
 from stream.predict.metrics import FollowerLog, WorkerMetrics
 from stream.predict.producer import AnswerProducer, passed_headers
 from stream.store.follower import SnapshotFollower
+from stream.store.following import Follower
 from stream.store.graph_follower import GraphFollower, ServedModels
 from stream.store.graphs import GraphStore
 from stream.store.snapshots import open_store
@@ -145,7 +154,11 @@ class PredictWorker:
     # -- the loop ----------------------------------------------------------------------------
     def run(self, *, report: Report | None = None, report_every: float = 10.0) -> WorkerStats:
         consumer = self.consumer
-        self._wait_for_redis(report, report_every)
+        try:
+            self._wait_for_redis(report, report_every)
+        except BaseException:  # Redis refuses the credentials (`waiting_for`): never joined
+            self._leave_group()
+            raise
         consumer.subscribe(
             [self.settings.topic_requests], on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -175,7 +188,8 @@ class PredictWorker:
     def _wait_for_redis(self, report: Report | None, report_every: float) -> None:
         """Wait until `waiting` has nothing to say (else every request would be an unknown
         target, dead-lettered) or the worker is stopped, saying why at once and every
-        ``report_every`` seconds: a log warning, and a status line with ``waiting``."""
+        ``report_every`` seconds: a log warning, and a status line with ``waiting``. What
+        `waiting` raises (`waiting_for`: Redis refuses the credentials) stops the wait."""
         reason = self.waiting()
         if reason is None:
             return
@@ -383,13 +397,32 @@ def waiting_for(
     follower: SnapshotFollower, graphs: GraphFollower, targets: Sequence[str] = ()
 ) -> str | None:
     """Why a worker answering for ``targets`` cannot tell an unknown target yet (None: it
-    can): a follower whose look at Redis has not succeeded, and its error. The graphs'
-    follower does not matter once every target is a model served (models answer first)."""
+    can): a follower whose look at Redis has not succeeded, and its error; when Redis refused
+    its credentials, that `RedisAuthError` is raised: a configuration error that waiting does
+    not mend. The graphs' follower does not matter once every target is a model served
+    (models answer first)."""
     if not follower.synced:
-        return follower.unsynced_reason()
+        return _unsynced(follower)
     if graphs.synced or (targets and all(follower.get(t) is not None for t in targets)):
         return None
-    return graphs.unsynced_reason()
+    return _unsynced(graphs)
+
+
+def _unsynced(follower: Follower) -> str | None:
+    refused = follower.credentials_refused
+    if refused is not None:
+        raise refused
+    return follower.unsynced_reason()
+
+
+def _stop_if_refused(*followers: Follower) -> None:
+    """At a worker's start: stop ``followers`` and raise when Redis refused the credentials
+    of a first look at it (as `waiting_for` would later)."""
+    refused = [r for r in (f.credentials_refused for f in followers) if r is not None]
+    if refused:
+        for follower in followers:
+            follower.stop()
+        raise refused[0]
 
 
 def build_worker(
@@ -414,6 +447,7 @@ def build_worker(
     )  # fmt: skip
     graphs.start()
     graphs.first_sync.wait(settings.serve_start_wait_seconds)
+    _stop_if_refused(graphs)
     graph_targets = [t for t in targets if graphs.get(t) is not None]
     follower = SnapshotFollower(
         store, metrics or FollowerLog(), models=() if graph_targets else targets,
@@ -422,6 +456,7 @@ def build_worker(
     follower.start()
     deadline = time.monotonic() + settings.serve_start_wait_seconds
     follower.first_sync.wait(settings.serve_start_wait_seconds)
+    _stop_if_refused(follower, graphs)
 
     def missing() -> list[str]:
         absent = [t for t in targets if t not in graph_targets and follower.get(t) is None]

@@ -1,14 +1,13 @@
 """The API and Redis refusing its credentials, against a real redis-server with ``requirepass``:
-an API started with a wrong password stops at once, naming the settings (it waited forever
-before, looking like a Redis outage); a password changed under a running API is ridden out (the
-models loaded keep answering) and reported as ``auth``, not as an outage."""
+an API started with a wrong password stops at once, naming the settings, and exits non-zero,
+with one worker or several (it waited forever before, looking like a Redis outage; with several
+workers, uvicorn's supervisor then stopped and `riverstream serve` exited 0, a clean stop to a
+process manager); a password changed under a running API is ridden out (the models loaded keep
+answering) and reported as ``auth``, not as an outage."""
 
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -17,38 +16,32 @@ from prometheus_client import CollectorRegistry
 from river import linear_model
 
 from serving.app import create_app
-from serving.runner import settings_environment
 from serving.telemetry import ServingMetrics
 from stream.store.snapshots import SnapshotStore
 from tests.support.outage import PrivateRedis, change_password, locked_redis
-from tests.support.serving import ROOT
 
 pytestmark = pytest.mark.integration
 __all__ = ["locked_redis"]  # fixtures
 
 
+@pytest.mark.parametrize(
+    ("workers", "reuse_port"), [(1, True), (2, True), (2, False)],
+    ids=["one-worker", "workers-socket-each", "workers-shared-socket"],
+)  # fmt: skip
 def test_an_api_whose_credentials_redis_refuses_does_not_start(
-    kit, locked_redis: PrivateRedis, prefix: str, tmp_path: Path
+    kit, locked_redis: PrivateRedis, prefix: str, tmp_path: Path, workers: int, reuse_port: bool
 ) -> None:
-    settings = kit.make_settings(locked_redis.url, prefix, redis_password="not-the-password")
-    log = tmp_path / "api.log"
-    port = str(kit.free_port())
-    with log.open("wb") as out:
-        api = subprocess.Popen(
-            [sys.executable, "-m", "stream", "serve", "--port", port, "--workers", "1"],
-            cwd=ROOT, env={**os.environ, **settings_environment(settings)}, stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        code = api.wait(timeout=60)
-    finally:
-        if api.poll() is None:
-            api.kill()
-            api.wait()
-    text = log.read_text()
+    settings = kit.make_settings(
+        locked_redis.url, prefix, redis_password="not-the-password", serve_reuse_port=reuse_port
+    )
+    log = tmp_path / "api.err"
+    code = kit.serve_until_exit(settings, workers, log)
+    text = log.read_text()  # stderr
     assert code != 0, text
     assert "Redis refused this process's credentials" in text, text
     assert "RIVERSTREAM_REDIS_PASSWORD" in text and "not-the-password" not in text, text
+    if workers > 1:
+        assert "the API stopped: " in text.splitlines()[-1], text
 
 
 def test_a_password_changed_under_a_running_api_is_reported_as_auth(

@@ -169,6 +169,35 @@ def serve_process(settings: Settings, ready_path: str = "/readyz") -> Iterator[s
             proc.wait()
 
 
+def serve_until_exit(
+    settings: Settings, workers: int, stderr: Path, env: dict[str, str] | None = None
+) -> int:
+    """Run ``riverstream serve --workers WORKERS`` with ``settings`` (over ``env``, by default
+    this process's environment) until it exits by itself; its stderr goes to ``stderr``.
+    Returns its exit status; fails when it still runs after 60 s (its process group, its
+    workers too, is then killed)."""
+    from serving.runner import settings_environment
+
+    argv = [sys.executable, "-m", "stream", "serve", "--port", str(free_port()),
+            "--workers", str(workers)]  # fmt: skip
+    environment = {**(os.environ if env is None else env), **settings_environment(settings)}
+    with stderr.open("wb") as err:
+        api = subprocess.Popen(
+            argv, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=err,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        return api.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(
+            f"serve still runs after 60 s:\n{stderr.read_text()[-3000:]}"
+        ) from None
+    finally:
+        if api.poll() is None:
+            os.killpg(api.pid, signal.SIGKILL)
+            api.wait()
+
+
 class Kit:
     """Helpers for the tests, as a fixture (test modules cannot import conftest under
     ``--import-mode=importlib``)."""
@@ -182,6 +211,7 @@ class Kit:
     publish = staticmethod(publish)
     serve_in_thread = staticmethod(serve_in_thread)
     serve_process = staticmethod(serve_process)
+    serve_until_exit = staticmethod(serve_until_exit)
 
     @staticmethod
     def trained_models(n: int = 300) -> dict[str, tuple[Any, str, list[dict]]]:
