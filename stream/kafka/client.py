@@ -4,8 +4,8 @@ kafka-python is the chosen client for administration and producing (`EventProduc
 learner consumes with confluent-kafka (librdkafka): `stream.kafka.consumer.ConfluentSource`,
 chosen by `bench/consume_path.py`, returns the runs of `stream.kafka.records`; both modules'
 names are importable from here too. Every client exception is wrapped in `KafkaAdapterError`
-where it enters; connection security (`stream.kafka.security`) is added where each client's
-configuration is built.
+where it enters (Kafka refusing the login in `KafkaAuthError`, `stream.kafka.auth`); connection
+security (`stream.kafka.security`) is added where each client's configuration is built.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from schemas.errors import KafkaAdapterError
+from stream.kafka.auth import LoginWatch, answer, connect_error
 from stream.kafka.consumer import ConfluentSource
 from stream.kafka.records import Record, RecordRun, RecordSource, group_by_partition
 from stream.kafka.security import PLAINTEXT, KafkaSecurity
@@ -30,18 +31,21 @@ __all__ = [  # the records and the consumer live in their own modules; imported 
 def broker_ready(
     bootstrap: str, timeout: float = 2.0, *, security: KafkaSecurity = PLAINTEXT
 ) -> bool:
-    """True when the broker answers a metadata request."""
+    """True when the broker answers a metadata request (else librdkafka's ``KafkaException``);
+    `KafkaAuthError` as soon as it refuses the login."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, **security.librdkafka()})
-    metadata = admin.list_topics(timeout=timeout)
+    watch = LoginWatch()
+    admin = AdminClient({"bootstrap.servers": bootstrap, **security.librdkafka()}, error_cb=watch)
+    metadata = answer(admin, watch, timeout, bootstrap, security)
     return bool(metadata.brokers)
 
 
 def create_topics(
     bootstrap: str, topics: dict[str, int], *, security: KafkaSecurity = PLAINTEXT
 ) -> list[str]:
-    """Create missing topics (name → partitions); returns those created. Idempotent."""
+    """Create missing topics (name → partitions); returns those created. Idempotent. Every
+    process that uses Kafka calls it first: `KafkaAuthError` when Kafka refuses its login."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -51,7 +55,7 @@ def create_topics(
             bootstrap_servers=bootstrap, client_id="rs-admin", **security.kafka_python()
         )
     except KafkaError as exc:
-        raise KafkaAdapterError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+        raise connect_error(exc, bootstrap, security) from exc
     try:
         existing = set(admin.list_topics())
         # Replication: the broker's default.replication.factor (-1), so that a replicated
@@ -69,10 +73,15 @@ def create_topics(
 
 
 def partitions_for(bootstrap: str, topic: str, *, security: KafkaSecurity = PLAINTEXT) -> list[int]:
+    from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, **security.librdkafka()})
-    meta = admin.list_topics(topic, timeout=10)
+    watch = LoginWatch()
+    admin = AdminClient({"bootstrap.servers": bootstrap, **security.librdkafka()}, error_cb=watch)
+    try:
+        meta = answer(admin, watch, 10, bootstrap, security, topic)
+    except KafkaException as exc:
+        raise KafkaAdapterError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     info = meta.topics.get(topic)
     if info is None or info.error is not None:
         raise KafkaAdapterError(f"topic {topic} not found: {info.error if info else 'missing'}")

@@ -4,6 +4,11 @@ Chosen over kafka-python and faust-streaming by `bench/consume_path.py` (consumi
 librdkafka reads ≈ 105-124k msg/s on this machine against ≈ 33-39k for kafka-python). Offsets
 come from the learner's snapshots, never from the consumer group; every client exception is
 wrapped in `KafkaAdapterError` where it enters.
+
+Kafka refusing the login (`stream.kafka.auth`) is `KafkaAuthError` at the assignment (a
+process's start: it stops), and an ERROR naming the settings while reading (credentials
+changed under a running process, refused at its next connection): reading waits as for a
+broker that is away, nothing is skipped, and the log says what it is.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from schemas.errors import KafkaAdapterError
+from stream.kafka.auth import KafkaAuthError, LoginWatch, connect_error
 from stream.kafka.records import Record, RecordRun
 from stream.kafka.security import PLAINTEXT, KafkaSecurity
 
@@ -24,6 +30,8 @@ log = logging.getLogger(__name__)
 _BROKER_ASK_SECONDS = 5.0
 _FIRST_FETCH_GRACE_SECONDS = 1.0
 _BROKER_RECHECK_SECONDS = 1.0
+_REFUSAL_LOG_SECONDS = 60.0
+"""While Kafka refuses the login under a running consumer, the ERROR is logged this often."""
 
 
 class _ConsumedMessage(Protocol):
@@ -53,6 +61,9 @@ class ConfluentSource:
     ) -> None:
         from confluent_kafka import Consumer
 
+        self._bootstrap, self._security = bootstrap, security
+        self._login = LoginWatch(self._on_error)
+        self._refusal_logged: float | None = None  # while the login is refused: logged then
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -69,7 +80,7 @@ class ConfluentSource:
                 # A broker that went away is asked again every 0.1 s growing to 2 s, not 50 ms.
                 "reconnect.backoff.ms": 100,
                 "reconnect.backoff.max.ms": 2000,
-                "error_cb": self._on_error,
+                "error_cb": self._login,
                 **security.librdkafka(),
             }
         )
@@ -80,15 +91,27 @@ class ConfluentSource:
         self._broker_checked = 0.0
 
     def _on_error(self, error: Any) -> None:
-        """librdkafka's error callback (served by poll): a lost broker connection means the
-        cached log ends may be stale, so no partition counts as caught up until it is back."""
+        """librdkafka's error callback (served by poll, after `LoginWatch`): a lost broker
+        connection means the cached log ends may be stale, so no partition counts as caught up
+        until it is back. A refused login is one too, and an ERROR that says so."""
         from confluent_kafka import KafkaError
 
         if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
             self._broker_lost = True
+        refusal = self._login.refusal
+        if error.code() != KafkaError._AUTHENTICATION or refusal is None:
+            return
+        self._broker_lost = True
+        now = time.monotonic()
+        if self._refusal_logged is None or now - self._refusal_logged >= _REFUSAL_LOG_SECONDS:
+            self._refusal_logged = now
+            log.error(
+                "%s; reading waits until Kafka accepts them (nothing is skipped)",
+                KafkaAuthError(self._bootstrap, refusal, self._security),
+            )
 
     def assign(self, positions: dict[tuple[str, int], int]) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+        from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
         parts = [
             TopicPartition(t, p, off if off >= 0 else OFFSET_BEGINNING)
@@ -97,7 +120,10 @@ class ConfluentSource:
         # Knowing the partition leaders before assigning saves librdkafka's offset-query
         # retry timer: the first records then come in ≈ 50 ms instead of ≈ 550 ms (measured).
         for topic in {t for t, _ in positions}:
-            self._consumer.list_topics(topic, timeout=10)
+            try:
+                self._consumer.list_topics(topic, timeout=10)
+            except KafkaException as exc:  # refused (`KafkaAuthError`), or away
+                raise connect_error(exc, self._bootstrap, self._security) from exc
         self._consumer.assign(parts)
         self._assigned = list(positions)
         self._ask_after = time.monotonic() + _FIRST_FETCH_GRACE_SECONDS
@@ -164,7 +190,11 @@ class ConfluentSource:
             except KafkaException:
                 return ends
             self._broker_lost = False
-            log.warning("Kafka broker reachable again")
+            if self._refusal_logged is not None:
+                log.warning("Kafka accepts this process's credentials again")
+            else:
+                log.warning("Kafka broker reachable again")
+            self._login.refusal = self._refusal_logged = None
         for topic, partition in self._assigned:
             tp = TopicPartition(topic, partition)
             _low, high = self._consumer.get_watermark_offsets(tp, cached=True)

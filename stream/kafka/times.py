@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from schemas.errors import KafkaAdapterError
+from stream.kafka.auth import connect_error
 from stream.kafka.security import PLAINTEXT, KafkaSecurity
 
 Partition = tuple[str, int]
@@ -45,8 +46,9 @@ def offsets_for_times(
         found = consumer.offsets_for_times(
             [TopicPartition(t, p, ms) for t, p in partitions], timeout=timeout
         )
-    except KafkaException as exc:
-        raise KafkaAdapterError(f"offsets for time {epoch_seconds:g} failed: {exc}") from exc
+    except KafkaException as exc:  # Kafka away, or refusing the login (`KafkaAuthError`)
+        failed = f"offsets for time {epoch_seconds:g} failed"
+        raise connect_error(exc, bootstrap, security, failed=failed) from exc
     finally:
         consumer.close()
     out: dict[Partition, int | None] = {}

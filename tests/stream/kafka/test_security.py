@@ -11,6 +11,13 @@ publisher writes a stream, the learner learns it (the model equals River's), the
 from its snapshot and logs a feature event it is given, a prediction worker answers a request
 through Kafka, and ``score kafka:TOPIC`` scores the topic. A plain Kafka client, a wrong SCRAM password, a plain Redis connection
 and a Redis client without the user all fail.
+
+Kafka refusing the login (a wrong password, an unknown user, a mechanism the brokers do not
+enable) is a configuration error naming the settings, never the password: at the start of a
+process (``riverstream learn`` exits 2; the learner's consumer and the metadata requests raise
+it), and an ERROR in a running learner whose password was changed under it (once the brokers
+restart: Kafka keeps the connections it authenticated), which waits, then reads on once the
+password is right again. The cluster is started once for the module.
 """
 
 from __future__ import annotations
@@ -24,13 +31,14 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from pydantic import SecretStr
 
 from learners.datasets import dataset_events
 from schemas.errors import ConfigError
 from schemas.settings import Settings
 from stream.dev.secure import SecureKafkaCluster, SecureRedis, make_certificates
 from stream.dev.services import free_port
-from stream.kafka.client import broker_ready, read_all
+from stream.kafka.client import ConfluentSource, broker_ready, partitions_for, read_all
 from stream.kafka.security import KafkaSecurity, kafka_security
 from stream.store.connect import redis_client
 from tests.support.cluster import assert_equal_to_river, stop_all
@@ -89,14 +97,17 @@ class Secure:
     settings: Settings
 
 
-@pytest.fixture
-def secure(tmp_path: Path) -> Iterator[Secure]:
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
+    """The secure Kafka and Redis, and settings to use them as ``app``; the Kafka user
+    ``rotated`` is the one whose password a test changes."""
+    tmp_path = tmp_path_factory.mktemp("secure")
     base = Settings()
     certificates = make_certificates(tmp_path / "certs")
     kafka_password, redis_password = uuid.uuid4().hex, uuid.uuid4().hex
     kafka = SecureKafkaCluster(tmp_path / "kafka", base.cache_dir.expanduser(),
                                base.kafka_version, certificates,
-                               {"app": kafka_password})  # fmt: skip
+                               {"app": kafka_password, "rotated": uuid.uuid4().hex})  # fmt: skip
     server = SecureRedis(tmp_path / "redis", certificates, "app", redis_password)
     tag = uuid.uuid4().hex[:10]
     settings = Settings(
@@ -182,6 +193,120 @@ def test_every_process_connects_securely_and_plain_is_refused(
     score = ["score", "lr", f"kafka:{s.topic_features}", "--out", str(scores)]
     run_cli(s, score, tmp_path / "score.log")
     assert len(scores.read_text().splitlines()) == LIMIT + 1  # the stream and the logged event
+
+
+CREDENTIALS = ("RIVERSTREAM_KAFKA_SASL_USERNAME", "RIVERSTREAM_KAFKA_SASL_PASSWORD",
+               "RIVERSTREAM_KAFKA_SASL_MECHANISM")  # fmt: skip
+REFUSED = "refused this process's credentials"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_refused_login_stops_the_learner_at_its_start_naming_the_settings(
+    secure: Secure, tmp_path: Path
+) -> None:
+    """A wrong password: `riverstream learn` exits 2 with a message that names the settings,
+    not the password (kafka-python creates the topics first, at every process's start). It said
+    "cannot reach Kafka" after kafka-python's bootstrap timeout."""
+    password = f"wrong-{uuid.uuid4().hex}"
+    s = fast(secure.settings, kafka_sasl_password=SecretStr(password))
+    log = tmp_path / "learner.log"
+    proc = spawn_cli(s, ["learn", "--model", "lr=logreg"], log)
+    try:
+        wait_until(lambda: proc.poll() is not None, 120, "the learner to stop", log=log)
+    finally:
+        stop_all([proc])
+    text = log.read_text()
+    assert proc.returncode == 2, text[-3000:]
+    assert f"error: Kafka at {secure.kafka.bootstrap} {REFUSED}" in text, text[-3000:]
+    _says_refused(text, password)
+    assert "cannot reach Kafka" not in text
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_refused_login_is_a_configuration_error_for_librdkafka(secure: Secure) -> None:
+    """A wrong password, an unknown user, a mechanism the brokers do not enable: the learner's
+    consumer at its assignment and the metadata requests raise a `ConfigError` naming the
+    settings. They raised librdkafka's "Broker transport failure", after their timeout."""
+    password = f"wrong-{uuid.uuid4().hex}"
+    s = secure.settings.model_copy(update={"kafka_sasl_password": SecretStr(password)})
+    bootstrap = secure.kafka.bootstrap
+    source = ConfluentSource(bootstrap, "rs-refused", security=kafka_security(s))
+    try:
+        with pytest.raises(ConfigError) as raised:
+            source.assign({(s.topic_features, 0): -1})
+    finally:
+        source.close()
+    _says_refused(str(raised.value), password)
+    for changes in ({"kafka_sasl_username": "nobody"}, {"kafka_sasl_mechanism": "SCRAM-SHA-256"}):
+        other = kafka_security(s.model_copy(update=changes))
+        with pytest.raises(ConfigError) as raised:
+            partitions_for(bootstrap, s.topic_features, security=other)
+        _says_refused(str(raised.value), password)
+    assert "RIVERSTREAM_KAFKA_SASL_MECHANISM (SCRAM-SHA-256)" in str(raised.value)
+    with pytest.raises(ConfigError, match=REFUSED):
+        broker_ready(bootstrap, timeout=10, security=kafka_security(s))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_password_changed_under_a_running_learner_is_logged_as_refused(
+    secure: Secure, tmp_path: Path
+) -> None:
+    """The password of the learner's user is changed and the brokers restart (Kafka keeps the
+    connections it authenticated): the learner logs an ERROR naming the settings (it logged
+    nothing of its own, waiting as for brokers that are away), runs on, and reads on once the
+    password is the learner's again."""
+    tag = uuid.uuid4().hex[:10]
+    user = "rotated"
+    password = secure.kafka.users[user]
+    s = fast(
+        secure.settings, kafka_sasl_username=user, kafka_sasl_password=SecretStr(password),
+        topic_features=f"r{tag}.features", topic_labels=f"r{tag}.labels",
+        topic_dlq=f"r{tag}.dlq", redis_prefix=f"test:{tag}", snapshot_key=f"key-{tag}",
+    )  # fmt: skip
+    log = tmp_path / "learner.log"
+    proc = spawn_cli(s, ["learn", "--model", "lr=logreg"], log)
+    try:
+        wait_until(lambda: "metrics: " in log.read_text(), 120, "the learner's start", log=log)
+        _set_password(secure.kafka, user, f"changed-{uuid.uuid4().hex}")
+        secure.kafka.stop(graceful=False)
+        secure.kafka.up()
+        refused = f"ERROR stream.kafka.consumer: Kafka at {secure.kafka.bootstrap} {REFUSED}"
+        wait_until(lambda: refused in log.read_text(), 90, "the learner's ERROR", log=log)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        _says_refused(log.read_text(), password)
+
+        _set_password(secure.kafka, user, password)
+        again = "accepts this process's credentials again"
+        wait_until(lambda: again in log.read_text(), 60, "the learner reading on", log=log)
+        assert proc.poll() is None, log.read_text()[-3000:]
+    finally:
+        stop_all([proc])
+
+
+def _says_refused(text: str, password: str) -> None:
+    """``text`` says that Kafka refused the credentials and names their settings, not
+    ``password``."""
+    assert REFUSED in text and all(name in text for name in CREDENTIALS), text[-3000:]
+    assert password not in text
+
+
+def _set_password(kafka: SecureKafkaCluster, user: str, password: str) -> None:
+    """Give ``user`` a new SCRAM password, as the brokers' admin."""
+    from confluent_kafka.admin import (
+        AdminClient,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
+    )
+
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap, **kafka.security().librdkafka()})
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096)
+    change = UserScramCredentialUpsertion(user, info, password.encode())
+    for future in admin.alter_user_scram_credentials([change]).values():
+        future.result(timeout=30)
 
 
 def _answers(bootstrap: str, security: KafkaSecurity) -> bool:
