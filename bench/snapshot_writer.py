@@ -71,7 +71,8 @@ def run(way: str, model: str, events: list[Any], url: str, prefix: str, every: i
         return SnapshotStore(redis.Redis.from_url(url), prefix, KEY)
 
     protocol.WRITER_SWITCH_INTERVAL = 0.0005 if way == "thread+sw" else sys.getswitchinterval()
-    # the first snapshot of a Snapshotter forks (its size is unknown): taken before the timing
+    # the first snapshot of a Snapshotter pickles its models to learn their size (kept for
+    # the write): taken before the timing
     snapshotter = TimedSnapshotter(
         store(), store, KEY, use_fork=way != "inline", fork_min_bytes=10**12
     )
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)  # its signing key too
     print("stall: the learning thread's time per snapshot (median); write: from the snapshot's "
           "start to its version written and the registry's steps done (median); the first "
-          "snapshot of each way forks and is left out of both")  # fmt: skip
+          "snapshot of each way (its models' size unknown) is left out of both")  # fmt: skip
     return 0
 
 

@@ -39,43 +39,54 @@ COMPRESSION_LEVEL = 1
 
 def dump_signed(obj: Any, key: bytes, *, level: int = COMPRESSION_LEVEL) -> bytes:
     """Pickle, compress and sign ``obj``."""
-    body = zlib.compress(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), level)
-    return MAGIC + hmac.new(key, body, hashlib.sha256).digest() + body
+    return sign_pickled(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), key, level=level)
 
 
 class _Full(Exception):
-    """The pickle passed the limit of `pickled_within`."""
+    """The pickles passed the limit of `pickled_within`."""
 
 
-class _Counter:
-    """A file that only counts what is written to it, up to ``limit`` bytes."""
+class _Bounded:
+    """A file that keeps what is written to it, up to ``limit`` bytes in all."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.size = limit, 0
+        self.chunks: list[bytes] = []
 
     def write(self, data: bytes) -> int:
         self.size += len(data)
         if self.size > self.limit:
             raise _Full
+        self.chunks.append(bytes(data))
         return len(data)
 
 
-def pickled_within(objs: Iterable[Any], limit: int) -> int | None:
-    """The size of ``objs``' pickles together, or None as soon as it passes ``limit`` bytes:
-    what deciding by size costs is pickling at most ``limit`` bytes, whatever the size.
+def pickled_within(objs: Iterable[Any], limit: int) -> list[bytes] | None:
+    """``objs``' pickles, or None as soon as they pass ``limit`` bytes together: deciding by
+    size costs pickling at most ``limit`` bytes, whatever the size, and the pickles of a small
+    state are kept (`sign_pickled` signs them as `dump_signed` would its objects).
 
-    >>> pickled_within([{"w": [1.0, 2.0]}], 1000) is not None
-    True
+    >>> [len(p) > 0 for p in pickled_within([{"w": [1.0, 2.0]}], 1000)]
+    [True]
     >>> pickled_within([list(range(10_000))], 1000) is None
     True
     """
-    sink = _Counter(limit)
-    try:
-        for obj in objs:
+    pickles = []
+    for obj in objs:
+        sink = _Bounded(limit)
+        try:
             pickle.Pickler(sink, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-    except _Full:
-        return None
-    return sink.size
+        except _Full:
+            return None
+        pickles.append(b"".join(sink.chunks))
+        limit -= sink.size
+    return pickles
+
+
+def sign_pickled(body: bytes, key: bytes, *, level: int = COMPRESSION_LEVEL) -> bytes:
+    """Compress and sign a pickle: `dump_signed` of what it pickles."""
+    compressed = zlib.compress(body, level)
+    return MAGIC + hmac.new(key, compressed, hashlib.sha256).digest() + compressed
 
 
 def verify_signed(blob: bytes, key: bytes) -> bytes:

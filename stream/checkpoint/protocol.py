@@ -61,7 +61,7 @@ from typing import Any, Literal, cast
 
 from learners.comparisons import ComparisonRecord
 from learners.core import LearningCore, ModelState
-from learners.serialization import dump_signed, load_signed, pickled_within
+from learners.serialization import dump_signed, load_signed, pickled_within, sign_pickled
 from learners.specs import ModelSpec
 from schemas.errors import RiverstreamError, SnapshotError
 from schemas.records import SnapshotMeta
@@ -72,6 +72,7 @@ from stream.store.snapshots import (
     OwnershipLostError,
     RedisUnavailableError,
     SnapshotStore,
+    refused_credentials,
 )
 from stream.store.trace import TraceWrite
 
@@ -85,6 +86,9 @@ Failure = Literal["unavailable", "ownership", "fenced", "error"]
 
 _EXIT_STATUS: dict[Failure, int] = {"error": 1, "unavailable": 75, "ownership": 76, "fenced": 77}
 """A snapshot child's exit status for each failure (75: EX_TEMPFAIL)."""
+_REFUSED_STATUS = 78
+"""A snapshot child's exit status when Redis refused its credentials (EX_CONFIG): failure
+``unavailable``, `SnapshotResult.refused`."""
 
 
 def failure_of(exc: BaseException) -> Failure:
@@ -121,6 +125,9 @@ class SnapshotResult:
     """Why it failed (`failure_of`; a forked child's from its exit status), None if it did not."""
     error: str = ""
     """The failure's message (a forked child logs its own)."""
+    refused: bool = False
+    """Redis refused this process's credentials (`stream.store.snapshots.refused_credentials`;
+    failure ``unavailable``): ridden out as an outage, reported as what it is."""
 
 
 SkipRanges = dict[str, list[tuple[int, int]]]
@@ -212,15 +219,18 @@ def prepare_snapshot(
     extras: Mapping[str, Any] | None = None,
     *,
     trace: TraceWrite | None = None,
+    pickled: Mapping[str, bytes] | None = None,
 ) -> Prepared:
     """Step 4: each model's signed blob and meta, the signed checkpoint of the core without
     its models, and a readable copy of the comparisons. ``core.models`` is restored before
-    returning."""
+    returning. ``pickled``: the models' pickles made already (by `Snapshotter`'s size check),
+    signed as they are."""
     offsets = dict(offsets)  # the caller's may change once this returns
     models = core.models
     blobs: dict[str, tuple[bytes, SnapshotMeta]] = {}
     for name, state in models.items():
-        blob = dump_signed(state, signing_key)
+        made = None if pickled is None else pickled.get(name)
+        blob = dump_signed(state, signing_key) if made is None else sign_pickled(made, signing_key)
         meta = SnapshotMeta.describe(
             name,
             blob,
@@ -387,11 +397,20 @@ class Snapshotter:
         # copy-on-write faults; for a small model, pickling it here stalls less (≈ 2 ms for
         # logreg) and a thread writes it: the round trips to Redis of the write and the
         # registry's steps wait beside the learning, not in it. The previous size decides;
-        # when it is unknown (the first snapshot of a process, or after a failed one), the
-        # models' pickles are counted up to the threshold (`_small`).
-        if self._small(core):
+        # when it is unknown (the first snapshot of a process, or after a forked one whose
+        # sizes could not be read back), the models' pickles, made up to the threshold, do
+        # (`_small`), and are kept for the snapshot.
+        try:
+            small, pickled = self._small(core)
+        except Exception:  # a model that cannot be pickled: as a failed write (tried again)
+            log.exception("snapshot v%d failed", version)
+            elapsed = time.perf_counter() - start
+            return SnapshotResult(version, False, elapsed, elapsed, how="thread", failure="error")
+        if small:
             try:
-                prepared = prepare_snapshot(self._signing_key, core, offsets, extras, trace=trace)
+                prepared = prepare_snapshot(
+                    self._signing_key, core, offsets, extras, trace=trace, pickled=pickled
+                )
             except Exception:  # as a failed write: logged, and the next snapshot tries again
                 log.exception("snapshot v%d failed", version)
                 elapsed = time.perf_counter() - start
@@ -435,27 +454,33 @@ class Snapshotter:
                 status = 0
             except BaseException as exc:
                 log.exception("snapshot v%d failed", version)
-                status = _EXIT_STATUS[failure_of(exc)]
+                status = (
+                    _REFUSED_STATUS if refused_credentials(exc) else _EXIT_STATUS[failure_of(exc)]
+                )
             finally:
                 os._exit(status)
         stall = time.perf_counter() - start
         self._writing = _Writing(version, start, stall, list(core.models), pid=pid)
         return None
 
-    def _small(self, core: LearningCore) -> bool:
-        """Whether the models' state is under ``fork_min_bytes``: by the previous snapshot's
-        blobs, else by their pickles, counted only up to the threshold (at most
-        ``fork_min_bytes`` of pickling, ≈ 1-3 ms for the default 1 MB, where a fork of a
-        learner that has read a backlog stalls ≈ 7-10 ms and its copy-on-write faults cost
-        the learning more while the child lives). Uncompressed pickles are larger than the
+    def _small(self, core: LearningCore) -> tuple[bool, dict[str, bytes] | None]:
+        """Whether the models' state is under ``fork_min_bytes``, and their pickles if they
+        were made to decide: by the previous snapshot's blobs, else by their pickles, made
+        only up to the threshold (at most ``fork_min_bytes`` of pickling, ≈ 1-3 ms for the
+        default 1 MB, where a fork of a learner that has read a backlog stalls ≈ 7-10 ms and
+        its copy-on-write faults cost the learning more while the child lives); a small
+        state's pickles are the snapshot's. Uncompressed pickles are larger than the
         compressed blobs: a model the previous size would call small may fork the first time.
-        """
+        Raises what pickling a model raises."""
         limit = self.fork_min_bytes
         if self.last_bytes is not None:
-            return self.last_bytes < limit
+            return self.last_bytes < limit, None
         if limit <= 0:
-            return False
-        return pickled_within(core.models.values(), limit - 1) is not None
+            return False, None
+        pickles = pickled_within(core.models.values(), limit - 1)
+        if pickles is None:
+            return False, None
+        return True, dict(zip(core.models, pickles, strict=True))
 
     def _inline(
         self,
@@ -533,7 +558,7 @@ class Snapshotter:
         sizes = {}
         if ok:
             self.last_version = writing.version
-            self.last_bytes = None  # unknown: the next one forks
+            self.last_bytes = None  # unknown: the next one's pickles decide (`_small`)
             with contextlib.suppress(RiverstreamError):
                 sizes = {
                     name: self.quick.meta(name, writing.version).size for name in writing.models
@@ -542,10 +567,14 @@ class Snapshotter:
         else:
             log.error("snapshot v%d failed (child exit status %s)", writing.version, status)
         seconds = time.perf_counter() - writing.start
-        failure = None if ok else _FAILURE_OF_STATUS.get(code, "error")
-        return SnapshotResult(
-            writing.version, ok, seconds, writing.stall, sizes=sizes, failure=failure
+        refused = code == _REFUSED_STATUS
+        failure = (
+            None if ok else "unavailable" if refused else _FAILURE_OF_STATUS.get(code, "error")
         )
+        return SnapshotResult(
+            writing.version, ok, seconds, writing.stall, sizes=sizes, failure=failure,
+            refused=refused,
+        )  # fmt: skip
 
 
 _FAILURE_OF_STATUS = {status: failure for failure, status in _EXIT_STATUS.items()}
@@ -553,7 +582,12 @@ _FAILURE_OF_STATUS = {status: failure for failure, status in _EXIT_STATUS.items(
 
 def _why(failed: BaseException | None) -> dict[str, Any]:
     """`SnapshotResult`'s ``failure`` and ``error`` for ``failed`` (nothing if None)."""
-    return {} if failed is None else {"failure": failure_of(failed), "error": str(failed)}
+    if failed is None:
+        return {}
+    return {
+        "failure": failure_of(failed), "error": str(failed),
+        "refused": refused_credentials(failed),
+    }  # fmt: skip
 
 
 def _die_with_parent() -> None:

@@ -257,7 +257,11 @@ class LearnerCheckpoints:
             result.failure != "ownership" and self._redis_unreachable()
         ):
             result.failure = "unavailable"  # (a forked child that died may not have said so)
-            unavailable = ConnectionError(result.error or "unreachable")
+            unavailable: Exception = (
+                redis.AuthenticationError(result.error or "credentials refused")
+                if result.refused  # reported as refused credentials, not as an outage
+                else ConnectionError(result.error or "unreachable")
+            )
             self.outage.failed(f"snapshot v{result.version}", unavailable)
         elif result.failure == "ownership" and self._refused_handed_over(result):
             self._last_command_check = -1e9  # their releases are read (and acknowledged) next

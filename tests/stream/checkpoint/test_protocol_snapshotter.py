@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from learners.core import LearningCore
+from learners.core import LearningCore, ModelState
 from learners.serialization import pickled_within
 from learners.specs import ModelSpec
 from schemas.errors import SnapshotError
@@ -24,11 +24,13 @@ from stream.checkpoint.protocol import (
     restore,
 )
 from stream.store.snapshots import SnapshotStore
+from tests.support.outage import PrivateRedis, locked_redis
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 KEY = b"test-key"
+__all__ = ["locked_redis"]  # fixtures
 INTERVAL = 0.005  # the interpreter's switch interval each test starts from
 
 
@@ -158,8 +160,10 @@ def test_a_first_snapshot_whose_models_pickle_larger_forks(redis_url, prefix) ->
     core = LearningCore([ModelSpec("m", "logreg")])
     for i in range(50):  # a state of some hundreds of bytes: 50 features learned
         core.models["m"].learn({f"feature_{i}": float(i)}, i % 2 == 0, (None, None))
-    size = pickled_within(core.models.values(), 10**9)
-    assert size is not None and size > 1000
+    pickles = pickled_within(core.models.values(), 10**9)
+    assert pickles is not None
+    size = sum(map(len, pickles))
+    assert size > 1000
     snapshotter = _snapshotter(redis_url, prefix, fork_min_bytes=size)
     assert _take(snapshotter, core).how == "fork"  # pickles of `size` bytes: not under it
     compressed = snapshotter.last_bytes
@@ -233,3 +237,73 @@ def test_a_snapshot_that_cannot_be_serialized_fails_at_once(
     assert not snapshotter.busy and sys.getswitchinterval() == INTERVAL
     monkeypatch.undo()
     assert _take(snapshotter, core, 3).ok
+
+
+def test_a_first_snapshot_of_a_model_that_cannot_be_pickled_fails_and_is_tried_again(
+    redis_url, prefix
+) -> None:
+    """The size check of a first snapshot pickles the models: what it raises is a failed
+    snapshot, as the write's own pickling would be, never an exception out of `take` (it
+    stopped the learner)."""
+    core = LearningCore([ModelSpec("m", "logreg")])
+    state = core.models["m"]
+    state.model.unpicklable = lambda: None  # type: ignore[attr-defined]
+    snapshotter = _snapshotter(redis_url, prefix, fork_min_bytes=1_000_000)
+    failed = snapshotter.take(core, {"features:0": 1})
+    assert failed is not None and not failed.ok and failed.failure == "error"
+    assert not snapshotter.busy
+    del state.model.unpicklable  # type: ignore[attr-defined]
+    assert _take(snapshotter, core, 2).ok
+
+
+def test_the_size_checks_pickles_are_the_snapshots(
+    redis_url, prefix, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first snapshot's size check pickles each model once, and those pickles are written:
+    a model is not pickled twice in the learning thread (with a large threshold, as in-process
+    snapshots set it, the whole model would be)."""
+    core = LearningCore([ModelSpec("m", "logreg"), ModelSpec("h", "hoeffding")])
+    for i in range(200):
+        x = {"a": float(i % 7), "b": float(i % 3)}
+        for state in core.models.values():
+            state.learn(x, i % 2 == 0, (None, None))
+    pickled: list[str] = []
+    getstate = ModelState.__getstate__
+
+    def counted(self: ModelState) -> dict[str, object]:
+        pickled.append(self.spec.name)
+        return getstate(self)
+
+    monkeypatch.setattr(ModelState, "__getstate__", counted)
+    snapshotter = _snapshotter(redis_url, prefix, fork_min_bytes=10**12)
+    result = _take(snapshotter, core)
+    assert result.ok and result.how == "thread"
+    assert sorted(pickled) == ["h", "m"]  # once each
+    monkeypatch.undo()
+    restored = restore(
+        snapshotter.store, KEY, [ModelSpec("m", "logreg"), ModelSpec("h", "hoeffding")]
+    )
+    assert restored is not None
+    x = {"a": 3.0, "b": 1.0}
+    for name, state in core.models.items():
+        model = restored.core.models[name].model
+        assert model.predict_proba_one(x) == state.model.predict_proba_one(x)
+
+
+@pytest.mark.parametrize("fork_min_bytes", [0, 1_000_000])  # forked child, writer thread
+def test_a_snapshot_refused_for_its_credentials_says_so(
+    locked_redis: PrivateRedis, fork_min_bytes: int
+) -> None:
+    """The write's store is refused (a password changed under the learner): the result is
+    ``unavailable`` (ridden out) and ``refused`` (reported as refused credentials, not as an
+    outage), from the writer thread and from a forked child's exit status alike."""
+    right = SnapshotStore(locked_redis.admin(), "refused", KEY)  # the version numbers
+
+    def wrong() -> SnapshotStore:
+        url = f"redis://:not-{locked_redis.password}@127.0.0.1:{locked_redis.port}/0"
+        return SnapshotStore(redis.Redis.from_url(url), "refused", KEY)
+
+    snapshotter = Snapshotter(right, wrong, KEY, fork_min_bytes=fork_min_bytes)
+    result = _take(snapshotter, LearningCore([ModelSpec("m", "logreg")]))
+    assert not result.ok and result.failure == "unavailable" and result.refused
+    assert result.how == ("fork" if fork_min_bytes == 0 else "thread")
