@@ -80,6 +80,15 @@ still get that 503, and the first acknowledgement ends the outage. A log handed 
 answer (`Publisher.send_later`, on the shadows' one thread) whose sends may wait (for the
 producer's creation, or a topic's metadata: up to 3 s) is held to the same rule: meanwhile it
 fails at once (counted as ``outage``), and past the window one tries again.
+
+**Kafka refusing the login** (a wrong SASL password, an unknown user, a mechanism the brokers
+do not enable) is no outage: the producer's creation fails with `stream.kafka.auth.KafkaAuthError`,
+whose message names the settings (never the password), and the 503s say it, counted as ``auth``:
+that attempt's and those refused at once while it is remembered. The log says it too, an ERROR
+each minute while it lasts, and when Kafka accepts the credentials again. kafka-python tells a
+refused login only as its bootstrap's timeout (3 s here): the brokers are asked beside a
+creation still under way after `stream.kafka.auth.ASK_AFTER_SECONDS`, one question at a time
+(`LoginQuestions`), so that no failure waits for their answer, an outage's included.
 """
 
 from __future__ import annotations
@@ -107,6 +116,7 @@ from serving.asgi import read_upto, receive_body, render, replay, replay_whole
 from serving.feedback_graphs import graph_messages
 from serving.inputs import json_type
 from serving.telemetry import ServingMetrics, get_metrics
+from stream.kafka.auth import KafkaAuthError, LoginQuestions, RefusalLog
 from stream.kafka.client import EventProducer
 from stream.kafka.security import kafka_security
 
@@ -185,8 +195,12 @@ class Publisher:
         self.max_in_flight = MAX_PUBLISHES_IN_FLIGHT if max_in_flight is None else max_in_flight
         self._producer: EventProducer | None = None
         self._creating = threading.Lock()  # held while the producer is created (≤ 3 s)
+        self._login = LoginQuestions(self.bootstrap or "", self.security)  # under _creating
+        self._refusals = RefusalLog(log, "the closed loop answers 503 until Kafka accepts them")
         self._state = threading.Lock()  # guards what follows; never held while waiting
-        self._failed: tuple[float, str] | None = None  # (when, why): the last failure
+        self._failed: tuple[float, str, str] | None = None
+        """The last failure: when, why, and the reason of the 503s it answers meanwhile
+        (``outage``, or ``auth`` when Kafka refused the login)."""
         self._probing = False  # a request tries again after a failure
         self._in_flight = 0
         self._executor = ThreadPoolExecutor(self.max_in_flight, "closed-loop-publish")
@@ -246,10 +260,10 @@ class Publisher:
         `OUTAGE_SECONDS` ago, or past them while another tries again; else None."""
         if self._failed is None:
             return None
-        since, why = self._failed
+        since, why, reason = self._failed
         left = OUTAGE_SECONDS - (now - since)
         if left > 0 or self._probing:
-            return KafkaUnavailable(why, reason="outage", retry_after=max(1, math.ceil(left)))
+            return KafkaUnavailable(why, reason=reason, retry_after=max(1, math.ceil(left)))
         return None
 
     def _probe(self, now: float) -> bool:
@@ -276,7 +290,7 @@ class Publisher:
             if ok:
                 self._failed = None
             elif failed is not None:
-                self._failed = (time.monotonic(), failed)
+                self._failed = (time.monotonic(), failed, "outage")
 
     def _run(
         self, messages: Sequence[Outgoing], timeout: float, admitted: tuple[float, bool]
@@ -284,8 +298,8 @@ class Publisher:
         """Publish (admitted by `_admit`), then give the place back and remember a failure."""
         try:
             self._send_and_wait(messages, timeout, admitted[0])
-        except KafkaUnavailable as exc:
-            self._release(admitted, failed=str(exc) if exc.reason != "outage" else None)
+        except KafkaUnavailable as exc:  # remembered unless a refusal of the one remembered
+            self._release(admitted, failed=str(exc) if exc.reason == "not_acknowledged" else None)
             raise
         except BaseException:
             self._release(admitted)
@@ -323,28 +337,35 @@ class Publisher:
     def _producer_or_raise(self, bootstrap: str, since: float) -> EventProducer:
         """The producer, created on first use. A request that waited for another's attempt,
         which failed, gets that failure (requests do not queue behind one another's
-        attempts)."""
+        attempts). Kafka refusing the login is ``auth``, said in the log (`RefusalLog`)."""
         with self._creating:
             if self._producer is not None:
                 return self._producer
             with self._state:
                 failed = self._failed
             if failed is not None and failed[0] >= since:
-                raise KafkaUnavailable(failed[1], reason="outage", retry_after=_retry_after())
+                raise KafkaUnavailable(failed[1], reason=failed[2], retry_after=_retry_after())
+            reason = "not_acknowledged"
             try:
-                self._producer = EventProducer(
-                    bootstrap, linger_ms=1, max_block_ms=3000, bootstrap_timeout_ms=3000,
-                    security=self.security,
+                self._producer = self._login.connect(
+                    lambda: EventProducer(
+                        bootstrap, linger_ms=1, max_block_ms=3000, bootstrap_timeout_ms=3000,
+                        security=self.security,
+                    )
                 )  # fmt: skip
+            except KafkaAuthError as exc:
+                self._refusals.refused(exc)
+                why, reason = str(exc), "auth"
             except KafkaAdapterError as exc:
                 why = f"Kafka unreachable: {exc}"
             except Exception as exc:
                 why = f"Kafka did not acknowledge: {type(exc).__name__}: {exc}"
             else:
+                self._refusals.accepted()
                 return self._producer
-            with self._state:
-                self._failed = (time.monotonic(), why)  # before the lock lets the others in
-            raise KafkaUnavailable(why, reason="not_acknowledged", retry_after=_retry_after())
+            with self._state:  # before the lock lets the others in
+                self._failed = (time.monotonic(), why, "auth" if reason == "auth" else "outage")
+            raise KafkaUnavailable(why, reason=reason, retry_after=_retry_after())
 
     def check(self) -> None:
         """`KafkaUnavailable` at once when a log handed to `send_later` now would be refused or
@@ -361,7 +382,7 @@ class Publisher:
             stale = later and now - later[0].sent > PUBLISH_TIMEOUT_SECONDS
             if stale and (self._failed is None or now - self._failed[0] >= OUTAGE_SECONDS):
                 why = f"Kafka did not acknowledge a log within {PUBLISH_TIMEOUT_SECONDS:g} s"
-                self._failed = (now, why)
+                self._failed = (now, why, "outage")
             refused = self._refusal(now)
             if refused is not None:
                 raise refused
@@ -412,7 +433,7 @@ class Publisher:
     def _remember(self, why: str | None) -> None:
         """Remember a failure (``why``) of `send_later`'s, or forget the one remembered."""
         with self._state:
-            self._failed = None if why is None else (time.monotonic(), why)
+            self._failed = None if why is None else (time.monotonic(), why, "outage")
 
     def close(self) -> None:
         """Close the producer, which waits (≤ 10 s, `EventProducer.close`) for what it was

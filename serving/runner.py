@@ -22,6 +22,14 @@ A worker that fails at its start (Redis refusing the credentials, `serving.app`;
 missing, `app_from_env`) says why on stderr and stops every worker; `serve` then raises
 `WorkerStartError` (`riverstream serve` exits non-zero), where uvicorn's supervisor returned as
 after a SIGTERM and the command exited 0, a clean stop to systemd or Kubernetes.
+
+`serve` is given a ``listening`` block (`Listening`), entered once the address is bound and
+left when the server has stopped: `riverstream serve` registers the API with the local
+Prometheus for that time (`stream.dev.services.scraped`), never before the address is its own
+(a second API on a port in use fails to bind, and leaves the first one's registration). On
+SIGTERM the server stops, the block is left, then the process dies by the signal, with one
+worker or several: a clean stop to systemd, where an exit status of 143 is a failure (uvicorn
+does so with one worker; its supervisor of several returned, and the command exited 0).
 """
 
 from __future__ import annotations
@@ -31,10 +39,12 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,7 +114,14 @@ class WorkerStartError(RiverstreamError):
 
 class Supervisor(Multiprocess):
     """uvicorn's supervisor of the worker processes, which tells after `run` whether a worker
-    failed at its start: uvicorn then stops every worker and returns as after a SIGTERM."""
+    failed at its start (uvicorn then stops every worker and returns as after a SIGTERM) and
+    whether a SIGTERM stopped it (``terminated``)."""
+
+    terminated = False
+
+    def handle_term(self) -> None:
+        self.terminated = True
+        super().handle_term()
 
     def failed_at_start(self) -> list[int]:
         """The pids of the workers that exited with uvicorn's ``STARTUP_FAILURE`` (their app's
@@ -112,6 +129,11 @@ class Supervisor(Multiprocess):
         anything else, so one that is still in its list failed at its start."""
         return [p.pid for p in self.processes
                 if p.exitcode == STARTUP_FAILURE and p.pid is not None]  # fmt: skip
+
+
+Listening = Callable[[str, int], AbstractContextManager[object]]
+"""A block entered with the API's host and port once they are bound (the port the system chose,
+for port 0), and left when the server has stopped."""
 
 
 def serve(
@@ -122,21 +144,24 @@ def serve(
     *,
     log_level: str = "warning",
     announce: Callable[[str], None] | None = None,
+    listening: Listening | None = None,
 ) -> None:
     """Serve the API until interrupted (blocks); ``announce`` is given `listening_line` once,
-    when the address is known (reserved, with several workers), before requests are served."""
+    when the address is bound (reserved, with several workers), before requests are served;
+    the server runs inside ``listening``. A SIGTERM ends the process (`run_uvicorn`)."""
     host = settings.serve_host if host is None else host
     port = settings.serve_port if port is None else port
     workers = settings.serve_workers if workers is None else workers
     if workers <= 1:
         from serving.app import create_app
 
-        run_uvicorn(create_app(settings), host, port, 1, log_level=log_level, announce=announce)
+        app = create_app(settings)
+        run_uvicorn(app, host, port, 1, log_level=log_level, announce=announce, listening=listening)
         return
     os.environ.update(settings_environment(settings))
     run_uvicorn(
-        "serving.runner:app_from_env", host, port, workers,
-        log_level=log_level, reuse_port=settings.serve_reuse_port, announce=announce,
+        "serving.runner:app_from_env", host, port, workers, log_level=log_level,
+        reuse_port=settings.serve_reuse_port, announce=announce, listening=listening,
     )  # fmt: skip
 
 
@@ -164,20 +189,68 @@ def run_uvicorn(
     log_level: str = "warning",
     reuse_port: bool = True,
     announce: Callable[[str], None] | None = None,
+    listening: Listening | None = None,
 ) -> None:
     """uvicorn with riverstream's options; ``app`` is an app, or an import string of a factory
     when ``workers > 1`` (each worker process then builds its own, and with ``reuse_port``, on
-    Linux, listens on a socket of its own). ``announce``: see `serve`. Raises
-    `WorkerStartError` when a worker failed at its start."""
+    Linux, listens on a socket of its own). ``announce``, ``listening``: see `serve`. Raises
+    `WorkerStartError` when a worker failed at its start.
+
+    A SIGTERM stops the server; once ``listening`` is left, the signal is passed on to the
+    handler in place before (the default one: the process dies by it). The handler of this
+    call raises `_Terminated` to leave the block: uvicorn's single server passes the signal on
+    to it when it has stopped, and its supervisor of several records it (`Supervisor`)."""
     tell = announce or (lambda _line: None)
+    around: Listening = listening or (lambda _host, _port: contextlib.nullcontext())
     common: dict[str, Any] = {
         "host": host, "port": port, "log_level": log_level, "access_log": False,
         "http": NoDelayProtocol,
     }  # fmt: skip
-    if workers <= 1 and not isinstance(app, str):
-        tell(listening_line(host, port, 1))
-        uvicorn.run(app, **common)
-        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    terminated = False
+    try:
+        if workers <= 1 and not isinstance(app, str):
+            _run_server(uvicorn.Config(app, **common), tell, around)
+        else:
+            config = uvicorn.Config(app, factory=True, workers=workers, **common)
+            terminated = _run_workers(config, reuse_port and REUSE_PORT, tell, around)
+    except _Terminated:
+        terminated = True
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+    if terminated:
+        signal.raise_signal(signal.SIGTERM)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in `run_uvicorn` by its handler: a stop (no `Exception`) that leaves the
+    ``listening`` block before the signal is passed on."""
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise _Terminated
+
+
+def _run_server(config: uvicorn.Config, tell: Callable[[str], None], around: Listening) -> None:
+    """One server in this process, on a socket bound before ``around`` is entered (uvicorn
+    binds its own after the app's startup); exits with uvicorn's ``STARTUP_FAILURE`` when the
+    address is taken or the startup failed, as `uvicorn.run` does. Stopped by a SIGTERM, it
+    raises `_Terminated` (uvicorn passes the signal on once stopped)."""
+    sock = config.bind_socket()
+    port = sock.getsockname()[1]
+    tell(listening_line(config.host, port, 1))
+    server = uvicorn.Server(config)
+    with around(config.host, port), contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
+        server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+def _run_workers(
+    config: uvicorn.Config, own_sockets: bool, tell: Callable[[str], None], around: Listening
+) -> bool:
+    """``config.workers`` processes under a `Supervisor`, on sockets of their own or one they
+    share; whether a SIGTERM stopped them. Raises `WorkerStartError`."""
     made_dir = None
     if not os.environ.get(MULTIPROC_ENV):
         made_dir = tempfile.mkdtemp(prefix="riverstream-metrics-")
@@ -186,12 +259,15 @@ def run_uvicorn(
         for stale in Path(os.environ[MULTIPROC_ENV]).glob("*.db"):
             stale.unlink()
     try:
-        config = uvicorn.Config(app, factory=True, workers=workers, **common)
-        own_sockets = reuse_port and REUSE_PORT  # else one socket shared by the workers
-        sock = ReusePortAddress.reserve(host, port) if own_sockets else config.bind_socket()
-        tell(listening_line(host, sock.getsockname()[1], workers, own_sockets=own_sockets))
+        if own_sockets:
+            sock: socket.socket = ReusePortAddress.reserve(config.host, config.port)
+        else:  # one socket shared by the workers
+            sock = config.bind_socket()
+        port = sock.getsockname()[1]
+        tell(listening_line(config.host, port, config.workers, own_sockets=own_sockets))
         supervisor = Supervisor(config, sockets=[sock])
-        supervisor.run()
+        with around(config.host, port):
+            supervisor.run()
     finally:
         if made_dir:
             shutil.rmtree(made_dir, ignore_errors=True)
@@ -202,6 +278,7 @@ def run_uvicorn(
             f"the API stopped: {what} failed at start (pid {', '.join(map(str, failed))}; "
             "the reason is above), and every worker was stopped"
         )
+    return supervisor.terminated
 
 
 REUSE_PORT = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")

@@ -2,7 +2,8 @@
 
 The servers are started by the same code as `riverstream services up`, in a private state
 directory, and stopped by pid at the end of the run. Each test gets its own topic names, Redis
-key prefix and consumer group through the `settings` fixture, so tests never collide.
+key prefix and consumer group through the `settings` fixture, so tests never collide. No test
+touches the developer's own state directory (`private_default_state_dir`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,20 @@ from stream.dev.services import SERVICES, Endpoints, ServiceManager
 from tests.support.serving import kit, prefix, store
 
 __all__ = ["kit", "prefix", "store"]  # shared fixtures, defined with their helpers in tests/support
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_default_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The state directory of settings made without one, in this process and every process the
+    tests start (``RIVERSTREAM_STATE_DIR``, and ``XDG_STATE_HOME`` that it defaults from): an
+    empty one of this run, never the developer's (``~/.local/state/riverstream``, where their
+    `services up` records its services and `riverstream serve` registers with their
+    Prometheus)."""
+    base = tmp_path_factory.mktemp("xdg-state")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(base))
+        patch.setenv("RIVERSTREAM_STATE_DIR", str(base / "riverstream"))
+        yield base / "riverstream"
 
 
 @pytest.fixture(scope="session")

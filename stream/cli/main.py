@@ -27,7 +27,6 @@ from stream.dev import services as svc
 
 if TYPE_CHECKING:
     from stream.kafka.publish import Kind
-    from stream.learner.observing import Observer
 
 app = typer.Typer(
     help="riverstream: streaming online learning with River, Kafka, Redis and FastAPI.",
@@ -295,6 +294,7 @@ def learn(
     """Learn from the feature and label topics until stopped (SIGTERM: snapshot, then exit)."""
     from learners.comparisons import parse_compare_options
     from stream.learner.backfill import parse_since
+    from stream.learner.observer import PrometheusObserver
     from stream.learner.runtime import build_learner, model_specs
     from stream.registry.owners import check_learner_name
 
@@ -303,10 +303,11 @@ def learn(
         settings = settings.model_copy(update={"learner": check_learner_name(learner_name)})
     specs = model_specs(model, metric or [])
     pairs = parse_compare_options([settings.compare, *(compare or [])])
+    observer = PrometheusObserver.start(settings)
     learner = build_learner(
         settings,
         specs,
-        observer=_learner_observer(settings),
+        observer=observer,
         use_fork=not no_fork,
         compare=pairs,
         backfill_from=None if backfill_from is None else parse_since(backfill_from),
@@ -319,7 +320,8 @@ def learn(
     metrics = f"http://{settings.metrics_host}:{port}/metrics" if port else "off"
     for line in [*learner.describe(), f"metrics: {metrics}"]:
         print_text(line, console, style="dim")
-    with svc.scraped(settings, "riverstream-learner"):
+    # registered only with its exporter bound (another process may hold the port: not this one)
+    with svc.scraped(settings, "riverstream-learner", svc.exporter_address(observer.server)):
         for summary in learner.run(exit_when_idle=exit_when_idle):
             print_text(json.dumps(summary), out)  # JSON: `[true]` would be read as markup
 
@@ -335,21 +337,11 @@ def serve(
     from serving.runner import serve as run
 
     settings = load_settings()
-    bound = settings.model_copy(
-        update={
-            "serve_host": settings.serve_host if host is None else host,
-            "serve_port": settings.serve_port if port is None else port,
-        }
-    )
-    # uvicorn stops the server on SIGTERM, then passes the signal on to the handler it found:
-    # an exit here (not the default handler's death) ends `scraped` as a stop
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    with svc.scraped(bound, "riverstream-api"):
-        run(settings, host, port, workers, announce=lambda line: print_text(line, console))
-
-
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
+    run(
+        settings, host, port, workers,
+        announce=lambda line: print_text(line, console),
+        listening=lambda *bound: svc.scraped(settings, "riverstream-api", bound),
+    )  # fmt: skip
 
 
 demo_app = typer.Typer()  # `riverstream demo`, and `demo stop`
@@ -417,12 +409,6 @@ def demo_stop() -> None:
     said = stop_kept(Settings())
     for line in said or ["no demo was left running"]:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
-
-
-def _learner_observer(settings: Settings) -> Observer:
-    from stream.learner.observer import PrometheusObserver
-
-    return PrometheusObserver.start(settings)
 
 
 def main() -> None:

@@ -70,7 +70,7 @@ def predict_worker(
     """
     from prometheus_client import CollectorRegistry
 
-    from stream.dev.services import scraped
+    from stream.dev.services import exporter_address, scraped
     from stream.predict.metrics import WorkerMetrics, serve_metrics
     from stream.predict.worker import build_worker
 
@@ -94,8 +94,7 @@ def predict_worker(
         print(json.dumps({**stats, "serving": served, "graphs": graph_versions}), flush=True)
 
     try:
-        exporter = settings.model_copy(update={"predict_metrics_port": port})
-        with scraped(exporter, "riverstream-predict-worker"):
+        with scraped(settings, "riverstream-predict-worker", exporter_address(server)):
             worker.run(report=report, report_every=report_every)
     finally:
         follower.stop()

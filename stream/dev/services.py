@@ -18,7 +18,9 @@ when they change): ``<state_dir>/prometheus/targets/<stack>.<job>.json``. Only w
 registered there, so that no alert says a learner or an API is down where none was started:
 ``riverstream learn``, ``serve`` and ``predict-worker`` register themselves while they run
 (`scraped`), the demo registers its processes' ports under its tag while it runs
-(`ServiceManager.register_targets`), and nothing restarts Prometheus.
+(`ServiceManager.register_targets`), and nothing restarts Prometheus. For the same reason the
+copy of the rules leaves out their group `DEPLOYMENT_GROUP` (the alerts that no learner or API
+is scraped at all, for a deployment that declares what runs).
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import shutil
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -39,7 +44,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from schemas.errors import ServiceError
+from schemas.errors import ConfigError, ServiceError
 from schemas.settings import Settings
 from stream.dev.cluster import cluster_endpoints
 from stream.dev.kafka_node import MARKER as KAFKA_MARKER
@@ -54,10 +59,11 @@ from stream.dev.processes import (
 )
 
 __all__ = [  # free_port and port_is_free: for the benches and tests that pick ports
-    "DEMO_OPTION", "KEY_FILE", "SCRAPE_JOBS", "SERVICES", "STATE_FILE", "TARGETS_DIR",
-    "Endpoints", "ServiceManager", "ServiceRecord", "ensure_debian_binary", "free_port",
-    "iter_status", "pid_alive", "port_is_free", "prometheus_config", "redis_ping", "resolve",
-    "scrape_targets", "scraped", "stop_pid", "wait_until",
+    "DEMO_OPTION", "DEPLOYMENT_GROUP", "KEY_FILE", "PID_LABEL", "SCRAPE_JOBS", "SERVICES",
+    "STATE_FILE", "TARGETS_DIR", "Endpoints", "ServiceManager", "ServiceRecord",
+    "ensure_debian_binary", "exporter_address", "free_port", "iter_status", "pid_alive",
+    "port_is_free", "prometheus_config", "redis_ping", "resolve", "scrape_targets", "scraped",
+    "stop_pid", "wait_until",
 ]  # fmt: skip
 
 SERVICES = ("kafka", "redis", "prometheus")
@@ -67,6 +73,10 @@ PORT_WAIT_SECONDS = 15.0  # longest wait for a recorded port that no program lis
 SCRAPE_JOBS = ("riverstream-learner", "riverstream-api", "riverstream-predict-worker")
 """The scrape jobs of observability/prometheus/prometheus.yml, which the alert rules name."""
 TARGETS_DIR = "targets"  # under <state_dir>/prometheus: the file-based discovery's files
+PID_LABEL = "__riverstream_pid"
+"""The label of a target that `scraped` registered: the pid of its process, so that it deletes
+only its own registration. Prometheus drops the labels that start with ``__`` after relabeling:
+no series carries it (a process restarted at the same address continues the same series)."""
 OLD_DEFAULT_STACK = "default"
 """The stack an older `up` registered: the settings' ports, scraped (and alerted on as down)
 whether anything ran there or not; `up` deletes it."""
@@ -78,6 +88,10 @@ and that `scraped` leaves a demo's processes to the demo."""
 ALERT_RULES = Path(__file__).resolve().parents[2] / "observability" / "prometheus" / "alerts.yml"
 """The alert rules (package data of `observability`, read as a file: `stream.dev` does not import
 that room)."""
+DEPLOYMENT_GROUP = "riverstream-absent"
+"""The group of `ALERT_RULES` that the local Prometheus does not load (``observability.alerts``
+writes it: ``ABSENT_GROUP``): its alerts fire when no learner or API is scraped at all, which
+here means only that none was started."""
 
 
 @dataclass(frozen=True)
@@ -270,7 +284,7 @@ class ServiceManager:
         changed = False
         if ALERT_RULES.exists():
             rules.append(Path(ALERT_RULES.name))
-            changed |= _write_if_changed(home / ALERT_RULES.name, ALERT_RULES.read_text())
+            changed |= _write_if_changed(home / ALERT_RULES.name, _local_rules(ALERT_RULES))
         else:
             self.log(f"prometheus: no alert rules at {ALERT_RULES}; none loaded")
         config = prometheus_config([], rule_files=rules, discovery=Path(TARGETS_DIR))
@@ -289,29 +303,46 @@ class ServiceManager:
         except OSError as exc:
             self.log(f"prometheus: the new configuration is not loaded ({exc}); restart it")
 
-    def register_targets(self, stack: str, targets: Mapping[str, str]) -> None:
+    def register_targets(
+        self, stack: str, targets: Mapping[str, str], *, pid: int | None = None
+    ) -> None:
         """Have Prometheus scrape ``targets`` (job of `SCRAPE_JOBS` → ``host:port``) as
         ``stack``'s: one file per job, replaced atomically (Prometheus reads it within seconds);
-        a job left out is no longer scraped for ``stack``. Harmless when Prometheus is not
-        started: `up` writes the configuration that reads these files."""
+        a job left out is no longer scraped for ``stack``. ``pid``: the process they belong to,
+        written in their files (`PID_LABEL`, see `unregister_targets`). Harmless when
+        Prometheus is not started: `up` writes the configuration that reads these files."""
         unknown = set(targets) - set(SCRAPE_JOBS)
         if unknown:
             raise ServiceError(f"unknown scrape job(s): {', '.join(sorted(unknown))}")
         directory = self.state_dir / "prometheus" / TARGETS_DIR
-        if targets:
-            directory.mkdir(parents=True, exist_ok=True)
-        for job in SCRAPE_JOBS:
-            path = directory / f"{stack}.{job}.json"
-            if job not in targets:
-                path.unlink(missing_ok=True)
-                continue
-            tmp = directory / f".{path.name}.tmp"  # not matched by the discovery's pattern
-            tmp.write_text(json.dumps([{"targets": [targets[job]]}]))
-            tmp.replace(path)
+        if not targets and not directory.exists():
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        labels = {} if pid is None else {"labels": {PID_LABEL: str(pid)}}
+        with _locked(directory.with_suffix(".lock")):
+            for job in SCRAPE_JOBS:
+                path = directory / f"{stack}.{job}.json"
+                if job not in targets:
+                    path.unlink(missing_ok=True)
+                    continue
+                tmp = directory / f".{path.name}.tmp"  # not matched by the discovery's pattern
+                tmp.write_text(json.dumps([{"targets": [targets[job]], **labels}]))
+                tmp.replace(path)
 
-    def unregister_targets(self, stack: str) -> None:
-        """Stop scraping ``stack``'s targets."""
-        self.register_targets(stack, {})
+    def unregister_targets(self, stack: str, *, pid: int | None = None) -> None:
+        """Stop scraping ``stack``'s targets; with ``pid``, only those that process registered:
+        a file that another process wrote since (the same address, registered again) stays."""
+        directory = self.state_dir / "prometheus" / TARGETS_DIR
+        if pid is None:
+            self.register_targets(stack, {})
+            return
+        if not directory.exists():
+            return
+        with _locked(directory.with_suffix(".lock")):
+            for job in SCRAPE_JOBS:
+                path = directory / f"{stack}.{job}.json"
+                if _registered_pid(path) == pid:
+                    path.unlink()
 
     # -- kafka -----------------------------------------------------------------------------
     def kafka_node(self) -> KafkaNode:
@@ -337,19 +368,53 @@ class ServiceManager:
 _MARKERS = {"kafka": KAFKA_MARKER, "redis": "redis-server", "prometheus": "prometheus"}
 
 
-@contextlib.contextmanager
-def _one_start_at_a_time(directory: Path) -> Iterator[None]:
+def _one_start_at_a_time(directory: Path) -> contextlib.AbstractContextManager[None]:
     """Services of other state directories started at the same moment (two `services up`, or
     the test suite's processes, each with its own) would each find the same preferred port
     free and then fight over it: each chooses its port and binds it in turn, under a lock file
     in ``directory`` (the cache, shared by every state directory)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / "services.lock", "a") as lock:
+    return _locked(directory / "services.lock")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """The lock file ``path``, held by this process (and no other) while the block runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _registered_pid(path: Path) -> int | None:
+    """The pid written in the targets' file ``path`` (`PID_LABEL`); None without one."""
+    try:
+        groups = json.loads(path.read_text())
+    except (OSError, ValueError):  # none (deleted), or not one of ours
+        return None
+    pids = {group.get("labels", {}).get(PID_LABEL) for group in groups}
+    return int(pids.pop()) if len(pids) == 1 and None not in pids else None
+
+
+def _local_rules(rules: Path) -> str:
+    """The alert rules ``rules`` without their group `DEPLOYMENT_GROUP`, for the local
+    Prometheus (as JSON, which YAML reads).
+
+    >>> import tempfile, yaml
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = Path(tmp) / "alerts.yml"
+    ...     _ = path.write_text("groups: [{name: a, rules: []}, {name: riverstream-absent}]")
+    ...     [group["name"] for group in yaml.safe_load(_local_rules(path))["groups"]]
+    ['a']
+    """
+    import yaml  # only `up` reads YAML: every command imports this module
+
+    loaded = yaml.safe_load(rules.read_text())
+    groups = [group for group in loaded["groups"] if group["name"] != DEPLOYMENT_GROUP]
+    head = f"# {rules.name} without its group {DEPLOYMENT_GROUP} (stream/dev/services.py)."
+    return f"{head}\n{json.dumps({**loaded, 'groups': groups}, indent=2)}\n"
 
 
 _WRITTEN_BY = "# Written by `riverstream services up` at every start (stream/dev/services.py)."
@@ -415,31 +480,47 @@ def scrape_targets(settings: Settings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def scraped(settings: Settings, job: str) -> Iterator[None]:
+def scraped(settings: Settings, job: str, bound: tuple[str, int] | None) -> Iterator[None]:
     """While the block runs, the local Prometheus scrapes this process (``riverstream learn``,
-    ``serve``, ``predict-worker``: ``job`` of `SCRAPE_JOBS`, at its `scrape_targets` address),
-    if `up` configured one in the state directory: its targets' file is written at the start
-    (the stack named by the address, so that a process restarted there replaces it) and deleted
-    when the block ends, unless by an error (an `Exception`; Ctrl-C and an exit are a stop). A
-    process that fails, or dies, stays registered: down, its alert fires (until one runs there
-    again). A demo's process is left to the demo, which registers its processes from its start
-    and unregisters them whatever became of them."""
-    target = scrape_targets(settings).get(job)
+    ``serve``, ``predict-worker``: ``job`` of `SCRAPE_JOBS`) at ``bound``, where its exporter
+    (the API's socket) is bound, if `up` configured one in the state directory. ``bound`` None
+    (the port was taken, by another process: none is bound) registers nothing.
+
+    The targets' file is named by the address, so that a process restarted there replaces it,
+    and holds this process's pid (`PID_LABEL`): the file is deleted at the end of the block
+    only if it still does. It is deleted when the block ends by a stop (its end, an exit,
+    Ctrl-C, another `BaseException`) or by a `ConfigError` (a process that stops at its start,
+    its settings refused: nothing ran to be down); a process that crashes (any other
+    exception), or dies, stays registered: down, its alert fires (until one runs there again).
+    A demo's process is left to the demo, which registers its processes from its start and
+    unregisters them whatever became of them."""
     home = settings.state_dir.resolve() / "prometheus"
-    if target is None or DEMO_OPTION in sys._xoptions or not (home / "prometheus.yml").exists():
+    if bound is None or DEMO_OPTION in sys._xoptions or not (home / "prometheus.yml").exists():
         yield
         return
-    manager = ServiceManager(settings)
-    manager.register_targets(target, {job: target})
-    failed = False
+    target = f"{_scrape_host(bound[0])}:{bound[1]}"
+    manager, pid = ServiceManager(settings), os.getpid()
+    manager.register_targets(target, {job: target}, pid=pid)
+    crashed = False
     try:
         yield
+    except ConfigError:
+        raise
     except Exception:
-        failed = True
+        crashed = True
         raise
     finally:
-        if not failed:
-            manager.unregister_targets(target)
+        if not crashed:
+            manager.unregister_targets(target, pid=pid)
+
+
+def exporter_address(
+    exporter: tuple[socketserver.BaseServer, threading.Thread] | None,
+) -> tuple[str, int] | None:
+    """Where a metrics exporter (``prometheus_client.start_http_server``'s server and thread)
+    is bound, for `scraped`; None without one (its port was taken, or 0)."""
+    address = None if exporter is None else exporter[0].server_address
+    return (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
 
 
 def _scrape_host(bound: str) -> str:

@@ -14,18 +14,24 @@ one place:
   request that gives up as soon as the brokers refuse the login;
 - `connect_error`: the error of a client that could not get through: `KafkaAuthError` when the
   brokers refuse the login (asked by a fresh librdkafka client, `login_refusal`, after the
-  failure only: a start that gets through pays nothing), else ``cannot reach Kafka at …``.
+  failure only: a start that gets through pays nothing), else ``cannot reach Kafka at …``;
+- `LoginQuestions`: the same answer for a client whose failure nobody may wait on (a request's):
+  the brokers asked beside a connection that takes long, never after it;
+- `RefusalLog`: a running process's log of the refusal, an ERROR each minute while it lasts.
 
 Kafka keeps the connections it authenticated: credentials that stop working under a running
-process (a password changed, a user deleted) are refused at its next connection, which
-`stream.kafka.consumer.ConfluentSource` logs as such.
+process (a password changed, a user deleted) are refused at its next connection, which the
+learner's consumer (`stream.kafka.consumer.ConfluentSource`), the prediction worker and the
+API's closed loop (`serving.feedback.Publisher`) log as such (`RefusalLog`).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from schemas.errors import ConfigError, KafkaAdapterError
 from stream.kafka.security import KafkaSecurity
@@ -37,6 +43,13 @@ PROBE_SECONDS = 10.0
 """How long `login_refusal` waits for the brokers' word: a cold broker's TLS and SCRAM handshake
 takes seconds on a loaded machine (`stream.dev.secure`)."""
 _FIRST_WAIT_SECONDS = 0.25  # `answer`'s first try; each next one waits twice as long
+ASK_AFTER_SECONDS = 0.5
+"""`LoginQuestions`: a connection still under way after this long has the brokers asked, beside
+it, whether they refuse the login (a SASL_SSL bootstrap that gets through takes ≈ 0.1 s here;
+one refused, kafka-python's whole bootstrap timeout)."""
+REFUSAL_LOG_SECONDS = 60.0
+"""While Kafka refuses the login of a running process, `RefusalLog` says so this often."""
+_T = TypeVar("_T")
 
 
 class KafkaAuthError(KafkaAdapterError, ConfigError):
@@ -190,3 +203,97 @@ def connect_error(
     if refusal is not None:
         return KafkaAuthError(bootstrap, refusal, security)
     return KafkaAdapterError(f"{failed or f'cannot reach Kafka at {bootstrap}'}: {exc}")
+
+
+class LoginQuestions:
+    """Kafka refusing a kafka-python client's login, found while it connects, for a caller that
+    may not wait after the failure (a request): kafka-python tells a refusal only as its
+    bootstrap's timeout, and `connect_error` then asks the brokers for up to `PROBE_SECONDS`
+    more when they are away. `connect` asks them (`login_refusal`, with SASL only) on a thread
+    of its own once the connection has taken `ASK_AFTER_SECONDS` (one that gets through sooner
+    pays nothing), one question at a time (the failures of an outage keep one asking, not one
+    each); a failure takes the answer that is in and waits for none. For connections made one
+    at a time (the caller's lock)."""
+
+    def __init__(
+        self, bootstrap: str, security: KafkaSecurity, *, after: float = ASK_AFTER_SECONDS
+    ) -> None:
+        self.bootstrap, self.security, self.after = bootstrap, security, after
+        self._question: _Question | None = None
+
+    def connect(self, make: Callable[[], _T]) -> _T:
+        """``make()``, which connects a client; its `KafkaAdapterError` becomes `KafkaAuthError`
+        when it says that the brokers refused the login, or the question asked beside says so.
+        """
+        question = self._ask()
+        try:
+            return make()
+        except KafkaAdapterError as exc:
+            refusal = str(exc) if refused(exc) else None if question is None else question.refusal
+            if refusal is None:
+                raise
+            raise KafkaAuthError(self.bootstrap, refusal, self.security) from exc
+        finally:
+            if question is not None:
+                question.over.set()  # not asked yet: not asked at all
+
+    def _ask(self) -> _Question | None:
+        """The question asked beside a connection: the one still asking, else a new one."""
+        if not self.security.sasl:
+            return None
+        if self._question is None or not self._question.asking:
+            self._question = _Question(self.bootstrap, self.security, self.after)
+        return self._question
+
+
+class _Question:
+    """`login_refusal` on a thread of its own, once ``after`` seconds passed and the connection
+    is not `over`; `refusal` is None until the brokers refused the login."""
+
+    def __init__(self, bootstrap: str, security: KafkaSecurity, after: float) -> None:
+        self.over = threading.Event()
+        self.refusal: str | None = None
+        self._thread = threading.Thread(
+            target=self._ask, args=(bootstrap, security, after), name="kafka-login-question",
+            daemon=True,  # a librdkafka client asking, ≤ PROBE_SECONDS: never waited for
+        )  # fmt: skip
+        self._thread.start()
+
+    @property
+    def asking(self) -> bool:
+        return self._thread.is_alive()
+
+    def _ask(self, bootstrap: str, security: KafkaSecurity, after: float) -> None:
+        if not self.over.wait(after):
+            self.refusal = login_refusal(bootstrap, security)
+
+
+class RefusalLog:
+    """Kafka refusing the login of a running process, said in its log: an ERROR naming the
+    settings (`KafkaAuthError`) and what the process does meanwhile, at once and then every
+    `REFUSAL_LOG_SECONDS` while it lasts (librdkafka tells it at each reconnection); a warning
+    once Kafka accepts the credentials again. Not thread-safe: call it from one client's
+    callbacks, or under one lock."""
+
+    def __init__(self, logger: logging.Logger, meanwhile: str) -> None:
+        self._log, self._meanwhile = logger, meanwhile
+        self._said: float | None = None  # while the login is refused: when it was last said
+
+    @property
+    def refusing(self) -> bool:
+        """Whether Kafka refused the login and has not accepted it since."""
+        return self._said is not None
+
+    def refused(self, error: KafkaAuthError) -> None:
+        now = time.monotonic()
+        if self._said is None or now - self._said >= REFUSAL_LOG_SECONDS:
+            self._said = now
+            self._log.error("%s; %s", error, self._meanwhile)
+
+    def accepted(self) -> bool:
+        """Kafka got through: the warning if it refused the login until now; whether it did."""
+        if self._said is None:
+            return False
+        self._said = None
+        self._log.warning("Kafka accepts this process's credentials again")
+        return True

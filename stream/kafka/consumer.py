@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from schemas.errors import KafkaAdapterError
-from stream.kafka.auth import KafkaAuthError, LoginWatch, connect_error
+from stream.kafka.auth import KafkaAuthError, LoginWatch, RefusalLog, connect_error
 from stream.kafka.records import Record, RecordRun
 from stream.kafka.security import PLAINTEXT, KafkaSecurity
 
@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 _BROKER_ASK_SECONDS = 5.0
 _FIRST_FETCH_GRACE_SECONDS = 1.0
 _BROKER_RECHECK_SECONDS = 1.0
-_REFUSAL_LOG_SECONDS = 60.0
-"""While Kafka refuses the login under a running consumer, the ERROR is logged this often."""
 
 
 class _ConsumedMessage(Protocol):
@@ -63,7 +61,9 @@ class ConfluentSource:
 
         self._bootstrap, self._security = bootstrap, security
         self._login = LoginWatch(self._on_error)
-        self._refusal_logged: float | None = None  # while the login is refused: logged then
+        self._refusals = RefusalLog(
+            log, "reading waits until Kafka accepts them (nothing is skipped)"
+        )
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -102,13 +102,7 @@ class ConfluentSource:
         if error.code() != KafkaError._AUTHENTICATION or refusal is None:
             return
         self._broker_lost = True
-        now = time.monotonic()
-        if self._refusal_logged is None or now - self._refusal_logged >= _REFUSAL_LOG_SECONDS:
-            self._refusal_logged = now
-            log.error(
-                "%s; reading waits until Kafka accepts them (nothing is skipped)",
-                KafkaAuthError(self._bootstrap, refusal, self._security),
-            )
+        self._refusals.refused(KafkaAuthError(self._bootstrap, refusal, self._security))
 
     def assign(self, positions: dict[tuple[str, int], int]) -> None:
         from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
@@ -190,11 +184,9 @@ class ConfluentSource:
             except KafkaException:
                 return ends
             self._broker_lost = False
-            if self._refusal_logged is not None:
-                log.warning("Kafka accepts this process's credentials again")
-            else:
+            if not self._refusals.accepted():
                 log.warning("Kafka broker reachable again")
-            self._login.refusal = self._refusal_logged = None
+            self._login.refusal = None
         for topic, partition in self._assigned:
             tp = TopicPartition(topic, partition)
             _low, high = self._consumer.get_watermark_offsets(tp, cached=True)

@@ -4,6 +4,7 @@ idempotent), failed deliveries counted so that a batch is answered again rather 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -50,7 +51,9 @@ class AnswerProducer:
         linger_ms: float = 1.0,
         security: KafkaSecurity = PLAINTEXT,
         max_message_bytes: int = MESSAGE_MAX_BYTES,
+        error_cb: Callable[[KafkaError], None] | None = None,
     ) -> None:
+        """``error_cb``: librdkafka's error callback (served by `unacknowledged` and `flush`)."""
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -59,6 +62,7 @@ class AnswerProducer:
                 "linger.ms": linger_ms,
                 "message.max.bytes": max_message_bytes,
                 **security.librdkafka(),
+                **({} if error_cb is None else {"error_cb": error_cb}),
             }
         )
         self.max_bytes = max_message_bytes - RECORD_OVERHEAD

@@ -29,6 +29,15 @@ waited for ever, saying why. A password changed under a running worker is ridden
 with the models it holds, its followers log the refusal as an error and read Redis again once it
 accepts the credentials (`stream.store.following`).
 
+Kafka refusing the worker's login (`stream.kafka.auth.KafkaAuthError`, naming
+``RIVERSTREAM_KAFKA_SASL_USERNAME``, ``RIVERSTREAM_KAFKA_SASL_PASSWORD`` and
+``RIVERSTREAM_KAFKA_SASL_MECHANISM``) stops it at start: its first word with Kafka is
+`create_topics`, before its consumer and producer connect (`riverstream predict-worker` exits
+2). Credentials that stop working under a running worker (refused at its next connection: Kafka
+keeps those it authenticated) are said by its consumer's and producer's error callback as an
+ERROR naming the settings, each minute while it lasts; requests wait in Kafka meanwhile, and
+the worker says when Kafka accepts the credentials again.
+
 **Delivery: at least once, answers deduplicable by id.** The loop is
 
 1. consume a batch of requests (what is queued, waiting only when nothing is);
@@ -70,6 +79,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from schemas.errors import ConfigError, SchemaError
 from schemas.events import Limits
 from schemas.settings import Settings
+from stream.kafka.auth import KafkaAuthError, LoginWatch, RefusalLog
 from stream.kafka.client import Record, create_topics
 from stream.kafka.deadletter import DeadLetters, message_bytes
 from stream.kafka.security import kafka_security
@@ -88,6 +98,7 @@ log = logging.getLogger(__name__)
 LAG_EVERY_SECONDS = 1.0
 _FLUSH_SLICE_SECONDS = 0.25  # how often a flush looks at a stop request while answers wait
 _READY_POLL_SECONDS = 0.1  # how often a starting worker looks whether Redis was read
+_LOGIN_RECHECK_SECONDS = 1.0  # how often Kafka is asked whether it accepts the login again
 Report = Callable[[dict[str, Any]], None]
 
 
@@ -119,11 +130,15 @@ class PredictWorker:
                 "`riverstream services up`"
             )
         security = kafka_security(settings)
-        create_topics(bootstrap, settings.topics(), security=security)
+        create_topics(bootstrap, settings.topics(), security=security)  # refused: stops here
         self.settings = settings
         self.answerer = answerer
         self.batch = batch
-        self.producer = AnswerProducer(bootstrap, security=security)
+        self._bootstrap, self._security = bootstrap, security
+        self._login = LoginWatch(self._on_kafka_error)  # the consumer's and the producer's
+        self._refusals = RefusalLog(log, "requests wait in Kafka until it accepts them")
+        self._login_checked = 0.0
+        self.producer = AnswerProducer(bootstrap, security=security, error_cb=self._login)
         self.dead_letters = DeadLetters(self.producer, settings.topic_dlq)
         self.consumer = Consumer(
             {
@@ -134,6 +149,7 @@ class PredictWorker:
                 "partition.assignment.strategy": "cooperative-sticky",
                 "session.timeout.ms": session_timeout_ms,
                 "heartbeat.interval.ms": max(100, session_timeout_ms // 5),
+                "error_cb": self._login,
                 **security.librdkafka(),
             }
         )
@@ -172,6 +188,8 @@ class PredictWorker:
                     messages += consumer.consume(self.batch - 1, 0)
                 if messages:
                     self._answer_batch(messages)
+                if self._refusals.refusing:
+                    self._check_login()
                 if self.metrics is not None and time.monotonic() >= self._next_lag:
                     self._measure_lag(self.metrics)
                 if report is not None and time.monotonic() >= next_report:
@@ -205,6 +223,28 @@ class PredictWorker:
                 return
             reason = self.waiting()
         log.info("Redis read: joining the group")
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        """librdkafka's error callback (served by the consumer's ``consume`` and the producer's
+        ``flush``, after `LoginWatch`): Kafka refusing the login is said (`RefusalLog`)."""
+        refusal = self._login.refusal
+        if refusal is not None and error.code() == KafkaError._AUTHENTICATION:
+            self._refusals.refused(KafkaAuthError(self._bootstrap, refusal, self._security))
+
+    def _check_login(self) -> None:
+        """While Kafka refuses the login, ask it for the requests topic at most every
+        `_LOGIN_RECHECK_SECONDS` (librdkafka tells failures, not their end): once answered, it
+        accepts the credentials again, which is said."""
+        now = time.monotonic()
+        if now < self._login_checked + _LOGIN_RECHECK_SECONDS:
+            return
+        self._login_checked = now
+        try:
+            self.consumer.list_topics(self.settings.topic_requests, timeout=_LOGIN_RECHECK_SECONDS)
+        except KafkaException:
+            return
+        self._login.refusal = None
+        self._refusals.accepted()
 
     def _answer_batch(self, messages: list[Message]) -> None:
         first: dict[tuple[str, int], int] = {}

@@ -6,6 +6,8 @@ import re
 import shutil
 import subprocess
 
+import yaml
+
 from observability import alerts
 
 PROM_DIR = alerts.PATH.parent
@@ -55,3 +57,13 @@ def test_names_are_unique_and_prefixed():
     names = [a.name for a in alerts.ALERTS]
     assert len(names) == len(set(names))
     assert all(n.startswith("Riverstream") for n in names)
+
+
+def test_the_alerts_that_nothing_is_scraped_are_a_group_of_their_own():
+    """`absent` alerts fire where no learner or API is scraped at all: the local Prometheus of
+    `riverstream services up`, which scrapes only what was started, leaves their group out
+    (tests/stream/dev/test_services_prometheus.py); no other alert uses `absent`."""
+    groups = yaml.safe_load(alerts.PATH.read_text())["groups"]
+    names = {group["name"]: {rule["alert"] for rule in group["rules"]} for group in groups}
+    assert names[alerts.ABSENT_GROUP] == {"RiverstreamLearnerAbsent", "RiverstreamServingAbsent"}
+    assert all("absent(" not in a.expr for a in alerts.ALERTS if a.group != alerts.ABSENT_GROUP)

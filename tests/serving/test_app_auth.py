@@ -3,7 +3,8 @@ an API started with a wrong password stops at once, naming the settings, and exi
 with one worker or several (it waited forever before, looking like a Redis outage; with several
 workers, uvicorn's supervisor then stopped and `riverstream serve` exited 0, a clean stop to a
 process manager); a password changed under a running API is ridden out (the models loaded keep
-answering) and reported as ``auth``, not as an outage."""
+answering) and reported as ``auth``, not as an outage. An API that stops at its start leaves no
+registration with the local Prometheus (its alert would say that an API is down where none ran)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from serving.app import create_app
 from serving.telemetry import ServingMetrics
 from stream.store.snapshots import SnapshotStore
 from tests.support.outage import PrivateRedis, change_password, locked_redis
+from tests.support.scraping import as_if_services_up, registrations
 
 pytestmark = pytest.mark.integration
 __all__ = ["locked_redis"]  # fixtures
@@ -32,8 +34,10 @@ def test_an_api_whose_credentials_redis_refuses_does_not_start(
     kit, locked_redis: PrivateRedis, prefix: str, tmp_path: Path, workers: int, reuse_port: bool
 ) -> None:
     settings = kit.make_settings(
-        locked_redis.url, prefix, redis_password="not-the-password", serve_reuse_port=reuse_port
-    )
+        locked_redis.url, prefix, redis_password="not-the-password", serve_reuse_port=reuse_port,
+        state_dir=tmp_path / "state",
+    )  # fmt: skip
+    targets = as_if_services_up(settings.state_dir)
     log = tmp_path / "api.err"
     code = kit.serve_until_exit(settings, workers, log)
     text = log.read_text()  # stderr
@@ -42,6 +46,7 @@ def test_an_api_whose_credentials_redis_refuses_does_not_start(
     assert "RIVERSTREAM_REDIS_PASSWORD" in text and "not-the-password" not in text, text
     if workers > 1:
         assert "the API stopped: " in text.splitlines()[-1], text
+    assert registrations(targets) == {}
 
 
 def test_a_password_changed_under_a_running_api_is_reported_as_auth(

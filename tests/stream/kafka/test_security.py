@@ -14,28 +14,40 @@ and a Redis client without the user all fail.
 
 Kafka refusing the login (a wrong password, an unknown user, a mechanism the brokers do not
 enable) is a configuration error naming the settings, never the password: at the start of a
-process (``riverstream learn`` exits 2; the learner's consumer and the metadata requests raise
-it), and an ERROR in a running learner whose password was changed under it (once the brokers
-restart: Kafka keeps the connections it authenticated), which waits, then reads on once the
-password is right again. The cluster is started once for the module.
+process (``riverstream learn`` and ``predict-worker`` exit 2; the learner's consumer and the
+metadata requests raise it), an ERROR in a running learner or prediction worker whose password
+was changed under it (once the brokers restart: Kafka keeps the connections it authenticated),
+which waits, then goes on once the password is right again, and the 503 of the API's closed
+loop (reason ``auth``). The cluster is started once for the module.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import re
+import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from learners.datasets import dataset_events
 from schemas.errors import ConfigError
 from schemas.settings import Settings
+from serving import feedback
+from serving.app import create_app
+from serving.telemetry import ServingMetrics
 from stream.dev.secure import SecureKafkaCluster, SecureRedis, make_certificates
 from stream.dev.services import free_port
 from stream.kafka.client import ConfluentSource, broker_ready, partitions_for, read_all
@@ -198,29 +210,34 @@ def test_every_process_connects_securely_and_plain_is_refused(
 CREDENTIALS = ("RIVERSTREAM_KAFKA_SASL_USERNAME", "RIVERSTREAM_KAFKA_SASL_PASSWORD",
                "RIVERSTREAM_KAFKA_SASL_MECHANISM")  # fmt: skip
 REFUSED = "refused this process's credentials"
+BOOTSTRAP_SECONDS = 3.0  # the closed loop's producer's bootstrap timeout
 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_refused_login_stops_the_learner_at_its_start_naming_the_settings(
+def test_a_refused_login_stops_the_learner_and_a_worker_at_their_start_naming_the_settings(
     secure: Secure, tmp_path: Path
 ) -> None:
-    """A wrong password: `riverstream learn` exits 2 with a message that names the settings,
-    not the password (kafka-python creates the topics first, at every process's start). It said
+    """A wrong password: `riverstream learn` and `riverstream predict-worker` exit 2 with a
+    message that names the settings, not the password (kafka-python creates the topics first,
+    at every process's start: before the worker's consumer and producer connect). It said
     "cannot reach Kafka" after kafka-python's bootstrap timeout."""
     password = f"wrong-{uuid.uuid4().hex}"
     s = fast(secure.settings, kafka_sasl_password=SecretStr(password))
-    log = tmp_path / "learner.log"
-    proc = spawn_cli(s, ["learn", "--model", "lr=logreg"], log)
+    logs = [tmp_path / "learner.log", tmp_path / "worker.log"]
+    procs = [spawn_cli(s, ["learn", "--model", "lr=logreg"], logs[0]),
+             spawn_cli(s, ["predict-worker", "--metrics-port", "0"], logs[1])]  # fmt: skip
     try:
-        wait_until(lambda: proc.poll() is not None, 120, "the learner to stop", log=log)
+        for proc, log in zip(procs, logs, strict=True):
+            _wait_stopped(proc, 120, log)
     finally:
-        stop_all([proc])
-    text = log.read_text()
-    assert proc.returncode == 2, text[-3000:]
-    assert f"error: Kafka at {secure.kafka.bootstrap} {REFUSED}" in text, text[-3000:]
-    _says_refused(text, password)
-    assert "cannot reach Kafka" not in text
+        stop_all(procs)
+    for proc, log in zip(procs, logs, strict=True):
+        text = log.read_text()
+        assert proc.returncode == 2, text[-3000:]
+        assert f"error: Kafka at {secure.kafka.bootstrap} {REFUSED}" in text, text[-3000:]
+        _says_refused(text, password)
+        assert "cannot reach Kafka" not in text
 
 
 @pytest.mark.integration
@@ -251,39 +268,109 @@ def test_a_refused_login_is_a_configuration_error_for_librdkafka(secure: Secure)
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_password_changed_under_a_running_learner_is_logged_as_refused(
+def test_a_password_changed_under_a_running_learner_and_worker_is_logged_as_refused(
     secure: Secure, tmp_path: Path
 ) -> None:
-    """The password of the learner's user is changed and the brokers restart (Kafka keeps the
-    connections it authenticated): the learner logs an ERROR naming the settings (it logged
-    nothing of its own, waiting as for brokers that are away), runs on, and reads on once the
-    password is the learner's again."""
+    """The password of the learner's and a prediction worker's user is changed and the brokers
+    restart (Kafka keeps the connections it authenticated): each logs an ERROR naming the
+    settings (the worker logged nothing of its own, only librdkafka's lines; the learner waited
+    as for brokers that are away), runs on, and goes on once the password is theirs again."""
     tag = uuid.uuid4().hex[:10]
     user = "rotated"
     password = secure.kafka.users[user]
     s = fast(
         secure.settings, kafka_sasl_username=user, kafka_sasl_password=SecretStr(password),
         topic_features=f"r{tag}.features", topic_labels=f"r{tag}.labels",
-        topic_dlq=f"r{tag}.dlq", redis_prefix=f"test:{tag}", snapshot_key=f"key-{tag}",
+        topic_dlq=f"r{tag}.dlq", topic_requests=f"r{tag}.requests",
+        topic_predictions=f"r{tag}.predictions", predict_group=f"r{tag}",
+        redis_prefix=f"test:{tag}", snapshot_key=f"key-{tag}",
     )  # fmt: skip
-    log = tmp_path / "learner.log"
-    proc = spawn_cli(s, ["learn", "--model", "lr=logreg"], log)
+    logs = {"learner": tmp_path / "learner.log", "worker": tmp_path / "worker.log"}
+    procs = [
+        spawn_cli(s, ["learn", "--model", "lr=logreg"], logs["learner"]),
+        spawn_cli(s, ["predict-worker", "--metrics-port", "0", "--report-every", "0.5"],
+                  logs["worker"]),
+    ]  # fmt: skip
+    log = logs["learner"]
     try:
-        wait_until(lambda: "metrics: " in log.read_text(), 120, "the learner's start", log=log)
+        _wait_logged(log, "metrics: ", 120, "the learner's start")
+        joined = re.compile(r'"assigned": [1-9]')
+        wait_until(lambda: joined.search(logs["worker"].read_text()), 120,
+                   "the worker's partitions", log=logs["worker"])  # fmt: skip
         _set_password(secure.kafka, user, f"changed-{uuid.uuid4().hex}")
         secure.kafka.stop(graceful=False)
         secure.kafka.up()
-        refused = f"ERROR stream.kafka.consumer: Kafka at {secure.kafka.bootstrap} {REFUSED}"
-        wait_until(lambda: refused in log.read_text(), 90, "the learner's ERROR", log=log)
-        assert proc.poll() is None, log.read_text()[-3000:]
-        _says_refused(log.read_text(), password)
+        said = f"Kafka at {secure.kafka.bootstrap} {REFUSED}"
+        for name, logger in (("learner", "stream.kafka.consumer"),
+                             ("worker", "stream.predict.worker")):  # fmt: skip
+            log = logs[name]
+            _wait_logged(log, f"ERROR {logger}: {said}", 90, f"the {name}'s ERROR")
+            _says_refused(log.read_text(), password)
+        assert [p.poll() for p in procs] == [None, None], log.read_text()[-3000:]
 
         _set_password(secure.kafka, user, password)
         again = "accepts this process's credentials again"
-        wait_until(lambda: again in log.read_text(), 60, "the learner reading on", log=log)
-        assert proc.poll() is None, log.read_text()[-3000:]
+        for name, log in logs.items():
+            _wait_logged(log, again, 60, f"the {name} going on")
+        assert [p.poll() for p in procs] == [None, None], log.read_text()[-3000:]
     finally:
-        stop_all([proc])
+        stop_all(procs)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_closed_loop_says_that_kafka_refused_the_login_without_slowing_an_outage(
+    secure: Secure, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A wrong password: the API's closed loop answers 503 saying that Kafka refused the login,
+    naming the settings, counted as ``auth``, and logs it as an ERROR (it said "Kafka
+    unreachable: cannot reach Kafka at …", counted as ``not_acknowledged``, then ``outage``),
+    once the producer's bootstrap gave up (3 s), as before: the brokers were asked beside it.
+    In a real outage (nothing listens) with SASL, the 503 comes as soon as before, not after
+    the brokers' question (up to 10 s), which stays one at a time."""
+    password = f"wrong-{uuid.uuid4().hex}"
+    s = secure.settings.model_copy(update={"kafka_sasl_password": SecretStr(password)})
+    metrics = ServingMetrics(CollectorRegistry())
+    app = create_app(s, metrics=metrics)
+    request.addfinalizer(app.state.publisher.close)
+    with caplog.at_level(logging.WARNING, logger="serving.feedback"):
+        first, again = _post_label(app, "refused-1"), _post_label(app, "refused-2")
+    said = f"Kafka at {secure.kafka.bootstrap} {REFUSED}"
+    for status, detail, _took in (first, again):
+        assert status == 503 and detail.startswith(said), detail
+        _says_refused(detail, password)
+        assert detail.endswith("nothing was stored, send again"), detail
+    assert first[2] < BOOTSTRAP_SECONDS + 1.5 and again[2] < 1.0, (first, again)
+    counter = metrics.closed_loop_publish_failures_total
+    counts = {r: counter.labels(r)._value.get() for r in ("auth", "not_acknowledged", "outage")}
+    assert counts == {"auth": 2, "not_acknowledged": 0, "outage": 0}
+    errors = [r.getMessage() for r in caplog.records
+              if r.name == "serving.feedback" and r.levelno == logging.ERROR]  # fmt: skip
+    assert len(errors) == 1 and errors[0].startswith(first[1].split(";")[0]), errors
+
+    # Brokers away (nothing listens): each attempt fails after the bootstrap timeout, as before.
+    away = s.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}"})
+    publisher = feedback.Publisher(away)
+    request.addfinalizer(publisher.close)
+    monkeypatch.setattr(feedback, "OUTAGE_SECONDS", 0.0)  # each publish tries again
+    for attempt in range(2):
+        start = time.monotonic()
+        with pytest.raises(feedback.KafkaUnavailable) as caught:
+            publisher.publish([(s.topic_labels, b"k", b"{}")], feedback.PUBLISH_TIMEOUT_SECONDS)
+        took = time.monotonic() - start
+        assert took < BOOTSTRAP_SECONDS + 1.5, (attempt, took)
+        assert caught.value.reason == "not_acknowledged" and REFUSED not in str(caught.value)
+    asking = [t for t in threading.enumerate() if t.name == "kafka-login-question"]
+    assert len(asking) == 1, asking  # the first attempt's question, asking still (≤ 10 s)
+
+
+def _wait_stopped(proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    wait_until(lambda: proc.poll() is not None, timeout, f"{log.stem} to stop", log=log)
+
+
+def _wait_logged(log: Path, text: str, timeout: float, what: str) -> None:
+    wait_until(lambda: text in log.read_text(), timeout, what, log=log)
 
 
 def _says_refused(text: str, password: str) -> None:
@@ -315,6 +402,22 @@ def _answers(bootstrap: str, security: KafkaSecurity) -> bool:
         return broker_ready(bootstrap, timeout=3, security=security)
     except Exception:  # confluent-kafka: a transport or authentication failure
         return False
+
+
+def _post_label(app: Any, event_id: str) -> tuple[int, str, float]:
+    """POST one label to the ASGI ``app``: the status, the detail and the seconds it took."""
+
+    async def post() -> tuple[int, str, float]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            start = time.monotonic()
+            response = await client.post(
+                "/v1/labels", json={"id": event_id, "time": 1, "label": True}
+            )
+            took = time.monotonic() - start
+            return response.status_code, response.json().get("detail", ""), took
+
+    return asyncio.run(post())
 
 
 def _post(url: str, body: dict[str, object]) -> int:
