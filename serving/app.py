@@ -79,6 +79,7 @@ from serving.v2 import v2_router
 from serving.v2_fast import V2_MODELS_PREFIX
 from stream.store.connect import redis_client, redis_configured
 from stream.store.follower import SnapshotFollower
+from stream.store.following import stop_if_refused
 from stream.store.snapshots import SnapshotStore
 
 PREDICT_ROUTE = "/v1/models/{name}/predict"
@@ -144,11 +145,8 @@ def create_app(
         # Serve once this worker has looked at Redis: a request must not hear "unknown model"
         # from a worker that has not loaded what its sibling already serves.
         await asyncio.to_thread(follower.first_sync.wait, settings.serve_start_wait_seconds)
-        refused = follower.credentials_refused
-        if refused is not None:  # a configuration error, not an outage: the API does not start
-            graphs.stop()
-            follower.stop()
-            raise refused
+        # Redis refusing the credentials is a configuration error, not an outage: no start.
+        stop_if_refused(follower, stop=graphs.stop)
         await wait_started(graphs)  # the same for graphs
         # What exists now (the imports, the models loaded) lives as long as the process: out of
         # the collector's reach, its full passes no longer walk it (≈ 130k objects).

@@ -88,7 +88,7 @@ from stream.predict.graph_target import Shadows
 from stream.predict.metrics import FollowerLog, WorkerMetrics
 from stream.predict.producer import AnswerProducer, passed_headers
 from stream.store.follower import SnapshotFollower
-from stream.store.following import Follower
+from stream.store.following import Follower, stop_if_refused
 from stream.store.graph_follower import GraphFollower, ServedModels
 from stream.store.graphs import GraphStore
 from stream.store.snapshots import open_store
@@ -455,16 +455,6 @@ def _unsynced(follower: Follower) -> str | None:
     return follower.unsynced_reason()
 
 
-def _stop_if_refused(*followers: Follower) -> None:
-    """At a worker's start: stop ``followers`` and raise when Redis refused the credentials
-    of a first look at it (as `waiting_for` would later)."""
-    refused = [r for r in (f.credentials_refused for f in followers) if r is not None]
-    if refused:
-        for follower in followers:
-            follower.stop()
-        raise refused[0]
-
-
 def build_worker(
     settings: Settings,
     targets: Sequence[str] = (),
@@ -487,7 +477,7 @@ def build_worker(
     )  # fmt: skip
     graphs.start()
     graphs.first_sync.wait(settings.serve_start_wait_seconds)
-    _stop_if_refused(graphs)
+    stop_if_refused(graphs)
     graph_targets = [t for t in targets if graphs.get(t) is not None]
     follower = SnapshotFollower(
         store, metrics or FollowerLog(), models=() if graph_targets else targets,
@@ -496,7 +486,7 @@ def build_worker(
     follower.start()
     deadline = time.monotonic() + settings.serve_start_wait_seconds
     follower.first_sync.wait(settings.serve_start_wait_seconds)
-    _stop_if_refused(follower, graphs)
+    stop_if_refused(follower, graphs)
 
     def missing() -> list[str]:
         absent = [t for t in targets if t not in graph_targets and follower.get(t) is None]

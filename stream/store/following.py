@@ -235,3 +235,28 @@ class Follower(ABC):
         if self._sub is not None:
             self._sub.close()
             self._sub = None
+
+
+def stop_if_refused(*followers: Follower, stop: Callable[[], None] | None = None) -> None:
+    """At a process's start, after the first look at Redis: when Redis refused the credentials
+    of any of ``followers``, stop them all (with ``stop``, when given, instead) and raise that
+    `RedisAuthError`, a configuration error that waiting does not mend.
+
+    >>> class Refused(Follower):
+    ...     thread_name, serving_what = "refused", "models"
+    ...     _subscribe = _sync = refresh = lambda *a: None
+    >>> f = Refused(1.0)
+    >>> stop_if_refused(f)
+    >>> f._credentials_error = RedisAuthError("reading models", RuntimeError("WRONGPASS"))
+    >>> stop_if_refused(f)
+    Traceback (most recent call last):
+    ...
+    stream.store.snapshots.RedisAuthError: ...
+    """
+    refused = [r for r in (f.credentials_refused for f in followers) if r is not None]
+    if refused:
+        if stop is not None:
+            stop()
+        for follower in followers:
+            follower.stop()
+        raise refused[0]
