@@ -50,7 +50,9 @@ Redis refusing this process's credentials (its password changed under a running 
 but a configuration error: ridden out the same way (nothing is lost; a learner that *starts*
 with wrong credentials stops at once, `stream.registry.owners.claim`) but reported as what it
 is: ``reason`` ``auth``, an error in the log naming the settings, and the same words when it
-outlasts the limit.
+outlasts the limit. So is Redis's ACL denying this process's user a command, key or channel
+(``NOPERM``, `stream.store.snapshots.denied_permission`: its ACL changed, or a command only a
+snapshot sends), in words of its own (`stream.store.snapshots.refusal`).
 
 >>> import redis
 >>> now[0] = 0.0; rotated = Outage(limit_seconds=60, clock=lambda: now[0])
@@ -80,7 +82,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from schemas.errors import RiverstreamError
-from stream.store.snapshots import CREDENTIALS, RedisAuthError, refused_credentials
+from stream.store.snapshots import PERMISSIONS, RedisAuthError, refusal, refused_credentials
 
 log = logging.getLogger("riverstream.learner")
 
@@ -128,6 +130,7 @@ class Outage:
         self.count = 0
         self._retry_at = 0.0
         self._backoff = FIRST_RETRY_SECONDS
+        self._refused = ("", "")  # `refusal` of the last failure that was `AUTH`
 
     @property
     def retry_at(self) -> float:
@@ -175,6 +178,8 @@ class Outage:
         if reason != self.reason:  # at its start, and when Redis goes from one to the other
             self._report(reason, what, exc)
         self.reason = reason
+        if reason == AUTH:
+            self._refused = refusal(exc)
         if self.since is None:
             self.since = now
             self.count += 1
@@ -188,9 +193,9 @@ class Outage:
         if lasted > self.limit_seconds:
             limit = f"RIVERSTREAM_REDIS_OUTAGE_SECONDS={self.limit_seconds:g}"
             if reason == AUTH:
+                said, fix = self._refused
                 raise RedisOutageError(
-                    f"Redis refused this process's credentials for {lasted:.0f} s ({what}: "
-                    f"{exc}); giving up after {limit}: {CREDENTIALS}"
+                    f"{said} for {lasted:.0f} s ({what}: {exc}); giving up after {limit}: {fix}"
                 )
             raise RedisOutageError(
                 f"Redis unreachable for {lasted:.0f} s ({what}: {exc}); giving up after {limit}"
@@ -218,7 +223,12 @@ class Outage:
         self.since = None
         self.longest = max(self.longest, lasted)
         if self.reason == AUTH:
-            log.warning("Redis accepts this process's credentials again, after %.1f s", lasted)
+            again = (
+                "Redis's ACL allows this process's user what riverstream needs"
+                if self._refused[1] == PERMISSIONS
+                else "Redis accepts this process's credentials"
+            )
+            log.warning("%s again, after %.1f s", again, lasted)
         else:
             log.warning("Redis is back after an outage of %.1f s", lasted)
         self.reason = None

@@ -19,10 +19,10 @@ from stream.registry.policy import _int, _user, rollback_target, rollback_target
 from stream.store.batching import batch
 from stream.store.keys import DEFAULT_LEARNER, Notification, owner_of
 from stream.store.snapshots import (
-    CREDENTIALS,
     RedisAuthError,
     RedisUnavailableError,
     SnapshotStore,
+    refusal,
     refused_credentials,
     transient,
 )
@@ -49,15 +49,17 @@ class RegistryUnavailableError(RegistryError):
 def registry_error(message: str, exc: Exception) -> RegistryError:
     """The registry's error for ``exc``, a redis error or a store's `SnapshotError`: a
     `RegistryUnavailableError` when it passes by itself, or when Redis refused the process's
-    credentials (`stream.store.snapshots.RedisAuthError`: a running learner rides it out as an
-    outage, and the message names the settings).
+    credentials or its ACL denies the user a command, key or channel
+    (`stream.store.snapshots.RedisAuthError`: a running learner rides it out as an outage, and
+    the message names the settings).
 
     >>> error = registry_error("promote lr: redis error: x", redis.AuthenticationError("x"))
     >>> type(error).__name__, "RIVERSTREAM_REDIS_PASSWORD" in str(error)
     ('RegistryUnavailableError', True)
     """
     if refused_credentials(exc) and not isinstance(exc, RedisAuthError):  # that one says so
-        message = f"{message}; Redis refused this process's credentials: {CREDENTIALS}"
+        said, fix = refusal(exc)
+        message = f"{message}; {said}: {fix}"
     unavailable = isinstance(exc, RedisUnavailableError) or (
         isinstance(exc, redis.RedisError) and (transient(exc) or refused_credentials(exc))
     )

@@ -2,7 +2,8 @@
 
 An adapter: every ``redis`` error is wrapped into `SnapshotError` where it enters (one that passes
 by itself, `transient`, into its subclass `RedisUnavailableError`; Redis refusing the process's
-credentials, `refused_credentials`, into `RedisAuthError`); a blob whose checksum or HMAC does not
+credentials or its ACL user a command, key or channel, `refused_credentials`, into
+`RedisAuthError`); a blob whose checksum or HMAC does not
 match raises `SnapshotIntegrityError` and is never unpickled.
 
 The key layout, the served-version rule and the notification format are in `stream.store.keys`.
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 REDIS_VALUE_LIMIT = 512 * 1024 * 1024
 WAIT_REPLICAS_MS = 1000  # longest wait for replicas after a snapshot (then announced anyway)
+SUBSCRIBE_REPLY_SECONDS = 2.0  # longest wait for the reply to SUBSCRIBE (`Subscription`)
 
 # Sets KEYS[1] to ARGV[1] unless it already holds a version >= ARGV[1] (a value that is no
 # number counts as none: the command never fails at EXEC); queued inside MULTI.
@@ -134,27 +136,67 @@ CREDENTIALS = (
     "those Redis expects"
 )
 """The settings that give Redis its credentials, for the messages of `RedisAuthError`."""
+PERMISSIONS = (
+    "the ACL of RIVERSTREAM_REDIS_USERNAME (or of the URL's user; without one, Redis's default "
+    "user) must allow riverstream's commands on the keys of its prefix RIVERSTREAM_REDIS_PREFIX "
+    "(~PREFIX:*) and on its channels (&PREFIX:*): see the README for the rule"
+)
+"""What to fix when Redis's ACL denies this process's user a command, key or channel, for the
+messages of `RedisAuthError`."""
 _CREDENTIALS_REFUSED = (redis.exceptions.AuthenticationError,
                         redis.exceptions.AuthenticationWrongNumberOfArgsError)  # fmt: skip
 # The same refusals by their code, as a reply redis-py has no class for would carry them (first,
 # or after a pipeline's "... caused error: " or a transaction's "... because of: ").
 _CREDENTIALS_CODE = re.compile(r"(?:^|caused error: |because of: )(?:NOAUTH|WRONGPASS) ")
+# Redis's ACL denying a command, key or channel: its NOPERM code, the text redis-py keeps of a
+# NOPERM reply (it drops the code) and the reply of a script whose command the ACL denies (an
+# ERR). Anywhere in a message: a snapshot's failure reaches the learner as text.
+_PERMISSION_DENIED = re.compile(
+    r"\bNOPERM |this user has no permissions to |The user executing the script can't "
+)
 
 
 class RedisAuthError(RedisUnavailableError, ConfigError):
-    """Redis refused this process's credentials (`refused_credentials`): a configuration error,
-    not an outage; the message names the settings. At a process's start it is fatal (the
-    learner's claim, `stream.registry.owners.claim`; the API's first look at Redis,
-    `serving.app`). A running process whose password was changed under it rides it out as it
-    rides out an outage (a `RedisUnavailableError`: nothing is lost, snapshots wait, the API
-    serves what it holds) but reports it as what it is (`stream.learner.outage`,
-    `stream.store.following`)."""
+    """Redis refused this process's credentials, or its ACL denies this process's user a command,
+    key or channel riverstream needs (`refused_credentials`): a configuration error, not an
+    outage; the message names the settings (and quotes Redis's reply, which names the command
+    or key). At a process's start it is fatal (the learner's claim,
+    `stream.registry.owners.claim`; the API's first look at Redis, `serving.app`). A running
+    process whose password (or ACL) was changed under it rides it out as it rides out an outage
+    (a `RedisUnavailableError`: nothing is lost, snapshots wait, the API serves what it holds)
+    but reports it as what it is (`stream.learner.outage`, `stream.store.following`).
+
+    >>> print(RedisAuthError("subscribe", redis.exceptions.NoPermissionError(
+    ...     "this user has no permissions to run the 'subscribe' command")))  # doctest: +ELLIPSIS
+    subscribe: Redis's ACL denies this process's user what riverstream needs (this user has no permissions to run the 'subscribe' command): a configuration error, not an outage; the ACL of RIVERSTREAM_REDIS_USERNAME ...
+    """
 
     def __init__(self, what: str, exc: BaseException) -> None:
-        super().__init__(
-            f"{what}: Redis refused this process's credentials ({exc}): a configuration "
-            f"error, not an outage; {CREDENTIALS}"
-        )
+        said, fix = refusal(exc)
+        super().__init__(f"{what}: {said} ({exc}): a configuration error, not an outage; {fix}")
+
+
+def denied_permission(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from, as in `refused_credentials`) says that
+    Redis's ACL denies this process's user a command, a key or a channel: a ``NOPERM`` reply
+    (`redis.exceptions.NoPermissionError`, a `redis.ResponseError`), or a script's command
+    denied. The user's password was accepted: the user may not do what riverstream does.
+
+    >>> denied_permission(redis.exceptions.NoPermissionError(
+    ...     "this user has no permissions to access one of the keys used as arguments"))
+    True
+    >>> denied_permission(redis.ResponseError("Command # 3 (EVAL ...) of pipeline caused error: "
+    ...     "The user executing the script can't run this command or subcommand script: ..."))
+    True
+    >>> denied_permission(redis.AuthenticationError("invalid username-password pair"))
+    False
+    """
+    return any(
+        isinstance(error, redis.exceptions.NoPermissionError)
+        or (isinstance(error, (redis.RedisError, RedisAuthError))
+            and bool(_PERMISSION_DENIED.search(str(error))))
+        for error in _chain(exc)
+    )  # fmt: skip
 
 
 def refused_credentials(exc: BaseException) -> bool:
@@ -163,12 +205,16 @@ def refused_credentials(exc: BaseException) -> bool:
     credentials: ``WRONGPASS`` (a wrong password or user), ``NOAUTH`` (no password given to a
     Redis that wants one), a password given to a Redis that has none, a user given to a Redis
     without ACLs (before 6). redis-py raises the first three as `redis.AuthenticationError`, a
-    `redis.ConnectionError`: `transient` took them for an outage.
+    `redis.ConnectionError`: `transient` took them for an outage. Or that its ACL denies the
+    user a command, key or channel (`denied_permission`): a configuration error the same way,
+    which waiting does not mend either (`refusal` tells the two apart).
 
     >>> refused_credentials(redis.AuthenticationError("invalid username-password pair"))
     True
     >>> refused_credentials(redis.ConnectionError("Connection refused"))
     False
+    >>> refused_credentials(redis.exceptions.NoPermissionError("this user has no permissions"))
+    True
     >>> try:
     ...     try:
     ...         raise redis.AuthenticationError("Authentication required.")
@@ -178,17 +224,36 @@ def refused_credentials(exc: BaseException) -> bool:
     ...     refused_credentials(exc)
     True
     """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
+    for current in _chain(exc):
         if isinstance(current, (RedisAuthError, *_CREDENTIALS_REFUSED)):
             return True
         if isinstance(current, redis.ResponseError) and _CREDENTIALS_CODE.search(str(current)):
             return True
+    return denied_permission(exc)
+
+
+def refusal(exc: BaseException) -> tuple[str, str]:
+    """What Redis refused in ``exc`` (one that `refused_credentials`) and what to fix, in words
+    for an operator: the ACL (`denied_permission`) or else the credentials.
+
+    >>> refusal(redis.AuthenticationError("invalid username-password pair"))[0]
+    "Redis refused this process's credentials"
+    """
+    if denied_permission(exc):
+        return "Redis's ACL denies this process's user what riverstream needs", PERMISSIONS
+    return "Redis refused this process's credentials", CREDENTIALS
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, the error it was raised from, and so on (for a `redis.WatchError`, the one it
+    was raised while handling: the connection's, `transient`)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        yield current
         seen.add(id(current))
         during = current.__context__ if isinstance(current, redis.WatchError) else None
         current = current.__cause__ or during
-    return False
 
 
 class OwnershipLostError(SnapshotError):
@@ -611,6 +676,9 @@ class Subscription:
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         with wrapped("subscribe"):
             self._pubsub.subscribe(channel, *more)
+            # Its reply, read now: an ACL that denies the channels says so here, before the
+            # follower's first sync (a process's start), not at the first notification.
+            self._pubsub.get_message(timeout=SUBSCRIBE_REPLY_SECONDS)
 
     def get(self, timeout: float) -> Notification | None:
         """The next notification, or None after ``timeout`` seconds (or a malformed message,

@@ -1,7 +1,7 @@
 """Servers of one test, to kill, restart or make refuse writes without disturbing the rest of the
 suite: a broker (`private_kafka`), a Redis (`private_redis`; with a password, `PrivateRedis`'s
-``password`` and `change_password`), and the ways a real Redis refuses writes for a while
-(`refusing`)."""
+``password`` and `change_password`; ACL users, `PrivateRedis.add_user` and the README's rule,
+`documented_acl`), and the ways a real Redis refuses writes for a while (`refusing`)."""
 
 from __future__ import annotations
 
@@ -78,6 +78,16 @@ class PrivateRedis:
         """A client of this server with its current password."""
         return redis.Redis(port=self.port, password=self.password, **options)
 
+    def add_user(self, name: str, rules: list[str]) -> str:
+        """Make ``name`` an ACL user of this server with ``rules`` (`ACL SETUSER`'s, after
+        ``reset on``: nothing is allowed but what they allow) and a password of its own,
+        returned."""
+        password = f"pw-{uuid.uuid4().hex}"
+        admin = self.admin(socket_timeout=10)
+        admin.execute_command("ACL", "SETUSER", name, "reset", "on", f">{password}", *rules)
+        admin.close()
+        return password
+
     def kill(self, sig: int) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, sig)
@@ -100,6 +110,21 @@ def change_password(server: PrivateRedis, password: str) -> None:
     for kind in ("normal", "pubsub"):
         admin.client_kill_filter(_type=kind, skipme=True)
     admin.close()
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+ACL_USER = "riverstream"
+"""The ACL user of the README's rule, whose keys and channels are those of the default prefix."""
+
+
+def documented_acl(prefix: str) -> list[str]:
+    """The rules of the ACL user that the README documents for riverstream (its ``ACL SETUSER
+    riverstream on >PASSWORD ...`` line), for the key prefix ``prefix``: what a test gives a
+    `PrivateRedis` user to prove the documented rule (`PrivateRedis.add_user`)."""
+    start = f"ACL SETUSER {ACL_USER} on >PASSWORD "
+    lines = [line for line in README.read_text().splitlines() if line.startswith(start)]
+    assert len(lines) == 1, f"the README has {len(lines)} lines starting {start!r}"
+    return [rule.replace(f"{ACL_USER}:", f"{prefix}:") for rule in lines[0][len(start) :].split()]
 
 
 def pings(client: redis.Redis) -> bool:
