@@ -72,6 +72,9 @@ def test_a_broker_lost_after_the_producer_exists_is_answered_fast_and_bounded(
     app = create_app(s, metrics=metrics)
     request.addfinalizer(app.state.publisher.close)  # no producer left retrying a gone broker
     timeout = feedback.PUBLISH_TIMEOUT_SECONDS
+    # an answer that waited for the publish timeout, else one given without waiting for it (what
+    # each says is checked too: the time alone only sorts them, as a loaded machine may be slow)
+    waited = timeout - 0.5
     answers: list[Answer] = []
 
     def failures() -> dict[str, float]:
@@ -88,8 +91,8 @@ def test_a_broker_lost_after_the_producer_exists_is_answered_fast_and_bounded(
         # once (the in-flight bound, not a queue behind the timeouts), nothing sent.
         first = wave(app, [f"w{i}" for i in range(8)])
         answers += first
-        slow = [a for a in first if a[4] >= timeout - 0.5]
-        fast = [a for a in first if a[4] < 2.0]
+        slow = [a for a in first if a[4] >= waited]
+        fast = [a for a in first if a[4] < waited]
         for _, status, detail, retry, _ in slow:  # their events were handed to the producer
             assert status == 503 and "Kafka did not acknowledge" in detail, first
             assert "may have been stored" in detail and "nothing was stored" not in detail
@@ -108,17 +111,17 @@ def test_a_broker_lost_after_the_producer_exists_is_answered_fast_and_bounded(
         answers += second
         for _, status, detail, retry, elapsed in second:
             assert (status, detail) == (503, f"{cause}; nothing was stored, send again"), second
-            assert elapsed < 2.0 and retry is not None and 1 <= int(retry) <= 60, second
+            assert elapsed < waited and retry is not None and 1 <= int(retry) <= 60, second
         assert failures() == {"not_acknowledged": BOUND, "outage": 4, "busy": 8 - BOUND}
 
         # 3. Once the memory expired, one request tries again; the others still get the 503.
         monkeypatch.setattr(feedback, "OUTAGE_SECONDS", 0.0)
         third = wave(app, [f"p{i}" for i in range(3)])
         answers += third
-        probe = [a for a in third if a[4] >= timeout - 0.5]
+        probe = [a for a in third if a[4] >= waited]
         assert len(probe) == 1 and "may have been stored" in probe[0][2], third
         others = [a for a in third if a is not probe[0]]
-        assert all(a[1] == 503 and a[4] < 2.0 and a[2].startswith(cause) for a in others), third
+        assert all(a[1] == 503 and a[4] < waited and a[2].startswith(cause) for a in others), third
         assert all("nothing was stored" in a[2] for a in others), third
         assert failures() == {"not_acknowledged": BOUND + 1, "outage": 6, "busy": 8 - BOUND}
     finally:

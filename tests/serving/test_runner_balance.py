@@ -90,7 +90,8 @@ def test_a_server_still_listening_keeps_its_port(tmp_path: Path) -> None:
                 _stop(second)
         assert second.returncode != 0
         assert f"cannot listen on 127.0.0.1:{port}" in err.decode()
-        assert {_answers_pid(port) for _ in range(20)} <= workers
+        answered = {_answers_pid(port) for _ in range(20)} - {None}  # None: too slow to answer
+        assert answered and answered <= workers, answered
     finally:
         _stop(first)
 

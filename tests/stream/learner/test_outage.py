@@ -115,7 +115,8 @@ def test_the_learner_rides_out_redis_killed_and_hung(
         assert learner.poll() is None, log.read_text()[-3000:]
         # The API keeps serving the last good model and says it is stale.
         wait_until(lambda: _json(ready).get("stale") is True, 30, "the API to report staleness")
-        assert _status(ready) == 200
+        # polled: one readiness request may miss its 2 s on a loaded machine
+        wait_until(lambda: _status(ready) == 200, 30, "the API to stay ready while stale")
         outage_started = time.monotonic()
         wait_until(lambda: time.monotonic() - outage_started >= 3, 10, "three seconds of outage")
         private_redis.start()  # same port, same data directory

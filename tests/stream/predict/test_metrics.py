@@ -108,33 +108,63 @@ def test_a_running_worker_exports_its_metrics_and_runs_graph_shadows(
     log = tmp_path / "w.log"
     worker = spawn_cli(settings, ["predict-worker", "--report-every", "0.5"], log)
     try:
-        samples = kit.wait_until(
-            lambda: _scraped_when(port, lambda s: value(
-                s, "riverstream_shadow_runs_total", graph="shadowed", shadow=SHADOW) == 60
-                and value(s, "riverstream_predict_requests_total") == len(raws)),
-            timeout=90, interval=0.2,
-        )  # fmt: skip
-        assert value(samples, "riverstream_predict_up") == 1
-        assert value(samples, "riverstream_predict_answers_total", model="shadowed") == 60
-        assert value(samples, "riverstream_predict_answers_total", model="lr") == 20
-        for reason in ("bad_json", "unknown_target"):
-            assert value(samples, "riverstream_predict_dead_letters_total", reason=reason) == 1
-        assert value(samples, "riverstream_predict_latency_seconds_count") == 80
-        assert value(samples, "riverstream_predict_latency_seconds_bucket", le="+Inf") == 80
-        assert value(samples, "riverstream_predict_batch_retries_total") == 0
-        assert value(samples, "riverstream_predict_model_version", model="lr") == versions["lr"]
-        assert value(samples, "riverstream_predict_model_version", model="tree") == versions["tree"]
-        assert value(samples, "riverstream_predict_graph_version", graph="shadowed") == (
-            graph_version.version
-        )
         # the shadow (tree) agrees with the primary (lr) exactly where the models do
         lr, shadow = models["lr"], models["tree"]
         agreeing = sum(lr.predict_one(x) == shadow.predict_one(x) for x in inputs)
         assert 0 < agreeing < 60  # both outcomes happen: the count is not trivially right
         shadow_labels = {"graph": "shadowed", "shadow": SHADOW}
-        assert value(samples, "riverstream_shadow_agreements_total", **shadow_labels) == agreeing
-        assert value(samples, "riverstream_shadow_duration_seconds_count", **shadow_labels) == 60
-        assert not [k for k in samples if k[0] == "riverstream_shadow_errors_total"]
+
+        def exported(s: dict[Any, float]) -> dict[str, float | None]:
+            """Every value this test expects, from one scrape: threads count a batch one metric
+            after another, so all of them are waited for, not only the first."""
+            return {
+                "up": value(s, "riverstream_predict_up"),
+                "requests": value(s, "riverstream_predict_requests_total"),
+                "answers shadowed": value(s, "riverstream_predict_answers_total", model="shadowed"),
+                "answers lr": value(s, "riverstream_predict_answers_total", model="lr"),
+                "bad_json": value(s, "riverstream_predict_dead_letters_total", reason="bad_json"),
+                "unknown_target": value(
+                    s, "riverstream_predict_dead_letters_total", reason="unknown_target"
+                ),
+                "latency count": value(s, "riverstream_predict_latency_seconds_count"),
+                "latency +Inf": value(s, "riverstream_predict_latency_seconds_bucket", le="+Inf"),
+                "batch retries": value(s, "riverstream_predict_batch_retries_total"),
+                "lr version": value(s, "riverstream_predict_model_version", model="lr"),
+                "tree version": value(s, "riverstream_predict_model_version", model="tree"),
+                "graph version": value(s, "riverstream_predict_graph_version", graph="shadowed"),
+                "shadow runs": value(s, "riverstream_shadow_runs_total", **shadow_labels),
+                "shadow agreements": value(
+                    s, "riverstream_shadow_agreements_total", **shadow_labels
+                ),
+                "shadow durations": value(
+                    s, "riverstream_shadow_duration_seconds_count", **shadow_labels
+                ),
+                "shadow error series": len(
+                    [k for k in s if k[0] == "riverstream_shadow_errors_total"]
+                ),
+            }
+
+        expected = {
+            "up": 1, "requests": len(raws), "answers shadowed": 60, "answers lr": 20,
+            "bad_json": 1, "unknown_target": 1, "latency count": 80, "latency +Inf": 80,
+            "batch retries": 0, "lr version": versions["lr"], "tree version": versions["tree"],
+            "graph version": graph_version.version, "shadow runs": 60,
+            "shadow agreements": agreeing, "shadow durations": 60, "shadow error series": 0,
+        }  # fmt: skip
+        last: list[dict[Any, float]] = [{}]
+
+        def settled() -> dict[Any, float] | None:
+            try:
+                last[0] = scrape(port)
+            except httpx.HTTPError:  # not listening yet
+                return None
+            return last[0] if exported(last[0]) == expected else None
+
+        samples = kit.wait_until(
+            settled, timeout=90, interval=0.2, what="the expected metrics",
+            detail=lambda: exported(last[0]), log=log,
+        )  # fmt: skip
+        assert exported(samples) == expected
         # every request partition is assigned and nothing waits (measured once a second)
         partitions = partitions_for(settings.kafka_bootstrap_servers, settings.topic_requests)
         lag = kit.wait_until(lambda: _lags(port, settings.topic_requests, len(partitions)), 30)
@@ -152,14 +182,6 @@ def test_a_running_worker_exports_its_metrics_and_runs_graph_shadows(
         if worker.poll() is None:
             worker.kill()
             worker.wait(timeout=10)
-
-
-def _scraped_when(port: int, done: Any) -> dict[Any, float] | None:
-    try:
-        samples = scrape(port)
-    except httpx.HTTPError:  # not listening yet
-        return None
-    return samples if done(samples) else None
 
 
 def _lags(port: int, topic: str, partitions: int) -> dict[str, float] | None:

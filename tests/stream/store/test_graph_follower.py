@@ -278,8 +278,17 @@ def test_an_unexpected_error_of_the_graph_follower_is_reported_until_it_reads_ag
         reason = follower.unsynced_reason()
         assert reason == "graphs: the follower fails: RuntimeError: boom", reason
         graphs.failing = False  # repaired
-        kit.wait_until(lambda: served_version(follower, "g") == vg, what="g followed")
-        assert follower.synced and follower.unsynced_reason() is None
-        assert follower.status()["redis"]["follower_error"] is None
+        # g is served inside the sync, before it marks the follower synced and clears the
+        # error: wait for all three
+        kit.wait_until(
+            lambda: (
+                served_version(follower, "g") == vg
+                and follower.unsynced_reason() is None
+                and follower.status()["redis"]["follower_error"] is None
+            ),
+            what="g followed and the follower synced again",
+            detail=follower.status,
+        )
+        assert follower.synced
     finally:
         follower.stop()
