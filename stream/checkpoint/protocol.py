@@ -72,6 +72,7 @@ from stream.store.snapshots import (
     OwnershipLostError,
     RedisUnavailableError,
     SnapshotStore,
+    denied_permission,
     refused_credentials,
 )
 from stream.store.trace import TraceWrite
@@ -89,6 +90,14 @@ _EXIT_STATUS: dict[Failure, int] = {"error": 1, "unavailable": 75, "ownership": 
 _REFUSED_STATUS = 78
 """A snapshot child's exit status when Redis refused its credentials (EX_CONFIG): failure
 ``unavailable``, `SnapshotResult.refused`."""
+_DENIED_STATUS = 79
+"""The same when Redis's ACL denied its user a command, key or channel (`denied_permission`)."""
+_DENIED_ERROR = (
+    "this user has no permissions to run one of a snapshot's commands on its keys or channel "
+    "(the snapshot child's log quotes Redis)"
+)
+"""`SnapshotResult.error` of a child that exited with `_DENIED_STATUS`: Redis's words for it,
+which `stream.store.snapshots.refusal` reads as the ACL's refusal."""
 
 
 def failure_of(exc: BaseException) -> Failure:
@@ -126,8 +135,9 @@ class SnapshotResult:
     error: str = ""
     """The failure's message (a forked child logs its own)."""
     refused: bool = False
-    """Redis refused this process's credentials (`stream.store.snapshots.refused_credentials`;
-    failure ``unavailable``): ridden out as an outage, reported as what it is."""
+    """Redis refused this process's credentials, or its ACL a command, key or channel
+    (`stream.store.snapshots.refused_credentials`; failure ``unavailable``): ridden out as an
+    outage, reported as what it is (``error`` says which, `stream.store.snapshots.refusal`)."""
 
 
 SkipRanges = dict[str, list[tuple[int, int]]]
@@ -455,8 +465,10 @@ class Snapshotter:
             except BaseException as exc:
                 log.exception("snapshot v%d failed", version)
                 status = (
-                    _REFUSED_STATUS if refused_credentials(exc) else _EXIT_STATUS[failure_of(exc)]
-                )
+                    _DENIED_STATUS if denied_permission(exc)
+                    else _REFUSED_STATUS if refused_credentials(exc)
+                    else _EXIT_STATUS[failure_of(exc)]
+                )  # fmt: skip
             finally:
                 os._exit(status)
         stall = time.perf_counter() - start
@@ -567,13 +579,13 @@ class Snapshotter:
         else:
             log.error("snapshot v%d failed (child exit status %s)", writing.version, status)
         seconds = time.perf_counter() - writing.start
-        refused = code == _REFUSED_STATUS
+        refused = code in (_REFUSED_STATUS, _DENIED_STATUS)
         failure = (
             None if ok else "unavailable" if refused else _FAILURE_OF_STATUS.get(code, "error")
         )
         return SnapshotResult(
             writing.version, ok, seconds, writing.stall, sizes=sizes, failure=failure,
-            refused=refused,
+            error=_DENIED_ERROR if code == _DENIED_STATUS else "", refused=refused,
         )  # fmt: skip
 
 

@@ -23,7 +23,7 @@ from stream.checkpoint.protocol import (
     Snapshotter,
     restore,
 )
-from stream.store.snapshots import SnapshotStore
+from stream.store.snapshots import PERMISSIONS, SnapshotStore, refusal
 from tests.support.outage import PrivateRedis, locked_redis
 from tests.support.waiting import wait_until
 
@@ -307,3 +307,23 @@ def test_a_snapshot_refused_for_its_credentials_says_so(
     result = _take(snapshotter, LearningCore([ModelSpec("m", "logreg")]))
     assert not result.ok and result.failure == "unavailable" and result.refused
     assert result.how == ("fork" if fork_min_bytes == 0 else "thread")
+
+
+@pytest.mark.parametrize("fork_min_bytes", [0, 1_000_000])  # forked child, writer thread
+def test_a_snapshot_its_acl_denies_says_so(locked_redis: PrivateRedis, fork_min_bytes: int) -> None:
+    """The write's user may not PUBLISH (its ACL changed under the learner): ``refused`` as for
+    credentials, and its ``error`` reads as the ACL's refusal (`refusal`), from a forked
+    child's exit status too (which says no more than its status)."""
+    right = SnapshotStore(locked_redis.admin(), "denied", KEY)
+    password = locked_redis.add_user("nopub", ["~*", "&*", "+@all", "-publish"])
+
+    def denied() -> SnapshotStore:
+        url = f"redis://nopub:{password}@127.0.0.1:{locked_redis.port}/0"
+        return SnapshotStore(redis.Redis.from_url(url), "denied", KEY)
+
+    snapshotter = Snapshotter(right, denied, KEY, fork_min_bytes=fork_min_bytes)
+    result = _take(snapshotter, LearningCore([ModelSpec("m", "logreg")]))
+    assert not result.ok and result.failure == "unavailable" and result.refused
+    assert result.how == ("fork" if fork_min_bytes == 0 else "thread")
+    # what the learner reports (`stream.learner.checkpoints`: the error as refused credentials)
+    assert refusal(redis.AuthenticationError(result.error))[1] == PERMISSIONS, result.error
