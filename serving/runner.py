@@ -21,7 +21,10 @@ thing N times), so `serve` tells its caller, once, where it listens and with how
 A worker that fails at its start (Redis refusing the credentials, `serving.app`; a setting
 missing, `app_from_env`) says why on stderr and stops every worker; `serve` then raises
 `WorkerStartError` (`riverstream serve` exits non-zero), where uvicorn's supervisor returned as
-after a SIGTERM and the command exited 0, a clean stop to systemd or Kubernetes.
+after a SIGTERM and the command exited 0, a clean stop to systemd or Kubernetes. A start refused
+for a setting (a `ConfigError`) is said in its message alone, not as a traceback
+(`ConfigErrorAtStart`); with one worker, `serve` raises it (`riverstream serve` exits 2, as
+for a setting missing), where uvicorn exited with its ``STARTUP_FAILURE``.
 
 `serve` is given a ``listening`` block (`Listening`), entered once the address is bound and
 left when the server has stopped: `riverstream serve` registers the API with the local
@@ -54,7 +57,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 
-from schemas.errors import RiverstreamError
+from schemas.errors import ConfigError, RiverstreamError
 from schemas.settings import Settings
 from serving.telemetry import MULTIPROC_ENV
 
@@ -98,6 +101,7 @@ def app_from_env() -> FastAPI:
     the worker again, for ever."""
     from serving.app import create_app
 
+    logging.getLogger("uvicorn.error").addFilter(ConfigErrorAtStart(say=True))  # the lifespan's
     try:
         return create_app(Settings())
     except RiverstreamError as exc:
@@ -105,6 +109,33 @@ def app_from_env() -> FastAPI:
     except Exception:
         logging.getLogger("uvicorn.error").exception("this worker cannot start")
     sys.exit(STARTUP_FAILURE)
+
+
+TRACEBACK = "Traceback (most recent call last):"
+
+
+class ConfigErrorAtStart(logging.Filter):
+    """On uvicorn's ``uvicorn.error`` logger: the app's startup failing on a `ConfigError` (Redis
+    refusing the credentials, `serving.app`'s lifespan) is a setting to mend, not a bug, and is
+    said in its message alone. Starlette hands uvicorn the failure as the text of its traceback,
+    which uvicorn logs at ERROR while Starlette still handles the exception (``sys.exc_info()``
+    is the error). The error is kept (`error`); ``say``: its message is logged in the
+    traceback's place (a worker's), else the record is dropped (the caller raises the error).
+    Any other exception keeps its traceback."""
+
+    def __init__(self, *, say: bool) -> None:
+        super().__init__()
+        self.say = say
+        self.error: ConfigError | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = sys.exc_info()[1]
+        # only that text: a request's error (logged with exc_info) keeps its traceback
+        if not (isinstance(exc, ConfigError) and str(record.msg).startswith(TRACEBACK)):
+            return True
+        self.error = exc
+        record.msg, record.args = f"this worker cannot start: {exc}", ()
+        return self.say
 
 
 class WorkerStartError(RiverstreamError):
@@ -233,15 +264,25 @@ def _raise_terminated(_signum: int, _frame: object) -> None:
 
 def _run_server(config: uvicorn.Config, tell: Callable[[str], None], around: Listening) -> None:
     """One server in this process, on a socket bound before ``around`` is entered (uvicorn
-    binds its own after the app's startup); exits with uvicorn's ``STARTUP_FAILURE`` when the
-    address is taken or the startup failed, as `uvicorn.run` does. Stopped by a SIGTERM, it
-    raises `_Terminated` (uvicorn passes the signal on once stopped)."""
+    binds its own after the app's startup); raises the `ConfigError` its startup failed on
+    (`ConfigErrorAtStart`), else exits with uvicorn's ``STARTUP_FAILURE`` when the address is
+    taken or the startup failed, as `uvicorn.run` does. Stopped by a SIGTERM, it raises
+    `_Terminated` (uvicorn passes the signal on once stopped)."""
     sock = config.bind_socket()
     port = sock.getsockname()[1]
     tell(listening_line(config.host, port, 1))
     server = uvicorn.Server(config)
-    with around(config.host, port), contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
-        server.run(sockets=[sock])
+    refused, uvicorn_log = ConfigErrorAtStart(say=False), logging.getLogger("uvicorn.error")
+    uvicorn_log.addFilter(refused)
+    try:
+        with around(config.host, port), contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
+            server.run(sockets=[sock])
+    except SystemExit:  # uvicorn's STARTUP_FAILURE, when the startup failed
+        if refused.error is None:
+            raise
+        raise refused.error from None
+    finally:
+        uvicorn_log.removeFilter(refused)
     if not server.started:
         sys.exit(STARTUP_FAILURE)
 

@@ -19,6 +19,14 @@ one place:
   the brokers asked beside a connection that takes long, never after it;
 - `RefusalLog`: a running process's log of the refusal, an ERROR each minute while it lasts.
 
+Kafka's ACLs denying the user an operation riverstream needs (describing, reading or writing a
+topic, creating one, using a consumer group) is one too, once the login got through: each
+client says it in its own way (kafka-python an ``AuthorizationError`` or, for an idempotent
+producer's id, a bare ``KafkaError`` quoting one; librdkafka a ``*_AUTHORIZATION_FAILED`` code),
+and riverstream said "creating topics failed: <the whole request>", counted a publish's records
+as failed without saying why, or stopped a learner on "consume failed". `denied` reads either;
+`KafkaAccessError` names the user, the operation and the resource.
+
 Kafka keeps the connections it authenticated: credentials that stop working under a running
 process (a password changed, a user deleted) are refused at its next connection, which the
 learner's consumer (`stream.kafka.consumer.ConfluentSource`), the prediction worker and the
@@ -28,6 +36,7 @@ API's closed loop (`serving.feedback.Publisher`) log as such (`RefusalLog`).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -73,6 +82,69 @@ class KafkaAuthError(KafkaAdapterError, ConfigError):
             f"RIVERSTREAM_KAFKA_SASL_MECHANISM ({security.mechanism}) must be those of a user "
             "the brokers know, with a mechanism they enable"
         )
+
+
+DENIALS = {29: "topic", 30: "group", 31: "cluster", 53: "transactional id"}
+"""Kafka's authorization error codes (the same in both clients) → the kind of resource denied."""
+_QUOTED_DENIAL = re.compile(r"\[Error (29|30|31|53)\]")  # kafka-python's message of one
+
+
+class KafkaAccessError(KafkaAdapterError, ConfigError):
+    """Kafka's ACLs deny this process's user ``operation`` on ``resource``: a configuration
+    error, not an outage; the message names the user's setting, never the password.
+
+    >>> from stream.kafka.security import KafkaSecurity
+    >>> security = KafkaSecurity("SASL_SSL", "SCRAM-SHA-512", "app", "s3cret")
+    >>> print(KafkaAccessError("k1:9093", "write", "topic riverstream.features", security))  # doctest: +NORMALIZE_WHITESPACE
+    Kafka at k1:9093 does not let the user of RIVERSTREAM_KAFKA_SASL_USERNAME (app) write topic
+    riverstream.features: a configuration error, not an outage; its ACLs must allow it (README,
+    Security: the kafka-acls.sh lines)
+    """
+
+    def __init__(
+        self, bootstrap: str, operation: str, resource: str, security: KafkaSecurity
+    ) -> None:
+        user = (
+            f"the user of RIVERSTREAM_KAFKA_SASL_USERNAME ({security.username})"
+            if security.sasl
+            else "this process (no SASL login: User:ANONYMOUS, or its TLS certificate's name)"
+        )
+        super().__init__(
+            f"Kafka at {bootstrap} does not let {user} {operation} {resource}: a configuration "
+            "error, not an outage; its ACLs must allow it (README, Security: the kafka-acls.sh "
+            "lines)"
+        )
+
+
+def denied(error: object) -> str | None:
+    """The kind of resource (`DENIALS`) whose access Kafka's ACLs deny, when ``error`` says so:
+    a librdkafka ``KafkaError`` (or a ``KafkaException`` carrying one), a kafka-python error
+    (``AuthorizationError``, or a ``KafkaError`` quoting one); else None.
+
+    >>> from confluent_kafka import KafkaError
+    >>> denied(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED))
+    'group'
+    >>> from kafka.errors import ClusterAuthorizationFailedError, KafkaTimeoutError
+    >>> denied(KafkaError(KafkaError._TRANSPORT)), denied(KafkaTimeoutError("Unable to bootstrap"))
+    (None, None)
+    >>> import kafka.errors
+    >>> denied(kafka.errors.KafkaError(f"Unexpected error: {ClusterAuthorizationFailedError()}"))
+    'cluster'
+    """
+    from confluent_kafka import KafkaError, KafkaException
+    from kafka.errors import AuthorizationError
+    from kafka.errors import KafkaError as PythonKafkaError
+
+    if isinstance(error, KafkaException) and error.args:
+        error = error.args[0]
+    if isinstance(error, KafkaError):
+        return DENIALS.get(error.code())
+    if isinstance(error, AuthorizationError):
+        return DENIALS.get(error.errno or 0)
+    if isinstance(error, PythonKafkaError):
+        quoted = _QUOTED_DENIAL.search(str(error))
+        return DENIALS[int(quoted.group(1))] if quoted else None
+    return None
 
 
 def refused(error: object) -> bool:
@@ -269,8 +341,9 @@ class _Question:
 
 
 class RefusalLog:
-    """Kafka refusing the login of a running process, said in its log: an ERROR naming the
-    settings (`KafkaAuthError`) and what the process does meanwhile, at once and then every
+    """Kafka refusing the login of a running process (or its ACLs denying it something), said in
+    its log: an ERROR naming the settings (`KafkaAuthError`, `KafkaAccessError`) and what the
+    process does meanwhile, at once and then every
     `REFUSAL_LOG_SECONDS` while it lasts (librdkafka tells it at each reconnection); a warning
     once Kafka accepts the credentials again. Not thread-safe: call it from one client's
     callbacks, or under one lock."""
@@ -284,7 +357,7 @@ class RefusalLog:
         """Whether Kafka refused the login and has not accepted it since."""
         return self._said is not None
 
-    def refused(self, error: KafkaAuthError) -> None:
+    def refused(self, error: KafkaAdapterError) -> None:
         now = time.monotonic()
         if self._said is None or now - self._said >= REFUSAL_LOG_SECONDS:
             self._said = now

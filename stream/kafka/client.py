@@ -11,13 +11,14 @@ security (`stream.kafka.security`) is added where each client's configuration is
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from schemas.errors import KafkaAdapterError
-from stream.kafka.auth import LoginWatch, answer, connect_error
+from stream.kafka.auth import KafkaAccessError, LoginWatch, answer, connect_error, denied
 from stream.kafka.consumer import ConfluentSource
 from stream.kafka.records import Record, RecordRun, RecordSource, group_by_partition
 from stream.kafka.security import PLAINTEXT, KafkaSecurity
@@ -36,24 +37,68 @@ def broker_ready(
     from confluent_kafka.admin import AdminClient
 
     watch = LoginWatch()
-    admin = AdminClient({"bootstrap.servers": bootstrap, **security.librdkafka()}, error_cb=watch)
+    admin = AdminClient(_asking(bootstrap, security), error_cb=watch)
     metadata = answer(admin, watch, timeout, bootstrap, security)
     return bool(metadata.brokers)
+
+
+def _asking(bootstrap: str, security: KafkaSecurity) -> dict[str, str | int | float | bool]:
+    """The configuration of a librdkafka client that only asks (`broker_ready`,
+    `partitions_for`): ``log_level`` 0, so that its own lines (``%3|…|FAIL|…`` at each failed
+    try) stay off stderr, where the error raised says what failed (`_Bootstrapping`); its
+    ``error_cb`` still hears every error."""
+    return {"bootstrap.servers": bootstrap, "log_level": 0, **security.librdkafka()}
+
+
+class _Bootstrapping:
+    """kafka-python's loggers (``kafka.*``) held at CRITICAL while `create_topics`'s client
+    bootstraps, which every process does first: each refused try of the login, each try at a
+    broker that is away, was an ERROR line of kafka-python's, dozens of them on stderr above the
+    one error raised that says what failed and which settings to fix (`connect_error`). Its
+    lines once connected are left as they are. Concurrent holds share one: the level is given
+    back when the last ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holds = 0
+        self._level = logging.NOTSET
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        logger = logging.getLogger("kafka")
+        with self._lock:
+            if self._holds == 0:
+                self._level = logger.level
+                logger.setLevel(logging.CRITICAL)
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holds -= 1
+                if self._holds == 0:
+                    logger.setLevel(self._level)
+
+
+_bootstrapping = _Bootstrapping()
 
 
 def create_topics(
     bootstrap: str, topics: dict[str, int], *, security: KafkaSecurity = PLAINTEXT
 ) -> list[str]:
     """Create missing topics (name → partitions); returns those created. Idempotent. Every
-    process that uses Kafka calls it first: `KafkaAuthError` when Kafka refuses its login."""
+    process that uses Kafka calls it first: `KafkaAuthError` when Kafka refuses its login,
+    `KafkaAccessError` when its ACLs deny creating them (a topic the user may not describe
+    counts as missing: creating it is denied too)."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap, client_id="rs-admin", **security.kafka_python()
-        )
+        with _bootstrapping():
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap, client_id="rs-admin", **security.kafka_python()
+            )
     except KafkaError as exc:
         raise connect_error(exc, bootstrap, security) from exc
     try:
@@ -67,6 +112,9 @@ def create_topics(
                 admin.create_topics(new)
         return [t.name for t in new]
     except KafkaError as exc:
+        if denied(exc) is not None:
+            names = ", ".join(t.name for t in new)
+            raise KafkaAccessError(bootstrap, "create", f"topics {names}", security) from exc
         raise KafkaAdapterError(f"creating topics failed: {exc}") from exc
     finally:
         admin.close()
@@ -77,12 +125,14 @@ def partitions_for(bootstrap: str, topic: str, *, security: KafkaSecurity = PLAI
     from confluent_kafka.admin import AdminClient
 
     watch = LoginWatch()
-    admin = AdminClient({"bootstrap.servers": bootstrap, **security.librdkafka()}, error_cb=watch)
+    admin = AdminClient(_asking(bootstrap, security), error_cb=watch)
     try:
         meta = answer(admin, watch, 10, bootstrap, security, topic)
     except KafkaException as exc:
         raise KafkaAdapterError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     info = meta.topics.get(topic)
+    if info is not None and denied(info.error) is not None:
+        raise KafkaAccessError(bootstrap, "describe", f"topic {topic}", security)
     if info is None or info.error is not None:
         raise KafkaAdapterError(f"topic {topic} not found: {info.error if info else 'missing'}")
     return sorted(info.partitions)
@@ -140,6 +190,9 @@ class EventProducer:
         self.sent = 0
         self.failed = 0
         self.errors: list[str] = []
+        self.denied: KafkaAccessError | None = None
+        """Kafka's ACLs denied a record's write (the first such), as its error says."""
+        self._bootstrap, self._security = bootstrap, security
         self._pending = 0  # handed to the producer, neither acknowledged nor failed yet
         self._settled = threading.Condition()  # notified as each of them is
 
@@ -162,7 +215,22 @@ class EventProducer:
             self._pending -= 1
             if len(self.errors) < 20:
                 self.errors.append(str(exc))
+            kind = denied(exc)
+            if kind is not None and self.denied is None:
+                self.denied = self._denial(kind, exc)
             self._settled.notify_all()
+
+    def _denial(self, kind: str, exc: BaseException) -> KafkaAccessError:
+        """What the ACLs denied a record: its topic (kafka-python names it), else an idempotent
+        producer's id, which Kafka gives a user with Write on a topic (or IdempotentWrite on the
+        cluster)."""
+        if kind == "topic":
+            resource = f"topic {exc.args[0] if exc.args else '?'}"
+            return KafkaAccessError(self._bootstrap, "write", resource, self._security)
+        return KafkaAccessError(
+            self._bootstrap, "write", "any topic (an idempotent producer's id, which Kafka "
+            "gives for Write on a topic or IdempotentWrite on the cluster)", self._security,
+        )  # fmt: skip
 
     def send(
         self,

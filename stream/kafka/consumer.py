@@ -8,7 +8,12 @@ wrapped in `KafkaAdapterError` where it enters.
 Kafka refusing the login (`stream.kafka.auth`) is `KafkaAuthError` at the assignment (a
 process's start: it stops), and an ERROR naming the settings while reading (credentials
 changed under a running process, refused at its next connection): reading waits as for a
-broker that is away, nothing is skipped, and the log says what it is.
+broker that is away, nothing is skipped, and the log says what it is. Kafka's ACLs denying the
+user a topic or the group (`stream.kafka.auth.KafkaAccessError`) are the same: raised at the
+assignment (a topic it may not describe) and by a read before any record came since (a topic it
+may not read; the group, which librdkafka looks up as the consumer starts and tells at its first
+consume, though offsets are never committed), an ERROR each minute afterwards (an ACL removed
+under a running learner) while reading waits.
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from schemas.errors import KafkaAdapterError
-from stream.kafka.auth import KafkaAuthError, LoginWatch, RefusalLog, connect_error
+from stream.kafka.auth import (
+    KafkaAccessError,
+    KafkaAuthError,
+    LoginWatch,
+    RefusalLog,
+    connect_error,
+    denied,
+)
 from stream.kafka.records import Record, RecordRun
 from stream.kafka.security import PLAINTEXT, KafkaSecurity
 
@@ -59,11 +71,13 @@ class ConfluentSource:
     ) -> None:
         from confluent_kafka import Consumer
 
-        self._bootstrap, self._security = bootstrap, security
+        self._bootstrap, self._security, self._group = bootstrap, security, group_id
         self._login = LoginWatch(self._on_error)
         self._refusals = RefusalLog(
             log, "reading waits until Kafka accepts them (nothing is skipped)"
         )
+        self._denials = RefusalLog(log, "reading waits until they do (nothing is skipped)")
+        self._read = False  # a record came since the assignment: a denial is no longer a start's
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -115,10 +129,14 @@ class ConfluentSource:
         # retry timer: the first records then come in ≈ 50 ms instead of ≈ 550 ms (measured).
         for topic in {t for t, _ in positions}:
             try:
-                self._consumer.list_topics(topic, timeout=10)
+                metadata = self._consumer.list_topics(topic, timeout=10)
             except KafkaException as exc:  # refused (`KafkaAuthError`), or away
                 raise connect_error(exc, self._bootstrap, self._security) from exc
+            info = metadata.topics.get(topic)
+            if info is not None and denied(info.error) is not None:
+                raise self._denied("describe", f"topic {topic}")
         self._consumer.assign(parts)
+        self._read = False
         self._assigned = list(positions)
         self._ask_after = time.monotonic() + _FIRST_FETCH_GRACE_SECONDS
         self._asked.clear()
@@ -144,7 +162,18 @@ class ConfluentSource:
                 if err.code() == -191:  # _PARTITION_EOF
                     topic = partition = None  # a run maps its indexes onto a slice
                     continue
-                raise KafkaAdapterError(f"consume failed: {err}")
+                kind = denied(err)
+                if kind is None:
+                    raise KafkaAdapterError(f"consume failed: {err}")
+                denial = self._denied(
+                    "read", f"consumer group {self._group}" if kind == "group"
+                    else f"{kind} {m.topic() or ''}".strip(),
+                )  # fmt: skip
+                if not self._read:
+                    raise denial
+                self._denials.refused(denial)
+                topic = partition = None
+                continue
             t, p = m.topic(), m.partition()
             if p != partition or t != topic:
                 topic, partition, offsets, values = t, p, [], []
@@ -160,7 +189,11 @@ class ConfluentSource:
                 )
             offsets.append(m.offset())
             values.append(m.value())
+        self._read = self._read or bool(runs)
         return runs
+
+    def _denied(self, operation: str, resource: str) -> KafkaAccessError:
+        return KafkaAccessError(self._bootstrap, operation, resource, self._security)
 
     def end_offsets(self) -> dict[tuple[str, int], int]:
         from confluent_kafka import KafkaException, TopicPartition

@@ -4,7 +4,9 @@ and asynchronous prediction requests, from files.
 Every event is validated with the same codec the learner uses before it is sent (a request with
 the prediction worker's, `schemas.predictions.RequestCodec`); a bad row is reported with its
 line number and counted as rejected, never silently dropped. The message key is the event id,
-so that (with equal partition counts) a label lands in its features' partition.
+so that (with equal partition counts) a label lands in its features' partition. Kafka's ACLs
+denying the writes stop the publishing with `stream.kafka.auth.KafkaAccessError` (a configuration
+error) as soon as a record's failure says so.
 """
 
 from __future__ import annotations
@@ -317,6 +319,7 @@ class Publisher:
                 report.rejected.append(Rejection(line, str(exc)))
                 continue
             self.producer.send(topic, event.id.encode(), row)
+            self._allowed()
             if progress is not None:
                 progress(1)
         return self._finish(report, start)
@@ -333,6 +336,7 @@ class Publisher:
         start = time.perf_counter()
         for n, event in enumerate(events, start=1):
             self.send_event(event)
+            self._allowed()
             if progress is not None:
                 progress(1)
             if rate:
@@ -341,8 +345,15 @@ class Publisher:
                     time.sleep(ahead)  # pacing, not synchronisation
         return self._finish(report, start)
 
+    def _allowed(self) -> None:
+        """`KafkaAccessError` once Kafka's ACLs denied a record's write: every next one would
+        fail the same way (nothing more is sent; the input is unchanged)."""
+        if self.producer.denied is not None:
+            raise self.producer.denied
+
     def _finish(self, report: PublishReport, start: float) -> PublishReport:
         self.producer.flush()
+        self._allowed()
         report.sent = self.producer.sent
         report.failed = self.producer.failed
         report.errors = list(self.producer.errors)

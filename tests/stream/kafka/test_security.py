@@ -242,6 +242,37 @@ def test_a_refused_login_stops_the_learner_and_a_worker_at_their_start_naming_th
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_a_refused_login_is_one_line_of_the_cli_without_the_clients_own(
+    secure: Secure, tmp_path: Path
+) -> None:
+    """A wrong password: ``topics create``, ``publish`` and ``learn`` each write one line, the
+    error naming the settings, and exit 2. kafka-python's ERROR lines (``Authentication failed``,
+    ``socket disconnected``, one per try at each broker: dozens) came before it, as would
+    librdkafka's ``%3|…|FAIL|`` lines of a client that only asks."""
+    password = f"wrong-{uuid.uuid4().hex}"
+    s = fast(secure.settings, kafka_sasl_password=SecretStr(password))
+    events = tmp_path / "features.jsonl"
+    events.write_text(json.dumps({"id": "a", "time": 1.0, "features": {"x": 1.0}}) + "\n")
+    commands = {"topics": ["topics", "create"], "publish": ["publish", "features", str(events)],
+                "learn": ["learn", "--model", "lr=logreg"]}  # fmt: skip
+    for name, args in commands.items():
+        log = tmp_path / f"{name}.log"
+        proc = spawn_cli(s, args, log)
+        try:
+            _wait_stopped(proc, 120, log)
+        finally:
+            stop_all([proc])
+        text = log.read_text()
+        assert proc.returncode == 2, text[-3000:]
+        lines = text.splitlines()
+        assert len(lines) == 1, f"{name}: {text[-3000:]}"  # nothing but the error
+        line = lines[0]
+        assert line.startswith(f"error: Kafka at {secure.kafka.bootstrap} {REFUSED}"), text[-3000:]
+        _says_refused(line, password)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_refused_login_is_a_configuration_error_for_librdkafka(secure: Secure) -> None:
     """A wrong password, an unknown user, a mechanism the brokers do not enable: the learner's
     consumer at its assignment and the metadata requests raise a `ConfigError` naming the

@@ -1,0 +1,187 @@
+"""Kafka's ACLs: what riverstream's user needs, and a denial as a configuration error.
+
+The brokers enforce ACLs (`tests.support.acl.AclKafkaCluster`: StandardAuthorizer, nothing
+allowed without an ACL; SASL_SSL as in `test_security.py`), with a Redis of their own, so that
+the default topic and group names are the ones the README's ``kafka-acls.sh`` lines name. A user
+with those ACLs creates the topics, publishes a stream and learns it (equal to River). Users
+denied creating the topics, writing the features topic or reading the learner's group get exit
+status 2 and a message naming RIVERSTREAM_KAFKA_SASL_USERNAME, the operation and the resource,
+never the password; they said "creating topics failed:" and the whole request, counted each
+record as failed without a reason (exit 1), and "consume failed: KafkaError{…}". The cluster is
+started once for the module.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from learners.datasets import dataset_events
+from schemas.settings import Settings
+from stream.dev.secure import SecureRedis, make_certificates
+from stream.learner.runtime import snapshot_store
+from tests.support.acl import AclKafkaCluster, parse_acl_line, readme_acl_lines
+from tests.support.cluster import assert_equal_to_river, stop_all
+from tests.support.pipeline import fast, publish, spawn_cli
+from tests.support.waiting import wait_until
+
+DATASET, LIMIT, DELAY, SEED = "synth.Agrawal", 1_000, 50, 23
+USERS = ("riverstream", "nocreate", "nowrite", "nogroup", "revoked")
+NOT_AN_OUTAGE = "a configuration error, not an outage; its ACLs must allow it"
+
+
+@dataclass
+class Acl:
+    kafka: AclKafkaCluster
+    settings: Settings  # as the user ``riverstream``, with the default topic and group names
+
+
+@pytest.fixture(scope="module")
+def acl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acl]:
+    tmp_path = tmp_path_factory.mktemp("acl")
+    base = Settings()
+    certificates = make_certificates(tmp_path / "certs")
+    kafka = AclKafkaCluster(tmp_path / "kafka", base.cache_dir.expanduser(), base.kafka_version,
+                            certificates, {user: uuid.uuid4().hex for user in USERS})  # fmt: skip
+    redis_password = uuid.uuid4().hex
+    server = SecureRedis(tmp_path / "redis", certificates, "app", redis_password)
+    settings = Settings(
+        kafka_bootstrap_servers=kafka.bootstrap, kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="riverstream",
+        kafka_sasl_password=kafka.users["riverstream"], kafka_ssl_cafile=certificates.ca,
+        redis_url=server.url, redis_username="app", redis_password=redis_password,
+        redis_ssl_cafile=certificates.ca, state_dir=tmp_path / "state", partitions=3,
+        learner_metrics_port=0, snapshot_key=f"key-{uuid.uuid4().hex}",
+    )  # type: ignore[arg-type]  # fmt: skip
+    try:
+        server.up()
+        kafka.up()
+        yield Acl(kafka, settings)
+    finally:
+        kafka.stop(graceful=False)
+        server.stop()
+
+
+def as_user(acl: Acl, user: str, **changes: object) -> Settings:
+    password = SecretStr(acl.kafka.users[user])
+    return fast(acl.settings, kafka_sasl_username=user, kafka_sasl_password=password, **changes)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_readme_acls_let_riverstream_create_the_topics_publish_and_learn(
+    acl: Acl, tmp_path: Path
+) -> None:
+    lines = readme_acl_lines()
+    assert len(lines) == 2, lines
+    for line in lines:
+        user, acls = parse_acl_line(line)
+        assert user == "riverstream"
+        acl.kafka.grant(user, acls)
+    s = fast(acl.settings)
+    _run(s, ["topics", "create"], tmp_path / "topics.log")
+    events = list(dataset_events(DATASET, label_delay=DELAY, limit=LIMIT, seed=SEED))
+    report = publish(s, events)
+    assert report.failed == 0 and report.sent == len(events), report.errors
+    learn = ["learn", "--model", "lr=logreg", "--metric", "Accuracy", "--exit-when-idle", "2"]
+    _run(s, learn, tmp_path / "learner.log", timeout=180)
+    assert_equal_to_river(s, DATASET, LIMIT, DELAY, SEED)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_acls_denying_a_topic_or_the_group_stop_the_cli_naming_user_operation_and_resource(
+    acl: Acl, tmp_path: Path
+) -> None:
+    """``topics create`` without Create, ``publish features`` with Write on the labels topic
+    only, ``learn`` without the group: each exits 2 with the message."""
+    kafka, prefixed = acl.kafka, True
+    topics = [("Read", "topic", "riverstream.", prefixed)]
+    group = ("Read", "group", "riverstream", prefixed)
+    kafka.grant("nocreate", [*topics, ("Write", "topic", "riverstream.", prefixed), group])
+    kafka.grant("nowrite", [*topics, ("Create", "topic", "riverstream.", prefixed),
+                            ("Write", "topic", "riverstream.labels", not prefixed), group])  # fmt: skip
+    kafka.grant("nogroup", [*topics, ("Create", "topic", "riverstream.", prefixed),
+                            ("Write", "topic", "riverstream.", prefixed)])  # fmt: skip
+    tag = uuid.uuid4().hex[:8]
+    new_topics = {f"topic_{kind}": f"riverstream.c{tag}.{kind}"
+                  for kind in ("features", "labels", "dlq", "requests", "predictions")}  # fmt: skip
+    features = tmp_path / "features.jsonl"
+    features.write_text(json.dumps({"id": "acl-1", "time": 1.0, "features": {"x": 1.0}}) + "\n")
+    runs = {
+        "nocreate": (["topics", "create"],
+                     f"create topics {', '.join(new_topics.values())}"),
+        "nowrite": (["publish", "features", str(features)], "write topic riverstream.features"),
+        "nogroup": (["learn", "--model", "lr=logreg"], "read consumer group riverstream-learner"),
+    }  # fmt: skip
+    logs = {user: tmp_path / f"{user}.log" for user in runs}
+    procs = {
+        user: spawn_cli(as_user(acl, user, **(new_topics if user == "nocreate" else {})),
+                        args, logs[user])
+        for user, (args, _said) in runs.items()
+    }  # fmt: skip
+    try:
+        for user, proc in procs.items():
+            _wait_stopped(proc, 120, logs[user])
+    finally:
+        stop_all(list(procs.values()))
+    for user, (_args, said) in runs.items():
+        text = logs[user].read_text()
+        expected = (f"error: Kafka at {kafka.bootstrap} does not let the user of "
+                    f"RIVERSTREAM_KAFKA_SASL_USERNAME ({user}) {said}: {NOT_AN_OUTAGE}")  # fmt: skip
+        assert procs[user].returncode == 2, text[-3000:]
+        assert expected in " ".join(text.split()), text[-3000:]
+        assert kafka.users[user] not in text
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_read_denied_under_a_running_learner_is_logged_and_waited_out(
+    acl: Acl, tmp_path: Path
+) -> None:
+    """The features topic's Read removed while the learner runs: an ERROR naming the user, the
+    operation and the topic, and the learner runs on (it stopped on "consume failed")."""
+    tag = uuid.uuid4().hex[:8]
+    names = {f"topic_{kind}": f"riverstream.r{tag}.{kind}"
+             for kind in ("features", "labels", "dlq", "requests", "predictions")}  # fmt: skip
+    s = as_user(acl, "revoked", redis_prefix=f"rv{tag}", snapshot_every_labels=100, **names)
+    features = ("Read", "topic", names["topic_features"], False)
+    acl.kafka.grant("revoked", [features, ("Read", "topic", names["topic_labels"], False),
+                                ("Create", "topic", "riverstream.", True),
+                                ("Write", "topic", "riverstream.", True),
+                                ("Read", "group", f"rv{tag}", True)])  # fmt: skip
+    events = list(dataset_events(DATASET, label_delay=DELAY, limit=300, seed=SEED))
+    assert publish(s, events).sent == len(events)
+    log = tmp_path / "learner.log"
+    proc = spawn_cli(s, ["learn", "--model", "lr=logreg"], log)
+    try:
+        store = snapshot_store(s)
+        wait_until(lambda: store.latest_version("lr") is not None, 120, "a snapshot", log=log)
+        acl.kafka.revoke("revoked", [features])
+        said = (f"ERROR stream.kafka.consumer: Kafka at {acl.kafka.bootstrap} does not let the "
+                f"user of RIVERSTREAM_KAFKA_SASL_USERNAME (revoked) read topic "
+                f"{names['topic_features']}: {NOT_AN_OUTAGE}")  # fmt: skip
+        wait_until(lambda: said in log.read_text(), 60, "the learner's ERROR", log=log)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert acl.kafka.users["revoked"] not in log.read_text()
+    finally:
+        stop_all([proc])
+
+
+def _run(s: Settings, args: list[str], log: Path, timeout: float = 120) -> None:
+    proc = spawn_cli(s, args, log)
+    try:
+        assert proc.wait(timeout=timeout) == 0, log.read_text()[-3000:]
+    finally:
+        stop_all([proc])
+
+
+def _wait_stopped(proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    wait_until(lambda: proc.poll() is not None, timeout, f"{log.stem} to stop", log=log)
