@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import ConfigError
@@ -332,3 +332,20 @@ class Settings(BaseSettings):
         return {self.topic_features: self.partitions, self.topic_labels: self.partitions,
                 self.topic_dlq: 1, self.topic_requests: self.partitions,
                 self.topic_predictions: self.partitions}  # fmt: skip
+
+
+def invalid_settings(exc: ValidationError) -> ConfigError:
+    """A `ConfigError` naming each ``RIVERSTREAM_`` variable that `Settings` refused, and why
+    (pydantic's words), never the value given: a password must not reach a terminal or a log.
+
+    >>> try:
+    ...     Settings(serve_port="abc")
+    ... except ValidationError as exc:
+    ...     print(invalid_settings(exc))
+    invalid setting RIVERSTREAM_SERVE_PORT: Input should be a valid integer, unable to parse string as an integer
+    """
+    said = [
+        f"{ENV_PREFIX}{'.'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
+        for error in exc.errors()
+    ]
+    return ConfigError(f"invalid setting{'s' if len(said) > 1 else ''} {'; '.join(said)}")

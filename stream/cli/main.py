@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from schemas.errors import RiverstreamError
-from schemas.settings import Settings
+from schemas.settings import Settings, invalid_settings
 from stream.cli.graphs import graphs_app
 from stream.cli.models import models_app
 from stream.cli.predict import register as register_predict
@@ -418,4 +419,9 @@ def main() -> None:
         app()
     except RiverstreamError as exc:
         print_error(exc, console)
+        sys.exit(2)
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise  # not the environment's fault: a bug, with its traceback
+        print_error(invalid_settings(exc), console)
         sys.exit(2)
