@@ -213,12 +213,15 @@ class Follower(ABC):
             except SnapshotError as exc:  # Redis unreachable or erroring: keep serving
                 refused = exc if isinstance(exc, RedisAuthError) else None
                 before = self._reason()
+                # what is served meanwhile: nothing yet, before a first look succeeded
+                kept = (
+                    f"serving the last {self.serving_what}" if self.synced
+                    else f"no {self.serving_what} served yet"
+                )  # fmt: skip
                 if refused is not None and before != "auth":
-                    log.error("%s; serving the last %s", exc, self.serving_what)
+                    log.error("%s; %s", exc, kept)
                 elif refused is None and before != "outage":
-                    log.warning(
-                        "redis unreachable, serving the last %s: %s", self.serving_what, exc
-                    )
+                    log.warning("redis unreachable, %s: %s", kept, exc)
                 self._credentials_error = refused
                 self._redis_error = str(exc)
                 self._close_subscription()

@@ -46,6 +46,8 @@ def test_an_api_whose_credentials_redis_refuses_does_not_start(
     assert "RIVERSTREAM_REDIS_PASSWORD" in text and "not-the-password" not in text, text
     if workers > 1:
         assert "the API stopped: " in text.splitlines()[-1], text
+    # it never served: the followers' errors do not say they serve the last models
+    assert "no models served yet" in text and "serving the last" not in text, text
     assert registrations(targets) == {}
 
 
@@ -70,6 +72,7 @@ def test_a_password_changed_under_a_running_api_is_reported_as_auth(
         assert answer.status_code == 200 and answer.json()["version"] == v1
         refused = [r for r in caplog.records if "credentials" in r.getMessage()]
         assert refused and refused[0].levelno == logging.ERROR, caplog.text
+        assert "serving the last" in refused[0].getMessage()  # models or graphs, which came first
 
         change_password(locked_redis, str(password))  # rotated back: it reads Redis again
         status = kit.wait_until(lambda: _when(api, lambda s: s["redis"]["reachable"]))
