@@ -18,7 +18,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from schemas.errors import KafkaAdapterError
-from stream.kafka.auth import KafkaAccessError, LoginWatch, answer, connect_error, denied
+from stream.kafka.auth import (
+    KafkaAccessError,
+    LoginWatch,
+    answer,
+    connect_error,
+    denied,
+    write_denial,
+)
 from stream.kafka.consumer import ConfluentSource
 from stream.kafka.records import Record, RecordRun, RecordSource, group_by_partition
 from stream.kafka.security import PLAINTEXT, KafkaSecurity
@@ -215,22 +222,10 @@ class EventProducer:
             self._pending -= 1
             if len(self.errors) < 20:
                 self.errors.append(str(exc))
-            kind = denied(exc)
-            if kind is not None and self.denied is None:
-                self.denied = self._denial(kind, exc)
+            if self.denied is None:  # kafka-python's denial of a topic names it
+                topic = exc.args[0] if exc.args else "?"
+                self.denied = write_denial(exc, topic, self._bootstrap, self._security)
             self._settled.notify_all()
-
-    def _denial(self, kind: str, exc: BaseException) -> KafkaAccessError:
-        """What the ACLs denied a record: its topic (kafka-python names it), else an idempotent
-        producer's id, which Kafka gives a user with Write on a topic (or IdempotentWrite on the
-        cluster)."""
-        if kind == "topic":
-            resource = f"topic {exc.args[0] if exc.args else '?'}"
-            return KafkaAccessError(self._bootstrap, "write", resource, self._security)
-        return KafkaAccessError(
-            self._bootstrap, "write", "any topic (an idempotent producer's id, which Kafka "
-            "gives for Write on a topic or IdempotentWrite on the cluster)", self._security,
-        )  # fmt: skip
 
     def send(
         self,

@@ -39,9 +39,13 @@ if TYPE_CHECKING:
     from confluent_kafka import KafkaError
 
 log = logging.getLogger(__name__)
+_DENIED_MEANWHILE = "reading waits until they do (nothing is skipped)"
 _BROKER_ASK_SECONDS = 5.0
 _FIRST_FETCH_GRACE_SECONDS = 1.0
 _BROKER_RECHECK_SECONDS = 1.0
+_DENIAL_QUIET_SECONDS = 10.0
+"""A denied read is told again at each fetch (librdkafka backs off ≈ 0.5 s): this long without
+one, the ACL allows it again, even for a partition with no new record to show it."""
 
 
 class _ConsumedMessage(Protocol):
@@ -76,8 +80,12 @@ class ConfluentSource:
         self._refusals = RefusalLog(
             log, "reading waits until Kafka accepts them (nothing is skipped)"
         )
-        self._denials = RefusalLog(log, "reading waits until they do (nothing is skipped)")
-        self._read = False  # a record came since the assignment: a denial is no longer a start's
+        self._denials = RefusalLog(log, _DENIED_MEANWHILE)
+        self._read = False  # a record came in this process: a denial is no longer a start's
+        self._denied_topics: set[str] = set()
+        self._denied_at = 0.0  # the last denial, monotonic
+        """Topics whose reads Kafka's ACLs denied (``*``: the group, every topic), until one
+        of their records comes: none of their partitions counts as caught up meanwhile."""
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -136,7 +144,6 @@ class ConfluentSource:
             if info is not None and denied(info.error) is not None:
                 raise self._denied("describe", f"topic {topic}")
         self._consumer.assign(parts)
-        self._read = False
         self._assigned = list(positions)
         self._ask_after = time.monotonic() + _FIRST_FETCH_GRACE_SECONDS
         self._asked.clear()
@@ -172,6 +179,8 @@ class ConfluentSource:
                 if not self._read:
                     raise denial
                 self._denials.refused(denial)
+                self._denied_topics.add("*" if kind == "group" else m.topic() or "*")
+                self._denied_at = time.monotonic()
                 topic = partition = None
                 continue
             t, p = m.topic(), m.partition()
@@ -189,8 +198,21 @@ class ConfluentSource:
                 )
             offsets.append(m.offset())
             values.append(m.value())
-        self._read = self._read or bool(runs)
+        if runs:
+            self._read = True
+            if self._denied_topics:
+                self._allowed_again({run.topic for run in runs})
         return runs
+
+    def _allowed_again(self, topics: set[str]) -> None:
+        """Records came from ``topics``: their reads are allowed again (all, for the group)."""
+        again = topics if "*" in self._denied_topics else self._denied_topics & topics
+        if again:
+            self._denied_topics -= again | {"*"}
+            named = ", ".join(sorted(again - {"*"})) or "its group's topics"
+            log.warning("Kafka's ACLs let this process read %s again", named)
+            if not self._denied_topics:
+                self._denials = RefusalLog(log, _DENIED_MEANWHILE)  # a next denial is said at once
 
     def _denied(self, operation: str, resource: str) -> KafkaAccessError:
         return KafkaAccessError(self._bootstrap, operation, resource, self._security)
@@ -220,7 +242,12 @@ class ConfluentSource:
             if not self._refusals.accepted():
                 log.warning("Kafka broker reachable again")
             self._login.refusal = None
+        if self._denied_topics and now - self._denied_at > _DENIAL_QUIET_SECONDS:
+            self._allowed_again(set(self._denied_topics))
+        denied = self._denied_topics
         for topic, partition in self._assigned:
+            if denied and ("*" in denied or topic in denied):
+                continue  # its reads are denied: its end is not known to be reached
             tp = TopicPartition(topic, partition)
             _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
             if high < 0:

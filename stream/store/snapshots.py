@@ -149,10 +149,14 @@ _CREDENTIALS_REFUSED = (redis.exceptions.AuthenticationError,
 # or after a pipeline's "... caused error: " or a transaction's "... because of: ").
 _CREDENTIALS_CODE = re.compile(r"(?:^|caused error: |because of: )(?:NOAUTH|WRONGPASS) ")
 # Redis's ACL denying a command, key or channel: its NOPERM code, the text redis-py keeps of a
-# NOPERM reply (it drops the code) and the reply of a script whose command the ACL denies (an
-# ERR). Anywhere in a message: a snapshot's failure reaches the learner as text.
+# NOPERM reply (it drops the code: "this user has no permissions to ..." in Redis 7.0, "User u
+# has no permissions to ..." and "No permissions to access a key" from 7.2, and Valkey) and the
+# reply of a script whose command the ACL denies (an ERR: "The user executing the script can't
+# ..." in 7.0, "ACL failure in script: ..." from 7.2). Anywhere in a message: a snapshot's
+# failure reaches the learner as text.
 _PERMISSION_DENIED = re.compile(
-    r"\bNOPERM |this user has no permissions to |The user executing the script can't "
+    r"\bNOPERM |\bno permissions to |The user executing the script can't |ACL failure in script",
+    re.IGNORECASE,
 )
 
 
@@ -187,6 +191,13 @@ def denied_permission(exc: BaseException) -> bool:
     True
     >>> denied_permission(redis.ResponseError("Command # 3 (EVAL ...) of pipeline caused error: "
     ...     "The user executing the script can't run this command or subcommand script: ..."))
+    True
+    >>> denied_permission(redis.ResponseError("Command # 2 (EVALSHA ...) of pipeline caused "
+    ...     "error: ACL failure in script: User riverstream has no permissions to run the "
+    ...     "'publish' command script: ..."))  # Redis 7.2 and later
+    True
+    >>> denied_permission(redis.AuthenticationError(str(RedisAuthError("snapshot v3",
+    ...     redis.exceptions.NoPermissionError("No permissions to access a key")))))
     True
     >>> denied_permission(redis.AuthenticationError("invalid username-password pair"))
     False

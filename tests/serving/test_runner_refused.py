@@ -46,10 +46,11 @@ def test_a_start_refused_for_a_setting_says_why_in_one_line_and_exits_2(
     assert len(errors) == 1, text
     if workers == 1:
         assert said in errors[0], text
-    else:  # each worker says why, the command that they stopped
+    else:  # a worker says why (the first to fail: uvicorn then stops the others, maybe before
+        # they got as far), the command that they stopped
         assert "the API stopped: " in errors[0], text
-        assert len([line for line in text.splitlines() if "this worker cannot start" in line
-                    and said in line]) == workers, text  # fmt: skip
+        assert 1 <= len([line for line in text.splitlines() if "this worker cannot start" in line
+                         and said in line]) <= workers, text  # fmt: skip
 
 
 def _failed_startup(error: BaseException, *, say: bool) -> tuple[ConfigErrorAtStart, list[str]]:

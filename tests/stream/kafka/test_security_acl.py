@@ -24,8 +24,11 @@ import pytest
 from pydantic import SecretStr
 
 from learners.datasets import dataset_events
+from schemas.errors import KafkaAdapterError
 from schemas.settings import Settings
 from stream.dev.secure import SecureRedis, make_certificates
+from stream.kafka.client import create_topics, open_source, partitions_for
+from stream.kafka.security import kafka_security
 from stream.learner.runtime import snapshot_store
 from tests.support.acl import AclKafkaCluster, parse_acl_line, readme_acl_lines
 from tests.support.cluster import assert_equal_to_river, stop_all
@@ -33,7 +36,7 @@ from tests.support.pipeline import fast, publish, spawn_cli
 from tests.support.waiting import wait_until
 
 DATASET, LIMIT, DELAY, SEED = "synth.Agrawal", 1_000, 50, 23
-USERS = ("riverstream", "nocreate", "nowrite", "nogroup", "revoked")
+USERS = ("riverstream", "nocreate", "nowrite", "nogroup", "revoked", "blinded")
 NOT_AN_OUTAGE = "a configuration error, not an outage; its ACLs must allow it"
 
 
@@ -185,3 +188,74 @@ def _run(s: Settings, args: list[str], log: Path, timeout: float = 120) -> None:
 
 def _wait_stopped(proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
     wait_until(lambda: proc.poll() is not None, timeout, f"{log.stem} to stop", log=log)
+
+
+@pytest.mark.integration
+def test_a_topic_whose_reads_are_denied_is_never_caught_up(acl: Acl) -> None:
+    """While the labels topic's Read is denied, its partitions are not caught up
+    (`end_offsets` leaves them out): the learner's idleness would otherwise take the stale end
+    of the log for reached and let the watermark pass labels not read yet. They count again
+    once the ACL allows the reads (records came from the topic)."""
+    tag = uuid.uuid4().hex[:8]
+    names = {f"topic_{kind}": f"riverstream.b{tag}.{kind}"
+             for kind in ("features", "labels", "dlq", "requests", "predictions")}  # fmt: skip
+    s = as_user(acl, "blinded", redis_prefix=f"bl{tag}", **names)
+    labels = ("Read", "topic", names["topic_labels"], False)
+    acl.kafka.grant("blinded", [labels, ("Read", "topic", names["topic_features"], False),
+                                ("Create", "topic", "riverstream.", True),
+                                ("Write", "topic", "riverstream.", True),
+                                ("Read", "group", f"bl{tag}", True)])  # fmt: skip
+    events = list(dataset_events(DATASET, label_delay=DELAY, limit=200, seed=SEED))
+    assert publish(s, events).sent == len(events)
+    security = kafka_security(s)
+    topics = [names["topic_features"], names["topic_labels"]]
+    positions = {
+        (t, p): 0
+        for t in topics
+        for p in partitions_for(s.kafka_bootstrap_servers, t, security=security)
+    }
+    source = open_source(s.kafka_bootstrap_servers, f"bl{tag}", security=security)
+    try:
+        source.assign(positions)
+        read = dict.fromkeys(positions, 0)
+
+        def take() -> None:
+            for run in source.poll(1000, 0.2):
+                read[(run.topic, run.partition)] = run.offsets[-1] + 1
+
+        def caught_up() -> bool:
+            take()
+            ends = source.end_offsets()
+            return all(tp in ends and read[tp] >= ends[tp] for tp in positions)
+
+        wait_until(caught_up, 60, "every partition read to its end")
+        acl.kafka.revoke("blinded", [labels])
+        more = list(dataset_events(DATASET, label_delay=DELAY, limit=400, seed=SEED))[200:]
+        assert publish(s, more).sent == len(more)
+
+        def denied_and_blind() -> bool:
+            take()
+            ends = source.end_offsets()
+            return not any(tp in ends for tp in positions if tp[0] == names["topic_labels"])
+
+        wait_until(denied_and_blind, 60, "the labels' ends no longer known")
+        assert any(tp in source.end_offsets() for tp in positions
+                   if tp[0] == names["topic_features"])  # fmt: skip
+        acl.kafka.grant("blinded", [labels])
+        wait_until(caught_up, 60, "the labels read again, to their end",
+                   detail=lambda: (read, source.end_offsets()))  # fmt: skip
+    finally:
+        source.close()
+
+
+@pytest.mark.integration
+def test_a_certificate_kafka_python_refuses_is_named_in_the_error(acl: Acl, tmp_path: Path) -> None:
+    """kafka-python says why it cannot bootstrap (here: the brokers' certificate is not signed
+    by the CA given) only in its log lines, which are held back while it bootstraps: the last of
+    them is in the error raised (it said only "Unable to bootstrap")."""
+    other = make_certificates(tmp_path / "other")  # a CA that did not sign the brokers'
+    s = as_user(acl, "riverstream", kafka_ssl_cafile=other.ca)
+    with pytest.raises(KafkaAdapterError) as raised:
+        create_topics(s.kafka_bootstrap_servers, {"riverstream.never": 1},
+                      security=kafka_security(s))  # fmt: skip
+    assert "certificate verify failed" in str(raised.value).lower(), raised.value
