@@ -89,6 +89,12 @@ each minute while it lasts, and when Kafka accepts the credentials again. kafka-
 refused login only as its bootstrap's timeout (3 s here): the brokers are asked beside a
 creation still under way after `stream.kafka.auth.ASK_AFTER_SECONDS`, one question at a time
 (`LoginQuestions`), so that no failure waits for their answer, an outage's included.
+
+**Kafka's ACLs denying a write** (a topic the user may not write) are a configuration error
+too, and no outage: the publish's 503 (reason ``auth``) names the user's setting and the topic
+(`stream.kafka.auth.KafkaAccessError`) and says whether anything else was stored; it is not
+remembered (what may be written goes on), and the log says it, an ERROR each minute. It was
+``not_acknowledged``, "may have been stored", and every request refused for `OUTAGE_SECONDS`.
 """
 
 from __future__ import annotations
@@ -116,7 +122,7 @@ from serving.asgi import read_upto, receive_body, render, replay, replay_whole
 from serving.feedback_graphs import graph_messages
 from serving.inputs import json_type
 from serving.telemetry import ServingMetrics, get_metrics
-from stream.kafka.auth import KafkaAuthError, LoginQuestions, RefusalLog
+from stream.kafka.auth import KafkaAuthError, LoginQuestions, RefusalLog, write_denial
 from stream.kafka.client import EventProducer
 from stream.kafka.security import kafka_security
 
@@ -197,6 +203,7 @@ class Publisher:
         self._creating = threading.Lock()  # held while the producer is created (≤ 3 s)
         self._login = LoginQuestions(self.bootstrap or "", self.security)  # under _creating
         self._refusals = RefusalLog(log, "the closed loop answers 503 until Kafka accepts them")
+        self._denials = RefusalLog(log, "the closed loop answers 503 (auth) for it until they do")
         self._state = threading.Lock()  # guards what follows; never held while waiting
         self._failed: tuple[float, str, str] | None = None
         """The last failure: when, why, and the reason of the 503s it answers meanwhile
@@ -326,6 +333,8 @@ class Publisher:
             if waiting is not None and not waiting.is_done:  # the wait timed out
                 why = f"Kafka did not acknowledge within {timeout:g} s"
             else:
+                if waiting is not None:
+                    self._raise_denied(exc, messages[futures.index(waiting)][0], futures)
                 why = f"Kafka did not acknowledge: {type(exc).__name__}: {exc}"
         else:
             return
@@ -333,6 +342,21 @@ class Publisher:
         raise KafkaUnavailable(
             why, reason="not_acknowledged", maybe_stored=bool(futures), retry_after=_retry_after()
         )
+
+    def _raise_denied(self, exc: BaseException, topic: str, futures: list[Any]) -> None:
+        """`KafkaUnavailable` (``auth``) when ``exc``, the failure of a message to ``topic``,
+        is Kafka's ACLs denying its write, said in the log (`RefusalLog`); what else of
+        ``futures`` was not refused so may be stored."""
+        denial = write_denial(exc, topic, self.bootstrap or "", self.security)
+        if denial is None:
+            return
+        with self._state:
+            self._denials.refused(denial)
+        refused = [f for f in futures if f.is_done and f.failed()]
+        raise KafkaUnavailable(
+            str(denial), reason="auth", maybe_stored=len(refused) < len(futures),
+            retry_after=_retry_after(),
+        )  # fmt: skip
 
     def _producer_or_raise(self, bootstrap: str, since: float) -> EventProducer:
         """The producer, created on first use. A request that waited for another's attempt,

@@ -102,8 +102,17 @@ class KafkaAccessError(KafkaAdapterError, ConfigError):
     """
 
     def __init__(
-        self, bootstrap: str, operation: str, resource: str, security: KafkaSecurity
+        self,
+        bootstrap: str,
+        operation: str,
+        resource: str,
+        security: KafkaSecurity,
+        *,
+        then: str = "",
     ) -> None:
+        """``then``: what it meant for this process (`meaning`), after the message."""
+        self.bootstrap, self.operation, self.resource = bootstrap, operation, resource
+        self.security = security
         user = (
             f"the user of RIVERSTREAM_KAFKA_SASL_USERNAME ({security.username})"
             if security.sasl
@@ -112,8 +121,58 @@ class KafkaAccessError(KafkaAdapterError, ConfigError):
         super().__init__(
             f"Kafka at {bootstrap} does not let {user} {operation} {resource}: a configuration "
             "error, not an outage; its ACLs must allow it (README, Security: the kafka-acls.sh "
-            "lines)"
+            "lines)" + (f"; {then}" if then else "")
         )
+
+    def meaning(self, then: str) -> KafkaAccessError:
+        """This denial, saying what it meant for this process (what was not written, what the
+        process does)."""
+        return KafkaAccessError(
+            self.bootstrap, self.operation, self.resource, self.security, then=then
+        )
+
+
+def read_denial(
+    error: object, topic: str | None, group: str, bootstrap: str, security: KafkaSecurity
+) -> KafkaAccessError | None:
+    """A consumer's ``error`` (of a message from ``topic``, in consumer group ``group``) as the
+    `KafkaAccessError` of a read that Kafka's ACLs deny; None when it is no denial.
+
+    >>> from confluent_kafka import KafkaError
+    >>> from stream.kafka.security import PLAINTEXT
+    >>> error = KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED)
+    >>> read_denial(error, None, "rs", "k1:9092", PLAINTEXT).resource
+    'consumer group rs'
+    """
+    kind = denied(error)
+    if kind is None:
+        return None
+    resource = f"consumer group {group}" if kind == "group" else f"{kind} {topic or ''}".strip()
+    return KafkaAccessError(bootstrap, "read", resource, security)
+
+
+def write_denial(
+    error: object, topic: str | None, bootstrap: str, security: KafkaSecurity
+) -> KafkaAccessError | None:
+    """A producer's ``error`` (of a message to ``topic``) as the `KafkaAccessError` of a write
+    that Kafka's ACLs deny: the topic's, else an idempotent producer's id, which Kafka gives a
+    user with Write on a topic (or IdempotentWrite on the cluster); None when it is no denial.
+
+    >>> from kafka.errors import TopicAuthorizationFailedError
+    >>> from stream.kafka.security import PLAINTEXT
+    >>> error = TopicAuthorizationFailedError("riverstream.dlq")
+    >>> write_denial(error, "riverstream.dlq", "k1:9092", PLAINTEXT).resource
+    'topic riverstream.dlq'
+    """
+    kind = denied(error)
+    if kind is None:
+        return None
+    if kind == "topic":
+        return KafkaAccessError(bootstrap, "write", f"topic {topic}", security)
+    return KafkaAccessError(
+        bootstrap, "write", "any topic (an idempotent producer's id, which Kafka gives for "
+        "Write on a topic or IdempotentWrite on the cluster)", security,
+    )  # fmt: skip
 
 
 def denied(error: object) -> str | None:

@@ -57,36 +57,57 @@ def _asking(bootstrap: str, security: KafkaSecurity) -> dict[str, str | int | fl
     return {"bootstrap.servers": bootstrap, "log_level": 0, **security.librdkafka()}
 
 
-class _Bootstrapping:
-    """kafka-python's loggers (``kafka.*``) held at CRITICAL while `create_topics`'s client
-    bootstraps, which every process does first: each refused try of the login, each try at a
-    broker that is away, was an ERROR line of kafka-python's, dozens of them on stderr above the
-    one error raised that says what failed and which settings to fix (`connect_error`). Its
-    lines once connected are left as they are. Concurrent holds share one: the level is given
-    back when the last ends."""
+class _Bootstrapping(logging.Handler):
+    """kafka-python's lines (``kafka.*``) held back while `create_topics`'s client bootstraps,
+    which every process does first: each refused try of the login, each try at a broker that is
+    away, was an ERROR line of kafka-python's, dozens of them on stderr above the one error
+    raised that says what failed and which settings to fix (`connect_error`). They are kept
+    instead: the only place kafka-python says *why* (a certificate refused, a name not
+    resolved), added to that error (`why`). Its lines once connected are left as they are.
+    Concurrent holds share one: the logger is given back when the last ends."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        super().__init__(logging.WARNING)
+        self._hold = threading.Lock()
         self._holds = 0
-        self._level = logging.NOTSET
+        self._saved = (logging.NOTSET, True)
+        self.said: list[str] = []  # distinct, in order, at most `_KEPT`
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.said and len(self.said) < _KEPT:
+            self.said.append(message)
+
+    def why(self, failed: BaseException) -> str | None:
+        """The last line kept that tells a failure other than ``failed`` itself (logged again),
+        as a connection's (``Connection failed: … CERTIFICATE_VERIFY_FAILED …``); else None."""
+        known = str(failed)
+        told = (m for m in reversed(self.said) if known not in m and "failed" in m.lower())
+        return next(told, None)
 
     @contextlib.contextmanager
     def __call__(self) -> Iterator[None]:
         logger = logging.getLogger("kafka")
-        with self._lock:
+        with self._hold:
             if self._holds == 0:
-                self._level = logger.level
-                logger.setLevel(logging.CRITICAL)
+                self._saved = (logger.level, logger.propagate)
+                self.said = []
+                logger.setLevel(logging.WARNING)
+                logger.propagate = False
+                logger.addHandler(self)
             self._holds += 1
         try:
             yield
         finally:
-            with self._lock:
+            with self._hold:
                 self._holds -= 1
                 if self._holds == 0:
-                    logger.setLevel(self._level)
+                    logger.removeHandler(self)
+                    logger.setLevel(self._saved[0])
+                    logger.propagate = self._saved[1]
 
 
+_KEPT = 50
 _bootstrapping = _Bootstrapping()
 
 
@@ -107,7 +128,12 @@ def create_topics(
                 bootstrap_servers=bootstrap, client_id="rs-admin", **security.kafka_python()
             )
     except KafkaError as exc:
-        raise connect_error(exc, bootstrap, security) from exc
+        error = connect_error(exc, bootstrap, security)
+        why = _bootstrapping.why(exc)
+        if type(error) is KafkaAdapterError and why is not None:
+            error = KafkaAdapterError(f"{error} (kafka-python's last words: {why})")
+        raise error from exc
+    new: list[NewTopic] = []
     try:
         existing = set(admin.list_topics())
         # Replication: the broker's default.replication.factor (-1), so that a replicated
@@ -120,7 +146,7 @@ def create_topics(
         return [t.name for t in new]
     except KafkaError as exc:
         if denied(exc) is not None:
-            names = ", ".join(t.name for t in new)
+            names = ", ".join(t.name for t in new) if new else ", ".join(topics)
             raise KafkaAccessError(bootstrap, "create", f"topics {names}", security) from exc
         raise KafkaAdapterError(f"creating topics failed: {exc}") from exc
     finally:
@@ -222,8 +248,10 @@ class EventProducer:
             self._pending -= 1
             if len(self.errors) < 20:
                 self.errors.append(str(exc))
-            if self.denied is None:  # kafka-python's denial of a topic names it
+            if self.denied is None:  # kafka-python's denial names the topic (or a set of them)
                 topic = exc.args[0] if exc.args else "?"
+                if isinstance(topic, set | frozenset):
+                    topic = ", ".join(sorted(topic))
                 self.denied = write_denial(exc, topic, self._bootstrap, self._security)
             self._settled.notify_all()
 

@@ -15,6 +15,14 @@ goes (``rs.key_bytes``), a passed header goes (``rs.headers_dropped``: how many 
 The headers that say where the original is and why it was refused (``rs.topic``,
 ``rs.partition``, ``rs.offset``, ``rs.reason``) always stay: the original stays in its topic,
 where they point.
+
+Kafka's ACLs denying the dead-letter topic's Write is a configuration error
+(`stream.kafka.auth.KafkaAccessError`), not a delivery that failed: `DeadLetters.flush` raises
+it naming the user's setting, the topic and how many dead letters were not written, and the
+caller must not go on past their records (the learner stops, exit 2, its checkpoint before
+them: started again, it reads them and dead-letters them again). The first dead letter tells
+it: nothing asks at start (Kafka would tell the user its operations on the topic, KIP-430's
+authorized operations, but a start does not ask).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from schemas.errors import KafkaAdapterError, SchemaError
+from stream.kafka.auth import KafkaAccessError
 from stream.kafka.client import Record
 
 MAX_DEAD_LETTER_BYTES = 900_000
@@ -193,6 +202,15 @@ class DeadLetters:
             self.producer.flush()
             self.pending = 0
             lost = self.producer.failed - self._failed_before
+            # A producer that says so (`EventProducer`, the prediction worker's) keeps the
+            # ACLs' denial of a write; a `Sender` need not.
+            denial: KafkaAccessError | None = getattr(self.producer, "denied", None)
+            if lost > 0 and denial is not None:
+                raise denial.meaning(
+                    f"{lost} of {pending} dead letters to {self.topic} were not written, and "
+                    "their records are not passed (read and dead-lettered again once the ACLs "
+                    "allow it)"
+                )
             if lost > 0:
                 raise KafkaAdapterError(
                     f"{lost} of {pending} dead letters to {self.topic} were not delivered"

@@ -1,5 +1,6 @@
 """The worker's producer: answers and dead letters to Kafka, acknowledged (acks=all,
-idempotent), failed deliveries counted so that a batch is answered again rather than lost."""
+idempotent), failed deliveries counted so that a batch is answered again rather than lost, and
+a write that Kafka's ACLs deny kept as such (`denied`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from schemas.errors import KafkaAdapterError
 from schemas.predictions import HEADER_PREFIX
+from stream.kafka.auth import KafkaAccessError, denied, write_denial
 from stream.kafka.security import PLAINTEXT, KafkaSecurity
 
 _QUEUE_FULL_WAIT = 0.05
@@ -71,11 +73,16 @@ class AnswerProducer:
         self.failed = 0
         self.errors: deque[str] = deque(maxlen=20)
         """The newest failed deliveries' errors (what a retry reports)."""
+        self.denied: KafkaAccessError | None = None
+        """Kafka's ACLs denied a delivery's write (the latest such) since `take_failures`."""
+        self._bootstrap, self._security = bootstrap, security
 
-    def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self.failed += 1
             self.errors.append(str(err))
+            if denied(err) is not None:  # the message is read only then
+                self.denied = write_denial(err, msg.topic(), self._bootstrap, self._security)
 
     def send(
         self,
@@ -114,6 +121,6 @@ class AnswerProducer:
             raise KafkaAdapterError(f"{left} messages not acknowledged within {timeout} s")
 
     def take_failures(self) -> int:
-        """Failed deliveries since the last call."""
-        failed, self.failed = self.failed, 0
+        """Failed deliveries since the last call (`denied` forgotten: read it before)."""
+        failed, self.failed, self.denied = self.failed, 0, None
         return failed

@@ -38,6 +38,16 @@ keeps those it authenticated) are said by its consumer's and producer's error ca
 ERROR naming the settings, each minute while it lasts; requests wait in Kafka meanwhile, and
 the worker says when Kafka accepts the credentials again.
 
+Kafka's ACLs denying the worker its consumer group or the requests topic
+(`stream.kafka.auth.KafkaAccessError`, naming ``RIVERSTREAM_KAFKA_SASL_USERNAME``, the operation
+and the resource) stop it before it has read a request (`riverstream predict-worker` exits 2;
+it sat without a request, after one warning); later (an ACL removed under a running worker),
+an ERROR says it each minute while requests wait in Kafka. A write they deny (the predictions
+or the dead-letter topic) fails the batch's deliveries: the batch is not committed and is
+answered again (each second, counted in ``riverstream_predict_batch_retries_total``), nothing
+lost, and an ERROR naming the topic says it each minute (it said "not stored" and Kafka's
+error code each second).
+
 **Delivery: at least once, answers deduplicable by id.** The loop is
 
 1. consume a batch of requests (what is queued, waiting only when nothing is);
@@ -79,7 +89,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from schemas.errors import ConfigError, SchemaError
 from schemas.events import Limits
 from schemas.settings import Settings
-from stream.kafka.auth import KafkaAuthError, LoginWatch, RefusalLog
+from stream.kafka.auth import (
+    KafkaAccessError,
+    KafkaAuthError,
+    LoginWatch,
+    RefusalLog,
+    read_denial,
+)
 from stream.kafka.client import Record, create_topics
 from stream.kafka.deadletter import DeadLetters, message_bytes
 from stream.kafka.security import kafka_security
@@ -138,6 +154,11 @@ class PredictWorker:
         self._login = LoginWatch(self._on_kafka_error)  # the consumer's and the producer's
         self._refusals = RefusalLog(log, "requests wait in Kafka until it accepts them")
         self._login_checked = 0.0
+        self._read_denials = RefusalLog(log, "requests wait in Kafka until they do")
+        self._write_denials = RefusalLog(
+            log, "the batch is answered again until they do, not committed (nothing is lost)"
+        )
+        self._read = False  # a request came: a denied read is no longer a start's
         self.producer = AnswerProducer(bootstrap, security=security, error_cb=self._login)
         self.dead_letters = DeadLetters(self.producer, settings.topic_dlq)
         self.consumer = Consumer(
@@ -259,8 +280,9 @@ class PredictWorker:
             err = m.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume: %s", err)
+                    self._consume_failed(m, err)
                 continue
+            self._read = True
             # A message without an error has its topic, partition and offset.
             tp = cast("tuple[str, int]", (m.topic(), m.partition()))
             offset = cast(int, m.offset())
@@ -300,9 +322,10 @@ class PredictWorker:
                 len(messages),
             )
             return
+        denial = self.producer.denied  # before `take_failures` forgets it
         failed = self.producer.take_failures()
         if failed:
-            self._retry(first, failed)
+            self._retry(first, failed, denial)
             return
         self.stats.batches += 1
         if self.metrics is not None:
@@ -320,6 +343,18 @@ class PredictWorker:
                 self.consumer.commit(offsets=offsets, asynchronous=True)
             except KafkaException as exc:  # not committed: answered again later, never lost
                 log.warning("commit failed (these requests may be answered twice): %s", exc)
+
+    def _consume_failed(self, m: Message, err: KafkaError) -> None:
+        """A consume error: Kafka's ACLs denying the group or the requests topic raise before
+        a request was read (a start's: exit 2), and are said each minute after; others warn."""
+        group = self.settings.predict_group
+        denial = read_denial(err, m.topic(), group, self._bootstrap, self._security)
+        if denial is None:
+            log.warning("consume: %s", err)
+        elif not self._read:
+            raise denial
+        else:
+            self._read_denials.refused(denial)
 
     def _acknowledged(self) -> bool:
         """Wait until the broker has acknowledged (or refused for good) every message sent;
@@ -347,13 +382,19 @@ class PredictWorker:
         self.dead_letters.send(record, error, headers)
         self.stats.dead_lettered += 1
 
-    def _retry(self, first: dict[tuple[str, int], int], failed: int) -> None:
-        """Some messages of the batch were refused for good: answer the batch again."""
-        log.error(
-            "%d answers or dead letters were not stored (%s); answering the batch again",
-            failed,
-            "; ".join(list(self.producer.errors)[-3:]),
-        )
+    def _retry(
+        self, first: dict[tuple[str, int], int], failed: int, denial: KafkaAccessError | None
+    ) -> None:
+        """Some messages of the batch were refused for good: answer the batch again; Kafka's
+        ACLs denying a write (``denial``) is said as such, each minute."""
+        if denial is not None:  # said each minute, not each retry
+            self._write_denials.refused(denial)
+        else:
+            log.error(
+                "%d answers or dead letters were not stored (%s); answering the batch again",
+                failed,
+                "; ".join(list(self.producer.errors)[-3:]),
+            )
         self.stats.retried_batches += 1
         if self.metrics is not None:
             self.metrics.retries.inc()

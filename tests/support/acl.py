@@ -9,12 +9,18 @@ client: Kafka's command-line tools are not among the jars `stream.dev` fetches).
 
 from __future__ import annotations
 
+import contextlib
 import shlex
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream.dev.secure import SecureKafkaCluster
+from pydantic import SecretStr
+
+from schemas.settings import Settings
+from stream.dev.secure import SecureKafkaCluster, SecureRedis, make_certificates
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -47,6 +53,57 @@ class AclKafkaCluster(SecureKafkaCluster):
         from confluent_kafka.admin import AdminClient
 
         return AdminClient({"bootstrap.servers": self.bootstrap, **self.security().librdkafka()})
+
+
+@dataclass
+class AclServices:
+    """An `AclKafkaCluster` and a TLS Redis with an ACL user; ``settings`` connect to both as
+    the Kafka user ``riverstream`` (no ACL of its own until granted)."""
+
+    kafka: AclKafkaCluster
+    settings: Settings
+
+    def as_user(self, user: str, **changes: object) -> Settings:
+        """``settings`` as the Kafka user ``user`` (one of those the services were started
+        with), with ``changes``."""
+        password = SecretStr(self.kafka.users[user])
+        return self.settings.model_copy(
+            update={"kafka_sasl_username": user, "kafka_sasl_password": password, **changes}
+        )
+
+    def topics(self, prefix: str) -> dict[str, str]:
+        """Settings naming riverstream's five topics ``PREFIX.features``, ... (Kafka's ACLs
+        grant them by that prefix)."""
+        kinds = ("features", "labels", "dlq", "requests", "predictions")
+        return {f"topic_{kind}": f"{prefix}.{kind}" for kind in kinds}
+
+
+@contextlib.contextmanager
+def acl_services(tmp_path: Path, users: Iterable[str]) -> Iterator[AclServices]:
+    """`AclServices` with the SCRAM ``users`` (and ``riverstream``), stopped on exit."""
+    base = Settings()
+    certificates = make_certificates(tmp_path / "certs")
+    passwords = {user: uuid.uuid4().hex for user in {"riverstream", *users}}
+    kafka = AclKafkaCluster(tmp_path / "kafka", base.cache_dir.expanduser(), base.kafka_version,
+                            certificates, passwords)  # fmt: skip
+    redis_password = uuid.uuid4().hex
+    server = SecureRedis(tmp_path / "redis", certificates, "app", redis_password)
+    settings = Settings(
+        kafka_bootstrap_servers=kafka.bootstrap, kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="riverstream",
+        kafka_sasl_password=kafka.users["riverstream"], kafka_ssl_cafile=certificates.ca,
+        redis_url=server.url, redis_username="app", redis_password=redis_password,
+        redis_ssl_cafile=certificates.ca, state_dir=tmp_path / "state", partitions=3,
+        learner_metrics_port=0, snapshot_key=f"key-{uuid.uuid4().hex}",
+        watermark_idle_grace=0.2,
+    )  # type: ignore[arg-type]  # fmt: skip
+    try:
+        server.up()
+        kafka.up()
+        yield AclServices(kafka, settings)
+    finally:
+        kafka.stop(graceful=False)
+        server.stop()
 
 
 def _bindings(
