@@ -31,6 +31,7 @@ from stream.kafka.auth import (
     RefusalLog,
     connect_error,
     denied,
+    read_denial,
 )
 from stream.kafka.records import Record, RecordRun
 from stream.kafka.security import PLAINTEXT, KafkaSecurity
@@ -169,17 +170,13 @@ class ConfluentSource:
                 if err.code() == -191:  # _PARTITION_EOF
                     topic = partition = None  # a run maps its indexes onto a slice
                     continue
-                kind = denied(err)
-                if kind is None:
+                denial = read_denial(err, m.topic(), self._group, self._bootstrap, self._security)
+                if denial is None:
                     raise KafkaAdapterError(f"consume failed: {err}")
-                denial = self._denied(
-                    "read", f"consumer group {self._group}" if kind == "group"
-                    else f"{kind} {m.topic() or ''}".strip(),
-                )  # fmt: skip
                 if not self._read:
                     raise denial
                 self._denials.refused(denial)
-                self._denied_topics.add("*" if kind == "group" else m.topic() or "*")
+                self._denied_topics.add("*" if denied(err) == "group" else m.topic() or "*")
                 self._denied_at = time.monotonic()
                 topic = partition = None
                 continue
