@@ -37,7 +37,7 @@ from pathlib import Path
 from schemas.errors import ServiceError
 from stream.dev.kafka_node import MARKER as KAFKA_MARKER
 from stream.dev.kafka_node import KafkaNode, format_kafka_storage, kafka_ready
-from stream.dev.ports import free_port, recorded_ports
+from stream.dev.ports import free_ports, recorded_ports
 from stream.dev.processes import LOCAL, RECORDS, Host, Log, Node, Processes, wait_until
 from stream.dev.redis_ha import SENTINEL_MASTER, RedisHA
 
@@ -124,7 +124,10 @@ class KafkaCluster:
         self.processes = Processes(home, log)
         names = [f"{kind}-{n}" for n in range(1, nodes + 1) for kind in ("broker", "controller")]
         self.ports = recorded_ports(
-            home, lambda: {name: free_port() for name in names}, "kafka cluster", 15.0
+            home,
+            lambda: dict(zip(names, free_ports(len(names)), strict=True)),
+            "kafka cluster",
+            15.0,
         )
 
     @property

@@ -64,12 +64,12 @@ from schemas.errors import RiverstreamError
 from schemas.events import FeatureEvent, LabelEvent
 from schemas.settings import ENV_PREFIX, Settings
 from stream.dev.demo_architectures import OtherArchitectures, Spawn, run_other_architectures
+from stream.dev.ports import free_ports
 from stream.dev.processes import Node, Processes, deferred_signals, pid_alive, start_ticks
 from stream.dev.services import (
     DEMO_OPTION,
     SERVICES,
     ServiceManager,
-    free_port,
     resolve,
     scrape_targets,
     wait_until,
@@ -330,10 +330,18 @@ class Demo:
                 "predict_token": SecretStr(secrets.token_urlsafe(24)),
                 "snapshot_every_labels": 200,
                 "snapshot_every_seconds": 1.0,
-                "serve_port": free_port(),
-                "console_port": free_port(),
-                "learner_metrics_port": free_port(),
-                "predict_metrics_port": free_port(),
+                **dict(
+                    zip(
+                        (
+                            "serve_port",
+                            "console_port",
+                            "learner_metrics_port",
+                            "predict_metrics_port",
+                        ),
+                        free_ports(4),
+                        strict=True,
+                    )
+                ),
                 "watermark_idle_grace": 1.0,
             }
         )

@@ -33,9 +33,24 @@ _LISTEN = "0A"  # TCP state of a listening socket in /proc/net/tcp
 
 def free_port() -> int:
     """A port the kernel has just given out as free (for a service's first start)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports the kernel has just given out as free. Asked for one at a time,
+    two calls can get the same port back (the first is closed before the second is asked): a
+    KRaft node once got its broker and controller listeners on one port. Here every socket is
+    held until all are given.
+
+    >>> a, b, c = free_ports(3)
+    >>> len({a, b, c})
+    3
+    """
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def port_is_free(port: int) -> bool:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stream.dev.ports import free_port, recorded_ports
+from stream.dev.ports import free_ports, recorded_ports
 from stream.dev.processes import (
     LOCAL,
     Host,
@@ -70,7 +70,10 @@ class RedisHA:
         self.start_timeout = start_timeout
         self.hosts = {role: (hosts or {}).get(role, LOCAL) for role in self.ROLES}
         self.ports = recorded_ports(
-            home, lambda: {role: free_port() for role in self.ROLES}, "redis cluster", 15.0
+            home,
+            lambda: dict(zip(self.ROLES, free_ports(len(self.ROLES)), strict=True)),
+            "redis cluster",
+            15.0,
         )
 
     def address(self, role: str) -> tuple[str, int]:

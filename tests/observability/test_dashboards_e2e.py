@@ -30,7 +30,8 @@ from learners.datasets import dataset_events
 from observability import alerts, dashboards
 from schemas.events import FeatureEvent
 from schemas.settings import Settings
-from stream.dev.services import free_port, prometheus_config, wait_until
+from stream.dev.ports import free_ports
+from stream.dev.services import prometheus_config, wait_until
 from stream.kafka.client import EventProducer
 from stream.kafka.publish import Publisher
 from stream.learner.runtime import snapshot_store
@@ -68,8 +69,7 @@ def _query(base: str, expr: str) -> list[dict]:
 def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
     tmp = tmp_path_factory.mktemp("e2e")
     tag = f"e2e{int(time.time() * 1000) % 10**8}"
-    learner_port, api_port, prom_port = free_port(), free_port(), free_port()
-    worker_port = free_port()
+    learner_port, api_port, prom_port, worker_port = free_ports(4)
     settings = Settings(
         kafka_bootstrap_servers=services.kafka_bootstrap_servers,
         redis_url=services.redis_url,

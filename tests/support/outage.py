@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from schemas.settings import Settings
-from stream.dev.ports import PORTS_FILE
+from stream.dev.ports import PORTS_FILE, free_ports
 from stream.dev.services import ServiceManager, ensure_debian_binary, free_port, stop_pid
 from stream.store.snapshots import SnapshotStore
 from tests.support.waiting import wait_until
@@ -35,7 +35,7 @@ def private_kafka(tmp_path: Path) -> Iterator[tuple[ServiceManager, str]]:
     state = tmp_path / "kafka-state"
     manager = ServiceManager(Settings(state_dir=state))
     (state / "kafka").mkdir(parents=True)
-    ports = {"broker": free_port(), "controller": free_port()}
+    ports = dict(zip(("broker", "controller"), free_ports(2), strict=True))
     (state / "kafka" / PORTS_FILE).write_text(json.dumps(ports))
     try:
         yield manager, manager.up(("kafka",))["kafka"].address
