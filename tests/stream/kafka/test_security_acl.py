@@ -17,7 +17,6 @@ import json
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,11 +25,11 @@ from pydantic import SecretStr
 from learners.datasets import dataset_events
 from schemas.errors import KafkaAdapterError
 from schemas.settings import Settings
-from stream.dev.secure import SecureRedis, make_certificates
+from stream.dev.secure import make_certificates
 from stream.kafka.client import create_topics, open_source, partitions_for
 from stream.kafka.security import kafka_security
 from stream.learner.runtime import snapshot_store
-from tests.support.acl import AclKafkaCluster, parse_acl_line, readme_acl_lines
+from tests.support.acl import AclServices, acl_services, parse_acl_line, readme_acl_lines
 from tests.support.cluster import assert_equal_to_river, stop_all
 from tests.support.pipeline import fast, publish, spawn_cli
 from tests.support.waiting import wait_until
@@ -40,39 +39,13 @@ USERS = ("riverstream", "nocreate", "nowrite", "nogroup", "revoked", "blinded")
 NOT_AN_OUTAGE = "a configuration error, not an outage; its ACLs must allow it"
 
 
-@dataclass
-class Acl:
-    kafka: AclKafkaCluster
-    settings: Settings  # as the user ``riverstream``, with the default topic and group names
-
-
 @pytest.fixture(scope="module")
-def acl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acl]:
-    tmp_path = tmp_path_factory.mktemp("acl")
-    base = Settings()
-    certificates = make_certificates(tmp_path / "certs")
-    kafka = AclKafkaCluster(tmp_path / "kafka", base.cache_dir.expanduser(), base.kafka_version,
-                            certificates, {user: uuid.uuid4().hex for user in USERS})  # fmt: skip
-    redis_password = uuid.uuid4().hex
-    server = SecureRedis(tmp_path / "redis", certificates, "app", redis_password)
-    settings = Settings(
-        kafka_bootstrap_servers=kafka.bootstrap, kafka_security_protocol="SASL_SSL",
-        kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="riverstream",
-        kafka_sasl_password=kafka.users["riverstream"], kafka_ssl_cafile=certificates.ca,
-        redis_url=server.url, redis_username="app", redis_password=redis_password,
-        redis_ssl_cafile=certificates.ca, state_dir=tmp_path / "state", partitions=3,
-        learner_metrics_port=0, snapshot_key=f"key-{uuid.uuid4().hex}",
-    )  # type: ignore[arg-type]  # fmt: skip
-    try:
-        server.up()
-        kafka.up()
-        yield Acl(kafka, settings)
-    finally:
-        kafka.stop(graceful=False)
-        server.stop()
+def acl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclServices]:
+    with acl_services(tmp_path_factory.mktemp("acl"), USERS) as services:
+        yield services
 
 
-def as_user(acl: Acl, user: str, **changes: object) -> Settings:
+def as_user(acl: AclServices, user: str, **changes: object) -> Settings:
     password = SecretStr(acl.kafka.users[user])
     return fast(acl.settings, kafka_sasl_username=user, kafka_sasl_password=password, **changes)
 
@@ -80,7 +53,7 @@ def as_user(acl: Acl, user: str, **changes: object) -> Settings:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_the_readme_acls_let_riverstream_create_the_topics_publish_and_learn(
-    acl: Acl, tmp_path: Path
+    acl: AclServices, tmp_path: Path
 ) -> None:
     lines = readme_acl_lines()
     assert len(lines) == 2, lines
@@ -101,7 +74,7 @@ def test_the_readme_acls_let_riverstream_create_the_topics_publish_and_learn(
 @pytest.mark.integration
 @pytest.mark.slow
 def test_acls_denying_a_topic_or_the_group_stop_the_cli_naming_user_operation_and_resource(
-    acl: Acl, tmp_path: Path
+    acl: AclServices, tmp_path: Path
 ) -> None:
     """``topics create`` without Create, ``publish features`` with Write on the labels topic
     only, ``learn`` without the group: each exits 2 with the message."""
@@ -147,7 +120,7 @@ def test_acls_denying_a_topic_or_the_group_stop_the_cli_naming_user_operation_an
 @pytest.mark.integration
 @pytest.mark.slow
 def test_a_read_denied_under_a_running_learner_is_logged_and_waited_out(
-    acl: Acl, tmp_path: Path
+    acl: AclServices, tmp_path: Path
 ) -> None:
     """The features topic's Read removed while the learner runs: an ERROR naming the user, the
     operation and the topic, and the learner runs on (it stopped on "consume failed")."""
@@ -191,7 +164,7 @@ def _wait_stopped(proc: subprocess.Popen[bytes], timeout: float, log: Path) -> N
 
 
 @pytest.mark.integration
-def test_a_topic_whose_reads_are_denied_is_never_caught_up(acl: Acl) -> None:
+def test_a_topic_whose_reads_are_denied_is_never_caught_up(acl: AclServices) -> None:
     """While the labels topic's Read is denied, its partitions are not caught up
     (`end_offsets` leaves them out): the learner's idleness would otherwise take the stale end
     of the log for reached and let the watermark pass labels not read yet. They count again
@@ -249,7 +222,9 @@ def test_a_topic_whose_reads_are_denied_is_never_caught_up(acl: Acl) -> None:
 
 
 @pytest.mark.integration
-def test_a_certificate_kafka_python_refuses_is_named_in_the_error(acl: Acl, tmp_path: Path) -> None:
+def test_a_certificate_kafka_python_refuses_is_named_in_the_error(
+    acl: AclServices, tmp_path: Path
+) -> None:
     """kafka-python says why it cannot bootstrap (here: the brokers' certificate is not signed
     by the CA given) only in its log lines, which are held back while it bootstraps: the last of
     them is in the error raised (it said only "Unable to bootstrap")."""
