@@ -64,8 +64,11 @@ for i = 6, #ARGV do
 end
 for i = 6, #ARGV do redis.call('SET', KEYS[i - 2], me) end
 redis.call('SADD', KEYS[2], me)
-local epoch = redis.call('HINCRBY', KEYS[3], 'epoch', 1)
-redis.call('HSET', KEYS[3], 'started_at', ARGV[3], 'host', ARGV[4], 'pid', ARGV[5])
+local now = redis.call('TIME')
+local epoch = math.max((tonumber(redis.call('HGET', KEYS[3], 'epoch')) or 0) + 1,
+                       tonumber(now[1]) * 1000000 + tonumber(now[2]))
+redis.call('HSET', KEYS[3], 'epoch', string.format('%.0f', epoch), 'started_at', ARGV[3],
+           'host', ARGV[4], 'pid', ARGV[5])
 return {epoch}
 """
 
@@ -108,7 +111,13 @@ def claim(client: redis.Redis, keys: RedisKeys, learner: str, models: list[str])
     next epoch, returned: its fencing token. Any process of the learner that started before
     then can write no snapshot and acknowledge no command any more
     (`stream.store.snapshots.FencedError`): of two processes of one name, the newest learns
-    (a learner restarted after a kill -9 takes over from its dead predecessor)."""
+    (a learner restarted after a kill -9 takes over from its dead predecessor).
+
+    The epoch is the one before plus one, or the server's clock in microseconds when that is
+    more: a claim made after the epoch hash was lost (evicted, deleted, or gone back to an
+    older epoch by a failover) still outranks every process that started before it, and the
+    newest process puts its epoch back in the hash at its next write
+    (`stream.store.snapshots.FENCE_LUA`)."""
     check_learner_name(learner)
     script = client.register_script(_CLAIM)
     try:

@@ -25,21 +25,23 @@ import redis
 
 from schemas.records import RollbackCommand
 from stream.store.keys import DEFAULT_LEARNER, RedisKeys
-from stream.store.snapshots import fenced_error, wrapped
+from stream.store.snapshots import FENCE_LUA, fence_owner, fenced_error, this_process, wrapped
 
-# KEYS: the command list, the learner's epoch hash. ARGV: the process's epoch ('' : none), then
-# the commands read. Removes them (LREM, one each) unless a newer epoch holds the hash: then it
-# removes nothing and returns the hash's fields (`FENCE_FIELDS`); else {}.
-_ACK = """
+# KEYS: the command list, the learner's epoch hash. ARGV: the process's epoch, started_at, host
+# and pid (`fence_owner`; '' four times: none), then the commands read. Removes them (LREM, one
+# each) unless a newer epoch holds the hash: then it removes nothing and returns the hash's
+# fields (`FENCE_FIELDS`); else {} (a hash that lost this epoch gets it back: `FENCE_LUA`).
+_ACK = (
+    FENCE_LUA
+    + """
 if ARGV[1] ~= '' then
-  local fence = redis.call('HMGET', KEYS[2], 'epoch', 'started_at', 'host', 'pid')
-  if fence[1] and tonumber(fence[1]) and tonumber(fence[1]) > tonumber(ARGV[1]) then
-    return fence
-  end
+  local newer = fence(KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+  if newer then return newer end
 end
-for i = 2, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+for i = 5, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
 return {}
 """
+)
 
 
 class CommandQueue:
@@ -58,6 +60,7 @@ class CommandQueue:
         self._learner = learner
         self.epoch = epoch
         """The learner process's fencing token: `ack` refuses once a newer process started."""
+        self._process = this_process()
         self._read: list[Any] = []  # the commands as `peek` read them, for `ack`
 
     def peek(self) -> list[RollbackCommand]:
@@ -71,9 +74,9 @@ class CommandQueue:
         if not n:
             return
         done = self._read[:n]
-        epoch = "" if self.epoch is None else str(self.epoch)
+        owner = [""] * 4 if self.epoch is None else fence_owner(self.epoch, self._process)
         with wrapped("acknowledging learner commands"):
-            fence = self.client.eval(_ACK, 2, self.key, self._epoch_key, epoch, *done)
+            fence = self.client.eval(_ACK, 2, self.key, self._epoch_key, *owner, *done)
         if fence and self.epoch is not None:
             refused = fenced_error(self._learner, self.epoch, list(fence))
             if refused is not None:

@@ -40,19 +40,19 @@ from learners.serialization import load_signed, sha256_hex
 from schemas.errors import SnapshotError, SnapshotIntegrityError
 from schemas.records import JsonRecord, SnapshotMeta, river_version
 from stream.store.keys import Notification, served_version
-from stream.store.snapshots import wrapped
+from stream.store.snapshots import FENCE_LUA, fence_owner, wrapped
 
 if TYPE_CHECKING:
     from stream.store.snapshots import SnapshotStore
 
 # KEYS: pin, promoted, latest, policy, commands, live, the learner's epoch hash.
-# ARGV: base version, meta JSON, signed blob, channel, notification JSON, the writing process's
-# epoch ('': not checked).
-LIVE_WRITE = """
-if ARGV[6] ~= '' then
-  local newest = tonumber(redis.call('HGET', KEYS[7], 'epoch'))
-  if newest and newest > tonumber(ARGV[6]) then return 0 end
-end
+# ARGV: base version, meta JSON, signed blob, channel, notification JSON, then the writing
+# process's epoch, started_at, host and pid (`fence_owner`; '' four times: not checked; a hash
+# that lost the epoch gets it back: `FENCE_LUA`).
+LIVE_WRITE = (
+    FENCE_LUA
+    + """
+if ARGV[6] ~= '' and fence(KEYS[7], ARGV[6], ARGV[7], ARGV[8], ARGV[9]) then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local policy = redis.call('GET', KEYS[4])
 if policy then
@@ -66,6 +66,7 @@ redis.call('HSET', KEYS[6], 'meta', ARGV[2], 'blob', ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 """
+)
 
 
 @dataclass(frozen=True)
@@ -166,12 +167,13 @@ class LiveStore:
         ``version`` is not the one served, or a newer process of the learner started)."""
         k = self.keys
         note = Notification(model, version, "live").to_json()
-        epoch = "" if self.store.epoch is None else self.store.epoch
+        store = self.store
+        owner = [""] * 4 if store.epoch is None else fence_owner(store.epoch, store.process)
         with wrapped(f"live update of {model}"):
             done = self._write(
                 keys=[k.pin(model), k.promoted(model), k.latest(model), k.policy(model),
                       k.commands, k.live(model), k.epoch],
-                args=[version, meta.to_json(), blob, k.live_channel, note, epoch],
+                args=[version, meta.to_json(), blob, k.live_channel, note, *owner],
             )  # fmt: skip
         return bool(done)
 

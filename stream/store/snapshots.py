@@ -24,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 import re
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Self, cast
@@ -89,7 +91,32 @@ return {owners, types, fence}
 
 FENCE_FIELDS = ("epoch", "started_at", "host", "pid")
 """The fields of a learner's epoch hash (`RedisKeys.epoch`), written by
-`stream.registry.owners.claim` when a learner process starts."""
+`stream.registry.owners.claim` when a learner process starts (and by `FENCE_LUA` when the
+newest process finds its epoch gone)."""
+
+FENCE_LUA = """
+local function fence(key, mine, started, host, pid)
+  local held = redis.call('HMGET', key, 'epoch', 'started_at', 'host', 'pid')
+  local epoch = tonumber(held[1])
+  if epoch and epoch > tonumber(mine) then return held end
+  if not epoch or epoch < tonumber(mine) then
+    redis.call('HSET', key, 'epoch', mine, 'started_at', started, 'host', host, 'pid', pid)
+  end
+  return false
+end
+"""
+"""The fence as a Lua function for the scripts that write for a learner process: ``fence(the
+epoch hash, this process's epoch, its started_at, host, pid)`` returns the hash's fields
+(`FENCE_FIELDS`) when a newer process holds it (the write must not happen), else false.
+
+A hash that lost this process's epoch (the key evicted or deleted, or a Redis failover that
+lost the claim's write and went back to an older epoch) gets it back, so that an older process
+still running finds itself fenced at its next write instead of writing beside the newest: a
+lower or missing epoch never lets two processes of one learner write. The claim itself takes an
+epoch above the server's clock in microseconds (`stream.registry.owners.claim`), so a process
+that claims after the hash was lost still outranks every process started before it."""
+
+_FENCE_RESTORE = FENCE_LUA + "return fence(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])"
 
 
 class UnreadableModelName(str):
@@ -278,10 +305,38 @@ class FencedError(SnapshotError):
     acknowledge each other's commands."""
 
 
+def lost_epoch(mine: int, fields: list[Any] | None) -> bool:
+    """Whether the epoch hash read as ``fields`` lost the epoch ``mine`` of the newest process
+    (gone, or older: see `FENCE_LUA`), so that the write puts it back. ``None``: the key holds
+    no hash (something else writes into the prefix), which is left alone.
+
+    >>> lost_epoch(3, [None, None, None, None]), lost_epoch(3, [b"2", b"1.0", b"h", b"1"])
+    (True, True)
+    >>> lost_epoch(3, [b"3", b"1.0", b"h", b"1"]), lost_epoch(3, [b"4"]), lost_epoch(3, None)
+    (False, False, False)
+    """
+    if not fields:
+        return False
+    raw = fields[0]
+    return raw is None or not raw.isdigit() or int(raw) < mine
+
+
+def fence_owner(epoch: int, process: tuple[str, int]) -> list[str]:
+    """The ``epoch``, ``started_at``, ``host`` and ``pid`` that the process ``(host, pid)`` puts
+    back in its epoch hash (`FENCE_LUA`'s arguments after the key): the time is now."""
+    return [str(epoch), repr(time.time()), process[0], str(process[1])]
+
+
+def this_process() -> tuple[str, int]:
+    """``(host, pid)`` of the process asking: what its epoch hash names (`fence_owner`). Read when
+    a store is made, so that a snapshot's forked child names its learner, not itself."""
+    return socket.gethostname(), os.getpid()
+
+
 def fenced_error(learner: str, mine: int, fields: list[Any] | None) -> FencedError | None:
     """The `FencedError` of the process of ``learner`` holding epoch ``mine`` when its epoch
     hash holds ``fields`` (`FENCE_FIELDS`, as read), or None if that process is still the
-    newest (or the hash is gone: then nothing tells, and it goes on).
+    newest (or the hash lost its epoch: `lost_epoch`, then the writer puts it back).
 
     >>> fenced_error("a", 3, [b"3", b"1.0", b"h", b"1"]) is None, fenced_error("a", 3, None)
     (True, None)
@@ -409,8 +464,10 @@ class SnapshotStore:
         self.wait_replicas = wait_replicas
         self.epoch = epoch
         """The learner process's fencing token (`stream.registry.owners.claim`): with one,
-        `write` refuses with `FencedError` once a newer process of the learner started. None
-        (the registry, the tools): not checked."""
+        `write` refuses with `FencedError` once a newer process of the learner started (and
+        puts it back in a hash that lost it, `FENCE_LUA`). None (the registry, the tools): not
+        checked."""
+        self.process = this_process()
 
     def using(self, client: redis.Redis) -> SnapshotStore:
         """This store (prefix, key, learner) on another ``client``: one with other timeouts."""
@@ -475,7 +532,7 @@ class SnapshotStore:
         # models: a small model's snapshot is mostly waiting on them (`bench/snapshot_writer.py`).
         with wrapped(f"write version {version}"), self.client.pipeline(transaction=True) as tx:
             # watched from here; no chunks for nothing
-            self._check_owners(tx, list(models), self._typed(models, trace is not None))
+            lost = self._check_owners(tx, list(models), self._typed(models, trace is not None))
             # 1. chunks, in one round trip on the transaction's watching connection
             sets: list[tuple[Any, ...]] = []
             for name, (blob, meta) in models.items():
@@ -497,6 +554,8 @@ class SnapshotStore:
                 sha256=sha256_hex(checkpoint), chunks=cp_chunks, offsets=dict(offsets),
             )  # fmt: skip
             tx.multi()
+            if lost and self.epoch is not None:  # put back (the hash is watched: still ours)
+                tx.eval(_FENCE_RESTORE, 1, self.keys.epoch, *fence_owner(self.epoch, self.process))
             for name, meta in metas.items():
                 tx.set(self.keys.meta(name, version), meta.to_json())
                 tx.zadd(self.keys.versions(name), {str(version): version})
@@ -538,17 +597,19 @@ class SnapshotStore:
 
     def _check_owners(
         self, tx: Any, models: list[str], typed: Mapping[str, bytes] | None = None
-    ) -> None:
+    ) -> bool:
         """Check that the owners of ``models`` are this store's learner (or unset, for the
         learner ``default``) and, with an `epoch`, that no newer process of the learner started
         (`FencedError`); with a transaction ``tx``, WATCH them (and the epoch) first: its EXEC
         then fails if one changes meanwhile. ``typed``: keys whose type is checked in the same
-        round trip (`_typed`); one of another type raises `SnapshotError` naming it."""
+        round trip (`_typed`); one of another type raises `SnapshotError` naming it. Returns
+        whether the epoch hash lost this process's epoch (`lost_epoch`): the write puts it
+        back."""
         owner_keys = [self.keys.owner(name) for name in models]
         fenced = self.epoch is not None
         watched = [*owner_keys, self.keys.epoch] if fenced else owner_keys
         if not watched and not typed:
-            return
+            return False
         reader = tx
         if isinstance(tx, redis.client.Pipeline):
             if watched:  # from here the pipeline runs each command at once, watching
@@ -583,6 +644,7 @@ class SnapshotStore:
                     f"model {name} is owned by learner {owner!r}, not {mine!r}: "
                     "it was handed over (`riverstream snapshots handover`)"
                 )
+        return self.epoch is not None and lost_epoch(self.epoch, fence)
 
     def _queue_chunks(
         self, sets: list[tuple[Any, ...]], blob: bytes, key_of: Callable[[int], str]

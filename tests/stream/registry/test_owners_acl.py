@@ -48,7 +48,8 @@ def test_a_learner_whose_acl_user_may_not_use_its_keys_does_not_start(
     assert KEYS_DENIED in message and "not an outage" in message, message
     assert all(name in message for name in SETTINGS) and password not in message
     allowed, _ = client_of(private_redis, f"~{PREFIX}:*")
-    assert claim(allowed, keys, "default", ["lr"]) == 1
+    epoch = claim(allowed, keys, "default", ["lr"])  # the README's rule: its keys, TIME
+    assert allowed.hget(keys.epoch, "epoch") == str(epoch).encode()
 
 
 def test_a_registry_operation_denied_names_the_settings(private_redis: PrivateRedis) -> None:

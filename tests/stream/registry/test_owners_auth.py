@@ -32,7 +32,8 @@ def test_a_learner_whose_credentials_redis_refuses_does_not_start(
     assert message.startswith("claiming models ['lr'] for learner 'default': Redis refused")
     assert "RIVERSTREAM_REDIS_PASSWORD" in message and "not an outage" in message
     right = redis_client(Settings(redis_url=locked_redis.url, redis_password=locked_redis.password))
-    assert claim(right, keys, "default", ["lr"]) == 1
+    epoch = claim(right, keys, "default", ["lr"])
+    assert right.hget(keys.epoch, "epoch") == str(epoch).encode()
 
 
 def test_a_registry_operation_refused_names_the_settings(locked_redis: PrivateRedis) -> None:
