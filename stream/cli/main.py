@@ -25,6 +25,7 @@ from stream.cli.snapshots import snapshots_app
 from stream.cli.terminal import print_error, print_text
 from stream.cli.views import register as register_views
 from stream.dev import services as svc
+from stream.dev.processes import EndOnSignal, Signalled
 
 if TYPE_CHECKING:
     from stream.kafka.publish import Kind
@@ -85,17 +86,30 @@ def services_up(
         ),
     ] = False,
 ) -> None:
-    """Start the local services (idempotent) and wait until they answer."""
+    """Start the local services (idempotent) and wait until they answer. Interrupted (Ctrl-C,
+    SIGTERM, SIGHUP), it leaves nothing running that `services down` cannot stop."""
     settings = Settings()
     manager = svc.ServiceManager(settings, log=lambda m: print_text(m, console, style="dim"))
-    if cluster:
-        from stream.dev.cluster import cluster_up
+    with EndOnSignal():
+        try:
+            if cluster:
+                from stream.dev.cluster import cluster_up
 
-        manager.up(("prometheus",))
-        cluster_up(manager.state_dir, manager.cache_dir, settings.kafka_version, manager.log)
-    else:
-        manager.up(tuple(names or svc.SERVICES))
-    _print_status(manager, as_json=False)
+                manager.up(("prometheus",))
+                cluster_up(
+                    manager.state_dir, manager.cache_dir, settings.kafka_version, manager.log
+                )
+            else:
+                manager.up(tuple(names or svc.SERVICES))
+            _print_status(manager, as_json=False)
+        except Signalled as exc:
+            print_text(
+                f"{exc}: services up stopped; what runs is recorded "
+                "(`riverstream services status` shows it, `riverstream services down` stops it)",
+                console,
+                style="yellow",
+            )
+            raise
 
 
 @services_app.command("down")

@@ -211,7 +211,9 @@ def _kafka_cluster(state_dir: Path, cache_dir: Path, version: str, log: Log) -> 
 
 def cluster_up(state_dir: Path, cache_dir: Path, version: str, log: Log) -> dict[str, str]:
     """Start (or complete) the replicated Kafka and Redis of ``state_dir``; their endpoints,
-    also written to ``cluster.json`` where `cluster_endpoints` reads them."""
+    also written to ``cluster.json`` where `cluster_endpoints` reads them. Each node is recorded
+    as it is spawned (`Processes.spawn`): interrupted (Ctrl-C, or SIGTERM and SIGHUP under
+    `stream.dev.processes.EndOnSignal`), it leaves every node it started for `cluster_down`."""
     kafka = _kafka_cluster(state_dir, cache_dir, version, log)
     kafka.up()
     log(f"kafka cluster ready at {kafka.bootstrap}")

@@ -53,7 +53,6 @@ import webbrowser
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
 from typing import Any
 
 import httpx
@@ -65,7 +64,15 @@ from schemas.events import FeatureEvent, LabelEvent
 from schemas.settings import ENV_PREFIX, Settings
 from stream.dev.demo_architectures import OtherArchitectures, Spawn, run_other_architectures
 from stream.dev.ports import free_ports
-from stream.dev.processes import Node, Processes, deferred_signals, pid_alive, start_ticks
+from stream.dev.processes import (
+    EndOnSignal,
+    Node,
+    Processes,
+    Signalled,
+    deferred_signals,
+    pid_alive,
+    start_ticks,
+)
 from stream.dev.services import (
     DEMO_OPTION,
     SERVICES,
@@ -253,48 +260,6 @@ def _child_env(settings: Settings) -> dict[str, str]:
     return {**os.environ, **settings.to_environment()}
 
 
-class Signalled(SystemExit):
-    """The demo was sent SIGTERM or SIGHUP: it ends as on Ctrl-C, its cleanup run, with the exit
-    status of a process killed by ``signum`` (128 + its number)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(128 + signum)
-        self.signum = signum
-
-    def __str__(self) -> str:
-        return signal.Signals(self.signum).name
-
-
-class _EndOnSignal:
-    """While entered (in the main thread), SIGTERM and SIGHUP raise `Signalled`: without it,
-    either killed the demo at once, its processes left running in their own sessions. Inside
-    `deferred_signals` a signal (Ctrl-C too) waits for the block's end, so that a process
-    started is recorded, and a cleanup begun is finished; a second signal is ignored (the first
-    one's cleanup runs)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self) -> None:
-        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
-        self._received: int | None = None
-
-    def __enter__(self) -> _EndOnSignal:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self._received is None:
-            self._received = signum
-            raise Signalled(signum)
-
-
 class Demo:
     def __init__(self, options: DemoOptions, log: Callable[[str], None] = lambda _m: None) -> None:
         self.options = options
@@ -305,7 +270,7 @@ class Demo:
         self.tag = ""
         self.home: Path | None = None
         """``<state_dir>/demos/<tag>``, this demo's record (see the module's docstring)."""
-        self._signals = _EndOnSignal()
+        self._signals = EndOnSignal()
         self._logs: dict[str, Path] = {}
         self._named: dict[str, tuple[subprocess.Popen[bytes], list[str], int]] = {}
         """The long-running children by name: process, arguments and the port it serves."""
@@ -672,6 +637,6 @@ def describe(summary: DemoSummary) -> list[str]:
 
 
 __all__ = [
-    "Demo", "DemoOptions", "DemoSummary", "KeptDemo", "Signalled", "describe", "kept_env",
-    "kept_lines", "stop_kept",
+    "Demo", "DemoOptions", "DemoSummary", "KeptDemo", "describe", "kept_env", "kept_lines",
+    "stop_kept",
 ]  # fmt: skip

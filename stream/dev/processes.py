@@ -11,7 +11,9 @@ later command finds and stops them), each checked by a marker in its command lin
 signal is sent: a pid that the kernel gave to another program since is left alone.
 
 `deferred_signals` holds Ctrl-C, SIGTERM and SIGHUP while a process is spawned and recorded (a
-process started in a session of its own outlives the command that started it).
+process started in a session of its own outlives the command that started it). `EndOnSignal`
+turns SIGTERM and SIGHUP into an exception, `Signalled`, as Ctrl-C is one: a command that starts
+processes (the demo, `riverstream services up`) then stops or records them before it ends.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
+from types import FrameType, TracebackType
 from typing import Any
 
 from schemas.errors import ServiceError
@@ -107,6 +109,48 @@ def deferred_signals() -> Iterator[None]:
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         if received:
             signal.raise_signal(received[0])
+
+
+class Signalled(SystemExit):
+    """The command was sent SIGTERM or SIGHUP (`EndOnSignal`): it ends as on Ctrl-C, its cleanup
+    run, with the exit status of a process killed by ``signum`` (128 + its number)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+class EndOnSignal:
+    """While entered (in the main thread), SIGTERM and SIGHUP raise `Signalled`: without it,
+    either killed the command at once, the processes it had started left running in their own
+    sessions (one not yet recorded, where nothing could find it). Inside `deferred_signals` a
+    signal (Ctrl-C too) waits for the block's end, so that a process started is recorded, and a
+    cleanup begun is finished; a second signal is ignored (the first one's cleanup runs)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
+        self._received: int | None = None
+
+    def __enter__(self) -> EndOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self._received is None:
+            self._received = signum
+            raise Signalled(signum)
 
 
 def pid_alive(pid: int) -> bool:
@@ -208,18 +252,18 @@ class Processes:
     def spawn(
         self, name: str, argv: list[str], cwd: Path, port: int, marker: str, host: Host = LOCAL
     ) -> Node:
-        """Start ``argv`` on ``host`` (behind its prefix) in a session of its own."""
+        """Start ``argv`` on ``host`` (behind its prefix) in a session of its own, and record
+        it before a signal can end the command (`deferred_signals`)."""
         cwd.mkdir(parents=True, exist_ok=True)
         log_path = cwd / f"{name}.log"
-        with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen(
-                [*host.prefix, *argv], cwd=cwd, stdin=subprocess.DEVNULL, stdout=log_file,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        node = Node(name, proc.pid, port, str(log_path), marker)
-        records = self.records()
-        records[name] = node
-        self._save(records)
+        with deferred_signals():
+            with open(log_path, "ab") as log_file:
+                proc = subprocess.Popen(
+                    [*host.prefix, *argv], cwd=cwd, stdin=subprocess.DEVNULL, stdout=log_file,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                )  # fmt: skip
+            node = Node(name, proc.pid, port, str(log_path), marker)
+            self.add(node)
         return node
 
     def add(self, node: Node) -> None:

@@ -3,12 +3,13 @@
 No Docker is needed. `ServiceManager.up` obtains each server (Kafka's jars from Maven Central into
 a cache directory, redis-server and prometheus from Debian's packages), starts it on 127.0.0.1,
 waits for it to answer within a deadline and records its pid and address in
-``<state_dir>/services.json``: a server whose start fails or is interrupted (Ctrl-C) is killed,
-never left running unrecorded. Calling `up` twice is harmless; a record whose process died is
-cleaned up and the service started again *in place*: on the ports chosen at its first start
-(`stream.dev.ports`) and with its data (the Kafka node, in `stream.dev.kafka_node`, is formatted
-only when its data directory does not exist). `down` stops by pid (checking the pid is still
-ours); ``down --purge`` also deletes the data and the recorded ports.
+``<state_dir>/services.json``: a server whose start fails or is interrupted (Ctrl-C, or SIGTERM
+and SIGHUP under `stream.dev.processes.EndOnSignal`) is killed, never left running unrecorded.
+Calling `up` twice is harmless; a record whose process died is cleaned up and the service
+started again *in place*: on the ports chosen at its first start (`stream.dev.ports`) and with
+its data (the Kafka node, in `stream.dev.kafka_node`, is formatted only when its data directory
+does not exist). `down` stops by pid (checking the pid is still ours); ``down --purge`` also
+deletes the data and the recorded ports.
 
 Prometheus scrapes what riverstream runs here and evaluates its alert rules: its configuration
 (``<state_dir>/prometheus/prometheus.yml``, written at every `up`) loads a copy of
@@ -209,9 +210,10 @@ class ServiceManager:
     def _start(self, name: str, launch: _Launch, records: dict[str, ServiceRecord]) -> None:
         """Spawn ``launch`` in a session of its own, wait until it is ready, then add it to
         ``records`` and save them. Never a service left running unrecorded: what raises while
-        it starts (a failure, Ctrl-C, a signal the caller turns into an exception) kills it, and
-        a signal that arrives between its spawn and that guard, or between its readiness and
-        its record, waits for them (`deferred_signals`)."""
+        it starts (a failure, Ctrl-C, a signal the caller turns into an exception: SIGTERM and
+        SIGHUP under `EndOnSignal`) kills it, and a signal that arrives between its spawn and
+        that guard, or between its readiness and its record, waits for them
+        (`deferred_signals`)."""
         log_path = launch.home / f"{name}.log"
         proc: subprocess.Popen[bytes] | None = None
         with contextlib.ExitStack() as recording:

@@ -73,7 +73,11 @@ def gate_then_signal(
     assert found and harness.poll() is None, f"ended before its gate ({harness.returncode})"
     pid = int(announce.read_text())
     os.kill(harness.pid, signum)
-    wait_until(lambda: signum not in pending_signals(harness.pid), 30, "the signal delivered")
+    wait_until(  # or killed by it (a zombie may still show it pending)
+        lambda: harness.poll() is not None or signum not in pending_signals(harness.pid),
+        30,
+        "the signal delivered",
+    )
     assert harness.stdin is not None
     with contextlib.suppress(BrokenPipeError):  # ended at the signal: nothing left to let go
         harness.stdin.write(b"go\n")

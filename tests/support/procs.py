@@ -6,6 +6,8 @@ production code:
 - `live_with_env`: the live processes whose environment holds one variable, for example a
   test's unique ``RIVERSTREAM_REDIS_PREFIX``. A process forked by the learner (its snapshot
   child) inherits the environment, so this finds it even after it was re-parented.
+- `live_in`: the live processes that run in a directory or name it in their command line (what
+  a private state directory's services left running).
 - `children`, `cmdline`: the live children of a process (a learner's snapshot child, uvicorn's
   workers) and what they run.
 - `pending_signals`: the signals sent to a process and not yet delivered (a test that signals a
@@ -159,3 +161,20 @@ def _fd_links(pid: int) -> Iterator[str]:
             yield os.readlink(entry.path)
         except (FileNotFoundError, ProcessLookupError):
             continue
+
+
+def live_in(directory: Path) -> list[int]:
+    """Live processes that run in ``directory`` (their working directory is in it) or name it
+    in their command line: what a state directory's services left running, even a server that
+    rewrites its title (Redis' shows its address only, but it runs in its data directory)."""
+    root = str(directory.resolve())
+    found = []
+    for pid in _pids():
+        try:
+            cwd = os.readlink(PROC / str(pid) / "cwd")
+        except (PermissionError, FileNotFoundError, ProcessLookupError):
+            cwd = ""
+        inside = cwd == root or cwd.startswith(f"{root}/")
+        if (inside or any(root in part for part in cmdline(pid))) and alive(pid):
+            found.append(pid)
+    return sorted(found)
