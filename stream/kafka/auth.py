@@ -25,7 +25,9 @@ client says it in its own way (kafka-python an ``AuthorizationError`` or, for an
 producer's id, a bare ``KafkaError`` quoting one; librdkafka a ``*_AUTHORIZATION_FAILED`` code),
 and riverstream said "creating topics failed: <the whole request>", counted a publish's records
 as failed without saying why, or stopped a learner on "consume failed". `denied` reads either;
-`KafkaAccessError` names the user, the operation and the resource.
+`KafkaAccessError` names the user, the operation and the resource. Kafka also tells a client
+its own operations on a topic (KIP-430): `write_refusal` reads a write's denial there before
+any write is tried (the learner's dead-letter topic, at start).
 
 Kafka keeps the connections it authenticated: credentials that stop working under a running
 process (a password changed, a user deleted) are refused at its next connection, which the
@@ -39,7 +41,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from schemas.errors import ConfigError, KafkaAdapterError
@@ -173,6 +175,25 @@ def write_denial(
         bootstrap, "write", "any topic (an idempotent producer's id, which Kafka gives for "
         "Write on a topic or IdempotentWrite on the cluster)", security,
     )  # fmt: skip
+
+
+def write_refusal(
+    operations: Collection[str] | None, topic: str, bootstrap: str, security: KafkaSecurity
+) -> KafkaAccessError | None:
+    """The `KafkaAccessError` of a write to ``topic`` when ``operations``, what Kafka says its
+    ACLs allow this process's user on it (KIP-430's authorized operations, by confluent-kafka's
+    ``AclOperation`` names), has neither ``WRITE`` nor ``ALL``; None when it has, or when the
+    brokers do not say (None: no authorizer that tells, or a broker too old to).
+
+    >>> from stream.kafka.security import PLAINTEXT
+    >>> write_refusal(["READ", "DESCRIBE"], "rs.dlq", "k1:9092", PLAINTEXT).operation
+    'write'
+    >>> write_refusal(["DESCRIBE", "WRITE"], "rs.dlq", "k1:9092", PLAINTEXT) is None
+    True
+    """
+    if operations is None or not {"WRITE", "ALL"}.isdisjoint(operations):
+        return None
+    return KafkaAccessError(bootstrap, "write", f"topic {topic}", security)
 
 
 def denied(error: object) -> str | None:

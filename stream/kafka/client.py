@@ -33,6 +33,7 @@ from stream.kafka.security import PLAINTEXT, KafkaSecurity
 __all__ = [  # the records and the consumer live in their own modules; imported from here too
     "ConfluentSource", "EventProducer", "Record", "RecordRun", "RecordSource", "broker_ready",
     "create_topics", "group_by_partition", "open_source", "partitions_for", "read_all",
+    "topic_operations",
 ]  # fmt: skip
 
 
@@ -169,6 +170,41 @@ def partitions_for(bootstrap: str, topic: str, *, security: KafkaSecurity = PLAI
     if info is None or info.error is not None:
         raise KafkaAdapterError(f"topic {topic} not found: {info.error if info else 'missing'}")
     return sorted(info.partitions)
+
+
+OPERATIONS_SECONDS = 3.0
+"""How long `topic_operations` waits for the brokers' answer: a process's start asks it, and a
+slow broker must not hold that start for long."""
+
+
+def topic_operations(
+    bootstrap: str,
+    topic: str,
+    *,
+    security: KafkaSecurity = PLAINTEXT,
+    timeout: float = OPERATIONS_SECONDS,
+) -> frozenset[str] | None:
+    """What Kafka's ACLs allow this process's user on ``topic``, as the brokers say (KIP-430's
+    authorized operations, by confluent-kafka's ``AclOperation`` names: ``WRITE``, ...); None
+    when they do not say. One describe within ``timeout`` seconds: `KafkaAccessError` when the
+    ACLs deny describing the topic, else `KafkaAdapterError` when no answer came."""
+    from confluent_kafka import KafkaException, TopicCollection
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(_asking(bootstrap, security))
+    try:
+        futures = admin.describe_topics(
+            TopicCollection([topic]), include_authorized_operations=True, request_timeout=timeout
+        )
+        description = futures[topic].result(timeout=timeout + 1)  # the request's own, else ours
+    except KafkaException as exc:
+        if denied(exc) is not None:
+            raise KafkaAccessError(bootstrap, "describe", f"topic {topic}", security) from exc
+        raise KafkaAdapterError(f"describing topic {topic} failed: {exc}") from exc
+    except TimeoutError as exc:
+        raise KafkaAdapterError(f"describing topic {topic}: no answer in {timeout} s") from exc
+    operations = description.authorized_operations
+    return None if operations is None else frozenset(op.name for op in operations)
 
 
 FLUSH_MARGIN_SECONDS = 5.0

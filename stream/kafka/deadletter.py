@@ -20,19 +20,26 @@ Kafka's ACLs denying the dead-letter topic's Write is a configuration error
 (`stream.kafka.auth.KafkaAccessError`), not a delivery that failed: `DeadLetters.flush` raises
 it naming the user's setting, the topic and how many dead letters were not written, and the
 caller must not go on past their records (the learner stops, exit 2, its checkpoint before
-them: started again, it reads them and dead-letters them again). The first dead letter tells
-it: nothing asks at start (Kafka would tell the user its operations on the topic, KIP-430's
-authorized operations, but a start does not ask).
+them: started again, it reads them and dead-letters them again). So that this does not wait
+for the first malformed record, hours after the start, `check_writable` asks Kafka at start
+for the user's operations on the topic (KIP-430's authorized operations; one describe, a few
+seconds at most): a learner its ACLs deny the Write does not start. Brokers without an
+authorizer say every operation; those that say nothing, or a describe denied or unanswered,
+let the start go on (the first dead letter tells then).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Protocol
 
 from schemas.errors import KafkaAdapterError, SchemaError
-from stream.kafka.auth import KafkaAccessError
-from stream.kafka.client import Record
+from stream.kafka.auth import KafkaAccessError, write_refusal
+from stream.kafka.client import Record, topic_operations
+from stream.kafka.security import KafkaSecurity
+
+log = logging.getLogger(__name__)
 
 MAX_DEAD_LETTER_BYTES = 900_000
 """The largest dead letter sent whole: its key, value and headers (see the module docstring)."""
@@ -215,3 +222,23 @@ class DeadLetters:
                 raise KafkaAdapterError(
                     f"{lost} of {pending} dead letters to {self.topic} were not delivered"
                 )
+
+
+def check_writable(bootstrap: str, topic: str, security: KafkaSecurity) -> None:
+    """`KafkaAccessError` when Kafka says that its ACLs deny this process's user the Write of
+    dead-letter ``topic`` (`write_refusal`), asked once, at start (`topic_operations`); when
+    it cannot be told (the describe denied, or unanswered), one log line, and the start goes on.
+    """
+    try:
+        operations = topic_operations(bootstrap, topic, security=security)
+    except KafkaAdapterError as exc:  # no answer, or the describe denied (an ACL to fix)
+        level = logging.WARNING if isinstance(exc, KafkaAccessError) else logging.INFO
+        log.log(level, "the dead-letter topic's Write could not be checked at start (its first "
+                "dead letter will tell): %s", exc)  # fmt: skip
+        return
+    refusal = write_refusal(operations, topic, bootstrap, security)
+    if refusal is not None:
+        raise refusal.meaning(
+            "the learner does not start: it would stop at its first malformed record, unable "
+            "to dead-letter it"
+        )

@@ -11,7 +11,7 @@ from schemas.errors import ConfigError, RiverstreamError
 from schemas.records import SnapshotMeta
 from schemas.settings import Settings
 from stream.kafka.client import EventProducer, create_topics, open_source, partitions_for
-from stream.kafka.deadletter import DeadLetters
+from stream.kafka.deadletter import DeadLetters, check_writable
 from stream.kafka.security import kafka_security
 from stream.kafka.times import offsets_for_times
 from stream.learner.backfill import Backfill
@@ -98,6 +98,7 @@ def build_learner(
             f"{settings.topic_features} and {settings.topic_labels} must have the same partitions "
             "so that a label lands beside its features"
         )
+    check_writable(bootstrap, settings.topic_dlq, security)  # not at the first dead letter
     store = snapshot_store(settings)
     # The learning thread's own calls to Redis are small (a version number, a live update, its
     # commands every 0.2 s, the outage's PING): a client with short timeouts, so that a hung
