@@ -113,7 +113,7 @@ def build_learner(
 
     def fenced_store() -> SnapshotStore:  # the forked child's and the writer thread's
         opened = snapshot_store(settings)
-        opened.epoch = epoch
+        opened.epoch, opened.process = epoch, store.process  # the learner's epoch, host and pid
         return opened
 
     group = f"{settings.redis_prefix}-learner"
