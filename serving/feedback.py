@@ -43,11 +43,12 @@ outage remembered (503), including a log of this kind still unacknowledged after
 `PUBLISH_TIMEOUT_SECONDS`. A failure after the answer (the producer cannot be created, or
 gives up on a message after its delivery timeout, retrying meanwhile) cannot reach the client:
 it is counted in ``riverstream_closed_loop_publish_failures_total{reason}``, logged as a
-warning and remembered as an outage. So for these answers alone, a 200 means *admitted*, not
-*stored*; and their events may reach Kafka after a label the client posts at once (the learner
-keeps that label as an orphan until its features come, `learners.join`), or after the logs of
-later requests (a late event if the learner's watermark has passed its time: counted, and still
-learned). A log whose shadows' answers make it invalid or too large is written without them;
+warning and remembered as an outage (Kafka's ACLs denying the write: see below). So for these
+answers alone, a 200 means *admitted*, not *stored*; and their events may reach Kafka after a
+label the client posts at once (the learner keeps that label as an orphan until its features
+come, `learners.join`), or after the logs of later requests (a late event if the learner's
+watermark has passed its time: counted, and still learned). A log whose shadows' answers make
+it invalid or too large is written without them;
 when the shadows' backlog is full, the shadows are dropped (counted) and the answer is logged
 without them, acknowledged before the 200 as above. Stopping the API writes the logs of the
 answers sent (`serving.shadows.ShadowRunner.stop`, then the producer's close). Those whose
@@ -95,6 +96,9 @@ too, and no outage: the publish's 503 (reason ``auth``) names the user's setting
 (`stream.kafka.auth.KafkaAccessError`) and says whether anything else was stored; it is not
 remembered (what may be written goes on), and the log says it, an ERROR each minute. It was
 ``not_acknowledged``, "may have been stored", and every request refused for `OUTAGE_SECONDS`.
+A log written after its answer (`Publisher.send_later`) that the ACLs deny is classified by the
+same rule (`Publisher._denial`): counted as ``auth``, said by that ERROR (not a warning per
+log), and not remembered (it was ``not_acknowledged``, and the next logs and requests refused).
 """
 
 from __future__ import annotations
@@ -203,7 +207,10 @@ class Publisher:
         self._creating = threading.Lock()  # held while the producer is created (≤ 3 s)
         self._login = LoginQuestions(self.bootstrap or "", self.security)  # under _creating
         self._refusals = RefusalLog(log, "the closed loop answers 503 until Kafka accepts them")
-        self._denials = RefusalLog(log, "the closed loop answers 503 (auth) for it until they do")
+        self._denials = RefusalLog(
+            log, "the closed loop answers 503 (auth) for it, and a log written after its answer "
+            "is not stored (counted as auth), until they do",
+        )  # fmt: skip
         self._state = threading.Lock()  # guards what follows; never held while waiting
         self._failed: tuple[float, str, str] | None = None
         """The last failure: when, why, and the reason of the 503s it answers meanwhile
@@ -334,7 +341,11 @@ class Publisher:
                 why = f"Kafka did not acknowledge within {timeout:g} s"
             else:
                 if waiting is not None:
-                    self._raise_denied(exc, messages[futures.index(waiting)][0], futures)
+                    refused = [f for f in futures if f.is_done and f.failed()]
+                    topic = messages[futures.index(waiting)][0]
+                    denied = self._denial(exc, topic, maybe_stored=len(refused) < len(futures))
+                    if denied is not None:
+                        raise denied from exc
                 why = f"Kafka did not acknowledge: {type(exc).__name__}: {exc}"
         else:
             return
@@ -343,20 +354,22 @@ class Publisher:
             why, reason="not_acknowledged", maybe_stored=bool(futures), retry_after=_retry_after()
         )
 
-    def _raise_denied(self, exc: BaseException, topic: str, futures: list[Any]) -> None:
-        """`KafkaUnavailable` (``auth``) when ``exc``, the failure of a message to ``topic``,
-        is Kafka's ACLs denying its write, said in the log (`RefusalLog`); what else of
-        ``futures`` was not refused so may be stored."""
+    def _denial(
+        self, exc: BaseException, topic: str, *, maybe_stored: bool
+    ) -> KafkaUnavailable | None:
+        """The failure (``auth``) of a write when ``exc``, that of a message to ``topic``, is
+        Kafka's ACLs denying it (`write_denial`), said in the log (`RefusalLog`: an ERROR each
+        minute, not one per message); None when it is no denial. A publish's and a log's of
+        `send_later` alike, and never remembered as an outage: what may be written goes on.
+        ``maybe_stored``: whether other messages of it may be stored."""
         denial = write_denial(exc, topic, self.bootstrap or "", self.security)
         if denial is None:
-            return
+            return None
         with self._state:
             self._denials.refused(denial)
-        refused = [f for f in futures if f.is_done and f.failed()]
-        raise KafkaUnavailable(
-            str(denial), reason="auth", maybe_stored=len(refused) < len(futures),
-            retry_after=_retry_after(),
-        )  # fmt: skip
+        return KafkaUnavailable(
+            str(denial), reason="auth", maybe_stored=maybe_stored, retry_after=_retry_after()
+        )
 
     def _producer_or_raise(self, bootstrap: str, since: float) -> EventProducer:
         """The producer, created on first use. A request that waited for another's attempt,
@@ -416,9 +429,10 @@ class Publisher:
         blocking is fine: the producer may be created, ≤ 3 s, and a send may wait for a topic's
         metadata, ≤ 3 s). ``failed`` is called once, on the producer's thread or this one, if
         one is not acknowledged (within the producer's delivery timeout: it retries them
-        meanwhile), and the failure is remembered as a publish's; the acknowledgement of them
-        all ends a failure remembered. What is handed over before `close` is sent (the
-        producer's close waits for it, ≤ 10 s, then fails the rest: ``failed`` is told).
+        meanwhile), and the failure is remembered as a publish's (Kafka's ACLs denying a write
+        are not: ``auth``, as a publish's, `_denial`); the acknowledgement of them all ends a
+        failure remembered. What is handed over before `close` is sent (the producer's close
+        waits for it, ≤ 10 s, then fails the rest: ``failed`` is told).
 
         The caller is the shadows' one thread: an attempt that may wait (no producer yet, or
         one that never sent to a topic of ``messages``) is a probe, as a publish's (`_admit`).
@@ -430,6 +444,7 @@ class Publisher:
         even during an outage: the producer keeps it until the broker is back. Never raises."""
         delivery = _Delivery(self, len(messages), failed)
         probe = False
+        topic = ""  # the message being sent
         try:
             bootstrap = self._configured()
             known = self._producer
@@ -444,11 +459,11 @@ class Publisher:
                 later.append(delivery)
             for topic, key, value in messages:
                 sent = producer.send_future(topic, key, value)
-                sent.add_callback(delivery.acknowledged).add_errback(delivery.lost)
+                sent.add_callback(delivery.acknowledged).add_errback(delivery.lost, topic=topic)
         except KafkaUnavailable as exc:  # refused, or no producer: it could not be created
             delivery.fail(exc)
         except Exception as exc:  # the send itself: no metadata in max_block_ms
-            delivery.lost(exc)
+            delivery.lost(exc, topic=topic)
         finally:
             if probe:  # its failure, if any, is remembered by now (`_Delivery.fail`)
                 with self._state:
@@ -852,6 +867,8 @@ class _LogLater:
 
     def failed(self, exc: KafkaUnavailable) -> None:
         self.metrics.closed_loop_publish_failures_total.labels(exc.reason).inc()
+        if exc.reason == "auth":  # the publisher's ERROR says it, each minute: not each log
+            return
         log.warning("graph %s: a logged answer was sent, but its log not stored: %s",
                     self.graph, exc)  # fmt: skip
 
@@ -863,10 +880,10 @@ class _Delivery:
     delivery may wait in `Publisher._later` behind a pending one, up to the producer's
     delivery timeout."""
 
-    __slots__ = ("_lock", "done", "failed", "left", "publisher", "sent")
+    __slots__ = ("_lock", "done", "failed", "left", "messages", "publisher", "sent")
 
     def __init__(self, publisher: Publisher, messages: int, failed: Failed) -> None:
-        self.publisher, self.left = publisher, messages
+        self.publisher, self.left, self.messages = publisher, messages, messages
         self.failed: Failed | None = failed  # None once done
         self.sent = time.monotonic()
         self.done = False
@@ -881,7 +898,13 @@ class _Delivery:
         if last:
             self.publisher._remember(None)  # the broker is back, if it was away
 
-    def lost(self, exc: BaseException) -> None:
+    def lost(self, exc: BaseException, *, topic: str = "") -> None:
+        """A message (to ``topic``) failed with ``exc``: Kafka's ACLs denying its write, told as
+        a publish's denial (``auth``, `Publisher._denial`), else not acknowledged."""
+        denied = self.publisher._denial(exc, topic, maybe_stored=self.messages > 1)
+        if denied is not None:
+            self.fail(denied)
+            return
         cause = f"{type(exc).__name__}: {exc}"
         if self.publisher._closing:  # failed by the producer's close, giving up on it
             why = f"{_STOPPED}: {cause}"
