@@ -6,6 +6,7 @@ suite: a broker (`private_kafka`), a Redis (`private_redis`; with a password, `P
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -20,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from schemas.settings import Settings
 from stream.dev.ports import PORTS_FILE, free_ports
@@ -58,21 +61,38 @@ class PrivateRedis:
         self.dir, self.port = directory, free_port()
         self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
+        self._started = False  # once started, its port is its address: restarts keep it
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        """Start the server (again: on its port, with its data). At its first start, a port
+        that another process took since `free_port` chose it (redis-server then exits at once)
+        is given up for another one, twice at most."""
+        for attempt in range(3):
+            proc = self.proc = self._spawn()
+            client = self.admin(  # one try a call (redis-py 8 retries a timeout for 9 s)
+                socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+            )
+            wait_until(functools.partial(_up_or_ended, client, proc), 20, "redis to start")
+            client.close()
+            if proc.poll() is None:
+                self._started = True
+                return
+            if self._started or attempt == 2:
+                raise AssertionError(f"redis-server exited with {proc.returncode} on {self.port}")
+            self.port = free_port()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
         binary = ensure_debian_binary("redis-server", "redis-server")
         argv = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir),
                 "--appendonly", "yes", "--appendfsync", "always", "--save", "",
                 "--enable-protected-configs", "local"]  # fmt: skip
         if self.password is not None:
             argv += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = self.admin(socket_connect_timeout=0.5)
-        wait_until(lambda: pings(client), 20, "redis to start")
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def admin(self, **options: Any) -> redis.Redis:
         """A client of this server with its current password."""
@@ -98,6 +118,10 @@ class PrivateRedis:
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGCONT)
             stop_pid(self.proc.pid, "redis-server")
+
+
+def _up_or_ended(client: redis.Redis, proc: subprocess.Popen[bytes]) -> bool:
+    return pings(client) or proc.poll() is not None
 
 
 def change_password(server: PrivateRedis, password: str) -> None:
