@@ -10,10 +10,12 @@ process's start: it stops), and an ERROR naming the settings while reading (cred
 changed under a running process, refused at its next connection): reading waits as for a
 broker that is away, nothing is skipped, and the log says what it is. Kafka's ACLs denying the
 user a topic or the group (`stream.kafka.auth.KafkaAccessError`) are the same: raised at the
-assignment (a topic it may not describe) and by a read before any record came since (a topic it
+assignment (a topic it may not describe) and by a read before this process ever read (a topic it
 may not read; the group, which librdkafka looks up as the consumer starts and tells at its first
-consume, though offsets are never committed), an ERROR each minute afterwards (an ACL removed
-under a running learner) while reading waits.
+consume, though offsets are never committed), an ERROR each minute once it had read (an ACL
+removed under a running learner, even one whose topics were quiet for hours) while reading
+waits. Reading is records, or a fetch response without any: the empty topics of a deployment
+waiting for traffic were read too.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class ConfluentSource:
             log, "reading waits until Kafka accepts them (nothing is skipped)"
         )
         self._denials = RefusalLog(log, _DENIED_MEANWHILE)
-        self._read = False  # a record came in this process: a denial is no longer a start's
+        self._read = False  # this process read (`_fetched`): a denial is no longer a start's
         self._denied_topics: set[str] = set()
         self._denied_at = 0.0  # the last denial, monotonic
         """Topics whose reads Kafka's ACLs denied (``*``: the group, every topic), until one
@@ -199,7 +201,23 @@ class ConfluentSource:
             self._read = True
             if self._denied_topics:
                 self._allowed_again({run.topic for run in runs})
+        elif not self._read:
+            self._read = self._fetched()
         return runs
+
+    def _fetched(self) -> bool:
+        """Whether a fetch response came for an assigned partition: librdkafka then caches its
+        high watermark (-1001 before, -1 after a denied fetch). Asked after empty polls until
+        one did, never once records came: a denial wipes its topic's mark, so it is too late
+        to ask when the denial comes (and the other topics' marks may come from the same
+        fetches, before a start's denial is told)."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        marks = self._consumer.get_watermark_offsets
+        try:
+            return any(marks(TopicPartition(t, p), cached=True)[1] >= 0 for t, p in self._assigned)
+        except KafkaException:  # a partition librdkafka does not know yet: not fetched
+            return False
 
     def _allowed_again(self, topics: set[str]) -> None:
         """Records came from ``topics``: their reads are allowed again (all, for the group)."""

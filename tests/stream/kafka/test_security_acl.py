@@ -14,6 +14,7 @@ started once for the module.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,9 @@ from learners.datasets import dataset_events
 from schemas.errors import KafkaAdapterError
 from schemas.settings import Settings
 from stream.dev.secure import make_certificates
+from stream.kafka.auth import KafkaAccessError
 from stream.kafka.client import create_topics, open_source, partitions_for
+from stream.kafka.consumer import ConfluentSource
 from stream.kafka.security import kafka_security
 from stream.learner.runtime import snapshot_store
 from tests.support.acl import AclServices, acl_services, parse_acl_line, readme_acl_lines
@@ -35,7 +38,7 @@ from tests.support.pipeline import fast, publish, spawn_cli
 from tests.support.waiting import wait_until
 
 DATASET, LIMIT, DELAY, SEED = "synth.Agrawal", 1_000, 50, 23
-USERS = ("riverstream", "nocreate", "nowrite", "nogroup", "revoked", "blinded")
+USERS = ("riverstream", "nocreate", "nowrite", "nogroup", "revoked", "blinded", "quiet", "unread")
 NOT_AN_OUTAGE = "a configuration error, not an outage; its ACLs must allow it"
 
 
@@ -234,3 +237,88 @@ def test_a_certificate_kafka_python_refuses_is_named_in_the_error(
         create_topics(s.kafka_bootstrap_servers, {"riverstream.never": 1},
                       security=kafka_security(s))  # fmt: skip
     assert "certificate verify failed" in str(raised.value).lower(), raised.value
+
+
+@pytest.mark.integration
+def test_a_read_denied_after_a_quiet_start_is_waited_out(
+    acl: AclServices, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A learner whose topics are still empty (a deployment waiting for traffic) has read once a
+    fetch response came: its topic's Read removed afterwards, hours later as well, is an ERROR
+    and reading waits, as for one that had read records (it raised `KafkaAccessError`, a
+    start's denial: the learner exited 2). What is published once the ACL allows the reads
+    again is read."""
+    tag = uuid.uuid4().hex[:8]
+    s = as_user(acl, "quiet", **acl.topics(f"riverstream.q{tag}"))
+    features = ("Read", "topic", s.topic_features, False)
+    acl.kafka.grant("quiet", [features, ("Read", "topic", s.topic_labels, False),
+                              ("Create", "topic", f"riverstream.q{tag}.", True),
+                              ("Write", "topic", f"riverstream.q{tag}.", True),
+                              ("Read", "group", f"q{tag}", False)])  # fmt: skip
+    security = kafka_security(s)
+    create_topics(s.kafka_bootstrap_servers, s.topics(), security=security)
+    topics = [s.topic_features, s.topic_labels]
+    positions = {(t, p): 0 for t in topics for p in range(s.partitions)}
+    source = ConfluentSource(s.kafka_bootstrap_servers, f"q{tag}", security=security)
+    try:
+        source.assign(positions)
+        wait_until(lambda: _fetched(source, positions), 60, "a fetch response from every partition")
+        acl.kafka.revoke("quiet", [features])
+        said = (f"does not let the user of RIVERSTREAM_KAFKA_SASL_USERNAME (quiet) read topic "
+                f"{s.topic_features}: {NOT_AN_OUTAGE}")  # fmt: skip
+
+        def denial_said() -> bool:
+            assert source.poll(100, 0.1) == []  # no `KafkaAccessError`: it waits
+            return any(r.levelno == logging.ERROR and said in r.getMessage()
+                       for r in caplog.records)  # fmt: skip
+
+        with caplog.at_level(logging.WARNING, logger="stream.kafka.consumer"):
+            wait_until(denial_said, 60, "the denial's ERROR", detail=lambda: caplog.text)
+            acl.kafka.grant("quiet", [features])
+            events = list(dataset_events(DATASET, label_delay=DELAY, limit=100, seed=SEED))
+            assert publish(s, events).sent == len(events)
+            read = dict.fromkeys(topics, 0)
+
+            def all_read() -> bool:
+                for run in source.poll(1000, 0.2):
+                    read[run.topic] += len(run.offsets)
+                return sum(read.values()) >= len(events)
+
+            wait_until(all_read, 60, "the events published after", detail=lambda: read)
+        assert sum(read.values()) == len(events) and all(read.values()), read
+        assert f"let this process read {s.topic_features} again" in caplog.text
+    finally:
+        source.close()
+
+
+@pytest.mark.integration
+def test_a_read_denied_before_any_fetch_came_is_a_start_s(acl: AclServices) -> None:
+    """An empty topic whose Read is denied from the start (Describe allowed: it is assigned)
+    raises `KafkaAccessError` at a poll, after polls without records: its denied fetches leave
+    no log end cached, and do not count as having read."""
+    tag = uuid.uuid4().hex[:8]
+    s = as_user(acl, "unread", **acl.topics(f"riverstream.u{tag}"))
+    create_topics(s.kafka_bootstrap_servers, s.topics(), security=acl.kafka.security())
+    acl.kafka.grant("unread", [("Describe", "topic", s.topic_features, False),
+                               ("Read", "group", f"u{tag}", False)])  # fmt: skip
+    positions = {(s.topic_features, p): 0 for p in range(s.partitions)}
+    source = ConfluentSource(s.kafka_bootstrap_servers, f"u{tag}", security=kafka_security(s))
+    try:
+        source.assign(positions)
+        with pytest.raises(KafkaAccessError) as raised:
+            wait_until(lambda: source.poll(100, 0.1), 60, "the denial raised")
+        assert f"(unread) read topic {s.topic_features}: " in str(raised.value), raised.value
+    finally:
+        source.close()
+
+
+def _fetched(source: ConfluentSource, positions: dict[tuple[str, int], int]) -> bool:
+    """Whether a fetch response came for each of ``positions`` (librdkafka caches its high
+    watermark: the source's own rule, asked of its consumer); a poll made after the cache
+    said so, which counts it for the source too."""
+    from confluent_kafka import TopicPartition
+
+    marks = source._consumer.get_watermark_offsets  # the source's cache
+    known = all(marks(TopicPartition(t, p), cached=True)[1] >= 0 for t, p in positions)
+    assert source.poll(100, 0.1) == []
+    return known
