@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from schemas.errors import KafkaAdapterError
@@ -39,7 +39,7 @@ from stream.kafka.records import Record, RecordRun
 from stream.kafka.security import PLAINTEXT, KafkaSecurity
 
 if TYPE_CHECKING:
-    from confluent_kafka import KafkaError
+    from confluent_kafka import Consumer, KafkaError
 
 log = logging.getLogger(__name__)
 _DENIED_MEANWHILE = "reading waits until they do (nothing is skipped)"
@@ -84,7 +84,7 @@ class ConfluentSource:
             log, "reading waits until Kafka accepts them (nothing is skipped)"
         )
         self._denials = RefusalLog(log, _DENIED_MEANWHILE)
-        self._read = False  # this process read (`_fetched`): a denial is no longer a start's
+        self._read = False  # this process read (`fetched`): a denial is no longer a start's
         self._denied_topics: set[str] = set()
         self._denied_at = 0.0  # the last denial, monotonic
         """Topics whose reads Kafka's ACLs denied (``*``: the group, every topic), until one
@@ -202,22 +202,8 @@ class ConfluentSource:
             if self._denied_topics:
                 self._allowed_again({run.topic for run in runs})
         elif not self._read:
-            self._read = self._fetched()
+            self._read = fetched(self._consumer, self._assigned)
         return runs
-
-    def _fetched(self) -> bool:
-        """Whether a fetch response came for an assigned partition: librdkafka then caches its
-        high watermark (-1001 before, -1 after a denied fetch). Asked after empty polls until
-        one did, never once records came: a denial wipes its topic's mark, so it is too late
-        to ask when the denial comes (and the other topics' marks may come from the same
-        fetches, before a start's denial is told)."""
-        from confluent_kafka import KafkaException, TopicPartition
-
-        marks = self._consumer.get_watermark_offsets
-        try:
-            return any(marks(TopicPartition(t, p), cached=True)[1] >= 0 for t, p in self._assigned)
-        except KafkaException:  # a partition librdkafka does not know yet: not fetched
-            return False
 
     def _allowed_again(self, topics: set[str]) -> None:
         """Records came from ``topics``: their reads are allowed again (all, for the group)."""
@@ -286,6 +272,23 @@ class ConfluentSource:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def fetched(consumer: Consumer, partitions: Iterable[tuple[str, int]]) -> bool:
+    """Whether a fetch response came for one of ``partitions`` (topic, partition) assigned to
+    ``consumer``: librdkafka then caches its high watermark (-1001 before, -1 after a denied
+    fetch). A process that had one has read, records or not: a read denied afterwards is no
+    longer a start's. Ask after empty polls until one did, never once records came (the hot
+    path): a denial wipes its topic's mark, so it is too late to ask when the denial comes
+    (and the other topics' marks may come from the same fetches, before a start's denial is
+    told)."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    marks = consumer.get_watermark_offsets
+    try:
+        return any(marks(TopicPartition(t, p), cached=True)[1] >= 0 for t, p in partitions)
+    except KafkaException:  # a partition librdkafka does not know yet: not fetched
+        return False
 
 
 def _message_at(messages: list[_ConsumedMessage], start: int) -> Callable[[int], Record]:

@@ -40,13 +40,14 @@ the worker says when Kafka accepts the credentials again.
 
 Kafka's ACLs denying the worker its consumer group or the requests topic
 (`stream.kafka.auth.KafkaAccessError`, naming ``RIVERSTREAM_KAFKA_SASL_USERNAME``, the operation
-and the resource) stop it before it has read a request (`riverstream predict-worker` exits 2;
-it sat without a request, after one warning); later (an ACL removed under a running worker),
-an ERROR says it each minute while requests wait in Kafka. A write they deny (the predictions
-or the dead-letter topic) fails the batch's deliveries: the batch is not committed and is
-answered again (each second, counted in ``riverstream_predict_batch_retries_total``), nothing
-lost, and an ERROR naming the topic says it each minute (it said "not stored" and Kafka's
-error code each second).
+and the resource) stop it before it has read (`riverstream predict-worker` exits 2; it sat
+without a request, after one warning): read a request, or a fetch response without any
+(`stream.kafka.consumer.fetched`). Later (an ACL removed under a running worker, even one whose
+requests topic was quiet for hours: it exited 2), an ERROR says it each minute while requests
+wait in Kafka. A write they deny (the predictions or the dead-letter topic) fails the batch's
+deliveries: the batch is not committed and is answered again (each second, counted in
+``riverstream_predict_batch_retries_total``), nothing lost, and an ERROR naming the topic says
+it each minute (it said "not stored" and Kafka's error code each second).
 
 **Delivery: at least once, answers deduplicable by id.** The loop is
 
@@ -97,6 +98,7 @@ from stream.kafka.auth import (
     read_denial,
 )
 from stream.kafka.client import Record, create_topics
+from stream.kafka.consumer import fetched
 from stream.kafka.deadletter import DeadLetters, message_bytes
 from stream.kafka.security import kafka_security
 from stream.predict.answer import Answerer
@@ -158,7 +160,7 @@ class PredictWorker:
         self._write_denials = RefusalLog(
             log, "the batch is answered again until they do, not committed (nothing is lost)"
         )
-        self._read = False  # a request came: a denied read is no longer a start's
+        self._read = False  # a request or a fetch response came: a denial is no longer a start's
         self.producer = AnswerProducer(bootstrap, security=security, error_cb=self._login)
         self.dead_letters = DeadLetters(self.producer, settings.topic_dlq)
         self.consumer = Consumer(
@@ -209,6 +211,9 @@ class PredictWorker:
                     messages += consumer.consume(self.batch - 1, 0)
                 if messages:
                     self._answer_batch(messages)
+                if not self._read:  # until one came: a poll with requests never asks
+                    assigned = [(tp.topic, tp.partition) for tp in consumer.assignment()]
+                    self._read = fetched(consumer, assigned)
                 if self._refusals.refusing:
                     self._check_login()
                 if self.metrics is not None and time.monotonic() >= self._next_lag:
@@ -346,7 +351,8 @@ class PredictWorker:
 
     def _consume_failed(self, m: Message, err: KafkaError) -> None:
         """A consume error: Kafka's ACLs denying the group or the requests topic raise before
-        a request was read (a start's: exit 2), and are said each minute after; others warn."""
+        the worker read (a request or a fetch response: a start's, exit 2), and are said each
+        minute after; others warn."""
         group = self.settings.predict_group
         denial = read_denial(err, m.topic(), group, self._bootstrap, self._security)
         if denial is None:

@@ -1,10 +1,12 @@
 """The prediction worker on brokers that enforce ACLs (`tests.support.acl.AclKafkaCluster`):
 a worker denied its consumer group or the requests topic stops at start with exit status 2 and
 a message naming RIVERSTREAM_KAFKA_SASL_USERNAME, the operation and the resource, never the
-password (it sat without a request, after one warning); a worker denied the predictions
-topic's Write commits nothing it could not write and says so, naming the topic, until the ACL
-is granted: then every request is answered (it said "not stored" and Kafka's error code, each
-second). The cluster is started once for the module."""
+password (it sat without a request, after one warning); a worker whose requests topic is
+quiet rides out its Read removed once a fetch response came, an ERROR while requests wait, and
+answers them once allowed again (it exited 2); a worker denied the predictions topic's Write
+commits nothing it could not write and says so, naming the topic, until the ACL is granted:
+then every request is answered (it said "not stored" and Kafka's error code, each second). The
+cluster is started once for the module."""
 
 from __future__ import annotations
 
@@ -12,13 +14,16 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from schemas.settings import Settings
+from stream.dev.ports import free_port
 from stream.kafka.client import create_topics, partitions_for
 from stream.store.snapshots import open_store
+from tests.stream.predict.test_metrics import scrape
 from tests.stream.predict.test_worker import stop
 from tests.support.acl import AclServices, acl_services
 from tests.support.cluster import stop_all
@@ -28,7 +33,7 @@ from tests.support.serving import Kit
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-USERS = ("nogroup", "noread", "nowrite")
+USERS = ("nogroup", "noread", "nowrite", "quiet")
 NOT_AN_OUTAGE = "a configuration error, not an outage; its ACLs must allow it"
 PREFIXED = True
 
@@ -145,3 +150,48 @@ def test_answers_the_acls_deny_are_not_committed_but_said_then_written_once_allo
         assert acl.kafka.users["nowrite"] not in log.read_text()
     finally:
         stop(proc)
+
+
+def test_a_read_denied_after_a_quiet_start_is_waited_out(acl: AclServices, tmp_path: Path) -> None:
+    """A worker whose requests topic is still empty has read once a fetch response came (its
+    lag is measured from the log end that response cached): the topic's Read removed afterwards,
+    hours later as well, is an ERROR while requests wait, as for a worker that had answered
+    requests (it exited 2, a start's denial). A request sent once it is allowed is answered."""
+    s = worker_settings(acl, "quiet", [("Write", "topic", "*", PREFIXED),
+                                      ("Read", "group", "*", PREFIXED)])  # fmt: skip
+    reads = ("Read", "topic", s.topic_requests, not PREFIXED)
+    acl.kafka.grant("quiet", [reads])
+    _version, inputs = publish_clf(Kit, open_store(s), s)
+    port, log = free_port(), tmp_path / "worker.log"
+    proc = spawn_cli(s, ["predict-worker", "--metrics-port", str(port)], log)
+    try:
+        wait_until(
+            lambda: lag_measured(port, s), 60, "a fetch response from every partition", log=log
+        )
+        acl.kafka.revoke("quiet", [reads])
+        said = (f"ERROR stream.predict.worker: Kafka at {acl.kafka.bootstrap} does not let the "
+                f"user of RIVERSTREAM_KAFKA_SASL_USERNAME (quiet) read topic "
+                f"{s.topic_requests}: {NOT_AN_OUTAGE}")  # fmt: skip
+        wait_until(lambda: said in " ".join(log.read_text().split()) or proc.poll() is not None,
+                   60, "the denial's ERROR", log=log)  # fmt: skip
+        assert proc.poll() is None, log.read_text()[-3000:]
+        acl.kafka.grant("quiet", [reads])
+        request(acl, s, inputs, 1)
+        wait_until(lambda: answers(acl, s) == {"r0"}, 60, "the request answered", log=log)
+        assert stop(proc) == 0, log.read_text()[-3000:]
+    finally:
+        stop(proc)
+
+
+def lag_measured(port: int, s: Settings) -> bool:
+    """Whether the worker on ``port`` measures the lag of every requests partition: it does
+    once a fetch response cached the partition's log end (the worker asks the same cache after
+    each empty poll, every 0.1 s at most: sooner than a revoked ACL reaches its fetches)."""
+    try:
+        samples = scrape(port)
+    except httpx.HTTPError:  # not listening yet
+        return False
+    lags = [labels for (name, labels), _ in samples.items()
+            if name == "riverstream_predict_consumer_lag"
+            and dict(labels)["topic"] == s.topic_requests]  # fmt: skip
+    return len(lags) == s.partitions
