@@ -48,9 +48,9 @@ answers alone, a 200 means *admitted*, not *stored*; and their events may reach 
 label the client posts at once (the learner keeps that label as an orphan until its features
 come, `learners.join`), or after the logs of later requests (a late event if the learner's
 watermark has passed its time: counted, and still learned). A log whose shadows' answers make
-it invalid or too large is written without them;
-when the shadows' backlog is full, the shadows are dropped (counted) and the answer is logged
-without them, acknowledged before the 200 as above. Stopping the API writes the logs of the
+it invalid or too large is written without them; when the shadows' backlog is full, the
+shadows are dropped (counted) and the answer is logged without them, acknowledged before the
+200 as above. Stopping the API writes the logs of the
 answers sent (`serving.shadows.ShadowRunner.stop`, then the producer's close). Those whose
 shadows were still queued are written without the shadows' answers (the learner still learns
 from, and scores, the served answer; those shadows are not scored), so that the logs reach the

@@ -281,6 +281,7 @@ class Demo:
         self.started_services = tuple(s for s in SERVICES if s not in running)
         manager.up(SERVICES)
         self.tag = tag = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        serve, console, learner_metrics, predict_metrics = free_ports(4)  # distinct
         settings = resolve(self.base).model_copy(
             update={
                 "topic_features": f"{tag}.features",
@@ -295,18 +296,10 @@ class Demo:
                 "predict_token": SecretStr(secrets.token_urlsafe(24)),
                 "snapshot_every_labels": 200,
                 "snapshot_every_seconds": 1.0,
-                **dict(
-                    zip(
-                        (
-                            "serve_port",
-                            "console_port",
-                            "learner_metrics_port",
-                            "predict_metrics_port",
-                        ),
-                        free_ports(4),
-                        strict=True,
-                    )
-                ),
+                "serve_port": serve,
+                "console_port": console,
+                "learner_metrics_port": learner_metrics,
+                "predict_metrics_port": predict_metrics,
                 "watermark_idle_grace": 1.0,
             }
         )
