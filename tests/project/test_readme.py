@@ -8,7 +8,8 @@ from pathlib import Path
 from schemas.settings import Settings
 from stream.cli.main import app
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
 PER_USER = {"cache_dir", "state_dir"}  # defaults under the user's home, not one fixed value
 
 
@@ -29,3 +30,10 @@ def test_the_two_commands_and_the_cli_examples_exist() -> None:
     registered |= {g.name for g in app.registered_groups}
     used = set(re.findall(r"^riverstream ([a-z][a-z-]*)", README, re.M))
     assert used and used <= registered, used - registered
+
+
+def test_ci_runs_the_readmes_test_command() -> None:
+    """CI's last step is the command the README gives under "Test it", word for word."""
+    [command] = re.findall(r"&& (python -m pytest[^#\n]*?)\s*#", README)
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == command
