@@ -16,7 +16,9 @@ one place:
   brokers refuse the login (asked by a fresh librdkafka client, `login_refusal`, after the
   failure only: a start that gets through pays nothing), else ``cannot reach Kafka at …``;
 - `LoginQuestions`: the same answer for a client whose failure nobody may wait on (a request's):
-  the brokers asked beside a connection that takes long, never after it;
+  the brokers asked beside a connection that takes long, never after it; and for a process that
+  stops on it (`connect_or_stop`: every command and process start, in `create_topics`), the
+  refusal as soon as they tell it, not at the end of kafka-python's 30 s bootstrap;
 - `RefusalLog`: a running process's log of the refusal, an ERROR each minute while it lasts.
 
 Kafka's ACLs denying the user an operation riverstream needs (describing, reading or writing a
@@ -42,7 +44,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from schemas.errors import ConfigError, KafkaAdapterError
 from stream.kafka.security import KafkaSecurity
@@ -389,6 +391,27 @@ class LoginQuestions:
             if question is not None:
                 question.over.set()  # not asked yet: not asked at all
 
+    def connect_or_stop(self, make: Callable[[], _T], discard: Callable[[_T], None]) -> _T:
+        """`connect`, for a process that stops on the error (a command, a process's start):
+        the refusal found beside the connection is raised at once, instead of after ``make``'s
+        failure, which for kafka-python comes at its whole bootstrap timeout (30 s). ``make``
+        then goes on on a daemon thread of its own, left to end as it will (its client, if it
+        still gets through, given to ``discard``)."""
+        question = self._ask()
+        if question is None:
+            return make()
+        settled = threading.Event()  # the first of the two to end
+        question.tell(settled)
+        made = _Made(make, discard, settled)
+        try:
+            settled.wait()
+            if question.refusal is not None and made.abandon():
+                raise KafkaAuthError(self.bootstrap, question.refusal, self.security)
+            made.ended.wait()  # the question said nothing (yet): the connection tells
+            return made.result(self.bootstrap, self.security, question.refusal)
+        finally:
+            question.over.set()
+
     def _ask(self) -> _Question | None:
         """The question asked beside a connection: the one still asking, else a new one."""
         if not self.security.sasl:
@@ -400,11 +423,15 @@ class LoginQuestions:
 
 class _Question:
     """`login_refusal` on a thread of its own, once ``after`` seconds passed and the connection
-    is not `over`; `refusal` is None until the brokers refused the login."""
+    is not `over`; `refusal` is None until the brokers refused the login. The events given to
+    `tell` are set once the answer is in (or the question was never asked)."""
 
     def __init__(self, bootstrap: str, security: KafkaSecurity, after: float) -> None:
         self.over = threading.Event()
         self.refusal: str | None = None
+        self._told: list[threading.Event] = []
+        self._answered = False
+        self._lock = threading.Lock()
         self._thread = threading.Thread(
             target=self._ask, args=(bootstrap, security, after), name="kafka-login-question",
             daemon=True,  # a librdkafka client asking, ≤ PROBE_SECONDS: never waited for
@@ -415,9 +442,75 @@ class _Question:
     def asking(self) -> bool:
         return self._thread.is_alive()
 
+    def tell(self, event: threading.Event) -> None:
+        with self._lock:
+            if not self._answered:
+                self._told.append(event)
+                return
+        event.set()
+
     def _ask(self, bootstrap: str, security: KafkaSecurity, after: float) -> None:
-        if not self.over.wait(after):
-            self.refusal = login_refusal(bootstrap, security)
+        try:
+            if not self.over.wait(after):
+                self.refusal = login_refusal(bootstrap, security)
+        finally:
+            with self._lock:
+                self._answered = True
+                told, self._told = self._told, []
+            for event in told:
+                event.set()
+
+
+class _Made(Generic[_T]):
+    """``make()`` on a daemon thread (`LoginQuestions.connect_or_stop`): `ended` (and
+    ``settled``) once it returned or raised; a client made after `abandon` goes to ``discard``.
+    """
+
+    def __init__(
+        self, make: Callable[[], _T], discard: Callable[[_T], None], settled: threading.Event
+    ) -> None:
+        self.ended = threading.Event()
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._made: tuple[_T] | None = None
+        self._error: BaseException | None = None
+        self._make, self._discard, self._settled = make, discard, settled
+        threading.Thread(target=self._run, name="kafka-connect", daemon=True).start()
+
+    def _run(self) -> None:
+        error: BaseException | None = None
+        try:
+            made = self._make()
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            error = exc
+        with self._lock:
+            if error is not None:
+                self._error = error
+            elif self._abandoned:
+                self._discard(made)
+            else:
+                self._made = (made,)
+            self.ended.set()
+        self._settled.set()
+
+    def abandon(self) -> bool:
+        """Leave ``make`` to itself, unless it has ended already (False: take its result)."""
+        with self._lock:
+            self._abandoned = not self.ended.is_set()
+            return self._abandoned
+
+    def result(self, bootstrap: str, security: KafkaSecurity, refusal: str | None) -> _T:
+        """The client made, or ``make``'s error (`KafkaAuthError` when the brokers refused the
+        login: the error says so, or ``refusal``, the question's answer)."""
+        if self._made is not None:
+            return self._made[0]
+        error = self._error
+        assert error is not None
+        if isinstance(error, KafkaAdapterError):
+            said = str(error) if refused(error) else refusal
+            if said is not None:
+                raise KafkaAuthError(bootstrap, said, security) from error
+        raise error
 
 
 class RefusalLog:

@@ -20,6 +20,7 @@ from typing import Any
 from schemas.errors import KafkaAdapterError
 from stream.kafka.auth import (
     KafkaAccessError,
+    LoginQuestions,
     LoginWatch,
     answer,
     connect_error,
@@ -123,11 +124,16 @@ def create_topics(
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-    try:
+    def bootstrapped() -> KafkaAdminClient:
         with _bootstrapping():
-            admin = KafkaAdminClient(
+            return KafkaAdminClient(
                 bootstrap_servers=bootstrap, client_id="rs-admin", **security.kafka_python()
             )
+
+    try:  # a refused login is told as soon as the brokers say it, not at the bootstrap's end
+        admin = LoginQuestions(bootstrap, security).connect_or_stop(
+            bootstrapped, KafkaAdminClient.close
+        )
     except KafkaError as exc:
         error = connect_error(exc, bootstrap, security)
         why = _bootstrapping.why(exc)

@@ -157,6 +157,11 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
             r.set(store.keys.promoted("lr"), bad)
             r.publish(store.keys.channel, json.dumps({"model": "lr", "version": bad}))
             r.close()
+            # More of the stream: the learner's next version supersedes the tampered one (an API
+            # worker that starts now, late on a loaded machine, refuses it and serves no lr
+            # until then: 503 "not loaded yet").
+            publisher.publish_events(events[1200:1300])
+            poll(lambda: (store.latest_version("lr") or 0) > bad, 60, "a version after it")
             features = [e.features for e in events if isinstance(e, FeatureEvent)]
             # A graph with a shadow (the graph and shadow panels), once its models are served.
             wait_until(lambda: store.latest_version("tree") is not None, 60, "the tree")
@@ -180,7 +185,7 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
                 {"id": f"graph{i}", "time": 6000 + i, "label": i % 3 == 0} for i in range(50)
             ]
             assert client.post("/v1/labels", json={"labels": labels}).status_code == 202
-            publisher.publish_events(events[1200:1800], rate=300)
+            publisher.publish_events(events[1300:1800], rate=300)
             for x in features[:300]:
                 assert client.post("/v1/models/lr/predict", json={"features": x}).status_code == 200
                 client.post("/v1/models/reg/predict", json={"features": x})

@@ -58,6 +58,7 @@ from tests.support.pipeline import fast, publish, spawn_cli
 from tests.support.waiting import wait_until
 
 DATASET, LIMIT, DELAY, SEED = "synth.Agrawal", 2_000, 50, 17
+ADMIN_BOOTSTRAP_SECONDS = 30.0  # kafka-python's bootstrap_timeout_ms, as `create_topics` leaves it
 
 
 # -- pure: the settings rendered for each client library -------------------------------------
@@ -248,7 +249,9 @@ def test_a_refused_login_is_one_line_of_the_cli_without_the_clients_own(
     """A wrong password: ``topics create``, ``publish`` and ``learn`` each write one line, the
     error naming the settings, and exit 2. kafka-python's ERROR lines (``Authentication failed``,
     ``socket disconnected``, one per try at each broker: dozens) came before it, as would
-    librdkafka's ``%3|…|FAIL|`` lines of a client that only asks."""
+    librdkafka's ``%3|…|FAIL|`` lines of a client that only asks. And the line comes as soon as
+    the brokers refuse the login, not at the end of kafka-python's bootstrap (its timeout,
+    `ADMIN_BOOTSTRAP_SECONDS`, was how long each command took)."""
     password = f"wrong-{uuid.uuid4().hex}"
     s = fast(secure.settings, kafka_sasl_password=SecretStr(password))
     events = tmp_path / "features.jsonl"
@@ -257,13 +260,16 @@ def test_a_refused_login_is_one_line_of_the_cli_without_the_clients_own(
                 "learn": ["learn", "--model", "lr=logreg"]}  # fmt: skip
     for name, args in commands.items():
         log = tmp_path / f"{name}.log"
+        started = time.monotonic()
         proc = spawn_cli(s, args, log)
         try:
             _wait_stopped(proc, 120, log)
         finally:
             stop_all([proc])
+        took = time.monotonic() - started
         text = log.read_text()
         assert proc.returncode == 2, text[-3000:]
+        assert took < ADMIN_BOOTSTRAP_SECONDS - 10, f"{name} stopped after {took:.1f} s"
         lines = text.splitlines()
         assert len(lines) == 1, f"{name}: {text[-3000:]}"  # nothing but the error
         line = lines[0]
