@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Kafka, Redis and Prometheus, started once per test run.
+"""Shared fixtures: the real Kafka, Redis and Prometheus, started once per test run (with
+``-n 3``, the README's test command: once in each pytest-xdist worker, on ports of its own).
 
 The servers are started by the same code as `riverstream services up`, in a private state
 directory, and stopped by pid at the end of the run. Each test gets its own topic names, Redis

@@ -44,8 +44,12 @@ def test_kill_9_three_times_changes_nothing(settings: Settings, tmp_path: Path) 
         publish(crashed, stretch)
         proc = _spawn_learner(crashed, log, until_idle=False)
         start_version = store.latest_checkpoint()
-        target = (start_version[0] if start_version else 0) + rng.randint(1, 4)
-        deadline = time.monotonic() + 60
+        # After one or two more snapshots: a stretch is sure to give two (one on the way, one
+        # when the inputs turn idle), not more. The learner goes on learning while a snapshot is
+        # forked and written, so on a loaded machine it may write only those two (up to four
+        # were asked: a CI run under three test workers waited for a v4 that never came).
+        target = (start_version[0] if start_version else 0) + rng.randint(1, 2)
+        deadline = time.monotonic() + 120
         while proc.poll() is None:
             latest = store.latest_checkpoint()
             if latest and latest[0] >= target:
