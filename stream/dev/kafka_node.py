@@ -1,7 +1,8 @@
 """The local Kafka: one combined broker + controller (KRaft) in ``<state_dir>/kafka``.
 
 `KafkaNode.prepare` gets everything ready for `ServiceManager` to spawn ``kafka.Kafka``: the
-jars (Apache Kafka's, resolved with Maven into the cache directory once), the node's two ports
+jars (Apache Kafka's, resolved with Maven into the cache directory once, and again when
+``resources/kafka-pom.xml`` changed: `KafkaNode.classpath`), the node's two ports
 (chosen at its first start, then the same for life, see `stream.dev.ports`), its
 ``server.properties`` and log configuration, and its data directory, formatted only when it
 does not exist yet. So a broker that crashed, even with clients connected, restarts on the same
@@ -11,6 +12,7 @@ ports with every topic and event it had; only ``services down --purge`` starts a
 from __future__ import annotations
 
 import base64
+import hashlib
 import shutil
 import socket
 import subprocess
@@ -46,15 +48,20 @@ class KafkaNode:
         self.log = log
 
     def classpath(self) -> Path:
-        """The directory of Kafka's jars, resolved with Maven into the cache on first use."""
+        """The directory of Kafka's jars, resolved with Maven into the cache on first use. Its
+        ``.complete`` marker holds the SHA-256 of the ``kafka-pom.xml`` they were resolved
+        from: a cache resolved from another pom (an empty marker: before the pom listed
+        ``kafka-tools``) is resolved again into the same directory."""
         lib = self.cache_dir / f"kafka-{self.version}" / "lib"
-        if (lib / ".complete").exists():
+        pom = resources.files("stream.dev") / "resources" / "kafka-pom.xml"
+        digest = hashlib.sha256(pom.read_bytes()).hexdigest()
+        marker = lib / ".complete"
+        if marker.is_file() and marker.read_text().strip() == digest:
             return lib
         mvn = shutil.which("mvn")
         if mvn is None:
             raise ServiceError("Maven (mvn) is needed to fetch Kafka's jars; install maven")
         lib.mkdir(parents=True, exist_ok=True)
-        pom = resources.files("stream.dev") / "resources" / "kafka-pom.xml"
         self.log(f"fetching Apache Kafka {self.version} jars with Maven ...")
         with resources.as_file(pom) as pom_path:
             result = subprocess.run(
@@ -65,7 +72,7 @@ class KafkaNode:
             )  # fmt: skip
         if result.returncode != 0:
             raise ServiceError(f"Maven could not fetch Kafka's jars:\n{result.stdout[-2000:]}")
-        (lib / ".complete").touch()
+        marker.write_text(digest)
         return lib
 
     def prepare(self, port_timeout: float) -> KafkaCommand:

@@ -3,14 +3,18 @@
 `AclKafkaCluster` is `stream.dev.secure.SecureKafkaCluster` with KRaft's StandardAuthorizer and
 no access for a user without ACLs; its ``admin`` (the brokers' own user) is a super user, and so
 is ``ANONYMOUS``: the brokers reach the controllers over TLS without a client certificate. The
-README's ``kafka-acls.sh`` lines are applied as they read (`grant_lines`, through the admin
-client: Kafka's command-line tools are not among the jars `stream.dev` fetches).
+README's ``kafka-acls.sh`` lines are run as they read by Kafka's own tool
+(`AclKafkaCluster.acl_command`: ``AclCommand`` of kafka-tools, among the jars `stream.dev`
+fetches), and the ACLs it adds (`AclKafkaCluster.acls`) compared with what `parse_acl_line`
+reads from them (`acl_bindings`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import shlex
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,9 +24,11 @@ from typing import Any
 from pydantic import SecretStr
 
 from schemas.settings import Settings
-from stream.dev.secure import SecureKafkaCluster, SecureRedis, make_certificates
+from stream.dev.kafka_node import KafkaNode
+from stream.dev.secure import MECHANISM, SecureKafkaCluster, SecureRedis, make_certificates
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+ACL_COMMAND = "org.apache.kafka.tools.AclCommand"  # what kafka-acls.sh runs (Kafka 4)
 
 
 class AclKafkaCluster(SecureKafkaCluster):
@@ -40,14 +46,60 @@ class AclKafkaCluster(SecureKafkaCluster):
         """Allow ``user`` each (operation, resource type, name, prefixed) of ``acls``, e.g.
         ``("Write", "topic", "riverstream.", True)``."""
         admin = self._admin()
-        for future in admin.create_acls(_bindings(user, acls)).values():
+        for future in admin.create_acls(acl_bindings(user, acls)).values():
             future.result(timeout=30)
 
     def revoke(self, user: str, acls: Iterable[tuple[str, str, str, bool]]) -> None:
         """Remove what `grant` allowed ``user`` for each of ``acls``."""
         admin = self._admin()
-        for future in admin.delete_acls(_bindings(user, acls, filters=True)).values():
+        for future in admin.delete_acls(acl_bindings(user, acls, filters=True)).values():
             future.result(timeout=30)
+
+    def acls(self, user: str) -> set[Any]:
+        """The ACL bindings of ``User:user`` that the brokers hold (as `acl_bindings` makes
+        them: the permission and the host included)."""
+        from confluent_kafka.admin import (
+            AclBindingFilter,
+            AclOperation,
+            AclPermissionType,
+            ResourcePatternType,
+            ResourceType,
+        )
+
+        match = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY,
+                                 f"User:{user}", None, AclOperation.ANY,
+                                 AclPermissionType.ANY)  # fmt: skip
+        admin = self._admin()  # held while its future runs (collected, it fails it)
+        return set(admin.describe_acls(match).result(timeout=30))
+
+    def acl_command(self, line: str, workdir: Path) -> subprocess.CompletedProcess[str]:
+        """Run a ``kafka-acls.sh`` line (the README's) with Kafka's own tool: ``java -cp
+        '<lib>/*' org.apache.kafka.tools.AclCommand`` for ``kafka-acls.sh`` (``<lib>``: the jars
+        `stream.dev.kafka_node.KafkaNode.classpath` fetched), this cluster's bootstrap for
+        ``BROKERS`` and, for ``admin.properties``, a file in ``workdir`` with the admin's
+        SASL_SSL settings (`client_properties`)."""
+        java = shutil.which("java")
+        assert java is not None, "Java runs Kafka's AclCommand"
+        lib = KafkaNode(self.home, self.cache_dir, self.version, self.log).classpath()
+        config = workdir / "admin.properties"
+        config.write_text(self.client_properties())
+        config.chmod(0o600)
+        tool, *words = shlex.split(line)
+        if tool != "kafka-acls.sh":
+            raise ValueError(f"not a kafka-acls.sh line: {line}")
+        swap = {"BROKERS": self.bootstrap, "admin.properties": str(config)}
+        argv = [java, "-cp", f"{lib}/*", ACL_COMMAND, *(swap.get(w, w) for w in words)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+    def client_properties(self, user: str = "admin") -> str:
+        """A Java client's properties connecting as ``user`` (SASL_SSL, SCRAM, the CA)."""
+        jaas = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{user}" password="{self.users[user]}";')  # fmt: skip
+        return "\n".join([
+            "security.protocol=SASL_SSL", f"sasl.mechanism={MECHANISM}",
+            f"sasl.jaas.config={jaas}", "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={self.certificates.ca}", "",
+        ])  # fmt: skip
 
     def _admin(self) -> Any:
         from confluent_kafka.admin import AdminClient
@@ -106,7 +158,7 @@ def acl_services(tmp_path: Path, users: Iterable[str]) -> Iterator[AclServices]:
         server.stop()
 
 
-def _bindings(
+def acl_bindings(
     user: str, acls: Iterable[tuple[str, str, str, bool]], *, filters: bool = False
 ) -> list[Any]:
     """confluent-kafka's bindings of ``acls`` (filters that match them exactly: ``filters``)."""

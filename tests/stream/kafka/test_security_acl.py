@@ -2,8 +2,9 @@
 
 The brokers enforce ACLs (`tests.support.acl.AclKafkaCluster`: StandardAuthorizer, nothing
 allowed without an ACL; SASL_SSL as in `test_security.py`), with a Redis of their own, so that
-the default topic and group names are the ones the README's ``kafka-acls.sh`` lines name. A user
-with those ACLs creates the topics, publishes a stream and learns it (equal to River). Users
+the default topic and group names are the ones the README's ``kafka-acls.sh`` lines name. Those
+lines are run by Kafka's own tool (``AclCommand``), which adds exactly the ACLs they say; a user
+with them creates the topics, publishes a stream and learns it (equal to River). Users
 denied creating the topics, writing the features topic or reading the learner's group get exit
 status 2 and a message naming RIVERSTREAM_KAFKA_SASL_USERNAME, the operation and the resource,
 never the password; they said "creating topics failed:" and the whole request, counted each
@@ -32,7 +33,13 @@ from stream.kafka.client import create_topics, open_source, partitions_for
 from stream.kafka.consumer import ConfluentSource
 from stream.kafka.security import kafka_security
 from stream.learner.runtime import snapshot_store
-from tests.support.acl import AclServices, acl_services, parse_acl_line, readme_acl_lines
+from tests.support.acl import (
+    AclServices,
+    acl_bindings,
+    acl_services,
+    parse_acl_line,
+    readme_acl_lines,
+)
 from tests.support.cluster import assert_equal_to_river, stop_all
 from tests.support.pipeline import fast, publish, spawn_cli
 from tests.support.waiting import wait_until
@@ -58,12 +65,13 @@ def as_user(acl: AclServices, user: str, **changes: object) -> Settings:
 def test_the_readme_acls_let_riverstream_create_the_topics_publish_and_learn(
     acl: AclServices, tmp_path: Path
 ) -> None:
+    """Each README line run by Kafka's AclCommand (exit status 0) adds the ACLs
+    `parse_acl_line` reads from it, no other; with them riverstream's user (the principal the
+    lines name) creates the topics, publishes and learns."""
     lines = readme_acl_lines()
     assert len(lines) == 2, lines
     for line in lines:
-        user, acls = parse_acl_line(line)
-        assert user == "riverstream"
-        acl.kafka.grant(user, acls)
+        _run_acl_line(acl, line, tmp_path)
     s = fast(acl.settings)
     _run(s, ["topics", "create"], tmp_path / "topics.log")
     events = list(dataset_events(DATASET, label_delay=DELAY, limit=LIMIT, seed=SEED))
@@ -152,6 +160,20 @@ def test_a_read_denied_under_a_running_learner_is_logged_and_waited_out(
         assert acl.kafka.users["revoked"] not in log.read_text()
     finally:
         stop_all([proc])
+
+
+def _run_acl_line(acl: AclServices, line: str, workdir: Path) -> None:
+    """Run a README line with Kafka's AclCommand: exit status 0, and the ACLs it adds to the
+    principal it names, riverstream's user, are those `parse_acl_line` reads from it."""
+    user, acls = parse_acl_line(line)
+    assert user == acl.settings.kafka_sasl_username == "riverstream"
+    before = acl.kafka.acls(user)
+    ran = acl.kafka.acl_command(line, workdir)
+    said = (ran.stderr + ran.stdout)[:3000]  # what is wrong comes first, then the usage
+    assert ran.returncode == 0, f"{line}\nexit status {ran.returncode}:\n{said}"
+    expected = set(acl_bindings(user, acls))
+    wait_until(lambda: acl.kafka.acls(user) - before == expected, 30, f"the ACLs of {line}",
+               interval=0.2, detail=lambda: acl.kafka.acls(user) - before)  # fmt: skip
 
 
 def _run(s: Settings, args: list[str], log: Path, timeout: float = 120) -> None:
@@ -304,12 +326,26 @@ def test_a_read_denied_before_any_fetch_came_is_a_start_s(acl: AclServices) -> N
     positions = {(s.topic_features, p): 0 for p in range(s.partitions)}
     source = ConfluentSource(s.kafka_bootstrap_servers, f"u{tag}", security=kafka_security(s))
     try:
-        source.assign(positions)
+        wait_until(lambda: _assigned(source, positions), 30, "the Describe grant in force")
         with pytest.raises(KafkaAccessError) as raised:
             wait_until(lambda: source.poll(100, 0.1), 60, "the denial raised")
         assert f"(unread) read topic {s.topic_features}: " in str(raised.value), raised.value
     finally:
         source.close()
+
+
+def _assigned(source: ConfluentSource, positions: dict[tuple[str, int], int]) -> bool:
+    """Whether ``source`` took ``positions``: False while a broker still denies describing the
+    topic, the grant not yet applied there (each broker applies the cluster's metadata in its
+    own time; on a loaded machine the broker asked may lag the one that said the grant was
+    made)."""
+    try:
+        source.assign(positions)
+    except KafkaAccessError as exc:
+        if exc.operation != "describe":
+            raise
+        return False
+    return True
 
 
 def _fetched(source: ConfluentSource, positions: dict[tuple[str, int], int]) -> bool:
