@@ -33,6 +33,7 @@ from stream.registry.registry import Registry
 from stream.store.snapshots import SnapshotStore
 from tests.conftest import settings_env
 from tests.console.helpers import serve_console, write_version
+from tests.support.cluster import stop_all
 from tests.support.pipeline import fast, publish, spawn_cli
 from tests.support.waiting import wait_until
 
@@ -136,8 +137,12 @@ def test_the_page_follows_a_learner_live_and_shows_a_cli_rollback(
     finally:
         for process in (learner, console):
             process.terminate()
-        console.wait(timeout=30)  # uvicorn exits by the signal it was sent, once it has shut down
-        learner.wait(timeout=60)
+        try:
+            # uvicorn exits by the signal it was sent, once it has shut down
+            console.wait(timeout=30)
+            learner.wait(timeout=60)
+        finally:
+            stop_all([learner, console])  # what still runs when a wait timed out
     assert "Traceback" not in (tmp_path / "console.log").read_text()
 
 

@@ -36,6 +36,7 @@ from stream.kafka.client import EventProducer
 from stream.kafka.publish import Publisher
 from stream.learner.runtime import snapshot_store
 from stream.registry.graphs import GraphRegistry
+from tests.support.cluster import stop_all
 from tests.support.pipeline import spawn_cli
 from tests.support.waiting import wait_until as poll
 
@@ -285,8 +286,11 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
             thread.join(timeout=10)
         for proc in reversed(procs):
             proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=60)
+        try:
+            for proc in procs:
+                proc.wait(timeout=60)
+        finally:
+            stop_all(procs)  # what still runs when a wait timed out
 
 
 @pytest.mark.integration

@@ -27,6 +27,7 @@ from observability.report import build_report, ops_from_prometheus
 from stream.dev.services import free_port
 from stream.learner.telemetry import LearnerMetrics, start_http_server
 from stream.predict.metrics import WorkerMetrics, serve_metrics
+from tests.support.cluster import stop_all
 from tests.support.metrics import touch_learner, touch_worker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,9 +134,12 @@ def prometheus(tmp_path_factory):
         yield base
     finally:
         stop.set()
-        for p in (prom, api):
-            p.terminate()
-            p.wait(timeout=10)
+        try:
+            for p in (prom, api):
+                p.terminate()
+                p.wait(timeout=10)
+        finally:
+            stop_all([prom, api])  # what still runs when a wait timed out
         server.shutdown()
         server.server_close()
         worker_server[0].shutdown()

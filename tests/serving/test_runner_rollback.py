@@ -50,6 +50,7 @@ from stream.learner.runtime import snapshot_store
 from stream.registry.registry import Registry
 from tests.conftest import settings_env
 from tests.support import procs
+from tests.support.cluster import stop_all
 from tests.support.pipeline import fast, publish, spawn_cli
 from tests.support.waiting import wait_until
 
@@ -207,8 +208,11 @@ def test_swaps_and_a_rollback_reach_every_worker_of_a_real_api(
         for proc in (learner, api):
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGTERM)
-        assert learner.wait(timeout=60) == 0, (tmp_path / "learner.log").read_text()[-3000:]
-        api.wait(timeout=30)
+        try:
+            assert learner.wait(timeout=60) == 0, (tmp_path / "learner.log").read_text()[-3000:]
+            api.wait(timeout=30)
+        finally:
+            stop_all([learner, api])  # what still runs when a wait timed out or failed
 
     everything = answers(loads)
     assert [e for load in loads for e in load.errors] == []

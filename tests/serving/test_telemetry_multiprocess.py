@@ -9,6 +9,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving import telemetry
+from tests.support.cluster import stop_all
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,7 +40,10 @@ def test_counts_add_up_across_processes(tmp_path, monkeypatch):
         subprocess.Popen([sys.executable, "-c", WORKER, str(i)], env=env, cwd=REPO)
         for i in range(3)
     ]
-    assert [w.wait(timeout=60) for w in workers] == [0, 0, 0]
+    try:
+        assert [w.wait(timeout=60) for w in workers] == [0, 0, 0]
+    finally:
+        stop_all(workers)  # still running when a wait timed out
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     body, content_type = telemetry.metrics_response_bytes()
@@ -70,7 +74,10 @@ def test_dead_workers_gauges_can_be_dropped(tmp_path, monkeypatch):
     pids = []
     for i in range(2):
         p = subprocess.Popen([sys.executable, "-c", WORKER, str(i)], env=env, cwd=REPO)
-        assert p.wait(timeout=60) == 0
+        try:
+            assert p.wait(timeout=60) == 0
+        finally:
+            stop_all([p])  # still running when the wait timed out
         pids.append(p.pid)
     mark_process_dead(pids[0], str(tmp_path))  # the worker serving version 5 is gone
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))

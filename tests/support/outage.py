@@ -76,8 +76,13 @@ class PrivateRedis:
             client = self.admin(  # one try a call (redis-py 8 retries a timeout for 9 s)
                 socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
             )
-            wait_until(functools.partial(_up_or_ended, client, proc), 20, "redis to start")
-            client.close()
+            try:
+                wait_until(functools.partial(_up_or_ended, client, proc), 20, "redis to start")
+            except BaseException:
+                self.stop()  # not answering: not left running (a fixture's teardown never runs)
+                raise
+            finally:
+                client.close()
             if proc.poll() is None:
                 self._started = True
                 return

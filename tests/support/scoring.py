@@ -13,6 +13,7 @@ from typing import Any
 
 from schemas.settings import Settings
 from stream.store.snapshots import SnapshotStore
+from tests.support.cluster import stop_all
 from tests.support.pipeline import spawn_cli
 
 
@@ -33,7 +34,10 @@ def run_score(
     """Run ``riverstream score ARGS`` to its end: exit status, its JSON report (None when it
     printed none) and everything it printed."""
     proc = spawn_cli(settings, ["score", *args], log)
-    code = proc.wait(timeout=timeout)
+    try:
+        code = proc.wait(timeout=timeout)
+    finally:
+        stop_all([proc])  # still running when the wait timed out
     text = log.read_text()
     reports = [json.loads(line) for line in text.splitlines() if line.startswith('{"target"')]
     log.unlink()

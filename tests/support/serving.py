@@ -55,6 +55,9 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
 
     try:
         wait_until(ping, timeout=10)
+    except BaseException:
+        stop_process(proc)  # not answering: not left running (the caller never gets it)
+        raise
     finally:
         client.close()
     return proc, url

@@ -87,11 +87,12 @@ def test_a_second_api_on_a_busy_port_leaves_the_first_registered(
     command = ["serve", "--port", str(port), "--workers", str(workers)]
     name = f"127.0.0.1:{port}.riverstream-api.json"
     first = spawn_cli(settings, command, tmp_path / "first.log")
+    procs = [first]
     try:
         wait_until(lambda: _answers(port), 60, "the first API", log=tmp_path / "first.log")
         assert registrations(targets) == {name: (f"127.0.0.1:{port}", first.pid)}
 
-        second = spawn_cli(settings, command, tmp_path / "second.log")
+        procs.append(second := spawn_cli(settings, command, tmp_path / "second.log"))
         # it cannot bind: uvicorn's STARTUP_FAILURE (one worker), the address refused (several)
         assert second.wait(timeout=60) == (3 if workers == 1 else 2)
         assert "in use" in (tmp_path / "second.log").read_text()
@@ -102,7 +103,8 @@ def test_a_second_api_on_a_busy_port_leaves_the_first_registered(
         assert first.wait(timeout=60) == -signal.SIGTERM  # dies by it, a clean stop to systemd
         assert registrations(targets) == {}  # unregistered before
     finally:
-        stop_process(first)
+        for proc in procs:
+            stop_process(proc)
 
 
 @pytest.mark.integration

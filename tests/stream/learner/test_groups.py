@@ -206,6 +206,7 @@ def test_handover_to_a_new_learner_is_exact(learners: Learners, tmp_path: Path) 
     registry = Registry(learners.store("default"))
     handed = spawn_cli(s, ["snapshots", "handover", "tree", "--to", "b", "--reason", "split"],
                        tmp_path / "cli.log")  # fmt: skip
+    learners.procs.append(handed)  # stopped with the learners if it outlives a failure
     assert handed.wait(timeout=60) == 0, (tmp_path / "cli.log").read_text()
     # The running learner drops the tree (its command list is acknowledged) and goes on.
     wait_until(lambda: not registry.pending_commands(), 60, "the release to be acknowledged")

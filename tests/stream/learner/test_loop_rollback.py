@@ -14,6 +14,7 @@ from schemas.events import FeatureEvent, LabelEvent
 from schemas.settings import Settings
 from stream.learner.runtime import snapshot_store
 from tests.conftest import settings_env
+from tests.support.cluster import stop_all
 from tests.support.pipeline import fast, final_core, learn, publish, spawn_cli
 from tests.support.waiting import wait_until
 
@@ -93,7 +94,10 @@ def test_poisoned_stretch_is_rolled_back_with_replay(settings: Settings, tmp_pat
         wait_until(_learned(s, _joinable(clean_a + clean_c)), 90, "the replay")
     finally:
         learner.terminate()
-        assert learner.wait(timeout=60) == 0, (tmp_path / "learner.log").read_text()[-3000:]
+        try:
+            assert learner.wait(timeout=60) == 0, (tmp_path / "learner.log").read_text()[-3000:]
+        finally:
+            stop_all([learner])  # still running when the wait timed out
 
     # A learner that never saw the poisoned stretch.
     clean = fast(
@@ -144,4 +148,7 @@ def test_rollback_with_skip_continues_from_the_current_position(
         wait_until(_learned(s, _labels(clean_a) + _labels(clean_c)), 90, "the rest")
     finally:
         learner.terminate()
-        assert learner.wait(timeout=60) == 0, (tmp_path / "learner.log").read_text()[-3000:]
+        try:
+            assert learner.wait(timeout=60) == 0, (tmp_path / "learner.log").read_text()[-3000:]
+        finally:
+            stop_all([learner])  # still running when the wait timed out

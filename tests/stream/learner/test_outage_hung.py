@@ -72,12 +72,12 @@ def test_learning_goes_on_while_redis_hangs(
     events = list(dataset_events("synth.Agrawal", label_delay=DELAY, limit=N, seed=SEED))
     store, log, key = snapshot_store(s), tmp_path / "learner.log", s.require_snapshot_key()
     publish(s, events[: 2 * FIRST])
-    learner = spawn_cli(s, ["learn", "--model", "lr=logreg", "--metric", "Accuracy"], log)
     publisher = Publisher(s)
     steady = threading.Thread(
         target=publisher.publish_events, args=(events[2 * FIRST :],), kwargs={"rate": RATE}
     )
     seen: list[tuple[float, float]] = []  # (time, samples learned) during the hang
+    learner = spawn_cli(s, ["learn", "--model", "lr=logreg", "--metric", "Accuracy"], log)
     try:
         wait_until(lambda: checkpoint_version(store), 60, "the first snapshot", log=log)
         steady.start()  # ≈ 14 s of events, one every 2 ms

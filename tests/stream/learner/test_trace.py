@@ -24,6 +24,7 @@ from stream.learner.runtime import snapshot_store
 from stream.registry.registry import Registry
 from stream.store.trace import TracePoint
 from stream.store.trace_reader import TraceReader
+from tests.support.cluster import stop_all
 from tests.support.pipeline import fast, learn, publish, spawn_cli
 from tests.support.replay import feed_in_order
 from tests.support.waiting import wait_until
@@ -120,7 +121,10 @@ def test_points_appear_only_with_their_snapshot_and_a_kill_9_leaves_the_same_cur
     again = spawn_cli(
         s, ["learn", "--model", "lr=logreg", "--metric", "Accuracy", "--exit-when-idle", "1"], log
     )
-    assert again.wait(timeout=180) == 0, log.read_text()[-3000:]
+    try:
+        assert again.wait(timeout=180) == 0, log.read_text()[-3000:]
+    finally:
+        stop_all([again])  # still running when the wait timed out
     points = reader.points("lr")
     assert _curve(points) == _river_curve("logreg", 20, None, EVERY)  # no gap, no duplicate
     assert points[: len(before_kill)] == before_kill  # what was written stays as it was

@@ -31,6 +31,7 @@ from serving.app import create_app
 from stream.kafka.client import create_topics, partitions_for
 from stream.registry.graphs import GraphRegistry
 from stream.store.snapshots import SnapshotStore
+from tests.support.cluster import stop_all
 from tests.support.pipeline import spawn_cli
 
 pytestmark = pytest.mark.integration
@@ -257,7 +258,10 @@ def test_a_worker_for_one_graph_loads_its_members_and_answers_nothing_else(
 # -- batch -----------------------------------------------------------------------------------------
 def score(settings: Settings, args: list[str], log: Path) -> tuple[int, dict[str, Any], str]:
     proc = spawn_cli(settings, ["score", *args], log)
-    code = proc.wait(timeout=120)
+    try:
+        code = proc.wait(timeout=120)
+    finally:
+        stop_all([proc])  # still running when the wait timed out
     text = log.read_text()
     log.unlink()
     reports = [json.loads(line) for line in text.splitlines() if line.startswith('{"target"')]
@@ -397,6 +401,9 @@ def test_score_runs_a_graphs_shadows_and_reports_them(
         ["score", "shadowed", str(source), "--out", str(tmp_path / "w.jsonl"), "--workers", "2"],
         log,
     )
-    assert proc.wait(timeout=120) != 0
+    try:
+        assert proc.wait(timeout=120) != 0
+    finally:
+        stop_all([proc])  # still running when the wait timed out
     assert "graph 'shadowed' has shadows, which run in one process" in log.read_text()
     assert not (tmp_path / "w.jsonl").exists()

@@ -125,8 +125,8 @@ def test_every_request_is_answered_as_the_api_answers(
         messages.append((r["id"].encode(), orjson.dumps(r), headers))
     produced_at = time.time()
     produce(settings, messages)
-    worker = spawn_cli(settings, ["predict-worker", "--report-every", "0.5"], tmp_path / "w.log")
     reader = Reader(settings, settings.topic_predictions)
+    worker = spawn_cli(settings, ["predict-worker", "--report-every", "0.5"], tmp_path / "w.log")
     try:
         answers = reader.until(lambda ms: len(answered_ids(ms)) == len(requests), 60)
         assert stop(worker) == 0, (tmp_path / "w.log").read_text()
@@ -218,9 +218,9 @@ def test_bad_requests_reach_the_dead_letter_topic_and_the_worker_goes_on(
         r = good[i % len(good)]
         messages.append((r["id"].encode(), orjson.dumps(r), []))
     produce(settings, messages)
-    worker = spawn_cli(settings, ["predict-worker"], tmp_path / "w.log")
     dlq = Reader(settings, settings.topic_dlq)
     answers = Reader(settings, settings.topic_predictions)
+    worker = spawn_cli(settings, ["predict-worker"], tmp_path / "w.log")
     try:
         dead = dlq.until(lambda ms: len(ms) >= len(bad), 60)
         answered = answers.until(lambda ms: answered_ids(ms) >= {r["id"] for r in good}, 30)
@@ -260,11 +260,11 @@ def test_a_worker_killed_mid_stream_loses_no_request(
     create_topics(settings.kafka_bootstrap_servers, settings.topics())
     logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
     args = ["predict-worker", "--session-timeout", "6", "--report-every", "0.1"]
-    workers = [spawn_cli(settings, args, log) for log in logs]
     reader = Reader(settings, settings.topic_predictions)
     requests = requests_for(models, 3000)
     messages = [(r["id"].encode(), orjson.dumps(r), []) for r in requests]
     producing = threading.Thread(target=produce_paced, args=(settings, messages, 500.0))
+    workers = [spawn_cli(settings, args, log) for log in logs]
     try:
         # both workers own partitions before requests flow
         kit.wait_until(lambda: all(assigned(log) for log in logs), timeout=60, interval=0.1)
@@ -332,10 +332,10 @@ def test_the_worker_follows_new_versions_live(
     own predictions, without a restart."""
     settings = predict_settings
     log = tmp_path / "w.log"
-    worker = spawn_cli(settings, ["predict-worker", "--report-every", "0.1"], log)
     create(settings)
     reader = Reader(settings, settings.topic_predictions)
     inputs = models["clf"]
+    worker = spawn_cli(settings, ["predict-worker", "--report-every", "0.1"], log)
     try:
         first = [{"id": f"a{i}", "target": "clf", "features": x} for i, x in enumerate(inputs)]
         produce(settings, [(r["id"].encode(), orjson.dumps(r), []) for r in first])
@@ -393,9 +393,9 @@ def test_a_worker_started_while_redis_is_away_waits_for_it_instead_of_dead_lette
     request = {"id": "r-start", "target": "reg", "features": inputs[0]}
     produce(settings, [(b"r-start", orjson.dumps(request), [])])
     log = tmp_path / "w.log"
-    worker = spawn_cli(settings, ["predict-worker"], log)
     dlq = Reader(settings, settings.topic_dlq)
     answers = Reader(settings, settings.topic_predictions)
+    worker = spawn_cli(settings, ["predict-worker"], log)
     try:
         waiting = "waiting for a first look at Redis"
         dlq.until(lambda ms: bool(ms) or (log.exists() and waiting in log.read_text()), 60)

@@ -107,8 +107,8 @@ def test_a_password_changed_under_a_running_worker_is_ridden_out(
 
     request("r1")
     log = tmp_path / "w.log"
-    worker = spawn_cli(settings, ["predict-worker", "--report-every", "0.2"], log)
     answers = Reader(settings, settings.topic_predictions)
+    worker = spawn_cli(settings, ["predict-worker", "--report-every", "0.2"], log)
     try:
         answers.until(lambda ms: "r1" in answered_ids(ms) or worker.poll() is not None, 60)
         change_password(locked_redis, "rotated")

@@ -28,9 +28,9 @@ def dead_letter_then_answer(settings: Settings, tmp_path: Path) -> tuple[Any, li
     """Run a worker until it has sent one dead letter and answered the request ``after``
     (it must not stop on the first): that dead letter, and the answers."""
     log = tmp_path / "w.log"
-    worker = spawn_cli(settings, ["predict-worker"], log)
     dlq = Reader(settings, settings.topic_dlq)
     answers = Reader(settings, settings.topic_predictions)
+    worker = spawn_cli(settings, ["predict-worker"], log)
     try:
         dlq.until(lambda ms: bool(ms) or worker.poll() is not None, 60)
         assert worker.poll() is None, "the worker stopped:\n" + log.read_text()[-3000:]

@@ -100,8 +100,8 @@ def test_the_worker_answers_every_request_across_a_broker_restart(
     create_topics(bootstrap, s.topics())
     served = ServedModel.build("lr", clf, version=version, kind="classifier")
     port, log = s.predict_metrics_port, tmp_path / "worker.log"
-    worker = spawn_cli(s, ["predict-worker", "--report-every", "1"], log)
     producer = PacedProducer(s, inputs)
+    worker = spawn_cli(s, ["predict-worker", "--report-every", "1"], log)
     try:
         warm_up = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
         warm_up.produce(s.topic_requests, orjson.dumps(
@@ -192,9 +192,9 @@ def test_a_worker_stopped_during_an_outage_exits_within_its_grace_and_loses_noth
     create_topics(bootstrap, s.topics())
     served = ServedModel.build("lr", clf, version=version, kind="classifier")
     port = s.predict_metrics_port
-    first = spawn_cli(s, ["predict-worker"], tmp_path / "first.log")
     second = None
     producer = PacedProducer(s, inputs)
+    first = spawn_cli(s, ["predict-worker"], tmp_path / "first.log")
     try:
         producer.start()
         wait_until(lambda: answers_counted(port) > N // 10, 90, "a tenth of the requests answered")

@@ -45,8 +45,8 @@ def request_for_reg(kit: Any, store: SnapshotStore, predict_settings: Settings) 
 
 def answers_r1(settings: Settings, args: list[str], log: Path) -> None:
     """Run ``riverstream ARGS`` (a worker) until it answered the request ``r1``, then stop it."""
-    worker = spawn_cli(settings, args, log)
     answers = Reader(settings, settings.topic_predictions)
+    worker = spawn_cli(settings, args, log)
     try:
         answers.until(lambda ms: "r1" in answered_ids(ms) or worker.poll() is not None, 60)
         assert worker.poll() is None, log.read_text()[-3000:]
@@ -66,9 +66,9 @@ def test_a_worker_waiting_for_the_graphs_says_why_until_they_are_read(
     waited with one warning that named no reason. Repaired, it joins and answers."""
     settings = predict_settings
     log = tmp_path / "w.log"
-    worker = spawn_cli(settings, ["predict-worker", "--report-every", "0.2"], log)
     dlq = Reader(settings, settings.topic_dlq)
     answers = Reader(settings, settings.topic_predictions)
+    worker = spawn_cli(settings, ["predict-worker", "--report-every", "0.2"], log)
     try:
         kit.wait_until(
             lambda: len(waiting_lines(log)) >= 3 or worker.poll() is not None, timeout=60,

@@ -40,6 +40,7 @@ from stream.registry.graphs import GraphRegistry
 from stream.store.comparisons import ComparisonStore
 from tests.conftest import settings_env
 from tests.support import drift
+from tests.support.cluster import stop_all
 from tests.support.pipeline import fast, final_model, publish, spawn_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -58,7 +59,10 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 def learn_until_idle(settings: Settings, args: list[str], log: Path) -> None:
     proc = spawn_cli(settings, args, log)
-    assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
+    try:
+        assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
+    finally:
+        stop_all([proc])  # still running when the wait timed out
 
 
 def in_process(events: list[FeatureEvent | LabelEvent], restart: int) -> LearningCore:
@@ -115,11 +119,14 @@ def test_an_added_challenger_overtakes_is_promoted_and_served(
         # 2. the challenger added on restart; a kill -9 once it has compared; the rest learned
         assert publish(settings, events[restart:]).failed == 0
         proc = spawn_cli(settings, WITH_CHALLENGER, log)
-        comparisons = ComparisonStore(client, prefix)
-        kit.wait_until(lambda: comparisons.get("tree", "hat") is not None, timeout=120)
-        assert proc.poll() is None, log.read_text()[-3000:]
-        proc.kill()
-        proc.wait(timeout=30)
+        try:
+            comparisons = ComparisonStore(client, prefix)
+            kit.wait_until(lambda: comparisons.get("tree", "hat") is not None, timeout=120)
+            assert proc.poll() is None, log.read_text()[-3000:]
+            proc.kill()
+            proc.wait(timeout=30)
+        finally:
+            stop_all([proc])  # still running when the wait or the assertion failed
         learn_until_idle(settings, WITH_CHALLENGER, log)
         assert log.read_text().count("new models hat start fresh") == 1
 
