@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from schemas.settings import Settings
 from stream.dev.services import SERVICES, Endpoints, ServiceManager
@@ -77,7 +78,7 @@ def settings(services: Endpoints, tmp_path: Path) -> Settings:
         topic_requests=f"t{tag}.requests",
         topic_predictions=f"t{tag}.predictions",
         redis_prefix=f"test:{tag}",
-        snapshot_key="test-key-" + tag,
+        snapshot_key=SecretStr("test-key-" + tag),
         partitions=3,
         learner_metrics_port=0,
         predict_metrics_port=0,

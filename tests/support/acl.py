@@ -66,8 +66,9 @@ class AclKafkaCluster(SecureKafkaCluster):
             ResourceType,
         )
 
-        match = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY,
-                                 f"User:{user}", None, AclOperation.ANY,
+        any_name: Any = None  # None matches any (the stubs say str)
+        match = AclBindingFilter(ResourceType.ANY, any_name, ResourcePatternType.ANY,
+                                 f"User:{user}", any_name, AclOperation.ANY,
                                  AclPermissionType.ANY)  # fmt: skip
         admin = self._admin()  # held while its future runs (collected, it fails it)
         return set(admin.describe_acls(match).result(timeout=30))
@@ -143,12 +144,12 @@ def acl_services(tmp_path: Path, users: Iterable[str]) -> Iterator[AclServices]:
     settings = Settings(
         kafka_bootstrap_servers=kafka.bootstrap, kafka_security_protocol="SASL_SSL",
         kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="riverstream",
-        kafka_sasl_password=kafka.users["riverstream"], kafka_ssl_cafile=certificates.ca,
-        redis_url=server.url, redis_username="app", redis_password=redis_password,
-        redis_ssl_cafile=certificates.ca, state_dir=tmp_path / "state", partitions=3,
-        learner_metrics_port=0, snapshot_key=f"key-{uuid.uuid4().hex}",
-        watermark_idle_grace=0.2,
-    )  # type: ignore[arg-type]  # fmt: skip
+        kafka_sasl_password=SecretStr(kafka.users["riverstream"]),
+        kafka_ssl_cafile=certificates.ca, redis_url=server.url, redis_username="app",
+        redis_password=SecretStr(redis_password), redis_ssl_cafile=certificates.ca,
+        state_dir=tmp_path / "state", partitions=3, learner_metrics_port=0,
+        snapshot_key=SecretStr(f"key-{uuid.uuid4().hex}"), watermark_idle_grace=0.2,
+    )  # fmt: skip
     try:
         server.up()
         kafka.up()

@@ -12,6 +12,7 @@ import subprocess
 import threading
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 from river import evaluate, metrics
@@ -103,9 +104,9 @@ def assert_equal_to_river(
     name: str = "lr",
 ) -> None:
     """The final snapshot of ``name`` equals River's progressive validation on the same data."""
-    model = build_estimator(spec)
+    model: Any = build_estimator(spec)  # a classifier: River's Estimator declares no predict
     accuracy = metrics.Accuracy()
-    data = itertools.islice(load_dataset(dataset, seed=seed), limit)
+    data: Any = itertools.islice(load_dataset(dataset, seed=seed), limit)  # River: Hashable keys
     evaluate.progressive_val_score(data, model, accuracy, delay=river_delay(delay, seed))
     ours = final_model(s, name)
     assert ours.samples_learned == limit, name
@@ -119,7 +120,9 @@ def messages(bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT) ->
     from confluent_kafka import Consumer, TopicPartition
     from confluent_kafka.admin import AdminClient
 
-    conf = {"bootstrap.servers": bootstrap, **security.librdkafka()}
+    conf: dict[str, str | int | float | bool] = {
+        "bootstrap.servers": bootstrap, **security.librdkafka()
+    }  # fmt: skip
     meta = AdminClient(conf).list_topics(topic, timeout=10)
     consumer = Consumer({**conf, "group.id": "rs-test-count"})
     try:

@@ -24,8 +24,9 @@ def river_reference(
 ) -> tuple[float, Any]:
     """River's own progressive validation: final metric value and final model."""
     model = spec.build()
+    samples: Any = load_dataset(dataset, limit=limit, seed=seed)  # River types x as Hashable keys
     result = evaluate.progressive_val_score(
-        load_dataset(dataset, limit=limit, seed=seed),
+        samples,
         model,
         build_metric(metric),
         delay=river_delay(delay, seed),
