@@ -383,10 +383,8 @@ class LoginQuestions:
         try:
             return make()
         except KafkaAdapterError as exc:
-            refusal = str(exc) if refused(exc) else None if question is None else question.refusal
-            if refusal is None:
-                raise
-            raise KafkaAuthError(self.bootstrap, refusal, self.security) from exc
+            self._raise_refusal(exc, question)
+            raise
         finally:
             if question is not None:
                 question.over.set()  # not asked yet: not asked at all
@@ -408,9 +406,22 @@ class LoginQuestions:
             if question.refusal is not None and made.abandon():
                 raise KafkaAuthError(self.bootstrap, question.refusal, self.security)
             made.ended.wait()  # the question said nothing (yet): the connection tells
-            return made.result(self.bootstrap, self.security, question.refusal)
+            return made.result()
+        except KafkaAdapterError as exc:
+            self._raise_refusal(exc, question)
+            raise
         finally:
             question.over.set()
+
+    def _raise_refusal(self, exc: KafkaAdapterError, question: _Question | None) -> None:
+        """`KafkaAuthError` (from ``exc``) when ``exc`` says that the brokers refused the
+        login, or the question asked beside the connection does; else nothing (``exc`` itself
+        when it is one already: raised as it is)."""
+        if isinstance(exc, KafkaAuthError):
+            return
+        refusal = str(exc) if refused(exc) else None if question is None else question.refusal
+        if refusal is not None:
+            raise KafkaAuthError(self.bootstrap, refusal, self.security) from exc
 
     def _ask(self) -> _Question | None:
         """The question asked beside a connection: the one still asking, else a new one."""
@@ -499,18 +510,12 @@ class _Made(Generic[_T]):
             self._abandoned = not self.ended.is_set()
             return self._abandoned
 
-    def result(self, bootstrap: str, security: KafkaSecurity, refusal: str | None) -> _T:
-        """The client made, or ``make``'s error (`KafkaAuthError` when the brokers refused the
-        login: the error says so, or ``refusal``, the question's answer)."""
+    def result(self) -> _T:
+        """The client made, or ``make``'s error raised."""
         if self._made is not None:
             return self._made[0]
-        error = self._error
-        assert error is not None
-        if isinstance(error, KafkaAdapterError):
-            said = str(error) if refused(error) else refusal
-            if said is not None:
-                raise KafkaAuthError(bootstrap, said, security) from error
-        raise error
+        assert self._error is not None
+        raise self._error
 
 
 class RefusalLog:

@@ -59,8 +59,11 @@ def test_a_refusal_found_beside_a_connection_under_way_is_raised_at_once(
         return "client"
 
     questions = LoginQuestions("k1:9093", SASL, after=0.0)
-    with pytest.raises(KafkaAuthError, match=r"refused this process's credentials \(Auth"):
+    with pytest.raises(
+        KafkaAuthError, match=r"refused this process's credentials \(Auth"
+    ) as raised:
         questions.connect_or_stop(make, discarded.append)
+    assert str(raised.value).count("refused") == 1  # said once, not wrapped in itself
     assert not connected.is_set()
     connected.set()  # the abandoned connection ends: its client is discarded, not returned
     wait_until(lambda: discarded == ["client"], WAIT, "the late client to be discarded")
