@@ -28,6 +28,7 @@ from serving.telemetry import ServingMetrics
 from stream.dev.services import ServiceManager
 from stream.kafka.client import read_all
 from tests.support.outage import private_kafka
+from tests.support.procs import freeze
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -85,7 +86,7 @@ def test_a_broker_lost_after_the_producer_exists_is_answered_fast_and_bounded(
     answers += wave(app, ["before"])
     assert answers[0][1] == 202, answers
     broker = manager.running()["kafka"]
-    os.kill(broker.pid, signal.SIGSTOP)
+    freeze(broker.pid)  # every thread stopped: none still answering
     try:
         # 1. Eight requests at once: BOUND wait for the publish timeout, the others get 503 at
         # once (the in-flight bound, not a queue behind the timeouts), nothing sent.

@@ -25,6 +25,7 @@ from serving.telemetry import ServingMetrics
 from stream.dev.services import ServiceManager
 from tests.serving.test_feedback_shadows_later import gate, shadowed
 from tests.support.outage import private_kafka
+from tests.support.procs import freeze
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -64,7 +65,7 @@ def test_logs_unacknowledged_when_the_api_stops_are_counted_and_the_stop_complet
             assert first.status_code == 200, first.text
             wait_until(lambda: shadows.wait_idle(1), what="p1's shadows")
             wait_until(lambda: [d.done for d in publisher._later] == [True], what="p1's log")
-            os.kill(broker.pid, signal.SIGSTOP)
+            freeze(broker.pid)
             # p2: answered 200 (nothing refuses it yet), its log handed to the producer.
             second = await predict("p2")
             assert second.status_code == 200, second.text

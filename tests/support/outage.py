@@ -28,6 +28,7 @@ from schemas.settings import Settings
 from stream.dev.ports import PORTS_FILE, free_ports
 from stream.dev.services import ServiceManager, ensure_debian_binary, free_port, stop_pid
 from stream.store.snapshots import SnapshotStore
+from tests.support.procs import freeze
 from tests.support.waiting import wait_until
 
 
@@ -118,6 +119,11 @@ class PrivateRedis:
         os.kill(self.proc.pid, sig)
         if sig == signal.SIGKILL:
             self.proc.wait(timeout=10)
+
+    def freeze(self) -> None:
+        """SIGSTOP, returning once every thread is stopped (SIGCONT with `kill` resumes)."""
+        assert self.proc is not None
+        freeze(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -12,6 +12,10 @@ production code:
   workers) and what they run.
 - `pending_signals`: the signals sent to a process and not yet delivered (a test that signals a
   process, then acts, waits for the delivery).
+- `freeze`: SIGSTOP a process and wait until every one of its threads is stopped. ``kill()``
+  returns before that: on a loaded machine a broker's threads may still answer requests for
+  tens of milliseconds after it (a test that froze a broker, then sent, saw its sends
+  acknowledged).
 - `socket_owner`: which of some processes holds the TCP connection between two local ports,
   from ``/proc/net/tcp`` and the processes' file descriptors. It says which process wrote a
   command that Redis' MONITOR shows (the client's port), or which API worker answered a request
@@ -23,8 +27,11 @@ Linux only, like the rest of the suite.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from tests.support.waiting import wait_until
 
 PROC = Path("/proc")
 
@@ -41,16 +48,48 @@ def state(pid: int) -> str | None:
     >>> state(os.getpid()) in {"R", "S"}
     True
     """
-    try:
-        stat = (PROC / str(pid) / "stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return stat.rsplit(")", 1)[1].split()[0]
+    return state_of(PROC / str(pid))
 
 
 def alive(pid: int) -> bool:
     """Running (a zombie, dead and waiting to be reaped, is not)."""
     return state(pid) not in (None, "Z")
+
+
+def thread_states(pid: int) -> list[str]:
+    """The state letter of each of ``pid``'s threads (none when it is gone)."""
+    try:
+        tasks = [entry.name for entry in os.scandir(PROC / str(pid) / "task")]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return [letter for tid in tasks if (letter := state_of(PROC / str(pid) / "task" / tid))]
+
+
+def state_of(path: Path) -> str | None:
+    try:
+        stat = (path / "stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def freeze(pid: int, timeout: float = 10.0) -> None:
+    """SIGSTOP ``pid`` and return once all its threads are stopped (SIGCONT resumes them).
+
+    >>> import subprocess, sys
+    >>> child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    >>> freeze(child.pid); set(thread_states(child.pid))
+    {'T'}
+    >>> child.kill(); _ = child.wait()
+    """
+    os.kill(pid, signal.SIGSTOP)
+    wait_until(
+        lambda: set(thread_states(pid)) == {"T"},
+        timeout,
+        f"every thread of {pid} stopped",
+        interval=0.002,
+        detail=lambda: thread_states(pid),
+    )
 
 
 def pending_signals(pid: int) -> set[int]:

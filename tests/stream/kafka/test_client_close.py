@@ -20,6 +20,7 @@ from schemas.settings import Settings
 from stream.dev.services import ServiceManager
 from stream.kafka.client import CLOSE_GRACE_SECONDS, EventProducer, create_topics, read_all
 from tests.support.outage import private_kafka
+from tests.support.procs import freeze
 
 pytestmark = [pytest.mark.integration]
 __all__ = ["private_kafka"]  # a fixture
@@ -52,7 +53,7 @@ def test_a_close_with_the_broker_gone_gives_up_in_time_and_ends_the_producers_th
     if gone == "killed":
         manager.down(("kafka",))
     else:
-        os.kill(broker.pid, signal.SIGSTOP)
+        freeze(broker.pid)
     try:
         futures = [producer.send_future(topic, b"%d" % i, b"lost") for i in range(6)]
         start = time.monotonic()

@@ -128,7 +128,7 @@ def test_the_learner_rides_out_redis_killed_and_hung(
         wait_until(lambda: (_version(store) or 0) > before, 30, "a snapshot after the outage")
 
         # 2. Redis hangs for five seconds while the third stretch arrives
-        private_redis.kill(signal.SIGSTOP)
+        private_redis.freeze()
         publish(s, stretches[2])
         hung = time.monotonic()
         wait_until(lambda: time.monotonic() - hung >= 5, 10, "five seconds of a hung Redis")

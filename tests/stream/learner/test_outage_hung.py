@@ -84,7 +84,7 @@ def test_learning_goes_on_while_redis_hangs(
         start = learned(port)
         wait_until(lambda: learned(port) >= start + 200, 30, "learning of the stream", log=log)
         before = checkpoint_version(store)
-        private_redis.kill(signal.SIGSTOP)
+        private_redis.freeze()
         try:
             hung = time.monotonic()
             while (now := time.monotonic()) - hung < HUNG_SECONDS:
