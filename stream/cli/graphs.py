@@ -17,7 +17,6 @@ other operator commands it imports neither River nor the learner (tests/stream/c
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import functools
 import json
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from schemas.graph_errors import GraphError
 from schemas.graph_parser import parse_graph
 from schemas.graphs import walk
 from schemas.settings import Settings
-from stream.cli.terminal import print_error, print_text
+from stream.cli.terminal import emit, local_time, print_error
 
 if TYPE_CHECKING:  # imported by the commands that run, so that `--help` stays quick
     from stream.registry.graphs import GraphRegistry
@@ -132,17 +131,6 @@ def _errors(source: Path | None = None) -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def _emit(as_json: bool, data: Any, text: str) -> None:
-    if as_json:
-        out.print_json(json.dumps(data))
-    else:
-        print_text(text, out)
-
-
-def _when(t: float) -> str:
-    return dt.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
-
-
 # -- offline --------------------------------------------------------------------------------
 @graphs_app.command("validate")
 def validate(file: File, as_json: AsJson = False) -> None:
@@ -152,7 +140,7 @@ def validate(file: File, as_json: AsJson = False) -> None:
     nodes = sum(1 for _ in walk(spec.root))
     models = spec.model_names()
     data = {"ok": True, "graph": spec.name, "nodes": nodes, "models": list(models)}
-    _emit(as_json, data, f"OK: graph {spec.name}: {nodes} nodes, models {', '.join(models)}")
+    emit(out, as_json, data, f"OK: graph {spec.name}: {nodes} nodes, models {', '.join(models)}")
 
 
 # -- registry -------------------------------------------------------------------------------
@@ -166,7 +154,7 @@ def apply(file: File, reason: Reason = "", by: By = None, as_json: AsJson = Fals
         text = f"{applied.name}: applied v{applied.version} (was {applied.previous or '-'})"
     else:
         text = f"{applied.name}: unchanged, v{applied.version} is the same document"
-    _emit(as_json, applied.to_dict(), text)
+    emit(out, as_json, applied.to_dict(), text)
 
 
 @graphs_app.command("list")
@@ -226,7 +214,7 @@ def history(name: Name, as_json: AsJson = False) -> None:
         table.add_column(col)
     for e in entries:
         table.add_row(
-            _when(e.time), e.action, str(e.from_ or "-"), str(e.to or "-"), Text(e.by),
+            local_time(e.time), e.action, str(e.from_ or "-"), str(e.to or "-"), Text(e.by),
             Text(e.reason),
         )  # fmt: skip
     out.print(table)
@@ -245,7 +233,7 @@ def rollback(
     """Serve an earlier version of NAME again (default: the one served before)."""
     with _errors():
         done = open_graphs(by).rollback(name, to, reason=reason)
-    _emit(as_json, done.to_dict(), f"{name}: serving v{done.version} (was {done.previous})")
+    emit(out, as_json, done.to_dict(), f"{name}: serving v{done.version} (was {done.previous})")
 
 
 @graphs_app.command("delete")
@@ -253,5 +241,5 @@ def delete(name: Name, reason: Reason = "", by: By = None, as_json: AsJson = Fal
     """Stop serving NAME and remove its versions (its history is kept)."""
     with _errors():
         served = open_graphs(by).delete(name, reason)
-    _emit(as_json, {"graph": name, "deleted": True, "was": served},
+    emit(out, as_json, {"graph": name, "deleted": True, "was": served},
           f"{name}: deleted (was serving v{served})")  # fmt: skip

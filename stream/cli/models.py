@@ -20,7 +20,6 @@ operator commands it imports neither River nor the learner (tests/stream/cli/tes
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 from typing import TYPE_CHECKING, Annotated, Any
@@ -31,7 +30,7 @@ from rich.table import Table
 
 from schemas.errors import ConfigError, RiverstreamError
 from schemas.settings import Settings
-from stream.cli.terminal import exit_on_error, print_text
+from stream.cli.terminal import exit_on_error, local_time, print_text
 
 if TYPE_CHECKING:  # imported by the commands that run, so that `--help` stays quick
     import redis
@@ -65,10 +64,6 @@ def _client() -> tuple[redis.Redis, str]:
             "no Redis address: set RIVERSTREAM_REDIS_URL or run `riverstream services up`"
         )
     return redis.Redis.from_url(settings.redis_url, socket_timeout=30), settings.redis_prefix
-
-
-def _when(t: float) -> str:
-    return dt.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
 
 
 def comparison_row(
@@ -157,7 +152,7 @@ def compare(
         f"{champion} - {challenger} (positive: {challenger} better), margin {margin:g}"
     )
     out.print(_table([row], title))
-    written = _when(row["written_at"])
+    written = local_time(row["written_at"])
     err.print(f"[dim]as of snapshot v{row['version']}, written {written}[/]", highlight=False)
 
 

@@ -8,7 +8,6 @@ validates before it writes, so nothing has changed.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -20,7 +19,7 @@ from rich.text import Text
 
 from schemas.errors import RegistryError
 from schemas.settings import Settings
-from stream.cli.terminal import exit_on_error, print_error, print_text
+from stream.cli.terminal import emit, exit_on_error, local_time, print_error
 
 if TYPE_CHECKING:  # imported by the commands that run, so that `--help` stays quick
     from stream.registry.registry import Registry, VersionInfo
@@ -52,17 +51,6 @@ def open_registry(by: str | None = None) -> Registry:
 
     settings = resolve(Settings())
     return Registry(open_store(settings), by=by, signing_key=settings.require_snapshot_key())
-
-
-def _emit(as_json: bool, data: Any, text: str) -> None:
-    if as_json:
-        out.print_json(json.dumps(data))
-    else:
-        print_text(text, out)
-
-
-def _when(t: float) -> str:
-    return dt.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
 
 
 def _metrics(metrics: dict[str, float]) -> str:
@@ -103,7 +91,7 @@ def list_versions(model: Model, as_json: AsJson = False) -> None:
             name for name, on in (("serving", i.serving), ("promoted", i.promoted), ("pinned", i.pinned)) if on
         )  # fmt: skip
         table.add_row(
-            str(m.version), _when(m.created_at), str(m.samples_learned), _metrics(m.metrics),
+            str(m.version), local_time(m.created_at), str(m.samples_learned), _metrics(m.metrics),
             f"{m.size:,}", "yes" if i.has_checkpoint else "-", marks,
         )  # fmt: skip
     out.print(table)
@@ -139,7 +127,7 @@ def _show_table(info: VersionInfo, data: dict[str, Any]) -> None:
     table.add_column("value")
     for name, value in data.items():
         if name == "created_at":
-            value = _when(value)
+            value = local_time(value)
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or "-"
         table.add_row(name, Text(str(value)))
@@ -162,7 +150,7 @@ def history(model: Model, as_json: AsJson = False) -> None:
             str(x) for x in (e.resume, e.exclude or "", e.detail.get("removed", "")) if x
         )
         table.add_row(
-            _when(e.time), e.action, str(e.from_ or "-"), str(e.to or "-"), Text(e.by),
+            local_time(e.time), e.action, str(e.from_ or "-"), str(e.to or "-"), Text(e.by),
             Text(e.reason), Text(extra),
         )  # fmt: skip
     out.print(table)
@@ -179,7 +167,7 @@ def promote(
         before = registry.promote(model, version, reason)
         serving = registry.serving_version(model)
     data = {"model": model, "from": before, "to": version, "serving": serving}
-    _emit(as_json, data, f"{model}: promoted v{version} (was {before}); serving v{serving}")
+    emit(out, as_json, data, f"{model}: promoted v{version} (was {before}); serving v{serving}")
 
 
 @snapshots_app.command("rollback")
@@ -208,7 +196,7 @@ def rollback(
     data = {"model": model, "to": cmd.to, "resume": cmd.resume, "exclude": cmd.exclude,
             "command": cmd.id, "learner": learner}  # fmt: skip
     text = f"{model}: rolled back to v{cmd.to} (resume {cmd.resume}); serving v{cmd.to}"
-    _emit(as_json, data, text + (f", excluding {cmd.exclude}" if cmd.exclude else ""))
+    emit(out, as_json, data, text + (f", excluding {cmd.exclude}" if cmd.exclude else ""))
 
 
 @snapshots_app.command("pin")
@@ -218,7 +206,7 @@ def pin(
     """Keep serving VERSION while learning goes on."""
     with exit_on_error():
         open_registry(by).pin(model, version, reason)
-    _emit(as_json, {"model": model, "pinned": version}, f"{model}: pinned at v{version}")
+    emit(out, as_json, {"model": model, "pinned": version}, f"{model}: pinned at v{version}")
 
 
 @snapshots_app.command("unpin")
@@ -226,7 +214,9 @@ def unpin(model: Model, reason: Reason = "", by: By = None, as_json: AsJson = Fa
     """Serve the promoted version again."""
     with exit_on_error():
         serving = open_registry(by).unpin(model, reason)
-    _emit(as_json, {"model": model, "serving": serving}, f"{model}: unpinned; serving v{serving}")
+    emit(
+        out, as_json, {"model": model, "serving": serving}, f"{model}: unpinned; serving v{serving}"
+    )
 
 
 @snapshots_app.command("policy")
@@ -250,7 +240,7 @@ def policy(
     text = f"{model}: policy {result.policy}"
     if result.policy == "guarded":
         text += f" (margin {result.margin:g}, metric {result.metric or 'first by name'})"
-    _emit(as_json, {"model": model, **json.loads(result.to_json())}, text)
+    emit(out, as_json, {"model": model, **json.loads(result.to_json())}, text)
 
 
 # -- files and retention --------------------------------------------------------------------
@@ -265,7 +255,7 @@ def export(
     with exit_on_error():
         path = open_registry().export(model, version, file)
     size = path.stat().st_size
-    _emit(as_json, {"model": model, "version": version, "file": str(path), "bytes": size},
+    emit(out, as_json, {"model": model, "version": version, "file": str(path), "bytes": size},
           f"{model} v{version} → {path} ({size:,} bytes)")  # fmt: skip
 
 
@@ -280,7 +270,7 @@ def import_(
     with exit_on_error():
         registry = open_registry(by)
         model, version = registry.import_(file, reason)
-    _emit(as_json, {"file": str(file), "model": model, "version": version},
+    emit(out, as_json, {"file": str(file), "model": model, "version": version},
           f"imported {file} as {model} v{version} (not promoted)")  # fmt: skip
 
 
@@ -295,7 +285,7 @@ def prune(
     """Delete old versions; promoted, pinned, rollback-target and recent ones are kept."""
     with exit_on_error():
         removed = open_registry(by).prune(model, keep_last, reason=reason)
-    _emit(as_json, {"model": model, "removed": removed},
+    emit(out, as_json, {"model": model, "removed": removed},
           f"{model}: removed {len(removed)} versions {removed}")  # fmt: skip
 
 
@@ -324,7 +314,7 @@ def handover(
             f"\nrollback {moved.id} of {model} to v{moved.to} ({moved.resume}), not carried out "
             f"by {previous!r} yet: moved to learner {to!r}, which carries it out"
         )
-    _emit(as_json, data, text)
+    emit(out, as_json, data, text)
 
 
 @snapshots_app.command("owners")
@@ -333,7 +323,7 @@ def owners(as_json: AsJson = False) -> None:
     with exit_on_error():
         table = open_registry().owners()
     if as_json:
-        _emit(True, table, "")
+        emit(out, True, table, "")
         return
     view = Table(title="models by learner")
     view.add_column("model")

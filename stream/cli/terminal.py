@@ -11,7 +11,10 @@ cells in tables. ``rich.markup.escape`` is not used: it doubles a trailing backs
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -30,6 +33,23 @@ def print_error(message: object, console: Console = err) -> None:
 def print_text(text: object, console: Console = err, *, style: str = "") -> None:
     """``text`` exactly as it is, in ``style`` (``"dim"``, ``"yellow"``...), unwrapped."""
     console.print(Text(str(text), style=style), soft_wrap=True)
+
+
+def emit(console: Console, as_json: bool, data: Any, text: str) -> None:
+    """``data`` as JSON (``--json``), else ``text`` exactly as it is, on ``console``."""
+    if as_json:
+        console.print_json(json.dumps(data))
+    else:
+        print_text(text, console)
+
+
+def local_time(t: float) -> str:
+    """Epoch seconds ``t`` as this machine's local date and time, to the second.
+
+    >>> len(local_time(0.0)) == len("1970-01-01 00:00:00")
+    True
+    """
+    return dt.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
 
 
 @contextlib.contextmanager
