@@ -8,13 +8,16 @@ from typing import Any
 
 import orjson
 
-from serving.inputs import InputError, InputLimits, check_features, finite_features, json_type
-
-_MAX_ERRORS = 20
-
-
-def _problem(loc: list[Any], msg: str, kind: str) -> dict[str, Any]:
-    return {"loc": ["body", *loc], "msg": msg, "type": kind}
+from serving.inputs import (
+    MAX_ERRORS,
+    InputError,
+    InputLimits,
+    check_features,
+    check_instances,
+    finite_features,
+    json_type,
+    problem,
+)
 
 
 def _request_id(value: Any, loc: list[Any], max_length: int) -> str | None:
@@ -25,7 +28,7 @@ def _request_id(value: Any, loc: list[Any], max_length: int) -> str | None:
     if not isinstance(value, str) or not 0 < len(value) <= max_length:
         shown = f"{len(value)} characters" if isinstance(value, str) else json_type(value)
         msg = f"an id is a string of 1 to {max_length} characters or an integer, not {shown}"
-        raise InputError([_problem(loc, msg, "request_id")])
+        raise InputError([problem(loc, msg, "request_id")])
     return value
 
 
@@ -49,7 +52,7 @@ def load_graph_body(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InputError([_problem([], f"invalid JSON: {exc}", "json_invalid")]) from None
+        raise InputError([problem([], f"invalid JSON: {exc}", "json_invalid")]) from None
 
 
 def numeric_graph_body(
@@ -78,11 +81,11 @@ def graph_body(
 ) -> tuple[dict[str, Any], str | None] | tuple[list[dict[str, Any]], list[str | None]]:
     """`parse_graph_body` of a body already loaded (`load_graph_body`)."""
     if not isinstance(body, dict):
-        raise InputError([_problem([], f"expected an object, got {json_type(body)}", "dict_type")])
+        raise InputError([problem([], f"expected an object, got {json_type(body)}", "dict_type")])
     extra = [k for k in body if k not in ("features", "instances", "id", "ids")]
     if extra:
         msg = "unknown field: use 'features' (and 'id') or 'instances' (and 'ids')"
-        raise InputError([_problem([k], msg, "extra_forbidden") for k in extra[:_MAX_ERRORS]])
+        raise InputError([problem([k], msg, "extra_forbidden") for k in extra[:MAX_ERRORS]])
     single, batch = "features" in body, "instances" in body
     if single == batch or (single and "ids" in body) or (batch and "id" in body):
         msg = (
@@ -90,27 +93,11 @@ def graph_body(
             if single or batch
             else "field required ('features' or 'instances')"
         )
-        raise InputError([_problem([] if single or batch else ["features"], msg, "value_error")])
+        raise InputError([problem([] if single or batch else ["features"], msg, "value_error")])
     if single:
         features = check_features(body["features"], ["features"], limits)
         return features, _request_id(body.get("id"), ["id"], max_id_length)
-    instances = body["instances"]
-    if not isinstance(instances, list):
-        msg = f"expected an array of feature objects, got {json_type(instances)}"
-        raise InputError([_problem(["instances"], msg, "list_type")])
-    if len(instances) > limits.max_instances:
-        msg = f"{len(instances)} instances, the limit is {limits.max_instances}"
-        raise InputError([_problem(["instances"], msg, "too_long")])
-    problems: list[dict[str, Any]] = []
-    for i, x in enumerate(instances):
-        try:
-            check_features(x, ["instances", i], limits)
-        except InputError as exc:
-            problems += exc.detail
-            if len(problems) >= _MAX_ERRORS:
-                break
-    if problems:
-        raise InputError(problems[:_MAX_ERRORS])
+    instances = check_instances(body["instances"], limits)
     raw_ids = body.get("ids")
     if raw_ids is None:
         no_ids: list[str | None] = [None] * len(instances)
@@ -118,6 +105,6 @@ def graph_body(
     if not isinstance(raw_ids, list) or len(raw_ids) != len(instances):
         got = f"{len(raw_ids)} ids" if isinstance(raw_ids, list) else json_type(raw_ids)
         msg = f"expected an array of one id (or null) per instance, got {got}"
-        raise InputError([_problem(["ids"], msg, "ids")])
+        raise InputError([problem(["ids"], msg, "ids")])
     ids = [_request_id(v, ["ids", i], max_id_length) for i, v in enumerate(raw_ids)]
     return instances, ids

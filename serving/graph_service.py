@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from learners.graph import Context, GraphAnswer, GraphInputError, MemberUnavailable, Outcome
 from learners.predictor import MODEL_INPUT_ERRORS
 from schemas.graph_errors import GraphError
-from serving.graph_bodies import _problem, graph_body, load_graph_body, numeric_graph_body
-from serving.inputs import InputError, InputLimits, finite_features
+from serving.graph_bodies import graph_body, load_graph_body, numeric_graph_body
+from serving.inputs import InputError, InputLimits, finite_features, problem
 from serving.shadows import GraphMetrics, ShadowJob, ShadowRunner
 from stream.store.graph_follower import GraphFollower, ServedGraph, ServedModels
 from stream.store.graphs import GraphStore
@@ -178,14 +178,14 @@ class GraphService:
         if isinstance(exc, InputError):
             return 422, {"detail": exc.detail}
         if isinstance(exc, GraphInputError):
-            return 422, {"detail": [_problem([], str(exc), "graph_input")]}
+            return 422, {"detail": [problem([], str(exc), "graph_input")]}
         if isinstance(exc, MemberUnavailable):
             return 503, {"detail": f"graph {name!r}: {exc}"}
         if isinstance(exc, GraphError):  # the members' answers do not fit the graph (kinds mixed)
             return 503, {"detail": f"graph {name!r} cannot answer: {exc}"}
         if isinstance(exc, MODEL_INPUT_ERRORS):
             msg = f"a model cannot use these features: {type(exc).__name__}: {exc}"
-            return 422, {"detail": [_problem([], msg, "model_input")]}
+            return 422, {"detail": [problem([], msg, "model_input")]}
         raise exc
 
 

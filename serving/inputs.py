@@ -28,7 +28,8 @@ import orjson
 
 FeatureDict = dict[str, Any]
 _SCALARS = (int, float, str, bool, type(None))
-_MAX_ERRORS = 20
+MAX_ERRORS = 20
+"""Problems listed at most in one answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,8 @@ class InputError(Exception):
         super().__init__(detail)
 
 
-def _problem(loc: list[Any], msg: str, kind: str) -> dict[str, Any]:
+def problem(loc: list[Any], msg: str, kind: str) -> dict[str, Any]:
+    """One problem of a request body, at ``loc`` within it, in FastAPI's shape of a 422."""
     return {"loc": ["body", *loc], "msg": msg, "type": kind}
 
 
@@ -74,7 +76,7 @@ def load_body(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         kind = "finite_number" if "infinity" in str(exc) else "json_invalid"
-        raise InputError([_problem([], f"invalid JSON: {exc}", kind)]) from None
+        raise InputError([problem([], f"invalid JSON: {exc}", kind)]) from None
 
 
 def numeric_features(body: Any, limits: InputLimits) -> FeatureDict | None:
@@ -142,7 +144,7 @@ def _finite_numbers(values: Iterable[Any]) -> bool:
 def predict_features(body: Any, limits: InputLimits) -> FeatureDict | list[FeatureDict]:
     """`parse_predict_body` of a body already loaded (`load_body`)."""
     if not isinstance(body, dict):
-        raise InputError([_problem([], f"expected an object, got {json_type(body)}", "dict_type")])
+        raise InputError([problem([], f"expected an object, got {json_type(body)}", "dict_type")])
     if len(body) == 1 and "features" in body:  # the common case, in short
         problems: list[dict[str, Any]] = []
         features = _check_features(body["features"], ["features"], limits, problems)
@@ -152,12 +154,12 @@ def predict_features(body: Any, limits: InputLimits) -> FeatureDict | list[Featu
     extra = [k for k in body if k not in ("features", "instances")]
     if extra:
         raise InputError(
-            [_problem([k], "unknown field: use 'features' or 'instances'", "extra_forbidden")
-             for k in extra[:_MAX_ERRORS]]
+            [problem([k], "unknown field: use 'features' or 'instances'", "extra_forbidden")
+             for k in extra[:MAX_ERRORS]]
         )  # fmt: skip
     if "features" in body and "instances" in body:
         raise InputError(
-            [_problem([], "give either 'features' or 'instances', not both", "value_error")]
+            [problem([], "give either 'features' or 'instances', not both", "value_error")]
         )
     if "features" in body:
         problems = []
@@ -167,22 +169,35 @@ def predict_features(body: Any, limits: InputLimits) -> FeatureDict | list[Featu
         return features
     if "instances" not in body:
         raise InputError(
-            [_problem(["features"], "field required ('features' or 'instances')", "missing")]
+            [problem(["features"], "field required ('features' or 'instances')", "missing")]
         )
-    instances = body["instances"]
+    return check_instances(body["instances"], limits)
+
+
+def check_instances(instances: Any, limits: InputLimits) -> list[FeatureDict]:
+    """A body's ``instances``: an array of at most ``limits.max_instances`` feature objects,
+    each checked as `check_features` checks one; `InputError` lists the first problems.
+
+    >>> check_instances([{"x": 1.5}], InputLimits())
+    [{'x': 1.5}]
+    >>> check_instances({"x": 1.5}, InputLimits())
+    Traceback (most recent call last):
+    ...
+    serving.inputs.InputError: ...
+    """
     if not isinstance(instances, list):
         msg = f"expected an array of feature objects, got {json_type(instances)}"
-        raise InputError([_problem(["instances"], msg, "list_type")])
+        raise InputError([problem(["instances"], msg, "list_type")])
     if len(instances) > limits.max_instances:
         msg = f"{len(instances)} instances, the limit is {limits.max_instances}"
-        raise InputError([_problem(["instances"], msg, "too_long")])
-    problems = []
+        raise InputError([problem(["instances"], msg, "too_long")])
+    problems: list[dict[str, Any]] = []
     for i, features in enumerate(instances):
         _check_features(features, ["instances", i], limits, problems)
-        if len(problems) >= _MAX_ERRORS:
+        if len(problems) >= MAX_ERRORS:
             break
     if problems:
-        raise InputError(problems[:_MAX_ERRORS])
+        raise InputError(problems[:MAX_ERRORS])
     return instances
 
 
@@ -191,28 +206,28 @@ def _check_features(
 ) -> FeatureDict:
     if not isinstance(features, dict):
         msg = f"expected an object of feature values, got {json_type(features)}"
-        problems.append(_problem(loc, msg, "dict_type"))
+        problems.append(problem(loc, msg, "dict_type"))
         return {}
     if len(features) > limits.max_features:
         msg = f"{len(features)} features, the limit is {limits.max_features}"
-        problems.append(_problem(loc, msg, "too_long"))
+        problems.append(problem(loc, msg, "too_long"))
         return features
     if _finite_numbers(features.values()):  # the common case
         return features
     for name, value in features.items():
         if value.__class__ is float:
             if not math.isfinite(value):  # pragma: no cover - orjson refuses them already
-                problems.append(_problem([*loc, name], "number is not finite", "finite_number"))
+                problems.append(problem([*loc, name], "number is not finite", "finite_number"))
         elif not isinstance(value, _SCALARS):
             problems.append(
-                _problem(
+                problem(
                     [*loc, name],
                     "a feature value must be a number, a string, a boolean or null, "
                     f"not {json_type(value)}",
                     "feature_type",
                 )
             )
-        if len(problems) >= _MAX_ERRORS:
+        if len(problems) >= MAX_ERRORS:
             break
     return features
 
