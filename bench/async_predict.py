@@ -56,12 +56,13 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
 
 from schemas.settings import Settings  # noqa: E402
 
@@ -137,7 +138,7 @@ class Answers:
                 if m.error() is not None:
                     continue
                 now = time.time()
-                body = orjson.loads(m.value())
+                body = orjson.loads(cast(bytes, m.value()))
                 self.seen.setdefault(body["id"], (now, body.get("answered_at", now)))
                 self.count += 1
 
@@ -325,13 +326,13 @@ def run_mode(
 def faust_worker(mode: str) -> None:
     import logging
 
-    import faust
+    import faust  # type: ignore[import-not-found]
 
     from schemas.errors import SchemaError
     from schemas.events import Limits
     from stream.predict.answer import Answerer
     from stream.predict.metrics import FollowerLog
-    from stream.predict.worker import passed_headers
+    from stream.predict.producer import passed_headers
     from stream.store.follower import SnapshotFollower
     from stream.store.snapshots import open_store
 
@@ -461,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         base = Settings(
             state_dir=workdir / "state", kafka_bootstrap_servers=records["kafka"].address,
             redis_url=records["redis"].url, redis_prefix=f"bench{uuid.uuid4().hex[:6]}",
-            snapshot_key="bench-key", serve_poll_seconds=1.0, partitions=args.partitions,
+            snapshot_key=SecretStr("bench-key"), serve_poll_seconds=1.0, partitions=args.partitions,
             predict_metrics_port=0,
         )  # fmt: skip
         publish_model(base)

@@ -71,7 +71,7 @@ MODELS = {
 
 
 def trained(name: str) -> Any:
-    model = MODELS[name]()
+    model: Any = MODELS[name]()
     for x, y in synth.Agrawal(seed=42).take(5000):
         model.learn_one(x, y)
     return model

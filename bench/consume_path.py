@@ -38,7 +38,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -293,7 +293,7 @@ def faust_worker(args: argparse.Namespace) -> None:
     import asyncio
     import logging
 
-    import faust
+    import faust  # type: ignore[import-not-found]
 
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     labels = json.loads(Path(args.labels).read_text())
@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
                 group = f"bench-{uuid.uuid4().hex[:6]}"
                 r = run_source(
                     mode,
-                    lambda g=group: ConfluentSource(bootstrap, g),
+                    cast(Callable[[], Any], lambda g=group: ConfluentSource(bootstrap, g)),
                     topic,
                     args.partitions,
                     args.n,

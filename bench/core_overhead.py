@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from learners.core import LearningCore
 from learners.datasets import dataset_events, load_dataset
@@ -23,7 +24,7 @@ from schemas.events import FeatureEvent
 
 
 def bare_river(samples: list, spec: ModelSpec) -> float:
-    model = spec.build()
+    model: Any = spec.build()
     start = time.perf_counter()
     for x, y in samples:
         model.predict_one(x)

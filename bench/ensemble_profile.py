@@ -38,7 +38,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -136,11 +136,11 @@ async def measure(app: Any, body: bytes, trials: int, n: int) -> dict[str, Any]:
     inner = {
         "members in a row": lambda: [m.predict(x) for m in members],
         "fraud evaluation": lambda: graph.compiled.evaluate(x, models=service.lookup()),
-        **{f"member {m.name}": (lambda m=m: m.predict(x)) for m in members},
+        **{f"member {m.name}": cast(Callable[[], Any], lambda m=m: m.predict(x)) for m in members},
     }
     out["service"] = {k: round(v, 1) for k, v in best_of(inner, trials, n).items()}
     # the same app with the members stubbed: the graph route and evaluation alone
-    stubs = {name: Stub(model) for name, model in real.items()}
+    stubs: dict[str, Any] = {name: Stub(model) for name, model in real.items()}
     # one view for every request, as the service keeps one per served mapping (its by_metric
     # weights, normalised, are remembered by the view: a view per request weighed them afresh)
     view = ServedModels(stubs, service.metric, {})

@@ -59,10 +59,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
+from pydantic import SecretStr
 from river import evaluate, metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +74,7 @@ from learners.datasets import dataset_events, load_dataset  # noqa: E402
 from learners.specs import ModelSpec  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 from stream.dev.services import ServiceManager  # noqa: E402
+from stream.kafka.client import EventProducer  # noqa: E402
 from stream.kafka.publish import Publisher  # noqa: E402
 from stream.learner.runtime import build_learner  # noqa: E402
 
@@ -127,7 +130,7 @@ def bare_loop(
 ) -> tuple[float, float, float]:
     """Seconds (wall, and the thread's CPU) for predict_one + learn_one over ``samples``; and
     the accuracy."""
-    model = spec.build()
+    model: Any = spec.build()
     correct = 0
     start, cpu = time.perf_counter(), time.thread_time()
     for x, y in samples:
@@ -140,7 +143,9 @@ def river_eval(spec: ModelSpec, samples: list[tuple[dict[str, Any], Any]], delay
     """Seconds of River's ``progressive_val_score`` over ``samples`` with ``delay``."""
     model, accuracy = spec.build(), metrics.Accuracy()
     start = time.perf_counter()
-    evaluate.progressive_val_score(samples, model, accuracy, delay=delay)
+    evaluate.progressive_val_score(
+        cast(list[tuple[dict[Hashable, Any], Any]], samples), model, accuracy, delay=delay
+    )
     return time.perf_counter() - start
 
 
@@ -242,7 +247,7 @@ def learner_round(
     finally:
         if learner is not None:
             learner.source.close()
-            learner.dead_letters.producer.close()
+            cast(EventProducer, learner.dead_letters.producer).close()
     joined = learner.core.counters.labels_joined
     print(
         f"  {spec.name}: learner {'TIMEOUT' if clock.t_done is None else 'done'} "
@@ -367,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             state_dir=workdir / "state",
             kafka_bootstrap_servers=records["kafka"].address,
             redis_url=redis_url,
-            snapshot_key="bench",
+            snapshot_key=SecretStr("bench"),
             learner_metrics_port=0,
             watermark_idle_grace=0.2,
         )

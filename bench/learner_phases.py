@@ -15,11 +15,12 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from learners.core import LearningCore, ModelState
 from learners.specs import ModelSpec
 from schemas.settings import Settings
+from stream.kafka.client import EventProducer
 from stream.learner.runtime import build_learner
 
 
@@ -100,7 +101,7 @@ def phase_run(settings: Settings, spec: ModelSpec, n: int) -> str:
         cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
         timers.undo()
         learner.source.close()
-        learner.dead_letters.producer.close()
+        cast(EventProducer, learner.dead_letters.producer).close()
     us = 1e6 / n
     model = timers.cpu["  predict"] + timers.cpu["  metric + learn"]
     glue = timers.cpu["advance (join + models)"] - model

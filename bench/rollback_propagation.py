@@ -96,7 +96,7 @@ def main() -> None:
             and set(served_versions(str(metrics_dir), "lr").values()) == {versions[-1]},
             60, "every worker serving the newest version",
         )  # fmt: skip
-        seconds = {"back (older)": [], "forth (newer)": []}
+        seconds: dict[str, list[float]] = {"back (older)": [], "forth (newer)": []}
         for i in range(args.iterations):
             target = versions[0] if i % 2 == 0 else versions[-1]
             registry.rollback("lr", to=target, reason="bench")

@@ -45,6 +45,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pydantic import SecretStr  # noqa: E402
+
 from learners.datasets import dataset_events, load_dataset  # noqa: E402
 from learners.specs import ModelSpec, build_estimator  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
@@ -153,7 +155,7 @@ def api_replicas(base: Settings, work: Path, args: argparse.Namespace) -> list[d
     for n in args.replicas:
         ports = [free_port() for _ in range(n)]
         argv = [sys.executable, "-m", "stream", "serve", "--workers", "1", "--port"]
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        quiet: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         servers = [
             subprocess.Popen([*argv, str(port)], env=env_of(s), start_new_session=True, **quiet)
             for port in ports
@@ -282,7 +284,7 @@ def run_learners(
 
 def bare_loop(specs: list[str], limit: int) -> float:
     """Model-samples/s of the bare River loop: every model, predict_one + learn_one."""
-    models = [build_estimator(spec.partition("=")[2]) for spec in specs]
+    models: list[Any] = [build_estimator(spec.partition("=")[2]) for spec in specs]
     data = list(load_dataset(DATASET, limit=limit, seed=SEED))
     start = time.perf_counter()
     for x, y in data:
@@ -337,7 +339,7 @@ def main() -> None:
         base = Settings(
             kafka_bootstrap_servers=endpoints["kafka"].address,
             redis_url=endpoints["redis"].url,
-            snapshot_key="bench-scale-key",
+            snapshot_key=SecretStr("bench-scale-key"),
             state_dir=work / "state",
         )
         if args.part in ("api", "both"):

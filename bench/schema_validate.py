@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ class PydanticFeatureEvent(BaseModel):
     features: dict[str, int | float | str | bool | None]
 
 
-def best_of(runs: int, fn) -> float:  # type: ignore[no-untyped-def]
+def best_of(runs: int, fn: Callable[[], object]) -> float:
     best = float("inf")
     for _ in range(runs):
         started = time.perf_counter()

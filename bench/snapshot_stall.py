@@ -45,6 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pydantic import SecretStr  # noqa: E402
 from river.datasets import synth  # noqa: E402
 
 from learners.core import LearningCore  # noqa: E402
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(
             state_dir=workdir / "state",
             redis_url=rec.url,
-            snapshot_key="bench",
+            snapshot_key=SecretStr("bench"),
             redis_prefix=f"bench-stall-{uuid.uuid4().hex[:6]}",
         )
         print(f"# redis at {rec.url}", flush=True)

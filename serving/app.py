@@ -120,7 +120,7 @@ def create_app(
     max_instances: int | None = None,
     max_body_bytes: int | None = None,
     fast_path: bool = True,
-) -> FastAPI:
+) -> RiverstreamAPI:
     metrics = get_metrics() if metrics is None else metrics
     store = store_factory(settings)
     models = tuple(m.strip() for m in settings.serve_models.split(",") if m.strip())

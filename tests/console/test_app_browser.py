@@ -102,11 +102,15 @@ def test_the_page_follows_a_learner_live_and_shows_a_cli_rollback(
         done = threading.Event()
         thread = threading.Thread(target=_publish_slowly, args=(s, rest, done), daemon=True)
         thread.start()
+
         # watched until the last point, not only while publishing: a loaded machine may learn
         # (and the page show) most of the replay after its last event was sent
+        def every_point() -> bool:
+            seen.append(_points(page, "lr"))
+            return seen[-1] == 125
+
         wait_until(
-            lambda: seen.append(_points(page, "lr")) or seen[-1] == 125,
-            180, "every point of lr (1250 labels / 10)", detail=lambda: seen[-1],
+            every_point, 180, "every point of lr (1250 labels / 10)", detail=lambda: seen[-1],
         )  # fmt: skip
         thread.join(timeout=30)
         assert done.is_set()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Hashable
 from typing import Any
 
 import pytest
@@ -45,13 +46,14 @@ def by_hand(
     dataset: str, specs: list[ModelSpec], delay: int, limit: int, regression: bool
 ) -> PairedComparison:
     """The paired comparison of specs[0] with specs[1], computed with River directly."""
-    a, b = specs[0].build(), specs[1].build()
+    a: Any = specs[0].build()
+    b: Any = specs[1].build()
     comparison = (
         PairedComparison(kind="regression")
         if regression
         else PairedComparison(kind="classification")
     )
-    samples = [
+    samples: list[tuple[dict[Hashable, Any], Any]] = [
         ({str(k): v for k, v in x.items()}, y)
         for x, y in load_dataset(dataset, limit=limit, seed=1)
     ]

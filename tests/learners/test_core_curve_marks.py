@@ -9,6 +9,8 @@ the same points).
 from __future__ import annotations
 
 import pickle
+from collections.abc import Hashable, Iterable
+from typing import Any, cast
 
 import pytest
 from river import evaluate
@@ -28,7 +30,10 @@ def river_checkpoints(
     """``(label count, metric value)`` at River's own checkpoints every ``step`` labels."""
     spec = ModelSpec("m", preset, (metric,))
     steps = evaluate.iter_progressive_val_score(
-        load_dataset("Phishing", limit=LIMIT, seed=SEED),
+        cast(
+            Iterable[tuple[dict[Hashable, Any], Any]],
+            load_dataset("Phishing", limit=LIMIT, seed=SEED),
+        ),
         spec.build(),
         build_metric(metric),
         delay=river_delay(delay, SEED),
@@ -47,7 +52,7 @@ def river_checkpoints(
     ],
     ids=["one-by-one", "big-batches", "3-partitions"],
 )
-def test_marks_equal_river_checkpoints(delay: str | int, feed) -> None:  # type: ignore[no-untyped-def]
+def test_marks_equal_river_checkpoints(delay: str | int, feed) -> None:
     step = 37
     core = LearningCore([ModelSpec("m", "logreg", ("Accuracy",))])
     core.trace_every = step

@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 
 from learners.core import UNUSABLE_KEPT, LearningCore
 from learners.specs import PRESETS, ModelSpec
-from schemas.events import EventCodec, FeatureEvent, LabelEvent, Limits, Served, ShadowAnswer
+from schemas.events import (
+    EventCodec,
+    FeatureEvent,
+    FeatureValue,
+    LabelEvent,
+    Limits,
+    Served,
+    ShadowAnswer,
+)
 
 values = st.one_of(
     st.none(),
@@ -62,7 +70,7 @@ def test_random_valid_events_never_stop_any_preset(stream) -> None:
 def test_a_null_is_a_missing_feature() -> None:
     with_null, absent = LearningCore(all_presets()), LearningCore(all_presets())
     for i in range(30):
-        x = {"a": float(i % 7), "b": float(i % 3)}
+        x: dict[str, FeatureValue] = {"a": float(i % 7), "b": float(i % 3)}
         with_null.push_feature(FeatureEvent(str(i), i, {**x, "c": None}), (0, 0), i)
         absent.push_feature(FeatureEvent(str(i), i, x), (0, 0), i)
         for core in (with_null, absent):

@@ -5,6 +5,7 @@ written before it did still load."""
 from __future__ import annotations
 
 import pickle
+from typing import Any, cast
 
 from learners.core import LearningCore, Unusable
 from learners.specs import ModelSpec
@@ -67,7 +68,7 @@ def test_an_orphan_label_of_a_checkpoint_of_before_joins_with_no_known_place() -
     join = c._join
     entries = join._orphans
     try:  # as the join kept them before
-        join._orphans = {k: entry[5] for k, entry in entries.items()}  # type: ignore[misc]
+        join._orphans = {k: entry[5] for k, entry in entries.items()}
         blob = pickle.dumps(c)
     finally:
         join._orphans = entries
@@ -89,7 +90,7 @@ def test_a_checkpoint_holding_unusable_events_of_before_still_loads() -> None:
     assert where(c.unusable) == [("feature", "red", 0, 5)]
     getstate = Unusable.__getstate__
     try:  # pickled as the class before did: the first six fields
-        Unusable.__getstate__ = lambda self: getstate(self)[:6]  # type: ignore[method-assign]
+        Unusable.__getstate__ = lambda self: cast(list[Any], getstate(self))[:6]  # type: ignore[method-assign]
         blob = pickle.dumps(c)
     finally:
         Unusable.__getstate__ = getstate  # type: ignore[method-assign]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from learners.datasets import (
@@ -32,7 +34,11 @@ def test_events_come_in_global_event_time_order(delay):
                 or after.id == before.id
                 or (position[(FeatureEvent, after.id)] < n)
             )
-    low, high = (delay, delay) if isinstance(delay, int) else parse_label_delay(delay)
+    low, high = (
+        (delay, delay)
+        if isinstance(delay, int)
+        else cast(tuple[int, int], parse_label_delay(delay))
+    )
     for label in labels:
         assert position[(FeatureEvent, label.id)] < position[(LabelEvent, label.id)]
         assert low <= label.time - int(label.id) <= high
@@ -52,7 +58,7 @@ def test_delay_zero_puts_each_label_right_after_its_feature():
 def test_random_delays_are_those_river_would_draw():
     events = dataset_events("Phishing", label_delay="random:0-80", limit=200, seed=9)
     delays = {int(e.id): e.time - int(e.id) for e in events if isinstance(e, LabelEvent)}
-    river = river_delay("random:0-80", seed=9)
+    river = cast(RandomDelay, river_delay("random:0-80", seed=9))
     assert [delays[i] for i in range(200)] == [river({}, None) for _ in range(200)]
     assert all(0 <= d <= 80 for d in delays.values())
 

@@ -45,7 +45,9 @@ class Served:
     kind: str = "classifier"
     version: int = 1
 
-    def predict(self, x: dict[str, Any]) -> tuple[Any, dict[Any, float] | None]:
+    def predict(
+        self, x: dict[str, Any], *, complete: bool = False
+    ) -> tuple[Any, dict[Any, float] | None]:
         if self.kind == "classifier":
             return self.estimator.predict_one(x), self.estimator.predict_proba_one(x)
         if self.kind == "regressor":
@@ -63,7 +65,9 @@ class Stub:
     version: int = 1
     seen: list[dict[str, Any]] = field(default_factory=list)
 
-    def predict(self, x: dict[str, Any]) -> tuple[Any, dict[Any, float] | None]:
+    def predict(
+        self, x: dict[str, Any], *, complete: bool = False
+    ) -> tuple[Any, dict[Any, float] | None]:
         self.seen.append(x)
         return self.answer(x)
 
@@ -678,7 +682,9 @@ class Fixed:
     kind: str = "regressor"
     version: int = 1
 
-    def predict(self, x: dict[str, Any]) -> tuple[Any, dict[Any, float] | None]:
+    def predict(
+        self, x: dict[str, Any], *, complete: bool = False
+    ) -> tuple[Any, dict[Any, float] | None]:
         return 1.0, None
 
 

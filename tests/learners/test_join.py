@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import random
+from typing import Any
 from unittest import mock
 
 from hypothesis import given, settings
@@ -388,7 +389,7 @@ def test_merging_the_pushes_into_the_ordered_buffer_is_a_whole_sort(
         for _ in range(rnd.randint(0, 4)):
             source = (rnd.randint(0, 1), rnd.randint(0, 2))
             times = sorted(clock + rnd.uniform(-3, 6) for _ in range(rnd.randint(1, 8)))
-            events = []
+            events: list[Any] = []
             for time in times:
                 ident += 1
                 if source[0] == 0:

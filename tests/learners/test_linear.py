@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -51,7 +51,7 @@ def trained(model: Any, data: list[dict[str, Any]], classify: bool) -> Any:
     return model
 
 
-CASES = {
+CASES: dict[str, tuple[type[Any], list[optim.losses.Loss]]] = {
     "logreg": (linear_model.LogisticRegression, [optim.losses.Log(), optim.losses.Hinge()]),
     "linreg": (linear_model.LinearRegression, [optim.losses.Squared(), optim.losses.Huber()]),
 }
@@ -185,7 +185,9 @@ def test_what_it_cannot_reproduce_is_left_to_river(estimator: Any) -> None:
 
 def test_a_subclass_is_left_to_river() -> None:
     class Mine(linear_model.LogisticRegression):
-        def predict_proba_one(self, x: dict) -> dict:
+        def predict_proba_one(
+            self, x: dict[Hashable, Any], **kwargs: Any
+        ) -> dict[bool | str | int, float]:
             return {False: 0.0, True: 1.0}
 
     assert compile_linear(preprocessing.StandardScaler() | Mine()) is None

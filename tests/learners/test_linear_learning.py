@@ -12,7 +12,7 @@ import pickle
 import pickletools
 import struct
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -182,7 +182,7 @@ def test_a_model_state_learns_through_it_and_pickles_without_it() -> None:
     """`ModelState` uses the compiled form for logreg and linreg (not for others), and a
     pickled state does not carry it: a restored state compiles again at its first call."""
     state_ = ModelState.from_spec(ModelSpec("m", "logreg"))
-    river = ModelSpec("m", "logreg").build()
+    river = cast(compose.Pipeline, ModelSpec("m", "logreg").build())
     for i in range(30):
         x = {"a": float(i % 5), "b": float(i % 7)}
         assert state_.predict(x) == (river.predict_one(x), None)
@@ -193,7 +193,7 @@ def test_a_model_state_learns_through_it_and_pickles_without_it() -> None:
     assert restored._calls is None
     assert restored.predict({"a": 1.0}) == (river.predict_one({"a": 1.0}), None)
     assert isinstance(restored._calls, LinearLearning)
-    assert state(restored.model) == state(river)  # type: ignore[arg-type]
+    assert state(restored.model) == state(river)
     forest = ModelState.from_spec(ModelSpec("f", "arf"))  # (a Hoeffding tree's: tree_learning)
     forest.learn({"a": 1.0}, True, (None, None))
     assert forest._calls is forest.model
@@ -322,7 +322,7 @@ def test_the_c_pass_leaves_what_it_does_not_take_untouched() -> None:
     scaler = model["StandardScaler"]
     weight = model["LogisticRegression"]._weights.get
 
-    class Features(dict):  # type: ignore[type-arg]
+    class Features(dict):
         pass
 
     for x in (
@@ -333,8 +333,8 @@ def test_the_c_pass_leaves_what_it_does_not_take_untouched() -> None:
         Features(a=1.0),
     ):
         before = state(model)
-        assert scale(x, scaler.counts, scaler.means, scaler.vars) is None, x
-        assert dot(x, scaler.means, scaler.vars, weight) is None, x
+        assert scale(cast(dict[str, Any], x), scaler.counts, scaler.means, scaler.vars) is None, x
+        assert dot(cast(dict[str, Any], x), scaler.means, scaler.vars, weight) is None, x
         assert state(model) == before
     for stats, key, odd in (
         (scaler.counts, "a", 2.0),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import pickle
+from collections.abc import Callable
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
@@ -13,7 +15,7 @@ from river import datasets, forest, linear_model, preprocessing, tree
 
 from learners.predictor import NonFiniteAnswer, ServedModel, _first_argmax
 
-MODELS = {
+MODELS: dict[str, tuple[Callable[[], Any], Callable[[], Any], str]] = {
     "logreg": (lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression(),
                datasets.Phishing, "classifier"),
     "minmax-linreg": (lambda: preprocessing.MinMaxScaler() | linear_model.LinearRegression(),
@@ -58,7 +60,8 @@ def test_made_up_features_do_not_grow_the_served_model(name: str) -> None:
 def test_the_served_argmax_is_rivers_predict_one(proba: dict[object, float]) -> None:
     """`ServedModel.predict` answers River's default ``predict_one`` from one
     ``predict_proba_one``: the first most probable class, ties included, None when empty."""
-    river_answer = max(proba, key=proba.get) if proba else None  # base.Classifier.predict_one
+    # base.Classifier.predict_one:
+    river_answer = max(proba, key=cast(Callable[[object], float], proba.get)) if proba else None
     assert _first_argmax(proba) == river_answer
     assert type(_first_argmax(proba)) is type(river_answer)  # True stays True, never 1
 

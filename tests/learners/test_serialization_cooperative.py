@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from typing import Any, cast
 
 from learners.serialization import dump_signed, load_signed
 
@@ -70,7 +71,9 @@ def test_cooperative_loading_yields_often_with_the_collector_paused(monkeypatch)
     rng = random.Random(4)
     blob = dump_signed([{"w": rng.random()} for _ in range(100_000)], b"key")
     yields: list[bool] = []
-    monkeypatch.setattr(serialization.time, "sleep", lambda _s: yields.append(gc.isenabled()))
+    monkeypatch.setattr(
+        cast(Any, serialization).time, "sleep", lambda _s: yields.append(gc.isenabled())
+    )
     assert gc.isenabled()
     load_signed(blob, b"key", cooperative=True)
     assert len(yields) >= len(blob) // (1 << 16)  # one per 64 KiB of compressed input at least

@@ -6,6 +6,7 @@ import copy
 import pickle
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ EXPECTED_KIND = {
 
 
 def _trained(preset: str):
-    model = ModelSpec("m", preset).build()
+    model: Any = ModelSpec("m", preset).build()
     kind = model_kind(model)
     for x, y in DATA[kind]:
         model.learn_one(x) if kind == "anomaly" else model.learn_one(x, y)
@@ -68,7 +69,7 @@ def test_preset_pickles_round_trip_with_equal_predictions(preset):
 
 def test_deep_regression_tree_still_pickles():
     """E-BST splitters on a monotonic feature are linked lists (see learners.river_compat)."""
-    model = ModelSpec("m", "hoeffding-reg").build()
+    model: Any = ModelSpec("m", "hoeffding-reg").build()
     for n, (x, y) in enumerate(load_dataset("TrumpApproval")):
         model.learn_one(x, y)
         if n % 100 == 99:

@@ -44,9 +44,12 @@ def test_promtool_test_rules():
 def test_every_alert_is_tested_firing_and_silent():
     text = (PROM_DIR / "alerts_test.yml").read_text()
     blocks = re.split(r"\n\s+- eval_time:", text)[1:]
-    firing, silent = set(), set()
+    firing: set[str] = set()
+    silent: set[str] = set()
     for block in blocks:
-        name = re.search(r"alertname: (\w+)", block).group(1)
+        found = re.search(r"alertname: (\w+)", block)
+        assert found is not None
+        name = found.group(1)
         (silent if "exp_alerts: []" in block else firing).add(name)
     names = {a.name for a in alerts.ALERTS}
     assert names == firing, names ^ firing

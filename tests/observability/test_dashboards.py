@@ -96,9 +96,9 @@ def test_the_model_variable_offers_every_series_filtered_by_model(name, board):
         return
     query = variables["model"]["query"]
     query = query["query"] if isinstance(query, dict) else query
-    offered = set(
-        re.fullmatch(r'label_values\(\{__name__=~"([^"]+)"\}, model\)', query)[1].split("|")
-    )
+    matched = re.fullmatch(r'label_values\(\{__name__=~"([^"]+)"\}, model\)', query)
+    assert matched is not None
+    offered = set(matched[1].split("|"))
     filtered = {
         metric
         for p in board["panels"]

@@ -19,12 +19,14 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import httpx
 import msgspec
 import pytest
 import redis
 from confluent_kafka import Producer
+from pydantic import SecretStr
 
 from learners.datasets import dataset_events
 from observability import alerts, dashboards
@@ -80,7 +82,7 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         topic_requests=f"{tag}.requests",
         topic_predictions=f"{tag}.predictions",
         redis_prefix=tag,
-        snapshot_key="e2e-key",
+        snapshot_key=SecretStr("e2e-key"),
         snapshot_every_labels=100,
         snapshot_every_seconds=0.5,
         learner_metrics_port=learner_port,
@@ -135,6 +137,7 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         events = list(dataset_events("Phishing", label_delay=10))
         publisher.publish_events(events[:1200])
         # One malformed event: the dead-letter metrics must have something to show.
+        assert settings.kafka_bootstrap_servers is not None
         raw = EventProducer(settings.kafka_bootstrap_servers)
         raw.send(settings.topic_features, b"bad", b'{"id": "bad", "time": 1e999}')
         raw.flush()
@@ -146,11 +149,13 @@ def live(services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
             # A tampered version, for the refused-snapshot metrics: a copy of the latest with
             # one flipped byte, promoted; the learner's next snapshot supersedes it.
             version = store.latest_version("lr")
+            assert version is not None
             bad = store.next_version()
+            assert settings.redis_url is not None
             r = redis.Redis.from_url(settings.redis_url)
-            meta = json.loads(r.get(store.keys.meta("lr", version)))
+            meta = json.loads(cast(bytes, r.get(store.keys.meta("lr", version))))
             for i in range(meta["chunks"]):
-                chunk = r.get(store.keys.chunk("lr", version, i))
+                chunk = cast(bytes, r.get(store.keys.chunk("lr", version, i)))
                 if i == 0:
                     chunk = chunk[:-1] + bytes([chunk[-1] ^ 1])
                 r.set(store.keys.chunk("lr", bad, i), chunk)

@@ -13,7 +13,7 @@ NAME = re.compile(r"\briverstream_[a-z0-9_]+")
 
 
 def _exported(*metrics) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for m in metrics:
         for family in text_string_to_metric_families(generate_latest(m.registry).decode()):
             names.update(s.name for s in family.samples)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -76,7 +77,7 @@ def test_models_are_overlaid_per_metric_and_the_axes_are_plain() -> None:
             "champion (300 points)",
             "challenger (300 points)",
         ]
-        assert all(len(line.get_xdata()) == 300 for line in lines)
+        assert all(len(cast(Sequence[float], line.get_xdata())) == 300 for line in lines)
         assert ax.get_xlabel() == "labels learned"
     # the trace alone: throughput and progress, no lag nor latency panel, said in the caption
     assert titles[2:] == [
@@ -144,11 +145,13 @@ def test_the_report_of_a_real_trace(settings: Settings, tmp_path: Path) -> None:
     assert accuracy.get_title() == "Accuracy (progressive validation)"
     lines = {line.get_label(): line for line in accuracy.get_lines()}
     assert set(lines) == {"lr (250 points)", "tree (250 points)"}
-    assert list(lines["lr (250 points)"].get_xdata()) == list(range(5, 1251, 5))
+    assert list(cast(Sequence[float], lines["lr (250 points)"].get_xdata())) == list(
+        range(5, 1251, 5)
+    )
     last = curves["lr"][-1]["metrics"]["Accuracy"]
-    assert lines["lr (250 points)"].get_ydata()[-1] == last
+    assert cast(Sequence[float], lines["lr (250 points)"].get_ydata())[-1] == last
     throughput = next(ax for ax in axes if ax.get_title().startswith("Throughput"))
-    rates = throughput.get_lines()[0].get_ydata()
+    rates = cast(Sequence[float], throughput.get_lines()[0].get_ydata())
     assert len(rates) > 0 and min(rates) > 0
     assert all(_plain(ax) for ax in axes)
 

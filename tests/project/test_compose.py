@@ -169,7 +169,7 @@ def test_app_environment_builds_valid_settings(services: dict[str, Any]) -> None
         assert env["RIVERSTREAM_REDIS_URL"] == "redis://redis:6379/0"
         # required from the caller's environment, with an error message when missing
         assert env["RIVERSTREAM_SNAPSHOT_KEY"].startswith("${RIVERSTREAM_SNAPSHOT_KEY:?")
-        values = {
+        values: dict[str, Any] = {
             k.removeprefix(ENV_PREFIX).lower(): re.sub(r"\$\{[^}]*:-([^}]*)\}", r"\1", v)
             for k, v in env.items()
             if k.startswith(ENV_PREFIX)

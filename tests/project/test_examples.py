@@ -74,7 +74,9 @@ def test_the_graph_validates_offline_over_the_learned_models() -> None:
     assert set(graph.model_names()) == learned_models() == {"lr", "tree"}
     # its rule reads a feature the example events have
     first = features(EXAMPLES / "events.jsonl")[0]
-    assert re.search(r"feature: (\w+)", (EXAMPLES / "fraud.yaml").read_text())[1] in first.features
+    found = re.search(r"feature: (\w+)", (EXAMPLES / "fraud.yaml").read_text())
+    assert found is not None
+    assert found[1] in first.features
 
 
 def test_the_readme_names_only_example_files_that_exist() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 from schemas.settings import Settings
 from stream.cli.main import app
@@ -26,7 +28,9 @@ def test_every_setting_is_documented_with_its_default() -> None:
 
 def test_the_two_commands_and_the_cli_examples_exist() -> None:
     assert "riverstream demo" in README and "python -m pytest" in README
-    registered = {c.name or c.callback.__name__ for c in app.registered_commands}
+    registered: set[str | None] = {
+        c.name or cast(Callable[..., Any], c.callback).__name__ for c in app.registered_commands
+    }
     registered |= {g.name for g in app.registered_groups}
     used = set(re.findall(r"^riverstream ([a-z][a-z-]*)", README, re.M))
     assert used and used <= registered, used - registered

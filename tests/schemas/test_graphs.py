@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -149,7 +149,7 @@ OVER = {
 R0 = "root.rules.rules[0]"
 SPLIT1 = {"branches": [{"weight": 1, "node": "lr"}]}
 # (document, path, the detail's beginning, whether the JSON Schema rejects it too)
-INVALID = [
+INVALID: list[tuple[Any, str, str, bool]] = [
     (graph(OVER), "root.rules.over.ensemble.members[1]", 'unknown model "tre" (did you mean "tree"?)', False),
     (graph({"model": "forest"}), "root.model", 'unknown model "forest"', False),
     (graph("bad name"), "root", "invalid model name 'bad name'", True),

@@ -71,7 +71,7 @@ def test_an_api_whose_acl_user_lacks_a_permission_does_not_start(
     password = private_redis.add_user(ACL_USER, rules)
     settings = Settings(
         redis_url=private_redis.url, redis_prefix=prefix, redis_username=ACL_USER,
-        redis_password=password, snapshot_key="k", serve_poll_seconds=0.2,
+        redis_password=SecretStr(password), snapshot_key=SecretStr("k"), serve_poll_seconds=0.2,
     )  # fmt: skip
     app = create_app(settings, metrics=ServingMetrics(CollectorRegistry()))
 

@@ -87,7 +87,7 @@ def test_predict_with_ids_then_labels_learns_exactly_what_was_served(
     learn(s, specs)
 
     # The learner learned exactly the events that went through HTTP, in event-time order.
-    expected = build_estimator("logreg")
+    expected: Any = build_estimator("logreg")
     for x, y in samples:
         expected.learn_one(x, y)
     ours = final_model(s, "lr")
@@ -106,6 +106,7 @@ def test_predict_with_ids_then_labels_learns_exactly_what_was_served(
     }
 
     # The predictions topic holds the record of every logged answer, with its version.
+    assert s.kafka_bootstrap_servers is not None
     records = [orjson.loads(r.value) for r in read_all(s.kafka_bootstrap_servers,
                                                         [s.topic_predictions])]  # fmt: skip
     assert sorted(r["id"] for r in records) == sorted(a["id"] for a in answers)

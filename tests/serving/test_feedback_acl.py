@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -115,8 +115,8 @@ def test_a_log_after_its_answer_the_acls_deny_is_auth_not_an_outage(
             body = {"id": f"p{i}", "time": i, "features": x, "log": True}
             answer = client.post("/v1/graphs/g/predict", json=body)
             assert answer.status_code == 200, answer.text
-            wait_until(lambda i=i: sum(counted().values()) >= i, 20, f"log {i} to fail",
-                       detail=counted)  # fmt: skip
+            wait_until(cast(Callable[[], Any], lambda i=i: sum(counted().values()) >= i), 20,
+                       f"log {i} to fail", detail=counted)  # fmt: skip
             assert counted() == {"auth": i, "not_acknowledged": 0, "outage": 0}
         feature = {"id": "p3", "time": 3, "features": {"x": 1.0}}
         accepted = client.post("/v1/features", json=feature)

@@ -67,6 +67,7 @@ def post(app: Any, path: str, body: bytes, token: str | None = None) -> tuple[in
 
 
 def logged_ids(settings: Settings) -> set[str]:
+    assert settings.kafka_bootstrap_servers is not None
     return {orjson.loads(r.value)["id"] for r in read_all(settings.kafka_bootstrap_servers,
                                                            [settings.topic_features])}  # fmt: skip
 
@@ -161,6 +162,7 @@ def test_an_ingest_request_carries_at_most_serve_max_instances_events(settings: 
     # At the limit: stored.
     status, answer = post(app, "/v1/labels", orjson.dumps({"labels": labels[:5]}))
     assert status == 202, answer
+    assert s.kafka_bootstrap_servers is not None
     records = read_all(s.kafka_bootstrap_servers, [s.topic_labels])
     assert sorted(orjson.loads(r.value)["id"] for r in records) == [f"e{i}" for i in range(5)]
 
@@ -252,6 +254,7 @@ def test_an_event_larger_than_the_producer_sends_is_413_naming_the_limit(
     # At the limit: stored.
     status, answer = post(app, "/v1/features", orjson.dumps(event("big", n)))
     assert status == 202, answer
+    assert settings.kafka_bootstrap_servers is not None
     records = read_all(settings.kafka_bootstrap_servers, [settings.topic_features])
     assert [(r.key, len(r.value)) for r in records] == [
         (b"big", len(orjson.dumps(event("big", n))))

@@ -84,6 +84,7 @@ def test_logged_graph_answers_and_their_shadows_are_scored_against_the_labels(
             assert client.post("/v1/labels", json=label, headers=bearer()).status_code == 202
 
     # The predictions topic: the served answer and the shadow's, tagged with its branch.
+    assert s.kafka_bootstrap_servers is not None
     records = [
         orjson.loads(r.value) for r in read_all(s.kafka_bootstrap_servers, [s.topic_predictions])
     ]

@@ -10,6 +10,7 @@ import gc
 import itertools
 import threading
 import weakref
+from collections.abc import Hashable
 from typing import Any
 
 import orjson
@@ -50,10 +51,12 @@ class Gated(base.Classifier):
     """A shadow model that answers when `GATE` opens (at most `GATE_SECONDS`): a slow model
     whose slowness the test controls. Served from a signed snapshot in this process."""
 
-    def learn_one(self, x: dict[str, Any], y: Any) -> None:
+    def learn_one(self, x: dict[Hashable, Any], y: Any) -> None:
         pass
 
-    def predict_proba_one(self, x: dict[str, Any]) -> dict[Any, float]:
+    def predict_proba_one(
+        self, x: dict[Hashable, Any], **kwargs: Any
+    ) -> dict[bool | str | int, float]:
         CALLED.set()
         GATE.wait(GATE_SECONDS)
         RETURNED.append(1.0)
@@ -89,6 +92,7 @@ def gate() -> Any:
 
 def topic(settings: Settings, name: str) -> list[dict[str, Any]]:
     """The messages of topic ``name`` (none while it does not exist: the first log creates it)."""
+    assert settings.kafka_bootstrap_servers is not None
     try:
         records = read_all(settings.kafka_bootstrap_servers, [name])
     except KafkaAdapterError:

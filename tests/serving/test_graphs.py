@@ -236,7 +236,7 @@ def test_a_sequence_passes_the_anomaly_score_on(
     assert [as_json(p) for p in without] != [expected(x)["probabilities"] for x in inputs]
 
 
-RULES = {
+RULES: dict[str, Any] = {
     "over": {"ensemble": {"members": ["lr", "tree", "nb"]}},
     "rules": [
         {

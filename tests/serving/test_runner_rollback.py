@@ -36,9 +36,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -175,10 +176,15 @@ def test_swaps_and_a_rollback_reach_every_worker_of_a_real_api(
                 isinstance(e, LabelEvent) for stretch in stretches[: k + 1] for e in stretch
             )
             latest = wait_until(
-                lambda n=labels: learned(store, n), 120, f"stretch {k} to be learned"
+                cast(Callable[[], Any], lambda n=labels: learned(store, n)),
+                120,
+                f"stretch {k} to be learned",
             )
             wait_until(
-                lambda v=latest: all(serves(answers(loads), w, v) for w in workers),
+                cast(
+                    Callable[[], Any],
+                    lambda v=latest: all(serves(answers(loads), w, v) for w in workers),
+                ),
                 60,
                 f"both workers {workers} to serve v{latest}",
                 detail=lambda: recent(loads),

@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +26,7 @@ def test_versions_swap_without_errors_and_never_go_backwards(
 ) -> None:
     data = list(datasets.Phishing())
     model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
-    models: dict[int, object] = {}
+    models: dict[int, Any] = {}
 
     def learn_and_publish(start: int) -> int:
         for x, y in data[start : start + 10]:

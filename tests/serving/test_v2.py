@@ -492,8 +492,8 @@ def api_process(kit, store: SnapshotStore, redis_url: str, prefix: str) -> Itera
 
 @pytest.mark.slow
 def test_tritonclient_health_metadata_and_infer_equal_v1(api_process: dict[str, Any]) -> None:
-    import tritonclient.http as triton
-    from tritonclient.utils import InferenceServerException
+    import tritonclient.http as triton  # type: ignore[import-untyped]
+    from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
     versions = api_process["versions"]
     client = triton.InferenceServerClient(url=api_process["url"])

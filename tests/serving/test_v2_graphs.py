@@ -57,7 +57,7 @@ def river_models() -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Three classifiers trained on 400 Phishing events, and 40 unseen inputs (one of which
     makes the first rule match)."""
     data = list(datasets.Phishing())
-    models = {
+    models: dict[str, Any] = {
         "lr": preprocessing.StandardScaler() | linear_model.LogisticRegression(),
         "tree": tree.HoeffdingTreeClassifier(grace_period=40),
         "nb": naive_bayes.GaussianNB(),
@@ -342,7 +342,7 @@ def test_graph_shadows_run_after_a_v2_answer(
 def test_tritonclient_on_a_graph_equals_v1(
     kit, graphs: dict[str, int], redis_url: str, prefix: str
 ) -> None:
-    import tritonclient.http as triton
+    import tritonclient.http as triton  # type: ignore[import-untyped]
 
     port = kit.free_port()
     settings = kit.make_settings(redis_url, prefix, serve_port=port)

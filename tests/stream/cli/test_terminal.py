@@ -59,9 +59,9 @@ def test_a_path_with_brackets_is_printed_whole(tmp_path: Path) -> None:
     assert f"error: {missing}: no such file" in result.stderr
     broken = tmp_path / "fraud[v2].yaml"
     broken.write_text("name: fraud\nroot: [unclosed\n")
-    result = CliRunner().invoke(app, ["graphs", "validate", str(broken)])
-    assert result.exit_code == 1
-    assert f"error: {broken}: invalid YAML" in result.output
+    invoked = CliRunner().invoke(app, ["graphs", "validate", str(broken)])
+    assert invoked.exit_code == 1
+    assert f"error: {broken}: invalid YAML" in invoked.output
 
 
 @pytest.mark.integration

@@ -56,6 +56,7 @@ def test_a_broker_killed_mid_stream_loses_nothing(
         # no idle release while the second half comes in (the limit of equivalence)
         watermark_idle_grace=15.0,
     )  # fmt: skip
+    assert s.kafka_bootstrap_servers is not None
     events = list(dataset_events(DATASET, label_delay=DELAY, limit=LIMIT, seed=SEED))
     half = len(events) // 2
     first = publish(s, events[:half])

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from learners.datasets import dataset_events
 from schemas.errors import KafkaAdapterError
@@ -129,13 +130,13 @@ def test_three_hosts_lose_a_broker_and_the_redis_primary(
     s = fast(
         Settings(
             kafka_bootstrap_servers=kafka.bootstrap, kafka_security_protocol="SASL_SSL",
-            kafka_sasl_username="app", kafka_sasl_password=kafka.users["app"],
+            kafka_sasl_username="app", kafka_sasl_password=SecretStr(kafka.users["app"]),
             kafka_ssl_cafile=kafka.certificates.ca, redis_url=redis_ha.url("primary"),
-            redis_username="app", redis_password=(redis_ha.user or ("", ""))[1],
+            redis_username="app", redis_password=SecretStr((redis_ha.user or ("", ""))[1]),
             redis_ssl_cafile=kafka.certificates.ca, redis_sentinels=redis_ha.sentinels,
             state_dir=tmp_path / "state", topic_features=f"t{tag}.features",
             topic_labels=f"t{tag}.labels", topic_dlq=f"t{tag}.dlq", redis_prefix=f"test:{tag}",
-            snapshot_key=f"key-{tag}", partitions=3,
+            snapshot_key=SecretStr(f"key-{tag}"), partitions=3,
         ),
         learner_metrics_port=metrics_port, snapshot_every_labels=1_000,
         snapshot_every_seconds=0.5, redis_outage_seconds=120, redis_wait_replicas=1,
@@ -170,8 +171,12 @@ def test_three_hosts_lose_a_broker_and_the_redis_primary(
     try:
         for url in apis:
             for model in ("lr", "tree"):
+
+                def serves(u: str = f"{url}/{model}/predict") -> bool:
+                    return answer(u)[0] == 200
+
                 wait_until(
-                    lambda u=f"{url}/{model}/predict": answer(u)[0] == 200,
+                    serves,
                     120,
                     f"{url} to serve {model}",
                     log=tmp_path / "api-1.log",
@@ -211,12 +216,16 @@ def test_three_hosts_lose_a_broker_and_the_redis_primary(
         [second] = reports
         assert second.failed == 0 and second.sent == len(rest), second.errors
         for name, (model, _spec) in LEARNERS.items():
-            host, log = learner_hosts[name].address, tmp_path / f"learner-{name}.log"
+            address, log = learner_hosts[name].address, tmp_path / f"learner-{name}.log"
             wait_learned(
-                metrics_port, LIMIT, 180, f"{model} to learn the whole stream", log, model, host
+                metrics_port, LIMIT, 180, f"{model} to learn the whole stream", log, model, address
             )
+
+            def newer(m: str = model) -> bool:
+                return (store.latest_version(m) or 0) > before[m]
+
             wait_until(
-                lambda m=model: (store.latest_version(m) or 0) > before[m],
+                newer,
                 60,
                 f"a version of {model} after the failover",
                 log=log,
@@ -229,8 +238,14 @@ def test_three_hosts_lose_a_broker_and_the_redis_primary(
         final = {model: store.latest_version(model) for model, _ in LEARNERS.values()}
         for url in apis:
             for model, version in final.items():
+
+                def serves_version(
+                    u: str = f"{url}/{model}/predict", v: int | None = version
+                ) -> bool:
+                    return answer(u) == (200, v)
+
                 wait_until(
-                    lambda u=f"{url}/{model}/predict", v=version: answer(u) == (200, v),
+                    serves_version,
                     60,
                     f"{url} to serve {model} v{version}",
                 )
@@ -262,7 +277,11 @@ def kafka_replicas(s: Settings) -> list[list[int]]:
     """The replicas of every partition of the feature and label topics."""
     from confluent_kafka.admin import AdminClient
 
-    conf = {"bootstrap.servers": s.kafka_bootstrap_servers, **kafka_security(s).librdkafka()}
+    assert s.kafka_bootstrap_servers is not None
+    conf: dict[str, str | int | float | bool] = {
+        "bootstrap.servers": s.kafka_bootstrap_servers,
+        **kafka_security(s).librdkafka(),
+    }
     meta = AdminClient(conf).list_topics(timeout=10)
     topics = (meta.topics[t] for t in (s.topic_features, s.topic_labels))
     return [list(p.replicas) for t in topics for p in t.partitions.values()]

@@ -8,13 +8,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from schemas.errors import ServiceError
 from schemas.settings import Settings
 from stream.dev.ports import PORTS_FILE
-from stream.dev.services import ServiceManager, free_port, pid_alive, wait_until
+from stream.dev.services import ServiceManager, ServiceRecord, free_port, pid_alive, wait_until
 from stream.kafka.client import EventProducer, broker_ready, create_topics, read_all
 
 PORT_NAMES = {"kafka": ("broker", "controller"), "redis": ("redis",)}
@@ -152,7 +153,11 @@ def test_crashed_services_restart_in_place_with_their_data(tmp_path: Path) -> No
         for record in (kafka, store):  # clients still connected
             os.kill(record.pid, signal.SIGKILL)
         for record in (kafka, store):
-            wait_until(lambda r=record: not pid_alive(r.pid), 10, f"{record.name} to die")
+
+            def dead(r: ServiceRecord = record) -> bool:
+                return not pid_alive(r.pid)
+
+            wait_until(dead, 10, f"{record.name} to die")
         # The dead servers' sockets linger (FIN_WAIT/TIME_WAIT): a check without SO_REUSEADDR
         # would see the ports as taken, which is what moved the services before.
         for record in (kafka, store):
@@ -166,7 +171,7 @@ def test_crashed_services_restart_in_place_with_their_data(tmp_path: Path) -> No
         assert (tmp_path / "kafka" / "ports.json").read_text() == ports
         assert (tmp_path / "kafka" / "data" / "meta.properties").read_text() == meta
         records = read_all(kafka.address, ["kept"], timeout=60)
-        assert sorted(int(r.key) for r in records) == list(range(100))
+        assert sorted(int(cast(bytes, r.key)) for r in records) == list(range(100))
         assert client.get("kept") == b"yes"  # the same client reconnects to the same port
     finally:
         if producer is not None:

@@ -51,6 +51,7 @@ def brokers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Brokers]:
 def test_a_refusal_found_beside_a_connection_under_way_is_raised_at_once(
     brokers: Brokers,
 ) -> None:
+    discarded: list[str]
     brokers.refusal, connected, discarded = "Authentication failed", threading.Event(), []
     brokers.release.set()
 

@@ -41,7 +41,9 @@ def _flushes(producer: EventProducer) -> list[float | None]:
 @pytest.mark.usefixtures("recording")
 @pytest.mark.parametrize("delivery_timeout_ms", [None, 45_000, 300_000])
 def test_a_flush_waits_past_the_delivery_timeout(delivery_timeout_ms: int | None) -> None:
-    extra = {} if delivery_timeout_ms is None else {"delivery_timeout_ms": delivery_timeout_ms}
+    extra: dict[str, Any] = (
+        {} if delivery_timeout_ms is None else {"delivery_timeout_ms": delivery_timeout_ms}
+    )
     producer = EventProducer("unused:9092", **extra)
     configured = producer._producer.config["delivery_timeout_ms"] / 1000
     producer.flush()

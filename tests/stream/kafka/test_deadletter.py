@@ -27,6 +27,7 @@ BAD = [
 
 def test_malformed_events_go_to_the_dlq_and_the_stream_goes_on(settings: Settings) -> None:
     s = fast(settings, max_event_bytes=1000)
+    assert s.kafka_bootstrap_servers is not None
     codec = EventCodec(Limits())
     create_topics(s.kafka_bootstrap_servers, {s.topic_features: 3, s.topic_labels: 3})
     producer = EventProducer(s.kafka_bootstrap_servers)
@@ -66,7 +67,7 @@ def test_valid_events_a_model_cannot_use_never_stop_the_learner(settings: Settin
     could use reaches the dead-letter topic with the models' errors."""
     s = fast(settings)
     events = list(dataset_events("Phishing", label_delay=5, limit=200))
-    poison = [
+    poison: list[FeatureEvent | LabelEvent] = [
         FeatureEvent("p-null", 50.5, {"https": None, "popup_window": 1.0}),
         FeatureEvent("p-str", 60.5, {"https": "yes please"}),
         LabelEvent("p-null", 51.5, True),
@@ -75,6 +76,7 @@ def test_valid_events_a_model_cannot_use_never_stop_the_learner(settings: Settin
     publish(s, sorted(events + poison, key=lambda e: e.time))
     summaries = {x["model"]: x for x in learn(s, [ModelSpec("lr", "logreg")])}
     assert summaries["lr"]["samples_learned"] == 201  # 200 + the null one (a missing feature)
+    assert s.kafka_bootstrap_servers is not None
     dead = read_all(s.kafka_bootstrap_servers, [s.topic_dlq])
     assert [orjson.loads(r.value)["id"] for r in dead] == ["p-str"]
     headers = dict(dead[0].headers)

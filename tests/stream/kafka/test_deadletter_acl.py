@@ -16,6 +16,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from confluent_kafka import Producer
@@ -142,7 +143,7 @@ def test_a_dead_letter_the_acls_deny_stops_the_learner_before_its_record_is_pass
                    "the learner to start", log=log)  # fmt: skip
         acl.kafka.revoke("revoked", [dlq])
         security = kafka_security(s)  # the user's: the brokers say the Write is gone
-        wait_until(lambda: "WRITE" not in (topic_operations(s.kafka_bootstrap_servers,
+        wait_until(lambda: "WRITE" not in (topic_operations(cast(str, s.kafka_bootstrap_servers),
                                                             s.topic_dlq, security=security)
                                            or {"WRITE"}), 30, "the Write revoked")  # fmt: skip
         _produce(acl, s, bad=True)

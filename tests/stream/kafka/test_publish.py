@@ -41,6 +41,7 @@ def test_events_read_back_intact_and_labels_share_partition(
     finally:
         publisher.close()
 
+    assert settings.kafka_bootstrap_servers is not None
     records = read_all(
         settings.kafka_bootstrap_servers, [settings.topic_features, settings.topic_labels]
     )
@@ -87,6 +88,7 @@ def test_cli_reports_bad_rows_with_line_numbers(settings: Settings, tmp_path: Pa
     assert reasons[1].startswith("schema at time: Object missing required field")
     assert reasons[2].startswith("not_finite")
     assert "line 2: rejected" in result.stderr
+    assert settings.kafka_bootstrap_servers is not None
     records = read_all(settings.kafka_bootstrap_servers, [settings.topic_features])
     assert sorted(orjson.loads(r.value)["id"] for r in records) == ["e0", "e1", "e2"]
 
@@ -107,6 +109,7 @@ def test_csv_cell_out_of_float_range_is_reported_not_published_as_null(
     assert (report["sent"], report["rejected"]) == (2, 1)
     assert report["rejections"][0]["line"] == 3
     assert report["rejections"][0]["reason"].startswith("not_finite at features.x")
+    assert settings.kafka_bootstrap_servers is not None
     records = read_all(settings.kafka_bootstrap_servers, [settings.topic_features])
     sent = {orjson.loads(r.value)["id"]: orjson.loads(r.value)["features"] for r in records}
     assert sent == {"a": {"x": 1.5, "y": 2}, "c": {"x": None, "y": 4}}

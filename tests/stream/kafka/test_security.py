@@ -31,7 +31,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,7 @@ ADMIN_BOOTSTRAP_SECONDS = 30.0  # kafka-python's bootstrap_timeout_ms, as `creat
 def test_plaintext_adds_nothing_and_sasl_ssl_configures_both_libraries(tmp_path: Path) -> None:
     assert kafka_security(Settings()).librdkafka() == {}
     s = Settings(kafka_security_protocol="sasl_ssl", kafka_sasl_username="app",
-                 kafka_sasl_password="pw", kafka_ssl_cafile=tmp_path / "ca.pem")  # fmt: skip
+                 kafka_sasl_password=SecretStr("pw"), kafka_ssl_cafile=tmp_path / "ca.pem")  # fmt: skip
     security = kafka_security(s)
     assert security.librdkafka() == {
         "security.protocol": "sasl_ssl", "sasl.mechanisms": "SCRAM-SHA-512",
@@ -126,14 +126,14 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
     settings = Settings(
         kafka_bootstrap_servers=kafka.bootstrap, kafka_security_protocol="SASL_SSL",
         kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="app",
-        kafka_sasl_password=kafka_password, kafka_ssl_cafile=certificates.ca,
-        redis_url=server.url, redis_username="app", redis_password=redis_password,
+        kafka_sasl_password=SecretStr(kafka_password), kafka_ssl_cafile=certificates.ca,
+        redis_url=server.url, redis_username="app", redis_password=SecretStr(redis_password),
         redis_ssl_cafile=certificates.ca, state_dir=tmp_path / "state",
         topic_features=f"t{tag}.features", topic_labels=f"t{tag}.labels",
         topic_dlq=f"t{tag}.dlq", topic_requests=f"t{tag}.requests",
         topic_predictions=f"t{tag}.predictions", redis_prefix=f"test:{tag}",
-        snapshot_key=f"key-{tag}", partitions=3, learner_metrics_port=0,
-    )  # type: ignore[arg-type]  # fmt: skip
+        snapshot_key=SecretStr(f"key-{tag}"), partitions=3, learner_metrics_port=0,
+    )  # fmt: skip
     try:
         server.up()
         kafka.up()
@@ -457,7 +457,7 @@ def _post_label(app: Any, event_id: str) -> tuple[int, str, float]:
     return asyncio.run(post())
 
 
-def _post(url: str, body: dict[str, object]) -> int:
+def _post(url: str, body: Mapping[str, object]) -> int:
     try:
         return httpx.post(url, json=body, timeout=10).status_code
     except httpx.HTTPError:

@@ -198,6 +198,7 @@ def test_a_topic_whose_reads_are_denied_is_never_caught_up(acl: AclServices) -> 
     names = {f"topic_{kind}": f"riverstream.b{tag}.{kind}"
              for kind in ("features", "labels", "dlq", "requests", "predictions")}  # fmt: skip
     s = as_user(acl, "blinded", redis_prefix=f"bl{tag}", **names)
+    assert s.kafka_bootstrap_servers is not None
     labels = ("Read", "topic", names["topic_labels"], False)
     acl.kafka.grant("blinded", [labels, ("Read", "topic", names["topic_features"], False),
                                 ("Create", "topic", "riverstream.", True),
@@ -255,6 +256,7 @@ def test_a_certificate_kafka_python_refuses_is_named_in_the_error(
     them is in the error raised (it said only "Unable to bootstrap")."""
     other = make_certificates(tmp_path / "other")  # a CA that did not sign the brokers'
     s = as_user(acl, "riverstream", kafka_ssl_cafile=other.ca)
+    assert s.kafka_bootstrap_servers is not None
     with pytest.raises(KafkaAdapterError) as raised:
         create_topics(s.kafka_bootstrap_servers, {"riverstream.never": 1},
                       security=kafka_security(s))  # fmt: skip
@@ -272,6 +274,7 @@ def test_a_read_denied_after_a_quiet_start_is_waited_out(
     again is read."""
     tag = uuid.uuid4().hex[:8]
     s = as_user(acl, "quiet", **acl.topics(f"riverstream.q{tag}"))
+    assert s.kafka_bootstrap_servers is not None
     features = ("Read", "topic", s.topic_features, False)
     acl.kafka.grant("quiet", [features, ("Read", "topic", s.topic_labels, False),
                               ("Create", "topic", f"riverstream.q{tag}.", True),
@@ -320,6 +323,7 @@ def test_a_read_denied_before_any_fetch_came_is_a_start_s(acl: AclServices) -> N
     no log end cached, and do not count as having read."""
     tag = uuid.uuid4().hex[:8]
     s = as_user(acl, "unread", **acl.topics(f"riverstream.u{tag}"))
+    assert s.kafka_bootstrap_servers is not None
     create_topics(s.kafka_bootstrap_servers, s.topics(), security=acl.kafka.security())
     acl.kafka.grant("unread", [("Describe", "topic", s.topic_features, False),
                                ("Read", "group", f"u{tag}", False)])  # fmt: skip

@@ -8,10 +8,11 @@ from __future__ import annotations
 import itertools
 import pickle
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from river import evaluate, metrics
+from river.base.typing import Dataset
 
 from learners.datasets import load_dataset
 from learners.specs import ModelSpec, build_estimator
@@ -39,7 +40,9 @@ def river(spec: str, parts: list[str]) -> tuple[Any, float]:
     """River's progressive validation (Accuracy) of ``spec`` on the samples of ``parts``."""
     model = build_estimator(spec)
     dataset = [SAMPLES[i] for part in parts for i in PARTS[part]]
-    return model, evaluate.progressive_val_score(dataset, model, metrics.Accuracy()).get()
+    return model, evaluate.progressive_val_score(
+        cast(Dataset, dataset), model, metrics.Accuracy()
+    ).get()
 
 
 def same(ours: Any, theirs: Any) -> bool:

@@ -21,9 +21,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from river import evaluate, metrics
+from river.base.typing import Dataset
 
 from learners.datasets import dataset_events, load_dataset, river_delay
 from learners.specs import ModelSpec, build_estimator
@@ -41,11 +43,11 @@ DATASET, LIMIT, DELAY, SEED = "synth.Agrawal", 6_000, 100, 7
 MODELS = {"lr": "logreg", "tree": "hoeffding"}
 
 
-def river_final(spec: str) -> tuple[float, object]:
+def river_final(spec: str) -> tuple[float, Any]:
     """River's own progressive validation of ``spec`` on the stream the test publishes."""
     model = build_estimator(spec)
     score = evaluate.progressive_val_score(
-        load_dataset(DATASET, limit=LIMIT, seed=SEED), model, metrics.Accuracy(),
+        cast(Dataset, load_dataset(DATASET, limit=LIMIT, seed=SEED)), model, metrics.Accuracy(),
         delay=river_delay(DELAY, SEED),
     )  # fmt: skip
     return score.get(), model

@@ -8,6 +8,8 @@ could acknowledge (delete) commands the other had not read.
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from learners.datasets import dataset_events
@@ -25,7 +27,9 @@ SPECS = [ModelSpec("lr", "logreg")]
 
 
 def _written(store: SnapshotStore) -> tuple[list[int], bytes | None]:
-    return store.versions("lr"), store.client.get(store.keys.checkpoint_latest)
+    return store.versions("lr"), cast(
+        "bytes | None", store.client.get(store.keys.checkpoint_latest)
+    )
 
 
 def test_the_older_of_two_processes_of_one_learner_writes_nothing_and_stops(

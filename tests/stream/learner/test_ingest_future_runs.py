@@ -70,12 +70,14 @@ class Run:
 def ingest(
     runs: list[RecordRun], max_future: float = 3600.0, skip: SkipRanges | None = None
 ) -> tuple[KeptSender, LearningCore, Watermark, Offsets, dict[str, int]]:
+    dead: dict[str, int]
     sender, dead = KeptSender(), {}
     feed = Ingest(
         EventCodec(Limits.from_settings(Settings())), DeadLetters(sender, "dlq"),
         (FEATURES, LABELS), {}, dead, max_future=max_future,
     )  # fmt: skip
     core = LearningCore([ModelSpec("m", "linreg", ("MAE",))])
+    offsets: Offsets
     watermark, offsets = Watermark([(0, 1), (1, 1)]), {}
     feed.push(runs, core, offsets, watermark, [], {} if skip is None else skip)
     return sender, core, watermark, offsets, dead

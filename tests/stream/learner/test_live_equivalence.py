@@ -31,10 +31,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
 from river import evaluate, metrics
+from river.base.typing import Dataset
 
 from learners.datasets import dataset_events, load_dataset, river_delay
 from learners.specs import build_estimator
@@ -187,7 +189,7 @@ def test_learning_while_published_at_uneven_pace_equals_river(
         model = build_estimator(spec)
         metric = getattr(metrics, name)()
         evaluate.progressive_val_score(
-            load_dataset(dataset), model, metric, delay=river_delay(delay, seed)
+            cast(Dataset, load_dataset(dataset)), model, metric, delay=river_delay(delay, seed)
         )
         expected[name] = metric.get()
     ours = final_model(s, "m")

@@ -46,12 +46,13 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 import redis
 from river import evaluate, metrics
+from river.base.typing import Dataset
 
 from learners.datasets import dataset_events, load_dataset, river_delay
 from learners.specs import build_estimator
@@ -132,7 +133,7 @@ def river_reference(seed: int) -> dict[str, tuple[dict[str, float], Any]]:
         values, model = {}, None
         for metric in EXPECTED_METRICS[name]:  # one River run per metric, same model each time
             model = build_estimator(spec)
-            data = load_dataset("synth.Agrawal", limit=LIMIT, seed=seed)
+            data = cast(Dataset, load_dataset("synth.Agrawal", limit=LIMIT, seed=seed))
             score = getattr(metrics, metric)()
             evaluate.progressive_val_score(data, model, score, delay=river_delay(DELAY, seed))
             values[metric] = score.get()
@@ -174,7 +175,7 @@ class Run:
         for item in items:
             if isinstance(item, Bad):
                 topic = publisher.topic("features" if item.topic == "features" else "labels")
-                publisher.producer.send(topic, item.key, item.value)  # type: ignore[arg-type]
+                publisher.producer.send(topic, item.key, item.value)
             else:
                 publisher.send_event(item)
         publisher.producer.flush()

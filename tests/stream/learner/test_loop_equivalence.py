@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+from typing import cast
 
 import pytest
 from river import evaluate, metrics
+from river.base.typing import Dataset
 
 from learners.datasets import load_dataset, river_delay
 from learners.specs import ModelSpec, build_estimator
@@ -18,7 +20,10 @@ DELAYS = [0, 1, 50, "random:0-80"]
 def river_score(dataset: str, spec: str, metric: str, delay: str | int, seed: int = 1):
     model = build_estimator(spec)
     score = evaluate.progressive_val_score(
-        load_dataset(dataset), model, getattr(metrics, metric)(), delay=river_delay(delay, seed)
+        cast(Dataset, load_dataset(dataset)),
+        model,
+        getattr(metrics, metric)(),
+        delay=river_delay(delay, seed),
     )
     return score.get(), model
 

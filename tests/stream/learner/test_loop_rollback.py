@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from learners.datasets import dataset_events, load_dataset
 from learners.specs import ModelSpec
@@ -111,11 +112,12 @@ def test_poisoned_stretch_is_rolled_back_with_replay(settings: Settings, tmp_pat
     counters = final_core(s).counters
     assert (counters.late_events, counters.forced_events) == (0, 0), counters
     version = store.latest_version("lr")
+    assert version is not None
     state, meta = store.load_model("lr", version)
     assert meta.metrics == expected["metrics"]
     assert state.samples_learned == expected["samples_learned"]
     reference = snapshot_store(clean)
-    theirs, _ = reference.load_model("lr", reference.latest_version("lr"))
+    theirs, _ = reference.load_model("lr", cast(int, reference.latest_version("lr")))
     for x, _ in itertools.islice(load_dataset("Phishing"), 0, 1250, 50):
         assert state.model.predict_proba_one(x) == theirs.model.predict_proba_one(x)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import redis
 
@@ -18,6 +20,7 @@ def test_metadata_and_chunking(settings: Settings) -> None:
     learn(s, [ModelSpec("tree", "hoeffding")])
     store = snapshot_store(s)
     version = store.latest_version("tree")
+    assert version is not None
     meta = store.meta("tree", version)
     assert meta.samples_learned == 1250 and meta.kind == "classifier" and meta.spec == "hoeffding"
     assert set(meta.metrics) == {"Accuracy"} and 0.5 < meta.metrics["Accuracy"] < 1
@@ -32,11 +35,14 @@ def test_tampered_checkpoint_is_refused(settings: Settings) -> None:
     s = fast(settings)
     replay(s, "Phishing", 3, limit=100)
     learn(s, [ModelSpec("lr", "logreg")])
+    assert s.redis_url is not None
     client = redis.Redis.from_url(s.redis_url)
     store = snapshot_store(s)
-    version, _, _ = store.latest_checkpoint()
+    latest = store.latest_checkpoint()
+    assert latest is not None
+    version, _, _ = latest
     key = store.keys.checkpoint_chunk(version, 0)
-    blob = bytearray(client.get(key))
+    blob = bytearray(cast(bytes, client.get(key)))
     blob[-1] ^= 0xFF
     client.set(key, bytes(blob))
     with pytest.raises(SnapshotIntegrityError):
@@ -74,7 +80,7 @@ def test_the_first_version_comes_as_soon_as_labels_are_learned(settings: Setting
         while store.latest_version("lr") is None:
             assert time.monotonic() < deadline, "no first version within 30 s"
             time.sleep(0.05)
-        first = store.meta("lr", store.latest_version("lr"))
+        first = store.meta("lr", cast(int, store.latest_version("lr")))
         assert 0 < first.samples_learned < 300  # before the 10 000 labels / 3 600 s cadence
     finally:
         learner.stop()

@@ -3,12 +3,15 @@ stays unknown, and no Redis outage can reach learning through the observer."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from prometheus_client import CollectorRegistry
 
 from learners.core import LearningCore
 from learners.specs import ModelSpec
 from stream.checkpoint.protocol import SnapshotResult
 from stream.learner.observer import PrometheusObserver
+from stream.learner.observing import LearnerView
 from stream.learner.telemetry import LearnerMetrics
 from tests.support.metrics import View
 
@@ -18,7 +21,8 @@ def test_a_snapshot_whose_sizes_were_not_read_back_is_exported_without_redis() -
     (seen in CI: the observer then read them itself, raised, and the learner stopped)."""
     registry = CollectorRegistry()
     observer = PrometheusObserver(LearnerMetrics(registry))
-    view = View(LearningCore([ModelSpec("lr", "logreg")]))  # no store to read: none is needed
+    # no store to read: none is needed
+    view = cast(LearnerView, View(LearningCore([ModelSpec("lr", "logreg")])))
     observer.snapshot(view, SnapshotResult(1, True, 0.2, 0.01, sizes={"lr": 1500}))
     observer.snapshot(view, SnapshotResult(2, True, 0.2, 0.01, sizes={}))
     sample = registry.get_sample_value

@@ -18,10 +18,12 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
 from river import evaluate, metrics
+from river.base.typing import Dataset
 
 from learners.datasets import dataset_events, load_dataset, river_delay
 from learners.specs import build_estimator
@@ -279,9 +281,9 @@ def test_the_learner_rides_out_a_broker_restart(
 
 
 def assert_equal_to_river(s: Settings) -> None:
-    model = build_estimator("logreg")
+    model: Any = build_estimator("logreg")  # River types x as Hashable keys
     accuracy = metrics.Accuracy()
-    data = itertools.islice(load_dataset("synth.Agrawal", seed=SEED), LIMIT)
+    data = cast(Dataset, itertools.islice(load_dataset("synth.Agrawal", seed=SEED), LIMIT))
     evaluate.progressive_val_score(data, model, accuracy, delay=river_delay(DELAY, SEED))
     ours = final_model(s, "lr")
     assert ours.samples_learned == LIMIT

@@ -45,7 +45,7 @@ def test_the_outage_says_auth_when_redis_refuses_the_credentials(
     """The retry's PING (the learning thread's probe) is refused: ``reason`` ``auth``, an error
     naming the settings; a Redis away is an ``outage``, a warning, as before."""
     now = [0.0]
-    wrong = Settings(redis_url=locked_redis.url, redis_password="wrong")
+    wrong = Settings(redis_url=locked_redis.url, redis_password=SecretStr("wrong"))
     refused = Outage(60, lambda: now[0], probe=redis_client(wrong, socket_timeout=0.5))
     away = Settings(redis_url=PrivateRedis(tmp_path).url)  # a port nothing listens on
     unreachable = Outage(60, lambda: now[0], probe=redis_client(away, socket_timeout=0.5))

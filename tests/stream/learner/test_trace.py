@@ -11,9 +11,11 @@ import re
 import signal
 import time
 from pathlib import Path
+from typing import cast
 
 import httpx
 from river import evaluate
+from river.base.typing import Dataset
 
 from learners.core import LearningCore
 from learners.datasets import dataset_events, load_dataset, river_delay
@@ -36,7 +38,7 @@ def _river_curve(preset: str, delay: int, limit: int | None, step: int) -> list[
     """River's ``(label count, Accuracy)`` every ``step`` labels."""
     spec = ModelSpec("m", preset, ("Accuracy",))
     steps = evaluate.iter_progressive_val_score(
-        load_dataset("Phishing", limit=limit),
+        cast(Dataset, load_dataset("Phishing", limit=limit)),
         spec.build(),
         build_metric("Accuracy"),
         delay=river_delay(delay),

@@ -70,7 +70,9 @@ def test_score_answers_equal_the_api_and_bad_rows_are_reported_by_line(
     kit: Any, clf: tuple[int, list[dict[str, Any]]], predict_settings: Settings, tmp_path: Path
 ) -> None:
     version, inputs = clf
-    good = [{"id": f"e{i}", "time": i, "features": x} for i, x in enumerate(inputs)]
+    good: list[dict[str, Any]] = [
+        {"id": f"e{i}", "time": i, "features": x} for i, x in enumerate(inputs)
+    ]
     lines = [orjson.dumps(e) for e in good]
     bad = {  # line number → reason
         3: (b'{"id": "b1", "time": 1, "features": {', "bad_json"),

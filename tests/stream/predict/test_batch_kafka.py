@@ -15,6 +15,7 @@ import stream.predict.batch as batch
 from schemas.errors import KafkaAdapterError
 from schemas.settings import Settings
 from stream.kafka.client import EventProducer, create_topics
+from stream.kafka.security import PLAINTEXT
 from stream.predict.batch import KAFKA_STALL_SECONDS, kafka_rows
 from stream.store.snapshots import SnapshotStore
 from tests.support.scoring import open_transaction, publish_clf, run_score
@@ -134,5 +135,5 @@ def test_the_partition_ends_on_a_topic_with_no_transaction_are_its_log_ends(
     s = predict_settings
     assert s.kafka_bootstrap_servers
     send(s, [(0, b"a"), (0, b"b"), (2, b"c")])
-    ends = batch._partition_ends(s.kafka_bootstrap_servers, s.topic_features, batch.PLAINTEXT)
+    ends = batch._partition_ends(s.kafka_bootstrap_servers, s.topic_features, PLAINTEXT)
     assert ends == {0: (0, 2, 2), 1: (0, 0, 0), 2: (0, 1, 1)}

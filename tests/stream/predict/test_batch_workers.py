@@ -4,6 +4,7 @@ fails the run with the reason instead of hanging it (the processes are real, for
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,10 @@ PARENT = os.getpid()
 class Fragile(base.Classifier):
     """Answers from feature ``x``; a worker process (not the test's) dies on ``boom``."""
 
-    def learn_one(self, x: dict[str, Any], y: Any) -> None:
+    def learn_one(self, x: dict[Hashable, Any], y: Any) -> None:
         pass
 
-    def predict_proba_one(self, x: dict[str, Any]) -> dict[Any, float]:
+    def predict_proba_one(self, x: dict[Hashable, Any]) -> dict[Any, float]:  # type: ignore[override]
         if "boom" in x and os.getpid() != PARENT:
             os._exit(3)  # as the kernel's OOM killer would end it: no exception, no cleanup
         p = min(max(x["x"], 0.0), 1.0)

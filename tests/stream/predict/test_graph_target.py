@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -41,7 +41,7 @@ ANSWER_SCHEMA = jsonschema.Draft202012Validator(
     json.loads((SCHEMAS / "prediction_answer.json").read_text())
 )
 METRICS = {"lr": {"Accuracy": 0.9}, "tree": {"Accuracy": 0.6}, "nb": {"Accuracy": 0.8}}
-FRAUD = {
+FRAUD: dict[str, Any] = {
     "name": "fraud",
     "root": {
         "rules": {
@@ -72,7 +72,7 @@ FRAUD = {
         }
     },
 }
-BROKEN = {"name": "broken", "root": {"ensemble": {"members": ["lr", "gone"]}}}
+BROKEN: dict[str, Any] = {"name": "broken", "root": {"ensemble": {"members": ["lr", "gone"]}}}
 # answer fields that /v1/graphs answers too (it says "graph" for "target" and has no id)
 SHARED = ("graph_version", "versions", "prediction", "probabilities", "kind", "path",
           "decided_by", "decision", "reason")  # fmt: skip
@@ -209,7 +209,9 @@ def test_the_worker_answers_a_graph_as_v1_graphs_and_dead_letters_a_missing_memb
     kit: Any, graphs: dict[str, int], predict_settings: Settings, tmp_path: Path
 ) -> None:
     _, inputs = river_models()
-    requests = [{"id": f"g{i}", "target": "fraud", "features": x} for i, x in enumerate(inputs)]
+    requests: list[dict[str, Any]] = [
+        {"id": f"g{i}", "target": "fraud", "features": x} for i, x in enumerate(inputs)
+    ]
     bad = [
         {"id": "b-member", "target": "broken", "features": inputs[0]},
         {"id": "b-unknown", "target": "nothing", "features": inputs[0]},

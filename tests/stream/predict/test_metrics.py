@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -38,7 +38,7 @@ def wsettings(predict_settings: Settings) -> Settings:
 def trained() -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A logistic regression and a Hoeffding tree on 300 Phishing events, 60 unseen inputs."""
     data = list(datasets.Phishing())
-    models = {
+    models: dict[str, Any] = {
         "lr": preprocessing.StandardScaler() | linear_model.LogisticRegression(),
         "tree": tree.HoeffdingTreeClassifier(grace_period=40),
     }
@@ -206,7 +206,11 @@ def _read(settings: Settings, topic: str, count: int) -> list[dict[str, Any]]:
     try:
         while len(out) < count:
             assert time.monotonic() < deadline, f"{len(out)} of {count} on {topic}"
-            out += [orjson.loads(m.value()) for m in consumer.consume(1000, 0.2) if not m.error()]
+            out += [
+                orjson.loads(cast(bytes, m.value()))
+                for m in consumer.consume(1000, 0.2)
+                if not m.error()
+            ]
     finally:
         consumer.close()
     return out

@@ -9,11 +9,11 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from stream.predict.sinks import GRAPH_COLUMNS, CsvSink, ParquetSink, file_sink
+from stream.predict.sinks import GRAPH_COLUMNS, CsvSink, ParquetSink, Sink, file_sink
 
 
 def _graph_rows() -> list[tuple[str, dict[str, Any] | None, bytes]]:
-    bodies = [
+    bodies: list[dict[str, Any]] = [
         {"id": "u1", "target": "fraud", "graph_version": 3, "versions": {"lr": 7},
          "prediction": "review", "probabilities": None, "kind": "classifier",
          "path": ["root.rules.rules[0]"], "decided_by": "root.rules.rules[0]",
@@ -27,7 +27,7 @@ def _graph_rows() -> list[tuple[str, dict[str, Any] | None, bytes]]:
 
 def test_parquet_holds_the_csv_cells_of_a_graph(tmp_path: Path) -> None:
     rows = _graph_rows()
-    sinks = [
+    sinks: list[Sink] = [
         CsvSink(tmp_path / "a.csv", graph=True),
         ParquetSink(tmp_path / "a.parquet", graph=True),
     ]

@@ -10,9 +10,9 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -60,7 +60,12 @@ def produce(
          "message.max.bytes": 1_048_576}  # a request as large as the broker takes
     )  # fmt: skip
     for key, value, headers in messages:
-        producer.produce(settings.topic_requests, value, key, headers=headers)
+        producer.produce(
+            settings.topic_requests,
+            value,
+            key,
+            headers=cast("list[tuple[str, str | bytes | None]]", headers),
+        )
         producer.poll(0)
     assert producer.flush(30) == 0
 
@@ -262,7 +267,9 @@ def test_a_worker_killed_mid_stream_loses_no_request(
     args = ["predict-worker", "--session-timeout", "6", "--report-every", "0.1"]
     reader = Reader(settings, settings.topic_predictions)
     requests = requests_for(models, 3000)
-    messages = [(r["id"].encode(), orjson.dumps(r), []) for r in requests]
+    messages: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = [
+        (r["id"].encode(), orjson.dumps(r), []) for r in requests
+    ]
     producing = threading.Thread(target=produce_paced, args=(settings, messages, 500.0))
     workers = [spawn_cli(settings, args, log) for log in logs]
     try:
@@ -363,6 +370,7 @@ def test_the_worker_follows_new_versions_live(
     for r in then:
         body = by_id[r["id"]]
         prediction, proba = expected.predict(r["features"])
+        assert proba is not None
         assert body["versions"] == {"clf": version}
         assert body["prediction"] == prediction
         assert body["probabilities"] == {str(k).lower(): v for k, v in proba.items()}

@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -76,7 +76,11 @@ class PacedProducer(threading.Thread):
         for i in range(N):
             while time.monotonic() < start + i / RATE:  # pacing the offered load
                 self.producer.poll(0.005)
-            request = {"id": f"r{i}", "target": "lr", "features": self.inputs[i % len(self.inputs)]}
+            request: dict[str, Any] = {
+                "id": f"r{i}",
+                "target": "lr",
+                "features": self.inputs[i % len(self.inputs)],
+            }
             self.producer.produce(
                 self.topic, orjson.dumps(request), request["id"].encode(),
                 on_delivery=self._delivered,
@@ -136,6 +140,7 @@ def test_the_worker_answers_every_request_across_a_broker_restart(
     for request_id, bodies in answers.items():
         i = int(request_id[1:]) if request_id != "w" else 0
         prediction, proba = served.predict(inputs[i % len(inputs)])
+        assert proba is not None
         for body in bodies:
             assert body["versions"] == {"lr": version}
             assert body["prediction"] == prediction
@@ -162,7 +167,7 @@ def read_answers(
             assert time.monotonic() < deadline, f"{missing} of {len(ids)} requests not answered"
             for m in consumer.consume(1000, 0.2):
                 if m.error() is None:
-                    body = orjson.loads(m.value())
+                    body = orjson.loads(cast(bytes, m.value()))
                     out.setdefault(body["id"], []).append(body)
     finally:
         consumer.close()
@@ -225,6 +230,7 @@ def test_a_worker_stopped_during_an_outage_exits_within_its_grace_and_loses_noth
     assert set(answers) >= producer.acknowledged
     for request_id, bodies in answers.items():
         prediction, proba = served.predict(inputs[int(request_id[1:]) % len(inputs)])
+        assert proba is not None
         for body in bodies:
             assert body["versions"] == {"lr": version}
             assert body["prediction"] == prediction

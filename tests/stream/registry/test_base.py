@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -39,7 +39,7 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], int]]:
 
 
 def _meta(store: SnapshotStore, version: int) -> SnapshotMeta:
-    return SnapshotMeta.from_json(store.client.get(store.keys.meta("m", version)))
+    return SnapshotMeta.from_json(cast(bytes, store.client.get(store.keys.meta("m", version))))
 
 
 def test_the_steps_after_a_snapshot_take_few_round_trips(

@@ -24,11 +24,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
 from river import evaluate, metrics
+from river.base.typing import Dataset, FeatureName
 
 from learners.core import LearningCore
 from learners.specs import ModelSpec
@@ -132,12 +133,16 @@ def test_an_added_challenger_overtakes_is_promoted_and_served(
 
         # 3a. the champion is what River learns without any challenger
         reference = drift.champion()
-        accuracy = evaluate.progressive_val_score(data, reference, metrics.Accuracy(), delay=DELAY)
+        accuracy = evaluate.progressive_val_score(
+            cast(Dataset, data), reference, metrics.Accuracy(), delay=DELAY
+        )
         tree = final_model(settings, "tree")
         assert tree.samples_learned == SAMPLES
         assert tree.metric_values() == {"Accuracy": accuracy.get()}
         for features, _ in data[::50]:
-            assert tree.model.predict_proba_one(features) == reference.predict_proba_one(features)
+            assert tree.model.predict_proba_one(features) == reference.predict_proba_one(
+                cast("dict[FeatureName, Any]", features)
+            )
 
         # 3b. the comparison, exactly once and over the labels both scored only
         stored = comparisons.get("tree", "hat")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -29,7 +30,10 @@ def test_export_import_round_trip(
     _v, cp, offsets = store.checkpoint(v3)
     assert load_signed(cp, key) == {"join": v1} and offsets == store.checkpoint(v1)[2]
     # Importing moves nothing: not latest, not the checkpoint the learner restores, not serving.
-    assert store.latest_version("m") == v2 and store.latest_checkpoint()[0] == v2
+    assert (
+        store.latest_version("m") == v2
+        and cast("tuple[int, bytes, dict[str, int]]", store.latest_checkpoint())[0] == v2
+    )
     assert registry.serving_version("m") == v2
     last = registry.history("m")[-1]
     assert (last.action, last.from_, last.to, last.reason) == ("import", v1, v3, "restore")

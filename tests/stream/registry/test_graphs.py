@@ -4,7 +4,7 @@ notifications, refusals that change nothing."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -68,7 +68,7 @@ def test_apply_stores_a_normalised_version_serves_it_and_notifies(
 
 
 def test_the_version_counter_is_the_models_one(graphs: GraphRegistry, store: SnapshotStore) -> None:
-    before = int(store.client.get(store.keys.seq))
+    before = int(cast(bytes, store.client.get(store.keys.seq)))
     applied = graphs.apply(doc("lr"))
     assert applied.version == before + 1
     assert store.next_version() == applied.version + 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 from schemas.errors import ConfigError
 from schemas.settings import Settings
@@ -32,7 +33,9 @@ def client_of(server: PrivateRedis, keys: str) -> tuple[redis.Redis, str]:
     and its password."""
     rules = [keys if r.startswith("~") else r for r in documented_acl(PREFIX)]
     password = server.add_user(ACL_USER, rules)
-    settings = Settings(redis_url=server.url, redis_username=ACL_USER, redis_password=password)
+    settings = Settings(
+        redis_url=server.url, redis_username=ACL_USER, redis_password=SecretStr(password)
+    )
     return redis_client(settings), password
 
 

@@ -6,6 +6,7 @@ to look at, as an error a running learner rides out (`RegistryUnavailableError`)
 from __future__ import annotations
 
 import pytest
+from pydantic import SecretStr
 
 from schemas.errors import ConfigError
 from schemas.settings import Settings
@@ -25,19 +26,22 @@ def test_a_learner_whose_credentials_redis_refuses_does_not_start(
     locked_redis: PrivateRedis,
 ) -> None:
     keys = RedisKeys("auth-test", "default")
-    wrong = redis_client(Settings(redis_url=locked_redis.url, redis_password="wrong"))
+    wrong = redis_client(Settings(redis_url=locked_redis.url, redis_password=SecretStr("wrong")))
     with pytest.raises(ConfigError) as raised:
         claim(wrong, keys, "default", ["lr"])
     message = str(raised.value)
     assert message.startswith("claiming models ['lr'] for learner 'default': Redis refused")
     assert "RIVERSTREAM_REDIS_PASSWORD" in message and "not an outage" in message
-    right = redis_client(Settings(redis_url=locked_redis.url, redis_password=locked_redis.password))
+    assert locked_redis.password is not None
+    right = redis_client(
+        Settings(redis_url=locked_redis.url, redis_password=SecretStr(locked_redis.password))
+    )
     epoch = claim(right, keys, "default", ["lr"])
     assert right.hget(keys.epoch, "epoch") == str(epoch).encode()
 
 
 def test_a_registry_operation_refused_names_the_settings(locked_redis: PrivateRedis) -> None:
-    wrong = redis_client(Settings(redis_url=locked_redis.url, redis_password="wrong"))
+    wrong = redis_client(Settings(redis_url=locked_redis.url, redis_password=SecretStr("wrong")))
     registry = Registry(SnapshotStore(wrong, "auth-test", b"key"))
     with pytest.raises(RegistryUnavailableError) as raised:
         registry.owners()

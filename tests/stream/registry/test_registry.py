@@ -7,9 +7,11 @@ import itertools
 import json
 import random
 import threading
+from typing import cast
 
 import pytest
 
+from schemas.records import HistoryEntry
 from stream.registry import base
 from stream.registry.policy import rollback_target
 from stream.registry.registry import HISTORY_LIMIT, Registry, RegistryError, RollbackCommand
@@ -29,7 +31,7 @@ def test_versions_flags_and_verify(store: SnapshotStore, registry: Registry, key
     assert all(i.has_checkpoint and not i.promoted and not i.pinned for i in infos)
     assert registry.verify("m", v1)[0] is True
     chunk = store.keys.chunk("m", v1, 0)
-    blob = store.client.get(chunk)
+    blob = cast(bytes, store.client.get(chunk))
     store.client.set(chunk, blob[:-1] + bytes([blob[-1] ^ 1]))
     ok, detail = registry.verify("m", v1)
     assert not ok and "checksum" in detail
@@ -382,7 +384,7 @@ def test_the_parsed_history_folds_as_a_fresh_parse_through_trims(
             registry.unpin("m", f"step {step}")
         assert len(registry.history("m")) <= 4
         cached = registry._previous(store.client, "m")
-        fresh = {}
+        fresh: dict[str, dict[bytes | str, HistoryEntry]] = {}
         monkeypatch.setattr(base, "_PARSED", fresh)
         assert registry._previous(store.client, "m") == cached, step
         monkeypatch.setattr(base, "_PARSED", {**fresh, **base._PARSED})

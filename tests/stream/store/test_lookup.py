@@ -34,7 +34,7 @@ class BeforeTransaction(redis.Connection):
     client's commands land exactly between a publish reading the pointer and its transaction.
     Every command still goes to the real Redis."""
 
-    hook: Callable[[], None] | None = None
+    hook: Callable[[], object] | None = None
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         parts = command if isinstance(command, list) else [command]

@@ -8,6 +8,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import redis
@@ -47,6 +48,13 @@ def write(store: SnapshotStore, objs: dict[str, object], version: int | None = N
     return version
 
 
+def latest_checkpoint(store: SnapshotStore) -> tuple[int, bytes, dict[str, int]]:
+    """``store.latest_checkpoint()``, which these tests have just written."""
+    latest = store.latest_checkpoint()
+    assert latest is not None
+    return latest
+
+
 class _SideEffect:
     """Unpickling this creates a directory: proof that a blob was (or was not) unpickled."""
 
@@ -79,7 +87,7 @@ def test_round_trip_metadata_and_pointers(client: redis.Redis, prefix: str) -> N
     assert len(meta.sha256) == 64 and meta.river_version and meta.python_version
     assert meta.created_at <= time.time()
     assert SnapshotMeta.from_json(meta.to_json()) == meta
-    version, blob, offsets = store.latest_checkpoint()
+    version, blob, offsets = latest_checkpoint(store)
     assert (version, load_signed(blob, KEY), offsets) == (v2, {"join": v2}, {"features:0": v2})
     assert store.checkpoint(v1)[2] == {"features:0": v1}
 
@@ -88,7 +96,7 @@ def test_pointers_only_move_forward_and_promoted_wins(client: redis.Redis, prefi
     store = SnapshotStore(client, prefix, KEY)
     write(store, {"a": 5}, version=5)
     write(store, {"a": 3}, version=3)
-    assert store.latest_version("a") == 5 and store.latest_checkpoint()[0] == 5
+    assert store.latest_version("a") == 5 and latest_checkpoint(store)[0] == 5
     assert store.versions("a") == [3, 5]
     assert store.serving_version("a") == 5
     client.set(store.keys.promoted("a"), 3)
@@ -103,7 +111,7 @@ def test_chunking_with_tiny_chunks(client: redis.Redis, prefix: str) -> None:
     assert meta.chunks == -(-meta.size // 7) > 100
     assert client.strlen(store.keys.chunk("big", version, 0)) == 7
     assert store.load_model("big", version)[0] == payload
-    assert load_signed(store.latest_checkpoint()[1], KEY) == {"join": version}
+    assert load_signed(latest_checkpoint(store)[1], KEY) == {"join": version}
 
 
 def test_tampered_blobs_are_refused_and_never_unpickled(
@@ -114,7 +122,7 @@ def test_tampered_blobs_are_refused_and_never_unpickled(
     version = write(store, {"m": "good"})
     # 1. a flipped byte in a chunk: the checksum refuses it
     key = store.keys.chunk("m", version, 1)
-    chunk = client.get(key)
+    chunk = cast(bytes, client.get(key))
     client.set(key, bytes([chunk[0] ^ 1]) + chunk[1:])
     with pytest.raises(SnapshotIntegrityError):
         store.load_model("m", version)
@@ -143,7 +151,7 @@ def test_tampered_checkpoint_refused(client: redis.Redis, prefix: str) -> None:
     store = SnapshotStore(client, prefix, KEY)
     version = write(store, {"m": 1})
     key = store.keys.checkpoint_chunk(version, 0)
-    chunk = client.get(key)
+    chunk = cast(bytes, client.get(key))
     client.set(key, chunk[:-1] + bytes([chunk[-1] ^ 1]))
     with pytest.raises(SnapshotIntegrityError):
         store.latest_checkpoint()
@@ -174,7 +182,7 @@ def test_crash_before_the_transaction_leaves_nothing_visible(
     def failing_pipeline(transaction: bool = True, **kwargs):
         pipe = real_pipeline(transaction=transaction, **kwargs)
         if transaction:
-            pipe.execute = _raise  # the crash, between step 1 and step 2
+            cast(Any, pipe).execute = _raise  # the crash, between step 1 and step 2
         return pipe
 
     def _raise(*args, **kwargs):
@@ -186,7 +194,7 @@ def test_crash_before_the_transaction_leaves_nothing_visible(
     monkeypatch.undo()
     assert client.exists(store.keys.chunk("m", v1 + 1, 0))  # step 1 happened...
     assert store.versions("m") == [v1] and store.latest_version("m") == v1  # ...invisibly
-    assert store.latest_checkpoint()[0] == v1
+    assert latest_checkpoint(store)[0] == v1
 
 
 def test_the_notification_goes_with_the_transaction(
@@ -207,7 +215,7 @@ def test_the_notification_goes_with_the_transaction(
             queued.append([str(args[0]) for args, _ in pipe.command_stack])
             return execute(*a, **k)
 
-        pipe.execute = recording
+        cast(Any, pipe).execute = recording
         return pipe
 
     monkeypatch.setattr(client, "pipeline", pipeline)
@@ -233,7 +241,9 @@ def test_with_replicas_to_wait_for_a_lost_notification_is_caught_up_by_pollers(
         calls.append(transaction)
         pipe = real_pipeline(transaction=transaction, **kwargs)
         if len(calls) == 2:  # step 3, after WAIT
-            pipe.execute = lambda *a, **k: (_ for _ in ()).throw(redis.ConnectionError("killed"))
+            cast(Any, pipe).execute = lambda *a, **k: (_ for _ in ()).throw(
+                redis.ConnectionError("killed")
+            )
         return pipe
 
     monkeypatch.setattr(client, "pipeline", pipeline)
@@ -299,14 +309,14 @@ def test_a_handover_while_the_chunks_are_written_is_named_and_changes_nothing(
         write(store, {"m": 2})
     assert client.exists(store.keys.chunk("m", v1 + 1, 0))  # written, and never referenced
     assert store.versions("m") == [v1] and store.latest_version("m") == v1
-    assert store.latest_checkpoint()[0] == v1
+    assert latest_checkpoint(store)[0] == v1
 
 
 def test_notification_received(client: redis.Redis, prefix: str) -> None:
     store = SnapshotStore(client, prefix, KEY)
     with store.subscribe() as sub:
         version = write(store, {"a": 1, "b": 2})
-        seen = set()
+        seen: set[tuple[str, int]] = set()
         deadline = time.monotonic() + 5
         while len(seen) < 2 and time.monotonic() < deadline:
             note = sub.get(timeout=0.5)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 from schemas.errors import ConfigError
 from schemas.settings import Settings
@@ -26,7 +27,10 @@ SETTINGS = ("RIVERSTREAM_REDIS_PASSWORD", "RIVERSTREAM_REDIS_URL", "RIVERSTREAM_
 
 def store_of(server: PrivateRedis, password: str | None, prefix: str) -> SnapshotStore:
     """A store of ``server``'s, whose client is given ``password`` as the settings give it."""
-    settings = Settings(redis_url=server.url, redis_password=password)
+    settings = Settings(
+        redis_url=server.url,
+        redis_password=None if password is None else SecretStr(password),
+    )
     return SnapshotStore(redis_client(settings, socket_timeout=5), prefix, KEY)
 
 
@@ -40,6 +44,7 @@ def test_refused_credentials_are_a_configuration_error_naming_the_settings(
     message = str(raised.value)
     assert "refused this process's credentials" in message and "not an outage" in message
     assert all(name in message for name in SETTINGS), message
+    assert locked_redis.password is not None
     assert locked_redis.password not in message  # the settings are named, never the secret
     # A running process rides it out as it rides out an outage (nothing is lost) ...
     assert isinstance(raised.value, RedisUnavailableError)

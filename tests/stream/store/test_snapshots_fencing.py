@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from river import linear_model
@@ -39,7 +39,7 @@ def _snapshot(kit: Any, store: SnapshotStore) -> int:
 
 
 def _held(store: SnapshotStore) -> int:
-    return int(store.client.hget(store.keys.epoch, "epoch"))
+    return int(cast(bytes, store.client.hget(store.keys.epoch, "epoch")))
 
 
 def test_a_claim_after_the_hash_was_lost_outranks_the_process_started_before(
@@ -66,7 +66,7 @@ def _ack(store: SnapshotStore, process: SnapshotStore) -> None:
 
 
 def _live(kit: Any, store: SnapshotStore, process: SnapshotStore) -> None:
-    version = int(store.client.get(store.keys.latest(MODEL)))
+    version = int(cast(bytes, store.client.get(store.keys.latest(MODEL))))
     blob = dump_signed(kit.state(linear_model.LogisticRegression(), "classifier"), kit.KEY)
     meta = LiveMeta.describe(
         MODEL, version, blob, kind="classifier", spec="x", samples_learned=1, metrics={}
@@ -91,7 +91,7 @@ def test_the_newest_process_puts_its_epoch_back_and_the_older_stops(
     from then on the older process is fenced."""
     older = _process(store)
     _snapshot(kit, older)
-    before = store.client.hgetall(store.keys.epoch)
+    before: dict[Any, Any] = store.client.hgetall(store.keys.epoch)
     newer = _process(store)
     assert newer.epoch is not None
     if lost == "deleted":

@@ -6,7 +6,7 @@ same write succeeds."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -108,14 +108,22 @@ def test_a_key_of_the_wrong_type_fails_the_write_before_anything_is_written(
 
     _write(store, store.next_version(), curve(10))
     key = key_of(store.keys)
-    before = {k: client.dump(k) for k in client.keys("wrongtype:*") if k.decode() != key}
+    before = {
+        k: client.dump(k)
+        for k in cast(list[bytes], client.keys("wrongtype:*"))
+        if k.decode() != key
+    }
     client.delete(key)
     {"string": lambda: client.set(key, "x"), "list": lambda: client.rpush(key, "x"),
      "hash": lambda: client.hset(key, "x", "1"), "set": lambda: client.sadd(key, "x")}[wrong]()  # fmt: skip
     version = store.next_version()
     with pytest.raises(SnapshotError) as raised:
         _write(store, version, curve(20))
-    after = {k: client.dump(k) for k in client.keys("wrongtype:*") if k.decode() != key}
+    after = {
+        k: client.dump(k)
+        for k in cast(list[bytes], client.keys("wrongtype:*"))
+        if k.decode() != key
+    }
     assert after.keys() - before.keys() <= {store.keys.seq.encode()}
     assert {k: v for k, v in after.items() if k.decode() != store.keys.seq} == {
         k: v for k, v in before.items() if k.decode() != store.keys.seq
