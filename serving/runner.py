@@ -18,6 +18,10 @@ uvicorn runs with ``log_level="warning"`` (its per-worker "running on" lines wou
 thing N times), so `serve` tells its caller, once, where it listens and with how many workers
 (`listening_line`, through ``announce``): `riverstream serve` prints it on stderr at start.
 
+A worker stops (SIGTERM, gracefully) when its supervisor dies, also of a SIGKILL, which gives
+the supervisor no chance to stop it (`end_with_supervisor`, Linux's parent-death signal): such
+workers went on serving for ever, beside the workers of the API started again.
+
 A worker that fails at its start (Redis refusing the credentials, `serving.app`; a setting
 missing, `app_from_env`) says why on stderr and stops every worker; `serve` then raises
 `WorkerStartError` (`riverstream serve` exits non-zero), where uvicorn's supervisor returned as
@@ -39,7 +43,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
+import multiprocessing
 import os
 import shutil
 import signal
@@ -101,6 +107,7 @@ def app_from_env() -> FastAPI:
     the worker again, for ever."""
     from serving.app import create_app
 
+    end_with_supervisor()
     logging.getLogger("uvicorn.error").addFilter(ConfigErrorAtStart(say=True))  # the lifespan's
     try:
         return create_app(Settings())
@@ -109,6 +116,33 @@ def app_from_env() -> FastAPI:
     except Exception:
         logging.getLogger("uvicorn.error").exception("this worker cannot start")
     sys.exit(STARTUP_FAILURE)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def end_with_supervisor() -> bool:
+    """Have the kernel send this worker SIGTERM (a graceful stop) when the supervisor that
+    spawned it dies, also of a SIGKILL (the OOM killer, ``kill -9``), which gives the supervisor
+    no chance to stop its workers: they went on serving for ever, each on its own socket of the
+    port, beside the workers of a restarted API. Returns whether the request was made (Linux,
+    in a spawned worker); a supervisor already gone by then is told at once, the same way.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    except (OSError, AttributeError) as exc:
+        logging.getLogger("uvicorn.error").warning(
+            "this worker will not stop with its supervisor if that is killed: %s", exc
+        )
+        return False
+    if os.getppid() != parent.pid:  # it died before the request: nothing will tell
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
 
 
 TRACEBACK = "Traceback (most recent call last):"
