@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
