@@ -133,7 +133,11 @@ def end_with_supervisor() -> bool:
         return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        unsigned = ctypes.c_ulong  # prctl reads its arguments as unsigned longs
+        asked = libc.prctl(
+            ctypes.c_int(_PR_SET_PDEATHSIG), unsigned(signal.SIGTERM), *[unsigned(0)] * 3
+        )
+        if asked != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
     except (OSError, AttributeError) as exc:
         logging.getLogger("uvicorn.error").warning(
