@@ -7,17 +7,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from serving.runner import end_with_supervisor, settings_environment
+from serving.runner import end_with_supervisor
 from stream.dev.services import free_port
 from tests.support.procs import alive, children, cmdline
-from tests.support.serving import ROOT
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -40,14 +37,8 @@ def test_workers_stop_when_their_supervisor_is_killed(
 ) -> None:
     settings = kit.make_settings(redis_url, prefix, state_dir=tmp_path)
     port = free_port()
-    argv = [sys.executable, "-m", "stream", "serve", "--port", str(port), "--workers", "2"]
-    env = {**os.environ, **settings_environment(settings)}
     log = tmp_path / "api.err"
-    with log.open("wb") as err:
-        api = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
-            start_new_session=True,
-        )  # fmt: skip
+    api = kit.start_serve(settings, 2, log, port=port)
     try:
         spawned = wait_until(lambda: len(workers(api.pid)) == 2 and workers(api.pid), 60,
                              "two workers", log=log)  # fmt: skip

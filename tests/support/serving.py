@@ -172,23 +172,37 @@ def serve_process(settings: Settings, ready_path: str = "/readyz") -> Iterator[s
             proc.wait()
 
 
-def serve_until_exit(
-    settings: Settings, workers: int, stderr: Path, env: dict[str, str] | None = None
-) -> int:
-    """Run ``riverstream serve --workers WORKERS`` with ``settings`` (over ``env``, by default
-    this process's environment) until it exits by itself; its stderr goes to ``stderr``.
-    Returns its exit status; fails when it still runs after 60 s (its process group, its
-    workers too, is then killed)."""
+def start_serve(
+    settings: Settings,
+    workers: int,
+    stderr: Path,
+    env: dict[str, str] | None = None,
+    *,
+    port: int | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``riverstream serve --workers WORKERS`` on ``port`` (a free one by default) with
+    ``settings`` (over ``env``, by default this process's environment), in a session of its
+    own (its process group holds its workers); its stderr goes to ``stderr``. The caller
+    stops it."""
     from serving.runner import settings_environment
 
-    argv = [sys.executable, "-m", "stream", "serve", "--port", str(free_port()),
+    argv = [sys.executable, "-m", "stream", "serve", "--port", str(port or free_port()),
             "--workers", str(workers)]  # fmt: skip
     environment = {**(os.environ if env is None else env), **settings_environment(settings)}
     with stderr.open("wb") as err:
-        api = subprocess.Popen(
+        return subprocess.Popen(
             argv, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=err,
             start_new_session=True,
         )  # fmt: skip
+
+
+def serve_until_exit(
+    settings: Settings, workers: int, stderr: Path, env: dict[str, str] | None = None
+) -> int:
+    """Run ``riverstream serve --workers WORKERS`` (`start_serve`) until it exits by itself.
+    Returns its exit status; fails when it still runs after 60 s (its process group, its
+    workers too, is then killed)."""
+    api = start_serve(settings, workers, stderr, env)
     try:
         return api.wait(timeout=60)
     except subprocess.TimeoutExpired:
@@ -214,6 +228,7 @@ class Kit:
     publish = staticmethod(publish)
     serve_in_thread = staticmethod(serve_in_thread)
     serve_process = staticmethod(serve_process)
+    start_serve = staticmethod(start_serve)
     serve_until_exit = staticmethod(serve_until_exit)
 
     @staticmethod
