@@ -27,7 +27,7 @@ import pytest
 from schemas.settings import Settings
 from stream.dev.services import SERVICES, ServiceManager, pid_alive, stop_pid
 from tests.support.gate import gate_then_signal
-from tests.support.procs import live_with_env
+from tests.support.procs import cmdline, live_with_env, parent
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -47,7 +47,7 @@ def test_a_signalled_demo_stops_what_it_started(tmp_path: Path, signum: signal.S
         assert f"recorded in {home} (" in err, err
         # its own cleanup stopped its processes (and theirs), its targets, its services
         assert not any(pid_alive(node["pid"]) for node in nodes.values()), nodes
-        assert not live_with_env("RIVERSTREAM_REDIS_PREFIX", home.name)
+        assert not _left(home.name), _left(home.name)
         assert not list((state / "prometheus" / "targets").glob(f"{home.name}.*"))
         assert not home.exists()
         assert json.loads((state / "services.json").read_text()) == {}
@@ -90,7 +90,7 @@ def test_demo_stop_stops_a_killed_demo_and_no_other(tmp_path: Path) -> None:
         assert all(f"{name} (pid {node['pid']})" in said for name, node in nodes.items()), said
         assert f"learner (pid {decoy.pid})" not in said, said
         assert not any(pid_alive(node["pid"]) for node in nodes.values())
-        assert not live_with_env("RIVERSTREAM_REDIS_PREFIX", tag)
+        assert not _left(tag), _left(tag)
         assert not list((state / "prometheus" / "targets").glob(f"{tag}.*"))
         assert not home.exists()
         assert json.loads((state / "services.json").read_text()) == {}  # the demo's own
@@ -120,7 +120,7 @@ def test_ctrl_c_between_a_spawn_and_its_record_leaves_nothing_running(tmp_path: 
         _, err = demo.communicate(timeout=120)
         assert demo.returncode == 128 + signal.SIGINT, err  # the Ctrl-C ended it
         assert not pid_alive(learner), err  # stopped by the demo's cleanup
-        assert not live_with_env("RIVERSTREAM_REDIS_PREFIX", tag)
+        assert not _left(tag), _left(tag)
         assert not (state / "demos" / tag).exists()
         assert json.loads((state / "services.json").read_text()) == {}
     finally:
@@ -146,6 +146,12 @@ def _riverstream(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "stream", *args], env=_environment(state), cwd=ROOT,
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
+
+
+def _left(tag: str) -> list[tuple[int, int | None, list[str]]]:
+    """The live processes with the demo's environment: pid, parent and command line (what a
+    failure names)."""
+    return [(p, parent(p), cmdline(p)) for p in live_with_env("RIVERSTREAM_REDIS_PREFIX", tag)]
 
 
 def _spawned(state: Path, demo: subprocess.Popen[str]) -> tuple[Path, dict[str, dict[str, Any]]]:
