@@ -1,5 +1,5 @@
-/* A standard scaler's learning pass, and a linear model's dot product with the scaled features,
- * in C, equal to River's to the bit.
+/* A standard scaler's learning pass, a linear model's dot product with the scaled features, and
+ * a whole sample of plain SGD (`sgd_learn`, below), in C, equal to River's to the bit.
  *
  * `learners.linear_learning.LinearLearning.learn_one` calls `scale_learn(x, counts, means,
  * variances)` first. It does what its Python loop does (River's `StandardScaler.learn_one`,
@@ -54,7 +54,8 @@
 #define MAX_FEATURES 512
 
 static PyTypeObject *counter_type, *defaultdict_type;
-static PyObject *default_factory_name, *float_type, *one_half, *zero;
+static PyObject *default_factory_name, *weight_pos_name, *weight_neg_name, *float_type, *one_half,
+    *zero;
 static double (*volatile power)(double, double) = pow;
 
 /* Whether `d` is exactly a defaultdict whose default is float. -1 with an error set. */
@@ -139,6 +140,146 @@ done:
     return result;
 }
 
+/* One sample's pass over a standard scaler's statistics: what `scale_learn` reads, holds and
+ * computes before it writes anything (`sgd_learn` goes on from it). */
+typedef struct {
+    Py_ssize_t k;  /* the features read, held in `keys` */
+    PyObject *keys[MAX_FEATURES], *stored_means[MAX_FEATURES], *stored_vars[MAX_FEATURES];
+    double xs[MAX_FEATURES], olds[MAX_FEATURES], vars[MAX_FEATURES];
+    double means[MAX_FEATURES], new_vars[MAX_FEATURES], scaled[MAX_FEATURES];
+    long long ns[MAX_FEATURES];
+} ScalerPass;
+
+/* Reads every feature of `x` and its statistics into `p`, holding the names and the stored
+ * floats (`release_pass` lets them go, whatever this returns): 1; 0 when the Python loop must
+ * learn (see the top of this file); -1 with an error set. */
+static int
+read_pass(PyObject *x, PyObject *counts, PyObject *means, PyObject *variances, ScalerPass *p)
+{
+    p->k = 0;
+    if (!PyDict_CheckExact(x) || Py_TYPE(counts) != counter_type || means == variances)
+        return 0;
+    int ok = standard_statistics(means, variances);
+    if (ok <= 0)
+        return ok;
+    if (PyDict_GET_SIZE(x) > MAX_FEATURES)
+        return 0;
+    /* A lookup may run Python code (a stored key of another type, with the same hash,
+     * compared): the names and the stored statistics are held until the end, so none can be
+     * freed under this pass. */
+    Py_ssize_t pos = 0, k;
+    PyObject *key, *value;
+    while (PyDict_Next(x, &pos, &key, &value)) {
+        k = p->k;
+        if (k == MAX_FEATURES || !PyUnicode_CheckExact(key) || !exact_number(value, &p->xs[k])
+            || isnan(p->xs[k]))
+            return 0;
+        p->keys[k] = Py_NewRef(key);
+        p->stored_means[k] = p->stored_vars[k] = NULL;
+        p->k++;
+        PyObject *count = PyDict_GetItemWithError(counts, key);
+        if (count == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            p->ns[k] = 1;
+        }
+        else {
+            if (!PyLong_CheckExact(count))
+                return 0;
+            int overflow;
+            long long c = PyLong_AsLongLongAndOverflow(count, &overflow);
+            if (overflow || c < 0 || c >= EXACT_INT)
+                return 0;
+            p->ns[k] = c + 1;
+        }
+        int read = stored_float(means, key, &p->stored_means[k], &p->olds[k]);
+        Py_XINCREF(p->stored_means[k]);
+        if (read == 1) {
+            read = stored_float(variances, key, &p->stored_vars[k], &p->vars[k]);
+            Py_XINCREF(p->stored_vars[k]);
+        }
+        if (read <= 0)
+            return read;
+    }
+    return PyDict_GET_SIZE(x) == p->k;  /* else changed while it was read */
+}
+
+/* Every new number of the pass: 1; 0 when one is a NaN, which leaves the whole sample to
+ * Python (which NaN an operation on two NaNs gives depends on the order of its operands in
+ * the machine code, CPython's own differing from one call to the next, and the pickled state
+ * keeps it). */
+static int
+compute_pass(ScalerPass *p)
+{
+    for (Py_ssize_t j = 0; j < p->k; j++) {
+        double xi = p->xs[j], old = p->olds[j], n = (double)p->ns[j];
+        double mean = old + (xi - old) / n;
+        double var = p->vars[j];
+        var = var + ((xi - old) * (xi - mean) - var) / n;
+        double s = 0.0;
+        if (var > 0.0 && isfinite(var))
+            s = (xi - mean) / power(var, 0.5);
+        if (isnan(old) || isnan(p->vars[j]) || isnan(mean) || isnan(var) || isnan(s))
+            return 0;
+        p->means[j] = mean;
+        p->new_vars[j] = var;
+        p->scaled[j] = s;
+    }
+    return 1;
+}
+
+/* Whether every new variance is 0 or positive and finite: the scaled values are then
+ * `p->scaled` (else Python's own power and division give them). */
+static int
+plainly_scaled(const ScalerPass *p)
+{
+    for (Py_ssize_t j = 0; j < p->k; j++) {
+        double var = p->new_vars[j];
+        if (!(var == 0.0 || (var > 0.0 && isfinite(var))))
+            return 0;
+    }
+    return 1;
+}
+
+/* Writes the new statistics, and the scaled features into `scaled` unless it is NULL: 0; -1
+ * with an error set. */
+static int
+write_pass(const ScalerPass *p, PyObject *counts, PyObject *means, PyObject *variances,
+           PyObject *scaled)
+{
+    for (Py_ssize_t j = 0; j < p->k; j++) {
+        double mean = p->means[j], var = p->new_vars[j];
+        PyObject *count = PyLong_FromLongLong(p->ns[j]), *s = NULL;
+        if (scaled == NULL)
+            ;
+        else if (var == 0.0 || (var > 0.0 && isfinite(var)))
+            s = PyFloat_FromDouble(p->scaled[j]);
+        else  /* infinite or negative (a state set by hand): Python's own power and division */
+            s = scaled_in_python(p->xs[j] - mean, var);
+        int failed = count == NULL || (scaled != NULL && s == NULL)
+            || PyDict_SetItem(counts, p->keys[j], count) < 0
+            || store_float(means, p->keys[j], p->stored_means[j], mean) < 0
+            || store_float(variances, p->keys[j], p->stored_vars[j], var) < 0
+            || (scaled != NULL && PyDict_SetItem(scaled, p->keys[j], s) < 0);
+        Py_XDECREF(count);
+        Py_XDECREF(s);
+        if (failed)
+            return -1;
+    }
+    return 0;
+}
+
+static void
+release_pass(ScalerPass *p)
+{
+    for (Py_ssize_t j = 0; j < p->k; j++) {
+        Py_DECREF(p->keys[j]);
+        Py_XDECREF(p->stored_means[j]);
+        Py_XDECREF(p->stored_vars[j]);
+    }
+    p->k = 0;
+}
+
 static PyObject *
 scale_learn(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -147,123 +288,180 @@ scale_learn(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     PyObject *x = args[0], *counts = args[1], *means = args[2], *variances = args[3];
-    if (!PyDict_CheckExact(x) || Py_TYPE(counts) != counter_type || means == variances)
-        Py_RETURN_NONE;
-    int ok = standard_statistics(means, variances);
-    if (ok < 0)
-        return NULL;
-    Py_ssize_t size = PyDict_GET_SIZE(x);
-    if (!ok || size > MAX_FEATURES)
-        Py_RETURN_NONE;
-
     /* Made first: a dict's allocation may run the garbage collector (and finalizers). */
     PyObject *scaled = PyDict_New();
     if (scaled == NULL)
         return NULL;
-    /* First every read, and nothing written unless all can be repeated in C. A lookup may run
-     * Python code (a stored key of another type, with the same hash, compared): the names and
-     * the stored statistics are held until the end, so none can be freed under this pass. */
-    PyObject *keys[MAX_FEATURES], *stored_means[MAX_FEATURES], *stored_vars[MAX_FEATURES];
-    double xs[MAX_FEATURES], olds[MAX_FEATURES], vars[MAX_FEATURES];
-    double new_means[MAX_FEATURES], new_vars[MAX_FEATURES], new_scaled[MAX_FEATURES];
-    long long ns[MAX_FEATURES];
-    Py_ssize_t pos = 0, k = 0;
-    PyObject *key, *value, *result = NULL;
-    int error = 0;
-    while (PyDict_Next(x, &pos, &key, &value)) {
-        if (k == MAX_FEATURES || !PyUnicode_CheckExact(key) || !exact_number(value, &xs[k])
-            || isnan(xs[k]))
-            goto done;
-        keys[k] = Py_NewRef(key);
-        stored_means[k] = stored_vars[k] = NULL;
-        k++;
-        PyObject *count = PyDict_GetItemWithError(counts, key);
-        if (count == NULL) {
-            if (PyErr_Occurred())
-                goto failed;
-            ns[k - 1] = 1;
-        }
-        else {
-            if (!PyLong_CheckExact(count))
-                goto done;
-            int overflow;
-            long long c = PyLong_AsLongLongAndOverflow(count, &overflow);
-            if (overflow || c < 0 || c >= EXACT_INT)
-                goto done;
-            ns[k - 1] = c + 1;
-        }
-        int read = stored_float(means, key, &stored_means[k - 1], &olds[k - 1]);
-        Py_XINCREF(stored_means[k - 1]);
-        if (read == 1) {
-            read = stored_float(variances, key, &stored_vars[k - 1], &vars[k - 1]);
-            Py_XINCREF(stored_vars[k - 1]);
-        }
-        if (read < 0)
-            goto failed;
-        if (read == 0)
-            goto done;
+    ScalerPass p;
+    PyObject *result = NULL;
+    int read = read_pass(x, counts, means, variances, &p);
+    if (read == 1 && compute_pass(&p)) {
+        if (write_pass(&p, counts, means, variances, scaled) == 0)
+            result = Py_NewRef(scaled);
     }
-    if (PyDict_GET_SIZE(x) != k)  /* changed while it was read */
-        goto done;
-
-    /* Then every new number. A NaN anywhere leaves the whole sample to Python: which NaN an
-     * operation on two NaNs gives depends on the order of its operands in the machine code
-     * (CPython's own differs from one call to the next), and the pickled state keeps it. */
-    for (Py_ssize_t j = 0; j < k; j++) {
-        double xi = xs[j], old = olds[j], n = (double)ns[j];
-        double mean = old + (xi - old) / n;
-        double var = vars[j];
-        var = var + ((xi - old) * (xi - mean) - var) / n;
-        double s = 0.0;
-        if (var > 0.0 && isfinite(var))
-            s = (xi - mean) / power(var, 0.5);
-        if (isnan(old) || isnan(vars[j]) || isnan(mean) || isnan(var) || isnan(s))
-            goto done;
-        new_means[j] = mean;
-        new_vars[j] = var;
-        new_scaled[j] = s;
-    }
-
-    for (Py_ssize_t j = 0; j < k; j++) {
-        double mean = new_means[j], var = new_vars[j];
-        PyObject *count = PyLong_FromLongLong(ns[j]), *s;
-        if (var == 0.0 || (var > 0.0 && isfinite(var)))
-            s = PyFloat_FromDouble(new_scaled[j]);
-        else  /* infinite or negative (a state set by hand): Python's own power and division */
-            s = scaled_in_python(xs[j] - mean, var);
-        int failed = count == NULL || s == NULL || PyDict_SetItem(counts, keys[j], count) < 0
-            || store_float(means, keys[j], stored_means[j], mean) < 0
-            || store_float(variances, keys[j], stored_vars[j], var) < 0
-            || PyDict_SetItem(scaled, keys[j], s) < 0;
-        Py_XDECREF(count);
-        Py_XDECREF(s);
-        if (failed)
-            goto failed;
-    }
-    result = Py_NewRef(scaled);
-    goto done;
-failed:
-    error = 1;
-done:  /* `result` is the scaled features, or NULL: left to the Python loop (nothing written)
-        * or, with `error`, an exception set */
+    else if (read == 1 || read == 0)
+        result = Py_NewRef(Py_None);  /* left to the Python loop, nothing written */
+    release_pass(&p);
     Py_DECREF(scaled);
-    for (Py_ssize_t j = 0; j < k; j++) {
-        Py_DECREF(keys[j]);
-        Py_XDECREF(stored_means[j]);
-        Py_XDECREF(stored_vars[j]);
-    }
-    if (error)
-        return NULL;
-    if (result == NULL)
-        Py_RETURN_NONE;
     return result;
 }
 
-/* `acc += weight(key, 0.0) * scaled`, the scaled value of `xi` read as `dot_scaled` reads it
+/* The label's sign as River's `Log.gradient` makes it (`-1` for a label equal to 0, else
+ * `int(y)`), and the loss's weight for it, in `sign` and `weight`: 1; 0 when the label is not
+ * a bool, an int or a float within ±2**53, or a weight not such a number; -1 with an error
+ * set. */
+static int
+log_label(PyObject *y, PyObject *loss, double *sign, double *weight)
+{
+    double v;
+    if (y == Py_True || y == Py_False)
+        v = y == Py_True;
+    else if (!exact_number(y, &v) || !(fabs(v) < (double)EXACT_INT))
+        return 0;
+    PyObject *w = PyObject_GetAttr(loss, v == 0.0 ? weight_neg_name : weight_pos_name);
+    if (w == NULL)
+        return -1;
+    int ok = exact_number(w, weight) && !isnan(*weight);
+    Py_DECREF(w);
+    *sign = v == 0.0 ? -1.0 : trunc(v);
+    return ok;
+}
+
+/* River's loss gradient of a raw score `y_pred` (`LOG`: `Log.gradient`, `SQUARED`:
+ * `Squared.gradient`), with the same operations in the same order, into `out`: 1; 0 when the
+ * label or the loss is not of the kinds taken here; -1 with an error set. */
+enum { LOG = 1, SQUARED = 2 };
+
+static int
+loss_gradient(long kind, PyObject *loss, PyObject *y, double y_pred, double *out)
+{
+    if (kind == LOG) {
+        double sign, weight;
+        int ok = log_label(y, loss, &sign, &weight);
+        if (ok <= 0)
+            return ok;
+        double z = y_pred * sign;
+        if (z > 18.0)
+            *out = weight * exp(-z) * -sign;
+        else if (z < -18.0)
+            *out = weight * -sign;
+        else
+            *out = weight * -sign / (exp(z) + 1.0);
+        return 1;
+    }
+    if (kind == SQUARED) {
+        double v;
+        if (y == Py_True || y == Py_False)
+            v = y == Py_True;
+        else if (!exact_number(y, &v))
+            return 0;
+        *out = 2.0 * (y_pred - v);
+        return 1;
+    }
+    return 0;
+}
+
+/* A linear pipeline's whole `learn_one` with plain SGD, neither L1 nor L2, zeros for new
+ * weights, and a `Log` or `Squared` loss (`loss_kind` 1 or 2), as `LinearLearning.learn_one`
+ * does it in Python on River's objects, statement for statement:
+ *
+ *     scaled = the scaler's pass of `x` (as `scale_learn`)
+ *     acc = sum over scaled, in its order, of weights[i] * scaled[i], a missing weight
+ *           stored at 0.0 when read (the masked view's dot)
+ *     g = loss.gradient(y_true=y, y_pred=acc + intercept); g *= 1.0
+ *     g = float(max(min(g, clip), -clip))
+ *     intercept -= intercept_lr * g
+ *     weights[i] = weights[i] - lr * (scaled[i] * g), per feature in scaled's order
+ *
+ * and returns the new intercept (the caller stores it and counts the optimizer's step). None
+ * having written nothing, when anything is not what can be repeated in C doubles: what
+ * `scale_learn` leaves to Python, a variance that is not 0 or positive and finite, `weights`
+ * not exactly a dict (or one of the scaler's), a stored weight that is not a float, a label,
+ * a loss weight, `clip`, the intercept or a rate that is not a float or an int within ±2**53,
+ * or a NaN anywhere. `exp` is libm's, which `math.exp` calls. */
+static PyObject *
+sgd_learn(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 12) {
+        PyErr_SetString(PyExc_TypeError, "sgd_learn(x, counts, means, variances, weights, "
+                                         "intercept, y, loss_kind, loss, clip, lr, intercept_lr)");
+        return NULL;
+    }
+    PyObject *x = args[0], *counts = args[1], *means = args[2], *variances = args[3],
+             *weights = args[4], *y = args[6], *loss = args[8];
+    long kind = PyLong_AsLong(args[7]);
+    if (kind == -1 && PyErr_Occurred())
+        return NULL;
+    double intercept, clip, lr, intercept_lr;
+    if (!PyDict_CheckExact(weights) || weights == counts || weights == means
+        || weights == variances || !exact_number(args[5], &intercept)
+        || !exact_number(args[9], &clip) || !exact_number(args[10], &lr)
+        || !exact_number(args[11], &intercept_lr) || isnan(intercept) || isnan(clip)
+        || isnan(lr) || isnan(intercept_lr))
+        Py_RETURN_NONE;
+
+    ScalerPass p;
+    PyObject *stored_weights[MAX_FEATURES], *result = NULL;
+    double ws[MAX_FEATURES];
+    Py_ssize_t held = 0;
+    int read = read_pass(x, counts, means, variances, &p);
+    if (read <= 0 || !compute_pass(&p) || !plainly_scaled(&p))
+        goto done;
+    for (; held < p.k; held++) {
+        int got = stored_float(weights, p.keys[held], &stored_weights[held], &ws[held]);
+        Py_XINCREF(stored_weights[held]);
+        if (got <= 0 || isnan(ws[held])) {
+            read = got < 0 ? -1 : 0;
+            held++;
+            goto done;
+        }
+    }
+    double acc = 0.0;
+    for (Py_ssize_t j = 0; j < p.k; j++)
+        acc += ws[j] * p.scaled[j];
+    double g;
+    read = loss_gradient(kind, loss, y, acc + intercept, &g);
+    if (read <= 0 || isnan(g))
+        goto done;
+    g = clip < g ? clip : g;      /* min(g, clip): the first unless the other is less */
+    g = -clip > g ? -clip : g;    /* max(g, -clip) */
+    double new_intercept = intercept - intercept_lr * g;
+    if (isnan(new_intercept))
+        goto done;
+    for (Py_ssize_t j = 0; j < p.k; j++) {
+        ws[j] = ws[j] - lr * (p.scaled[j] * g);
+        if (isnan(ws[j]))
+            goto done;
+    }
+    if (write_pass(&p, counts, means, variances, NULL) < 0) {
+        read = -1;
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < p.k; j++) {
+        if (store_float(weights, p.keys[j], stored_weights[j], ws[j]) < 0) {
+            read = -1;
+            goto done;
+        }
+    }
+    result = PyFloat_FromDouble(new_intercept);
+    if (result == NULL)
+        read = -1;
+done:
+    for (Py_ssize_t j = 0; j < held; j++)
+        Py_XDECREF(stored_weights[j]);
+    release_pass(&p);
+    if (result != NULL)
+        return result;
+    if (read < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* `acc += weights.get(key, 0.0) * scaled`, the scaled value of `xi` read as `dot_scaled` reads it
  * (storing 0.0 for a missing variance, and for a missing mean it reads): 1; 0 when the
  * Python loop must answer; -1 with an error set. */
 static int
-add_term(PyObject *key, double xi, PyObject *means, PyObject *variances, PyObject *weight,
+add_term(PyObject *key, double xi, PyObject *means, PyObject *variances, PyObject *weights,
          double *acc)
 {
     double var, mean, scaled = 0.0;
@@ -283,10 +481,10 @@ add_term(PyObject *key, double xi, PyObject *means, PyObject *variances, PyObjec
             return -1;
         scaled = (xi - mean) / power(var, 0.5);
     }
-    PyObject *call[2] = {key, zero};
-    PyObject *w = PyObject_Vectorcall(weight, call, 2, NULL);
-    if (w == NULL)
+    PyObject *w = PyDict_GetItemWithError(weights, key);
+    if (w == NULL && PyErr_Occurred())
         return -1;
+    w = Py_NewRef(w == NULL ? zero : w);  /* held: a later lookup may run Python code */
     int is_float = PyFloat_CheckExact(w) && !isnan(PyFloat_AS_DOUBLE(w));
     if (is_float)
         *acc += PyFloat_AS_DOUBLE(w) * scaled;
@@ -297,7 +495,7 @@ add_term(PyObject *key, double xi, PyObject *means, PyObject *variances, PyObjec
 /* `LinearLearning._raw_dot`'s sum before the intercept: per feature of `x`, in `x`'s order,
  *
  *     var = variances[i]
- *     acc += weight(i, 0.0) * ((xi - means[i]) / var**0.5 if var else 0.0)
+ *     acc += weights.get(i, 0.0) * ((xi - means[i]) / var**0.5 if var else 0.0)
  *
  * from acc = 0.0, a `defaultdict` storing 0.0 for a missing variance (and for a missing mean
  * it reads), as the Python loop's reads do. None when that loop must answer instead: the
@@ -307,12 +505,12 @@ add_term(PyObject *key, double xi, PyObject *means, PyObject *variances, PyObjec
 static PyObject *
 dot_scaled(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "dot_scaled(x, means, variances, weight)");
+    if (nargs != 4 || !PyDict_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "dot_scaled(x, means, variances, weights: dict)");
         return NULL;
     }
-    PyObject *x = args[0], *means = args[1], *variances = args[2], *weight = args[3];
-    if (!PyDict_CheckExact(x) || means == variances)
+    PyObject *x = args[0], *means = args[1], *variances = args[2], *weights = args[3];
+    if (!PyDict_CheckExact(x) || means == variances || weights == means || weights == variances)
         Py_RETURN_NONE;
     int ok = standard_statistics(means, variances);
     if (ok < 0)
@@ -334,7 +532,7 @@ dot_scaled(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         if (PyDict_GET_SIZE(x) != size || !exact_number(value, &xi))  /* changed by a lookup */
             Py_RETURN_NONE;
         Py_INCREF(key);  /* a lookup may run Python code, which must not free it under us */
-        int added = add_term(key, xi, means, variances, weight, &acc);
+        int added = add_term(key, xi, means, variances, weights, &acc);
         Py_DECREF(key);
         if (added < 0)
             return NULL;
@@ -390,11 +588,15 @@ static PyMethodDef methods[] = {
      "scale_learn(x, counts, means, variances) -> dict | None: a standard scaler's learning "
      "pass, River's to the bit (see _linear_pass.c)."},
     {"dot_scaled", (PyCFunction)(void (*)(void))dot_scaled, METH_FASTCALL,
-     "dot_scaled(x, means, variances, weight) -> float | None: the weights' dot product with "
+     "dot_scaled(x, means, variances, weights) -> float | None: the weights' dot product with "
      "the scaled features (see _linear_pass.c)."},
     {"dot_standardized", (PyCFunction)(void (*)(void))dot_standardized, METH_FASTCALL,
      "dot_standardized(x, params) -> float | None: a served linear model's sum (see "
      "_linear_pass.c)."},
+    {"sgd_learn", (PyCFunction)(void (*)(void))sgd_learn, METH_FASTCALL,
+     "sgd_learn(x, counts, means, variances, weights, intercept, y, loss_kind, loss, clip, lr, "
+     "intercept_lr) -> float | None: a linear pipeline's learn_one with plain SGD, River's to "
+     "the bit (see _linear_pass.c)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -418,10 +620,13 @@ PyInit__linear_pass(void)
     if (counter_type == NULL || defaultdict_type == NULL)
         return NULL;
     default_factory_name = PyUnicode_InternFromString("default_factory");
+    weight_pos_name = PyUnicode_InternFromString("weight_pos");
+    weight_neg_name = PyUnicode_InternFromString("weight_neg");
     float_type = (PyObject *)&PyFloat_Type;
     one_half = PyFloat_FromDouble(0.5);
     zero = PyFloat_FromDouble(0.0);
-    if (default_factory_name == NULL || one_half == NULL || zero == NULL)
+    if (default_factory_name == NULL || weight_pos_name == NULL || weight_neg_name == NULL
+        || one_half == NULL || zero == NULL)
         return NULL;
     return PyModule_Create(&module);
 }

@@ -11,8 +11,14 @@ order on River's dicts, then hands the scaled features to the linear model's own
 its predictions scale each feature as ``transform_one`` does and add its term to the dot
 product as ``VectorDict.dot`` does, in the same pass. Both passes run in C when the extension
 is built and the sample is of the kinds it takes (``learners/_linear_pass.c``: floats and ints,
-no NaN, names of str), with the same operations; the Python loops answer the rest. The state
-stays River's objects: a snapshot pickles them as River's own loop would have left them.
+no NaN, names of str), with the same operations; the Python loops answer the rest. With plain
+SGD (no penalty, zeros for new weights, River's ``Log`` or ``Squared`` loss), a whole
+``learn_one`` is one C call (``sgd_learn``): the scaler's pass, the weights' dot product, the
+loss's gradient and its clamp, the intercept's step and the weights' steps, River's statements
+in River's order, written only once every number is known (else the steps in Python learn the
+sample). The state stays River's objects: a snapshot pickles them as River's own loop would have
+left them (the weights' `VectorDict` is made again once around a dict this module holds, since
+River's does not give its own away; it pickles to the same bytes).
 
 Why the state is River's, number for number:
 
@@ -71,14 +77,17 @@ from river import compose, linear_model, optim, preprocessing, utils
 from learners.linear import linear_steps, mean_function
 
 scale_learn_in_c: Callable[[dict[str, Any], Any, Any, Any], dict[str, Any] | None] | None
-dot_scaled_in_c: (
-    Callable[[dict[str, Any], Any, Any, Callable[[str, float], Any]], float | None] | None
-)
+dot_scaled_in_c: Callable[[dict[str, Any], Any, Any, dict[Any, Any]], float | None] | None
+sgd_learn_in_c: Callable[..., float | None] | None
 try:  # the scaler's pass in C (learners/_linear_pass.c), built by pip install when it can be
     from learners._linear_pass import dot_scaled as dot_scaled_in_c
     from learners._linear_pass import scale_learn as scale_learn_in_c
+    from learners._linear_pass import sgd_learn as sgd_learn_in_c
 except ImportError:  # without a C compiler at install (tests require it: here and in CI)
-    dot_scaled_in_c = scale_learn_in_c = None
+    dot_scaled_in_c = scale_learn_in_c = sgd_learn_in_c = None
+
+_LOSS_KINDS: dict[type, int] = {optim.losses.Log: 1, optim.losses.Squared: 2}
+"""The losses whose gradient `sgd_learn_in_c` computes as River does (its ``loss_kind``)."""
 
 _PROBES: tuple[tuple[dict[str, Any], Any], ...] = (
     ({"riverstream probe a": 1.5, "riverstream probe b": -2}, 1),
@@ -122,19 +131,52 @@ class LinearLearning:
         self.model: Any = model
         self._loss: Any = None  # the loss whose mean function `_mean` is (read each time:
         self._mean: Any = None  # River's `mutate` may change it)
+        self._weights: Any = None  # the model's weights (a `VectorDict`) wrapping…
+        self._weights_data: dict[Any, Any] = {}  # …this dict, which the C pass writes
+
+    def _weights_dict(self) -> dict[Any, Any]:
+        """The dict the model's weights keep their values in. River's `VectorDict` does not
+        give its own away, so the first call (and the first after the weights were replaced:
+        a copy, a mutation) wraps a copy in a new `VectorDict` of the same kind, which pickles
+        to the same bytes."""
+        weights = self.model._weights
+        if weights is not self._weights:
+            data = weights.to_dict()
+            self.model._weights = self._weights = utils.VectorDict(data)
+            self._weights_data = data
+        return self._weights_data
 
     def learn_one(self, x: dict[str, Any], y: Any) -> None:
         """What ``estimator.learn_one(x, y)`` does."""
         if compose.Pipeline._LEARN_UNSUPERVISED_DURING_PREDICT:
             self.estimator.learn_one(x, y)
             return
-        scaler = self.scaler
+        scaler, model = self.scaler, self.model
         counts, means, variances = scaler.counts, scaler.means, scaler.vars
+        optimizer = model.optimizer
+        kind = _LOSS_KINDS.get(type(model.loss))
+        if (
+            kind is not None
+            and sgd_learn_in_c is not None
+            and type(optimizer) is optim.SGD
+            and model.l1 == 0
+            and not model.l2
+            and type(model.initializer) is optim.initializers.Zeros
+        ):
+            # The whole sample in one C pass (River's statements, see `sgd_learn` in
+            # learners/_linear_pass.c); None: nothing written, and the steps below learn it.
+            n = optimizer.n_iterations
+            intercept = sgd_learn_in_c(
+                x, counts, means, variances, self._weights_dict(), model.intercept, y, kind,
+                model.loss, model.clip_gradient, optimizer.lr.get(n), model.intercept_lr.get(n),
+            )  # fmt: skip
+            if intercept is not None:
+                model.intercept = intercept
+                optimizer.n_iterations = n + 1
+                return
         scaled = None if scale_learn_in_c is None else scale_learn_in_c(x, counts, means, variances)
         if scaled is None:
             scaled = scale_learn_in_python(x, counts, means, variances)
-        model = self.model
-        optimizer = model.optimizer
         # Another optimizer or an L1 penalty (read each time: River's `mutate` may change
         # them): the linear model's own learn_one learns the scaled features.
         if type(optimizer) is not optim.SGD or model.l1 != 0:
@@ -165,9 +207,10 @@ class LinearLearning:
         (``learners/_linear_pass.c``) sums first when it can."""
         scaler, model = self.scaler, self.model
         means, variances = scaler.means, scaler.vars
-        weight = model._weights.get
-        acc = None if dot_scaled_in_c is None else dot_scaled_in_c(x, means, variances, weight)
+        weights = self._weights_dict()
+        acc = None if dot_scaled_in_c is None else dot_scaled_in_c(x, means, variances, weights)
         if acc is None:
+            weight = weights.get
             acc = 0.0
             for i, xi in x.items():
                 var = variances[i]

@@ -1,5 +1,5 @@
-"""`learners.linear_learning`: a linear pipeline learning and predicting in one pass leaves
-River's state, to the bit (the pickled steps after every sample; a NaN's sign and payload
+"""`learners.linear_learning`: a linear pipeline learning and predicting in one pass (a whole
+sample of plain SGD in one C call) leaves River's state, to the bit (the pickled steps after every sample; a NaN's sign and payload
 aside, which CPython's own arithmetic does not keep), answers what River answers and raises what
 River raises, at the same point; anything else is left to River. With the C pass
 (`learners/_linear_pass.c`) and without it."""
@@ -87,6 +87,7 @@ def passes(where: str) -> Iterator[None]:
         if where == "python":
             patch.setattr(linear_learning, "scale_learn_in_c", None)
             patch.setattr(linear_learning, "dot_scaled_in_c", None)
+            patch.setattr(linear_learning, "sgd_learn_in_c", None)
         yield
 
 
@@ -95,6 +96,7 @@ def test_the_c_pass_is_built() -> None:
     compare the Python one twice."""
     assert linear_learning.scale_learn_in_c is not None, "pip install -e . again to build it"
     assert linear_learning.dot_scaled_in_c is not None
+    assert linear_learning.sgd_learn_in_c is not None
 
 
 @pytest.mark.parametrize("where", ["c", "python"])
@@ -320,7 +322,7 @@ def test_the_c_pass_leaves_what_it_does_not_take_untouched() -> None:
     scale, dot = linear_learning.scale_learn_in_c, linear_learning.dot_scaled_in_c
     model = _trained(linear_model.LogisticRegression())
     scaler = model["StandardScaler"]
-    weight = model["LogisticRegression"]._weights.get
+    weights = model["LogisticRegression"]._weights.to_dict()
 
     class Features(dict):
         pass
@@ -334,7 +336,7 @@ def test_the_c_pass_leaves_what_it_does_not_take_untouched() -> None:
     ):
         before = state(model)
         assert scale(cast(dict[str, Any], x), scaler.counts, scaler.means, scaler.vars) is None, x
-        assert dot(cast(dict[str, Any], x), scaler.means, scaler.vars, weight) is None, x
+        assert dot(cast(dict[str, Any], x), scaler.means, scaler.vars, weights) is None, x
         assert state(model) == before
     for stats, key, odd in (
         (scaler.counts, "a", 2.0),
@@ -415,3 +417,85 @@ def test_infinity_then_nan_learns_as_river(where: str) -> None:
             fast.learn_one(dict(x), 1.0)
             river.learn_one(dict(x), 1.0)
             assert state(ours) == state(river)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        linear_model.LogisticRegression,
+        lambda: linear_model.LogisticRegression(
+            loss=optim.losses.Log(weight_pos=2.0, weight_neg=0.5),
+            optimizer=optim.SGD(optim.schedulers.InverseScaling(0.1)),
+            clip_gradient=0.05,
+        ),
+        linear_model.LinearRegression,
+    ],
+)
+def test_plain_sgd_learns_each_sample_in_one_c_call(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain SGD pipeline (a Log or Squared loss, no penalty, zeros for new weights) learns
+    every sample of a real stream through `sgd_learn` alone, which answers each (nothing is
+    left to the steps in Python), and River's state after each sample is the same."""
+    answers: list[float | None] = []
+    sgd_learn = linear_learning.sgd_learn_in_c
+    assert sgd_learn is not None
+
+    def counted(*args: Any) -> float | None:
+        answers.append(sgd_learn(*args))
+        return answers[-1]
+
+    def not_called(*args: Any) -> None:
+        raise AssertionError("the scaler's pass alone ran")
+
+    ours, river = preprocessing.StandardScaler() | model(), preprocessing.StandardScaler() | model()
+    fast = compile_learning(ours)
+    assert isinstance(fast, LinearLearning)
+    monkeypatch.setattr(linear_learning, "sgd_learn_in_c", counted)
+    monkeypatch.setattr(linear_learning, "scale_learn_in_c", not_called)
+    classifier = isinstance(list(ours.steps.values())[1], linear_model.LogisticRegression)
+    for i, (x, y) in enumerate(_agrawal(600)):
+        label = y if classifier else float(y) + x["age"] / 10
+        fast.learn_one(x, label)
+        river.learn_one(x, label)
+        if i % 50 == 0 or i > 590:
+            assert state(ours) == state(river)
+    assert len(answers) == 600 and None not in answers
+
+
+def test_sgd_learn_leaves_what_it_does_not_take_untouched() -> None:
+    """What `sgd_learn` leaves to the Python steps (a label that is not a number, a stored
+    weight that is not a float, an intercept that is not a number, a NaN on the way, weights
+    that are not a dict): None, and nothing written; the steps then learn as River does."""
+    sgd_learn = linear_learning.sgd_learn_in_c
+    assert sgd_learn is not None
+    loss = optim.losses.Log()
+    x = {"a": 1.0, "b": 2.0, "new": 3.0}
+    for change, label in (
+        (None, "yes"),
+        (None, None),
+        ("weight", True),
+        ("intercept", True),
+        ("nan feature", True),
+        ("dict weights", True),
+    ):
+        model = _trained(linear_model.LogisticRegression())
+        scaler, glm = model["StandardScaler"], model["LogisticRegression"]
+        weights, intercept, features = glm._weights.to_dict(), glm.intercept, dict(x)
+        if change == "weight":
+            weights["b"] = 1  # an int: River adds it as an int
+        elif change == "intercept":
+            intercept = "0.0"
+        elif change == "nan feature":
+            features["a"] = math.inf  # inf - inf: a NaN mean
+            scaler.means["a"] = math.inf
+        before, kept = state(model), dict(weights)
+        args = [features, scaler.counts, scaler.means, scaler.vars, weights, intercept, label]
+        if change == "dict weights":
+            args[4] = glm._weights  # the VectorDict itself
+        assert sgd_learn(*args, 1, loss, glm.clip_gradient, 0.01, 0.01) is None, change
+        assert state(model) == before and weights == kept, change
+    model = _trained(linear_model.LogisticRegression())
+    scaler, glm = model["StandardScaler"], model["LogisticRegression"]
+    with pytest.raises(TypeError, match="sgd_learn"):
+        sgd_learn(x, scaler.counts, scaler.means, scaler.vars)
