@@ -156,7 +156,7 @@ def run_model(
     delay: int,
     deadline: float,
     run_id: str,
-    phases: bool,
+    phases: str | None,
     margin: int = 0,
     repeat: int = 1,
 ) -> list[dict[str, Any]]:
@@ -208,7 +208,12 @@ def run_model(
             from learner_phases import phase_run
 
             prefix = settings.redis_prefix + "-phases"
-            breakdown = phase_run(settings.model_copy(update={"redis_prefix": prefix}), spec, n)
+            breakdown = phase_run(
+                settings.model_copy(update={"redis_prefix": prefix}),
+                spec,
+                n,
+                coarse=phases == "coarse",
+            )
             print(f"  {name}: where the time goes (a second, instrumented run)", flush=True)
             print(breakdown, flush=True)
         after = baseline("after" if repeat == 1 else f"after round {round_ + 1}")
@@ -318,7 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="logreg,hoeffding,arf")
     parser.add_argument("--deadline", type=float, default=300.0, help="seconds per learner run")
     parser.add_argument(
-        "--phases", action="store_true", help="also: CPU per sample by phase (an extra run)"
+        "--phases",
+        nargs="?",
+        const="fine",
+        choices=["fine", "coarse"],
+        help="also: CPU per sample by phase (an extra run); coarse: the loop's steps only (no "
+        "timer per sample), and the core's calls replayed in process after the run",
     )
     parser.add_argument(
         "--margin",

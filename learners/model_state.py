@@ -31,6 +31,10 @@ UNSEEN: Prediction = cast("Prediction", tuple([None, None]))  # equal to FAILED,
 (`LearningCore.add_models`): it learns the label, which is not scored for it."""
 
 
+_LABELS = [False]
+"""`ModelState._uses_proba` of one metric that scores labels (Accuracy, the default's)."""
+
+
 class LabelTypeError(TypeError):
     """A label that the model cannot learn (its type differs from the labels it learns)."""
 
@@ -53,15 +57,20 @@ class ModelState:
     form on the model's own state (`learners.linear_learning`), a Hoeffding tree's steps with
     its leaves' Gaussians in C (`learners.tree_learning`), else the model; found at the first
     call, and never pickled."""
+    _reads_only: bool = field(default=False, repr=False)
+    """Whether ``_calls`` predicts without changing the features it gets (a linear pipeline's
+    one pass): they are then not copied first."""
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.pop("_calls", None)
+        state.pop("_reads_only", None)
         return state
 
     def _supervised_calls(self) -> RiverModel | LinearLearning | TreeLearning:
         compiled = compile_learning(self.model) or compile_tree_learning(self.model)
         self._calls = calls = self.model if compiled is None else compiled
+        self._reads_only = isinstance(compiled, LinearLearning)
         return calls
 
     @classmethod
@@ -89,6 +98,11 @@ class ModelState:
         """Predict what the metrics need for ``x``; unsupervised models then learn ``x``.
 
         May raise whatever the model raises: `LearningCore` catches and counts it."""
+        calls = self._calls
+        if calls is not None:  # a classifier or a regressor, after its first call
+            uses = self._uses_proba
+            if uses == _LABELS:  # the common case: one metric of labels
+                return calls.predict_one(x if self._reads_only else dict(x)), None
         model = self.model
         if self.kind == "anomaly":
             if not self.metrics:  # nothing will be scored: only learn
@@ -103,7 +117,6 @@ class ModelState:
                 model.learn_one(x)
                 self.samples_learned += 1
             return score, score
-        calls = self._calls
         if calls is None:
             calls = self._supervised_calls()
         uses = self._uses_proba
