@@ -31,8 +31,12 @@ from schemas.errors import SchemaError
 FeatureValue = int | float | str | bool | None
 Label = bool | int | float | str
 
+# The events are not tracked by the garbage collector (``gc=False``): they hold strings,
+# numbers and dicts of them, never a reference cycle, and the learner keeps tens of thousands
+# of them read ahead, which each young collection would otherwise walk.
 
-class ShadowAnswer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+
+class ShadowAnswer(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
     """What a graph's shadow branch answered for the same features (not served), and
     ``versions``: the models it used, name → version (absent from events logged before it was
     recorded). The learner scores it per graph version, as the primary answer."""
@@ -42,7 +46,7 @@ class ShadowAnswer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     versions: dict[str, int] | None = None
 
 
-class Served(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class Served(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
     """What the API answered for these features (``POST .../predict`` with an id): the learner
     scores it against the label, per model and version (`riverstream_served_metric`).
 
@@ -60,7 +64,9 @@ class Served(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     shadows: dict[str, ShadowAnswer] | None = None
 
 
-class FeatureEvent(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+class FeatureEvent(
+    msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True, gc=False
+):
     """The inputs of one prediction, at event time ``time`` (and, when the API logged it, the
     answer it served)."""
 
@@ -70,7 +76,7 @@ class FeatureEvent(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit
     served: Served | None = None
 
 
-class LabelEvent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class LabelEvent(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
     """The outcome for the feature event with the same ``id``, known at event time ``time``."""
 
     id: str
