@@ -87,3 +87,21 @@ def test_a_message_without_value_is_refused_not_a_crash() -> None:
     assert [(i, e.reason) for i, e in refused] == [(1, "no_value")]
     _, refused = codec.decode_labels([None])  # type: ignore[list-item]
     assert refused[0][1].reason == "no_value"
+
+
+def test_decoded_events_are_not_tracked_by_the_collector() -> None:
+    """The learner holds tens of thousands of events read ahead: none of them (a feature event
+    with what the API served, a label) is left for the collector's young passes to walk."""
+    import gc
+
+    codec = EventCodec(Limits())
+    raw = (
+        b'{"id":"a","time":1.0,"features":{"x":1.0,"c":"red","m":null},'
+        b'"served":{"model":"m","version":2,"prediction":true,"probabilities":{"true":0.7},'
+        b'"shadows":{"s":{"prediction":false,"versions":{"m":1}}}}}'
+    )
+    (feature,), _ = codec.decode_features([raw])
+    (label,), _ = codec.decode_labels([b'{"id":"a","time":2.0,"label":true}'])
+    assert feature.served is not None and feature.served.shadows is not None
+    for obj in (feature, feature.features, feature.served, feature.served.shadows["s"], label):
+        assert not gc.is_tracked(obj), obj
