@@ -46,6 +46,7 @@ learner is stopped after ``--deadline`` seconds per model (reported as a timeout
     python bench/learn_throughput.py                       # 100k samples (arf: 10k)
     python bench/learn_throughput.py --limit 20000 --arf-limit 3000 --models logreg,arf
     python bench/learn_throughput.py --limit 50000 --models logreg,hoeffding --phases
+    python bench/learn_throughput.py --limit 200000 --models logreg --phases coarse
     python bench/learn_throughput.py --models logreg,hoeffding --repeat 3   # medians of 3 rounds
 """
 
