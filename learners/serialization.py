@@ -39,7 +39,12 @@ COMPRESSION_LEVEL = 1
 
 def dump_signed(obj: Any, key: bytes, *, level: int = COMPRESSION_LEVEL) -> bytes:
     """Pickle, compress and sign ``obj``."""
-    return sign_pickled(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), key, level=level)
+    return sign_pickled(pickle_state(obj), key, level=level)
+
+
+def pickle_state(obj: Any) -> bytes:
+    """The pickle of ``obj`` that `dump_signed` signs (`sign_pickled` signs it later)."""
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _Full(Exception):

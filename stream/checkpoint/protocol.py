@@ -23,9 +23,10 @@ Taking a snapshot, in order (each step only after the previous one succeeded):
    model's steps when another learner owns it, or when the history's last entries do not
    decide its rollback target, and two more in the write with replicas to wait for. 31–39
    before they were batched (`tests/stream/registry/test_base.py` counts them).
-4. **Serialize and sign** (in the child, or in the learner: `prepare_snapshot`). Each model
-   state becomes its own signed blob (what serving loads); the core without its models plus
-   the offsets is the checkpoint blob.
+4. **Serialize and sign** (in the child; or pickled in the learner, `pickle_snapshot`, and
+   signed by the writer thread, `Pickled.signed`). Each model state becomes its own signed
+   blob (what serving loads); the core without its models plus the offsets is the checkpoint
+   blob.
 5. **Write atomically** (in the child, or the writer thread: `commit_snapshot`).
    `SnapshotStore.write`: chunks first, then one MULTI/EXEC makes every model's version, its
    metadata and the checkpoint visible together, with the learning curve's points the
@@ -61,7 +62,7 @@ from typing import Any, Literal, cast
 
 from learners.comparisons import ComparisonRecord
 from learners.core import LearningCore, ModelState
-from learners.serialization import dump_signed, load_signed, pickled_within, sign_pickled
+from learners.serialization import load_signed, pickle_state, pickled_within, sign_pickled
 from learners.specs import ModelSpec
 from schemas.errors import RiverstreamError, SnapshotError
 from schemas.records import SnapshotMeta
@@ -222,6 +223,89 @@ class Prepared:
     trace: TraceWrite | None
 
 
+@dataclass(frozen=True)
+class _About:
+    """What a model's `SnapshotMeta` says besides its blob, read from the core when pickled."""
+
+    kind: str
+    spec: str
+    samples_learned: int
+    metrics: dict[str, float]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Pickled:
+    """A snapshot serialized (step 4's first half, where the core's state must be read), not
+    signed yet: `signed` compresses, signs and checksums its bytes, which another thread may do
+    while the learner goes on (zlib and the hashes release the GIL: a 180 kB Hoeffding tree's
+    compression alone costs ≈ 5 ms, more than its pickling)."""
+
+    models: dict[str, tuple[bytes, _About]]
+    checkpoint: bytes
+    offsets: Offsets
+    comparisons: list[ComparisonRecord]
+    trace: TraceWrite | None
+
+    def signed(self, signing_key: bytes) -> Prepared:
+        """Step 4's second half: each model's signed blob and meta, the signed checkpoint."""
+        blobs: dict[str, tuple[bytes, SnapshotMeta]] = {}
+        for name, (body, about) in self.models.items():
+            blob = sign_pickled(body, signing_key)
+            meta = SnapshotMeta.describe(
+                name,
+                blob,
+                kind=about.kind,
+                spec=about.spec,
+                samples_learned=about.samples_learned,
+                metrics=about.metrics,
+                offsets=self.offsets,
+                created_at=about.created_at,
+            )
+            blobs[name] = (blob, meta)
+        checkpoint = sign_pickled(self.checkpoint, signing_key)
+        return Prepared(blobs, checkpoint, self.offsets, self.comparisons, self.trace)
+
+
+def pickle_snapshot(
+    core: LearningCore,
+    offsets: Offsets,
+    extras: Mapping[str, Any] | None = None,
+    *,
+    trace: TraceWrite | None = None,
+    pickled: Mapping[str, bytes] | None = None,
+) -> Pickled:
+    """Step 4's first half: each model's pickle and what its meta says, the pickle of the core
+    without its models, and a readable copy of the comparisons. ``core.models`` is restored
+    before returning. ``pickled``: the models' pickles made already (by `Snapshotter`'s size
+    check)."""
+    offsets = dict(offsets)  # the caller's may change once this returns
+    models = core.models
+    created_at = time.time()
+    bodies: dict[str, tuple[bytes, _About]] = {}
+    for name, state in models.items():
+        made = None if pickled is None else pickled.get(name)
+        body = pickle_state(state) if made is None else made
+        about = _About(
+            state.kind, state.spec.spec, state.samples_learned, state.metric_values(), created_at
+        )
+        bodies[name] = (body, about)
+    core.models = {}
+    try:
+        payload = {
+            "core": core,
+            "offsets": offsets,
+            "models": list(models),
+            "extras": dict(extras or {}),
+        }
+        checkpoint = pickle_state(payload)
+    finally:
+        core.models = models
+    compared = [*core.comparisons.values(), *core.served_comparisons.values()]  # + shadows
+    records = [comparison.record() for comparison in compared]
+    return Pickled(bodies, checkpoint, offsets, records, trace)
+
+
 def prepare_snapshot(
     signing_key: bytes,
     core: LearningCore,
@@ -231,40 +315,8 @@ def prepare_snapshot(
     trace: TraceWrite | None = None,
     pickled: Mapping[str, bytes] | None = None,
 ) -> Prepared:
-    """Step 4: each model's signed blob and meta, the signed checkpoint of the core without
-    its models, and a readable copy of the comparisons. ``core.models`` is restored before
-    returning. ``pickled``: the models' pickles made already (by `Snapshotter`'s size check),
-    signed as they are."""
-    offsets = dict(offsets)  # the caller's may change once this returns
-    models = core.models
-    blobs: dict[str, tuple[bytes, SnapshotMeta]] = {}
-    for name, state in models.items():
-        made = None if pickled is None else pickled.get(name)
-        blob = dump_signed(state, signing_key) if made is None else sign_pickled(made, signing_key)
-        meta = SnapshotMeta.describe(
-            name,
-            blob,
-            kind=state.kind,
-            spec=state.spec.spec,
-            samples_learned=state.samples_learned,
-            metrics=state.metric_values(),
-            offsets=offsets,
-        )
-        blobs[name] = (blob, meta)
-    core.models = {}
-    try:
-        payload = {
-            "core": core,
-            "offsets": offsets,
-            "models": list(models),
-            "extras": dict(extras or {}),
-        }
-        checkpoint = dump_signed(payload, signing_key)
-    finally:
-        core.models = models
-    compared = [*core.comparisons.values(), *core.served_comparisons.values()]  # + shadows
-    records = [comparison.record() for comparison in compared]
-    return Prepared(blobs, checkpoint, offsets, records, trace)
+    """Step 4: `pickle_snapshot`, then `Pickled.signed`, in the calling thread."""
+    return pickle_snapshot(core, offsets, extras, trace=trace, pickled=pickled).signed(signing_key)
 
 
 def commit_snapshot(
@@ -417,10 +469,8 @@ class Snapshotter:
             elapsed = time.perf_counter() - start
             return SnapshotResult(version, False, elapsed, elapsed, how="thread", failure="error")
         if small:
-            try:
-                prepared = prepare_snapshot(
-                    self._signing_key, core, offsets, extras, trace=trace, pickled=pickled
-                )
+            try:  # pickled here; the writer thread signs it (compression, MACs, checksums)
+                serialized = pickle_snapshot(core, offsets, extras, trace=trace, pickled=pickled)
             except Exception:  # as a failed write: logged, and the next snapshot tries again
                 log.exception("snapshot v%d failed", version)
                 elapsed = time.perf_counter() - start
@@ -432,7 +482,7 @@ class Snapshotter:
                 after_write=self.after_write,
             )  # fmt: skip
             thread = threading.Thread(
-                target=self._write, args=(writing, prepared), name=f"snapshot-v{version}",
+                target=self._write, args=(writing, serialized), name=f"snapshot-v{version}",
                 daemon=True,
             )  # fmt: skip
             try:
@@ -523,10 +573,11 @@ class Snapshotter:
             **_why(failed),
         )  # fmt: skip
 
-    def _write(self, writing: _Writing, prepared: Prepared) -> None:
-        """The writer thread: step 5 and the registry's steps. Its outcome is read by `poll`
-        once the thread has ended (``sizes`` stays None if it failed)."""
+    def _write(self, writing: _Writing, serialized: Pickled) -> None:
+        """The writer thread: step 4's signing, step 5 and the registry's steps. Its outcome
+        is read by `poll` once the thread has ended (``sizes`` stays None if it failed)."""
         try:
+            prepared = serialized.signed(self._signing_key)
             with _WHILE_WRITING:
                 if self._writer_store is None:
                     self._writer_store = self._store_factory()
