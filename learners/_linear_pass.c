@@ -321,9 +321,13 @@ log_label(PyObject *y, PyObject *loss, double *sign, double *weight)
     PyObject *w = PyObject_GetAttr(loss, v == 0.0 ? weight_neg_name : weight_pos_name);
     if (w == NULL)
         return -1;
-    int ok = exact_number(w, weight) && !isnan(*weight);
+    /* A float weight only: River's products with an int weight stay ints (an int 0 times the
+     * sign is 0, where doubles give -0.0). */
+    int ok = PyFloat_CheckExact(w) && !isnan(PyFloat_AS_DOUBLE(w));
+    *weight = ok ? PyFloat_AS_DOUBLE(w) : 0.0;
     Py_DECREF(w);
-    *sign = v == 0.0 ? -1.0 : trunc(v);
+    /* `int(y)`: an int, so a label in (-1, 1) gives 0, never -0.0 (+ 0.0 drops the sign) */
+    *sign = v == 0.0 ? -1.0 : trunc(v) + 0.0;
     return ok;
 }
 
@@ -340,13 +344,14 @@ loss_gradient(long kind, PyObject *loss, PyObject *y, double y_pred, double *out
         int ok = log_label(y, loss, &sign, &weight);
         if (ok <= 0)
             return ok;
-        double z = y_pred * sign;
+        /* `-y_true` of an int: 0.0 - sign, so that -0 is 0 (-sign would give -0.0) */
+        double z = y_pred * sign, negated = 0.0 - sign;
         if (z > 18.0)
-            *out = weight * exp(-z) * -sign;
+            *out = weight * exp(-z) * negated;
         else if (z < -18.0)
-            *out = weight * -sign;
+            *out = weight * negated;
         else
-            *out = weight * -sign / (exp(z) + 1.0);
+            *out = weight * negated / (exp(z) + 1.0);
         return 1;
     }
     if (kind == SQUARED) {
@@ -362,7 +367,8 @@ loss_gradient(long kind, PyObject *loss, PyObject *y, double y_pred, double *out
 }
 
 /* A linear pipeline's whole `learn_one` with plain SGD, neither L1 nor L2, zeros for new
- * weights, and a `Log` or `Squared` loss (`loss_kind` 1 or 2), as `LinearLearning.learn_one`
+ * weights, constant rates (`lr`, `intercept_lr`: River reads a scheduler's midway, and it may
+ * raise there), and a `Log` or `Squared` loss (`loss_kind` 1 or 2), as `LinearLearning.learn_one`
  * does it in Python on River's objects, statement for statement:
  *
  *     scaled = the scaler's pass of `x` (as `scale_learn`)
@@ -376,9 +382,9 @@ loss_gradient(long kind, PyObject *loss, PyObject *y, double y_pred, double *out
  * and returns the new intercept (the caller stores it and counts the optimizer's step). None
  * having written nothing, when anything is not what can be repeated in C doubles: what
  * `scale_learn` leaves to Python, a variance that is not 0 or positive and finite, `weights`
- * not exactly a dict (or one of the scaler's), a stored weight that is not a float, a label,
- * a loss weight, `clip`, the intercept or a rate that is not a float or an int within ±2**53,
- * or a NaN anywhere. `exp` is libm's, which `math.exp` calls. */
+ * not exactly a dict (or one of the scaler's), a stored weight, `clip` or a loss weight that
+ * is not a float, a label, the intercept or a rate that is not a float or an int within
+ * ±2**53, or a NaN anywhere. `exp` is libm's, which `math.exp` calls. */
 static PyObject *
 sgd_learn(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -393,9 +399,11 @@ sgd_learn(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (kind == -1 && PyErr_Occurred())
         return NULL;
     double intercept, clip, lr, intercept_lr;
+    /* A float clip only: River's `-clip` of an int 0 is 0, where a double's is -0.0. */
     if (!PyDict_CheckExact(weights) || weights == counts || weights == means
         || weights == variances || !exact_number(args[5], &intercept)
-        || !exact_number(args[9], &clip) || !exact_number(args[10], &lr)
+        || !PyFloat_CheckExact(args[9]) || !exact_number(args[9], &clip)
+        || !exact_number(args[10], &lr)
         || !exact_number(args[11], &intercept_lr) || isnan(intercept) || isnan(clip)
         || isnan(lr) || isnan(intercept_lr))
         Py_RETURN_NONE;

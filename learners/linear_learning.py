@@ -12,7 +12,8 @@ its predictions scale each feature as ``transform_one`` does and add its term to
 product as ``VectorDict.dot`` does, in the same pass. Both passes run in C when the extension
 is built and the sample is of the kinds it takes (``learners/_linear_pass.c``: floats and ints,
 no NaN, names of str), with the same operations; the Python loops answer the rest. With plain
-SGD (no penalty, zeros for new weights, River's ``Log`` or ``Squared`` loss), a whole
+SGD (no penalty, zeros for new weights, constant rates, River's ``Log`` or ``Squared`` loss), a
+whole
 ``learn_one`` is one C call (``sgd_learn``): the scaler's pass, the weights' dot product, the
 loss's gradient and its clamp, the intercept's step and the weights' steps, River's statements
 in River's order, written only once every number is known (else the steps in Python learn the
@@ -155,6 +156,7 @@ class LinearLearning:
         counts, means, variances = scaler.counts, scaler.means, scaler.vars
         optimizer = model.optimizer
         kind = _LOSS_KINDS.get(type(model.loss))
+        rate, intercept_rate = optimizer.lr, model.intercept_lr
         if (
             kind is not None
             and sgd_learn_in_c is not None
@@ -162,17 +164,19 @@ class LinearLearning:
             and model.l1 == 0
             and not model.l2
             and type(model.initializer) is optim.initializers.Zeros
+            # constant rates: River reads them midway (a scheduler may raise there)
+            and type(rate) is optim.schedulers.Constant
+            and type(intercept_rate) is optim.schedulers.Constant
         ):
             # The whole sample in one C pass (River's statements, see `sgd_learn` in
             # learners/_linear_pass.c); None: nothing written, and the steps below learn it.
-            n = optimizer.n_iterations
             intercept = sgd_learn_in_c(
                 x, counts, means, variances, self._weights_dict(), model.intercept, y, kind,
-                model.loss, model.clip_gradient, optimizer.lr.get(n), model.intercept_lr.get(n),
+                model.loss, model.clip_gradient, rate.learning_rate, intercept_rate.learning_rate,
             )  # fmt: skip
             if intercept is not None:
                 model.intercept = intercept
-                optimizer.n_iterations = n + 1
+                optimizer.n_iterations += 1
                 return
         scaled = None if scale_learn_in_c is None else scale_learn_in_c(x, counts, means, variances)
         if scaled is None:

@@ -425,7 +425,8 @@ def test_infinity_then_nan_learns_as_river(where: str) -> None:
         linear_model.LogisticRegression,
         lambda: linear_model.LogisticRegression(
             loss=optim.losses.Log(weight_pos=2.0, weight_neg=0.5),
-            optimizer=optim.SGD(optim.schedulers.InverseScaling(0.1)),
+            optimizer=optim.SGD(0.05),
+            intercept_lr=0.02,
             clip_gradient=0.05,
         ),
         linear_model.LinearRegression,
@@ -499,3 +500,53 @@ def test_sgd_learn_leaves_what_it_does_not_take_untouched() -> None:
     scaler, glm = model["StandardScaler"], model["LogisticRegression"]
     with pytest.raises(TypeError, match="sgd_learn"):
         sgd_learn(x, scaler.counts, scaler.means, scaler.vars)
+
+
+@pytest.mark.parametrize(
+    ("model", "label"),
+    [
+        (lambda: linear_model.LinearRegression(clip_gradient=0, intercept_init=-0.0), 5.0),
+        (lambda: linear_model.LogisticRegression(intercept_init=-0.0), 0.5),
+        (lambda: linear_model.LogisticRegression(intercept_init=-0.0), -0.5),
+        (
+            lambda: linear_model.LogisticRegression(
+                loss=optim.losses.Log(weight_pos=0), intercept_init=-0.0
+            ),
+            True,
+        ),
+    ],
+)
+def test_a_zero_that_river_keeps_an_int_has_river_s_sign(model: Any, label: Any) -> None:
+    """Where River computes with ints, a zero has no sign: an int clip of 0 (its ``-clip`` is
+    0), a label in (-1, 1) (``int(y)`` is 0), an int loss weight of 0. The step is then +0.0,
+    and an intercept of -0.0 stays -0.0, as River leaves it."""
+    ours, river = preprocessing.StandardScaler() | model(), preprocessing.StandardScaler() | model()
+    fast = compile_learning(ours)
+    assert isinstance(fast, LinearLearning)
+    for x in ({"a": 1.0}, {"a": 3.0, "b": -1.0}):
+        fast.learn_one(dict(x), label)
+        river.learn_one(dict(x), label)
+        assert state(ours) == state(river)
+
+
+def test_a_scheduler_that_raises_leaves_river_s_state() -> None:
+    """River reads the rates midway through a sample (the intercept's after the dot product
+    stored the new weights, the weights' after the intercept's step): a scheduler that raises
+    leaves what River leaves, with the same error."""
+
+    def make() -> compose.Pipeline:
+        return preprocessing.StandardScaler() | linear_model.LogisticRegression(
+            intercept_lr=optim.schedulers.InverseScaling(0.1, power=400)
+        )
+
+    ours, river = make(), make()
+    fast = compile_learning(ours)
+    assert isinstance(fast, LinearLearning)
+    raised = 0
+    for i in range(8):
+        x, y = {"a": float(i), f"n{i}": 1.0}, i % 2 == 0
+        got, want = outcome(fast.learn_one, dict(x), y), outcome(river.learn_one, dict(x), y)
+        assert got == want
+        raised += got[0] == "raised"
+        assert state(ours) == state(river)
+    assert raised  # InverseScaling(power=400) overflows within these samples
