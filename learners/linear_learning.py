@@ -13,13 +13,12 @@ product as ``VectorDict.dot`` does, in the same pass. Both passes run in C when 
 is built and the sample is of the kinds it takes (``learners/_linear_pass.c``: floats and ints,
 no NaN, names of str), with the same operations; the Python loops answer the rest. With plain
 SGD (no penalty, zeros for new weights, constant rates, River's ``Log`` or ``Squared`` loss), a
-whole
-``learn_one`` is one C call (``sgd_learn``): the scaler's pass, the weights' dot product, the
-loss's gradient and its clamp, the intercept's step and the weights' steps, River's statements
-in River's order, written only once every number is known (else the steps in Python learn the
-sample). The state stays River's objects: a snapshot pickles them as River's own loop would have
-left them (the weights' `VectorDict` is made again once around a dict this module holds, since
-River's does not give its own away; it pickles to the same bytes).
+whole ``learn_one`` is one C call (``sgd_learn``): the scaler's pass, the weights' dot product,
+the loss's gradient and its clamp, the intercept's step and the weights' steps, River's
+statements in River's order, written only once every number is known (else the steps in Python
+learn the sample). The state stays River's objects: a snapshot pickles them as River's own loop
+would have left them (the weights' `VectorDict` is made again once around a dict this module
+holds, since River's does not give its own away; it pickles to the same bytes).
 
 Why the state is River's, number for number:
 
