@@ -83,6 +83,10 @@ def test_the_learner_rides_out_redis_refusing_writes(
             assert checkpoint_version(store) == before  # nothing written meanwhile
             assert "Redis is back" not in log.read_text()  # reads answered, writes did not
         wait_until(lambda: checkpoint_version(store) > before, 60, "a snapshot after it", log=log)
+        # The version is visible at the write's EXEC; the learner sees Redis back once the
+        # snapshot's registry steps after it succeeded too (a refusal starting in between
+        # fails them, and the outage goes on): wait for that before refusing again.
+        wait_until(lambda: "Redis is back" in log.read_text(), 60, "Redis seen back", log=log)
         with refusing(private_redis, "READONLY"):
             before = checkpoint_version(store)
             publish(s, stretches[2])
