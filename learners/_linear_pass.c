@@ -308,8 +308,8 @@ scale_learn(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
 
 /* The label's sign as River's `Log.gradient` makes it (`-1` for a label equal to 0, else
  * `int(y)`), and the loss's weight for it, in `sign` and `weight`: 1; 0 when the label is not
- * a bool, an int or a float within ±2**53, or a weight not such a number; -1 with an error
- * set. */
+ * a bool, an int or a float within ±2**53, or the weight is not a float (or is NaN); -1 with
+ * an error set. */
 static int
 log_label(PyObject *y, PyObject *loss, double *sign, double *weight)
 {
