@@ -24,6 +24,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from schemas.errors import ServiceError
 from schemas.settings import Settings
 from stream.dev.ports import PORTS_FILE, free_ports
 from stream.dev.services import ServiceManager, ensure_debian_binary, free_port, stop_pid
@@ -38,13 +39,32 @@ def private_kafka(tmp_path: Path) -> Iterator[tuple[ServiceManager, str]]:
     leaves the rest of the suite alone: ``(its manager, its address)``."""
     state = tmp_path / "kafka-state"
     manager = ServiceManager(Settings(state_dir=state))
-    (state / "kafka").mkdir(parents=True)
-    ports = dict(zip(("broker", "controller"), free_ports(2), strict=True))
-    (state / "kafka" / PORTS_FILE).write_text(json.dumps(ports))
     try:
-        yield manager, manager.up(("kafka",))["kafka"].address
+        yield manager, _first_start(manager, state / "kafka")
     finally:
         manager.down(("kafka",), purge=True)
+
+
+def _first_start(manager: ServiceManager, home: Path, attempts: int = 3) -> str:
+    """Start the broker on two free ports, its address. A first start that fails is purged and
+    tried again on new ports: another test process may take a port between `free_ports`
+    choosing it and the broker binding it (a CI run's broker exited with status 1 at its
+    setup, its log purged with its state). What the failed start logged is printed (shown
+    with the test's output), and kept in the error of the last attempt."""
+    for attempt in range(1, attempts + 1):
+        home.mkdir(parents=True, exist_ok=True)
+        ports = dict(zip(("broker", "controller"), free_ports(2), strict=True))
+        (home / PORTS_FILE).write_text(json.dumps(ports))
+        try:
+            return manager.up(("kafka",))["kafka"].address
+        except ServiceError as exc:
+            log = home / "kafka.log"
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+            manager.down(("kafka",), purge=True)
+            if attempt == attempts:
+                raise ServiceError(f"{exc}; its log ended:\n{tail}") from exc
+            print(f"private Kafka on {ports} failed to start ({exc}); its log ended:\n{tail}")
+    raise AssertionError("unreachable")
 
 
 class PrivateRedis:
