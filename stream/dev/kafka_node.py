@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from schemas.errors import ServiceError
-from stream.dev.ports import PORTS_FILE, free_port, preferred_port, recorded_ports
+from stream.dev.ports import PORTS_FILE, free_ports, preferred_port, recorded_ports
 
 MARKER = "kafka.Kafka"  # in the command line of a running node
 
@@ -95,7 +95,7 @@ class KafkaNode:
             )
         ports = recorded_ports(
             self.home,
-            lambda: {"broker": preferred_port(9092), "controller": free_port()},
+            _broker_and_controller,
             "kafka",
             port_timeout,
         )
@@ -136,6 +136,14 @@ def format_kafka_storage(
 
 def _kafka_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _broker_and_controller() -> dict[str, int]:
+    """9092 for the broker when it is free, and a controller port that is not the broker's: a
+    free port asked for after another was closed can be that one again (a CI run's demo got
+    both listeners on one port, and Kafka refused to format its storage)."""
+    broker = preferred_port(9092)
+    return {"broker": broker, "controller": next(p for p in free_ports(2) if p != broker)}
 
 
 def kafka_properties(broker_port: int, controller_port: int, data_dir: Path) -> str:

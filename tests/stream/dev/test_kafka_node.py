@@ -45,3 +45,14 @@ def test_a_cache_resolved_from_another_pom_is_fetched_again_into_the_same_direct
     fetches.clear()
     assert node.classpath() == lib
     assert fetches == []  # current: Maven not asked
+
+
+def test_a_new_node_never_gets_one_port_for_both_listeners(monkeypatch: pytest.MonkeyPatch) -> None:
+    """9092 taken, the broker gets a free port; the controller's is another, even when the
+    kernel hands that same port out again (a CI run's demo got both listeners on one port,
+    and Kafka refused to format its storage)."""
+    from stream.dev import kafka_node
+
+    monkeypatch.setattr(kafka_node, "preferred_port", lambda port: 41234)
+    monkeypatch.setattr(kafka_node, "free_ports", lambda n: [41234, 41235][:n])
+    assert kafka_node._broker_and_controller() == {"broker": 41234, "controller": 41235}
