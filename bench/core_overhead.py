@@ -18,7 +18,6 @@ Usage: ``python bench/core_overhead.py [--samples 20000] [--delay 100] [--batch 
 from __future__ import annotations
 
 import argparse
-import gc
 import time
 from typing import Any
 
@@ -26,7 +25,7 @@ from learners.core import LearningCore
 from learners.datasets import dataset_events, load_dataset
 from learners.specs import ModelSpec
 from schemas.events import FeatureEvent
-from stream.learner.loop import _GC_GEN0_THRESHOLD
+from stream.learner.loop import learning_collector
 
 
 def bare_river(samples: list, spec: ModelSpec) -> float:
@@ -81,9 +80,11 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = ModelSpec(args.model, args.model)
-    threshold = gc.get_threshold()
-    gc.freeze()  # as `Learner.run` does
-    gc.set_threshold(_GC_GEN0_THRESHOLD, threshold[1], threshold[2])
+    with learning_collector():  # as `Learner.run` sets it
+        _compare(args, spec)
+
+
+def _compare(args: argparse.Namespace, spec: ModelSpec) -> None:
     samples = list(load_dataset("synth.Agrawal", limit=args.samples, seed=42))
     events = list(
         dataset_events("synth.Agrawal", label_delay=args.delay, limit=args.samples, seed=42)

@@ -29,6 +29,7 @@ from learners.core import LearningCore, ModelState
 from learners.specs import ModelSpec
 from schemas.settings import Settings
 from stream.kafka.client import EventProducer
+from stream.learner.loop import learning_collector
 from stream.learner.runtime import build_learner
 
 
@@ -180,14 +181,8 @@ def phase_run(settings: Settings, spec: ModelSpec, n: int, *, coarse: bool = Fal
     )
     lines.append(f"    {'whole run (thread CPU / wall)':44s} {cpu * us:13.2f} {wall * us:14.2f}")
     if recorder is not None:
-        threshold = gc.get_threshold()
-        gc.freeze()  # as the learner's run does
-        gc.set_threshold(50_000, threshold[1], threshold[2])
-        try:
+        with learning_collector():  # as the learner's run sets it
             replays = [recorder.replay(spec) * 1e6 for _ in range(3)]
-        finally:
-            gc.set_threshold(*threshold)
-            gc.unfreeze()
         lines.append(
             f"    {'advance replayed in process (3 runs)':44s} "
             + " / ".join(f"{r:.2f}" for r in replays)

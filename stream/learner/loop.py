@@ -11,11 +11,12 @@ commands `stream.learner.commands`.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from learners.comparisons import ComparePairs
@@ -51,10 +52,28 @@ _LABELS_PER_ROUND = 10_000
 """Labels learned between two polls while a backlog is learned (≈ 0.2 s of logreg, 0.5 s of a
 Hoeffding tree). Rounds of 2 000 cost a Hoeffding tree ≈ 10 % (`bench/learn_throughput.py`):
 each poll's decoding between two rounds evicts the model from the caches."""
+
 _READ_AHEAD = 50_000
 """Events read ahead of learning at most (≈ 500 B each: `bench/memory.py`). A snapshot sets the
 read-ahead aside, one pass over it (≈ 20 ms per 100 000 events, measured): reading a whole
 backlog ahead made logreg's snapshots cost ≈ 2 µs per sample."""
+
+
+@contextlib.contextmanager
+def learning_collector() -> Iterator[None]:
+    """The collector as the learner runs under it (`Learner.run`; the benches that measure the
+    core set it the same way). The learner holds many live objects (buffered events, pending
+    features, the models): the collector's full passes over them cost more than the learning.
+    What exists at start is frozen out of its reach, and young collections run less often
+    (measured: the ingest step 4x faster, the whole loop ≈ 1.4x); both are undone after."""
+    threshold = gc.get_threshold()
+    gc.freeze()  # no full collection first: over many live objects it takes 0.1-0.3 s
+    gc.set_threshold(_GC_GEN0_THRESHOLD, threshold[1], threshold[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 class Learner(LearnerCommands):
@@ -207,18 +226,8 @@ class Learner(LearnerCommands):
 
     def run(self, *, exit_when_idle: float | None = None) -> list[dict[str, Any]]:
         """Run until `stop` (or idle for ``exit_when_idle`` s); final snapshot; summaries."""
-        # The learner holds many live objects (buffered events, pending features, the
-        # models): the collector's full passes over them cost more than the learning. What
-        # exists at start is frozen out of its reach, and young collections run less often
-        # (measured: the ingest step 4x faster, the whole loop ≈ 1.4x).
-        threshold = gc.get_threshold()
-        gc.freeze()  # no full collection first: over many live objects it takes 0.1-0.3 s
-        gc.set_threshold(_GC_GEN0_THRESHOLD, threshold[1], threshold[2])
-        try:
+        with learning_collector():
             return self._run(exit_when_idle)
-        finally:
-            gc.set_threshold(*threshold)
-            gc.unfreeze()
 
     def _run(self, exit_when_idle: float | None) -> list[dict[str, Any]]:
         more = False  # processing stopped at its round's label budget: work is left
