@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from river import compose, linear_model, optim, preprocessing, utils
 
@@ -64,6 +64,19 @@ MAX_FEATURES = 100_000
 LinearPredict = Callable[[dict[str, Any]], Any]
 """Features → what River's ``predict_proba_one`` (a classifier) or ``predict_one`` answers."""
 
+
+class CompiledLinear(NamedTuple):
+    """A compiled pipeline: ``predict``, and the two halves it is made of, for a caller that
+    adds the sum itself (`serving/_v2_body.c` reads it from a request's bytes): ``params``,
+    feature → ``(mean, std, weight)`` of the features whose variance is not 0, the sum being
+    ``weight * ((x - mean) / std)`` added in the features' order from 0.0; and ``answer``, the
+    sum → what ``predict`` answers."""
+
+    predict: LinearPredict
+    params: dict[Any, tuple[Any, float, float]]
+    answer: Callable[[float], Any]
+
+
 _MODELS = (linear_model.LogisticRegression, linear_model.LinearRegression)
 
 
@@ -75,13 +88,19 @@ def compile_linear(estimator: Any) -> LinearPredict | None:
     Before it is returned it answers two probes (every known feature, in two orders) as River
     does, to the bit, or it is not used: a River release that computed otherwise, or renamed
     what is read here, falls back to River's own code instead of answering differently."""
+    compiled = compile_linear_parts(estimator)
+    return None if compiled is None else compiled.predict
+
+
+def compile_linear_parts(estimator: Any) -> CompiledLinear | None:
+    """`compile_linear`'s prediction with its halves (`CompiledLinear`), or ``None``."""
     try:
-        predict = _compiled(estimator)
-        if predict is None or not _agrees(predict, estimator):
+        compiled = _compiled(estimator)
+        if compiled is None or not _agrees(compiled.predict, estimator):
             return None
     except Exception:  # River's internals moved: serve with River itself
         return None
-    return predict
+    return compiled
 
 
 def linear_steps(estimator: Any) -> tuple[preprocessing.StandardScaler, Any] | None:
@@ -99,7 +118,7 @@ def linear_steps(estimator: Any) -> tuple[preprocessing.StandardScaler, Any] | N
     return scaler, model
 
 
-def _compiled(estimator: Any) -> LinearPredict | None:
+def _compiled(estimator: Any) -> CompiledLinear | None:
     steps = linear_steps(estimator)
     if steps is None:
         return None
@@ -115,18 +134,20 @@ def _compiled(estimator: Any) -> LinearPredict | None:
 
     if type(model) is linear_model.LinearRegression:
 
-        def predict(x: dict[str, Any]) -> Any:
-            acc = None if in_c is None else in_c(x, params)
-            return mean_func((_sum(x, get) if acc is None else acc) + intercept)
+        def answer(acc: float) -> Any:
+            return mean_func(acc + intercept)
 
-        return predict
+    else:
 
-    def predict_proba(x: dict[str, Any]) -> Any:
+        def answer(acc: float) -> Any:
+            p = mean_func(acc + intercept)
+            return {False: 1.0 - p, True: p}
+
+    def predict(x: dict[str, Any]) -> Any:
         acc = None if in_c is None else in_c(x, params)
-        p = mean_func((_sum(x, get) if acc is None else acc) + intercept)
-        return {False: 1.0 - p, True: p}
+        return answer(_sum(x, get) if acc is None else acc)
 
-    return predict_proba
+    return CompiledLinear(predict, params, answer)
 
 
 def _sum(x: dict[str, Any], get: Callable[[Any], Any]) -> float:

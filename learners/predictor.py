@@ -19,7 +19,7 @@ from typing import Any
 
 from river import base, compose
 
-from learners.linear import LinearPredict, compile_linear
+from learners.linear import CompiledLinear, LinearPredict, compile_linear_parts
 from learners.specs import model_kind
 from learners.trees import TreePredict, compile_tree
 from schemas.errors import ModelSpecError
@@ -172,6 +172,8 @@ class ServedModel:
     """A live update continuing ``version`` (`stream.store.live`): ``meta`` holds its samples."""
     linear: LinearPredict | None = None
     """The estimator's own answer in one pass, for linear pipelines (`learners.linear`)."""
+    linear_parts: CompiledLinear | None = None
+    """``linear`` with its halves, for `predict_sum`."""
     tree: TreePredict | None = None
     """A Hoeffding tree's or forest's answer with the request-independent work done at load
     (`learners.trees`)."""
@@ -191,11 +193,12 @@ class ServedModel:
         kind = kind_of(estimator, kind)
         read_only_defaults(estimator)  # requests must not grow the served model
         argmax = kind == "classifier" and predicts_argmax(estimator)
-        linear = compile_linear(estimator) if argmax or kind == "regressor" else None
+        parts = compile_linear_parts(estimator) if argmax or kind == "regressor" else None
+        linear = None if parts is None else parts.predict
         tree = compile_tree(estimator) if (argmax or kind == "regressor") and not linear else None
         return cls(
             name, version, kind, estimator, meta, argmax=argmax, live=live, linear=linear,
-            tree=tree,
+            linear_parts=parts, tree=tree,
         )  # fmt: skip
 
     @property
@@ -241,6 +244,18 @@ class ServedModel:
         if isinstance(y, float) and not math.isfinite(y):
             raise NonFiniteAnswer(f"the model's answer is not finite ({y}) for these features")
         return y, None
+
+    def predict_sum(self, acc: float) -> tuple[Any, dict[Any, float] | None] | None:
+        """What `predict` answers for features whose linear sum (``linear_parts.params``'s,
+        added by the caller) is ``acc``, or None when that answer is not finite (`predict`
+        then says why). Only for a model with ``linear_parts``."""
+        parts = self.linear_parts
+        assert parts is not None, "predict_sum needs a compiled linear model"
+        answer = parts.answer(acc)
+        if self.argmax:  # {False: 1 - p, True: p}, as in `predict`
+            p = answer[True]
+            return (p > answer[False], answer) if p - p == 0 else None
+        return (answer, None) if answer - answer == 0 else None
 
     def info(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now

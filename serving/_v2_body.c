@@ -1,4 +1,6 @@
-/* The row of the commonest Open Inference Protocol v2 infer body, read in one pass in C.
+/* The commonest request bodies, read in one pass in C: the row of an Open Inference Protocol v2
+ * infer body (`read_row`, below), and a `/v1` predict body's sum for a linear model
+ * (`read_dot`, further down: the same numbers, the features never built).
  *
  * `serving.v2_requests.numeric_row` calls `read_row(raw, max_features)` first. The body it reads
  * is `{"inputs": [...]}` alone, one tensor per feature, each `{"name": ..., "shape": [1],
@@ -82,10 +84,11 @@ static const double OVERFLOW[4] = {INFINITY, 0x1.ffffffp127, 65520.0, 0.0};
  * whatever the bodies). Read and written with the GIL held. */
 #define KEPT_NAMES 1024
 #define KEPT_NAME_BYTES 64
-static PyObject *kept_names[KEPT_NAMES];
+static PyObject *kept_names[KEPT_NAMES];  /* v2's */
+static PyObject *kept_features[KEPT_NAMES];  /* `/v1`'s */
 
 static PyObject *
-name_at(Py_ssize_t position, const char *name, Py_ssize_t size)
+name_at(PyObject **kept_names, Py_ssize_t position, const char *name, Py_ssize_t size)
 {
     PyObject *kept = position < KEPT_NAMES ? kept_names[position] : NULL;
     if (kept != NULL && PyUnicode_IS_COMPACT_ASCII(kept) && PyUnicode_GET_LENGTH(kept) == size
@@ -161,11 +164,19 @@ is_digit(const char *at, const char *end)
     return at < end && *at >= '0' && *at <= '9';
 }
 
-/* The number at *at (JSON's grammar), which a ']' must follow; *at is left on the ']'; an
- * integer when `integers`, else a float of magnitude under `overflow`. NULL (no exception set)
- * for anything this reader leaves to the others. */
-static PyObject *
-read_number(const char **at, const char *end, int integers, double overflow)
+/* A number literal as read: an integer (at most 18 digits) or a finite float. */
+typedef struct {
+    int is_float;
+    long long integer;
+    double real;
+} Number;
+
+/* The number at *at (JSON's grammar) into *out, *at left after it: 1, or 0 for anything this
+ * reader leaves to the others (an integer of more than 18 digits, a float that is not finite
+ * or past the fast algorithm's reach written in more than 63 characters, no number). What
+ * follows it is the caller's to check. */
+static int
+scan_number(const char **at, const char *end, Number *out)
 {
     const char *start = *at, *p = start;
     int fraction_or_exponent = 0, negative = 0, significant = 0;
@@ -187,11 +198,11 @@ read_number(const char **at, const char *end, int integers, double overflow)
             significant++;
         }
     else
-        return NULL;
+        return 0;
     if (p < end && *p == '.') {
         p++;
         if (!is_digit(p, end))
-            return NULL;
+            return 0;
         for (; is_digit(p, end); p++) {
             if (significant == 0 && *p == '0') {
                 q--;  /* a leading zero */
@@ -211,54 +222,72 @@ read_number(const char **at, const char *end, int integers, double overflow)
         if (p < end && (*p == '+' || *p == '-'))
             minus = *p++ == '-';
         if (!is_digit(p, end))
-            return NULL;
+            return 0;
         int64_t exponent = 0;
         for (; is_digit(p, end); p++) {
             exponent = exponent * 10 + (*p - '0');
             if (exponent > 100000000)  /* kept exact (a larger one: the others read it) */
-                return NULL;
+                return 0;
         }
         q += minus ? -exponent : exponent;
         fraction_or_exponent = 1;
     }
-    if (p >= end || *p != ']')
-        return NULL;
     Py_ssize_t size = p - start;
-    *at = p;
 
     if (!fraction_or_exponent) {
         if (size - negative > 18)  /* within a long long, whatever the digits */
-            return NULL;
+            return 0;
         long long value = (long long)w;
-        if (negative)
-            value = -value;  /* "-0" is the integer 0, as orjson reads it */
-        if (integers)
-            return PyLong_FromLongLong(value);
-        double rounded = (double)value;  /* correctly rounded, as float(int) */
-        if (!(fabs(rounded) < overflow))
-            return NULL;
-        return PyFloat_FromDouble(rounded);
+        out->is_float = 0;
+        out->integer = negative ? -value : value;  /* "-0" is the integer 0, as orjson reads it */
+        *at = p;
+        return 1;
     }
-    if (integers)
-        return NULL;
     double value;
     if (significant == 0)
         value = 0.0;
     else if (significant > 19 || !to_double(w, q, &value)) {
         if (size > 63)
-            return NULL;
+            return 0;
         char copy[64];
         memcpy(copy, start, (size_t)size);
         copy[size] = '\0';
         char *stop = NULL;
         value = strtod_l(copy, &stop, c_numbers);
         if (stop != copy + size)
-            return NULL;
+            return 0;
         negative = 0;  /* strtod read the sign */
     }
-    if (!isfinite(value) || !(fabs(value) < overflow))
+    if (!isfinite(value))
+        return 0;
+    out->is_float = 1;
+    out->real = negative ? -value : value;
+    *at = p;
+    return 1;
+}
+
+/* The number at *at, which a ']' must follow; *at is left on the ']'; an integer when
+ * `integers`, else a float of magnitude under `overflow`. NULL (no exception set) for anything
+ * this reader leaves to the others. */
+static PyObject *
+read_number(const char **at, const char *end, int integers, double overflow)
+{
+    const char *p = *at;
+    Number number;
+    if (!scan_number(&p, end, &number) || p >= end || *p != ']')
         return NULL;
-    return PyFloat_FromDouble(negative ? -value : value);
+    *at = p;
+    if (!number.is_float) {
+        if (integers)
+            return PyLong_FromLongLong(number.integer);
+        double rounded = (double)number.integer;  /* correctly rounded, as float(int) */
+        if (!(fabs(rounded) < overflow))
+            return NULL;
+        return PyFloat_FromDouble(rounded);
+    }
+    if (integers || !(fabs(number.real) < overflow))
+        return NULL;
+    return PyFloat_FromDouble(number.real);
 }
 
 static PyObject *
@@ -300,7 +329,7 @@ read_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         if (p >= last)
             goto other;
-        PyObject *key = name_at(n, name, p - name);
+        PyObject *key = name_at(kept_names, n, name, p - name);
         if (key == NULL) {
             PyErr_Clear();
             goto other;
@@ -348,9 +377,204 @@ fail:
     return NULL;
 }
 
+/* The known features of one body, as their `params` entries: a set of pointers (a name given
+ * twice is found by its entry; two names sharing one entry object, which `learners.linear`
+ * never builds, are taken for one name, which only leaves the body to the general reading),
+ * on the stack up to 64 of them, then on the heap. */
+#define SEEN_ON_STACK 128
+typedef struct {
+    PyObject **slots;
+    size_t mask, count;
+    PyObject *on_stack[SEEN_ON_STACK];
+} Seen;
+
+static size_t
+slot_of(PyObject *entry, size_t mask)
+{
+    return (size_t)(((uintptr_t)entry >> 4) * 0x9E3779B97F4A7C15u) & mask;
+}
+
+/* 1 when `entry` is new (now added), 0 when it was there, -1 with MemoryError set. */
+static int
+seen_add(Seen *seen, PyObject *entry)
+{
+    if (2 * (seen->count + 1) > seen->mask + 1) {  /* at most half full: double */
+        size_t size = 2 * (seen->mask + 1);
+        PyObject **slots = PyMem_Calloc(size, sizeof(PyObject *));
+        if (slots == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (size_t i = 0; i <= seen->mask; i++) {
+            PyObject *old = seen->slots[i];
+            if (old != NULL) {
+                size_t j = slot_of(old, size - 1);
+                while (slots[j] != NULL)
+                    j = (j + 1) & (size - 1);
+                slots[j] = old;
+            }
+        }
+        if (seen->slots != seen->on_stack)
+            PyMem_Free(seen->slots);
+        seen->slots = slots;
+        seen->mask = size - 1;
+    }
+    size_t i = slot_of(entry, seen->mask);
+    while (seen->slots[i] != NULL) {
+        if (seen->slots[i] == entry)
+            return 0;
+        i = (i + 1) & seen->mask;
+    }
+    seen->slots[i] = entry;
+    seen->count++;
+    return 1;
+}
+
+static const char *
+skip_space(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+        p++;
+    return p;
+}
+
+static const Text FEATURES = TEXT("\"features\"");
+
+/* read_dot(raw, params, max_features) -> float | None: the sum a served linear model adds for
+ * the features of a `/v1` predict body, read from its bytes without building them.
+ *
+ * The body is `{"features": {name: number, ...}}` alone, with any JSON whitespace between its
+ * tokens. `params` maps a feature's name to `(mean, std, weight)` (`learners.linear`): the sum
+ * is `learners/_linear_pass.c`'s `dot_standardized` of the features orjson reads there, float
+ * for float: `weight * ((x - mean) / std)` added in the body's order from 0.0, for the names
+ * `params` holds, each number read as `read_number` reads it (an integer as `float(int)`, which
+ * Python's arithmetic with a float mean does). None, for the general reading to answer, for
+ * anything else: another key, a name with an escape, a control character or a byte past ASCII,
+ * a number this reader leaves to the others, a known name given twice (orjson keeps the last
+ * value at the first place), more than `max_features` names, an entry of `params` not three
+ * floats with a std that is not 0, any other byte. */
+static PyObject *
+read_dot(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "read_dot(raw: bytes, params: dict, max_features: int)");
+        return NULL;
+    }
+    PyObject *params = args[1];
+    Py_ssize_t max_features = PyLong_AsSsize_t(args[2]);
+    if (max_features == -1 && PyErr_Occurred())
+        return NULL;
+    const char *p = PyBytes_AS_STRING(args[0]);
+    const char *end = p + PyBytes_GET_SIZE(args[0]);
+
+    p = skip_space(p, end);
+    if (p >= end || *p++ != '{')
+        Py_RETURN_NONE;
+    p = skip_space(p, end);
+    if (!starts(p, end, FEATURES))
+        Py_RETURN_NONE;
+    p = skip_space(p + FEATURES.size, end);
+    if (p >= end || *p++ != ':')
+        Py_RETURN_NONE;
+    p = skip_space(p, end);
+    if (p >= end || *p++ != '{')
+        Py_RETURN_NONE;
+    p = skip_space(p, end);
+
+    Seen seen;
+    memset(seen.on_stack, 0, sizeof seen.on_stack);
+    seen.slots = seen.on_stack;
+    seen.mask = SEEN_ON_STACK - 1;
+    seen.count = 0;
+    PyObject *result = NULL;
+    double acc = 0.0;
+    Py_ssize_t n = 0;
+    if (p < end && *p == '}')
+        p++;  /* no features */
+    else
+        for (;;) {
+            if (p >= end || *p != '"')
+                goto other;
+            const char *name = ++p;
+            while (p < end && *p != '"') {
+                unsigned char c = (unsigned char)*p;
+                if (c < 0x20 || c == '\\' || c >= 0x80)
+                    goto other;
+                p++;
+            }
+            if (p >= end)
+                goto other;
+            Py_ssize_t size = p - name;
+            p = skip_space(p + 1, end);
+            if (p >= end || *p++ != ':')
+                goto other;
+            p = skip_space(p, end);
+            Number number;
+            if (!scan_number(&p, end, &number) || ++n > max_features)
+                goto other;
+            PyObject *key = name_at(kept_features, n - 1, name, size);
+            if (key == NULL)
+                goto fail;
+            PyObject *entry = PyDict_GetItemWithError(params, key);  /* borrowed */
+            Py_DECREF(key);
+            if (entry == NULL) {
+                if (PyErr_Occurred())
+                    goto fail;
+            }
+            else {
+                if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3)
+                    goto other;
+                PyObject *mean = PyTuple_GET_ITEM(entry, 0), *std = PyTuple_GET_ITEM(entry, 1),
+                         *weight = PyTuple_GET_ITEM(entry, 2);
+                if (!PyFloat_CheckExact(mean) || !PyFloat_CheckExact(std)
+                    || !PyFloat_CheckExact(weight) || PyFloat_AS_DOUBLE(std) == 0.0)
+                    goto other;
+                int added = seen_add(&seen, entry);
+                if (added < 0)
+                    goto fail;
+                if (added == 0)
+                    goto other;  /* a name given twice */
+                double x = number.is_float ? number.real : (double)number.integer;
+                acc += PyFloat_AS_DOUBLE(weight)
+                    * ((x - PyFloat_AS_DOUBLE(mean)) / PyFloat_AS_DOUBLE(std));
+            }
+            p = skip_space(p, end);
+            if (p < end && *p == ',') {
+                p = skip_space(p + 1, end);
+                continue;
+            }
+            if (p < end && *p == '}') {
+                p++;
+                break;
+            }
+            goto other;
+        }
+    p = skip_space(p, end);
+    if (p >= end || *p++ != '}')
+        goto other;
+    if (skip_space(p, end) != end)
+        goto other;
+    result = PyFloat_FromDouble(acc);
+    goto done;
+other:
+    Py_INCREF(Py_None);
+    result = Py_None;
+    goto done;
+fail:
+    result = NULL;
+done:
+    if (seen.slots != seen.on_stack)
+        PyMem_Free(seen.slots);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"read_row", (PyCFunction)(void (*)(void))read_row, METH_FASTCALL,
      "read_row(raw, max_features) -> dict | None: the row of the commonest v2 infer body."},
+    {"read_dot", (PyCFunction)(void (*)(void))read_dot, METH_FASTCALL,
+     "read_dot(raw, params, max_features) -> float | None: a served linear model's sum for the "
+     "features of the commonest `/v1` predict body."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,3 +1,6 @@
-"""Types of the C reader of the commonest v2 infer body (``serving/_v2_body.c``)."""
+"""Types of the C readers of the commonest request bodies (``serving/_v2_body.c``)."""
+
+from typing import Any
 
 def read_row(raw: bytes, max_features: int, /) -> dict[str, float | int] | None: ...
+def read_dot(raw: bytes, params: dict[Any, Any], max_features: int, /) -> float | None: ...

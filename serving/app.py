@@ -68,6 +68,7 @@ from serving.graphs import install as install_graphs
 from serving.inputs import (
     InputError,
     InputLimits,
+    linear_sum,
     load_body,
     numeric_features,
     numeric_instances,
@@ -88,6 +89,7 @@ _NAME_START, _NAME_END = len(_PREDICT_PREFIX), -len(_PREDICT_SUFFIX)
 UNREAD: Final = object()
 """`answer`'s ``body`` when the caller has not loaded the JSON."""
 Answer = Callable[[str, bytes | None, Any, float | None], tuple[int, dict[str, Any]]]
+AnswerLinear = Callable[[str, bytes, float], dict[str, Any] | None]
 
 
 class JSONResponse(_StarletteJSONResponse):
@@ -217,12 +219,7 @@ def create_app(
                     body = load_body(raw)
                 features = numeric_features(body, limits)  # the commonest body, checked in C
                 if features is not None:
-                    prediction, proba = served.predict(features, complete=True)
-                    content = {
-                        "model": name, "version": served.version,
-                        "samples_learned": served.samples_learned,
-                        "prediction": prediction, "probabilities": proba,
-                    }  # fmt: skip
+                    content = _answer(name, served, *served.predict(features, complete=True))
                 elif (instances := numeric_instances(body, limits)) is not None:
                     content = _answers(name, served, instances, complete=True)
                 else:
@@ -236,14 +233,32 @@ def create_app(
         observe(PREDICT_ROUTE, name, status, time.perf_counter() - started)
         return status, content
 
+    def answer_linear(name: str, raw: bytes, started: float) -> dict[str, Any] | None:
+        """`answer`'s 200 for the commonest body to a compiled linear model, its sum read from
+        the bytes in C (`serving.inputs.linear_sum`: the same numbers, no features built);
+        None for anything else, which `answer` then reads."""
+        served = follower.get(name)
+        if served is None or (parts := served.linear_parts) is None:
+            return None
+        acc = linear_sum(raw, parts.params, limits)
+        if acc is None or (outcome := served.predict_sum(acc)) is None:
+            return None
+        content = _answer(name, served, *outcome)
+        observe(PREDICT_ROUTE, name, 200, time.perf_counter() - started)
+        return content
+
     if fast_path:
-        app.add_middleware(PredictFastPath, answer=answer, max_body_bytes=max_body_bytes)
+        app.add_middleware(
+            PredictFastPath, answer=answer, answer_linear=answer_linear,
+            max_body_bytes=max_body_bytes,
+        )  # fmt: skip
         # The hot routes also go first, before the whole middleware stack, unless every predict
         # route needs a token (`serving.feedback.ClosedLoop` checks it, in the stack).
         if getattr(settings, "predict_token", None) is None:
             model_fast = PredictFastPath(
-                app.stack, answer=answer, max_body_bytes=max_body_bytes, with_ids=app.stack
-            )
+                app.stack, answer=answer, answer_linear=answer_linear,
+                max_body_bytes=max_body_bytes, with_ids=app.stack,
+            )  # fmt: skip
             fast: list[tuple[str, ASGIApp]] = [(_PREDICT_PREFIX, model_fast)]
             fast += [(V2_MODELS_PREFIX, wrap(app.stack)) for wrap in v2_fast]
             fast.append((GRAPHS_PREFIX, GraphFastPath(app.stack, service=graphs)))
@@ -301,11 +316,7 @@ def _answers(
     """The answer of ``served`` to checked features: one instance, or a batch (a tight loop;
     ``complete``: no instance has a missing feature)."""
     if isinstance(parsed, dict):
-        prediction, proba = served.predict(parsed)
-        return {
-            "model": name, "version": served.version, "samples_learned": served.samples_learned,
-            "prediction": prediction, "probabilities": proba,
-        }  # fmt: skip
+        return _answer(name, served, *served.predict(parsed))
     predict = served.predict
     predictions: list[dict[str, Any]] = []
     append = predictions.append
@@ -315,6 +326,14 @@ def _answers(
     return {
         "model": name, "version": served.version, "samples_learned": served.samples_learned,
         "predictions": predictions,
+    }  # fmt: skip
+
+
+def _answer(name: str, served: ServedModel, prediction: Any, proba: Any) -> dict[str, Any]:
+    """The answer to one instance: the state that answered (version and samples learned)."""
+    return {
+        "model": name, "version": served.version, "samples_learned": served.samples_learned,
+        "prediction": prediction, "probabilities": proba,
     }  # fmt: skip
 
 
@@ -355,6 +374,8 @@ class PredictFastPath:
     goes to the app. The answer is the same function the documented route calls, so both behave
     identically. ``with_ids``: where a body naming an ``"id"`` goes instead (read, then replayed),
     since a prediction with an id is also logged (`serving.feedback.ClosedLoop`, in the stack).
+    ``answer_linear``: tried first, the commonest body to a compiled linear model read from its
+    bytes (a body it answers holds no id); None leaves the body to the rest.
     """
 
     def __init__(
@@ -362,11 +383,13 @@ class PredictFastPath:
         app: ASGIApp,
         *,
         answer: Answer,
+        answer_linear: AnswerLinear | None = None,
         max_body_bytes: int,
         with_ids: ASGIApp | None = None,
     ) -> None:
         self.app = app
         self.answer = answer
+        self.answer_linear = answer_linear
         self.max_body_bytes = max_body_bytes
         self.with_ids = with_ids
 
@@ -379,6 +402,12 @@ class PredictFastPath:
                     started = time.perf_counter()
                     raw = await receive_body(receive, self.max_body_bytes)
                     body: Any = UNREAD
+                    if raw is not None and self.answer_linear is not None:
+                        content = self.answer_linear(name, raw, started)
+                        if content is not None:
+                            await send_json(send, 200, orjson.dumps(content, default=json_default,
+                                                                    option=JSON_OPTIONS))  # fmt: skip
+                            return
                     if raw is not None:
                         try:  # noqa: SIM105 (cheaper than contextlib.suppress on the hot path)
                             body = orjson.loads(raw)

@@ -1,0 +1,162 @@
+"""`serving.inputs.linear_sum`: the commonest `/v1` predict body's linear sum read from its bytes
+(`serving/_v2_body.c`'s ``read_dot``) is, float for float, the sum of the features the general
+reading gives (orjson, then `numeric_features`, then the compiled model's sum), and any other
+body, however close, is left to the general reading (None)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from learners.linear import _sum
+from serving.inputs import InputLimits, linear_sum, numeric_features, read_dot_in_c
+
+LIMITS = InputLimits(max_features=6)
+PARAMS: dict[Any, tuple[float, float, float]] = {
+    "a": (0.5, 2.0, 1.25),
+    "b": (-3.0, 0.1, -0.75),
+    "long name with spaces": (1e6, 3.0, 1e-3),
+    "é": (0.0, 1.0, 2.0),  # not ASCII: a body naming it is left to the general reading
+    "x:1": (2.0, 4.0, 0.5),
+}
+KNOWN = ["a", "b", "long name with spaces", "é", "x:1"]
+TRICKY = ['"', "\\", ":", ",", "}", "{", "\n", "features", "id", " ", "\u2028"]
+names = st.sampled_from(KNOWN) | st.sampled_from(TRICKY) | st.text(max_size=4)
+ODD_LITERALS = [
+    "-0", "0", "-0.0", "1E+2", "1e-5", "0.10", "12345678901234567890123", "9007199254740993",
+    "-123456789012345678", "1234567890123456789", "1e400", "1e-400", "true", "null", '"1"',
+    "[1]", "01", "1.", ".5", "NaN", "-", "2.5e", "4.9406564584124654e-324",
+]  # fmt: skip
+json_numbers = st.from_regex(
+    r"-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,24})?([eE][+-]?[0-9]{1,3})?", fullmatch=True
+)
+literals = (
+    st.floats(allow_nan=False, allow_infinity=False).map(repr)
+    | st.integers(min_value=-(2**63), max_value=2**63).map(str)
+    | st.sampled_from(ODD_LITERALS)
+    | json_numbers
+)
+spaces = st.sampled_from(["", " ", "\n", "\t", "  \r\n"])
+
+
+def in_c(raw: bytes, params: dict[Any, Any] = PARAMS) -> float | None:
+    assert read_dot_in_c is not None, "serving/_v2_body.c was not built: pip install -e . again"
+    return linear_sum(raw, params, LIMITS)
+
+
+def general(raw: bytes, params: dict[Any, Any] = PARAMS) -> float | None:
+    """The sum the general reading leads to, or None when it answers otherwise than with the
+    compiled model's sum of finite numbers (an error, another body, a batch)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    features = numeric_features(body, LIMITS)
+    return None if features is None else _sum(features, params.get)
+
+
+def bits(value: float) -> bytes:
+    return struct.pack("<d", value)
+
+
+def assert_alike(raw: bytes, params: dict[Any, Any] = PARAMS) -> float | None:
+    got = in_c(raw, params)
+    if got is not None:
+        want = general(raw, params)
+        assert want is not None, raw
+        assert bits(got) == bits(want), (raw, got, want)
+    return got
+
+
+def body(pairs: list[tuple[str, str]], space: str = " ", ensure_ascii: bool = True) -> bytes:
+    entries = [f"{json.dumps(n, ensure_ascii=ensure_ascii)}:{space}{v}" for n, v in pairs]
+    inner = f",{space}".join(entries)
+    return f'{{"features":{space}{{{inner}}}}}'.encode()
+
+
+@pytest.mark.parametrize("dumps", [lambda b: json.dumps(b).encode(), orjson.dumps])
+def test_the_commonest_bodies_are_read_from_their_bytes(dumps: Any) -> None:
+    features = {"a": 1.5, "zzz": 3, "b": -2, "x:1": 3e-7, "long name with spaces": 12345.678}
+    raw = dumps({"features": features})
+    got = assert_alike(raw)
+    assert got is not None and got == _sum(features, PARAMS.get)
+    assert assert_alike(dumps({"features": {}})) == 0.0
+
+
+@given(
+    pairs=st.lists(st.tuples(names, literals), max_size=8),
+    space=spaces,
+    ensure_ascii=st.booleans(),
+)
+@settings(max_examples=400, deadline=None)
+def test_any_body_is_read_as_the_general_reading_reads_it(
+    pairs: list[tuple[str, str]], space: str, ensure_ascii: bool
+) -> None:
+    assert_alike(body(pairs, space, ensure_ascii))
+
+
+@given(raw=st.binary(max_size=60), cut=st.integers(min_value=0, max_value=80))
+@settings(max_examples=300, deadline=None)
+def test_bytes_cut_or_slipped_in_are_never_read_otherwise(raw: bytes, cut: int) -> None:
+    base = body([("a", "1.5"), ("b", "-2"), ("c", "7")])
+    at = min(cut, len(base))
+    assert_alike(base[:at] + raw + base[at:])
+    assert_alike(base[:at])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"features": {"a": 1, "a": 2}}',  # a known name twice: orjson keeps 2 at a's place
+        b'{"features": {"a": 1}, "id": "p1"}',  # an id: the prediction is logged
+        b'{"id": "p1", "features": {"a": 1}}',
+        b'{"instances": [{"a": 1}]}',
+        b'{"features": {"a": true}}',
+        b'{"features": {"a": null}}',
+        b'{"features": {"a": "1"}}',
+        b'{"features": {"a": 1e400}}',
+        b'{"features": {"\\u0061": 1}}',  # an escape
+        b'{"features": {"\xc3\xa9": 1}}',  # past ASCII
+        b'{"features": {"a": 1,}}',
+        b'{"features": {"a": 1}} x',
+        b'{"features": {"a" 1}}',
+        b'{"features": [1]}',
+    ],
+)
+def test_other_bodies_are_left_to_the_general_reading(raw: bytes) -> None:
+    assert in_c(raw) is None
+
+
+def test_a_name_given_twice_is_found_past_the_stack_set() -> None:
+    """Past 64 known names the set of names seen moves to the heap, and still finds a name
+    given twice (by its entry: names sharing one entry object are taken for one name, which
+    only leaves the body to the general reading)."""
+    params = {f"f{i}": tuple([0.0, 1.0, 1.0]) for i in range(300)}  # an entry each
+    limits = InputLimits(max_features=1000)
+    distinct = [(f"f{i}", str(i)) for i in range(300)]
+    assert read_dot_in_c is not None
+    assert read_dot_in_c(body(distinct), params, limits.max_features) == sum(range(300))
+    again = [*distinct, ("f7", "1")]
+    assert read_dot_in_c(body(again), params, limits.max_features) is None
+    shared = {f"f{i}": (0.0, 1.0, 1.0) for i in range(300)}  # one constant tuple
+    assert read_dot_in_c(body(distinct), shared, limits.max_features) is None
+
+
+def test_more_features_than_the_limit_are_left_to_the_general_reading() -> None:
+    pairs = [(f"u{i}", "1") for i in range(LIMITS.max_features + 1)]
+    assert in_c(body(pairs)) is None
+    assert in_c(body(pairs[:-1])) == 0.0
+
+
+def test_a_params_entry_it_cannot_use_leaves_the_body_to_the_others() -> None:
+    raw = body([("a", "1")])
+    assert in_c(raw, {"a": (0, 1.0, 1.0)}) is None  # an int mean: Python's int arithmetic
+    assert in_c(raw, {"a": (0.0, 0.0, 1.0)}) is None  # a std of 0
+    assert in_c(raw, {"a": [0.0, 1.0, 1.0]}) is None
+    assert in_c(raw, {"b": (0, 1.0, 1.0)}) == 0.0  # an entry the body does not name: unread
