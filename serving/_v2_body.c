@@ -266,115 +266,32 @@ scan_number(const char **at, const char *end, Number *out)
     return 1;
 }
 
-/* The number at *at, which a ']' must follow; *at is left on the ']'; an integer when
- * `integers`, else a float of magnitude under `overflow`. NULL (no exception set) for anything
- * this reader leaves to the others. */
-static PyObject *
-read_number(const char **at, const char *end, int integers, double overflow)
+/* The number at *at, which a ']' must follow, into *out; *at is left on the ']'; an integer
+ * when `integers`, else (an integer literal too) a value of magnitude under `overflow`. 1, or 0
+ * for anything this reader leaves to the others. */
+static int
+read_value(const char **at, const char *end, int integers, double overflow, Number *out)
 {
     const char *p = *at;
-    Number number;
-    if (!scan_number(&p, end, &number) || p >= end || *p != ']')
-        return NULL;
+    if (!scan_number(&p, end, out) || p >= end || *p != ']')
+        return 0;
+    if (out->is_float ? integers || !(fabs(out->real) < overflow)
+                      : !integers && !(fabs((double)out->integer) < overflow))
+        return 0;
     *at = p;
-    if (!number.is_float) {
-        if (integers)
-            return PyLong_FromLongLong(number.integer);
-        double rounded = (double)number.integer;  /* correctly rounded, as float(int) */
-        if (!(fabs(rounded) < overflow))
-            return NULL;
-        return PyFloat_FromDouble(rounded);
-    }
-    if (integers || !(fabs(number.real) < overflow))
-        return NULL;
-    return PyFloat_FromDouble(number.real);
+    return 1;
 }
 
+/* A value `read_value` read, as the v2 reading gives it: an `int` when `integers` (INT64),
+ * else a float (of an integer literal too: correctly rounded, as float(int)). */
 static PyObject *
-read_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+value_object(const Number *number, int integers)
 {
-    (void)module;
-    if (nargs != 2 || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "read_row(raw: bytes, max_features: int)");
-        return NULL;
-    }
-    Py_ssize_t max_features = PyLong_AsSsize_t(args[1]);
-    if (max_features == -1 && PyErr_Occurred())
-        return NULL;
-    const char *p = PyBytes_AS_STRING(args[0]);
-    const char *end = p + PyBytes_GET_SIZE(args[0]);
-
-    int layout = starts(p, end, PREFIX[0]) ? 0 : starts(p, end, PREFIX[1]) ? 1 : -1;
-    if (layout < 0)
-        Py_RETURN_NONE;
-    p += PREFIX[layout].size;
-    if (end - p < SUFFIX.size || memcmp(end - SUFFIX.size, SUFFIX.text, (size_t)SUFFIX.size))
-        Py_RETURN_NONE;
-    const char *last = end - SUFFIX.size;  /* where the last value's ']' must be */
-
-    PyObject *row = PyDict_New();
-    if (row == NULL)
-        return NULL;
-    int kind = -1;
-    Py_ssize_t n = 0;
-    for (;;) {
-        if (p >= last || *p != '"')
-            goto other;
-        const char *name = ++p;
-        while (p < last && *p != '"') {
-            unsigned char c = (unsigned char)*p;
-            if (c < 0x20 || c == '\\')
-                goto other;
-            p++;
-        }
-        if (p >= last)
-            goto other;
-        PyObject *key = name_at(kept_names, n, name, p - name);
-        if (key == NULL) {
-            PyErr_Clear();
-            goto other;
-        }
-        p++;
-        if (kind < 0) {
-            for (int k = 0; k < 4 && kind < 0; k++)
-                if (starts(p, last, MIDDLE[layout][k]))
-                    kind = k;
-            if (kind < 0) {
-                Py_DECREF(key);
-                goto other;
-            }
-        }
-        else if (!starts(p, last, MIDDLE[layout][kind])) {
-            Py_DECREF(key);
-            goto other;
-        }
-        p += MIDDLE[layout][kind].size;
-        PyObject *value = read_number(&p, end, kind == INT64_KIND, OVERFLOW[kind]);
-        if (value == NULL) {
-            Py_DECREF(key);
-            if (PyErr_Occurred())
-                goto fail;
-            goto other;
-        }
-        int failed = PyDict_SetItem(row, key, value);
-        Py_DECREF(key);
-        Py_DECREF(value);
-        if (failed)
-            goto fail;
-        if (++n > max_features || PyDict_GET_SIZE(row) != n)  /* too many, a name twice */
-            goto other;
-        if (p == last)
-            return row;
-        if (!starts(p, last, BETWEEN[layout]))
-            goto other;
-        p += BETWEEN[layout].size;
-    }
-other:
-    Py_DECREF(row);
-    Py_RETURN_NONE;
-fail:
-    Py_DECREF(row);
-    return NULL;
+    if (number->is_float)
+        return PyFloat_FromDouble(number->real);
+    if (integers)
+        return PyLong_FromLongLong(number->integer);
+    return PyFloat_FromDouble((double)number->integer);
 }
 
 /* The known features of one body, as their `params` entries: a set of pointers (a name given
@@ -427,6 +344,48 @@ seen_add(Seen *seen, PyObject *entry)
     }
     seen->slots[i] = entry;
     seen->count++;
+    return 1;
+}
+
+static void
+seen_init(Seen *seen)
+{
+    memset(seen->on_stack, 0, sizeof seen->on_stack);
+    seen->slots = seen->on_stack;
+    seen->mask = SEEN_ON_STACK - 1;
+    seen->count = 0;
+}
+
+static void
+seen_free(Seen *seen)
+{
+    if (seen->slots != seen->on_stack)
+        PyMem_Free(seen->slots);
+}
+
+/* One feature's term of a linear model's sum: `weight * ((x - mean) / std)` added to *sum, as
+ * `learners/_linear_pass.c`'s `dot_standardized` adds it, when `params` holds `key` (x: the
+ * number, an integer as float(int), which Python's arithmetic with a float mean does). 1 when
+ * added or not held; 0 for an entry not three floats with a std that is not 0, or a name
+ * given twice (`seen`); -1 with an exception set. */
+static int
+add_term(PyObject *params, PyObject *key, const Number *number, Seen *seen, double *sum)
+{
+    PyObject *entry = PyDict_GetItemWithError(params, key);  /* borrowed */
+    if (entry == NULL)
+        return PyErr_Occurred() ? -1 : 1;
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3)
+        return 0;
+    PyObject *mean = PyTuple_GET_ITEM(entry, 0), *std = PyTuple_GET_ITEM(entry, 1),
+             *weight = PyTuple_GET_ITEM(entry, 2);
+    if (!PyFloat_CheckExact(mean) || !PyFloat_CheckExact(std) || !PyFloat_CheckExact(weight)
+        || PyFloat_AS_DOUBLE(std) == 0.0)
+        return 0;
+    int added = seen_add(seen, entry);
+    if (added <= 0)
+        return added;
+    double x = number->is_float ? number->real : (double)number->integer;
+    *sum += PyFloat_AS_DOUBLE(weight) * ((x - PyFloat_AS_DOUBLE(mean)) / PyFloat_AS_DOUBLE(std));
     return 1;
 }
 
@@ -483,10 +442,7 @@ read_dot(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     p = skip_space(p, end);
 
     Seen seen;
-    memset(seen.on_stack, 0, sizeof seen.on_stack);
-    seen.slots = seen.on_stack;
-    seen.mask = SEEN_ON_STACK - 1;
-    seen.count = 0;
+    seen_init(&seen);
     PyObject *result = NULL;
     double acc = 0.0;
     Py_ssize_t n = 0;
@@ -516,29 +472,12 @@ read_dot(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyObject *key = name_at(kept_features, n - 1, name, size);
             if (key == NULL)
                 goto fail;
-            PyObject *entry = PyDict_GetItemWithError(params, key);  /* borrowed */
+            int added = add_term(params, key, &number, &seen, &acc);
             Py_DECREF(key);
-            if (entry == NULL) {
-                if (PyErr_Occurred())
-                    goto fail;
-            }
-            else {
-                if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3)
-                    goto other;
-                PyObject *mean = PyTuple_GET_ITEM(entry, 0), *std = PyTuple_GET_ITEM(entry, 1),
-                         *weight = PyTuple_GET_ITEM(entry, 2);
-                if (!PyFloat_CheckExact(mean) || !PyFloat_CheckExact(std)
-                    || !PyFloat_CheckExact(weight) || PyFloat_AS_DOUBLE(std) == 0.0)
-                    goto other;
-                int added = seen_add(&seen, entry);
-                if (added < 0)
-                    goto fail;
-                if (added == 0)
-                    goto other;  /* a name given twice */
-                double x = number.is_float ? number.real : (double)number.integer;
-                acc += PyFloat_AS_DOUBLE(weight)
-                    * ((x - PyFloat_AS_DOUBLE(mean)) / PyFloat_AS_DOUBLE(std));
-            }
+            if (added < 0)
+                goto fail;
+            if (added == 0)
+                goto other;
             p = skip_space(p, end);
             if (p < end && *p == ',') {
                 p = skip_space(p + 1, end);
@@ -564,9 +503,152 @@ other:
 fail:
     result = NULL;
 done:
-    if (seen.slots != seen.on_stack)
-        PyMem_Free(seen.slots);
+    seen_free(&seen);
     return result;
+}
+
+/* The commonest v2 infer body (see the top of this file): its row into `row` (a new dict) when
+ * `params` is NULL, else the sum `read_dot` adds for it into *acc (the row's values, in its
+ * order, never built; `row` is then a new set, of the names: a name given twice, known or
+ * not, leaves the body to the general reading, which refuses it). 1 read; 0 left to the
+ * others; -1 with an exception set. */
+static int
+read_row_body(PyObject *raw, Py_ssize_t max_features, PyObject *row, PyObject *params,
+              double *acc)
+{
+    const char *p = PyBytes_AS_STRING(raw);
+    const char *end = p + PyBytes_GET_SIZE(raw);
+
+    int layout = starts(p, end, PREFIX[0]) ? 0 : starts(p, end, PREFIX[1]) ? 1 : -1;
+    if (layout < 0)
+        return 0;
+    p += PREFIX[layout].size;
+    if (end - p < SUFFIX.size || memcmp(end - SUFFIX.size, SUFFIX.text, (size_t)SUFFIX.size))
+        return 0;
+    const char *last = end - SUFFIX.size;  /* where the last value's ']' must be */
+
+    Seen seen;
+    seen_init(&seen);
+    int outcome = 0, kind = -1;
+    double sum = 0.0;
+    Py_ssize_t n = 0;
+    for (;;) {
+        if (p >= last || *p != '"')
+            goto done;
+        const char *name = ++p;
+        while (p < last && *p != '"') {
+            unsigned char c = (unsigned char)*p;
+            if (c < 0x20 || c == '\\')
+                goto done;
+            p++;
+        }
+        if (p >= last)
+            goto done;
+        PyObject *key = name_at(kept_names, n, name, p - name);
+        if (key == NULL) {
+            PyErr_Clear();
+            goto done;
+        }
+        p++;
+        if (kind < 0) {
+            for (int k = 0; k < 4 && kind < 0; k++)
+                if (starts(p, last, MIDDLE[layout][k]))
+                    kind = k;
+        }
+        else if (!starts(p, last, MIDDLE[layout][kind]))
+            kind = -2;  /* another datatype than the first tensor's */
+        Number number;
+        if (kind >= 0)
+            p += MIDDLE[layout][kind].size;
+        if (kind < 0 || !read_value(&p, end, kind == INT64_KIND, OVERFLOW[kind], &number)
+            || ++n > max_features) {
+            Py_DECREF(key);
+            goto done;
+        }
+        if (params == NULL) {
+            PyObject *value = value_object(&number, kind == INT64_KIND);
+            int failed = value == NULL || PyDict_SetItem(row, key, value);
+            Py_DECREF(key);
+            Py_XDECREF(value);
+            if (failed)
+                goto fail;
+            if (PyDict_GET_SIZE(row) != n)  /* a name twice */
+                goto done;
+        }
+        else {
+            int added = PySet_Add(row, key) < 0 ? -1 : add_term(params, key, &number, &seen, &sum);
+            Py_DECREF(key);
+            if (added < 0)
+                goto fail;
+            if (added == 0 || PySet_GET_SIZE(row) != n)
+                goto done;
+        }
+        if (p == last) {
+            *acc = sum;
+            outcome = 1;
+            goto done;
+        }
+        if (!starts(p, last, BETWEEN[layout]))
+            goto done;
+        p += BETWEEN[layout].size;
+    }
+fail:
+    outcome = -1;
+done:
+    seen_free(&seen);
+    return outcome;
+}
+
+static PyObject *
+read_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "read_row(raw: bytes, max_features: int)");
+        return NULL;
+    }
+    Py_ssize_t max_features = PyLong_AsSsize_t(args[1]);
+    if (max_features == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *row = PyDict_New();
+    if (row == NULL)
+        return NULL;
+    double unused;
+    int outcome = read_row_body(args[0], max_features, row, NULL, &unused);
+    if (outcome == 1)
+        return row;
+    Py_DECREF(row);
+    if (outcome < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* read_row_dot(raw, params, max_features) -> float | None: `read_dot`'s sum for the row
+ * `read_row` reads, from the bytes (None where `read_row` gives None, or for a name twice,
+ * or an entry of `params` that `read_dot` refuses). */
+static PyObject *
+read_row_dot(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "read_row_dot(raw: bytes, params: dict, max_features: int)");
+        return NULL;
+    }
+    Py_ssize_t max_features = PyLong_AsSsize_t(args[2]);
+    if (max_features == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *names = PySet_New(NULL);
+    if (names == NULL)
+        return NULL;
+    double acc;
+    int outcome = read_row_body(args[0], max_features, names, args[1], &acc);
+    Py_DECREF(names);
+    if (outcome < 0)
+        return NULL;
+    if (outcome == 0)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble(acc);
 }
 
 static PyMethodDef methods[] = {
@@ -575,6 +657,9 @@ static PyMethodDef methods[] = {
     {"read_dot", (PyCFunction)(void (*)(void))read_dot, METH_FASTCALL,
      "read_dot(raw, params, max_features) -> float | None: a served linear model's sum for the "
      "features of the commonest `/v1` predict body."},
+    {"read_row_dot", (PyCFunction)(void (*)(void))read_row_dot, METH_FASTCALL,
+     "read_row_dot(raw, params, max_features) -> float | None: a served linear model's sum for "
+     "the row of the commonest v2 infer body."},
     {NULL, NULL, 0, NULL},
 };
 

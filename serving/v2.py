@@ -107,7 +107,7 @@ from serving.v2_graphs import (
     graph_row_tail,
     v1_problems,
 )
-from serving.v2_requests import numeric_row, parse_infer_body
+from serving.v2_requests import numeric_row, parse_infer_body, row_sum
 from serving.v2_tensors import (
     BINARY_HINT,
     INFER_ROUTE,
@@ -217,6 +217,12 @@ def v2_router(
             raise V2Error(400, f"Content-Encoding {encoding!r} is not supported: send plain JSON")
         if raw is None:
             raise V2Error(400, f"body larger than {max_body_bytes} bytes")
+        if isinstance(target, ServedModel) and (parts := target.linear_parts) is not None:
+            acc = row_sum(raw, parts.params, limits)  # a linear model's sum, from the bytes
+            if acc is not None and (outcome := target.predict_sum(acc)) is not None:
+                prediction, proba = outcome
+                proba = proba if target.kind == "classifier" else None
+                return one_row_answer(head_of(name, target), prediction, proba), None
         row = numeric_row(raw, limits)  # the commonest body, from its bytes
         if row is not None:
             request_id, rows, requested = None, [row], None

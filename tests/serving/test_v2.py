@@ -209,6 +209,44 @@ def test_infer_gives_the_numbers_of_v1(served: dict[str, Any], mapping: str) -> 
             assert len(set(predictions)) >= 2, predictions  # both sides of the boundary
 
 
+def test_a_linear_models_commonest_body_is_answered_from_its_bytes(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One row, one FP64 tensor per feature, to the linear classifier and regressor: the sum
+    is read from the bytes (`serving.v2_requests.row_sum`) and the answer is, byte for byte,
+    the one the row read first gives; a name given twice is left to the general reading."""
+    import serving.v2_requests
+
+    client = served["client"]
+    read = serving.v2_requests.read_row_dot_in_c
+    assert read is not None, "serving/_v2_body.c was not built: pip install -e . again"
+    sums: list[float | None] = []
+
+    def counted(raw: bytes, params: dict[Any, Any], max_features: int) -> float | None:
+        sums.append(read(raw, params, max_features))
+        return sums[-1]
+
+    def infer(name: str, body: bytes) -> tuple[int, bytes]:
+        response = client.post(f"/v2/models/{name}/infer", content=body)
+        return response.status_code, response.content
+
+    def commonest(x: dict[str, Any]) -> bytes:  # the layout the C reader reads
+        tensors = [{"name": f, "shape": [1], "datatype": "FP64", "data": [v]} for f, v in x.items()]
+        return orjson.dumps({"inputs": tensors})
+
+    for name, features in (("clf", PHISHING), ("reg", TRUMP)):
+        for x in served["models"][name][2][:3]:
+            body = commonest({f: float(x[f]) for f in features})
+            monkeypatch.setattr(serving.v2_requests, "read_row_dot_in_c", None)
+            without = infer(name, body)
+            monkeypatch.setattr(serving.v2_requests, "read_row_dot_in_c", counted)
+            assert infer(name, body) == without and without[0] == 200, without
+    assert len(sums) == 6 and None not in sums, sums
+    twice = commonest({"https": 1.0}).replace(b"}]}", b"},") + commonest({"https": 2.0})[11:]
+    status, content = infer("clf", twice)
+    assert sums[-1] is None and status == 400, content
+
+
 def test_infer_row_shapes_outputs_and_missing_features(served: dict[str, Any]) -> None:
     client = served["client"]
     _, _, rows = served["models"]["clf"]

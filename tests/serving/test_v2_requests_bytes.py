@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from learners.linear import _sum
 from serving.inputs import InputLimits
 from serving.v2_requests import (
     _LAYOUTS,
@@ -23,6 +24,7 @@ from serving.v2_requests import (
     parse_infer_body,
     read_row_in_c,
     read_row_in_python,
+    row_sum,
 )
 from serving.v2_tensors import V2Error
 
@@ -67,10 +69,23 @@ def general(raw: bytes) -> Any:
         return ("error", exc.status, exc.message)
 
 
+# a linear model's parameters over names the bodies below use (`row_sum`): an entry each
+PARAMS = {
+    name: (float(i) - 2.5, 0.5 + i, 1.0 / (i + 1) - 0.3)
+    for i, name in enumerate(["x", "x0", "x1", "x2", "age", "income", "", "a", "ïncome"])
+}
+
+
 def assert_same(raw: bytes) -> dict[str, Any] | None:
     """``numeric_row(raw)``; each reader's row (`READERS`) checked against the general reading
-    when it gives one."""
+    when it gives one; and `row_sum`, a linear model's sum read from the bytes, given exactly
+    when the C reader gives a row, equal to the model's sum over it to the bit."""
     rows = [assert_read_alike(read, raw) for read in READERS]
+    got = row_sum(raw, PARAMS, LIMITS)
+    assert (got is None) == (rows[1] is None), (raw, got, rows[1])
+    if got is not None and rows[1] is not None:
+        want = _sum(rows[1], PARAMS.get)
+        assert struct.pack("<d", got) == struct.pack("<d", want), (raw, got, want)
     return rows[0]
 
 
