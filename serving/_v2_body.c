@@ -389,6 +389,26 @@ add_term(PyObject *params, PyObject *key, const Number *number, Seen *seen, doub
     return 1;
 }
 
+/* `max_features` of a call into *out: 1; 0 when it is negative (no body is read: the general
+ * reading refuses even an empty one); -1 with an exception set (not an int). A limit past
+ * Py_ssize_t's range is no limit. */
+static int
+limit_of(PyObject *arg, Py_ssize_t *out)
+{
+    int overflow;
+    long long value = PyLong_AsLongLongAndOverflow(arg, &overflow);
+    if (value == -1 && !overflow && PyErr_Occurred())
+        return -1;
+    if (overflow > 0 || value > PY_SSIZE_T_MAX) {
+        *out = PY_SSIZE_T_MAX;
+        return 1;
+    }
+    if (overflow < 0 || value < 0)
+        return 0;
+    *out = (Py_ssize_t)value;
+    return 1;
+}
+
 static const char *
 skip_space(const char *p, const char *end)
 {
@@ -406,7 +426,7 @@ static const Text FEATURES = TEXT("\"features\"");
  * tokens. `params` maps a feature's name to `(mean, std, weight)` (`learners.linear`): the sum
  * is `learners/_linear_pass.c`'s `dot_standardized` of the features orjson reads there, float
  * for float: `weight * ((x - mean) / std)` added in the body's order from 0.0, for the names
- * `params` holds, each number read as `read_number` reads it (an integer as `float(int)`, which
+ * `params` holds, each number read as `read_value` reads it (`scan_number`) (an integer as `float(int)`, which
  * Python's arithmetic with a float mean does). None, for the general reading to answer, for
  * anything else: another key, a name with an escape, a control character or a byte past ASCII,
  * a number this reader leaves to the others, a known name given twice (orjson keeps the last
@@ -421,9 +441,12 @@ read_dot(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *params = args[1];
-    Py_ssize_t max_features = PyLong_AsSsize_t(args[2]);
-    if (max_features == -1 && PyErr_Occurred())
+    Py_ssize_t max_features;
+    int limited = limit_of(args[2], &max_features);
+    if (limited < 0)
         return NULL;
+    if (limited == 0)
+        Py_RETURN_NONE;
     const char *p = PyBytes_AS_STRING(args[0]);
     const char *end = p + PyBytes_GET_SIZE(args[0]);
 
@@ -607,9 +630,12 @@ read_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "read_row(raw: bytes, max_features: int)");
         return NULL;
     }
-    Py_ssize_t max_features = PyLong_AsSsize_t(args[1]);
-    if (max_features == -1 && PyErr_Occurred())
+    Py_ssize_t max_features;
+    int limited = limit_of(args[1], &max_features);
+    if (limited < 0)
         return NULL;
+    if (limited == 0)
+        Py_RETURN_NONE;
     PyObject *row = PyDict_New();
     if (row == NULL)
         return NULL;
@@ -635,9 +661,12 @@ read_row_dot(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                         "read_row_dot(raw: bytes, params: dict, max_features: int)");
         return NULL;
     }
-    Py_ssize_t max_features = PyLong_AsSsize_t(args[2]);
-    if (max_features == -1 && PyErr_Occurred())
+    Py_ssize_t max_features;
+    int limited = limit_of(args[2], &max_features);
+    if (limited < 0)
         return NULL;
+    if (limited == 0)
+        Py_RETURN_NONE;
     PyObject *names = PySet_New(NULL);
     if (names == NULL)
         return NULL;

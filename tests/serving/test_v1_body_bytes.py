@@ -6,6 +6,7 @@ body, however close, is left to the general reading (None)."""
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Any
 
@@ -15,7 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from learners.linear import _sum
-from serving.inputs import InputLimits, linear_sum, numeric_features, read_dot_in_c
+from serving.inputs import (
+    InputError,
+    InputLimits,
+    linear_sum,
+    numeric_features,
+    predict_features,
+    read_dot_in_c,
+)
 
 LIMITS = InputLimits(max_features=6)
 PARAMS: dict[Any, tuple[float, float, float]] = {
@@ -52,13 +60,19 @@ def in_c(raw: bytes, params: dict[Any, Any] = PARAMS) -> float | None:
 
 def general(raw: bytes, params: dict[Any, Any] = PARAMS) -> float | None:
     """The sum the general reading leads to, or None when it answers otherwise than with the
-    compiled model's sum of finite numbers (an error, another body, a batch)."""
+    compiled model's sum of numbers (an error, another body, a batch, a null, a boolean).
+    `numeric_features` reads the commonest bodies; one whose values' sum overflows it leaves
+    to `predict_features`, which gives the same features."""
     try:
         body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        features = numeric_features(body, LIMITS) or predict_features(body, LIMITS)
+    except (orjson.JSONDecodeError, InputError):
         return None
-    features = numeric_features(body, LIMITS)
-    return None if features is None else _sum(features, params.get)
+    if not isinstance(features, dict) or not all(
+        type(v) in (int, float) and math.isfinite(v) for v in features.values()
+    ):
+        return None
+    return _sum(features, params.get)
 
 
 def bits(value: float) -> bytes:
@@ -160,3 +174,22 @@ def test_a_params_entry_it_cannot_use_leaves_the_body_to_the_others() -> None:
     assert in_c(raw, {"a": (0.0, 0.0, 1.0)}) is None  # a std of 0
     assert in_c(raw, {"a": [0.0, 1.0, 1.0]}) is None
     assert in_c(raw, {"b": (0, 1.0, 1.0)}) == 0.0  # an entry the body does not name: unread
+
+
+def test_a_limit_past_the_c_range_is_no_limit_and_a_negative_one_reads_nothing() -> None:
+    """`max_features` is a setting with no upper bound: 2**63 and more read as no limit (they
+    raised OverflowError on every request); a negative one, which the general reading meets
+    with a 422 even for an empty object, reads nothing."""
+    from serving._v2_body import read_row, read_row_dot
+
+    raw = body([("a", "1"), ("b", "2")])
+    want = in_c(raw)
+    assert want is not None and read_dot_in_c is not None
+    row = b'{"inputs":[{"name":"a","shape":[1],"datatype":"FP64","data":[1]}]}'
+    for limit in (2**63, 2**100):
+        assert read_dot_in_c(raw, PARAMS, limit) == want
+        assert read_row(row, limit) == {"a": 1.0}
+        assert read_row_dot(row, PARAMS, limit) == 1.25 * ((1.0 - 0.5) / 2.0)
+    for limit in (-1, -(2**100)):
+        assert read_dot_in_c(b'{"features": {}}', PARAMS, limit) is None
+        assert read_row(row, limit) is None and read_row_dot(row, PARAMS, limit) is None
