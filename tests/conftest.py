@@ -41,8 +41,13 @@ SLOW_FILES = {
     "tests/stream/registry/test_challenger.py": 39,
     "tests/stream/store/test_connect_failover.py": 37,
     "tests/stream/dev/test_cluster.py": 36,
+    "tests/serving/test_app_auth.py": 44,
+    "tests/serving/test_feedback_acl.py": 36,
+    "tests/stream/dev/test_services_prometheus.py": 27,
+    "tests/stream/predict/test_worker_acl.py": 25,
+    "tests/serving/test_runner_rollback.py": 25,
 }
-"""The slowest test files of a CI run (seconds of their tests in its 30 slowest, 2026-12-03):
+"""The slowest test files of two CI runs (seconds of their tests in the 30 slowest, 2026-12-03):
 collected first, so that pytest-xdist's ``--dist loadfile`` hands them out among the workers
 at the start, and the run does not end with two workers idle while a third runs one of them.
 A file missing here only runs in its usual place."""
