@@ -500,11 +500,12 @@ class Snapshotter:
         # would touch (and so copy) every page the two processes still share.
         self._gc_was_enabled = gc.isenabled()
         gc.disable()
+        learner = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: never returns
             status = 1
             try:
-                _die_with_parent()
+                _die_with_parent(learner)
                 os.nice(10)  # the learner keeps the CPU; the snapshot takes what is left
                 store = self._store_factory()
                 write_snapshot(
@@ -653,14 +654,18 @@ def _why(failed: BaseException | None) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(learner: int) -> None:
     """Linux: the snapshot child is killed with the learner, so a kill -9 of the learner never
-    leaves a writer behind (whatever it wrote before EXEC stays invisible)."""
+    leaves a writer behind (whatever it wrote before EXEC stays invisible). A learner already
+    gone before the request (killed between the fork and here) is not told of by the kernel:
+    the child, re-parented, exits at once."""
     import ctypes
     import signal
 
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != learner:
+        os._exit(1)
 
 
 @dataclass

@@ -162,3 +162,24 @@ def test_a_child_that_fails_otherwise_is_reported_error(
     result = gated.open_and_reap()
     assert gated.statuses == [0, status]
     assert not result.ok and result.failure == "error"
+
+
+@pytest.mark.parametrize(("learner_alive", "status"), [(True, 0), (False, 1)])
+def test_a_snapshot_child_whose_learner_is_gone_before_it_asks_to_die_with_it_exits(
+    learner_alive: bool, status: int
+) -> None:
+    """The kernel kills the child with the learner only once it has asked (PR_SET_PDEATHSIG):
+    a learner killed between the fork and that request leaves the child re-parented, and
+    nothing would ever tell it. It sees so and exits at once; with its learner there it goes
+    on."""
+    from stream.checkpoint.protocol import _die_with_parent
+
+    learner = os.getpid() if learner_alive else os.getpid() + 1_000_000  # no such parent
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _die_with_parent(learner)
+        finally:
+            os._exit(0)
+    _, waited = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(waited) == status
