@@ -103,9 +103,9 @@ def numeric_features(body: Any, limits: InputLimits) -> FeatureDict | None:
 def linear_sum(raw: bytes, params: dict[Any, Any], limits: InputLimits) -> float | None:
     """The sum a compiled linear model (``params``: `learners.linear.CompiledLinear`'s) adds
     for the features of the commonest body, ``{"features": {name: finite number, ...}}``,
-    read from its bytes in C without building the features: what ``numeric_features`` then
-    the model's sum give, float for float. None for any other body (or without the C reader),
-    which ``numeric_features`` and the rest then read.
+    read from its bytes in C without building the features: what the general reading (orjson,
+    ``numeric_features`` or ``predict_features``) then the model's sum give, float for float.
+    None for any other body (or without the C reader), which the general reading then reads.
 
     >>> params = {"x": (1.0, 2.0, 0.5), "y": (0.0, 1.0, -1.0)}
     >>> linear_sum(b'{"features": {"x": 5, "y": 0.25, "z": 9}}', params, InputLimits())
