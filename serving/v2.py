@@ -220,9 +220,8 @@ def v2_router(
         if isinstance(target, ServedModel) and (parts := target.linear_parts) is not None:
             acc = row_sum(raw, parts.params, limits)  # a linear model's sum, from the bytes
             if acc is not None and (outcome := target.predict_sum(acc)) is not None:
-                prediction, proba = outcome
-                proba = proba if target.kind == "classifier" else None
-                return one_row_answer(head_of(name, target), prediction, proba), None
+                # (prediction, probabilities): the latter None for a regressor
+                return one_row_answer(head_of(name, target), *outcome), None
         row = numeric_row(raw, limits)  # the commonest body, from its bytes
         if row is not None:
             request_id, rows, requested = None, [row], None

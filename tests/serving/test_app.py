@@ -20,7 +20,7 @@ from serving.feedback import ClosedLoop
 from serving.graphs import GraphFastPath
 from serving.telemetry import ServingMetrics
 from stream.store.snapshots import SnapshotStore
-from tests.support.serving import asgi_post
+from tests.support.serving import asgi_post, recording
 
 pytestmark = pytest.mark.integration
 
@@ -295,14 +295,7 @@ def test_fast_path_answers_exactly_like_the_documented_route(
     kit.publish(store, "clf", kit.state(model, kind), kind)
     reg, reg_kind, reg_inputs = models["reg"]
     kit.publish(store, "reg", reg, reg_kind)
-    read_dot = serving.inputs.read_dot_in_c
-    assert read_dot is not None, "serving/_v2_body.c was not built: pip install -e . again"
-    sums: list[float | None] = []
-
-    def counted(raw: bytes, params: dict[Any, Any], max_features: int) -> float | None:
-        sums.append(read_dot(raw, params, max_features))
-        return sums[-1]
-
+    counted, sums = recording(serving.inputs.read_dot_in_c)
     monkeypatch.setattr(serving.inputs, "read_dot_in_c", counted)
     settings = kit.make_settings(redis_url, prefix)
     app = create_app(settings, metrics=metrics, max_body_bytes=4096)

@@ -24,6 +24,7 @@ from serving.app import create_app
 from serving.telemetry import ServingMetrics
 from serving.v2_tensors import package_version
 from stream.store.snapshots import SnapshotStore
+from tests.support.serving import recording
 
 pytestmark = pytest.mark.integration
 
@@ -218,13 +219,7 @@ def test_a_linear_models_commonest_body_is_answered_from_its_bytes(
     import serving.v2_requests
 
     client = served["client"]
-    read = serving.v2_requests.read_row_dot_in_c
-    assert read is not None, "serving/_v2_body.c was not built: pip install -e . again"
-    sums: list[float | None] = []
-
-    def counted(raw: bytes, params: dict[Any, Any], max_features: int) -> float | None:
-        sums.append(read(raw, params, max_features))
-        return sums[-1]
+    counted, sums = recording(serving.v2_requests.read_row_dot_in_c)
 
     def infer(name: str, body: bytes) -> tuple[int, bytes]:
         response = client.post(f"/v2/models/{name}/infer", content=body)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +243,24 @@ class Kit:
 @pytest.fixture(scope="session")
 def kit() -> type[Kit]:
     return Kit
+
+
+SumReader = Callable[[bytes, dict[Any, Any], int], float | None]
+"""A C reader of a linear model's sum from a body's bytes (`serving/_v2_body.c`'s ``read_dot``
+and ``read_row_dot``)."""
+
+
+def recording(read: SumReader | None) -> tuple[SumReader, list[float | None]]:
+    """``read`` (which must be built) wrapped to keep what it returns, and the list it keeps
+    it in: a test puts the wrapper in the reader's place to see which bodies it answered."""
+    assert read is not None, "serving/_v2_body.c was not built: pip install -e . again"
+    sums: list[float | None] = []
+
+    def recorded(raw: bytes, params: dict[Any, Any], max_features: int) -> float | None:
+        sums.append(read(raw, params, max_features))
+        return sums[-1]
+
+    return recorded, sums
 
 
 class FollowerRecorder:
