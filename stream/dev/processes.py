@@ -146,6 +146,12 @@ class EndOnSignal:
     ) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        if kind is None and self._received is not None:
+            # The handler's `Signalled` was swallowed where it was raised: a handler runs
+            # wherever the main thread is, also inside a weakref callback or a finalizer, whose
+            # exceptions Python only prints ("Exception ignored in ..."). The block then ran to
+            # its end; the command still ends as signalled.
+            raise Signalled(self._received)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self._received is None:

@@ -1,0 +1,28 @@
+"""`stream.dev.processes.EndOnSignal`: SIGTERM and SIGHUP end a command as `Signalled`."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+
+import pytest
+
+from stream.dev.processes import EndOnSignal, Signalled
+
+
+def test_a_signal_whose_exception_was_swallowed_still_ends_the_block_as_signalled() -> None:
+    """A signal handler runs wherever the main thread is: inside a weakref callback (an import
+    lock's, in a CI run of the demo) the `Signalled` it raises is printed and dropped, and the
+    demo ran to its end and exited 0. The block's end raises it again."""
+    # suppress: dropped, as Python drops what a weakref callback or a finalizer raises
+    with pytest.raises(Signalled) as caught, EndOnSignal(), contextlib.suppress(Signalled):
+        signal.raise_signal(signal.SIGHUP)
+    assert caught.value.signum == signal.SIGHUP and caught.value.code == 128 + signal.SIGHUP
+
+
+def test_a_signal_raises_once_where_it_arrives_and_the_handlers_are_put_back() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Signalled) as caught, EndOnSignal():
+        signal.raise_signal(signal.SIGTERM)
+    assert caught.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == before
