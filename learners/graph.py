@@ -52,11 +52,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from learners.graph_context import (
     DRAW,
+    Answered,
     Context,
     GraphAnswer,
     GraphInputError,
@@ -73,10 +74,11 @@ from learners.graph_context import (
     sticky_hasher,
     sticky_unit,
 )
-from learners.graph_eval import compile_node
+from learners.graph_eval import compile_node, models_alone
 from schemas.graphs import GraphSpec
 
 __all__ = [
+    "Answered",
     "CompiledGraph",
     "Context",
     "GraphAnswer",
@@ -105,7 +107,7 @@ class CompiledGraph:
     """A `GraphSpec` turned into closures, ready for many requests; thread-safe (per-request
     state lives in a `Context`)."""
 
-    __slots__ = ("_draw", "_run", "spec")
+    __slots__ = ("_draw", "_run", "models_alone", "spec")
 
     def __init__(self, spec: GraphSpec, *, draw: Callable[[], float] = DRAW) -> None:
         """``draw``: uniform draws in [0, 1) for the shadow sampling of requests without an id
@@ -113,6 +115,8 @@ class CompiledGraph:
         self.spec = spec
         self._draw = draw
         self._run = compile_node(spec.root, "root")
+        self.models_alone = models_alone(spec.root)
+        """The models, when they alone read the features (see `outcome`'s ``given``)."""
 
     def evaluate(
         self,
@@ -134,12 +138,16 @@ class CompiledGraph:
         models: ModelLookup,
         request_id: str | None = None,
         complete: bool = False,
+        given: Mapping[str, Answered] | None = None,
     ) -> tuple[Outcome, Context]:
         """What `evaluate` answers, before it becomes a `GraphAnswer`: the root's `Outcome` and
         the evaluation's `Context` (the models used, the path, the shadows), for a caller that
         writes the answer's fields itself (`serving.graph_service`); ``context.answer(outcome)``
-        is `evaluate`'s answer. ``complete`` as in `evaluate`."""
-        context = Context(models, request_id, x, complete, self._draw)
+        is `evaluate`'s answer. ``complete`` as in `evaluate`. ``given``: for a graph whose
+        models alone read the features (``models_alone``), what each of those models answers to
+        ``x``, worked out by the caller from the request as it came (``x`` may then be empty):
+        `models`' ``get(name).predict(x)`` of every name, exactly."""
+        context = Context(models, request_id, x, complete, self._draw, given)
         return self._run(x, context), context
 
 

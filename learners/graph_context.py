@@ -23,6 +23,10 @@ DRAW = random.Random().random
 # --- what the graph calls -----------------------------------------------------------------
 
 
+Answered = tuple[Any, dict[Any, float] | None]
+"""What `Predicts.predict` returns: ``(prediction, probabilities)``."""
+
+
 class Predicts(Protocol):
     """A model as served (`learners.predictor.ServedModel` has this shape): ``predict`` gives
     ``(prediction, probabilities)``: probabilities for a classifier, ``None`` otherwise, and for
@@ -34,9 +38,7 @@ class Predicts(Protocol):
     def version(self) -> int: ...
     @property
     def kind(self) -> str: ...  # "classifier" | "regressor" | "anomaly"
-    def predict(
-        self, x: dict[str, Any], *, complete: bool = False
-    ) -> tuple[Any, dict[Any, float] | None]: ...
+    def predict(self, x: dict[str, Any], *, complete: bool = False) -> Answered: ...
 
 
 class ModelLookup(Protocol):
@@ -121,7 +123,9 @@ class Outcome(NamedTuple):
 class Context:
     """One evaluation's bookkeeping: the models pinned so far, the choices, the shadows."""
 
-    __slots__ = ("complete", "draw", "models", "path", "request_id", "shadows", "top", "used")
+    __slots__ = (
+        "complete", "draw", "given", "models", "path", "request_id", "shadows", "top", "used",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -130,8 +134,11 @@ class Context:
         top: dict[str, Any],
         complete: bool = False,
         draw: Callable[[], float] | None = None,
+        given: Mapping[str, Answered] | None = None,
     ) -> None:
         self.complete = complete  # the features hold no null (checked by the caller)
+        # every model's answer, worked out by the caller (`learners.graph_eval.models_alone`)
+        self.given = given
         self.draw = draw or DRAW  # uniform in [0, 1): shadow sampling of a request without id
         self.models = models
         self.request_id = request_id

@@ -31,6 +31,11 @@ Semantics, node by node:
 - shadow: the primary answers; when the request id's unit falls under ``percent`` (always at
   100; a request without an id: a random draw, ``Context.draw``), every shadow is listed in the
   answer for `learners.graph.run_shadows`, with the primary's prediction it is compared with.
+
+A caller may work out some models' answers itself (``Context.given``: a linear model's from the
+request's bytes, `serving.graph_service`): a model node then answers with that, pinning its
+model as ever. It does so only for a graph whose features nothing but its models reads
+(`models_alone`), since the features are then never built.
 """
 
 from __future__ import annotations
@@ -52,9 +57,12 @@ from learners.graph_context import (
 )
 from schemas.graph_errors import GraphError
 from schemas.graphs import (
+    Comparison,
+    Condition,
     EnsembleNode,
     ModelNode,
     Node,
+    Not,
     RulesNode,
     SequenceNode,
     ShadowNode,
@@ -91,13 +99,52 @@ def _model(node: ModelNode, path: str) -> Runner:
         model = ctx.used.get(name)
         if model is None:
             model = ctx.pin(name, path)
-        if ctx.complete:
+        if ctx.given is not None:
+            prediction, probabilities = ctx.given[name]
+        elif ctx.complete:
             prediction, probabilities = model.predict(x, complete=True)
         else:
             prediction, probabilities = model.predict(x)
         return Outcome(prediction, probabilities, model.kind, path)
 
     return run
+
+
+def models_alone(root: Node) -> tuple[str, ...] | None:
+    """The models of a graph whose features nothing but its models reads (its nodes are models,
+    ensembles, and rules whose conditions look at outputs only), sorted, once each; None for any
+    other graph (a sequence feeds its models other features; a switch, a split or a feature
+    condition reads them; a shadow runs later on them).
+
+    >>> from schemas.graph_parser import parse_graph
+    >>> models_alone(parse_graph({"name": "g", "root": {"rules": {
+    ...     "over": {"ensemble": {"members": ["b", "a"]}},
+    ...     "rules": [{"when": {"output": "prediction", "eq": 1}, "then": {"decision": "x"}}],
+    ... }}}).root)
+    ('a', 'b')
+    >>> models_alone(parse_graph({"name": "g", "root": {"rules": {"over": "a",
+    ...     "rules": [{"when": {"not": {"feature": "f", "gt": 1}}, "then": {"decision": "x"}}],
+    ... }}}).root) is None
+    True
+    """
+    names = set()
+    for node in walk(root):
+        if isinstance(node, ModelNode):
+            names.add(node.model)
+        elif isinstance(node, RulesNode):
+            if any(_reads_features(rule.when) for rule in node.rules):
+                return None
+        elif not isinstance(node, EnsembleNode):
+            return None
+    return tuple(sorted(names))
+
+
+def _reads_features(condition: Condition) -> bool:
+    if isinstance(condition, Comparison):
+        return condition.target == "feature"
+    if isinstance(condition, Not):
+        return _reads_features(condition.condition)
+    return any(_reads_features(c) for c in condition.conditions)
 
 
 def feed_value(out: Outcome) -> Any:

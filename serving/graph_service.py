@@ -7,11 +7,18 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from learners.graph import Context, GraphAnswer, GraphInputError, MemberUnavailable, Outcome
+from learners.graph import (
+    Answered,
+    Context,
+    GraphAnswer,
+    GraphInputError,
+    MemberUnavailable,
+    Outcome,
+)
 from learners.predictor import MODEL_INPUT_ERRORS
 from schemas.graph_errors import GraphError
 from serving.graph_bodies import graph_body, load_graph_body, numeric_graph_body
-from serving.inputs import InputError, InputLimits, finite_features, problem
+from serving.inputs import InputError, InputLimits, finite_features, linear_sum, problem
 from serving.shadows import GraphMetrics, ShadowJob, ShadowRunner
 from stream.store.graph_follower import GraphFollower, ServedGraph, ServedModels
 from stream.store.graphs import GraphStore
@@ -101,11 +108,17 @@ class GraphService:
         try:
             if raw is None:
                 raise _TooLarge
-            body = load_graph_body(raw)
-            fast = numeric_graph_body(body, self.limits, self.max_id_length)
-            parsed, ids = fast or graph_body(body, self.limits, self.max_id_length)
-            # numbers only, no null: nothing to filter (``complete``)
-            status, (content, job) = 200, self._evaluate(name, graph, parsed, ids, fast is not None)
+            models = self.lookup()
+            given = self._read(graph, raw, models)
+            if given is not None:  # the features are never built
+                content, job = self._evaluate(name, graph, models, {}, None, True, given)
+            else:
+                body = load_graph_body(raw)
+                fast = numeric_graph_body(body, self.limits, self.max_id_length)
+                parsed, ids = fast or graph_body(body, self.limits, self.max_id_length)
+                # numbers only, no null: nothing to filter (``complete``)
+                content, job = self._evaluate(name, graph, models, parsed, ids, fast is not None)
+            status = 200
         except Exception as exc:  # the known ones become a status, the others are raised
             (status, content), job = self._failure(name, exc), None
         self.observe(GRAPH_PREDICT_ROUTE, name, status, time.perf_counter() - started)
@@ -123,32 +136,65 @@ class GraphService:
             return 404, _unknown(name), None
         limits = self.limits
         try:
+            models = self.lookup()
             if len(rows) <= limits.max_instances and all(
                 finite_features(x, limits) is not None for x in rows
             ):
-                content, job = self._evaluate(name, graph, rows, [request_id] * len(rows), True)
+                each: RequestIds = [request_id] * len(rows)
+                content, job = self._evaluate(name, graph, models, rows, each, True)
             else:
                 body: dict[str, Any] = {"instances": rows}
                 if request_id is not None:
                     body["ids"] = [request_id] * len(rows)
                 parsed, ids = graph_body(body, limits, self.max_id_length)
-                content, job = self._evaluate(name, graph, parsed, ids, False)
+                content, job = self._evaluate(name, graph, models, parsed, ids, False)
             return 200, content, job
         except Exception as exc:  # as in `answer`
             status, content = self._failure(name, exc)
             return status, content, None
 
+    def _read(
+        self, graph: ServedGraph, raw: bytes, models: ServedModels
+    ) -> dict[str, Answered] | None:
+        """Every model's answer to the commonest body, ``{"features": {name: number, ...}}``,
+        read from its bytes (`serving.inputs.linear_sum`), for a graph whose models alone read
+        the features (``models_alone``) and are compiled linear ones; None for anything else,
+        which the general reading then reads."""
+        names = graph.compiled.models_alone
+        if names is None:
+            return None
+        for member in names:  # first see that each is linear (no read of the bytes wasted)
+            model = models.get(member)
+            if model is None or model.linear_parts is None:
+                return None
+        given = {}
+        for member in names:
+            model = models.get(member)
+            assert model is not None and model.linear_parts is not None
+            acc = linear_sum(raw, model.linear_parts.params, self.limits)
+            if acc is None or (answered := model.predict_sum(acc)) is None:
+                return None
+            given[member] = answered
+        return given
+
     def _evaluate(
-        self, name: str, graph: ServedGraph, parsed: Features, ids: RequestIds, complete: bool
+        self,
+        name: str,
+        graph: ServedGraph,
+        models: ServedModels,
+        parsed: Features,
+        ids: RequestIds,
+        complete: bool,
+        given: dict[str, Answered] | None = None,
     ) -> tuple[dict[str, Any], ShadowJob | None]:
         """The answer's body and shadows for checked ``(features, id)`` or ``(instances,
-        ids)``; ``complete``: they hold numbers only. Raises what the evaluation raises."""
-        models = self.lookup()
+        ids)``; ``complete``: they hold numbers only; ``given``: the models' answers, read from
+        the bytes (`_read`). Raises what the evaluation raises."""
         run = graph.compiled.outcome
         job = None
         if isinstance(parsed, dict):
             assert not isinstance(ids, list)
-            out, ctx = run(parsed, models=models, request_id=ids, complete=complete)
+            out, ctx = run(parsed, models=models, request_id=ids, complete=complete, given=given)
             content = {"graph": name, "graph_version": graph.version, **_fields(out, ctx)}
             if ctx.shadows:
                 job = ShadowJob(name, ((ctx.answer(out), parsed),), models)

@@ -710,3 +710,57 @@ def test_evaluation_adds_microseconds_to_the_model_calls() -> None:
     overhead = best_of(lambda: graph.evaluate(x, models=models)) - calls
     print(f"graph overhead: {overhead * 1e6:.1f} µs")
     assert overhead < 30e-6, f"{overhead * 1e6:.1f} µs"
+
+
+# --- answers the caller gives (the models alone read the features) ---------------------------
+
+OUTPUT_RULES = [
+    {"when": {"any": [{"output": "proba.true", "ge": 0.9}, {"not": {"output": "prediction", "eq": True}}]},
+     "then": {"decision": "look"}},
+    {"when": {"all": [{"output": "proba.true", "lt": 0.4}]}, "then": {"decision": "allow", "prediction": False}},
+]  # fmt: skip
+ALONE: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "one": ("lr", ("lr",)),
+    "vote": ({"ensemble": {"members": ["nb", "lr", "nb"], "combine": "vote"}}, ("lr", "nb")),
+    "rules": (
+        {"rules": {
+            "over": {"ensemble": {"members": ["tree", "lr", {"rules": {"over": "nb", "rules": OUTPUT_RULES}}],
+                                  "combine": "weighted", "weights": [1, 2, 3]}},
+            "rules": OUTPUT_RULES,
+        }},
+        ("lr", "nb", "tree"),
+    ),
+}  # fmt: skip
+FEATURE_RULE = {
+    "when": {"all": [{"not": {"feature": "https", "gt": 0}}]},
+    "then": {"decision": "x"},
+}
+NOT_ALONE = [
+    {"rules": {"over": "lr", "rules": [*OUTPUT_RULES, FEATURE_RULE]}},
+    {"ensemble": {"members": ["lr", {"rules": {"over": "nb", "rules": [FEATURE_RULE]}}]}},
+    {"sequence": {"steps": ["hst", "after"]}},
+    {"switch": {"cases": [{"when": {"feature": "https", "eq": 1}, "then": "lr"}], "default": "nb"}},
+    {"split": {"branches": [{"weight": 1, "node": "lr"}, {"weight": 1, "node": "nb"}]}},
+    {"shadow": {"primary": "lr", "shadows": ["nb"]}},
+]
+
+
+def test_models_alone_names_the_models_of_graphs_that_read_no_feature_themselves() -> None:
+    for root, names in ALONE.values():
+        assert g(root).models_alone == names
+    for root in NOT_ALONE:
+        assert g(root).models_alone is None, root
+
+
+def test_answers_given_by_the_caller_are_the_answers_of_the_features(trained: Trained) -> None:
+    """A caller that works out each model's answer itself (from the request's bytes, in
+    `serving.graph_service`) gets the evaluation the features give, with no features at all."""
+    models = StaticModels(trained.models, trained.accuracy)
+    for root, names in ALONE.values():
+        graph = g(root)
+        for x in trained.test[:40]:
+            given = {name: trained.models[name].predict(x) for name in names}
+            out, ctx = graph.outcome({}, models=models, complete=True, given=given)
+            assert ctx.answer(out) == graph.evaluate(x, models=models)
+    with pytest.raises(MemberUnavailable):  # a model given is still looked up (and pinned)
+        g("lr").outcome({}, models=StaticModels({}), given=given)

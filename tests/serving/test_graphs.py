@@ -6,6 +6,7 @@ loaded back from the store at the versions the API reports."""
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from serving.app import create_app
 from serving.telemetry import ServingMetrics
 from stream.registry.graphs import GraphRegistry
 from stream.store.snapshots import SnapshotStore
+from tests.support.serving import recording
 
 pytestmark = pytest.mark.integration
 
@@ -172,6 +174,62 @@ def check(
 
 
 # -- tests ------------------------------------------------------------------------------------
+def test_a_graph_of_linear_models_is_answered_from_its_bytes(
+    serve, graphs: GraphRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graph whose models alone read the features, all compiled linear ones, has each one's
+    sum read from the body's bytes (`serving.inputs.linear_sum`, as /v1 does): the answers are,
+    byte for byte, those the general reading gives; other graphs and bodies never read so."""
+    import serving.inputs
+
+    rules = [
+        {"when": {"output": "proba.true", "ge": 0.8}, "then": {"decision": "block"}},
+        {"when": {"not": {"output": "prediction", "eq": True}}, "then": {"decision": "allow"}},
+    ]
+    pair = {"ensemble": {"members": ["lr", "seq"], "combine": "weighted", "weights": "by_metric"}}
+    feature_rule = {"when": {"feature": "https", "gt": 0.5}, "then": {"decision": "look"}}
+    reads = {"one": 1, "pair": 2, "ruled": 2, "mixed": 0, "featured": 0}  # per body read
+    for name, root in {
+        "one": "lr", "pair": pair, "ruled": {"rules": {"over": pair, "rules": rules}},
+        "mixed": {"ensemble": {"members": ["lr", "tree"]}},
+        "featured": {"rules": {"over": "lr", "rules": [feature_rule]}},
+    }.items():  # fmt: skip
+        graphs.apply({"name": name, "root": root})
+    _, inputs = river_models()
+    bodies = []
+    for x in inputs[:8]:
+        bodies.append(orjson.dumps({"features": x}))
+        bodies.append(orjson.dumps({"features": x}, option=orjson.OPT_INDENT_2))
+    commonest = len(bodies)
+    bodies += [
+        b'{"features": {"https": 1, "long_url": -1, "https": 0}}',  # a name twice: orjson's
+        b'{"features": {"https": 1}, "id": "r-1"}',  # an id
+        b'{"features": {"https": 1e308, "long_url": 1e308, "is_popular": 1e308}}',  # overflows
+        b'{"features": {"https": "1"}}',  # a string
+        b'{"features": [1, 2]}',
+    ]
+    counted, sums = recording(serving.inputs.read_dot_in_c)
+    with serve() as (client, _):
+
+        def predict(graph: str) -> list[tuple[int, bytes]]:
+            return [
+                (r.status_code, r.content)
+                for r in (client.post(f"/v1/graphs/{graph}/predict", content=b) for b in bodies)
+            ]
+
+        for graph, per_body in reads.items():
+            monkeypatch.setattr(serving.inputs, "read_dot_in_c", None)
+            general = predict(graph)
+            monkeypatch.setattr(serving.inputs, "read_dot_in_c", counted)
+            sums.clear()
+            assert predict(graph) == general, graph
+            read = sums[: per_body * commonest]  # then what the odd bodies gave (None, nan)
+            assert len(read) == per_body * commonest and (per_body > 0 or not sums), graph
+            assert all(s is not None and math.isfinite(s) for s in read), graph
+            assert all(status == 200 for status, _ in general[:commonest]), general
+    assert {s for s, _ in general[commonest:]} == {200, 422}, general[commonest:]
+
+
 def test_ensembles_equal_river_by_hand(
     serve, graphs: GraphRegistry, store: SnapshotStore, published: dict[str, int]
 ) -> None:
