@@ -100,6 +100,43 @@ class GraphService:
 
     def answer(self, name: str, raw: bytes | None) -> tuple[int, dict[str, Any], ShadowJob | None]:
         """Status, body and shadows of a graph predict request (``raw`` None: too large)."""
+        return self.answer_read(name, raw) or self.answer_general(name, raw)
+
+    def answer_read(
+        self, name: str, raw: bytes | None
+    ) -> tuple[int, dict[str, Any], ShadowJob | None] | None:
+        """`answer` to the commonest body, ``{"features": {name: number, ...}}``, sent to a graph
+        whose models alone read the features (``models_alone``) and are all compiled linear
+        ones: each one's answer worked out from the sum read from the bytes in C
+        (`serving.inputs.linear_sum`, the same numbers as the general reading's), the features
+        never built. None for anything else (a body naming an ``"id"`` or a ``"log"`` too),
+        which `answer_general` then reads."""
+        started = time.perf_counter()
+        graph = self.follower.get(name)
+        if graph is None or raw is None or (names := graph.compiled.models_alone) is None:
+            return None
+        models = self.lookup()
+        linear = models.linear(names)
+        if linear is None:
+            return None
+        given = {}
+        for member, (model, params) in zip(names, linear, strict=True):
+            acc = linear_sum(raw, params, self.limits)
+            if acc is None or (answered := model.predict_sum(acc)) is None:
+                return None
+            given[member] = answered
+        try:
+            content, job = self._evaluate(name, graph, models, {}, None, True, given)
+            status = 200
+        except Exception as exc:  # as in `answer_general`
+            (status, content), job = self._failure(name, exc), None
+        self.observe(GRAPH_PREDICT_ROUTE, name, status, time.perf_counter() - started)
+        return status, content, job
+
+    def answer_general(
+        self, name: str, raw: bytes | None
+    ) -> tuple[int, dict[str, Any], ShadowJob | None]:
+        """`answer` to any body: read, checked, then evaluated."""
         started = time.perf_counter()
         graph = self.follower.get(name)
         if graph is None:
@@ -108,16 +145,12 @@ class GraphService:
         try:
             if raw is None:
                 raise _TooLarge
+            body = load_graph_body(raw)
+            fast = numeric_graph_body(body, self.limits, self.max_id_length)
+            parsed, ids = fast or graph_body(body, self.limits, self.max_id_length)
+            # numbers only, no null: nothing to filter (``complete``)
             models = self.lookup()
-            given = self._read(graph, raw, models)
-            if given is not None:  # the features are never built
-                content, job = self._evaluate(name, graph, models, {}, None, True, given)
-            else:
-                body = load_graph_body(raw)
-                fast = numeric_graph_body(body, self.limits, self.max_id_length)
-                parsed, ids = fast or graph_body(body, self.limits, self.max_id_length)
-                # numbers only, no null: nothing to filter (``complete``)
-                content, job = self._evaluate(name, graph, models, parsed, ids, fast is not None)
+            content, job = self._evaluate(name, graph, models, parsed, ids, fast is not None)
             status = 200
         except Exception as exc:  # the known ones become a status, the others are raised
             (status, content), job = self._failure(name, exc), None
@@ -153,30 +186,6 @@ class GraphService:
             status, content = self._failure(name, exc)
             return status, content, None
 
-    def _read(
-        self, graph: ServedGraph, raw: bytes, models: ServedModels
-    ) -> dict[str, Answered] | None:
-        """Every model's answer to the commonest body, ``{"features": {name: number, ...}}``,
-        read from its bytes (`serving.inputs.linear_sum`), for a graph whose models alone read
-        the features (``models_alone``) and are compiled linear ones; None for anything else,
-        which the general reading then reads."""
-        names = graph.compiled.models_alone
-        if names is None:
-            return None
-        for member in names:  # first see that each is linear (no read of the bytes wasted)
-            model = models.get(member)
-            if model is None or model.linear_parts is None:
-                return None
-        given = {}
-        for member in names:
-            model = models.get(member)
-            assert model is not None and model.linear_parts is not None
-            acc = linear_sum(raw, model.linear_parts.params, self.limits)
-            if acc is None or (answered := model.predict_sum(acc)) is None:
-                return None
-            given[member] = answered
-        return given
-
     def _evaluate(
         self,
         name: str,
@@ -189,13 +198,13 @@ class GraphService:
     ) -> tuple[dict[str, Any], ShadowJob | None]:
         """The answer's body and shadows for checked ``(features, id)`` or ``(instances,
         ids)``; ``complete``: they hold numbers only; ``given``: the models' answers, read from
-        the bytes (`_read`). Raises what the evaluation raises."""
+        the bytes (`answer_read`). Raises what the evaluation raises."""
         run = graph.compiled.outcome
         job = None
         if isinstance(parsed, dict):
             assert not isinstance(ids, list)
             out, ctx = run(parsed, models=models, request_id=ids, complete=complete, given=given)
-            content = {"graph": name, "graph_version": graph.version, **_fields(out, ctx)}
+            content = _fields(out, ctx, {"graph": name, "graph_version": graph.version})
             if ctx.shadows:
                 job = ShadowJob(name, ((ctx.answer(out), parsed),), models)
             return content, job
@@ -206,7 +215,7 @@ class GraphService:
         ]
         content = {
             "graph": name, "graph_version": graph.version,
-            "predictions": [_fields(out, ctx) for out, ctx in outcomes],
+            "predictions": [_fields(out, ctx, {}) for out, ctx in outcomes],
         }  # fmt: skip
         shadowed = tuple(
             (ctx.answer(out), x)
@@ -249,22 +258,22 @@ class _TooLarge(Exception):
     pass
 
 
-def _fields(out: Outcome, ctx: Context) -> dict[str, Any]:
-    """The answer's fields (`learners.graph.GraphAnswer`'s, written from the evaluation's
-    outcome); ``versions`` and ``samples_learned`` name the state of every member used (a member
-    may be served by a live update continuing its version: `stream.store.live`)."""
+def _fields(out: Outcome, ctx: Context, into: dict[str, Any]) -> dict[str, Any]:
+    """``into`` with the answer's fields (`learners.graph.GraphAnswer`'s, written from the
+    evaluation's outcome) after what it holds; ``versions`` and ``samples_learned`` name the
+    state of every member used (a member may be served by a live update continuing its version:
+    `stream.store.live`)."""
     versions, learned = {}, {}
     for member, model in ctx.used.items():
         versions[member] = model.version
         learned[member] = getattr(model, "samples_learned", None)
-    return {
-        "versions": versions,
-        "samples_learned": learned,
-        "prediction": out.prediction,
-        "probabilities": out.probabilities,
-        "kind": out.kind,
-        "path": ctx.path,
-        "decided_by": out.decided_by,
-        "decision": out.decision,
-        "reason": out.reason,
-    }
+    into["versions"] = versions
+    into["samples_learned"] = learned
+    into["prediction"] = out.prediction
+    into["probabilities"] = out.probabilities
+    into["kind"] = out.kind
+    into["path"] = ctx.path
+    into["decided_by"] = out.decided_by
+    into["decision"] = out.decision
+    into["reason"] = out.reason
+    return into

@@ -172,10 +172,13 @@ class GraphFastPath:
                 if name and "/" not in name:
                     service = self.service
                     raw = await receive_body(receive, service.max_body_bytes)
-                    if raw is not None and b'"log"' in raw:  # logged: the closed loop's
-                        await self.app(scope, replay(raw), send)  # (serving.feedback)
-                        return
-                    status, content, job = service.answer(name, raw)
+                    answered = service.answer_read(name, raw)  # the commonest body: no "log"
+                    if answered is None:
+                        if raw is not None and b'"log"' in raw:  # logged: the closed loop's
+                            await self.app(scope, replay(raw), send)  # (serving.feedback)
+                            return
+                        answered = service.answer_general(name, raw)
+                    status, content, job = answered
                     await send_json(send, status, render(content))
                     if job is not None:
                         service.run_later(job)

@@ -43,7 +43,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -58,6 +58,9 @@ from stream.store.snapshots import RedisUnavailableError, Subscription
 
 if TYPE_CHECKING:
     from learners.predictor import ServedModel
+
+Params = dict[Any, Any]
+"""A compiled linear model's ``params`` (`learners.linear.CompiledLinear`)."""
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +107,11 @@ class ServedModels:
     ``by_metric`` weight (a version's metadata never changes); it is emptied past
     `WEIGHTS_CACHE` entries. A live update is weighed afresh: it keeps the version it continues
     while its metrics change. The normalised weights of an ensemble's members are remembered
-    by the view itself: its models never change.
+    by the view itself, as are which graphs' models are all compiled linear ones (`linear`):
+    its models never change.
     """
 
-    __slots__ = ("_metric", "_models", "_normalised", "_weights")
+    __slots__ = ("_linear", "_metric", "_models", "_normalised", "_weights", "get")
 
     def __init__(
         self,
@@ -116,12 +120,12 @@ class ServedModels:
         weights: dict[tuple[str, int], float | None] | None = None,
     ) -> None:
         self._models = models
+        self.get: Callable[[str], ServedModel | None] = models.get
+        """The model served under a name, or None (the mapping's own ``get``: no call more)."""
         self._metric = metric
         self._weights = {} if weights is None else weights
         self._normalised: dict[tuple[str, ...], list[float]] = {}
-
-    def get(self, name: str) -> ServedModel | None:
-        return self._models.get(name)
+        self._linear: dict[tuple[str, ...], tuple[tuple[ServedModel, Params], ...] | None] = {}
 
     def metric(self, name: str) -> float | None:
         model = self._models.get(name)
@@ -146,6 +150,22 @@ class ServedModels:
         except KeyError:
             weights = self._normalised[names] = metric_weights(self, names)
             return weights
+
+    def linear(self, names: tuple[str, ...]) -> tuple[tuple[ServedModel, Params], ...] | None:
+        """Each of the models ``names`` with the ``params`` of its compiled linear half
+        (`ServedModel.linear_parts`), when every one is served and has one; else None."""
+        try:
+            return self._linear[names]
+        except KeyError:
+            found: list[tuple[ServedModel, Params]] = []
+            for name in names:
+                model = self._models.get(name)
+                if model is None or model.linear_parts is None:
+                    self._linear[names] = None
+                    return None
+                found.append((model, model.linear_parts.params))
+            linear = self._linear[names] = tuple(found)
+            return linear
 
 
 WEIGHTS_CACHE = 4096

@@ -144,6 +144,28 @@ def test_by_metric_weights_come_from_the_served_snapshots() -> None:
     assert ServedModels(models).weights(("none", "nometa")) == [0.5, 0.5]  # none positive
 
 
+def test_the_view_says_which_members_are_all_compiled_linear_models() -> None:
+    from river import preprocessing, tree
+
+    def build(name: str, estimator: Any) -> ServedModel:
+        estimator.learn_one({"a": 1.0, "b": 2.0}, True)
+        estimator.learn_one({"a": 3.0, "b": 0.5}, False)
+        return ServedModel.build(name, estimator, version=1, kind="classifier")
+
+    linear = lambda: preprocessing.StandardScaler() | linear_model.LogisticRegression()  # noqa: E731
+    models = {"lr": build("lr", linear()), "lr2": build("lr2", linear()),
+              "tree": build("tree", tree.HoeffdingTreeClassifier())}  # fmt: skip
+    view = ServedModels(models)
+    both = view.linear(("lr", "lr2"))
+    assert both is not None and view.linear(("lr", "lr2")) is both  # remembered by the view
+    assert [(m.name, params) for m, params in both] == [
+        (name, models[name].linear_parts.params)  # type: ignore[union-attr]
+        for name in ("lr", "lr2")
+    ]
+    assert view.linear(("lr", "tree")) is None and view.linear(("lr", "gone")) is None
+    assert view.get("lr") is models["lr"] and view.get("gone") is None
+
+
 def test_an_unparsable_graph_pointer_is_the_problem_of_that_graph_only(
     kit, registry: GraphRegistry, store: SnapshotStore
 ) -> None:
