@@ -294,24 +294,36 @@ value_object(const Number *number, int integers)
     return PyFloat_FromDouble((double)number->integer);
 }
 
-/* The known features of one body, as their `params` entries: a set of pointers (a name given
- * twice is found by its entry; two names sharing one entry object, which `learners.linear`
- * never builds, are taken for one name, which only leaves the body to the general reading),
- * on the stack up to 64 of them, then on the heap. */
+/* A set of objects for one body, on the stack up to SEEN_ON_STACK / 2 of them, then on the heap.
+ * By identity (`by_name` 0): the known features, as their `params` entries (a name given twice
+ * is found by its entry; two names sharing one entry object, which `learners.linear` never
+ * builds, are taken for one name, which only leaves the body to the general reading). By value
+ * (`by_name` 1): every name of a v2 body, as `str` (found by hash, then compared), each held
+ * (a reference) until `seen_free`. */
 #define SEEN_ON_STACK 128
 typedef struct {
     PyObject **slots;
     size_t mask, count;
+    int by_name;
     PyObject *on_stack[SEEN_ON_STACK];
 } Seen;
 
-static size_t
-slot_of(PyObject *entry, size_t mask)
+/* A `str`'s hash: the one it keeps once computed (every name kept by position has it). */
+static Py_hash_t
+hash_of(PyObject *name)
 {
-    return (size_t)(((uintptr_t)entry >> 4) * 0x9E3779B97F4A7C15u) & mask;
+    Py_hash_t hash = ((PyASCIIObject *)name)->hash;
+    return hash != -1 ? hash : PyObject_Hash(name);
 }
 
-/* 1 when `entry` is new (now added), 0 when it was there, -1 with MemoryError set. */
+static size_t
+slot_of(const Seen *seen, PyObject *entry, size_t mask)
+{
+    size_t key = seen->by_name ? (size_t)hash_of(entry) : (size_t)((uintptr_t)entry >> 4);
+    return (size_t)(key * 0x9E3779B97F4A7C15u) & mask;
+}
+
+/* 1 when `entry` is new (now added), 0 when it was there, -1 with an exception set. */
 static int
 seen_add(Seen *seen, PyObject *entry)
 {
@@ -325,7 +337,7 @@ seen_add(Seen *seen, PyObject *entry)
         for (size_t i = 0; i <= seen->mask; i++) {
             PyObject *old = seen->slots[i];
             if (old != NULL) {
-                size_t j = slot_of(old, size - 1);
+                size_t j = slot_of(seen, old, size - 1);
                 while (slots[j] != NULL)
                     j = (j + 1) & (size - 1);
                 slots[j] = old;
@@ -336,29 +348,43 @@ seen_add(Seen *seen, PyObject *entry)
         seen->slots = slots;
         seen->mask = size - 1;
     }
-    size_t i = slot_of(entry, seen->mask);
+    size_t i = slot_of(seen, entry, seen->mask);
     while (seen->slots[i] != NULL) {
-        if (seen->slots[i] == entry)
+        PyObject *there = seen->slots[i];
+        if (there == entry)
             return 0;
+        if (seen->by_name) {
+            int equal = PyUnicode_Compare(there, entry);
+            if (equal == -1 && PyErr_Occurred())
+                return -1;
+            if (equal == 0)
+                return 0;
+        }
         i = (i + 1) & seen->mask;
     }
+    if (seen->by_name)
+        Py_INCREF(entry);
     seen->slots[i] = entry;
     seen->count++;
     return 1;
 }
 
 static void
-seen_init(Seen *seen)
+seen_init(Seen *seen, int by_name)
 {
     memset(seen->on_stack, 0, sizeof seen->on_stack);
     seen->slots = seen->on_stack;
     seen->mask = SEEN_ON_STACK - 1;
     seen->count = 0;
+    seen->by_name = by_name;
 }
 
 static void
 seen_free(Seen *seen)
 {
+    if (seen->by_name)
+        for (size_t i = 0; i <= seen->mask; i++)
+            Py_XDECREF(seen->slots[i]);
     if (seen->slots != seen->on_stack)
         PyMem_Free(seen->slots);
 }
@@ -465,7 +491,7 @@ read_dot(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     p = skip_space(p, end);
 
     Seen seen;
-    seen_init(&seen);
+    seen_init(&seen, 0);
     PyObject *result = NULL;
     double acc = 0.0;
     Py_ssize_t n = 0;
@@ -532,9 +558,9 @@ done:
 
 /* The commonest v2 infer body (see the top of this file): its row into `row` (a new dict) when
  * `params` is NULL, else the sum `read_dot` adds for it into *acc (the row's values, in its
- * order, never built; `row` is then a new set, of the names: a name given twice, known or
- * not, leaves the body to the general reading, which refuses it). 1 read; 0 left to the
- * others; -1 with an exception set. */
+ * order, never built; `row` is then NULL, the names kept in a `Seen` by value: a name given
+ * twice, known or not, leaves the body to the general reading, which refuses it). 1 read; 0
+ * left to the others; -1 with an exception set. */
 static int
 read_row_body(PyObject *raw, Py_ssize_t max_features, PyObject *row, PyObject *params,
               double *acc)
@@ -550,8 +576,9 @@ read_row_body(PyObject *raw, Py_ssize_t max_features, PyObject *row, PyObject *p
         return 0;
     const char *last = end - SUFFIX.size;  /* where the last value's ']' must be */
 
-    Seen seen;
-    seen_init(&seen);
+    Seen seen, names;
+    seen_init(&seen, 0);
+    seen_init(&names, 1);  /* read_row_dot's every name (read_row's row finds a name twice) */
     int outcome = 0, kind = -1;
     double sum = 0.0;
     Py_ssize_t n = 0;
@@ -599,11 +626,13 @@ read_row_body(PyObject *raw, Py_ssize_t max_features, PyObject *row, PyObject *p
                 goto done;
         }
         else {
-            int added = PySet_Add(row, key) < 0 ? -1 : add_term(params, key, &number, &seen, &sum);
+            int added = seen_add(&names, key);
+            if (added == 1)
+                added = add_term(params, key, &number, &seen, &sum);
             Py_DECREF(key);
             if (added < 0)
                 goto fail;
-            if (added == 0 || PySet_GET_SIZE(row) != n)
+            if (added == 0)
                 goto done;
         }
         if (p == last) {
@@ -619,6 +648,7 @@ fail:
     outcome = -1;
 done:
     seen_free(&seen);
+    seen_free(&names);
     return outcome;
 }
 
@@ -667,12 +697,8 @@ read_row_dot(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (limited == 0)
         Py_RETURN_NONE;
-    PyObject *names = PySet_New(NULL);
-    if (names == NULL)
-        return NULL;
     double acc;
-    int outcome = read_row_body(args[0], max_features, names, args[1], &acc);
-    Py_DECREF(names);
+    int outcome = read_row_body(args[0], max_features, NULL, args[1], &acc);
     if (outcome < 0)
         return NULL;
     if (outcome == 0)

@@ -380,6 +380,42 @@ def test_the_c_reader_keeps_no_long_name() -> None:
     assert kept < 1_000_000, kept
 
 
+def test_the_sum_reader_finds_any_name_given_twice_however_many_names() -> None:
+    """`row_sum` keeps every name of a body (past the 64 it holds on the stack; long names,
+    which no cache holds, too) and leaves a body naming one twice, known or not, to the general
+    reading, which refuses it; the names it kept are let go (no growth over many bodies)."""
+    limits = InputLimits(max_features=1000)
+    long_names = ["L" * 100 + str(i) for i in range(3)]  # longer than the names kept by position
+    names = ["x", *(f"n{i}" for i in range(300)), *long_names, "income"]
+    raw = body([(n, "FP64", "0.5") for n in names], compact=True)
+    row = {n: 0.5 for n in names}
+    assert row_sum(raw, PARAMS, limits) == _sum(row, PARAMS.get)
+    for twice in ["x", "n7", "n299", long_names[1], "income"]:  # known and unknown names
+        for where in [1, 150, len(names)]:
+            again = [*names[:where], twice, *names[where:]]
+            if again[where - 1] == twice:
+                continue
+            raw = body([(n, "FP64", "0.5") for n in again], compact=True)
+            assert row_sum(raw, PARAMS, limits) is None, (twice, where)
+            assert general(raw)[0] == "error"
+    import gc
+    import tracemalloc
+
+    big = ["B" * 1000 + str(i) for i in range(6)]
+    read, twice = (body([(n, "FP64", "0.5") for n in b], compact=True) for b in (big, big * 2))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(2000):  # 12 000 names of 1 kB decoded, each let go
+            assert row_sum(read, PARAMS, limits) == 0.0 and row_sum(twice, PARAMS, limits) is None
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1_000_000, kept
+
+
 def test_without_the_c_reader_the_python_one_reads_the_same(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
