@@ -390,25 +390,25 @@ def test_the_sum_reader_finds_any_name_given_twice_however_many_names() -> None:
     raw = body([(n, "FP64", "0.5") for n in names], compact=True)
     row = {n: 0.5 for n in names}
     assert row_sum(raw, PARAMS, limits) == _sum(row, PARAMS.get)
-    for twice in ["x", "n7", "n299", long_names[1], "income"]:  # known and unknown names
+    for repeated in ["x", "n7", "n299", long_names[1], "income"]:  # known and unknown names
         for where in [1, 150, len(names)]:
-            again = [*names[:where], twice, *names[where:]]
-            if again[where - 1] == twice:
+            again = [*names[:where], repeated, *names[where:]]
+            if again[where - 1] == repeated:
                 continue
             raw = body([(n, "FP64", "0.5") for n in again], compact=True)
-            assert row_sum(raw, PARAMS, limits) is None, (twice, where)
+            assert row_sum(raw, PARAMS, limits) is None, (repeated, where)
             assert general(raw)[0] == "error"
     import gc
     import tracemalloc
 
     big = ["B" * 1000 + str(i) for i in range(6)]
-    read, twice = (body([(n, "FP64", "0.5") for n in b], compact=True) for b in (big, big * 2))
+    once, twice = (body([(n, "FP64", "0.5") for n in b], compact=True) for b in (big, big * 2))
     gc.collect()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         for _ in range(2000):  # 12 000 names of 1 kB decoded, each let go
-            assert row_sum(read, PARAMS, limits) == 0.0 and row_sum(twice, PARAMS, limits) is None
+            assert row_sum(once, PARAMS, limits) == 0.0 and row_sum(twice, PARAMS, limits) is None
         gc.collect()
         kept = tracemalloc.get_traced_memory()[0] - before
     finally:
