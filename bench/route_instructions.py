@@ -1,0 +1,169 @@
+"""Instructions a request, per route, counted by callgrind: exact where timings on a shared VM
+swing 10–25 %.
+
+Starts a private redis-server, publishes `graph_predict.py`'s three classifiers and graphs,
+then, for each route, runs the API (`serving.app.create_app`) in a child process under
+``valgrind --tool=callgrind``: the child starts the app's lifespan, waits until the graphs are
+served, warms the route with 50 requests, then calls the app as an ASGI callable ``--requests``
+times (each request's coroutine driven by hand: the fast paths never suspend). Collection is on
+only inside ``itertools.filterfalse``'s step, which drives those requests (``--toggle-collect``),
+so start-up, imports and the warm-up are not counted. Prints the instructions a request of each
+route and their ratio to `/v1`'s; the routes' own work, without uvicorn's (identical for every
+route) and without the cache misses a server adds (see bench/README.md, session 31).
+
+Each child takes ≈ 1.5 minutes (the imports under valgrind); two run at a time.
+
+    python bench/route_instructions.py [--requests 2000] [--routes v1,one,fraud,v2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import serving_harness as harness
+
+ROUTES = {
+    "v1": "/v1/models/lr/predict",
+    "one": "/v1/graphs/one/predict",
+    "fraud": "/v1/graphs/fraud/predict",
+    "v2": "/v2/models/lr/infer",
+}
+
+
+def bodies(x: dict[str, float]) -> dict[str, bytes]:
+    import orjson
+
+    features = orjson.dumps({"features": x})
+    tensors = [{"name": k, "shape": [1], "datatype": "FP64", "data": [v]} for k, v in x.items()]
+    v2 = orjson.dumps({"inputs": tensors})
+    return {route: v2 if route == "v2" else features for route in ROUTES}
+
+
+def child(route: str, requests: int, features: Path) -> None:
+    """Under callgrind: the app, its route called ``requests`` times inside `filterfalse`."""
+    from schemas.settings import Settings
+    from serving.app import create_app
+
+    app = create_app(Settings())
+    raw = bodies(json.loads(features.read_text()))[route]
+    asyncio.run(drive(app, ROUTES[route], raw, requests))
+
+
+async def drive(app: Any, path: str, raw: bytes, requests: int) -> None:
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    lifespan = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, outbox.put)
+    )
+    await inbox.put({"type": "lifespan.startup"})
+    assert (await outbox.get())["type"] == "lifespan.startup.complete"
+
+    def request(target: str) -> list[dict[str, Any]]:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": target, "raw_path": target.encode(), "query_string": b"",
+            "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+            "headers": [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(raw)).encode())],
+            "state": {},
+        }  # fmt: skip
+        message = {"type": "http.request", "body": raw, "more_body": False}
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return message
+
+        async def send(event: dict[str, Any]) -> None:
+            sent.append(event)
+
+        call = app(scope, receive, send)
+        try:
+            call.send(None)
+        except StopIteration:
+            return sent
+        call.close()
+        raise RuntimeError(f"{target} suspended: not a fast path")
+
+    for _ in range(600):  # the graphs load after the models
+        if request(ROUTES["fraud"])[0]["status"] == 200:
+            break
+        await asyncio.sleep(0.1)
+    for _ in range(50):
+        assert request(path)[0]["status"] == 200
+    # counted: only inside filterfalse's step (valgrind --toggle-collect=filterfalse_next)
+    collections.deque(itertools.filterfalse(lambda _: bool(request(path)) and False,
+                                            range(requests)), maxlen=0)  # fmt: skip
+    await inbox.put({"type": "lifespan.shutdown"})
+    await outbox.get()
+    lifespan.cancel()
+
+
+def count(route: str, requests: int, env: dict[str, str], work: Path) -> int:
+    out = work / f"callgrind.{route}"
+    command = [
+        "valgrind", "--tool=callgrind", "--collect-atstart=no",
+        "--toggle-collect=filterfalse_next", f"--callgrind-out-file={out}",
+        sys.executable, __file__, "--child", route, "--requests", str(requests),
+        "--features", str(work / "x.json"),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise SystemExit(f"{route}: callgrind failed\n{done.stderr[-2000:]}")
+    return int(found.group(1)) // requests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--routes", default=",".join(ROUTES))
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--child", choices=list(ROUTES), help=argparse.SUPPRESS)
+    parser.add_argument("--features", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.requests, args.features)
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind not found: apt-get install valgrind (Debian's package)")
+    import graph_predict
+
+    routes = args.routes.split(",")
+    work = Path(tempfile.mkdtemp(prefix="rs-bench-instructions-"))
+    redis_proc, redis_url = harness.start_redis(work)
+    try:
+        graph_predict.publish(redis_url, "bench", graph_predict.trained())
+        (work / "x.json").write_text(json.dumps(graph_predict.events()[0]))
+        env = {**harness.server_env(redis_url, "bench", work / "metrics"), "PYTHONHASHSEED": "0"}
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            counts = dict(zip(routes, pool.map(lambda r: count(r, args.requests, env, work),
+                                               routes), strict=True))  # fmt: skip
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps(counts))
+        return
+    print(f"instructions a request (callgrind, {args.requests} requests after 50 to warm up)")
+    for route, n in counts.items():
+        ratio = f"  /v1 ÷ this {counts['v1'] / n:.2f}" if "v1" in counts else ""
+        print(f"{route:6} {ROUTES[route]:28} {n:>9,}{ratio}")
+
+
+if __name__ == "__main__":
+    main()
