@@ -576,9 +576,10 @@ read_row_body(PyObject *raw, Py_ssize_t max_features, PyObject *row, PyObject *p
         return 0;
     const char *last = end - SUFFIX.size;  /* where the last value's ']' must be */
 
-    Seen seen, names;
+    Seen seen, names;  /* `names`: read_row_dot's every name (read_row's row finds a twice) */
     seen_init(&seen, 0);
-    seen_init(&names, 1);  /* read_row_dot's every name (read_row's row finds a name twice) */
+    if (params != NULL)
+        seen_init(&names, 1);
     int outcome = 0, kind = -1;
     double sum = 0.0;
     Py_ssize_t n = 0;
@@ -648,7 +649,8 @@ fail:
     outcome = -1;
 done:
     seen_free(&seen);
-    seen_free(&names);
+    if (params != NULL)
+        seen_free(&names);
     return outcome;
 }
 
