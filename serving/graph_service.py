@@ -100,18 +100,19 @@ class GraphService:
 
     def answer(self, name: str, raw: bytes | None) -> tuple[int, dict[str, Any], ShadowJob | None]:
         """Status, body and shadows of a graph predict request (``raw`` None: too large)."""
-        return self.answer_read(name, raw) or self.answer_general(name, raw)
+        started = time.perf_counter()
+        return self.answer_read(name, raw, started) or self.answer_general(name, raw, started)
 
     def answer_read(
-        self, name: str, raw: bytes | None
+        self, name: str, raw: bytes | None, started: float
     ) -> tuple[int, dict[str, Any], ShadowJob | None] | None:
         """`answer` to the commonest body, ``{"features": {name: number, ...}}``, sent to a graph
         whose models alone read the features (``models_alone``) and are all compiled linear
         ones: each one's answer worked out from the sum read from the bytes in C
         (`serving.inputs.linear_sum`, the same numbers as the general reading's), the features
         never built. None for anything else (a body naming an ``"id"`` or a ``"log"`` too),
-        which `answer_general` then reads."""
-        started = time.perf_counter()
+        which `answer_general` then reads. ``started``: when the request came (its duration
+        is observed from then)."""
         graph = self.follower.get(name)
         if graph is None or raw is None or (names := graph.compiled.models_alone) is None:
             return None
@@ -134,10 +135,10 @@ class GraphService:
         return status, content, job
 
     def answer_general(
-        self, name: str, raw: bytes | None
+        self, name: str, raw: bytes | None, started: float
     ) -> tuple[int, dict[str, Any], ShadowJob | None]:
-        """`answer` to any body: read, checked, then evaluated."""
-        started = time.perf_counter()
+        """`answer` to any body: read, checked, then evaluated (``started`` as in
+        `answer_read`)."""
         graph = self.follower.get(name)
         if graph is None:
             self.observe(GRAPH_PREDICT_ROUTE, "none", 404, time.perf_counter() - started)

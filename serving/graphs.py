@@ -32,6 +32,7 @@ response bodies are in `serving.graph_bodies`, the evaluation and its statuses i
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -171,13 +172,14 @@ class GraphFastPath:
                 name = path[_NAME_START:_NAME_END]
                 if name and "/" not in name:
                     service = self.service
+                    started = time.perf_counter()
                     raw = await receive_body(receive, service.max_body_bytes)
-                    answered = service.answer_read(name, raw)  # the commonest body: no "log"
+                    answered = service.answer_read(name, raw, started)  # commonest: no "log"
                     if answered is None:
                         if raw is not None and b'"log"' in raw:  # logged: the closed loop's
                             await self.app(scope, replay(raw), send)  # (serving.feedback)
                             return
-                        answered = service.answer_general(name, raw)
+                        answered = service.answer_general(name, raw, started)
                     status, content, job = answered
                     await send_json(send, status, render(content))
                     if job is not None:
