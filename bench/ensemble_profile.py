@@ -36,9 +36,11 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, cast
+
+import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -56,10 +58,11 @@ ROUTES = {
 }
 
 
-def v2_body(x: dict[str, float]) -> bytes:
-    """The OIP v2 body of features ``x``: one FP64 tensor per feature (the commonest)."""
+def v2_body(x: dict[str, float], *, compact: bool = False) -> bytes:
+    """The OIP v2 body of features ``x``: one FP64 tensor per feature (the commonest), laid out
+    as `json.dumps` or (``compact``) orjson lays it out."""
     inputs = [{"name": k, "shape": [1], "datatype": "FP64", "data": [v]} for k, v in x.items()]
-    return json.dumps({"inputs": inputs}).encode()
+    return orjson.dumps({"inputs": inputs}) if compact else json.dumps({"inputs": inputs}).encode()
 
 
 class Stub:
@@ -75,7 +78,7 @@ class Stub:
         return self.answer
 
 
-def asgi_call(app: Any, path: str, body: bytes) -> Callable[[], Awaitable[int]]:
+def asgi_call(app: Any, path: str, body: bytes) -> Callable[[], Coroutine[Any, Any, int]]:
     scope = {
         "type": "http", "method": "POST", "path": path, "raw_path": path.encode(),
         "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",

@@ -28,13 +28,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import orjson
 import serving_harness as harness
+from ensemble_profile import asgi_call, v2_body
 
 ROUTES = {
     "v1": "/v1/models/lr/predict",
@@ -44,72 +47,43 @@ ROUTES = {
 }
 
 
-def bodies(x: dict[str, float]) -> dict[str, bytes]:
-    import orjson
-
-    features = orjson.dumps({"features": x})
-    tensors = [{"name": k, "shape": [1], "datatype": "FP64", "data": [v]} for k, v in x.items()]
-    v2 = orjson.dumps({"inputs": tensors})
-    return {route: v2 if route == "v2" else features for route in ROUTES}
-
-
 def child(route: str, requests: int, features: Path) -> None:
     """Under callgrind: the app, its route called ``requests`` times inside `filterfalse`."""
     from schemas.settings import Settings
     from serving.app import create_app
 
     app = create_app(Settings())
-    raw = bodies(json.loads(features.read_text()))[route]
+    x = json.loads(features.read_text())
+    raw = v2_body(x, compact=True) if route == "v2" else orjson.dumps({"features": x})
     asyncio.run(drive(app, ROUTES[route], raw, requests))
 
 
+def at_once(call: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """The status of an ASGI call that never suspends (a fast path), driven by hand."""
+    coroutine = call()
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        status: int = done.value
+        return status
+    coroutine.close()
+    raise RuntimeError("the request suspended: not a fast path")
+
+
 async def drive(app: Any, path: str, raw: bytes, requests: int) -> None:
-    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    lifespan = asyncio.create_task(
-        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, outbox.put)
-    )
-    await inbox.put({"type": "lifespan.startup"})
-    assert (await outbox.get())["type"] == "lifespan.startup.complete"
-
-    def request(target: str) -> list[dict[str, Any]]:
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-            "scheme": "http", "path": target, "raw_path": target.encode(), "query_string": b"",
-            "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
-            "headers": [(b"content-type", b"application/json"),
-                        (b"content-length", str(len(raw)).encode())],
-            "state": {},
-        }  # fmt: skip
-        message = {"type": "http.request", "body": raw, "more_body": False}
-        sent: list[dict[str, Any]] = []
-
-        async def receive() -> dict[str, Any]:
-            return message
-
-        async def send(event: dict[str, Any]) -> None:
-            sent.append(event)
-
-        call = app(scope, receive, send)
-        try:
-            call.send(None)
-        except StopIteration:
-            return sent
-        call.close()
-        raise RuntimeError(f"{target} suspended: not a fast path")
-
-    for _ in range(600):  # the graphs load after the models
-        if request(ROUTES["fraud"])[0]["status"] == 200:
-            break
-        await asyncio.sleep(0.1)
-    for _ in range(50):
-        assert request(path)[0]["status"] == 200
-    # counted: only inside filterfalse's step (valgrind --toggle-collect=filterfalse_next)
-    collections.deque(itertools.filterfalse(lambda _: bool(request(path)) and False,
-                                            range(requests)), maxlen=0)  # fmt: skip
-    await inbox.put({"type": "lifespan.shutdown"})
-    await outbox.get()
-    lifespan.cancel()
+    async with app.router.lifespan_context(app):
+        graphs = asgi_call(app, ROUTES["fraud"], b'{"features": {"x0": 0.5}}')
+        for _ in range(600):  # the graphs load after the models
+            if await graphs() == 200:
+                break
+            await asyncio.sleep(0.1)
+        call = asgi_call(app, path, raw)
+        for _ in range(50):
+            assert at_once(call) == 200
+        # counted: only inside filterfalse's step (valgrind --toggle-collect=filterfalse_next)
+        collections.deque(
+            itertools.filterfalse(lambda _: at_once(call) != 200, range(requests)), maxlen=0
+        )
 
 
 def count(route: str, requests: int, env: dict[str, str], work: Path) -> int:
