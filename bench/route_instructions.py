@@ -14,6 +14,7 @@ route) and without the cache misses a server adds (see bench/README.md, session 
 Each child takes ≈ 1.5 minutes (the imports under valgrind); two run at a time.
 
     python bench/route_instructions.py [--requests 2000] [--routes v1,one,fraud,v2] [--json]
+        [--keep DIR]   # keeps callgrind.<route> there, for callgrind_annotate
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--routes", default=",".join(ROUTES))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", type=Path, help="a folder to keep each route's callgrind file in")
     parser.add_argument("--child", choices=list(ROUTES), help=argparse.SUPPRESS)
     parser.add_argument("--features", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -129,6 +131,12 @@ def main() -> None:
     finally:
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for route in routes:
+                kept = work / f"callgrind.{route}"
+                if kept.exists():
+                    shutil.copy(kept, args.keep / kept.name)
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
         print(json.dumps(counts))

@@ -147,15 +147,6 @@ class Context:
         self.path: list[str] = []
         self.shadows: list[PendingShadow] = []
 
-    def pin(self, name: str, path: str) -> Predicts:
-        """Model ``name``, looked up on its first use in this evaluation (at ``path``) and
-        pinned: a request uses one version of each model throughout."""
-        model = self.models.get(name)
-        if model is None:
-            raise MemberUnavailable(name, path)
-        self.used[name] = model
-        return model
-
     def answer(self, out: Outcome) -> GraphAnswer:
         versions = {name: model.version for name, model in self.used.items()}
         return GraphAnswer(

@@ -49,6 +49,7 @@ from learners.conditions import compile_condition
 from learners.graph_context import (
     Context,
     GraphInputError,
+    MemberUnavailable,
     Outcome,
     PendingShadow,
     Runner,
@@ -96,18 +97,27 @@ def _model(node: ModelNode, path: str) -> Runner:
     name = node.model
 
     def run(x: dict[str, Any], ctx: Context) -> Outcome:
-        model = ctx.used.get(name)
-        if model is None:
-            model = ctx.pin(name, path)
+        used = ctx.used
+        model = used.get(name)
+        if model is None:  # its first use in this request: pinned for the rest of it
+            model = ctx.models.get(name)
+            if model is None:
+                raise MemberUnavailable(name, path)
+            used[name] = model
         if ctx.given is not None:
             prediction, probabilities = ctx.given[name]
         elif ctx.complete:
             prediction, probabilities = model.predict(x, complete=True)
         else:
             prediction, probabilities = model.predict(x)
-        return Outcome(prediction, probabilities, model.kind, path)
+        return _outcome(Outcome, (prediction, probabilities, model.kind, path, None, None))
 
     return run
+
+
+_outcome = tuple.__new__
+"""``_outcome(Outcome, fields)``: `Outcome` with every field given, without the Python call of
+its ``__new__`` (≈ 0.2 µs: the model node answers every request of every graph)."""
 
 
 def models_alone(root: Node) -> tuple[str, ...] | None:

@@ -121,18 +121,22 @@ class GraphService:
         if linear is None:
             return None
         given = {}
-        for member, (model, params) in zip(names, linear, strict=True):
+        for member, (model, params) in zip(names, linear.members, strict=True):
             acc = linear_sum(raw, params, self.limits)
             if acc is None or (answered := model.predict_sum(acc)) is None:
                 return None
             given[member] = answered
         try:
-            content, job = self._evaluate(name, graph, models, {}, None, True, given)
+            out, ctx = graph.compiled.outcome(_READ, models=models, complete=True, given=given)
+            content = _fields(
+                out, ctx, {"graph": name, "graph_version": graph.version},
+                linear.versions, linear.samples_learned,
+            )  # fmt: skip
             status = 200
         except Exception as exc:  # as in `answer_general`
-            (status, content), job = self._failure(name, exc), None
+            status, content = self._failure(name, exc)
         self.observe(GRAPH_PREDICT_ROUTE, name, status, time.perf_counter() - started)
-        return status, content, job
+        return status, content, None  # no shadows: a shadow reads the features
 
     def answer_general(
         self, name: str, raw: bytes | None, started: float
@@ -259,15 +263,28 @@ class _TooLarge(Exception):
     pass
 
 
-def _fields(out: Outcome, ctx: Context, into: dict[str, Any]) -> dict[str, Any]:
+_READ: dict[str, Any] = {}
+"""The features of a body read from its bytes (`GraphService.answer_read`): never built, and
+never read (its graph's models were given their answers)."""
+
+
+def _fields(
+    out: Outcome,
+    ctx: Context,
+    into: dict[str, Any],
+    versions: dict[str, int] | None = None,
+    learned: dict[str, int | None] | None = None,
+) -> dict[str, Any]:
     """``into`` with the answer's fields (`learners.graph.GraphAnswer`'s, written from the
     evaluation's outcome) after what it holds; ``versions`` and ``samples_learned`` name the
     state of every member used (a member may be served by a live update continuing its version:
-    `stream.store.live`)."""
-    versions, learned = {}, {}
-    for member, model in ctx.used.items():
-        versions[member] = model.version
-        learned[member] = getattr(model, "samples_learned", None)
+    `stream.store.live`), worked out from the context unless given (a graph of models alone
+    uses every member: `stream.store.graph_follower.LinearMembers`'s)."""
+    if versions is None or learned is None:
+        versions, learned = {}, {}
+        for member, model in ctx.used.items():
+            versions[member] = model.version
+            learned[member] = getattr(model, "samples_learned", None)
     into["versions"] = versions
     into["samples_learned"] = learned
     into["prediction"] = out.prediction

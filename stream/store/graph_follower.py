@@ -45,7 +45,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from learners.graph import CompiledGraph, metric_weights
 from schemas.errors import SnapshotError
@@ -125,7 +125,7 @@ class ServedModels:
         self._metric = metric
         self._weights = {} if weights is None else weights
         self._normalised: dict[tuple[str, ...], list[float]] = {}
-        self._linear: dict[tuple[str, ...], tuple[tuple[ServedModel, Params], ...] | None] = {}
+        self._linear: dict[tuple[str, ...], LinearMembers | None] = {}
 
     def metric(self, name: str) -> float | None:
         model = self._models.get(name)
@@ -151,9 +151,10 @@ class ServedModels:
             weights = self._normalised[names] = metric_weights(self, names)
             return weights
 
-    def linear(self, names: tuple[str, ...]) -> tuple[tuple[ServedModel, Params], ...] | None:
-        """Each of the models ``names`` with the ``params`` of its compiled linear half
-        (`ServedModel.linear_parts`), when every one is served and has one; else None."""
+    def linear(self, names: tuple[str, ...]) -> LinearMembers | None:
+        """The models ``names`` with the ``params`` of their compiled linear halves
+        (`ServedModel.linear_parts`) and the state they name, when every one is served and has
+        one; else None."""
         try:
             return self._linear[names]
         except KeyError:
@@ -164,8 +165,22 @@ class ServedModels:
                     self._linear[names] = None
                     return None
                 found.append((model, model.linear_parts.params))
-            linear = self._linear[names] = tuple(found)
+            versions = {name: model.version for name, (model, _) in zip(names, found, strict=True)}
+            learned = {
+                name: model.samples_learned for name, (model, _) in zip(names, found, strict=True)
+            }
+            linear = self._linear[names] = LinearMembers(tuple(found), versions, learned)
             return linear
+
+
+class LinearMembers(NamedTuple):
+    """`ServedModels.linear`'s answer: what a graph of these models alone needs of them, once
+    per view. ``versions`` and ``samples_learned`` (name → value) are shared by every answer
+    of the view: read them, never change them."""
+
+    members: tuple[tuple[ServedModel, Params], ...]
+    versions: dict[str, int]
+    samples_learned: dict[str, int | None]
 
 
 WEIGHTS_CACHE = 4096

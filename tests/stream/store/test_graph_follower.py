@@ -158,10 +158,13 @@ def test_the_view_says_which_members_are_all_compiled_linear_models() -> None:
     view = ServedModels(models)
     both = view.linear(("lr", "lr2"))
     assert both is not None and view.linear(("lr", "lr2")) is both  # remembered by the view
-    assert [(m.name, params) for m, params in both] == [
+    assert [(m.name, params) for m, params in both.members] == [
         (name, models[name].linear_parts.params)  # type: ignore[union-attr]
         for name in ("lr", "lr2")
     ]
+    # the state they name, as a graph's answer gives it
+    assert both.versions == {"lr": 1, "lr2": 1}
+    assert both.samples_learned == {"lr": None, "lr2": None}  # built without metadata
     assert view.linear(("lr", "tree")) is None and view.linear(("lr", "gone")) is None
     assert view.get("lr") is models["lr"] and view.get("gone") is None
 
