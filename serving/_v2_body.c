@@ -164,6 +164,38 @@ is_digit(const char *at, const char *end)
     return at < end && *at >= '0' && *at <= '9';
 }
 
+/* Eight digits at once, as fast_float and simdjson read them (Lemire's SWAR): the eight bytes
+ * at `at` as one little-endian word. `eight_digits` says whether every byte is '0'..'9' (a byte
+ * under '0' borrows in the subtraction, one over '9' carries into its top bit in the sum);
+ * `eight_digits_value` is their value: pairs, then fours, then the eight, by multiplications. */
+static uint64_t
+load_eight(const char *at)
+{
+    uint64_t word;
+    memcpy(&word, at, sizeof word);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    word = __builtin_bswap64(word);
+#endif
+    return word;
+}
+
+static int
+eight_digits(uint64_t word)
+{
+    return !(((word + 0x4646464646464646ULL) | (word - 0x3030303030303030ULL)) &
+             0x8080808080808080ULL);
+}
+
+static uint64_t
+eight_digits_value(uint64_t word)
+{
+    word -= 0x3030303030303030ULL;         /* each byte its digit, the first lowest */
+    word = word * 10 + (word >> 8);        /* each even byte: two digits' value */
+    uint64_t pairs = word & 0x000000FF000000FFULL, odd = (word >> 16) & 0x000000FF000000FFULL;
+    /* 100 * (pairs 1 and 3) + (pairs 2 and 4), then 10^4 * the first four + the last four */
+    return ((pairs * 0x000F424000000064ULL) + (odd * 0x0000271000000001ULL)) >> 32;
+}
+
 /* A number literal as read: an integer (at most 18 digits) or a finite float. */
 typedef struct {
     int is_float;
@@ -189,7 +221,13 @@ scan_number(const char **at, const char *end, Number *out)
     }
     if (p < end && *p == '0')
         p++;
-    else if (is_digit(p, end))
+    else if (is_digit(p, end)) {
+        uint64_t word;  /* eight digits at once while w stays exact (at most 16 of them) */
+        while (significant <= 8 && end - p >= 8 && eight_digits(word = load_eight(p))) {
+            w = w * 100000000 + eight_digits_value(word);
+            significant += 8;
+            p += 8;
+        }
         for (; is_digit(p, end); p++) {
             if (significant < 19)
                 w = w * 10 + (uint64_t)(*p - '0');
@@ -197,17 +235,23 @@ scan_number(const char **at, const char *end, Number *out)
                 q++;
             significant++;
         }
+    }
     else
         return 0;
     if (p < end && *p == '.') {
         p++;
         if (!is_digit(p, end))
             return 0;
+        for (; significant == 0 && p < end && *p == '0'; p++)
+            q--;  /* a leading zero */
+        uint64_t word;  /* then eight at once, as above */
+        while (significant <= 8 && end - p >= 8 && eight_digits(word = load_eight(p))) {
+            w = w * 100000000 + eight_digits_value(word);
+            significant += 8;
+            q -= 8;
+            p += 8;
+        }
         for (; is_digit(p, end); p++) {
-            if (significant == 0 && *p == '0') {
-                q--;  /* a leading zero */
-                continue;
-            }
             if (significant < 19) {
                 w = w * 10 + (uint64_t)(*p - '0');
                 q--;

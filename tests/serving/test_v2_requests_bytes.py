@@ -356,6 +356,30 @@ def test_long_exponents_and_leading_zeros_are_read_exactly_or_left(literal: str)
             assert struct.pack("d", row["x"]) == struct.pack("d", float(literal))
 
 
+def test_digits_read_eight_at_a_time_are_read_exactly() -> None:
+    """The C reader takes digits eight at a time while its significand stays exact (at most
+    16 of them), then one by one: every split of up to 24 digits between the integer part and
+    the fraction, after 0 to 9 leading zeros, with a digit other than 0..9 ('/', ':') right
+    after an eighth, gives the float Python reads, bit for bit, or is left whole."""
+    digits = "9182736450" * 3
+    for count in range(1, 25):
+        for point in range(count + 1):
+            for zeros in (0, 1, 7, 8, 9):
+                whole, fraction = digits[:point], digits[point:count]
+                if whole:
+                    literal = whole + ("." + "0" * zeros + fraction if fraction else "")
+                else:
+                    literal = "0." + "0" * zeros + fraction
+                for sign in ("", "-"):
+                    text = sign + literal
+                    row = in_c(body([("x", "FP64", text)], compact=True), LIMITS)
+                    if "." in text or len(text.lstrip("-")) <= 18:
+                        assert row is not None, text
+                        assert struct.pack("d", row["x"]) == struct.pack("d", float(text)), text
+    for odd in ("12345678/", "12345678:", "0.12345678/", "1234567/8", "0.1234567:8"):
+        assert in_c(body([("x", "FP64", odd)], compact=True), LIMITS) is None, odd
+
+
 def test_the_c_reader_keeps_no_long_name() -> None:
     """Names are kept by position for the next body, short ones only: a client sending long
     names (in bodies read or not) pins nothing."""
