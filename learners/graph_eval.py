@@ -122,7 +122,8 @@ its ``__new__`` (≈ 0.2 µs: the model node answers every request of every grap
 
 def models_alone(root: Node) -> tuple[str, ...] | None:
     """The models of a graph whose features nothing but its models reads (its nodes are models,
-    ensembles, and rules whose conditions look at outputs only), sorted, once each; None for any
+    ensembles, and rules whose conditions look at outputs only), once each, in the order an
+    evaluation first uses them (depth first: the order of an answer's ``versions``); None for any
     other graph (a sequence feeds its models other features; a switch, a split or a feature
     condition reads them; a shadow runs later on them).
 
@@ -131,22 +132,22 @@ def models_alone(root: Node) -> tuple[str, ...] | None:
     ...     "over": {"ensemble": {"members": ["b", "a"]}},
     ...     "rules": [{"when": {"output": "prediction", "eq": 1}, "then": {"decision": "x"}}],
     ... }}}).root)
-    ('a', 'b')
+    ('b', 'a')
     >>> models_alone(parse_graph({"name": "g", "root": {"rules": {"over": "a",
     ...     "rules": [{"when": {"not": {"feature": "f", "gt": 1}}, "then": {"decision": "x"}}],
     ... }}}).root) is None
     True
     """
-    names = set()
+    names: dict[str, None] = {}
     for node in walk(root):
         if isinstance(node, ModelNode):
-            names.add(node.model)
+            names[node.model] = None
         elif isinstance(node, RulesNode):
             if any(_reads_features(rule.when) for rule in node.rules):
                 return None
         elif not isinstance(node, EnsembleNode):
             return None
-    return tuple(sorted(names))
+    return tuple(names)
 
 
 def _reads_features(condition: Condition) -> bool:

@@ -734,14 +734,14 @@ OUTPUT_RULES = [
 ]  # fmt: skip
 ALONE: dict[str, tuple[Any, tuple[str, ...]]] = {
     "one": ("lr", ("lr",)),
-    "vote": ({"ensemble": {"members": ["nb", "lr", "nb"], "combine": "vote"}}, ("lr", "nb")),
+    "vote": ({"ensemble": {"members": ["nb", "lr", "nb"], "combine": "vote"}}, ("nb", "lr")),
     "rules": (
         {"rules": {
             "over": {"ensemble": {"members": ["tree", "lr", {"rules": {"over": "nb", "rules": OUTPUT_RULES}}],
                                   "combine": "weighted", "weights": [1, 2, 3]}},
             "rules": OUTPUT_RULES,
         }},
-        ("lr", "nb", "tree"),
+        ("tree", "lr", "nb"),
     ),
 }  # fmt: skip
 FEATURE_RULE = {
@@ -774,6 +774,8 @@ def test_answers_given_by_the_caller_are_the_answers_of_the_features(trained: Tr
         for x in trained.test[:40]:
             given = {name: trained.models[name].predict(x) for name in names}
             out, ctx = graph.outcome({}, models=models, complete=True, given=given)
-            assert ctx.answer(out) == graph.evaluate(x, models=models)
+            answer = ctx.answer(out)
+            assert answer == graph.evaluate(x, models=models)
+            assert tuple(answer.versions) == names  # the order an answer names them in
     with pytest.raises(MemberUnavailable):  # a model given is still looked up (and pinned)
         g("lr").outcome({}, models=StaticModels({}), given=given)

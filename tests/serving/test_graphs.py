@@ -188,9 +188,10 @@ def test_a_graph_of_linear_models_is_answered_from_its_bytes(
     ]
     pair = {"ensemble": {"members": ["lr", "seq"], "combine": "weighted", "weights": "by_metric"}}
     feature_rule = {"when": {"feature": "https", "gt": 0.5}, "then": {"decision": "look"}}
-    reads = {"one": 1, "pair": 2, "ruled": 2, "mixed": 0, "featured": 0}  # per body read
+    reads = {"one": 1, "pair": 2, "back": 2, "ruled": 2, "mixed": 0, "featured": 0}  # per body
     for name, root in {
         "one": "lr", "pair": pair, "ruled": {"rules": {"over": pair, "rules": rules}},
+        "back": {"ensemble": {"members": ["seq", "lr"]}},  # versions name "seq" first
         "mixed": {"ensemble": {"members": ["lr", "tree"]}},
         "featured": {"rules": {"over": "lr", "rules": [feature_rule]}},
     }.items():  # fmt: skip
