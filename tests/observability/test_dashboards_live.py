@@ -122,10 +122,18 @@ def prometheus(tmp_path_factory):
     base = f"http://127.0.0.1:{prom_port}"
     try:
         deadline = time.time() + 30
-        while True:  # ready, the three targets scraped, and enough samples for rate()
+        # ready, the three targets scraped, and enough samples for rate() of each exporter's
+        # own series over the panels' 30 s (a scrape times out after 1 s on a loaded machine:
+        # the targets being up once is not enough)
+        series = ("riverstream_http_requests_total", "riverstream_events_consumed_total")
+        while True:
             try:
                 ups = _query(base, "count_over_time(up[1m]) >= 3")
-                if len(ups) == 3 and len(_query(base, "up == 1")) == 3:
+                if (
+                    len(ups) == 3
+                    and len(_query(base, "up == 1")) == 3
+                    and all(_query(base, f"count_over_time({s}[30s]) >= 2") for s in series)
+                ):
                     break
             except OSError:
                 pass
