@@ -20,7 +20,7 @@ from schemas.graph_errors import GraphError
 from serving.graph_bodies import graph_body, load_graph_body, numeric_graph_body
 from serving.inputs import InputError, InputLimits, finite_features, linear_sum, problem
 from serving.shadows import GraphMetrics, ShadowJob, ShadowRunner
-from stream.store.graph_follower import GraphFollower, ServedGraph, ServedModels
+from stream.store.graph_follower import GraphFollower, ServedGraph, ServedModels, named_state
 from stream.store.graphs import GraphStore
 
 if TYPE_CHECKING:
@@ -128,10 +128,8 @@ class GraphService:
             given[member] = answered
         try:
             out, ctx = graph.compiled.outcome(_READ, models=models, complete=True, given=given)
-            content = _fields(
-                out, ctx, {"graph": name, "graph_version": graph.version},
-                linear.versions, linear.samples_learned,
-            )  # fmt: skip
+            state = linear.versions, linear.samples_learned
+            content = _fields(out, ctx, {"graph": name, "graph_version": graph.version}, state)
             status = 200
         except Exception as exc:  # as in `answer_general`
             status, content = self._failure(name, exc)
@@ -272,19 +270,13 @@ def _fields(
     out: Outcome,
     ctx: Context,
     into: dict[str, Any],
-    versions: dict[str, int] | None = None,
-    learned: dict[str, int | None] | None = None,
+    state: tuple[dict[str, int], dict[str, int | None]] | None = None,
 ) -> dict[str, Any]:
     """``into`` with the answer's fields (`learners.graph.GraphAnswer`'s, written from the
-    evaluation's outcome) after what it holds; ``versions`` and ``samples_learned`` name the
-    state of every member used (a member may be served by a live update continuing its version:
-    `stream.store.live`), worked out from the context unless given (a graph of models alone
-    uses every member: `stream.store.graph_follower.LinearMembers`'s)."""
-    if versions is None or learned is None:
-        versions, learned = {}, {}
-        for member, model in ctx.used.items():
-            versions[member] = model.version
-            learned[member] = getattr(model, "samples_learned", None)
+    evaluation's outcome) after what it holds; ``versions`` and ``samples_learned`` are the
+    `named_state` of the members the context used, unless ``state`` gives them (a graph of
+    models alone uses every member: `stream.store.graph_follower.LinearMembers`'s)."""
+    versions, learned = named_state(ctx.used.items()) if state is None else state
     into["versions"] = versions
     into["samples_learned"] = learned
     into["prediction"] = out.prediction

@@ -43,11 +43,11 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from learners.graph import CompiledGraph, metric_weights
+from learners.graph import CompiledGraph, Predicts, metric_weights
 from schemas.errors import SnapshotError
 from schemas.graph_errors import GraphError
 from schemas.graph_parser import parse_graph
@@ -165,12 +165,23 @@ class ServedModels:
                     self._linear[names] = None
                     return None
                 found.append((model, model.linear_parts.params))
-            versions = {name: model.version for name, (model, _) in zip(names, found, strict=True)}
-            learned = {
-                name: model.samples_learned for name, (model, _) in zip(names, found, strict=True)
-            }
+            versions, learned = named_state(zip(names, (m for m, _ in found), strict=True))
             linear = self._linear[names] = LinearMembers(tuple(found), versions, learned)
             return linear
+
+
+def named_state(
+    members: Iterable[tuple[str, Predicts]],
+) -> tuple[dict[str, int], dict[str, int | None]]:
+    """What a graph's answer says of the members it used, ``(name, model)`` in the order it
+    used them: ``versions`` and ``samples_learned`` by name, which name their state exactly (a
+    live update keeps the version it continues: `stream.store.live`); None for a model that
+    does not say what it learned."""
+    versions, learned = {}, {}
+    for name, model in members:
+        versions[name] = model.version
+        learned[name] = getattr(model, "samples_learned", None)
+    return versions, learned
 
 
 class LinearMembers(NamedTuple):
