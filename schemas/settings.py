@@ -234,6 +234,12 @@ class Settings(BaseSettings):
         "and the kernel spreads connections evenly; false: one shared socket, where an idle "
         "worker may take a whole burst of connections (but none waits for a busy worker).",
     )
+    serve_direct_answers: bool = Field(
+        True,
+        description="Answer the hot routes (model and graph predict, v2 infer) in the server's "
+        "HTTP protocol as soon as a request's body is read, without the ASGI cycle; false: "
+        "every request goes through ASGI (answers are the same).",
+    )
     serve_models: str = Field("", description="Comma-separated models to serve (empty: all).")
     serve_max_instances: int = Field(
         1000,

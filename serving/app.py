@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Final
 
 import orjson
@@ -54,6 +54,8 @@ from schemas.settings import Settings
 from serving import openapi
 from serving.asgi import (
     JSON_OPTIONS,
+    DirectAnswer,
+    FastPath,
     json_default,
     receive_body,
     render,
@@ -77,7 +79,7 @@ from serving.inputs import (
 from serving.lookup import lookup_router
 from serving.telemetry import RequestRecorder, ServingMetrics, get_metrics, metrics_response_bytes
 from serving.v2 import v2_router
-from serving.v2_fast import V2_MODELS_PREFIX
+from serving.v2_fast import V2_MODELS_PREFIX, V2InferFastPath
 from stream.store.connect import redis_client, redis_configured
 from stream.store.follower import SnapshotFollower
 from stream.store.following import stop_if_refused
@@ -171,7 +173,7 @@ def create_app(
     app.state.follower = follower
     app.state.store = store
     install_graphs(app, graphs, fast_path=fast_path)  # /v1/graphs (serving.graphs)
-    v2_fast: list[Callable[[ASGIApp], ASGIApp]] = []
+    v2_fast: list[Callable[[ASGIApp], V2InferFastPath]] = []
     app.include_router(
         v2_router(
             follower,
@@ -259,10 +261,11 @@ def create_app(
                 app.stack, answer=answer, answer_linear=answer_linear,
                 max_body_bytes=max_body_bytes, with_ids=app.stack,
             )  # fmt: skip
-            fast: list[tuple[str, ASGIApp]] = [(_PREDICT_PREFIX, model_fast)]
+            fast: list[tuple[str, FastPath]] = [(_PREDICT_PREFIX, model_fast)]
             fast += [(V2_MODELS_PREFIX, wrap(app.stack)) for wrap in v2_fast]
             fast.append((GRAPHS_PREFIX, GraphFastPath(app.stack, service=graphs)))
             app.fast_paths = tuple(fast)
+            app.direct_answers = settings.serve_direct_answers
     # Outermost: tokens, POST /v1/features and /v1/labels, predict with an id (logged to Kafka).
     publisher = Publisher(settings)
     app.state.publisher = publisher  # closed with the app (its lifespan)
@@ -351,7 +354,10 @@ class RiverstreamAPI(FastAPI):
     this one (a layer costs ≈ 0.4 µs a request).
     """
 
-    fast_paths: tuple[tuple[str, ASGIApp], ...] = ()
+    fast_paths: tuple[tuple[str, FastPath], ...] = ()
+    direct_answers = False
+    """Whether `serving.protocol` may answer the fast paths' routes without the ASGI cycle
+    (`direct`; ``RIVERSTREAM_SERVE_DIRECT_ANSWERS``)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -361,6 +367,16 @@ class RiverstreamAPI(FastAPI):
                     await fast(scope, receive, send)
                     return
         await super().__call__(scope, receive, send)
+
+    def direct(
+        self, path: str, headers: Iterable[tuple[bytes, bytes]], body: bytes, started: float
+    ) -> DirectAnswer | None:
+        """`DirectPath.direct` of the fast path whose prefix ``path`` starts with: what `__call__`
+        would answer to ``POST path``, or None (the request goes to `__call__`)."""
+        for prefix, fast in self.fast_paths:
+            if path.startswith(prefix):
+                return fast.direct(path, headers, body, started)
+        return None
 
     async def stack(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The app with its middleware stack (what FastAPI alone would run)."""
@@ -395,30 +411,53 @@ class PredictFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
-            if path.startswith(_PREDICT_PREFIX) and path.endswith(_PREDICT_SUFFIX):
-                name = path[_NAME_START:_NAME_END]
-                if name and "/" not in name:
-                    started = time.perf_counter()
-                    raw = await receive_body(receive, self.max_body_bytes)
-                    body: Any = UNREAD
-                    if raw is not None and self.answer_linear is not None:
-                        content = self.answer_linear(name, raw, started)
-                        if content is not None:
-                            await send_json(send, 200, orjson.dumps(content, default=json_default,
-                                                                    option=JSON_OPTIONS))  # fmt: skip
-                            return
-                    if raw is not None:
-                        try:  # noqa: SIM105 (cheaper than contextlib.suppress on the hot path)
-                            body = orjson.loads(raw)
-                        except orjson.JSONDecodeError:
-                            pass  # `answer` loads it again and names the problem
-                        if self.with_ids is not None and body.__class__ is dict and "id" in body:
-                            await self.with_ids(scope, replay_whole(raw, receive), send)
-                            return
-                    status, content = self.answer(name, raw, body, started)
-                    # `render`, inline: a call less on the hot path
-                    await send_json(send, status, orjson.dumps(content, default=json_default,
-                                                               option=JSON_OPTIONS))  # fmt: skip
+            name = _predict_name(scope["path"])
+            if name is not None:
+                started = time.perf_counter()
+                raw = await receive_body(receive, self.max_body_bytes)
+                answered = self.respond(name, raw, started)
+                if answered is None:  # it names an id: the stack's
+                    assert raw is not None and self.with_ids is not None  # (`respond`)
+                    await self.with_ids(scope, replay_whole(raw, receive), send)
                     return
+                await send_json(send, *answered)
+                return
         await self.app(scope, receive, send)
+
+    def respond(self, name: str, raw: bytes | None, started: float) -> tuple[int, bytes] | None:
+        """Status and JSON of the answer to ``raw`` (None: over the size limit), or None for a
+        body naming an ``"id"`` when such bodies go to `with_ids`."""
+        if raw is None:
+            body: Any = UNREAD
+        else:
+            if self.answer_linear is not None:
+                content = self.answer_linear(name, raw, started)
+                if content is not None:  # `render`, inline: a call less on the hot path
+                    return 200, orjson.dumps(content, default=json_default, option=JSON_OPTIONS)
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                body = UNREAD  # `answer` loads it again and names the problem
+            if self.with_ids is not None and body.__class__ is dict and "id" in body:
+                return None
+        status, content = self.answer(name, raw, body, started)
+        return status, orjson.dumps(content, default=json_default, option=JSON_OPTIONS)
+
+    def direct(
+        self, path: str, headers: Iterable[tuple[bytes, bytes]], body: bytes, started: float
+    ) -> DirectAnswer | None:
+        """`DirectPath.direct`: ``POST /v1/models/{name}/predict`` answered as `__call__` does."""
+        name = _predict_name(path)
+        if name is None:
+            return None
+        answered = self.respond(name, body if len(body) <= self.max_body_bytes else None, started)
+        return None if answered is None else (*answered, None)
+
+
+def _predict_name(path: str) -> str | None:
+    """The model named by a path ``/v1/models/{name}/predict``, else None."""
+    if path.startswith(_PREDICT_PREFIX) and path.endswith(_PREDICT_SUFFIX):
+        name = path[_NAME_START:_NAME_END]
+        if name and "/" not in name:
+            return name
+    return None

@@ -1,18 +1,43 @@
 """Small pieces of raw ASGI shared by the fast paths (models, graphs) and the closed loop:
-reading a body within a limit, giving a body already read back to an app, and the JSON of every
-response."""
+reading a body within a limit, giving a body already read back to an app, the JSON of every
+response, and what a fast path answers in uvicorn's protocol without the ASGI cycle
+(`DirectAnswer`, `DirectPath`; `serving.protocol`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import orjson
 from starlette.requests import Request
-from starlette.types import Message, Receive, Send
+from starlette.types import Message, Receive, Scope, Send
 
 JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 """orjson's options for every response: labels (booleans, numbers) as object keys, numpy arrays."""
+
+
+DirectAnswer = tuple[int, bytes, Callable[[], object] | None]
+"""A fast path's whole answer to a request whose body has been read: status, JSON body, and what
+to run once it is sent (a graph's shadows), if anything."""
+
+
+class DirectPath(Protocol):
+    """A fast path that can also answer without the ASGI cycle (`serving.protocol`)."""
+
+    def direct(
+        self, path: str, headers: Iterable[tuple[bytes, bytes]], body: bytes, started: float
+    ) -> DirectAnswer | None:
+        """The answer to ``POST path`` with ``body`` (read whole), or None: the request is for
+        the app (another route, or a body only the middleware stack answers, one naming an
+        ``"id"`` or asking to be logged)."""
+        ...
+
+
+class FastPath(DirectPath, Protocol):
+    """A pure ASGI app answering a hot route, which can also answer it directly."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
 
 
 def json_default(obj: Any) -> Any:

@@ -32,7 +32,9 @@ response bodies are in `serving.graph_bodies`, the evaluation and its statuses i
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -43,6 +45,7 @@ from starlette.background import BackgroundTask
 
 from serving.asgi import (
     JSON_OPTIONS,
+    DirectAnswer,
     json_default,
     receive_body,
     render,
@@ -176,27 +179,58 @@ class GraphFastPath:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
-            if path.startswith(GRAPHS_PREFIX) and path.endswith(_SUFFIX):
-                name = path[_NAME_START:_NAME_END]
-                if name and "/" not in name:
-                    service = self.service
-                    started = time.perf_counter()
-                    raw = await receive_body(receive, service.max_body_bytes)
-                    answered = service.answer_read(name, raw, started)  # commonest: no "log"
-                    if answered is None:
-                        if raw is not None and b'"log"' in raw:  # logged: the closed loop's
-                            await self.app(scope, replay(raw), send)  # (serving.feedback)
-                            return
-                        answered = service.answer_general(name, raw, started)
-                    status, content, job = answered
-                    # `render`, inline: a call less on the hot path (as PredictFastPath)
-                    body = orjson.dumps(content, default=json_default, option=JSON_OPTIONS)
-                    await send_json(send, status, body)
-                    if job is not None:
-                        service.run_later(job)
+            name = _graph_name(scope["path"])
+            if name is not None:
+                started = time.perf_counter()
+                raw = await receive_body(receive, self.service.max_body_bytes)
+                answered = self.respond(name, raw, started)
+                if answered is None:  # logged: the closed loop's (serving.feedback)
+                    await self.app(scope, replay(raw), send)  # type: ignore[arg-type]
                     return
+                status, body, job = answered
+                await send_json(send, status, body)
+                if job is not None:
+                    self.service.run_later(job)
+                return
         await self.app(scope, receive, send)
+
+    def respond(
+        self, name: str, raw: bytes | None, started: float
+    ) -> tuple[int, bytes, ShadowJob | None] | None:
+        """Status, JSON and shadows of the answer to ``raw`` (None: over the size limit), or None
+        for a body that may ask for its answer to be logged (the app's)."""
+        service = self.service
+        answered = service.answer_read(name, raw, started)  # commonest: no "log"
+        if answered is None:
+            if raw is not None and b'"log"' in raw:
+                return None
+            answered = service.answer_general(name, raw, started)
+        status, content, job = answered
+        # `render`, inline: a call less on the hot path (as PredictFastPath)
+        return status, orjson.dumps(content, default=json_default, option=JSON_OPTIONS), job
+
+    def direct(
+        self, path: str, headers: Iterable[tuple[bytes, bytes]], body: bytes, started: float
+    ) -> DirectAnswer | None:
+        """`serving.asgi.DirectPath.direct`: a graph's predict answered as `__call__` does."""
+        name = _graph_name(path)
+        if name is None:
+            return None
+        raw = body if len(body) <= self.service.max_body_bytes else None
+        answered = self.respond(name, raw, started)
+        if answered is None:
+            return None
+        status, out, job = answered
+        return status, out, None if job is None else functools.partial(self.service.run_later, job)
+
+
+def _graph_name(path: str) -> str | None:
+    """The graph named by a path ``/v1/graphs/{name}/predict``, else None."""
+    if path.startswith(GRAPHS_PREFIX) and path.endswith(_SUFFIX):
+        name = path[_NAME_START:_NAME_END]
+        if name and "/" not in name:
+            return name
+    return None
 
 
 def install(app: FastAPI, service: GraphService, *, fast_path: bool = True) -> None:

@@ -41,7 +41,6 @@ does so with one worker; its supervisor of several returned, and the command exi
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import logging
@@ -55,44 +54,17 @@ import tempfile
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 
 from schemas.errors import ConfigError, RiverstreamError
 from schemas.settings import Settings
+from serving.protocol import ApiProtocol
 from serving.telemetry import MULTIPROC_ENV
-
-if TYPE_CHECKING:  # checked against the parser the project depends on (uvicorn[standard])
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _BaseProtocol
-else:
-    try:  # the faster parser when installed (uvicorn[standard])
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _BaseProtocol
-    except ImportError:  # pragma: no cover - depends on the environment
-        _BaseProtocol = H11Protocol
-
-
-class NoDelayProtocol(_BaseProtocol):
-    """uvicorn's HTTP protocol with TCP_NODELAY forced on every connection.
-
-    asyncio sets it only when the listening socket's ``proto`` is IPPROTO_TCP, which is not the
-    case for the socket uvicorn hands to ``--workers`` processes: without it, a response
-    written in two parts (headers, then body) waits for the client's delayed ACK, and every
-    request takes ≈ 44 ms.
-    """
-
-    # asyncio types the argument as BaseTransport; a stream protocol is given a Transport, and
-    # uvicorn's own override narrows it the same way (with the same ignore).
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().connection_made(transport)
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
@@ -273,7 +245,7 @@ def run_uvicorn(
     around: Listening = listening or (lambda _host, _port: contextlib.nullcontext())
     common: dict[str, Any] = {
         "host": host, "port": port, "log_level": log_level, "access_log": False,
-        "http": NoDelayProtocol,
+        "http": ApiProtocol,
     }  # fmt: skip
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     terminated = False

@@ -131,7 +131,7 @@ def v2_router(
     max_body_bytes: int,
     observe: Observe | None = None,
     graphs: GraphBackend | None = None,
-    fast_paths: list[Callable[[ASGIApp], ASGIApp]] | None = None,
+    fast_paths: list[Callable[[ASGIApp], V2InferFastPath]] | None = None,
 ) -> APIRouter:
     """The Open Inference Protocol v2 routes over ``follower``'s models (and ``graphs``'
     graphs, when given: a name is looked up among the models first).

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving.asgi import receive_body, send_json
+from serving.asgi import DirectAnswer, receive_body, send_json
 
 Respond = Callable[[str, str | None, bytes | None, Mapping[str, str]], tuple[int, bytes, Any]]
 """``(name, version, body, headers) → (status, JSON body, shadow job)`` of an infer request."""
@@ -17,7 +18,7 @@ READ_HEADERS = frozenset({b"inference-header-content-length", b"content-encoding
 """The request headers ``respond`` reads (only these are decoded)."""
 
 
-def read_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+def read_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     """The `READ_HEADERS` of a request, by lower-case name.
 
     >>> read_headers([(b"Content-Encoding", b"gzip"), (b"host", b"h")])
@@ -52,17 +53,40 @@ class V2InferFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
-            if path.startswith(V2_MODELS_PREFIX) and path.endswith(_V2_INFER):
-                name, sep, version = path[len(V2_MODELS_PREFIX) : -len(_V2_INFER)].partition(
-                    "/versions/"
-                )
-                if name and "/" not in name and (not sep or (version and "/" not in version)):
-                    headers = read_headers(scope["headers"])
-                    raw = await receive_body(receive, self.max_body_bytes)
-                    status, body, job = self.respond(name, version or None, raw, headers)
-                    await send_json(send, status, body)
-                    if job is not None and self.run_later is not None:
-                        self.run_later(job)
-                    return
+            route = _infer_route(scope["path"])
+            if route is not None:
+                headers = read_headers(scope["headers"])
+                raw = await receive_body(receive, self.max_body_bytes)
+                status, body, job = self.respond(*route, raw, headers)
+                await send_json(send, status, body)
+                if job is not None and self.run_later is not None:
+                    self.run_later(job)
+                return
         await self.app(scope, receive, send)
+
+    def direct(
+        self, path: str, headers: Iterable[tuple[bytes, bytes]], body: bytes, started: float
+    ) -> DirectAnswer | None:
+        """`serving.asgi.DirectPath.direct`: the infer route answered as `__call__` does."""
+        route = _infer_route(path)
+        if route is None:
+            return None
+        raw = body if len(body) <= self.max_body_bytes else None
+        status, out, job = self.respond(*route, raw, read_headers(headers))
+        after = None
+        if job is not None and self.run_later is not None:
+            after = functools.partial(self.run_later, job)
+        return status, out, after
+
+
+def _infer_route(path: str) -> tuple[str, str | None] | None:
+    """The model (and version) named by ``/v2/models/{name}[/versions/{v}]/infer``, else None.
+
+    >>> _infer_route("/v2/models/lr/versions/3/infer"), _infer_route("/v2/models/lr/infer")
+    (('lr', '3'), ('lr', None))
+    """
+    if path.startswith(V2_MODELS_PREFIX) and path.endswith(_V2_INFER):
+        name, sep, version = path[len(V2_MODELS_PREFIX) : -len(_V2_INFER)].partition("/versions/")
+        if name and "/" not in name and (not sep or (version and "/" not in version)):
+            return name, version or None
+    return None

@@ -118,9 +118,14 @@ def publish(
 
 @contextlib.contextmanager
 def serve_in_thread(app: Any) -> Iterator[httpx.Client]:
-    """Run ``app`` (lifespan included) with uvicorn on a free port; yield a client for it."""
+    """Run ``app`` (lifespan included) with uvicorn on a free port, with the API's HTTP protocol
+    (`serving.protocol.ApiProtocol`, as `riverstream serve` runs it); yield a client for it."""
+    from serving.protocol import ApiProtocol
+
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, http=ApiProtocol
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
