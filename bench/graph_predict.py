@@ -29,10 +29,11 @@ their in-process cost (see bench/README.md, session 6).
 
 The servers, wrk rounds and /proc readings are `serving_harness`'s (shared with
 `serve_latency.py`); ``--before DIR`` also serves the API from another checkout and hits it in
-the same rounds, for before/after ratios from one run.
+the same rounds, for before/after ratios from one run; ``--asgi`` serves this tree's API with
+its direct answers off (`serving.protocol`) beside it (``@asgi``).
 
     python bench/graph_predict.py [--workers 2] [--duration 3] [--rounds 3] [--tree-leaf mc]
-                                  [--before DIR] [--variants] [--json]
+                                  [--before DIR] [--asgi] [--variants] [--json]
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ def main() -> None:
     try:
         prefix = "bench"
         publish(redis_url, prefix, models, args.variants)
-        apis = harness.start_apis(redis_url, prefix, tmp, args.workers, args.before)
+        apis = harness.start_apis(redis_url, prefix, tmp, args.workers, args.before, args.asgi)
         servers = {tree: proc for tree, (proc, _) in apis.items()}
         bases = {tree: base for tree, (_, base) in apis.items()}
         trees = list(apis)
@@ -231,6 +232,7 @@ def main() -> None:
         f"uvicorn workers={args.workers}, cpus={os.cpu_count()}, wrk -t1, "
         f"median of {args.rounds} alternating {args.duration}s runs, tree leaves {args.tree_leaf}"
         + (f"; @before = the API of {args.before}" if args.before else "")
+        + ("; @asgi = this API with its direct answers off" if args.asgi else "")
     )
     print("in-process µs per call (min of 30 trials):", json.dumps(costs))
     print("a graph answer:", json.dumps(sample))

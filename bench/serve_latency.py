@@ -21,13 +21,18 @@ round): the figure least disturbed by the other loads of a shared machine. The b
 instance is compared with the bare River loop (``predict_proba_one`` over the same 100 features
 in this process). Private redis-server; one logreg snapshot, trained on 2 000 events.
 
+The API answers its hot routes in uvicorn's protocol, without the ASGI cycle
+(`serving.protocol`, session 33); the hello and the other bare targets go through the cycle.
+``--asgi`` also serves this tree's API with ``RIVERSTREAM_SERVE_DIRECT_ANSWERS=false``
+(``predict@asgi``...): the API as it answered through ASGI, in the same rounds.
+
 ``--before DIR`` also serves the API from another checkout (``git worktree add /tmp/before
 <commit>``) and hits it in the same rounds (``predict@before``...): before/after ratios from one
 run. The servers, wrk rounds and /proc readings are `serving_harness`'s (shared with
 `graph_predict.py`).
 
     python bench/serve_latency.py [--workers 2] [--duration 3] [--rounds 3] [--targets ...]
-                                  [--before DIR] [--json]
+                                  [--before DIR] [--asgi] [--json]
 """
 
 from __future__ import annotations
@@ -192,7 +197,7 @@ def main() -> None:
         env = server_env(redis_url, prefix, tmp / "metrics-hello")
         servers["hello"] = start_server("serve_latency:hello_app", hello_port, args.workers, env)
         bases = {"hello": f"http://127.0.0.1:{hello_port}"}
-        apis = start_apis(redis_url, prefix, tmp, args.workers, args.before)
+        apis = start_apis(redis_url, prefix, tmp, args.workers, args.before, args.asgi)
         for tree, (proc, base) in apis.items():
             servers["api" + tree], bases["api" + tree] = proc, base
         wait_http(bases["hello"], 30, "the bare ASGI hello")
@@ -212,7 +217,7 @@ def main() -> None:
         for name in names:
             script = post_script(tmp / f"{name}.lua", bodies[name]) if name in bodies else None
             server = "hello" if name in ("hello", "post", "floor") else "api"
-            for tree in ("", "@before") if server == "api" else ("",):
+            for tree in ("", "@asgi", "@before") if server == "api" else ("",):
                 if server + tree in servers:
                     targets[name + tree] = Target(
                         bases[server + tree] + paths[name], script, servers[server + tree].pid
@@ -246,6 +251,7 @@ def report(
         f"median of {args.rounds} alternating {args.duration:g} s rounds; "
         f"hello = bare ASGI callable on the same server settings"
         + (f"; @before = the API of {args.before}" if args.before else "")
+        + ("; @asgi = this API with its direct answers off" if args.asgi else "")
     )
     print(f"{'c':>3} {'target':14s} {'req/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} "
           f"{'CPU µs/req':>10s} {'÷ hello':>8s} {'CPU ÷':>6s} {'÷ predict':>9s} "
@@ -275,7 +281,7 @@ def report(
                   f"floor's (floor ÷ predict {f / p:.2f}); the floor's is {f - r['hello']['cpu_us']:.0f}"
                   " µs above hello's" if "hello" in r else "")  # fmt: skip
     if bare is not None:
-        for t in ("batch", "batch@before"):
+        for t in ("batch", "batch@asgi", "batch@before"):
             if t in targets:
                 per = [r[t]["cpu_us"] / BATCH for r in rows]
                 print(

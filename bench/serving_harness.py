@@ -263,20 +263,34 @@ def add_common_arguments(parser: Any, *, duration: float = 3.0) -> None:
         help="another checkout (say, a git worktree at an older commit): its API answers the "
         "same API targets (name@before) in the same rounds, for before/after ratios",
     )  # fmt: skip
+    parser.add_argument(
+        "--asgi", action="store_true",
+        help="also serve this tree's API with RIVERSTREAM_SERVE_DIRECT_ANSWERS=false (name@asgi): "
+        "every request through uvicorn's ASGI cycle, as before session 33",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true")
 
 
 def start_apis(
-    redis_url: str, prefix: str, workdir: Path, workers: int, before: Path | None
+    redis_url: str,
+    prefix: str,
+    workdir: Path,
+    workers: int,
+    before: Path | None,
+    asgi: bool = False,
 ) -> dict[str, tuple[subprocess.Popen, str]]:
-    """The API of this tree (key ``""``) and, with ``before``, of that checkout (``"@before"``),
-    each ``serving.runner.app_from_env`` (what `riverstream serve --workers N` runs): their
-    processes and base URLs, once they answer ``/readyz``."""
-    trees = {"": ROOT, **({"@before": before.resolve()} if before else {})}
+    """The API of this tree (key ``""``); with ``asgi``, the same with its direct answers off
+    (``"@asgi"``); with ``before``, the API of that checkout (``"@before"``); each
+    ``serving.runner.app_from_env`` (what `riverstream serve --workers N` runs): their processes
+    and base URLs, once they answer ``/readyz``."""
+    trees = {"": ROOT, **({"@asgi": ROOT} if asgi else {})}
+    trees.update({"@before": before.resolve()} if before else {})
     apis = {}
     for tree, root in trees.items():
         port = free_port()
         env = server_env(redis_url, prefix, workdir / f"metrics{tree}", root)
+        if tree == "@asgi":
+            env["RIVERSTREAM_SERVE_DIRECT_ANSWERS"] = "false"
         proc = start_server("serving.runner:app_from_env", port, workers, env, root)
         apis[tree] = (proc, f"http://127.0.0.1:{port}")
     for tree, (_, base) in apis.items():
