@@ -20,6 +20,11 @@ a body over uvicorn's high-water mark (64 KiB) as soon as it passes it, a reques
 ``100-continue``, a pipelined request (queued behind the one in flight, as uvicorn queues it),
 and any request while the transport's writes are paused. With an access log configured nothing
 is answered directly (the log is written by the cycle's ``send``).
+
+This leans on two of uvicorn's internals: its protocol starting a request's task through
+``_start_asgi_task``, and the cycle's fields that its ``send`` sets. A uvicorn that starts
+tasks otherwise never calls the override, and every request goes through the cycle, as slow
+as before and as correct; tests/serving/test_protocol.py fails on a uvicorn that changes them.
 """
 
 from __future__ import annotations
