@@ -79,10 +79,33 @@ class _Sink(asyncio.Transport):
         return False
 
 
+class _Turns:
+    """The protocol's loop: timers and tasks on the running loop; what it asks to run in the
+    next turn (`call_soon`) is kept and run by `run_ready`, without a turn of the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.ready: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
+
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
+        self.ready.append((callback, args))
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Any:
+        return self.loop.call_later(delay, callback, *args)
+
+    def create_task(self, coro: Any, **kwargs: Any) -> Any:
+        return self.loop.create_task(coro, **kwargs)
+
+    def run_ready(self) -> None:
+        ready, self.ready = self.ready, []
+        for callback, args in ready:
+            callback(*args)
+
+
 def fed_to_protocol(app: Any, path: str, raw: bytes) -> Callable[[], int]:
     """A call giving the whole request's bytes to the API's HTTP protocol on one kept-alive
-    connection (`serving.protocol.ApiProtocol`, as a server's worker does; no socket), which
-    answers it before returning (the direct answers): the status it wrote."""
+    connection (`serving.protocol.ApiProtocol`, as a server's worker does; no socket), and the
+    turn of the loop where it answers (its direct answers): the status it wrote."""
     import uvicorn
     from uvicorn.server import ServerState
 
@@ -92,7 +115,8 @@ def fed_to_protocol(app: Any, path: str, raw: bytes) -> Callable[[], int]:
     config.load()
     state = ServerState()
     state.default_headers = [(b"date", b"Fri, 04 Dec 2026 10:00:00 GMT"), (b"server", b"uvicorn")]
-    protocol = ApiProtocol(config=config, server_state=state, app_state={})
+    turns = _Turns(asyncio.get_running_loop())
+    protocol = ApiProtocol(config=config, server_state=state, app_state={}, _loop=turns)
     transport = _Sink()
     protocol.connection_made(transport)
     request = (
@@ -103,6 +127,7 @@ def fed_to_protocol(app: Any, path: str, raw: bytes) -> Callable[[], int]:
     def call() -> int:
         transport.last = b""
         protocol.data_received(request)
+        turns.run_ready()  # the loop's next turn, where the protocol answers
         if not transport.last:
             raise RuntimeError("not answered directly")
         return int(transport.last[9:12])

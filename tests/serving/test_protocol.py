@@ -150,18 +150,26 @@ def until(loop: asyncio.AbstractEventLoop, done: Callable[[], bool]) -> None:
     loop.run_until_complete(turns())
 
 
+def turn(loop: asyncio.AbstractEventLoop) -> None:
+    """Run what is ready on the loop (a held request's answer)."""
+    loop.run_until_complete(asyncio.sleep(0))
+
+
 def settle(loop: asyncio.AbstractEventLoop, state: ServerState) -> None:
-    """Run the loop until every request task has finished."""
+    """Run the loop a turn, then until every request task has finished."""
+    turn(loop)
     until(loop, lambda: not state.tasks)
 
 
-def test_a_post_the_app_answers_directly_is_written_at_once_without_a_task(
+def test_a_post_the_app_answers_directly_is_written_in_the_next_turn_without_a_task(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
     app = Stub()
     protocol, transport, state = connect(loop, app)
     protocol.data_received(request("/direct/a", b'{"x": 1}'))
-    # answered inside data_received: no task, one write, the loop never ran
+    assert transport.writes == [] and app.direct_calls == []  # after this turn's reads
+    turn(loop)
+    # no task, one write
     assert state.tasks == set()
     assert transport.writes == [direct_response(b'{"x": 1}')]
     assert app.direct_calls == [("/direct/a", b'{"x": 1}')] and app.asgi_calls == []
@@ -169,6 +177,7 @@ def test_a_post_the_app_answers_directly_is_written_at_once_without_a_task(
     assert not transport.closed and protocol.timeout_keep_alive_task is not None  # kept alive
     assert state.total_requests == 1
     protocol.data_received(request("/direct/b", b"[]"))  # the next one on the connection
+    turn(loop)
     assert transport.writes[1:] == [direct_response(b"[]")] and state.total_requests == 2
     protocol.connection_lost(None)
 
@@ -180,6 +189,7 @@ def test_a_body_in_pieces_is_answered_once_whole(loop: asyncio.AbstractEventLoop
     for i in range(0, len(whole), 7):
         assert transport.writes == []
         protocol.data_received(whole[i : i + 7])
+        turn(loop)
     assert transport.writes == [direct_response(b'{"features": {"x": 1.5}}')]
     assert state.tasks == set() and app.asgi_calls == []
 
@@ -195,6 +205,7 @@ def test_a_connection_not_kept_alive_is_closed_after_the_answer(
     app = Stub()
     protocol, transport, _ = connect(loop, app)
     protocol.data_received(request("/direct/a", extra=extra, version=version))
+    turn(loop)
     assert transport.writes == [direct_response(b"{}", close=True)]
     assert transport.closed and protocol.timeout_keep_alive_task is None
 
@@ -214,8 +225,7 @@ def test_what_is_not_answered_directly_goes_through_the_asgi_cycle(
     app = Stub()
     protocol, transport, state = connect(loop, app)
     protocol.data_received(request(path, b'{"a": 2}', method=method, extra=extra))
-    assert len(state.tasks) == 1  # the cycle's task, which reads the body through receive
-    settle(loop, state)
+    settle(loop, state)  # the cycle's task, which reads the body through receive
     assert app.asgi_calls == [(path, b'{"a": 2}')]
     continued = b"HTTP/1.1 100 Continue\r\n\r\n" if extra else b""
     assert b"".join(transport.writes) == continued + asgi_response(b'{"a": 2}')
@@ -240,17 +250,19 @@ def test_a_body_over_the_high_water_mark_is_left_to_the_app_as_it_comes(
 
 
 def test_pipelined_requests_are_answered_in_their_order(loop: asyncio.AbstractEventLoop) -> None:
-    """Behind a request answered directly, the next is answered at once; behind one the app
-    answers, the next is queued by uvicorn and goes through the cycle after it."""
+    """A request behind one in flight (answered directly or by the app) is queued by uvicorn
+    and goes through the cycle after it."""
     app = Stub()
     protocol, transport, state = connect(loop, app)
-    protocol.data_received(request("/direct/1") + request("/direct/2"))
-    assert transport.writes == [direct_response(b"{}"), direct_response(b"{}")]
+    protocol.data_received(request("/direct/1") + request("/direct/2", b"[3]"))
+    settle(loop, state)
+    assert b"".join(transport.writes) == direct_response(b"{}") + asgi_response(b"[3]")
+    assert app.direct_calls == [("/direct/1", b"{}")]
     transport.writes.clear()
     protocol.data_received(request("/other", b"[1]") + request("/direct/3", b"[2]"))
     settle(loop, state)
     assert b"".join(transport.writes) == asgi_response(b"[1]") + asgi_response(b"[2]")
-    assert app.asgi_calls == [("/other", b"[1]"), ("/direct/3", b"[2]")]
+    assert app.asgi_calls == [("/direct/2", b"[3]"), ("/other", b"[1]"), ("/direct/3", b"[2]")]
     assert state.total_requests == 4
 
 
@@ -263,6 +275,7 @@ def test_an_exception_is_a_500_that_closes_the_connection(
     logger.addHandler(caplog.handler)
     try:
         protocol.data_received(request("/direct/fail"))
+        turn(loop)
     finally:
         logger.removeHandler(caplog.handler)
     assert transport.writes == [
@@ -272,6 +285,17 @@ def test_an_exception_is_a_500_that_closes_the_connection(
     ]  # fmt: skip
     assert transport.closed and state.tasks == set()
     assert "Exception in ASGI application" in caplog.text and "a bug" in caplog.text
+
+
+def test_a_request_whose_connection_is_lost_before_its_turn_is_not_answered(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    app = Stub()
+    protocol, transport, state = connect(loop, app)
+    protocol.data_received(request("/direct/a"))
+    protocol.connection_lost(None)
+    turn(loop)
+    assert transport.writes == [] and app.direct_calls == [] and state.tasks == set()
 
 
 @pytest.mark.parametrize("how", ["switched-off", "access-log"])
