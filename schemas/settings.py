@@ -237,7 +237,7 @@ class Settings(BaseSettings):
     serve_direct_answers: bool = Field(
         True,
         description="Answer the hot routes (model and graph predict, v2 infer) in the server's "
-        "HTTP protocol as soon as a request's body is read, without the ASGI cycle; false: "
+        "HTTP protocol once a request's body is read, without the ASGI cycle; false: "
         "every request goes through ASGI (answers are the same).",
     )
     serve_models: str = Field("", description="Comma-separated models to serve (empty: all).")

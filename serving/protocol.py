@@ -1,5 +1,5 @@
 """uvicorn's HTTP protocol as the API runs it: TCP_NODELAY on every connection, and the hot
-routes answered as soon as a request's body is read, without the ASGI cycle.
+routes answered once a request's body is read, without the ASGI cycle.
 
 uvicorn answers a request through an ASGI cycle: a task per request, the app's coroutines, a
 ``receive`` that waits on an event, two ``send`` calls that check each header against a regular
@@ -14,17 +14,21 @@ directly (``direct_answers``, `serving.app.RiverstreamAPI.direct`) and the reque
 ``POST`` whose cycle would start at once, the cycle's task is held back until the body is read.
 In the loop's next turn the app's `direct` answers it from the fast paths' own code
 (`serving.asgi.DirectPath`): the same bytes as through ASGI, in one write, and the cycle is
-completed as its ``send`` would complete it. The next turn, as a task's first step would run,
-not at once: the loop reads every connection that is ready first, then answers them one after
-the other, and a graph's code stays in the caches from one answer to the next instead of being
-evicted by each answer's socket write. At 64 connections the three-member graph answered at
-once ran at 1.07 of its figure through ASGI, in the next turn at 1.44, in the same rounds
-(`bench/README.md`, session 33). Whatever `direct` declines (another route, a body naming an ``"id"``, a graph's
-``"log"``) gets its task then, and the app reads the body through ``receive`` as usual; so does
-a body over uvicorn's high-water mark (64 KiB) as soon as it passes it, a request that expects
+completed as its ``send`` would complete it.
+
+The next turn, as a task's first step would run, not at once: the loop reads every connection
+that is ready first, then answers them one after the other, and a graph's code stays in the
+caches from one answer to the next instead of being evicted by each answer's socket write. At
+64 connections the three-member graph answered at once ran at 1.07 of its figure through ASGI,
+in the next turn at 1.44, in the same rounds (`bench/README.md`, session 33).
+
+Whatever `direct` declines (another route, a body naming an ``"id"``, a graph's ``"log"``)
+gets its task then, and the app reads the body through ``receive`` as usual; so does a body
+over uvicorn's high-water mark (64 KiB) as soon as it passes it, a request that expects
 ``100-continue``, a pipelined request (queued behind the one in flight, as uvicorn queues it),
-and any request while the transport's writes are paused. With an access log configured nothing
-is answered directly (the log is written by the cycle's ``send``).
+and any request while the transport's writes are paused. A request whose connection is lost
+before its turn is not answered. With an access log configured nothing is answered directly
+(the log is written by the cycle's ``send``).
 
 This leans on two of uvicorn's internals: its protocol starting a request's task through
 ``_start_asgi_task``, and the cycle's fields that its ``send`` sets. A uvicorn that starts
