@@ -167,7 +167,10 @@ class ApiProtocol(HttpToolsProtocol):
         status, body, after = answered
         self.answer(cycle, status, body, _JSON)
         if after is not None:
-            after()
+            try:
+                after()
+            except Exception as exc:  # the answer is sent: said, as the cycle says it
+                self.logger.error("Exception in ASGI application\n", exc_info=exc)
 
     def answer(
         self, cycle: RequestResponseCycle, status: int, body: bytes, content_type: bytes
@@ -188,6 +191,7 @@ class ApiProtocol(HttpToolsProtocol):
             )
         )  # fmt: skip
         cycle.response_started = cycle.response_complete = True
+        cycle.body = bytearray()  # as the cycle's `receive` empties it: not kept while idle
         if not cycle.keep_alive:
             self.transport.close()
         self.on_response_complete()

@@ -81,7 +81,12 @@ class Stub:
             return None
         if path == "/direct/fail":
             raise RuntimeError("a bug")
+        if path == "/direct/after-fails":
+            return 201, b'{"via":"direct","size":%d}' % len(body), self.fail_after
         return 201, b'{"via":"direct","size":%d}' % len(body), lambda: self.after.append(path)
+
+    def fail_after(self) -> None:
+        raise RuntimeError("a shadow's bug")
 
 
 @pytest.fixture
@@ -174,6 +179,7 @@ def test_a_post_the_app_answers_directly_is_written_in_the_next_turn_without_a_t
     assert transport.writes == [direct_response(b'{"x": 1}')]
     assert app.direct_calls == [("/direct/a", b'{"x": 1}')] and app.asgi_calls == []
     assert app.after == ["/direct/a"]  # run once the response is written
+    assert protocol.cycle.body == bytearray()  # not kept while the connection idles
     assert not transport.closed and protocol.timeout_keep_alive_task is not None  # kept alive
     assert state.total_requests == 1
     protocol.data_received(request("/direct/b", b"[]"))  # the next one on the connection
@@ -296,6 +302,22 @@ def test_a_request_whose_connection_is_lost_before_its_turn_is_not_answered(
     protocol.connection_lost(None)
     turn(loop)
     assert transport.writes == [] and app.direct_calls == [] and state.tasks == set()
+
+
+def test_what_runs_after_the_answer_may_fail_without_harm(
+    loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Stub()
+    protocol, transport, state = connect(loop, app)
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(caplog.handler)
+    try:
+        protocol.data_received(request("/direct/after-fails"))
+        turn(loop)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert transport.writes == [direct_response(b"{}")] and not transport.closed
+    assert "a shadow's bug" in caplog.text and state.total_requests == 1
 
 
 @pytest.mark.parametrize("how", ["switched-off", "access-log"])
