@@ -7,6 +7,7 @@ real API's direct answers are compared with its ASGI ones in test_protocol_serve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -272,18 +273,26 @@ def test_pipelined_requests_are_answered_in_their_order(loop: asyncio.AbstractEv
     assert state.total_requests == 4
 
 
+@contextlib.contextmanager
+def uvicorn_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """uvicorn's error log into ``caplog`` (it does not propagate to the root's handler; the
+    handler is the test phase's, so this runs inside the test)."""
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(caplog.handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(caplog.handler)
+
+
 def test_an_exception_is_a_500_that_closes_the_connection(
     loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = Stub()
     protocol, transport, state = connect(loop, app)
-    logger = logging.getLogger("uvicorn.error")  # it does not propagate to the root's handler
-    logger.addHandler(caplog.handler)
-    try:
+    with uvicorn_errors(caplog):
         protocol.data_received(request("/direct/fail"))
         turn(loop)
-    finally:
-        logger.removeHandler(caplog.handler)
     assert transport.writes == [
         b"HTTP/1.1 500 Internal Server Error\r\n" + HEAD
         + b"content-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\n"
@@ -309,13 +318,9 @@ def test_what_runs_after_the_answer_may_fail_without_harm(
 ) -> None:
     app = Stub()
     protocol, transport, state = connect(loop, app)
-    logger = logging.getLogger("uvicorn.error")
-    logger.addHandler(caplog.handler)
-    try:
+    with uvicorn_errors(caplog):
         protocol.data_received(request("/direct/after-fails"))
         turn(loop)
-    finally:
-        logger.removeHandler(caplog.handler)
     assert transport.writes == [direct_response(b"{}")] and not transport.closed
     assert "a shadow's bug" in caplog.text and state.total_requests == 1
 
