@@ -150,6 +150,19 @@ class CompiledGraph:
         context = Context(models, request_id, x, complete, self._draw, given)
         return self._run(x, context), context
 
+    def given_outcome(
+        self, models: ModelLookup, given: Mapping[str, Answered]
+    ) -> tuple[Outcome, Context]:
+        """`outcome` of a graph whose models alone read the features (``models_alone``), from
+        what each one answers (``given``) to a request without id: the features are never read.
+        The commonest evaluation, its arguments by position (keywords cost a call ≈ 0.3 µs)."""
+        context = Context(models, None, _NO_FEATURES, True, self._draw, given)
+        return self._run(_NO_FEATURES, context), context
+
+
+_NO_FEATURES: dict[str, Any] = {}
+"""The features of `CompiledGraph.given_outcome`'s evaluation: never read, never written."""
+
 
 _COMPILED: dict[int, tuple[GraphSpec, CompiledGraph]] = {}
 _COMPILED_MAX = 64

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from learners.graph import (
     Answered,
     Context,
@@ -17,10 +19,17 @@ from learners.graph import (
 )
 from learners.predictor import MODEL_INPUT_ERRORS
 from schemas.graph_errors import GraphError
+from serving.asgi import JSON_OPTIONS, json_default
 from serving.graph_bodies import graph_body, load_graph_body, numeric_graph_body
 from serving.inputs import InputError, InputLimits, finite_features, linear_sum, problem
 from serving.shadows import GraphMetrics, ShadowJob, ShadowRunner
-from stream.store.graph_follower import GraphFollower, ServedGraph, ServedModels, named_state
+from stream.store.graph_follower import (
+    GraphFollower,
+    LinearMembers,
+    ServedGraph,
+    ServedModels,
+    named_state,
+)
 from stream.store.graphs import GraphStore
 
 if TYPE_CHECKING:
@@ -65,6 +74,7 @@ class GraphService:
         self.shadows = ShadowRunner(self.metrics)
         self._weights: dict[tuple[str, int], float | None] = {}  # by_metric, per model version
         self._view: tuple[Mapping[str, ServedModel], ServedModels] | None = None
+        self._read_heads: dict[str, tuple[ServedGraph, LinearMembers, bytes]] = {}  # by graph
 
     def start(self) -> None:
         self.follower.start()
@@ -80,6 +90,7 @@ class GraphService:
         view = self._view
         if view is None or view[0] is not served:
             view = self._view = (served, ServedModels(served, self.metric, self._weights))
+            self._read_heads.clear()  # they name the last view's models (and keep them)
         return view[1]
 
     def evaluate(
@@ -99,20 +110,21 @@ class GraphService:
             self.shadows.submit(job)
 
     def answer(self, name: str, raw: bytes | None) -> tuple[int, dict[str, Any], ShadowJob | None]:
-        """Status, body and shadows of a graph predict request (``raw`` None: too large)."""
-        started = time.perf_counter()
-        return self.answer_read(name, raw, started) or self.answer_general(name, raw, started)
+        """Status, body and shadows of a graph predict request (``raw`` None: too large): a
+        logged one's (`serving.feedback`), whose body names an id, which `answer_read` leaves."""
+        return self.answer_general(name, raw, time.perf_counter())
 
     def answer_read(
         self, name: str, raw: bytes | None, started: float
-    ) -> tuple[int, dict[str, Any], ShadowJob | None] | None:
-        """`answer` to the commonest body, ``{"features": {name: number, ...}}``, sent to a graph
-        whose models alone read the features (``models_alone``) and are all compiled linear
-        ones: each one's answer worked out from the sum read from the bytes in C
-        (`serving.inputs.linear_sum`, the same numbers as the general reading's), the features
-        never built. None for anything else (a body naming an ``"id"`` or a ``"log"`` too),
-        which `answer_general` then reads. ``started``: when the request came (its duration
-        is observed from then)."""
+    ) -> tuple[int, bytes | dict[str, Any], None] | None:
+        """What `answer_general` answers to the commonest body, ``{"features": {name: number,
+        ...}}``, sent to a graph whose models alone read the features (``models_alone``) and
+        are all compiled linear ones: each one's answer worked out from the sum read from the
+        bytes in C (`serving.inputs.linear_sum`, the same numbers as the general reading's),
+        the features never built; a 200's body comes as its JSON, the fields naming the state
+        rendered once per graph version and view (`_read_head`). None for anything else (a
+        body naming an ``"id"`` or a ``"log"`` too), which `answer_general` then reads.
+        ``started``: when the request came (its duration is observed from then)."""
         graph = self.follower.get(name)
         if graph is None or raw is None or (names := graph.compiled.models_alone) is None:
             return None
@@ -126,15 +138,31 @@ class GraphService:
             if acc is None or (answered := model.predict_sum(acc)) is None:
                 return None
             given[member] = answered
+        content: bytes | dict[str, Any]
         try:
-            out, ctx = graph.compiled.outcome(_READ, models=models, complete=True, given=given)
-            state = linear.versions, linear.samples_learned
-            content = _fields(out, ctx, {"graph": name, "graph_version": graph.version}, state)
+            out, ctx = graph.compiled.given_outcome(models, given)
+            tail = orjson.dumps(
+                _outcome_fields(out, ctx), default=json_default, option=JSON_OPTIONS
+            )
+            content = self._read_head(name, graph, linear) + tail[1:]
             status = 200
         except Exception as exc:  # as in `answer_general`
             status, content = self._failure(name, exc)
         self.observe(GRAPH_PREDICT_ROUTE, name, status, time.perf_counter() - started)
         return status, content, None  # no shadows: a shadow reads the features
+
+    def _read_head(self, name: str, graph: ServedGraph, linear: LinearMembers) -> bytes:
+        """The JSON of `answer_read`'s answers up to the outcome's fields: the graph, its
+        version and its members' state, the same while the graph and the view are."""
+        kept = self._read_heads.get(name)
+        if kept is None or kept[0] is not graph or kept[1] is not linear:
+            fields = {
+                "graph": name, "graph_version": graph.version, "versions": linear.versions,
+                "samples_learned": linear.samples_learned,  # every member: `models_alone`
+            }  # fmt: skip
+            head = orjson.dumps(fields, default=json_default, option=JSON_OPTIONS)[:-1] + b","
+            kept = self._read_heads[name] = (graph, linear, head)
+        return kept[2]
 
     def answer_general(
         self, name: str, raw: bytes | None, started: float
@@ -261,22 +289,13 @@ class _TooLarge(Exception):
     pass
 
 
-_READ: dict[str, Any] = {}
-"""The features of a body read from its bytes (`GraphService.answer_read`): never built, and
-never read (its graph's models were given their answers)."""
-
-
-def _fields(
-    out: Outcome,
-    ctx: Context,
-    into: dict[str, Any],
-    state: tuple[dict[str, int], dict[str, int | None]] | None = None,
-) -> dict[str, Any]:
+def _fields(out: Outcome, ctx: Context, into: dict[str, Any]) -> dict[str, Any]:
     """``into`` with the answer's fields (`learners.graph.GraphAnswer`'s, written from the
     evaluation's outcome) after what it holds; ``versions`` and ``samples_learned`` are the
-    `named_state` of the members the context used, unless ``state`` gives them (a graph of
-    models alone uses every member: `stream.store.graph_follower.LinearMembers`'s)."""
-    versions, learned = named_state(ctx.used.items()) if state is None else state
+    `named_state` of the members the context used. Written one by one: a third cheaper than
+    merging `_outcome_fields` (whose fields and order these are: the answers read from the
+    bytes are tested equal to these, byte for byte)."""
+    versions, learned = named_state(ctx.used.items())
     into["versions"] = versions
     into["samples_learned"] = learned
     into["prediction"] = out.prediction
@@ -287,3 +306,12 @@ def _fields(
     into["decision"] = out.decision
     into["reason"] = out.reason
     return into
+
+
+def _outcome_fields(out: Outcome, ctx: Context) -> dict[str, Any]:
+    """An answer's fields after the state's, in their order (`_fields`'), from the outcome."""
+    return {
+        "prediction": out.prediction, "probabilities": out.probabilities, "kind": out.kind,
+        "path": ctx.path, "decided_by": out.decided_by, "decision": out.decision,
+        "reason": out.reason,
+    }  # fmt: skip

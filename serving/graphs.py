@@ -200,12 +200,15 @@ class GraphFastPath:
         """Status, JSON and shadows of the answer to ``raw`` (None: over the size limit), or None
         for a body that may ask for its answer to be logged (the app's)."""
         service = self.service
+        answered: tuple[int, bytes | dict[str, Any], ShadowJob | None] | None
         answered = service.answer_read(name, raw, started)  # commonest: no "log"
         if answered is None:
             if raw is not None and b'"log"' in raw:
                 return None
             answered = service.answer_general(name, raw, started)
         status, content, job = answered
+        if isinstance(content, bytes):  # rendered already (`GraphService.answer_read`)
+            return status, content, job
         # `render`, inline: a call less on the hot path (as PredictFastPath)
         return status, orjson.dumps(content, default=json_default, option=JSON_OPTIONS), job
 

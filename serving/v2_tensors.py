@@ -258,6 +258,10 @@ _PREDICTION_JSON: Final = {
     t: b'{"name":"prediction","datatype":"%b","shape":[1],"data":[' % t.encode()
     for t in ("BOOL", "FP64", "INT64", "BYTES")
 }
+_BOOL_PREDICTION: Final = {
+    label: _PREDICTION_JSON["BOOL"] + orjson.dumps(label) + b"]}" for label in (False, True)
+}
+"""The whole ``prediction`` tensor of a one-row boolean prediction."""
 _CACHED_LABELS: Final = frozenset({bool, int, str})
 """Labels whose text equal labels share (not floats: 0.0 == -0.0)."""
 _CLASS_JSON: dict[tuple[tuple[Any, ...], tuple[type, ...]], tuple[tuple[Any, bytes], ...]] = {}
@@ -286,6 +290,11 @@ def _class_tensors(proba: Mapping[Any, float]) -> tuple[tuple[Any, bytes], ...]:
     return found
 
 
+(_, _PROBA_FALSE), (_, _proba_true) = _class_tensors({False: 0.0, True: 0.0})  # false first
+_PROBA_TRUE: Final = b"]}" + _proba_true  # closes proba_false's tensor
+"""`binary_answer`'s pieces: each class's tensor up to its value."""
+
+
 def answer_head(fields: dict[str, Any]) -> bytes:
     """The JSON of an answer's ``fields`` up to its ``outputs``: `one_row_answer`'s head."""
     return orjson.dumps(fields, option=orjson.OPT_NON_STR_KEYS)[:-1] + b',"outputs":['
@@ -300,20 +309,38 @@ def one_row_answer(
     the same bytes, from pieces of JSON (≈ 1.5 µs instead of 3.4 for a binary classifier), for
     the commonest answer."""
     kind = prediction.__class__
-    if kind is bool:  # the commonest labels, without the calls
-        datatype, value = "BOOL", prediction
-    elif kind is float:
-        datatype, value = "FP64", prediction
-    else:
-        datatype, value = _one_row_prediction(prediction)
     dumps = orjson.dumps
-    parts = [head, _PREDICTION_JSON[datatype], dumps(value), b"]}"]
+    if kind is bool:  # the commonest labels, without the calls
+        parts = [head, _BOOL_PREDICTION[prediction]]
+    else:
+        if kind is float:
+            datatype, value = "FP64", prediction
+        else:
+            datatype, value = _one_row_prediction(prediction)
+        parts = [head, _PREDICTION_JSON[datatype], dumps(value), b"]}"]
     if proba:
         for c, tensor in _class_tensors(proba):
             p = proba[c]
             parts += (tensor, dumps(p if p.__class__ is float else float(_plain(p))), b"]}")
     parts += (tail, b"]}")
     return b"".join(parts)
+
+
+def binary_answer(head: bytes, prediction: bool, proba: Mapping[bool, float]) -> bytes:
+    """`one_row_answer` of a classifier answering ``{False: q, True: p}`` with floats (a compiled
+    linear model's `learners.predictor.ServedModel.predict_sum`): the same bytes, in a third of
+    its instructions (no loop over the classes, their pieces known).
+
+    >>> head = answer_head({"model_name": "m"})
+    >>> binary_answer(head, True, {False: 0.25, True: 0.75}) == one_row_answer(
+    ...     head, True, {False: 0.25, True: 0.75})
+    True
+    """
+    dumps = orjson.dumps
+    return b"".join((
+        head, _BOOL_PREDICTION[prediction], _PROBA_FALSE, dumps(proba[False]), _PROBA_TRUE,
+        dumps(proba[True]), b"]}]}",
+    ))  # fmt: skip
 
 
 def infer_outputs(

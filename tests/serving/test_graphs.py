@@ -231,6 +231,32 @@ def test_a_graph_of_linear_models_is_answered_from_its_bytes(
     assert {s for s, _ in general[commonest:]} == {200, 422}, general[commonest:]
 
 
+def test_a_graph_read_from_its_bytes_names_the_state_that_answered_after_swaps(
+    kit, serve, graphs: GraphRegistry, store: SnapshotStore, published: dict[str, int]
+) -> None:
+    """The fields naming the state, rendered once per graph version and view of the models
+    (`GraphService._read_head`), follow a new version of the graph and one of its member."""
+    models, inputs = river_models()
+    first = graphs.apply({"name": "g", "root": "lr"}).version
+    with serve() as (client, _):
+
+        def answer() -> dict[str, Any]:
+            response = client.post("/v1/graphs/g/predict", json={"features": inputs[0]})
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            return body
+
+        body = answer()
+        assert (body["graph_version"], body["versions"]) == (first, {"lr": published["lr"]})
+        assert body["samples_learned"] == {"lr": published["lr"] * 10}  # `kit.publish`'s
+        second = graphs.apply({"name": "g", "root": "lr", "description": "again"}).version
+        kit.wait_until(lambda: answer()["graph_version"] == second)
+        newer = kit.publish(store, "lr", models["lr"][0], "classifier", metrics=METRICS["lr"])
+        body = kit.wait_until(lambda: (b := answer())["versions"] == {"lr": newer} and b)
+        assert body["graph_version"] == second
+        assert body["samples_learned"] == {"lr": newer * 10}
+
+
 def test_ensembles_equal_river_by_hand(
     serve, graphs: GraphRegistry, store: SnapshotStore, published: dict[str, int]
 ) -> None:

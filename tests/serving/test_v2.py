@@ -237,6 +237,17 @@ def test_a_linear_models_commonest_body_is_answered_from_its_bytes(
             monkeypatch.setattr(serving.v2_requests, "read_row_dot_in_c", counted)
             assert infer(name, body) == without and without[0] == 200, without
     assert len(sums) == 6 and None not in sums, sums
+    # what the bytes cannot say: the version asked for, and the headers
+    versions = served["versions"]
+    for name, features in (("clf", PHISHING), ("reg", TRUMP)):
+        body = commonest({f: float(served["models"][name][2][0][f]) for f in features})
+        served_one = client.post(f"/v2/models/{name}/versions/{versions[name]}/infer", content=body)
+        assert (served_one.status_code, served_one.content) == infer(name, body)
+        other = client.post(f"/v2/models/{name}/versions/{versions[name] + 1}/infer", content=body)
+        assert other.status_code == 404 and "is not served" in other.json()["error"]
+        for header in ({"Content-Encoding": "gzip"}, {"Inference-Header-Content-Length": "9"}):
+            refused = client.post(f"/v2/models/{name}/infer", content=body, headers=header)
+            assert refused.status_code == 400, (header, refused.text)
     twice = commonest({"https": 1.0}).replace(b"}]}", b"},") + commonest({"https": 2.0})[11:]
     status, content = infer("clf", twice)
     assert sums[-1] is None and status == 400, content

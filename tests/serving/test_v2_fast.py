@@ -5,11 +5,12 @@ from __future__ import annotations
 from serving.v2_fast import READ_HEADERS, read_headers
 
 
-def test_only_the_headers_read_are_decoded_whatever_their_case() -> None:
+def test_only_the_headers_read_are_decoded() -> None:
+    """ASGI headers: lower-case names (servers lower them; httpx's ASGI transport too)."""
     raw = [
-        (b"Host", b"127.0.0.1"),
-        (b"Inference-Header-Content-Length", b"12"),
-        (b"CONTENT-ENCODING", b"gzip"),
+        (b"host", b"127.0.0.1"),
+        (b"inference-header-content-length", b"12"),
+        (b"content-encoding", b"gzip"),
         (b"content-type", b"application/json"),
         (b"x-trace", b"\xe9t\xe9"),  # latin-1, never decoded
     ]

@@ -10,7 +10,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.v2_tensors import answer_head, one_row_answer, output_tensors
+from serving.v2_tensors import answer_head, binary_answer, one_row_answer, output_tensors
 
 labels = (
     st.none()
@@ -51,3 +51,13 @@ def test_classes_equal_but_written_differently_are_not_confused() -> None:
         expected = orjson.dumps(list(output_tensors([None], [proba]).values()))
         body = orjson.loads(one_row_answer(answer_head({"model_name": "m"}), None, proba))
         assert orjson.dumps(body["outputs"]) == expected
+
+
+@given(prediction=st.booleans(), p=st.floats(0, 1), samples=st.none() | st.integers(0, 10**6))
+def test_a_binary_answer_is_the_one_row_answer(
+    prediction: bool, p: float, samples: int | None
+) -> None:
+    """A compiled linear classifier's ``{False: 1 - p, True: p}``, rendered without the loop."""
+    head = answer_head({"model_name": "m", "parameters": {"samples_learned": samples}})
+    proba = {False: 1.0 - p, True: p}
+    assert binary_answer(head, prediction, proba) == one_row_answer(head, prediction, proba)
