@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -25,7 +25,7 @@ from serving.inputs import InputError, InputLimits, finite_features, linear_sum,
 from serving.shadows import GraphMetrics, ShadowJob, ShadowRunner
 from stream.store.graph_follower import (
     GraphFollower,
-    LinearMembers,
+    Params,
     ServedGraph,
     ServedModels,
     named_state,
@@ -74,7 +74,7 @@ class GraphService:
         self.shadows = ShadowRunner(self.metrics)
         self._weights: dict[tuple[str, int], float | None] = {}  # by_metric, per model version
         self._view: tuple[Mapping[str, ServedModel], ServedModels] | None = None
-        self._read_heads: dict[str, tuple[ServedGraph, LinearMembers, bytes]] = {}  # by graph
+        self._read_plans: dict[str, _ReadPlan] = {}  # by graph (`answer_read`)
 
     def start(self) -> None:
         self.follower.start()
@@ -86,12 +86,16 @@ class GraphService:
     def lookup(self) -> ServedModels:
         """The models as served now, for one request (or one batch): one view per mapping the
         follower serves (it swaps in a new mapping, never edits one)."""
+        return self._current_view()[1]
+
+    def _current_view(self) -> tuple[Mapping[str, ServedModel], ServedModels]:
+        """The mapping the follower serves now and `lookup`'s view of it."""
         served = self.models.served
         view = self._view
         if view is None or view[0] is not served:
             view = self._view = (served, ServedModels(served, self.metric, self._weights))
-            self._read_heads.clear()  # they name the last view's models (and keep them)
-        return view[1]
+            self._read_plans.clear()  # they hold the last view's models
+        return view
 
     def evaluate(
         self, name: str, x: dict[str, Any], request_id: str | None = None
@@ -122,47 +126,56 @@ class GraphService:
         are all compiled linear ones: each one's answer worked out from the sum read from the
         bytes in C (`serving.inputs.linear_sum`, the same numbers as the general reading's),
         the features never built; a 200's body comes as its JSON, the fields naming the state
-        rendered once per graph version and view (`_read_head`). None for anything else (a
+        rendered once per graph version and view (`_ReadPlan`). None for anything else (a
         body naming an ``"id"`` or a ``"log"`` too), which `answer_general` then reads.
         ``started``: when the request came (its duration is observed from then)."""
         graph = self.follower.get(name)
-        if graph is None or raw is None or (names := graph.compiled.models_alone) is None:
+        if graph is None or raw is None:
             return None
-        models = self.lookup()
-        linear = models.linear(names)
-        if linear is None:
+        plan = self._read_plans.get(name)
+        if plan is None or plan.graph is not graph or plan.served is not self.models.served:
+            plan = self._read_plan(name, graph)
+        if plan.members is None:
             return None
+        limits = self.limits
         given = {}
-        for member, (model, params) in zip(names, linear.members, strict=True):
-            acc = linear_sum(raw, params, self.limits)
+        for member, model, params in plan.members:
+            acc = linear_sum(raw, params, limits)
             if acc is None or (answered := model.predict_sum(acc)) is None:
                 return None
             given[member] = answered
         content: bytes | dict[str, Any]
         try:
-            out, ctx = graph.compiled.given_outcome(models, given)
+            out, ctx = graph.compiled.given_outcome(plan.models, given)
             tail = orjson.dumps(
                 _outcome_fields(out, ctx), default=json_default, option=JSON_OPTIONS
             )
-            content = self._read_head(name, graph, linear) + tail[1:]
+            content = plan.head + tail[1:]
             status = 200
         except Exception as exc:  # as in `answer_general`
             status, content = self._failure(name, exc)
         self.observe(GRAPH_PREDICT_ROUTE, name, status, time.perf_counter() - started)
         return status, content, None  # no shadows: a shadow reads the features
 
-    def _read_head(self, name: str, graph: ServedGraph, linear: LinearMembers) -> bytes:
-        """The JSON of `answer_read`'s answers up to the outcome's fields: the graph, its
-        version and its members' state, the same while the graph and the view are."""
-        kept = self._read_heads.get(name)
-        if kept is None or kept[0] is not graph or kept[1] is not linear:
+    def _read_plan(self, name: str, graph: ServedGraph) -> _ReadPlan:
+        """`answer_read`'s plan for ``graph`` over the models served now, kept for the next
+        request while both are served."""
+        served, models = self._current_view()
+        names = graph.compiled.models_alone
+        linear = None if names is None else models.linear(names)
+        members, head = None, b""
+        if names is not None and linear is not None:
+            members = tuple(
+                (member, model, params)
+                for member, (model, params) in zip(names, linear.members, strict=True)
+            )
             fields = {
                 "graph": name, "graph_version": graph.version, "versions": linear.versions,
                 "samples_learned": linear.samples_learned,  # every member: `models_alone`
             }  # fmt: skip
             head = orjson.dumps(fields, default=json_default, option=JSON_OPTIONS)[:-1] + b","
-            kept = self._read_heads[name] = (graph, linear, head)
-        return kept[2]
+        plan = self._read_plans[name] = _ReadPlan(graph, served, models, members, head)
+        return plan
 
     def answer_general(
         self, name: str, raw: bytes | None, started: float
@@ -287,6 +300,19 @@ RequestIds = str | None | list[str | None]
 
 class _TooLarge(Exception):
     pass
+
+
+class _ReadPlan(NamedTuple):
+    """What `GraphService.answer_read` needs of a graph and the models served with it."""
+
+    graph: ServedGraph
+    served: Mapping[str, ServedModel]
+    """The models' mapping it was made over (`SnapshotFollower.served`: swapped, never edited)."""
+    models: ServedModels
+    members: tuple[tuple[str, ServedModel, Params], ...] | None
+    """Each model's name, model and linear ``params``; None: the graph is not read so."""
+    head: bytes
+    """The JSON of the answer up to the outcome's fields: graph, version, the members' state."""
 
 
 def _fields(out: Outcome, ctx: Context, into: dict[str, Any]) -> dict[str, Any]:
