@@ -130,7 +130,7 @@ class GraphService:
         body naming an ``"id"`` or a ``"log"`` too), which `answer_general` then reads.
         ``started``: when the request came (its duration is observed from then)."""
         graph = self.follower.get(name)
-        if graph is None or raw is None:
+        if graph is None or raw is None or graph.compiled.models_alone is None:
             return None
         plan = self._read_plans.get(name)
         if plan is None or plan.graph is not graph or plan.served is not self.models.served:
