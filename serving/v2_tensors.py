@@ -327,19 +327,22 @@ def one_row_answer(
 
 
 def binary_answer(head: bytes, prediction: bool, proba: Mapping[bool, float]) -> bytes:
-    """`one_row_answer` of a classifier answering ``{False: q, True: p}`` with floats (a compiled
-    linear model's `learners.predictor.ServedModel.predict_sum`): the same bytes, in a third of
-    its instructions (no loop over the classes, their pieces known).
+    """`one_row_answer` of a classifier answering ``{False: q, True: p}`` (a compiled linear
+    model's `learners.predictor.ServedModel.predict_sum`): the same bytes, in a third of its
+    instructions when ``q`` and ``p`` are floats (no loop over the classes, their pieces known).
 
     >>> head = answer_head({"model_name": "m"})
     >>> binary_answer(head, True, {False: 0.25, True: 0.75}) == one_row_answer(
     ...     head, True, {False: 0.25, True: 0.75})
     True
     """
+    q, p = proba[False], proba[True]
+    if q.__class__ is not float or p.__class__ is not float:  # a loss of numpy's, say
+        return one_row_answer(head, prediction, proba)
     dumps = orjson.dumps
     return b"".join((
-        head, _BOOL_PREDICTION[prediction], _PROBA_FALSE, dumps(proba[False]), _PROBA_TRUE,
-        dumps(proba[True]), b"]}]}",
+        head, _BOOL_PREDICTION[prediction], _PROBA_FALSE, dumps(q), _PROBA_TRUE, dumps(p),
+        b"]}]}",
     ))  # fmt: skip
 
 

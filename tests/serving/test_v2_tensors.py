@@ -61,3 +61,5 @@ def test_a_binary_answer_is_the_one_row_answer(
     head = answer_head({"model_name": "m", "parameters": {"samples_learned": samples}})
     proba = {False: 1.0 - p, True: p}
     assert binary_answer(head, prediction, proba) == one_row_answer(head, prediction, proba)
+    numpy = {False: np.float64(1.0 - p), True: np.float64(p)}  # a loss answering numpy's floats
+    assert binary_answer(head, prediction, numpy) == one_row_answer(head, prediction, numpy)
