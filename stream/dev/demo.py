@@ -395,6 +395,7 @@ class Demo:
                 base_url=api, timeout=5, headers={"Authorization": f"Bearer {token}"}
             )
             self._replay(settings, client, events, features, summary, on_progress, learner)
+            self._signals.check()
             run_other_architectures(
                 settings, client, name, features, summary.other, spawn=self._spawner(settings),
                 worker_log=self._logs["predict-worker"], tail=self._tail,
@@ -494,6 +495,7 @@ class Demo:
         info: dict[str, Any] = {}
         deadline = time.monotonic() + max(120.0, 3 * len(events) / o.rate)
         while time.monotonic() < deadline:
+            self._signals.check()  # a signal swallowed where it came (an import's lock, say)
             info = self._poll_model(client, name, summary)
             x = features[i % len(features)].features
             i += 1

@@ -153,6 +153,13 @@ class EndOnSignal:
             # its end; the command still ends as signalled.
             raise Signalled(self._received)
 
+    def check(self) -> None:
+        """Raise `Signalled` again if a signal came whose exception was swallowed where it was
+        raised (see `__exit__`): for a long block's loop to stop at its next step instead of
+        running to its end."""
+        if self._received is not None:
+            raise Signalled(self._received)
+
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self._received is None:
             self._received = signum

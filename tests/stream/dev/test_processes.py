@@ -26,3 +26,15 @@ def test_a_signal_raises_once_where_it_arrives_and_the_handlers_are_put_back() -
         signal.raise_signal(signal.SIGTERM)
     assert caught.value.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_swallowed_signal_is_raised_again_by_check() -> None:
+    """The demo's loop asks at each step: a swallowed SIGTERM (the CI run where the demo then
+    replayed to its end, 51 s, without saying it stopped) ends it at the next step."""
+    with pytest.raises(Signalled) as caught, EndOnSignal() as signals:
+        signals.check()  # nothing came: nothing raised
+        with contextlib.suppress(Signalled):
+            signal.raise_signal(signal.SIGTERM)
+        signals.check()
+        pytest.fail("check() did not raise")  # pragma: no cover
+    assert caught.value.signum == signal.SIGTERM
