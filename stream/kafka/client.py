@@ -438,3 +438,25 @@ def read_all(
     finally:
         source.close()
     return out
+
+
+def electing(error: Exception) -> bool:
+    """Whether ``error`` (a `confluent_kafka.KafkaException`) says that a partition has no
+    leader yet, or one that does not know itself so yet: a topic just created, a broker
+    restarting; asked again, the partition answers.
+
+    >>> from confluent_kafka import KafkaError, KafkaException
+    >>> electing(KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION)))
+    True
+    >>> electing(KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)))
+    False
+    """
+    from confluent_kafka import KafkaError
+
+    kafka_error = error.args[0] if error.args else None
+    if not isinstance(kafka_error, KafkaError):
+        return False
+    return kafka_error.code() in (
+        KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    )  # fmt: skip

@@ -68,7 +68,7 @@ from typing import Any, cast
 from learners.predictor import ServedModel
 from schemas.errors import KafkaAdapterError, RiverstreamError, SchemaError
 from schemas.events import EventCodec, FeatureEvent, Limits
-from stream.kafka.client import partitions_for
+from stream.kafka.client import electing, partitions_for
 from stream.kafka.publish import read_rows
 from stream.kafka.security import PLAINTEXT, KafkaSecurity
 from stream.predict.answer import ModelAnswers, encode
@@ -238,11 +238,13 @@ def kafka_rows(
 
 
 def _partition_ends(
-    bootstrap: str, topic: str, security: KafkaSecurity
+    bootstrap: str, topic: str, security: KafkaSecurity, *, timeout: float = 30.0
 ) -> dict[int, tuple[int, int, int]]:
     """Each partition of ``topic``: its first offset, its last stable offset (the end of a
     read committed: the first offset of the oldest transaction still open, else the log end)
-    and its log end (the high watermark), asked at once (ListOffsets, by isolation level)."""
+    and its log end (the high watermark), asked at once (ListOffsets, by isolation level).
+    A partition whose leader is being elected (a topic just created, a broker restarting) is
+    asked again until ``timeout``."""
     from confluent_kafka import IsolationLevel, KafkaException, TopicPartition
     from confluent_kafka.admin import AdminClient, OffsetSpec
 
@@ -255,21 +257,42 @@ def _partition_ends(
         (spec.latest(), IsolationLevel.READ_UNCOMMITTED),
     ]
     wanted = [{TopicPartition(topic, p): offset for p in partitions} for offset, _ in asked]
-    answers = [
-        {tp.partition: future for tp, future in futures.items()}
-        for futures in (
-            admin.list_offsets(offsets, isolation_level=level, request_timeout=10)
-            for offsets, (_, level) in zip(wanted, asked, strict=True)
-        )
-    ]
-    ends: dict[int, tuple[int, int, int]] = {}
-    for partition in partitions:
+
+    def ask() -> dict[int, tuple[int, int, int]]:
+        answers = [
+            {tp.partition: future for tp, future in futures.items()}
+            for futures in (
+                admin.list_offsets(offsets, isolation_level=level, request_timeout=10)
+                for offsets, (_, level) in zip(wanted, asked, strict=True)
+            )
+        ]
+        ends: dict[int, tuple[int, int, int]] = {}
+        for partition in partitions:
+            try:
+                low, stable, high = (int(by[partition].result().offset) for by in answers)
+            except KafkaException as exc:
+                raise _PartitionError(partition, exc) from exc
+            ends[partition] = (low, stable, high)
+        return ends
+
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            low, stable, high = (int(by[partition].result().offset) for by in answers)
-        except KafkaException as exc:
-            raise KafkaAdapterError(f"offsets of {topic}/{partition}: {exc}") from exc
-        ends[partition] = (low, stable, high)
-    return ends
+            return ask()
+        except _PartitionError as failed:
+            if not electing(failed.error) or time.monotonic() >= deadline:
+                message = f"offsets of {topic}/{failed.partition}: {failed.error}"
+                raise KafkaAdapterError(message) from failed.error
+            time.sleep(0.2)  # a pause between asks (polling with a deadline)
+
+
+class _PartitionError(Exception):
+    """A partition's offsets could not be read: which one, and Kafka's error."""
+
+    def __init__(self, partition: int, error: Exception) -> None:
+        super().__init__(partition, error)
+        self.partition = partition
+        self.error = error
 
 
 # -- scoring -----------------------------------------------------------------------------------
