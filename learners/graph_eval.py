@@ -41,7 +41,7 @@ model as ever. It does so only for a graph whose features nothing but its models
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import accumulate
 from typing import Any
 
@@ -71,6 +71,15 @@ from schemas.graphs import (
     SwitchNode,
     walk,
 )
+
+mean_probabilities_in_c: (
+    Callable[[Sequence[Outcome], Sequence[float] | None], tuple[Any, dict[Any, float]] | None]
+    | None
+)
+try:  # a classifiers' mean in C (learners/_ensemble_pass.c), built by pip install when it can be
+    from learners._ensemble_pass import mean_probabilities as mean_probabilities_in_c
+except ImportError:  # without a C compiler at install (tests require it: here and in CI)
+    mean_probabilities_in_c = None
 
 
 def compile_node(node: Node, path: str) -> Runner:
@@ -196,7 +205,13 @@ def _argmax(scores: dict[Any, float]) -> Any:
 def combine(
     outs: Sequence[Outcome], how: str, weights: Sequence[float] | None, path: str
 ) -> Outcome:
-    """The ensemble at ``path``'s answer from its members' (``weights`` None: equal)."""
+    """The ensemble at ``path``'s answer from its members' (``weights`` None: equal).
+    Classifiers' ``mean`` and ``weighted`` are summed in C when they can be (the same
+    numbers: `learners/_ensemble_pass.c`)."""
+    if how != "vote" and mean_probabilities_in_c is not None:
+        done = mean_probabilities_in_c(outs, weights)
+        if done is not None:
+            return _outcome(Outcome, (done[0], done[1], "classifier", path, None, None))
     kind = outs[0].kind
     for o in outs:
         if o.kind != kind:

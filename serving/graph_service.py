@@ -28,7 +28,6 @@ from stream.store.graph_follower import (
     Params,
     ServedGraph,
     ServedModels,
-    named_state,
 )
 from stream.store.graphs import GraphStore
 
@@ -248,7 +247,7 @@ class GraphService:
         if isinstance(parsed, dict):
             assert not isinstance(ids, list)
             out, ctx = run(parsed, models=models, request_id=ids, complete=complete, given=given)
-            content = _fields(out, ctx, {"graph": name, "graph_version": graph.version})
+            content = _fields(out, ctx, models, {"graph": name, "graph_version": graph.version})
             if ctx.shadows:
                 job = ShadowJob(name, ((ctx.answer(out), parsed),), models)
             return content, job
@@ -259,7 +258,7 @@ class GraphService:
         ]
         content = {
             "graph": name, "graph_version": graph.version,
-            "predictions": [_fields(out, ctx, {}) for out, ctx in outcomes],
+            "predictions": [_fields(out, ctx, models, {}) for out, ctx in outcomes],
         }  # fmt: skip
         shadowed = tuple(
             (ctx.answer(out), x)
@@ -315,13 +314,16 @@ class _ReadPlan(NamedTuple):
     """The JSON of the answer up to the outcome's fields: graph, version, the members' state."""
 
 
-def _fields(out: Outcome, ctx: Context, into: dict[str, Any]) -> dict[str, Any]:
+def _fields(
+    out: Outcome, ctx: Context, models: ServedModels, into: dict[str, Any]
+) -> dict[str, Any]:
     """``into`` with the answer's fields (`learners.graph.GraphAnswer`'s, written from the
     evaluation's outcome) after what it holds; ``versions`` and ``samples_learned`` are the
-    `named_state` of the members the context used. Written one by one: a third cheaper than
-    merging `_outcome_fields` (whose fields and order these are: the answers read from the
-    bytes are tested equal to these, byte for byte)."""
-    versions, learned = named_state(ctx.used.items())
+    `named_state` of the members the context used (``models``' own: the view it evaluated
+    with, `ServedModels.state`). Written one by one: a third cheaper than merging
+    `_outcome_fields` (whose fields and order these are: the answers read from the bytes are
+    tested equal to these, byte for byte)."""
+    versions, learned = models.state(tuple(ctx.used))
     into["versions"] = versions
     into["samples_learned"] = learned
     into["prediction"] = out.prediction

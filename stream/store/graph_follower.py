@@ -111,7 +111,7 @@ class ServedModels:
     its models never change.
     """
 
-    __slots__ = ("_linear", "_metric", "_models", "_normalised", "_weights", "get")
+    __slots__ = ("_linear", "_metric", "_models", "_normalised", "_state", "_weights", "get")
 
     def __init__(
         self,
@@ -126,6 +126,7 @@ class ServedModels:
         self._weights = {} if weights is None else weights
         self._normalised: dict[tuple[str, ...], list[float]] = {}
         self._linear: dict[tuple[str, ...], LinearMembers | None] = {}
+        self._state: dict[tuple[str, ...], tuple[dict[str, int], dict[str, int | None]]] = {}
 
     def metric(self, name: str) -> float | None:
         model = self._models.get(name)
@@ -151,6 +152,16 @@ class ServedModels:
             weights = self._normalised[names] = metric_weights(self, names)
             return weights
 
+    def state(self, names: tuple[str, ...]) -> tuple[dict[str, int], dict[str, int | None]]:
+        """`named_state` of this view's models ``names`` (each one served), remembered: the
+        same two dicts for every answer of the view, to read, never to change."""
+        try:
+            return self._state[names]
+        except KeyError:
+            models = self._models
+            state = self._state[names] = named_state((name, models[name]) for name in names)
+            return state
+
     def linear(self, names: tuple[str, ...]) -> LinearMembers | None:
         """The models ``names`` with the ``params`` of their compiled linear halves
         (`ServedModel.linear_parts`) and the state they name, when every one is served and has
@@ -165,7 +176,7 @@ class ServedModels:
                     self._linear[names] = None
                     return None
                 found.append((model, model.linear_parts.params))
-            versions, learned = named_state(zip(names, (m for m, _ in found), strict=True))
+            versions, learned = self.state(names)
             linear = self._linear[names] = LinearMembers(tuple(found), versions, learned)
             return linear
 

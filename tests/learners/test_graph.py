@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from river import anomaly, datasets, linear_model, metrics, naive_bayes, preprocessing, tree
 
+from learners import graph_eval
 from learners.graph import (
     CompiledGraph,
     GraphAnswer,
@@ -30,6 +31,7 @@ from learners.graph import (
     run_shadows,
     sticky_unit,
 )
+from learners.graph_context import Outcome
 from learners.predictor import ServedModel
 from schemas.graph_errors import GraphError
 from schemas.graph_parser import parse_graph
@@ -259,6 +261,51 @@ def test_numeric_ensembles_and_ties() -> None:
         assert (tie.prediction, tie.probabilities) == (False, {True: 0.5, False: 0.5})
     with pytest.raises(GraphError, match=r"^root\.ensemble: members mix classifier, regressor"):
         evaluate(g({"ensemble": {"members": ["a", "yes"]}}), {}, models=models)
+
+
+LABELS = [False, True, 0, 1, "a", "b", 2.5]
+NUMBERS = (
+    st.sampled_from([0.0, 0.25, 0.5, 1.0, -0.0, 1, 3]) | st.floats(0, 1) | st.floats(allow_nan=True)
+)
+outcomes = st.builds(
+    lambda prediction, proba, kind: Outcome(prediction, proba, kind, "m"),
+    st.sampled_from([None, *LABELS]),
+    st.none() | st.dictionaries(st.sampled_from(LABELS), NUMBERS, max_size=4),
+    st.sampled_from(["classifier", "classifier", "classifier", "regressor"]),
+)
+
+
+def test_the_c_mean_is_built() -> None:
+    """The test below compares both means; without the extension it would compare Python's
+    twice."""
+    assert graph_eval.mean_probabilities_in_c is not None, "pip install -e . again to build it"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    outs=st.lists(outcomes, min_size=1, max_size=4),
+    how=st.sampled_from(["mean", "weighted"]),
+    weights=st.none() | st.lists(NUMBERS | st.booleans(), min_size=1, max_size=5),
+)
+def test_an_ensembles_mean_in_c_is_pythons_to_the_bit(
+    outs: list[Outcome], how: str, weights: list[float] | None
+) -> None:
+    """`combine` in C (`learners/_ensemble_pass.c`) answers what its Python loop answers: the
+    same prediction, the same probabilities (key objects, order, bits), or the same error;
+    ties, abstaining members, regressors, NaN and weights of another length included."""
+
+    def combined() -> tuple[str, ...]:
+        try:
+            out = graph_eval.combine(outs, how, weights, "root.ensemble")
+        except (GraphError, ValueError, TypeError) as exc:
+            return (type(exc).__name__, str(exc))
+        proba = None if out.probabilities is None else list(out.probabilities.items())
+        return (repr(out.prediction), repr(proba), out.kind, out.decided_by)
+
+    in_c = combined()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(graph_eval, "mean_probabilities_in_c", None)
+        assert combined() == in_c
 
 
 # --- sequence -------------------------------------------------------------------------------

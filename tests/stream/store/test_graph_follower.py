@@ -169,6 +169,19 @@ def test_the_view_says_which_members_are_all_compiled_linear_models() -> None:
     assert view.get("lr") is models["lr"] and view.get("gone") is None
 
 
+def test_the_view_remembers_the_state_its_models_name() -> None:
+    """What a graph's answer says of the members it used (`named_state`), worked out once per
+    view and order of names; a new view (the follower's next mapping) reads the new state."""
+    models = {"acc": served("acc", {"Accuracy": 0.8}, version=3), "n": served("n", None)}
+    view = ServedModels(models)
+    state = view.state(("n", "acc"))
+    assert state == ({"n": 1, "acc": 3}, {"n": None, "acc": 0})
+    assert list(state[0]) == ["n", "acc"]  # the order the evaluation used them in
+    assert view.state(("n", "acc")) is state and view.state(("acc",)) == ({"acc": 3}, {"acc": 0})
+    swapped = {**models, "acc": served("acc", {"Accuracy": 0.9}, version=4)}
+    assert ServedModels(swapped).state(("n", "acc"))[0] == {"n": 1, "acc": 4}
+
+
 def test_an_unparsable_graph_pointer_is_the_problem_of_that_graph_only(
     kit, registry: GraphRegistry, store: SnapshotStore
 ) -> None:
