@@ -17,9 +17,9 @@
  *
  * and returns ``(prediction, sums)``; or None, having changed nothing, for anything else,
  * which `combine` then works out in Python: a kind other than "classifier", probabilities
- * that are not a non-empty dict (an untrained member, a regressor's), a number that is not
- * exactly a float or an int within ±2**53, weights of another length, a total that is not
- * positive, a sum that is NaN.
+ * that are not a non-empty dict (an untrained member, a regressor's), a label that is not
+ * exactly a bool, an int, a float or a str, a number that is not exactly a float or an int
+ * within ±2**53, weights of another length, a total that is not positive, a sum that is NaN.
  *
  * Why the numbers are Python's: each step is one IEEE 754 operation in Python (`float_mul`,
  * `float_add`, `float_div`), done here in the same order on the same doubles, compiled without
@@ -37,6 +37,15 @@
 #include "_exact_number.h"
 
 static PyObject *s_classifier;
+
+/* Whether `label` is a bool, an int, a float or a str exactly: their hashes, equalities and
+ * reprs run no Python code, so nothing can change the dicts read here while they are read. */
+static int
+plain_label(PyObject *label)
+{
+    return PyBool_Check(label) || PyLong_CheckExact(label) || PyUnicode_CheckExact(label)
+        || PyFloat_CheckExact(label);
+}
 
 /* The label `combine`'s `_argmax` picks among `sums` (no NaN): a new reference, or NULL with
  * an exception set (a repr that raised). */
@@ -137,7 +146,7 @@ mean_probabilities(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_
         total += w;
         Py_ssize_t pos = 0;
         while (PyDict_Next(proba, &pos, &label, &value)) {
-            if (!exact_number(value, &p))
+            if (!plain_label(label) || !exact_number(value, &p))
                 goto fallback;
             PyObject *had = PyDict_GetItemWithError(sums, label); /* borrowed */
             if (had == NULL && PyErr_Occurred())
@@ -196,8 +205,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "_ensemble_pass",
-    "An ensemble of classifiers combined in C (learners/_ensemble_pass.c).", -1, methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "learners._ensemble_pass",
+    .m_doc = "An ensemble of classifiers combined in C (learners/_ensemble_pass.c).",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC

@@ -263,7 +263,7 @@ def test_numeric_ensembles_and_ties() -> None:
         evaluate(g({"ensemble": {"members": ["a", "yes"]}}), {}, models=models)
 
 
-LABELS = [False, True, 0, 1, "a", "b", 2.5]
+LABELS = [False, True, 0, 1, "a", "b", 2.5, ("a", 1)]  # a tuple: left to Python
 NUMBERS = (
     st.sampled_from([0.0, 0.25, 0.5, 1.0, -0.0, 1, 3]) | st.floats(0, 1) | st.floats(allow_nan=True)
 )
