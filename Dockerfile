@@ -20,11 +20,12 @@ COPY serving ./serving
 COPY observability ./observability
 COPY console ./console
 # A C compiler for the build only (serving/_v2_body.c, the v2 infer body's reader,
-# learners/_linear_pass.c, the learner's scaler pass, and learners/_tree_pass.c, a learning
-# tree's Gaussians; the image fails to build without them), then removed.
+# learners/_linear_pass.c, the learner's scaler pass, learners/_tree_pass.c, a learning
+# tree's Gaussians, and learners/_ensemble_pass.c, a served ensemble's mean; the image fails to
+# build without them), then removed.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && pip install '.[parquet]' \
-    && (cd /tmp && python -c 'import serving._v2_body, learners._linear_pass, learners._tree_pass') \
+    && (cd /tmp && python -c 'import serving._v2_body, learners._linear_pass, learners._tree_pass, learners._ensemble_pass') \
     && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 
 # Non-root; the state directory (pids, local key) is the only writable place it needs.
