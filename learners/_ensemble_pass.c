@@ -1,9 +1,9 @@
 /* An ensemble of classifiers combined in C, equal to `learners.graph_eval.combine` to the bit.
  *
  * `mean_probabilities(outs, weights)` does what `combine` does for ``mean`` and ``weighted``
- * when every member is a classifier that gave probabilities (`Outcome`s, tuples whose item 1
- * is the probabilities and item 2 the kind), ``weights`` being None (each 1.0) or one number
- * per member:
+ * when every member is a classifier that gave probabilities (`Outcome`s, the type given once
+ * to `configure`, whose item 1 is the probabilities and item 2 the kind), ``weights`` being
+ * None (each 1.0) or one number per member:
  *
  *     sums = {}; total = 0.0
  *     for o, w in zip(outs, weights):
@@ -19,7 +19,8 @@
  * which `combine` then works out in Python: a kind other than "classifier", probabilities
  * that are not a non-empty dict (an untrained member, a regressor's), a label that is not
  * exactly a bool, an int, a float or a str, a number that is not exactly a float or an int
- * within ±2**53, weights of another length, a total that is not positive, a sum that is NaN.
+ * within ±2**53, weights of another length, a total that is not positive, a mean that is
+ * NaN.
  *
  * Why the numbers are Python's: each step is one IEEE 754 operation in Python (`float_mul`,
  * `float_add`, `float_div`), done here in the same order on the same doubles, compiled without
@@ -36,7 +37,7 @@
 
 #include "_exact_number.h"
 
-static PyObject *s_classifier;
+static PyObject *s_classifier, *outcome_type;
 
 /* Whether `label` is a bool, an int, a float or a str exactly: their hashes, equalities and
  * reprs run no Python code, so nothing can change the dicts read here while they are read. */
@@ -108,35 +109,36 @@ mean_probabilities(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_TypeError, "mean_probabilities(outs, weights)");
         return NULL;
     }
+    /* First, the one allocation that may run the collector, and so finalizers, which could
+     * change what is read below: nothing after it runs Python code until the answer's tuple. */
+    PyObject *sums = PyDict_New();
+    if (sums == NULL)
+        return NULL;
     PyObject *outs = args[0], *weights = args[1];
-    if (!PyList_CheckExact(outs) && !PyTuple_CheckExact(outs))
-        Py_RETURN_NONE;
+    if (outcome_type == NULL || !(PyList_CheckExact(outs) || PyTuple_CheckExact(outs)))
+        goto fallback;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(outs);
     PyObject **items = PySequence_Fast_ITEMS(outs);
     PyObject **ws = NULL;
     if (weights != Py_None) {
-        if (!PyList_CheckExact(weights) && !PyTuple_CheckExact(weights))
-            Py_RETURN_NONE;
-        if (PySequence_Fast_GET_SIZE(weights) != n)
-            Py_RETURN_NONE;
+        if (!(PyList_CheckExact(weights) || PyTuple_CheckExact(weights))
+            || PySequence_Fast_GET_SIZE(weights) != n)
+            goto fallback;
         ws = PySequence_Fast_ITEMS(weights);
     }
     if (n == 0)
-        Py_RETURN_NONE;
-    for (Py_ssize_t i = 0; i < n; i++) { /* every member a classifier with probabilities */
+        goto fallback;
+    for (Py_ssize_t i = 0; i < n; i++) { /* every member a classifier's `Outcome`, with probabilities */
         PyObject *o = items[i];
-        if (!PyTuple_Check(o) || PyTuple_GET_SIZE(o) < 3)
-            Py_RETURN_NONE;
+        if (Py_TYPE(o) != (PyTypeObject *)outcome_type || PyTuple_GET_SIZE(o) < 3)
+            goto fallback;
         PyObject *kind = PyTuple_GET_ITEM(o, 2), *proba = PyTuple_GET_ITEM(o, 1);
         if (kind != s_classifier
             && !(PyUnicode_CheckExact(kind) && PyUnicode_Compare(kind, s_classifier) == 0))
-            Py_RETURN_NONE;
+            goto fallback;
         if (!PyDict_CheckExact(proba) || PyDict_GET_SIZE(proba) == 0)
-            Py_RETURN_NONE;
+            goto fallback;
     }
-    PyObject *sums = PyDict_New();
-    if (sums == NULL)
-        return NULL;
     double total = 0.0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *proba = PyTuple_GET_ITEM(items[i], 1), *label, *value;
@@ -167,10 +169,9 @@ mean_probabilities(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_
     PyObject *label, *value;
     while (PyDict_Next(sums, &pos, &label, &value)) {
         double s = PyFloat_AS_DOUBLE(value);
-        if (isnan(s))
-            goto fallback;
         if (total != 1.0) { /* replacing a key's value keeps the dict's order and size */
-            PyObject *mean = PyFloat_FromDouble(s / total);
+            s = s / total;
+            PyObject *mean = PyFloat_FromDouble(s);
             if (mean == NULL)
                 goto error;
             int failed = PyDict_SetItem(sums, label, mean);
@@ -178,6 +179,8 @@ mean_probabilities(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_
             if (failed)
                 goto error;
         }
+        if (isnan(s))
+            goto fallback;
     }
     PyObject *prediction = argmax(sums);
     if (prediction == NULL)
@@ -198,7 +201,23 @@ error:
     return NULL;
 }
 
+/* `configure(Outcome)`: the one type of member answered here (its fields by position). */
+static PyObject *
+configure(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1 || !PyType_Check(args[0])
+        || !PyType_IsSubtype((PyTypeObject *)args[0], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "configure(Outcome: a tuple type)");
+        return NULL;
+    }
+    Py_INCREF(args[0]);
+    Py_XSETREF(outcome_type, args[0]);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
+     "configure(Outcome): the type of the members' answers."},
     {"mean_probabilities", (PyCFunction)(void (*)(void))mean_probabilities, METH_FASTCALL,
      "mean_probabilities(outs, weights) -> (prediction, probabilities) | None"},
     {NULL, NULL, 0, NULL},
@@ -217,5 +236,8 @@ PyInit__ensemble_pass(void)
 {
     if (!(s_classifier = PyUnicode_InternFromString("classifier")))
         return NULL;
-    return PyModule_Create(&module_def);
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL)
+        Py_CLEAR(s_classifier);
+    return module;
 }

@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 from typing import Any
 
+def configure(outcome: type[tuple[Any, ...]], /) -> None: ...
 def mean_probabilities(
     outs: Sequence[tuple[Any, ...]], weights: Sequence[float] | None, /
 ) -> tuple[Any, dict[Any, float]] | None: ...

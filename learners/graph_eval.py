@@ -77,7 +77,10 @@ mean_probabilities_in_c: (
     | None
 )
 try:  # a classifiers' mean in C (learners/_ensemble_pass.c), built by pip install when it can be
-    from learners._ensemble_pass import mean_probabilities as mean_probabilities_in_c
+    from learners import _ensemble_pass
+
+    _ensemble_pass.configure(Outcome)
+    mean_probabilities_in_c = _ensemble_pass.mean_probabilities
 except ImportError:  # without a C compiler at install (tests require it: here and in CI)
     mean_probabilities_in_c = None
 

@@ -268,10 +268,13 @@ NUMBERS = (
     st.sampled_from([0.0, 0.25, 0.5, 1.0, -0.0, 1, 3]) | st.floats(0, 1) | st.floats(allow_nan=True)
 )
 outcomes = st.builds(
-    lambda prediction, proba, kind: Outcome(prediction, proba, kind, "m"),
+    lambda prediction, proba, kind, plain: (tuple if plain else Outcome._make)(
+        (prediction, proba, kind, "m", None, None)
+    ),
     st.sampled_from([None, *LABELS]),
     st.none() | st.dictionaries(st.sampled_from(LABELS), NUMBERS, max_size=4),
     st.sampled_from(["classifier", "classifier", "classifier", "regressor"]),
+    st.sampled_from([False] * 9 + [True]),  # a plain tuple: no `kind` (Python's error)
 )
 
 
@@ -297,7 +300,7 @@ def test_an_ensembles_mean_in_c_is_pythons_to_the_bit(
     def combined() -> tuple[str, ...]:
         try:
             out = graph_eval.combine(outs, how, weights, "root.ensemble")
-        except (GraphError, ValueError, TypeError) as exc:
+        except (GraphError, ValueError, TypeError, AttributeError) as exc:
             return (type(exc).__name__, str(exc))
         proba = None if out.probabilities is None else list(out.probabilities.items())
         return (repr(out.prediction), repr(proba), out.kind, out.decided_by)
