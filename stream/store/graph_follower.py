@@ -107,8 +107,8 @@ class ServedModels:
     ``by_metric`` weight (a version's metadata never changes); it is emptied past
     `WEIGHTS_CACHE` entries. A live update is weighed afresh: it keeps the version it continues
     while its metrics change. The normalised weights of an ensemble's members are remembered
-    by the view itself, as are which graphs' models are all compiled linear ones (`linear`):
-    its models never change.
+    by the view itself, as are which graphs' models are all compiled linear ones (`linear`)
+    and the state the members of an answer name (`state`): its models never change.
     """
 
     __slots__ = ("_linear", "_metric", "_models", "_normalised", "_state", "_weights", "get")
