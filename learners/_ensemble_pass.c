@@ -48,6 +48,18 @@ plain_label(PyObject *label)
         || PyFloat_CheckExact(label);
 }
 
+/* `d[key] = value` (a new float): 0, or -1 with an exception set. */
+static int
+set_float(PyObject *d, PyObject *key, double value)
+{
+    PyObject *number = PyFloat_FromDouble(value);
+    if (number == NULL)
+        return -1;
+    int failed = PyDict_SetItem(d, key, number);
+    Py_DECREF(number);
+    return failed;
+}
+
 /* The label `combine`'s `_argmax` picks among `sums` (no NaN): a new reference, or NULL with
  * an exception set (a repr that raised). */
 static PyObject *
@@ -128,7 +140,8 @@ mean_probabilities(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_
     }
     if (n == 0)
         goto fallback;
-    for (Py_ssize_t i = 0; i < n; i++) { /* every member a classifier's `Outcome`, with probabilities */
+    /* every member a classifier's `Outcome`, with probabilities */
+    for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *o = items[i];
         if (Py_TYPE(o) != (PyTypeObject *)outcome_type || PyTuple_GET_SIZE(o) < 3)
             goto fallback;
@@ -154,12 +167,7 @@ mean_probabilities(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_
             if (had == NULL && PyErr_Occurred())
                 goto error;
             double s = had == NULL ? 0.0 : PyFloat_AS_DOUBLE(had);
-            PyObject *sum = PyFloat_FromDouble(s + w * p);
-            if (sum == NULL)
-                goto error;
-            int failed = PyDict_SetItem(sums, label, sum);
-            Py_DECREF(sum);
-            if (failed)
+            if (set_float(sums, label, s + w * p) < 0)
                 goto error;
         }
     }
@@ -171,12 +179,7 @@ mean_probabilities(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_
         double s = PyFloat_AS_DOUBLE(value);
         if (total != 1.0) { /* replacing a key's value keeps the dict's order and size */
             s = s / total;
-            PyObject *mean = PyFloat_FromDouble(s);
-            if (mean == NULL)
-                goto error;
-            int failed = PyDict_SetItem(sums, label, mean);
-            Py_DECREF(mean);
-            if (failed)
+            if (set_float(sums, label, s) < 0)
                 goto error;
         }
         if (isnan(s))
