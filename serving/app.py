@@ -266,6 +266,7 @@ def create_app(
             fast.append((GRAPHS_PREFIX, GraphFastPath(app.stack, service=graphs)))
             app.fast_paths = tuple(fast)
             app.direct_answers = settings.serve_direct_answers
+            app.max_body_bytes = max_body_bytes
     # Outermost: tokens, POST /v1/features and /v1/labels, predict with an id (logged to Kafka).
     publisher = Publisher(settings)
     app.state.publisher = publisher  # closed with the app (its lifespan)
@@ -358,6 +359,8 @@ class RiverstreamAPI(FastAPI):
     direct_answers = False
     """Whether `serving.protocol` may answer the fast paths' routes without the ASGI cycle
     (`direct`; ``RIVERSTREAM_SERVE_DIRECT_ANSWERS``)."""
+    max_body_bytes = 0
+    """The fast paths' size limit (``RIVERSTREAM_SERVE_MAX_BODY_BYTES``), for `direct`."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -372,10 +375,12 @@ class RiverstreamAPI(FastAPI):
         self, path: str, headers: Iterable[tuple[bytes, bytes]], body: bytes, started: float
     ) -> DirectAnswer | None:
         """`DirectPath.direct` of the fast path whose prefix ``path`` starts with: what `__call__`
-        would answer to ``POST path``, or None (the request goes to `__call__`)."""
+        would answer to ``POST path``, or None (the request goes to `__call__`). A body over
+        `max_body_bytes` is given as None, as `receive_body` gives it to their `__call__`."""
         for prefix, fast in self.fast_paths:
             if path.startswith(prefix):
-                return fast.direct(path, headers, body, started)
+                raw = body if len(body) <= self.max_body_bytes else None
+                return fast.direct(path, headers, raw, started)
         return None
 
     async def stack(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -444,13 +449,13 @@ class PredictFastPath:
         return status, orjson.dumps(content, default=json_default, option=JSON_OPTIONS)
 
     def direct(
-        self, path: str, headers: Iterable[tuple[bytes, bytes]], body: bytes, started: float
+        self, path: str, headers: Iterable[tuple[bytes, bytes]], raw: bytes | None, started: float
     ) -> DirectAnswer | None:
         """`DirectPath.direct`: ``POST /v1/models/{name}/predict`` answered as `__call__` does."""
         name = _predict_name(path)
         if name is None:
             return None
-        answered = self.respond(name, body if len(body) <= self.max_body_bytes else None, started)
+        answered = self.respond(name, raw, started)
         return None if answered is None else (*answered, None)
 
 

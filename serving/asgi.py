@@ -26,11 +26,12 @@ class DirectPath(Protocol):
     """A fast path that can also answer without the ASGI cycle (`serving.protocol`)."""
 
     def direct(
-        self, path: str, headers: Iterable[tuple[bytes, bytes]], body: bytes, started: float
+        self, path: str, headers: Iterable[tuple[bytes, bytes]], raw: bytes | None, started: float
     ) -> DirectAnswer | None:
-        """The answer to ``POST path`` with ``body`` (read whole), or None: the request is for
-        the app (another route, or a body only the middleware stack answers, one naming an
-        ``"id"`` or asking to be logged)."""
+        """The answer to ``POST path`` with the body ``raw`` (read whole; None: over the size
+        limit, which `serving.app.RiverstreamAPI.direct` checks for every fast path), or None:
+        the request is for the app (another route, or a body only the middleware stack answers,
+        one naming an ``"id"`` or asking to be logged)."""
         ...
 
 

@@ -213,13 +213,12 @@ class GraphFastPath:
         return status, orjson.dumps(content, default=json_default, option=JSON_OPTIONS), job
 
     def direct(
-        self, path: str, headers: Iterable[tuple[bytes, bytes]], body: bytes, started: float
+        self, path: str, headers: Iterable[tuple[bytes, bytes]], raw: bytes | None, started: float
     ) -> DirectAnswer | None:
         """`serving.asgi.DirectPath.direct`: a graph's predict answered as `__call__` does."""
         name = _graph_name(path)
         if name is None:
             return None
-        raw = body if len(body) <= self.service.max_body_bytes else None
         answered = self.respond(name, raw, started)
         if answered is None:
             return None

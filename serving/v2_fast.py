@@ -70,13 +70,12 @@ class V2InferFastPath:
         await self.app(scope, receive, send)
 
     def direct(
-        self, path: str, headers: Iterable[tuple[bytes, bytes]], body: bytes, started: float
+        self, path: str, headers: Iterable[tuple[bytes, bytes]], raw: bytes | None, started: float
     ) -> DirectAnswer | None:
         """`serving.asgi.DirectPath.direct`: the infer route answered as `__call__` does."""
         route = _infer_route(path)
         if route is None:
             return None
-        raw = body if len(body) <= self.max_body_bytes else None
         status, out, job = self.respond(*route, raw, read_headers(headers), started)
         after = None
         if job is not None and self.run_later is not None:

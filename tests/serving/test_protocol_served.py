@@ -39,11 +39,13 @@ def requests(x: dict[str, Any], batch: list[dict[str, Any]]) -> list[tuple[str, 
         ("POST", "/v2/models/lr/infer", orjson.dumps({"inputs": v2})),
         ("POST", "/v2/models/lr/infer", orjson.dumps({"id": "r-1", "inputs": v2})),
         ("POST", "/v2/models/lr/infer", b'{"inputs": []}'),  # 400
+        ("POST", "/v2/models/lr/infer", b'{"id": "' + b"a" * MAX_BODY + b'"}'),  # 400: too large
         ("POST", "/v1/graphs/one/predict", orjson.dumps({"features": x})),
         ("POST", "/v1/graphs/pair/predict", orjson.dumps({"features": x})),
         ("POST", "/v1/graphs/ruled/predict", orjson.dumps({"instances": batch})),
         ("POST", "/v1/graphs/nope/predict", orjson.dumps({"features": x})),  # 404
         ("POST", "/v1/graphs/one/predict", b"[]"),  # 422
+        ("POST", "/v1/graphs/one/predict", b'{"features": {"x": "' + b"a" * MAX_BODY + b'"}}'),
         ("GET", "/healthz", b""),  # not a hot route: ASGI on both
         ("POST", "/v1/models/lr", b"{}"),  # 405
     ]  # fmt: skip
@@ -117,5 +119,5 @@ def test_direct_answers_are_the_asgi_answers_byte_for_byte(
     ):
         assert direct_answer == asgi_answer, request
     statuses = [status for status, _, _ in answers[True]]
-    assert statuses == [200, 200, 200, 200, 200, 422, 422, 404, 413, 200, 200, 400,
-                        200, 200, 200, 404, 422, 200, 405]  # fmt: skip
+    assert statuses == [200, 200, 200, 200, 200, 422, 422, 404, 413, 200, 200, 400, 400,
+                        200, 200, 200, 404, 422, 413, 200, 405]  # fmt: skip
