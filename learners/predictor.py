@@ -53,6 +53,20 @@ def _first_argmax(proba: dict[Any, float]) -> Any:
     return max(proba, key=proba.__getitem__) if proba else None
 
 
+def _binary_answer(proba: dict[Any, float]) -> tuple[bool, dict[Any, float]] | None:
+    """A compiled linear classifier's ``(prediction, probabilities)`` from its
+    ``{False: 1 - p, True: p}``, or None when ``p`` is not finite (then ``1 - p`` is not
+    either): the first argmax is ``p > 1 - p`` (False at a tie, as River's ``predict_one``).
+
+    >>> _binary_answer({False: 0.5, True: 0.5}), _binary_answer({False: 0.25, True: 0.75})
+    ((False, {False: 0.5, True: 0.5}), (True, {False: 0.25, True: 0.75}))
+    >>> _binary_answer({False: float("nan"), True: float("nan")}) is None
+    True
+    """
+    p = proba[True]
+    return (p > proba[False], proba) if p - p == 0 else None
+
+
 # What a model may raise when the features do not suit it (a string where it needs a number,
 # an overflow...): the client's input is at fault, so this is a 422, not a 500.
 MODEL_INPUT_ERRORS = (TypeError, ValueError, KeyError, ArithmeticError)
@@ -225,11 +239,11 @@ class ServedModel:
             if linear is None:
                 tree = self.tree
                 proba = est.predict_proba_one(x) if tree is None else tree(x)
-            else:  # {False: 1 - p, True: p}: finite iff p is, and the first argmax is p > 1 - p
+            else:
                 proba = linear(x)
-                p = proba[True]
-                if p - p == 0:
-                    return p > proba[False], proba
+                answer = _binary_answer(proba)
+                if answer is not None:
+                    return answer
             _check_finite(proba)
             return _first_argmax(proba), proba
         if self.kind == "classifier":
@@ -252,9 +266,8 @@ class ServedModel:
         parts = self.linear_parts
         assert parts is not None, "predict_sum needs a compiled linear model"
         answer = parts.answer(acc)
-        if self.argmax:  # {False: 1 - p, True: p}, as in `predict`
-            p = answer[True]
-            return (p > answer[False], answer) if p - p == 0 else None
+        if self.argmax:
+            return _binary_answer(answer)
         return (answer, None) if answer - answer == 0 else None
 
     def info(self, now: float | None = None) -> dict[str, Any]:
