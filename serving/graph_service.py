@@ -146,10 +146,9 @@ class GraphService:
         content: bytes | dict[str, Any]
         try:
             out, ctx = graph.compiled.given_outcome(plan.models, given)
-            tail = orjson.dumps(
-                _outcome_fields(out, ctx), default=json_default, option=JSON_OPTIONS
-            )
-            content = plan.head + tail[1:]
+            answer = {"prediction": out.prediction, "probabilities": out.probabilities}
+            said = orjson.dumps(answer, default=json_default, option=JSON_OPTIONS)
+            content = plan.head + said[1:-1] + _outcome_tail(out, ctx, plan.tails)
             status = 200
         except Exception as exc:  # as in `answer_general`
             status, content = self._failure(name, exc)
@@ -173,7 +172,7 @@ class GraphService:
                 "samples_learned": linear.samples_learned,  # every member: `models_alone`
             }  # fmt: skip
             head = orjson.dumps(fields, default=json_default, option=JSON_OPTIONS)[:-1] + b","
-        plan = self._read_plans[name] = _ReadPlan(graph, served, models, members, head)
+        plan = self._read_plans[name] = _ReadPlan(graph, served, models, members, head, {})
         return plan
 
     def answer_general(
@@ -312,6 +311,9 @@ class _ReadPlan(NamedTuple):
     """Each model's name, model and linear ``params``; None: the graph is not read so."""
     head: bytes
     """The JSON of the answer up to the outcome's fields: graph, version, the members' state."""
+    tails: dict[tuple[Any, ...], bytes]
+    """The JSON of the answer after its prediction and probabilities, by outcome
+    (`_outcome_tail`)."""
 
 
 def _fields(
@@ -320,9 +322,9 @@ def _fields(
     """``into`` with the answer's fields (`learners.graph.GraphAnswer`'s, written from the
     evaluation's outcome) after what it holds; ``versions`` and ``samples_learned`` are the
     `named_state` of the members the context used (``models``' own: the view it evaluated
-    with, `ServedModels.state`). Written one by one: a third cheaper than merging
-    `_outcome_fields` (whose fields and order these are: the answers read from the bytes are
-    tested equal to these, byte for byte)."""
+    with, `ServedModels.state`). Written one by one, a third cheaper than merging a second
+    dict; the answers read from the bytes (`GraphService.answer_read`, `_outcome_tail`) have
+    these fields in this order, and are tested equal to these answers, byte for byte."""
     versions, learned = models.state(tuple(ctx.used))
     into["versions"] = versions
     into["samples_learned"] = learned
@@ -336,10 +338,35 @@ def _fields(
     return into
 
 
-def _outcome_fields(out: Outcome, ctx: Context) -> dict[str, Any]:
-    """An answer's fields after the state's, in their order (`_fields`'), from the outcome."""
-    return {
-        "prediction": out.prediction, "probabilities": out.probabilities, "kind": out.kind,
-        "path": ctx.path, "decided_by": out.decided_by, "decision": out.decision,
-        "reason": out.reason,
-    }  # fmt: skip
+_TAILS_KEPT = 64
+"""Tails a `_ReadPlan` keeps: a graph's outcomes are few (one per rule and branch it can end
+in); past that many, a tail is rendered each time."""
+
+
+def _outcome_tail(out: Outcome, ctx: Context, tails: dict[tuple[Any, ...], bytes]) -> bytes:
+    """The JSON of an answer's fields after its prediction and probabilities, in their order
+    (`_fields`'), from ``,`` to the closing brace: the kind, the path, the deciding node, the
+    decision and its reason. They name where the evaluation ended, not what was predicted, so
+    the few each graph gives are rendered once and kept in ``tails`` (a `_ReadPlan`'s).
+
+    >>> tails = {}
+    >>> out = Outcome(True, {True: 0.9, False: 0.1}, "classifier", "r[0]", "block")
+    >>> ctx = Context(None, None, {})  # type: ignore[arg-type]
+    >>> ctx.path.append("r[0]")
+    >>> _outcome_tail(out, ctx, tails)
+    b',"kind":"classifier","path":["r[0]"],"decided_by":"r[0]","decision":"block","reason":null}'
+    >>> list(tails.values()) == [_outcome_tail(out._replace(prediction=False), ctx, tails)]
+    True
+    """
+    path = ctx.path
+    key = out[2:] + tuple(path) if path else out[2:]  # kind, decided_by, decision, reason
+    tail = tails.get(key)
+    if tail is None:
+        fields = {
+            "kind": out.kind, "path": path, "decided_by": out.decided_by,
+            "decision": out.decision, "reason": out.reason,
+        }  # fmt: skip
+        tail = b"," + orjson.dumps(fields, default=json_default, option=JSON_OPTIONS)[1:]
+        if len(tails) < _TAILS_KEPT:
+            tails[key] = tail
+    return tail

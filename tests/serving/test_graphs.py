@@ -188,9 +188,16 @@ def test_a_graph_of_linear_models_is_answered_from_its_bytes(
     ]
     pair = {"ensemble": {"members": ["lr", "seq"], "combine": "weighted", "weights": "by_metric"}}
     feature_rule = {"when": {"feature": "https", "gt": 0.5}, "then": {"decision": "look"}}
-    reads = {"one": 1, "pair": 2, "back": 2, "ruled": 2, "mixed": 0, "featured": 0}  # per body
+    # "inner": answers decided by the ensemble alike, after other choices inside it (paths)
+    alike = [
+        {"when": {"output": "proba.true", "ge": 0.5}, "then": {"decision": "look"}},
+        {"when": {"not": {"output": "prediction", "eq": True}}, "then": {"decision": "look"}},
+    ]
+    inner = {"ensemble": {"members": [{"rules": {"over": "lr", "rules": alike}}, "seq"]}}
+    reads = {"one": 1, "pair": 2, "back": 2, "ruled": 2, "inner": 2, "mixed": 0, "featured": 0}
     for name, root in {
         "one": "lr", "pair": pair, "ruled": {"rules": {"over": pair, "rules": rules}},
+        "inner": inner,
         "back": {"ensemble": {"members": ["seq", "lr"]}},  # versions name "seq" first
         "mixed": {"ensemble": {"members": ["lr", "tree"]}},
         "featured": {"rules": {"over": "lr", "rules": [feature_rule]}},
