@@ -1,6 +1,7 @@
 /* The commonest request bodies, read in one pass in C: the row of an Open Inference Protocol v2
- * infer body (`read_row`, below), and a `/v1` predict body's sum for a linear model
- * (`read_dot`, further down: the same numbers, the features never built).
+ * infer body (`read_row`, below), and a `/v1` predict body's features (`read_features`,
+ * further down) or their sum for a linear model (`read_dot`: the same numbers, the features
+ * never built).
  *
  * `serving.v2_requests.numeric_row` calls `read_row(raw, max_features)` first. The body it reads
  * is `{"inputs": [...]}` alone, one tensor per feature, each `{"name": ..., "shape": [1],
@@ -489,88 +490,85 @@ skip_space(const char *p, const char *end)
 
 static const Text FEATURES = TEXT("\"features\"");
 
-/* read_dot(raw, params, max_features) -> float | None: the sum a served linear model adds for
- * the features of a `/v1` predict body, read from its bytes without building them.
- *
- * The body is `{"features": {name: number, ...}}` alone, with any JSON whitespace between its
- * tokens. `params` maps a feature's name to `(mean, std, weight)` (`learners.linear`): the sum
- * is `learners/_linear_pass.c`'s `dot_standardized` of the features orjson reads there, float
- * for float: `weight * ((x - mean) / std)` added in the body's order from 0.0, for the names
- * `params` holds, each number read as `read_value` reads it (`scan_number`) (an integer as `float(int)`, which
- * Python's arithmetic with a float mean does). None, for the general reading to answer, for
- * anything else: another key, a name with an escape, a control character or a byte past ASCII,
- * a number this reader leaves to the others, a known name given twice (orjson keeps the last
- * value at the first place), more than `max_features` names, an entry of `params` not three
- * floats with a std that is not 0, any other byte. */
-static PyObject *
-read_dot(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* The commonest `/v1` predict body, `{"features": {name: number, ...}}` alone, with any JSON
+ * whitespace between its tokens: its features into `row` (a new dict) when `params` is NULL,
+ * else the sum `read_dot` adds for them into *acc (the features never built). Each number is
+ * read as `read_value` reads it (`scan_number`): in `row`, an integer literal is an `int` and
+ * any other a float, as orjson reads them. 1 read; 0 left to the general reading (another key,
+ * a name with an escape, a control character or a byte past ASCII, a number this reader leaves
+ * to the others, a name given twice (orjson keeps the last value at the first place; in the
+ * sum, a known one), more than `max_features` names, an entry of `params` not three floats
+ * with a std that is not 0, any other byte); -1 with an exception set. */
+static int
+read_features_body(PyObject *raw, Py_ssize_t max_features, PyObject *row, PyObject *params,
+                   double *acc)
 {
-    (void)module;
-    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyDict_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "read_dot(raw: bytes, params: dict, max_features: int)");
-        return NULL;
-    }
-    PyObject *params = args[1];
-    Py_ssize_t max_features;
-    int limited = limit_of(args[2], &max_features);
-    if (limited < 0)
-        return NULL;
-    if (limited == 0)
-        Py_RETURN_NONE;
-    const char *p = PyBytes_AS_STRING(args[0]);
-    const char *end = p + PyBytes_GET_SIZE(args[0]);
+    const char *p = PyBytes_AS_STRING(raw);
+    const char *end = p + PyBytes_GET_SIZE(raw);
 
     p = skip_space(p, end);
     if (p >= end || *p++ != '{')
-        Py_RETURN_NONE;
+        return 0;
     p = skip_space(p, end);
     if (!starts(p, end, FEATURES))
-        Py_RETURN_NONE;
+        return 0;
     p = skip_space(p + FEATURES.size, end);
     if (p >= end || *p++ != ':')
-        Py_RETURN_NONE;
+        return 0;
     p = skip_space(p, end);
     if (p >= end || *p++ != '{')
-        Py_RETURN_NONE;
+        return 0;
     p = skip_space(p, end);
 
     Seen seen;
     seen_init(&seen, 0);
-    PyObject *result = NULL;
-    double acc = 0.0;
+    int outcome = 0;
+    double sum = 0.0;
     Py_ssize_t n = 0;
     if (p < end && *p == '}')
         p++;  /* no features */
     else
         for (;;) {
             if (p >= end || *p != '"')
-                goto other;
+                goto done;
             const char *name = ++p;
             while (p < end && *p != '"') {
                 unsigned char c = (unsigned char)*p;
                 if (c < 0x20 || c == '\\' || c >= 0x80)
-                    goto other;
+                    goto done;
                 p++;
             }
             if (p >= end)
-                goto other;
+                goto done;
             Py_ssize_t size = p - name;
             p = skip_space(p + 1, end);
             if (p >= end || *p++ != ':')
-                goto other;
+                goto done;
             p = skip_space(p, end);
             Number number;
             if (!scan_number(&p, end, &number) || ++n > max_features)
-                goto other;
+                goto done;
             PyObject *key = name_at(kept_features, n - 1, name, size);
             if (key == NULL)
                 goto fail;
-            int added = add_term(params, key, &number, &seen, &acc);
-            Py_DECREF(key);
-            if (added < 0)
-                goto fail;
-            if (added == 0)
-                goto other;
+            if (row != NULL) {
+                PyObject *value = value_object(&number, 1);
+                int failed = value == NULL || PyDict_SetItem(row, key, value);
+                Py_DECREF(key);
+                Py_XDECREF(value);
+                if (failed)
+                    goto fail;
+                if (PyDict_GET_SIZE(row) != n)  /* a name twice */
+                    goto done;
+            }
+            else {
+                int added = add_term(params, key, &number, &seen, &sum);
+                Py_DECREF(key);
+                if (added < 0)
+                    goto fail;
+                if (added == 0)
+                    goto done;
+            }
             p = skip_space(p, end);
             if (p < end && *p == ',') {
                 p = skip_space(p + 1, end);
@@ -580,24 +578,83 @@ read_dot(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 p++;
                 break;
             }
-            goto other;
+            goto done;
         }
     p = skip_space(p, end);
     if (p >= end || *p++ != '}')
-        goto other;
+        goto done;
     if (skip_space(p, end) != end)
-        goto other;
-    result = PyFloat_FromDouble(acc);
-    goto done;
-other:
-    Py_INCREF(Py_None);
-    result = Py_None;
+        goto done;
+    *acc = sum;
+    outcome = 1;
     goto done;
 fail:
-    result = NULL;
+    outcome = -1;
 done:
     seen_free(&seen);
-    return result;
+    return outcome;
+}
+
+/* read_dot(raw, params, max_features) -> float | None: the sum a served linear model adds for
+ * the features of a `/v1` predict body, read from its bytes without building them.
+ *
+ * `params` maps a feature's name to `(mean, std, weight)` (`learners.linear`): the sum is
+ * `learners/_linear_pass.c`'s `dot_standardized` of the features orjson reads there, float for
+ * float: `weight * ((x - mean) / std)` added in the body's order from 0.0, for the names
+ * `params` holds (an integer as `float(int)`, which Python's arithmetic with a float mean
+ * does). None, for the general reading to answer, for any body `read_features_body` leaves to
+ * it. */
+static PyObject *
+read_dot(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "read_dot(raw: bytes, params: dict, max_features: int)");
+        return NULL;
+    }
+    Py_ssize_t max_features;
+    int limited = limit_of(args[2], &max_features);
+    if (limited < 0)
+        return NULL;
+    if (limited == 0)
+        Py_RETURN_NONE;
+    double acc;
+    int outcome = read_features_body(args[0], max_features, NULL, args[1], &acc);
+    if (outcome < 0)
+        return NULL;
+    if (outcome == 0)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble(acc);
+}
+
+/* read_features(raw, max_features) -> dict | None: the features of a `/v1` predict body as the
+ * general reading gives them (orjson: the same names, order, types and numbers), read from its
+ * bytes; None for any body `read_features_body` leaves to it. */
+static PyObject *
+read_features(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "read_features(raw: bytes, max_features: int)");
+        return NULL;
+    }
+    Py_ssize_t max_features;
+    int limited = limit_of(args[1], &max_features);
+    if (limited < 0)
+        return NULL;
+    if (limited == 0)
+        Py_RETURN_NONE;
+    PyObject *row = PyDict_New();
+    if (row == NULL)
+        return NULL;
+    double unused;
+    int outcome = read_features_body(args[0], max_features, row, NULL, &unused);
+    if (outcome == 1)
+        return row;
+    Py_DECREF(row);
+    if (outcome < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 /* The commonest v2 infer body (see the top of this file): its row into `row` (a new dict) when
@@ -758,6 +815,9 @@ static PyMethodDef methods[] = {
     {"read_dot", (PyCFunction)(void (*)(void))read_dot, METH_FASTCALL,
      "read_dot(raw, params, max_features) -> float | None: a served linear model's sum for the "
      "features of the commonest `/v1` predict body."},
+    {"read_features", (PyCFunction)(void (*)(void))read_features, METH_FASTCALL,
+     "read_features(raw, max_features) -> dict | None: the features of the commonest `/v1` "
+     "predict body."},
     {"read_row_dot", (PyCFunction)(void (*)(void))read_row_dot, METH_FASTCALL,
      "read_row_dot(raw, params, max_features) -> float | None: a served linear model's sum for "
      "the row of the commonest v2 infer body."},

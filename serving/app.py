@@ -75,6 +75,7 @@ from serving.inputs import (
     numeric_features,
     numeric_instances,
     predict_features,
+    read_features,
 )
 from serving.lookup import lookup_router
 from serving.telemetry import RequestRecorder, ServingMetrics, get_metrics, metrics_response_bytes
@@ -91,7 +92,7 @@ _NAME_START, _NAME_END = len(_PREDICT_PREFIX), -len(_PREDICT_SUFFIX)
 UNREAD: Final = object()
 """`answer`'s ``body`` when the caller has not loaded the JSON."""
 Answer = Callable[[str, bytes | None, Any, float | None], tuple[int, dict[str, Any]]]
-AnswerLinear = Callable[[str, bytes, float], dict[str, Any] | None]
+AnswerRead = Callable[[str, bytes, float], dict[str, Any] | None]
 
 
 class JSONResponse(_StarletteJSONResponse):
@@ -235,30 +236,42 @@ def create_app(
         observe(PREDICT_ROUTE, name, status, time.perf_counter() - started)
         return status, content
 
-    def answer_linear(name: str, raw: bytes, started: float) -> dict[str, Any] | None:
-        """`answer`'s 200 for the commonest body to a compiled linear model, its sum read from
-        the bytes in C (`serving.inputs.linear_sum`: the same numbers, no features built);
-        None for anything else, which `answer` then reads."""
+    def answer_read(name: str, raw: bytes, started: float) -> dict[str, Any] | None:
+        """`answer`'s 200 for the commonest body, read from its bytes in C: to a compiled
+        linear model, its sum (`serving.inputs.linear_sum`: the same numbers, no features
+        built); to any other, its features (`serving.inputs.read_features`: the general
+        reading's). None for anything else, or a prediction that fails, which `answer` then
+        reads (and explains)."""
         served = follower.get(name)
-        if served is None or (parts := served.linear_parts) is None:
+        if served is None:
             return None
-        acc = linear_sum(raw, parts.params, limits)
-        if acc is None or (outcome := served.predict_sum(acc)) is None:
-            return None
+        parts = served.linear_parts
+        if parts is not None:
+            acc = linear_sum(raw, parts.params, limits)
+            if acc is None or (outcome := served.predict_sum(acc)) is None:
+                return None
+        else:
+            features = read_features(raw, limits)
+            if features is None:
+                return None
+            try:
+                outcome = served.predict(features, complete=True)
+            except MODEL_INPUT_ERRORS:
+                return None
         content = _answer(name, served, *outcome)
         observe(PREDICT_ROUTE, name, 200, time.perf_counter() - started)
         return content
 
     if fast_path:
         app.add_middleware(
-            PredictFastPath, answer=answer, answer_linear=answer_linear,
+            PredictFastPath, answer=answer, answer_read=answer_read,
             max_body_bytes=max_body_bytes,
         )  # fmt: skip
         # The hot routes also go first, before the whole middleware stack, unless every predict
         # route needs a token (`serving.feedback.ClosedLoop` checks it, in the stack).
         if getattr(settings, "predict_token", None) is None:
             model_fast = PredictFastPath(
-                app.stack, answer=answer, answer_linear=answer_linear,
+                app.stack, answer=answer, answer_read=answer_read,
                 max_body_bytes=max_body_bytes, with_ids=app.stack,
             )  # fmt: skip
             fast: list[tuple[str, FastPath]] = [(_PREDICT_PREFIX, model_fast)]
@@ -395,8 +408,8 @@ class PredictFastPath:
     goes to the app. The answer is the same function the documented route calls, so both behave
     identically. ``with_ids``: where a body naming an ``"id"`` goes instead (read, then replayed),
     since a prediction with an id is also logged (`serving.feedback.ClosedLoop`, in the stack).
-    ``answer_linear``: tried first, the commonest body to a compiled linear model read from its
-    bytes (a body it answers holds no id); None leaves the body to the rest.
+    ``answer_read``: tried first, the commonest body read from its bytes (a body it answers
+    holds no id); None leaves the body to the rest.
     """
 
     def __init__(
@@ -404,13 +417,13 @@ class PredictFastPath:
         app: ASGIApp,
         *,
         answer: Answer,
-        answer_linear: AnswerLinear | None = None,
+        answer_read: AnswerRead | None = None,
         max_body_bytes: int,
         with_ids: ASGIApp | None = None,
     ) -> None:
         self.app = app
         self.answer = answer
-        self.answer_linear = answer_linear
+        self.answer_read = answer_read
         self.max_body_bytes = max_body_bytes
         self.with_ids = with_ids
 
@@ -435,8 +448,8 @@ class PredictFastPath:
         if raw is None:
             body: Any = UNREAD
         else:
-            if self.answer_linear is not None:
-                content = self.answer_linear(name, raw, started)
+            if self.answer_read is not None:
+                content = self.answer_read(name, raw, started)
                 if content is not None:  # `render`, inline: a call less on the hot path
                     return 200, orjson.dumps(content, default=json_default, option=JSON_OPTIONS)
             try:

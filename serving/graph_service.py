@@ -21,7 +21,14 @@ from learners.predictor import MODEL_INPUT_ERRORS
 from schemas.graph_errors import GraphError
 from serving.asgi import JSON_OPTIONS, json_default
 from serving.graph_bodies import graph_body, load_graph_body, numeric_graph_body
-from serving.inputs import InputError, InputLimits, finite_features, linear_sum, problem
+from serving.inputs import (
+    InputError,
+    InputLimits,
+    finite_features,
+    linear_sum,
+    problem,
+    read_features,
+)
 from serving.shadows import GraphMetrics, ShadowJob, ShadowRunner
 from stream.store.graph_follower import (
     GraphFollower,
@@ -187,12 +194,16 @@ class GraphService:
         try:
             if raw is None:
                 raise _TooLarge
-            body = load_graph_body(raw)
-            fast = numeric_graph_body(body, self.limits, self.max_id_length)
-            parsed, ids = fast or graph_body(body, self.limits, self.max_id_length)
-            # numbers only, no null: nothing to filter (``complete``)
+            parsed: Features | None = read_features(raw, self.limits)  # the commonest body
+            ids: RequestIds = None
+            complete = parsed is not None  # numbers only, no null: nothing to filter
+            if parsed is None:
+                body = load_graph_body(raw)
+                fast = numeric_graph_body(body, self.limits, self.max_id_length)
+                parsed, ids = fast or graph_body(body, self.limits, self.max_id_length)
+                complete = fast is not None
             models = self.lookup()
-            content, job = self._evaluate(name, graph, models, parsed, ids, fast is not None)
+            content, job = self._evaluate(name, graph, models, parsed, ids, complete)
             status = 200
         except Exception as exc:  # the known ones become a status, the others are raised
             (status, content), job = self._failure(name, exc), None

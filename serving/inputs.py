@@ -27,10 +27,12 @@ from typing import Any
 import orjson
 
 read_dot_in_c: Callable[[bytes, dict[Any, Any], int], float | None] | None
-try:  # the commonest body's linear sum read in C (serving/_v2_body.c), built by pip install
-    from serving._v2_body import read_dot as read_dot_in_c
+read_features_in_c: Callable[[bytes, int], dict[str, float | int] | None] | None
+try:  # the commonest body's features or linear sum read in C (serving/_v2_body.c), built by pip
+    from serving._v2_body import read_dot as read_dot_in_c  # install
+    from serving._v2_body import read_features as read_features_in_c
 except ImportError:  # without a C compiler at install (tests require it: here and in CI)
-    read_dot_in_c = None
+    read_dot_in_c = read_features_in_c = None
 
 FeatureDict = dict[str, Any]
 _SCALARS = (int, float, str, bool, type(None))
@@ -116,6 +118,23 @@ def linear_sum(raw: bytes, params: dict[Any, Any], limits: InputLimits) -> float
     if read_dot_in_c is None:
         return None
     return read_dot_in_c(raw, params, limits.max_features)
+
+
+def read_features(raw: bytes, limits: InputLimits) -> FeatureDict | None:
+    """The features of the commonest body, ``{"features": {name: number, ...}}``, read from its
+    bytes in C: what the general reading (orjson, then ``numeric_features``) gives, name for
+    name, in the same order, an ``int`` or a float as orjson reads each, float for float;
+    the features hold no ``null``. None for any other body (or without the C reader), which
+    the general reading then reads.
+
+    >>> read_features(b'{"features": {"x": 1.5, "n": -2}}', InputLimits())
+    {'x': 1.5, 'n': -2}
+    >>> read_features(b'{"features": {"x": 1.5}, "id": "a1"}', InputLimits()) is None
+    True
+    """
+    if read_features_in_c is None:
+        return None
+    return read_features_in_c(raw, limits.max_features)
 
 
 def finite_features(features: Any, limits: InputLimits) -> FeatureDict | None:

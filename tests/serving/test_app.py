@@ -285,7 +285,8 @@ def test_fast_path_answers_exactly_like_the_documented_route(
     """`PredictFastPath` answers the predict route before routing; the FastAPI route (an app
     built without the fast path) must give byte-identical answers. The commonest bodies to
     the linear classifier and regressor are answered from their bytes (`serving.inputs.
-    linear_sum`), the others by the general reading."""
+    linear_sum`), and to the anomaly detector from their features read from the bytes
+    (`serving.inputs.read_features`), the others by the general reading."""
     import asyncio
 
     import serving.inputs
@@ -295,8 +296,19 @@ def test_fast_path_answers_exactly_like_the_documented_route(
     kit.publish(store, "clf", kit.state(model, kind), kind)
     reg, reg_kind, reg_inputs = models["reg"]
     kit.publish(store, "reg", reg, reg_kind)
+    det, det_kind, _ = models["det"]  # neither linear nor a tree: River's own predictions
+    kit.publish(store, "det", det, det_kind)
     counted, sums = recording(serving.inputs.read_dot_in_c)
     monkeypatch.setattr(serving.inputs, "read_dot_in_c", counted)
+    read_in_c, features_read = serving.inputs.read_features_in_c, []
+    assert read_in_c is not None, "serving/_v2_body.c was not built: pip install -e . again"
+
+    def reading(raw: bytes, max_features: int) -> dict[str, Any] | None:
+        features = read_in_c(raw, max_features)
+        features_read.append(features is not None)
+        return features
+
+    monkeypatch.setattr(serving.inputs, "read_features_in_c", reading)
     settings = kit.make_settings(redis_url, prefix)
     app = create_app(settings, metrics=metrics, max_body_bytes=4096)
     routed_app = create_app(settings, metrics=metrics, max_body_bytes=4096, fast_path=False)
@@ -329,11 +341,13 @@ def test_fast_path_answers_exactly_like_the_documented_route(
             for a in (app, routed_app):
                 kit.wait_until(lambda a=a: a.state.follower.get("clf") is not None)
                 kit.wait_until(lambda a=a: a.state.follower.get("reg") is not None)
+                kit.wait_until(lambda a=a: a.state.follower.get("det") is not None)
             reg_bodies = [orjson.dumps({"features": x}) for x in reg_inputs[:3]]
             for path, sent in [
                 ("/v1/models/clf/predict", bodies),
                 ("/v1/models/nope/predict", bodies),
                 ("/v1/models/reg/predict", reg_bodies + bodies[:6]),
+                ("/v1/models/det/predict", bodies),
             ]:
                 for body in sent:
                     fast = await asgi_post(app, path, body)
@@ -348,6 +362,8 @@ def test_fast_path_answers_exactly_like_the_documented_route(
     # `numeric_features` leaves to the general checks), not the nulls nor the name given
     # twice; reg: its three bodies and clf's first (features it does not know add nothing)
     assert len(read) == 10, sums
+    # det: the same six bodies of numbers, its features read (the name given twice is not)
+    assert features_read.count(True) == 6, features_read
 
 
 def test_a_worker_answers_its_first_request_with_what_redis_holds(

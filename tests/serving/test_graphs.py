@@ -179,7 +179,9 @@ def test_a_graph_of_linear_models_is_answered_from_its_bytes(
 ) -> None:
     """A graph whose models alone read the features, all compiled linear ones, has each one's
     sum read from the body's bytes (`serving.inputs.linear_sum`, as /v1 does): the answers are,
-    byte for byte, those the general reading gives; other graphs and bodies never read so."""
+    byte for byte, those the general reading gives; other graphs and bodies never read so.
+    The other graphs have the commonest body's features read from its bytes
+    (`serving.inputs.read_features`): their answers are the general reading's too."""
     import serving.inputs
 
     rules = [
@@ -225,10 +227,13 @@ def test_a_graph_of_linear_models_is_answered_from_its_bytes(
                 for r in (client.post(f"/v1/graphs/{graph}/predict", content=b) for b in bodies)
             ]
 
+        read_features_in_c = serving.inputs.read_features_in_c
         for graph, per_body in reads.items():
             monkeypatch.setattr(serving.inputs, "read_dot_in_c", None)
+            monkeypatch.setattr(serving.inputs, "read_features_in_c", None)  # orjson alone
             general = predict(graph)
             monkeypatch.setattr(serving.inputs, "read_dot_in_c", counted)
+            monkeypatch.setattr(serving.inputs, "read_features_in_c", read_features_in_c)
             sums.clear()
             assert predict(graph) == general, graph
             read = sums[: per_body * commonest]  # then what the odd bodies gave (None, nan)

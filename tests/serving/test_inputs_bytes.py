@@ -1,7 +1,9 @@
 """`serving.inputs.linear_sum`: the commonest `/v1` predict body's linear sum read from its bytes
 (`serving/_v2_body.c`'s ``read_dot``) is, float for float, the sum of the features the general
 reading gives (orjson, then `numeric_features`, then the compiled model's sum), and any other
-body, however close, is left to the general reading (None)."""
+body, however close, is left to the general reading (None). `serving.inputs.read_features`
+(``read_features``, the same reader building the features) gives those very features: the
+same names in the same order, each value of the same type, float for float."""
 
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from serving.inputs import (
     numeric_features,
     predict_features,
     read_dot_in_c,
+    read_features,
+    read_features_in_c,
 )
 
 LIMITS = InputLimits(max_features=6)
@@ -79,12 +83,25 @@ def bits(value: float) -> bytes:
     return struct.pack("<d", value)
 
 
+def typed(features: dict[str, Any]) -> list[tuple[str, type, Any]]:
+    """Name, type and value (a float's bits) of each feature, in order: ``1 == 1.0`` and
+    ``0.0 == -0.0`` for ``==``, not here."""
+    return [(k, type(v), bits(v) if type(v) is float else v) for k, v in features.items()]
+
+
 def assert_alike(raw: bytes, params: dict[Any, Any] = PARAMS) -> float | None:
+    """``raw``'s sum and features read from the bytes are the general reading's, when read."""
     got = in_c(raw, params)
     if got is not None:
         want = general(raw, params)
         assert want is not None, raw
         assert bits(got) == bits(want), (raw, got, want)
+    assert read_features_in_c is not None
+    features = read_features(raw, LIMITS)
+    if features is not None:
+        body = orjson.loads(raw)  # raises for a body that is not JSON: a failure
+        wanted = numeric_features(body, LIMITS) or predict_features(body, LIMITS)
+        assert isinstance(wanted, dict) and typed(features) == typed(wanted), (raw, features)
     return got
 
 
@@ -145,6 +162,7 @@ def test_bytes_cut_or_slipped_in_are_never_read_otherwise(raw: bytes, cut: int) 
 )
 def test_other_bodies_are_left_to_the_general_reading(raw: bytes) -> None:
     assert in_c(raw) is None
+    assert read_features(raw, LIMITS) is None
 
 
 def test_a_name_given_twice_is_found_past_the_stack_set() -> None:
