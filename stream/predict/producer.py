@@ -4,6 +4,7 @@ a write that Kafka's ACLs deny kept as such (`denied`)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -75,6 +76,7 @@ class AnswerProducer:
         """The newest failed deliveries' errors (what a retry reports)."""
         self.denied: KafkaAccessError | None = None
         """Kafka's ACLs denied a delivery's write (the latest such) since `take_failures`."""
+        self._refused: set[str] = set()  # topics whose messages `send` saw refused at once
         self._bootstrap, self._security = bootstrap, security
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
@@ -107,7 +109,18 @@ class AnswerProducer:
             except BufferError:  # the local queue is full: let deliveries drain
                 self._producer.poll(_QUEUE_FULL_WAIT)
             except KafkaException as exc:
-                raise KafkaAdapterError(f"produce to {topic} failed: {exc}") from exc
+                error = exc.args[0] if exc.args else exc
+                access = write_denial(error, topic, self._bootstrap, self._security)
+                if access is None:
+                    raise KafkaAdapterError(f"produce to {topic} failed: {exc}") from exc
+                # Once a delivery was denied, librdkafka may learn from the topic's metadata
+                # that the ACLs deny it and refuse the next messages at once: failed deliveries
+                # as the others, the batch answered again (`recheck`), never a stop.
+                self.failed += 1
+                self.errors.append(str(error))
+                self.denied = access
+                self._refused.add(topic)
+                return
 
     def unacknowledged(self, timeout: float) -> int:
         """Wait at most ``timeout`` seconds for the messages sent so far to be acknowledged (or
@@ -119,6 +132,15 @@ class AnswerProducer:
         left = self._producer.flush(-1 if timeout is None else timeout)
         if left:
             raise KafkaAdapterError(f"{left} messages not acknowledged within {timeout} s")
+
+    def recheck(self, timeout: float = 5.0) -> None:
+        """Ask Kafka again for the metadata of the topics whose messages were refused at once
+        since the last call: librdkafka refuses them until its metadata says otherwise (it asks
+        by itself every 5 minutes), so that the next messages see an ACL granted since."""
+        refused, self._refused = self._refused, set()
+        for topic in refused:
+            with contextlib.suppress(KafkaException):  # away: asked again at the next refusal
+                self._producer.list_topics(topic, timeout=timeout)
 
     def take_failures(self) -> int:
         """Failed deliveries since the last call (`denied` forgotten: read it before)."""

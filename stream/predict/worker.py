@@ -404,6 +404,7 @@ class PredictWorker:
         self.stats.retried_batches += 1
         if self.metrics is not None:
             self.metrics.retries.inc()
+        self.producer.recheck()  # a topic refused at once: a grant since is seen
         for (topic, partition), offset in first.items():
             with contextlib.suppress(KafkaException):  # revoked meanwhile: its owner answers
                 self.consumer.seek(TopicPartition(topic, partition, offset))

@@ -7,9 +7,10 @@ from __future__ import annotations
 from typing import Any, cast
 
 import pytest
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from schemas.errors import KafkaAdapterError
 from schemas.settings import Settings
 from stream.predict.producer import AnswerProducer
 
@@ -61,3 +62,41 @@ def test_deliveries_the_broker_refuses_are_counted_with_their_error(
     assert producer.take_failures() == 25
     errors: list[Any] = list(producer.errors)
     assert len(errors) == 20 and all("MSG_SIZE_TOO_LARGE" in e for e in errors), errors[:1]
+
+
+class _Refusing:
+    """librdkafka's producer refusing every message at once with ``error`` (what it does, once
+    it knows from a topic's metadata that the ACLs deny the write)."""
+
+    def __init__(self, error: KafkaError) -> None:
+        self.error = error
+        self.asked: list[str] = []
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        raise KafkaException(self.error)
+
+    def list_topics(self, topic: str, timeout: float) -> None:
+        self.asked.append(topic)
+
+
+def test_a_write_refused_at_once_by_the_acls_is_a_failed_delivery_not_a_stop(
+    producer: AnswerProducer,
+) -> None:
+    """The worker answers such a batch again (as for a denied delivery), asking for the topic's
+    metadata again each time (`recheck`), until the ACLs allow the write; before, ``send``
+    raised and the worker stopped (a CI run of test_worker_acl.py). Any other refusal at once
+    still raises."""
+    topic = "riverstream.predictions"
+    refused = KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "Topic authorization failed")
+    producer._producer = cast(Any, refusing := _Refusing(refused))
+    producer.send(topic, b"k", b"v")
+    producer.send(topic, b"k", b"v")
+    assert producer.denied is not None and producer.denied.resource == f"topic {topic}"
+    assert list(producer.errors) == [str(refused)] * 2
+    assert producer.take_failures() == 2 and producer.denied is None
+    producer.recheck()  # its metadata asked again (librdkafka would refuse it for 5 minutes)
+    producer.recheck()
+    assert refusing.asked == [topic]
+    producer._producer = cast(Any, _Refusing(KafkaError(KafkaError._UNKNOWN_PARTITION)))
+    with pytest.raises(KafkaAdapterError, match=f"produce to {topic} failed"):
+        producer.send(topic, b"k", b"v")
