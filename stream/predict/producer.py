@@ -135,8 +135,9 @@ class AnswerProducer:
 
     def recheck(self, timeout: float = 5.0) -> None:
         """Ask Kafka again for the metadata of the topics whose messages were refused at once
-        since the last call: librdkafka refuses them until its metadata says otherwise (it asks
-        by itself every 5 minutes), so that the next messages see an ACL granted since."""
+        since the last call: librdkafka may go on refusing them until its metadata says
+        otherwise (its own refresh comes every 5 minutes by default), so that the next messages
+        see an ACL granted since."""
         refused, self._refused = self._refused, set()
         for topic in refused:
             with contextlib.suppress(KafkaException):  # away: asked again at the next refusal
