@@ -339,6 +339,22 @@ value_object(const Number *number, int integers)
     return PyFloat_FromDouble((double)number->integer);
 }
 
+/* The `n`-th value read (`value_object` of `number`) put in `row` under `key`: 1; 0 for a name
+ * given twice (orjson keeps the last value at the first place: left to the others); -1 with an
+ * exception set. */
+static int
+add_value(PyObject *row, PyObject *key, const Number *number, int integers, Py_ssize_t n)
+{
+    PyObject *value = value_object(number, integers);
+    if (value == NULL)
+        return -1;
+    int failed = PyDict_SetItem(row, key, value);
+    Py_DECREF(value);
+    if (failed)
+        return -1;
+    return PyDict_GET_SIZE(row) == n;
+}
+
 /* A set of objects for one body, on the stack up to SEEN_ON_STACK / 2 of them, then on the heap.
  * By identity (`by_name` 0): the known features, as their `params` entries (a name given twice
  * is found by its entry; two names sharing one entry object, which `learners.linear` never
@@ -551,24 +567,13 @@ read_features_body(PyObject *raw, Py_ssize_t max_features, PyObject *row, PyObje
             PyObject *key = name_at(kept_features, n - 1, name, size);
             if (key == NULL)
                 goto fail;
-            if (row != NULL) {
-                PyObject *value = value_object(&number, 1);
-                int failed = value == NULL || PyDict_SetItem(row, key, value);
-                Py_DECREF(key);
-                Py_XDECREF(value);
-                if (failed)
-                    goto fail;
-                if (PyDict_GET_SIZE(row) != n)  /* a name twice */
-                    goto done;
-            }
-            else {
-                int added = add_term(params, key, &number, &seen, &sum);
-                Py_DECREF(key);
-                if (added < 0)
-                    goto fail;
-                if (added == 0)
-                    goto done;
-            }
+            int added = row != NULL ? add_value(row, key, &number, 1, n)
+                                    : add_term(params, key, &number, &seen, &sum);
+            Py_DECREF(key);
+            if (added < 0)
+                goto fail;
+            if (added == 0)
+                goto done;
             p = skip_space(p, end);
             if (p < end && *p == ',') {
                 p = skip_space(p + 1, end);
@@ -595,6 +600,54 @@ done:
     return outcome;
 }
 
+/* A body reader of this file (`read_features_body`, `read_row_body`): into `row`, or the sum
+ * into *acc with `params`; 1 read, 0 left to the others, -1 with an exception set. */
+typedef int (*BodyReader)(PyObject *, Py_ssize_t, PyObject *, PyObject *, double *);
+
+/* What a reader reads of `raw` as a new dict, under the limit `limit` (a call's argument):
+ * the dict, None when left to the others (or for a negative limit), NULL with an exception. */
+static PyObject *
+read_as_dict(BodyReader read, PyObject *raw, PyObject *limit)
+{
+    Py_ssize_t max_features;
+    int limited = limit_of(limit, &max_features);
+    if (limited < 0)
+        return NULL;
+    if (limited == 0)
+        Py_RETURN_NONE;
+    PyObject *row = PyDict_New();
+    if (row == NULL)
+        return NULL;
+    double unused;
+    int outcome = read(raw, max_features, row, NULL, &unused);
+    if (outcome == 1)
+        return row;
+    Py_DECREF(row);
+    if (outcome < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* The sum a reader adds for `raw` with `params`, under the limit `limit`, as a float; None
+ * when left to the others (or for a negative limit), NULL with an exception. */
+static PyObject *
+read_as_sum(BodyReader read, PyObject *raw, PyObject *params, PyObject *limit)
+{
+    Py_ssize_t max_features;
+    int limited = limit_of(limit, &max_features);
+    if (limited < 0)
+        return NULL;
+    if (limited == 0)
+        Py_RETURN_NONE;
+    double acc;
+    int outcome = read(raw, max_features, NULL, params, &acc);
+    if (outcome < 0)
+        return NULL;
+    if (outcome == 0)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble(acc);
+}
+
 /* read_dot(raw, params, max_features) -> float | None: the sum a served linear model adds for
  * the features of a `/v1` predict body, read from its bytes without building them.
  *
@@ -612,19 +665,7 @@ read_dot(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "read_dot(raw: bytes, params: dict, max_features: int)");
         return NULL;
     }
-    Py_ssize_t max_features;
-    int limited = limit_of(args[2], &max_features);
-    if (limited < 0)
-        return NULL;
-    if (limited == 0)
-        Py_RETURN_NONE;
-    double acc;
-    int outcome = read_features_body(args[0], max_features, NULL, args[1], &acc);
-    if (outcome < 0)
-        return NULL;
-    if (outcome == 0)
-        Py_RETURN_NONE;
-    return PyFloat_FromDouble(acc);
+    return read_as_sum(read_features_body, args[0], args[1], args[2]);
 }
 
 /* read_features(raw, max_features) -> dict | None: the features of a `/v1` predict body as the
@@ -638,23 +679,7 @@ read_features(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "read_features(raw: bytes, max_features: int)");
         return NULL;
     }
-    Py_ssize_t max_features;
-    int limited = limit_of(args[1], &max_features);
-    if (limited < 0)
-        return NULL;
-    if (limited == 0)
-        Py_RETURN_NONE;
-    PyObject *row = PyDict_New();
-    if (row == NULL)
-        return NULL;
-    double unused;
-    int outcome = read_features_body(args[0], max_features, row, NULL, &unused);
-    if (outcome == 1)
-        return row;
-    Py_DECREF(row);
-    if (outcome < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    return read_as_dict(read_features_body, args[0], args[1]);
 }
 
 /* The commonest v2 infer body (see the top of this file): its row into `row` (a new dict) when
@@ -717,26 +742,16 @@ read_row_body(PyObject *raw, Py_ssize_t max_features, PyObject *row, PyObject *p
             Py_DECREF(key);
             goto done;
         }
-        if (params == NULL) {
-            PyObject *value = value_object(&number, kind == INT64_KIND);
-            int failed = value == NULL || PyDict_SetItem(row, key, value);
-            Py_DECREF(key);
-            Py_XDECREF(value);
-            if (failed)
-                goto fail;
-            if (PyDict_GET_SIZE(row) != n)  /* a name twice */
-                goto done;
-        }
-        else {
-            int added = seen_add(&names, key);
-            if (added == 1)
-                added = add_term(params, key, &number, &seen, &sum);
-            Py_DECREF(key);
-            if (added < 0)
-                goto fail;
-            if (added == 0)
-                goto done;
-        }
+        int added;
+        if (params == NULL)
+            added = add_value(row, key, &number, kind == INT64_KIND, n);
+        else if ((added = seen_add(&names, key)) == 1)
+            added = add_term(params, key, &number, &seen, &sum);
+        Py_DECREF(key);
+        if (added < 0)
+            goto fail;
+        if (added == 0)
+            goto done;
         if (p == last) {
             *acc = sum;
             outcome = 1;
@@ -763,23 +778,7 @@ read_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "read_row(raw: bytes, max_features: int)");
         return NULL;
     }
-    Py_ssize_t max_features;
-    int limited = limit_of(args[1], &max_features);
-    if (limited < 0)
-        return NULL;
-    if (limited == 0)
-        Py_RETURN_NONE;
-    PyObject *row = PyDict_New();
-    if (row == NULL)
-        return NULL;
-    double unused;
-    int outcome = read_row_body(args[0], max_features, row, NULL, &unused);
-    if (outcome == 1)
-        return row;
-    Py_DECREF(row);
-    if (outcome < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    return read_as_dict(read_row_body, args[0], args[1]);
 }
 
 /* read_row_dot(raw, params, max_features) -> float | None: `read_dot`'s sum for the row
@@ -794,19 +793,7 @@ read_row_dot(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                         "read_row_dot(raw: bytes, params: dict, max_features: int)");
         return NULL;
     }
-    Py_ssize_t max_features;
-    int limited = limit_of(args[2], &max_features);
-    if (limited < 0)
-        return NULL;
-    if (limited == 0)
-        Py_RETURN_NONE;
-    double acc;
-    int outcome = read_row_body(args[0], max_features, NULL, args[1], &acc);
-    if (outcome < 0)
-        return NULL;
-    if (outcome == 0)
-        Py_RETURN_NONE;
-    return PyFloat_FromDouble(acc);
+    return read_as_sum(read_row_body, args[0], args[1], args[2]);
 }
 
 static PyMethodDef methods[] = {
